@@ -1,0 +1,5 @@
+import sys
+
+from zoommil.cli import main
+
+sys.exit(main())

@@ -1,0 +1,18 @@
+"""Errors a user can cause: the CLI prints them as one line and exits non-zero, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ZoomMILError(Exception):
+    """A user-facing error (bad input, bad config): reported as one line by the CLI."""
+
+
+class SlideError(ZoomMILError):
+    """A slide cannot be used; the message always names the slide and the reason."""
+
+    def __init__(self, slide: str | Path, reason: str) -> None:
+        self.slide = str(slide)
+        self.reason = reason
+        super().__init__(f"{self.slide}: {reason}")
