@@ -1,0 +1,128 @@
+"""Read and write the per-slide feature HDF5 (the contract of DESIGN.md).
+
+Keys per magnification m (formatted by `mag_key`, e.g. ``2.5x``, ``10.0x``):
+``{m}_patches`` float32 [N_m, D], ``{m}_coords`` int [N_m, 2] grid (row, col) and
+``{m}_xy`` int64 [N_m, 2] level-0 (x, y). Rows are depth-first: the descendants of row i at
+the next listed magnification are rows ``i * r .. (i + 1) * r - 1`` with ``r = N_next / N_prev``.
+Files are written to a temporary name and renamed, so a crash never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from zoommil.errors import ZoomMILError
+
+
+def mag_key(mag: float) -> str:
+    """Name of a magnification in the feature file: ``f"{float(mag)}x"`` (1.25x, 2.5x, 10.0x)."""
+    return f"{float(mag)}x"
+
+
+@dataclass
+class FeatureBag:
+    """All magnifications of one slide, lowest first."""
+
+    mags: list[float]
+    feats: list[np.ndarray]
+    coords: list[np.ndarray]
+    xy: list[np.ndarray]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def num_patches(self) -> list[int]:
+        return [len(f) for f in self.feats]
+
+
+def _attr_value(value: Any) -> Any:
+    """HDF5 attributes take scalars, strings and arrays; anything else is stored as JSON."""
+    if isinstance(value, str | int | float | bool | np.generic | np.ndarray):
+        return value
+    if isinstance(value, Sequence) and all(isinstance(v, int | float) for v in value):
+        return np.asarray(value)
+    return json.dumps(value)
+
+
+def write_feature_file(
+    path: str | Path,
+    mags: Sequence[float],
+    feats: Sequence[np.ndarray],
+    coords: Sequence[np.ndarray],
+    xy: Sequence[np.ndarray],
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one slide's features atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as h5:
+            for mag, f, c, p in zip(mags, feats, coords, xy, strict=True):
+                key = mag_key(mag)
+                f = np.asarray(f, dtype=np.float32).reshape(len(f), -1)
+                chunks = (min(max(len(f), 1), 1024), f.shape[1]) if f.shape[1] else None
+                h5.create_dataset(f"{key}_patches", data=f, chunks=chunks)
+                h5.create_dataset(
+                    f"{key}_coords", data=np.asarray(c, dtype=np.int64).reshape(-1, 2)
+                )
+                h5.create_dataset(f"{key}_xy", data=np.asarray(p, dtype=np.int64).reshape(-1, 2))
+            h5.attrs["mags"] = np.asarray([float(m) for m in mags])
+            for name, value in (attrs or {}).items():
+                h5.attrs[name] = _attr_value(value)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """Attributes of a feature file, with JSON-encoded values decoded."""
+    with h5py.File(path, "r") as h5:
+        return {name: _decode(value) for name, value in h5.attrs.items()}
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_feature_file(path: str | Path, mags: Sequence[float] | None = None) -> FeatureBag:
+    """Read the requested magnifications (default: all in the file), lowest first."""
+    path = Path(path)
+    if not path.exists():
+        raise ZoomMILError(f"{path}: feature file not found")
+    try:
+        with h5py.File(path, "r") as h5:
+            attrs = {name: _decode(value) for name, value in h5.attrs.items()}
+            available = sorted(float(m) for m in attrs.get("mags", []))
+            wanted = sorted(float(m) for m in mags) if mags is not None else available
+            missing = [m for m in wanted if f"{mag_key(m)}_patches" not in h5]
+            if missing:
+                raise ZoomMILError(
+                    f"{path}: magnification(s) {', '.join(mag_key(m) for m in missing)} not in "
+                    f"the feature file (it has {', '.join(mag_key(m) for m in available)})"
+                )
+            feats = [h5[f"{mag_key(m)}_patches"][()] for m in wanted]
+            coords = [h5[f"{mag_key(m)}_coords"][()] for m in wanted]
+            xy = [h5[f"{mag_key(m)}_xy"][()] for m in wanted]
+    except OSError as error:
+        raise ZoomMILError(f"{path}: cannot read feature file ({error})") from error
+    return FeatureBag(mags=wanted, feats=feats, coords=coords, xy=xy, attrs=attrs)
