@@ -43,6 +43,8 @@ class FeatureBag:
 
 def _attr_value(value: Any) -> Any:
     """HDF5 attributes take scalars, strings and arrays; anything else is stored as JSON."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "US":
+        return json.dumps(value.tolist())
     if isinstance(value, str | int | float | bool | np.generic | np.ndarray):
         return value
     if isinstance(value, Sequence) and all(isinstance(v, int | float) for v in value):
@@ -57,8 +59,13 @@ def write_feature_file(
     coords: Sequence[np.ndarray],
     xy: Sequence[np.ndarray],
     attrs: Mapping[str, Any] | None = None,
+    datasets: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write one slide's features atomically (temporary file in the same folder, then rename)."""
+    """Write one slide's features atomically (temporary file in the same folder, then rename).
+
+    ``datasets``: extra arrays (e.g. ``tissue_fraction`` per parent) stored as datasets, since
+    HDF5 attributes are limited to 64 KiB.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -66,13 +73,16 @@ def write_feature_file(
         with h5py.File(tmp, "w") as h5:
             for mag, f, c, p in zip(mags, feats, coords, xy, strict=True):
                 key = mag_key(mag)
-                f = np.asarray(f, dtype=np.float32).reshape(len(f), -1)
-                chunks = (min(max(len(f), 1), 1024), f.shape[1]) if f.shape[1] else None
+                f = np.asarray(f, dtype=np.float32)
+                f = f.reshape(len(f), -1 if f.size else (f.shape[-1] if f.ndim > 1 else 0))
+                chunks = (min(len(f), 1024), f.shape[1]) if f.size else None
                 h5.create_dataset(f"{key}_patches", data=f, chunks=chunks)
                 h5.create_dataset(
                     f"{key}_coords", data=np.asarray(c, dtype=np.int64).reshape(-1, 2)
                 )
                 h5.create_dataset(f"{key}_xy", data=np.asarray(p, dtype=np.int64).reshape(-1, 2))
+            for name, value in (datasets or {}).items():
+                h5.create_dataset(name, data=np.asarray(value))
             h5.attrs["mags"] = np.asarray([float(m) for m in mags])
             for name, value in (attrs or {}).items():
                 h5.attrs[name] = _attr_value(value)

@@ -1,16 +1,70 @@
-"""`zoommil evaluate`: placeholder until implemented."""
+"""`zoommil evaluate`: metrics and per-slide predictions of a checkpoint on one split."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 
-from zoommil.errors import ZoomMILError
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Evaluate a checkpoint written by `zoommil train` on one split of a slide sheet.
+
+The class list, magnifications and model come from the checkpoint (loaded with
+weights_only=True); the sheet and QC exclusion table default to those used in training.
+Writes JSON with accuracy, weighted/macro/per-class F1, one-vs-rest AUC (null with a reason
+when a class is missing from the split), the confusion matrix and, per slide, the label, the
+prediction and the class probabilities.
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("evaluate", help="(not implemented yet)")
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on a split (metrics + per-slide predictions)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint.pt")
+    parser.add_argument(
+        "--features-dir", required=True, metavar="DIR", help="folder of {slide_id}.h5"
+    )
+    parser.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="default: test"
+    )
+    parser.add_argument("--out", required=True, metavar="JSON", help="output JSON file")
+    parser.add_argument("--sheet", metavar="TSV", help="slide sheet (default: the training one)")
+    parser.add_argument(
+        "--exclude", metavar="TSV", help="QC table of slides to skip (default: the training one)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--threads", type=int, default=1, metavar="T", help="CPU threads (default 1; 0: torch's)"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ZoomMILError("'evaluate' is not implemented yet")
+    from zoommil.training import evaluate_checkpoint
+    from zoommil.training.serialize import write_json
+
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        args.features_dir,
+        split=args.split,
+        sheet=args.sheet,
+        exclude=args.exclude,
+        device=args.device,
+        threads=args.threads or None,
+    )
+    write_json(args.out, result)
+    log.info(
+        "%s on %s (%d slides): accuracy %.4f, weighted F1 %.4f -> %s",
+        result["method"],
+        args.split,
+        result["n_slides"],
+        result["accuracy"],
+        result["weighted_f1"],
+        args.out,
+    )
+    return 0

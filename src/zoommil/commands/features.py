@@ -1,16 +1,112 @@
-"""`zoommil features`: placeholder until implemented."""
+"""`zoommil features`: ResNet-50 (layer3, avg-pooled) features of every patch of a coords file."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
-from zoommil.errors import ZoomMILError
+from zoommil.encoder import PRECISIONS
+from zoommil.featurefile import mag_key
+
+log = logging.getLogger("zoommil.features")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("features", help="(not implemented yet)")
+    parser = subparsers.add_parser(
+        "features",
+        help="ResNet-50 features of every patch of a coords file (HDF5)",
+        description=(
+            "Encode every patch listed in a coords file from 'zoommil tile' with torchvision's "
+            "ResNet-50 truncated after layer3 + global average pooling (1024-d, 256 px input, no "
+            "resize, ImageNet mean/std), as in ZoomMIL. Each lowest-magnification parent is "
+            "read once at the highest magnification's resolution; the other magnifications are "
+            "derived from it by exact 2x area resizing, so every patch is aligned with its "
+            "parent. Writes '{mag}x_patches' (float32 [N, 1024]), '{mag}x_coords' (row, col) and "
+            "'{mag}x_xy' (level-0 x, y) per magnification, depth-first rows, plus provenance "
+            "attributes (weights and their sha256, mpp, tissue parameters, device, precision)."
+        ),
+    )
+    parser.add_argument(
+        "slide", type=Path, help="slide file (the one the coords file was made for)"
+    )
+    parser.add_argument(
+        "--coords", type=Path, required=True, help="coords HDF5 from 'zoommil tile'"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="feature HDF5 to write")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help=(
+            "'imagenet' (torchvision IMAGENET1K_V1, from the torch hub cache; default), "
+            "'random' (seeded random init: demos/tests only, recorded in the file) or a path to "
+            "a resnet50 state dict"
+        ),
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="level-0 um/px override; must agree with the coords file (as given to tile)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="patches per encoder call (default 16: small batches are fastest on CPU)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="reader processes that prefetch regions (default: 1 on CPU, up to 8 on CUDA; 0: read "
+        "in the main process)",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (paper parity, default) or bf16 autocast (about 2x faster on CPUs with bf16)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for the encoder (default: torch's)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ZoomMILError("'features' is not implemented yet")
+    from zoommil.features import extract_features
+
+    result = extract_features(
+        args.slide,
+        args.coords,
+        args.out,
+        weights=args.weights,
+        seed=args.seed,
+        mpp=args.mpp,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    counts = ", ".join(
+        f"{mag_key(m)}: {n}" for m, n in zip(result.attrs["mags"], result.num_patches, strict=True)
+    )
+    log.info(
+        "%s: %s patches (%s) in %.1f s (%.1f patches/s, %s, %s, %s weights) -> %s",
+        args.slide,
+        sum(result.num_patches),
+        counts,
+        result.seconds,
+        result.patches_per_second,
+        result.attrs["device"],
+        result.attrs["precision"],
+        result.attrs["weights"],
+        result.path,
+    )
+    return 0

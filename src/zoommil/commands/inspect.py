@@ -1,16 +1,62 @@
-"""`zoommil inspect`: placeholder until implemented."""
+"""`zoommil inspect`: slide QC as JSON (mpp and its source, levels, objective, status)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from pathlib import Path
 
-from zoommil.errors import ZoomMILError
+from zoommil.errors import SlideError
+from zoommil.slide import inspect_slide
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("inspect", help="(not implemented yet)")
+    parser = subparsers.add_parser(
+        "inspect",
+        help="check a slide and report its resolution, pyramid and status as JSON",
+        description=(
+            "Open a whole-slide image, test-read its pixels, resolve its resolution (mpp) and "
+            "print a JSON report: path, status ('ok' or an error status such as missing, "
+            "not_a_slide, unreadable, no_mpp, implausible_mpp) with its reason, mpp, "
+            "mpp_source, magnification (10/mpp), objective, levels [dims, downsample]. "
+            "mpp order: --mpp (overrides metadata) > openslide.mpp-x > vendor keys > TIFF "
+            "resolution > objective power > --default-mpp; values outside 0.1-2.0 um/px are "
+            "never used. A bad slide exits 2 with a one-line error unless --no-fail is given."
+        ),
+    )
+    parser.add_argument("slide", type=Path, help="slide file (any format OpenSlide reads)")
+    parser.add_argument(
+        "--mpp", type=float, default=None, help="level-0 um/px; overrides the slide metadata"
+    )
+    parser.add_argument(
+        "--default-mpp",
+        type=float,
+        default=None,
+        help="um/px used only when the metadata has no plausible value (with a warning)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: always write the JSON (with status and reason) and exit 0, even "
+            "for a bad slide, so one bad slide never stops a batch"
+        ),
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ZoomMILError("'inspect' is not implemented yet")
+    report = inspect_slide(args.slide, mpp=args.mpp, default_mpp=args.default_mpp)
+    if report["status"] != "ok" and not args.no_fail:
+        raise SlideError(args.slide, report["reason"])
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, args.out)
+    sys.stdout.write(text + "\n")
+    return 0

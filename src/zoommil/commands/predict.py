@@ -1,16 +1,86 @@
-"""`zoommil predict`: placeholder until implemented."""
+"""`zoommil predict`: classify one slide from its file, reading only what ZoomMIL zooms into."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
 
 from zoommil.errors import ZoomMILError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("predict", help="(not implemented yet)")
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify a slide by zooming (reads only the selected regions)",
+        description=(
+            "Classify one slide with a trained checkpoint. ZoomMIL encodes the tissue patches "
+            "of the lowest magnification, selects K, and reads and encodes only the "
+            "descendants of the selected patches at each higher magnification "
+            "(N_low + K*4^d1 + K*4^d2 + ... patches). Other models encode every tissue patch "
+            "at their magnification(s). The preprocessing (patch size, tissue detector, "
+            "encoder weights) is the one recorded in the checkpoint. Prints the class "
+            "probabilities; --json writes them with the selected regions (level-0 "
+            "coordinates) and attention weights; --heatmap draws the lowest magnification's "
+            "attention over the slide thumbnail."
+        ),
+    )
+    parser.add_argument("slide", type=Path, help="slide file (any OpenSlide format)")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint.pt of zoommil train"
+    )
+    parser.add_argument("--json", type=Path, help="write the prediction JSON here")
+    parser.add_argument("--heatmap", type=Path, help="write the attention map PNG here")
+    parser.add_argument("--mpp", type=float, help="level-0 um/px, overriding the slide metadata")
+    parser.add_argument(
+        "--weights",
+        help="encoder weights (imagenet|random|PATH); default: those recorded in the checkpoint",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ZoomMILError("'predict' is not implemented yet")
+    from zoommil.encoder import resolve_device
+    from zoommil.heatmap import save_heatmap
+    from zoommil.predict import Predictor, make_encoder, predict_slide
+    from zoommil.training.serialize import write_json
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ZoomMILError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
+    encoder, _ = make_encoder(predictor, device=device, precision=args.precision)
+    result = predict_slide(
+        predictor,
+        args.slide,
+        encoder,
+        mpp=args.mpp,
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
+    )
+    if args.json:
+        write_json(args.json, result)
+    if args.heatmap:
+        if result["attention"]:
+            save_heatmap(args.heatmap, args.slide, result, mpp=args.mpp)
+        else:
+            raise ZoomMILError(
+                f"{args.slide}: --heatmap needs a ZoomMIL checkpoint "
+                "(attention over the zoomed regions)"
+            )
+    probs = ", ".join(f"{c}={p:.3f}" for c, p in result["probabilities"].items())
+    counts = json.dumps(result["patches_per_mag"])
+    print(
+        f"{result['slide_id']}: {result['predicted']} ({probs}); "
+        f"{result['patches_encoded']} patches encoded {counts}"
+    )
+    return 0

@@ -1,0 +1,29 @@
+# ZoomMIL benchmark workflow: slides -> QC -> tissue -> aligned tiles -> ResNet-50 features
+# -> ZoomMIL + 8 MIL baselines x seeds -> evaluation -> FLOPs/throughput -> tables, figures.
+#
+#   snakemake --cores 2                                    # the offline demo (config/config.yaml)
+#   snakemake --cores 8 --configfile config/bright.yaml    # a paper dataset, your slide sheet
+#   snakemake --report results/report.html                 # HTML report after a run
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/efficiency.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

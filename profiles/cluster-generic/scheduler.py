@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Submit, poll and cancel Snakemake jobs on SLURM or PBS for the cluster-generic executor.
+
+Why a script and not a one-line submit command: a rule's resources differ (GPU or not, memory,
+runtime), and a fixed `sbatch --gpus={resources.gpu}` line would ask CPU jobs for `--gpus=0`,
+which some sites reject. This script reads the job's properties from the jobscript Snakemake
+writes (`# properties = {...}`) and builds the scheduler's own options. Standard library only.
+
+    scheduler.py submit JOBSCRIPT     prints the scheduler's job id
+    scheduler.py status JOBID         prints running | success | failed
+    scheduler.py cancel JOBID...      cancels the jobs
+
+ZOOMMIL_SCHEDULER=slurm (default) or pbs picks the scheduler; ZOOMMIL_SLURM_PARTITION /
+ZOOMMIL_SLURM_GPU_PARTITION / ZOOMMIL_SLURM_ACCOUNT (SLURM) or ZOOMMIL_PBS_QUEUE /
+ZOOMMIL_PBS_GPU_QUEUE / ZOOMMIL_PBS_ACCOUNT (PBS) say where jobs go; resources
+`slurm_partition` / `slurm_account` set per rule in the profile win over them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+RUNNING_SLURM = {
+    "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
+    "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
+}  # fmt: skip
+LOG_DIR = Path(".snakemake/cluster_logs")
+
+
+def scheduler() -> str:
+    name = os.environ.get("ZOOMMIL_SCHEDULER", "slurm").lower()
+    if name not in ("slurm", "pbs"):
+        sys.exit(f"scheduler.py: ZOOMMIL_SCHEDULER must be slurm or pbs, not {name!r}")
+    return name
+
+
+def read_properties(jobscript: Path) -> dict:
+    """The job properties Snakemake embeds in the jobscript's second line."""
+    for line in jobscript.read_text().splitlines()[:5]:
+        if line.startswith("# properties = "):
+            return json.loads(line[len("# properties = ") :])
+    sys.exit(f"scheduler.py: no '# properties = ' line in {jobscript}")
+
+
+def job_name(props: dict) -> str:
+    name = props.get("rule") or f"group_{props.get('groupid', 'job')}"
+    return f"smk-{name}-{props.get('jobid', 0)}"
+
+
+def slurm_submit_args(props: dict) -> list[str]:
+    res = props.get("resources", {})
+    gpus = int(res.get("gpu", 0) or 0)
+    env = os.environ
+    partition = (
+        res.get("slurm_partition")
+        or (gpus and env.get("ZOOMMIL_SLURM_GPU_PARTITION"))
+        or env.get("ZOOMMIL_SLURM_PARTITION")
+    )
+    account = res.get("slurm_account") or env.get("ZOOMMIL_SLURM_ACCOUNT")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    args = [
+        "sbatch", "--parsable", f"--job-name={job_name(props)}",
+        f"--output={LOG_DIR / (job_name(props) + '-%j.log')}",
+        "--ntasks=1", f"--cpus-per-task={int(props.get('threads', 1))}",
+    ]  # fmt: skip
+    if res.get("mem_mb"):
+        args.append(f"--mem={int(res['mem_mb'])}")
+    if res.get("runtime"):
+        args.append(f"--time={int(res['runtime'])}")
+    if gpus:
+        model = res.get("gpu_model")
+        args.append(f"--gpus={model}:{gpus}" if model else f"--gpus={gpus}")
+    elif res.get("gres"):
+        args.append(f"--gres={res['gres']}")
+    if partition:
+        args.append(f"--partition={partition}")
+    if account:
+        args.append(f"--account={account}")
+    if res.get("slurm_extra"):
+        args.extend(str(res["slurm_extra"]).split())
+    return args
+
+
+def pbs_submit_args(props: dict) -> list[str]:
+    res = props.get("resources", {})
+    gpus = int(res.get("gpu", 0) or 0)
+    env = os.environ
+    select = f"select=1:ncpus={int(props.get('threads', 1))}"
+    if res.get("mem_mb"):
+        select += f":mem={int(res['mem_mb'])}mb"
+    if gpus:
+        select += f":ngpus={gpus}"
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    args = ["qsub", "-N", job_name(props)[:15], "-j", "oe", "-o", str(LOG_DIR), "-l", select]
+    if res.get("runtime"):
+        minutes = int(res["runtime"])
+        args += ["-l", f"walltime={minutes // 60:02d}:{minutes % 60:02d}:00"]
+    queue = (gpus and env.get("ZOOMMIL_PBS_GPU_QUEUE")) or env.get("ZOOMMIL_PBS_QUEUE")
+    if queue:
+        args += ["-q", queue]
+    if env.get("ZOOMMIL_PBS_ACCOUNT"):
+        args += ["-A", env["ZOOMMIL_PBS_ACCOUNT"]]
+    return args
+
+
+def submit(jobscript: str) -> None:
+    props = read_properties(Path(jobscript))
+    args = slurm_submit_args(props) if scheduler() == "slurm" else pbs_submit_args(props)
+    out = subprocess.run([*args, jobscript], check=True, capture_output=True, text=True)
+    # sbatch --parsable prints "id" or "id;cluster"; qsub prints "id.server"
+    print(out.stdout.strip().split(";")[0])
+
+
+def slurm_status(jobid: str) -> str:
+    state = ""
+    sacct = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", jobid, "-o", "State"], capture_output=True, text=True
+    )
+    if sacct.returncode == 0 and sacct.stdout.strip():
+        state = sacct.stdout.strip().splitlines()[0]
+    else:  # no accounting database: slurmctld remembers finished jobs for MinJobAge
+        squeue = subprocess.run(
+            ["squeue", "-h", "-j", jobid, "--states=all", "-o", "%T"],
+            capture_output=True,
+            text=True,
+        )
+        state = squeue.stdout.strip().splitlines()[0] if squeue.stdout.strip() else ""
+    state = state.split()[0].rstrip("+") if state else ""
+    if not state:
+        print(f"scheduler.py: SLURM does not know job {jobid}", file=sys.stderr)
+        return "failed"
+    if state in RUNNING_SLURM:
+        return "running"
+    return "success" if state == "COMPLETED" else "failed"
+
+
+def pbs_status(jobid: str) -> str:
+    out = subprocess.run(["qstat", "-x", "-f", jobid], capture_output=True, text=True)
+    if out.returncode != 0:  # Torque: no -x
+        out = subprocess.run(["qstat", "-f", jobid], capture_output=True, text=True)
+    text = out.stdout
+    state = re.search(r"job_state = (\w)", text)
+    if not state:
+        return "failed"
+    if state.group(1) not in ("F", "C"):
+        return "running"
+    code = re.search(r"[Ee]xit_status = (-?\d+)", text)
+    return "success" if code and code.group(1) == "0" else "failed"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[0] not in ("submit", "status", "cancel"):
+        sys.exit(__doc__)
+    command, args = argv[0], argv[1:]
+    if command == "submit":
+        submit(args[-1])
+    elif command == "status":
+        print(slurm_status(args[0]) if scheduler() == "slurm" else pbs_status(args[0]))
+    else:
+        subprocess.run(["scancel" if scheduler() == "slurm" else "qdel", *args], check=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,16 @@
+"""Snakemake glue: `zoommil predict` JSONs + slides -> Figure 4 (attention maps)."""
+
+import sys
+
+from zoommil.reporting import figures
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
+figures.attention_figure(
+    predictions=sm.input.predictions,
+    sheet=sm.input.usable,
+    outputs=[sm.output.png, sm.output.pdf],
+    method=sm.params.method,
+    dataset=sm.params.dataset,
+    weights=sm.params.weights,
+)

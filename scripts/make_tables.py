@@ -1,0 +1,21 @@
+"""Snakemake glue: metrics/FLOPs/timing JSONs -> Tables 1-4 (CSV, Markdown, LaTeX)."""
+
+import sys
+
+from zoommil.reporting import tables
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
+tables.make_tables(
+    qc_table=sm.input.qc,
+    evals=sm.input.evals,
+    flops=sm.input.flops,
+    timings={"cpu1": sm.input.cpu1, "cpu": sm.input.cpu, "gpu": sm.input.gpu},
+    outputs=dict(sm.output.items()),
+    dataset=sm.params.dataset,
+    weights=sm.params.weights,
+    mags=sm.params.mags,
+    methods=sm.params.methods,
+    ablations=sm.params.ablations,
+    reference=sm.params.reference,
+)

@@ -1,0 +1,12 @@
+"""Snakemake glue: inspection status JSONs -> results/qc/inspection.tsv."""
+
+import sys
+
+from zoommil.reporting import qc, sheet
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
+frame = sheet.load_sheet(sm.input.sheet, sm.params.classes)
+table = qc.inspection_table(frame, sm.input.status)
+qc.write_tsv(table, sm.output.table)
+print(qc.exclusion_summary(table), "at inspection", file=sys.stderr)

@@ -1,0 +1,18 @@
+"""Snakemake glue: inspection table + feature files -> results/qc/slides.tsv, usable.tsv."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from zoommil.reporting import qc, sheet
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
+frame = sheet.load_sheet(sm.input.sheet, sm.params.classes)
+inspection = pd.read_csv(sm.input.inspection, sep="\t", dtype={"slide_id": str})
+features = {Path(p).stem: p for p in sm.input.features}
+table = qc.slides_table(inspection, features, sm.params.no_tissue)
+qc.write_tsv(table, sm.output.table)
+qc.write_tsv(qc.usable_sheet(frame, table), sm.output.usable)
+print(qc.exclusion_summary(table), file=sys.stderr)

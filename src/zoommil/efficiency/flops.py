@@ -1,0 +1,99 @@
+"""FLOPs per slide: encoder FLOPs x patches encoded + the MIL head on that bag.
+
+Counted with fvcore (one multiply-add = one flop, as the paper's TFLOPs columns, which read
+"TFLOPs" as 2^40 flops; see ../shared/notes/cpu_throughput.md) and cross-checked with
+``torch.utils.flop_counter`` (which counts a multiply-add as two flops, so it is halved).
+ZoomMIL encodes only what it zooms into: ``N_low + K * 4^d1 + ...`` patches, the rows its
+eval-mode forward keeps; every other model encodes all rows of the magnifications it reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from zoommil.encoder import PATCH_SIZE, ResNet50Layer3
+
+log = logging.getLogger(__name__)
+
+TFLOP = 2.0**40
+
+
+def fvcore_flops(model: nn.Module, inputs: tuple) -> float:
+    """fvcore flop count (multiply-adds) of ``model(*inputs)``; unsupported ops are ignored."""
+    analysis = FlopCountAnalysis(model, inputs)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    return float(analysis.total())
+
+
+def torch_flops(model: nn.Module, inputs: tuple) -> float:
+    """torch.utils.flop_counter count, halved to multiply-adds to compare with fvcore."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(*inputs)
+    return counter.get_total_flops() / 2.0
+
+
+@lru_cache(maxsize=4)
+def encoder_flops_per_patch(patch_size: int = PATCH_SIZE) -> dict[str, float]:
+    """FLOPs of the ResNet-50-to-layer3 encoder on one patch (fvcore and torch counters)."""
+    encoder = ResNet50Layer3().eval()
+    x = torch.zeros(1, 3, patch_size, patch_size)
+    with torch.no_grad():
+        return {"fvcore": fvcore_flops(encoder, (x,)), "torch": torch_flops(encoder, (x,))}
+
+
+def zoom_rows(model: nn.Module, feats: Sequence[torch.Tensor]) -> list[int]:
+    """Rows ZoomMIL keeps (= patches it encodes) per magnification in eval mode."""
+    with torch.no_grad():
+        details = model.forward_with_details(feats)
+    return [len(w) for w in details["attention"]]
+
+
+class _Head(nn.Module):
+    """Wraps a MIL model so tracers see a tuple of tensors, not a list argument."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *feats: torch.Tensor) -> torch.Tensor:
+        return self.model(list(feats))
+
+
+def head_flops(model: nn.Module, feats: Sequence[torch.Tensor]) -> dict[str, float]:
+    """FLOPs of the MIL head on one bag (eval mode), by fvcore and by torch's counter."""
+    model.eval()
+    wrapped = _Head(model).eval()
+    with torch.no_grad():
+        return {
+            "fvcore": fvcore_flops(wrapped, tuple(feats)),
+            "torch": torch_flops(wrapped, tuple(feats)),
+        }
+
+
+def slide_flops(
+    model: nn.Module, arch: str, feats: Sequence[torch.Tensor], patch_size: int = PATCH_SIZE
+) -> dict[str, float]:
+    """Encoder + head FLOPs of one slide, and the number of patches encoded."""
+    rows = zoom_rows(model, feats) if arch == "zoommil" else [int(f.shape[1]) for f in feats]
+    per_patch = encoder_flops_per_patch(patch_size)
+    head = head_flops(model, feats)
+    patches = int(sum(rows))
+    encoder = per_patch["fvcore"] * patches
+    return {
+        "patches_encoded": patches,
+        "patches_per_mag": rows,
+        "encoder_flops": encoder,
+        "head_flops": head["fvcore"],
+        "head_flops_torch_counter": head["torch"],
+        "total_flops": encoder + head["fvcore"],
+    }

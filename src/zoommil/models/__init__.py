@@ -1,0 +1,151 @@
+"""MIL models: ZoomMIL and the eight baselines, built by name.
+
+Every model is a plain ``nn.Module`` called as ``model(feats, coords=None) -> logits [1, C]``
+with ``feats`` a list of [1, N_m, D] tensors, lowest magnification first (see
+docs/ARCHITECTURE.md). `default_mags` says which magnifications each architecture reads;
+`build_model` builds one by name and checks its options, so a typo in a config is an error
+and not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from zoommil.errors import ZoomMILError
+from zoommil.models.abmil import ABMIL
+from zoommil.models.clam import CLAMSB
+from zoommil.models.dsmil import DSMIL
+from zoommil.models.maxmil import MaxMIL
+from zoommil.models.meanmil import MeanMIL
+from zoommil.models.msmil import MSMIL
+from zoommil.models.sparseconvmil import SparseConvMIL
+from zoommil.models.transmil import TransMIL
+
+if TYPE_CHECKING:
+    from zoommil.models.zoommil import ZoomMIL
+
+MODEL_NAMES: tuple[str, ...] = (
+    "zoommil",
+    "maxmil",
+    "meanmil",
+    "sparseconvmil",
+    "abmil",
+    "clam_sb",
+    "transmil",
+    "msmil",
+    "dsmil",
+)
+
+MULTI_SCALE_ALL = ("zoommil", "msmil")  # every magnification
+LOWEST_AND_HIGHEST = ("dsmil",)  # the lowest and the highest
+
+
+def _zoommil_class() -> type[nn.Module]:
+    """ZoomMIL lives in its own module, imported on demand (its dependencies are heavier)."""
+    try:
+        from zoommil.models.zoommil import ZoomMIL
+    except ImportError as error:
+        raise ZoomMILError(f"model 'zoommil' is not available: {error}") from error
+    return ZoomMIL
+
+
+_CLASSES: dict[str, Callable[[], type[nn.Module]]] = {
+    "zoommil": _zoommil_class,
+    "maxmil": lambda: MaxMIL,
+    "meanmil": lambda: MeanMIL,
+    "sparseconvmil": lambda: SparseConvMIL,
+    "abmil": lambda: ABMIL,
+    "clam_sb": lambda: CLAMSB,
+    "transmil": lambda: TransMIL,
+    "msmil": lambda: MSMIL,
+    "dsmil": lambda: DSMIL,
+}
+
+
+def canonical_name(name: str) -> str:
+    """``CLAM-SB`` -> ``clam_sb``; unknown names raise a `ZoomMILError` listing the valid ones."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in _CLASSES:
+        raise ZoomMILError(f"unknown model '{name}'; valid models: {', '.join(MODEL_NAMES)}")
+    return key
+
+
+def default_mags(arch: str, mags: Sequence[float]) -> list[float]:
+    """The magnifications an architecture reads, ascending.
+
+    ZoomMIL and MS-MIL read all of them, DSMIL the lowest and the highest (one if only one is
+    configured), the single-scale models the highest.
+    """
+    arch = canonical_name(arch)
+    mags = sorted(float(m) for m in mags)
+    if not mags:
+        raise ZoomMILError(f"model '{arch}' needs at least one magnification")
+    if arch in MULTI_SCALE_ALL:
+        return mags
+    if arch in LOWEST_AND_HIGHEST:
+        return [mags[0], mags[-1]] if len(mags) > 1 else mags
+    return [mags[-1]]
+
+
+def _accepted_options(cls: type[nn.Module]) -> tuple[set[str], bool]:
+    """Constructor keyword names of a model, and whether it also takes **kwargs."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    names.discard("self")
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def build_model(name: str, *, mags: Sequence[float] | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model by name: ``build_model("abmil", in_dim=1024, n_classes=3)``.
+
+    ``mags`` (optional, all configured magnifications) is turned into what each architecture
+    needs: ZoomMIL gets ``mags=default_mags(...)``, MS-MIL ``n_scales=len(mags)``, DSMIL
+    ``n_scales`` 2 (multi-scale) or 1; single-scale models ignore it. Options a model does
+    not take raise a `ZoomMILError` that lists the ones it does.
+    """
+    arch = canonical_name(name)
+    cls = _CLASSES[arch]()
+    if mags is not None:
+        used = default_mags(arch, mags)
+        if arch == "zoommil":
+            kwargs.setdefault("mags", used)
+        elif arch in ("msmil", "dsmil"):
+            kwargs.setdefault("n_scales", len(used))
+    accepted, var_kwargs = _accepted_options(cls)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown and not var_kwargs:
+        raise ZoomMILError(
+            f"model '{arch}' does not take option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(sorted(accepted))}"
+        )
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ZoomMILError(f"model '{arch}': {error}") from error
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ZoomMIL":
+        return _zoommil_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ABMIL",
+    "CLAMSB",
+    "DSMIL",
+    "MODEL_NAMES",
+    "MSMIL",
+    "MaxMIL",
+    "MeanMIL",
+    "SparseConvMIL",
+    "TransMIL",
+    "ZoomMIL",
+    "build_model",
+    "canonical_name",
+    "default_mags",
+]

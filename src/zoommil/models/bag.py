@@ -1,0 +1,59 @@
+"""Small checks shared by the baselines: turn the model interface's inputs into one bag.
+
+Every model receives ``feats`` as a list (lowest magnification first) of [1, N_m, D] tensors
+and optional ``coords`` as a list of [N_m, 2] (row, col). These helpers validate that once,
+so each model raises the same clear `ZoomMILError` for a malformed bag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from zoommil.errors import ZoomMILError
+
+Feats = Sequence[torch.Tensor] | torch.Tensor
+Coords = Sequence[torch.Tensor] | torch.Tensor | None
+
+
+def as_list(feats: Feats) -> list[torch.Tensor]:
+    """Feature list, every entry [1, N, D] (a bare tensor counts as one magnification)."""
+    if isinstance(feats, torch.Tensor):
+        feats = [feats]
+    out = []
+    for f in feats:
+        if f.dim() == 2:
+            f = f.unsqueeze(0)
+        if f.dim() != 3 or f.shape[0] != 1:
+            raise ZoomMILError(
+                f"expected features of shape [1, N, D] (one bag), got {tuple(f.shape)}"
+            )
+        out.append(f)
+    if not out:
+        raise ZoomMILError("a bag needs features of at least one magnification")
+    return out
+
+
+def highest(feats: Feats, in_dim: int) -> torch.Tensor:
+    """The highest-magnification features [1, N, D] (the last listed), checked against in_dim."""
+    f = as_list(feats)[-1]
+    check_bag(f, in_dim)
+    return f
+
+
+def check_bag(f: torch.Tensor, in_dim: int) -> None:
+    """A bag must have at least one instance of the dimension the model was built for."""
+    if f.shape[-1] != in_dim:
+        raise ZoomMILError(f"model expects {in_dim}-d features, got {f.shape[-1]}-d")
+    if f.shape[1] == 0:
+        raise ZoomMILError("empty bag: this slide has no patches at the model's magnification")
+
+
+def coords_list(coords: Coords) -> list[torch.Tensor] | None:
+    """Coordinates as a list of [N_m, 2] tensors, or None."""
+    if coords is None:
+        return None
+    if isinstance(coords, torch.Tensor):
+        return [coords.reshape(-1, 2)]
+    return [torch.as_tensor(c).reshape(-1, 2) for c in coords]

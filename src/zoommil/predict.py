@@ -1,0 +1,298 @@
+"""Classify a slide from its file: ZoomMIL reads only the regions it zooms into.
+
+ZoomMIL (``zoom_predict``): encode every tissue patch at the lowest magnification, select K,
+read and encode only the descendants of the selected patches at the next magnification, and so
+on. The patches encoded are ``N_low + K * 4^d1 + K * 4^d2 + ...`` (fewer when a step has fewer
+than K rows). Every other model (``all_patch_predict``) encodes every tissue patch at the
+magnifications it reads, exactly as `zoommil features` does, then runs the MIL head: this is the
+baseline the paper's Figure 3 compares against.
+
+Both start from the slide file and redo the preprocessing recorded in the checkpoint (patch
+size, magnifications, tissue detector, encoder weights), so their times are end to end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from zoommil.encoder import PatchEncoder, build_encoder
+from zoommil.errors import ZoomMILError
+from zoommil.featurefile import mag_key
+from zoommil.features import read_parent_patches
+from zoommil.lattice import Lattice, steps_between, tile_slide
+from zoommil.slide import open_with_mpp, read_region_at
+from zoommil.training.checkpoint import load_checkpoint
+from zoommil.training.modeling import make_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictor:
+    """A trained model plus the preprocessing recipe it was trained with."""
+
+    model: nn.Module
+    arch: str
+    classes: list[str]
+    mags: list[float]
+    patch_size: int = 256
+    tissue_method: str = "gaussian"
+    tissue_params: dict[str, Any] = field(default_factory=dict)
+    tissue_threshold: float = 0.1
+    weights: str = "random"
+    weights_seed: int = 0
+    method: str = ""
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | Path, weights: str | None = None, device: str = "cpu"
+    ) -> Predictor:
+        state, config = load_checkpoint(checkpoint)
+        model = make_model(
+            config["arch"],
+            len(config["classes"]),
+            int(config["in_dim"]),
+            config.get("config_mags", config["mags"]),
+            dict(config.get("kwargs") or {}),
+        )
+        model.load_state_dict(state)
+        model.eval().to(device)
+        pre: Mapping[str, Any] = config.get("preprocessing") or {}
+        return cls(
+            model=model,
+            arch=str(config["arch"]),
+            classes=[str(c) for c in config["classes"]],
+            mags=[float(m) for m in config["mags"]],
+            patch_size=int(pre.get("patch_size", 256)),
+            tissue_method=str(pre.get("tissue_method", "gaussian")),
+            tissue_params=dict(pre.get("tissue_params") or {}),
+            tissue_threshold=float(pre.get("tissue_threshold", 0.1)),
+            weights=str(weights or pre.get("weights", "imagenet")),
+            weights_seed=int(pre.get("weights_seed", 0)),
+            method=str(config.get("method", config["arch"])),
+        )
+
+
+def _tile(predictor: Predictor, slide_path: Path, mpp: float | None) -> Lattice:
+    return tile_slide(
+        slide_path,
+        predictor.mags,
+        patch_size=predictor.patch_size,
+        mpp=mpp,
+        tissue_method=predictor.tissue_method,
+        tissue_params=predictor.tissue_params,
+        threshold=predictor.tissue_threshold,
+        no_tissue="all",
+    )
+
+
+def _encode(encoder: PatchEncoder, patches: np.ndarray, batch_size: int) -> torch.Tensor:
+    chunks = [
+        encoder.encode(patches[i : i + batch_size]) for i in range(0, len(patches), batch_size)
+    ]
+    feats = np.concatenate(chunks) if chunks else np.zeros((0, 1024), dtype=np.float32)
+    return torch.from_numpy(feats).unsqueeze(0)
+
+
+class _Timer:
+    """Accumulates wall time per phase (read / encode / head)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"read": 0.0, "encode": 0.0, "head": 0.0}
+
+    def add(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[phase] += now - since
+        return now
+
+
+def zoom_predict(
+    predictor: Predictor,
+    slide_path: str | Path,
+    encoder: PatchEncoder,
+    mpp: float | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """ZoomMIL inference reading only the selected regions; see the module docstring."""
+    start = time.perf_counter()
+    slide_path = Path(slide_path)
+    timer = _Timer()
+    lattice = _tile(predictor, slide_path, mpp)
+    tiled = time.perf_counter()
+    model = predictor.model
+    slide, mpp0, source = open_with_mpp(slide_path, mpp)
+    p = predictor.patch_size
+    rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
+    pooled, attention, selected = [], [], []
+    encoded = {}
+    try:
+        tic = time.perf_counter()
+        side = lattice.sides[0]
+        patches = [
+            read_region_at(slide, int(x), int(y), side, p)
+            for x, y in tqdm(lattice.xy[0], desc="read", disable=not progress)
+        ]
+        patches = np.stack(patches) if patches else np.zeros((0, p, p, 3), np.uint8)
+        tic = timer.add("read", tic)
+        feats = _encode(encoder, patches, batch_size)
+        tic = timer.add("encode", tic)
+        encoded[mag_key(lattice.mags[0])] = len(rows)
+        for m in range(len(lattice.mags)):
+            with torch.inference_mode():
+                step = model.zoom_step(m, feats.to(encoder.device))
+            pooled.append(step.pooled)
+            attention.append(
+                {
+                    "mag": lattice.mags[m],
+                    "side0": lattice.sides[m],
+                    "xy": lattice.xy[m][rows].tolist(),
+                    "weights": step.attention.float().cpu().tolist(),
+                }
+            )
+            tic = timer.add("head", tic)
+            if step.selected is None:
+                break
+            chosen = rows[step.selected.cpu().numpy()]
+            selected.append(
+                {
+                    "mag": lattice.mags[m],
+                    "side0": lattice.sides[m],
+                    "xy": lattice.xy[m][chosen].tolist(),
+                }
+            )
+            depth = steps_between(lattice.mags[m], lattice.mags[m + 1])
+            r = 4**depth
+            regions = [
+                read_parent_patches(slide, int(x), int(y), lattice.sides[m], [depth], p)[0]
+                for x, y in lattice.xy[m][chosen]
+            ]
+            patches = np.concatenate(regions) if regions else np.zeros((0, p, p, 3), np.uint8)
+            rows = (chosen[:, None] * r + np.arange(r)[None, :]).reshape(-1)
+            tic = timer.add("read", tic)
+            feats = _encode(encoder, patches, batch_size)
+            tic = timer.add("encode", tic)
+            encoded[mag_key(lattice.mags[m + 1])] = len(rows)
+        with torch.inference_mode():
+            logits = model.classify_pooled(pooled)
+        timer.add("head", tic)
+    finally:
+        slide.close()
+    result = _result(predictor, slide_path, logits, encoded, mpp0, source)
+    result["selected"] = selected
+    result["attention"] = attention
+    result["seconds"] = {
+        "total": time.perf_counter() - start,
+        "tissue_and_tiling": tiled - start,
+        **timer.seconds,
+    }
+    return result
+
+
+def all_patch_predict(
+    predictor: Predictor,
+    slide_path: str | Path,
+    encoder: PatchEncoder,
+    mpp: float | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Encode every tissue patch at the model's magnifications, then run the MIL head."""
+    start = time.perf_counter()
+    slide_path = Path(slide_path)
+    timer = _Timer()
+    lattice = _tile(predictor, slide_path, mpp)
+    tiled = time.perf_counter()
+    slide, mpp0, source = open_with_mpp(slide_path, mpp)
+    depths = [steps_between(lattice.mags[0], m) for m in lattice.mags]
+    per_mag: list[list[np.ndarray]] = [[] for _ in lattice.mags]
+    try:
+        tic = time.perf_counter()
+        for x, y in tqdm(lattice.xy[0], desc="read", disable=not progress):
+            for k, patches in enumerate(
+                read_parent_patches(
+                    slide, int(x), int(y), lattice.sides[0], depths, predictor.patch_size
+                )
+            ):
+                per_mag[k].append(patches)
+        tic = timer.add("read", tic)
+    finally:
+        slide.close()
+    p = predictor.patch_size
+    feats = []
+    for chunks in per_mag:
+        patches = np.concatenate(chunks) if chunks else np.zeros((0, p, p, 3), np.uint8)
+        feats.append(_encode(encoder, patches, batch_size).to(encoder.device))
+    tic = timer.add("encode", tic)
+    coords = [torch.as_tensor(c) for c in lattice.coords]
+    with torch.inference_mode():
+        logits = predictor.model(feats, coords)
+    timer.add("head", tic)
+    encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
+    result = _result(predictor, slide_path, logits, encoded, mpp0, source)
+    result["selected"] = []
+    result["attention"] = []
+    result["seconds"] = {
+        "total": time.perf_counter() - start,
+        "tissue_and_tiling": tiled - start,
+        **timer.seconds,
+    }
+    return result
+
+
+def _result(
+    predictor: Predictor,
+    slide_path: Path,
+    logits: torch.Tensor,
+    encoded: dict[str, int],
+    mpp0: float,
+    source: str,
+) -> dict[str, Any]:
+    probs = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
+    return {
+        "slide": str(slide_path),
+        "slide_id": slide_path.stem,
+        "method": predictor.method,
+        "arch": predictor.arch,
+        "classes": predictor.classes,
+        "probabilities": {c: float(v) for c, v in zip(predictor.classes, probs, strict=True)},
+        "predicted": predictor.classes[int(np.argmax(probs))],
+        "patches_encoded": int(sum(encoded.values())),
+        "patches_per_mag": encoded,
+        "mpp": float(mpp0),
+        "mpp_source": source,
+        "weights": predictor.weights,
+    }
+
+
+def make_encoder(
+    predictor: Predictor, device: str = "cpu", precision: str = "fp32"
+) -> tuple[PatchEncoder, dict[str, Any]]:
+    """The encoder the checkpoint's features were made with (same weights and seed)."""
+    model, info = build_encoder(predictor.weights, seed=predictor.weights_seed)
+    return PatchEncoder(model, device=device, precision=precision), info
+
+
+def predict_slide(
+    predictor: Predictor,
+    slide_path: str | Path,
+    encoder: PatchEncoder,
+    mpp: float | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Zoom inference for ZoomMIL, all-patch inference for every other architecture."""
+    if not Path(slide_path).exists():
+        raise ZoomMILError(f"{slide_path}: slide file not found")
+    run = zoom_predict if predictor.arch == "zoommil" else all_patch_predict
+    return run(predictor, slide_path, encoder, mpp, batch_size, progress)

@@ -1,0 +1,135 @@
+"""Slide QC tables: which slides continue, and why the others were left out.
+
+Two stages, because slides fail at two points: inspection (unreadable file, implausible or
+missing mpp) and tiling (no tissue). Each stage writes a TSV with one row per slide of the
+sheet, so the tables can say how many slides were excluded and why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import pandas as pd
+
+INSPECT_COLUMNS = ["slide_id", "label", "split", "status", "reason", "mpp", "mpp_source"]
+
+
+def _reason(record: Mapping[str, Any]) -> str:
+    for key in ("reason", "error", "message"):
+        if record.get(key):
+            return str(record[key])
+    return ""
+
+
+def inspection_table(sheet: pd.DataFrame, status_files: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per sheet slide from the `zoommil inspect` status JSONs ({slide_id}.json)."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for path in status_files:
+        path = Path(path)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            record = {"status": "error", "reason": f"unreadable status file: {error}"}
+        by_id[path.stem] = record
+    rows = []
+    for slide_id, row in sheet.iterrows():
+        record = by_id.get(str(slide_id), {"status": "missing", "reason": "not inspected"})
+        status = str(record.get("status") or "error")
+        rows.append(
+            {
+                "slide_id": slide_id,
+                "label": row["label"],
+                "split": row["split"],
+                "status": status,
+                "reason": "" if status == "ok" else _reason(record) or status,
+                "mpp": record.get("mpp"),
+                "mpp_source": record.get("mpp_source") or "",
+            }
+        )
+    return pd.DataFrame(rows, columns=INSPECT_COLUMNS)
+
+
+def feature_counts(path: str | Path) -> tuple[dict[str, int], bool]:
+    """Rows per magnification of a feature file, and whether tiling found no tissue.
+
+    `zoommil tile --no-tissue all` keeps every patch of a slide without tissue and records
+    `no_tissue_applied` (copied into the feature file), so the workflow can decide here.
+    """
+    counts: dict[str, int] = {}
+    with h5py.File(path, "r") as handle:
+        for key in handle.keys():
+            if key.endswith("x_patches"):
+                counts[key[: -len("_patches")]] = int(handle[key].shape[0])
+        applied = handle.attrs.get("no_tissue_applied", False)
+    if isinstance(applied, bytes):
+        applied = applied.decode()
+    if isinstance(applied, str):
+        applied = applied.strip().lower() in ("1", "true", "yes")
+    return counts, bool(applied)
+
+
+def slides_table(
+    inspection: pd.DataFrame,
+    feature_files: Mapping[str, str | Path],
+    no_tissue: str = "exclude",
+) -> pd.DataFrame:
+    """Final status per slide: the inspection status, then `no_tissue` after tiling.
+
+    `feature_files` maps slide_id -> feature file for the slides that passed inspection. A
+    slide is `no_tissue` when its feature file has no patches, or when no patch passed the
+    tissue threshold and the policy `no_tissue` is "exclude" ("all" keeps its patches).
+    Adds one `n_<mag>` column per magnification (patch counts).
+    """
+    if no_tissue not in ("exclude", "all"):
+        raise ValueError(f"no_tissue policy must be 'exclude' or 'all', not {no_tissue!r}")
+    table = inspection.copy()
+    counts_by_id: dict[str, dict[str, int]] = {}
+    for slide_id, path in feature_files.items():
+        counts, applied = feature_counts(path)
+        counts_by_id[slide_id] = counts
+        index = table.index[table["slide_id"] == slide_id]
+        if not counts or min(counts.values()) == 0:
+            reason = "the feature file has no patches"
+        elif applied and no_tissue == "exclude":
+            reason = "no patch passed the tissue threshold (no_tissue: exclude)"
+        else:
+            continue
+        table.loc[index, "status"] = "no_tissue"
+        table.loc[index, "reason"] = reason
+    mags = sorted({m for c in counts_by_id.values() for m in c}, key=lambda m: float(m[:-1]))
+    for mag in mags:
+        table[f"n_{mag}"] = [counts_by_id.get(s, {}).get(mag, 0) for s in table["slide_id"]]
+    return table
+
+
+def usable_sheet(sheet: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Sheet rows (absolute paths) of the slides whose final status is ok, with the mpp
+    resolved at inspection, so later commands read each slide at the same resolution."""
+    ok = table.loc[table["status"] == "ok"].set_index("slide_id")
+    rows = sheet.loc[sheet["slide_id"].isin(ok.index), ["slide_id", "path", "label", "split"]]
+    rows = rows.reset_index(drop=True)
+    rows["mpp"] = [ok.loc[s, "mpp"] for s in rows["slide_id"]]
+    return rows
+
+
+def write_tsv(frame: pd.DataFrame, out: str | Path) -> None:
+    """Write a TSV atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    frame.to_csv(tmp, sep="\t", index=False, na_rep="")
+    tmp.replace(out)
+
+
+def exclusion_summary(table: pd.DataFrame) -> str:
+    """'2 of 24 slides excluded (1 no_mpp, 1 no_tissue)' or '0 of 24 slides excluded'."""
+    excluded = table[table["status"] != "ok"]
+    text = f"{len(excluded)} of {len(table)} slides excluded"
+    if len(excluded):
+        counts = excluded["status"].value_counts().sort_index()
+        text += " (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
+    return text

@@ -1,0 +1,133 @@
+"""Read and validate slide sheets so that a bad sheet fails before any job runs.
+
+A sheet is a TSV (or CSV) with columns slide_id, path, label, split and an optional mpp.
+Every error names the offending row (1-based data row and its slide_id), because users fix
+sheets by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from zoommil.errors import ZoomMILError
+
+REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
+SPLITS = ("train", "val", "test")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a TSV or CSV (by extension; `.csv` is comma separated) with every cell a string."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZoomMILError(f"slide sheet not found: {path}")
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ZoomMILError(f"slide sheet {path}: cannot be parsed: {error}") from error
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _row_name(index: int, row: pd.Series) -> str:
+    slide_id = str(row.get("slide_id", "")).strip()
+    return f"row {index + 1}" + (f" (slide_id '{slide_id}')" if slide_id else "")
+
+
+def _parse_mpp(value: str, where: str, sheet: Path) -> float | None:
+    value = str(value).strip()
+    if value == "" or value.lower() in {"na", "nan", "none"}:
+        return None
+    try:
+        mpp = float(value)
+    except ValueError as error:
+        raise ZoomMILError(f"{sheet}: {where}: mpp '{value}' is not a number") from error
+    if not 0.1 <= mpp <= 2.0:
+        raise ZoomMILError(f"{sheet}: {where}: mpp {mpp} is outside 0.1-2.0 um/px")
+    return mpp
+
+
+def load_sheet(
+    path: str | Path,
+    classes: list[str] | None = None,
+    schema: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Validate a slide sheet and return it indexed by slide_id with absolute slide paths.
+
+    Checks, in order: required columns, per-row values (`schema`: JSON schema of one row, e.g.
+    workflow/schemas/slides.schema.yaml), split names, known labels (when `classes` is
+    given), unique slide ids. Relative paths are resolved against the sheet's folder. The
+    returned frame has a float `mpp` column (NaN where absent).
+    """
+    sheet = Path(path)
+    frame = read_table(sheet)
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ZoomMILError(
+            f"{sheet}: missing column(s) {', '.join(missing)}; "
+            f"a sheet needs {', '.join(REQUIRED_COLUMNS)} (optional: mpp)"
+        )
+    if frame.empty:
+        raise ZoomMILError(f"{sheet}: the sheet has no rows")
+    for column in REQUIRED_COLUMNS:
+        frame[column] = frame[column].str.strip()
+    validator = _validator(schema)
+    seen: dict[str, int] = {}
+    mpps: list[float | None] = []
+    for index, row in frame.iterrows():
+        where = _row_name(index, row)
+        for column in REQUIRED_COLUMNS:
+            if row[column] == "":
+                raise ZoomMILError(f"{sheet}: {where}: empty '{column}'")
+        mpp = _parse_mpp(row["mpp"], where, sheet) if "mpp" in frame.columns else None
+        mpps.append(mpp)
+        if validator is not None:
+            record = {c: row[c] for c in REQUIRED_COLUMNS}
+            if mpp is not None:
+                record["mpp"] = mpp
+            errors = sorted(validator.iter_errors(record), key=lambda e: list(e.path))
+            if errors:
+                field = ".".join(str(p) for p in errors[0].path) or "row"
+                raise ZoomMILError(f"{sheet}: {where}: {field}: {errors[0].message}")
+        if row["split"] not in SPLITS:
+            raise ZoomMILError(
+                f"{sheet}: {where}: unknown split '{row['split']}'; expected one of "
+                f"{', '.join(SPLITS)}"
+            )
+        if classes is not None and row["label"] not in classes:
+            raise ZoomMILError(
+                f"{sheet}: {where}: unknown label '{row['label']}'; expected one of "
+                f"{', '.join(classes)}"
+            )
+        if row["slide_id"] in seen:
+            raise ZoomMILError(
+                f"{sheet}: {where}: duplicate slide_id '{row['slide_id']}' "
+                f"(first used in row {seen[row['slide_id']] + 1})"
+            )
+        seen[row["slide_id"]] = index
+    frame["mpp"] = pd.array([float("nan") if m is None else m for m in mpps], dtype=float)
+    frame["path"] = [_resolve(sheet, p) for p in frame["path"]]
+    return frame.set_index("slide_id", drop=False)
+
+
+def _resolve(sheet: Path, slide_path: str) -> str:
+    candidate = Path(slide_path).expanduser()
+    if not candidate.is_absolute():
+        candidate = sheet.resolve().parent / candidate
+    return str(candidate)
+
+
+def _validator(schema: dict[str, Any] | None):
+    if schema is None:
+        return None
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema)
+
+
+def sheet_classes(frame: pd.DataFrame, classes: list[str] | None) -> list[str]:
+    """The class list: the configured one, else the sorted labels of the sheet."""
+    return list(classes) if classes else sorted(frame["label"].unique())

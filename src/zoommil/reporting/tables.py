@@ -1,0 +1,333 @@
+"""Tables 1-4 of the paper from the workflow's JSON outputs, as CSV, Markdown and LaTeX.
+
+Tables 1-3 (one per dataset): weighted F1, accuracy and AUC as mean +- std over seeds, mean
+TFLOPs per slide and end-to-end time per slide. Table 4: ZoomMIL ablations. Every table
+carries notes on the encoder weights (random weights make the numbers a smoke test) and on
+how many slides QC excluded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from zoommil.reporting import qc, results
+
+DISPLAY_NAMES = {
+    "zoommil": "ZoomMIL",
+    "maxmil": "MaxMIL",
+    "meanmil": "MeanMIL",
+    "sparseconvmil": "SparseConvMIL",
+    "abmil": "ABMIL",
+    "clam_sb": "CLAM-SB",
+    "transmil": "TransMIL",
+    "msmil": "MS-MIL",
+    "dsmil": "DSMIL",
+}
+METRICS = ("weighted_f1", "accuracy", "auc")
+METRIC_HEADERS = {"weighted_f1": "Weighted F1 (%)", "accuracy": "Accuracy (%)", "auc": "AUC (%)"}
+ZOOMMIL_DEFAULTS = {"selection": "diff_topk", "attention": "dual", "aggregation": "sum"}
+TIMING_HEADERS = {
+    "cpu1": "CPU 1 thread (s/slide)",
+    "cpu": "CPU all cores (s/slide)",
+    "gpu": "GPU (s/slide)",
+}
+
+
+def display_name(method: str, spec: Mapping[str, Any] | None = None) -> str:
+    """ZoomMIL-style display name; a method named like its arch gets the paper's spelling."""
+    if method in DISPLAY_NAMES:
+        return DISPLAY_NAMES[method]
+    return method
+
+
+def method_mags(arch: str, mags: Sequence[float]) -> list[float]:
+    """Magnifications a model sees (mirrors zoommil.models.default_mags)."""
+    mags = sorted(float(m) for m in mags)
+    try:
+        from zoommil.models import default_mags
+
+        return [float(m) for m in default_mags(arch, mags)]
+    except (ImportError, AttributeError):
+        pass
+    if arch in ("zoommil", "msmil"):
+        return mags
+    if arch == "dsmil":
+        return [mags[0], mags[-1]] if len(mags) > 1 else mags
+    return [mags[-1]]
+
+
+def format_mags(mags: Iterable[float]) -> str:
+    return " -> ".join(f"{m:g}x" for m in mags)
+
+
+def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Mean and sample std (ddof=1; 0 for a single seed) per method and metric."""
+    frame = pd.DataFrame(list(records))
+    rows = []
+    for method, group in frame.groupby("method", sort=False):
+        row: dict[str, Any] = {"method": method, "n_seeds": len(group)}
+        for metric in METRICS:
+            values = group[metric].astype(float).dropna()
+            row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            if not len(values):
+                row[f"{metric}_std"] = math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main_table(
+    summary: pd.DataFrame,
+    methods: Mapping[str, Mapping[str, Any]],
+    mags: Sequence[float],
+    flops: Mapping[str, Mapping[str, float]],
+    timings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> pd.DataFrame:
+    """Tables 1-3: one row per configured method, in config order."""
+    by_method = summary.set_index("method")
+    rows = []
+    for method, spec in methods.items():
+        row: dict[str, Any] = {
+            "method": method,
+            "name": display_name(method, spec),
+            "arch": spec.get("arch", method),
+            "mags": format_mags(method_mags(spec.get("arch", method), mags)),
+        }
+        if method in by_method.index:
+            row.update(by_method.loc[method].to_dict())
+        row["tflops"] = flops.get(method, {}).get("tflops", math.nan)
+        row["patches_per_slide"] = flops.get(method, {}).get("patches", math.nan)
+        for device in TIMING_HEADERS:
+            timing = timings.get(device, {}).get(method, {})
+            row[f"{device}_s_per_slide"] = timing.get("seconds", math.nan)
+            row[f"{device}_slides_per_hour"] = timing.get("slides_per_hour", math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ablation_label(spec: Mapping[str, Any], reference: Mapping[str, Any]) -> tuple[str, str]:
+    """(component, variant) of an ablation: the ZoomMIL kwargs that differ from the reference."""
+    full_ref = {**ZOOMMIL_DEFAULTS, **reference}
+    full = {**ZOOMMIL_DEFAULTS, **spec}
+    changed = [k for k in sorted(set(full) | set(full_ref)) if full.get(k) != full_ref.get(k)]
+    if not changed:
+        return "reference", ", ".join(f"{k}={full[k]}" for k in ZOOMMIL_DEFAULTS)
+    return ", ".join(changed), ", ".join(f"{k}={full.get(k)}" for k in changed)
+
+
+def ablation_table(
+    summary: pd.DataFrame,
+    ablations: Mapping[str, Mapping[str, Any]],
+    reference: str | None,
+    methods: Mapping[str, Mapping[str, Any]],
+    flops: Mapping[str, Mapping[str, float]],
+) -> pd.DataFrame:
+    """Table 4: the reference ZoomMIL row, then one row per ablation."""
+    by_method = summary.set_index("method")
+    ref_spec = methods.get(reference, {}) if reference else {}
+    rows = []
+    names = ([reference] if reference and ablations else []) + list(ablations)
+    for method in names:
+        spec = ref_spec if method == reference else ablations[method]
+        component, variant = ablation_label(spec, ref_spec)
+        row: dict[str, Any] = {"method": method, "component": component, "variant": variant}
+        if method in by_method.index:
+            row.update(by_method.loc[method].to_dict())
+        row["tflops"] = flops.get(method, {}).get("tflops", math.nan)
+        rows.append(row)
+    columns = ["method", "component", "variant", "n_seeds"]
+    columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["tflops"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _pct(mean: float, std: float) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if std is None or math.isnan(std):
+        return f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{float(value):.{digits}g}"
+
+
+def display_frame(table: pd.DataFrame, kind: str, devices: Sequence[str]) -> pd.DataFrame:
+    """The human-readable columns of a table (strings), best weighted F1 marked later."""
+    out = pd.DataFrame()
+    if kind == "main":
+        out["Method"] = table["name"]
+        out["Magnifications"] = table["mags"]
+    else:
+        out["Method"] = table["method"]
+        out["Component"] = table["component"]
+        out["Variant"] = table["variant"]
+    for metric in METRICS:
+        out[METRIC_HEADERS[metric]] = [
+            _pct(m, s)
+            for m, s in zip(
+                table.get(f"{metric}_mean", [math.nan] * len(table)),
+                table.get(f"{metric}_std", [math.nan] * len(table)),
+                strict=True,
+            )
+        ]
+    out["TFLOPs"] = [_num(v) for v in table["tflops"]]
+    if kind == "main":
+        for device in devices:
+            out[TIMING_HEADERS[device]] = [_num(v) for v in table[f"{device}_s_per_slide"]]
+    return out
+
+
+def best_row(table: pd.DataFrame) -> int | None:
+    values = pd.to_numeric(table.get("weighted_f1_mean"), errors="coerce")
+    if values is None or values.isna().all():
+        return None
+    return int(values.idxmax())
+
+
+def to_markdown(display: pd.DataFrame, title: str, notes: Sequence[str], best: int | None) -> str:
+    header = "| " + " | ".join(display.columns) + " |"
+    rule = "|" + "|".join("---" for _ in display.columns) + "|"
+    lines = [f"**{title}**", "", header, rule]
+    for index, row in display.iterrows():
+        cells = [str(v) for v in row]
+        if index == best:
+            cells[0] = f"**{cells[0]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"*Note:* {note}" + "  " for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#"}
+    text = "".join(replacements.get(c, c) for c in str(text))
+    return text.replace("±", r"$\pm$").replace("->", r"$\rightarrow$")
+
+
+def to_latex(
+    display: pd.DataFrame, title: str, notes: Sequence[str], best: int | None, label: str
+) -> str:
+    columns = "l" * 2 + "c" * (len(display.columns) - 2)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + _tex_escape(title + ". " + " ".join(notes)) + "}",
+        r"\label{" + label + "}",
+        r"\resizebox{\linewidth}{!}{%",
+        r"\begin{tabular}{" + columns + "}",
+        r"\toprule",
+        " & ".join(_tex_escape(c) for c in display.columns) + r" \\",
+        r"\midrule",
+    ]
+    for index, row in display.iterrows():
+        cells = [_tex_escape(v) for v in row]
+        if index == best:
+            cells[0] = r"\textbf{" + cells[0] + "}"
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def table_notes(
+    dataset: str, weights: str, qc_table: pd.DataFrame, timings_skipped: Mapping[str, str]
+) -> list[str]:
+    """Notes printed under every table (weights, QC exclusions, skipped devices)."""
+    notes = []
+    if str(weights) == "random":
+        notes.append(
+            "encoder weights are a seeded RANDOM initialisation (offline demo): the numbers "
+            "test the pipeline, they do not measure the methods"
+        )
+    else:
+        notes.append(f"encoder weights: {weights}")
+    notes.append(f"dataset {dataset}: {qc.exclusion_summary(qc_table)} by QC")
+    reasons = qc_table.loc[qc_table["status"] != "ok", ["slide_id", "reason"]]
+    if len(reasons):
+        notes.append(
+            "excluded: " + "; ".join(f"{s} ({r})" for s, r in reasons.itertuples(index=False))
+        )
+    for device, reason in timings_skipped.items():
+        notes.append(f"{TIMING_HEADERS[device].split(' (')[0]} timing skipped: {reason}")
+    notes.append("mean ± std over seeds on the test split; TFLOPs = 2^40 flops per slide")
+    return notes
+
+
+def write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame, notes: Sequence[str]) -> None:
+    frame = frame.copy()
+    frame["notes"] = " | ".join(notes)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(path)
+
+
+def make_tables(
+    qc_table: str | Path,
+    evals: Iterable[str | Path],
+    flops: Iterable[str | Path],
+    timings: Mapping[str, Iterable[str | Path]],
+    outputs: Mapping[str, str | Path],
+    dataset: str,
+    weights: str,
+    mags: Sequence[float],
+    methods: Mapping[str, Mapping[str, Any]],
+    ablations: Mapping[str, Mapping[str, Any]] | None = None,
+    reference: str | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Write Tables 1-3 (`main_*`) and Table 4 (`ablation_*`) to the given output paths.
+
+    `outputs` keys: main_csv, main_md, main_tex, ablation_csv, ablation_md, ablation_tex.
+    """
+    ablations = dict(ablations or {})
+    qc_frame = pd.read_csv(qc_table, sep="\t", dtype={"slide_id": str}, keep_default_na=False)
+    records = results.eval_records(evals)
+    summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
+    flops_map = results.flops_by_method(flops)
+    timing_map = {device: results.timing_by_method(paths) for device, paths in timings.items()}
+    devices = [
+        d for d in TIMING_HEADERS if any(not t["skipped"] for t in timing_map.get(d, {}).values())
+    ]
+    skipped = {
+        d: next(iter(t.values()))["skipped"]
+        for d, t in timing_map.items()
+        if t and all(x["skipped"] for x in t.values())
+    }
+    notes = table_notes(dataset, weights, qc_frame, skipped)
+
+    main = main_table(summary, methods, mags, flops_map, timing_map)
+    title = f"ZoomMIL benchmark on {dataset} (Tables 1-3 style)"
+    display = display_frame(main, "main", devices)
+    best = best_row(main)
+    write_csv(outputs["main_csv"], main, notes)
+    write_text(outputs["main_md"], to_markdown(display, title, notes, best))
+    write_text(outputs["main_tex"], to_latex(display, title, notes, best, f"tab:{dataset}"))
+
+    ablation = ablation_table(summary, ablations, reference, methods, flops_map)
+    title = f"ZoomMIL ablations on {dataset} (Table 4 style)"
+    ab_notes = notes if ablations else ["no ablations configured", *notes]
+    display = display_frame(ablation, "ablation", devices)
+    best = best_row(ablation) if len(ablation) else None
+    write_csv(outputs["ablation_csv"], ablation, ab_notes)
+    write_text(outputs["ablation_md"], to_markdown(display, title, ab_notes, best))
+    write_text(
+        outputs["ablation_tex"],
+        to_latex(display, title, ab_notes, best, f"tab:{dataset}-ablations"),
+    )
+    return {"main": main, "ablations": ablation}

@@ -1,0 +1,63 @@
+"""Per-method train configs (docs/ARCHITECTURE.md "Train config").
+
+One file per method, so that adding a method or a seed adds jobs and never touches the
+configs (and hence the models) of the others, while changing a training parameter changes
+every file that carries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _plain(value: Any) -> Any:
+    """Plain YAML types (no numpy, tuples or snakemake containers)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def build_train_config(
+    method: str,
+    spec: Mapping[str, Any],
+    train: Mapping[str, Any],
+    mags: Sequence[float],
+    classes: Sequence[str] | None,
+    sheet: str,
+    features_dir: str,
+    exclude: str,
+) -> dict[str, Any]:
+    """The `zoommil train --config` content for one method; seeds are not part of it."""
+    config: dict[str, Any] = {
+        "features_dir": features_dir,
+        "sheet": sheet,
+        "exclude": exclude,
+        "mags": sorted(float(m) for m in mags),
+        "epochs": int(train.get("epochs", 100)),
+        "lr": float(train.get("lr", 1.0e-4)),
+        "weight_decay": float(train.get("weight_decay", 0.0)),
+        "selection": str(train.get("selection", "val_loss")),
+    }
+    if classes:
+        config["classes"] = list(classes)
+    for key, value in (train.get("extra") or {}).items():
+        config.setdefault(key, value)
+    config["methods"] = {method: dict(spec)}
+    return _plain(config)
+
+
+def write_train_config(config: Mapping[str, Any], out: str | Path) -> None:
+    """Write YAML atomically (tmp file + rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(_plain(config), sort_keys=False), encoding="utf-8")
+    tmp.replace(out)

@@ -1,0 +1,116 @@
+"""Small helpers the Snakemake rules use to turn config into command lines and file lists.
+
+Kept here (not in the .smk files) so they are unit-tested and the rules stay declarative.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+# Library files each workflow step imports: editing one of them reruns that step (they are
+# listed as `lib=` inputs). Folders stand for every .py file below them.
+LIBRARY_MODULES: dict[str, tuple[str, ...]] = {
+    "synth": ("synth.py", "synth", "commands/synth.py"),
+    "inspect": ("slide.py", "commands/inspect.py"),
+    "tissue": ("slide.py", "tissue.py", "commands/tissue.py"),
+    "tile": ("slide.py", "tissue.py", "lattice.py", "commands/tile.py"),
+    "features": (
+        "slide.py",
+        "lattice.py",
+        "encoder.py",
+        "features.py",
+        "featurefile.py",
+        "commands/features.py",
+    ),
+    "train": ("models", "training", "featurefile.py", "commands/train.py"),
+    "evaluate": ("models", "training", "featurefile.py", "commands/evaluate.py"),
+    "flops": ("efficiency", "models", "encoder.py", "featurefile.py", "commands/flops.py"),
+    "profile": (
+        "efficiency",
+        "models",
+        "encoder.py",
+        "slide.py",
+        "lattice.py",
+        "tissue.py",
+        "predict.py",
+        "commands/profile.py",
+    ),
+    "predict": (
+        "predict.py",
+        "heatmap.py",
+        "models",
+        "encoder.py",
+        "slide.py",
+        "lattice.py",
+        "tissue.py",
+        "commands/predict.py",
+    ),
+    "qc": ("reporting/qc.py", "reporting/sheet.py"),
+    "train_config": ("reporting/trainconfig.py",),
+    "tables": ("reporting/tables.py", "reporting/results.py"),
+    "figures": ("reporting/figures.py", "reporting/results.py"),
+}
+
+
+def library_root(basedir: str | Path) -> Path:
+    """The zoommil sources next to the workflow (a checkout), else the installed package."""
+    local = Path(basedir) / "src" / "zoommil"
+    if local.is_dir():
+        return local.resolve()
+    import zoommil
+
+    return Path(zoommil.__file__).resolve().parent
+
+
+def library_files(root: str | Path, step: str) -> list[str]:
+    """Existing library files used by a workflow step, sorted (deterministic inputs)."""
+    root = Path(root)
+    files: set[Path] = set()
+    for name in LIBRARY_MODULES[step]:
+        path = root / name
+        if path.is_dir():
+            files.update(p for p in path.rglob("*.py") if "__pycache__" not in p.parts)
+        elif path.is_file():
+            files.add(path)
+    return sorted(str(p) for p in files)
+
+
+def cli_flags(args: Mapping[str, Any] | None) -> str:
+    """`{"sigma": 20, "keep-empty": True, "mags": [1, 2]}` -> `--sigma 20 --keep-empty --mags 1 2`.
+
+    Underscores become dashes; False/None drop the flag. Values are shell-quoted.
+    """
+    parts: list[str] = []
+    for key, value in (args or {}).items():
+        flag = "--" + str(key).replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts.append(flag)
+            parts.extend(shlex.quote(_plain(v)) for v in value)
+        else:
+            parts.extend([flag, shlex.quote(_plain(value))])
+    return " ".join(parts)
+
+
+def param_flags(flag: str, params: Mapping[str, Any] | None) -> str:
+    """`("--param", {"sigma": 20})` -> `--param sigma=20` (repeatable NAME=VALUE flags)."""
+    return " ".join(
+        f"{flag} {shlex.quote(f'{key}={_plain(value)}')}" for key, value in (params or {}).items()
+    )
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def format_mags(mags: Iterable[float]) -> str:
+    """Magnifications as CLI words, lowest first: [10, 2.5] -> '2.5 10.0'."""
+    return " ".join(str(float(m)) for m in sorted(float(m) for m in mags))

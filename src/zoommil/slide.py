@@ -1,0 +1,502 @@
+"""Open whole-slide images, resolve their resolution (mpp), and read regions.
+
+Everything downstream (tissue masks, the lattice, features, zoom inference) works in level-0
+pixels and microns per pixel, so this module is the only place that knows about pyramid levels.
+
+mpp resolution (`resolve_mpp`), first plausible value wins:
+
+1. an explicit override (``--mpp``): the user's word beats metadata, because metadata is the
+   thing that is wrong when a user bothers to give one (e.g. a 72-dpi placeholder);
+2. ``openslide.mpp-x`` (OpenSlide's own normalisation of the vendor metadata);
+3. vendor keys OpenSlide does not normalise (``aperio.MPP``, MIRAX, Hamamatsu);
+4. the TIFF resolution tags (``tiff.XResolution`` with its unit, centimetre or inch);
+5. the objective power (``openslide.objective-power`` / ``aperio.AppMag``): mpp = 10 / power;
+6. a default (``--default-mpp``: in the workflow the sheet's mpp column or the config default),
+   used only when metadata gives nothing plausible, with a warning.
+
+Values outside 0.1-2.0 um/px are never used: a metadata value out of range is skipped (and
+reported), an explicit value out of range is an error. The source is recorded as e.g.
+``"openslide.mpp-x"``, ``"objective-power"``, ``"override"`` or ``"default"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import openslide
+
+from zoommil.errors import SlideError
+
+log = logging.getLogger(__name__)
+
+MPP_MIN = 0.1
+MPP_MAX = 2.0
+#: A pyramid level counts as "at least as fine as needed" if its downsample exceeds the
+#: needed one by at most this relative amount (stored downsamples like 2.0005 or 4.000112).
+LEVEL_TOLERANCE = 0.01
+#: Largest coarsest level (in pixels) that `open_slide` test-reads completely.
+_FULL_TEST_READ_PX = 4096 * 4096
+
+HOW_TO_SUPPLY_MPP = (
+    "supply one with --mpp X (or --default-mpp X; in the workflow: the sheet's mpp column "
+    "or the config's default mpp), e.g. --mpp 0.5 for a 20x scan"
+)
+
+
+class SlideCheckError(SlideError):
+    """A `SlideError` with a machine-readable status for `inspect` (e.g. ``no_mpp``)."""
+
+    def __init__(self, slide: str | Path, status: str, reason: str) -> None:
+        self.status = status
+        super().__init__(slide, reason)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_slide(path: str | Path, test_read: bool = True) -> openslide.OpenSlide:
+    """Open a whole-slide image with OpenSlide, or raise `SlideCheckError` saying why not.
+
+    What counts as a slide: anything OpenSlide opens natively (Aperio, Hamamatsu, MIRAX, ...,
+    and *tiled* generic TIFFs, pyramidal or not). A plain strip-based TIFF or an ordinary
+    image is refused: OpenSlide only falls back to reading those whole into memory, which is
+    not a whole-slide image. With ``test_read`` the coarsest level (or, when that is huge, a
+    few tiles across it) and a few level-0 tiles are decoded, because a slide whose tiles are
+    corrupt opens fine and only fails later (and OpenSlide errors latch on the handle).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SlideCheckError(path, "missing", "file not found")
+    if not path.is_file():
+        raise SlideCheckError(path, "missing", "not a file")
+    if path.stat().st_size == 0:
+        raise SlideCheckError(path, "unreadable", "file is empty")
+    try:
+        slide = openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        status, reason = _diagnose_unopenable(path)
+        raise SlideCheckError(path, status, reason) from None
+    except openslide.OpenSlideError as error:
+        raise SlideCheckError(
+            path, "unreadable", f"corrupt or truncated slide file ({error})"
+        ) from None
+    if test_read:
+        try:
+            _test_read(slide)
+        except openslide.OpenSlideError as error:
+            slide.close()
+            raise SlideCheckError(
+                path, "unreadable", f"slide opens but its pixels cannot be decoded ({error})"
+            ) from None
+    return slide
+
+
+def _diagnose_unopenable(path: Path) -> tuple[str, str]:
+    """Explain why OpenSlide refused a file: text, truncated TIFF, plain TIFF, other."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        kind = "text" if _looks_like_text(head) else "data of an unrecognised format"
+        return (
+            "not_a_slide",
+            f"not a whole-slide image (the file contains {kind}, no format OpenSlide can read)",
+        )
+    size = path.stat().st_size
+    broken = _tiff_directory_problem(path, size)
+    if broken:
+        return "unreadable", f"truncated or corrupt TIFF file: {broken}"
+    import tifffile
+
+    tiff_log = logging.getLogger("tifffile")
+    level = tiff_log.level
+    tiff_log.setLevel(logging.CRITICAL)  # its warnings would duplicate our one-line reason
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            end = max(
+                (
+                    int(o) + int(n)
+                    for p in pages
+                    for o, n in zip(p.dataoffsets, p.databytecounts, strict=False)
+                ),
+                default=0,
+            )
+            tiled = any(p.is_tiled for p in pages)
+            shape = pages[0].shape if pages else ()
+    except Exception as error:  # tifffile raises many types on broken files
+        return "unreadable", f"truncated or corrupt TIFF file ({type(error).__name__}: {error})"
+    finally:
+        tiff_log.setLevel(level)
+    if not pages:
+        return "unreadable", "truncated or corrupt TIFF file: no readable image directory"
+    if end > size:
+        return (
+            "unreadable",
+            f"truncated file: it is {size} bytes but its TIFF directories refer to data up to "
+            f"byte {end}",
+        )
+    if not tiled:
+        return (
+            "not_a_slide",
+            f"plain (untiled) TIFF of shape {tuple(shape)}, not a whole-slide image: OpenSlide "
+            "needs a tiled (pyramidal) TIFF; convert it, e.g. with "
+            "'vips tiffsave IN OUT --tile --pyramid --compression jpeg'",
+        )
+    return (
+        "not_a_slide",
+        "TIFF file that OpenSlide cannot read (unsupported layout or corrupt metadata)",
+    )
+
+
+def _tiff_directory_problem(path: Path, size: int) -> str | None:
+    """Walk the TIFF directory chain; say where it leaves the file (truncation), else None."""
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if len(head) < 16:
+            return f"the file has only {len(head)} bytes"
+        order = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(order + "H", head[2:4])[0] == 43
+        if big:
+            offset = struct.unpack(order + "Q", head[8:16])[0]
+            count_fmt, count_size, entry_size, next_fmt = "Q", 8, 20, "Q"
+        else:
+            offset = struct.unpack(order + "I", head[4:8])[0]
+            count_fmt, count_size, entry_size, next_fmt = "H", 2, 12, "I"
+        seen: set[int] = set()
+        index = 0
+        while offset and offset not in seen and index < 10000:
+            seen.add(offset)
+            if offset + count_size > size:
+                return (
+                    f"directory {index} starts at byte {offset} but the file has only {size} bytes"
+                )
+            fh.seek(offset)
+            count = struct.unpack(order + count_fmt, fh.read(count_size))[0]
+            end = offset + count_size + count * entry_size + struct.calcsize(next_fmt)
+            if end > size:
+                return f"directory {index} ends at byte {end} but the file has only {size} bytes"
+            fh.seek(offset + count_size + count * entry_size)
+            offset = struct.unpack(order + next_fmt, fh.read(struct.calcsize(next_fmt)))[0]
+            index += 1
+    return None
+
+
+def _looks_like_text(data: bytes) -> bool:
+    if not data:
+        return False
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in data)
+    return printable / len(data) > 0.95
+
+
+def _test_read(slide: openslide.OpenSlide) -> None:
+    """Decode enough pixels to catch corrupt tiles now rather than mid-extraction."""
+    top = slide.level_count - 1
+    w, h = slide.level_dimensions[top]
+    ds = slide.level_downsamples[top]
+    if w * h <= _FULL_TEST_READ_PX:
+        slide.read_region((0, 0), top, (w, h))
+    else:
+        _read_samples(slide, top, (w, h), ds)
+    if top > 0:
+        _read_samples(slide, 0, slide.level_dimensions[0], 1.0)
+
+
+def _read_samples(slide: openslide.OpenSlide, level: int, dims: tuple[int, int], ds: float) -> None:
+    """Read 256 px at 9 points (corners, edges, centre) of one level."""
+    w, h = dims
+    for fy in (0.0, 0.5, 1.0):
+        for fx in (0.0, 0.5, 1.0):
+            x = int(max(0, fx * w - 256) * ds)
+            y = int(max(0, fy * h - 256) * ds)
+            slide.read_region((x, y), level, (min(256, w), min(256, h)))
+
+
+# --------------------------------------------------------------------------- mpp
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) and out > 0 else None
+
+
+def mpp_candidates(slide: openslide.OpenSlide) -> list[tuple[str, float]]:
+    """Every mpp the metadata suggests, in order of trust (plausible or not)."""
+    props = slide.properties
+    out: list[tuple[str, float]] = []
+
+    def add(source: str, value: float | None) -> None:
+        if value is not None:
+            out.append((source, value))
+
+    add("openslide.mpp-x", _as_float(props.get("openslide.mpp-x")))
+    add("aperio.MPP", _as_float(props.get("aperio.MPP")))
+    add(
+        "mirax.MICROMETER_PER_PIXEL_X",
+        _as_float(props.get("mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_X")),
+    )
+    # Hamamatsu VMS/VMU: physical width in nm over the width in pixels.
+    phys = _as_float(props.get("hamamatsu.PhysicalWidth"))
+    if phys is not None:
+        add("hamamatsu.PhysicalWidth", phys / 1000.0 / slide.dimensions[0])
+    xres = _as_float(props.get("tiff.XResolution"))
+    if xres is not None:
+        unit = str(props.get("tiff.ResolutionUnit", "inch")).lower()
+        per = {"centimeter": 1e4, "centimetre": 1e4, "inch": 25400.0}.get(unit)
+        if per is not None:
+            add(f"tiff.XResolution ({unit})", per / xres)
+    for key in ("openslide.objective-power", "aperio.AppMag"):
+        power = _as_float(props.get(key))
+        if power is not None:
+            add(f"objective-power ({key})", 10.0 / power)
+            break
+    return out
+
+
+def _plausible(mpp: float) -> bool:
+    return MPP_MIN <= mpp <= MPP_MAX
+
+
+def resolve_mpp_details(
+    slide: openslide.OpenSlide,
+    path: str | Path,
+    mpp_override: float | None = None,
+    default_mpp: float | None = None,
+) -> dict[str, Any]:
+    """`resolve_mpp` plus the candidates it saw and rejected (for `inspect` and provenance)."""
+    candidates = mpp_candidates(slide)
+    rejected = [(s, v) for s, v in candidates if not _plausible(v)]
+    info: dict[str, Any] = {
+        "candidates": [{"source": s, "mpp": v} for s, v in candidates],
+        "rejected": [{"source": s, "mpp": v} for s, v in rejected],
+    }
+    if mpp_override is not None:
+        if not _plausible(float(mpp_override)):
+            raise SlideCheckError(
+                path,
+                "implausible_mpp",
+                f"--mpp {mpp_override} is outside the plausible range {MPP_MIN}-{MPP_MAX} um/px",
+            )
+        return {**info, "mpp": float(mpp_override), "source": "override"}
+    for source, value in candidates:
+        if _plausible(value):
+            return {**info, "mpp": value, "source": source}
+    if default_mpp is not None:
+        if not _plausible(float(default_mpp)):
+            raise SlideCheckError(
+                path,
+                "implausible_mpp",
+                f"default mpp {default_mpp} is outside the plausible range "
+                f"{MPP_MIN}-{MPP_MAX} um/px",
+            )
+        log.warning(
+            "%s: no usable mpp in the metadata%s; using the default %.4g um/px",
+            path,
+            _rejected_text(rejected),
+            default_mpp,
+        )
+        return {**info, "mpp": float(default_mpp), "source": "default"}
+    if rejected:
+        raise SlideCheckError(
+            path,
+            "implausible_mpp",
+            f"implausible resolution in the metadata{_rejected_text(rejected)}, outside "
+            f"{MPP_MIN}-{MPP_MAX} um/px; {HOW_TO_SUPPLY_MPP}",
+        )
+    raise SlideCheckError(
+        path,
+        "no_mpp",
+        f"no resolution (mpp) or objective power in the slide metadata; {HOW_TO_SUPPLY_MPP}",
+    )
+
+
+def _rejected_text(rejected: Sequence[tuple[str, float]]) -> str:
+    if not rejected:
+        return ""
+    return " (" + ", ".join(f"{s} = {v:.4g} um/px" for s, v in rejected) + ")"
+
+
+def resolve_mpp(
+    slide: openslide.OpenSlide,
+    path: str | Path,
+    mpp_override: float | None = None,
+    default_mpp: float | None = None,
+) -> tuple[float, str]:
+    """Level-0 microns per pixel and where it came from (see the module docstring)."""
+    info = resolve_mpp_details(slide, path, mpp_override, default_mpp)
+    return info["mpp"], info["source"]
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def inspect_slide(
+    path: str | Path, mpp: float | None = None, default_mpp: float | None = None
+) -> dict[str, Any]:
+    """Describe a slide as a JSON-able dict; never raises for a bad slide.
+
+    ``status`` is ``"ok"`` or an error status (``missing``, ``not_a_slide``, ``unreadable``,
+    ``no_mpp``, ``implausible_mpp``) with a human-readable ``reason``.
+    """
+    path = Path(path)
+    report: dict[str, Any] = {
+        "path": str(path),
+        "slide_id": path.stem,
+        "status": "ok",
+        "reason": None,
+        "mpp": None,
+        "mpp_source": None,
+        "magnification": None,
+        "objective": None,
+        "vendor": None,
+        "dimensions": None,
+        "levels": [],
+        "mpp_candidates": [],
+        "mpp_rejected": [],
+    }
+    try:
+        slide = open_slide(path)
+    except SlideCheckError as error:
+        report.update(status=error.status, reason=error.reason)
+        return report
+    try:
+        props = slide.properties
+        report["vendor"] = props.get("openslide.vendor")
+        report["objective"] = _as_float(
+            props.get("openslide.objective-power") or props.get("aperio.AppMag")
+        )
+        report["dimensions"] = list(slide.dimensions)
+        report["levels"] = [
+            {"dims": list(d), "downsample": float(ds)}
+            for d, ds in zip(slide.level_dimensions, slide.level_downsamples, strict=True)
+        ]
+        try:
+            info = resolve_mpp_details(slide, path, mpp, default_mpp)
+        except SlideCheckError as error:
+            report.update(status=error.status, reason=error.reason)
+            cands = [{"source": s, "mpp": v} for s, v in mpp_candidates(slide)]
+            report["mpp_candidates"] = cands
+            report["mpp_rejected"] = [c for c in cands if not _plausible(c["mpp"])]
+            return report
+        report.update(
+            mpp=info["mpp"],
+            mpp_source=info["source"],
+            magnification=10.0 / info["mpp"],
+            mpp_candidates=info["candidates"],
+            mpp_rejected=info["rejected"],
+        )
+    finally:
+        slide.close()
+    return report
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def best_level(slide: openslide.OpenSlide, downsample: float) -> int:
+    """Coarsest level whose downsample is at most ``downsample`` (within `LEVEL_TOLERANCE`)."""
+    limit = downsample * (1.0 + LEVEL_TOLERANCE)
+    best = 0
+    for level, ds in enumerate(slide.level_downsamples):
+        if ds <= limit and ds >= slide.level_downsamples[best]:
+            best = level
+    return best
+
+
+def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite non-premultiplied RGBA on white: transparent (outside the slide) is white."""
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    if bool((alpha == 255).all()):
+        return rgba[..., :3].copy()
+    out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def read_rect_at(
+    slide: openslide.OpenSlide,
+    x0: int,
+    y0: int,
+    w0: int,
+    h0: int,
+    out_w: int,
+    out_h: int,
+) -> np.ndarray:
+    """Rectangle at level-0 (x0, y0) of size (w0, h0) level-0 px, as RGB uint8 [out_h, out_w, 3].
+
+    Read from the coarsest level at least as fine as needed, then INTER_AREA-resized (area
+    averaging is the right filter for downsampling; it is bilinear-like when upsampling).
+    Pixels outside the slide are white.
+    """
+    if w0 <= 0 or h0 <= 0 or out_w <= 0 or out_h <= 0:
+        raise ValueError(f"empty region: {w0}x{h0} level-0 px -> {out_w}x{out_h} px")
+    need = min(w0 / out_w, h0 / out_h)
+    level = best_level(slide, need)
+    ds = slide.level_downsamples[level]
+    lw = max(1, round(w0 / ds))
+    lh = max(1, round(h0 / ds))
+    region = slide.read_region((int(x0), int(y0)), level, (lw, lh))
+    rgb = rgba_to_rgb_on_white(np.asarray(region))
+    if (lw, lh) != (out_w, out_h):
+        rgb = cv2.resize(rgb, (out_w, out_h), interpolation=cv2.INTER_AREA)
+    return rgb
+
+
+def read_region_at(
+    slide: openslide.OpenSlide, x0: int, y0: int, side0: int, out_px: int
+) -> np.ndarray:
+    """Square region: top-left (x0, y0) and side ``side0`` in level-0 px -> [out_px, out_px, 3].
+
+    This is how patches of the lattice are read: a patch at magnification m has side
+    ``side0`` level-0 px and is read at ``out_px`` (the patch size, e.g. 256).
+    """
+    return read_rect_at(slide, x0, y0, side0, side0, out_px, out_px)
+
+
+def read_thumbnail_at_mpp(slide: openslide.OpenSlide, mpp0: float, target_mpp: float) -> np.ndarray:
+    """The whole slide at ``target_mpp`` um/px as RGB uint8 [H, W, 3] (white background).
+
+    Output size is ``round(dims0 * mpp0 / target_mpp)``; so pixel (i, j) covers level-0
+    pixels around ``(j, i) * dims0 / out_dims``. Reads the coarsest sufficient level in
+    horizontal strips to keep memory bounded, then resizes once.
+    """
+    w0, h0 = slide.dimensions
+    scale = mpp0 / target_mpp
+    out_w = max(1, round(w0 * scale))
+    out_h = max(1, round(h0 * scale))
+    level = best_level(slide, min(w0 / out_w, h0 / out_h))
+    ds = slide.level_downsamples[level]
+    lw, lh = slide.level_dimensions[level]
+    full = np.empty((lh, lw, 3), dtype=np.uint8)
+    strip = max(1, (16 * 1024 * 1024) // max(1, lw * 4))
+    for y in range(0, lh, strip):
+        hh = min(strip, lh - y)
+        # ceil: OpenSlide maps the level-0 row back to level row y exactly (no seam)
+        rgba = np.asarray(slide.read_region((0, math.ceil(y * ds)), level, (lw, hh)))
+        full[y : y + hh] = rgba_to_rgb_on_white(rgba)
+    if (lw, lh) == (out_w, out_h):
+        return full
+    return cv2.resize(full, (out_w, out_h), interpolation=cv2.INTER_AREA)
+
+
+def open_with_mpp(
+    path: str | Path, mpp: float | None = None, default_mpp: float | None = None
+) -> tuple[openslide.OpenSlide, float, str]:
+    """Open a slide and resolve its mpp in one step (the common case for commands)."""
+    slide = open_slide(path)
+    try:
+        mpp0, source = resolve_mpp(slide, path, mpp, default_mpp)
+    except SlideError:
+        slide.close()
+        raise
+    return slide, mpp0, source

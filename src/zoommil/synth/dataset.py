@@ -1,0 +1,128 @@
+"""The demo dataset on disk: pyramidal TIFF slides, `slides.tsv` and `regions.tsv`.
+
+Layout of `OUT/`:
+    slides/demo_000.tiff ...   pyramidal tiled TIFFs, level 0 at 1.0 um/px (10x)
+    slides.tsv                 slide_id, path, label, split
+    regions.tsv                ground truth of the gland regions (signal or distractor)
+
+`path` in slides.tsv is relative to the folder that holds slides.tsv, so the folder can be
+moved and the files are byte-identical wherever they are written; `load_slide_sheet` (or
+`resolve_slide_path`) turns it into an absolute path. Absolute paths are kept as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from zoommil.errors import ZoomMILError
+from zoommil.synth.pyramid import write_pyramidal_tiff
+from zoommil.synth.render import DEMO_MPP, DEMO_SIZE, SlideSpec, render_slide
+
+CLASSES = ("normal", "atypia", "carcinoma")
+DEMO_N_SLIDES = 36
+SHEET_COLUMNS = ("slide_id", "path", "label", "split")
+REGION_COLUMNS = ("slide_id", "region_id", "kind", "abnormality", "cx", "cy", "radius")
+
+
+def split_counts(n: int, class_index: int) -> tuple[int, int, int]:
+    """(train, val, test) slides for a class with n slides: about 58/17/25 percent.
+
+    Every class has val and test slides once it has 3; with 2 slides the second one goes to
+    test (or val for the middle class, so a 6-slide demo still has a val split).
+    """
+    if n <= 1:
+        return n, 0, 0
+    if n == 2:
+        return (1, 1, 0) if class_index == 1 else (1, 0, 1)
+    test = max(1, round(n * 0.25))
+    val = max(1, round(n * 7 / 36))
+    return n - val - test, val, test
+
+
+def plan_slides(n_slides: int, seed: int, scale: float = 1.0) -> list[tuple[SlideSpec, str]]:
+    """Specs and splits of the demo: classes in turn (balanced), splits stratified by class."""
+    if n_slides < 1:
+        raise ZoomMILError(f"--n-slides must be at least 1, got {n_slides}")
+    if not 0.25 <= scale <= 4.0:
+        raise ZoomMILError(f"--scale must be between 0.25 and 4, got {scale}")
+    width = max(512, int(round(DEMO_SIZE[0] * scale / 64)) * 64)
+    height = max(512, int(round(DEMO_SIZE[1] * scale / 64)) * 64)
+    specs = [
+        SlideSpec(f"demo_{i:03d}", CLASSES[i % len(CLASSES)], seed, i, width, height)
+        for i in range(n_slides)
+    ]
+    split_of: dict[str, str] = {}
+    rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(2**31,)))
+    for ci, label in enumerate(CLASSES):
+        ids = [s.slide_id for s in specs if s.label == label]
+        order = rng.permutation(len(ids))
+        n_train, n_val, _ = split_counts(len(ids), ci)
+        for rank, j in enumerate(order):
+            split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+            split_of[ids[j]] = split
+    return [(s, split_of[s.slide_id]) for s in specs]
+
+
+def _write_tsv(path: Path, columns: Sequence[str], rows: list[Sequence]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def make_demo_dataset(
+    out_dir: str | Path,
+    n_slides: int = DEMO_N_SLIDES,
+    seed: int = 0,
+    scale: float = 1.0,
+    progress: bool = True,
+) -> Path:
+    """Write the demo slides and sheets into `out_dir`; returns the path of slides.tsv.
+
+    Deterministic: the same (n_slides, seed, scale) gives byte-identical files.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ZoomMILError(f"--out {out_dir} exists and is not a directory")
+    (out_dir / "slides").mkdir(parents=True, exist_ok=True)
+    sheet_rows, region_rows = [], []
+    plan = plan_slides(n_slides, seed, scale)
+    for spec, split in tqdm(plan, desc="synth slides", unit="slide", disable=not progress):
+        slide = render_slide(spec)
+        rel = Path("slides") / f"{spec.slide_id}.tiff"
+        write_pyramidal_tiff(out_dir / rel, slide.rgb, DEMO_MPP)
+        sheet_rows.append((spec.slide_id, rel.as_posix(), spec.label, split))
+        for r in slide.regions:
+            region_rows.append((spec.slide_id, r.region_id, r.kind, r.abnormality,
+                                f"{r.cx:.1f}", f"{r.cy:.1f}", f"{r.radius:.1f}"))  # fmt: skip
+    _write_tsv(out_dir / "regions.tsv", REGION_COLUMNS, region_rows)
+    _write_tsv(out_dir / "slides.tsv", SHEET_COLUMNS, sheet_rows)
+    return out_dir / "slides.tsv"
+
+
+def resolve_slide_path(sheet: str | Path, path: str | Path) -> Path:
+    """A sheet's `path` entry as an absolute path: relative entries are relative to the sheet."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (Path(sheet).resolve().parent / path).resolve()
+
+
+def load_slide_sheet(sheet: str | Path) -> list[dict[str, str]]:
+    """Rows of a slide sheet (TSV) with `path` resolved to an absolute path."""
+    sheet = Path(sheet)
+    if not sheet.is_file():
+        raise ZoomMILError(f"slide sheet {sheet} does not exist")
+    with open(sheet, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    missing = {"slide_id", "path"} - set(rows[0] if rows else SHEET_COLUMNS)
+    if missing:
+        raise ZoomMILError(f"slide sheet {sheet} lacks column(s): {', '.join(sorted(missing))}")
+    for row in rows:
+        row["path"] = str(resolve_slide_path(sheet, row["path"]))
+    return rows

@@ -1,0 +1,222 @@
+"""Paint H&E-like tissue: a tissue blob, fibrous stroma, nuclei and gland-like regions.
+
+Everything here is the *low-magnification* appearance shared by all classes: where tissue is,
+where the gland-rich regions are (the cue that says where to look), and normal nuclei. The
+class signal is added afterwards by `zoommil.synth.abnormal`, which leaves block means intact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class Region:
+    """A gland-rich region: shared architecture, label signal only if `kind == "signal"`."""
+
+    region_id: int
+    cx: float
+    cy: float
+    radius: float
+    kind: str  # "signal" or "distractor"
+    abnormality: str  # "none", "atypia" or "carcinoma"
+
+
+@dataclass
+class Nuclei:
+    """Nuclei as parallel arrays (level-0 px); `region` is -1 outside gland regions."""
+
+    cx: list[float] = field(default_factory=list)
+    cy: list[float] = field(default_factory=list)
+    a: list[float] = field(default_factory=list)  # half-axes in px
+    b: list[float] = field(default_factory=list)
+    theta: list[float] = field(default_factory=list)
+    density: list[float] = field(default_factory=list)  # hematoxylin density at the centre
+    region: list[int] = field(default_factory=list)
+    epithelial: list[bool] = field(default_factory=list)
+
+    def add(self, cx, cy, a, b, theta, density, region=-1, epithelial=False) -> None:
+        for name, value in zip(
+            ("cx", "cy", "a", "b", "theta", "density", "region", "epithelial"),
+            (cx, cy, a, b, theta, density, region, epithelial),
+            strict=True,
+        ):
+            getattr(self, name).append(value)
+
+    def __len__(self) -> int:
+        return len(self.cx)
+
+
+def smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian-filtered noise; made at reduced size when sigma is large."""
+    step = max(1, int(sigma // 4))
+    small = (max(1, shape[0] // step + 1), max(1, shape[1] // step + 1))
+    noise = rng.standard_normal(small).astype(np.float32)
+    noise = cv2.GaussianBlur(noise, (0, 0), sigma / step, borderType=cv2.BORDER_REFLECT)
+    if step > 1:
+        noise = cv2.resize(
+            noise, (small[1] * step, small[0] * step), interpolation=cv2.INTER_LINEAR
+        )
+    noise = noise[: shape[0], : shape[1]]
+    return (noise - noise.mean()) / (noise.std() + 1e-6)
+
+
+def tissue_alpha(shape: tuple[int, int], rng: np.random.Generator, extent: float) -> np.ndarray:
+    """A lobed tissue blob (float32 alpha in [0, 1], about 3 px soft edge) on empty glass."""
+    h, w = shape
+    coarse = 8
+    gh, gw = h // coarse + 1, w // coarse + 1
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32) * coarse
+    cx = w * (0.5 + rng.uniform(-0.06, 0.06))
+    cy = h * (0.5 + rng.uniform(-0.06, 0.06))
+    rx, ry = 0.5 * w * extent * rng.uniform(0.85, 1.0), 0.5 * h * extent * rng.uniform(0.85, 1.0)
+    phi = np.arctan2((yy - cy) / ry, (xx - cx) / rx)
+    dist = np.hypot((xx - cx) / rx, (yy - cy) / ry)
+    boundary = np.ones_like(phi)
+    for k in range(2, 7):
+        boundary += rng.uniform(0.0, 0.12 / k**0.7) * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
+    # Signed distance to the boundary in px (approximately), upsampled to full size.
+    signed = (boundary - dist) * min(rx, ry)
+    signed += 25.0 * smooth_noise(signed.shape, 3.0, rng)  # ragged edge
+    signed = cv2.resize(signed, (gw * coarse, gh * coarse), interpolation=cv2.INTER_LINEAR)
+    return np.clip(signed[:h, :w] / 3.0 + 0.5, 0.0, 1.0)
+
+
+def stroma_eosin(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Eosin density of fibrous stroma: slow variation plus wavy fibres of mixed direction."""
+    slow = smooth_noise(shape, 60.0, rng)
+    noise = rng.standard_normal(shape).astype(np.float32)
+    fibres_x = cv2.GaussianBlur(noise, (0, 0), sigmaX=6.0, sigmaY=1.2)
+    fibres_y = cv2.GaussianBlur(noise, (0, 0), sigmaX=1.2, sigmaY=6.0)
+    mix = 1.0 / (1.0 + np.exp(-2.0 * smooth_noise(shape, 80.0, rng)))
+    fibres = mix * fibres_x + (1.0 - mix) * fibres_y
+    fibres /= fibres.std() + 1e-6
+    return (0.55 + 0.06 * slow + 0.07 * fibres).astype(np.float32)
+
+
+def place_regions(
+    alpha: np.ndarray, rng: np.random.Generator, count: int, radius_range: tuple[float, float]
+) -> list[tuple[float, float, float]]:
+    """Centres and radii of non-overlapping gland regions lying well inside the tissue."""
+    h, w = alpha.shape
+    inside = cv2.erode((alpha > 0.5).astype(np.uint8), np.ones((3, 3), np.uint8))
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(count * 400):
+        if len(placed) == count:
+            break
+        r = rng.uniform(*radius_range)
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        if dist[int(y), int(x)] < r + 20:
+            continue
+        if all(np.hypot(x - px, y - py) > r + pr + 60 for px, py, pr in placed):
+            placed.append((x, y, r))
+    return placed
+
+
+def add_glands(
+    nuclei: Nuclei,
+    lumen: np.ndarray,
+    cytoplasm: np.ndarray,
+    region: tuple[float, float, float],
+    region_id: int,
+    rng: np.random.Generator,
+) -> list[tuple[float, float, float]]:
+    """Pack gland rings (epithelial nuclei around a pale lumen) into a region; returns glands."""
+    cx, cy, radius = region
+    glands: list[tuple[float, float, float]] = []
+    for _ in range(600):
+        rg = rng.uniform(18.0, 32.0)
+        ang, rad = rng.uniform(0, 2 * np.pi), radius * np.sqrt(rng.uniform()) - rg
+        if rad < 0:
+            continue
+        gx, gy = cx + rad * np.cos(ang), cy + rad * np.sin(ang)
+        if all(np.hypot(gx - x, gy - y) > rg + r + 8 for x, y, r in glands):
+            glands.append((gx, gy, rg))
+    h, w = lumen.shape
+    for gx, gy, rg in glands:
+        cv2.ellipse(lumen, (int(gx * 4), int(gy * 4)), (int((rg - 8) * 4),) * 2, 0, 0, 360, 1.0,
+                    -1, cv2.LINE_AA, 2)  # fmt: skip
+        cv2.ellipse(cytoplasm, (int(gx * 4), int(gy * 4)), (int((rg + 3) * 4),) * 2, 0, 0, 360,
+                    1.0, -1, cv2.LINE_AA, 2)  # fmt: skip
+        n = int(2 * np.pi * rg / 8.5)
+        phase = rng.uniform(0, 2 * np.pi)
+        for i in range(n):
+            phi = phase + 2 * np.pi * i / n + rng.normal(0, 0.05)
+            rr = rg - 1.5 + rng.normal(0, 0.7)
+            nuclei.add(
+                gx + rr * np.cos(phi),
+                gy + rr * np.sin(phi),
+                a=rng.uniform(3.6, 4.6),
+                b=rng.uniform(2.8, 3.4),
+                theta=phi + rng.normal(0, 0.2),
+                density=rng.uniform(1.25, 1.5),
+                region=region_id,
+                epithelial=True,
+            )
+    return glands
+
+
+def add_stromal_nuclei(
+    nuclei: Nuclei,
+    alpha: np.ndarray,
+    glands: list[tuple[float, float, float]],
+    rng: np.random.Generator,
+    per_px: float = 1 / 700,
+) -> None:
+    """Scatter fibroblasts (thin, elongated) and lymphocytes (small, round, dark) in stroma."""
+    h, w = alpha.shape
+    n = rng.poisson(per_px * float(alpha.sum()))
+    xs, ys = rng.uniform(0, w, n), rng.uniform(0, h, n)
+    keep = alpha[ys.astype(int), xs.astype(int)] > 0.5
+    if glands:
+        g = np.asarray(glands, dtype=np.float32)
+        d = np.hypot(xs[:, None] - g[None, :, 0], ys[:, None] - g[None, :, 1]) - g[None, :, 2]
+        keep &= d.min(axis=1) > 5.0
+    for x, y in zip(xs[keep], ys[keep], strict=True):
+        if rng.uniform() < 0.75:
+            nuclei.add(x, y, rng.uniform(4.5, 7.0), rng.uniform(1.4, 2.0),
+                       rng.uniform(0, np.pi), rng.uniform(1.1, 1.4))  # fmt: skip
+        else:
+            r = rng.uniform(2.6, 3.2)
+            nuclei.add(x, y, r, r * rng.uniform(0.9, 1.0), rng.uniform(0, np.pi),
+                       rng.uniform(1.5, 1.8))  # fmt: skip
+
+
+def ellipse_sprite(
+    x: float, y: float, a: float, b: float, theta: float, pad: int = 2
+) -> tuple[int, int, np.ndarray]:
+    """Anti-aliased coverage of an ellipse on the pixel grid: (x0, y0, coverage [h, w])."""
+    r = int(np.ceil(max(a, b))) + pad
+    x0, y0 = int(np.floor(x)) - r, int(np.floor(y)) - r
+    yy, xx = np.mgrid[y0 : y0 + 2 * r + 1, x0 : x0 + 2 * r + 1].astype(np.float32)
+    dx, dy = xx + 0.5 - x, yy + 0.5 - y
+    c, s = np.cos(theta), np.sin(theta)
+    u, v = (c * dx + s * dy) / a, (-s * dx + c * dy) / b
+    d = np.sqrt(u * u + v * v)
+    return x0, y0, np.clip((1.0 - d) * min(a, b) + 0.5, 0.0, 1.0)
+
+
+def paste_max(canvas: np.ndarray, x0: int, y0: int, sprite: np.ndarray) -> None:
+    """canvas[y0:, x0:] = max(canvas, sprite), clipped at the canvas border."""
+    h, w = canvas.shape
+    sh, sw = sprite.shape
+    cx0, cy0 = max(x0, 0), max(y0, 0)
+    cx1, cy1 = min(x0 + sw, w), min(y0 + sh, h)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    view = canvas[cy0:cy1, cx0:cx1]
+    np.maximum(view, sprite[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0], out=view)
+
+
+def stamp_nuclei(hematoxylin: np.ndarray, nuclei: Nuclei, rng: np.random.Generator) -> None:
+    """Add every nucleus (smooth chromatin, slight density gradient) to the hematoxylin map."""
+    for i in range(len(nuclei)):
+        x0, y0, cover = ellipse_sprite(nuclei.cx[i], nuclei.cy[i], nuclei.a[i], nuclei.b[i],
+                                       nuclei.theta[i])  # fmt: skip
+        gy, gx = np.linspace(-1, 1, cover.shape[0]), np.linspace(-1, 1, cover.shape[1])
+        tilt = 1.0 + 0.08 * (rng.uniform(-1, 1) * gx[None, :] + rng.uniform(-1, 1) * gy[:, None])
+        paste_max(hematoxylin, x0, y0, (nuclei.density[i] * cover * tilt).astype(np.float32))

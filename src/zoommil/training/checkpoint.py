@@ -1,0 +1,56 @@
+"""Checkpoints that load with ``torch.load(..., weights_only=True)``.
+
+A checkpoint is ``{"state_dict": ..., "config": ...}`` where the config holds only plain
+Python types (dict, list, str, int, float, bool, None), so loading it never unpickles
+arbitrary objects and `zoommil evaluate` / `zoommil predict` can rebuild the model and redo
+the preprocessing from it alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoommil.errors import ZoomMILError
+from zoommil.training.serialize import to_plain
+
+
+def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], config: Any) -> Path:
+    """Write the checkpoint atomically (temporary file, then rename); tensors moved to CPU."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
+        "config": to_plain(config),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, config) of a checkpoint written by `zoommil train`."""
+    path = Path(path)
+    if not path.exists():
+        raise ZoomMILError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ZoomMILError(f"{path}: not a zoommil checkpoint ({first})") from error
+    if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
+        raise ZoomMILError(f"{path}: not a zoommil checkpoint (no state_dict/config)")
+    config = payload["config"]
+    for key in ("arch", "classes", "mags", "in_dim"):
+        if key not in config:
+            raise ZoomMILError(f"{path}: checkpoint config lacks '{key}'")
+    return payload["state_dict"], config

@@ -1,0 +1,212 @@
+"""The train config (YAML or JSON) and how `--model NAME` resolves to an architecture.
+
+A *method* is an architecture plus keyword arguments, so an ablation variant is simply another
+method. Keys of a method entry other than ``arch`` and ``train`` go to the model constructor;
+``train`` overrides training settings (epochs, lr, weight_decay, selection, mags) for that
+method only. A name that is not under ``methods`` is an architecture with default arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zoommil.errors import ZoomMILError
+
+log = logging.getLogger(__name__)
+
+SELECTIONS = ("val_loss", "val_weighted_f1")
+CACHE_MODES = ("auto", "memory", "disk")
+TRAIN_KEYS = ("epochs", "lr", "weight_decay", "selection", "mags", "lr_factor", "lr_patience")
+TOP_KEYS = (
+    "features_dir",
+    "sheet",
+    "exclude",
+    "classes",
+    "mags",
+    "epochs",
+    "lr",
+    "weight_decay",
+    "selection",
+    "methods",
+    "cache",
+    "cache_max_gb",
+    "lr_factor",
+    "lr_patience",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `zoommil train` needs besides the method, seed and output folder."""
+
+    features_dir: Path
+    sheet: Path
+    mags: list[float]
+    exclude: Path | None = None
+    classes: list[str] | None = None
+    epochs: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    selection: str = "val_weighted_f1"
+    lr_factor: float = 0.8
+    lr_patience: int = 5
+    cache: str = "auto"
+    cache_max_gb: float = 8.0
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass
+class MethodSpec:
+    """One method: its name, architecture, model kwargs and per-method training overrides."""
+
+    name: str
+    arch: str
+    kwargs: dict[str, Any]
+    train: dict[str, Any]
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ZoomMILError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ZoomMILError(f"{path}: not valid YAML/JSON ({first})") from error
+    if not isinstance(data, dict):
+        raise ZoomMILError(f"{path}: the config must be a mapping of keys to values")
+    return data
+
+
+def _positive_int(value: Any, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ZoomMILError(f"{where}: '{name}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_float(value: Any, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ZoomMILError(f"{where}: '{name}' must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _selection(value: Any, where: str) -> str:
+    if value not in SELECTIONS:
+        raise ZoomMILError(
+            f"{where}: 'selection' must be one of {', '.join(SELECTIONS)}, got {value!r}"
+        )
+    return str(value)
+
+
+def _mags(value: Any, where: str) -> list[float]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(m, int | float) and not isinstance(m, bool) for m in value)
+    ):
+        raise ZoomMILError(f"{where}: 'mags' must be a non-empty list of numbers, got {value!r}")
+    return sorted(float(m) for m in value)
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read and validate a train config; ``overrides`` (from the CLI) win over the file.
+
+    Relative ``features_dir``, ``sheet`` and ``exclude`` are relative to the current working
+    directory (where Snakemake runs), not to the config file.
+    """
+    path = Path(path)
+    data = _read_mapping(path)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    where = str(path)
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        log.warning("%s: ignoring unknown config key(s): %s", where, ", ".join(unknown))
+    for key in ("features_dir", "sheet", "mags"):
+        if data.get(key) in (None, ""):
+            raise ZoomMILError(f"{where}: missing required key '{key}'")
+    classes = data.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or len(classes) < 2:
+            raise ZoomMILError(f"{where}: 'classes' must be a list of at least two labels")
+        classes = [str(c) for c in classes]
+        if len(set(classes)) != len(classes):
+            raise ZoomMILError(f"{where}: 'classes' has duplicates: {classes}")
+    methods = data.get("methods") or {}
+    if not isinstance(methods, dict) or not all(
+        isinstance(v, dict) or v is None for v in methods.values()
+    ):
+        raise ZoomMILError(f"{where}: 'methods' must map method names to mappings of arguments")
+    cache = data.get("cache", "auto")
+    if cache not in CACHE_MODES:
+        raise ZoomMILError(f"{where}: 'cache' must be one of {', '.join(CACHE_MODES)}")
+    return TrainConfig(
+        features_dir=Path(str(data["features_dir"])),
+        sheet=Path(str(data["sheet"])),
+        exclude=Path(str(data["exclude"])) if data.get("exclude") else None,
+        classes=classes,
+        mags=_mags(data["mags"], where),
+        epochs=_positive_int(data.get("epochs", 100), "epochs", where),
+        lr=_non_negative_float(data.get("lr", 1e-4), "lr", where),
+        weight_decay=_non_negative_float(data.get("weight_decay", 0.0), "weight_decay", where),
+        selection=_selection(data.get("selection", "val_weighted_f1"), where),
+        lr_factor=_non_negative_float(data.get("lr_factor", 0.8), "lr_factor", where),
+        lr_patience=int(_non_negative_float(data.get("lr_patience", 5), "lr_patience", where)),
+        cache=cache,
+        cache_max_gb=_non_negative_float(data.get("cache_max_gb", 8.0), "cache_max_gb", where),
+        methods={str(k): dict(v or {}) for k, v in methods.items()},
+        source=where,
+    )
+
+
+def resolve_method(config: TrainConfig, name: str, known_archs: Iterable[str]) -> MethodSpec:
+    """Method ``name`` from ``config.methods``, or the architecture ``name`` with defaults."""
+    known = sorted(known_archs)
+    if name in config.methods:
+        entry = copy.deepcopy(config.methods[name])
+        arch = str(entry.pop("arch", name))
+        train = entry.pop("train", None) or {}
+        if not isinstance(train, dict):
+            raise ZoomMILError(f"method '{name}': 'train' must be a mapping of training settings")
+        bad = sorted(set(train) - set(TRAIN_KEYS))
+        if bad:
+            raise ZoomMILError(
+                f"method '{name}': unknown training setting(s) {', '.join(bad)} "
+                f"(allowed: {', '.join(TRAIN_KEYS)})"
+            )
+        where = f"method '{name}'"
+        if "selection" in train:
+            _selection(train["selection"], where)
+        if "mags" in train:
+            train["mags"] = _mags(train["mags"], where)
+        if arch not in known:
+            raise ZoomMILError(
+                f"method '{name}': unknown architecture '{arch}' (known: {', '.join(known)})"
+            )
+        return MethodSpec(name=name, arch=arch, kwargs=entry, train=train)
+    if name in known:
+        return MethodSpec(name=name, arch=name, kwargs={}, train={})
+    methods = ", ".join(sorted(config.methods)) or "none"
+    raise ZoomMILError(
+        f"unknown model '{name}': not a method of {config.source or 'the config'} "
+        f"(methods: {methods}) nor an architecture (known: {', '.join(known)})"
+    )
+
+
+def apply_overrides(config: TrainConfig, method: MethodSpec) -> TrainConfig:
+    """The config with the method's ``train`` overrides applied."""
+    merged = copy.copy(config)
+    for key, value in method.train.items():
+        setattr(merged, key, value)
+    return merged

@@ -1,0 +1,261 @@
+"""Slide sheet, QC exclusions and bags of features for training and evaluation.
+
+Bags are kept in memory when they fit (``cache: memory``, or ``auto`` under ``cache_max_gb``:
+the demo's few dozen small slides load once, which makes epochs fast and reads the files only
+once); otherwise (``disk``) each bag is read from its HDF5 file at every step, so memory stays
+at one bag whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from zoommil.errors import SlideError, ZoomMILError
+from zoommil.featurefile import mag_key, read_attrs, read_feature_file
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+REQUIRED_COLUMNS = ("slide_id", "label", "split")
+# Attributes that describe one slide, not the preprocessing recipe shared by all slides.
+PER_SLIDE_ATTRS = (
+    "mpp",
+    "mpp_source",
+    "side0",
+    "dimensions",
+    "slide",
+    "slide_id",
+    "slide_path",
+    "path",
+    "coords_file",
+    "created",
+    "empty",
+    "tissue_fraction",
+    "device",
+    "device_name",
+    "threads",
+    "batch_size",
+)
+
+
+@dataclass
+class SlideRecord:
+    """One usable slide of a split."""
+
+    slide_id: str
+    label: int
+    path: Path
+
+
+@dataclass
+class Bag:
+    """One slide's features as tensors: lists over magnifications, lowest first."""
+
+    slide_id: str
+    label: int
+    feats: list[torch.Tensor]  # each [1, N_m, D] float32
+    coords: list[torch.Tensor]  # each [N_m, 2] int64 (row, col)
+
+
+def read_sheet(path: str | Path) -> pd.DataFrame:
+    """The slide sheet (TSV: slide_id, label, split [, path, mpp]) with every value a string."""
+    path = Path(path)
+    if not path.exists():
+        raise ZoomMILError(f"{path}: slide sheet not found")
+    try:
+        sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ZoomMILError(f"{path}: cannot read the slide sheet as TSV ({error})") from error
+    sheet.columns = [c.strip() for c in sheet.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
+    if missing:
+        raise ZoomMILError(
+            f"{path}: slide sheet lacks column(s) {', '.join(missing)} "
+            f"(it has {', '.join(sheet.columns)})"
+        )
+    for column in REQUIRED_COLUMNS:
+        sheet[column] = sheet[column].str.strip()
+    duplicated = sheet.loc[sheet["slide_id"].duplicated(), "slide_id"].tolist()
+    if duplicated:
+        raise ZoomMILError(f"{path}: duplicated slide_id(s) {', '.join(duplicated[:5])}")
+    empty = sheet.loc[(sheet["slide_id"] == "") | (sheet["label"] == ""), "slide_id"].tolist()
+    if empty:
+        raise ZoomMILError(f"{path}: {len(empty)} row(s) with an empty slide_id or label")
+    bad = sheet.loc[~sheet["split"].isin(SPLITS)]
+    if len(bad):
+        row = bad.iloc[0]
+        raise ZoomMILError(
+            f"{path}: slide {row['slide_id']} has split {row['split']!r}; "
+            f"allowed: {', '.join(SPLITS)}"
+        )
+    return sheet
+
+
+def read_exclusions(path: str | Path | None) -> dict[str, str]:
+    """Slides to skip from a QC TSV (slide_id, status [, reason]): status other than ok."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.exists():
+        raise ZoomMILError(f"{path}: exclusion (QC) table not found")
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    for column in ("slide_id", "status"):
+        if column not in table.columns:
+            raise ZoomMILError(f"{path}: exclusion table lacks column '{column}'")
+    excluded = {}
+    for row in table.itertuples(index=False):
+        status = str(row.status).strip()
+        if status.lower() != "ok":
+            reason = str(getattr(row, "reason", "") or "").strip()
+            excluded[str(row.slide_id).strip()] = f"{status}: {reason}" if reason else status
+    return excluded
+
+
+def resolve_classes(sheet: pd.DataFrame, classes: Sequence[str] | None, where: str) -> list[str]:
+    """The class list: the configured one, else the sorted labels of the whole sheet.
+
+    Labels come from every row, excluded slides included, so that QC never changes the class
+    indices of a dataset. Any label outside a configured list is an error naming the slide.
+    """
+    if classes is None:
+        classes = sorted(set(sheet["label"]))
+        if len(classes) < 2:
+            raise ZoomMILError(f"{where}: the sheet has fewer than two labels ({classes})")
+        return classes
+    unknown = sheet.loc[~sheet["label"].isin(classes)]
+    if len(unknown):
+        row = unknown.iloc[0]
+        raise ZoomMILError(
+            f"{where}: slide {row['slide_id']} has unknown label {row['label']!r} "
+            f"(classes: {', '.join(classes)})"
+        )
+    return list(classes)
+
+
+def split_records(
+    sheet: pd.DataFrame,
+    split: str,
+    features_dir: str | Path,
+    classes: Sequence[str],
+    excluded: Mapping[str, str],
+) -> tuple[list[SlideRecord], list[dict[str, str]]]:
+    """Usable slides of one split, and the skipped ones with their reasons.
+
+    A slide that is not excluded must have ``{features_dir}/{slide_id}.h5``; a missing file is
+    an error naming the slide, because silently training on fewer slides would bias a benchmark.
+    """
+    features_dir = Path(features_dir)
+    index = {name: i for i, name in enumerate(classes)}
+    records, skipped = [], []
+    for row in sheet.loc[sheet["split"] == split].itertuples(index=False):
+        if row.slide_id in excluded:
+            skipped.append({"slide_id": row.slide_id, "reason": excluded[row.slide_id]})
+            continue
+        if row.label not in index:
+            raise SlideError(
+                row.slide_id, f"unknown label {row.label!r} (classes: {', '.join(classes)})"
+            )
+        path = features_dir / f"{row.slide_id}.h5"
+        if not path.exists():
+            raise SlideError(row.slide_id, f"feature file {path} not found (and not excluded)")
+        records.append(SlideRecord(row.slide_id, index[row.label], path))
+    return records, skipped
+
+
+def bag_shapes(path: Path, mags: Sequence[float]) -> list[tuple[int, int]]:
+    """(N_m, D) per magnification, read from the HDF5 header without loading the data."""
+    try:
+        with h5py.File(path, "r") as h5:
+            return [tuple(h5[f"{mag_key(m)}_patches"].shape) for m in mags]
+    except KeyError as error:
+        have = read_attrs(path).get("mags", [])
+        raise ZoomMILError(
+            f"{path}: lacks magnification(s) among {', '.join(mag_key(m) for m in mags)} "
+            f"(it has {have})"
+        ) from error
+    except OSError as error:
+        raise ZoomMILError(f"{path}: cannot read feature file ({error})") from error
+
+
+def drop_empty(
+    records: list[SlideRecord], mags: Sequence[float]
+) -> tuple[list[SlideRecord], list[dict[str, str]], int, int]:
+    """Remove bags without patches (slides with no tissue) and return the feature dimension.
+
+    Returns (kept records, skipped with reason, feature dimension D, total bytes of the kept
+    bags); every file must have the same D.
+    """
+    kept, skipped, dims, total = [], [], set(), 0
+    for record in records:
+        shapes = bag_shapes(record.path, mags)
+        if any(n == 0 for n, _ in shapes):
+            log.warning("%s: no patches in the feature file, skipped", record.slide_id)
+            skipped.append({"slide_id": record.slide_id, "reason": "no patches (no tissue)"})
+            continue
+        dims.update(d for _, d in shapes)
+        total += sum(n * d * 4 for n, d in shapes)
+        kept.append(record)
+    if len(dims) > 1:
+        raise ZoomMILError(f"feature files disagree on the feature dimension: {sorted(dims)}")
+    return kept, skipped, (dims.pop() if dims else 0), total
+
+
+class BagStore:
+    """Indexable bags of one split; in memory (loaded once) or read from disk at each access."""
+
+    def __init__(
+        self, records: Sequence[SlideRecord], mags: Sequence[float], in_memory: bool
+    ) -> None:
+        self.records = list(records)
+        self.mags = [float(m) for m in mags]
+        self.in_memory = in_memory
+        self._cache = [self._load(r) for r in self.records] if in_memory else None
+
+    def _load(self, record: SlideRecord) -> Bag:
+        bag = read_feature_file(record.path, self.mags)
+        return Bag(
+            slide_id=record.slide_id,
+            label=record.label,
+            feats=[torch.from_numpy(np.ascontiguousarray(f, np.float32))[None] for f in bag.feats],
+            coords=[torch.from_numpy(np.asarray(c, np.int64).reshape(-1, 2)) for c in bag.coords],
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Bag:
+        return self._cache[i] if self._cache is not None else self._load(self.records[i])
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.records]
+
+
+def shared_attrs(paths: Sequence[Path]) -> dict[str, Any]:
+    """Preprocessing attributes common to all feature files (same value everywhere).
+
+    Per-slide values (mpp, creation time, tissue fractions, ...) differ between files or are
+    listed in ``PER_SLIDE_ATTRS`` and are dropped; what is left is the recipe `zoommil predict`
+    needs to redo the preprocessing on a new slide (patch size, mags, tissue method, encoder).
+    """
+    common: dict[str, Any] | None = None
+    for path in paths:
+        attrs = read_attrs(path)
+        if common is None:
+            common = dict(attrs)
+        else:
+            common = {k: v for k, v in common.items() if k in attrs and attrs[k] == v}
+    return {
+        k: v
+        for k, v in (common or {}).items()
+        if k not in PER_SLIDE_ATTRS and not k.startswith(("created", "creation", "tissue_frac"))
+    }

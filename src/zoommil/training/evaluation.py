@@ -1,0 +1,112 @@
+"""Evaluate a saved checkpoint on one split of a sheet (what `zoommil evaluate` runs).
+
+It reuses the trainer's data loading and prediction code, so the numbers it writes are the
+numbers `zoommil train` wrote for the same checkpoint and split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoommil.errors import ZoomMILError
+from zoommil.training import modeling
+from zoommil.training.checkpoint import load_checkpoint
+from zoommil.training.config import TrainConfig
+from zoommil.training.trainer import (
+    deterministic,
+    load_splits,
+    predict_store,
+    resolve_device,
+    split_report,
+)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    features_dir: str | Path,
+    split: str = "test",
+    sheet: str | Path | None = None,
+    exclude: str | Path | None = None,
+    device: str = "auto",
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """Metrics and per-slide predictions of ``checkpoint`` on ``split``.
+
+    ``sheet`` and ``exclude`` default to those the checkpoint was trained with. The class list
+    and magnifications always come from the checkpoint.
+    """
+    state_dict, meta = load_checkpoint(checkpoint)
+    seed = int(meta.get("seed", 0))
+    with deterministic(seed, threads):
+        return _evaluate(state_dict, meta, checkpoint, features_dir, split, sheet, exclude, device)
+
+
+def _evaluate(
+    state_dict: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    checkpoint: str | Path,
+    features_dir: str | Path,
+    split: str,
+    sheet: str | Path | None,
+    exclude: str | Path | None,
+    device: str,
+) -> dict[str, Any]:
+    seed = int(meta.get("seed", 0))
+    dev = resolve_device(device)
+    sheet = sheet or meta.get("sheet")
+    if not sheet:
+        raise ZoomMILError(f"{checkpoint}: no sheet recorded in the checkpoint; pass --sheet")
+    if not Path(sheet).exists():
+        raise ZoomMILError(f"{sheet}: slide sheet not found (pass --sheet)")
+    exclude = exclude if exclude is not None else meta.get("exclude")
+    config = TrainConfig(
+        features_dir=Path(features_dir),
+        sheet=Path(sheet),
+        exclude=Path(exclude) if exclude else None,
+        classes=list(meta["classes"]),
+        mags=list(meta.get("config_mags") or meta["mags"]),
+    )
+    classes, mags, stores, skipped, in_dim = load_splits(config, meta["arch"], (split,))
+    store = stores[split]
+    if len(store) == 0:
+        raise ZoomMILError(f"{sheet}: no usable slides in the '{split}' split")
+    if [float(m) for m in mags] != [float(m) for m in meta["mags"]]:
+        raise ZoomMILError(
+            f"{checkpoint}: model magnifications {meta['mags']} differ from those resolved "
+            f"now ({mags})"
+        )
+    if in_dim != int(meta["in_dim"]):
+        raise ZoomMILError(
+            f"{features_dir}: features have dimension {in_dim}, the checkpoint expects "
+            f"{meta['in_dim']}"
+        )
+    model = modeling.make_model(
+        meta["arch"], len(classes), in_dim, config.mags, dict(meta.get("kwargs") or {})
+    )
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ZoomMILError(
+            f"{checkpoint}: weights do not fit '{meta['arch']}' ({first})"
+        ) from error
+    model.to(dev)
+    probs, losses = predict_store(model, store, len(classes), dev, seed)
+    return {
+        "checkpoint": str(checkpoint),
+        "method": meta.get("method"),
+        "arch": meta["arch"],
+        "seed": seed,
+        "epoch": meta.get("epoch"),
+        "classes": classes,
+        "mags": mags,
+        "features_dir": str(features_dir),
+        "sheet": str(sheet),
+        "n_excluded": len(skipped),
+        "excluded": skipped,
+        "split": split,
+        **split_report(store, probs, losses, classes),
+    }

@@ -1,0 +1,48 @@
+"""Plain-type conversion and atomic JSON output shared by train and evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` as plain Python types (numpy scalars/arrays, tuples and paths converted)."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        return None if math.isnan(value) else value
+    if isinstance(value, np.ndarray):
+        return to_plain(value.tolist())
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [to_plain(v) for v in value]
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint config")
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON atomically (temporary file, then rename); NaN -> null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(to_plain(data), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

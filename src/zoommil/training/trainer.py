@@ -1,0 +1,384 @@
+"""The one training loop every model shares, so that the benchmark compares models, not loops.
+
+One bag per step, Adam, ReduceLROnPlateau on the validation loss, class-balanced sampling with
+a seeded generator, cross-entropy (or the model's own ``training_loss``), and the epoch with the
+best validation loss or weighted F1 kept. On CPU a run is bit-for-bit repeatable for a seed and
+a thread count (default 1 thread: results then do not depend on the machine's core count, and
+Snakemake can run one training per core).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import WeightedRandomSampler
+from tqdm import tqdm
+
+from zoommil import __version__
+from zoommil.errors import ZoomMILError
+from zoommil.training import modeling
+from zoommil.training.checkpoint import save_checkpoint
+from zoommil.training.config import MethodSpec, TrainConfig, apply_overrides
+from zoommil.training.data import (
+    Bag,
+    BagStore,
+    drop_empty,
+    read_exclusions,
+    read_sheet,
+    resolve_classes,
+    shared_attrs,
+    split_records,
+)
+from zoommil.training.metrics import classification_metrics
+from zoommil.training.serialize import write_json
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_weighted_f1",
+    "lr",
+    "seconds",
+)
+
+
+@contextmanager
+def deterministic(seed: int, threads: int | None) -> Iterator[None]:
+    """Seed every generator, ask torch for deterministic kernels (warn where none exist) and
+    set the thread count; torch's global settings are restored afterwards, so a caller in the
+    same process (a test session, a notebook) is not left with 1 thread.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.get_num_threads(),
+        torch.backends.cudnn.benchmark,
+    )
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.set_num_threads(saved[2])
+        torch.backends.cudnn.benchmark = saved[3]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ZoomMILError(f"device '{name}' requested but no CUDA device is available")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ZoomMILError(f"unknown device '{name}' (use cpu, cuda or auto)")
+    return torch.device(name)
+
+
+def bag_inputs(bag: Bag, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The model inputs of a bag on ``device``."""
+    return [f.to(device) for f in bag.feats], [c.to(device) for c in bag.coords]
+
+
+def _check_logits(logits: torch.Tensor, n_classes: int, slide_id: str) -> torch.Tensor:
+    if logits.shape != (1, n_classes):
+        raise ZoomMILError(
+            f"{slide_id}: model returned logits of shape {tuple(logits.shape)}, "
+            f"expected (1, {n_classes})"
+        )
+    return logits
+
+
+def predict_store(
+    model: nn.Module, store: BagStore, n_classes: int, device: torch.device, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities [n, C] and cross-entropy losses [n] of every bag, in eval mode.
+
+    The global RNG is forked and seeded, so a model with randomness at inference gives the
+    same answer here, in `zoommil evaluate` and between epochs, without disturbing training.
+    """
+    model.eval()
+    probs = np.zeros((len(store), n_classes), dtype=np.float64)
+    losses = np.zeros(len(store), dtype=np.float64)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        for i in range(len(store)):
+            bag = store[i]
+            feats, coords = bag_inputs(bag, device)
+            logits = _check_logits(model(feats, coords), n_classes, bag.slide_id).float()
+            target = torch.tensor([bag.label], device=device)
+            losses[i] = F.cross_entropy(logits, target).item()
+            probs[i] = torch.softmax(logits, dim=1)[0].cpu().numpy()
+    return probs, losses
+
+
+def split_report(
+    store: BagStore, probs: np.ndarray, losses: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Metrics of a split plus one prediction per slide (what the tables and figures need)."""
+    labels = np.asarray(store.labels)
+    report = {"n_slides": len(store), "loss": float(losses.mean())}
+    report.update(classification_metrics(labels, probs, classes))
+    report["predictions"] = [
+        {
+            "slide_id": record.slide_id,
+            "label": classes[record.label],
+            "pred": classes[int(p.argmax())],
+            "probs": {name: float(p[c]) for c, name in enumerate(classes)},
+            "loss": float(loss),
+        }
+        for record, p, loss in zip(store.records, probs, losses, strict=True)
+    ]
+    return report
+
+
+def balanced_sampler(labels: Sequence[int], seed: int) -> WeightedRandomSampler:
+    """Draw len(labels) bags per epoch, each class equally likely, from a seeded generator."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)
+
+
+def train_epoch(
+    model: nn.Module,
+    store: BagStore,
+    order: Sequence[int],
+    optimizer: torch.optim.Optimizer,
+    n_classes: int,
+    device: torch.device,
+) -> float:
+    """One pass over the sampled bags, one optimiser step per bag; returns the mean loss."""
+    model.train()
+    total = 0.0
+    use_own_loss = callable(getattr(model, "training_loss", None))
+    for i in order:
+        bag = store[i]
+        feats, coords = bag_inputs(bag, device)
+        target = torch.tensor([bag.label], device=device)
+        optimizer.zero_grad(set_to_none=True)
+        if use_own_loss:
+            logits, loss = model.training_loss(feats, coords, target)
+        else:
+            logits = model(feats, coords)
+            loss = F.cross_entropy(_check_logits(logits, n_classes, bag.slide_id), target)
+        if not torch.isfinite(loss):
+            raise ZoomMILError(f"training diverged: loss is {loss.item()} on {bag.slide_id}")
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    return total / max(len(order), 1)
+
+
+def _better(selection: str, report: dict[str, float], best: dict[str, float] | None) -> bool:
+    """Strict improvement; ties in weighted F1 go to the lower validation loss."""
+    if best is None:
+        return True
+    if selection == "val_loss":
+        return report["loss"] < best["loss"]
+    if report["weighted_f1"] != best["weighted_f1"]:
+        return report["weighted_f1"] > best["weighted_f1"]
+    return report["loss"] < best["loss"]
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def load_splits(
+    config: TrainConfig, arch: str, splits: Sequence[str]
+) -> tuple[list[str], list[float], dict[str, BagStore], list[dict[str, str]], int]:
+    """Classes, model magnifications, one BagStore per split, skipped slides and in_dim."""
+    sheet = read_sheet(config.sheet)
+    excluded = read_exclusions(config.exclude)
+    classes = resolve_classes(sheet, config.classes, str(config.sheet))
+    mags = modeling.model_mags(arch, config.mags)
+    records, skipped, dims, total = {}, [], set(), 0
+    for split in splits:
+        kept, skip = split_records(sheet, split, config.features_dir, classes, excluded)
+        kept, empty, dim, size = drop_empty(kept, mags)
+        skipped += [{**s, "split": split} for s in skip + empty]
+        records[split] = kept
+        if kept:
+            dims.add(dim)
+        total += size
+    if len(dims) > 1:
+        raise ZoomMILError(f"feature files disagree on the feature dimension: {sorted(dims)}")
+    in_memory = config.cache == "memory" or (
+        config.cache == "auto" and total <= config.cache_max_gb * 2**30
+    )
+    stores = {s: BagStore(r, mags, in_memory) for s, r in records.items()}
+    return classes, mags, stores, skipped, (dims.pop() if dims else 0)
+
+
+def train(
+    config: TrainConfig,
+    method: MethodSpec,
+    seed: int,
+    out_dir: str | Path,
+    device: str = "auto",
+    threads: int | None = 1,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``method`` with ``seed``; writes checkpoint.pt, log.csv and metrics.json.
+
+    Returns the content of metrics.json.
+    """
+    with deterministic(seed, threads):
+        return _train(config, method, seed, Path(out_dir), resolve_device(device), epochs, progress)
+
+
+def _train(
+    config: TrainConfig,
+    method: MethodSpec,
+    seed: int,
+    out_dir: Path,
+    dev: torch.device,
+    epochs: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    cfg = apply_overrides(config, method)
+    n_epochs = int(epochs or cfg.epochs)
+    if n_epochs < 1:
+        raise ZoomMILError(f"--epochs must be at least 1, got {n_epochs}")
+    classes, mags, stores, skipped, in_dim = load_splits(cfg, method.arch, ("train", "val", "test"))
+    for split in ("train", "val"):
+        if len(stores[split]) == 0:
+            raise ZoomMILError(f"{cfg.sheet}: no usable slides in the '{split}' split")
+    if len(stores["test"]) == 0:
+        log.warning("%s: no usable slides in the 'test' split; test metrics are null", cfg.sheet)
+    train_store, val_store = stores["train"], stores["val"]
+    n_classes = len(classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preprocessing = shared_attrs([r.path for s in stores.values() for r in s.records])
+
+    torch.manual_seed(seed)
+    model = modeling.make_model(method.arch, n_classes, in_dim, cfg.mags, dict(method.kwargs)).to(
+        dev
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
+    )
+    sampler = balanced_sampler(train_store.labels, seed)
+
+    rows: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state: dict[str, torch.Tensor] = {}
+    best_epoch = 0
+    bar = tqdm(
+        range(1, n_epochs + 1), desc=f"train {method.name}", unit="epoch", disable=not progress
+    )
+    for epoch in bar:
+        tic = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_epoch(model, train_store, list(sampler), optimizer, n_classes, dev)
+        probs, losses = predict_store(model, val_store, n_classes, dev, seed)
+        val = classification_metrics(val_store.labels, probs, classes)
+        val["loss"] = float(losses.mean())
+        scheduler.step(val["loss"])
+        if _better(cfg.selection, val, best):
+            best, best_epoch = val, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "val_weighted_f1": val["weighted_f1"],
+                "lr": lr,
+                "seconds": round(time.perf_counter() - tic, 4),
+            }
+        )
+        _write_log(out_dir / "log.csv", rows)
+        bar.set_postfix(
+            loss=f"{train_loss:.3f}", val_loss=f"{val['loss']:.3f}", f1=f"{val['weighted_f1']:.3f}"
+        )
+
+    model.load_state_dict(best_state)
+    ckpt_config = {
+        "method": method.name,
+        "arch": method.arch,
+        "kwargs": method.kwargs,
+        "classes": classes,
+        "mags": mags,
+        "config_mags": cfg.mags,
+        "in_dim": in_dim,
+        "selection": cfg.selection,
+        "seed": seed,
+        "epoch": best_epoch,
+        "epochs": n_epochs,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "features_dir": str(cfg.features_dir),  # as in the config: the workflow runs from
+        "sheet": str(cfg.sheet),  # its root, and the project folder may move
+        "exclude": str(cfg.exclude) if cfg.exclude else None,
+        "preprocessing": preprocessing,
+        "zoommil_version": __version__,
+    }
+    save_checkpoint(out_dir / "checkpoint.pt", best_state, ckpt_config)
+
+    reports = {}
+    for split in ("val", "test"):
+        store = stores[split]
+        if len(store) == 0:
+            reports[split] = None
+            continue
+        probs, losses = predict_store(model, store, n_classes, dev, seed)
+        reports[split] = {"split": split, **split_report(store, probs, losses, classes)}
+    metrics = {
+        "method": method.name,
+        "arch": method.arch,
+        "model_kwargs": method.kwargs,
+        "seed": seed,
+        "selection": cfg.selection,
+        "best_epoch": best_epoch,
+        "epochs": n_epochs,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "classes": classes,
+        "mags": mags,
+        "in_dim": in_dim,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "device": dev.type,
+        "threads": torch.get_num_threads(),
+        "cache": "memory" if train_store.in_memory else "disk",
+        "n_slides": {s: len(stores[s]) for s in ("train", "val", "test")},
+        "n_excluded": len(skipped),
+        "excluded": skipped,
+        "val": reports["val"],
+        "test": reports["test"],
+        "train_seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,182 @@
+"""Real SLURM: the shipped profiles submit every job through a single-node cluster.
+
+Needs the test cluster (tests/cluster/slurm-up.sh, or root + slurm-wlm so the fixture starts it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from slurmtest import (
+    MAX_MEM_MB,
+    MAX_THREADS,
+    REPO,
+    clamp_profile,
+    remote_rules,
+    scontrol_job,
+    slurm_args,
+    snakemake,
+    submitted_ids,
+)
+
+pytestmark = pytest.mark.cluster
+
+# Two rules named like the workflow's, so the profile's per-rule settings apply: `features`
+# declares gpu=1 as the real rule does; `tables` is a CPU job. Each records the SLURM
+# environment it ran in.
+TINY_SNAKEFILE = """
+rule all:
+    input: "results/tables.txt"
+
+rule features:
+    output: "results/features/{slide}.txt"
+    threads: 1
+    resources: gpu=1
+    shell: "echo job=$SLURM_JOB_ID cpus=$SLURM_CPUS_PER_TASK gpus=${{CUDA_VISIBLE_DEVICES:-none}} threads={threads} > {output}"
+
+rule tables:
+    input: expand("results/features/{slide}.txt", slide=["a", "b"])
+    output: "results/tables.txt"
+    shell: "cat {input} > {output}; echo job=$SLURM_JOB_ID >> {output}"
+"""
+
+
+def _run_tiny(tmp_path: Path, profile: str, *extra: str, env: dict | None = None):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "Snakefile").write_text(TINY_SNAKEFILE)
+    prof = clamp_profile(REPO / "profiles" / profile, tmp_path / "profile")
+    result = snakemake("--profile", str(prof), *extra, cwd=work, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return work, result.stdout + result.stderr
+
+
+def test_slurm_profile_submits_every_job_with_its_resources(slurm_cluster, tmp_path):
+    work, log = _run_tiny(
+        tmp_path,
+        "slurm",
+        *slurm_args(),
+        env={"ZOOMMIL_SLURM_GPU_PARTITION": "debug", "ZOOMMIL_SLURM_PARTITION": ""},
+    )
+    ids = submitted_ids(log)
+    rules = remote_rules(log)
+    assert sorted(r for r, _ in rules) == ["features", "features", "tables"]
+    assert all(job in ids for _, job in rules), log  # every non-local job went to SLURM
+    for rule, job in rules:
+        info = scontrol_job(ids[job])
+        assert "JobState=COMPLETED" in info
+        assert f"mem={MAX_MEM_MB}M" in info  # the profile's mem_mb (capped) became --mem
+        if rule == "features":
+            # gpu=1 became --gpus=1, threads (profile: 8, capped) became --cpus-per-task,
+            # and the GPU partition came from ZOOMMIL_SLURM_GPU_PARTITION
+            assert "gres:gpu:1" in info or "gres/gpu=1" in info, info
+            assert f"NumCPUs={MAX_THREADS}" in info
+            assert "Partition=debug" in info
+        else:
+            assert "gpu" not in info.split("TRES=")[1].split()[0]
+            assert "NumCPUs=1" in info
+    lines = (work / "results" / "tables.txt").read_text().split("\n")
+    job_ids = {line.split()[0].removeprefix("job=") for line in lines if line}
+    assert job_ids == set(ids.values())  # each output was written inside its SLURM job
+    assert f"threads={MAX_THREADS}" in lines[0] and f"cpus={MAX_THREADS}" in lines[0]
+    logs = list((work / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert sorted(p.stem for p in logs) == sorted(ids.values())
+
+
+def test_cluster_generic_profile_runs_on_slurm(slurm_cluster, tmp_path):
+    work, log = _run_tiny(tmp_path, "cluster-generic", "--max-threads", str(MAX_THREADS))
+    rules = remote_rules(log)
+    external = dict(
+        (job, ext)
+        for job, ext in __import__("re").findall(
+            r"Submitted job (\d+) with external jobid '(\d+)'", log
+        )
+    )
+    assert len(rules) == 3 and all(job in external for _, job in rules), log
+    for rule, job in rules:
+        info = scontrol_job(external[job])
+        assert f"JobName=smk-{rule}-{job}" in info
+        assert ("gres:gpu:1" in info or "gres/gpu=1" in info) == (rule == "features")
+    assert len(list((work / ".snakemake" / "cluster_logs").glob("smk-*.log"))) == 3
+
+
+# --- the real workflow ------------------------------------------------------------------------
+
+WORKFLOW_CONFIG = REPO / "tests" / "workflow_config" / "config.yaml"
+
+
+def _metrics(root: Path) -> dict[str, dict]:
+    return {
+        str(p.relative_to(root)): json.loads(p.read_text())
+        for p in sorted((root / "results").rglob("metrics.json"))
+    }
+
+
+def _assert_same(a, b, where: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert (math.isnan(a) and math.isnan(b)) or a == b, f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.skipif(
+    not (REPO / "Snakefile").is_file() or not WORKFLOW_CONFIG.is_file(),
+    reason="the workflow (Snakefile, tests/workflow_config/config.yaml) is not there yet",
+)
+def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
+    """The tiny config through profiles/slurm gives the same metrics as a local run."""
+    common = [
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(WORKFLOW_CONFIG),
+        "--max-threads",
+        str(MAX_THREADS),
+    ]
+    prof = clamp_profile(REPO / "profiles" / "slurm", tmp_path / "profile")
+    # Same thread counts in both runs (the profile's set-threads), so only the executor differs.
+    threads = [f"{rule}={n}" for rule, n in _profile_threads(prof).items()]
+    local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
+    local_dir.mkdir()
+    slurm_dir.mkdir()
+    local = snakemake(
+        *common, "--cores", str(MAX_THREADS), "--set-threads", *threads, cwd=local_dir
+    )
+    assert local.returncode == 0, local.stdout[-5000:] + local.stderr[-5000:]
+    remote = snakemake(*common, "--profile", str(prof), *slurm_args(), cwd=slurm_dir)
+    log = remote.stdout + remote.stderr
+    assert remote.returncode == 0, log[-10000:]
+
+    ids = submitted_ids(log)
+    rules = remote_rules(log)
+    assert rules, "no job ran"
+    missing = [(rule, job) for rule, job in rules if job not in ids]
+    assert not missing, f"jobs that did not go through SLURM: {missing}"
+    gpu_rules = {rule for rule, job in rules if "gres" in scontrol_job(ids[job]).split("TRES")[0]}
+    assert "features" in {r for r, _ in rules}
+
+    local_metrics, slurm_metrics = _metrics(local_dir), _metrics(slurm_dir)
+    assert local_metrics, "the local run wrote no metrics.json"
+    assert local_metrics.keys() == slurm_metrics.keys()
+    for name in local_metrics:
+        _assert_same(local_metrics[name], slurm_metrics[name], name)
+    shutil.rmtree(local_dir / "results", ignore_errors=True)
+    del gpu_rules
+
+
+def _profile_threads(profile: Path) -> dict[str, int]:
+    import yaml
+
+    return dict((yaml.safe_load((profile / "config.yaml").read_text()) or {})["set-threads"])

@@ -1,0 +1,185 @@
+"""The ResNet-50 layer3 encoder: shape, weights loading and its errors, encode_patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import resnet50
+
+from zoommil import encoder as enc
+from zoommil.encoder import PatchEncoder, build_encoder, encode_patches
+from zoommil.errors import ZoomMILError
+
+
+@pytest.fixture(scope="module")
+def random_encoder():
+    return build_encoder("random", seed=0)
+
+
+def _patches(n: int, seed: int = 0, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_output_shape_dtype(random_encoder):
+    model, info = random_encoder
+    feats = PatchEncoder(model).encode(_patches(2, size=256))
+    assert feats.shape == (2, 1024)
+    assert feats.dtype == np.float32
+    assert np.isfinite(feats).all()
+    assert not model.training
+    assert info["encoder"] == enc.ENCODER_NAME
+
+
+def test_matches_torchvision_resnet50_truncated(random_encoder):
+    """Same as torchvision's resnet50 run by hand to layer3 + mean pool, after ImageNet norm."""
+    model, _ = random_encoder
+    reference = resnet50(weights=None)
+    state = {k: v for k, v in model.state_dict().items()}
+    reference.load_state_dict(state, strict=False)
+    reference.eval()
+    x = _patches(2)
+    with torch.inference_mode():
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(enc.IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(enc.IMAGENET_STD).view(1, 3, 1, 1)
+        t = (t - mean) / std
+        r = reference
+        h = r.maxpool(r.relu(r.bn1(r.conv1(t))))
+        h = r.layer3(r.layer2(r.layer1(h)))
+        expected = h.mean(dim=(2, 3)).numpy()
+    got = PatchEncoder(model).encode(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_random_is_seeded_and_labelled(random_encoder):
+    model0, info0 = random_encoder
+    model0b, info0b = build_encoder("random", seed=0)
+    _, info1 = build_encoder("random", seed=1)
+    assert info0["weights_sha256"] == info0b["weights_sha256"]
+    assert info0["weights_sha256"] != info1["weights_sha256"]
+    for a, b in zip(model0.state_dict().values(), model0b.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert info0["weights"] == "random" and info0["weights_seed"] == 0
+    assert "random" in info0["weights_note"].lower()
+    # the global RNG is not disturbed by building an encoder
+    torch.manual_seed(123)
+    a = torch.rand(3)
+    torch.manual_seed(123)
+    build_encoder("random", seed=5)
+    assert torch.equal(torch.rand(3), a)
+
+
+def test_encode_patches_batches_equal_one_batch(random_encoder):
+    model, _ = random_encoder
+    x = _patches(5, seed=1)
+    whole = encode_patches(model, x, batch_size=5)
+    split = encode_patches(PatchEncoder(model), x, batch_size=2)
+    np.testing.assert_allclose(split, whole, rtol=1e-4, atol=1e-4)
+    assert encode_patches(model, x[:0]).shape == (0, 1024)
+
+
+def test_encode_rejects_float_input(random_encoder):
+    with pytest.raises(ZoomMILError, match="uint8"):
+        PatchEncoder(random_encoder[0]).encode(np.zeros((1, 8, 8, 3), np.float32))
+
+
+def test_bf16_close_to_fp32(random_encoder):
+    model, _ = random_encoder
+    x = _patches(2, seed=2)
+    f32 = PatchEncoder(model).encode(x)
+    bf16 = PatchEncoder(model, precision="bf16").encode(x)
+    assert bf16.dtype == np.float32
+    cos = (f32 * bf16).sum(1) / np.linalg.norm(f32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert (cos > 0.99).all()
+    with pytest.raises(ZoomMILError, match="precision"):
+        PatchEncoder(model, precision="fp8")
+
+
+def _full_state(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return resnet50(weights=None).state_dict()
+
+
+def test_path_full_and_truncated_state_dict(tmp_path):
+    state = _full_state(7)
+    full = tmp_path / "full.pth"
+    torch.save(state, full)
+    model, info = build_encoder(full)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+    assert info["weights"] == str(full)
+    assert info["weights_sha256"] == enc.sha256_file(full)
+    trunc = tmp_path / "trunc.pt"
+    torch.save({"state_dict": {k: v for k, v in model.state_dict().items()}}, trunc)
+    model2, _ = build_encoder(trunc)
+    x = _patches(1)
+    np.testing.assert_array_equal(PatchEncoder(model).encode(x), PatchEncoder(model2).encode(x))
+
+
+def test_path_errors(tmp_path):
+    with pytest.raises(ZoomMILError, match="not found"):
+        build_encoder(tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ZoomMILError, match="cannot load weights"):
+        build_encoder(bad)
+    partial = tmp_path / "partial.pth"
+    state = _full_state(0)
+    del state["layer3.0.conv1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, partial)
+    with pytest.raises(ZoomMILError, match="missing key.*layer3.0.conv1.weight"):
+        build_encoder(partial)
+    shape = tmp_path / "shape.pth"
+    state = _full_state(0)
+    state["conv1.weight"] = torch.zeros(64, 1, 7, 7)
+    torch.save(state, shape)
+    with pytest.raises(ZoomMILError, match="shape mismatch.*conv1.weight"):
+        build_encoder(shape)
+
+
+def test_imagenet_from_local_cache(tmp_path, monkeypatch):
+    """The real imagenet code path, with a locally saved state dict in a temporary TORCH_HOME."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv(enc.OFFLINE_ENV, "1")
+    assert enc.imagenet_cache_path() == tmp_path / "hub" / "checkpoints" / enc.IMAGENET_FILE
+    enc.imagenet_cache_path().parent.mkdir(parents=True)
+    state = _full_state(3)
+    torch.save(state, enc.imagenet_cache_path())
+    model, info = build_encoder("imagenet")
+    assert info["weights"] == "imagenet"
+    assert info["weights_sha256"] == enc.sha256_file(enc.imagenet_cache_path())
+    assert torch.equal(model.state_dict()["layer3.5.bn3.weight"], state["layer3.5.bn3.weight"])
+
+
+def test_imagenet_missing_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv(enc.OFFLINE_ENV, "1")
+    with pytest.raises(ZoomMILError) as info:
+        build_encoder("imagenet")
+    message = str(info.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in message
+    assert enc.IMAGENET_URL in message
+
+
+def test_imagenet_download_failure_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv(enc.OFFLINE_ENV, raising=False)
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ZoomMILError, match="resnet50-0676ba61.pth.*download failed"):
+        build_encoder("imagenet")
+
+
+def test_resolve_device():
+    assert enc.resolve_device("cpu").type == "cpu"
+    assert enc.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ZoomMILError, match="unknown device"):
+        enc.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ZoomMILError, match="no CUDA"):
+            enc.resolve_device("cuda")

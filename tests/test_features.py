@@ -1,0 +1,265 @@
+"""`zoommil features`: pixel derivation, the feature-file contract, determinism, bad input.
+
+Patches are 32 px here (the encoder is fully convolutional) so that a few hundred patches of a
+random-weight ResNet-50 stay fast on a 2-core CPU; the real runs use 256 px.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from conftest import write_pyramid_tiff
+
+from zoommil.cli import main
+from zoommil.encoder import PatchEncoder, build_encoder
+from zoommil.errors import ZoomMILError
+from zoommil.featurefile import mag_key, read_feature_file
+from zoommil.features import (
+    ParentDataset,
+    derive_patches,
+    extract_features,
+    quadtree_offsets,
+    validate_plan,
+)
+from zoommil.lattice import Lattice, descendants, load_coords, tile_slide, write_coords
+from zoommil.slide import open_slide, read_region_at
+
+MAGS = [5.0, 10.0, 20.0]
+P = 32  # patch size for tests
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A 448x320 slide at 0.5 um/px (20x) with 2 levels, and its coords file (P = 32)."""
+    root = tmp_path_factory.mktemp("features")
+    slide = write_pyramid_tiff(root / "tiny.tiff", width=448, height=320, levels=2, tile=64)
+    lattice = tile_slide(slide, MAGS, patch_size=P)
+    assert 0 < len(lattice.xy[0]) < lattice.attrs["n_parents_total"]  # tissue filter at work
+    coords = write_coords(root / "tiny.coords.h5", lattice)
+    other = write_pyramid_tiff(root / "other.tiff", width=256, height=256, levels=1, tile=64)
+    return {"root": root, "slide": slide, "coords": coords, "other": other}
+
+
+def _run(tiny, out: Path, *extra: str) -> int:
+    argv = ["features", str(tiny["slide"]), "--coords", str(tiny["coords"]), "--out", str(out)]
+    return main([*argv, "--weights", "random", "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def extracted(tiny) -> Path:
+    out = tiny["root"] / "out" / "tiny.h5"
+    assert _run(tiny, out, "--workers", "1", "--batch-size", "7") == 0
+    return out
+
+
+# --------------------------------------------------------------------------- pixels
+
+
+def test_quadtree_offsets_match_lattice_order():
+    for depth in (1, 2, 3):
+        expected = descendants(np.zeros((1, 2), np.int64), depth)
+        np.testing.assert_array_equal(quadtree_offsets(depth), expected)
+
+
+def test_child_pixels_are_parent_quadrants():
+    rng = np.random.default_rng(0)
+    region = rng.integers(0, 256, (P * 4, P * 4, 3), dtype=np.uint8)
+    low, mid, high = derive_patches(region, [0, 1, 2], P)
+    assert low.shape == (1, P, P, 3) and mid.shape == (4, P, P, 3) and high.shape == (16, P, P, 3)
+    # the finest scale is the region itself, cut in depth-first order
+    for j, (r, c) in enumerate(quadtree_offsets(2)):
+        np.testing.assert_array_equal(high[j], region[r * P : (r + 1) * P, c * P : (c + 1) * P])
+    # each coarser patch's quadrant equals its child area-resized by 2 (exact 2x2 means)
+    half = P // 2
+    for child, parent in ((high, mid), (mid, low)):
+        for j in range(len(child)):
+            dr, dc = quadtree_offsets(1)[j % 4]
+            quadrant = parent[j // 4][dr * half : (dr + 1) * half, dc * half : (dc + 1) * half]
+            small = cv2.resize(child[j], (half, half), interpolation=cv2.INTER_AREA)
+            np.testing.assert_array_equal(quadrant, small)
+    # non-consecutive depths (e.g. 1.25x -> 2.5x -> 10x) go through the unlisted scale
+    low2, top2 = derive_patches(region, [0, 2], P)
+    np.testing.assert_array_equal(low2, low)
+    np.testing.assert_array_equal(top2, high)
+    with pytest.raises(ValueError):
+        derive_patches(region[:-1], [0, 2], P)
+
+
+def test_dataset_reads_each_magnification_at_its_place(tiny):
+    """The patches of parent i equal a direct read of each patch's own level-0 square."""
+    lattice = load_coords(tiny["coords"])
+    dataset = ParentDataset(tiny["slide"], lattice)
+    i = 5
+    item = dataset[i]
+    stack = item["patches"].numpy()
+    assert stack.shape == (21, P, P, 3)
+    with open_slide(tiny["slide"]) as slide:
+        # the highest magnification is read at level 0 without resizing: exact
+        for j in range(16):
+            x, y = lattice.xy[2][16 * i + j]
+            direct = read_region_at(slide, x, y, lattice.sides[2], P)
+            np.testing.assert_array_equal(stack[5 + j], direct)
+        # coarser ones are area means of the same pixels: equal up to rounding
+        for j in range(4):
+            x, y = lattice.xy[1][4 * i + j]
+            direct = read_region_at(slide, x, y, lattice.sides[1], P)
+            assert np.abs(stack[1 + j].astype(int) - direct.astype(int)).max() <= 1
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def test_feature_file_contract(tiny, extracted):
+    lattice = load_coords(tiny["coords"])
+    bag = read_feature_file(extracted)
+    assert bag.mags == MAGS
+    n0 = len(lattice.xy[0])
+    assert n0 > 0
+    with h5py.File(extracted, "r") as h5:
+        for k, m in enumerate(MAGS):
+            key = mag_key(m)
+            feats = h5[f"{key}_patches"]
+            assert feats.dtype == np.float32
+            assert feats.shape == (n0 * 4**k, 1024)
+            assert np.isfinite(feats[()]).all()
+            np.testing.assert_array_equal(h5[f"{key}_coords"][()], lattice.coords[k])
+            assert h5[f"{key}_xy"].dtype == np.int64
+            np.testing.assert_array_equal(h5[f"{key}_xy"][()], lattice.xy[k])
+        np.testing.assert_array_equal(h5["tissue_fraction"][()], lattice.tissue_fraction)
+    # children lie inside their parents (row j's parent is row j // 4)
+    for k in (1, 2):
+        child, parent = bag.xy[k], bag.xy[k - 1][np.arange(len(bag.xy[k])) // 4]
+        assert (child >= parent).all()
+        assert (child + lattice.sides[k] <= parent + lattice.sides[k - 1]).all()
+    attrs = bag.attrs
+    assert attrs["mags"] == MAGS
+    assert attrs["patch_size"] == P
+    assert attrs["mpp"] == pytest.approx(0.5) and attrs["mpp_source"] == lattice.attrs["mpp_source"]
+    assert attrs["encoder"] == "resnet50_layer3_avgpool"
+    assert attrs["weights"] == "random" and attrs["weights_seed"] == 0
+    assert "RANDOM" in attrs["weights_note"]
+    assert attrs["weights_sha256"] == build_encoder("random", seed=0)[1]["weights_sha256"]
+    assert attrs["tissue_method"] == "gaussian"
+    assert attrs["tissue_params"] == lattice.attrs["tissue_params"]
+    assert attrs["tissue_threshold"] == lattice.attrs["tissue_threshold"]
+    assert len(attrs["tissue_fraction"]) == n0
+    assert attrs["zoommil_version"] and attrs["created"]
+    assert attrs["device"] == "cpu" and attrs["precision"] == "fp32"
+    assert attrs["batch_size"] == 7
+
+
+def test_features_equal_direct_encoding(tiny, extracted):
+    """Rows map to the right patches: highest-mag rows equal encoding a direct read."""
+    bag = read_feature_file(extracted)
+    lattice = load_coords(tiny["coords"])
+    encoder = PatchEncoder(build_encoder("random", seed=0)[0])
+    rows = [0, 17, len(bag.xy[2]) - 1]
+    with open_slide(tiny["slide"]) as slide:
+        patches = np.stack(
+            [read_region_at(slide, *bag.xy[2][r], lattice.sides[2], P) for r in rows]
+        )
+    np.testing.assert_allclose(encoder.encode(patches), bag.feats[2][rows], rtol=1e-3, atol=1e-3)
+
+
+def test_deterministic_across_runs_and_workers(tiny, extracted, tmp_path):
+    again = tmp_path / "again.h5"
+    assert _run(tiny, again, "--workers", "0", "--batch-size", "7") == 0
+    with h5py.File(extracted, "r") as a, h5py.File(again, "r") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        for key in a.keys():
+            assert a[key][()].tobytes() == b[key][()].tobytes(), key
+
+
+def test_zero_parents_give_a_valid_empty_file(tiny, tmp_path, caplog):
+    empty = Lattice(
+        mags=MAGS,
+        patch_size=P,
+        sides=[128, 64, 32],
+        coords=[np.zeros((0, 2), np.int64)] * 3,
+        xy=[np.zeros((0, 2), np.int64)] * 3,
+        tissue_fraction=np.zeros(0, np.float32),
+        attrs={"mpp": 0.5, "mpp_source": "test", "dimensions": [448, 320]},
+    )
+    coords = write_coords(tmp_path / "empty.coords.h5", empty)
+    out = tmp_path / "empty.h5"
+    with caplog.at_level(logging.WARNING):
+        result = extract_features(
+            tiny["slide"], coords, out, weights="random", progress=False, workers=0
+        )
+    assert "no tissue" in caplog.text
+    assert result.num_patches == [0, 0, 0]
+    bag = read_feature_file(out)
+    for feats, xy in zip(bag.feats, bag.xy, strict=True):
+        assert feats.shape == (0, 1024) and feats.dtype == np.float32
+        assert xy.shape == (0, 2)
+    assert bag.attrs["empty"] is True
+    assert bag.attrs["tissue_method"] == "none"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _assert_fails(capsys, argv: list[str], out: Path, *needles: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("zoommil features: error")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}*")), "temporary file left behind"
+
+
+def test_missing_slide(tiny, tmp_path, capsys):
+    out = tmp_path / "f.h5"
+    missing = tmp_path / "missing.svs"
+    argv = ["features", str(missing), "--coords", str(tiny["coords"]), "--out", str(out)]
+    _assert_fails(capsys, [*argv, "--weights", "random"], out, str(missing), "not found")
+
+
+def test_corrupt_slide(tiny, tmp_path, capsys):
+    out = tmp_path / "f.h5"
+    bad = tmp_path / "corrupt.svs"
+    bad.write_bytes(tiny["slide"].read_bytes()[:3000])
+    argv = ["features", str(bad), "--coords", str(tiny["coords"]), "--out", str(out)]
+    _assert_fails(capsys, [*argv, "--weights", "random"], out, str(bad))
+
+
+def test_coords_of_another_slide(tiny, tmp_path, capsys):
+    out = tmp_path / "f.h5"
+    argv = ["features", str(tiny["other"]), "--coords", str(tiny["coords"]), "--out", str(out)]
+    _assert_fails(capsys, [*argv, "--weights", "random"], out, str(tiny["other"]), "another")
+
+
+def test_mpp_disagreeing_with_coords(tiny, tmp_path, capsys):
+    out = tmp_path / "f.h5"
+    argv = ["features", str(tiny["slide"]), "--coords", str(tiny["coords"]), "--out", str(out)]
+    _assert_fails(capsys, [*argv, "--weights", "random", "--mpp", "0.25"], out, "mpp")
+
+
+def test_missing_coords_and_bad_weights(tiny, tmp_path, capsys):
+    out = tmp_path / "f.h5"
+    argv = ["features", str(tiny["slide"]), "--out", str(out)]
+    _assert_fails(capsys, [*argv, "--coords", str(tmp_path / "nope.h5")], out, "coords")
+    weights = tmp_path / "w.pth"
+    weights.write_text("junk")
+    _assert_fails(
+        capsys,
+        [*argv, "--coords", str(tiny["coords"]), "--weights", str(weights)],
+        out,
+        str(weights),
+    )
+
+
+def test_validate_plan_rejects_misordered_rows(tiny):
+    lattice = load_coords(tiny["coords"])
+    validate_plan(lattice)
+    lattice.xy[1] = lattice.xy[1][::-1].copy()
+    with pytest.raises(ZoomMILError, match="depth-first"):
+        validate_plan(lattice)

@@ -1,0 +1,90 @@
+"""Metrics against scikit-learn and hand-computed references, including undefined cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+from zoommil.training.metrics import classification_metrics
+
+
+def one_hot_probs(pred: list[int], n_classes: int, confidence: list[float]) -> np.ndarray:
+    """Probabilities whose argmax is ``pred``; ``confidence`` orders the slides for the AUC."""
+    probs = np.zeros((len(pred), n_classes))
+    for i, (p, c) in enumerate(zip(pred, confidence, strict=True)):
+        probs[i] = (1 - c) / (n_classes - 1)
+        probs[i, p] = c
+    return probs
+
+
+def test_binary_by_hand() -> None:
+    # labels 0 0 0 1 1, predictions 0 1 0 1 1 -> TP(1)=2, FP(1)=1, FN(1)=0; TP(0)=2, FN(0)=1
+    y = [0, 0, 0, 1, 1]
+    p1 = np.array([0.1, 0.6, 0.3, 0.8, 0.9])
+    m = classification_metrics(y, np.stack([1 - p1, p1], axis=1), ["normal", "tumor"])
+    f1_tumor = 2 * 2 / (2 * 2 + 1 + 0)  # 0.8
+    f1_normal = 2 * 2 / (2 * 2 + 0 + 1)  # 0.8
+    assert m["accuracy"] == pytest.approx(4 / 5)
+    assert m["per_class_f1"] == {
+        "normal": pytest.approx(f1_normal),
+        "tumor": pytest.approx(f1_tumor),
+    }
+    assert m["weighted_f1"] == pytest.approx((3 * f1_normal + 2 * f1_tumor) / 5)
+    assert m["macro_f1"] == pytest.approx((f1_normal + f1_tumor) / 2)
+    assert m["confusion_matrix"] == [[2, 1], [0, 2]]
+    assert m["auc"] == pytest.approx(1.0)  # every tumor scores above every normal
+    assert m["auc_note"] is None
+    assert m["support"] == {"normal": 3, "tumor": 2}
+    assert m["n"] == 5
+
+
+def test_multiclass_matches_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, size=60)
+    logits = rng.normal(size=(60, 4)) + 1.5 * np.eye(4)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    pred = probs.argmax(1)
+    m = classification_metrics(y, probs.astype(np.float32), list("abcd"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["accuracy"] == pytest.approx(np.mean(y == pred))
+    assert m["auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"), abs=1e-6)
+    per_class = f1_score(y, pred, average=None)
+    assert [m["per_class_f1"][c] for c in "abcd"] == pytest.approx(per_class.tolist())
+    cm = np.asarray(m["confusion_matrix"])
+    assert cm.shape == (4, 4) and cm.sum() == 60
+    assert np.trace(cm) == np.sum(y == pred)
+    assert cm[2].sum() == np.sum(y == 2)  # rows are true classes
+
+
+def test_auc_is_null_with_a_reason_when_a_class_is_missing() -> None:
+    y = [0, 0, 2, 2]
+    probs = one_hot_probs([0, 1, 2, 2], 3, [0.9, 0.6, 0.8, 0.7])
+    m = classification_metrics(y, probs, ["normal", "atypia", "carcinoma"])
+    assert m["auc"] is None
+    assert "atypia" in m["auc_note"]
+    assert m["per_class_f1"]["atypia"] == 0.0  # predicted once but never true: defined, 0
+    m = classification_metrics([0, 0], one_hot_probs([0, 0], 3, [0.9, 0.9]), ["a", "b", "c"])
+    assert m["per_class_f1"] == {"a": 1.0, "b": None, "c": None}
+    assert m["macro_f1"] == 1.0  # over the classes that occur, as in scikit-learn
+    assert m["auc"] is None
+    assert m["cohen_kappa"] is None  # undefined with one class only
+
+
+def test_binary_auc_with_one_class_present_is_null() -> None:
+    m = classification_metrics([1, 1, 1], one_hot_probs([1, 0, 1], 2, [0.7, 0.8, 0.9]), ["n", "t"])
+    assert m["auc"] is None and "n" in m["auc_note"]
+    assert m["accuracy"] == pytest.approx(2 / 3)
+    assert m["cohen_kappa"] == pytest.approx(0.0)  # observed = chance agreement
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        classification_metrics([0, 1], np.ones((2, 3)) / 3, ["a", "b"])
+    with pytest.raises(ValueError, match="NaN"):
+        classification_metrics([0, 1], np.array([[np.nan, 1], [0.5, 0.5]]), ["a", "b"])
+    with pytest.raises(ValueError, match="at least one"):
+        classification_metrics([], np.zeros((0, 2)), ["a", "b"])
+    with pytest.raises(ValueError, match="out of range"):
+        classification_metrics([0, 2], np.ones((2, 2)) / 2, ["a", "b"])

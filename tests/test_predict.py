@@ -1,0 +1,120 @@
+"""`zoommil predict`: zoom inference reads only the selected regions, and agrees with the
+full feature file's eval forward."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_pyramid_tiff
+
+from zoommil.cli import main
+from zoommil.features import extract_features
+from zoommil.lattice import tile_slide, write_coords
+from zoommil.models import build_model
+from zoommil.predict import Predictor, make_encoder, predict_slide
+from zoommil.training.checkpoint import save_checkpoint
+
+MAGS = [5.0, 10.0, 20.0]  # 4 children per step on a 0.5 um/px slide
+PATCH = 64  # small patches keep the random-weight ResNet-50 fast on CPU
+K = 3
+CLASSES = ["normal", "tumour"]
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("zoommil", in_dim=1024, n_classes=2, mags=MAGS, k=K).eval()
+
+
+def _predictor(model: torch.nn.Module) -> Predictor:
+    return Predictor(
+        model=model, arch="zoommil", classes=CLASSES, mags=MAGS, patch_size=PATCH, method="zoommil"
+    )
+
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """768x512 px at 0.5 um/px: 6 parents at 5x, so the all-patch reference stays cheap."""
+    return write_pyramid_tiff(
+        tmp_path_factory.mktemp("predict") / "small.tiff", width=768, height=512
+    )
+
+
+@pytest.fixture(scope="module")
+def zoom_result(small_slide: Path) -> dict:
+    predictor = _predictor(_model())
+    encoder, _ = make_encoder(predictor)
+    return predict_slide(predictor, small_slide, encoder)
+
+
+def test_patch_count_is_n_low_plus_k_times_descendants(zoom_result, small_slide):
+    lattice = tile_slide(small_slide, MAGS, patch_size=PATCH)
+    n_low = len(lattice.xy[0])
+    assert n_low > K
+    expected = n_low + K * 4 + K * 4
+    assert zoom_result["patches_encoded"] == expected
+    assert zoom_result["patches_per_mag"] == {"5.0x": n_low, "10.0x": K * 4, "20.0x": K * 4}
+    assert [len(s["xy"]) for s in zoom_result["selected"]] == [K, K]
+
+
+def test_selected_regions_nest_inside_their_parents(zoom_result):
+    low, mid = zoom_result["selected"]
+    for x, y in mid["xy"]:
+        assert any(
+            px <= x
+            and x + mid["side0"] <= px + low["side0"]
+            and py <= y
+            and y + mid["side0"] <= py + low["side0"]
+            for px, py in low["xy"]
+        )
+
+
+def test_zoom_inference_matches_the_full_feature_file(zoom_result, small_slide, tmp_path):
+    lattice = tile_slide(small_slide, MAGS, patch_size=PATCH)
+    coords = write_coords(tmp_path / "coords.h5", lattice)
+    out = tmp_path / "features.h5"
+    extract_features(small_slide, coords, out, weights="random", workers=0)
+    from zoommil.featurefile import read_feature_file
+
+    bag = read_feature_file(out, MAGS)
+    model = _model()
+    with torch.no_grad():
+        details = model.forward_with_details([torch.from_numpy(f)[None] for f in bag.feats])
+    full_selected = bag.xy[0][details["selected"][0].numpy()].tolist()
+    assert sorted(map(tuple, full_selected)) == sorted(map(tuple, zoom_result["selected"][0]["xy"]))
+    probs = torch.softmax(details["logits"], -1)[0].numpy()
+    zoom_probs = np.array([zoom_result["probabilities"][c] for c in CLASSES])
+    np.testing.assert_allclose(zoom_probs, probs, atol=1e-2)
+
+
+def test_predict_cli_writes_json_and_heatmap(small_slide, tmp_path, capsys):
+    model = _model()
+    config = {
+        "method": "zoommil",
+        "arch": "zoommil",
+        "kwargs": {"k": K},
+        "classes": CLASSES,
+        "mags": MAGS,
+        "config_mags": MAGS,
+        "in_dim": 1024,
+        "preprocessing": {"patch_size": PATCH, "weights": "random", "weights_seed": 0},
+    }
+    ckpt = save_checkpoint(tmp_path / "checkpoint.pt", model.state_dict(), config)
+    out, png = tmp_path / "pred.json", tmp_path / "heat.png"
+    argv = ["predict", str(small_slide), "--checkpoint", str(ckpt)]
+    assert main([*argv, "--json", str(out), "--heatmap", str(png)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["probabilities"]) == set(CLASSES)
+    assert abs(sum(result["probabilities"].values()) - 1) < 1e-5
+    assert png.stat().st_size > 0
+    assert "patches encoded" in capsys.readouterr().out
+
+
+def test_predict_cli_missing_slide_is_one_line_error(tmp_path, capsys):
+    code = main(["predict", str(tmp_path / "nope.svs"), "--checkpoint", str(tmp_path / "c.pt")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and "not found" in err

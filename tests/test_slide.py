@@ -1,0 +1,223 @@
+"""Slide opening, the mpp chain and region reading (zoommil.slide)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import openslide
+import pytest
+
+from zoommil.cli import main
+from zoommil.errors import SlideError
+from zoommil.slide import (
+    best_level,
+    inspect_slide,
+    open_slide,
+    read_rect_at,
+    read_region_at,
+    read_thumbnail_at_mpp,
+    resolve_mpp,
+)
+
+
+def fake_slide(props: dict, dims=(1000, 800)) -> SimpleNamespace:
+    return SimpleNamespace(properties=props, dimensions=dims)
+
+
+# --------------------------------------------------------------------------- mpp chain
+
+
+def test_cmu_mpp_from_metadata(slides_dir):
+    path = slides_dir / "CMU-1-Small-Region.svs"
+    with open_slide(path) as slide:
+        mpp, source = resolve_mpp(slide, path)
+    assert mpp == pytest.approx(0.499)
+    assert source == "openslide.mpp-x"
+
+
+def test_explicit_mpp_overrides_metadata(slides_dir):
+    path = slides_dir / "CMU-1-Small-Region.svs"
+    with open_slide(path) as slide:
+        assert resolve_mpp(slide, path, mpp_override=0.25) == (0.25, "override")
+        # A default is only a fallback: metadata wins over it.
+        assert resolve_mpp(slide, path, default_mpp=1.0) == (
+            pytest.approx(0.499),
+            "openslide.mpp-x",
+        )
+
+
+def test_tcga_without_mpp_fails_with_how_to(slides_dir):
+    path = slides_dir / "TCGA-CR-7395-01A-01-TS1.svs"
+    with open_slide(path) as slide:
+        with pytest.raises(SlideError) as info:
+            resolve_mpp(slide, path)
+        assert resolve_mpp(slide, path, mpp_override=0.5) == (0.5, "override")
+        assert resolve_mpp(slide, path, default_mpp=0.5) == (0.5, "default")
+    message = str(info.value)
+    assert "TCGA-CR-7395-01A-01-TS1.svs" in message
+    assert "no resolution" in message and "--mpp" in message and "mpp column" in message
+
+
+def test_prostate_implausible_mpp_rejected(slides_dir):
+    path = slides_dir / "prostate-he-generic.tiff"
+    with open_slide(path) as slide:
+        with pytest.raises(SlideError) as info:
+            resolve_mpp(slide, path)
+        assert resolve_mpp(slide, path, mpp_override=0.5) == (0.5, "override")
+    message = str(info.value)
+    assert "implausible" in message and "896" in message and "--mpp" in message
+
+
+def test_override_outside_range_is_an_error(slides_dir):
+    path = slides_dir / "CMU-1-Small-Region.svs"
+    with open_slide(path) as slide, pytest.raises(SlideError, match="plausible range"):
+        resolve_mpp(slide, path, mpp_override=5.0)
+
+
+@pytest.mark.parametrize(
+    ("props", "expected"),
+    [
+        ({"openslide.mpp-x": "0.25", "aperio.MPP": "0.5"}, (0.25, "openslide.mpp-x")),
+        ({"aperio.MPP": "0.2527"}, (0.2527, "aperio.MPP")),
+        (
+            {"tiff.XResolution": "40000", "tiff.ResolutionUnit": "centimeter"},
+            (0.25, "tiff.XResolution (centimeter)"),
+        ),
+        (
+            {"openslide.objective-power": "40"},
+            (0.25, "objective-power (openslide.objective-power)"),
+        ),
+        ({"aperio.AppMag": "20"}, (0.5, "objective-power (aperio.AppMag)")),
+        # An implausible first candidate is skipped, not used.
+        (
+            {"openslide.mpp-x": "896", "openslide.objective-power": "20"},
+            (0.5, "objective-power (openslide.objective-power)"),
+        ),
+        ({"hamamatsu.PhysicalWidth": "250000"}, (0.25, "hamamatsu.PhysicalWidth")),
+    ],
+)
+def test_mpp_chain_order(props, expected):
+    mpp, source = resolve_mpp(fake_slide(props), "fake.svs")
+    assert mpp == pytest.approx(expected[0])
+    assert source == expected[1]
+
+
+def test_synthetic_centimetre_resolution(synthetic_slide):
+    with open_slide(synthetic_slide) as slide:
+        assert resolve_mpp(slide, synthetic_slide) == (pytest.approx(0.5), "openslide.mpp-x")
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def test_inspect_real_slides(slides_dir):
+    cmu = inspect_slide(slides_dir / "CMU-1-Small-Region.svs")
+    assert cmu["status"] == "ok" and cmu["mpp"] == pytest.approx(0.499)
+    assert cmu["objective"] == 20.0
+    assert cmu["levels"] == [{"dims": [2220, 2967], "downsample": 1.0}]
+    tcga = inspect_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs")
+    assert tcga["status"] == "no_mpp" and "--mpp" in tcga["reason"]
+    assert tcga["levels"][1]["downsample"] == pytest.approx(2.0005, abs=1e-4)
+    tcga = inspect_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs", mpp=0.5)
+    assert tcga["status"] == "ok" and tcga["mpp_source"] == "override"
+    prostate = inspect_slide(slides_dir / "prostate-he-generic.tiff")
+    assert prostate["status"] == "implausible_mpp"
+    assert prostate["mpp_rejected"][0]["mpp"] == pytest.approx(896.06, abs=0.1)
+    json.dumps([cmu, tcga, prostate])  # JSON-able
+
+
+def test_inspect_cli_prints_json(slides_dir, tmp_path, capsys):
+    out = tmp_path / "qc" / "cmu.json"
+    assert main(["inspect", str(slides_dir / "CMU-1-Small-Region.svs"), "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text())
+    assert printed["mpp_source"] == "openslide.mpp-x"
+
+
+def test_inspect_cli_no_fail(slides_dir, tmp_path, capsys):
+    out = tmp_path / "p.json"
+    slide = slides_dir / "prostate-he-generic.tiff"
+    assert main(["inspect", str(slide), "--out", str(out), "--no-fail"]) == 0
+    report = json.loads(out.read_text())
+    assert report["status"] == "implausible_mpp" and "896" in report["reason"]
+    capsys.readouterr()
+    assert main(["inspect", str(slide), "--out", str(out.with_name("q.json"))]) == 2
+    err = capsys.readouterr().err
+    assert "prostate-he-generic.tiff" in err and "implausible" in err
+    assert not out.with_name("q.json").exists()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_best_level_tolerates_inexact_downsamples(slides_dir):
+    with open_slide(slides_dir / "TCGA-CR-7395-01A-01-TS1.svs") as slide:
+        assert best_level(slide, 2.0) == 1  # stored downsample 2.0005
+        assert best_level(slide, 1.9) == 0
+    with open_slide(slides_dir / "prostate-he-generic.tiff") as slide:
+        assert best_level(slide, 8.0) == 3  # stored 8.0128
+        assert best_level(slide, 7.0) == 2
+        assert best_level(slide, 100.0) == 5
+
+
+def test_read_region_white_outside_slide(synthetic_slide):
+    with open_slide(synthetic_slide) as slide:
+        w, h = slide.dimensions
+        outside = read_region_at(slide, w + 100, h + 100, 512, 64)
+        assert outside.shape == (64, 64, 3) and outside.dtype == np.uint8
+        assert (outside == 255).all()
+        negative = read_region_at(slide, -4096, -4096, 1024, 32)
+        assert (negative == 255).all()
+        # Half in, half out: the outside half is white, not black.
+        edge = read_region_at(slide, w - 128, 0, 256, 256)
+        assert (edge[:, 128:] == 255).all()
+
+
+def test_read_region_matches_manual_level0_read(slides_dir):
+    with open_slide(slides_dir / "CMU-1-Small-Region.svs") as slide:
+        x, y, side, out = 300, 500, 514, 256
+        got = read_region_at(slide, x, y, side, out)
+        raw = np.asarray(slide.read_region((x, y), 0, (side, side)).convert("RGB"))
+        ref = cv2.resize(raw, (out, out), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_read_uses_coarser_level_when_enough(synthetic_slide):
+    """4x downsample reads level 2 directly: equals the stored level pixels exactly."""
+    with open_slide(synthetic_slide) as slide:
+        got = read_region_at(slide, 1024, 512, 1024, 256)
+        raw = np.asarray(slide.read_region((1024, 512), 2, (256, 256)).convert("RGB"))
+        np.testing.assert_array_equal(got, raw)
+
+
+def test_child_equals_parent_quadrant_real_slide(slides_dir):
+    """Child read at 20x vs the matching quadrant of its 10x parent read at 20x scale."""
+    with open_slide(slides_dir / "CMU-1-Small-Region.svs") as slide:
+        s = 257  # round(256 * 0.5 / 0.499)
+        px, py = 2 * s, 4 * s
+        parent = read_region_at(slide, px, py, 2 * s, 512).astype(np.int16)
+        for dr, dc in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+            child = read_region_at(slide, px + dc * s, py + dr * s, s, 256).astype(np.int16)
+            quadrant = parent[dr * 256 : (dr + 1) * 256, dc * 256 : (dc + 1) * 256]
+            diff = np.abs(child - quadrant)
+            assert diff.mean() < 3.0  # resize rounding only
+            assert np.percentile(diff, 99) < 40
+
+
+def test_read_rect_and_thumbnail_shapes(slides_dir):
+    with open_slide(slides_dir / "prostate-he-generic.tiff") as slide:
+        rect = read_rect_at(slide, 0, 0, 800, 400, 100, 50)
+        assert rect.shape == (50, 100, 3)
+        thumb = read_thumbnail_at_mpp(slide, 0.5, 8.0)
+        assert thumb.shape == (156, 156, 3)
+        ref = np.asarray(slide.read_region((0, 0), 4, (156, 156)).convert("RGB"))
+        np.testing.assert_array_equal(thumb, ref)
+
+
+def test_open_slide_returns_openslide(synthetic_slide):
+    with open_slide(synthetic_slide) as slide:
+        assert isinstance(slide, openslide.OpenSlide)
+        assert slide.level_count == 3

@@ -1,0 +1,133 @@
+"""Tissue detection (zoommil.tissue) and `zoommil tissue`."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from zoommil.cli import main
+from zoommil.errors import ZoomMILError
+from zoommil.tissue import (
+    detect_tissue,
+    load_mask,
+    method_params,
+    parse_param_args,
+    save_mask,
+    tissue_mask_for_slide,
+)
+
+
+def blobs_image(centres, size=(200, 300), radius=25, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """White image with H&E-coloured discs (and per-pixel noise); returns (rgb, truth)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    truth = np.zeros((h, w), dtype=np.uint8)
+    for cy, cx in centres:
+        cv2.circle(truth, (cx, cy), radius, 1, -1)
+    truth = truth.astype(bool)
+    rgb = np.full((h, w, 3), 245, dtype=np.float32) + rng.normal(0, 2, (h, w, 3))
+    tissue = np.array([200, 110, 170], dtype=np.float32) + rng.normal(0, 10, (h, w, 3))
+    rgb[truth] = tissue[truth]
+    return np.clip(rgb, 0, 255).astype(np.uint8), truth
+
+
+@pytest.mark.parametrize("method", ["gaussian", "otsu"])
+def test_detects_all_separate_blobs(method):
+    centres = [(50, 60), (140, 230), (60, 220)]
+    rgb, truth = blobs_image(centres)
+    params = {"sigma": 3, "kernel_size": 3} if method == "gaussian" else {"min_area_um2": 6400}
+    mask = detect_tissue(rgb, method, **params)
+    assert mask.shape == truth.shape and mask.dtype == bool
+    # every blob found (gaussian peels them one by one), background mostly clear
+    for cy, cx in centres:
+        assert mask[cy, cx]
+    assert mask[truth].mean() > 0.95
+    assert mask[~truth].mean() < 0.1
+
+
+@pytest.mark.parametrize("method", ["gaussian", "otsu"])
+def test_blank_and_noise_images_give_empty_masks(method):
+    white = np.full((120, 160, 3), 255, dtype=np.uint8)
+    assert not detect_tissue(white, method).any()
+    rng = np.random.default_rng(1)
+    noise = np.clip(240 + rng.normal(0, 3, (120, 160, 3)), 0, 255).astype(np.uint8)
+    assert not detect_tissue(noise, method).any()
+
+
+def test_gaussian_paper_defaults_cover_the_tissue(synthetic_slide):
+    mask, mask_mpp, info = tissue_mask_for_slide(synthetic_slide)
+    assert mask_mpp == 8.0 and mask.shape == (96, 128)  # 2048x1536 at 0.5 -> 8 um/px
+    assert info["mpp_source"] == "openslide.mpp-x"
+    # the ellipse of the synthetic slide (centre 0.4 W, 0.45 H) lies inside the mask
+    yy, xx = np.mgrid[:96, :128]
+    ellipse = ((yy - 0.45 * 96) / (0.3 * 96)) ** 2 + ((xx - 0.4 * 128) / (0.28 * 128)) ** 2 < 0.8
+    assert mask[ellipse].all()
+    assert not mask[:, -5:].any()  # right edge is background
+
+
+def test_otsu_on_real_slide(slides_dir):
+    mask, _, info = tissue_mask_for_slide(slides_dir / "CMU-1-Small-Region.svs", method="otsu")
+    assert mask.shape == (185, 138)
+    assert 0.1 < mask.mean() < 0.7
+    # tissue is darker than background on average
+    gray = info["thumbnail"].mean(axis=2)
+    assert gray[mask].mean() < gray[~mask].mean() - 30
+
+
+def test_params_validation():
+    assert method_params("gaussian", {"sigma": 10})["sigma"] == 10.0
+    assert method_params("gaussian", {"kernel_size": 7.0})["kernel_size"] == 7
+    with pytest.raises(ZoomMILError, match="unknown parameter 'sigmaa'"):
+        method_params("gaussian", {"sigmaa": 1})
+    with pytest.raises(ZoomMILError, match="unknown tissue method"):
+        method_params("deep", {})
+    assert parse_param_args(["sigma=10", "prewhiten=false"]) == {"sigma": 10.0, "prewhiten": False}
+    with pytest.raises(ZoomMILError, match="NAME=VALUE"):
+        parse_param_args(["sigma"])
+
+
+def test_mask_png_roundtrip(tmp_path):
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[2:5, 3:9] = True
+    path = save_mask(
+        tmp_path / "m.png", mask, {"zoommil.mask_mpp": "8.0", "zoommil.method": "otsu"}
+    )
+    back, meta = load_mask(path)
+    np.testing.assert_array_equal(back, mask)
+    assert meta == {"mask_mpp": 8.0, "method": "otsu"}
+
+
+def test_tissue_cli_writes_mask_and_overlay(synthetic_slide, tmp_path):
+    out = tmp_path / "masks" / "s.png"
+    assert main(["tissue", str(synthetic_slide), "--out", str(out), "--method", "otsu"]) == 0
+    mask, meta = load_mask(out)
+    assert mask.shape == (96, 128) and mask.any()
+    assert meta["mask_mpp"] == 8.0 and meta["method"] == "otsu"
+    assert meta["dimensions"] == [2048, 1536] and meta["mpp_source"] == "openslide.mpp-x"
+    assert meta["params"]["median_kernel"] == 7
+    overlay = tmp_path / "masks" / "s.overlay.jpg"
+    assert overlay.exists()
+    custom = tmp_path / "qc.png"
+    args = ["tissue", str(synthetic_slide), "--out", str(out), "--overlay", str(custom)]
+    assert main([*args, "--param", "sigma=5"]) == 0
+    assert custom.exists()
+
+
+def test_tissue_cli_empty_mask_is_a_result(make_slide, tmp_path, caplog):
+    slide = make_slide("white.tiff", width=512, height=512, tissue=False)
+    out = tmp_path / "white.png"
+    with caplog.at_level(logging.WARNING):
+        assert main(["tissue", str(slide), "--out", str(out)]) == 0
+    mask, _ = load_mask(out)
+    assert not mask.any()
+    assert "no tissue found" in caplog.text
+
+
+def test_tissue_cli_bad_param(synthetic_slide, tmp_path, capsys):
+    out = tmp_path / "m.png"
+    assert main(["tissue", str(synthetic_slide), "--out", str(out), "--param", "nope=1"]) == 2
+    assert "unknown parameter 'nope'" in capsys.readouterr().err
+    assert not out.exists()

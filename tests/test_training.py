@@ -1,0 +1,405 @@
+"""`zoommil train` / `zoommil evaluate` on small synthetic feature files written per test."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from zoommil.cli import main
+from zoommil.featurefile import write_feature_file
+from zoommil.training import modeling
+from zoommil.training.trainer import LOG_COLUMNS, balanced_sampler
+
+MAGS = (2.5, 5.0, 10.0)
+DIM = 16
+CLASSES = ("normal", "tumor")
+THREADS_AT_IMPORT = torch.get_num_threads()
+
+
+def _children(coords: np.ndarray) -> np.ndarray:
+    """Depth-first children of every (row, col): (2r,2c), (2r+1,2c), (2r,2c+1), (2r+1,2c+1)."""
+    steps = np.array([[0, 0], [1, 0], [0, 1], [1, 1]])
+    return (2 * coords[:, None, :] + steps[None]).reshape(-1, 2)
+
+
+def write_bag(path: Path, label: int, rng: np.random.Generator, n_parents: int = 2) -> None:
+    """A slide: n parents at 2.5x, 4x rows at 5x, 16x at 10x; tumor shifts a few 10x rows."""
+    coords = [np.stack([np.zeros(n_parents, int), np.arange(n_parents)], axis=1)]
+    for _ in MAGS[1:]:
+        coords.append(_children(coords[-1]))
+    feats = [rng.normal(size=(len(c), DIM)).astype(np.float32) for c in coords]
+    if label == 1:
+        rows = rng.choice(len(feats[-1]), size=3, replace=False)
+        feats[-1][rows, :4] += 3.0
+    xy = [c[:, ::-1] * int(1024 / (m / MAGS[0])) for c, m in zip(coords, MAGS, strict=True)]
+    attrs = {
+        "patch_size": 256,
+        "encoder": "resnet50_layer3",
+        "weights": "random",
+        "tissue_method": "gaussian",
+        "mpp": float(rng.uniform(0.4, 0.6)),
+        "created": str(rng.integers(1e9)),
+    }
+    write_feature_file(path, MAGS, feats, coords, xy, attrs)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """16 slides (8 train, 4 val, 4 test, balanced), a sheet and a config."""
+    root = tmp_path_factory.mktemp("train_data")
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("train", 8), ("val", 4), ("test", 4)):
+        for i in range(n):
+            slide_id = f"{split}_{i:02d}"
+            label = i % 2
+            write_bag(root / "features" / f"{slide_id}.h5", label, rng)
+            rows.append((slide_id, f"/nowhere/{slide_id}.svs", CLASSES[label], split))
+    sheet = root / "slides.tsv"
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\n" + "".join("\t".join(r) + "\n" for r in rows))
+    config = {
+        "features_dir": str(root / "features"),
+        "sheet": str(sheet),
+        "mags": list(MAGS),
+        "epochs": 3,
+        "lr": 1e-3,
+        "selection": "val_loss",
+        "methods": {"abmil_small": {"arch": "abmil", "dropout": 0.0}},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return {"root": root, "config": root / "config.yaml", "sheet": sheet}
+
+
+def write_config(dataset: dict[str, Path], tmp_path: Path, **changes) -> Path:
+    config = yaml.safe_load(dataset["config"].read_text())
+    config.update(changes)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_cli(config: Path, out: Path, model: str = "abmil_small", seed: int = 0, *extra) -> int:
+    args = ["train", "--config", str(config), "--model", model, "--seed", str(seed)]
+    return main([*args, "--out", str(out), "--device", "cpu", "--no-progress", *extra])
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def strip_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "train_seconds"}
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "abmil"
+    assert train_cli(dataset["config"], out) == 0
+    return out
+
+
+def test_train_writes_checkpoint_log_and_metrics(trained: Path) -> None:
+    rows = read_log(trained / "log.csv")
+    assert tuple(rows[0]) == LOG_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["lr"]) == pytest.approx(1e-3) for r in rows)
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["n_slides"] == {"train": 8, "val": 4, "test": 4}
+    assert metrics["arch"] == "abmil" and metrics["method"] == "abmil_small"
+    assert metrics["classes"] == list(CLASSES)
+    assert metrics["mags"] == [10.0]  # single-scale models read the highest magnification
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert metrics["best_epoch"] == int(best["epoch"])
+    # val metrics of the kept epoch are those logged for that epoch
+    assert metrics["val"]["loss"] == pytest.approx(float(best["val_loss"]))
+    assert metrics["val"]["weighted_f1"] == pytest.approx(float(best["val_weighted_f1"]))
+    test = metrics["test"]
+    assert {
+        "accuracy",
+        "weighted_f1",
+        "macro_f1",
+        "auc",
+        "per_class_f1",
+        "confusion_matrix",
+    } <= set(test)
+    assert [p["slide_id"] for p in test["predictions"]] == [f"test_{i:02d}" for i in range(4)]
+    for p in test["predictions"]:
+        assert set(p["probs"]) == set(CLASSES)
+        assert sum(p["probs"].values()) == pytest.approx(1.0)
+        assert p["pred"] == max(p["probs"], key=p["probs"].get)
+    assert np.sum(test["confusion_matrix"]) == 4
+
+    checkpoint = torch.load(trained / "checkpoint.pt", map_location="cpu", weights_only=True)
+    config = checkpoint["config"]
+    assert config["arch"] == "abmil" and config["classes"] == list(CLASSES)
+    assert config["in_dim"] == DIM and config["epoch"] == metrics["best_epoch"]
+    assert config["kwargs"] == {"dropout": 0.0} and config["seed"] == 0
+    assert config["config_mags"] == list(MAGS)
+    # the shared preprocessing recipe is kept, per-slide values (mpp, creation time) are not
+    assert config["preprocessing"]["patch_size"] == 256
+    assert config["preprocessing"]["weights"] == "random"
+    assert "mpp" not in config["preprocessing"] and "created" not in config["preprocessing"]
+    assert all(isinstance(v, torch.Tensor) for v in checkpoint["state_dict"].values())
+
+
+def test_evaluate_reproduces_the_training_metrics(
+    dataset: dict[str, Path], trained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval.json"
+    args = ["--checkpoint", str(trained / "checkpoint.pt"), "--features-dir"]
+    code = main(["evaluate", *args, str(dataset["root"] / "features"), "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    expected = json.loads((trained / "metrics.json").read_text())["test"]
+    for key, value in expected.items():
+        assert result[key] == value, key
+    assert result["split"] == "test" and result["arch"] == "abmil"
+
+    code = main(
+        ["evaluate", *args, str(dataset["root"] / "features"), "--split", "val", "--out", str(out)]
+    )
+    assert code == 0
+    val = json.loads(out.read_text())
+    assert (
+        val["predictions"]
+        == json.loads((trained / "metrics.json").read_text())["val"]["predictions"]
+    )
+
+
+def test_same_seed_is_identical_and_other_seed_differs(
+    dataset: dict[str, Path], trained: Path, tmp_path: Path
+) -> None:
+    again, other = tmp_path / "again", tmp_path / "other"
+    assert train_cli(dataset["config"], again) == 0
+    assert train_cli(dataset["config"], other, "abmil_small", 1) == 0
+    first = json.loads((trained / "metrics.json").read_text())
+    assert strip_timing(json.loads((again / "metrics.json").read_text())) == strip_timing(first)
+
+    def losses(run: Path) -> list[tuple[str, str]]:
+        return [(r["train_loss"], r["val_loss"]) for r in read_log(run / "log.csv")]
+
+    assert losses(again) == losses(trained)
+    assert losses(other) != losses(trained)
+    a = torch.load(trained / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(again / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_excluded_and_empty_slides_are_skipped(dataset: dict[str, Path], tmp_path: Path) -> None:
+    sheet_text = dataset["sheet"].read_text()
+    sheet_text += "lost\t/x.svs\ttumor\ttrain\nblank\t/y.svs\tnormal\ttrain\n"
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text(sheet_text)
+    features = tmp_path / "features"
+    features.mkdir()
+    for path in (dataset["root"] / "features").glob("*.h5"):
+        (features / path.name).symlink_to(path)
+    empty = [np.zeros((0, DIM), np.float32)] * 3
+    write_feature_file(
+        features / "blank.h5", MAGS, empty, [np.zeros((0, 2))] * 3, [np.zeros((0, 2))] * 3
+    )
+    qc = tmp_path / "qc.tsv"
+    qc.write_text("slide_id\tstatus\treason\nlost\tfailed\tmpp out of range\ntrain_00\tok\t\n")
+    config = write_config(
+        dataset, tmp_path, sheet=str(sheet), exclude=str(qc), features_dir=str(features), epochs=1
+    )
+    assert train_cli(config, tmp_path / "out") == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n_slides"]["train"] == 8
+    assert metrics["n_excluded"] == 2
+    reasons = {e["slide_id"]: e["reason"] for e in metrics["excluded"]}
+    assert reasons["lost"] == "failed: mpp out of range"
+    assert "no patches" in reasons["blank"]
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_user_errors_are_one_line(
+    dataset: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = dataset["config"]
+    assert train_cli(config, tmp_path / "a", "no_such_model") == 2
+    line = _error_line(capsys)
+    assert "unknown model 'no_such_model'" in line and "abmil_small" in line
+
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text(dataset["sheet"].read_text() + "ghost\t/g.svs\ttumor\ttest\n")
+    assert train_cli(write_config(dataset, tmp_path, sheet=str(sheet)), tmp_path / "b") == 2
+    line = _error_line(capsys)
+    assert "ghost" in line and "feature file" in line
+
+    config = write_config(dataset, tmp_path, classes=["normal", "carcinoma"])
+    assert train_cli(config, tmp_path / "c") == 2
+    line = _error_line(capsys)
+    assert "unknown label 'tumor'" in line
+
+    sheet.write_text(dataset["sheet"].read_text().replace("\tval\n", "\ttest\n"))
+    assert train_cli(write_config(dataset, tmp_path, sheet=str(sheet)), tmp_path / "d") == 2
+    assert "no usable slides in the 'val' split" in _error_line(capsys)
+
+    assert train_cli(write_config(dataset, tmp_path, selection="auc"), tmp_path / "e") == 2
+    assert "'selection' must be one of val_loss, val_weighted_f1" in _error_line(capsys)
+
+    bad_kwargs = {"methods": {"bad": {"arch": "abmil", "no_such_option": 1}}}
+    assert train_cli(write_config(dataset, tmp_path, **bad_kwargs), tmp_path / "f", "bad") == 2
+    assert "no_such_option" in _error_line(capsys)
+
+    code = main(
+        ["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--features-dir", "x", "--out", "y"]
+    )
+    assert code == 2
+    assert "checkpoint not found" in _error_line(capsys)
+
+
+def test_balanced_sampler_is_seeded_and_balanced() -> None:
+    labels = [0] * 90 + [1] * 10
+    draws = list(balanced_sampler(labels, seed=3))
+    assert len(draws) == 100
+    assert draws == list(balanced_sampler(labels, seed=3))
+    assert draws != list(balanced_sampler(labels, seed=4))
+    many = [i for _ in range(20) for i in balanced_sampler(labels, seed=3)]  # 20 epochs
+    minority = np.mean([labels[i] for i in many])
+    assert 0.4 < minority < 0.6
+
+
+class MeanPool(nn.Module):
+    """Stand-in model: mean over the highest-magnification rows, then a linear layer."""
+
+    def __init__(self, in_dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, n_classes)
+
+    def forward(self, feats, coords=None):
+        return self.fc(feats[-1].mean(dim=1))
+
+
+def test_loop_works_with_a_stand_in_model(
+    dataset: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop depends on the model interface only, not on zoommil.models."""
+    monkeypatch.setattr(modeling, "known_archs", lambda: ["meanpool"])
+    monkeypatch.setattr(modeling, "model_mags", lambda arch, mags: list(mags))
+    monkeypatch.setattr(modeling, "make_model", lambda arch, n, d, mags, kwargs: MeanPool(d, n))
+    config = write_config(dataset, tmp_path, epochs=2, selection="val_weighted_f1")
+    assert train_cli(config, tmp_path / "out", "meanpool") == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["mags"] == list(MAGS) and metrics["selection"] == "val_weighted_f1"
+    assert metrics["n_parameters"] == DIM * 2 + 2
+
+
+def test_abmil_learns_the_high_magnification_signal(
+    dataset: dict[str, Path], tmp_path: Path
+) -> None:
+    config = write_config(dataset, tmp_path, epochs=15, selection="val_loss")
+    assert train_cli(config, tmp_path / "out") == 0
+    rows = read_log(tmp_path / "out" / "log.csv")
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"] >= 0.75
+
+
+def test_clam_uses_its_own_training_loss(dataset: dict[str, Path], tmp_path: Path) -> None:
+    assert train_cli(dataset["config"], tmp_path / "clam", "clam_sb", 0, "--epochs", "1") == 0
+    metrics = json.loads((tmp_path / "clam" / "metrics.json").read_text())
+    assert metrics["arch"] == "clam_sb" and metrics["epochs"] == 1
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("zoommil.models.zoommil") is None,
+    reason="zoommil.models.zoommil is not written yet",
+)
+def test_zoommil_trains_and_evaluates_deterministically(
+    dataset: dict[str, Path], tmp_path: Path
+) -> None:
+    config = write_config(dataset, tmp_path, methods={"zoom": {"arch": "zoommil", "k": 1}})
+    for run in ("a", "b"):
+        assert train_cli(config, tmp_path / run, "zoom", 0, "--epochs", "2") == 0
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert strip_timing(a) == strip_timing(b)
+    assert a["mags"] == list(MAGS)
+    out = tmp_path / "eval.json"
+    features = str(dataset["root"] / "features")
+    ckpt = str(tmp_path / "a" / "checkpoint.pt")
+    assert (
+        main(["evaluate", "--checkpoint", ckpt, "--features-dir", features, "--out", str(out)]) == 0
+    )
+    assert json.loads(out.read_text())["predictions"] == a["test"]["predictions"]
+
+
+ARCHS = (
+    "zoommil",
+    "maxmil",
+    "meanmil",
+    "sparseconvmil",
+    "abmil",
+    "clam_sb",
+    "transmil",
+    "msmil",
+    "dsmil",
+)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_architecture_trains_and_evaluate_agrees(
+    arch: str, dataset: dict[str, Path], tmp_path: Path
+) -> None:
+    """One epoch per architecture; `zoommil evaluate` must give the metrics train wrote."""
+    if arch not in modeling.known_archs():
+        pytest.skip(f"{arch} is not in zoommil.models yet")
+    assert train_cli(dataset["config"], tmp_path / arch, arch, 0, "--epochs", "1") == 0
+    metrics = json.loads((tmp_path / arch / "metrics.json").read_text())
+    out = tmp_path / "eval.json"
+    features = str(dataset["root"] / "features")
+    ckpt = str(tmp_path / arch / "checkpoint.pt")
+    assert (
+        main(["evaluate", "--checkpoint", ckpt, "--features-dir", features, "--out", str(out)]) == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["predictions"] == metrics["test"]["predictions"]
+    assert result["weighted_f1"] == metrics["test"]["weighted_f1"]
+
+
+def test_cli_process_matches_in_process_run_and_restores_torch_state(
+    dataset: dict[str, Path], trained: Path, tmp_path: Path
+) -> None:
+    """A fresh `zoommil train` process gives the same run; the caller's torch settings survive."""
+    import subprocess
+    import sys
+
+    assert torch.get_num_threads() == THREADS_AT_IMPORT
+    assert not torch.are_deterministic_algorithms_enabled()
+    out = tmp_path / "cli"
+    args = ["--config", str(dataset["config"]), "--model", "abmil_small", "--seed", "0"]
+    result = subprocess.run(
+        [sys.executable, "-m", "zoommil", "train", *args, "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    first = json.loads((trained / "metrics.json").read_text())
+    assert strip_timing(json.loads((out / "metrics.json").read_text())) == strip_timing(first)
+
+
+def test_help_explains_outputs(capsys: pytest.CaptureFixture[str]) -> None:
+    for command, words in (("train", "metrics.json"), ("evaluate", "probabilities")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert words in capsys.readouterr().out

@@ -1,0 +1,131 @@
+"""Run the Snakemake workflow in a scratch copy, as a user would from a fresh clone.
+
+The workflow files (Snakefile, workflow/, scripts/, config/, profiles/) and the library
+sources (tracked as `lib=` inputs) are copied into a temporary folder, so tests never touch
+the repository's results/ or its .snakemake/ metadata, and may edit the copy's sources.
+Snakemake runs as a subprocess (`python -m snakemake`) with the test interpreter's bin/ on
+PATH, so the rules find the same `zoommil` CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_DIR = Path(__file__).resolve().parent
+SLIDES_DIR = REPO / ".." / "shared" / "data" / "slides"
+WORKFLOW_FILES = ("Snakefile", "workflow", "scripts", "config", "profiles")
+SHEET_HEADER = "slide_id\tpath\tlabel\tsplit\tmpp\n"
+
+
+def copy_workflow(dest: Path, with_sources: bool = True) -> Path:
+    """Copy the workflow (and src/zoommil, for library tracking) into `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake", "results")
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=ignore, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, dest / name)
+    if with_sources:
+        shutil.copytree(REPO / "src" / "zoommil", dest / "src" / "zoommil", ignore=ignore)
+    return dest
+
+
+def write_config(dest: Path, config: dict, name: str = "test_config.yaml") -> Path:
+    path = dest / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def load_config(path: Path = CONFIG_DIR / "config.yaml") -> dict:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def snakemake(
+    workdir: Path, *args: str, configfile: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`python -m snakemake` in `workdir`; on failure the assertion shows the output."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("MPLBACKEND", "Agg")
+    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    if configfile is not None:
+        command += ["--configfile", str(configfile)]
+    command += list(args)
+    result = subprocess.run(
+        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800
+    )
+    if check and result.returncode != 0:
+        logs = _failed_logs(workdir)
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-6000:]}\n{result.stderr[-6000:]}\n{logs}"
+        )
+    return result
+
+
+def _failed_logs(workdir: Path) -> str:
+    texts = []
+    for log in sorted((workdir / "results" / "logs").rglob("*.log"))[-40:]:
+        text = log.read_text(errors="replace")
+        if "rror" in text:
+            texts.append(f"--- {log.relative_to(workdir)}\n{text[-2000:]}")
+    return "\n".join(texts)
+
+
+def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> dict[str, int]:
+    """Rule -> number of jobs a dry run would execute (empty when nothing is to be done)."""
+    result = snakemake(workdir, "-n", "--quiet", "rules", *args, configfile=configfile)
+    text = result.stdout + result.stderr
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in text.splitlines():
+        if re.match(r"^job\s+count\s*$", line.strip()):
+            in_table = True
+            continue
+        if in_table:
+            match = re.match(r"^([A-Za-z_][\w]*)\s+(\d+)\s*$", line.strip())
+            if match and match[1] != "total":
+                counts[match[1]] = int(match[2])
+            elif match is None and not line.strip().startswith("-") and counts:
+                break
+    return counts
+
+
+def make_tiny_sheet(dest: Path, n_slides: int = 6, bad: bool = True) -> Path:
+    """Half-size demo slides (`zoommil synth`), plus, when `bad`, a slide with an implausible
+    mpp (excluded at inspection) and an all-white slide (excluded for lack of tissue)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    data = dest / "data"
+    subprocess.run(
+        [sys.executable, "-m", "zoommil", "synth", "--out", str(data), "--n-slides",
+         str(n_slides), "--seed", "0", "--scale", "0.5"],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    lines = (data / "slides.tsv").read_text().splitlines()[1:]
+    rows = []
+    for line in lines:
+        slide_id, path, label, split = line.split("\t")[:4]
+        rows.append(f"{slide_id}\tdata/{path}\t{label}\t{split}\t\n")
+    if bad:
+        rows.append(
+            f"bad_mpp\t{(SLIDES_DIR / 'prostate-he-generic.tiff').resolve()}\tnormal\ttrain\t\n"
+        )
+        sys.path.insert(0, str(REPO / "tests"))
+        from conftest import write_pyramid_tiff
+
+        write_pyramid_tiff(data / "blank.tiff", width=2048, height=1536, mpp=1.0, tissue=False)
+        rows.append("blank\tdata/blank.tiff\tatypia\ttrain\t\n")
+    sheet = dest / "slides.tsv"
+    sheet.write_text(SHEET_HEADER + "".join(rows))
+    return sheet

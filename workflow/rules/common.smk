@@ -1,0 +1,210 @@
+# Helpers only (no rules): config and sheet validation, slide lists, targets.
+import math
+import os
+
+import pandas as pd
+import yaml
+
+from snakemake.utils import validate
+
+from zoommil.errors import ZoomMILError
+from zoommil.reporting import qc as zqc
+from zoommil.reporting import sheet as zsheet
+from zoommil.reporting import trainconfig as ztrain
+from zoommil.reporting import workflow as zwf
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DEMO = config.get("synth") is not None
+DEMO_DIR = "results/demo"
+LIB_ROOT = zwf.library_root(workflow.basedir)
+SLIDE_SCHEMA = yaml.safe_load(
+    open(workflow.source_path("../schemas/slides.schema.yaml"), encoding="utf-8")
+)
+
+if not DEMO and not config.get("sheet"):
+    raise ValueError(
+        "config: set `sheet:` to your slide sheet (or `synth:` for the demo)"
+    )
+if not DEMO:
+    # Real data: the sheet exists now, so a bad sheet fails before any job runs.
+    try:
+        SHEET = zsheet.load_sheet(config["sheet"], config.get("classes"), SLIDE_SCHEMA)
+    except ZoomMILError as error:
+        raise ValueError(f"invalid slide sheet: {error}") from None
+
+
+wildcard_constraints:
+    slide=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    method=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    seed=r"\d+",
+
+
+def lib(step):
+    """Library files a step imports: editing one reruns the step."""
+    return zwf.library_files(LIB_ROOT, step)
+
+
+def output_dir(wildcards, output):
+    """The folder of a rule's first output (commands that take --out DIR)."""
+    return os.path.dirname(output[0])
+
+
+def sheet_file():
+    return f"{DEMO_DIR}/slides.tsv" if DEMO else config["sheet"]
+
+
+def slides():
+    """The validated sheet (demo: after `zoommil synth` has written it)."""
+    if not DEMO:
+        return SHEET
+    path = checkpoints.synth.get().output.sheet
+    return zsheet.load_sheet(path, config.get("classes"), SLIDE_SCHEMA)
+
+
+def slide_path(wildcards):
+    return slides().loc[wildcards.slide, "path"]
+
+
+def mpp_args(wildcards):
+    """`--mpp` from the sheet's mpp column, else `--default-mpp` from the config."""
+    mpp = slides().loc[wildcards.slide, "mpp"]
+    if not math.isnan(mpp):
+        return f"--mpp {float(mpp)}"
+    if config.get("default_mpp"):
+        return f"--default-mpp {float(config['default_mpp'])}"
+    return ""
+
+
+def all_status(wildcards):
+    return expand("results/qc/{slide}.json", slide=slides().index)
+
+
+def mpp_override(wildcards):
+    """`--mpp` from the sheet only (features: the coords file carries the resolved mpp)."""
+    mpp = slides().loc[wildcards.slide, "mpp"]
+    return "" if math.isnan(mpp) else f"--mpp {float(mpp)}"
+
+
+def resolved_mpp(wildcards):
+    """`--mpp` as resolved at inspection (for commands that read the slide on their own)."""
+    table = pd.read_csv(checkpoints.qc_slides.get().output.usable, sep="\t", dtype=str)
+    mpp = table.set_index("slide_id").loc[wildcards.slide, "mpp"]
+    return f"--mpp {float(mpp)}" if isinstance(mpp, str) and mpp.strip() else ""
+
+
+def inspected_ok():
+    """Slides that passed inspection (after the qc_inspect checkpoint)."""
+    table = pd.read_csv(checkpoints.qc_inspect.get().output.table, sep="\t", dtype=str)
+    return sorted(table.loc[table["status"] == "ok", "slide_id"])
+
+
+def usable(split=None):
+    """Slides used for training/evaluation (after the qc_slides checkpoint)."""
+    table = pd.read_csv(checkpoints.qc_slides.get().output.table, sep="\t", dtype=str)
+    keep = table["status"] == "ok"
+    if split is not None:
+        keep &= table["split"] == split
+    return sorted(table.loc[keep, "slide_id"])
+
+
+def inspected_features(wildcards):
+    return expand("results/features/{slide}.h5", slide=inspected_ok())
+
+
+def usable_features(wildcards):
+    return expand("results/features/{slide}.h5", slide=usable())
+
+
+# --- methods and seeds -------------------------------------------------------------------
+MAIN_METHODS = dict(config["methods"])
+ABLATIONS = dict((config.get("ablations") or {}).get("methods") or {})
+ALL_METHODS = {**MAIN_METHODS, **ABLATIONS}
+SEEDS = list(config["train"]["seeds"])
+ABLATION_SEEDS = list((config.get("ablations") or {}).get("seeds") or SEEDS)
+EFFICIENCY = config.get("efficiency", {})
+EFFICIENCY_METHODS = list(EFFICIENCY.get("methods") or MAIN_METHODS)
+ATTENTION = config.get("figures", {}).get("attention", {})
+
+for _name in ABLATIONS:
+    if _name in MAIN_METHODS:
+        raise ValueError(f"config: ablation '{_name}' is also a method of Tables 1-3")
+if ABLATIONS and config["ablations"]["reference"] not in MAIN_METHODS:
+    raise ValueError("config: ablations.reference must name a method of Tables 1-3")
+for _name in EFFICIENCY_METHODS + [ATTENTION.get("method", "zoommil")]:
+    if _name not in ALL_METHODS:
+        raise ValueError(
+            f"config: '{_name}' (efficiency/figures) is not a configured method"
+        )
+
+
+if ATTENTION.get("seed", 0) not in (
+    ABLATION_SEEDS if ATTENTION.get("method", "zoommil") in ABLATIONS else SEEDS
+):
+    raise ValueError("config: figures.attention.seed is not one of the method's seeds")
+
+
+def seeds_of(method):
+    return ABLATION_SEEDS if method in ABLATIONS else SEEDS
+
+
+def runs(prefix, suffix, methods=None):
+    """Paths {prefix}{method}/seed~{seed}{suffix} for every method and its seeds."""
+    return [
+        f"{prefix}{m}/seed~{s}{suffix}"
+        for m in (methods if methods is not None else ALL_METHODS)
+        for s in seeds_of(m)
+    ]
+
+
+def first_checkpoint(wildcards):
+    """Efficiency is measured with each method's first-seed model."""
+    seed = seeds_of(wildcards.method)[0]
+    return f"results/models/{wildcards.method}/seed~{seed}/checkpoint.pt"
+
+
+def attention_checkpoint(wildcards):
+    seed = ATTENTION.get("seed", 0)
+    return f"results/models/{wildcards.method}/seed~{seed}/checkpoint.pt"
+
+
+def train_config(wildcards):
+    """The train config of one method (written to a file by rule train_config)."""
+    return ztrain.build_train_config(
+        method=wildcards.method,
+        spec=ALL_METHODS[wildcards.method],
+        train=config["train"],
+        mags=config["preprocess"]["mags"],
+        classes=config.get("classes"),
+        sheet=sheet_file(),
+        features_dir="results/features",
+        exclude="results/qc/slides.tsv",
+    )
+
+
+def profile_slides(wildcards):
+    return usable("test")[: int(EFFICIENCY.get("n_slides", 2))]
+
+
+def attention_predictions(wildcards):
+    chosen = usable("test")[: int(ATTENTION.get("n_slides", 3))]
+    method = ATTENTION.get("method", "zoommil")
+    return expand(f"results/predict/{method}/{{slide}}.json", slide=chosen)
+
+
+def throughput_files(device):
+    return [
+        f"results/efficiency/{m}/throughput_{device}.json" for m in EFFICIENCY_METHODS
+    ]
+
+
+def final_targets():
+    targets = [
+        "results/qc/slides.tsv",
+        "results/tables/main.csv",
+        "results/figures/throughput.png",
+        "results/figures/attention.png",
+    ]
+    if ABLATIONS:
+        targets.append("results/tables/ablations.csv")
+    return targets

@@ -1,0 +1,24 @@
+# Demo mode: `zoommil synth` writes the demo slides and their sheet.
+
+
+checkpoint synth:
+    input:
+        lib=lib("synth"),
+    output:
+        sheet=f"{DEMO_DIR}/slides.tsv",
+    log:
+        "results/logs/synth/synth.log",
+    conda:
+        "../../envs/wsi.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        out=output_dir,
+        n_slides=(config.get("synth") or {}).get("n_slides", 24),
+        seed=(config.get("synth") or {}).get("seed", 0),
+        scale=(config.get("synth") or {}).get("scale", 1.0),
+    shell:
+        "zoommil synth --out {params.out} --n-slides {params.n_slides} "
+        "--seed {params.seed} --scale {params.scale} > {log} 2>&1"

@@ -1,0 +1,148 @@
+# Per slide: inspect -> tissue -> tile -> features, plus the two QC aggregations.
+
+
+rule inspect:
+    input:
+        slide=slide_path,
+        lib=lib("inspect"),
+    output:
+        "results/qc/{slide}.json",
+    log:
+        "results/logs/inspect/{slide}.log",
+    conda:
+        "../../envs/wsi.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        mpp=mpp_args,
+    shell:
+        "zoommil inspect {input.slide:q} {params.mpp} --out {output} --no-fail > {log} 2>&1"
+
+
+checkpoint qc_inspect:
+    input:
+        sheet=sheet_file(),
+        status=all_status,
+        lib=lib("qc"),
+    output:
+        table="results/qc/inspection.tsv",
+    log:
+        "results/logs/qc_inspect/qc_inspect.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        classes=config.get("classes"),
+    script:
+        "../../scripts/qc_inspect.py"
+
+
+rule tissue:
+    input:
+        slide=slide_path,
+        status="results/qc/{slide}.json",
+        lib=lib("tissue"),
+    output:
+        mask="results/tissue/{slide}.png",
+    log:
+        "results/logs/tissue/{slide}.log",
+    conda:
+        "../../envs/wsi.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        mpp=mpp_args,
+        method=config["preprocess"].get("tissue", {}).get("method", "gaussian"),
+        extra=zwf.param_flags(
+            "--param", config["preprocess"].get("tissue", {}).get("params")
+        ),
+    shell:
+        "zoommil tissue {input.slide:q} --out {output.mask} --method {params.method} "
+        "{params.mpp} {params.extra} > {log} 2>&1"
+
+
+rule tile:
+    input:
+        slide=slide_path,
+        mask="results/tissue/{slide}.png",
+        lib=lib("tile"),
+    output:
+        coords="results/coords/{slide}.h5",
+    log:
+        "results/logs/tile/{slide}.log",
+    conda:
+        "../../envs/wsi.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        mpp=mpp_args,
+        mags=zwf.format_mags(config["preprocess"]["mags"]),
+        patch_size=config["preprocess"].get("patch_size", 256),
+        threshold=config["preprocess"].get("tissue", {}).get("threshold", 0.1),
+        extra=zwf.cli_flags(config["preprocess"].get("tile_args")),
+    shell:
+        "zoommil tile {input.slide:q} --mags {params.mags} --out {output.coords} "
+        "--patch-size {params.patch_size} --tissue-mask {input.mask} "
+        "--tissue-threshold {params.threshold} --no-tissue all {params.mpp} {params.extra} "
+        "> {log} 2>&1"
+
+
+rule features:
+    input:
+        slide=slide_path,
+        coords="results/coords/{slide}.h5",
+        lib=lib("features"),
+    output:
+        features="results/features/{slide}.h5",
+    log:
+        "results/logs/features/{slide}.log",
+    benchmark:
+        "results/benchmarks/features/{slide}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=120,
+        gpu=1,
+    params:
+        mpp=mpp_override,
+        weights=config.get("features", {}).get("weights", "imagenet"),
+        seed=config.get("features", {}).get("seed", 0),
+        extra=zwf.cli_flags(config.get("features", {}).get("args")),
+    shell:
+        "zoommil features {input.slide:q} --coords {input.coords} --out {output.features} "
+        "--weights {params.weights} --seed {params.seed} --threads {threads} --no-progress "
+        "{params.mpp} {params.extra} > {log} 2>&1"
+
+
+checkpoint qc_slides:
+    input:
+        sheet=sheet_file(),
+        inspection="results/qc/inspection.tsv",
+        features=inspected_features,
+        lib=lib("qc"),
+    output:
+        table="results/qc/slides.tsv",
+        usable="results/qc/usable.tsv",
+    log:
+        "results/logs/qc_slides/qc_slides.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        classes=config.get("classes"),
+    script:
+        "../../scripts/qc_slides.py"

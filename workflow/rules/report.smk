@@ -1,0 +1,104 @@
+# Per dataset: tables (CSV, Markdown, LaTeX), Figure 3 (throughput vs accuracy), Figure 4
+# (attention maps), all flagged for `snakemake --report results/report.html`.
+
+
+rule tables:
+    input:
+        qc="results/qc/slides.tsv",
+        evals=runs("results/eval/", ".json"),
+        flops=expand("results/efficiency/{method}/flops.json", method=ALL_METHODS),
+        cpu1=throughput_files("cpu1"),
+        cpu=throughput_files("cpu"),
+        gpu=throughput_files("gpu"),
+        lib=lib("tables"),
+    output:
+        main_csv=report(
+            "results/tables/main.csv",
+            caption="../report/table_main.rst",
+            category="Tables",
+        ),
+        main_md="results/tables/main.md",
+        main_tex="results/tables/main.tex",
+        ablation_csv=report(
+            "results/tables/ablations.csv",
+            caption="../report/table_ablations.rst",
+            category="Tables",
+        ),
+        ablation_md="results/tables/ablations.md",
+        ablation_tex="results/tables/ablations.tex",
+    log:
+        "results/logs/tables/tables.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        dataset=config["dataset"],
+        weights=config.get("features", {}).get("weights", "imagenet"),
+        mags=config["preprocess"]["mags"],
+        methods=MAIN_METHODS,
+        ablations=ABLATIONS,
+        reference=(config.get("ablations") or {}).get("reference"),
+        seeds={m: seeds_of(m) for m in ALL_METHODS},
+    script:
+        "../../scripts/make_tables.py"
+
+
+rule figure_throughput:
+    input:
+        evals=runs("results/eval/", ".json", EFFICIENCY_METHODS),
+        cpu1=throughput_files("cpu1"),
+        cpu=throughput_files("cpu"),
+        gpu=throughput_files("gpu"),
+        lib=lib("figures"),
+    output:
+        png=report(
+            "results/figures/throughput.png",
+            caption="../report/figure_throughput.rst",
+            category="Figures",
+        ),
+        pdf="results/figures/throughput.pdf",
+    log:
+        "results/logs/figure_throughput/figure_throughput.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        dataset=config["dataset"],
+        weights=config.get("features", {}).get("weights", "imagenet"),
+        methods=EFFICIENCY_METHODS,
+    script:
+        "../../scripts/figure_throughput.py"
+
+
+rule figure_attention:
+    input:
+        predictions=attention_predictions,
+        usable="results/qc/usable.tsv",
+        lib=lib("figures"),
+    output:
+        png=report(
+            "results/figures/attention.png",
+            caption="../report/figure_attention.rst",
+            category="Figures",
+        ),
+        pdf="results/figures/attention.pdf",
+    log:
+        "results/logs/figure_attention/figure_attention.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        dataset=config["dataset"],
+        weights=config.get("features", {}).get("weights", "imagenet"),
+        method=ATTENTION.get("method", "zoommil"),
+    script:
+        "../../scripts/figure_attention.py"
