@@ -9,7 +9,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A --configfile (a paper preset, your own) replaces the demo config instead of extending it,
+# so the demo's methods never leak into another dataset's run; --config alone extends it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

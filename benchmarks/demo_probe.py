@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--views-per-region", type=int, default=5)
     parser.add_argument("--slides-dir", type=Path, default=None, help="reuse/keep slides here")
     parser.add_argument("--out", type=Path, default=ROOT / "results/benchmarks/demo_probe.json")
+    parser.add_argument("--views", nargs="+", default=[*VIEWS, "10x_blur4"], help="views to probe")
+    parser.add_argument("--save-features", type=Path, default=None, help="also write an .npz")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -162,12 +164,15 @@ def main() -> None:
         encoder, info = build_encoder("random", seed=0)
         feats = {}
         t1 = time.perf_counter()
-        for name, imgs in tqdm(patches.items(), desc="encode views", unit="view"):
+        for name in tqdm(args.views, desc="encode views", unit="view"):
+            imgs = patches[name]
             feats[name] = encode_patches(encoder, np.stack(imgs), batch_size=32)
         t_encode = time.perf_counter() - t1
-        n_encoded = sum(len(v) for v in patches.values())
+        n_encoded = sum(len(patches[v]) for v in args.views)
 
     groups = np.array([m[0] for m in meta])
+    if args.save_features:
+        np.savez(args.save_features, meta=np.array(meta), **feats)
     kind = np.array([m[2] for m in meta])
     abn = np.array([m[3] for m in meta])
     in_region = kind != "stroma"
@@ -185,6 +190,7 @@ def main() -> None:
             for k in ("signal", "distractor")
         }
         for name in ("2.5x", "10x")
+        if name in patches
     }
     report = {
         "what": "linear probes (grouped 5-fold logistic regression) on random-ResNet-50 "

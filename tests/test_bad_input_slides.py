@@ -190,3 +190,9 @@ def test_copy_of_good_slide_still_fine(slides_dir, tmp_path):
     shutil.copy(slides_dir / "CMU-1-Small-Region.svs", slide)
     rc, out = run_cli("inspect", slide, tmp_path)
     assert rc == 0 and json.loads(out.read_text())["status"] == "ok"
+
+
+def test_empty_file(tmp_path, capsys):
+    slide = tmp_path / "empty.svs"
+    slide.write_bytes(b"")
+    assert_clean_failure("tile", slide, tmp_path, capsys, "file is empty")

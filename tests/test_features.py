@@ -26,8 +26,8 @@ from zoommil.features import (
     quadtree_offsets,
     validate_plan,
 )
-from zoommil.lattice import Lattice, descendants, load_coords, tile_slide, write_coords
-from zoommil.slide import open_slide, read_region_at
+from zoommil.lattice import Lattice, build_lattice, descendants, load_coords, write_coords
+from zoommil.slide import open_slide, read_region_at, resolve_mpp
 
 MAGS = [5.0, 10.0, 20.0]
 P = 32  # patch size for tests
@@ -38,7 +38,13 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     """A 448x320 slide at 0.5 um/px (20x) with 2 levels, and its coords file (P = 32)."""
     root = tmp_path_factory.mktemp("features")
     slide = write_pyramid_tiff(root / "tiny.tiff", width=448, height=320, levels=2, tile=64)
-    lattice = tile_slide(slide, MAGS, patch_size=P)
+    with open_slide(slide) as handle:
+        dims = handle.dimensions
+        mpp, source = resolve_mpp(handle, slide)
+    mask = np.zeros((80, 112), bool)  # 2 um/px; tissue in the upper left
+    mask[:50, :70] = True
+    tissue = {"tissue_method": "gaussian", "tissue_params": {"sigma": 2.0}, "mpp_source": source}
+    lattice = build_lattice(slide, dims, mpp, MAGS, patch_size=P, mask=mask, attrs=tissue)
     assert 0 < len(lattice.xy[0]) < lattice.attrs["n_parents_total"]  # tissue filter at work
     coords = write_coords(root / "tiny.coords.h5", lattice)
     other = write_pyramid_tiff(root / "other.tiff", width=256, height=256, levels=1, tile=64)
@@ -145,7 +151,7 @@ def test_feature_file_contract(tiny, extracted):
     assert "RANDOM" in attrs["weights_note"]
     assert attrs["weights_sha256"] == build_encoder("random", seed=0)[1]["weights_sha256"]
     assert attrs["tissue_method"] == "gaussian"
-    assert attrs["tissue_params"] == lattice.attrs["tissue_params"]
+    assert attrs["tissue_params"] == {"sigma": 2.0}
     assert attrs["tissue_threshold"] == lattice.attrs["tissue_threshold"]
     assert len(attrs["tissue_fraction"]) == n0
     assert attrs["zoommil_version"] and attrs["created"]

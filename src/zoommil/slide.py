@@ -75,8 +75,14 @@ def open_slide(path: str | Path, test_read: bool = True) -> openslide.OpenSlide:
         raise SlideCheckError(path, "missing", "file not found")
     if not path.is_file():
         raise SlideCheckError(path, "missing", "not a file")
-    if path.stat().st_size == 0:
-        raise SlideCheckError(path, "unreadable", "file is empty")
+    try:
+        with open(path, "rb") as fh:
+            if not fh.read(1):
+                raise SlideCheckError(path, "unreadable", "file is empty")
+    except OSError as error:
+        raise SlideCheckError(
+            path, "unreadable", f"cannot read the file ({error.strerror})"
+        ) from None
     try:
         slide = openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:

@@ -21,7 +21,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = Path(__file__).resolve().parent
 SLIDES_DIR = REPO / ".." / "shared" / "data" / "slides"
-WORKFLOW_FILES = ("Snakefile", "workflow", "scripts", "config", "profiles")
+WORKFLOW_FILES = ("Snakefile", "workflow", "scripts", "config", "profiles", "envs")
+ENV_FAMILIES = ("wsi", "torch", "report")
 SHEET_HEADER = "slide_id\tpath\tlabel\tsplit\tmpp\n"
 
 
@@ -31,10 +32,17 @@ def copy_workflow(dest: Path, with_sources: bool = True) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".snakemake", "results")
     for name in WORKFLOW_FILES:
         source = REPO / name
+        if not source.exists():
+            continue
         if source.is_dir():
             shutil.copytree(source, dest / name, ignore=ignore, dirs_exist_ok=True)
         else:
             shutil.copy2(source, dest / name)
+    for family in ENV_FAMILIES:  # rules name ../../envs/<family>.yaml (hashed into metadata)
+        env = dest / "envs" / f"{family}.yaml"
+        if not env.exists():
+            env.parent.mkdir(exist_ok=True)
+            env.write_text(f"name: zoommil-{family}\ndependencies: [python>=3.10]\n")
     if with_sources:
         shutil.copytree(REPO / "src" / "zoommil", dest / "src" / "zoommil", ignore=ignore)
     return dest

@@ -33,6 +33,7 @@ Step-by-step inference (``zoommil predict`` reads only the regions it selects)::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -70,52 +71,57 @@ def gather_descendants(x: torch.Tensor, index: torch.Tensor, r: int) -> torch.Te
     return x.reshape(-1, r, d).index_select(0, index).reshape(-1, d)
 
 
-class _EdgeMix(torch.autograd.Function):
-    """``out[k] = sum_e w_e view[n_e]`` over the edges (k_e, n_e) of a sparse [K, N] matrix.
+def _csr(k_idx: torch.Tensor, n_idx: torch.Tensor, w: torch.Tensor, shape) -> torch.Tensor:
+    """CSR matrix from row-major sorted edges (as ``nonzero`` returns them)."""
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=w.device)
+    crow[1:] = torch.bincount(k_idx, minlength=shape[0]).cumsum(0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, n_idx, w, shape)
 
-    A custom function so that backward does not keep the gathered [E, r*D] rows: it recomputes
-    them in chunks, keeping memory at O(K r D) plus one chunk.
+
+class _SparseRowMix(torch.autograd.Function):
+    """``out = P @ view`` for a sparse P [K, N] given by its non-zero entries (row-major).
+
+    Forward is a CSR x dense product (cost nnz * r * D, no [nnz, r * D] gather); backward gives
+    the gradient of the non-zero entries only, ``(G @ view^T)`` sampled at them (sampled_addmm).
     """
 
     @staticmethod
     def forward(ctx, w, k_idx, n_idx, view, k):
-        out = view.new_zeros(k, view.shape[1])
-        chunk = max(1, (1 << 22) // max(1, view.shape[1]))
-        for start in range(0, w.shape[0], chunk):
-            sl = slice(start, start + chunk)
-            out.index_add_(0, k_idx[sl], w[sl, None] * view.index_select(0, n_idx[sl]))
+        csr = _csr(k_idx, n_idx, w.detach(), (k, view.shape[0]))
         ctx.save_for_backward(w, k_idx, n_idx, view)
-        ctx.chunk = chunk
-        return out
+        ctx.k = k
+        return csr @ view
 
     @staticmethod
     def backward(ctx, grad_out):
         w, k_idx, n_idx, view = ctx.saved_tensors
-        grad_w = torch.empty_like(w) if ctx.needs_input_grad[0] else None
-        grad_view = torch.zeros_like(view) if ctx.needs_input_grad[3] else None
-        for start in range(0, w.shape[0], ctx.chunk):
-            sl = slice(start, start + ctx.chunk)
-            g = grad_out.index_select(0, k_idx[sl])
-            if grad_w is not None:
-                grad_w[sl] = (g * view.index_select(0, n_idx[sl])).sum(1)
-            if grad_view is not None:
-                grad_view.index_add_(0, n_idx[sl], w[sl, None] * g)
+        grad_w = grad_view = None
+        grad_out = grad_out.contiguous()
+        if ctx.needs_input_grad[0]:
+            pattern = _csr(k_idx, n_idx, torch.zeros_like(w), (ctx.k, view.shape[0]))
+            grad_w = torch.sparse.sampled_addmm(pattern, grad_out, view.T, beta=0.0).values()
+        if ctx.needs_input_grad[3]:
+            order = torch.argsort(n_idx, stable=True)  # transpose: sort edges by column
+            t = _csr(n_idx[order], k_idx[order], w.detach()[order], (view.shape[0], ctx.k))
+            grad_view = t @ grad_out
         return grad_w, None, None, grad_view, None
 
 
 def mix_descendants(x: torch.Tensor, indicator: torch.Tensor, r: int) -> torch.Tensor:
     """Soft zoom: x [N*r, D], indicator [K, N] -> [K*r, D], ``einsum('kn,nrd->krd')``.
 
-    Only the non-zero entries of the indicator are used. Its gradient is therefore exact where
-    the indicator is non-zero and zero elsewhere, which is all PerturbedTopK's backward reads
-    (it gathers the upstream gradient at the sampled indices only).
+    Only the non-zero entries of the indicator (at most S*K) are used. Its gradient is
+    therefore exact where the indicator is non-zero and zero elsewhere, which is all
+    PerturbedTopK's backward reads (it gathers the upstream gradient at the sampled indices).
     """
     k, n = indicator.shape
     d = x.shape[-1]
-    view = x.reshape(n, r * d)
+    view = x.reshape(n, r * d).contiguous()
     k_idx, n_idx = indicator.detach().nonzero(as_tuple=True)
     w = indicator[k_idx, n_idx]
-    return _EdgeMix.apply(w, k_idx, n_idx, view, k).reshape(k * r, d)
+    return _SparseRowMix.apply(w, k_idx, n_idx, view, k).reshape(k * r, d)
 
 
 @dataclass

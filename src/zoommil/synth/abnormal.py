@@ -145,7 +145,7 @@ def apply_signal(
     shape = rgb.shape[:2]
     if abnormality == "atypia":
         weight, active = atypia_weight(shape, nuclei, index, rng)
-        return redistribute(rgb, weight, active, 2, keep=1.0, strength=45.0, direction=direction)
+        return redistribute(rgb, weight, active, 2, keep=1.0, strength=70.0, direction=direction)
     if abnormality == "carcinoma":
         weight, active = carcinoma_weight(shape, nuclei, index, rng)
         return redistribute(rgb, weight, active, 4, keep=0.5, strength=160.0, direction=direction)

@@ -136,28 +136,37 @@ def add_glands(
         gx, gy = cx + rad * np.cos(ang), cy + rad * np.sin(ang)
         if all(np.hypot(gx - x, gy - y) > rg + r + 8 for x, y, r in glands):
             glands.append((gx, gy, rg))
-    h, w = lumen.shape
     for gx, gy, rg in glands:
-        cv2.ellipse(lumen, (int(gx * 4), int(gy * 4)), (int((rg - 8) * 4),) * 2, 0, 0, 360, 1.0,
+        lumen_r = rg - (15 if rg > 25 else 8)
+        cv2.ellipse(lumen, (int(gx * 4), int(gy * 4)), (int(lumen_r * 4),) * 2, 0, 0, 360, 1.0,
                     -1, cv2.LINE_AA, 2)  # fmt: skip
         cv2.ellipse(cytoplasm, (int(gx * 4), int(gy * 4)), (int((rg + 3) * 4),) * 2, 0, 0, 360,
                     1.0, -1, cv2.LINE_AA, 2)  # fmt: skip
-        n = int(2 * np.pi * rg / 8.5)
-        phase = rng.uniform(0, 2 * np.pi)
-        for i in range(n):
-            phi = phase + 2 * np.pi * i / n + rng.normal(0, 0.05)
-            rr = rg - 1.5 + rng.normal(0, 0.7)
-            nuclei.add(
-                gx + rr * np.cos(phi),
-                gy + rr * np.sin(phi),
-                a=rng.uniform(3.6, 4.6),
-                b=rng.uniform(2.8, 3.4),
-                theta=phi + rng.normal(0, 0.2),
-                density=rng.uniform(1.25, 1.5),
-                region=region_id,
-                epithelial=True,
-            )
+        rings = [rg - 1.5] + ([rg - 8.0] if rg > 25 else [])  # big glands: two layers
+        for ring in rings:
+            _ring_nuclei(nuclei, gx, gy, ring, region_id, rng)
     return glands
+
+
+def _ring_nuclei(
+    nuclei: Nuclei, gx: float, gy: float, ring: float, region_id: int, rng: np.random.Generator
+) -> None:
+    """Epithelial nuclei evenly spaced on a circle of radius `ring`."""
+    n = int(2 * np.pi * ring / 8.0)
+    phase = rng.uniform(0, 2 * np.pi)
+    for i in range(n):
+        phi = phase + 2 * np.pi * i / n + rng.normal(0, 0.05)
+        rr = ring + rng.normal(0, 0.7)
+        nuclei.add(
+            gx + rr * np.cos(phi),
+            gy + rr * np.sin(phi),
+            a=rng.uniform(3.6, 4.6),
+            b=rng.uniform(2.8, 3.4),
+            theta=phi + rng.normal(0, 0.2),
+            density=rng.uniform(1.25, 1.5),
+            region=region_id,
+            epithelial=True,
+        )
 
 
 def add_stromal_nuclei(

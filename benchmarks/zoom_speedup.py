@@ -1,0 +1,142 @@
+"""Zoom inference vs all-patch inference, end to end from the slide file.
+
+For each slide: ZoomMIL `predict` (reads and encodes N_low + K*4^d1 + ... patches) against
+ABMIL on every tissue patch at the highest magnification, on the same machine with the same
+thread count. The ideal speed-up is the ratio of patches encoded; the goal is a measured
+speed-up of at least 0.8 of it. Model weights do not change the time, so untrained models with
+the random-weight encoder are timed.
+
+    python benchmarks/zoom_speedup.py                       # demo slides + CMU-1-Small-Region
+    python benchmarks/zoom_speedup.py --threads 1 --repeats 3
+
+Writes results/benchmarks/zoom_speedup.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from zoommil.models import build_model
+from zoommil.predict import Predictor, make_encoder, predict_slide
+
+REPO = Path(__file__).resolve().parents[1]
+CMU = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+OUT = REPO / "results" / "benchmarks"
+
+
+def predictors(mags: list[float], k: int, n_classes: int = 3) -> tuple[Predictor, Predictor]:
+    torch.manual_seed(0)
+    zoom = build_model("zoommil", in_dim=1024, n_classes=n_classes, mags=mags, k=k).eval()
+    abmil = build_model("abmil", in_dim=1024, n_classes=n_classes).eval()
+    classes = [f"c{i}" for i in range(n_classes)]
+    return (
+        Predictor(zoom, "zoommil", classes, mags, method="zoommil"),
+        Predictor(abmil, "abmil", classes, [mags[-1]], method="abmil"),
+    )
+
+
+def time_one(predictor: Predictor, slide: Path, repeats: int) -> tuple[float, int]:
+    encoder, _ = make_encoder(predictor)
+    predict_slide(predictor, slide, encoder)  # warm-up
+    times, patches = [], 0
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        patches = predict_slide(predictor, slide, encoder)["patches_encoded"]
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times), patches
+
+
+def run_case(name: str, slides: list[Path], mags: list[float], k: int, threads: int, repeats: int):
+    torch.set_num_threads(threads)
+    zoom, abmil = predictors(mags, k)
+    rows = []
+    for slide in slides:
+        t_zoom, n_zoom = time_one(zoom, slide, repeats)
+        t_all, n_all = time_one(abmil, slide, repeats)
+        speedup, ideal = t_all / t_zoom, n_all / n_zoom
+        rows.append(
+            {
+                "slide": slide.name,
+                "zoommil_seconds": t_zoom,
+                "zoommil_patches": n_zoom,
+                "abmil_seconds": t_all,
+                "abmil_patches": n_all,
+                "speedup": speedup,
+                "patch_ratio": ideal,
+                "efficiency": speedup / ideal,
+            }
+        )
+        print(json.dumps(rows[-1]))
+    return {
+        "case": name,
+        "mags": mags,
+        "k": k,
+        "threads": threads,
+        "repeats": repeats,
+        "slides": rows,
+        "speedup": sum(r["abmil_seconds"] for r in rows) / sum(r["zoommil_seconds"] for r in rows),
+        "patch_ratio": sum(r["abmil_patches"] for r in rows)
+        / sum(r["zoommil_patches"] for r in rows),
+    }
+
+
+def demo_slides(n: int) -> list[Path]:
+    from zoommil.synth import make_demo_dataset
+
+    folder = Path(tempfile.mkdtemp(prefix="zoommil-demo-"))
+    sheet = make_demo_dataset(folder, n_slides=n, seed=0)
+    from zoommil.synth.dataset import load_slide_sheet
+
+    return [Path(row["path"]) for row in load_slide_sheet(sheet)][:n]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--demo-slides", type=int, default=3)
+    parser.add_argument("--demo-k", type=int, default=4)
+    parser.add_argument("--cmu-k", type=int, default=2)
+    args = parser.parse_args()
+    cases = []
+    demo = demo_slides(args.demo_slides)
+    for threads in args.threads:
+        cases.append(run_case("demo", demo, [2.5, 5.0, 10.0], args.demo_k, threads, args.repeats))
+        if CMU.exists():
+            cases.append(
+                run_case(
+                    "CMU-1-Small-Region",
+                    [CMU],
+                    [5.0, 10.0, 20.0],
+                    args.cmu_k,
+                    threads,
+                    args.repeats,
+                )
+            )
+    for case in cases:
+        case["efficiency"] = case["speedup"] / case["patch_ratio"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    result = {"goal": "speedup >= 0.8 * patch_ratio", "torch": torch.__version__, "cases": cases}
+    (OUT / "zoom_speedup.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "| case | threads | ABMIL patches / ZoomMIL patches | measured speed-up | efficiency |",
+        "|---|---|---|---|---|",
+    ]
+    for c in cases:
+        lines.append(
+            f"| {c['case']} (K={c['k']}, mags {c['mags']}) | {c['threads']} | "
+            f"{c['patch_ratio']:.2f} | {c['speedup']:.2f} | {c['efficiency']:.2f} |"
+        )
+    (OUT / "zoom_speedup.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""FLOP counting (fvcore, cross-checked with torch's counter) and the profile command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from zoommil.cli import main
+from zoommil.efficiency.flops import encoder_flops_per_patch, head_flops, slide_flops
+from zoommil.models import build_model
+from zoommil.training.checkpoint import save_checkpoint
+
+MAGS = [2.5, 5.0, 10.0]
+
+
+def _bag(n_low: int, dim: int = 1024) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    return [torch.randn(1, n_low * 4**i, dim) for i in range(len(MAGS))]
+
+
+def test_encoder_flops_match_the_measured_reference():
+    # ../shared/notes/cpu_throughput.md: ResNet-50 to layer3 + pool on 3x256x256 = 4.309 GFLOPs
+    flops = encoder_flops_per_patch(256)
+    assert flops["fvcore"] == pytest.approx(4.309e9, rel=1e-3)
+    assert flops["torch"] == pytest.approx(flops["fvcore"], rel=0.02)
+
+
+def test_zoommil_counts_only_the_zoomed_patches():
+    k = 3
+    model = build_model("zoommil", in_dim=1024, n_classes=3, mags=MAGS, k=k).eval()
+    result = slide_flops(model, "zoommil", _bag(10))
+    assert result["patches_per_mag"] == [10, k * 4, k * 4]
+    assert result["patches_encoded"] == 10 + 2 * k * 4
+    assert result["total_flops"] == pytest.approx(result["encoder_flops"] + result["head_flops"])
+    assert result["encoder_flops"] == pytest.approx(result["patches_encoded"] * 4.309e9, rel=1e-3)
+
+
+def test_all_patch_head_flops_grow_with_the_bag_and_agree_with_torch_counter():
+    model = build_model("abmil", in_dim=1024, n_classes=3).eval()
+    small = head_flops(model, [torch.randn(1, 100, 1024)])
+    large = head_flops(model, [torch.randn(1, 200, 1024)])
+    assert large["fvcore"] == pytest.approx(2 * small["fvcore"], rel=0.05)
+    assert small["torch"] == pytest.approx(small["fvcore"], rel=0.1)
+    result = slide_flops(model, "abmil", [torch.randn(1, 160, 1024)])
+    assert result["patches_encoded"] == 160
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_profile_on_cuda_without_gpu_writes_a_skip_note(tmp_path):
+    model = build_model("abmil", in_dim=1024, n_classes=2)
+    config = {"arch": "abmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024}
+    ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    out = tmp_path / "gpu.json"
+    code = main(["profile", "--checkpoint", str(ckpt), "--device", "cuda", "--out", str(out)])
+    assert code == 0
+    assert json.loads(out.read_text())["skipped"] == "no CUDA device"
+
+
+def test_profile_rejects_bad_thread_counts(tmp_path, capsys):
+    model = build_model("abmil", in_dim=1024, n_classes=2)
+    config = {"arch": "abmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024}
+    ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    argv = ["profile", "--checkpoint", str(ckpt), "--threads", "0", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    assert "--threads" in capsys.readouterr().err
