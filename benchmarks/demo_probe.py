@@ -17,7 +17,7 @@ Views: for each sampled point the patch centred on it at 10x (256 level-0 px), 5
 2.5x (1024), all read at 256 px; plus `10x_blur4`: the 10x patch area-reduced 4x and
 upsampled back (same field of view, 2.5x resolution) to show the loss is about resolution.
 
-    .venv/bin/python benchmarks/demo_probe.py [--n-slides 24] [--views-per-region 5]
+    .venv/bin/python benchmarks/demo_probe.py [--n-slides 18] [--views-per-region 5]
 
 Writes results/benchmarks/demo_probe.json.
 """
@@ -126,7 +126,7 @@ def probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-slides", type=int, default=24)
+    parser.add_argument("--n-slides", type=int, default=18)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--views-per-region", type=int, default=5)

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from zoommil.encoder import PatchEncoder, build_encoder
-from zoommil.features import encode_plan
 from zoommil.featurefile import mag_key
+from zoommil.features import encode_plan
 from zoommil.lattice import Lattice, tile_slide
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few parents, one round: minutes")
     parser.add_argument("--max-parents", type=int, default=None, help="use the first N parents")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (median)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
         "--threads", type=int, nargs="+", default=None, help="default: 1 and all (torch's)"
@@ -110,11 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     lattice = subset_parents(tile_slide(args.slide, args.mags), max_parents)
     tile_seconds = time.perf_counter() - t0
     n_patches = sum(len(x) for x in lattice.xy)
-    print(
-        f"{args.slide.name}: {len(lattice.xy[0])} parents, {n_patches} patches "
-        f"({', '.join(f'{mag_key(m)}: {len(x)}' for m, x in zip(lattice.mags, lattice.xy))})",
-        flush=True,
+    counts = ", ".join(
+        f"{mag_key(m)}: {len(x)}" for m, x in zip(lattice.mags, lattice.xy, strict=True)
     )
+    print(f"{args.slide.name}: {len(lattice.xy[0])} parents, {n_patches} patches ({counts})")
     t0 = time.perf_counter()
     model, info = build_encoder("random", seed=0)
     build_seconds = time.perf_counter() - t0

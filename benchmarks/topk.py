@@ -103,30 +103,32 @@ def run_one(cfg: dict) -> dict:
     label = torch.tensor([1], device=device)
     forward = model if cfg["impl"] == "ours" else (lambda f: dense_forward(model, f))
 
-    def step() -> float:
+    def step() -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(forward(feats), label).backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     base_mb = _rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_mb = torch.cuda.memory_allocated() / 2**20
-    times = [step() for _ in range(cfg["warmup"])]
-    times = [step() for _ in range(cfg["reps"])]
+    for _ in range(cfg["warmup"]):
+        step()
+    times, cpu = zip(*[step() for _ in range(cfg["reps"])], strict=True)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return cfg | {
         "step_seconds": statistics.median(times),
-        "step_seconds_all": times,
+        "step_seconds_all": list(times),
+        "step_cpu_seconds": statistics.median(cpu),
         "peak_mb": peak_mb,
         "base_mb": base_mb,
         "step_peak_mb": peak_mb - base_mb,
@@ -135,53 +137,56 @@ def run_one(cfg: dict) -> dict:
 
 # ---------------------------------------------------------------- driver
 def _configs(quick: bool, device: str, threads: int, limit_gb: float) -> list[dict]:
-    ns = [1000, 10000] if quick else [1000, 10000, 50000]
+    sizes = [(1000, 12), (1000, 300), (10000, 300)]
+    if not quick:
+        sizes = [(n, k) for n in (1000, 10000, 50000) for k in (12, 300)]
     out = []
-    for n in ns:
-        for k in (12, 300):
-            for impl in ("ours", "dense"):
-                small = n <= 1000
-                cfg = {
-                    "impl": impl,
-                    "n": n,
-                    "k": k,
-                    "in_dim": 1024,
-                    "device": device,
-                    "threads": threads,
-                    "warmup": 1 if (impl == "ours" or small) else 0,
-                    "reps": 3 if (impl == "ours" or small) and not quick else 1,
-                }
-                est = dense_estimate_bytes(n, k, 1024) / 2**30
-                if impl == "dense" and est > limit_gb:
-                    cfg["skipped"] = f"estimated {est:.0f} GB > {limit_gb:.0f} GB limit"
-                out.append(cfg)
+    for n, k in sizes:
+        for impl in ("ours", "dense"):
+            small = n <= 1000
+            cfg = {
+                "impl": impl,
+                "n": n,
+                "k": k,
+                "in_dim": 1024,
+                "device": device,
+                "threads": threads,
+                "warmup": 1 if (impl == "ours" or small) else 0,
+                "reps": 3 if (impl == "ours" or small) and not quick else 1,
+            }
+            est = dense_estimate_bytes(n, k, 1024) / 2**30
+            if impl == "dense" and est > limit_gb:
+                cfg["skipped"] = f"estimated {est:.0f} GB > {limit_gb:.0f} GB limit"
+            out.append(cfg)
     return out
 
 
 def _markdown(results: list[dict]) -> str:
     lines = [
-        "| N (lowest) | rows 5/10/20x | K | impl | step s | peak MB | step peak MB |",
-        "|---|---|---|---|---|---|---|",
+        "| N (lowest) | rows 5/10/20x | K | impl | step s (wall) | step CPU s | peak MB "
+        "| step peak MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rows = f"{r['n']}/{4 * r['n']}/{16 * r['n']}"
         if r.get("skipped") or r.get("error"):
             why = r.get("skipped") or r.get("error")
-            lines.append(f"| {r['n']} | {rows} | {r['k']} | {r['impl']} | skipped: {why} | | |")
+            lines.append(f"| {r['n']} | {rows} | {r['k']} | {r['impl']} | skipped: {why} | | | |")
             continue
         lines.append(
             f"| {r['n']} | {rows} | {r['k']} | {r['impl']} | {r['step_seconds']:.3f} | "
-            f"{r['peak_mb']:.0f} | {r['step_peak_mb']:.0f} |"
+            f"{r['step_cpu_seconds']:.3f} | {r['peak_mb']:.0f} | {r['step_peak_mb']:.0f} |"
         )
-    lines += ["", "| N | K | speed-up (dense / ours) | step-memory ratio (dense / ours) |"]
-    lines.append("|---|---|---|---|")
+    lines += ["", "| N | K | wall speed-up | CPU-time speed-up | step-memory ratio |"]
+    lines.append("|---|---|---|---|---|")
     by = {(r["n"], r["k"], r["impl"]): r for r in results if "step_seconds" in r}
     for (n, k, impl), ours in by.items():
         dense = by.get((n, k, "dense"))
         if impl == "ours" and dense:
             speed = dense["step_seconds"] / ours["step_seconds"]
+            cpu = dense["step_cpu_seconds"] / ours["step_cpu_seconds"]
             mem = dense["step_peak_mb"] / max(ours["step_peak_mb"], 1.0)
-            lines.append(f"| {n} | {k} | {speed:.1f}x | {mem:.1f}x |")
+            lines.append(f"| {n} | {k} | {speed:.1f}x | {cpu:.1f}x | {mem:.1f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(res)
         print(
-            f"{label}: {res['step_seconds']:.3f} s/step, peak {res['peak_mb']:.0f} MB "
+            f"{label}: {res['step_seconds']:.3f} s/step ({res['step_cpu_seconds']:.3f} CPU s), "
+            f"peak {res['peak_mb']:.0f} MB "
             f"(step {res['step_peak_mb']:.0f} MB)",
             flush=True,
         )

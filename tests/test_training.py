@@ -403,3 +403,25 @@ def test_help_explains_outputs(capsys: pytest.CaptureFixture[str]) -> None:
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert words in capsys.readouterr().out
+
+
+def test_method_overrides_training_settings_and_mags(
+    dataset: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    methods = {
+        "zoom_hi": {
+            "arch": "zoommil",
+            "k": 1,
+            "mags": [5.0, 10.0],
+            "train": {"epochs": 1, "selection": "val_weighted_f1"},
+        },
+        "typo": {"arch": "abmil", "train": {"epoch": 3}},
+    }
+    config = write_config(dataset, tmp_path, methods=methods)
+    assert train_cli(config, tmp_path / "out", "zoom_hi") == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["mags"] == [5.0, 10.0]
+    assert metrics["epochs"] == 1 and metrics["selection"] == "val_weighted_f1"
+    assert metrics["model_kwargs"] == {"k": 1}
+    assert train_cli(config, tmp_path / "typo", "typo") == 2
+    assert "unknown training setting(s) epoch" in _error_line(capsys)

@@ -112,6 +112,7 @@ def _fetch_imagenet() -> Path:
         raise ZoomMILError(how)
     log.info("downloading ImageNet weights %s -> %s", IMAGENET_URL, path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(IMAGENET_URL, str(path), hash_prefix=None, progress=True)
     except Exception as error:  # noqa: BLE001 - any network failure means "offline"
         raise ZoomMILError(f"{how} (download failed: {error})") from error

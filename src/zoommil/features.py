@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import zoommil
-from zoommil.encoder import FEATURE_DIM, PatchEncoder, build_encoder
+from zoommil.encoder import FEATURE_DIM, PatchEncoder, build_encoder, resolve_device
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.featurefile import mag_key, write_feature_file
 from zoommil.lattice import Lattice, load_coords
@@ -266,7 +266,7 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def iter_parents(
-    dataset: ParentDataset, workers: int, prefetch: int = 4
+    dataset: ParentDataset, workers: int, prefetch: int = 4, pin_memory: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Parents in order; with workers > 0 they are read ahead in worker processes."""
     if workers <= 0:
@@ -280,6 +280,7 @@ def iter_parents(
         num_workers=workers,
         worker_init_fn=_worker_init,
         prefetch_factor=prefetch,
+        pin_memory=pin_memory,
         persistent_workers=False,
     )
     yield from loader
@@ -300,6 +301,11 @@ class ExtractResult:
         return sum(self.num_patches) / self.seconds if self.seconds > 0 else float("nan")
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Small batches are fastest on CPU (cache-bound: bs 4 beats 16 by ~1.3x); large on GPU."""
+    return 64 if device.type == "cuda" else 4
+
+
 def _default_workers(device: torch.device) -> int:
     cpus = os.cpu_count() or 1
     return min(8, max(1, cpus - 1)) if device.type == "cuda" else 1
@@ -309,7 +315,7 @@ def encode_plan(
     slide_path: str | Path,
     plan: Lattice,
     encoder: PatchEncoder,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
@@ -322,6 +328,8 @@ def encode_plan(
         return feats
     if workers is None:
         workers = _default_workers(encoder.device)
+    if batch_size is None:
+        batch_size = default_batch_size(encoder.device)
     dataset = ParentDataset(slide_path, plan)
     per_parent = patches_per_parent(plan)
     # destination (magnification, row) of each stacked patch of parent i: rows i*4^d + j
@@ -345,7 +353,8 @@ def encode_plan(
 
     total = n_parents * per_parent
     with tqdm(total=total, unit="patch", desc="features", disable=not progress) as bar:
-        for item in iter_parents(dataset, workers):
+        pin = encoder.device.type == "cuda"
+        for item in iter_parents(dataset, workers, pin_memory=pin):
             if "error" in item:
                 raise SlideError(slide_path, item["error"])
             i = item["index"]
@@ -415,7 +424,7 @@ def extract_features(
     weights: str | Path = "imagenet",
     seed: int = 0,
     mpp: float | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
@@ -425,12 +434,15 @@ def extract_features(
     """Encode every patch of a coords file and write the feature file (atomically)."""
     from zoommil.slide import open_slide
 
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ZoomMILError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise ZoomMILError(f"--workers must be >= 0, got {workers}")
     if threads is not None:
         if threads < 1:
             raise ZoomMILError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    torch_device = resolve_device(device)  # fail fast on --device cuda without a GPU
     plan = load_plan(coords_path)
     slide = open_slide(slide_path)
     try:
@@ -438,7 +450,9 @@ def extract_features(
     finally:
         slide.close()
     model, weights_info = build_encoder(weights, seed=seed)
-    encoder = PatchEncoder(model, device=device, precision=precision)
+    encoder = PatchEncoder(model, device=torch_device, precision=precision)
+    if batch_size is None:
+        batch_size = default_batch_size(encoder.device)
     if len(plan.xy[0]) == 0:
         log.warning(
             "%s: no tissue parents in %s: writing an empty feature file", slide_path, coords_path

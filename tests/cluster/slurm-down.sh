@@ -14,7 +14,8 @@ stop() {  # stop <name>: TERM the recorded pid, wait up to 15 s, then KILL
     local pidfile="$STATE/$1.pid" pid
     [ -f "$pidfile" ] || return 0
     pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
+    # only the daemon we started: a stale pid file may name a reused pid
+    if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]; then
         kill -TERM "$pid" 2>/dev/null
         for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
         kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null

@@ -21,7 +21,12 @@ MARKER="# managed by zoommil tests/cluster/slurm-up.sh"
 WAIT_S="${ZOOMMIL_SLURM_WAIT_S:-60}"
 
 skip() { echo "slurm-up: $*; not starting a SLURM cluster" >&2; exit 0; }
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive NAME: the daemon whose pid we recorded still runs (and the pid was not reused)
+alive() {
+    local pid
+    pid=$(cat "$STATE/$1.pid" 2>/dev/null) || return 1
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
+}
 
 [ "$(id -u)" = 0 ] || skip "needs root (daemons run as root, config goes to /etc/slurm)"
 
@@ -40,7 +45,7 @@ if [ -f "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
     skip "$CONF exists and was not written by this script (a real site config is never touched)"
 fi
 
-if alive "$STATE/slurmctld.pid" && alive "$STATE/slurmd.pid" && sinfo -h >/dev/null 2>&1; then
+if alive slurmctld && alive slurmd && sinfo -h >/dev/null 2>&1; then
     echo "slurm-up: cluster already running (state in $STATE)"
     exit 0
 fi
@@ -53,7 +58,7 @@ if [ ! -s /etc/munge/munge.key ]; then
     else dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; fi
 fi
 chmod 600 /etc/munge/munge.key
-if ! alive "$STATE/munged.pid"; then
+if ! alive munged; then
     munged --force --socket=/run/munge/munge.socket.2 --pid-file="$STATE/munged.pid" \
         --log-file="$STATE/munged.log" --seed-file="$STATE/munge/munged.seed" \
         || skip "munged failed to start (see $STATE/munged.log)"
@@ -107,10 +112,10 @@ $MARKER
 NodeName=$host Name=gpu Count=1 File=/dev/null
 GRES_EOF
 
-if ! alive "$STATE/slurmctld.pid"; then
+if ! alive slurmctld; then
     slurmctld -c || skip "slurmctld failed to start (see $STATE/slurmctld.log)"
 fi
-if ! alive "$STATE/slurmd.pid"; then
+if ! alive slurmd; then
     slurmd || skip "slurmd failed to start (see $STATE/slurmd.log)"
 fi
 

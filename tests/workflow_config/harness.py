@@ -132,8 +132,26 @@ def make_tiny_sheet(dest: Path, n_slides: int = 6, bad: bool = True) -> Path:
         sys.path.insert(0, str(REPO / "tests"))
         from conftest import write_pyramid_tiff
 
-        write_pyramid_tiff(data / "blank.tiff", width=2048, height=1536, mpp=1.0, tissue=False)
+        write_pyramid_tiff(data / "blank.tiff", width=1024, height=1024, mpp=1.0, tissue=False)
         rows.append("blank\tdata/blank.tiff\tatypia\ttrain\t\n")
     sheet = dest / "slides.tsv"
     sheet.write_text(SHEET_HEADER + "".join(rows))
     return sheet
+
+
+_RUNS: dict[str, tuple[Path, Path, subprocess.CompletedProcess]] = {}
+
+
+def tiny_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """The tiny config run to completion once per test session: (workdir, configfile, result).
+
+    Shared by tests/test_workflow_run.py and tests/test_reruns.py (module-level cache, so the
+    run happens once however many test modules ask for it).
+    """
+    if "tiny" not in _RUNS:
+        workdir = copy_workflow(tmp_path_factory.mktemp("tiny_run"))
+        make_tiny_sheet(workdir)
+        configfile = write_config(workdir, load_config())
+        result = snakemake(workdir, configfile=configfile)
+        _RUNS["tiny"] = (workdir, configfile, result)
+    return _RUNS["tiny"]

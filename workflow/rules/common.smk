@@ -1,6 +1,7 @@
 # Helpers only (no rules): config and sheet validation, slide lists, targets.
 import math
 import os
+from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -18,6 +19,8 @@ validate(config, schema="../schemas/config.schema.yaml")
 DEMO = config.get("synth") is not None
 DEMO_DIR = "results/demo"
 LIB_ROOT = zwf.library_root(workflow.basedir)
+# `--sdm conda`: envs/*.post-deploy.sh install zoommil from the checkout this run imports.
+os.environ.setdefault("ZOOMMIL_SOURCE", str(Path(zwf.__file__).resolve().parents[3]))
 SLIDE_SCHEMA = yaml.safe_load(
     open(workflow.source_path("../schemas/slides.schema.yaml"), encoding="utf-8")
 )
@@ -193,6 +196,8 @@ def attention_predictions(wildcards):
 
 
 def throughput_files(device):
+    if device == "gpu" and not EFFICIENCY.get("gpu", True):
+        return []
     return [
         f"results/efficiency/{m}/throughput_{device}.json" for m in EFFICIENCY_METHODS
     ]

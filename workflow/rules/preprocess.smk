@@ -144,5 +144,6 @@ checkpoint qc_slides:
         runtime=5,
     params:
         classes=config.get("classes"),
+        no_tissue=config["preprocess"].get("tissue", {}).get("no_tissue", "exclude"),
     script:
         "../../scripts/qc_slides.py"

@@ -53,8 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=16,
-        help="patches per encoder call (default 16: small batches are fastest on CPU)",
+        default=None,
+        help="patches per encoder call (default: 4 on CPU, where small batches are fastest; "
+        "64 on CUDA)",
     )
     parser.add_argument(
         "--workers",

@@ -33,7 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slides", nargs="+", help="slide_ids to time (default: the split's)")
     parser.add_argument("--split", default="test", help="split to time when --slides is absent")
     parser.add_argument("--max-slides", type=int, default=3, help="time at most N slides")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up slides (default 1)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="untimed warm-up slides (default 0; the encoder always runs one untimed batch)",
+    )
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--weights", help="encoder weights (default: the checkpoint's)")
     parser.add_argument("--out", type=Path, required=True, help="output JSON")

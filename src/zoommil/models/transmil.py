@@ -91,7 +91,11 @@ class TransMIL(nn.Module):
         return self.classifier(self.norm(x)[:, 0])
 
     def attention_scores(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
-        """The CLS token's attention in the last layer, padded copies folded back: [N]."""
+        """The CLS token's attention in the last layer over the N instances: [N], sums to 1.
+
+        Padded copies are folded back onto the tokens they repeat; the CLS token's attention
+        to itself is left out and the rest renormalised.
+        """
         x, side, n = self._tokens(feats)
         x = self.ppeg(self.layer1(x), side)
         row = self.layer2.attn.attention_row(self.layer2.norm(x), row=0)[0, 1:]
@@ -99,4 +103,4 @@ class TransMIL(nn.Module):
         extra = row.shape[0] - n
         if extra:
             scores.index_add_(0, torch.arange(extra, device=row.device) % n, row[n:])
-        return scores
+        return scores / scores.sum().clamp_min(torch.finfo(scores.dtype).tiny)

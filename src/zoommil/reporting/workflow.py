@@ -13,7 +13,7 @@ from typing import Any
 # Library files each workflow step imports: editing one of them reruns that step (they are
 # listed as `lib=` inputs). Folders stand for every .py file below them.
 LIBRARY_MODULES: dict[str, tuple[str, ...]] = {
-    "synth": ("synth.py", "synth", "commands/synth.py"),
+    "synth": ("synth", "commands/synth.py"),
     "inspect": ("slide.py", "commands/inspect.py"),
     "tissue": ("slide.py", "tissue.py", "commands/tissue.py"),
     "tile": ("slide.py", "tissue.py", "lattice.py", "commands/tile.py"),

@@ -7,8 +7,8 @@ sees exactly the same image as for normal nuclei: same mean colour, same density
 
 - atypia: coarse, clumped chromatin and a nucleolus (1-px structures, 2x2 blocks): visible at
   10x only, gone at 5x and 2.5x.
-- carcinoma: irregular spiky nuclear outlines and mitosis-like condensed bars (4x4 blocks):
-  clear at 10x, faint at 5x, gone at 2.5x.
+- carcinoma: irregular spiky nuclear outlines and mitosis-like condensed bars (4x4 blocks)
+  with clumped chromatin (2x2 blocks): clear at 10x, faint at 5x, gone at 2.5x.
 """
 
 from __future__ import annotations
@@ -148,5 +148,8 @@ def apply_signal(
         return redistribute(rgb, weight, active, 2, keep=1.0, strength=70.0, direction=direction)
     if abnormality == "carcinoma":
         weight, active = carcinoma_weight(shape, nuclei, index, rng)
-        return redistribute(rgb, weight, active, 4, keep=0.5, strength=160.0, direction=direction)
+        n = redistribute(rgb, weight, active, 4, keep=0.5, strength=160.0, direction=direction)
+        # Hyperchromatic, clumped chromatin on top of the new outlines (1-px granules).
+        granules = active * rng.standard_normal(shape).astype(np.float32)
+        return n + redistribute(rgb, granules, active, 2, 1.0, 45.0, direction)
     raise ValueError(f"unknown abnormality {abnormality!r}")

@@ -100,20 +100,27 @@ def stroma_eosin(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
 def place_regions(
     alpha: np.ndarray, rng: np.random.Generator, count: int, radius_range: tuple[float, float]
 ) -> list[tuple[float, float, float]]:
-    """Centres and radii of non-overlapping gland regions lying well inside the tissue."""
+    """Centres and radii of non-overlapping gland regions lying well inside the tissue.
+
+    If `count` regions do not fit (small tissue), the radii shrink until they do (down to
+    about 30 px), so every slide gets the regions its label needs.
+    """
     h, w = alpha.shape
     inside = cv2.erode((alpha > 0.5).astype(np.uint8), np.ones((3, 3), np.uint8))
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
     placed: list[tuple[float, float, float]] = []
-    for _ in range(count * 400):
-        if len(placed) == count:
-            break
-        r = rng.uniform(*radius_range)
-        x, y = rng.uniform(0, w), rng.uniform(0, h)
-        if dist[int(y), int(x)] < r + 20:
-            continue
-        if all(np.hypot(x - px, y - py) > r + pr + 60 for px, py, pr in placed):
-            placed.append((x, y, r))
+    low, high = radius_range
+    while len(placed) < count and high >= 40:
+        for _ in range(400):
+            r = rng.uniform(low, high)
+            x, y = rng.uniform(0, w), rng.uniform(0, h)
+            if dist[int(y), int(x)] < r + 20:
+                continue
+            if all(np.hypot(x - px, y - py) > r + pr + 60 for px, py, pr in placed):
+                placed.append((x, y, r))
+                if len(placed) == count:
+                    break
+        low, high = 0.8 * low, 0.8 * high
     return placed
 
 

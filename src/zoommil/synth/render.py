@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from zoommil.errors import ZoomMILError
 from zoommil.synth import abnormal, painting, stain
 from zoommil.synth.painting import Nuclei, Region
 
@@ -51,8 +52,10 @@ def _layout(spec: SlideSpec, rng: np.random.Generator):
     area = float(alpha.sum())
     count = int(np.clip(round(area / 1.6e6 + rng.uniform(-0.5, 0.5)), 2, 5))
     centres = painting.place_regions(alpha, rng, count, (170.0, 250.0))
+    if not centres:
+        raise ZoomMILError(f"{spec.slide_id}: slide too small for a gland region")
     n_signal = 0
-    if spec.label != "normal" and len(centres) >= 2:
+    if spec.label != "normal":  # at least one signal and, if possible, one distractor region
         n_signal = 1 if len(centres) <= 3 else int(rng.integers(1, 3))
     signal_ids = set(rng.choice(len(centres), size=n_signal, replace=False).tolist())
     regions = [

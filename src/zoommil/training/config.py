@@ -3,7 +3,8 @@
 A *method* is an architecture plus keyword arguments, so an ablation variant is simply another
 method. Keys of a method entry other than ``arch`` and ``train`` go to the model constructor;
 ``train`` overrides training settings (epochs, lr, weight_decay, selection, mags) for that
-method only. A name that is not under ``methods`` is an architecture with default arguments.
+method only (a ``mags`` key is taken as such an override). A name that is not under
+``methods`` is an architecture with default arguments.
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ def resolve_method(config: TrainConfig, name: str, known_archs: Iterable[str]) -
                 f"method '{name}': unknown training setting(s) {', '.join(bad)} "
                 f"(allowed: {', '.join(TRAIN_KEYS)})"
             )
+        if "mags" in entry:  # a method's magnifications decide the data, not just the model
+            train.setdefault("mags", entry.pop("mags"))
         where = f"method '{name}'"
         if "selection" in train:
             _selection(train["selection"], where)

@@ -50,11 +50,8 @@ def make_model(
 ) -> nn.Module:
     """A fresh model; ``mags`` are all configured magnifications (the model picks its own).
 
-    A ``mags`` entry among the method's kwargs replaces them. Bad keyword arguments become a
-    one-line user error.
+    Bad keyword arguments become a one-line user error.
     """
-    kwargs = dict(kwargs)
-    mags = kwargs.pop("mags", mags)
     try:
         return _models().build_model(
             arch, in_dim=in_dim, n_classes=n_classes, mags=list(mags), **kwargs

@@ -1,0 +1,128 @@
+"""The cluster profiles agree with the workflow (no SLURM needed: dry runs and parsing).
+
+A profile that names a rule the workflow no longer has silently does nothing, and a GPU rule
+the SLURM profile does not route to the GPU partition would queue on CPU nodes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+
+import pytest
+import yaml
+from slurmtest import REPO, snakemake
+
+PROFILES = ("slurm", "cluster-generic")
+
+
+def _profile(name: str) -> dict:
+    return yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text())
+
+
+def _workflow_rules() -> dict[str, str]:
+    """rule name -> its text, from workflow/rules/*.smk."""
+    rules = {}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        parts = re.split(r"^(?:rule|checkpoint) (\w+):\n", smk.read_text(), flags=re.M)
+        rules.update(dict(zip(parts[1::2], parts[2::2], strict=True)))
+    return rules
+
+
+needs_workflow = pytest.mark.skipif(
+    not list((REPO / "workflow" / "rules").glob("*.smk")), reason="no workflow rules yet"
+)
+
+
+@needs_workflow
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_names_only_workflow_rules(name):
+    rules = _workflow_rules()
+    profile = _profile(name)
+    named = set(profile.get("set-resources", {})) | set(profile.get("set-threads", {}))
+    assert named <= set(rules), f"profiles/{name} names unknown rules: {named - set(rules)}"
+
+
+@needs_workflow
+def test_every_gpu_rule_gets_a_gpu_on_slurm():
+    gpu_rules = {r for r, text in _workflow_rules().items() if re.search(r"\bgpu=1\b", text)}
+    assert gpu_rules, "no rule declares gpu=1"
+    settings = _profile("slurm")["set-resources"]
+    for rule in gpu_rules:
+        assert settings.get(rule, {}).get("gpu") == 1, rule
+        assert "ZOOMMIL_SLURM_GPU_PARTITION" in settings[rule]["slurm_partition"], rule
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_resources_reach_the_jobs(name, tmp_path):
+    """A dry run through the profile shows the profile's resources on a GPU rule."""
+    (tmp_path / "Snakefile").write_text(
+        'rule features:\n    output: "f.txt"\n    resources: gpu=1\n    shell: "touch {output}"\n'
+    )
+    result = snakemake(
+        "--profile",
+        str(REPO / "profiles" / name),
+        "-n",
+        cwd=tmp_path,
+        env={"ZOOMMIL_SLURM_PARTITION": "cpu", "ZOOMMIL_SLURM_GPU_PARTITION": "gpu"},
+        timeout=120,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "mem_mb=16000" in out and "runtime=240" in out and "gpu=1" in out
+    if name == "slurm":
+        assert "slurm_partition=gpu" in out
+
+
+def _scheduler():
+    path = REPO / "profiles" / "cluster-generic" / "scheduler.py"
+    spec = importlib.util.spec_from_file_location("zoommil_scheduler", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GPU_JOB = {
+    "rule": "features",
+    "jobid": 7,
+    "threads": 8,
+    "resources": {"mem_mb": 16000, "runtime": 90, "gpu": 1},
+}
+CPU_JOB = {"rule": "tile", "jobid": 3, "threads": 1, "resources": {"mem_mb": 4000}}
+
+
+def test_generic_scheduler_builds_sbatch_options(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZOOMMIL_SLURM_PARTITION", "cpu")
+    monkeypatch.setenv("ZOOMMIL_SLURM_GPU_PARTITION", "gpu")
+    monkeypatch.delenv("ZOOMMIL_SLURM_ACCOUNT", raising=False)
+    sched = _scheduler()
+    gpu = sched.slurm_submit_args(GPU_JOB)
+    assert gpu[:2] == ["sbatch", "--parsable"]
+    for option in ("--job-name=smk-features-7", "--cpus-per-task=8", "--mem=16000"):
+        assert option in gpu
+    assert "--time=90" in gpu and "--gpus=1" in gpu and "--partition=gpu" in gpu
+    cpu = sched.slurm_submit_args(CPU_JOB)
+    assert "--partition=cpu" in cpu and not any(a.startswith("--gpus") for a in cpu)
+    assert not any(a.startswith("--time") for a in cpu)
+
+
+def test_generic_scheduler_builds_qsub_options(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZOOMMIL_PBS_GPU_QUEUE", "gpuq")
+    monkeypatch.delenv("ZOOMMIL_PBS_QUEUE", raising=False)
+    monkeypatch.delenv("ZOOMMIL_PBS_ACCOUNT", raising=False)
+    sched = _scheduler()
+    args = sched.pbs_submit_args(GPU_JOB)
+    assert args[0] == "qsub"
+    assert "select=1:ncpus=8:mem=16000mb:ngpus=1" in args
+    assert "walltime=01:30:00" in args
+    assert args[args.index("-q") + 1] == "gpuq"
+    assert "-q" not in sched.pbs_submit_args(CPU_JOB)
+
+
+def test_generic_scheduler_reads_jobscript_properties(tmp_path):
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/sh\n# properties = {json.dumps(GPU_JOB)}\necho run\n")
+    assert _scheduler().read_properties(script) == GPU_JOB

@@ -1,0 +1,316 @@
+"""Unit tests of the workflow-side library: sheets, QC tables, train configs, tables, figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from zoommil.errors import ZoomMILError
+from zoommil.reporting import figures, qc, results, sheet, tables, trainconfig, workflow
+
+HEADER = "slide_id\tpath\tlabel\tsplit\tmpp\n"
+
+
+def write_sheet(tmp_path: Path, body: str, name: str = "slides.tsv") -> Path:
+    path = tmp_path / name
+    path.write_text(HEADER + body)
+    return path
+
+
+# --- sheets ---------------------------------------------------------------------------------
+
+
+def test_load_sheet_resolves_paths_and_mpp(tmp_path: Path) -> None:
+    path = write_sheet(tmp_path, "a\tsub/a.svs\tx\ttrain\t0.5\nb\t/abs/b.svs\ty\ttest\t\n")
+    frame = sheet.load_sheet(path, ["x", "y"])
+    assert list(frame.index) == ["a", "b"]
+    assert frame.loc["a", "path"] == str(tmp_path.resolve() / "sub" / "a.svs")
+    assert frame.loc["b", "path"] == "/abs/b.svs"
+    assert frame.loc["a", "mpp"] == 0.5 and math.isnan(frame.loc["b", "mpp"])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("a\ta.svs\tx\ttrain\t\nb\tb.svs\tz\ttrain\t\n", "row 2 (slide_id 'b'): unknown label 'z'"),
+        ("a\ta.svs\tx\ttrain\t\na\tb.svs\tx\tval\t\n", "row 2 (slide_id 'a'): duplicate slide_id"),
+        ("a\ta.svs\tx\tdev\t\n", "row 1 (slide_id 'a'): unknown split 'dev'"),
+        ("a\ta.svs\tx\ttrain\t5\n", "row 1 (slide_id 'a'): mpp 5.0 is outside 0.1-2.0"),
+        ("a\t\tx\ttrain\t\n", "row 1 (slide_id 'a'): empty 'path'"),
+    ],
+)
+def test_load_sheet_errors_name_the_row(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(ZoomMILError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sheet.load_sheet(write_sheet(tmp_path, body), ["x", "y"])
+
+
+def test_load_sheet_missing_column(tmp_path: Path) -> None:
+    path = tmp_path / "s.tsv"
+    path.write_text("slide_id\tpath\tsplit\na\ta.svs\ttrain\n")
+    with pytest.raises(ZoomMILError, match="missing column"):
+        sheet.load_sheet(path)
+
+
+def test_load_sheet_schema_checks_slide_id(tmp_path: Path) -> None:
+    schema = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "workflow/schemas/slides.schema.yaml").read_text()
+    )
+    path = write_sheet(tmp_path, "bad/id\ta.svs\tx\ttrain\t\n")
+    with pytest.raises(ZoomMILError, match="row 1 .*slide_id"):
+        sheet.load_sheet(path, None, schema)
+
+
+def test_load_sheet_csv(tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text("slide_id,path,label,split\na,a.svs,x,train\n")
+    assert list(sheet.load_sheet(path).index) == ["a"]
+
+
+# --- workflow helpers -----------------------------------------------------------------------
+
+
+def test_cli_flags_and_param_flags() -> None:
+    assert workflow.cli_flags({"batch_size": 16, "fast": True, "off": False, "mags": [1, 2]}) == (
+        "--batch-size 16 --fast --mags 1 2"
+    )
+    assert workflow.cli_flags({"name": "a b"}) == "--name 'a b'"
+    assert workflow.param_flags("--param", {"sigma": 20, "prewhiten": False}) == (
+        "--param sigma=20 --param prewhiten=false"
+    )
+    assert workflow.format_mags([10, 2.5, 5]) == "2.5 5.0 10.0"
+
+
+def test_library_files_expand_folders(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "a.py").write_text("")
+    (tmp_path / "models" / "__pycache__").mkdir()
+    (tmp_path / "models" / "__pycache__" / "a.py").write_text("")
+    (tmp_path / "featurefile.py").write_text("")
+    files = workflow.library_files(tmp_path, "train")
+    assert files == sorted([str(tmp_path / "featurefile.py"), str(tmp_path / "models" / "a.py")])
+
+
+def test_every_workflow_library_module_exists() -> None:
+    root = workflow.library_root(Path(__file__).resolve().parents[1])
+    missing = [
+        name
+        for names in workflow.LIBRARY_MODULES.values()
+        for name in names
+        if not (root / name).exists()
+    ]
+    assert not missing, f"LIBRARY_MODULES names files that do not exist: {missing}"
+
+
+# --- train configs --------------------------------------------------------------------------
+
+
+def test_train_config_is_per_method_and_plain(tmp_path: Path) -> None:
+    config = trainconfig.build_train_config(
+        method="zoommil_random",
+        spec={"arch": "zoommil", "k": 4, "selection": "random"},
+        train={"seeds": [0, 1], "epochs": 3, "lr": 1e-4, "extra": {"patience": 5}},
+        mags=[10, 2.5, 5],
+        classes=["a", "b"],
+        sheet="results/demo/slides.tsv",
+        features_dir="results/features",
+        exclude="results/qc/slides.tsv",
+    )
+    assert config["mags"] == [2.5, 5.0, 10.0]
+    assert config["methods"] == {
+        "zoommil_random": {"arch": "zoommil", "k": 4, "selection": "random"}
+    }
+    assert "seeds" not in config and config["patience"] == 5 and config["epochs"] == 3
+    out = tmp_path / "m" / "train_config.yaml"
+    trainconfig.write_train_config(config, out)
+    assert yaml.safe_load(out.read_text()) == config
+
+
+# --- QC tables ------------------------------------------------------------------------------
+
+
+def write_features(path: Path, counts: dict[str, int], no_tissue: bool = False) -> Path:
+    with h5py.File(path, "w") as handle:
+        for mag, n in counts.items():
+            handle.create_dataset(f"{mag}_patches", data=np.zeros((n, 4), np.float32))
+        handle.attrs["no_tissue_applied"] = no_tissue
+    return path
+
+
+def test_qc_tables(tmp_path: Path) -> None:
+    frame = sheet.load_sheet(
+        write_sheet(
+            tmp_path,
+            "a\ta.svs\tx\ttrain\t\nb\tb.svs\ty\ttest\t\nc\tc.svs\tx\tval\t\nd\td.svs\ty\ttest\t\n",
+        )
+    )
+    status = tmp_path / "qc"
+    status.mkdir()
+    for name, record in {
+        "a": {"status": "ok", "mpp": 1.0, "mpp_source": "openslide.mpp-x"},
+        "b": {"status": "implausible_mpp", "reason": "mpp 896 outside 0.1-2.0"},
+        "c": {"status": "ok", "mpp": 0.5, "mpp_source": "sheet"},
+        "d": {"status": "ok", "mpp": 0.5, "mpp_source": "sheet"},
+    }.items():
+        (status / f"{name}.json").write_text(json.dumps(record))
+    inspection = qc.inspection_table(frame, sorted(status.glob("*.json")))
+    assert list(inspection["status"]) == ["ok", "implausible_mpp", "ok", "ok"]
+    assert inspection.loc[1, "reason"] == "mpp 896 outside 0.1-2.0"
+    feats = {
+        "a": write_features(tmp_path / "a.h5", {"2.5x": 2, "5.0x": 8}),
+        "c": write_features(tmp_path / "c.h5", {"2.5x": 3, "5.0x": 12}, no_tissue=True),
+        "d": write_features(tmp_path / "d.h5", {"2.5x": 0, "5.0x": 0}),
+    }
+    table = qc.slides_table(inspection, feats, "exclude")
+    assert list(table["status"]) == ["ok", "implausible_mpp", "no_tissue", "no_tissue"]
+    assert list(table["n_5.0x"]) == [8, 0, 12, 0]
+    assert qc.exclusion_summary(table) == "3 of 4 slides excluded (1 implausible_mpp, 2 no_tissue)"
+    kept = qc.slides_table(inspection, feats, "all")
+    assert list(kept["status"]) == ["ok", "implausible_mpp", "ok", "no_tissue"]
+    usable = qc.usable_sheet(frame, kept)
+    assert list(usable["slide_id"]) == ["a", "c"] and list(usable["mpp"]) == [1.0, 0.5]
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def fabricate_results(tmp_path: Path, gpu: bool = False) -> dict:
+    metrics = {
+        ("zoommil", 0): (0.80, 0.81, 0.90),
+        ("zoommil", 1): (0.70, 0.71, 0.88),
+        ("abmil", 0): (0.60, 0.62, 0.70),
+        ("abmil", 1): (0.64, 0.66, 0.72),
+        ("zoommil_random", 0): (0.50, 0.52, 0.60),
+    }
+    evals = []
+    for (method, seed), (f1, acc, auc) in metrics.items():
+        path = tmp_path / "eval" / method / f"seed~{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"test": {"weighted_f1": f1, "accuracy": acc, "auc": auc}}))
+        evals.append(path)
+    flops, timings = [], {"cpu1": [], "cpu": [], "gpu": []}
+    for method, tflops, seconds in (("zoommil", 0.05, 2.0), ("abmil", 0.5, 20.0)):
+        folder = tmp_path / "efficiency" / method
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "flops.json").write_text(json.dumps({"mean_tflops": tflops}))
+        flops.append(folder / "flops.json")
+        for device, factor in (("cpu1", 1.0), ("cpu", 0.5), ("gpu", 0.1)):
+            record = {"seconds_per_slide": seconds * factor,
+                      "slides_per_hour": 3600 / (seconds * factor), "skipped": None}  # fmt: skip
+            if device == "gpu" and not gpu:
+                record = {"skipped": "no CUDA device"}
+            (folder / f"throughput_{device}.json").write_text(json.dumps(record))
+            timings[device].append(folder / f"throughput_{device}.json")
+    folder = tmp_path / "efficiency" / "zoommil_random"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "flops.json").write_text(json.dumps({"mean_tflops": 0.05}))
+    flops.append(folder / "flops.json")
+    qc_table = tmp_path / "qc.tsv"
+    qc_table.write_text(
+        "slide_id\tlabel\tsplit\tstatus\treason\na\tx\ttrain\tok\t\n"
+        "b\tx\ttest\timplausible_mpp\tmpp 896\n"
+    )
+    return {"evals": evals, "flops": flops, "timings": timings, "qc": qc_table}
+
+
+def test_make_tables(tmp_path: Path) -> None:
+    data = fabricate_results(tmp_path)
+    outputs = {
+        f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
+        for kind in ("main", "ablation")
+        for ext in ("csv", "md", "tex")
+    }
+    made = tables.make_tables(
+        qc_table=data["qc"],
+        evals=data["evals"],
+        flops=data["flops"],
+        timings=data["timings"],
+        outputs=outputs,
+        dataset="demo",
+        weights="random",
+        mags=[2.5, 5, 10],
+        methods={"zoommil": {"arch": "zoommil", "k": 4}, "abmil": {"arch": "abmil"}},
+        ablations={"zoommil_random": {"arch": "zoommil", "k": 4, "selection": "random"}},
+        reference="zoommil",
+    )
+    main = pd.read_csv(outputs["main_csv"])
+    assert list(main["method"]) == ["zoommil", "abmil"]
+    zoom = main.iloc[0]
+    assert zoom["weighted_f1_mean"] == pytest.approx(0.75)
+    assert zoom["weighted_f1_std"] == pytest.approx(np.std([0.8, 0.7], ddof=1))
+    assert zoom["n_seeds"] == 2 and zoom["tflops"] == pytest.approx(0.05)
+    assert zoom["cpu1_s_per_slide"] == pytest.approx(2.0)
+    assert zoom["mags"] == "2.5x -> 5x -> 10x" and main.iloc[1]["mags"] == "10x"
+    assert "RANDOM" in zoom["notes"] and "1 of 2 slides excluded" in zoom["notes"]
+    markdown = outputs["main_md"].read_text()
+    assert "| **ZoomMIL** | 2.5x -> 5x -> 10x | 75.0 ± 7.1 |" in markdown
+    assert "1 of 2 slides excluded (1 implausible_mpp)" in markdown
+    assert "GPU timing skipped: no CUDA device" in markdown
+    assert "GPU (s/slide)" not in markdown  # no GPU column without a GPU
+    latex = outputs["main_tex"].read_text()
+    assert r"\textbf{ZoomMIL}" in latex and r"75.0 $\pm$ 7.1" in latex and "RANDOM" in latex
+    ablation = made["ablations"]
+    assert list(ablation["method"]) == ["zoommil", "zoommil_random"]
+    assert list(ablation["component"]) == ["reference", "selection"]
+    assert ablation.iloc[1]["variant"] == "selection=random"
+    assert "selection=random" in outputs["ablation_md"].read_text()
+
+
+def test_ablation_label() -> None:
+    ref = {"arch": "zoommil", "k": 4}
+    assert tables.ablation_label({"arch": "zoommil", "k": 4, "aggregation": "concat"}, ref) == (
+        "aggregation",
+        "aggregation=concat",
+    )
+    assert tables.ablation_label({"arch": "zoommil", "k": 4, "selection": "diff_topk"}, ref)[0] == (
+        "reference"
+    )
+
+
+def test_find_metric_aliases() -> None:
+    assert results.find_metric({"metrics": {"f1_weighted": 0.5}}, "weighted_f1") == 0.5
+    assert results.find_metric({"acc": 0.25}, "accuracy") == 0.25
+    assert math.isnan(results.find_metric({"auc": None}, "auc"))
+    assert results.parse_run("results/eval/abmil/seed~2.json") == ("abmil", 2)
+
+
+# --- figures --------------------------------------------------------------------------------
+
+
+def test_pareto_front() -> None:
+    # fastest first; (100, 0.5) and (10, 0.9) are on the front, (50, 0.4) and (5, 0.8) are not
+    front = figures.pareto_front([100, 50, 10, 5, math.nan], [0.5, 0.4, 0.9, 0.8, 1.0])
+    assert front == [0, 2]
+    assert figures.pareto_front([10, 10], [0.2, 0.3]) == [1]
+
+
+def test_throughput_figure_without_gpu(tmp_path: Path) -> None:
+    data = fabricate_results(tmp_path)
+    outputs = [tmp_path / "fig.png", tmp_path / "fig.pdf"]
+    frame = figures.throughput_figure(
+        data["evals"], data["timings"], ["zoommil", "abmil"], outputs, "demo", "random"
+    )
+    assert all(p.stat().st_size > 1000 for p in outputs)
+    gpu = frame[frame["device"] == "gpu"]
+    assert gpu["slides_per_hour"].isna().all() and set(gpu["skipped"]) == {"no CUDA device"}
+    cpu = frame[frame["device"] == "cpu1"].set_index("method")
+    assert cpu.loc["zoommil", "slides_per_hour"] == pytest.approx(1800.0)
+
+
+def test_attention_map_paints_lowest_magnification() -> None:
+    prediction = {
+        "attention": [
+            {"mag": 5.0, "side0": 512, "xy": [[0, 0]], "weights": [1.0]},
+            {"mag": 2.5, "side0": 1024, "xy": [[0, 0], [1024, 0]], "weights": [0.2, 0.6]},
+        ]
+    }
+    heat = figures.attention_map(prediction, level0_size=(2048, 2048), thumb_size=(64, 64))
+    assert heat.shape == (64, 64)
+    assert np.all(heat[:32, :32] == 0.0) and np.all(heat[:32, 32:] == 1.0)
+    assert np.isnan(heat[32:, :]).all()

@@ -1,0 +1,100 @@
+"""Partial reruns: after a complete tiny run, a changed config or library file plans only the
+jobs that depend on it (dry runs with the default --rerun-triggers)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+from workflow_config import harness
+
+pytestmark = pytest.mark.slow
+
+PREPROCESS = {"inspect", "qc_inspect", "tissue", "tile", "features", "qc_slides"}
+AGGREGATES = {"tables", "figure_throughput", "figure_attention", "all"}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return harness.tiny_run(tmp_path_factory)
+
+
+def plan(workdir: Path, config: dict, name: str) -> dict[str, int]:
+    return harness.planned_jobs(workdir, harness.write_config(workdir, config, name))
+
+
+def test_unchanged_config_plans_nothing(tiny) -> None:
+    workdir, configfile, _ = tiny
+    assert harness.planned_jobs(workdir, configfile) == {}
+
+
+def test_training_parameter_reruns_training_and_what_follows(tiny) -> None:
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["train"]["epochs"] += 1
+    jobs = plan(workdir, config, "epochs.yaml")
+    assert not PREPROCESS & set(jobs), jobs
+    assert jobs["train_config"] == jobs["train"] == jobs["evaluate"] == 4
+    assert jobs["flops"] == 4 and jobs["tables"] == 1
+
+
+def test_tissue_parameter_reruns_from_tissue_detection(tiny) -> None:
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["preprocess"]["tissue"]["params"] = {"sigma": 12}
+    jobs = plan(workdir, config, "tissue.yaml")
+    assert "inspect" not in jobs and "qc_inspect" not in jobs
+    # the 7 slides that passed inspection (not bad_mpp)
+    assert jobs["tissue"] == jobs["tile"] == jobs["features"] == 7
+    assert jobs["qc_slides"] == 1 and jobs["train"] == 4
+
+
+def test_tiling_threshold_reruns_from_tiling(tiny) -> None:
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["preprocess"]["tissue"]["threshold"] = 0.2
+    jobs = plan(workdir, config, "threshold.yaml")
+    assert "tissue" not in jobs and "inspect" not in jobs
+    assert jobs["tile"] == jobs["features"] == 7
+
+
+def test_new_seed_only_adds_jobs(tiny) -> None:
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["train"]["seeds"] = [0, 1]  # the ablation keeps its own seeds: [0]
+    jobs = plan(workdir, config, "seeds.yaml")
+    assert jobs["train"] == jobs["evaluate"] == 3  # seed 1 of the 3 main methods
+    assert set(jobs) <= {"train", "evaluate"} | AGGREGATES, jobs
+
+
+def test_new_method_only_adds_jobs(tiny) -> None:
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["methods"]["maxmil"] = {"arch": "maxmil"}
+    jobs = plan(workdir, config, "method.yaml")
+    assert jobs["train_config"] == jobs["train"] == jobs["evaluate"] == jobs["flops"] == 1
+    assert set(jobs) <= {"train_config", "train", "evaluate", "flops"} | AGGREGATES, jobs
+
+
+def touch_and_plan(workdir: Path, configfile: Path, relative: str) -> dict[str, int]:
+    """Plan after editing a library file of the copy; its mtime is restored afterwards."""
+    path = workdir / "src" / "zoommil" / relative
+    stat = path.stat()
+    try:
+        os.utime(path, (stat.st_atime, stat.st_mtime + 3600))
+        return harness.planned_jobs(workdir, configfile)
+    finally:
+        os.utime(path, (stat.st_atime, stat.st_mtime))
+
+
+def test_library_edit_reruns_the_rules_that_use_it(tiny) -> None:
+    workdir, configfile, _ = tiny
+    jobs = touch_and_plan(workdir, configfile, "reporting/tables.py")
+    assert set(jobs) == {"tables", "all"}, jobs
+    jobs = touch_and_plan(workdir, configfile, "training/__init__.py")
+    assert jobs["train"] == jobs["evaluate"] == 4
+    assert not PREPROCESS & set(jobs), jobs
+    jobs = touch_and_plan(workdir, configfile, "slide.py")
+    assert jobs["inspect"] == 8 and jobs["features"] == 7

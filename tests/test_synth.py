@@ -1,0 +1,182 @@
+"""`zoommil synth`: deterministic pyramidal TIFFs that OpenSlide reads at the right mpp, a
+balanced stratified sheet, and a class signal that the 4x-reduced view cannot see."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+import pytest
+
+from zoommil.cli import main
+from zoommil.synth import (
+    CLASSES,
+    SlideSpec,
+    load_slide_sheet,
+    make_demo_dataset,
+    plan_slides,
+    region_mask,
+    render_slide,
+)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def area_down(rgb: np.ndarray, factor: int) -> np.ndarray:
+    return cv2.resize(rgb, None, fx=1 / factor, fy=1 / factor, interpolation=cv2.INTER_AREA)
+
+
+def high_frequency(rgb: np.ndarray) -> np.ndarray:
+    """|grey - 3x3 box mean|: large where there is pixel-scale texture."""
+    grey = rgb.astype(np.float32).mean(axis=2)
+    return np.abs(grey - cv2.blur(grey, (3, 3)))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(out, n_slides=3, seed=0, scale=0.5, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module", params=["atypia", "carcinoma"])
+def paired(request):
+    """The same slide rendered with its class signal and with all nuclei normal."""
+    spec = SlideSpec("pair", request.param, seed=5, index=1, width=2048, height=1536)
+    return request.param, render_slide(spec), render_slide(spec, with_signal=False)
+
+
+def test_plan_is_balanced_and_stratified():
+    plan = plan_slides(36, seed=0)
+    labels = [spec.label for spec, _ in plan]
+    assert {c: labels.count(c) for c in CLASSES} == {c: 12 for c in CLASSES}
+    for c in CLASSES:
+        splits = [split for spec, split in plan if spec.label == c]
+        assert (splits.count("train"), splits.count("val"), splits.count("test")) == (7, 2, 3)
+    small = plan_slides(9, seed=1)
+    for c in CLASSES:  # 3 per class: one in each split
+        assert sorted(split for spec, split in small if spec.label == c) == ["test", "train", "val"]
+
+
+def test_sheet_columns_labels_and_paths(demo):
+    with open(demo / "slides.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert list(rows[0]) == ["slide_id", "path", "label", "split"]
+    assert [r["label"] for r in rows] == list(CLASSES)
+    for row in rows:
+        assert not Path(row["path"]).is_absolute()  # relative to the sheet's folder
+    resolved = load_slide_sheet(demo / "slides.tsv")
+    for row in resolved:
+        assert Path(row["path"]).is_absolute() and Path(row["path"]).is_file()
+
+
+def test_regions_sheet_matches_labels(demo):
+    with open(demo / "regions.tsv", newline="") as handle:
+        regions = list(csv.DictReader(handle, delimiter="\t"))
+    labels = {r["slide_id"]: r["label"] for r in load_slide_sheet(demo / "slides.tsv")}
+    for slide_id, label in labels.items():
+        kinds = [(r["kind"], r["abnormality"]) for r in regions if r["slide_id"] == slide_id]
+        assert ("distractor", "none") in kinds  # every class has the low-mag cue
+        signal = {a for k, a in kinds if k == "signal"}
+        assert signal == (set() if label == "normal" else {label})
+
+
+def test_openslide_reads_levels_mpp_and_exact_pixels(demo):
+    row = load_slide_sheet(demo / "slides.tsv")[1]
+    spec, _ = plan_slides(3, seed=0, scale=0.5)[1]
+    expected = render_slide(spec).rgb
+    slide = openslide.OpenSlide(row["path"])
+    try:
+        assert slide.level_count >= 3
+        assert slide.dimensions == (2048, 1536)
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(1.0)
+        assert float(slide.properties["openslide.mpp-y"]) == pytest.approx(1.0)
+        assert slide.level_downsamples[:3] == pytest.approx((1.0, 2.0, 4.0))
+        level0 = np.asarray(slide.read_region((512, 256), 0, (300, 200)))
+        np.testing.assert_array_equal(level0[..., :3], expected[256:456, 512:812])
+        assert (level0[..., 3] == 255).all()
+        # Level 2 is the 4x area reduction of level 0 (up to rounding).
+        level2 = np.asarray(slide.read_region((0, 0), 2, slide.level_dimensions[2]))[..., :3]
+        diff = np.abs(level2.astype(int) - area_down(expected, 4).astype(int))
+        assert diff.max() <= 1
+        # White glass around the tissue.
+        assert (level2[:4, :4] > 235).all()
+    finally:
+        slide.close()
+
+
+def test_cli_same_seed_same_bytes_other_seed_differs(tmp_path):
+    args = ["synth", "--n-slides", "2", "--scale", "0.25"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--seed", "3"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--seed", "3"]) == 0
+    assert main([*args, "--out", str(tmp_path / "c"), "--seed", "4"]) == 0
+    a, b, c = (digest(tmp_path / n) for n in "abc")
+    assert set(a) == {"slides.tsv", "regions.tsv", "slides/demo_000.tiff", "slides/demo_001.tiff"}
+    assert a == b
+    assert a["slides/demo_000.tiff"] != c["slides/demo_000.tiff"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--n-slides", "0"], "--n-slides must be at least 1"),
+        (["--scale", "10"], "--scale must be between"),
+    ],
+)
+def test_cli_bad_input_is_one_line_error(tmp_path, capsys, argv, message):
+    assert main(["synth", "--out", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["synth", "--out", str(tmp_path / "file"), "--n-slides", "1"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_signal_invisible_after_4x_area_reduction(paired):
+    _, with_signal, control = paired
+    assert with_signal.rgb.shape == control.rgb.shape
+    # 2.5x view (4x area reduction): pixel-identical up to uint8 rounding.
+    low_a, low_b = area_down(with_signal.rgb, 4), area_down(control.rgb, 4)
+    assert np.abs(low_a.astype(int) - low_b.astype(int)).max() <= 1
+    mask = region_mask(with_signal.rgb.shape[:2], with_signal.regions, "signal")[::4, ::4]
+    assert mask.sum() > 1000
+    mean_a, mean_b = low_a[mask].mean(axis=0), low_b[mask].mean(axis=0)
+    np.testing.assert_allclose(mean_a, mean_b, atol=0.2)
+
+
+def test_signal_visible_at_full_resolution(paired):
+    label, with_signal, control = paired
+    shape = with_signal.rgb.shape[:2]
+    signal = region_mask(shape, with_signal.regions, "signal")
+    distractor = region_mask(shape, with_signal.regions, "distractor")
+    hf_signal, hf_control = high_frequency(with_signal.rgb), high_frequency(control.rgb)
+    # 10x: the signal region has far more pixel-scale texture than without the signal and
+    # than the distractor region; elsewhere the slide is untouched.
+    assert hf_signal[signal].mean() > 1.4 * hf_control[signal].mean()
+    assert hf_signal[signal].mean() > 1.4 * hf_signal[distractor].mean()
+    near = cv2.dilate(signal.astype(np.uint8), np.ones((33, 33), np.uint8)).astype(bool)
+    np.testing.assert_array_equal(with_signal.rgb[~near], control.rgb[~near])
+    # 2.5x: the same statistic no longer tells signal from distractor regions.
+    low = high_frequency(area_down(with_signal.rgb, 4))
+    ratio = low[signal[::4, ::4]].mean() / low[distractor[::4, ::4]].mean()
+    assert 0.8 < ratio < 1.2, label
+
+
+def test_normal_slide_has_no_signal():
+    spec = SlideSpec("n", "normal", seed=0, index=0, width=1024, height=768)
+    slide = render_slide(spec)
+    assert all(r.kind == "distractor" and r.abnormality == "none" for r in slide.regions)
+    np.testing.assert_array_equal(slide.rgb, render_slide(spec, with_signal=False).rgb)

@@ -1,0 +1,157 @@
+"""Dry runs of every config, sheet validation before any job, lint and formatting."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from workflow_config import harness
+
+PRESETS = {
+    "camelyon16": ["normal", "tumor"],
+    "bright": ["noncancerous", "precancerous", "cancerous"],
+    "crc": ["non-neoplastic", "low-grade", "high-grade"],
+}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A scratch copy of the workflow (library tracked from the installed package)."""
+    return harness.copy_workflow(tmp_path_factory.mktemp("dryrun"), with_sources=False)
+
+
+def fake_sheet(folder: Path, classes: list[str], n: int = 6, rows: list[str] | None = None):
+    """A sheet whose slides are empty files: enough for a dry run, which reads no pixels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    splits = ["train", "train", "val", "test", "train", "test"]
+    for i in range(n):
+        (folder / f"s{i}.svs").write_bytes(b"")
+        lines.append(f"s{i}\ts{i}.svs\t{classes[i % len(classes)]}\t{splits[i % 6]}\t\n")
+    if rows is not None:
+        lines = rows
+    sheet = folder / "slides.tsv"
+    sheet.write_text(harness.SHEET_HEADER + "".join(lines))
+    return sheet
+
+
+def test_demo_config_dry_run(workdir: Path) -> None:
+    jobs = harness.planned_jobs(workdir)
+    demo = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    n_methods = len(demo["methods"]) + len(demo["ablations"]["methods"])
+    n_runs = len(demo["methods"]) * len(demo["train"]["seeds"]) + len(
+        demo["ablations"]["methods"]
+    ) * len(demo["ablations"]["seeds"])
+    assert jobs["synth"] == 1
+    assert jobs["train_config"] == n_methods == 15
+    assert jobs["train"] == jobs["evaluate"] == n_runs == 45
+    assert jobs["flops"] == n_methods
+    for rule in ("profile_cpu_single", "profile_cpu_all", "profile_gpu"):
+        assert jobs[rule] == len(demo["methods"]) == 9
+    assert jobs["tables"] == jobs["figure_throughput"] == jobs["figure_attention"] == 1
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_dry_run(workdir: Path, preset: str) -> None:
+    sheet = fake_sheet(workdir / f"sheet_{preset}", PRESETS[preset])
+    jobs = harness.planned_jobs(
+        workdir, workdir / "config" / f"{preset}.yaml", "--config", f"sheet={sheet}"
+    )
+    config = yaml.safe_load((workdir / "config" / f"{preset}.yaml").read_text())
+    assert "synth" not in jobs
+    assert jobs["inspect"] == 6
+    assert jobs["qc_inspect"] == 1
+    ablations = (config.get("ablations") or {}).get("methods") or {}
+    assert jobs["train_config"] == len(config["methods"]) + len(ablations)
+    assert jobs["train"] == len(config["methods"]) * 3 + len(ablations) * 3
+
+
+def _expect_sheet_error(workdir: Path, rows: list[str], needle: str) -> str:
+    sheet = fake_sheet(workdir / "bad", PRESETS["camelyon16"], rows=rows)
+    results = workdir / "results"
+    shutil.rmtree(results, ignore_errors=True)
+    result = harness.snakemake(
+        workdir,
+        "-n",
+        "--config",
+        f"sheet={sheet}",
+        configfile=workdir / "config" / "camelyon16.yaml",
+        check=False,
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert needle in text, text[-3000:]
+    assert "Building DAG" not in text  # failed while reading the sheet: no job was planned
+    assert not results.exists()
+    return text
+
+
+def test_sheet_missing_column_fails_before_any_job(workdir: Path) -> None:
+    sheet = workdir / "nolabel" / "slides.tsv"
+    sheet.parent.mkdir(exist_ok=True)
+    (sheet.parent / "a.svs").write_bytes(b"")
+    sheet.write_text("slide_id\tpath\tsplit\na\ta.svs\ttrain\n")
+    result = harness.snakemake(
+        workdir,
+        "-n",
+        "--config",
+        f"sheet={sheet}",
+        configfile=workdir / "config" / "camelyon16.yaml",
+        check=False,
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "missing column(s) label" in text
+
+
+def test_sheet_unknown_label_names_the_row(workdir: Path) -> None:
+    rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumour\ttest\t\n"]
+    text = _expect_sheet_error(workdir, rows, "row 2 (slide_id 'b'): unknown label 'tumour'")
+    assert "expected one of normal, tumor" in text
+
+
+def test_sheet_duplicate_slide_id_names_the_row(workdir: Path) -> None:
+    rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttest\t\n", "a\tc.svs\ttumor\tval\t\n"]
+    _expect_sheet_error(workdir, rows, "row 3 (slide_id 'a'): duplicate slide_id 'a'")
+
+
+def test_sheet_bad_split_and_mpp_name_the_row(workdir: Path) -> None:
+    _expect_sheet_error(workdir, ["a\ta.svs\tnormal\ttraining\t\n"], "row 1 (slide_id 'a')")
+    _expect_sheet_error(workdir, ["a\ta.svs\tnormal\ttrain\t900\n"], "outside 0.1-2.0")
+
+
+def test_config_schema_rejects_bad_values(workdir: Path) -> None:
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["methods"]["zoommil"]["selection"] = "greedy"
+    path = harness.write_config(workdir, config, "bad_config.yaml")
+    result = harness.snakemake(workdir, "-n", configfile=path, check=False)
+    assert result.returncode != 0
+    assert "greedy" in result.stdout + result.stderr
+
+
+def test_lint_is_clean() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--cores", "1"],
+        cwd=harness.REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean() -> None:
+    snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent))
+    if snakefmt is None:
+        pytest.skip("snakefmt is not installed")
+    result = subprocess.run(
+        [snakefmt, "--check", "Snakefile", "workflow/"],
+        cwd=harness.REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
