@@ -12,16 +12,19 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
+import openslide
 import pytest
 from conftest import write_pyramid_tiff
 
+from zoommil import slide as slide_module
 from zoommil.cli import main
 from zoommil.encoder import PatchEncoder, build_encoder
-from zoommil.errors import ZoomMILError
+from zoommil.errors import SlideError, ZoomMILError
 from zoommil.featurefile import mag_key, read_feature_file
 from zoommil.features import (
     ParentDataset,
     derive_patches,
+    encode_plan,
     extract_features,
     quadtree_offsets,
     validate_plan,
@@ -269,3 +272,28 @@ def test_validate_plan_rejects_misordered_rows(tiny):
     lattice.xy[1] = lattice.xy[1][::-1].copy()
     with pytest.raises(ZoomMILError, match="depth-first"):
         validate_plan(lattice)
+
+
+def test_read_error_is_retried_once_then_names_the_slide(tiny, monkeypatch):
+    lattice = load_coords(tiny["coords"])
+    real = slide_module.read_region_at
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise openslide.OpenSlideError("Corrupt JPEG data: premature end of data segment")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(slide_module, "read_region_at", flaky)
+    dataset = ParentDataset(tiny["slide"], lattice)
+    assert "patches" in dataset[0] and calls["n"] == 2  # reopened and read again
+
+    def broken(*args, **kwargs):
+        raise openslide.OpenSlideError("Corrupt JPEG data")
+
+    monkeypatch.setattr(slide_module, "read_region_at", broken)
+    encoder = PatchEncoder(build_encoder("random")[0])
+    with pytest.raises(SlideError, match="Corrupt JPEG") as info:
+        encode_plan(tiny["slide"], lattice, encoder, workers=0, progress=False)
+    assert str(tiny["slide"]) in str(info.value)

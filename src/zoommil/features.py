@@ -93,6 +93,12 @@ def validate_plan(plan: Lattice, source: str = "coords file") -> None:
             )
         if n == 0:
             continue
+        grid_xy = np.asarray(plan.coords[k])[:, ::-1] * plan.sides[k]
+        if not np.array_equal(grid_xy, plan.xy[k]):
+            raise ZoomMILError(
+                f"{source}: (row, col) and level-0 (x, y) at {mag_key(m)} disagree "
+                f"(expected x = col * {plan.sides[k]}, y = row * {plan.sides[k]})"
+            )
         parent_xy = np.repeat(plan.xy[0], 4**d, axis=0)
         offset = plan.xy[k] - parent_xy
         if (
@@ -114,11 +120,6 @@ def load_plan(coords_path: str | Path) -> Lattice:
     plan = load_coords(coords_path)
     validate_plan(plan, str(coords_path))
     return plan
-
-
-def _plan_from_lattice(data: Any) -> Lattice:
-    """Adapter from `zoommil.lattice.load_coords`'s result to a `TilePlan`."""
-    raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- pixels
@@ -235,8 +236,8 @@ class ParentDataset(Dataset):
             self._pid = os.getpid()
         return self._slide
 
-    def _reopen(self) -> None:
-        """OpenSlide errors latch on a handle: drop it so the next read reopens the slide."""
+    def close(self) -> None:
+        """Close this process's handle (OpenSlide errors latch: the next read reopens)."""
         if self._slide is not None and self._pid == os.getpid():
             self._slide.close()
         self._slide = None
@@ -255,7 +256,7 @@ class ParentDataset(Dataset):
                 return {"index": i, "error": exc.reason}
             except openslide.OpenSlideError as exc:
                 error = f"cannot read the region at level-0 ({x0}, {y0}): {exc}"
-                self._reopen()
+                self.close()
         return {"index": i, "error": error}
 
 
@@ -354,16 +355,19 @@ def encode_plan(
     total = n_parents * per_parent
     with tqdm(total=total, unit="patch", desc="features", disable=not progress) as bar:
         pin = encoder.device.type == "cuda"
-        for item in iter_parents(dataset, workers, pin_memory=pin):
-            if "error" in item:
-                raise SlideError(slide_path, item["error"])
-            i = item["index"]
-            pending.append(item["patches"])
-            targets.extend((k, i * 4 ** depths[k] + j) for k, j in layout)
-            while len(targets) >= batch_size:
-                flush(batch_size)
-        if targets:
-            flush(len(targets))
+        try:
+            for item in iter_parents(dataset, workers, pin_memory=pin):
+                if "error" in item:
+                    raise SlideError(slide_path, item["error"])
+                i = item["index"]
+                pending.append(item["patches"])
+                targets.extend((k, i * 4 ** depths[k] + j) for k, j in layout)
+                while len(targets) >= batch_size:
+                    flush(batch_size)
+            if targets:
+                flush(len(targets))
+        finally:
+            dataset.close()
     return feats
 
 
