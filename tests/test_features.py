@@ -269,8 +269,15 @@ def test_missing_coords_and_bad_weights(tiny, tmp_path, capsys):
 def test_validate_plan_rejects_misordered_rows(tiny):
     lattice = load_coords(tiny["coords"])
     validate_plan(lattice)
-    lattice.xy[1] = lattice.xy[1][::-1].copy()
+    xy, coords = lattice.xy[1].copy(), lattice.coords[1].copy()
+    lattice.xy[1] = xy[::-1].copy()
+    with pytest.raises(ZoomMILError, match="disagree"):
+        validate_plan(lattice)
+    lattice.coords[1] = coords[::-1].copy()
     with pytest.raises(ZoomMILError, match="depth-first"):
+        validate_plan(lattice)
+    lattice.xy[1], lattice.coords[1] = xy[:-4], coords[:-4]
+    with pytest.raises(ZoomMILError, match="4\\^1 each"):
         validate_plan(lattice)
 
 

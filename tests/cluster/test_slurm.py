@@ -139,6 +139,7 @@ def _assert_same(a, b, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (REPO / "Snakefile").is_file() or not WORKFLOW_CONFIG.is_file(),
     reason="the workflow (Snakefile, tests/workflow_config/) is not there yet",

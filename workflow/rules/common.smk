@@ -185,10 +185,6 @@ def train_config(wildcards):
     )
 
 
-def profile_slides(wildcards):
-    return usable("test")[: int(EFFICIENCY.get("n_slides", 2))]
-
-
 def attention_predictions(wildcards):
     chosen = usable("test")[: int(ATTENTION.get("n_slides", 3))]
     method = ATTENTION.get("method", "zoommil")

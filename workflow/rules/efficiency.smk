@@ -31,7 +31,6 @@ rule profile_cpu_single:
     input:
         checkpoint=first_checkpoint,
         usable="results/qc/usable.tsv",
-        qc="results/qc/slides.tsv",
         lib=lib("profile"),
     output:
         timing="results/efficiency/{method}/throughput_cpu1.json",
@@ -44,19 +43,19 @@ rule profile_cpu_single:
         mem_mb=8000,
         runtime=120,
     params:
-        slides=profile_slides,
+        n_slides=EFFICIENCY.get("n_slides", 2),
         warmup=EFFICIENCY.get("warmup", 1),
     shell:
         "zoommil profile --model {wildcards.method} --checkpoint {input.checkpoint} "
-        "--device cpu --threads 1 --sheet {input.usable} --slides {params.slides} "
-        "--warmup {params.warmup} --out {output.timing} > {log} 2>&1"
+        "--device cpu --threads 1 --sheet {input.usable} --split test "
+        "--max-slides {params.n_slides} --warmup {params.warmup} --out {output.timing} "
+        "> {log} 2>&1"
 
 
 rule profile_cpu_all:
     input:
         checkpoint=first_checkpoint,
         usable="results/qc/usable.tsv",
-        qc="results/qc/slides.tsv",
         lib=lib("profile"),
     output:
         timing="results/efficiency/{method}/throughput_cpu.json",
@@ -69,19 +68,19 @@ rule profile_cpu_all:
         mem_mb=8000,
         runtime=120,
     params:
-        slides=profile_slides,
+        n_slides=EFFICIENCY.get("n_slides", 2),
         warmup=EFFICIENCY.get("warmup", 1),
     shell:
         "zoommil profile --model {wildcards.method} --checkpoint {input.checkpoint} "
-        "--device cpu --threads {threads} --sheet {input.usable} --slides {params.slides} "
-        "--warmup {params.warmup} --out {output.timing} > {log} 2>&1"
+        "--device cpu --threads {threads} --sheet {input.usable} --split test "
+        "--max-slides {params.n_slides} --warmup {params.warmup} --out {output.timing} "
+        "> {log} 2>&1"
 
 
 rule profile_gpu:
     input:
         checkpoint=first_checkpoint,
         usable="results/qc/usable.tsv",
-        qc="results/qc/slides.tsv",
         lib=lib("profile"),
     output:
         timing="results/efficiency/{method}/throughput_gpu.json",
@@ -95,12 +94,13 @@ rule profile_gpu:
         runtime=60,
         gpu=1,
     params:
-        slides=profile_slides,
+        n_slides=EFFICIENCY.get("n_slides", 2),
         warmup=EFFICIENCY.get("warmup", 1),
     shell:
         "zoommil profile --model {wildcards.method} --checkpoint {input.checkpoint} "
-        "--device cuda --threads {threads} --sheet {input.usable} --slides {params.slides} "
-        "--warmup {params.warmup} --out {output.timing} > {log} 2>&1"
+        "--device cuda --threads {threads} --sheet {input.usable} --split test "
+        "--max-slides {params.n_slides} --warmup {params.warmup} --out {output.timing} "
+        "> {log} 2>&1"
 
 
 rule predict:

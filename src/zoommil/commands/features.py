@@ -64,7 +64,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="reader processes that prefetch regions (default: 1 on CPU, up to 8 on CUDA; 0: read "
         "in the main process)",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="auto",
+        help="where the encoder runs (default auto: CUDA when available, else CPU)",
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,

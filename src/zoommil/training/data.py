@@ -44,6 +44,9 @@ PER_SLIDE_ATTRS = (
     "device_name",
     "threads",
     "batch_size",
+    "n_parents_kept",
+    "n_parents_total",
+    "no_tissue_applied",
 )
 
 
