@@ -192,7 +192,11 @@ def _markdown(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="N = 1k and 10k only, 1 rep")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only (N, K) = (1k, 12), (1k, 300), (10k, 300), one timed step each",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--dense-limit-gb", type=float, default=16.0)

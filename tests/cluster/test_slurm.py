@@ -169,6 +169,7 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
         str(MAX_THREADS),
         *common,
         cwd=local_dir,
+        timeout=1800,
     )
     assert local.returncode == 0, local.stdout[-5000:] + local.stderr[-5000:]
     remote = snakemake(
@@ -180,6 +181,7 @@ def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
         *common,
         *slurm_args(),
         cwd=slurm_dir,
+        timeout=1800,
     )
     log = remote.stdout + remote.stderr
     assert remote.returncode == 0, log[-10000:]

@@ -236,6 +236,12 @@ def to_latex(
     return "\n".join(lines) + "\n"
 
 
+def _short(text: str, limit: int = 60) -> str:
+    """The first clause of a reason, at most `limit` characters."""
+    text = str(text).split(";")[0].split(" (")[0].strip()
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
 def table_notes(
     dataset: str, weights: str, qc_table: pd.DataFrame, timings_skipped: Mapping[str, str]
 ) -> list[str]:
@@ -252,7 +258,9 @@ def table_notes(
     reasons = qc_table.loc[qc_table["status"] != "ok", ["slide_id", "reason"]]
     if len(reasons):
         notes.append(
-            "excluded: " + "; ".join(f"{s} ({r})" for s, r in reasons.itertuples(index=False))
+            "excluded: "
+            + "; ".join(f"{s} ({_short(r)})" for s, r in reasons.itertuples(index=False))
+            + " (full reasons: results/qc/slides.tsv)"
         )
     for device, reason in timings_skipped.items():
         notes.append(f"{TIMING_HEADERS[device].split(' (')[0]} timing skipped: {reason}")
