@@ -66,31 +66,21 @@ def write_feature_file(
     ``datasets``: extra arrays (e.g. ``tissue_fraction`` per parent) stored as datasets, since
     HDF5 attributes are limited to 64 KiB.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as h5:
-            for mag, f, c, p in zip(mags, feats, coords, xy, strict=True):
-                key = mag_key(mag)
-                f = np.asarray(f, dtype=np.float32)
-                f = f.reshape(len(f), -1 if f.size else (f.shape[-1] if f.ndim > 1 else 0))
-                chunks = (min(len(f), 1024), f.shape[1]) if f.size else None
-                h5.create_dataset(f"{key}_patches", data=f, chunks=chunks)
-                h5.create_dataset(
-                    f"{key}_coords", data=np.asarray(c, dtype=np.int64).reshape(-1, 2)
-                )
-                h5.create_dataset(f"{key}_xy", data=np.asarray(p, dtype=np.int64).reshape(-1, 2))
-            for name, value in (datasets or {}).items():
-                h5.create_dataset(name, data=np.asarray(value))
-            h5.attrs["mags"] = np.asarray([float(m) for m in mags])
-            for name, value in (attrs or {}).items():
-                h5.attrs[name] = _attr_value(value)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        for mag, f, c, p in zip(mags, feats, coords, xy, strict=True):
+            key = mag_key(mag)
+            f = np.asarray(f, dtype=np.float32)
+            f = f.reshape(len(f), -1 if f.size else (f.shape[-1] if f.ndim > 1 else 0))
+            chunks = (min(len(f), 1024), f.shape[1]) if f.size else None
+            h5.create_dataset(f"{key}_patches", data=f, chunks=chunks)
+            h5.create_dataset(f"{key}_coords", data=np.asarray(c, dtype=np.int64).reshape(-1, 2))
+            h5.create_dataset(f"{key}_xy", data=np.asarray(p, dtype=np.int64).reshape(-1, 2))
+        for name, value in (datasets or {}).items():
+            h5.create_dataset(name, data=np.asarray(value))
+        h5.attrs["mags"] = np.asarray([float(m) for m in mags])
+        for name, value in (attrs or {}).items():
+            h5.attrs[name] = encode_attr(value)
+    return Path(path)
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:

@@ -21,20 +21,13 @@ from zoommil.training.serialize import to_plain
 
 def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], config: Any) -> Path:
     """Write the checkpoint atomically (temporary file, then rename); tensors moved to CPU."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
         "config": to_plain(config),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

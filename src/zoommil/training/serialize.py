@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from zoommil.atomic import atomic_path
+
 
 def to_plain(value: Any) -> Any:
     """``value`` as plain Python types (numpy scalars/arrays, tuples and paths converted)."""
@@ -36,13 +38,7 @@ def to_plain(value: Any) -> Any:
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON atomically (temporary file, then rename); NaN -> null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(to_plain(data), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    text = json.dumps(to_plain(data), indent=2, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
