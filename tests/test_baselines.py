@@ -99,6 +99,14 @@ def inputs_for(name: str, feats: list, coords: list) -> tuple[list, list]:
     return [feats[i] for i in idx], [coords[i] for i in idx]
 
 
+def bag_loss(model: torch.nn.Module, feats: list, coords: list, target: torch.Tensor):
+    """(logits, loss): the model's own ``training_loss`` if it has one, else cross-entropy."""
+    if hasattr(model, "training_loss"):
+        return model.training_loss(feats, coords, target)
+    logits = model(feats, coords)
+    return logits, F.cross_entropy(logits, target)
+
+
 def train_toy(name: str, max_epochs: int = 20, lr: float = 1e-3, **kwargs) -> float:
     """Adam on fresh bags each epoch until an epoch is >= 98% right; held-out accuracy.
 
@@ -118,11 +126,7 @@ def train_toy(name: str, max_epochs: int = 20, lr: float = 1e-3, **kwargs) -> fl
             feats, coords = inputs_for(name, feats, coords)
             target = torch.tensor([label])
             optimizer.zero_grad()
-            if hasattr(model, "training_loss"):
-                logits, loss = model.training_loss(feats, coords, target)
-            else:
-                logits = model(feats, coords)
-                loss = F.cross_entropy(logits, target)
+            logits, loss = bag_loss(model, feats, coords, target)
             loss.backward()
             optimizer.step()
             right += int(logits.argmax()) == label
@@ -190,11 +194,7 @@ def test_deterministic_under_seed(name):
     def run(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(seed)
         model = small_model(name).train()  # dropout, patch sampling, augmentation all active
-        if hasattr(model, "training_loss"):
-            logits, loss = model.training_loss(feats, coords, target)
-        else:
-            logits = model(feats, coords)
-            loss = F.cross_entropy(logits, target)
+        logits, loss = bag_loss(model, feats, coords, target)
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         return logits.detach(), grads

@@ -10,7 +10,6 @@ Files are written to a temporary name and renamed, so a crash never leaves a par
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from zoommil.atomic import atomic_path
 from zoommil.errors import ZoomMILError
 
 
@@ -41,15 +41,40 @@ class FeatureBag:
         return [len(f) for f in self.feats]
 
 
-def _attr_value(value: Any) -> Any:
-    """HDF5 attributes take scalars, strings and arrays; anything else is stored as JSON."""
+def encode_attr(value: Any) -> Any:
+    """An HDF5 attribute value: scalars, strings and numeric arrays as they are, else JSON.
+
+    Shared with the coords file (`zoommil.lattice`); `decode_attr` reverses it.
+    """
     if isinstance(value, np.ndarray) and value.dtype.kind in "US":
         return json.dumps(value.tolist())
-    if isinstance(value, str | int | float | bool | np.generic | np.ndarray):
+    if isinstance(value, bool | int | float | str | np.generic | np.ndarray):
         return value
-    if isinstance(value, Sequence) and all(isinstance(v, int | float) for v in value):
+    if (
+        isinstance(value, Sequence)
+        and value
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
         return np.asarray(value)
     return json.dumps(value)
+
+
+def decode_attr(value: Any) -> Any:
+    """A plain Python value of an attribute written by `encode_attr` (JSON decoded)."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value == "null":
+        return None
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def write_feature_file(
@@ -86,22 +111,7 @@ def write_feature_file(
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """Attributes of a feature file, with JSON-encoded values decoded."""
     with h5py.File(path, "r") as h5:
-        return {name: _decode(value) for name, value in h5.attrs.items()}
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+        return {name: decode_attr(value) for name, value in h5.attrs.items()}
 
 
 def read_feature_file(path: str | Path, mags: Sequence[float] | None = None) -> FeatureBag:
@@ -111,7 +121,7 @@ def read_feature_file(path: str | Path, mags: Sequence[float] | None = None) -> 
         raise ZoomMILError(f"{path}: feature file not found")
     try:
         with h5py.File(path, "r") as h5:
-            attrs = {name: _decode(value) for name, value in h5.attrs.items()}
+            attrs = {name: decode_attr(value) for name, value in h5.attrs.items()}
             available = sorted(float(m) for m in attrs.get("mags", []))
             wanted = sorted(float(m) for m in mags) if mags is not None else available
             missing = [m for m in wanted if f"{mag_key(m)}_patches" not in h5]

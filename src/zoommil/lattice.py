@@ -19,10 +19,8 @@ mag), mpp, mpp_source, dimensions, tissue method/params/threshold, no-tissue pol
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,8 +31,9 @@ import h5py
 import numpy as np
 
 from zoommil import __version__
+from zoommil.atomic import atomic_path
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.featurefile import mag_key
+from zoommil.featurefile import decode_attr, encode_attr, mag_key
 
 log = logging.getLogger(__name__)
 
@@ -260,40 +259,8 @@ def build_lattice(
 # --------------------------------------------------------------------------- HDF5
 
 
-def _encode_attr(value: Any) -> Any:
-    if isinstance(value, bool | int | float | str | np.generic):
-        return value
-    if (
-        isinstance(value, Sequence)
-        and value
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-    ):
-        return np.asarray(value)
-    return json.dumps(value)
-
-
-def _decode_attr(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and value == "null":
-        return None
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def write_coords(path: str | Path, lattice: Lattice) -> Path:
     """Write the coords HDF5 atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     attrs = {
         **lattice.attrs,
         "mags": [float(m) for m in lattice.mags],
@@ -302,22 +269,15 @@ def write_coords(path: str | Path, lattice: Lattice) -> Path:
         "zoommil_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    try:
-        with h5py.File(tmp, "w") as h5:
-            for mag, rc, xy in zip(lattice.mags, lattice.coords, lattice.xy, strict=True):
-                key = mag_key(mag)
-                h5.create_dataset(f"{key}_coords", data=np.asarray(rc, np.int64).reshape(-1, 2))
-                h5.create_dataset(f"{key}_xy", data=np.asarray(xy, np.int64).reshape(-1, 2))
-            h5.create_dataset(
-                "tissue_fraction", data=np.asarray(lattice.tissue_fraction, np.float32)
-            )
-            for name, value in attrs.items():
-                h5.attrs[name] = _encode_attr(value)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        for mag, rc, xy in zip(lattice.mags, lattice.coords, lattice.xy, strict=True):
+            key = mag_key(mag)
+            h5.create_dataset(f"{key}_coords", data=np.asarray(rc, np.int64).reshape(-1, 2))
+            h5.create_dataset(f"{key}_xy", data=np.asarray(xy, np.int64).reshape(-1, 2))
+        h5.create_dataset("tissue_fraction", data=np.asarray(lattice.tissue_fraction, np.float32))
+        for name, value in attrs.items():
+            h5.attrs[name] = encode_attr(value)
+    return Path(path)
 
 
 def load_coords(path: str | Path) -> Lattice:
@@ -327,7 +287,7 @@ def load_coords(path: str | Path) -> Lattice:
         raise ZoomMILError(f"{path}: coords file not found")
     try:
         with h5py.File(path, "r") as h5:
-            attrs = {name: _decode_attr(value) for name, value in h5.attrs.items()}
+            attrs = {name: decode_attr(value) for name, value in h5.attrs.items()}
             mags = [float(m) for m in attrs["mags"]]
             coords = [h5[f"{mag_key(m)}_coords"][()] for m in mags]
             xy = [h5[f"{mag_key(m)}_xy"][()] for m in mags]

@@ -31,8 +31,7 @@ from zoommil.featurefile import mag_key
 from zoommil.features import read_parent_patches
 from zoommil.lattice import Lattice, steps_between, tile_slide
 from zoommil.slide import open_with_mpp, read_region_at
-from zoommil.training.checkpoint import load_checkpoint
-from zoommil.training.modeling import make_model
+from zoommil.training.checkpoint import model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +56,8 @@ class Predictor:
     def from_checkpoint(
         cls, checkpoint: str | Path, weights: str | None = None, device: str = "cpu"
     ) -> Predictor:
-        state, config = load_checkpoint(checkpoint)
-        model = make_model(
-            config["arch"],
-            len(config["classes"]),
-            int(config["in_dim"]),
-            config.get("config_mags", config["mags"]),
-            dict(config.get("kwargs") or {}),
-        )
-        model.load_state_dict(state)
-        model.eval().to(device)
+        model, config = model_from_checkpoint(checkpoint)
+        model.to(device)
         pre: Mapping[str, Any] = config.get("preprocessing") or {}
         return cls(
             model=model,
@@ -105,15 +96,27 @@ def _encode(encoder: PatchEncoder, patches: np.ndarray, batch_size: int) -> torc
 
 
 class _Timer:
-    """Accumulates wall time per phase (read / encode / head)."""
+    """Wall time from the start: tissue detection and tiling, then per phase (read/encode/head)."""
 
     def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.tiled = self.start
         self.seconds: dict[str, float] = {"read": 0.0, "encode": 0.0, "head": 0.0}
+
+    def end_tiling(self) -> None:
+        self.tiled = time.perf_counter()
 
     def add(self, phase: str, since: float) -> float:
         now = time.perf_counter()
         self.seconds[phase] += now - since
         return now
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "total": time.perf_counter() - self.start,
+            "tissue_and_tiling": self.tiled - self.start,
+            **self.seconds,
+        }
 
 
 def zoom_predict(
@@ -125,11 +128,10 @@ def zoom_predict(
     progress: bool = False,
 ) -> dict[str, Any]:
     """ZoomMIL inference reading only the selected regions; see the module docstring."""
-    start = time.perf_counter()
-    slide_path = Path(slide_path)
     timer = _Timer()
+    slide_path = Path(slide_path)
     lattice = _tile(predictor, slide_path, mpp)
-    tiled = time.perf_counter()
+    timer.end_tiling()
     model = predictor.model
     slide, mpp0, source = open_with_mpp(slide_path, mpp)
     p = predictor.patch_size
@@ -188,15 +190,7 @@ def zoom_predict(
         timer.add("head", tic)
     finally:
         slide.close()
-    result = _result(predictor, slide_path, logits, encoded, mpp0, source)
-    result["selected"] = selected
-    result["attention"] = attention
-    result["seconds"] = {
-        "total": time.perf_counter() - start,
-        "tissue_and_tiling": tiled - start,
-        **timer.seconds,
-    }
-    return result
+    return _result(predictor, slide_path, logits, encoded, mpp0, source, selected, attention, timer)
 
 
 def all_patch_predict(
@@ -208,11 +202,10 @@ def all_patch_predict(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Encode every tissue patch at the model's magnifications, then run the MIL head."""
-    start = time.perf_counter()
-    slide_path = Path(slide_path)
     timer = _Timer()
+    slide_path = Path(slide_path)
     lattice = _tile(predictor, slide_path, mpp)
-    tiled = time.perf_counter()
+    timer.end_tiling()
     slide, mpp0, source = open_with_mpp(slide_path, mpp)
     depths = [steps_between(lattice.mags[0], m) for m in lattice.mags]
     per_mag: list[list[np.ndarray]] = [[] for _ in lattice.mags]
@@ -239,15 +232,7 @@ def all_patch_predict(
         logits = predictor.model(feats, coords)
     timer.add("head", tic)
     encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
-    result = _result(predictor, slide_path, logits, encoded, mpp0, source)
-    result["selected"] = []
-    result["attention"] = []
-    result["seconds"] = {
-        "total": time.perf_counter() - start,
-        "tissue_and_tiling": tiled - start,
-        **timer.seconds,
-    }
-    return result
+    return _result(predictor, slide_path, logits, encoded, mpp0, source, [], [], timer)
 
 
 def _result(
@@ -257,7 +242,11 @@ def _result(
     encoded: dict[str, int],
     mpp0: float,
     source: str,
+    selected: list[dict[str, Any]],
+    attention: list[dict[str, Any]],
+    timer: _Timer,
 ) -> dict[str, Any]:
+    """The prediction record both inference paths return (see `zoommil predict --json`)."""
     probs = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
     return {
         "slide": str(slide_path),
@@ -272,6 +261,9 @@ def _result(
         "mpp": float(mpp0),
         "mpp_source": source,
         "weights": predictor.weights,
+        "selected": selected,
+        "attention": attention,
+        "seconds": timer.summary(),
     }
 
 

@@ -106,7 +106,9 @@ def submitted_ids(log: str) -> dict[str, str]:
 
 def remote_rules(log: str) -> list[tuple[str, str]]:
     """(rule, Snakemake job id) of every non-local job Snakemake started."""
-    return re.findall(r"^rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)", log, flags=re.M)
+    return re.findall(
+        r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n)*?    jobid: (\d+)", log, flags=re.M
+    )
 
 
 def scontrol_job(jobid: str) -> str:

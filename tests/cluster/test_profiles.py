@@ -126,3 +126,20 @@ def test_generic_scheduler_reads_jobscript_properties(tmp_path):
     script = tmp_path / "job.sh"
     script.write_text(f"#!/bin/sh\n# properties = {json.dumps(GPU_JOB)}\necho run\n")
     assert _scheduler().read_properties(script) == GPU_JOB
+
+
+@needs_workflow
+@pytest.mark.parametrize("name", PROFILES)
+def test_workflow_dry_runs_through_profile(name, tmp_path):
+    """The demo workflow parses and plans under the profile (e.g. `threads: workflow.cores`
+    needs the profile's `cores`)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "workflow_config"))
+    import harness
+
+    work = harness.copy_workflow(tmp_path / "wf")
+    result = snakemake("--profile", str(REPO / "profiles" / name), "-n", cwd=work, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-5000:]
+    assert re.search(r"^synth\s+1$", out, flags=re.M), out[-3000:]

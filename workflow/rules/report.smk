@@ -41,7 +41,6 @@ rule tables:
         methods=MAIN_METHODS,
         ablations=ABLATIONS,
         reference=(config.get("ablations") or {}).get("reference"),
-        seeds={m: seeds_of(m) for m in ALL_METHODS},
     script:
         "../../scripts/make_tables.py"
 

@@ -37,21 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from zoommil.efficiency.flops import TFLOP, encoder_flops_per_patch, slide_flops
     from zoommil.featurefile import read_feature_file
-    from zoommil.training.checkpoint import load_checkpoint
+    from zoommil.training.checkpoint import model_from_checkpoint
     from zoommil.training.data import read_sheet
-    from zoommil.training.modeling import make_model
     from zoommil.training.serialize import write_json
 
-    state, config = load_checkpoint(args.checkpoint)
-    model = make_model(
-        config["arch"],
-        len(config["classes"]),
-        int(config["in_dim"]),
-        config.get("config_mags", config["mags"]),
-        dict(config.get("kwargs") or {}),
-    )
-    model.load_state_dict(state)
-    model.eval()
+    model, config = model_from_checkpoint(args.checkpoint)
     sheet = read_sheet(args.sheet or config["sheet"])
     ids = [str(s) for s in sheet.loc[sheet["split"] == args.split, "slide_id"]]
     ids = [i for i in ids if (args.features_dir / f"{i}.h5").exists()]

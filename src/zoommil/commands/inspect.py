@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from zoommil.atomic import atomic_path
 from zoommil.errors import SlideError
 from zoommil.slide import inspect_slide
 
@@ -54,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise SlideError(args.slide, report["reason"])
     text = json.dumps(report, indent=2)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.out)
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text + "\n")
     sys.stdout.write(text + "\n")
     return 0

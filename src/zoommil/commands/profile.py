@@ -60,7 +60,7 @@ def _threads(value: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from zoommil.efficiency.throughput import measure_throughput
     from zoommil.predict import Predictor
-    from zoommil.synth.dataset import resolve_slide_path
+    from zoommil.sheet import resolve_slide_path
     from zoommil.training.checkpoint import load_checkpoint
     from zoommil.training.data import read_sheet
     from zoommil.training.serialize import write_json

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,6 +51,14 @@ def _save(fig: plt.Figure, outputs: Iterable[str | Path]) -> None:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
         tmp.replace(out)
     plt.close(fig)
+
+
+def _minor_label(value: float, _position: int) -> str:
+    """Label minor log ticks at 2x and 5x a power of ten (a one-decade axis has no majors)."""
+    if value <= 0:
+        return ""
+    lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:g}" if round(lead) in (2, 5) and abs(lead - round(lead)) < 1e-6 else ""
 
 
 def throughput_figure(
@@ -136,6 +145,9 @@ def throughput_figure(
                 label="efficiency frontier",
             )
             ax.legend(loc="lower left", fontsize=8)
+        ax.set_ylim(-2, 102)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_minor_label))
         ax.grid(alpha=0.3, which="both")
     title = f"{dataset}: throughput vs weighted F1"
     if str(weights) == "random":

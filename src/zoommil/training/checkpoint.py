@@ -8,14 +8,16 @@ the preprocessing from it alone.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from zoommil.atomic import atomic_path
 from zoommil.errors import ZoomMILError
+from zoommil.training import modeling
 from zoommil.training.serialize import to_plain
 
 
@@ -47,3 +49,31 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         if key not in config:
             raise ZoomMILError(f"{path}: checkpoint config lacks '{key}'")
     return payload["state_dict"], config
+
+
+def model_from_state(
+    state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any], source: str | Path
+) -> nn.Module:
+    """The model a checkpoint ``config`` describes, with ``state_dict`` loaded, in eval mode.
+
+    ``source`` names the checkpoint in the error raised when the weights do not fit.
+    """
+    model = modeling.make_model(
+        config["arch"],
+        len(config["classes"]),
+        int(config["in_dim"]),
+        list(config.get("config_mags") or config["mags"]),
+        dict(config.get("kwargs") or {}),
+    )
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ZoomMILError(f"{source}: weights do not fit '{config['arch']}' ({first})") from error
+    return model.eval()
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(model with its weights, in eval mode on CPU, config) of a `zoommil train` checkpoint."""
+    state_dict, config = load_checkpoint(path)
+    return model_from_state(state_dict, config, path), config

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 
 from zoommil.errors import ZoomMILError
-from zoommil.training import modeling
-from zoommil.training.checkpoint import load_checkpoint
+from zoommil.training.checkpoint import load_checkpoint, model_from_state
 from zoommil.training.config import TrainConfig
 from zoommil.training.trainer import (
     deterministic,
@@ -83,17 +82,7 @@ def _evaluate(
             f"{features_dir}: features have dimension {in_dim}, the checkpoint expects "
             f"{meta['in_dim']}"
         )
-    model = modeling.make_model(
-        meta["arch"], len(classes), in_dim, config.mags, dict(meta.get("kwargs") or {})
-    )
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise ZoomMILError(
-            f"{checkpoint}: weights do not fit '{meta['arch']}' ({first})"
-        ) from error
-    model.to(dev)
+    model = model_from_state(state_dict, meta, checkpoint).to(dev)
     probs, losses = predict_store(model, store, len(classes), dev, seed)
     return {
         "checkpoint": str(checkpoint),

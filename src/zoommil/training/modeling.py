@@ -9,18 +9,6 @@ from torch import nn
 
 from zoommil.errors import ZoomMILError
 
-ARCHS = (
-    "zoommil",
-    "maxmil",
-    "meanmil",
-    "sparseconvmil",
-    "abmil",
-    "clam_sb",
-    "transmil",
-    "msmil",
-    "dsmil",
-)
-
 
 def _models():
     try:
@@ -31,13 +19,8 @@ def _models():
 
 
 def known_archs() -> list[str]:
-    """Architecture names `build_model` accepts."""
-    models = _models()
-    for name in ("MODEL_NAMES", "MODELS", "REGISTRY"):
-        registry = getattr(models, name, None)
-        if registry:
-            return sorted(registry)
-    return list(ARCHS)
+    """Architecture names `build_model` accepts (the registry's `MODEL_NAMES`)."""
+    return sorted(_models().MODEL_NAMES)
 
 
 def model_mags(arch: str, mags: Sequence[float]) -> list[float]:
