@@ -78,23 +78,26 @@ def test_new_method_only_adds_jobs(tiny) -> None:
     assert set(jobs) <= {"train_config", "train", "evaluate", "flops"} | AGGREGATES, jobs
 
 
-def touch_and_plan(workdir: Path, configfile: Path, relative: str) -> dict[str, int]:
-    """Plan after editing a library file of the copy; its mtime is restored afterwards."""
+def edit_and_plan(workdir: Path, configfile: Path, relative: str) -> dict[str, int]:
+    """Plan after editing a library file of the copy (content and mtime; Snakemake ignores a
+    bare touch of an input whose checksum is unchanged); the file is restored afterwards."""
     path = workdir / "src" / "zoommil" / relative
-    stat = path.stat()
+    original, stat = path.read_bytes(), path.stat()
     try:
+        path.write_bytes(original + b"\n# edited by a test\n")
         os.utime(path, (stat.st_atime, stat.st_mtime + 3600))
         return harness.planned_jobs(workdir, configfile)
     finally:
+        path.write_bytes(original)
         os.utime(path, (stat.st_atime, stat.st_mtime))
 
 
 def test_library_edit_reruns_the_rules_that_use_it(tiny) -> None:
     workdir, configfile, _ = tiny
-    jobs = touch_and_plan(workdir, configfile, "reporting/tables.py")
+    jobs = edit_and_plan(workdir, configfile, "reporting/tables.py")
     assert set(jobs) == {"tables", "all"}, jobs
-    jobs = touch_and_plan(workdir, configfile, "training/__init__.py")
+    jobs = edit_and_plan(workdir, configfile, "training/__init__.py")
     assert jobs["train"] == jobs["evaluate"] == 4
     assert not PREPROCESS & set(jobs), jobs
-    jobs = touch_and_plan(workdir, configfile, "slide.py")
+    jobs = edit_and_plan(workdir, configfile, "slide.py")
     assert jobs["inspect"] == 8 and jobs["features"] == 7
