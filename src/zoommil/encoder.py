@@ -44,6 +44,7 @@ IMAGENET_FILE = "resnet50-0676ba61.pth"
 IMAGENET_HASH_PREFIX = "0676ba61"
 OFFLINE_ENV = "ZOOMMIL_OFFLINE"
 PRECISIONS = ("fp32", "bf16")
+PRECISION_CHOICES = (*PRECISIONS, "auto")
 
 
 class ResNet50Layer3(nn.Module):
@@ -217,6 +218,25 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (else bf16 is emulated and slow)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the hardware has it natively (about 2x faster on such CPUs,
+    cosine 0.99999 to fp32 features), fp32 elsewhere; other values pass through."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 class PatchEncoder:
     """An encoder prepared for inference on one device at one precision.
 
@@ -227,9 +247,11 @@ class PatchEncoder:
     def __init__(
         self, model: nn.Module, device: str | torch.device = "cpu", precision: str = "fp32"
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ZoomMILError(f"unknown precision {precision!r} (use {' or '.join(PRECISIONS)})")
+        if precision not in PRECISION_CHOICES:
+            choices = ", ".join(PRECISION_CHOICES)
+            raise ZoomMILError(f"unknown precision {precision!r} (use {choices})")
         self.device = resolve_device(device) if isinstance(device, str) else device
+        precision = resolve_precision(precision, self.device)
         self.precision = precision
         self.channels_last = precision == "bf16" or self.device.type == "cuda"
         model = model.to(self.device).eval()

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoommil.encoder import PRECISIONS
+from zoommil.encoder import PRECISION_CHOICES
 from zoommil.featurefile import mag_key
 
 log = logging.getLogger("zoommil.features")
@@ -72,9 +72,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=PRECISION_CHOICES,
         default="fp32",
-        help="fp32 (paper parity, default) or bf16 autocast (about 2x faster on CPUs with bf16)",
+        help=(
+            "fp32 (paper parity, default), bf16 autocast (about 2x faster on CPUs with native "
+            "bf16), or auto (bf16 where the hardware has it, else fp32)"
+        ),
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads for the encoder (default: torch's)"

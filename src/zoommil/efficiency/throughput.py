@@ -72,7 +72,7 @@ def measure_throughput(
         "device_name": device_name(device),
         "threads": threads,
         "cpu_count": os.cpu_count(),
-        "precision": precision,
+        "precision": encoder.precision,
         "encoder_weights": info.get("weights"),
         "warmup_slides": min(warmup, len(slides)),
         "per_slide": rows,
