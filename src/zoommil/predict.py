@@ -32,6 +32,7 @@ from zoommil.features import read_parent_patches
 from zoommil.lattice import Lattice, steps_between, tile_slide
 from zoommil.slide import open_with_mpp, read_region_at
 from zoommil.training.checkpoint import model_from_checkpoint
+from zoommil.training.normalize import FeatureNorm
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class Predictor:
     tissue_threshold: float = 0.1
     weights: str = "random"
     weights_seed: int = 0
+    precision: str = "fp32"
     method: str = ""
+    norm: FeatureNorm | None = None
 
     @classmethod
     def from_checkpoint(
@@ -70,7 +73,9 @@ class Predictor:
             tissue_threshold=float(pre.get("tissue_threshold", 0.1)),
             weights=str(weights or pre.get("weights", "imagenet")),
             weights_seed=int(pre.get("weights_seed", 0)),
+            precision=str(pre.get("precision", "fp32")),
             method=str(config.get("method", config["arch"])),
+            norm=FeatureNorm.from_config(config.get("feature_norm")),
         )
 
 
@@ -87,12 +92,16 @@ def _tile(predictor: Predictor, slide_path: Path, mpp: float | None) -> Lattice:
     )
 
 
-def _encode(encoder: PatchEncoder, patches: np.ndarray, batch_size: int) -> torch.Tensor:
+def _encode(
+    encoder: PatchEncoder, patches: np.ndarray, batch_size: int, norm: FeatureNorm | None
+) -> torch.Tensor:
+    """Encoded patches [1, n, D], standardised as in training when the checkpoint says so."""
     chunks = [
         encoder.encode(patches[i : i + batch_size]) for i in range(0, len(patches), batch_size)
     ]
     feats = np.concatenate(chunks) if chunks else np.zeros((0, 1024), dtype=np.float32)
-    return torch.from_numpy(feats).unsqueeze(0)
+    feats = torch.from_numpy(feats).unsqueeze(0)
+    return norm(feats) if norm is not None else feats
 
 
 class _Timer:
@@ -147,7 +156,7 @@ def zoom_predict(
         ]
         patches = np.stack(patches) if patches else np.zeros((0, p, p, 3), np.uint8)
         tic = timer.add("read", tic)
-        feats = _encode(encoder, patches, batch_size)
+        feats = _encode(encoder, patches, batch_size, predictor.norm)
         tic = timer.add("encode", tic)
         encoded[mag_key(lattice.mags[0])] = len(rows)
         for m in range(len(lattice.mags)):
@@ -182,7 +191,7 @@ def zoom_predict(
             patches = np.concatenate(regions) if regions else np.zeros((0, p, p, 3), np.uint8)
             rows = (chosen[:, None] * r + np.arange(r)[None, :]).reshape(-1)
             tic = timer.add("read", tic)
-            feats = _encode(encoder, patches, batch_size)
+            feats = _encode(encoder, patches, batch_size, predictor.norm)
             tic = timer.add("encode", tic)
             encoded[mag_key(lattice.mags[m + 1])] = len(rows)
         with torch.inference_mode():
@@ -225,7 +234,7 @@ def all_patch_predict(
     feats = []
     for chunks in per_mag:
         patches = np.concatenate(chunks) if chunks else np.zeros((0, p, p, 3), np.uint8)
-        feats.append(_encode(encoder, patches, batch_size).to(encoder.device))
+        feats.append(_encode(encoder, patches, batch_size, predictor.norm).to(encoder.device))
     tic = timer.add("encode", tic)
     coords = [torch.as_tensor(c) for c in lattice.coords]
     with torch.inference_mode():
@@ -268,10 +277,12 @@ def _result(
 
 
 def make_encoder(
-    predictor: Predictor, device: str = "cpu", precision: str = "fp32"
+    predictor: Predictor, device: str = "cpu", precision: str | None = None
 ) -> tuple[PatchEncoder, dict[str, Any]]:
-    """The encoder the checkpoint's features were made with (same weights and seed)."""
+    """The encoder the checkpoint's features were made with (same weights, seed and, unless
+    ``precision`` overrides it, precision)."""
     model, info = build_encoder(predictor.weights, seed=predictor.weights_seed)
+    precision = precision or predictor.precision
     return PatchEncoder(model, device=device, precision=precision), info
 
 

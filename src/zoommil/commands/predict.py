@@ -40,7 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="encoder weights (imagenet|random|PATH); default: those recorded in the checkpoint",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        help="encoder precision (default: the one the checkpoint's features were made with)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.set_defaults(func=run)

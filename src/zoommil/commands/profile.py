@@ -39,7 +39,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="untimed warm-up slides (default 0; the encoder always runs one untimed batch)",
     )
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"))
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        help="encoder precision (default: the one the checkpoint's features were made with)",
+    )
     parser.add_argument("--weights", help="encoder weights (default: the checkpoint's)")
     parser.add_argument("--out", type=Path, required=True, help="output JSON")
     parser.set_defaults(func=run)

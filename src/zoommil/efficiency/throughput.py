@@ -32,7 +32,7 @@ def measure_throughput(
     slides: Sequence[tuple[str, str | Path]],
     device: torch.device,
     threads: int,
-    precision: str = "fp32",
+    precision: str | None = None,
     warmup: int = 0,
     mpp: dict[str, float] | None = None,
 ) -> dict[str, Any]:

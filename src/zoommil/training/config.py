@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from zoommil.errors import ZoomMILError
+from zoommil.training.normalize import FEATURE_NORMS
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ TOP_KEYS = (
     "cache_max_gb",
     "lr_factor",
     "lr_patience",
+    "feature_norm",
 )
 
 
@@ -61,6 +63,7 @@ class TrainConfig:
     lr_patience: int = 5
     cache: str = "auto"
     cache_max_gb: float = 8.0
+    feature_norm: str = "none"
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = ""
 
@@ -152,6 +155,12 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     cache = data.get("cache", "auto")
     if cache not in CACHE_MODES:
         raise ZoomMILError(f"{where}: 'cache' must be one of {', '.join(CACHE_MODES)}")
+    feature_norm = str(data.get("feature_norm", "none"))
+    if feature_norm not in FEATURE_NORMS:
+        raise ZoomMILError(
+            f"{where}: 'feature_norm' must be one of {', '.join(FEATURE_NORMS)}, "
+            f"got {feature_norm!r}"
+        )
     return TrainConfig(
         features_dir=Path(str(data["features_dir"])),
         sheet=Path(str(data["sheet"])),
@@ -166,6 +175,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         lr_patience=int(_non_negative_float(data.get("lr_patience", 5), "lr_patience", where)),
         cache=cache,
         cache_max_gb=_non_negative_float(data.get("cache_max_gb", 8.0), "cache_max_gb", where),
+        feature_norm=feature_norm,
         methods={str(k): dict(v or {}) for k, v in methods.items()},
         source=where,
     )

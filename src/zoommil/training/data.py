@@ -21,6 +21,7 @@ import torch
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.featurefile import mag_key, read_attrs, read_feature_file
+from zoommil.training.normalize import FeatureNorm
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +222,24 @@ class BagStore:
         self.records = list(records)
         self.mags = [float(m) for m in mags]
         self.in_memory = in_memory
+        self.norm: FeatureNorm | None = None
         self._cache = [self._load(r) for r in self.records] if in_memory else None
+
+    def set_norm(self, norm: FeatureNorm | None) -> None:
+        """Standardise every bag this store returns from now on (see `training.normalize`)."""
+        self.norm = norm
+        if self._cache is not None:
+            self._cache = [self._load(r) for r in self.records]
 
     def _load(self, record: SlideRecord) -> Bag:
         bag = read_feature_file(record.path, self.mags)
+        feats = [torch.from_numpy(np.ascontiguousarray(f, np.float32))[None] for f in bag.feats]
+        if self.norm is not None:
+            feats = [self.norm(f) for f in feats]
         return Bag(
             slide_id=record.slide_id,
             label=record.label,
-            feats=[torch.from_numpy(np.ascontiguousarray(f, np.float32))[None] for f in bag.feats],
+            feats=feats,
             coords=[torch.from_numpy(np.asarray(c, np.int64).reshape(-1, 2)) for c in bag.coords],
         )
 

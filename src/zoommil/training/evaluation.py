@@ -14,6 +14,7 @@ import torch
 from zoommil.errors import ZoomMILError
 from zoommil.training.checkpoint import load_checkpoint, model_from_state
 from zoommil.training.config import TrainConfig
+from zoommil.training.normalize import FeatureNorm
 from zoommil.training.trainer import (
     deterministic,
     load_splits,
@@ -70,6 +71,7 @@ def _evaluate(
     )
     classes, mags, stores, skipped, in_dim = load_splits(config, meta["arch"], (split,))
     store = stores[split]
+    store.set_norm(FeatureNorm.from_config(meta.get("feature_norm")))
     if len(store) == 0:
         raise ZoomMILError(f"{sheet}: no usable slides in the '{split}' split")
     if [float(m) for m in mags] != [float(m) for m in meta["mags"]]:

@@ -43,6 +43,7 @@ from zoommil.training.data import (
     split_records,
 )
 from zoommil.training.metrics import classification_metrics
+from zoommil.training.normalize import fit_feature_norm
 from zoommil.training.serialize import write_json
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,11 @@ def _train(
     if len(stores["test"]) == 0:
         log.warning("%s: no usable slides in the 'test' split; test metrics are null", cfg.sheet)
     train_store, val_store = stores["train"], stores["val"]
+    norm = None
+    if cfg.feature_norm == "standardize":
+        norm = fit_feature_norm(f for bag in train_store for f in bag.feats)
+        for store in stores.values():
+            store.set_norm(norm)
     n_classes = len(classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     preprocessing = shared_attrs([r.path for s in stores.values() for r in s.records])
@@ -344,6 +350,7 @@ def _train(
         "sheet": str(cfg.sheet),  # its root, and the project folder may move
         "exclude": str(cfg.exclude) if cfg.exclude else None,
         "preprocessing": preprocessing,
+        "feature_norm": norm.to_config() if norm is not None else None,
         "zoommil_version": __version__,
     }
     save_checkpoint(out_dir / "checkpoint.pt", best_state, ckpt_config)
