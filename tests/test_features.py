@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import openslide
 import pytest
-from conftest import write_pyramid_tiff
+from slide_factory import write_pyramid_tiff
 
 from zoommil import slide as slide_module
 from zoommil.cli import main

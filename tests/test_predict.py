@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_pyramid_tiff
+from slide_factory import write_pyramid_tiff
 
 from zoommil.cli import main
 from zoommil.features import extract_features

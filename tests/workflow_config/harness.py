@@ -130,7 +130,7 @@ def make_tiny_sheet(dest: Path, n_slides: int = 6, bad: bool = True) -> Path:
             f"bad_mpp\t{(SLIDES_DIR / 'prostate-he-generic.tiff').resolve()}\tnormal\ttrain\t\n"
         )
         sys.path.insert(0, str(REPO / "tests"))
-        from conftest import write_pyramid_tiff
+        from slide_factory import write_pyramid_tiff
 
         write_pyramid_tiff(data / "blank.tiff", width=1024, height=1024, mpp=1.0, tissue=False)
         rows.append("blank\tdata/blank.tiff\tatypia\ttrain\t\n")
