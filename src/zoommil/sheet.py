@@ -1,7 +1,7 @@
 """Slide sheet entries that point at slide files.
 
 A sheet's ``path`` column may hold paths relative to the sheet itself, so a dataset folder can
-be moved as a whole. (`zoommil.synth.dataset` keeps its own copy of `resolve_slide_path`.)
+be moved as a whole.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zoommil.errors import ZoomMILError
+from zoommil.sheet import resolve_slide_path
 from zoommil.synth.pyramid import write_pyramidal_tiff
 from zoommil.synth.render import DEMO_MPP, DEMO_SIZE, SlideSpec, render_slide
 
@@ -105,12 +106,6 @@ def make_demo_dataset(
     _write_tsv(out_dir / "regions.tsv", REGION_COLUMNS, region_rows)
     _write_tsv(out_dir / "slides.tsv", SHEET_COLUMNS, sheet_rows)
     return out_dir / "slides.tsv"
-
-
-def resolve_slide_path(sheet: str | Path, path: str | Path) -> Path:
-    """A sheet's `path` entry as an absolute path: relative entries are relative to the sheet."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else (Path(sheet).resolve().parent / path).resolve()
 
 
 def load_slide_sheet(sheet: str | Path) -> list[dict[str, str]]:
