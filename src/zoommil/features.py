@@ -280,6 +280,9 @@ def iter_parents(
         shuffle=False,
         num_workers=workers,
         worker_init_fn=_worker_init,
+        # Not fork: a process that already ran OpenCV/OpenMP thread pools (a long-lived
+        # caller, a test session) can hand a forked worker a locked mutex and hang it.
+        multiprocessing_context="spawn",
         prefetch_factor=prefetch,
         pin_memory=pin_memory,
         persistent_workers=False,
