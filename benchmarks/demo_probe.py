@@ -7,11 +7,13 @@ them with the seeded random-init encoder (torch.manual_seed(0); resnet50 to laye
 ImageNet mean/std, 256 px, no resize) and fit cross-validated logistic regressions, grouped by
 slide so that no slide is in both the train and the test fold:
 
-- signal_vs_distractor: patches in gland regions with abnormal nuclei vs gland regions with
-  normal nuclei (the low-magnification cue is the same for both). Want: chance at 2.5x,
-  high at 10x.
-- region_abnormality: 3 classes (none / atypia / carcinoma) on the same patches.
-- architecture_cue: gland region vs plain stroma. Want: high at 2.5x (the cue exists).
+- lesion_abnormal_vs_normal: lesion patches of atypia/carcinoma slides vs lesion patches of
+  normal slides (the lesion looks the same at low magnification in every class). Want:
+  chance at 2.5x, high at 10x.
+- lesion_class: 3 classes (none / atypia / carcinoma) on the same patches.
+- where_cue: lesion vs ordinary gland regions (distractors), all classes. Want: high at 2.5x
+  (the low magnification says where to zoom).
+- architecture_cue: gland region (lesion or not) vs plain stroma.
 
 Views: for each sampled point the patch centred on it at 10x (256 level-0 px), 5x (512) and
 2.5x (1024), all read at 256 px; plus `10x_blur4`: the 10x patch area-reduced 4x and
@@ -176,18 +178,23 @@ def main() -> None:
     kind = np.array([m[2] for m in meta])
     abn = np.array([m[3] for m in meta])
     in_region = kind != "stroma"
+    lesion = kind == "lesion"
+    is_abnormal = np.where(abn[lesion] == "none", "normal", "abnormal")
     results = {}
     for name, f in feats.items():
         results[name] = {
-            "signal_vs_distractor": probe(f[in_region], kind[in_region], groups[in_region]),
-            "region_abnormality": probe(f[in_region], abn[in_region], groups[in_region]),
+            "lesion_abnormal_vs_normal": probe(f[lesion], is_abnormal, groups[lesion]),
+            "lesion_class": probe(f[lesion], abn[lesion], groups[lesion]),
+            "where_cue": probe(f[in_region], kind[in_region], groups[in_region]),
             "architecture_cue": probe(f, np.where(in_region, "gland", "stroma"), groups),
         }
-    # Low-magnification colour check: mean RGB of signal vs distractor views.
+    # Low-magnification colour check: mean RGB of abnormal vs normal lesions.
+    lesion = kind == "lesion"
+    abnormal = lesion & (abn != "none")
     colour = {
         name: {
-            k: np.stack(patches[name])[kind == k].reshape(-1, 3).mean(0).round(2).tolist()
-            for k in ("signal", "distractor")
+            k: np.stack(patches[name])[m].reshape(-1, 3).mean(0).round(2).tolist()
+            for k, m in (("abnormal_lesion", abnormal), ("normal_lesion", lesion & ~abnormal))
         }
         for name in ("2.5x", "10x")
         if name in patches
@@ -202,7 +209,7 @@ def main() -> None:
         "weights": info["weights_note"],
         "n_points": len(meta),
         "results": results,
-        "mean_rgb_signal_vs_distractor": colour,
+        "mean_rgb_abnormal_vs_normal_lesion": colour,
         "slide_file_mb_mean": float(np.mean(sizes) / 2**20),
         "synth_seconds_per_slide": t_synth / max(1, len(rows)),
         "encode_patches_per_second": n_encoded / t_encode,
@@ -212,11 +219,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for name, r in results.items():
-        s, a, c = r["signal_vs_distractor"], r["region_abnormality"], r["architecture_cue"]
+        s, a, w = r["lesion_abnormal_vs_normal"], r["lesion_class"], r["where_cue"]
         print(
-            f"{name:10s} signal/distractor bacc {s['balanced_accuracy']:.3f} auc {s['auc']:.3f} | "
-            f"3-class bacc {a['balanced_accuracy']:.3f} | gland/stroma bacc "
-            f"{c['balanced_accuracy']:.3f}"
+            f"{name:10s} lesion abnormal/normal bacc {s['balanced_accuracy']:.3f} | "
+            f"3-class bacc {a['balanced_accuracy']:.3f} | lesion/gland bacc "
+            f"{w['balanced_accuracy']:.3f} | gland/stroma bacc "
+            f"{r['architecture_cue']['balanced_accuracy']:.3f}"
         )
     print(f"wrote {args.out}")
 

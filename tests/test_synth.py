@@ -86,9 +86,10 @@ def test_regions_sheet_matches_labels(demo):
     labels = {r["slide_id"]: r["label"] for r in load_slide_sheet(demo / "slides.tsv")}
     for slide_id, label in labels.items():
         kinds = [(r["kind"], r["abnormality"]) for r in regions if r["slide_id"] == slide_id]
-        assert ("distractor", "none") in kinds  # every class has the low-mag cue
-        signal = {a for k, a in kinds if k == "signal"}
-        assert signal == (set() if label == "normal" else {label})
+        # Every class has one lesion (the low-mag cue) and ordinary glands; only the lesion's
+        # nuclei carry the class.
+        assert [a for k, a in kinds if k == "lesion"] == ["none" if label == "normal" else label]
+        assert {a for k, a in kinds if k == "distractor"} == {"none"}
 
 
 def test_openslide_reads_levels_mpp_and_exact_pixels(demo):
@@ -115,10 +116,10 @@ def test_openslide_reads_levels_mpp_and_exact_pixels(demo):
         slide.close()
 
 
-def test_cli_same_seed_same_bytes_other_seed_differs(tmp_path):
+def test_cli_same_seed_same_bytes_any_workers_other_seed_differs(tmp_path):
     args = ["synth", "--n-slides", "2", "--scale", "0.25"]
     assert main([*args, "--out", str(tmp_path / "a"), "--seed", "3"]) == 0
-    assert main([*args, "--out", str(tmp_path / "b"), "--seed", "3"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--seed", "3", "--workers", "2"]) == 0
     assert main([*args, "--out", str(tmp_path / "c"), "--seed", "4"]) == 0
     a, b, c = (digest(tmp_path / n) for n in "abc")
     assert set(a) == {"slides.tsv", "regions.tsv", "slides/demo_000.tiff", "slides/demo_001.tiff"}
@@ -131,6 +132,7 @@ def test_cli_same_seed_same_bytes_other_seed_differs(tmp_path):
     [
         (["--n-slides", "0"], "--n-slides must be at least 1"),
         (["--scale", "10"], "--scale must be between"),
+        (["--workers", "0"], "--workers must be at least 1"),
     ],
 )
 def test_cli_bad_input_is_one_line_error(tmp_path, capsys, argv, message):
@@ -151,7 +153,7 @@ def test_signal_invisible_after_4x_area_reduction(paired):
     # 2.5x view (4x area reduction): pixel-identical up to uint8 rounding.
     low_a, low_b = area_down(with_signal.rgb, 4), area_down(control.rgb, 4)
     assert np.abs(low_a.astype(int) - low_b.astype(int)).max() <= 1
-    mask = region_mask(with_signal.rgb.shape[:2], with_signal.regions, "signal")[::4, ::4]
+    mask = region_mask(with_signal.rgb.shape[:2], with_signal.regions, "lesion")[::4, ::4]
     assert mask.sum() > 1000
     mean_a, mean_b = low_a[mask].mean(axis=0), low_b[mask].mean(axis=0)
     np.testing.assert_allclose(mean_a, mean_b, atol=0.2)
@@ -160,23 +162,42 @@ def test_signal_invisible_after_4x_area_reduction(paired):
 def test_signal_visible_at_full_resolution(paired):
     label, with_signal, control = paired
     shape = with_signal.rgb.shape[:2]
-    signal = region_mask(shape, with_signal.regions, "signal")
-    distractor = region_mask(shape, with_signal.regions, "distractor")
+    lesion = region_mask(shape, with_signal.regions, "lesion")
     hf_signal, hf_control = high_frequency(with_signal.rgb), high_frequency(control.rgb)
-    # 10x: the signal region has far more pixel-scale texture than without the signal and
-    # than the distractor region; elsewhere the slide is untouched.
-    assert hf_signal[signal].mean() > 1.4 * hf_control[signal].mean()
-    assert hf_signal[signal].mean() > 1.4 * hf_signal[distractor].mean()
-    near = cv2.dilate(signal.astype(np.uint8), np.ones((33, 33), np.uint8)).astype(bool)
+    # 10x: the lesion has far more pixel-scale texture than the same lesion without the
+    # signal; elsewhere the slide is untouched.
+    assert hf_signal[lesion].mean() > 1.4 * hf_control[lesion].mean()
+    near = cv2.dilate(lesion.astype(np.uint8), np.ones((33, 33), np.uint8)).astype(bool)
     np.testing.assert_array_equal(with_signal.rgb[~near], control.rgb[~near])
-    # 2.5x: the same statistic no longer tells signal from distractor regions.
-    low = high_frequency(area_down(with_signal.rgb, 4))
-    ratio = low[signal[::4, ::4]].mean() / low[distractor[::4, ::4]].mean()
-    assert 0.8 < ratio < 1.2, label
+    # 2.5x: the same statistic no longer tells the abnormal lesion from the normal one.
+    low = lesion[::4, ::4]
+    ratio = (
+        high_frequency(area_down(with_signal.rgb, 4))[low].mean()
+        / high_frequency(area_down(control.rgb, 4))[low].mean()
+    )
+    assert 0.97 < ratio < 1.03, label
+
+
+def test_lesion_is_visible_at_low_magnification():
+    """Where to look is a 2.5x cue in every class: the lesion's crowded glands hold more dark
+    (nuclear) pixels than the ordinary gland regions (the distractors), the same in every class."""
+    darkness = {}
+    for label in CLASSES:
+        spec = SlideSpec("cue", label, seed=5, index=1, width=2048, height=1536)
+        slide = render_slide(spec)
+        grey = area_down(slide.rgb, 4).astype(np.float32).mean(axis=2)
+        shape = slide.rgb.shape[:2]
+        lesion = region_mask(shape, slide.regions, "lesion")[::4, ::4]
+        glands = region_mask(shape, slide.regions, "distractor")[::4, ::4]
+        assert lesion.sum() > 1000 and glands.sum() > 1000
+        darkness[label] = (grey[lesion] < 150).mean()
+        assert darkness[label] > 1.3 * (grey[glands] < 150).mean(), label
+    assert max(darkness.values()) - min(darkness.values()) < 0.01
 
 
 def test_normal_slide_has_no_signal():
     spec = SlideSpec("n", "normal", seed=0, index=0, width=1024, height=768)
     slide = render_slide(spec)
-    assert all(r.kind == "distractor" and r.abnormality == "none" for r in slide.regions)
+    assert all(r.abnormality == "none" for r in slide.regions)
+    assert [r.kind for r in slide.regions].count("lesion") == 1
     np.testing.assert_array_equal(slide.rgb, render_slide(spec, with_signal=False).rgb)

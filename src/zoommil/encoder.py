@@ -31,6 +31,7 @@ from torch import nn
 from torchvision.models import resnet50
 
 from zoommil.errors import ZoomMILError
+from zoommil.precision import PRECISION_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 IMAGENET_FILE = "resnet50-0676ba61.pth"
 IMAGENET_HASH_PREFIX = "0676ba61"
 OFFLINE_ENV = "ZOOMMIL_OFFLINE"
-PRECISIONS = ("fp32", "bf16")
-PRECISION_CHOICES = (*PRECISIONS, "auto")
 
 
 class ResNet50Layer3(nn.Module):

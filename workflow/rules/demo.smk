@@ -10,9 +10,9 @@ checkpoint synth:
         "results/logs/synth/synth.log",
     conda:
         "../../envs/wsi.yaml"
-    threads: 1
+    threads: 2
     resources:
-        mem_mb=2000,
+        mem_mb=3000,
         runtime=30,
     params:
         out=output_dir,
@@ -21,4 +21,4 @@ checkpoint synth:
         scale=(config.get("synth") or {}).get("scale", 1.0),
     shell:
         "zoommil synth --out {params.out} --n-slides {params.n_slides} "
-        "--seed {params.seed} --scale {params.scale} > {log} 2>&1"
+        "--seed {params.seed} --scale {params.scale} --workers {threads} > {log} 2>&1"

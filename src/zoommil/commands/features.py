@@ -6,8 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoommil.encoder import PRECISION_CHOICES
 from zoommil.featurefile import mag_key
+from zoommil.precision import PRECISION_CHOICES
 
 log = logging.getLogger("zoommil.features")
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 from zoommil.errors import ZoomMILError
 
 
@@ -35,6 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
     from zoommil.efficiency.flops import TFLOP, encoder_flops_per_patch, slide_flops
     from zoommil.featurefile import read_feature_file
     from zoommil.training.checkpoint import model_from_checkpoint

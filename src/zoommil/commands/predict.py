@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from zoommil.errors import ZoomMILError
 
 
@@ -51,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from zoommil.encoder import resolve_device
     from zoommil.heatmap import save_heatmap
     from zoommil.predict import Predictor, make_encoder, predict_slide

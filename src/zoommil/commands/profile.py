@@ -6,8 +6,6 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
-
 from zoommil.errors import ZoomMILError
 
 
@@ -62,6 +60,8 @@ def _threads(value: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from zoommil.efficiency.throughput import measure_throughput
     from zoommil.predict import Predictor
     from zoommil.sheet import resolve_slide_path

@@ -1,11 +1,12 @@
 """The built-in demo dataset (`zoommil synth`): H&E-like pyramidal TIFFs where zooming matters.
 
-Three classes (normal, atypia, carcinoma). Every slide has gland-rich regions, visible at low
-magnification, that say *where* to look; in atypia and carcinoma slides some of them carry
-abnormal nuclei, the others (and all regions of normal slides) are distractors. The abnormal
-nuclei differ from normal ones only inside aligned 2x2 or 4x4 pixel blocks of level 0 (block
-sums are kept), so at 2.5x a signal region is pixel-identical to a distractor region and only
-the highest magnification (10x, level 0, 1.0 um/px) tells the classes apart.
+Three classes (normal, atypia, carcinoma). Every slide, in every class, has one lesion (crowded
+back-to-back glands with a lymphocyte infiltrate: a dark, cellular patch at low magnification)
+and 1-4 ordinary gland regions (distractors). The lesion says *where* to look; its nuclei say
+*what* the slide is: normal in normal slides, abnormal in atypia and carcinoma slides. The
+abnormal nuclei differ from normal ones only inside aligned 2x2 or 4x4 pixel blocks of level 0
+(block sums are kept), so at 2.5x an atypia or carcinoma lesion is pixel-identical to a normal
+one and only the highest magnification (10x, level 0, 1.0 um/px) tells the classes apart.
 
 Paths in `slides.tsv` are relative to the sheet's folder: use `load_slide_sheet`.
 """

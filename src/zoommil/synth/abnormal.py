@@ -1,4 +1,5 @@
-"""The class signal: nuclear changes that only the highest magnification resolves.
+"""The class signal: nuclear changes of the lesion's epithelium that only the highest
+magnification resolves.
 
 The trick that makes zooming necessary: every change *redistributes* darkness inside aligned
 b x b pixel blocks of level 0 and keeps each block's per-channel sum. A b-times area reduction

@@ -3,7 +3,7 @@
 Layout of `OUT/`:
     slides/demo_000.tiff ...   pyramidal tiled TIFFs, level 0 at 1.0 um/px (10x)
     slides.tsv                 slide_id, path, label, split
-    regions.tsv                ground truth of the gland regions (signal or distractor)
+    regions.tsv                ground truth of the gland regions (lesion or distractor)
 
 `path` in slides.tsv is relative to the folder that holds slides.tsv, so the folder can be
 moved and the files are byte-identical wherever they are written; `load_slide_sheet` (or
@@ -13,7 +13,9 @@ moved and the files are byte-identical wherever they are written; `load_slide_sh
 from __future__ import annotations
 
 import csv
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +23,12 @@ from tqdm import tqdm
 
 from zoommil.errors import ZoomMILError
 from zoommil.sheet import resolve_slide_path
+from zoommil.synth.painting import Region
 from zoommil.synth.pyramid import write_pyramidal_tiff
 from zoommil.synth.render import DEMO_MPP, DEMO_SIZE, SlideSpec, render_slide
 
 CLASSES = ("normal", "atypia", "carcinoma")
-DEMO_N_SLIDES = 36
+DEMO_N_SLIDES = 60
 SHEET_COLUMNS = ("slide_id", "path", "label", "split")
 REGION_COLUMNS = ("slide_id", "region_id", "kind", "abnormality", "cx", "cy", "radius")
 
@@ -78,31 +81,49 @@ def _write_tsv(path: Path, columns: Sequence[str], rows: list[Sequence]) -> None
     tmp.replace(path)
 
 
+def _write_slide(spec: SlideSpec, path: Path) -> list[Region]:
+    """Render one slide into `path`; returns its regions (the ground truth)."""
+    slide = render_slide(spec)
+    write_pyramidal_tiff(path, slide.rgb, DEMO_MPP)
+    return slide.regions
+
+
 def make_demo_dataset(
     out_dir: str | Path,
     n_slides: int = DEMO_N_SLIDES,
     seed: int = 0,
     scale: float = 1.0,
     progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Write the demo slides and sheets into `out_dir`; returns the path of slides.tsv.
 
-    Deterministic: the same (n_slides, seed, scale) gives byte-identical files.
+    Deterministic: the same (n_slides, seed, scale) gives byte-identical files, whatever the
+    number of `workers` (each slide has its own random streams).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ZoomMILError(f"--out {out_dir} exists and is not a directory")
+    if workers < 1:
+        raise ZoomMILError(f"--workers must be at least 1, got {workers}")
     (out_dir / "slides").mkdir(parents=True, exist_ok=True)
     sheet_rows, region_rows = [], []
     plan = plan_slides(n_slides, seed, scale)
-    for spec, split in tqdm(plan, desc="synth slides", unit="slide", disable=not progress):
-        slide = render_slide(spec)
-        rel = Path("slides") / f"{spec.slide_id}.tiff"
-        write_pyramidal_tiff(out_dir / rel, slide.rgb, DEMO_MPP)
+    rels = [Path("slides") / f"{spec.slide_id}.tiff" for spec, _ in plan]
+    specs, paths = [spec for spec, _ in plan], [out_dir / rel for rel in rels]
+    if workers == 1:
+        results = map(_write_slide, specs, paths)
+    else:  # spawn: a forked child can inherit a held OpenCV lock (see zoommil.features)
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(_write_slide, specs, paths)
+    bar = tqdm(results, total=len(plan), desc="synth slides", unit="slide", disable=not progress)
+    for (spec, split), rel, regions in zip(plan, rels, bar, strict=True):
         sheet_rows.append((spec.slide_id, rel.as_posix(), spec.label, split))
-        for r in slide.regions:
+        for r in regions:
             region_rows.append((spec.slide_id, r.region_id, r.kind, r.abnormality,
                                 f"{r.cx:.1f}", f"{r.cy:.1f}", f"{r.radius:.1f}"))  # fmt: skip
+    if workers > 1:
+        pool.shutdown()
     _write_tsv(out_dir / "regions.tsv", REGION_COLUMNS, region_rows)
     _write_tsv(out_dir / "slides.tsv", SHEET_COLUMNS, sheet_rows)
     return out_dir / "slides.tsv"

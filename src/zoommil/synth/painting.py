@@ -1,8 +1,9 @@
 """Paint H&E-like tissue: a tissue blob, fibrous stroma, nuclei and gland-like regions.
 
 Everything here is the *low-magnification* appearance shared by all classes: where tissue is,
-where the gland-rich regions are (the cue that says where to look), and normal nuclei. The
-class signal is added afterwards by `zoommil.synth.abnormal`, which leaves block means intact.
+where the lesion (crowded, back-to-back glands: the cue that says where to look) and the
+ordinary gland regions are, and normal nuclei. The class signal is added afterwards by
+`zoommil.synth.abnormal`, which leaves block means intact.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import numpy as np
 
 @dataclass
 class Region:
-    """A gland-rich region: shared architecture, label signal only if `kind == "signal"`."""
+    """A gland region. The lesion's nuclei carry the slide's class (none for normal slides);
+    distractor regions are ordinary glands with normal nuclei in every class."""
 
     region_id: int
     cx: float
     cy: float
     radius: float
-    kind: str  # "signal" or "distractor"
+    kind: str  # "lesion" or "distractor"
     abnormality: str  # "none", "atypia" or "carcinoma"
 
 
@@ -98,16 +100,22 @@ def stroma_eosin(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
 
 
 def place_regions(
-    alpha: np.ndarray, rng: np.random.Generator, count: int, radius_range: tuple[float, float]
+    alpha: np.ndarray,
+    rng: np.random.Generator,
+    count: int,
+    radius_range: tuple[float, float],
+    avoid: list[tuple[float, float, float]] | None = None,
 ) -> list[tuple[float, float, float]]:
-    """Centres and radii of non-overlapping gland regions lying well inside the tissue.
+    """Centres and radii of `count` gland regions lying well inside the tissue, apart from each
+    other and from the regions in `avoid`.
 
-    If `count` regions do not fit (small tissue), the radii shrink until they do (down to
-    about 30 px), so every slide gets the regions its label needs.
+    If they do not fit (small tissue), the radii shrink until they do (down to about 30 px),
+    so every slide gets the regions its label needs.
     """
     h, w = alpha.shape
     inside = cv2.erode((alpha > 0.5).astype(np.uint8), np.ones((3, 3), np.uint8))
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    taken: list[tuple[float, float, float]] = list(avoid or [])
     placed: list[tuple[float, float, float]] = []
     low, high = radius_range
     while len(placed) < count and high >= 40:
@@ -116,7 +124,7 @@ def place_regions(
             x, y = rng.uniform(0, w), rng.uniform(0, h)
             if dist[int(y), int(x)] < r + 20:
                 continue
-            if all(np.hypot(x - px, y - py) > r + pr + 60 for px, py, pr in placed):
+            if all(np.hypot(x - px, y - py) > r + pr + 60 for px, py, pr in taken + placed):
                 placed.append((x, y, r))
                 if len(placed) == count:
                     break
@@ -131,20 +139,26 @@ def add_glands(
     region: tuple[float, float, float],
     region_id: int,
     rng: np.random.Generator,
+    crowded: bool = False,
 ) -> list[tuple[float, float, float]]:
-    """Pack gland rings (epithelial nuclei around a pale lumen) into a region; returns glands."""
+    """Pack gland rings (epithelial nuclei around a pale lumen) into a region; returns glands.
+
+    `crowded` packs small back-to-back glands with narrow lumens (the lesion): at 2.5x it is a
+    denser, darker patch of tissue than ordinary glands, whatever the slide's class.
+    """
     cx, cy, radius = region
+    sizes, gap, tries = ((11.0, 17.0), 1.5, 2500) if crowded else ((18.0, 32.0), 8.0, 600)
     glands: list[tuple[float, float, float]] = []
-    for _ in range(600):
-        rg = rng.uniform(18.0, 32.0)
+    for _ in range(tries):
+        rg = rng.uniform(*sizes)
         ang, rad = rng.uniform(0, 2 * np.pi), radius * np.sqrt(rng.uniform()) - rg
         if rad < 0:
             continue
         gx, gy = cx + rad * np.cos(ang), cy + rad * np.sin(ang)
-        if all(np.hypot(gx - x, gy - y) > rg + r + 8 for x, y, r in glands):
+        if all(np.hypot(gx - x, gy - y) > rg + r + gap for x, y, r in glands):
             glands.append((gx, gy, rg))
     for gx, gy, rg in glands:
-        lumen_r = rg - (15 if rg > 25 else 8)
+        lumen_r = rg - (15 if rg > 25 else 8 if rg > 14 else 6.5)
         cv2.ellipse(lumen, (int(gx * 4), int(gy * 4)), (int(lumen_r * 4),) * 2, 0, 0, 360, 1.0,
                     -1, cv2.LINE_AA, 2)  # fmt: skip
         cv2.ellipse(cytoplasm, (int(gx * 4), int(gy * 4)), (int((rg + 3) * 4),) * 2, 0, 0, 360,
@@ -200,6 +214,31 @@ def add_stromal_nuclei(
             r = rng.uniform(2.6, 3.2)
             nuclei.add(x, y, r, r * rng.uniform(0.9, 1.0), rng.uniform(0, np.pi),
                        rng.uniform(1.5, 1.8))  # fmt: skip
+
+
+def add_lesion_infiltrate(
+    nuclei: Nuclei,
+    region: tuple[float, float, float],
+    glands: list[tuple[float, float, float]],
+    rng: np.random.Generator,
+    per_px: float = 1 / 110,
+) -> None:
+    """Pack lymphocytes into the stroma between the lesion's glands: with the crowded glands
+    this makes the lesion a dark, cellular patch at 2.5x (a strong "look here" cue). They are
+    not epithelial, so the class signal never touches them."""
+    cx, cy, radius = region
+    n = rng.poisson(per_px * np.pi * radius**2)
+    ang, rad = rng.uniform(0, 2 * np.pi, n), radius * np.sqrt(rng.uniform(0, 1, n))
+    xs, ys = cx + rad * np.cos(ang), cy + rad * np.sin(ang)
+    keep = np.ones(n, dtype=bool)
+    if glands:
+        g = np.asarray(glands, dtype=np.float32)
+        d = np.hypot(xs[:, None] - g[None, :, 0], ys[:, None] - g[None, :, 1]) - g[None, :, 2]
+        keep &= d.min(axis=1) > 3.0
+    for x, y in zip(xs[keep], ys[keep], strict=True):
+        r = rng.uniform(2.6, 3.2)
+        nuclei.add(x, y, r, r * rng.uniform(0.9, 1.0), rng.uniform(0, np.pi),
+                   rng.uniform(1.5, 1.8))  # fmt: skip
 
 
 def ellipse_sprite(

@@ -14,6 +14,8 @@ from zoommil.synth.painting import Nuclei, Region
 # Demo geometry: level 0 is 10x (1 um/px); a 2.5x patch of 256 px covers 1024 level-0 px.
 DEMO_MPP = 1.0
 DEMO_SIZE = (4096, 3072)  # (width, height) at scale 1: 12 parents of 1024 px at 2.5x
+LESION_RADIUS = (400.0, 460.0)  # level-0 px: about 10% of the tissue, one 2.5x parent across
+GLAND_RADIUS = (170.0, 250.0)  # the ordinary gland regions (distractors)
 
 
 @dataclass(frozen=True)
@@ -51,23 +53,13 @@ def _layout(spec: SlideSpec, rng: np.random.Generator):
     alpha = painting.tissue_alpha(shape, rng, spec.tissue_extent)
     area = float(alpha.sum())
     count = int(np.clip(round(area / 1.6e6 + rng.uniform(-0.5, 0.5)), 2, 5))
-    centres = painting.place_regions(alpha, rng, count, (170.0, 250.0))
-    if not centres:
-        raise ZoomMILError(f"{spec.slide_id}: slide too small for a gland region")
-    n_signal = 0
-    if spec.label != "normal":  # at least one signal and, if possible, one distractor region
-        n_signal = 1 if len(centres) <= 3 else int(rng.integers(1, 3))
-    signal_ids = set(rng.choice(len(centres), size=n_signal, replace=False).tolist())
-    regions = [
-        Region(
-            i,
-            x,
-            y,
-            r,
-            "signal" if i in signal_ids else "distractor",
-            spec.label if i in signal_ids else "none",
-        )  # fmt: skip
-        for i, (x, y, r) in enumerate(centres)
+    lesion = painting.place_regions(alpha, rng, 1, LESION_RADIUS)
+    if not lesion:
+        raise ZoomMILError(f"{spec.slide_id}: slide too small for a lesion")
+    centres = lesion + painting.place_regions(alpha, rng, count - 1, GLAND_RADIUS, lesion)
+    abnormality = "none" if spec.label == "normal" else spec.label
+    regions = [Region(0, *lesion[0], "lesion", abnormality)] + [
+        Region(i, x, y, r, "distractor", "none") for i, (x, y, r) in enumerate(centres[1:], 1)
     ]
     # Lumen and cytoplasm maps are drawn at 4x sub-pixel precision by cv2 (shift=2).
     lumen = np.zeros(shape, np.float32)
@@ -75,9 +67,20 @@ def _layout(spec: SlideSpec, rng: np.random.Generator):
     nuclei = Nuclei()
     glands: list[tuple[float, float, float]] = []
     for region in regions:
-        glands += painting.add_glands(
-            nuclei, lumen, cytoplasm, (region.cx, region.cy, region.radius), region.region_id, rng
+        added = painting.add_glands(
+            nuclei,
+            lumen,
+            cytoplasm,
+            (region.cx, region.cy, region.radius),
+            region.region_id,
+            rng,
+            crowded=region.kind == "lesion",
         )
+        if region.kind == "lesion":
+            painting.add_lesion_infiltrate(
+                nuclei, (region.cx, region.cy, region.radius), added, rng
+            )
+        glands += added
     painting.add_stromal_nuclei(nuclei, alpha, glands, rng)
     return alpha, regions, nuclei, lumen, cytoplasm
 
@@ -105,7 +108,7 @@ def render_slide(spec: SlideSpec, with_signal: bool = True) -> RenderedSlide:
 
 
 def region_mask(shape: tuple[int, int], regions: list[Region], kind: str) -> np.ndarray:
-    """Boolean mask of the regions of one kind ("signal"/"distractor"), for tests and probes."""
+    """Boolean mask of the regions of one kind ("lesion"/"distractor"), for tests and probes."""
     mask = np.zeros(shape, np.uint8)
     for r in regions:
         if r.kind == kind:
