@@ -16,6 +16,7 @@ import csv
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -111,19 +112,20 @@ def make_demo_dataset(
     plan = plan_slides(n_slides, seed, scale)
     rels = [Path("slides") / f"{spec.slide_id}.tiff" for spec, _ in plan]
     specs, paths = [spec for spec, _ in plan], [out_dir / rel for rel in rels]
-    if workers == 1:
-        results = map(_write_slide, specs, paths)
-    else:  # spawn: a forked child can inherit a held OpenCV lock (see zoommil.features)
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        results = pool.map(_write_slide, specs, paths)
-    bar = tqdm(results, total=len(plan), desc="synth slides", unit="slide", disable=not progress)
-    for (spec, split), rel, regions in zip(plan, rels, bar, strict=True):
-        sheet_rows.append((spec.slide_id, rel.as_posix(), spec.label, split))
-        for r in regions:
-            region_rows.append((spec.slide_id, r.region_id, r.kind, r.abnormality,
-                                f"{r.cx:.1f}", f"{r.cy:.1f}", f"{r.radius:.1f}"))  # fmt: skip
-    if workers > 1:
-        pool.shutdown()
+    with ExitStack() as stack:
+        if workers == 1:
+            results = map(_write_slide, specs, paths)
+        else:  # spawn: a forked child can inherit a held OpenCV lock (see zoommil.features)
+            context = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
+            results = pool.map(_write_slide, specs, paths)
+        bar = tqdm(results, total=len(plan), desc="synth slides", unit="slide",
+                   disable=not progress)  # fmt: skip
+        for (spec, split), rel, regions in zip(plan, rels, bar, strict=True):
+            sheet_rows.append((spec.slide_id, rel.as_posix(), spec.label, split))
+            for r in regions:
+                region_rows.append((spec.slide_id, r.region_id, r.kind, r.abnormality,
+                                    f"{r.cx:.1f}", f"{r.cy:.1f}", f"{r.radius:.1f}"))  # fmt: skip
     _write_tsv(out_dir / "regions.tsv", REGION_COLUMNS, region_rows)
     _write_tsv(out_dir / "slides.tsv", SHEET_COLUMNS, sheet_rows)
     return out_dir / "slides.tsv"
