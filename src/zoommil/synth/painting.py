@@ -190,6 +190,23 @@ def _ring_nuclei(
         )
 
 
+def _clear_of_glands(
+    xs: np.ndarray, ys: np.ndarray, glands: list[tuple[float, float, float]], margin: float
+) -> np.ndarray:
+    """Points at least `margin` px outside every gland disk."""
+    if not glands:
+        return np.ones(len(xs), dtype=bool)
+    g = np.asarray(glands, dtype=np.float32)
+    d = np.hypot(xs[:, None] - g[None, :, 0], ys[:, None] - g[None, :, 1]) - g[None, :, 2]
+    return d.min(axis=1) > margin
+
+
+def _add_lymphocyte(nuclei: Nuclei, x: float, y: float, rng: np.random.Generator) -> None:
+    """A small, round, dark nucleus."""
+    r = rng.uniform(2.6, 3.2)
+    nuclei.add(x, y, r, r * rng.uniform(0.9, 1.0), rng.uniform(0, np.pi), rng.uniform(1.5, 1.8))
+
+
 def add_stromal_nuclei(
     nuclei: Nuclei,
     alpha: np.ndarray,
@@ -201,19 +218,13 @@ def add_stromal_nuclei(
     h, w = alpha.shape
     n = rng.poisson(per_px * float(alpha.sum()))
     xs, ys = rng.uniform(0, w, n), rng.uniform(0, h, n)
-    keep = alpha[ys.astype(int), xs.astype(int)] > 0.5
-    if glands:
-        g = np.asarray(glands, dtype=np.float32)
-        d = np.hypot(xs[:, None] - g[None, :, 0], ys[:, None] - g[None, :, 1]) - g[None, :, 2]
-        keep &= d.min(axis=1) > 5.0
+    keep = (alpha[ys.astype(int), xs.astype(int)] > 0.5) & _clear_of_glands(xs, ys, glands, 5.0)
     for x, y in zip(xs[keep], ys[keep], strict=True):
         if rng.uniform() < 0.75:
             nuclei.add(x, y, rng.uniform(4.5, 7.0), rng.uniform(1.4, 2.0),
                        rng.uniform(0, np.pi), rng.uniform(1.1, 1.4))  # fmt: skip
         else:
-            r = rng.uniform(2.6, 3.2)
-            nuclei.add(x, y, r, r * rng.uniform(0.9, 1.0), rng.uniform(0, np.pi),
-                       rng.uniform(1.5, 1.8))  # fmt: skip
+            _add_lymphocyte(nuclei, x, y, rng)
 
 
 def add_lesion_infiltrate(
@@ -230,15 +241,9 @@ def add_lesion_infiltrate(
     n = rng.poisson(per_px * np.pi * radius**2)
     ang, rad = rng.uniform(0, 2 * np.pi, n), radius * np.sqrt(rng.uniform(0, 1, n))
     xs, ys = cx + rad * np.cos(ang), cy + rad * np.sin(ang)
-    keep = np.ones(n, dtype=bool)
-    if glands:
-        g = np.asarray(glands, dtype=np.float32)
-        d = np.hypot(xs[:, None] - g[None, :, 0], ys[:, None] - g[None, :, 1]) - g[None, :, 2]
-        keep &= d.min(axis=1) > 3.0
+    keep = _clear_of_glands(xs, ys, glands, 3.0)
     for x, y in zip(xs[keep], ys[keep], strict=True):
-        r = rng.uniform(2.6, 3.2)
-        nuclei.add(x, y, r, r * rng.uniform(0.9, 1.0), rng.uniform(0, np.pi),
-                   rng.uniform(1.5, 1.8))  # fmt: skip
+        _add_lymphocyte(nuclei, x, y, rng)
 
 
 def ellipse_sprite(
