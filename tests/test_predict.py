@@ -118,3 +118,32 @@ def test_predict_cli_missing_slide_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert len(err.splitlines()) == 1 and "not found" in err
+
+
+@pytest.mark.parametrize("arch", ["zoommil", "abmil"])
+def test_predict_opens_the_slide_file_once(small_slide, monkeypatch, arch):
+    """Tiling and reading share one OpenSlide handle: opening (and test-reading) the file
+    twice was inside the timed path of every throughput measurement."""
+    import zoommil.predict
+    import zoommil.slide
+
+    opened = []
+    real_open = zoommil.slide.open_slide
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(Path(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(zoommil.slide, "open_slide", counting_open)
+    if arch == "zoommil":
+        predictor = _predictor(_model())
+    else:
+        torch.manual_seed(0)
+        model = build_model("abmil", in_dim=1024, n_classes=2).eval()
+        predictor = Predictor(
+            model=model, arch="abmil", classes=CLASSES, mags=[MAGS[-1]], patch_size=PATCH
+        )
+    encoder, _ = make_encoder(predictor)
+    result = predict_slide(predictor, small_slide, encoder)
+    assert result["patches_encoded"] > 0
+    assert opened == [small_slide]

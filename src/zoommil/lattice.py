@@ -325,6 +325,12 @@ def _check_mask_fits(mask_path: Path, mask: np.ndarray, meta: Mapping[str, Any],
         )
 
 
+def _check_tiling_args(mags: Sequence[float], threshold: float) -> list[float]:
+    if not 0.0 <= threshold <= 1.0:
+        raise ZoomMILError(f"tissue threshold must be within 0-1, got {threshold}")
+    return validate_mags(mags)
+
+
 def tile_slide(
     slide_path: str | Path,
     mags: Sequence[float],
@@ -342,39 +348,61 @@ def tile_slide(
     All user mistakes raise `ZoomMILError`/`SlideError` before anything is written.
     """
     from zoommil.slide import open_with_mpp
-    from zoommil.tissue import load_mask, method_params, tissue_mask_from_slide
 
-    mags = validate_mags(mags)
-    if not 0.0 <= threshold <= 1.0:
-        raise ZoomMILError(f"tissue threshold must be within 0-1, got {threshold}")
+    _check_tiling_args(mags, threshold)  # before touching the file
     slide, mpp0, source = open_with_mpp(slide_path, mpp, default_mpp)
     try:
-        dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
-        patch_side_level0(mpp0, mags[-1], patch_size)  # fail early on impossible mags
-        if mask_path is not None:
-            if tissue_params:
-                log.warning("%s: tissue parameters are ignored with a given mask", slide_path)
-            mask, meta = load_mask(mask_path)
-            _check_mask_fits(Path(mask_path), mask, meta, dims)
-            tissue = {
-                "tissue_mask": str(mask_path),
-                "tissue_method": str(meta.get("method", "unknown")),
-                "tissue_params": meta.get("params", {}),
-                "mask_mpp": float(meta.get("mask_mpp", mpp0 * dims[0] / mask.shape[1])),
-            }
-        else:
-            params = method_params(tissue_method, tissue_params)
-            mask, mask_mpp, _ = tissue_mask_from_slide(slide, mpp0, tissue_method, params)
-            if not mask.any():
-                log.warning("%s: the %s detector found no tissue", slide_path, tissue_method)
-            tissue = {
-                "tissue_mask": None,
-                "tissue_method": tissue_method,
-                "tissue_params": params,
-                "mask_mpp": float(mask_mpp),
-            }
+        return tile_open_slide(
+            slide, slide_path, mpp0, source, mags, patch_size, mask_path, tissue_method,
+            tissue_params, threshold, no_tissue,
+        )  # fmt: skip
     finally:
         slide.close()
+
+
+def tile_open_slide(
+    slide: Any,
+    slide_path: str | Path,
+    mpp0: float,
+    mpp_source: str,
+    mags: Sequence[float],
+    patch_size: int = 256,
+    mask_path: str | Path | None = None,
+    tissue_method: str = "gaussian",
+    tissue_params: Mapping[str, Any] | None = None,
+    threshold: float = 0.1,
+    no_tissue: str = "all",
+) -> Lattice:
+    """`tile_slide` on a slide that is already open (from `open_with_mpp`), so that a caller
+    that goes on to read patches (`zoommil predict`) opens the file once. The slide is left
+    open."""
+    from zoommil.tissue import load_mask, method_params, tissue_mask_from_slide
+
+    mags = _check_tiling_args(mags, threshold)
+    dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
+    patch_side_level0(mpp0, mags[-1], patch_size)  # fail early on impossible mags
+    if mask_path is not None:
+        if tissue_params:
+            log.warning("%s: tissue parameters are ignored with a given mask", slide_path)
+        mask, meta = load_mask(mask_path)
+        _check_mask_fits(Path(mask_path), mask, meta, dims)
+        tissue = {
+            "tissue_mask": str(mask_path),
+            "tissue_method": str(meta.get("method", "unknown")),
+            "tissue_params": meta.get("params", {}),
+            "mask_mpp": float(meta.get("mask_mpp", mpp0 * dims[0] / mask.shape[1])),
+        }
+    else:
+        params = method_params(tissue_method, tissue_params)
+        mask, mask_mpp, _ = tissue_mask_from_slide(slide, mpp0, tissue_method, params)
+        if not mask.any():
+            log.warning("%s: the %s detector found no tissue", slide_path, tissue_method)
+        tissue = {
+            "tissue_mask": None,
+            "tissue_method": tissue_method,
+            "tissue_params": params,
+            "mask_mpp": float(mask_mpp),
+        }
     return build_lattice(
         slide_path,
         dims,
@@ -384,5 +412,5 @@ def tile_slide(
         mask=mask,
         threshold=threshold,
         no_tissue=no_tissue,
-        attrs={"mpp_source": source, **tissue},
+        attrs={"mpp_source": mpp_source, **tissue},
     )

@@ -29,7 +29,7 @@ from zoommil.encoder import PatchEncoder, build_encoder
 from zoommil.errors import ZoomMILError
 from zoommil.featurefile import mag_key
 from zoommil.features import read_parent_patches
-from zoommil.lattice import Lattice, steps_between, tile_slide
+from zoommil.lattice import Lattice, steps_between, tile_open_slide
 from zoommil.slide import open_with_mpp, read_region_at
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
@@ -79,12 +79,15 @@ class Predictor:
         )
 
 
-def _tile(predictor: Predictor, slide_path: Path, mpp: float | None) -> Lattice:
-    return tile_slide(
+def _tile(predictor: Predictor, slide: Any, slide_path: Path, mpp0: float, source: str) -> Lattice:
+    """The checkpoint's lattice on the open slide (opened once for tiling and reading)."""
+    return tile_open_slide(
+        slide,
         slide_path,
+        mpp0,
+        source,
         predictor.mags,
         patch_size=predictor.patch_size,
-        mpp=mpp,
         tissue_method=predictor.tissue_method,
         tissue_params=predictor.tissue_params,
         threshold=predictor.tissue_threshold,
@@ -139,15 +142,15 @@ def zoom_predict(
     """ZoomMIL inference reading only the selected regions; see the module docstring."""
     timer = _Timer()
     slide_path = Path(slide_path)
-    lattice = _tile(predictor, slide_path, mpp)
-    timer.end_tiling()
     model = predictor.model
-    slide, mpp0, source = open_with_mpp(slide_path, mpp)
     p = predictor.patch_size
-    rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
     pooled, attention, selected = [], [], []
     encoded = {}
+    slide, mpp0, source = open_with_mpp(slide_path, mpp)
     try:
+        lattice = _tile(predictor, slide, slide_path, mpp0, source)
+        timer.end_tiling()
+        rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
         tic = time.perf_counter()
         side = lattice.sides[0]
         patches = [
@@ -213,12 +216,12 @@ def all_patch_predict(
     """Encode every tissue patch at the model's magnifications, then run the MIL head."""
     timer = _Timer()
     slide_path = Path(slide_path)
-    lattice = _tile(predictor, slide_path, mpp)
-    timer.end_tiling()
     slide, mpp0, source = open_with_mpp(slide_path, mpp)
-    depths = [steps_between(lattice.mags[0], m) for m in lattice.mags]
-    per_mag: list[list[np.ndarray]] = [[] for _ in lattice.mags]
     try:
+        lattice = _tile(predictor, slide, slide_path, mpp0, source)
+        timer.end_tiling()
+        depths = [steps_between(lattice.mags[0], m) for m in lattice.mags]
+        per_mag: list[list[np.ndarray]] = [[] for _ in lattice.mags]
         tic = time.perf_counter()
         for x, y in tqdm(lattice.xy[0], desc="read", disable=not progress):
             for k, patches in enumerate(
