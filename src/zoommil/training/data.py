@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -226,20 +226,18 @@ class BagStore:
         self._cache = [self._load(r) for r in self.records] if in_memory else None
 
     def set_norm(self, norm: FeatureNorm | None) -> None:
-        """Standardise every bag this store returns from now on (see `training.normalize`)."""
+        """Standardise every bag this store returns from now on (see `training.normalize`).
+
+        Applied at access, so the cache keeps the file's features and nothing is read again.
+        """
         self.norm = norm
-        if self._cache is not None:
-            self._cache = [self._load(r) for r in self.records]
 
     def _load(self, record: SlideRecord) -> Bag:
         bag = read_feature_file(record.path, self.mags)
-        feats = [torch.from_numpy(np.ascontiguousarray(f, np.float32))[None] for f in bag.feats]
-        if self.norm is not None:
-            feats = [self.norm(f) for f in feats]
         return Bag(
             slide_id=record.slide_id,
             label=record.label,
-            feats=feats,
+            feats=[torch.from_numpy(np.ascontiguousarray(f, np.float32))[None] for f in bag.feats],
             coords=[torch.from_numpy(np.asarray(c, np.int64).reshape(-1, 2)) for c in bag.coords],
         )
 
@@ -247,7 +245,10 @@ class BagStore:
         return len(self.records)
 
     def __getitem__(self, i: int) -> Bag:
-        return self._cache[i] if self._cache is not None else self._load(self.records[i])
+        bag = self._cache[i] if self._cache is not None else self._load(self.records[i])
+        if self.norm is None:
+            return bag
+        return replace(bag, feats=[self.norm(f) for f in bag.feats])
 
     @property
     def labels(self) -> list[int]:
