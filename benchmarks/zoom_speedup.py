@@ -103,12 +103,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--demo-slides", type=int, default=3)
     parser.add_argument("--demo-k", type=int, default=4)
+    parser.add_argument(
+        "--demo-mags", type=float, nargs="+", default=[5.0, 10.0], help="as in config/config.yaml"
+    )
     parser.add_argument("--cmu-k", type=int, default=2)
     args = parser.parse_args()
     cases = []
     demo = demo_slides(args.demo_slides)
     for threads in args.threads:
-        cases.append(run_case("demo", demo, [2.5, 5.0, 10.0], args.demo_k, threads, args.repeats))
+        cases.append(run_case("demo", demo, args.demo_mags, args.demo_k, threads, args.repeats))
         if CMU.exists():
             cases.append(
                 run_case(
