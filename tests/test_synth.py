@@ -201,3 +201,32 @@ def test_normal_slide_has_no_signal():
     assert all(r.abnormality == "none" for r in slide.regions)
     assert [r.kind for r in slide.regions].count("lesion") == 1
     np.testing.assert_array_equal(slide.rgb, render_slide(spec, with_signal=False).rgb)
+
+
+def test_demo_config_leaves_zoommil_a_choice(tmp_path):
+    """The demo config only makes sense if ZoomMIL's lowest magnification holds many more
+    tissue patches than K (else top-K keeps most of the bag) and the lesion is a minority of
+    them (else zooming anywhere finds it). Checked on a full-size demo slide with the config's
+    own magnifications, tissue settings and K."""
+    import yaml
+
+    from zoommil.lattice import tile_slide
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    pre, k = config["preprocess"], config["methods"]["zoommil"]["k"]
+    sheet = make_demo_dataset(tmp_path, n_slides=1, seed=config["synth"]["seed"], progress=False)
+    lesion = next(r for r in csv.DictReader(open(tmp_path / "regions.tsv"), delimiter="\t")
+                  if r["kind"] == "lesion")  # fmt: skip
+    lattice = tile_slide(
+        sheet.parent / "slides" / "demo_000.tiff",
+        pre["mags"],
+        pre["patch_size"],
+        tissue_method=pre["tissue"]["method"],
+        threshold=pre["tissue"]["threshold"],
+    )
+    n_low, side = lattice.num_patches()[0], lattice.sides[0]
+    assert n_low >= 6 * k, f"{n_low} patches at {lattice.mags[0]}x for K={k}"
+    centres = lattice.xy[0] + side / 2
+    cx, cy, radius = (float(lesion[c]) for c in ("cx", "cy", "radius"))
+    on_lesion = np.hypot(centres[:, 0] - cx, centres[:, 1] - cy) < radius + side / 2
+    assert 1 <= on_lesion.sum() <= n_low / 3
