@@ -215,13 +215,14 @@ def test_demo_config_leaves_zoommil_a_choice(tmp_path):
     config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
     pre, k = config["preprocess"], config["methods"]["zoommil"]["k"]
     sheet = make_demo_dataset(tmp_path, n_slides=1, seed=config["synth"]["seed"], progress=False)
-    lesion = next(r for r in csv.DictReader(open(tmp_path / "regions.tsv"), delimiter="\t")
-                  if r["kind"] == "lesion")  # fmt: skip
+    with open(tmp_path / "regions.tsv", newline="") as handle:
+        lesion = next(r for r in csv.DictReader(handle, delimiter="\t") if r["kind"] == "lesion")
     lattice = tile_slide(
-        sheet.parent / "slides" / "demo_000.tiff",
+        load_slide_sheet(sheet)[0]["path"],
         pre["mags"],
         pre["patch_size"],
         tissue_method=pre["tissue"]["method"],
+        tissue_params=pre["tissue"]["params"],
         threshold=pre["tissue"]["threshold"],
     )
     n_low, side = lattice.num_patches()[0], lattice.sides[0]
