@@ -43,9 +43,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from zoommil.encoder import build_encoder, encode_patches
-from zoommil.slide import open_slide, read_region_at
+from zoommil.features.encoder import build_encoder, encode_patches
 from zoommil.synth import load_slide_sheet, make_demo_dataset
+from zoommil.wsi.slide import open_slide, read_region_at
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = {"10x": 256, "5x": 512, "2.5x": 1024}  # level-0 side of a 256-px patch (mpp0 = 1.0)

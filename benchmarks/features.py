@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoommil.encoder import PatchEncoder, build_encoder
-from zoommil.featurefile import mag_key
-from zoommil.features import encode_plan
-from zoommil.lattice import Lattice, tile_slide
+from zoommil.features.encoder import PatchEncoder, build_encoder
+from zoommil.features.extraction import encode_plan
+from zoommil.io.featurefile import mag_key
+from zoommil.wsi.lattice import Lattice, tile_slide
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SLIDE = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from zoommil.featurefile import mag_key
+from zoommil.io.featurefile import mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
 

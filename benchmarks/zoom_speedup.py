@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
+from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.models import build_model
-from zoommil.predict import Predictor, make_encoder, predict_slide
 
 REPO = Path(__file__).resolve().parents[1]
 CMU = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"

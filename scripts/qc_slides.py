@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoommil.reporting import qc, sheet
+from zoommil.io import sheet
+from zoommil.workflow import qc
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 sys.stderr = open(sm.log[0], "w")  # noqa: SIM115

@@ -1,6 +1,6 @@
 """Snakemake glue: the per-method train config (params) -> YAML file."""
 
-from zoommil.reporting.trainconfig import write_train_config
+from zoommil.workflow.trainconfig import write_train_config
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 write_train_config(sm.params.config, sm.output.config)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
-from zoommil import encoder as enc
-from zoommil.encoder import PatchEncoder, build_encoder, encode_patches
 from zoommil.errors import ZoomMILError
+from zoommil.features import encoder as enc
+from zoommil.features.encoder import PatchEncoder, build_encoder, encode_patches
 
 
 @pytest.fixture(scope="module")

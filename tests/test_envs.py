@@ -51,8 +51,14 @@ IMPORT_NAME = {
 }
 # zoommil modules each family's stages run (commands import their library lazily).
 FAMILY_MODULES = {
-    "wsi": ["zoommil.cli", "zoommil.slide", "zoommil.tissue", "zoommil.lattice", "zoommil.synth"],
-    "report": ["zoommil.reporting"],
+    "wsi": [
+        "zoommil.cli",
+        "zoommil.wsi.slide",
+        "zoommil.wsi.tissue",
+        "zoommil.wsi.lattice",
+        "zoommil.synth",
+    ],
+    "report": ["zoommil.reporting", "zoommil.workflow"],
 }  # torch: every dependency, nothing to block
 REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$")
 

@@ -16,12 +16,10 @@ import openslide
 import pytest
 from slide_factory import write_pyramid_tiff
 
-from zoommil import slide as slide_module
 from zoommil.cli import main
-from zoommil.encoder import PatchEncoder, build_encoder
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.featurefile import mag_key, read_feature_file
-from zoommil.features import (
+from zoommil.features.encoder import PatchEncoder, build_encoder
+from zoommil.features.extraction import (
     ParentDataset,
     derive_patches,
     encode_plan,
@@ -29,8 +27,10 @@ from zoommil.features import (
     quadtree_offsets,
     validate_plan,
 )
-from zoommil.lattice import Lattice, build_lattice, descendants, load_coords, write_coords
-from zoommil.slide import open_slide, read_region_at, resolve_mpp
+from zoommil.io.featurefile import mag_key, read_feature_file
+from zoommil.wsi import slide as slide_module
+from zoommil.wsi.lattice import Lattice, build_lattice, descendants, load_coords, write_coords
+from zoommil.wsi.slide import open_slide, read_region_at, resolve_mpp
 
 MAGS = [5.0, 10.0, 20.0]
 P = 32  # patch size for tests

@@ -1,4 +1,4 @@
-"""The aligned multi-magnification lattice and `zoommil tile` (zoommil.lattice)."""
+"""The aligned multi-magnification lattice and `zoommil tile` (zoommil.wsi.lattice)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from zoommil.cli import main
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.lattice import (
+from zoommil.wsi.lattice import (
     build_lattice,
     children_order,
     descendants,
@@ -22,7 +22,7 @@ from zoommil.lattice import (
     validate_mags,
     write_coords,
 )
-from zoommil.slide import open_slide, read_region_at
+from zoommil.wsi.slide import open_slide, read_region_at
 
 
 def reference_descendants(r: int, c: int, depth: int) -> list[tuple[int, int]]:

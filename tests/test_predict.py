@@ -12,11 +12,11 @@ import torch
 from slide_factory import write_pyramid_tiff
 
 from zoommil.cli import main
-from zoommil.features import extract_features
-from zoommil.lattice import tile_slide, write_coords
+from zoommil.features.extraction import extract_features
+from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.models import build_model
-from zoommil.predict import Predictor, make_encoder, predict_slide
 from zoommil.training.checkpoint import save_checkpoint
+from zoommil.wsi.lattice import tile_slide, write_coords
 
 MAGS = [5.0, 10.0, 20.0]  # 4 children per step on a 0.5 um/px slide
 PATCH = 64  # small patches keep the random-weight ResNet-50 fast on CPU
@@ -77,7 +77,7 @@ def test_zoom_inference_matches_the_full_feature_file(zoom_result, small_slide, 
     coords = write_coords(tmp_path / "coords.h5", lattice)
     out = tmp_path / "features.h5"
     extract_features(small_slide, coords, out, weights="random", workers=0)
-    from zoommil.featurefile import read_feature_file
+    from zoommil.io.featurefile import read_feature_file
 
     bag = read_feature_file(out, MAGS)
     model = _model()
@@ -124,17 +124,17 @@ def test_predict_cli_missing_slide_is_one_line_error(tmp_path, capsys):
 def test_predict_opens_the_slide_file_once(small_slide, monkeypatch, arch):
     """Tiling and reading share one OpenSlide handle: opening (and test-reading) the file
     twice was inside the timed path of every throughput measurement."""
-    import zoommil.predict
-    import zoommil.slide
+    import zoommil.inference.predict
+    import zoommil.wsi.slide
 
     opened = []
-    real_open = zoommil.slide.open_slide
+    real_open = zoommil.wsi.slide.open_slide
 
     def counting_open(path, *args, **kwargs):
         opened.append(Path(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(zoommil.slide, "open_slide", counting_open)
+    monkeypatch.setattr(zoommil.wsi.slide, "open_slide", counting_open)
     if arch == "zoommil":
         predictor = _predictor(_model())
     else:

@@ -13,7 +13,10 @@ import pytest
 import yaml
 
 from zoommil.errors import ZoomMILError
-from zoommil.reporting import figures, qc, results, sheet, tables, trainconfig, workflow
+from zoommil.io import sheet
+from zoommil.reporting import figures, results, tables
+from zoommil.workflow import params as workflow
+from zoommil.workflow import qc, trainconfig
 
 HEADER = "slide_id\tpath\tlabel\tsplit\tmpp\n"
 

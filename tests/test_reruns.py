@@ -100,6 +100,6 @@ def test_library_edit_reruns_the_rules_that_use_it(tiny) -> None:
     jobs = edit_and_plan(workdir, configfile, "training/__init__.py")
     assert jobs["train"] == jobs["evaluate"] == 4
     assert not PREPROCESS & set(jobs), jobs
-    jobs = edit_and_plan(workdir, configfile, "slide.py")
+    jobs = edit_and_plan(workdir, configfile, "wsi/slide.py")
     # inspection feeds the qc_inspect checkpoint: what follows is planned once it has run
     assert jobs["inspect"] == 8 and jobs["qc_inspect"] == 1

@@ -1,4 +1,4 @@
-"""Slide opening, the mpp chain and region reading (zoommil.slide)."""
+"""Slide opening, the mpp chain and region reading (zoommil.wsi.slide)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from zoommil.cli import main
 from zoommil.errors import SlideError
-from zoommil.slide import (
+from zoommil.wsi.slide import (
     best_level,
     inspect_slide,
     open_slide,

@@ -210,7 +210,7 @@ def test_demo_config_leaves_zoommil_a_choice(tmp_path):
     own magnifications, tissue settings and K."""
     import yaml
 
-    from zoommil.lattice import tile_slide
+    from zoommil.wsi.lattice import tile_slide
 
     config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
     pre, k = config["preprocess"], config["methods"]["zoommil"]["k"]

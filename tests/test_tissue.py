@@ -1,4 +1,4 @@
-"""Tissue detection (zoommil.tissue) and `zoommil tissue`."""
+"""Tissue detection (zoommil.wsi.tissue) and `zoommil tissue`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from zoommil.cli import main
 from zoommil.errors import ZoomMILError
-from zoommil.tissue import (
+from zoommil.wsi.tissue import (
     detect_tissue,
     load_mask,
     method_params,

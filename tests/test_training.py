@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from zoommil.cli import main
-from zoommil.featurefile import write_feature_file
+from zoommil.io.featurefile import write_feature_file
 from zoommil.models import MODEL_NAMES
 from zoommil.training import modeling
 from zoommil.training.trainer import LOG_COLUMNS, balanced_sampler

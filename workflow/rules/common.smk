@@ -9,10 +9,10 @@ import yaml
 from snakemake.utils import validate
 
 from zoommil.errors import ZoomMILError
-from zoommil.reporting import qc as zqc
-from zoommil.reporting import sheet as zsheet
-from zoommil.reporting import trainconfig as ztrain
-from zoommil.reporting import workflow as zwf
+from zoommil.workflow import qc as zqc
+from zoommil.io import sheet as zsheet
+from zoommil.workflow import trainconfig as ztrain
+from zoommil.workflow import params as zwf
 
 validate(config, schema="../schemas/config.schema.yaml")
 

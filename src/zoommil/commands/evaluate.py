@@ -45,8 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from zoommil.io.jsonio import write_json
     from zoommil.training import evaluate_checkpoint
-    from zoommil.training.serialize import write_json
 
     result = evaluate_checkpoint(
         args.checkpoint,

@@ -6,10 +6,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoommil.featurefile import mag_key
-from zoommil.precision import PRECISION_CHOICES
+from zoommil.features.precision import PRECISION_CHOICES
+from zoommil.io.featurefile import mag_key
 
-log = logging.getLogger("zoommil.features")
+log = logging.getLogger("zoommil.features.extraction")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -87,7 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoommil.features import extract_features
+    from zoommil.features.extraction import extract_features
 
     result = extract_features(
         args.slide,

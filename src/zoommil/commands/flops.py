@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from zoommil.efficiency.flops import TFLOP, encoder_flops_per_patch, slide_flops
-    from zoommil.featurefile import read_feature_file
+    from zoommil.io.featurefile import read_feature_file
+    from zoommil.io.jsonio import write_json
     from zoommil.training.checkpoint import model_from_checkpoint
     from zoommil.training.data import read_sheet
-    from zoommil.training.serialize import write_json
 
     model, config = model_from_checkpoint(args.checkpoint)
     sheet = read_sheet(args.sheet or config["sheet"])

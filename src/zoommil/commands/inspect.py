@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from zoommil.atomic import atomic_path
 from zoommil.errors import SlideError
-from zoommil.slide import inspect_slide
+from zoommil.io.atomic import atomic_path
+from zoommil.wsi.slide import inspect_slide
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -51,10 +51,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from zoommil.encoder import resolve_device
-    from zoommil.heatmap import save_heatmap
-    from zoommil.predict import Predictor, make_encoder, predict_slide
-    from zoommil.training.serialize import write_json
+    from zoommil.features.encoder import resolve_device
+    from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+    from zoommil.io.jsonio import write_json
+    from zoommil.reporting.attention import save_heatmap
 
     if args.threads is not None:
         if args.threads < 1:

@@ -63,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from zoommil.efficiency.throughput import measure_throughput
-    from zoommil.predict import Predictor
-    from zoommil.sheet import resolve_slide_path
+    from zoommil.inference.predict import Predictor
+    from zoommil.io.jsonio import write_json
+    from zoommil.io.sheet import resolve_slide_path
     from zoommil.training.checkpoint import load_checkpoint
     from zoommil.training.data import read_sheet
-    from zoommil.training.serialize import write_json
 
     threads = _threads(args.threads)
     _, config = load_checkpoint(args.checkpoint)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoommil.lattice import NO_TISSUE_POLICIES, mag_key, tile_slide, write_coords
-from zoommil.tissue import METHODS, parse_param_args
+from zoommil.wsi.lattice import NO_TISSUE_POLICIES, mag_key, tile_slide, write_coords
+from zoommil.wsi.tissue import METHODS, parse_param_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from zoommil.tissue import (
+from zoommil.wsi.tissue import (
     DEFAULT_PARAMS,
     METHODS,
     default_overlay_path,

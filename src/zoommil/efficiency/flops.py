@@ -18,7 +18,7 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from zoommil.encoder import PATCH_SIZE, ResNet50Layer3
+from zoommil.features.encoder import PATCH_SIZE, ResNet50Layer3
 
 log = logging.getLogger(__name__)
 

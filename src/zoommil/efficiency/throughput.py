@@ -1,9 +1,10 @@
 """End-to-end inference time per slide, from the slide file (the paper's Figure 3).
 
 Each slide goes through the whole path a user would run: tissue detection, tiling, reading,
-encoding and the MIL head (`zoommil.predict.predict_slide`). One warm-up slide is run first
-and not counted (``warmup``, default 0) and the encoder always sees one untimed batch first, so
-one-off costs (allocators, thread pools, kernel selection) do not land on the first slide.
+encoding and the MIL head (`zoommil.inference.predict.predict_slide`). One warm-up slide is
+run first and not counted (``warmup``, default 0) and the encoder always sees one untimed
+batch first, so one-off costs (allocators, thread pools, kernel selection) do not land on the
+first slide.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoommil.predict import Predictor, make_encoder, predict_slide
+from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 
 
 def device_name(device: torch.device) -> str:

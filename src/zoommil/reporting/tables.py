@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from zoommil.reporting import qc, results
+from zoommil.reporting import results
+from zoommil.workflow import qc
 
 DISPLAY_NAMES = {
     "zoommil": "ZoomMIL",

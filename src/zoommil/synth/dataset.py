@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zoommil.errors import ZoomMILError
-from zoommil.sheet import resolve_slide_path
+from zoommil.io.sheet import resolve_slide_path
 from zoommil.synth.painting import Region
 from zoommil.synth.pyramid import write_pyramidal_tiff
 from zoommil.synth.render import DEMO_MPP, DEMO_SIZE, SlideSpec, render_slide
@@ -115,7 +115,7 @@ def make_demo_dataset(
     with ExitStack() as stack:
         if workers == 1:
             results = map(_write_slide, specs, paths)
-        else:  # spawn: a forked child can inherit a held OpenCV lock (see zoommil.features)
+        else:  # spawn: a forked child can inherit a held OpenCV lock (features.extraction)
             context = multiprocessing.get_context("spawn")
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
             results = pool.map(_write_slide, specs, paths)

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoommil.atomic import atomic_path
 from zoommil.errors import ZoomMILError
+from zoommil.io.atomic import atomic_path
+from zoommil.io.jsonio import to_plain
 from zoommil.training import modeling
-from zoommil.training.serialize import to_plain
 
 
 def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], config: Any) -> Path:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.featurefile import mag_key, read_attrs, read_feature_file
+from zoommil.io.featurefile import mag_key, read_attrs, read_feature_file
 from zoommil.training.normalize import FeatureNorm
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from zoommil import __version__
 from zoommil.errors import ZoomMILError
+from zoommil.io.jsonio import write_json
 from zoommil.training import modeling
 from zoommil.training.checkpoint import save_checkpoint
 from zoommil.training.config import MethodSpec, TrainConfig, apply_overrides
@@ -44,7 +45,6 @@ from zoommil.training.data import (
 )
 from zoommil.training.metrics import classification_metrics
 from zoommil.training.normalize import fit_feature_norm
-from zoommil.training.serialize import write_json
 
 log = logging.getLogger(__name__)
 

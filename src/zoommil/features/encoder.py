@@ -31,7 +31,7 @@ from torch import nn
 from torchvision.models import resnet50
 
 from zoommil.errors import ZoomMILError
-from zoommil.precision import PRECISION_CHOICES
+from zoommil.features.precision import PRECISION_CHOICES
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from matplotlib import colormaps
 
-from zoommil.slide import open_with_mpp, read_thumbnail_at_mpp
+from zoommil.wsi.slide import open_with_mpp, read_thumbnail_at_mpp
 
 OUTLINE_COLOURS = ((0, 200, 0), (0, 90, 255), (255, 140, 0))
 

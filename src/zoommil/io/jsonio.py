@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from zoommil.atomic import atomic_path
+from zoommil.io.atomic import atomic_path
 
 
 def to_plain(value: Any) -> Any:

@@ -25,14 +25,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zoommil.encoder import PatchEncoder, build_encoder
 from zoommil.errors import ZoomMILError
-from zoommil.featurefile import mag_key
-from zoommil.features import read_parent_patches
-from zoommil.lattice import Lattice, steps_between, tile_open_slide
-from zoommil.slide import open_with_mpp, read_region_at
+from zoommil.features.encoder import PatchEncoder, build_encoder
+from zoommil.features.extraction import read_parent_patches
+from zoommil.io.featurefile import mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
+from zoommil.wsi.lattice import Lattice, steps_between, tile_open_slide
+from zoommil.wsi.slide import open_with_mpp, read_region_at
 
 log = logging.getLogger(__name__)
 

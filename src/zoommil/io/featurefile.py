@@ -18,8 +18,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from zoommil.atomic import atomic_path
 from zoommil.errors import ZoomMILError
+from zoommil.io.atomic import atomic_path
 
 
 def mag_key(mag: float) -> str:
@@ -44,7 +44,7 @@ class FeatureBag:
 def encode_attr(value: Any) -> Any:
     """An HDF5 attribute value: scalars, strings and numeric arrays as they are, else JSON.
 
-    Shared with the coords file (`zoommil.lattice`); `decode_attr` reverses it.
+    Shared with the coords file (`zoommil.wsi.lattice`); `decode_attr` reverses it.
     """
     if isinstance(value, np.ndarray) and value.dtype.kind in "US":
         return json.dumps(value.tolist())

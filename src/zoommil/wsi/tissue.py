@@ -29,7 +29,7 @@ from PIL import Image, PngImagePlugin
 from scipy import ndimage
 
 from zoommil.errors import ZoomMILError
-from zoommil.slide import open_with_mpp, read_thumbnail_at_mpp
+from zoommil.wsi.slide import open_with_mpp, read_thumbnail_at_mpp
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import h5py
 import numpy as np
 
 from zoommil import __version__
-from zoommil.atomic import atomic_path
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.featurefile import decode_attr, encode_attr, mag_key
+from zoommil.io.atomic import atomic_path
+from zoommil.io.featurefile import decode_attr, encode_attr, mag_key
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def tile_slide(
 
     All user mistakes raise `ZoomMILError`/`SlideError` before anything is written.
     """
-    from zoommil.slide import open_with_mpp
+    from zoommil.wsi.slide import open_with_mpp
 
     _check_tiling_args(mags, threshold)  # before touching the file
     slide, mpp0, source = open_with_mpp(slide_path, mpp, default_mpp)
@@ -376,7 +376,7 @@ def tile_open_slide(
     """`tile_slide` on a slide that is already open (from `open_with_mpp`), so that a caller
     that goes on to read patches (`zoommil predict`) opens the file once. The slide is left
     open."""
-    from zoommil.tissue import load_mask, method_params, tissue_mask_from_slide
+    from zoommil.wsi.tissue import load_mask, method_params, tissue_mask_from_slide
 
     mags = _check_tiling_args(mags, threshold)
     dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))

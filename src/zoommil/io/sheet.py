@@ -131,3 +131,9 @@ def _validator(schema: dict[str, Any] | None):
 def sheet_classes(frame: pd.DataFrame, classes: list[str] | None) -> list[str]:
     """The class list: the configured one, else the sorted labels of the sheet."""
     return list(classes) if classes else sorted(frame["label"].unique())
+
+
+def resolve_slide_path(sheet: str | Path, path: str | Path) -> Path:
+    """A sheet's `path` entry as an absolute path: relative entries are relative to the sheet."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (Path(sheet).resolve().parent / path).resolve()

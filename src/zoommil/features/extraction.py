@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import zoommil
-from zoommil.encoder import FEATURE_DIM, PatchEncoder, build_encoder, resolve_device
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.featurefile import mag_key, write_feature_file
-from zoommil.lattice import Lattice, load_coords
+from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder, resolve_device
+from zoommil.io.featurefile import mag_key, write_feature_file
+from zoommil.wsi.lattice import Lattice, load_coords
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def validate_plan(plan: Lattice, source: str = "coords file") -> None:
 
 
 def load_plan(coords_path: str | Path) -> Lattice:
-    """Read a coords file written by `zoommil tile` (see `zoommil.lattice`)."""
+    """Read a coords file written by `zoommil tile` (see `zoommil.wsi.lattice`)."""
     coords_path = Path(coords_path)
     if not coords_path.is_file():
         raise ZoomMILError(f"{coords_path}: coords file not found (make it with `zoommil tile`)")
@@ -189,7 +189,7 @@ def read_parent_patches(
 
     Shared with ``zoommil predict``, which calls it (or `derive_patches`) on selected regions.
     """
-    from zoommil.slide import read_region_at
+    from zoommil.wsi.slide import read_region_at
 
     out_px = patch_size * 2 ** max(depths)
     region = read_region_at(slide, int(x0), int(y0), int(side0), out_px)
@@ -230,7 +230,7 @@ class ParentDataset(Dataset):
 
     def _handle(self) -> openslide.OpenSlide:
         if self._slide is None or self._pid != os.getpid():
-            from zoommil.slide import open_slide
+            from zoommil.wsi.slide import open_slide
 
             self._slide = open_slide(self.slide_path, test_read=False)
             self._pid = os.getpid()
@@ -386,7 +386,7 @@ def check_plan_matches_slide(
     given, else against the slide's metadata when the coords file took its mpp from there (a
     coords mpp that came from an override or a default cannot be checked against metadata).
     """
-    from zoommil.slide import resolve_mpp
+    from zoommil.wsi.slide import resolve_mpp
 
     dims = plan.attrs.get("dimensions")
     w, h = slide.dimensions
@@ -439,7 +439,7 @@ def extract_features(
     progress: bool = True,
 ) -> ExtractResult:
     """Encode every patch of a coords file and write the feature file (atomically)."""
-    from zoommil.slide import open_slide
+    from zoommil.wsi.slide import open_slide
 
     if batch_size is not None and batch_size < 1:
         raise ZoomMILError(f"--batch-size must be >= 1, got {batch_size}")

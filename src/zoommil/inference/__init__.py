@@ -1,0 +1,1 @@
+"""Inference from the slide file: zoom, read only the selected regions, classify."""

@@ -1,0 +1,1 @@
+"""Files on disk: coords and feature files, slide sheets, JSON, atomic writes."""

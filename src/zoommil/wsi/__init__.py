@@ -1,0 +1,1 @@
+"""Whole-slide images: opening and resolution (slide), tissue detection, the aligned lattice."""
