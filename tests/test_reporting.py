@@ -95,9 +95,11 @@ def test_library_files_expand_folders(tmp_path: Path) -> None:
     (tmp_path / "models" / "a.py").write_text("")
     (tmp_path / "models" / "__pycache__").mkdir()
     (tmp_path / "models" / "__pycache__" / "a.py").write_text("")
-    (tmp_path / "featurefile.py").write_text("")
+    (tmp_path / "io").mkdir()
+    (tmp_path / "io" / "featurefile.py").write_text("")
     files = workflow.library_files(tmp_path, "train")
-    assert files == sorted([str(tmp_path / "featurefile.py"), str(tmp_path / "models" / "a.py")])
+    expected = [str(tmp_path / "io" / "featurefile.py"), str(tmp_path / "models" / "a.py")]
+    assert files == sorted(expected)
 
 
 def test_every_workflow_library_module_exists() -> None:
