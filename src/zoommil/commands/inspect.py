@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "not_a_slide, unreadable, no_mpp, implausible_mpp) with its reason, mpp, "
             "mpp_source, magnification (10/mpp), objective, levels [dims, downsample]. "
             "mpp order: --mpp (overrides metadata) > openslide.mpp-x > vendor keys > TIFF "
-            "resolution > objective power > --default-mpp; values outside 0.1-2.0 um/px are "
+            "resolution > objective power > --default-mpp; values outside 0.05-5.0 um/px are "
             "never used. A bad slide exits 2 with a one-line error unless --no-fail is given."
         ),
     )
@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "for a bad slide, so one bad slide never stops a batch"
         ),
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [a.out])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -45,7 +45,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: a slide that cannot be read gets a failure marker as --json and "
+            "--heatmap (status, stage, reason; figures skip it with a note) and exit 0"
+        ),
+    )
+    parser.set_defaults(func=run, outputs=lambda a: [a.json, a.heatmap], stage="predict")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,13 @@ def measure_throughput(
     warmup: int = 0,
     mpp: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Seconds per slide and slides per hour over ``slides`` ((slide_id, path) pairs)."""
+    """Seconds per slide and slides per hour over ``slides`` ((slide_id, path) pairs).
+
+    A slide that cannot be read (`SlideError`) is left out and listed under
+    ``excluded_slides`` with its reason; the measurement fails only if no slide is left.
+    """
+    from zoommil.errors import SlideError, ZoomMILError
+
     torch.set_num_threads(threads)
     predictor.model.to(device)
     encoder, info = make_encoder(predictor, device=device, precision=precision)
@@ -49,13 +55,23 @@ def measure_throughput(
 
     p = predictor.patch_size
     encoder.encode(np.full((4, p, p, 3), 255, dtype=np.uint8))
+    excluded: dict[str, str] = {}
     for slide_id, path in list(slides)[:warmup]:
-        predict_slide(predictor, path, encoder, mpp=mpp.get(slide_id))
+        try:
+            predict_slide(predictor, path, encoder, mpp=mpp.get(slide_id))
+        except SlideError as error:
+            excluded[slide_id] = error.reason
     rows = []
     for slide_id, path in slides:
+        if slide_id in excluded:
+            continue
         sync()
         tic = time.perf_counter()
-        result = predict_slide(predictor, path, encoder, mpp=mpp.get(slide_id))
+        try:
+            result = predict_slide(predictor, path, encoder, mpp=mpp.get(slide_id))
+        except SlideError as error:
+            excluded[slide_id] = error.reason
+            continue
         sync()
         rows.append(
             {
@@ -64,6 +80,10 @@ def measure_throughput(
                 "patches_encoded": result["patches_encoded"],
                 "phases": result["seconds"],
             }
+        )
+    if not rows:
+        raise ZoomMILError(
+            "no slide could be profiled: " + "; ".join(f"{s}: {r}" for s, r in excluded.items())
         )
     seconds = float(np.mean([r["seconds"] for r in rows]))
     return {
@@ -82,4 +102,5 @@ def measure_throughput(
         "mean_patches_encoded": float(np.mean([r["patches_encoded"] for r in rows])),
         "torch_version": torch.__version__,
         "skipped": None,
+        "excluded_slides": [{"slide_id": s, "reason": r} for s, r in excluded.items()],
     }

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zoommil.errors import ZoomMILError
+from zoommil.errors import SlideError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.extraction import read_parent_patches
 from zoommil.io.featurefile import mag_key
@@ -297,8 +297,20 @@ def predict_slide(
     batch_size: int = 16,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Zoom inference for ZoomMIL, all-patch inference for every other architecture."""
+    """Zoom inference for ZoomMIL, all-patch inference for every other architecture.
+
+    A read error is retried once with a fresh handle, then is a `SlideError`.
+    """
+    import openslide
+
     if not Path(slide_path).exists():
-        raise ZoomMILError(f"{slide_path}: slide file not found")
+        raise SlideError(slide_path, "slide file not found")
     run = zoom_predict if predictor.arch == "zoommil" else all_patch_predict
-    return run(predictor, slide_path, encoder, mpp, batch_size, progress)
+    for attempt in range(2):
+        try:
+            return run(predictor, slide_path, encoder, mpp, batch_size, progress)
+        except openslide.OpenSlideError as error:
+            if attempt:
+                raise SlideError(slide_path, f"cannot read the slide ({error})") from None
+            log.warning("%s: read error (%s); retrying once", slide_path, error)
+    raise AssertionError("unreachable")

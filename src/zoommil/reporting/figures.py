@@ -5,6 +5,7 @@ Rendered with matplotlib's Agg backend (no display, safe in worker processes) to
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from zoommil.reporting import results  # noqa: E402
 from zoommil.reporting.tables import display_name, summarize_runs  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 PANELS = {"cpu1": "CPU, 1 thread", "cpu": "CPU, all cores", "gpu": "GPU"}
 RANDOM_NOTE = "random encoder weights (offline demo): not a measure of the methods"
@@ -208,21 +211,21 @@ def attention_figure(
     dataset: str,
     weights: str,
 ) -> None:
-    """Figure 4: one column per slide: thumbnail, and attention with the zoomed-in regions."""
+    """Figure 4: one column per slide: thumbnail, and attention with the zoomed-in regions.
+
+    A slide whose prediction failed (a `zoommil predict --no-fail` marker) or whose thumbnail
+    cannot be read is left out, with a note under the figure.
+    """
     table = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False).set_index("slide_id")
+    predictions, skipped = _usable_predictions(predictions, table)
     n = max(1, len(predictions))
     fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 7.0), squeeze=False)
     if not predictions:
         for ax in axes.ravel():
             ax.axis("off")
         axes[0, 0].text(0.5, 0.5, "no test slides to show", ha="center", va="center")
-    for col, path in enumerate(predictions):
-        prediction = results.load_json(path)
+    for col, (path, prediction, background, size0) in enumerate(predictions):
         slide_id = prediction.get("slide_id") or Path(path).stem
-        slide_path = prediction.get("slide") or table.loc[slide_id, "path"]
-        if slide_id in table.index:
-            slide_path = table.loc[slide_id, "path"]
-        background, size0 = _thumbnail(slide_path)
         thumb_size = (background.shape[1], background.shape[0])
         heat = attention_map(prediction, size0, thumb_size)
         label = table.loc[slide_id, "label"] if slide_id in table.index else "?"
@@ -258,5 +261,39 @@ def attention_figure(
     if str(weights) == "random":
         title += f"\n{RANDOM_NOTE}"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    if skipped:
+        fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))
     _save(fig, outputs)
+
+
+def _usable_predictions(
+    predictions: Sequence[str | Path], table: pd.DataFrame
+) -> tuple[list[tuple[Path, dict, np.ndarray, tuple[int, int]]], list[str]]:
+    """(path, prediction, thumbnail, level-0 size) of the slides that can be drawn, and a note
+    per slide that cannot (failed prediction, unreadable thumbnail)."""
+    from zoommil.errors import SlideError
+    from zoommil.workflow.failure import read_marker
+
+    usable, skipped = [], []
+    for path in predictions:
+        path = Path(path)
+        failure = read_marker(path)
+        if failure is not None:
+            skipped.append(f"{path.stem} ({failure.stage}: {failure.reason[:80]})")
+            continue
+        prediction = results.load_json(path)
+        slide_id = prediction.get("slide_id") or path.stem
+        slide_path = prediction.get("slide")
+        if slide_id in table.index:
+            slide_path = table.loc[slide_id, "path"]
+        try:
+            background, size0 = _thumbnail(slide_path)
+        except Exception as error:  # noqa: BLE001 - any unreadable slide is skipped, noted
+            reason = error.reason if isinstance(error, SlideError) else str(error)
+            skipped.append(f"{slide_id} (figure: {reason[:80]})")
+            continue
+        usable.append((path, prediction, background, size0))
+    for note in skipped:
+        log.warning("attention figure: skipped %s", note)
+    return usable, skipped
