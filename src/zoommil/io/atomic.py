@@ -107,7 +107,8 @@ def check_writable(path: str | Path, min_free: int = MIN_FREE_BYTES) -> Path:
         free = None
     if free is not None and free < min_free:
         raise ZoomMILError(
-            f"cannot write {path}: only {free} bytes free on its device (need at least {min_free})"
+            f"cannot write {path}: no space left on the device (only {free} bytes free, "
+            f"need at least {min_free})"
         )
     return path
 

@@ -257,7 +257,7 @@ def tissue_mask_for_slide(
             break
         except SlideError as error:
             if attempt or "cannot read" not in error.reason:
-                raise SlideError(path, error.reason) from None
+                raise
             log.warning("%s: %s; retrying once", path, error.reason)
         finally:
             slide.close()
