@@ -327,6 +327,21 @@ def test_full_disk_is_one_line_and_leaves_no_temporary_file(slides, tmp_path, ca
         assert sorted(p.name for p in folder.iterdir()) == ["filler"]
 
 
+def test_disk_filling_during_an_hdf5_write_is_one_error(tmp_path):
+    """HDF5 reports ENOSPC only inside its message; it becomes the same one-line error."""
+    from zoommil.io.featurefile import FeatureFileWriter
+
+    with tmpfs(tmp_path / "small", "size=1m") as folder:
+        out, n = folder / "f.h5", 2000  # 8 MB of features
+        with pytest.raises(ZoomMILError, match=f"cannot write {out}: no space left"):
+            with atomic_path(out) as tmp, FeatureFileWriter(tmp, [5.0], [n], 1024) as writer:
+                for start in range(0, n, 250):
+                    writer.write(0, start, np.ones((250, 1024), np.float32))
+                rc = np.zeros((n, 2), np.int64)
+                writer.finish([rc], [rc], {})
+        assert list(folder.iterdir()) == []
+
+
 def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed

@@ -19,8 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Open a whole-slide image, test-read its pixels, resolve its resolution (mpp) and "
             "print a JSON report: path, status ('ok' or an error status such as missing, "
-            "not_a_slide, unreadable, no_mpp, implausible_mpp) with its reason, mpp, "
-            "mpp_source, magnification (10/mpp), objective, levels [dims, downsample]. "
+            "not_a_slide, unreadable, no_mpp, implausible_mpp, not_brightfield: a dark "
+            "fluorescence-like background) with its reason, mpp, mpp_source, magnification "
+            "(10/mpp), objective, levels [dims, downsample] and OpenSlide's quickhash (the "
+            "workflow refuses one slide under two names). "
             "mpp order: --mpp (overrides metadata) > openslide.mpp-x > vendor keys > TIFF "
             "resolution > objective power > --default-mpp; values outside 0.05-5.0 um/px are "
             "never used. A bad slide exits 2 with a one-line error unless --no-fail is given."

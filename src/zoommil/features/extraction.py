@@ -31,7 +31,7 @@ from tqdm import tqdm
 import zoommil
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder, resolve_device
-from zoommil.io.atomic import atomic_path
+from zoommil.io.atomic import atomic_path, check_free_space
 from zoommil.io.featurefile import FeatureFileWriter, mag_key
 from zoommil.wsi.lattice import Lattice, load_coords
 from zoommil.wsi.patches import (  # noqa: F401  (re-exported: predict, tests)
@@ -462,6 +462,8 @@ def extract_features(
         )
     depths = depths_of(plan)
     sizes = [len(plan.xy[0]) * 4**d for d in depths]
+    # before encoding: the feature rows plus coords and xy, with room for HDF5's overhead
+    check_free_space(out_path, int(sum(sizes) * (FEATURE_DIM * 4 + 32) * 1.05) + (1 << 20))
     stats = StreamStats()
     with (
         atomic_path(out_path) as tmp,

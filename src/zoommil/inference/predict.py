@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoommil.errors import SlideError, ZoomMILError
+from zoommil.errors import SlideError
 from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder
 from zoommil.features.extraction import (
     StreamStats,

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from zoommil.errors import ZoomMILError
 
@@ -70,6 +71,29 @@ def output_error(path: str | Path, error: OSError) -> ZoomMILError:
     elif error.errno in (errno.EACCES, errno.EPERM):
         reason = "permission denied"
     return ZoomMILError(f"cannot write {path}: {reason}")
+
+
+def _hdf5_errno(error: Exception, tmp: Path) -> int | None:
+    """The errno of a failed HDF5 write to ``tmp`` (h5py reports it only in the message)."""
+    text = str(error)
+    match = re.search(r"errno = (\d+)", text)
+    if match is None or tmp.name not in text:
+        return None
+    return int(match[1])
+
+
+def check_free_space(path: str | Path, needed: int) -> None:
+    """Refuse to start work whose output (about ``needed`` bytes) cannot fit on the disk."""
+    path = Path(path)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < needed:
+        raise ZoomMILError(
+            f"cannot write {path}: no space left on the device ({free} bytes free, the output "
+            f"needs about {needed})"
+        )
 
 
 def check_writable(path: str | Path, min_free: int = MIN_FREE_BYTES) -> Path:
@@ -131,10 +155,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except OSError as error:
-        if getattr(error, "filename", None) not in (None, str(tmp), str(path), tmp, path):
-            raise  # an input file, not this output
-        raise output_error(path, error) from None
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            if getattr(error, "filename", None) not in (None, str(tmp), str(path), tmp, path):
+                raise  # an input file, not this output
+            raise output_error(path, error) from None
+        code = _hdf5_errno(error, tmp)
+        if code is None:
+            raise
+        raise output_error(path, OSError(code, os.strerror(code))) from None
     finally:
         try:
             tmp.unlink()
@@ -142,6 +171,71 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             pass
         except OSError:
             pass
+
+
+class GuardedFile:
+    """A binary file for h5py's file-object driver that never reports a failed write to HDF5.
+
+    HDF5 crashes (segfault) on some failed writes, e.g. when the disk fills while a chunked
+    dataset is flushed. Here a failed write is recorded and reported to HDF5 as done, and
+    `close` raises the recorded `OSError` (with the file name), which `atomic_path` turns into
+    one line. The half-written file is then removed by `atomic_path`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fh = open(self.path, "w+b", buffering=0)  # noqa: SIM115 - closed in close()
+        self.error: OSError | None = None
+
+    def _record(self, error: OSError) -> None:
+        if self.error is None:
+            error.filename = str(self.path)
+            self.error = error
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += self._fh.write(view[done:])
+            except OSError as error:
+                self._record(error)
+        return len(view)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._fh.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        return self._fh.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return self._fh.truncate(size)
+        except OSError as error:
+            self._record(error)
+            return self._fh.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass  # unbuffered
+
+    def close(self) -> None:
+        """Close the file; raise the first write error, if any (after closing)."""
+        try:
+            if self.error is None:
+                os.fsync(self._fh.fileno())
+        except OSError as error:
+            self._record(error)
+        finally:
+            self._fh.close()
+        if self.error is not None:
+            raise self.error
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from zoommil.errors import ZoomMILError
-from zoommil.io.atomic import write_bytes_atomic
+from zoommil.io.atomic import GuardedFile, write_bytes_atomic
 
 
 def mag_key(mag: float) -> str:
@@ -138,7 +138,9 @@ class FeatureFileWriter:
     def __init__(
         self, path: str | Path, mags: Sequence[float], sizes: Sequence[int], dim: int
     ) -> None:
-        self.h5 = h5py.File(path, "w")
+        # through a GuardedFile: a full disk is an OSError at close, not an HDF5 segfault
+        self._file = GuardedFile(path)
+        self.h5 = h5py.File(self._file, "w")
         self.mags = [float(m) for m in mags]
         self.dim = int(dim)
         self.datasets = []
@@ -194,7 +196,10 @@ class FeatureFileWriter:
             self.h5.attrs[name] = encode_attr(value)
 
     def close(self) -> None:
-        self.h5.close()
+        try:
+            self.h5.close()
+        finally:
+            self._file.close()
 
     def __enter__(self) -> FeatureFileWriter:
         return self

@@ -48,6 +48,9 @@ PER_SLIDE_ATTRS = (
     "n_parents_kept",
     "n_parents_total",
     "no_tissue_applied",
+    "slide_quickhash",
+    "native_magnification",
+    "upsampling",
 )
 
 
