@@ -60,8 +60,13 @@ LIBRARY_MODULES: dict[str, tuple[str, ...]] = {
     ),
     "qc": ("workflow/qc.py", "io/sheet.py"),
     "train_config": ("workflow/trainconfig.py",),
-    "tables": ("reporting/tables.py", "reporting/results.py"),
-    "figures": ("reporting/figures.py", "reporting/results.py"),
+    "tables": ("reporting/tables.py", "reporting/results.py", "reporting/stats.py"),
+    "figures": (
+        "reporting/figures.py",
+        "reporting/results.py",
+        "reporting/tables.py",
+        "reporting/stats.py",
+    ),
 }
 
 
