@@ -36,6 +36,7 @@ from zoommil.training.config import MethodSpec, TrainConfig, apply_overrides
 from zoommil.training.data import (
     Bag,
     BagStore,
+    check_one_encoder,
     check_same_dim,
     drop_empty,
     read_exclusions,
@@ -232,6 +233,7 @@ def load_splits(
             dims.setdefault(dim, kept[0].path)
             check_same_dim(dims)
         total += size
+    check_one_encoder([r.path for kept in records.values() for r in kept])
     in_memory = config.cache == "memory" or (
         config.cache == "auto" and total <= config.cache_max_gb * 2**30
     )
