@@ -172,8 +172,8 @@ def attention_checkpoint(wildcards):
 
 
 def train_config(wildcards):
-    """The train config of one method (written to a file by rule train_config)."""
-    return ztrain.build_train_config(
+    """The train config of one method as YAML text (the train job writes it to a file)."""
+    config_of_method = ztrain.build_train_config(
         method=wildcards.method,
         spec=ALL_METHODS[wildcards.method],
         train=config["train"],
@@ -183,6 +183,7 @@ def train_config(wildcards):
         features_dir="results/features",
         exclude="results/qc/slides.tsv",
     )
+    return ztrain.dump_train_config(config_of_method)
 
 
 def attention_predictions(wildcards):

@@ -26,7 +26,6 @@ LIBRARY_MODULES: dict[str, tuple[str, ...]] = {
         "commands/features.py",
     ),
     "train": ("models", "training", "io/featurefile.py", "commands/train.py"),
-    "evaluate": ("models", "training", "io/featurefile.py", "commands/evaluate.py"),
     "flops": (
         "efficiency",
         "models",
@@ -55,7 +54,6 @@ LIBRARY_MODULES: dict[str, tuple[str, ...]] = {
         "commands/predict.py",
     ),
     "qc": ("workflow/qc.py", "io/sheet.py"),
-    "train_config": ("workflow/trainconfig.py",),
     "tables": ("reporting/tables.py", "reporting/results.py", "reporting/stats.py"),
     "figures": (
         "reporting/figures.py",
