@@ -24,6 +24,7 @@ from zoommil.reporting import results  # noqa: E402
 from zoommil.reporting.tables import (  # noqa: E402
     add_intervals,
     display_name,
+    encoder_label,
     run_predictions,
     summarize_runs,
 )
@@ -188,7 +189,7 @@ def throughput_figure(
     outputs: Sequence[str | Path],
     dataset: str,
     weights: str,
-    encoder: str = "ResNet-50 (layer3)",
+    encoder: str = "resnet50_layer3",
 ) -> pd.DataFrame:
     """Figure 3: slides/hour (log x) vs weighted F1 with 95% CIs, one panel per device that
     was timed, the efficiency frontier drawn, one legend (no labels to overlap); devices
@@ -267,7 +268,7 @@ def throughput_figure(
             fontsize=8,
             frameon=False,
         )
-    encoder_text = f"encoder {encoder}, {weights} weights"
+    encoder_text = f"encoder {encoder_label(encoder)}, {weights} weights"
     title = f"{dataset}: throughput vs weighted F1 end to end from the slide file ({encoder_text})"
     if skipped:
         title += "\n" + "; ".join(
