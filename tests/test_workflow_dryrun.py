@@ -11,6 +11,8 @@ import pytest
 import yaml
 from workflow_config import harness
 
+from zoommil.workflow import params as workflow
+
 PRESETS = {
     "camelyon16": ["normal", "tumor"],
     "bright": ["noncancerous", "precancerous", "cancerous"],
@@ -50,8 +52,11 @@ def test_demo_config_dry_run(workdir: Path) -> None:
     assert "train_config" not in jobs and "evaluate" not in jobs  # both inside the train job
     assert jobs["train"] == n_runs == 45 and n_methods == 15
     assert jobs["flops"] == n_methods
-    for rule in ("profile_cpu_single", "profile_cpu_all", "profile_gpu"):
+    for rule in ("profile_cpu_single", "profile_cpu_all"):
         assert jobs[rule] == len(demo["methods"]) == 9
+    # efficiency.gpu: auto times on a GPU only where there is one
+    assert demo["efficiency"]["gpu"] == "auto"
+    assert jobs.get("profile_gpu", 0) == (9 if workflow.gpu_present() else 0)
     assert jobs["tables"] == jobs["figure_throughput"] == jobs["figure_attention"] == 1
 
 

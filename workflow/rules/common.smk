@@ -193,7 +193,7 @@ def attention_predictions(wildcards):
 
 
 def throughput_files(device):
-    if device == "gpu" and not EFFICIENCY.get("gpu", True):
+    if device == "gpu" and not zwf.time_on_gpu(EFFICIENCY.get("gpu", True)):
         return []
     return [
         f"results/efficiency/{m}/throughput_{device}.json" for m in EFFICIENCY_METHODS
