@@ -78,6 +78,14 @@ class Setting:
     precision: str | None
 
 
+def _every_minor_label(value: float, _position: int) -> str:
+    """Label every minor log tick but 9x (it would touch the next power of ten's label)."""
+    if value <= 0:
+        return ""
+    lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return "" if round(lead) == 9 else f"{value:g}"
+
+
 def throughput_data(
     evals: Iterable[str | Path],
     timings: Mapping[str, Iterable[str | Path]],
@@ -197,7 +205,8 @@ def throughput_figure(
     data = throughput_data(evals, timings, methods)
     devices = [d for d in timings if data[data["device"] == d]["slides_per_hour"].notna().any()]
     skipped = {
-        d: next((s for s in data[data["device"] == d]["skipped"] if s), "no timings")
+        d: next((s for s in data[data["device"] == d]["skipped"] if s and s != "missing"), "")
+        or "no timings"
         for d in timings
         if d not in devices
     }
@@ -255,7 +264,10 @@ def throughput_figure(
             handles.setdefault(display_name(row["method"]), container)
         ax.set_ylim(-2, 102)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_minor_label))
+        speeds = part["slides_per_hour"]
+        narrow = speeds.max() / speeds.min() < 10  # less than a decade: label every tick
+        minor = _every_minor_label if narrow else _minor_label
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel("weighted F1 (%), 95% CI over test slides")
@@ -268,8 +280,10 @@ def throughput_figure(
             fontsize=8,
             frameon=False,
         )
-    encoder_text = f"encoder {encoder_label(encoder)}, {weights} weights"
-    title = f"{dataset}: throughput vs weighted F1 end to end from the slide file ({encoder_text})"
+    title = (
+        f"{dataset}: throughput (end to end from the slide file) vs weighted F1\n"
+        f"encoder {encoder_label(encoder)}, {weights} weights"
+    )
     if skipped:
         title += "\n" + "; ".join(
             f"{PANELS.get(d, d)}: not timed ({reason})" for d, reason in skipped.items()
