@@ -149,7 +149,7 @@ def test_feature_file_contract(tiny, extracted):
     assert attrs["mags"] == MAGS
     assert attrs["patch_size"] == P
     assert attrs["mpp"] == pytest.approx(0.5) and attrs["mpp_source"] == lattice.attrs["mpp_source"]
-    assert attrs["encoder"] == "resnet50_layer3_avgpool"
+    assert attrs["encoder"] == "resnet50_layer3"
     assert attrs["weights"] == "random" and attrs["weights_seed"] == 0
     assert "RANDOM" in attrs["weights_note"]
     assert attrs["weights_sha256"] == build_encoder("random", seed=0)[1]["weights_sha256"]

@@ -116,12 +116,13 @@ rule features:
         gpu=1,
     params:
         mpp=mpp_override,
+        encoder=config.get("features", {}).get("encoder", "resnet50_layer3"),
         weights=config.get("features", {}).get("weights", "imagenet"),
         seed=config.get("features", {}).get("seed", 0),
         extra=zwf.cli_flags(config.get("features", {}).get("args")),
     shell:
         "zoommil features {input.slide:q} --coords {input.coords} --out {output.features} "
-        "--weights {params.weights} --seed {params.seed} --threads {threads} --no-progress "
+        "--encoder {params.encoder} --weights {params.weights} --seed {params.seed} --threads {threads} --no-progress "
         "{params.mpp} {params.extra} > {log} 2>&1"
 
 

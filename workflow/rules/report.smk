@@ -44,6 +44,7 @@ rule tables:
     params:
         dataset=config["dataset"],
         weights=config.get("features", {}).get("weights", "imagenet"),
+        encoder=config.get("features", {}).get("encoder", "resnet50_layer3"),
         mags=config["preprocess"]["mags"],
         methods=MAIN_METHODS,
         ablations=ABLATIONS,
@@ -77,6 +78,7 @@ rule figure_throughput:
     params:
         dataset=config["dataset"],
         weights=config.get("features", {}).get("weights", "imagenet"),
+        encoder=config.get("features", {}).get("encoder", "resnet50_layer3"),
         methods=EFFICIENCY_METHODS,
     script:
         "../../scripts/figure_throughput.py"

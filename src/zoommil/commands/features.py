@@ -1,4 +1,5 @@
-"""`zoommil features`: ResNet-50 (layer3, avg-pooled) features of every patch of a coords file."""
+"""`zoommil features`: encoder features (ResNet-50 layer3 by default, or a registered
+foundation model) of every patch of a coords file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from zoommil.features.encoders.registry import DEFAULT_ENCODER, encoder_names
 from zoommil.features.precision import PRECISION_CHOICES
 from zoommil.io.featurefile import mag_key
 
@@ -15,16 +17,20 @@ log = logging.getLogger("zoommil.features.extraction")
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "features",
-        help="ResNet-50 features of every patch of a coords file (HDF5)",
+        help="encoder features of every patch of a coords file (HDF5)",
         description=(
-            "Encode every patch listed in a coords file from 'zoommil tile' with torchvision's "
-            "ResNet-50 truncated after layer3 + global average pooling (1024-d, 256 px input, no "
-            "resize, ImageNet mean/std), as in ZoomMIL. Each lowest-magnification parent is "
+            "Encode every patch listed in a coords file from 'zoommil tile' with --encoder: by "
+            "default torchvision's ResNet-50 truncated after layer3 + global average pooling "
+            "(1024-d, 256 px input, no resize, ImageNet mean/std), as in ZoomMIL; or a registered "
+            "pathology foundation model (UNI, UNI2-h, Virchow2, H-optimus-0, Prov-GigaPath, "
+            "Phikon-v2), whose own transform resizes the 256 px patches and normalises them as "
+            "its model card says (docs/encoders.md). Each lowest-magnification parent is "
             "read once at the highest magnification's resolution; the other magnifications are "
             "derived from it by exact 2x area resizing, so every patch is aligned with its "
-            "parent. Writes '{mag}x_patches' (float32 [N, 1024]), '{mag}x_coords' (row, col) and "
-            "'{mag}x_xy' (level-0 x, y) per magnification, depth-first rows, plus provenance "
-            "attributes (weights and their sha256, mpp, tissue parameters, device, precision)."
+            "parent. Writes '{mag}x_patches' (float32 [N, D], D the encoder's dimension), "
+            "'{mag}x_coords' (row, col) and '{mag}x_xy' (level-0 x, y) per magnification, "
+            "depth-first rows, plus provenance attributes (encoder, dimension, input size, "
+            "weights and their sha256, mpp, tissue parameters, device, precision)."
         ),
     )
     parser.add_argument(
@@ -35,12 +41,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="feature HDF5 to write")
     parser.add_argument(
+        "--encoder",
+        default=DEFAULT_ENCODER,
+        choices=encoder_names(),
+        help=f"registered patch encoder (default {DEFAULT_ENCODER}, the paper's)",
+    )
+    parser.add_argument(
         "--weights",
-        default="imagenet",
+        default=None,
         help=(
-            "'imagenet' (torchvision IMAGENET1K_V1, from the torch hub cache; default), "
-            "'random' (seeded random init: demos/tests only, recorded in the file) or a path to "
-            "a resnet50 state dict"
+            "'imagenet' (resnet50_layer3: torchvision IMAGENET1K_V1 from the torch hub cache; "
+            "its default), 'hf' (the encoder's file from the offline Hugging Face cache, never "
+            "downloaded; the default of the other encoders), 'random' (seeded random init: "
+            "demos/tests only, recorded in the file) or a path to a .safetensors / state-dict "
+            "file (or a folder holding the model's file)"
         ),
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
@@ -86,6 +100,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def default_weights(encoder: str) -> str:
+    """``imagenet`` for the paper's ResNet-50, the offline HF cache for foundation models."""
+    return "imagenet" if encoder == DEFAULT_ENCODER else "hf"
+
+
 def run(args: argparse.Namespace) -> int:
     from zoommil.features.extraction import extract_features
 
@@ -93,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
         args.slide,
         args.coords,
         args.out,
-        weights=args.weights,
+        weights=args.weights or default_weights(args.encoder),
         seed=args.seed,
+        encoder_name=args.encoder,
         mpp=args.mpp,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -107,13 +127,14 @@ def run(args: argparse.Namespace) -> int:
         f"{mag_key(m)}: {n}" for m, n in zip(result.attrs["mags"], result.num_patches, strict=True)
     )
     log.info(
-        "%s: %s patches (%s) in %.1f s (%.1f patches/s, %s, %s, %s weights) -> %s",
+        "%s: %s patches (%s) in %.1f s (%.1f patches/s, %s, %s, %s, %s weights) -> %s",
         args.slide,
         sum(result.num_patches),
         counts,
         result.seconds,
         result.patches_per_second,
         result.attrs["device"],
+        result.attrs["encoder"],
         result.attrs["precision"],
         result.attrs["weights"],
         result.path,

@@ -13,9 +13,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "flops",
         help="count FLOPs per slide with fvcore (encoder x patches encoded + MIL head)",
         description=(
-            "Count the FLOPs of classifying each slide of a split: the encoder's FLOPs per "
-            "256 px patch times the patches the method encodes (ZoomMIL: only the zoomed-in "
-            "ones), plus the MIL head on that bag. fvcore counts one multiply-add as one flop; "
+            "Count the FLOPs of classifying each slide of a split: the FLOPs per patch of the "
+            "encoder the checkpoint's features were made with (at its input size) times the "
+            "patches the method encodes (ZoomMIL: only the zoomed-in ones), plus the MIL head "
+            "on that bag. fvcore counts one multiply-add as one flop; "
             "TFLOPs are 2^40 flops, as in the paper's tables. The head is cross-checked with "
             "torch.utils.flop_counter."
         ),
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from zoommil.efficiency.flops import TFLOP, encoder_flops_per_patch, slide_flops
+    from zoommil.features.encoders.registry import DEFAULT_ENCODER, canonical_name
     from zoommil.io.featurefile import read_feature_file
     from zoommil.io.jsonio import write_json
     from zoommil.training.checkpoint import model_from_checkpoint
@@ -49,17 +51,20 @@ def run(args: argparse.Namespace) -> int:
         ids = ids[: args.max_slides]
     if not ids:
         raise ZoomMILError(f"{args.features_dir}: no feature files for the '{args.split}' split")
-    patch_size = int((config.get("preprocessing") or {}).get("patch_size", 256))
+    pre = config.get("preprocessing") or {}
+    patch_size = int(pre.get("patch_size", 256))
+    encoder = canonical_name(pre.get("encoder", DEFAULT_ENCODER))
     rows = []
     for slide_id in tqdm(ids, desc="flops", unit="slide"):
         bag = read_feature_file(args.features_dir / f"{slide_id}.h5", config["mags"])
         if min(len(f) for f in bag.feats) == 0:
             continue
         feats = [torch.from_numpy(f).unsqueeze(0) for f in bag.feats]
-        rows.append({"slide_id": slide_id, **slide_flops(model, config["arch"], feats, patch_size)})
+        flops = slide_flops(model, config["arch"], feats, patch_size, encoder)
+        rows.append({"slide_id": slide_id, **flops})
     if not rows:
         raise ZoomMILError(f"{args.features_dir}: every '{args.split}' slide has zero patches")
-    per_patch = encoder_flops_per_patch(patch_size)
+    per_patch = encoder_flops_per_patch(encoder, patch_size)
     mean_total = float(np.mean([r["total_flops"] for r in rows]))
     write_json(
         args.out,
@@ -68,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
             "arch": config["arch"],
             "mags": config["mags"],
             "kwargs": config.get("kwargs") or {},
+            "encoder": encoder,
+            "encoder_input_size": int(per_patch["input_size"]),
             "encoder_flops_per_patch": per_patch["fvcore"],
             "encoder_flops_per_patch_torch_counter": per_patch["torch"],
             "per_slide": rows,

@@ -87,6 +87,8 @@ def measure_throughput(
         "reader_processes": workers,
         "cpu_count": os.cpu_count(),
         "precision": used,
+        "encoder": info.get("encoder"),
+        "feature_dim": info.get("feature_dim"),
         "encoder_weights": info.get("weights"),
         "warmup_slides": min(warmup, len(slides)),
         "per_slide": rows,

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 import zoommil
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder, resolve_device
+from zoommil.features.encoder import PatchEncoder, build_encoder, resolve_device
+from zoommil.features.encoders.registry import DEFAULT_ENCODER
 from zoommil.io.atomic import atomic_path
 from zoommil.io.featurefile import FeatureFileWriter, mag_key
 from zoommil.wsi.lattice import Lattice, load_coords
@@ -307,7 +308,7 @@ def encode_plan(
     n_parents = len(plan.xy[0])
     feats: list[np.ndarray] | None = None
     if sink is None:
-        feats = [np.zeros((n_parents * 4**d, FEATURE_DIM), dtype=np.float32) for d in depths]
+        feats = [np.zeros((n_parents * 4**d, encoder.dim), dtype=np.float32) for d in depths]
 
         def sink(k: int, start: int, rows: np.ndarray) -> None:
             feats[k][start : start + len(rows)] = rows
@@ -413,6 +414,7 @@ def extract_features(
     weights: str | Path = "imagenet",
     seed: int = 0,
     mpp: float | None = None,
+    encoder_name: str = DEFAULT_ENCODER,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -420,7 +422,12 @@ def extract_features(
     threads: int | None = None,
     progress: bool = True,
 ) -> ExtractResult:
-    """Encode every patch of a coords file and write the feature file (atomically)."""
+    """Encode every patch of a coords file and write the feature file (atomically).
+
+    ``encoder_name``: a registered encoder (`zoommil.features.encoders`); its transform turns
+    the lattice's patches into its input, and the file records its name, dimension, input size,
+    weights hash and precision.
+    """
     from zoommil.wsi.slide import open_slide
 
     if batch_size is not None and batch_size < 1:
@@ -438,7 +445,7 @@ def extract_features(
         mpp0, mpp_source = check_plan_matches_slide(slide, slide_path, plan, mpp)
     finally:
         slide.close()
-    model, weights_info = build_encoder(weights, seed=seed)
+    model, weights_info = build_encoder(weights, seed=seed, encoder=encoder_name)
     encoder = PatchEncoder(model, device=torch_device, precision=precision)
     if batch_size is None:
         batch_size = default_batch_size(encoder.device)
@@ -451,7 +458,7 @@ def extract_features(
     stats = StreamStats()
     with (
         atomic_path(out_path) as tmp,
-        FeatureFileWriter(tmp, plan.mags, sizes, FEATURE_DIM) as writer,
+        FeatureFileWriter(tmp, plan.mags, sizes, encoder.dim) as writer,
     ):
         start = time.perf_counter()
         encode_plan(
@@ -492,7 +499,8 @@ def _provenance(
         "mpp": float(mpp),
         "mpp_source": str(mpp_source),
         **weights_info,
-        "feature_dim": FEATURE_DIM,
+        "feature_dim": encoder.dim,
+        "encoder_input_size": encoder.spec.input_size,
         "zoommil_version": zoommil.__version__,
         "torch_version": str(torch.__version__),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from zoommil.errors import ZoomMILError
-from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder
+from zoommil.features.encoder import PatchEncoder, build_encoder
+from zoommil.features.encoders.registry import DEFAULT_ENCODER, canonical_name
 from zoommil.features.extraction import (
     StreamStats,
     default_batch_size,
@@ -57,11 +58,13 @@ class Predictor:
     tissue_method: str = "gaussian"
     tissue_params: dict[str, Any] = field(default_factory=dict)
     tissue_threshold: float = 0.1
+    encoder: str = DEFAULT_ENCODER
     weights: str = "random"
     weights_seed: int = 0
     precision: str = "fp32"
     method: str = ""
     norm: FeatureNorm | None = None
+    in_dim: int | None = None
 
     @classmethod
     def from_checkpoint(
@@ -79,11 +82,13 @@ class Predictor:
             tissue_method=str(pre.get("tissue_method", "gaussian")),
             tissue_params=dict(pre.get("tissue_params") or {}),
             tissue_threshold=float(pre.get("tissue_threshold", 0.1)),
+            encoder=canonical_name(pre.get("encoder", DEFAULT_ENCODER)),
             weights=str(weights or pre.get("weights", "imagenet")),
             weights_seed=int(pre.get("weights_seed", 0)),
             precision=str(pre.get("precision", "fp32")),
             method=str(config.get("method", config["arch"])),
             norm=FeatureNorm.from_config(config.get("feature_norm")),
+            in_dim=int(config["in_dim"]) if config.get("in_dim") else None,
         )
 
 
@@ -123,7 +128,7 @@ def _encode_regions(
     stats = StreamStats()
     chunks = list(encode_stream(encoder, reader.imap(tasks), batch_size, stats))
     timer.record(stats)
-    feats = np.concatenate(chunks) if chunks else np.zeros((0, FEATURE_DIM), dtype=np.float32)
+    feats = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), dtype=np.float32)
     out = torch.from_numpy(feats).unsqueeze(0)
     return norm(out) if norm is not None else out
 
@@ -336,6 +341,7 @@ def _result(
         "patches_per_mag": encoded,
         "mpp": float(mpp0),
         "mpp_source": source,
+        "encoder": predictor.encoder,
         "weights": predictor.weights,
         "selected": selected,
         "attention": attention,
@@ -346,9 +352,16 @@ def _result(
 def make_encoder(
     predictor: Predictor, device: str = "cpu", precision: str | None = None
 ) -> tuple[PatchEncoder, dict[str, Any]]:
-    """The encoder the checkpoint's features were made with (same weights, seed and, unless
-    ``precision`` overrides it, precision)."""
-    model, info = build_encoder(predictor.weights, seed=predictor.weights_seed)
+    """The encoder the checkpoint's features were made with (same encoder, weights, seed and,
+    unless ``precision`` overrides it, precision)."""
+    model, info = build_encoder(
+        predictor.weights, seed=predictor.weights_seed, encoder=predictor.encoder
+    )
+    if predictor.in_dim is not None and int(info["feature_dim"]) != predictor.in_dim:
+        raise ZoomMILError(
+            f"encoder {predictor.encoder} gives {info['feature_dim']}-d features but the "
+            f"checkpoint was trained on {predictor.in_dim}-d features"
+        )
     precision = precision or predictor.precision
     return PatchEncoder(model, device=device, precision=precision), info
 

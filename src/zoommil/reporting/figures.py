@@ -68,6 +68,7 @@ def throughput_figure(
     outputs: Sequence[str | Path],
     dataset: str,
     weights: str,
+    encoder: str = "resnet50_layer3",
 ) -> pd.DataFrame:
     """Figure 3: slides/hour (log x) vs weighted F1, one panel per device; returns the data."""
     records = results.eval_records(evals)
@@ -149,7 +150,7 @@ def throughput_figure(
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_minor_label))
         ax.grid(alpha=0.3, which="both")
-    title = f"{dataset}: throughput vs weighted F1"
+    title = f"{dataset}: throughput vs weighted F1 ({encoder} encoder)"
     if str(weights) == "random":
         title += f"\n{RANDOM_NOTE}"
     fig.suptitle(title, fontsize=10)
