@@ -148,6 +148,7 @@ checkpoint qc_slides:
             category="QC",
         ),
         usable="results/qc/usable.tsv",
+        manifest="results/qc/features.tsv",
     log:
         "results/logs/qc_slides/qc_slides.log",
     conda:

@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=("fp32", "bf16", "auto"),
         help="encoder precision (default: the one the checkpoint's features were made with)",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", default="1", help="torch CPU threads: N or 'all' (default 1)")
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -72,6 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from zoommil.commands.features import parse_threads
     from zoommil.features.encoder import resolve_device
     from zoommil.features.extraction import default_workers
     from zoommil.inference.predict import Predictor, make_encoder, predict_slide
@@ -79,10 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from zoommil.reporting.attention import save_heatmap
     from zoommil.wsi.patches import ReaderPool
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ZoomMILError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(parse_threads(args.threads))
     device = resolve_device(args.device)
     predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
     encoder, _ = make_encoder(predictor, device=device, precision=args.precision)
