@@ -176,8 +176,8 @@ def attention_checkpoint(wildcards):
 
 
 def train_config(wildcards):
-    """The train config of one method (written to a file by rule train_config)."""
-    return ztrain.build_train_config(
+    """The train config of one method as YAML text (the train job writes it to a file)."""
+    config_of_method = ztrain.build_train_config(
         method=wildcards.method,
         spec=ALL_METHODS[wildcards.method],
         train=config["train"],
@@ -187,6 +187,7 @@ def train_config(wildcards):
         features_dir="results/features",
         exclude="results/qc/slides.tsv",
     )
+    return ztrain.dump_train_config(config_of_method)
 
 
 def attention_predictions(wildcards):
@@ -196,7 +197,7 @@ def attention_predictions(wildcards):
 
 
 def throughput_files(device):
-    if device == "gpu" and not EFFICIENCY.get("gpu", True):
+    if device == "gpu" and not zwf.time_on_gpu(EFFICIENCY.get("gpu", True)):
         return []
     return [
         f"results/efficiency/{m}/throughput_{device}.json" for m in EFFICIENCY_METHODS
