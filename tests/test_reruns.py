@@ -104,8 +104,11 @@ def edit_and_plan(workdir: Path, configfile: Path, relative: str) -> dict[str, i
 
 def test_library_edit_reruns_the_rules_that_use_it(tiny) -> None:
     workdir, configfile, _ = tiny
-    jobs = edit_and_plan(workdir, configfile, "reporting/tables.py")
-    assert set(jobs) == {"tables", "all"}, jobs
+    jobs = edit_and_plan(workdir, configfile, "reporting/stats.py")
+    # the figures show the tables' summaries and CIs (they import reporting.tables/stats)
+    assert set(jobs) == {"tables", "figure_throughput", "figure_attention", "all"}, jobs
+    jobs = edit_and_plan(workdir, configfile, "reporting/figures.py")
+    assert set(jobs) == {"figure_throughput", "figure_attention", "all"}, jobs
     jobs = edit_and_plan(workdir, configfile, "training/__init__.py")
     assert jobs["train"] == 4
     assert not PREPROCESS & set(jobs), jobs

@@ -121,6 +121,9 @@ def measure_throughput(
         "wall_seconds": wall,
         "slides_per_hour": 3600.0 / seconds if seconds > 0 else None,
         "mean_patches_encoded": float(np.mean([r["patches_encoded"] for r in rows])),
+        # device busy (encoding) vs waiting for the readers: a starved GPU shows here
+        "encode_seconds": float(sum(r["phases"]["encode"] for r in rows)),
+        "reader_wait_seconds": float(sum(r["phases"]["read"] for r in rows)),
         "torch_version": torch.__version__,
         "skipped": None,
         "excluded_slides": [{"slide_id": s, "reason": r} for s, r in excluded.items()],
