@@ -89,6 +89,15 @@ def _every_minor_label(value: float, _position: int) -> str:
     return "" if round(lead) == 9 else f"{value:g}"
 
 
+def x_limits(speeds: Iterable[float], margin: float = 1.4) -> tuple[float, float]:
+    """Log-axis limits around the measured speeds, a factor ``margin`` beyond each end, so a
+    single method (or equal speeds) still gets an axis and markers stay off the frame."""
+    values = [float(v) for v in speeds if v is not None and not math.isnan(v) and v > 0]
+    if not values:
+        return 1.0, 10.0
+    return min(values) / margin, max(values) * margin
+
+
 def throughput_data(
     evals: Iterable[str | Path],
     timings: Mapping[str, Iterable[str | Path]],
@@ -266,6 +275,7 @@ def throughput_figure(
             )
             handles.setdefault(display_name(row["method"]), container)
         ax.set_ylim(-2, 102)
+        ax.set_xlim(*x_limits(part["slides_per_hour"]))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         speeds = part["slides_per_hour"]
         narrow = speeds.max() / speeds.min() < 10  # less than a decade: label every tick
