@@ -127,6 +127,17 @@ def test_failed_slide_leaves_a_marker_and_the_next_stages_pass_it_on(
     assert qc.exclusion_summary(table) == "1 of 1 slides excluded (1 failed at features)"
 
 
+def test_an_unreadable_feature_file_excludes_its_slide_not_the_run(tmp_path):
+    damaged = tmp_path / "a.h5"
+    damaged.write_bytes(b"not hdf5" * 8)
+    inspection = pd.DataFrame(
+        [{"slide_id": "a", "label": "x", "split": "train", "status": "ok", "stage": "",
+          "reason": "", "mpp": 1.0, "mpp_source": "m", "quickhash": ""}]
+    )  # fmt: skip
+    row = qc.slides_table(inspection, {"a": damaged}).iloc[0]
+    assert (row["status"], row["stage"]) == ("failed", "features") and "a.h5" in row["reason"]
+
+
 def test_an_upstream_marker_is_passed_on_with_its_stage(slides, tmp_path, capsys):
     mask, coords = tmp_path / "dark.png", tmp_path / "dark.h5"
     assert run_cli(capsys, "tissue", slides["dark"], "--out", mask, "--no-fail")[0] == 0
@@ -453,6 +464,12 @@ def test_checkpoint_refusal_gives_no_unsafe_advice(tmp_path):
     message = str(info.value)
     assert "evil.pt" in message and "refused" in message and "weights_only" not in message
     assert "\n" not in message
+
+
+def test_sheet_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "slides.tsv"
+    path.write_bytes(("\ufeff" + HEADER + "a\ta.svs\tx\ttrain\t\n").encode())
+    assert list(zsheet.load_sheet(path).index) == ["a"]
 
 
 def test_comma_separated_tsv(tmp_path):

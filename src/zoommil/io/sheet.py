@@ -28,7 +28,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise ZoomMILError(f"slide sheet not found: {path}")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
-        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
+        # utf-8-sig: a byte-order mark (spreadsheet exports) must not rename the first column
+        frame = pd.read_csv(
+            path, sep=sep, dtype=str, keep_default_na=False, comment=None, encoding="utf-8-sig"
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ZoomMILError(f"slide sheet {path}: cannot be parsed: {error}") from error
     except UnicodeDecodeError:

@@ -79,7 +79,7 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise ZoomMILError(f"{path}: slide sheet not found")
     try:
-        sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ZoomMILError(f"{path}: cannot read the slide sheet as TSV ({error})") from error
     sheet.columns = [c.strip() for c in sheet.columns]

@@ -140,7 +140,15 @@ def slides_table(
             table.loc[index, "stage"] = failure.stage
             table.loc[index, "reason"] = failure.reason
             continue
-        counts, applied = feature_counts(path)
+        try:
+            counts, applied = feature_counts(path)
+        except OSError as error:  # written atomically, so only a damaged disk gets here
+            table.loc[index, ["status", "stage", "reason"]] = [
+                "failed",
+                "features",
+                f"unreadable feature file {path} ({error})",
+            ]
+            continue
         counts_by_id[slide_id] = counts
         if not counts or min(counts.values()) == 0:
             reason = "the feature file has no patches"
