@@ -50,8 +50,7 @@ def test_demo_config_dry_run(workdir: Path) -> None:
     assert jobs["train_config"] == n_methods == 15
     assert jobs["train"] == jobs["evaluate"] == n_runs == 45
     assert jobs["flops"] == n_methods
-    for rule in ("profile_cpu_single", "profile_cpu_all", "profile_gpu"):
-        assert jobs[rule] == len(demo["methods"]) == 9
+    assert jobs["profile"] == 3 * len(demo["methods"]) == 27  # cpu1, cpu and gpu per method
     assert jobs["tables"] == jobs["figure_throughput"] == jobs["figure_attention"] == 1
 
 
@@ -131,6 +130,17 @@ def test_config_schema_rejects_bad_values(workdir: Path) -> None:
     result = harness.snakemake(workdir, "-n", configfile=path, check=False)
     assert result.returncode != 0
     assert "greedy" in result.stdout + result.stderr
+
+
+def test_bad_recipe_fails_with_one_line_before_any_job(workdir: Path) -> None:
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["preprocess"]["mags"] = [5, 15]
+    path = harness.write_config(workdir, config, "bad_mags.yaml")
+    result = harness.snakemake(workdir, "-n", configfile=path, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config: preprocess/features: magnifications 5x and 15x are not power-of-two" in text
+    assert "Building DAG" not in text
 
 
 def test_lint_is_clean() -> None:

@@ -1,7 +1,8 @@
 """Run the Snakemake workflow in a scratch copy, as a user would from a fresh clone.
 
 The workflow files (Snakefile, workflow/, scripts/, config/, profiles/) and the library
-sources (tracked as `lib=` inputs) are copied into a temporary folder, so tests never touch
+sources (whose import closures are the rules' `code` params) are copied into a temporary
+folder, so tests never touch
 the repository's results/ or its .snakemake/ metadata, and may edit the copy's sources.
 Snakemake runs as a subprocess (`python -m snakemake`) with the test interpreter's bin/ on
 PATH, so the rules find the same `zoommil` CLI.
@@ -107,6 +108,23 @@ def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> d
             elif match is None and not line.strip().startswith("-") and counts:
                 break
     return counts
+
+
+def rerun_reasons(workdir: Path, configfile: Path | None = None) -> dict[str, set[str]]:
+    """Rule -> the reasons a dry run gives for its planned jobs (empty: nothing to be done)."""
+    result = snakemake(workdir, "-n", configfile=configfile)
+    reasons: dict[str, set[str]] = {}
+    rule = None
+    for line in (result.stdout + result.stderr).splitlines():
+        match = re.match(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", line)
+        if match:
+            rule = match[1]
+            continue
+        match = re.match(r"^\s*reason: (.*)$", line)
+        if match and rule is not None:
+            reasons.setdefault(rule, set()).add(match[1])
+            rule = None
+    return reasons
 
 
 def make_tiny_sheet(dest: Path, n_slides: int = 6, bad: bool = True) -> Path:

@@ -3,8 +3,6 @@
 
 
 rule train_config:
-    input:
-        lib=lib("train_config"),
     output:
         config="results/models/{method}/train_config.yaml",
     log:
@@ -16,6 +14,7 @@ rule train_config:
         mem_mb=500,
         runtime=2,
     params:
+        code=code("scripts/write_train_config.py"),
         config=train_config,
     script:
         "../../scripts/write_train_config.py"
@@ -26,7 +25,6 @@ rule train:
         config="results/models/{method}/train_config.yaml",
         qc="results/qc/slides.tsv",
         features=usable_features,
-        lib=lib("train"),
     output:
         checkpoint="results/models/{method}/seed~{seed}/checkpoint.pt",
         metrics="results/models/{method}/seed~{seed}/metrics.json",
@@ -42,6 +40,7 @@ rule train:
         mem_mb=8000,
         runtime=240,
     params:
+        code=code("train"),
         out=output_dir,
     shell:
         "zoommil train --config {input.config} --model {wildcards.method} "
@@ -54,7 +53,6 @@ rule evaluate:
         checkpoint="results/models/{method}/seed~{seed}/checkpoint.pt",
         qc="results/qc/slides.tsv",
         features=usable_features,
-        lib=lib("evaluate"),
     output:
         metrics="results/eval/{method}/seed~{seed}.json",
     log:
@@ -66,6 +64,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
+        code=code("evaluate"),
         features_dir="results/features",
     shell:
         "zoommil evaluate --checkpoint {input.checkpoint} --features-dir {params.features_dir} "

@@ -6,8 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoommil.features.precision import PRECISION_CHOICES
-from zoommil.io.featurefile import mag_key
+from zoommil.commands.options import add_device, add_precision, add_threads
+from zoommil.recipe import default, mag_key
 
 log = logging.getLogger("zoommil.features.extraction")
 
@@ -36,14 +36,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="feature HDF5 to write")
     parser.add_argument(
         "--weights",
-        default="imagenet",
+        default=default("weights"),
         help=(
-            "'imagenet' (torchvision IMAGENET1K_V1, from the torch hub cache; default), "
+            "'imagenet' (torchvision IMAGENET1K_V1, from the torch hub cache; the default), "
             "'random' (seeded random init: demos/tests only, recorded in the file) or a path to "
             "a resnet50 state dict"
         ),
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=default("weights_seed"),
+        help=f"seed of --weights random (default {default('weights_seed')})",
+    )
     parser.add_argument(
         "--mpp",
         type=float,
@@ -64,24 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="reader processes that prefetch regions (default: 1 on CPU, up to 8 on CUDA; 0: read "
         "in the main process)",
     )
-    parser.add_argument(
-        "--device",
-        choices=("cpu", "cuda", "auto"),
-        default="auto",
-        help="where the encoder runs (default auto: CUDA when available, else CPU)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISION_CHOICES,
-        default="fp32",
-        help=(
-            "fp32 (paper parity, default), bf16 autocast (about 2x faster on CPUs with native "
-            "bf16), or auto (bf16 where the hardware has it, else fp32)"
-        ),
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads for the encoder (default: torch's)"
-    )
+    add_device(parser)
+    add_precision(parser, default("precision"))
+    add_threads(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -100,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         precision=args.precision,
-        threads=args.threads,
+        threads=args.threads or None,
         progress=not args.no_progress,
     )
     counts = ", ".join(

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from zoommil.commands.options import add_device, add_precision, add_threads
 from zoommil.errors import ZoomMILError
 
 
@@ -37,13 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weights",
         help="encoder weights (imagenet|random|PATH); default: those recorded in the checkpoint",
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "auto"),
-        help="encoder precision (default: the one the checkpoint's features were made with)",
-    )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    add_device(parser)
+    add_precision(parser, None)
+    add_threads(parser)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.set_defaults(func=run)
 
@@ -51,14 +48,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from zoommil.features.encoder import resolve_device
+    from zoommil.device import resolve_device
     from zoommil.inference.predict import Predictor, make_encoder, predict_slide
     from zoommil.io.jsonio import write_json
     from zoommil.reporting.attention import save_heatmap
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ZoomMILError(f"--threads must be at least 1, got {args.threads}")
+    if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet50
 
+from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
 from zoommil.features.precision import PRECISION_CHOICES
 
@@ -204,17 +205,6 @@ def build_encoder(weights: str | Path = "imagenet", seed: int = 0) -> tuple[nn.M
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model, info
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ZoomMILError("--device cuda requested but no CUDA device is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ZoomMILError(f"unknown device {device!r} (use cpu, cuda or auto)")
-    return torch.device(device)
 
 
 def native_bf16(device: torch.device) -> bool:

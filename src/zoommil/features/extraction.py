@@ -11,7 +11,6 @@ processes (each with its own OpenSlide handle) so that it hides behind the encod
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,8 +29,12 @@ from tqdm import tqdm
 import zoommil
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder, resolve_device
-from zoommil.io.featurefile import mag_key, write_feature_file
-from zoommil.wsi.lattice import Lattice, load_coords
+from zoommil.io.coords import load_coords
+from zoommil.io.featurefile import write_feature_file
+from zoommil.recipe import ENCODER_FIELDS, PreprocessingRecipe
+from zoommil.recipe import default as recipe_default
+from zoommil.wsi import slide as wsi_slide  # module attribute: tests patch its readers
+from zoommil.wsi.lattice import Lattice, depths, descendant_offsets
 
 log = logging.getLogger(__name__)
 
@@ -54,92 +57,7 @@ _COPIED_COORDS_ATTRS = (
 )
 
 
-# --------------------------------------------------------------------------- the plan
-
-
-def depths_of(plan: Lattice) -> list[int]:
-    """Quadtree depth of each magnification below the lowest one (e.g. 0, 1, 3)."""
-    return [round(math.log2(m / plan.mags[0])) for m in plan.mags]
-
-
-def patches_per_parent(plan: Lattice) -> int:
-    return sum(4**d for d in depths_of(plan))
-
-
-def validate_plan(plan: Lattice, source: str = "coords file") -> None:
-    """Check the lattice invariants features rely on; a violation is a user-facing error."""
-    mags = plan.mags
-    if not mags:
-        raise ZoomMILError(f"{source}: no magnifications")
-    if sorted(mags) != list(mags):
-        raise ZoomMILError(f"{source}: magnifications must be listed lowest first, got {mags}")
-    depths = depths_of(plan)
-    for m, d in zip(mags, depths, strict=True):
-        if not math.isclose(mags[0] * 2**d, m, rel_tol=1e-6):
-            raise ZoomMILError(
-                f"{source}: magnifications {mags} are not power-of-two multiples of each other"
-            )
-    for k, (m, d) in enumerate(zip(mags, depths, strict=True)):
-        if plan.sides[k] * 2**d != plan.sides[0]:
-            raise ZoomMILError(
-                f"{source}: level-0 side {plan.sides[k]} at {mag_key(m)} is not "
-                f"{plan.sides[0]} / 2^{d}: the lattice is not aligned"
-            )
-        n = len(plan.xy[k])
-        if n != len(plan.xy[0]) * 4**d or len(plan.coords[k]) != n:
-            raise ZoomMILError(
-                f"{source}: {n} patches at {mag_key(m)} but {len(plan.xy[0])} parents "
-                f"at {mag_key(mags[0])} need {len(plan.xy[0]) * 4**d} (4^{d} each)"
-            )
-        if n == 0:
-            continue
-        grid_xy = np.asarray(plan.coords[k])[:, ::-1] * plan.sides[k]
-        if not np.array_equal(grid_xy, plan.xy[k]):
-            raise ZoomMILError(
-                f"{source}: (row, col) and level-0 (x, y) at {mag_key(m)} disagree "
-                f"(expected x = col * {plan.sides[k]}, y = row * {plan.sides[k]})"
-            )
-        parent_xy = np.repeat(plan.xy[0], 4**d, axis=0)
-        offset = plan.xy[k] - parent_xy
-        if (
-            (offset < 0).any()
-            or (offset + plan.sides[k] > plan.sides[0]).any()
-            or (offset % plan.sides[k]).any()
-        ):
-            raise ZoomMILError(
-                f"{source}: patches at {mag_key(m)} are not on the lattice inside their "
-                "parents (row order must be depth-first)"
-            )
-
-
-def load_plan(coords_path: str | Path) -> Lattice:
-    """Read a coords file written by `zoommil tile` (see `zoommil.wsi.lattice`)."""
-    coords_path = Path(coords_path)
-    if not coords_path.is_file():
-        raise ZoomMILError(f"{coords_path}: coords file not found (make it with `zoommil tile`)")
-    plan = load_coords(coords_path)
-    validate_plan(plan, str(coords_path))
-    return plan
-
-
 # --------------------------------------------------------------------------- pixels
-
-
-def quadtree_offsets(depth: int) -> np.ndarray:
-    """(row, col) offsets of the 4^depth descendants in depth-first order, shape [4^depth, 2].
-
-    One quadtree step orders the children (0, 0), (1, 0), (0, 1), (1, 1) (row fastest), as in
-    the feature-file contract.
-    """
-    out = np.zeros((4**depth, 2), dtype=np.int64)
-    for i in range(4**depth):
-        r = c = 0
-        for level in range(depth):
-            q = (i >> (2 * (depth - 1 - level))) & 3
-            r = (r << 1) | (q & 1)
-            c = (c << 1) | (q >> 1)
-        out[i] = (r, c)
-    return out
 
 
 def derive_patches(
@@ -167,7 +85,7 @@ def derive_patches(
         scales[d] = image
     out = []
     for k, d in enumerate(depths):
-        grid = quadtree_offsets(d) if offsets is None else np.asarray(offsets[k])
+        grid = descendant_offsets(d) if offsets is None else np.asarray(offsets[k])
         img = scales[d]
         p = patch_size
         # view as [2^d, P, 2^d, P, 3] blocks, then gather the (row, col) blocks in order
@@ -189,10 +107,8 @@ def read_parent_patches(
 
     Shared with ``zoommil predict``, which calls it (or `derive_patches`) on selected regions.
     """
-    from zoommil.wsi.slide import read_region_at
-
     out_px = patch_size * 2 ** max(depths)
-    region = read_region_at(slide, int(x0), int(y0), int(side0), out_px)
+    region = wsi_slide.read_region_at(slide, int(x0), int(y0), int(side0), out_px)
     return derive_patches(region, depths, patch_size, offsets)
 
 
@@ -206,7 +122,7 @@ class ParentDataset(Dataset):
 
     def __init__(self, slide_path: str | Path, plan: Lattice) -> None:
         self.slide_path = str(slide_path)
-        self.depths = depths_of(plan)
+        self.depths = depths(plan.mags)
         self.patch_size = plan.patch_size
         self.parent_xy = plan.xy[0]
         self.side0 = plan.sides[0]
@@ -230,9 +146,7 @@ class ParentDataset(Dataset):
 
     def _handle(self) -> openslide.OpenSlide:
         if self._slide is None or self._pid != os.getpid():
-            from zoommil.wsi.slide import open_slide
-
-            self._slide = open_slide(self.slide_path, test_read=False)
+            self._slide = wsi_slide.open_slide(self.slide_path, test_read=False)
             self._pid = os.getpid()
         return self._slide
 
@@ -325,9 +239,9 @@ def encode_plan(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[np.ndarray]:
     """Features of every patch of the plan, per magnification, rows in the plan's order."""
-    depths = depths_of(plan)
+    plan_depths = depths(plan.mags)
     n_parents = len(plan.xy[0])
-    feats = [np.zeros((n_parents * 4**d, FEATURE_DIM), dtype=np.float32) for d in depths]
+    feats = [np.zeros((n_parents * 4**d, FEATURE_DIM), dtype=np.float32) for d in plan_depths]
     if n_parents == 0:
         return feats
     if workers is None:
@@ -335,9 +249,9 @@ def encode_plan(
     if batch_size is None:
         batch_size = default_batch_size(encoder.device)
     dataset = ParentDataset(slide_path, plan)
-    per_parent = patches_per_parent(plan)
+    per_parent = sum(4**d for d in plan_depths)
     # destination (magnification, row) of each stacked patch of parent i: rows i*4^d + j
-    layout = [(k, j) for k, d in enumerate(depths) for j in range(4**d)]
+    layout = [(k, j) for k, d in enumerate(plan_depths) for j in range(4**d)]
     pending: list[torch.Tensor] = []
     targets: list[tuple[int, int]] = []
 
@@ -364,7 +278,7 @@ def encode_plan(
                     raise SlideError(slide_path, item["error"])
                 i = item["index"]
                 pending.append(item["patches"])
-                targets.extend((k, i * 4 ** depths[k] + j) for k, j in layout)
+                targets.extend((k, i * 4 ** plan_depths[k] + j) for k, j in layout)
                 while len(targets) >= batch_size:
                     flush(batch_size)
             if targets:
@@ -386,8 +300,6 @@ def check_plan_matches_slide(
     given, else against the slide's metadata when the coords file took its mpp from there (a
     coords mpp that came from an override or a default cannot be checked against metadata).
     """
-    from zoommil.wsi.slide import resolve_mpp
-
     dims = plan.attrs.get("dimensions")
     w, h = slide.dimensions
     if dims is not None and [int(d) for d in dims] != [int(w), int(h)]:
@@ -407,14 +319,14 @@ def check_plan_matches_slide(
     coords_mpp = plan.attrs.get("mpp")
     coords_source = str(plan.attrs.get("mpp_source", "coords file"))
     if coords_mpp is None:
-        return resolve_mpp(slide, slide_path, mpp_override)
+        return wsi_slide.resolve_mpp(slide, slide_path, mpp_override)
     coords_mpp = float(coords_mpp)
     if mpp_override is not None:
-        mpp, source = resolve_mpp(slide, slide_path, mpp_override)
+        mpp, source = wsi_slide.resolve_mpp(slide, slide_path, mpp_override)
     elif coords_source in ("override", "default"):
         return coords_mpp, coords_source
     else:
-        mpp, source = resolve_mpp(slide, slide_path)
+        mpp, source = wsi_slide.resolve_mpp(slide, slide_path)
     if abs(mpp - coords_mpp) > MPP_TOLERANCE * coords_mpp:
         raise SlideError(
             slide_path,
@@ -428,19 +340,25 @@ def extract_features(
     slide_path: str | Path,
     coords_path: str | Path,
     out_path: str | Path,
-    weights: str | Path = "imagenet",
-    seed: int = 0,
+    weights: str | Path | None = None,
+    seed: int | None = None,
     mpp: float | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str | None = None,
     threads: int | None = None,
     progress: bool = True,
 ) -> ExtractResult:
-    """Encode every patch of a coords file and write the feature file (atomically)."""
-    from zoommil.wsi.slide import open_slide
+    """Encode every patch of a coords file and write the feature file (atomically).
 
+    The feature file records the coords file's tiling recipe plus the encoder part (encoder,
+    weights, seed, precision actually used), which training copies into the checkpoint.
+    ``weights``, ``seed`` and ``precision`` default to the recipe's defaults.
+    """
+    weights = recipe_default("weights") if weights is None else weights
+    seed = recipe_default("weights_seed") if seed is None else seed
+    precision = recipe_default("precision") if precision is None else precision
     if batch_size is not None and batch_size < 1:
         raise ZoomMILError(f"--batch-size must be >= 1, got {batch_size}")
     if workers is not None and workers < 0:
@@ -450,8 +368,8 @@ def extract_features(
             raise ZoomMILError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)  # fail fast on --device cuda without a GPU
-    plan = load_plan(coords_path)
-    slide = open_slide(slide_path)
+    plan = load_coords(coords_path, check=True)
+    slide = wsi_slide.open_slide(slide_path)
     try:
         mpp0, mpp_source = check_plan_matches_slide(slide, slide_path, plan, mpp)
     finally:
@@ -469,6 +387,10 @@ def extract_features(
     seconds = time.perf_counter() - start
     attrs = _provenance(slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder)
     attrs.update(batch_size=batch_size, threads=torch.get_num_threads())
+    recipe = PreprocessingRecipe.from_attrs(
+        {"mags": plan.mags}, weights=str(weights), weights_seed=seed, precision=encoder.precision
+    )
+    attrs.update(recipe.to_attrs(ENCODER_FIELDS))
     path = write_feature_file(
         out_path,
         plan.mags,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,32 +28,38 @@ from tqdm import tqdm
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.extraction import read_parent_patches
-from zoommil.io.featurefile import mag_key
+from zoommil.recipe import PreprocessingRecipe, mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
-from zoommil.wsi.lattice import Lattice, steps_between, tile_open_slide
+from zoommil.wsi.lattice import Lattice, depths, descendant_rows, steps_between
 from zoommil.wsi.slide import open_with_mpp, read_region_at
+from zoommil.wsi.tiling import tile_open_slide
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Predictor:
-    """A trained model plus the preprocessing recipe it was trained with."""
+    """A trained model plus the preprocessing recipe its features were made with.
+
+    The recipe's magnifications are the ones the model reads (a single-scale model is tiled at
+    its own magnification, as the checkpoint records).
+    """
 
     model: nn.Module
     arch: str
     classes: list[str]
-    mags: list[float]
-    patch_size: int = 256
-    tissue_method: str = "gaussian"
-    tissue_params: dict[str, Any] = field(default_factory=dict)
-    tissue_threshold: float = 0.1
-    weights: str = "random"
-    weights_seed: int = 0
-    precision: str = "fp32"
+    recipe: PreprocessingRecipe
     method: str = ""
     norm: FeatureNorm | None = None
+
+    @property
+    def mags(self) -> list[float]:
+        return list(self.recipe.mags)
+
+    @property
+    def patch_size(self) -> int:
+        return self.recipe.patch_size
 
     @classmethod
     def from_checkpoint(
@@ -61,38 +67,23 @@ class Predictor:
     ) -> Predictor:
         model, config = model_from_checkpoint(checkpoint)
         model.to(device)
-        pre: Mapping[str, Any] = config.get("preprocessing") or {}
+        recorded: Mapping[str, Any] = config.get("preprocessing") or {}
+        recipe = PreprocessingRecipe.from_attrs(recorded, mags=config["mags"], weights=weights)
         return cls(
             model=model,
             arch=str(config["arch"]),
             classes=[str(c) for c in config["classes"]],
-            mags=[float(m) for m in config["mags"]],
-            patch_size=int(pre.get("patch_size", 256)),
-            tissue_method=str(pre.get("tissue_method", "gaussian")),
-            tissue_params=dict(pre.get("tissue_params") or {}),
-            tissue_threshold=float(pre.get("tissue_threshold", 0.1)),
-            weights=str(weights or pre.get("weights", "imagenet")),
-            weights_seed=int(pre.get("weights_seed", 0)),
-            precision=str(pre.get("precision", "fp32")),
+            recipe=recipe,
             method=str(config.get("method", config["arch"])),
             norm=FeatureNorm.from_config(config.get("feature_norm")),
         )
 
 
 def _tile(predictor: Predictor, slide: Any, slide_path: Path, mpp0: float, source: str) -> Lattice:
-    """The checkpoint's lattice on the open slide (opened once for tiling and reading)."""
-    return tile_open_slide(
-        slide,
-        slide_path,
-        mpp0,
-        source,
-        predictor.mags,
-        patch_size=predictor.patch_size,
-        tissue_method=predictor.tissue_method,
-        tissue_params=predictor.tissue_params,
-        threshold=predictor.tissue_threshold,
-        no_tissue="all",
-    )
+    """The checkpoint's lattice on the open slide (opened once for tiling and reading). A
+    slide without tissue is still classified (all its patches), whatever the recipe's policy."""
+    recipe = predictor.recipe.replace(no_tissue="all")
+    return tile_open_slide(slide, slide_path, mpp0, source, recipe)
 
 
 def _encode(
@@ -192,7 +183,7 @@ def zoom_predict(
                 for x, y in lattice.xy[m][chosen]
             ]
             patches = np.concatenate(regions) if regions else np.zeros((0, p, p, 3), np.uint8)
-            rows = (chosen[:, None] * r + np.arange(r)[None, :]).reshape(-1)
+            rows = descendant_rows(chosen, r)
             tic = timer.add("read", tic)
             feats = _encode(encoder, patches, batch_size, predictor.norm)
             tic = timer.add("encode", tic)
@@ -220,13 +211,13 @@ def all_patch_predict(
     try:
         lattice = _tile(predictor, slide, slide_path, mpp0, source)
         timer.end_tiling()
-        depths = [steps_between(lattice.mags[0], m) for m in lattice.mags]
+        mag_depths = depths(lattice.mags)
         per_mag: list[list[np.ndarray]] = [[] for _ in lattice.mags]
         tic = time.perf_counter()
         for x, y in tqdm(lattice.xy[0], desc="read", disable=not progress):
             for k, patches in enumerate(
                 read_parent_patches(
-                    slide, int(x), int(y), lattice.sides[0], depths, predictor.patch_size
+                    slide, int(x), int(y), lattice.sides[0], mag_depths, predictor.patch_size
                 )
             ):
                 per_mag[k].append(patches)
@@ -272,7 +263,7 @@ def _result(
         "patches_per_mag": encoded,
         "mpp": float(mpp0),
         "mpp_source": source,
-        "weights": predictor.weights,
+        "weights": predictor.recipe.weights,
         "selected": selected,
         "attention": attention,
         "seconds": timer.summary(),
@@ -284,8 +275,9 @@ def make_encoder(
 ) -> tuple[PatchEncoder, dict[str, Any]]:
     """The encoder the checkpoint's features were made with (same weights, seed and, unless
     ``precision`` overrides it, precision)."""
-    model, info = build_encoder(predictor.weights, seed=predictor.weights_seed)
-    precision = precision or predictor.precision
+    recipe = predictor.recipe
+    model, info = build_encoder(recipe.weights, seed=recipe.weights_seed)
+    precision = precision or recipe.precision
     return PatchEncoder(model, device=device, precision=precision), info
 
 

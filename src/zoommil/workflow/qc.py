@@ -15,6 +15,8 @@ from typing import Any
 import h5py
 import pandas as pd
 
+from zoommil.io.atomic import atomic_path
+
 INSPECT_COLUMNS = ["slide_id", "label", "split", "status", "reason", "mpp", "mpp_source"]
 
 
@@ -118,11 +120,8 @@ def usable_sheet(sheet: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
 
 def write_tsv(frame: pd.DataFrame, out: str | Path) -> None:
     """Write a TSV atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    frame.to_csv(tmp, sep="\t", index=False, na_rep="")
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, na_rep="")
 
 
 def exclusion_summary(table: pd.DataFrame) -> str:
