@@ -1,4 +1,4 @@
-# Per dataset: tables (CSV, Markdown, LaTeX), Figure 3 (throughput vs accuracy), Figure 4
+# Per dataset: tables (CSV, Markdown, LaTeX; main, ablations, paired comparisons), Figure 3 (throughput vs accuracy), Figure 4
 # (attention maps), all flagged for `snakemake --report results/report.html`.
 
 
@@ -25,6 +25,13 @@ rule tables:
         ),
         ablation_md="results/tables/ablations.md",
         ablation_tex="results/tables/ablations.tex",
+        comparison_csv=report(
+            "results/tables/comparisons.csv",
+            caption="../report/table_comparisons.rst",
+            category="Tables",
+        ),
+        comparison_md="results/tables/comparisons.md",
+        comparison_tex="results/tables/comparisons.tex",
     log:
         "results/logs/tables/tables.log",
     conda:

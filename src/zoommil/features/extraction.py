@@ -4,8 +4,11 @@ Why per parent: the lattice is aligned by construction (a parent at magnificatio
 exactly 2^d x 2^d patches at 2^d m), so reading the parent's level-0 extent once at the highest
 magnification's resolution and area-resizing it down in exact 2x steps yields every
 magnification's patches with one read per pixel, and a child's pixels are by construction the
-matching quadrant of its parent at the finer scale. Reading is done in DataLoader worker
-processes (each with its own OpenSlide handle) so that it hides behind the encoder.
+matching quadrant of its parent at the finer scale (see `zoommil.wsi.patches`).
+
+Streaming: reader processes (`ReaderPool`) read a bounded window of parents ahead of the
+encoder, batches are encoded as they fill, and the features go straight to the file's chunked
+datasets (`FeatureFileWriter`), so memory is a few batches whatever the slide's size.
 """
 
 from __future__ import annotations
@@ -13,28 +16,37 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import openslide
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import zoommil
+from zoommil.device import resolve_device
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder, resolve_device
+from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder
+from zoommil.io.atomic import atomic_path
 from zoommil.io.coords import load_coords
-from zoommil.io.featurefile import write_feature_file
+from zoommil.io.featurefile import FeatureFileWriter
 from zoommil.recipe import ENCODER_FIELDS, PreprocessingRecipe
 from zoommil.recipe import default as recipe_default
-from zoommil.wsi import slide as wsi_slide  # module attribute: tests patch its readers
-from zoommil.wsi.lattice import Lattice, depths, descendant_offsets
+from zoommil.wsi.lattice import Lattice
+from zoommil.wsi.lattice import depths as mag_depths
+from zoommil.wsi.patches import (  # noqa: F401  (re-exported: predict, tests)
+    ReaderPool,
+    RegionTask,
+    chunk_tasks,
+    close_handles,
+    derive_patches,
+    read_parent_patches,
+    read_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,151 +69,66 @@ _COPIED_COORDS_ATTRS = (
 )
 
 
+# --------------------------------------------------------------------------- the plan
+
+
+def depths_of(plan: Lattice) -> list[int]:
+    """Quadtree depth of each magnification below the lowest one (e.g. 0, 1, 3)."""
+    return mag_depths(plan.mags)
+
+
+def patches_per_parent(plan: Lattice) -> int:
+    return sum(4**d for d in depths_of(plan))
+
+
 # --------------------------------------------------------------------------- pixels
 
 
-def derive_patches(
-    region: np.ndarray,
-    depths: Sequence[int],
-    patch_size: int,
-    offsets: Sequence[np.ndarray] | None = None,
-) -> list[np.ndarray]:
-    """Cut one parent's region (read at the highest magnification) into every magnification.
-
-    ``region`` is [P * 2^D, P * 2^D, 3] with D = max(depths). Coarser scales are made by exact
-    2x INTER_AREA steps (2x2 block means), so each coarser image's quadrant equals the
-    area-resized quadrant of the finer image. Returns, per depth d, uint8 [4^d, P, P, 3] in the
-    order of ``offsets[k]`` (grid (row, col) offsets inside the parent; default depth-first).
-    """
-    top = max(depths)
-    side = patch_size * 2**top
-    if region.shape[:2] != (side, side):
-        raise ValueError(f"region is {region.shape[:2]}, expected {(side, side)}")
-    scales = {top: np.ascontiguousarray(region)}
-    image = scales[top]
-    for d in range(top - 1, min(depths) - 1, -1):
-        s = patch_size * 2**d
-        image = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA)
-        scales[d] = image
+def plan_offsets(plan: Lattice) -> list[np.ndarray]:
+    """Per magnification, the (row, col) grid offsets of each parent's patches inside it,
+    [n_parents, 4^d, 2], taken from the coords file (so any row order it uses is honoured)."""
     out = []
-    for k, d in enumerate(depths):
-        grid = descendant_offsets(d) if offsets is None else np.asarray(offsets[k])
-        img = scales[d]
-        p = patch_size
-        # view as [2^d, P, 2^d, P, 3] blocks, then gather the (row, col) blocks in order
-        blocks = img.reshape(2**d, p, 2**d, p, 3).transpose(0, 2, 1, 3, 4)
-        out.append(np.ascontiguousarray(blocks[grid[:, 0], grid[:, 1]]))
+    for k, d in enumerate(depths_of(plan)):
+        rel = plan.xy[k] - np.repeat(plan.xy[0], 4**d, axis=0)
+        grid = (rel // plan.sides[k])[:, ::-1]  # (x, y) -> (row, col)
+        out.append(grid.reshape(-1, 4**d, 2) if len(grid) else grid.reshape(0, 1, 2))
     return out
 
 
-def read_parent_patches(
-    slide: openslide.OpenSlide,
-    x0: int,
-    y0: int,
-    side0: int,
-    depths: Sequence[int],
-    patch_size: int,
-    offsets: Sequence[np.ndarray] | None = None,
-) -> list[np.ndarray]:
-    """One read of a parent's level-0 extent at the finest resolution, then `derive_patches`.
-
-    Shared with ``zoommil predict``, which calls it (or `derive_patches`) on selected regions.
-    """
-    out_px = patch_size * 2 ** max(depths)
-    region = wsi_slide.read_region_at(slide, int(x0), int(y0), int(side0), out_px)
-    return derive_patches(region, depths, patch_size, offsets)
-
-
-class ParentDataset(Dataset):
+class ParentDataset:
     """Item i = all patches of parent i, all magnifications stacked lowest first, uint8.
 
-    The OpenSlide handle is opened lazily in whichever process reads (each DataLoader worker
-    gets its own; handles are never pickled or shared across a fork). Errors are returned as
-    values because DataLoader cannot re-raise `SlideError` from a worker.
+    Reads in the calling process (the pipeline reads through `ReaderPool`); errors are returned
+    as values, as the pool's workers do.
     """
 
     def __init__(self, slide_path: str | Path, plan: Lattice) -> None:
         self.slide_path = str(slide_path)
-        self.depths = depths(plan.mags)
+        self.depths = depths_of(plan)
         self.patch_size = plan.patch_size
         self.parent_xy = plan.xy[0]
         self.side0 = plan.sides[0]
-        # grid offsets of every magnification's rows inside their parent, from the coords file
-        self.offsets: list[np.ndarray] = []
-        for k, d in enumerate(self.depths):
-            rel = plan.xy[k] - np.repeat(plan.xy[0], 4**d, axis=0)
-            grid = (rel // plan.sides[k])[:, ::-1]  # (x, y) -> (row, col)
-            self.offsets.append(grid.reshape(-1, 4**d, 2) if len(grid) else grid.reshape(0, 1, 2))
-        self._slide: openslide.OpenSlide | None = None
-        self._pid: int | None = None
+        self.offsets = plan_offsets(plan)
 
     def __len__(self) -> int:
         return len(self.parent_xy)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_slide"] = None
-        state["_pid"] = None
-        return state
-
-    def _handle(self) -> openslide.OpenSlide:
-        if self._slide is None or self._pid != os.getpid():
-            self._slide = wsi_slide.open_slide(self.slide_path, test_read=False)
-            self._pid = os.getpid()
-        return self._slide
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        task = RegionTask(
+            self.slide_path,
+            self.parent_xy[i : i + 1],
+            int(self.side0),
+            tuple(self.depths),
+            int(self.patch_size),
+            tuple(o[i : i + 1] for o in self.offsets),
+        )
+        result = read_task(task)
+        if isinstance(result, str):
+            return {"index": i, "error": result}
+        return {"index": i, "patches": torch.from_numpy(result)}
 
     def close(self) -> None:
-        """Close this process's handle (OpenSlide errors latch: the next read reopens)."""
-        if self._slide is not None and self._pid == os.getpid():
-            self._slide.close()
-        self._slide = None
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        x0, y0 = (int(v) for v in self.parent_xy[i])
-        offsets = [o[i] for o in self.offsets]
-        error = ""
-        for _attempt in range(2):
-            try:
-                patches = read_parent_patches(
-                    self._handle(), x0, y0, self.side0, self.depths, self.patch_size, offsets
-                )
-                return {"index": i, "patches": torch.from_numpy(np.concatenate(patches))}
-            except SlideError as exc:
-                return {"index": i, "error": exc.reason}
-            except openslide.OpenSlideError as exc:
-                error = f"cannot read the region at level-0 ({x0}, {y0}): {exc}"
-                self.close()
-        return {"index": i, "error": error}
-
-
-def _worker_init(_worker_id: int) -> None:
-    """Readers are single-threaded: the cores belong to the encoder."""
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-def iter_parents(
-    dataset: ParentDataset, workers: int, prefetch: int = 4, pin_memory: bool = False
-) -> Iterator[dict[str, Any]]:
-    """Parents in order; with workers > 0 they are read ahead in worker processes."""
-    if workers <= 0:
-        for i in range(len(dataset)):
-            yield dataset[i]
-        return
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        worker_init_fn=_worker_init,
-        # Not fork: a process that already ran OpenCV/OpenMP thread pools (a long-lived
-        # caller, a test session) can hand a forked worker a locked mutex and hang it.
-        multiprocessing_context="spawn",
-        prefetch_factor=prefetch,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-    )
-    yield from loader
+        close_handles()
 
 
 # --------------------------------------------------------------------------- extraction
@@ -220,13 +147,89 @@ class ExtractResult:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Small batches are fastest on CPU (cache-bound: bs 4 beats 16 by ~1.3x); large on GPU."""
+    """Small batches are fastest on CPU (cache-bound: bs 4 beats 16 by ~1.2-1.3x); large on GPU."""
     return 64 if device.type == "cuda" else 4
 
 
-def _default_workers(device: torch.device) -> int:
+def default_workers(device: torch.device) -> int:
+    """Reader processes: one hides reading behind a CPU encoder; a GPU needs several."""
     cpus = os.cpu_count() or 1
     return min(8, max(1, cpus - 1)) if device.type == "cuda" else 1
+
+
+_default_workers = default_workers  # the name benchmarks used
+
+
+@dataclass
+class StreamStats:
+    """Where the consumer's time went: waiting for readers vs encoding (device busy)."""
+
+    read_wait: float = 0.0
+    encode: float = 0.0
+    patches: int = 0
+    batches: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "reader_wait_seconds": self.read_wait,
+            "encode_seconds": self.encode,
+            "patches": self.patches,
+            "batches": self.batches,
+        }
+
+
+def encode_stream(
+    encoder: PatchEncoder,
+    chunks: Iterable[np.ndarray],
+    batch_size: int,
+    stats: StreamStats | None = None,
+) -> Iterator[np.ndarray]:
+    """Features of the patches of ``chunks`` (uint8 [n, P, P, 3] each), in order, one
+    ``batch_size`` batch at a time: only a batch and the readers' window are ever held.
+
+    On a GPU the batch is pinned so the copy is asynchronous (`PatchEncoder.preprocess` copies
+    with ``non_blocking``); the encode time includes waiting for the device's result.
+    """
+    stats = stats if stats is not None else StreamStats()
+    pin = encoder.device.type == "cuda"
+    pending: list[np.ndarray] = []
+    held = 0
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        tic = time.perf_counter()
+        tensor = torch.from_numpy(batch)
+        if pin:
+            tensor = tensor.pin_memory()
+        out = encoder.encode(tensor)
+        stats.encode += time.perf_counter() - tic
+        stats.patches += len(batch)
+        stats.batches += 1
+        return out
+
+    iterator = iter(chunks)
+    while True:
+        tic = time.perf_counter()
+        chunk = next(iterator, None)
+        stats.read_wait += time.perf_counter() - tic
+        if chunk is None:
+            break
+        pending.append(chunk)
+        held += len(chunk)
+        if held < batch_size:
+            continue
+        stack = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        n = len(stack) // batch_size * batch_size
+        for i in range(0, n, batch_size):
+            yield run(stack[i : i + batch_size])
+        pending = [stack[n:]] if n < len(stack) else []
+        held = len(stack) - n
+    if held:
+        yield run(np.concatenate(pending) if len(pending) > 1 else pending[0])
+
+
+def regions_per_task(patches_per_region: int, batch_size: int) -> int:
+    """Regions per reader task: at least a batch of patches, so messages are few and large."""
+    return max(1, -(-max(batch_size, 16) // patches_per_region))
 
 
 def encode_plan(
@@ -237,54 +240,66 @@ def encode_plan(
     workers: int | None = None,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
-) -> list[np.ndarray]:
-    """Features of every patch of the plan, per magnification, rows in the plan's order."""
-    plan_depths = depths(plan.mags)
+    sink: Callable[[int, int, np.ndarray], None] | None = None,
+    reader: ReaderPool | None = None,
+    stats: StreamStats | None = None,
+) -> list[np.ndarray] | None:
+    """Features of every patch of the plan, per magnification, rows in the plan's order.
+
+    With ``sink`` the rows go to ``sink(k, first_row, rows)`` as they are computed (in order per
+    magnification) and nothing is returned: memory stays at a few batches. ``reader`` reuses a
+    running `ReaderPool` (else one with ``workers`` processes is started and closed here).
+    """
+    depths = depths_of(plan)
     n_parents = len(plan.xy[0])
-    feats = [np.zeros((n_parents * 4**d, FEATURE_DIM), dtype=np.float32) for d in plan_depths]
+    feats: list[np.ndarray] | None = None
+    if sink is None:
+        feats = [np.zeros((n_parents * 4**d, FEATURE_DIM), dtype=np.float32) for d in depths]
+
+        def sink(k: int, start: int, rows: np.ndarray) -> None:
+            feats[k][start : start + len(rows)] = rows
+
     if n_parents == 0:
         return feats
     if workers is None:
-        workers = _default_workers(encoder.device)
+        workers = default_workers(encoder.device)
     if batch_size is None:
         batch_size = default_batch_size(encoder.device)
-    dataset = ParentDataset(slide_path, plan)
-    per_parent = sum(4**d for d in plan_depths)
-    # destination (magnification, row) of each stacked patch of parent i: rows i*4^d + j
-    layout = [(k, j) for k, d in enumerate(plan_depths) for j in range(4**d)]
-    pending: list[torch.Tensor] = []
-    targets: list[tuple[int, int]] = []
-
-    def flush(n: int) -> None:
-        stack = torch.cat(pending) if len(pending) > 1 else pending[0]
-        out = encoder.encode(stack[:n])
-        for row, (k, r) in zip(out, targets[:n], strict=True):
-            feats[k][r] = row
-        rest = stack[n:]
-        pending.clear()
-        if len(rest):
-            pending.append(rest)
-        del targets[:n]
-        if on_batch is not None:
-            on_batch(n)
-        bar.update(n)
-
+    per_parent = patches_per_parent(plan)
+    # where stacked patch w of a parent goes: magnification layout_k[w], row parent * 4^d + j
+    layout_k = np.asarray([k for k, d in enumerate(depths) for _ in range(4**d)])
+    layout_j = np.asarray([j for d in depths for j in range(4**d)])
+    scale = np.asarray([4**d for d in depths])
+    tasks = chunk_tasks(
+        str(slide_path),
+        plan.xy[0],
+        plan.sides[0],
+        depths,
+        plan.patch_size,
+        regions_per_task(per_parent, batch_size),
+        plan_offsets(plan),
+    )
+    own_reader = reader is None
+    reader = reader if reader is not None else ReaderPool(workers)
+    done = 0
     total = n_parents * per_parent
-    with tqdm(total=total, unit="patch", desc="features", disable=not progress) as bar:
-        pin = encoder.device.type == "cuda"
-        try:
-            for item in iter_parents(dataset, workers, pin_memory=pin):
-                if "error" in item:
-                    raise SlideError(slide_path, item["error"])
-                i = item["index"]
-                pending.append(item["patches"])
-                targets.extend((k, i * 4 ** plan_depths[k] + j) for k, j in layout)
-                while len(targets) >= batch_size:
-                    flush(batch_size)
-            if targets:
-                flush(len(targets))
-        finally:
-            dataset.close()
+    try:
+        with tqdm(total=total, unit="patch", desc="features", disable=not progress) as bar:
+            for out in encode_stream(encoder, reader.imap(tasks), batch_size, stats):
+                q = np.arange(done, done + len(out))
+                parent, w = q // per_parent, q % per_parent
+                ks = layout_k[w]
+                rows = parent * scale[ks] + layout_j[w]
+                for k in np.unique(ks):
+                    mask = ks == k
+                    sink(int(k), int(rows[mask][0]), out[mask])
+                done += len(out)
+                if on_batch is not None:
+                    on_batch(len(out))
+                bar.update(len(out))
+    finally:
+        if own_reader:
+            reader.close()
     return feats
 
 
@@ -300,6 +315,8 @@ def check_plan_matches_slide(
     given, else against the slide's metadata when the coords file took its mpp from there (a
     coords mpp that came from an override or a default cannot be checked against metadata).
     """
+    from zoommil.wsi.slide import resolve_mpp
+
     dims = plan.attrs.get("dimensions")
     w, h = slide.dimensions
     if dims is not None and [int(d) for d in dims] != [int(w), int(h)]:
@@ -319,14 +336,14 @@ def check_plan_matches_slide(
     coords_mpp = plan.attrs.get("mpp")
     coords_source = str(plan.attrs.get("mpp_source", "coords file"))
     if coords_mpp is None:
-        return wsi_slide.resolve_mpp(slide, slide_path, mpp_override)
+        return resolve_mpp(slide, slide_path, mpp_override)
     coords_mpp = float(coords_mpp)
     if mpp_override is not None:
-        mpp, source = wsi_slide.resolve_mpp(slide, slide_path, mpp_override)
+        mpp, source = resolve_mpp(slide, slide_path, mpp_override)
     elif coords_source in ("override", "default"):
         return coords_mpp, coords_source
     else:
-        mpp, source = wsi_slide.resolve_mpp(slide, slide_path)
+        mpp, source = resolve_mpp(slide, slide_path)
     if abs(mpp - coords_mpp) > MPP_TOLERANCE * coords_mpp:
         raise SlideError(
             slide_path,
@@ -356,9 +373,12 @@ def extract_features(
     weights, seed, precision actually used), which training copies into the checkpoint.
     ``weights``, ``seed`` and ``precision`` default to the recipe's defaults.
     """
+    from zoommil.wsi.slide import open_slide
+
     weights = recipe_default("weights") if weights is None else weights
     seed = recipe_default("weights_seed") if seed is None else seed
     precision = recipe_default("precision") if precision is None else precision
+
     if batch_size is not None and batch_size < 1:
         raise ZoomMILError(f"--batch-size must be >= 1, got {batch_size}")
     if workers is not None and workers < 0:
@@ -369,7 +389,7 @@ def extract_features(
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)  # fail fast on --device cuda without a GPU
     plan = load_coords(coords_path, check=True)
-    slide = wsi_slide.open_slide(slide_path)
+    slide = open_slide(slide_path)
     try:
         mpp0, mpp_source = check_plan_matches_slide(slide, slide_path, plan, mpp)
     finally:
@@ -382,25 +402,34 @@ def extract_features(
         log.warning(
             "%s: no tissue parents in %s: writing an empty feature file", slide_path, coords_path
         )
-    start = time.perf_counter()
-    feats = encode_plan(slide_path, plan, encoder, batch_size, workers, progress)
-    seconds = time.perf_counter() - start
-    attrs = _provenance(slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder)
-    attrs.update(batch_size=batch_size, threads=torch.get_num_threads())
-    recipe = PreprocessingRecipe.from_attrs(
-        {"mags": plan.mags}, weights=str(weights), weights_seed=seed, precision=encoder.precision
-    )
-    attrs.update(recipe.to_attrs(ENCODER_FIELDS))
-    path = write_feature_file(
-        out_path,
-        plan.mags,
-        feats,
-        plan.coords,
-        plan.xy,
-        attrs,
-        datasets={"tissue_fraction": np.asarray(plan.tissue_fraction, dtype=np.float32)},
-    )
-    return ExtractResult(path, [len(f) for f in feats], seconds, attrs)
+    depths = depths_of(plan)
+    sizes = [len(plan.xy[0]) * 4**d for d in depths]
+    stats = StreamStats()
+    with (
+        atomic_path(out_path) as tmp,
+        FeatureFileWriter(tmp, plan.mags, sizes, FEATURE_DIM) as writer,
+    ):
+        start = time.perf_counter()
+        encode_plan(
+            slide_path, plan, encoder, batch_size, workers, progress, sink=writer.write, stats=stats
+        )
+        seconds = time.perf_counter() - start
+        attrs = _provenance(slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder)
+        attrs.update(batch_size=batch_size, threads=torch.get_num_threads())
+        recipe = PreprocessingRecipe.from_attrs(
+            {"mags": plan.mags}, weights=str(weights), weights_seed=seed,
+            precision=encoder.precision,
+        )  # fmt: skip
+        attrs.update(recipe.to_attrs(ENCODER_FIELDS))
+        writer.finish(
+            plan.coords,
+            plan.xy,
+            attrs,
+            datasets={"tissue_fraction": np.asarray(plan.tissue_fraction, dtype=np.float32)},
+        )
+    path = Path(out_path)
+    attrs["stream"] = stats.as_dict()
+    return ExtractResult(path, sizes, seconds, attrs)
 
 
 def _provenance(

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from zoommil.errors import ZoomMILError
-from zoommil.features.encoder import PatchEncoder, build_encoder
-from zoommil.features.extraction import read_parent_patches
+from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder
+from zoommil.features.extraction import (
+    StreamStats,
+    default_batch_size,
+    default_workers,
+    encode_plan,
+    encode_stream,
+    regions_per_task,
+)
 from zoommil.recipe import PreprocessingRecipe, mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
-from zoommil.wsi.lattice import Lattice, depths, descendant_rows, steps_between
-from zoommil.wsi.slide import open_with_mpp, read_region_at
+from zoommil.wsi.lattice import Lattice, descendant_rows, steps_between
+from zoommil.wsi.patches import ReaderPool, chunk_tasks
+from zoommil.wsi.slide import open_with_mpp
 from zoommil.wsi.tiling import tile_open_slide
 
 log = logging.getLogger(__name__)
@@ -86,20 +94,35 @@ def _tile(predictor: Predictor, slide: Any, slide_path: Path, mpp0: float, sourc
     return tile_open_slide(slide, slide_path, mpp0, source, recipe)
 
 
-def _encode(
-    encoder: PatchEncoder, patches: np.ndarray, batch_size: int, norm: FeatureNorm | None
+def _encode_regions(
+    encoder: PatchEncoder,
+    reader: ReaderPool,
+    slide_path: Path,
+    xy: np.ndarray,
+    side0: int,
+    depth: int,
+    patch_size: int,
+    batch_size: int,
+    norm: FeatureNorm | None,
+    timer: _Timer,
 ) -> torch.Tensor:
-    """Encoded patches [1, n, D], standardised as in training when the checkpoint says so."""
-    chunks = [
-        encoder.encode(patches[i : i + batch_size]) for i in range(0, len(patches), batch_size)
-    ]
-    feats = np.concatenate(chunks) if chunks else np.zeros((0, 1024), dtype=np.float32)
-    feats = torch.from_numpy(feats).unsqueeze(0)
-    return norm(feats) if norm is not None else feats
+    """Read and encode the 4^depth patches of each region streaming (readers ahead of the
+    encoder, only features kept): [1, n * 4^depth, D], standardised as in training."""
+    tasks = chunk_tasks(
+        str(slide_path), xy, side0, [depth], patch_size, regions_per_task(4**depth, batch_size)
+    )
+    stats = StreamStats()
+    chunks = list(encode_stream(encoder, reader.imap(tasks), batch_size, stats))
+    timer.record(stats)
+    feats = np.concatenate(chunks) if chunks else np.zeros((0, FEATURE_DIM), dtype=np.float32)
+    out = torch.from_numpy(feats).unsqueeze(0)
+    return norm(out) if norm is not None else out
 
 
 class _Timer:
-    """Wall time from the start: tissue detection and tiling, then per phase (read/encode/head)."""
+    """Wall time from the start: tissue detection and tiling, then per phase: ``read`` is the
+    time spent waiting for the reader processes (reading not hidden behind encoding),
+    ``encode`` the encoder's (on a GPU: busy) time, ``head`` the MIL head's."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -108,6 +131,11 @@ class _Timer:
 
     def end_tiling(self) -> None:
         self.tiled = time.perf_counter()
+
+    def record(self, stats: StreamStats) -> None:
+        """Streaming phases: waiting for the readers, and encoding (device busy)."""
+        self.seconds["read"] += stats.read_wait
+        self.seconds["encode"] += stats.encode
 
     def add(self, phase: str, since: float) -> float:
         now = time.perf_counter()
@@ -127,72 +155,93 @@ def zoom_predict(
     slide_path: str | Path,
     encoder: PatchEncoder,
     mpp: float | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = False,
+    reader: ReaderPool | None = None,
 ) -> dict[str, Any]:
     """ZoomMIL inference reading only the selected regions; see the module docstring."""
+    with _reader_for(reader, encoder) as reader:
+        return _zoom_predict(predictor, Path(slide_path), encoder, mpp, batch_size, reader)
+
+
+def _zoom_predict(
+    predictor: Predictor,
+    slide_path: Path,
+    encoder: PatchEncoder,
+    mpp: float | None,
+    batch_size: int | None,
+    reader: ReaderPool,
+) -> dict[str, Any]:
     timer = _Timer()
-    slide_path = Path(slide_path)
     model = predictor.model
     p = predictor.patch_size
+    bs = batch_size or default_batch_size(encoder.device)
     pooled, attention, selected = [], [], []
     encoded = {}
     slide, mpp0, source = open_with_mpp(slide_path, mpp)
-    try:
+    try:  # the handle is for tissue detection and tiling; readers open their own
         lattice = _tile(predictor, slide, slide_path, mpp0, source)
-        timer.end_tiling()
-        rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
-        tic = time.perf_counter()
-        side = lattice.sides[0]
-        patches = [
-            read_region_at(slide, int(x), int(y), side, p)
-            for x, y in tqdm(lattice.xy[0], desc="read", disable=not progress)
-        ]
-        patches = np.stack(patches) if patches else np.zeros((0, p, p, 3), np.uint8)
-        tic = timer.add("read", tic)
-        feats = _encode(encoder, patches, batch_size, predictor.norm)
-        tic = timer.add("encode", tic)
-        encoded[mag_key(lattice.mags[0])] = len(rows)
-        for m in range(len(lattice.mags)):
-            with torch.inference_mode():
-                step = model.zoom_step(m, feats.to(encoder.device))
-            pooled.append(step.pooled)
-            attention.append(
-                {
-                    "mag": lattice.mags[m],
-                    "side0": lattice.sides[m],
-                    "xy": lattice.xy[m][rows].tolist(),
-                    "weights": step.attention.float().cpu().tolist(),
-                }
-            )
-            tic = timer.add("head", tic)
-            if step.selected is None:
-                break
-            chosen = rows[step.selected.cpu().numpy()]
-            selected.append(
-                {
-                    "mag": lattice.mags[m],
-                    "side0": lattice.sides[m],
-                    "xy": lattice.xy[m][chosen].tolist(),
-                }
-            )
-            depth = steps_between(lattice.mags[m], lattice.mags[m + 1])
-            r = 4**depth
-            regions = [
-                read_parent_patches(slide, int(x), int(y), lattice.sides[m], [depth], p)[0]
-                for x, y in lattice.xy[m][chosen]
-            ]
-            patches = np.concatenate(regions) if regions else np.zeros((0, p, p, 3), np.uint8)
-            rows = descendant_rows(chosen, r)
-            tic = timer.add("read", tic)
-            feats = _encode(encoder, patches, batch_size, predictor.norm)
-            tic = timer.add("encode", tic)
-            encoded[mag_key(lattice.mags[m + 1])] = len(rows)
-        with torch.inference_mode():
-            logits = model.classify_pooled(pooled)
-        timer.add("head", tic)
     finally:
         slide.close()
+    timer.end_tiling()
+    rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
+    feats = _encode_regions(
+        encoder,
+        reader,
+        slide_path,
+        lattice.xy[0],
+        lattice.sides[0],
+        0,
+        p,
+        bs,
+        predictor.norm,
+        timer,
+    )
+    tic = time.perf_counter()
+    encoded[mag_key(lattice.mags[0])] = len(rows)
+    for m in range(len(lattice.mags)):
+        with torch.inference_mode():
+            step = model.zoom_step(m, feats.to(encoder.device))
+        pooled.append(step.pooled)
+        attention.append(
+            {
+                "mag": lattice.mags[m],
+                "side0": lattice.sides[m],
+                "xy": lattice.xy[m][rows].tolist(),
+                "weights": step.attention.float().cpu().tolist(),
+            }
+        )
+        tic = timer.add("head", tic)
+        if step.selected is None:
+            break
+        chosen = rows[step.selected.cpu().numpy()]
+        selected.append(
+            {
+                "mag": lattice.mags[m],
+                "side0": lattice.sides[m],
+                "xy": lattice.xy[m][chosen].tolist(),
+            }
+        )
+        depth = steps_between(lattice.mags[m], lattice.mags[m + 1])
+        r = 4**depth
+        rows = descendant_rows(chosen, r)
+        feats = _encode_regions(
+            encoder,
+            reader,
+            slide_path,
+            lattice.xy[m][chosen],
+            lattice.sides[m],
+            depth,
+            p,
+            bs,
+            predictor.norm,
+            timer,
+        )
+        tic = time.perf_counter()
+        encoded[mag_key(lattice.mags[m + 1])] = len(rows)
+    with torch.inference_mode():
+        logits = model.classify_pooled(pooled)
+    timer.add("head", tic)
     return _result(predictor, slide_path, logits, encoded, mpp0, source, selected, attention, timer)
 
 
@@ -201,41 +250,56 @@ def all_patch_predict(
     slide_path: str | Path,
     encoder: PatchEncoder,
     mpp: float | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = False,
+    reader: ReaderPool | None = None,
 ) -> dict[str, Any]:
-    """Encode every tissue patch at the model's magnifications, then run the MIL head."""
+    """Encode every tissue patch at the model's magnifications, then run the MIL head.
+
+    Streams like `zoommil features`: one read per parent, readers ahead of the encoder, and
+    only the features are kept (memory does not grow with the slide's pixels).
+    """
     timer = _Timer()
     slide_path = Path(slide_path)
     slide, mpp0, source = open_with_mpp(slide_path, mpp)
     try:
         lattice = _tile(predictor, slide, slide_path, mpp0, source)
-        timer.end_tiling()
-        mag_depths = depths(lattice.mags)
-        per_mag: list[list[np.ndarray]] = [[] for _ in lattice.mags]
-        tic = time.perf_counter()
-        for x, y in tqdm(lattice.xy[0], desc="read", disable=not progress):
-            for k, patches in enumerate(
-                read_parent_patches(
-                    slide, int(x), int(y), lattice.sides[0], mag_depths, predictor.patch_size
-                )
-            ):
-                per_mag[k].append(patches)
-        tic = timer.add("read", tic)
     finally:
         slide.close()
-    p = predictor.patch_size
+    timer.end_tiling()
+    stats = StreamStats()
+    with _reader_for(reader, encoder) as reader:
+        per_mag = encode_plan(
+            slide_path,
+            lattice,
+            encoder,
+            batch_size or default_batch_size(encoder.device),
+            progress=progress,
+            reader=reader,
+            stats=stats,
+        )
+    timer.record(stats)
+    tic = time.perf_counter()
     feats = []
-    for chunks in per_mag:
-        patches = np.concatenate(chunks) if chunks else np.zeros((0, p, p, 3), np.uint8)
-        feats.append(_encode(encoder, patches, batch_size, predictor.norm).to(encoder.device))
-    tic = timer.add("encode", tic)
+    for f in per_mag or []:
+        t = torch.from_numpy(f).unsqueeze(0)
+        feats.append((predictor.norm(t) if predictor.norm is not None else t).to(encoder.device))
     coords = [torch.as_tensor(c) for c in lattice.coords]
     with torch.inference_mode():
         logits = predictor.model(feats, coords)
     timer.add("head", tic)
     encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
     return _result(predictor, slide_path, logits, encoded, mpp0, source, [], [], timer)
+
+
+@contextmanager
+def _reader_for(reader: ReaderPool | None, encoder: PatchEncoder) -> Iterator[ReaderPool]:
+    """The caller's reader pool, or one for this call (closed after it)."""
+    if reader is not None:
+        yield reader
+        return
+    with ReaderPool(default_workers(encoder.device)) as own:
+        yield own
 
 
 def _result(
@@ -286,11 +350,16 @@ def predict_slide(
     slide_path: str | Path,
     encoder: PatchEncoder,
     mpp: float | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     progress: bool = False,
+    reader: ReaderPool | None = None,
 ) -> dict[str, Any]:
-    """Zoom inference for ZoomMIL, all-patch inference for every other architecture."""
+    """Zoom inference for ZoomMIL, all-patch inference for every other architecture.
+
+    ``batch_size`` defaults to the measured best for the device (4 on CPU, 64 on GPU);
+    ``reader`` is a running `ReaderPool` to reuse across slides (else one per call).
+    """
     if not Path(slide_path).exists():
         raise ZoomMILError(f"{slide_path}: slide file not found")
     run = zoom_predict if predictor.arch == "zoommil" else all_patch_predict
-    return run(predictor, slide_path, encoder, mpp, batch_size, progress)
+    return run(predictor, slide_path, encoder, mpp, batch_size, progress, reader)

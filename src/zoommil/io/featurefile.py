@@ -107,6 +107,89 @@ def write_feature_file(
     return Path(path)
 
 
+class FeatureFileWriter:
+    """Write a feature file while the features are computed: rows arrive in order, per
+    magnification, and go to chunked datasets of the final size, so memory holds one chunk
+    per magnification however large the slide. Same file as `write_feature_file`.
+
+    Use inside ``atomic_path`` (the caller renames on success)::
+
+        with atomic_path(out) as tmp, FeatureFileWriter(tmp, mags, sizes, dim) as w:
+            w.write(k, start_row, rows)
+            ...
+            w.finish(coords, xy, attrs, datasets)
+    """
+
+    CHUNK_ROWS = 1024
+
+    def __init__(
+        self, path: str | Path, mags: Sequence[float], sizes: Sequence[int], dim: int
+    ) -> None:
+        self.h5 = h5py.File(path, "w")
+        self.mags = [float(m) for m in mags]
+        self.dim = int(dim)
+        self.datasets = []
+        self.buffers: list[list[np.ndarray]] = [[] for _ in self.mags]
+        self.next_row = [0 for _ in self.mags]  # first row not yet written to the file
+        for mag, n in zip(self.mags, sizes, strict=True):
+            chunks = (min(int(n), self.CHUNK_ROWS), self.dim) if n else None
+            self.datasets.append(
+                self.h5.create_dataset(
+                    f"{mag_key(mag)}_patches", shape=(int(n), self.dim), dtype="f4", chunks=chunks
+                )
+            )
+
+    def write(self, k: int, start: int, rows: np.ndarray) -> None:
+        """Rows ``start .. start + len(rows) - 1`` of magnification ``k`` (in order)."""
+        buffered = sum(len(b) for b in self.buffers[k])
+        if start != self.next_row[k] + buffered:
+            raise ValueError(f"rows of {mag_key(self.mags[k])} out of order at {start}")
+        self.buffers[k].append(np.asarray(rows, dtype=np.float32))
+        if buffered + len(rows) >= self.CHUNK_ROWS:
+            self._flush(k)
+
+    def _flush(self, k: int) -> None:
+        if not self.buffers[k]:
+            return
+        block = np.concatenate(self.buffers[k])
+        a = self.next_row[k]
+        self.datasets[k][a : a + len(block)] = block
+        self.next_row[k] = a + len(block)
+        self.buffers[k].clear()
+
+    def finish(
+        self,
+        coords: Sequence[np.ndarray],
+        xy: Sequence[np.ndarray],
+        attrs: Mapping[str, Any] | None = None,
+        datasets: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Flush, check every row was written, add coords, xy, extra datasets and attributes."""
+        for k, (mag, c, p) in enumerate(zip(self.mags, coords, xy, strict=True)):
+            self._flush(k)
+            if self.next_row[k] != len(self.datasets[k]):
+                raise ValueError(
+                    f"{mag_key(mag)}: {self.next_row[k]} of {len(self.datasets[k])} rows written"
+                )
+            key = mag_key(mag)
+            self.h5.create_dataset(f"{key}_coords", data=np.asarray(c, np.int64).reshape(-1, 2))
+            self.h5.create_dataset(f"{key}_xy", data=np.asarray(p, np.int64).reshape(-1, 2))
+        for name, value in (datasets or {}).items():
+            self.h5.create_dataset(name, data=np.asarray(value))
+        self.h5.attrs["mags"] = np.asarray(self.mags)
+        for name, value in (attrs or {}).items():
+            self.h5.attrs[name] = encode_attr(value)
+
+    def close(self) -> None:
+        self.h5.close()
+
+    def __enter__(self) -> FeatureFileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """Attributes of a feature file, with JSON-encoded values decoded."""
     with h5py.File(path, "r") as h5:

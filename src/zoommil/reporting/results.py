@@ -62,6 +62,16 @@ def eval_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
+def eval_runs(paths: Iterable[str | Path]) -> dict[str, list[dict[str, Any]]]:
+    """method -> its evaluation JSONs (seed set from the path), for per-slide statistics."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in paths:
+        method, seed = parse_run(path)
+        data = load_json(path)
+        out.setdefault(method, []).append({**data, "seed": seed})
+    return out
+
+
 def method_of(path: str | Path) -> str:
     """The method folder of results/efficiency/<method>/<file>.json."""
     return Path(path).parent.name

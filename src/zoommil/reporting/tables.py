@@ -1,7 +1,9 @@
 """Tables 1-4 of the paper from the workflow's JSON outputs, as CSV, Markdown and LaTeX.
 
-Tables 1-3 (one per dataset): weighted F1, accuracy and AUC as mean +- std over seeds, mean
-TFLOPs per slide and end-to-end time per slide. Table 4: ZoomMIL ablations. Every table
+Tables 1-3 (one per dataset): weighted F1, accuracy and AUC as mean +- std over seeds, with a
+95% bootstrap CI over test slides for weighted F1 and accuracy (reporting.stats), mean TFLOPs
+per slide and end-to-end time per slide. Table 4: ZoomMIL ablations. The comparison table:
+the reference (ZoomMIL) against every baseline and ablation, paired over slides. Every table
 carries notes on the encoder weights (random weights make the numbers a smoke test) and on
 how many slides QC excluded.
 """
@@ -17,7 +19,7 @@ import pandas as pd
 
 from zoommil.io.atomic import atomic_path, write_text_atomic
 from zoommil.recipe import format_mags
-from zoommil.reporting import results
+from zoommil.reporting import results, stats
 from zoommil.workflow import qc
 
 DISPLAY_NAMES = {
@@ -32,6 +34,7 @@ DISPLAY_NAMES = {
     "dsmil": "DSMIL",
 }
 METRICS = ("weighted_f1", "accuracy", "auc")
+CI_METRICS = stats.METRICS  # metrics with a bootstrap CI over test slides
 METRIC_HEADERS = {"weighted_f1": "Weighted F1 (%)", "accuracy": "Accuracy (%)", "auc": "AUC (%)"}
 ZOOMMIL_DEFAULTS = {"selection": "diff_topk", "attention": "dual", "aggregation": "sum"}
 TIMING_HEADERS = {
@@ -78,6 +81,42 @@ def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 row[f"{metric}_std"] = math.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _test_predictions(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """An evaluation record with top-level `classes` and `predictions`, else None (a
+    train-style metrics.json nests them under `test`)."""
+    if record.get("predictions") is None and isinstance(record.get("test"), Mapping):
+        record = {**record["test"], "classes": record.get("classes"), "seed": record.get("seed")}
+    return record if record.get("predictions") and record.get("classes") else None
+
+
+def run_predictions(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> dict[str, stats.Predictions]:
+    """Per-slide predictions of every method whose evaluation JSONs all carry them."""
+    out = {}
+    for method, records in runs.items():
+        usable = [_test_predictions(r) for r in records]
+        if usable and all(usable):
+            out[method] = stats.predictions_from_evals(usable)
+    return out
+
+
+def add_intervals(summary: pd.DataFrame, preds: Mapping[str, stats.Predictions]) -> pd.DataFrame:
+    """Summary plus `{metric}_ci_low/high` (95% bootstrap over test slides) and `n_test`."""
+    summary = summary.copy()
+    for column in [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + ["n_test"]:
+        summary[column] = math.nan
+    for i, method in enumerate(summary["method"]):
+        if method not in preds:
+            continue
+        summary.loc[i, "n_test"] = len(preds[method].slides)
+        for metric in CI_METRICS:
+            interval = stats.method_ci(preds[method], metric)
+            summary.loc[i, f"{metric}_ci_low"] = interval.low
+            summary.loc[i, f"{metric}_ci_high"] = interval.high
+    return summary
 
 
 def main_table(
@@ -140,16 +179,23 @@ def ablation_table(
         row["tflops"] = flops.get(method, {}).get("tflops", math.nan)
         rows.append(row)
     columns = ["method", "component", "variant", "n_seeds"]
-    columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["tflops"]
+    columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    columns += [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + ["n_test", "tflops"]
     return pd.DataFrame(rows, columns=columns)
 
 
-def _pct(mean: float, std: float) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _pct(mean: float, std: float, low: float = math.nan, high: float = math.nan) -> str:
+    """`mean ± std [low, high]` in percent (the CI only when there is one)."""
+    if _missing(mean):
         return "n/a"
-    if std is None or math.isnan(std):
-        return f"{100 * mean:.1f}"
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    text = f"{100 * mean:.1f}" if _missing(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+    if not (_missing(low) or _missing(high)):
+        text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+    return text
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -168,12 +214,15 @@ def display_frame(table: pd.DataFrame, kind: str, devices: Sequence[str]) -> pd.
         out["Method"] = table["method"]
         out["Component"] = table["component"]
         out["Variant"] = table["variant"]
+    nans = [math.nan] * len(table)
     for metric in METRICS:
         out[METRIC_HEADERS[metric]] = [
-            _pct(m, s)
-            for m, s in zip(
-                table.get(f"{metric}_mean", [math.nan] * len(table)),
-                table.get(f"{metric}_std", [math.nan] * len(table)),
+            _pct(*values)
+            for values in zip(
+                table.get(f"{metric}_mean", nans),
+                table.get(f"{metric}_std", nans),
+                table.get(f"{metric}_ci_low", nans),
+                table.get(f"{metric}_ci_high", nans),
                 strict=True,
             )
         ]
@@ -206,7 +255,16 @@ def to_markdown(display: pd.DataFrame, title: str, notes: Sequence[str], best: i
 
 
 def _tex_escape(text: str) -> str:
-    replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#"}
+    replacements = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "_": r"\_",
+        "#": r"\#",
+        "^": r"\^{}",
+        "Δ": r"$\Delta$",
+        "−": "$-$",
+    }
     text = "".join(replacements.get(c, c) for c in str(text))
     return text.replace("±", r"$\pm$").replace("->", r"$\rightarrow$")
 
@@ -263,8 +321,124 @@ def table_notes(
         )
     for device, reason in timings_skipped.items():
         notes.append(f"{TIMING_HEADERS[device].split(' (')[0]} timing skipped: {reason}")
-    notes.append("mean ± std over seeds on the test split; TFLOPs = 2^40 flops per slide")
+    notes.append(
+        "mean ± std over seeds on the test split [95% bootstrap CI over test slides: "
+        f"{stats.N_BOOTSTRAP} resamples of the slides, metric averaged over seeds]; "
+        "TFLOPs = 2^40 flops per slide"
+    )
     return notes
+
+
+def comparison_table(
+    preds: Mapping[str, stats.Predictions],
+    reference: str,
+    others: Mapping[str, str],
+    flops: Mapping[str, Mapping[str, float]],
+    timings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> pd.DataFrame:
+    """The reference against each method of ``others`` (name -> "baseline" | "ablation").
+
+    Differences are reference - method on the slides and seeds both share; ratios are
+    reference / method (below 1: the reference is cheaper). Holm's adjustment runs over the
+    rows of the table, per metric.
+    """
+    rows = []
+    for method, kind in others.items():
+        row: dict[str, Any] = {"reference": reference, "method": method, "kind": kind}
+        if reference in preds and method in preds:
+            for metric in CI_METRICS:
+                result = stats.compare(preds[reference], preds[method], metric)
+                row["n_slides"], row["n_seeds"] = result.n_slides, result.n_seeds
+                row[f"{metric}_diff"] = result.difference
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = result.low, result.high
+                row[f"{metric}_p"], row[f"{metric}_p_exact"] = result.p_value, result.exact
+        ref_flops = flops.get(reference, {}).get("tflops", math.nan)
+        row["tflops_ratio"] = ref_flops / flops.get(method, {}).get("tflops", math.nan)
+        for device in TIMING_HEADERS:
+            ref_time = timings.get(device, {}).get(reference, {}).get("seconds", math.nan)
+            other = timings.get(device, {}).get(method, {}).get("seconds", math.nan)
+            row[f"{device}_time_ratio"] = ref_time / other if other else math.nan
+        rows.append(row)
+    columns = ["reference", "method", "kind", "n_slides", "n_seeds"]
+    for metric in CI_METRICS:
+        columns += [
+            f"{metric}_{x}" for x in ("diff", "ci_low", "ci_high", "p", "p_holm", "p_exact")
+        ]
+    columns += ["tflops_ratio"] + [f"{d}_time_ratio" for d in TIMING_HEADERS]
+    table = pd.DataFrame(rows, columns=columns)
+    for metric in CI_METRICS:
+        tested = table[f"{metric}_p"].notna()
+        if tested.any():
+            table.loc[tested, f"{metric}_p_holm"] = stats.holm(table.loc[tested, f"{metric}_p"])
+    return table
+
+
+def _signed(value: float) -> str:
+    return "n/a" if _missing(value) else f"{100 * value:+.1f}"
+
+
+def _p(p: float, holm: float) -> str:
+    if _missing(p):
+        return "n/a"
+    return f"{p:.3g} (Holm {holm:.2g})"
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if _missing(value) or math.isinf(value) else f"{value:.2f}x"
+
+
+def comparison_display(
+    table: pd.DataFrame, names: Mapping[str, str], devices: Sequence[str]
+) -> pd.DataFrame:
+    """Human-readable comparison rows: differences in percentage points with their CI."""
+    out = pd.DataFrame()
+    out["Comparison"] = [
+        f"{names.get(r, r)} vs {names.get(m, m)}"
+        for r, m in zip(table["reference"], table["method"], strict=True)
+    ]
+    out["Kind"] = table["kind"]
+    for metric in CI_METRICS:
+        header = METRIC_HEADERS[metric].replace(" (%)", "")
+        out[f"Δ {header} (pp) [95% CI]"] = [
+            "n/a" if _missing(d) else f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]"
+            for d, lo, hi in zip(
+                table[f"{metric}_diff"],
+                table[f"{metric}_ci_low"],
+                table[f"{metric}_ci_high"],
+                strict=True,
+            )
+        ]
+        out[f"p ({header})"] = [
+            _p(p, h) for p, h in zip(table[f"{metric}_p"], table[f"{metric}_p_holm"], strict=True)
+        ]
+    out["TFLOPs ratio"] = [_ratio(v) for v in table["tflops_ratio"]]
+    for device in devices:
+        out[f"Time ratio, {TIMING_HEADERS[device].split(' (')[0]}"] = [
+            _ratio(v) for v in table[f"{device}_time_ratio"]
+        ]
+    return out
+
+
+def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
+    """How to read the comparison table, then the shared notes (weights, QC)."""
+    exact = table["weighted_f1_p_exact"].dropna()
+    how = (
+        "exact over all 2^n swaps"
+        if len(exact) and exact.astype(bool).all()
+        else f"Monte Carlo, {stats.N_PERMUTATIONS} swaps (exact up to "
+        f"{stats.EXACT_MAX_SLIDES} slides)"
+    )
+    n = table["n_slides"].dropna()
+    slides = f"the {int(n.max())} test slides" if len(n) else "the test slides"
+    return [
+        f"Δ = reference − method in percentage points, metric averaged over the seeds both "
+        f"have, on {slides} both were tested on; [95% paired-bootstrap CI: the same "
+        f"{stats.N_BOOTSTRAP} slide resamples for both]",
+        f"p: two-sided paired permutation test over slides ({how}); Holm: adjusted for the "
+        "comparisons in this table",
+        "ratios: reference / method (below 1: the reference needs less)",
+        *[n for n in notes if not n.startswith("mean ± std")],
+    ]
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -293,12 +467,17 @@ def make_tables(
 ) -> dict[str, pd.DataFrame]:
     """Write Tables 1-3 (`main_*`) and Table 4 (`ablation_*`) to the given output paths.
 
-    `outputs` keys: main_csv, main_md, main_tex, ablation_csv, ablation_md, ablation_tex.
+    `outputs` keys: main_csv, main_md, main_tex, ablation_csv, ablation_md, ablation_tex and,
+    optionally, comparison_csv, comparison_md, comparison_tex (the reference vs every other
+    method, paired over test slides).
     """
     ablations = dict(ablations or {})
     qc_frame = pd.read_csv(qc_table, sep="\t", dtype={"slide_id": str}, keep_default_na=False)
+    evals = list(evals)
     records = results.eval_records(evals)
     summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
+    preds = run_predictions(results.eval_runs(evals))
+    summary = add_intervals(summary, preds)
     flops_map = results.flops_by_method(flops)
     timing_map = {device: results.timing_by_method(paths) for device, paths in timings.items()}
     devices = [
@@ -330,4 +509,20 @@ def make_tables(
         outputs["ablation_tex"],
         to_latex(display, title, ab_notes, best, f"tab:{dataset}-ablations"),
     )
-    return {"main": main, "ablations": ablation}
+
+    reference = reference or ("zoommil" if "zoommil" in methods else None)
+    others = {m: "baseline" for m in methods if reference and m != reference}
+    others.update({m: "ablation" for m in ablations if reference})
+    comparison = comparison_table(preds, reference, others, flops_map, timing_map)
+    if "comparison_csv" in outputs:
+        title = f"Paired comparisons on {dataset}"
+        c_notes = comparison_notes(comparison, notes)
+        names = {m: display_name(m) for m in [reference, *others]}
+        display = comparison_display(comparison, names, devices)
+        write_csv(outputs["comparison_csv"], comparison, c_notes)
+        write_text(outputs["comparison_md"], to_markdown(display, title, c_notes, None))
+        write_text(
+            outputs["comparison_tex"],
+            to_latex(display, title, c_notes, None, f"tab:{dataset}-comparisons"),
+        )
+    return {"main": main, "ablations": ablation, "comparisons": comparison}

@@ -1,0 +1,278 @@
+"""Uncertainty of the benchmark's numbers: bootstrap CIs over test slides, paired comparisons.
+
+Why: with a few test slides one slide moves accuracy by several points, and mean +- std over
+seeds says nothing about that. Every statistic here treats the *slide* as the unit that is
+resampled or permuted, and the seeds of a method as repeated measurements of it:
+
+- the metric of a method on a set of slides is the mean over its seeds of the metric computed
+  on that set (for accuracy this is the mean over slides of the seed-averaged per-slide
+  correctness; for weighted F1 the metric is recomputed on the set for each seed);
+- a 95% CI is the percentile bootstrap of that statistic over slides resampled with
+  replacement (`scipy.stats.bootstrap`, fixed seed);
+- a comparison of A with B uses the slides both were tested on and the seeds both have: the
+  paired-bootstrap CI resamples the same slides for both, and the p-value is a paired
+  permutation test (`scipy.stats.permutation_test`, "samples"): under the null hypothesis the
+  two methods are exchangeable on each slide, so A's and B's predictions of a slide (all seeds)
+  are swapped. It is exact (every one of the 2^n swaps) up to ``EXACT_MAX_SLIDES`` slides, else
+  a seeded Monte Carlo. Two-sided; p = 1 when the difference is 0.
+
+Everything is deterministic: the same inputs give the same intervals and p-values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+N_BOOTSTRAP = 5000
+N_PERMUTATIONS = 20000
+EXACT_MAX_SLIDES = 16  # 2^16 = 65536 swaps: exact permutation p-values up to here
+SEED = 0
+METRICS = ("weighted_f1", "accuracy")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One method's test predictions: class indices [n_seeds, n_slides] and the labels."""
+
+    slides: tuple[str, ...]
+    seeds: tuple[int, ...]
+    labels: np.ndarray  # [n_slides] int
+    preds: np.ndarray  # [n_seeds, n_slides] int
+    n_classes: int
+
+    def subset(self, slides: Sequence[str], seeds: Sequence[int]) -> Predictions:
+        """The same predictions restricted to (and ordered by) ``slides`` and ``seeds``."""
+        s_index = {s: i for i, s in enumerate(self.slides)}
+        k_index = {k: i for i, k in enumerate(self.seeds)}
+        cols = [s_index[s] for s in slides]
+        rows = [k_index[k] for k in seeds]
+        return Predictions(
+            tuple(slides),
+            tuple(seeds),
+            self.labels[cols],
+            self.preds[np.ix_(rows, cols)],
+            self.n_classes,
+        )
+
+
+def predictions_from_evals(records: Sequence[Mapping[str, Any]]) -> Predictions:
+    """Collect the per-slide predictions of one method's evaluation JSONs (one per seed).
+
+    Each record is a `zoommil evaluate` result: ``seed``, ``classes`` and ``predictions`` (a
+    list of {slide_id, label, pred}); every seed must cover the same slides.
+    """
+    if not records:
+        raise ValueError("no evaluation records")
+    classes = list(records[0]["classes"])
+    index = {c: i for i, c in enumerate(classes)}
+    first = sorted(p["slide_id"] for p in records[0]["predictions"])
+    labels: dict[str, int] = {}
+    rows = []
+    seeds = []
+    for record in sorted(records, key=lambda r: int(r["seed"])):
+        if list(record["classes"]) != classes:
+            raise ValueError(f"seed {record['seed']}: class list differs from the other seeds'")
+        by_slide = {p["slide_id"]: p for p in record["predictions"]}
+        if sorted(by_slide) != first:
+            raise ValueError(f"seed {record['seed']}: test slides differ from the other seeds'")
+        for slide, p in by_slide.items():
+            labels.setdefault(slide, index[p["label"]])
+        rows.append([index[by_slide[s]["pred"]] for s in first])
+        seeds.append(int(record["seed"]))
+    return Predictions(
+        tuple(first),
+        tuple(seeds),
+        np.array([labels[s] for s in first], dtype=np.int64),
+        np.array(rows, dtype=np.int64).reshape(len(seeds), len(first)),
+        len(classes),
+    )
+
+
+# --- metrics on many slide sets at once ---------------------------------------------------
+
+
+def accuracy(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """Accuracy over the last axis: labels [..., n], preds [..., n] -> [...]."""
+    return (labels == preds).mean(axis=-1)
+
+
+def weighted_f1(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """scikit-learn's ``f1_score(average="weighted", zero_division=0)`` over the last axis.
+
+    Vectorised so that thousands of resampled slide sets cost one numpy pass.
+    """
+    labels, preds = np.broadcast_arrays(labels, preds)
+    n = labels.shape[-1]
+    total = np.zeros(labels.shape[:-1], dtype=np.float64)
+    for c in range(n_classes):
+        is_true, is_pred = labels == c, preds == c
+        support = is_true.sum(axis=-1)
+        tp = (is_true & is_pred).sum(axis=-1)
+        denominator = support + is_pred.sum(axis=-1)
+        f1 = np.divide(2.0 * tp, denominator, out=np.zeros(total.shape), where=denominator > 0)
+        total += support * f1
+    return total / n
+
+
+def metric_fn(name: str, n_classes: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    if name == "accuracy":
+        return accuracy
+    if name == "weighted_f1":
+        return lambda labels, preds: weighted_f1(labels, preds, n_classes)
+    raise ValueError(f"unknown metric {name!r} (use {', '.join(METRICS)})")
+
+
+def seed_mean_metric(pred: Predictions, metric: str, idx: np.ndarray) -> np.ndarray:
+    """The metric on the slide sets ``idx`` [..., k] (indices into pred.slides), averaged over
+    the seeds: one value per slide set."""
+    fn = metric_fn(metric, pred.n_classes)
+    labels = pred.labels[idx]  # [..., k]
+    preds = pred.preds[:, idx]  # [S, ..., k]
+    return fn(labels[None], preds).mean(axis=0)
+
+
+# --- intervals and tests -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_slides: int,
+    n_resamples: int = N_BOOTSTRAP,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> Interval:
+    """Percentile bootstrap CI of ``statistic(idx)`` over slides resampled with replacement.
+
+    ``statistic`` maps slide-index arrays [..., n] to one value per array.
+    """
+    idx = np.arange(n_slides)
+    estimate = float(statistic(idx))
+    if n_slides < 2:
+        return Interval(estimate, estimate, estimate)
+    result = stats.bootstrap(
+        (idx,),
+        lambda sample, axis=-1: statistic(np.moveaxis(sample, axis, -1)),
+        vectorized=True,
+        n_resamples=n_resamples,
+        batch=1000,
+        confidence_level=confidence,
+        method="percentile",
+        rng=_rng(seed),
+    )
+    ci = result.confidence_interval
+    return Interval(estimate, float(ci.low), float(ci.high))
+
+
+def method_ci(pred: Predictions, metric: str, **kwargs: Any) -> Interval:
+    """Seed-mean ``metric`` of one method with its 95% bootstrap CI over test slides."""
+    return bootstrap_ci(lambda idx: seed_mean_metric(pred, metric, idx), len(pred.slides), **kwargs)
+
+
+def paired(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:
+    """A and B on the slides and seeds they share (an error when they share none)."""
+    slides = sorted(set(a.slides) & set(b.slides))
+    seeds = sorted(set(a.seeds) & set(b.seeds))
+    if not slides:
+        raise ValueError("the two methods share no test slide")
+    if not seeds:
+        raise ValueError("the two methods share no seed")
+    a, b = a.subset(slides, seeds), b.subset(slides, seeds)
+    if not np.array_equal(a.labels, b.labels):
+        raise ValueError("the two methods disagree on the labels of their test slides")
+    return a, b
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    difference: float  # A - B
+    low: float
+    high: float
+    p_value: float
+    exact: bool
+    n_slides: int
+    n_seeds: int
+
+
+def permutation_p(
+    a: Predictions,
+    b: Predictions,
+    metric: str,
+    n_resamples: int = N_PERMUTATIONS,
+    seed: int = SEED,
+) -> tuple[float, bool]:
+    """Two-sided paired permutation p-value of the seed-mean ``metric`` difference A - B.
+
+    A and B must already be paired (same slides, seeds, labels). The slides are encoded as
+    indices into the concatenation [A | B], so that the test's within-pair swap moves a
+    slide's predictions (all seeds) from one method to the other.
+    """
+    n = len(a.slides)
+    both = Predictions(
+        a.slides + b.slides,
+        a.seeds,
+        np.concatenate([a.labels, b.labels]),
+        np.concatenate([a.preds, b.preds], axis=1),
+        a.n_classes,
+    )
+
+    def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        x, y = np.moveaxis(x, axis, -1), np.moveaxis(y, axis, -1)
+        return seed_mean_metric(both, metric, x) - seed_mean_metric(both, metric, y)
+
+    exact = n <= EXACT_MAX_SLIDES
+    result = stats.permutation_test(
+        (np.arange(n), np.arange(n) + n),
+        statistic,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if exact else n_resamples,
+        batch=4096,
+        alternative="two-sided",
+        rng=_rng(seed),
+    )
+    return float(min(1.0, result.pvalue)), exact
+
+
+def compare(
+    a: Predictions, b: Predictions, metric: str, seed: int = SEED, **kwargs: Any
+) -> Comparison:
+    """Paired difference A - B in ``metric``: estimate, 95% paired-bootstrap CI, p-value."""
+    a, b = paired(a, b)
+    ci = bootstrap_ci(
+        lambda idx: seed_mean_metric(a, metric, idx) - seed_mean_metric(b, metric, idx),
+        len(a.slides),
+        seed=seed,
+        **kwargs,
+    )
+    p, exact = permutation_p(a, b, metric, seed=seed)
+    return Comparison(metric, ci.estimate, ci.low, ci.high, p, exact, len(a.slides), len(a.seeds))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error over the given tests)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

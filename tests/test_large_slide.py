@@ -1,0 +1,63 @@
+"""The real-size slide generator: what OpenSlide reads back is the mosaic, at the given mpp."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import openslide
+import pytest
+
+from zoommil.synth.large import BACKGROUND, LargeSlideSpec, Mosaic, write_large_slide
+
+
+def _source(h: int = 700, w: int = 900) -> np.ndarray:
+    """A tissue-like (dark, textured) source: every crop counts as tissue."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(60, 190, size=(h, w, 3), dtype=np.uint8)
+    img[..., 0] = 170
+    return cv2.GaussianBlur(img, (0, 0), 3)
+
+
+SPEC = LargeSlideSpec(width=4096, height=3072, mpp=0.5, block=512, tile=256, min_level_side=512)
+
+
+def test_mosaic_levels_blocks_and_background() -> None:
+    mosaic = Mosaic(_source(), SPEC)
+    assert mosaic.factors == [1, 4]
+    assert 0.4 < mosaic.tissue.mean() < 0.9
+    # a background block is the flat background colour, a tissue block is not
+    r, c = np.argwhere(~mosaic.tissue)[0]
+    bg = mosaic.region(0, r * 512, c * 512, 512, 512)
+    assert (bg == BACKGROUND).all()
+    r, c = np.argwhere(mosaic.tissue)[0]
+    tissue = mosaic.region(0, r * 512, c * 512, 512, 512)
+    assert tissue.mean() < 200
+    # level 1 is the 4x area reduction of level 0 inside a block
+    low = mosaic.region(1, r * 128, c * 128, 128, 128).astype(np.float32)
+    ref = tissue.reshape(128, 4, 128, 4, 3).mean(axis=(1, 3))
+    assert np.abs(low - ref).mean() < 1.0
+    # regions past the edge are background
+    edge = mosaic.region(1, 768 - 64, 1024 - 64, 128, 128)
+    assert (edge[64:, :] == BACKGROUND).all() and (edge[:, 64:] == BACKGROUND).all()
+
+
+@pytest.mark.parametrize("compression, tolerance", [("zlib", 0.0), ("jpeg", 6.0)])
+def test_written_slide_reads_back(tmp_path, compression: str, tolerance: float) -> None:
+    if compression == "jpeg":
+        pytest.importorskip("imagecodecs")
+    path = tmp_path / "large.tiff"
+    info = write_large_slide(path, _source(), SPEC, compression=compression)
+    assert info["levels"] == [[4096, 3072], [1024, 768]]
+    mosaic = Mosaic(_source(), SPEC)
+    with openslide.OpenSlide(str(path)) as slide:
+        assert slide.level_dimensions == ((4096, 3072), (1024, 768))
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+        for level, (x, y) in ((0, (1000, 1200)), (1, (300, 200))):
+            got = np.asarray(slide.read_region((x * 4**level, y * 4**level), level, (300, 200)))
+            ref = mosaic.region(level, y, x, 200, 300).astype(np.float32)
+            assert np.abs(got[..., :3].astype(np.float32) - ref).mean() <= tolerance
+
+
+def test_block_must_divide_the_slide() -> None:
+    with pytest.raises(ValueError, match="must divide"):
+        Mosaic(_source(), LargeSlideSpec(width=4000, height=3072, mpp=0.5, block=512))

@@ -1,0 +1,201 @@
+"""Statistics of the tables (reporting.stats) against cases small enough to work out by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from zoommil.reporting import stats, tables
+
+CLASSES = ["a", "b", "c"]
+
+
+def preds(
+    labels: list[int], *seed_preds: list[int], seeds: tuple[int, ...] = ()
+) -> stats.Predictions:
+    """Predictions of one method: one list of predicted classes per seed."""
+    return stats.Predictions(
+        tuple(f"s{i}" for i in range(len(labels))),
+        seeds or tuple(range(len(seed_preds))),
+        np.array(labels),
+        np.array(seed_preds),
+        3,
+    )
+
+
+def test_weighted_f1_matches_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (40, 9))
+    predicted = rng.integers(0, 3, (40, 9))
+    predicted[0] = 0  # one class predicted only; a class absent from some label sets
+    expected = [
+        f1_score(y, p, labels=[0, 1, 2], average="weighted", zero_division=0)
+        for y, p in zip(labels, predicted, strict=True)
+    ]
+    assert stats.weighted_f1(labels, predicted, 3) == pytest.approx(expected, abs=1e-12)
+
+
+def test_metric_is_averaged_over_seeds() -> None:
+    # seed 0 right on both slides, seed 1 on one: accuracy (1 + 0.5) / 2
+    p = preds([0, 1], [0, 1], [0, 0])
+    idx = np.arange(2)
+    assert stats.seed_mean_metric(p, "accuracy", idx) == pytest.approx(0.75)
+    # weighted F1: seed 0 -> 1; seed 1: class 0 F1 2/3, class 1 F1 0 -> 1/3; mean 2/3
+    assert stats.seed_mean_metric(p, "weighted_f1", idx) == pytest.approx(2 / 3)
+
+
+def test_ci_of_identical_values_is_a_point() -> None:
+    p = preds([0, 1, 2, 0, 1], [0, 1, 2, 0, 1], [0, 1, 2, 0, 1])
+    for metric in stats.METRICS:
+        interval = stats.method_ci(p, metric)
+        assert (interval.estimate, interval.low, interval.high) == (1.0, 1.0, 1.0)
+
+
+def test_ci_of_two_slides_covers_the_bootstrap_distribution() -> None:
+    # right on one of two slides: resampled accuracy is 0, 0.5, 1 with probability 1/4, 1/2,
+    # 1/4, so the 2.5th and 97.5th percentiles are 0 and 1
+    interval = stats.method_ci(preds([0, 1], [0, 0]), "accuracy")
+    assert (interval.estimate, interval.low, interval.high) == (0.5, 0.0, 1.0)
+
+
+def test_identical_predictions_differ_by_zero_with_p_one() -> None:
+    p = preds([0, 1, 2, 1], [0, 2, 2, 1], [1, 1, 2, 1])
+    for metric in stats.METRICS:
+        result = stats.compare(p, p, metric)
+        assert (result.difference, result.low, result.high, result.p_value) == (0, 0, 0, 1.0)
+        assert result.exact and result.n_slides == 4 and result.n_seeds == 2
+
+
+def test_exact_permutation_p_values() -> None:
+    # A right on 3 slides, B wrong on all: the 8 swaps give mean differences +-1 (once each)
+    # and +-1/3 (three times each); P(|T| >= 1) = 2/8
+    a, b = preds([0, 1, 2], [0, 1, 2]), preds([0, 1, 2], [1, 2, 0])
+    result = stats.compare(a, b, "accuracy")
+    assert result.difference == 1.0 and result.p_value == pytest.approx(0.25)
+    # A right on 4, B on the first 2: T = (s3 + s4) / 4 -> +-0.5 with probability 1/4 each
+    a, b = preds([0, 1, 2, 0], [0, 1, 2, 0]), preds([0, 1, 2, 0], [0, 1, 0, 1])
+    result = stats.compare(a, b, "accuracy")
+    assert result.difference == 0.5 and result.p_value == pytest.approx(0.5)
+    # B's paired CI: resampling only ever sees differences 0 or 1 per slide
+    assert 0.0 <= result.low <= 0.5 <= result.high <= 1.0
+
+
+def test_compare_pairs_shared_slides_and_seeds() -> None:
+    a = preds([0, 1, 2], [0, 1, 2], [0, 1, 1], seeds=(0, 1))
+    b = stats.Predictions(("s2", "s0"), (1, 2), np.array([2, 0]), np.array([[2, 0], [2, 0]]), 3)
+    result = stats.compare(a, b, "accuracy")
+    # on slides s0, s2 and seed 1: A is right on s0 only (0.5), B on both (1.0)
+    assert result.n_slides == 2 and result.n_seeds == 1 and result.difference == -0.5
+    with pytest.raises(ValueError, match="share no seed"):
+        stats.compare(a, preds([0, 1, 2], [0, 1, 2], seeds=(7,)), "accuracy")
+
+
+def test_statistics_are_deterministic() -> None:
+    rng = np.random.default_rng(3)
+    labels = list(rng.integers(0, 3, 20))
+    a = preds(labels, *rng.integers(0, 3, (3, 20)).tolist())
+    b = preds(labels, *rng.integers(0, 3, (3, 20)).tolist())
+    first, second = stats.compare(a, b, "weighted_f1"), stats.compare(a, b, "weighted_f1")
+    assert first == second and not first.exact  # 20 slides: Monte Carlo, seeded
+
+
+def test_holm() -> None:
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_predictions_from_evals_checks_slides() -> None:
+    record = {
+        "seed": 0,
+        "classes": CLASSES,
+        "predictions": [{"slide_id": "x", "label": "a", "pred": "b"}],
+    }
+    other = {**record, "seed": 1, "predictions": [{"slide_id": "y", "label": "a", "pred": "a"}]}
+    p = stats.predictions_from_evals([record])
+    assert p.labels.tolist() == [0] and p.preds.tolist() == [[1]]
+    with pytest.raises(ValueError, match="seed 1: test slides differ"):
+        stats.predictions_from_evals([record, other])
+
+
+def write_eval(path: Path, seed: int, labels: list[str], predicted: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    correct = [a == b for a, b in zip(labels, predicted, strict=True)]
+    path.write_text(
+        json.dumps(
+            {
+                "seed": seed,
+                "classes": CLASSES,
+                "accuracy": float(np.mean(correct)),
+                "weighted_f1": f1_score(labels, predicted, average="weighted", zero_division=0),
+                "auc": None,
+                "predictions": [
+                    {"slide_id": f"t{i}", "label": y, "pred": p}
+                    for i, (y, p) in enumerate(zip(labels, predicted, strict=True))
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_tables_carry_intervals_and_comparisons(tmp_path: Path) -> None:
+    labels = ["a", "b", "c", "a", "b", "c"]
+    runs = {
+        "zoommil": [labels, labels],
+        "maxmil": [["a", "a", "a", "a", "a", "a"], ["a", "b", "a", "a", "a", "a"]],
+        "zoommil_random": [labels, labels],
+    }
+    evals = [
+        write_eval(tmp_path / "eval" / method / f"seed~{seed}.json", seed, labels, predicted)
+        for method, per_seed in runs.items()
+        for seed, predicted in enumerate(per_seed)
+    ]
+    flops = []
+    for method, tflops in (("zoommil", 0.1), ("maxmil", 0.4), ("zoommil_random", 0.1)):
+        path = tmp_path / "efficiency" / method / "flops.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"mean_tflops": tflops}))
+        flops.append(path)
+    qc_table = tmp_path / "qc.tsv"
+    qc_table.write_text("slide_id\tlabel\tsplit\tstatus\treason\nt0\ta\ttest\tok\t\n")
+    outputs = {
+        f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
+        for kind in ("main", "ablation", "comparison")
+        for ext in ("csv", "md", "tex")
+    }
+    tables.make_tables(
+        qc_table=qc_table,
+        evals=evals,
+        flops=flops,
+        timings={},
+        outputs=outputs,
+        dataset="demo",
+        weights="random",
+        mags=[5, 10],
+        methods={"zoommil": {"arch": "zoommil"}, "maxmil": {"arch": "maxmil"}},
+        ablations={"zoommil_random": {"arch": "zoommil", "selection": "random"}},
+        reference="zoommil",
+    )
+    main = pd.read_csv(outputs["main_csv"]).set_index("method")
+    assert main.loc["zoommil", ["accuracy_ci_low", "accuracy_ci_high"]].tolist() == [1.0, 1.0]
+    assert main.loc["maxmil", "accuracy_mean"] == pytest.approx(0.5 * (2 / 6 + 3 / 6))
+    assert main.loc["maxmil", "accuracy_ci_low"] < 5 / 12 < main.loc["maxmil", "accuracy_ci_high"]
+    assert (
+        "| **ZoomMIL** | 5x -> 10x | 100.0 ± 0.0 [100.0, 100.0] |" in outputs["main_md"].read_text()
+    )
+
+    comparisons = pd.read_csv(outputs["comparison_csv"]).set_index("method")
+    assert list(comparisons.index) == ["maxmil", "zoommil_random"]
+    assert list(comparisons["kind"]) == ["baseline", "ablation"]
+    assert comparisons.loc["maxmil", "accuracy_diff"] == pytest.approx(1 - 5 / 12)
+    assert comparisons.loc["maxmil", "tflops_ratio"] == pytest.approx(0.25)
+    same = comparisons.loc["zoommil_random"]
+    assert (same["accuracy_diff"], same["accuracy_p"], same["weighted_f1_p"]) == (0, 1, 1)
+    markdown = outputs["comparison_md"].read_text()
+    assert "| ZoomMIL vs MaxMIL | baseline | +" in markdown and "0.25x" in markdown
+    assert r"$\Delta$" in outputs["comparison_tex"].read_text()
