@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="method name to record (default: the checkpoint's)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt")
     add_device(parser)
-    add_threads(parser, default=1, why="one core, as the paper's single-thread column")
+    add_threads(parser, default=1, why="the paper's single-thread column; 0 is refused")
     parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
     parser.add_argument("--slides", nargs="+", help="slide_ids to time (default: the split's)")
     parser.add_argument("--split", default="test", help="split to time when --slides is absent")
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     result = profile_checkpoint(
         args.checkpoint,
         device=args.device,
-        threads=args.threads or 1,
+        threads=args.threads,
         sheet=args.sheet,
         slides=args.slides,
         split=args.split,

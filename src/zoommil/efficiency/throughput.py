@@ -131,6 +131,10 @@ def profile_checkpoint(
     Without a CUDA device, ``device="cuda"`` returns a record with a ``skipped`` reason, so a
     workflow can ask for GPU timings on any machine.
     """
+    if threads < 1:
+        raise ZoomMILError(
+            f"--threads must be a positive number or 'all' for timing, got {threads}"
+        )
     _, config = load_checkpoint(checkpoint)
     method = method or config.get("method", config["arch"])
     if str(device).startswith("cuda") and not torch.cuda.is_available():
