@@ -22,7 +22,7 @@ def _bag(n_low: int, dim: int = 1024) -> list[torch.Tensor]:
 
 def test_encoder_flops_match_the_measured_reference():
     # ../shared/notes/cpu_throughput.md: ResNet-50 to layer3 + pool on 3x256x256 = 4.309 GFLOPs
-    flops = encoder_flops_per_patch(256)
+    flops = encoder_flops_per_patch("resnet50_layer3", 256)
     assert flops["fvcore"] == pytest.approx(4.309e9, rel=1e-3)
     assert flops["torch"] == pytest.approx(flops["fvcore"], rel=0.02)
 

@@ -190,6 +190,13 @@ class PreprocessingRecipe:
         )
 
 
+def default_weights(encoder: str | None = None) -> str:
+    """``imagenet`` for the paper's ResNet-50, the offline Hugging Face cache (``hf``) for the
+    foundation-model encoders."""
+    encoder = _ENCODER_ALIASES.get(str(encoder), encoder) if encoder else DEFAULT_ENCODER
+    return default("weights") if encoder == DEFAULT_ENCODER else "hf"
+
+
 def default(name: str) -> Any:
     """The recipe's default for one field (what a command uses when the flag is absent)."""
     for f in fields(PreprocessingRecipe):

@@ -60,13 +60,20 @@ def load_config(path: Path = CONFIG_DIR / "config.yaml") -> dict:
 
 
 def snakemake(
-    workdir: Path, *args: str, configfile: Path | None = None, check: bool = True
+    workdir: Path,
+    *args: str,
+    configfile: Path | None = None,
+    check: bool = True,
+    cores: int | None = 2,
 ) -> subprocess.CompletedProcess:
-    """`python -m snakemake` in `workdir`; on failure the assertion shows the output."""
+    """`python -m snakemake` in `workdir`; on failure the assertion shows the output.
+    ``cores=None`` leaves out --cores, as a user typing `snakemake --report ...` does."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MPLBACKEND", "Agg")
-    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    command = [sys.executable, "-m", "snakemake"]
+    if cores is not None:
+        command += ["--cores", str(cores)]
     if configfile is not None:
         command += ["--configfile", str(configfile)]
     command += list(args)

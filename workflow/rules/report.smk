@@ -44,6 +44,7 @@ rule tables:
         code=code("scripts/make_tables.py"),
         dataset=config["dataset"],
         weights=RECIPE.weights,
+        encoder=RECIPE.encoder,
         mags=list(RECIPE.mags),
         methods=MAIN_METHODS,
         ablations=ABLATIONS,
@@ -77,6 +78,7 @@ rule figure_throughput:
         code=code("scripts/figure_throughput.py"),
         dataset=config["dataset"],
         weights=RECIPE.weights,
+        encoder=RECIPE.encoder,
         methods=EFFICIENCY_METHODS,
     script:
         "../../scripts/figure_throughput.py"
@@ -105,6 +107,7 @@ rule figure_attention:
         code=code("scripts/figure_attention.py"),
         dataset=config["dataset"],
         weights=RECIPE.weights,
+        encoder=RECIPE.encoder,
         method=ATTENTION.get("method", "zoommil"),
     script:
         "../../scripts/figure_attention.py"

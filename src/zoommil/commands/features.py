@@ -1,4 +1,5 @@
-"""`zoommil features`: ResNet-50 (layer3, avg-pooled) features of every patch of a coords file."""
+"""`zoommil features`: encoder features (ResNet-50 layer3 by default, or a registered
+foundation model) of every patch of a coords file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 from pathlib import Path
 
 from zoommil.commands.options import add_device, add_precision, add_threads
-from zoommil.recipe import default, mag_key
+from zoommil.features.encoders.registry import encoder_names
+from zoommil.recipe import default, default_weights, mag_key
 
 log = logging.getLogger("zoommil.features.extraction")
 
@@ -15,16 +17,20 @@ log = logging.getLogger("zoommil.features.extraction")
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "features",
-        help="ResNet-50 features of every patch of a coords file (HDF5)",
+        help="encoder features of every patch of a coords file (HDF5)",
         description=(
-            "Encode every patch listed in a coords file from 'zoommil tile' with torchvision's "
-            "ResNet-50 truncated after layer3 + global average pooling (1024-d, 256 px input, no "
-            "resize, ImageNet mean/std), as in ZoomMIL. Each lowest-magnification parent is "
+            "Encode every patch listed in a coords file from 'zoommil tile' with --encoder: by "
+            "default torchvision's ResNet-50 truncated after layer3 + global average pooling "
+            "(1024-d, 256 px input, no resize, ImageNet mean/std), as in ZoomMIL; or a registered "
+            "pathology foundation model (UNI, UNI2-h, Virchow2, H-optimus-0, Prov-GigaPath, "
+            "Phikon-v2), whose own transform resizes the 256 px patches and normalises them as "
+            "its model card says (docs/encoders.md). Each lowest-magnification parent is "
             "read once at the highest magnification's resolution; the other magnifications are "
             "derived from it by exact 2x area resizing, so every patch is aligned with its "
-            "parent. Writes '{mag}x_patches' (float32 [N, 1024]), '{mag}x_coords' (row, col) and "
-            "'{mag}x_xy' (level-0 x, y) per magnification, depth-first rows, plus provenance "
-            "attributes (weights and their sha256, mpp, tissue parameters, device, precision)."
+            "parent. Writes '{mag}x_patches' (float32 [N, D], D the encoder's dimension), "
+            "'{mag}x_coords' (row, col) and '{mag}x_xy' (level-0 x, y) per magnification, "
+            "depth-first rows, plus provenance attributes (encoder, dimension, input size, "
+            "weights and their sha256, mpp, tissue parameters, device, precision)."
         ),
     )
     parser.add_argument(
@@ -35,12 +41,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="feature HDF5 to write")
     parser.add_argument(
+        "--encoder",
+        default=default("encoder"),
+        choices=encoder_names(),
+        help=f"registered patch encoder (default {default('encoder')}, the paper's)",
+    )
+    parser.add_argument(
         "--weights",
-        default=default("weights"),
+        default=None,
         help=(
-            "'imagenet' (torchvision IMAGENET1K_V1, from the torch hub cache; the default), "
-            "'random' (seeded random init: demos/tests only, recorded in the file) or a path to "
-            "a resnet50 state dict"
+            "'imagenet' (resnet50_layer3: torchvision IMAGENET1K_V1 from the torch hub cache; "
+            "its default), 'hf' (the encoder's file from the offline Hugging Face cache, never "
+            "downloaded; the default of the other encoders), 'random' (seeded random init: "
+            "demos/tests only, recorded in the file) or a path to a .safetensors / state-dict "
+            "file (or a folder holding the model's file)"
         ),
     )
     parser.add_argument(
@@ -83,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
         args.slide,
         args.coords,
         args.out,
-        weights=args.weights,
+        weights=args.weights or default_weights(args.encoder),
         seed=args.seed,
+        encoder_name=args.encoder,
         mpp=args.mpp,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -97,13 +112,14 @@ def run(args: argparse.Namespace) -> int:
         f"{mag_key(m)}: {n}" for m, n in zip(result.attrs["mags"], result.num_patches, strict=True)
     )
     log.info(
-        "%s: %s patches (%s) in %.1f s (%.1f patches/s, %s, %s, %s weights) -> %s",
+        "%s: %s patches (%s) in %.1f s (%.1f patches/s, %s, %s, %s, %s weights) -> %s",
         args.slide,
         sum(result.num_patches),
         counts,
         result.seconds,
         result.patches_per_second,
         result.attrs["device"],
+        result.attrs["encoder"],
         result.attrs["precision"],
         result.attrs["weights"],
         result.path,

@@ -11,9 +11,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "flops",
         help="count FLOPs per slide with fvcore (encoder x patches encoded + MIL head)",
         description=(
-            "Count the FLOPs of classifying each slide of a split: the encoder's FLOPs per "
-            "256 px patch times the patches the method encodes (ZoomMIL: only the zoomed-in "
-            "ones), plus the MIL head on that bag. fvcore counts one multiply-add as one flop; "
+            "Count the FLOPs of classifying each slide of a split: the FLOPs per patch of the "
+            "encoder the checkpoint's features were made with (at its input size) times the "
+            "patches the method encodes (ZoomMIL: only the zoomed-in ones), plus the MIL head "
+            "on that bag. fvcore counts one multiply-add as one flop; "
             "TFLOPs are 2^40 flops, as in the paper's tables. The head is cross-checked with "
             "torch.utils.flop_counter."
         ),

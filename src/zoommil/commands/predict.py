@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "descendants of the selected patches at each higher magnification "
             "(N_low + K*4^d1 + K*4^d2 + ... patches). Other models encode every tissue patch "
             "at their magnification(s). The preprocessing (patch size, tissue detector, "
-            "encoder weights) is the one recorded in the checkpoint. Prints the class "
+            "encoder and its weights) is the one recorded in the checkpoint. Prints the class "
             "probabilities; --json writes them with the selected regions (level-0 "
             "coordinates) and attention weights; --heatmap draws the lowest magnification's "
             "attention over the slide thumbnail."
@@ -36,7 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mpp", type=float, help="level-0 um/px, overriding the slide metadata")
     parser.add_argument(
         "--weights",
-        help="encoder weights (imagenet|random|PATH); default: those recorded in the checkpoint",
+        help=(
+            "encoder weights (imagenet|hf|random|PATH); default: those recorded in the "
+            "checkpoint. The encoder itself is the checkpoint's (its features' encoder)"
+        ),
     )
     add_device(parser)
     add_precision(parser, None)

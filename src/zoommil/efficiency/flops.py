@@ -1,8 +1,12 @@
 """FLOPs per slide: encoder FLOPs x patches encoded + the MIL head on that bag.
 
-Counted with fvcore (one multiply-add = one flop, as the paper's TFLOPs columns, which read
-"TFLOPs" as 2^40 flops; see ../shared/notes/cpu_throughput.md) and cross-checked with
-``torch.utils.flop_counter`` (which counts a multiply-add as two flops, so it is halved).
+Counted with fvcore (one multiply-add = one flop, i.e. what timm and most model cards call
+GMACs and the paper calls FLOPs; its TFLOPs columns read "TFLOPs" as 2^40 flops; see
+../shared/notes/cpu_throughput.md) and cross-checked with ``torch.utils.flop_counter`` (which
+counts a multiply-add as two flops, so it is halved). Attention's two batched products inside
+``scaled_dot_product_attention`` are counted too (fvcore has no handle for it by default).
+The encoder cost is per patch at the encoder's own input size (224 px for the ViTs, whose
+transform resizes the lattice's 256 px patches; 256 px for the paper's ResNet-50).
 ZoomMIL encodes only what it zooms into: ``N_low + K * 4^d1 + ...`` patches, the rows its
 eval-mode forward keeps; every other model encodes all rows of the magnifications it reads.
 """
@@ -10,6 +14,7 @@ eval-mode forward keeps; every other model encodes all rows of the magnification
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +28,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from zoommil.errors import ZoomMILError
-from zoommil.features.encoder import PATCH_SIZE, ResNet50Layer3
+from zoommil.features.encoder import PATCH_SIZE
+from zoommil.features.encoders.registry import (
+    DEFAULT_ENCODER,
+    EncoderSpec,
+    canonical_name,
+    get_spec,
+)
 from zoommil.io.featurefile import read_feature_file
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import PreprocessingRecipe
@@ -34,9 +45,19 @@ log = logging.getLogger(__name__)
 TFLOP = 2.0**40
 
 
+def _sdpa_flop_jit(inputs: list, outputs: list) -> float:
+    """Multiply-adds of ``scaled_dot_product_attention``: Q K^T and the weighted sum of V."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = math.prod(q[:-2])
+    return float(batch * q[-2] * k[-2] * (q[-1] + v[-1]))
+
+
 def fvcore_flops(model: nn.Module, inputs: tuple) -> float:
     """fvcore flop count (multiply-adds) of ``model(*inputs)``; unsupported ops are ignored."""
     analysis = FlopCountAnalysis(model, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_jit)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
@@ -51,13 +72,35 @@ def torch_flops(model: nn.Module, inputs: tuple) -> float:
     return counter.get_total_flops() / 2.0
 
 
-@lru_cache(maxsize=4)
-def encoder_flops_per_patch(patch_size: int = PATCH_SIZE) -> dict[str, float]:
-    """FLOPs of the ResNet-50-to-layer3 encoder on one patch (fvcore and torch counters)."""
-    encoder = ResNet50Layer3().eval()
-    x = torch.zeros(1, 3, patch_size, patch_size)
+def _count(spec: EncoderSpec, side: int) -> dict[str, float]:
+    from zoommil.features.encoders.weights import family
+
+    with torch.random.fork_rng(devices=[]):
+        model = family(spec).build(spec).eval()
+    x = torch.zeros(1, 3, side, side)
     with torch.no_grad():
-        return {"fvcore": fvcore_flops(encoder, (x,)), "torch": torch_flops(encoder, (x,))}
+        return {"fvcore": fvcore_flops(model, (x,)), "torch": torch_flops(model, (x,))}
+
+
+@lru_cache(maxsize=16)
+def encoder_flops_per_patch(
+    encoder: str = DEFAULT_ENCODER, patch_size: int = PATCH_SIZE
+) -> dict[str, float]:
+    """FLOPs of one patch through ``encoder`` (fvcore and torch counters), at its input size.
+
+    The paper's ResNet-50 takes the lattice patch as it is (``patch_size``); the ViTs take
+    their card's input (the transform resizes). A ViT is counted exactly without building it
+    whole: its blocks are identical, so the count is affine in depth and two shallow copies
+    (depth 1 and 2) give it, which keeps a ViT-g (1.1B parameters) out of memory.
+    """
+    spec = get_spec(encoder)
+    side = patch_size if spec.resize is None else spec.input_size
+    depth = int(spec.kwargs.get("depth", 0))
+    if spec.family != "vit" or depth <= 2:
+        return {**_count(spec, side), "input_size": float(side)}
+    one, two = _count(spec.with_kwargs(depth=1), side), _count(spec.with_kwargs(depth=2), side)
+    out = {k: one[k] + (depth - 1) * (two[k] - one[k]) for k in one}
+    return {**out, "input_size": float(side)}
 
 
 def zoom_rows(model: nn.Module, feats: Sequence[torch.Tensor]) -> list[int]:
@@ -90,11 +133,15 @@ def head_flops(model: nn.Module, feats: Sequence[torch.Tensor]) -> dict[str, flo
 
 
 def slide_flops(
-    model: nn.Module, arch: str, feats: Sequence[torch.Tensor], patch_size: int = PATCH_SIZE
+    model: nn.Module,
+    arch: str,
+    feats: Sequence[torch.Tensor],
+    patch_size: int = PATCH_SIZE,
+    encoder: str = DEFAULT_ENCODER,
 ) -> dict[str, float]:
     """Encoder + head FLOPs of one slide, and the number of patches encoded."""
     rows = zoom_rows(model, feats) if arch == "zoommil" else [int(f.shape[1]) for f in feats]
-    per_patch = encoder_flops_per_patch(patch_size)
+    per_patch = encoder_flops_per_patch(encoder, patch_size)
     head = head_flops(model, feats)
     patches = int(sum(rows))
     encoder = per_patch["fvcore"] * patches
@@ -123,6 +170,7 @@ def checkpoint_flops(
     features_dir = Path(features_dir)
     model, config = model_from_checkpoint(checkpoint)
     recipe = PreprocessingRecipe.from_attrs(config.get("preprocessing") or {}, mags=config["mags"])
+    encoder = canonical_name(recipe.encoder)
     frame = read_sheet(sheet or config["sheet"])
     ids = [str(s) for s in frame.loc[frame["split"] == split, "slide_id"]]
     ids = [i for i in ids if (features_dir / f"{i}.h5").exists()][: max_slides or None]
@@ -134,18 +182,19 @@ def checkpoint_flops(
         if min(len(f) for f in bag.feats) == 0:
             continue
         feats = [torch.from_numpy(f).unsqueeze(0) for f in bag.feats]
-        rows.append(
-            {"slide_id": slide_id, **slide_flops(model, config["arch"], feats, recipe.patch_size)}
-        )
+        flops = slide_flops(model, config["arch"], feats, recipe.patch_size, encoder)
+        rows.append({"slide_id": slide_id, **flops})
     if not rows:
         raise ZoomMILError(f"{features_dir}: every '{split}' slide has zero patches")
-    per_patch = encoder_flops_per_patch(recipe.patch_size)
+    per_patch = encoder_flops_per_patch(encoder, recipe.patch_size)
     mean_total = float(np.mean([r["total_flops"] for r in rows]))
     return {
         "method": method or config.get("method", config["arch"]),
         "arch": config["arch"],
         "mags": config["mags"],
         "kwargs": config.get("kwargs") or {},
+        "encoder": encoder,
+        "encoder_input_size": int(per_patch["input_size"]),
         "encoder_flops_per_patch": per_patch["fvcore"],
         "encoder_flops_per_patch_torch_counter": per_patch["torch"],
         "per_slide": rows,

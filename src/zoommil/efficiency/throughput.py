@@ -78,6 +78,8 @@ def measure_throughput(
         "threads": threads,
         "cpu_count": os.cpu_count(),
         "precision": encoder.precision,
+        "encoder": info.get("encoder"),
+        "feature_dim": info.get("feature_dim"),
         "encoder_weights": info.get("weights"),
         "warmup_slides": min(warmup, len(slides)),
         "per_slide": rows,

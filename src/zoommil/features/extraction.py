@@ -30,11 +30,11 @@ from tqdm import tqdm
 import zoommil
 from zoommil.device import resolve_device
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder
+from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.io.atomic import atomic_path
 from zoommil.io.coords import load_coords
 from zoommil.io.featurefile import FeatureFileWriter
-from zoommil.recipe import ENCODER_FIELDS, PreprocessingRecipe
+from zoommil.recipe import ENCODER_FIELDS, PreprocessingRecipe, default_weights
 from zoommil.recipe import default as recipe_default
 from zoommil.wsi.lattice import Lattice
 from zoommil.wsi.lattice import depths as mag_depths
@@ -254,7 +254,7 @@ def encode_plan(
     n_parents = len(plan.xy[0])
     feats: list[np.ndarray] | None = None
     if sink is None:
-        feats = [np.zeros((n_parents * 4**d, FEATURE_DIM), dtype=np.float32) for d in depths]
+        feats = [np.zeros((n_parents * 4**d, encoder.dim), dtype=np.float32) for d in depths]
 
         def sink(k: int, start: int, rows: np.ndarray) -> None:
             feats[k][start : start + len(rows)] = rows
@@ -360,6 +360,7 @@ def extract_features(
     weights: str | Path | None = None,
     seed: int | None = None,
     mpp: float | None = None,
+    encoder_name: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -369,13 +370,17 @@ def extract_features(
 ) -> ExtractResult:
     """Encode every patch of a coords file and write the feature file (atomically).
 
-    The feature file records the coords file's tiling recipe plus the encoder part (encoder,
-    weights, seed, precision actually used), which training copies into the checkpoint.
-    ``weights``, ``seed`` and ``precision`` default to the recipe's defaults.
+    ``encoder_name``: a registered encoder (`zoommil.features.encoders`); its transform turns
+    the lattice's patches into its input, and the file records its name, dimension, input size,
+    weights hash and precision. The feature file records the coords file's tiling recipe plus
+    the encoder part (encoder, weights, seed, precision actually used), which training copies
+    into the checkpoint. ``encoder_name``, ``weights``, ``seed`` and ``precision`` default to
+    the recipe's defaults.
     """
     from zoommil.wsi.slide import open_slide
 
-    weights = recipe_default("weights") if weights is None else weights
+    encoder_name = recipe_default("encoder") if encoder_name is None else encoder_name
+    weights = default_weights(encoder_name) if weights is None else weights
     seed = recipe_default("weights_seed") if seed is None else seed
     precision = recipe_default("precision") if precision is None else precision
 
@@ -394,7 +399,7 @@ def extract_features(
         mpp0, mpp_source = check_plan_matches_slide(slide, slide_path, plan, mpp)
     finally:
         slide.close()
-    model, weights_info = build_encoder(weights, seed=seed)
+    model, weights_info = build_encoder(weights, seed=seed, encoder=encoder_name)
     encoder = PatchEncoder(model, device=torch_device, precision=precision)
     if batch_size is None:
         batch_size = default_batch_size(encoder.device)
@@ -407,7 +412,7 @@ def extract_features(
     stats = StreamStats()
     with (
         atomic_path(out_path) as tmp,
-        FeatureFileWriter(tmp, plan.mags, sizes, FEATURE_DIM) as writer,
+        FeatureFileWriter(tmp, plan.mags, sizes, encoder.dim) as writer,
     ):
         start = time.perf_counter()
         encode_plan(
@@ -417,8 +422,8 @@ def extract_features(
         attrs = _provenance(slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder)
         attrs.update(batch_size=batch_size, threads=torch.get_num_threads())
         recipe = PreprocessingRecipe.from_attrs(
-            {"mags": plan.mags}, weights=str(weights), weights_seed=seed,
-            precision=encoder.precision,
+            {"mags": plan.mags}, encoder=weights_info.get("encoder", encoder_name),
+            weights=str(weights), weights_seed=seed, precision=encoder.precision,
         )  # fmt: skip
         attrs.update(recipe.to_attrs(ENCODER_FIELDS))
         writer.finish(
@@ -453,7 +458,8 @@ def _provenance(
         "mpp": float(mpp),
         "mpp_source": str(mpp_source),
         **weights_info,
-        "feature_dim": FEATURE_DIM,
+        "feature_dim": encoder.dim,
+        "encoder_input_size": encoder.spec.input_size,
         "zoommil_version": zoommil.__version__,
         "torch_version": str(torch.__version__),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

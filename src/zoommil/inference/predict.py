@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from zoommil.errors import ZoomMILError
-from zoommil.features.encoder import FEATURE_DIM, PatchEncoder, build_encoder
+from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.extraction import (
     StreamStats,
     default_batch_size,
@@ -60,6 +60,7 @@ class Predictor:
     recipe: PreprocessingRecipe
     method: str = ""
     norm: FeatureNorm | None = None
+    in_dim: int | None = None
 
     @property
     def mags(self) -> list[float]:
@@ -84,6 +85,7 @@ class Predictor:
             recipe=recipe,
             method=str(config.get("method", config["arch"])),
             norm=FeatureNorm.from_config(config.get("feature_norm")),
+            in_dim=int(config["in_dim"]) if config.get("in_dim") else None,
         )
 
 
@@ -114,7 +116,7 @@ def _encode_regions(
     stats = StreamStats()
     chunks = list(encode_stream(encoder, reader.imap(tasks), batch_size, stats))
     timer.record(stats)
-    feats = np.concatenate(chunks) if chunks else np.zeros((0, FEATURE_DIM), dtype=np.float32)
+    feats = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), dtype=np.float32)
     out = torch.from_numpy(feats).unsqueeze(0)
     return norm(out) if norm is not None else out
 
@@ -327,6 +329,7 @@ def _result(
         "patches_per_mag": encoded,
         "mpp": float(mpp0),
         "mpp_source": source,
+        "encoder": predictor.recipe.encoder,
         "weights": predictor.recipe.weights,
         "selected": selected,
         "attention": attention,
@@ -337,10 +340,15 @@ def _result(
 def make_encoder(
     predictor: Predictor, device: str = "cpu", precision: str | None = None
 ) -> tuple[PatchEncoder, dict[str, Any]]:
-    """The encoder the checkpoint's features were made with (same weights, seed and, unless
-    ``precision`` overrides it, precision)."""
+    """The encoder the checkpoint's features were made with (same encoder, weights, seed and,
+    unless ``precision`` overrides it, precision)."""
     recipe = predictor.recipe
-    model, info = build_encoder(recipe.weights, seed=recipe.weights_seed)
+    model, info = build_encoder(recipe.weights, seed=recipe.weights_seed, encoder=recipe.encoder)
+    if predictor.in_dim is not None and int(info["feature_dim"]) != predictor.in_dim:
+        raise ZoomMILError(
+            f"encoder {recipe.encoder} gives {info['feature_dim']}-d features but the "
+            f"checkpoint was trained on {predictor.in_dim}-d features"
+        )
     precision = precision or recipe.precision
     return PatchEncoder(model, device=device, precision=precision), info
 

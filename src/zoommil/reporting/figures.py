@@ -131,6 +131,7 @@ def throughput_figure(
     outputs: Sequence[str | Path],
     dataset: str,
     weights: str,
+    encoder: str = "resnet50_layer3",
 ) -> pd.DataFrame:
     """Figure 3: slides/hour (log x) vs weighted F1, one panel per device; returns the data."""
     data = throughput_data(evals, timings, methods)
@@ -145,7 +146,8 @@ def throughput_figure(
             _empty_panel(ax, part, device)
         else:
             _throughput_panel(ax, part)
-    fig.suptitle(_title(f"{dataset}: throughput vs weighted F1", weights), fontsize=10)
+    title = f"{dataset}: throughput vs weighted F1 ({encoder} encoder)"
+    fig.suptitle(_title(title, weights), fontsize=10)
     fig.tight_layout()
     _save(fig, outputs)
     return data

@@ -299,11 +299,23 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
+def encoder_label(encoder: str) -> str:
+    """``uni (ViT-L/16, 224 px, 1024-d)``; the bare name for an unregistered one."""
+    from zoommil.features.encoders.registry import ENCODERS, canonical_name
+
+    spec = ENCODERS.get(canonical_name(encoder))
+    return spec.describe() if spec is not None else str(encoder)
+
+
 def table_notes(
-    dataset: str, weights: str, qc_table: pd.DataFrame, timings_skipped: Mapping[str, str]
+    dataset: str,
+    weights: str,
+    qc_table: pd.DataFrame,
+    timings_skipped: Mapping[str, str],
+    encoder: str = "resnet50_layer3",
 ) -> list[str]:
-    """Notes printed under every table (weights, QC exclusions, skipped devices)."""
-    notes = []
+    """Notes printed under every table (encoder, weights, QC exclusions, skipped devices)."""
+    notes = [f"patch encoder: {encoder_label(encoder)}"]
     if str(weights) == "random":
         notes.append(
             "encoder weights are a seeded RANDOM initialisation (offline demo): the numbers "
@@ -464,6 +476,7 @@ def make_tables(
     methods: Mapping[str, Mapping[str, Any]],
     ablations: Mapping[str, Mapping[str, Any]] | None = None,
     reference: str | None = None,
+    encoder: str = "resnet50_layer3",
 ) -> dict[str, pd.DataFrame]:
     """Write Tables 1-3 (`main_*`) and Table 4 (`ablation_*`) to the given output paths.
 
@@ -488,10 +501,10 @@ def make_tables(
         for d, t in timing_map.items()
         if t and all(x["skipped"] for x in t.values())
     }
-    notes = table_notes(dataset, weights, qc_frame, skipped)
+    notes = table_notes(dataset, weights, qc_frame, skipped, encoder)
 
     main = main_table(summary, methods, mags, flops_map, timing_map)
-    title = f"ZoomMIL benchmark on {dataset} (Tables 1-3 style)"
+    title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
     display = display_frame(main, "main", devices)
     best = best_row(main)
     write_csv(outputs["main_csv"], main, notes)
@@ -499,7 +512,7 @@ def make_tables(
     write_text(outputs["main_tex"], to_latex(display, title, notes, best, f"tab:{dataset}"))
 
     ablation = ablation_table(summary, ablations, reference, methods, flops_map)
-    title = f"ZoomMIL ablations on {dataset} (Table 4 style)"
+    title = f"ZoomMIL ablations on {dataset}, {encoder} features (Table 4 style)"
     ab_notes = notes if ablations else ["no ablations configured", *notes]
     display = display_frame(ablation, "ablation", devices)
     best = best_row(ablation) if len(ablation) else None

@@ -177,6 +177,31 @@ def drop_empty(
     return kept, skipped, (dims.pop() if dims else 0), total
 
 
+def check_one_encoder(paths: Sequence[Path]) -> str | None:
+    """The encoder every feature file was made with; a file made with another one is a user
+    error naming it (features of two encoders cannot share a model, even at equal dimension).
+
+    Files without an ``encoder`` attribute (hand-made) are not compared.
+    """
+    from zoommil.features.encoders.registry import canonical_name
+
+    first: tuple[str, Path] | None = None
+    for path in paths:
+        name = read_attrs(path).get("encoder")
+        if name is None:
+            continue
+        name = canonical_name(name)
+        if first is None:
+            first = (name, path)
+        elif name != first[0]:
+            raise ZoomMILError(
+                f"{path}: features made with encoder {name}, but {first[1]} with "
+                f"{first[0]}: one run needs feature files of one encoder (re-extract, or point "
+                "features_dir at one encoder's files)"
+            )
+    return first[0] if first else None
+
+
 class BagStore:
     """Indexable bags of one split; in memory (loaded once) or read from disk at each access."""
 

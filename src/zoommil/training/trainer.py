@@ -39,6 +39,7 @@ from zoommil.training.config import MethodSpec, TrainConfig, apply_overrides
 from zoommil.training.data import (
     Bag,
     BagStore,
+    check_one_encoder,
     drop_empty,
     read_exclusions,
     resolve_classes,
@@ -221,6 +222,7 @@ def load_splits(
         if kept:
             dims.add(dim)
         total += size
+    check_one_encoder([r.path for kept in records.values() for r in kept])
     if len(dims) > 1:
         raise ZoomMILError(f"feature files disagree on the feature dimension: {sorted(dims)}")
     in_memory = config.cache == "memory" or (

@@ -72,5 +72,10 @@ def tiling_flags(recipe: PreprocessingRecipe) -> str:
 def encoder_flags(recipe: PreprocessingRecipe) -> str:
     """`zoommil features` flags of the recipe's encoder part."""
     return cli_flags(
-        {"weights": recipe.weights, "seed": recipe.weights_seed, "precision": recipe.precision}
+        {
+            "encoder": recipe.encoder,
+            "weights": recipe.weights,
+            "seed": recipe.weights_seed,
+            "precision": recipe.precision,
+        }
     )

@@ -1,0 +1,103 @@
+"""The paper's patch encoder: torchvision ResNet-50 truncated after ``layer3``, average-pooled.
+
+The paper (and the official code, via histocartography) encodes 256x256 patches with an
+ImageNet-1k ResNet-50 cut after ``layer3`` and ``AdaptiveAvgPool2d(1)``: 1024-d features, no
+resize, ImageNet mean/std. CLAM/TRIDENT resize to 224 px, so their features are not
+interchangeable with these.
+
+``--weights imagenet`` is torchvision's IMAGENET1K_V1 file from the torch hub cache (downloaded
+there once on a machine with internet; with ``ZOOMMIL_OFFLINE=1`` or offline, a clear error
+names the file to place). A state dict of a full resnet50 loads too (``layer4``/``fc`` dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet50
+
+from zoommil.errors import ZoomMILError
+from zoommil.features.encoders.registry import EncoderSpec
+from zoommil.features.encoders.weights import check_and_load, sha256_file
+
+log = logging.getLogger(__name__)
+
+IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+IMAGENET_FILE = "resnet50-0676ba61.pth"
+IMAGENET_HASH_PREFIX = "0676ba61"
+OFFLINE_ENV = "ZOOMMIL_OFFLINE"
+
+
+class ResNet50Layer3(nn.Module):
+    """ResNet-50 stem + ``layer1..layer3`` + global average pool -> [B, 1024].
+
+    Module names equal torchvision's, so a torchvision resnet50 state dict loads directly
+    (minus ``layer4`` and ``fc``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        full = resnet50(weights=None)
+        self.conv1 = full.conv1
+        self.bn1 = full.bn1
+        self.relu = full.relu
+        self.maxpool = full.maxpool
+        self.layer1 = full.layer1
+        self.layer2 = full.layer2
+        self.layer3 = full.layer3
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def build(spec: EncoderSpec) -> nn.Module:
+    """The architecture, randomly initialised (torchvision's init under the caller's seed)."""
+    return ResNet50Layer3()
+
+
+def imagenet_cache_path() -> Path:
+    """Where torchvision keeps the IMAGENET1K_V1 file (honours ``TORCH_HOME``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+
+
+def imagenet_weights(spec: EncoderSpec) -> tuple[Path, str]:
+    """The cached IMAGENET1K_V1 file, downloading it once if allowed; else a clear error."""
+    path = imagenet_cache_path()
+    if not path.is_file():
+        how = (
+            f"ImageNet weights not found: place torchvision's IMAGENET1K_V1 file at {path} "
+            f"(download {IMAGENET_URL} on a machine with internet, or run "
+            '`python -c "import torchvision; '
+            "torchvision.models.resnet50(weights='IMAGENET1K_V1')\"` there and copy "
+            "~/.cache/torch/hub/checkpoints/), set TORCH_HOME to a folder whose "
+            "hub/checkpoints/ holds it, or use --weights random (demo) or --weights PATH"
+        )
+        if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes"):
+            raise ZoomMILError(how)
+        log.info("downloading ImageNet weights %s -> %s", IMAGENET_URL, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(IMAGENET_URL, str(path), hash_prefix=None)
+        except Exception as error:  # noqa: BLE001 - any network failure means "offline"
+            raise ZoomMILError(f"{how} (download failed: {error})") from error
+    if not sha256_file(path).startswith(IMAGENET_HASH_PREFIX):
+        log.warning(
+            "%s does not match torchvision's published hash prefix %s", path, IMAGENET_HASH_PREFIX
+        )
+    return path, f"torchvision ResNet50_Weights.IMAGENET1K_V1 ({path.name})"
+
+
+def convert_state(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[str, torch.Tensor]:
+    """A full resnet50 state dict loses ``layer4``/``fc``; a truncated one passes as it is."""
+    return {k: v for k, v in state.items() if not k.startswith(("fc.", "layer4."))}
+
+
+def load_state(model: nn.Module, state: dict, path: Path, spec: EncoderSpec) -> None:
+    check_and_load(model, state, path, spec)

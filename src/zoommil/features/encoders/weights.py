@@ -1,0 +1,222 @@
+"""Encoder weights: seeded random, torchvision ImageNet, a local file, or the offline HF cache.
+
+Why offline only: foundation-model weights are gated (the user accepts a licence on Hugging Face
+and fetches the file); a pipeline that downloads at run time breaks on cluster nodes without
+internet and silently changes what it computes. So ``hf`` only *looks* in the standard hub cache
+layout (``$HF_HUB_CACHE`` or ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``, then
+``models--{org}--{name}/snapshots/{revision}/{file}``) and a missing file is a one-line error
+naming the repo and the file to place there.
+
+Loading is strict: every key present, every shape equal. A file made for another encoder, or of
+the wrong shapes, fails with one line naming the file and the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoommil.errors import ZoomMILError
+from zoommil.features.encoders.registry import EncoderSpec
+
+log = logging.getLogger(__name__)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
+    """Hash of parameter names, shapes and values: identifies weights that have no file."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- HF cache
+
+
+def hf_cache_dir() -> Path:
+    """The hub cache folder, read from the environment at call time (as huggingface_hub does)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def _snapshot_file(cache: Path, repo_id: str, filename: str) -> Path | None:
+    """The cached file of ``repo_id``: the ``main`` ref's snapshot first, else any snapshot."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # the layout is simple enough to read without the library
+        try_to_load_from_cache = None
+    if try_to_load_from_cache is not None:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(cache))
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    snapshots = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    candidates = [p / filename for p in snapshots.iterdir() if (p / filename).is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def resolve_hf_weights(spec: EncoderSpec) -> Path:
+    """The spec's weight file in the offline HF cache; never downloads."""
+    if not spec.hf_repo or not spec.hf_files:
+        raise ZoomMILError(
+            f"encoder {spec.name} has no Hugging Face weights: use --weights "
+            + ("imagenet, random or PATH" if spec.name == "resnet50_layer3" else "random or PATH")
+        )
+    cache = hf_cache_dir()
+    for filename in spec.hf_files:
+        found = _snapshot_file(cache, spec.hf_repo, filename)
+        if found is not None:
+            return found
+    gated = " (gated: accept its licence on huggingface.co first)" if spec.gated else ""
+    raise ZoomMILError(
+        f"{spec.name}: weights not in the offline Hugging Face cache {cache}: place "
+        f"{spec.hf_repo}/{spec.hf_files[0]}{gated} there (e.g. `hf download {spec.hf_repo} "
+        f"{spec.hf_files[0]}` on a machine with internet), or pass --weights PATH"
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_state_file(path: Path, spec: EncoderSpec) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or of a torch file loaded with ``weights_only``."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickle/zip/safetensors errors have many types
+        raise ZoomMILError(
+            f"{path}: cannot load weights for encoder {spec.name} as a state dict "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from error
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "teacher"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ZoomMILError(f"{path}: not a state dict of tensors (encoder {spec.name})")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def local_weights_path(weights: str, spec: EncoderSpec) -> Path:
+    """A weights path given by the user: a file, or a folder holding one of the spec's files."""
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        for name in (*spec.hf_files, "model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                return path / name
+        raise ZoomMILError(
+            f"{path}: folder holds none of {', '.join(spec.hf_files) or 'the weight files'} "
+            f"for encoder {spec.name}"
+        )
+    if not path.is_file():
+        choices = "imagenet, random" if spec.name == "resnet50_layer3" else "random, hf"
+        raise ZoomMILError(
+            f"{path}: weights file not found for encoder {spec.name} (use --weights {choices} "
+            "or a path to a .safetensors / state-dict file)"
+        )
+    return path
+
+
+def check_and_load(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, spec) -> None:
+    """Strict load with one line naming the file, the encoder and what does not fit."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    problems = []
+    if wrong:
+        k = wrong[0]
+        problems.append(
+            f"{len(wrong)} shape mismatch(es), e.g. {k}: file {tuple(state[k].shape)} vs "
+            f"model {tuple(expected[k].shape)}"
+        )
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
+    if problems:
+        raise ZoomMILError(
+            f"{path}: not weights of encoder {spec.name} ({spec.architecture}): "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(dict(state), strict=True)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def family(spec: EncoderSpec):
+    """The module that builds this spec's architecture (``resnet``, ``vit``)."""
+    return importlib.import_module(f"zoommil.features.encoders.{spec.family}")
+
+
+def build_with_weights(spec: EncoderSpec, weights: str, seed: int) -> tuple[nn.Module, dict]:
+    """Build ``spec`` seeded, load ``weights`` into it, freeze it; returns (model, info)."""
+    fam = family(spec)
+    with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG state untouched
+        torch.manual_seed(seed)
+        model = fam.build(spec)
+    model.encoder_spec = spec  # PatchEncoder reads the transform and dimension from it
+    info: dict[str, Any] = {
+        "encoder": spec.name,
+        "encoder_arch": spec.architecture,
+        "feature_dim": int(spec.dim),
+        "encoder_input_size": int(spec.input_size),
+        "weights": weights,
+    }
+    if weights == "random":
+        info["weights_seed"] = int(seed)
+        info["weights_sha256"] = sha256_state_dict(model.state_dict())
+        info["weights_note"] = (
+            f"RANDOM weights (seed {seed}): demo/test features only, not {spec.name} features"
+        )
+        log.warning("encoder %s uses RANDOM weights (seed %d)", spec.name, seed)
+    else:
+        if weights == "imagenet":
+            path, note = fam.imagenet_weights(spec)
+        elif weights == "hf":
+            path = resolve_hf_weights(spec)
+            note = f"{spec.hf_repo}/{path.name} from the offline Hugging Face cache"
+        else:
+            path = local_weights_path(weights, spec)
+            note = f"state dict {path}"
+        state = fam.convert_state(read_state_file(path, spec), spec)
+        fam.load_state(model, state, path, spec)
+        info["weights_file"] = str(path)
+        info["weights_sha256"] = sha256_file(path)
+        info["weights_note"] = note
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model, info
