@@ -108,7 +108,9 @@ def test_recipe_flags_for_tile_and_features() -> None:
     assert workflow.tiling_flags(recipe) == (
         "--mags 2.5 5.0 10.0 --patch-size 256 --tissue-threshold 0.2"
     )
-    assert workflow.encoder_flags(recipe) == "--weights random --seed 0 --precision fp32"
+    assert workflow.encoder_flags(recipe) == (
+        "--encoder resnet50_layer3 --weights random --seed 0 --precision fp32"
+    )
 
 
 # --- train configs --------------------------------------------------------------------------
