@@ -438,3 +438,42 @@ def test_features_and_predict_end_to_end_with_a_vit(slides_dir, tmp_path, vircho
         details = model.forward_with_details([torch.from_numpy(f)[None] for f in bag.feats])
     probs = torch.softmax(details["logits"], -1)[0].numpy()
     np.testing.assert_allclose([result["probabilities"][c] for c in "ab"], probs, atol=1e-3)
+
+
+def test_flops_command_counts_the_checkpoints_encoder(tmp_path):
+    """`zoommil flops` takes the encoder from the checkpoint's preprocessing (UNI: 61.6 G per
+    patch, not the ResNet's 4.3 G)."""
+    from zoommil.io.featurefile import write_feature_file
+    from zoommil.models import build_model
+    from zoommil.training.checkpoint import save_checkpoint
+
+    (tmp_path / "features").mkdir()
+    write_feature_file(
+        tmp_path / "features" / "s1.h5",
+        [10.0],
+        [np.random.default_rng(0).normal(size=(7, 1024))],
+        [np.zeros((7, 2))],
+        [np.zeros((7, 2))],
+        {"encoder": "uni"},
+    )
+    sheet = tmp_path / "sheet.tsv"
+    sheet.write_text("slide_id\tlabel\tsplit\ns1\ta\ttest\n")
+    model = build_model("abmil", in_dim=1024, n_classes=2)
+    config = {
+        "arch": "abmil",
+        "classes": ["a", "b"],
+        "mags": [10.0],
+        "in_dim": 1024,
+        "sheet": str(sheet),
+        "preprocessing": {"encoder": "uni", "patch_size": 256},
+    }
+    ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    out = tmp_path / "flops.json"
+    argv = ["flops", "--checkpoint", str(ckpt), "--features-dir", str(tmp_path / "features")]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["encoder"] == "uni" and result["encoder_input_size"] == 224
+    assert result["encoder_flops_per_patch"] == pytest.approx(61.6e9, rel=0.01)
+    row = result["per_slide"][0]
+    assert row["patches_encoded"] == 7
+    assert row["encoder_flops"] == pytest.approx(7 * result["encoder_flops_per_patch"])

@@ -35,6 +35,7 @@ CONDA_NAME = {
     "opencv-python-headless": "opencv",
     "openslide-bin": "openslide",  # the C library that openslide-bin bundles for pip
     "matplotlib": "matplotlib-base",  # matplotlib without the Qt GUI stack
+    "huggingface-hub": "huggingface_hub",
 }
 # Runtime dependencies that stage envs do not need: Snakemake runs the workflow from the
 # user's own environment, and jobs never import it.

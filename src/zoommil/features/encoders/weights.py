@@ -184,6 +184,15 @@ def family(spec: EncoderSpec):
 def build_with_weights(spec: EncoderSpec, weights: str, seed: int) -> tuple[nn.Module, dict]:
     """Build ``spec`` seeded, load ``weights`` into it, freeze it; returns (model, info)."""
     fam = family(spec)
+    path, note = None, ""
+    if weights == "imagenet":  # resolved before building: a missing file fails fast
+        path, note = fam.imagenet_weights(spec)
+    elif weights == "hf":
+        path = resolve_hf_weights(spec)
+        note = f"{spec.hf_repo}/{path.name} from the offline Hugging Face cache"
+    elif weights != "random":
+        path = local_weights_path(weights, spec)
+        note = f"state dict {path}"
     with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG state untouched
         torch.manual_seed(seed)
         model = fam.build(spec)
@@ -203,14 +212,6 @@ def build_with_weights(spec: EncoderSpec, weights: str, seed: int) -> tuple[nn.M
         )
         log.warning("encoder %s uses RANDOM weights (seed %d)", spec.name, seed)
     else:
-        if weights == "imagenet":
-            path, note = fam.imagenet_weights(spec)
-        elif weights == "hf":
-            path = resolve_hf_weights(spec)
-            note = f"{spec.hf_repo}/{path.name} from the offline Hugging Face cache"
-        else:
-            path = local_weights_path(weights, spec)
-            note = f"state dict {path}"
         state = fam.convert_state(read_state_file(path, spec), spec)
         fam.load_state(model, state, path, spec)
         info["weights_file"] = str(path)
