@@ -38,8 +38,17 @@ def test_training_parameter_reruns_training_and_what_follows(tiny) -> None:
     config["train"]["epochs"] += 1
     jobs = plan(workdir, config, "epochs.yaml")
     assert not PREPROCESS & set(jobs), jobs
-    assert jobs["train_config"] == jobs["train"] == jobs["evaluate"] == 4
+    assert jobs["train"] == 4 and "evaluate" not in jobs  # the train job evaluates
     assert jobs["flops"] == 4 and jobs["tables"] == 1
+
+
+def test_method_parameter_reruns_only_that_method(tiny) -> None:
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["methods"]["abmil"]["dropout"] = 0.1
+    jobs = plan(workdir, config, "abmil.yaml")
+    assert jobs["train"] == jobs["flops"] == 1  # abmil seed 0 only
+    assert set(jobs) <= {"train", "flops"} | AGGREGATES, jobs
 
 
 def test_tissue_parameter_reruns_from_tissue_detection(tiny) -> None:
@@ -67,8 +76,8 @@ def test_new_seed_only_adds_jobs(tiny) -> None:
     config = copy.deepcopy(harness.load_config())
     config["train"]["seeds"] = [0, 1]  # the ablation keeps its own seeds: [0]
     jobs = plan(workdir, config, "seeds.yaml")
-    assert jobs["train"] == jobs["evaluate"] == 3  # seed 1 of the 3 main methods
-    assert set(jobs) <= {"train", "evaluate"} | AGGREGATES, jobs
+    assert jobs["train"] == 3  # seed 1 of the 3 main methods
+    assert set(jobs) <= {"train"} | AGGREGATES, jobs
 
 
 def test_new_method_only_adds_jobs(tiny) -> None:
@@ -76,8 +85,8 @@ def test_new_method_only_adds_jobs(tiny) -> None:
     config = copy.deepcopy(harness.load_config())
     config["methods"]["maxmil"] = {"arch": "maxmil"}
     jobs = plan(workdir, config, "method.yaml")
-    assert jobs["train_config"] == jobs["train"] == jobs["evaluate"] == jobs["flops"] == 1
-    assert set(jobs) <= {"train_config", "train", "evaluate", "flops"} | AGGREGATES, jobs
+    assert jobs["train"] == jobs["flops"] == 1
+    assert set(jobs) <= {"train", "flops"} | AGGREGATES, jobs
 
 
 def edit(workdir: Path, relative: str, addition: bytes) -> tuple[Path, bytes, os.stat_result]:
@@ -108,7 +117,7 @@ def code_changed(reasons: dict[str, set[str]]) -> set[str]:
     [
         ("inference/predict.py", {"predict", "profile"}),
         ("reporting/tables.py", {"tables", "figure_throughput", "figure_attention"}),
-        ("io/jsonio.py", {"train_config", "train", "evaluate", "flops", "profile", "predict"}),
+        ("io/jsonio.py", {"train", "flops", "profile", "predict"}),
     ],
 )
 def test_behaviour_edit_reruns_exactly_the_rules_that_import_it(tiny, relative, importers):

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from workflow_config import harness
 
+from zoommil.workflow import params as workflow
+
 PRESETS = {
     "camelyon16": ["normal", "tumor"],
     "bright": ["noncancerous", "precancerous", "cancerous"],
@@ -47,10 +49,13 @@ def test_demo_config_dry_run(workdir: Path) -> None:
         demo["ablations"]["methods"]
     ) * len(demo["ablations"]["seeds"])
     assert jobs["synth"] == 1
-    assert jobs["train_config"] == n_methods == 15
-    assert jobs["train"] == jobs["evaluate"] == n_runs == 45
+    assert "train_config" not in jobs and "evaluate" not in jobs  # both inside the train job
+    assert jobs["train"] == n_runs == 45 and n_methods == 15
     assert jobs["flops"] == n_methods
-    assert jobs["profile"] == 3 * len(demo["methods"]) == 27  # cpu1, cpu and gpu per method
+    # cpu1 and cpu per method; efficiency.gpu: auto times on a GPU only where there is one
+    assert demo["efficiency"]["gpu"] == "auto"
+    n_devices = 3 if workflow.gpu_present() else 2
+    assert jobs["profile"] == n_devices * len(demo["methods"])
     assert jobs["tables"] == jobs["figure_throughput"] == jobs["figure_attention"] == 1
 
 
@@ -65,7 +70,6 @@ def test_preset_dry_run(workdir: Path, preset: str) -> None:
     assert jobs["inspect"] == 6
     assert jobs["qc_inspect"] == 1
     ablations = (config.get("ablations") or {}).get("methods") or {}
-    assert jobs["train_config"] == len(config["methods"]) + len(ablations)
     assert jobs["train"] == len(config["methods"]) * 3 + len(ablations) * 3
 
 

@@ -128,6 +128,7 @@ checkpoint qc_slides:
     output:
         table="results/qc/slides.tsv",
         usable="results/qc/usable.tsv",
+        manifest="results/qc/features.tsv",
     log:
         "results/logs/qc_slides/qc_slides.log",
     conda:

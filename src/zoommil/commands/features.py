@@ -85,7 +85,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device(parser)
     add_precision(parser, default("precision"))
-    add_threads(parser)
+    add_threads(parser, default=1, why="torch's default oversubscribes a shared machine; reading "
+                "runs in --workers processes besides")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 

@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device(parser)
     add_precision(parser, None)
-    add_threads(parser)
+    add_threads(parser, default=1)
     parser.add_argument(
         "--batch-size",
         type=int,

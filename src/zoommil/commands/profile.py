@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoommil.commands.options import add_device, add_precision, add_threads
+from zoommil.commands.options import add_device, add_precision, threads_value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="method name to record (default: the checkpoint's)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt")
     add_device(parser)
-    add_threads(parser, default=1, why="the paper's single-thread column; 0 is refused")
+    parser.add_argument(
+        "--threads",
+        type=threads_value,
+        default=1,
+        metavar="T",
+        help="CPU cores: N (or 'all') single-threaded processes over the slides (default 1); "
+        "on cuda: torch threads of the one process",
+    )
     parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
     parser.add_argument("--slides", nargs="+", help="slide_ids to time (default: the split's)")
     parser.add_argument("--split", default="test", help="split to time when --slides is absent")
@@ -63,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{args.out}: {result['seconds_per_slide']:.2f} s/slide, "
-        f"{result['slides_per_hour']:.1f} slides/h ({result['device']}, "
-        f"{result['threads']} thread(s))"
+        f"{result['slides_per_hour']:.1f} slides/h ({result['device']}, {result['processes']} "
+        f"process(es) x {result['threads_per_process']} thread(s), "
+        f"{result['cpu_count']} cores)"
     )
     return 0

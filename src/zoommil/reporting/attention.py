@@ -22,10 +22,10 @@ from zoommil.wsi.slide import open_with_mpp, read_thumbnail_at_mpp
 OUTLINE_COLOURS = ((0, 200, 0), (0, 90, 255), (255, 140, 0))
 
 
-def thumbnail(
+def slide_thumbnail(
     slide_path: str | Path, mpp: float | None = None, max_side: int = 1024
-) -> tuple[np.ndarray, float]:
-    """RGB thumbnail of at most ``max_side`` px and its scale (thumbnail px per level-0 px)."""
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB thumbnail of at most ``max_side`` px and the slide's level-0 (width, height)."""
     slide, mpp0, _ = open_with_mpp(slide_path, mpp)
     try:
         width, height = slide.dimensions
@@ -33,6 +33,14 @@ def thumbnail(
         thumb = read_thumbnail_at_mpp(slide, mpp0, target)
     finally:
         slide.close()
+    return thumb, (int(width), int(height))
+
+
+def thumbnail(
+    slide_path: str | Path, mpp: float | None = None, max_side: int = 1024
+) -> tuple[np.ndarray, float]:
+    """RGB thumbnail of at most ``max_side`` px and its scale (thumbnail px per level-0 px)."""
+    thumb, (width, _) = slide_thumbnail(slide_path, mpp, max_side)
     return thumb, thumb.shape[1] / width
 
 

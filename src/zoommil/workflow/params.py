@@ -24,6 +24,22 @@ def library_root(basedir: str | Path) -> Path:
     return Path(zoommil.__file__).resolve().parent
 
 
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, without importing torch (the Snakefile runs
+    this at every start): the driver lists its GPUs under /proc/driver/nvidia/gpus."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def time_on_gpu(setting: bool | str) -> bool:
+    """`efficiency.gpu`: true (always: a note is written where there is no GPU), false, or
+    auto (only where this machine has one: the demo then starts no job that only writes
+    that note)."""
+    if setting == "auto":
+        return gpu_present()
+    return bool(setting)
+
+
 def cli_flags(args: Mapping[str, Any] | None) -> str:
     """`{"sigma": 20, "keep-empty": True, "mags": [1, 2]}` -> `--sigma 20 --keep-empty --mags 1 2`.
 

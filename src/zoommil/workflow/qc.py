@@ -118,6 +118,26 @@ def usable_sheet(sheet: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+def features_manifest(table: pd.DataFrame, feature_files: Mapping[str, str | Path]) -> pd.DataFrame:
+    """The usable slides' feature files with their size and mtime (ns).
+
+    Why: training and evaluation depend on this one file instead of listing every feature file
+    (Snakemake's scheduler stats the inputs of every ready job each round: N files x N jobs);
+    the qc_slides checkpoint rewrites it whenever a feature file changes, so a new feature
+    file still reruns training, and the sizes/mtimes record which versions were used.
+    """
+    ok = table.loc[table["status"] == "ok", "slide_id"]
+    rows = []
+    for slide_id in sorted(ok):
+        path = Path(feature_files[slide_id])
+        st = path.stat()
+        rows.append(
+            {"slide_id": slide_id, "path": str(path), "bytes": st.st_size,
+             "mtime_ns": st.st_mtime_ns}
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=["slide_id", "path", "bytes", "mtime_ns"])
+
+
 def write_tsv(frame: pd.DataFrame, out: str | Path) -> None:
     """Write a TSV atomically."""
     with atomic_path(out) as tmp:

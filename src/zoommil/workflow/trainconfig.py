@@ -1,8 +1,10 @@
 """Per-method train configs (docs/ARCHITECTURE.md "Train config").
 
-One file per method, so that adding a method or a seed adds jobs and never touches the
+One config per method, so that adding a method or a seed adds jobs and never touches the
 configs (and hence the models) of the others, while changing a training parameter changes
-every file that carries it.
+every config that carries it. The workflow passes it to the train job as a `params:` value
+(YAML text, compared by Snakemake's params rerun trigger) and the job writes it next to the
+checkpoint, so no job of its own is needed to write it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ def build_train_config(
     return to_plain(config)
 
 
+def dump_train_config(config: Mapping[str, Any]) -> str:
+    """The YAML text of a train config (plain types, keys in the order given)."""
+    return yaml.safe_dump(to_plain(config), sort_keys=False)
+
+
 def write_train_config(config: Mapping[str, Any], out: str | Path) -> None:
     """Write YAML atomically (tmp file + rename)."""
-    write_text_atomic(out, yaml.safe_dump(to_plain(config), sort_keys=False))
+    write_text_atomic(out, dump_train_config(config))
