@@ -90,7 +90,7 @@ def test_from_config_reads_the_workflow_keys() -> None:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     recipe = PreprocessingRecipe.from_config(config)
     assert recipe.mags == tuple(float(m) for m in config["preprocess"]["mags"])
-    assert recipe.weights == "random" and recipe.precision == "auto"
+    assert recipe.weights == "random" and recipe.precision == config["features"]["precision"]
     assert recipe.no_tissue == "exclude"
 
 
