@@ -58,7 +58,7 @@ def slides_for(dry: bool, work: Path) -> dict[str, Path]:
     out = {}
     for name, mpp in (("20x", 0.5), ("40x", 0.25)):
         path = work / f"tiny{name}.tiff"
-        spec = LargeSlideSpec(width=2048, height=1536, mpp=mpp, block=256, min_level_side=256)
+        spec = LargeSlideSpec(width=1024, height=768, mpp=mpp, block=128, min_level_side=128)
         if not path.exists():
             write_large_slide(path, source, spec, compression)
         out[name] = path
@@ -102,7 +102,7 @@ def features_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -
     return {"step": "features", "device": device, "slides": rows}
 
 
-def checkpoints(work: Path, patch_size: int) -> dict[str, Path]:
+def checkpoints(work: Path, patch_size: int, k: int = 12) -> dict[str, Path]:
     import torch
 
     from zoommil.models import build_model
@@ -111,7 +111,7 @@ def checkpoints(work: Path, patch_size: int) -> dict[str, Path]:
     out = {}
     pre = {"patch_size": patch_size, "weights": "random", "weights_seed": 0, "precision": "bf16"}
     for arch, mags, kwargs in (
-        ("zoommil", BRIGHT_MAGS, {"k": 12}),
+        ("zoommil", BRIGHT_MAGS, {"k": k}),
         ("abmil", [BRIGHT_MAGS[-1]], {}),
     ):
         torch.manual_seed(0)
@@ -137,7 +137,7 @@ def profile_step(slides: dict[str, Path], device: str, dry: bool, work: Path) ->
     from zoommil.inference.predict import Predictor
 
     rows = []
-    for ckpt in checkpoints(work, 64 if dry else 256).values():
+    for ckpt in checkpoints(work, 64 if dry else 256, 2 if dry else 12).values():
         predictor = Predictor.from_checkpoint(ckpt, device=device)
         if device == "cpu":
             predictor.precision = "fp32"

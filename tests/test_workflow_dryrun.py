@@ -124,7 +124,12 @@ def test_sheet_duplicate_slide_id_names_the_row(workdir: Path) -> None:
 
 def test_sheet_bad_split_and_mpp_name_the_row(workdir: Path) -> None:
     _expect_sheet_error(workdir, ["a\ta.svs\tnormal\ttraining\t\n"], "row 1 (slide_id 'a')")
-    _expect_sheet_error(workdir, ["a\ta.svs\tnormal\ttrain\t900\n"], "outside 0.1-2.0")
+    _expect_sheet_error(workdir, ["a\ta.svs\tnormal\ttrain\t900\n"], "outside 0.05-5.0")
+
+
+def test_sheet_without_validation_slides_fails_before_any_job(workdir: Path) -> None:
+    rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttest\t\n"]
+    _expect_sheet_error(workdir, rows, "no val slides")
 
 
 def test_config_schema_rejects_bad_values(workdir: Path) -> None:

@@ -33,7 +33,7 @@ _ENCODER_ALIASES = {"resnet50_layer3_avgpool": DEFAULT_ENCODER}
 _ATTR_NAMES = {"no_tissue": "no_tissue_policy"}
 #: The part of the recipe a coords file knows (the encoder comes with `zoommil features`).
 TILING_FIELDS = ("mags", "patch_size", "tissue_method", "tissue_params", "tissue_threshold",
-                 "no_tissue")  # fmt: skip
+                 "no_tissue", "allow_upsampling")  # fmt: skip
 #: The part `zoommil features` adds.
 ENCODER_FIELDS = ("encoder", "weights", "weights_seed", "precision")
 
@@ -106,6 +106,7 @@ class PreprocessingRecipe:
     tissue_params: Mapping[str, Any] = field(default_factory=dict)
     tissue_threshold: float = 0.1
     no_tissue: str = "exclude"
+    allow_upsampling: bool = False
     encoder: str = DEFAULT_ENCODER
     weights: str = "imagenet"
     weights_seed: int = 0
@@ -124,6 +125,10 @@ class PreprocessingRecipe:
         threshold = _number(self.tissue_threshold, "tissue threshold", float, 0.0, 1.0)
         set_(self, "tissue_threshold", threshold)
         set_(self, "no_tissue", _choice(self.no_tissue, "no-tissue policy", NO_TISSUE_POLICIES))
+        if not isinstance(self.allow_upsampling, bool):
+            raise ZoomMILError(
+                f"allow_upsampling must be true or false, got {self.allow_upsampling!r}"
+            )
         encoder = _ENCODER_ALIASES.get(str(self.encoder), str(self.encoder))
         if not encoder.strip():
             raise ZoomMILError("encoder name is empty")
@@ -182,6 +187,7 @@ class PreprocessingRecipe:
                 "tissue_params": tissue.get("params"),
                 "tissue_threshold": tissue.get("threshold"),
                 "no_tissue_policy": tissue.get("no_tissue"),
+                "allow_upsampling": pre.get("allow_upsampling"),
                 "encoder": features.get("encoder"),
                 "weights": features.get("weights"),
                 "weights_seed": features.get("seed"),

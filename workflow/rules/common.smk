@@ -41,6 +41,7 @@ if not DEMO:
     # Real data: the sheet exists now, so a bad sheet fails before any job runs.
     try:
         SHEET = zsheet.load_sheet(config["sheet"], config.get("classes"), SLIDE_SCHEMA)
+        zsheet.check_splits(SHEET, config["sheet"])
     except ZoomMILError as error:
         raise ValueError(f"invalid slide sheet: {error}") from None
 

@@ -1,4 +1,8 @@
 # Per slide: inspect -> tissue -> tile -> features, plus the two QC aggregations.
+# Per-slide commands run with --no-fail: a slide that cannot be used gets a failure marker
+# (status, stage, reason) as its output instead of stopping the run; qc_slides lists it in
+# results/qc/slides.tsv and training/evaluation read only usable slides. A crash or kill
+# still fails the job and leaves no output (Snakemake reruns it as incomplete).
 
 
 rule inspect:
@@ -63,7 +67,7 @@ rule tissue:
         extra=zwf.param_flags("--param", RECIPE.tissue_params),
     shell:
         "zoommil tissue {input.slide:q} --out {output.mask} --method {params.method} "
-        "{params.mpp} {params.extra} > {log} 2>&1"
+        "{params.mpp} {params.extra} --no-fail > {log} 2>&1"
 
 
 rule tile:
@@ -89,7 +93,8 @@ rule tile:
     # not) by qc_slides under the recipe's policy, so that the QC table can report it.
     shell:
         "zoommil tile {input.slide:q} {params.recipe} --out {output.coords} "
-        "--tissue-mask {input.mask} --no-tissue all {params.mpp} {params.extra} > {log} 2>&1"
+        "--tissue-mask {input.mask} --no-tissue all {params.mpp} {params.extra} --no-fail "
+        "> {log} 2>&1"
 
 
 rule features:
@@ -117,7 +122,7 @@ rule features:
     shell:
         "zoommil features {input.slide:q} --coords {input.coords} --out {output.features} "
         "{params.recipe} --threads {threads} --no-progress {params.mpp} {params.extra} "
-        "> {log} 2>&1"
+        "--no-fail > {log} 2>&1"
 
 
 checkpoint qc_slides:
@@ -126,7 +131,11 @@ checkpoint qc_slides:
         inspection="results/qc/inspection.tsv",
         features=inspected_features,
     output:
-        table="results/qc/slides.tsv",
+        table=report(
+            "results/qc/slides.tsv",
+            caption="../report/qc_slides.rst",
+            category="QC",
+        ),
         usable="results/qc/usable.tsv",
         manifest="results/qc/features.tsv",
     log:

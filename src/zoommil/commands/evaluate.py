@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device(parser)
     add_threads(parser, default=1, why="the numbers train wrote")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [a.out])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -88,11 +88,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_threads(parser, default=1, why="torch's default oversubscribes a shared machine; reading "
                 "runs in --workers processes besides")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: a slide that cannot be used (or failed at an earlier stage) gets a "
+            "failure marker as output (status, stage, reason) and exit 0, so one bad slide "
+            "never stops a batch; other errors still exit non-zero"
+        ),
+    )
+    parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="features")
 
 
 def run(args: argparse.Namespace) -> int:
     from zoommil.features.extraction import extract_features
+    from zoommil.workflow.failure import check_input
+
+    check_input(args.coords, args.slide)
 
     result = extract_features(
         args.slide,

@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="split to count (default test)")
     parser.add_argument("--max-slides", type=int, help="count only the first N slides")
     parser.add_argument("--out", type=Path, required=True, help="output JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [a.out])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,7 +55,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="reader processes that read ahead of the encoder (0: read inline; default 1 on "
         "CPU, up to 8 on GPU)",
     )
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: a slide that cannot be read gets a failure marker as --json and "
+            "--heatmap (status, stage, reason; figures skip it with a note) and exit 0"
+        ),
+    )
+    parser.set_defaults(func=run, outputs=lambda a: [a.json, a.heatmap], stage="predict")
 
 
 def run(args: argparse.Namespace) -> int:

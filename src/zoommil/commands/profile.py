@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_precision(parser, None)
     parser.add_argument("--weights", help="encoder weights (default: the checkpoint's)")
     parser.add_argument("--out", type=Path, required=True, help="output JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [a.out])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -75,13 +75,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="when no patch passes: fail the slide (exclude) or keep all its patches with a "
         f"warning (default {default('no_tissue')})",
     )
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--allow-upsampling",
+        action="store_true",
+        help="allow magnifications finer than the slide's native one (recorded in the file)",
+    )
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: a slide that cannot be used (or failed at an earlier stage) gets a "
+            "failure marker as output (status, stage, reason) and exit 0, so one bad slide "
+            "never stops a batch; other errors still exit non-zero"
+        ),
+    )
+    parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="tile")
 
 
 def run(args: argparse.Namespace) -> int:
     from zoommil.io.coords import write_coords
+    from zoommil.workflow.failure import check_input
     from zoommil.wsi.tiling import tile_slide
 
+    check_input(args.tissue_mask, args.slide)
     recipe = PreprocessingRecipe(
         mags=args.mags,
         patch_size=args.patch_size,
@@ -89,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         tissue_params=parse_param_args(args.tissue_param),
         tissue_threshold=args.tissue_threshold,
         no_tissue=args.no_tissue,
+        allow_upsampling=args.allow_upsampling,
     )
     lattice = tile_slide(
         args.slide, recipe, mpp=args.mpp, default_mpp=args.default_mpp, mask_path=args.tissue_mask

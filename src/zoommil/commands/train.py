@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from zoommil.commands.options import add_device, add_threads
 
@@ -55,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also write the test evaluation (the `zoommil evaluate` JSON of checkpoint.pt)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [Path(a.out) / "checkpoint.pt"])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -181,6 +181,12 @@ def checkpoint_flops(
         bag = read_feature_file(features_dir / f"{slide_id}.h5", config["mags"])
         if min(len(f) for f in bag.feats) == 0:
             continue
+        dim = int(bag.feats[0].shape[1])
+        if dim != int(config["in_dim"]):
+            raise ZoomMILError(
+                f"{features_dir / f'{slide_id}.h5'}: features have dimension {dim}, the "
+                f"checkpoint {checkpoint} expects {config['in_dim']}"
+            )
         feats = [torch.from_numpy(f).unsqueeze(0) for f in bag.feats]
         flops = slide_flops(model, config["arch"], feats, recipe.patch_size, encoder)
         rows.append({"slide_id": slide_id, **flops})

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from zoommil.device import resolve_device
-from zoommil.errors import ZoomMILError
+from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.extraction import default_workers
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.io.sheet import read_sheet
@@ -63,7 +63,11 @@ def measure_throughput(
     mpp: dict[str, float] | None = None,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Seconds per slide and slides per hour over ``slides`` ((slide_id, path) pairs)."""
+    """Seconds per slide and slides per hour over ``slides`` ((slide_id, path) pairs).
+
+    A slide that cannot be read (`SlideError`) is left out and listed under
+    ``excluded_slides`` with its reason; the measurement fails only if no slide is left.
+    """
     mpp = mpp or {}
     slides = list(slides)
     if device.type == "cuda":
@@ -74,7 +78,9 @@ def measure_throughput(
     start = time.perf_counter()
     if processes == 1:
         torch.set_num_threads(threads if device.type == "cuda" else 1)
-        rows, info, used = _measure(predictor, jobs, device, precision, warmup, workers, batch_size)
+        rows, info, used, excluded = _measure(
+            predictor, jobs, device, precision, warmup, workers, batch_size
+        )
     else:
         ctx = multiprocessing.get_context("spawn")  # no inherited thread pools or locks
         shares = [jobs[i::processes] for i in range(processes)]
@@ -83,6 +89,11 @@ def measure_throughput(
             parts = pool.starmap(_measure, args)
         rows = [r for part in parts for r in part[0]]
         info, used = parts[0][1], parts[0][2]
+        excluded = {s: r for part in parts for s, r in part[3].items()}
+    if not rows:
+        raise ZoomMILError(
+            "no slide could be profiled: " + "; ".join(f"{s}: {r}" for s, r in excluded.items())
+        )
     wall = time.perf_counter() - start
     latency = float(np.mean([r["seconds"] for r in rows]))
     # with N processes slides overlap: the cohort takes the busiest process's time (start-up
@@ -113,8 +124,12 @@ def measure_throughput(
         "wall_seconds": wall,
         "slides_per_hour": 3600.0 / seconds if seconds > 0 else None,
         "mean_patches_encoded": float(np.mean([r["patches_encoded"] for r in rows])),
+        # device busy (encoding) vs waiting for the readers: a starved GPU shows here
+        "encode_seconds": float(sum(r["phases"]["encode"] for r in rows)),
+        "reader_wait_seconds": float(sum(r["phases"]["read"] for r in rows)),
         "torch_version": torch.__version__,
         "skipped": None,
+        "excluded_slides": [{"slide_id": s, "reason": r} for s, r in excluded.items()],
     }
 
 
@@ -126,7 +141,7 @@ def _measure(
     warmup: int,
     workers: int,
     batch_size: int | None,
-) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+) -> tuple[list[dict[str, Any]], dict[str, Any], str, dict[str, str]]:
     """Time ``jobs`` in this process (also the body of each worker process)."""
     if device.type == "cpu":
         torch.set_num_threads(1)
@@ -140,13 +155,25 @@ def _measure(
     p = predictor.patch_size
     encoder.encode(np.full((4, p, p, 3), 255, dtype=np.uint8))
     rows = []
+    excluded: dict[str, str] = {}
     with ReaderPool(workers) as reader:
-        for _slide_id, path, slide_mpp in list(jobs)[:warmup]:
-            predict_slide(predictor, path, encoder, slide_mpp, batch_size, reader=reader)
+        for slide_id, path, slide_mpp in list(jobs)[:warmup]:
+            try:
+                predict_slide(predictor, path, encoder, slide_mpp, batch_size, reader=reader)
+            except SlideError as error:
+                excluded[slide_id] = error.reason
         for slide_id, path, slide_mpp in jobs:
+            if slide_id in excluded:
+                continue
             sync()
             tic = time.perf_counter()
-            result = predict_slide(predictor, path, encoder, slide_mpp, batch_size, reader=reader)
+            try:
+                result = predict_slide(
+                    predictor, path, encoder, slide_mpp, batch_size, reader=reader
+                )
+            except SlideError as error:  # left out, listed in the result
+                excluded[slide_id] = error.reason
+                continue
             sync()
             rows.append(
                 {
@@ -157,7 +184,7 @@ def _measure(
                     "pid": os.getpid(),
                 }
             )
-    return rows, info, encoder.precision
+    return rows, info, encoder.precision, excluded
 
 
 def profile_slides(

@@ -31,7 +31,7 @@ import zoommil
 from zoommil.device import resolve_device
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
-from zoommil.io.atomic import atomic_path
+from zoommil.io.atomic import atomic_path, check_free_space
 from zoommil.io.coords import load_coords
 from zoommil.io.featurefile import FeatureFileWriter
 from zoommil.recipe import ENCODER_FIELDS, PreprocessingRecipe, default_weights
@@ -66,6 +66,9 @@ _COPIED_COORDS_ATTRS = (
     "no_tissue_applied",
     "n_parents_total",
     "n_parents_kept",
+    "slide_quickhash",
+    "native_magnification",
+    "upsampling",
 )
 
 
@@ -315,8 +318,19 @@ def check_plan_matches_slide(
     given, else against the slide's metadata when the coords file took its mpp from there (a
     coords mpp that came from an override or a default cannot be checked against metadata).
     """
-    from zoommil.wsi.slide import resolve_mpp
+    from zoommil.wsi.slide import quickhash, resolve_mpp
 
+    made_for = plan.attrs.get("slide_quickhash") or None
+    this = quickhash(slide)
+    made_path = plan.attrs.get("slide_path") or None
+    if made_for and this and made_for != this:
+        raise SlideError(
+            slide_path,
+            f"the coords file was made for another slide ({made_path or 'unknown path'}, "
+            f"quickhash {made_for[:12]}..., this slide's is {this[:12]}...)",
+        )
+    if made_path and not (made_for and this) and Path(made_path) != Path(slide_path).resolve():
+        raise SlideError(slide_path, f"the coords file was made for another slide ({made_path})")
     dims = plan.attrs.get("dimensions")
     w, h = slide.dimensions
     if dims is not None and [int(d) for d in dims] != [int(w), int(h)]:
@@ -409,6 +423,8 @@ def extract_features(
         )
     depths = depths_of(plan)
     sizes = [len(plan.xy[0]) * 4**d for d in depths]
+    # before encoding: the feature rows plus coords and xy, with room for HDF5's overhead
+    check_free_space(out_path, int(sum(sizes) * (encoder.dim * 4 + 32) * 1.05) + (1 << 20))
     stats = StreamStats()
     with (
         atomic_path(out_path) as tmp,

@@ -9,6 +9,7 @@ Written atomically.
 
 from __future__ import annotations
 
+import io
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,8 +18,7 @@ import numpy as np
 
 from zoommil import __version__
 from zoommil.errors import ZoomMILError
-from zoommil.io.atomic import atomic_path
-from zoommil.io.featurefile import decode_attr, encode_attr
+from zoommil.io.featurefile import decode_attr, encode_attr, write_hdf5_bytes
 from zoommil.recipe import mag_key
 from zoommil.wsi.lattice import Lattice, check_lattice
 
@@ -33,7 +33,8 @@ def write_coords(path: str | Path, lattice: Lattice) -> Path:
         "zoommil_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    buffer = io.BytesIO()  # built in memory, written in one checked step (full disk: one line)
+    with h5py.File(buffer, "w") as h5:
         for mag, rc, xy in zip(lattice.mags, lattice.coords, lattice.xy, strict=True):
             key = mag_key(mag)
             h5.create_dataset(f"{key}_coords", data=np.asarray(rc, np.int64).reshape(-1, 2))
@@ -41,7 +42,7 @@ def write_coords(path: str | Path, lattice: Lattice) -> Path:
         h5.create_dataset("tissue_fraction", data=np.asarray(lattice.tissue_fraction, np.float32))
         for name, value in attrs.items():
             h5.attrs[name] = encode_attr(value)
-    return Path(path)
+    return write_hdf5_bytes(path, buffer)
 
 
 def load_coords(path: str | Path, check: bool = False) -> Lattice:

@@ -5,6 +5,7 @@ Rendered with matplotlib's Agg backend (no display, safe in worker processes) to
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from zoommil.reporting.tables import (  # noqa: E402
     run_predictions,
     summarize_runs,
 )
+
+log = logging.getLogger(__name__)
 
 PANELS = {"cpu1": "CPU, 1 thread", "cpu": "CPU, all cores", "gpu": "GPU"}
 RANDOM_NOTE = "random encoder weights (offline demo): not a measure of the methods"
@@ -83,6 +86,15 @@ def _every_minor_label(value: float, _position: int) -> str:
         return ""
     lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
     return "" if round(lead) == 9 else f"{value:g}"
+
+
+def x_limits(speeds: Iterable[float], margin: float = 1.4) -> tuple[float, float]:
+    """Log-axis limits around the measured speeds, a factor ``margin`` beyond each end, so a
+    single method (or equal speeds) still gets an axis and markers stay off the frame."""
+    values = [float(v) for v in speeds if v is not None and not math.isnan(v) and v > 0]
+    if not values:
+        return 1.0, 10.0
+    return min(values) / margin, max(values) * margin
 
 
 def throughput_data(
@@ -240,6 +252,7 @@ def _device_panel(
         )
         handles.setdefault(display_name(row["method"]), container)
     ax.set_ylim(-2, 102)
+    ax.set_xlim(*x_limits(part["slides_per_hour"]))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     speeds = part["slides_per_hour"]
     narrow = speeds.max() / speeds.min() < 10  # less than a decade: label every tick
@@ -383,9 +396,12 @@ def attention_figure(
 ) -> dict[str, Any]:
     """Figure 4: one row per slide: the thumbnail, then the attention of every magnification
     over the thumbnail, with the regions zoomed into outlined, and one colour bar. Returns the
-    layout (rows, column titles, whether there is a colour bar) for checks."""
+    layout (rows, column titles, whether there is a colour bar) for checks.
+
+    A slide whose prediction failed (a `zoommil predict --no-fail` marker) or whose thumbnail
+    cannot be read is left out, with a note under the figure."""
     table = read_sheet(sheet).set_index("slide_id")
-    loaded = [results.load_json(p) for p in predictions]
+    predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
     mags = attention_layout(loaded)
     n_rows, n_cols = max(1, len(loaded)), 1 + max(1, len(mags))
     fig, axes = plt.subplots(
@@ -401,10 +417,7 @@ def attention_figure(
     image = None
     for row, (path, prediction) in enumerate(zip(predictions, loaded, strict=True)):
         slide_id = prediction.get("slide_id") or Path(path).stem
-        slide_path, mpp = prediction.get("slide"), prediction.get("mpp")
-        if slide_id in table.index:
-            slide_path = table.loc[slide_id, "path"]
-        background, size0 = _thumbnail(slide_path, mpp)
+        background, size0 = thumbs[row]
         thumb_size = (background.shape[1], background.shape[0])
         sx, sy = thumb_size[0] / size0[0], thumb_size[1] / size0[1]
         label = table.loc[slide_id, "label"] if slide_id in table.index else "?"
@@ -436,6 +449,42 @@ def attention_figure(
     if str(weights) == "random":
         title += f"\n{RANDOM_NOTE}"
     fig.suptitle(title, fontsize=10)
+    if skipped:
+        fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
     titles = [ax.get_title() for ax in axes[0]]
     _save(fig, outputs)
-    return {"rows": n_rows, "titles": titles, "colorbar": image is not None}
+    return {"rows": n_rows, "titles": titles, "colorbar": image is not None, "skipped": skipped}
+
+
+def _usable_predictions(
+    predictions: Sequence[str | Path], table: pd.DataFrame
+) -> tuple[list[Path], list[dict], list[tuple[np.ndarray, tuple[int, int]]], list[str]]:
+    """The predictions that can be drawn (paths, loaded JSONs, thumbnails with their level-0
+    size) and a note per slide that cannot (failed prediction, unreadable thumbnail)."""
+    from zoommil.errors import SlideError
+    from zoommil.workflow.failure import read_marker
+
+    paths, loaded, thumbs, skipped = [], [], [], []
+    for path in predictions:
+        path = Path(path)
+        failure = read_marker(path)
+        if failure is not None:
+            skipped.append(f"{path.stem} ({failure.stage}: {failure.reason[:80]})")
+            continue
+        prediction = results.load_json(path)
+        slide_id = prediction.get("slide_id") or path.stem
+        slide_path = prediction.get("slide")
+        if slide_id in table.index:
+            slide_path = table.loc[slide_id, "path"]
+        try:
+            thumb = _thumbnail(slide_path, prediction.get("mpp"))
+        except Exception as error:  # noqa: BLE001 - any unreadable slide is skipped, noted
+            reason = error.reason if isinstance(error, SlideError) else str(error)
+            skipped.append(f"{slide_id} (figure: {reason[:80]})")
+            continue
+        paths.append(path)
+        loaded.append(prediction)
+        thumbs.append(thumb)
+    for note in skipped:
+        log.warning("attention figure: skipped %s", note)
+    return paths, loaded, thumbs, skipped

@@ -79,8 +79,8 @@ def _evaluate(
         )
     if in_dim != int(meta["in_dim"]):
         raise ZoomMILError(
-            f"{features_dir}: features have dimension {in_dim}, the checkpoint expects "
-            f"{meta['in_dim']}"
+            f"{store.records[0].path}: features have dimension {in_dim}, the checkpoint "
+            f"{checkpoint} expects {meta['in_dim']}"
         )
     model = model_from_state(state_dict, meta, checkpoint).to(dev)
     probs, losses = predict_store(model, store, len(classes), dev, seed)

@@ -81,6 +81,7 @@ def tiling_flags(recipe: PreprocessingRecipe) -> str:
             "mags": list(recipe.mags),
             "patch_size": recipe.patch_size,
             "tissue_threshold": recipe.tissue_threshold,
+            "allow_upsampling": recipe.allow_upsampling,
         }
     )
 

@@ -86,6 +86,40 @@ def patch_side_level0(mpp0: float, mag_high: float, patch_size: int) -> int:
     return int(side)
 
 
+#: A highest magnification up to this fraction above the slide's native one (10 / level-0
+#: mpp) is not upsampling worth refusing: "40x" scans are often 0.2527 um/px (39.6x).
+UPSAMPLING_TOLERANCE = 0.05
+
+
+def check_native_resolution(
+    slide_path: str | Path, mpp0: float, mags: Sequence[float], allow_upsampling: bool = False
+) -> bool:
+    """Refuse magnifications finer than the scan (they would be made by upsampling).
+
+    Returns whether upsampling happens (only possible with ``allow_upsampling``), so that it
+    is recorded in the coords and feature files.
+    """
+    native = 10.0 / mpp0
+    finest = max(float(m) for m in mags)
+    if finest <= native * (1.0 + UPSAMPLING_TOLERANCE):
+        return False
+    if allow_upsampling:
+        log.warning(
+            "%s: %gx is finer than the slide's native %.3gx; upsampling (--allow-upsampling)",
+            slide_path,
+            finest,
+            native,
+        )
+        return True
+    raise SlideError(
+        slide_path,
+        f"{finest:g}x is finer than the slide's native magnification {native:.3g}x "
+        f"(level-0 {mpp0:.4g} um/px): the patches would be upsampled; use magnifications up to "
+        f"{native:.3g}x, or allow it explicitly with --allow-upsampling "
+        "(workflow: preprocess.allow_upsampling: true)",
+    )
+
+
 def sides_level0(mags: Sequence[float], s_high: int) -> list[int]:
     """Level-0 side per magnification (ascending mags): ``s_high * 2**k`` k steps below."""
     high = mags[-1]

@@ -16,8 +16,13 @@ import numpy as np
 
 from zoommil.errors import ZoomMILError
 from zoommil.recipe import PreprocessingRecipe
-from zoommil.wsi.lattice import Lattice, build_lattice, patch_side_level0
-from zoommil.wsi.slide import open_with_mpp
+from zoommil.wsi.lattice import (
+    Lattice,
+    build_lattice,
+    check_native_resolution,
+    patch_side_level0,
+)
+from zoommil.wsi.slide import open_with_mpp, quickhash
 from zoommil.wsi.tissue import load_mask, method_params, tissue_mask_from_slide
 
 log = logging.getLogger(__name__)
@@ -65,8 +70,10 @@ def tile_open_slide(
 ) -> Lattice:
     """`tile_slide` on a slide that is already open (from `open_with_mpp`), so that a caller
     that goes on to read patches (`zoommil predict`) opens the file once. The slide is left
-    open."""
+    open. The lattice's attributes name the slide (resolved path and OpenSlide quickhash), so
+    `zoommil features` can refuse the coords file of another slide."""
     dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
+    upsampled = check_native_resolution(slide_path, mpp0, recipe.mags, recipe.allow_upsampling)
     patch_side_level0(mpp0, recipe.mags[-1], recipe.patch_size)  # fail early on impossible mags
     if mask_path is not None:
         if recipe.tissue_params:
@@ -91,6 +98,12 @@ def tile_open_slide(
             "tissue_params": params,
             "mask_mpp": float(mask_mpp),
         }
-    return build_lattice(
-        slide_path, dims, mpp0, recipe, mask=mask, attrs={"mpp_source": mpp_source, **tissue}
-    )
+    attrs = {
+        "mpp_source": mpp_source,
+        "slide_path": str(Path(slide_path).resolve()),
+        "slide_quickhash": quickhash(slide) or "",
+        "native_magnification": 10.0 / mpp0,
+        "upsampling": bool(upsampled),
+        **tissue,
+    }
+    return build_lattice(slide_path, dims, mpp0, recipe, mask=mask, attrs=attrs)
