@@ -1,4 +1,5 @@
-"""Snakemake glue: inspection table + feature files -> results/qc/slides.tsv, usable.tsv."""
+"""Snakemake glue: inspection table + feature files -> results/qc/slides.tsv, usable.tsv and
+features.tsv (the usable feature files with size and mtime: what training depends on)."""
 
 import sys
 from pathlib import Path
@@ -16,4 +17,5 @@ features = {Path(p).stem: p for p in sm.input.features}
 table = qc.slides_table(inspection, features, sm.params.no_tissue)
 qc.write_tsv(table, sm.output.table)
 qc.write_tsv(qc.usable_sheet(frame, table), sm.output.usable)
+qc.write_tsv(qc.features_manifest(table, features), sm.output.manifest)
 print(qc.exclusion_summary(table), file=sys.stderr)

@@ -74,3 +74,54 @@ def write_pyramid_tiff(
                 level, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA
             )
     return path
+
+
+def dark_field_rgb(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A fluorescence-like image: near-black background, dim blue/green cells in an ellipse."""
+    rng = np.random.default_rng(seed)
+    img = np.full((height, width, 3), 8, dtype=np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    inside = ((yy - 0.5 * height) / (0.3 * height)) ** 2 + (
+        (xx - 0.5 * width) / (0.3 * width)
+    ) ** 2 < 1.0
+    img[inside] = (20, 40, 60)
+    ys, xs = np.nonzero(inside)
+    for k in rng.choice(len(ys), size=max(1, int(inside.sum() / 300)), replace=False):
+        cv2.circle(img, (int(xs[k]), int(ys[k])), 4, (30, 90, 220), -1)
+    return img
+
+
+def tiles_touched_by_test_read(width: int, height: int, tile: int = 256) -> set[tuple[int, int]]:
+    """(tile_row, tile_col) of level 0 that `zoommil inspect`'s test read decodes (9 points)."""
+    touched = set()
+    for fy in (0.0, 0.5, 1.0):
+        for fx in (0.0, 0.5, 1.0):
+            x = int(max(0, fx * width - 256))
+            y = int(max(0, fy * height - 256))
+            for ty in range(y // tile, (min(height, y + 256) - 1) // tile + 1):
+                for tx in range(x // tile, (min(width, x + 256) - 1) // tile + 1):
+                    touched.add((ty, tx))
+    return touched
+
+
+def corrupt_level_tiles(path: str | Path, level: int = 0, spare: set | None = None) -> int:
+    """Overwrite the compressed data of a pyramid level's tiles with garbage, in place.
+
+    Tiles in ``spare`` ((tile_row, tile_col)) are left intact, e.g. those the inspection's
+    test read decodes, so that the slide passes inspection and fails where the pixels are
+    read (feature extraction). Returns the number of corrupted tiles.
+    """
+    path = Path(path)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[level]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        spans = list(zip(page.dataoffsets, page.databytecounts, strict=True))
+    count = 0
+    with open(path, "r+b") as fh:
+        for index, (offset, size) in enumerate(spans):
+            if spare and (index // per_row, index % per_row) in spare:
+                continue
+            fh.seek(offset)
+            fh.write(bytes([0xFF, 0x00] * (size // 2)) + b"\xff" * (size % 2))
+            count += 1
+    return count

@@ -117,7 +117,7 @@ def test_slide_without_mpp(command, make_slide, tmp_path, capsys):
 def test_implausible_mpp(command, make_slide, tmp_path, capsys):
     slide = make_slide("dpi72.tiff", width=512, height=512, levels=2, mpp=896.0)
     line = assert_clean_failure(command, slide, tmp_path, capsys, "implausible", "896", "--mpp")
-    assert "0.1-2.0" in line
+    assert "0.05-5.0" in line
     rc, out = run_cli(command, slide, tmp_path, "--default-mpp", "0.5")
     assert rc == 0 and out.exists()
 

@@ -65,3 +65,34 @@ def test_profile_rejects_bad_thread_counts(tmp_path, capsys):
     argv = ["profile", "--checkpoint", str(ckpt), "--threads", "0", "--out", str(tmp_path / "x")]
     assert main(argv) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_all_cores_profile_spreads_slides_over_single_threaded_processes(tmp_path):
+    """threads N on CPU = N worker processes over the slides, each single-threaded; the slides
+    and their patch counts are those of the 1-thread run, and the rate is per makespan."""
+    from slide_factory import write_pyramid_tiff
+
+    from zoommil.efficiency.throughput import measure_throughput
+    from zoommil.inference.predict import Predictor
+
+    mags = [5.0, 10.0]
+    slide = write_pyramid_tiff(tmp_path / "s.tiff", width=512, height=512)
+    torch.manual_seed(0)
+    model = build_model("zoommil", in_dim=1024, n_classes=2, mags=mags, k=2).eval()
+    predictor = Predictor(
+        model=model, arch="zoommil", classes=["a", "b"], mags=mags, patch_size=64,
+        weights="random", method="zoommil",
+    )  # fmt: skip
+    slides = [("a", slide), ("b", slide)]
+    one = measure_throughput(predictor, slides, torch.device("cpu"), threads=1)
+    two = measure_throughput(predictor, slides, torch.device("cpu"), threads=2)
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["threads_per_process"] == 1 and two["cpu_count"] >= 1
+    assert len({r["pid"] for r in two["per_slide"]}) == 2
+    assert len({r["pid"] for r in one["per_slide"]}) == 1
+    assert [r["patches_encoded"] for r in one["per_slide"]] == [
+        r["patches_encoded"] for r in sorted(two["per_slide"], key=lambda r: r["slide_id"])
+    ]
+    busiest = max(r["seconds"] for r in two["per_slide"])
+    assert two["seconds_per_slide"] == pytest.approx(busiest / 2)
+    assert two["slides_per_hour"] == pytest.approx(3600 / two["seconds_per_slide"])

@@ -37,8 +37,17 @@ def test_training_parameter_reruns_training_and_what_follows(tiny) -> None:
     config["train"]["epochs"] += 1
     jobs = plan(workdir, config, "epochs.yaml")
     assert not PREPROCESS & set(jobs), jobs
-    assert jobs["train_config"] == jobs["train"] == jobs["evaluate"] == 4
+    assert jobs["train"] == 4 and "evaluate" not in jobs  # the train job evaluates
     assert jobs["flops"] == 4 and jobs["tables"] == 1
+
+
+def test_method_parameter_reruns_only_that_method(tiny) -> None:
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["methods"]["abmil"]["dropout"] = 0.1
+    jobs = plan(workdir, config, "abmil.yaml")
+    assert jobs["train"] == jobs["flops"] == 1  # abmil seed 0 only
+    assert set(jobs) <= {"train", "flops"} | AGGREGATES, jobs
 
 
 def test_tissue_parameter_reruns_from_tissue_detection(tiny) -> None:
@@ -48,7 +57,7 @@ def test_tissue_parameter_reruns_from_tissue_detection(tiny) -> None:
     jobs = plan(workdir, config, "tissue.yaml")
     assert "inspect" not in jobs and "qc_inspect" not in jobs
     # the 7 slides that passed inspection (not bad_mpp)
-    assert jobs["tissue"] == jobs["tile"] == jobs["features"] == 7
+    assert jobs["tissue"] == jobs["tile"] == jobs["features"] == 8
     assert jobs["qc_slides"] == 1 and jobs["train"] == 4
 
 
@@ -58,7 +67,7 @@ def test_tiling_threshold_reruns_from_tiling(tiny) -> None:
     config["preprocess"]["tissue"]["threshold"] = 0.2
     jobs = plan(workdir, config, "threshold.yaml")
     assert "tissue" not in jobs and "inspect" not in jobs
-    assert jobs["tile"] == jobs["features"] == 7
+    assert jobs["tile"] == jobs["features"] == 8
 
 
 def test_new_seed_only_adds_jobs(tiny) -> None:
@@ -66,8 +75,8 @@ def test_new_seed_only_adds_jobs(tiny) -> None:
     config = copy.deepcopy(harness.load_config())
     config["train"]["seeds"] = [0, 1]  # the ablation keeps its own seeds: [0]
     jobs = plan(workdir, config, "seeds.yaml")
-    assert jobs["train"] == jobs["evaluate"] == 3  # seed 1 of the 3 main methods
-    assert set(jobs) <= {"train", "evaluate"} | AGGREGATES, jobs
+    assert jobs["train"] == 3  # seed 1 of the 3 main methods
+    assert set(jobs) <= {"train"} | AGGREGATES, jobs
 
 
 def test_new_method_only_adds_jobs(tiny) -> None:
@@ -75,8 +84,8 @@ def test_new_method_only_adds_jobs(tiny) -> None:
     config = copy.deepcopy(harness.load_config())
     config["methods"]["maxmil"] = {"arch": "maxmil"}
     jobs = plan(workdir, config, "method.yaml")
-    assert jobs["train_config"] == jobs["train"] == jobs["evaluate"] == jobs["flops"] == 1
-    assert set(jobs) <= {"train_config", "train", "evaluate", "flops"} | AGGREGATES, jobs
+    assert jobs["train"] == jobs["flops"] == 1
+    assert set(jobs) <= {"train", "flops"} | AGGREGATES, jobs
 
 
 def edit_and_plan(workdir: Path, configfile: Path, relative: str) -> dict[str, int]:
@@ -95,11 +104,14 @@ def edit_and_plan(workdir: Path, configfile: Path, relative: str) -> dict[str, i
 
 def test_library_edit_reruns_the_rules_that_use_it(tiny) -> None:
     workdir, configfile, _ = tiny
-    jobs = edit_and_plan(workdir, configfile, "reporting/tables.py")
-    assert set(jobs) == {"tables", "all"}, jobs
+    jobs = edit_and_plan(workdir, configfile, "reporting/stats.py")
+    # the figures show the tables' summaries and CIs (they import reporting.tables/stats)
+    assert set(jobs) == {"tables", "figure_throughput", "figure_attention", "all"}, jobs
+    jobs = edit_and_plan(workdir, configfile, "reporting/figures.py")
+    assert set(jobs) == {"figure_throughput", "figure_attention", "all"}, jobs
     jobs = edit_and_plan(workdir, configfile, "training/__init__.py")
-    assert jobs["train"] == jobs["evaluate"] == 4
+    assert jobs["train"] == 4
     assert not PREPROCESS & set(jobs), jobs
     jobs = edit_and_plan(workdir, configfile, "wsi/slide.py")
     # inspection feeds the qc_inspect checkpoint: what follows is planned once it has run
-    assert jobs["inspect"] == 8 and jobs["qc_inspect"] == 1
+    assert jobs["inspect"] == 9 and jobs["qc_inspect"] == 1

@@ -74,7 +74,7 @@ def test_prostate_implausible_mpp_rejected(slides_dir):
 def test_override_outside_range_is_an_error(slides_dir):
     path = slides_dir / "CMU-1-Small-Region.svs"
     with open_slide(path) as slide, pytest.raises(SlideError, match="plausible range"):
-        resolve_mpp(slide, path, mpp_override=5.0)
+        resolve_mpp(slide, path, mpp_override=6.0)
 
 
 @pytest.mark.parametrize(

@@ -347,11 +347,25 @@ def test_zoommil_trains_and_evaluates_deterministically(
 def test_every_architecture_trains_and_evaluate_agrees(
     arch: str, dataset: dict[str, Path], tmp_path: Path
 ) -> None:
-    """One epoch per architecture; `zoommil evaluate` must give the metrics train wrote."""
-    assert train_cli(dataset["config"], tmp_path / arch, arch, 0, "--epochs", "1") == 0
+    """One epoch per architecture; `zoommil evaluate` must give the metrics train wrote, and
+    `train --eval-out` must write exactly the JSON `zoommil evaluate` writes."""
+    in_training = tmp_path / "in_training.json"
+    assert (
+        train_cli(
+            dataset["config"],
+            tmp_path / arch,
+            arch,
+            0,
+            "--epochs",
+            "1",
+            "--eval-out",
+            str(in_training),
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / arch / "metrics.json").read_text())
     out = tmp_path / "eval.json"
-    features = str(dataset["root"] / "features")
+    features = yaml.safe_load(dataset["config"].read_text())["features_dir"]
     ckpt = str(tmp_path / arch / "checkpoint.pt")
     assert (
         main(["evaluate", "--checkpoint", ckpt, "--features-dir", features, "--out", str(out)]) == 0
@@ -359,6 +373,7 @@ def test_every_architecture_trains_and_evaluate_agrees(
     result = json.loads(out.read_text())
     assert result["predictions"] == metrics["test"]["predictions"]
     assert result["weighted_f1"] == metrics["test"]["weighted_f1"]
+    assert json.loads(in_training.read_text()) == result
 
 
 def test_cli_process_matches_in_process_run_and_restores_torch_state(

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from workflow_config import harness
 
+from zoommil.workflow import params as workflow
+
 PRESETS = {
     "camelyon16": ["normal", "tumor"],
     "bright": ["noncancerous", "precancerous", "cancerous"],
@@ -47,11 +49,14 @@ def test_demo_config_dry_run(workdir: Path) -> None:
         demo["ablations"]["methods"]
     ) * len(demo["ablations"]["seeds"])
     assert jobs["synth"] == 1
-    assert jobs["train_config"] == n_methods == 15
-    assert jobs["train"] == jobs["evaluate"] == n_runs == 45
+    assert "train_config" not in jobs and "evaluate" not in jobs  # both inside the train job
+    assert jobs["train"] == n_runs == 45 and n_methods == 15
     assert jobs["flops"] == n_methods
-    for rule in ("profile_cpu_single", "profile_cpu_all", "profile_gpu"):
+    for rule in ("profile_cpu_single", "profile_cpu_all"):
         assert jobs[rule] == len(demo["methods"]) == 9
+    # efficiency.gpu: auto times on a GPU only where there is one
+    assert demo["efficiency"]["gpu"] == "auto"
+    assert jobs.get("profile_gpu", 0) == (9 if workflow.gpu_present() else 0)
     assert jobs["tables"] == jobs["figure_throughput"] == jobs["figure_attention"] == 1
 
 
@@ -66,7 +71,6 @@ def test_preset_dry_run(workdir: Path, preset: str) -> None:
     assert jobs["inspect"] == 6
     assert jobs["qc_inspect"] == 1
     ablations = (config.get("ablations") or {}).get("methods") or {}
-    assert jobs["train_config"] == len(config["methods"]) + len(ablations)
     assert jobs["train"] == len(config["methods"]) * 3 + len(ablations) * 3
 
 
@@ -121,7 +125,12 @@ def test_sheet_duplicate_slide_id_names_the_row(workdir: Path) -> None:
 
 def test_sheet_bad_split_and_mpp_name_the_row(workdir: Path) -> None:
     _expect_sheet_error(workdir, ["a\ta.svs\tnormal\ttraining\t\n"], "row 1 (slide_id 'a')")
-    _expect_sheet_error(workdir, ["a\ta.svs\tnormal\ttrain\t900\n"], "outside 0.1-2.0")
+    _expect_sheet_error(workdir, ["a\ta.svs\tnormal\ttrain\t900\n"], "outside 0.05-5.0")
+
+
+def test_sheet_without_validation_slides_fails_before_any_job(workdir: Path) -> None:
+    rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttest\t\n"]
+    _expect_sheet_error(workdir, rows, "no val slides")
 
 
 def test_config_schema_rejects_bad_values(workdir: Path) -> None:

@@ -44,12 +44,17 @@ def test_bad_slides_are_excluded_and_reported(tiny) -> None:
     status = dict(zip(qc["slide_id"], qc["status"], strict=True))
     assert status.pop("bad_mpp") == "implausible_mpp"
     assert status.pop("blank") == "no_tissue"
+    assert status.pop("corrupt") == "failed"
     assert set(status.values()) == {"ok"}
+    corrupt = qc.set_index("slide_id").loc["corrupt"]
+    assert corrupt["stage"] == "features" and "cannot read" in corrupt["reason"]
     assert not (results / "features" / "bad_mpp.h5").exists()
     usable = pd.read_csv(results / "qc" / "usable.tsv", sep="\t")
-    assert "blank" not in set(usable["slide_id"]) and "bad_mpp" not in set(usable["slide_id"])
+    assert not {"blank", "bad_mpp", "corrupt"} & set(usable["slide_id"])
     markdown = (results / "tables" / "main.md").read_text()
-    assert "2 of 8 slides excluded (1 implausible_mpp, 1 no_tissue)" in markdown
+    assert (
+        "3 of 9 slides excluded (1 failed at features, 1 implausible_mpp, 1 no_tissue)" in markdown
+    )
     assert "RANDOM" in markdown  # random encoder weights are always stated
     metrics = json.loads((results / "models" / "zoommil" / "seed~0" / "metrics.json").read_text())
     assert "bad_mpp" in json.dumps(metrics) and "blank" in json.dumps(metrics)

@@ -111,7 +111,8 @@ def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> d
 
 def make_tiny_sheet(dest: Path, n_slides: int = 6, bad: bool = True) -> Path:
     """Half-size demo slides (`zoommil synth`), plus, when `bad`, a slide with an implausible
-    mpp (excluded at inspection) and an all-white slide (excluded for lack of tissue)."""
+    mpp (excluded at inspection), an all-white slide (excluded for lack of tissue) and a slide
+    whose level-0 tiles are corrupt where inspection does not look (excluded at features)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     data = dest / "data"
@@ -130,10 +131,19 @@ def make_tiny_sheet(dest: Path, n_slides: int = 6, bad: bool = True) -> Path:
             f"bad_mpp\t{(SLIDES_DIR / 'prostate-he-generic.tiff').resolve()}\tnormal\ttrain\t\n"
         )
         sys.path.insert(0, str(REPO / "tests"))
-        from slide_factory import write_pyramid_tiff
+        from slide_factory import (
+            corrupt_level_tiles,
+            tiles_touched_by_test_read,
+            write_pyramid_tiff,
+        )
 
         write_pyramid_tiff(data / "blank.tiff", width=1024, height=1024, mpp=1.0, tissue=False)
         rows.append("blank\tdata/blank.tiff\tatypia\ttrain\t\n")
+        corrupt = write_pyramid_tiff(
+            data / "corrupt.tiff", width=1024, height=1024, mpp=1.0, levels=3, seed=7
+        )
+        corrupt_level_tiles(corrupt, 0, spare=tiles_touched_by_test_read(1024, 1024))
+        rows.append("corrupt\tdata/corrupt.tiff\tcarcinoma\ttrain\t\n")
     sheet = dest / "slides.tsv"
     sheet.write_text(SHEET_HEADER + "".join(rows))
     return sheet

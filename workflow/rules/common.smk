@@ -3,12 +3,12 @@ import math
 import os
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from snakemake.utils import validate
 
 from zoommil.errors import ZoomMILError
+from zoommil.workflow import cache as zcache
 from zoommil.workflow import qc as zqc
 from zoommil.io import sheet as zsheet
 from zoommil.workflow import trainconfig as ztrain
@@ -33,6 +33,7 @@ if not DEMO:
     # Real data: the sheet exists now, so a bad sheet fails before any job runs.
     try:
         SHEET = zsheet.load_sheet(config["sheet"], config.get("classes"), SLIDE_SCHEMA)
+        zsheet.check_splits(SHEET, config["sheet"])
     except ZoomMILError as error:
         raise ValueError(f"invalid slide sheet: {error}") from None
 
@@ -62,7 +63,11 @@ def slides():
     if not DEMO:
         return SHEET
     path = checkpoints.synth.get().output.sheet
-    return zsheet.load_sheet(path, config.get("classes"), SLIDE_SCHEMA)
+    return zcache.cached(
+        path,
+        "sheet",
+        lambda p: zsheet.load_sheet(p, config.get("classes"), SLIDE_SCHEMA),
+    )
 
 
 def slide_path(wildcards):
@@ -91,24 +96,21 @@ def mpp_override(wildcards):
 
 def resolved_mpp(wildcards):
     """`--mpp` as resolved at inspection (for commands that read the slide on their own)."""
-    table = pd.read_csv(checkpoints.qc_slides.get().output.usable, sep="\t", dtype=str)
-    mpp = table.set_index("slide_id").loc[wildcards.slide, "mpp"]
-    return f"--mpp {float(mpp)}" if isinstance(mpp, str) and mpp.strip() else ""
+    usable_sheet = checkpoints.qc_slides.get().output.usable
+    mpp = zcache.column_by_slide(usable_sheet, "mpp").get(wildcards.slide, "")
+    return f"--mpp {float(mpp)}" if mpp.strip() else ""
 
 
 def inspected_ok():
     """Slides that passed inspection (after the qc_inspect checkpoint)."""
-    table = pd.read_csv(checkpoints.qc_inspect.get().output.table, sep="\t", dtype=str)
-    return sorted(table.loc[table["status"] == "ok", "slide_id"])
+    return zcache.slides_with_status(checkpoints.qc_inspect.get().output.table)
 
 
 def usable(split=None):
     """Slides used for training/evaluation (after the qc_slides checkpoint)."""
-    table = pd.read_csv(checkpoints.qc_slides.get().output.table, sep="\t", dtype=str)
-    keep = table["status"] == "ok"
-    if split is not None:
-        keep &= table["split"] == split
-    return sorted(table.loc[keep, "slide_id"])
+    return zcache.slides_with_status(
+        checkpoints.qc_slides.get().output.table, split=split
+    )
 
 
 def inspected_features(wildcards):
@@ -116,7 +118,10 @@ def inspected_features(wildcards):
 
 
 def usable_features(wildcards):
-    return expand("results/features/{slide}.h5", slide=usable())
+    """What training/evaluation depend on: one manifest of the usable feature files (size,
+    mtime), rewritten by qc_slides when any changes, not the N files themselves (listing
+    them made Snakemake's scheduling O(N^2) in the cohort)."""
+    return "results/qc/features.tsv"
 
 
 # --- methods and seeds -------------------------------------------------------------------
@@ -172,8 +177,8 @@ def attention_checkpoint(wildcards):
 
 
 def train_config(wildcards):
-    """The train config of one method (written to a file by rule train_config)."""
-    return ztrain.build_train_config(
+    """The train config of one method as YAML text (the train job writes it to a file)."""
+    config_of_method = ztrain.build_train_config(
         method=wildcards.method,
         spec=ALL_METHODS[wildcards.method],
         train=config["train"],
@@ -183,6 +188,7 @@ def train_config(wildcards):
         features_dir="results/features",
         exclude="results/qc/slides.tsv",
     )
+    return ztrain.dump_train_config(config_of_method)
 
 
 def attention_predictions(wildcards):
@@ -192,7 +198,7 @@ def attention_predictions(wildcards):
 
 
 def throughput_files(device):
-    if device == "gpu" and not EFFICIENCY.get("gpu", True):
+    if device == "gpu" and not zwf.time_on_gpu(EFFICIENCY.get("gpu", True)):
         return []
     return [
         f"results/efficiency/{m}/throughput_{device}.json" for m in EFFICIENCY_METHODS

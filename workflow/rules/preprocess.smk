@@ -1,4 +1,8 @@
 # Per slide: inspect -> tissue -> tile -> features, plus the two QC aggregations.
+# Per-slide commands run with --no-fail: a slide that cannot be used gets a failure marker
+# (status, stage, reason) as its output instead of stopping the run; qc_slides lists it in
+# results/qc/slides.tsv and training/evaluation read only usable slides. A crash or kill
+# still fails the job and leaves no output (Snakemake reruns it as incomplete).
 
 
 rule inspect:
@@ -65,7 +69,7 @@ rule tissue:
         ),
     shell:
         "zoommil tissue {input.slide:q} --out {output.mask} --method {params.method} "
-        "{params.mpp} {params.extra} > {log} 2>&1"
+        "{params.mpp} {params.extra} --no-fail > {log} 2>&1"
 
 
 rule tile:
@@ -88,12 +92,17 @@ rule tile:
         mags=zwf.format_mags(config["preprocess"]["mags"]),
         patch_size=config["preprocess"].get("patch_size", 256),
         threshold=config["preprocess"].get("tissue", {}).get("threshold", 0.1),
+        upsampling=(
+            "--allow-upsampling"
+            if config["preprocess"].get("allow_upsampling")
+            else ""
+        ),
         extra=zwf.cli_flags(config["preprocess"].get("tile_args")),
     shell:
         "zoommil tile {input.slide:q} --mags {params.mags} --out {output.coords} "
         "--patch-size {params.patch_size} --tissue-mask {input.mask} "
-        "--tissue-threshold {params.threshold} --no-tissue all {params.mpp} {params.extra} "
-        "> {log} 2>&1"
+        "--tissue-threshold {params.threshold} --no-tissue all {params.mpp} "
+        "{params.upsampling} {params.extra} --no-fail > {log} 2>&1"
 
 
 rule features:
@@ -122,8 +131,8 @@ rule features:
         extra=zwf.cli_flags(config.get("features", {}).get("args")),
     shell:
         "zoommil features {input.slide:q} --coords {input.coords} --out {output.features} "
-        "--encoder {params.encoder} --weights {params.weights} --seed {params.seed} --threads {threads} --no-progress "
-        "{params.mpp} {params.extra} > {log} 2>&1"
+        "--encoder {params.encoder} --weights {params.weights} --seed {params.seed} "
+        "--threads {threads} --no-progress {params.mpp} {params.extra} --no-fail > {log} 2>&1"
 
 
 checkpoint qc_slides:
@@ -133,8 +142,13 @@ checkpoint qc_slides:
         features=inspected_features,
         lib=lib("qc"),
     output:
-        table="results/qc/slides.tsv",
+        table=report(
+            "results/qc/slides.tsv",
+            caption="../report/qc_slides.rst",
+            category="QC",
+        ),
         usable="results/qc/usable.tsv",
+        manifest="results/qc/features.tsv",
     log:
         "results/logs/qc_slides/qc_slides.log",
     conda:

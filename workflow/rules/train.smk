@@ -1,29 +1,11 @@
-# Per method x seed: train -> evaluate. One train config per method (not per seed), so a
-# new seed or method only adds jobs, and a changed training parameter reruns training.
-
-
-rule train_config:
-    input:
-        lib=lib("train_config"),
-    output:
-        config="results/models/{method}/train_config.yaml",
-    log:
-        "results/logs/train_config/{method}.log",
-    conda:
-        "../../envs/report.yaml"
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=2,
-    params:
-        config=train_config,
-    script:
-        "../../scripts/write_train_config.py"
+# Per method x seed: one process trains, writes its train config (a params value, so a
+# changed training parameter reruns exactly the affected methods) and evaluates the kept
+# epoch on the test split (the JSON `zoommil evaluate` would write, without a second process
+# that loads torch and the features again). A new seed or method only adds jobs.
 
 
 rule train:
     input:
-        config="results/models/{method}/train_config.yaml",
         qc="results/qc/slides.tsv",
         features=usable_features,
         lib=lib("train"),
@@ -31,6 +13,8 @@ rule train:
         checkpoint="results/models/{method}/seed~{seed}/checkpoint.pt",
         metrics="results/models/{method}/seed~{seed}/metrics.json",
         log_csv="results/models/{method}/seed~{seed}/log.csv",
+        config="results/models/{method}/seed~{seed}/train_config.yaml",
+        evaluation="results/eval/{method}/seed~{seed}.json",
     log:
         "results/logs/train/{method}/seed~{seed}.log",
     benchmark:
@@ -42,31 +26,10 @@ rule train:
         mem_mb=8000,
         runtime=240,
     params:
+        config=train_config,
         out=output_dir,
     shell:
-        "zoommil train --config {input.config} --model {wildcards.method} "
-        "--seed {wildcards.seed} --out {params.out} --threads {threads} --no-progress "
-        "> {log} 2>&1"
-
-
-rule evaluate:
-    input:
-        checkpoint="results/models/{method}/seed~{seed}/checkpoint.pt",
-        qc="results/qc/slides.tsv",
-        features=usable_features,
-        lib=lib("evaluate"),
-    output:
-        metrics="results/eval/{method}/seed~{seed}.json",
-    log:
-        "results/logs/evaluate/{method}/seed~{seed}.log",
-    conda:
-        "../../envs/torch.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    params:
-        features_dir="results/features",
-    shell:
-        "zoommil evaluate --checkpoint {input.checkpoint} --features-dir {params.features_dir} "
-        "--split test --threads {threads} --out {output.metrics} > {log} 2>&1"
+        "printf '%s' {params.config:q} > {output.config} && "
+        "zoommil train --config {output.config} --model {wildcards.method} "
+        "--seed {wildcards.seed} --out {params.out} --eval-out {output.evaluation} "
+        "--threads {threads} --no-progress > {log} 2>&1"

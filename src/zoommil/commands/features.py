@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
+from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import DEFAULT_ENCODER, encoder_names
 from zoommil.features.precision import PRECISION_CHOICES
 from zoommil.io.featurefile import mag_key
@@ -94,10 +96,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads for the encoder (default: torch's)"
+        "--threads",
+        default="1",
+        help="torch threads for the encoder: N or 'all' (default 1: torch's default "
+        "oversubscribes a shared machine; reading runs in --workers processes besides)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: a slide that cannot be used (or failed at an earlier stage) gets a "
+            "failure marker as output (status, stage, reason) and exit 0, so one bad slide "
+            "never stops a batch; other errors still exit non-zero"
+        ),
+    )
+    parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="features")
 
 
 def default_weights(encoder: str) -> str:
@@ -105,8 +119,24 @@ def default_weights(encoder: str) -> str:
     return "imagenet" if encoder == DEFAULT_ENCODER else "hf"
 
 
+def parse_threads(value: str) -> int:
+    """``--threads``: a positive number, or ``all`` (every core)."""
+    if value == "all":
+        return os.cpu_count() or 1
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ZoomMILError(f"--threads must be a positive number or 'all', got {value!r}")
+    return threads
+
+
 def run(args: argparse.Namespace) -> int:
     from zoommil.features.extraction import extract_features
+    from zoommil.workflow.failure import check_input
+
+    check_input(args.coords, args.slide)
 
     result = extract_features(
         args.slide,
@@ -120,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         precision=args.precision,
-        threads=args.threads,
+        threads=parse_threads(args.threads),
         progress=not args.no_progress,
     )
     counts = ", ".join(

@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="split to count (default test)")
     parser.add_argument("--max-slides", type=int, help="count only the first N slides")
     parser.add_argument("--out", type=Path, required=True, help="output JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [a.out])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         bag = read_feature_file(args.features_dir / f"{slide_id}.h5", config["mags"])
         if min(len(f) for f in bag.feats) == 0:
             continue
+        dim = int(bag.feats[0].shape[1])
+        if dim != int(config["in_dim"]):
+            raise ZoomMILError(
+                f"{args.features_dir / f'{slide_id}.h5'}: features have dimension {dim}, the "
+                f"checkpoint {args.checkpoint} expects {config['in_dim']}"
+            )
         feats = [torch.from_numpy(f).unsqueeze(0) for f in bag.feats]
         flops = slide_flops(model, config["arch"], feats, patch_size, encoder)
         rows.append({"slide_id": slide_id, **flops})

@@ -19,10 +19,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Open a whole-slide image, test-read its pixels, resolve its resolution (mpp) and "
             "print a JSON report: path, status ('ok' or an error status such as missing, "
-            "not_a_slide, unreadable, no_mpp, implausible_mpp) with its reason, mpp, "
-            "mpp_source, magnification (10/mpp), objective, levels [dims, downsample]. "
+            "not_a_slide, unreadable, no_mpp, implausible_mpp, not_brightfield: a dark "
+            "fluorescence-like background) with its reason, mpp, mpp_source, magnification "
+            "(10/mpp), objective, levels [dims, downsample] and OpenSlide's quickhash (the "
+            "workflow refuses one slide under two names). "
             "mpp order: --mpp (overrides metadata) > openslide.mpp-x > vendor keys > TIFF "
-            "resolution > objective power > --default-mpp; values outside 0.1-2.0 um/px are "
+            "resolution > objective power > --default-mpp; values outside 0.05-5.0 um/px are "
             "never used. A bad slide exits 2 with a one-line error unless --no-fail is given."
         ),
     )
@@ -45,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "for a bad slide, so one bad slide never stops a batch"
         ),
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [a.out])
 
 
 def run(args: argparse.Namespace) -> int:

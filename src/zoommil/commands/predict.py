@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=("fp32", "bf16", "auto"),
         help="encoder precision (default: the one the checkpoint's features were made with)",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", default="1", help="torch CPU threads: N or 'all' (default 1)")
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -58,12 +58,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="reader processes that read ahead of the encoder (0: read inline; default 1 on "
         "CPU, up to 8 on GPU)",
     )
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: a slide that cannot be read gets a failure marker as --json and "
+            "--heatmap (status, stage, reason; figures skip it with a note) and exit 0"
+        ),
+    )
+    parser.set_defaults(func=run, outputs=lambda a: [a.json, a.heatmap], stage="predict")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from zoommil.commands.features import parse_threads
     from zoommil.features.encoder import resolve_device
     from zoommil.features.extraction import default_workers
     from zoommil.inference.predict import Predictor, make_encoder, predict_slide
@@ -71,10 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from zoommil.reporting.attention import save_heatmap
     from zoommil.wsi.patches import ReaderPool
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ZoomMILError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(parse_threads(args.threads))
     device = resolve_device(args.device)
     predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
     encoder, _ = make_encoder(predictor, device=device, precision=args.precision)

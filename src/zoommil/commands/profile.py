@@ -25,7 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument(
-        "--threads", default="1", help="torch CPU threads: a number or 'all' (default 1)"
+        "--threads",
+        default="1",
+        help="CPU cores: N (or 'all') single-threaded processes over the slides (default 1); "
+        "on cuda: torch threads of the one process",
     )
     parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
     parser.add_argument("--slides", nargs="+", help="slide_ids to time (default: the split's)")
@@ -44,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--weights", help="encoder weights (default: the checkpoint's)")
     parser.add_argument("--out", type=Path, required=True, help="output JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [a.out])
 
 
 def _threads(value: str) -> int:
@@ -101,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.out, result)
     print(
         f"{args.out}: {result['seconds_per_slide']:.2f} s/slide, "
-        f"{result['slides_per_hour']:.1f} slides/h ({args.device}, {threads} thread(s))"
+        f"{result['slides_per_hour']:.1f} slides/h ({args.device}, {result['processes']} "
+        f"process(es) x {result['threads_per_process']} thread(s), "
+        f"{result['cpu_count']} cores)"
     )
     return 0

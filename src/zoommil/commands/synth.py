@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="slides rendered in parallel processes (default 1; files are the same either way)",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [a.out / "slides.tsv"])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -63,10 +63,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="all",
         help="when no patch passes: keep all patches with a warning, or fail the slide",
     )
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--allow-upsampling",
+        action="store_true",
+        help="allow magnifications finer than the slide's native one (recorded in the file)",
+    )
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: a slide that cannot be used (or failed at an earlier stage) gets a "
+            "failure marker as output (status, stage, reason) and exit 0, so one bad slide "
+            "never stops a batch; other errors still exit non-zero"
+        ),
+    )
+    parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="tile")
 
 
 def run(args: argparse.Namespace) -> int:
+    from zoommil.workflow.failure import check_input
+
+    check_input(args.tissue_mask, args.slide)
     lattice = tile_slide(
         args.slide,
         args.mags,
@@ -78,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         tissue_params=parse_param_args(args.tissue_param),
         threshold=args.tissue_threshold,
         no_tissue=args.no_tissue,
+        allow_upsampling=args.allow_upsampling,
     )
     write_coords(args.out, lattice)
     counts = ", ".join(

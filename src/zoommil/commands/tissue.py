@@ -53,7 +53,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--default-mpp", type=float, default=None, help="um/px if the metadata has none"
     )
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: a slide that cannot be used (or failed at an earlier stage) gets a "
+            "failure marker as output (status, stage, reason) and exit 0, so one bad slide "
+            "never stops a batch; other errors still exit non-zero"
+        ),
+    )
+    parser.set_defaults(func=run, outputs=_outputs, stage="tissue")
+
+
+def _outputs(args: argparse.Namespace) -> list[Path]:
+    return [args.out, args.overlay or default_overlay_path(args.out)]
 
 
 def run(args: argparse.Namespace) -> int:

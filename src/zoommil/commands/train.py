@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ bit-for-bit repeatable for a given seed and --threads.
 
 Writes to DIR: checkpoint.pt (best epoch; loads with torch.load(weights_only=True)),
 log.csv (one row per epoch) and metrics.json (validation and test metrics of the kept
-epoch, with per-slide predictions).
+epoch, with per-slide predictions). With --eval-out, also the test split's evaluation exactly
+as `zoommil evaluate` would write it for checkpoint.pt (no second run over the features).
 """
 
 
@@ -57,8 +59,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="CPU threads for torch (default 1: repeatable and one job per core; 0: torch's "
         "default)",
     )
+    parser.add_argument(
+        "--eval-out",
+        metavar="JSON",
+        help="also write the test evaluation (the `zoommil evaluate` JSON of checkpoint.pt)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, outputs=lambda a: [Path(a.out) / "checkpoint.pt"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +89,16 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         progress=not args.no_progress,
     )
+    if args.eval_out:
+        from pathlib import Path
+
+        from zoommil.io.jsonio import write_json
+        from zoommil.training.evaluation import evaluation_from_training
+
+        record = evaluation_from_training(
+            metrics, Path(args.out) / "checkpoint.pt", config.features_dir, config.sheet
+        )
+        write_json(args.eval_out, record)
     test = metrics["test"] or {}
     log.info(
         "%s seed %d: best epoch %d, val weighted F1 %.4f, test weighted F1 %s -> %s",

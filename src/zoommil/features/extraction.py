@@ -32,7 +32,7 @@ import zoommil
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder, resolve_device
 from zoommil.features.encoders.registry import DEFAULT_ENCODER
-from zoommil.io.atomic import atomic_path
+from zoommil.io.atomic import atomic_path, check_free_space
 from zoommil.io.featurefile import FeatureFileWriter, mag_key
 from zoommil.wsi.lattice import Lattice, load_coords
 from zoommil.wsi.patches import (  # noqa: F401  (re-exported: predict, tests)
@@ -64,6 +64,9 @@ _COPIED_COORDS_ATTRS = (
     "no_tissue_applied",
     "n_parents_total",
     "n_parents_kept",
+    "slide_quickhash",
+    "native_magnification",
+    "upsampling",
 )
 
 
@@ -369,8 +372,19 @@ def check_plan_matches_slide(
     given, else against the slide's metadata when the coords file took its mpp from there (a
     coords mpp that came from an override or a default cannot be checked against metadata).
     """
-    from zoommil.wsi.slide import resolve_mpp
+    from zoommil.wsi.slide import quickhash, resolve_mpp
 
+    made_for = plan.attrs.get("slide_quickhash") or None
+    this = quickhash(slide)
+    made_path = plan.attrs.get("slide_path") or None
+    if made_for and this and made_for != this:
+        raise SlideError(
+            slide_path,
+            f"the coords file was made for another slide ({made_path or 'unknown path'}, "
+            f"quickhash {made_for[:12]}..., this slide's is {this[:12]}...)",
+        )
+    if made_path and not (made_for and this) and Path(made_path) != Path(slide_path).resolve():
+        raise SlideError(slide_path, f"the coords file was made for another slide ({made_path})")
     dims = plan.attrs.get("dimensions")
     w, h = slide.dimensions
     if dims is not None and [int(d) for d in dims] != [int(w), int(h)]:
@@ -455,6 +469,8 @@ def extract_features(
         )
     depths = depths_of(plan)
     sizes = [len(plan.xy[0]) * 4**d for d in depths]
+    # before encoding: the feature rows plus coords and xy, with room for HDF5's overhead
+    check_free_space(out_path, int(sum(sizes) * (encoder.dim * 4 + 32) * 1.05) + (1 << 20))
     stats = StreamStats()
     with (
         atomic_path(out_path) as tmp,

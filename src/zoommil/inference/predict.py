@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoommil.errors import ZoomMILError
+from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.encoders.registry import DEFAULT_ENCODER, canonical_name
 from zoommil.features.extraction import (
@@ -378,9 +378,19 @@ def predict_slide(
     """Zoom inference for ZoomMIL, all-patch inference for every other architecture.
 
     ``batch_size`` defaults to the measured best for the device (4 on CPU, 64 on GPU);
-    ``reader`` is a running `ReaderPool` to reuse across slides (else one per call).
+    ``reader`` is a running `ReaderPool` to reuse across slides (else one per call). A read
+    error is retried once with a fresh handle, then is a `SlideError`.
     """
+    import openslide
+
     if not Path(slide_path).exists():
-        raise ZoomMILError(f"{slide_path}: slide file not found")
+        raise SlideError(slide_path, "slide file not found")
     run = zoom_predict if predictor.arch == "zoommil" else all_patch_predict
-    return run(predictor, slide_path, encoder, mpp, batch_size, progress, reader)
+    for attempt in range(2):
+        try:
+            return run(predictor, slide_path, encoder, mpp, batch_size, progress, reader)
+        except openslide.OpenSlideError as error:
+            if attempt:
+                raise SlideError(slide_path, f"cannot read the slide ({error})") from None
+            log.warning("%s: read error (%s); retrying once", slide_path, error)
+    raise AssertionError("unreachable")

@@ -9,6 +9,7 @@ Files are written to a temporary name and renamed, so a crash never leaves a par
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import h5py
 import numpy as np
 
 from zoommil.errors import ZoomMILError
-from zoommil.io.atomic import atomic_path
+from zoommil.io.atomic import GuardedFile, write_bytes_atomic
 
 
 def mag_key(mag: float) -> str:
@@ -86,12 +87,14 @@ def write_feature_file(
     attrs: Mapping[str, Any] | None = None,
     datasets: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write one slide's features atomically (temporary file in the same folder, then rename).
+    """Write one slide's features atomically (built in memory, written to a temporary file
+    in the same folder, then renamed).
 
     ``datasets``: extra arrays (e.g. ``tissue_fraction`` per parent) stored as datasets, since
     HDF5 attributes are limited to 64 KiB.
     """
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
         for mag, f, c, p in zip(mags, feats, coords, xy, strict=True):
             key = mag_key(mag)
             f = np.asarray(f, dtype=np.float32)
@@ -105,7 +108,16 @@ def write_feature_file(
         h5.attrs["mags"] = np.asarray([float(m) for m in mags])
         for name, value in (attrs or {}).items():
             h5.attrs[name] = encode_attr(value)
-    return Path(path)
+    return write_hdf5_bytes(path, buffer)
+
+
+def write_hdf5_bytes(path: str | Path, buffer: io.BytesIO) -> Path:
+    """Write an HDF5 image built in memory atomically.
+
+    HDF5 never writes to the disk itself: a full disk during its writes crashed the process
+    (segfault) instead of raising; plain OS writes raise `OSError`, which becomes one line.
+    """
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 class FeatureFileWriter:
@@ -126,7 +138,9 @@ class FeatureFileWriter:
     def __init__(
         self, path: str | Path, mags: Sequence[float], sizes: Sequence[int], dim: int
     ) -> None:
-        self.h5 = h5py.File(path, "w")
+        # through a GuardedFile: a full disk is an OSError at close, not an HDF5 segfault
+        self._file = GuardedFile(path)
+        self.h5 = h5py.File(self._file, "w")
         self.mags = [float(m) for m in mags]
         self.dim = int(dim)
         self.datasets = []
@@ -182,7 +196,10 @@ class FeatureFileWriter:
             self.h5.attrs[name] = encode_attr(value)
 
     def close(self) -> None:
-        self.h5.close()
+        try:
+            self.h5.close()
+        finally:
+            self._file.close()
 
     def __enter__(self) -> FeatureFileWriter:
         return self

@@ -1,8 +1,10 @@
 """Read and validate slide sheets so that a bad sheet fails before any job runs.
 
-A sheet is a TSV (or CSV) with columns slide_id, path, label, split and an optional mpp.
-Every error names the offending row (1-based data row and its slide_id), because users fix
-sheets by hand.
+A sheet is a TSV (or CSV) with columns slide_id, path, label, split and optional mpp and
+patient. Every error names the offending row (1-based data row and its slide_id), because
+users fix sheets by hand. Leakage between splits is refused here: one file in two rows, or
+one patient's slides in two splits (`check_leakage`); `check_splits` refuses a cohort
+without validation or test slides before any preprocessing runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.errors import ZoomMILError
+from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
 SPLITS = ("train", "val", "test")
@@ -28,8 +31,21 @@ def read_table(path: str | Path) -> pd.DataFrame:
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ZoomMILError(f"slide sheet {path}: cannot be parsed: {error}") from error
+    except UnicodeDecodeError:
+        raise ZoomMILError(f"slide sheet {path}: not a text file (cannot be decoded)") from None
     frame.columns = [str(c).strip() for c in frame.columns]
+    check_separator(frame, path)
     return frame
+
+
+def check_separator(frame: pd.DataFrame, path: str | Path) -> None:
+    """A `.tsv` whose header is one comma-separated column is a CSV in disguise: say so."""
+    if len(frame.columns) == 1 and "," in str(frame.columns[0]):
+        raise ZoomMILError(
+            f"slide sheet {path}: looks comma-separated (header '{frame.columns[0]}'), but a "
+            f"'{Path(path).suffix or 'tsv'}' sheet must be tab-separated; use tabs or name "
+            "the file .csv"
+        )
 
 
 def _row_name(index: int, row: pd.Series) -> str:
@@ -45,8 +61,8 @@ def _parse_mpp(value: str, where: str, sheet: Path) -> float | None:
         mpp = float(value)
     except ValueError as error:
         raise ZoomMILError(f"{sheet}: {where}: mpp '{value}' is not a number") from error
-    if not 0.1 <= mpp <= 2.0:
-        raise ZoomMILError(f"{sheet}: {where}: mpp {mpp} is outside 0.1-2.0 um/px")
+    if not plausible_mpp(mpp):
+        raise ZoomMILError(f"{sheet}: {where}: mpp {mpp} is outside {MPP_RANGE_TEXT}")
     return mpp
 
 
@@ -110,7 +126,56 @@ def load_sheet(
         seen[row["slide_id"]] = index
     frame["mpp"] = pd.array([float("nan") if m is None else m for m in mpps], dtype=float)
     frame["path"] = [_resolve(sheet, p) for p in frame["path"]]
+    check_leakage(frame, sheet)
     return frame.set_index("slide_id", drop=False)
+
+
+def check_leakage(frame: pd.DataFrame, sheet: str | Path) -> None:
+    """Refuse a sheet that would put one slide or one patient in two places.
+
+    - the same file (same resolved path, symlinks followed) in two rows: an error naming both;
+    - with a `patient` column: every slide of a patient must be in one split, else an error
+      naming the patient and the rows. Copies of one slide under two file names are caught
+      later, at inspection (`zoommil.workflow.qc.check_duplicate_slides`).
+    """
+    frame = frame.reset_index(drop=True)
+    seen: dict[str, int] = {}
+    for index, path in enumerate(frame["path"]):
+        key = str(Path(path).resolve())
+        if key in seen:
+            first = seen[key]
+            raise ZoomMILError(
+                f"{sheet}: {_row_name(index, frame.iloc[index])} and "
+                f"{_row_name(first, frame.iloc[first])} are the same file ({key}): a slide may "
+                "appear in one row only"
+            )
+        seen[key] = index
+    if "patient" not in frame.columns:
+        return
+    patients = frame["patient"].astype(str).str.strip()
+    for patient, rows in frame.groupby(patients, sort=True):
+        if patient == "":
+            continue
+        splits = sorted(set(rows["split"]))
+        if len(splits) > 1:
+            pairs = zip(rows["slide_id"], rows["split"], strict=True)
+            listed = ", ".join(f"'{s}' ({p})" for s, p in pairs)
+            raise ZoomMILError(
+                f"{sheet}: patient '{patient}' has slides in {len(splits)} splits "
+                f"({', '.join(splits)}): {listed}; every slide of a patient must be in one split"
+            )
+
+
+def check_splits(frame: pd.DataFrame, sheet: str | Path, needed: tuple[str, ...] = SPLITS) -> None:
+    """Every split in ``needed`` has at least one slide (training needs val, results need test)."""
+    counts = frame["split"].value_counts()
+    empty = [s for s in needed if int(counts.get(s, 0)) == 0]
+    if empty:
+        have = ", ".join(f"{int(counts.get(s, 0))} {s}" for s in SPLITS)
+        raise ZoomMILError(
+            f"{sheet}: no {' and no '.join(empty)} slides ({have}); model selection needs "
+            "validation slides and the results need test slides"
+        )
 
 
 def _resolve(sheet: Path, slide_path: str) -> str:

@@ -5,8 +5,10 @@ Rendered with matplotlib's Agg backend (no display, safe in worker processes) to
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,15 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from zoommil.reporting import results  # noqa: E402
-from zoommil.reporting.tables import display_name, summarize_runs  # noqa: E402
+from zoommil.reporting.tables import (  # noqa: E402
+    add_intervals,
+    display_name,
+    encoder_label,
+    run_predictions,
+    summarize_runs,
+)
+
+log = logging.getLogger(__name__)
 
 PANELS = {"cpu1": "CPU, 1 thread", "cpu": "CPU, all cores", "gpu": "GPU"}
 RANDOM_NOTE = "random encoder weights (offline demo): not a measure of the methods"
@@ -61,6 +71,137 @@ def _minor_label(value: float, _position: int) -> str:
     return f"{value:g}" if round(lead) in (2, 5) and abs(lead - round(lead)) < 1e-6 else ""
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What a throughput panel was measured on (stated on the figure)."""
+
+    device_name: str
+    threads: int | None
+    cpu_count: int | None
+    precision: str | None
+
+
+def _every_minor_label(value: float, _position: int) -> str:
+    """Label every minor log tick but 9x (it would touch the next power of ten's label)."""
+    if value <= 0:
+        return ""
+    lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return "" if round(lead) == 9 else f"{value:g}"
+
+
+def x_limits(speeds: Iterable[float], margin: float = 1.4) -> tuple[float, float]:
+    """Log-axis limits around the measured speeds, a factor ``margin`` beyond each end, so a
+    single method (or equal speeds) still gets an axis and markers stay off the frame."""
+    values = [float(v) for v in speeds if v is not None and not math.isnan(v) and v > 0]
+    if not values:
+        return 1.0, 10.0
+    return min(values) / margin, max(values) * margin
+
+
+def throughput_data(
+    evals: Iterable[str | Path],
+    timings: Mapping[str, Iterable[str | Path]],
+    methods: Sequence[str],
+) -> pd.DataFrame:
+    """One row per (device, method): slides/hour, weighted F1 (seed mean) and its 95%
+    bootstrap CI over test slides (``f1_low``/``f1_high``; the seed std where a run has no
+    per-slide predictions), and how the timing was taken."""
+    evals = list(evals)
+    records = results.eval_records(evals)
+    summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
+    summary = add_intervals(summary, run_predictions(results.eval_runs(evals)))
+    summary = summary.set_index("method")
+    rows = []
+    for device, paths in timings.items():
+        paths = list(paths)
+        timing = results.timing_by_method(paths)
+        raw = {results.method_of(p): results.load_json(p) for p in paths}
+        for method in methods:
+            t = timing.get(method, {})
+            info = raw.get(method, {})
+            row = {
+                "device": device,
+                "method": method,
+                "slides_per_hour": t.get("slides_per_hour", math.nan),
+                "skipped": t.get("skipped", "missing"),
+                "device_name": t.get("device_name", ""),
+                "threads": info.get("threads"),
+                "cpu_count": info.get("cpu_count"),
+                "precision": info.get("precision"),
+                "f1": math.nan,
+                "f1_low": math.nan,
+                "f1_high": math.nan,
+            }
+            if method in summary.index:
+                mean = summary.loc[method, "weighted_f1_mean"]
+                low = summary.loc[method, "weighted_f1_ci_low"]
+                high = summary.loc[method, "weighted_f1_ci_high"]
+                if math.isnan(low):
+                    std = summary.loc[method, "weighted_f1_std"]
+                    low, high = mean - std, mean + std
+                row.update(f1=mean, f1_low=low, f1_high=high)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def panel_setting(part: pd.DataFrame) -> Setting:
+    """The device, thread count, cores and precision of one panel's timings."""
+    timed = part[~part["slides_per_hour"].isna()]
+    first = timed.iloc[0] if len(timed) else part.iloc[0]
+
+    def value(name: str) -> Any:
+        v = first.get(name)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    threads, cores = value("threads"), value("cpu_count")
+    return Setting(
+        str(value("device_name") or ""),
+        int(threads) if threads is not None else None,
+        int(cores) if cores is not None else None,
+        value("precision"),
+    )
+
+
+def panel_title(device: str, setting: Setting) -> str:
+    """E.g. 'CPU, 1 thread' / 'AMD EPYC 9454 (2 cores), fp32'."""
+    if device == "gpu":
+        head = "GPU"
+    elif setting.threads == 1:
+        head = "CPU, 1 thread"
+    else:
+        head = f"CPU, {setting.threads or 'all'} threads"
+    details = setting.device_name or "unknown device"
+    if device != "gpu" and setting.cpu_count:
+        details += f" ({setting.cpu_count} cores)"
+    if setting.precision:
+        details += f", encoder {setting.precision}"
+    return f"{head}\n{details}"
+
+
+def frontier(part: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``part`` on the efficiency frontier, fastest first."""
+    front = pareto_front(list(part["slides_per_hour"]), list(part["f1"]))
+    return part.iloc[front]
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A distinct colour and marker per method; ZoomMIL variants are red stars."""
+    markers = "osD^vP<>Xph"
+    cmap = plt.get_cmap("tab10")
+    styles, k = {}, 0
+    for method in methods:
+        if method.startswith("zoommil"):
+            styles[method] = {"color": "tab:red", "marker": "*", "markersize": 13}
+        else:
+            colour = cmap(k % 10)
+            if colour[:3] == cmap(3)[:3]:  # tab10's red is ZoomMIL's
+                k += 1
+                colour = cmap(k % 10)
+            styles[method] = {"color": colour, "marker": markers[k % len(markers)], "markersize": 7}
+            k += 1
+    return styles
+
+
 def throughput_figure(
     evals: Iterable[str | Path],
     timings: Mapping[str, Iterable[str | Path]],
@@ -70,90 +211,99 @@ def throughput_figure(
     weights: str,
     encoder: str = "resnet50_layer3",
 ) -> pd.DataFrame:
-    """Figure 3: slides/hour (log x) vs weighted F1, one panel per device; returns the data."""
-    records = results.eval_records(evals)
-    summary = summarize_runs(records).set_index("method") if records else pd.DataFrame()
-    rows = []
-    for device, paths in timings.items():
-        timing = results.timing_by_method(paths)
-        for method in methods:
-            t = timing.get(method, {})
-            rows.append(
-                {
-                    "device": device,
-                    "method": method,
-                    "slides_per_hour": t.get("slides_per_hour", math.nan),
-                    "skipped": t.get("skipped", "missing"),
-                    "f1": summary.loc[method, "weighted_f1_mean"]
-                    if method in summary.index
-                    else math.nan,
-                    "f1_std": summary.loc[method, "weighted_f1_std"]
-                    if method in summary.index
-                    else math.nan,
-                }
-            )
-    data = pd.DataFrame(rows)
-    devices = list(timings)
-    fig, axes = plt.subplots(1, len(devices), figsize=(4.6 * len(devices), 4.0), squeeze=False)
-    for ax, device in zip(axes[0], devices, strict=True):
-        part = data[data["device"] == device].reset_index(drop=True)
-        ax.set_title(PANELS.get(device, device))
-        ax.set_xlabel("throughput (slides / hour)")
-        ax.set_ylabel("weighted F1 (%)")
-        usable = part[~part["slides_per_hour"].isna()]
-        if usable.empty:
-            reason = next((s for s in part["skipped"] if s), "no timings")
-            label = "no GPU" if device == "gpu" else "no timings"
-            ax.text(
-                0.5,
-                0.5,
-                f"{label}\n({reason})",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                fontsize=11,
-                color="0.35",
-            )
+    """Figure 3: slides/hour (log x) vs weighted F1 with 95% CIs, one panel per device that
+    was timed, the efficiency frontier drawn, one legend (no labels to overlap); devices
+    without timings are named in the subtitle. Returns the plotted data."""
+    data = throughput_data(evals, timings, methods)
+    devices = [d for d in timings if data[data["device"] == d]["slides_per_hour"].notna().any()]
+    skipped = {
+        d: next((s for s in data[data["device"] == d]["skipped"] if s and s != "missing"), "")
+        or "no timings"
+        for d in timings
+        if d not in devices
+    }
+    styles = method_styles(methods)
+    n = max(1, len(devices))
+    fig, axes = plt.subplots(1, n, figsize=(4.4 * n + 2.4, 4.2), squeeze=False, sharey=True)
+    handles: dict[str, Any] = {}
+    for ax, device in zip(axes[0], devices or [None], strict=True):
+        ax.set_xlabel("throughput (slides / hour, log scale)")
+        if device is None:
+            ax.text(0.5, 0.5, "no timings", ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])
-            ax.set_yticks([])
             continue
+        part = data[(data["device"] == device) & data["slides_per_hour"].notna()]
+        part = part.reset_index(drop=True)
+        ax.set_title(panel_title(device, panel_setting(part)), fontsize=9)
         ax.set_xscale("log")
-        for _, row in usable.iterrows():
-            color = "tab:red" if row["method"].startswith("zoommil") else "tab:blue"
-            ax.errorbar(
+        front = frontier(part).sort_values("slides_per_hour")
+        if len(front) > 1:
+            (line,) = ax.step(
+                front["slides_per_hour"],
+                100 * front["f1"],
+                where="pre",
+                linestyle="--",
+                color="0.45",
+                zorder=1,
+            )
+            handles["efficiency frontier"] = line
+        ax.scatter(
+            front["slides_per_hour"],
+            100 * front["f1"],
+            s=260,
+            facecolors="none",
+            edgecolors="0.45",
+            linewidths=1.0,
+            zorder=2,
+        )
+        for _, row in part.iterrows():
+            style = styles[row["method"]]
+            low = max(0.0, row["f1"] - row["f1_low"]) if not math.isnan(row["f1_low"]) else 0.0
+            high = max(0.0, row["f1_high"] - row["f1"]) if not math.isnan(row["f1_high"]) else 0.0
+            container = ax.errorbar(
                 row["slides_per_hour"],
                 100 * row["f1"],
-                yerr=100 * np.nan_to_num(row["f1_std"]),
-                fmt="o",
-                color=color,
+                yerr=[[100 * low], [100 * high]],
+                fmt=style["marker"],
+                markersize=style["markersize"],
+                color=style["color"],
+                ecolor=style["color"],
+                elinewidth=1.0,
                 capsize=3,
+                alpha=0.9,
+                zorder=3,
             )
-            ax.annotate(
-                display_name(row["method"]),
-                (row["slides_per_hour"], 100 * row["f1"]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=8,
-            )
-        front = pareto_front(list(part["slides_per_hour"]), list(part["f1"]))
-        if len(front) > 1:
-            pts = part.loc[front].sort_values("slides_per_hour")
-            ax.plot(
-                pts["slides_per_hour"],
-                100 * pts["f1"],
-                "--",
-                color="0.4",
-                label="efficiency frontier",
-            )
-            ax.legend(loc="lower left", fontsize=8)
+            handles.setdefault(display_name(row["method"]), container)
         ax.set_ylim(-2, 102)
+        ax.set_xlim(*x_limits(part["slides_per_hour"]))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_minor_label))
+        speeds = part["slides_per_hour"]
+        narrow = speeds.max() / speeds.min() < 10  # less than a decade: label every tick
+        minor = _every_minor_label if narrow else _minor_label
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.grid(alpha=0.3, which="both")
-    title = f"{dataset}: throughput vs weighted F1 ({encoder} encoder)"
+    axes[0, 0].set_ylabel("weighted F1 (%), 95% CI over test slides")
+    if handles:
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            fontsize=8,
+            frameon=False,
+        )
+    title = (
+        f"{dataset}: throughput (end to end from the slide file) vs weighted F1\n"
+        f"encoder {encoder_label(encoder)}, {weights} weights"
+    )
+    if skipped:
+        title += "\n" + "; ".join(
+            f"{PANELS.get(d, d)}: not timed ({reason})" for d, reason in skipped.items()
+        )
     if str(weights) == "random":
         title += f"\n{RANDOM_NOTE}"
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, outputs)
     return data
@@ -164,17 +314,27 @@ def _lowest_attention(prediction: Mapping[str, Any]) -> Mapping[str, Any] | None
     return min(entries, key=lambda e: float(e["mag"])) if entries else None
 
 
-def attention_map(
-    prediction: Mapping[str, Any], level0_size: tuple[int, int], thumb_size: tuple[int, int]
-) -> np.ndarray:
-    """Lowest-magnification attention painted on a [H, W] grid of the thumbnail (NaN = none).
+def attention_entries(prediction: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The attention of every magnification of a `zoommil predict` result, lowest first."""
+    return sorted(prediction.get("attention") or [], key=lambda e: float(e["mag"]))
 
-    Weights are min-max scaled per slide, as attention is only comparable within a slide.
+
+def attention_map(
+    prediction: Mapping[str, Any],
+    level0_size: tuple[int, int],
+    thumb_size: tuple[int, int],
+    entry: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """One magnification's attention painted on a [H, W] grid of the thumbnail (NaN = none);
+    the lowest magnification's unless ``entry`` (an item of ``prediction["attention"]``).
+
+    Weights are min-max scaled per slide and magnification, as attention is only comparable
+    within one softmax.
     """
     width0, height0 = level0_size
     width, height = thumb_size
     heat = np.full((height, width), np.nan, dtype=np.float32)
-    entry = _lowest_attention(prediction)
+    entry = entry if entry is not None else _lowest_attention(prediction)
     if entry is None or not entry.get("weights"):
         return heat
     weights = np.asarray(entry["weights"], dtype=np.float64)
@@ -201,6 +361,18 @@ def _thumbnail(path: str, max_side: int = 768) -> tuple[np.ndarray, tuple[int, i
     return background, size0
 
 
+def _boxes(ax: plt.Axes, step: Mapping[str, Any], sx: float, sy: float, **style: Any) -> None:
+    side = float(step["side0"])
+    for x, y in step["xy"]:
+        ax.add_patch(Rectangle((x * sx, y * sy), side * sx, side * sy, fill=False, **style))
+
+
+def attention_layout(predictions: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The magnifications that get a column: every one any prediction has attention for."""
+    mags = {float(e["mag"]) for p in predictions for e in attention_entries(p)}
+    return sorted(mags)
+
+
 def attention_figure(
     predictions: Sequence[str | Path],
     sheet: str | Path,
@@ -208,56 +380,98 @@ def attention_figure(
     method: str,
     dataset: str,
     weights: str,
-) -> None:
-    """Figure 4: one column per slide: thumbnail, and attention with the zoomed-in regions."""
+) -> dict[str, Any]:
+    """Figure 4: one row per slide: the thumbnail, then the attention of every magnification
+    over the thumbnail, with the regions zoomed into outlined, and one colour bar. Returns the
+    layout (rows, column titles, whether there is a colour bar) for checks.
+
+    A slide whose prediction failed (a `zoommil predict --no-fail` marker) or whose thumbnail
+    cannot be read is left out, with a note under the figure."""
     table = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False).set_index("slide_id")
-    n = max(1, len(predictions))
-    fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 7.0), squeeze=False)
-    if not predictions:
+    predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
+    mags = attention_layout(loaded)
+    n_rows, n_cols = max(1, len(loaded)), 1 + max(1, len(mags))
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(3.3 * n_cols + 0.8, 2.7 * n_rows + 0.9), squeeze=False
+    )
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not loaded:
         for ax in axes.ravel():
             ax.axis("off")
         axes[0, 0].text(0.5, 0.5, "no test slides to show", ha="center", va="center")
-    for col, path in enumerate(predictions):
-        prediction = results.load_json(path)
+    image = None
+    for row, (path, prediction) in enumerate(zip(predictions, loaded, strict=True)):
         slide_id = prediction.get("slide_id") or Path(path).stem
-        slide_path = prediction.get("slide") or table.loc[slide_id, "path"]
-        if slide_id in table.index:
-            slide_path = table.loc[slide_id, "path"]
-        background, size0 = _thumbnail(slide_path)
+        background, size0 = thumbs[row]
         thumb_size = (background.shape[1], background.shape[0])
-        heat = attention_map(prediction, size0, thumb_size)
+        sx, sy = thumb_size[0] / size0[0], thumb_size[1] / size0[1]
         label = table.loc[slide_id, "label"] if slide_id in table.index else "?"
         predicted = prediction.get("predicted", "?")
-        top, bottom = axes[0, col], axes[1, col]
-        top.imshow(background)
-        top.set_title(f"{slide_id}\nlabel {label}, predicted {predicted}", fontsize=8)
-        bottom.imshow(background)
-        bottom.imshow(np.ma.masked_invalid(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        entry = _lowest_attention(prediction)
-        mag = f"{float(entry['mag']):g}x" if entry else "lowest magnification"
-        bottom.set_title(f"attention at {mag}", fontsize=8)
         selected = sorted(prediction.get("selected") or [], key=lambda e: float(e["mag"]))
-        if selected:
-            first = selected[0]
-            sx, sy = thumb_size[0] / size0[0], thumb_size[1] / size0[1]
-            side = float(first["side0"])
-            for x, y in first["xy"]:
-                bottom.add_patch(
-                    Rectangle(
-                        (x * sx, y * sy),
-                        side * sx,
-                        side * sy,
-                        fill=False,
-                        edgecolor="white",
-                        linewidth=0.6,
-                    )
-                )
-        for ax in (top, bottom):
-            ax.set_xticks([])
-            ax.set_yticks([])
-    title = f"{dataset}: {display_name(method)} attention (white boxes: regions zoomed into)"
+        axes[row, 0].imshow(background)
+        axes[row, 0].set_ylabel(f"{slide_id}\nlabel {label}\npredicted {predicted}", fontsize=8)
+        for step in selected:
+            _boxes(axes[row, 0], step, sx, sy, edgecolor="black", linewidth=0.8)
+        by_mag = {float(e["mag"]): e for e in attention_entries(prediction)}
+        for col, mag in enumerate(mags, start=1):
+            ax = axes[row, col]
+            ax.imshow(background)
+            entry = by_mag.get(mag)
+            if entry is None:
+                continue
+            heat = attention_map(prediction, size0, thumb_size, entry)
+            image = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", alpha=0.7, vmin=0, vmax=1)
+            for step in selected:
+                if float(step["mag"]) <= mag:
+                    _boxes(ax, step, sx, sy, edgecolor="cyan", linewidth=0.8)
+    axes[0, 0].set_title("slide (boxes: regions zoomed into)", fontsize=8)
+    for col, mag in enumerate(mags, start=1):
+        axes[0, col].set_title(f"attention at {mag:g}x", fontsize=8)
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
+        bar.set_label("attention (min-max per slide and magnification)", fontsize=8)
+    title = f"{dataset}: {display_name(method)} attention at every magnification"
     if str(weights) == "random":
         title += f"\n{RANDOM_NOTE}"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    if skipped:
+        fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
+    titles = [ax.get_title() for ax in axes[0]]
     _save(fig, outputs)
+    return {"rows": n_rows, "titles": titles, "colorbar": image is not None, "skipped": skipped}
+
+
+def _usable_predictions(
+    predictions: Sequence[str | Path], table: pd.DataFrame
+) -> tuple[list[Path], list[dict], list[tuple[np.ndarray, tuple[int, int]]], list[str]]:
+    """The predictions that can be drawn (paths, loaded JSONs, thumbnails with their level-0
+    size) and a note per slide that cannot (failed prediction, unreadable thumbnail)."""
+    from zoommil.errors import SlideError
+    from zoommil.workflow.failure import read_marker
+
+    paths, loaded, thumbs, skipped = [], [], [], []
+    for path in predictions:
+        path = Path(path)
+        failure = read_marker(path)
+        if failure is not None:
+            skipped.append(f"{path.stem} ({failure.stage}: {failure.reason[:80]})")
+            continue
+        prediction = results.load_json(path)
+        slide_id = prediction.get("slide_id") or path.stem
+        slide_path = prediction.get("slide")
+        if slide_id in table.index:
+            slide_path = table.loc[slide_id, "path"]
+        try:
+            thumb = _thumbnail(slide_path)
+        except Exception as error:  # noqa: BLE001 - any unreadable slide is skipped, noted
+            reason = error.reason if isinstance(error, SlideError) else str(error)
+            skipped.append(f"{slide_id} (figure: {reason[:80]})")
+            continue
+        paths.append(path)
+        loaded.append(prediction)
+        thumbs.append(thumb)
+    for note in skipped:
+        log.warning("attention figure: skipped %s", note)
+    return paths, loaded, thumbs, skipped

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 N_BOOTSTRAP = 5000
@@ -162,6 +161,9 @@ def bootstrap_ci(
 
     ``statistic`` maps slide-index arrays [..., n] to one value per array.
     """
+    # imported on use: scipy.stats is slow to import and probes sys.modules for torch
+    from scipy import stats
+
     idx = np.arange(n_slides)
     estimate = float(statistic(idx))
     if n_slides < 2:
@@ -224,6 +226,8 @@ def permutation_p(
     indices into the concatenation [A | B], so that the test's within-pair swap moves a
     slide's predictions (all seeds) from one method to the other.
     """
+    from scipy import stats
+
     n = len(a.slides)
     both = Predictions(
         a.slides + b.slides,

@@ -326,13 +326,14 @@ def table_notes(
     else:
         notes.append(f"encoder weights: {weights}")
     notes.append(f"dataset {dataset}: {qc.exclusion_summary(qc_table)} by QC")
-    reasons = qc_table.loc[qc_table["status"] != "ok", ["slide_id", "reason"]]
-    if len(reasons):
-        notes.append(
-            "excluded: "
-            + "; ".join(f"{s} ({_short(r)})" for s, r in reasons.itertuples(index=False))
-            + " (full reasons: results/qc/slides.tsv)"
-        )
+    excluded = qc_table.loc[qc_table["status"] != "ok"]
+    stages = excluded["stage"] if "stage" in excluded.columns else [""] * len(excluded)
+    reasons = [
+        f"{s} ({f'{stage}: ' if stage else ''}{_short(r)})"
+        for s, r, stage in zip(excluded["slide_id"], excluded["reason"], stages, strict=True)
+    ]
+    if reasons:
+        notes.append("excluded: " + "; ".join(reasons) + " (full reasons: results/qc/slides.tsv)")
     for device, reason in timings_skipped.items():
         notes.append(f"{TIMING_HEADERS[device].split(' (')[0]} timing skipped: {reason}")
     notes.append(

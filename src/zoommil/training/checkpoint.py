@@ -40,8 +40,15 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ZoomMILError(f"{path}: not a zoommil checkpoint ({first})") from error
+        text = str(error)
+        if "weights_only" in text or "Weights only load failed" in text:
+            raise ZoomMILError(
+                f"{path}: refused: the checkpoint holds pickled objects other than tensors and "
+                "plain values (loading it could run code); only checkpoints written by "
+                "`zoommil train` are accepted"
+            ) from None
+        first = text.splitlines()[0] if text else type(error).__name__
+        raise ZoomMILError(f"{path}: not a zoommil checkpoint ({first})") from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
         raise ZoomMILError(f"{path}: not a zoommil checkpoint (no state_dict/config)")
     config = payload["config"]

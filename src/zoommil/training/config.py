@@ -81,7 +81,14 @@ class MethodSpec:
 def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ZoomMILError(f"{path}: config file not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ZoomMILError(
+            f"{path}: not a text file (binary content); a train config is YAML or JSON"
+        ) from None
+    except OSError as error:
+        raise ZoomMILError(f"{path}: cannot read the config ({error.strerror})") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:

@@ -48,6 +48,9 @@ PER_SLIDE_ATTRS = (
     "n_parents_kept",
     "n_parents_total",
     "no_tissue_applied",
+    "slide_quickhash",
+    "native_magnification",
+    "upsampling",
 )
 
 
@@ -80,6 +83,9 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ZoomMILError(f"{path}: cannot read the slide sheet as TSV ({error})") from error
     sheet.columns = [c.strip() for c in sheet.columns]
+    from zoommil.io.sheet import check_separator
+
+    check_separator(sheet, path)
     missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
     if missing:
         raise ZoomMILError(
@@ -198,19 +204,30 @@ def drop_empty(
     Returns (kept records, skipped with reason, feature dimension D, total bytes of the kept
     bags); every file must have the same D.
     """
-    kept, skipped, dims, total = [], [], set(), 0
+    kept, skipped, total = [], [], 0
+    dims: dict[int, Path] = {}
     for record in records:
         shapes = bag_shapes(record.path, mags)
         if any(n == 0 for n, _ in shapes):
             log.warning("%s: no patches in the feature file, skipped", record.slide_id)
             skipped.append({"slide_id": record.slide_id, "reason": "no patches (no tissue)"})
             continue
-        dims.update(d for _, d in shapes)
+        for _, d in shapes:
+            dims.setdefault(d, Path(record.path))
+            check_same_dim(dims)
         total += sum(n * d * 4 for n, d in shapes)
         kept.append(record)
+    return kept, skipped, (next(iter(dims)) if dims else 0), total
+
+
+def check_same_dim(dims: dict[int, Path]) -> None:
+    """Every feature file has one dimension; else an error naming a file of each."""
     if len(dims) > 1:
-        raise ZoomMILError(f"feature files disagree on the feature dimension: {sorted(dims)}")
-    return kept, skipped, (dims.pop() if dims else 0), total
+        (d1, f1), (d2, f2) = list(dims.items())[:2]
+        raise ZoomMILError(
+            f"{f2}: features of dimension {d2}, but {f1} has dimension {d1}: all feature "
+            "files must come from the same encoder"
+        )
 
 
 def check_one_encoder(paths: Sequence[Path]) -> str | None:

@@ -1,7 +1,10 @@
 """Evaluate a saved checkpoint on one split of a sheet (what `zoommil evaluate` runs).
 
 It reuses the trainer's data loading and prediction code, so the numbers it writes are the
-numbers `zoommil train` wrote for the same checkpoint and split.
+numbers `zoommil train` wrote for the same checkpoint and split; `evaluation_from_training`
+turns a training run's own test report into the very same record (`zoommil train
+--eval-out`), so the workflow need not start a second process that loads torch, the model and
+the features again.
 """
 
 from __future__ import annotations
@@ -81,23 +84,58 @@ def _evaluate(
         )
     if in_dim != int(meta["in_dim"]):
         raise ZoomMILError(
-            f"{features_dir}: features have dimension {in_dim}, the checkpoint expects "
-            f"{meta['in_dim']}"
+            f"{store.records[0].path}: features have dimension {in_dim}, the checkpoint "
+            f"{checkpoint} expects {meta['in_dim']}"
         )
     model = model_from_state(state_dict, meta, checkpoint).to(dev)
     probs, losses = predict_store(model, store, len(classes), dev, seed)
+    report = split_report(store, probs, losses, classes)
+    return evaluation_record(meta, checkpoint, features_dir, sheet, split, skipped, report)
+
+
+def evaluation_record(
+    meta: dict[str, Any],
+    checkpoint: str | Path,
+    features_dir: str | Path,
+    sheet: str | Path,
+    split: str,
+    skipped: list[dict[str, Any]],
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON `zoommil evaluate` writes: provenance, then the split's metrics and
+    per-slide predictions (``report``, from ``split_report``)."""
     return {
         "checkpoint": str(checkpoint),
         "method": meta.get("method"),
         "arch": meta["arch"],
-        "seed": seed,
+        "seed": int(meta.get("seed", 0)),
         "epoch": meta.get("epoch"),
-        "classes": classes,
-        "mags": mags,
+        "classes": list(meta["classes"]),
+        "mags": list(meta["mags"]),
         "features_dir": str(features_dir),
         "sheet": str(sheet),
         "n_excluded": len(skipped),
         "excluded": skipped,
         "split": split,
-        **split_report(store, probs, losses, classes),
+        **{k: v for k, v in report.items() if k != "split"},
     }
+
+
+def evaluation_from_training(
+    metrics: dict[str, Any],
+    checkpoint: str | Path,
+    features_dir: str | Path,
+    sheet: str | Path,
+    split: str = "test",
+) -> dict[str, Any]:
+    """The `zoommil evaluate` record of a split from a training run's metrics.json content.
+
+    Identical to evaluating the saved checkpoint: the trainer scores the kept epoch's weights
+    with the same code, normalisation and seed (tests/test_training.py checks it per arch).
+    """
+    report = metrics.get(split)
+    if report is None:
+        raise ZoomMILError(f"{checkpoint}: the training run has no '{split}' slides to evaluate")
+    meta = {**metrics, "epoch": metrics["best_epoch"]}
+    skipped = [s for s in metrics.get("excluded", []) if s.get("split") == split]
+    return evaluation_record(meta, checkpoint, features_dir, sheet, split, skipped, report)

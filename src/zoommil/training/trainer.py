@@ -37,6 +37,7 @@ from zoommil.training.data import (
     Bag,
     BagStore,
     check_one_encoder,
+    check_same_dim,
     drop_empty,
     read_exclusions,
     read_sheet,
@@ -222,23 +223,22 @@ def load_splits(
     excluded = read_exclusions(config.exclude)
     classes = resolve_classes(sheet, config.classes, str(config.sheet))
     mags = modeling.model_mags(arch, config.mags)
-    records, skipped, dims, total = {}, [], set(), 0
+    records, skipped, dims, total = {}, [], {}, 0
     for split in splits:
         kept, skip = split_records(sheet, split, config.features_dir, classes, excluded)
         kept, empty, dim, size = drop_empty(kept, mags)
         skipped += [{**s, "split": split} for s in skip + empty]
         records[split] = kept
         if kept:
-            dims.add(dim)
+            dims.setdefault(dim, kept[0].path)
+            check_same_dim(dims)
         total += size
     check_one_encoder([r.path for kept in records.values() for r in kept])
-    if len(dims) > 1:
-        raise ZoomMILError(f"feature files disagree on the feature dimension: {sorted(dims)}")
     in_memory = config.cache == "memory" or (
         config.cache == "auto" and total <= config.cache_max_gb * 2**30
     )
     stores = {s: BagStore(r, mags, in_memory) for s, r in records.items()}
-    return classes, mags, stores, skipped, (dims.pop() if dims else 0)
+    return classes, mags, stores, skipped, (next(iter(dims)) if dims else 0)
 
 
 def train(

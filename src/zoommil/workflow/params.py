@@ -27,7 +27,6 @@ LIBRARY_MODULES: dict[str, tuple[str, ...]] = {
         "commands/features.py",
     ),
     "train": ("models", "training", "io/featurefile.py", "commands/train.py"),
-    "evaluate": ("models", "training", "io/featurefile.py", "commands/evaluate.py"),
     "flops": (
         "efficiency",
         "models",
@@ -59,7 +58,6 @@ LIBRARY_MODULES: dict[str, tuple[str, ...]] = {
         "commands/predict.py",
     ),
     "qc": ("workflow/qc.py", "io/sheet.py"),
-    "train_config": ("workflow/trainconfig.py",),
     "tables": ("reporting/tables.py", "reporting/results.py", "reporting/stats.py"),
     "figures": (
         "reporting/figures.py",
@@ -91,6 +89,22 @@ def library_files(root: str | Path, step: str) -> list[str]:
         elif path.is_file():
             files.add(path)
     return sorted(str(p) for p in files)
+
+
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, without importing torch (the Snakefile runs
+    this at every start): the driver lists its GPUs under /proc/driver/nvidia/gpus."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def time_on_gpu(setting: bool | str) -> bool:
+    """`efficiency.gpu`: true (always: a note is written where there is no GPU), false, or
+    auto (only where this machine has one: the demo then starts no job that only writes
+    that note)."""
+    if setting == "auto":
+        return gpu_present()
+    return bool(setting)
 
 
 def cli_flags(args: Mapping[str, Any] | None) -> str:

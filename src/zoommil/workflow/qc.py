@@ -1,8 +1,11 @@
 """Slide QC tables: which slides continue, and why the others were left out.
 
-Two stages, because slides fail at two points: inspection (unreadable file, implausible or
-missing mpp) and tiling (no tissue). Each stage writes a TSV with one row per slide of the
-sheet, so the tables can say how many slides were excluded and why.
+Two tables, because slides fail at two points: inspection (unreadable file, implausible or
+missing mpp, not brightfield) and the per-slide stages after it (tissue, tile, features: a
+failure marker, see `zoommil.workflow.failure`, or no tissue). Each table has one row per
+slide of the sheet with the `stage` that excluded it and the `reason`, so the tables can say
+how many slides were excluded and why. Inspection also records OpenSlide's quickhash, so one
+slide listed under two names (train/test leakage) stops the run before any training.
 """
 
 from __future__ import annotations
@@ -15,7 +18,20 @@ from typing import Any
 import h5py
 import pandas as pd
 
-INSPECT_COLUMNS = ["slide_id", "label", "split", "status", "reason", "mpp", "mpp_source"]
+from zoommil.errors import ZoomMILError
+from zoommil.workflow.failure import read_marker
+
+INSPECT_COLUMNS = [
+    "slide_id",
+    "label",
+    "split",
+    "status",
+    "stage",
+    "reason",
+    "mpp",
+    "mpp_source",
+    "quickhash",
+]
 
 
 def _reason(record: Mapping[str, Any]) -> str:
@@ -45,12 +61,38 @@ def inspection_table(sheet: pd.DataFrame, status_files: Iterable[str | Path]) ->
                 "label": row["label"],
                 "split": row["split"],
                 "status": status,
+                "stage": "" if status == "ok" else "inspect",
                 "reason": "" if status == "ok" else _reason(record) or status,
                 "mpp": record.get("mpp"),
                 "mpp_source": record.get("mpp_source") or "",
+                "quickhash": record.get("quickhash") or "",
             }
         )
-    return pd.DataFrame(rows, columns=INSPECT_COLUMNS)
+    table = pd.DataFrame(rows, columns=INSPECT_COLUMNS)
+    check_duplicate_slides(table)
+    return table
+
+
+def check_duplicate_slides(table: pd.DataFrame) -> None:
+    """One slide under two slide ids (same OpenSlide quickhash) is an error naming both.
+
+    Copies of one scan in two rows would put the same pixels in training and test (or count
+    one patient twice); the sheet check only catches the same path, this catches copies.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    for slide_id, split, digest in zip(
+        table["slide_id"], table["split"], table["quickhash"], strict=True
+    ):
+        if not digest:
+            continue
+        if digest in first:
+            other, other_split = first[digest]
+            raise ZoomMILError(
+                f"slides '{other}' ({other_split}) and '{slide_id}' ({split}) are the same slide "
+                f"(identical OpenSlide quickhash {digest[:16]}...): remove one of them from the "
+                "sheet (a slide in two rows leaks between splits or counts twice)"
+            )
+        first[digest] = (str(slide_id), str(split))
 
 
 def feature_counts(path: str | Path) -> tuple[dict[str, int], bool]:
@@ -88,10 +130,18 @@ def slides_table(
         raise ValueError(f"no_tissue policy must be 'exclude' or 'all', not {no_tissue!r}")
     table = inspection.copy()
     counts_by_id: dict[str, dict[str, int]] = {}
+    if "stage" not in table.columns:
+        table["stage"] = ["" if s == "ok" else "inspect" for s in table["status"]]
     for slide_id, path in feature_files.items():
+        index = table.index[table["slide_id"] == slide_id]
+        failure = read_marker(path)
+        if failure is not None:
+            table.loc[index, "status"] = failure.status
+            table.loc[index, "stage"] = failure.stage
+            table.loc[index, "reason"] = failure.reason
+            continue
         counts, applied = feature_counts(path)
         counts_by_id[slide_id] = counts
-        index = table.index[table["slide_id"] == slide_id]
         if not counts or min(counts.values()) == 0:
             reason = "the feature file has no patches"
         elif applied and no_tissue == "exclude":
@@ -99,6 +149,7 @@ def slides_table(
         else:
             continue
         table.loc[index, "status"] = "no_tissue"
+        table.loc[index, "stage"] = "tile"
         table.loc[index, "reason"] = reason
     mags = sorted({m for c in counts_by_id.values() for m in c}, key=lambda m: float(m[:-1]))
     for mag in mags:
@@ -116,20 +167,47 @@ def usable_sheet(sheet: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+def features_manifest(table: pd.DataFrame, feature_files: Mapping[str, str | Path]) -> pd.DataFrame:
+    """The usable slides' feature files with their size and mtime (ns).
+
+    Why: training and evaluation depend on this one file instead of listing every feature file
+    (Snakemake's scheduler stats the inputs of every ready job each round: N files x N jobs);
+    the qc_slides checkpoint rewrites it whenever a feature file changes, so a new feature
+    file still reruns training, and the sizes/mtimes record which versions were used.
+    """
+    ok = table.loc[table["status"] == "ok", "slide_id"]
+    rows = []
+    for slide_id in sorted(ok):
+        path = Path(feature_files[slide_id])
+        st = path.stat()
+        rows.append(
+            {"slide_id": slide_id, "path": str(path), "bytes": st.st_size,
+             "mtime_ns": st.st_mtime_ns}
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=["slide_id", "path", "bytes", "mtime_ns"])
+
+
 def write_tsv(frame: pd.DataFrame, out: str | Path) -> None:
     """Write a TSV atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    frame.to_csv(tmp, sep="\t", index=False, na_rep="")
-    tmp.replace(out)
+    from zoommil.io.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, na_rep="")
 
 
 def exclusion_summary(table: pd.DataFrame) -> str:
-    """'2 of 24 slides excluded (1 no_mpp, 1 no_tissue)' or '0 of 24 slides excluded'."""
+    """'2 of 24 slides excluded (1 no_mpp, 1 no_tissue)' or '0 of 24 slides excluded'.
+
+    A slide that failed at a later stage counts as e.g. 'failed at features'.
+    """
     excluded = table[table["status"] != "ok"]
     text = f"{len(excluded)} of {len(table)} slides excluded"
     if len(excluded):
-        counts = excluded["status"].value_counts().sort_index()
+        stages = excluded["stage"] if "stage" in excluded.columns else [""] * len(excluded)
+        kinds = [
+            f"{status} at {stage}" if status == "failed" and stage else str(status)
+            for status, stage in zip(excluded["status"], stages, strict=True)
+        ]
+        counts = pd.Series(kinds).value_counts().sort_index()
         text += " (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
     return text

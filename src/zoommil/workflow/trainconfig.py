@@ -1,8 +1,10 @@
 """Per-method train configs (docs/ARCHITECTURE.md "Train config").
 
-One file per method, so that adding a method or a seed adds jobs and never touches the
+One config per method, so that adding a method or a seed adds jobs and never touches the
 configs (and hence the models) of the others, while changing a training parameter changes
-every file that carries it.
+every config that carries it. The workflow passes it to the train job as a `params:` value
+(YAML text, compared by Snakemake's params rerun trigger) and the job writes it next to the
+checkpoint, so no job of its own is needed to write it.
 """
 
 from __future__ import annotations
@@ -54,10 +56,15 @@ def build_train_config(
     return _plain(config)
 
 
+def dump_train_config(config: Mapping[str, Any]) -> str:
+    """The YAML text of a train config (plain types, keys in the order given)."""
+    return yaml.safe_dump(_plain(config), sort_keys=False)
+
+
 def write_train_config(config: Mapping[str, Any], out: str | Path) -> None:
     """Write YAML atomically (tmp file + rename)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(_plain(config), sort_keys=False), encoding="utf-8")
+    tmp.write_text(dump_train_config(config), encoding="utf-8")
     tmp.replace(out)

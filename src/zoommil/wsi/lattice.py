@@ -19,6 +19,7 @@ mag), mpp, mpp_source, dimensions, tissue method/params/threshold, no-tissue pol
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -32,8 +33,7 @@ import numpy as np
 
 from zoommil import __version__
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.io.atomic import atomic_path
-from zoommil.io.featurefile import decode_attr, encode_attr, mag_key
+from zoommil.io.featurefile import decode_attr, encode_attr, mag_key, write_hdf5_bytes
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,40 @@ def patch_side_level0(mpp0: float, mag_high: float, patch_size: int) -> int:
             f"({10.0 / mpp0:.3g}x): a patch would be smaller than one level-0 pixel"
         )
     return int(side)
+
+
+#: A highest magnification up to this fraction above the slide's native one (10 / level-0
+#: mpp) is not upsampling worth refusing: "40x" scans are often 0.2527 um/px (39.6x).
+UPSAMPLING_TOLERANCE = 0.05
+
+
+def check_native_resolution(
+    slide_path: str | Path, mpp0: float, mags: Sequence[float], allow_upsampling: bool = False
+) -> bool:
+    """Refuse magnifications finer than the scan (they would be made by upsampling).
+
+    Returns whether upsampling happens (only possible with ``allow_upsampling``), so that it
+    is recorded in the coords and feature files.
+    """
+    native = 10.0 / mpp0
+    finest = max(float(m) for m in mags)
+    if finest <= native * (1.0 + UPSAMPLING_TOLERANCE):
+        return False
+    if allow_upsampling:
+        log.warning(
+            "%s: %gx is finer than the slide's native %.3gx; upsampling (--allow-upsampling)",
+            slide_path,
+            finest,
+            native,
+        )
+        return True
+    raise SlideError(
+        slide_path,
+        f"{finest:g}x is finer than the slide's native magnification {native:.3g}x "
+        f"(level-0 {mpp0:.4g} um/px): the patches would be upsampled; use magnifications up to "
+        f"{native:.3g}x, or allow it explicitly with --allow-upsampling "
+        "(workflow: preprocess.allow_upsampling: true)",
+    )
 
 
 def sides_level0(mags: Sequence[float], s_high: int) -> list[int]:
@@ -198,8 +232,7 @@ def build_lattice(
         raise ZoomMILError(
             f"unknown no-tissue policy {no_tissue!r} (choose from {', '.join(NO_TISSUE_POLICIES)})"
         )
-    if patch_size < 1:
-        raise ZoomMILError(f"patch size must be positive, got {patch_size}")
+    _check_patch_size(patch_size)
     s_high = patch_side_level0(mpp0, mags[-1], patch_size)
     sides = sides_level0(mags, s_high)
     parents = parent_grid(dims, sides[0])
@@ -269,7 +302,8 @@ def write_coords(path: str | Path, lattice: Lattice) -> Path:
         "zoommil_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
         for mag, rc, xy in zip(lattice.mags, lattice.coords, lattice.xy, strict=True):
             key = mag_key(mag)
             h5.create_dataset(f"{key}_coords", data=np.asarray(rc, np.int64).reshape(-1, 2))
@@ -277,7 +311,7 @@ def write_coords(path: str | Path, lattice: Lattice) -> Path:
         h5.create_dataset("tissue_fraction", data=np.asarray(lattice.tissue_fraction, np.float32))
         for name, value in attrs.items():
             h5.attrs[name] = encode_attr(value)
-    return Path(path)
+    return write_hdf5_bytes(path, buffer)
 
 
 def load_coords(path: str | Path) -> Lattice:
@@ -325,7 +359,15 @@ def _check_mask_fits(mask_path: Path, mask: np.ndarray, meta: Mapping[str, Any],
         )
 
 
-def _check_tiling_args(mags: Sequence[float], threshold: float) -> list[float]:
+def _check_patch_size(patch_size: int) -> None:
+    if isinstance(patch_size, bool) or int(patch_size) != patch_size or patch_size < 1:
+        raise ZoomMILError(f"patch size must be a positive number of pixels, got {patch_size}")
+
+
+def _check_tiling_args(
+    mags: Sequence[float], threshold: float, patch_size: int = 256
+) -> list[float]:
+    _check_patch_size(patch_size)
     if not 0.0 <= threshold <= 1.0:
         raise ZoomMILError(f"tissue threshold must be within 0-1, got {threshold}")
     return validate_mags(mags)
@@ -342,6 +384,7 @@ def tile_slide(
     tissue_params: Mapping[str, Any] | None = None,
     threshold: float = 0.1,
     no_tissue: str = "all",
+    allow_upsampling: bool = False,
 ) -> Lattice:
     """Slide -> `Lattice`: resolve mpp, get a tissue mask (given PNG or computed), filter parents.
 
@@ -349,12 +392,12 @@ def tile_slide(
     """
     from zoommil.wsi.slide import open_with_mpp
 
-    _check_tiling_args(mags, threshold)  # before touching the file
+    _check_tiling_args(mags, threshold, patch_size)  # before touching the file
     slide, mpp0, source = open_with_mpp(slide_path, mpp, default_mpp)
     try:
         return tile_open_slide(
             slide, slide_path, mpp0, source, mags, patch_size, mask_path, tissue_method,
-            tissue_params, threshold, no_tissue,
+            tissue_params, threshold, no_tissue, allow_upsampling,
         )  # fmt: skip
     finally:
         slide.close()
@@ -372,14 +415,18 @@ def tile_open_slide(
     tissue_params: Mapping[str, Any] | None = None,
     threshold: float = 0.1,
     no_tissue: str = "all",
+    allow_upsampling: bool = False,
 ) -> Lattice:
     """`tile_slide` on a slide that is already open (from `open_with_mpp`), so that a caller
     that goes on to read patches (`zoommil predict`) opens the file once. The slide is left
-    open."""
+    open. The lattice's attributes name the slide (resolved path and OpenSlide quickhash), so
+    `zoommil features` can refuse the coords file of another slide."""
+    from zoommil.wsi.slide import quickhash
     from zoommil.wsi.tissue import load_mask, method_params, tissue_mask_from_slide
 
-    mags = _check_tiling_args(mags, threshold)
+    mags = _check_tiling_args(mags, threshold, patch_size)
     dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
+    upsampled = check_native_resolution(slide_path, mpp0, mags, allow_upsampling)
     patch_side_level0(mpp0, mags[-1], patch_size)  # fail early on impossible mags
     if mask_path is not None:
         if tissue_params:
@@ -412,5 +459,12 @@ def tile_open_slide(
         mask=mask,
         threshold=threshold,
         no_tissue=no_tissue,
-        attrs={"mpp_source": mpp_source, **tissue},
+        attrs={
+            "mpp_source": mpp_source,
+            "slide_path": str(Path(slide_path).resolve()),
+            "slide_quickhash": quickhash(slide) or "",
+            "native_magnification": 10.0 / mpp0,
+            "upsampling": bool(upsampled),
+            **tissue,
+        },
     )

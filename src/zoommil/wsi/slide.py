@@ -14,9 +14,9 @@ mpp resolution (`resolve_mpp`), first plausible value wins:
 6. a default (``--default-mpp``: in the workflow the sheet's mpp column or the config default),
    used only when metadata gives nothing plausible, with a warning.
 
-Values outside 0.1-2.0 um/px are never used: a metadata value out of range is skipped (and
-reported), an explicit value out of range is an error. The source is recorded as e.g.
-``"openslide.mpp-x"``, ``"objective-power"``, ``"override"`` or ``"default"``.
+Values outside 0.05-5.0 um/px (`zoommil.wsi.mpp`) are never used: a metadata value out of
+range is skipped (and reported), an explicit value out of range is an error. The source is
+recorded as e.g. ``"openslide.mpp-x"``, ``"objective-power"``, ``"override"`` or ``"default"``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,15 @@ import numpy as np
 import openslide
 
 from zoommil.errors import SlideError
+from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
 
 log = logging.getLogger(__name__)
 
-MPP_MIN = 0.1
-MPP_MAX = 2.0
+#: A slide is "dark-field" (fluorescence, not H&E) when the median luminance of its
+#: thumbnail's border (where a brightfield scan shows bright glass) is below this (0-255).
+DARK_BORDER_LUMINANCE = 60.0
+#: Width of that border, as a fraction of the thumbnail's shorter side.
+_BORDER_FRACTION = 0.05
 #: A pyramid level counts as "at least as fine as needed" if its downsample exceeds the
 #: needed one by at most this relative amount (stored downsamples like 2.0005 or 4.000112).
 LEVEL_TOLERANCE = 0.01
@@ -93,14 +97,75 @@ def open_slide(path: str | Path, test_read: bool = True) -> openslide.OpenSlide:
             path, "unreadable", f"corrupt or truncated slide file ({error})"
         ) from None
     if test_read:
-        try:
-            _test_read(slide)
-        except openslide.OpenSlideError as error:
-            slide.close()
-            raise SlideCheckError(
-                path, "unreadable", f"slide opens but its pixels cannot be decoded ({error})"
-            ) from None
+        # OpenSlide errors latch on a handle: a failed read is retried once on a fresh one.
+        for attempt in range(2):
+            try:
+                _test_read(slide)
+                break
+            except openslide.OpenSlideError as error:
+                slide.close()
+                if attempt:
+                    raise SlideCheckError(
+                        path,
+                        "unreadable",
+                        f"slide opens but its pixels cannot be decoded ({error})",
+                    ) from None
+                slide = openslide.OpenSlide(str(path))
     return slide
+
+
+def quickhash(slide: openslide.OpenSlide) -> str | None:
+    """OpenSlide's content hash (``openslide.quickhash-1``): equal for copies of one slide."""
+    value = slide.properties.get("openslide.quickhash-1")
+    return str(value) if value else None
+
+
+def border_luminance(rgb: np.ndarray) -> float:
+    """Median luminance (0-255) of the outer frame of a thumbnail.
+
+    On a brightfield (H&E) scan the frame is mostly glass, which is bright; on a dark-field
+    (fluorescence) scan it is near black.
+    """
+    h, w = rgb.shape[:2]
+    b = max(1, round(_BORDER_FRACTION * min(h, w)))
+    frame = np.concatenate(
+        [
+            rgb[:b].reshape(-1, 3),
+            rgb[-b:].reshape(-1, 3),
+            rgb[b:-b, :b].reshape(-1, 3),
+            rgb[b:-b, -b:].reshape(-1, 3),
+        ]
+    ).astype(np.float32)
+    luminance = frame @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return float(np.median(luminance))
+
+
+def dark_background_reason(rgb: np.ndarray) -> str | None:
+    """Why a thumbnail is not a brightfield (H&E) slide, or None when it looks like one."""
+    value = border_luminance(rgb)
+    if value >= DARK_BORDER_LUMINANCE:
+        return None
+    return (
+        f"dark background (median border brightness {value:.0f} of 255, brightfield glass is "
+        f"bright): looks like a fluorescence or dark-field slide, not H&E; the tissue detector "
+        "would call the whole slide tissue"
+    )
+
+
+def check_brightfield(rgb: np.ndarray, path: str | Path) -> None:
+    """Raise `SlideCheckError` (status ``not_brightfield``) for a dark-background slide."""
+    reason = dark_background_reason(rgb)
+    if reason is not None:
+        raise SlideCheckError(path, "not_brightfield", reason)
+
+
+def small_thumbnail(slide: openslide.OpenSlide) -> np.ndarray | None:
+    """The coarsest level as RGB on white when it is small enough to read whole, else None."""
+    top = slide.level_count - 1
+    w, h = slide.level_dimensions[top]
+    if w * h > _FULL_TEST_READ_PX:
+        return None
+    return rgba_to_rgb_on_white(np.asarray(slide.read_region((0, 0), top, (w, h))))
 
 
 def _diagnose_unopenable(path: Path) -> tuple[str, str]:
@@ -135,6 +200,7 @@ def _diagnose_unopenable(path: Path) -> tuple[str, str]:
             )
             tiled = any(p.is_tiled for p in pages)
             shape = pages[0].shape if pages else ()
+            ome = _ome_reason(tif) if tif.is_ome else None
     except Exception as error:  # tifffile raises many types on broken files
         return "unreadable", f"truncated or corrupt TIFF file ({type(error).__name__}: {error})"
     finally:
@@ -147,6 +213,8 @@ def _diagnose_unopenable(path: Path) -> tuple[str, str]:
             f"truncated file: it is {size} bytes but its TIFF directories refer to data up to "
             f"byte {end}",
         )
+    if ome is not None:
+        return "not_a_slide", ome
     if not tiled:
         return (
             "not_a_slide",
@@ -157,6 +225,35 @@ def _diagnose_unopenable(path: Path) -> tuple[str, str]:
     return (
         "not_a_slide",
         "TIFF file that OpenSlide cannot read (unsupported layout or corrupt metadata)",
+    )
+
+
+def _ome_reason(tif: Any) -> str:
+    """What makes an OME-TIFF unreadable for OpenSlide, named specifically."""
+    page = tif.pages[0]
+    problems = []
+    dtype = np.dtype(page.dtype) if page.dtype is not None else None
+    if dtype is not None and dtype != np.uint8:
+        problems.append(f"{dtype.name} pixels (OpenSlide needs 8-bit)")
+    samples = int(getattr(page, "samplesperpixel", 1))
+    n_series_channels = 0
+    try:
+        axes = tif.series[0].axes
+        if "C" in axes:
+            n_series_channels = int(tif.series[0].shape[axes.index("C")])
+    except (IndexError, ValueError, AttributeError):
+        pass
+    if samples not in (3, 4) or n_series_channels > 4:
+        channels = n_series_channels or samples
+        problems.append(f"{channels} separate channel(s) instead of interleaved RGB")
+    if not page.is_tiled:
+        problems.append("strips instead of tiles")
+    if getattr(page, "subifds", None):
+        problems.append("a SubIFD pyramid, which OpenSlide's generic TIFF reader does not follow")
+    detail = "; ".join(problems) or "a layout OpenSlide's generic TIFF reader does not support"
+    return (
+        f"OME-TIFF that OpenSlide cannot read: {detail}; convert it to a tiled pyramidal RGB "
+        "TIFF (e.g. 'vips tiffsave IN OUT --tile --pyramid --compression jpeg')"
     )
 
 
@@ -270,7 +367,7 @@ def mpp_candidates(slide: openslide.OpenSlide) -> list[tuple[str, float]]:
 
 
 def _plausible(mpp: float) -> bool:
-    return MPP_MIN <= mpp <= MPP_MAX
+    return plausible_mpp(mpp)
 
 
 def resolve_mpp_details(
@@ -291,7 +388,7 @@ def resolve_mpp_details(
             raise SlideCheckError(
                 path,
                 "implausible_mpp",
-                f"--mpp {mpp_override} is outside the plausible range {MPP_MIN}-{MPP_MAX} um/px",
+                f"--mpp {mpp_override} is outside the plausible range {MPP_RANGE_TEXT}",
             )
         return {**info, "mpp": float(mpp_override), "source": "override"}
     for source, value in candidates:
@@ -302,8 +399,7 @@ def resolve_mpp_details(
             raise SlideCheckError(
                 path,
                 "implausible_mpp",
-                f"default mpp {default_mpp} is outside the plausible range "
-                f"{MPP_MIN}-{MPP_MAX} um/px",
+                f"default mpp {default_mpp} is outside the plausible range {MPP_RANGE_TEXT}",
             )
         log.warning(
             "%s: no usable mpp in the metadata%s; using the default %.4g um/px",
@@ -317,7 +413,7 @@ def resolve_mpp_details(
             path,
             "implausible_mpp",
             f"implausible resolution in the metadata{_rejected_text(rejected)}, outside "
-            f"{MPP_MIN}-{MPP_MAX} um/px; {HOW_TO_SUPPLY_MPP}",
+            f"{MPP_RANGE_TEXT}; {HOW_TO_SUPPLY_MPP}",
         )
     raise SlideCheckError(
         path,
@@ -352,7 +448,8 @@ def inspect_slide(
     """Describe a slide as a JSON-able dict; never raises for a bad slide.
 
     ``status`` is ``"ok"`` or an error status (``missing``, ``not_a_slide``, ``unreadable``,
-    ``no_mpp``, ``implausible_mpp``) with a human-readable ``reason``.
+    ``no_mpp``, ``implausible_mpp``, ``not_brightfield``) with a human-readable ``reason``.
+    ``quickhash`` (OpenSlide's content hash) lets QC find one slide listed under two names.
     """
     path = Path(path)
     report: dict[str, Any] = {
@@ -369,6 +466,8 @@ def inspect_slide(
         "levels": [],
         "mpp_candidates": [],
         "mpp_rejected": [],
+        "quickhash": None,
+        "border_luminance": None,
     }
     try:
         slide = open_slide(path)
@@ -377,6 +476,7 @@ def inspect_slide(
         return report
     try:
         props = slide.properties
+        report["quickhash"] = quickhash(slide)
         report["vendor"] = props.get("openslide.vendor")
         report["objective"] = _as_float(
             props.get("openslide.objective-power") or props.get("aperio.AppMag")
@@ -401,6 +501,16 @@ def inspect_slide(
             mpp_candidates=info["candidates"],
             mpp_rejected=info["rejected"],
         )
+        try:
+            thumb = small_thumbnail(slide)
+        except openslide.OpenSlideError as error:
+            report.update(status="unreadable", reason=f"cannot read the thumbnail ({error})")
+            return report
+        if thumb is not None:
+            report["border_luminance"] = border_luminance(thumb)
+            reason = dark_background_reason(thumb)
+            if reason is not None:
+                report.update(status="not_brightfield", reason=reason)
     finally:
         slide.close()
     return report

@@ -28,8 +28,9 @@ import openslide
 from PIL import Image, PngImagePlugin
 from scipy import ndimage
 
-from zoommil.errors import ZoomMILError
-from zoommil.wsi.slide import open_with_mpp, read_thumbnail_at_mpp
+from zoommil.errors import SlideError, ZoomMILError
+from zoommil.io.atomic import atomic_path
+from zoommil.wsi.slide import check_brightfield, open_with_mpp, read_thumbnail_at_mpp
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +218,19 @@ def tissue_mask_from_slide(
     """Mask of an open slide: ``(mask, mask_mpp, thumbnail)``.
 
     The thumbnail is read at ``mask_mpp`` from the coarsest sufficient level; a slide coarser
-    than that is masked at its own mpp (never upsampled), which the returned mpp says.
+    than that is masked at its own mpp (never upsampled), which the returned mpp says. A
+    dark-background (fluorescence) slide raises `SlideError` rather than being called tissue
+    everywhere.
     """
     merged = method_params(method, params)
     eff_mpp = max(mask_mpp, mpp0)
-    thumb = read_thumbnail_at_mpp(slide, mpp0, eff_mpp)
+    path = getattr(slide, "_filename", "slide")
+    try:
+        thumb = read_thumbnail_at_mpp(slide, mpp0, eff_mpp)
+    except openslide.OpenSlideError as error:
+        reason = f"cannot read the thumbnail for tissue detection ({error})"
+        raise SlideError(path, reason) from None
+    check_brightfield(thumb, path)
     return detect_tissue(thumb, method, mask_mpp=eff_mpp, **merged), eff_mpp, thumb
 
 
@@ -240,12 +249,18 @@ def tissue_mask_for_slide(
     An empty mask is a result, not an error (it is logged as a warning).
     """
     merged = method_params(method, params)
-    slide, mpp0, source = open_with_mpp(path, mpp, default_mpp)
-    try:
-        mask, eff_mpp, thumb = tissue_mask_from_slide(slide, mpp0, method, merged, mask_mpp)
-        dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
-    finally:
-        slide.close()
+    for attempt in range(2):  # a read error is retried once on a fresh handle
+        slide, mpp0, source = open_with_mpp(path, mpp, default_mpp)
+        try:
+            mask, eff_mpp, thumb = tissue_mask_from_slide(slide, mpp0, method, merged, mask_mpp)
+            dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
+            break
+        except SlideError as error:
+            if attempt or "cannot read" not in error.reason:
+                raise
+            log.warning("%s: %s; retrying once", path, error.reason)
+        finally:
+            slide.close()
     if not mask.any():
         log.warning("%s: no tissue found by the %s detector", path, method)
     info = {
@@ -274,14 +289,8 @@ def mask_metadata(
 
 
 def _atomic_save(image: Image.Image, path: Path, **kwargs: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, **kwargs)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_mask(path: str | Path, mask: np.ndarray, metadata: Mapping[str, str]) -> Path:

@@ -1,0 +1,257 @@
+"""The GPU path end to end: features, profile (ZoomMIL and ABMIL) and one training epoch.
+
+    bash benchmarks/gpu.sh            # GPU when there is one, else the CPU dry mode
+    python benchmarks/gpu.py --dry    # CPU dry mode: tiny sizes, every step (CI runs this)
+
+With a GPU: `extract_features --device cuda` (bf16 autocast, channels_last, pinned batches
+copied non-blocking, reader processes feeding it) on the real-size slides of
+benchmarks/make_large_slide.py (made when missing), `measure_throughput` for ZoomMIL and ABMIL
+(BRIGHT setting) on them, and one `zoommil train --device cuda` epoch on synthetic feature
+files of realistic bag sizes. Each step writes JSON under results/benchmarks/gpu/ (dry mode:
+results/benchmarks/gpu-dry/ unless --out), with the device's busy (encode) time next to the
+time spent waiting for the readers, so a starved GPU shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+BRIGHT_MAGS = [1.25, 2.5, 10.0]
+CAMELYON_MAGS = [10.0, 20.0]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"{path}", file=sys.stderr)
+
+
+def slides_for(dry: bool, work: Path) -> dict[str, Path]:
+    """The real-size slides, or (dry) two tiny mosaics made in a second."""
+    if not dry:
+        from scale import ensure_slides
+
+        return ensure_slides(["20x", "40x"])
+    import importlib.util
+
+    from zoommil.synth.large import LargeSlideSpec, write_large_slide
+
+    compression = "jpeg" if importlib.util.find_spec("imagecodecs") else "zlib"
+    import cv2
+
+    rng = np.random.default_rng(0)
+    source = rng.integers(60, 190, size=(700, 900, 3), dtype=np.uint8)
+    source[..., 0] = 170  # pink, blurred: tissue to the detector
+    source = cv2.GaussianBlur(source, (0, 0), 3)
+    out = {}
+    for name, mpp in (("20x", 0.5), ("40x", 0.25)):
+        path = work / f"tiny{name}.tiff"
+        spec = LargeSlideSpec(width=1024, height=768, mpp=mpp, block=128, min_level_side=128)
+        if not path.exists():
+            write_large_slide(path, source, spec, compression)
+        out[name] = path
+    return out
+
+
+def features_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -> dict:
+    from features import subset_parents
+
+    from zoommil.features.extraction import extract_features
+    from zoommil.wsi.lattice import tile_slide, write_coords
+
+    rows = []
+    for name, slide in slides.items():
+        lattice = tile_slide(slide, CAMELYON_MAGS, patch_size=64 if dry else 256)
+        coords = work / f"coords_{name}.h5"
+        write_coords(coords, subset_parents(lattice, 4 if dry else None))
+        result = extract_features(
+            slide,
+            coords,
+            work / f"features_{name}.h5",
+            weights="random",
+            device=device,
+            precision="bf16" if device == "cuda" else "fp32",
+            threads=1 if device == "cpu" else None,
+            progress=False,
+        )
+        stream = result.attrs.get("stream", {})
+        rows.append(
+            {
+                "slide": name,
+                "patches": int(sum(result.num_patches)),
+                "seconds": result.seconds,
+                "patches_per_second": result.patches_per_second,
+                "device_busy_seconds": stream.get("encode_seconds"),
+                "reader_wait_seconds": stream.get("reader_wait_seconds"),
+                "batch_size": result.attrs.get("batch_size"),
+                "precision": result.attrs.get("precision"),
+            }
+        )
+    return {"step": "features", "device": device, "slides": rows}
+
+
+def checkpoints(work: Path, patch_size: int, k: int = 12) -> dict[str, Path]:
+    import torch
+
+    from zoommil.models import build_model
+    from zoommil.training.checkpoint import save_checkpoint
+
+    out = {}
+    pre = {"patch_size": patch_size, "weights": "random", "weights_seed": 0, "precision": "bf16"}
+    for arch, mags, kwargs in (
+        ("zoommil", BRIGHT_MAGS, {"k": k}),
+        ("abmil", [BRIGHT_MAGS[-1]], {}),
+    ):
+        torch.manual_seed(0)
+        model = build_model(arch, in_dim=1024, n_classes=2, mags=mags, **kwargs)
+        config = {
+            "method": arch,
+            "arch": arch,
+            "kwargs": kwargs,
+            "classes": ["normal", "tumour"],
+            "mags": mags,
+            "config_mags": mags,
+            "in_dim": 1024,
+            "preprocessing": pre,
+        }
+        out[arch] = save_checkpoint(work / f"{arch}.pt", model.state_dict(), config)
+    return out
+
+
+def profile_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -> dict:
+    import torch
+
+    from zoommil.efficiency.throughput import measure_throughput
+    from zoommil.inference.predict import Predictor
+
+    rows = []
+    for ckpt in checkpoints(work, 64 if dry else 256, 2 if dry else 12).values():
+        predictor = Predictor.from_checkpoint(ckpt, device=device)
+        if device == "cpu":
+            predictor.precision = "fp32"
+        result = measure_throughput(
+            predictor,
+            [(name, path) for name, path in slides.items()],
+            torch.device(device),
+            threads=1,
+        )
+        for r in result["per_slide"]:
+            r["device_busy_seconds"] = r["phases"]["encode"]
+            r["reader_wait_seconds"] = r["phases"]["read"]
+        rows.append(result)
+    return {"step": "profile", "device": device, "methods": rows}
+
+
+def _children(coords: np.ndarray, depth: int) -> np.ndarray:
+    """Depth-first descendants ``depth`` quadtree steps below each (row, col)."""
+    steps = np.array([[0, 0], [1, 0], [0, 1], [1, 1]])
+    for _ in range(depth):
+        coords = (2 * coords[:, None, :] + steps[None]).reshape(-1, 2)
+    return coords
+
+
+def train_step(device: str, dry: bool, work: Path) -> dict:
+    """One epoch of `zoommil train` on synthetic feature files of realistic bag sizes."""
+    import yaml
+
+    from zoommil.io.featurefile import write_feature_file
+
+    rng = np.random.default_rng(0)
+    n_parents = 2 if dry else 60  # BRIGHT: 1 + 4 + 64 patches per 1.25x parent
+    root = work / "train"
+    rows = []
+    for split, n in (("train", 8 if dry else 24), ("val", 4), ("test", 4)):
+        for i in range(n):
+            slide_id = f"{split}_{i:02d}"
+            low = np.stack([np.zeros(n_parents, int), np.arange(n_parents)], axis=1)
+            coords = [low, _children(low, 1), _children(low, 3)]  # 1.25x, 2.5x, 10x
+            feats = [rng.normal(size=(len(c), 1024)).astype(np.float32) for c in coords]
+            sides = [2048, 1024, 256]  # level-0 px per patch at 0.25 um/px
+            xy = [c[:, ::-1] * s for c, s in zip(coords, sides, strict=True)]
+            attrs = {"patch_size": 256, "weights": "random", "tissue_method": "gaussian"}
+            write_feature_file(
+                root / "features" / f"{slide_id}.h5", BRIGHT_MAGS, feats, coords, xy, attrs
+            )
+            rows.append((slide_id, f"/nowhere/{slide_id}.svs", ["normal", "tumor"][i % 2], split))
+    sheet = root / "slides.tsv"
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\n" + "".join("\t".join(r) + "\n" for r in rows))
+    config = {
+        "features_dir": str(root / "features"),
+        "sheet": str(sheet),
+        "mags": BRIGHT_MAGS,
+        "epochs": 1,
+        "lr": 1e-4,
+        "selection": "val_loss",
+        "methods": {"zoommil": {"arch": "zoommil", "k": 12}},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [
+        sys.executable, "-m", "zoommil", "train", "--config", str(root / "config.yaml"),
+        "--model", "zoommil", "--out", str(root / "out"), "--device", device, "--epochs", "1",
+        "--no-progress",
+    ]  # fmt: skip
+    tic = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - tic
+    if proc.returncode != 0:
+        raise RuntimeError(f"zoommil train failed:\n{proc.stderr[-2000:]}")
+    return {
+        "step": "train",
+        "device": device,
+        "slides": len(rows),
+        "patches_per_slide": n_parents * (1 + 4 + 64),
+        "seconds_one_epoch_with_startup": seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry", action="store_true", help="CPU dry mode with tiny sizes")
+    parser.add_argument("--out", type=Path, help="output folder")
+    args = parser.parse_args(argv)
+    import torch
+
+    dry = args.dry or not torch.cuda.is_available()
+    device = "cpu" if dry else "cuda"
+    out = args.out or REPO / "results" / "benchmarks" / ("gpu-dry" if dry else "gpu")
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    if dry:
+        torch.set_num_threads(1)
+    tic = time.perf_counter()
+    info = {
+        "dry": dry,
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+    slides = slides_for(dry, work)
+    for name, step in (
+        ("features", lambda: features_step(slides, device, dry, work)),
+        ("profile", lambda: profile_step(slides, device, dry, work)),
+        ("train", lambda: train_step(device, dry, work)),
+    ):
+        t0 = time.perf_counter()
+        result = step()
+        write_json(
+            out / f"{name}.json", {**info, **result, "step_seconds": time.perf_counter() - t0}
+        )
+    write_json(out / "summary.json", {**info, "seconds": time.perf_counter() - tic})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

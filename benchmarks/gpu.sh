@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The GPU path in one command (about 10 minutes on a GPU node): features on the real-size
+# slides, profile for ZoomMIL and ABMIL, one training epoch; JSON under results/benchmarks/gpu/.
+# Without a GPU, or with --dry, a CPU dry mode on tiny sizes (what CI runs): same steps,
+# JSON under results/benchmarks/gpu-dry/. Extra arguments go to benchmarks/gpu.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python}"
+exec "$python" benchmarks/gpu.py "$@"

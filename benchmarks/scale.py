@@ -1,0 +1,526 @@
+"""Benchmark at real size: features, predict and profile on 20x and 40x real-size slides.
+
+    nice python benchmarks/scale.py            # writes results/benchmarks/scale.{json,md}
+    nice python benchmarks/scale.py --quick    # fewer parents, for a smoke run
+
+Slides: results/benchmarks/slides/large{20x,40x}.tiff, made by benchmarks/make_large_slide.py
+when missing (a mosaic of ../shared/data/slides/CMU-1-Small-Region.svs, about half background).
+Every measurement runs in its own child process (this script with --child), so its peak RSS is
+its own; reader processes' peaks are reported apart (max over the children). Random encoder and
+MIL weights: speed does not depend on them.
+
+1. features (CAMELYON16 lattice: 10x -> 20x): bare encoder vs whole path (`extract_features`:
+   reader process, batching, streaming HDF5 write) on the first N parents of each slide, fp32
+   and bf16, 1 encoder thread, batch 4; bare and whole interleave in the same child. Peak RSS
+   for N and 4N parents shows whether memory grows with the slide.
+2. predict (BRIGHT: 1.25x -> 2.5x -> 10x, K = 12) ZoomMIL vs all-patch ABMIL (10x) on both
+   slides, whole slides, end to end: seconds, patches encoded, phases, peak RSS; ZoomMIL's
+   slides/h on one core (workers 0: reading inline) and with one reader process, next to
+   patches encoded / bare-encoder patches/s; batch 4 vs 16.
+3. threads: `measure_throughput` 1 thread vs all cores (single-threaded worker processes over
+   slides) for ZoomMIL on copies of the 40x slide.
+Timings on a shared machine vary with the load: compare ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "results" / "benchmarks"
+SLIDES = OUT / "slides"
+WORK = OUT / "scale"
+BRIGHT = {"mags": [1.25, 2.5, 10.0], "k": 12}
+CAMELYON = [10.0, 20.0]
+PAPER_BRIGHT_SLIDES_PER_HOUR = 300
+
+
+class ChildrenPeak:
+    """Peak summed RSS of this process's descendants (the readers), sampled every 0.2 s.
+
+    ru_maxrss cannot be used for them (nor for a fork-exec'd child: it survives exec)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.peak = 0.0
+        self._stop = threading.Event()
+        me = psutil.Process()
+
+        def sample() -> None:
+            while not self._stop.wait(0.2):
+                total = 0
+                for child in me.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total / 2**20)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+_READERS: ChildrenPeak | None = None
+
+
+def peak_rss_mb() -> dict[str, float]:
+    """This process's peak RSS (VmHWM: reset at exec, unlike ru_maxrss), the readers' peak and
+    CPU seconds (user + system, this process and waited-for children)."""
+    hwm = 0.0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 1024
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return {
+        "peak_rss_mb": hwm,
+        "readers_peak_rss_mb": _READERS.stop() if _READERS is not None else 0.0,
+        "cpu_seconds": me.ru_utime + me.ru_stime,
+        "children_cpu_seconds": kids.ru_utime + kids.ru_stime,
+    }
+
+
+# --------------------------------------------------------------------------- children
+
+
+def child_features(a: dict[str, Any]) -> dict[str, Any]:
+    """Bare encoder and whole path, interleaved (bare, whole, bare), same encoder."""
+    import torch
+
+    from zoommil.features.encoder import PatchEncoder, build_encoder
+    from zoommil.features.extraction import extract_features
+
+    torch.set_num_threads(a["threads"])
+    encoder = PatchEncoder(build_encoder("random")[0], precision=a["precision"])
+    batch = torch.from_numpy(
+        np.random.default_rng(0).integers(0, 256, (a["batch"], 256, 256, 3), dtype=np.uint8)
+    )
+
+    def bare(n: int) -> float:
+        encoder.encode(batch)
+        tic = time.perf_counter()
+        for _ in range(n // a["batch"]):
+            encoder.encode(batch)
+        return n // a["batch"] * a["batch"] / (time.perf_counter() - tic)
+
+    rates = [bare(a["bare_patches"])]
+    result = extract_features(
+        a["slide"],
+        a["coords"],
+        a["out"],
+        weights="random",
+        batch_size=a["batch"],
+        workers=a["workers"],
+        device="cpu",
+        precision=a["precision"],
+        threads=a["threads"],
+        progress=False,
+    )
+    rates.append(bare(a["bare_patches"]))
+    whole = result.patches_per_second
+    bare_rate = float(np.mean(rates))
+    return {
+        "patches": int(sum(result.num_patches)),
+        "bare_patches_per_s": bare_rate,
+        "bare_runs": rates,
+        "whole_patches_per_s": whole,
+        "whole_over_bare": whole / bare_rate,
+        "stream": result.attrs.get("stream"),
+        **peak_rss_mb(),
+    }
+
+
+def child_predict(a: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+
+    from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+    from zoommil.wsi.patches import ReaderPool
+
+    torch.set_num_threads(a["threads"])
+    predictor = Predictor.from_checkpoint(a["checkpoint"])
+    encoder, _ = make_encoder(predictor, precision=a["precision"])
+    full: dict[str, int] = {}
+    if a.get("max_parents"):  # whole-slide tissue detection and tiling, then a subset read
+        from features import subset_parents
+
+        import zoommil.inference.predict as predict_module
+
+        real_tile = predict_module._tile
+
+        def subset_tile(*args: Any, **kwargs: Any) -> Any:
+            lattice = real_tile(*args, **kwargs)
+            full["patches"] = sum(len(xy) for xy in lattice.xy)
+            return subset_parents(lattice, a["max_parents"])
+
+        predict_module._tile = subset_tile
+    encoder.encode(np.full((4, 256, 256, 3), 255, np.uint8))  # one untimed batch
+    with ReaderPool(a["workers"]) as reader:
+        tic = time.perf_counter()
+        result = predict_slide(predictor, a["slide"], encoder, batch_size=a["batch"], reader=reader)
+        seconds = time.perf_counter() - tic
+    return {
+        "seconds": seconds,
+        "subset_of_patches": full.get("patches"),
+        "patches_encoded": result["patches_encoded"],
+        "patches_per_mag": result["patches_per_mag"],
+        "phases": result["seconds"],
+        **peak_rss_mb(),
+    }
+
+
+def child_throughput(a: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from zoommil.efficiency.throughput import measure_throughput
+    from zoommil.inference.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(a["checkpoint"])
+    slides = [(f"s{i}", p) for i, p in enumerate(a["slides"])]
+    result = measure_throughput(
+        predictor, slides, torch.device("cpu"), a["threads"], precision=a["precision"]
+    )
+    return {**result, **peak_rss_mb()}
+
+
+CHILDREN = {"features": child_features, "predict": child_predict, "throughput": child_throughput}
+
+
+def run_child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, __file__, "--child", kind, json.dumps(args)]
+    tic = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} child failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["child_wall_seconds"] = time.perf_counter() - tic
+    print(f"  {kind} {json.dumps({k: args[k] for k in args if k != 'out'})}", file=sys.stderr)
+    return out
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def ensure_slides(presets: list[str]) -> dict[str, Path]:
+    out = {}
+    for preset in presets:
+        path = SLIDES / f"large{preset}.tiff"
+        if not path.exists():
+            print(f"making {path} (minutes)", file=sys.stderr)
+            subprocess.run(
+                [sys.executable, str(REPO / "benchmarks" / "make_large_slide.py"),
+                 "--preset", preset, "--out", str(path)],
+                check=True,
+            )  # fmt: skip
+        out[preset] = path
+    return out
+
+
+def subset_coords(slide: Path, mags: list[float], n: int, name: str) -> tuple[Path, int]:
+    """A coords file of the first n tissue parents (whole lattice kept when n is None)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from features import subset_parents
+
+    from zoommil.wsi.lattice import tile_slide, write_coords
+
+    lattice = tile_slide(slide, mags)
+    total = len(lattice.xy[0])
+    path = WORK / f"{name}.h5"
+    write_coords(path, subset_parents(lattice, n))
+    return path, total
+
+
+def make_checkpoints() -> dict[str, Path]:
+    import torch
+
+    from zoommil.models import build_model
+    from zoommil.training.checkpoint import save_checkpoint
+
+    out = {}
+    pre = {"patch_size": 256, "weights": "random", "weights_seed": 0, "precision": "fp32"}
+    for arch, mags, kwargs in (
+        ("zoommil", BRIGHT["mags"], {"k": BRIGHT["k"]}),
+        ("abmil", [BRIGHT["mags"][-1]], {}),
+    ):
+        torch.manual_seed(0)
+        model = build_model(arch, in_dim=1024, n_classes=2, mags=mags, **kwargs)
+        config = {
+            "method": arch,
+            "arch": arch,
+            "kwargs": kwargs,
+            "classes": ["normal", "tumour"],
+            "mags": mags,
+            "config_mags": mags,
+            "in_dim": 1024,
+            "preprocessing": pre,
+        }
+        out[arch] = save_checkpoint(WORK / f"{arch}_bright.pt", model.state_dict(), config)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [
+        "# Scale benchmark (real-size slides)",
+        "",
+        f"Machine: {m['cpu_count']} cores ({m['processor']}), load average at start "
+        f"{m['loadavg_start']}; torch {m['torch']}. Shared machine: other processes were "
+        "running, so absolute speeds vary; ratios are measured in the same child process.",
+        "",
+        "Slides: "
+        + "; ".join(
+            f"{k}: {v['width']}x{v['height']} px at {v['mpp']} um/px, "
+            f"{v['bytes'] / 2**20:.0f} MiB JPEG, {v.get('seconds', float('nan')):.0f} s and "
+            f"{v.get('peak_rss_mb', float('nan')):.0f} MB peak RSS to generate"
+            for k, v in res["slides"].items()
+        ),
+        "",
+        "## Features (10x -> 20x lattice, 1 encoder thread, batch 4, 1 reader process)",
+        "",
+        "| slide | precision | parents (of) | patches | bare p/s | whole p/s | whole/bare | "
+        "reader wait s | encode s | peak RSS MB | readers' peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["features"]:
+        s = r.get("stream") or {}
+        lines.append(
+            f"| {r['slide']} | {r['precision']} | {r['parents']} ({r['parents_total']}) | "
+            f"{r['patches']} | {r['bare_patches_per_s']:.1f} | {r['whole_patches_per_s']:.1f} | "
+            f"{r['whole_over_bare']:.2f} | {s.get('reader_wait_seconds', 0):.1f} | "
+            f"{s.get('encode_seconds', 0):.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['readers_peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "## Predict, BRIGHT setting (1.25x -> 2.5x -> 10x, K = 12; ABMIL: all 10x patches)",
+        "",
+        "| slide | model | threads | reader procs | batch | s | patches | tiling s | read wait s "
+        "| encode s | peak RSS MB | slides/h |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["predict"]:
+        ph = r["phases"]
+        lines.append(
+            f"| {r['slide']} | {r['model']} | {r['threads']} | {r['workers']} | {r['batch']} | "
+            f"{r['seconds']:.1f} | {r['patches_encoded']} | {ph['tissue_and_tiling']:.1f} | "
+            f"{ph['read']:.1f} | {ph['encode']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{3600 / r['seconds']:.0f} |"
+        )
+    lines += ["", "## ZoomMIL vs ABMIL and the one-core BRIGHT number", ""]
+    for s in res["summary"]:
+        lines.append(f"- {s}")
+    if res.get("threads"):
+        lines += [
+            "",
+            "## All cores (ZoomMIL BRIGHT, copies of the 40x slide)",
+            "",
+            "| threads | processes | cores | s/slide | slides/h |",
+            "|---|---|---|---|---|",
+        ]
+        for r in res["threads"]:
+            lines.append(
+                f"| {r['threads']} | {r.get('processes', 1)} | {r['cpu_count']} | "
+                f"{r['seconds_per_slide']:.1f} | {r['slides_per_hour']:.0f} |"
+            )
+    lines += ["", f"Command: `{res['command']}`; total {res['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="few parents, one slide's predict")
+    parser.add_argument("--parents", type=int, default=40, help="parents per features run")
+    parser.add_argument(
+        "--bf16-parents",
+        type=int,
+        default=4,
+        help="parents per bf16 run (slow without native bf16)",
+    )
+    parser.add_argument(
+        "--abmil-parents",
+        type=int,
+        default=120,
+        help="ABMIL reads the first N tissue parents and is extrapolated to the whole slide "
+        "(0: whole slide)",
+    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=("features", "predict", "threads"))
+    args = parser.parse_args(argv)
+    if args.child:
+        kind, payload = args.child
+        global _READERS
+        _READERS = ChildrenPeak()
+        print(json.dumps(CHILDREN[kind](json.loads(payload))))
+        return 0
+
+    import torch
+
+    tic = time.perf_counter()
+    WORK.mkdir(parents=True, exist_ok=True)
+    slides = ensure_slides(["20x", "40x"])
+    n = 8 if args.quick else args.parents
+    res: dict[str, Any] = {
+        "command": "python benchmarks/scale.py " + " ".join(argv or sys.argv[1:]),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            "torch": torch.__version__,
+        },
+        "slides": {},
+        "features": [],
+        "predict": [],
+        "summary": [],
+        "threads": [],
+    }
+    for name, path in slides.items():
+        meta = Path(str(path) + ".json")
+        res["slides"][name] = json.loads(meta.read_text()) if meta.exists() else {}
+
+    if "features" not in args.skip:
+        for name, path in slides.items():
+            sizes = [n] + ([4 * n] if name == "40x" else [])
+            for parents in sizes:
+                coords, total = subset_coords(path, CAMELYON, parents, f"coords_{name}_{parents}")
+                for precision in ("fp32", "bf16") if parents == n else ("fp32",):
+                    if precision == "bf16" and args.bf16_parents < parents:
+                        coords, _ = subset_coords(
+                            path, CAMELYON, args.bf16_parents, f"coords_{name}_bf16"
+                        )
+                    r = run_child(
+                        "features",
+                        {
+                            "slide": str(path),
+                            "coords": str(coords),
+                            "out": str(WORK / f"feats_{name}_{parents}_{precision}.h5"),
+                            "precision": precision,
+                            "threads": 1,
+                            "workers": 1,
+                            "batch": 4,
+                            "bare_patches": 8 if args.quick or precision == "bf16" else 24,
+                        },
+                    )
+                    used = args.bf16_parents if precision == "bf16" else parents
+                    res["features"].append(
+                        {"slide": name, "precision": precision, "parents": min(used, parents),
+                         "parents_total": total, **r}
+                    )  # fmt: skip
+                    save(res, tic)
+
+    bare = {
+        r["precision"]: r["bare_patches_per_s"]
+        for r in res["features"]
+        if r["slide"] == "40x" and r["parents"] == n
+    }
+    if "predict" not in args.skip:
+        ckpts = make_checkpoints()
+        runs = [("40x", "zoommil", 1, 4), ("40x", "abmil", 1, 4), ("40x", "zoommil", 0, 4)]
+        if not args.quick:
+            runs += [("20x", "zoommil", 1, 4), ("20x", "abmil", 1, 4), ("40x", "zoommil", 1, 16)]
+        for name, model, workers, batch in runs:
+            r = run_child(
+                "predict",
+                {
+                    "slide": str(slides[name]),
+                    "checkpoint": str(ckpts[model]),
+                    "threads": 1,
+                    "workers": workers,
+                    "batch": batch,
+                    "precision": "fp32",
+                    "max_parents": args.abmil_parents if model == "abmil" else None,
+                },
+            )
+            res["predict"].append(
+                {"slide": name, "model": model, "threads": 1, "workers": workers,
+                 "batch": batch, **r}
+            )  # fmt: skip
+            save(res, tic)
+        for name in ["40x"] if args.quick else ["40x", "20x"]:
+            z = next(
+                r for r in res["predict"]
+                if r["slide"] == name and r["model"] == "zoommil" and r["workers"] == 1
+                and r["batch"] == 4
+            )  # fmt: skip
+            a = next(r for r in res["predict"] if r["slide"] == name and r["model"] == "abmil")
+            n_all = a["subset_of_patches"] or a["patches_encoded"]
+            ph = a["phases"]
+            streamed = a["seconds"] - ph["tissue_and_tiling"]
+            a_seconds = ph["tissue_and_tiling"] + streamed * n_all / a["patches_encoded"]
+            how = (
+                f"ABMIL measured on {a['patches_encoded']} of its {n_all} patches (whole-slide "
+                f"tissue + tiling {ph['tissue_and_tiling']:.1f} s, then {streamed:.1f} s), "
+                f"whole slide extrapolated to {a_seconds:.0f} s"
+                if a["subset_of_patches"]
+                else f"ABMIL {n_all} patches in {a_seconds:.1f} s"
+            )
+            speedup = a_seconds / z["seconds"]
+            ratio = n_all / z["patches_encoded"]
+            res["summary"].append(
+                f"{name}: ZoomMIL {z['patches_encoded']} patches in {z['seconds']:.1f} s; {how}: "
+                f"speed-up {speedup:.2f}x vs patch-count ratio {ratio:.2f}x "
+                f"({speedup / ratio:.2f} of it); ABMIL peak RSS {a['peak_rss_mb']:.0f} MB"
+            )
+        for r in res["predict"]:
+            if r["slide"] == "40x" and r["model"] == "zoommil" and "fp32" in bare:
+                ideal = r["patches_encoded"] / bare["fp32"]
+                res["summary"].append(
+                    f"40x BRIGHT ZoomMIL, 1 thread, {r['workers']} reader process(es), batch "
+                    f"{r['batch']}: {r['seconds']:.1f} s = {3600 / r['seconds']:.0f} slides/h "
+                    f"(paper: ~{PAPER_BRIGHT_SLIDES_PER_HOUR} on one CPU core); end-to-end / "
+                    f"(patches / bare fp32 {bare['fp32']:.1f} p/s = {ideal:.1f} s) = "
+                    f"{r['seconds'] / ideal:.2f}"
+                )
+
+    if "threads" not in args.skip:
+        ckpts = make_checkpoints()
+        copies = [str(slides["40x"])] * 2
+        for threads in (1, os.cpu_count() or 1):
+            r = run_child(
+                "throughput",
+                {"checkpoint": str(ckpts["zoommil"]), "slides": copies, "threads": threads,
+                 "precision": "fp32"},
+            )  # fmt: skip
+            r.pop("per_slide", None)
+            res["threads"].append(r)
+            save(res, tic)
+
+    save(res, tic)
+    print(markdown(res))
+    return 0
+
+
+def save(res: dict[str, Any], tic: float) -> None:
+    """Write what is measured so far (a long run stopped early keeps its numbers)."""
+    res["seconds"] = time.perf_counter() - tic
+    (OUT / "scale.json").write_text(json.dumps(res, indent=2) + "\n")
+    (OUT / "scale.md").write_text(markdown(res))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

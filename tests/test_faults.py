@@ -1,0 +1,495 @@
+"""Faults a cohort run must survive: bad slides, bad sheets, bad disks (issue 13).
+
+One section per category; every slide is made in the test (tests/slide_factory.py). The
+whole-workflow check (a corrupt slide excluded at `features` while every other slide is
+trained and evaluated) is in tests/test_workflow_run.py, on the shared tiny run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+import yaml
+from slide_factory import (
+    corrupt_level_tiles,
+    dark_field_rgb,
+    tiles_touched_by_test_read,
+    write_pyramid_tiff,
+)
+
+from zoommil import cli
+from zoommil.errors import ZoomMILError
+from zoommil.io import sheet as zsheet
+from zoommil.io.atomic import atomic_path, remove_stale_temps
+from zoommil.workflow import qc
+from zoommil.workflow.failure import read_marker
+from zoommil.wsi import slide as zslide
+from zoommil.wsi.mpp import MPP_MAX, MPP_MIN
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER = "slide_id\tpath\tlabel\tsplit\tmpp\n"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    """`zoommil ARGV` in-process: (exit code, stderr)."""
+    code = cli.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory) -> dict[str, Path]:
+    """Small slides: good (two), a copy under another name, corrupt, dark-field, low-mag."""
+    folder = tmp_path_factory.mktemp("fault_slides")
+    out = {
+        "good": write_pyramid_tiff(folder / "good.tiff", width=1024, height=768, mpp=1.0),
+        "other": write_pyramid_tiff(folder / "other.tiff", width=1024, height=768, mpp=1.0, seed=3),
+        "dark": write_pyramid_tiff(
+            folder / "dark.tiff", rgb=dark_field_rgb(1024, 768), mpp=1.0, levels=3
+        ),
+        "low": write_pyramid_tiff(folder / "low.tiff", width=1024, height=768, mpp=2.004),
+    }
+    out["copy"] = folder / "copy_of_good.tiff"
+    shutil.copyfile(out["good"], out["copy"])
+    corrupt = write_pyramid_tiff(folder / "corrupt.tiff", width=1024, height=768, mpp=1.0)
+    assert corrupt_level_tiles(corrupt, 0, spare=tiles_touched_by_test_read(1024, 768)) > 0
+    out["corrupt"] = corrupt
+    return out
+
+
+# --- 1. per-slide isolation -----------------------------------------------------------------
+
+
+def test_failed_slide_leaves_a_marker_and_the_next_stages_pass_it_on(
+    slides, tmp_path, capsys, monkeypatch
+):
+    # the read fails before any patch is encoded: a stand-in encoder saves building ResNet-50
+    import zoommil.features.extraction as extraction
+
+    monkeypatch.setattr(
+        extraction, "build_encoder", lambda *a, **k: (torch.nn.Identity(), {"weights": "stub"})
+    )
+    # corrupt level-0 tiles: inspection and tissue detection (coarse levels) pass ...
+    assert zslide.inspect_slide(slides["corrupt"])["status"] == "ok"
+    mask, coords, feats = tmp_path / "m.png", tmp_path / "c.h5", tmp_path / "f.h5"
+    assert run_cli(capsys, "tissue", slides["corrupt"], "--out", mask, "--no-fail")[0] == 0
+    code, _ = run_cli(
+        capsys, "tile", slides["corrupt"], "--mags", 2.5, 5, 10, "--out", coords,
+        "--tissue-mask", mask, "--no-fail",
+    )  # fmt: skip
+    assert code == 0 and read_marker(coords) is None
+    # ... features meets the corrupt tiles: without --no-fail one line and exit 2,
+    line = one_line_error(
+        *run_cli(capsys, "features", slides["corrupt"], "--coords", coords, "--out", feats,
+                 "--weights", "random", "--no-progress", "--workers", "0")
+    )  # fmt: skip
+    assert "corrupt.tiff" in line and "cannot read" in line and not feats.exists()
+    # with --no-fail a valid marker (status, stage, reason) and exit 0
+    code, err = run_cli(
+        capsys, "features", slides["corrupt"], "--coords", coords, "--out", feats,
+        "--weights", "random", "--no-progress", "--workers", "0", "--no-fail",
+    )  # fmt: skip
+    assert code == 0 and "slide excluded" in err
+    failure = read_marker(feats)
+    assert failure.status == "failed" and failure.stage == "features"
+    # the QC table lists it with stage and reason; the summary counts it
+    inspection = pd.DataFrame(
+        [{"slide_id": "corrupt", "label": "x", "split": "train", "status": "ok", "stage": "",
+          "reason": "", "mpp": 1.0, "mpp_source": "m", "quickhash": ""}]
+    )  # fmt: skip
+    table = qc.slides_table(inspection, {"corrupt": feats})
+    row = table.iloc[0]
+    assert (row["status"], row["stage"]) == ("failed", "features") and "cannot read" in row[
+        "reason"
+    ]
+    assert qc.exclusion_summary(table) == "1 of 1 slides excluded (1 failed at features)"
+
+
+def test_an_upstream_marker_is_passed_on_with_its_stage(slides, tmp_path, capsys):
+    mask, coords = tmp_path / "dark.png", tmp_path / "dark.h5"
+    assert run_cli(capsys, "tissue", slides["dark"], "--out", mask, "--no-fail")[0] == 0
+    assert read_marker(mask).stage == "tissue"
+    code, _ = run_cli(
+        capsys, "tile", slides["dark"], "--mags", 2.5, 5, "--out", coords, "--tissue-mask", mask,
+        "--no-fail",
+    )  # fmt: skip
+    failure = read_marker(coords)
+    assert code == 0 and (failure.status, failure.stage) == ("not_brightfield", "tissue")
+
+
+def test_no_fail_does_not_hide_errors_that_are_not_the_slides(slides, tmp_path, capsys):
+    # a missing coords file is the workflow's fault, not the slide's: still exit 2, no output
+    out = tmp_path / "f.h5"
+    line = one_line_error(
+        *run_cli(capsys, "features", slides["good"], "--coords", tmp_path / "none.h5",
+                 "--out", out, "--weights", "random", "--no-fail")
+    )  # fmt: skip
+    assert "none.h5" in line and not out.exists()
+
+
+def test_a_read_error_is_retried_once_with_a_fresh_handle(slides, monkeypatch):
+    import openslide
+
+    calls = []
+    real = zslide._test_read
+
+    def flaky(handle):
+        calls.append(handle)
+        if len(calls) == 1:
+            raise openslide.OpenSlideError("transient read error")
+        return real(handle)
+
+    monkeypatch.setattr(zslide, "_test_read", flaky)
+    zslide.open_slide(slides["good"]).close()
+    assert len(calls) == 2 and calls[0] is not calls[1]
+
+
+# --- 2. leakage -----------------------------------------------------------------------------
+
+
+def test_same_file_in_two_rows_is_an_error_naming_both(slides, tmp_path):
+    link = tmp_path / "alias.tiff"
+    link.symlink_to(slides["good"])
+    path = tmp_path / "s.tsv"
+    path.write_text(
+        HEADER + f"a\t{slides['good']}\tx\ttrain\t\nb\t{slides['other']}\tx\tval\t\n"
+        f"c\t{link}\ty\ttest\t\n"
+    )
+    with pytest.raises(ZoomMILError, match=r"row 3 \(slide_id 'c'\) and row 1 \(slide_id 'a'\)"):
+        zsheet.load_sheet(path)
+
+
+def test_copies_under_two_names_are_caught_at_qc(slides, tmp_path):
+    status = []
+    for name in ("good", "copy", "other"):
+        report = zslide.inspect_slide(slides[name])
+        assert report["quickhash"]
+        status.append(tmp_path / f"{name}.json")
+        status[-1].write_text(json.dumps(report))
+    path = tmp_path / "s.tsv"
+    path.write_text(
+        HEADER + f"good\t{slides['good']}\tx\ttrain\t\ncopy\t{slides['copy']}\tx\ttest\t\n"
+        f"other\t{slides['other']}\ty\tval\t\n"
+    )
+    frame = zsheet.load_sheet(path)
+    with pytest.raises(ZoomMILError, match="'good' \\(train\\) and 'copy' \\(test\\) are the same"):
+        qc.inspection_table(frame, status)
+
+
+def test_a_patient_stays_in_one_split(tmp_path):
+    path = tmp_path / "s.tsv"
+    path.write_text(
+        "slide_id\tpath\tlabel\tsplit\tpatient\n"
+        "a\ta.svs\tx\ttrain\tP1\nb\tb.svs\tx\ttrain\tP1\nc\tc.svs\ty\ttest\tP2\n"
+    )
+    assert len(zsheet.load_sheet(path)) == 3
+    path.write_text(path.read_text() + "d\td.svs\ty\ttest\tP1\n")
+    with pytest.raises(ZoomMILError, match="patient 'P1' has slides in 2 splits"):
+        zsheet.load_sheet(path)
+
+
+# --- 3. coords know their slide -------------------------------------------------------------
+
+
+def test_features_refuses_the_coords_file_of_another_slide(slides, tmp_path, capsys):
+    coords = tmp_path / "good.h5"
+    assert run_cli(capsys, "tile", slides["good"], "--mags", 2.5, 5, "--out", coords)[0] == 0
+    with h5py.File(coords) as h5:
+        assert h5.attrs["slide_path"] == str(slides["good"].resolve())
+        assert h5.attrs["slide_quickhash"] == zslide.inspect_slide(slides["good"])["quickhash"]
+    # same dimensions and mpp, different slide
+    line = one_line_error(
+        *run_cli(capsys, "features", slides["other"], "--coords", coords, "--out",
+                 tmp_path / "f.h5", "--weights", "random")
+    )  # fmt: skip
+    assert "other.tiff" in line and "made for another slide" in line and "good.tiff" in line
+
+
+# --- 4. no silent upsampling ----------------------------------------------------------------
+
+
+def test_magnification_finer_than_the_scan_is_refused(slides, tmp_path, capsys):
+    out = tmp_path / "low.h5"
+    line = one_line_error(*run_cli(capsys, "tile", slides["low"], "--mags", 5, 10, "--out", out))
+    assert "low.tiff" in line and "10x" in line and "native magnification 4.99x" in line
+    assert not out.exists()
+    code, _ = run_cli(
+        capsys, "tile", slides["low"], "--mags", 5, 10, "--out", out, "--allow-upsampling"
+    )
+    with h5py.File(out) as h5:
+        assert code == 0 and bool(h5.attrs["upsampling"])
+    from zoommil.features.extraction import _COPIED_COORDS_ATTRS
+
+    assert "upsampling" in _COPIED_COORDS_ATTRS  # carried into the feature file
+
+
+# --- 5. not H&E -----------------------------------------------------------------------------
+
+
+def test_dark_background_slides_are_not_tissue(slides, tmp_path, capsys):
+    report = zslide.inspect_slide(slides["dark"])
+    assert report["status"] == "not_brightfield" and "fluorescence" in report["reason"]
+    assert zslide.inspect_slide(slides["good"])["status"] == "ok"
+    line = one_line_error(*run_cli(capsys, "tissue", slides["dark"], "--out", tmp_path / "m.png"))
+    assert "dark.tiff" in line and "dark background" in line
+    line = one_line_error(
+        *run_cli(capsys, "tile", slides["dark"], "--mags", 2.5, 5, "--out", tmp_path / "c.h5")
+    )
+    assert "dark background" in line
+
+
+# --- 6. plausible mpp, once -----------------------------------------------------------------
+
+
+def test_one_mpp_range_accepts_low_magnification_scans(slides, tmp_path, capsys):
+    report = zslide.inspect_slide(slides["low"])
+    assert report["status"] == "ok" and report["mpp"] == pytest.approx(2.004, rel=1e-6)
+    assert zslide.inspect_slide(slides["good"], mpp=2.004)["status"] == "ok"
+    placeholder = zslide.inspect_slide(slides["good"], mpp=896.0)
+    assert (
+        placeholder["status"] == "implausible_mpp"
+        and f"{MPP_MIN}-{MPP_MAX}" in (placeholder["reason"])
+    )
+    schema = yaml.safe_load((REPO / "workflow/schemas/slides.schema.yaml").read_text())
+    assert (schema["properties"]["mpp"]["minimum"], schema["properties"]["mpp"]["maximum"]) == (
+        MPP_MIN,
+        MPP_MAX,
+    )
+    path = tmp_path / "s.tsv"
+    path.write_text(HEADER + "a\ta.svs\tx\ttrain\t2.004\n")
+    assert zsheet.load_sheet(path, None, schema).loc["a", "mpp"] == 2.004
+    path.write_text(HEADER + "a\ta.svs\tx\ttrain\t896\n")
+    with pytest.raises(ZoomMILError, match="outside 0.05-5.0"):
+        zsheet.load_sheet(path, None, schema)
+
+
+# --- 7. output faults -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, *options: str):
+    """A small tmpfs at ``path`` (root only); skips the test where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options or ("size=1m",)), "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_read_only_folder_is_one_line_before_any_work(slides, tmp_path, capsys):
+    with tmpfs(tmp_path / "ro", "size=1m", "ro") as folder:
+        for argv in (
+            ("inspect", slides["good"], "--out", folder / "q.json"),
+            ("tile", slides["good"], "--mags", 2.5, 5, "--out", folder / "c.h5"),
+            ("tissue", slides["good"], "--out", folder / "sub" / "m.png"),
+        ):
+            line = one_line_error(*run_cli(capsys, *argv))
+            assert str(folder) in line and ("read-only" in line or "cannot write" in line), line
+
+
+def test_full_disk_is_one_line_and_leaves_no_temporary_file(slides, tmp_path, capsys):
+    with tmpfs(tmp_path / "full", "size=64k") as folder:
+        (folder / "filler").write_bytes(b"\0" * 60 * 1024)
+        out = folder / "c.h5"
+        line = one_line_error(
+            *run_cli(capsys, "tile", slides["good"], "--mags", 2.5, 5, "--out", out)
+        )
+        assert str(out) in line and "no space left" in line
+        assert sorted(p.name for p in folder.iterdir()) == ["filler"]
+
+
+def test_disk_filling_during_an_hdf5_write_is_one_error(tmp_path):
+    """HDF5 reports ENOSPC only inside its message; it becomes the same one-line error."""
+    from zoommil.io.featurefile import FeatureFileWriter
+
+    with tmpfs(tmp_path / "small", "size=1m") as folder:
+        out, n = folder / "f.h5", 2000  # 8 MB of features
+        with pytest.raises(ZoomMILError, match=f"cannot write {out}: no space left"):
+            with atomic_path(out) as tmp, FeatureFileWriter(tmp, [5.0], [n], 1024) as writer:
+                for start in range(0, n, 250):
+                    writer.write(0, start, np.ones((250, 1024), np.float32))
+                rc = np.zeros((n, 2), np.int64)
+                writer.finish([rc], [rc], {})
+        assert list(folder.iterdir()) == []
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+
+
+def test_write_failing_midway_is_one_line_and_leaves_no_temporary_file(slides, tmp_path):
+    """The probe fits under an 8 KiB file-size limit, the coords file does not (EFBIG)."""
+    out = tmp_path / "out" / "c.h5"
+    result = subprocess.run(
+        [sys.executable, "-m", "zoommil", "tile", str(slides["good"]), "--mags", "5", "10",
+         "--out", str(out)],
+        capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=300,
+    )  # fmt: skip
+    line = one_line_error(result.returncode, result.stderr)
+    assert str(out) in line and "file too large" in line
+    assert list(out.parent.iterdir()) == []
+
+
+def test_unwritable_path_is_one_line(slides, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = one_line_error(*run_cli(capsys, "inspect", slides["good"], "--out", blocker / "q.json"))
+    assert "cannot write" in line and "file" in line
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    out = tmp_path / "x.json"
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that is no longer alive
+    stale = tmp_path / f".x.json.tmp-{child.pid}"
+    stale.write_text("partial")
+    alive = tmp_path / f".x.json.tmp-{os.getppid()}"  # another live writer: kept
+    alive.write_text("partial")
+    with atomic_path(out) as tmp:
+        tmp.write_text("{}")
+    assert out.read_text() == "{}" and not stale.exists() and alive.exists()
+    assert remove_stale_temps(out) == []
+
+
+# --- 8. one-line errors ---------------------------------------------------------------------
+
+
+def _features(path: Path, dim: int, n: int = 4) -> Path:
+    from zoommil.io.featurefile import write_feature_file
+
+    rc = np.zeros((n, 2), np.int64)
+    return write_feature_file(path, [5.0], [np.ones((n, dim), np.float32)], [rc], [rc])
+
+
+def test_flops_on_features_of_another_dimension(tmp_path, capsys):
+    from zoommil.training.checkpoint import save_checkpoint
+    from zoommil.training.modeling import make_model
+
+    model = make_model("meanmil", 2, 8, [5.0], {})
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("slide_id\tlabel\tsplit\na\tx\ttest\n")
+    config = {"arch": "meanmil", "classes": ["x", "y"], "mags": [5.0], "in_dim": 8,
+              "sheet": str(sheet), "kwargs": {}}  # fmt: skip
+    save_checkpoint(tmp_path / "ckpt.pt", model.state_dict(), config)
+    _features(tmp_path / "feats" / "a.h5", dim=16)
+    line = one_line_error(
+        *run_cli(capsys, "flops", "--checkpoint", tmp_path / "ckpt.pt", "--features-dir",
+                 tmp_path / "feats", "--out", tmp_path / "f.json")
+    )  # fmt: skip
+    assert "a.h5" in line and "dimension 16" in line and "expects 8" in line
+
+
+def test_feature_dimension_error_names_the_file(tmp_path):
+    from zoommil.training.data import SlideRecord, drop_empty
+
+    records = [
+        SlideRecord("a", 0, _features(tmp_path / "a.h5", 8)),
+        SlideRecord("b", 1, _features(tmp_path / "b.h5", 16)),
+    ]
+    with pytest.raises(ZoomMILError, match=r"b\.h5: features of dimension 16, but .*a\.h5"):
+        drop_empty(records, [5.0])
+
+
+def test_train_with_a_binary_config(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(bytes(range(256)) * 4)
+    line = one_line_error(
+        *run_cli(capsys, "train", "--config", config, "--model", "meanmil", "--out", tmp_path / "r")
+    )
+    assert "config.yaml" in line and "not a text file" in line
+
+
+def test_zero_or_negative_patch_size(slides, tmp_path, capsys):
+    for size in (0, -256):
+        line = one_line_error(
+            *run_cli(capsys, "tile", slides["good"], "--mags", 5, "--patch-size", size,
+                     "--out", tmp_path / "c.h5")
+        )  # fmt: skip
+        assert "patch size must be a positive" in line and "finer" not in line
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this would run code",))
+
+
+def test_checkpoint_refusal_gives_no_unsafe_advice(tmp_path):
+    from zoommil.training.checkpoint import load_checkpoint
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "config": _Evil()}, path, pickle_module=pickle)
+    with pytest.raises(ZoomMILError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "evil.pt" in message and "refused" in message and "weights_only" not in message
+    assert "\n" not in message
+
+
+def test_comma_separated_tsv(tmp_path):
+    path = tmp_path / "slides.tsv"
+    path.write_text("slide_id,path,label,split\na,a.svs,x,train\n")
+    with pytest.raises(ZoomMILError, match="looks comma-separated"):
+        zsheet.load_sheet(path)
+    from zoommil.training.data import read_sheet
+
+    with pytest.raises(ZoomMILError, match="looks comma-separated"):
+        read_sheet(path)
+
+
+def test_unreadable_ome_tiff_gets_a_specific_reason(tmp_path):
+    path = tmp_path / "multichannel.ome.tif"
+    data = np.zeros((3, 256, 256), np.uint16)
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "CYX"})
+    report = zslide.inspect_slide(path)
+    assert report["status"] == "not_a_slide"
+    assert report["reason"].startswith("OME-TIFF that OpenSlide cannot read: uint16 pixels")
+    assert "channel" in report["reason"]
+
+
+def test_empty_split_is_caught_with_the_sheet(tmp_path):
+    path = tmp_path / "s.tsv"
+    path.write_text(HEADER + "a\ta.svs\tx\ttrain\t\nb\tb.svs\ty\ttest\t\n")
+    frame = zsheet.load_sheet(path)
+    with pytest.raises(ZoomMILError, match="no val slides"):
+        zsheet.check_splits(frame, path)
+
+
+# --- 9. README ------------------------------------------------------------------------------
+
+
+def test_readme_says_what_to_do_after_a_killed_run():
+    text = (REPO / "README.md").read_text()
+    quick_start = text[: text.index("## What the demo shows")]
+    assert "snakemake --unlock" in quick_start and "same command" in quick_start
+    for needle in ("patient", "quickhash", "results/qc/slides.tsv", "--allow-upsampling"):
+        assert needle in text, needle

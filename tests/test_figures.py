@@ -1,0 +1,146 @@
+"""Figure 3 (throughput vs weighted F1) and Figure 4 (attention) content that could break."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from zoommil.reporting import figures
+
+CLASSES = ["a", "b", "c"]
+
+
+def test_frontier_keeps_only_undominated_points() -> None:
+    part = pd.DataFrame(
+        {
+            "method": ["fast_bad", "slow_good", "dominated", "fastest_worst", "tie"],
+            "slides_per_hour": [100.0, 10.0, 50.0, 1000.0, 10.0],
+            "f1": [0.5, 0.9, 0.4, 0.1, 0.8],
+        }
+    )
+    # fastest first; "dominated" is slower and worse than fast_bad; "tie" is as fast as
+    # slow_good and worse
+    assert list(figures.frontier(part)["method"]) == ["fastest_worst", "fast_bad", "slow_good"]
+
+
+def test_method_styles_are_distinct_and_zoommil_stands_out() -> None:
+    methods = ["zoommil", "maxmil", "meanmil", "abmil", "clam_sb", "transmil", "dsmil"]
+    styles = figures.method_styles(methods)
+    assert styles["zoommil"]["marker"] == "*" and styles["zoommil"]["color"] == "tab:red"
+    others = [(tuple(styles[m]["color"]), styles[m]["marker"]) for m in methods[1:]]
+    assert len(set(others)) == len(others)
+    assert all(c[:3] != styles["zoommil"]["color"] for c, _ in others)
+
+
+def write_run(root: Path, method: str, seconds: float, correct: list[bool]) -> tuple[Path, Path]:
+    labels = [CLASSES[i % 3] for i in range(len(correct))]
+    preds = [
+        y if ok else CLASSES[(CLASSES.index(y) + 1) % 3]
+        for y, ok in zip(labels, correct, strict=True)
+    ]
+    evaluation = root / "eval" / method / "seed~0.json"
+    evaluation.parent.mkdir(parents=True, exist_ok=True)
+    evaluation.write_text(
+        json.dumps(
+            {
+                "seed": 0,
+                "classes": CLASSES,
+                "accuracy": float(np.mean(correct)),
+                "weighted_f1": float(np.mean(correct)),
+                "predictions": [
+                    {"slide_id": f"t{i}", "label": y, "pred": p}
+                    for i, (y, p) in enumerate(zip(labels, preds, strict=True))
+                ],
+            }
+        )
+    )
+    timing = root / "efficiency" / method / "throughput_cpu1.json"
+    timing.parent.mkdir(parents=True, exist_ok=True)
+    timing.write_text(
+        json.dumps(
+            {
+                "seconds_per_slide": seconds,
+                "slides_per_hour": 3600 / seconds,
+                "threads": 1,
+                "cpu_count": 2,
+                "device_name": "Test CPU 9000",
+                "precision": "fp32",
+                "skipped": None,
+            }
+        )
+    )
+    return evaluation, timing
+
+
+def test_throughput_figure_data_states_the_setting_and_ci(tmp_path: Path) -> None:
+    zoom = write_run(tmp_path, "zoommil", 2.0, [True] * 6)
+    abmil = write_run(tmp_path, "abmil", 4.0, [True, True, True, False, False, False])
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps({"skipped": "no CUDA device"}))
+    data = figures.throughput_figure(
+        [zoom[0], abmil[0]],
+        {"cpu1": [zoom[1], abmil[1]], "gpu": []},
+        ["zoommil", "abmil"],
+        [tmp_path / "fig.png"],
+        "demo",
+        "random",
+    )
+    assert (tmp_path / "fig.png").stat().st_size > 1000
+    cpu = data[data["device"] == "cpu1"].set_index("method")
+    assert cpu.loc["zoommil", ["f1_low", "f1_high"]].tolist() == [1.0, 1.0]
+    assert cpu.loc["abmil", "f1_low"] < 0.5 < cpu.loc["abmil", "f1_high"]
+    setting = figures.panel_setting(data[data["device"] == "cpu1"])
+    assert setting == figures.Setting("Test CPU 9000", 1, 2, "fp32")
+    title = figures.panel_title("cpu1", setting)
+    assert title == "CPU, 1 thread\nTest CPU 9000 (2 cores), encoder fp32"
+    # ZoomMIL is both faster and better: the frontier is ZoomMIL alone
+    assert list(figures.frontier(data[data["device"] == "cpu1"])["method"]) == ["zoommil"]
+
+
+def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: Path) -> None:
+    slide = make_slide("t0.tiff", width=1024, height=768, mpp=1.0, levels=2)
+    sheet = tmp_path / "usable.tsv"
+    sheet.write_text(f"slide_id\tpath\tlabel\tsplit\nt0\t{slide}\tb\ttest\n")
+    prediction = {
+        "slide_id": "t0",
+        "predicted": "b",
+        "attention": [
+            {"mag": 10.0, "side0": 256, "xy": [[0, 0], [256, 0]], "weights": [0.3, 0.7]},
+            {"mag": 5.0, "side0": 512, "xy": [[0, 0], [512, 0]], "weights": [0.9, 0.1]},
+        ],
+        "selected": [{"mag": 5.0, "side0": 512, "xy": [[0, 0]]}],
+    }
+    path = tmp_path / "t0.json"
+    path.write_text(json.dumps(prediction))
+    layout = figures.attention_figure(
+        [path], sheet, [tmp_path / "att.png"], "zoommil", "demo", "random"
+    )
+    assert layout["rows"] == 1 and layout["colorbar"]
+    assert layout["titles"][1:] == ["attention at 5x", "attention at 10x"]
+    assert (tmp_path / "att.png").stat().st_size > 1000
+    # the 10x map covers only the zoomed region, normalised within that magnification
+    heat = figures.attention_map(prediction, (1024, 768), (128, 96), prediction["attention"][0])
+    assert np.all(heat[:32, :32] == 0.0) and np.all(heat[:32, 32:64] == 1.0)
+    assert np.isnan(heat[:, 64:]).all() and np.isnan(heat[32:, :]).all()
+
+
+def test_attention_layout_is_the_union_of_magnifications() -> None:
+    predictions = [
+        {"attention": [{"mag": 5.0}, {"mag": 10.0}]},
+        {"attention": [{"mag": 2.5}, {"mag": 5.0}]},
+    ]
+    assert figures.attention_layout(predictions) == [2.5, 5.0, 10.0]
+    assert figures.attention_layout([{}]) == []
+
+
+@pytest.mark.parametrize("weights", ["random", "imagenet"])
+def test_throughput_figure_without_any_timing(tmp_path: Path, weights: str) -> None:
+    zoom = write_run(tmp_path, "zoommil", 2.0, [True, False, True])
+    data = figures.throughput_figure(
+        [zoom[0]], {"cpu1": []}, ["zoommil"], [tmp_path / "f.png"], "demo", weights
+    )
+    assert data["slides_per_hour"].isna().all() and (tmp_path / "f.png").exists()
