@@ -44,7 +44,8 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from zoommil.features.encoder import build_encoder, encode_patches
-from zoommil.synth import load_slide_sheet, make_demo_dataset
+from zoommil.io.sheet import read_sheet
+from zoommil.synth import make_demo_dataset
 from zoommil.wsi.slide import open_slide, read_region_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def main() -> None:
         if not sheet.exists():
             make_demo_dataset(slides_dir, args.n_slides, args.seed, args.scale)
         t_synth = time.perf_counter() - t0
-        rows = load_slide_sheet(sheet)
+        rows = read_sheet(sheet).to_dict("records")
         regions = read_regions(slides_dir / "regions.tsv")
         sizes = [Path(r["path"]).stat().st_size for r in rows]
 

@@ -39,6 +39,7 @@ from zoommil.features.encoder import PatchEncoder
 from zoommil.features.encoders.registry import build_encoder, get_spec
 from zoommil.inference.predict import Predictor, predict_slide
 from zoommil.models import build_model
+from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.patches import ReaderPool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,8 +83,9 @@ def predict_case(
     zoom = build_model("zoommil", in_dim=dim, n_classes=2, mags=mags, k=k).eval()
     abmil = build_model("abmil", in_dim=dim, n_classes=2).eval()
     name = encoder.spec.name
-    zoom_p = Predictor(zoom, "zoommil", ["a", "b"], mags, encoder=name, method="zoommil")
-    abmil_p = Predictor(abmil, "abmil", ["a", "b"], [mags[-1]], encoder=name, method="abmil")
+    recipe = PreprocessingRecipe(mags=mags, encoder=name, weights="random", no_tissue="all")
+    zoom_p = Predictor(zoom, "zoommil", ["a", "b"], recipe, method="zoommil")
+    abmil_p = Predictor(abmil, "abmil", ["a", "b"], recipe.replace(mags=mags[-1:]), method="abmil")
     out: dict[str, object] = {"mags": mags, "k": k}
     with ReaderPool(0) as reader:  # read in this process: CPU-seconds stay on one core
         if warmup:

@@ -34,7 +34,9 @@ import torch
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.extraction import encode_plan
 from zoommil.io.featurefile import mag_key
-from zoommil.wsi.lattice import Lattice, tile_slide
+from zoommil.recipe import PreprocessingRecipe
+from zoommil.wsi.lattice import Lattice
+from zoommil.wsi.tiling import tile_slide
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SLIDE = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -107,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
 
     t0 = time.perf_counter()
-    lattice = subset_parents(tile_slide(args.slide, args.mags), max_parents)
+    lattice = subset_parents(
+        tile_slide(args.slide, PreprocessingRecipe(mags=args.mags, no_tissue="all")), max_parents
+    )
     tile_seconds = time.perf_counter() - t0
     n_patches = sum(len(x) for x in lattice.xy)
     counts = ", ".join(

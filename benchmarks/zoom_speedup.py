@@ -25,10 +25,16 @@ import torch
 
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.models import build_model
+from zoommil.recipe import PreprocessingRecipe
 
 REPO = Path(__file__).resolve().parents[1]
 CMU = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 OUT = REPO / "results" / "benchmarks"
+
+
+def recipe(mags: list[float]) -> PreprocessingRecipe:
+    """The demo's preprocessing (random encoder weights: no download)."""
+    return PreprocessingRecipe(mags=mags, weights="random", no_tissue="all")
 
 
 def predictors(mags: list[float], k: int, n_classes: int = 3) -> tuple[Predictor, Predictor]:
@@ -37,8 +43,8 @@ def predictors(mags: list[float], k: int, n_classes: int = 3) -> tuple[Predictor
     abmil = build_model("abmil", in_dim=1024, n_classes=n_classes).eval()
     classes = [f"c{i}" for i in range(n_classes)]
     return (
-        Predictor(zoom, "zoommil", classes, mags, method="zoommil"),
-        Predictor(abmil, "abmil", classes, [mags[-1]], method="abmil"),
+        Predictor(zoom, "zoommil", classes, recipe(mags), method="zoommil"),
+        Predictor(abmil, "abmil", classes, recipe(mags[-1:]), method="abmil"),
     )
 
 
@@ -92,9 +98,9 @@ def demo_slides(n: int) -> list[Path]:
 
     folder = Path(tempfile.mkdtemp(prefix="zoommil-demo-"))
     sheet = make_demo_dataset(folder, n_slides=n, seed=0)
-    from zoommil.synth.dataset import load_slide_sheet
+    from zoommil.io.sheet import read_sheet
 
-    return [Path(row["path"]) for row in load_slide_sheet(sheet)][:n]
+    return [Path(row["path"]) for row in read_sheet(sheet)["path"]][:n]
 
 
 def main() -> None:

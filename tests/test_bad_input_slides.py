@@ -16,7 +16,7 @@ import pytest
 import tifffile
 
 from zoommil.cli import main
-from zoommil.wsi.lattice import load_coords
+from zoommil.io.coords import load_coords
 
 COMMANDS = ("tile", "tissue", "inspect")
 

@@ -74,15 +74,16 @@ def test_all_cores_profile_spreads_slides_over_single_threaded_processes(tmp_pat
 
     from zoommil.efficiency.throughput import measure_throughput
     from zoommil.inference.predict import Predictor
+    from zoommil.recipe import PreprocessingRecipe
 
     mags = [5.0, 10.0]
     slide = write_pyramid_tiff(tmp_path / "s.tiff", width=512, height=512)
     torch.manual_seed(0)
     model = build_model("zoommil", in_dim=1024, n_classes=2, mags=mags, k=2).eval()
+    recipe = PreprocessingRecipe(mags=mags, patch_size=64, weights="random", no_tissue="all")
     predictor = Predictor(
-        model=model, arch="zoommil", classes=["a", "b"], mags=mags, patch_size=64,
-        weights="random", method="zoommil",
-    )  # fmt: skip
+        model=model, arch="zoommil", classes=["a", "b"], recipe=recipe, method="zoommil"
+    )
     slides = [("a", slide), ("b", slide)]
     one = measure_throughput(predictor, slides, torch.device("cpu"), threads=1)
     two = measure_throughput(predictor, slides, torch.device("cpu"), threads=2)

@@ -477,3 +477,14 @@ def test_flops_command_counts_the_checkpoints_encoder(tmp_path):
     row = result["per_slide"][0]
     assert row["patches_encoded"] == 7
     assert row["encoder_flops"] == pytest.approx(7 * result["encoder_flops_per_patch"])
+
+
+def test_tables_name_the_encoder():
+    import pandas as pd
+
+    from zoommil.reporting.tables import table_notes
+
+    qc = pd.DataFrame({"slide_id": ["s1"], "status": ["ok"], "reason": [""]})
+    notes = table_notes("camelyon16", "hf", qc, {}, encoder="uni")
+    assert notes[0] == "patch encoder: uni (ViT-L/16, 224 px, 1024-d)"
+    assert table_notes("demo", "random", qc, {})[0].startswith("patch encoder: resnet50_layer3")

@@ -24,12 +24,13 @@ from zoommil.features.extraction import (
     derive_patches,
     encode_plan,
     extract_features,
-    quadtree_offsets,
-    validate_plan,
 )
+from zoommil.io.coords import load_coords, write_coords
 from zoommil.io.featurefile import mag_key, read_feature_file
+from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi import slide as slide_module
-from zoommil.wsi.lattice import Lattice, build_lattice, descendants, load_coords, write_coords
+from zoommil.wsi.lattice import Lattice, build_lattice, check_lattice
+from zoommil.wsi.lattice import descendant_offsets as quadtree_offsets
 from zoommil.wsi.slide import open_slide, read_region_at, resolve_mpp
 
 MAGS = [5.0, 10.0, 20.0]
@@ -47,7 +48,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     mask = np.zeros((80, 112), bool)  # 2 um/px; tissue in the upper left
     mask[:50, :70] = True
     tissue = {"tissue_method": "gaussian", "tissue_params": {"sigma": 2.0}, "mpp_source": source}
-    lattice = build_lattice(slide, dims, mpp, MAGS, patch_size=P, mask=mask, attrs=tissue)
+    recipe = PreprocessingRecipe(mags=MAGS, patch_size=P, tissue_params={"sigma": 2.0})
+    lattice = build_lattice(slide, dims, mpp, recipe, mask=mask, attrs=tissue)
     assert 0 < len(lattice.xy[0]) < lattice.attrs["n_parents_total"]  # tissue filter at work
     coords = write_coords(root / "tiny.coords.h5", lattice)
     other = write_pyramid_tiff(root / "other.tiff", width=256, height=256, levels=1, tile=64)
@@ -67,12 +69,6 @@ def extracted(tiny) -> Path:
 
 
 # --------------------------------------------------------------------------- pixels
-
-
-def test_quadtree_offsets_match_lattice_order():
-    for depth in (1, 2, 3):
-        expected = descendants(np.zeros((1, 2), np.int64), depth)
-        np.testing.assert_array_equal(quadtree_offsets(depth), expected)
 
 
 def test_child_pixels_are_parent_quadrants():
@@ -268,17 +264,17 @@ def test_missing_coords_and_bad_weights(tiny, tmp_path, capsys):
 
 def test_validate_plan_rejects_misordered_rows(tiny):
     lattice = load_coords(tiny["coords"])
-    validate_plan(lattice)
+    check_lattice(lattice)
     xy, coords = lattice.xy[1].copy(), lattice.coords[1].copy()
     lattice.xy[1] = xy[::-1].copy()
     with pytest.raises(ZoomMILError, match="disagree"):
-        validate_plan(lattice)
+        check_lattice(lattice)
     lattice.coords[1] = coords[::-1].copy()
     with pytest.raises(ZoomMILError, match="depth-first"):
-        validate_plan(lattice)
+        check_lattice(lattice)
     lattice.xy[1], lattice.coords[1] = xy[:-4], coords[:-4]
     with pytest.raises(ZoomMILError, match="4\\^1 each"):
-        validate_plan(lattice)
+        check_lattice(lattice)
 
 
 def test_read_error_is_retried_once_then_names_the_slide(tiny, monkeypatch):

@@ -10,19 +10,21 @@ import pytest
 
 from zoommil.cli import main
 from zoommil.errors import SlideError, ZoomMILError
+from zoommil.io.coords import load_coords, write_coords
+from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.lattice import (
     build_lattice,
     children_order,
+    descendant_offsets,
+    descendant_rows,
     descendants,
-    load_coords,
     parent_grid,
     patch_side_level0,
-    tile_slide,
     tissue_fractions,
     validate_mags,
-    write_coords,
 )
 from zoommil.wsi.slide import open_slide, read_region_at
+from zoommil.wsi.tiling import tile_slide
 
 
 def reference_descendants(r: int, c: int, depth: int) -> list[tuple[int, int]]:
@@ -85,8 +87,14 @@ def test_tissue_fractions_match_brute_force():
         assert f == pytest.approx(block.sum() / 256.0)  # outside the mask counts as background
 
 
-def lattice_for(mags, dims=(5000, 3000), mpp=0.5, mask=None, **kwargs):
-    return build_lattice("slide.svs", dims, mpp, mags, 256, mask=mask, **kwargs)
+def lattice_for(mags, dims=(5000, 3000), mpp=0.5, mask=None, attrs=None, **recipe):
+    recipe.setdefault("no_tissue", "all")
+    recipe = PreprocessingRecipe(mags=mags, patch_size=256, **recipe)
+    return build_lattice("slide.svs", dims, mpp, recipe, mask=mask, attrs=attrs)
+
+
+def tiling(mags, **recipe):
+    return PreprocessingRecipe(mags=mags, **recipe)
 
 
 @pytest.mark.parametrize("mags", [[2.5, 5, 10], [1.25, 2.5, 10], [5, 20], [10]])
@@ -131,7 +139,7 @@ def test_tissue_filter_keeps_parents_and_all_descendants():
     mask = np.zeros((64, 64), dtype=bool)
     mask[:16, :16] = True  # first parent (side 1024 -> 16 mask px) fully tissue
     mask[16:20, 16:18] = True  # parent (1, 1): 8/256 = 3% < 10%
-    lat = lattice_for([5, 10, 20], dims=dims, mask=mask, threshold=0.1)
+    lat = lattice_for([5, 10, 20], dims=dims, mask=mask, tissue_threshold=0.1)
     assert lat.coords[0].tolist() == [[0, 0]]
     assert lat.tissue_fraction.tolist() == [1.0]
     assert lat.num_patches() == [1, 4, 16]
@@ -187,8 +195,8 @@ def test_tile_cli_on_cmu(slides_dir, tmp_path, capsys):
 def test_tile_with_precomputed_mask_matches(synthetic_slide, tmp_path):
     mask = tmp_path / "m.png"
     assert main(["tissue", str(synthetic_slide), "--out", str(mask), "--method", "otsu"]) == 0
-    a = tile_slide(synthetic_slide, [5, 10, 20], mask_path=mask, threshold=0.2)
-    b = tile_slide(synthetic_slide, [5, 10, 20], tissue_method="otsu", threshold=0.2)
+    a = tile_slide(synthetic_slide, tiling([5, 10, 20], tissue_threshold=0.2), mask_path=mask)
+    b = tile_slide(synthetic_slide, tiling([5, 10, 20], tissue_method="otsu", tissue_threshold=0.2))
     np.testing.assert_array_equal(a.coords[0], b.coords[0])
     np.testing.assert_allclose(a.tissue_fraction, b.tissue_fraction)
     assert a.attrs["tissue_method"] == "otsu" and a.attrs["mask_mpp"] == 8.0
@@ -199,12 +207,12 @@ def test_tile_rejects_mask_of_another_slide(synthetic_slide, slides_dir, tmp_pat
     mask = tmp_path / "m.png"
     assert main(["tissue", str(synthetic_slide), "--out", str(mask)]) == 0
     with pytest.raises(ZoomMILError, match="made for a slide of 2048x1536"):
-        tile_slide(slides_dir / "CMU-1-Small-Region.svs", [5, 10], mask_path=mask)
+        tile_slide(slides_dir / "CMU-1-Small-Region.svs", tiling([5, 10]), mask_path=mask)
 
 
 def test_lattice_pixels_align(synthetic_slide):
     """A child's pixels equal the matching part of its parent read at the child's scale."""
-    lat = tile_slide(synthetic_slide, [5, 10, 20], tissue_method="otsu")
+    lat = tile_slide(synthetic_slide, tiling([5, 10, 20], tissue_method="otsu"))
     with open_slide(synthetic_slide) as slide:
         j = 0
         px, py = lat.xy[0][j]
@@ -214,3 +222,10 @@ def test_lattice_pixels_align(synthetic_slide):
             child = read_region_at(slide, int(cx), int(cy), lat.sides[2], 256)
             oy, ox = (cy - py) // lat.sides[2] * 256, (cx - px) // lat.sides[2] * 256
             np.testing.assert_array_equal(child, parent_hi[oy : oy + 256, ox : ox + 256])
+
+
+def test_descendant_offsets_and_rows_follow_the_depth_first_order():
+    for depth in range(4):
+        expected = [rc for rc in reference_descendants(0, 0, depth)]
+        assert [tuple(rc) for rc in descendant_offsets(depth).tolist()] == expected
+    assert descendant_rows(np.array([2, 0]), 4).tolist() == [8, 9, 10, 11, 0, 1, 2, 3]

@@ -14,9 +14,11 @@ from slide_factory import write_pyramid_tiff
 from zoommil.cli import main
 from zoommil.features.extraction import extract_features
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+from zoommil.io.coords import write_coords
 from zoommil.models import build_model
+from zoommil.recipe import PreprocessingRecipe
 from zoommil.training.checkpoint import save_checkpoint
-from zoommil.wsi.lattice import tile_slide, write_coords
+from zoommil.wsi.tiling import tile_slide
 
 MAGS = [5.0, 10.0, 20.0]  # 4 children per step on a 0.5 um/px slide
 PATCH = 64  # small patches keep the random-weight ResNet-50 fast on CPU
@@ -31,8 +33,12 @@ def _model() -> torch.nn.Module:
 
 def _predictor(model: torch.nn.Module) -> Predictor:
     return Predictor(
-        model=model, arch="zoommil", classes=CLASSES, mags=MAGS, patch_size=PATCH, method="zoommil"
+        model=model, arch="zoommil", classes=CLASSES, recipe=_recipe(MAGS), method="zoommil"
     )
+
+
+def _recipe(mags) -> PreprocessingRecipe:
+    return PreprocessingRecipe(mags=mags, patch_size=PATCH, weights="random", no_tissue="all")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def zoom_result(small_slide: Path) -> dict:
 
 
 def test_patch_count_is_n_low_plus_k_times_descendants(zoom_result, small_slide):
-    lattice = tile_slide(small_slide, MAGS, patch_size=PATCH)
+    lattice = tile_slide(small_slide, _recipe(MAGS))
     n_low = len(lattice.xy[0])
     assert n_low > K
     expected = n_low + K * 4 + K * 4
@@ -73,7 +79,7 @@ def test_selected_regions_nest_inside_their_parents(zoom_result):
 
 
 def test_zoom_inference_matches_the_full_feature_file(zoom_result, small_slide, tmp_path):
-    lattice = tile_slide(small_slide, MAGS, patch_size=PATCH)
+    lattice = tile_slide(small_slide, _recipe(MAGS))
     coords = write_coords(tmp_path / "coords.h5", lattice)
     out = tmp_path / "features.h5"
     extract_features(small_slide, coords, out, weights="random", workers=0)
@@ -140,9 +146,7 @@ def test_predict_opens_the_slide_file_once(small_slide, monkeypatch, arch):
     else:
         torch.manual_seed(0)
         model = build_model("abmil", in_dim=1024, n_classes=2).eval()
-        predictor = Predictor(
-            model=model, arch="abmil", classes=CLASSES, mags=[MAGS[-1]], patch_size=PATCH
-        )
+        predictor = Predictor(model=model, arch="abmil", classes=CLASSES, recipe=_recipe(MAGS[-1:]))
     encoder, _ = make_encoder(predictor)
     result = predict_slide(predictor, small_slide, encoder)
     assert result["patches_encoded"] > 0

@@ -14,6 +14,7 @@ import yaml
 
 from zoommil.errors import ZoomMILError
 from zoommil.io import sheet
+from zoommil.recipe import PreprocessingRecipe
 from zoommil.reporting import figures, results, tables
 from zoommil.workflow import params as workflow
 from zoommil.workflow import qc, trainconfig
@@ -76,6 +77,19 @@ def test_load_sheet_csv(tmp_path: Path) -> None:
     assert list(sheet.load_sheet(path).index) == ["a"]
 
 
+def test_read_sheet_is_the_one_reader_of_commands(tmp_path: Path) -> None:
+    path = write_sheet(tmp_path, "a\tslides/a.svs\tx\ttrain\t\nb\t/abs/b.svs\ty\ttest\t0.5\n")
+    frame = sheet.read_sheet(path)
+    assert list(frame["path"]) == [str(tmp_path.resolve() / "slides" / "a.svs"), "/abs/b.svs"]
+    assert list(frame["mpp"]) == ["", "0.5"]  # strings: commands parse what they need
+    no_path = tmp_path / "labels.tsv"
+    no_path.write_text("slide_id\tlabel\tsplit\na\tx\ttrain\n")
+    assert "path" not in sheet.read_sheet(no_path).columns  # features-only commands
+    bad = write_sheet(tmp_path, "a\ta.svs\tx\ttraining\t\n", "bad.tsv")
+    with pytest.raises(ZoomMILError, match="slide a has split 'training'"):
+        sheet.read_sheet(bad)
+
+
 # --- workflow helpers -----------------------------------------------------------------------
 
 
@@ -87,30 +101,16 @@ def test_cli_flags_and_param_flags() -> None:
     assert workflow.param_flags("--param", {"sigma": 20, "prewhiten": False}) == (
         "--param sigma=20 --param prewhiten=false"
     )
-    assert workflow.format_mags([10, 2.5, 5]) == "2.5 5.0 10.0"
 
 
-def test_library_files_expand_folders(tmp_path: Path) -> None:
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "a.py").write_text("")
-    (tmp_path / "models" / "__pycache__").mkdir()
-    (tmp_path / "models" / "__pycache__" / "a.py").write_text("")
-    (tmp_path / "io").mkdir()
-    (tmp_path / "io" / "featurefile.py").write_text("")
-    files = workflow.library_files(tmp_path, "train")
-    expected = [str(tmp_path / "io" / "featurefile.py"), str(tmp_path / "models" / "a.py")]
-    assert files == sorted(expected)
-
-
-def test_every_workflow_library_module_exists() -> None:
-    root = workflow.library_root(Path(__file__).resolve().parents[1])
-    missing = [
-        name
-        for names in workflow.LIBRARY_MODULES.values()
-        for name in names
-        if not (root / name).exists()
-    ]
-    assert not missing, f"LIBRARY_MODULES names files that do not exist: {missing}"
+def test_recipe_flags_for_tile_and_features() -> None:
+    recipe = PreprocessingRecipe(mags=[10, 2.5, 5], tissue_threshold=0.2, weights="random")
+    assert workflow.tiling_flags(recipe) == (
+        "--mags 2.5 5.0 10.0 --patch-size 256 --tissue-threshold 0.2"
+    )
+    assert workflow.encoder_flags(recipe) == (
+        "--encoder resnet50_layer3 --weights random --seed 0 --precision fp32"
+    )
 
 
 # --- train configs --------------------------------------------------------------------------
@@ -308,14 +308,21 @@ def test_throughput_figure_without_gpu(tmp_path: Path) -> None:
     assert cpu.loc["zoommil", "slides_per_hour"] == pytest.approx(1800.0)
 
 
-def test_attention_map_paints_lowest_magnification() -> None:
+def test_attention_overlay_paints_the_lowest_magnification() -> None:
+    from zoommil.reporting import attention
+
     prediction = {
         "attention": [
             {"mag": 5.0, "side0": 512, "xy": [[0, 0]], "weights": [1.0]},
             {"mag": 2.5, "side0": 1024, "xy": [[0, 0], [1024, 0]], "weights": [0.2, 0.6]},
         ]
     }
-    heat = figures.attention_map(prediction, level0_size=(2048, 2048), thumb_size=(64, 64))
-    assert heat.shape == (64, 64)
-    assert np.all(heat[:32, :32] == 0.0) and np.all(heat[:32, 32:] == 1.0)
-    assert np.isnan(heat[32:, :]).all()
+    entry = attention.lowest_attention(prediction)
+    assert entry["mag"] == 2.5
+    thumb = np.full((64, 64, 3), 255, np.uint8)
+    image = attention.attention_overlay(thumb, 64 / 2048, entry, alpha=1.0)
+    low, high = image[5, 5], image[5, 40]  # weights 0.2 and 0.6 -> min-max 0 and 1
+    for pixel, value in ((low, 0.0), (high, 1.0)):
+        colour = (np.array(attention.colormaps["inferno"](value)[:3]) * 255.0).astype(np.uint8)
+        assert (pixel == colour).all()
+    assert (image[40:, :] == 255).all()  # no attention outside the two patches

@@ -1,5 +1,6 @@
 """Partial reruns: after a complete tiny run, a changed config or library file plans only the
-jobs that depend on it (dry runs with the default --rerun-triggers)."""
+jobs that depend on it (dry runs with the default --rerun-triggers, which include params: each
+rule's `code` param hashes the import closure of what it runs)."""
 
 from __future__ import annotations
 
@@ -88,30 +89,51 @@ def test_new_method_only_adds_jobs(tiny) -> None:
     assert set(jobs) <= {"train", "flops"} | AGGREGATES, jobs
 
 
-def edit_and_plan(workdir: Path, configfile: Path, relative: str) -> dict[str, int]:
-    """Plan after editing a library file of the copy (content and mtime; Snakemake ignores a
-    bare touch of an input whose checksum is unchanged); the file is restored afterwards."""
+def edit(workdir: Path, relative: str, addition: bytes) -> tuple[Path, bytes, os.stat_result]:
+    """Append ``addition`` to a library file of the copy, dated after every output."""
     path = workdir / "src" / "zoommil" / relative
     original, stat = path.read_bytes(), path.stat()
-    try:
-        path.write_bytes(original + b"\n# edited by a test\n")
-        os.utime(path, (stat.st_atime, time.time() + 60))  # newer than every output
-        return harness.planned_jobs(workdir, configfile)
-    finally:
-        path.write_bytes(original)
-        os.utime(path, (stat.st_atime, stat.st_mtime))
+    path.write_bytes(original + addition)
+    os.utime(path, (stat.st_atime, time.time() + 60))
+    return path, original, stat
 
 
-def test_library_edit_reruns_the_rules_that_use_it(tiny) -> None:
+def restore(path: Path, original: bytes, stat: os.stat_result) -> None:
+    path.write_bytes(original)
+    os.utime(path, (stat.st_atime, stat.st_mtime))
+
+
+def code_changed(reasons: dict[str, set[str]]) -> set[str]:
+    """Rules planned because a param changed: after a code edit, only the `code` param (the
+    import closure's hash) can have (Snakemake names the old and new values, not the param);
+    the rules downstream are planned for updated input files instead."""
+    return {
+        rule for rule, texts in reasons.items() if any("Params have changed" in t for t in texts)
+    }
+
+
+@pytest.mark.parametrize(
+    ("relative", "importers"),
+    [
+        ("inference/predict.py", {"predict", "profile"}),
+        ("reporting/tables.py", {"tables", "figure_throughput", "figure_attention"}),
+        ("efficiency/flops.py", {"flops"}),
+    ],
+)
+def test_behaviour_edit_reruns_exactly_the_rules_that_import_it(tiny, relative, importers):
     workdir, configfile, _ = tiny
-    jobs = edit_and_plan(workdir, configfile, "reporting/stats.py")
-    # the figures show the tables' summaries and CIs (they import reporting.tables/stats)
-    assert set(jobs) == {"tables", "figure_throughput", "figure_attention", "all"}, jobs
-    jobs = edit_and_plan(workdir, configfile, "reporting/figures.py")
-    assert set(jobs) == {"figure_throughput", "figure_attention", "all"}, jobs
-    jobs = edit_and_plan(workdir, configfile, "training/__init__.py")
-    assert jobs["train"] == 4
-    assert not PREPROCESS & set(jobs), jobs
-    jobs = edit_and_plan(workdir, configfile, "wsi/slide.py")
-    # inspection feeds the qc_inspect checkpoint: what follows is planned once it has run
-    assert jobs["inspect"] == 9 and jobs["qc_inspect"] == 1
+    edited = edit(workdir, relative, b"\nEDITED_BY_A_TEST = 1\n")
+    try:
+        reasons = harness.rerun_reasons(workdir, configfile)
+    finally:
+        restore(*edited)
+    assert code_changed(reasons) == importers, reasons
+
+
+def test_comment_only_edit_reruns_nothing(tiny) -> None:
+    workdir, configfile, _ = tiny
+    edited = edit(workdir, "features/extraction.py", b"\n# a comment, and no code\n")
+    try:
+        assert harness.planned_jobs(workdir, configfile) == {}
+    finally:
+        restore(*edited)

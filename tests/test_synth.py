@@ -13,10 +13,10 @@ import openslide
 import pytest
 
 from zoommil.cli import main
+from zoommil.io.sheet import read_sheet
 from zoommil.synth import (
     CLASSES,
     SlideSpec,
-    load_slide_sheet,
     make_demo_dataset,
     plan_slides,
     region_mask,
@@ -75,7 +75,7 @@ def test_sheet_columns_labels_and_paths(demo):
     assert [r["label"] for r in rows] == list(CLASSES)
     for row in rows:
         assert not Path(row["path"]).is_absolute()  # relative to the sheet's folder
-    resolved = load_slide_sheet(demo / "slides.tsv")
+    resolved = read_sheet(demo / "slides.tsv").to_dict("records")
     for row in resolved:
         assert Path(row["path"]).is_absolute() and Path(row["path"]).is_file()
 
@@ -83,7 +83,7 @@ def test_sheet_columns_labels_and_paths(demo):
 def test_regions_sheet_matches_labels(demo):
     with open(demo / "regions.tsv", newline="") as handle:
         regions = list(csv.DictReader(handle, delimiter="\t"))
-    labels = {r["slide_id"]: r["label"] for r in load_slide_sheet(demo / "slides.tsv")}
+    labels = {r["slide_id"]: r["label"] for r in read_sheet(demo / "slides.tsv").to_dict("records")}
     for slide_id, label in labels.items():
         kinds = [(r["kind"], r["abnormality"]) for r in regions if r["slide_id"] == slide_id]
         # Every class has one lesion (the low-mag cue) and ordinary glands; only the lesion's
@@ -93,7 +93,7 @@ def test_regions_sheet_matches_labels(demo):
 
 
 def test_openslide_reads_levels_mpp_and_exact_pixels(demo):
-    row = load_slide_sheet(demo / "slides.tsv")[1]
+    row = read_sheet(demo / "slides.tsv").to_dict("records")[1]
     spec, _ = plan_slides(3, seed=0, scale=0.5)[1]
     expected = render_slide(spec).rgb
     slide = openslide.OpenSlide(row["path"])
@@ -210,21 +210,15 @@ def test_demo_config_leaves_zoommil_a_choice(tmp_path):
     own magnifications, tissue settings and K."""
     import yaml
 
-    from zoommil.wsi.lattice import tile_slide
+    from zoommil.recipe import PreprocessingRecipe
+    from zoommil.wsi.tiling import tile_slide
 
     config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
-    pre, k = config["preprocess"], config["methods"]["zoommil"]["k"]
+    k = config["methods"]["zoommil"]["k"]
     sheet = make_demo_dataset(tmp_path, n_slides=1, seed=config["synth"]["seed"], progress=False)
     with open(tmp_path / "regions.tsv", newline="") as handle:
         lesion = next(r for r in csv.DictReader(handle, delimiter="\t") if r["kind"] == "lesion")
-    lattice = tile_slide(
-        load_slide_sheet(sheet)[0]["path"],
-        pre["mags"],
-        pre["patch_size"],
-        tissue_method=pre["tissue"]["method"],
-        tissue_params=pre["tissue"]["params"],
-        threshold=pre["tissue"]["threshold"],
-    )
+    lattice = tile_slide(read_sheet(sheet)["path"][0], PreprocessingRecipe.from_config(config))
     n_low, side = lattice.num_patches()[0], lattice.sides[0]
     assert n_low >= 6 * k, f"{n_low} patches at {lattice.mags[0]}x for K={k}"
     centres = lattice.xy[0] + side / 2

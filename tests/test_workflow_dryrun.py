@@ -52,11 +52,10 @@ def test_demo_config_dry_run(workdir: Path) -> None:
     assert "train_config" not in jobs and "evaluate" not in jobs  # both inside the train job
     assert jobs["train"] == n_runs == 45 and n_methods == 15
     assert jobs["flops"] == n_methods
-    for rule in ("profile_cpu_single", "profile_cpu_all"):
-        assert jobs[rule] == len(demo["methods"]) == 9
-    # efficiency.gpu: auto times on a GPU only where there is one
+    # cpu1 and cpu per method; efficiency.gpu: auto times on a GPU only where there is one
     assert demo["efficiency"]["gpu"] == "auto"
-    assert jobs.get("profile_gpu", 0) == (9 if workflow.gpu_present() else 0)
+    n_devices = 3 if workflow.gpu_present() else 2
+    assert jobs["profile"] == n_devices * len(demo["methods"])
     assert jobs["tables"] == jobs["figure_throughput"] == jobs["figure_attention"] == 1
 
 
@@ -140,6 +139,17 @@ def test_config_schema_rejects_bad_values(workdir: Path) -> None:
     result = harness.snakemake(workdir, "-n", configfile=path, check=False)
     assert result.returncode != 0
     assert "greedy" in result.stdout + result.stderr
+
+
+def test_bad_recipe_fails_with_one_line_before_any_job(workdir: Path) -> None:
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["preprocess"]["mags"] = [5, 15]
+    path = harness.write_config(workdir, config, "bad_mags.yaml")
+    result = harness.snakemake(workdir, "-n", configfile=path, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config: preprocess/features: magnifications 5x and 15x are not power-of-two" in text
+    assert "Building DAG" not in text
 
 
 def test_lint_is_clean() -> None:

@@ -35,9 +35,11 @@ def _feats(n0: int, mags=(1.25, 2.5, 10.0), seed: int = 1) -> list[torch.Tensor]
 def test_descendant_ratios():
     assert descendant_ratios([1.25, 2.5, 10]) == [4, 16]
     assert descendant_ratios([5, 10, 20, 40]) == [4, 4, 4]
-    for bad in ([5, 15], [10, 5], [10]):
+    for bad in ([5, 15], [10, 5]):
         with pytest.raises(ZoomMILError):
             descendant_ratios(bad)
+    with pytest.raises(ZoomMILError, match="at least 2 magnifications"):
+        ZoomMIL(in_dim=8, n_classes=2, mags=[10])
 
 
 def test_gather_descendants_picks_rows_of_selected_parents():

@@ -1,7 +1,8 @@
 """Run the Snakemake workflow in a scratch copy, as a user would from a fresh clone.
 
 The workflow files (Snakefile, workflow/, scripts/, config/, profiles/) and the library
-sources (tracked as `lib=` inputs) are copied into a temporary folder, so tests never touch
+sources (whose import closures are the rules' `code` params) are copied into a temporary
+folder, so tests never touch
 the repository's results/ or its .snakemake/ metadata, and may edit the copy's sources.
 Snakemake runs as a subprocess (`python -m snakemake`) with the test interpreter's bin/ on
 PATH, so the rules find the same `zoommil` CLI.
@@ -59,13 +60,20 @@ def load_config(path: Path = CONFIG_DIR / "config.yaml") -> dict:
 
 
 def snakemake(
-    workdir: Path, *args: str, configfile: Path | None = None, check: bool = True
+    workdir: Path,
+    *args: str,
+    configfile: Path | None = None,
+    check: bool = True,
+    cores: int | None = 2,
 ) -> subprocess.CompletedProcess:
-    """`python -m snakemake` in `workdir`; on failure the assertion shows the output."""
+    """`python -m snakemake` in `workdir`; on failure the assertion shows the output.
+    ``cores=None`` leaves out --cores, as a user typing `snakemake --report ...` does."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MPLBACKEND", "Agg")
-    command = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    command = [sys.executable, "-m", "snakemake"]
+    if cores is not None:
+        command += ["--cores", str(cores)]
     if configfile is not None:
         command += ["--configfile", str(configfile)]
     command += list(args)
@@ -107,6 +115,23 @@ def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> d
             elif match is None and not line.strip().startswith("-") and counts:
                 break
     return counts
+
+
+def rerun_reasons(workdir: Path, configfile: Path | None = None) -> dict[str, set[str]]:
+    """Rule -> the reasons a dry run gives for its planned jobs (empty: nothing to be done)."""
+    result = snakemake(workdir, "-n", configfile=configfile)
+    reasons: dict[str, set[str]] = {}
+    rule = None
+    for line in (result.stdout + result.stderr).splitlines():
+        match = re.match(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", line)
+        if match:
+            rule = match[1]
+            continue
+        match = re.match(r"^\s*reason: (.*)$", line)
+        if match and rule is not None:
+            reasons.setdefault(rule, set()).add(match[1])
+            rule = None
+    return reasons
 
 
 def make_tiny_sheet(dest: Path, n_slides: int = 6, bad: bool = True) -> Path:

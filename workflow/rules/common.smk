@@ -5,12 +5,15 @@ from pathlib import Path
 
 import yaml
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from zoommil.errors import ZoomMILError
 from zoommil.workflow import cache as zcache
 from zoommil.workflow import qc as zqc
 from zoommil.io import sheet as zsheet
+from zoommil.recipe import PreprocessingRecipe
+from zoommil.workflow import codehash as zcode
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
 
@@ -19,6 +22,11 @@ validate(config, schema="../schemas/config.schema.yaml")
 DEMO = config.get("synth") is not None
 DEMO_DIR = "results/demo"
 LIB_ROOT = zwf.library_root(workflow.basedir)
+try:
+    # One validated recipe: every preprocessing value a rule passes on comes from it.
+    RECIPE = PreprocessingRecipe.from_config(config)
+except ZoomMILError as error:
+    raise ValueError(f"config: preprocess/features: {error}") from None
 # `--sdm conda`: envs/*.post-deploy.sh install zoommil from the checkout this run imports.
 os.environ.setdefault("ZOOMMIL_SOURCE", str(Path(zwf.__file__).resolve().parents[3]))
 SLIDE_SCHEMA = yaml.safe_load(
@@ -44,9 +52,20 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def lib(step):
-    """Library files a step imports: editing one reruns the step."""
-    return zwf.library_files(LIB_ROOT, step)
+def code(*entries):
+    """Hash of the code a step runs (a command's or script's import closure), for `params:`:
+    a behaviour edit of any module it imports reruns the step, a comment-only edit nothing.
+    """
+    return zcode.code_hash(LIB_ROOT, entries, workflow.basedir)
+
+
+def all_cores():
+    """Every core of the run, so that nothing runs beside a timing job; 1 where no core
+    count is given (`snakemake --report`, `--lint`)."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
 
 
 def output_dir(wildcards, output):
@@ -182,7 +201,7 @@ def train_config(wildcards):
         method=wildcards.method,
         spec=ALL_METHODS[wildcards.method],
         train=config["train"],
-        mags=config["preprocess"]["mags"],
+        mags=RECIPE.mags,
         classes=config.get("classes"),
         sheet=sheet_file(),
         features_dir="results/features",
@@ -203,6 +222,14 @@ def throughput_files(device):
     return [
         f"results/efficiency/{m}/throughput_{device}.json" for m in EFFICIENCY_METHODS
     ]
+
+
+# Timing devices: the device wildcard of rule profile -> `zoommil profile` arguments.
+PROFILE_DEVICES = {
+    "cpu1": {"device": "cpu", "threads": 1, "runtime": 120, "gpu": 0},
+    "cpu": {"device": "cpu", "threads": None, "runtime": 120, "gpu": 0},
+    "gpu": {"device": "cuda", "threads": None, "runtime": 60, "gpu": 1},
+}
 
 
 def final_targets():

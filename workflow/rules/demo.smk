@@ -2,8 +2,6 @@
 
 
 checkpoint synth:
-    input:
-        lib=lib("synth"),
     output:
         sheet=f"{DEMO_DIR}/slides.tsv",
     log:
@@ -15,6 +13,7 @@ checkpoint synth:
         mem_mb=3000,
         runtime=30,
     params:
+        code=code("synth"),
         out=output_dir,
         n_slides=(config.get("synth") or {}).get("n_slides", 24),
         seed=(config.get("synth") or {}).get("seed", 0),

@@ -1,14 +1,14 @@
 # Per method: FLOPs (fvcore) and end-to-end throughput from the slide file, on CPU with one
-# thread and with every core, and on a GPU when there is one. Timing rules take every core
-# (threads: workflow.cores) so no other local job runs beside them. Without a GPU,
-# `zoommil profile --device cuda` writes a skip note; `efficiency.gpu: false` drops the rule.
+# thread (device cpu1) and with every core (cpu), and on a GPU (gpu) when there is one: one
+# rule, the device a wildcard. Timing jobs take every core (threads: all_cores()) so that no
+# other local job runs beside them. Without a GPU, `zoommil profile --device cuda` writes a
+# skip note; `efficiency.gpu: false` drops the GPU timings.
 
 
 rule flops:
     input:
         checkpoint=first_checkpoint,
         usable="results/qc/usable.tsv",
-        lib=lib("flops"),
     output:
         flops="results/efficiency/{method}/flops.json",
     log:
@@ -20,6 +20,7 @@ rule flops:
         mem_mb=4000,
         runtime=30,
     params:
+        code=code("flops"),
         features_dir="results/features",
     shell:
         "zoommil flops --model {wildcards.method} --checkpoint {input.checkpoint} "
@@ -27,80 +28,35 @@ rule flops:
         "--out {output.flops} > {log} 2>&1"
 
 
-rule profile_cpu_single:
+rule profile:
     input:
         checkpoint=first_checkpoint,
         usable="results/qc/usable.tsv",
-        lib=lib("profile"),
     output:
-        timing="results/efficiency/{method}/throughput_cpu1.json",
+        timing="results/efficiency/{method}/throughput_{device}.json",
     log:
-        "results/logs/profile_cpu_single/{method}.log",
+        "results/logs/profile/{method}/{device}.log",
+    wildcard_constraints:
+        device="|".join(PROFILE_DEVICES),
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         mem_mb=8000,
-        runtime=120,
+        runtime=lambda wildcards: PROFILE_DEVICES[wildcards.device]["runtime"],
+        gpu=lambda wildcards: PROFILE_DEVICES[wildcards.device]["gpu"],
     params:
+        code=code("profile"),
+        device=lambda wildcards: PROFILE_DEVICES[wildcards.device]["device"],
+        threads=lambda wildcards, threads: PROFILE_DEVICES[wildcards.device]["threads"]
+        or threads,
         n_slides=EFFICIENCY.get("n_slides", 2),
         warmup=EFFICIENCY.get("warmup", 1),
     shell:
         "zoommil profile --model {wildcards.method} --checkpoint {input.checkpoint} "
-        "--device cpu --threads 1 --sheet {input.usable} --split test "
-        "--max-slides {params.n_slides} --warmup {params.warmup} --out {output.timing} "
-        "> {log} 2>&1"
-
-
-rule profile_cpu_all:
-    input:
-        checkpoint=first_checkpoint,
-        usable="results/qc/usable.tsv",
-        lib=lib("profile"),
-    output:
-        timing="results/efficiency/{method}/throughput_cpu.json",
-    log:
-        "results/logs/profile_cpu_all/{method}.log",
-    conda:
-        "../../envs/torch.yaml"
-    threads: workflow.cores
-    resources:
-        mem_mb=8000,
-        runtime=120,
-    params:
-        n_slides=EFFICIENCY.get("n_slides", 2),
-        warmup=EFFICIENCY.get("warmup", 1),
-    shell:
-        "zoommil profile --model {wildcards.method} --checkpoint {input.checkpoint} "
-        "--device cpu --threads {threads} --sheet {input.usable} --split test "
-        "--max-slides {params.n_slides} --warmup {params.warmup} --out {output.timing} "
-        "> {log} 2>&1"
-
-
-rule profile_gpu:
-    input:
-        checkpoint=first_checkpoint,
-        usable="results/qc/usable.tsv",
-        lib=lib("profile"),
-    output:
-        timing="results/efficiency/{method}/throughput_gpu.json",
-    log:
-        "results/logs/profile_gpu/{method}.log",
-    conda:
-        "../../envs/torch.yaml"
-    threads: workflow.cores
-    resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
-    params:
-        n_slides=EFFICIENCY.get("n_slides", 2),
-        warmup=EFFICIENCY.get("warmup", 1),
-    shell:
-        "zoommil profile --model {wildcards.method} --checkpoint {input.checkpoint} "
-        "--device cuda --threads {threads} --sheet {input.usable} --split test "
-        "--max-slides {params.n_slides} --warmup {params.warmup} --out {output.timing} "
-        "> {log} 2>&1"
+        "--device {params.device} --threads {params.threads} --sheet {input.usable} "
+        "--split test --max-slides {params.n_slides} --warmup {params.warmup} "
+        "--out {output.timing} > {log} 2>&1"
 
 
 rule predict:
@@ -108,7 +64,6 @@ rule predict:
         slide=slide_path,
         checkpoint=attention_checkpoint,
         usable="results/qc/usable.tsv",
-        lib=lib("predict"),
     output:
         json="results/predict/{method}/{slide}.json",
         heatmap="results/predict/{method}/{slide}.png",
@@ -121,6 +76,7 @@ rule predict:
         mem_mb=4000,
         runtime=30,
     params:
+        code=code("predict"),
         mpp=mpp_args,
     shell:
         "zoommil predict {input.slide:q} --checkpoint {input.checkpoint} "

@@ -8,7 +8,6 @@
 rule inspect:
     input:
         slide=slide_path,
-        lib=lib("inspect"),
     output:
         "results/qc/{slide}.json",
     log:
@@ -20,6 +19,7 @@ rule inspect:
         mem_mb=1000,
         runtime=5,
     params:
+        code=code("inspect"),
         mpp=mpp_args,
     shell:
         "zoommil inspect {input.slide:q} {params.mpp} --out {output} --no-fail > {log} 2>&1"
@@ -29,7 +29,6 @@ checkpoint qc_inspect:
     input:
         sheet=sheet_file(),
         status=all_status,
-        lib=lib("qc"),
     output:
         table="results/qc/inspection.tsv",
     log:
@@ -41,6 +40,7 @@ checkpoint qc_inspect:
         mem_mb=1000,
         runtime=5,
     params:
+        code=code("scripts/qc_inspect.py"),
         classes=config.get("classes"),
     script:
         "../../scripts/qc_inspect.py"
@@ -50,7 +50,6 @@ rule tissue:
     input:
         slide=slide_path,
         status="results/qc/{slide}.json",
-        lib=lib("tissue"),
     output:
         mask="results/tissue/{slide}.png",
     log:
@@ -62,11 +61,10 @@ rule tissue:
         mem_mb=4000,
         runtime=10,
     params:
+        code=code("tissue"),
         mpp=mpp_args,
-        method=config["preprocess"].get("tissue", {}).get("method", "gaussian"),
-        extra=zwf.param_flags(
-            "--param", config["preprocess"].get("tissue", {}).get("params")
-        ),
+        method=RECIPE.tissue_method,
+        extra=zwf.param_flags("--param", RECIPE.tissue_params),
     shell:
         "zoommil tissue {input.slide:q} --out {output.mask} --method {params.method} "
         "{params.mpp} {params.extra} --no-fail > {log} 2>&1"
@@ -76,7 +74,6 @@ rule tile:
     input:
         slide=slide_path,
         mask="results/tissue/{slide}.png",
-        lib=lib("tile"),
     output:
         coords="results/coords/{slide}.h5",
     log:
@@ -88,28 +85,22 @@ rule tile:
         mem_mb=4000,
         runtime=10,
     params:
+        code=code("tile"),
         mpp=mpp_args,
-        mags=zwf.format_mags(config["preprocess"]["mags"]),
-        patch_size=config["preprocess"].get("patch_size", 256),
-        threshold=config["preprocess"].get("tissue", {}).get("threshold", 0.1),
-        upsampling=(
-            "--allow-upsampling"
-            if config["preprocess"].get("allow_upsampling")
-            else ""
-        ),
+        recipe=zwf.tiling_flags(RECIPE),
         extra=zwf.cli_flags(config["preprocess"].get("tile_args")),
+    # --no-tissue all: a slide without tissue keeps its patches here and is excluded (or
+    # not) by qc_slides under the recipe's policy, so that the QC table can report it.
     shell:
-        "zoommil tile {input.slide:q} --mags {params.mags} --out {output.coords} "
-        "--patch-size {params.patch_size} --tissue-mask {input.mask} "
-        "--tissue-threshold {params.threshold} --no-tissue all {params.mpp} "
-        "{params.upsampling} {params.extra} --no-fail > {log} 2>&1"
+        "zoommil tile {input.slide:q} {params.recipe} --out {output.coords} "
+        "--tissue-mask {input.mask} --no-tissue all {params.mpp} {params.extra} --no-fail "
+        "> {log} 2>&1"
 
 
 rule features:
     input:
         slide=slide_path,
         coords="results/coords/{slide}.h5",
-        lib=lib("features"),
     output:
         features="results/features/{slide}.h5",
     log:
@@ -124,15 +115,14 @@ rule features:
         runtime=120,
         gpu=1,
     params:
+        code=code("features"),
         mpp=mpp_override,
-        encoder=config.get("features", {}).get("encoder", "resnet50_layer3"),
-        weights=config.get("features", {}).get("weights", "imagenet"),
-        seed=config.get("features", {}).get("seed", 0),
+        recipe=zwf.encoder_flags(RECIPE),
         extra=zwf.cli_flags(config.get("features", {}).get("args")),
     shell:
         "zoommil features {input.slide:q} --coords {input.coords} --out {output.features} "
-        "--encoder {params.encoder} --weights {params.weights} --seed {params.seed} "
-        "--threads {threads} --no-progress {params.mpp} {params.extra} --no-fail > {log} 2>&1"
+        "{params.recipe} --threads {threads} --no-progress {params.mpp} {params.extra} "
+        "--no-fail > {log} 2>&1"
 
 
 checkpoint qc_slides:
@@ -140,7 +130,6 @@ checkpoint qc_slides:
         sheet=sheet_file(),
         inspection="results/qc/inspection.tsv",
         features=inspected_features,
-        lib=lib("qc"),
     output:
         table=report(
             "results/qc/slides.tsv",
@@ -158,7 +147,8 @@ checkpoint qc_slides:
         mem_mb=1000,
         runtime=5,
     params:
+        code=code("scripts/qc_slides.py"),
         classes=config.get("classes"),
-        no_tissue=config["preprocess"].get("tissue", {}).get("no_tissue", "exclude"),
+        no_tissue=RECIPE.no_tissue,
     script:
         "../../scripts/qc_slides.py"

@@ -10,7 +10,6 @@ rule tables:
         cpu1=throughput_files("cpu1"),
         cpu=throughput_files("cpu"),
         gpu=throughput_files("gpu"),
-        lib=lib("tables"),
     output:
         main_csv=report(
             "results/tables/main.csv",
@@ -42,10 +41,11 @@ rule tables:
         mem_mb=1000,
         runtime=5,
     params:
+        code=code("scripts/make_tables.py"),
         dataset=config["dataset"],
-        weights=config.get("features", {}).get("weights", "imagenet"),
-        encoder=config.get("features", {}).get("encoder", "resnet50_layer3"),
-        mags=config["preprocess"]["mags"],
+        weights=RECIPE.weights,
+        encoder=RECIPE.encoder,
+        mags=list(RECIPE.mags),
         methods=MAIN_METHODS,
         ablations=ABLATIONS,
         reference=(config.get("ablations") or {}).get("reference"),
@@ -59,7 +59,6 @@ rule figure_throughput:
         cpu1=throughput_files("cpu1"),
         cpu=throughput_files("cpu"),
         gpu=throughput_files("gpu"),
-        lib=lib("figures"),
     output:
         png=report(
             "results/figures/throughput.png",
@@ -76,9 +75,10 @@ rule figure_throughput:
         mem_mb=1000,
         runtime=5,
     params:
+        code=code("scripts/figure_throughput.py"),
         dataset=config["dataset"],
-        weights=config.get("features", {}).get("weights", "imagenet"),
-        encoder=config.get("features", {}).get("encoder", "resnet50_layer3"),
+        weights=RECIPE.weights,
+        encoder=RECIPE.encoder,
         methods=EFFICIENCY_METHODS,
     script:
         "../../scripts/figure_throughput.py"
@@ -88,7 +88,6 @@ rule figure_attention:
     input:
         predictions=attention_predictions,
         usable="results/qc/usable.tsv",
-        lib=lib("figures"),
     output:
         png=report(
             "results/figures/attention.png",
@@ -105,8 +104,10 @@ rule figure_attention:
         mem_mb=2000,
         runtime=10,
     params:
+        code=code("scripts/figure_attention.py"),
         dataset=config["dataset"],
-        weights=config.get("features", {}).get("weights", "imagenet"),
+        weights=RECIPE.weights,
+        encoder=RECIPE.encoder,
         method=ATTENTION.get("method", "zoommil"),
     script:
         "../../scripts/figure_attention.py"

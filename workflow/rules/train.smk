@@ -8,7 +8,6 @@ rule train:
     input:
         qc="results/qc/slides.tsv",
         features=usable_features,
-        lib=lib("train"),
     output:
         checkpoint="results/models/{method}/seed~{seed}/checkpoint.pt",
         metrics="results/models/{method}/seed~{seed}/metrics.json",
@@ -26,6 +25,7 @@ rule train:
         mem_mb=8000,
         runtime=240,
     params:
+        code=code("train"),
         config=train_config,
         out=output_dir,
     shell:

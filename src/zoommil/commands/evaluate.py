@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from zoommil.commands.options import add_device, add_threads
+
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
@@ -37,10 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--exclude", metavar="TSV", help="QC table of slides to skip (default: the training one)"
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument(
-        "--threads", type=int, default=1, metavar="T", help="CPU threads (default 1; 0: torch's)"
-    )
+    add_device(parser)
+    add_threads(parser, default=1, why="the numbers train wrote")
     parser.set_defaults(func=run, outputs=lambda a: [a.out])
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
-from zoommil.errors import ZoomMILError
-from zoommil.features.encoders.registry import DEFAULT_ENCODER, encoder_names
-from zoommil.features.precision import PRECISION_CHOICES
-from zoommil.io.featurefile import mag_key
+from zoommil.commands.options import add_device, add_precision, add_threads
+from zoommil.features.encoders.registry import encoder_names
+from zoommil.recipe import default, default_weights, mag_key
 
 log = logging.getLogger("zoommil.features.extraction")
 
@@ -44,9 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="feature HDF5 to write")
     parser.add_argument(
         "--encoder",
-        default=DEFAULT_ENCODER,
+        default=default("encoder"),
         choices=encoder_names(),
-        help=f"registered patch encoder (default {DEFAULT_ENCODER}, the paper's)",
+        help=f"registered patch encoder (default {default('encoder')}, the paper's)",
     )
     parser.add_argument(
         "--weights",
@@ -59,7 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "file (or a folder holding the model's file)"
         ),
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --weights random (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=default("weights_seed"),
+        help=f"seed of --weights random (default {default('weights_seed')})",
+    )
     parser.add_argument(
         "--mpp",
         type=float,
@@ -80,27 +83,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="reader processes that prefetch regions (default: 1 on CPU, up to 8 on CUDA; 0: read "
         "in the main process)",
     )
-    parser.add_argument(
-        "--device",
-        choices=("cpu", "cuda", "auto"),
-        default="auto",
-        help="where the encoder runs (default auto: CUDA when available, else CPU)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISION_CHOICES,
-        default="fp32",
-        help=(
-            "fp32 (paper parity, default), bf16 autocast (about 2x faster on CPUs with native "
-            "bf16), or auto (bf16 where the hardware has it, else fp32)"
-        ),
-    )
-    parser.add_argument(
-        "--threads",
-        default="1",
-        help="torch threads for the encoder: N or 'all' (default 1: torch's default "
-        "oversubscribes a shared machine; reading runs in --workers processes besides)",
-    )
+    add_device(parser)
+    add_precision(parser, default("precision"))
+    add_threads(parser, default=1, why="torch's default oversubscribes a shared machine; reading "
+                "runs in --workers processes besides")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--no-fail",
@@ -112,24 +98,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="features")
-
-
-def default_weights(encoder: str) -> str:
-    """``imagenet`` for the paper's ResNet-50, the offline HF cache for foundation models."""
-    return "imagenet" if encoder == DEFAULT_ENCODER else "hf"
-
-
-def parse_threads(value: str) -> int:
-    """``--threads``: a positive number, or ``all`` (every core)."""
-    if value == "all":
-        return os.cpu_count() or 1
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise ZoomMILError(f"--threads must be a positive number or 'all', got {value!r}")
-    return threads
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         precision=args.precision,
-        threads=parse_threads(args.threads),
+        threads=args.threads or None,
         progress=not args.no_progress,
     )
     counts = ", ".join(

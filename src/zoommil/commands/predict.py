@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from zoommil.commands.options import add_device, add_precision, add_threads
 from zoommil.errors import ZoomMILError
 
 
@@ -40,13 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "checkpoint. The encoder itself is the checkpoint's (its features' encoder)"
         ),
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "auto"),
-        help="encoder precision (default: the one the checkpoint's features were made with)",
-    )
-    parser.add_argument("--threads", default="1", help="torch CPU threads: N or 'all' (default 1)")
+    add_device(parser)
+    add_precision(parser, None)
+    add_threads(parser, default=1)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -72,15 +69,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from zoommil.commands.features import parse_threads
-    from zoommil.features.encoder import resolve_device
+    from zoommil.device import resolve_device
     from zoommil.features.extraction import default_workers
     from zoommil.inference.predict import Predictor, make_encoder, predict_slide
     from zoommil.io.jsonio import write_json
     from zoommil.reporting.attention import save_heatmap
     from zoommil.wsi.patches import ReaderPool
 
-    torch.set_num_threads(parse_threads(args.threads))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
     encoder, _ = make_encoder(predictor, device=device, precision=args.precision)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from zoommil.errors import ZoomMILError
+from zoommil.commands.options import add_device, add_precision, threads_value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,10 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", help="method name to record (default: the checkpoint's)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_device(parser)
     parser.add_argument(
         "--threads",
-        default="1",
+        type=threads_value,
+        default=1,
+        metavar="T",
         help="CPU cores: N (or 'all') single-threaded processes over the slides (default 1); "
         "on cuda: torch threads of the one process",
     )
@@ -40,71 +41,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="untimed warm-up slides (default 0; the encoder always runs one untimed batch)",
     )
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "auto"),
-        help="encoder precision (default: the one the checkpoint's features were made with)",
-    )
+    add_precision(parser, None)
     parser.add_argument("--weights", help="encoder weights (default: the checkpoint's)")
     parser.add_argument("--out", type=Path, required=True, help="output JSON")
     parser.set_defaults(func=run, outputs=lambda a: [a.out])
 
 
-def _threads(value: str) -> int:
-    if value == "all":
-        return os.cpu_count() or 1
-    try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise ZoomMILError(f"--threads must be a positive number or 'all', got {value!r}")
-    return threads
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from zoommil.efficiency.throughput import measure_throughput
-    from zoommil.inference.predict import Predictor
+    from zoommil.efficiency.throughput import profile_checkpoint
     from zoommil.io.jsonio import write_json
-    from zoommil.io.sheet import resolve_slide_path
-    from zoommil.training.checkpoint import load_checkpoint
-    from zoommil.training.data import read_sheet
 
-    threads = _threads(args.threads)
-    _, config = load_checkpoint(args.checkpoint)
-    method = args.model or config.get("method", config["arch"])
-    if args.device == "cuda" and not torch.cuda.is_available():
-        write_json(args.out, {"method": method, "device": "cuda", "skipped": "no CUDA device"})
-        print(f"{args.out}: skipped (no CUDA device)")
-        return 0
-    sheet_path = args.sheet or config["sheet"]
-    sheet = read_sheet(sheet_path)
-    if args.slides:
-        unknown = sorted(set(args.slides) - set(sheet["slide_id"].astype(str)))
-        if unknown:
-            raise ZoomMILError(f"{sheet_path}: unknown slide_id(s) {', '.join(unknown)}")
-        sheet = sheet[sheet["slide_id"].astype(str).isin(args.slides)]
-    else:
-        sheet = sheet[sheet["split"] == args.split]
-    sheet = sheet.head(args.max_slides)
-    if sheet.empty:
-        raise ZoomMILError(f"{sheet_path}: no slides to profile")
-    slides = [(str(r.slide_id), resolve_slide_path(sheet_path, r.path)) for r in sheet.itertuples()]
-    mpp = {}
-    if "mpp" in sheet.columns:
-        mpp = {str(r.slide_id): float(r.mpp) for r in sheet.itertuples() if str(r.mpp).strip()}
-    device = torch.device(args.device)
-    predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
-    predictor.method = method
-    result = measure_throughput(
-        predictor, slides, device, threads, args.precision, args.warmup, mpp
+    result = profile_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        threads=args.threads,
+        sheet=args.sheet,
+        slides=args.slides,
+        split=args.split,
+        max_slides=args.max_slides,
+        warmup=args.warmup,
+        precision=args.precision,
+        weights=args.weights,
+        method=args.model,
     )
     write_json(args.out, result)
+    if result.get("skipped"):
+        print(f"{args.out}: skipped ({result['skipped']})")
+        return 0
     print(
         f"{args.out}: {result['seconds_per_slide']:.2f} s/slide, "
-        f"{result['slides_per_hour']:.1f} slides/h ({args.device}, {result['processes']} "
+        f"{result['slides_per_hour']:.1f} slides/h ({result['device']}, {result['processes']} "
         f"process(es) x {result['threads_per_process']} thread(s), "
         f"{result['cpu_count']} cores)"
     )

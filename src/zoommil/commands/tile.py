@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoommil.wsi.lattice import NO_TISSUE_POLICIES, mag_key, tile_slide, write_coords
-from zoommil.wsi.tissue import METHODS, parse_param_args
+from zoommil.recipe import NO_TISSUE_POLICIES, TISSUE_METHODS, PreprocessingRecipe, default, mag_key
+from zoommil.wsi.tissue import parse_param_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="magnifications, e.g. 2.5 5 10 (power-of-two multiples of each other)",
     )
     parser.add_argument("--out", type=Path, required=True, help="coords HDF5 to write")
-    parser.add_argument("--patch-size", type=int, default=256, help="patch side in pixels")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        default=default("patch_size"),
+        help=f"patch side in pixels (default {default('patch_size')})",
+    )
     parser.add_argument("--mpp", type=float, default=None, help="level-0 um/px override")
     parser.add_argument(
         "--default-mpp", type=float, default=None, help="um/px if the metadata has none"
@@ -44,7 +49,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="mask PNG from 'zoommil tissue' (default: compute one with --tissue-method)",
     )
-    parser.add_argument("--tissue-method", choices=METHODS, default="gaussian")
+    parser.add_argument(
+        "--tissue-method",
+        choices=TISSUE_METHODS,
+        default=default("tissue_method"),
+        help=f"tissue detector when no mask is given (default {default('tissue_method')})",
+    )
     parser.add_argument(
         "--tissue-param",
         action="append",
@@ -54,14 +64,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tissue-threshold",
         type=float,
-        default=0.1,
-        help="minimum tissue fraction of a lowest-magnification patch (default 0.1)",
+        default=default("tissue_threshold"),
+        help="minimum tissue fraction of a lowest-magnification patch "
+        f"(default {default('tissue_threshold')})",
     )
     parser.add_argument(
         "--no-tissue",
         choices=NO_TISSUE_POLICIES,
-        default="all",
-        help="when no patch passes: keep all patches with a warning, or fail the slide",
+        default=default("no_tissue"),
+        help="when no patch passes: fail the slide (exclude) or keep all its patches with a "
+        f"warning (default {default('no_tissue')})",
     )
     parser.add_argument(
         "--allow-upsampling",
@@ -81,21 +93,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from zoommil.io.coords import write_coords
     from zoommil.workflow.failure import check_input
+    from zoommil.wsi.tiling import tile_slide
 
     check_input(args.tissue_mask, args.slide)
-    lattice = tile_slide(
-        args.slide,
-        args.mags,
+    recipe = PreprocessingRecipe(
+        mags=args.mags,
         patch_size=args.patch_size,
-        mpp=args.mpp,
-        default_mpp=args.default_mpp,
-        mask_path=args.tissue_mask,
         tissue_method=args.tissue_method,
         tissue_params=parse_param_args(args.tissue_param),
-        threshold=args.tissue_threshold,
+        tissue_threshold=args.tissue_threshold,
         no_tissue=args.no_tissue,
         allow_upsampling=args.allow_upsampling,
+    )
+    lattice = tile_slide(
+        args.slide, recipe, mpp=args.mpp, default_mpp=args.default_mpp, mask_path=args.tissue_mask
     )
     write_coords(args.out, lattice)
     counts = ", ".join(

@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from zoommil.recipe import TISSUE_METHODS, default
 from zoommil.wsi.tissue import (
     DEFAULT_PARAMS,
-    METHODS,
     default_overlay_path,
     mask_metadata,
     parse_param_args,
@@ -36,7 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("slide", type=Path, help="slide file")
     parser.add_argument("--out", type=Path, required=True, help="mask PNG to write")
-    parser.add_argument("--method", choices=METHODS, default="gaussian", help="detector")
+    parser.add_argument(
+        "--method",
+        choices=TISSUE_METHODS,
+        default=default("tissue_method"),
+        help=f"detector (default {default('tissue_method')})",
+    )
     parser.add_argument(
         "--param",
         action="append",

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from zoommil.commands.options import add_device, add_threads
+
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
@@ -46,19 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--features-dir", metavar="DIR", help="override the config's features_dir")
     parser.add_argument("--sheet", metavar="TSV", help="override the config's slide sheet")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="cpu, cuda, cuda:N or auto (CUDA when available; default)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        metavar="T",
-        help="CPU threads for torch (default 1: repeatable and one job per core; 0: torch's "
-        "default)",
-    )
+    add_device(parser)
+    add_threads(parser, default=1, why="repeatable, and one job per core")
     parser.add_argument(
         "--eval-out",
         metavar="JSON",
@@ -75,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.epochs is not None and args.epochs < 1:
         raise ZoomMILError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.threads < 0:
-        raise ZoomMILError(f"--threads must be 0 or more, got {args.threads}")
     config = load_config(args.config, {"features_dir": args.features_dir, "sheet": args.sheet})
     method = resolve_method(config, args.model, known_archs())
     metrics = train(

@@ -17,14 +17,28 @@ import logging
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
+from zoommil.errors import ZoomMILError
 from zoommil.features.encoder import PATCH_SIZE
-from zoommil.features.encoders.registry import DEFAULT_ENCODER, EncoderSpec, get_spec
+from zoommil.features.encoders.registry import (
+    DEFAULT_ENCODER,
+    EncoderSpec,
+    canonical_name,
+    get_spec,
+)
+from zoommil.io.featurefile import read_feature_file
+from zoommil.io.sheet import read_sheet
+from zoommil.recipe import PreprocessingRecipe
+from zoommil.training.checkpoint import model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -138,4 +152,61 @@ def slide_flops(
         "head_flops": head["fvcore"],
         "head_flops_torch_counter": head["torch"],
         "total_flops": encoder + head["fvcore"],
+    }
+
+
+def checkpoint_flops(
+    checkpoint: str | Path,
+    features_dir: str | Path,
+    sheet: str | Path | None = None,
+    split: str = "test",
+    max_slides: int | None = None,
+    method: str | None = None,
+) -> dict[str, Any]:
+    """FLOPs per slide of a trained method over one split's feature files (`zoommil flops`).
+
+    The patch size is the checkpoint's recipe; ``sheet`` defaults to the checkpoint's.
+    """
+    features_dir = Path(features_dir)
+    model, config = model_from_checkpoint(checkpoint)
+    recipe = PreprocessingRecipe.from_attrs(config.get("preprocessing") or {}, mags=config["mags"])
+    encoder = canonical_name(recipe.encoder)
+    frame = read_sheet(sheet or config["sheet"])
+    ids = [str(s) for s in frame.loc[frame["split"] == split, "slide_id"]]
+    ids = [i for i in ids if (features_dir / f"{i}.h5").exists()][: max_slides or None]
+    if not ids:
+        raise ZoomMILError(f"{features_dir}: no feature files for the '{split}' split")
+    rows = []
+    for slide_id in tqdm(ids, desc="flops", unit="slide"):
+        bag = read_feature_file(features_dir / f"{slide_id}.h5", config["mags"])
+        if min(len(f) for f in bag.feats) == 0:
+            continue
+        dim = int(bag.feats[0].shape[1])
+        if dim != int(config["in_dim"]):
+            raise ZoomMILError(
+                f"{features_dir / f'{slide_id}.h5'}: features have dimension {dim}, the "
+                f"checkpoint {checkpoint} expects {config['in_dim']}"
+            )
+        feats = [torch.from_numpy(f).unsqueeze(0) for f in bag.feats]
+        flops = slide_flops(model, config["arch"], feats, recipe.patch_size, encoder)
+        rows.append({"slide_id": slide_id, **flops})
+    if not rows:
+        raise ZoomMILError(f"{features_dir}: every '{split}' slide has zero patches")
+    per_patch = encoder_flops_per_patch(encoder, recipe.patch_size)
+    mean_total = float(np.mean([r["total_flops"] for r in rows]))
+    return {
+        "method": method or config.get("method", config["arch"]),
+        "arch": config["arch"],
+        "mags": config["mags"],
+        "kwargs": config.get("kwargs") or {},
+        "encoder": encoder,
+        "encoder_input_size": int(per_patch["input_size"]),
+        "encoder_flops_per_patch": per_patch["fvcore"],
+        "encoder_flops_per_patch_torch_counter": per_patch["torch"],
+        "per_slide": rows,
+        "mean_patches_encoded": float(np.mean([r["patches_encoded"] for r in rows])),
+        "mean_head_flops": float(np.mean([r["head_flops"] for r in rows])),
+        "mean_total_flops": mean_total,
+        "mean_tflops": mean_total / TFLOP,
+        "tflops_unit": "2^40 flops (fvcore: one multiply-add = one flop)",
     }

@@ -26,9 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoommil.device import resolve_device
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.extraction import default_workers
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+from zoommil.io.sheet import read_sheet
+from zoommil.training.checkpoint import load_checkpoint
 from zoommil.wsi.patches import ReaderPool
 
 
@@ -182,3 +185,61 @@ def _measure(
                 }
             )
     return rows, info, encoder.precision, excluded
+
+
+def profile_slides(
+    sheet_path: str | Path, slides: Sequence[str] | None, split: str, max_slides: int
+) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """(slide_id, path) pairs to time (``slides``, else the split's) and their sheet mpp."""
+    sheet = read_sheet(sheet_path)
+    if slides:
+        unknown = sorted(set(slides) - set(sheet["slide_id"]))
+        if unknown:
+            raise ZoomMILError(f"{sheet_path}: unknown slide_id(s) {', '.join(unknown)}")
+        sheet = sheet[sheet["slide_id"].isin(slides)]
+    else:
+        sheet = sheet[sheet["split"] == split]
+    sheet = sheet.head(max_slides)
+    if sheet.empty:
+        raise ZoomMILError(f"{sheet_path}: no slides to profile")
+    if "path" not in sheet.columns:
+        raise ZoomMILError(f"{sheet_path}: profiling reads the slides: the sheet needs a path")
+    pairs = [(str(r.slide_id), str(r.path)) for r in sheet.itertuples()]
+    mpp = {}
+    if "mpp" in sheet.columns:
+        mpp = {str(r.slide_id): float(r.mpp) for r in sheet.itertuples() if str(r.mpp).strip()}
+    return pairs, mpp
+
+
+def profile_checkpoint(
+    checkpoint: str | Path,
+    device: str = "auto",
+    threads: int = 1,
+    sheet: str | Path | None = None,
+    slides: Sequence[str] | None = None,
+    split: str = "test",
+    max_slides: int = 3,
+    warmup: int = 0,
+    precision: str | None = None,
+    weights: str | None = None,
+    method: str | None = None,
+) -> dict[str, Any]:
+    """`zoommil profile`: throughput of a checkpoint's method on a sheet's slides.
+
+    Without a CUDA device, ``device="cuda"`` returns a record with a ``skipped`` reason, so a
+    workflow can ask for GPU timings on any machine.
+    """
+    if threads < 1:
+        raise ZoomMILError(
+            f"--threads must be a positive number or 'all' for timing, got {threads}"
+        )
+    _, config = load_checkpoint(checkpoint)
+    method = method or config.get("method", config["arch"])
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        return {"method": method, "device": "cuda", "skipped": "no CUDA device"}
+    torch_device = resolve_device(device)
+    sheet_path = sheet or config["sheet"]
+    pairs, mpp = profile_slides(sheet_path, slides, split, max_slides)
+    predictor = Predictor.from_checkpoint(checkpoint, weights=weights, device=torch_device)
+    predictor.method = method
+    return measure_throughput(predictor, pairs, torch_device, threads, precision, warmup, mpp)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders import registry
 from zoommil.features.encoders.registry import (
@@ -76,17 +77,6 @@ def build_encoder(
     says "random" for random weights).
     """
     return registry.build_encoder(encoder, str(weights), seed)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ZoomMILError("--device cuda requested but no CUDA device is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ZoomMILError(f"unknown device {device!r} (use cpu, cuda or auto)")
-    return torch.device(device)
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -14,7 +14,6 @@ datasets (`FeatureFileWriter`), so memory is a few batches whatever the slide's 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -29,19 +28,22 @@ import torch
 from tqdm import tqdm
 
 import zoommil
+from zoommil.device import resolve_device
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.features.encoder import PatchEncoder, build_encoder, resolve_device
-from zoommil.features.encoders.registry import DEFAULT_ENCODER
+from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.io.atomic import atomic_path, check_free_space
-from zoommil.io.featurefile import FeatureFileWriter, mag_key
-from zoommil.wsi.lattice import Lattice, load_coords
+from zoommil.io.coords import load_coords
+from zoommil.io.featurefile import FeatureFileWriter
+from zoommil.recipe import ENCODER_FIELDS, PreprocessingRecipe, default_weights
+from zoommil.recipe import default as recipe_default
+from zoommil.wsi.lattice import Lattice
+from zoommil.wsi.lattice import depths as mag_depths
 from zoommil.wsi.patches import (  # noqa: F401  (re-exported: predict, tests)
     ReaderPool,
     RegionTask,
     chunk_tasks,
     close_handles,
     derive_patches,
-    quadtree_offsets,
     read_parent_patches,
     read_task,
 )
@@ -75,67 +77,11 @@ _COPIED_COORDS_ATTRS = (
 
 def depths_of(plan: Lattice) -> list[int]:
     """Quadtree depth of each magnification below the lowest one (e.g. 0, 1, 3)."""
-    return [round(math.log2(m / plan.mags[0])) for m in plan.mags]
+    return mag_depths(plan.mags)
 
 
 def patches_per_parent(plan: Lattice) -> int:
     return sum(4**d for d in depths_of(plan))
-
-
-def validate_plan(plan: Lattice, source: str = "coords file") -> None:
-    """Check the lattice invariants features rely on; a violation is a user-facing error."""
-    mags = plan.mags
-    if not mags:
-        raise ZoomMILError(f"{source}: no magnifications")
-    if sorted(mags) != list(mags):
-        raise ZoomMILError(f"{source}: magnifications must be listed lowest first, got {mags}")
-    depths = depths_of(plan)
-    for m, d in zip(mags, depths, strict=True):
-        if not math.isclose(mags[0] * 2**d, m, rel_tol=1e-6):
-            raise ZoomMILError(
-                f"{source}: magnifications {mags} are not power-of-two multiples of each other"
-            )
-    for k, (m, d) in enumerate(zip(mags, depths, strict=True)):
-        if plan.sides[k] * 2**d != plan.sides[0]:
-            raise ZoomMILError(
-                f"{source}: level-0 side {plan.sides[k]} at {mag_key(m)} is not "
-                f"{plan.sides[0]} / 2^{d}: the lattice is not aligned"
-            )
-        n = len(plan.xy[k])
-        if n != len(plan.xy[0]) * 4**d or len(plan.coords[k]) != n:
-            raise ZoomMILError(
-                f"{source}: {n} patches at {mag_key(m)} but {len(plan.xy[0])} parents "
-                f"at {mag_key(mags[0])} need {len(plan.xy[0]) * 4**d} (4^{d} each)"
-            )
-        if n == 0:
-            continue
-        grid_xy = np.asarray(plan.coords[k])[:, ::-1] * plan.sides[k]
-        if not np.array_equal(grid_xy, plan.xy[k]):
-            raise ZoomMILError(
-                f"{source}: (row, col) and level-0 (x, y) at {mag_key(m)} disagree "
-                f"(expected x = col * {plan.sides[k]}, y = row * {plan.sides[k]})"
-            )
-        parent_xy = np.repeat(plan.xy[0], 4**d, axis=0)
-        offset = plan.xy[k] - parent_xy
-        if (
-            (offset < 0).any()
-            or (offset + plan.sides[k] > plan.sides[0]).any()
-            or (offset % plan.sides[k]).any()
-        ):
-            raise ZoomMILError(
-                f"{source}: patches at {mag_key(m)} are not on the lattice inside their "
-                "parents (row order must be depth-first)"
-            )
-
-
-def load_plan(coords_path: str | Path) -> Lattice:
-    """Read a coords file written by `zoommil tile` (see `zoommil.wsi.lattice`)."""
-    coords_path = Path(coords_path)
-    if not coords_path.is_file():
-        raise ZoomMILError(f"{coords_path}: coords file not found (make it with `zoommil tile`)")
-    plan = load_coords(coords_path)
-    validate_plan(plan, str(coords_path))
-    return plan
 
 
 # --------------------------------------------------------------------------- pixels
@@ -425,14 +371,14 @@ def extract_features(
     slide_path: str | Path,
     coords_path: str | Path,
     out_path: str | Path,
-    weights: str | Path = "imagenet",
-    seed: int = 0,
+    weights: str | Path | None = None,
+    seed: int | None = None,
     mpp: float | None = None,
-    encoder_name: str = DEFAULT_ENCODER,
+    encoder_name: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
-    precision: str = "fp32",
+    precision: str | None = None,
     threads: int | None = None,
     progress: bool = True,
 ) -> ExtractResult:
@@ -440,9 +386,17 @@ def extract_features(
 
     ``encoder_name``: a registered encoder (`zoommil.features.encoders`); its transform turns
     the lattice's patches into its input, and the file records its name, dimension, input size,
-    weights hash and precision.
+    weights hash and precision. The feature file records the coords file's tiling recipe plus
+    the encoder part (encoder, weights, seed, precision actually used), which training copies
+    into the checkpoint. ``encoder_name``, ``weights``, ``seed`` and ``precision`` default to
+    the recipe's defaults.
     """
     from zoommil.wsi.slide import open_slide
+
+    encoder_name = recipe_default("encoder") if encoder_name is None else encoder_name
+    weights = default_weights(encoder_name) if weights is None else weights
+    seed = recipe_default("weights_seed") if seed is None else seed
+    precision = recipe_default("precision") if precision is None else precision
 
     if batch_size is not None and batch_size < 1:
         raise ZoomMILError(f"--batch-size must be >= 1, got {batch_size}")
@@ -453,7 +407,7 @@ def extract_features(
             raise ZoomMILError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     torch_device = resolve_device(device)  # fail fast on --device cuda without a GPU
-    plan = load_plan(coords_path)
+    plan = load_coords(coords_path, check=True)
     slide = open_slide(slide_path)
     try:
         mpp0, mpp_source = check_plan_matches_slide(slide, slide_path, plan, mpp)
@@ -483,6 +437,11 @@ def extract_features(
         seconds = time.perf_counter() - start
         attrs = _provenance(slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder)
         attrs.update(batch_size=batch_size, threads=torch.get_num_threads())
+        recipe = PreprocessingRecipe.from_attrs(
+            {"mags": plan.mags}, encoder=weights_info.get("encoder", encoder_name),
+            weights=str(weights), weights_seed=seed, precision=encoder.precision,
+        )  # fmt: skip
+        attrs.update(recipe.to_attrs(ENCODER_FIELDS))
         writer.finish(
             plan.coords,
             plan.xy,

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from torch import nn
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
-from zoommil.features.encoders.registry import DEFAULT_ENCODER, canonical_name
 from zoommil.features.extraction import (
     StreamStats,
     default_batch_size,
@@ -36,35 +35,40 @@ from zoommil.features.extraction import (
     encode_stream,
     regions_per_task,
 )
-from zoommil.io.featurefile import mag_key
+from zoommil.recipe import PreprocessingRecipe, mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
-from zoommil.wsi.lattice import Lattice, steps_between, tile_open_slide
+from zoommil.wsi.lattice import Lattice, descendant_rows, steps_between
 from zoommil.wsi.patches import ReaderPool, chunk_tasks
 from zoommil.wsi.slide import open_with_mpp
+from zoommil.wsi.tiling import tile_open_slide
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Predictor:
-    """A trained model plus the preprocessing recipe it was trained with."""
+    """A trained model plus the preprocessing recipe its features were made with.
+
+    The recipe's magnifications are the ones the model reads (a single-scale model is tiled at
+    its own magnification, as the checkpoint records).
+    """
 
     model: nn.Module
     arch: str
     classes: list[str]
-    mags: list[float]
-    patch_size: int = 256
-    tissue_method: str = "gaussian"
-    tissue_params: dict[str, Any] = field(default_factory=dict)
-    tissue_threshold: float = 0.1
-    encoder: str = DEFAULT_ENCODER
-    weights: str = "random"
-    weights_seed: int = 0
-    precision: str = "fp32"
+    recipe: PreprocessingRecipe
     method: str = ""
     norm: FeatureNorm | None = None
     in_dim: int | None = None
+
+    @property
+    def mags(self) -> list[float]:
+        return list(self.recipe.mags)
+
+    @property
+    def patch_size(self) -> int:
+        return self.recipe.patch_size
 
     @classmethod
     def from_checkpoint(
@@ -72,20 +76,13 @@ class Predictor:
     ) -> Predictor:
         model, config = model_from_checkpoint(checkpoint)
         model.to(device)
-        pre: Mapping[str, Any] = config.get("preprocessing") or {}
+        recorded: Mapping[str, Any] = config.get("preprocessing") or {}
+        recipe = PreprocessingRecipe.from_attrs(recorded, mags=config["mags"], weights=weights)
         return cls(
             model=model,
             arch=str(config["arch"]),
             classes=[str(c) for c in config["classes"]],
-            mags=[float(m) for m in config["mags"]],
-            patch_size=int(pre.get("patch_size", 256)),
-            tissue_method=str(pre.get("tissue_method", "gaussian")),
-            tissue_params=dict(pre.get("tissue_params") or {}),
-            tissue_threshold=float(pre.get("tissue_threshold", 0.1)),
-            encoder=canonical_name(pre.get("encoder", DEFAULT_ENCODER)),
-            weights=str(weights or pre.get("weights", "imagenet")),
-            weights_seed=int(pre.get("weights_seed", 0)),
-            precision=str(pre.get("precision", "fp32")),
+            recipe=recipe,
             method=str(config.get("method", config["arch"])),
             norm=FeatureNorm.from_config(config.get("feature_norm")),
             in_dim=int(config["in_dim"]) if config.get("in_dim") else None,
@@ -93,19 +90,10 @@ class Predictor:
 
 
 def _tile(predictor: Predictor, slide: Any, slide_path: Path, mpp0: float, source: str) -> Lattice:
-    """The checkpoint's lattice on the open slide (opened once for tiling and reading)."""
-    return tile_open_slide(
-        slide,
-        slide_path,
-        mpp0,
-        source,
-        predictor.mags,
-        patch_size=predictor.patch_size,
-        tissue_method=predictor.tissue_method,
-        tissue_params=predictor.tissue_params,
-        threshold=predictor.tissue_threshold,
-        no_tissue="all",
-    )
+    """The checkpoint's lattice on the open slide (opened once for tiling and reading). A
+    slide without tissue is still classified (all its patches), whatever the recipe's policy."""
+    recipe = predictor.recipe.replace(no_tissue="all")
+    return tile_open_slide(slide, slide_path, mpp0, source, recipe)
 
 
 def _encode_regions(
@@ -238,7 +226,7 @@ def _zoom_predict(
         )
         depth = steps_between(lattice.mags[m], lattice.mags[m + 1])
         r = 4**depth
-        rows = (chosen[:, None] * r + np.arange(r)[None, :]).reshape(-1)
+        rows = descendant_rows(chosen, r)
         feats = _encode_regions(
             encoder,
             reader,
@@ -341,8 +329,8 @@ def _result(
         "patches_per_mag": encoded,
         "mpp": float(mpp0),
         "mpp_source": source,
-        "encoder": predictor.encoder,
-        "weights": predictor.weights,
+        "encoder": predictor.recipe.encoder,
+        "weights": predictor.recipe.weights,
         "selected": selected,
         "attention": attention,
         "seconds": timer.summary(),
@@ -354,15 +342,14 @@ def make_encoder(
 ) -> tuple[PatchEncoder, dict[str, Any]]:
     """The encoder the checkpoint's features were made with (same encoder, weights, seed and,
     unless ``precision`` overrides it, precision)."""
-    model, info = build_encoder(
-        predictor.weights, seed=predictor.weights_seed, encoder=predictor.encoder
-    )
+    recipe = predictor.recipe
+    model, info = build_encoder(recipe.weights, seed=recipe.weights_seed, encoder=recipe.encoder)
     if predictor.in_dim is not None and int(info["feature_dim"]) != predictor.in_dim:
         raise ZoomMILError(
-            f"encoder {predictor.encoder} gives {info['feature_dim']}-d features but the "
+            f"encoder {recipe.encoder} gives {info['feature_dim']}-d features but the "
             f"checkpoint was trained on {predictor.in_dim}-d features"
         )
-    precision = precision or predictor.precision
+    precision = precision or recipe.precision
     return PatchEncoder(model, device=device, precision=precision), info
 
 

@@ -25,8 +25,9 @@ MIN_FREE_BYTES = 1 << 20
 
 
 def temp_name(path: Path) -> Path:
-    """The temporary file of ``path`` for this process: ``.NAME.tmp-PID`` in its folder."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """The temporary file of ``path`` for this process: ``.NAME.tmp-PID.EXT`` in its folder."""
+    # the suffix is repeated: writers that pick a format by extension (matplotlib, PIL) still can
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -245,4 +246,11 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text through `atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)

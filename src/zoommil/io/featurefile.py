@@ -21,11 +21,10 @@ import numpy as np
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import GuardedFile, write_bytes_atomic
+from zoommil.recipe import mag_key
 
-
-def mag_key(mag: float) -> str:
-    """Name of a magnification in the feature file: ``f"{float(mag)}x"`` (1.25x, 2.5x, 10.0x)."""
-    return f"{float(mag)}x"
+__all__ = ["FeatureBag", "decode_attr", "encode_attr", "mag_key", "read_attrs",
+           "read_feature_file", "write_feature_file"]  # fmt: skip
 
 
 @dataclass
@@ -45,7 +44,7 @@ class FeatureBag:
 def encode_attr(value: Any) -> Any:
     """An HDF5 attribute value: scalars, strings and numeric arrays as they are, else JSON.
 
-    Shared with the coords file (`zoommil.wsi.lattice`); `decode_attr` reverses it.
+    Shared with the coords file (`zoommil.io.coords`); `decode_attr` reverses it.
     """
     if isinstance(value, np.ndarray) and value.dtype.kind in "US":
         return json.dumps(value.tolist())

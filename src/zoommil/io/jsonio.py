@@ -1,4 +1,4 @@
-"""Plain-type conversion and atomic JSON output shared by train and evaluate."""
+"""Plain-type conversion (`to_plain`: checkpoints, JSON, YAML train configs) and atomic JSON."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def to_plain(value: Any) -> Any:
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
         return [to_plain(v) for v in value]
-    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint config")
+    raise TypeError(f"cannot store {type(value).__name__} as a plain (JSON/YAML) value")
 
 
 def write_json(path: str | Path, data: Any) -> Path:

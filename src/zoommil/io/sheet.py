@@ -1,10 +1,13 @@
-"""Read and validate slide sheets so that a bad sheet fails before any job runs.
+"""The one slide-sheet reader and path resolver.
 
 A sheet is a TSV (or CSV) with columns slide_id, path, label, split and optional mpp and
-patient. Every error names the offending row (1-based data row and its slide_id), because
-users fix sheets by hand. Leakage between splits is refused here: one file in two rows, or
-one patient's slides in two splits (`check_leakage`); `check_splits` refuses a cohort
-without validation or test slides before any preprocessing runs.
+patient; relative paths are relative to the sheet's folder. `read_sheet` is the reader every
+command uses (training, evaluation, FLOPs, profiling, the demo); `load_sheet` adds the full
+validation the workflow runs before any job, where every error names the offending row
+(1-based data row and its slide_id), because users fix sheets by hand. Leakage between splits
+is refused here: one file in two rows, or one patient's slides in two splits
+(`check_leakage`); `check_splits` refuses a cohort without validation or test slides before
+any preprocessing runs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from zoommil.errors import ZoomMILError
 from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
+#: What commands that start from feature files need (their sheet may lack paths).
+COMMAND_COLUMNS = ("slide_id", "label", "split")
 SPLITS = ("train", "val", "test")
 
 
@@ -39,6 +44,38 @@ def read_table(path: str | Path) -> pd.DataFrame:
     frame.columns = [str(c).strip() for c in frame.columns]
     check_separator(frame, path)
     return frame
+
+
+def read_sheet(path: str | Path) -> pd.DataFrame:
+    """A slide sheet (slide_id, label, split [, path, mpp]) with every value a string and
+    ``path`` (when present) resolved against the sheet's folder."""
+    path = Path(path)
+    sheet = read_table(path)
+    check_separator(sheet, path)
+    missing = [c for c in COMMAND_COLUMNS if c not in sheet.columns]
+    if missing:
+        raise ZoomMILError(
+            f"{path}: slide sheet lacks column(s) {', '.join(missing)} "
+            f"(it has {', '.join(sheet.columns)})"
+        )
+    for column in COMMAND_COLUMNS:
+        sheet[column] = sheet[column].str.strip()
+    duplicated = sheet.loc[sheet["slide_id"].duplicated(), "slide_id"].tolist()
+    if duplicated:
+        raise ZoomMILError(f"{path}: duplicated slide_id(s) {', '.join(duplicated[:5])}")
+    empty = sheet.loc[(sheet["slide_id"] == "") | (sheet["label"] == ""), "slide_id"].tolist()
+    if empty:
+        raise ZoomMILError(f"{path}: {len(empty)} row(s) with an empty slide_id or label")
+    bad = sheet.loc[~sheet["split"].isin(SPLITS)]
+    if len(bad):
+        row = bad.iloc[0]
+        raise ZoomMILError(
+            f"{path}: slide {row['slide_id']} has split {row['split']!r}; "
+            f"allowed: {', '.join(SPLITS)}"
+        )
+    if "path" in sheet.columns:
+        sheet["path"] = [resolve_slide_path(path, p) if p else p for p in sheet["path"]]
+    return sheet
 
 
 def check_separator(frame: pd.DataFrame, path: str | Path) -> None:
@@ -128,7 +165,7 @@ def load_sheet(
             )
         seen[row["slide_id"]] = index
     frame["mpp"] = pd.array([float("nan") if m is None else m for m in mpps], dtype=float)
-    frame["path"] = [_resolve(sheet, p) for p in frame["path"]]
+    frame["path"] = [resolve_slide_path(sheet, p) for p in frame["path"]]
     check_leakage(frame, sheet)
     return frame.set_index("slide_id", drop=False)
 
@@ -201,7 +238,10 @@ def sheet_classes(frame: pd.DataFrame, classes: list[str] | None) -> list[str]:
     return list(classes) if classes else sorted(frame["label"].unique())
 
 
-def resolve_slide_path(sheet: str | Path, path: str | Path) -> Path:
-    """A sheet's `path` entry as an absolute path: relative entries are relative to the sheet."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else (Path(sheet).resolve().parent / path).resolve()
+def resolve_slide_path(sheet: str | Path, path: str | Path) -> str:
+    """A sheet's `path` entry as an absolute path: relative entries are relative to the sheet's
+    folder (links inside the entry are kept, so the path stays the one the user wrote)."""
+    candidate = Path(str(path).strip()).expanduser()
+    if not candidate.is_absolute():
+        candidate = Path(sheet).resolve().parent / candidate
+    return str(candidate)

@@ -10,8 +10,8 @@ and not a silently ignored setting.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -24,9 +24,7 @@ from zoommil.models.meanmil import MeanMIL
 from zoommil.models.msmil import MSMIL
 from zoommil.models.sparseconvmil import SparseConvMIL
 from zoommil.models.transmil import TransMIL
-
-if TYPE_CHECKING:
-    from zoommil.models.zoommil import ZoomMIL
+from zoommil.models.zoommil import ZoomMIL
 
 MODEL_NAMES: tuple[str, ...] = (
     "zoommil",
@@ -44,25 +42,16 @@ MULTI_SCALE_ALL = ("zoommil", "msmil")  # every magnification
 LOWEST_AND_HIGHEST = ("dsmil",)  # the lowest and the highest
 
 
-def _zoommil_class() -> type[nn.Module]:
-    """ZoomMIL lives in its own module, imported on demand (its dependencies are heavier)."""
-    try:
-        from zoommil.models.zoommil import ZoomMIL
-    except ImportError as error:
-        raise ZoomMILError(f"model 'zoommil' is not available: {error}") from error
-    return ZoomMIL
-
-
-_CLASSES: dict[str, Callable[[], type[nn.Module]]] = {
-    "zoommil": _zoommil_class,
-    "maxmil": lambda: MaxMIL,
-    "meanmil": lambda: MeanMIL,
-    "sparseconvmil": lambda: SparseConvMIL,
-    "abmil": lambda: ABMIL,
-    "clam_sb": lambda: CLAMSB,
-    "transmil": lambda: TransMIL,
-    "msmil": lambda: MSMIL,
-    "dsmil": lambda: DSMIL,
+_CLASSES: dict[str, type[nn.Module]] = {
+    "zoommil": ZoomMIL,
+    "maxmil": MaxMIL,
+    "meanmil": MeanMIL,
+    "sparseconvmil": SparseConvMIL,
+    "abmil": ABMIL,
+    "clam_sb": CLAMSB,
+    "transmil": TransMIL,
+    "msmil": MSMIL,
+    "dsmil": DSMIL,
 }
 
 
@@ -108,7 +97,7 @@ def build_model(name: str, *, mags: Sequence[float] | None = None, **kwargs: Any
     not take raise a `ZoomMILError` that lists the ones it does.
     """
     arch = canonical_name(name)
-    cls = _CLASSES[arch]()
+    cls = _CLASSES[arch]
     if mags is not None:
         used = default_mags(arch, mags)
         if arch == "zoommil":
@@ -126,12 +115,6 @@ def build_model(name: str, *, mags: Sequence[float] | None = None, **kwargs: Any
         return cls(**kwargs)
     except TypeError as error:
         raise ZoomMILError(f"model '{arch}': {error}") from error
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ZoomMIL":
-        return _zoommil_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -32,7 +32,6 @@ Step-by-step inference (``zoommil predict`` reads only the regions it selects)::
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,26 +42,11 @@ from torch import nn
 from zoommil.errors import ZoomMILError
 from zoommil.models.attention import GatedAttention, attention_pool
 from zoommil.models.topk import GRAD_MODES, PerturbedTopK
+from zoommil.wsi.lattice import descendant_ratios
 
 SELECTIONS = ("diff_topk", "nondiff_topk", "random", "random_4k")
 ATTENTIONS = ("dual", "single")
 AGGREGATIONS = ("sum", "concat", "last")
-
-
-def descendant_ratios(mags: Sequence[float]) -> list[int]:
-    """Rows per parent between neighbouring magnifications (4^d for a 2^d ratio)."""
-    mags = [float(m) for m in mags]
-    if len(mags) < 2:
-        raise ZoomMILError(f"ZoomMIL needs at least 2 magnifications, got {mags}")
-    ratios = []
-    for lo, hi in zip(mags[:-1], mags[1:], strict=True):
-        if lo <= 0 or hi <= lo:
-            raise ZoomMILError(f"magnifications must be positive and increasing, got {mags}")
-        d = math.log2(hi / lo)
-        if abs(d - round(d)) > 1e-6:
-            raise ZoomMILError(f"magnifications must be power-of-two multiples, got {lo} -> {hi}")
-        ratios.append(4 ** round(d))
-    return ratios
 
 
 def gather_descendants(x: torch.Tensor, index: torch.Tensor, r: int) -> torch.Tensor:
@@ -178,6 +162,8 @@ class ZoomMIL(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if len(mags) < 2:
+            raise ZoomMILError(f"ZoomMIL needs at least 2 magnifications, got {list(mags)}")
         self.ratios = descendant_ratios(mags)
         self.mags = [float(m) for m in mags]
         n_steps = len(self.mags) - 1

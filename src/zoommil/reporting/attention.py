@@ -1,7 +1,8 @@
-"""Attention heatmaps over the slide thumbnail (the paper's Figure 4).
+"""The one attention renderer: `zoommil predict --heatmap` and Figure 4 draw with it.
 
 The lowest magnification's attention weights are painted over the patches they belong to, and
 the regions ZoomMIL zoomed into are outlined, so a person can see where the model looked.
+Slides are read only through `zoommil.wsi.slide`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import cv2
 import numpy as np
 from matplotlib import colormaps
 
+from zoommil.errors import ZoomMILError
+from zoommil.io.atomic import atomic_path
 from zoommil.wsi.slide import open_with_mpp, read_thumbnail_at_mpp
 
 OUTLINE_COLOURS = ((0, 200, 0), (0, 90, 255), (255, 140, 0))
 
 
-def thumbnail(
+def slide_thumbnail(
     slide_path: str | Path, mpp: float | None = None, max_side: int = 1024
-) -> tuple[np.ndarray, float]:
-    """RGB thumbnail of at most ``max_side`` px and its scale (thumbnail px per level-0 px)."""
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB thumbnail of at most ``max_side`` px and the slide's level-0 (width, height)."""
     slide, mpp0, _ = open_with_mpp(slide_path, mpp)
     try:
         width, height = slide.dimensions
@@ -30,7 +33,35 @@ def thumbnail(
         thumb = read_thumbnail_at_mpp(slide, mpp0, target)
     finally:
         slide.close()
+    return thumb, (int(width), int(height))
+
+
+def thumbnail(
+    slide_path: str | Path, mpp: float | None = None, max_side: int = 1024
+) -> tuple[np.ndarray, float]:
+    """RGB thumbnail of at most ``max_side`` px and its scale (thumbnail px per level-0 px)."""
+    thumb, (width, _) = slide_thumbnail(slide_path, mpp, max_side)
     return thumb, thumb.shape[1] / width
+
+
+def lowest_attention(prediction: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The attention entry of the lowest magnification of a prediction ({} when none)."""
+    entries = prediction.get("attention") or []
+    return min(entries, key=lambda e: float(e["mag"])) if entries else {}
+
+
+def render(
+    prediction: Mapping[str, Any],
+    slide_path: str | Path,
+    mpp: float | None = None,
+    max_side: int = 1024,
+    steps: int | None = None,
+) -> np.ndarray:
+    """RGB thumbnail of the slide with the prediction's lowest-magnification attention and the
+    regions of its first ``steps`` zoom steps (all when None) outlined."""
+    thumb, scale = thumbnail(slide_path, mpp, max_side)
+    selected = sorted(prediction.get("selected") or [], key=lambda e: float(e["mag"]))
+    return attention_overlay(thumb, scale, lowest_attention(prediction), selected[:steps])
 
 
 def attention_overlay(
@@ -75,10 +106,8 @@ def save_heatmap(
     mpp: float | None = None,
 ) -> Path:
     """Write the lowest-magnification attention map of a `zoommil predict` result as PNG."""
-    thumb, scale = thumbnail(slide_path, mpp)
-    attention = prediction["attention"][0] if prediction.get("attention") else {}
-    image = attention_overlay(thumb, scale, attention, prediction.get("selected", ()))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return path
+    image = render(prediction, slide_path, mpp)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise ZoomMILError(f"{path}: cannot write the heatmap image")
+    return Path(path)

@@ -21,7 +21,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from zoommil.reporting import results  # noqa: E402
+from zoommil.io.atomic import atomic_path  # noqa: E402
+from zoommil.io.sheet import read_sheet  # noqa: E402
+from zoommil.reporting import attention, results  # noqa: E402
 from zoommil.reporting.tables import (  # noqa: E402
     add_intervals,
     display_name,
@@ -55,11 +57,8 @@ def pareto_front(throughput: Sequence[float], score: Sequence[float]) -> list[in
 
 def _save(fig: plt.Figure, outputs: Iterable[str | Path]) -> None:
     for out in outputs:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -202,6 +201,82 @@ def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     return styles
 
 
+def _device_panel(
+    ax: plt.Axes,
+    data: pd.DataFrame,
+    device: str,
+    styles: Mapping[str, dict[str, Any]],
+    handles: dict[str, Any],
+) -> None:
+    """One device's panel: the timed methods with their CIs and the efficiency frontier."""
+    part = data[(data["device"] == device) & data["slides_per_hour"].notna()]
+    part = part.reset_index(drop=True)
+    ax.set_title(panel_title(device, panel_setting(part)), fontsize=9)
+    ax.set_xscale("log")
+    front = frontier(part).sort_values("slides_per_hour")
+    if len(front) > 1:
+        (line,) = ax.step(
+            front["slides_per_hour"],
+            100 * front["f1"],
+            where="pre",
+            linestyle="--",
+            color="0.45",
+            zorder=1,
+        )
+        handles["efficiency frontier"] = line
+    ax.scatter(
+        front["slides_per_hour"],
+        100 * front["f1"],
+        s=260,
+        facecolors="none",
+        edgecolors="0.45",
+        linewidths=1.0,
+        zorder=2,
+    )
+    for _, row in part.iterrows():
+        style = styles[row["method"]]
+        low = max(0.0, row["f1"] - row["f1_low"]) if not math.isnan(row["f1_low"]) else 0.0
+        high = max(0.0, row["f1_high"] - row["f1"]) if not math.isnan(row["f1_high"]) else 0.0
+        container = ax.errorbar(
+            row["slides_per_hour"],
+            100 * row["f1"],
+            yerr=[[100 * low], [100 * high]],
+            fmt=style["marker"],
+            markersize=style["markersize"],
+            color=style["color"],
+            ecolor=style["color"],
+            elinewidth=1.0,
+            capsize=3,
+            alpha=0.9,
+            zorder=3,
+        )
+        handles.setdefault(display_name(row["method"]), container)
+    ax.set_ylim(-2, 102)
+    ax.set_xlim(*x_limits(part["slides_per_hour"]))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    speeds = part["slides_per_hour"]
+    narrow = speeds.max() / speeds.min() < 10  # less than a decade: label every tick
+    minor = _every_minor_label if narrow else _minor_label
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.grid(alpha=0.3, which="both")
+
+
+def _throughput_title(dataset: str, encoder: str, weights: str, skipped: Mapping[str, str]) -> str:
+    """Figure 3's title: the setting, the devices not timed and why, the random-weights note."""
+    title = (
+        f"{dataset}: throughput (end to end from the slide file) vs weighted F1\n"
+        f"encoder {encoder_label(encoder)}, {weights} weights"
+    )
+    if skipped:
+        title += "\n" + "; ".join(
+            f"{PANELS.get(d, d)}: not timed ({reason})" for d, reason in skipped.items()
+        )
+    if str(weights) == "random":
+        title += f"\n{RANDOM_NOTE}"
+    return title
+
+
 def throughput_figure(
     evals: Iterable[str | Path],
     timings: Mapping[str, Iterable[str | Path]],
@@ -232,57 +307,7 @@ def throughput_figure(
             ax.text(0.5, 0.5, "no timings", ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])
             continue
-        part = data[(data["device"] == device) & data["slides_per_hour"].notna()]
-        part = part.reset_index(drop=True)
-        ax.set_title(panel_title(device, panel_setting(part)), fontsize=9)
-        ax.set_xscale("log")
-        front = frontier(part).sort_values("slides_per_hour")
-        if len(front) > 1:
-            (line,) = ax.step(
-                front["slides_per_hour"],
-                100 * front["f1"],
-                where="pre",
-                linestyle="--",
-                color="0.45",
-                zorder=1,
-            )
-            handles["efficiency frontier"] = line
-        ax.scatter(
-            front["slides_per_hour"],
-            100 * front["f1"],
-            s=260,
-            facecolors="none",
-            edgecolors="0.45",
-            linewidths=1.0,
-            zorder=2,
-        )
-        for _, row in part.iterrows():
-            style = styles[row["method"]]
-            low = max(0.0, row["f1"] - row["f1_low"]) if not math.isnan(row["f1_low"]) else 0.0
-            high = max(0.0, row["f1_high"] - row["f1"]) if not math.isnan(row["f1_high"]) else 0.0
-            container = ax.errorbar(
-                row["slides_per_hour"],
-                100 * row["f1"],
-                yerr=[[100 * low], [100 * high]],
-                fmt=style["marker"],
-                markersize=style["markersize"],
-                color=style["color"],
-                ecolor=style["color"],
-                elinewidth=1.0,
-                capsize=3,
-                alpha=0.9,
-                zorder=3,
-            )
-            handles.setdefault(display_name(row["method"]), container)
-        ax.set_ylim(-2, 102)
-        ax.set_xlim(*x_limits(part["slides_per_hour"]))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        speeds = part["slides_per_hour"]
-        narrow = speeds.max() / speeds.min() < 10  # less than a decade: label every tick
-        minor = _every_minor_label if narrow else _minor_label
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
-        ax.tick_params(axis="x", which="minor", labelsize=7)
-        ax.grid(alpha=0.3, which="both")
+        _device_panel(ax, data, device, styles, handles)
     axes[0, 0].set_ylabel("weighted F1 (%), 95% CI over test slides")
     if handles:
         fig.legend(
@@ -293,16 +318,7 @@ def throughput_figure(
             fontsize=8,
             frameon=False,
         )
-    title = (
-        f"{dataset}: throughput (end to end from the slide file) vs weighted F1\n"
-        f"encoder {encoder_label(encoder)}, {weights} weights"
-    )
-    if skipped:
-        title += "\n" + "; ".join(
-            f"{PANELS.get(d, d)}: not timed ({reason})" for d, reason in skipped.items()
-        )
-    if str(weights) == "random":
-        title += f"\n{RANDOM_NOTE}"
+    title = _throughput_title(dataset, encoder, weights, skipped)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, outputs)
@@ -350,15 +366,12 @@ def attention_map(
     return heat
 
 
-def _thumbnail(path: str, max_side: int = 768) -> tuple[np.ndarray, tuple[int, int]]:
-    import openslide
-
-    with openslide.OpenSlide(path) as slide:
-        size0 = slide.dimensions
-        scale = max_side / max(size0)
-        thumb = slide.get_thumbnail((max(1, int(size0[0] * scale)), max(1, int(size0[1] * scale))))
-    background = np.asarray(thumb.convert("RGB"))
-    return background, size0
+def _thumbnail(
+    path: str, mpp: float | None = None, max_side: int = 768
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The slide's thumbnail and level-0 size, read through `zoommil.wsi.slide` as the heatmap
+    of `zoommil predict` (at the mpp the prediction used)."""
+    return attention.slide_thumbnail(path, mpp, max_side=max_side)
 
 
 def _boxes(ax: plt.Axes, step: Mapping[str, Any], sx: float, sy: float, **style: Any) -> None:
@@ -387,7 +400,7 @@ def attention_figure(
 
     A slide whose prediction failed (a `zoommil predict --no-fail` marker) or whose thumbnail
     cannot be read is left out, with a note under the figure."""
-    table = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False).set_index("slide_id")
+    table = read_sheet(sheet).set_index("slide_id")
     predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
     mags = attention_layout(loaded)
     n_rows, n_cols = max(1, len(loaded)), 1 + max(1, len(mags))
@@ -464,7 +477,7 @@ def _usable_predictions(
         if slide_id in table.index:
             slide_path = table.loc[slide_id, "path"]
         try:
-            thumb = _thumbnail(slide_path)
+            thumb = _thumbnail(slide_path, prediction.get("mpp"))
         except Exception as error:  # noqa: BLE001 - any unreadable slide is skipped, noted
             reason = error.reason if isinstance(error, SlideError) else str(error)
             skipped.append(f"{slide_id} (figure: {reason[:80]})")

@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from zoommil.io.atomic import atomic_path, write_text_atomic
+from zoommil.recipe import format_mags
 from zoommil.reporting import results, stats
 from zoommil.workflow import qc
 
@@ -63,10 +65,6 @@ def method_mags(arch: str, mags: Sequence[float]) -> list[float]:
     if arch == "dsmil":
         return [mags[0], mags[-1]] if len(mags) > 1 else mags
     return [mags[-1]]
-
-
-def format_mags(mags: Iterable[float]) -> str:
-    return " -> ".join(f"{m:g}x" for m in mags)
 
 
 def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -457,21 +455,14 @@ def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, text)
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame, notes: Sequence[str]) -> None:
     frame = frame.copy()
     frame["notes"] = " | ".join(notes)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
 def make_tables(

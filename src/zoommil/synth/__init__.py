@@ -8,16 +8,15 @@ abnormal nuclei differ from normal ones only inside aligned 2x2 or 4x4 pixel blo
 (block sums are kept), so at 2.5x an atypia or carcinoma lesion is pixel-identical to a normal
 one and only the highest magnification (10x, level 0, 1.0 um/px) tells the classes apart.
 
-Paths in `slides.tsv` are relative to the sheet's folder: use `load_slide_sheet`.
+Paths in `slides.tsv` are relative to the sheet's folder: read it with
+`zoommil.io.sheet.read_sheet`, which resolves them.
 """
 
 from zoommil.synth.dataset import (
     CLASSES,
     DEMO_N_SLIDES,
-    load_slide_sheet,
     make_demo_dataset,
     plan_slides,
-    resolve_slide_path,
 )
 from zoommil.synth.render import DEMO_MPP, SlideSpec, region_mask, render_slide
 
@@ -26,10 +25,8 @@ __all__ = [
     "DEMO_MPP",
     "DEMO_N_SLIDES",
     "SlideSpec",
-    "load_slide_sheet",
     "make_demo_dataset",
     "plan_slides",
     "region_mask",
     "render_slide",
-    "resolve_slide_path",
 ]

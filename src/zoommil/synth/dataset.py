@@ -6,8 +6,8 @@ Layout of `OUT/`:
     regions.tsv                ground truth of the gland regions (lesion or distractor)
 
 `path` in slides.tsv is relative to the folder that holds slides.tsv, so the folder can be
-moved and the files are byte-identical wherever they are written; `load_slide_sheet` (or
-`resolve_slide_path`) turns it into an absolute path. Absolute paths are kept as they are.
+moved and the files are byte-identical wherever they are written; `zoommil.io.sheet.read_sheet`
+turns it into an absolute path. Absolute paths are kept as they are.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zoommil.errors import ZoomMILError
-from zoommil.io.sheet import resolve_slide_path
+from zoommil.io.atomic import atomic_path
 from zoommil.synth.painting import Region
 from zoommil.synth.pyramid import write_pyramidal_tiff
 from zoommil.synth.render import DEMO_MPP, DEMO_SIZE, SlideSpec, render_slide
@@ -74,12 +74,10 @@ def plan_slides(n_slides: int, seed: int, scale: float = 1.0) -> list[tuple[Slid
 
 
 def _write_tsv(path: Path, columns: Sequence[str], rows: list[Sequence]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def _write_slide(spec: SlideSpec, path: Path) -> list[Region]:
@@ -129,18 +127,3 @@ def make_demo_dataset(
     _write_tsv(out_dir / "regions.tsv", REGION_COLUMNS, region_rows)
     _write_tsv(out_dir / "slides.tsv", SHEET_COLUMNS, sheet_rows)
     return out_dir / "slides.tsv"
-
-
-def load_slide_sheet(sheet: str | Path) -> list[dict[str, str]]:
-    """Rows of a slide sheet (TSV) with `path` resolved to an absolute path."""
-    sheet = Path(sheet)
-    if not sheet.is_file():
-        raise ZoomMILError(f"slide sheet {sheet} does not exist")
-    with open(sheet, newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    missing = {"slide_id", "path"} - set(rows[0] if rows else SHEET_COLUMNS)
-    if missing:
-        raise ZoomMILError(f"slide sheet {sheet} lacks column(s): {', '.join(sorted(missing))}")
-    for row in rows:
-        row["path"] = str(resolve_slide_path(sheet, row["path"]))
-    return rows

@@ -14,7 +14,6 @@ the exact area reduction of level 0 away from block seams).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import tifffile
+
+from zoommil.io.atomic import atomic_path
 
 #: Background colour (RGB): the near-white of an empty scanner field.
 BACKGROUND = (243, 243, 243)
@@ -188,11 +189,10 @@ def write_large_slide(
     ``openslide.mpp-x``); the description names the objective and mpp for people.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     mosaic = Mosaic(source, spec)
     tic = time.perf_counter()
     args = {"compressionargs": {"level": spec.quality}} if compression == "jpeg" else {}
-    with tifffile.TiffWriter(tmp, bigtiff=True) as writer:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as writer:
         for k, f in enumerate(mosaic.factors):
             px_per_cm = 1e4 / (spec.mpp * f)
             h, w = mosaic.level_shape(k)
@@ -215,7 +215,6 @@ def write_large_slide(
                 software="zoommil synth large",
                 **args,
             )
-    os.replace(tmp, path)
     return {
         "path": str(path),
         "width": spec.width,

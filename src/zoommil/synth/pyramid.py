@@ -6,11 +6,12 @@ imagecodecs. The resolution is written in centimetres so OpenSlide reports `open
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from zoommil.io.atomic import atomic_path
 
 
 def pyramid_levels(image: np.ndarray, min_levels: int = 3, min_side: int = 256) -> list[np.ndarray]:
@@ -39,9 +40,8 @@ def write_pyramidal_tiff(
     Written to a temporary name and renamed, so an interrupted run never leaves a half file.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     levels = pyramid_levels(image, min_levels=min_levels)
-    with tifffile.TiffWriter(tmp) as writer:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as writer:
         for k, level in enumerate(levels):
             px_per_cm = 1e4 / (mpp * 2**k)
             writer.write(
@@ -57,5 +57,4 @@ def write_pyramidal_tiff(
                 metadata=None,
                 software="zoommil synth",
             )
-    os.replace(tmp, path)
     return [(lv.shape[1], lv.shape[0]) for lv in levels]

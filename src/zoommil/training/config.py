@@ -58,7 +58,7 @@ class TrainConfig:
     epochs: int = 100
     lr: float = 1e-4
     weight_decay: float = 0.0
-    selection: str = "val_weighted_f1"
+    selection: str = "val_loss"
     lr_factor: float = 0.8
     lr_patience: int = 5
     cache: str = "auto"
@@ -66,6 +66,11 @@ class TrainConfig:
     feature_norm: str = "none"
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = ""
+
+
+#: Defaults of every setting a train config may leave out (the workflow schema repeats the
+#: ones it exposes; tests/test_workflow_dryrun.py checks that they agree).
+_DEFAULTS = TrainConfig(features_dir=Path(), sheet=Path(), mags=[])
 
 
 @dataclass
@@ -174,14 +179,24 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         exclude=Path(str(data["exclude"])) if data.get("exclude") else None,
         classes=classes,
         mags=_mags(data["mags"], where),
-        epochs=_positive_int(data.get("epochs", 100), "epochs", where),
-        lr=_non_negative_float(data.get("lr", 1e-4), "lr", where),
-        weight_decay=_non_negative_float(data.get("weight_decay", 0.0), "weight_decay", where),
-        selection=_selection(data.get("selection", "val_weighted_f1"), where),
-        lr_factor=_non_negative_float(data.get("lr_factor", 0.8), "lr_factor", where),
-        lr_patience=int(_non_negative_float(data.get("lr_patience", 5), "lr_patience", where)),
+        epochs=_positive_int(data.get("epochs", _DEFAULTS.epochs), "epochs", where),
+        lr=_non_negative_float(data.get("lr", _DEFAULTS.lr), "lr", where),
+        weight_decay=_non_negative_float(
+            data.get("weight_decay", _DEFAULTS.weight_decay), "weight_decay", where
+        ),
+        selection=_selection(data.get("selection", _DEFAULTS.selection), where),
+        lr_factor=_non_negative_float(
+            data.get("lr_factor", _DEFAULTS.lr_factor), "lr_factor", where
+        ),
+        lr_patience=int(
+            _non_negative_float(
+                data.get("lr_patience", _DEFAULTS.lr_patience), "lr_patience", where
+            )
+        ),
         cache=cache,
-        cache_max_gb=_non_negative_float(data.get("cache_max_gb", 8.0), "cache_max_gb", where),
+        cache_max_gb=_non_negative_float(
+            data.get("cache_max_gb", _DEFAULTS.cache_max_gb), "cache_max_gb", where
+        ),
         feature_norm=feature_norm,
         methods={str(k): dict(v or {}) for k, v in methods.items()},
         source=where,

@@ -25,8 +25,6 @@ from zoommil.training.normalize import FeatureNorm
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-REQUIRED_COLUMNS = ("slide_id", "label", "split")
 # Attributes that describe one slide, not the preprocessing recipe shared by all slides.
 PER_SLIDE_ATTRS = (
     "mpp",
@@ -71,43 +69,6 @@ class Bag:
     label: int
     feats: list[torch.Tensor]  # each [1, N_m, D] float32
     coords: list[torch.Tensor]  # each [N_m, 2] int64 (row, col)
-
-
-def read_sheet(path: str | Path) -> pd.DataFrame:
-    """The slide sheet (TSV: slide_id, label, split [, path, mpp]) with every value a string."""
-    path = Path(path)
-    if not path.exists():
-        raise ZoomMILError(f"{path}: slide sheet not found")
-    try:
-        sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ZoomMILError(f"{path}: cannot read the slide sheet as TSV ({error})") from error
-    sheet.columns = [c.strip() for c in sheet.columns]
-    from zoommil.io.sheet import check_separator
-
-    check_separator(sheet, path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
-    if missing:
-        raise ZoomMILError(
-            f"{path}: slide sheet lacks column(s) {', '.join(missing)} "
-            f"(it has {', '.join(sheet.columns)})"
-        )
-    for column in REQUIRED_COLUMNS:
-        sheet[column] = sheet[column].str.strip()
-    duplicated = sheet.loc[sheet["slide_id"].duplicated(), "slide_id"].tolist()
-    if duplicated:
-        raise ZoomMILError(f"{path}: duplicated slide_id(s) {', '.join(duplicated[:5])}")
-    empty = sheet.loc[(sheet["slide_id"] == "") | (sheet["label"] == ""), "slide_id"].tolist()
-    if empty:
-        raise ZoomMILError(f"{path}: {len(empty)} row(s) with an empty slide_id or label")
-    bad = sheet.loc[~sheet["split"].isin(SPLITS)]
-    if len(bad):
-        row = bad.iloc[0]
-        raise ZoomMILError(
-            f"{path}: slide {row['slide_id']} has split {row['split']!r}; "
-            f"allowed: {', '.join(SPLITS)}"
-        )
-    return sheet
 
 
 def read_exclusions(path: str | Path | None) -> dict[str, str]:

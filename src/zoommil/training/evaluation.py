@@ -14,17 +14,12 @@ from typing import Any
 
 import torch
 
+from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
 from zoommil.training.checkpoint import load_checkpoint, model_from_state
 from zoommil.training.config import TrainConfig
 from zoommil.training.normalize import FeatureNorm
-from zoommil.training.trainer import (
-    deterministic,
-    load_splits,
-    predict_store,
-    resolve_device,
-    split_report,
-)
+from zoommil.training.trainer import deterministic, load_splits, predict_store, split_report
 
 
 def evaluate_checkpoint(

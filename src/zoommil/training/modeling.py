@@ -1,4 +1,4 @@
-"""The trainer's only door to `zoommil.models` (so tests can swap in a stand-in model)."""
+"""How training builds models: names, magnifications and constructor errors as user errors."""
 
 from __future__ import annotations
 
@@ -7,25 +7,18 @@ from typing import Any
 
 from torch import nn
 
+from zoommil import models
 from zoommil.errors import ZoomMILError
-
-
-def _models():
-    try:
-        import zoommil.models as models
-    except ImportError as error:  # pragma: no cover - only while the models are being written
-        raise ZoomMILError(f"the model package cannot be imported ({error})") from error
-    return models
 
 
 def known_archs() -> list[str]:
     """Architecture names `build_model` accepts (the registry's `MODEL_NAMES`)."""
-    return sorted(_models().MODEL_NAMES)
+    return sorted(models.MODEL_NAMES)
 
 
 def model_mags(arch: str, mags: Sequence[float]) -> list[float]:
     """The magnifications an architecture reads (lowest first) out of those configured."""
-    return [float(m) for m in _models().default_mags(arch, list(mags))]
+    return [float(m) for m in models.default_mags(arch, list(mags))]
 
 
 def make_model(
@@ -36,7 +29,7 @@ def make_model(
     Bad keyword arguments become a one-line user error.
     """
     try:
-        return _models().build_model(
+        return models.build_model(
             arch, in_dim=in_dim, n_classes=n_classes, mags=list(mags), **kwargs
         )
     except TypeError as error:

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from torch.utils.data import WeightedRandomSampler
 from tqdm import tqdm
 
 from zoommil import __version__
+from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
 from zoommil.io.jsonio import write_json
+from zoommil.io.sheet import read_sheet
 from zoommil.training import modeling
 from zoommil.training.checkpoint import save_checkpoint
 from zoommil.training.config import MethodSpec, TrainConfig, apply_overrides
@@ -40,13 +43,12 @@ from zoommil.training.data import (
     check_same_dim,
     drop_empty,
     read_exclusions,
-    read_sheet,
     resolve_classes,
     shared_attrs,
     split_records,
 )
 from zoommil.training.metrics import classification_metrics
-from zoommil.training.normalize import fit_feature_norm
+from zoommil.training.normalize import FeatureNorm, fit_feature_norm
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +89,6 @@ def deterministic(seed: int, threads: int | None) -> Iterator[None]:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.set_num_threads(saved[2])
         torch.backends.cudnn.benchmark = saved[3]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ZoomMILError(f"device '{name}' requested but no CUDA device is available")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ZoomMILError(f"unknown device '{name}' (use cpu, cuda or auto)")
-    return torch.device(name)
 
 
 def bag_inputs(bag: Bag, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -259,6 +250,119 @@ def train(
         return _train(config, method, seed, Path(out_dir), resolve_device(device), epochs, progress)
 
 
+@dataclass
+class _Run:
+    """What one training run works on: the data, the model and its optimiser."""
+
+    cfg: TrainConfig
+    classes: list[str]
+    mags: list[float]
+    stores: dict[str, BagStore]
+    skipped: list[dict[str, str]]
+    in_dim: int
+    norm: FeatureNorm | None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    sampler: WeightedRandomSampler
+
+
+def _prepare(cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device) -> _Run:
+    """Bags of every split (standardised when configured), then the seeded model."""
+    classes, mags, stores, skipped, in_dim = load_splits(cfg, method.arch, ("train", "val", "test"))
+    for split in ("train", "val"):
+        if len(stores[split]) == 0:
+            raise ZoomMILError(f"{cfg.sheet}: no usable slides in the '{split}' split")
+    if len(stores["test"]) == 0:
+        log.warning("%s: no usable slides in the 'test' split; test metrics are null", cfg.sheet)
+    norm = None
+    if cfg.feature_norm == "standardize":
+        norm = fit_feature_norm(f for bag in stores["train"] for f in bag.feats)
+        for store in stores.values():
+            store.set_norm(norm)
+    torch.manual_seed(seed)
+    model = modeling.make_model(method.arch, len(classes), in_dim, cfg.mags, dict(method.kwargs))
+    model = model.to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
+    )
+    sampler = balanced_sampler(stores["train"].labels, seed)
+    return _Run(cfg, classes, mags, stores, skipped, in_dim, norm, model, optimizer, scheduler,
+                sampler)  # fmt: skip
+
+
+def _fit(
+    run: _Run, name: str, n_epochs: int, seed: int, dev: torch.device, log_csv: Path,
+    progress: bool,
+) -> tuple[dict[str, torch.Tensor], int]:  # fmt: skip
+    """The epoch loop: train, validate, step the schedule, keep the best epoch's weights."""
+    model, optimizer, n_classes = run.model, run.optimizer, len(run.classes)
+    train_store, val_store = run.stores["train"], run.stores["val"]
+    rows: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_state: dict[str, torch.Tensor] = {}
+    best_epoch = 0
+    bar = tqdm(range(1, n_epochs + 1), desc=f"train {name}", unit="epoch", disable=not progress)
+    for epoch in bar:
+        tic = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_epoch(model, train_store, list(run.sampler), optimizer, n_classes, dev)
+        probs, losses = predict_store(model, val_store, n_classes, dev, seed)
+        val = classification_metrics(val_store.labels, probs, run.classes)
+        val["loss"] = float(losses.mean())
+        run.scheduler.step(val["loss"])
+        if _better(run.cfg.selection, val, best):
+            best, best_epoch = val, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "val_weighted_f1": val["weighted_f1"],
+                "lr": lr,
+                "seconds": round(time.perf_counter() - tic, 4),
+            }
+        )
+        _write_log(log_csv, rows)
+        bar.set_postfix(
+            loss=f"{train_loss:.3f}", val_loss=f"{val['loss']:.3f}", f1=f"{val['weighted_f1']:.3f}"
+        )
+    return best_state, best_epoch
+
+
+def _checkpoint_config(
+    run: _Run, method: MethodSpec, seed: int, best_epoch: int, n_epochs: int
+) -> dict[str, Any]:
+    """The checkpoint's config: the model, the training settings and the recipe of the
+    features (what `zoommil predict` redoes)."""
+    cfg = run.cfg
+    records = [r.path for s in run.stores.values() for r in s.records]
+    return {
+        "method": method.name,
+        "arch": method.arch,
+        "kwargs": method.kwargs,
+        "classes": run.classes,
+        "mags": run.mags,
+        "config_mags": cfg.mags,
+        "in_dim": run.in_dim,
+        "selection": cfg.selection,
+        "seed": seed,
+        "epoch": best_epoch,
+        "epochs": n_epochs,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "features_dir": str(cfg.features_dir),  # as in the config: the workflow runs from
+        "sheet": str(cfg.sheet),  # its root, and the project folder may move
+        "exclude": str(cfg.exclude) if cfg.exclude else None,
+        "preprocessing": shared_attrs(records),
+        "feature_norm": run.norm.to_config() if run.norm is not None else None,
+        "zoommil_version": __version__,
+    }
+
+
 def _train(
     config: TrainConfig,
     method: MethodSpec,
@@ -273,98 +377,22 @@ def _train(
     n_epochs = int(epochs or cfg.epochs)
     if n_epochs < 1:
         raise ZoomMILError(f"--epochs must be at least 1, got {n_epochs}")
-    classes, mags, stores, skipped, in_dim = load_splits(cfg, method.arch, ("train", "val", "test"))
-    for split in ("train", "val"):
-        if len(stores[split]) == 0:
-            raise ZoomMILError(f"{cfg.sheet}: no usable slides in the '{split}' split")
-    if len(stores["test"]) == 0:
-        log.warning("%s: no usable slides in the 'test' split; test metrics are null", cfg.sheet)
-    train_store, val_store = stores["train"], stores["val"]
-    norm = None
-    if cfg.feature_norm == "standardize":
-        norm = fit_feature_norm(f for bag in train_store for f in bag.feats)
-        for store in stores.values():
-            store.set_norm(norm)
-    n_classes = len(classes)
+    run = _prepare(cfg, method, seed, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
-    preprocessing = shared_attrs([r.path for s in stores.values() for r in s.records])
-
-    torch.manual_seed(seed)
-    model = modeling.make_model(method.arch, n_classes, in_dim, cfg.mags, dict(method.kwargs)).to(
-        dev
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
-    )
-    sampler = balanced_sampler(train_store.labels, seed)
-
-    rows: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    best_state: dict[str, torch.Tensor] = {}
-    best_epoch = 0
-    bar = tqdm(
-        range(1, n_epochs + 1), desc=f"train {method.name}", unit="epoch", disable=not progress
-    )
-    for epoch in bar:
-        tic = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_epoch(model, train_store, list(sampler), optimizer, n_classes, dev)
-        probs, losses = predict_store(model, val_store, n_classes, dev, seed)
-        val = classification_metrics(val_store.labels, probs, classes)
-        val["loss"] = float(losses.mean())
-        scheduler.step(val["loss"])
-        if _better(cfg.selection, val, best):
-            best, best_epoch = val, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        rows.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
-                "val_weighted_f1": val["weighted_f1"],
-                "lr": lr,
-                "seconds": round(time.perf_counter() - tic, 4),
-            }
-        )
-        _write_log(out_dir / "log.csv", rows)
-        bar.set_postfix(
-            loss=f"{train_loss:.3f}", val_loss=f"{val['loss']:.3f}", f1=f"{val['weighted_f1']:.3f}"
-        )
-
-    model.load_state_dict(best_state)
-    ckpt_config = {
-        "method": method.name,
-        "arch": method.arch,
-        "kwargs": method.kwargs,
-        "classes": classes,
-        "mags": mags,
-        "config_mags": cfg.mags,
-        "in_dim": in_dim,
-        "selection": cfg.selection,
-        "seed": seed,
-        "epoch": best_epoch,
-        "epochs": n_epochs,
-        "lr": cfg.lr,
-        "weight_decay": cfg.weight_decay,
-        "features_dir": str(cfg.features_dir),  # as in the config: the workflow runs from
-        "sheet": str(cfg.sheet),  # its root, and the project folder may move
-        "exclude": str(cfg.exclude) if cfg.exclude else None,
-        "preprocessing": preprocessing,
-        "feature_norm": norm.to_config() if norm is not None else None,
-        "zoommil_version": __version__,
-    }
+    best_state, best_epoch = _fit(run, method.name, n_epochs, seed, dev, out_dir / "log.csv",
+                                  progress)  # fmt: skip
+    run.model.load_state_dict(best_state)
+    ckpt_config = _checkpoint_config(run, method, seed, best_epoch, n_epochs)
     save_checkpoint(out_dir / "checkpoint.pt", best_state, ckpt_config)
-
     reports = {}
     for split in ("val", "test"):
-        store = stores[split]
+        store = run.stores[split]
         if len(store) == 0:
             reports[split] = None
             continue
-        probs, losses = predict_store(model, store, n_classes, dev, seed)
-        reports[split] = {"split": split, **split_report(store, probs, losses, classes)}
+        probs, losses = predict_store(run.model, store, len(run.classes), dev, seed)
+        reports[split] = {"split": split, **split_report(store, probs, losses, run.classes)}
+    stores = run.stores
     metrics = {
         "method": method.name,
         "arch": method.arch,
@@ -375,16 +403,16 @@ def _train(
         "epochs": n_epochs,
         "lr": cfg.lr,
         "weight_decay": cfg.weight_decay,
-        "classes": classes,
-        "mags": mags,
-        "in_dim": in_dim,
-        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "classes": run.classes,
+        "mags": run.mags,
+        "in_dim": run.in_dim,
+        "n_parameters": sum(p.numel() for p in run.model.parameters()),
         "device": dev.type,
         "threads": torch.get_num_threads(),
-        "cache": "memory" if train_store.in_memory else "disk",
+        "cache": "memory" if stores["train"].in_memory else "disk",
         "n_slides": {s: len(stores[s]) for s in ("train", "val", "test")},
-        "n_excluded": len(skipped),
-        "excluded": skipped,
+        "n_excluded": len(run.skipped),
+        "excluded": run.skipped,
         "val": reports["val"],
         "test": reports["test"],
         "train_seconds": round(time.perf_counter() - started, 3),

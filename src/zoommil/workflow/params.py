@@ -1,71 +1,17 @@
-"""Small helpers the Snakemake rules use to turn config into command lines and file lists.
+"""Small helpers the Snakemake rules use to turn config and the recipe into command lines.
 
 Kept here (not in the .smk files) so they are unit-tested and the rules stay declarative.
+What a rule's code is (its rerun input) is `zoommil.workflow.codehash`.
 """
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-# Library files each workflow step imports: editing one of them reruns that step (they are
-# listed as `lib=` inputs). Folders stand for every .py file below them.
-LIBRARY_MODULES: dict[str, tuple[str, ...]] = {
-    "synth": ("synth", "commands/synth.py"),
-    "inspect": ("wsi/slide.py", "commands/inspect.py"),
-    "tissue": ("wsi/slide.py", "wsi/tissue.py", "commands/tissue.py"),
-    "tile": ("wsi/slide.py", "wsi/tissue.py", "wsi/lattice.py", "commands/tile.py"),
-    "features": (
-        "wsi/slide.py",
-        "wsi/lattice.py",
-        "features/encoder.py",
-        "features/encoders",
-        "features/extraction.py",
-        "io/featurefile.py",
-        "commands/features.py",
-    ),
-    "train": ("models", "training", "io/featurefile.py", "commands/train.py"),
-    "flops": (
-        "efficiency",
-        "models",
-        "features/encoder.py",
-        "features/encoders",
-        "io/featurefile.py",
-        "commands/flops.py",
-    ),
-    "profile": (
-        "efficiency",
-        "models",
-        "features/encoder.py",
-        "features/encoders",
-        "wsi/slide.py",
-        "wsi/lattice.py",
-        "wsi/tissue.py",
-        "inference/predict.py",
-        "commands/profile.py",
-    ),
-    "predict": (
-        "inference/predict.py",
-        "reporting/attention.py",
-        "models",
-        "features/encoder.py",
-        "features/encoders",
-        "wsi/slide.py",
-        "wsi/lattice.py",
-        "wsi/tissue.py",
-        "commands/predict.py",
-    ),
-    "qc": ("workflow/qc.py", "io/sheet.py"),
-    "tables": ("reporting/tables.py", "reporting/results.py", "reporting/stats.py"),
-    "figures": (
-        "reporting/figures.py",
-        "reporting/results.py",
-        "reporting/tables.py",
-        "reporting/stats.py",
-    ),
-}
+from zoommil.recipe import PreprocessingRecipe
 
 
 def library_root(basedir: str | Path) -> Path:
@@ -76,19 +22,6 @@ def library_root(basedir: str | Path) -> Path:
     import zoommil
 
     return Path(zoommil.__file__).resolve().parent
-
-
-def library_files(root: str | Path, step: str) -> list[str]:
-    """Existing library files used by a workflow step, sorted (deterministic inputs)."""
-    root = Path(root)
-    files: set[Path] = set()
-    for name in LIBRARY_MODULES[step]:
-        path = root / name
-        if path.is_dir():
-            files.update(p for p in path.rglob("*.py") if "__pycache__" not in p.parts)
-        elif path.is_file():
-            files.add(path)
-    return sorted(str(p) for p in files)
 
 
 def gpu_present() -> bool:
@@ -121,25 +54,45 @@ def cli_flags(args: Mapping[str, Any] | None) -> str:
             parts.append(flag)
         elif isinstance(value, (list, tuple)):
             parts.append(flag)
-            parts.extend(shlex.quote(_plain(v)) for v in value)
+            parts.extend(shlex.quote(_cli_word(v)) for v in value)
         else:
-            parts.extend([flag, shlex.quote(_plain(value))])
+            parts.extend([flag, shlex.quote(_cli_word(value))])
     return " ".join(parts)
 
 
 def param_flags(flag: str, params: Mapping[str, Any] | None) -> str:
     """`("--param", {"sigma": 20})` -> `--param sigma=20` (repeatable NAME=VALUE flags)."""
     return " ".join(
-        f"{flag} {shlex.quote(f'{key}={_plain(value)}')}" for key, value in (params or {}).items()
+        f"{flag} {shlex.quote(f'{key}={_cli_word(value)}')}"
+        for key, value in (params or {}).items()
     )
 
 
-def _plain(value: Any) -> str:
+def _cli_word(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
 
 
-def format_mags(mags: Iterable[float]) -> str:
-    """Magnifications as CLI words, lowest first: [10, 2.5] -> '2.5 10.0'."""
-    return " ".join(str(float(m)) for m in sorted(float(m) for m in mags))
+def tiling_flags(recipe: PreprocessingRecipe) -> str:
+    """`zoommil tile` flags of the recipe's tiling part (the tissue mask comes from a file)."""
+    return cli_flags(
+        {
+            "mags": list(recipe.mags),
+            "patch_size": recipe.patch_size,
+            "tissue_threshold": recipe.tissue_threshold,
+            "allow_upsampling": recipe.allow_upsampling,
+        }
+    )
+
+
+def encoder_flags(recipe: PreprocessingRecipe) -> str:
+    """`zoommil features` flags of the recipe's encoder part."""
+    return cli_flags(
+        {
+            "encoder": recipe.encoder,
+            "weights": recipe.weights,
+            "seed": recipe.weights_seed,
+            "precision": recipe.precision,
+        }
+    )

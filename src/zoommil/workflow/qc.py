@@ -19,6 +19,7 @@ import h5py
 import pandas as pd
 
 from zoommil.errors import ZoomMILError
+from zoommil.io.atomic import atomic_path
 from zoommil.workflow.failure import read_marker
 
 INSPECT_COLUMNS = [
@@ -197,8 +198,6 @@ def features_manifest(table: pd.DataFrame, feature_files: Mapping[str, str | Pat
 
 def write_tsv(frame: pd.DataFrame, out: str | Path) -> None:
     """Write a TSV atomically."""
-    from zoommil.io.atomic import atomic_path
-
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, na_rep="")
 

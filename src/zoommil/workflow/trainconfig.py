@@ -15,16 +15,8 @@ from typing import Any
 
 import yaml
 
-
-def _plain(value: Any) -> Any:
-    """Plain YAML types (no numpy, tuples or snakemake containers)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item"):
-        return value.item()
-    return value
+from zoommil.io.atomic import write_text_atomic
+from zoommil.io.jsonio import to_plain
 
 
 def build_train_config(
@@ -43,28 +35,24 @@ def build_train_config(
         "sheet": sheet,
         "exclude": exclude,
         "mags": sorted(float(m) for m in mags),
-        "epochs": int(train.get("epochs", 100)),
-        "lr": float(train.get("lr", 1.0e-4)),
-        "weight_decay": float(train.get("weight_decay", 0.0)),
-        "selection": str(train.get("selection", "val_loss")),
     }
+    # Settings left out take `zoommil train`'s defaults (TrainConfig), which the schema repeats.
+    for key, kind in (("epochs", int), ("lr", float), ("weight_decay", float), ("selection", str)):
+        if train.get(key) is not None:
+            config[key] = kind(train[key])
     if classes:
         config["classes"] = list(classes)
     for key, value in (train.get("extra") or {}).items():
         config.setdefault(key, value)
     config["methods"] = {method: dict(spec)}
-    return _plain(config)
+    return to_plain(config)
 
 
 def dump_train_config(config: Mapping[str, Any]) -> str:
     """The YAML text of a train config (plain types, keys in the order given)."""
-    return yaml.safe_dump(_plain(config), sort_keys=False)
+    return yaml.safe_dump(to_plain(config), sort_keys=False)
 
 
 def write_train_config(config: Mapping[str, Any], out: str | Path) -> None:
     """Write YAML atomically (tmp file + rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(dump_train_config(config), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, dump_train_config(config))

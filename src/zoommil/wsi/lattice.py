@@ -1,4 +1,4 @@
-"""The aligned multi-magnification lattice and its coords HDF5.
+"""The aligned multi-magnification lattice: the geometry every stage shares.
 
 One integer lattice anchored at level-0 (0, 0): the patch side at the highest magnification
 is ``s = round(patch_size * (10 / mag_high) / mpp0)`` level-0 px, and ``s * 2**k`` at k steps
@@ -8,81 +8,71 @@ lower. A patch at (row, col) of magnification m has its top-left corner at level
 
 Only the lowest magnification ("parents") is filtered by tissue; every descendant of a kept
 parent is kept. Rows are depth-first: the ``4**d`` descendants of row i at the next listed
-magnification are rows ``i*4**d .. (i+1)*4**d - 1``; one quadtree step orders the children
-(2r, 2c), (2r+1, 2c), (2r, 2c+1), (2r+1, 2c+1), recursively (ZoomMIL's contract).
+magnification are rows ``i*4**d .. (i+1)*4**d - 1`` (`descendant_rows`); one quadtree step
+orders the children (2r, 2c), (2r+1, 2c), (2r, 2c+1), (2r+1, 2c+1), recursively
+(`children_order`, ZoomMIL's contract). Feature extraction, `zoommil predict` and the ZoomMIL
+model use these functions, so the order is written once.
 
-Coords file (written atomically): per magnification ``{mag}x_coords`` (int64 [N, 2] row, col)
-and ``{mag}x_xy`` (int64 [N, 2] level-0 x, y); ``tissue_fraction`` (float32 [N_parents],
-aligned with the lowest magnification's rows); attributes: mags, patch_size, side0 (per
-mag), mpp, mpp_source, dimensions, tissue method/params/threshold, no-tissue policy.
+Reading slides into a lattice is `zoommil.wsi.tiling`; the coords file is `zoommil.io.coords`.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from zoommil import __version__
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.io.featurefile import decode_attr, encode_attr, mag_key, write_hdf5_bytes
+from zoommil.recipe import PreprocessingRecipe, mag_key, validate_mags
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Lattice",
     "build_lattice",
+    "check_lattice",
     "children_order",
+    "depths",
+    "descendant_offsets",
+    "descendant_ratios",
+    "descendant_rows",
     "descendants",
-    "load_coords",
     "mag_key",
     "parent_grid",
     "patch_side_level0",
+    "steps_between",
     "tissue_fractions",
     "validate_mags",
-    "write_coords",
 ]
-
-NO_TISSUE_POLICIES = ("all", "exclude")
 
 #: One quadtree step: offsets (d_row, d_col) of the four children, in row order.
 CHILD_OFFSETS = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.int64)
 
 
-def validate_mags(mags: Sequence[float]) -> list[float]:
-    """Sorted ascending; each a power-of-two multiple of the lowest, else `ZoomMILError`."""
-    if not mags:
-        raise ZoomMILError("no magnifications given")
-    try:
-        values = sorted(float(m) for m in mags)
-    except (TypeError, ValueError):
-        raise ZoomMILError(f"magnifications must be numbers, got {list(mags)}") from None
-    if any(not math.isfinite(m) or m <= 0 for m in values):
-        raise ZoomMILError(f"magnifications must be positive, got {values}")
-    if len(set(values)) != len(values):
-        raise ZoomMILError(f"magnifications must be distinct, got {values}")
-    for low, high in zip(values, values[1:], strict=False):
-        steps = math.log2(high / low)
-        if abs(steps - round(steps)) > 1e-9:
-            raise ZoomMILError(
-                f"magnifications {low:g}x and {high:g}x are not power-of-two multiples of each "
-                f"other (ratio {high / low:g}); a patch at one must cover exactly 2^d x 2^d "
-                "patches at the other, e.g. --mags 2.5 5 10 or 1.25 2.5 10"
-            )
-    return values
-
-
 def steps_between(low: float, high: float) -> int:
     """d with high = low * 2**d (mags assumed validated)."""
     return int(round(math.log2(high / low)))
+
+
+def depths(mags: Sequence[float]) -> list[int]:
+    """Quadtree depth of each magnification below the lowest (e.g. 2.5, 5, 20 -> 0, 1, 3)."""
+    return [steps_between(mags[0], m) for m in mags]
+
+
+def descendant_ratios(mags: Sequence[float]) -> list[int]:
+    """Rows per parent row between neighbouring magnifications (``4**d`` for a 2^d ratio).
+
+    ``mags`` must be listed lowest first (the rows' order); `ZoomMILError` otherwise.
+    """
+    values = validate_mags(mags)
+    if values != [float(m) for m in mags]:
+        raise ZoomMILError(f"magnifications must be listed lowest first, got {list(mags)}")
+    return [4 ** steps_between(lo, hi) for lo, hi in zip(values, values[1:], strict=False)]
 
 
 def patch_side_level0(mpp0: float, mag_high: float, patch_size: int) -> int:
@@ -158,6 +148,18 @@ def descendants(rc: np.ndarray, depth: int) -> np.ndarray:
     return out
 
 
+def descendant_offsets(depth: int) -> np.ndarray:
+    """(row, col) offsets of a parent's ``4**depth`` descendants inside it, depth-first order."""
+    return descendants(np.zeros((1, 2), dtype=np.int64), depth)
+
+
+def descendant_rows(rows: np.ndarray, ratio: int) -> np.ndarray:
+    """Row indices at the next magnification of the descendants of ``rows`` (``ratio = 4**d``
+    rows each): row i -> ``i*ratio .. (i+1)*ratio - 1``, in order."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    return (rows[:, None] * ratio + np.arange(ratio)[None, :]).reshape(-1)
+
+
 def tissue_fractions(
     mask: np.ndarray, dims: tuple[int, int], rc: np.ndarray, side: int
 ) -> np.ndarray:
@@ -214,25 +216,18 @@ def build_lattice(
     slide_path: str | Path,
     dims: tuple[int, int],
     mpp0: float,
-    mags: Sequence[float],
-    patch_size: int = 256,
+    recipe: PreprocessingRecipe,
     mask: np.ndarray | None = None,
-    threshold: float = 0.1,
-    no_tissue: str = "all",
     attrs: Mapping[str, Any] | None = None,
 ) -> Lattice:
     """Lattice of a slide of level-0 size ``dims`` (width, height) at ``mpp0`` um/px.
 
-    Parents (lowest mag) are kept if their tissue fraction in ``mask`` is >= ``threshold``
-    (no mask: all parents, fraction 1). If none is kept, ``no_tissue="all"`` keeps every parent
-    with a warning and ``"exclude"`` raises `SlideError` ("no tissue found").
+    Parents (lowest mag) are kept if their tissue fraction in ``mask`` is >= the recipe's
+    threshold (no mask: all parents, fraction 1). If none is kept, the no-tissue policy "all"
+    keeps every parent with a warning and "exclude" raises `SlideError` ("no tissue found").
     """
-    mags = validate_mags(mags)
-    if no_tissue not in NO_TISSUE_POLICIES:
-        raise ZoomMILError(
-            f"unknown no-tissue policy {no_tissue!r} (choose from {', '.join(NO_TISSUE_POLICIES)})"
-        )
-    _check_patch_size(patch_size)
+    mags = list(recipe.mags)
+    patch_size, threshold, no_tissue = recipe.patch_size, recipe.tissue_threshold, recipe.no_tissue
     s_high = patch_side_level0(mpp0, mags[-1], patch_size)
     sides = sides_level0(mags, s_high)
     parents = parent_grid(dims, sides[0])
@@ -266,13 +261,10 @@ def build_lattice(
     ]
     meta = {
         "slide": str(slide_path),
-        "mags": [float(m) for m in mags],
-        "patch_size": int(patch_size),
+        **recipe.tiling_attrs(),
         "side0": [int(s) for s in sides],
         "mpp": float(mpp0),
         "dimensions": [int(d) for d in dims],
-        "tissue_threshold": float(threshold),
-        "no_tissue_policy": no_tissue,
         "no_tissue_applied": bool(applied),
         "n_parents_total": int(len(parents)),
         "n_parents_kept": int(len(coords[0])),
@@ -289,182 +281,43 @@ def build_lattice(
     )
 
 
-# --------------------------------------------------------------------------- HDF5
-
-
-def write_coords(path: str | Path, lattice: Lattice) -> Path:
-    """Write the coords HDF5 atomically (temporary file in the same folder, then rename)."""
-    attrs = {
-        **lattice.attrs,
-        "mags": [float(m) for m in lattice.mags],
-        "patch_size": lattice.patch_size,
-        "side0": [int(s) for s in lattice.sides],
-        "zoommil_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as h5:
-        for mag, rc, xy in zip(lattice.mags, lattice.coords, lattice.xy, strict=True):
-            key = mag_key(mag)
-            h5.create_dataset(f"{key}_coords", data=np.asarray(rc, np.int64).reshape(-1, 2))
-            h5.create_dataset(f"{key}_xy", data=np.asarray(xy, np.int64).reshape(-1, 2))
-        h5.create_dataset("tissue_fraction", data=np.asarray(lattice.tissue_fraction, np.float32))
-        for name, value in attrs.items():
-            h5.attrs[name] = encode_attr(value)
-    return write_hdf5_bytes(path, buffer)
-
-
-def load_coords(path: str | Path) -> Lattice:
-    """Read a coords HDF5 written by `write_coords` (mags lowest first)."""
-    path = Path(path)
-    if not path.exists():
-        raise ZoomMILError(f"{path}: coords file not found")
+def check_lattice(lattice: Lattice, source: str = "coords file") -> None:
+    """Check the invariants readers rely on (sorted power-of-two mags, aligned sides,
+    ``4**d`` rows per parent, depth-first order); a violation is a user-facing error."""
+    mags = lattice.mags
+    if not mags:
+        raise ZoomMILError(f"{source}: no magnifications")
+    if sorted(mags) != list(mags):
+        raise ZoomMILError(f"{source}: magnifications must be listed lowest first, got {mags}")
     try:
-        with h5py.File(path, "r") as h5:
-            attrs = {name: decode_attr(value) for name, value in h5.attrs.items()}
-            mags = [float(m) for m in attrs["mags"]]
-            coords = [h5[f"{mag_key(m)}_coords"][()] for m in mags]
-            xy = [h5[f"{mag_key(m)}_xy"][()] for m in mags]
-            fractions = h5["tissue_fraction"][()]
-    except (OSError, KeyError) as error:
-        raise ZoomMILError(f"{path}: not a valid coords file ({error})") from error
-    return Lattice(
-        mags=mags,
-        patch_size=int(attrs["patch_size"]),
-        sides=[int(s) for s in attrs["side0"]],
-        coords=coords,
-        xy=xy,
-        tissue_fraction=fractions,
-        attrs=attrs,
-    )
-
-
-# --------------------------------------------------------------------------- slide -> coords
-
-
-def _check_mask_fits(mask_path: Path, mask: np.ndarray, meta: Mapping[str, Any], dims) -> None:
-    """A mask covers the whole slide; refuse one made for another slide."""
-    w0, h0 = dims
-    if "dimensions" in meta and [int(d) for d in meta["dimensions"]] != [int(w0), int(h0)]:
-        raise ZoomMILError(
-            f"{mask_path}: tissue mask was made for a slide of {meta['dimensions'][0]}x"
-            f"{meta['dimensions'][1]} px, but this slide is {w0}x{h0} px"
-        )
-    mh, mw = mask.shape
-    # Each mask side is round(dim * scale), so |mw*h0 - mh*w0| <= (w0 + h0) / 2.
-    if abs(mw * h0 - mh * w0) > max(w0, h0):
-        raise ZoomMILError(
-            f"{mask_path}: tissue mask ({mw}x{mh}) does not have the slide's aspect ratio "
-            f"({w0}x{h0}); was it made for another slide?"
-        )
-
-
-def _check_patch_size(patch_size: int) -> None:
-    if isinstance(patch_size, bool) or int(patch_size) != patch_size or patch_size < 1:
-        raise ZoomMILError(f"patch size must be a positive number of pixels, got {patch_size}")
-
-
-def _check_tiling_args(
-    mags: Sequence[float], threshold: float, patch_size: int = 256
-) -> list[float]:
-    _check_patch_size(patch_size)
-    if not 0.0 <= threshold <= 1.0:
-        raise ZoomMILError(f"tissue threshold must be within 0-1, got {threshold}")
-    return validate_mags(mags)
-
-
-def tile_slide(
-    slide_path: str | Path,
-    mags: Sequence[float],
-    patch_size: int = 256,
-    mpp: float | None = None,
-    default_mpp: float | None = None,
-    mask_path: str | Path | None = None,
-    tissue_method: str = "gaussian",
-    tissue_params: Mapping[str, Any] | None = None,
-    threshold: float = 0.1,
-    no_tissue: str = "all",
-    allow_upsampling: bool = False,
-) -> Lattice:
-    """Slide -> `Lattice`: resolve mpp, get a tissue mask (given PNG or computed), filter parents.
-
-    All user mistakes raise `ZoomMILError`/`SlideError` before anything is written.
-    """
-    from zoommil.wsi.slide import open_with_mpp
-
-    _check_tiling_args(mags, threshold, patch_size)  # before touching the file
-    slide, mpp0, source = open_with_mpp(slide_path, mpp, default_mpp)
-    try:
-        return tile_open_slide(
-            slide, slide_path, mpp0, source, mags, patch_size, mask_path, tissue_method,
-            tissue_params, threshold, no_tissue, allow_upsampling,
-        )  # fmt: skip
-    finally:
-        slide.close()
-
-
-def tile_open_slide(
-    slide: Any,
-    slide_path: str | Path,
-    mpp0: float,
-    mpp_source: str,
-    mags: Sequence[float],
-    patch_size: int = 256,
-    mask_path: str | Path | None = None,
-    tissue_method: str = "gaussian",
-    tissue_params: Mapping[str, Any] | None = None,
-    threshold: float = 0.1,
-    no_tissue: str = "all",
-    allow_upsampling: bool = False,
-) -> Lattice:
-    """`tile_slide` on a slide that is already open (from `open_with_mpp`), so that a caller
-    that goes on to read patches (`zoommil predict`) opens the file once. The slide is left
-    open. The lattice's attributes name the slide (resolved path and OpenSlide quickhash), so
-    `zoommil features` can refuse the coords file of another slide."""
-    from zoommil.wsi.slide import quickhash
-    from zoommil.wsi.tissue import load_mask, method_params, tissue_mask_from_slide
-
-    mags = _check_tiling_args(mags, threshold, patch_size)
-    dims = (int(slide.dimensions[0]), int(slide.dimensions[1]))
-    upsampled = check_native_resolution(slide_path, mpp0, mags, allow_upsampling)
-    patch_side_level0(mpp0, mags[-1], patch_size)  # fail early on impossible mags
-    if mask_path is not None:
-        if tissue_params:
-            log.warning("%s: tissue parameters are ignored with a given mask", slide_path)
-        mask, meta = load_mask(mask_path)
-        _check_mask_fits(Path(mask_path), mask, meta, dims)
-        tissue = {
-            "tissue_mask": str(mask_path),
-            "tissue_method": str(meta.get("method", "unknown")),
-            "tissue_params": meta.get("params", {}),
-            "mask_mpp": float(meta.get("mask_mpp", mpp0 * dims[0] / mask.shape[1])),
-        }
-    else:
-        params = method_params(tissue_method, tissue_params)
-        mask, mask_mpp, _ = tissue_mask_from_slide(slide, mpp0, tissue_method, params)
-        if not mask.any():
-            log.warning("%s: the %s detector found no tissue", slide_path, tissue_method)
-        tissue = {
-            "tissue_mask": None,
-            "tissue_method": tissue_method,
-            "tissue_params": params,
-            "mask_mpp": float(mask_mpp),
-        }
-    return build_lattice(
-        slide_path,
-        dims,
-        mpp0,
-        mags,
-        patch_size,
-        mask=mask,
-        threshold=threshold,
-        no_tissue=no_tissue,
-        attrs={
-            "mpp_source": mpp_source,
-            "slide_path": str(Path(slide_path).resolve()),
-            "slide_quickhash": quickhash(slide) or "",
-            "native_magnification": 10.0 / mpp0,
-            "upsampling": bool(upsampled),
-            **tissue,
-        },
-    )
+        validate_mags(mags)
+    except ZoomMILError as error:
+        raise ZoomMILError(f"{source}: {error}") from None
+    n_parents = len(lattice.xy[0])
+    for k, (m, d) in enumerate(zip(mags, depths(mags), strict=True)):
+        side = lattice.sides[k]
+        if side * 2**d != lattice.sides[0]:
+            raise ZoomMILError(
+                f"{source}: level-0 side {side} at {mag_key(m)} is not "
+                f"{lattice.sides[0]} / 2^{d}: the lattice is not aligned"
+            )
+        n = len(lattice.xy[k])
+        if n != n_parents * 4**d or len(lattice.coords[k]) != n:
+            raise ZoomMILError(
+                f"{source}: {n} patches at {mag_key(m)} but {n_parents} parents "
+                f"at {mag_key(mags[0])} need {n_parents * 4**d} (4^{d} each)"
+            )
+        if n == 0:
+            continue
+        grid_xy = np.asarray(lattice.coords[k])[:, ::-1] * side
+        if not np.array_equal(grid_xy, lattice.xy[k]):
+            raise ZoomMILError(
+                f"{source}: (row, col) and level-0 (x, y) at {mag_key(m)} disagree "
+                f"(expected x = col * {side}, y = row * {side})"
+            )
+        offset = lattice.xy[k] - np.repeat(lattice.xy[0], 4**d, axis=0)
+        if (offset < 0).any() or (offset + side > lattice.sides[0]).any() or (offset % side).any():
+            raise ZoomMILError(
+                f"{source}: patches at {mag_key(m)} are not on the lattice inside their "
+                "parents (row order must be depth-first)"
+            )

@@ -27,23 +27,7 @@ import numpy as np
 import openslide
 
 from zoommil.errors import SlideError
-
-
-def quadtree_offsets(depth: int) -> np.ndarray:
-    """(row, col) offsets of the 4^depth descendants in depth-first order, shape [4^depth, 2].
-
-    One quadtree step orders the children (0, 0), (1, 0), (0, 1), (1, 1) (row fastest), as in
-    the feature-file contract.
-    """
-    out = np.zeros((4**depth, 2), dtype=np.int64)
-    for i in range(4**depth):
-        r = c = 0
-        for level in range(depth):
-            q = (i >> (2 * (depth - 1 - level))) & 3
-            r = (r << 1) | (q & 1)
-            c = (c << 1) | (q >> 1)
-        out[i] = (r, c)
-    return out
+from zoommil.wsi.lattice import descendant_offsets
 
 
 def derive_patches(
@@ -71,7 +55,7 @@ def derive_patches(
         scales[d] = image
     out = []
     for k, d in enumerate(depths):
-        grid = quadtree_offsets(d) if offsets is None else np.asarray(offsets[k])
+        grid = descendant_offsets(d) if offsets is None else np.asarray(offsets[k])
         img = scales[d]
         p = patch_size
         # view as [2^d, P, 2^d, P, 3] blocks, then gather the (row, col) blocks in order

@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import atomic_path
+from zoommil.recipe import TISSUE_METHODS, default
 from zoommil.wsi.slide import check_brightfield, open_with_mpp, read_thumbnail_at_mpp
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 #: Physical resolution of tissue masks (um/px): 1.25x, as in the paper's presets.
 MASK_MPP = 8.0
 
-METHODS = ("gaussian", "otsu")
+METHODS = TISSUE_METHODS
+DEFAULT_METHOD: str = default("tissue_method")
 
 #: Defaults at 8 um/px. The paper's presets at 1.25x: BRIGHT and CAMELYON16 sigma 20 /
 #: kernel 100; CRC sigma 10 / kernel 7. kernel_size 20 is the original detector's default.
@@ -196,7 +198,7 @@ def otsu_tissue_mask(
 
 
 def detect_tissue(
-    rgb: np.ndarray, method: str = "gaussian", mask_mpp: float = MASK_MPP, **params: Any
+    rgb: np.ndarray, method: str = DEFAULT_METHOD, mask_mpp: float = MASK_MPP, **params: Any
 ) -> np.ndarray:
     """Boolean tissue mask of an RGB thumbnail taken at ``mask_mpp`` um/px."""
     merged = method_params(method, params)
@@ -211,7 +213,7 @@ def detect_tissue(
 def tissue_mask_from_slide(
     slide: openslide.OpenSlide,
     mpp0: float,
-    method: str = "gaussian",
+    method: str = DEFAULT_METHOD,
     params: Mapping[str, Any] | None = None,
     mask_mpp: float = MASK_MPP,
 ) -> tuple[np.ndarray, float, np.ndarray]:
@@ -237,7 +239,7 @@ def tissue_mask_from_slide(
 def tissue_mask_for_slide(
     path: str | Path,
     mpp: float | None = None,
-    method: str = "gaussian",
+    method: str = DEFAULT_METHOD,
     params: Mapping[str, Any] | None = None,
     default_mpp: float | None = None,
     mask_mpp: float = MASK_MPP,

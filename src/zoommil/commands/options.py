@@ -1,0 +1,54 @@
+"""Options several commands share, defined once so their names, defaults and help agree."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from zoommil.features.precision import PRECISION_CHOICES
+
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: CUDA when available, else CPU)"
+
+
+def add_device(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--device``, auto by default everywhere."""
+    parser.add_argument("--device", default=default, metavar="DEVICE", help=DEVICE_HELP)
+
+
+def threads_value(value: str) -> int:
+    """``--threads``: a number >= 0 (0: torch's default) or ``all`` (every core)."""
+    if str(value).strip().lower() == "all":
+        return os.cpu_count() or 1
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 or 'all', got {value!r}")
+    return threads
+
+
+def add_threads(parser: argparse.ArgumentParser, default: int = 0, why: str = "") -> None:
+    """``--threads T`` (0: torch's default; ``all``: every core). Commands pass
+    ``args.threads or None`` on."""
+    parser.add_argument(
+        "--threads",
+        type=threads_value,
+        default=default,
+        metavar="T",
+        help=f"torch CPU threads: a number, 0 for torch's default or 'all' (default {default}"
+        + (f": {why}" if why else "")
+        + ")",
+    )
+
+
+def add_precision(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--precision`` of the encoder; ``None``: the one recorded with the features."""
+    what = f"default {default}" if default else "default: the one the features were made with"
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default=default,
+        help=f"encoder precision: fp32 (paper parity), bf16 autocast, or auto (bf16 where the "
+        f"hardware has it natively, else fp32); {what}",
+    )

@@ -1,0 +1,215 @@
+"""The preprocessing recipe: how a slide becomes a bag of features, in one validated value.
+
+Every stage that needs a preprocessing setting reads it from a `PreprocessingRecipe`: the
+commands (`zoommil tile/tissue/features/predict/profile/flops` take their defaults from here),
+the workflow rules (`PreprocessingRecipe.from_config`) and the schema (a test checks that its
+defaults are these). The recipe travels with the data: the coords file carries its tiling
+part, the feature file all of it, the checkpoint the feature files' one, and `zoommil predict`
+redoes exactly that recipe on a new slide (`to_attrs` / `from_attrs`).
+
+Importable without torch or OpenSlide: the CLI parsers and the Snakefile read it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
+
+from zoommil.errors import ZoomMILError
+from zoommil.features.precision import PRECISION_CHOICES
+
+TISSUE_METHODS = ("gaussian", "otsu")
+#: A slide where no lowest-magnification patch passes the tissue threshold: ``exclude`` it (the
+#: workflow reports it in results/qc/slides.tsv; `zoommil tile` fails it) or keep ``all`` its
+#: patches with a warning.
+NO_TISSUE_POLICIES = ("exclude", "all")
+DEFAULT_ENCODER = "resnet50_layer3"
+#: Encoder names written by versions that named the encoder after its pooling too.
+_ENCODER_ALIASES = {"resnet50_layer3_avgpool": DEFAULT_ENCODER}
+
+#: Attribute names in coords/feature files and checkpoints (kept from the files' first layout).
+_ATTR_NAMES = {"no_tissue": "no_tissue_policy"}
+#: The part of the recipe a coords file knows (the encoder comes with `zoommil features`).
+TILING_FIELDS = ("mags", "patch_size", "tissue_method", "tissue_params", "tissue_threshold",
+                 "no_tissue", "allow_upsampling")  # fmt: skip
+#: The part `zoommil features` adds.
+ENCODER_FIELDS = ("encoder", "weights", "weights_seed", "precision")
+
+
+def mag_key(mag: float) -> str:
+    """Name of a magnification in files: ``f"{float(mag)}x"`` (1.25x, 2.5x, 10.0x)."""
+    return f"{float(mag)}x"
+
+
+def format_mags(mags: Sequence[float]) -> str:
+    """Magnifications for people, lowest first: [10, 2.5] -> '2.5x -> 10x'."""
+    return " -> ".join(f"{m:g}x" for m in sorted(float(m) for m in mags))
+
+
+def validate_mags(mags: Sequence[float]) -> list[float]:
+    """Sorted ascending; each a power-of-two multiple of the lowest, else `ZoomMILError`."""
+    if isinstance(mags, str | bytes) or not isinstance(mags, Sequence) or not mags:
+        raise ZoomMILError(f"no magnifications given (got {mags!r})")
+    try:
+        values = sorted(float(m) for m in mags)
+    except (TypeError, ValueError):
+        raise ZoomMILError(f"magnifications must be numbers, got {list(mags)}") from None
+    if any(not math.isfinite(m) or m <= 0 for m in values):
+        raise ZoomMILError(f"magnifications must be positive, got {values}")
+    if len(set(values)) != len(values):
+        raise ZoomMILError(f"magnifications must be distinct, got {values}")
+    for low, high in zip(values, values[1:], strict=False):
+        steps = math.log2(high / low)
+        if abs(steps - round(steps)) > 1e-9:
+            raise ZoomMILError(
+                f"magnifications {low:g}x and {high:g}x are not power-of-two multiples of each "
+                f"other (ratio {high / low:g}); a patch at one must cover exactly 2^d x 2^d "
+                "patches at the other, e.g. --mags 2.5 5 10 or 1.25 2.5 10"
+            )
+    return values
+
+
+def _choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ZoomMILError(f"unknown {name} {value!r} (choose from {', '.join(choices)})")
+    return str(value)
+
+
+def _number(value: Any, name: str, kind: type, minimum: float, maximum: float = math.inf):
+    """``value`` as ``kind`` within [minimum, maximum], else a one-line `ZoomMILError`."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None or (kind is int and number != value):
+        raise ZoomMILError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                           f"got {value!r}")  # fmt: skip
+    if not minimum <= number <= maximum:
+        bound = f"within {minimum:g}-{maximum:g}" if math.isfinite(maximum) else f">= {minimum:g}"
+        raise ZoomMILError(f"{name} must be {bound}, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class PreprocessingRecipe:
+    """Magnifications, patch size, tissue detection, no-tissue policy, encoder and precision.
+
+    Validated (and normalised: mags sorted floats) on construction, so a recipe that exists is
+    a usable one; every error is one line naming the setting.
+    """
+
+    mags: tuple[float, ...]
+    patch_size: int = 256
+    tissue_method: str = "gaussian"
+    tissue_params: Mapping[str, Any] = field(default_factory=dict)
+    tissue_threshold: float = 0.1
+    no_tissue: str = "exclude"
+    allow_upsampling: bool = False
+    encoder: str = DEFAULT_ENCODER
+    weights: str = "imagenet"
+    weights_seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise in place once
+        set_(self, "mags", tuple(validate_mags(self.mags)))
+        set_(self, "patch_size", _number(self.patch_size, "patch size", int, 1))
+        set_(self, "tissue_method", _choice(self.tissue_method, "tissue method", TISSUE_METHODS))
+        if not isinstance(self.tissue_params, Mapping):
+            raise ZoomMILError(
+                f"tissue params must be a mapping NAME: VALUE, got {self.tissue_params!r}"
+            )
+        set_(self, "tissue_params", dict(self.tissue_params))
+        threshold = _number(self.tissue_threshold, "tissue threshold", float, 0.0, 1.0)
+        set_(self, "tissue_threshold", threshold)
+        set_(self, "no_tissue", _choice(self.no_tissue, "no-tissue policy", NO_TISSUE_POLICIES))
+        if not isinstance(self.allow_upsampling, bool):
+            raise ZoomMILError(
+                f"allow_upsampling must be true or false, got {self.allow_upsampling!r}"
+            )
+        encoder = _ENCODER_ALIASES.get(str(self.encoder), str(self.encoder))
+        if not encoder.strip():
+            raise ZoomMILError("encoder name is empty")
+        set_(self, "encoder", encoder)
+        if not str(self.weights).strip():
+            raise ZoomMILError("encoder weights are empty (imagenet, random or a path)")
+        set_(self, "weights", str(self.weights))
+        set_(self, "weights_seed", _number(self.weights_seed, "weights seed", int, 0))
+        set_(self, "precision", _choice(self.precision, "precision", PRECISION_CHOICES))
+
+    def replace(self, **changes: Any) -> PreprocessingRecipe:
+        """A copy with ``changes`` (validated again); ``None`` values keep the current one."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_attrs(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """Plain values for HDF5 attributes / checkpoint configs (``names``: a subset)."""
+        out = {}
+        for name in names or [f.name for f in fields(self)]:
+            value = getattr(self, name)
+            if name == "mags":
+                value = [float(m) for m in value]
+            elif name == "tissue_params":
+                value = dict(value)
+            out[_ATTR_NAMES.get(name, name)] = value
+        return out
+
+    def tiling_attrs(self) -> dict[str, Any]:
+        """What a coords file records (the encoder is not chosen yet)."""
+        return self.to_attrs(TILING_FIELDS)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any], **overrides: Any) -> PreprocessingRecipe:
+        """The recipe recorded by `to_attrs` (missing keys: the defaults); ``overrides`` win
+        unless they are None."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = _ATTR_NAMES.get(f.name, f.name)
+            if key in attrs and attrs[key] is not None:
+                values[f.name] = attrs[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "mags" not in values:
+            raise ZoomMILError("the preprocessing recipe has no magnifications")
+        return cls(**values)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PreprocessingRecipe:
+        """The recipe of a workflow config (`preprocess:` and `features:`; see the schema)."""
+        pre = config.get("preprocess") or {}
+        tissue = pre.get("tissue") or {}
+        features = config.get("features") or {}
+        return cls.from_attrs(
+            {
+                "mags": pre.get("mags"),
+                "patch_size": pre.get("patch_size"),
+                "tissue_method": tissue.get("method"),
+                "tissue_params": tissue.get("params"),
+                "tissue_threshold": tissue.get("threshold"),
+                "no_tissue_policy": tissue.get("no_tissue"),
+                "allow_upsampling": pre.get("allow_upsampling"),
+                "encoder": features.get("encoder"),
+                "weights": features.get("weights"),
+                "weights_seed": features.get("seed"),
+                "precision": features.get("precision"),
+            }
+        )
+
+
+def default_weights(encoder: str | None = None) -> str:
+    """``imagenet`` for the paper's ResNet-50, the offline Hugging Face cache (``hf``) for the
+    foundation-model encoders."""
+    encoder = _ENCODER_ALIASES.get(str(encoder), encoder) if encoder else DEFAULT_ENCODER
+    return default("weights") if encoder == DEFAULT_ENCODER else "hf"
+
+
+def default(name: str) -> Any:
+    """The recipe's default for one field (what a command uses when the flag is absent)."""
+    for f in fields(PreprocessingRecipe):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f"the recipe has no default for {name!r}")

@@ -1,0 +1,129 @@
+"""Rerun inputs derived from the code: each step's import closure, hashed over its syntax tree.
+
+A workflow rule passes ``code=code_hash(...)`` as a ``params:`` value, so Snakemake's params
+rerun trigger (on by default) reruns exactly the rules whose code changed. The closure of a
+step is every `zoommil` module its entry imports, directly or through others, at module level
+or inside functions (``import``/``from`` statements found with `ast`; the parent packages'
+``__init__`` files count, since importing a module runs them). Each module counts by its
+normalised syntax tree (``ast.dump`` without docstrings or positions), so a comment, a
+docstring or a reformatting changes nothing and a behaviour edit changes the hash of exactly
+the steps that import the module.
+
+Entries are `zoommil` command names (``"features"`` -> ``zoommil.commands.features`` plus
+``zoommil.cli``, which runs it) or script files (``scripts/qc_slides.py``: the script itself
+and its imports).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+PACKAGE = "zoommil"
+
+
+def _module_file(root: Path, name: str) -> Path | None:
+    """The source file of module ``name`` (``zoommil.x.y``) under the package ``root``."""
+    parts = name.split(".")[1:]
+    base = root.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every module name an ``import``/``from`` statement of ``tree`` may load (absolute)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from the module's package upwards
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                package = package[: len(package) - (node.level - 1)]
+                base = ".".join(package + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # submodules
+    return {n for n in names if n == PACKAGE or n.startswith(PACKAGE + ".")}
+
+
+def _with_parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@cache
+def _parse(path: Path, mtime_ns: int) -> tuple[ast.Module, str]:
+    """(tree, normalised dump) of a source file; cached per modification time."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    dump = ast.dump(_strip_docstrings(ast.parse(path.read_text(encoding="utf-8"))))
+    return tree, dump
+
+
+def _source(path: Path) -> tuple[ast.Module, str]:
+    return _parse(path, path.stat().st_mtime_ns)
+
+
+def entry_files(root: str | Path, entry: str, basedir: str | Path = ".") -> tuple[str, Path]:
+    """(label, file) of an entry: a command name or a script path relative to ``basedir``."""
+    root = Path(root)
+    if entry.endswith(".py"):
+        path = Path(basedir) / entry
+        if not path.is_file():
+            raise FileNotFoundError(f"code_hash: script {path} not found")
+        return entry, path
+    name = f"{PACKAGE}.commands.{entry}"
+    path = _module_file(root, name)
+    if path is None:
+        raise FileNotFoundError(f"code_hash: no command module {name} under {root}")
+    return name, path
+
+
+def closure(root: str | Path, entries: Iterable[str], basedir: str | Path = ".") -> dict[str, Path]:
+    """Module name (or script label) -> file of everything the entries import from `zoommil`."""
+    root = Path(root)
+    found: dict[str, Path] = {}
+    todo: list[tuple[str, Path]] = []
+    for entry in entries:
+        todo.append(entry_files(root, entry, basedir))
+        if not entry.endswith(".py"):
+            todo.append((f"{PACKAGE}.cli", root / "cli.py"))  # the `zoommil` program runs it
+    while todo:
+        name, path = todo.pop()
+        if name in found:
+            continue
+        found[name] = path
+        tree, _ = _source(path)
+        is_package = path.name == "__init__.py"
+        module = name if name.startswith(PACKAGE) else PACKAGE  # scripts import absolutely
+        for imported in _imported_names(tree, module, is_package):
+            for candidate in _with_parents(imported):
+                if candidate not in found:
+                    file = _module_file(root, candidate)
+                    if file is not None:
+                        todo.append((candidate, file))
+    return dict(sorted(found.items()))
+
+
+def code_hash(root: str | Path, entries: Iterable[str], basedir: str | Path = ".") -> str:
+    """sha256 (first 16 hex digits) of the normalised trees of the entries' import closure."""
+    digest = hashlib.sha256()
+    for name, path in closure(root, entries, basedir).items():
+        digest.update(name.encode() + b"\0" + _source(path)[1].encode() + b"\0")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,69 @@
+"""Rerun inputs derived from the code: import closures and their normalised hashes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from zoommil.workflow.codehash import closure, code_hash
+from zoommil.workflow.params import library_root
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = library_root(REPO)
+
+
+def test_closure_follows_imports_at_any_depth() -> None:
+    features = closure(ROOT, ["features"])
+    assert {"zoommil.cli", "zoommil.commands.features", "zoommil.features.extraction",
+            "zoommil.wsi.lattice", "zoommil.io.featurefile", "zoommil.recipe",
+            "zoommil.features"} <= set(features)  # fmt: skip
+    assert "zoommil.models" not in features and "zoommil.training.trainer" not in features
+    # predict reads features through the checkpoint: imports made inside functions count too
+    predict = closure(ROOT, ["predict"])
+    assert {"zoommil.features.extraction", "zoommil.training.checkpoint",
+            "zoommil.models.zoommil", "zoommil.wsi.tiling", "zoommil.reporting.attention"} <= set(
+        predict
+    )  # fmt: skip
+    script = closure(ROOT, ["scripts/qc_slides.py"], REPO)
+    assert {"scripts/qc_slides.py", "zoommil.workflow.qc", "zoommil.io.sheet"} <= set(script)
+    assert "zoommil.cli" not in script
+
+
+@pytest.fixture()
+def scratch(tmp_path: Path) -> Path:
+    root = tmp_path / "zoommil"
+    shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    entries = ["tile", "features", "train", "scripts/make_tables.py"]
+    return {e: code_hash(root, [e], REPO) for e in entries}
+
+
+def test_comments_docstrings_and_layout_do_not_count(scratch: Path) -> None:
+    before = _hashes(scratch)
+    path = scratch / "wsi" / "lattice.py"
+    text = path.read_text()
+    text = text.replace('"""The aligned', '"""Reworded: the aligned', 1)
+    text = text.replace("def children_order(", "# a comment\n\n\ndef children_order(", 1)
+    path.write_text(text + "\n# trailing comment\n")
+    assert _hashes(scratch) == before
+
+
+def test_a_behaviour_edit_changes_exactly_the_importers(scratch: Path) -> None:
+    before = _hashes(scratch)
+    path = scratch / "wsi" / "tiling.py"
+    path.write_text(path.read_text() + "\nEDITED = 1\n")
+    after = _hashes(scratch)
+    assert after["tile"] != before["tile"]  # commands/tile imports wsi.tiling
+    assert after["features"] == before["features"]  # extraction does not tile
+    assert after["train"] == before["train"]
+    assert after["scripts/make_tables.py"] == before["scripts/make_tables.py"]
+
+
+def test_unknown_command_is_an_error() -> None:
+    with pytest.raises(FileNotFoundError, match="no command module zoommil.commands.nope"):
+        code_hash(ROOT, ["nope"])

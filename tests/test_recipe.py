@@ -1,0 +1,135 @@
+"""The preprocessing recipe: validation, defaults that agree everywhere, and its journey from the
+coords file to the feature file to the checkpoint to `zoommil predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from zoommil.errors import ZoomMILError
+from zoommil.io.coords import load_coords, write_coords
+from zoommil.io.featurefile import read_attrs, write_feature_file
+from zoommil.recipe import (
+    NO_TISSUE_POLICIES,
+    TISSUE_METHODS,
+    PreprocessingRecipe,
+    default,
+    format_mags,
+)
+from zoommil.training.config import SELECTIONS, TrainConfig
+from zoommil.wsi.lattice import build_lattice
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def test_mags_are_normalised_and_fields_validated() -> None:
+    recipe = PreprocessingRecipe(mags=[10, 2.5, 5])
+    assert recipe.mags == (2.5, 5.0, 10.0)
+    assert recipe.patch_size == 256 and recipe.tissue_threshold == 0.1
+    assert recipe.tissue_method == "gaussian" and recipe.encoder == "resnet50_layer3"
+    assert format_mags(recipe.mags) == "2.5x -> 5x -> 10x"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mags": [5, 15]}, "magnifications 5x and 15x are not power-of-two multiples"),
+        ({"mags": [0, 5]}, "magnifications must be positive, got [0.0, 5.0]"),
+        ({"mags": [5, 5]}, "magnifications must be distinct"),
+        ({"mags": []}, "no magnifications given"),
+        ({"mags": ["x"]}, "magnifications must be numbers"),
+        ({"patch_size": 0}, "patch size must be >= 1, got 0"),
+        ({"patch_size": 25.5}, "patch size must be an integer, got 25.5"),
+        ({"tissue_method": "magic"}, "unknown tissue method 'magic' (choose from gaussian, otsu)"),
+        ({"tissue_threshold": 1.5}, "tissue threshold must be within 0-1, got 1.5"),
+        ({"tissue_params": [1]}, "tissue params must be a mapping"),
+        ({"no_tissue": "keep"}, "unknown no-tissue policy 'keep' (choose from exclude, all)"),
+        ({"weights": ""}, "encoder weights are empty"),
+        ({"weights_seed": -1}, "weights seed must be >= 0, got -1"),
+        ({"precision": "fp8"}, "unknown precision 'fp8' (choose from fp32, bf16, auto)"),
+    ],
+)
+def test_invalid_values_are_one_line_errors(changes: dict, message: str) -> None:
+    values = {"mags": [2.5, 10], **changes}
+    with pytest.raises(ZoomMILError) as error:
+        PreprocessingRecipe(**values)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_schema_defaults_are_the_recipe_defaults() -> None:
+    pre = SCHEMA["properties"]["preprocess"]["properties"]
+    tissue = pre["tissue"]["properties"]
+    features = SCHEMA["properties"]["features"]["properties"]
+    assert pre["patch_size"]["default"] == default("patch_size")
+    assert tissue["method"]["default"] == default("tissue_method")
+    assert tissue["method"]["enum"] == list(TISSUE_METHODS)
+    assert tissue["threshold"]["default"] == default("tissue_threshold")
+    assert tissue["params"]["default"] == default("tissue_params")
+    assert tissue["no_tissue"]["default"] == default("no_tissue")
+    assert sorted(tissue["no_tissue"]["enum"]) == sorted(NO_TISSUE_POLICIES)
+    assert features["encoder"]["default"] == default("encoder")
+    assert features["weights"]["default"] == default("weights")
+    assert features["seed"]["default"] == default("weights_seed")
+    assert features["precision"]["default"] == default("precision")
+
+
+def test_schema_training_defaults_are_zoommil_trains() -> None:
+    train = SCHEMA["properties"]["train"]["properties"]
+    defaults = TrainConfig(features_dir=Path(), sheet=Path(), mags=[])
+    assert train["selection"]["default"] == defaults.selection == "val_loss"
+    assert train["selection"]["enum"] == list(SELECTIONS)
+    for key in ("epochs", "lr", "weight_decay"):
+        assert train[key]["default"] == getattr(defaults, key), key
+
+
+def test_from_config_reads_the_workflow_keys() -> None:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    recipe = PreprocessingRecipe.from_config(config)
+    assert recipe.mags == tuple(float(m) for m in config["preprocess"]["mags"])
+    assert recipe.weights == "random" and recipe.precision == config["features"]["precision"]
+    assert recipe.no_tissue == "exclude"
+
+
+def test_recipe_travels_coords_features_checkpoint_predict(tmp_path: Path) -> None:
+    from zoommil.inference.predict import Predictor
+    from zoommil.training.checkpoint import save_checkpoint
+    from zoommil.training.data import shared_attrs
+
+    recipe = PreprocessingRecipe(
+        mags=[5, 20], patch_size=128, tissue_method="otsu", tissue_params={"median_kernel": 5},
+        tissue_threshold=0.25, no_tissue="all", weights="random", weights_seed=3,
+    )  # fmt: skip
+    lattice = build_lattice("s.svs", (2048, 1024), 0.5, recipe, attrs={"mpp_source": "test"})
+    coords = load_coords(write_coords(tmp_path / "s.coords.h5", lattice))
+    tiling = PreprocessingRecipe.from_attrs(coords.attrs)
+    assert tiling.mags == recipe.mags and tiling.patch_size == 128
+    assert tiling.tissue_method == "otsu" and tiling.tissue_params == {"median_kernel": 5}
+    assert tiling.tissue_threshold == 0.25 and tiling.no_tissue == "all"
+    # the feature file: the coords file's attributes plus the encoder part (as extract does)
+    attrs = {**coords.attrs, **recipe.to_attrs()}
+    feats = [np.zeros((len(x), 4), np.float32) for x in coords.xy]
+    path = write_feature_file(
+        tmp_path / "s.h5", coords.mags, feats, coords.coords, coords.xy, attrs
+    )
+    assert PreprocessingRecipe.from_attrs(read_attrs(path)) == recipe
+    # training copies what all feature files share into the checkpoint; predict redoes it
+    from zoommil.models import build_model
+
+    model = build_model("abmil", in_dim=4, n_classes=2)
+    config = {"arch": "abmil", "classes": ["a", "b"], "mags": [20.0], "in_dim": 4,
+              "preprocessing": shared_attrs([path])}  # fmt: skip
+    save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    predictor = Predictor.from_checkpoint(tmp_path / "c.pt")
+    assert predictor.recipe == recipe.replace(mags=[20.0])  # the model's own magnification
+    assert Predictor.from_checkpoint(tmp_path / "c.pt", weights="imagenet").recipe.weights == (
+        "imagenet"
+    )
+
+
+def test_old_encoder_name_reads_as_the_current_one() -> None:
+    attrs = {"mags": [5.0], "encoder": "resnet50_layer3_avgpool"}
+    assert PreprocessingRecipe.from_attrs(attrs).encoder == default("encoder")
