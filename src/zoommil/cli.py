@@ -13,6 +13,8 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from zoommil import __version__
@@ -88,6 +90,18 @@ def _exclude(args: argparse.Namespace, error: SlideError) -> int | None:
     return 0
 
 
+@contextmanager
+def _torch_threads_kept() -> Iterator[None]:
+    """Commands set torch's thread count; an in-process caller (a test) keeps its own."""
+    torch = sys.modules.get("torch")
+    saved = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if saved is not None and torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -95,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    with _torch_threads_kept():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    """Run a parsed command: user errors are one line and exit 2, a slide error may exclude."""
     try:
         for path in _outputs(args):  # an unwritable output fails now, not after the work
             check_writable(path)

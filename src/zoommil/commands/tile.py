@@ -71,9 +71,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-tissue",
         choices=NO_TISSUE_POLICIES,
-        default=default("no_tissue"),
-        help="when no patch passes: fail the slide (exclude) or keep all its patches with a "
-        f"warning (default {default('no_tissue')})",
+        default="all",
+        help="when no patch passes: keep all its patches with a warning (all, the default: the "
+        "workflow's QC step then applies the recipe's no-tissue policy) or fail the slide "
+        "(exclude)",
     )
     parser.add_argument(
         "--allow-upsampling",

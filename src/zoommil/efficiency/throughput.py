@@ -77,10 +77,14 @@ def measure_throughput(
     jobs = [(slide_id, str(path), mpp.get(slide_id)) for slide_id, path in slides]
     start = time.perf_counter()
     if processes == 1:
+        saved_threads = torch.get_num_threads()  # the caller's setting survives the timing
         torch.set_num_threads(threads if device.type == "cuda" else 1)
-        rows, info, used, excluded = _measure(
-            predictor, jobs, device, precision, warmup, workers, batch_size
-        )
+        try:
+            rows, info, used, excluded = _measure(
+                predictor, jobs, device, precision, warmup, workers, batch_size
+            )
+        finally:
+            torch.set_num_threads(saved_threads)
     else:
         ctx = multiprocessing.get_context("spawn")  # no inherited thread pools or locks
         shares = [jobs[i::processes] for i in range(processes)]
