@@ -102,6 +102,7 @@ def test_recipe_travels_coords_features_checkpoint_predict(tmp_path: Path) -> No
     recipe = PreprocessingRecipe(
         mags=[5, 20], patch_size=128, tissue_method="otsu", tissue_params={"median_kernel": 5},
         tissue_threshold=0.25, no_tissue="all", weights="random", weights_seed=3,
+        allow_upsampling=True,  # a bool that HDF5 gives back as numpy's
     )  # fmt: skip
     lattice = build_lattice("s.svs", (2048, 1024), 0.5, recipe, attrs={"mpp_source": "test"})
     coords = load_coords(write_coords(tmp_path / "s.coords.h5", lattice))
@@ -133,3 +134,8 @@ def test_recipe_travels_coords_features_checkpoint_predict(tmp_path: Path) -> No
 def test_old_encoder_name_reads_as_the_current_one() -> None:
     attrs = {"mags": [5.0], "encoder": "resnet50_layer3_avgpool"}
     assert PreprocessingRecipe.from_attrs(attrs).encoder == default("encoder")
+
+
+def test_numpy_bool_from_hdf5_reads_as_bool() -> None:
+    recipe = PreprocessingRecipe.from_attrs({"mags": [5.0], "allow_upsampling": np.bool_(True)})
+    assert recipe.allow_upsampling is True

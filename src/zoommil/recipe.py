@@ -125,10 +125,12 @@ class PreprocessingRecipe:
         threshold = _number(self.tissue_threshold, "tissue threshold", float, 0.0, 1.0)
         set_(self, "tissue_threshold", threshold)
         set_(self, "no_tissue", _choice(self.no_tissue, "no-tissue policy", NO_TISSUE_POLICIES))
-        if not isinstance(self.allow_upsampling, bool):
-            raise ZoomMILError(
-                f"allow_upsampling must be true or false, got {self.allow_upsampling!r}"
-            )
+        allow = self.allow_upsampling
+        if hasattr(allow, "item") and not isinstance(allow, bool):
+            allow = allow.item()  # a numpy bool read back from HDF5 attributes
+        if not isinstance(allow, bool):
+            raise ZoomMILError(f"allow_upsampling must be true or false, got {allow!r}")
+        set_(self, "allow_upsampling", allow)
         encoder = _ENCODER_ALIASES.get(str(self.encoder), str(self.encoder))
         if not encoder.strip():
             raise ZoomMILError("encoder name is empty")
