@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zoommil.reporting import figures
+from zoommil.reporting import attention, figures
 
 CLASSES = ["a", "b", "c"]
 
@@ -123,7 +123,7 @@ def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: P
     assert layout["titles"][1:] == ["attention at 5x", "attention at 10x"]
     assert (tmp_path / "att.png").stat().st_size > 1000
     # the 10x map covers only the zoomed region, normalised within that magnification
-    heat = figures.attention_map(prediction, (1024, 768), (128, 96), prediction["attention"][0])
+    heat = attention.attention_map(prediction["attention"][0], (1024, 768), (128, 96))
     assert np.all(heat[:32, :32] == 0.0) and np.all(heat[:32, 32:64] == 1.0)
     assert np.isnan(heat[:, 64:]).all() and np.isnan(heat[32:, :]).all()
 

@@ -320,7 +320,7 @@ def test_attention_overlay_paints_the_lowest_magnification() -> None:
     entry = attention.lowest_attention(prediction)
     assert entry["mag"] == 2.5
     thumb = np.full((64, 64, 3), 255, np.uint8)
-    image = attention.attention_overlay(thumb, 64 / 2048, entry, alpha=1.0)
+    image = attention.attention_overlay(thumb, (2048, 2048), entry, alpha=1.0)
     low, high = image[5, 5], image[5, 40]  # weights 0.2 and 0.6 -> min-max 0 and 1
     for pixel, value in ((low, 0.0), (high, 1.0)):
         colour = (np.array(attention.colormaps["inferno"](value)[:3]) * 255.0).astype(np.uint8)

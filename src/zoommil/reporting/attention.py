@@ -1,12 +1,15 @@
 """The one attention renderer: `zoommil predict --heatmap` and Figure 4 draw with it.
 
-The lowest magnification's attention weights are painted over the patches they belong to, and
-the regions ZoomMIL zoomed into are outlined, so a person can see where the model looked.
+Attention weights are painted over the patches they belong to (`attention_map`: one grid per
+magnification, min-max scaled), and the regions ZoomMIL zoomed into are outlined, so a person
+can see where the model looked. `predict --heatmap` blends the lowest magnification's map over
+the thumbnail (`attention_overlay`); Figure 4 draws every magnification's map with matplotlib.
 Slides are read only through `zoommil.wsi.slide`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,18 +39,42 @@ def slide_thumbnail(
     return thumb, (int(width), int(height))
 
 
-def thumbnail(
-    slide_path: str | Path, mpp: float | None = None, max_side: int = 1024
-) -> tuple[np.ndarray, float]:
-    """RGB thumbnail of at most ``max_side`` px and its scale (thumbnail px per level-0 px)."""
-    thumb, (width, _) = slide_thumbnail(slide_path, mpp, max_side)
-    return thumb, thumb.shape[1] / width
+def attention_entries(prediction: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The attention of every magnification of a `zoommil predict` result, lowest first."""
+    return sorted(prediction.get("attention") or [], key=lambda e: float(e["mag"]))
 
 
 def lowest_attention(prediction: Mapping[str, Any]) -> Mapping[str, Any]:
     """The attention entry of the lowest magnification of a prediction ({} when none)."""
-    entries = prediction.get("attention") or []
-    return min(entries, key=lambda e: float(e["mag"])) if entries else {}
+    entries = attention_entries(prediction)
+    return entries[0] if entries else {}
+
+
+def attention_map(
+    entry: Mapping[str, Any], level0_size: tuple[int, int], thumb_size: tuple[int, int]
+) -> np.ndarray:
+    """One magnification's attention (``entry``: xy, side0, weights) painted on a [H, W] grid
+    of the thumbnail; NaN where it has no patch.
+
+    Weights are min-max scaled per slide and magnification, as attention is only comparable
+    within one softmax (equal weights: all 1). Both the heatmap and Figure 4 paint with this.
+    """
+    width0, height0 = level0_size
+    width, height = thumb_size
+    heat = np.full((height, width), np.nan, dtype=np.float32)
+    if not entry or not entry.get("weights"):
+        return heat
+    weights = np.asarray(entry["weights"], dtype=np.float64)
+    span = weights.max() - weights.min()
+    weights = (weights - weights.min()) / span if span > 0 else np.ones_like(weights)
+    sx, sy = width / width0, height / height0
+    side = float(entry["side0"])
+    for (x, y), w in zip(entry["xy"], weights, strict=True):
+        c0, r0 = int(math.floor(x * sx)), int(math.floor(y * sy))
+        c1 = max(c0 + 1, int(math.ceil((x + side) * sx)))
+        r1 = max(r0 + 1, int(math.ceil((y + side) * sy)))
+        heat[max(r0, 0) : min(r1, height), max(c0, 0) : min(c1, width)] = w
+    return heat
 
 
 def render(
@@ -59,36 +86,28 @@ def render(
 ) -> np.ndarray:
     """RGB thumbnail of the slide with the prediction's lowest-magnification attention and the
     regions of its first ``steps`` zoom steps (all when None) outlined."""
-    thumb, scale = thumbnail(slide_path, mpp, max_side)
-    selected = sorted(prediction.get("selected") or [], key=lambda e: float(e["mag"]))
-    return attention_overlay(thumb, scale, lowest_attention(prediction), selected[:steps])
+    thumb, size0 = slide_thumbnail(slide_path, mpp, max_side)
+    selected = attention_entries({"attention": prediction.get("selected") or []})
+    return attention_overlay(thumb, size0, lowest_attention(prediction), selected[:steps])
 
 
 def attention_overlay(
     thumb: np.ndarray,
-    scale: float,
+    level0_size: tuple[int, int],
     attention: Mapping[str, Any],
     selected: Sequence[Mapping[str, Any]] = (),
     alpha: float = 0.5,
 ) -> np.ndarray:
-    """Paint ``attention`` (one magnification: xy, side0, weights) over ``thumb``.
-
-    Weights are min-max normalised per slide (the colour shows rank, not absolute mass);
-    ``selected`` regions (per zoom step: xy, side0) are outlined.
-    """
+    """Blend ``attention`` (one magnification, painted by `attention_map`) over ``thumb`` with
+    the inferno colour map, and outline the ``selected`` regions (per zoom step: xy, side0)."""
+    height, width = thumb.shape[:2]
+    heat = attention_map(attention, level0_size, (width, height))
     out = thumb.astype(np.float32).copy()
-    weights = np.asarray(attention.get("weights", []), dtype=np.float64)
-    if len(weights):
-        span = weights.max() - weights.min()
-        norm = (weights - weights.min()) / span if span > 0 else np.ones_like(weights)
-        colours = colormaps["inferno"](norm)[:, :3] * 255.0
-        side = attention["side0"] * scale
-        for (x, y), colour in zip(attention["xy"], colours, strict=True):
-            x0, y0 = int(round(x * scale)), int(round(y * scale))
-            x1, y1 = int(round(x * scale + side)), int(round(y * scale + side))
-            patch = out[y0:y1, x0:x1]
-            patch[:] = (1 - alpha) * patch + alpha * colour
+    painted = ~np.isnan(heat)
+    colours = colormaps["inferno"](heat[painted])[:, :3] * 255.0
+    out[painted] = (1 - alpha) * out[painted] + alpha * colours
     out = np.clip(out, 0, 255).astype(np.uint8)
+    scale = width / level0_size[0]
     for k, step in enumerate(selected):
         colour = OUTLINE_COLOURS[k % len(OUTLINE_COLOURS)]
         side = step["side0"] * scale

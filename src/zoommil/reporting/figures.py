@@ -325,47 +325,6 @@ def throughput_figure(
     return data
 
 
-def _lowest_attention(prediction: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    entries = prediction.get("attention") or []
-    return min(entries, key=lambda e: float(e["mag"])) if entries else None
-
-
-def attention_entries(prediction: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The attention of every magnification of a `zoommil predict` result, lowest first."""
-    return sorted(prediction.get("attention") or [], key=lambda e: float(e["mag"]))
-
-
-def attention_map(
-    prediction: Mapping[str, Any],
-    level0_size: tuple[int, int],
-    thumb_size: tuple[int, int],
-    entry: Mapping[str, Any] | None = None,
-) -> np.ndarray:
-    """One magnification's attention painted on a [H, W] grid of the thumbnail (NaN = none);
-    the lowest magnification's unless ``entry`` (an item of ``prediction["attention"]``).
-
-    Weights are min-max scaled per slide and magnification, as attention is only comparable
-    within one softmax.
-    """
-    width0, height0 = level0_size
-    width, height = thumb_size
-    heat = np.full((height, width), np.nan, dtype=np.float32)
-    entry = entry if entry is not None else _lowest_attention(prediction)
-    if entry is None or not entry.get("weights"):
-        return heat
-    weights = np.asarray(entry["weights"], dtype=np.float64)
-    span = weights.max() - weights.min()
-    weights = (weights - weights.min()) / span if span > 0 else np.ones_like(weights)
-    sx, sy = width / width0, height / height0
-    side = float(entry["side0"])
-    for (x, y), w in zip(entry["xy"], weights, strict=True):
-        c0, r0 = int(math.floor(x * sx)), int(math.floor(y * sy))
-        c1 = max(c0 + 1, int(math.ceil((x + side) * sx)))
-        r1 = max(r0 + 1, int(math.ceil((y + side) * sy)))
-        heat[max(r0, 0) : min(r1, height), max(c0, 0) : min(c1, width)] = w
-    return heat
-
-
 def _thumbnail(
     path: str, mpp: float | None = None, max_side: int = 768
 ) -> tuple[np.ndarray, tuple[int, int]]:
@@ -382,7 +341,7 @@ def _boxes(ax: plt.Axes, step: Mapping[str, Any], sx: float, sy: float, **style:
 
 def attention_layout(predictions: Sequence[Mapping[str, Any]]) -> list[float]:
     """The magnifications that get a column: every one any prediction has attention for."""
-    mags = {float(e["mag"]) for p in predictions for e in attention_entries(p)}
+    mags = {float(e["mag"]) for p in predictions for e in attention.attention_entries(p)}
     return sorted(mags)
 
 
@@ -427,14 +386,14 @@ def attention_figure(
         axes[row, 0].set_ylabel(f"{slide_id}\nlabel {label}\npredicted {predicted}", fontsize=8)
         for step in selected:
             _boxes(axes[row, 0], step, sx, sy, edgecolor="black", linewidth=0.8)
-        by_mag = {float(e["mag"]): e for e in attention_entries(prediction)}
+        by_mag = {float(e["mag"]): e for e in attention.attention_entries(prediction)}
         for col, mag in enumerate(mags, start=1):
             ax = axes[row, col]
             ax.imshow(background)
             entry = by_mag.get(mag)
             if entry is None:
                 continue
-            heat = attention_map(prediction, size0, thumb_size, entry)
+            heat = attention.attention_map(entry, size0, thumb_size)
             image = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", alpha=0.7, vmin=0, vmax=1)
             for step in selected:
                 if float(step["mag"]) <= mag:
