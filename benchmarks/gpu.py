@@ -69,11 +69,14 @@ def features_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -
     from features import subset_parents
 
     from zoommil.features.extraction import extract_features
-    from zoommil.wsi.lattice import tile_slide, write_coords
+    from zoommil.io.coords import write_coords
+    from zoommil.recipe import PreprocessingRecipe
+    from zoommil.wsi.tiling import tile_slide
 
     rows = []
     for name, slide in slides.items():
-        lattice = tile_slide(slide, CAMELYON_MAGS, patch_size=64 if dry else 256)
+        recipe = PreprocessingRecipe(mags=CAMELYON_MAGS, patch_size=64 if dry else 256)
+        lattice = tile_slide(slide, recipe)
         coords = work / f"coords_{name}.h5"
         write_coords(coords, subset_parents(lattice, 4 if dry else None))
         result = extract_features(

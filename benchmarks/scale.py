@@ -244,9 +244,11 @@ def subset_coords(slide: Path, mags: list[float], n: int, name: str) -> tuple[Pa
     sys.path.insert(0, str(REPO / "benchmarks"))
     from features import subset_parents
 
-    from zoommil.wsi.lattice import tile_slide, write_coords
+    from zoommil.io.coords import write_coords
+    from zoommil.recipe import PreprocessingRecipe
+    from zoommil.wsi.tiling import tile_slide
 
-    lattice = tile_slide(slide, mags)
+    lattice = tile_slide(slide, PreprocessingRecipe(mags=mags))
     total = len(lattice.xy[0])
     path = WORK / f"{name}.h5"
     write_coords(path, subset_parents(lattice, n))
