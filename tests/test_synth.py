@@ -144,7 +144,8 @@ def test_cli_bad_input_is_one_line_error(tmp_path, capsys, argv, message):
 def test_out_must_be_a_folder(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["synth", "--out", str(tmp_path / "file"), "--n-slides", "1"]) == 2
-    assert "not a directory" in capsys.readouterr().err
+    err = capsys.readouterr().err  # checked before any slide is drawn, naming the path
+    assert f"{tmp_path / 'file'} is not a folder" in err and err.count("\n") == 1
 
 
 def test_signal_invisible_after_4x_area_reduction(paired):
