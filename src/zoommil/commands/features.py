@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoommil.commands.options import add_device, add_precision, add_threads
+from zoommil.commands.options import add_device, add_no_fail, add_precision, add_threads
 from zoommil.features.encoders.registry import encoder_names
 from zoommil.recipe import default, default_weights, mag_key
 
@@ -88,15 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_threads(parser, default=1, why="torch's default oversubscribes a shared machine; reading "
                 "runs in --workers processes besides")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument(
-        "--no-fail",
-        action="store_true",
-        help=(
-            "for workflows: a slide that cannot be used (or failed at an earlier stage) gets a "
-            "failure marker as output (status, stage, reason) and exit 0, so one bad slide "
-            "never stops a batch; other errors still exit non-zero"
-        ),
-    )
+    add_no_fail(parser)
     parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="features")
 
 

@@ -52,3 +52,16 @@ def add_precision(parser: argparse.ArgumentParser, default: str | None) -> None:
         help=f"encoder precision: fp32 (paper parity), bf16 autocast, or auto (bf16 where the "
         f"hardware has it natively, else fp32); {what}",
     )
+
+
+def add_no_fail(parser: argparse.ArgumentParser) -> None:
+    """`--no-fail` of the per-slide stages (the CLI writes the failure markers; see cli.py)."""
+    parser.add_argument(
+        "--no-fail",
+        action="store_true",
+        help=(
+            "for workflows: a slide that cannot be used (or failed at an earlier stage) gets a "
+            "failure marker as output (status, stage, reason) and exit 0, so one bad slide "
+            "never stops a batch; other errors still exit non-zero"
+        ),
+    )

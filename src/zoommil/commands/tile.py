@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoommil.commands.options import add_no_fail
 from zoommil.recipe import NO_TISSUE_POLICIES, TISSUE_METHODS, PreprocessingRecipe, default, mag_key
 from zoommil.wsi.tissue import parse_param_args
 
@@ -81,15 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow magnifications finer than the slide's native one (recorded in the file)",
     )
-    parser.add_argument(
-        "--no-fail",
-        action="store_true",
-        help=(
-            "for workflows: a slide that cannot be used (or failed at an earlier stage) gets a "
-            "failure marker as output (status, stage, reason) and exit 0, so one bad slide "
-            "never stops a batch; other errors still exit non-zero"
-        ),
-    )
+    add_no_fail(parser)
     parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="tile")
 
 

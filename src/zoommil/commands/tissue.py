@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from zoommil.commands.options import add_no_fail
 from zoommil.recipe import TISSUE_METHODS, default
 from zoommil.wsi.tissue import (
     DEFAULT_PARAMS,
@@ -58,15 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--default-mpp", type=float, default=None, help="um/px if the metadata has none"
     )
-    parser.add_argument(
-        "--no-fail",
-        action="store_true",
-        help=(
-            "for workflows: a slide that cannot be used (or failed at an earlier stage) gets a "
-            "failure marker as output (status, stage, reason) and exit 0, so one bad slide "
-            "never stops a batch; other errors still exit non-zero"
-        ),
-    )
+    add_no_fail(parser)
     parser.set_defaults(func=run, outputs=_outputs, stage="tissue")
 
 
