@@ -283,7 +283,11 @@ def _prepare(cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device)
     torch.manual_seed(seed)
     model = modeling.make_model(method.arch, len(classes), in_dim, cfg.mags, dict(method.kwargs))
     model = model.to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all parameters instead of ~10 ops per tensor; with one small bag
+    # per step the per-op overhead of the default loop was ~half of a ZoomMIL step on CPU.
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+    )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
     )
