@@ -58,7 +58,7 @@ def plan_slides(n_slides: int, seed: int, scale: float = 1.0) -> list[tuple[Slid
     width = max(512, int(round(DEMO_SIZE[0] * scale / 64)) * 64)
     height = max(512, int(round(DEMO_SIZE[1] * scale / 64)) * 64)
     specs = [
-        SlideSpec(f"demo_{i:03d}", CLASSES[i % len(CLASSES)], seed, i, width, height, 0.78, scale)
+        SlideSpec(f"demo_{i:03d}", CLASSES[i % len(CLASSES)], seed, i, width, height)
         for i in range(n_slides)
     ]
     split_of: dict[str, str] = {}

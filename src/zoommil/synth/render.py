@@ -29,7 +29,6 @@ class SlideSpec:
     width: int = DEMO_SIZE[0]
     height: int = DEMO_SIZE[1]
     tissue_extent: float = 0.78  # tissue blob diameter as a fraction of the slide
-    region_scale: float = 1.0  # lesion/gland radii relative to the scale-1 demo (nuclei keep size)
 
 
 @dataclass
@@ -53,15 +52,11 @@ def _layout(spec: SlideSpec, rng: np.random.Generator):
     shape = (spec.height, spec.width)
     alpha = painting.tissue_alpha(shape, rng, spec.tissue_extent)
     area = float(alpha.sum())
-    s = spec.region_scale
-    count = int(np.clip(round(area / (1.6e6 * s * s) + rng.uniform(-0.5, 0.5)), 2, 5))
-    lesion_radius = (LESION_RADIUS[0] * s, LESION_RADIUS[1] * s)
-    lesion = painting.place_regions(alpha, rng, 1, lesion_radius)
+    count = int(np.clip(round(area / 1.6e6 + rng.uniform(-0.5, 0.5)), 2, 5))
+    lesion = painting.place_regions(alpha, rng, 1, LESION_RADIUS)
     if not lesion:
         raise ZoomMILError(f"{spec.slide_id}: slide too small for a lesion")
-    centres = lesion + painting.place_regions(
-        alpha, rng, count - 1, (GLAND_RADIUS[0] * s, GLAND_RADIUS[1] * s), lesion
-    )
+    centres = lesion + painting.place_regions(alpha, rng, count - 1, GLAND_RADIUS, lesion)
     abnormality = "none" if spec.label == "normal" else spec.label
     regions = [Region(0, *lesion[0], "lesion", abnormality)] + [
         Region(i, x, y, r, "distractor", "none") for i, (x, y, r) in enumerate(centres[1:], 1)
