@@ -38,7 +38,7 @@ def evaluate_checkpoint(
     """
     state_dict, meta = load_checkpoint(checkpoint)
     seed = int(meta.get("seed", 0))
-    with deterministic(seed, threads):
+    with deterministic(seed, threads, resolve_device(device)):
         return _evaluate(state_dict, meta, checkpoint, features_dir, split, sheet, exclude, device)
 
 
