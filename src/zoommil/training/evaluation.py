@@ -70,6 +70,7 @@ def _evaluate(
     classes, mags, stores, skipped, in_dim = load_splits(config, meta["arch"], (split,))
     store = stores[split]
     store.set_norm(FeatureNorm.from_config(meta.get("feature_norm")))
+    store.to_device(dev)
     if len(store) == 0:
         raise ZoomMILError(f"{sheet}: no usable slides in the '{split}' split")
     if [float(m) for m in mags] != [float(m) for m in meta["mags"]]:

@@ -290,6 +290,8 @@ def _prepare(cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device)
         norm = fit_feature_norm(f for bag in stores["train"] for f in bag.feats)
         for store in stores.values():
             store.set_norm(norm)
+    for store in stores.values():
+        store.to_device(dev)
     torch.manual_seed(seed)
     model = modeling.make_model(method.arch, len(classes), in_dim, cfg.mags, dict(method.kwargs))
     model = model.to(dev)
