@@ -33,3 +33,27 @@ def test_building_the_parser_does_not_import_torch():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        # one features job per slide: torchvision would pull in torch._dynamo
+        ("zoommil.features.extraction", ("torchvision", "torch._dynamo", "sklearn")),
+        # predict/profile read a checkpoint; the trainer's scikit-learn is not theirs to pay
+        ("zoommil.inference.predict", ("torchvision", "torch._dynamo", "sklearn")),
+        # a training process on CPU: deterministic-algorithm setup imported torch._inductor
+        ("zoommil.training.trainer", ("torchvision", "torch._inductor")),
+    ],
+)
+def test_per_job_imports_stay_light(module: str, absent: tuple[str, ...]):
+    """What a per-slide or per-run process imports is paid once per job (hundreds of jobs in
+    a cohort run): these heavy packages used to be imported without being used."""
+    probe = f"import sys, torch\nimport {module}\n"
+    if module == "zoommil.training.trainer":
+        probe += f"with {module}.deterministic(0, 1, torch.device('cpu')):\n    pass\n"
+    probe += f"print(sorted(m for m in {absent!r} if m in sys.modules))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -7,6 +7,7 @@ trained and evaluated) is in tests/test_workflow_run.py, on the shared tiny run.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -16,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -512,3 +514,86 @@ def test_readme_says_what_to_do_after_a_killed_run():
     assert "snakemake --unlock" in quick_start and "same command" in quick_start
     for needle in ("patient", "quickhash", "results/qc/slides.tsv", "--allow-upsampling"):
         assert needle in text, needle
+
+
+# --- 10. a killed run -----------------------------------------------------------------------
+
+
+def _preprocessing_workdir(tmp_path: Path) -> tuple[Path, Path]:
+    """A workflow copy with three small slides, one per split, at two magnifications (enough
+    for preprocessing, and quick)."""
+    from workflow_config import harness
+
+    workdir = harness.copy_workflow(tmp_path / "run", with_sources=False)
+    rows = []
+    for i, (label, split) in enumerate(
+        [("normal", "train"), ("atypia", "val"), ("normal", "test")]
+    ):
+        path = write_pyramid_tiff(workdir / f"s{i}.tiff", width=768, height=512, mpp=1.0, seed=i)
+        rows.append(f"s{i}\t{path}\t{label}\t{split}\t\n")
+    (workdir / "slides.tsv").write_text(HEADER + "".join(rows))
+    config = harness.load_config()
+    config["preprocess"]["mags"] = [5, 10]
+    return workdir, harness.write_config(workdir, config)
+
+
+def _wait_for_running_job(
+    process: subprocess.Popen, workdir: Path, rule: str, timeout: float = 120
+) -> Path:
+    """The log of a `rule` job that has started and not yet written its output (polled)."""
+    logs = workdir / "results" / "logs" / rule
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before a job could be killed"
+        for log in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+            if not (workdir / "results" / rule / f"{log.stem}.h5").exists():
+                return log
+        time.sleep(0.05)
+    raise AssertionError(f"no {rule} job started within {timeout} s")
+
+
+def _marked_incomplete(workdir: Path) -> list[Path]:
+    """Outputs Snakemake still marks incomplete. Why any: a job that finished just before the
+    kill keeps its mark, and Snakemake does not check jobs behind a checkpoint; the atomic
+    writes make such an output whole, so it is kept (this test checks that it is)."""
+    markers = (workdir / ".snakemake" / "incomplete").glob("*")
+    return [workdir / base64.b64decode(m.name).decode() for m in markers if m.is_file()]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_job_completes_after_unlock(tmp_path):
+    """kill -9 of the whole run while a features job runs, then `snakemake --unlock` and the
+    same command: the run completes, every output is whole and no temporary file is left."""
+    from workflow_config import harness
+
+    workdir, configfile = _preprocessing_workdir(tmp_path)
+    args = ["results/qc/slides.tsv", "--configfile", str(configfile)]  # the target first
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, env=env,
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        killed = _wait_for_running_job(process, workdir, "features")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # snakemake and every job it started
+        process.wait()
+    assert not (workdir / args[0]).exists()
+    locked = harness.snakemake(workdir, *args, check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    harness.snakemake(workdir, "--unlock", *args)
+    harness.snakemake(workdir, *args)
+
+    table = pd.read_csv(workdir / args[0], sep="\t", keep_default_na=False)
+    assert set(table["status"]) == {"ok"} and len(table) == 3
+    with h5py.File(workdir / "results" / "features" / f"{killed.stem}.h5", "r") as h5:
+        assert "status" not in h5.attrs and len(h5.keys()) > 0  # features, not a marker
+    assert not list((workdir / "results").rglob("*.tmp-*"))
+    for output in _marked_incomplete(workdir):  # a job done just before the kill: whole
+        assert output.stat().st_size > 0, output
+        if output.suffix == ".h5":
+            with h5py.File(output, "r") as h5:
+                assert len(h5.keys()) > 0, output
+    dry = harness.snakemake(workdir, "-n", *args)
+    assert "Nothing to be done" in dry.stdout + dry.stderr

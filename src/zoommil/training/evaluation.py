@@ -38,7 +38,7 @@ def evaluate_checkpoint(
     """
     state_dict, meta = load_checkpoint(checkpoint)
     seed = int(meta.get("seed", 0))
-    with deterministic(seed, threads):
+    with deterministic(seed, threads, resolve_device(device)):
         return _evaluate(state_dict, meta, checkpoint, features_dir, split, sheet, exclude, device)
 
 
@@ -70,6 +70,7 @@ def _evaluate(
     classes, mags, stores, skipped, in_dim = load_splits(config, meta["arch"], (split,))
     store = stores[split]
     store.set_norm(FeatureNorm.from_config(meta.get("feature_norm")))
+    store.to_device(dev)
     if len(store) == 0:
         raise ZoomMILError(f"{sheet}: no usable slides in the '{split}' split")
     if [float(m) for m in mags] != [float(m) for m in meta["mags"]]:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import resnet50
 
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import EncoderSpec
@@ -32,24 +31,67 @@ IMAGENET_HASH_PREFIX = "0676ba61"
 OFFLINE_ENV = "ZOOMMIL_OFFLINE"
 
 
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck (stride on the 3x3 convolution), torchvision's layout and names."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+def _layer(in_channels: int, width: int, blocks: int, stride: int) -> nn.Sequential:
+    layers = [Bottleneck(in_channels, width, stride)]
+    layers += [Bottleneck(width * Bottleneck.expansion, width) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
 class ResNet50Layer3(nn.Module):
     """ResNet-50 stem + ``layer1..layer3`` + global average pool -> [B, 1024].
 
-    Module names equal torchvision's, so a torchvision resnet50 state dict loads directly
-    (minus ``layer4`` and ``fc``).
+    Written out here rather than taken from torchvision: importing ``torchvision.models``
+    costs more than importing torch itself (it pulls in ``torch._dynamo``), once per
+    per-slide job. Module names and the random initialisation (He normal, fan-out; BatchNorm
+    1/0) are torchvision's, so a torchvision resnet50 state dict loads directly (minus
+    ``layer4`` and ``fc``) and gives the same outputs (tests/test_encoder.py checks both).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        full = resnet50(weights=None)
-        self.conv1 = full.conv1
-        self.bn1 = full.bn1
-        self.relu = full.relu
-        self.maxpool = full.maxpool
-        self.layer1 = full.layer1
-        self.layer2 = full.layer2
-        self.layer3 = full.layer3
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = _layer(64, 64, 3, stride=1)
+        self.layer2 = _layer(256, 128, 4, stride=2)
+        self.layer3 = _layer(512, 256, 6, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -58,7 +100,7 @@ class ResNet50Layer3(nn.Module):
 
 
 def build(spec: EncoderSpec) -> nn.Module:
-    """The architecture, randomly initialised (torchvision's init under the caller's seed)."""
+    """The architecture, randomly initialised (torchvision's init rule under the caller's seed)."""
     return ResNet50Layer3()
 
 
