@@ -8,6 +8,7 @@ sm = snakemake  # noqa: F821 (injected by Snakemake)
 sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
 tables.make_tables(
     qc_table=sm.input.qc,
+    exclusions_table=sm.input.exclusions,
     evals=sm.input.evals,
     flops=sm.input.flops,
     timings={"cpu1": sm.input.cpu1, "cpu": sm.input.cpu, "gpu": sm.input.gpu},

@@ -38,8 +38,9 @@ from zoommil import cli
 from zoommil.errors import ZoomMILError
 from zoommil.io import sheet as zsheet
 from zoommil.io.atomic import atomic_path, remove_stale_temps
-from zoommil.workflow import qc
-from zoommil.workflow.failure import read_marker
+from zoommil.reporting import tables
+from zoommil.workflow import exclusions, qc
+from zoommil.workflow.failure import Failure, read_marker, write_marker
 from zoommil.wsi import slide as zslide
 from zoommil.wsi.mpp import MPP_MAX, MPP_MIN
 
@@ -154,6 +155,61 @@ def test_an_upstream_marker_is_passed_on_with_its_stage(slides, tmp_path, capsys
     )  # fmt: skip
     failure = read_marker(coords)
     assert code == 0 and (failure.status, failure.stage) == ("not_brightfield", "tissue")
+
+
+def _late_stage_records(tmp_path: Path) -> tuple[Path, list[Path], list[Path]]:
+    """A QC table (c excluded at features), Figure 4's predictions (b's failed) and two
+    timings that left b out, as the workflow writes them."""
+    qc_tsv = tmp_path / "slides.tsv"
+    qc_tsv.write_text(
+        "slide_id\tlabel\tsplit\tstatus\tstage\treason\n"
+        "a\tx\ttest\tok\t\t\nb\ty\ttest\tok\t\t\n"
+        "c\tx\ttrain\tfailed\tfeatures\tcannot read the slide\n"
+    )
+    predictions = [tmp_path / "a.json", tmp_path / "b.json"]
+    predictions[0].write_text(json.dumps({"slide_id": "a", "predicted": "x"}))
+    write_marker(predictions[1], Failure("failed", "predict", "cannot read level 0"))
+    timings = []
+    for device in ("cpu1", "cpu"):
+        timings.append(tmp_path / f"throughput_{device}.json")
+        record = {"method": "zoommil", "excluded_slides": [{"slide_id": "b", "reason": "eof"}]}
+        timings[-1].write_text(json.dumps(record))
+    return qc_tsv, predictions, timings
+
+
+def test_late_stage_failures_are_rows_of_the_exclusions_table(tmp_path):
+    qc_tsv, predictions, timings = _late_stage_records(tmp_path)
+    outputs = {"table": tmp_path / "exclusions.tsv", "html": tmp_path / "exclusions.html"}
+    exclusions.write_exclusions(qc_tsv, predictions, timings, outputs, "tiny")
+
+    table = pd.read_csv(outputs["table"], sep="\t", keep_default_na=False)
+    rows = table.set_index(["slide_id", "stage"])
+    assert list(table.columns) == exclusions.COLUMNS and len(table) == 3
+    assert rows.loc[("c", "features"), "left_out_of"] == "training and evaluation"
+    predict = rows.loc[("b", "predict")]
+    assert (predict["status"], predict["split"], predict["left_out_of"]) == (
+        "failed", "test", "Figure 4",
+    )  # fmt: skip
+    assert predict["reason"] == "cannot read level 0"
+    profile = rows.loc[("b", "profile")]
+    assert profile["left_out_of"] == "zoommil timing (cpu1), zoommil timing (cpu)"
+    page = outputs["html"].read_text()
+    assert "1 of 3 slides excluded (1 failed at features)" in page
+    assert "1 evaluated slide left out later: b (predict: cannot read level 0" in page
+
+    notes = tables.table_notes("tiny", "random", pd.read_csv(qc_tsv, sep="\t"), {}, "x", table)
+    late = [n for n in notes if "left out later" in n]
+    assert len(late) == 1 and "b (profile: eof; missing from zoommil timing (cpu1)" in late[0]
+
+
+def test_no_late_exclusions_add_no_note(tmp_path):
+    qc_tsv, _, _ = _late_stage_records(tmp_path)
+    qc_frame = pd.read_csv(qc_tsv, sep="\t", keep_default_na=False)
+    table = exclusions.exclusions_table(qc_frame, [exclusions.profile_rows([])])
+    assert exclusions.late_summary(table) is None and list(table["slide_id"]) == ["c"]
+    assert exclusions.summary_lines(qc_frame, table) == [
+        "1 of 3 slides excluded (1 failed at features)"
+    ]
 
 
 def test_no_fail_does_not_hide_errors_that_are_not_the_slides(slides, tmp_path, capsys):

@@ -15,7 +15,7 @@ from workflow_config import harness
 pytestmark = pytest.mark.slow
 
 PREPROCESS = {"inspect", "qc_inspect", "tissue", "tile", "features", "qc_slides"}
-AGGREGATES = {"tables", "figure_throughput", "figure_attention", "all"}
+AGGREGATES = {"tables", "figure_throughput", "figure_attention", "qc_exclusions", "all"}
 
 
 @pytest.fixture(scope="session")

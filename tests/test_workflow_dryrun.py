@@ -57,6 +57,7 @@ def test_demo_config_dry_run(workdir: Path) -> None:
     n_devices = 3 if workflow.gpu_present() else 2
     assert jobs["profile"] == n_devices * len(demo["methods"])
     assert jobs["tables"] == jobs["figure_throughput"] == jobs["figure_attention"] == 1
+    assert jobs["qc_exclusions"] == 1  # every slide left out, at any stage
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -56,6 +56,10 @@ def test_bad_slides_are_excluded_and_reported(tiny) -> None:
         "3 of 9 slides excluded (1 failed at features, 1 implausible_mpp, 1 no_tissue)" in markdown
     )
     assert "RANDOM" in markdown  # random encoder weights are always stated
+    exclusions = pd.read_csv(results / "qc" / "exclusions.tsv", sep="\t", keep_default_na=False)
+    assert set(exclusions["slide_id"]) == {"bad_mpp", "blank", "corrupt"}
+    assert set(exclusions["left_out_of"]) == {"training and evaluation"}  # nothing failed later
+    assert "3 of 9 slides excluded" in (results / "qc" / "exclusions.html").read_text()
     metrics = json.loads((results / "models" / "zoommil" / "seed~0" / "metrics.json").read_text())
     assert "bad_mpp" in json.dumps(metrics) and "blank" in json.dumps(metrics)
 
@@ -83,3 +87,5 @@ def test_html_report(tiny) -> None:
     harness.snakemake(workdir, "--report", "results/report.html", configfile=configfile, cores=None)
     report = Path(workdir / "results" / "report.html")
     assert report.stat().st_size > 10_000
+    # the QC exclusions page ("N of M slides excluded") is one of the report's results
+    assert "exclusions.html" in report.read_text()

@@ -232,6 +232,10 @@ PROFILE_DEVICES = {
 }
 
 
+def all_throughput_files():
+    return [path for device in PROFILE_DEVICES for path in throughput_files(device)]
+
+
 def final_targets():
     targets = [
         "results/qc/slides.tsv",

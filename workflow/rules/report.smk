@@ -1,10 +1,12 @@
 # Per dataset: tables (CSV, Markdown, LaTeX; main, ablations, paired comparisons), Figure 3 (throughput vs accuracy), Figure 4
-# (attention maps), all flagged for `snakemake --report results/report.html`.
+# (attention maps), all flagged for `snakemake --report results/report.html`; and the
+# exclusions table: every slide left out at any stage (QC's, then predict and profile).
 
 
 rule tables:
     input:
         qc="results/qc/slides.tsv",
+        exclusions="results/qc/exclusions.tsv",
         evals=runs("results/eval/", ".json"),
         flops=expand("results/efficiency/{method}/flops.json", method=ALL_METHODS),
         cpu1=throughput_files("cpu1"),
@@ -111,3 +113,30 @@ rule figure_attention:
         method=ATTENTION.get("method", "zoommil"),
     script:
         "../../scripts/figure_attention.py"
+
+
+rule qc_exclusions:
+    input:
+        qc="results/qc/slides.tsv",
+        predictions=attention_predictions,
+        timings=all_throughput_files(),
+    output:
+        table="results/qc/exclusions.tsv",
+        html=report(
+            "results/qc/exclusions.html",
+            caption="../report/qc_exclusions.rst",
+            category="QC",
+        ),
+    log:
+        "results/logs/qc_exclusions/qc_exclusions.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        code=code("scripts/qc_exclusions.py"),
+        dataset=config["dataset"],
+    script:
+        "../../scripts/qc_exclusions.py"

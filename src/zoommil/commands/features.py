@@ -7,7 +7,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoommil.commands.options import add_device, add_no_fail, add_precision, add_threads
+from zoommil.commands.options import add_device, add_encoder_threads, add_no_fail, add_precision
 from zoommil.features.encoders.registry import encoder_names
 from zoommil.recipe import default, default_weights, mag_key
 
@@ -85,8 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device(parser)
     add_precision(parser, default("precision"))
-    add_threads(parser, default=1, why="torch's default oversubscribes a shared machine; reading "
-                "runs in --workers processes besides")  # fmt: skip
+    add_encoder_threads(parser, default=1)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_no_fail(parser)
     parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="features")

@@ -42,6 +42,23 @@ def add_threads(parser: argparse.ArgumentParser, default: int = 0, why: str = ""
     )
 
 
+def add_encoder_threads(parser: argparse.ArgumentParser, default: int = 1) -> None:
+    """``--threads`` of the commands that encode patches (features, predict): on CPU more than
+    one means single-threaded encoder processes (`zoommil.features.encoder_pool`)."""
+    parser.add_argument(
+        "--threads",
+        type=threads_value,
+        default=default,
+        metavar="T",
+        help=(
+            f"CPU cores for the encoder (default {default}): 1 encodes in this process with one "
+            "torch thread; N > 1 or 'all' (every core) runs N single-threaded encoder processes "
+            "that encode batches side by side, same features in the same order (0: one process "
+            "with torch's default threads). On CUDA: torch threads of the one process"
+        ),
+    )
+
+
 def add_precision(parser: argparse.ArgumentParser, default: str | None) -> None:
     """``--precision`` of the encoder; ``None``: the one recorded with the features."""
     what = f"default {default}" if default else "default: the one the features were made with"

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from zoommil.commands.options import add_device, add_precision, add_threads
+from zoommil.commands.options import add_device, add_encoder_threads, add_precision
 from zoommil.errors import ZoomMILError
 
 
@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device(parser)
     add_precision(parser, None)
-    add_threads(parser, default=1)
+    add_encoder_threads(parser, default=1)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -70,27 +70,33 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from zoommil.device import resolve_device
+    from zoommil.features.encoder_pool import EncoderRecipe, cpu_encoder, wants_pool
     from zoommil.features.extraction import default_workers
     from zoommil.inference.predict import Predictor, make_encoder, predict_slide
     from zoommil.io.jsonio import write_json
     from zoommil.reporting.attention import save_heatmap
     from zoommil.wsi.patches import ReaderPool
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.threads:  # on CPU, threads > 1 are encoder processes of one thread each
+        torch.set_num_threads(1 if wants_pool(device, args.threads) else args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
     encoder, _ = make_encoder(predictor, device=device, precision=args.precision)
+    recipe = predictor.recipe
+    pool_recipe = EncoderRecipe(recipe.encoder, recipe.weights, recipe.weights_seed)
     if args.batch_size is not None and args.batch_size < 1:
         raise ZoomMILError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise ZoomMILError(f"--workers must be >= 0, got {args.workers}")
     workers = default_workers(device) if args.workers is None else args.workers
-    with ReaderPool(workers) as reader:
+    with (
+        cpu_encoder(encoder, pool_recipe, args.threads or None) as runner,
+        ReaderPool(workers) as reader,
+    ):
         result = predict_slide(
             predictor,
             args.slide,
-            encoder,
+            runner,
             mpp=args.mpp,
             batch_size=args.batch_size,
             progress=sys.stderr.isatty(),

@@ -31,6 +31,7 @@ import zoommil
 from zoommil.device import resolve_device
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
+from zoommil.features.encoder_pool import EncoderPool, EncoderRecipe, cpu_encoder, wants_pool
 from zoommil.io.atomic import atomic_path, check_free_space
 from zoommil.io.coords import load_coords
 from zoommil.io.featurefile import FeatureFileWriter
@@ -182,23 +183,37 @@ class StreamStats:
 
 
 def encode_stream(
-    encoder: PatchEncoder,
+    encoder: PatchEncoder | EncoderPool,
     chunks: Iterable[np.ndarray],
     batch_size: int,
     stats: StreamStats | None = None,
 ) -> Iterator[np.ndarray]:
     """Features of the patches of ``chunks`` (uint8 [n, P, P, 3] each), in order, one
-    ``batch_size`` batch at a time: only a batch and the readers' window are ever held.
+    ``batch_size`` batch at a time: only a few batches and the readers' window are ever held.
 
-    On a GPU the batch is pinned so the copy is asynchronous (`PatchEncoder.preprocess` copies
-    with ``non_blocking``); the encode time includes waiting for the device's result.
+    ``encoder`` is a `PatchEncoder` (this process) or an `EncoderPool` (single-threaded
+    encoder processes, each batch to the next free one; same batches, same order). On a GPU
+    the batch is pinned so the copy is asynchronous (`PatchEncoder.preprocess` copies with
+    ``non_blocking``); the encode time includes waiting for the device's result (with a pool:
+    waiting for the encoder processes).
     """
     stats = stats if stats is not None else StreamStats()
+    batches = _batches(chunks, batch_size, stats)
+    if isinstance(encoder, EncoderPool):
+        results = encoder.imap(batches)
+        while True:
+            tic = time.perf_counter()
+            read_before = stats.read_wait
+            out = next(results, None)
+            # the pool pulls batches (reader waits) while it waits for results
+            stats.encode += time.perf_counter() - tic - (stats.read_wait - read_before)
+            if out is None:
+                return
+            stats.patches += len(out)
+            stats.batches += 1
+            yield out
     pin = encoder.device.type == "cuda"
-    pending: list[np.ndarray] = []
-    held = 0
-
-    def run(batch: np.ndarray) -> np.ndarray:
+    for batch in batches:
         tic = time.perf_counter()
         tensor = torch.from_numpy(batch)
         if pin:
@@ -207,8 +222,16 @@ def encode_stream(
         stats.encode += time.perf_counter() - tic
         stats.patches += len(batch)
         stats.batches += 1
-        return out
+        yield out
 
+
+def _batches(
+    chunks: Iterable[np.ndarray], batch_size: int, stats: StreamStats
+) -> Iterator[np.ndarray]:
+    """The patches of ``chunks`` regrouped into ``batch_size`` batches (the last may be
+    smaller); the time spent waiting for the next chunk is added to ``stats.read_wait``."""
+    pending: list[np.ndarray] = []
+    held = 0
     iterator = iter(chunks)
     while True:
         tic = time.perf_counter()
@@ -223,11 +246,11 @@ def encode_stream(
         stack = np.concatenate(pending) if len(pending) > 1 else pending[0]
         n = len(stack) // batch_size * batch_size
         for i in range(0, n, batch_size):
-            yield run(stack[i : i + batch_size])
+            yield stack[i : i + batch_size]
         pending = [stack[n:]] if n < len(stack) else []
         held = len(stack) - n
     if held:
-        yield run(np.concatenate(pending) if len(pending) > 1 else pending[0])
+        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
 
 
 def regions_per_task(patches_per_region: int, batch_size: int) -> int:
@@ -238,7 +261,7 @@ def regions_per_task(patches_per_region: int, batch_size: int) -> int:
 def encode_plan(
     slide_path: str | Path,
     plan: Lattice,
-    encoder: PatchEncoder,
+    encoder: PatchEncoder | EncoderPool,
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
@@ -402,11 +425,11 @@ def extract_features(
         raise ZoomMILError(f"--batch-size must be >= 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise ZoomMILError(f"--workers must be >= 0, got {workers}")
-    if threads is not None:
-        if threads < 1:
-            raise ZoomMILError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise ZoomMILError(f"--threads must be >= 1, got {threads}")
     torch_device = resolve_device(device)  # fail fast on --device cuda without a GPU
+    if threads is not None:  # on CPU, threads > 1 are encoder processes of one thread each
+        torch.set_num_threads(1 if wants_pool(torch_device, threads) else threads)
     plan = load_coords(coords_path, check=True)
     slide = open_slide(slide_path)
     try:
@@ -426,17 +449,24 @@ def extract_features(
     # before encoding: the feature rows plus coords and xy, with room for HDF5's overhead
     check_free_space(out_path, int(sum(sizes) * (encoder.dim * 4 + 32) * 1.05) + (1 << 20))
     stats = StreamStats()
+    pool_recipe = EncoderRecipe(encoder_name, str(weights), seed, encoder.precision)
+    pooled = wants_pool(encoder.device, threads) and len(plan.xy[0]) > 0
     with (
+        cpu_encoder(encoder, pool_recipe, threads if pooled else None) as runner,
         atomic_path(out_path) as tmp,
         FeatureFileWriter(tmp, plan.mags, sizes, encoder.dim) as writer,
     ):
         start = time.perf_counter()
         encode_plan(
-            slide_path, plan, encoder, batch_size, workers, progress, sink=writer.write, stats=stats
+            slide_path, plan, runner, batch_size, workers, progress, sink=writer.write, stats=stats
         )
         seconds = time.perf_counter() - start
         attrs = _provenance(slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder)
-        attrs.update(batch_size=batch_size, threads=torch.get_num_threads())
+        attrs.update(
+            batch_size=batch_size,
+            threads=threads if pooled else torch.get_num_threads(),
+            encoder_processes=threads if pooled else 1,
+        )
         recipe = PreprocessingRecipe.from_attrs(
             {"mags": plan.mags}, encoder=weights_info.get("encoder", encoder_name),
             weights=str(weights), weights_seed=seed, precision=encoder.precision,
@@ -460,7 +490,7 @@ def _provenance(
     mpp: float,
     mpp_source: str,
     weights_info: dict[str, Any],
-    encoder: PatchEncoder,
+    encoder: PatchEncoder | EncoderPool,
 ) -> dict[str, Any]:
     device = encoder.device
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -27,6 +27,7 @@ from torch import nn
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
+from zoommil.features.encoder_pool import AnyEncoder
 from zoommil.features.extraction import (
     StreamStats,
     default_batch_size,
@@ -97,7 +98,7 @@ def _tile(predictor: Predictor, slide: Any, slide_path: Path, mpp0: float, sourc
 
 
 def _encode_regions(
-    encoder: PatchEncoder,
+    encoder: AnyEncoder,
     reader: ReaderPool,
     slide_path: Path,
     xy: np.ndarray,
@@ -155,7 +156,7 @@ class _Timer:
 def zoom_predict(
     predictor: Predictor,
     slide_path: str | Path,
-    encoder: PatchEncoder,
+    encoder: AnyEncoder,
     mpp: float | None = None,
     batch_size: int | None = None,
     progress: bool = False,
@@ -169,7 +170,7 @@ def zoom_predict(
 def _zoom_predict(
     predictor: Predictor,
     slide_path: Path,
-    encoder: PatchEncoder,
+    encoder: AnyEncoder,
     mpp: float | None,
     batch_size: int | None,
     reader: ReaderPool,
@@ -250,7 +251,7 @@ def _zoom_predict(
 def all_patch_predict(
     predictor: Predictor,
     slide_path: str | Path,
-    encoder: PatchEncoder,
+    encoder: AnyEncoder,
     mpp: float | None = None,
     batch_size: int | None = None,
     progress: bool = False,
@@ -295,7 +296,7 @@ def all_patch_predict(
 
 
 @contextmanager
-def _reader_for(reader: ReaderPool | None, encoder: PatchEncoder) -> Iterator[ReaderPool]:
+def _reader_for(reader: ReaderPool | None, encoder: AnyEncoder) -> Iterator[ReaderPool]:
     """The caller's reader pool, or one for this call (closed after it)."""
     if reader is not None:
         yield reader
@@ -356,7 +357,7 @@ def make_encoder(
 def predict_slide(
     predictor: Predictor,
     slide_path: str | Path,
-    encoder: PatchEncoder,
+    encoder: AnyEncoder,
     mpp: float | None = None,
     batch_size: int | None = None,
     progress: bool = False,

@@ -20,7 +20,7 @@ import pandas as pd
 from zoommil.io.atomic import atomic_path, write_text_atomic
 from zoommil.recipe import format_mags
 from zoommil.reporting import results, stats
-from zoommil.workflow import qc
+from zoommil.workflow import exclusions, qc
 
 DISPLAY_NAMES = {
     "zoommil": "ZoomMIL",
@@ -313,8 +313,10 @@ def table_notes(
     qc_table: pd.DataFrame,
     timings_skipped: Mapping[str, str],
     encoder: str = "resnet50_layer3",
+    exclusions_frame: pd.DataFrame | None = None,
 ) -> list[str]:
-    """Notes printed under every table (encoder, weights, QC exclusions, skipped devices)."""
+    """Notes printed under every table (encoder, weights, QC exclusions, the evaluated slides
+    a later stage left out, skipped devices)."""
     notes = [f"patch encoder: {encoder_label(encoder)}"]
     if str(weights) == "random":
         notes.append(
@@ -332,6 +334,9 @@ def table_notes(
     ]
     if reasons:
         notes.append("excluded: " + "; ".join(reasons) + " (full reasons: results/qc/slides.tsv)")
+    late = exclusions.late_summary(exclusions_frame) if exclusions_frame is not None else None
+    if late:
+        notes.append(f"{late} (results/qc/exclusions.tsv)")
     for device, reason in timings_skipped.items():
         notes.append(f"{TIMING_HEADERS[device].split(' (')[0]} timing skipped: {reason}")
     notes.append(
@@ -478,15 +483,20 @@ def make_tables(
     ablations: Mapping[str, Mapping[str, Any]] | None = None,
     reference: str | None = None,
     encoder: str = "resnet50_layer3",
+    exclusions_table: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write Tables 1-3 (`main_*`) and Table 4 (`ablation_*`) to the given output paths.
 
     `outputs` keys: main_csv, main_md, main_tex, ablation_csv, ablation_md, ablation_tex and,
     optionally, comparison_csv, comparison_md, comparison_tex (the reference vs every other
-    method, paired over test slides).
+    method, paired over test slides). `exclusions_table` (results/qc/exclusions.tsv) adds a note on
+    the evaluated slides that a later stage (predict, profile, figures) left out.
     """
     ablations = dict(ablations or {})
     qc_frame = pd.read_csv(qc_table, sep="\t", dtype={"slide_id": str}, keep_default_na=False)
+    late_frame = None
+    if exclusions_table is not None:
+        late_frame = pd.read_csv(exclusions_table, sep="\t", dtype=str, keep_default_na=False)
     evals = list(evals)
     records = results.eval_records(evals)
     summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
@@ -502,7 +512,7 @@ def make_tables(
         for d, t in timing_map.items()
         if t and all(x["skipped"] for x in t.values())
     }
-    notes = table_notes(dataset, weights, qc_frame, skipped, encoder)
+    notes = table_notes(dataset, weights, qc_frame, skipped, encoder, late_frame)
 
     main = main_table(summary, methods, mags, flops_map, timing_map)
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"

@@ -1,0 +1,175 @@
+"""All cores vs one: `zoommil features` and `predict` with --threads 1 vs N on one slide.
+
+On CPU, ``--threads N`` > 1 runs N single-threaded encoder processes
+(`zoommil.features.encoder_pool.EncoderPool`); the goal (issue 15, item 4) is >= 1.8x the
+1-thread slides/h on 2 cores. Measured here:
+
+- features: the whole CLI (`zoommil features ... --threads T`, a fresh process each run, so
+  the encoder processes' start-up is included), wall seconds, median of ``--repeats``;
+- predict: `predict_slide` for ZoomMIL and all-patch ABMIL with a warm encoder (one process,
+  one torch thread) vs a warm pool of N processes, as a stream of slides would run; the pool's
+  start-up (spawn + building N encoders) is reported on its own.
+
+Random encoder weights (no download; weights do not change the time). Run it on a quiet
+machine: the numbers are meaningless while other jobs share the cores.
+
+    python benchmarks/threads.py                      # CMU-1-Small-Region, 5/10/20x, 1 vs 2
+    python benchmarks/threads.py --slide big.tiff --mags 10 20 --k 300 --threads 4
+    python benchmarks/threads.py --quick              # tiny: checks the script runs
+
+Writes results/benchmarks/threads.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from zoommil.efficiency.throughput import cpu_model
+from zoommil.features.encoder_pool import EncoderPool, EncoderRecipe
+from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+from zoommil.models import build_model
+from zoommil.recipe import PreprocessingRecipe
+
+REPO = Path(__file__).resolve().parents[1]
+CMU = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+OUT = REPO / "results" / "benchmarks"
+
+
+def cli(*args: str) -> float:
+    """Wall seconds of one `zoommil` command (fails loudly)."""
+    tic = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "zoommil", *args], check=True, capture_output=True)
+    return time.perf_counter() - tic
+
+
+def time_features(slide: Path, mags: list[float], threads: list[int], repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        coords = Path(tmp) / "coords.h5"
+        cli("tile", str(slide), "--mags", *map(str, mags), "--out", str(coords))
+        out = {}
+        for t in threads:
+            argv = ["features", str(slide), "--coords", str(coords), "--weights", "random"]
+            argv += ["--threads", str(t), "--no-progress", "--out", str(Path(tmp) / f"f{t}.h5")]
+            times = [cli(*argv) for _ in range(repeats)]
+            out[t] = {"seconds": statistics.median(times), "runs": times}
+    return out
+
+
+def predictors(mags: list[float], k: int) -> list[Predictor]:
+    torch.manual_seed(0)
+    classes = ["a", "b"]
+    zoom = build_model("zoommil", in_dim=1024, n_classes=2, mags=mags, k=k).eval()
+    abmil = build_model("abmil", in_dim=1024, n_classes=2).eval()
+    full = PreprocessingRecipe(mags=mags, weights="random", no_tissue="all")
+    top = PreprocessingRecipe(mags=mags[-1:], weights="random", no_tissue="all")
+    return [
+        Predictor(zoom, "zoommil", classes, full, method="zoommil"),
+        Predictor(abmil, "abmil", classes, top, method="abmil"),
+    ]
+
+
+def time_predict(slide: Path, predictor: Predictor, encoder, repeats: int) -> dict:
+    predict_slide(predictor, slide, encoder)  # warm-up: allocators, reader processes
+    times, patches = [], 0
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        patches = predict_slide(predictor, slide, encoder)["patches_encoded"]
+        times.append(time.perf_counter() - tic)
+    return {"seconds": statistics.median(times), "runs": times, "patches_encoded": patches}
+
+
+def run(args: argparse.Namespace) -> dict:
+    slide = Path(args.slide)
+    threads = [1, args.threads]
+    result: dict = {
+        "slide": slide.name,
+        "mags": args.mags,
+        "k": args.k,
+        "repeats": args.repeats,
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
+        "torch_version": torch.__version__,
+        "threads": threads,
+        "features": time_features(slide, args.mags, threads, args.repeats),
+        "predict": {},
+    }
+    torch.set_num_threads(1)
+    for predictor in predictors(args.mags, args.k):
+        encoder, _ = make_encoder(predictor)
+        rows = {1: time_predict(slide, predictor, encoder, args.repeats)}
+        tic = time.perf_counter()
+        recipe = EncoderRecipe(predictor.recipe.encoder, "random", 0, encoder.precision)
+        with EncoderPool(recipe, args.threads) as pool:
+            pool.encode(torch.zeros(args.threads, 64, 64, 3, dtype=torch.uint8).numpy(), 1)
+            startup = time.perf_counter() - tic
+            rows[args.threads] = time_predict(slide, predictor, pool, args.repeats)
+        rows[args.threads]["pool_startup_seconds"] = startup
+        result["predict"][predictor.method] = rows
+    for rows in [result["features"], *result["predict"].values()]:
+        for row in rows.values():
+            row["slides_per_hour"] = 3600.0 / row["seconds"]
+        rows["speedup"] = rows[1]["seconds"] / rows[args.threads]["seconds"]
+    return result
+
+
+def markdown(result: dict) -> str:
+    n = result["threads"][-1]
+    lines = [
+        f"# --threads 1 vs {n}: {result['slide']} ({'/'.join(map(str, result['mags']))}x, "
+        f"K={result['k']})",
+        "",
+        f"{result['cpu']}, {result['cpu_count']} cores, torch {result['torch_version']}, "
+        f"median of {result['repeats']} run(s). Numbers vary by machine and load.",
+        "",
+        f"| what | 1 thread s/slide | {n} processes s/slide | slides/h 1 | slides/h {n} | "
+        "speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = {"features (CLI, start-up included)": result["features"]}
+    for method, r in result["predict"].items():
+        rows[f"predict {method} (warm, {r[1]['patches_encoded']} patches)"] = r
+    for what, r in rows.items():
+        lines.append(
+            f"| {what} | {r[1]['seconds']:.2f} | {r[n]['seconds']:.2f} | "
+            f"{r[1]['slides_per_hour']:.0f} | {r[n]['slides_per_hour']:.0f} | "
+            f"{r['speedup']:.2f}x |"
+        )
+    startups = [f"{m} {r[n]['pool_startup_seconds']:.1f} s" for m, r in result["predict"].items()]
+    lines += ["", f"Pool start-up ({n} encoder processes): {', '.join(startups)}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slide", default=str(CMU))
+    parser.add_argument("--mags", type=float, nargs="+", default=[5.0, 10.0, 20.0])
+    parser.add_argument("--k", type=int, default=2, help="ZoomMIL's regions kept per step")
+    parser.add_argument("--threads", type=int, default=2, help="compared against 1")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2.5/5x, 1 repeat: a smoke run")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    if args.quick:
+        args.mags, args.repeats = [2.5, 5.0], 1
+    if args.threads < 2:
+        parser.error("--threads must be >= 2 (it is compared against 1)")
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "threads.json"
+    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (args.out / "threads.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
