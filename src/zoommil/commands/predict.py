@@ -67,10 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from zoommil.device import resolve_device
-    from zoommil.features.encoder_pool import EncoderRecipe, cpu_encoder, wants_pool
+    from zoommil.features.encoder_pool import EncoderRecipe, cpu_encoder, set_encoder_threads
     from zoommil.features.extraction import default_workers
     from zoommil.inference.predict import Predictor, make_encoder, predict_slide
     from zoommil.io.jsonio import write_json
@@ -78,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from zoommil.wsi.patches import ReaderPool
 
     device = resolve_device(args.device)
-    if args.threads:  # on CPU, threads > 1 are encoder processes of one thread each
-        torch.set_num_threads(1 if wants_pool(device, args.threads) else args.threads)
+    set_encoder_threads(device, args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
     encoder, _ = make_encoder(predictor, device=device, precision=args.precision)
     recipe = predictor.recipe

@@ -128,10 +128,7 @@ class PatchEncoder:
         self.precision = precision
         # channels_last everywhere: oneDNN's NHWC convolutions are ~12% faster than NCHW at
         # fp32 on an AVX2 CPU (ResNet-50 layer3, 1 thread, batch 8-16), and needed for bf16/GPU.
-        self.channels_last = True
-        model = model.to(self.device).eval()
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self.model = model
         self.mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
@@ -166,9 +163,7 @@ class PatchEncoder:
         """uint8 [B, H, W, 3] -> the encoder's normalised float32 input [B, 3, S, S]."""
         x = patches.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = (self.transform(x) - self.mean) / self.std
-        if self.channels_last:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x.contiguous()
+        return x.contiguous(memory_format=torch.channels_last)
 
     def _autocast(self):
         if self.precision == "bf16":

@@ -241,6 +241,13 @@ def wants_pool(device: torch.device, threads: int | None) -> bool:
     return device.type == "cpu" and threads is not None and threads > 1
 
 
+def set_encoder_threads(device: torch.device, threads: int | None) -> None:
+    """Torch threads of this process for ``--threads``: one when the work goes to encoder
+    processes (each single-threaded), else ``threads``; ``None``/0 leaves torch's default."""
+    if threads:
+        torch.set_num_threads(1 if wants_pool(device, threads) else threads)
+
+
 @contextmanager
 def cpu_encoder(
     encoder: PatchEncoder, recipe: EncoderRecipe, threads: int | None

@@ -31,7 +31,13 @@ import zoommil
 from zoommil.device import resolve_device
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
-from zoommil.features.encoder_pool import EncoderPool, EncoderRecipe, cpu_encoder, wants_pool
+from zoommil.features.encoder_pool import (
+    EncoderPool,
+    EncoderRecipe,
+    cpu_encoder,
+    set_encoder_threads,
+    wants_pool,
+)
 from zoommil.io.atomic import atomic_path, check_free_space
 from zoommil.io.coords import load_coords
 from zoommil.io.featurefile import FeatureFileWriter
@@ -428,8 +434,7 @@ def extract_features(
     if threads is not None and threads < 1:
         raise ZoomMILError(f"--threads must be >= 1, got {threads}")
     torch_device = resolve_device(device)  # fail fast on --device cuda without a GPU
-    if threads is not None:  # on CPU, threads > 1 are encoder processes of one thread each
-        torch.set_num_threads(1 if wants_pool(torch_device, threads) else threads)
+    set_encoder_threads(torch_device, threads)
     plan = load_coords(coords_path, check=True)
     slide = open_slide(slide_path)
     try:
