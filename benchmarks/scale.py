@@ -124,7 +124,8 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
             encoder.encode(batch)
         return n // a["batch"] * a["batch"] / (time.perf_counter() - tic)
 
-    rates = [bare(a["bare_patches"])]
+    # with encoder processes (threads > 1) this process does not encode: no bare rate
+    rates = [bare(a["bare_patches"])] if a["bare_patches"] else []
     result = extract_features(
         a["slide"],
         a["coords"],
@@ -137,9 +138,10 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
         threads=a["threads"],
         progress=False,
     )
-    rates.append(bare(a["bare_patches"]))
+    if rates:
+        rates.append(bare(a["bare_patches"]))
     whole = result.patches_per_second
-    bare_rate = float(np.mean(rates))
+    bare_rate = float(np.mean(rates)) if rates else float("nan")
     return {
         "patches": int(sum(result.num_patches)),
         "bare_patches_per_s": bare_rate,
@@ -156,12 +158,15 @@ def child_predict(a: dict[str, Any]) -> dict[str, Any]:
 
     sys.path.insert(0, str(REPO / "benchmarks"))
 
+    from zoommil.features.encoder_pool import EncoderRecipe, cpu_encoder, set_encoder_threads
     from zoommil.inference.predict import Predictor, make_encoder, predict_slide
     from zoommil.wsi.patches import ReaderPool
 
-    torch.set_num_threads(a["threads"])
+    set_encoder_threads(torch.device("cpu"), a["threads"])
     predictor = Predictor.from_checkpoint(a["checkpoint"])
     encoder, _ = make_encoder(predictor, precision=a["precision"])
+    recipe = predictor.recipe
+    pool_recipe = EncoderRecipe(recipe.encoder, recipe.weights, recipe.weights_seed)
     full: dict[str, int] = {}
     if a.get("max_parents"):  # whole-slide tissue detection and tiling, then a subset read
         from features import subset_parents
@@ -177,12 +182,19 @@ def child_predict(a: dict[str, Any]) -> dict[str, Any]:
 
         predict_module._tile = subset_tile
     encoder.encode(np.full((4, 256, 256, 3), 255, np.uint8))  # one untimed batch
-    with ReaderPool(a["workers"]) as reader:
-        tic = time.perf_counter()
-        result = predict_slide(predictor, a["slide"], encoder, batch_size=a["batch"], reader=reader)
-        seconds = time.perf_counter() - tic
+    tic = time.perf_counter()
+    with cpu_encoder(encoder, pool_recipe, a["threads"]) as runner:
+        runner.encode(np.full((4 * a["threads"], 256, 256, 3), 255, np.uint8))  # workers up
+        pool_start = time.perf_counter() - tic
+        with ReaderPool(a["workers"]) as reader:
+            tic = time.perf_counter()
+            result = predict_slide(
+                predictor, a["slide"], runner, batch_size=a["batch"], reader=reader
+            )
+            seconds = time.perf_counter() - tic
     return {
         "seconds": seconds,
+        "encoder_start_seconds": pool_start,
         "subset_of_patches": full.get("patches"),
         "patches_encoded": result["patches_encoded"],
         "patches_per_mag": result["patches_per_mag"],
@@ -337,6 +349,28 @@ def markdown(res: dict[str, Any]) -> str:
     lines += ["", "## ZoomMIL vs ABMIL and the one-core BRIGHT number", ""]
     for s in res["summary"]:
         lines.append(f"- {s}")
+    if res.get("cores"):
+        lines += [
+            "",
+            "## --threads on one slide (40x; features: CAMELYON16 lattice, fp32; predict: BRIGHT)",
+            "",
+            "Threads > 1: that many single-threaded encoder processes (`EncoderPool`) plus one "
+            "reader process. s: the slide's encoding (features) or predict_slide (predict), "
+            "with the encoder processes already up; their start-up is the next column.",
+            "",
+            "| what | threads | patches | s | speed-up | encoder start s | child wall s "
+            "| peak RSS MB (main + readers) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        base = {r["what"]: r["seconds"] for r in res["cores"] if r["threads"] == 1}
+        for r in res["cores"]:
+            start = r.get("encoder_start_seconds")
+            lines.append(
+                f"| {r['what']} | {r['threads']} | {r['patches']} | {r['seconds']:.1f} | "
+                f"{base.get(r['what'], float('nan')) / r['seconds']:.2f}x | "
+                f"{'' if start is None else f'{start:.1f}'} | {r['child_wall_seconds']:.1f} | "
+                f"{r['peak_rss_mb']:.0f} + {r['readers_peak_rss_mb']:.0f} |"
+            )
     if res.get("threads"):
         lines += [
             "",
@@ -400,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": [],
         "summary": [],
         "threads": [],
+        "cores": [],
     }
     for name, path in slides.items():
         meta = Path(str(path) + ".json")
@@ -501,6 +536,38 @@ def main(argv: list[str] | None = None) -> int:
 
     if "threads" not in args.skip:
         ckpts = make_checkpoints()
+        cores = os.cpu_count() or 1
+        coords, total = subset_coords(slides["40x"], CAMELYON, 4 * n, f"coords_40x_{4 * n}")
+        for threads in (1, cores):
+            r = run_child(
+                "features",
+                {"slide": str(slides["40x"]), "coords": str(coords),
+                 "out": str(WORK / f"feats_40x_{4 * n}_t{threads}.h5"), "precision": "fp32",
+                 "threads": threads, "workers": 1, "batch": 4, "bare_patches": 0},
+            )  # fmt: skip
+            res["cores"].append(
+                {"what": "features", "slide": "40x", "threads": threads, "parents": 4 * n,
+                 "parents_total": total, "patches": r["patches"],
+                 "seconds": r["patches"] / r["whole_patches_per_s"],
+                 "child_wall_seconds": r["child_wall_seconds"], "encoder_start_seconds": None,
+                 "peak_rss_mb": r["peak_rss_mb"], "readers_peak_rss_mb": r["readers_peak_rss_mb"]}
+            )  # fmt: skip
+            save(res, tic)
+        for threads in (1, cores):
+            r = run_child(
+                "predict",
+                {"slide": str(slides["40x"]), "checkpoint": str(ckpts["zoommil"]),
+                 "threads": threads, "workers": 1, "batch": 4, "precision": "fp32",
+                 "max_parents": None},
+            )  # fmt: skip
+            res["cores"].append(
+                {"what": "predict zoommil (BRIGHT)", "slide": "40x", "threads": threads,
+                 "patches": r["patches_encoded"], "seconds": r["seconds"],
+                 "child_wall_seconds": r["child_wall_seconds"],
+                 "encoder_start_seconds": r["encoder_start_seconds"],
+                 "peak_rss_mb": r["peak_rss_mb"], "readers_peak_rss_mb": r["readers_peak_rss_mb"]}
+            )  # fmt: skip
+            save(res, tic)
         copies = [str(slides["40x"])] * 2
         for threads in (1, os.cpu_count() or 1):
             r = run_child(
