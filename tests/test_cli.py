@@ -3,6 +3,7 @@ light, because the workflow starts one `zoommil` process per slide and per stage
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -57,3 +58,32 @@ def test_per_job_imports_stay_light(module: str, absent: tuple[str, ...]):
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_finished_command_logs_its_time_cpu_and_peak_memory(slides_dir, tmp_path):
+    """Each workflow job's log is its record of what it used (the rules have no Snakemake
+    `benchmark:` files, whose sampling cost Snakemake's own process ~1 CPU-s per job)."""
+    out = tmp_path / "inspect.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "zoommil", "inspect",
+         str(slides_dir / "CMU-1-Small-Region.svs"), "--out", str(out)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if "zoommil inspect:" in line]
+    assert len(lines) == 1, result.stderr
+    match = re.search(r"([\d.]+) s wall, ([\d.]+) CPU-s, peak RSS (\d+) MB", lines[0])
+    assert match, lines[0]
+    wall, cpu, peak_mb = float(match[1]), float(match[2]), int(match[3])
+    assert 0 < wall < 600 and 0 < cpu < 600
+    assert 20 < peak_mb < 4000  # a Python process that read a slide: tens to hundreds of MB
+
+
+def test_a_failed_command_logs_no_usage_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "zoommil", "inspect", str(tmp_path / "missing.svs"),
+         "--out", str(tmp_path / "x.json")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "file not found" in result.stderr
+    assert "CPU-s" not in result.stderr

@@ -105,8 +105,6 @@ rule features:
         features="results/features/{slide}.h5",
     log:
         "results/logs/features/{slide}.log",
-    benchmark:
-        "results/benchmarks/features/{slide}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1

@@ -16,8 +16,6 @@ rule train:
         evaluation="results/eval/{method}/seed~{seed}.json",
     log:
         "results/logs/train/{method}/seed~{seed}.log",
-    benchmark:
-        "results/benchmarks/train/{method}/seed~{seed}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
