@@ -62,7 +62,7 @@ def test_per_job_imports_stay_light(module: str, absent: tuple[str, ...]):
 
 def test_a_finished_command_logs_its_time_cpu_and_peak_memory(slides_dir, tmp_path):
     """Each workflow job's log is its record of what it used (the rules have no Snakemake
-    `benchmark:` files, whose sampling cost Snakemake's own process ~1 CPU-s per job)."""
+    `benchmark:` files, whose sampling cost Snakemake's own process ~0.5 CPU-s per job)."""
     out = tmp_path / "inspect.json"
     result = subprocess.run(
         [sys.executable, "-m", "zoommil", "inspect",

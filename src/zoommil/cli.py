@@ -97,8 +97,8 @@ def usage_line(command: str, started: tuple[float, float]) -> str:
 
     Why: it is each workflow job's record of what it used (for sizing `mem_mb`/`runtime` on a
     cluster), written into the job's log. Snakemake's ``benchmark:`` files recorded the same
-    by sampling the job with psutil from Snakemake's own process: ~33 ms of system time per
-    sample of a 900 MB job, about 1 CPU-s per features or train job.
+    by sampling the job with psutil from Snakemake's own process: 23-33 ms per sample of a
+    ~1 GB torch job, about 0.5 CPU-s per features or train job.
     """
     import resource
 
