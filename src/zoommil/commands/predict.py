@@ -67,7 +67,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from zoommil.device import resolve_device
     from zoommil.features.encoder_pool import EncoderRecipe, cpu_encoder, set_encoder_threads
     from zoommil.features.extraction import default_workers
