@@ -124,7 +124,7 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
             encoder.encode(batch)
         return n // a["batch"] * a["batch"] / (time.perf_counter() - tic)
 
-    # with encoder processes (threads > 1) this process does not encode: no bare rate
+    # the --threads rows pass bare_patches 0: the whole path only
     rates = [bare(a["bare_patches"])] if a["bare_patches"] else []
     result = extract_features(
         a["slide"],
@@ -217,7 +217,33 @@ def child_throughput(a: dict[str, Any]) -> dict[str, Any]:
     return {**result, **peak_rss_mb()}
 
 
-CHILDREN = {"features": child_features, "predict": child_predict, "throughput": child_throughput}
+def child_bare(a: dict[str, Any]) -> dict[str, Any]:
+    """The bare single-threaded encoder from a shared start time: run alone and side by side
+    with copies, it measures how much N cores give N independent encoders right now."""
+    import torch
+
+    from zoommil.features.encoder import PatchEncoder, build_encoder
+
+    torch.set_num_threads(1)
+    encoder = PatchEncoder(build_encoder("random")[0], precision="fp32")
+    batch = np.random.default_rng(0).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
+    for _ in range(3):  # warm: the first batches after start-up run slow
+        encoder.encode(batch)
+    while time.time() < a["start_at"]:
+        time.sleep(0.01)
+    start = time.time()
+    for _ in range(a["patches"] // 4):
+        encoder.encode(batch)
+    end = time.time()
+    return {"patches_per_s": a["patches"] // 4 * 4 / (end - start), "start": start, "end": end}
+
+
+CHILDREN = {
+    "features": child_features,
+    "predict": child_predict,
+    "throughput": child_throughput,
+    "bare": child_bare,
+}
 
 
 def run_child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +257,43 @@ def run_child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     out["child_wall_seconds"] = time.perf_counter() - tic
     print(f"  {kind} {json.dumps({k: args[k] for k in args if k != 'out'})}", file=sys.stderr)
     return out
+
+
+def parallel_capacity(processes: int, patches: int = 60, repeats: int = 2) -> list[dict]:
+    """Bare-encoder patches/s of one process alone and of ``processes`` copies started
+    together (a shared start time after their imports), alternating alone, together, alone,
+    ...: each together run is compared with the mean of the alone runs on either side. The
+    ratio is the speed-up the cores give fully independent work at that moment, the ceiling
+    for the ``--threads`` rows; on a VM it moves (other tenants, SMT siblings), so it is
+    measured next to them."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+    def run(n: int) -> list[dict]:
+        args = json.dumps({"patches": patches, "start_at": time.time() + 8.0 + 2.0 * n})
+        cmd = [sys.executable, __file__, "--child", "bare", args]
+        procs = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env=env)
+            for _ in range(n)
+        ]  # fmt: skip
+        return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+    alone = [run(1)[0]["patches_per_s"]]
+    rows = []
+    for _ in range(repeats):
+        together = run(processes)
+        alone.append(run(1)[0]["patches_per_s"])
+        overlap = min(r["end"] for r in together) - max(r["start"] for r in together)
+        span = max(r["end"] for r in together) - min(r["start"] for r in together)
+        base = (alone[-2] + alone[-1]) / 2
+        total = sum(r["patches_per_s"] for r in together)
+        rows.append(
+            {"processes": processes, "alone_patches_per_s": base, "alone_runs": alone[-2:],
+             "together_patches_per_s": total, "speedup": total / base,
+             "overlap_fraction": overlap / span}
+        )  # fmt: skip
+        print(f"  capacity {rows[-1]}", file=sys.stderr)
+    return rows
 
 
 # --------------------------------------------------------------------------- set-up
@@ -354,9 +417,21 @@ def markdown(res: dict[str, Any]) -> str:
             "",
             "## --threads on one slide (40x; features: CAMELYON16 lattice, fp32; predict: BRIGHT)",
             "",
-            "Threads > 1: that many single-threaded encoder processes (`EncoderPool`) plus one "
-            "reader process. s: the slide's encoding (features) or predict_slide (predict), "
-            "with the encoder processes already up; their start-up is the next column.",
+            "Threads N > 1: this process's encoder plus N - 1 single-threaded encoder processes "
+            "(`EncoderPool`), and one reader process. s: features, the slide's encoding from "
+            "the start of the encoder processes (this process encodes while they start); "
+            "predict, predict_slide with the encoder processes already up (their start-up is "
+            "the next column).",
+            "",
+        ]
+        for c in res.get("capacity", []):
+            lines.append(
+                f"- ceiling, measured first: {c['processes']} independent bare encoders started "
+                f"together {c['together_patches_per_s']:.2f} p/s vs one alone "
+                f"{c['alone_patches_per_s']:.2f} p/s = {c['speedup']:.2f}x (runs overlapped "
+                f"{c['overlap_fraction']:.0%})"
+            )
+        lines += [
             "",
             "| what | threads | patches | s | speed-up | encoder start s | child wall s "
             "| peak RSS MB (main + readers) |",
@@ -435,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": [],
         "threads": [],
         "cores": [],
+        "capacity": [],
     }
     for name, path in slides.items():
         meta = Path(str(path) + ".json")
@@ -537,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     if "threads" not in args.skip:
         ckpts = make_checkpoints()
         cores = os.cpu_count() or 1
+        res["capacity"] = parallel_capacity(cores)
         coords, total = subset_coords(slides["40x"], CAMELYON, 4 * n, f"coords_40x_{4 * n}")
         for threads in (1, cores):
             r = run_child(

@@ -19,7 +19,7 @@ from slide_factory import write_pyramid_tiff
 from zoommil.cli import main
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoder import encode_patches
-from zoommil.features.encoder_pool import EncoderPool, EncoderRecipe
+from zoommil.features.encoder_pool import EncoderPool, EncoderRecipe, cpu_encoder
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.models import build_model
 from zoommil.recipe import PreprocessingRecipe
@@ -82,6 +82,33 @@ def test_order_is_kept_with_uneven_batches(pool, reference, one_thread):
     patches = np.concatenate(batches)  # 22 patches: 5 batches of 4, then 2
     alone = encode_patches(reference, patches, batch_size=4)
     assert pool.encode(patches, batch_size=4).tobytes() == alone.tobytes()
+
+
+def test_this_process_encodes_the_batches_the_workers_have_no_room_for(reference, one_thread):
+    """With ``local``, one worker takes 2 batches (it is still starting), this process encodes
+    the next ones itself; the features are the same, bit for bit, and in order."""
+    sizes = [4, 4, 4, 3, 4, 1, 4, 2]
+    batches = _batches(sizes, seed=6)
+    before = _encoder_children()
+    with EncoderPool(RECIPE, processes=1, local=reference) as mixed:
+        assert len(_new_children(before)) == 1
+        got = list(mixed.imap(iter(batches)))
+        assert mixed.worker_batches >= 2 and mixed.local_batches >= 1
+        assert mixed.worker_batches + mixed.local_batches == len(sizes)
+    assert [len(out) for out in got] == sizes
+    for batch, out in zip(batches, got, strict=True):
+        assert out.tobytes() == reference.encode(batch).tobytes()
+    assert not _new_children(before)
+
+
+def test_cpu_encoder_with_n_threads_starts_n_minus_1_processes(reference, one_thread):
+    before = _encoder_children()
+    with cpu_encoder(reference, RECIPE, threads=3) as runner:
+        assert isinstance(runner, EncoderPool) and runner.processes == 2
+        assert len(_new_children(before)) == 2
+    assert not _new_children(before)
+    with cpu_encoder(reference, RECIPE, threads=1) as runner:
+        assert runner is reference and not _new_children(before)
 
 
 def test_an_abandoned_call_does_not_leak_into_the_next(pool, reference, one_thread):

@@ -96,7 +96,7 @@ def test_zoom_inference_matches_the_full_feature_file(zoom_result, small_slide, 
     np.testing.assert_allclose(zoom_probs, probs, atol=1e-2)
 
 
-def test_predict_cli_writes_json_and_heatmap(small_slide, tmp_path, capsys):
+def test_predict_cli_writes_json_and_heatmap_the_same_with_2_threads(small_slide, tmp_path, capsys):
     model = _model()
     config = {
         "method": "zoommil",
@@ -117,6 +117,12 @@ def test_predict_cli_writes_json_and_heatmap(small_slide, tmp_path, capsys):
     assert abs(sum(result["probabilities"].values()) - 1) < 1e-5
     assert png.stat().st_size > 0
     assert "patches encoded" in capsys.readouterr().out
+    # --threads 2: this process and one encoder process share the batches; same answer
+    two = tmp_path / "pred2.json"
+    assert main([*argv, "--threads", "2", "--json", str(two)]) == 0
+    result2 = json.loads(two.read_text())
+    for key in ("probabilities", "selected", "attention", "patches_per_mag"):
+        assert result2[key] == result[key], key
 
 
 def test_predict_cli_missing_slide_is_one_line_error(tmp_path, capsys):

@@ -44,7 +44,8 @@ def add_threads(parser: argparse.ArgumentParser, default: int = 0, why: str = ""
 
 def add_encoder_threads(parser: argparse.ArgumentParser, default: int = 1) -> None:
     """``--threads`` of the commands that encode patches (features, predict): on CPU more than
-    one means single-threaded encoder processes (`zoommil.features.encoder_pool`)."""
+    one means this process plus single-threaded encoder processes
+    (`zoommil.features.encoder_pool`)."""
     parser.add_argument(
         "--threads",
         type=threads_value,
@@ -52,9 +53,10 @@ def add_encoder_threads(parser: argparse.ArgumentParser, default: int = 1) -> No
         metavar="T",
         help=(
             f"CPU cores for the encoder (default {default}): 1 encodes in this process with one "
-            "torch thread; N > 1 or 'all' (every core) runs N single-threaded encoder processes "
-            "that encode batches side by side, same features in the same order (0: one process "
-            "with torch's default threads). On CUDA: torch threads of the one process"
+            "torch thread; N > 1 or 'all' (every core) adds N - 1 single-threaded encoder "
+            "processes that encode batches side by side with this one, same features in the "
+            "same order (0: one process with torch's default threads). On CUDA: torch threads "
+            "of the one process"
         ),
     )
 

@@ -11,6 +11,10 @@ seed, precision), so a batch's features are those of the in-process `PatchEncode
 torch thread: at fp32 bit for bit (the batches are the same, only where they run changes).
 Results come back in submission order and at most ``window`` batches are in flight, so memory
 stays at a few batches whatever the slide's size.
+
+`cpu_encoder` with N threads starts N - 1 workers and lets the calling process, which has
+built its encoder already, encode too: it works while the workers start (importing torch and
+building an encoder take seconds), and N encoders cost N, not N + 1, copies of the model.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -79,8 +84,12 @@ def _serve(recipe: EncoderRecipe, tasks: Any, results: Any, parent: int) -> None
             if os.getppid() != parent:
                 return
             continue
-        if item is None:
-            return
+        if item is None:  # every result was received: skip the interpreter's teardown (~1 s
+            results.close()  # with torch loaded, on the caller's clock), flushing first
+            results.join_thread()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         seq, batch = item
         if encoder is None:
             results.put((seq, None, failure))
@@ -91,6 +100,13 @@ def _serve(recipe: EncoderRecipe, tasks: Any, results: Any, parent: int) -> None
             results.put((seq, None, _one_line(error)))
 
 
+#: Batches queued per worker (one encoding, one waiting), so a worker never waits for the
+#: parent while the parent encodes a batch of its own.
+_QUEUED_PER_WORKER = 2
+#: Out-of-order results held at most (features only: a few KB each) before waiting in order.
+_MAX_HELD = 64
+
+
 class EncoderPool:
     """``processes`` spawned single-threaded encoder processes; use as a context manager.
 
@@ -98,9 +114,20 @@ class EncoderPool:
     [B, dim] features in order. It has the attributes callers of a `PatchEncoder` read
     (``dim``, ``spec``, ``device``, ``precision``), so `zoommil.features.extraction.encode_stream`
     takes either. A worker's error is a `ZoomMILError` (one line) and stops the pool.
+
+    With ``local`` (this process's single-threaded encoder, built from the same recipe) this
+    process encodes the batches the workers have no room for: each worker keeps
+    ``_QUEUED_PER_WORKER`` batches queued and the rest are encoded here.
+    ``local_batches`` / ``worker_batches`` count where the batches went.
     """
 
-    def __init__(self, recipe: EncoderRecipe, processes: int, window: int | None = None) -> None:
+    def __init__(
+        self,
+        recipe: EncoderRecipe,
+        processes: int,
+        window: int | None = None,
+        local: PatchEncoder | None = None,
+    ) -> None:
         if processes < 1:
             raise ZoomMILError(f"encoder processes must be >= 1, got {processes}")
         if recipe.precision not in PRECISION_CHOICES:
@@ -112,12 +139,16 @@ class EncoderPool:
         self.recipe = EncoderRecipe(recipe.encoder, str(recipe.weights), recipe.seed,
                                     self.precision)  # fmt: skip
         self.processes = int(processes)
-        self.window = max(1, window or 2 * self.processes)
+        self.window = max(1, window or _QUEUED_PER_WORKER * self.processes)
+        self._local = local
+        self.local_batches = 0
+        self.worker_batches = 0
         ctx = multiprocessing.get_context("spawn")  # no inherited thread pools or locks
         self._tasks = ctx.Queue()
         self._results = ctx.Queue()
         self._sent = 0  # sequence number of the next batch submitted
         self._next = 0  # sequence number of the next result to yield
+        self._submitted = 0  # batches sent to the workers
         self._arrived = 0  # results received, including those of abandoned calls
         self._ready: dict[int, tuple[Any, str | None]] = {}
         self._workers = [
@@ -152,8 +183,19 @@ class EncoderPool:
         """
         try:
             for batch in batches:
-                self._submit(batch)
-                while self._sent - self._next >= self.window:
+                if self._local is None:
+                    self._submit(batch)
+                    while self._sent - self._next >= self.window:
+                        yield self._collect()
+                    continue
+                self._poll()
+                if self._at_workers() < self.window:
+                    self._submit(batch)
+                else:
+                    self._encode_here(batch)
+                while self._next < self._sent and (
+                    self._next in self._ready or len(self._ready) >= _MAX_HELD
+                ):
                     yield self._collect()
             while self._next < self._sent:
                 yield self._collect()
@@ -175,6 +217,36 @@ class EncoderPool:
             batch = batch.numpy()
         self._tasks.put((self._sent, np.ascontiguousarray(batch)))
         self._sent += 1
+        self._submitted += 1
+        self.worker_batches += 1
+
+    def _encode_here(self, batch: np.ndarray | torch.Tensor) -> None:
+        """Encode in this process (the workers' queues are full); an error closes the pool."""
+        if self.closed:
+            raise ZoomMILError("the encoder pool is closed")
+        try:
+            out = self._local.encode(batch)
+        except BaseException:
+            self.close()
+            raise
+        self._ready[self._sent] = (out, None)
+        self._sent += 1
+        self.local_batches += 1
+
+    def _at_workers(self) -> int:
+        """Batches submitted to the workers whose results have not been received."""
+        return self._submitted - self._arrived
+
+    def _poll(self) -> None:
+        """Take the results that have arrived, without waiting."""
+        while True:
+            try:
+                seq, out, error = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._arrived += 1
+            if seq >= self._next:  # older ones belong to an abandoned call
+                self._ready[seq] = (out, error)
 
     def _collect(self) -> np.ndarray:
         want = self._next
@@ -207,7 +279,7 @@ class EncoderPool:
         workers, self._workers = self._workers, []
         if not workers:
             return
-        if self._arrived >= self._sent:  # idle: let them exit (after a Ctrl-C: terminated)
+        if self._arrived >= self._submitted:  # idle: let them exit (after a Ctrl-C: terminated)
             for _ in workers:
                 self._tasks.put(None)
             deadline = time.monotonic() + _EXIT_GRACE_S
@@ -252,11 +324,11 @@ def set_encoder_threads(device: torch.device, threads: int | None) -> None:
 def cpu_encoder(
     encoder: PatchEncoder, recipe: EncoderRecipe, threads: int | None
 ) -> Iterator[PatchEncoder | EncoderPool]:
-    """``threads`` single-threaded encoder processes built from ``recipe`` on CPU when
-    ``threads`` > 1, else ``encoder`` itself (one process, today's path)."""
+    """On CPU with ``threads`` > 1: ``encoder`` (single-threaded, see `set_encoder_threads`)
+    plus ``threads`` - 1 encoder processes built from ``recipe``; else ``encoder`` itself."""
     if not wants_pool(encoder.device, threads):
         yield encoder
         return
     recipe = EncoderRecipe(recipe.encoder, str(recipe.weights), recipe.seed, encoder.precision)
-    with EncoderPool(recipe, int(threads)) as pool:
+    with EncoderPool(recipe, int(threads) - 1, local=encoder) as pool:
         yield pool

@@ -198,7 +198,8 @@ def encode_stream(
     ``batch_size`` batch at a time: only a few batches and the readers' window are ever held.
 
     ``encoder`` is a `PatchEncoder` (this process) or an `EncoderPool` (single-threaded
-    encoder processes, each batch to the next free one; same batches, same order). On a GPU
+    encoder processes, and this process, each batch to the next free one; same batches, same
+    order). On a GPU
     the batch is pinned so the copy is asynchronous (`PatchEncoder.preprocess` copies with
     ``non_blocking``); the encode time includes waiting for the device's result (with a pool:
     waiting for the encoder processes).
