@@ -241,24 +241,23 @@ class EncoderPool:
         """Take the results that have arrived, without waiting."""
         while True:
             try:
-                seq, out, error = self._results.get_nowait()
+                self._receive(self._results.get_nowait())
             except queue.Empty:
                 return
-            self._arrived += 1
-            if seq >= self._next:  # older ones belong to an abandoned call
-                self._ready[seq] = (out, error)
+
+    def _receive(self, item: tuple[int, Any, str | None]) -> None:
+        seq, out, error = item
+        self._arrived += 1
+        if seq >= self._next:  # older ones belong to an abandoned call
+            self._ready[seq] = (out, error)
 
     def _collect(self) -> np.ndarray:
         want = self._next
         while want not in self._ready:
             try:
-                seq, out, error = self._results.get(timeout=1.0)
+                self._receive(self._results.get(timeout=1.0))
             except queue.Empty:
                 self._check_alive()
-                continue
-            self._arrived += 1
-            if seq >= want:  # older ones belong to an abandoned call
-                self._ready[seq] = (out, error)
         out, error = self._ready.pop(want)
         self._next += 1
         if error is not None:
