@@ -1,8 +1,8 @@
 """All cores vs one: `zoommil features` and `predict` with --threads 1 vs N on one slide.
 
 On CPU, ``--threads N`` > 1 encodes in the calling process and N - 1 single-threaded encoder
-processes (`zoommil.features.encoder_pool.EncoderPool`); the goal (issue 15, item 4) is >= 1.8x the
-1-thread slides/h on 2 cores. Measured here:
+processes (`zoommil.features.encoder_pool.EncoderPool`); the goal (issue 15, item 4) is
+>= 1.8x the 1-thread slides/h on 2 cores. Measured here:
 
 - features: the whole CLI (`zoommil features ... --threads T`, a fresh process each run, so
   the encoder processes' start-up is included), wall seconds, median of ``--repeats``;

@@ -141,8 +141,6 @@ class EncoderPool:
         self.processes = int(processes)
         self.window = max(1, window or _QUEUED_PER_WORKER * self.processes)
         self._local = local
-        self.local_batches = 0
-        self.worker_batches = 0
         ctx = multiprocessing.get_context("spawn")  # no inherited thread pools or locks
         self._tasks = ctx.Queue()
         self._results = ctx.Queue()
@@ -170,6 +168,16 @@ class EncoderPool:
     @property
     def dim(self) -> int:
         return int(self.spec.dim)
+
+    @property
+    def worker_batches(self) -> int:
+        """Batches sent to the encoder processes so far."""
+        return self._submitted
+
+    @property
+    def local_batches(self) -> int:
+        """Batches encoded in this process so far (only with ``local``)."""
+        return self._sent - self._submitted
 
     @property
     def closed(self) -> bool:
@@ -218,7 +226,6 @@ class EncoderPool:
         self._tasks.put((self._sent, np.ascontiguousarray(batch)))
         self._sent += 1
         self._submitted += 1
-        self.worker_batches += 1
 
     def _encode_here(self, batch: np.ndarray | torch.Tensor) -> None:
         """Encode in this process (the workers' queues are full); an error closes the pool."""
@@ -231,7 +238,6 @@ class EncoderPool:
             raise
         self._ready[self._sent] = (out, None)
         self._sent += 1
-        self.local_batches += 1
 
     def _at_workers(self) -> int:
         """Batches submitted to the workers whose results have not been received."""

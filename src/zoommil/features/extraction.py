@@ -199,10 +199,9 @@ def encode_stream(
 
     ``encoder`` is a `PatchEncoder` (this process) or an `EncoderPool` (single-threaded
     encoder processes, and this process, each batch to the next free one; same batches, same
-    order). On a GPU
-    the batch is pinned so the copy is asynchronous (`PatchEncoder.preprocess` copies with
-    ``non_blocking``); the encode time includes waiting for the device's result (with a pool:
-    waiting for the encoder processes).
+    order). On a GPU the batch is pinned so the copy is asynchronous
+    (`PatchEncoder.preprocess` copies with ``non_blocking``); the encode time includes waiting
+    for the device's result (with a pool: waiting for the encoder processes).
     """
     stats = stats if stats is not None else StreamStats()
     batches = _batches(chunks, batch_size, stats)
