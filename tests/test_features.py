@@ -7,6 +7,7 @@ random-weight ResNet-50 stay fast on a 2-core CPU; the real runs use 256 px.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from pathlib import Path
 
 import cv2
@@ -21,9 +22,11 @@ from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.extraction import (
     ParentDataset,
+    depths_of,
     derive_patches,
     encode_plan,
     extract_features,
+    plan_offsets,
 )
 from zoommil.io.coords import load_coords, write_coords
 from zoommil.io.featurefile import mag_key, read_feature_file
@@ -31,6 +34,7 @@ from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi import slide as slide_module
 from zoommil.wsi.lattice import Lattice, build_lattice, check_lattice
 from zoommil.wsi.lattice import descendant_offsets as quadtree_offsets
+from zoommil.wsi.patches import ReaderPool, chunk_tasks
 from zoommil.wsi.slide import open_slide, read_region_at, resolve_mpp
 
 MAGS = [5.0, 10.0, 20.0]
@@ -114,6 +118,30 @@ def test_dataset_reads_each_magnification_at_its_place(tiny):
             x, y = lattice.xy[1][4 * i + j]
             direct = read_region_at(slide, x, y, lattice.sides[1], P)
             assert np.abs(stack[1 + j].astype(int) - direct.astype(int)).max() <= 1
+
+
+def test_started_reader_pool_runs_before_the_first_read_and_reads_the_same(tiny):
+    """`start()` launches the reader process at once, so its start-up overlaps the caller's
+    set-up; the chunks it then reads equal the ones read in this process."""
+    lattice = load_coords(tiny["coords"])
+    depths = depths_of(lattice)
+
+    def tasks():
+        xy, sides, offsets = lattice.xy[0], lattice.sides[0], plan_offsets(lattice)
+        return chunk_tasks(str(tiny["slide"]), xy, sides, depths, P, 3, offsets)
+
+    before = {c.pid for c in multiprocessing.active_children()}
+    with ReaderPool(1) as pool:
+        assert pool.start() is pool
+        started = {c.pid for c in multiprocessing.active_children()} - before
+        assert len(started) == 1
+        spawned = list(pool.imap(tasks()))
+        assert {c.pid for c in multiprocessing.active_children()} - before == started
+    with ReaderPool(0) as here:
+        local = list(here.imap(tasks()))
+    assert len(spawned) == len(local) == -(-len(lattice.xy[0]) // 3)
+    for a, b in zip(spawned, local, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # --------------------------------------------------------------------------- the file

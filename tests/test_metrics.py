@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
 
 from zoommil.training.metrics import classification_metrics
 
@@ -56,6 +56,55 @@ def test_multiclass_matches_sklearn() -> None:
     assert cm.shape == (4, 4) and cm.sum() == 60
     assert np.trace(cm) == np.sum(y == pred)
     assert cm[2].sum() == np.sum(y == 2)  # rows are true classes
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_every_metric_equals_sklearn_on_small_splits_with_ties(seed: int, n_classes: int):
+    """The numpy formulas against scikit-learn's on splits like the demo's (15 slides):
+    probabilities rounded so that scores tie, and classes that are never predicted."""
+    rng = np.random.default_rng(seed)
+    n = 15
+    y = np.arange(n) % n_classes  # every class present
+    rng.shuffle(y)
+    logits = rng.normal(size=(n, n_classes)) + (seed % 3) * np.eye(n_classes)[y]
+    probs = np.round(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 1) + 1e-3
+    probs /= probs.sum(1, keepdims=True)
+    pred = probs.argmax(1)
+    m = classification_metrics(y, probs, [f"c{c}" for c in range(n_classes)])
+    labels = list(range(n_classes))
+    kw = {"labels": labels, "zero_division": 0}
+    assert m["accuracy"] == pytest.approx(np.mean(y == pred), abs=1e-12)
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, pred, average="weighted", **kw), abs=1e-12)
+    macro = f1_score(y, pred, average="macro", zero_division=0)
+    assert m["macro_f1"] == pytest.approx(macro, abs=1e-12)
+    assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=labels).tolist()
+    if n_classes == 2:
+        auc = roc_auc_score(y, probs[:, 1])
+    else:
+        renormalised = probs / probs.sum(1, keepdims=True)  # as classification_metrics does
+        auc = roc_auc_score(y, renormalised, multi_class="ovr", labels=labels)
+    assert m["auc"] == pytest.approx(auc, abs=1e-12)
+    kappa = cohen_kappa_score(y, pred, labels=labels)
+    if np.isnan(kappa):
+        assert m["cohen_kappa"] is None
+    else:
+        assert m["cohen_kappa"] == pytest.approx(kappa, abs=1e-12)
+
+
+def test_tied_scores_share_their_rank_in_the_auc() -> None:
+    # positives score 0.5 and 0.9, negatives 0.5 and 0.1: pairs (0.5 vs 0.5) count 1/2, so
+    # AUC = (1/2 + 1 + 1 + 1) / 4
+    y = [1, 1, 0, 0]
+    p1 = np.array([0.5, 0.9, 0.5, 0.1])
+    m = classification_metrics(y, np.stack([1 - p1, p1], axis=1), ["a", "b"])
+    assert m["auc"] == pytest.approx(3.5 / 4)
+
+
+def test_kappa_is_null_when_everything_is_one_class() -> None:
+    m = classification_metrics([0, 0, 0], np.array([[0.9, 0.1]] * 3), ["a", "b"])
+    assert m["cohen_kappa"] is None
+    assert m["accuracy"] == 1.0
 
 
 def test_auc_is_null_with_a_reason_when_a_class_is_missing() -> None:

@@ -22,6 +22,8 @@ from zoommil.synth import (
     region_mask,
     render_slide,
 )
+from zoommil.synth.painting import ellipse_sprite
+from zoommil.synth.pyramid import pyramid_levels
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -114,6 +116,32 @@ def test_openslide_reads_levels_mpp_and_exact_pixels(demo):
         assert (level2[:4, :4] > 235).all()
     finally:
         slide.close()
+
+
+def test_pyramid_level_k_is_the_rounded_exact_mean_of_its_blocks():
+    """Level k = round half to even of the exact mean of each 2^k x 2^k block of level 0
+    (integer sums here), whatever way the levels are summed."""
+    image = np.random.default_rng(0).integers(0, 256, (260, 390, 3), dtype=np.uint8)
+    levels = pyramid_levels(image, min_levels=4, min_side=16)
+    assert [lv.shape[:2] for lv in levels] == [(260, 390), (130, 195), (65, 97), (32, 48), (16, 24)]
+    for k, level in enumerate(levels[1:], 1):
+        f = 2**k
+        h, w = level.shape[:2]
+        sums = image[: h * f, : w * f].astype(np.int64).reshape(h, f, w, f, 3).sum(axis=(1, 3))
+        np.testing.assert_array_equal(level, np.rint(sums / f**2).astype(np.uint8))
+
+
+def test_ellipse_sprite_is_the_anti_aliased_coverage_of_its_ellipse():
+    """Coverage 1 inside, 0 outside, about 1/2 on the outline, at the sprite's own offset."""
+    x, y, a, b, theta = 40.3, 17.8, 4.5, 2.5, 0.6
+    x0, y0, cover = ellipse_sprite(x, y, a, b, theta)
+    assert (x0, y0) == (40 - 7, 17 - 7) and cover.shape == (15, 15)
+    yy, xx = np.mgrid[y0 : y0 + 15, x0 : x0 + 15] + 0.5  # pixel centres
+    u = (np.cos(theta) * (xx - x) + np.sin(theta) * (yy - y)) / a
+    v = (-np.sin(theta) * (xx - x) + np.cos(theta) * (yy - y)) / b
+    d = np.hypot(u, v)
+    np.testing.assert_allclose(cover, np.clip((1 - d) * b + 0.5, 0, 1), atol=1e-6)
+    assert (cover[d < 0.5] == 1).all() and (cover[d > 1.5] == 0).all()
 
 
 def test_cli_same_seed_same_bytes_any_workers_other_seed_differs(tmp_path):

@@ -75,30 +75,29 @@ def run(args: argparse.Namespace) -> int:
     from zoommil.reporting.attention import save_heatmap
     from zoommil.wsi.patches import ReaderPool
 
-    device = resolve_device(args.device)
-    set_encoder_threads(device, args.threads)
-    predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
-    encoder, _ = make_encoder(predictor, device=device, precision=args.precision)
-    recipe = predictor.recipe
-    pool_recipe = EncoderRecipe(recipe.encoder, recipe.weights, recipe.weights_seed)
     if args.batch_size is not None and args.batch_size < 1:
         raise ZoomMILError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise ZoomMILError(f"--workers must be >= 0, got {args.workers}")
+    device = resolve_device(args.device)
+    set_encoder_threads(device, args.threads)
     workers = default_workers(device) if args.workers is None else args.workers
-    with (
-        cpu_encoder(encoder, pool_recipe, args.threads or None) as runner,
-        ReaderPool(workers) as reader,
-    ):
-        result = predict_slide(
-            predictor,
-            args.slide,
-            runner,
-            mpp=args.mpp,
-            batch_size=args.batch_size,
-            progress=sys.stderr.isatty(),
-            reader=reader,
-        )
+    with ReaderPool(workers) as reader:
+        reader.start()  # its start-up overlaps loading the checkpoint and building the encoder
+        predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
+        encoder, _ = make_encoder(predictor, device=device, precision=args.precision)
+        recipe = predictor.recipe
+        pool_recipe = EncoderRecipe(recipe.encoder, recipe.weights, recipe.weights_seed)
+        with cpu_encoder(encoder, pool_recipe, args.threads or None) as runner:
+            result = predict_slide(
+                predictor,
+                args.slide,
+                runner,
+                mpp=args.mpp,
+                batch_size=args.batch_size,
+                progress=sys.stderr.isatty(),
+                reader=reader,
+            )
     if args.json:
         write_json(args.json, result)
     if args.heatmap:

@@ -157,10 +157,11 @@ def _measure(
             torch.cuda.synchronize(device)
 
     p = predictor.patch_size
-    encoder.encode(np.full((4, p, p, 3), 255, dtype=np.uint8))
     rows = []
     excluded: dict[str, str] = {}
     with ReaderPool(workers) as reader:
+        reader.start()  # started during the encoder's warm-up, not in the first slide's time
+        encoder.encode(np.full((4, p, p, 3), 255, dtype=np.uint8))
         for slide_id, path, slide_mpp in list(jobs)[:warmup]:
             try:
                 predict_slide(predictor, path, encoder, slide_mpp, batch_size, reader=reader)

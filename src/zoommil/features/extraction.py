@@ -441,48 +441,54 @@ def extract_features(
         mpp0, mpp_source = check_plan_matches_slide(slide, slide_path, plan, mpp)
     finally:
         slide.close()
-    model, weights_info = build_encoder(weights, seed=seed, encoder=encoder_name)
-    encoder = PatchEncoder(model, device=torch_device, precision=precision)
-    if batch_size is None:
-        batch_size = default_batch_size(encoder.device)
     if len(plan.xy[0]) == 0:
         log.warning(
             "%s: no tissue parents in %s: writing an empty feature file", slide_path, coords_path
         )
-    depths = depths_of(plan)
-    sizes = [len(plan.xy[0]) * 4**d for d in depths]
-    # before encoding: the feature rows plus coords and xy, with room for HDF5's overhead
-    check_free_space(out_path, int(sum(sizes) * (encoder.dim * 4 + 32) * 1.05) + (1 << 20))
-    stats = StreamStats()
-    pool_recipe = EncoderRecipe(encoder_name, str(weights), seed, encoder.precision)
-    pooled = wants_pool(encoder.device, threads) and len(plan.xy[0]) > 0
-    with (
-        cpu_encoder(encoder, pool_recipe, threads if pooled else None) as runner,
-        atomic_path(out_path) as tmp,
-        FeatureFileWriter(tmp, plan.mags, sizes, encoder.dim) as writer,
-    ):
-        start = time.perf_counter()
-        encode_plan(
-            slide_path, plan, runner, batch_size, workers, progress, sink=writer.write, stats=stats
-        )
-        seconds = time.perf_counter() - start
-        attrs = _provenance(slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder)
-        attrs.update(
-            batch_size=batch_size,
-            threads=threads if pooled else torch.get_num_threads(),
-            encoder_processes=threads if pooled else 1,
-        )
-        recipe = PreprocessingRecipe.from_attrs(
-            {"mags": plan.mags}, encoder=weights_info.get("encoder", encoder_name),
-            weights=str(weights), weights_seed=seed, precision=encoder.precision,
-        )  # fmt: skip
-        attrs.update(recipe.to_attrs(ENCODER_FIELDS))
-        writer.finish(
-            plan.coords,
-            plan.xy,
-            attrs,
-            datasets={"tissue_fraction": np.asarray(plan.tissue_fraction, dtype=np.float32)},
-        )
+    with ReaderPool(default_workers(torch_device) if workers is None else workers) as reader:
+        if len(plan.xy[0]):
+            reader.start()  # its start-up overlaps building the encoder
+        model, weights_info = build_encoder(weights, seed=seed, encoder=encoder_name)
+        encoder = PatchEncoder(model, device=torch_device, precision=precision)
+        if batch_size is None:
+            batch_size = default_batch_size(encoder.device)
+        depths = depths_of(plan)
+        sizes = [len(plan.xy[0]) * 4**d for d in depths]
+        # before encoding: the feature rows plus coords and xy, with room for HDF5's overhead
+        check_free_space(out_path, int(sum(sizes) * (encoder.dim * 4 + 32) * 1.05) + (1 << 20))
+        stats = StreamStats()
+        pool_recipe = EncoderRecipe(encoder_name, str(weights), seed, encoder.precision)
+        pooled = wants_pool(encoder.device, threads) and len(plan.xy[0]) > 0
+        with (
+            cpu_encoder(encoder, pool_recipe, threads if pooled else None) as runner,
+            atomic_path(out_path) as tmp,
+            FeatureFileWriter(tmp, plan.mags, sizes, encoder.dim) as writer,
+        ):
+            start = time.perf_counter()
+            encode_plan(
+                slide_path, plan, runner, batch_size, progress=progress, sink=writer.write,
+                reader=reader, stats=stats,
+            )  # fmt: skip
+            seconds = time.perf_counter() - start
+            attrs = _provenance(
+                slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder
+            )
+            attrs.update(
+                batch_size=batch_size,
+                threads=threads if pooled else torch.get_num_threads(),
+                encoder_processes=threads if pooled else 1,
+            )
+            recipe = PreprocessingRecipe.from_attrs(
+                {"mags": plan.mags}, encoder=weights_info.get("encoder", encoder_name),
+                weights=str(weights), weights_seed=seed, precision=encoder.precision,
+            )  # fmt: skip
+            attrs.update(recipe.to_attrs(ENCODER_FIELDS))
+            writer.finish(
+                plan.coords,
+                plan.xy,
+                attrs,
+                datasets={"tissue_fraction": np.asarray(plan.tissue_fraction, dtype=np.float32)},
+            )
     path = Path(out_path)
     attrs["stream"] = stats.as_dict()
     return ExtractResult(path, sizes, seconds, attrs)

@@ -302,6 +302,7 @@ def _reader_for(reader: ReaderPool | None, encoder: AnyEncoder) -> Iterator[Read
         yield reader
         return
     with ReaderPool(default_workers(encoder.device)) as own:
+        own.start()  # its start-up overlaps tissue detection
         yield own
 
 

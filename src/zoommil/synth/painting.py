@@ -8,6 +8,7 @@ ordinary gland regions are, and normal nuclei. The class signal is added afterwa
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import cv2
@@ -149,13 +150,16 @@ def add_glands(
     cx, cy, radius = region
     sizes, gap, tries = ((11.0, 17.0), 1.5, 2500) if crowded else ((18.0, 32.0), 8.0, 600)
     glands: list[tuple[float, float, float]] = []
+    placed = np.empty((tries, 3))  # the glands so far as an array: one vectorised test per try
     for _ in range(tries):
         rg = rng.uniform(*sizes)
         ang, rad = rng.uniform(0, 2 * np.pi), radius * np.sqrt(rng.uniform()) - rg
         if rad < 0:
             continue
         gx, gy = cx + rad * np.cos(ang), cy + rad * np.sin(ang)
-        if all(np.hypot(gx - x, gy - y) > rg + r + gap for x, y, r in glands):
+        x, y, r = placed[: len(glands)].T
+        if (np.hypot(gx - x, gy - y) > rg + r + gap).all():
+            placed[len(glands)] = gx, gy, rg
             glands.append((gx, gy, rg))
     for gx, gy, rg in glands:
         lumen_r = rg - (15 if rg > 25 else 8 if rg > 14 else 6.5)
@@ -252,8 +256,8 @@ def ellipse_sprite(
     """Anti-aliased coverage of an ellipse on the pixel grid: (x0, y0, coverage [h, w])."""
     r = int(np.ceil(max(a, b))) + pad
     x0, y0 = int(np.floor(x)) - r, int(np.floor(y)) - r
-    yy, xx = np.mgrid[y0 : y0 + 2 * r + 1, x0 : x0 + 2 * r + 1].astype(np.float32)
-    dx, dy = xx + 0.5 - x, yy + 0.5 - y
+    grid = np.arange(2 * r + 1, dtype=np.float32)  # a row and a column, broadcast below
+    dx, dy = (grid + x0)[None, :] + 0.5 - x, (grid + y0)[:, None] + 0.5 - y
     c, s = np.cos(theta), np.sin(theta)
     u, v = (c * dx + s * dy) / a, (-s * dx + c * dy) / b
     d = np.sqrt(u * u + v * v)
@@ -272,11 +276,20 @@ def paste_max(canvas: np.ndarray, x0: int, y0: int, sprite: np.ndarray) -> None:
     np.maximum(view, sprite[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0], out=view)
 
 
+@functools.cache
+def _unit_ramp(n: int) -> np.ndarray:
+    """``np.linspace(-1, 1, n)``, made once per sprite size (there are tens of thousands of
+    nuclei and a handful of sizes). Read-only, as it is shared."""
+    ramp = np.linspace(-1, 1, n)
+    ramp.flags.writeable = False
+    return ramp
+
+
 def stamp_nuclei(hematoxylin: np.ndarray, nuclei: Nuclei, rng: np.random.Generator) -> None:
     """Add every nucleus (smooth chromatin, slight density gradient) to the hematoxylin map."""
     for i in range(len(nuclei)):
         x0, y0, cover = ellipse_sprite(nuclei.cx[i], nuclei.cy[i], nuclei.a[i], nuclei.b[i],
                                        nuclei.theta[i])  # fmt: skip
-        gy, gx = np.linspace(-1, 1, cover.shape[0]), np.linspace(-1, 1, cover.shape[1])
+        gy, gx = _unit_ramp(cover.shape[0]), _unit_ramp(cover.shape[1])
         tilt = 1.0 + 0.08 * (rng.uniform(-1, 1) * gx[None, :] + rng.uniform(-1, 1) * gy[:, None])
         paste_max(hematoxylin, x0, y0, (nuclei.density[i] * cover * tilt).astype(np.float32))

@@ -27,7 +27,15 @@ def pyramid_levels(image: np.ndarray, min_levels: int = 3, min_side: int = 256) 
         h, w = current.shape[0] // 2, current.shape[1] // 2
         if len(levels) >= min_levels and min(h, w) < min_side or min(h, w) < 16:
             break
-        current = current[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).mean(axis=(1, 3))
+        # each 2x2 block summed from four strided views, several times faster than a mean over
+        # reshaped axes, and the same bits: up to level 7, every sum is a multiple of 4^-k
+        # below 1024, which float32 holds exactly whatever the order of the additions
+        current = (
+            current[0 : 2 * h : 2, 0 : 2 * w : 2]
+            + current[1 : 2 * h : 2, 0 : 2 * w : 2]
+            + current[0 : 2 * h : 2, 1 : 2 * w : 2]
+            + current[1 : 2 * h : 2, 1 : 2 * w : 2]
+        ) / 4
         levels.append(np.rint(current).astype(np.uint8))
     return levels
 

@@ -1,8 +1,8 @@
 """Training and evaluation shared by every model: data, loop, checkpoints and metrics.
 
 The names below are loaded on first use: `zoommil predict` and `zoommil profile` import
-``zoommil.training.checkpoint`` and should not pay for the trainer's imports (scikit-learn,
-pandas), about 1.5 s of CPU per process.
+``zoommil.training.checkpoint`` and should not pay for the trainer's imports (pandas, and
+torch._dynamo through torch.optim), about 1.5 s of CPU per process.
 """
 
 from importlib import import_module

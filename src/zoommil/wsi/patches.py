@@ -185,6 +185,13 @@ class ReaderPool:
         self.window = max(1, self.workers * max(1, prefetch))
         self._pool: Any = None
 
+    def start(self) -> ReaderPool:
+        """Start the reader processes now rather than at the first read, so their start-up
+        (~0.5 s: a fresh interpreter importing OpenSlide) overlaps the caller's own set-up,
+        such as building the encoder or detecting tissue."""
+        self._ensure()
+        return self
+
     def _ensure(self) -> Any:
         if self._pool is None and self.workers > 0:
             ctx = multiprocessing.get_context("spawn")
