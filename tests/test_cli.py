@@ -77,6 +77,8 @@ def test_a_finished_command_logs_its_time_cpu_and_peak_memory(slides_dir, tmp_pa
     wall, cpu, peak_mb = float(match[1]), float(match[2]), int(match[3])
     assert 0 < wall < 600 and 0 < cpu < 600
     assert 20 < peak_mb < 4000  # a Python process that read a slide: tens to hundreds of MB
+    # no children's peak: Linux counts this process's RSS into a fork/vfork + exec child's
+    assert "child" not in lines[0]
 
 
 def test_a_failed_command_logs_no_usage_line(tmp_path):

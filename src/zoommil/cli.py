@@ -92,26 +92,28 @@ def _exclude(args: argparse.Namespace, error: SlideError) -> int | None:
 
 
 def usage_line(command: str, started: tuple[float, float]) -> str:
-    """Wall and CPU time since ``started`` (``perf_counter``, ``process_time``) and the peak
-    memory of this process and of the processes it waited for.
+    """Wall time since ``started`` (``perf_counter``, ``process_time``), the CPU time of this
+    process and of the processes it waited for, and this process's peak memory.
 
     Why: it is each workflow job's record of what it used (for sizing `mem_mb`/`runtime` on a
     cluster), written into the job's log. Snakemake's ``benchmark:`` files recorded the same
     by sampling the job with psutil from Snakemake's own process: 23-33 ms per sample of a
-    ~1 GB torch job, about 0.5 CPU-s per features or train job.
+    ~1 GB torch job, about 0.5 CPU-s per features or train job. The children's peak memory is
+    not reported: Linux's ``RUSAGE_CHILDREN`` ``ru_maxrss`` of a child started by fork or
+    vfork + exec includes this process's RSS at that moment (a training job's one
+    ``ldconfig -p``, run by ``import torch``, showed as a 588 MB child). The encoder and
+    reader processes of ``--threads``/``--workers`` are measured by sampling in
+    ``benchmarks/scale.py``.
     """
     import resource
 
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = time.process_time() - started[1] + kids.ru_utime + kids.ru_stime
-    line = (
+    return (
         f"zoommil {command}: {time.perf_counter() - started[0]:.1f} s wall, {cpu:.1f} CPU-s, "
         f"peak RSS {me.ru_maxrss / 1024:.0f} MB"
     )
-    if kids.ru_maxrss:  # Linux: KiB; the largest child the command waited for
-        line += f" (largest child process {kids.ru_maxrss / 1024:.0f} MB)"
-    return line
 
 
 def log_usage(command: str, started: tuple[float, float]) -> None:
