@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,6 +50,13 @@ def test_all_patch_head_flops_grow_with_the_bag_and_agree_with_torch_counter():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_importing_the_flop_counter_warns_about_nothing():
+    """fvcore's import-time torch.jit.script FutureWarning stays out of every FLOPs log."""
+    code = "import zoommil.efficiency.flops"
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
 def test_profile_on_cuda_without_gpu_writes_a_skip_note(tmp_path):
     model = build_model("abmil", in_dim=1024, n_classes=2)
     config = {"arch": "abmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024}

@@ -29,7 +29,7 @@ from zoommil.features.extraction import (
     plan_offsets,
 )
 from zoommil.io.coords import load_coords, write_coords
-from zoommil.io.featurefile import mag_key, read_feature_file
+from zoommil.io.featurefile import mag_key, read_attrs, read_feature_file, write_feature_file
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi import slide as slide_module
 from zoommil.wsi.lattice import Lattice, build_lattice, check_lattice
@@ -184,6 +184,21 @@ def test_feature_file_contract(tiny, extracted):
     assert attrs["zoommil_version"] and attrs["created"]
     assert attrs["device"] == "cpu" and attrs["precision"] == "fp32"
     assert attrs["batch_size"] == 7
+
+
+def test_cached_attributes_follow_a_replaced_file_and_are_the_callers_copy(tmp_path):
+    """read_attrs is cached per file version: a file replaced by rename (how every feature
+    file is written) is read again, and editing a returned dict changes no later answer."""
+    path = tmp_path / "s.h5"
+    arrays = ([np.zeros((1, 4))], [np.zeros((1, 2), int)], [np.zeros((1, 2), int)])
+    write_feature_file(path, [10.0], *arrays, attrs={"encoder": "a", "tissue_params": {"k": 1}})
+    first = read_attrs(path)
+    assert (first["encoder"], first["tissue_params"]) == ("a", {"k": 1})
+    first["tissue_params"]["k"] = 99
+    assert read_attrs(path)["tissue_params"] == {"k": 1}
+    write_feature_file(path, [10.0], *arrays, attrs={"encoder": "b", "tissue_params": {"k": 1}})
+    assert read_attrs(path)["encoder"] == "b"
+    assert read_feature_file(path).attrs["encoder"] == "b"
 
 
 def test_features_equal_direct_encoding(tiny, extracted):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -22,12 +23,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from fvcore.nn import FlopCountAnalysis
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from zoommil.errors import ZoomMILError
+
+with warnings.catch_warnings():
+    # fvcore.nn scripts its focal loss with torch.jit.script at import, which torch deprecates:
+    # a FutureWarning in every FLOPs log about code this module never runs
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
 from zoommil.features.encoder import PATCH_SIZE
 from zoommil.features.encoders.registry import (
     DEFAULT_ENCODER,

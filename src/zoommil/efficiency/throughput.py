@@ -15,7 +15,6 @@ drives the device with reader processes feeding it.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import platform
 import time
@@ -31,6 +30,7 @@ from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.extraction import default_workers
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.io.sheet import read_sheet
+from zoommil.processes import starmap_in_processes
 from zoommil.training.checkpoint import load_checkpoint
 from zoommil.wsi.patches import ReaderPool
 
@@ -86,11 +86,9 @@ def measure_throughput(
         finally:
             torch.set_num_threads(saved_threads)
     else:
-        ctx = multiprocessing.get_context("spawn")  # no inherited thread pools or locks
         shares = [jobs[i::processes] for i in range(processes)]
         args = [(predictor, share, device, precision, warmup, 0, batch_size) for share in shares]
-        with ctx.Pool(processes) as pool:
-            parts = pool.starmap(_measure, args)
+        parts = starmap_in_processes(_measure, args, processes)
         rows = [r for part in parts for r in part[0]]
         info, used = parts[0][1], parts[0][2]
         excluded = {s: r for part in parts for s, r in part[3].items()}
