@@ -20,6 +20,7 @@ from zoommil.wsi.slide import (
     read_region_at,
     read_thumbnail_at_mpp,
     resolve_mpp,
+    rgba_to_rgb_on_white,
 )
 
 
@@ -174,6 +175,61 @@ def test_read_region_white_outside_slide(synthetic_slide):
         # Half in, half out: the outside half is white, not black.
         edge = read_region_at(slide, w - 128, 0, 256, 256)
         assert (edge[:, 128:] == 255).all()
+
+
+def _composite_reference(rgba: np.ndarray) -> np.ndarray:
+    """(rgb * a + 255 * (255 - a)) / 255 rounded to nearest, in plain integers."""
+    rgb, a = rgba[..., :3].astype(np.int64), rgba[..., 3:].astype(np.int64)
+    return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def test_rgba_composites_on_white_exactly_whether_opaque_or_not():
+    """The opaque fast path drops alpha; any pixel below 255 (even one, even 254) takes the
+    composite, which matches the integer formula everywhere; transparent is white."""
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    assert np.array_equal(rgba_to_rgb_on_white(rgba), rgba[..., :3])
+    strided = np.concatenate([rgba, rgba], axis=1)[:, ::2]  # not contiguous
+    assert np.array_equal(rgba_to_rgb_on_white(strided), strided[..., :3])
+    for alpha in (254, 0):
+        one = rgba.copy()
+        one[5, 7, 3] = alpha
+        got = rgba_to_rgb_on_white(one)
+        assert np.array_equal(got, _composite_reference(one))
+        assert not np.array_equal(got[5, 7], rgba[5, 7, :3])  # the one pixel was composited
+    assert (rgba_to_rgb_on_white(np.zeros((4, 4, 4), np.uint8)) == 255).all()
+    mixed = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    got = rgba_to_rgb_on_white(mixed)
+    assert got.dtype == np.uint8 and got.shape == (64, 64, 3)
+    assert np.array_equal(got, _composite_reference(mixed))
+
+
+@pytest.mark.parametrize(
+    ("name", "target_mpp", "from_coarsest"),
+    [
+        ("CMU-1-Small-Region.svs", 8.0, True),  # one level: the coarsest is level 0
+        ("prostate-he-generic.tiff", 16.0, True),  # 32x: the coarsest of 6 levels
+        ("prostate-he-generic.tiff", 8.0, False),  # 16x: the next level down
+    ],
+)
+def test_thumbnail_reuses_the_test_reads_coarsest_level_and_equals_a_fresh_read(
+    slides_dir, name, target_mpp, from_coarsest
+):
+    """The coarsest level decoded by open's test read is handed once to a thumbnail read from
+    that level (same pixels as reading it again), then dropped; a handle opened without a
+    test read, or a thumbnail from another level, reads the slide."""
+    from zoommil.wsi import slide as slide_module
+
+    with open_slide(slides_dir / name, test_read=False) as fresh:
+        assert fresh not in slide_module._TEST_READ_TOP
+        expected = read_thumbnail_at_mpp(fresh, 0.5, target_mpp)
+    with open_slide(slides_dir / name) as tested:
+        assert tested in slide_module._TEST_READ_TOP
+        got = read_thumbnail_at_mpp(tested, 0.5, target_mpp)
+        assert (tested not in slide_module._TEST_READ_TOP) == from_coarsest
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(read_thumbnail_at_mpp(tested, 0.5, target_mpp), expected)
 
 
 def test_read_region_matches_manual_level0_read(slides_dir):

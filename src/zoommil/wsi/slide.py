@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,13 @@ _BORDER_FRACTION = 0.05
 LEVEL_TOLERANCE = 0.01
 #: Largest coarsest level (in pixels) that `open_slide` test-reads completely.
 _FULL_TEST_READ_PX = 4096 * 4096
+#: The coarsest level as the test read decoded it (RGBA), per open handle and taken by the
+#: first reader of that level: inspection's thumbnail and the tissue mask's (usually read from
+#: the coarsest level) then do not decode it a second time (~0.4 s on a 40x slide). Weak keys:
+#: it goes with its handle.
+_TEST_READ_TOP: weakref.WeakKeyDictionary[openslide.OpenSlide, np.ndarray] = (
+    weakref.WeakKeyDictionary()
+)
 
 HOW_TO_SUPPLY_MPP = (
     "supply one with --mpp X (or --default-mpp X; in the workflow: the sheet's mpp column "
@@ -165,7 +173,17 @@ def small_thumbnail(slide: openslide.OpenSlide) -> np.ndarray | None:
     w, h = slide.level_dimensions[top]
     if w * h > _FULL_TEST_READ_PX:
         return None
-    return rgba_to_rgb_on_white(np.asarray(slide.read_region((0, 0), top, (w, h))))
+    return rgba_to_rgb_on_white(_coarsest_level_rgba(slide))
+
+
+def _coarsest_level_rgba(slide: openslide.OpenSlide) -> np.ndarray:
+    """The whole coarsest level as RGBA: the test read's copy if not yet taken, else read."""
+    top = slide.level_count - 1
+    w, h = slide.level_dimensions[top]
+    decoded = _TEST_READ_TOP.pop(slide, None)
+    if decoded is not None and decoded.shape[:2] == (h, w):
+        return decoded
+    return np.asarray(slide.read_region((0, 0), top, (w, h)))
 
 
 def _diagnose_unopenable(path: Path) -> tuple[str, str]:
@@ -305,7 +323,7 @@ def _test_read(slide: openslide.OpenSlide) -> None:
     w, h = slide.level_dimensions[top]
     ds = slide.level_downsamples[top]
     if w * h <= _FULL_TEST_READ_PX:
-        slide.read_region((0, 0), top, (w, h))
+        _TEST_READ_TOP[slide] = np.asarray(slide.read_region((0, 0), top, (w, h)))
     else:
         _read_samples(slide, top, (w, h), ds)
     if top > 0:
@@ -530,11 +548,18 @@ def best_level(slide: openslide.OpenSlide, downsample: float) -> int:
 
 
 def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite non-premultiplied RGBA on white: transparent (outside the slide) is white."""
+    """Composite non-premultiplied RGBA on white: transparent (outside the slide) is white.
+
+    Every region read goes through here, in the reader processes that feed the encoder. Inside
+    a slide all pixels are opaque, and then only alpha is dropped: tested on the pixels as
+    32-bit words (alpha is the high byte of a little-endian RGBA word) and dropped by OpenCV,
+    ~50x faster than the uint16 composite on a 1024 x 1024 region (0.4 vs 24 ms here).
+    """
+    rgba = np.ascontiguousarray(rgba, dtype=np.uint8)
+    if bool((rgba.view(np.dtype("<u4")) >= 0xFF000000).all()):
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     rgb = rgba[..., :3].astype(np.uint16)
     alpha = rgba[..., 3:4].astype(np.uint16)
-    if bool((alpha == 255).all()):
-        return rgba[..., :3].copy()
     out = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
     return out.astype(np.uint8)
 
@@ -593,13 +618,16 @@ def read_thumbnail_at_mpp(slide: openslide.OpenSlide, mpp0: float, target_mpp: f
     level = best_level(slide, min(w0 / out_w, h0 / out_h))
     ds = slide.level_downsamples[level]
     lw, lh = slide.level_dimensions[level]
-    full = np.empty((lh, lw, 3), dtype=np.uint8)
-    strip = max(1, (16 * 1024 * 1024) // max(1, lw * 4))
-    for y in range(0, lh, strip):
-        hh = min(strip, lh - y)
-        # ceil: OpenSlide maps the level-0 row back to level row y exactly (no seam)
-        rgba = np.asarray(slide.read_region((0, math.ceil(y * ds)), level, (lw, hh)))
-        full[y : y + hh] = rgba_to_rgb_on_white(rgba)
+    if level == slide.level_count - 1 and slide in _TEST_READ_TOP:
+        full = rgba_to_rgb_on_white(_coarsest_level_rgba(slide))  # already decoded
+    else:
+        full = np.empty((lh, lw, 3), dtype=np.uint8)
+        strip = max(1, (16 * 1024 * 1024) // max(1, lw * 4))
+        for y in range(0, lh, strip):
+            hh = min(strip, lh - y)
+            # ceil: OpenSlide maps the level-0 row back to level row y exactly (no seam)
+            rgba = np.asarray(slide.read_region((0, math.ceil(y * ds)), level, (lw, hh)))
+            full[y : y + hh] = rgba_to_rgb_on_white(rgba)
     if (lw, lh) == (out_w, out_h):
         return full
     return cv2.resize(full, (out_w, out_h), interpolation=cv2.INTER_AREA)
