@@ -216,9 +216,9 @@ def test_rgba_composites_on_white_exactly_whether_opaque_or_not():
 def test_thumbnail_reuses_the_test_reads_coarsest_level_and_equals_a_fresh_read(
     slides_dir, name, target_mpp, from_coarsest
 ):
-    """The coarsest level decoded by open's test read is handed once to a thumbnail read from
-    that level (same pixels as reading it again), then dropped; a handle opened without a
-    test read, or a thumbnail from another level, reads the slide."""
+    """The coarsest level decoded by open's test read is handed to the next thumbnail: one
+    from that level reads nothing more (same pixels as reading it again); either way it is
+    dropped then. A handle opened without a test read, or a later thumbnail, reads."""
     from zoommil.wsi import slide as slide_module
 
     with open_slide(slides_dir / name, test_read=False) as fresh:
@@ -226,10 +226,15 @@ def test_thumbnail_reuses_the_test_reads_coarsest_level_and_equals_a_fresh_read(
         expected = read_thumbnail_at_mpp(fresh, 0.5, target_mpp)
     with open_slide(slides_dir / name) as tested:
         assert tested in slide_module._TEST_READ_TOP
+        reads = []
+        read_region = tested.read_region
+        tested.read_region = lambda *args: reads.append(args) or read_region(*args)
         got = read_thumbnail_at_mpp(tested, 0.5, target_mpp)
-        assert (tested not in slide_module._TEST_READ_TOP) == from_coarsest
+        assert (len(reads) == 0) == from_coarsest
+        assert tested not in slide_module._TEST_READ_TOP  # not kept past the thumbnail
         np.testing.assert_array_equal(got, expected)
         np.testing.assert_array_equal(read_thumbnail_at_mpp(tested, 0.5, target_mpp), expected)
+        assert reads  # the second thumbnail read the slide
 
 
 def test_read_region_matches_manual_level0_read(slides_dir):

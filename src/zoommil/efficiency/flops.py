@@ -28,12 +28,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from zoommil.errors import ZoomMILError
-
-with warnings.catch_warnings():
-    # fvcore.nn scripts its focal loss with torch.jit.script at import, which torch deprecates:
-    # a FutureWarning in every FLOPs log about code this module never runs
-    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
-    from fvcore.nn import FlopCountAnalysis
 from zoommil.features.encoder import PATCH_SIZE
 from zoommil.features.encoders.registry import (
     DEFAULT_ENCODER,
@@ -45,6 +39,12 @@ from zoommil.io.featurefile import read_feature_file
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.training.checkpoint import model_from_checkpoint
+
+with warnings.catch_warnings():
+    # fvcore.nn scripts its focal loss with torch.jit.script at import, which torch deprecates:
+    # a FutureWarning in every FLOPs log about code this module never runs
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
 
 log = logging.getLogger(__name__)
 

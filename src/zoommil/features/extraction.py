@@ -335,6 +335,20 @@ def encode_plan(
     return feats
 
 
+def _check_slide_against_plan(
+    slide_path: str | Path, plan: Lattice, mpp: float | None
+) -> tuple[float, str]:
+    """Open the slide (test read included), check it against the coords file and close it:
+    the handle, and the coarsest level its test read decoded, end here, not with the run."""
+    from zoommil.wsi.slide import open_slide
+
+    slide = open_slide(slide_path)
+    try:
+        return check_plan_matches_slide(slide, slide_path, plan, mpp)
+    finally:
+        slide.close()
+
+
 def check_plan_matches_slide(
     slide: openslide.OpenSlide,
     slide_path: str | Path,
@@ -420,8 +434,6 @@ def extract_features(
     into the checkpoint. ``encoder_name``, ``weights``, ``seed`` and ``precision`` default to
     the recipe's defaults.
     """
-    from zoommil.wsi.slide import open_slide
-
     encoder_name = recipe_default("encoder") if encoder_name is None else encoder_name
     weights = default_weights(encoder_name) if weights is None else weights
     seed = recipe_default("weights_seed") if seed is None else seed
@@ -436,11 +448,7 @@ def extract_features(
     torch_device = resolve_device(device)  # fail fast on --device cuda without a GPU
     set_encoder_threads(torch_device, threads)
     plan = load_coords(coords_path, check=True)
-    slide = open_slide(slide_path)
-    try:
-        mpp0, mpp_source = check_plan_matches_slide(slide, slide_path, plan, mpp)
-    finally:
-        slide.close()
+    mpp0, mpp_source = _check_slide_against_plan(slide_path, plan, mpp)
     if len(plan.xy[0]) == 0:
         log.warning(
             "%s: no tissue parents in %s: writing an empty feature file", slide_path, coords_path

@@ -47,10 +47,9 @@ _BORDER_FRACTION = 0.05
 LEVEL_TOLERANCE = 0.01
 #: Largest coarsest level (in pixels) that `open_slide` test-reads completely.
 _FULL_TEST_READ_PX = 4096 * 4096
-#: The coarsest level as the test read decoded it (RGBA), per open handle and taken by the
-#: first reader of that level: inspection's thumbnail and the tissue mask's (usually read from
-#: the coarsest level) then do not decode it a second time (~0.4 s on a 40x slide). Weak keys:
-#: it goes with its handle.
+#: The coarsest level as the test read decoded it (RGBA), per open handle, taken by the next
+#: thumbnail read: inspection's and the tissue mask's (usually from the coarsest level) then
+#: do not decode it again (~0.4 s on a 40x slide). Weak keys: it goes with its handle.
 _TEST_READ_TOP: weakref.WeakKeyDictionary[openslide.OpenSlide, np.ndarray] = (
     weakref.WeakKeyDictionary()
 )
@@ -618,8 +617,9 @@ def read_thumbnail_at_mpp(slide: openslide.OpenSlide, mpp0: float, target_mpp: f
     level = best_level(slide, min(w0 / out_w, h0 / out_h))
     ds = slide.level_downsamples[level]
     lw, lh = slide.level_dimensions[level]
-    if level == slide.level_count - 1 and slide in _TEST_READ_TOP:
-        full = rgba_to_rgb_on_white(_coarsest_level_rgba(slide))  # already decoded
+    decoded = _TEST_READ_TOP.pop(slide, None)  # used or not, not kept past the thumbnail
+    if level == slide.level_count - 1 and decoded is not None and decoded.shape[:2] == (lh, lw):
+        full = rgba_to_rgb_on_white(decoded)
     else:
         full = np.empty((lh, lw, 3), dtype=np.uint8)
         strip = max(1, (16 * 1024 * 1024) // max(1, lw * 4))
