@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 
 from zoommil.io.coords import load_coords
-from zoommil.wsi.lattice import steps_between
+from zoommil.wsi.lattice import depths
 from zoommil.wsi.patches import chunk_tasks, read_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,9 +44,8 @@ def time_reading(slide: Path, mags: list[float], max_parents: int, repeats: int)
             check=True, capture_output=True,
         )  # fmt: skip
         plan = load_coords(coords)
-    depths = [0] + [steps_between(plan.mags[0], m) for m in plan.mags[1:]]
     xy = plan.xy[0][: max_parents or None]
-    tasks = list(chunk_tasks(str(slide), xy, plan.sides[0], depths, plan.patch_size, 1))
+    tasks = list(chunk_tasks(str(slide), xy, plan.sides[0], depths(plan.mags), plan.patch_size, 1))
     if not tasks:
         raise SystemExit(f"{slide}: no tissue patches at {plan.mags[0]}x")
     read_task(tasks[0])  # opens the handle, warms the caches
