@@ -9,7 +9,11 @@ processes (`zoommil.features.encoder_pool.EncoderPool`); the goal (issue 15, ite
 - predict: `predict_slide` for ZoomMIL and all-patch ABMIL with a warm encoder (one process,
   one torch thread) vs the same encoder with a warm pool of N - 1 processes, as a stream of
   slides would run; the pool's start-up (spawn + building N - 1 encoders) is reported on its
-  own.
+  own;
+- predict over slides: the whole CLI, `zoommil predict S1 .. Sm --out-dir D --threads T` on
+  ``--copies`` m copies of the slide (links), ZoomMIL: one process with its reader and
+  encoder processes for T = 1, min(T, m) processes over whole slides for T > 1; slides/h is
+  m / wall seconds, start-up included.
 
 Random encoder weights (no download; weights do not change the time). Run it on a quiet
 machine: the numbers are meaningless while other jobs share the cores.
@@ -17,6 +21,7 @@ machine: the numbers are meaningless while other jobs share the cores.
     python benchmarks/threads.py                      # CMU-1-Small-Region, 5/10/20x, 1 vs 2
     python benchmarks/threads.py --slide big.tiff --mags 10 20 --k 300 --threads 4
     python benchmarks/threads.py --quick              # tiny: checks the script runs
+    python benchmarks/threads.py --slide large40x.tiff --mags 1.25 2.5 10 --k 12 --what many
 
 Writes results/benchmarks/threads.json and .md.
 """
@@ -24,6 +29,7 @@ Writes results/benchmarks/threads.json and .md.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -40,6 +46,7 @@ from zoommil.features.encoder_pool import EncoderPool, EncoderRecipe
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.models import build_model
 from zoommil.recipe import PreprocessingRecipe
+from zoommil.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CMU = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
@@ -89,6 +96,46 @@ def time_predict(slide: Path, predictor: Predictor, encoder, repeats: int) -> di
     return {"seconds": statistics.median(times), "runs": times, "patches_encoded": patches}
 
 
+def time_predict_many(
+    slide: Path, predictor: Predictor, k: int, copies: int, threads: list[int], repeats: int
+) -> dict:
+    """The whole `zoommil predict` CLI on ``copies`` links to ``slide``, per thread count."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {
+            "method": predictor.method,
+            "arch": predictor.arch,
+            "kwargs": {"k": k},
+            "classes": predictor.classes,
+            "mags": predictor.mags,
+            "config_mags": predictor.mags,
+            "in_dim": 1024,
+            "preprocessing": {"patch_size": predictor.patch_size, "weights": "random"},
+        }
+        ckpt = save_checkpoint(Path(tmp) / "zoommil.pt", predictor.model.state_dict(), config)
+        links = []
+        for i in range(copies):
+            links.append(Path(tmp) / f"copy{i}{slide.suffix}")
+            links[-1].symlink_to(slide.resolve())
+        out = {}
+        for t in threads:
+            argv = ["predict", *map(str, links), "--checkpoint", str(ckpt), "--threads", str(t)]
+            times, per_slide = [], []
+            for _ in range(repeats):
+                times.append(cli(*argv, "--out-dir", str(Path(tmp) / "out")))
+                with (Path(tmp) / "out" / "predictions.tsv").open() as handle:
+                    rows = list(csv.DictReader(handle, delimiter="\t"))
+                assert all(r["status"] == "ok" for r in rows), rows
+                per_slide += [float(r["seconds"]) for r in rows]
+            out[t] = {
+                "seconds": statistics.median(times) / copies,
+                "runs": times,
+                # one slide's time inside its process (start-up excluded), all runs
+                "slide_seconds": statistics.median(per_slide),
+                "processes": min(t, copies),
+            }
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     slide = Path(args.slide)
     threads = [1, args.threads]
@@ -101,11 +148,17 @@ def run(args: argparse.Namespace) -> dict:
         "cpu": cpu_model(),
         "torch_version": torch.__version__,
         "threads": threads,
-        "features": time_features(slide, args.mags, threads, args.repeats),
+        "copies": args.copies,
+        "features": {},
         "predict": {},
     }
+    if "features" in args.what:
+        result["features"] = time_features(slide, args.mags, threads, args.repeats)
     torch.set_num_threads(1)
-    for predictor in predictors(args.mags, args.k):
+    zoom = predictors(args.mags, args.k)[0]
+    if "many" in args.what:
+        result["many"] = time_predict_many(slide, zoom, args.k, args.copies, threads, args.repeats)
+    for predictor in predictors(args.mags, args.k) if "predict" in args.what else []:
         encoder, _ = make_encoder(predictor)
         rows = {1: time_predict(slide, predictor, encoder, args.repeats)}
         tic = time.perf_counter()
@@ -118,7 +171,9 @@ def run(args: argparse.Namespace) -> dict:
             rows[args.threads] = time_predict(slide, predictor, pool, args.repeats)
         rows[args.threads]["pool_startup_seconds"] = startup
         result["predict"][predictor.method] = rows
-    for rows in [result["features"], *result["predict"].values()]:
+    for rows in [result["features"], result.get("many", {}), *result["predict"].values()]:
+        if not rows:
+            continue
         for row in rows.values():
             row["slides_per_hour"] = 3600.0 / row["seconds"]
         rows["speedup"] = rows[1]["seconds"] / rows[args.threads]["seconds"]
@@ -140,14 +195,30 @@ def markdown(result: dict) -> str:
     rows = {"features (CLI, start-up included)": result["features"]}
     for method, r in result["predict"].items():
         rows[f"predict {method} (warm, {r[1]['patches_encoded']} patches)"] = r
+    if result.get("many"):
+        what = f"predict zoommil over {result['copies']} slides (CLI, start-up included)"
+        rows[what] = result["many"]
+    rows = {what: r for what, r in rows.items() if r}
     for what, r in rows.items():
         lines.append(
             f"| {what} | {r[1]['seconds']:.2f} | {r[n]['seconds']:.2f} | "
             f"{r[1]['slides_per_hour']:.0f} | {r[n]['slides_per_hour']:.0f} | "
             f"{r['speedup']:.2f}x |"
         )
+    many = result.get("many")
+    if many:
+        # steady state: slides finish at processes / (one slide's time in its process)
+        rate = {t: many[t]["processes"] / many[t]["slide_seconds"] for t in (1, n)}
+        lines += [
+            "",
+            f"Over slides, start-up excluded (median time of a slide inside its process): "
+            f"1 thread {many[1]['slide_seconds']:.1f} s, {many[n]['processes']} processes "
+            f"{many[n]['slide_seconds']:.1f} s each: {rate[n] / rate[1]:.2f}x the slides/h.",
+        ]
     startups = [f"{m} {r[n]['pool_startup_seconds']:.1f} s" for m, r in result["predict"].items()]
-    lines += ["", f"Pool start-up ({n - 1} encoder processes): {', '.join(startups)}.", ""]
+    if startups:
+        lines += ["", f"Pool start-up ({n - 1} encoder processes): {', '.join(startups)}."]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -159,6 +230,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="compared against 1")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2.5/5x, 1 repeat: a smoke run")
+    parser.add_argument(
+        "--what",
+        nargs="+",
+        choices=("features", "predict", "many"),
+        default=["features", "predict", "many"],
+        help="what to time (default: all three)",
+    )
+    parser.add_argument("--copies", type=int, default=4, help="slides for 'many' (default 4)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.quick:

@@ -3,6 +3,7 @@ full feature file's eval forward."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -96,8 +97,9 @@ def test_zoom_inference_matches_the_full_feature_file(zoom_result, small_slide, 
     np.testing.assert_allclose(zoom_probs, probs, atol=1e-2)
 
 
-def test_predict_cli_writes_json_and_heatmap_the_same_with_2_threads(small_slide, tmp_path, capsys):
-    model = _model()
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ZoomMIL checkpoint as `zoommil train` writes it (random-weight encoder recipe)."""
     config = {
         "method": "zoommil",
         "arch": "zoommil",
@@ -108,9 +110,25 @@ def test_predict_cli_writes_json_and_heatmap_the_same_with_2_threads(small_slide
         "in_dim": 1024,
         "preprocessing": {"patch_size": PATCH, "weights": "random", "weights_seed": 0},
     }
-    ckpt = save_checkpoint(tmp_path / "checkpoint.pt", model.state_dict(), config)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    return save_checkpoint(path, _model().state_dict(), config)
+
+
+@pytest.fixture(scope="module")
+def one_slide_json(small_slide: Path, checkpoint: Path, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("one") / "pred.json"
+    assert (
+        main(["predict", str(small_slide), "--checkpoint", str(checkpoint), "--json", str(out)])
+        == 0
+    )
+    return json.loads(out.read_text())
+
+
+def test_predict_cli_writes_json_and_heatmap_the_same_with_2_threads(
+    small_slide, checkpoint, one_slide_json, tmp_path, capsys
+):
     out, png = tmp_path / "pred.json", tmp_path / "heat.png"
-    argv = ["predict", str(small_slide), "--checkpoint", str(ckpt)]
+    argv = ["predict", str(small_slide), "--checkpoint", str(checkpoint)]
     assert main([*argv, "--json", str(out), "--heatmap", str(png)]) == 0
     result = json.loads(out.read_text())
     assert set(result["probabilities"]) == set(CLASSES)
@@ -122,7 +140,72 @@ def test_predict_cli_writes_json_and_heatmap_the_same_with_2_threads(small_slide
     assert main([*argv, "--threads", "2", "--json", str(two)]) == 0
     result2 = json.loads(two.read_text())
     for key in ("probabilities", "selected", "attention", "patches_per_mag"):
-        assert result2[key] == result[key], key
+        assert result2[key] == result[key] == one_slide_json[key], key
+
+
+def _same_prediction(path: Path, reference: dict) -> None:
+    result = json.loads(path.read_text())
+    for key in ("probabilities", "selected", "attention", "patches_per_mag"):
+        assert result[key] == reference[key], (path, key)
+
+
+def test_predict_many_slides_over_processes_a_bad_one_fails_alone(
+    small_slide, checkpoint, one_slide_json, tmp_path, capsys
+):
+    """Two processes classify whole slides; an unreadable slide is a failure row naming the
+    reason and exit 1, and the other slides' outputs are those of one-slide runs."""
+    copy = tmp_path / "second.tiff"
+    copy.write_bytes(small_slide.read_bytes())
+    bad = tmp_path / "broken.tiff"
+    bad.write_bytes(b"not a slide at all")
+    out = tmp_path / "out"
+    argv = ["predict", str(small_slide), str(bad), str(copy), "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--out-dir", str(out), "--threads", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "by 2 process(es) x 1 thread(s)" in captured.out
+    assert "2 of 3 slides classified" in captured.out
+    assert f"{bad}:" in captured.err and "1 of 3 slides failed" in captured.err
+    for name in (small_slide.stem, copy.stem):
+        _same_prediction(out / f"{name}.json", one_slide_json)
+        assert (out / f"{name}.png").stat().st_size > 0
+    assert not (out / "broken.json").exists()
+    with (out / "predictions.tsv").open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [r["slide_id"] for r in rows] == [small_slide.stem, "broken", copy.stem]  # input order
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert rows[1]["reason"] and rows[1]["p_tumour"] == ""
+    best = max(CLASSES, key=one_slide_json["probabilities"].get)
+    assert rows[0]["predicted"] == rows[2]["predicted"] == best
+    assert float(rows[0]["p_tumour"]) == pytest.approx(one_slide_json["probabilities"]["tumour"])
+
+
+def test_predict_many_in_one_process_no_fail_and_no_stale_outputs(
+    small_slide, checkpoint, one_slide_json, tmp_path
+):
+    """--threads 1: this process classifies the slides in turn; --no-fail exits 0, and a
+    failed slide's output from an earlier run is removed, not left to be mistaken for its
+    result."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gone.json").write_text("{}")
+    argv = ["predict", str(small_slide), str(tmp_path / "gone.svs"), "--checkpoint"]
+    assert main([*argv, str(checkpoint), "--out-dir", str(out), "--no-fail"]) == 0
+    _same_prediction(out / f"{small_slide.stem}.json", one_slide_json)
+    assert not (out / "gone.json").exists()
+    table = (out / "predictions.tsv").read_text()
+    assert "failed" in table and "slide file not found" in table
+
+
+def test_predict_many_slides_usage_errors(small_slide, checkpoint, tmp_path, capsys):
+    twin = tmp_path / "other" / small_slide.name
+    twin.parent.mkdir()
+    twin.write_bytes(small_slide.read_bytes())
+    argv = ["predict", str(small_slide), str(twin), "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--json", str(tmp_path / "p.json")]) != 0
+    assert "use --out-dir" in capsys.readouterr().err
+    assert main([*argv, "--out-dir", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "share the slide_id" in err
 
 
 def test_predict_cli_missing_slide_is_one_line_error(tmp_path, capsys):

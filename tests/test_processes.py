@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
 
-from zoommil.processes import starmap_in_processes
+from zoommil.processes import ProcessDied, map_isolated, starmap_in_processes
 
 _HELD: list = []
 
@@ -17,6 +18,20 @@ def _hold_a_named_semaphore(tag: int) -> tuple[int, str]:
     lock = multiprocessing.get_context("spawn").Lock()
     _HELD.append(lock)
     return tag, lock._semlock.name
+
+
+_OFFSET: list[int] = []
+
+
+def _remember_offset(offset: int) -> None:
+    _OFFSET[:] = [offset]
+
+
+def _square_or_die(tag: int) -> tuple[int, int]:
+    """Dies (as a crash in a C library or the OOM killer would end it) on tag 3."""
+    if tag == 3:
+        os._exit(9)
+    return tag * tag + _OFFSET[0], os.getpid()
 
 
 def _fail_on_one(tag: int) -> int:
@@ -40,3 +55,28 @@ def test_workers_exit_cleanly_and_unlink_their_semaphores():
 def test_an_error_in_a_worker_reaches_the_caller():
     with pytest.raises(ValueError, match="job 1 failed"):
         starmap_in_processes(_fail_on_one, [(0,), (1,), (2,)], 2)
+
+
+def test_a_dead_process_takes_only_its_own_task():
+    """Tag 3's process dies; the tasks in flight with it are rerun alone and succeed, every
+    other task is answered once, and tag 3 alone comes back as `ProcessDied`."""
+    outcomes = list(map_isolated(_square_or_die, range(7), 2, _remember_offset, (100,)))
+    indices = [i for i, _ in outcomes]
+    assert sorted(indices) == list(range(7))  # each task answered exactly once
+    by_index = dict(outcomes)
+    assert isinstance(by_index[3], ProcessDied)
+    assert "died" in by_index[3].reason
+    for tag in (0, 1, 2, 4, 5, 6):
+        assert by_index[tag][0] == tag * tag + 100  # the initializer ran in fresh processes too
+    assert os.getpid() not in {out[1] for t, out in outcomes if t != 3}
+
+
+def test_map_isolated_with_one_process_blames_the_task_at_once():
+    outcomes = dict(map_isolated(_square_or_die, [2, 3, 4], 1, _remember_offset, (0,)))
+    assert isinstance(outcomes[1], ProcessDied)
+    assert [outcomes[0][0], outcomes[2][0]] == [4, 16]
+
+
+def test_an_error_raised_in_map_isolated_reaches_the_caller():
+    with pytest.raises(ValueError, match="job 1 failed"):
+        list(map_isolated(_fail_on_one, [0, 1, 2], 2))

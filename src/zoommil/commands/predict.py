@@ -24,15 +24,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "encoder and its weights) is the one recorded in the checkpoint. Prints the class "
             "probabilities; --json writes them with the selected regions (level-0 "
             "coordinates) and attention weights; --heatmap draws the lowest magnification's "
-            "attention over the slide thumbnail."
+            "attention over the slide thumbnail. Several slides (or --out-dir): with "
+            "--threads N, min(N, slides) processes classify whole slides side by side, which "
+            "uses N cores better than N encoder processes on one slide's batches (a slide has "
+            "serial parts); exit 1 if any slide failed, 0 with --no-fail."
         ),
     )
-    parser.add_argument("slide", type=Path, help="slide file (any OpenSlide format)")
+    parser.add_argument(
+        "slides",
+        type=Path,
+        nargs="+",
+        metavar="SLIDE",
+        help="slide file(s), any OpenSlide format; several need --out-dir or are printed only",
+    )
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="checkpoint.pt of zoommil train"
     )
-    parser.add_argument("--json", type=Path, help="write the prediction JSON here")
-    parser.add_argument("--heatmap", type=Path, help="write the attention map PNG here")
+    parser.add_argument("--json", type=Path, help="write the prediction JSON here (one slide)")
+    parser.add_argument("--heatmap", type=Path, help="write the attention map PNG here (one slide)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        help=(
+            "any number of slides: write OUT/<slide_id>.json, OUT/<slide_id>.png (ZoomMIL's "
+            "attention) and OUT/predictions.tsv (one row per slide, failed ones with the "
+            "reason); a slide that fails does not stop the others"
+        ),
+    )
     parser.add_argument("--mpp", type=float, help="level-0 um/px, overriding the slide metadata")
     parser.add_argument(
         "--weights",
@@ -43,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device(parser)
     add_precision(parser, None)
-    add_encoder_threads(parser, default=1)
+    add_encoder_threads(parser, default=1)  # several slides: see the description
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -60,13 +78,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help=(
             "for workflows: a slide that cannot be read gets a failure marker as --json and "
-            "--heatmap (status, stage, reason; figures skip it with a note) and exit 0"
+            "--heatmap (status, stage, reason; figures skip it with a note) and exit 0; with "
+            "several slides, exit 0 although some failed (predictions.tsv lists them)"
         ),
     )
-    parser.set_defaults(func=run, outputs=lambda a: [a.json, a.heatmap], stage="predict")
+    parser.set_defaults(func=run, outputs=_outputs, stage="predict")
+
+
+def _outputs(args: argparse.Namespace) -> list[Path | None]:
+    """What the CLI checks for writability first (and, for one slide with --no-fail, where
+    the failure markers go)."""
+    if args.out_dir is not None:
+        return [args.out_dir / "predictions.tsv"]
+    return [args.json, args.heatmap]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ZoomMILError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        raise ZoomMILError(f"--workers must be >= 0, got {args.workers}")
+    if len(args.slides) > 1 or args.out_dir is not None:
+        return _run_many(args)
+    args.slide = args.slides[0]
+    return _run_one(args)
+
+
+def _run_one(args: argparse.Namespace) -> int:
+    """One slide, errors raised (the CLI turns a `SlideError` into markers with --no-fail)."""
     from zoommil.device import resolve_device
     from zoommil.features.encoder_pool import EncoderRecipe, cpu_encoder, set_encoder_threads
     from zoommil.features.extraction import default_workers
@@ -75,10 +114,6 @@ def run(args: argparse.Namespace) -> int:
     from zoommil.reporting.attention import save_heatmap
     from zoommil.wsi.patches import ReaderPool
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ZoomMILError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers is not None and args.workers < 0:
-        raise ZoomMILError(f"--workers must be >= 0, got {args.workers}")
     device = resolve_device(args.device)
     set_encoder_threads(device, args.threads)
     workers = default_workers(device) if args.workers is None else args.workers
@@ -108,10 +143,70 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.slide}: --heatmap needs a ZoomMIL checkpoint "
                 "(attention over the zoomed regions)"
             )
-    probs = ", ".join(f"{c}={p:.3f}" for c, p in result["probabilities"].items())
     counts = json.dumps(result["patches_per_mag"])
-    print(
+    print(f"{_summary(result)} {counts}")
+    return 0
+
+
+def _summary(result: dict) -> str:
+    probs = ", ".join(f"{c}={p:.3f}" for c, p in result["probabilities"].items())
+    return (
         f"{result['slide_id']}: {result['predicted']} ({probs}); "
-        f"{result['patches_encoded']} patches encoded {counts}"
+        f"{result['patches_encoded']} patches encoded"
     )
+
+
+def _run_many(args: argparse.Namespace) -> int:
+    """Several slides: each one's failure is a row, the others go on (see cohort.py)."""
+    from zoommil.device import resolve_device
+    from zoommil.inference.cohort import (
+        Settings,
+        SlideTask,
+        predict_slides,
+        tasks_in_dir,
+        write_table,
+    )
+    from zoommil.inference.predict import Predictor
+
+    if args.json or args.heatmap:
+        raise ZoomMILError(
+            "--json and --heatmap name one slide's files; with several slides or --out-dir, "
+            "use --out-dir alone"
+        )
+    device = resolve_device(args.device)
+    predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
+    if args.out_dir is not None:
+        tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=predictor.arch == "zoommil")
+    else:
+        tasks = [SlideTask(str(s)) for s in args.slides]
+    settings = Settings(predictor, str(device), args.precision, args.batch_size, args.mpp)
+
+    def report(row: dict) -> None:
+        if row["status"] == "ok":
+            print(_summary(row), flush=True)
+        else:
+            print(f"zoommil predict: {row['slide']}: {row['reason']}", file=sys.stderr)
+
+    summary = predict_slides(
+        settings, tasks, args.threads, progress=sys.stderr.isatty(), on_row=report
+    )
+    rows = summary["rows"]
+    if args.out_dir is not None:
+        table = write_table(args.out_dir / "predictions.tsv", rows, predictor.classes)
+        print(f"wrote {table}")
+    rate = summary["slides_per_hour"]
+    print(
+        f"{len(rows) - summary['failed']} of {len(rows)} slides classified in "
+        f"{summary['wall_seconds']:.1f} s"
+        + (f" ({rate:.0f} slides/h)" if rate else "")
+        + f" by {summary['processes']} process(es) x {summary['threads_per_process']} "
+        "thread(s)"
+    )
+    if summary["failed"]:
+        print(
+            f"zoommil predict: {summary['failed']} of {len(rows)} slides failed"
+            + (" (--no-fail: exit 0)" if args.no_fail else ""),
+            file=sys.stderr,
+        )
+        return 0 if args.no_fail else 1
     return 0

@@ -1,0 +1,266 @@
+"""Classify many slides: whole slides spread over single-threaded processes.
+
+One slide with ``--threads N`` spreads its patch batches over N encoder processes, but a slide
+also has serial parts (imports, tissue detection, tiling, the zoom steps between
+magnifications) that leave cores idle. Slides are independent, so with several slides each
+core classifies whole slides: ``min(N, slides)`` processes, each with its share of the threads
+(one, once there are at least as many slides as cores) and its own reading, as `zoommil
+profile --threads N` does. A slide that cannot be classified is a failure row naming the
+reason (its outputs are removed, not left stale) and the others go on; a process that dies
+takes only its own slide with it (`zoommil.processes.map_isolated`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoommil.errors import SlideError, ZoomMILError
+from zoommil.features.encoder_pool import (
+    AnyEncoder,
+    EncoderRecipe,
+    cpu_encoder,
+    set_encoder_threads,
+)
+from zoommil.features.extraction import default_workers
+from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+from zoommil.io.atomic import write_text_atomic
+from zoommil.io.jsonio import write_json
+from zoommil.processes import ProcessDied, map_isolated
+from zoommil.wsi.patches import ReaderPool
+
+
+@dataclass(frozen=True)
+class SlideTask:
+    """One slide to classify and where its prediction JSON and attention map go (or None)."""
+
+    slide: str
+    json: str | None = None
+    heatmap: str | None = None
+
+    @property
+    def slide_id(self) -> str:
+        return Path(self.slide).stem
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every process needs to classify a slide like the others (all picklable)."""
+
+    predictor: Predictor
+    device: str = "cpu"
+    precision: str | None = None
+    batch_size: int | None = None
+    mpp: float | None = None
+
+
+def tasks_in_dir(
+    slides: Sequence[str | Path], out_dir: str | Path, heatmaps: bool
+) -> list[SlideTask]:
+    """``OUT/<slide_id>.json`` (and ``.png`` with ``heatmaps``) for each slide; two slides with
+    the same file stem would overwrite each other's outputs, so they are an error."""
+    seen: dict[str, str] = {}
+    tasks = []
+    for slide in slides:
+        stem = Path(slide).stem
+        if stem in seen:
+            raise ZoomMILError(
+                f"{slide} and {seen[stem]} share the slide_id {stem!r}: their outputs in "
+                f"{out_dir} would overwrite each other"
+            )
+        seen[stem] = str(slide)
+        png = Path(out_dir, f"{stem}.png") if heatmaps else None
+        tasks.append(SlideTask(str(slide), str(Path(out_dir, f"{stem}.json")), png and str(png)))
+    return tasks
+
+
+def predict_slides(
+    settings: Settings,
+    tasks: Sequence[SlideTask],
+    threads: int | None,
+    progress: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Classify ``tasks``; returns the rows in input order plus how they were spread.
+
+    ``threads`` on CPU: ``min(threads, len(tasks))`` processes when there are several slides,
+    else this process with ``threads`` encoder processes (0/None: torch's default threads).
+    ``on_row`` sees each row as its slide finishes (in finishing order).
+    """
+    device = torch.device(settings.device)
+    processes = 1
+    if device.type == "cpu" and threads and len(tasks) > 1:
+        processes = min(int(threads), len(tasks))
+    start = time.perf_counter()
+    rows: list[dict[str, Any] | None] = [None] * len(tasks)
+    bar = _bar(len(tasks), progress)
+    if processes == 1:
+        outcomes = _in_this_process(settings, tasks, threads)
+    else:
+        share = max(1, int(threads) // processes)
+        outcomes = map_isolated(_task_in_worker, tasks, processes, _init_worker, (settings, share))
+    for index, outcome in outcomes:
+        row = outcome if isinstance(outcome, dict) else _failure(tasks[index], outcome.reason)
+        if isinstance(outcome, ProcessDied):
+            _remove_outputs(tasks[index])
+        rows[index] = row
+        if on_row:
+            on_row(row)
+        bar.update()
+    bar.close()
+    wall = time.perf_counter() - start
+    done = [r for r in rows if r is not None]
+    ok = sum(r["status"] == "ok" for r in done)
+    return {
+        "rows": done,
+        "processes": processes,
+        "threads_per_process": (max(1, int(threads) // processes) if threads else 0),
+        "wall_seconds": wall,
+        "slides_per_hour": 3600.0 * ok / wall if ok and wall > 0 else None,
+        "failed": len(done) - ok,
+    }
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="slide", desc="predict", disable=not enabled)
+
+
+def _in_this_process(
+    settings: Settings, tasks: Sequence[SlideTask], threads: int | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """This process, with a reader process ahead of the encoder and, for ``threads`` > 1 on
+    CPU, that many encoder processes sharing each slide's batches."""
+    device = torch.device(settings.device)
+    set_encoder_threads(device, threads)
+    predictor = settings.predictor
+    with ReaderPool(default_workers(device)) as reader:
+        reader.start()  # its start-up overlaps building the encoder
+        encoder, _ = make_encoder(predictor, device=settings.device, precision=settings.precision)
+        r = predictor.recipe
+        recipe = EncoderRecipe(r.encoder, r.weights, r.weights_seed)
+        with cpu_encoder(encoder, recipe, threads) as runner:
+            for index, task in enumerate(tasks):
+                yield index, classify(settings, task, runner, reader)
+
+
+#: A worker process's settings (`_init_worker`) and its encoder, built at its first slide so
+#: that a failure to build it is that slide's failure row.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(settings: Settings, threads: int) -> None:
+    _WORKER.clear()
+    _WORKER["settings"] = settings
+    torch.set_num_threads(threads)
+
+
+def _task_in_worker(task: SlideTask) -> dict[str, Any]:
+    settings: Settings = _WORKER["settings"]
+    if "encoder" not in _WORKER:
+        try:
+            _WORKER["encoder"], _ = make_encoder(
+                settings.predictor, device=settings.device, precision=settings.precision
+            )
+        except Exception as error:  # noqa: BLE001 - that slide's failure row
+            return _failure(task, f"cannot build the encoder: {_one_line(error)}")
+    return classify(settings, task, _WORKER["encoder"], ReaderPool(0))
+
+
+def classify(
+    settings: Settings, task: SlideTask, encoder: AnyEncoder, reader: ReaderPool
+) -> dict[str, Any]:
+    """Classify one slide and write its outputs; any error is the slide's failure row."""
+    from zoommil.reporting.attention import save_heatmap
+
+    tic = time.perf_counter()
+    try:
+        result = predict_slide(
+            settings.predictor,
+            task.slide,
+            encoder,
+            mpp=settings.mpp,
+            batch_size=settings.batch_size,
+            reader=reader,
+        )
+        if task.json:
+            write_json(task.json, result)
+        if task.heatmap and result["attention"]:
+            save_heatmap(task.heatmap, task.slide, result, mpp=settings.mpp)
+    except Exception as error:  # noqa: BLE001 - one slide's failure never stops the others
+        _remove_outputs(task)
+        reason = error.reason if isinstance(error, SlideError) else _one_line(error)
+        return _failure(task, reason)
+    return {
+        "slide_id": task.slide_id,
+        "slide": task.slide,
+        "status": "ok",
+        "predicted": result["predicted"],
+        "probabilities": result["probabilities"],
+        "patches_encoded": result["patches_encoded"],
+        "seconds": time.perf_counter() - tic,
+        "reason": "",
+        "pid": os.getpid(),
+    }
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    detail = text[0] if text else ""
+    if isinstance(error, ZoomMILError):
+        return detail or type(error).__name__
+    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+
+
+def _failure(task: SlideTask, reason: str) -> dict[str, Any]:
+    return {
+        "slide_id": task.slide_id,
+        "slide": task.slide,
+        "status": "failed",
+        "predicted": "",
+        "probabilities": {},
+        "patches_encoded": 0,
+        "seconds": 0.0,
+        "reason": reason,
+        "pid": os.getpid(),
+    }
+
+
+def _remove_outputs(task: SlideTask) -> None:
+    """A failed slide keeps no output of an earlier run: the folder says what this run found."""
+    for path in (task.json, task.heatmap):
+        if path:
+            Path(path).unlink(missing_ok=True)
+
+
+def write_table(path: str | Path, rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> Path:
+    """``predictions.tsv``: one row per slide, ok or failed, with the class probabilities."""
+    columns = ["slide_id", "status", "predicted", *(f"p_{c}" for c in classes)]
+    columns += ["patches_encoded", "seconds", "reason", "slide"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        probs = [f"{row['probabilities'][c]:.6f}" if row["probabilities"] else "" for c in classes]
+        writer.writerow(
+            [
+                row["slide_id"],
+                row["status"],
+                row["predicted"],
+                *probs,
+                row["patches_encoded"],
+                f"{row['seconds']:.2f}",
+                row["reason"],
+                row["slide"],
+            ]
+        )
+    return write_text_atomic(path, buffer.getvalue())
