@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from zoommil.errors import ZoomMILError
 from zoommil.processes import ProcessDied, map_isolated, starmap_in_processes
 
 _HELD: list = []
@@ -80,3 +81,14 @@ def test_map_isolated_with_one_process_blames_the_task_at_once():
 def test_an_error_raised_in_map_isolated_reaches_the_caller():
     with pytest.raises(ValueError, match="job 1 failed"):
         list(map_isolated(_fail_on_one, [0, 1, 2], 2))
+
+
+def _die_on_one(tag: int) -> int:
+    if tag == 1:
+        os._exit(9)
+    return tag
+
+
+def test_a_dead_worker_in_starmap_is_an_error_not_a_hang():
+    with pytest.raises(ZoomMILError, match="worker process died"):
+        starmap_in_processes(_die_on_one, [(0,), (1,), (2,)], 2)

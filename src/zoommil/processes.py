@@ -1,13 +1,15 @@
-"""Work spread over spawned processes that are let to exit, not killed, and that lose only
-their own task when one dies.
+"""Work spread over spawned processes that exit on their own, and whose death is an answer,
+not a hang.
 
-`multiprocessing.Pool` used as a context manager *terminates* its workers on the way out. A
-worker killed that way skips its exit handlers, so a named semaphore it created (tqdm makes one
-for its progress-bar lock the first time a bar is built, even a disabled one) stays registered
-with the resource tracker, which then prints "There appear to be N leaked semaphore objects"
-into the job's log when the parent exits: about every second `zoommil profile --threads all`
-log of the demo carried that warning. Closing and joining the pool first lets each worker run
-its handlers and unlink what it made.
+`multiprocessing.Pool` has two traps. Used as a context manager it *terminates* its workers,
+and a worker killed that way skips its exit handlers, so a named semaphore it created (tqdm
+makes one for its progress-bar lock, even for a disabled bar) stays registered with the
+resource tracker, which prints "There appear to be N leaked semaphore objects" into the job's
+log: about every second `zoommil profile --threads all` log of the demo carried that warning.
+And a worker that dies (killed, out of memory, a crash in a C library) loses its task, for which
+the pool then waits forever. `ProcessPoolExecutor` workers exit on their own after the work,
+and a dead one breaks the executor (`BrokenProcessPool`), which these functions turn into an
+error or a per-task outcome.
 """
 
 from __future__ import annotations
@@ -20,18 +22,28 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from zoommil.errors import ZoomMILError
+
+#: What is known of a worker process that died under a task.
+DIED = "killed, out of memory, or a crash in a C library"
+
 
 def starmap_in_processes(
     fn: Callable[..., Any], args: Iterable[Sequence[Any]], processes: int
 ) -> list[Any]:
     """``[fn(*a) for a in args]`` over ``processes`` spawned processes (no inherited thread
-    pools or locks), in order; the workers exit on their own once the work is done."""
+    pools or locks), in order; the workers exit on their own once the work is done. A worker
+    that dies is a `ZoomMILError` (a `Pool` would wait for its result forever)."""
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(processes) as pool:
-        results = pool.starmap(fn, args)
-        pool.close()  # on an error the with-block terminates the workers instead
-        pool.join()
-    return results
+    with ProcessPoolExecutor(processes, ctx) as pool:
+        futures = [pool.submit(fn, *a) for a in args]
+        try:
+            return [future.result() for future in futures]
+        except BrokenProcessPool:
+            raise ZoomMILError(f"a worker process died ({DIED})") from None
+        finally:
+            for future in futures:  # after an error: the rest is not started
+                future.cancel()
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class ProcessDied:
     crash inside a C library) while it ran alone: with one process at once, else when rerun
     alone after dying among others."""
 
-    reason: str = "its worker process died (killed, out of memory, or a crash in a C library)"
+    reason: str = f"its worker process died ({DIED})"
 
 
 def map_isolated(

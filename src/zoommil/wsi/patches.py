@@ -9,16 +9,22 @@ matching quadrant of its parent at the finer scale.
 Why processes: decoding JPEG tiles and resizing costs about as much as a fast encoder; in their
 own (spawned, single-threaded) processes they run while the encoder computes. `ReaderPool`
 keeps a bounded window of chunks in flight, so memory is a few batches whatever the slide's
-size, and it is kept alive across slides (spawning costs about a second). This module imports
-neither torch nor the encoder, so reader processes start fast and stay small.
+size, and it is kept alive across slides (spawning costs about a second). A reader process
+that dies (a crash inside OpenSlide, the out-of-memory killer) has its chunks read again by
+fresh readers once, and a second death is the slide's `SlideError`, not a command that waits
+forever for its chunk, as with a `multiprocessing.Pool`. This module imports neither torch nor
+the encoder, so reader processes start fast and stay small.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +34,8 @@ import openslide
 
 from zoommil.errors import SlideError
 from zoommil.wsi.lattice import descendant_offsets
+
+log = logging.getLogger(__name__)
 
 
 def derive_patches(
@@ -171,6 +179,14 @@ def _init_reader() -> None:
     cv2.setNumThreads(1)
 
 
+def _started() -> None:
+    """A no-op task: the executor starts a process for each task while none is idle."""
+
+
+#: Why a slide's read failed when its reader process died under it.
+READER_DIED = "a reader process died while reading it (a crash inside OpenSlide, or out of memory)"
+
+
 class ReaderPool:
     """Spawned reader processes that read `RegionTask` chunks ahead of the consumer.
 
@@ -192,10 +208,12 @@ class ReaderPool:
         self._ensure()
         return self
 
-    def _ensure(self) -> Any:
+    def _ensure(self) -> ProcessPoolExecutor | None:
         if self._pool is None and self.workers > 0:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(self.workers, initializer=_init_reader)
+            self._pool = ProcessPoolExecutor(self.workers, ctx, initializer=_init_reader)
+            for _ in range(self.workers):
+                self._pool.submit(_started)
         return self._pool
 
     def imap(self, tasks: Iterable[RegionTask]) -> Iterator[np.ndarray]:
@@ -205,15 +223,47 @@ class ReaderPool:
             for task in tasks:
                 yield self._checked(task, read_task(task))
             return
-        pending: deque[tuple[RegionTask, Any]] = deque()
-        for task in tasks:
-            pending.append((task, pool.apply_async(read_task, (task,))))
-            if len(pending) >= self.window:
-                head, result = pending.popleft()
-                yield self._checked(head, result.get())
-        while pending:
-            head, result = pending.popleft()
-            yield self._checked(head, result.get())
+        pending: deque[tuple[RegionTask, Future]] = deque()
+        retried = False
+
+        def submit(task: RegionTask) -> Future:
+            try:
+                return pool.submit(read_task, task)
+            except BrokenProcessPool as error:  # a reader died since the last chunk
+                failed: Future = Future()
+                failed.set_exception(error)
+                return failed
+
+        def take() -> np.ndarray:
+            """The oldest chunk; after a reader's death, all pending chunks go to fresh
+            readers once (an OOM kill may not recur), and a second death is the slide's."""
+            nonlocal pool, retried
+            task, future = pending[0]
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                self._shutdown(wait=False)  # broken for good: the next read starts a fresh pool
+                if retried:
+                    raise SlideError(task.slide, READER_DIED) from None
+                retried = True
+                log.warning("%s: %s; reading again with fresh readers", task.slide, READER_DIED)
+                pool = self._ensure()
+                for i, (again, _) in enumerate(pending):
+                    pending[i] = (again, submit(again))
+                return take()
+            pending.popleft()
+            return self._checked(task, result)
+
+        try:
+            for task in tasks:
+                pending.append((task, submit(task)))
+                if len(pending) >= self.window:
+                    yield take()
+            while pending:
+                yield take()
+        finally:
+            for _, future in pending:  # a consumer that stops early leaves nothing queued
+                future.cancel()
 
     @staticmethod
     def _checked(task: RegionTask, result: np.ndarray | str) -> np.ndarray:
@@ -221,11 +271,14 @@ class ReaderPool:
             raise SlideError(task.slide, result)
         return result
 
+    def _shutdown(self, wait: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=True)
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        """Let the reader processes finish their chunk and exit (queued chunks are dropped)."""
+        self._shutdown(wait=True)
         close_handles()
 
     def __enter__(self) -> ReaderPool:
