@@ -14,9 +14,9 @@ from zoommil.errors import ZoomMILError
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="classify a slide by zooming (reads only the selected regions)",
+        help="classify slides by zooming (reads only the selected regions)",
         description=(
-            "Classify one slide with a trained checkpoint. ZoomMIL encodes the tissue patches "
+            "Classify slides with a trained checkpoint. ZoomMIL encodes the tissue patches "
             "of the lowest magnification, selects K, and reads and encodes only the "
             "descendants of the selected patches at each higher magnification "
             "(N_low + K*4^d1 + K*4^d2 + ... patches). Other models encode every tissue patch "
