@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -175,7 +176,9 @@ def read_task(task: RegionTask) -> np.ndarray | str:
 
 
 def _init_reader() -> None:
-    """Readers are single-threaded: the cores belong to the encoder."""
+    """Readers are single-threaded (the cores belong to the encoder) and leave Ctrl-C to the
+    parent, which then lets them finish their chunk and exit (no traceback of theirs)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
 
 
