@@ -92,3 +92,51 @@ def _die_on_one(tag: int) -> int:
 def test_a_dead_worker_in_starmap_is_an_error_not_a_hang():
     with pytest.raises(ZoomMILError, match="worker process died"):
         starmap_in_processes(_die_on_one, [(0,), (1,), (2,)], 2)
+
+
+_PARENT_WITH_A_READER = """
+import multiprocessing, sys, time
+from zoommil.wsi.patches import ReaderPool
+
+if __name__ == "__main__":
+    pool = ReaderPool(1).start()
+    pool._pool.submit(int).result()  # the reader is up and initialised
+    print(*[c.pid for c in multiprocessing.active_children()], flush=True)
+    time.sleep(120)
+"""
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie nobody reaps (PID 1 of a container may not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_reader_processes_exit_when_their_parent_is_killed(tmp_path):
+    """A parent killed outright runs no clean-up; its idle readers used to wait on their task
+    queue forever (an orphan holding its memory)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT_WITH_A_READER)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        readers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(readers) == 1
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while not all(_exited(pid) for pid in readers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in readers if not _exited(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "a reader outlived its killed parent"

@@ -15,6 +15,9 @@ error or a per-task outcome.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -26,6 +29,24 @@ from zoommil.errors import ZoomMILError
 
 #: What is known of a worker process that died under a task.
 DIED = "killed, out of memory, or a crash in a C library"
+
+
+def exit_with_parent(every_s: float = 1.0) -> None:
+    """Call in a worker process: it exits once its parent is gone.
+
+    A parent killed outright (SIGKILL, the OOM killer, a cancelled job's SIGTERM) runs no
+    clean-up, and an idle `ProcessPoolExecutor` worker then waits on its task queue forever
+    (it holds that queue's write end itself, so no end-of-file comes): an orphan holding its
+    memory until the machine reboots. A daemon thread polls the parent's pid.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def starmap_in_processes(

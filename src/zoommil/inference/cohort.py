@@ -34,7 +34,7 @@ from zoommil.features.extraction import default_workers
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
-from zoommil.processes import ProcessDied, map_isolated
+from zoommil.processes import ProcessDied, exit_with_parent, map_isolated
 from zoommil.wsi.patches import ReaderPool
 
 
@@ -159,6 +159,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(settings: Settings, threads: int) -> None:
+    exit_with_parent()
     _WORKER.clear()
     _WORKER["settings"] = settings
     torch.set_num_threads(threads)

@@ -34,6 +34,7 @@ import numpy as np
 import openslide
 
 from zoommil.errors import SlideError
+from zoommil.processes import exit_with_parent
 from zoommil.wsi.lattice import descendant_offsets
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ def _init_reader() -> None:
     parent, which then lets them finish their chunk and exit (no traceback of theirs)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
+    exit_with_parent()
 
 
 def _started() -> None:
