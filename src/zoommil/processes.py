@@ -36,8 +36,8 @@ def exit_with_parent(every_s: float = 1.0) -> None:
 
     A parent killed outright (SIGKILL, the OOM killer, a cancelled job's SIGTERM) runs no
     clean-up, and an idle `ProcessPoolExecutor` worker then waits on its task queue forever
-    (it holds that queue's write end itself, so no end-of-file comes): an orphan holding its
-    memory until the machine reboots. A daemon thread polls the parent's pid.
+    (it holds that queue's write end itself, so no end-of-file comes), an orphan holding its
+    memory. A daemon thread polls the parent's pid.
     """
     parent = os.getppid()
 
