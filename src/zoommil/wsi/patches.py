@@ -12,8 +12,9 @@ keeps a bounded window of chunks in flight, so memory is a few batches whatever 
 size, and it is kept alive across slides (spawning costs about a second). A reader process
 that dies (a crash inside OpenSlide, the out-of-memory killer) has its chunks read again by
 fresh readers once, and a second death is the slide's `SlideError`, not a command that waits
-forever for its chunk, as with a `multiprocessing.Pool`. This module imports neither torch nor
-the encoder, so reader processes start fast and stay small.
+forever for its chunk, as with a `multiprocessing.Pool` (except for a reader killed while it
+writes a chunk back: the executor then waits for the rest of that message). This module
+imports neither torch nor the encoder, so reader processes start fast and stay small.
 """
 
 from __future__ import annotations
