@@ -107,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_one(args: argparse.Namespace) -> int:
     """One slide, errors raised (the CLI turns a `SlideError` into markers with --no-fail)."""
     from zoommil.device import resolve_device
-    from zoommil.features.encoder_pool import EncoderRecipe, cpu_encoder, set_encoder_threads
+    from zoommil.features.encoder_pool import set_encoder_threads
     from zoommil.features.extraction import default_workers
-    from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+    from zoommil.inference.predict import Predictor, local_encoder, predict_slide
     from zoommil.io.jsonio import write_json
     from zoommil.reporting.attention import save_heatmap
     from zoommil.wsi.patches import ReaderPool
@@ -120,10 +120,7 @@ def _run_one(args: argparse.Namespace) -> int:
     with ReaderPool(workers) as reader:
         reader.start()  # its start-up overlaps loading the checkpoint and building the encoder
         predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
-        encoder, _ = make_encoder(predictor, device=device, precision=args.precision)
-        recipe = predictor.recipe
-        pool_recipe = EncoderRecipe(recipe.encoder, recipe.weights, recipe.weights_seed)
-        with cpu_encoder(encoder, pool_recipe, args.threads or None) as runner:
+        with local_encoder(predictor, device, args.precision, args.threads) as runner:
             result = predict_slide(
                 predictor,
                 args.slide,

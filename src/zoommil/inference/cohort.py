@@ -26,12 +26,10 @@ import torch
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder_pool import (
     AnyEncoder,
-    EncoderRecipe,
-    cpu_encoder,
     set_encoder_threads,
 )
 from zoommil.features.extraction import default_workers
-from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+from zoommil.inference.predict import Predictor, local_encoder, make_encoder, predict_slide
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
 from zoommil.processes import ProcessDied, exit_with_parent, map_isolated
@@ -99,13 +97,13 @@ def predict_slides(
     processes = 1
     if device.type == "cpu" and threads and len(tasks) > 1:
         processes = min(int(threads), len(tasks))
+    share = max(1, int(threads) // processes) if threads else 0  # torch threads per process
     start = time.perf_counter()
-    rows: list[dict[str, Any] | None] = [None] * len(tasks)
+    rows: list[dict[str, Any]] = [{}] * len(tasks)  # each index is answered once
     bar = _bar(len(tasks), progress)
     if processes == 1:
         outcomes = _in_this_process(settings, tasks, threads)
     else:
-        share = max(1, int(threads) // processes)
         outcomes = map_isolated(_task_in_worker, tasks, processes, _init_worker, (settings, share))
     for index, outcome in outcomes:
         row = outcome if isinstance(outcome, dict) else _failure(tasks[index], outcome.reason)
@@ -117,15 +115,14 @@ def predict_slides(
         bar.update()
     bar.close()
     wall = time.perf_counter() - start
-    done = [r for r in rows if r is not None]
-    ok = sum(r["status"] == "ok" for r in done)
+    ok = sum(r["status"] == "ok" for r in rows)
     return {
-        "rows": done,
+        "rows": rows,
         "processes": processes,
-        "threads_per_process": (max(1, int(threads) // processes) if threads else 0),
+        "threads_per_process": share,
         "wall_seconds": wall,
         "slides_per_hour": 3600.0 * ok / wall if ok and wall > 0 else None,
-        "failed": len(done) - ok,
+        "failed": len(rows) - ok,
     }
 
 
@@ -142,13 +139,9 @@ def _in_this_process(
     CPU, that many encoder processes sharing each slide's batches."""
     device = torch.device(settings.device)
     set_encoder_threads(device, threads)
-    predictor = settings.predictor
     with ReaderPool(default_workers(device)) as reader:
         reader.start()  # its start-up overlaps building the encoder
-        encoder, _ = make_encoder(predictor, device=settings.device, precision=settings.precision)
-        r = predictor.recipe
-        recipe = EncoderRecipe(r.encoder, r.weights, r.weights_seed)
-        with cpu_encoder(encoder, recipe, threads) as runner:
+        with local_encoder(settings.predictor, device, settings.precision, threads) as runner:
             for index, task in enumerate(tasks):
                 yield index, classify(settings, task, runner, reader)
 

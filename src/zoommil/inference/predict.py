@@ -27,7 +27,7 @@ from torch import nn
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
-from zoommil.features.encoder_pool import AnyEncoder
+from zoommil.features.encoder_pool import AnyEncoder, EncoderRecipe, cpu_encoder
 from zoommil.features.extraction import (
     StreamStats,
     default_batch_size,
@@ -353,6 +353,19 @@ def make_encoder(
         )
     precision = precision or recipe.precision
     return PatchEncoder(model, device=device, precision=precision), info
+
+
+@contextmanager
+def local_encoder(
+    predictor: Predictor, device: str | torch.device, precision: str | None, threads: int | None
+) -> Iterator[AnyEncoder]:
+    """The checkpoint's encoder in this process plus, for ``threads`` > 1 on CPU, encoder
+    processes that share its batches (`cpu_encoder`), closed on exit."""
+    encoder, _ = make_encoder(predictor, device=device, precision=precision)
+    r = predictor.recipe
+    recipe = EncoderRecipe(r.encoder, r.weights, r.weights_seed)
+    with cpu_encoder(encoder, recipe, threads) as runner:
+        yield runner
 
 
 def predict_slide(
