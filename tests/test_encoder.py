@@ -96,6 +96,34 @@ def test_bf16_close_to_fp32(random_encoder):
         PatchEncoder(model, precision="fp8")
 
 
+def test_frozen_cpu_encoder_matches_eager(random_encoder):
+    """The fp32 CPU default runs a TorchScript-frozen copy (BN folded): same features as the
+    eager module to float rounding, at any batch size, and the same twice in a row."""
+    model, _ = random_encoder
+    frozen, eager = PatchEncoder(model), PatchEncoder(model, frozen=False)
+    assert frozen.frozen and isinstance(frozen.model, torch.jit.ScriptModule)
+    assert not eager.frozen and eager.model is model
+    for n in (1, 3):
+        x = _patches(n, seed=n, size=256)
+        got = frozen.encode(x)
+        np.testing.assert_allclose(got, eager.encode(x), rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(frozen.encode(x), got)
+    # bf16 keeps its autocast path on the eager module
+    assert not PatchEncoder(model, precision="bf16").frozen
+
+
+def test_freeze_falls_back_to_eager():
+    """A network that cannot be traced runs eagerly instead of failing."""
+    from zoommil.features.frozen import freeze_for_cpu
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("no tracing here")
+
+    module = Untraceable()
+    assert freeze_for_cpu(module, 32) is module
+
+
 def _full_state(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     return resnet50(weights=None).state_dict()
