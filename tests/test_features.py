@@ -147,8 +147,8 @@ def test_started_reader_pool_runs_before_the_first_read_and_reads_the_same(tiny)
 def test_a_reader_process_that_dies_is_retried_once_then_the_slides_error(tiny):
     """A dead reader (the OOM killer, a crash inside OpenSlide): fresh readers read its chunks
     again, the same pixels; the fresh ones dead too, the read is a `SlideError` naming the
-    slide. A `multiprocessing.Pool` waited for the chunk forever. Readers are killed while idle:
-    one killed while writing a result can leave CPython's executor waiting for the rest of it."""
+    slide. A `multiprocessing.Pool` waited for the chunk forever. Readers are killed while idle
+    here; a death half-way through writing a result back is test_processes.py's wedge test."""
     import os
     import signal
     from multiprocessing.connection import wait as wait_for

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,6 +95,44 @@ def _die_on_one(tag: int) -> int:
 def test_a_dead_worker_in_starmap_is_an_error_not_a_hang():
     with pytest.raises(ZoomMILError, match="worker process died"):
         starmap_in_processes(_die_on_one, [(0,), (1,), (2,)], 2)
+
+
+def _die_mid_reply(tag: int) -> tuple[int, int]:
+    """Tag 3 dies the way a worker killed while writing its result back does: the result pipe
+    holds the start of a message (a 1 MiB header, 64 bytes of it) that never ends."""
+    if tag == 3:
+        frame = sys._getframe()
+        while frame.f_code.co_name != "_process_worker":  # CPython's worker loop holds the pipe
+            frame = frame.f_back
+        writer = frame.f_locals["result_queue"]._writer
+        os.write(writer.fileno(), struct.pack("!i", 1 << 20) + bytes(64))
+        os._exit(9)
+    return tag * tag + (_OFFSET[0] if _OFFSET else 0), os.getpid()
+
+
+@pytest.fixture
+def hang_alarm():
+    """Fail, not hang, if the executor waits for the rest of the message (as CPython's does)."""
+
+    def hung(*_):
+        raise TimeoutError("waited forever for a dead worker's half-written result")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_worker_dead_mid_reply_breaks_the_executor_instead_of_hanging_it(hang_alarm):
+    """CPython's manager thread reads the partial message forever (the other workers and the
+    parent hold the pipe's write end) and never notices the death; `wait_watched` does."""
+    outcomes = dict(map_isolated(_die_mid_reply, range(5), 2, _remember_offset, (0,)))
+    assert sorted(outcomes) == list(range(5))
+    assert isinstance(outcomes[3], ProcessDied)
+    assert [outcomes[i][0] for i in (0, 1, 2, 4)] == [0, 1, 4, 16]
+    with pytest.raises(ZoomMILError, match="worker process died"):
+        starmap_in_processes(_die_mid_reply, [(3,), (4,)], 2)
 
 
 _PARENT_WITH_A_READER = """

@@ -9,7 +9,8 @@ log: about every second `zoommil profile --threads all` log of the demo carried 
 And a worker that dies (killed, out of memory, a crash in a C library) loses its task, for which
 the pool then waits forever. `ProcessPoolExecutor` workers exit on their own after the work,
 and a dead one breaks the executor (`BrokenProcessPool`), which these functions turn into an
-error or a per-task outcome.
+error or a per-task outcome; `wait_watched` breaks it where CPython's executor misses a death
+(a worker killed half-way through writing its result back).
 """
 
 from __future__ import annotations
@@ -49,6 +50,66 @@ def exit_with_parent(every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+#: How often a caller waiting on an executor checks that its workers live (seconds).
+WATCH_S = 2.0
+
+
+def wait_watched(
+    pool: ProcessPoolExecutor, futures: Iterable[Future], every_s: float = WATCH_S
+) -> set[Future]:
+    """The futures that are done, once at least one is (`wait` with ``FIRST_COMPLETED``),
+    breaking ``pool`` when it has a dead worker that it fails to notice.
+
+    Why: a worker killed while it writes a large result back leaves a partial message in the
+    executor's result pipe. Its manager thread then reads on forever, since the parent and the
+    other workers still hold the pipe's write end, never looks at the dead worker's sentinel
+    and never fails the futures: the command hangs. Every ``every_s`` without a result this
+    checks the workers; a dead one still unnoticed a period later means the executor is wedged,
+    and `_break` makes it fail its futures with `BrokenProcessPool`, which callers already
+    handle as a death.
+    """
+    futures = list(futures)
+    dead_seen = False
+    while True:
+        done, _ = wait(futures, timeout=every_s, return_when=FIRST_COMPLETED)
+        if done:
+            return done
+        if not _has_dead_worker(pool):
+            dead_seen = False
+        elif dead_seen:  # a whole period after the death, and still no answer
+            _break(pool)
+        else:
+            dead_seen = True
+
+
+def result_watched(pool: ProcessPoolExecutor, future: Future, every_s: float = WATCH_S) -> Any:
+    """``future.result()`` that raises `BrokenProcessPool` instead of hanging on a wedged
+    ``pool`` (see `wait_watched`)."""
+    wait_watched(pool, [future], every_s)
+    return future.result()
+
+
+def _has_dead_worker(pool: ProcessPoolExecutor) -> bool:
+    # CPython's executor keeps its workers in ``_processes`` (3.8-3.13); without it nothing can
+    # be checked, and the wait is a plain one.
+    workers = getattr(pool, "_processes", None) or {}
+    return any(worker.exitcode is not None for worker in list(workers.values()))
+
+
+def _break(pool: ProcessPoolExecutor) -> None:
+    """Kill the executor's workers and close the parent's copy of the result pipe's write end:
+    with no writer left, the manager thread's read ends (EOF), and it fails every pending
+    future with `BrokenProcessPool`. The other workers must go too: the dead one may have held
+    the pipe's write lock, and they would wait for it forever."""
+    for worker in list((getattr(pool, "_processes", None) or {}).values()):
+        if worker.exitcode is None:
+            worker.kill()
+    queue = getattr(pool, "_result_queue", None)
+    writer = getattr(queue, "_writer", None)
+    if writer is not None:
+        writer.close()
+
+
 def starmap_in_processes(
     fn: Callable[..., Any], args: Iterable[Sequence[Any]], processes: int
 ) -> list[Any]:
@@ -59,7 +120,7 @@ def starmap_in_processes(
     with ProcessPoolExecutor(processes, ctx) as pool:
         futures = [pool.submit(fn, *a) for a in args]
         try:
-            return [future.result() for future in futures]
+            return [result_watched(pool, future) for future in futures]
         except BrokenProcessPool:
             raise ZoomMILError(f"a worker process died ({DIED})") from None
         finally:
@@ -101,7 +162,7 @@ def map_isolated(
                 while todo and len(in_flight) < processes:
                     index, item = todo.popleft()
                     in_flight[pool.submit(fn, item)] = (index, item)
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                done = wait_watched(pool, in_flight)
                 for future in done:
                     index, item = in_flight.pop(future)
                     if isinstance(future.exception(), BrokenProcessPool):
@@ -128,6 +189,7 @@ def _alone(
     """``fn(item)`` in a fresh process of its own (a suspect after a process died)."""
     with ProcessPoolExecutor(1, ctx, initializer, initargs) as pool:
         future = pool.submit(fn, item)
+        wait_watched(pool, [future])
         if isinstance(future.exception(), BrokenProcessPool):
             return ProcessDied()
         return future.result()

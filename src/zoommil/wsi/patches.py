@@ -12,9 +12,9 @@ keeps a bounded window of chunks in flight, so memory is a few batches whatever 
 size, and it is kept alive across slides (spawning costs about a second). A reader process
 that dies (a crash inside OpenSlide, the out-of-memory killer) has its chunks read again by
 fresh readers once, and a second death is the slide's `SlideError`, not a command that waits
-forever for its chunk, as with a `multiprocessing.Pool` (except for a reader killed while it
-writes a chunk back: the executor then waits for the rest of that message). This module
-imports neither torch nor the encoder, so reader processes start fast and stay small.
+forever for its chunk as with a `multiprocessing.Pool`, even when the reader died half-way
+through writing a chunk back (`zoommil.processes.result_watched`). This module imports neither
+torch nor the encoder, so reader processes start fast and stay small.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import openslide
 
 from zoommil.errors import SlideError
-from zoommil.processes import exit_with_parent
+from zoommil.processes import exit_with_parent, result_watched
 from zoommil.wsi.lattice import descendant_offsets
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ class ReaderPool:
             nonlocal pool, retried
             task, future = pending[0]
             try:
-                result = future.result()
+                result = result_watched(pool, future)
             except BrokenProcessPool:
                 self._shutdown(wait=False)  # broken for good: the next read starts a fresh pool
                 if retried:
