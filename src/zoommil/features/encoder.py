@@ -112,7 +112,7 @@ class PatchEncoder:
     and ``zoommil features`` and ``zoommil predict`` share one ``encode`` call on the lattice's
     uint8 patches (256 px at every magnification, whatever the encoder).
 
-    ``frozen``: run a TorchScript-frozen copy (`zoommil.features.frozen`, ~1.3x at fp32 on a
+    ``frozen``: run a TorchScript-frozen copy (`zoommil.features.frozen`, 1.37x at fp32 on a
     CPU); ``None`` decides by family, device and precision, ``False`` keeps the eager module.
     """
 

@@ -3,10 +3,11 @@ and the convolution weights packed once for oneDNN.
 
 Why: eager PyTorch re-lays out every convolution's weights for oneDNN on each call. Tracing
 the network, freezing it and running TorchScript's inference passes does that layout once and
-fuses conv + batch norm + ReLU. Measured on a 2-core AVX2 EPYC, 1 thread, the paper's ResNet-50
-to layer3 on 256 px patches: 4.2-4.6 -> 5.3-6.3 patches/s (about 1.3x), features equal to eager
-ones to ~3e-5 on values of ~10 (the summation order of the folded convolutions changes, not the
-maths). The first call costs what eager's first call costs (~2.5 s on that machine).
+fuses conv + batch norm + ReLU. Measured on a 2-core AVX2 EPYC, 1 thread, batch 8, the paper's
+ResNet-50 to layer3 on 256 px patches (`benchmarks/frozen_encoder.py`, medians of 6 alternating
+rounds): 4.64 -> 6.35 patches/s (1.37x), features equal to eager ones to at most ~5e-5 on values
+of ~10 (the summation order of the folded convolutions changes, not the maths). The first call
+costs what eager's first call costs (~2.5 s on that machine).
 
 Only fp32 on a CPU and only CNNs (``family == "resnet"``): bf16 autocast and CUDA have their
 own fast paths, and tracing a ViT would bake its token count into the graph. Where TorchScript
