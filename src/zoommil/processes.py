@@ -89,11 +89,14 @@ def result_watched(pool: ProcessPoolExecutor, future: Future, every_s: float = W
     return future.result()
 
 
+def _workers(pool: ProcessPoolExecutor) -> list[Any]:
+    """The executor's worker processes. CPython keeps them in ``_processes`` (3.8-3.13);
+    without it there are none to check or kill, and `wait_watched` is a plain wait."""
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
 def _has_dead_worker(pool: ProcessPoolExecutor) -> bool:
-    # CPython's executor keeps its workers in ``_processes`` (3.8-3.13); without it nothing can
-    # be checked, and the wait is a plain one.
-    workers = getattr(pool, "_processes", None) or {}
-    return any(worker.exitcode is not None for worker in list(workers.values()))
+    return any(worker.exitcode is not None for worker in _workers(pool))
 
 
 def _break(pool: ProcessPoolExecutor) -> None:
@@ -101,7 +104,7 @@ def _break(pool: ProcessPoolExecutor) -> None:
     with no writer left, the manager thread's read ends (EOF), and it fails every pending
     future with `BrokenProcessPool`. The other workers must go too: the dead one may have held
     the pipe's write lock, and they would wait for it forever."""
-    for worker in list((getattr(pool, "_processes", None) or {}).values()):
+    for worker in _workers(pool):
         if worker.exitcode is None:
             worker.kill()
     queue = getattr(pool, "_result_queue", None)
