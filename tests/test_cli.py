@@ -90,3 +90,47 @@ def test_a_failed_command_logs_no_usage_line(tmp_path):
     assert result.returncode == 2
     assert "file not found" in result.stderr
     assert "CPU-s" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["tile", "slide.svs", "--out", "c.h5"], "tile"),
+        (["-v", "features", "slide.svs"], "features"),
+        (["--version"], None),
+        (["bogus", "tile"], None),
+        ([], None),
+    ],
+)
+def test_the_command_is_found_after_the_global_options(argv, command):
+    from zoommil.cli import named_command
+
+    assert named_command(argv) == command
+
+
+def test_a_command_registers_only_itself_and_skips_scipy():
+    """`tissue` and `synth` import scipy (~0.5 s) when registered; `inspect`, one job per
+    slide, must not pay for it."""
+    probe = (
+        "import sys\n"
+        "from zoommil.cli import main\n"
+        "try:\n"
+        "    main(['inspect', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('scipy' in sys.modules, 'zoommil.commands.tissue' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_an_unknown_command_still_lists_every_command(capsys):
+    from zoommil.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert all(name in err for name in COMMANDS)

@@ -14,7 +14,7 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +36,8 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
+    """The parser with ``commands`` registered (each one imports its module)."""
     parser = argparse.ArgumentParser(
         prog="zoommil",
         description=(
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zoommil {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in commands:
         importlib.import_module(f"zoommil.commands.{name}").add_parser(subparsers)
     return parser
 
@@ -135,8 +136,21 @@ def _torch_threads_kept() -> Iterator[None]:
             torch.set_num_threads(saved)
 
 
+def named_command(argv: Sequence[str]) -> str | None:
+    """The command named on the command line, or None (no command, or an unknown one).
+
+    Why: registering a command imports its module, and `tissue` and `synth` import scipy
+    (~0.5 s); the workflow starts one `zoommil` process per slide and stage, so each
+    registers only the command it runs. The global options take no value, so the first
+    word that is not an option is the command.
+    """
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    command = named_command(sys.argv[1:] if argv is None else argv)
+    parser = build_parser((command,) if command else COMMANDS)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
