@@ -46,6 +46,8 @@ def test_building_the_parser_does_not_import_torch():
         # a training process on CPU: deterministic-algorithm setup imported torch._inductor;
         # scikit-learn's metrics cost ~2 s per training job (zoommil.training.metrics)
         ("zoommil.training.trainer", ("torchvision", "torch._inductor", "sklearn")),
+        # tissue and tile, two jobs per slide: SciPy's ndimage alone cost ~0.45 s each
+        ("zoommil.wsi.tiling", ("scipy", "torchvision")),
     ],
 )
 def test_per_job_imports_stay_light(module: str, absent: tuple[str, ...]):

@@ -12,6 +12,7 @@ from zoommil.cli import main
 from zoommil.errors import ZoomMILError
 from zoommil.wsi.tissue import (
     detect_tissue,
+    label_components,
     load_mask,
     method_params,
     parse_param_args,
@@ -32,6 +33,24 @@ def blobs_image(centres, size=(200, 300), radius=25, seed=0) -> tuple[np.ndarray
     tissue = np.array([200, 110, 170], dtype=np.float32) + rng.normal(0, 10, (h, w, 3))
     rgb[truth] = tissue[truth]
     return np.clip(rgb, 0, 255).astype(np.uint8), truth
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_components_are_labelled_as_scipy_labels_them(seed):
+    """The largest component wins ties by its label, so the numbering must stay SciPy's
+    (raster order, 4-connectivity), not only the partition."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        h, w = rng.integers(1, 120, 2)
+        mask = rng.random((h, w)) < rng.uniform(0.2, 0.8)
+        if seed % 2:  # blobs instead of salt and pepper
+            mask = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2) > 0.5
+        labels, n = label_components(mask)
+        expected, expected_n = ndimage.label(mask)
+        assert n == expected_n
+        np.testing.assert_array_equal(labels, expected)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "otsu"])

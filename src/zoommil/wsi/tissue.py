@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 import openslide
 from PIL import Image, PngImagePlugin
-from scipy import ndimage
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import atomic_path
@@ -121,6 +120,19 @@ def _saturation(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
 
 
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of a boolean mask: labels 1..n in raster order, 0 = background.
+
+    The same labels as ``scipy.ndimage.label`` (tested), from OpenCV, which this module
+    imports anyway: importing SciPy's ndimage cost ~0.45 s in every tissue, tile, predict
+    and profile process.
+    """
+    n, labels = cv2.connectedComponents(
+        np.ascontiguousarray(mask, dtype=np.uint8), connectivity=4, ltype=cv2.CV_32S
+    )
+    return labels, n - 1
+
+
 def gaussian_tissue_mask(
     rgb: np.ndarray,
     sigma: float = 20.0,
@@ -152,7 +164,7 @@ def gaussian_tissue_mask(
             break
         thr = _otsu(positive)
         fg = blurred >= max(thr, 1e-6)
-        labels, n = ndimage.label(fg)
+        labels, n = label_components(fg)
         if n == 0:
             break
         sizes = np.bincount(labels.ravel())
@@ -188,7 +200,7 @@ def otsu_tissue_mask(
         kernel = np.ones((int(close_kernel),) * 2, dtype=np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
     min_px = min_area_um2 / (mask_mpp * mask_mpp)
-    labels, n = ndimage.label(mask)
+    labels, n = label_components(mask)
     if n:
         sizes = np.bincount(labels.ravel())
         keep = sizes >= min_px
