@@ -42,7 +42,6 @@ CONDA_NAME = {
 NOT_IN_ENVS = {"snakemake"}
 # pyproject name -> import name, for the import check.
 IMPORT_NAME = {
-    "scikit-image": "skimage",
     "scikit-learn": "sklearn",
     "opencv-python-headless": "cv2",
     "openslide-python": "openslide",

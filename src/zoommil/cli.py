@@ -139,10 +139,10 @@ def _torch_threads_kept() -> Iterator[None]:
 def named_command(argv: Sequence[str]) -> str | None:
     """The command named on the command line, or None (no command, or an unknown one).
 
-    Why: registering a command imports its module, and `tissue` and `synth` import scipy
-    (~0.5 s); the workflow starts one `zoommil` process per slide and stage, so each
-    registers only the command it runs. The global options take no value, so the first
-    word that is not an option is the command.
+    Why: registering a command imports its module, ~0.3 s for `synth`'s painting code (and
+    was ~0.5 s for `tissue` while it used SciPy); the workflow starts one `zoommil` process
+    per slide and stage, so each registers only the command it runs. The global options
+    take no value, so the first word that is not an option is the command.
     """
     first = next((word for word in argv if not word.startswith("-")), None)
     return first if first in COMMANDS else None
