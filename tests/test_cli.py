@@ -21,19 +21,21 @@ def test_every_command_has_help(capsys):
         assert f"usage: zoommil {name}" in capsys.readouterr().out
 
 
-def test_building_the_parser_does_not_import_torch():
-    """Importing torch + torchvision costs seconds per call, and inspect/tissue/tile (three
-    jobs per slide) would pay it for nothing: it was ~5 s of a ~6 s `zoommil inspect`."""
-    probe = (
-        "import sys\n"
-        "from zoommil.cli import build_parser\n"
-        "build_parser()\n"
-        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
-    )
+def imported_after(code: str, candidates: tuple[str, ...]) -> str:
+    """What a fresh interpreter prints for the sorted ``candidates`` it has imported after
+    running ``code``: "[]" when none."""
+    probe = f"import sys\n{code}\nprint(sorted(m for m in {candidates!r} if m in sys.modules))\n"
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
-    assert result.stdout.strip() == "[]"
+    return result.stdout.strip()
+
+
+def test_building_the_parser_does_not_import_torch():
+    """Importing torch + torchvision costs seconds per call, and inspect/tissue/tile (three
+    jobs per slide) would pay it for nothing: it was ~5 s of a ~6 s `zoommil inspect`."""
+    code = "from zoommil.cli import build_parser\nbuild_parser()"
+    assert imported_after(code, ("torch", "torchvision")) == "[]"
 
 
 @pytest.mark.parametrize(
@@ -53,14 +55,10 @@ def test_building_the_parser_does_not_import_torch():
 def test_per_job_imports_stay_light(module: str, absent: tuple[str, ...]):
     """What a per-slide or per-run process imports is paid once per job (hundreds of jobs in
     a cohort run): these heavy packages used to be imported without being used."""
-    probe = f"import sys, torch\nimport {module}\n"
+    code = f"import torch\nimport {module}"
     if module == "zoommil.training.trainer":
-        probe += f"with {module}.deterministic(0, 1, torch.device('cpu')):\n    pass\n"
-    probe += f"print(sorted(m for m in {absent!r} if m in sys.modules))\n"
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]"
+        code += f"\nwith {module}.deterministic(0, 1, torch.device('cpu')):\n    pass"
+    assert imported_after(code, absent) == "[]"
 
 
 def test_a_finished_command_logs_its_time_cpu_and_peak_memory(slides_dir, tmp_path):
@@ -113,20 +111,17 @@ def test_the_command_is_found_after_the_global_options(argv, command):
 def test_a_command_registers_only_itself():
     """Registering every command imported every command's module (SciPy for `tissue` then,
     ~0.3 s of painting code for `synth`); `inspect`, one job per slide, must not pay that."""
-    probe = (
-        "import sys\n"
+    code = (
+        "import contextlib, io\n"
         "from zoommil.cli import main\n"
-        "try:\n"
-        "    main(['inspect', '--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print([m for m in ('scipy', 'zoommil.commands.tissue', 'zoommil.synth')\n"
-        "       if m in sys.modules])\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"  # the help text
+        "    try:\n"
+        "        main(['inspect', '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    absent = ("scipy", "zoommil.commands.tissue", "zoommil.synth")
+    assert imported_after(code, absent) == "[]"
 
 
 def test_an_unknown_command_still_lists_every_command(capsys):
