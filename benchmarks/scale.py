@@ -367,7 +367,9 @@ def markdown(res: dict[str, Any]) -> str:
         "# Scale benchmark (real-size slides)",
         "",
         f"Machine: {m['cpu_count']} cores ({m['processor']}), load average at start "
-        f"{m['loadavg_start']}; torch {m['torch']}. Shared machine: other processes were "
+        f"{m['loadavg_start']}; torch {m['torch']}"
+        + {True: "; bf16 native", False: "; bf16 emulated", None: ""}[m.get("native_bf16")]
+        + ". Shared machine: other processes were "
         "running, so absolute speeds vary; ratios are measured in the same child process.",
         "",
         "Slides: "
@@ -397,14 +399,15 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "## Predict, BRIGHT setting (1.25x -> 2.5x -> 10x, K = 12; ABMIL: all 10x patches)",
         "",
-        "| slide | model | threads | reader procs | batch | s | patches | tiling s | read wait s "
-        "| encode s | peak RSS MB | slides/h |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| slide | model | precision | threads | reader procs | batch | s | patches | tiling s "
+        "| read wait s | encode s | peak RSS MB | slides/h |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["predict"]:
         ph = r["phases"]
         lines.append(
-            f"| {r['slide']} | {r['model']} | {r['threads']} | {r['workers']} | {r['batch']} | "
+            f"| {r['slide']} | {r['model']} | {r.get('precision', 'fp32')} | {r['threads']} | "
+            f"{r['workers']} | {r['batch']} | "
             f"{r['seconds']:.1f} | {r['patches_encoded']} | {ph['tissue_and_tiling']:.1f} | "
             f"{ph['read']:.1f} | {ph['encode']:.1f} | {r['peak_rss_mb']:.0f} | "
             f"{3600 / r['seconds']:.0f} |"
@@ -471,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bf16-parents",
         type=int,
-        default=4,
-        help="parents per bf16 run (slow without native bf16)",
+        default=None,
+        help="parents per bf16 run (default: --parents where the CPU has native bf16, else 4: "
+        "emulated bf16 is ~8x slower than fp32)",
     )
     parser.add_argument(
         "--abmil-parents",
@@ -516,15 +520,21 @@ def main(argv: list[str] | None = None) -> int:
         meta = Path(str(path) + ".json")
         res["slides"][name] = json.loads(meta.read_text()) if meta.exists() else {}
 
+    from zoommil.features.encoder import native_bf16
+
+    native = native_bf16(torch.device("cpu"))
+    res["machine"]["native_bf16"] = native
     if "features" not in args.skip:
+        bf16_parents = args.bf16_parents or (n if native else 4)
         for name, path in slides.items():
             sizes = [n] + ([4 * n] if name == "40x" else [])
             for parents in sizes:
                 coords, total = subset_coords(path, CAMELYON, parents, f"coords_{name}_{parents}")
                 for precision in ("fp32", "bf16") if parents == n else ("fp32",):
-                    if precision == "bf16" and args.bf16_parents < parents:
+                    slow_bf16 = precision == "bf16" and not native
+                    if precision == "bf16" and bf16_parents < parents:
                         coords, _ = subset_coords(
-                            path, CAMELYON, args.bf16_parents, f"coords_{name}_bf16"
+                            path, CAMELYON, bf16_parents, f"coords_{name}_bf16"
                         )
                     r = run_child(
                         "features",
@@ -536,10 +546,10 @@ def main(argv: list[str] | None = None) -> int:
                             "threads": 1,
                             "workers": 1,
                             "batch": 4,
-                            "bare_patches": 8 if args.quick or precision == "bf16" else 24,
+                            "bare_patches": 8 if args.quick or slow_bf16 else 24,
                         },
                     )
-                    used = args.bf16_parents if precision == "bf16" else parents
+                    used = bf16_parents if precision == "bf16" else parents
                     res["features"].append(
                         {"slide": name, "precision": precision, "parents": min(used, parents),
                          "parents_total": total, **r}
@@ -556,7 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = [("40x", "zoommil", 1, 4), ("40x", "abmil", 1, 4), ("40x", "zoommil", 0, 4)]
         if not args.quick:
             runs += [("20x", "zoommil", 1, 4), ("20x", "abmil", 1, 4), ("40x", "zoommil", 1, 16)]
-        for name, model, workers, batch in runs:
+        runs = [(*run, "fp32") for run in runs]
+        if native and not args.quick:  # the one-core BRIGHT number at bf16 too, where it is fast
+            runs.append(("40x", "zoommil", 1, 4, "bf16"))
+        for name, model, workers, batch, precision in runs:
             r = run_child(
                 "predict",
                 {
@@ -565,20 +578,20 @@ def main(argv: list[str] | None = None) -> int:
                     "threads": 1,
                     "workers": workers,
                     "batch": batch,
-                    "precision": "fp32",
+                    "precision": precision,
                     "max_parents": args.abmil_parents if model == "abmil" else None,
                 },
             )
             res["predict"].append(
                 {"slide": name, "model": model, "threads": 1, "workers": workers,
-                 "batch": batch, **r}
+                 "batch": batch, "precision": precision, **r}
             )  # fmt: skip
             save(res, tic)
         for name in ["40x"] if args.quick else ["40x", "20x"]:
             z = next(
                 r for r in res["predict"]
                 if r["slide"] == name and r["model"] == "zoommil" and r["workers"] == 1
-                and r["batch"] == 4
+                and r["batch"] == 4 and r["precision"] == "fp32"
             )  # fmt: skip
             a = next(r for r in res["predict"] if r["slide"] == name and r["model"] == "abmil")
             n_all = a["subset_of_patches"] or a["patches_encoded"]
@@ -600,14 +613,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"({speedup / ratio:.2f} of it); ABMIL peak RSS {a['peak_rss_mb']:.0f} MB"
             )
         for r in res["predict"]:
-            if r["slide"] == "40x" and r["model"] == "zoommil" and "fp32" in bare:
-                ideal = r["patches_encoded"] / bare["fp32"]
+            precision = r["precision"]
+            if r["slide"] == "40x" and r["model"] == "zoommil" and precision in bare:
+                ideal = r["patches_encoded"] / bare[precision]
                 res["summary"].append(
-                    f"40x BRIGHT ZoomMIL, 1 thread, {r['workers']} reader process(es), batch "
-                    f"{r['batch']}: {r['seconds']:.1f} s = {3600 / r['seconds']:.0f} slides/h "
-                    f"(paper: ~{PAPER_BRIGHT_SLIDES_PER_HOUR} on one CPU core); end-to-end / "
-                    f"(patches / bare fp32 {bare['fp32']:.1f} p/s = {ideal:.1f} s) = "
-                    f"{r['seconds'] / ideal:.2f}"
+                    f"40x BRIGHT ZoomMIL, {precision}, 1 thread, {r['workers']} reader "
+                    f"process(es), batch {r['batch']}: {r['seconds']:.1f} s = "
+                    f"{3600 / r['seconds']:.0f} slides/h (paper: ~{PAPER_BRIGHT_SLIDES_PER_HOUR} "
+                    f"on one CPU core); end-to-end / (patches / bare {precision} "
+                    f"{bare[precision]:.1f} p/s = {ideal:.1f} s) = {r['seconds'] / ideal:.2f}"
                 )
 
     if "threads" not in args.skip:

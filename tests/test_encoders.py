@@ -374,6 +374,26 @@ def test_feature_files_of_two_encoders_fail_naming_the_file(tmp_path):
     assert message.startswith(str(paths[2])) and "uni" in message and "resnet50_layer3" in message
 
 
+def test_feature_files_of_two_precisions_fail_naming_the_file(tmp_path):
+    """`--precision auto` is bf16 on some CPUs and fp32 on others: a run must not mix them."""
+    from zoommil.io.featurefile import write_feature_file
+    from zoommil.training.data import check_one_encoder
+
+    paths = []
+    for name, precision in (("a", "fp32"), ("b", None), ("c", "fp32"), ("d", "bf16")):
+        attrs = {"encoder": "resnet50_layer3"}
+        if precision is not None:
+            attrs["precision"] = precision
+        one = [np.zeros((1, 1024))], [np.zeros((1, 2))], [np.zeros((1, 2))]
+        paths.append(write_feature_file(tmp_path / f"{name}.h5", [10.0], *one, attrs))
+    assert check_one_encoder(paths[:3]) == "resnet50_layer3"  # no precision recorded: not compared
+    with pytest.raises(ZoomMILError) as excinfo:
+        check_one_encoder(paths)
+    message = _one_line_error(excinfo)
+    assert message.startswith(f"{paths[3]}: features computed at bf16, but {paths[0]} at fp32")
+    assert "one precision" in message
+
+
 # --------------------------------------------------------------------------- end to end
 
 

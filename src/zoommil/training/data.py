@@ -192,16 +192,22 @@ def check_same_dim(dims: dict[int, Path]) -> None:
 
 
 def check_one_encoder(paths: Sequence[Path]) -> str | None:
-    """The encoder every feature file was made with; a file made with another one is a user
-    error naming it (features of two encoders cannot share a model, even at equal dimension).
+    """The encoder every feature file was made with; a file made with another one, or at
+    another precision, is a user error naming it (features of two encoders cannot share a
+    model, even at equal dimension; bf16 and fp32 features of one encoder differ by ~3% of
+    their spread, and ``--precision auto`` gives one or the other by CPU, so a cluster whose
+    nodes differ would otherwise mix them silently).
 
-    Files without an ``encoder`` attribute (hand-made) are not compared.
+    Files without an ``encoder`` attribute (hand-made) are not compared, nor precisions where
+    a file does not record one.
     """
     from zoommil.features.encoders.registry import canonical_name
 
     first: tuple[str, Path] | None = None
+    first_precision: tuple[str, Path] | None = None
     for path in paths:
-        name = read_attrs(path).get("encoder")
+        attrs = read_attrs(path)
+        name = attrs.get("encoder")
         if name is None:
             continue
         name = canonical_name(name)
@@ -212,6 +218,18 @@ def check_one_encoder(paths: Sequence[Path]) -> str | None:
                 f"{path}: features made with encoder {name}, but {first[1]} with "
                 f"{first[0]}: one run needs feature files of one encoder (re-extract, or point "
                 "features_dir at one encoder's files)"
+            )
+        precision = attrs.get("precision")
+        if precision is None:
+            continue
+        if first_precision is None:
+            first_precision = (str(precision), path)
+        elif precision != first_precision[0]:
+            raise ZoomMILError(
+                f"{path}: features computed at {precision}, but {first_precision[1]} at "
+                f"{first_precision[0]}: one run needs feature files of one precision "
+                "(re-extract them with one --precision; `auto` gives bf16 only on CPUs with "
+                "native bf16, so nodes that differ give different precisions)"
             )
     return first[0] if first else None
 
