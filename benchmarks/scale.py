@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     native = native_bf16(torch.device("cpu"))
     res["machine"]["native_bf16"] = native
     if "features" not in args.skip:
-        bf16_parents = args.bf16_parents or (n if native else 4)
+        bf16_parents = args.bf16_parents if args.bf16_parents is not None else (n if native else 4)
         for name, path in slides.items():
             sizes = [n] + ([4 * n] if name == "40x" else [])
             for parents in sizes:
