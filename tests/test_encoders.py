@@ -394,6 +394,51 @@ def test_feature_files_of_two_precisions_fail_naming_the_file(tmp_path):
     assert "one precision" in message
 
 
+def _feature_file(path, **attrs):
+    from zoommil.io.featurefile import write_feature_file
+
+    one = [np.zeros((1, 1024))], [np.zeros((1, 2))], [np.zeros((1, 2))]
+    return write_feature_file(path, [10.0], *one, {"encoder": "resnet50_layer3", **attrs})
+
+
+def test_feature_files_of_two_weights_fail_naming_the_file(tmp_path):
+    """One architecture, two sets of weights (random vs ImageNet, say): same dimension, and
+    a model trained on both would be meaningless."""
+    from zoommil.training.data import check_one_encoder
+
+    a = _feature_file(tmp_path / "a.h5", weights_sha256="a" * 64, precision="fp32")
+    b = _feature_file(tmp_path / "b.h5", weights_sha256="b" * 64, precision="fp32")
+    assert check_one_encoder([a, a]) == "resnet50_layer3"
+    with pytest.raises(ZoomMILError) as excinfo:
+        check_one_encoder([a, b])
+    message = _one_line_error(excinfo)
+    assert message.startswith(f"{b}: features made with other encoder weights (sha256 bbbb")
+    assert f"than {a} (aaaa" in message
+
+
+def test_checkpoint_is_evaluated_only_on_features_like_its_own(tmp_path):
+    """`zoommil evaluate` with features of another encoder, weights or precision than the
+    checkpoint was trained on fails naming the file, the checkpoint and both values."""
+    from zoommil.training.data import check_matches_checkpoint
+
+    recipe = {"encoder": "resnet50_layer3", "weights_sha256": "a" * 64, "precision": "fp32"}
+    same = _feature_file(tmp_path / "same.h5", weights_sha256="a" * 64, precision="fp32")
+    check_matches_checkpoint(same, recipe, "m.pt")
+    check_matches_checkpoint(same, {}, "m.pt")  # a recipe that records nothing: nothing to check
+    cases = {
+        "bf16.h5": ({"weights_sha256": "a" * 64, "precision": "bf16"}, "precision bf16", "fp32"),
+        "w.h5": ({"weights_sha256": "c" * 64, "precision": "fp32"}, "(sha256) " + "c" * 12, "a"),
+        "uni.h5": ({"encoder": "uni", "precision": "fp32"}, "encoder uni", "resnet50_layer3"),
+    }
+    for name, (attrs, got, want) in cases.items():
+        path = _feature_file(tmp_path / name, **attrs)
+        with pytest.raises(ZoomMILError) as excinfo:
+            check_matches_checkpoint(path, recipe, "m.pt")
+        message = _one_line_error(excinfo)
+        assert message.startswith(f"{path}: features made with ") and got in message, message
+        assert f"but m.pt was trained on features made with {want}" in message, message
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -177,6 +177,28 @@ def test_evaluate_reproduces_the_training_metrics(
     )
 
 
+def test_evaluate_refuses_features_of_another_encoder(
+    dataset: dict[str, Path], trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Same dimension, another encoder: the features load, so only the recipe can tell."""
+    import shutil
+
+    import h5py
+
+    features = tmp_path / "features"
+    shutil.copytree(dataset["root"] / "features", features)
+    for path in features.glob("*.h5"):
+        with h5py.File(path, "r+") as h5:
+            h5.attrs["encoder"] = "uni"
+    ckpt = trained / "checkpoint.pt"
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--features-dir", str(features)]
+    assert main([*args, "--out", str(out)]) == 2
+    line = _error_line(capsys)
+    assert "features made with encoder uni, but" in line and str(ckpt) in line
+    assert "trained on features made with resnet50_layer3" in line and not out.exists()
+
+
 def test_same_seed_is_identical_and_other_seed_differs(
     dataset: dict[str, Path], trained: Path, tmp_path: Path
 ) -> None:

@@ -191,47 +191,84 @@ def check_same_dim(dims: dict[int, Path]) -> None:
         )
 
 
-def check_one_encoder(paths: Sequence[Path]) -> str | None:
-    """The encoder every feature file was made with; a file made with another one, or at
-    another precision, is a user error naming it (features of two encoders cannot share a
-    model, even at equal dimension; bf16 and fp32 features of one encoder differ by ~3% of
-    their spread, and ``--precision auto`` gives one or the other by CPU, so a cluster whose
-    nodes differ would otherwise mix them silently).
+# What the feature files of one run (and a checkpoint and the features it is evaluated on)
+# must share, as feature-file attributes: (attribute, how an error names it).
+ENCODER_IDENTITY = (
+    ("encoder", "encoder"),
+    ("weights_sha256", "encoder weights (sha256)"),
+    ("precision", "precision"),
+)
 
-    Files without an ``encoder`` attribute (hand-made) are not compared, nor precisions where
-    a file does not record one.
-    """
+
+def encoder_identity(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """The `ENCODER_IDENTITY` values a feature file (or a checkpoint's recipe) records, the
+    encoder's name canonical (an alias names the same encoder)."""
     from zoommil.features.encoders.registry import canonical_name
 
-    first: tuple[str, Path] | None = None
-    first_precision: tuple[str, Path] | None = None
+    out = {}
+    for key, _ in ENCODER_IDENTITY:
+        value = attrs.get(key)
+        if value is not None:
+            out[key] = canonical_name(value) if key == "encoder" else str(value)
+    return out
+
+
+def check_one_encoder(paths: Sequence[Path]) -> str | None:
+    """The encoder every feature file was made with; a file made with another encoder, other
+    weights or at another precision is a user error naming it and a file of the other kind.
+
+    Why all three: features of two encoders, or of one architecture with two sets of weights,
+    cannot share a model even at equal dimension; bf16 and fp32 features of one encoder differ
+    by ~3% of their spread, and ``--precision auto`` gives one or the other by CPU, so a
+    cluster whose nodes differ would otherwise mix them silently. Attributes a file does not
+    record (hand-made files) are not compared.
+    """
+    first: dict[str, tuple[str, Path]] = {}
     for path in paths:
-        attrs = read_attrs(path)
-        name = attrs.get("encoder")
-        if name is None:
-            continue
-        name = canonical_name(name)
-        if first is None:
-            first = (name, path)
-        elif name != first[0]:
+        for key, value in encoder_identity(read_attrs(path)).items():
+            if key not in first:
+                first[key] = (value, path)
+                continue
+            want, other = first[key]
+            if value == want:
+                continue
+            if key == "encoder":
+                raise ZoomMILError(
+                    f"{path}: features made with encoder {value}, but {other} with {want}: one "
+                    "run needs feature files of one encoder (re-extract, or point features_dir "
+                    "at one encoder's files)"
+                )
+            if key == "precision":
+                raise ZoomMILError(
+                    f"{path}: features computed at {value}, but {other} at {want}: one run needs "
+                    "feature files of one precision (re-extract them with one --precision; "
+                    "`auto` gives bf16 only on CPUs with native bf16, so nodes that differ give "
+                    "different precisions)"
+                )
             raise ZoomMILError(
-                f"{path}: features made with encoder {name}, but {first[1]} with "
-                f"{first[0]}: one run needs feature files of one encoder (re-extract, or point "
-                "features_dir at one encoder's files)"
+                f"{path}: features made with other encoder weights (sha256 {value[:12]}...) than "
+                f"{other} ({want[:12]}...): one run needs feature files of one set of weights "
+                "(re-extract, or point features_dir at one run's files)"
             )
-        precision = attrs.get("precision")
-        if precision is None:
-            continue
-        if first_precision is None:
-            first_precision = (str(precision), path)
-        elif precision != first_precision[0]:
+    return first["encoder"][0] if "encoder" in first else None
+
+
+def check_matches_checkpoint(path: Path, recipe: Mapping[str, Any], checkpoint: str | Path) -> None:
+    """A feature file evaluated with a checkpoint has the encoder, weights and precision the
+    checkpoint was trained on (its recorded preprocessing recipe); else an error naming both.
+
+    Why: features of another encoder or weights with the same dimension load without complaint
+    and give meaningless predictions."""
+    got = encoder_identity(read_attrs(path))
+    want = encoder_identity(recipe)
+    for key, label in ENCODER_IDENTITY:
+        if key in got and key in want and got[key] != want[key]:
+            short = 12 if key == "weights_sha256" else None
             raise ZoomMILError(
-                f"{path}: features computed at {precision}, but {first_precision[1]} at "
-                f"{first_precision[0]}: one run needs feature files of one precision "
-                "(re-extract them with one --precision; `auto` gives bf16 only on CPUs with "
-                "native bf16, so nodes that differ give different precisions)"
+                f"{path}: features made with {label} {got[key][:short]}, but {checkpoint} was "
+                f"trained on features made with {want[key][:short]} (evaluate it on features "
+                "of the encoder, weights and precision it was trained on)"
             )
-    return first[0] if first else None
 
 
 def _pinned(bag: Bag) -> Bag:

@@ -18,6 +18,7 @@ from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
 from zoommil.training.checkpoint import load_checkpoint, model_from_state
 from zoommil.training.config import TrainConfig
+from zoommil.training.data import check_matches_checkpoint
 from zoommil.training.normalize import FeatureNorm
 from zoommil.training.trainer import deterministic, load_splits, predict_store, split_report
 
@@ -83,6 +84,7 @@ def _evaluate(
             f"{store.records[0].path}: features have dimension {in_dim}, the checkpoint "
             f"{checkpoint} expects {meta['in_dim']}"
         )
+    check_matches_checkpoint(store.records[0].path, meta.get("preprocessing") or {}, checkpoint)
     model = model_from_state(state_dict, meta, checkpoint).to(dev)
     probs, losses = predict_store(model, store, len(classes), dev, seed)
     report = split_report(store, probs, losses, classes)
