@@ -164,7 +164,10 @@ def test_a_reader_process_that_dies_is_retried_once_then_the_slides_error(tiny):
     def kill_readers() -> None:
         for child in multiprocessing.active_children():
             if child.pid not in spared:
-                os.kill(child.pid, signal.SIGKILL)
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except ProcessLookupError:  # already dead and reaped by the pool's own thread
+                    continue
                 wait_for([child.sentinel], 10)  # ended (not reaped: the pool does it)
 
     def hung(*_):
