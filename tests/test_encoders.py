@@ -376,16 +376,14 @@ def test_feature_files_of_two_encoders_fail_naming_the_file(tmp_path):
 
 def test_feature_files_of_two_precisions_fail_naming_the_file(tmp_path):
     """`--precision auto` is bf16 on some CPUs and fp32 on others: a run must not mix them."""
-    from zoommil.io.featurefile import write_feature_file
     from zoommil.training.data import check_one_encoder
 
-    paths = []
-    for name, precision in (("a", "fp32"), ("b", None), ("c", "fp32"), ("d", "bf16")):
-        attrs = {"encoder": "resnet50_layer3"}
-        if precision is not None:
-            attrs["precision"] = precision
-        one = [np.zeros((1, 1024))], [np.zeros((1, 2))], [np.zeros((1, 2))]
-        paths.append(write_feature_file(tmp_path / f"{name}.h5", [10.0], *one, attrs))
+    paths = [
+        _feature_file(tmp_path / "a.h5", precision="fp32"),
+        _feature_file(tmp_path / "b.h5"),  # records no precision
+        _feature_file(tmp_path / "c.h5", precision="fp32"),
+        _feature_file(tmp_path / "d.h5", precision="bf16"),
+    ]
     assert check_one_encoder(paths[:3]) == "resnet50_layer3"  # no precision recorded: not compared
     with pytest.raises(ZoomMILError) as excinfo:
         check_one_encoder(paths)
