@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,90 @@ def test_all_cores_profile_spreads_slides_over_single_threaded_processes(tmp_pat
     busiest = max(r["seconds"] for r in two["per_slide"])
     assert two["seconds_per_slide"] == pytest.approx(busiest / 2)
     assert two["slides_per_hour"] == pytest.approx(3600 / two["seconds_per_slide"])
+
+
+def _all_patch_predictor(arch: str, mags: list[float], seed: int):
+    from zoommil.inference.predict import Predictor
+    from zoommil.recipe import PreprocessingRecipe
+
+    torch.manual_seed(seed)
+    model = build_model(arch, in_dim=1024, n_classes=2, mags=mags).eval()
+    recipe = PreprocessingRecipe(mags=mags, patch_size=64, weights="random", no_tissue="all")
+    return Predictor(model=model, arch=arch, classes=["a", "b"], recipe=recipe, method=arch)
+
+
+def test_models_reading_the_same_patches_share_one_pass_and_keep_their_own_results(tmp_path):
+    """One read-and-encode pass for several all-patch models: each gets the prediction it gets
+    alone, and is charged the pass plus its own head (times differ only by the heads)."""
+    from slide_factory import write_pyramid_tiff
+
+    from zoommil.efficiency.throughput import measure_shared_throughput
+    from zoommil.inference.predict import make_encoder, predict_slide, predict_slide_shared
+
+    slide = write_pyramid_tiff(tmp_path / "s.tiff", width=512, height=512)
+    predictors = [_all_patch_predictor(a, [10.0], i) for i, a in enumerate(["abmil", "meanmil"])]
+    encoder, _ = make_encoder(predictors[0])
+    shared = predict_slide_shared(predictors, slide, encoder)
+    alone = [predict_slide(p, slide, encoder) for p in predictors]
+    for together, single in zip(shared, alone, strict=True):
+        assert together["method"] == single["method"]
+        assert together["patches_per_mag"] == single["patches_per_mag"]
+        assert together["probabilities"] == pytest.approx(single["probabilities"], abs=1e-6)
+    assert shared[0]["probabilities"] != pytest.approx(shared[1]["probabilities"], abs=1e-6)
+
+    records = measure_shared_throughput(
+        predictors, [("x", slide), ("y", slide)], torch.device("cpu"), threads=1
+    )
+    assert [r["method"] for r in records] == ["abmil", "meanmil"]
+    assert all(r["shared_pass"] == ["abmil", "meanmil"] for r in records)
+    for a, b in zip(records[0]["per_slide"], records[1]["per_slide"], strict=True):
+        assert a["slide_id"] == b["slide_id"] and a["patches_encoded"] == b["patches_encoded"]
+        heads = a["phases"]["head"] - b["phases"]["head"]
+        assert a["seconds"] - b["seconds"] == pytest.approx(heads, abs=1e-9)
+        assert a["phases"]["encode"] == b["phases"]["encode"] > 0
+
+
+def test_models_that_read_different_patches_cannot_share_a_pass():
+    from zoommil.errors import ZoomMILError
+    from zoommil.inference.predict import check_shared_pass
+
+    abmil = _all_patch_predictor("abmil", [10.0], 0)
+    dsmil = _all_patch_predictor("dsmil", [5.0, 10.0], 0)
+    with pytest.raises(ZoomMILError, match=r"dsmil and abmil read different patches \(5x -> 10x"):
+        check_shared_pass([abmil, dsmil])
+    zoom = _all_patch_predictor("zoommil", [5.0, 10.0], 0)
+    with pytest.raises(ZoomMILError, match="zoommil: ZoomMIL reads only the regions it selects"):
+        check_shared_pass([abmil, zoom])
+    assert check_shared_pass([abmil]) is abmil
+
+
+def test_profile_needs_one_output_and_one_name_per_checkpoint(tmp_path, capsys):
+    model = build_model("abmil", in_dim=1024, n_classes=2)
+    config = {"arch": "abmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024}
+    ckpt = str(save_checkpoint(tmp_path / "c.pt", model.state_dict(), config))
+    out = str(tmp_path / "x.json")
+    assert main(["profile", "--checkpoint", ckpt, ckpt, "--out", out]) == 2
+    assert "2 checkpoint(s) but 1 --out file(s)" in capsys.readouterr().err
+    two_outs = ["profile", "--checkpoint", ckpt, ckpt, "--out", out, out + "2", "--device", "cuda"]
+    assert main([*two_outs, "--model", "a"]) == 2
+    assert "2 checkpoint(s) but 1 method name(s)" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # two skip notes, one per checkpoint, named as asked
+        assert main([*two_outs, "--model", "a", "b"]) == 0
+        notes = [json.loads(Path(p).read_text()) for p in (out, out + "2")]
+        assert [n["method"] for n in notes] == ["a", "b"]
+        assert all(n["skipped"] == "no CUDA device" for n in notes)
+
+
+def test_shared_pass_groups_keep_zoommil_alone_and_group_the_same_patches():
+    from zoommil.inference.predict import shared_pass_groups
+
+    predictors = [
+        _all_patch_predictor("abmil", [10.0], 0),
+        _all_patch_predictor("zoommil", [5.0, 10.0], 0),
+        _all_patch_predictor("dsmil", [5.0, 10.0], 0),
+        _all_patch_predictor("meanmil", [10.0], 0),
+        _all_patch_predictor("zoommil", [5.0, 10.0], 1),
+        _all_patch_predictor("msmil", [5.0, 10.0], 0),
+        _all_patch_predictor("maxmil", [5.0], 0),
+    ]
+    assert shared_pass_groups(predictors) == [[0, 3], [1], [2, 5], [4], [6]]

@@ -48,6 +48,25 @@ def format_mags(mags: Sequence[float]) -> str:
     return " -> ".join(f"{m:g}x" for m in sorted(float(m) for m in mags))
 
 
+#: Architectures that read every configured magnification; DSMIL reads the lowest and the
+#: highest; every other architecture the highest. Here, not in `zoommil.models`, so that the
+#: tables read it without importing torch.
+MULTI_SCALE_ALL = ("zoommil", "msmil")
+LOWEST_AND_HIGHEST = ("dsmil",)
+
+
+def arch_mags(arch: str, mags: Sequence[float]) -> list[float]:
+    """The magnifications architecture ``arch`` reads, ascending (see the constants above)."""
+    values = sorted(float(m) for m in mags)
+    if not values:
+        raise ZoomMILError(f"model '{arch}' needs at least one magnification")
+    if arch in MULTI_SCALE_ALL:
+        return values
+    if arch in LOWEST_AND_HIGHEST:
+        return [values[0], values[-1]] if len(values) > 1 else values
+    return [values[-1]]
+
+
 def validate_mags(mags: Sequence[float]) -> list[float]:
     """Sorted ascending; each a power-of-two multiple of the lowest, else `ZoomMILError`."""
     if isinstance(mags, str | bytes) or not isinstance(mags, Sequence) or not mags:

@@ -186,8 +186,11 @@ def runs(prefix, suffix, methods=None):
 
 def first_checkpoint(wildcards):
     """Efficiency is measured with each method's first-seed model."""
-    seed = seeds_of(wildcards.method)[0]
-    return f"results/models/{wildcards.method}/seed~{seed}/checkpoint.pt"
+    return first_seed_checkpoint(wildcards.method)
+
+
+def first_seed_checkpoint(method):
+    return f"results/models/{method}/seed~{seeds_of(method)[0]}/checkpoint.pt"
 
 
 def attention_checkpoint(wildcards):

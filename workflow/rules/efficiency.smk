@@ -1,7 +1,9 @@
 # Per method: FLOPs (fvcore) and end-to-end throughput from the slide file, on CPU with one
-# thread (device cpu1) and with every core (cpu), and on a GPU (gpu) when there is one: one
-# rule, the device a wildcard. Timing jobs take every core (threads: all_cores()) so that no
-# other local job runs beside them. Without a GPU, `zoommil profile --device cuda` writes a
+# thread (device cpu1) and with every core (cpu), and on a GPU (gpu) when there is one. One
+# timing job per device times every method: ZoomMIL on its own, the all-patch methods that
+# read the same patches with one read-and-encode pass per slide, each charged that pass plus
+# its own head. Timing jobs take every core (threads: all_cores()) so that no other local
+# job runs beside them. Without a GPU, `zoommil profile --device cuda` writes a
 # skip note; `efficiency.gpu: false` drops the GPU timings.
 
 
@@ -30,12 +32,15 @@ rule flops:
 
 rule profile:
     input:
-        checkpoint=first_checkpoint,
+        checkpoints=[first_seed_checkpoint(m) for m in EFFICIENCY_METHODS],
         usable="results/qc/usable.tsv",
     output:
-        timing="results/efficiency/{method}/throughput_{device}.json",
+        timings=expand(
+            "results/efficiency/{method}/throughput_{{device}}.json",
+            method=EFFICIENCY_METHODS,
+        ),
     log:
-        "results/logs/profile/{method}/{device}.log",
+        "results/logs/profile/{device}.log",
     wildcard_constraints:
         device="|".join(PROFILE_DEVICES),
     conda:
@@ -47,16 +52,17 @@ rule profile:
         gpu=lambda wildcards: PROFILE_DEVICES[wildcards.device]["gpu"],
     params:
         code=code("profile"),
+        models=" ".join(EFFICIENCY_METHODS),
         device=lambda wildcards: PROFILE_DEVICES[wildcards.device]["device"],
         threads=lambda wildcards, threads: PROFILE_DEVICES[wildcards.device]["threads"]
         or threads,
         n_slides=EFFICIENCY.get("n_slides", 2),
         warmup=EFFICIENCY.get("warmup", 1),
     shell:
-        "zoommil profile --model {wildcards.method} --checkpoint {input.checkpoint} "
+        "zoommil profile --model {params.models} --checkpoint {input.checkpoints} "
         "--device {params.device} --threads {params.threads} --sheet {input.usable} "
         "--split test --max-slides {params.n_slides} --warmup {params.warmup} "
-        "--out {output.timing} > {log} 2>&1"
+        "--out {output.timings} > {log} 2>&1"
 
 
 rule predict:

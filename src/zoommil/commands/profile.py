@@ -20,8 +20,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "writes a JSON with a 'skipped' reason and exits 0."
         ),
     )
-    parser.add_argument("--model", help="method name to record (default: the checkpoint's)")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        help="method name to record per checkpoint (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="checkpoint.pt; several if they read the same patches (non-ZoomMIL methods at "
+        "the same magnifications): one read-and-encode pass per slide then serves them all, "
+        "each charged that pass plus its own head",
+    )
     add_device(parser)
     parser.add_argument(
         "--threads",
@@ -43,15 +55,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_precision(parser, None)
     parser.add_argument("--weights", help="encoder weights (default: the checkpoint's)")
-    parser.add_argument("--out", type=Path, required=True, help="output JSON")
-    parser.set_defaults(func=run, outputs=lambda a: [a.out])
+    parser.add_argument(
+        "--out", type=Path, nargs="+", required=True, help="output JSON, one per checkpoint"
+    )
+    parser.set_defaults(func=run, outputs=lambda a: list(a.out))
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoommil.efficiency.throughput import profile_checkpoint
+    from zoommil.efficiency.throughput import profile_checkpoints
+    from zoommil.errors import ZoomMILError
     from zoommil.io.jsonio import write_json
 
-    result = profile_checkpoint(
+    if len(args.out) != len(args.checkpoint):
+        raise ZoomMILError(
+            f"{len(args.checkpoint)} checkpoint(s) but {len(args.out)} --out file(s): give "
+            "one output per checkpoint, in the same order"
+        )
+    results = profile_checkpoints(
         args.checkpoint,
         device=args.device,
         threads=args.threads,
@@ -62,16 +82,17 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         precision=args.precision,
         weights=args.weights,
-        method=args.model,
+        methods=args.model,
     )
-    write_json(args.out, result)
-    if result.get("skipped"):
-        print(f"{args.out}: skipped ({result['skipped']})")
-        return 0
-    print(
-        f"{args.out}: {result['seconds_per_slide']:.2f} s/slide, "
-        f"{result['slides_per_hour']:.1f} slides/h ({result['device']}, {result['processes']} "
-        f"process(es) x {result['threads_per_process']} thread(s), "
-        f"{result['cpu_count']} cores)"
-    )
+    for out, result in zip(args.out, results, strict=True):
+        write_json(out, result)
+        if result.get("skipped"):
+            print(f"{out}: skipped ({result['skipped']})")
+            continue
+        print(
+            f"{out}: {result['seconds_per_slide']:.2f} s/slide, "
+            f"{result['slides_per_hour']:.1f} slides/h ({result['device']}, "
+            f"{result['processes']} process(es) x {result['threads_per_process']} thread(s), "
+            f"{result['cpu_count']} cores)"
+        )
     return 0

@@ -28,7 +28,13 @@ import torch
 from zoommil.device import resolve_device
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.extraction import default_workers
-from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+from zoommil.inference.predict import (
+    Predictor,
+    check_shared_pass,
+    make_encoder,
+    predict_slide_shared,
+    shared_pass_groups,
+)
 from zoommil.io.sheet import read_sheet
 from zoommil.processes import starmap_in_processes
 from zoommil.training.checkpoint import load_checkpoint
@@ -68,6 +74,26 @@ def measure_throughput(
     A slide that cannot be read (`SlideError`) is left out and listed under
     ``excluded_slides`` with its reason; the measurement fails only if no slide is left.
     """
+    return measure_shared_throughput(
+        [predictor], slides, device, threads, precision, warmup, mpp, batch_size
+    )[0]
+
+
+def measure_shared_throughput(
+    predictors: Sequence[Predictor],
+    slides: Sequence[tuple[str, str | Path]],
+    device: torch.device,
+    threads: int,
+    precision: str | None = None,
+    warmup: int = 0,
+    mpp: dict[str, float] | None = None,
+    batch_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """`measure_throughput` of models that read the same patches, one record each: every
+    slide is tiled, read and encoded once, and each model is charged that pass plus its own
+    head (``shared_pass`` in the records names the models that shared it)."""
+    if len(predictors) > 1:
+        check_shared_pass(predictors)
     mpp = mpp or {}
     slides = list(slides)
     if device.type == "cuda":
@@ -81,13 +107,13 @@ def measure_throughput(
         torch.set_num_threads(threads if device.type == "cuda" else 1)
         try:
             rows, info, used, excluded = _measure(
-                predictor, jobs, device, precision, warmup, workers, batch_size
+                predictors, jobs, device, precision, warmup, workers, batch_size
             )
         finally:
             torch.set_num_threads(saved_threads)
     else:
         shares = [jobs[i::processes] for i in range(processes)]
-        args = [(predictor, share, device, precision, warmup, 0, batch_size) for share in shares]
+        args = [(predictors, share, device, precision, warmup, 0, batch_size) for share in shares]
         parts = starmap_in_processes(_measure, args, processes)
         rows = [r for part in parts for r in part[0]]
         info, used = parts[0][1], parts[0][2]
@@ -97,6 +123,30 @@ def measure_throughput(
             "no slide could be profiled: " + "; ".join(f"{s}: {r}" for s, r in excluded.items())
         )
     wall = time.perf_counter() - start
+    shared = [p.method for p in predictors] if len(predictors) > 1 else None
+    return [
+        _summary(predictor, [r[i] for r in rows], device, threads, processes, workers, info)
+        | {
+            "precision": used,
+            "warmup_slides": min(warmup, len(slides)),
+            "wall_seconds": wall,
+            "shared_pass": shared,
+            "excluded_slides": [{"slide_id": s, "reason": r} for s, r in excluded.items()],
+        }
+        for i, predictor in enumerate(predictors)
+    ]
+
+
+def _summary(
+    predictor: Predictor,
+    rows: Sequence[dict[str, Any]],
+    device: torch.device,
+    threads: int,
+    processes: int,
+    workers: int,
+    info: dict[str, Any],
+) -> dict[str, Any]:
+    """One model's record from its per-slide rows."""
     latency = float(np.mean([r["seconds"] for r in rows]))
     # with N processes slides overlap: the cohort takes the busiest process's time (start-up
     # excluded), so seconds per slide is that makespan / slides, not the mean latency
@@ -115,15 +165,12 @@ def measure_throughput(
         "threads_per_process": 1 if device.type == "cpu" else threads,
         "reader_processes": workers,
         "cpu_count": os.cpu_count(),
-        "precision": used,
         "encoder": info.get("encoder"),
         "feature_dim": info.get("feature_dim"),
         "encoder_weights": info.get("weights"),
-        "warmup_slides": min(warmup, len(slides)),
-        "per_slide": rows,
+        "per_slide": list(rows),
         "seconds_per_slide": seconds,
         "latency_seconds": latency,
-        "wall_seconds": wall,
         "slides_per_hour": 3600.0 / seconds if seconds > 0 else None,
         "mean_patches_encoded": float(np.mean([r["patches_encoded"] for r in rows])),
         # device busy (encoding) vs waiting for the readers: a starved GPU shows here
@@ -131,30 +178,31 @@ def measure_throughput(
         "reader_wait_seconds": float(sum(r["phases"]["read"] for r in rows)),
         "torch_version": torch.__version__,
         "skipped": None,
-        "excluded_slides": [{"slide_id": s, "reason": r} for s, r in excluded.items()],
     }
 
 
 def _measure(
-    predictor: Predictor,
+    predictors: Sequence[Predictor],
     jobs: Sequence[tuple[str, str, float | None]],
     device: torch.device,
     precision: str | None,
     warmup: int,
     workers: int,
     batch_size: int | None,
-) -> tuple[list[dict[str, Any]], dict[str, Any], str, dict[str, str]]:
-    """Time ``jobs`` in this process (also the body of each worker process)."""
+) -> tuple[list[list[dict[str, Any]]], dict[str, Any], str, dict[str, str]]:
+    """Time ``jobs`` in this process (also the body of each worker process): per slide, one
+    row per model."""
     if device.type == "cpu":
         torch.set_num_threads(1)
-    predictor.model.to(device)
-    encoder, info = make_encoder(predictor, device=device, precision=precision)
+    for predictor in predictors:
+        predictor.model.to(device)
+    encoder, info = make_encoder(predictors[0], device=device, precision=precision)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    p = predictor.patch_size
+    p = predictors[0].patch_size
     rows = []
     excluded: dict[str, str] = {}
     with ReaderPool(workers) as reader:
@@ -162,7 +210,7 @@ def _measure(
         encoder.encode(np.full((4, p, p, 3), 255, dtype=np.uint8))
         for slide_id, path, slide_mpp in list(jobs)[:warmup]:
             try:
-                predict_slide(predictor, path, encoder, slide_mpp, batch_size, reader=reader)
+                predict_slide_shared(predictors, path, encoder, slide_mpp, batch_size, reader)
             except SlideError as error:
                 excluded[slide_id] = error.reason
         for slide_id, path, slide_mpp in jobs:
@@ -171,21 +219,27 @@ def _measure(
             sync()
             tic = time.perf_counter()
             try:
-                result = predict_slide(
-                    predictor, path, encoder, slide_mpp, batch_size, reader=reader
+                results = predict_slide_shared(
+                    predictors, path, encoder, slide_mpp, batch_size, reader
                 )
             except SlideError as error:  # left out, listed in the result
                 excluded[slide_id] = error.reason
                 continue
             sync()
+            elapsed = time.perf_counter() - tic
+            # the pass is everything but the heads; each model is charged it plus its head
+            heads = [r["seconds"]["head"] for r in results]
             rows.append(
-                {
-                    "slide_id": slide_id,
-                    "seconds": time.perf_counter() - tic,
-                    "patches_encoded": result["patches_encoded"],
-                    "phases": result["seconds"],
-                    "pid": os.getpid(),
-                }
+                [
+                    {
+                        "slide_id": slide_id,
+                        "seconds": elapsed - sum(heads) + head,
+                        "patches_encoded": result["patches_encoded"],
+                        "phases": result["seconds"],
+                        "pid": os.getpid(),
+                    }
+                    for result, head in zip(results, heads, strict=True)
+                ]
             )
     return rows, info, encoder.precision, excluded
 
@@ -214,8 +268,8 @@ def profile_slides(
     return pairs, mpp
 
 
-def profile_checkpoint(
-    checkpoint: str | Path,
+def profile_checkpoints(
+    checkpoints: Sequence[str | Path],
     device: str = "auto",
     threads: int = 1,
     sheet: str | Path | None = None,
@@ -225,24 +279,44 @@ def profile_checkpoint(
     warmup: int = 0,
     precision: str | None = None,
     weights: str | None = None,
-    method: str | None = None,
-) -> dict[str, Any]:
-    """`zoommil profile`: throughput of a checkpoint's method on a sheet's slides.
+    methods: Sequence[str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """`zoommil profile`: throughput of each checkpoint's method on a sheet's slides, one
+    record per checkpoint, in order. ZoomMIL models are timed one by one; the other models are
+    timed in groups that read the same patches (`shared_pass_groups`), one read-and-encode
+    pass per slide per group, each model charged that pass plus its own head. The sheet is the
+    first checkpoint's by default.
 
-    Without a CUDA device, ``device="cuda"`` returns a record with a ``skipped`` reason, so a
+    Without a CUDA device, ``device="cuda"`` returns records with a ``skipped`` reason, so a
     workflow can ask for GPU timings on any machine.
     """
     if threads < 1:
         raise ZoomMILError(
             f"--threads must be a positive number or 'all' for timing, got {threads}"
         )
-    _, config = load_checkpoint(checkpoint)
-    method = method or config.get("method", config["arch"])
+    methods = list(methods or [None] * len(checkpoints))
+    if len(methods) != len(checkpoints):
+        raise ZoomMILError(
+            f"{len(checkpoints)} checkpoint(s) but {len(methods)} method name(s): give one "
+            "name per checkpoint, in the same order"
+        )
+    configs = [load_checkpoint(c)[1] for c in checkpoints]
+    names = [m or c.get("method", c["arch"]) for m, c in zip(methods, configs, strict=True)]
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        return {"method": method, "device": "cuda", "skipped": "no CUDA device"}
+        return [{"method": name, "device": "cuda", "skipped": "no CUDA device"} for name in names]
     torch_device = resolve_device(device)
-    sheet_path = sheet or config["sheet"]
+    sheet_path = sheet or configs[0]["sheet"]
     pairs, mpp = profile_slides(sheet_path, slides, split, max_slides)
-    predictor = Predictor.from_checkpoint(checkpoint, weights=weights, device=torch_device)
-    predictor.method = method
-    return measure_throughput(predictor, pairs, torch_device, threads, precision, warmup, mpp)
+    predictors = []
+    for checkpoint, name in zip(checkpoints, names, strict=True):
+        predictor = Predictor.from_checkpoint(checkpoint, weights=weights, device=torch_device)
+        predictor.method = name
+        predictors.append(predictor)
+    records: list[dict[str, Any]] = [{} for _ in predictors]
+    for group in shared_pass_groups(predictors):
+        timed = measure_shared_throughput(
+            [predictors[i] for i in group], pairs, torch_device, threads, precision, warmup, mpp
+        )
+        for i, record in zip(group, timed, strict=True):
+            records[i] = record
+    return records

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from zoommil.features.extraction import (
     encode_stream,
     regions_per_task,
 )
-from zoommil.recipe import PreprocessingRecipe, mag_key
+from zoommil.recipe import PreprocessingRecipe, format_mags, mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
 from zoommil.wsi.lattice import Lattice, descendant_rows, steps_between
@@ -262,11 +262,29 @@ def all_patch_predict(
     Streams like `zoommil features`: one read per parent, readers ahead of the encoder, and
     only the features are kept (memory does not grow with the slide's pixels).
     """
+    return all_patch_predict_shared(
+        [predictor], slide_path, encoder, mpp, batch_size, progress, reader
+    )[0]
+
+
+def all_patch_predict_shared(
+    predictors: Sequence[Predictor],
+    slide_path: str | Path,
+    encoder: AnyEncoder,
+    mpp: float | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    reader: ReaderPool | None = None,
+) -> list[dict[str, Any]]:
+    """`all_patch_predict` for several models that read the same patches: one tiling, reading
+    and encoding pass, then each model's head. Each record's times are that pass plus its own
+    head (``seconds.total``), i.e. what the model alone would have taken."""
+    lead = check_shared_pass(predictors)
     timer = _Timer()
     slide_path = Path(slide_path)
     slide, mpp0, source = open_with_mpp(slide_path, mpp)
     try:
-        lattice = _tile(predictor, slide, slide_path, mpp0, source)
+        lattice = _tile(lead, slide, slide_path, mpp0, source)
     finally:
         slide.close()
     timer.end_tiling()
@@ -282,17 +300,63 @@ def all_patch_predict(
             stats=stats,
         )
     timer.record(stats)
-    tic = time.perf_counter()
-    feats = []
-    for f in per_mag or []:
-        t = torch.from_numpy(f).unsqueeze(0)
-        feats.append((predictor.norm(t) if predictor.norm is not None else t).to(encoder.device))
+    shared = timer.summary()
     coords = [torch.as_tensor(c) for c in lattice.coords]
-    with torch.inference_mode():
-        logits = predictor.model(feats, coords)
-    timer.add("head", tic)
-    encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
-    return _result(predictor, slide_path, logits, encoded, mpp0, source, [], [], timer)
+    results = []
+    for predictor in predictors:
+        own = _Timer()
+        tic = time.perf_counter()
+        feats = []
+        for f in per_mag or []:
+            t = torch.from_numpy(f).unsqueeze(0)
+            feats.append(
+                (predictor.norm(t) if predictor.norm is not None else t).to(encoder.device)
+            )
+        with torch.inference_mode():
+            logits = predictor.model(feats, coords)
+        own.add("head", tic)
+        encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
+        result = _result(predictor, slide_path, logits, encoded, mpp0, source, [], [], own)
+        head = result["seconds"]["head"]
+        result["seconds"] = {**shared, "head": head, "total": shared["total"] + head}
+        results.append(result)
+    return results
+
+
+def shared_pass_groups(predictors: Sequence[Predictor]) -> list[list[int]]:
+    """Indices of ``predictors`` grouped by what one pass over a slide can serve: each
+    ZoomMIL model alone (it reads what it selects), the other models by preprocessing recipe
+    (same magnifications, tiling and encoder: the same patches). First appearance order."""
+    groups: list[list[int]] = []
+    recipes: list[PreprocessingRecipe | None] = []
+    for i, predictor in enumerate(predictors):
+        if predictor.arch != "zoommil" and predictor.recipe in recipes:
+            groups[recipes.index(predictor.recipe)].append(i)
+            continue
+        groups.append([i])
+        recipes.append(None if predictor.arch == "zoommil" else predictor.recipe)
+    return groups
+
+
+def check_shared_pass(predictors: Sequence[Predictor]) -> Predictor:
+    """The first of ``predictors`` if they can share one all-patch pass (same preprocessing
+    recipe, no zoom model), else a `ZoomMILError` naming the two that differ."""
+    if not predictors:
+        raise ZoomMILError("no model given")
+    lead = predictors[0]
+    for other in predictors:
+        if other.arch == "zoommil":
+            raise ZoomMILError(
+                f"{other.method}: ZoomMIL reads only the regions it selects; it cannot share "
+                "an all-patch pass with other models (time it on its own)"
+            )
+        if other.recipe != lead.recipe:
+            raise ZoomMILError(
+                f"{other.method} and {lead.method} read different patches "
+                f"({format_mags(other.mags)} vs {format_mags(lead.mags)}, or another tiling "
+                "or encoder): time them in separate runs"
+            )
+    return lead
 
 
 @contextmanager
@@ -383,14 +447,36 @@ def predict_slide(
     ``reader`` is a running `ReaderPool` to reuse across slides (else one per call). A read
     error is retried once with a fresh handle, then is a `SlideError`.
     """
+    run = zoom_predict if predictor.arch == "zoommil" else all_patch_predict
+    return _retrying(run, predictor, slide_path, encoder, mpp, batch_size, progress, reader)
+
+
+def predict_slide_shared(
+    predictors: Sequence[Predictor],
+    slide_path: str | Path,
+    encoder: AnyEncoder,
+    mpp: float | None = None,
+    batch_size: int | None = None,
+    reader: ReaderPool | None = None,
+) -> list[dict[str, Any]]:
+    """`predict_slide` for models that read the same patches (`check_shared_pass`): one pass
+    over the slide, one record per model; a single ZoomMIL model goes through zoom inference."""
+    if len(predictors) == 1 and predictors[0].arch == "zoommil":
+        return [predict_slide(predictors[0], slide_path, encoder, mpp, batch_size, False, reader)]
+    run = all_patch_predict_shared
+    return _retrying(run, predictors, slide_path, encoder, mpp, batch_size, False, reader)
+
+
+def _retrying(run: Any, model: Any, slide_path: str | Path, *args: Any) -> Any:
+    """``run(model, slide_path, *args)``, retried once on a read error, which is then a
+    `SlideError`; a missing file is one at once."""
     import openslide
 
     if not Path(slide_path).exists():
         raise SlideError(slide_path, "slide file not found")
-    run = zoom_predict if predictor.arch == "zoommil" else all_patch_predict
     for attempt in range(2):
         try:
-            return run(predictor, slide_path, encoder, mpp, batch_size, progress, reader)
+            return run(model, slide_path, *args)
         except openslide.OpenSlideError as error:
             if attempt:
                 raise SlideError(slide_path, f"cannot read the slide ({error})") from None

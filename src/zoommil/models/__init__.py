@@ -25,6 +25,7 @@ from zoommil.models.msmil import MSMIL
 from zoommil.models.sparseconvmil import SparseConvMIL
 from zoommil.models.transmil import TransMIL
 from zoommil.models.zoommil import ZoomMIL
+from zoommil.recipe import arch_mags
 
 MODEL_NAMES: tuple[str, ...] = (
     "zoommil",
@@ -37,9 +38,6 @@ MODEL_NAMES: tuple[str, ...] = (
     "msmil",
     "dsmil",
 )
-
-MULTI_SCALE_ALL = ("zoommil", "msmil")  # every magnification
-LOWEST_AND_HIGHEST = ("dsmil",)  # the lowest and the highest
 
 
 _CLASSES: dict[str, type[nn.Module]] = {
@@ -69,15 +67,7 @@ def default_mags(arch: str, mags: Sequence[float]) -> list[float]:
     ZoomMIL and MS-MIL read all of them, DSMIL the lowest and the highest (one if only one is
     configured), the single-scale models the highest.
     """
-    arch = canonical_name(arch)
-    mags = sorted(float(m) for m in mags)
-    if not mags:
-        raise ZoomMILError(f"model '{arch}' needs at least one magnification")
-    if arch in MULTI_SCALE_ALL:
-        return mags
-    if arch in LOWEST_AND_HIGHEST:
-        return [mags[0], mags[-1]] if len(mags) > 1 else mags
-    return [mags[-1]]
+    return arch_mags(canonical_name(arch), mags)
 
 
 def _accepted_options(cls: type[nn.Module]) -> tuple[set[str], bool]:

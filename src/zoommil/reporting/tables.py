@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.io.atomic import atomic_path, write_text_atomic
-from zoommil.recipe import format_mags
+from zoommil.recipe import arch_mags, format_mags
 from zoommil.reporting import results, stats
 from zoommil.workflow import exclusions, qc
 
@@ -49,22 +49,6 @@ def display_name(method: str, spec: Mapping[str, Any] | None = None) -> str:
     if method in DISPLAY_NAMES:
         return DISPLAY_NAMES[method]
     return method
-
-
-def method_mags(arch: str, mags: Sequence[float]) -> list[float]:
-    """Magnifications a model sees (mirrors zoommil.models.default_mags)."""
-    mags = sorted(float(m) for m in mags)
-    try:
-        from zoommil.models import default_mags
-
-        return [float(m) for m in default_mags(arch, mags)]
-    except (ImportError, AttributeError):
-        pass
-    if arch in ("zoommil", "msmil"):
-        return mags
-    if arch == "dsmil":
-        return [mags[0], mags[-1]] if len(mags) > 1 else mags
-    return [mags[-1]]
 
 
 def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -134,7 +118,7 @@ def main_table(
             "method": method,
             "name": display_name(method, spec),
             "arch": spec.get("arch", method),
-            "mags": format_mags(method_mags(spec.get("arch", method), mags)),
+            "mags": format_mags(arch_mags(spec.get("arch", method), mags)),
         }
         if method in by_method.index:
             row.update(by_method.loc[method].to_dict())
