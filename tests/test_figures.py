@@ -101,6 +101,20 @@ def test_throughput_figure_data_states_the_setting_and_ci(tmp_path: Path) -> Non
     assert list(figures.frontier(data[data["device"] == "cpu1"])["method"]) == ["zoommil"]
 
 
+def test_equal_throughputs_are_drawn_side_by_side() -> None:
+    """Methods timed in one shared pass have (almost) equal throughput: their markers are
+    spread sideways, symmetric about the true value; other points stay where they are."""
+    speeds = [560.0, 1500.0, 561.0, 390.0, 560.5]
+    factors = figures.dodge_factors(speeds, step=0.05)
+    assert factors[1] == factors[3] == 1.0
+    assert factors[0] == pytest.approx(1.05**-1) and factors[2] == pytest.approx(1.0)
+    assert factors[4] == pytest.approx(1.05)
+    assert figures.dodge_factors([100.0, 200.0]) == [1.0, 1.0]
+    assert figures.dodge_factors([100.0, 100.0], step=0.1) == pytest.approx(
+        [1 / 1.1**0.5, 1.1**0.5]
+    )
+
+
 def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: Path) -> None:
     slide = make_slide("t0.tiff", width=1024, height=768, mpp=1.0, levels=2)
     sheet = tmp_path / "usable.tsv"

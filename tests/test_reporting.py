@@ -258,6 +258,7 @@ def test_make_tables(tmp_path: Path) -> None:
     assert "1 of 2 slides excluded (1 implausible_mpp)" in markdown
     assert "GPU timing skipped: no CUDA device" in markdown
     assert "GPU (s/slide)" not in markdown  # no GPU column without a GPU
+    assert "timed together" not in markdown  # every method was timed on its own here
     latex = outputs["main_tex"].read_text()
     assert r"\textbf{ZoomMIL}" in latex and r"75.0 $\pm$ 7.1" in latex and "RANDOM" in latex
     ablation = made["ablations"]
@@ -265,6 +266,35 @@ def test_make_tables(tmp_path: Path) -> None:
     assert list(ablation["component"]) == ["reference", "selection"]
     assert ablation.iloc[1]["variant"] == "selection=random"
     assert "selection=random" in outputs["ablation_md"].read_text()
+
+
+def test_tables_name_the_methods_timed_in_one_shared_pass(tmp_path: Path) -> None:
+    data = fabricate_results(tmp_path)
+    for path in data["timings"]["cpu1"]:
+        record = json.loads(Path(path).read_text())
+        if record.get("method", Path(path).parent.name) != "zoommil":
+            record["shared_pass"] = ["abmil", "clam_sb"]
+            Path(path).write_text(json.dumps(record))
+    outputs = {
+        f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
+        for kind in ("main", "ablation")
+        for ext in ("csv", "md", "tex")
+    }
+    tables.make_tables(
+        qc_table=data["qc"],
+        evals=data["evals"],
+        flops=data["flops"],
+        timings=data["timings"],
+        outputs=outputs,
+        dataset="demo",
+        weights="random",
+        mags=[2.5, 5, 10],
+        methods={"zoommil": {"arch": "zoommil", "k": 4}, "abmil": {"arch": "abmil"}},
+    )
+    assert (
+        "each method charged the pass plus its own MIL head (their times differ only by the "
+        "heads): ABMIL, CLAM-SB"
+    ) in outputs["main_md"].read_text()
 
 
 def test_ablation_label() -> None:

@@ -90,7 +90,7 @@ def flops_by_method(paths: Iterable[str | Path]) -> dict[str, dict[str, float]]:
 
 
 def timing_by_method(paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
-    """method -> {seconds, slides_per_hour, threads, device_name, skipped}."""
+    """method -> {seconds, slides_per_hour, threads, device_name, skipped, shared_pass}."""
     out = {}
     for path in paths:
         data = load_json(path)
@@ -103,5 +103,6 @@ def timing_by_method(paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
             "threads": data.get("threads"),
             "device_name": data.get("device_name") or "",
             "skipped": skipped or "",
+            "shared_pass": list(data.get("shared_pass") or []),
         }
     return out

@@ -298,9 +298,10 @@ def table_notes(
     timings_skipped: Mapping[str, str],
     encoder: str = "resnet50_layer3",
     exclusions_frame: pd.DataFrame | None = None,
+    shared_passes: Sequence[Sequence[str]] = (),
 ) -> list[str]:
     """Notes printed under every table (encoder, weights, QC exclusions, the evaluated slides
-    a later stage left out, skipped devices)."""
+    a later stage left out, skipped devices, methods timed in one shared pass)."""
     notes = [f"patch encoder: {encoder_label(encoder)}"]
     if str(weights) == "random":
         notes.append(
@@ -323,6 +324,12 @@ def table_notes(
         notes.append(f"{late} (results/qc/exclusions.tsv)")
     for device, reason in timings_skipped.items():
         notes.append(f"{TIMING_HEADERS[device].split(' (')[0]} timing skipped: {reason}")
+    if shared_passes:
+        groups = "; ".join(", ".join(display_name(m) for m in group) for group in shared_passes)
+        notes.append(
+            f"timed together, one read-and-encode pass per slide, each method charged the pass "
+            f"plus its own MIL head (their times differ only by the heads): {groups}"
+        )
     notes.append(
         "mean ± std over seeds on the test split [95% bootstrap CI over test slides: "
         f"{stats.N_BOOTSTRAP} resamples of the slides, metric averaged over seeds]; "
@@ -496,7 +503,11 @@ def make_tables(
         for d, t in timing_map.items()
         if t and all(x["skipped"] for x in t.values())
     }
-    notes = table_notes(dataset, weights, qc_frame, skipped, encoder, late_frame)
+    shared = {
+        tuple(t["shared_pass"]) for by_method in timing_map.values() for t in by_method.values()
+    }
+    shared_passes = sorted(group for group in shared if group)
+    notes = table_notes(dataset, weights, qc_frame, skipped, encoder, late_frame, shared_passes)
 
     main = main_table(summary, methods, mags, flops_map, timing_map)
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
