@@ -12,7 +12,9 @@ from zoommil.cli import main
 from zoommil.errors import ZoomMILError
 from zoommil.wsi.tissue import (
     detect_tissue,
+    gaussian_tissue_mask,
     label_components,
+    label_components_with_stats,
     load_mask,
     method_params,
     parse_param_args,
@@ -51,6 +53,73 @@ def test_components_are_labelled_as_scipy_labels_them(seed):
         expected, expected_n = ndimage.label(mask)
         assert n == expected_n
         np.testing.assert_array_equal(labels, expected)
+        labelled, n_stats, stats = label_components_with_stats(mask)
+        np.testing.assert_array_equal(labelled, expected)
+        assert n_stats == n and len(stats) == n + 1
+        np.testing.assert_array_equal(stats[:, 4], np.bincount(expected.ravel(), minlength=n + 1))
+
+
+def _peeling_reference(rgb, sigma, kernel_size, min_size, background_gray=228):
+    """The Gaussian detector as published: every round blurs the whole image again (the
+    library blurs only the rows a peeled region changed, and must give the same masks)."""
+    img = rgb.copy()
+    sat = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)[..., 1]
+    hist = np.bincount(sat.ravel(), minlength=256)
+    img[sat < max(_otsu_reference(hist), 8.0)] = 255
+    gray_ref = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    mask = np.zeros(img.shape[:2], dtype=bool)
+    kernel = np.ones((kernel_size, kernel_size), dtype=np.uint8)
+    for _ in range(100):
+        inv = 255.0 - cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        blurred = cv2.GaussianBlur(inv, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
+        positive = np.clip(blurred[blurred > 0], 0, 255).astype(np.uint8)
+        if positive.size == 0:
+            break
+        thr = _otsu_reference(np.bincount(positive, minlength=256))
+        labels, n = label_components(blurred >= max(thr, 1e-6))
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        sizes[sizes < min_size] = 0
+        if n == 0 or sizes.max() == 0:
+            break
+        region = cv2.dilate((labels == np.argmax(sizes)).astype(np.uint8), kernel).astype(bool)
+        if gray_ref[region].mean() >= background_gray:
+            break
+        mask |= region
+        img[region] = 255
+    return mask
+
+
+def _otsu_reference(hist):
+    prob = hist / hist.sum()
+    omega, mu = np.cumsum(prob), np.cumsum(prob * np.arange(256))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * omega - mu) ** 2 / (omega * (1.0 - omega))
+    return float(np.argmax(np.nan_to_num(between, nan=-1.0, posinf=-1.0)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gaussian_detector_peels_exactly_like_whole_image_blurs(seed):
+    """Bit-for-bit the published loop, on images with many separate pieces of tissue (the
+    rows re-blurred per round then cover only part of the image)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(12):
+        h, w = (int(v) for v in rng.integers(120, 700, 2))
+        rgb = np.full((h, w, 3), 240, dtype=np.uint8)
+        for _ in range(int(rng.integers(2, 14))):
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            axes = (int(rng.integers(2, 120)), int(rng.integers(2, 120)))
+            colour = tuple(int(c) for c in rng.integers(60, 230, 3))
+            cv2.ellipse(rgb, centre, axes, float(rng.integers(0, 180)), 0, 360, colour, -1)
+        noise = rng.integers(-25, 25, rgb.shape)
+        rgb = np.clip(rgb.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        params = {
+            "sigma": float(rng.choice([3.0, 10.0, 20.0])),
+            "kernel_size": int(rng.choice([1, 7, 20])),
+            "min_size": int(rng.choice([1, 10])),
+        }
+        expected = _peeling_reference(rgb, **params)
+        np.testing.assert_array_equal(gaussian_tissue_mask(rgb, **params), expected)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "otsu"])
