@@ -6,6 +6,11 @@ run first and not counted (``warmup``, default 0) and the encoder always sees on
 batch first, so one-off costs (allocators, thread pools, kernel selection) do not land on the
 first slide.
 
+Methods that read the same patches (the all-patch baselines at one set of magnifications) are
+timed together (`measure_shared_throughput`): each slide is tiled, read and encoded once and
+every method is charged that pass plus its own head, which is the time it takes alone; timing
+the identical encoding once per method only multiplied the benchmark's cost.
+
 Cores on CPU: ``threads`` N means N single-threaded worker processes, each classifying whole
 slides and reading its own patches (N cores in all; 1 is one core). Slides are independent,
 so N processes scale with the cores where one process with N torch threads does not (small
