@@ -190,6 +190,7 @@ def first_checkpoint(wildcards):
 
 
 def first_seed_checkpoint(method):
+    """The checkpoint of a method's first seed (FLOPs and timings use it)."""
     return f"results/models/{method}/seed~{seeds_of(method)[0]}/checkpoint.pt"
 
 

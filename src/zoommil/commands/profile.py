@@ -30,9 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         nargs="+",
         required=True,
-        help="checkpoint.pt; several if they read the same patches (non-ZoomMIL methods at "
-        "the same magnifications): one read-and-encode pass per slide then serves them all, "
-        "each charged that pass plus its own head",
+        help="checkpoint.pt, one or more: ZoomMIL checkpoints are timed one by one, the others "
+        "in groups that read the same patches (one read-and-encode pass per slide, each "
+        "method charged that pass plus its own head)",
     )
     add_device(parser)
     parser.add_argument(
