@@ -224,8 +224,9 @@ def fabricate_results(tmp_path: Path, gpu: bool = False) -> dict:
     return {"evals": evals, "flops": flops, "timings": timings, "qc": qc_table}
 
 
-def test_make_tables(tmp_path: Path) -> None:
-    data = fabricate_results(tmp_path)
+def _make_demo_tables(tmp_path: Path, data: dict, **extra) -> tuple[dict, dict]:
+    """`tables.make_tables` on `fabricate_results`' files (ZoomMIL and ABMIL at 2.5/5/10x):
+    what it returns and the output paths."""
     outputs = {
         f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
         for kind in ("main", "ablation")
@@ -241,6 +242,16 @@ def test_make_tables(tmp_path: Path) -> None:
         weights="random",
         mags=[2.5, 5, 10],
         methods={"zoommil": {"arch": "zoommil", "k": 4}, "abmil": {"arch": "abmil"}},
+        **extra,
+    )
+    return made, outputs
+
+
+def test_make_tables(tmp_path: Path) -> None:
+    data = fabricate_results(tmp_path)
+    made, outputs = _make_demo_tables(
+        tmp_path,
+        data,
         ablations={"zoommil_random": {"arch": "zoommil", "k": 4, "selection": "random"}},
         reference="zoommil",
     )
@@ -275,22 +286,7 @@ def test_tables_name_the_methods_timed_in_one_shared_pass(tmp_path: Path) -> Non
         if record.get("method", Path(path).parent.name) != "zoommil":
             record["shared_pass"] = ["abmil", "clam_sb"]
             Path(path).write_text(json.dumps(record))
-    outputs = {
-        f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
-        for kind in ("main", "ablation")
-        for ext in ("csv", "md", "tex")
-    }
-    tables.make_tables(
-        qc_table=data["qc"],
-        evals=data["evals"],
-        flops=data["flops"],
-        timings=data["timings"],
-        outputs=outputs,
-        dataset="demo",
-        weights="random",
-        mags=[2.5, 5, 10],
-        methods={"zoommil": {"arch": "zoommil", "k": 4}, "abmil": {"arch": "abmil"}},
-    )
+    _, outputs = _make_demo_tables(tmp_path, data)
     assert (
         "each method charged the pass plus its own MIL head (their times differ only by the "
         "heads): ABMIL, CLAM-SB"

@@ -102,10 +102,15 @@ def parse_param_args(items: list[str] | None) -> dict[str, Any]:
 
 def _otsu(values: np.ndarray) -> float:
     """Otsu threshold of uint8-ranged values (a plain histogram implementation)."""
-    values = np.clip(np.asarray(values, dtype=np.float64).ravel(), 0, 255)
-    if values.size == 0:
+    if np.size(values) == 0:
         return 0.0
-    return _otsu_of_histogram(np.bincount(values.astype(np.uint8), minlength=256))
+    return _otsu_of_histogram(_histogram(values))
+
+
+def _histogram(values: np.ndarray) -> np.ndarray:
+    """256-bin histogram of the values' integer parts, clipped to 0..255 (what Otsu counts)."""
+    clipped = np.clip(np.asarray(values).ravel(), 0, 255)
+    return np.bincount(clipped.astype(np.uint8), minlength=256)
 
 
 def _otsu_of_histogram(hist: np.ndarray) -> float:
@@ -122,9 +127,8 @@ def _otsu_of_histogram(hist: np.ndarray) -> float:
 
 
 def _positive_histogram(values: np.ndarray) -> np.ndarray:
-    """What `_otsu` counts for ``values[values > 0]``: integer parts clipped to 0..255."""
-    positive = values[values > 0]
-    return np.bincount(np.clip(positive, 0, 255).astype(np.uint8), minlength=256)
+    """`_histogram` of ``values[values > 0]`` (the blurred image's Otsu counts only those)."""
+    return _histogram(values[values > 0])
 
 
 def _saturation(rgb: np.ndarray) -> np.ndarray:
