@@ -503,7 +503,7 @@ def test_features_and_predict_end_to_end_with_a_vit(slides_dir, tmp_path, vircho
     np.testing.assert_allclose([result["probabilities"][c] for c in "ab"], probs, atol=1e-3)
 
 
-def test_flops_command_counts_the_checkpoints_encoder(tmp_path):
+def test_flops_command_counts_the_checkpoints_encoder(tmp_path, capsys):
     """`zoommil flops` takes the encoder from the checkpoint's preprocessing (UNI: 61.6 G per
     patch, not the ResNet's 4.3 G)."""
     from zoommil.io.featurefile import write_feature_file
@@ -540,6 +540,21 @@ def test_flops_command_counts_the_checkpoints_encoder(tmp_path):
     row = result["per_slide"][0]
     assert row["patches_encoded"] == 7
     assert row["encoder_flops"] == pytest.approx(7 * result["encoder_flops_per_patch"])
+
+    # several checkpoints in one process: each output is what its own call writes
+    meanmil = build_model("meanmil", in_dim=1024, n_classes=2)
+    ckpt2 = save_checkpoint(tmp_path / "m.pt", meanmil.state_dict(), {**config, "arch": "meanmil"})
+    outs = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    together = ["flops", "--checkpoint", str(ckpt2), str(ckpt), *argv[3:], "--model", "m", "a"]
+    assert main([*together, "--out", *outs]) == 0
+    first, second = (json.loads(Path(p).read_text()) for p in outs)
+    assert second == {**result, "method": "a"}
+    assert first["method"] == "m" and first["arch"] == "meanmil"
+    assert first["mean_head_flops"] < result["mean_head_flops"]
+    assert main([*together, "--out", outs[0]]) == 2
+    assert "2 checkpoint(s) but 1 --out value(s): give one per checkpoint" in (
+        capsys.readouterr().err
+    )
 
 
 def test_tables_name_the_encoder():

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from workflow_config import harness
 
 pytestmark = pytest.mark.slow
@@ -39,7 +41,7 @@ def test_training_parameter_reruns_training_and_what_follows(tiny) -> None:
     jobs = plan(workdir, config, "epochs.yaml")
     assert not PREPROCESS & set(jobs), jobs
     assert jobs["train"] == 4 and "evaluate" not in jobs  # the train job evaluates
-    assert jobs["flops"] == 4 and jobs["tables"] == 1
+    assert jobs["flops"] == 1 and jobs["tables"] == 1  # one job counts every method
 
 
 def test_method_parameter_reruns_only_that_method(tiny) -> None:
@@ -47,7 +49,8 @@ def test_method_parameter_reruns_only_that_method(tiny) -> None:
     config = copy.deepcopy(harness.load_config())
     config["methods"]["abmil"]["dropout"] = 0.1
     jobs = plan(workdir, config, "abmil.yaml")
-    assert jobs["train"] == jobs["flops"] == 1  # abmil seed 0 only
+    assert jobs["train"] == 1  # abmil seed 0 only
+    assert jobs["flops"] == 1  # the one FLOPs job (every method: ~0.3 s each)
     assert set(jobs) <= {"train", "flops"} | AGGREGATES, jobs
 
 
@@ -87,6 +90,42 @@ def test_new_method_only_adds_jobs(tiny) -> None:
     jobs = plan(workdir, config, "method.yaml")
     assert jobs["train"] == jobs["flops"] == 1
     assert set(jobs) <= {"train", "flops"} | AGGREGATES, jobs
+
+
+def test_seeds_in_one_job_trains_each_seed_as_its_own_job_did(tiny, tmp_path) -> None:
+    """train.seeds_in_one_job: one job per method trains seeds 0 and 1 in one process, and
+    seed 0 comes out bit for bit as the tiny run's per-seed job made it."""
+    workdir, _, _ = tiny
+    grouped = tmp_path / "grouped"
+    shutil.copytree(workdir, grouped, symlinks=True)  # copy2: the outputs stay up to date
+    config = copy.deepcopy(harness.load_config())
+    config["train"]["seeds"] = config["ablations"]["seeds"] = [0, 1]
+    config["train"]["seeds_in_one_job"] = True
+    configfile = harness.write_config(grouped, config, "grouped.yaml")
+    jobs = harness.planned_jobs(grouped, configfile)
+    assert jobs["train"] == 4  # one per method (3 + 1 ablation), each for seeds 0 and 1
+    target = "results/models/meanmil/seed~1/checkpoint.pt"
+    harness.snakemake(grouped, target, configfile=configfile)
+    log = (grouped / "results/logs/train/meanmil/seeds.log").read_text()
+    assert "meanmil seed 0:" in log and "meanmil seed 1:" in log
+
+    def weights(run: Path, seed: int) -> dict[str, torch.Tensor]:
+        path = run / f"results/models/meanmil/seed~{seed}/checkpoint.pt"
+        return torch.load(path, weights_only=True)["state_dict"]
+
+    alone, together = weights(workdir, 0), weights(grouped, 0)
+    assert all(torch.equal(alone[k], together[k]) for k in alone)
+    assert any(not torch.equal(alone[k], v) for k, v in weights(grouped, 1).items())
+
+    bad = copy.deepcopy(config)
+    bad["ablations"]["seeds"] = [0]
+    result = harness.snakemake(
+        grouped, "-n", configfile=harness.write_config(grouped, bad, "bad.yaml"), check=False
+    )
+    assert result.returncode != 0
+    assert "train.seeds_in_one_job needs ablations.seeds equal to train.seeds" in (
+        result.stdout + result.stderr
+    )
 
 
 def edit(workdir: Path, relative: str, addition: bytes) -> tuple[Path, bytes, os.stat_result]:

@@ -50,8 +50,10 @@ def test_demo_config_dry_run(workdir: Path) -> None:
     ) * len(demo["ablations"]["seeds"])
     assert jobs["synth"] == 1
     assert "train_config" not in jobs and "evaluate" not in jobs  # both inside the train job
-    assert jobs["train"] == n_runs == 45 and n_methods == 15
-    assert jobs["flops"] == n_methods
+    # train.seeds_in_one_job: one job per method trains its three seeds
+    assert demo["train"]["seeds_in_one_job"] is True
+    assert jobs["train"] == n_methods == 15 and n_runs == 45
+    assert jobs["flops"] == 1  # every method in one job
     # cpu1 and cpu per method; efficiency.gpu: auto times on a GPU only where there is one
     assert demo["efficiency"]["gpu"] == "auto"
     n_devices = 3 if workflow.gpu_present() else 2
@@ -59,6 +61,15 @@ def test_demo_config_dry_run(workdir: Path) -> None:
     assert jobs["profile"] == n_devices
     assert jobs["tables"] == jobs["figure_throughput"] == jobs["figure_attention"] == 1
     assert jobs["qc_exclusions"] == 1  # every slide left out, at any stage
+
+
+def test_demo_with_one_job_per_seed(workdir: Path) -> None:
+    """The cluster layout of the same demo: one train job per method and seed."""
+    demo = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    demo["train"]["seeds_in_one_job"] = False
+    configfile = harness.write_config(workdir, demo, "per_seed.yaml")
+    jobs = harness.planned_jobs(workdir, configfile)
+    assert jobs["train"] == 45
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

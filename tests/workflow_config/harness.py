@@ -74,9 +74,9 @@ def snakemake(
     command = [sys.executable, "-m", "snakemake"]
     if cores is not None:
         command += ["--cores", str(cores)]
+    command += list(args)  # before --configfile, which would take a target as a 2nd file
     if configfile is not None:
         command += ["--configfile", str(configfile)]
-    command += list(args)
     result = subprocess.run(
         command, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800
     )

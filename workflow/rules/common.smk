@@ -149,6 +149,7 @@ ABLATIONS = dict((config.get("ablations") or {}).get("methods") or {})
 ALL_METHODS = {**MAIN_METHODS, **ABLATIONS}
 SEEDS = list(config["train"]["seeds"])
 ABLATION_SEEDS = list((config.get("ablations") or {}).get("seeds") or SEEDS)
+SEEDS_IN_ONE_JOB = bool(config["train"].get("seeds_in_one_job", False))
 EFFICIENCY = config.get("efficiency", {})
 EFFICIENCY_METHODS = list(EFFICIENCY.get("methods") or MAIN_METHODS)
 ATTENTION = config.get("figures", {}).get("attention", {})
@@ -163,6 +164,12 @@ for _name in EFFICIENCY_METHODS + [ATTENTION.get("method", "zoommil")]:
         raise ValueError(
             f"config: '{_name}' (efficiency/figures) is not a configured method"
         )
+
+
+if SEEDS_IN_ONE_JOB and ABLATIONS and ABLATION_SEEDS != SEEDS:
+    raise ValueError(
+        "config: train.seeds_in_one_job needs ablations.seeds equal to train.seeds"
+    )
 
 
 if ATTENTION.get("seed", 0) not in (
@@ -184,9 +191,32 @@ def runs(prefix, suffix, methods=None):
     ]
 
 
-def first_checkpoint(wildcards):
-    """Efficiency is measured with each method's first-seed model."""
-    return first_seed_checkpoint(wildcards.method)
+def run_paths(pattern):
+    """A train job's files: {method} and {seed} in `pattern` per seed; with
+    train.seeds_in_one_job, every seed's file of the job's {method}."""
+    if not SEEDS_IN_ONE_JOB:
+        return pattern
+    return expand(pattern.replace("{method}", "{{method}}"), seed=SEEDS)
+
+
+def train_seeds(wildcards):
+    """The seeds a train job trains (`zoommil train --seed`)."""
+    return (
+        " ".join(map(str, seeds_of(wildcards.method)))
+        if SEEDS_IN_ONE_JOB
+        else wildcards.seed
+    )
+
+
+def run_dirs(wildcards, output):
+    """The output folder of each seed of a train job (`zoommil train --out`)."""
+    checkpoints = output.checkpoint if SEEDS_IN_ONE_JOB else [output.checkpoint]
+    return " ".join(os.path.dirname(path) for path in checkpoints)
+
+
+def first_file(wildcards, output):
+    """The first train config of a train job (every seed's has the same text)."""
+    return output.config[0] if SEEDS_IN_ONE_JOB else output.config
 
 
 def first_seed_checkpoint(method):

@@ -1,20 +1,21 @@
-# Per method: FLOPs (fvcore) and end-to-end throughput from the slide file, on CPU with one
-# thread (device cpu1) and with every core (cpu), and on a GPU (gpu) when there is one. One
-# timing job per device times every method: ZoomMIL on its own, the all-patch methods that
-# read the same patches with one read-and-encode pass per slide, each charged that pass plus
-# its own head. Timing jobs take every core (threads: all_cores()) so that no other local
-# job runs beside them. Without a GPU, `zoommil profile --device cuda` writes a
-# skip note; `efficiency.gpu: false` drops the GPU timings.
+# FLOPs (fvcore) of every method in one job: ~0.3 s each after ~3.5 s of process start and
+# imports, which one job per method paid 15 times over. Per method, end-to-end throughput from
+# the slide file, on CPU with one thread (device cpu1) and with every core (cpu), and on a GPU
+# (gpu) when there is one. One timing job per device times every method: ZoomMIL on its own,
+# the all-patch methods that read the same patches with one read-and-encode pass per slide,
+# each charged that pass plus its own head. Timing jobs take every core (threads:
+# all_cores()) so that no other local job runs beside them. Without a GPU, `zoommil profile
+# --device cuda` writes a skip note; `efficiency.gpu: false` drops the GPU timings.
 
 
 rule flops:
     input:
-        checkpoint=first_checkpoint,
+        checkpoints=[first_seed_checkpoint(m) for m in ALL_METHODS],
         usable="results/qc/usable.tsv",
     output:
-        flops="results/efficiency/{method}/flops.json",
+        flops=expand("results/efficiency/{method}/flops.json", method=ALL_METHODS),
     log:
-        "results/logs/flops/{method}.log",
+        "results/logs/flops.log",
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -23,9 +24,10 @@ rule flops:
         runtime=30,
     params:
         code=code("flops"),
+        models=" ".join(ALL_METHODS),
         features_dir="results/features",
     shell:
-        "zoommil flops --model {wildcards.method} --checkpoint {input.checkpoint} "
+        "zoommil flops --model {params.models} --checkpoint {input.checkpoints} "
         "--features-dir {params.features_dir} --sheet {input.usable} --split test "
         "--out {output.flops} > {log} 2>&1"
 

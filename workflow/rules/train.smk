@@ -1,7 +1,10 @@
-# Per method x seed: one process trains, writes its train config (a params value, so a
-# changed training parameter reruns exactly the affected methods) and evaluates the kept
-# epoch on the test split (the JSON `zoommil evaluate` would write, without a second process
-# that loads torch and the features again). A new seed or method only adds jobs.
+# Per method x seed (or per method with train.seeds_in_one_job: every seed one after the other
+# in one process, which saves the process start and imports, ~3-4 s a seed on a small CPU): the
+# job writes its train config (a params value, so a changed training parameter reruns exactly
+# the affected methods) and evaluates the kept epoch on the test split (the JSON `zoommil
+# evaluate` would write, without a second process that loads torch and the features again).
+# Per seed, a new seed or method only adds jobs; with seeds in one job a new seed reruns the
+# method's job (with the same results for the old seeds).
 
 
 rule train:
@@ -9,25 +12,31 @@ rule train:
         qc="results/qc/slides.tsv",
         features=usable_features,
     output:
-        checkpoint="results/models/{method}/seed~{seed}/checkpoint.pt",
-        metrics="results/models/{method}/seed~{seed}/metrics.json",
-        log_csv="results/models/{method}/seed~{seed}/log.csv",
-        config="results/models/{method}/seed~{seed}/train_config.yaml",
-        evaluation="results/eval/{method}/seed~{seed}.json",
+        checkpoint=run_paths("results/models/{method}/seed~{seed}/checkpoint.pt"),
+        metrics=run_paths("results/models/{method}/seed~{seed}/metrics.json"),
+        log_csv=run_paths("results/models/{method}/seed~{seed}/log.csv"),
+        config=run_paths("results/models/{method}/seed~{seed}/train_config.yaml"),
+        evaluation=run_paths("results/eval/{method}/seed~{seed}.json"),
     log:
-        "results/logs/train/{method}/seed~{seed}.log",
+        (
+            "results/logs/train/{method}/seeds.log"
+            if SEEDS_IN_ONE_JOB
+            else "results/logs/train/{method}/seed~{seed}.log"
+        ),
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=8000,
-        runtime=240,
+        runtime=240 * (len(SEEDS) if SEEDS_IN_ONE_JOB else 1),
     params:
         code=code("train"),
         config=train_config,
-        out=output_dir,
+        config_file=first_file,
+        seeds=train_seeds,
+        out=run_dirs,
     shell:
-        "printf '%s' {params.config:q} > {output.config} && "
-        "zoommil train --config {output.config} --model {wildcards.method} "
-        "--seed {wildcards.seed} --out {params.out} --eval-out {output.evaluation} "
+        "printf '%s' {params.config:q} | tee {output.config} > /dev/null && "
+        "zoommil train --config {params.config_file} --model {wildcards.method} "
+        "--seed {params.seeds} --out {params.out} --eval-out {output.evaluation} "
         "--threads {threads} --no-progress > {log} 2>&1"

@@ -1,9 +1,11 @@
-"""`zoommil flops`: FLOPs per slide of a trained method (encoder x patches + MIL head)."""
+"""`zoommil flops`: FLOPs per slide of trained methods (encoder x patches + MIL head)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from zoommil.commands.options import check_one_per
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,34 +18,47 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "patches the method encodes (ZoomMIL: only the zoomed-in ones), plus the MIL head "
             "on that bag. fvcore counts one multiply-add as one flop; "
             "TFLOPs are 2^40 flops, as in the paper's tables. The head is cross-checked with "
-            "torch.utils.flop_counter."
+            "torch.utils.flop_counter. Several checkpoints (with one --out each) are counted "
+            "in one process."
         ),
     )
-    parser.add_argument("--model", help="method name to record (default: the checkpoint's)")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        help="method name to record, one per checkpoint (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, nargs="+", required=True, help="checkpoint.pt, one or more"
+    )
     parser.add_argument("--features-dir", type=Path, required=True, help="folder of {slide_id}.h5")
     parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
     parser.add_argument("--split", default="test", help="split to count (default test)")
     parser.add_argument("--max-slides", type=int, help="count only the first N slides")
-    parser.add_argument("--out", type=Path, required=True, help="output JSON")
-    parser.set_defaults(func=run, outputs=lambda a: [a.out])
+    parser.add_argument(
+        "--out", type=Path, nargs="+", required=True, help="output JSON, one per checkpoint"
+    )
+    parser.set_defaults(func=run, outputs=lambda a: list(a.out))
 
 
 def run(args: argparse.Namespace) -> int:
     from zoommil.efficiency.flops import TFLOP, checkpoint_flops
     from zoommil.io.jsonio import write_json
 
-    result = checkpoint_flops(
-        args.checkpoint,
-        args.features_dir,
-        sheet=args.sheet,
-        split=args.split,
-        max_slides=args.max_slides,
-        method=args.model,
-    )
-    write_json(args.out, result)
-    print(
-        f"{args.out}: {result['mean_total_flops'] / TFLOP:.4f} TFLOPs per slide over "
-        f"{len(result['per_slide'])} slides"
-    )
+    n = len(args.checkpoint)
+    check_one_per(n, "checkpoint", {"--out": args.out, "--model": args.model})
+    methods = args.model or [None] * n
+    for checkpoint, method, out in zip(args.checkpoint, methods, args.out, strict=True):
+        result = checkpoint_flops(
+            checkpoint,
+            args.features_dir,
+            sheet=args.sheet,
+            split=args.split,
+            max_slides=args.max_slides,
+            method=method,
+        )
+        write_json(out, result)
+        print(
+            f"{out}: {result['mean_total_flops'] / TFLOP:.4f} TFLOPs per slide over "
+            f"{len(result['per_slide'])} slides"
+        )
     return 0

@@ -84,3 +84,18 @@ def add_no_fail(parser: argparse.ArgumentParser) -> None:
             "never stops a batch; other errors still exit non-zero"
         ),
     )
+
+
+def check_one_per(
+    count: int, item: str, flags: dict[str, list | None], noun: str = "value(s)"
+) -> None:
+    """Commands that take several checkpoints (or seeds) take one --out etc. per item, in the
+    same order; a flag that is absent (None) is not checked."""
+    from zoommil.errors import ZoomMILError
+
+    for flag, values in flags.items():
+        if values is not None and len(values) != count:
+            raise ZoomMILError(
+                f"{count} {item}(s) but {len(values)} {flag} {noun}: give one per {item}, in "
+                "the same order"
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoommil.commands.options import add_device, add_precision, threads_value
+from zoommil.commands.options import add_device, add_precision, check_one_per, threads_value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -63,14 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zoommil.efficiency.throughput import profile_checkpoints
-    from zoommil.errors import ZoomMILError
     from zoommil.io.jsonio import write_json
 
-    if len(args.out) != len(args.checkpoint):
-        raise ZoomMILError(
-            f"{len(args.checkpoint)} checkpoint(s) but {len(args.out)} --out file(s): give "
-            "one output per checkpoint, in the same order"
-        )
+    check_one_per(len(args.checkpoint), "checkpoint", {"--out": args.out}, noun="file(s)")
     results = profile_checkpoints(
         args.checkpoint,
         device=args.device,
