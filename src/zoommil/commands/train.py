@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zoommil.commands.options import add_device, add_threads, check_one_per
+
 if TYPE_CHECKING:
     from zoommil.training.config import MethodSpec, TrainConfig
-
-from zoommil.commands.options import add_device, add_threads, check_one_per
 
 log = logging.getLogger(__name__)
 
