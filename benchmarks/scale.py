@@ -11,8 +11,10 @@ MIL weights: speed does not depend on them.
 
 1. features (CAMELYON16 lattice: 10x -> 20x): bare encoder vs whole path (`extract_features`:
    reader process, batching, streaming HDF5 write) on the first N parents of each slide, fp32
-   and bf16, 1 encoder thread, batch 4; bare and whole interleave in the same child. Peak RSS
-   for N and 4N parents shows whether memory grows with the slide.
+   and bf16, 1 encoder thread, batch 4; bare and whole interleave in the same child (bare,
+   whole, bare, ... with --repeats whole runs; each whole run against the mean of the bare runs
+   either side, the median of those ratios reported). Peak RSS for N and 4N parents shows
+   whether memory grows with the slide.
 2. predict (BRIGHT: 1.25x -> 2.5x -> 10x, K = 12) ZoomMIL vs all-patch ABMIL (10x) on both
    slides, whole slides, end to end: seconds, patches encoded, phases, peak RSS; ZoomMIL's
    slides/h on one core (workers 0: reading inline) and with one reader process, next to
@@ -105,7 +107,13 @@ def peak_rss_mb() -> dict[str, float]:
 
 
 def child_features(a: dict[str, Any]) -> dict[str, Any]:
-    """Bare encoder and whole path, interleaved (bare, whole, bare), same encoder."""
+    """Bare encoder and whole path, interleaved (bare, whole, bare, ..., bare), same encoder.
+
+    Why interleaved and repeated: on a VM one process's encoder rate moves by 10-30% within a
+    minute, so a single bare timing next to a single whole one mostly measures that drift.
+    Each whole run is compared with the mean of the bare runs just before and after it, and
+    the ratio reported is the median over the repeats (with its range).
+    """
     import torch
 
     from zoommil.features.encoder import PatchEncoder, build_encoder
@@ -124,31 +132,50 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
             encoder.encode(batch)
         return n // a["batch"] * a["batch"] / (time.perf_counter() - tic)
 
-    # the --threads rows pass bare_patches 0: the whole path only
-    rates = [bare(a["bare_patches"])] if a["bare_patches"] else []
-    result = extract_features(
-        a["slide"],
-        a["coords"],
-        a["out"],
-        weights="random",
-        batch_size=a["batch"],
-        workers=a["workers"],
-        device="cpu",
-        precision=a["precision"],
-        threads=a["threads"],
-        progress=False,
-    )
-    if rates:
+    def whole() -> Any:
+        return extract_features(
+            a["slide"],
+            a["coords"],
+            a["out"],
+            weights="random",
+            batch_size=a["batch"],
+            workers=a["workers"],
+            device="cpu",
+            precision=a["precision"],
+            threads=a["threads"],
+            progress=False,
+        )
+
+    # the --threads rows pass bare_patches 0: the whole path only, once
+    if not a["bare_patches"]:
+        result = whole()
+        return {
+            "patches": int(sum(result.num_patches)),
+            "bare_patches_per_s": float("nan"),
+            "bare_runs": [],
+            "whole_patches_per_s": result.patches_per_second,
+            "whole_runs": [result.patches_per_second],
+            "whole_over_bare": float("nan"),
+            "stream": result.attrs.get("stream"),
+            **peak_rss_mb(),
+        }
+    rates, wholes, ratios, streams = [bare(a["bare_patches"])], [], [], []
+    for _ in range(a.get("repeats", 1)):
+        result = whole()
+        wholes.append(result.patches_per_second)
+        streams.append(result.attrs.get("stream") or {})
         rates.append(bare(a["bare_patches"]))
-    whole = result.patches_per_second
-    bare_rate = float(np.mean(rates)) if rates else float("nan")
+        ratios.append(wholes[-1] / ((rates[-2] + rates[-1]) / 2))
+    middle = int(np.argsort(ratios)[len(ratios) // 2])  # the run whose ratio is the median
     return {
         "patches": int(sum(result.num_patches)),
-        "bare_patches_per_s": bare_rate,
+        "bare_patches_per_s": float(np.median(rates)),
         "bare_runs": rates,
-        "whole_patches_per_s": whole,
-        "whole_over_bare": whole / bare_rate,
-        "stream": result.attrs.get("stream"),
+        "whole_patches_per_s": float(np.median(wholes)),
+        "whole_runs": wholes,
+        "whole_over_bare": float(np.median(ratios)),
+        "whole_over_bare_runs": ratios,
+        "stream": streams[middle],
         **peak_rss_mb(),
     }
 
@@ -361,6 +388,14 @@ def make_checkpoints() -> dict[str, Path]:
 # --------------------------------------------------------------------------- report
 
 
+def ratio_cell(r: dict[str, Any]) -> str:
+    """The median whole/bare ratio, with the range over the repeats when there are several."""
+    runs = r.get("whole_over_bare_runs") or []
+    if len(runs) < 2:
+        return f"{r['whole_over_bare']:.2f}"
+    return f"{r['whole_over_bare']:.2f} ({min(runs):.2f}-{max(runs):.2f}, {len(runs)} runs)"
+
+
 def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
@@ -391,7 +426,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(
             f"| {r['slide']} | {r['precision']} | {r['parents']} ({r['parents_total']}) | "
             f"{r['patches']} | {r['bare_patches_per_s']:.1f} | {r['whole_patches_per_s']:.1f} | "
-            f"{r['whole_over_bare']:.2f} | {s.get('reader_wait_seconds', 0):.1f} | "
+            f"{ratio_cell(r)} | {s.get('reader_wait_seconds', 0):.1f} | "
             f"{s.get('encode_seconds', 0):.1f} | {r['peak_rss_mb']:.0f} | "
             f"{r['readers_peak_rss_mb']:.0f} |"
         )
@@ -485,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         help="ABMIL reads the first N tissue parents and is extrapolated to the whole slide "
         "(0: whole slide)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="whole-path runs per features row, each between two bare-encoder runs (median)",
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=("features", "predict", "threads"))
     args = parser.parse_args(argv)
     if args.child:
@@ -546,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                             "threads": 1,
                             "workers": 1,
                             "batch": 4,
-                            "bare_patches": 8 if args.quick or slow_bf16 else 24,
+                            "bare_patches": 8 if args.quick or slow_bf16 else 96,
+                            "repeats": 1 if args.quick or slow_bf16 else args.repeats,
                         },
                     )
                     used = bf16_parents if precision == "bf16" else parents
