@@ -160,7 +160,7 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
             **peak_rss_mb(),
         }
     rates, wholes, ratios, streams = [bare(a["bare_patches"])], [], [], []
-    for _ in range(a.get("repeats", 1)):
+    for _ in range(max(1, a.get("repeats", 1))):
         result = whole()
         wholes.append(result.patches_per_second)
         streams.append(result.attrs.get("stream") or {})
