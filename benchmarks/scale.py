@@ -146,34 +146,27 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
             progress=False,
         )
 
-    # the --threads rows pass bare_patches 0: the whole path only, once
-    if not a["bare_patches"]:
-        result = whole()
-        return {
-            "patches": int(sum(result.num_patches)),
-            "bare_patches_per_s": float("nan"),
-            "bare_runs": [],
-            "whole_patches_per_s": result.patches_per_second,
-            "whole_runs": [result.patches_per_second],
-            "whole_over_bare": float("nan"),
-            "stream": result.attrs.get("stream"),
-            **peak_rss_mb(),
-        }
-    rates, wholes, ratios, streams = [bare(a["bare_patches"])], [], [], []
-    for _ in range(max(1, a.get("repeats", 1))):
+    # the --threads rows pass bare_patches 0: the whole path only, once, no ratio
+    timed = bool(a["bare_patches"])
+    rates = [bare(a["bare_patches"])] if timed else []
+    wholes, ratios, streams = [], [], []
+    for _ in range(max(1, a.get("repeats", 1)) if timed else 1):
         result = whole()
         wholes.append(result.patches_per_second)
         streams.append(result.attrs.get("stream") or {})
-        rates.append(bare(a["bare_patches"]))
-        ratios.append(wholes[-1] / ((rates[-2] + rates[-1]) / 2))
-    middle = int(np.argsort(ratios)[len(ratios) // 2])  # the run whose ratio is the median
+        if timed:
+            rates.append(bare(a["bare_patches"]))
+            ratios.append(wholes[-1] / ((rates[-2] + rates[-1]) / 2))
+    # the stream stats of the run whose ratio is the median
+    middle = int(np.argsort(ratios)[len(ratios) // 2]) if ratios else 0
+    nan = float("nan")
     return {
         "patches": int(sum(result.num_patches)),
-        "bare_patches_per_s": float(np.median(rates)),
+        "bare_patches_per_s": float(np.median(rates)) if rates else nan,
         "bare_runs": rates,
         "whole_patches_per_s": float(np.median(wholes)),
         "whole_runs": wholes,
-        "whole_over_bare": float(np.median(ratios)),
+        "whole_over_bare": float(np.median(ratios)) if ratios else nan,
         "whole_over_bare_runs": ratios,
         "stream": streams[middle],
         **peak_rss_mb(),
