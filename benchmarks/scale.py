@@ -13,8 +13,9 @@ MIL weights: speed does not depend on them.
    reader process, batching, streaming HDF5 write) on the first N parents of each slide, fp32
    and bf16, 1 encoder thread, batch 4; bare and whole interleave in the same child (bare,
    whole, bare, ... with --repeats whole runs; each whole run against the mean of the bare runs
-   either side, the median of those ratios reported). Peak RSS for N and 4N parents shows
-   whether memory grows with the slide.
+   either side, the median of those ratios reported; again without each run's wait for its
+   first batch, the reader's start, paid once per slide). Peak RSS for N and 4N parents
+   (fp32, and bf16 where the CPU has it natively) shows whether memory grows with the slide.
 2. predict (BRIGHT: 1.25x -> 2.5x -> 10x, K = 12) ZoomMIL vs all-patch ABMIL (10x) on both
    slides, whole slides, end to end: seconds, patches encoded, phases, peak RSS; ZoomMIL's
    slides/h on one core (workers 0: reading inline) and with one reader process, next to
@@ -149,14 +150,20 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
     # the --threads rows pass bare_patches 0: the whole path only, once, no ratio
     timed = bool(a["bare_patches"])
     rates = [bare(a["bare_patches"])] if timed else []
-    wholes, ratios, streams = [], [], []
+    wholes, ratios, steady_ratios, streams = [], [], [], []
     for _ in range(max(1, a.get("repeats", 1)) if timed else 1):
         result = whole()
         wholes.append(result.patches_per_second)
         streams.append(result.attrs.get("stream") or {})
         if timed:
             rates.append(bare(a["bare_patches"]))
-            ratios.append(wholes[-1] / ((rates[-2] + rates[-1]) / 2))
+            around = (rates[-2] + rates[-1]) / 2
+            ratios.append(wholes[-1] / around)
+            # the same run without the wait for its first batch (the reader's start, once per
+            # slide): what the path sustains once it runs
+            first = streams[-1].get("first_read_wait_seconds", 0.0)
+            steady = sum(result.num_patches) / (result.seconds - first)
+            steady_ratios.append(steady / around)
     # the stream stats of the run whose ratio is the median
     middle = int(np.argsort(ratios)[len(ratios) // 2]) if ratios else 0
     nan = float("nan")
@@ -168,6 +175,8 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
         "whole_runs": wholes,
         "whole_over_bare": float(np.median(ratios)) if ratios else nan,
         "whole_over_bare_runs": ratios,
+        "steady_over_bare": float(np.median(steady_ratios)) if steady_ratios else nan,
+        "steady_over_bare_runs": steady_ratios,
         "stream": streams[middle],
         **peak_rss_mb(),
     }
@@ -381,12 +390,13 @@ def make_checkpoints() -> dict[str, Path]:
 # --------------------------------------------------------------------------- report
 
 
-def ratio_cell(r: dict[str, Any]) -> str:
-    """The median whole/bare ratio, with the range over the repeats when there are several."""
-    runs = r.get("whole_over_bare_runs") or []
+def ratio_cell(r: dict[str, Any], key: str = "whole_over_bare") -> str:
+    """The median ratio, with the range over the repeats when there are several."""
+    runs = r.get(f"{key}_runs") or []
+    value = r.get(key, float("nan"))
     if len(runs) < 2:
-        return f"{r['whole_over_bare']:.2f}"
-    return f"{r['whole_over_bare']:.2f} ({min(runs):.2f}-{max(runs):.2f}, {len(runs)} runs)"
+        return f"{value:.2f}"
+    return f"{value:.2f} ({min(runs):.2f}-{max(runs):.2f}, {len(runs)} runs)"
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -411,15 +421,18 @@ def markdown(res: dict[str, Any]) -> str:
         "## Features (10x -> 20x lattice, 1 encoder thread, batch 4, 1 reader process)",
         "",
         "| slide | precision | parents (of) | patches | bare p/s | whole p/s | whole/bare | "
-        "reader wait s | encode s | peak RSS MB | readers' peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "whole/bare after the first batch | reader wait s (first batch) | encode s | "
+        "peak RSS MB | readers' peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["features"]:
         s = r.get("stream") or {}
         lines.append(
             f"| {r['slide']} | {r['precision']} | {r['parents']} ({r['parents_total']}) | "
             f"{r['patches']} | {r['bare_patches_per_s']:.1f} | {r['whole_patches_per_s']:.1f} | "
-            f"{ratio_cell(r)} | {s.get('reader_wait_seconds', 0):.1f} | "
+            f"{ratio_cell(r)} | {ratio_cell(r, 'steady_over_bare')} | "
+            f"{s.get('reader_wait_seconds', 0):.1f} "
+            f"({s.get('first_read_wait_seconds', float('nan')):.1f}) | "
             f"{s.get('encode_seconds', 0):.1f} | {r['peak_rss_mb']:.0f} | "
             f"{r['readers_peak_rss_mb']:.0f} |"
         )
@@ -503,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bf16-parents",
         type=int,
         default=None,
-        help="parents per bf16 run (default: --parents where the CPU has native bf16, else 4: "
+        help="parents per bf16 run (default: as fp32 where the CPU has native bf16, else 4: "
         "emulated bf16 is ~8x slower than fp32)",
     )
     parser.add_argument(
@@ -559,14 +572,17 @@ def main(argv: list[str] | None = None) -> int:
     native = native_bf16(torch.device("cpu"))
     res["machine"]["native_bf16"] = native
     if "features" not in args.skip:
-        bf16_parents = args.bf16_parents if args.bf16_parents is not None else (n if native else 4)
+        # emulated bf16 is much slower: a few parents, and only once per slide
+        bf16_parents = args.bf16_parents
+        if bf16_parents is None and not native:
+            bf16_parents = 4
         for name, path in slides.items():
             sizes = [n] + ([4 * n] if name == "40x" else [])
             for parents in sizes:
                 coords, total = subset_coords(path, CAMELYON, parents, f"coords_{name}_{parents}")
-                for precision in ("fp32", "bf16") if parents == n else ("fp32",):
+                for precision in ("fp32", "bf16") if parents == n or native else ("fp32",):
                     slow_bf16 = precision == "bf16" and not native
-                    if precision == "bf16" and bf16_parents < parents:
+                    if precision == "bf16" and bf16_parents and bf16_parents < parents:
                         coords, _ = subset_coords(
                             path, CAMELYON, bf16_parents, f"coords_{name}_bf16"
                         )
@@ -584,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                             "repeats": 1 if args.quick or slow_bf16 else args.repeats,
                         },
                     )
-                    used = bf16_parents if precision == "bf16" else parents
+                    used = (bf16_parents or parents) if precision == "bf16" else parents
                     res["features"].append(
                         {"slide": name, "precision": precision, "parents": min(used, parents),
                          "parents_total": total, **r}

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import openslide
 import pytest
+import torch
 from slide_factory import write_pyramid_tiff
 
 from zoommil.cli import main
@@ -22,9 +23,11 @@ from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.extraction import (
     ParentDataset,
+    StreamStats,
     depths_of,
     derive_patches,
     encode_plan,
+    encode_stream,
     extract_features,
     plan_offsets,
 )
@@ -142,6 +145,33 @@ def test_started_reader_pool_runs_before_the_first_read_and_reads_the_same(tiny)
     assert len(spawned) == len(local) == -(-len(lattice.xy[0]) // 3)
     for a, b in zip(spawned, local, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_stream_stats_split_the_first_chunks_wait_from_the_rest():
+    """The first chunk's wait (the readers' start-up) is counted apart, inside the total, so a
+    benchmark can tell a once-per-slide start from a reader that cannot keep up."""
+    import time
+
+    def slow_chunks():
+        time.sleep(0.3)  # start-up
+        for i in range(3):
+            if i:
+                time.sleep(0.05)
+            yield np.full((3, 16, 16, 3), i, dtype=np.uint8)
+
+    class Identity:
+        device = torch.device("cpu")
+
+        def encode(self, batch):
+            return batch.reshape(len(batch), -1)[:, :1].float()
+
+    stats = StreamStats()
+    out = np.concatenate(list(encode_stream(Identity(), slow_chunks(), 2, stats)))
+    np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    assert stats.patches == 9 and stats.batches == 5
+    assert 0.3 <= stats.first_read_wait < stats.read_wait
+    assert stats.read_wait - stats.first_read_wait >= 0.1
+    assert stats.as_dict()["first_read_wait_seconds"] == stats.first_read_wait
 
 
 def test_a_reader_process_that_dies_is_retried_once_then_the_slides_error(tiny):

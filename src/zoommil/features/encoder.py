@@ -38,6 +38,7 @@ from zoommil.features.encoders.resnet import (
 from zoommil.features.encoders.weights import sha256_file, sha256_state_dict
 from zoommil.features.frozen import freezable, freeze_for_cpu
 from zoommil.features.precision import PRECISION_CHOICES
+from zoommil.heap import keep_freed_memory
 
 __all__ = [
     "ENCODER_NAME",
@@ -129,6 +130,8 @@ class PatchEncoder:
             raise ZoomMILError(f"unknown precision {precision!r} (use {choices})")
         self.spec = spec or spec_of(model)
         self.device = resolve_device(device) if isinstance(device, str) else device
+        # this process will call the encoder again and again: its activations stay in the heap
+        keep_freed_memory()
         precision = resolve_precision(precision, self.device)
         self.precision = precision
         # channels_last everywhere: oneDNN's NHWC convolutions are ~12% faster than NCHW at

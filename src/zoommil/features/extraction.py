@@ -175,6 +175,8 @@ class StreamStats:
     """Where the consumer's time went: waiting for readers vs encoding (device busy)."""
 
     read_wait: float = 0.0
+    #: the part of ``read_wait`` spent on the first chunk: the readers' start-up, once per run
+    first_read_wait: float = 0.0
     encode: float = 0.0
     patches: int = 0
     batches: int = 0
@@ -182,6 +184,7 @@ class StreamStats:
     def as_dict(self) -> dict[str, float]:
         return {
             "reader_wait_seconds": self.read_wait,
+            "first_read_wait_seconds": self.first_read_wait,
             "encode_seconds": self.encode,
             "patches": self.patches,
             "batches": self.batches,
@@ -239,10 +242,15 @@ def _batches(
     pending: list[np.ndarray] = []
     held = 0
     iterator = iter(chunks)
+    first = True
     while True:
         tic = time.perf_counter()
         chunk = next(iterator, None)
-        stats.read_wait += time.perf_counter() - tic
+        waited = time.perf_counter() - tic
+        stats.read_wait += waited
+        if first:
+            stats.first_read_wait += waited
+            first = False
         if chunk is None:
             break
         pending.append(chunk)
