@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from zoommil.heap import keep_freed_memory
+from zoommil import heap
 
 glibc = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc malloc only"
@@ -75,7 +75,31 @@ def test_encoder_process_stops_faulting_its_activations_in():
     assert kept["per_call"] < 0.1 * default["per_call"]
 
 
-@glibc
-def test_keep_freed_memory_applies_once():
-    assert keep_freed_memory() is True
-    assert keep_freed_memory() is True
+def test_keep_freed_memory_sets_both_thresholds_once_and_only_on_glibc(monkeypatch):
+    """The mmap threshold goes first (setting it stops glibc's own adjusting of both), each
+    process sets them once, and off glibc nothing is called. A fake libc: this test process
+    keeps its own malloc settings."""
+    calls = []
+
+    class FakeMallopt:
+        def __call__(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    class FakeLibc:
+        def __init__(self, name: str) -> None:
+            self.mallopt = FakeMallopt()
+
+    monkeypatch.setattr(heap, "_done", False)
+    monkeypatch.setattr(heap.ctypes, "CDLL", FakeLibc)
+    monkeypatch.setattr(heap.platform, "system", lambda: "Darwin")
+    assert heap.keep_freed_memory() is False
+    assert calls == []
+    monkeypatch.setattr(heap.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(heap.platform, "libc_ver", lambda: ("musl", ""))
+    assert heap.keep_freed_memory() is False
+    monkeypatch.setattr(heap.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    assert heap.keep_freed_memory() is True
+    assert calls == [(heap.M_MMAP_THRESHOLD, 32 << 20), (heap.M_TRIM_THRESHOLD, 512 << 20)]
+    assert heap.keep_freed_memory() is True
+    assert len(calls) == 2
