@@ -580,12 +580,15 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [n] + ([4 * n] if name == "40x" else [])
             for parents in sizes:
                 coords, total = subset_coords(path, CAMELYON, parents, f"coords_{name}_{parents}")
-                for precision in ("fp32", "bf16") if parents == n or native else ("fp32",):
+                # bf16 at 4N too where it runs uncapped (native, no --bf16-parents)
+                both = parents == n or bf16_parents is None
+                for precision in ("fp32", "bf16") if both else ("fp32",):
                     slow_bf16 = precision == "bf16" and not native
-                    if precision == "bf16" and bf16_parents and bf16_parents < parents:
-                        coords, _ = subset_coords(
-                            path, CAMELYON, bf16_parents, f"coords_{name}_bf16"
-                        )
+                    used = parents
+                    if precision == "bf16" and bf16_parents is not None:
+                        used = min(bf16_parents, parents)
+                    if used < parents:
+                        coords, _ = subset_coords(path, CAMELYON, used, f"coords_{name}_bf16")
                     r = run_child(
                         "features",
                         {
@@ -600,9 +603,8 @@ def main(argv: list[str] | None = None) -> int:
                             "repeats": 1 if args.quick or slow_bf16 else args.repeats,
                         },
                     )
-                    used = (bf16_parents or parents) if precision == "bf16" else parents
                     res["features"].append(
-                        {"slide": name, "precision": precision, "parents": min(used, parents),
+                        {"slide": name, "precision": precision, "parents": used,
                          "parents_total": total, **r}
                     )  # fmt: skip
                     save(res, tic)

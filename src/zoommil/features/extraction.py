@@ -175,7 +175,8 @@ class StreamStats:
     """Where the consumer's time went: waiting for readers vs encoding (device busy)."""
 
     read_wait: float = 0.0
-    #: the part of ``read_wait`` spent on the first chunk: the readers' start-up, once per run
+    #: the part of ``read_wait`` spent on the stream's first chunk: the readers' start-up
+    #: (in predict, a zoom step's refill), paid once per stream however long it runs
     first_read_wait: float = 0.0
     encode: float = 0.0
     patches: int = 0
