@@ -82,7 +82,7 @@ def test_schema_training_defaults_are_zoommil_trains() -> None:
     defaults = TrainConfig(features_dir=Path(), sheet=Path(), mags=[])
     assert train["selection"]["default"] == defaults.selection == "val_loss"
     assert train["selection"]["enum"] == list(SELECTIONS)
-    for key in ("epochs", "lr", "weight_decay"):
+    for key in ("epochs", "lr", "weight_decay", "early_stopping"):
         assert train[key]["default"] == getattr(defaults, key), key
 
 

@@ -132,6 +132,12 @@ def test_train_config_is_per_method_and_plain(tmp_path: Path) -> None:
         "zoommil_random": {"arch": "zoommil", "k": 4, "selection": "random"}
     }
     assert "seeds" not in config and config["patience"] == 5 and config["epochs"] == 3
+    assert "early_stopping" not in config  # null: zoommil train's default (every epoch)
+    stopping = trainconfig.build_train_config(
+        method="abmil", spec={"arch": "abmil"}, train={"seeds": [0], "early_stopping": 20},
+        mags=[10], classes=None, sheet="s.tsv", features_dir="f", exclude="e.tsv",
+    )  # fmt: skip
+    assert stopping["early_stopping"] == 20
     out = tmp_path / "m" / "train_config.yaml"
     trainconfig.write_train_config(config, out)
     assert yaml.safe_load(out.read_text()) == config

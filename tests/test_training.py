@@ -484,6 +484,60 @@ def test_method_overrides_training_settings_and_mags(
     assert "unknown training setting(s) epoch" in _error_line(capsys)
 
 
+def _stop_epoch(val_losses: list[float], patience: int) -> int:
+    """The epoch early stopping ends a run at, from a full run's validation losses."""
+    best, best_epoch = float("inf"), 0
+    for epoch, loss in enumerate(val_losses, 1):
+        if loss < best:
+            best, best_epoch = loss, epoch
+        if epoch - best_epoch >= patience:
+            return epoch
+    return len(val_losses)
+
+
+def test_early_stopping_runs_a_prefix_of_the_full_run(
+    dataset: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stopping early replays the full run's first epochs exactly and keeps the best of them;
+    where the full run's best epoch comes before the stop, the checkpoint is the same."""
+    epochs, patience, lr = 10, 2, 0.03  # a large step: the validation loss soon stalls
+    full_cfg = write_config(dataset, tmp_path, epochs=epochs, lr=lr)
+    assert train_cli(full_cfg, tmp_path / "full") == 0
+    full = read_log(tmp_path / "full" / "log.csv")
+    stop = _stop_epoch([float(r["val_loss"]) for r in full], patience)
+    assert stop < epochs, "the fixture's validation loss must stall for the test to mean much"
+
+    early_cfg = write_config(dataset, tmp_path, epochs=epochs, lr=lr, early_stopping=patience)
+    assert train_cli(early_cfg, tmp_path / "early") == 0
+    early = read_log(tmp_path / "early" / "log.csv")
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in early] == [
+        {k: v for k, v in r.items() if k not in drop} for r in full[:stop]
+    ]
+    metrics = json.loads((tmp_path / "early" / "metrics.json").read_text())
+    assert metrics["epochs"] == epochs and metrics["epochs_run"] == stop
+    assert metrics["early_stopping"] == patience
+    best = min(early, key=lambda r: float(r["val_loss"]))
+    assert metrics["best_epoch"] == int(best["epoch"])
+    config = torch.load(tmp_path / "early" / "checkpoint.pt", weights_only=True)["config"]
+    assert config["epochs_run"] == stop and config["early_stopping"] == patience
+    full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert full_metrics["epochs_run"] == epochs and full_metrics["early_stopping"] is None
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "early" / "checkpoint.pt", weights_only=True)["state_dict"]
+    same = all(torch.equal(a[k], b[k]) for k in a)
+    assert same == (full_metrics["best_epoch"] <= stop)
+
+    capsys.readouterr()
+    bad = write_config(dataset, tmp_path, early_stopping=0)
+    assert train_cli(bad, tmp_path / "bad") == 2
+    assert "'early_stopping' must be a positive integer, got 0" in _error_line(capsys)
+    methods = {"patient": {"arch": "abmil", "train": {"early_stopping": 1.5}}}
+    bad = write_config(dataset, tmp_path, methods=methods)
+    assert train_cli(bad, tmp_path / "bad2", "patient") == 2
+    assert "'early_stopping' must be a positive integer, got 1.5" in _error_line(capsys)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bags_are_pinned_and_arrive_standardised_on_the_device(
     dataset: dict[str, Path],

@@ -2,7 +2,7 @@
 
 A *method* is an architecture plus keyword arguments, so an ablation variant is simply another
 method. Keys of a method entry other than ``arch`` and ``train`` go to the model constructor;
-``train`` overrides training settings (epochs, lr, weight_decay, selection, mags) for that
+``train`` overrides training settings (epochs, lr, weight_decay, selection, mags, ...) for that
 method only (a ``mags`` key is taken as such an override). A name that is not under
 ``methods`` is an architecture with default arguments.
 """
@@ -26,7 +26,16 @@ log = logging.getLogger(__name__)
 
 SELECTIONS = ("val_loss", "val_weighted_f1")
 CACHE_MODES = ("auto", "memory", "disk")
-TRAIN_KEYS = ("epochs", "lr", "weight_decay", "selection", "mags", "lr_factor", "lr_patience")
+TRAIN_KEYS = (
+    "epochs",
+    "lr",
+    "weight_decay",
+    "selection",
+    "mags",
+    "lr_factor",
+    "lr_patience",
+    "early_stopping",
+)
 TOP_KEYS = (
     "features_dir",
     "sheet",
@@ -42,6 +51,7 @@ TOP_KEYS = (
     "cache_max_gb",
     "lr_factor",
     "lr_patience",
+    "early_stopping",
     "feature_norm",
 )
 
@@ -61,6 +71,9 @@ class TrainConfig:
     selection: str = "val_loss"
     lr_factor: float = 0.8
     lr_patience: int = 5
+    #: Stop after this many epochs without a better validation result (by ``selection``);
+    #: None trains every epoch. The kept epoch is the best one either way.
+    early_stopping: int | None = None
     cache: str = "auto"
     cache_max_gb: float = 8.0
     feature_norm: str = "none"
@@ -114,6 +127,11 @@ def _non_negative_float(value: Any, name: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ZoomMILError(f"{where}: '{name}' must be a non-negative number, got {value!r}")
     return float(value)
+
+
+def _patience(value: Any, where: str) -> int | None:
+    """``early_stopping``: null (off) or a positive number of epochs."""
+    return None if value is None else _positive_int(value, "early_stopping", where)
 
 
 def _selection(value: Any, where: str) -> str:
@@ -193,6 +211,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
                 data.get("lr_patience", _DEFAULTS.lr_patience), "lr_patience", where
             )
         ),
+        early_stopping=_patience(data.get("early_stopping", _DEFAULTS.early_stopping), where),
         cache=cache,
         cache_max_gb=_non_negative_float(
             data.get("cache_max_gb", _DEFAULTS.cache_max_gb), "cache_max_gb", where
@@ -225,6 +244,8 @@ def resolve_method(config: TrainConfig, name: str, known_archs: Iterable[str]) -
             _selection(train["selection"], where)
         if "mags" in train:
             train["mags"] = _mags(train["mags"], where)
+        if "early_stopping" in train:
+            _patience(train["early_stopping"], where)
         if arch not in known:
             raise ZoomMILError(
                 f"method '{name}': unknown architecture '{arch}' (known: {', '.join(known)})"

@@ -2,7 +2,8 @@
 
 One bag per step, Adam, ReduceLROnPlateau on the validation loss, class-balanced sampling with
 a seeded generator, cross-entropy (or the model's own ``training_loss``), and the epoch with the
-best validation loss or weighted F1 kept. On CPU a run is bit-for-bit repeatable for a seed and
+best validation loss or weighted F1 kept (optionally stopping once ``early_stopping`` epochs
+bring no better one). On CPU a run is bit-for-bit repeatable for a seed and
 a thread count (default 1 thread: results then do not depend on the machine's core count, and
 Snakemake can run one training per core).
 """
@@ -311,8 +312,11 @@ def _prepare(cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device)
 def _fit(
     run: _Run, name: str, n_epochs: int, seed: int, dev: torch.device, log_csv: Path,
     progress: bool,
-) -> tuple[dict[str, torch.Tensor], int]:  # fmt: skip
-    """The epoch loop: train, validate, step the schedule, keep the best epoch's weights."""
+) -> tuple[dict[str, torch.Tensor], int, int]:  # fmt: skip
+    """The epoch loop: train, validate, step the schedule, keep the best epoch's weights.
+
+    Returns the best weights, their epoch and the number of epochs run (fewer than
+    ``n_epochs`` when ``early_stopping`` ends the loop)."""
     model, optimizer, n_classes = run.model, run.optimizer, len(run.classes)
     train_store, val_store = run.stores["train"], run.stores["val"]
     rows: list[dict[str, Any]] = []
@@ -346,11 +350,21 @@ def _fit(
         bar.set_postfix(
             loss=f"{train_loss:.3f}", val_loss=f"{val['loss']:.3f}", f1=f"{val['weighted_f1']:.3f}"
         )
-    return best_state, best_epoch
+        patience = run.cfg.early_stopping
+        if patience and epoch - best_epoch >= patience and epoch < n_epochs:
+            # the epochs run so far are the same as in a full run: stopping changes the kept
+            # epoch only where a later one would have been better
+            log.info(
+                "%s: stopped after epoch %d, %d epochs without a better %s (best epoch %d)",
+                name, epoch, patience, run.cfg.selection, best_epoch,
+            )  # fmt: skip
+            break
+    bar.close()
+    return best_state, best_epoch, len(rows)
 
 
 def _checkpoint_config(
-    run: _Run, method: MethodSpec, seed: int, best_epoch: int, n_epochs: int
+    run: _Run, method: MethodSpec, seed: int, best_epoch: int, n_epochs: int, epochs_run: int
 ) -> dict[str, Any]:
     """The checkpoint's config: the model, the training settings and the recipe of the
     features (what `zoommil predict` redoes)."""
@@ -368,6 +382,8 @@ def _checkpoint_config(
         "seed": seed,
         "epoch": best_epoch,
         "epochs": n_epochs,
+        "epochs_run": epochs_run,
+        "early_stopping": cfg.early_stopping,
         "lr": cfg.lr,
         "weight_decay": cfg.weight_decay,
         "features_dir": str(cfg.features_dir),  # as in the config: the workflow runs from
@@ -395,10 +411,11 @@ def _train(
         raise ZoomMILError(f"--epochs must be at least 1, got {n_epochs}")
     run = _prepare(cfg, method, seed, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
-    best_state, best_epoch = _fit(run, method.name, n_epochs, seed, dev, out_dir / "log.csv",
-                                  progress)  # fmt: skip
+    best_state, best_epoch, epochs_run = _fit(
+        run, method.name, n_epochs, seed, dev, out_dir / "log.csv", progress
+    )
     run.model.load_state_dict(best_state)
-    ckpt_config = _checkpoint_config(run, method, seed, best_epoch, n_epochs)
+    ckpt_config = _checkpoint_config(run, method, seed, best_epoch, n_epochs, epochs_run)
     save_checkpoint(out_dir / "checkpoint.pt", best_state, ckpt_config)
     reports = {}
     for split in ("val", "test"):
@@ -417,6 +434,8 @@ def _train(
         "selection": cfg.selection,
         "best_epoch": best_epoch,
         "epochs": n_epochs,
+        "epochs_run": epochs_run,
+        "early_stopping": cfg.early_stopping,
         "lr": cfg.lr,
         "weight_decay": cfg.weight_decay,
         "classes": run.classes,

@@ -40,6 +40,8 @@ def build_train_config(
     for key, kind in (("epochs", int), ("lr", float), ("weight_decay", float), ("selection", str)):
         if train.get(key) is not None:
             config[key] = kind(train[key])
+    if train.get("early_stopping") is not None:
+        config["early_stopping"] = int(train["early_stopping"])
     if classes:
         config["classes"] = list(classes)
     for key, value in (train.get("extra") or {}).items():
