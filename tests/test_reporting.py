@@ -143,6 +143,20 @@ def test_train_config_is_per_method_and_plain(tmp_path: Path) -> None:
     assert yaml.safe_load(out.read_text()) == config
 
 
+def test_train_priority_starts_the_longest_trainings_first() -> None:
+    from zoommil.models import MODEL_NAMES
+
+    assert set(trainconfig.TRAIN_COST) == set(MODEL_NAMES)  # a new model gets a cost too
+    transmil = trainconfig.train_priority("transmil", {"arch": "transmil"})
+    others = [trainconfig.train_priority(m, {"arch": m}) for m in MODEL_NAMES if m != "transmil"]
+    assert transmil > max(others) and min(others) >= 1
+    # an ablation is priced by its architecture; a method without `arch` is that architecture
+    assert trainconfig.train_priority("zoommil_random", {"arch": "zoommil", "k": 4}) == (
+        trainconfig.train_priority("zoommil", {})
+    )
+    assert trainconfig.train_priority("my_model", {"arch": "unknown"}) == 1
+
+
 # --- QC tables ------------------------------------------------------------------------------
 
 

@@ -63,6 +63,22 @@ def test_demo_config_dry_run(workdir: Path) -> None:
     assert jobs["qc_exclusions"] == 1  # every slide left out, at any stage
 
 
+def test_train_jobs_carry_their_priority(workdir: Path) -> None:
+    """TransMIL's train job has the highest priority, so Snakemake starts it first."""
+    result = harness.snakemake(workdir, "-n")
+    priority = {}
+    method = None
+    for line in (result.stdout + result.stderr).splitlines():
+        line = line.strip()
+        if line.startswith("wildcards: method="):
+            method = line.split("=", 1)[1].split(",")[0]
+        elif line.startswith("priority:") and method is not None:
+            priority[method] = int(line.split(":")[1])
+            method = None
+    assert len(priority) == 15, priority
+    assert max(priority, key=priority.get) == "transmil"
+
+
 def test_demo_with_one_job_per_seed(workdir: Path) -> None:
     """The cluster layout of the same demo: one train job per method and seed."""
     demo = yaml.safe_load((workdir / "config" / "config.yaml").read_text())

@@ -244,6 +244,10 @@ def train_config(wildcards):
     return ztrain.dump_train_config(config_of_method)
 
 
+def train_priority(wildcards):
+    return ztrain.train_priority(wildcards.method, ALL_METHODS[wildcards.method])
+
+
 def attention_predictions(wildcards):
     chosen = usable("test")[: int(ATTENTION.get("n_slides", 3))]
     method = ATTENTION.get("method", "zoommil")

@@ -4,7 +4,8 @@
 # the affected methods) and evaluates the kept epoch on the test split (the JSON `zoommil
 # evaluate` would write, without a second process that loads torch and the features again).
 # Per seed, a new seed or method only adds jobs; with seeds in one job a new seed reruns the
-# method's job (with the same results for the old seeds).
+# method's job (with the same results for the old seeds). The longest trainings start first
+# (priority: the method's expected cost), so short ones, not TransMIL, end the stage.
 
 
 rule train:
@@ -23,6 +24,7 @@ rule train:
             if SEEDS_IN_ONE_JOB
             else "results/logs/train/{method}/seed~{seed}.log"
         ),
+    priority: train_priority
     conda:
         "../../envs/torch.yaml"
     threads: 1
