@@ -17,7 +17,7 @@ from zoommil.cli import main
 from zoommil.io.featurefile import write_feature_file
 from zoommil.models import MODEL_NAMES
 from zoommil.training import modeling
-from zoommil.training.trainer import LOG_COLUMNS, balanced_sampler
+from zoommil.training.trainer import LOG_COLUMNS, balanced_sampler, replay_early_stopping
 
 MAGS = (2.5, 5.0, 10.0)
 DIM = 16
@@ -506,6 +506,11 @@ def test_early_stopping_runs_a_prefix_of_the_full_run(
     full = read_log(tmp_path / "full" / "log.csv")
     stop = _stop_epoch([float(r["val_loss"]) for r in full], patience)
     assert stop < epochs, "the fixture's validation loss must stall for the test to mean much"
+    # the replay `benchmarks/early_stopping.py` runs on full-length logs agrees
+    best_before_stop = min(full[:stop], key=lambda r: float(r["val_loss"]))
+    assert replay_early_stopping(full, patience) == (stop, int(best_before_stop["epoch"]))
+    full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert replay_early_stopping(full, None) == (epochs, full_metrics["best_epoch"])
 
     early_cfg = write_config(dataset, tmp_path, epochs=epochs, lr=lr, early_stopping=patience)
     assert train_cli(early_cfg, tmp_path / "early") == 0
@@ -521,7 +526,6 @@ def test_early_stopping_runs_a_prefix_of_the_full_run(
     assert metrics["best_epoch"] == int(best["epoch"])
     config = torch.load(tmp_path / "early" / "checkpoint.pt", weights_only=True)["config"]
     assert config["epochs_run"] == stop and config["early_stopping"] == patience
-    full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert full_metrics["epochs_run"] == epochs and full_metrics["early_stopping"] is None
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "early" / "checkpoint.pt", weights_only=True)["state_dict"]

@@ -209,6 +209,28 @@ def _better(selection: str, report: dict[str, float], best: dict[str, float] | N
     return report["loss"] < best["loss"]
 
 
+def should_stop(epoch: int, best_epoch: int, patience: int | None, n_epochs: int) -> bool:
+    """Early stopping: ``patience`` epochs have passed without a better validation result and
+    epochs remain (``None``/0: never)."""
+    return bool(patience) and epoch - best_epoch >= patience and epoch < n_epochs
+
+
+def replay_early_stopping(
+    log_rows: Sequence[dict[str, Any]], patience: int | None, selection: str = "val_loss"
+) -> tuple[int, int]:
+    """(epochs run, kept epoch) had a run with these `log.csv` rows stopped early, by the rule
+    the loop applies: what `benchmarks/early_stopping.py` replays on full-length runs."""
+    best: dict[str, float] | None = None
+    best_epoch = 0
+    for i, row in enumerate(log_rows, 1):
+        report = {"loss": float(row["val_loss"]), "weighted_f1": float(row["val_weighted_f1"])}
+        if _better(selection, report, best):
+            best, best_epoch = report, i
+        if should_stop(i, best_epoch, patience, len(log_rows)):
+            return i, best_epoch
+    return len(log_rows), best_epoch
+
+
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
@@ -350,13 +372,12 @@ def _fit(
         bar.set_postfix(
             loss=f"{train_loss:.3f}", val_loss=f"{val['loss']:.3f}", f1=f"{val['weighted_f1']:.3f}"
         )
-        patience = run.cfg.early_stopping
-        if patience and epoch - best_epoch >= patience and epoch < n_epochs:
+        if should_stop(epoch, best_epoch, run.cfg.early_stopping, n_epochs):
             # the epochs run so far are the same as in a full run: stopping changes the kept
             # epoch only where a later one would have been better
             log.info(
                 "%s: stopped after epoch %d, %d epochs without a better %s (best epoch %d)",
-                name, epoch, patience, run.cfg.selection, best_epoch,
+                name, epoch, run.cfg.early_stopping, run.cfg.selection, best_epoch,
             )  # fmt: skip
             break
     bar.close()

@@ -37,8 +37,9 @@ def train_priority(method: str, spec: Mapping[str, Any]) -> int:
     """The Snakemake priority of a method's train jobs: its expected cost, so the longest runs
     start first and the short ones fill the end of the stage (longest-processing-time first).
 
-    Why: Snakemake starts jobs of equal priority in no fixed order; in demo run 19 TransMIL,
-    four times any other method, started twelfth of 15 and ran on alone at the end.
+    Why: Snakemake starts jobs of equal priority in no fixed order; in demo runs 18 and 19
+    TransMIL, three to four times any other method, started eleventh and twelfth of 15, and
+    started last it would run on alone while the other core idles.
     """
     return TRAIN_COST.get(str(spec.get("arch", method)), 1)
 
