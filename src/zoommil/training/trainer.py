@@ -3,9 +3,9 @@
 One bag per step, Adam, ReduceLROnPlateau on the validation loss, class-balanced sampling with
 a seeded generator, cross-entropy (or the model's own ``training_loss``), and the epoch with the
 best validation loss or weighted F1 kept (optionally stopping once ``early_stopping`` epochs
-bring no better one). On CPU a run is bit-for-bit repeatable for a seed and
-a thread count (default 1 thread: results then do not depend on the machine's core count, and
-Snakemake can run one training per core).
+bring no better one). On CPU a run is bit-for-bit repeatable for a seed and a thread count
+(default 1 thread: results then do not depend on the machine's core count, and Snakemake can
+run one training per core).
 """
 
 from __future__ import annotations

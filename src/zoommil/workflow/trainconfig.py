@@ -38,7 +38,7 @@ def train_priority(method: str, spec: Mapping[str, Any]) -> int:
     start first and the short ones fill the end of the stage (longest-processing-time first).
 
     Why: Snakemake starts jobs of equal priority in no fixed order; in demo runs 18 and 19
-    TransMIL, three to four times any other method, started eleventh and twelfth of 15, and
+    TransMIL, more than three times any other method, started eleventh and twelfth of 15, and
     started last it would run on alone while the other core idles.
     """
     return TRAIN_COST.get(str(spec.get("arch", method)), 1)
