@@ -62,11 +62,16 @@ def build_train_config(
         "mags": sorted(float(m) for m in mags),
     }
     # Settings left out take `zoommil train`'s defaults (TrainConfig), which the schema repeats.
-    for key, kind in (("epochs", int), ("lr", float), ("weight_decay", float), ("selection", str)):
+    settings = (
+        ("epochs", int),
+        ("lr", float),
+        ("weight_decay", float),
+        ("selection", str),
+        ("early_stopping", int),
+    )
+    for key, kind in settings:
         if train.get(key) is not None:
             config[key] = kind(train[key])
-    if train.get("early_stopping") is not None:
-        config["early_stopping"] = int(train["early_stopping"])
     if classes:
         config["classes"] = list(classes)
     for key, value in (train.get("extra") or {}).items():
