@@ -79,10 +79,11 @@ def test_profile_rejects_bad_thread_counts(tmp_path, capsys):
 
 def test_all_cores_profile_spreads_slides_over_single_threaded_processes(tmp_path):
     """threads N on CPU = N worker processes over the slides, each single-threaded; the slides
-    and their patch counts are those of the 1-thread run, and the rate is per makespan."""
+    and their patch counts are those of the 1-thread run, and the rate is per makespan. The
+    same N processes time every group (ZoomMIL alone, then models sharing a pass)."""
     from slide_factory import write_pyramid_tiff
 
-    from zoommil.efficiency.throughput import measure_throughput
+    from zoommil.efficiency.throughput import measure_groups_throughput, measure_throughput
     from zoommil.inference.predict import Predictor
     from zoommil.recipe import PreprocessingRecipe
 
@@ -96,7 +97,15 @@ def test_all_cores_profile_spreads_slides_over_single_threaded_processes(tmp_pat
     )
     slides = [("a", slide), ("b", slide)]
     one = measure_throughput(predictor, slides, torch.device("cpu"), threads=1)
-    two = measure_throughput(predictor, slides, torch.device("cpu"), threads=2)
+    shared = [_all_patch_predictor(a, [10.0], i) for i, a in enumerate(["abmil", "meanmil"])]
+    zoom, patch = measure_groups_throughput(
+        [[predictor], shared], slides, torch.device("cpu"), threads=2
+    )
+    two = zoom[0]
+    assert [r["method"] for r in patch] == ["abmil", "meanmil"]
+    assert all(r["processes"] == 2 and r["shared_pass"] == ["abmil", "meanmil"] for r in patch)
+    assert {r["pid"] for r in patch[0]["per_slide"]} == {r["pid"] for r in two["per_slide"]}
+    assert 0 < two["wall_seconds"] and 0 < patch[0]["wall_seconds"]
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["threads_per_process"] == 1 and two["cpu_count"] >= 1
     assert len({r["pid"] for r in two["per_slide"]}) == 2

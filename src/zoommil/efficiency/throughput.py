@@ -14,8 +14,10 @@ the identical encoding once per method only multiplied the benchmark's cost.
 Cores on CPU: ``threads`` N means N single-threaded worker processes, each classifying whole
 slides and reading its own patches (N cores in all; 1 is one core). Slides are independent,
 so N processes scale with the cores where one process with N torch threads does not (small
-batches, serial reading and the MIL head leave the extra threads idle). On a GPU one process
-drives the device with reader processes feeding it.
+batches, serial reading and the MIL head leave the extra threads idle). The worker processes
+are started once per `zoommil profile` and time every group in turn
+(`measure_groups_throughput`). On a GPU one process drives the device with reader processes
+feeding it.
 """
 
 from __future__ import annotations
@@ -97,8 +99,33 @@ def measure_shared_throughput(
     """`measure_throughput` of models that read the same patches, one record each: every
     slide is tiled, read and encoded once, and each model is charged that pass plus its own
     head (``shared_pass`` in the records names the models that shared it)."""
-    if len(predictors) > 1:
-        check_shared_pass(predictors)
+    return measure_groups_throughput(
+        [predictors], slides, device, threads, precision, warmup, mpp, batch_size
+    )[0]
+
+
+def measure_groups_throughput(
+    groups: Sequence[Sequence[Predictor]],
+    slides: Sequence[tuple[str, str | Path]],
+    device: torch.device,
+    threads: int,
+    precision: str | None = None,
+    warmup: int = 0,
+    mpp: dict[str, float] | None = None,
+    batch_size: int | None = None,
+) -> list[list[dict[str, Any]]]:
+    """`measure_shared_throughput` of each group of ``groups`` (models that share a pass, or
+    one model), group after group, one list of records per group.
+
+    Why in one call: with N worker processes, the workers are started once and time every
+    group in turn. Starting them per group (spawn, import torch, receive the models) cost ~5 s
+    a group in the demo's all-cores timing job, outside any timed slide but inside the job.
+    ``wall_seconds`` of a group is the longest any process spent on it (encoder set-up,
+    warm-up and its slides); the start of the processes is outside every group's.
+    """
+    for predictors in groups:
+        if len(predictors) > 1:
+            check_shared_pass(predictors)
     mpp = mpp or {}
     slides = list(slides)
     if device.type == "cuda":
@@ -106,40 +133,44 @@ def measure_shared_throughput(
     else:
         processes, workers = max(1, min(threads, len(slides))), 0
     jobs = [(slide_id, str(path), mpp.get(slide_id)) for slide_id, path in slides]
-    start = time.perf_counter()
     if processes == 1:
         saved_threads = torch.get_num_threads()  # the caller's setting survives the timing
         torch.set_num_threads(threads if device.type == "cuda" else 1)
         try:
-            rows, info, used, excluded = _measure(
-                predictors, jobs, device, precision, warmup, workers, batch_size
-            )
+            parts = [_measure_groups(groups, jobs, device, precision, warmup, workers, batch_size)]
         finally:
             torch.set_num_threads(saved_threads)
     else:
         shares = [jobs[i::processes] for i in range(processes)]
-        args = [(predictors, share, device, precision, warmup, 0, batch_size) for share in shares]
-        parts = starmap_in_processes(_measure, args, processes)
-        rows = [r for part in parts for r in part[0]]
-        info, used = parts[0][1], parts[0][2]
-        excluded = {s: r for part in parts for s, r in part[3].items()}
-    if not rows:
-        raise ZoomMILError(
-            "no slide could be profiled: " + "; ".join(f"{s}: {r}" for s, r in excluded.items())
+        args = [(groups, share, device, precision, warmup, 0, batch_size) for share in shares]
+        parts = starmap_in_processes(_measure_groups, args, processes)
+    records = []
+    for g, predictors in enumerate(groups):
+        # per process: (rows, info, precision used, excluded, seconds) of this group
+        timed = [part[g] for part in parts]
+        rows = [r for t in timed for r in t[0]]
+        info, used = timed[0][1], timed[0][2]
+        excluded = {s: r for t in timed for s, r in t[3].items()}
+        if not rows:
+            raise ZoomMILError(
+                "no slide could be profiled: " + "; ".join(f"{s}: {r}" for s, r in excluded.items())
+            )
+        wall = max(t[4] for t in timed)
+        shared = [p.method for p in predictors] if len(predictors) > 1 else None
+        records.append(
+            [
+                _summary(predictor, [r[i] for r in rows], device, threads, processes, workers, info)
+                | {
+                    "precision": used,
+                    "warmup_slides": min(warmup, len(slides)),
+                    "wall_seconds": wall,
+                    "shared_pass": shared,
+                    "excluded_slides": [{"slide_id": s, "reason": r} for s, r in excluded.items()],
+                }
+                for i, predictor in enumerate(predictors)
+            ]
         )
-    wall = time.perf_counter() - start
-    shared = [p.method for p in predictors] if len(predictors) > 1 else None
-    return [
-        _summary(predictor, [r[i] for r in rows], device, threads, processes, workers, info)
-        | {
-            "precision": used,
-            "warmup_slides": min(warmup, len(slides)),
-            "wall_seconds": wall,
-            "shared_pass": shared,
-            "excluded_slides": [{"slide_id": s, "reason": r} for s, r in excluded.items()],
-        }
-        for i, predictor in enumerate(predictors)
-    ]
+    return records
 
 
 def _summary(
@@ -184,6 +215,25 @@ def _summary(
         "torch_version": torch.__version__,
         "skipped": None,
     }
+
+
+def _measure_groups(
+    groups: Sequence[Sequence[Predictor]],
+    jobs: Sequence[tuple[str, str, float | None]],
+    device: torch.device,
+    precision: str | None,
+    warmup: int,
+    workers: int,
+    batch_size: int | None,
+) -> list[tuple[Any, ...]]:
+    """`_measure` of each group over ``jobs``, in this process (also the body of each worker
+    process): per group, its result plus the seconds this process spent on it."""
+    out = []
+    for predictors in groups:
+        tic = time.perf_counter()
+        result = _measure(predictors, jobs, device, precision, warmup, workers, batch_size)
+        out.append((*result, time.perf_counter() - tic))
+    return out
 
 
 def _measure(
@@ -317,11 +367,18 @@ def profile_checkpoints(
         predictor = Predictor.from_checkpoint(checkpoint, weights=weights, device=torch_device)
         predictor.method = name
         predictors.append(predictor)
+    groups = shared_pass_groups(predictors)
+    timed = measure_groups_throughput(
+        [[predictors[i] for i in group] for group in groups],
+        pairs,
+        torch_device,
+        threads,
+        precision,
+        warmup,
+        mpp,
+    )
     records: list[dict[str, Any]] = [{} for _ in predictors]
-    for group in shared_pass_groups(predictors):
-        timed = measure_shared_throughput(
-            [predictors[i] for i in group], pairs, torch_device, threads, precision, warmup, mpp
-        )
-        for i, record in zip(group, timed, strict=True):
+    for group, group_records in zip(groups, timed, strict=True):
+        for i, record in zip(group, group_records, strict=True):
             records[i] = record
     return records
