@@ -27,6 +27,15 @@ include: "workflow/rules/efficiency.smk"
 include: "workflow/rules/report.smk"
 
 
+# Exit as soon as the last job is done: see zoommil.workflow.timers.
+onsuccess:
+    ztimers.cancel_pending_timers()
+
+
+onerror:
+    ztimers.cancel_pending_timers()
+
+
 rule all:
     default_target: True
     input:

@@ -16,6 +16,7 @@ from zoommil.recipe import PreprocessingRecipe
 from zoommil.workflow import codehash as zcode
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
+from zoommil.workflow import timers as ztimers
 
 validate(config, schema="../schemas/config.schema.yaml")
 
