@@ -17,10 +17,25 @@ from collections.abc import Iterator
 import pytest
 from slurmtest import DOWN, UP, node_state, ours, usable
 
+# What the slurm executor plugin and these tests call. Without one of them the plugin waits
+# for a job state it can never read, so a test would hang until its timeout instead.
+CLIENT_COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
+
+
+def _require_client_commands() -> None:
+    missing = [name for name in CLIENT_COMMANDS if not shutil.which(name)]
+    if missing:
+        pytest.fail(
+            f"SLURM client commands not on PATH: {', '.join(missing)} "
+            "(apt-get install --reinstall slurm-client, or tests/cluster/slurm-up.sh)",
+            pytrace=False,
+        )
+
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[None]:
     if usable():
+        _require_client_commands()
         yield
         return
     if shutil.which("sinfo") and node_state() and not ours():
@@ -31,6 +46,7 @@ def slurm_cluster() -> Iterator[None]:
         pytest.skip(
             "slurm-wlm/munge not installed: run tests/cluster/slurm-up.sh (installs them) first"
         )
+    _require_client_commands()
     env = {**os.environ, "ZOOMMIL_SLURM_INSTALL": "0"}
     up = subprocess.run(["bash", str(UP)], capture_output=True, text=True, env=env, timeout=180)
     try:

@@ -8,7 +8,7 @@
 #   - not root, no slurm-wlm/munge installed, or a foreign /etc/slurm/slurm.conf: it prints
 #     why and exits 0 (the cluster test then skips with that reason);
 #   - a cluster it started earlier and that still answers `sinfo`: it does nothing.
-#   - slurm-wlm + munge missing: it installs them with apt-get when it can (Debian/Ubuntu);
+#   - slurm-wlm + munge (or one of their commands) missing: it installs them with apt-get when it can (Debian/Ubuntu);
 #     ZOOMMIL_SLURM_INSTALL=0 forbids that (the pytest fixture sets it).
 # Daemons are started directly (containers have no systemd); their pids are recorded in
 # $ZOOMMIL_SLURM_STATE (default /var/tmp/zoommil-slurm) so slurm-down.sh stops only them.
@@ -30,15 +30,19 @@ alive() {
 
 [ "$(id -u)" = 0 ] || skip "needs root (daemons run as root, config goes to /etc/slurm)"
 
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+# Daemons, and the client commands the slurm executor plugin and the tests call.
+NEEDED="slurmctld slurmd munged sbatch squeue scontrol scancel sinfo"
+missing() { local c out=""; for c in $NEEDED; do command -v "$c" >/dev/null || out="$out $c"; done; echo "${out# }"; }
+if [ -n "$(missing)" ]; then
     if [ "${ZOOMMIL_SLURM_INSTALL:-1}" = 1 ] && command -v apt-get >/dev/null; then
         start=$(date +%s)
-        (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge) \
-            >"/tmp/zoommil-slurm-apt.log" 2>&1 || skip "apt-get install slurm-wlm munge failed (see /tmp/zoommil-slurm-apt.log)"
+        # --reinstall also restores a command removed from an installed package.
+        (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall \
+            slurm-wlm slurm-client munge) >"/tmp/zoommil-slurm-apt.log" 2>&1 \
+            || skip "apt-get install slurm-wlm slurm-client munge failed (see /tmp/zoommil-slurm-apt.log)"
         echo "slurm-up: installed slurm-wlm + munge in $(( $(date +%s) - start )) s"
-    else
-        skip "slurmctld/munged not installed and not installable here (apt-get install slurm-wlm munge)"
     fi
+    [ -z "$(missing)" ] || skip "missing $(missing) (apt-get install slurm-wlm slurm-client munge)"
 fi
 
 if [ -f "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
