@@ -132,3 +132,57 @@ def test_an_unknown_command_still_lists_every_command(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert all(name in err for name in COMMANDS)
+
+
+def _console(tmp_path, before: str) -> subprocess.CompletedProcess:
+    """`zoommil inspect` on a missing slide (exit 2) through `console`, after ``before`` ran."""
+    code = (
+        "import atexit, sys, threading, time\n"
+        f"{before}\n"
+        f"sys.argv = ['zoommil', 'inspect', {str(tmp_path / 'missing.svs')!r}, "
+        f"'--out', {str(tmp_path / 'x.json')!r}]\n"
+        "from zoommil.cli import console\n"
+        "console()\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_the_executable_skips_the_teardown_but_not_the_exit_handlers(tmp_path):
+    """`console` ends with os._exit (Python's teardown with torch loaded took 1.2-1.5 CPU-s per
+    job): main's exit code, its error line, exit handlers and buffered output all survive;
+    finalizers of module objects (the teardown) do not run."""
+    before = (
+        "atexit.register(lambda: print('exit handler ran'))\n"  # buffered: needs the flush
+        "class Finalized:\n"
+        "    def __del__(self):\n"
+        "        print('teardown ran', flush=True)\n"
+        "kept = Finalized()\n"
+        "print('buffered before main')"
+    )
+    result = _console(tmp_path, before)
+    assert result.returncode == 2, result.stderr
+    assert "zoommil inspect: error" in result.stderr and "file not found" in result.stderr
+    assert "buffered before main" in result.stdout and "exit handler ran" in result.stdout
+    assert "teardown ran" not in result.stdout
+
+
+def test_the_executable_waits_for_a_running_thread(tmp_path):
+    """A non-daemon thread still running when main returns gets the normal exit, which
+    waits for it (os._exit would kill it mid-work)."""
+    before = (
+        "def work():\n"
+        "    time.sleep(0.5)\n"
+        "    print('thread finished', flush=True)\n"
+        "threading.Thread(target=work).start()"
+    )
+    result = _console(tmp_path, before)
+    assert result.returncode == 2, result.stderr
+    assert "zoommil inspect: error" in result.stderr
+    assert "thread finished" in result.stdout
+
+
+def test_the_installed_command_is_the_console_entry():
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="zoommil")
+    assert script.value == "zoommil.cli:console"

@@ -1,5 +1,3 @@
-import sys
+from zoommil.cli import console
 
-from zoommil.cli import main
-
-sys.exit(main())
+console()
