@@ -8,8 +8,9 @@
 #   - not root, no slurm-wlm/munge installed, or a foreign /etc/slurm/slurm.conf: it prints
 #     why and exits 0 (the cluster test then skips with that reason);
 #   - a cluster it started earlier and that still answers `sinfo`: it does nothing.
-#   - slurm-wlm + munge (or one of their commands) missing: it installs them with apt-get when it can (Debian/Ubuntu);
-#     ZOOMMIL_SLURM_INSTALL=0 forbids that (the pytest fixture sets it).
+#   - slurm-wlm + munge, or one of their commands, missing: it installs them with apt-get
+#     when it can (Debian/Ubuntu); ZOOMMIL_SLURM_INSTALL=0 forbids that (the pytest fixture
+#     sets it).
 # Daemons are started directly (containers have no systemd); their pids are recorded in
 # $ZOOMMIL_SLURM_STATE (default /var/tmp/zoommil-slurm) so slurm-down.sh stops only them.
 set -u
@@ -32,7 +33,11 @@ alive() {
 
 # Daemons, and the client commands the slurm executor plugin and the tests call.
 NEEDED="slurmctld slurmd munged sbatch squeue scontrol scancel sinfo"
-missing() { local c out=""; for c in $NEEDED; do command -v "$c" >/dev/null || out="$out $c"; done; echo "${out# }"; }
+missing() {
+    local c out=""
+    for c in $NEEDED; do command -v "$c" >/dev/null || out="$out $c"; done
+    echo "${out# }"
+}
 if [ -n "$(missing)" ]; then
     if [ "${ZOOMMIL_SLURM_INSTALL:-1}" = 1 ] && command -v apt-get >/dev/null; then
         start=$(date +%s)
