@@ -28,6 +28,7 @@ Timings on a shared machine vary with the load: compare ratios measured in the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -202,14 +203,16 @@ def child_predict(a: dict[str, Any]) -> dict[str, Any]:
 
         import zoommil.inference.predict as predict_module
 
-        real_tile = predict_module._tile
+        real_tile = predict_module.tile_for_inference
 
         def subset_tile(*args: Any, **kwargs: Any) -> Any:
-            lattice = real_tile(*args, **kwargs)
-            full["patches"] = sum(len(xy) for xy in lattice.xy)
-            return subset_parents(lattice, a["max_parents"])
+            tiled = real_tile(*args, **kwargs)
+            full["patches"] = sum(len(xy) for xy in tiled.lattice.xy)
+            return dataclasses.replace(
+                tiled, lattice=subset_parents(tiled.lattice, a["max_parents"])
+            )
 
-        predict_module._tile = subset_tile
+        predict_module.tile_for_inference = subset_tile
     encoder.encode(np.full((4, 256, 256, 3), 255, np.uint8))  # one untimed batch
     tic = time.perf_counter()
     with cpu_encoder(encoder, pool_recipe, a["threads"]) as runner:

@@ -240,3 +240,61 @@ def test_predict_opens_the_slide_file_once(small_slide, monkeypatch, arch):
     result = predict_slide(predictor, small_slide, encoder)
     assert result["patches_encoded"] > 0
     assert opened == [small_slide]
+
+
+def test_tiling_ahead_gives_the_lattice_made_in_place(small_slide, tmp_path):
+    """The lattice made in the tiling process is the one `predict_slide` would make; the
+    first slide, an unreadable one and a missing one are left to the caller (None), which
+    then raises that slide's own error."""
+    from zoommil.inference.tiling_ahead import TilingAhead, tile_for_inference
+
+    copy = tmp_path / "copy.tiff"
+    copy.write_bytes(small_slide.read_bytes())
+    bad = tmp_path / "broken.tiff"
+    bad.write_bytes(b"not a slide at all")
+    recipe = _recipe(MAGS)
+    slides = [small_slide, copy, bad, tmp_path / "missing.tiff", small_slide]
+    with TilingAhead(recipe, slides, ahead=2) as ahead:
+        got = [ahead.get(i) for i in range(len(slides))]
+    assert got[0] is None and got[2] is None and got[3] is None
+    here = tile_for_inference(recipe, copy)
+    for tiled in (got[1], got[4]):
+        assert tiled is not None
+        assert tiled.mpp0 == here.mpp0 and tiled.mpp_source == here.mpp_source
+        assert tiled.lattice.mags == here.lattice.mags
+        for a, b in zip(tiled.lattice.xy, here.lattice.xy, strict=True):
+            assert np.array_equal(a, b)
+        for a, b in zip(tiled.lattice.coords, here.lattice.coords, strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_predict_many_in_one_process_tiles_ahead(
+    small_slide, checkpoint, one_slide_json, tmp_path, monkeypatch
+):
+    """--threads 1 over several slides: the slides after the first come with their lattice
+    made ahead, the predictions are those of one-slide runs, and a broken slide between
+    them is still its own failure row."""
+    import zoommil.inference.cohort as cohort
+
+    seen = []
+    real_classify = cohort.classify
+
+    def spying_classify(settings, task, encoder, reader, tiled=None):
+        seen.append((Path(task.slide).name, tiled is not None))
+        return real_classify(settings, task, encoder, reader, tiled)
+
+    monkeypatch.setattr(cohort, "classify", spying_classify)
+    copy = tmp_path / "second.tiff"
+    copy.write_bytes(small_slide.read_bytes())
+    bad = tmp_path / "broken.tiff"
+    bad.write_bytes(b"not a slide at all")
+    out = tmp_path / "out"
+    argv = ["predict", str(small_slide), str(bad), str(copy), "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--out-dir", str(out), "--threads", "1"]) == 1
+    assert seen == [(small_slide.name, False), ("broken.tiff", False), ("second.tiff", True)]
+    for name in (small_slide.stem, copy.stem):
+        _same_prediction(out / f"{name}.json", one_slide_json)
+    with (out / "predictions.tsv").open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert "broken.tiff" in rows[1]["slide"] and rows[1]["reason"]

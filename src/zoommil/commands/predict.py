@@ -27,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "attention over the slide thumbnail. Several slides (or --out-dir): with "
             "--threads N, min(N, slides) processes classify whole slides side by side, which "
             "uses N cores better than N encoder processes on one slide's batches (a slide has "
-            "serial parts); exit 1 if any slide failed, 0 with --no-fail."
+            "serial parts); in one process, a process of its own tiles the next slides "
+            "while one is encoded. Exit 1 if any slide failed, 0 with --no-fail."
         ),
     )
     parser.add_argument(

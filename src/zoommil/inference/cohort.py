@@ -30,6 +30,7 @@ from zoommil.features.encoder_pool import (
 )
 from zoommil.features.extraction import default_workers
 from zoommil.inference.predict import Predictor, local_encoder, make_encoder, predict_slide
+from zoommil.inference.tiling_ahead import TiledSlide, TilingAhead
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
 from zoommil.processes import ProcessDied, exit_with_parent, map_isolated
@@ -135,15 +136,20 @@ def _bar(total: int, enabled: bool) -> Any:
 def _in_this_process(
     settings: Settings, tasks: Sequence[SlideTask], threads: int | None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """This process, with a reader process ahead of the encoder and, for ``threads`` > 1 on
-    CPU, that many encoder processes sharing each slide's batches."""
+    """This process, with a reader process ahead of the encoder, a process tiling the next
+    slides (`TilingAhead`) and, for ``threads`` > 1 on CPU, that many encoder processes
+    sharing each slide's batches."""
     device = torch.device(settings.device)
     set_encoder_threads(device, threads)
-    with ReaderPool(default_workers(device)) as reader:
+    slides = [task.slide for task in tasks]
+    with (
+        ReaderPool(default_workers(device)) as reader,
+        TilingAhead(settings.predictor.recipe, slides, settings.mpp) as ahead,
+    ):
         reader.start()  # its start-up overlaps building the encoder
         with local_encoder(settings.predictor, device, settings.precision, threads) as runner:
             for index, task in enumerate(tasks):
-                yield index, classify(settings, task, runner, reader)
+                yield index, classify(settings, task, runner, reader, ahead.get(index))
 
 
 #: A worker process's settings (`_init_worker`) and its encoder, built at its first slide so
@@ -171,9 +177,14 @@ def _task_in_worker(task: SlideTask) -> dict[str, Any]:
 
 
 def classify(
-    settings: Settings, task: SlideTask, encoder: AnyEncoder, reader: ReaderPool
+    settings: Settings,
+    task: SlideTask,
+    encoder: AnyEncoder,
+    reader: ReaderPool,
+    tiled: TiledSlide | None = None,
 ) -> dict[str, Any]:
-    """Classify one slide and write its outputs; any error is the slide's failure row."""
+    """Classify one slide and write its outputs; any error is the slide's failure row.
+    ``tiled``: its lattice, if made ahead."""
     from zoommil.reporting.attention import save_heatmap
 
     tic = time.perf_counter()
@@ -185,6 +196,7 @@ def classify(
             mpp=settings.mpp,
             batch_size=settings.batch_size,
             reader=reader,
+            tiled=tiled,
         )
         if task.json:
             write_json(task.json, result)

@@ -36,13 +36,12 @@ from zoommil.features.extraction import (
     encode_stream,
     regions_per_task,
 )
+from zoommil.inference.tiling_ahead import TiledSlide, tile_for_inference
 from zoommil.recipe import PreprocessingRecipe, format_mags, mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
-from zoommil.wsi.lattice import Lattice, descendant_rows, steps_between
+from zoommil.wsi.lattice import descendant_rows, steps_between
 from zoommil.wsi.patches import ReaderPool, chunk_tasks
-from zoommil.wsi.slide import open_with_mpp
-from zoommil.wsi.tiling import tile_open_slide
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +87,6 @@ class Predictor:
             norm=FeatureNorm.from_config(config.get("feature_norm")),
             in_dim=int(config["in_dim"]) if config.get("in_dim") else None,
         )
-
-
-def _tile(predictor: Predictor, slide: Any, slide_path: Path, mpp0: float, source: str) -> Lattice:
-    """The checkpoint's lattice on the open slide (opened once for tiling and reading). A
-    slide without tissue is still classified (all its patches), whatever the recipe's policy."""
-    recipe = predictor.recipe.replace(no_tissue="all")
-    return tile_open_slide(slide, slide_path, mpp0, source, recipe)
 
 
 def _encode_regions(
@@ -161,10 +153,12 @@ def zoom_predict(
     batch_size: int | None = None,
     progress: bool = False,
     reader: ReaderPool | None = None,
+    tiled: TiledSlide | None = None,
 ) -> dict[str, Any]:
-    """ZoomMIL inference reading only the selected regions; see the module docstring."""
+    """ZoomMIL inference reading only the selected regions; see the module docstring.
+    ``tiled``: the slide's lattice if it was made ahead (`TilingAhead`), else it is made here."""
     with _reader_for(reader, encoder) as reader:
-        return _zoom_predict(predictor, Path(slide_path), encoder, mpp, batch_size, reader)
+        return _zoom_predict(predictor, Path(slide_path), encoder, mpp, batch_size, reader, tiled)
 
 
 def _zoom_predict(
@@ -174,6 +168,7 @@ def _zoom_predict(
     mpp: float | None,
     batch_size: int | None,
     reader: ReaderPool,
+    tiled: TiledSlide | None,
 ) -> dict[str, Any]:
     timer = _Timer()
     model = predictor.model
@@ -181,11 +176,8 @@ def _zoom_predict(
     bs = batch_size or default_batch_size(encoder.device)
     pooled, attention, selected = [], [], []
     encoded = {}
-    slide, mpp0, source = open_with_mpp(slide_path, mpp)
-    try:  # the handle is for tissue detection and tiling; readers open their own
-        lattice = _tile(predictor, slide, slide_path, mpp0, source)
-    finally:
-        slide.close()
+    tiled = tiled or tile_for_inference(predictor.recipe, slide_path, mpp)
+    lattice, mpp0, source = tiled.lattice, tiled.mpp0, tiled.mpp_source
     timer.end_tiling()
     rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
     feats = _encode_regions(
@@ -256,6 +248,7 @@ def all_patch_predict(
     batch_size: int | None = None,
     progress: bool = False,
     reader: ReaderPool | None = None,
+    tiled: TiledSlide | None = None,
 ) -> dict[str, Any]:
     """Encode every tissue patch at the model's magnifications, then run the MIL head.
 
@@ -263,7 +256,7 @@ def all_patch_predict(
     only the features are kept (memory does not grow with the slide's pixels).
     """
     return all_patch_predict_shared(
-        [predictor], slide_path, encoder, mpp, batch_size, progress, reader
+        [predictor], slide_path, encoder, mpp, batch_size, progress, reader, tiled
     )[0]
 
 
@@ -275,6 +268,7 @@ def all_patch_predict_shared(
     batch_size: int | None = None,
     progress: bool = False,
     reader: ReaderPool | None = None,
+    tiled: TiledSlide | None = None,
 ) -> list[dict[str, Any]]:
     """`all_patch_predict` for several models that read the same patches: one tiling, reading
     and encoding pass, then each model's head. Each record's times are that pass plus its own
@@ -282,11 +276,8 @@ def all_patch_predict_shared(
     lead = check_shared_pass(predictors)
     timer = _Timer()
     slide_path = Path(slide_path)
-    slide, mpp0, source = open_with_mpp(slide_path, mpp)
-    try:
-        lattice = _tile(lead, slide, slide_path, mpp0, source)
-    finally:
-        slide.close()
+    tiled = tiled or tile_for_inference(lead.recipe, slide_path, mpp)
+    lattice, mpp0, source = tiled.lattice, tiled.mpp0, tiled.mpp_source
     timer.end_tiling()
     stats = StreamStats()
     with _reader_for(reader, encoder) as reader:
@@ -440,15 +431,17 @@ def predict_slide(
     batch_size: int | None = None,
     progress: bool = False,
     reader: ReaderPool | None = None,
+    tiled: TiledSlide | None = None,
 ) -> dict[str, Any]:
     """Zoom inference for ZoomMIL, all-patch inference for every other architecture.
 
     ``batch_size`` defaults to the measured best for the device (4 on CPU, 64 on GPU);
-    ``reader`` is a running `ReaderPool` to reuse across slides (else one per call). A read
-    error is retried once with a fresh handle, then is a `SlideError`.
+    ``reader`` is a running `ReaderPool` to reuse across slides (else one per call); ``tiled``
+    is the slide's lattice when it was made ahead (`TilingAhead`). A read error is retried
+    once with a fresh handle, then is a `SlideError`.
     """
     run = zoom_predict if predictor.arch == "zoommil" else all_patch_predict
-    return _retrying(run, predictor, slide_path, encoder, mpp, batch_size, progress, reader)
+    return _retrying(run, predictor, slide_path, encoder, mpp, batch_size, progress, reader, tiled)
 
 
 def predict_slide_shared(

@@ -1,0 +1,138 @@
+"""Tissue detection and tiling of the next slides while this one is encoded.
+
+Why: ZoomMIL encodes few patches per slide, so its fixed cost per slide (opening the file,
+decoding a thumbnail, tissue detection, the lattice: ~1.2 s on a 40x slide) is a large share
+of a slide: 7% of one CPU core's time at fp32, 15% at bf16, and most of it on a GPU, where the
+encoding takes a fraction of a second. Slides are independent, so one process working a few
+slides ahead takes that cost off the encoder's path when `zoommil predict` classifies several
+slides in one process (``--threads 1``, or a GPU).
+
+This module imports no torch: the tiling process starts in a fraction of a second and holds
+no model. A slide whose tiling fails there is tiled again by the caller, which then raises
+that slide's own error (`zoommil.inference.predict`), so errors read the same either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from zoommil.processes import exit_with_parent
+from zoommil.recipe import PreprocessingRecipe
+from zoommil.wsi.lattice import Lattice
+from zoommil.wsi.slide import open_with_mpp
+from zoommil.wsi.tiling import tile_open_slide
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TiledSlide:
+    """What inference needs from a slide's tissue detection and tiling: the lattice, the
+    level-0 mpp and where that mpp came from."""
+
+    lattice: Lattice
+    mpp0: float
+    mpp_source: str
+
+
+def tile_for_inference(
+    recipe: PreprocessingRecipe, slide_path: str | Path, mpp: float | None = None
+) -> TiledSlide:
+    """The checkpoint's lattice of a slide file (opened, tiled, closed). A slide without
+    tissue is still classified (all its patches), whatever the recipe's policy."""
+    slide_path = Path(slide_path)
+    slide, mpp0, source = open_with_mpp(slide_path, mpp)
+    try:
+        lattice = tile_open_slide(slide, slide_path, mpp0, source, recipe.replace(no_tissue="all"))
+    finally:
+        slide.close()
+    return TiledSlide(lattice, float(mpp0), source)
+
+
+def _tile_or_reason(
+    recipe: PreprocessingRecipe, slide_path: str, mpp: float | None
+) -> TiledSlide | str:
+    """`tile_for_inference` in the tiling process, its error as text: the project's errors
+    take two arguments and cannot be unpickled, which would break the pool for every slide."""
+    try:
+        return tile_for_inference(recipe, slide_path, mpp)
+    except Exception as error:  # noqa: BLE001 - the caller tiles the slide and raises it
+        return f"{type(error).__name__}: {error}"
+
+
+class TilingAhead:
+    """Tiles ``slides[i + 1 .. i + ahead]`` in a process of its own while slide ``i`` is
+    classified. ``get(i)`` returns slide ``i``'s `TiledSlide`, or None where the caller should
+    tile it itself: the first slide (nothing was ahead of it yet), and a slide whose tiling
+    failed or whose process died."""
+
+    def __init__(
+        self,
+        recipe: PreprocessingRecipe,
+        slides: Sequence[str | Path],
+        mpp: float | None = None,
+        ahead: int = 2,
+    ) -> None:
+        self.recipe = recipe
+        self.slides = [str(s) for s in slides]
+        self.mpp = mpp
+        self.ahead = max(1, int(ahead))
+        self._pending: dict[int, Future] = {}
+        self._next = 1  # the first slide is tiled by the caller: nothing runs ahead of it
+        self._pool: ProcessPoolExecutor | None = None
+        if len(self.slides) > 1:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent,
+            )
+
+    def get(self, index: int) -> TiledSlide | None:
+        self._submit_up_to(index + self.ahead)
+        future = self._pending.pop(index, None)
+        if future is None:
+            return None
+        try:
+            result = future.result()
+        except Exception as error:  # noqa: BLE001 - the process died: the caller tiles
+            result = str(error)
+        if isinstance(result, str):
+            log.debug("%s: tiling ahead failed (%s)", self.slides[index], result)
+            return None
+        return result
+
+    def _submit_up_to(self, last: int) -> None:
+        while self._pool is not None and self._next <= min(last, len(self.slides) - 1):
+            try:
+                self._pending[self._next] = self._pool.submit(
+                    _tile_or_reason, self.recipe, self.slides[self._next], self.mpp
+                )
+            except RuntimeError:  # the pool broke (its process died): the caller tiles
+                self.close()
+                return
+            self._next += 1
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> TilingAhead:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
