@@ -1,4 +1,4 @@
-"""The GPU path end to end: features, profile (ZoomMIL and ABMIL) and one training epoch.
+"""The GPU path end to end: features, profile (ZoomMIL and ABMIL), predict and a training epoch.
 
     bash benchmarks/gpu.sh            # GPU when there is one, else the CPU dry mode
     python benchmarks/gpu.py --dry    # CPU dry mode: tiny sizes, every step (CI runs this)
@@ -6,10 +6,12 @@
 With a GPU: `extract_features --device cuda` (bf16 autocast, channels_last, pinned batches
 copied non-blocking, reader processes feeding it) on the real-size slides of
 benchmarks/make_large_slide.py (made when missing), `measure_throughput` for ZoomMIL and ABMIL
-(BRIGHT setting) on them, and one `zoommil train --device cuda` epoch on synthetic feature
-files of realistic bag sizes. Each step writes JSON under results/benchmarks/gpu/ (dry mode:
-results/benchmarks/gpu-dry/ unless --out), with the device's busy (encode) time next to the
-time spent waiting for the readers, so a starved GPU shows.
+(BRIGHT setting) on them, ZoomMIL's `zoommil predict` over 4 copies of the 40x slide in one
+process (the next slides tiled ahead), and one `zoommil train --device cuda` epoch on
+synthetic feature files of realistic bag sizes. Each step writes JSON under
+results/benchmarks/gpu/ (dry mode: results/benchmarks/gpu-dry/ unless --out), with the
+device's busy (encode) time next to the time spent waiting for the readers, so a starved GPU
+shows.
 """
 
 from __future__ import annotations
@@ -157,6 +159,42 @@ def profile_step(slides: dict[str, Path], device: str, dry: bool, work: Path) ->
     return {"step": "profile", "device": device, "methods": rows}
 
 
+def predict_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -> dict:
+    """`zoommil predict` over 4 copies of the 40x slide in one process (ZoomMIL BRIGHT): the
+    next slides are tiled ahead while one is encoded, so the slides after the first show what
+    is left per slide once tiling is off the device's path (compare the profile step, which
+    times each slide alone, tiling included)."""
+    from zoommil.inference.cohort import Settings, predict_slides, tasks_in_dir
+    from zoommil.inference.predict import Predictor
+
+    folder = work / "predict_slides"
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for i in range(4):
+        link = folder / f"copy{i}{slides['40x'].suffix}"
+        if not link.exists():
+            link.symlink_to(slides["40x"].resolve())
+        copies.append(link)
+    checkpoint = checkpoints(work, 64 if dry else 256, 2 if dry else 12)["zoommil"]
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    precision = "bf16" if device == "cuda" else "fp32"
+    tasks = tasks_in_dir(copies, work / "predict_out", heatmaps=True)
+    summary = predict_slides(Settings(predictor, device, precision), tasks, threads=1)
+    rows = [
+        {k: r[k] for k in ("slide_id", "status", "patches_encoded", "seconds", "reason")}
+        for r in summary["rows"]
+    ]
+    return {
+        "step": "predict",
+        "device": device,
+        "precision": precision,
+        "slides": rows,
+        "wall_seconds": summary["wall_seconds"],
+        "slides_per_hour": summary["slides_per_hour"],
+        "seconds_per_slide_after_the_first": float(np.median([r["seconds"] for r in rows[1:]])),
+    }
+
+
 def _children(coords: np.ndarray, depth: int) -> np.ndarray:
     """Depth-first descendants ``depth`` quadtree steps below each (row, col)."""
     steps = np.array([[0, 0], [1, 0], [0, 1], [1, 1]])
@@ -245,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, step in (
         ("features", lambda: features_step(slides, device, dry, work)),
         ("profile", lambda: profile_step(slides, device, dry, work)),
+        ("predict", lambda: predict_step(slides, device, dry, work)),
         ("train", lambda: train_step(device, dry, work)),
     ):
         t0 = time.perf_counter()

@@ -31,6 +31,10 @@ def test_gpu_script_dry_mode_runs_every_step(tmp_path: Path) -> None:
     assert [m["arch"] for m in profile["methods"]] == ["zoommil", "abmil"]
     zoom, abmil = profile["methods"]
     assert all(r["patches_encoded"] > 0 for r in zoom["per_slide"] + abmil["per_slide"])
+    predict = json.loads((tmp_path / "predict.json").read_text())
+    assert [r["status"] for r in predict["slides"]] == ["ok"] * 4
+    assert len({r["patches_encoded"] for r in predict["slides"]}) == 1  # 4 copies, 1 answer
+    assert predict["seconds_per_slide_after_the_first"] > 0
     train = json.loads((tmp_path / "train.json").read_text())
     assert train["slides"] == 16
     assert (tmp_path / "work" / "train" / "out" / "checkpoint.pt").exists()
