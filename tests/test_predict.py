@@ -143,6 +143,15 @@ def test_predict_cli_writes_json_and_heatmap_the_same_with_2_threads(
         assert result2[key] == result[key] == one_slide_json[key], key
 
 
+def _copy_and_broken(small_slide: Path, tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A second readable slide (a byte copy named ``name``) and a file that is no slide."""
+    copy = tmp_path / name
+    copy.write_bytes(small_slide.read_bytes())
+    bad = tmp_path / "broken.tiff"
+    bad.write_bytes(b"not a slide at all")
+    return copy, bad
+
+
 def _same_prediction(path: Path, reference: dict) -> None:
     result = json.loads(path.read_text())
     for key in ("probabilities", "selected", "attention", "patches_per_mag"):
@@ -154,10 +163,7 @@ def test_predict_many_slides_over_processes_a_bad_one_fails_alone(
 ):
     """Two processes classify whole slides; an unreadable slide is a failure row naming the
     reason and exit 1, and the other slides' outputs are those of one-slide runs."""
-    copy = tmp_path / "second.tiff"
-    copy.write_bytes(small_slide.read_bytes())
-    bad = tmp_path / "broken.tiff"
-    bad.write_bytes(b"not a slide at all")
+    copy, bad = _copy_and_broken(small_slide, tmp_path, "second.tiff")
     out = tmp_path / "out"
     argv = ["predict", str(small_slide), str(bad), str(copy), "--checkpoint", str(checkpoint)]
     assert main([*argv, "--out-dir", str(out), "--threads", "2"]) == 1
@@ -248,10 +254,7 @@ def test_tiling_ahead_gives_the_lattice_made_in_place(small_slide, tmp_path):
     then raises that slide's own error."""
     from zoommil.inference.tiling_ahead import TilingAhead, tile_for_inference
 
-    copy = tmp_path / "copy.tiff"
-    copy.write_bytes(small_slide.read_bytes())
-    bad = tmp_path / "broken.tiff"
-    bad.write_bytes(b"not a slide at all")
+    copy, bad = _copy_and_broken(small_slide, tmp_path, "copy.tiff")
     recipe = _recipe(MAGS)
     slides = [small_slide, copy, bad, tmp_path / "missing.tiff", small_slide]
     with TilingAhead(recipe, slides, ahead=2) as ahead:
@@ -284,10 +287,7 @@ def test_predict_many_in_one_process_tiles_ahead(
         return real_classify(settings, task, encoder, reader, tiled)
 
     monkeypatch.setattr(cohort, "classify", spying_classify)
-    copy = tmp_path / "second.tiff"
-    copy.write_bytes(small_slide.read_bytes())
-    bad = tmp_path / "broken.tiff"
-    bad.write_bytes(b"not a slide at all")
+    copy, bad = _copy_and_broken(small_slide, tmp_path, "second.tiff")
     out = tmp_path / "out"
     argv = ["predict", str(small_slide), str(bad), str(copy), "--checkpoint", str(checkpoint)]
     assert main([*argv, "--out-dir", str(out), "--threads", "1"]) == 1
