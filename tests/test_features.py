@@ -147,6 +147,21 @@ def test_started_reader_pool_runs_before_the_first_read_and_reads_the_same(tiny)
         np.testing.assert_array_equal(a, b)
 
 
+def test_tasks_start_at_one_batch_and_double_up_to_their_size():
+    """A stream's first task is one batch (the encoder starts after a short read), the next
+    ones double up to ``regions_per_task``; together they hold every region once, in order,
+    each with its own offsets."""
+    xy = np.arange(2 * 45).reshape(45, 2)
+    offsets = [np.arange(45) * 10]
+    tasks = list(chunk_tasks("s.svs", xy, 64, [0], P, 16, offsets, first_regions=4))
+    assert [len(t.xy) for t in tasks] == [4, 8, 16, 16, 1]
+    np.testing.assert_array_equal(np.concatenate([t.xy for t in tasks]), xy)
+    np.testing.assert_array_equal(np.concatenate([t.offsets[0] for t in tasks]), offsets[0])
+    deep = chunk_tasks("s.svs", xy[:5], 64, [2], P, 1, first_regions=3)
+    assert [len(t.xy) for t in deep] == [1] * 5  # never above regions_per_task
+    assert [len(t.xy) for t in chunk_tasks("s.svs", xy, 64, [0], P, 16)] == [16, 16, 13]
+
+
 def test_stream_stats_split_the_first_chunks_wait_from_the_rest():
     """The first chunk's wait (the readers' start-up) is counted apart, inside the total, so a
     benchmark can tell a once-per-slide start from a reader that cannot keep up."""

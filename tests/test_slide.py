@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 from types import SimpleNamespace
 
@@ -205,6 +206,66 @@ def test_rgba_composites_on_white_exactly_whether_opaque_or_not():
     assert np.array_equal(got, _composite_reference(mixed))
 
 
+def test_premultiplied_pixels_on_white_as_openslide_python_unpremultiplies_them():
+    """`read_rgb`'s table for pixels that are not opaque: every (alpha, colour) pair gives
+    what openslide-python's own conversion followed by `rgba_to_rgb_on_white` gives."""
+    convert = pytest.importorskip("openslide._convert")
+    from zoommil.wsi import slide as slide_module
+
+    alpha = np.repeat(np.arange(256, dtype=np.uint32), 256)
+    colour = np.tile(np.arange(256, dtype=np.uint32), 256)
+    keep = colour <= alpha  # premultiplied: the colour never exceeds alpha
+    alpha, colour = alpha[keep], colour[keep]
+    words = (alpha << 24) | (colour << 16) | (colour << 8) | colour
+    buffer = (ctypes.c_uint32 * len(words)).from_buffer_copy(words.tobytes())
+    convert.argb2rgba(buffer)
+    rgba = np.frombuffer(buffer, dtype=np.uint8).reshape(-1, 1, 4)
+    expected = rgba_to_rgb_on_white(rgba)[:, 0, 0]
+    np.testing.assert_array_equal(slide_module._on_white_table()[alpha, colour], expected)
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "prostate-he-generic.tiff"])
+def test_read_rgb_equals_the_public_read_region_on_white(slides_dir, name):
+    """The NumPy-buffer read gives the pixels of OpenSlide's public call composited on white,
+    on every level, for regions inside the slide and reaching past its edges (transparent)."""
+    from zoommil.wsi.slide import read_rgb
+
+    with open_slide(slides_dir / name, test_read=False) as slide:
+        w0, h0 = slide.dimensions
+        for level in range(slide.level_count):
+            for x, y, w, h in [
+                (0, 0, 300, 200),
+                (w0 // 3, h0 // 2, 257, 129),
+                (w0 - 100, -50, 400, 90),
+            ]:
+                public = np.asarray(slide.read_region((x, y), level, (w, h)))
+                got = read_rgb(slide, (x, y), level, (w, h))
+                assert got.shape == (h, w, 3) and got.dtype == np.uint8
+                np.testing.assert_array_equal(got, rgba_to_rgb_on_white(public))
+        edge = read_rgb(slide, (w0 - 10, 0), 0, (40, 8))
+        assert (edge[:, 10:] == 255).all()  # past the slide's right edge: white
+
+
+def test_read_rgb_without_the_numpy_buffer_call_uses_the_public_one(slides_dir, monkeypatch):
+    from zoommil.wsi import slide as slide_module
+
+    with open_slide(slides_dir / "CMU-1-Small-Region.svs", test_read=False) as slide:
+        region = ((100, 200), 0, (64, 48))
+        expected = slide_module.read_rgb(slide, *region)
+        public = []
+        read_region = slide.read_region
+        slide.read_region = lambda *args: public.append(args) or read_region(*args)
+        np.testing.assert_array_equal(
+            slide_module.read_rgb(slide, (100, 200), 0, (64, 48)), expected
+        )
+        assert not public  # the buffer call
+        monkeypatch.setattr(slide_module, "_RAW_READ_REGION", None)
+        np.testing.assert_array_equal(
+            slide_module.read_rgb(slide, (100, 200), 0, (64, 48)), expected
+        )
+        assert len(public) == 1
+
+
 @pytest.mark.parametrize(
     ("name", "target_mpp", "from_coarsest"),
     [
@@ -214,7 +275,7 @@ def test_rgba_composites_on_white_exactly_whether_opaque_or_not():
     ],
 )
 def test_thumbnail_reuses_the_test_reads_coarsest_level_and_equals_a_fresh_read(
-    slides_dir, name, target_mpp, from_coarsest
+    slides_dir, monkeypatch, name, target_mpp, from_coarsest
 ):
     """The coarsest level decoded by open's test read is handed to the next thumbnail: one
     from that level reads nothing more (same pixels as reading it again); either way it is
@@ -227,8 +288,10 @@ def test_thumbnail_reuses_the_test_reads_coarsest_level_and_equals_a_fresh_read(
     with open_slide(slides_dir / name) as tested:
         assert tested in slide_module._TEST_READ_TOP
         reads = []
-        read_region = tested.read_region
-        tested.read_region = lambda *args: reads.append(args) or read_region(*args)
+        read_rgb = slide_module.read_rgb
+        monkeypatch.setattr(
+            slide_module, "read_rgb", lambda *args: reads.append(args) or read_rgb(*args)
+        )
         got = read_thumbnail_at_mpp(tested, 0.5, target_mpp)
         assert (len(reads) == 0) == from_coarsest
         assert tested not in slide_module._TEST_READ_TOP  # not kept past the thumbnail

@@ -10,6 +10,7 @@ import pytest
 
 from zoommil.cli import main
 from zoommil.errors import ZoomMILError
+from zoommil.wsi import tissue as tissue_module
 from zoommil.wsi.tissue import (
     detect_tissue,
     gaussian_tissue_mask,
@@ -120,6 +121,64 @@ def test_gaussian_detector_peels_exactly_like_whole_image_blurs(seed):
         }
         expected = _peeling_reference(rgb, **params)
         np.testing.assert_array_equal(gaussian_tissue_mask(rgb, **params), expected)
+
+
+def test_window_reblur_equals_the_whole_image_blur_bit_for_bit():
+    """A peeled rectangle anywhere (at the edges, with widths that are no multiple of the
+    vector width) re-blurred in its window gives the whole-image blur's exact values, and the
+    positive-value histogram follows them."""
+    rng = np.random.default_rng(0)
+    for h, w in [(1600, 1920), (331, 517), (90, 70)]:
+        img = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        inv = 255.0 - cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        sigma = 20.0
+        blurred = tissue_module._blur(inv, sigma)
+        hist = tissue_module._positive_histogram(blurred)
+        for _ in range(25):
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            rect = (
+                slice(y0, int(rng.integers(y0 + 1, min(h, y0 + 300) + 1))),
+                slice(x0, int(rng.integers(x0 + 1, min(w, x0 + 300) + 1))),
+            )
+            img[rect] = 255
+            hist = tissue_module._reblur_window(img, inv, blurred, hist, rect, sigma)
+            whole_inv = 255.0 - cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+            whole = tissue_module._blur(whole_inv, sigma)
+            np.testing.assert_array_equal(inv, whole_inv)
+            np.testing.assert_array_equal(blurred, whole)
+        expected = np.bincount(np.clip(whole[whole > 0], 0, 255).astype(np.uint8), minlength=256)
+        np.testing.assert_array_equal(hist, expected)
+
+
+def test_histograms_count_integer_parts_like_numpy():
+    """OpenCV's histograms against NumPy's clip-and-bincount, on uint8 values and on blurred
+    float values with exact zeros and fractions below 1 (bin 0 keeps those, not the zeros)."""
+    rng = np.random.default_rng(1)
+
+    def numpy_histogram(values):
+        return np.bincount(np.clip(values.ravel(), 0, 255).astype(np.uint8), minlength=256)
+
+    for h, w in [(0, 5), (1, 1), (37, 91), (400, 300)]:
+        sat = rng.integers(0, 256, (h, w)).astype(np.uint8)
+        np.testing.assert_array_equal(tissue_module._histogram(sat), numpy_histogram(sat))
+        values = (rng.random((h, w)) * 256).astype(np.float32)
+        values[rng.random((h, w)) < 0.3] = 0.0
+        values[rng.random((h, w)) < 0.1] = 0.25
+        values[rng.random((h, w)) < 0.05] = 255.00002
+        for view in (values, values[1:, 2:]):
+            np.testing.assert_array_equal(
+                tissue_module._positive_histogram(view), numpy_histogram(view[view > 0])
+            )
+
+
+def test_whiten_paints_a_view_of_the_image():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 255, (60, 80, 3)).astype(np.uint8)
+    where = rng.random((20, 30)) < 0.5
+    expected = img.copy()
+    expected[10:30, 40:70][where] = 255
+    tissue_module._whiten(img[10:30, 40:70], where)
+    np.testing.assert_array_equal(img, expected)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "otsu"])

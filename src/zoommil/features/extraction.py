@@ -273,6 +273,12 @@ def regions_per_task(patches_per_region: int, batch_size: int) -> int:
     return max(1, -(-max(batch_size, 16) // patches_per_region))
 
 
+def first_task_regions(patches_per_region: int, batch_size: int) -> int:
+    """Regions of a stream's first reader task: one batch, so the encoder starts early (see
+    `chunk_tasks`)."""
+    return max(1, -(-batch_size // patches_per_region))
+
+
 def encode_plan(
     slide_path: str | Path,
     plan: Lattice,
@@ -319,6 +325,7 @@ def encode_plan(
         plan.patch_size,
         regions_per_task(per_parent, batch_size),
         plan_offsets(plan),
+        first_task_regions(per_parent, batch_size),
     )
     own_reader = reader is None
     reader = reader if reader is not None else ReaderPool(workers)

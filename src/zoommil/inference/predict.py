@@ -34,6 +34,7 @@ from zoommil.features.extraction import (
     default_workers,
     encode_plan,
     encode_stream,
+    first_task_regions,
     regions_per_task,
 )
 from zoommil.inference.tiling_ahead import TiledSlide, tile_for_inference
@@ -103,8 +104,15 @@ def _encode_regions(
 ) -> torch.Tensor:
     """Read and encode the 4^depth patches of each region streaming (readers ahead of the
     encoder, only features kept): [1, n * 4^depth, D], standardised as in training."""
+    per_region = 4**depth
     tasks = chunk_tasks(
-        str(slide_path), xy, side0, [depth], patch_size, regions_per_task(4**depth, batch_size)
+        str(slide_path),
+        xy,
+        side0,
+        [depth],
+        patch_size,
+        regions_per_task(per_region, batch_size),
+        first_regions=first_task_regions(per_region, batch_size),
     )
     stats = StreamStats()
     chunks = list(encode_stream(encoder, reader.imap(tasks), batch_size, stats))

@@ -302,15 +302,27 @@ def chunk_tasks(
     patch_size: int,
     regions_per_task: int,
     offsets: Sequence[np.ndarray] | None = None,
+    first_regions: int | None = None,
 ) -> Iterator[RegionTask]:
-    """``xy`` (and per-depth ``offsets``, indexed by region) split into tasks of a few regions."""
+    """``xy`` (and per-depth ``offsets``, indexed by region) split into tasks of a few regions.
+
+    ``first_regions``: the first task holds that many regions and each next one twice as many
+    up to ``regions_per_task``. Why: the consumer waits for the first task whole, and in
+    `zoommil predict` every zoom step starts a stream (ZoomMIL's 40x BRIGHT slide waited 0.16
+    s a slide for three 16-patch first tasks, against 6 s of bf16 encoding); doubling keeps a
+    reader that is twice as fast as the encoder ahead of it from the first batch on.
+    """
     n = max(1, int(regions_per_task))
-    for i in range(0, len(xy), n):
+    size = n if first_regions is None else max(1, min(n, int(first_regions)))
+    i = 0
+    while i < len(xy):
         yield RegionTask(
             slide=str(slide),
-            xy=np.asarray(xy[i : i + n]),
+            xy=np.asarray(xy[i : i + size]),
             side0=int(side0),
             depths=tuple(int(d) for d in depths),
             patch_size=int(patch_size),
-            offsets=None if offsets is None else tuple(o[i : i + n] for o in offsets),
+            offsets=None if offsets is None else tuple(o[i : i + size] for o in offsets),
         )
+        i += size
+        size = min(n, 2 * size)
