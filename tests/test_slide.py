@@ -255,14 +255,10 @@ def test_read_rgb_without_the_numpy_buffer_call_uses_the_public_one(slides_dir, 
         public = []
         read_region = slide.read_region
         slide.read_region = lambda *args: public.append(args) or read_region(*args)
-        np.testing.assert_array_equal(
-            slide_module.read_rgb(slide, (100, 200), 0, (64, 48)), expected
-        )
+        np.testing.assert_array_equal(slide_module.read_rgb(slide, *region), expected)
         assert not public  # the buffer call
         monkeypatch.setattr(slide_module, "_RAW_READ_REGION", None)
-        np.testing.assert_array_equal(
-            slide_module.read_rgb(slide, (100, 200), 0, (64, 48)), expected
-        )
+        np.testing.assert_array_equal(slide_module.read_rgb(slide, *region), expected)
         assert len(public) == 1
 
 

@@ -107,6 +107,11 @@ def _otsu(values: np.ndarray) -> float:
     return _otsu_of_histogram(_histogram(values))
 
 
+#: cv2.calcHist counts in float32: exact below 2^24 values per bin, so larger arrays (a
+#: mask of more than 16 million pixels, far past any slide at 8 um/px) take NumPy's path.
+_CALCHIST_MAX = 2**24
+
+
 def _histogram(values: np.ndarray) -> np.ndarray:
     """256-bin histogram of the values' integer parts, clipped to 0..255 (what Otsu counts)."""
     values = np.asarray(values)
@@ -114,11 +119,6 @@ def _histogram(values: np.ndarray) -> np.ndarray:
         return _calchist(values)
     clipped = np.clip(values.ravel(), 0, 255)
     return np.bincount(clipped.astype(np.uint8), minlength=256)
-
-
-#: cv2.calcHist counts in float32: exact below 2^24 values per bin, so larger arrays (a
-#: mask of more than 16 million pixels, far past any slide at 8 um/px) take NumPy's path.
-_CALCHIST_MAX = 2**24
 
 
 def _calchist(values: np.ndarray) -> np.ndarray:
