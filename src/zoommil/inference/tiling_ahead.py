@@ -1,8 +1,8 @@
 """Tissue detection and tiling of the next slides while this one is encoded.
 
 Why: ZoomMIL encodes few patches per slide, so its fixed cost per slide (opening the file,
-decoding a thumbnail, tissue detection, the lattice: ~1.2 s on a 40x slide) is a large share
-of a slide: 7% of one CPU core's time at fp32, 15% at bf16, and most of it on a GPU, where the
+decoding a thumbnail, tissue detection, the lattice: ~0.6 s on a 40x slide) is a large share
+of a slide: 5% of one CPU core's time at fp32, 11% at bf16, and most of it on a GPU, where the
 encoding takes a fraction of a second. Slides are independent, so one process working a few
 slides ahead takes that cost off the encoder's path when `zoommil predict` classifies several
 slides in one process (``--threads 1``, or a GPU).
