@@ -263,11 +263,12 @@ def test_tiling_ahead_gives_the_lattice_made_in_place(small_slide, tmp_path):
     here = tile_for_inference(recipe, copy)
     for tiled in (got[1], got[4]):
         assert tiled is not None
-        assert tiled.mpp0 == here.mpp0 and tiled.mpp_source == here.mpp_source
-        assert tiled.lattice.mags == here.lattice.mags
-        for a, b in zip(tiled.lattice.xy, here.lattice.xy, strict=True):
+        assert tiled.attrs["mpp"] == here.attrs["mpp"]
+        assert tiled.attrs["mpp_source"] == here.attrs["mpp_source"]
+        assert tiled.mags == here.mags
+        for a, b in zip(tiled.xy, here.xy, strict=True):
             assert np.array_equal(a, b)
-        for a, b in zip(tiled.lattice.coords, here.lattice.coords, strict=True):
+        for a, b in zip(tiled.coords, here.coords, strict=True):
             assert np.array_equal(a, b)
 
 

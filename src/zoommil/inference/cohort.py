@@ -30,10 +30,11 @@ from zoommil.features.encoder_pool import (
 )
 from zoommil.features.extraction import default_workers
 from zoommil.inference.predict import Predictor, local_encoder, make_encoder, predict_slide
-from zoommil.inference.tiling_ahead import TiledSlide, TilingAhead
+from zoommil.inference.tiling_ahead import TilingAhead
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
 from zoommil.processes import ProcessDied, exit_with_parent, map_isolated
+from zoommil.wsi.lattice import Lattice
 from zoommil.wsi.patches import ReaderPool
 
 
@@ -181,7 +182,7 @@ def classify(
     task: SlideTask,
     encoder: AnyEncoder,
     reader: ReaderPool,
-    tiled: TiledSlide | None = None,
+    tiled: Lattice | None = None,
 ) -> dict[str, Any]:
     """Classify one slide and write its outputs; any error is the slide's failure row.
     ``tiled``: its lattice, if made ahead."""

@@ -37,11 +37,11 @@ from zoommil.features.extraction import (
     first_task_regions,
     regions_per_task,
 )
-from zoommil.inference.tiling_ahead import TiledSlide, tile_for_inference
+from zoommil.inference.tiling_ahead import tile_for_inference
 from zoommil.recipe import PreprocessingRecipe, format_mags, mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
-from zoommil.wsi.lattice import descendant_rows, steps_between
+from zoommil.wsi.lattice import Lattice, descendant_rows, steps_between
 from zoommil.wsi.patches import ReaderPool, chunk_tasks
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def zoom_predict(
     batch_size: int | None = None,
     progress: bool = False,
     reader: ReaderPool | None = None,
-    tiled: TiledSlide | None = None,
+    tiled: Lattice | None = None,
 ) -> dict[str, Any]:
     """ZoomMIL inference reading only the selected regions; see the module docstring.
     ``tiled``: the slide's lattice if it was made ahead (`TilingAhead`), else it is made here."""
@@ -176,7 +176,7 @@ def _zoom_predict(
     mpp: float | None,
     batch_size: int | None,
     reader: ReaderPool,
-    tiled: TiledSlide | None,
+    tiled: Lattice | None,
 ) -> dict[str, Any]:
     timer = _Timer()
     model = predictor.model
@@ -184,8 +184,8 @@ def _zoom_predict(
     bs = batch_size or default_batch_size(encoder.device)
     pooled, attention, selected = [], [], []
     encoded = {}
-    tiled = tiled or tile_for_inference(predictor.recipe, slide_path, mpp)
-    lattice, mpp0, source = tiled.lattice, tiled.mpp0, tiled.mpp_source
+    lattice = tiled or tile_for_inference(predictor.recipe, slide_path, mpp)
+    mpp0, source = lattice.attrs["mpp"], lattice.attrs["mpp_source"]
     timer.end_tiling()
     rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
     feats = _encode_regions(
@@ -256,7 +256,7 @@ def all_patch_predict(
     batch_size: int | None = None,
     progress: bool = False,
     reader: ReaderPool | None = None,
-    tiled: TiledSlide | None = None,
+    tiled: Lattice | None = None,
 ) -> dict[str, Any]:
     """Encode every tissue patch at the model's magnifications, then run the MIL head.
 
@@ -276,7 +276,7 @@ def all_patch_predict_shared(
     batch_size: int | None = None,
     progress: bool = False,
     reader: ReaderPool | None = None,
-    tiled: TiledSlide | None = None,
+    tiled: Lattice | None = None,
 ) -> list[dict[str, Any]]:
     """`all_patch_predict` for several models that read the same patches: one tiling, reading
     and encoding pass, then each model's head. Each record's times are that pass plus its own
@@ -284,8 +284,8 @@ def all_patch_predict_shared(
     lead = check_shared_pass(predictors)
     timer = _Timer()
     slide_path = Path(slide_path)
-    tiled = tiled or tile_for_inference(lead.recipe, slide_path, mpp)
-    lattice, mpp0, source = tiled.lattice, tiled.mpp0, tiled.mpp_source
+    lattice = tiled or tile_for_inference(lead.recipe, slide_path, mpp)
+    mpp0, source = lattice.attrs["mpp"], lattice.attrs["mpp_source"]
     timer.end_tiling()
     stats = StreamStats()
     with _reader_for(reader, encoder) as reader:
@@ -439,7 +439,7 @@ def predict_slide(
     batch_size: int | None = None,
     progress: bool = False,
     reader: ReaderPool | None = None,
-    tiled: TiledSlide | None = None,
+    tiled: Lattice | None = None,
 ) -> dict[str, Any]:
     """Zoom inference for ZoomMIL, all-patch inference for every other architecture.
 

@@ -18,46 +18,29 @@ import logging
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from zoommil.processes import exit_with_parent
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.lattice import Lattice
-from zoommil.wsi.slide import open_with_mpp
-from zoommil.wsi.tiling import tile_open_slide
+from zoommil.wsi.tiling import tile_slide
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TiledSlide:
-    """What inference needs from a slide's tissue detection and tiling: the lattice, the
-    level-0 mpp and where that mpp came from."""
-
-    lattice: Lattice
-    mpp0: float
-    mpp_source: str
-
-
 def tile_for_inference(
     recipe: PreprocessingRecipe, slide_path: str | Path, mpp: float | None = None
-) -> TiledSlide:
-    """The checkpoint's lattice of a slide file (opened, tiled, closed). A slide without
-    tissue is still classified (all its patches), whatever the recipe's policy."""
-    slide_path = Path(slide_path)
-    slide, mpp0, source = open_with_mpp(slide_path, mpp)
-    try:
-        lattice = tile_open_slide(slide, slide_path, mpp0, source, recipe.replace(no_tissue="all"))
-    finally:
-        slide.close()
-    return TiledSlide(lattice, float(mpp0), source)
+) -> Lattice:
+    """The checkpoint's lattice of a slide file; its attrs carry the level-0 mpp (``mpp``) and
+    where it came from (``mpp_source``). A slide without tissue is still classified (all its
+    patches), whatever the recipe's policy."""
+    return tile_slide(slide_path, recipe.replace(no_tissue="all"), mpp)
 
 
 def _tile_or_reason(
     recipe: PreprocessingRecipe, slide_path: str, mpp: float | None
-) -> TiledSlide | str:
+) -> Lattice | str:
     """`tile_for_inference` in the tiling process, its error as text: the project's errors
     take two arguments and cannot be unpickled, which would break the pool for every slide."""
     try:
@@ -68,7 +51,7 @@ def _tile_or_reason(
 
 class TilingAhead:
     """Tiles ``slides[i + 1 .. i + ahead]`` in a process of its own while slide ``i`` is
-    classified. ``get(i)`` returns slide ``i``'s `TiledSlide`, or None where the caller should
+    classified. ``get(i)`` returns slide ``i``'s lattice, or None where the caller should
     tile it itself: the first slide (nothing was ahead of it yet), and a slide whose tiling
     failed or whose process died."""
 
@@ -93,7 +76,7 @@ class TilingAhead:
                 initializer=exit_with_parent,
             )
 
-    def get(self, index: int) -> TiledSlide | None:
+    def get(self, index: int) -> Lattice | None:
         self._submit_up_to(index + self.ahead)
         future = self._pending.pop(index, None)
         if future is None:
