@@ -135,14 +135,14 @@ def checkpoints(work: Path, patch_size: int, k: int = 12) -> dict[str, Path]:
     return out
 
 
-def profile_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -> dict:
+def profile_step(slides: dict[str, Path], ckpts: dict[str, Path], device: str) -> dict:
     import torch
 
     from zoommil.efficiency.throughput import measure_throughput
     from zoommil.inference.predict import Predictor
 
     rows = []
-    for ckpt in checkpoints(work, 64 if dry else 256, 2 if dry else 12).values():
+    for ckpt in ckpts.values():
         predictor = Predictor.from_checkpoint(ckpt, device=device)
         if device == "cpu":
             predictor.precision = "fp32"
@@ -159,7 +159,7 @@ def profile_step(slides: dict[str, Path], device: str, dry: bool, work: Path) ->
     return {"step": "profile", "device": device, "methods": rows}
 
 
-def predict_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -> dict:
+def predict_step(slides: dict[str, Path], ckpts: dict[str, Path], device: str, work: Path) -> dict:
     """`zoommil predict` over 4 copies of the 40x slide in one process (ZoomMIL BRIGHT): the
     next slides are tiled ahead while one is encoded, so the slides after the first show what
     is left per slide once tiling is off the device's path (compare the profile step, which
@@ -175,8 +175,7 @@ def predict_step(slides: dict[str, Path], device: str, dry: bool, work: Path) ->
         if not link.exists():
             link.symlink_to(slides["40x"].resolve())
         copies.append(link)
-    checkpoint = checkpoints(work, 64 if dry else 256, 2 if dry else 12)["zoommil"]
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    predictor = Predictor.from_checkpoint(ckpts["zoommil"], device=device)
     precision = "bf16" if device == "cuda" else "fp32"
     tasks = tasks_in_dir(copies, work / "predict_out", heatmaps=True)
     summary = predict_slides(Settings(predictor, device, precision), tasks, threads=1)
@@ -280,10 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
     }
     slides = slides_for(dry, work)
+    ckpts = checkpoints(work, 64 if dry else 256, 2 if dry else 12)  # profile's and predict's
     for name, step in (
         ("features", lambda: features_step(slides, device, dry, work)),
-        ("profile", lambda: profile_step(slides, device, dry, work)),
-        ("predict", lambda: predict_step(slides, device, dry, work)),
+        ("profile", lambda: profile_step(slides, ckpts, device)),
+        ("predict", lambda: predict_step(slides, ckpts, device, work)),
         ("train", lambda: train_step(device, dry, work)),
     ):
         t0 = time.perf_counter()
