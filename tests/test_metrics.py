@@ -82,8 +82,7 @@ def test_every_metric_equals_sklearn_on_small_splits_with_ties(seed: int, n_clas
     if n_classes == 2:
         auc = roc_auc_score(y, probs[:, 1])
     else:
-        renormalised = probs / probs.sum(1, keepdims=True)  # as classification_metrics does
-        auc = roc_auc_score(y, renormalised, multi_class="ovr", labels=labels)
+        auc = roc_auc_score(y, probs, multi_class="ovr", labels=labels)
     assert m["auc"] == pytest.approx(auc, abs=1e-12)
     kappa = cohen_kappa_score(y, pred, labels=labels)
     if np.isnan(kappa):
@@ -99,6 +98,20 @@ def test_tied_scores_share_their_rank_in_the_auc() -> None:
     p1 = np.array([0.5, 0.9, 0.5, 0.1])
     m = classification_metrics(y, np.stack([1 - p1, p1], axis=1), ["a", "b"])
     assert m["auc"] == pytest.approx(3.5 / 4)
+
+
+def test_multiclass_auc_keeps_the_ties_of_saturated_float32_softmax_rows() -> None:
+    """Two slides at p = 1.0 for class 0 (one of them truly class 1) tie in scikit-learn's
+    one-vs-rest AUC; their float32 rows sum to 1 within 1e-7 but not equally, so
+    renormalising them first would rank one above the other."""
+    import torch
+
+    logits = torch.tensor([[30.0, 0, 5], [30, 12, 0], [0, 9, 1], [1, 8, 0], [0, 1, 7], [2, 0, 9]])
+    probs = torch.softmax(logits, dim=1).numpy().astype(np.float64)
+    y = np.array([0, 1, 1, 1, 2, 2])
+    assert probs[0, 0] == probs[1, 0] == 1.0
+    m = classification_metrics(y, probs, ["a", "b", "c"])
+    assert m["auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"), abs=1e-12)
 
 
 def test_kappa_is_null_when_everything_is_one_class() -> None:

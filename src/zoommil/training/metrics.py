@@ -73,8 +73,9 @@ def auc_score(
         return None, f"undefined: no slide of class(es) {', '.join(missing)} in this split"
     if n_classes == 2:
         return binary_auc(y_true == 1, probs[:, 1]), None
+    # ranked as reported, not renormalised: float32 softmax rows sum to 1 +- 1e-7, and
+    # dividing by those sums would break the exact ties of saturated (p = 1.0) slides
     p = probs.astype(np.float64)
-    p = p / p.sum(axis=1, keepdims=True)
     return float(np.mean([binary_auc(y_true == c, p[:, c]) for c in range(n_classes)])), None
 
 
