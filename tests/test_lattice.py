@@ -14,6 +14,7 @@ from zoommil.io.coords import load_coords, write_coords
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.lattice import (
     build_lattice,
+    check_lattice,
     children_order,
     descendant_offsets,
     descendant_rows,
@@ -125,6 +126,29 @@ def test_lattice_alignment_and_order(mags):
             assert [tuple(x) for x in block.tolist()] == reference_descendants(int(r), int(c), d)
     for rc, xy, side in zip(lat.coords, lat.xy, lat.sides, strict=True):
         np.testing.assert_array_equal(xy, rc[:, ::-1] * side)
+
+
+@pytest.mark.parametrize("subset", [[10], [2.5, 10], [1.25, 10]])
+def test_restricting_a_lattice_keeps_its_rows_and_stays_a_lattice(subset):
+    """A model's magnifications out of the feature file's lattice: the same rows, still
+    depth-first under the new parents, each new parent with its old parent's tissue fraction."""
+    rng = np.random.default_rng(1)
+    lat = lattice_for([1.25, 2.5, 10], dims=(20000, 16000), mask=rng.random((160, 200)) > 0.5)
+    lat.tissue_fraction = rng.random(len(lat.xy[0])).astype(np.float32)  # distinct per parent
+    sub = lat.restricted_to(subset)
+    check_lattice(sub, "restricted")
+    assert sub.mags == [float(m) for m in subset]
+    for m, xy, side in zip(sub.mags, sub.xy, sub.sides, strict=True):
+        k = lat.mags.index(m)
+        np.testing.assert_array_equal(xy, lat.xy[k])
+        assert side == lat.sides[k]
+    per = 4 ** int(np.log2(subset[0] / 1.25))
+    np.testing.assert_array_equal(sub.tissue_fraction, np.repeat(lat.tissue_fraction, per))
+    assert lat.restricted_to([1.25, 2.5, 10]) is lat
+    with pytest.raises(ZoomMILError, match="ordered subset"):
+        lat.restricted_to([20])
+    with pytest.raises(ZoomMILError, match="ordered subset"):
+        lat.restricted_to([10, 2.5])
 
 
 def test_bright_setting_counts():

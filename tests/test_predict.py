@@ -97,6 +97,43 @@ def test_zoom_inference_matches_the_full_feature_file(zoom_result, small_slide, 
     np.testing.assert_allclose(zoom_probs, probs, atol=1e-2)
 
 
+def test_single_scale_model_reads_the_rows_it_was_trained_on(tmp_path):
+    """ABMIL trained on the 20x rows of 5/10/20x feature files: predict tiles at 5/10/20x and
+    filters tissue at 5x, as `zoommil features` did, so its bag is the feature file's 20x rows
+    (tiling and filtering at 20x alone keeps other patches) and its probabilities match."""
+    slide = write_pyramid_tiff(tmp_path / "tissue.tiff", width=1024, height=768)
+    full = tile_slide(slide, _recipe(MAGS))
+    own = tile_slide(slide, _recipe([20.0]))
+    assert {tuple(x) for x in own.xy[0]} != {tuple(x) for x in full.xy[-1]}  # the trap
+    coords = write_coords(tmp_path / "coords.h5", full)
+    extract_features(slide, coords, tmp_path / "f.h5", weights="random", workers=0)
+    from zoommil.io.featurefile import read_feature_file
+
+    bag = read_feature_file(tmp_path / "f.h5", [20.0])
+    torch.manual_seed(0)
+    abmil = build_model("abmil", in_dim=1024, n_classes=2, mags=[20.0]).eval()
+    config = {
+        "method": "abmil",
+        "arch": "abmil",
+        "kwargs": {},
+        "classes": CLASSES,
+        "mags": [20.0],
+        "config_mags": MAGS,
+        "in_dim": 1024,
+        "preprocessing": {"patch_size": PATCH, "weights": "random", "weights_seed": 0},
+    }
+    ckpt = save_checkpoint(tmp_path / "abmil.pt", abmil.state_dict(), config)
+    predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.mags == [20.0] and list(predictor.recipe.mags) == MAGS
+    result = predict_slide(predictor, slide, make_encoder(predictor)[0])
+    assert result["patches_per_mag"] == {"20.0x": len(full.xy[-1])}
+    with torch.no_grad():
+        logits = abmil([torch.from_numpy(bag.feats[0])[None]], [torch.from_numpy(bag.coords[0])])
+    probs = torch.softmax(logits, -1)[0].numpy()
+    got = np.array([result["probabilities"][c] for c in CLASSES])
+    np.testing.assert_allclose(got, probs, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ZoomMIL checkpoint as `zoommil train` writes it (random-weight encoder recipe)."""

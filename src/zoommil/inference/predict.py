@@ -4,8 +4,9 @@ ZoomMIL (``zoom_predict``): encode every tissue patch at the lowest magnificatio
 read and encode only the descendants of the selected patches at the next magnification, and so
 on. The patches encoded are ``N_low + K * 4^d1 + K * 4^d2 + ...`` (fewer when a step has fewer
 than K rows). Every other model (``all_patch_predict``) encodes every tissue patch at the
-magnifications it reads, exactly as `zoommil features` does, then runs the MIL head: this is the
-baseline the paper's Figure 3 compares against.
+magnifications it reads, exactly as `zoommil features` does (tiled at every magnification of
+the recipe and filtered by tissue at the lowest, so a 10x-only model gets the 10x rows it was
+trained on), then runs the MIL head: this is the baseline the paper's Figure 3 compares against.
 
 Both start from the slide file and redo the preprocessing recorded in the checkpoint (patch
 size, magnifications, tissue detector, encoder weights), so their times are end to end.
@@ -51,8 +52,9 @@ log = logging.getLogger(__name__)
 class Predictor:
     """A trained model plus the preprocessing recipe its features were made with.
 
-    The recipe's magnifications are the ones the model reads (a single-scale model is tiled at
-    its own magnification, as the checkpoint records).
+    The recipe's magnifications are the feature files' (``config_mags``: what is tiled, and
+    where the tissue filter applies, at the lowest); ``model_mags`` are the ones the model
+    reads, a subset (a single-scale model reads the 10x rows of a 1.25/2.5/10x lattice).
     """
 
     model: nn.Module
@@ -62,10 +64,12 @@ class Predictor:
     method: str = ""
     norm: FeatureNorm | None = None
     in_dim: int | None = None
+    model_mags: list[float] | None = None  # None: all of the recipe's
 
     @property
     def mags(self) -> list[float]:
-        return list(self.recipe.mags)
+        """The magnifications the model reads."""
+        return list(self.model_mags if self.model_mags is not None else self.recipe.mags)
 
     @property
     def patch_size(self) -> int:
@@ -78,7 +82,8 @@ class Predictor:
         model, config = model_from_checkpoint(checkpoint)
         model.to(device)
         recorded: Mapping[str, Any] = config.get("preprocessing") or {}
-        recipe = PreprocessingRecipe.from_attrs(recorded, mags=config["mags"], weights=weights)
+        tiled = config.get("config_mags") or config["mags"]  # older checkpoints: model's own
+        recipe = PreprocessingRecipe.from_attrs(recorded, mags=tiled, weights=weights)
         return cls(
             model=model,
             arch=str(config["arch"]),
@@ -87,6 +92,7 @@ class Predictor:
             method=str(config.get("method", config["arch"])),
             norm=FeatureNorm.from_config(config.get("feature_norm")),
             in_dim=int(config["in_dim"]) if config.get("in_dim") else None,
+            model_mags=[float(m) for m in config["mags"]],
         )
 
 
@@ -184,7 +190,9 @@ def _zoom_predict(
     bs = batch_size or default_batch_size(encoder.device)
     pooled, attention, selected = [], [], []
     encoded = {}
-    lattice = tiled or tile_for_inference(predictor.recipe, slide_path, mpp)
+    lattice = (tiled or tile_for_inference(predictor.recipe, slide_path, mpp)).restricted_to(
+        predictor.mags
+    )
     mpp0, source = lattice.attrs["mpp"], lattice.attrs["mpp_source"]
     timer.end_tiling()
     rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
@@ -284,7 +292,7 @@ def all_patch_predict_shared(
     lead = check_shared_pass(predictors)
     timer = _Timer()
     slide_path = Path(slide_path)
-    lattice = tiled or tile_for_inference(lead.recipe, slide_path, mpp)
+    lattice = (tiled or tile_for_inference(lead.recipe, slide_path, mpp)).restricted_to(lead.mags)
     mpp0, source = lattice.attrs["mpp"], lattice.attrs["mpp_source"]
     timer.end_tiling()
     stats = StreamStats()
@@ -325,15 +333,17 @@ def all_patch_predict_shared(
 def shared_pass_groups(predictors: Sequence[Predictor]) -> list[list[int]]:
     """Indices of ``predictors`` grouped by what one pass over a slide can serve: each
     ZoomMIL model alone (it reads what it selects), the other models by preprocessing recipe
-    (same magnifications, tiling and encoder: the same patches). First appearance order."""
+    and the magnifications they read (same tiling, encoder and rows: the same patches). First
+    appearance order."""
     groups: list[list[int]] = []
-    recipes: list[PreprocessingRecipe | None] = []
+    reads: list[tuple[PreprocessingRecipe, list[float]] | None] = []
     for i, predictor in enumerate(predictors):
-        if predictor.arch != "zoommil" and predictor.recipe in recipes:
-            groups[recipes.index(predictor.recipe)].append(i)
+        key = (predictor.recipe, predictor.mags)
+        if predictor.arch != "zoommil" and key in reads:
+            groups[reads.index(key)].append(i)
             continue
         groups.append([i])
-        recipes.append(None if predictor.arch == "zoommil" else predictor.recipe)
+        reads.append(None if predictor.arch == "zoommil" else key)
     return groups
 
 
@@ -349,7 +359,7 @@ def check_shared_pass(predictors: Sequence[Predictor]) -> Predictor:
                 f"{other.method}: ZoomMIL reads only the regions it selects; it cannot share "
                 "an all-patch pass with other models (time it on its own)"
             )
-        if other.recipe != lead.recipe:
+        if other.recipe != lead.recipe or other.mags != lead.mags:
             raise ZoomMILError(
                 f"{other.method} and {lead.method} read different patches "
                 f"({format_mags(other.mags)} vs {format_mags(lead.mags)}, or another tiling "

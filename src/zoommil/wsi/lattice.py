@@ -224,6 +224,35 @@ class Lattice:
         """Rows at ``mags[index]`` per row at ``mags[index - 1]`` (``4**d``)."""
         return 4 ** steps_between(self.mags[index - 1], self.mags[index])
 
+    def restricted_to(self, mags: Sequence[float]) -> Lattice:
+        """The rows of some of the magnifications, their lowest now the parents.
+
+        Why: a model trained on some magnifications of a feature file (ABMIL on the 10x rows
+        of a 1.25/2.5/10x file) read the patches kept by the tissue filter at the file's
+        lowest magnification; its bag at inference must be those rows, not a lattice tiled
+        and filtered at its own magnification. Row order stays depth-first, so the result
+        is a valid lattice (the tissue fraction is each new parent's old parent's).
+        """
+        wanted = [float(m) for m in mags]
+        if wanted == self.mags:
+            return self
+        missing = [m for m in wanted if m not in self.mags]
+        if missing or wanted != sorted(wanted) or not wanted:
+            raise ZoomMILError(
+                f"magnifications {wanted} are not an ordered subset of the lattice's {self.mags}"
+            )
+        keep = [self.mags.index(m) for m in wanted]
+        per_parent = 4 ** steps_between(self.mags[0], wanted[0])
+        return Lattice(
+            mags=wanted,
+            patch_size=self.patch_size,
+            sides=[self.sides[k] for k in keep],
+            coords=[self.coords[k] for k in keep],
+            xy=[self.xy[k] for k in keep],
+            tissue_fraction=np.repeat(self.tissue_fraction, per_parent),
+            attrs=dict(self.attrs),
+        )
+
 
 def build_lattice(
     slide_path: str | Path,
