@@ -203,3 +203,21 @@ def test_shared_pass_groups_keep_zoommil_alone_and_group_the_same_patches():
         _all_patch_predictor("maxmil", [5.0], 0),
     ]
     assert shared_pass_groups(predictors) == [[0, 3], [1], [2, 5], [4], [6]]
+
+
+def test_profile_reads_a_sheets_empty_mpp_cells_as_no_override(tmp_path):
+    """NA, nan, none and empty mpp cells mean "use the slide's metadata", as in `load_sheet`,
+    not a crash or a NaN `--mpp` that the slide's check would then reject."""
+    from zoommil.efficiency.throughput import profile_slides
+    from zoommil.errors import ZoomMILError
+
+    rows = ["a\ta.tiff\tx\ttest\tNA", "b\tb.tiff\ty\ttest\tnan", "c\tc.tiff\ty\ttest\t0.5"]
+    rows += ["d\td.tiff\tx\ttest\tnone", "e\te.tiff\tx\ttest\t"]
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\tmpp\n" + "\n".join(rows) + "\n")
+    pairs, mpp = profile_slides(sheet, None, "test", 10)
+    assert [p[0] for p in pairs] == list("abcde")
+    assert mpp == {"c": 0.5}
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\tmpp\na\ta.tiff\tx\ttest\tabc\n")
+    with pytest.raises(ZoomMILError, match=r"slide a: mpp 'abc' is not a number"):
+        profile_slides(sheet, None, "test", 10)

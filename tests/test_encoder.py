@@ -211,3 +211,31 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ZoomMILError, match="no CUDA"):
             enc.resolve_device("cuda")
+
+
+def test_a_gpu_index_past_the_last_gpu_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert enc.resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ZoomMILError, match=r"'cuda:3' requested but only 1 CUDA device"):
+        enc.resolve_device("cuda:3")
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 5), "fp32"), ((8, 0), "bf16")])
+def test_auto_precision_on_a_gpu_is_bf16_only_where_the_hardware_has_it(
+    monkeypatch, capability, expected
+):
+    """A T4/V100 (7.x) emulates bf16, which torch's `is_bf16_supported` counts as support:
+    `auto` must give fp32 there; and the GPU asked about is the one named, not the current."""
+    from zoommil.features.encoder import resolve_precision
+
+    asked = []
+
+    def capability_of(device=None):
+        asked.append(device)
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability_of)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda:1")) == expected
+    assert asked == [torch.device("cuda:1")]

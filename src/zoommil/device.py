@@ -19,6 +19,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ZoomMILError(f"device {name!r} requested but no CUDA device is available")
     try:
-        return torch.device(name)
+        resolved = torch.device(name)
     except RuntimeError:
         raise ZoomMILError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)") from None
+    if resolved.type == "cuda" and resolved.index is not None:
+        count = torch.cuda.device_count()
+        if resolved.index >= count:
+            raise ZoomMILError(f"device {name!r} requested but only {count} CUDA device(s) exist")
+    return resolved

@@ -42,7 +42,7 @@ from zoommil.inference.predict import (
     predict_slide_shared,
     shared_pass_groups,
 )
-from zoommil.io.sheet import read_sheet
+from zoommil.io.sheet import parse_mpp, read_sheet
 from zoommil.processes import starmap_in_processes
 from zoommil.training.checkpoint import load_checkpoint
 from zoommil.wsi.patches import ReaderPool
@@ -318,8 +318,11 @@ def profile_slides(
         raise ZoomMILError(f"{sheet_path}: profiling reads the slides: the sheet needs a path")
     pairs = [(str(r.slide_id), str(r.path)) for r in sheet.itertuples()]
     mpp = {}
-    if "mpp" in sheet.columns:
-        mpp = {str(r.slide_id): float(r.mpp) for r in sheet.itertuples() if str(r.mpp).strip()}
+    if "mpp" in sheet.columns:  # empty, NA, NaN or none: the slide's own metadata
+        for r in sheet.itertuples():
+            value = parse_mpp(r.mpp, f"slide {r.slide_id}", sheet_path)
+            if value is not None:
+                mpp[str(r.slide_id)] = value
     return pairs, mpp
 
 

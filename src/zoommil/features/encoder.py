@@ -83,8 +83,8 @@ def build_encoder(
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware (else bf16 is emulated and slow)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # Ampere (8.0) on; `is_bf16_supported` counts emulation too
+        return torch.cuda.get_device_capability(device)[0] >= 8
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -128,6 +128,13 @@ def _encode_regions(
     return norm(out) if norm is not None else out
 
 
+def _finished(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so that a phase timed on a GPU is its work, not
+    the launches (the next phase's first host copy would otherwise be charged for it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class _Timer:
     """Wall time from the start: tissue detection and tiling, then per phase: ``read`` is the
     time spent waiting for the reader processes (reading not hidden behind encoding),
@@ -252,6 +259,7 @@ def _zoom_predict(
         encoded[mag_key(lattice.mags[m + 1])] = len(rows)
     with torch.inference_mode():
         logits = model.classify_pooled(pooled)
+    _finished(encoder.device)
     timer.add("head", tic)
     return _result(predictor, slide_path, logits, encoded, mpp0, source, selected, attention, timer)
 
@@ -321,6 +329,7 @@ def all_patch_predict_shared(
             )
         with torch.inference_mode():
             logits = predictor.model(feats, coords)
+        _finished(encoder.device)
         own.add("head", tic)
         encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
         result = _result(predictor, slide_path, logits, encoded, mpp0, source, [], [], own)

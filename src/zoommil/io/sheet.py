@@ -93,7 +93,8 @@ def _row_name(index: int, row: pd.Series) -> str:
     return f"row {index + 1}" + (f" (slide_id '{slide_id}')" if slide_id else "")
 
 
-def _parse_mpp(value: str, where: str, sheet: Path) -> float | None:
+def parse_mpp(value: object, where: str, sheet: str | Path) -> float | None:
+    """A sheet's mpp cell: None when empty or NA/NaN/none, else a plausible float."""
     value = str(value).strip()
     if value == "" or value.lower() in {"na", "nan", "none"}:
         return None
@@ -138,7 +139,7 @@ def load_sheet(
         for column in REQUIRED_COLUMNS:
             if row[column] == "":
                 raise ZoomMILError(f"{sheet}: {where}: empty '{column}'")
-        mpp = _parse_mpp(row["mpp"], where, sheet) if "mpp" in frame.columns else None
+        mpp = parse_mpp(row["mpp"], where, sheet) if "mpp" in frame.columns else None
         mpps.append(mpp)
         if validator is not None:
             record = {c: row[c] for c in REQUIRED_COLUMNS}
