@@ -341,3 +341,88 @@ def test_open_slide_returns_openslide(synthetic_slide):
     with open_slide(synthetic_slide) as slide:
         assert isinstance(slide, openslide.OpenSlide)
         assert slide.level_count == 3
+
+
+# --------------------------------------------------------------------------- big-level thumbnails
+
+
+def _whole_level_thumbnail(slide: openslide.OpenSlide, level: int, out_w: int, out_h: int):
+    """The reference: the whole level read at once, then one INTER_AREA resize."""
+    from zoommil.wsi import slide as slide_module
+
+    whole = slide_module.read_rgb(slide, (0, 0), level, slide.level_dimensions[level])
+    if whole.shape[:2] == (out_h, out_w):
+        return whole
+    return cv2.resize(whole, (out_w, out_h), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "target_mpp"),
+    [
+        (1024, 768, 8.0),  # 16 x 16 blocks: OpenCV's block average
+        (900, 600, 1.5),  # 3 x 3 blocks (1 / (1 / 3) is not 3.0 in doubles: still blocks)
+        (1200, 1000, 8.0),  # 16 across, 1000 / 62 down: fractional weights
+        (1000, 1024, 8.0),  # fractional across, 16 down
+        (1000, 777, 3.3),  # fractional both ways
+        (999, 998, 5.0),
+    ],
+)
+def test_big_level_thumbnail_is_resized_in_strips_with_the_same_pixels(
+    make_slide, monkeypatch, width, height, target_mpp
+):
+    """A level over the whole-level limit (a single-level scan here) is resized strip by strip:
+    no read holds more than a strip of rows, and the thumbnail is bit-identical to resizing
+    the whole level at once, for integer and fractional ratios alike."""
+    from zoommil.wsi import slide as slide_module
+
+    rng = np.random.default_rng(width + height)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 2)
+    path = make_slide("one_level.tiff", rgb=rgb, levels=1, tile=64)
+    monkeypatch.setattr(slide_module, "_THUMB_WHOLE_LEVEL_BYTES", 0)
+    monkeypatch.setattr(slide_module, "_READ_STRIP_BYTES", width * 4 * 40)  # 40 rows a read
+    spans = []
+    read_rows = slide_module._read_level_rows
+    monkeypatch.setattr(
+        slide_module,
+        "_read_level_rows",
+        lambda slide, level, y0, y1: spans.append(y1 - y0) or read_rows(slide, level, y0, y1),
+    )
+    with open_slide(path, test_read=False) as slide:
+        got = read_thumbnail_at_mpp(slide, 0.5, target_mpp)
+        out_h, out_w = got.shape[:2]
+        assert (out_w, out_h) == (round(width * 0.5 / target_mpp), round(height * 0.5 / target_mpp))
+        assert len(spans) > 1 and max(spans) <= 42  # a strip (+ a shared edge row) at a time
+        np.testing.assert_array_equal(got, _whole_level_thumbnail(slide, 0, out_w, out_h))
+
+
+@pytest.mark.parametrize(
+    ("name", "mpp"),
+    [
+        ("CMU-1-Small-Region.svs", 0.499),
+        ("TCGA-CR-7395-01A-01-TS1.svs", 1.0),
+        ("prostate-he-generic.tiff", 0.5),
+        (None, 0.5),  # the synthetic pyramid
+    ],
+)
+def test_pyramid_thumbnails_keep_the_whole_level_path(
+    slides_dir, synthetic_slide, monkeypatch, name, mpp
+):
+    """Ordinary slides' levels at the mask's 8 um/px are far under the limit: their thumbnails
+    (hence masks and lattices) are still the whole level resized once, pixel for pixel."""
+    from zoommil.wsi import slide as slide_module
+
+    path = synthetic_slide if name is None else slides_dir / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+
+    def no_strips(*args):
+        raise AssertionError("strip path taken")
+
+    monkeypatch.setattr(slide_module, "_area_resize_level", no_strips)
+    with open_slide(path, test_read=False) as slide:
+        got = read_thumbnail_at_mpp(slide, mpp, 8.0)
+        w0, h0 = slide.dimensions
+        need = min(w0 / got.shape[1], h0 / got.shape[0])
+        level = best_level(slide, need)
+        expected = _whole_level_thumbnail(slide, level, got.shape[1], got.shape[0])
+        np.testing.assert_array_equal(got, expected)

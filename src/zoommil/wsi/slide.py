@@ -58,6 +58,16 @@ _TEST_READ_TOP: weakref.WeakKeyDictionary[openslide.OpenSlide, np.ndarray] = (
     weakref.WeakKeyDictionary()
 )
 
+#: A thumbnail's source level up to this many bytes of RGB is read whole and resized once;
+#: a bigger one is resized strip by strip (same pixels). A single-level or sparse-pyramid scan
+#: would otherwise hold its whole level: 0.45 GB for 12288^2 px, ~30 GB for 100k^2. 128 MiB
+#: is past the levels ordinary pyramids give at 8 um/px (a 40x scan's 16x level: 94 MB at
+#: 100k x 80k px, 37 MB for the benchmark's 40x slide), so their thumbnails take the path
+#: they always took; and it is about what the test read may already hold (48 MB).
+_THUMB_WHOLE_LEVEL_BYTES = 128 * 1024 * 1024
+#: Most ARGB bytes one OpenSlide read of thumbnail rows returns.
+_READ_STRIP_BYTES = 16 * 1024 * 1024
+
 HOW_TO_SUPPLY_MPP = (
     "supply one with --mpp X (or --default-mpp X; in the workflow: the sheet's mpp column "
     "or the config's default mpp), e.g. --mpp 0.5 for a 20x scan"
@@ -651,28 +661,131 @@ def read_thumbnail_at_mpp(slide: openslide.OpenSlide, mpp0: float, target_mpp: f
 
     Output size is ``round(dims0 * mpp0 / target_mpp)``; so pixel (i, j) covers level-0
     pixels around ``(j, i) * dims0 / out_dims``. Reads the coarsest sufficient level in
-    horizontal strips to keep memory bounded, then resizes once.
+    horizontal strips. A level of up to `_THUMB_WHOLE_LEVEL_BYTES` is assembled and resized
+    once; a bigger one (a single-level scan, a sparse pyramid) is resized strip by strip into
+    the output, with the same pixels (`_area_resize_level`), so memory stays near one strip.
     """
     w0, h0 = slide.dimensions
     scale = mpp0 / target_mpp
     out_w = max(1, round(w0 * scale))
     out_h = max(1, round(h0 * scale))
     level = best_level(slide, min(w0 / out_w, h0 / out_h))
-    ds = slide.level_downsamples[level]
     lw, lh = slide.level_dimensions[level]
     decoded = _TEST_READ_TOP.pop(slide, None)  # used or not, not kept past the thumbnail
     if decoded is not None and level == slide.level_count - 1:
         full = decoded
+    elif lw * lh * 3 > _THUMB_WHOLE_LEVEL_BYTES and lw >= out_w and lh >= out_h:
+        return _area_resize_level(slide, level, out_w, out_h)
     else:
-        full = np.empty((lh, lw, 3), dtype=np.uint8)
-        strip = max(1, (16 * 1024 * 1024) // max(1, lw * 4))
-        for y in range(0, lh, strip):
-            hh = min(strip, lh - y)
-            # ceil: OpenSlide maps the level-0 row back to level row y exactly (no seam)
-            full[y : y + hh] = read_rgb(slide, (0, math.ceil(y * ds)), level, (lw, hh))
+        full = _read_level_rows(slide, level, 0, lh)
     if (lw, lh) == (out_w, out_h):
         return full
     return cv2.resize(full, (out_w, out_h), interpolation=cv2.INTER_AREA)
+
+
+def _read_level_rows(slide: openslide.OpenSlide, level: int, y0: int, y1: int) -> np.ndarray:
+    """Rows ``[y0, y1)`` of a level, full width, as RGB [y1 - y0, w, 3]; OpenSlide is asked
+    for at most `_READ_STRIP_BYTES` of ARGB at a time (its buffer is a third more than RGB)."""
+    lw = slide.level_dimensions[level][0]
+    ds = slide.level_downsamples[level]
+    out = np.empty((y1 - y0, lw, 3), dtype=np.uint8)
+    step = max(1, _READ_STRIP_BYTES // max(1, lw * 4))
+    for y in range(y0, y1, step):
+        hh = min(step, y1 - y)
+        # ceil: OpenSlide maps the level-0 row back to level row y exactly (no seam)
+        out[y - y0 : y - y0 + hh] = read_rgb(slide, (0, math.ceil(y * ds)), level, (lw, hh))
+    return out
+
+
+def _area_resize_level(
+    slide: openslide.OpenSlide, level: int, out_w: int, out_h: int
+) -> np.ndarray:
+    """``cv2.resize(whole level, (out_w, out_h), INTER_AREA)``, reading a strip at a time.
+
+    Bit-identical to resizing the whole level (tested), so a mask does not depend on which
+    path made its thumbnail. OpenCV takes one of two paths: block averaging when both ratios
+    are integers (then strips of whole blocks give the same pixels through OpenCV itself), or
+    else fractional area weights in float32, which `_area_rows` reproduces for the output
+    rows one strip covers.
+    """
+    lw, lh = slide.level_dimensions[level]
+    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    rows_budget = max(1, _READ_STRIP_BYTES // max(1, lw * 4))
+    if _cv2_area_is_blocks(lw, out_w) and _cv2_area_is_blocks(lh, out_h):
+        block = lh // out_h
+        step = max(1, rows_budget // block)
+        for r0 in range(0, out_h, step):
+            r1 = min(out_h, r0 + step)
+            rows = _read_level_rows(slide, level, r0 * block, r1 * block)
+            out[r0:r1] = cv2.resize(rows, (out_w, r1 - r0), interpolation=cv2.INTER_AREA)
+        return out
+    x_table = _area_table(lw, out_w)
+    y_index, y_weight = _area_table(lh, out_h)
+    step = max(1, int((rows_budget - 2) * out_h / lh))
+    for r0 in range(0, out_h, step):
+        r1 = min(out_h, r0 + step)
+        y0, y1 = int(y_index[r0:r1].min()), int(y_index[r0:r1].max()) + 1
+        rows = _read_level_rows(slide, level, y0, y1)
+        out[r0:r1] = _area_rows(rows, x_table, y_index[r0:r1] - y0, y_weight[r0:r1])
+    return out
+
+
+def _cv2_area_is_blocks(src: int, dst: int) -> bool:
+    """Whether OpenCV's INTER_AREA averages whole blocks along an axis: its test, verbatim
+    (the ratio as ``1 / (dst / src)`` in doubles, an integer to within machine epsilon)."""
+    scale = 1.0 / (dst / src)
+    return abs(scale - round(scale)) < sys.float_info.epsilon
+
+
+def _area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's fractional INTER_AREA weights along one axis (``computeResizeAreaTab``):
+    source index and float32 weight of each output pixel's contributions, in OpenCV's order,
+    as [dst, m] arrays padded with weight 0 (and the last index, to keep ranges tight)."""
+    scale = 1.0 / (dst / src)
+    entries: list[list[tuple[int, float]]] = []
+    for d in range(dst):
+        f1 = d * scale
+        f2 = f1 + scale
+        cell = min(scale, src - f1)
+        s2 = min(math.floor(f2), src - 1)
+        s1 = min(math.ceil(f1), s2)
+        row = [(s1 - 1, (s1 - f1) / cell)] if s1 - f1 > 1e-3 else []
+        row += [(s, 1.0 / cell) for s in range(s1, s2)]
+        if f2 - s2 > 1e-3:
+            row.append((s2, min(f2 - s2, 1.0, cell) / cell))
+        entries.append(row)
+    width = max(len(row) for row in entries)
+    index = np.empty((dst, width), dtype=np.intp)
+    weight = np.zeros((dst, width), dtype=np.float32)
+    for d, row in enumerate(entries):
+        index[d] = row[-1][0]
+        index[d, : len(row)] = [s for s, _ in row]
+        weight[d, : len(row)] = [w for _, w in row]
+    return index, weight
+
+
+def _area_rows(
+    rows: np.ndarray,
+    x_table: tuple[np.ndarray, np.ndarray],
+    y_index: np.ndarray,
+    y_weight: np.ndarray,
+) -> np.ndarray:
+    """Output rows of OpenCV's fractional INTER_AREA from the source rows they cover, with
+    its float32 arithmetic in its order: each source row summed across (``buf``), then the
+    rows weighted into each output row, rounded half to even (as ``saturate_cast``)."""
+    out_w = x_table[0].shape[0]
+    n, w = rows.shape[:2]
+    if _cv2_area_is_blocks(w, out_w):  # OpenCV would average blocks across: sum as it does
+        x_index, x_weight = x_table
+        buf = np.zeros((n, out_w, 3), dtype=np.float32)
+        for j in range(x_index.shape[1]):
+            buf += rows[:, x_index[:, j]].astype(np.float32) * x_weight[:, j, None]
+    else:  # the height kept, OpenCV's fractional path gives its row sums unrounded
+        buf = cv2.resize(rows.astype(np.float32), (out_w, n), interpolation=cv2.INTER_AREA)
+    acc = np.zeros((y_index.shape[0], out_w, 3), dtype=np.float32)
+    for j in range(y_index.shape[1]):
+        acc += buf[y_index[:, j]] * y_weight[:, j, None, None]
+    return np.clip(np.rint(acc), 0, 255).astype(np.uint8)
 
 
 def open_with_mpp(
