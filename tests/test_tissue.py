@@ -10,6 +10,7 @@ import pytest
 
 from zoommil.cli import main
 from zoommil.errors import ZoomMILError
+from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi import tissue as tissue_module
 from zoommil.wsi.tissue import (
     detect_tissue,
@@ -236,6 +237,79 @@ def test_params_validation():
         parse_param_args(["sigma"])
 
 
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("gaussian", {"sigma": 0}, "sigma=0 (gaussian detector): must be a finite number > 0"),
+        ("gaussian", {"sigma": -5.0}, "sigma=-5.0 (gaussian detector): must be"),
+        ("gaussian", {"sigma": float("nan")}, "sigma=nan (gaussian detector): must be"),
+        ("gaussian", {"sigma": "ten"}, "sigma='ten' (gaussian detector): must be a finite number"),
+        ("gaussian", {"sigma": True}, "sigma=True (gaussian detector): must be a finite number"),
+        (
+            "gaussian",
+            {"kernel_size": float("inf")},
+            "kernel_size=inf (gaussian detector): must be an integer >= 1",
+        ),  # fmt: skip
+        ("gaussian", {"kernel_size": 7.5}, "kernel_size=7.5 (gaussian detector): must be an int"),
+        ("gaussian", {"kernel_size": 0}, "kernel_size=0 (gaussian detector): must be an integer"),
+        ("gaussian", {"max_regions": float("nan")}, "max_regions=nan (gaussian detector)"),
+        ("gaussian", {"max_regions": 0}, "max_regions=0 (gaussian detector): must be an integer"),
+        ("gaussian", {"min_size": -1}, "min_size=-1 (gaussian detector): must be an integer >= 0"),
+        (
+            "gaussian",
+            {"background_gray": 256},
+            "background_gray=256 (gaussian detector): must be an integer >= 0 and <= 255",
+        ),  # fmt: skip
+        (
+            "gaussian",
+            {"prewhiten": "maybe"},
+            "prewhiten='maybe' (gaussian detector): must be true or false",
+        ),  # fmt: skip
+        ("gaussian", {"prewhiten": 2}, "prewhiten=2 (gaussian detector): must be true or false"),
+        ("gaussian", {"prewhiten": None}, "prewhiten=None (gaussian detector): must be true"),
+        ("otsu", {"median_kernel": 0}, "median_kernel=0 (otsu detector): must be an integer >= 1"),
+        ("otsu", {"close_kernel": -2}, "close_kernel=-2 (otsu detector): must be an integer >= 0"),
+        ("otsu", {"min_saturation": 1e9}, "min_saturation=1000000000.0 (otsu detector)"),
+        (
+            "otsu",
+            {"min_area_um2": float("-inf")},
+            "min_area_um2=-inf (otsu detector): must be a finite number >= 0",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_param_values_are_one_line_errors(method, params, message):
+    """A value a detector cannot take (sigma 0 was an OpenCV traceback mid-blur, inf an
+    OverflowError, nan a ValueError) fails before any work, naming the parameter, the value
+    and what is allowed; the recipe (config, `zoommil tile`) checks the same way."""
+    with pytest.raises(ZoomMILError) as error:
+        method_params(method, params)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(ZoomMILError, match="tissue parameter"):
+        PreprocessingRecipe(mags=[5, 20], tissue_method=method, tissue_params=params)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("false", False), ("FALSE", False), (" no ", False), ("0", False), ("off", False),
+        (False, False), (0, False), (np.bool_(False), False),
+        ("true", True), ("Yes", True), ("1", True), ("on", True), (True, True), (1.0, True),
+    ],
+)  # fmt: skip
+def test_boolean_params_take_words_not_truthiness(value, expected):
+    """``bool("false")`` is True: a config's ``prewhiten: "false"`` silently kept whitening."""
+    assert method_params("gaussian", {"prewhiten": value})["prewhiten"] is expected
+    recipe = PreprocessingRecipe(mags=[5, 20], tissue_params={"prewhiten": value})
+    assert recipe.tissue_params == {"prewhiten": expected}
+
+
+def test_numeric_params_are_typed_like_their_defaults():
+    got = method_params("gaussian", {"sigma": "10", "kernel_size": 7.0, "max_regions": np.int64(3)})
+    assert (got["sigma"], got["kernel_size"], got["max_regions"]) == (10.0, 7, 3)
+    assert type(got["kernel_size"]) is int and type(got["sigma"]) is float
+    assert method_params("otsu", {"close_kernel": 0, "min_area_um2": 0})["close_kernel"] == 0
+
+
 def test_mask_png_roundtrip(tmp_path):
     mask = np.zeros((10, 20), dtype=bool)
     mask[2:5, 3:9] = True
@@ -271,6 +345,20 @@ def test_tissue_cli_empty_mask_is_a_result(make_slide, tmp_path, caplog):
     mask, _ = load_mask(out)
     assert not mask.any()
     assert "no tissue found" in caplog.text
+
+
+@pytest.mark.parametrize(("command", "flag"), [("tissue", "--param"), ("tile", "--tissue-param")])
+def test_cli_bad_param_value_is_one_line_exit_2(synthetic_slide, tmp_path, capsys, command, flag):
+    out = tmp_path / ("mask.png" if command == "tissue" else "coords.h5")
+    extra = ["--mags", "5", "20"] if command == "tile" else []
+    args = [command, str(synthetic_slide), "--out", str(out), *extra, flag, "sigma=0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"zoommil {command}: error: tissue parameter sigma=0.0 (gaussian detector): "
+        "must be a finite number > 0"
+    )
+    assert not out.exists()
 
 
 def test_tissue_cli_bad_param(synthetic_slide, tmp_path, capsys):

@@ -111,6 +111,119 @@ def _number(value: Any, name: str, kind: type, minimum: float, maximum: float = 
     return number
 
 
+#: Each tissue detector's parameters and defaults, at 8 um/px (`zoommil.wsi.tissue` has the
+#: detectors). The paper's presets at 1.25x: BRIGHT and CAMELYON16 sigma 20 / kernel 100; CRC
+#: sigma 10 / kernel 7. kernel_size 20 is the original detector's default.
+TISSUE_PARAMS: dict[str, dict[str, Any]] = {
+    "gaussian": {
+        "sigma": 20.0,
+        "kernel_size": 20,
+        "min_size": 10,
+        "background_gray": 228,
+        "prewhiten": True,
+        "max_regions": 100,
+        "min_saturation": 8,
+    },
+    "otsu": {
+        "median_kernel": 7,
+        "min_saturation": 8,
+        "close_kernel": 4,
+        "min_area_um2": 50000.0,
+    },
+}
+#: Allowed values of the numeric tissue parameters, as (operator, bound) pairs: sigma 0 is an
+#: OpenCV error deep in the blur, a kernel or region count below 1 a silently empty mask; gray
+#: levels and saturations are bytes. ``close_kernel`` 0 means no closing, ``min_size`` 0 no
+#: size filter. Integers (the defaults' type) must be integral: 7.0 is 7, 7.5 an error.
+_TISSUE_PARAM_BOUNDS: dict[str, tuple[tuple[str, float], ...]] = {
+    "sigma": ((">", 0),),
+    "kernel_size": ((">=", 1),),
+    "min_size": ((">=", 0),),
+    "background_gray": ((">=", 0), ("<=", 255)),
+    "max_regions": ((">=", 1),),
+    "min_saturation": ((">=", 0), ("<=", 255)),
+    "median_kernel": ((">=", 1),),
+    "close_kernel": ((">=", 0),),
+    "min_area_um2": ((">=", 0),),
+}
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def tissue_params(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults of tissue detector ``method`` updated by ``params`` (`checked_tissue_params`)."""
+    return {**TISSUE_PARAMS[_choice(method, "tissue method", TISSUE_METHODS)],
+            **checked_tissue_params(method, params)}  # fmt: skip
+
+
+def checked_tissue_params(method: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params`` of detector ``method``, each typed like its default and checked: a bad name
+    or value is a one-line `ZoomMILError` here (the recipe, the CLI), not an OpenCV traceback
+    mid-detection or a silently wrong ``bool("false")``."""
+    defaults = TISSUE_PARAMS[_choice(method, "tissue method", TISSUE_METHODS)]
+    out = {}
+    for name, value in (params or {}).items():
+        if name not in defaults:
+            raise ZoomMILError(
+                f"unknown parameter {name!r} for tissue method {method!r} "
+                f"(known: {', '.join(sorted(defaults))})"
+            )
+        out[name] = _tissue_param(method, name, value, type(defaults[name]))
+    return out
+
+
+def _tissue_param(method: str, name: str, value: Any, kind: type) -> Any:
+    """One tissue parameter as ``kind`` (bool, int or float) within its bounds."""
+    plain = value.item() if hasattr(value, "item") else value  # NumPy scalars from HDF5
+    parsed = _as_bool(plain) if kind is bool else _as_number(plain, kind, name)
+    if parsed is None:
+        raise ZoomMILError(
+            f"tissue parameter {name}={value!r} ({method} detector): must be "
+            f"{_allowed_text(name, kind)}"
+        )
+    return parsed
+
+
+def _as_bool(value: Any) -> bool | None:
+    """A real bool, a word true/false, yes/no, on/off, 1/0 (any case), or the number 1 or 0;
+    None for anything else (``bool("false")`` is True: no string is taken by truthiness)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        return True if word in _TRUE_WORDS else False if word in _FALSE_WORDS else None
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    return None
+
+
+def _as_number(value: Any, kind: type, name: str) -> int | float | None:
+    """A finite number (or numeric string) within the parameter's bounds, integral for an
+    int parameter; None for anything else (a bool is not a number here)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or (kind is int and not number.is_integer()):
+        return None
+    for op, bound in _TISSUE_PARAM_BOUNDS.get(name, ()):
+        if not (
+            number > bound if op == ">" else number >= bound if op == ">=" else number <= bound
+        ):
+            return None
+    return int(number) if kind is int else number
+
+
+def _allowed_text(name: str, kind: type) -> str:
+    """What a tissue parameter may be, for its error: 'an integer >= 1', 'true or false'."""
+    if kind is bool:
+        return "true or false (or yes/no, on/off, 1/0)"
+    bounds = " and ".join(f"{op} {bound:g}" for op, bound in _TISSUE_PARAM_BOUNDS.get(name, ()))
+    return f"{'an integer' if kind is int else 'a finite number'} {bounds}".strip()
+
+
 @dataclass(frozen=True)
 class PreprocessingRecipe:
     """Magnifications, patch size, tissue detection, no-tissue policy, encoder and precision.
@@ -140,7 +253,8 @@ class PreprocessingRecipe:
             raise ZoomMILError(
                 f"tissue params must be a mapping NAME: VALUE, got {self.tissue_params!r}"
             )
-        set_(self, "tissue_params", dict(self.tissue_params))
+        params = checked_tissue_params(self.tissue_method, self.tissue_params)
+        set_(self, "tissue_params", params)
         threshold = _number(self.tissue_threshold, "tissue threshold", float, 0.0, 1.0)
         set_(self, "tissue_threshold", threshold)
         set_(self, "no_tissue", _choice(self.no_tissue, "no-tissue policy", NO_TISSUE_POLICIES))

@@ -29,7 +29,7 @@ from PIL import Image, PngImagePlugin
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import atomic_path
-from zoommil.recipe import TISSUE_METHODS, default
+from zoommil.recipe import TISSUE_METHODS, TISSUE_PARAMS, default, tissue_params
 from zoommil.wsi.slide import check_brightfield, open_with_mpp, read_thumbnail_at_mpp
 
 log = logging.getLogger(__name__)
@@ -40,41 +40,14 @@ MASK_MPP = 8.0
 METHODS = TISSUE_METHODS
 DEFAULT_METHOD: str = default("tissue_method")
 
-#: Defaults at 8 um/px. The paper's presets at 1.25x: BRIGHT and CAMELYON16 sigma 20 /
-#: kernel 100; CRC sigma 10 / kernel 7. kernel_size 20 is the original detector's default.
-DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "gaussian": {
-        "sigma": 20.0,
-        "kernel_size": 20,
-        "min_size": 10,
-        "background_gray": 228,
-        "prewhiten": True,
-        "max_regions": 100,
-        "min_saturation": 8,
-    },
-    "otsu": {
-        "median_kernel": 7,
-        "min_saturation": 8,
-        "close_kernel": 4,
-        "min_area_um2": 50000.0,
-    },
-}
+#: Each detector's parameters and defaults (kept with the recipe, which checks them).
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = TISSUE_PARAMS
 
 
 def method_params(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults of ``method`` updated by ``params``; unknown names are a user error."""
-    if method not in DEFAULT_PARAMS:
-        raise ZoomMILError(f"unknown tissue method {method!r} (choose from {', '.join(METHODS)})")
-    defaults = DEFAULT_PARAMS[method]
-    merged = dict(defaults)
-    for name, value in (params or {}).items():
-        if name not in defaults:
-            raise ZoomMILError(
-                f"unknown parameter {name!r} for tissue method {method!r} "
-                f"(known: {', '.join(sorted(defaults))})"
-            )
-        merged[name] = type(defaults[name])(value) if not isinstance(value, bool) else value
-    return merged
+    """Defaults of ``method`` updated by ``params``; an unknown name or a value the detector
+    cannot take is a one-line `ZoomMILError` (`zoommil.recipe.tissue_params`)."""
+    return tissue_params(method, params)
 
 
 def parse_param_args(items: list[str] | None) -> dict[str, Any]:
