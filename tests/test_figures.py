@@ -115,6 +115,41 @@ def test_equal_throughputs_are_drawn_side_by_side() -> None:
     )
 
 
+def test_frontier_circles_sit_on_the_drawn_markers_of_dodged_methods() -> None:
+    """Methods of (nearly) equal throughput are drawn side by side; the frontier's circles and
+    its step line must be at those drawn positions, on the markers of the frontier methods."""
+    import matplotlib.pyplot as plt
+
+    data = pd.DataFrame(
+        {
+            "method": ["meanmil", "abmil", "clam_sb", "zoommil"],
+            "device": ["cpu1"] * 4,
+            "slides_per_hour": [700.0, 700.5, 701.0, 150.0],  # one shared pass for three
+            "f1": [0.45, 0.50, 0.60, 0.90],
+            "f1_low": [np.nan] * 4,
+            "f1_high": [np.nan] * 4,
+        }
+    )
+    styles = figures.method_styles(list(data["method"]))
+    fig, ax = plt.subplots()
+    try:
+        figures._device_panel(ax, data, "cpu1", styles, {})
+        circles = {tuple(np.round(xy, 6)) for xy in ax.collections[0].get_offsets()}
+        drawn = [
+            (round(float(line.get_xdata()[0]), 6), round(float(line.get_ydata()[0]), 6))
+            for line in ax.lines
+            if line.get_marker() not in (None, "None", "")  # the methods' markers
+        ]
+        step_x = set(np.round(ax.lines[0].get_xdata(), 6))
+    finally:
+        plt.close(fig)
+    front = {"clam_sb", "zoommil"}  # CLAM-SB: best of the three equally fast ones
+    assert len(circles) == len(front)
+    assert circles <= set(drawn)  # every circle on a marker
+    assert {x for x, _ in circles} == step_x
+    assert len({x for x, _ in drawn}) == 4  # the three tied methods are spread sideways
+
+
 def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: Path) -> None:
     slide = make_slide("t0.tiff", width=1024, height=768, mpp=1.0, levels=2)
     sheet = tmp_path / "usable.tsv"

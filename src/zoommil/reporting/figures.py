@@ -235,10 +235,12 @@ def _device_panel(
     part = part.reset_index(drop=True)
     ax.set_title(panel_title(device, panel_setting(part)), fontsize=9)
     ax.set_xscale("log")
-    front = frontier(part).sort_values("slides_per_hour")
+    dodge = dodge_factors(list(part["slides_per_hour"]))
+    part["x"] = part["slides_per_hour"] * np.asarray(dodge, dtype=float)  # where it is drawn
+    front = frontier(part).sort_values("x")  # on the true throughputs, drawn at the markers
     if len(front) > 1:
         (line,) = ax.step(
-            front["slides_per_hour"],
+            front["x"],
             100 * front["f1"],
             where="pre",
             linestyle="--",
@@ -247,7 +249,7 @@ def _device_panel(
         )
         handles["efficiency frontier"] = line
     ax.scatter(
-        front["slides_per_hour"],
+        front["x"],
         100 * front["f1"],
         s=260,
         facecolors="none",
@@ -255,13 +257,12 @@ def _device_panel(
         linewidths=1.0,
         zorder=2,
     )
-    dodge = dodge_factors(list(part["slides_per_hour"]))
-    for (_, row), factor in zip(part.iterrows(), dodge, strict=True):
+    for _, row in part.iterrows():
         style = styles[row["method"]]
         low = max(0.0, row["f1"] - row["f1_low"]) if not math.isnan(row["f1_low"]) else 0.0
         high = max(0.0, row["f1_high"] - row["f1"]) if not math.isnan(row["f1_high"]) else 0.0
         container = ax.errorbar(
-            row["slides_per_hour"] * factor,
+            row["x"],
             100 * row["f1"],
             yerr=[[100 * low], [100 * high]],
             fmt=style["marker"],
