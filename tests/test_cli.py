@@ -92,6 +92,16 @@ def test_a_failed_command_logs_no_usage_line(tmp_path):
     assert "CPU-s" not in result.stderr
 
 
+def test_a_user_error_removes_only_the_empty_folders_the_run_made(tmp_path):
+    from zoommil.cli import main
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    out = kept / "new" / "deeper"
+    assert main(["synth", "--out", str(out), "--workers", "0"]) == 2
+    assert kept.is_dir() and not (kept / "new").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "command"),
     [

@@ -163,10 +163,33 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args)
 
 
+def _missing_folders(paths: Sequence[Path]) -> list[Path]:
+    """The folders above ``paths`` that do not exist yet, deepest first."""
+    missing: set[Path] = set()
+    for path in paths:
+        folder = path.absolute().parent
+        while folder != folder.parent and not folder.exists():
+            missing.add(folder)
+            folder = folder.parent
+    return sorted(missing, key=lambda f: len(f.parts), reverse=True)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def _main(args: argparse.Namespace) -> int:
     """Run a parsed command: user errors are one line and exit 2, a slide error may exclude."""
+    created: list[Path] = []  # output folders made by this run: removed again on a user error
     try:
-        for path in _outputs(args):  # an unwritable output fails now, not after the work
+        outputs = _outputs(args)
+        created = _missing_folders(outputs)
+        for path in outputs:  # an unwritable output fails now, not after the work
             check_writable(path)
         started = (time.perf_counter(), time.process_time())
         try:
@@ -178,10 +201,12 @@ def _main(args: argparse.Namespace) -> int:
                 raise
             return code
     except ZoomMILError as error:
+        _remove_empty(created)
         print(f"zoommil {args.command}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
         # An output or input fault the command did not anticipate: still one line.
+        _remove_empty(created)
         where = f"{error.filename}: " if getattr(error, "filename", None) else ""
         reason = error.strerror or str(error) or type(error).__name__
         print(f"zoommil {args.command}: error: {where}{reason}", file=sys.stderr)
