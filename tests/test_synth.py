@@ -161,12 +161,14 @@ def test_cli_same_seed_same_bytes_any_workers_other_seed_differs(tmp_path):
         (["--n-slides", "0"], "--n-slides must be at least 1"),
         (["--scale", "10"], "--scale must be between"),
         (["--workers", "0"], "--workers must be at least 1"),
+        (["--seed", "-1"], "--seed must be at least 0, got -1"),
     ],
 )
 def test_cli_bad_input_is_one_line_error(tmp_path, capsys, argv, message):
-    assert main(["synth", "--out", str(tmp_path / "x"), *argv]) == 2
+    assert main(["synth", "--out", str(tmp_path / "x" / "y"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()  # nothing written, not even the output folder
 
 
 def test_out_must_be_a_folder(tmp_path, capsys):

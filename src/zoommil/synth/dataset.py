@@ -53,6 +53,8 @@ def plan_slides(n_slides: int, seed: int, scale: float = 1.0) -> list[tuple[Slid
     """Specs and splits of the demo: classes in turn (balanced), splits stratified by class."""
     if n_slides < 1:
         raise ZoomMILError(f"--n-slides must be at least 1, got {n_slides}")
+    if seed < 0:  # numpy's SeedSequence takes only non-negative entropy
+        raise ZoomMILError(f"--seed must be at least 0, got {seed}")
     if not 0.25 <= scale <= 4.0:
         raise ZoomMILError(f"--scale must be between 0.25 and 4, got {scale}")
     width = max(512, int(round(DEMO_SIZE[0] * scale / 64)) * 64)
@@ -105,9 +107,9 @@ def make_demo_dataset(
         raise ZoomMILError(f"--out {out_dir} exists and is not a directory")
     if workers < 1:
         raise ZoomMILError(f"--workers must be at least 1, got {workers}")
+    plan = plan_slides(n_slides, seed, scale)  # checks the arguments before anything is written
     (out_dir / "slides").mkdir(parents=True, exist_ok=True)
     sheet_rows, region_rows = [], []
-    plan = plan_slides(n_slides, seed, scale)
     rels = [Path("slides") / f"{spec.slide_id}.tiff" for spec, _ in plan]
     specs, paths = [spec for spec, _ in plan], [out_dir / rel for rel in rels]
     with ExitStack() as stack:
