@@ -279,6 +279,34 @@ def test_excluded_and_empty_slides_are_skipped(dataset: dict[str, Path], tmp_pat
     assert "no patches" in reasons["blank"]
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "No columns to parse from file"), ('slide_id\tstatus\n"a\tok\n', "cannot be parsed")],
+)
+def test_an_empty_or_broken_exclusion_table_is_one_line(
+    dataset: dict[str, Path],
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    message: str,
+) -> None:
+    qc = tmp_path / "qc.tsv"
+    qc.write_text(text)
+    config = write_config(dataset, tmp_path, exclude=str(qc), epochs=1)
+    assert train_cli(config, tmp_path / "out") == 2
+    line = _error_line(capsys)
+    assert f"exclusion (QC) table {qc}: cannot be parsed" in line and message in line
+    assert not (tmp_path / "out").exists()
+
+    out = tmp_path / "eval.json"
+    args = ["--checkpoint", str(trained / "checkpoint.pt"), "--exclude", str(qc)]
+    features = ["--features-dir", str(dataset["root"] / "features")]
+    assert main(["evaluate", *args, *features, "--out", str(out)]) == 2
+    line = _error_line(capsys)
+    assert f"exclusion (QC) table {qc}: cannot be parsed" in line and not out.exists()
+
+
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

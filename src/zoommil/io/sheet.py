@@ -26,11 +26,14 @@ COMMAND_COLUMNS = ("slide_id", "label", "split")
 SPLITS = ("train", "val", "test")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a TSV or CSV (by extension; `.csv` is comma separated) with every cell a string."""
+def read_table(path: str | Path, what: str = "slide sheet") -> pd.DataFrame:
+    """Read a TSV or CSV (by extension; `.csv` is comma separated) with every cell a string.
+
+    ``what`` names the table in the errors (an empty or unparsable file is a `ZoomMILError`).
+    """
     path = Path(path)
     if not path.is_file():
-        raise ZoomMILError(f"slide sheet not found: {path}")
+        raise ZoomMILError(f"{what} not found: {path}")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
         # utf-8-sig: a byte-order mark (spreadsheet exports) must not rename the first column
@@ -38,11 +41,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
             path, sep=sep, dtype=str, keep_default_na=False, comment=None, encoding="utf-8-sig"
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise ZoomMILError(f"slide sheet {path}: cannot be parsed: {error}") from error
+        raise ZoomMILError(f"{what} {path}: cannot be parsed: {error}") from error
     except UnicodeDecodeError:
-        raise ZoomMILError(f"slide sheet {path}: not a text file (cannot be decoded)") from None
+        raise ZoomMILError(f"{what} {path}: not a text file (cannot be decoded)") from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    check_separator(frame, path)
+    check_separator(frame, path, what)
     return frame
 
 
@@ -78,12 +81,12 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     return sheet
 
 
-def check_separator(frame: pd.DataFrame, path: str | Path) -> None:
+def check_separator(frame: pd.DataFrame, path: str | Path, what: str = "slide sheet") -> None:
     """A `.tsv` whose header is one comma-separated column is a CSV in disguise: say so."""
     if len(frame.columns) == 1 and "," in str(frame.columns[0]):
         raise ZoomMILError(
-            f"slide sheet {path}: looks comma-separated (header '{frame.columns[0]}'), but a "
-            f"'{Path(path).suffix or 'tsv'}' sheet must be tab-separated; use tabs or name "
+            f"{what} {path}: looks comma-separated (header '{frame.columns[0]}'), but a "
+            f"'{Path(path).suffix or 'tsv'}' {what} must be tab-separated; use tabs or name "
             "the file .csv"
         )
 

@@ -21,6 +21,7 @@ import torch
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.featurefile import mag_key, read_attrs, read_feature_file
+from zoommil.io.sheet import read_table
 from zoommil.training.normalize import FeatureNorm
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def read_exclusions(path: str | Path | None) -> dict[str, str]:
     path = Path(path)
     if not path.exists():
         raise ZoomMILError(f"{path}: exclusion (QC) table not found")
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    table = read_table(path, "exclusion (QC) table")
     for column in ("slide_id", "status"):
         if column not in table.columns:
             raise ZoomMILError(f"{path}: exclusion table lacks column '{column}'")
