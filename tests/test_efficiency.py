@@ -77,6 +77,30 @@ def test_profile_rejects_bad_thread_counts(tmp_path, capsys):
     assert "--threads" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "argv", "message"),
+    [
+        ("profile", ["--max-slides", "0"], "--max-slides must be at least 1, got 0"),
+        ("profile", ["--max-slides", "-1"], "--max-slides must be at least 1, got -1"),
+        ("profile", ["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+        ("flops", ["--max-slides", "0"], "--max-slides must be at least 1, got 0"),
+        ("flops", ["--max-slides", "-1"], "--max-slides must be at least 1, got -1"),
+    ],
+)
+def test_slide_counts_below_the_minimum_are_one_line_errors(
+    tmp_path, capsys, command, argv, message
+):
+    """They sliced the slide list (0: all or none, -1: all but the last) without a word."""
+    model = build_model("abmil", in_dim=1024, n_classes=2)
+    config = {"arch": "abmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024}
+    ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    out = tmp_path / "x.json"
+    where = ["--features-dir", str(tmp_path)] if command == "flops" else ["--device", "cpu"]
+    assert main([command, "--checkpoint", str(ckpt), *where, *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()
+
+
 def test_all_cores_profile_spreads_slides_over_single_threaded_processes(tmp_path):
     """threads N on CPU = N worker processes over the slides, each single-threaded; the slides
     and their patch counts are those of the 1-thread run, and the rate is per makespan. The

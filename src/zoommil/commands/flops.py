@@ -33,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--features-dir", type=Path, required=True, help="folder of {slide_id}.h5")
     parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
     parser.add_argument("--split", default="test", help="split to count (default test)")
-    parser.add_argument("--max-slides", type=int, help="count only the first N slides")
+    parser.add_argument(
+        "--max-slides", type=int, help="count only the first N slides (default: all)"
+    )
     parser.add_argument(
         "--out", type=Path, nargs="+", required=True, help="output JSON, one per checkpoint"
     )

@@ -46,7 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
     parser.add_argument("--slides", nargs="+", help="slide_ids to time (default: the split's)")
     parser.add_argument("--split", default="test", help="split to time when --slides is absent")
-    parser.add_argument("--max-slides", type=int, default=3, help="time at most N slides")
+    parser.add_argument(
+        "--max-slides", type=int, default=3, help="time at most N slides (default 3)"
+    )
     parser.add_argument(
         "--warmup",
         type=int,

@@ -173,13 +173,15 @@ def checkpoint_flops(
 
     The patch size is the checkpoint's recipe; ``sheet`` defaults to the checkpoint's.
     """
+    if max_slides is not None and max_slides < 1:  # None: every slide of the split
+        raise ZoomMILError(f"--max-slides must be at least 1, got {max_slides}")
     features_dir = Path(features_dir)
     model, config = model_from_checkpoint(checkpoint)
     recipe = PreprocessingRecipe.from_attrs(config.get("preprocessing") or {}, mags=config["mags"])
     encoder = canonical_name(recipe.encoder)
     frame = read_sheet(sheet or config["sheet"])
     ids = [str(s) for s in frame.loc[frame["split"] == split, "slide_id"]]
-    ids = [i for i in ids if (features_dir / f"{i}.h5").exists()][: max_slides or None]
+    ids = [i for i in ids if (features_dir / f"{i}.h5").exists()][:max_slides]
     if not ids:
         raise ZoomMILError(f"{features_dir}: no feature files for the '{split}' split")
     rows = []

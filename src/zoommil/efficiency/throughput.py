@@ -123,6 +123,7 @@ def measure_groups_throughput(
     ``wall_seconds`` of a group is the longest any process spent on it (encoder set-up,
     warm-up and its slides); the start of the processes is outside every group's.
     """
+    check_warmup(warmup)
     for predictors in groups:
         if len(predictors) > 1:
             check_shared_pass(predictors)
@@ -299,10 +300,18 @@ def _measure(
     return rows, info, encoder.precision, excluded
 
 
+def check_warmup(warmup: int) -> None:
+    """``--warmup``: a count of slides, 0 or more (a negative one sliced the slide list)."""
+    if warmup < 0:
+        raise ZoomMILError(f"--warmup must be at least 0, got {warmup}")
+
+
 def profile_slides(
     sheet_path: str | Path, slides: Sequence[str] | None, split: str, max_slides: int
 ) -> tuple[list[tuple[str, str]], dict[str, float]]:
     """(slide_id, path) pairs to time (``slides``, else the split's) and their sheet mpp."""
+    if max_slides < 1:  # head(-1) dropped the last slide, head(0) said "no slides"
+        raise ZoomMILError(f"--max-slides must be at least 1, got {max_slides}")
     sheet = read_sheet(sheet_path)
     if slides:
         unknown = sorted(set(slides) - set(sheet["slide_id"]))
@@ -352,6 +361,9 @@ def profile_checkpoints(
         raise ZoomMILError(
             f"--threads must be a positive number or 'all' for timing, got {threads}"
         )
+    if max_slides < 1:
+        raise ZoomMILError(f"--max-slides must be at least 1, got {max_slides}")
+    check_warmup(warmup)
     methods = list(methods or [None] * len(checkpoints))
     if len(methods) != len(checkpoints):
         raise ZoomMILError(
