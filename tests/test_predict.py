@@ -336,3 +336,47 @@ def test_predict_many_in_one_process_tiles_ahead(
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert "broken.tiff" in rows[1]["slide"] and rows[1]["reason"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [([], 1), (["--workers", "0"], 0)])
+def test_predict_many_passes_workers_to_the_reader_pool(
+    small_slide, checkpoint, tmp_path, monkeypatch, argv, expected
+):
+    """--workers reached one slide's reader pool only; with several slides (or --out-dir)
+    the pool had the default whatever was asked. Nothing is classified here."""
+    import zoommil.inference.cohort as cohort
+
+    pools: list[int] = []
+
+    class Pool:
+        def __init__(self, workers: int) -> None:
+            pools.append(workers)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def start(self):
+            return self
+
+    def classified(settings, task, encoder, reader, tiled=None):
+        return {**cohort._failure(task, "not classified"), "status": "ok", "predicted": "a"}
+
+    monkeypatch.setattr(cohort, "ReaderPool", Pool)
+    monkeypatch.setattr(cohort, "classify", classified)
+    slides = [str(small_slide), str(small_slide)]
+    command = ["predict", *slides, "--checkpoint", str(checkpoint), "--device", "cpu"]
+    monkeypatch.setattr("zoommil.commands.predict._summary", lambda row: row["slide_id"])
+    assert main([*command, "--threads", "1", *argv]) == 0
+    assert pools == [expected]  # the default on CPU is one reader process
+
+    # each of several slide processes: inline by default, else the readers asked for
+    pools.clear()
+    monkeypatch.setitem(cohort._WORKER, "encoder", None)
+    for workers in (None, 2):
+        predictor = Predictor.from_checkpoint(checkpoint)
+        monkeypatch.setitem(cohort._WORKER, "settings", cohort.Settings(predictor, workers=workers))
+        cohort._task_in_worker(cohort.SlideTask(str(small_slide)))
+    assert pools == [0, 2]

@@ -72,7 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         help="reader processes that read ahead of the encoder (0: read inline; default 1 on "
-        "CPU, up to 8 on GPU)",
+        "CPU, up to 8 on GPU; with several slide processes, per process, default 0)",
     )
     parser.add_argument(
         "--no-fail",
@@ -177,7 +177,9 @@ def _run_many(args: argparse.Namespace) -> int:
         tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=predictor.arch == "zoommil")
     else:
         tasks = [SlideTask(str(s)) for s in args.slides]
-    settings = Settings(predictor, str(device), args.precision, args.batch_size, args.mpp)
+    settings = Settings(
+        predictor, str(device), args.precision, args.batch_size, args.mpp, args.workers
+    )
 
     def report(row: dict) -> None:
         if row["status"] == "ok":

@@ -60,6 +60,9 @@ class Settings:
     precision: str | None = None
     batch_size: int | None = None
     mpp: float | None = None
+    #: reader processes (``--workers``); None: the default, `default_workers` in this process
+    #: and inline reading in each of several slide processes
+    workers: int | None = None
 
 
 def tasks_in_dir(
@@ -143,8 +146,9 @@ def _in_this_process(
     device = torch.device(settings.device)
     set_encoder_threads(device, threads)
     slides = [task.slide for task in tasks]
+    workers = default_workers(device) if settings.workers is None else settings.workers
     with (
-        ReaderPool(default_workers(device)) as reader,
+        ReaderPool(workers) as reader,
         TilingAhead(settings.predictor.recipe, slides, settings.mpp) as ahead,
     ):
         reader.start()  # its start-up overlaps building the encoder
@@ -174,7 +178,8 @@ def _task_in_worker(task: SlideTask) -> dict[str, Any]:
             )
         except Exception as error:  # noqa: BLE001 - that slide's failure row
             return _failure(task, f"cannot build the encoder: {_one_line(error)}")
-    return classify(settings, task, _WORKER["encoder"], ReaderPool(0))
+    with ReaderPool(settings.workers or 0) as reader:  # default: each process reads inline
+        return classify(settings, task, _WORKER["encoder"], reader)
 
 
 def classify(
