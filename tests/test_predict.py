@@ -380,3 +380,27 @@ def test_predict_many_passes_workers_to_the_reader_pool(
         monkeypatch.setitem(cohort._WORKER, "settings", cohort.Settings(predictor, workers=workers))
         cohort._task_in_worker(cohort.SlideTask(str(small_slide)))
     assert pools == [0, 2]
+
+
+def test_predict_heatmap_of_a_non_zoommil_checkpoint_fails_before_reading(
+    small_slide, tmp_path, monkeypatch, capsys
+):
+    """It failed after classifying the slide, with the --json already written."""
+    import zoommil.inference.predict as predict
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the slide was read")
+
+    monkeypatch.setattr(predict, "predict_slide", no_read)
+    config = {"arch": "abmil", "kwargs": {}, "classes": CLASSES, "mags": [20.0], "in_dim": 1024}
+    config["preprocessing"] = {"patch_size": PATCH, "weights": "random"}
+    ckpt = save_checkpoint(
+        tmp_path / "abmil.pt", build_model("abmil", in_dim=1024, n_classes=2).state_dict(), config
+    )
+    out, png = tmp_path / "out" / "p.json", tmp_path / "out" / "p.png"
+    argv = ["predict", str(small_slide), "--checkpoint", str(ckpt), "--workers", "0"]
+    assert main([*argv, "--json", str(out), "--heatmap", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--heatmap needs a ZoomMIL checkpoint" in err
+    assert f"not {ckpt} (arch abmil)" in err
+    assert not (tmp_path / "out").exists()

@@ -121,6 +121,11 @@ def _run_one(args: argparse.Namespace) -> int:
     with ReaderPool(workers) as reader:
         reader.start()  # its start-up overlaps loading the checkpoint and building the encoder
         predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
+        if args.heatmap and predictor.arch != "zoommil":  # before any slide is read
+            raise ZoomMILError(
+                f"--heatmap needs a ZoomMIL checkpoint (attention over the zoomed regions), "
+                f"not {args.checkpoint} (arch {predictor.arch})"
+            )
         with local_encoder(predictor, device, args.precision, args.threads) as runner:
             result = predict_slide(
                 predictor,
@@ -131,16 +136,12 @@ def _run_one(args: argparse.Namespace) -> int:
                 progress=sys.stderr.isatty(),
                 reader=reader,
             )
+    if args.heatmap and not result["attention"]:  # checked before the JSON is written
+        raise ZoomMILError(f"{args.slide}: no attention to draw for --heatmap")
     if args.json:
         write_json(args.json, result)
     if args.heatmap:
-        if result["attention"]:
-            save_heatmap(args.heatmap, args.slide, result, mpp=args.mpp)
-        else:
-            raise ZoomMILError(
-                f"{args.slide}: --heatmap needs a ZoomMIL checkpoint "
-                "(attention over the zoomed regions)"
-            )
+        save_heatmap(args.heatmap, args.slide, result, mpp=args.mpp)
     counts = json.dumps(result["patches_per_mag"])
     print(f"{_summary(result)} {counts}")
     return 0
