@@ -299,6 +299,17 @@ def test_make_tables(tmp_path: Path) -> None:
     assert "selection=random" in outputs["ablation_md"].read_text()
 
 
+def test_tables_without_any_evaluation_say_n_a(tmp_path: Path) -> None:
+    """No evaluation file yet (only FLOPs and timings): an empty summary, every metric cell
+    n/a and no best row; `best_row` raised AttributeError on the missing column."""
+    data = fabricate_results(tmp_path)
+    made, outputs = _make_demo_tables(tmp_path, {**data, "evals": []})
+    assert list(made["main"]["method"]) == ["zoommil", "abmil"]
+    markdown = outputs["main_md"].read_text()
+    assert "| ZoomMIL | 2.5x -> 5x -> 10x | n/a | n/a | n/a | 0.05 |" in markdown
+    assert "**ZoomMIL**" not in markdown and r"\textbf" not in outputs["main_tex"].read_text()
+
+
 def test_tables_name_the_methods_timed_in_one_shared_pass(tmp_path: Path) -> None:
     data = fabricate_results(tmp_path)
     for path in data["timings"]["cpu1"]:

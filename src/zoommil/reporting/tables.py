@@ -218,8 +218,12 @@ def display_frame(table: pd.DataFrame, kind: str, devices: Sequence[str]) -> pd.
 
 
 def best_row(table: pd.DataFrame) -> int | None:
-    values = pd.to_numeric(table.get("weighted_f1_mean"), errors="coerce")
-    if values is None or values.isna().all():
+    """The row with the best mean weighted F1; None without one (no evaluation yet: the
+    summary has no metric columns)."""
+    if "weighted_f1_mean" not in table.columns:
+        return None
+    values = pd.to_numeric(table["weighted_f1_mean"], errors="coerce")
+    if values.isna().all():
         return None
     return int(values.idxmax())
 
