@@ -310,6 +310,31 @@ def test_tables_without_any_evaluation_say_n_a(tmp_path: Path) -> None:
     assert "**ZoomMIL**" not in markdown and r"\textbf" not in outputs["main_tex"].read_text()
 
 
+def test_cells_from_fewer_seeds_say_how_many(tmp_path: Path) -> None:
+    """ABMIL's AUC is undefined for one seed and a third run has no metric at all; the
+    ablation ran one seed of two: their cells carry (n=k), a full one does not."""
+    data = fabricate_results(tmp_path)
+    one = tmp_path / "eval" / "abmil" / "seed~1.json"
+    one.write_text(json.dumps({"test": {"weighted_f1": 0.64, "accuracy": 0.66, "auc": None}}))
+    empty = tmp_path / "eval" / "abmil" / "seed~2.json"
+    empty.write_text(json.dumps({"test": {"weighted_f1": None, "accuracy": None, "auc": None}}))
+    made, outputs = _make_demo_tables(
+        tmp_path,
+        {**data, "evals": [*data["evals"], empty]},
+        ablations={"zoommil_random": {"arch": "zoommil", "k": 4, "selection": "random"}},
+        reference="zoommil",
+    )
+    abmil = made["main"].set_index("method").loc["abmil"]
+    assert abmil["n_seeds"] == 2 and abmil["weighted_f1_n"] == 2 and abmil["auc_n"] == 1
+    markdown = outputs["main_md"].read_text()
+    assert "| ABMIL | 10x | 62.0 ± 2.8 | 64.0 ± 2.8 | 70.0 ± 0.0 (n=1) |" in markdown
+    assert "| **ZoomMIL** | 2.5x -> 5x -> 10x | 75.0 ± 7.1 | 76.0 ± 7.1 | 89.0 ± 1.4 |" in markdown
+    assert "(n=k): over k seeds, fewer than the 2 of the full benchmark" in markdown
+    assert r"70.0 $\pm$ 0.0 (n=1)" in outputs["main_tex"].read_text()
+    ablation = outputs["ablation_md"].read_text()
+    assert "| zoommil_random | selection | selection=random | 50.0 ± 0.0 (n=1) |" in ablation
+
+
 def test_tables_name_the_methods_timed_in_one_shared_pass(tmp_path: Path) -> None:
     data = fabricate_results(tmp_path)
     for path in data["timings"]["cpu1"]:

@@ -52,19 +52,31 @@ def display_name(method: str, spec: Mapping[str, Any] | None = None) -> str:
 
 
 def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Mean and sample std (ddof=1; 0 for a single seed) per method and metric."""
+    """Mean and sample std (ddof=1; 0 for a single seed) per method and metric, over the seeds
+    where the metric has a value (`{metric}_n` of them; an AUC can be undefined for a seed);
+    `n_seeds`: the seeds with at least one metric."""
     frame = pd.DataFrame(list(records))
     rows = []
     for method, group in frame.groupby("method", sort=False):
-        row: dict[str, Any] = {"method": method, "n_seeds": len(group)}
+        valid = group[list(METRICS)].astype(float).notna()
+        row: dict[str, Any] = {"method": method, "n_seeds": int(valid.any(axis=1).sum())}
         for metric in METRICS:
             values = group[metric].astype(float).dropna()
             row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
             row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             if not len(values):
                 row[f"{metric}_std"] = math.nan
+            row[f"{metric}_n"] = len(values)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def full_seeds(summary: pd.DataFrame) -> int:
+    """The benchmark's number of seeds as the evaluations show it: the most any method has."""
+    if "n_seeds" not in summary.columns or summary.empty:
+        return 0
+    counts = pd.to_numeric(summary["n_seeds"], errors="coerce").dropna()
+    return int(counts.max()) if len(counts) else 0
 
 
 def _test_predictions(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -163,7 +175,7 @@ def ablation_table(
         row["tflops"] = flops.get(method, {}).get("tflops", math.nan)
         rows.append(row)
     columns = ["method", "component", "variant", "n_seeds"]
-    columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
     columns += [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + ["n_test", "tflops"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -172,14 +184,28 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _pct(mean: float, std: float, low: float = math.nan, high: float = math.nan) -> str:
-    """`mean ± std [low, high]` in percent (the CI only when there is one)."""
+def _pct(
+    mean: float,
+    std: float,
+    low: float = math.nan,
+    high: float = math.nan,
+    n: float = math.nan,
+    seeds: int = 0,
+) -> str:
+    """`mean ± std [low, high]` in percent (the CI only when there is one), then `(n=k)` when
+    it comes from k values, fewer than the ``seeds`` of the full benchmark."""
     if _missing(mean):
         return "n/a"
     text = f"{100 * mean:.1f}" if _missing(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
     if not (_missing(low) or _missing(high)):
         text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+    if not _missing(n) and int(n) < seeds:
+        text += f" (n={int(n)})"
     return text
+
+
+def fewer_seeds_note(seeds: int) -> str:
+    return f"(n=k): over k seeds, fewer than the {seeds} of the full benchmark"
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -188,8 +214,13 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{float(value):.{digits}g}"
 
 
-def display_frame(table: pd.DataFrame, kind: str, devices: Sequence[str]) -> pd.DataFrame:
-    """The human-readable columns of a table (strings), best weighted F1 marked later."""
+def display_frame(
+    table: pd.DataFrame, kind: str, devices: Sequence[str], seeds: int | None = None
+) -> pd.DataFrame:
+    """The human-readable columns of a table (strings), best weighted F1 marked later.
+    ``seeds``: the full number of seeds (default: the most in ``table``); a cell from fewer
+    is marked ``(n=k)``."""
+    seeds = full_seeds(table) if seeds is None else seeds
     out = pd.DataFrame()
     if kind == "main":
         out["Method"] = table["name"]
@@ -207,6 +238,8 @@ def display_frame(table: pd.DataFrame, kind: str, devices: Sequence[str]) -> pd.
                 table.get(f"{metric}_std", nans),
                 table.get(f"{metric}_ci_low", nans),
                 table.get(f"{metric}_ci_high", nans),
+                table.get(f"{metric}_n", nans),
+                [seeds] * len(table),
                 strict=True,
             )
         ]
@@ -465,6 +498,14 @@ def write_csv(path: str | Path, frame: pd.DataFrame, notes: Sequence[str]) -> No
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
+def _with_seeds_note(notes: Sequence[str], display: pd.DataFrame, seeds: int) -> list[str]:
+    """``notes``, plus what ``(n=k)`` means when a cell of ``display`` carries it."""
+    marked = any(
+        " (n=" in str(cell) for header in METRIC_HEADERS.values() for cell in display[header]
+    )
+    return [*notes, fewer_seeds_note(seeds)] if marked else list(notes)
+
+
 def make_tables(
     qc_table: str | Path,
     evals: Iterable[str | Path],
@@ -513,18 +554,21 @@ def make_tables(
     shared_passes = sorted(group for group in shared if group)
     notes = table_notes(dataset, weights, qc_frame, skipped, encoder, late_frame, shared_passes)
 
+    seeds = full_seeds(summary)
     main = main_table(summary, methods, mags, flops_map, timing_map)
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
-    display = display_frame(main, "main", devices)
+    display = display_frame(main, "main", devices, seeds)
+    main_notes = _with_seeds_note(notes, display, seeds)
     best = best_row(main)
-    write_csv(outputs["main_csv"], main, notes)
-    write_text(outputs["main_md"], to_markdown(display, title, notes, best))
-    write_text(outputs["main_tex"], to_latex(display, title, notes, best, f"tab:{dataset}"))
+    write_csv(outputs["main_csv"], main, main_notes)
+    write_text(outputs["main_md"], to_markdown(display, title, main_notes, best))
+    write_text(outputs["main_tex"], to_latex(display, title, main_notes, best, f"tab:{dataset}"))
 
     ablation = ablation_table(summary, ablations, reference, methods, flops_map)
     title = f"ZoomMIL ablations on {dataset}, {encoder} features (Table 4 style)"
-    ab_notes = notes if ablations else ["no ablations configured", *notes]
-    display = display_frame(ablation, "ablation", devices)
+    display = display_frame(ablation, "ablation", devices, seeds)
+    ab_notes = _with_seeds_note(notes, display, seeds)
+    ab_notes = ab_notes if ablations else ["no ablations configured", *ab_notes]
     best = best_row(ablation) if len(ablation) else None
     write_csv(outputs["ablation_csv"], ablation, ab_notes)
     write_text(outputs["ablation_md"], to_markdown(display, title, ab_notes, best))
