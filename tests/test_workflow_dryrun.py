@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from workflow_config import harness
@@ -100,6 +101,29 @@ def test_preset_dry_run(workdir: Path, preset: str) -> None:
     assert jobs["qc_inspect"] == 1
     ablations = (config.get("ablations") or {}).get("methods") or {}
     assert jobs["train"] == len(config["methods"]) * 3 + len(ablations) * 3
+
+
+def test_missing_slide_file_is_excluded_and_the_rest_runs(tmp_path: Path) -> None:
+    """A sheet row whose file does not exist reaches `zoommil inspect` (status `missing`)
+    and is excluded with its reason; it does not stop the DAG (MissingInputException)."""
+    workdir = harness.copy_workflow(tmp_path / "wf", with_sources=False)
+    sheet = fake_sheet(workdir / "sheet", PRESETS["camelyon16"])
+    with sheet.open("a") as handle:
+        handle.write("gone\tnowhere.svs\ttumor\ttest\t\n")
+    args = ("--config", f"sheet={sheet}")
+    camelyon16 = workdir / "config" / "camelyon16.yaml"
+    jobs = harness.planned_jobs(workdir, camelyon16, *args)
+    assert jobs["inspect"] == 7 and jobs["qc_inspect"] == 1, jobs
+    # the QC stage for real (the empty files are not slides, so no tissue/tile job follows)
+    harness.snakemake(workdir, "results/qc/slides.tsv", *args, configfile=camelyon16)
+    qc = pd.read_csv(workdir / "results/qc/slides.tsv", sep="\t", keep_default_na=False)
+    gone = qc.set_index("slide_id").loc["gone"]
+    assert (gone["status"], gone["stage"], gone["reason"]) == (
+        "missing",
+        "inspect",
+        "file not found",
+    )
+    assert set(qc["slide_id"]) == {"gone"} | {f"s{i}" for i in range(6)}
 
 
 def _expect_sheet_error(workdir: Path, rows: list[str], needle: str) -> str:

@@ -94,6 +94,14 @@ def slide_path(wildcards):
     return slides().loc[wildcards.slide, "path"]
 
 
+def existing_slide(wildcards):
+    """The slide file as an input where it exists, else no input: a sheet row whose file is
+    missing still reaches `zoommil inspect` (the path goes through params), which reports
+    it as `missing`, instead of stopping the whole DAG with a MissingInputException."""
+    path = slide_path(wildcards)
+    return path if os.path.exists(path) else []
+
+
 def mpp_args(wildcards):
     """`--mpp` from the sheet's mpp column, else `--default-mpp` from the config."""
     mpp = slides().loc[wildcards.slide, "mpp"]

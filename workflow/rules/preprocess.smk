@@ -2,12 +2,14 @@
 # Per-slide commands run with --no-fail: a slide that cannot be used gets a failure marker
 # (status, stage, reason) as its output instead of stopping the run; qc_slides lists it in
 # results/qc/slides.tsv and training/evaluation read only usable slides. A crash or kill
-# still fails the job and leaves no output (Snakemake reruns it as incomplete).
+# still fails the job and leaves no output (Snakemake reruns it as incomplete). A sheet row
+# whose file does not exist is inspected too (status `missing`): inspect takes the path
+# through params and the file as an input only where it exists.
 
 
 rule inspect:
     input:
-        slide=slide_path,
+        slide=existing_slide,
     output:
         "results/qc/{slide}.json",
     log:
@@ -20,9 +22,10 @@ rule inspect:
         runtime=5,
     params:
         code=code("inspect"),
+        slide=slide_path,
         mpp=mpp_args,
     shell:
-        "zoommil inspect {input.slide:q} {params.mpp} --out {output} --no-fail > {log} 2>&1"
+        "zoommil inspect {params.slide:q} {params.mpp} --out {output} --no-fail > {log} 2>&1"
 
 
 checkpoint qc_inspect:
