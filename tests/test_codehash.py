@@ -67,3 +67,20 @@ def test_a_behaviour_edit_changes_exactly_the_importers(scratch: Path) -> None:
 def test_unknown_command_is_an_error() -> None:
     with pytest.raises(FileNotFoundError, match="no command module zoommil.commands.nope"):
         code_hash(ROOT, ["nope"])
+
+
+def test_modules_imported_by_a_computed_name_count(scratch: Path) -> None:
+    """The encoder registry loads its families with import_module(f"...encoders.{family}"):
+    an edit of vit.py reruns feature extraction (and what reads features through the
+    encoder), while the CLI's import of every command does not tie the commands together."""
+    assert {"zoommil.features.encoders.resnet", "zoommil.features.encoders.vit"} <= set(
+        closure(ROOT, ["features"])
+    )
+    assert "zoommil.commands.features" not in closure(ROOT, ["tile"])
+    before = _hashes(scratch)
+    path = scratch / "features" / "encoders" / "vit.py"
+    path.write_text(path.read_text() + "\nEDITED = 1\n")
+    after = _hashes(scratch)
+    assert after["features"] != before["features"]
+    assert after["train"] != before["train"]  # train imports the registry (weights.py) too
+    assert after["tile"] == before["tile"]

@@ -9,6 +9,12 @@ normalised syntax tree (``ast.dump`` without docstrings or positions), so a comm
 docstring or a reformatting changes nothing and a behaviour edit changes the hash of exactly
 the steps that import the module.
 
+Imports by a computed name count too: ``importlib.import_module(f"zoommil.pkg.{name}")`` (the
+encoder registry loads ``zoommil.features.encoders.vit`` that way) adds every module of
+``zoommil.pkg``, and a constant name adds that module. The one exception is the CLI's loop over
+``zoommil.commands``, which adds nothing: a command is an entry, and a step hashes the one it
+runs.
+
 Entries are `zoommil` command names (``"features"`` -> ``zoommil.commands.features`` plus
 ``zoommil.cli``, which runs it) or script files (``scripts/qc_slides.py``: the script itself
 and its imports).
@@ -23,6 +29,11 @@ from functools import cache
 from pathlib import Path
 
 PACKAGE = "zoommil"
+#: Packages whose modules are imported by a computed name yet count only as entries:
+#: `zoommil.cli` imports every command to build its parser, but a step runs the one it names.
+ENTRY_PACKAGES = frozenset({f"{PACKAGE}.commands"})
+#: Suffix of a name in `_imported_names` that stands for every module of a package.
+_ANY_MODULE = ".*"
 
 
 def _module_file(root: Path, name: str) -> Path | None:
@@ -35,11 +46,43 @@ def _module_file(root: Path, name: str) -> Path | None:
     return None
 
 
+def _package_modules(root: Path, package: str) -> list[str]:
+    """Every module and subpackage directly in ``package`` (``zoommil.x``) under ``root``."""
+    folder = root.joinpath(*package.split(".")[1:])
+    if not folder.is_dir():
+        return []
+    names = [f"{package}.{f.stem}" for f in folder.glob("*.py") if f.stem != "__init__"]
+    names += [f"{package}.{d.name}" for d in folder.iterdir() if (d / "__init__.py").is_file()]
+    return sorted(names)
+
+
+def _dynamic_import(node: ast.Call) -> str | None:
+    """The module an ``import_module(...)``/``__import__(...)`` call loads: its constant name,
+    or ``"pkg.*"`` for an f-string ``f"pkg.{...}"`` (any module of ``pkg``); else None."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name not in ("import_module", "__import__") or not node.args:
+        return None
+    arg = node.args[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if isinstance(arg, ast.JoinedStr) and arg.values:
+        head = arg.values[0]
+        if isinstance(head, ast.Constant) and str(head.value).endswith("."):
+            return str(head.value)[:-1] + _ANY_MODULE
+    return None
+
+
 def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
-    """Every module name an ``import``/``from`` statement of ``tree`` may load (absolute)."""
+    """Every module name an ``import``/``from`` statement or an ``import_module`` call of
+    ``tree`` may load (absolute; ``"pkg.*"``: any module of ``pkg``)."""
     names: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call):
+            dynamic = _dynamic_import(node)
+            if dynamic is not None:
+                names.add(dynamic)
+        elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: from the module's package upwards
@@ -113,7 +156,13 @@ def closure(root: str | Path, entries: Iterable[str], basedir: str | Path = ".")
         is_package = path.name == "__init__.py"
         module = name if name.startswith(PACKAGE) else PACKAGE  # scripts import absolutely
         for imported in _imported_names(tree, module, is_package):
-            for candidate in _with_parents(imported):
+            package = imported.removesuffix(_ANY_MODULE)
+            if package in ENTRY_PACKAGES:
+                continue
+            candidates = _with_parents(package)
+            if imported.endswith(_ANY_MODULE):
+                candidates += _package_modules(root, package)
+            for candidate in candidates:
                 if candidate not in found:
                     file = _module_file(root, candidate)
                     if file is not None:
