@@ -267,6 +267,26 @@ def _make_demo_tables(tmp_path: Path, data: dict, **extra) -> tuple[dict, dict]:
     return made, outputs
 
 
+def test_qc_slides_table_when_no_slide_failed_inspection(tmp_path: Path) -> None:
+    """The inspection table as qc_slides reads it back: with every slide ok, its stage and
+    reason columns are empty (float NaN) and must still take a later stage's exclusion."""
+    frame = sheet.load_sheet(write_sheet(tmp_path, "a\ta.svs\tx\ttrain\t\nb\tb.svs\ty\ttest\t\n"))
+    status = tmp_path / "qc"
+    status.mkdir()
+    for name in ("a", "b"):
+        record = {"status": "ok", "mpp": 1.0, "mpp_source": "openslide.mpp-x"}
+        (status / f"{name}.json").write_text(json.dumps(record))
+    qc.write_tsv(qc.inspection_table(frame, sorted(status.glob("*.json"))), tmp_path / "i.tsv")
+    inspection = pd.read_csv(tmp_path / "i.tsv", sep="\t", dtype={"slide_id": str})
+    feats = {
+        "a": write_features(tmp_path / "a.h5", {"2.5x": 2, "5.0x": 8}),
+        "b": write_features(tmp_path / "b.h5", {"2.5x": 3, "5.0x": 12}, no_tissue=True),
+    }
+    table = qc.slides_table(inspection, feats, "exclude").set_index("slide_id")
+    assert table.loc["b", ["status", "stage"]].tolist() == ["no_tissue", "tile"]
+    assert table.loc["a", "status"] == "ok"
+
+
 def test_make_tables(tmp_path: Path) -> None:
     data = fabricate_results(tmp_path)
     made, outputs = _make_demo_tables(

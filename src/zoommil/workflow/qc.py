@@ -130,6 +130,11 @@ def slides_table(
     if no_tissue not in ("exclude", "all"):
         raise ValueError(f"no_tissue policy must be 'exclude' or 'all', not {no_tissue!r}")
     table = inspection.copy()
+    # Read back from the TSV, a column empty for every slide (no slide failed inspection)
+    # comes as float NaN, which refuses the stage and reason strings set below.
+    for column in ("status", "stage", "reason"):
+        if column in table.columns:
+            table[column] = table[column].astype(object)
     counts_by_id: dict[str, dict[str, int]] = {}
     if "stage" not in table.columns:
         table["stage"] = ["" if s == "ok" else "inspect" for s in table["status"]]
