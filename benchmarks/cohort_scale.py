@@ -62,9 +62,9 @@ def fake_preprocessing(work: Path, slides: list[Path]) -> None:
             (res / sub / f"{s}.{ext}").touch()
         time.sleep(0.01)  # later stages strictly newer
     splits = ("train", "train", "val", "test")
-    head = "slide_id\tpath\tlabel\tsplit\tstatus\treason\tmpp\n"
+    head = "slide_id\tpath\tlabel\tsplit\tstatus\treason\tmpp\tmpp_source\n"
     table = head + "".join(
-        f"{p.stem}\t{p}\t{CLASSES[i % 2]}\t{splits[i % 4]}\tok\t\t0.5\n"
+        f"{p.stem}\t{p}\t{CLASSES[i % 2]}\t{splits[i % 4]}\tok\t\t0.5\topenslide.mpp-x\n"
         for i, p in enumerate(slides)
     )
     (res / "qc" / "inspection.tsv").write_text(table)

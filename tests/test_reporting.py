@@ -103,6 +103,20 @@ def test_cli_flags_and_param_flags() -> None:
     )
 
 
+def test_mpp_flags_follow_the_design_order() -> None:
+    """The sheet's mpp and default_mpp are fallbacks for inspection; later commands get the
+    resolved mpp only where a fallback gave it (metadata slides: no flag, no param change)."""
+    nan = float("nan")
+    assert workflow.fallback_mpp_flag(0.3, 0.5) == "--default-mpp 0.3"
+    assert workflow.fallback_mpp_flag(nan, 0.5) == "--default-mpp 0.5"
+    assert workflow.fallback_mpp_flag(nan, None) == ""
+    assert workflow.resolved_mpp_flag("0.499", "openslide.mpp-x") == ""
+    assert workflow.resolved_mpp_flag("", "") == ""  # not inspected ok
+    assert workflow.resolved_mpp_flag("0.5", "default") == "--default-mpp 0.5"
+    assert workflow.resolved_mpp_flag(0.5, "default", "--mpp") == "--mpp 0.5"
+    assert workflow.resolved_mpp_flag("0.25", "override") == "--mpp 0.25"
+
+
 def test_recipe_flags_for_tile_and_features() -> None:
     recipe = PreprocessingRecipe(mags=[10, 2.5, 5], tissue_threshold=0.2, weights="random")
     assert workflow.tiling_flags(recipe) == (

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from workflow_config import harness
@@ -72,6 +74,56 @@ def test_tiling_threshold_reruns_from_tiling(tiny) -> None:
     jobs = plan(workdir, config, "threshold.yaml")
     assert "tissue" not in jobs and "inspect" not in jobs
     assert jobs["tile"] == jobs["features"] == 8
+
+
+def executed(result) -> dict[str, set[str]]:
+    """Rule -> the slides whose job a real run executed (from Snakemake's job log)."""
+    jobs: dict[str, set[str]] = {}
+    rule = None
+    for line in (result.stdout + result.stderr).splitlines():
+        match = re.match(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", line)
+        if match:
+            rule = match[1]
+            jobs.setdefault(rule, set())
+            continue
+        match = re.match(r"^\s*wildcards: slide=([^,\s]+)", line)
+        if match and rule is not None:
+            jobs[rule].add(match[1])
+    return jobs
+
+
+def test_mpp_fallbacks_rerun_only_the_slides_that_use_them(tiny, tmp_path) -> None:
+    """`default_mpp` and the sheet's mpp are fallbacks (DESIGN: after every metadata source):
+    setting them reruns the (cheap) inspection of every slide, but tissue, tiles and features
+    only of a slide whose resolved mpp changed: bad_mpp (implausible metadata) now gets 0.5,
+    a sheet mpp does not override a slide's valid metadata."""
+    workdir, _, _ = tiny
+    scratch = tmp_path / "mpp"
+    shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
+    # the copy's sheet names the tiny run's slide files (the paths its jobs recorded), and
+    # gives the first (a demo slide, with plausible metadata) an mpp of 0.3
+    header, *rows = (workdir / "slides.tsv").read_text().splitlines()
+    rows = [row.split("\t") for row in rows]
+    for row in rows:
+        row[1] = str(workdir / row[1])  # an absolute path stays as it is
+    rows[0][4] = "0.3"
+    first = rows[0][0]
+    text = "\n".join([header] + ["\t".join(row) for row in rows]) + "\n"
+    (scratch / "slides.tsv").write_text(text)
+    config = harness.load_config()
+    config["default_mpp"] = 0.5
+    configfile = harness.write_config(scratch, config, "default_mpp.yaml")
+    result = harness.snakemake(scratch, "results/qc/slides.tsv", configfile=configfile)
+    ran = executed(result)
+    assert len(ran["inspect"]) == 9, ran
+    for rule in ("tissue", "tile", "features"):
+        assert ran.get(rule) == {"bad_mpp"}, ran
+    qc = pd.read_csv(scratch / "results/qc/slides.tsv", sep="\t", keep_default_na=False)
+    qc = qc.set_index("slide_id")
+    assert qc.loc["bad_mpp", "status"] == "ok" and qc.loc["bad_mpp", "mpp_source"] == "default"
+    assert qc.loc[first, "mpp_source"] == "openslide.mpp-x" and qc.loc[first, "mpp"] != 0.3
+    again = harness.snakemake(scratch, "-n", "results/qc/slides.tsv", configfile=configfile)
+    assert "Nothing to be done" in again.stdout + again.stderr  # settled in one pass
 
 
 def test_new_seed_only_adds_jobs(tiny) -> None:

@@ -1,5 +1,4 @@
 # Helpers only (no rules): config and sheet validation, slide lists, targets.
-import math
 import os
 from pathlib import Path
 
@@ -102,31 +101,38 @@ def existing_slide(wildcards):
     return path if os.path.exists(path) else []
 
 
-def mpp_args(wildcards):
-    """`--mpp` from the sheet's mpp column, else `--default-mpp` from the config."""
-    mpp = slides().loc[wildcards.slide, "mpp"]
-    if not math.isnan(mpp):
-        return f"--mpp {float(mpp)}"
-    if config.get("default_mpp"):
-        return f"--default-mpp {float(config['default_mpp'])}"
-    return ""
+def slide_after_inspection(wildcards):
+    """The slide, once the qc_inspect checkpoint is done: the rule's params read the mpp
+    inspection resolved (a job planned before the table exists is rebuilt after it)."""
+    checkpoints.qc_inspect.get()
+    return slide_path(wildcards)
+
+
+def fallback_mpp(wildcards):
+    """`zoommil inspect --default-mpp`: the sheet's mpp, else the config's default_mpp."""
+    return zwf.fallback_mpp_flag(
+        slides().loc[wildcards.slide, "mpp"], config.get("default_mpp")
+    )
+
+
+def inspected_mpp(wildcards, flag="--default-mpp"):
+    """The mpp inspection resolved, as flags of a later command (none where the metadata
+    gave it); the inspection table is parsed once per version, not per job."""
+    table = checkpoints.qc_inspect.get().output.table
+    return zwf.resolved_mpp_flag(
+        zcache.column_by_slide(table, "mpp").get(wildcards.slide, ""),
+        zcache.column_by_slide(table, "mpp_source").get(wildcards.slide, ""),
+        flag,
+    )
+
+
+def inspected_mpp_override(wildcards):
+    """`inspected_mpp` for `zoommil predict`, which only has `--mpp`."""
+    return inspected_mpp(wildcards, flag="--mpp")
 
 
 def all_status(wildcards):
     return expand("results/qc/{slide}.json", slide=slides().index)
-
-
-def mpp_override(wildcards):
-    """`--mpp` from the sheet only (features: the coords file carries the resolved mpp)."""
-    mpp = slides().loc[wildcards.slide, "mpp"]
-    return "" if math.isnan(mpp) else f"--mpp {float(mpp)}"
-
-
-def resolved_mpp(wildcards):
-    """`--mpp` as resolved at inspection (for commands that read the slide on their own)."""
-    usable_sheet = checkpoints.qc_slides.get().output.usable
-    mpp = zcache.column_by_slide(usable_sheet, "mpp").get(wildcards.slide, "")
-    return f"--mpp {float(mpp)}" if mpp.strip() else ""
 
 
 def inspected_ok():

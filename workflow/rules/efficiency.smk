@@ -69,7 +69,7 @@ rule profile:
 
 rule predict:
     input:
-        slide=slide_path,
+        slide=slide_after_inspection,
         checkpoint=attention_checkpoint,
         usable="results/qc/usable.tsv",
     output:
@@ -85,7 +85,7 @@ rule predict:
         runtime=30,
     params:
         code=code("predict"),
-        mpp=mpp_args,
+        mpp=inspected_mpp_override,
     shell:
         "zoommil predict {input.slide:q} --checkpoint {input.checkpoint} "
         "--heatmap {output.heatmap} --json {output.json} {params.mpp} --no-fail > {log} 2>&1"

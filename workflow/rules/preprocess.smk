@@ -23,7 +23,7 @@ rule inspect:
     params:
         code=code("inspect"),
         slide=slide_path,
-        mpp=mpp_args,
+        mpp=fallback_mpp,
     shell:
         "zoommil inspect {params.slide:q} {params.mpp} --out {output} --no-fail > {log} 2>&1"
 
@@ -51,8 +51,7 @@ checkpoint qc_inspect:
 
 rule tissue:
     input:
-        slide=slide_path,
-        status="results/qc/{slide}.json",
+        slide=slide_after_inspection,
     output:
         mask="results/tissue/{slide}.png",
     log:
@@ -65,7 +64,7 @@ rule tissue:
         runtime=10,
     params:
         code=code("tissue"),
-        mpp=mpp_args,
+        mpp=inspected_mpp,
         method=RECIPE.tissue_method,
         extra=zwf.param_flags("--param", RECIPE.tissue_params),
     shell:
@@ -75,7 +74,7 @@ rule tissue:
 
 rule tile:
     input:
-        slide=slide_path,
+        slide=slide_after_inspection,
         mask="results/tissue/{slide}.png",
     output:
         coords="results/coords/{slide}.h5",
@@ -89,7 +88,7 @@ rule tile:
         runtime=10,
     params:
         code=code("tile"),
-        mpp=mpp_args,
+        mpp=inspected_mpp,
         recipe=zwf.tiling_flags(RECIPE),
         extra=zwf.cli_flags(config["preprocess"].get("tile_args")),
     # --no-tissue all: a slide without tissue keeps its patches here and is excluded (or
@@ -117,12 +116,11 @@ rule features:
         gpu=1,
     params:
         code=code("features"),
-        mpp=mpp_override,
         recipe=zwf.encoder_flags(RECIPE),
         extra=zwf.cli_flags(config.get("features", {}).get("args")),
     shell:
         "zoommil features {input.slide:q} --coords {input.coords} --out {output.features} "
-        "{params.recipe} --threads {threads} --no-progress {params.mpp} {params.extra} "
+        "{params.recipe} --threads {threads} --no-progress {params.extra} "
         "--no-fail > {log} 2>&1"
 
 

@@ -6,6 +6,7 @@ What a rule's code is (its rerun input) is `zoommil.workflow.codehash`.
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -96,3 +97,35 @@ def encoder_flags(recipe: PreprocessingRecipe) -> str:
             "precision": recipe.precision,
         }
     )
+
+
+#: mpp sources of `zoommil.wsi.slide.resolve_mpp` that are not the slide's own metadata.
+_GIVEN_MPP_SOURCES = ("default", "override")
+
+
+def fallback_mpp_flag(sheet_mpp: float | None, default_mpp: float | None) -> str:
+    """`zoommil inspect --default-mpp`: the sheet's mpp, else the config's `default_mpp`.
+
+    Why a fallback and not `--mpp`: DESIGN's order puts both after every metadata source, so
+    they only reach slides whose metadata has no plausible mpp.
+    """
+    for value in (sheet_mpp, default_mpp):
+        if value is not None and not math.isnan(float(value)):
+            return f"--default-mpp {float(value)}"
+    return ""
+
+
+def resolved_mpp_flag(mpp: Any, source: str, flag: str = "--default-mpp") -> str:
+    """The flag that makes a command after inspection resolve a slide's mpp as it did.
+
+    Why not `--mpp` for every slide: a slide whose mpp came from its metadata resolves the
+    same again without a flag, so its params (hence its tissue mask, tiles and features) do
+    not change when `default_mpp` or the sheet's mpp does, and its files keep the metadata
+    as the source. A slide resolved from a fallback gets that value (`flag`: `--default-mpp`
+    keeps the source "default"; `zoommil predict` only has `--mpp`), so its params change
+    exactly when its resolved mpp does. An "override" is always passed as `--mpp`.
+    """
+    text = "" if mpp is None else str(mpp).strip()
+    if not text or text.lower() == "nan" or source not in _GIVEN_MPP_SOURCES:
+        return ""
+    return f"{'--mpp' if source == 'override' else flag} {float(text)}"

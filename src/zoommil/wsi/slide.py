@@ -11,8 +11,8 @@ mpp resolution (`resolve_mpp`), first plausible value wins:
 3. vendor keys OpenSlide does not normalise (``aperio.MPP``, MIRAX, Hamamatsu);
 4. the TIFF resolution tags (``tiff.XResolution`` with its unit, centimetre or inch);
 5. the objective power (``openslide.objective-power`` / ``aperio.AppMag``): mpp = 10 / power;
-6. a default (``--default-mpp``: in the workflow the sheet's mpp column or the config default),
-   used only when metadata gives nothing plausible, with a warning.
+6. a default (``--default-mpp``: in the workflow the sheet's mpp column, else the config's
+   ``default_mpp``), used only when metadata gives nothing plausible, with a warning.
 
 Values outside 0.05-5.0 um/px (`zoommil.wsi.mpp`) are never used: a metadata value out of
 range is skipped (and reported), an explicit value out of range is an error. The source is
