@@ -117,6 +117,11 @@ def test_mpp_flags_follow_the_design_order() -> None:
     assert workflow.resolved_mpp_flag("0.25", "override") == "--mpp 0.25"
 
 
+def test_torch_device_follows_the_gpu_resource() -> None:
+    assert workflow.torch_device(0) == workflow.torch_device(None) == "cpu"
+    assert workflow.torch_device(1) == "auto"
+
+
 def test_recipe_flags_for_tile_and_features() -> None:
     recipe = PreprocessingRecipe(mags=[10, 2.5, 5], tissue_threshold=0.2, weights="random")
     assert workflow.tiling_flags(recipe) == (

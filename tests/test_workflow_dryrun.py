@@ -80,6 +80,21 @@ def test_train_jobs_carry_their_priority(workdir: Path) -> None:
     assert max(priority, key=priority.get) == "transmil"
 
 
+def test_torch_rules_use_a_gpu_only_where_they_declare_one(workdir: Path) -> None:
+    """`--device auto` takes CUDA wherever it is visible: train declares no GPU, so it trains
+    on CPU (deterministic) unless a profile gives it `gpu: 1`."""
+
+    def train_commands(*args: str) -> list[str]:
+        result = harness.snakemake(workdir, "-n", "-p", *args)
+        lines = (result.stdout + result.stderr).splitlines()
+        return [line for line in lines if "zoommil train " in line]
+
+    commands = train_commands()
+    assert len(commands) == 15 and all("--device cpu " in c for c in commands), commands
+    on_gpu = train_commands("--set-resources", "train:gpu=1")
+    assert on_gpu and all("--device auto " in c for c in on_gpu), on_gpu
+
+
 def test_demo_with_one_job_per_seed(workdir: Path) -> None:
     """The cluster layout of the same demo: one train job per method and seed."""
     demo = yaml.safe_load((workdir / "config" / "config.yaml").read_text())

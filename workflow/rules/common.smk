@@ -59,6 +59,11 @@ def code(*entries):
     return zcode.code_hash(LIB_ROOT, entries, workflow.basedir)
 
 
+def device(wildcards, resources):
+    """`--device` of a torch command: a GPU only where the rule declares one (resources)."""
+    return zwf.torch_device(resources.get("gpu", 0))
+
+
 def all_cores():
     """Every core of the run, so that nothing runs beside a timing job; 1 where no core
     count is given (`snakemake --report`, `--lint`)."""

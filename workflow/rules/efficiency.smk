@@ -86,6 +86,8 @@ rule predict:
     params:
         code=code("predict"),
         mpp=inspected_mpp_override,
+        device=device,
     shell:
         "zoommil predict {input.slide:q} --checkpoint {input.checkpoint} "
-        "--heatmap {output.heatmap} --json {output.json} {params.mpp} --no-fail > {log} 2>&1"
+        "--heatmap {output.heatmap} --json {output.json} {params.mpp} "
+        "--device {params.device} --no-fail > {log} 2>&1"

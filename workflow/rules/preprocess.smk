@@ -118,10 +118,11 @@ rule features:
         code=code("features"),
         recipe=zwf.encoder_flags(RECIPE),
         extra=zwf.cli_flags(config.get("features", {}).get("args")),
+        device=device,
     shell:
         "zoommil features {input.slide:q} --coords {input.coords} --out {output.features} "
-        "{params.recipe} --threads {threads} --no-progress {params.extra} "
-        "--no-fail > {log} 2>&1"
+        "{params.recipe} --device {params.device} --threads {threads} --no-progress "
+        "{params.extra} --no-fail > {log} 2>&1"
 
 
 checkpoint qc_slides:

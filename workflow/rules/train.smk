@@ -37,8 +37,9 @@ rule train:
         config_file=first_file,
         seeds=train_seeds,
         out=run_dirs,
+        device=device,
     shell:
         "printf '%s' {params.config:q} | tee {output.config} > /dev/null && "
         "zoommil train --config {params.config_file} --model {wildcards.method} "
         "--seed {params.seeds} --out {params.out} --eval-out {output.evaluation} "
-        "--threads {threads} --no-progress > {log} 2>&1"
+        "--device {params.device} --threads {threads} --no-progress > {log} 2>&1"

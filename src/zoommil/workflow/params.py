@@ -129,3 +129,15 @@ def resolved_mpp_flag(mpp: Any, source: str, flag: str = "--default-mpp") -> str
     if not text or text.lower() == "nan" or source not in _GIVEN_MPP_SOURCES:
         return ""
     return f"{'--mpp' if source == 'override' else flag} {float(text)}"
+
+
+def torch_device(gpus: Any) -> str:
+    """`--device` of a rule's torch command: `auto` where its resources declare a GPU, else
+    `cpu`.
+
+    Why: the commands default to `auto`, which takes CUDA wherever it is visible, so a rule
+    that declares no GPU (train, predict) used one anyway: unscheduled by `--resources gpu=N`
+    or SLURM, and training is deterministic only on CPU. Declaring `gpu: 1` for a rule (in a
+    profile's `set-resources`) is what moves it to the GPU.
+    """
+    return "auto" if gpus and float(gpus) > 0 else "cpu"
