@@ -209,6 +209,19 @@ def test_config_schema_rejects_bad_values(workdir: Path) -> None:
     assert "greedy" in result.stdout + result.stderr
 
 
+def test_mpp_in_tile_args_is_refused(workdir: Path) -> None:
+    """Tiling uses the mpp inspection resolved: an mpp in tile_args could never reach
+    inspection (and would contradict it), so the config schema refuses it."""
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["preprocess"]["tile_args"] = {"default_mpp": 0.25}
+    path = harness.write_config(workdir, config, "tile_args_mpp.yaml")
+    result = harness.snakemake(workdir, "-n", "--quiet", configfile=path, check=False)
+    assert result.returncode != 0
+    assert "default_mpp" in result.stdout + result.stderr and "tile_args" in result.stdout + (
+        result.stderr
+    )
+
+
 def test_bad_recipe_fails_with_one_line_before_any_job(workdir: Path) -> None:
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
     config["preprocess"]["mags"] = [5, 15]
