@@ -162,6 +162,24 @@ def test_train_config_is_per_method_and_plain(tmp_path: Path) -> None:
     assert yaml.safe_load(out.read_text()) == config
 
 
+def test_method_options_are_checked_without_building_models() -> None:
+    """The workflow reads the models' options from their sources (no torch at load): the
+    same sets `build_model` checks, and a typo names the method and the option."""
+    import zoommil.models as models
+    from zoommil.workflow import trainconfig
+
+    root = Path(models.__file__).parent
+    options = trainconfig.model_options(root)
+    for arch, cls in models._CLASSES.items():
+        names, var_kwargs = models._accepted_options(cls)
+        assert options[arch] == (frozenset(names), var_kwargs), arch
+    good = {"zoommil": {"arch": "zoommil", "k": 4, "sigma": 0.005}, "abmil": {}, "mm": None}
+    trainconfig.check_method_options({**good, "mm": {"arch": "meanmil", "mags": [5]}}, root)
+    with pytest.raises(ZoomMILError, match="method 'zoommil': model 'zoommil' does not take "
+                       "option.s. sigm; it takes: "):  # fmt: skip
+        trainconfig.check_method_options({"zoommil": {"arch": "zoommil", "sigm": 0.005}}, root)
+
+
 def test_train_priority_starts_the_longest_trainings_first() -> None:
     from zoommil.models import MODEL_NAMES
 

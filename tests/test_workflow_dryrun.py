@@ -222,6 +222,17 @@ def test_mpp_in_tile_args_is_refused(workdir: Path) -> None:
     )
 
 
+def test_method_option_typo_fails_before_any_job(workdir: Path) -> None:
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config["methods"]["zoommil"]["sigm"] = 0.005
+    path = harness.write_config(workdir, config, "typo.yaml")
+    result = harness.snakemake(workdir, "-n", configfile=path, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config: method 'zoommil': model 'zoommil' does not take option(s) sigm" in text
+    assert "Building DAG" not in text
+
+
 def test_bad_recipe_fails_with_one_line_before_any_job(workdir: Path) -> None:
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
     config["preprocess"]["mags"] = [5, 15]

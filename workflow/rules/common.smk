@@ -174,6 +174,11 @@ EFFICIENCY = config.get("efficiency", {})
 EFFICIENCY_METHODS = list(EFFICIENCY.get("methods") or MAIN_METHODS)
 ATTENTION = config.get("figures", {}).get("attention", {})
 
+try:
+    # A typo in a method's options fails here, not when its training starts.
+    ztrain.check_method_options(ALL_METHODS, LIB_ROOT / "models")
+except ZoomMILError as error:
+    raise ValueError(f"config: {error}") from None
 for _name in ABLATIONS:
     if _name in MAIN_METHODS:
         raise ValueError(f"config: ablation '{_name}' is also a method of Tables 1-3")

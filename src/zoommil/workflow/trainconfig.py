@@ -9,12 +9,14 @@ checkpoint, so no job of its own is needed to write it.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import to_plain
 
@@ -88,3 +90,70 @@ def dump_train_config(config: Mapping[str, Any]) -> str:
 def write_train_config(config: Mapping[str, Any], out: str | Path) -> None:
     """Write YAML atomically (tmp file + rename)."""
     write_text_atomic(out, dump_train_config(config))
+
+
+#: Keys of a method entry that are not model options (`zoommil.training.config.resolve_method`).
+METHOD_KEYS = ("arch", "train", "mags")
+
+
+def model_options(models_root: str | Path) -> dict[str, tuple[frozenset[str], bool]]:
+    """arch -> (constructor keyword names, whether it takes **kwargs) of every model, read
+    from the sources of `zoommil.models` (its ``_CLASSES`` and each class's ``__init__``).
+
+    Why ast and not `zoommil.models._accepted_options`: the workflow checks the methods when
+    it loads, and importing the models imports torch (~2 s and ~600 MB in the Snakemake
+    process, at every start and on every cluster node). A class without its own ``__init__``
+    is taken to accept anything.
+    """
+    root = Path(models_root)
+    package = ast.parse((root / "__init__.py").read_text(encoding="utf-8"))
+    module_of: dict[str, str] = {}
+    classes: dict[str, str] = {}
+    for node in ast.walk(package):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zoommil.models."):
+            for alias in node.names:
+                module_of[alias.asname or alias.name] = node.module.rsplit(".", 1)[1]
+        elif isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(node.value, ast.Dict):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(getattr(target, "id", None) == "_CLASSES" for target in targets):
+                for key, value in zip(node.value.keys, node.value.values, strict=True):
+                    classes[key.value] = value.id  # type: ignore[union-attr]
+    options = {}
+    for arch, cls in classes.items():
+        tree = ast.parse((root / f"{module_of[cls]}.py").read_text(encoding="utf-8"))
+        init = next(
+            (
+                item
+                for node in tree.body
+                if isinstance(node, ast.ClassDef) and node.name == cls
+                for item in node.body
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__"
+            ),
+            None,
+        )
+        if init is None:
+            options[arch] = (frozenset(), True)
+            continue
+        names = {a.arg for a in init.args.args + init.args.kwonlyargs} - {"self"}
+        options[arch] = (frozenset(names), init.args.kwarg is not None)
+    return options
+
+
+def check_method_options(methods: Mapping[str, Mapping[str, Any]], models_root: str | Path) -> None:
+    """Every method's options are keyword arguments its model takes, as `build_model` checks
+    when training starts; a typo (``sigm``) fails here, when the workflow loads."""
+    options = model_options(models_root)
+    for name, spec in methods.items():
+        spec = dict(spec or {})
+        arch = str(spec.get("arch", name)).strip().lower().replace("-", "_")
+        if arch not in options:
+            raise ZoomMILError(
+                f"method '{name}': unknown architecture '{arch}' (known: {', '.join(options)})"
+            )
+        accepted, var_kwargs = options[arch]
+        unknown = sorted(set(spec) - set(METHOD_KEYS) - accepted)
+        if unknown and not var_kwargs:
+            raise ZoomMILError(
+                f"method '{name}': model '{arch}' does not take option(s) {', '.join(unknown)}; "
+                f"it takes: {', '.join(sorted(accepted))}"
+            )
