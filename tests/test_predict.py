@@ -97,10 +97,13 @@ def test_zoom_inference_matches_the_full_feature_file(zoom_result, small_slide, 
     np.testing.assert_allclose(zoom_probs, probs, atol=1e-2)
 
 
-def test_single_scale_model_reads_the_rows_it_was_trained_on(tmp_path):
+@pytest.mark.parametrize("recorded", ["config_mags", "preprocessing"])
+def test_single_scale_model_reads_the_rows_it_was_trained_on(tmp_path, recorded):
     """ABMIL trained on the 20x rows of 5/10/20x feature files: predict tiles at 5/10/20x and
     filters tissue at 5x, as `zoommil features` did, so its bag is the feature file's 20x rows
-    (tiling and filtering at 20x alone keeps other patches) and its probabilities match."""
+    (tiling and filtering at 20x alone keeps other patches) and its probabilities match. The
+    feature files' magnifications come from the checkpoint's preprocessing record, also when
+    the method set its own `mags` (then config_mags is that override)."""
     slide = write_pyramid_tiff(tmp_path / "tissue.tiff", width=1024, height=768)
     full = tile_slide(slide, _recipe(MAGS))
     own = tile_slide(slide, _recipe([20.0]))
@@ -122,6 +125,9 @@ def test_single_scale_model_reads_the_rows_it_was_trained_on(tmp_path):
         "in_dim": 1024,
         "preprocessing": {"patch_size": PATCH, "weights": "random", "weights_seed": 0},
     }
+    if recorded == "preprocessing":  # a method with `mags: [20]` of its own
+        config["config_mags"] = [20.0]
+        config["preprocessing"]["mags"] = MAGS
     ckpt = save_checkpoint(tmp_path / "abmil.pt", abmil.state_dict(), config)
     predictor = Predictor.from_checkpoint(ckpt)
     assert predictor.mags == [20.0] and list(predictor.recipe.mags) == MAGS
@@ -372,13 +378,17 @@ def test_predict_many_passes_workers_to_the_reader_pool(
     assert main([*command, "--threads", "1", *argv]) == 0
     assert pools == [expected]  # the default on CPU is one reader process
 
-    # each of several slide processes: inline by default, else the readers asked for
+    # each of several slide processes: inline by default, else the readers asked for, started
+    # once per process and kept for its next slides
     pools.clear()
     monkeypatch.setitem(cohort._WORKER, "encoder", None)
     for workers in (None, 2):
         predictor = Predictor.from_checkpoint(checkpoint)
         monkeypatch.setitem(cohort._WORKER, "settings", cohort.Settings(predictor, workers=workers))
-        cohort._task_in_worker(cohort.SlideTask(str(small_slide)))
+        monkeypatch.delitem(cohort._WORKER, "reader", raising=False)  # a fresh process
+        for _ in range(2):
+            cohort._task_in_worker(cohort.SlideTask(str(small_slide)))
+    monkeypatch.delitem(cohort._WORKER, "reader", raising=False)
     assert pools == [0, 2]
 
 

@@ -82,7 +82,9 @@ class Predictor:
         model, config = model_from_checkpoint(checkpoint)
         model.to(device)
         recorded: Mapping[str, Any] = config.get("preprocessing") or {}
-        tiled = config.get("config_mags") or config["mags"]  # older checkpoints: model's own
+        # the feature files' magnifications (a method's own `mags` override is config_mags;
+        # checkpoints without either: the model's own)
+        tiled = recorded.get("mags") or config.get("config_mags") or config["mags"]
         recipe = PreprocessingRecipe.from_attrs(recorded, mags=tiled, weights=weights)
         return cls(
             model=model,
