@@ -392,6 +392,29 @@ def test_cells_from_fewer_seeds_say_how_many(tmp_path: Path) -> None:
     assert "| zoommil_random | selection | selection=random | 50.0 ± 0.0 (n=1) |" in ablation
 
 
+def test_each_table_counts_its_own_full_seeds(tmp_path: Path) -> None:
+    """Ablations may run more seeds than Tables 1-3 (`ablations.seeds`): complete main rows
+    carry no (n=k) because an ablation had 4 seeds; the ablation table marks its reference."""
+    data = fabricate_results(tmp_path)
+    extra = []
+    for seed in (1, 2, 3):
+        path = tmp_path / "eval" / "zoommil_random" / f"seed~{seed}.json"
+        path.write_text(json.dumps({"test": {"weighted_f1": 0.5, "accuracy": 0.5, "auc": 0.6}}))
+        extra.append(path)
+    _, outputs = _make_demo_tables(
+        tmp_path,
+        {**data, "evals": [*data["evals"], *extra]},
+        ablations={"zoommil_random": {"arch": "zoommil", "k": 4, "selection": "random"}},
+        reference="zoommil",
+    )
+    main = outputs["main_md"].read_text()
+    assert "(n=" not in main
+    assert "| **ZoomMIL** | 2.5x -> 5x -> 10x | 75.0 ± 7.1 | 76.0 ± 7.1 | 89.0 ± 1.4 |" in main
+    ablation = outputs["ablation_md"].read_text()
+    assert "fewer than the 4 of the full benchmark" in ablation
+    assert "75.0 ± 7.1 (n=2)" in ablation
+
+
 def test_tables_name_the_methods_timed_in_one_shared_pass(tmp_path: Path) -> None:
     data = fabricate_results(tmp_path)
     for path in data["timings"]["cpu1"]:

@@ -72,7 +72,8 @@ def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def full_seeds(summary: pd.DataFrame) -> int:
-    """The benchmark's number of seeds as the evaluations show it: the most any method has."""
+    """A table's full number of seeds as the evaluations show it: the most any of its rows
+    has (per table: `ablations.seeds` may differ from `train.seeds`)."""
     if "n_seeds" not in summary.columns or summary.empty:
         return 0
     counts = pd.to_numeric(summary["n_seeds"], errors="coerce").dropna()
@@ -554,8 +555,8 @@ def make_tables(
     shared_passes = sorted(group for group in shared if group)
     notes = table_notes(dataset, weights, qc_frame, skipped, encoder, late_frame, shared_passes)
 
-    seeds = full_seeds(summary)
     main = main_table(summary, methods, mags, flops_map, timing_map)
+    seeds = full_seeds(main)  # per table: ablations may run another number of seeds
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
     display = display_frame(main, "main", devices, seeds)
     main_notes = _with_seeds_note(notes, display, seeds)
@@ -565,6 +566,7 @@ def make_tables(
     write_text(outputs["main_tex"], to_latex(display, title, main_notes, best, f"tab:{dataset}"))
 
     ablation = ablation_table(summary, ablations, reference, methods, flops_map)
+    seeds = full_seeds(ablation)
     title = f"ZoomMIL ablations on {dataset}, {encoder} features (Table 4 style)"
     display = display_frame(ablation, "ablation", devices, seeds)
     ab_notes = _with_seeds_note(notes, display, seeds)
