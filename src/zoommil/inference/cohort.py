@@ -178,8 +178,10 @@ def _task_in_worker(task: SlideTask) -> dict[str, Any]:
             )
         except Exception as error:  # noqa: BLE001 - that slide's failure row
             return _failure(task, f"cannot build the encoder: {_one_line(error)}")
-    with ReaderPool(settings.workers or 0) as reader:  # default: each process reads inline
-        return classify(settings, task, _WORKER["encoder"], reader)
+    if "reader" not in _WORKER:  # kept for the process's next slides (a start costs ~0.5 s);
+        # its reader processes exit with this one. Default: each process reads inline
+        _WORKER["reader"] = ReaderPool(settings.workers or 0).start()
+    return classify(settings, task, _WORKER["encoder"], _WORKER["reader"])
 
 
 def classify(
