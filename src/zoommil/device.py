@@ -27,3 +27,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if resolved.index >= count:
             raise ZoomMILError(f"device {name!r} requested but only {count} CUDA device(s) exist")
     return resolved
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so that a phase timed on a GPU is its work, not
+    the launches (the next phase's first host copy would otherwise be charged for it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoommil.device import resolve_device
+from zoommil.device import resolve_device, synchronize
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.extraction import default_workers
 from zoommil.inference.predict import (
@@ -254,10 +254,6 @@ def _measure(
         predictor.model.to(device)
     encoder, info = make_encoder(predictors[0], device=device, precision=precision)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     p = predictors[0].patch_size
     rows = []
     excluded: dict[str, str] = {}
@@ -272,7 +268,7 @@ def _measure(
         for slide_id, path, slide_mpp in jobs:
             if slide_id in excluded:
                 continue
-            sync()
+            synchronize(device)
             tic = time.perf_counter()
             try:
                 results = predict_slide_shared(
@@ -281,7 +277,7 @@ def _measure(
             except SlideError as error:  # left out, listed in the result
                 excluded[slide_id] = error.reason
                 continue
-            sync()
+            synchronize(device)
             elapsed = time.perf_counter() - tic
             # the pass is everything but the heads; each model is charged it plus its head
             heads = [r["seconds"]["head"] for r in results]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoommil.device import synchronize
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.encoder_pool import AnyEncoder, EncoderRecipe, cpu_encoder
@@ -128,13 +129,6 @@ def _encode_regions(
     feats = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), dtype=np.float32)
     out = torch.from_numpy(feats).unsqueeze(0)
     return norm(out) if norm is not None else out
-
-
-def _finished(device: torch.device) -> None:
-    """Wait for the device's queued kernels, so that a phase timed on a GPU is its work, not
-    the launches (the next phase's first host copy would otherwise be charged for it)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Timer:
@@ -261,7 +255,7 @@ def _zoom_predict(
         encoded[mag_key(lattice.mags[m + 1])] = len(rows)
     with torch.inference_mode():
         logits = model.classify_pooled(pooled)
-    _finished(encoder.device)
+    synchronize(encoder.device)
     timer.add("head", tic)
     return _result(predictor, slide_path, logits, encoded, mpp0, source, selected, attention, timer)
 
@@ -331,7 +325,7 @@ def all_patch_predict_shared(
             )
         with torch.inference_mode():
             logits = predictor.model(feats, coords)
-        _finished(encoder.device)
+        synchronize(encoder.device)
         own.add("head", tic)
         encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
         result = _result(predictor, slide_path, logits, encoded, mpp0, source, [], [], own)
