@@ -222,25 +222,33 @@ def test_mpp_in_tile_args_is_refused(workdir: Path) -> None:
     )
 
 
-def test_method_option_typo_fails_before_any_job(workdir: Path) -> None:
-    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+def _method_option_typo(config: dict) -> None:
     config["methods"]["zoommil"]["sigm"] = 0.005
-    path = harness.write_config(workdir, config, "typo.yaml")
-    result = harness.snakemake(workdir, "-n", configfile=path, check=False)
-    text = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "config: method 'zoommil': model 'zoommil' does not take option(s) sigm" in text
-    assert "Building DAG" not in text
 
 
-def test_bad_recipe_fails_with_one_line_before_any_job(workdir: Path) -> None:
-    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+def _bad_mags(config: dict) -> None:
     config["preprocess"]["mags"] = [5, 15]
-    path = harness.write_config(workdir, config, "bad_mags.yaml")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (
+            _method_option_typo,
+            "config: method 'zoommil': model 'zoommil' does not take option(s) sigm",
+        ),
+        (_bad_mags, "config: preprocess/features: magnifications 5x and 15x are not power-of-two"),
+    ],
+    ids=["method_option_typo", "bad_recipe"],
+)
+def test_bad_config_fails_with_one_line_before_any_job(workdir: Path, spoil, message) -> None:
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    spoil(config)
+    path = harness.write_config(workdir, config, f"{spoil.__name__.strip('_')}.yaml")
     result = harness.snakemake(workdir, "-n", configfile=path, check=False)
     text = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "config: preprocess/features: magnifications 5x and 15x are not power-of-two" in text
+    assert message in text
     assert "Building DAG" not in text
 
 
