@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -76,22 +75,6 @@ def test_tiling_threshold_reruns_from_tiling(tiny) -> None:
     assert jobs["tile"] == jobs["features"] == 8
 
 
-def executed(result) -> dict[str, set[str]]:
-    """Rule -> the slides whose job a real run executed (from Snakemake's job log)."""
-    jobs: dict[str, set[str]] = {}
-    rule = None
-    for line in (result.stdout + result.stderr).splitlines():
-        match = re.match(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", line)
-        if match:
-            rule = match[1]
-            jobs.setdefault(rule, set())
-            continue
-        match = re.match(r"^\s*wildcards: slide=([^,\s]+)", line)
-        if match and rule is not None:
-            jobs[rule].add(match[1])
-    return jobs
-
-
 def test_mpp_fallbacks_rerun_only_the_slides_that_use_them(tiny, tmp_path) -> None:
     """`default_mpp` and the sheet's mpp are fallbacks (DESIGN: after every metadata source):
     setting them reruns the (cheap) inspection of every slide, but tissue, tiles and features
@@ -114,7 +97,7 @@ def test_mpp_fallbacks_rerun_only_the_slides_that_use_them(tiny, tmp_path) -> No
     config["default_mpp"] = 0.5
     configfile = harness.write_config(scratch, config, "default_mpp.yaml")
     result = harness.snakemake(scratch, "results/qc/slides.tsv", configfile=configfile)
-    ran = executed(result)
+    ran = harness.executed(result)
     assert len(ran["inspect"]) == 9, ran
     for rule in ("tissue", "tile", "features"):
         assert ran.get(rule) == {"bad_mpp"}, ran

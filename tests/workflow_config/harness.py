@@ -117,21 +117,32 @@ def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> d
     return counts
 
 
-def rerun_reasons(workdir: Path, configfile: Path | None = None) -> dict[str, set[str]]:
-    """Rule -> the reasons a dry run gives for its planned jobs (empty: nothing to be done)."""
-    result = snakemake(workdir, "-n", configfile=configfile)
-    reasons: dict[str, set[str]] = {}
+def job_lines(result: subprocess.CompletedProcess, pattern: str) -> dict[str, set[str]]:
+    """Rule -> the first group of ``pattern`` in the lines of each of its jobs in Snakemake's
+    job log (a rule with jobs but no matching line maps to an empty set)."""
+    found: dict[str, set[str]] = {}
     rule = None
     for line in (result.stdout + result.stderr).splitlines():
         match = re.match(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", line)
         if match:
             rule = match[1]
+            found.setdefault(rule, set())
             continue
-        match = re.match(r"^\s*reason: (.*)$", line)
+        match = re.match(pattern, line)
         if match and rule is not None:
-            reasons.setdefault(rule, set()).add(match[1])
-            rule = None
-    return reasons
+            found[rule].add(match[1])
+    return found
+
+
+def rerun_reasons(workdir: Path, configfile: Path | None = None) -> dict[str, set[str]]:
+    """Rule -> the reasons a dry run gives for its planned jobs (empty: nothing to be done)."""
+    result = snakemake(workdir, "-n", configfile=configfile)
+    return {r: s for r, s in job_lines(result, r"^\s*reason: (.*)$").items() if s}
+
+
+def executed(result: subprocess.CompletedProcess) -> dict[str, set[str]]:
+    """Rule -> the slides whose job a real run executed (from Snakemake's job log)."""
+    return job_lines(result, r"^\s*wildcards: slide=([^,\s]+)")
 
 
 def make_tiny_sheet(dest: Path, n_slides: int = 6, bad: bool = True) -> Path:
