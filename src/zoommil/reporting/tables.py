@@ -499,11 +499,11 @@ def write_csv(path: str | Path, frame: pd.DataFrame, notes: Sequence[str]) -> No
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def _with_seeds_note(notes: Sequence[str], display: pd.DataFrame, seeds: int) -> list[str]:
-    """``notes``, plus what ``(n=k)`` means when a cell of ``display`` carries it."""
-    marked = any(
-        " (n=" in str(cell) for header in METRIC_HEADERS.values() for cell in display[header]
-    )
+def _with_seeds_note(notes: Sequence[str], table: pd.DataFrame, seeds: int) -> list[str]:
+    """``notes``, plus what ``(n=k)`` means when a cell of ``table`` carries it (a metric
+    from 0 < k < ``seeds`` values, as `_pct` marks it)."""
+    counts = [pd.to_numeric(table[f"{m}_n"]) for m in METRICS if f"{m}_n" in table.columns]
+    marked = any(((n > 0) & (n < seeds)).any() for n in counts)
     return [*notes, fewer_seeds_note(seeds)] if marked else list(notes)
 
 
@@ -559,7 +559,7 @@ def make_tables(
     seeds = full_seeds(main)  # per table: ablations may run another number of seeds
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
     display = display_frame(main, "main", devices, seeds)
-    main_notes = _with_seeds_note(notes, display, seeds)
+    main_notes = _with_seeds_note(notes, main, seeds)
     best = best_row(main)
     write_csv(outputs["main_csv"], main, main_notes)
     write_text(outputs["main_md"], to_markdown(display, title, main_notes, best))
@@ -569,7 +569,7 @@ def make_tables(
     seeds = full_seeds(ablation)
     title = f"ZoomMIL ablations on {dataset}, {encoder} features (Table 4 style)"
     display = display_frame(ablation, "ablation", devices, seeds)
-    ab_notes = _with_seeds_note(notes, display, seeds)
+    ab_notes = _with_seeds_note(notes, ablation, seeds)
     ab_notes = ab_notes if ablations else ["no ablations configured", *ab_notes]
     best = best_row(ablation) if len(ablation) else None
     write_csv(outputs["ablation_csv"], ablation, ab_notes)
