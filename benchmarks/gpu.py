@@ -1,4 +1,4 @@
-"""The GPU path end to end: features, profile (ZoomMIL and ABMIL), predict and a training epoch.
+"""The GPU path end to end: features, profile (ZoomMIL and ABMIL), predict, a training epoch.
 
     bash benchmarks/gpu.sh            # GPU when there is one, else the CPU dry mode
     python benchmarks/gpu.py --dry    # CPU dry mode: tiny sizes, every step (CI runs this)
@@ -8,7 +8,9 @@ copied non-blocking, reader processes feeding it) on the real-size slides of
 benchmarks/make_large_slide.py (made when missing), `measure_throughput` for ZoomMIL and ABMIL
 (BRIGHT setting) on them, ZoomMIL's `zoommil predict` over 4 copies of the 40x slide in one
 process (the next slides tiled ahead), and one `zoommil train --device cuda` epoch on
-synthetic feature files of realistic bag sizes. Each step writes JSON under
+synthetic feature files of realistic bag sizes; last, features with a foundation-model
+architecture (UNI, ViT-L/16 at 224 px, random weights) on the first 200 tissue parents of the
+40x slide (its resize to 224 px and bf16 attention on the device). Each step writes JSON under
 results/benchmarks/gpu/ (dry mode: results/benchmarks/gpu-dry/ unless --out), with the
 device's busy (encode) time next to the time spent waiting for the readers, so a starved GPU
 shows.
@@ -67,7 +69,17 @@ def slides_for(dry: bool, work: Path) -> dict[str, Path]:
     return out
 
 
-def features_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -> dict:
+def features_step(
+    slides: dict[str, Path],
+    device: str,
+    dry: bool,
+    work: Path,
+    encoder: str | None = None,
+    parents: int | None = None,
+) -> dict:
+    """`extract_features` on each slide: every tissue parent (dry: 4), or the first
+    ``parents``; ``encoder`` a registered encoder (default the paper's ResNet-50), with
+    random weights, so the cost is the architecture's."""
     from features import subset_parents
 
     from zoommil.features.extraction import extract_features
@@ -80,12 +92,13 @@ def features_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -
         recipe = PreprocessingRecipe(mags=CAMELYON_MAGS, patch_size=64 if dry else 256)
         lattice = tile_slide(slide, recipe)
         coords = work / f"coords_{name}.h5"
-        write_coords(coords, subset_parents(lattice, 4 if dry else None))
+        write_coords(coords, subset_parents(lattice, 4 if dry else parents))
         result = extract_features(
             slide,
             coords,
-            work / f"features_{name}.h5",
+            work / f"features_{encoder or 'resnet'}_{name}.h5",
             weights="random",
+            encoder_name=encoder,
             device=device,
             precision="bf16" if device == "cuda" else "fp32",
             threads=1 if device == "cpu" else None,
@@ -95,6 +108,7 @@ def features_step(slides: dict[str, Path], device: str, dry: bool, work: Path) -
         rows.append(
             {
                 "slide": name,
+                "encoder": result.attrs.get("encoder"),
                 "patches": int(sum(result.num_patches)),
                 "seconds": result.seconds,
                 "patches_per_second": result.patches_per_second,
@@ -144,13 +158,12 @@ def profile_step(slides: dict[str, Path], ckpts: dict[str, Path], device: str) -
     rows = []
     for ckpt in ckpts.values():
         predictor = Predictor.from_checkpoint(ckpt, device=device)
-        if device == "cpu":
-            predictor.precision = "fp32"
         result = measure_throughput(
             predictor,
             [(name, path) for name, path in slides.items()],
             torch.device(device),
             threads=1,
+            precision="fp32" if device == "cpu" else "bf16",  # bf16 on a CPU is emulated
         )
         for r in result["per_slide"]:
             r["device_busy_seconds"] = r["phases"]["encode"]
@@ -285,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         ("profile", lambda: profile_step(slides, ckpts, device)),
         ("predict", lambda: predict_step(slides, ckpts, device, work)),
         ("train", lambda: train_step(device, dry, work)),
+        # last, so that the paper's steps are written even if this one runs out of time
+        ("features_uni", lambda: features_step(
+            {"40x": slides["40x"]}, device, dry, work, encoder="uni", parents=200
+        )),  # fmt: skip
     ):
         t0 = time.perf_counter()
         result = step()

@@ -140,6 +140,9 @@ CARD_BUILDS = {
 def test_full_models_match_the_cards_and_published_parameter_counts():
     """Whole models on the meta device (no memory, instant): architecture = the card's timm
     build, parameter count = the published one at its stated precision."""
+    # timm < 1.0.21 calls .item() on a linspace of drop-path rates while building a ViT,
+    # which the meta device refuses (building on the CPU instead would take ~20 GB)
+    pytest.importorskip("timm", minversion="1.0.21")
     counts = {}
     for name, spec in ENCODERS.items():
         with torch.device("meta"):

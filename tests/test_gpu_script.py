@@ -29,6 +29,7 @@ def test_gpu_script_dry_mode_runs_every_step(tmp_path: Path) -> None:
         assert row["device_busy_seconds"] > 0 and row["reader_wait_seconds"] >= 0
     profile = json.loads((tmp_path / "profile.json").read_text())
     assert [m["arch"] for m in profile["methods"]] == ["zoommil", "abmil"]
+    assert [m["precision"] for m in profile["methods"]] == ["fp32", "fp32"]  # no emulated bf16
     zoom, abmil = profile["methods"]
     assert all(r["patches_encoded"] > 0 for r in zoom["per_slide"] + abmil["per_slide"])
     predict = json.loads((tmp_path / "predict.json").read_text())
@@ -38,4 +39,6 @@ def test_gpu_script_dry_mode_runs_every_step(tmp_path: Path) -> None:
     train = json.loads((tmp_path / "train.json").read_text())
     assert train["slides"] == 16
     assert (tmp_path / "work" / "train" / "out" / "checkpoint.pt").exists()
+    uni = json.loads((tmp_path / "features_uni.json").read_text())
+    assert [(r["slide"], r["encoder"], r["patches"]) for r in uni["slides"]] == [("40x", "uni", 20)]
     assert json.loads((tmp_path / "summary.json").read_text())["seconds"] > 0
