@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,19 @@ def test_ci_of_two_slides_covers_the_bootstrap_distribution() -> None:
     # 1/4, so the 2.5th and 97.5th percentiles are 0 and 1
     interval = stats.method_ci(preds([0, 1], [0, 0]), "accuracy")
     assert (interval.estimate, interval.low, interval.high) == (0.5, 0.0, 1.0)
+
+
+def test_one_slide_left_has_no_interval_and_no_test() -> None:
+    # the other test slides excluded upstream: scipy's permutation test refuses one sample,
+    # and a zero-width "interval" would claim certainty; both are NaN, shown as n/a
+    a, b = preds([1], [1], [1]), preds([1], [0], [1])
+    assert math.isnan(stats.method_ci(a, "accuracy").low)
+    result = stats.compare(a, b, "accuracy")
+    assert result.difference == 0.5 and result.n_slides == 1
+    assert all(math.isnan(v) for v in (result.low, result.high, result.p_value))
+    table = tables.comparison_table({"a": a, "b": b}, "a", {"b": "baseline"}, {}, {})
+    shown = tables.comparison_display(table, {}, [])
+    assert shown.iloc[0]["p (Accuracy)"] == "n/a"
 
 
 def test_identical_predictions_differ_by_zero_with_p_one() -> None:

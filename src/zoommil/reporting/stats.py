@@ -21,6 +21,7 @@ Everything is deterministic: the same inputs give the same intervals and p-value
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,7 +160,8 @@ def bootstrap_ci(
 ) -> Interval:
     """Percentile bootstrap CI of ``statistic(idx)`` over slides resampled with replacement.
 
-    ``statistic`` maps slide-index arrays [..., n] to one value per array.
+    ``statistic`` maps slide-index arrays [..., n] to one value per array. One slide has no
+    interval (NaN bounds, shown as none), not a zero-width one that would claim certainty.
     """
     # imported on use: scipy.stats is slow to import and probes sys.modules for torch
     from scipy import stats
@@ -167,7 +169,7 @@ def bootstrap_ci(
     idx = np.arange(n_slides)
     estimate = float(statistic(idx))
     if n_slides < 2:
-        return Interval(estimate, estimate, estimate)
+        return Interval(estimate, math.nan, math.nan)
     result = stats.bootstrap(
         (idx,),
         lambda sample, axis=-1: statistic(np.moveaxis(sample, axis, -1)),
@@ -224,11 +226,14 @@ def permutation_p(
 
     A and B must already be paired (same slides, seeds, labels). The slides are encoded as
     indices into the concatenation [A | B], so that the test's within-pair swap moves a
-    slide's predictions (all seeds) from one method to the other.
+    slide's predictions (all seeds) from one method to the other. Fewer than two slides (the
+    others excluded upstream) are not tested: NaN, shown as n/a.
     """
     from scipy import stats
 
     n = len(a.slides)
+    if n < 2:
+        return math.nan, True
     both = Predictions(
         a.slides + b.slides,
         a.seeds,
