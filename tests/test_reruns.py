@@ -109,6 +109,34 @@ def test_mpp_fallbacks_rerun_only_the_slides_that_use_them(tiny, tmp_path) -> No
     assert "Nothing to be done" in again.stdout + again.stderr  # settled in one pass
 
 
+def test_a_slide_file_gone_after_inspection_is_excluded_not_the_run(tiny, tmp_path) -> None:
+    """A slide moved away after inspection (its tissue, tiles and features still to do)
+    becomes that slide's failure marker; before, the rules listed the file as an input and
+    the whole DAG stopped with a MissingInputException."""
+    workdir, configfile, _ = tiny
+    scratch = tmp_path / "gone"
+    shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
+    qc = pd.read_csv(scratch / "results/qc/slides.tsv", sep="\t", keep_default_na=False)
+    slide_id = qc.loc[qc["status"] == "ok", "slide_id"].iloc[0]
+    others_ok = set(qc.loc[qc["status"] == "ok", "slide_id"]) - {slide_id}
+    sheet = pd.read_csv(scratch / "slides.tsv", sep="\t").set_index("slide_id")
+    path = sheet.loc[slide_id, "path"]
+    assert not Path(path).is_absolute()  # the copy's own file, not the shared tiny run's
+    for stage, ext in (("tissue", "png"), ("coords", "h5"), ("features", "h5")):
+        (scratch / "results" / stage / f"{slide_id}.{ext}").unlink()
+    (scratch / "results/qc/slides.tsv").unlink()
+    # the copy's sheet names its own data/ files; --rerun-triggers mtime: the inspection
+    # stays done (as when the file goes while the run is past it), the input set may change
+    (scratch / path).rename(scratch / "gone.tiff")
+    result = harness.snakemake(
+        scratch, "results/qc/slides.tsv", "--rerun-triggers", "mtime", configfile=configfile
+    )
+    qc = pd.read_csv(scratch / "results/qc/slides.tsv", sep="\t", keep_default_na=False)
+    row = qc.set_index("slide_id").loc[slide_id]
+    assert (row["status"], row["stage"]) == ("missing", "tissue"), (row, result.stderr[-3000:])
+    assert set(qc.loc[qc["status"] == "ok", "slide_id"]) == others_ok
+
+
 def test_new_seed_only_adds_jobs(tiny) -> None:
     workdir, _, _ = tiny
     config = copy.deepcopy(harness.load_config())

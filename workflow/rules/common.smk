@@ -108,9 +108,11 @@ def existing_slide(wildcards):
 
 def slide_after_inspection(wildcards):
     """The slide, once the qc_inspect checkpoint is done: the rule's params read the mpp
-    inspection resolved (a job planned before the table exists is rebuilt after it)."""
+    inspection resolved (a job planned before the table exists is rebuilt after it). Like
+    `existing_slide`, no input once the file is gone: a slide moved away mid-run becomes
+    that slide's failure marker, not a MissingInputException that stops every slide."""
     checkpoints.qc_inspect.get()
-    return slide_path(wildcards)
+    return existing_slide(wildcards)
 
 
 def fallback_mpp(wildcards):

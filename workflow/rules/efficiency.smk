@@ -85,9 +85,10 @@ rule predict:
         runtime=30,
     params:
         code=code("predict"),
+        slide=slide_path,
         mpp=inspected_mpp_override,
         device=device,
     shell:
-        "zoommil predict {input.slide:q} --checkpoint {input.checkpoint} "
+        "zoommil predict {params.slide:q} --checkpoint {input.checkpoint} "
         "--heatmap {output.heatmap} --json {output.json} {params.mpp} "
         "--device {params.device} --no-fail > {log} 2>&1"

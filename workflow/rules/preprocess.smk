@@ -3,8 +3,9 @@
 # (status, stage, reason) as its output instead of stopping the run; qc_slides lists it in
 # results/qc/slides.tsv and training/evaluation read only usable slides. A crash or kill
 # still fails the job and leaves no output (Snakemake reruns it as incomplete). A sheet row
-# whose file does not exist is inspected too (status `missing`): inspect takes the path
-# through params and the file as an input only where it exists.
+# whose file does not exist is inspected too (status `missing`), and one that vanishes later
+# fails at its next stage: every rule takes the path through params and the file as an input
+# only where it exists.
 
 
 rule inspect:
@@ -64,11 +65,12 @@ rule tissue:
         runtime=10,
     params:
         code=code("tissue"),
+        slide=slide_path,
         mpp=inspected_mpp,
         method=RECIPE.tissue_method,
         extra=zwf.param_flags("--param", RECIPE.tissue_params),
     shell:
-        "zoommil tissue {input.slide:q} --out {output.mask} --method {params.method} "
+        "zoommil tissue {params.slide:q} --out {output.mask} --method {params.method} "
         "{params.mpp} {params.extra} --no-fail > {log} 2>&1"
 
 
@@ -88,20 +90,21 @@ rule tile:
         runtime=10,
     params:
         code=code("tile"),
+        slide=slide_path,
         mpp=inspected_mpp,
         recipe=zwf.tiling_flags(RECIPE),
         extra=zwf.cli_flags(config["preprocess"].get("tile_args")),
     # --no-tissue all: a slide without tissue keeps its patches here and is excluded (or
     # not) by qc_slides under the recipe's policy, so that the QC table can report it.
     shell:
-        "zoommil tile {input.slide:q} {params.recipe} --out {output.coords} "
+        "zoommil tile {params.slide:q} {params.recipe} --out {output.coords} "
         "--tissue-mask {input.mask} --no-tissue all {params.mpp} {params.extra} --no-fail "
         "> {log} 2>&1"
 
 
 rule features:
     input:
-        slide=slide_path,
+        slide=existing_slide,
         coords="results/coords/{slide}.h5",
     output:
         features="results/features/{slide}.h5",
@@ -116,11 +119,12 @@ rule features:
         gpu=1,
     params:
         code=code("features"),
+        slide=slide_path,
         recipe=zwf.encoder_flags(RECIPE),
         extra=zwf.cli_flags(config.get("features", {}).get("args")),
         device=device,
     shell:
-        "zoommil features {input.slide:q} --coords {input.coords} --out {output.features} "
+        "zoommil features {params.slide:q} --coords {input.coords} --out {output.features} "
         "{params.recipe} --device {params.device} --threads {threads} --no-progress "
         "{params.extra} --no-fail > {log} 2>&1"
 
