@@ -14,7 +14,7 @@ sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
 frame = sheet.load_sheet(sm.input.sheet, sm.params.classes)
 inspection = pd.read_csv(sm.input.inspection, sep="\t", dtype={"slide_id": str})
 features = {Path(p).stem: p for p in sm.input.features}
-table = qc.slides_table(inspection, features, sm.params.no_tissue)
+table = qc.slides_table(inspection, features, sm.params.no_tissue, sm.params.mags)
 qc.write_tsv(table, sm.output.table)
 qc.write_tsv(qc.usable_sheet(frame, table), sm.output.usable)
 qc.write_tsv(qc.features_manifest(table, features), sm.output.manifest)

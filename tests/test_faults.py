@@ -145,6 +145,67 @@ def test_an_unreadable_feature_file_excludes_its_slide_not_the_run(tmp_path):
     assert (row["status"], row["stage"]) == ("failed", "features") and "a.h5" in row["reason"]
 
 
+def _cut_feature_file(path: Path, mag: str, rows: int | None) -> None:
+    """Drop the last ``rows`` rows of every dataset of ``mag`` (None: the datasets)."""
+    with h5py.File(path, "r+") as handle:
+        for key in [k for k in handle.keys() if k.startswith(f"{mag}_")]:
+            data = handle[key][()]
+            del handle[key]
+            if rows is not None:
+                handle.create_dataset(key, data=data[:-rows])
+
+
+@pytest.mark.parametrize(
+    ("mags", "rows", "needles"),
+    [
+        (
+            [2.5, 5, 10],
+            None,
+            ["lacks dataset(s) 10.0x_patches", "(it has magnifications 2.5x, 5.0x)"],
+        ),
+        (None, None, ["lacks dataset(s) 10.0x_patches"]),
+        (None, 4, ["60 rows at 10.0x but 16 at 5.0x need 64 (4^1 each)", "descendant"]),
+        ([2.5, 10], 4, ["60 rows at 10.0x but 4 at 2.5x need 64 (4^2 each)"]),
+    ],
+)
+def test_a_feature_file_that_breaks_the_layout_fails_its_slide_at_features(
+    tmp_path, monkeypatch, mags, rows, needles
+):
+    """Training stopped, for every method, on a file with a magnification missing or rows cut
+    at one: QC excludes that slide with the reason, reading shapes only, and keeps the others."""
+    from zoommil.io.featurefile import write_feature_file
+
+    parents = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    coords = [parents, *(np.zeros((len(parents) * 4**d, 2), np.int64) for d in (1, 2))]
+    feats = [np.ones((len(c), 8), np.float32) for c in coords]
+    files = {}
+    for slide_id in ("good", "bad"):
+        files[slide_id] = write_feature_file(
+            tmp_path / f"{slide_id}.h5", [2.5, 5, 10], feats, coords, coords
+        )
+    _cut_feature_file(files["bad"], "10.0x", rows)
+    inspection = pd.DataFrame(
+        [{"slide_id": s, "label": "x", "split": "train", "status": "ok", "stage": "",
+          "reason": "", "mpp": 1.0, "mpp_source": "m", "quickhash": ""} for s in files]
+    )  # fmt: skip
+
+    def values_read(*args, **kwargs):
+        raise AssertionError("QC read feature values")
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", values_read)
+    recipe = {"mags": mags} if mags is not None else {}  # else the files' `mags` attribute
+    table = qc.slides_table(inspection, files, "exclude", **recipe).set_index("slide_id")
+    assert table.loc["good", "status"] == "ok"
+    bad = table.loc["bad"]
+    assert (bad["status"], bad["stage"]) == ("failed", "features")
+    assert str(files["bad"]) in bad["reason"] and "\n" not in bad["reason"]
+    for needle in needles:
+        assert needle in bad["reason"], bad["reason"]
+    assert qc.exclusion_summary(table.reset_index()) == (
+        "1 of 2 slides excluded (1 failed at features)"
+    )
+
+
 def test_an_upstream_marker_is_passed_on_with_its_stage(slides, tmp_path, capsys):
     mask, coords = tmp_path / "dark.png", tmp_path / "dark.h5"
     assert run_cli(capsys, "tissue", slides["dark"], "--out", mask, "--no-fail")[0] == 0

@@ -32,8 +32,15 @@ from zoommil.features.extraction import (
     plan_offsets,
 )
 from zoommil.io.coords import load_coords, write_coords
-from zoommil.io.featurefile import mag_key, read_attrs, read_feature_file, write_feature_file
+from zoommil.io.featurefile import (
+    FeatureFileWriter,
+    mag_key,
+    read_attrs,
+    read_feature_file,
+    write_feature_file,
+)
 from zoommil.recipe import PreprocessingRecipe
+from zoommil.workflow.failure import read_marker
 from zoommil.wsi import slide as slide_module
 from zoommil.wsi.lattice import Lattice, build_lattice, check_lattice
 from zoommil.wsi.lattice import descendant_offsets as quadtree_offsets
@@ -408,6 +415,36 @@ def test_missing_coords_and_bad_weights(tiny, tmp_path, capsys):
         out,
         str(weights),
     )
+
+
+def test_non_finite_features_are_refused_naming_the_slide(tiny, tmp_path, capsys, monkeypatch):
+    """NaN features passed QC and then stopped training for every method: the writer refuses
+    them, one line naming the slide and magnification, or with --no-fail a marker at features."""
+
+    def encode(self, patches):
+        out = np.zeros((len(patches), self.dim), np.float32)
+        out[0, 3] = np.nan
+        return out
+
+    monkeypatch.setattr(PatchEncoder, "encode", encode)
+    out = tmp_path / "f.h5"
+    argv = ["features", str(tiny["slide"]), "--coords", str(tiny["coords"]), "--out", str(out),
+            "--weights", "random", "--workers", "0", "--no-progress"]  # fmt: skip
+    _assert_fails(capsys, argv, out, str(tiny["slide"]), "5.0x contain NaN or inf", "first row 0")
+    assert main([*argv, "--no-fail"]) == 0
+    failure = read_marker(out)
+    assert (failure.status, failure.stage) == ("failed", "features")
+    assert "5.0x contain NaN or inf" in failure.reason
+
+    with FeatureFileWriter(tmp_path / "w.h5", [5.0, 10.0], [1, 4], 2, slide="s1") as writer:
+        rows = np.zeros((4, 2))
+        rows[2, 1] = np.inf
+        with pytest.raises(SlideError, match=r"^s1: features at 10.0x .* first row 2\)"):
+            writer.write(1, 0, rows)
+    arrays = ([np.full((1, 2), np.nan)], [np.zeros((1, 2))], [np.zeros((1, 2))])
+    with pytest.raises(SlideError, match="x.h5: features at 10.0x contain NaN"):
+        write_feature_file(tmp_path / "x.h5", [10.0], *arrays)
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_validate_plan_rejects_misordered_rows(tiny):

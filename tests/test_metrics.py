@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
 
+from zoommil.errors import ZoomMILError
 from zoommil.training.metrics import classification_metrics
 
 
@@ -144,8 +145,11 @@ def test_binary_auc_with_one_class_present_is_null() -> None:
 def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match="shape"):
         classification_metrics([0, 1], np.ones((2, 3)) / 3, ["a", "b"])
-    with pytest.raises(ValueError, match="NaN"):
-        classification_metrics([0, 1], np.array([[np.nan, 1], [0.5, 0.5]]), ["a", "b"])
+    nan = np.array([[np.nan, 1], [0.5, 0.5], [np.inf, 0]])
+    with pytest.raises(ZoomMILError, match=r"NaN or infinite for 2 of 3 slides \(row 0, row 2\)"):
+        classification_metrics([0, 1, 1], nan, ["a", "b"])
+    with pytest.raises(ZoomMILError, match=r"\(s0, s2\)"):
+        classification_metrics([0, 1, 1], nan, ["a", "b"], ["s0", "s1", "s2"])
     with pytest.raises(ValueError, match="at least one"):
         classification_metrics([], np.zeros((0, 2)), ["a", "b"])
     with pytest.raises(ValueError, match="out of range"):

@@ -201,6 +201,8 @@ def write_features(path: Path, counts: dict[str, int], no_tissue: bool = False) 
     with h5py.File(path, "w") as handle:
         for mag, n in counts.items():
             handle.create_dataset(f"{mag}_patches", data=np.zeros((n, 4), np.float32))
+            handle.create_dataset(f"{mag}_coords", data=np.zeros((n, 2), np.int64))
+            handle.create_dataset(f"{mag}_xy", data=np.zeros((n, 2), np.int64))
         handle.attrs["no_tissue_applied"] = no_tissue
     return path
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -510,6 +513,73 @@ def test_method_overrides_training_settings_and_mags(
     assert metrics["model_kwargs"] == {"k": 1}
     assert train_cli(config, tmp_path / "typo", "typo") == 2
     assert "unknown training setting(s) epoch" in _error_line(capsys)
+
+
+def _nan_rows(h5: h5py.File) -> None:
+    h5["10.0x_patches"][:2] = np.nan
+
+
+def _drop_10x(h5: h5py.File) -> None:
+    for key in [k for k in h5.keys() if k.startswith("10.0x_")]:
+        del h5[key]
+
+
+def _cut_10x(h5: h5py.File) -> None:
+    for key in [k for k in h5.keys() if k.startswith("10.0x_")]:
+        data = h5[key][()]
+        del h5[key]
+        h5.create_dataset(key, data=data[:-4])
+
+
+@pytest.mark.parametrize(
+    ("slide", "change", "method", "cache", "needles"),
+    [
+        ("val_01", _nan_rows, "abmil_small", "memory", ["2 of 32 feature rows at 10.0x", "NaN"]),
+        ("train_02", _nan_rows, "abmil_small", "disk", ["2 of 32 feature rows at 10.0x", "NaN"]),
+        (
+            "val_01",
+            _drop_10x,
+            "abmil_small",
+            "memory",
+            ["magnification(s) 10.0x (it has 2.5x, 5.0x)"],
+        ),
+        ("train_02", _cut_10x, "zoom", "memory", ["train_02 (", "28 rows, expected 4 x 8"]),
+    ],
+)
+def test_a_malformed_feature_file_is_one_line_naming_it(
+    dataset: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    slide: str,
+    change: Callable[[h5py.File], None],
+    method: str,
+    cache: str,
+    needles: list[str],
+) -> None:
+    """NaN rows ended in a traceback from the metrics or in 'training diverged'; a removed
+    magnification was reported with the file's attributes; ZoomMIL's layout error named no
+    slide. Each is now one line naming the feature file (NaN: before training, when cached)."""
+    features = tmp_path / "features"
+    features.mkdir()
+    for path in (dataset["root"] / "features").glob("*.h5"):
+        if path.stem == slide:
+            shutil.copyfile(path, features / path.name)
+        else:
+            (features / path.name).symlink_to(path)
+    bad = features / f"{slide}.h5"
+    with h5py.File(bad, "r+") as h5:
+        change(h5)
+    methods = {"abmil_small": {"arch": "abmil"}, "zoom": {"arch": "zoommil", "k": 1}}
+    config = write_config(
+        dataset, tmp_path, features_dir=str(features), cache=cache, methods=methods, epochs=1
+    )
+    assert train_cli(config, tmp_path / "out", method) == 2
+    line = _error_line(capsys)
+    assert str(bad) in line, line
+    for needle in needles:
+        assert needle in line, line
+    if change is _nan_rows and cache == "memory":  # found while the bags load
+        assert not (tmp_path / "out").exists()
 
 
 def _stop_epoch(val_losses: list[float], patience: int) -> int:

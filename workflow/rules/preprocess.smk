@@ -154,5 +154,6 @@ checkpoint qc_slides:
         code=code("scripts/qc_slides.py"),
         classes=config.get("classes"),
         no_tissue=RECIPE.no_tissue,
+        mags=list(RECIPE.mags),
     script:
         "../../scripts/qc_slides.py"

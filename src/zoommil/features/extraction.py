@@ -486,7 +486,7 @@ def extract_features(
         with (
             cpu_encoder(encoder, pool_recipe, threads if pooled else None) as runner,
             atomic_path(out_path) as tmp,
-            FeatureFileWriter(tmp, plan.mags, sizes, encoder.dim) as writer,
+            FeatureFileWriter(tmp, plan.mags, sizes, encoder.dim, slide_path) as writer,
         ):
             start = time.perf_counter()
             encode_plan(

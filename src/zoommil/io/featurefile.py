@@ -21,12 +21,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from zoommil.errors import ZoomMILError
+from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import GuardedFile, write_bytes_atomic
 from zoommil.recipe import mag_key
 
-__all__ = ["FeatureBag", "decode_attr", "encode_attr", "mag_key", "read_attrs",
-           "read_feature_file", "write_feature_file"]  # fmt: skip
+__all__ = ["FeatureBag", "check_finite", "decode_attr", "encode_attr", "mag_key", "patch_mags",
+           "read_attrs", "read_feature_file", "write_feature_file"]  # fmt: skip
 
 
 @dataclass
@@ -79,6 +79,23 @@ def decode_attr(value: Any) -> Any:
     return value
 
 
+def check_finite(slide: str | Path, mag: float, start: int, rows: np.ndarray) -> None:
+    """Refuse features with NaN or inf (`SlideError` naming the slide and magnification).
+
+    Why at the writer: such a file passes every shape check and then stops training of every
+    method (NaN losses, NaN probabilities); refused here, the slide fails at `features` with
+    its reason, and the rest of the cohort goes on.
+    """
+    bad = ~np.isfinite(rows).all(axis=tuple(range(1, rows.ndim))) if rows.size else []
+    if np.any(bad):
+        first = start + int(np.flatnonzero(bad)[0])
+        raise SlideError(
+            slide,
+            f"features at {mag_key(mag)} contain NaN or inf ({int(np.sum(bad))} of rows "
+            f"{start}..{start + len(rows) - 1}, first row {first}): refused, not written",
+        )
+
+
 def write_feature_file(
     path: str | Path,
     mags: Sequence[float],
@@ -92,13 +109,15 @@ def write_feature_file(
     in the same folder, then renamed).
 
     ``datasets``: extra arrays (e.g. ``tissue_fraction`` per parent) stored as datasets, since
-    HDF5 attributes are limited to 64 KiB.
+    HDF5 attributes are limited to 64 KiB. Non-finite features are refused (`check_finite`,
+    the slide named by ``path``).
     """
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
         for mag, f, c, p in zip(mags, feats, coords, xy, strict=True):
             key = mag_key(mag)
             f = np.asarray(f, dtype=np.float32)
+            check_finite(path, mag, 0, f)
             f = f.reshape(len(f), -1 if f.size else (f.shape[-1] if f.ndim > 1 else 0))
             chunks = (min(len(f), 1024), f.shape[1]) if f.size else None
             h5.create_dataset(f"{key}_patches", data=f, chunks=chunks)
@@ -132,13 +151,22 @@ class FeatureFileWriter:
             w.write(k, start_row, rows)
             ...
             w.finish(coords, xy, attrs, datasets)
+
+    Rows with NaN or inf are refused (`check_finite`): a `SlideError` naming ``slide``
+    (default: ``path``) and the magnification.
     """
 
     CHUNK_ROWS = 1024
 
     def __init__(
-        self, path: str | Path, mags: Sequence[float], sizes: Sequence[int], dim: int
+        self,
+        path: str | Path,
+        mags: Sequence[float],
+        sizes: Sequence[int],
+        dim: int,
+        slide: str | Path | None = None,
     ) -> None:
+        self.slide = path if slide is None else slide
         # through a GuardedFile: a full disk is an OSError at close, not an HDF5 segfault
         self._file = GuardedFile(path)
         self.h5 = h5py.File(self._file, "w")
@@ -160,7 +188,9 @@ class FeatureFileWriter:
         buffered = sum(len(b) for b in self.buffers[k])
         if start != self.next_row[k] + buffered:
             raise ValueError(f"rows of {mag_key(self.mags[k])} out of order at {start}")
-        self.buffers[k].append(np.asarray(rows, dtype=np.float32))
+        rows = np.asarray(rows, dtype=np.float32)
+        check_finite(self.slide, self.mags[k], start, rows)
+        self.buffers[k].append(rows)
         if buffered + len(rows) >= self.CHUNK_ROWS:
             self._flush(k)
 
@@ -228,6 +258,13 @@ def _decoded_attrs(path: str, inode: int, size: int, mtime_ns: int) -> dict[str,
         return {name: decode_attr(value) for name, value in h5.attrs.items()}
 
 
+def patch_mags(h5: h5py.File) -> list[str]:
+    """The magnifications whose ``*x_patches`` dataset the open file really has, lowest first
+    (its ``mags`` attribute may list more, e.g. after a dataset was removed)."""
+    keys = [k[: -len("_patches")] for k in h5.keys() if k.endswith("x_patches")]
+    return sorted(keys, key=lambda m: float(m[:-1]))
+
+
 def read_feature_file(path: str | Path, mags: Sequence[float] | None = None) -> FeatureBag:
     """Read the requested magnifications (default: all in the file), lowest first."""
     path = Path(path)
@@ -242,7 +279,7 @@ def read_feature_file(path: str | Path, mags: Sequence[float] | None = None) -> 
             if missing:
                 raise ZoomMILError(
                     f"{path}: magnification(s) {', '.join(mag_key(m) for m in missing)} not in "
-                    f"the feature file (it has {', '.join(mag_key(m) for m in available)})"
+                    f"the feature file (it has {', '.join(patch_mags(h5)) or 'none'})"
                 )
             feats = [h5[f"{mag_key(m)}_patches"][()] for m in wanted]
             coords = [h5[f"{mag_key(m)}_coords"][()] for m in wanted]

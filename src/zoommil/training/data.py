@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.io.featurefile import mag_key, read_attrs, read_feature_file
+from zoommil.io.featurefile import mag_key, patch_mags, read_attrs, read_feature_file
 from zoommil.io.sheet import read_table
 from zoommil.training.normalize import FeatureNorm
 
@@ -147,13 +147,13 @@ def bag_shapes(path: Path, mags: Sequence[float]) -> list[tuple[int, int]]:
     """(N_m, D) per magnification, read from the HDF5 header without loading the data."""
     try:
         with h5py.File(path, "r") as h5:
+            missing = [mag_key(m) for m in mags if f"{mag_key(m)}_patches" not in h5]
+            if missing:  # its datasets, not its `mags` attribute: a dataset may be gone
+                raise ZoomMILError(
+                    f"{path}: lacks magnification(s) {', '.join(missing)} (it has "
+                    f"{', '.join(patch_mags(h5)) or 'none'})"
+                )
             return [tuple(h5[f"{mag_key(m)}_patches"].shape) for m in mags]
-    except KeyError as error:
-        have = read_attrs(path).get("mags", [])
-        raise ZoomMILError(
-            f"{path}: lacks magnification(s) among {', '.join(mag_key(m) for m in mags)} "
-            f"(it has {have})"
-        ) from error
     except OSError as error:
         raise ZoomMILError(f"{path}: cannot read feature file ({error})") from error
 
@@ -272,6 +272,22 @@ def check_matches_checkpoint(path: Path, recipe: Mapping[str, Any], checkpoint: 
             )
 
 
+def check_finite_bag(path: Path, mags: Sequence[float], feats: Sequence[np.ndarray]) -> None:
+    """A bag with NaN or inf features is an error naming its file, before any training.
+
+    Why here: `zoommil features` refuses such rows, but a file written elsewhere (or by an
+    older version) would otherwise end as a NaN loss blamed on divergence, or as NaN
+    probabilities in the metrics. The bag is in memory already, so the check is cheap.
+    """
+    for mag, f in zip(mags, feats, strict=True):
+        bad = ~np.isfinite(f).all(axis=1) if f.ndim == 2 else ~np.isfinite(f)
+        if bad.any():
+            raise ZoomMILError(
+                f"{path}: {int(bad.sum())} of {len(f)} feature rows at {mag_key(mag)} contain "
+                "NaN or inf (re-extract this slide's features, or exclude it)"
+            )
+
+
 def _pinned(bag: Bag) -> Bag:
     return replace(
         bag,
@@ -312,6 +328,7 @@ class BagStore:
 
     def _load(self, record: SlideRecord) -> Bag:
         bag = read_feature_file(record.path, self.mags)
+        check_finite_bag(record.path, bag.mags, bag.feats)
         return Bag(
             slide_id=record.slide_id,
             label=record.label,

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from zoommil.errors import ZoomMILError
+
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Counts [true class, predicted class] (scikit-learn's ``confusion_matrix`` layout)."""
@@ -83,12 +85,14 @@ def classification_metrics(
     y_true: Sequence[int] | np.ndarray,
     probs: Sequence[Sequence[float]] | np.ndarray,
     classes: Sequence[str],
+    names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """All metrics of one split from integer labels and class probabilities [n, C].
 
     Predictions are the argmax of ``probs``. F1 scores follow scikit-learn: weighted F1 weights
     each class by its support; macro F1 and per-class F1 cover the classes that occur in the
     labels or the predictions (a class that occurs in neither has per-class F1 ``None``).
+    ``names`` (slide ids, one per row) name the rows of non-finite probabilities in the error.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -98,8 +102,14 @@ def classification_metrics(
         raise ValueError("metrics need at least one sample")
     if probs.shape != (len(y_true), n_classes):
         raise ValueError(f"probs has shape {probs.shape}, expected {(len(y_true), n_classes)}")
-    if not np.all(np.isfinite(probs)):
-        raise ValueError("probabilities contain NaN or infinite values")
+    bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+    if len(bad):
+        which = [str(names[i]) for i in bad] if names is not None else [f"row {i}" for i in bad]
+        shown = ", ".join(which[:5]) + (", ..." if len(which) > 5 else "")
+        raise ZoomMILError(
+            f"the model's class probabilities are NaN or infinite for {len(bad)} of "
+            f"{len(y_true)} slides ({shown}): it diverged, or their features are not finite"
+        )
     if y_true.min() < 0 or y_true.max() >= n_classes:
         raise ValueError("labels out of range of the class list")
     y_pred = probs.argmax(axis=1)

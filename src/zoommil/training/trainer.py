@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,17 @@ def bag_inputs(bag: Bag, device: torch.device) -> tuple[list[torch.Tensor], list
     return [f.to(device) for f in bag.feats], [c.to(device) for c in bag.coords]
 
 
+def _on_bag(store: BagStore, i: int, call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` on bag ``i``; a model's error about the bag (empty, wrong dimension, rows
+    that break ZoomMIL's descendant layout) names its slide and feature file, which the models
+    never see."""
+    try:
+        return call(*args)
+    except ZoomMILError as error:
+        record = store.records[i]
+        raise ZoomMILError(f"{record.slide_id} ({record.path}): {error}") from error
+
+
 def _check_logits(logits: torch.Tensor, n_classes: int, slide_id: str) -> torch.Tensor:
     if logits.shape != (1, n_classes):
         raise ZoomMILError(
@@ -132,7 +143,8 @@ def predict_store(
         for i in range(len(store)):
             bag = store[i]
             feats, coords = bag_inputs(bag, device)
-            logits = _check_logits(model(feats, coords), n_classes, bag.slide_id).float()
+            logits = _on_bag(store, i, model, feats, coords)
+            logits = _check_logits(logits, n_classes, bag.slide_id).float()
             target = torch.tensor([bag.label], device=device)
             losses[i] = F.cross_entropy(logits, target).item()
             probs[i] = torch.softmax(logits, dim=1)[0].cpu().numpy()
@@ -145,7 +157,8 @@ def split_report(
     """Metrics of a split plus one prediction per slide (what the tables and figures need)."""
     labels = np.asarray(store.labels)
     report = {"n_slides": len(store), "loss": float(losses.mean())}
-    report.update(classification_metrics(labels, probs, classes))
+    names = [record.slide_id for record in store.records]
+    report.update(classification_metrics(labels, probs, classes, names))
     report["predictions"] = [
         {
             "slide_id": record.slide_id,
@@ -186,9 +199,9 @@ def train_epoch(
         target = torch.tensor([bag.label], device=device)
         optimizer.zero_grad(set_to_none=True)
         if use_own_loss:
-            logits, loss = model.training_loss(feats, coords, target)
+            logits, loss = _on_bag(store, i, model.training_loss, feats, coords, target)
         else:
-            logits = model(feats, coords)
+            logits = _on_bag(store, i, model, feats, coords)
             loss = F.cross_entropy(_check_logits(logits, n_classes, bag.slide_id), target)
         if not torch.isfinite(loss):
             raise ZoomMILError(f"training diverged: loss is {loss.item()} on {bag.slide_id}")
@@ -351,7 +364,8 @@ def _fit(
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_epoch(model, train_store, list(run.sampler), optimizer, n_classes, dev)
         probs, losses = predict_store(model, val_store, n_classes, dev, seed)
-        val = classification_metrics(val_store.labels, probs, run.classes)
+        names = [record.slide_id for record in val_store.records]
+        val = classification_metrics(val_store.labels, probs, run.classes, names)
         val["loss"] = float(losses.mean())
         run.scheduler.step(val["loss"])
         if _better(run.cfg.selection, val, best):

@@ -11,15 +11,18 @@ slide listed under two names (train/test leakage) stops the run before any train
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 import pandas as pd
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import atomic_path
+from zoommil.io.featurefile import mag_key, patch_mags
 from zoommil.workflow.failure import read_marker
 
 INSPECT_COLUMNS = [
@@ -115,16 +118,69 @@ def feature_counts(path: str | Path) -> tuple[dict[str, int], bool]:
     return counts, bool(applied)
 
 
+def _rows(item: h5py.Dataset | h5py.Group | None) -> int | None:
+    """Rows of a dataset from its shape (its values are never read); None when not one."""
+    if not isinstance(item, h5py.Dataset) or not item.shape:
+        return None
+    return int(item.shape[0])
+
+
+def layout_problem(path: str | Path, mags: Sequence[float] | None = None) -> str | None:
+    """Why a feature file breaks the contract training relies on, else None; shapes only.
+
+    Checks that every magnification in ``mags`` (the recipe's; default: the file's own ``mags``
+    attribute, else its ``*x_patches`` datasets) has its patches, coords and xy datasets with
+    one row count, and that neighbouring magnifications keep the descendant layout
+    ``N_next = 4^d N_prev``. Ragged slide edges cannot break that: every child of a kept parent
+    is kept, read as white outside the slide (DESIGN.md). Cheap for large cohorts: a file's
+    shapes and attributes are read, never its features.
+    """
+    with h5py.File(path, "r") as handle:
+        have = patch_mags(handle)
+        if mags is None:
+            listed = handle.attrs.get("mags")
+            mags = [] if listed is None else [float(m) for m in np.ravel(listed)]
+            mags = mags or [float(m[:-1]) for m in have]
+        counts: list[tuple[float, int]] = []
+        for mag in sorted(float(m) for m in mags):
+            key = mag_key(mag)
+            rows = {
+                part: _rows(handle.get(f"{key}_{part}")) for part in ("patches", "coords", "xy")
+            }
+            missing = [f"{key}_{part}" for part, n in rows.items() if n is None]
+            if missing:
+                return (
+                    f"feature file {path} lacks dataset(s) {', '.join(missing)} "
+                    f"(it has magnifications {', '.join(have) or 'none'})"
+                )
+            if len(set(rows.values())) > 1:
+                found = ", ".join(f"{part} {n}" for part, n in rows.items())
+                return f"feature file {path}: rows at {key} differ between datasets ({found})"
+            counts.append((mag, rows["patches"]))
+    for (low, n_low), (high, n_high) in zip(counts, counts[1:], strict=False):
+        d = round(math.log2(high / low))
+        if n_high != 4**d * n_low:
+            return (
+                f"feature file {path}: {n_high} rows at {mag_key(high)} but {n_low} at "
+                f"{mag_key(low)} need {4**d * n_low} (4^{d} each): the rows break the "
+                "lattice's descendant layout"
+            )
+    return None
+
+
 def slides_table(
     inspection: pd.DataFrame,
     feature_files: Mapping[str, str | Path],
     no_tissue: str = "exclude",
+    mags: Sequence[float] | None = None,
 ) -> pd.DataFrame:
     """Final status per slide: the inspection status, then `no_tissue` after tiling.
 
     `feature_files` maps slide_id -> feature file for the slides that passed inspection. A
     slide is `no_tissue` when its feature file has no patches, or when no patch passed the
-    tissue threshold and the policy `no_tissue` is "exclude" ("all" keeps its patches).
+    tissue threshold and the policy `no_tissue` is "exclude" ("all" keeps its patches). A file
+    that lacks a magnification of ``mags`` (the recipe's) or breaks the descendant layout
+    (`layout_problem`) fails at `features`: training would stop on it, for every method.
     Adds one `n_<mag>` column per magnification (patch counts).
     """
     if no_tissue not in ("exclude", "all"):
@@ -148,12 +204,11 @@ def slides_table(
             continue
         try:
             counts, applied = feature_counts(path)
+            problem = layout_problem(path, mags)
         except OSError as error:  # written atomically, so only a damaged disk gets here
-            table.loc[index, ["status", "stage", "reason"]] = [
-                "failed",
-                "features",
-                f"unreadable feature file {path} ({error})",
-            ]
+            problem = f"unreadable feature file {path} ({error})"
+        if problem is not None:
+            table.loc[index, ["status", "stage", "reason"]] = ["failed", "features", problem]
             continue
         counts_by_id[slide_id] = counts
         if not counts or min(counts.values()) == 0:
