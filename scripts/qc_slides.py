@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from zoommil.errors import ZoomMILError
 from zoommil.io import sheet
 from zoommil.workflow import qc
 
@@ -19,3 +20,9 @@ qc.write_tsv(table, sm.output.table)
 qc.write_tsv(qc.usable_sheet(frame, table), sm.output.usable)
 qc.write_tsv(qc.features_manifest(table, features), sm.output.manifest)
 print(qc.exclusion_summary(table), file=sys.stderr)
+try:
+    qc.check_usable_splits(frame, table)
+except ZoomMILError as error:  # a split emptied by QC: stop before any training
+    print(f"qc_slides: error: {error}", file=sys.stderr)
+    print(f"qc_slides: error: {error}", file=sys.__stderr__)
+    sys.exit(1)

@@ -206,6 +206,25 @@ def test_a_feature_file_that_breaks_the_layout_fails_its_slide_at_features(
     )
 
 
+def test_a_split_emptied_by_qc_stops_before_training_naming_its_slides():
+    """Both test slides excluded after the sheet check: one error at the QC checkpoint naming
+    them with their reasons, instead of every train job training and then failing."""
+    sheet = pd.DataFrame(
+        {"slide_id": ["a", "b", "c", "d"], "split": ["train", "val", "test", "test"]}
+    )
+    rows = [("a", "ok", "", ""), ("b", "ok", "", ""),
+            ("c", "failed", "tissue", "truncated or corrupt TIFF file"),
+            ("d", "missing", "inspect", "file not found")]  # fmt: skip
+    table = pd.DataFrame(rows, columns=["slide_id", "status", "stage", "reason"])
+    with pytest.raises(ZoomMILError) as error:
+        qc.check_usable_splits(sheet, table)
+    message = str(error.value)
+    assert message.startswith("no usable test slides after QC: all 2 excluded: ")
+    assert "c (failed at tissue: truncated or corrupt TIFF file); d (missing at inspect" in message
+    table.loc[3, "status"] = "ok"  # one test slide left: fine
+    qc.check_usable_splits(sheet, table)
+
+
 def test_an_upstream_marker_is_passed_on_with_its_stage(slides, tmp_path, capsys):
     mask, coords = tmp_path / "dark.png", tmp_path / "dark.h5"
     assert run_cli(capsys, "tissue", slides["dark"], "--out", mask, "--no-fail")[0] == 0

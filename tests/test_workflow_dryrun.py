@@ -129,16 +129,19 @@ def test_missing_slide_file_is_excluded_and_the_rest_runs(tmp_path: Path) -> Non
     camelyon16 = workdir / "config" / "camelyon16.yaml"
     jobs = harness.planned_jobs(workdir, camelyon16, *args)
     assert jobs["inspect"] == 7 and jobs["qc_inspect"] == 1, jobs
-    # the QC stage for real (the empty files are not slides, so no tissue/tile job follows)
-    harness.snakemake(workdir, "results/qc/slides.tsv", *args, configfile=camelyon16)
-    qc = pd.read_csv(workdir / "results/qc/slides.tsv", sep="\t", keep_default_na=False)
+    # the inspection stage for real (the empty files are not slides either)
+    harness.snakemake(workdir, "results/qc/inspection.tsv", *args, configfile=camelyon16)
+    qc = pd.read_csv(workdir / "results/qc/inspection.tsv", sep="\t", keep_default_na=False)
     gone = qc.set_index("slide_id").loc["gone"]
-    assert (gone["status"], gone["stage"], gone["reason"]) == (
-        "missing",
-        "inspect",
-        "file not found",
-    )
+    assert (gone["status"], gone["reason"]) == ("missing", "file not found")
     assert set(qc["slide_id"]) == {"gone"} | {f"s{i}" for i in range(6)}
+    # so every split is empty after QC: the checkpoint stops, before any training, naming them
+    result = harness.snakemake(
+        workdir, "results/qc/slides.tsv", *args, configfile=camelyon16, check=False
+    )
+    log = (workdir / "results/logs/qc_slides/qc_slides.log").read_text()
+    assert result.returncode != 0
+    assert "qc_slides: error: no usable train slides after QC: all " in log, log
 
 
 def _expect_sheet_error(workdir: Path, rows: list[str], needle: str) -> str:

@@ -23,6 +23,7 @@ import pandas as pd
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import atomic_path
 from zoommil.io.featurefile import mag_key, patch_mags
+from zoommil.io.sheet import SPLITS
 from zoommil.workflow.failure import read_marker
 
 INSPECT_COLUMNS = [
@@ -234,6 +235,36 @@ def usable_sheet(sheet: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     rows = rows.reset_index(drop=True)
     rows["mpp"] = [ok.loc[s, "mpp"] for s in rows["slide_id"]]
     return rows
+
+
+def check_usable_splits(sheet: pd.DataFrame, table: pd.DataFrame, shown: int = 5) -> None:
+    """Every split keeps a usable slide after QC, else one error naming its excluded slides.
+
+    Why at the QC checkpoint: the sheet check (`sheet.check_splits`) sees the rows, not what
+    QC excludes; without this, every train job of every method and seed trains in full and
+    only then fails for lack of test slides to evaluate.
+    """
+    status = table.set_index("slide_id")
+    for split in SPLITS:
+        ids = list(sheet.loc[sheet["split"] == split, "slide_id"])
+        if not ids or any(status.loc[s, "status"] == "ok" for s in ids if s in status.index):
+            continue
+        why = [_excluded_because(s, status.loc[s]) for s in ids[:shown] if s in status.index]
+        more = f"; and {len(ids) - shown} more" if len(ids) > shown else ""
+        raise ZoomMILError(
+            f"no usable {split} slides after QC: all {len(ids)} excluded: {'; '.join(why)}"
+            f"{more} (see results/qc/slides.tsv); model selection needs validation slides "
+            "and the results need test slides"
+        )
+
+
+def _excluded_because(slide_id: str, row: pd.Series) -> str:
+    """'demo_003 (failed at tissue: truncated file)'."""
+    stage = row.get("stage", "")
+    reason = row.get("reason", "")
+    where = f" at {stage}" if isinstance(stage, str) and stage else ""
+    why = f": {reason}" if isinstance(reason, str) and reason else ""
+    return f"{slide_id} ({row['status']}{where}{why})"
 
 
 def features_manifest(table: pd.DataFrame, feature_files: Mapping[str, str | Path]) -> pd.DataFrame:
