@@ -72,7 +72,7 @@ def test_schema_defaults_are_the_recipe_defaults() -> None:
     assert tissue["no_tissue"]["default"] == default("no_tissue")
     assert sorted(tissue["no_tissue"]["enum"]) == sorted(NO_TISSUE_POLICIES)
     assert features["encoder"]["default"] == default("encoder")
-    assert features["weights"]["default"] == default("weights")
+    assert "default" not in features["weights"]  # the encoder's own: test below
     assert features["seed"]["default"] == default("weights_seed")
     assert features["precision"]["default"] == default("precision")
 
@@ -92,6 +92,18 @@ def test_from_config_reads_the_workflow_keys() -> None:
     assert recipe.mags == tuple(float(m) for m in config["preprocess"]["mags"])
     assert recipe.weights == "random" and recipe.precision == config["features"]["precision"]
     assert recipe.no_tissue == "exclude"
+
+
+@pytest.mark.parametrize(
+    ("features", "weights"),
+    [({}, "imagenet"), ({"encoder": "uni"}, "hf"), ({"encoder": "phikon-v2"}, "hf"),
+     ({"encoder": "uni", "weights": "random"}, "random")],
+)  # fmt: skip
+def test_unset_weights_are_the_encoders_default(features: dict, weights: str) -> None:
+    """A foundation encoder without `features.weights` got `--weights imagenet` (the schema's
+    default), which `zoommil features` refuses: every feature job of the cohort failed."""
+    config = {"preprocess": {"mags": [10, 20]}, "features": features}
+    assert PreprocessingRecipe.from_config(config).weights == weights
 
 
 def test_recipe_travels_coords_features_checkpoint_predict(tmp_path: Path) -> None:

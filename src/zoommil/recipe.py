@@ -324,7 +324,10 @@ class PreprocessingRecipe:
                 "no_tissue_policy": tissue.get("no_tissue"),
                 "allow_upsampling": pre.get("allow_upsampling"),
                 "encoder": features.get("encoder"),
-                "weights": features.get("weights"),
+                # unset: the encoder's own default (imagenet is the ResNet's only)
+                "weights": default_weights(features.get("encoder"))
+                if features.get("weights") is None
+                else features["weights"],
                 "weights_seed": features.get("seed"),
                 "precision": features.get("precision"),
             }

@@ -27,6 +27,7 @@ try:
     RECIPE = PreprocessingRecipe.from_config(config)
 except ZoomMILError as error:
     raise ValueError(f"config: preprocess/features: {error}") from None
+config["features"]["weights"] = RECIPE.weights  # the report names what the rules pass
 # `--sdm conda`: envs/*.post-deploy.sh install zoommil from the checkout this run imports.
 os.environ.setdefault("ZOOMMIL_SOURCE", str(Path(zwf.__file__).resolve().parents[3]))
 SLIDE_SCHEMA = yaml.safe_load(

@@ -128,7 +128,7 @@ def load_sheet(
     if missing:
         raise ZoomMILError(
             f"{sheet}: missing column(s) {', '.join(missing)}; "
-            f"a sheet needs {', '.join(REQUIRED_COLUMNS)} (optional: mpp)"
+            f"a sheet needs {', '.join(REQUIRED_COLUMNS)} (optional: mpp, patient)"
         )
     if frame.empty:
         raise ZoomMILError(f"{sheet}: the sheet has no rows")
