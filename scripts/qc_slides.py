@@ -20,6 +20,9 @@ qc.write_tsv(table, sm.output.table)
 qc.write_tsv(qc.usable_sheet(frame, table), sm.output.usable)
 qc.write_tsv(qc.features_manifest(table, features), sm.output.manifest)
 print(qc.exclusion_summary(table), file=sys.stderr)
+for warning in qc.classes_lost(frame, table):
+    print(f"qc_slides: warning: {warning}", file=sys.stderr)
+    print(f"qc_slides: warning: {warning}", file=sys.__stderr__)
 try:
     qc.check_usable_splits(frame, table)
 except ZoomMILError as error:  # a split emptied by QC: stop before any training

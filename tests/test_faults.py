@@ -225,6 +225,22 @@ def test_a_split_emptied_by_qc_stops_before_training_naming_its_slides():
     qc.check_usable_splits(sheet, table)
 
 
+def test_a_class_that_qc_empties_in_a_split_is_a_warning_naming_it():
+    sheet = pd.DataFrame(
+        {"slide_id": list("abcde"), "split": ["train"] * 3 + ["val", "test"],
+         "label": ["x", "y", "y", "x", "x"]}
+    )  # fmt: skip
+    rows = [("a", "ok", "", ""), ("b", "failed", "tissue", "truncated"),
+            ("c", "no_tissue", "tile", ""), ("d", "ok", "", ""), ("e", "ok", "", "")]  # fmt: skip
+    table = pd.DataFrame(rows, columns=["slide_id", "status", "stage", "reason"])
+    assert qc.classes_lost(sheet, table) == [
+        "no usable train slides of class y (2 excluded: b (failed at tissue: truncated); "
+        "c (no_tissue at tile))"
+    ]
+    table.loc[1, "status"] = "ok"
+    assert qc.classes_lost(sheet, table) == []
+
+
 def test_an_upstream_marker_is_passed_on_with_its_stage(slides, tmp_path, capsys):
     mask, coords = tmp_path / "dark.png", tmp_path / "dark.h5"
     assert run_cli(capsys, "tissue", slides["dark"], "--out", mask, "--no-fail")[0] == 0

@@ -258,6 +258,27 @@ def check_usable_splits(sheet: pd.DataFrame, table: pd.DataFrame, shown: int = 5
         )
 
 
+def classes_lost(sheet: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """Warnings for labels the sheet has in a split but QC left no usable slide of, e.g.
+    'no usable train slides of class carcinoma (1 excluded: ...)': the benchmark still runs,
+    but a model never trained on a class, or a test set without it, changes what the
+    tables mean."""
+    ok = set(table.loc[table["status"] == "ok", "slide_id"])
+    status = table.set_index("slide_id")
+    out = []
+    for (split, label), rows in sheet.groupby(["split", "label"], sort=True):
+        ids = list(rows["slide_id"])
+        if ok.isdisjoint(ids):
+            why = "; ".join(
+                _excluded_because(s, status.loc[s]) for s in ids[:3] if s in status.index
+            )
+            more = f"; and {len(ids) - 3} more" if len(ids) > 3 else ""
+            out.append(
+                f"no usable {split} slides of class {label} ({len(ids)} excluded: {why}{more})"
+            )
+    return out
+
+
 def _excluded_because(slide_id: str, row: pd.Series) -> str:
     """'demo_003 (failed at tissue: truncated file)'."""
     stage = row.get("stage", "")
