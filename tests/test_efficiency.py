@@ -239,9 +239,69 @@ def test_profile_reads_a_sheets_empty_mpp_cells_as_no_override(tmp_path):
     rows += ["d\td.tiff\tx\ttest\tnone", "e\te.tiff\tx\ttest\t"]
     sheet = tmp_path / "s.tsv"
     sheet.write_text("slide_id\tpath\tlabel\tsplit\tmpp\n" + "\n".join(rows) + "\n")
-    pairs, mpp = profile_slides(sheet, None, "test", 10)
+    pairs, mpp = profile_slides(sheet, None, "test")
     assert [p[0] for p in pairs] == list("abcde")
     assert mpp == {"c": 0.5}
     sheet.write_text("slide_id\tpath\tlabel\tsplit\tmpp\na\ta.tiff\tx\ttest\tabc\n")
     with pytest.raises(ZoomMILError, match=r"slide a: mpp 'abc' is not a number"):
-        profile_slides(sheet, None, "test", 10)
+        profile_slides(sheet, None, "test")
+
+
+def _profile_setup(tmp_path: Path, ids: list[str]) -> tuple[Path, Path]:
+    """A ZoomMIL checkpoint and a sheet of test slides named ``ids``: those starting with
+    "bad" are cut to 60% of their size (a file truncated after its features were made)."""
+    from slide_factory import write_pyramid_tiff
+
+    mags = [5.0, 10.0]
+    torch.manual_seed(0)
+    model = build_model("zoommil", in_dim=1024, n_classes=2, mags=mags, k=2)
+    config = {
+        "method": "zoommil",
+        "arch": "zoommil",
+        "kwargs": {"k": 2},
+        "classes": ["a", "b"],
+        "mags": mags,
+        "config_mags": mags,
+        "in_dim": 1024,
+        "preprocessing": {"patch_size": 64, "weights": "random", "weights_seed": 0},
+    }
+    ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    rows = []
+    for i, slide_id in enumerate(ids):
+        path = write_pyramid_tiff(tmp_path / f"{slide_id}.tiff", width=512, height=512, seed=i)
+        if slide_id.startswith("bad"):
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) * 6 // 10])
+        rows.append(f"{slide_id}\t{path}\ta\ttest\t\n")
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\tmpp\n" + "".join(rows))
+    return ckpt, sheet
+
+
+@pytest.mark.parametrize(
+    ("ids", "threads", "max_slides", "timed", "excluded"),
+    [
+        (["bad1", "good1", "good2"], "1", 1, {"good1"}, {"bad1"}),
+        (["bad1", "good1", "bad2", "good2", "good3"], "2", 2, {"good1", "good2"}, {"bad1", "bad2"}),
+    ],
+)
+def test_an_unreadable_slide_is_replaced_by_the_next_readable_one(
+    tmp_path, ids, threads, max_slides, timed, excluded
+):
+    """The first --max-slides slides that can be read are timed: one found unreadable at
+    profile time is listed with its reason and the next takes its place (it failed the job
+    with "no slide could be profiled" although other test slides were readable). With 2
+    processes too; a failed warm-up slide is replaced by the next as well."""
+    ckpt, sheet = _profile_setup(tmp_path, ids)
+    out = tmp_path / "t.json"
+    argv = ["profile", "--checkpoint", str(ckpt), "--device", "cpu", "--sheet", str(sheet)]
+    argv += ["--threads", threads, "--max-slides", str(max_slides), "--warmup", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    rows = record["per_slide"]
+    assert len(rows) == max_slides and {r["slide_id"] for r in rows} == timed
+    assert record["processes"] == int(threads) and record["warmup_slides"] == 1
+    busy = [sum(r["seconds"] for r in rows if r["pid"] == pid) for pid in {r["pid"] for r in rows}]
+    assert record["seconds_per_slide"] == pytest.approx(max(busy) / max_slides)
+    reasons = {e["slide_id"]: e["reason"] for e in record["excluded_slides"]}
+    assert set(reasons) == excluded and all("TIFF" in r for r in reasons.values()), reasons

@@ -47,7 +47,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--slides", nargs="+", help="slide_ids to time (default: the split's)")
     parser.add_argument("--split", default="test", help="split to time when --slides is absent")
     parser.add_argument(
-        "--max-slides", type=int, default=3, help="time at most N slides (default 3)"
+        "--max-slides",
+        type=int,
+        default=3,
+        help="time the first N slides that can be read; an unreadable one is listed in the "
+        "JSON with its reason and the next slide is timed instead (default 3)",
     )
     parser.add_argument(
         "--warmup",

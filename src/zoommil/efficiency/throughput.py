@@ -6,6 +6,11 @@ run first and not counted (``warmup``, default 0) and the encoder always sees on
 batch first, so one-off costs (allocators, thread pools, kernel selection) do not land on the
 first slide.
 
+The slides are candidates in order: the first ``max_slides`` that can be read are timed, and
+one that cannot (a `SlideError`, e.g. a file truncated after its features were made) is listed
+with its reason while the next candidate takes its place (`SlideClaims`), so one bad slide
+does not fail a timing while readable ones are left.
+
 Methods that read the same patches (the all-patch baselines at one set of magnifications) are
 timed together (`measure_shared_throughput`): each slide is tiled, read and encoded once and
 every method is charged that pass plus its own head, which is the time it takes alone; timing
@@ -22,8 +27,10 @@ feeding it.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +73,33 @@ def device_name(device: torch.device) -> str:
     return cpu_model()
 
 
+class SlideClaims:
+    """Hands out candidate slides (their indices) in order until ``target`` are held (timed
+    or being timed); a slide that cannot be read is given back (`release`), so the next
+    candidate takes its place. The timed slides are thus the first ``target`` readable ones
+    whichever process reads them. Across worker processes ``state`` ([next index, held]) and
+    ``lock`` are a manager's proxies; in one process, a list and a thread lock."""
+
+    def __init__(self, n: int, target: int, state: Any = None, lock: Any = None) -> None:
+        self.n, self.target = n, target
+        self._state = [0, 0] if state is None else state
+        self._lock = threading.Lock() if lock is None else lock
+
+    def claim(self) -> int | None:
+        """The next candidate's index, or None when enough are held or none is left."""
+        with self._lock:
+            index, held = self._state[0], self._state[1]
+            if held >= self.target or index >= self.n:
+                return None
+            self._state[0], self._state[1] = index + 1, held + 1
+            return index
+
+    def release(self) -> None:
+        """A claimed slide could not be read: its place goes to the next candidate."""
+        with self._lock:
+            self._state[1] = self._state[1] - 1
+
+
 def measure_throughput(
     predictor: Predictor,
     slides: Sequence[tuple[str, str | Path]],
@@ -75,14 +109,17 @@ def measure_throughput(
     warmup: int = 0,
     mpp: dict[str, float] | None = None,
     batch_size: int | None = None,
+    max_slides: int | None = None,
 ) -> dict[str, Any]:
-    """Seconds per slide and slides per hour over ``slides`` ((slide_id, path) pairs).
+    """Seconds per slide and slides per hour over the first ``max_slides`` (default all) of
+    ``slides`` ((slide_id, path) pairs, candidates in order) that can be read.
 
-    A slide that cannot be read (`SlideError`) is left out and listed under
-    ``excluded_slides`` with its reason; the measurement fails only if no slide is left.
+    A slide that cannot be read (`SlideError`) is left out, listed under ``excluded_slides``
+    with its reason, and the next candidate is timed in its place; the measurement fails only
+    if no candidate can be read.
     """
     return measure_shared_throughput(
-        [predictor], slides, device, threads, precision, warmup, mpp, batch_size
+        [predictor], slides, device, threads, precision, warmup, mpp, batch_size, max_slides
     )[0]
 
 
@@ -95,12 +132,13 @@ def measure_shared_throughput(
     warmup: int = 0,
     mpp: dict[str, float] | None = None,
     batch_size: int | None = None,
+    max_slides: int | None = None,
 ) -> list[dict[str, Any]]:
     """`measure_throughput` of models that read the same patches, one record each: every
     slide is tiled, read and encoded once, and each model is charged that pass plus its own
     head (``shared_pass`` in the records names the models that shared it)."""
     return measure_groups_throughput(
-        [predictors], slides, device, threads, precision, warmup, mpp, batch_size
+        [predictors], slides, device, threads, precision, warmup, mpp, batch_size, max_slides
     )[0]
 
 
@@ -113,6 +151,7 @@ def measure_groups_throughput(
     warmup: int = 0,
     mpp: dict[str, float] | None = None,
     batch_size: int | None = None,
+    max_slides: int | None = None,
 ) -> list[list[dict[str, Any]]]:
     """`measure_shared_throughput` of each group of ``groups`` (models that share a pass, or
     one model), group after group, one list of records per group.
@@ -122,6 +161,9 @@ def measure_groups_throughput(
     a group in the demo's all-cores timing job, outside any timed slide but inside the job.
     ``wall_seconds`` of a group is the longest any process spent on it (encoder set-up,
     warm-up and its slides); the start of the processes is outside every group's.
+
+    ``slides`` are candidates: every group times the first ``max_slides`` (default all) that
+    it can read (`SlideClaims`), each process taking the next candidate as it finishes one.
     """
     check_warmup(warmup)
     for predictors in groups:
@@ -129,25 +171,34 @@ def measure_groups_throughput(
             check_shared_pass(predictors)
     mpp = mpp or {}
     slides = list(slides)
+    target = len(slides) if max_slides is None else min(max_slides, len(slides))
     if device.type == "cuda":
         processes, workers = 1, default_workers(device)
-    else:
-        processes, workers = max(1, min(threads, len(slides))), 0
+    else:  # no more processes than slides to time: a spare is read only if one fails
+        processes, workers = max(1, min(threads, target)), 0
     jobs = [(slide_id, str(path), mpp.get(slide_id)) for slide_id, path in slides]
     if processes == 1:
+        claims = [SlideClaims(len(jobs), target) for _ in groups]
         saved_threads = torch.get_num_threads()  # the caller's setting survives the timing
         torch.set_num_threads(threads if device.type == "cuda" else 1)
         try:
-            parts = [_measure_groups(groups, jobs, device, precision, warmup, workers, batch_size)]
+            parts = [
+                _measure_groups(
+                    groups, jobs, claims, device, precision, warmup, workers, batch_size
+                )
+            ]
         finally:
             torch.set_num_threads(saved_threads)
     else:
-        shares = [jobs[i::processes] for i in range(processes)]
-        args = [(groups, share, device, precision, warmup, 0, batch_size) for share in shares]
-        parts = starmap_in_processes(_measure_groups, args, processes)
+        with multiprocessing.get_context("spawn").Manager() as manager:
+            claims = [
+                SlideClaims(len(jobs), target, manager.list([0, 0]), manager.Lock()) for _ in groups
+            ]
+            args = [(groups, jobs, claims, device, precision, warmup, 0, batch_size)] * processes
+            parts = starmap_in_processes(_measure_groups, args, processes)
     records = []
     for g, predictors in enumerate(groups):
-        # per process: (rows, info, precision used, excluded, seconds) of this group
+        # per process: (rows, info, precision used, excluded, warm-ups, seconds) of this group
         timed = [part[g] for part in parts]
         rows = [r for t in timed for r in t[0]]
         info, used = timed[0][1], timed[0][2]
@@ -156,14 +207,14 @@ def measure_groups_throughput(
             raise ZoomMILError(
                 "no slide could be profiled: " + "; ".join(f"{s}: {r}" for s, r in excluded.items())
             )
-        wall = max(t[4] for t in timed)
+        wall = max(t[5] for t in timed)
         shared = [p.method for p in predictors] if len(predictors) > 1 else None
         records.append(
             [
                 _summary(predictor, [r[i] for r in rows], device, threads, processes, workers, info)
                 | {
                     "precision": used,
-                    "warmup_slides": min(warmup, len(slides)),
+                    "warmup_slides": min(t[4] for t in timed),
                     "wall_seconds": wall,
                     "shared_pass": shared,
                     "excluded_slides": [{"slide_id": s, "reason": r} for s, r in excluded.items()],
@@ -221,6 +272,7 @@ def _summary(
 def _measure_groups(
     groups: Sequence[Sequence[Predictor]],
     jobs: Sequence[tuple[str, str, float | None]],
+    claims: Sequence[SlideClaims],
     device: torch.device,
     precision: str | None,
     warmup: int,
@@ -230,9 +282,11 @@ def _measure_groups(
     """`_measure` of each group over ``jobs``, in this process (also the body of each worker
     process): per group, its result plus the seconds this process spent on it."""
     out = []
-    for predictors in groups:
+    for predictors, group_claims in zip(groups, claims, strict=True):
         tic = time.perf_counter()
-        result = _measure(predictors, jobs, device, precision, warmup, workers, batch_size)
+        result = _measure(
+            predictors, jobs, group_claims, device, precision, warmup, workers, batch_size
+        )
         out.append((*result, time.perf_counter() - tic))
     return out
 
@@ -240,14 +294,18 @@ def _measure_groups(
 def _measure(
     predictors: Sequence[Predictor],
     jobs: Sequence[tuple[str, str, float | None]],
+    claims: SlideClaims,
     device: torch.device,
     precision: str | None,
     warmup: int,
     workers: int,
     batch_size: int | None,
-) -> tuple[list[list[dict[str, Any]]], dict[str, Any], str, dict[str, str]]:
-    """Time ``jobs`` in this process (also the body of each worker process): per slide, one
-    row per model."""
+) -> tuple[list[list[dict[str, Any]]], dict[str, Any], str, dict[str, str], int]:
+    """Time the ``jobs`` this process claims (also the body of each worker process): per
+    slide, one row per model; also the slides left out and the warm-ups run.
+
+    Warm-up: the first ``warmup`` candidates that can be read, untimed (one that cannot is
+    left out, and the next warms up instead)."""
     if device.type == "cpu":
         torch.set_num_threads(1)
     for predictor in predictors:
@@ -260,13 +318,19 @@ def _measure(
     with ReaderPool(workers) as reader:
         reader.start()  # started during the encoder's warm-up, not in the first slide's time
         encoder.encode(np.full((4, p, p, 3), 255, dtype=np.uint8))
-        for slide_id, path, slide_mpp in list(jobs)[:warmup]:
+        warmed = 0
+        for slide_id, path, slide_mpp in jobs:
+            if warmed >= warmup:
+                break
             try:
                 predict_slide_shared(predictors, path, encoder, slide_mpp, batch_size, reader)
+                warmed += 1
             except SlideError as error:
                 excluded[slide_id] = error.reason
-        for slide_id, path, slide_mpp in jobs:
-            if slide_id in excluded:
+        while (index := claims.claim()) is not None:
+            slide_id, path, slide_mpp = jobs[index]
+            if slide_id in excluded:  # failed in the warm-up
+                claims.release()
                 continue
             synchronize(device)
             tic = time.perf_counter()
@@ -274,8 +338,9 @@ def _measure(
                 results = predict_slide_shared(
                     predictors, path, encoder, slide_mpp, batch_size, reader
                 )
-            except SlideError as error:  # left out, listed in the result
+            except SlideError as error:  # left out, listed; the next candidate takes its place
                 excluded[slide_id] = error.reason
+                claims.release()
                 continue
             synchronize(device)
             elapsed = time.perf_counter() - tic
@@ -293,7 +358,7 @@ def _measure(
                     for result, head in zip(results, heads, strict=True)
                 ]
             )
-    return rows, info, encoder.precision, excluded
+    return rows, info, encoder.precision, excluded, warmed
 
 
 def check_warmup(warmup: int) -> None:
@@ -303,11 +368,11 @@ def check_warmup(warmup: int) -> None:
 
 
 def profile_slides(
-    sheet_path: str | Path, slides: Sequence[str] | None, split: str, max_slides: int
+    sheet_path: str | Path, slides: Sequence[str] | None, split: str
 ) -> tuple[list[tuple[str, str]], dict[str, float]]:
-    """(slide_id, path) pairs to time (``slides``, else the split's) and their sheet mpp."""
-    if max_slides < 1:  # head(-1) dropped the last slide, head(0) said "no slides"
-        raise ZoomMILError(f"--max-slides must be at least 1, got {max_slides}")
+    """(slide_id, path) pairs that may be timed (``slides``, else the split's), in sheet
+    order, and their sheet mpp. All of them, not the first ``--max-slides``: a slide found
+    unreadable while timing is replaced by the next (`SlideClaims`)."""
     sheet = read_sheet(sheet_path)
     if slides:
         unknown = sorted(set(slides) - set(sheet["slide_id"]))
@@ -316,7 +381,6 @@ def profile_slides(
         sheet = sheet[sheet["slide_id"].isin(slides)]
     else:
         sheet = sheet[sheet["split"] == split]
-    sheet = sheet.head(max_slides)
     if sheet.empty:
         raise ZoomMILError(f"{sheet_path}: no slides to profile")
     if "path" not in sheet.columns:
@@ -344,11 +408,12 @@ def profile_checkpoints(
     weights: str | None = None,
     methods: Sequence[str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """`zoommil profile`: throughput of each checkpoint's method on a sheet's slides, one
-    record per checkpoint, in order. ZoomMIL models are timed one by one; the other models are
-    timed in groups that read the same patches (`shared_pass_groups`), one read-and-encode
-    pass per slide per group, each model charged that pass plus its own head. The sheet is the
-    first checkpoint's by default.
+    """`zoommil profile`: throughput of each checkpoint's method on the first ``max_slides``
+    of a sheet's slides that can be read (an unreadable one is listed under
+    ``excluded_slides`` and the next takes its place), one record per checkpoint, in order.
+    ZoomMIL models are timed one by one; the other models are timed in groups that read the
+    same patches (`shared_pass_groups`), one read-and-encode pass per slide per group, each
+    model charged that pass plus its own head. The sheet is the first checkpoint's by default.
 
     Without a CUDA device, ``device="cuda"`` returns records with a ``skipped`` reason, so a
     workflow can ask for GPU timings on any machine.
@@ -357,7 +422,7 @@ def profile_checkpoints(
         raise ZoomMILError(
             f"--threads must be a positive number or 'all' for timing, got {threads}"
         )
-    if max_slides < 1:
+    if max_slides < 1:  # head(-1) dropped the last slide, head(0) said "no slides"
         raise ZoomMILError(f"--max-slides must be at least 1, got {max_slides}")
     check_warmup(warmup)
     methods = list(methods or [None] * len(checkpoints))
@@ -372,7 +437,7 @@ def profile_checkpoints(
         return [{"method": name, "device": "cuda", "skipped": "no CUDA device"} for name in names]
     torch_device = resolve_device(device)
     sheet_path = sheet or configs[0]["sheet"]
-    pairs, mpp = profile_slides(sheet_path, slides, split, max_slides)
+    pairs, mpp = profile_slides(sheet_path, slides, split)
     predictors = []
     for checkpoint, name in zip(checkpoints, names, strict=True):
         predictor = Predictor.from_checkpoint(checkpoint, weights=weights, device=torch_device)
@@ -387,6 +452,7 @@ def profile_checkpoints(
         precision,
         warmup,
         mpp,
+        max_slides=max_slides,
     )
     records: list[dict[str, Any]] = [{} for _ in predictors]
     for group, group_records in zip(groups, timed, strict=True):
