@@ -40,7 +40,7 @@ from zoommil.io import sheet as zsheet
 from zoommil.io.atomic import atomic_path, remove_stale_temps
 from zoommil.reporting import tables
 from zoommil.workflow import exclusions, qc
-from zoommil.workflow.failure import Failure, read_marker, write_marker
+from zoommil.workflow.failure import Failure, first_successes, read_marker, write_marker
 from zoommil.wsi import slide as zslide
 from zoommil.wsi.mpp import MPP_MAX, MPP_MIN
 
@@ -296,6 +296,25 @@ def test_late_stage_failures_are_rows_of_the_exclusions_table(tmp_path):
     notes = tables.table_notes("tiny", "random", pd.read_csv(qc_tsv, sep="\t"), {}, "x", table)
     late = [n for n in notes if "left out later" in n]
     assert len(late) == 1 and "b (profile: eof; missing from zoommil timing (cpu1)" in late[0]
+
+
+def test_figure_4_replaces_a_failed_slide_by_the_next_one():
+    """Figure 4's slides (the workflow's `attention_predictions`): the test slides up to the
+    n-th whose prediction succeeds, the failed ones kept for the note; one not predicted yet
+    holds its place; slides after the n-th success are not even looked at."""
+    outcome = {"a": False, "b": True, "c": None, "d": True, "e": True}
+    looked = []
+
+    def succeeded(slide: str) -> bool | None:
+        looked.append(slide)
+        return outcome[slide]
+
+    assert first_successes(list(outcome), 1, succeeded) == ["a", "b"]
+    assert first_successes(list(outcome), 2, succeeded) == ["a", "b", "c"]
+    assert first_successes(list(outcome), 3, succeeded) == ["a", "b", "c", "d"]
+    assert looked == list("ab") + list("abc") + list("abcd")
+    assert first_successes(list(outcome), 9, succeeded) == list(outcome)
+    assert first_successes(["a"], 0, succeeded) == []
 
 
 def test_no_late_exclusions_add_no_note(tmp_path):

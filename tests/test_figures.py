@@ -177,6 +177,32 @@ def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: P
     assert np.isnan(heat[:, 64:]).all() and np.isnan(heat[32:, :]).all()
 
 
+def test_attention_figure_without_a_slide_says_the_chosen_ones_failed_and_why(
+    tmp_path: Path,
+) -> None:
+    """Every chosen prediction failed: the figure said "no test slides to show" (there were
+    some) and its note cut the reason at 80 characters, mid-sentence ("...but the file )")."""
+    from zoommil.workflow.failure import Failure, write_marker
+
+    reason = (
+        "truncated or corrupt TIFF file: directory 1 starts at byte 1834270 but the file has "
+        "only 1586951 bytes"
+    )
+    sheet = tmp_path / "usable.tsv"
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\nt0\tt0.tiff\tb\ttest\n")
+    marker = write_marker(tmp_path / "t0.json", Failure("failed", "predict", reason))
+    layout = figures.attention_figure(
+        [marker], sheet, [tmp_path / "att.png"], "zoommil", "demo", "random"
+    )
+    assert layout["skipped"] == [f"t0 (predict: {reason})"]
+    assert layout["empty"] == (
+        f"no test slide could be shown: the chosen slides failed\nt0 (predict: {reason})"
+    )
+    assert (tmp_path / "att.png").stat().st_size > 1000
+    none = figures.attention_figure([], sheet, [tmp_path / "none.png"], "zoommil", "demo", "x")
+    assert none["empty"] == "no test slides to show" and not none["skipped"]
+
+
 def test_attention_layout_is_the_union_of_magnifications() -> None:
     predictions = [
         {"attention": [{"mag": 5.0}, {"mag": 10.0}]},

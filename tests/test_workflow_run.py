@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +64,60 @@ def test_bad_slides_are_excluded_and_reported(tiny) -> None:
     assert "3 of 9 slides excluded" in (results / "qc" / "exclusions.html").read_text()
     metrics = json.loads((results / "models" / "zoommil" / "seed~0" / "metrics.json").read_text())
     assert "bad_mpp" in json.dumps(metrics) and "blank" in json.dumps(metrics)
+
+
+def test_a_test_slide_unreadable_late_is_replaced_by_the_next(tiny, tmp_path) -> None:
+    """A test slide truncated after its features were made (mtime kept, so nothing before
+    predict and profile reruns; those two are forced): Figure 4 and the timings (n_slides: 1)
+    take the next test slide, and the slide is listed with its whole reason. The timing job
+    failed ("no slide could be profiled"), so tables, figure_throughput and qc_exclusions
+    never ran, and Figure 4 said "no test slides to show", its reason cut mid-sentence."""
+    from zoommil.workflow.failure import read_marker
+
+    workdir, configfile, _ = tiny
+    scratch = tmp_path / "late"
+    shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
+    # the copy's sheet names the tiny run's slide files (the absolute paths its jobs recorded:
+    # other paths rerun everything), its mtime kept
+    sheet = scratch / "slides.tsv"
+    kept = sheet.stat()
+    header, *rows = sheet.read_text().splitlines()
+    rows = [row.split("\t") for row in rows]
+    for row in rows:
+        row[1] = str(workdir / row[1])  # an absolute path stays as it is
+    sheet.write_text("\n".join([header] + ["\t".join(row) for row in rows]) + "\n")
+    os.utime(sheet, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    results = scratch / "results"
+    test = pd.read_csv(results / "qc" / "usable.tsv", sep="\t").query("split == 'test'")
+    first, second = sorted(test["slide_id"])[:2]
+    slide = workdir / "data" / "slides" / f"{first}.tiff"  # the tiny run's: put back below
+    kept, data = slide.stat(), slide.read_bytes()
+    try:
+        slide.write_bytes(data[: len(data) * 6 // 10])
+        os.utime(slide, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+        force = ["--forcerun", "predict", "profile"]  # as if they ran after the damage
+        run = harness.snakemake(scratch, *force, configfile=scratch / configfile.name)
+    finally:
+        slide.write_bytes(data)
+        os.utime(slide, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    ran = harness.job_lines(run, r"^\s*wildcards: .*slide=([^,\s]+)")
+    assert ran["predict"] == {first, second}, ran
+    assert {"tables", "figure_throughput", "figure_attention", "qc_exclusions"} <= set(ran)
+    failure = read_marker(results / "predict" / "zoommil" / f"{first}.json")
+    assert failure.stage == "predict" and failure.reason.endswith(" bytes"), failure
+    assert read_marker(results / "predict" / "zoommil" / f"{second}.json") is None
+    log = (results / "logs" / "figure_attention" / "figure_attention.log").read_text()
+    assert f"skipped {first} (predict: {failure.reason})" in log
+    for device in ("cpu1", "cpu"):
+        timing = json.loads(
+            (results / "efficiency/zoommil" / f"throughput_{device}.json").read_text()
+        )
+        assert [r["slide_id"] for r in timing["per_slide"]] == [second]
+        assert [e["slide_id"] for e in timing["excluded_slides"]] == [first]
+    table = pd.read_csv(results / "qc" / "exclusions.tsv", sep="\t", keep_default_na=False)
+    assert set(table.loc[table["slide_id"] == first, "stage"]) == {"predict", "profile"}
+    again = harness.snakemake(scratch, "-n", configfile=scratch / configfile.name)
+    assert "Nothing to be done" in again.stdout + again.stderr  # the spare is settled
 
 
 def test_gpu_timing_is_skipped_with_a_note_without_gpu(tiny) -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from snakemake.exceptions import WorkflowError
+from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import validate
 
 from zoommil.errors import ZoomMILError
@@ -13,6 +13,7 @@ from zoommil.workflow import qc as zqc
 from zoommil.io import sheet as zsheet
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.workflow import codehash as zcode
+from zoommil.workflow import failure as zfailure
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
 from zoommil.workflow import timers as ztimers
@@ -277,9 +278,27 @@ def train_priority(wildcards):
 
 
 def attention_predictions(wildcards):
-    chosen = usable("test")[: int(ATTENTION.get("n_slides", 3))]
+    """Figure 4's predictions: test slides in order up to the n-th whose prediction succeeds,
+    with the failed ones before it (the figure notes them, qc_exclusions lists them).
+    `predict` is a checkpoint: a prediction not made yet holds its place (its output is a
+    checkpoint target), and once it is made this is evaluated again, so a failed one is
+    replaced by the next test slide. Only the predictions up to the n-th success are read.
+    """
     method = ATTENTION.get("method", "zoommil")
-    return expand(f"results/predict/{method}/{{slide}}.json", slide=chosen)
+    files = {}
+
+    def succeeded(slide):
+        try:
+            files[slide] = checkpoints.predict.get(
+                method=method, slide=slide
+            ).output.json
+        except IncompleteCheckpointException as pending:
+            files[slide] = pending.targetfile
+            return None
+        return zfailure.read_marker(files[slide]) is None
+
+    n = int(ATTENTION.get("n_slides", 3))
+    return [files[s] for s in zfailure.first_successes(usable("test"), n, succeeded)]
 
 
 def throughput_files(device):

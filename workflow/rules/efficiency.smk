@@ -67,7 +67,9 @@ rule profile:
         "--out {output.timings} > {log} 2>&1"
 
 
-rule predict:
+# A checkpoint: Figure 4 replaces a test slide whose prediction failed by the next one
+# (`attention_predictions`), which it can only know once the prediction is made.
+checkpoint predict:
     input:
         slide=slide_after_inspection,
         checkpoint=attention_checkpoint,

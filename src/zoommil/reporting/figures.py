@@ -390,10 +390,12 @@ def attention_figure(
 ) -> dict[str, Any]:
     """Figure 4: one row per slide: the thumbnail, then the attention of every magnification
     over the thumbnail, with the regions zoomed into outlined, and one colour bar. Returns the
-    layout (rows, column titles, whether there is a colour bar) for checks.
+    layout (rows, column titles, whether there is a colour bar, the notes) for checks.
 
     A slide whose prediction failed (a `zoommil predict --no-fail` marker) or whose thumbnail
-    cannot be read is left out, with a note under the figure."""
+    cannot be read is left out, with its whole reason in a note under the figure; with no
+    slide left, the note takes the maps' place and says that the chosen slides failed (not
+    "no test slides", which is what it says when none was chosen)."""
     table = read_sheet(sheet).set_index("slide_id")
     predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
     mags = attention_layout(loaded)
@@ -404,10 +406,14 @@ def attention_figure(
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
+    empty = None
     if not loaded:
         for ax in axes.ravel():
             ax.axis("off")
-        axes[0, 0].text(0.5, 0.5, "no test slides to show", ha="center", va="center")
+        empty = "no test slides to show"
+        if skipped:
+            empty = "no test slide could be shown: the chosen slides failed\n" + "\n".join(skipped)
+        fig.text(0.5, 0.5, empty, ha="center", va="center", fontsize=8, wrap=True)
     image = None
     for row, (path, prediction) in enumerate(zip(predictions, loaded, strict=True)):
         slide_id = prediction.get("slide_id") or Path(path).stem
@@ -443,11 +449,17 @@ def attention_figure(
     if str(weights) == "random":
         title += f"\n{RANDOM_NOTE}"
     fig.suptitle(title, fontsize=10)
-    if skipped:
+    if skipped and loaded:
         fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
     titles = [ax.get_title() for ax in axes[0]]
     _save(fig, outputs)
-    return {"rows": n_rows, "titles": titles, "colorbar": image is not None, "skipped": skipped}
+    return {
+        "rows": n_rows,
+        "titles": titles,
+        "colorbar": image is not None,
+        "skipped": skipped,
+        "empty": empty,
+    }
 
 
 def _usable_predictions(
@@ -463,7 +475,7 @@ def _usable_predictions(
         path = Path(path)
         failure = read_marker(path)
         if failure is not None:
-            skipped.append(f"{path.stem} ({failure.stage}: {failure.reason[:80]})")
+            skipped.append(f"{path.stem} ({failure.stage}: {failure.reason})")
             continue
         prediction = results.load_json(path)
         slide_id = prediction.get("slide_id") or path.stem
@@ -474,7 +486,7 @@ def _usable_predictions(
             thumb = _thumbnail(slide_path, prediction.get("mpp"))
         except Exception as error:  # noqa: BLE001 - any unreadable slide is skipped, noted
             reason = error.reason if isinstance(error, SlideError) else str(error)
-            skipped.append(f"{slide_id} (figure: {reason[:80]})")
+            skipped.append(f"{slide_id} (figure: {reason})")
             continue
         paths.append(path)
         loaded.append(prediction)
