@@ -26,6 +26,10 @@ for warning in qc.classes_lost(frame, table):
 try:
     qc.check_usable_splits(frame, table)
 except ZoomMILError as error:  # a split emptied by QC: stop before any training
-    print(f"qc_slides: error: {error}", file=sys.stderr)
-    print(f"qc_slides: error: {error}", file=sys.__stderr__)
+    # Snakemake deletes a failed job's outputs: the whole table is kept under another name
+    kept = Path(sm.output.table).with_name("slides.failed.tsv")
+    qc.write_tsv(table, kept)
+    message = f"qc_slides: error: {error}; every slide and its reason: {kept}"
+    print(message, file=sys.stderr)
+    print(message, file=sys.__stderr__)
     sys.exit(1)

@@ -278,6 +278,19 @@ def _profile_setup(tmp_path: Path, ids: list[str]) -> tuple[Path, Path]:
     return ckpt, sheet
 
 
+def test_a_warm_up_failure_past_the_timed_slides_is_not_reported(tmp_path):
+    """--warmup 2 reads past the one slide timed: bad1 never got a timing slot, so it is not
+    an exclusion at profile (it landed in exclusions.tsv)."""
+    ckpt, sheet = _profile_setup(tmp_path, ["good1", "bad1", "good2"])
+    out = tmp_path / "t.json"
+    argv = ["profile", "--checkpoint", str(ckpt), "--device", "cpu", "--sheet", str(sheet)]
+    argv += ["--threads", "1", "--max-slides", "1", "--warmup", "2", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads(out.read_text())
+    assert [r["slide_id"] for r in record["per_slide"]] == ["good1"]
+    assert record["excluded_slides"] == [] and record["warmup_slides"] == 2
+
+
 @pytest.mark.parametrize(
     ("ids", "threads", "max_slides", "timed", "excluded"),
     [

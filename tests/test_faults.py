@@ -40,7 +40,8 @@ from zoommil.io import sheet as zsheet
 from zoommil.io.atomic import atomic_path, remove_stale_temps
 from zoommil.reporting import tables
 from zoommil.workflow import exclusions, qc
-from zoommil.workflow.failure import Failure, first_successes, read_marker, write_marker
+from zoommil.workflow.failure import Failure, read_marker, write_marker
+from zoommil.workflow.spares import first_successes
 from zoommil.wsi import slide as zslide
 from zoommil.wsi.mpp import MPP_MAX, MPP_MIN
 

@@ -14,6 +14,7 @@ from zoommil.io import sheet as zsheet
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.workflow import codehash as zcode
 from zoommil.workflow import failure as zfailure
+from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
 from zoommil.workflow import timers as ztimers
@@ -298,7 +299,7 @@ def attention_predictions(wildcards):
         return zfailure.read_marker(files[slide]) is None
 
     n = int(ATTENTION.get("n_slides", 3))
-    return [files[s] for s in zfailure.first_successes(usable("test"), n, succeeded)]
+    return [files[s] for s in zspares.first_successes(usable("test"), n, succeeded)]
 
 
 def throughput_files(device):

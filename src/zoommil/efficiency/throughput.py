@@ -318,7 +318,7 @@ def _measure(
     with ReaderPool(workers) as reader:
         reader.start()  # started during the encoder's warm-up, not in the first slide's time
         encoder.encode(np.full((4, p, p, 3), 255, dtype=np.uint8))
-        warmed = 0
+        warmed, unreadable = 0, {}  # the warm-up's failures: excluded once a claim meets one
         for slide_id, path, slide_mpp in jobs:
             if warmed >= warmup:
                 break
@@ -326,10 +326,11 @@ def _measure(
                 predict_slide_shared(predictors, path, encoder, slide_mpp, batch_size, reader)
                 warmed += 1
             except SlideError as error:
-                excluded[slide_id] = error.reason
+                unreadable[slide_id] = error.reason
         while (index := claims.claim()) is not None:
             slide_id, path, slide_mpp = jobs[index]
-            if slide_id in excluded:  # failed in the warm-up
+            if slide_id in unreadable:  # failed in the warm-up: its place goes to the next
+                excluded[slide_id] = unreadable[slide_id]
                 claims.release()
                 continue
             synchronize(device)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,19 +132,3 @@ def check_input(path: str | Path | None, slide: str | Path) -> None:
     failure = read_marker(path)
     if failure is not None:
         raise UpstreamFailure(slide, failure)
-
-
-def first_successes(
-    candidates: Sequence[str], n: int, succeeded: Callable[[str], bool | None]
-) -> list[str]:
-    """The ``candidates``, in order, up to the ``n``-th that succeeds, so that a failed one is
-    replaced by the next (Figure 4's slides). ``succeeded`` says True, False (failed: kept in
-    the list, so that readers can say why it is missing) or None (not known yet: it holds its
-    place until it is); it is called only for the candidates looked at."""
-    chosen, held = [], 0
-    for candidate in candidates:
-        if held >= n:
-            break
-        chosen.append(candidate)
-        held += succeeded(candidate) is not False
-    return chosen

@@ -253,8 +253,8 @@ def check_usable_splits(sheet: pd.DataFrame, table: pd.DataFrame, shown: int = 5
         more = f"; and {len(ids) - shown} more" if len(ids) > shown else ""
         raise ZoomMILError(
             f"no usable {split} slides after QC: all {len(ids)} excluded: {'; '.join(why)}"
-            f"{more} (see results/qc/slides.tsv); model selection needs validation slides "
-            "and the results need test slides"
+            f"{more}; model selection needs validation slides and the results need test "
+            "slides"
         )
 
 
