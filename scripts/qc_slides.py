@@ -23,11 +23,13 @@ print(qc.exclusion_summary(table), file=sys.stderr)
 for warning in qc.classes_lost(frame, table):
     print(f"qc_slides: warning: {warning}", file=sys.stderr)
     print(f"qc_slides: warning: {warning}", file=sys.__stderr__)
+# Snakemake deletes a failed job's outputs: on failure the whole table is kept under another
+# name (and a stale one goes once QC passes)
+kept = Path(sm.output.table).with_name("slides.failed.tsv")
+kept.unlink(missing_ok=True)
 try:
     qc.check_usable_splits(frame, table)
 except ZoomMILError as error:  # a split emptied by QC: stop before any training
-    # Snakemake deletes a failed job's outputs: the whole table is kept under another name
-    kept = Path(sm.output.table).with_name("slides.failed.tsv")
     qc.write_tsv(table, kept)
     message = f"qc_slides: error: {error}; every slide and its reason: {kept}"
     print(message, file=sys.stderr)
