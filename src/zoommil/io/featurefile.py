@@ -25,8 +25,9 @@ from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import GuardedFile, write_bytes_atomic
 from zoommil.recipe import mag_key
 
-__all__ = ["FeatureBag", "check_finite", "decode_attr", "encode_attr", "mag_key", "patch_mags",
-           "read_attrs", "read_feature_file", "write_feature_file"]  # fmt: skip
+__all__ = ["FeatureBag", "check_finite", "decode_attr", "encode_attr", "mag_key",
+           "nonfinite_rows", "patch_mags", "read_attrs", "read_feature_file",
+           "write_feature_file"]  # fmt: skip
 
 
 @dataclass
@@ -79,6 +80,11 @@ def decode_attr(value: Any) -> Any:
     return value
 
 
+def nonfinite_rows(rows: np.ndarray) -> np.ndarray:
+    """Per row (first axis): whether any of its values is NaN or inf."""
+    return ~np.isfinite(rows).all(axis=tuple(range(1, rows.ndim)))
+
+
 def check_finite(slide: str | Path, mag: float, start: int, rows: np.ndarray) -> None:
     """Refuse features with NaN or inf (`SlideError` naming the slide and magnification).
 
@@ -86,8 +92,8 @@ def check_finite(slide: str | Path, mag: float, start: int, rows: np.ndarray) ->
     method (NaN losses, NaN probabilities); refused here, the slide fails at `features` with
     its reason, and the rest of the cohort goes on.
     """
-    bad = ~np.isfinite(rows).all(axis=tuple(range(1, rows.ndim))) if rows.size else []
-    if np.any(bad):
+    bad = nonfinite_rows(rows)
+    if bad.any():
         first = start + int(np.flatnonzero(bad)[0])
         raise SlideError(
             slide,

@@ -20,7 +20,13 @@ import pandas as pd
 import torch
 
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.io.featurefile import mag_key, patch_mags, read_attrs, read_feature_file
+from zoommil.io.featurefile import (
+    mag_key,
+    nonfinite_rows,
+    patch_mags,
+    read_attrs,
+    read_feature_file,
+)
 from zoommil.io.sheet import read_table
 from zoommil.training.normalize import FeatureNorm
 
@@ -280,7 +286,7 @@ def check_finite_bag(path: Path, mags: Sequence[float], feats: Sequence[np.ndarr
     probabilities in the metrics. The bag is in memory already, so the check is cheap.
     """
     for mag, f in zip(mags, feats, strict=True):
-        bad = ~np.isfinite(f).all(axis=1) if f.ndim == 2 else ~np.isfinite(f)
+        bad = nonfinite_rows(f)
         if bad.any():
             raise ZoomMILError(
                 f"{path}: {int(bad.sum())} of {len(f)} feature rows at {mag_key(mag)} contain "

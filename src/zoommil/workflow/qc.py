@@ -100,18 +100,14 @@ def check_duplicate_slides(table: pd.DataFrame) -> None:
         first[digest] = (str(slide_id), str(split))
 
 
-def feature_counts(path: str | Path) -> tuple[dict[str, int], bool]:
-    """Rows per magnification of a feature file, and whether tiling found no tissue.
+def feature_counts(handle: h5py.File) -> tuple[dict[str, int], bool]:
+    """Rows per magnification of an open feature file, and whether tiling found no tissue.
 
     `zoommil tile --no-tissue all` keeps every patch of a slide without tissue and records
     `no_tissue_applied` (copied into the feature file), so the workflow can decide here.
     """
-    counts: dict[str, int] = {}
-    with h5py.File(path, "r") as handle:
-        for key in handle.keys():
-            if key.endswith("x_patches"):
-                counts[key[: -len("_patches")]] = int(handle[key].shape[0])
-        applied = handle.attrs.get("no_tissue_applied", False)
+    counts = {mag: int(handle[f"{mag}_patches"].shape[0]) for mag in patch_mags(handle)}
+    applied = handle.attrs.get("no_tissue_applied", False)
     if isinstance(applied, bytes):
         applied = applied.decode()
     if isinstance(applied, str):
@@ -126,8 +122,8 @@ def _rows(item: h5py.Dataset | h5py.Group | None) -> int | None:
     return int(item.shape[0])
 
 
-def layout_problem(path: str | Path, mags: Sequence[float] | None = None) -> str | None:
-    """Why a feature file breaks the contract training relies on, else None; shapes only.
+def layout_problem(handle: h5py.File, mags: Sequence[float] | None = None) -> str | None:
+    """Why an open feature file breaks the contract training relies on, else None.
 
     Checks that every magnification in ``mags`` (the recipe's; default: the file's own ``mags``
     attribute, else its ``*x_patches`` datasets) has its patches, coords and xy datasets with
@@ -136,28 +132,26 @@ def layout_problem(path: str | Path, mags: Sequence[float] | None = None) -> str
     is kept, read as white outside the slide (DESIGN.md). Cheap for large cohorts: a file's
     shapes and attributes are read, never its features.
     """
-    with h5py.File(path, "r") as handle:
-        have = patch_mags(handle)
-        if mags is None:
-            listed = handle.attrs.get("mags")
-            mags = [] if listed is None else [float(m) for m in np.ravel(listed)]
-            mags = mags or [float(m[:-1]) for m in have]
-        counts: list[tuple[float, int]] = []
-        for mag in sorted(float(m) for m in mags):
-            key = mag_key(mag)
-            rows = {
-                part: _rows(handle.get(f"{key}_{part}")) for part in ("patches", "coords", "xy")
-            }
-            missing = [f"{key}_{part}" for part, n in rows.items() if n is None]
-            if missing:
-                return (
-                    f"feature file {path} lacks dataset(s) {', '.join(missing)} "
-                    f"(it has magnifications {', '.join(have) or 'none'})"
-                )
-            if len(set(rows.values())) > 1:
-                found = ", ".join(f"{part} {n}" for part, n in rows.items())
-                return f"feature file {path}: rows at {key} differ between datasets ({found})"
-            counts.append((mag, rows["patches"]))
+    path = handle.filename
+    have = patch_mags(handle)
+    if mags is None:
+        listed = handle.attrs.get("mags")
+        mags = [] if listed is None else [float(m) for m in np.ravel(listed)]
+        mags = mags or [float(m[:-1]) for m in have]
+    counts: list[tuple[float, int]] = []
+    for mag in sorted(float(m) for m in mags):
+        key = mag_key(mag)
+        rows = {part: _rows(handle.get(f"{key}_{part}")) for part in ("patches", "coords", "xy")}
+        missing = [f"{key}_{part}" for part, n in rows.items() if n is None]
+        if missing:
+            return (
+                f"feature file {path} lacks dataset(s) {', '.join(missing)} "
+                f"(it has magnifications {', '.join(have) or 'none'})"
+            )
+        if len(set(rows.values())) > 1:
+            found = ", ".join(f"{part} {n}" for part, n in rows.items())
+            return f"feature file {path}: rows at {key} differ between datasets ({found})"
+        counts.append((mag, rows["patches"]))
     for (low, n_low), (high, n_high) in zip(counts, counts[1:], strict=False):
         d = round(math.log2(high / low))
         if n_high != 4**d * n_low:
@@ -204,8 +198,9 @@ def slides_table(
             table.loc[index, "reason"] = failure.reason
             continue
         try:
-            counts, applied = feature_counts(path)
-            problem = layout_problem(path, mags)
+            with h5py.File(path, "r") as handle:  # one open: shapes and attributes only
+                counts, applied = feature_counts(handle)
+                problem = layout_problem(handle, mags)
         except OSError as error:  # written atomically, so only a damaged disk gets here
             problem = f"unreadable feature file {path} ({error})"
         if problem is not None:
@@ -244,17 +239,15 @@ def check_usable_splits(sheet: pd.DataFrame, table: pd.DataFrame, shown: int = 5
     QC excludes; without this, every train job of every method and seed trains in full and
     only then fails for lack of test slides to evaluate.
     """
+    ok = set(table.loc[table["status"] == "ok", "slide_id"])
     status = table.set_index("slide_id")
     for split in SPLITS:
         ids = list(sheet.loc[sheet["split"] == split, "slide_id"])
-        if not ids or any(status.loc[s, "status"] == "ok" for s in ids if s in status.index):
+        if not ids or not ok.isdisjoint(ids):
             continue
-        why = [_excluded_because(s, status.loc[s]) for s in ids[:shown] if s in status.index]
-        more = f"; and {len(ids) - shown} more" if len(ids) > shown else ""
         raise ZoomMILError(
-            f"no usable {split} slides after QC: all {len(ids)} excluded: {'; '.join(why)}"
-            f"{more}; model selection needs validation slides and the results need test "
-            "slides"
+            f"no usable {split} slides after QC: all {_excluded(ids, status, shown)}; model "
+            "selection needs validation slides and the results need test slides"
         )
 
 
@@ -269,14 +262,16 @@ def classes_lost(sheet: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     for (split, label), rows in sheet.groupby(["split", "label"], sort=True):
         ids = list(rows["slide_id"])
         if ok.isdisjoint(ids):
-            why = "; ".join(
-                _excluded_because(s, status.loc[s]) for s in ids[:3] if s in status.index
-            )
-            more = f"; and {len(ids) - 3} more" if len(ids) > 3 else ""
-            out.append(
-                f"no usable {split} slides of class {label} ({len(ids)} excluded: {why}{more})"
-            )
+            out.append(f"no usable {split} slides of class {label} ({_excluded(ids, status, 3)})")
     return out
+
+
+def _excluded(ids: Sequence[str], status: pd.DataFrame, shown: int) -> str:
+    """'2 excluded: b (failed at tissue: truncated); c (no_tissue at tile)', the first
+    ``shown`` slides named, then '; and N more'."""
+    why = "; ".join(_excluded_because(s, status.loc[s]) for s in ids[:shown] if s in status.index)
+    more = f"; and {len(ids) - shown} more" if len(ids) > shown else ""
+    return f"{len(ids)} excluded: {why}{more}"
 
 
 def _excluded_because(slide_id: str, row: pd.Series) -> str:
