@@ -221,6 +221,57 @@ def test_same_seed_is_identical_and_other_seed_differs(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize(
+    ("method", "methods"), [("abmil_small", None), ("zoom", {"zoom": {"arch": "zoommil", "k": 1}})]
+)
+def test_bags_read_from_disk_train_exactly_as_bags_in_memory(
+    dataset: dict[str, Path], tmp_path: Path, method: str, methods: dict | None
+) -> None:
+    """`cache: disk` reads the next bag in a thread while the step runs (`BagStore.iterate`);
+    the bags, their order and so every loss and weight must be those of `cache: memory`."""
+    runs = {}
+    for cache in ("memory", "disk"):
+        extra = {"methods": methods} if methods else {}
+        (tmp_path / cache).mkdir()
+        config = write_config(dataset, tmp_path / cache, cache=cache, **extra)
+        assert train_cli(config, tmp_path / cache / "out", method, 0, "--epochs", "2") == 0
+        runs[cache] = json.loads((tmp_path / cache / "out" / "metrics.json").read_text())
+    assert (runs["memory"]["cache"], runs["disk"]["cache"]) == ("memory", "disk")
+    same = lambda m: {k: v for k, v in strip_timing(m).items() if k != "cache"}  # noqa: E731
+    assert same(runs["disk"]) == same(runs["memory"])
+    logs = [read_log(tmp_path / c / "out" / "log.csv") for c in ("memory", "disk")]
+    assert [r["train_loss"] for r in logs[0]] == [r["train_loss"] for r in logs[1]]
+
+
+def test_a_disk_store_yields_bags_in_order_and_fails_at_the_bad_one(
+    dataset: dict[str, Path], tmp_path: Path
+) -> None:
+    """Prefetching keeps the sampler's order (with repeats) and raises a bag's read error
+    when the loop reaches that bag, after every bag before it."""
+    from zoommil.errors import ZoomMILError
+    from zoommil.training.data import BagStore, SlideRecord
+
+    paths = sorted((dataset["root"] / "features").glob("train_*.h5"))[:4]
+    records = [SlideRecord(p.stem, i % 2, p) for i, p in enumerate(paths)]
+    store = BagStore(records, MAGS, in_memory=False)
+    order = [3, 1, 1, 0, 2]
+    got = list(store.iterate(order))
+    assert [i for i, _ in got] == order
+    for i, bag in got:
+        assert bag.slide_id == records[i].slide_id
+        assert all(torch.equal(a, b) for a, b in zip(bag.feats, store[i].feats, strict=True))
+    bad = tmp_path / "bad.h5"
+    shutil.copyfile(paths[0], bad)
+    with h5py.File(bad, "r+") as h5:
+        _nan_rows(h5)
+    store = BagStore([*records[1:], SlideRecord("bad", 0, bad)], MAGS, in_memory=False)
+    seen = []
+    with pytest.raises(ZoomMILError, match="NaN"):
+        for i, _ in store.iterate([0, 1, 3, 2]):
+            seen.append(i)
+    assert seen == [0, 1]
+
+
 def test_seeds_in_one_process_match_separate_runs(
     dataset: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -140,8 +140,7 @@ def predict_store(
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
-        for i in range(len(store)):
-            bag = store[i]
+        for i, bag in store.iterate(range(len(store))):
             feats, coords = bag_inputs(bag, device)
             logits = _on_bag(store, i, model, feats, coords)
             logits = _check_logits(logits, n_classes, bag.slide_id).float()
@@ -193,8 +192,7 @@ def train_epoch(
     model.train()
     total = 0.0
     use_own_loss = callable(getattr(model, "training_loss", None))
-    for i in order:
-        bag = store[i]
+    for i, bag in store.iterate(order):
         feats, coords = bag_inputs(bag, device)
         target = torch.tensor([bag.label], device=device)
         optimizer.zero_grad(set_to_none=True)
