@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,17 +129,21 @@ def test_all_cores_profile_spreads_slides_over_single_threaded_processes(tmp_pat
     two = zoom[0]
     assert [r["method"] for r in patch] == ["abmil", "meanmil"]
     assert all(r["processes"] == 2 and r["shared_pass"] == ["abmil", "meanmil"] for r in patch)
-    assert {r["pid"] for r in patch[0]["per_slide"]} == {r["pid"] for r in two["per_slide"]}
+    # workers claim slides as they come free, so one of the two may time both slides: the
+    # groups' rows come from at most the same two worker processes, never from this one
+    workers = {r["pid"] for rec in (two, *patch) for r in rec["per_slide"]}
+    assert 1 <= len(workers) <= 2 and os.getpid() not in workers
     assert 0 < two["wall_seconds"] and 0 < patch[0]["wall_seconds"]
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["threads_per_process"] == 1 and two["cpu_count"] >= 1
-    assert len({r["pid"] for r in two["per_slide"]}) == 2
     assert len({r["pid"] for r in one["per_slide"]}) == 1
     assert [r["patches_encoded"] for r in one["per_slide"]] == [
         r["patches_encoded"] for r in sorted(two["per_slide"], key=lambda r: r["slide_id"])
     ]
-    busiest = max(r["seconds"] for r in two["per_slide"])
-    assert two["seconds_per_slide"] == pytest.approx(busiest / 2)
+    busy: dict[int, float] = {}
+    for r in two["per_slide"]:
+        busy[r["pid"]] = busy.get(r["pid"], 0.0) + r["seconds"]
+    assert two["seconds_per_slide"] == pytest.approx(max(busy.values()) / 2)
     assert two["slides_per_hour"] == pytest.approx(3600 / two["seconds_per_slide"])
 
 

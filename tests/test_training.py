@@ -433,7 +433,9 @@ def test_loop_works_with_a_stand_in_model(
     """The loop depends on the model interface only, not on zoommil.models."""
     monkeypatch.setattr(modeling, "known_archs", lambda: ["meanpool"])
     monkeypatch.setattr(modeling, "model_mags", lambda arch, mags: list(mags))
-    monkeypatch.setattr(modeling, "make_model", lambda arch, n, d, mags, kwargs: MeanPool(d, n))
+    monkeypatch.setattr(
+        modeling, "make_model", lambda arch, n, d, mags, kwargs, **_: MeanPool(d, n)
+    )
     config = write_config(dataset, tmp_path, epochs=2, selection="val_weighted_f1")
     assert train_cli(config, tmp_path / "out", "meanpool") == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

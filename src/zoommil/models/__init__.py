@@ -78,16 +78,27 @@ def _accepted_options(cls: type[nn.Module]) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def build_model(name: str, *, mags: Sequence[float] | None = None, **kwargs: Any) -> nn.Module:
+def build_model(
+    name: str,
+    *,
+    mags: Sequence[float] | None = None,
+    run_seed: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build a model by name: ``build_model("abmil", in_dim=1024, n_classes=3)``.
 
     ``mags`` (optional, all configured magnifications) is turned into what each architecture
     needs: ZoomMIL gets ``mags=default_mags(...)``, MS-MIL ``n_scales=len(mags)``, DSMIL
-    ``n_scales`` 2 (multi-scale) or 1; single-scale models ignore it. Options a model does
-    not take raise a `ZoomMILError` that lists the ones it does.
+    ``n_scales`` 2 (multi-scale) or 1; single-scale models ignore it. ``run_seed`` (the
+    training run's seed) becomes ZoomMIL's ``seed`` unless the options set one: its random
+    ablations draw their evaluation regions from it, so each training seed is evaluated on
+    its own draw. Options a model does not take raise a `ZoomMILError` that lists the ones
+    it does.
     """
     arch = canonical_name(name)
     cls = _CLASSES[arch]
+    if arch == "zoommil" and run_seed is not None:
+        kwargs.setdefault("seed", int(run_seed))
     if mags is not None:
         used = default_mags(arch, mags)
         if arch == "zoommil":

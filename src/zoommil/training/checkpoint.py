@@ -71,6 +71,7 @@ def model_from_state(
         int(config["in_dim"]),
         list(config.get("config_mags") or config["mags"]),
         dict(config.get("kwargs") or {}),
+        run_seed=config.get("seed"),
     )
     try:
         model.load_state_dict(state_dict)

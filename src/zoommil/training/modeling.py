@@ -22,15 +22,21 @@ def model_mags(arch: str, mags: Sequence[float]) -> list[float]:
 
 
 def make_model(
-    arch: str, n_classes: int, in_dim: int, mags: Sequence[float], kwargs: dict[str, Any]
+    arch: str,
+    n_classes: int,
+    in_dim: int,
+    mags: Sequence[float],
+    kwargs: dict[str, Any],
+    run_seed: int | None = None,
 ) -> nn.Module:
-    """A fresh model; ``mags`` are all configured magnifications (the model picks its own).
+    """A fresh model; ``mags`` are all configured magnifications (the model picks its own),
+    ``run_seed`` the training run's seed (see `zoommil.models.build_model`).
 
     Bad keyword arguments become a one-line user error.
     """
     try:
         return models.build_model(
-            arch, in_dim=in_dim, n_classes=n_classes, mags=list(mags), **kwargs
+            arch, in_dim=in_dim, n_classes=n_classes, mags=list(mags), run_seed=run_seed, **kwargs
         )
     except TypeError as error:
         raise ZoomMILError(f"architecture '{arch}': bad arguments {kwargs} ({error})") from error

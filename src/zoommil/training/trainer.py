@@ -327,7 +327,9 @@ def _prepare(cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device)
     for store in stores.values():
         store.to_device(dev)
     torch.manual_seed(seed)
-    model = modeling.make_model(method.arch, len(classes), in_dim, cfg.mags, dict(method.kwargs))
+    model = modeling.make_model(
+        method.arch, len(classes), in_dim, cfg.mags, dict(method.kwargs), run_seed=seed
+    )
     model = model.to(dev)
     # fused: one kernel for all parameters instead of ~10 ops per tensor; with one small bag
     # per step the per-op overhead of the default loop was ~half of a ZoomMIL step on CPU.
