@@ -295,6 +295,27 @@ def test_dsmil_loss_is_half_bag_half_max_instance():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("label", [0, 1])
+def test_binary_dsmil_is_the_references_one_class_bce(label):
+    """Two classes: one positive stream, as the reference trains CAMELYON16 (--num_classes=1):
+    logits [0, z] and a loss equal to 0.5 BCE(z_bag) + 0.5 BCE(max_i s_i) for target label."""
+    torch.manual_seed(0)
+    model = DSMIL(in_dim=4, n_classes=2, n_scales=1)
+    assert model.instance_classifier.out_features == 1 and model.fcc.out_channels == 1
+    feats = [torch.randn(1, 9, 4)]
+    logits, loss = model.training_loss(feats, None, torch.tensor([label]))
+    assert logits.shape == (1, 2) and logits[0, 0] == 0
+    assert torch.equal(model(feats), logits)
+    s_max = model.instance_classifier(feats[0][0]).max()
+    target = torch.tensor(float(label))
+    bce = F.binary_cross_entropy_with_logits
+    expected = 0.5 * bce(logits[0, 1], target) + 0.5 * bce(s_max, target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert model.attention_scores(feats).shape == (9,)
+    two = DSMIL(in_dim=4, n_classes=2, n_scales=1, binary_one_class=False)
+    assert two.instance_classifier.out_features == 2
+
+
 @pytest.mark.parametrize(
     ("n", "k", "n_pos", "n_neg"),
     [(1, 1, 1, 0), (5, 5, 3, 2), (12, 8, 6, 6), (16, 8, 8, 8), (100, 8, 8, 8)],

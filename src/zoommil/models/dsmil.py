@@ -7,6 +7,12 @@ V the instance features; ``Conv1d(C, C, kernel_size=K)`` gives the C bag logits.
 Loss: ``0.5 CE(bag logits) + 0.5 CE(max_i instance scores)`` (softmax CE, the multi-class
 adaptation of the reference's BCE).
 
+Two classes (``binary_one_class``, the default): one stream for the second (positive) class
+only, as the reference trains CAMELYON16 (``--num_classes=1``: a negative bag is all zeros).
+The logits are ``[0, z]``, so softmax CE on them is the reference's BCE on ``z``. Two streams
+would also pick a critical "normal" instance and push the normal score of every patch of a
+tumour slide down, against the MIL assumption that a positive bag holds negative instances.
+
 Multi-scale (``n_scales=2``, the reference's "tree" features): the model reads the lowest and
 the highest magnification; every highest-magnification feature is concatenated with its
 parent's lowest-magnification feature (parent row ``j // (N_high / N_low)``, the feature-file
@@ -46,6 +52,7 @@ class DSMIL(nn.Module):
         q_dim: int = 128,
         passing_v: bool = False,
         dropout_v: float = 0.0,
+        binary_one_class: bool = True,
     ) -> None:
         super().__init__()
         if n_scales not in (1, 2):
@@ -54,15 +61,17 @@ class DSMIL(nn.Module):
         self.n_classes = n_classes
         self.n_scales = n_scales
         self.q_dim = q_dim
+        self.one_class = binary_one_class and n_classes == 2
+        streams = 1 if self.one_class else n_classes
         dim = in_dim * n_scales
-        self.instance_classifier = nn.Linear(dim, n_classes)
+        self.instance_classifier = nn.Linear(dim, streams)
         self.q = nn.Sequential(nn.Linear(dim, q_dim), nn.ReLU(), nn.Linear(q_dim, q_dim), nn.Tanh())
         self.v = (
             nn.Sequential(nn.Dropout(dropout_v), nn.Linear(dim, dim), nn.ReLU())
             if passing_v
             else nn.Identity()
         )
-        self.fcc = nn.Conv1d(n_classes, n_classes, kernel_size=dim)
+        self.fcc = nn.Conv1d(streams, streams, kernel_size=dim)
 
     def instances(self, feats: Feats) -> torch.Tensor:
         """The bag's instances [N, K]: highest-mag features, with parents if multi-scale."""
@@ -79,29 +88,35 @@ class DSMIL(nn.Module):
         return concat_parent_features(feats[0][0], feats[-1][0])
 
     def _streams(self, feats: Feats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(instance scores [N, C], attention [N, C], bag logits [1, C])."""
+        """(instance scores [N, S], attention [N, S], bag scores [1, S]) for S streams."""
         h = self.instances(feats)
         scores = self.instance_classifier(h)
-        critical = torch.argmax(scores, dim=0)  # [C]
+        critical = torch.argmax(scores, dim=0)  # [S]
         queries = self.q(h)
         attn = torch.softmax(queries @ queries[critical].T / math.sqrt(self.q_dim), dim=0)
-        bag = attn.T @ self.v(h)  # [C, K]
+        bag = attn.T @ self.v(h)  # [S, K]
         return scores, attn, self.fcc(bag.unsqueeze(0)).view(1, -1)
 
+    def _logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """[1, S] stream scores -> [1, C] logits (one stream: ``[0, z]``)."""
+        return torch.cat([torch.zeros_like(scores), scores], dim=1) if self.one_class else scores
+
     def forward(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
-        return self._streams(feats)[2]
+        return self._logits(self._streams(feats)[2])
 
     def training_loss(
         self, feats: Feats, coords: Coords, label: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(bag logits, 0.5 CE(bag) + 0.5 CE(max-instance scores))."""
-        scores, _, logits = self._streams(feats)
+        scores, _, bag = self._streams(feats)
         label = label.view(1)
-        max_scores = scores.max(dim=0).values.unsqueeze(0)
+        logits = self._logits(bag)
+        max_scores = self._logits(scores.max(dim=0).values.unsqueeze(0))
         loss = 0.5 * F.cross_entropy(logits, label) + 0.5 * F.cross_entropy(max_scores, label)
         return logits, loss
 
     def attention_scores(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
-        """Attention of the predicted class over the (highest-magnification) instances: [N]."""
-        _, attn, logits = self._streams(feats)
-        return attn[:, int(logits.argmax())]
+        """Attention over the (highest-magnification) instances: [N], of the positive class
+        with one stream, else of the predicted class."""
+        _, attn, bag = self._streams(feats)
+        return attn[:, 0] if self.one_class else attn[:, int(bag.argmax())]
