@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from zoommil.errors import ZoomMILError
 from zoommil.models import MODEL_NAMES, build_model, default_mags
-from zoommil.models.clam import CLAMSB, clam_instance_indices
+from zoommil.models.clam import CLAMSB, clam_instance_indices, smooth_top1_svm
 from zoommil.models.dsmil import DSMIL, concat_parent_features
 from zoommil.models.nystrom import NystromAttention, iterative_pinv
 from zoommil.models.sparseconvmil import SparseConvMIL
@@ -330,6 +330,23 @@ def test_clam_k_is_min_8_n_without_overlap(n, k, n_pos, n_neg):
     assert sorted(neg.tolist()) == sorted(ranked[n - n_neg :])
 
 
+def test_smooth_top1_svm_against_its_definition():
+    """Berrada et al. 2018, k = 1: tau log sum_j exp((s_j + alpha [j != y]) / tau) - s_y."""
+    torch.manual_seed(0)
+    s, y = torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 2, 1, 1, 0])
+    by_hand = [
+        math.log(sum(math.exp(s[i, j].item() + (j != y[i].item())) for j in range(3)))
+        - s[i, y[i]].item()
+        for i in range(5)
+    ]
+    assert smooth_top1_svm(s, y).item() == pytest.approx(sum(by_hand) / 5, rel=1e-12)
+    assert smooth_top1_svm(s, y, alpha=0.0).item() == pytest.approx(F.cross_entropy(s, y).item())
+    hinge = (s + 1 - F.one_hot(y, 3)).max(dim=1).values - s.gather(1, y[:, None])[:, 0]
+    assert smooth_top1_svm(s, y, tau=1e-3).item() == pytest.approx(hinge.mean().item(), abs=1e-2)
+    with pytest.raises(ZoomMILError, match="inst_loss"):
+        CLAMSB(in_dim=4, inst_loss="hinge")
+
+
 def test_clam_instance_loss_on_small_bags(monkeypatch):
     torch.manual_seed(0)
     model = CLAMSB(in_dim=8, n_classes=3)
@@ -341,7 +358,11 @@ def test_clam_instance_loss_on_small_bags(monkeypatch):
         _, loss = model.training_loss([torch.randn(1, n, 8)], None, torch.tensor([0]))
         assert torch.isfinite(loss)
     assert seen == [1, 1, 3, 3, 8, 8]  # out-of-class top-k for the two other classes
-    binary = CLAMSB(in_dim=8, n_classes=2).eval()  # no dropout: the two passes must agree
+
+
+@pytest.mark.parametrize("inst_loss", ["svm", "ce"])
+def test_binary_clam_loss_is_07_bag_03_instance(inst_loss):
+    binary = CLAMSB(in_dim=8, n_classes=2, inst_loss=inst_loss).eval()  # passes must agree
     assert not binary.subtyping
     torch.manual_seed(0)
     h, scores = binary._embed([torch.randn(1, 20, 8)])
@@ -349,7 +370,8 @@ def test_clam_instance_loss_on_small_bags(monkeypatch):
         binary.classifier(torch.softmax(scores, 1).mul(h).sum(1)), torch.tensor([1])
     )
     pos, neg, _ = clam_instance_indices(scores[0, :, 0], 8)
-    inst = F.cross_entropy(
+    loss_fn = smooth_top1_svm if inst_loss == "svm" else F.cross_entropy
+    inst = loss_fn(
         binary.instance_classifiers[1](h[0, torch.cat([pos, neg])]),
         torch.cat([torch.ones(8), torch.zeros(8)]).long(),
     )
