@@ -15,7 +15,7 @@ from zoommil.models import MODEL_NAMES, build_model, default_mags
 from zoommil.models.clam import CLAMSB, clam_instance_indices, smooth_top1_svm
 from zoommil.models.dsmil import DSMIL, concat_parent_features
 from zoommil.models.nystrom import NystromAttention, iterative_pinv
-from zoommil.models.sparseconvmil import SparseConvMIL
+from zoommil.models.sparseconvmil import SparseConvMIL, augmented_cells, grid_cells
 from zoommil.models.transmil import TransMIL
 
 HAVE_ZOOMMIL = importlib.util.find_spec("zoommil.models.zoommil") is not None
@@ -435,7 +435,7 @@ def test_sparseconvmil_map_averages_cells_and_is_translation_invariant():
     model = SparseConvMIL(in_dim=4, n_classes=2, downsample=2).eval()
     emb = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])
     coords = torch.tensor([[10, 10], [11, 11], [14, 10]])
-    grid, mask = model.sparse_map(emb, coords)
+    grid, mask = model.sparse_map(emb, grid_cells(coords, model.downsample))
     assert grid.shape == (1, 2, 3, 1) and mask.flatten().tolist() == [1.0, 0.0, 1.0]
     assert grid[0, :, 0, 0].tolist() == [2.0, 1.0] and grid[0, :, 2, 0].tolist() == [5.0, 5.0]
     torch.manual_seed(0)
@@ -447,6 +447,32 @@ def test_sparseconvmil_map_averages_cells_and_is_translation_invariant():
         assert not torch.allclose(out, model(feats, [pos.flip(0)]))  # positions matter
     with pytest.raises(ZoomMILError, match="3 coordinates for 20 instances"):
         model(feats, [pos[:3]])
+
+
+def test_sparseconvmil_training_map_is_rotated_stretched_and_shifted():
+    """The reference's spatial augmentation: any angle, flips, per-axis stretch in
+    [0.7, 1.3], a sub-cell shift; repeatable from the seed, cells start at 0, and distances
+    between positions change by at most the stretch (plus a cell of flooring)."""
+    pos = torch.stack(torch.meshgrid(torch.arange(30), torch.arange(20), indexing="ij"), -1)
+    pos = pos.reshape(-1, 2) * 3 + 7
+    torch.manual_seed(0)
+    draws = [augmented_cells(pos, 10) for _ in range(20)]
+    torch.manual_seed(0)
+    assert torch.equal(augmented_cells(pos, 10), draws[0])
+    assert all(d.min(dim=0).values.tolist() == [0, 0] for d in draws)
+    assert len({tuple(d.flatten().tolist()) for d in draws}) == 20  # not 8 symmetries
+    shapes = {tuple((d.max(dim=0).values + 1).tolist()) for d in draws}
+    assert len(shapes) > 8
+    far = (pos[-1] - pos[0]).double().norm() / 10
+    for d in draws:
+        moved = (d[-1] - d[0]).double().norm()
+        assert 0.7 * far - 2 <= moved <= 1.3 * far + 2
+    model = SparseConvMIL(in_dim=4, n_classes=2, n_tiles=0)
+    feats = [torch.randn(1, len(pos), 4)]
+    torch.manual_seed(1)
+    a = model.train()(feats, [pos])
+    assert not torch.allclose(a, model(feats, [pos]))  # a new map every step
+    assert torch.equal(model.eval()(feats, [pos]), model(feats, [pos]))
 
 
 def test_msmil_pools_all_magnifications_and_optional_domain_branch():

@@ -8,8 +8,12 @@ dense convolution on the zero-filled grid, re-masked to the active cells after e
 the active cells and ``Linear(32, 32)+ReLU+Linear(32, C)`` give the logits.
 
 Training (``model.train()``) follows the paper: each step uses ``n_tiles`` instances drawn at
-random (with replacement by default; ``n_tiles=0`` uses all) and random flips / transposition
-of the coordinates. Evaluation uses every instance and the coordinates as they are.
+random (with replacement by default; ``n_tiles=0`` uses all), and the map is augmented as the
+reference augments it: the downsampled positions are rotated by a uniform random angle,
+flipped per axis, stretched per axis by a random factor in [0.7, 1.3] and shifted by a random
+fraction of a cell before they are binned (`augmented_cells`), so which instances share a
+cell and which are neighbours changes from step to step. Evaluation uses every instance and
+the positions as they are (the reference augments at inference too; we do not).
 ``coords`` should be given (the highest magnification's (row, col) grid); without them the
 instances are laid out row by row on a ceil(sqrt N) square, which keeps the model usable but
 makes the convolutions see arbitrary neighbours.
@@ -36,17 +40,28 @@ def square_layout(n: int, device: torch.device | None = None) -> torch.Tensor:
     return torch.stack([i // side, i % side], dim=1)
 
 
-def augment_coords(coords: torch.Tensor) -> torch.Tensor:
-    """Random row flip, column flip and transposition (each with probability 1/2)."""
-    coords = coords.clone()
-    flips = torch.rand(3)
-    if flips[0] < 0.5:
-        coords[:, 0] = -coords[:, 0]
-    if flips[1] < 0.5:
-        coords[:, 1] = -coords[:, 1]
-    if flips[2] < 0.5:
-        coords = coords.flip(1)
-    return coords
+def grid_cells(pos: torch.Tensor, downsample: int) -> torch.Tensor:
+    """Cells of the sparse map: grid positions [n, 2] // downsample, the first cell at 0."""
+    return torch.div(pos - pos.min(dim=0).values, downsample, rounding_mode="floor")
+
+
+def augmented_cells(pos: torch.Tensor, downsample: int) -> torch.Tensor:
+    """Cells of a randomly rotated, flipped, stretched and shifted sparse map (training).
+
+    Positions / downsample as row vectors times rotation(theta) @ diag(flips * stretch), theta
+    uniform in [0, 2 pi), flips +-1, stretch uniform in [0.7, 1.3] per axis (the reference's
+    order and ranges), plus a uniform shift in [0, 1) cell per axis; then floored, the first
+    cell at 0. Draws from torch's global generator, so a seeded run repeats."""
+    theta, flip_u, stretch_u, shift = torch.rand(()), torch.rand(2), torch.rand(2), torch.rand(2)
+    angle = float(theta) * 2 * math.pi
+    f64 = {"dtype": torch.float64, "device": pos.device}
+    rotation = torch.tensor(
+        [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], **f64
+    )
+    scale = torch.where(flip_u < 0.5, -1.0, 1.0).double() * (0.7 + 0.6 * stretch_u.double())
+    x = (pos.to(torch.float64) / downsample) @ (rotation * scale.to(pos.device)[None, :])
+    cells = torch.floor(x + shift.double().to(pos.device)).long()
+    return cells - cells.min(dim=0).values
 
 
 class SparseConvMIL(nn.Module):
@@ -89,11 +104,10 @@ class SparseConvMIL(nn.Module):
         return torch.randperm(n)[: self.n_tiles].to(device)
 
     def sparse_map(
-        self, emb: torch.Tensor, coords: torch.Tensor
+        self, emb: torch.Tensor, cells: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Average embeddings [n, E] into cells: dense grid [1, E, H, W] and mask [1, 1, H, W]."""
-        cells = coords - coords.min(dim=0).values
-        cells = torch.div(cells, self.downsample, rounding_mode="floor")
+        """Average embeddings [n, E] into their cells [n, 2] (>= 0; `grid_cells`): dense grid
+        [1, E, H, W] and mask [1, 1, H, W]."""
         height, width = (int(v) + 1 for v in cells.max(dim=0).values)
         if height * width * emb.shape[1] > MAX_GRID_VALUES:
             raise ZoomMILError(
@@ -123,8 +137,10 @@ class SparseConvMIL(nn.Module):
         if idx is not None:
             x, pos = x[idx], pos[idx]
         if self.training and self.augment:
-            pos = augment_coords(pos)
-        grid, mask = self.sparse_map(self.embed(x), pos)
+            cells = augmented_cells(pos, self.downsample)
+        else:
+            cells = grid_cells(pos, self.downsample)
+        grid, mask = self.sparse_map(self.embed(x), cells)
         h = F.relu(self.conv1(grid)) * mask
         h = F.relu(self.conv2(h)) * mask
         pooled = h.sum(dim=(2, 3)) / mask.sum()
