@@ -153,9 +153,14 @@ def test_frontier_circles_sit_on_the_drawn_markers_of_dodged_methods() -> None:
 def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: Path) -> None:
     slide = make_slide("t0.tiff", width=1024, height=768, mpp=1.0, levels=2)
     sheet = tmp_path / "usable.tsv"
-    sheet.write_text(f"slide_id\tpath\tlabel\tsplit\nt0\t{slide}\tb\ttest\n")
+    other = make_slide("other.tiff", width=512, height=512, mpp=1.0, levels=1)
+    sheet.write_text(
+        f"slide_id\tpath\tlabel\tsplit\nt0\t{slide}\tb\ttest\nscan_7\t{other}\ta\ttest\n"
+    )
     prediction = {
-        "slide_id": "t0",
+        # what `zoommil predict` without --slide-id records: the file's name, here also
+        # another sheet row's id; the workflow's JSON name (the sheet id) must win
+        "slide_id": "scan_7",
         "predicted": "b",
         "attention": [
             {"mag": 10.0, "side0": 256, "xy": [[0, 0], [256, 0]], "weights": [0.3, 0.7]},
@@ -169,6 +174,7 @@ def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: P
         [path], sheet, [tmp_path / "att.png"], "zoommil", "demo", "random"
     )
     assert layout["rows"] == 1 and layout["colorbar"]
+    assert layout["slides"] == [("t0", "b")]
     assert layout["titles"][1:] == ["attention at 5x", "attention at 10x"]
     assert (tmp_path / "att.png").stat().st_size > 1000
     # the 10x map covers only the zoomed region, normalised within that magnification

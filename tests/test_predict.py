@@ -184,6 +184,11 @@ def test_predict_cli_writes_json_and_heatmap_the_same_with_2_threads(
     result2 = json.loads(two.read_text())
     for key in ("probabilities", "selected", "attention", "patches_per_mag"):
         assert result2[key] == result[key] == one_slide_json[key], key
+    # the id is the file's name unless given (the workflow passes the sheet's slide_id)
+    assert result["slide_id"] == small_slide.stem
+    named = tmp_path / "named.json"
+    assert main([*argv, "--slide-id", "case.003", "--json", str(named)]) == 0
+    assert json.loads(named.read_text())["slide_id"] == "case.003"
 
 
 def _copy_and_broken(small_slide: Path, tmp_path: Path, name: str) -> tuple[Path, Path]:
@@ -255,6 +260,8 @@ def test_predict_many_slides_usage_errors(small_slide, checkpoint, tmp_path, cap
     assert main([*argv, "--out-dir", str(tmp_path / "out")]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "share the slide_id" in err
+    assert main([*argv, "--slide-id", "x", "--out-dir", str(tmp_path / "out")]) != 0
+    assert "--slide-id names one slide" in capsys.readouterr().err
 
 
 def test_predict_cli_missing_slide_is_one_line_error(tmp_path, capsys):

@@ -91,6 +91,7 @@ checkpoint predict:
         mpp=inspected_mpp_override,
         device=device,
     shell:
-        "zoommil predict {params.slide:q} --checkpoint {input.checkpoint} "
+        "zoommil predict {params.slide:q} --slide-id {wildcards.slide:q} "
+        "--checkpoint {input.checkpoint} "
         "--heatmap {output.heatmap} --json {output.json} {params.mpp} "
         "--device {params.device} --no-fail > {log} 2>&1"

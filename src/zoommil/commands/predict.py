@@ -54,6 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--mpp", type=float, help="level-0 um/px, overriding the slide metadata")
     parser.add_argument(
+        "--slide-id",
+        help="one slide: its id in the JSON and the output (default: the file name without "
+        "its extension; the workflow passes the sheet's slide_id)",
+    )
+    parser.add_argument(
         "--weights",
         help=(
             "encoder weights (imagenet|hf|random|PATH); default: those recorded in the "
@@ -100,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise ZoomMILError(f"--workers must be >= 0, got {args.workers}")
     if len(args.slides) > 1 or args.out_dir is not None:
+        if args.slide_id is not None:
+            raise ZoomMILError("--slide-id names one slide; with several or --out-dir each "
+                               "slide's id is its file name")  # fmt: skip
         return _run_many(args)
     args.slide = args.slides[0]
     return _run_one(args)
@@ -136,6 +144,8 @@ def _run_one(args: argparse.Namespace) -> int:
                 progress=sys.stderr.isatty(),
                 reader=reader,
             )
+    if args.slide_id is not None:
+        result["slide_id"] = args.slide_id
     if args.heatmap and not result["attention"]:  # checked before the JSON is written
         raise ZoomMILError(f"{args.slide}: no attention to draw for --heatmap")
     if args.json:

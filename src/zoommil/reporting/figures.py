@@ -414,13 +414,14 @@ def attention_figure(
         if skipped:
             empty = "no test slide could be shown: the chosen slides failed\n" + "\n".join(skipped)
         fig.text(0.5, 0.5, empty, ha="center", va="center", fontsize=8, wrap=True)
-    image = None
+    image, shown = None, []
     for row, (path, prediction) in enumerate(zip(predictions, loaded, strict=True)):
-        slide_id = prediction.get("slide_id") or Path(path).stem
+        slide_id = _prediction_slide_id(Path(path), prediction, table)
         background, size0 = thumbs[row]
         thumb_size = (background.shape[1], background.shape[0])
         sx, sy = thumb_size[0] / size0[0], thumb_size[1] / size0[1]
         label = table.loc[slide_id, "label"] if slide_id in table.index else "?"
+        shown.append((slide_id, str(label)))
         predicted = prediction.get("predicted", "?")
         selected = sorted(prediction.get("selected") or [], key=lambda e: float(e["mag"]))
         axes[row, 0].imshow(background)
@@ -459,7 +460,20 @@ def attention_figure(
         "colorbar": image is not None,
         "skipped": skipped,
         "empty": empty,
+        "slides": shown,
     }
+
+
+def _prediction_slide_id(path: Path, prediction: Mapping[str, Any], table: pd.DataFrame) -> str:
+    """The sheet id of a prediction JSON: its file name where the sheet has it (the workflow
+    writes results/predict/{method}/{slide_id}.json), else the id recorded in it.
+
+    Why not the record first: `zoommil predict` recorded the slide file's name, which differs
+    from the sheet id whenever a sheet names its slides (a figure row then showed another
+    slide's thumbnail and label, or the file name with label '?')."""
+    if path.stem in table.index:
+        return path.stem
+    return str(prediction.get("slide_id") or path.stem)
 
 
 def _usable_predictions(
@@ -478,7 +492,7 @@ def _usable_predictions(
             skipped.append(f"{path.stem} ({failure.stage}: {failure.reason})")
             continue
         prediction = results.load_json(path)
-        slide_id = prediction.get("slide_id") or path.stem
+        slide_id = _prediction_slide_id(path, prediction, table)
         slide_path = prediction.get("slide")
         if slide_id in table.index:
             slide_path = table.loc[slide_id, "path"]
