@@ -113,6 +113,7 @@ def test_mpp_flags_follow_the_design_order() -> None:
     assert workflow.resolved_mpp_flag("0.499", "openslide.mpp-x") == ""
     assert workflow.resolved_mpp_flag("", "") == ""  # not inspected ok
     assert workflow.resolved_mpp_flag("0.5", "default") == "--default-mpp 0.5"
+    assert workflow.resolved_mpp_flag("0.5", "sheet") == "--default-mpp 0.5"
     assert workflow.resolved_mpp_flag(0.5, "default", "--mpp") == "--mpp 0.5"
     assert workflow.resolved_mpp_flag("0.25", "override") == "--mpp 0.25"
 
@@ -211,7 +212,7 @@ def test_qc_tables(tmp_path: Path) -> None:
     frame = sheet.load_sheet(
         write_sheet(
             tmp_path,
-            "a\ta.svs\tx\ttrain\t\nb\tb.svs\ty\ttest\t\nc\tc.svs\tx\tval\t\nd\td.svs\ty\ttest\t\n",
+            "a\ta.svs\tx\ttrain\t\nb\tb.svs\ty\ttest\t\nc\tc.svs\tx\tval\t0.5\nd\td.svs\ty\ttest\t\n",
         )
     )
     status = tmp_path / "qc"
@@ -219,12 +220,14 @@ def test_qc_tables(tmp_path: Path) -> None:
     for name, record in {
         "a": {"status": "ok", "mpp": 1.0, "mpp_source": "openslide.mpp-x"},
         "b": {"status": "implausible_mpp", "reason": "mpp 896 outside 0.1-2.0"},
-        "c": {"status": "ok", "mpp": 0.5, "mpp_source": "sheet"},
-        "d": {"status": "ok", "mpp": 0.5, "mpp_source": "sheet"},
+        "c": {"status": "ok", "mpp": 0.5, "mpp_source": "default"},
+        "d": {"status": "ok", "mpp": 0.5, "mpp_source": "default"},
     }.items():
         (status / f"{name}.json").write_text(json.dumps(record))
     inspection = qc.inspection_table(frame, sorted(status.glob("*.json")))
     assert list(inspection["status"]) == ["ok", "implausible_mpp", "ok", "ok"]
+    # `--default-mpp` from the sheet's mpp column (c) or from the config's default_mpp (d)
+    assert list(inspection["mpp_source"]) == ["openslide.mpp-x", "", "sheet", "default"]
     assert inspection.loc[1, "reason"] == "mpp 896 outside 0.1-2.0"
     feats = {
         "a": write_features(tmp_path / "a.h5", {"2.5x": 2, "5.0x": 8}),

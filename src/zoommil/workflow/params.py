@@ -99,8 +99,9 @@ def encoder_flags(recipe: PreprocessingRecipe) -> str:
     )
 
 
-#: mpp sources of `zoommil.wsi.slide.resolve_mpp` that are not the slide's own metadata.
-_GIVEN_MPP_SOURCES = ("default", "override")
+#: mpp sources of `zoommil.wsi.slide.resolve_mpp` that are not the slide's own metadata
+#: ("sheet": a "default" that came from the sheet's mpp column, `zoommil.workflow.qc`).
+_GIVEN_MPP_SOURCES = ("default", "sheet", "override")
 
 
 def fallback_mpp_flag(sheet_mpp: float | None, default_mpp: float | None) -> str:

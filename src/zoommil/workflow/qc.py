@@ -69,13 +69,24 @@ def inspection_table(sheet: pd.DataFrame, status_files: Iterable[str | Path]) ->
                 "stage": "" if status == "ok" else "inspect",
                 "reason": "" if status == "ok" else _reason(record) or status,
                 "mpp": record.get("mpp"),
-                "mpp_source": record.get("mpp_source") or "",
+                "mpp_source": _mpp_source(record, row),
                 "quickhash": record.get("quickhash") or "",
             }
         )
     table = pd.DataFrame(rows, columns=INSPECT_COLUMNS)
     check_duplicate_slides(table)
     return table
+
+
+def _mpp_source(record: dict[str, Any], row: pd.Series) -> str:
+    """Where the slide's mpp came from: `zoommil inspect`'s source, except that a fallback
+    ("default") taken from the sheet's mpp column is "sheet" (the workflow passes both the
+    sheet's value and the config's `default_mpp` as `--default-mpp`)."""
+    source = str(record.get("mpp_source") or "")
+    sheet_mpp = row.get("mpp") if "mpp" in row.index else None
+    if source == "default" and sheet_mpp is not None and not pd.isna(sheet_mpp):
+        return "sheet"
+    return source
 
 
 def check_duplicate_slides(table: pd.DataFrame) -> None:
