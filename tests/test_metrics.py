@@ -85,11 +85,12 @@ def test_every_metric_equals_sklearn_on_small_splits_with_ties(seed: int, n_clas
     else:
         auc = roc_auc_score(y, probs, multi_class="ovr", labels=labels)
     assert m["auc"] == pytest.approx(auc, abs=1e-12)
-    kappa = cohen_kappa_score(y, pred, labels=labels)
-    if np.isnan(kappa):
-        assert m["cohen_kappa"] is None
-    else:
-        assert m["cohen_kappa"] == pytest.approx(kappa, abs=1e-12)
+    for key, weights in (("cohen_kappa", None), ("quadratic_kappa", "quadratic")):
+        kappa = cohen_kappa_score(y, pred, labels=labels, weights=weights)
+        if np.isnan(kappa):
+            assert m[key] is None
+        else:
+            assert m[key] == pytest.approx(kappa, abs=1e-12)
 
 
 def test_tied_scores_share_their_rank_in_the_auc() -> None:

@@ -1,8 +1,12 @@
 """MS-MIL (Hashimoto et al. 2020) on frozen features: one attention bag over all magnifications.
 
-Each magnification has its own ``Linear(D, 512)+ReLU+Dropout`` (the per-scale extractors of
-MS-DA-MIL); the instances of all magnifications are concatenated along the instance axis and
-pooled by one gated attention (hidden 256) into ``Linear(512, C)``.
+Each magnification has its own ``Linear(D, 512)+ReLU+Dropout``; the instances of all
+magnifications are concatenated along the instance axis and pooled by one gated attention
+(hidden 256) into ``Linear(512, C)``. This is an adaptation, not the reference's head: MS-DA-MIL
+fine-tunes one CNN per scale and shares one ``fc`` and a plain (ungated) attention
+``Linear(512, 128)+Tanh+Linear(128, 1)`` over the instances of all scales. On one frozen
+encoder's features the per-scale specialisation can only live in the first layer, hence one
+``fc`` per magnification, and the attention is ABMIL's gated one, as for the other baselines.
 
 The domain-adversarial branch of MS-DA-MIL needs domain labels (centre or scanner) and is off
 by default (``n_domains=0``). With ``n_domains > 0`` a ``Linear(512, n_domains)`` domain

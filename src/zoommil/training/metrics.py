@@ -35,11 +35,17 @@ def f1_per_class(counts: np.ndarray) -> np.ndarray:
     return np.divide(tp2, denominator, out=np.zeros(len(counts)), where=denominator > 0)
 
 
-def cohen_kappa(counts: np.ndarray) -> float | None:
-    """Cohen's kappa from the confusion counts; None when undefined (one class only)."""
+def cohen_kappa(counts: np.ndarray, weights: str | None = None) -> float | None:
+    """Cohen's kappa from the confusion counts (``weights="quadratic"``: disagreement weighted
+    by the squared distance of the class indices, for ordered classes); None when undefined
+    (one class only)."""
     sum0, sum1 = counts.sum(axis=0), counts.sum(axis=1)
-    expected = np.outer(sum0, sum1) / sum0.sum()
-    disagree = 1 - np.eye(len(counts), dtype=np.int64)
+    expected = np.outer(sum1, sum0) / sum0.sum()
+    index = np.arange(len(counts))
+    if weights == "quadratic":
+        disagree = (index[:, None] - index[None, :]).astype(np.float64) ** 2
+    else:
+        disagree = 1.0 - np.eye(len(counts))
     denominator = np.sum(disagree * expected)
     if np.isclose(denominator, 0):
         return None
@@ -126,6 +132,8 @@ def classification_metrics(
         "auc": auc,
         "auc_note": auc_reason,
         "cohen_kappa": cohen_kappa(counts),
+        # the official ZoomMIL logger's kappa (BRIGHT's and CRC's classes are ordered)
+        "quadratic_kappa": cohen_kappa(counts, weights="quadratic"),
         "per_class_f1": {
             name: (float(per_class[c]) if c in seen else None) for c, name in enumerate(classes)
         },
