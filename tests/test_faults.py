@@ -650,6 +650,24 @@ def test_sheet_with_a_byte_order_mark(tmp_path):
     assert list(zsheet.load_sheet(path).index) == ["a"]
 
 
+def test_braces_in_a_sheet_path_are_refused_naming_the_row(tmp_path):
+    """Snakemake reads braces in an input path as wildcards (planning failed naming no row)."""
+    path = tmp_path / "slides.tsv"
+    path.write_text(HEADER + "a\ta.svs\tx\ttrain\t\nb\tb}.svs\ty\ttest\t\n")
+    with pytest.raises(ZoomMILError, match="row 2 \\(slide_id 'b'\\): path 'b}.svs' contains"):
+        zsheet.load_sheet(path)
+    folder = tmp_path / "cohort{1}"  # relative paths inherit the sheet's folder
+    folder.mkdir()
+    inner = folder / "slides.tsv"
+    inner.write_text(HEADER + "a\ta.svs\tx\ttrain\t\n")
+    with pytest.raises(ZoomMILError, match="slide sheet .*cohort\\{1\\}.*: the path contains"):
+        zsheet.load_sheet(inner)
+    link = tmp_path / "cohort1"
+    link.symlink_to(folder)
+    path.write_text(HEADER + f"a\t{link / 'a.svs'}\tx\ttrain\t\n")
+    assert list(zsheet.load_sheet(path).index) == ["a"]  # the advice: a link without braces
+
+
 def test_comma_separated_tsv(tmp_path):
     path = tmp_path / "slides.tsv"
     path.write_text("slide_id,path,label,split\na,a.svs,x,train\n")

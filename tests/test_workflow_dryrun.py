@@ -202,6 +202,35 @@ def test_sheet_bad_split_and_mpp_name_the_row(workdir: Path) -> None:
     _expect_sheet_error(workdir, ["a\ta.svs\tnormal\ttrain\t900\n"], "outside 0.05-5.0")
 
 
+def test_sheet_path_with_braces_names_the_row(workdir: Path) -> None:
+    """Snakemake reads braces in an input path as wildcards: a slide 'a{x}.svs' stopped the
+    planning with `WildcardError in rule inspect ... 'x'`, naming no row."""
+    folder = workdir / "bad"
+    folder.mkdir(exist_ok=True)
+    (folder / "a{x}.svs").write_bytes(b"")  # an existing file is what reached the input
+    rows = ["a\ta{x}.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumor\tval\t\n"]
+    rows.append("c\tc.svs\ttumor\ttest\t\n")
+    text = _expect_sheet_error(workdir, rows, "row 1 (slide_id 'a'): path 'a{x}.svs' contains")
+    assert "Snakemake reads braces in a path as wildcards; rename the file" in text
+    assert "WildcardError" not in text
+
+
+def test_sheet_file_with_braces_fails_before_any_job(workdir: Path) -> None:
+    sheet = fake_sheet(workdir / "sheet{x}", PRESETS["camelyon16"])
+    result = harness.snakemake(
+        workdir,
+        "-n",
+        "--config",
+        f"sheet={sheet}",
+        configfile=workdir / "config" / "camelyon16.yaml",
+        check=False,
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"invalid slide sheet: slide sheet {sheet}: the path contains '{{' or '}}'" in text
+    assert "Building DAG" not in text and "WildcardError" not in text
+
+
 def test_sheet_without_validation_slides_fails_before_any_job(workdir: Path) -> None:
     rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttest\t\n"]
     _expect_sheet_error(workdir, rows, "no val slides")

@@ -24,6 +24,11 @@ REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
 #: What commands that start from feature files need (their sheet may lack paths).
 COMMAND_COLUMNS = ("slide_id", "label", "split")
 SPLITS = ("train", "val", "test")
+#: Why the workflow refuses a path with braces (the sheet's own, or a slide's).
+BRACES_REASON = (
+    "Snakemake reads braces in a path as wildcards; rename the file (or link it under a name "
+    "without braces)"
+)
 
 
 def read_table(path: str | Path, what: str = "slide sheet") -> pd.DataFrame:
@@ -123,6 +128,8 @@ def load_sheet(
     returned frame has a float `mpp` column (NaN where absent).
     """
     sheet = Path(path)
+    if has_braces(sheet):
+        raise ZoomMILError(f"slide sheet {sheet}: the path contains '{{' or '}}': {BRACES_REASON}")
     frame = read_table(sheet)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -142,6 +149,12 @@ def load_sheet(
         for column in REQUIRED_COLUMNS:
             if row[column] == "":
                 raise ZoomMILError(f"{sheet}: {where}: empty '{column}'")
+        resolved = resolve_slide_path(sheet, row["path"])
+        if has_braces(resolved):
+            shown = row["path"] if has_braces(row["path"]) else resolved
+            raise ZoomMILError(
+                f"{sheet}: {where}: path '{shown}' contains '{{' or '}}': {BRACES_REASON}"
+            )
         mpp = parse_mpp(row["mpp"], where, sheet) if "mpp" in frame.columns else None
         mpps.append(mpp)
         if validator is not None:
@@ -172,6 +185,12 @@ def load_sheet(
     frame["path"] = [resolve_slide_path(sheet, p) for p in frame["path"]]
     check_leakage(frame, sheet)
     return frame.set_index("slide_id", drop=False)
+
+
+def has_braces(path: str | Path) -> bool:
+    """Whether a path has `{` or `}`, which a Snakemake input path cannot hold (they are read
+    as wildcards, and doubling them does not help in an input function's return value)."""
+    return "{" in str(path) or "}" in str(path)
 
 
 def check_leakage(frame: pd.DataFrame, sheet: str | Path) -> None:
