@@ -4,8 +4,6 @@ features.tsv (the usable feature files with size and mtime: what training depend
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from zoommil.errors import ZoomMILError
 from zoommil.io import sheet
 from zoommil.workflow import qc
@@ -13,7 +11,7 @@ from zoommil.workflow import qc
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
 frame = sheet.load_sheet(sm.input.sheet, sm.params.classes)
-inspection = pd.read_csv(sm.input.inspection, sep="\t", dtype={"slide_id": str})
+inspection = qc.read_tsv(sm.input.inspection)
 features = {Path(p).stem: p for p in sm.input.features}
 table = qc.slides_table(inspection, features, sm.params.no_tissue, sm.params.mags)
 qc.write_tsv(table, sm.output.table)

@@ -319,7 +319,7 @@ def test_qc_slides_table_when_no_slide_failed_inspection(tmp_path: Path) -> None
         record = {"status": "ok", "mpp": 1.0, "mpp_source": "openslide.mpp-x"}
         (status / f"{name}.json").write_text(json.dumps(record))
     qc.write_tsv(qc.inspection_table(frame, sorted(status.glob("*.json"))), tmp_path / "i.tsv")
-    inspection = pd.read_csv(tmp_path / "i.tsv", sep="\t", dtype={"slide_id": str})
+    inspection = qc.read_tsv(tmp_path / "i.tsv")
     feats = {
         "a": write_features(tmp_path / "a.h5", {"2.5x": 2, "5.0x": 8}),
         "b": write_features(tmp_path / "b.h5", {"2.5x": 3, "5.0x": 12}, no_tissue=True),

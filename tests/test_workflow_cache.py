@@ -36,6 +36,34 @@ def test_tables_are_parsed_once_until_the_file_changes(tmp_path, monkeypatch) ->
     assert len(reads) == 2
 
 
+def test_slide_ids_that_look_missing_stay_strings(tmp_path) -> None:
+    """'NA', 'null', 'None', 'nan' are valid slide ids: read as NaN they broke the sorted list
+    of inspected slides ('<' not supported between 'str' and 'float') after inspection."""
+    ids = ["NA", "null", "None", "nan", "NaN", "NULL", "a"]
+    path = tmp_path / "inspection.tsv"
+    _table(path, [(s, "ok", "test") for s in ids])
+    cache.clear()
+    assert cache.slides_with_status(path) == sorted(ids)
+    assert cache.slides_with_status(path, split="test") == sorted(ids)
+    assert cache.column_by_slide(path, "mpp")["NA"] == "0.5"
+    path.write_text("slide_id\tstatus\tmpp\nNA\tok\t\n")  # an empty cell is ""
+    assert cache.column_by_slide(path, "mpp") == {"NA": ""}
+
+
+def test_qc_tables_read_back_slide_ids_that_look_missing(tmp_path) -> None:
+    """qc_slides reads the inspection table back (`qc.read_tsv`): 'NA' and 'null' stay ids and
+    labels, and an empty mpp is still missing."""
+    table = pd.DataFrame(
+        {"slide_id": ["NA", "null"], "label": ["None", "x"], "status": ["ok", "ok"]}
+        | {"stage": ["", ""], "reason": ["", ""], "mpp": [0.5, None]}
+    )
+    qc.write_tsv(table, tmp_path / "inspection.tsv")
+    back = qc.read_tsv(tmp_path / "inspection.tsv")
+    assert back["slide_id"].tolist() == ["NA", "null"]
+    assert back["label"].tolist() == ["None", "x"]
+    assert back["mpp"].iloc[0] == 0.5 and pd.isna(back["mpp"].iloc[1])
+
+
 def test_features_manifest_lists_usable_files_with_size_and_mtime(tmp_path) -> None:
     files = {}
     for s in ("a", "b", "c"):

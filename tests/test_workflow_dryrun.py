@@ -148,6 +148,32 @@ def test_missing_slide_file_is_excluded_and_the_rest_runs(tmp_path: Path) -> Non
     assert set(table["slide_id"]) == {"gone"} | {f"s{i}" for i in range(6)}
 
 
+def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path) -> None:
+    """Slide ids 'NA', 'null', 'None', 'nan', 'NaN', 'NULL' pass the sheet's validation; the
+    inspection table read them back as NaN, and planning after inspection failed with
+    "'<' not supported between instances of 'str' and 'float'"."""
+    from slide_factory import write_pyramid_tiff
+
+    workdir = harness.copy_workflow(tmp_path / "wf", with_sources=False)
+    folder = workdir / "sheet"
+    folder.mkdir()
+    ids = ["NA", "null", "None", "nan", "NaN", "NULL"]
+    splits = ["train", "train", "val", "test", "train", "test"]
+    rows = []
+    for i, (slide_id, split) in enumerate(zip(ids, splits, strict=True)):
+        write_pyramid_tiff(folder / f"{slide_id}.tiff", width=512, height=512, mpp=1.0, seed=i)
+        rows.append(f"{slide_id}\t{slide_id}.tiff\t{PRESETS['camelyon16'][i % 2]}\t{split}\t\n")
+    sheet = folder / "slides.tsv"
+    sheet.write_text(harness.SHEET_HEADER + "".join(rows))
+    args = ("--config", f"sheet={sheet}")
+    camelyon16 = workdir / "config" / "camelyon16.yaml"
+    harness.snakemake(workdir, "results/qc/inspection.tsv", *args, configfile=camelyon16)
+    qc = pd.read_csv(workdir / "results/qc/inspection.tsv", sep="\t", keep_default_na=False)
+    assert sorted(qc["slide_id"]) == sorted(ids) and set(qc["status"]) == {"ok"}, qc
+    jobs = harness.planned_jobs(workdir, camelyon16, *args)  # planning after the checkpoint
+    assert jobs["tissue"] == jobs["tile"] == jobs["features"] == 6, jobs
+
+
 def _expect_sheet_error(workdir: Path, rows: list[str], needle: str) -> str:
     sheet = fake_sheet(workdir / "bad", PRESETS["camelyon16"], rows=rows)
     results = workdir / "results"

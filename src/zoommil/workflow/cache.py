@@ -33,8 +33,11 @@ def cached(path: str | Path, what: str, build: Callable[[Path], T]) -> T:
 
 
 def read_tsv(path: str | Path) -> pd.DataFrame:
-    """A TSV of strings (do not modify the returned frame: it is shared)."""
-    return cached(path, "tsv", lambda p: pd.read_csv(p, sep="\t", dtype=str))
+    """A TSV of strings, empty cells "" (do not modify the returned frame: it is shared).
+
+    No NA parsing: a slide id such as 'NA', 'null' or 'None' must stay a string (as NaN it
+    broke the sorted slide list with a str/float comparison)."""
+    return cached(path, "tsv", lambda p: pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False))
 
 
 def slides_with_status(path: str | Path, status: str = "ok", split: str | None = None) -> list[str]:

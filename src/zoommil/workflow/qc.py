@@ -314,6 +314,16 @@ def features_manifest(table: pd.DataFrame, feature_files: Mapping[str, str | Pat
     return pd.DataFrame(rows, columns=["slide_id", "path", "bytes", "mtime_ns"])
 
 
+def read_tsv(path: str | Path) -> pd.DataFrame:
+    """A table `write_tsv` wrote, read back as it was: slide ids, labels and reasons such as
+    'NA', 'null' or 'None' stay strings (pandas' default would make them NaN, which then sorts
+    and compares as a float); only empty cells are missing (NaN), so numeric columns stay
+    numeric."""
+    return pd.read_csv(
+        path, sep="\t", dtype={"slide_id": str}, keep_default_na=False, na_values=[""]
+    )
+
+
 def write_tsv(frame: pd.DataFrame, out: str | Path) -> None:
     """Write a TSV atomically."""
     with atomic_path(out) as tmp:
