@@ -399,6 +399,20 @@ def test_a_patient_stays_in_one_split(tmp_path):
         zsheet.load_sheet(path)
 
 
+def test_a_missing_patient_is_no_patient(tmp_path):
+    """NA, nan, none or an empty cell in the patient column (as in the mpp column) mean "no
+    patient": they used to be one patient 'NA' with slides in 3 splits."""
+    path = tmp_path / "s.tsv"
+    rows = ["a\ta.svs\tx\ttrain\tNA", "b\tb.svs\tx\tval\tNA", "c\tc.svs\ty\ttest\tNA"]
+    rows += ["d\td.svs\tx\ttrain\tnan", "e\te.svs\ty\ttest\tnan", "f\tf.svs\tx\tval\tNone"]
+    rows += ["g\tg.svs\ty\ttest\tnone", "h\th.svs\tx\ttrain\t", "i\ti.svs\ty\tval\t "]
+    path.write_text("slide_id\tpath\tlabel\tsplit\tpatient\n" + "\n".join(rows) + "\n")
+    assert len(zsheet.load_sheet(path)) == 9
+    path.write_text(path.read_text() + "j\tj.svs\tx\ttrain\tP1\nk\tk.svs\ty\ttest\tP1\n")
+    with pytest.raises(ZoomMILError, match="patient 'P1' has slides in 2 splits"):
+        zsheet.load_sheet(path)
+
+
 # --- 3. coords know their slide -------------------------------------------------------------
 
 

@@ -101,10 +101,19 @@ def _row_name(index: int, row: pd.Series) -> str:
     return f"row {index + 1}" + (f" (slide_id '{slide_id}')" if slide_id else "")
 
 
+#: Cells that mean "no value" in the optional columns (mpp, patient), case-insensitive.
+MISSING_MARKERS = frozenset({"", "na", "nan", "none"})
+
+
+def is_missing(value: object) -> bool:
+    """Whether an optional cell (mpp, patient) is empty or NA/NaN/none."""
+    return str(value).strip().lower() in MISSING_MARKERS
+
+
 def parse_mpp(value: object, where: str, sheet: str | Path) -> float | None:
     """A sheet's mpp cell: None when empty or NA/NaN/none, else a plausible float."""
     value = str(value).strip()
-    if value == "" or value.lower() in {"na", "nan", "none"}:
+    if is_missing(value):
         return None
     try:
         mpp = float(value)
@@ -217,7 +226,7 @@ def check_leakage(frame: pd.DataFrame, sheet: str | Path) -> None:
         return
     patients = frame["patient"].astype(str).str.strip()
     for patient, rows in frame.groupby(patients, sort=True):
-        if patient == "":
+        if is_missing(patient):  # as in the mpp column: no patient, not a patient named 'NA'
             continue
         splits = sorted(set(rows["split"]))
         if len(splits) > 1:
