@@ -682,6 +682,18 @@ def test_braces_in_a_sheet_path_are_refused_naming_the_row(tmp_path):
     assert list(zsheet.load_sheet(path).index) == ["a"]  # the advice: a link without braces
 
 
+def test_a_sheet_that_is_not_utf8_says_how_to_fix_it(tmp_path):
+    """A Windows Excel export (cp1252) used to fail with 'not a text file'."""
+    path = tmp_path / "slides.tsv"
+    path.write_bytes((HEADER + "café\tcafé.svs\tx\ttrain\t\n").encode("cp1252"))
+    for read in (zsheet.load_sheet, zsheet.read_sheet):
+        with pytest.raises(ZoomMILError) as info:
+            read(path)
+        message = str(info.value)
+        assert message.startswith(f"slide sheet {path}: not UTF-8 text"), message
+        assert "save it as a UTF-8 CSV or TSV" in message and "\n" not in message
+
+
 def test_comma_separated_tsv(tmp_path):
     path = tmp_path / "slides.tsv"
     path.write_text("slide_id,path,label,split\na,a.svs,x,train\n")

@@ -48,7 +48,10 @@ def read_table(path: str | Path, what: str = "slide sheet") -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ZoomMILError(f"{what} {path}: cannot be parsed: {error}") from error
     except UnicodeDecodeError:
-        raise ZoomMILError(f"{what} {path}: not a text file (cannot be decoded)") from None
+        raise ZoomMILError(
+            f"{what} {path}: not UTF-8 text (cannot be decoded; a spreadsheet's default export "
+            "may be Windows-1252): save it as a UTF-8 CSV or TSV (e.g. Excel's 'CSV UTF-8')"
+        ) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     check_separator(frame, path, what)
     return frame
