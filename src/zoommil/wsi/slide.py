@@ -68,9 +68,14 @@ _THUMB_WHOLE_LEVEL_BYTES = 128 * 1024 * 1024
 #: Most ARGB bytes one OpenSlide read of thumbnail rows returns.
 _READ_STRIP_BYTES = 16 * 1024 * 1024
 
+#: Every command that opens a slide takes --mpp (inspect, tissue, tile, features, predict);
+#: only inspect, tissue and tile take --default-mpp; profile reads the sheet's mpp column.
+MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile", "features", "predict")
+DEFAULT_MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile")
 HOW_TO_SUPPLY_MPP = (
-    "supply one with --mpp X (or --default-mpp X; in the workflow: the sheet's mpp column "
-    "or the config's default mpp), e.g. --mpp 0.5 for a 20x scan"
+    "supply one with --mpp X, e.g. --mpp 0.5 for a 20x scan (inspect, tissue and tile also "
+    "take --default-mpp X, used only where the metadata has none; profile and the workflow: "
+    "the sheet's mpp column, or the config's default_mpp)"
 )
 
 
