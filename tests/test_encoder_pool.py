@@ -8,6 +8,7 @@ fast on a loaded 2-core CPU; the real runs use 256 px.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator
 
 import h5py
@@ -168,6 +169,54 @@ def test_interrupt_terminates_the_workers():
             for _ in running.imap(_batches([2] * 8, seed=5)):
                 raise KeyboardInterrupt
     assert running.closed and not _new_children(before)
+
+
+_KILLED_MID_BATCH = """
+import os, signal, sys, threading, time
+import numpy as np
+from zoommil.features.encoder_pool import EncoderPool, EncoderRecipe
+if __name__ == "__main__":
+    pool = EncoderPool(EncoderRecipe("resnet50_layer3", "random", 0, "fp32"), processes=1)
+    print(pool._workers[0].pid, flush=True)
+    big = np.zeros((256, 256, 256, 3), np.uint8)  # 48 MB: many pipe writes to the worker
+    threading.Thread(target=lambda: list(pool.imap([big])), daemon=True).start()
+    time.sleep(float(sys.argv[1]))
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("delay", [0.2, 4.0])
+def test_a_worker_exits_when_its_parent_is_killed_mid_batch(tmp_path, delay):
+    """A parent killed outright (SIGKILL, the OOM killer) while it sends a batch, before or
+    after the worker built its encoder: the worker, blocked reading the half-sent batch (or
+    writing a result nobody reads), used to run on for good with its encoder's memory."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_MID_BATCH)
+    out = tmp_path / "out.txt"
+    with out.open("w") as handle:  # files, not pipes: an orphan would hold a pipe open
+        code = subprocess.run([sys.executable, str(script), str(delay)], stdout=handle,
+                              stderr=subprocess.STDOUT, timeout=120).returncode  # fmt: skip
+    assert code == -9, out.read_text()
+    worker = int(out.read_text().split()[0])
+    deadline = time.monotonic() + 15
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _running(worker):
+        os.kill(worker, 9)
+        pytest.fail(f"encoder worker {worker} outlived its killed parent")
 
 
 def test_bad_pool_arguments_are_user_errors():

@@ -563,6 +563,26 @@ def test_write_failing_midway_is_one_line_and_leaves_no_temporary_file(slides, t
     assert not out.parent.exists()  # no temporary file, and the folder the run made is gone
 
 
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_leaves_nothing(tmp_path):
+    """torch.save to a path failed with a C++ RuntimeError without errno (a traceback,
+    exit 1) when the disk filled; the checkpoint is now written by Python (EFBIG here)."""
+    out = tmp_path / "run" / "checkpoint.pt"
+    code = (
+        "import torch, sys\n"
+        "from zoommil.errors import ZoomMILError\n"
+        "from zoommil.training.checkpoint import save_checkpoint\n"
+        "try:\n"
+        f"    save_checkpoint({str(out)!r}, {{'w': torch.zeros(64, 64)}}, {{'arch': 'x'}})\n"
+        "except ZoomMILError as error:\n"
+        "    print(error); sys.exit(2)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            preexec_fn=_limit_file_size, timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert str(out) in result.stdout and "file too large" in result.stdout
+    assert list(out.parent.iterdir()) == []
+
+
 def test_unwritable_path_is_one_line(slides, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -32,15 +32,18 @@ from zoommil.errors import ZoomMILError
 DIED = "killed, out of memory, or a crash in a C library"
 
 
-def exit_with_parent(every_s: float = 1.0) -> None:
+def exit_with_parent(every_s: float = 1.0, parent: int | None = None) -> None:
     """Call in a worker process: it exits once its parent is gone.
 
     A parent killed outright (SIGKILL, the OOM killer, a cancelled job's SIGTERM) runs no
     clean-up, and an idle `ProcessPoolExecutor` worker then waits on its task queue forever
     (it holds that queue's write end itself, so no end-of-file comes), an orphan holding its
-    memory. A daemon thread polls the parent's pid.
+    memory. A daemon thread polls the parent's pid. ``parent``: the pid the parent passed
+    down; a worker that starts slowly (imports torch) may outlive its parent before this is
+    called, when its own parent pid is already another process's.
     """
-    parent = os.getppid()
+    if parent is None:
+        parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:

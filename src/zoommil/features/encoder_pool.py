@@ -37,6 +37,7 @@ from zoommil.errors import ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder, resolve_precision
 from zoommil.features.encoders.registry import DEFAULT_ENCODER, EncoderSpec, get_spec
 from zoommil.features.precision import PRECISION_CHOICES
+from zoommil.processes import exit_with_parent
 
 #: Seconds a worker waits for work before checking that its parent is still alive.
 _PARENT_CHECK_S = 5.0
@@ -67,8 +68,11 @@ def _serve(recipe: EncoderRecipe, tasks: Any, results: Any, parent: int) -> None
     """A worker: build the encoder once, then encode ``(seq, batch)`` until ``None``.
 
     Errors travel back as values (``(seq, None, reason)``); Ctrl-C is left to the parent,
-    which terminates the workers; a worker whose parent died exits on its own.
+    which terminates the workers; a worker whose parent died exits on its own, also while it
+    is blocked reading a half-sent batch or writing a result nobody reads (`exit_with_parent`:
+    a killed parent left such a worker running with its encoder's memory, for good).
     """
+    exit_with_parent(parent=parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     encoder: PatchEncoder | None = None
@@ -81,8 +85,8 @@ def _serve(recipe: EncoderRecipe, tasks: Any, results: Any, parent: int) -> None
         try:
             item = tasks.get(timeout=_PARENT_CHECK_S)
         except queue.Empty:
-            if os.getppid() != parent:
-                return
+            if os.getppid() != parent:  # no interpreter exit: it would join a blocked feeder
+                os._exit(0)
             continue
         if item is None:  # every result was received: skip the interpreter's teardown (~1 s
             results.close()  # with torch loaded, on the caller's clock), flushing first

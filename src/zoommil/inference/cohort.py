@@ -109,7 +109,9 @@ def predict_slides(
     if processes == 1:
         outcomes = _in_this_process(settings, tasks, threads)
     else:
-        outcomes = map_isolated(_task_in_worker, tasks, processes, _init_worker, (settings, share))
+        outcomes = map_isolated(
+            _task_in_worker, tasks, processes, _init_worker, (settings, share, os.getpid())
+        )
     for index, outcome in outcomes:
         row = outcome if isinstance(outcome, dict) else _failure(tasks[index], outcome.reason)
         if isinstance(outcome, ProcessDied):
@@ -162,8 +164,8 @@ def _in_this_process(
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(settings: Settings, threads: int) -> None:
-    exit_with_parent()
+def _init_worker(settings: Settings, threads: int, parent: int) -> None:
+    exit_with_parent(parent=parent)
     _WORKER.clear()
     _WORKER["settings"] = settings
     torch.set_num_threads(threads)

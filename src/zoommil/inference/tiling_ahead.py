@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -74,6 +75,7 @@ class TilingAhead:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=exit_with_parent,
+                initargs=(1.0, os.getpid()),  # this pid: the worker may start after we die
             )
 
     def get(self, index: int) -> Lattice | None:

@@ -8,6 +8,7 @@ the preprocessing from it alone.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,20 +17,24 @@ import torch
 from torch import nn
 
 from zoommil.errors import ZoomMILError
-from zoommil.io.atomic import atomic_path
+from zoommil.io.atomic import write_bytes_atomic
 from zoommil.io.jsonio import to_plain
 from zoommil.training import modeling
 
 
 def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], config: Any) -> Path:
-    """Write the checkpoint atomically (temporary file, then rename); tensors moved to CPU."""
+    """Write the checkpoint atomically (temporary file, then rename); tensors moved to CPU.
+
+    Serialised in memory first, then written by Python: ``torch.save`` to a path fails on a
+    full disk with a C++ ``RuntimeError`` that carries no errno (a traceback, exit 1), where
+    a Python write raises the `OSError` that becomes one line naming the file."""
     payload = {
         "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
         "config": to_plain(config),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import logging
 import os
 import random
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from zoommil import __version__
 from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
+from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
 from zoommil.io.sheet import read_sheet
 from zoommil.training import modeling
@@ -243,10 +245,13 @@ def replay_early_stopping(
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """log.csv after every epoch, atomically: an interrupted run leaves the last whole log,
+    never a cut one (as every other output)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=LOG_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def load_splits(

@@ -177,12 +177,13 @@ def read_task(task: RegionTask) -> np.ndarray | str:
     return out
 
 
-def _init_reader() -> None:
+def _init_reader(parent: int) -> None:
     """Readers are single-threaded (the cores belong to the encoder) and leave Ctrl-C to the
-    parent, which then lets them finish their chunk and exit (no traceback of theirs)."""
+    parent, which then lets them finish their chunk and exit (no traceback of theirs); they
+    exit with ``parent`` (its pid, passed down: a reader may start after it died)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
-    exit_with_parent()
+    exit_with_parent(parent=parent)
 
 
 def _started() -> None:
@@ -217,7 +218,8 @@ class ReaderPool:
     def _ensure(self) -> ProcessPoolExecutor | None:
         if self._pool is None and self.workers > 0:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, ctx, initializer=_init_reader)
+            self._pool = ProcessPoolExecutor(self.workers, ctx, initializer=_init_reader,
+                                             initargs=(os.getpid(),))  # fmt: skip
             for _ in range(self.workers):
                 self._pool.submit(_started)
         return self._pool
