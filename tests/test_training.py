@@ -712,3 +712,24 @@ def test_cuda_bags_are_pinned_and_arrive_standardised_on_the_device(
     bag = store[0]
     assert bag.feats[0].device.type == "cuda"
     torch.testing.assert_close(bag.feats[0].cpu(), norm(cpu_bag.feats[0]))
+
+
+def test_train_scale_benchmark_runs_and_reads_each_runs_usage(tmp_path: Path) -> None:
+    """benchmarks/train_scale.py at toy size: one row per (size, method, cache) with the
+    epoch times of log.csv and the peak RSS parsed from `zoommil train`'s usage line."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_scale.py"
+    spec = importlib.util.spec_from_file_location("train_scale", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--slides", "2", "--methods", "abmil", "--all-methods-at", "0", "--patches", "16",
+            "--dim", "8", "--epochs", "2", "--features-dir", str(tmp_path / "f"),
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    bench.main(args)
+    rows = json.loads((tmp_path / "out" / "train_scale.json").read_text())["rows"]
+    assert [(r["train_slides"], r["method"], r["cache"]) for r in rows] == [
+        (2, "abmil", "disk"),
+        (2, "abmil", "memory"),
+    ]
+    assert all(len(r["epoch_s"]) == 2 and r["peak_rss_mb"] > 100 for r in rows)
+    table = (tmp_path / "out" / "train_scale.md").read_text()
+    assert table.count("| 2 | abmil |") == 2

@@ -57,9 +57,12 @@ def test_every_gpu_rule_gets_a_gpu_on_slurm():
 
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_resources_reach_the_jobs(name, tmp_path):
-    """A dry run through the profile shows the profile's resources on a GPU rule."""
+    """A dry run through the profile shows the profile's resources on a GPU rule, and a
+    train job's runtime by method (TransMIL's epochs cost ~10x the others')."""
     (tmp_path / "Snakefile").write_text(
+        'rule all:\n    input: "f.txt", "m/transmil.txt", "m/abmil.txt"\n'
         'rule features:\n    output: "f.txt"\n    resources: gpu=1\n    shell: "touch {output}"\n'
+        'rule train:\n    output: "m/{method}.txt"\n    shell: "touch {output}"\n'
     )
     result = snakemake(
         "--profile",
@@ -72,6 +75,13 @@ def test_profile_resources_reach_the_jobs(name, tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "mem_mb=16000" in out and "runtime=240" in out and "gpu=1" in out
+    train = {
+        m.group(1): m.group(2)
+        for m in re.finditer(
+            r"wildcards: method=(\w+)\n(?:\s+\w+: .*\n)*?\s+resources: .*?runtime=(\d+)", out
+        )
+    }
+    assert train == {"transmil": "1440", "abmil": "480"}, out
     if name == "slurm":
         assert "slurm_partition=gpu" in out
 
