@@ -3,7 +3,7 @@
 Bags are kept in memory when they fit (``cache: memory``, or ``auto`` under ``cache_max_gb``:
 the demo's few dozen small slides load once, which makes epochs fast and reads the files only
 once); otherwise (``disk``) each bag is read from its HDF5 file at every step, the next one
-in a thread while the model works on this one, so memory stays at two bags whatever the
+in a thread while the model works on this one, so memory stays at a few bags whatever the
 dataset size (`benchmarks/train_scale.py` measures both at cohort size).
 """
 
@@ -361,7 +361,8 @@ class BagStore:
         finiteness check and the fresh memory cost ~25% of a CPU step (more on a GPU, where the
         step is fast); torch releases the GIL while it computes, so the read hides behind the
         step. Bags and their order are those of ``self[i]``; a bag's read error is raised when
-        the caller reaches that bag, as before. At most two bags are in memory.
+        the caller reaches that bag, as before. At most three bags are in memory (the
+        caller's, the next one and the one being read).
         """
         if self._cache is not None or len(order) < 2:
             for i in order:
