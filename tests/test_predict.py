@@ -13,6 +13,7 @@ import torch
 from slide_factory import write_pyramid_tiff
 
 from zoommil.cli import main
+from zoommil.features.encoders.weights import sha256_file
 from zoommil.features.extraction import extract_features
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.io.coords import write_coords
@@ -231,6 +232,40 @@ def test_predict_many_slides_over_processes_a_bad_one_fails_alone(
     best = max(CLASSES, key=one_slide_json["probabilities"].get)
     assert rows[0]["predicted"] == rows[2]["predicted"] == best
     assert float(rows[0]["p_tumour"]) == pytest.approx(one_slide_json["probabilities"]["tumour"])
+
+
+def test_resume_keeps_finished_slides_and_classifies_the_rest(
+    small_slide, checkpoint, one_slide_json, tmp_path, capsys
+):
+    """--resume after an interrupted run: a slide whose JSON and heatmap this checkpoint wrote
+    is kept as it is; one without its JSON, or with another checkpoint's, is classified; the
+    table lists all of them in input order."""
+    copy, _ = _copy_and_broken(small_slide, tmp_path, "second.tiff")
+    third, _ = _copy_and_broken(small_slide, tmp_path, "third.tiff")
+    out = tmp_path / "out"
+    argv = ["predict", str(small_slide), str(copy), str(third), "--checkpoint", str(checkpoint)]
+    assert main([*argv[:2], *argv[4:], "--out-dir", str(out)]) == 0  # the first slide only
+    kept = out / f"{small_slide.stem}.json"
+    before = kept.stat().st_mtime_ns
+    assert json.loads(kept.read_text())["checkpoint_sha256"] == sha256_file(checkpoint)
+    other = dict(one_slide_json, checkpoint_sha256="another checkpoint")
+    (out / "third.json").write_text(json.dumps(other))
+    (out / "third.png").write_bytes(b"png")
+    capsys.readouterr()
+    assert main([*argv, "--out-dir", str(out), "--resume"]) == 0
+    assert "--resume: 1 of 3 slides already classified, kept" in capsys.readouterr().out
+    assert kept.stat().st_mtime_ns == before
+    for name in ("second", "third"):
+        _same_prediction(out / f"{name}.json", one_slide_json)
+        assert json.loads((out / f"{name}.json").read_text())["checkpoint_sha256"] != "another"
+    with (out / "predictions.tsv").open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [r["slide_id"] for r in rows] == [small_slide.stem, "second", "third"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert "--resume" in rows[0]["reason"] and rows[1]["reason"] == ""
+    assert rows[0]["p_tumour"] == rows[1]["p_tumour"]
+    assert main([*argv[:2], *argv[4:], "--resume"]) != 0
+    assert "give --out-dir" in capsys.readouterr().err
 
 
 def test_predict_many_in_one_process_no_fail_and_no_stale_outputs(

@@ -52,6 +52,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "reason); a slide that fails does not stop the others"
         ),
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "with --out-dir: keep the slides whose OUT/<slide_id>.json (and .png) an earlier "
+            "run of this checkpoint wrote, and classify only the rest (after Ctrl-C, a time "
+            "limit or a crash); predictions.tsv lists every slide. Rerun without it after "
+            "changing --weights, --mpp or --precision"
+        ),
+    )
     parser.add_argument("--mpp", type=float, help="level-0 um/px, overriding the slide metadata")
     parser.add_argument(
         "--slide-id",
@@ -104,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         raise ZoomMILError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise ZoomMILError(f"--workers must be >= 0, got {args.workers}")
+    if args.resume and args.out_dir is None:
+        raise ZoomMILError("--resume keeps the predictions of an --out-dir; give --out-dir")
     if len(args.slides) > 1 or args.out_dir is not None:
         if args.slide_id is not None:
             raise ZoomMILError("--slide-id names one slide; with several or --out-dir each "
@@ -171,6 +183,7 @@ def _run_many(args: argparse.Namespace) -> int:
     from zoommil.inference.cohort import (
         Settings,
         SlideTask,
+        finished_rows,
         predict_slides,
         tasks_in_dir,
         write_table,
@@ -198,10 +211,20 @@ def _run_many(args: argparse.Namespace) -> int:
         else:
             print(f"zoommil predict: {row['slide']}: {row['reason']}", file=sys.stderr)
 
-    summary = predict_slides(
-        settings, tasks, args.threads, progress=sys.stderr.isatty(), on_row=report
-    )
-    rows = summary["rows"]
+    kept = finished_rows(tasks, predictor.checkpoint_sha256) if args.resume else {}
+    if kept:
+        print(f"--resume: {len(kept)} of {len(tasks)} slides already classified, kept")
+    todo = [i for i in range(len(tasks)) if i not in kept]
+    summary = (
+        predict_slides(settings, [tasks[i] for i in todo], args.threads,
+                       progress=sys.stderr.isatty(), on_row=report)
+        if todo
+        else {"rows": [], "processes": 0, "threads_per_process": 0, "wall_seconds": 0.0,
+              "slides_per_hour": None, "failed": 0}
+    )  # fmt: skip
+    rows = [kept.get(i) for i in range(len(tasks))]
+    for i, row in zip(todo, summary["rows"], strict=True):
+        rows[i] = row
     if args.out_dir is not None:
         table = write_table(args.out_dir / "predictions.tsv", rows, predictor.classes)
         print(f"wrote {table}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -83,6 +84,43 @@ def tasks_in_dir(
         png = Path(out_dir, f"{stem}.png") if heatmaps else None
         tasks.append(SlideTask(str(slide), str(Path(out_dir, f"{stem}.json")), png and str(png)))
     return tasks
+
+
+def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[int, dict[str, Any]]:
+    """`--resume`: the tasks whose JSON (and heatmap, where one is wanted) an earlier run of
+    the same checkpoint wrote, as their rows, by task index.
+
+    Why: a cohort's run stopped by Ctrl-C, a time limit or a node failure is restarted; as
+    CLAM and TRIDENT skip slides already processed, the slides with a whole prediction are
+    kept (outputs are written atomically, so one that exists is whole), and only the rest are
+    classified. A JSON of another checkpoint, or one that cannot be read, is redone.
+    """
+    done = {}
+    for index, task in enumerate(tasks):
+        if not task.json or not Path(task.json).is_file():
+            continue
+        if task.heatmap and not Path(task.heatmap).is_file():
+            continue
+        try:
+            record = json.loads(Path(task.json).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("checkpoint_sha256") != checkpoint_sha256:
+            continue
+        if not isinstance(record.get("probabilities"), dict) or "predicted" not in record:
+            continue
+        done[index] = {
+            "slide_id": task.slide_id,
+            "slide": task.slide,
+            "status": "ok",
+            "predicted": record["predicted"],
+            "probabilities": record["probabilities"],
+            "patches_encoded": int(record.get("patches_encoded") or 0),
+            "seconds": 0.0,
+            "reason": "kept from an earlier run (--resume)",
+            "pid": os.getpid(),
+        }
+    return done
 
 
 def predict_slides(

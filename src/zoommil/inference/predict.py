@@ -30,6 +30,7 @@ from zoommil.device import synchronize
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.encoder_pool import AnyEncoder, EncoderRecipe, cpu_encoder
+from zoommil.features.encoders.weights import sha256_file
 from zoommil.features.extraction import (
     StreamStats,
     default_batch_size,
@@ -66,6 +67,8 @@ class Predictor:
     norm: FeatureNorm | None = None
     in_dim: int | None = None
     model_mags: list[float] | None = None  # None: all of the recipe's
+    #: sha256 of the checkpoint file, recorded in every prediction (what `--resume` matches)
+    checkpoint_sha256: str = ""
 
     @property
     def mags(self) -> list[float]:
@@ -96,6 +99,7 @@ class Predictor:
             norm=FeatureNorm.from_config(config.get("feature_norm")),
             in_dim=int(config["in_dim"]) if config.get("in_dim") else None,
             model_mags=[float(m) for m in config["mags"]],
+            checkpoint_sha256=sha256_file(checkpoint),
         )
 
 
@@ -411,6 +415,7 @@ def _result(
         "mpp_source": source,
         "encoder": predictor.recipe.encoder,
         "weights": predictor.recipe.weights,
+        "checkpoint_sha256": predictor.checkpoint_sha256,
         "selected": selected,
         "attention": attention,
         "seconds": timer.summary(),
