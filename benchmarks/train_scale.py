@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import re
 import subprocess
 import sys
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,8 +110,6 @@ def train_once(
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     usage = USAGE.search(result.stderr + result.stdout)
-    import pandas as pd
-
     log = pd.read_csv(run / "out" / "log.csv")
     return {
         "epoch_s": [float(s) for s in log["seconds"]],
@@ -176,15 +177,12 @@ def main(argv: list[str] | None = None) -> None:
         result = train_once(work, args.features_dir, sheets[n], method, cache, args.epochs)
         rows.append({"train_slides": n, "method": method, "cache": cache, **result})
         print(json.dumps(rows[-1]), flush=True)
-    import platform
-
     meta = {
         "command": "python benchmarks/train_scale.py " + " ".join(argv or sys.argv[1:]),
         "patches": args.patches,
         "dim": args.dim,
         "mb_per_slide": args.patches * 1.25 * args.dim * 4 / 2**20,
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{__import__('os').cpu_count()} CPUs",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -174,10 +174,8 @@ def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path
     assert jobs["tissue"] == jobs["tile"] == jobs["features"] == 6, jobs
 
 
-def _expect_sheet_error(workdir: Path, rows: list[str], needle: str) -> str:
-    sheet = fake_sheet(workdir / "bad", PRESETS["camelyon16"], rows=rows)
-    results = workdir / "results"
-    shutil.rmtree(results, ignore_errors=True)
+def _plan_with_sheet(workdir: Path, sheet: Path) -> tuple[int, str]:
+    """`snakemake -n` of the CAMELYON16 preset on ``sheet``: (exit code, its output)."""
     result = harness.snakemake(
         workdir,
         "-n",
@@ -186,8 +184,15 @@ def _expect_sheet_error(workdir: Path, rows: list[str], needle: str) -> str:
         configfile=workdir / "config" / "camelyon16.yaml",
         check=False,
     )
-    text = result.stdout + result.stderr
-    assert result.returncode != 0
+    return result.returncode, result.stdout + result.stderr
+
+
+def _expect_sheet_error(workdir: Path, rows: list[str], needle: str) -> str:
+    sheet = fake_sheet(workdir / "bad", PRESETS["camelyon16"], rows=rows)
+    results = workdir / "results"
+    shutil.rmtree(results, ignore_errors=True)
+    code, text = _plan_with_sheet(workdir, sheet)
+    assert code != 0
     assert needle in text, text[-3000:]
     assert "Building DAG" not in text  # failed while reading the sheet: no job was planned
     assert not results.exists()
@@ -199,16 +204,8 @@ def test_sheet_missing_column_fails_before_any_job(workdir: Path) -> None:
     sheet.parent.mkdir(exist_ok=True)
     (sheet.parent / "a.svs").write_bytes(b"")
     sheet.write_text("slide_id\tpath\tsplit\na\ta.svs\ttrain\n")
-    result = harness.snakemake(
-        workdir,
-        "-n",
-        "--config",
-        f"sheet={sheet}",
-        configfile=workdir / "config" / "camelyon16.yaml",
-        check=False,
-    )
-    text = result.stdout + result.stderr
-    assert result.returncode != 0
+    code, text = _plan_with_sheet(workdir, sheet)
+    assert code != 0
     assert "missing column(s) label" in text
 
 
@@ -243,16 +240,8 @@ def test_sheet_path_with_braces_names_the_row(workdir: Path) -> None:
 
 def test_sheet_file_with_braces_fails_before_any_job(workdir: Path) -> None:
     sheet = fake_sheet(workdir / "sheet{x}", PRESETS["camelyon16"])
-    result = harness.snakemake(
-        workdir,
-        "-n",
-        "--config",
-        f"sheet={sheet}",
-        configfile=workdir / "config" / "camelyon16.yaml",
-        check=False,
-    )
-    text = result.stdout + result.stderr
-    assert result.returncode != 0
+    code, text = _plan_with_sheet(workdir, sheet)
+    assert code != 0
     assert f"invalid slide sheet: slide sheet {sheet}: the path contains '{{' or '}}'" in text
     assert "Building DAG" not in text and "WildcardError" not in text
 

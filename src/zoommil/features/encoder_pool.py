@@ -39,8 +39,6 @@ from zoommil.features.encoders.registry import DEFAULT_ENCODER, EncoderSpec, get
 from zoommil.features.precision import PRECISION_CHOICES
 from zoommil.processes import exit_with_parent
 
-#: Seconds a worker waits for work before checking that its parent is still alive.
-_PARENT_CHECK_S = 5.0
 #: Seconds `close` gives idle workers to exit before terminating them.
 _EXIT_GRACE_S = 10.0
 
@@ -82,12 +80,7 @@ def _serve(recipe: EncoderRecipe, tasks: Any, results: Any, parent: int) -> None
     except Exception as error:  # noqa: BLE001 - reported with the first batch
         failure = f"cannot build encoder {recipe.encoder}: {_one_line(error)}"
     while True:
-        try:
-            item = tasks.get(timeout=_PARENT_CHECK_S)
-        except queue.Empty:
-            if os.getppid() != parent:  # no interpreter exit: it would join a blocked feeder
-                os._exit(0)
-            continue
+        item = tasks.get()  # a dead parent: `exit_with_parent`'s watcher ends the process
         if item is None:  # every result was received: skip the interpreter's teardown (~1 s
             results.close()  # with torch loaded, on the caller's clock), flushing first
             results.join_thread()

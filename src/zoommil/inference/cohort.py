@@ -109,17 +109,7 @@ def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[in
             continue
         if not isinstance(record.get("probabilities"), dict) or "predicted" not in record:
             continue
-        done[index] = {
-            "slide_id": task.slide_id,
-            "slide": task.slide,
-            "status": "ok",
-            "predicted": record["predicted"],
-            "probabilities": record["probabilities"],
-            "patches_encoded": int(record.get("patches_encoded") or 0),
-            "seconds": 0.0,
-            "reason": "kept from an earlier run (--resume)",
-            "pid": os.getpid(),
-        }
+        done[index] = _ok_row(task, record, 0.0, "kept from an earlier run (--resume)")
     return done
 
 
@@ -254,15 +244,22 @@ def classify(
         _remove_outputs(task)
         reason = error.reason if isinstance(error, SlideError) else _one_line(error)
         return _failure(task, reason)
+    return _ok_row(task, result, time.perf_counter() - tic)
+
+
+def _ok_row(
+    task: SlideTask, prediction: dict[str, Any], seconds: float, reason: str = ""
+) -> dict[str, Any]:
+    """A classified slide's row, from its prediction record (made now or read back)."""
     return {
         "slide_id": task.slide_id,
         "slide": task.slide,
         "status": "ok",
-        "predicted": result["predicted"],
-        "probabilities": result["probabilities"],
-        "patches_encoded": result["patches_encoded"],
-        "seconds": time.perf_counter() - tic,
-        "reason": "",
+        "predicted": prediction["predicted"],
+        "probabilities": prediction["probabilities"],
+        "patches_encoded": int(prediction.get("patches_encoded") or 0),
+        "seconds": seconds,
+        "reason": reason,
         "pid": os.getpid(),
     }
 
