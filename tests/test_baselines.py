@@ -316,6 +316,21 @@ def test_binary_dsmil_is_the_references_one_class_bce(label):
     assert two.instance_classifier.out_features == 2
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_dsmil_starts_orthogonal_with_zero_biases(n_classes):
+    """The reference's init: orthogonal Linear/Conv1d weights (rows or columns orthonormal,
+    whichever are fewer) and zero biases, not torch's default uniform init."""
+    torch.manual_seed(0)
+    model = DSMIL(in_dim=16, n_classes=n_classes, n_scales=2, passing_v=True)
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d))]
+    assert len(layers) == 5
+    for layer in layers:
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        assert torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-5)
+        assert torch.count_nonzero(layer.bias) == 0
+
+
 @pytest.mark.parametrize(
     ("n", "k", "n_pos", "n_neg"),
     [(1, 1, 1, 0), (5, 5, 3, 2), (12, 8, 6, 6), (16, 8, 8, 8), (100, 8, 8, 8)],

@@ -13,6 +13,10 @@ The logits are ``[0, z]``, so softmax CE on them is the reference's BCE on ``z``
 would also pick a critical "normal" instance and push the normal score of every patch of a
 tumour slide down, against the MIL assumption that a positive bag holds negative instances.
 
+Initialisation: every Linear and Conv1d weight orthogonal and every bias zero, as the reference
+trains (``apply_sparse_init`` in its ``train.py``); torch's default uniform init gives the
+critical-instance queries a different starting geometry.
+
 Multi-scale (``n_scales=2``, the reference's "tree" features): the model reads the lowest and
 the highest magnification; every highest-magnification feature is concatenated with its
 parent's lowest-magnification feature (parent row ``j // (N_high / N_low)``, the feature-file
@@ -41,6 +45,14 @@ def concat_parent_features(low: torch.Tensor, high: torch.Tensor) -> torch.Tenso
         )
     parent = torch.arange(n_high, device=high.device) // (n_high // n_low)
     return torch.cat([high, low[parent]], dim=1)
+
+
+def _orthogonal_init(module: nn.Module) -> None:
+    """Orthogonal weights, zero biases for Linear and Conv1d layers (the reference's init)."""
+    if isinstance(module, (nn.Linear, nn.Conv1d)):
+        nn.init.orthogonal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 class DSMIL(nn.Module):
@@ -72,6 +84,7 @@ class DSMIL(nn.Module):
             else nn.Identity()
         )
         self.fcc = nn.Conv1d(streams, streams, kernel_size=dim)
+        self.apply(_orthogonal_init)
 
     def instances(self, feats: Feats) -> torch.Tensor:
         """The bag's instances [N, K]: highest-mag features, with parents if multi-scale."""
