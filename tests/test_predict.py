@@ -13,6 +13,7 @@ import torch
 from slide_factory import write_pyramid_tiff
 
 from zoommil.cli import main
+from zoommil.features.encoder import build_encoder
 from zoommil.features.encoders.weights import sha256_file
 from zoommil.features.extraction import extract_features
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
@@ -185,6 +186,9 @@ def test_predict_cli_writes_json_and_heatmap_the_same_with_2_threads(
     result2 = json.loads(two.read_text())
     for key in ("probabilities", "selected", "attention", "patches_per_mag"):
         assert result2[key] == result[key] == one_slide_json[key], key
+    # a checkpoint that records no weights sha256 (older ones) is not checked, and the JSON
+    # names the weights used: here the seeded random ones
+    assert result["weights_sha256"] == build_encoder("random", seed=0)[1]["weights_sha256"]
     # the id is the file's name unless given (the workflow passes the sheet's slide_id)
     assert result["slide_id"] == small_slide.stem
     named = tmp_path / "named.json"
@@ -456,3 +460,102 @@ def test_predict_heatmap_of_a_non_zoommil_checkpoint_fails_before_reading(
     assert err.count("\n") == 1 and "--heatmap needs a ZoomMIL checkpoint" in err
     assert f"not {ckpt} (arch abmil)" in err
     assert not (tmp_path / "out").exists()
+
+
+def _weights_file(path: Path, seed: int) -> Path:
+    """A ResNet-50 (to layer3) state dict file, as a user's weights (seeded parameters)."""
+    model, _ = build_encoder("random", seed=seed)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def _checkpoint_on(path: Path, weights: str, sha256: str) -> Path:
+    """A ZoomMIL checkpoint trained on features whose recipe records ``weights`` and the
+    sha256 of those weights, as `zoommil train` copies it from the feature files."""
+    preprocessing = {"patch_size": PATCH, "weights": weights, "weights_seed": 0}
+    config = {
+        "method": "zoommil",
+        "arch": "zoommil",
+        "kwargs": {"k": K},
+        "classes": CLASSES,
+        "mags": MAGS,
+        "config_mags": MAGS,
+        "in_dim": 1024,
+        "preprocessing": {**preprocessing, "weights_sha256": sha256},
+    }
+    return save_checkpoint(path, _model().state_dict(), config)
+
+
+def _error_line(err: str, needle: str) -> str:
+    lines = [line for line in err.splitlines() if needle in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_predict_refuses_weights_other_than_those_of_the_training_features(
+    small_slide, tmp_path, capsys
+):
+    """Features made with weights file A, a checkpoint trained on them: predict with
+    --weights B, --weights random, or A overwritten by B gave other probabilities, exit 0 and
+    no warning. Now each is one line naming the checkpoint, the weights and both hashes; the
+    recorded file (and, in the demo, the recorded seeded random weights) still classify, and
+    the JSON records the sha256 of the weights used."""
+    a = _weights_file(tmp_path / "a.pt", seed=1)
+    b = _weights_file(tmp_path / "b.pt", seed=2)
+    sha_a, sha_b = sha256_file(a), sha256_file(b)
+    random_sha = build_encoder("random", seed=0)[1]["weights_sha256"]
+    ckpt = _checkpoint_on(tmp_path / "ckpt.pt", str(a), sha_a)
+    argv = ["predict", str(small_slide), "--checkpoint", str(ckpt), "--workers", "0"]
+    out = tmp_path / "a.json"
+    assert main([*argv, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["weights_sha256"] == sha_a
+    capsys.readouterr()
+    refused = tmp_path / "refused.json"
+    for weights, sha in ((str(b), sha_b), ("random", random_sha)):
+        assert main([*argv, "--weights", weights, "--json", str(refused)]) == 2
+        line = _error_line(capsys.readouterr().err, sha_a[:12])
+        assert str(ckpt) in line and weights in line and sha[:12] in line
+        assert "pass --weights with the file the training features were made with" in line
+    assert not refused.exists()
+    a.write_bytes(b.read_bytes())  # the recorded file overwritten since training
+    assert main([*argv, "--json", str(refused)]) == 2
+    line = _error_line(capsys.readouterr().err, sha_a[:12])
+    assert str(a) in line and sha_b[:12] in line
+    assert not refused.exists()
+    # the demo: features and predict from the same seeded random weights
+    demo = _checkpoint_on(tmp_path / "demo.pt", "random", random_sha)
+    out = tmp_path / "demo.json"
+    assert main(["predict", str(small_slide), "--checkpoint", str(demo), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["weights_sha256"] == random_sha
+
+
+def test_cohort_worker_with_other_weights_fails_each_slide_naming_the_hashes(
+    small_slide, tmp_path, monkeypatch
+):
+    """A slide process builds its encoder at its first slide: other weights than the
+    checkpoint's are that slide's failure row naming both hashes, not a prediction."""
+    import zoommil.inference.cohort as cohort
+
+    a = _weights_file(tmp_path / "a.pt", seed=1)
+    ckpt = _checkpoint_on(tmp_path / "ckpt.pt", str(a), sha256_file(a))
+    predictor = Predictor.from_checkpoint(ckpt, weights="random")
+    monkeypatch.setitem(cohort._WORKER, "settings", cohort.Settings(predictor, workers=0))
+    monkeypatch.delitem(cohort._WORKER, "encoder", raising=False)
+    row = cohort._task_in_worker(cohort.SlideTask(str(small_slide)))
+    monkeypatch.delitem(cohort._WORKER, "reader", raising=False)
+    assert row["status"] == "failed" and "cannot build the encoder" in row["reason"]
+    assert sha256_file(a)[:12] in row["reason"] and "random (seed 0)" in row["reason"]
+
+
+def test_profile_times_a_checkpoint_with_other_weights(small_slide, tmp_path):
+    """Timing does not depend on the weights' values: `zoommil profile --weights random` times
+    a checkpoint of other (e.g. gated) weights, which predict refuses."""
+    a = _weights_file(tmp_path / "a.pt", seed=1)
+    ckpt = _checkpoint_on(tmp_path / "ckpt.pt", str(a), sha256_file(a))
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text(f"slide_id\tpath\tlabel\tsplit\ns\t{small_slide}\tnormal\ttest\n")
+    out = tmp_path / "t.json"
+    argv = ["profile", "--checkpoint", str(ckpt), "--device", "cpu", "--sheet", str(sheet)]
+    assert main([*argv, "--weights", "random", "--max-slides", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["encoder_weights"] == "random" and len(record["per_slide"]) == 1

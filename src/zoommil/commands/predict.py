@@ -72,7 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weights",
         help=(
             "encoder weights (imagenet|hf|random|PATH); default: those recorded in the "
-            "checkpoint. The encoder itself is the checkpoint's (its features' encoder)"
+            "checkpoint. The encoder itself is the checkpoint's (its features' encoder), and "
+            "weights whose sha256 differs from the one its training features record are refused"
         ),
     )
     add_device(parser)

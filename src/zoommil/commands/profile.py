@@ -60,7 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="untimed warm-up slides (default 0; the encoder always runs one untimed batch)",
     )
     add_precision(parser, None)
-    parser.add_argument("--weights", help="encoder weights (default: the checkpoint's)")
+    parser.add_argument(
+        "--weights",
+        help="encoder weights (default: the checkpoint's); timing only, so other weights than "
+        "the checkpoint's are allowed (e.g. random for a checkpoint of gated weights)",
+    )
     parser.add_argument(
         "--out", type=Path, nargs="+", required=True, help="output JSON, one per checkpoint"
     )

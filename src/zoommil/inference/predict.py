@@ -69,6 +69,14 @@ class Predictor:
     model_mags: list[float] | None = None  # None: all of the recipe's
     #: sha256 of the checkpoint file, recorded in every prediction (what `--resume` matches)
     checkpoint_sha256: str = ""
+    #: the checkpoint file, named in errors ("": a predictor built in code)
+    checkpoint: str = ""
+    #: sha256 of the encoder weights the training features were made with, as the checkpoint
+    #: records it; `make_encoder` refuses other weights ("": an older checkpoint, not checked)
+    weights_sha256: str = ""
+    #: sha256 of the weights `make_encoder` built for this predictor, recorded in every
+    #: prediction ("" until then)
+    encoder_weights_sha256: str = ""
 
     @property
     def mags(self) -> list[float]:
@@ -100,6 +108,8 @@ class Predictor:
             in_dim=int(config["in_dim"]) if config.get("in_dim") else None,
             model_mags=[float(m) for m in config["mags"]],
             checkpoint_sha256=sha256_file(checkpoint),
+            checkpoint=str(checkpoint),
+            weights_sha256=str(recorded.get("weights_sha256") or ""),
         )
 
 
@@ -416,6 +426,7 @@ def _result(
         "encoder": predictor.recipe.encoder,
         "weights": predictor.recipe.weights,
         "checkpoint_sha256": predictor.checkpoint_sha256,
+        "weights_sha256": predictor.encoder_weights_sha256 or None,
         "selected": selected,
         "attention": attention,
         "seconds": timer.summary(),
@@ -423,10 +434,19 @@ def _result(
 
 
 def make_encoder(
-    predictor: Predictor, device: str = "cpu", precision: str | None = None
+    predictor: Predictor,
+    device: str = "cpu",
+    precision: str | None = None,
+    check_weights: bool = True,
 ) -> tuple[PatchEncoder, dict[str, Any]]:
     """The encoder the checkpoint's features were made with (same encoder, weights, seed and,
-    unless ``precision`` overrides it, precision)."""
+    unless ``precision`` overrides it, precision).
+
+    The weights built must be those the checkpoint records (their sha256), else a
+    `ZoomMILError`: another file, ``--weights random`` or a file overwritten since training
+    gives features of the same dimension and, without a word, other probabilities.
+    ``check_weights=False`` is for timing only (`zoommil profile`: the cost does not depend on
+    the weights' values, so e.g. random weights can time a checkpoint of gated weights)."""
     recipe = predictor.recipe
     model, info = build_encoder(recipe.weights, seed=recipe.weights_seed, encoder=recipe.encoder)
     if predictor.in_dim is not None and int(info["feature_dim"]) != predictor.in_dim:
@@ -434,6 +454,18 @@ def make_encoder(
             f"encoder {recipe.encoder} gives {info['feature_dim']}-d features but the "
             f"checkpoint was trained on {predictor.in_dim}-d features"
         )
+    built = str(info.get("weights_sha256") or "")
+    want = predictor.weights_sha256
+    if check_weights and want and built != want:
+        source = recipe.weights
+        if source == "random":
+            source = f"random (seed {recipe.weights_seed})"
+        raise ZoomMILError(
+            f"{predictor.checkpoint or 'the checkpoint'}: trained on features made with encoder "
+            f"weights sha256 {want[:12]}, but weights {source} are sha256 {built[:12]} (pass "
+            "--weights with the file the training features were made with)"
+        )
+    predictor.encoder_weights_sha256 = built
     precision = precision or recipe.precision
     return PatchEncoder(model, device=device, precision=precision), info
 
