@@ -152,3 +152,40 @@ def test_old_encoder_name_reads_as_the_current_one() -> None:
 def test_numpy_bool_from_hdf5_reads_as_bool() -> None:
     recipe = PreprocessingRecipe.from_attrs({"mags": [5.0], "allow_upsampling": np.bool_(True)})
     assert recipe.allow_upsampling is True
+
+
+def test_recorded_attrs_without_weights_take_the_encoders_default(tmp_path) -> None:
+    """Training keeps only the attributes all feature files share: two UNI files that name
+    one weights file by an absolute and a relative path (same sha256) leave no `weights`, and
+    the recipe took the dataclass default imagenet, so predict failed with "--weights imagenet
+    is for resnet50_layer3 only". The encoder's own default is taken, as from a config; the
+    recorded sha256 still checks the weights found."""
+    from zoommil.inference.predict import Predictor
+    from zoommil.models import build_model
+    from zoommil.training.checkpoint import save_checkpoint
+    from zoommil.training.data import shared_attrs
+
+    recipe = PreprocessingRecipe(mags=[20.0], encoder="uni", weights="/models/uni.safetensors")
+    paths = []
+    for i, weights in enumerate(["/models/uni.safetensors", "uni.safetensors"]):
+        attrs = {**recipe.to_attrs(), "weights": weights, "weights_sha256": "ab" * 32}
+        feats = [np.zeros((1, 4), np.float32)]
+        coords = [np.zeros((1, 2), np.int64)]
+        paths.append(
+            write_feature_file(tmp_path / f"s{i}.h5", [20.0], feats, coords, coords, attrs)
+        )
+    shared = shared_attrs(paths)
+    assert "weights" not in shared and shared["encoder"] == "uni"
+    assert PreprocessingRecipe.from_attrs(shared).weights == "hf"
+    config = {"arch": "abmil", "classes": ["a", "b"], "mags": [20.0], "in_dim": 4,
+              "preprocessing": shared}  # fmt: skip
+    model = build_model("abmil", in_dim=4, n_classes=2)
+    predictor = Predictor.from_checkpoint(
+        save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    )
+    assert predictor.recipe.weights == "hf" and predictor.weights_sha256 == "ab" * 32
+    # the ResNet's default is still imagenet; recorded or given weights win
+    assert PreprocessingRecipe.from_attrs({"mags": [5.0]}).weights == "imagenet"
+    recorded = {"mags": [5.0], "encoder": "uni", "weights": "random"}
+    assert PreprocessingRecipe.from_attrs(recorded).weights == "random"
+    assert PreprocessingRecipe.from_attrs(recorded, weights="w.pt").weights == "w.pt"

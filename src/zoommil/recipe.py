@@ -296,8 +296,14 @@ class PreprocessingRecipe:
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any], **overrides: Any) -> PreprocessingRecipe:
-        """The recipe recorded by `to_attrs` (missing keys: the defaults); ``overrides`` win
-        unless they are None."""
+        """The recipe recorded by `to_attrs` (missing keys: the defaults, the weights the
+        encoder's own default); ``overrides`` win unless they are None.
+
+        Why the encoder's default weights: training records only the attributes all feature
+        files share, so ``weights`` is missing when the files name one file differently (an
+        absolute and a relative path, same sha256); the dataclass default imagenet is the
+        ResNet's only, and a UNI checkpoint then failed with a misleading error. The recorded
+        sha256 still decides whether the weights found are the right ones (`make_encoder`)."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             key = _ATTR_NAMES.get(f.name, f.name)
@@ -306,6 +312,8 @@ class PreprocessingRecipe:
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "mags" not in values:
             raise ZoomMILError("the preprocessing recipe has no magnifications")
+        if "weights" not in values:
+            values["weights"] = default_weights(values.get("encoder"))
         return cls(**values)
 
     @classmethod
@@ -324,10 +332,8 @@ class PreprocessingRecipe:
                 "no_tissue_policy": tissue.get("no_tissue"),
                 "allow_upsampling": pre.get("allow_upsampling"),
                 "encoder": features.get("encoder"),
-                # unset: the encoder's own default (imagenet is the ResNet's only)
-                "weights": default_weights(features.get("encoder"))
-                if features.get("weights") is None
-                else features["weights"],
+                # unset: the encoder's own default (`from_attrs`; imagenet is the ResNet's only)
+                "weights": features.get("weights"),
                 "weights_seed": features.get("seed"),
                 "precision": features.get("precision"),
             }
