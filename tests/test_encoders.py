@@ -286,6 +286,53 @@ def test_hf_cache_resolution_offline(tmp_path, monkeypatch):
         _small("resnet50_layer3", weights="hf")
 
 
+_HF_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
+
+
+def test_hf_cache_dir_resolves_as_huggingface_hub(tmp_path, monkeypatch):
+    """The legacy HUGGINGFACE_HUB_CACHE (which huggingface_hub still honours, and fills) was
+    ignored and `$VARS` were not expanded, so `--weights hf` looked in another folder than the
+    one `hf download` filled. Order: HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, $HF_HOME/hub,
+    ($XDG_CACHE_HOME or ~/.cache)/huggingface/hub, each with ~ and $VARS expanded."""
+    import os
+    import subprocess
+    import sys
+
+    from zoommil.features.encoders.weights import hf_cache_dir, resolve_hf_weights
+
+    for name in _HF_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ROOT", str(tmp_path))
+    assert hf_cache_dir() == tmp_path / "home" / ".cache" / "huggingface" / "hub"
+    cases = [
+        ("XDG_CACHE_HOME", "$ROOT/xdg", tmp_path / "xdg" / "huggingface" / "hub"),
+        ("HF_HOME", "~/hf", tmp_path / "home" / "hf" / "hub"),
+        ("HUGGINGFACE_HUB_CACHE", "$ROOT/legacy", tmp_path / "legacy"),
+        ("HF_HUB_CACHE", "${ROOT}/new", tmp_path / "new"),
+    ]
+    for name, value, expected in cases:  # each one set wins over those before it
+        monkeypatch.setenv(name, value)
+        assert hf_cache_dir() == expected, name
+    monkeypatch.setenv("HF_HUB_CACHE", "")  # empty: unset
+    assert hf_cache_dir() == tmp_path / "legacy"
+    # `--weights hf` finds the file `hf download` placed under the legacy variable
+    file = _fake_hub(tmp_path / "legacy", "MahmoodLab/UNI", "pytorch_model.bin", {})
+    assert resolve_hf_weights(get_spec("uni")) == file
+    # the folder huggingface_hub itself resolves, where it is installed
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        return
+    code = "from huggingface_hub import constants; print(constants.HF_HUB_CACHE)"
+    for unset in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(unset)
+        hub = subprocess.run(
+            [sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True
+        )
+        assert Path(hub.stdout.strip()) == hf_cache_dir(), unset
+
+
 def _timm_to_dinov2_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse mapping, written out independently: timm keys -> HF Dinov2Model keys."""
     out = {

@@ -3,7 +3,9 @@
 Why offline only: foundation-model weights are gated (the user accepts a licence on Hugging Face
 and fetches the file); a pipeline that downloads at run time breaks on cluster nodes without
 internet and silently changes what it computes. So ``hf`` only *looks* in the standard hub cache
-layout (``$HF_HUB_CACHE`` or ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``, then
+layout (``$HF_HUB_CACHE``, else the legacy ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``,
+else ``$XDG_CACHE_HOME/huggingface/hub`` or ``~/.cache/huggingface/hub``, with ``~`` and
+``$VARS`` expanded as huggingface_hub does; then
 ``models--{org}--{name}/snapshots/{revision}/{file}``) and a missing file is a one-line error
 naming the repo and the file to place there.
 
@@ -53,15 +55,24 @@ def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
 # --------------------------------------------------------------------------- HF cache
 
 
+def _expanded(path: str) -> Path:
+    """``~`` and ``$VARS`` expanded, in huggingface_hub's order (``constants.py``)."""
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
 def hf_cache_dir() -> Path:
-    """The hub cache folder, read from the environment at call time (as huggingface_hub does)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    """The hub cache folder, read from the environment at call time, resolved as
+    huggingface_hub resolves it (which also fills it): ``HF_HUB_CACHE``, else the legacy
+    ``HUGGINGFACE_HUB_CACHE`` (still honoured there), else ``$HF_HOME/hub``, else
+    ``($XDG_CACHE_HOME or ~/.cache)/huggingface/hub``; each with ``~`` and ``$VARS``
+    expanded. An empty variable counts as unset."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return _expanded(os.environ[name])
     if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
+        return _expanded(os.environ["HF_HOME"]) / "hub"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return _expanded(base) / "huggingface" / "hub"
 
 
 def _snapshot_file(cache: Path, repo_id: str, filename: str) -> Path | None:
