@@ -143,6 +143,18 @@ def test_a_slide_file_gone_after_inspection_is_excluded_not_the_run(tiny, tmp_pa
     assert set(qc.loc[qc["status"] == "ok", "slide_id"]) == others_ok
 
 
+def test_more_attention_slides_predict_and_redraw_figure_4(tiny) -> None:
+    """Figure 4's predictions are checkpoint targets, for which Snakemake skips the params
+    check: the settings file is what makes a new n_slides plan the missing predictions."""
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["figures"]["attention"]["n_slides"] += 1
+    jobs = plan(workdir, config, "attention.yaml")
+    assert jobs["attention_settings"] == 1 and jobs["predict"] >= 1, jobs
+    assert jobs["figure_attention"] == 1 and jobs["qc_exclusions"] == 1, jobs
+    assert not PREPROCESS & set(jobs) and "train" not in jobs, jobs
+
+
 def test_new_seed_only_adds_jobs(tiny) -> None:
     workdir, _, _ = tiny
     config = copy.deepcopy(harness.load_config())

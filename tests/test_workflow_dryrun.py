@@ -281,6 +281,10 @@ def _bad_mags(config: dict) -> None:
     config["preprocess"]["mags"] = [5, 15]
 
 
+def _attention_of_dsmil(config: dict) -> None:
+    config["figures"]["attention"]["method"] = "dsmil"
+
+
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
@@ -289,8 +293,13 @@ def _bad_mags(config: dict) -> None:
             "config: method 'zoommil': model 'zoommil' does not take option(s) sigm",
         ),
         (_bad_mags, "config: preprocess/features: magnifications 5x and 15x are not power-of-two"),
+        (
+            _attention_of_dsmil,
+            "config: figures.attention.method must be a ZoomMIL method (arch zoommil), got "
+            "'dsmil' (arch dsmil)",
+        ),
     ],
-    ids=["method_option_typo", "bad_recipe"],
+    ids=["method_option_typo", "bad_recipe", "attention_not_zoommil"],
 )
 def test_bad_config_fails_with_one_line_before_any_job(workdir: Path, spoil, message) -> None:
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())

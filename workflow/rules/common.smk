@@ -1,4 +1,5 @@
 # Helpers only (no rules): config and sheet validation, slide lists, targets.
+import json
 import os
 from pathlib import Path
 
@@ -194,6 +195,14 @@ for _name in EFFICIENCY_METHODS + [ATTENTION.get("method", "zoommil")]:
         raise ValueError(
             f"config: '{_name}' (efficiency/figures) is not a configured method"
         )
+_arch = ALL_METHODS[ATTENTION.get("method", "zoommil")].get("arch")
+if _arch != "zoommil":
+    # Figure 4 draws ZoomMIL's attention over the regions it zooms into; `zoommil predict
+    # --heatmap` refuses other architectures, which would fail only after training.
+    raise ValueError(
+        "config: figures.attention.method must be a ZoomMIL method (arch zoommil), got "
+        f"'{ATTENTION.get('method', 'zoommil')}' (arch {_arch})"
+    )
 
 
 if SEEDS_IN_ONE_JOB and ABLATIONS and ABLATION_SEEDS != SEEDS:

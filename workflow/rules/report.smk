@@ -86,8 +86,29 @@ rule figure_throughput:
         "../../scripts/figure_throughput.py"
 
 
+# Figure 4's settings as a file: its predictions enter figure_attention and qc_exclusions as
+# checkpoint targets, and Snakemake skips the params and input-set checks of a job whose input
+# holds one, so without this input a new n_slides or method would rerun nothing.
+rule attention_settings:
+    output:
+        "results/figures/attention_settings.json",
+    log:
+        "results/logs/attention_settings/attention_settings.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=100,
+        runtime=1,
+    params:
+        settings=json.dumps(ATTENTION, sort_keys=True),
+    shell:
+        "printf '%s\\n' {params.settings:q} > {output} 2> {log}"
+
+
 rule figure_attention:
     input:
+        settings="results/figures/attention_settings.json",
         predictions=attention_predictions,
         usable="results/qc/usable.tsv",
     output:
@@ -118,6 +139,7 @@ rule figure_attention:
 rule qc_exclusions:
     input:
         qc="results/qc/slides.tsv",
+        settings="results/figures/attention_settings.json",
         predictions=attention_predictions,
         timings=all_throughput_files(),
     output:
