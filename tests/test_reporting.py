@@ -389,12 +389,31 @@ def test_cells_from_fewer_seeds_say_how_many(tmp_path: Path) -> None:
     abmil = made["main"].set_index("method").loc["abmil"]
     assert abmil["n_seeds"] == 2 and abmil["weighted_f1_n"] == 2 and abmil["auc_n"] == 1
     markdown = outputs["main_md"].read_text()
-    assert "| ABMIL | 10x | 62.0 ± 2.8 | 64.0 ± 2.8 | 70.0 ± 0.0 (n=1) |" in markdown
+    assert "| ABMIL | 10x | 62.0 ± 2.8 | 64.0 ± 2.8 | 70.0 (n=1) |" in markdown
     assert "| **ZoomMIL** | 2.5x -> 5x -> 10x | 75.0 ± 7.1 | 76.0 ± 7.1 | 89.0 ± 1.4 |" in markdown
     assert "(n=k): over k seeds, fewer than the 2 of the full benchmark" in markdown
-    assert r"70.0 $\pm$ 0.0 (n=1)" in outputs["main_tex"].read_text()
+    assert r"70.0 (n=1)" in outputs["main_tex"].read_text()
     ablation = outputs["ablation_md"].read_text()
-    assert "| zoommil_random | selection | selection=random | 50.0 ± 0.0 (n=1) |" in ablation
+    assert "| zoommil_random | selection | selection=random | 50.0 (n=1) |" in ablation
+
+
+def test_a_single_seed_has_no_std(tmp_path: Path) -> None:
+    """One seed has no spread over seeds: its std is NaN and its cell reads `80.0 (n=1)`,
+    even when the whole table ran one seed; it printed `80.0 ± 0.0`, as if seeds agreed.
+    The figure of the same runs still draws (no error bar without a CI or a std)."""
+    data = fabricate_results(tmp_path)
+    evals = [p for p in data["evals"] if p.name == "seed~0.json"]
+    made, outputs = _make_demo_tables(tmp_path, {**data, "evals": evals})
+    zoom = made["main"].set_index("method").loc["zoommil"]
+    assert zoom["weighted_f1_n"] == 1 and math.isnan(zoom["weighted_f1_std"])
+    markdown = outputs["main_md"].read_text()
+    assert "| **ZoomMIL** | 2.5x -> 5x -> 10x | 80.0 (n=1) | 81.0 (n=1) | 90.0 (n=1) |" in markdown
+    assert "± 0.0" not in markdown
+    assert "(n=1): one seed, so no std over seeds" in markdown
+    frame = figures.throughput_figure(
+        evals, data["timings"], ["zoommil", "abmil"], [tmp_path / "f.png"], "demo", "random"
+    )
+    assert frame["f1_low"].isna().all() and (tmp_path / "f.png").stat().st_size > 1000
 
 
 def test_each_table_counts_its_own_full_seeds(tmp_path: Path) -> None:

@@ -52,8 +52,9 @@ def display_name(method: str, spec: Mapping[str, Any] | None = None) -> str:
 
 
 def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Mean and sample std (ddof=1; 0 for a single seed) per method and metric, over the seeds
-    where the metric has a value (`{metric}_n` of them; an AUC can be undefined for a seed);
+    """Mean and sample std (ddof=1; NaN for a single seed: one value has no spread, and a
+    0.0 would read as "no variation over seeds") per method and metric, over the seeds where
+    the metric has a value (`{metric}_n` of them; an AUC can be undefined for a seed);
     `n_seeds`: the seeds with at least one metric."""
     frame = pd.DataFrame(list(records))
     rows = []
@@ -63,9 +64,7 @@ def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         for metric in METRICS:
             values = group[metric].astype(float).dropna()
             row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
-            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            if not len(values):
-                row[f"{metric}_std"] = math.nan
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
             row[f"{metric}_n"] = len(values)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -194,18 +193,21 @@ def _pct(
     seeds: int = 0,
 ) -> str:
     """`mean ± std [low, high]` in percent (the CI only when there is one), then `(n=k)` when
-    it comes from k values, fewer than the ``seeds`` of the full benchmark."""
+    it comes from k values, fewer than the ``seeds`` of the full benchmark, or from one value
+    (which has no std: `80.0 (n=1)`, not `80.0 ± 0.0`)."""
     if _missing(mean):
         return "n/a"
     text = f"{100 * mean:.1f}" if _missing(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
     if not (_missing(low) or _missing(high)):
         text += f" [{100 * low:.1f}, {100 * high:.1f}]"
-    if not _missing(n) and int(n) < seeds:
+    if not _missing(n) and (int(n) < seeds or int(n) == 1):
         text += f" (n={int(n)})"
     return text
 
 
 def fewer_seeds_note(seeds: int) -> str:
+    if seeds <= 1:
+        return "(n=1): one seed, so no std over seeds"
     return f"(n=k): over k seeds, fewer than the {seeds} of the full benchmark"
 
 
@@ -501,9 +503,9 @@ def write_csv(path: str | Path, frame: pd.DataFrame, notes: Sequence[str]) -> No
 
 def _with_seeds_note(notes: Sequence[str], table: pd.DataFrame, seeds: int) -> list[str]:
     """``notes``, plus what ``(n=k)`` means when a cell of ``table`` carries it (a metric
-    from 0 < k < ``seeds`` values, as `_pct` marks it)."""
+    from 0 < k < ``seeds`` values, or from one, as `_pct` marks it)."""
     counts = [pd.to_numeric(table[f"{m}_n"]) for m in METRICS if f"{m}_n" in table.columns]
-    marked = any(((n > 0) & (n < seeds)).any() for n in counts)
+    marked = any(((n > 0) & ((n < seeds) | (n == 1))).any() for n in counts)
     return [*notes, fewer_seeds_note(seeds)] if marked else list(notes)
 
 
