@@ -225,3 +225,55 @@ def test_throughput_figure_without_any_timing(tmp_path: Path, weights: str) -> N
         [zoom[0]], {"cpu1": []}, ["zoommil"], [tmp_path / "f.png"], "demo", weights
     )
     assert data["slides_per_hour"].isna().all() and (tmp_path / "f.png").exists()
+
+
+def test_throughput_has_x_error_bars_of_its_spread_over_slides() -> None:
+    """A marker's x error bar runs from the throughput at s/slide + std to that at - std,
+    scaled with the marker where it is dodged; one with std >= s/slide runs to the panel's
+    edge; a timing without per-slide values has none. There were y error bars only."""
+    import matplotlib.pyplot as plt
+
+    data = pd.DataFrame(
+        {
+            "method": ["zoommil", "abmil", "maxmil"],
+            "device": ["cpu1"] * 3,
+            "slides_per_hour": [1800.0, 180.0, 90.0],
+            "slides_per_hour_low": [3600 / 2.5, 3600 / 30.0, np.nan],
+            "slides_per_hour_high": [3600 / 1.5, np.inf, np.nan],
+            "f1": [0.9, 0.6, 0.5],
+            "f1_low": [np.nan] * 3,
+            "f1_high": [np.nan] * 3,
+        }
+    )
+    styles = figures.method_styles(list(data["method"]))
+    fig, ax = plt.subplots()
+    try:
+        figures._device_panel(ax, data, "cpu1", styles, {})
+        spans = {}
+        for container in ax.containers:
+            assert container.has_xerr
+            x_bars = container.lines[2][0]  # x error bars come first
+            (x0, _), (x1, _) = x_bars.get_segments()[0]
+            spans[round(float(container.lines[0].get_xdata()[0]))] = (x0, x1)
+        left, right = ax.get_xlim()
+    finally:
+        plt.close(fig)
+    assert spans[1800] == pytest.approx((3600 / 2.5, 3600 / 1.5))
+    assert spans[180][0] == pytest.approx(120.0) and spans[180][1] == pytest.approx(right)
+    assert spans[90] == pytest.approx((90.0, 90.0))
+    assert left < 90 and right > 3600 / 1.5
+
+
+def test_figure_data_carries_the_throughput_spread(tmp_path: Path) -> None:
+    zoom = write_run(tmp_path, "zoommil", 2.0, [True] * 6)
+    record = json.loads(zoom[1].read_text())
+    rows = [
+        {"slide_id": "t0", "seconds": 1.5, "pid": 1},
+        {"slide_id": "t1", "seconds": 2.5, "pid": 1},
+    ]
+    zoom[1].write_text(json.dumps({**record, "per_slide": rows}))
+    data = figures.throughput_data([zoom[0]], {"cpu1": [zoom[1]]}, ["zoommil"]).iloc[0]
+    sd = float(np.std([1.5, 2.5], ddof=1))
+    assert data["slides_per_hour_low"] == pytest.approx(3600 / (2.0 + sd))
+    assert data["slides_per_hour_high"] == pytest.approx(3600 / (2.0 - sd))
+    assert data["n_slides"] == 2

@@ -453,6 +453,95 @@ def test_tables_name_the_methods_timed_in_one_shared_pass(tmp_path: Path) -> Non
     ) in outputs["main_md"].read_text()
 
 
+def add_per_slide(data: dict) -> None:
+    """Per-slide values in `fabricate_results`' FLOPs and CPU timing files, as `zoommil
+    flops` and `zoommil profile` write them: ZoomMIL's slides take 1.9 and 2.1 s on one core
+    and 0.04 and 0.06 TFLOPs; on all cores two processes time the two slides at once."""
+    for path in data["flops"]:
+        if Path(path).parent.name == "zoommil":
+            rows = [
+                {"slide_id": s, "total_flops": t * 2.0**40} for s, t in (("a", 0.04), ("b", 0.06))
+            ]
+            Path(path).write_text(json.dumps({"mean_tflops": 0.05, "per_slide": rows}))
+    for device, seconds, makespan in (("cpu1", (1.9, 2.1), 4.0), ("cpu", (1.9, 2.1), 2.1)):
+        for path in data["timings"][device]:
+            if Path(path).parent.name != "zoommil":
+                continue
+            rows = [
+                {"slide_id": s, "seconds": t, "pid": i}
+                for i, (s, t) in enumerate(zip("ab", seconds, strict=True))
+            ]
+            record = {"seconds_per_slide": makespan / 2, "slides_per_hour": 7200 / makespan,
+                      "per_slide": rows, "skipped": None}  # fmt: skip
+            Path(path).write_text(json.dumps(record))
+
+
+def test_costs_carry_their_spread_over_the_slides(tmp_path: Path) -> None:
+    """TFLOPs and s/slide are means over slides: the tables print them ± their std over the
+    slides (the files' `per_slide` values); they printed bare means. A file without per-slide
+    values (older, or ABMIL here) still gives its bare mean."""
+    data = fabricate_results(tmp_path)
+    add_per_slide(data)
+    timing = results.timing_by_method(data["timings"]["cpu1"])
+    sd = float(np.std([1.9, 2.1], ddof=1))
+    assert timing["zoommil"]["seconds_sd"] == pytest.approx(sd)
+    assert timing["zoommil"]["n_slides"] == 2
+    assert math.isnan(timing["abmil"]["seconds_sd"]) and timing["abmil"]["seconds"] == 20.0
+    # two processes: s/slide is the makespan / slides (1.05), the std scaled like it
+    cpu = results.timing_by_method(data["timings"]["cpu"])["zoommil"]
+    assert cpu["seconds_sd"] == pytest.approx(sd * 1.05 / 2.0)
+    assert cpu["slides_per_hour_low"] == pytest.approx(3600 / (1.05 + cpu["seconds_sd"]))
+    assert cpu["slides_per_hour_high"] == pytest.approx(3600 / (1.05 - cpu["seconds_sd"]))
+    flops = results.flops_by_method(data["flops"])
+    assert flops["zoommil"]["tflops_sd"] == pytest.approx(float(np.std([0.04, 0.06], ddof=1)))
+    assert math.isnan(flops["abmil"]["tflops_sd"]) and flops["abmil"]["tflops"] == 0.5
+    made, outputs = _make_demo_tables(
+        tmp_path,
+        data,
+        ablations={"zoommil_random": {"arch": "zoommil", "k": 4, "selection": "random"}},
+        reference="zoommil",
+    )
+    main = pd.read_csv(outputs["main_csv"]).set_index("method")
+    assert main.loc["zoommil", "cpu1_s_per_slide_sd"] == pytest.approx(sd, rel=1e-5)
+    assert main.loc["zoommil", "cpu1_n_slides"] == 2
+    markdown = outputs["main_md"].read_text()
+    assert "| 0.05 ± 0.0141 | 2 ± 0.141 | 1.05 ± 0.0742 |" in markdown
+    assert "| 0.5 | 20 | 10 |" in markdown  # ABMIL: no per-slide values, bare means
+    assert "TFLOPs and s/slide: mean ± std over the slides" in markdown
+    assert "0.05 ± 0.0141" in outputs["ablation_md"].read_text()
+
+
+def test_comparison_notes_say_ratios_are_of_the_means(tmp_path: Path) -> None:
+    """The cost ratios are ratios of two means, printed without an interval: the notes say
+    so and point to the spread of each mean."""
+    data = fabricate_results(tmp_path)
+    add_per_slide(data)
+    extra = {
+        f"comparison_{e}": tmp_path / "tables" / f"comparison.{e}" for e in ("csv", "md", "tex")
+    }
+    outputs = {
+        f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
+        for kind in ("main", "ablation")
+        for ext in ("csv", "md", "tex")
+    }
+    made = tables.make_tables(
+        qc_table=data["qc"],
+        evals=data["evals"],
+        flops=data["flops"],
+        timings=data["timings"],
+        outputs={**outputs, **extra},
+        dataset="demo",
+        weights="random",
+        mags=[2.5, 5, 10],
+        methods={"zoommil": {"arch": "zoommil", "k": 4}, "abmil": {"arch": "abmil"}},
+        reference="zoommil",
+    )
+    assert made["comparisons"].iloc[0]["cpu1_time_ratio"] == pytest.approx(0.1)
+    markdown = extra["comparison_md"].read_text()
+    assert "ratios: reference / method of the means" in markdown
+    assert "point values without an interval" in markdown
+
+
 def test_ablation_label() -> None:
     ref = {"arch": "zoommil", "k": 4}
     assert tables.ablation_label({"arch": "zoommil", "k": 4, "aggregation": "concat"}, ref) == (

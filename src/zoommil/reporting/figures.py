@@ -112,8 +112,9 @@ def _every_minor_label(value: float, _position: int) -> str:
 
 def x_limits(speeds: Iterable[float], margin: float = 1.4) -> tuple[float, float]:
     """Log-axis limits around the measured speeds, a factor ``margin`` beyond each end, so a
-    single method (or equal speeds) still gets an axis and markers stay off the frame."""
-    values = [float(v) for v in speeds if v is not None and not math.isnan(v) and v > 0]
+    single method (or equal speeds) still gets an axis and markers stay off the frame.
+    Infinite values (an unbounded error bar's end) are left out."""
+    values = [float(v) for v in speeds if v is not None and math.isfinite(v) and v > 0]
     if not values:
         return 1.0, 10.0
     return min(values) / margin, max(values) * margin
@@ -124,9 +125,11 @@ def throughput_data(
     timings: Mapping[str, Iterable[str | Path]],
     methods: Sequence[str],
 ) -> pd.DataFrame:
-    """One row per (device, method): slides/hour, weighted F1 (seed mean) and its 95%
-    bootstrap CI over test slides (``f1_low``/``f1_high``; the seed std where a run has no
-    per-slide predictions), and how the timing was taken."""
+    """One row per (device, method): slides/hour with ``slides_per_hour_low``/``_high`` (the
+    throughput at seconds per slide + and - their std over the timed slides; NaN without
+    per-slide timings), weighted F1 (seed mean) and its 95% bootstrap CI over test slides
+    (``f1_low``/``f1_high``; the seed std where a run has no per-slide predictions), and how
+    the timing was taken."""
     evals = list(evals)
     records = results.eval_records(evals)
     summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
@@ -144,6 +147,9 @@ def throughput_data(
                 "device": device,
                 "method": method,
                 "slides_per_hour": t.get("slides_per_hour", math.nan),
+                "slides_per_hour_low": t.get("slides_per_hour_low", math.nan),
+                "slides_per_hour_high": t.get("slides_per_hour_high", math.nan),
+                "n_slides": t.get("n_slides", math.nan),
                 "skipped": t.get("skipped", "missing"),
                 "device_name": t.get("device_name", ""),
                 "threads": info.get("threads"),
@@ -230,13 +236,17 @@ def _device_panel(
     styles: Mapping[str, dict[str, Any]],
     handles: dict[str, Any],
 ) -> None:
-    """One device's panel: the timed methods with their CIs and the efficiency frontier."""
+    """One device's panel: the timed methods with their CIs (y) and throughput +- std over
+    the timed slides (x), and the efficiency frontier."""
     part = data[(data["device"] == device) & data["slides_per_hour"].notna()]
     part = part.reset_index(drop=True)
     ax.set_title(panel_title(device, panel_setting(part)), fontsize=9)
     ax.set_xscale("log")
     dodge = dodge_factors(list(part["slides_per_hour"]))
     part["x"] = part["slides_per_hour"] * np.asarray(dodge, dtype=float)  # where it is drawn
+    nans = pd.Series(math.nan, index=part.index)
+    lows, highs = (part.get(f"slides_per_hour_{b}", nans) for b in ("low", "high"))
+    limits = x_limits([*part["slides_per_hour"], *lows, *highs])
     front = frontier(part).sort_values("x")  # on the true throughputs, drawn at the markers
     if len(front) > 1:
         (line,) = ax.step(
@@ -264,6 +274,7 @@ def _device_panel(
         container = ax.errorbar(
             row["x"],
             100 * row["f1"],
+            xerr=_x_arms(row, limits),
             yerr=[[100 * low], [100 * high]],
             fmt=style["marker"],
             markersize=style["markersize"],
@@ -287,7 +298,7 @@ def _device_panel(
             color="0.35",
         )
     ax.set_ylim(-2, 102)
-    ax.set_xlim(*x_limits(part["slides_per_hour"]))
+    ax.set_xlim(*limits)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     speeds = part["slides_per_hour"]
     narrow = speeds.max() / speeds.min() < 10  # less than a decade: label every tick
@@ -295,6 +306,21 @@ def _device_panel(
     ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.grid(alpha=0.3, which="both")
+
+
+def _x_arms(row: Mapping[str, Any], limits: tuple[float, float]) -> list[list[float]]:
+    """The x error bar of one marker (drawn at ``row["x"]``, its dodged place): from the
+    throughput at seconds per slide + std to that at - std, scaled like the marker; an
+    unbounded upper end (std >= seconds) runs to the panel's edge; none without a std."""
+    speed, low, high = (
+        float(row.get(k, math.nan))
+        for k in ("slides_per_hour", "slides_per_hour_low", "slides_per_hour_high")
+    )
+    if math.isnan(low) or math.isnan(high) or not speed > 0:
+        return [[0.0], [0.0]]
+    scale = row["x"] / speed
+    high = min(high, limits[1] / scale)
+    return [[max(0.0, (speed - low) * scale)], [max(0.0, (high - speed) * scale)]]
 
 
 def _throughput_title(dataset: str, encoder: str, weights: str, skipped: Mapping[str, str]) -> str:
@@ -321,7 +347,8 @@ def throughput_figure(
     weights: str,
     encoder: str = "resnet50_layer3",
 ) -> pd.DataFrame:
-    """Figure 3: slides/hour (log x) vs weighted F1 with 95% CIs, one panel per device that
+    """Figure 3: slides/hour (log x, +- std over the timed slides) vs weighted F1 with 95% CIs
+    over test slides, one panel per device that
     was timed, the efficiency frontier drawn, one legend (no labels to overlap); devices
     without timings are named in the subtitle. Returns the plotted data."""
     data = throughput_data(evals, timings, methods)

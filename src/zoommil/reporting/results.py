@@ -77,29 +77,92 @@ def method_of(path: str | Path) -> str:
     return Path(path).parent.name
 
 
+TFLOP = 2.0**40  # as zoommil.efficiency.flops (not imported: that module loads torch)
+
+
+def spread(values: Iterable[Any]) -> tuple[float, int]:
+    """(sample std, ddof=1, n) of the finite numbers of ``values``; the std is NaN for fewer
+    than two (one value has no spread)."""
+    finite = [float(v) for v in values if _finite(v)]
+    if len(finite) < 2:
+        return math.nan, len(finite)
+    mean = sum(finite) / len(finite)
+    return math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)), len(finite)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _per_slide(data: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = data.get("per_slide")
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
 def flops_by_method(paths: Iterable[str | Path]) -> dict[str, dict[str, float]]:
-    """method -> {tflops, patches} (mean per test slide)."""
+    """method -> {tflops, tflops_sd, n_slides, patches}: the mean per test slide, and the
+    std over the slides' ``per_slide`` totals (NaN in a file without them: the bare mean)."""
     out = {}
     for path in paths:
         data = load_json(path)
+        sd, n = spread(r.get("total_flops") for r in _per_slide(data))
         out[method_of(path)] = {
             "tflops": float(data.get("mean_tflops", math.nan)),
+            "tflops_sd": sd / TFLOP,
+            "n_slides": n or math.nan,
             "patches": float(data.get("mean_patches_encoded", math.nan)),
         }
     return out
 
 
+def seconds_spread(data: dict[str, Any]) -> tuple[float, int]:
+    """(std, n) of a timing record's seconds per slide over its ``per_slide`` rows.
+
+    ``seconds_per_slide`` is the cohort's makespan / slides: with N worker processes slides
+    overlap, so it is about the mean latency / N. The std over the slides' latencies is
+    scaled by the same factor (seconds_per_slide / mean latency; 1 with one process), so it
+    is the spread of the number in the table. NaN without per-slide rows (an older file) or
+    with one slide."""
+    latencies = [r.get("seconds") for r in _per_slide(data)]
+    sd, n = spread(latencies)
+    finite = [float(v) for v in latencies if _finite(v)]
+    seconds = data.get("seconds_per_slide")
+    if n < 2 or not _finite(seconds) or not sum(finite):
+        return sd, n
+    return sd * float(seconds) / (sum(finite) / len(finite)), n
+
+
+def throughput_interval(seconds: float, sd: float) -> tuple[float, float]:
+    """Slides per hour at seconds per slide + sd and - sd (the x error bar of Figure 3);
+    the upper end is inf when sd >= seconds, NaN for both without an sd."""
+    if not (_finite(seconds) and _finite(sd)) or seconds <= 0:
+        return math.nan, math.nan
+    high = 3600.0 / (seconds - sd) if seconds > sd else math.inf
+    return 3600.0 / (seconds + sd), high
+
+
 def timing_by_method(paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
-    """method -> {seconds, slides_per_hour, threads, device_name, skipped, shared_pass}."""
+    """method -> {seconds, seconds_sd, n_slides, slides_per_hour, slides_per_hour_low/high,
+    threads, device_name, skipped, shared_pass}.
+
+    ``seconds_sd``: the std over the timed slides (`seconds_spread`), NaN in a file without
+    per-slide rows, whose bare value is still read."""
     out = {}
     for path in paths:
         data = load_json(path)
         skipped = data.get("skipped")
+        seconds = math.nan if skipped else float(data.get("seconds_per_slide", math.nan))
+        sd, n = (math.nan, 0) if skipped else seconds_spread(data)
+        low, high = throughput_interval(seconds, sd)
         out[method_of(path)] = {
-            "seconds": math.nan if skipped else float(data.get("seconds_per_slide", math.nan)),
+            "seconds": seconds,
+            "seconds_sd": sd,
+            "n_slides": n or math.nan,
             "slides_per_hour": math.nan
             if skipped
             else float(data.get("slides_per_hour", math.nan)),
+            "slides_per_hour_low": low,
+            "slides_per_hour_high": high,
             "threads": data.get("threads"),
             "device_name": data.get("device_name") or "",
             "skipped": skipped or "",

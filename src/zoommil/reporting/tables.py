@@ -1,9 +1,10 @@
 """Tables 1-4 of the paper from the workflow's JSON outputs, as CSV, Markdown and LaTeX.
 
 Tables 1-3 (one per dataset): weighted F1, accuracy and AUC as mean +- std over seeds, with a
-95% bootstrap CI over test slides for weighted F1 and accuracy (reporting.stats), mean TFLOPs
-per slide and end-to-end time per slide. Table 4: ZoomMIL ablations. The comparison table:
-the reference (ZoomMIL) against every baseline and ablation, paired over slides. Every table
+95% bootstrap CI over test slides for weighted F1 and accuracy (reporting.stats), TFLOPs per
+slide and end-to-end time per slide as mean +- std over the slides. Table 4: ZoomMIL
+ablations. The comparison table: the reference (ZoomMIL) against every baseline and ablation,
+paired over slides, and its cost ratios (ratios of the means). Every table
 carries notes on the encoder weights (random weights make the numbers a smoke test) and on
 how many slides QC excluded.
 """
@@ -135,10 +136,13 @@ def main_table(
         if method in by_method.index:
             row.update(by_method.loc[method].to_dict())
         row["tflops"] = flops.get(method, {}).get("tflops", math.nan)
+        row["tflops_sd"] = flops.get(method, {}).get("tflops_sd", math.nan)
         row["patches_per_slide"] = flops.get(method, {}).get("patches", math.nan)
         for device in TIMING_HEADERS:
             timing = timings.get(device, {}).get(method, {})
             row[f"{device}_s_per_slide"] = timing.get("seconds", math.nan)
+            row[f"{device}_s_per_slide_sd"] = timing.get("seconds_sd", math.nan)
+            row[f"{device}_n_slides"] = timing.get("n_slides", math.nan)
             row[f"{device}_slides_per_hour"] = timing.get("slides_per_hour", math.nan)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -173,15 +177,28 @@ def ablation_table(
         if method in by_method.index:
             row.update(by_method.loc[method].to_dict())
         row["tflops"] = flops.get(method, {}).get("tflops", math.nan)
+        row["tflops_sd"] = flops.get(method, {}).get("tflops_sd", math.nan)
         rows.append(row)
     columns = ["method", "component", "variant", "n_seeds"]
     columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
-    columns += [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + ["n_test", "tflops"]
+    columns += [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + [
+        "n_test",
+        "tflops",
+        "tflops_sd",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _with_spread(mean: Any, std: Any, fmt: Any) -> str:
+    """`mean ± std` with ``fmt`` applied to both, the bare mean without a std (one value,
+    or an older file without the per-slide values), `n/a` without a mean."""
+    if _missing(mean):
+        return "n/a"
+    return fmt(mean) if _missing(std) else f"{fmt(mean)} ± {fmt(std)}"
 
 
 def _pct(
@@ -195,9 +212,9 @@ def _pct(
     """`mean ± std [low, high]` in percent (the CI only when there is one), then `(n=k)` when
     it comes from k values, fewer than the ``seeds`` of the full benchmark, or from one value
     (which has no std: `80.0 (n=1)`, not `80.0 ± 0.0`)."""
-    if _missing(mean):
-        return "n/a"
-    text = f"{100 * mean:.1f}" if _missing(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+    text = _with_spread(mean, std, lambda v: f"{100 * v:.1f}")
+    if text == "n/a":
+        return text
     if not (_missing(low) or _missing(high)):
         text += f" [{100 * low:.1f}, {100 * high:.1f}]"
     if not _missing(n) and (int(n) < seeds or int(n) == 1):
@@ -215,6 +232,11 @@ def _num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{float(value):.{digits}g}"
+
+
+def _num_sd(mean: Any, sd: Any) -> str:
+    """A cost cell: `mean ± sd` over the slides, 3 significant digits each."""
+    return _with_spread(mean, sd, _num)
 
 
 def display_frame(
@@ -246,10 +268,19 @@ def display_frame(
                 strict=True,
             )
         ]
-    out["TFLOPs"] = [_num(v) for v in table["tflops"]]
+    out["TFLOPs"] = [
+        _num_sd(v, sd) for v, sd in zip(table["tflops"], table.get("tflops_sd", nans), strict=True)
+    ]
     if kind == "main":
         for device in devices:
-            out[TIMING_HEADERS[device]] = [_num(v) for v in table[f"{device}_s_per_slide"]]
+            out[TIMING_HEADERS[device]] = [
+                _num_sd(v, sd)
+                for v, sd in zip(
+                    table[f"{device}_s_per_slide"],
+                    table.get(f"{device}_s_per_slide_sd", nans),
+                    strict=True,
+                )
+            ]
     return out
 
 
@@ -375,6 +406,11 @@ def table_notes(
         f"{stats.N_BOOTSTRAP} resamples of the slides, metric averaged over seeds]; "
         "TFLOPs = 2^40 flops per slide"
     )
+    notes.append(
+        "TFLOPs and s/slide: mean ± std over the slides (TFLOPs: the test slides; time: the "
+        "timed slides, the std of their latencies scaled to s/slide where several processes "
+        "time slides at once); a bare value: one slide, or a file without per-slide values"
+    )
     return notes
 
 
@@ -485,7 +521,9 @@ def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
         f"{stats.N_BOOTSTRAP} slide resamples for both]",
         f"p: two-sided paired permutation test over slides ({how}); Holm: adjusted for the "
         "comparisons in this table",
-        "ratios: reference / method (below 1: the reference needs less)",
+        "ratios: reference / method of the means (TFLOPs per test slide, s/slide over the "
+        "timed slides; below 1: the reference needs less); point values without an interval: "
+        "the spread of each mean is its ± std in the main table",
         *[n for n in notes if not n.startswith("mean ± std")],
     ]
 
