@@ -323,3 +323,18 @@ def test_an_unreadable_slide_is_replaced_by_the_next_readable_one(
     assert record["seconds_per_slide"] == pytest.approx(max(busy) / max_slides)
     reasons = {e["slide_id"]: e["reason"] for e in record["excluded_slides"]}
     assert set(reasons) == excluded and all("TIFF" in r for r in reasons.values()), reasons
+
+
+def test_fewer_slides_than_threads_use_fewer_processes_and_say_so(caplog) -> None:
+    """`--threads 4` with 2 slides to time runs 2 processes: 2 cores stay idle, which the
+    log says (the records' `processes` name the number used, the tables and figures
+    follow it)."""
+    from zoommil.efficiency.throughput import cpu_processes
+
+    with caplog.at_level("WARNING", logger="zoommil.efficiency.throughput"):
+        assert cpu_processes(4, 2) == 2
+    assert "2 slide(s) to time on 4 threads: 2 process(es) used" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zoommil.efficiency.throughput"):
+        assert cpu_processes(2, 15) == 2 and cpu_processes(1, 3) == 1
+    assert not caplog.text

@@ -277,3 +277,28 @@ def test_figure_data_carries_the_throughput_spread(tmp_path: Path) -> None:
     assert data["slides_per_hour_low"] == pytest.approx(3600 / (2.0 + sd))
     assert data["slides_per_hour_high"] == pytest.approx(3600 / (2.0 - sd))
     assert data["n_slides"] == 2
+
+
+def test_cpu_panel_is_titled_by_the_processes_used() -> None:
+    """ "All cores" runs min(threads, slides) processes: the title names the processes used,
+    not the threads asked (4 threads, 2 slides: 2 processes); a file without `processes`
+    (older) keeps its threads."""
+    used = figures.Setting("Test CPU", 4, 4, "fp32", processes=2)
+    assert figures.panel_title("cpu", used).startswith("CPU, 2 processes x 1 thread\n")
+    one = figures.Setting("Test CPU", 4, 4, None, processes=1)
+    assert figures.panel_title("cpu", one).startswith("CPU, 1 thread\n")
+    old = figures.Setting("Test CPU", 4, 4, None)
+    assert figures.panel_title("cpu", old).startswith("CPU, 4 threads\n")
+    part = pd.DataFrame(
+        [
+            {
+                "slides_per_hour": 10.0,
+                "device_name": "X",
+                "threads": 4,
+                "processes": 2,
+                "cpu_count": 4,
+                "precision": None,
+            }
+        ]  # fmt: skip
+    )
+    assert figures.panel_setting(part).processes == 2

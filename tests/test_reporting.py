@@ -511,6 +511,21 @@ def test_costs_carry_their_spread_over_the_slides(tmp_path: Path) -> None:
     assert "0.05 ± 0.0141" in outputs["ablation_md"].read_text()
 
 
+def test_all_cores_column_is_named_by_the_processes_used(tmp_path: Path) -> None:
+    """The all-cores timing runs no more processes than slides: its column (and the time
+    ratio's) names the processes the files record, not "all cores"."""
+    data = fabricate_results(tmp_path)
+    for path in data["timings"]["cpu"]:
+        record = json.loads(Path(path).read_text())
+        Path(path).write_text(json.dumps({**record, "threads": 4, "processes": 2}))
+    _, outputs = _make_demo_tables(tmp_path, data)
+    markdown = outputs["main_md"].read_text()
+    assert "CPU 2 processes (s/slide)" in markdown and "all cores" not in markdown
+    headers = tables.timing_headers({"cpu": {"a": {"processes": 1, "skipped": ""}}})
+    assert headers["cpu"] == "CPU 1 process (s/slide)"
+    assert tables.timing_headers({})["cpu"] == "CPU all cores (s/slide)"  # older files
+
+
 def test_comparison_notes_say_ratios_are_of_the_means(tmp_path: Path) -> None:
     """The cost ratios are ratios of two means, printed without an interval: the notes say
     so and point to the spread of each mean."""

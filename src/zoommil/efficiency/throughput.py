@@ -27,6 +27,7 @@ feeding it.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import platform
@@ -53,6 +54,8 @@ from zoommil.io.sheet import parse_mpp, read_sheet
 from zoommil.processes import starmap_in_processes
 from zoommil.training.checkpoint import load_checkpoint
 from zoommil.wsi.patches import ReaderPool
+
+log = logging.getLogger(__name__)
 
 
 def cpu_model() -> str:
@@ -142,6 +145,26 @@ def measure_shared_throughput(
     )[0]
 
 
+def cpu_processes(threads: int, slides: int) -> int:
+    """Worker processes for ``threads`` cores and ``slides`` to time: no more processes than
+    slides (a spare would only read a slide if one failed). Fewer slides than threads leave
+    cores idle, so the timing is of fewer cores than asked: a warning says so (the records'
+    ``processes`` and the tables and figures state the number used)."""
+    processes = max(1, min(threads, slides))
+    if processes < threads:
+        log.warning(
+            "%d slide(s) to time on %d threads: %d process(es) used, so %d core(s) stay idle "
+            "and the timing is of %d core(s), not %d",
+            slides,
+            threads,
+            processes,
+            threads - processes,
+            processes,
+            threads,
+        )
+    return processes
+
+
 def measure_groups_throughput(
     groups: Sequence[Sequence[Predictor]],
     slides: Sequence[tuple[str, str | Path]],
@@ -174,8 +197,8 @@ def measure_groups_throughput(
     target = len(slides) if max_slides is None else min(max_slides, len(slides))
     if device.type == "cuda":
         processes, workers = 1, default_workers(device)
-    else:  # no more processes than slides to time: a spare is read only if one fails
-        processes, workers = max(1, min(threads, target)), 0
+    else:
+        processes, workers = cpu_processes(threads, target), 0
     jobs = [(slide_id, str(path), mpp.get(slide_id)) for slide_id, path in slides]
     if processes == 1:
         claims = [SlideClaims(len(jobs), target) for _ in groups]

@@ -100,6 +100,7 @@ class Setting:
     threads: int | None
     cpu_count: int | None
     precision: str | None
+    processes: int | None = None  # CPU: worker processes used (min(threads, slides))
 
 
 def _every_minor_label(value: float, _position: int) -> str:
@@ -153,6 +154,7 @@ def throughput_data(
                 "skipped": t.get("skipped", "missing"),
                 "device_name": t.get("device_name", ""),
                 "threads": info.get("threads"),
+                "processes": info.get("processes"),
                 "cpu_count": info.get("cpu_count"),
                 "precision": info.get("precision"),
                 "f1": math.nan,
@@ -180,21 +182,27 @@ def panel_setting(part: pd.DataFrame) -> Setting:
         v = first.get(name)
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
-    threads, cores = value("threads"), value("cpu_count")
+    threads, cores, processes = value("threads"), value("cpu_count"), value("processes")
     return Setting(
         str(value("device_name") or ""),
         int(threads) if threads is not None else None,
         int(cores) if cores is not None else None,
         value("precision"),
+        int(processes) if processes is not None else None,
     )
 
 
 def panel_title(device: str, setting: Setting) -> str:
-    """E.g. 'CPU, 1 thread' / 'AMD EPYC 9454 (2 cores), fp32'."""
+    """E.g. 'CPU, 1 thread' / 'CPU, 2 processes x 1 thread' over 'AMD EPYC 9454 (2 cores),
+    fp32'. On CPU the count is of the processes the timing used (fewer than the threads asked
+    when fewer slides were timed); a file without it (older) gives its threads."""
+    used = setting.processes if setting.processes is not None else setting.threads
     if device == "gpu":
         head = "GPU"
-    elif setting.threads == 1:
+    elif used == 1:
         head = "CPU, 1 thread"
+    elif setting.processes is not None:
+        head = f"CPU, {used} processes x 1 thread"
     else:
         head = f"CPU, {setting.threads or 'all'} threads"
     details = setting.device_name or "unknown device"

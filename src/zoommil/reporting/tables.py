@@ -45,6 +45,26 @@ TIMING_HEADERS = {
 }
 
 
+def timing_headers(
+    timings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> dict[str, str]:
+    """TIMING_HEADERS with the all-cores column named by the processes its timings used
+    (`CPU 2 processes (s/slide)`: no more processes than slides are timed, so "all cores"
+    may be fewer than the machine's); the default where the files do not say (older ones)."""
+    headers = dict(TIMING_HEADERS)
+    used = {
+        int(t["processes"])
+        for t in timings.get("cpu", {}).values()
+        if not t.get("skipped") and t.get("processes") is not None
+    }
+    if used:
+        low, high = min(used), max(used)
+        count = str(low) if low == high else f"{low}-{high}"
+        plural = "" if high == 1 else "es"
+        headers["cpu"] = f"CPU {count} process{plural} (s/slide)"
+    return headers
+
+
 def display_name(method: str, spec: Mapping[str, Any] | None = None) -> str:
     """ZoomMIL-style display name; a method named like its arch gets the paper's spelling."""
     if method in DISPLAY_NAMES:
@@ -240,12 +260,17 @@ def _num_sd(mean: Any, sd: Any) -> str:
 
 
 def display_frame(
-    table: pd.DataFrame, kind: str, devices: Sequence[str], seeds: int | None = None
+    table: pd.DataFrame,
+    kind: str,
+    devices: Sequence[str],
+    seeds: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """The human-readable columns of a table (strings), best weighted F1 marked later.
     ``seeds``: the full number of seeds (default: the most in ``table``); a cell from fewer
     is marked ``(n=k)``."""
     seeds = full_seeds(table) if seeds is None else seeds
+    headers = headers or TIMING_HEADERS
     out = pd.DataFrame()
     if kind == "main":
         out["Method"] = table["name"]
@@ -273,7 +298,7 @@ def display_frame(
     ]
     if kind == "main":
         for device in devices:
-            out[TIMING_HEADERS[device]] = [
+            out[headers[device]] = [
                 _num_sd(v, sd)
                 for v, sd in zip(
                     table[f"{device}_s_per_slide"],
@@ -473,9 +498,13 @@ def _ratio(value: float) -> str:
 
 
 def comparison_display(
-    table: pd.DataFrame, names: Mapping[str, str], devices: Sequence[str]
+    table: pd.DataFrame,
+    names: Mapping[str, str],
+    devices: Sequence[str],
+    headers: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Human-readable comparison rows: differences in percentage points with their CI."""
+    headers = headers or TIMING_HEADERS
     out = pd.DataFrame()
     out["Comparison"] = [
         f"{names.get(r, r)} vs {names.get(m, m)}"
@@ -498,7 +527,7 @@ def comparison_display(
         ]
     out["TFLOPs ratio"] = [_ratio(v) for v in table["tflops_ratio"]]
     for device in devices:
-        out[f"Time ratio, {TIMING_HEADERS[device].split(' (')[0]}"] = [
+        out[f"Time ratio, {headers[device].split(' (')[0]}"] = [
             _ratio(v) for v in table[f"{device}_time_ratio"]
         ]
     return out
@@ -595,10 +624,11 @@ def make_tables(
     shared_passes = sorted(group for group in shared if group)
     notes = table_notes(dataset, weights, qc_frame, skipped, encoder, late_frame, shared_passes)
 
+    headers = timing_headers(timing_map)
     main = main_table(summary, methods, mags, flops_map, timing_map)
     seeds = full_seeds(main)  # per table: ablations may run another number of seeds
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
-    display = display_frame(main, "main", devices, seeds)
+    display = display_frame(main, "main", devices, seeds, headers)
     main_notes = _with_seeds_note(notes, main, seeds)
     best = best_row(main)
     write_csv(outputs["main_csv"], main, main_notes)
@@ -608,7 +638,7 @@ def make_tables(
     ablation = ablation_table(summary, ablations, reference, methods, flops_map)
     seeds = full_seeds(ablation)
     title = f"ZoomMIL ablations on {dataset}, {encoder} features (Table 4 style)"
-    display = display_frame(ablation, "ablation", devices, seeds)
+    display = display_frame(ablation, "ablation", devices, seeds, headers)
     ab_notes = _with_seeds_note(notes, ablation, seeds)
     ab_notes = ab_notes if ablations else ["no ablations configured", *ab_notes]
     best = best_row(ablation) if len(ablation) else None
@@ -627,7 +657,7 @@ def make_tables(
         title = f"Paired comparisons on {dataset}"
         c_notes = comparison_notes(comparison, notes)
         names = {m: display_name(m) for m in [reference, *others]}
-        display = comparison_display(comparison, names, devices)
+        display = comparison_display(comparison, names, devices, headers)
         write_csv(outputs["comparison_csv"], comparison, c_notes)
         write_text(outputs["comparison_md"], to_markdown(display, title, c_notes, None))
         write_text(
