@@ -526,6 +526,30 @@ def test_all_cores_column_is_named_by_the_processes_used(tmp_path: Path) -> None
     assert tables.timing_headers({})["cpu"] == "CPU all cores (s/slide)"  # older files
 
 
+def test_tables_say_where_and_how_the_timings_were_taken(tmp_path: Path) -> None:
+    """The tables name the CPU (or GPU) each timing ran on, the processes x threads, the
+    slides timed, and that timings vary by machine; they named none of it."""
+    data = fabricate_results(tmp_path, gpu=True)
+    add_per_slide(data)
+    setups = {"cpu1": (1, 1, "Xeon 6230"), "cpu": (2, 1, "Xeon 6230"), "gpu": (1, 4, "H200")}
+    for device, (processes, threads, name) in setups.items():
+        for path in data["timings"][device]:
+            record = json.loads(Path(path).read_text())
+            record |= {"processes": processes, "threads_per_process": threads, "device_name": name}
+            Path(path).write_text(json.dumps(record))
+    _, outputs = _make_demo_tables(tmp_path, data)
+    note = (
+        "CPU 1 thread timed on Xeon 6230, 1 process x 1 thread, n=2 slides; CPU 2 processes "
+        "timed on Xeon 6230, 2 processes x 1 thread, n=2 slides; GPU timed on H200, 1 process "
+        "x 4 threads; timings (s/slide, time ratios) vary by machine"
+    )  # the GPU files have no per-slide values: no n
+    assert note in outputs["main_md"].read_text()
+    assert note in outputs["ablation_md"].read_text()
+    # ABMIL's files have no per-slide values: its slides are unknown, ZoomMIL's are 2
+    assert "n=2 slides" in tables.timing_note({"cpu1": {"a": {"n_slides": 2}, "b": {}}})
+    assert tables.timing_note({"gpu": {"a": {"skipped": "no CUDA device"}}}) == ""
+
+
 def test_comparison_notes_say_ratios_are_of_the_means(tmp_path: Path) -> None:
     """The cost ratios are ratios of two means, printed without an interval: the notes say
     so and point to the spread of each mean."""

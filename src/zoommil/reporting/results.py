@@ -143,7 +143,7 @@ def throughput_interval(seconds: float, sd: float) -> tuple[float, float]:
 
 def timing_by_method(paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
     """method -> {seconds, seconds_sd, n_slides, slides_per_hour, slides_per_hour_low/high,
-    threads, processes, device_name, skipped, shared_pass}.
+    threads, processes, threads_per_process, device_name, skipped, shared_pass}.
 
     ``seconds_sd``: the std over the timed slides (`seconds_spread`), NaN in a file without
     per-slide rows, whose bare value is still read."""
@@ -165,6 +165,7 @@ def timing_by_method(paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
             "slides_per_hour_high": high,
             "threads": data.get("threads"),
             "processes": data.get("processes"),
+            "threads_per_process": data.get("threads_per_process"),
             "device_name": data.get("device_name") or "",
             "skipped": skipped or "",
             "shared_pass": list(data.get("shared_pass") or []),

@@ -65,6 +65,48 @@ def timing_headers(
     return headers
 
 
+def _span(values: Iterable[Any]) -> str:
+    """`2`, or `2-3` when the methods' files differ; empty when none says."""
+    known = sorted({int(v) for v in values if v is not None and not _missing(v)})
+    if not known:
+        return ""
+    return str(known[0]) if len(known) == 1 else f"{known[0]}-{known[-1]}"
+
+
+def _count(n: str, word: str) -> str:
+    return f"{n} {word}" if n == "1" else f"{n} {word}{'es' if word.endswith('s') else 's'}"
+
+
+def timing_note(
+    timings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    headers: Mapping[str, str] | None = None,
+) -> str:
+    """Where and how each timed device was timed: its model name, the processes and threads
+    per process, and the slides timed, as the timing files record them (a part they do not
+    record, as in older files, is left out); empty without any timing."""
+    headers = headers or TIMING_HEADERS
+    parts = []
+    for device in TIMING_HEADERS:
+        timed = [t for t in timings.get(device, {}).values() if not t.get("skipped")]
+        if not timed:
+            continue
+        names = sorted({str(t.get("device_name") or "") for t in timed} - {""})
+        setup = [" / ".join(names) or "an unrecorded device"]
+        processes = _span(t.get("processes") for t in timed)
+        threads = _span(t.get("threads_per_process") for t in timed)
+        if processes and threads:
+            setup.append(f"{_count(processes, 'process')} x {_count(threads, 'thread')}")
+        elif processes:
+            setup.append(_count(processes, "process"))
+        slides = _span(t.get("n_slides") for t in timed)
+        if slides:
+            setup.append(f"n={slides} slides")
+        parts.append(f"{headers[device].split(' (')[0]} timed on " + ", ".join(setup))
+    if not parts:
+        return ""
+    return "; ".join(parts) + "; timings (s/slide, time ratios) vary by machine"
+
+
 def display_name(method: str, spec: Mapping[str, Any] | None = None) -> str:
     """ZoomMIL-style display name; a method named like its arch gets the paper's spelling."""
     if method in DISPLAY_NAMES:
@@ -395,9 +437,11 @@ def table_notes(
     encoder: str = "resnet50_layer3",
     exclusions_frame: pd.DataFrame | None = None,
     shared_passes: Sequence[Sequence[str]] = (),
+    timed: str = "",
 ) -> list[str]:
     """Notes printed under every table (encoder, weights, QC exclusions, the evaluated slides
-    a later stage left out, skipped devices, methods timed in one shared pass)."""
+    a later stage left out, skipped devices, where and how the others were timed
+    (``timed``, `timing_note`), methods timed in one shared pass)."""
     notes = [f"patch encoder: {encoder_label(encoder)}"]
     if str(weights) == "random":
         notes.append(
@@ -420,6 +464,8 @@ def table_notes(
         notes.append(f"{late} (results/qc/exclusions.tsv)")
     for device, reason in timings_skipped.items():
         notes.append(f"{TIMING_HEADERS[device].split(' (')[0]} timing skipped: {reason}")
+    if timed:
+        notes.append(timed)
     if shared_passes:
         groups = "; ".join(", ".join(display_name(m) for m in group) for group in shared_passes)
         notes.append(
@@ -622,9 +668,12 @@ def make_tables(
         tuple(t["shared_pass"]) for by_method in timing_map.values() for t in by_method.values()
     }
     shared_passes = sorted(group for group in shared if group)
-    notes = table_notes(dataset, weights, qc_frame, skipped, encoder, late_frame, shared_passes)
-
     headers = timing_headers(timing_map)
+    timed = timing_note(timing_map, headers)
+    notes = table_notes(
+        dataset, weights, qc_frame, skipped, encoder, late_frame, shared_passes, timed
+    )
+
     main = main_table(summary, methods, mags, flops_map, timing_map)
     seeds = full_seeds(main)  # per table: ablations may run another number of seeds
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
