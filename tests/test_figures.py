@@ -302,3 +302,16 @@ def test_cpu_panel_is_titled_by_the_processes_used() -> None:
         ]  # fmt: skip
     )
     assert figures.panel_setting(part).processes == 2
+
+
+def test_figure_captions_describe_what_is_drawn() -> None:
+    """The report's captions said "error bars one standard deviation" (the code draws the 95%
+    bootstrap CI over test slides, and now throughput +- std) and "attention at the lowest
+    magnification" (Figure 4 has a column per magnification)."""
+    report = Path(__file__).resolve().parents[1] / "workflow" / "report"
+    throughput = " ".join((report / "figure_throughput.rst").read_text().split())
+    assert "95% bootstrap CI over the test slides" in throughput
+    assert "Horizontal error bars" in throughput and "error bars one standard" not in throughput
+    attention_caption = " ".join((report / "figure_attention.rst").read_text().split())
+    assert "one column per magnification" in attention_caption
+    assert "lowest magnification" not in attention_caption
