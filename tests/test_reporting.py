@@ -377,7 +377,12 @@ def test_cells_from_fewer_seeds_say_how_many(tmp_path: Path) -> None:
     ablation ran one seed of two: their cells carry (n=k), a full one does not."""
     data = fabricate_results(tmp_path)
     one = tmp_path / "eval" / "abmil" / "seed~1.json"
-    one.write_text(json.dumps({"test": {"weighted_f1": 0.64, "accuracy": 0.66, "auc": None}}))
+    reason = "undefined: no slide of class(es) tumor in this split"
+    one.write_text(
+        json.dumps(
+            {"test": {"weighted_f1": 0.64, "accuracy": 0.66, "auc": None, "auc_note": reason}}
+        )
+    )
     empty = tmp_path / "eval" / "abmil" / "seed~2.json"
     empty.write_text(json.dumps({"test": {"weighted_f1": None, "accuracy": None, "auc": None}}))
     made, outputs = _make_demo_tables(
@@ -393,6 +398,8 @@ def test_cells_from_fewer_seeds_say_how_many(tmp_path: Path) -> None:
     assert "| **ZoomMIL** | 2.5x -> 5x -> 10x | 75.0 ± 7.1 | 76.0 ± 7.1 | 89.0 ± 1.4 |" in markdown
     assert "(n=k): over k seeds, fewer than the 2 of the full benchmark" in markdown
     assert r"70.0 (n=1)" in outputs["main_tex"].read_text()
+    # the evaluation's reason for the undefined AUC reaches the tables
+    assert f"AUC n/a (or from fewer seeds) for 1 run(s): {reason}" in markdown
     ablation = outputs["ablation_md"].read_text()
     assert "| zoommil_random | selection | selection=random | 50.0 (n=1) |" in ablation
 

@@ -62,6 +62,24 @@ def eval_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     return records
 
 
+def auc_notes(paths: Iterable[str | Path]) -> dict[str, int]:
+    """Why an evaluation's AUC is undefined (its ``auc_note``, e.g. a class absent from the
+    test split) -> the number of runs that give that reason; the tables print it under an
+    ``n/a`` cell instead of leaving the reason in the JSON."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        data = load_json(path)
+        scopes = [
+            data[k] for k in ("test", "metrics", "test_metrics") if isinstance(data.get(k), dict)
+        ]
+        for scope in [*scopes, data]:
+            note = scope.get("auc_note")
+            if isinstance(note, str) and note:
+                counts[note] = counts.get(note, 0) + 1
+                break
+    return counts
+
+
 def eval_runs(paths: Iterable[str | Path]) -> dict[str, list[dict[str, Any]]]:
     """method -> its evaluation JSONs (seed set from the path), for per-slide statistics."""
     out: dict[str, list[dict[str, Any]]] = {}

@@ -673,6 +673,10 @@ def make_tables(
     notes = table_notes(
         dataset, weights, qc_frame, skipped, encoder, late_frame, shared_passes, timed
     )
+    notes += [
+        f"AUC n/a (or from fewer seeds) for {n} run(s): {note}"
+        for note, n in results.auc_notes(evals).items()
+    ]
 
     main = main_table(summary, methods, mags, flops_map, timing_map)
     seeds = full_seeds(main)  # per table: ablations may run another number of seeds
