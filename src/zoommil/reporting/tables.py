@@ -297,8 +297,15 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _num_sd(mean: Any, sd: Any) -> str:
-    """A cost cell: `mean ± sd` over the slides, 3 significant digits each."""
-    return _with_spread(mean, sd, _num)
+    """A cost cell: `mean ± sd` over the slides, the sd to 2 significant digits and the mean
+    to the same decimal place (`7.34 ± 0.17`, `0.500 ± 0.058`), so the digits shown are the
+    ones the spread supports; the bare mean (3 significant digits) without an sd."""
+    if _missing(mean) or _missing(sd):
+        return _with_spread(mean, sd, _num)
+    if float(sd) == 0:
+        return f"{_num(mean)} ± 0"
+    decimals = min(6, max(0, 1 - math.floor(math.log10(float(sd)))))
+    return f"{float(mean):.{decimals}f} ± {float(sd):.{decimals}f}"
 
 
 def display_frame(
