@@ -51,6 +51,21 @@ def test_all_patch_head_flops_grow_with_the_bag_and_agree_with_torch_counter():
     assert result["patches_encoded"] == 160
 
 
+def test_sparseconvmil_head_flops_are_counted_on_the_slides_grid():
+    """SparseConvMIL's convolutions run on the map its coordinates span, as in predict;
+    counted without them (a square layout), two distant tissue pieces cost like one block."""
+    model = build_model("sparseconvmil", in_dim=16, n_classes=2, downsample=1).eval()
+    feats = [torch.randn(1, 64, 16)]
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(8), indexing="ij")
+    blob = torch.stack([rows.flatten(), cols.flatten()], dim=1)
+    coords = [torch.cat([blob, blob + torch.tensor([0, 50])])]  # a 4 x 58 map, 64 active
+    square = head_flops(model, feats)["fvcore"]
+    grid = head_flops(model, feats, coords)["fvcore"]
+    assert grid > square
+    slide = slide_flops(model, "sparseconvmil", feats, encoder="resnet50_layer3", coords=coords)
+    assert slide["head_flops"] == grid
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_importing_the_flop_counter_warns_about_nothing():
     """fvcore's import-time torch.jit.script FutureWarning stays out of every FLOPs log."""

@@ -117,20 +117,30 @@ def zoom_rows(model: nn.Module, feats: Sequence[torch.Tensor]) -> list[int]:
 
 
 class _Head(nn.Module):
-    """Wraps a MIL model so tracers see a tuple of tensors, not a list argument."""
+    """Wraps a MIL model so tracers see a tuple of tensors, not a list argument; the bag's
+    grid coordinates ride along as constants (SparseConvMIL's map is laid out from them)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, coords: Sequence[torch.Tensor] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.coords = list(coords) if coords is not None else None
 
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
-        return self.model(list(feats))
+        return self.model(list(feats), self.coords)
 
 
-def head_flops(model: nn.Module, feats: Sequence[torch.Tensor]) -> dict[str, float]:
-    """FLOPs of the MIL head on one bag (eval mode), by fvcore and by torch's counter."""
+def head_flops(
+    model: nn.Module,
+    feats: Sequence[torch.Tensor],
+    coords: Sequence[torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """FLOPs of the MIL head on one bag (eval mode), by fvcore and by torch's counter.
+
+    ``coords`` (per magnification, [N, 2] grid positions) as `predict` passes them: without
+    them SparseConvMIL lays the instances out on a square, whose convolutions cost other
+    FLOPs than the slide's own grid."""
     model.eval()
-    wrapped = _Head(model).eval()
+    wrapped = _Head(model, coords).eval()
     with torch.no_grad():
         return {
             "fvcore": fvcore_flops(wrapped, tuple(feats)),
@@ -144,11 +154,13 @@ def slide_flops(
     feats: Sequence[torch.Tensor],
     patch_size: int = PATCH_SIZE,
     encoder: str = DEFAULT_ENCODER,
+    coords: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Encoder + head FLOPs of one slide, and the number of patches encoded."""
+    """Encoder + head FLOPs of one slide (``coords``: its grid, see `head_flops`), and the
+    number of patches encoded."""
     rows = zoom_rows(model, feats) if arch == "zoommil" else [int(f.shape[1]) for f in feats]
     per_patch = encoder_flops_per_patch(encoder, patch_size)
-    head = head_flops(model, feats)
+    head = head_flops(model, feats, coords)
     patches = int(sum(rows))
     encoder = per_patch["fvcore"] * patches
     return {
@@ -196,7 +208,8 @@ def checkpoint_flops(
                 f"checkpoint {checkpoint} expects {config['in_dim']}"
             )
         feats = [torch.from_numpy(f).unsqueeze(0) for f in bag.feats]
-        flops = slide_flops(model, config["arch"], feats, recipe.patch_size, encoder)
+        coords = [torch.from_numpy(np.asarray(c, np.int64).reshape(-1, 2)) for c in bag.coords]
+        flops = slide_flops(model, config["arch"], feats, recipe.patch_size, encoder, coords)
         rows.append({"slide_id": slide_id, **flops})
     if not rows:
         raise ZoomMILError(f"{features_dir}: every '{split}' slide has zero patches")
