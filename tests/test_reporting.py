@@ -558,6 +558,15 @@ def test_tables_say_where_and_how_the_timings_were_taken(tmp_path: Path) -> None
     assert tables.timing_note({"gpu": {"a": {"skipped": "no CUDA device"}}}) == ""
 
 
+def test_equal_per_slide_costs_have_no_spread() -> None:
+    """Slides of one size cost the same: the spread is exactly 0 and the cell `0.1 ± 0`,
+    not six decimals of float rounding."""
+    sd, n = results.spread([0.1 * 2**40] * 3)
+    assert sd == 0 and n == 3
+    assert tables._num_sd(0.1, results.spread([0.1, 0.1, 0.1])[0]) == "0.1 ± 0"
+    assert results.spread([1.9, 2.1])[0] == pytest.approx(float(np.std([1.9, 2.1], ddof=1)))
+
+
 def test_comparison_notes_say_ratios_are_of_the_means(tmp_path: Path) -> None:
     """The cost ratios are ratios of two means, printed without an interval: the notes say
     so and point to the spread of each mean."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,12 @@ TFLOP = 2.0**40  # as zoommil.efficiency.flops (not imported: that module loads 
 
 def spread(values: Iterable[Any]) -> tuple[float, int]:
     """(sample std, ddof=1, n) of the finite numbers of ``values``; the std is NaN for fewer
-    than two (one value has no spread)."""
+    than two (one value has no spread) and exactly 0 for equal values (`statistics.stdev`
+    works in exact fractions; a float mean left ~1e-17 there, printed `0.100000 ± 0.000000`)."""
     finite = [float(v) for v in values if _finite(v)]
     if len(finite) < 2:
         return math.nan, len(finite)
-    mean = sum(finite) / len(finite)
-    return math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)), len(finite)
+    return statistics.stdev(finite), len(finite)
 
 
 def _finite(value: Any) -> bool:
