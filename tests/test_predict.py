@@ -145,6 +145,13 @@ def test_single_scale_model_reads_the_rows_it_was_trained_on(tmp_path, recorded)
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ZoomMIL checkpoint as `zoommil train` writes it (random-weight encoder recipe)."""
+    return _zoommil_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
+
+
+def _zoommil_checkpoint(path: Path, weights: str = "random", **preprocessing: str) -> Path:
+    """A ZoomMIL checkpoint of `_model()` whose features' recipe records ``weights`` (seed 0)
+    and ``preprocessing``, as `zoommil train` copies it from the feature files."""
+    recipe = {"patch_size": PATCH, "weights": weights, "weights_seed": 0, **preprocessing}
     config = {
         "method": "zoommil",
         "arch": "zoommil",
@@ -153,9 +160,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "mags": MAGS,
         "config_mags": MAGS,
         "in_dim": 1024,
-        "preprocessing": {"patch_size": PATCH, "weights": "random", "weights_seed": 0},
+        "preprocessing": recipe,
     }
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
     return save_checkpoint(path, _model().state_dict(), config)
 
 
@@ -471,19 +477,8 @@ def _weights_file(path: Path, seed: int) -> Path:
 
 def _checkpoint_on(path: Path, weights: str, sha256: str) -> Path:
     """A ZoomMIL checkpoint trained on features whose recipe records ``weights`` and the
-    sha256 of those weights, as `zoommil train` copies it from the feature files."""
-    preprocessing = {"patch_size": PATCH, "weights": weights, "weights_seed": 0}
-    config = {
-        "method": "zoommil",
-        "arch": "zoommil",
-        "kwargs": {"k": K},
-        "classes": CLASSES,
-        "mags": MAGS,
-        "config_mags": MAGS,
-        "in_dim": 1024,
-        "preprocessing": {**preprocessing, "weights_sha256": sha256},
-    }
-    return save_checkpoint(path, _model().state_dict(), config)
+    sha256 of those weights."""
+    return _zoommil_checkpoint(path, weights, weights_sha256=sha256)
 
 
 def _error_line(err: str, needle: str) -> str:

@@ -286,12 +286,15 @@ def fabricate_results(tmp_path: Path, gpu: bool = False) -> dict:
     return {"evals": evals, "flops": flops, "timings": timings, "qc": qc_table}
 
 
-def _make_demo_tables(tmp_path: Path, data: dict, **extra) -> tuple[dict, dict]:
+def _make_demo_tables(
+    tmp_path: Path, data: dict, comparisons: bool = False, **extra
+) -> tuple[dict, dict]:
     """`tables.make_tables` on `fabricate_results`' files (ZoomMIL and ABMIL at 2.5/5/10x):
-    what it returns and the output paths."""
+    what it returns and the output paths (with ``comparisons``, the comparison table's too)."""
+    kinds = ("main", "ablation", "comparison") if comparisons else ("main", "ablation")
     outputs = {
         f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
-        for kind in ("main", "ablation")
+        for kind in kinds
         for ext in ("csv", "md", "tex")
     }
     made = tables.make_tables(
@@ -572,28 +575,9 @@ def test_comparison_notes_say_ratios_are_of_the_means(tmp_path: Path) -> None:
     so and point to the spread of each mean."""
     data = fabricate_results(tmp_path)
     add_per_slide(data)
-    extra = {
-        f"comparison_{e}": tmp_path / "tables" / f"comparison.{e}" for e in ("csv", "md", "tex")
-    }
-    outputs = {
-        f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
-        for kind in ("main", "ablation")
-        for ext in ("csv", "md", "tex")
-    }
-    made = tables.make_tables(
-        qc_table=data["qc"],
-        evals=data["evals"],
-        flops=data["flops"],
-        timings=data["timings"],
-        outputs={**outputs, **extra},
-        dataset="demo",
-        weights="random",
-        mags=[2.5, 5, 10],
-        methods={"zoommil": {"arch": "zoommil", "k": 4}, "abmil": {"arch": "abmil"}},
-        reference="zoommil",
-    )
+    made, outputs = _make_demo_tables(tmp_path, data, comparisons=True, reference="zoommil")
     assert made["comparisons"].iloc[0]["cpu1_time_ratio"] == pytest.approx(0.1)
-    markdown = extra["comparison_md"].read_text()
+    markdown = outputs["comparison_md"].read_text()
     assert "ratios: reference / method of the means" in markdown
     assert "point values without an interval" in markdown
 

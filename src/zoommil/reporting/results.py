@@ -11,7 +11,8 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,17 @@ def load_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def _scopes(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where an evaluation record may keep its metrics: nested blocks first, then the top."""
+    nested = [
+        record[k] for k in ("test", "metrics", "test_metrics") if isinstance(record.get(k), dict)
+    ]
+    return [*reversed(nested), record]
+
+
 def find_metric(record: dict[str, Any], name: str) -> float:
     """A metric from an evaluation record, NaN when absent."""
-    scopes = [record]
-    for key in ("test", "metrics", "test_metrics"):
-        if isinstance(record.get(key), dict):
-            scopes.insert(0, record[key])
-    for scope in scopes:
+    for scope in _scopes(record):
         for alias in METRIC_ALIASES.get(name, (name,)):
             value = scope.get(alias)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -51,7 +56,8 @@ def parse_run(path: str | Path) -> tuple[str, int]:
 
 
 def eval_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """One record per (method, seed) with the metrics of METRIC_ALIASES."""
+    """One record per (method, seed) with the metrics of METRIC_ALIASES and ``auc_note``,
+    the evaluation's reason for an undefined AUC ("" without one)."""
     records = []
     for path in paths:
         method, seed = parse_run(path)
@@ -59,26 +65,17 @@ def eval_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
         record: dict[str, Any] = {"method": method, "seed": seed}
         for name in METRIC_ALIASES:
             record[name] = find_metric(data, name)
+        notes = (scope.get("auc_note") for scope in _scopes(data))
+        record["auc_note"] = next((n for n in notes if isinstance(n, str) and n), "")
         records.append(record)
     return records
 
 
-def auc_notes(paths: Iterable[str | Path]) -> dict[str, int]:
-    """Why an evaluation's AUC is undefined (its ``auc_note``, e.g. a class absent from the
-    test split) -> the number of runs that give that reason; the tables print it under an
-    ``n/a`` cell instead of leaving the reason in the JSON."""
-    counts: dict[str, int] = {}
-    for path in paths:
-        data = load_json(path)
-        scopes = [
-            data[k] for k in ("test", "metrics", "test_metrics") if isinstance(data.get(k), dict)
-        ]
-        for scope in [*scopes, data]:
-            note = scope.get("auc_note")
-            if isinstance(note, str) and note:
-                counts[note] = counts.get(note, 0) + 1
-                break
-    return counts
+def auc_notes(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Why an evaluation's AUC is undefined (`eval_records`' ``auc_note``, e.g. a class absent
+    from the test split) -> the number of runs that give that reason; the tables print it
+    under an ``n/a`` cell instead of leaving the reason in the JSON."""
+    return dict(Counter(r["auc_note"] for r in records if r.get("auc_note")))
 
 
 def eval_runs(paths: Iterable[str | Path]) -> dict[str, list[dict[str, Any]]]:

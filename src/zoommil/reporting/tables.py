@@ -52,16 +52,10 @@ def timing_headers(
     (`CPU 2 processes (s/slide)`: no more processes than slides are timed, so "all cores"
     may be fewer than the machine's); the default where the files do not say (older ones)."""
     headers = dict(TIMING_HEADERS)
-    used = {
-        int(t["processes"])
-        for t in timings.get("cpu", {}).values()
-        if not t.get("skipped") and t.get("processes") is not None
-    }
+    timed = [t for t in timings.get("cpu", {}).values() if not t.get("skipped")]
+    used = _span(t.get("processes") for t in timed)
     if used:
-        low, high = min(used), max(used)
-        count = str(low) if low == high else f"{low}-{high}"
-        plural = "" if high == 1 else "es"
-        headers["cpu"] = f"CPU {count} process{plural} (s/slide)"
+        headers["cpu"] = f"CPU {_count(used, 'process')} (s/slide)"
     return headers
 
 
@@ -682,7 +676,7 @@ def make_tables(
     )
     notes += [
         f"AUC n/a (or from fewer seeds) for {n} run(s): {note}"
-        for note, n in results.auc_notes(evals).items()
+        for note, n in results.auc_notes(records).items()
     ]
 
     main = main_table(summary, methods, mags, flops_map, timing_map)
