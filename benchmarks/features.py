@@ -2,7 +2,7 @@
 
 Measures, at the same torch thread count and batch size:
 (a) the bare encoder's patches/s on in-memory uint8 patches (ImageNet normalisation included);
-(b) the whole extraction path's patches/s on a real slide (reader workers, one region read per
+(b) the whole extraction path's patches/s on a real slide (reader workers, the reads of each
     parent, area-resizing, batching, encoding; the encoder build and the file write are timed
     separately), and their ratio (goal: >= 0.9, i.e. reading hidden behind compute).
 For 1 and all threads, fp32 and bf16 autocast, plus the cosine similarity of bf16 vs fp32

@@ -1,10 +1,11 @@
 """Reader cost: CPU time per patch of reading a slide's lattice, as a reader process does.
 
-The reader processes (`zoommil.wsi.patches.ReaderPool`) read one region per lowest-
-magnification patch and cut its descendants out of it. Their CPU time matters twice: on a
-CPU-only machine it comes out of the encoders' cores, and on a GPU it bounds how many
-patches/s one reader process can feed. This times `read_task` in this process (one region per
-task, OpenCV single-threaded, as in a reader) and reports process CPU seconds per patch, the
+The reader processes (`zoommil.wsi.patches.ReaderPool`) read each lowest-magnification
+patch whole and its descendants one patch of the previous magnification at a time. Their CPU
+time matters twice: on a CPU-only machine it comes out of the encoders' cores, and on a GPU
+it bounds how many patches/s one reader process can feed. This times `read_task` in this
+process (one lowest-magnification patch per task, OpenCV single-threaded, as in a reader)
+and reports process CPU seconds per patch, the
 best of ``--repeats`` passes (the first pass's warm-up read excluded).
 
     python benchmarks/reading.py                                  # CMU-1-Small-Region, 5x -> 20x

@@ -10,7 +10,6 @@ import logging
 import multiprocessing
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 import openslide
@@ -25,7 +24,6 @@ from zoommil.features.extraction import (
     ParentDataset,
     StreamStats,
     depths_of,
-    derive_patches,
     encode_plan,
     encode_stream,
     extract_features,
@@ -44,8 +42,9 @@ from zoommil.workflow.failure import read_marker
 from zoommil.wsi import slide as slide_module
 from zoommil.wsi.lattice import Lattice, build_lattice, check_lattice
 from zoommil.wsi.lattice import descendant_offsets as quadtree_offsets
-from zoommil.wsi.patches import ReaderPool, chunk_tasks
+from zoommil.wsi.patches import ReaderPool, RegionTask, chunk_tasks, cut_patches, read_task
 from zoommil.wsi.slide import open_slide, read_region_at, resolve_mpp
+from zoommil.wsi.tiling import tile_slide
 
 MAGS = [5.0, 10.0, 20.0]
 P = 32  # patch size for tests
@@ -85,28 +84,56 @@ def extracted(tiny) -> Path:
 # --------------------------------------------------------------------------- pixels
 
 
-def test_child_pixels_are_parent_quadrants():
+def test_cut_patches_follows_the_depth_first_order_or_the_given_grid():
     rng = np.random.default_rng(0)
     region = rng.integers(0, 256, (P * 4, P * 4, 3), dtype=np.uint8)
-    low, mid, high = derive_patches(region, [0, 1, 2], P)
-    assert low.shape == (1, P, P, 3) and mid.shape == (4, P, P, 3) and high.shape == (16, P, P, 3)
-    # the finest scale is the region itself, cut in depth-first order
+    high = cut_patches(region, 2, P)
+    assert high.shape == (16, P, P, 3)
     for j, (r, c) in enumerate(quadtree_offsets(2)):
         np.testing.assert_array_equal(high[j], region[r * P : (r + 1) * P, c * P : (c + 1) * P])
-    # each coarser patch's quadrant equals its child area-resized by 2 (exact 2x2 means)
-    half = P // 2
-    for child, parent in ((high, mid), (mid, low)):
-        for j in range(len(child)):
-            dr, dc = quadtree_offsets(1)[j % 4]
-            quadrant = parent[j // 4][dr * half : (dr + 1) * half, dc * half : (dc + 1) * half]
-            small = cv2.resize(child[j], (half, half), interpolation=cv2.INTER_AREA)
-            np.testing.assert_array_equal(quadrant, small)
-    # non-consecutive depths (e.g. 1.25x -> 2.5x -> 10x) go through the unlisted scale
-    low2, top2 = derive_patches(region, [0, 2], P)
-    np.testing.assert_array_equal(low2, low)
-    np.testing.assert_array_equal(top2, high)
+    grid = np.array([[3, 0], [0, 3]])
+    picked = cut_patches(region, 2, P, grid)
+    np.testing.assert_array_equal(picked[0], region[3 * P :, :P])
+    np.testing.assert_array_equal(picked[1], region[:P, 3 * P :])
     with pytest.raises(ValueError):
-        derive_patches(region[:-1], [0, 2], P)
+        cut_patches(region[:-1], 2, P)
+
+
+@pytest.mark.parametrize("mags", [[1.25, 2.5, 10.0], [2.5, 5.0]])
+def test_feature_pixels_are_the_pixels_predict_reads_on_a_lossy_pyramid(slides_dir, mags):
+    """A patch has the same pixels in `zoommil features` as when `zoommil predict` zooms into
+    its parent, on a scanner's lossy JPEG pyramid with a non-integer downsample (8.0128):
+    predict reads the lowest magnification whole and each next one a selected patch's
+    region at a time, each from the coarsest level fine enough. One fine read area-resized
+    down gave other 1.25x and 2.5x pixels here."""
+    path = slides_dir / "prostate-he-generic.tiff"
+    recipe = PreprocessingRecipe(mags=mags, patch_size=P, no_tissue="all")
+    lattice = tile_slide(path, recipe, mpp=1.0)
+    depths = depths_of(lattice)
+    offsets = plan_offsets(lattice)
+    parents = [0, len(lattice.xy[0]) // 2, len(lattice.xy[0]) - 1]
+    for i in parents:
+        task = RegionTask(str(path), lattice.xy[0][i : i + 1], lattice.sides[0], tuple(depths), P,
+                          tuple(o[i : i + 1] for o in offsets))  # fmt: skip
+        stacked = read_task(task)
+        assert not isinstance(stacked, str), stacked
+        # what predict reads: the parent at the lowest magnification ...
+        low = read_task(RegionTask(str(path), lattice.xy[0][i : i + 1], lattice.sides[0], (0,), P))
+        np.testing.assert_array_equal(stacked[:1], low)
+        start = 1
+        for k in range(1, len(depths)):
+            # ... then each patch of the previous magnification, zoomed one step
+            step = depths[k] - depths[k - 1]
+            prev_rows = np.arange(i * 4 ** depths[k - 1], (i + 1) * 4 ** depths[k - 1])
+            zoomed = read_task(
+                RegionTask(
+                    str(path), lattice.xy[k - 1][prev_rows], lattice.sides[k - 1], (step,), P
+                )
+            )
+            n = 4 ** depths[k]
+            np.testing.assert_array_equal(stacked[start : start + n], zoomed)
+            start += n
+        assert start == len(stacked)
 
 
 def test_dataset_reads_each_magnification_at_its_place(tiny):
@@ -475,7 +502,9 @@ def test_read_error_is_retried_once_then_names_the_slide(tiny, monkeypatch):
 
     monkeypatch.setattr(slide_module, "read_region_at", flaky)
     dataset = ParentDataset(tiny["slide"], lattice)
-    assert "patches" in dataset[0] and calls["n"] == 2  # reopened and read again
+    # reopened and read again: the failed read, then the parent's six (5x whole, 10x whole,
+    # 20x one 10x patch at a time)
+    assert "patches" in dataset[0] and calls["n"] == 1 + 6
 
     def broken(*args, **kwargs):
         raise openslide.OpenSlideError("Corrupt JPEG data")

@@ -1,10 +1,9 @@
-"""Slide + coords file -> feature file: one region read per lowest-magnification parent.
+"""Slide + coords file -> feature file, read a lowest-magnification parent at a time.
 
 Why per parent: the lattice is aligned by construction (a parent at magnification m covers
-exactly 2^d x 2^d patches at 2^d m), so reading the parent's level-0 extent once at the highest
-magnification's resolution and area-resizing it down in exact 2x steps yields every
-magnification's patches with one read per pixel, and a child's pixels are by construction the
-matching quadrant of its parent at the finer scale (see `zoommil.wsi.patches`).
+exactly 2^d x 2^d patches at 2^d m), so a parent's patches at every magnification come from a
+few reads of its level-0 square, each the read `zoommil predict` makes for the same patches
+(see `zoommil.wsi.patches.read_parent_patches`): training and prediction see the same pixels.
 
 Streaming: reader processes (`ReaderPool`) read a bounded window of parents ahead of the
 encoder, batches are encoded as they fill, and the features go straight to the file's chunked
@@ -50,7 +49,6 @@ from zoommil.wsi.patches import (  # noqa: F401  (re-exported: predict, tests)
     RegionTask,
     chunk_tasks,
     close_handles,
-    derive_patches,
     read_parent_patches,
     read_task,
 )

@@ -286,7 +286,7 @@ def all_patch_predict(
 ) -> dict[str, Any]:
     """Encode every tissue patch at the model's magnifications, then run the MIL head.
 
-    Streams like `zoommil features`: one read per parent, readers ahead of the encoder, and
+    Streams like `zoommil features`: the same reads per parent, readers ahead of the encoder, and
     only the features are kept (memory does not grow with the slide's pixels).
     """
     return all_patch_predict_shared(

@@ -1,10 +1,11 @@
-"""Patches of the lattice from a slide: one read per region, and reader processes to hide it.
+"""Patches of the lattice from a slide, read as `zoommil predict` reads them, in reader processes.
 
-Why per region: the lattice is aligned by construction (a parent at magnification m covers
-exactly 2^d x 2^d patches at 2^d m), so reading the parent's level-0 extent once at the finest
-magnification's resolution and area-resizing it down in exact 2x steps yields every
-magnification's patches with one read per pixel; a child's pixels are by construction the
-matching quadrant of its parent at the finer scale.
+Why these reads: the lattice is aligned by construction (a parent at magnification m covers
+exactly 2^d x 2^d patches at 2^d m). A parent is read whole at its own magnification, and each
+finer listed magnification one patch of the previous one at a time, the region `zoommil
+predict` reads when it zooms into that patch; every read takes the coarsest pyramid level fine
+enough for it. So training features and prediction see the same pixels for a patch, whatever
+the scanner's pyramid (lossy levels, non-integer downsamples).
 
 Why processes: decoding JPEG tiles and resizing costs about as much as a fast encoder; in their
 own (spawned, single-threaded) processes they run while the encoder computes. `ReaderPool`
@@ -41,38 +42,20 @@ from zoommil.wsi.lattice import descendant_offsets
 log = logging.getLogger(__name__)
 
 
-def derive_patches(
-    region: np.ndarray,
-    depths: Sequence[int],
-    patch_size: int,
-    offsets: Sequence[np.ndarray] | None = None,
-) -> list[np.ndarray]:
-    """Cut one parent's region (read at the highest magnification) into every magnification.
-
-    ``region`` is [P * 2^D, P * 2^D, 3] with D = max(depths). Coarser scales are made by exact
-    2x INTER_AREA steps (2x2 block means), so each coarser image's quadrant equals the
-    area-resized quadrant of the finer image. Returns, per depth d, uint8 [4^d, P, P, 3] in the
-    order of ``offsets[k]`` (grid (row, col) offsets inside the parent; default depth-first).
-    """
-    top = max(depths)
-    side = patch_size * 2**top
-    if region.shape[:2] != (side, side):
-        raise ValueError(f"region is {region.shape[:2]}, expected {(side, side)}")
-    scales = {top: np.ascontiguousarray(region)}
-    image = scales[top]
-    for d in range(top - 1, min(depths) - 1, -1):
-        s = patch_size * 2**d
-        image = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA)
-        scales[d] = image
-    out = []
-    for k, d in enumerate(depths):
-        grid = descendant_offsets(d) if offsets is None else np.asarray(offsets[k])
-        img = scales[d]
-        p = patch_size
-        # view as [2^d, P, 2^d, P, 3] blocks, then gather the (row, col) blocks in order
-        blocks = img.reshape(2**d, p, 2**d, p, 3).transpose(0, 2, 1, 3, 4)
-        out.append(np.ascontiguousarray(blocks[grid[:, 0], grid[:, 1]]))
-    return out
+def cut_patches(
+    image: np.ndarray, depth: int, patch_size: int, grid: np.ndarray | None = None
+) -> np.ndarray:
+    """Cut a parent's image at depth ``depth`` ([P * 2^d, P * 2^d, 3]) into its 4^d patches,
+    uint8 [4^d, P, P, 3], in the order of ``grid`` ((row, col) offsets inside the parent;
+    default depth-first)."""
+    p = patch_size
+    side = p * 2**depth
+    if image.shape[:2] != (side, side):
+        raise ValueError(f"region is {image.shape[:2]}, expected {(side, side)}")
+    grid = descendant_offsets(depth) if grid is None else np.asarray(grid)
+    # view as [2^d, P, 2^d, P, 3] blocks, then gather the (row, col) blocks in order
+    blocks = image.reshape(2**depth, p, 2**depth, p, 3).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(blocks[grid[:, 0], grid[:, 1]])
 
 
 def read_parent_patches(
@@ -84,18 +67,49 @@ def read_parent_patches(
     patch_size: int,
     offsets: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
-    """One read of a parent's level-0 extent at the finest resolution, then `derive_patches`."""
+    """Every listed magnification (``depths`` below the parent, increasing) of one parent's
+    level-0 square, as uint8 [4^d, P, P, 3] per depth, in the order of ``offsets[k]``.
+
+    The first depth is the parent read whole; each next depth is read one patch of the
+    previous depth at a time. These are exactly the reads `zoommil predict` makes when it
+    zooms (a selected patch's region at the next magnification), so a patch has the same
+    pixels in a feature file and in prediction, also on a scanner's lossy pyramid with
+    non-integer downsamples, where one fine read area-resized to the coarser scales did not
+    (a 2.5x patch made from 10x pixels differs from one read from the 2.5x level). Each read
+    takes the coarsest pyramid level fine enough for it (`read_rect_at`).
+    """
     from zoommil.wsi import slide as slide_module  # looked up per call: tests patch it
 
-    out_px = patch_size * 2 ** max(depths)
-    region = slide_module.read_region_at(slide, int(x0), int(y0), int(side0), out_px)
-    return derive_patches(region, depths, patch_size, offsets)
+    images: dict[int, np.ndarray] = {}
+    previous: int | None = None
+    for d in depths:
+        out_px = patch_size * 2**d
+        if previous is None:
+            image = slide_module.read_region_at(slide, int(x0), int(y0), int(side0), out_px)
+        else:
+            cells = 2**previous
+            cell0 = int(side0) // cells
+            cell_px = out_px // cells
+            image = np.empty((out_px, out_px, 3), dtype=np.uint8)
+            for r in range(cells):
+                for c in range(cells):
+                    image[r * cell_px : (r + 1) * cell_px, c * cell_px : (c + 1) * cell_px] = (
+                        slide_module.read_region_at(
+                            slide, int(x0) + c * cell0, int(y0) + r * cell0, cell0, cell_px
+                        )
+                    )
+        images[d] = image
+        previous = d
+    return [
+        cut_patches(images[d], d, patch_size, None if offsets is None else offsets[k])
+        for k, d in enumerate(depths)
+    ]
 
 
 @dataclass(frozen=True)
 class RegionTask:
     """Regions of one slide to cut into patches: level-0 top-left corners of squares of
-    ``side0`` px, each cut into ``depths`` (see `derive_patches`); ``offsets[i]`` optionally
+    ``side0`` px, each cut into ``depths`` (see `read_parent_patches`); ``offsets[i]`` optionally
     gives region i's per-depth (row, col) order."""
 
     slide: str
