@@ -24,6 +24,21 @@ def test_fit_matches_numpy_over_all_rows_of_all_bags():
     np.testing.assert_allclose(out.std(0, unbiased=False).numpy(), 1.0, atol=1e-3)
 
 
+def test_constant_dimensions_are_only_centred():
+    """A dimension that never varied in training (a dead channel) keeps scale 1: a new slide
+    where it fires must not land thousands of standard deviations out."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(10.0, 2.0, size=(50, 4)).astype(np.float32)
+    rows[:, 1] = 0.0  # dead
+    rows[:, 3] = 7.0  # constant, away from zero (float cancellation leaves a tiny spread)
+    norm = fit_feature_norm([torch.from_numpy(rows)])
+    assert norm.std[1].item() == 1.0 and norm.std[3].item() == 1.0
+    new = torch.tensor([[10.0, 2.5, 10.0, 8.0]])
+    out = norm(new)[0]
+    assert out[1].item() == pytest.approx(2.5) and out[3].item() == pytest.approx(1.0)
+    np.testing.assert_allclose(norm.std[[0, 2]].numpy(), rows[:, [0, 2]].std(0), rtol=1e-4)
+
+
 def test_round_trip_through_plain_config():
     norm = FeatureNorm(torch.tensor([1.0, -2.0]), torch.tensor([0.5, 4.0]))
     again = FeatureNorm.from_config(norm.to_config())

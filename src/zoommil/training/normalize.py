@@ -42,8 +42,19 @@ class FeatureNorm:
         )
 
 
+#: A dimension whose spread over the training rows is below this fraction of the median
+#: dimension's (or below ``eps``) counts as constant.
+CONSTANT_FRACTION = 1e-3
+
+
 def fit_feature_norm(feature_sets: Iterable[torch.Tensor], eps: float = 1e-6) -> FeatureNorm:
-    """Mean and standard deviation per dimension over every row of ``feature_sets`` ([..., D])."""
+    """Mean and standard deviation per dimension over every row of ``feature_sets`` ([..., D]).
+
+    A dimension that (nearly) never varies in training is only centred (scale 1, as sklearn's
+    StandardScaler does): dividing by its ~0 spread made any slide unlike the training data
+    (a dead ReLU channel that fires on a new scanner) thousands of standard deviations out on
+    that dimension alone (the demo's random ResNet-50 has 22 such dimensions of 1024).
+    """
     total, total_sq, count = None, None, 0
     for x in feature_sets:
         rows = x.reshape(-1, x.shape[-1]).double()
@@ -55,5 +66,7 @@ def fit_feature_norm(feature_sets: Iterable[torch.Tensor], eps: float = 1e-6) ->
     if total is None or count == 0:
         raise ValueError("cannot fit a feature normalisation on zero rows")
     mean = total / count
-    var = (total_sq / count - mean * mean).clamp_min(0.0)
-    return FeatureNorm(mean.float(), (var.sqrt() + eps).float())
+    spread = (total_sq / count - mean * mean).clamp_min(0.0).sqrt()
+    floor = max(eps, CONSTANT_FRACTION * float(spread.median()))
+    std = torch.where(spread < floor, torch.ones_like(spread), spread + eps)
+    return FeatureNorm(mean.float(), std.float())
