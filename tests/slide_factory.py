@@ -41,11 +41,13 @@ def write_pyramid_tiff(
     tile: int = 256,
     seed: int = 0,
     tissue: bool = True,
+    mpp_y: float | None = None,
 ) -> Path:
     """Write a tiled pyramidal TIFF (levels downsampled by 2 with INTER_AREA).
 
     ``mpp=None`` writes no resolution tags (a slide without mpp); otherwise the resolution is
-    stored per centimetre. ``tissue=False`` gives an all-white slide.
+    stored per centimetre (``mpp_y``: another vertical one, non-square pixels). ``tissue=False``
+    gives an all-white slide.
     """
     path = Path(path)
     if rgb is None:
@@ -60,7 +62,8 @@ def write_pyramid_tiff(
             kwargs = {}
             if mpp is not None:
                 per_cm = 1e4 / (mpp * 2**index)
-                kwargs = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+                per_cm_y = 1e4 / ((mpp_y or mpp) * 2**index)
+                kwargs = {"resolution": (per_cm, per_cm_y), "resolutionunit": "CENTIMETER"}
             tw.write(
                 level,
                 tile=(tile, tile),

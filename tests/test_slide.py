@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import openslide
 import pytest
+from slide_factory import write_pyramid_tiff
 
 from zoommil.cli import main
 from zoommil.errors import SlideError
@@ -61,6 +63,19 @@ def test_tcga_without_mpp_fails_with_how_to(slides_dir):
     message = str(info.value)
     assert "TCGA-CR-7395-01A-01-TS1.svs" in message
     assert "no resolution" in message and "--mpp" in message and "mpp column" in message
+
+
+def test_non_square_pixels_are_warned_about(tmp_path, caplog):
+    square = write_pyramid_tiff(tmp_path / "square.tiff", width=256, height=256, levels=1)
+    tall = write_pyramid_tiff(
+        tmp_path / "tall.tiff", width=256, height=256, levels=1, mpp=0.25, mpp_y=0.5
+    )
+    with caplog.at_level(logging.WARNING, logger="zoommil"):
+        assert inspect_slide(square)["status"] == "ok"
+        assert "not square" not in caplog.text
+        report = inspect_slide(tall)
+    assert report["status"] == "ok" and report["mpp"] == pytest.approx(0.25)
+    assert "tall.tiff: pixels are not square (mpp-y 0.5 vs 0.25 um/px)" in caplog.text
 
 
 def test_prostate_implausible_mpp_rejected(slides_dir):

@@ -428,6 +428,7 @@ def resolve_mpp_details(
         return {**info, "mpp": float(mpp_override), "source": "override"}
     for source, value in candidates:
         if _plausible(value):
+            _warn_if_anisotropic(slide, path, value)
             return {**info, "mpp": value, "source": source}
     if default_mpp is not None:
         if not _plausible(float(default_mpp)):
@@ -455,6 +456,25 @@ def resolve_mpp_details(
         "no_mpp",
         f"no resolution (mpp) or objective power in the slide metadata; {HOW_TO_SUPPLY_MPP}",
     )
+
+
+#: Relative difference of openslide.mpp-y from the mpp used above which a slide is flagged.
+ANISOTROPY_TOLERANCE = 0.02
+
+
+def _warn_if_anisotropic(slide: openslide.OpenSlide, path: str | Path, mpp: float) -> None:
+    """Warn when the pixels are not square: the lattice uses one mpp for both axes, so its
+    patches would cover non-square tissue and the mask would be squashed."""
+    mpp_y = _as_float(slide.properties.get("openslide.mpp-y"))
+    if mpp_y is not None and abs(mpp_y / mpp - 1.0) > ANISOTROPY_TOLERANCE:
+        log.warning(
+            "%s: pixels are not square (mpp-y %.4g vs %.4g um/px); patches cover %.3g times "
+            "more tissue down than across",
+            path,
+            mpp_y,
+            mpp,
+            mpp_y / mpp,
+        )
 
 
 def _rejected_text(rejected: Sequence[tuple[str, float]]) -> str:
@@ -697,7 +717,8 @@ def _read_level_rows(slide: openslide.OpenSlide, level: int, y0: int, y1: int) -
     step = max(1, _READ_STRIP_BYTES // max(1, lw * 4))
     for y in range(y0, y1, step):
         hh = min(step, y1 - y)
-        # ceil: OpenSlide maps the level-0 row back to level row y exactly (no seam)
+        # ceil: OpenSlide maps the level-0 row back to level row y, exactly for an integer
+        # downsample; otherwise it places the strip within 1/ds of a level pixel (interpolated)
         out[y - y0 : y - y0 + hh] = read_rgb(slide, (0, math.ceil(y * ds)), level, (lw, hh))
     return out
 
@@ -707,11 +728,13 @@ def _area_resize_level(
 ) -> np.ndarray:
     """``cv2.resize(whole level, (out_w, out_h), INTER_AREA)``, reading a strip at a time.
 
-    Bit-identical to resizing the whole level (tested), so a mask does not depend on which
-    path made its thumbnail. OpenCV takes one of two paths: block averaging when both ratios
-    are integers (then strips of whole blocks give the same pixels through OpenCV itself), or
-    else fractional area weights in float32, which `_area_rows` reproduces for the output
-    rows one strip covers.
+    Bit-identical to resizing the whole level (tested on integer downsamples; on a level with
+    a non-integer one, e.g. Aperio's 4.0003, OpenSlide places each strip after the first within
+    1/ds of a level pixel, so a mask can differ by a sub-pixel shift), so a mask does not
+    depend on which path made its thumbnail. OpenCV takes one of two paths: block averaging
+    when both ratios are integers (then strips of whole blocks give the same pixels through
+    OpenCV itself), or else fractional area weights in float32, which `_area_rows` reproduces
+    for the output rows one strip covers.
     """
     lw, lh = slide.level_dimensions[level]
     out = np.empty((out_h, out_w, 3), dtype=np.uint8)
