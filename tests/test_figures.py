@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,26 @@ def test_throughput_figure_data_states_the_setting_and_ci(tmp_path: Path) -> Non
     assert title == "CPU, 1 thread\nTest CPU 9000 (2 cores), encoder fp32"
     # ZoomMIL is both faster and better: the frontier is ZoomMIL alone
     assert list(figures.frontier(data[data["device"] == "cpu1"])["method"]) == ["zoommil"]
+
+
+def test_figures_leave_the_callers_backend_alone(tmp_path: Path) -> None:
+    """Importing the module called matplotlib.use("Agg"), switching the backend of whoever
+    imported it (a notebook's inline or an svg backend became Agg). Drawing uses Figure
+    objects, not pyplot: the backend set before stays, through an import and a figure."""
+    zoom = write_run(tmp_path, "zoommil", 2.0, [True, False, True])
+    code = (
+        "import matplotlib, sys\n"
+        "matplotlib.use('svg')\n"
+        "from zoommil.reporting import figures\n"
+        "print('pyplot' if 'matplotlib.pyplot' in sys.modules else 'no pyplot')\n"
+        f"figures.throughput_figure([{str(zoom[0])!r}], {{'cpu1': [{str(zoom[1])!r}]}}, "
+        f"['zoommil'], [{str(tmp_path / 'f.png')!r}], 'demo', 'random')\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["no", "pyplot", "svg"]
+    assert (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_equal_throughputs_are_drawn_side_by_side() -> None:

@@ -1,6 +1,8 @@
 """Figure 3 (throughput vs accuracy with the efficiency frontier) and Figure 4 (attention maps).
 
-Rendered with matplotlib's Agg backend (no display, safe in worker processes) to PNG and PDF.
+Drawn on `matplotlib.figure.Figure` objects, not pyplot: no backend is chosen or switched (an
+importer's own backend stays), nothing global is kept, and `savefig` picks the writer by
+extension (PNG, PDF), so it is safe in worker processes without a display.
 """
 
 from __future__ import annotations
@@ -14,17 +16,16 @@ from typing import Any
 
 import matplotlib
 import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from zoommil.io.atomic import atomic_path  # noqa: E402
-from zoommil.io.sheet import read_sheet  # noqa: E402
-from zoommil.reporting import attention, results  # noqa: E402
-from zoommil.reporting.tables import (  # noqa: E402
+from zoommil.io.atomic import atomic_path
+from zoommil.io.sheet import read_sheet
+from zoommil.reporting import attention, results
+from zoommil.reporting.tables import (
     add_intervals,
     display_name,
     encoder_label,
@@ -77,11 +78,10 @@ def dodge_factors(
     return factors
 
 
-def _save(fig: plt.Figure, outputs: Iterable[str | Path]) -> None:
+def _save(fig: Figure, outputs: Iterable[str | Path]) -> None:
     for out in outputs:
         with atomic_path(out) as tmp:
             fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _minor_label(value: float, _position: int) -> str:
@@ -222,7 +222,7 @@ def frontier(part: pd.DataFrame) -> pd.DataFrame:
 def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """A distinct colour and marker per method; ZoomMIL variants are red stars."""
     markers = "osD^vP<>Xph"
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     styles, k = {}, 0
     for method in methods:
         if method.startswith("zoommil"):
@@ -238,7 +238,7 @@ def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def _device_panel(
-    ax: plt.Axes,
+    ax: Axes,
     data: pd.DataFrame,
     device: str,
     styles: Mapping[str, dict[str, Any]],
@@ -369,7 +369,8 @@ def throughput_figure(
     }
     styles = method_styles(methods)
     n = max(1, len(devices))
-    fig, axes = plt.subplots(1, n, figsize=(4.4 * n + 2.4, 4.2), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.4 * n + 2.4, 4.2))
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)
     handles: dict[str, Any] = {}
     for ax, device in zip(axes[0], devices or [None], strict=True):
         ax.set_xlabel("throughput (slides / hour, log scale)")
@@ -403,7 +404,7 @@ def _thumbnail(
     return attention.slide_thumbnail(path, mpp, max_side=max_side)
 
 
-def _boxes(ax: plt.Axes, step: Mapping[str, Any], sx: float, sy: float, **style: Any) -> None:
+def _boxes(ax: Axes, step: Mapping[str, Any], sx: float, sy: float, **style: Any) -> None:
     side = float(step["side0"])
     for x, y in step["xy"]:
         ax.add_patch(Rectangle((x * sx, y * sy), side * sx, side * sy, fill=False, **style))
@@ -435,9 +436,8 @@ def attention_figure(
     predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
     mags = attention_layout(loaded)
     n_rows, n_cols = max(1, len(loaded)), 1 + max(1, len(mags))
-    fig, axes = plt.subplots(
-        n_rows, n_cols, figsize=(3.3 * n_cols + 0.8, 2.7 * n_rows + 0.9), squeeze=False
-    )
+    fig = Figure(figsize=(3.3 * n_cols + 0.8, 2.7 * n_rows + 0.9))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
