@@ -36,7 +36,7 @@ import torch
 
 from zoommil.efficiency.flops import encoder_flops_per_patch
 from zoommil.features.encoder import PatchEncoder
-from zoommil.features.encoders.registry import build_encoder, get_spec
+from zoommil.features.encoders.registry import build_registered_encoder, get_spec
 from zoommil.inference.predict import Predictor, predict_slide
 from zoommil.models import build_model
 from zoommil.recipe import PreprocessingRecipe
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         gflops = flops["fvcore"] / 1e9
         heavy = gflops > args.heavy_gflops
         tic = time.perf_counter()
-        model, info = build_encoder(name, "random", 0)
+        model, info = build_registered_encoder(name, weights="random", seed=0)
         build_seconds = time.perf_counter() - tic
         encoder = PatchEncoder(model, device="cpu", precision="fp32")
         n = args.heavy_patches if heavy else args.patches

@@ -26,7 +26,7 @@ import torch
 
 from zoommil.efficiency.throughput import cpu_model
 from zoommil.features.encoder import PatchEncoder
-from zoommil.features.encoders.registry import build_encoder
+from zoommil.features.encoders.registry import build_registered_encoder
 
 
 def patches_per_second(encoder: PatchEncoder, batch: np.ndarray, repeats: int) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, _ = build_encoder("resnet50_layer3", "random", 0)
+    model, _ = build_registered_encoder("resnet50_layer3", weights="random", seed=0)
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (args.batch_size, 256, 256, 3), dtype=np.uint8)
     encoders = {

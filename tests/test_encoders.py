@@ -18,7 +18,12 @@ from zoommil.cli import main
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoder import PatchEncoder
 from zoommil.features.encoders import registry
-from zoommil.features.encoders.registry import ENCODERS, build_encoder, encoder_names, get_spec
+from zoommil.features.encoders.registry import (
+    ENCODERS,
+    build_registered_encoder,
+    encoder_names,
+    get_spec,
+)
 from zoommil.features.encoders.weights import family, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +37,7 @@ def _patches(n: int, size: int = 256, seed: int = 0) -> np.ndarray:
 def _small(name: str, seed: int = 0, weights: str = "random"):
     """A registered encoder at its published width, one block deep (CI-sized)."""
     overrides = {"depth": 1} if get_spec(name).family == "vit" else {}
-    return build_encoder(name, weights, seed, **overrides)
+    return build_registered_encoder(name, weights=weights, seed=seed, **overrides)
 
 
 def _one_line_error(excinfo: pytest.ExceptionInfo) -> str:
@@ -52,6 +57,21 @@ def test_registry_names_default_and_schema_agree():
     assert get_spec("resnet50_layer3_avgpool").name == "resnet50_layer3"  # older files' name
     with pytest.raises(ZoomMILError, match="unknown encoder 'nope'.*uni"):
         get_spec("nope")
+
+
+def test_the_two_encoder_builders_cannot_be_confused():
+    """`features.encoder.build_encoder(weights, ...)` and the registry's builder (name first)
+    were both public as `build_encoder`, with opposite argument orders: a positional call
+    meant for one silently built the wrong thing with the other. The registry's is now
+    `build_registered_encoder`, and both take everything after the first argument by keyword."""
+    import zoommil.features.encoders as encoders
+    from zoommil.features import encoder
+
+    assert not hasattr(encoders, "build_encoder") and not hasattr(registry, "build_encoder")
+    with pytest.raises(TypeError):
+        build_registered_encoder("resnet50_layer3", "random")
+    with pytest.raises(TypeError):
+        encoder.build_encoder("random", 0)
 
 
 @pytest.mark.parametrize(

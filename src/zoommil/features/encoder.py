@@ -2,8 +2,9 @@
 
 The encoders themselves live in the registry (`zoommil.features.encoders`: the paper's
 ResNet-50 to layer3 and the timm ViTs of pathology foundation models). This module keeps the
-ResNet-50-era names (``build_encoder(weights, seed)``, ``FEATURE_DIM``, ``ResNet50Layer3`` ...)
-importable for existing callers; new code passes ``encoder=`` or uses the registry directly.
+ResNet-50-era names (``build_encoder(weights, seed=, encoder=)``, ``FEATURE_DIM``,
+``ResNet50Layer3`` ...) importable for existing callers; new code passes ``encoder=`` or uses the
+registry's ``build_registered_encoder(name, weights=, seed=)`` directly.
 """
 
 from __future__ import annotations
@@ -69,16 +70,20 @@ PATCH_SIZE = 256
 
 
 def build_encoder(
-    weights: str | Path = "imagenet", seed: int = 0, encoder: str | EncoderSpec = DEFAULT_ENCODER
+    weights: str | Path = "imagenet",
+    *,
+    seed: int = 0,
+    encoder: str | EncoderSpec = DEFAULT_ENCODER,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The encoder in eval mode plus its provenance dict (see `registry.build_encoder`).
+    """The encoder in eval mode plus its provenance dict (see
+    `registry.build_registered_encoder`, which takes the encoder's name first).
 
     The info dict has ``encoder``, ``feature_dim``, ``encoder_input_size``, ``weights``
     (imagenet | random | hf | the path), ``weights_sha256`` (of the file, or of the parameters
     for random), ``weights_seed`` (random only) and ``weights_note`` (a human sentence, which
     says "random" for random weights).
     """
-    return registry.build_encoder(encoder, str(weights), seed)
+    return registry.build_registered_encoder(encoder, weights=str(weights), seed=seed)
 
 
 def native_bf16(device: torch.device) -> bool:

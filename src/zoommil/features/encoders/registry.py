@@ -1,4 +1,4 @@
-"""The encoder registry: one `EncoderSpec` per named patch encoder, and `build_encoder`.
+"""The encoder registry: one `EncoderSpec` per named encoder, and `build_registered_encoder`.
 
 Why a registry of plain data: the CLI builds its parser (``--encoder`` choices) and the workflow
 validates its config without importing torch or timm; the architectures live in one module per
@@ -299,8 +299,9 @@ def get_spec(name: str | EncoderSpec) -> EncoderSpec:
     return spec
 
 
-def build_encoder(
+def build_registered_encoder(
     name: str | EncoderSpec = DEFAULT_ENCODER,
+    *,
     weights: str = "random",
     seed: int = 0,
     **overrides: Any,
