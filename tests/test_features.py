@@ -21,7 +21,6 @@ from zoommil.cli import main
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.extraction import (
-    ParentDataset,
     StreamStats,
     depths_of,
     encode_plan,
@@ -136,13 +135,26 @@ def test_feature_pixels_are_the_pixels_predict_reads_on_a_lossy_pyramid(slides_d
         assert start == len(stacked)
 
 
-def test_dataset_reads_each_magnification_at_its_place(tiny):
+def read_parent(slide: Path, lattice: Lattice, i: int) -> np.ndarray | str:
+    """Parent ``i``'s patches, every magnification stacked lowest first, read in this process
+    as a reader worker reads them (or the worker's error string)."""
+    task = RegionTask(
+        str(slide),
+        lattice.xy[0][i : i + 1],
+        int(lattice.sides[0]),
+        tuple(depths_of(lattice)),
+        int(lattice.patch_size),
+        tuple(o[i : i + 1] for o in plan_offsets(lattice)),
+    )
+    return read_task(task)
+
+
+def test_parent_reads_each_magnification_at_its_place(tiny):
     """The patches of parent i equal a direct read of each patch's own level-0 square."""
     lattice = load_coords(tiny["coords"])
-    dataset = ParentDataset(tiny["slide"], lattice)
     i = 5
-    item = dataset[i]
-    stack = item["patches"].numpy()
+    stack = read_parent(tiny["slide"], lattice, i)
+    assert isinstance(stack, np.ndarray)
     assert stack.shape == (21, P, P, 3)
     with open_slide(tiny["slide"]) as slide:
         # the highest magnification is read at level 0 without resizing: exact
@@ -501,10 +513,10 @@ def test_read_error_is_retried_once_then_names_the_slide(tiny, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(slide_module, "read_region_at", flaky)
-    dataset = ParentDataset(tiny["slide"], lattice)
+    assert isinstance(read_parent(tiny["slide"], lattice, 0), np.ndarray)
     # reopened and read again: the failed read, then the parent's six (5x whole, 10x whole,
     # 20x one 10x patch at a time)
-    assert "patches" in dataset[0] and calls["n"] == 1 + 6
+    assert calls["n"] == 1 + 6
 
     def broken(*args, **kwargs):
         raise openslide.OpenSlideError("Corrupt JPEG data")

@@ -158,9 +158,7 @@ def test_train_config_is_per_method_and_plain(tmp_path: Path) -> None:
         mags=[10], classes=None, sheet="s.tsv", features_dir="f", exclude="e.tsv",
     )  # fmt: skip
     assert stopping["early_stopping"] == 20
-    out = tmp_path / "m" / "train_config.yaml"
-    trainconfig.write_train_config(config, out)
-    assert yaml.safe_load(out.read_text()) == config
+    assert yaml.safe_load(trainconfig.dump_train_config(config)) == config
 
 
 def test_method_options_are_checked_without_building_models() -> None:

@@ -103,42 +103,6 @@ def plan_offsets(plan: Lattice) -> list[np.ndarray]:
     return out
 
 
-class ParentDataset:
-    """Item i = all patches of parent i, all magnifications stacked lowest first, uint8.
-
-    Reads in the calling process (the pipeline reads through `ReaderPool`); errors are returned
-    as values, as the pool's workers do.
-    """
-
-    def __init__(self, slide_path: str | Path, plan: Lattice) -> None:
-        self.slide_path = str(slide_path)
-        self.depths = depths_of(plan)
-        self.patch_size = plan.patch_size
-        self.parent_xy = plan.xy[0]
-        self.side0 = plan.sides[0]
-        self.offsets = plan_offsets(plan)
-
-    def __len__(self) -> int:
-        return len(self.parent_xy)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        task = RegionTask(
-            self.slide_path,
-            self.parent_xy[i : i + 1],
-            int(self.side0),
-            tuple(self.depths),
-            int(self.patch_size),
-            tuple(o[i : i + 1] for o in self.offsets),
-        )
-        result = read_task(task)
-        if isinstance(result, str):
-            return {"index": i, "error": result}
-        return {"index": i, "patches": torch.from_numpy(result)}
-
-    def close(self) -> None:
-        close_handles()
-
-
 # --------------------------------------------------------------------------- extraction
 
 
@@ -163,9 +127,6 @@ def default_workers(device: torch.device) -> int:
     """Reader processes: one hides reading behind a CPU encoder; a GPU needs several."""
     cpus = os.cpu_count() or 1
     return min(8, max(1, cpus - 1)) if device.type == "cuda" else 1
-
-
-_default_workers = default_workers  # the name benchmarks used
 
 
 @dataclass

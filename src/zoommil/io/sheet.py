@@ -253,24 +253,12 @@ def check_splits(frame: pd.DataFrame, sheet: str | Path, needed: tuple[str, ...]
         )
 
 
-def _resolve(sheet: Path, slide_path: str) -> str:
-    candidate = Path(slide_path).expanduser()
-    if not candidate.is_absolute():
-        candidate = sheet.resolve().parent / candidate
-    return str(candidate)
-
-
 def _validator(schema: dict[str, Any] | None):
     if schema is None:
         return None
     import jsonschema
 
     return jsonschema.Draft202012Validator(schema)
-
-
-def sheet_classes(frame: pd.DataFrame, classes: list[str] | None) -> list[str]:
-    """The class list: the configured one, else the sorted labels of the sheet."""
-    return list(classes) if classes else sorted(frame["label"].unique())
 
 
 def resolve_slide_path(sheet: str | Path, path: str | Path) -> str:

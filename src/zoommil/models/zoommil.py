@@ -180,7 +180,6 @@ class ZoomMIL(nn.Module):
                 raise ZoomMILError(f"ZoomMIL {name} must be one of {allowed}, got {value!r}")
         self.ks = ks
         self.selection = selection
-        self.attention_mode = attention
         self.aggregation = aggregation
         self.seed = seed
         n_mags = len(self.mags)

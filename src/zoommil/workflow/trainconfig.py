@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 
 from zoommil.errors import ZoomMILError
-from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import to_plain
 
 #: Relative wall time of one training run per architecture: the demo's train jobs (run 18, three
@@ -85,11 +84,6 @@ def build_train_config(
 def dump_train_config(config: Mapping[str, Any]) -> str:
     """The YAML text of a train config (plain types, keys in the order given)."""
     return yaml.safe_dump(to_plain(config), sort_keys=False)
-
-
-def write_train_config(config: Mapping[str, Any], out: str | Path) -> None:
-    """Write YAML atomically (tmp file + rename)."""
-    write_text_atomic(out, dump_train_config(config))
 
 
 #: Keys of a method entry that are not model options (`zoommil.training.config.resolve_method`).

@@ -92,6 +92,15 @@ def _snapshot_file(cache: Path, repo_id: str, filename: str) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
+def _terms(spec: EncoderSpec) -> str:
+    """The licence and gating of a spec's weights, said where the user goes to fetch them:
+    several are non-commercial, which a user should know before fetching and using them."""
+    terms = [f"licence {spec.licence}"] if spec.licence else []
+    if spec.gated:
+        terms.append("gated: accept the licence on huggingface.co first")
+    return f" ({'; '.join(terms)})" if terms else ""
+
+
 def resolve_hf_weights(spec: EncoderSpec) -> Path:
     """The spec's weight file in the offline HF cache; never downloads."""
     if not spec.hf_repo or not spec.hf_files:
@@ -104,10 +113,9 @@ def resolve_hf_weights(spec: EncoderSpec) -> Path:
         found = _snapshot_file(cache, spec.hf_repo, filename)
         if found is not None:
             return found
-    gated = " (gated: accept its licence on huggingface.co first)" if spec.gated else ""
     raise ZoomMILError(
         f"{spec.name}: weights not in the offline Hugging Face cache {cache}: place "
-        f"{spec.hf_repo}/{spec.hf_files[0]}{gated} there (e.g. `hf download {spec.hf_repo} "
+        f"{spec.hf_repo}/{spec.hf_files[0]}{_terms(spec)} there (e.g. `hf download {spec.hf_repo} "
         f"{spec.hf_files[0]}` on a machine with internet), or pass --weights PATH"
     )
 
