@@ -12,6 +12,7 @@ PPEG adds depthwise 7x7, 5x5 and 3x3 convolutions (plus identity) on the H x W t
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +24,9 @@ from zoommil.models.nystrom import NystromAttention
 class TransLayer(nn.Module):
     """Pre-norm residual Nystrom self-attention (no FFN, as in TransMIL)."""
 
-    def __init__(self, dim: int = 512, heads: int = 8, num_landmarks: int = 256, **kwargs) -> None:
+    def __init__(
+        self, dim: int = 512, heads: int = 8, num_landmarks: int = 256, **kwargs: Any
+    ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn = NystromAttention(

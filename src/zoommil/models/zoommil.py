@@ -35,12 +35,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from zoommil.errors import ZoomMILError
 from zoommil.models.attention import GatedAttention, attention_pool
+from zoommil.models.bag import Coords
 from zoommil.models.topk import GRAD_MODES, PerturbedTopK
 from zoommil.wsi.lattice import descendant_ratios
 
@@ -285,11 +287,13 @@ class ZoomMIL(nn.Module):
         selected at step m - 1. No selection is done here."""
         return self.classify_pooled([self._embed(m, x[0])[1] for m, x in enumerate(gathered)])
 
-    def forward(self, feats: Sequence[torch.Tensor], coords=None) -> torch.Tensor:
+    def forward(self, feats: Sequence[torch.Tensor], coords: Coords = None) -> torch.Tensor:
         """feats: one [1, N_m, D] tensor per magnification (lowest first) -> logits [1, C]."""
         return self.forward_with_details(feats)["logits"]
 
-    def forward_with_details(self, feats: Sequence[torch.Tensor], coords=None) -> dict:
+    def forward_with_details(
+        self, feats: Sequence[torch.Tensor], coords: Coords = None
+    ) -> dict[str, Any]:
         """Logits plus, per magnification, what zooming kept.
 
         Returns dict(logits [1, C], attention: list of [n_m] pooling weights over the kept rows,
@@ -346,7 +350,7 @@ class ZoomMIL(nn.Module):
         k: int | Sequence[int] = 12,
         n_classes: int | None = None,
         mags: Sequence[float] = (1.25, 2.5, 10.0),
-        **kwargs,
+        **kwargs: Any,
     ) -> ZoomMIL:
         """A 3-magnification ZoomMIL with the weights of the official implementation
         (histocartography/zoommil ``zoommil/models/zoommil.py``); eval outputs match it.

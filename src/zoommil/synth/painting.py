@@ -41,7 +41,17 @@ class Nuclei:
     region: list[int] = field(default_factory=list)
     epithelial: list[bool] = field(default_factory=list)
 
-    def add(self, cx, cy, a, b, theta, density, region=-1, epithelial=False) -> None:
+    def add(
+        self,
+        cx: float,
+        cy: float,
+        a: float,
+        b: float,
+        theta: float,
+        density: float,
+        region: int = -1,
+        epithelial: bool = False,
+    ) -> None:
         for name, value in zip(
             ("cx", "cy", "a", "b", "theta", "density", "region", "epithelial"),
             (cx, cy, a, b, theta, density, region, epithelial),

@@ -6,6 +6,7 @@ torch._dynamo through torch.optim), about 1.5 s of CPU per process.
 """
 
 from importlib import import_module
+from typing import Any
 
 _EXPORTS = {
     "MethodSpec": "zoommil.training.config",
@@ -20,7 +21,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'zoommil.training' has no attribute {name!r}")
     return getattr(import_module(_EXPORTS[name]), name)

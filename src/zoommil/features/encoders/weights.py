@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -167,7 +168,9 @@ def local_weights_path(weights: str, spec: EncoderSpec) -> Path:
     return path
 
 
-def check_and_load(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, spec) -> None:
+def check_and_load(
+    model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, spec: EncoderSpec
+) -> None:
     """Strict load with one line naming the file, the encoder and what does not fit."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -195,7 +198,7 @@ def check_and_load(model: nn.Module, state: Mapping[str, torch.Tensor], path: Pa
 # --------------------------------------------------------------------------- build
 
 
-def family(spec: EncoderSpec):
+def family(spec: EncoderSpec) -> ModuleType:
     """The module that builds this spec's architecture (``resnet``, ``vit``)."""
     return importlib.import_module(f"zoommil.features.encoders.{spec.family}")
 
