@@ -460,10 +460,6 @@ def test_clam_uses_its_own_training_loss(dataset: dict[str, Path], tmp_path: Pat
     assert metrics["arch"] == "clam_sb" and metrics["epochs"] == 1
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("zoommil.models.zoommil") is None,
-    reason="zoommil.models.zoommil is not written yet",
-)
 def test_zoommil_trains_and_evaluates_deterministically(
     dataset: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -28,15 +28,10 @@ def _workflow_rules() -> dict[str, str]:
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         parts = re.split(r"^(?:rule|checkpoint) (\w+):\n", smk.read_text(), flags=re.M)
         rules.update(dict(zip(parts[1::2], parts[2::2], strict=True)))
+    assert rules, "no rule found in workflow/rules/*.smk"
     return rules
 
 
-needs_workflow = pytest.mark.skipif(
-    not list((REPO / "workflow" / "rules").glob("*.smk")), reason="no workflow rules yet"
-)
-
-
-@needs_workflow
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_names_only_workflow_rules(name):
     rules = _workflow_rules()
@@ -45,7 +40,6 @@ def test_profile_names_only_workflow_rules(name):
     assert named <= set(rules), f"profiles/{name} names unknown rules: {named - set(rules)}"
 
 
-@needs_workflow
 def test_every_gpu_rule_gets_a_gpu_on_slurm():
     gpu_rules = {r for r, text in _workflow_rules().items() if re.search(r"\bgpu=1\b", text)}
     assert gpu_rules, "no rule declares gpu=1"
@@ -139,7 +133,6 @@ def test_generic_scheduler_reads_jobscript_properties(tmp_path):
     assert _scheduler().read_properties(script) == GPU_JOB
 
 
-@needs_workflow
 @pytest.mark.parametrize("name", PROFILES)
 def test_workflow_dry_runs_through_profile(name, tmp_path):
     """The demo workflow parses and plans under the profile. A real run also needs `cores`

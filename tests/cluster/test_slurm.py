@@ -139,10 +139,6 @@ def _assert_same(a, b, where: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (REPO / "Snakefile").is_file() or not WORKFLOW_CONFIG.is_file(),
-    reason="the workflow (Snakefile, tests/workflow_config/) is not there yet",
-)
 def test_tiny_workflow_on_slurm_equals_local_run(slurm_cluster, tmp_path):
     """The tiny config through profiles/slurm: every job is a SLURM job, and the metrics are
     those of the same config run locally (same inputs, seeds and thread counts)."""
