@@ -5,7 +5,7 @@ import sys
 from zoommil.reporting import figures
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
+sys.stderr = open(sm.log[0], "w")
 figures.attention_figure(
     predictions=sm.input.predictions,
     sheet=sm.input.usable,

@@ -5,7 +5,7 @@ import sys
 from zoommil.reporting import tables
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
+sys.stderr = open(sm.log[0], "w")
 tables.make_tables(
     qc_table=sm.input.qc,
     exclusions_table=sm.input.exclusions,

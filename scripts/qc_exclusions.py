@@ -6,7 +6,7 @@ import sys
 from zoommil.workflow import exclusions
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
+sys.stderr = open(sm.log[0], "w")
 table = exclusions.write_exclusions(
     qc_table=sm.input.qc,
     predictions=sm.input.predictions,

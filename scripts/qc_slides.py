@@ -9,7 +9,7 @@ from zoommil.io import sheet
 from zoommil.workflow import qc
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-sys.stderr = open(sm.log[0], "w")  # noqa: SIM115
+sys.stderr = open(sm.log[0], "w")
 frame = sheet.load_sheet(sm.input.sheet, sm.params.classes)
 inspection = qc.read_tsv(sm.input.inspection)
 features = {Path(p).stem: p for p in sm.input.features}

@@ -77,7 +77,7 @@ def _serve(recipe: EncoderRecipe, tasks: Any, results: Any, parent: int) -> None
     try:
         encoder = recipe.build()
         failure = ""
-    except Exception as error:  # noqa: BLE001 - reported with the first batch
+    except Exception as error:  # reported with the first batch
         failure = f"cannot build encoder {recipe.encoder}: {_one_line(error)}"
     while True:
         item = tasks.get()  # a dead parent: `exit_with_parent`'s watcher ends the process
@@ -93,7 +93,7 @@ def _serve(recipe: EncoderRecipe, tasks: Any, results: Any, parent: int) -> None
             continue
         try:
             results.put((seq, encoder.encode(batch), None))
-        except Exception as error:  # noqa: BLE001 - one line back to the parent
+        except Exception as error:  # one line back to the parent
             results.put((seq, None, _one_line(error)))
 
 

@@ -51,6 +51,6 @@ def freeze_for_cpu(model: nn.Module, input_size: int) -> nn.Module:
             warnings.simplefilter("ignore")
             traced = jit.trace(model.eval(), example, check_trace=False)
             return jit.optimize_for_inference(jit.freeze(traced))
-    except Exception as err:  # noqa: BLE001 - any failure means "run eager", never an error
+    except Exception as err:  # any failure means "run eager", never an error
         log.debug("encoder not frozen (%s); running it eagerly", err)
         return model

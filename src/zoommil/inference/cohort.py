@@ -206,7 +206,7 @@ def _task_in_worker(task: SlideTask) -> dict[str, Any]:
             _WORKER["encoder"], _ = make_encoder(
                 settings.predictor, device=settings.device, precision=settings.precision
             )
-        except Exception as error:  # noqa: BLE001 - that slide's failure row
+        except Exception as error:  # that slide's failure row
             return _failure(task, f"cannot build the encoder: {_one_line(error)}")
     if "reader" not in _WORKER:  # kept for the process's next slides (a start costs ~0.5 s);
         # its reader processes exit with this one. Default: each process reads inline
@@ -240,7 +240,7 @@ def classify(
             write_json(task.json, result)
         if task.heatmap and result["attention"]:
             save_heatmap(task.heatmap, task.slide, result, mpp=settings.mpp)
-    except Exception as error:  # noqa: BLE001 - one slide's failure never stops the others
+    except Exception as error:  # one slide's failure never stops the others
         _remove_outputs(task)
         reason = error.reason if isinstance(error, SlideError) else _one_line(error)
         return _failure(task, reason)

@@ -46,7 +46,7 @@ def _tile_or_reason(
     take two arguments and cannot be unpickled, which would break the pool for every slide."""
     try:
         return tile_for_inference(recipe, slide_path, mpp)
-    except Exception as error:  # noqa: BLE001 - the caller tiles the slide and raises it
+    except Exception as error:  # the caller tiles the slide and raises it
         return f"{type(error).__name__}: {error}"
 
 
@@ -85,7 +85,7 @@ class TilingAhead:
             return None
         try:
             result = future.result()
-        except Exception as error:  # noqa: BLE001 - the process died: the caller tiles
+        except Exception as error:  # the process died: the caller tiles
             result = str(error)
         if isinstance(result, str):
             log.debug("%s: tiling ahead failed (%s)", self.slides[index], result)

@@ -185,7 +185,7 @@ class GuardedFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._fh = open(self.path, "w+b", buffering=0)  # noqa: SIM115 - closed in close()
+        self._fh = open(self.path, "w+b", buffering=0)  # closed in close()
         self.error: OSError | None = None
 
     def _record(self, error: OSError) -> None:

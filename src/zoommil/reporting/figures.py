@@ -533,7 +533,7 @@ def _usable_predictions(
             slide_path = table.loc[slide_id, "path"]
         try:
             thumb = _thumbnail(slide_path, prediction.get("mpp"))
-        except Exception as error:  # noqa: BLE001 - any unreadable slide is skipped, noted
+        except Exception as error:  # any unreadable slide is skipped, noted
             reason = error.reason if isinstance(error, SlideError) else str(error)
             skipped.append(f"{slide_id} (figure: {reason})")
             continue

@@ -44,7 +44,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise ZoomMILError(f"{path}: checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad file
+    except Exception as error:  # any unpickling failure is a bad file
         text = str(error)
         if "weights_only" in text or "Weights only load failed" in text:
             raise ZoomMILError(

@@ -127,7 +127,7 @@ def imagenet_weights(spec: EncoderSpec) -> tuple[Path, str]:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(IMAGENET_URL, str(path), hash_prefix=None)
-        except Exception as error:  # noqa: BLE001 - any network failure means "offline"
+        except Exception as error:  # any network failure means "offline"
             raise ZoomMILError(f"{how} (download failed: {error})") from error
     if not sha256_file(path).startswith(IMAGENET_HASH_PREFIX):
         log.warning(

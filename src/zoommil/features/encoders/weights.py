@@ -133,7 +133,7 @@ def read_state_file(path: Path, spec: EncoderSpec) -> dict[str, torch.Tensor]:
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - pickle/zip/safetensors errors have many types
+    except Exception as error:  # pickle/zip/safetensors errors have many types
         raise ZoomMILError(
             f"{path}: cannot load weights for encoder {spec.name} as a state dict "
             f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
