@@ -3,9 +3,11 @@ light, because the workflow starts one `zoommil` process per slide and per stage
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +215,153 @@ def test_the_mpp_hint_names_only_flags_each_command_has():
     assert "inspect, tissue and tile also take --default-mpp X" in hint
     shown = re.findall(r"--[a-z-]+", hint)
     assert set(shown) == {"--mpp", "--default-mpp"}, shown
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"zoommil {command}: error")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "what"),
+    [
+        (["tile", "{slide}", "--mags", "5", "--out", "{slide}"], "slide"),
+        (["inspect", "{slide}", "--out", "{slide}"], "slide"),
+        (["tissue", "{slide}", "--out", "{slide}"], "slide"),
+        (["tissue", "{slide}", "--out", "m.png", "--overlay", "{slide}"], "slide"),
+        (["tile", "{slide}", "--mags", "5", "--out", "{other}", "--tissue-mask", "{other}"],
+         "tissue mask"),
+        (["features", "{slide}", "--coords", "{other}", "--out", "{other}"], "coords file"),
+        (["features", "{slide}", "--coords", "c.h5", "--weights", "{other}", "--out", "{other}"],
+         "weights file"),
+        (["evaluate", "--checkpoint", "{other}", "--features-dir", ".", "--out", "{other}"],
+         "checkpoint"),
+        (["evaluate", "--checkpoint", "c.pt", "--features-dir", ".", "--sheet", "{other}",
+          "--out", "{other}"], "sheet"),
+        (["predict", "{slide}", "--checkpoint", "{other}", "--json", "{other}"], "checkpoint"),
+        (["predict", "{slide}", "--checkpoint", "c.pt", "--json", "{slide}"], "slide"),
+        (["flops", "--checkpoint", "c.pt", "{other}", "--features-dir", ".", "--out", "a.json",
+          "{other}"], "checkpoint"),
+        (["profile", "--checkpoint", "{other}", "--out", "{other}"], "checkpoint"),
+        (["train", "--config", "{other}", "--model", "abmil", "--out", "r",
+          "--eval-out", "{other}"], "config"),
+    ],
+)  # fmt: skip
+def test_an_output_that_names_an_input_is_refused(make_slide, tmp_path, capsys, argv, what):
+    """`zoommil tile S --out S` replaced the slide with its coords file (and so did every
+    command whose output named one of its inputs): one line naming both, nothing written."""
+    from zoommil.cli import main
+
+    slide = make_slide("s.tiff", width=512, height=512)
+    other = tmp_path / "input.bin"
+    other.write_bytes(b"an input")
+    before = {p: p.read_bytes() for p in (slide, other)}
+    paths = {"slide": str(slide), "other": str(other)}
+    argv = [word.format(**paths) for word in argv]
+    argv = [str(tmp_path / w) if w in ("m.png", "a.json", "c.h5", "c.pt", "r") else w for w in argv]
+    assert main(argv) == 2
+    line = _one_error_line(capsys, argv[0])
+    named = slide if what == "slide" else other
+    assert f"is the {what} {named}: refusing to overwrite an input" in line
+    assert {p: p.read_bytes() for p in (slide, other)} == before
+    assert not (tmp_path / "m.png").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_link_to_an_input_is_the_input(make_slide, tmp_path, capsys):
+    """os.path.samefile: a symbolic or hard link names the same file as its target."""
+    from zoommil.cli import main
+
+    slide = make_slide("s.tiff", width=512, height=512)
+    (tmp_path / "soft.tiff").symlink_to(slide)
+    os.link(slide, tmp_path / "hard.tiff")
+    before = slide.read_bytes()
+    for link in ("soft.tiff", "hard.tiff"):
+        assert main(["tile", str(slide), "--mags", "5", "--out", str(tmp_path / link)]) == 2
+        assert f"{link} is the slide {slide}" in _one_error_line(capsys, "tile")
+    # the slide given by a relative path with '..' and the output by the absolute one
+    relative = os.path.relpath(slide, Path.cwd())
+    assert main(["inspect", relative, "--out", str(slide)]) == 2
+    assert "refusing to overwrite an input" in _one_error_line(capsys, "inspect")
+    assert slide.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tissue", "s.tiff", "--out", "m.png", "--overlay", "m.png"],
+        ["tissue", "s.tiff", "--out", "m.png", "--overlay", "./x/../m.png"],
+        ["train", "--config", "c.yaml", "--model", "abmil", "--seed", "0", "1", "--out", "r", "r"],
+        ["train", "--config", "c.yaml", "--model", "abmil", "--out", "r",
+         "--eval-out", "r/metrics.json"],
+        ["flops", "--checkpoint", "a.pt", "b.pt", "--features-dir", ".", "--out", "f.json",
+         "f.json"],
+        ["profile", "--checkpoint", "a.pt", "b.pt", "--out", "f.json", "f.json"],
+    ],
+)  # fmt: skip
+def test_two_outputs_naming_one_file_are_refused(tmp_path, capsys, monkeypatch, argv):
+    """`train --seed 0 1 --out r r`: seed 1 silently overwrote seed 0 (likewise two --out of
+    flops, or tissue's --out and --overlay)."""
+    from zoommil.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert "is named twice" in _one_error_line(capsys, argv[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_outputs_are_compared_as_files(tmp_path):
+    from zoommil.io.clobber import same_file
+
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    assert same_file(tmp_path / "a", tmp_path / "x" / ".." / "a")
+    assert not same_file(tmp_path / "a", tmp_path / "b")
+    assert same_file(tmp_path / "new", tmp_path / "." / "new")  # neither exists yet
+    assert not same_file(tmp_path / "new", tmp_path / "a")
+
+
+@pytest.mark.parametrize(("tty", "flag", "shown"), [(True, [], True), (True, ["--no-progress"],
+                         False), (False, [], False)])  # fmt: skip
+def test_progress_bars_only_on_a_terminal(monkeypatch, tty, flag, shown):
+    """In a log file (every workflow job's) tqdm's carriage-return redraws are noise."""
+    from zoommil.commands.options import show_progress
+
+    class Stream:
+        def isatty(self) -> bool:
+            return tty
+
+    monkeypatch.setattr(sys, "stderr", Stream())
+    parser = build_parser()
+    for command in ("synth", "features", "train", "flops", "predict"):
+        args = parser.parse_args([command, *REQUIRED[command], *flag])
+        assert show_progress(args) is shown, command
+
+
+#: The required arguments of the commands that draw progress bars.
+REQUIRED = {
+    "synth": ["--out", "x"],
+    "features": ["s.svs", "--coords", "c.h5", "--out", "f.h5"],
+    "train": ["--config", "c.yaml", "--model", "abmil", "--out", "r"],
+    "flops": ["--checkpoint", "c.pt", "--features-dir", "f", "--out", "f.json"],
+    "predict": ["s.svs", "--checkpoint", "c.pt"],
+}
+
+
+def test_a_worker_process_logs_like_the_command(tmp_path):
+    """A spawned worker's warning went to logging's last resort as the bare message."""
+    code = (
+        "import logging, multiprocessing\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from zoommil.processes import worker_logging\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = multiprocessing.get_context('spawn')\n"
+        "    with ProcessPoolExecutor(1, ctx, initializer=worker_logging) as pool:\n"
+        "        pool.submit(logging.getLogger('zoommil.x').warning, 'in a worker').result()\n"
+    )
+    script = tmp_path / "worker.py"
+    script.write_text(code)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["WARNING zoommil.x: in a worker"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -353,3 +354,28 @@ def test_fewer_slides_than_threads_use_fewer_processes_and_say_so(caplog) -> Non
     with caplog.at_level("WARNING", logger="zoommil.efficiency.throughput"):
         assert cpu_processes(2, 15) == 2 and cpu_processes(1, 3) == 1
     assert not caplog.text
+
+
+def test_flops_draws_no_bar_off_a_terminal_and_takes_only_known_splits(tmp_path, capsys):
+    """flops drew its bar whatever stderr was; --split took any word (then found no slides)."""
+    from zoommil.io.featurefile import write_feature_file
+
+    (tmp_path / "features").mkdir()
+    rng = np.random.default_rng(0)
+    write_feature_file(tmp_path / "features" / "s1.h5", [10.0], [rng.normal(size=(3, 1024))],
+                       [np.zeros((3, 2))], [np.zeros((3, 2))], {})  # fmt: skip
+    sheet = tmp_path / "sheet.tsv"
+    sheet.write_text("slide_id\tlabel\tsplit\ns1\ta\ttest\n")
+    model = build_model("meanmil", in_dim=1024, n_classes=2)
+    config = {"arch": "meanmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024,
+              "sheet": str(sheet)}  # fmt: skip
+    ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    argv = ["flops", "--checkpoint", str(ckpt), "--features-dir", str(tmp_path / "features")]
+    assert main([*argv, "--out", str(tmp_path / "f.json")]) == 0
+    assert "\r" not in capsys.readouterr().err
+    for command in (argv, ["profile", "--checkpoint", str(ckpt)]):
+        with pytest.raises(SystemExit):
+            main([*command, "--split", "testing", "--out", str(tmp_path / "x.json")])
+        assert "invalid choice: 'testing' (choose from 'train', 'val', 'test')" in (
+            capsys.readouterr().err
+        )

@@ -247,3 +247,11 @@ def test_features_cli_threads_2_equals_threads_1(slides_dir, tmp_path):
         assert one.attrs["encoder_processes"] == 1 and two.attrs["encoder_processes"] == 2
         assert two.attrs["threads"] == 2
     assert not _new_children(before)
+
+
+def test_a_worker_leaves_the_weights_warning_to_the_parent(capfd):
+    """The parent builds the same encoder and warns; each worker repeated the warning as a bare
+    line through logging's last resort."""
+    with EncoderPool(RECIPE, processes=1) as one:
+        assert len(list(one.imap(_batches([2])))) == 1
+    assert "RANDOM weights" not in capfd.readouterr().err

@@ -678,6 +678,34 @@ def test_checkpoint_refusal_gives_no_unsafe_advice(tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"hello", "not a torch.save zip archive"),  # torch: "101"
+        (b"e", "not a torch.save zip archive"),  # torch: "pop from empty list"
+        (b"", "an empty file"),
+        (b"\x89HDF\r\n\x1a\n" + bytes(64), "an HDF5 file, such as a coords or feature file"),
+        (b"II*\x00" + bytes(64), "a TIFF file, such as a slide"),
+        ("truncated", "a truncated or damaged zip archive, e.g. an interrupted copy"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_says_what_it_is(tmp_path, content, reason):
+    """torch's own reasons read `(101)` or `(pop from empty list)`."""
+    from zoommil.training.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "c.pt"
+    if content == "truncated":
+        whole = save_checkpoint(tmp_path / "whole.pt", {"w": torch.zeros(64)}, {}).read_bytes()
+        content = whole[: len(whole) // 2]
+    path.write_bytes(content)
+    with pytest.raises(ZoomMILError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path}: not a zoommil checkpoint ({reason}; a checkpoint is the checkpoint.pt "
+        "`zoommil train` writes)"
+    )
+
+
 def test_sheet_with_a_byte_order_mark(tmp_path):
     path = tmp_path / "slides.tsv"
     path.write_bytes(("\ufeff" + HEADER + "a\ta.svs\tx\ttrain\t\n").encode())

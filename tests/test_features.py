@@ -526,3 +526,51 @@ def test_read_error_is_retried_once_then_names_the_slide(tiny, monkeypatch):
     with pytest.raises(SlideError, match="Corrupt JPEG") as info:
         encode_plan(tiny["slide"], lattice, encoder, workers=0, progress=False)
     assert str(tiny["slide"]) in str(info.value)
+
+
+def test_a_failure_marker_of_another_slide_is_named_as_such(tiny, tmp_path, capsys):
+    """`features good.svs --coords f.h5`, f.h5 the marker of another slide's `tile --no-fail`,
+    said 'good.svs: failed at stage tile: ...', blaming the slide given."""
+    from zoommil.workflow.failure import Failure, write_marker
+
+    other = tmp_path / "bad.svs"
+    marker = write_marker(
+        tmp_path / "bad.h5", Failure("unreadable", "tile", "truncated TIFF", str(other))
+    )
+    out = tmp_path / "f.h5"
+    argv = ["features", str(tiny["slide"]), "--coords", str(marker), "--out", str(out)]
+    needles = (f"{marker} is the failure marker of another slide, {other}", "truncated TIFF")
+    _assert_fails(capsys, [*argv, "--weights", "random", "--no-fail"], out, *needles)
+    # the marker of this slide (recorded by `tile --no-fail`) is passed on, as before
+    same = write_marker(
+        tmp_path / "same.h5", Failure("unreadable", "tile", "truncated", str(tiny["slide"]))
+    )
+    argv = ["features", str(tiny["slide"]), "--coords", str(same), "--out", str(out)]
+    assert main([*argv, "--weights", "random", "--no-fail"]) == 0
+    assert read_marker(out) == Failure(
+        "unreadable", "tile", "truncated", str(tiny["slide"].absolute())
+    )
+
+
+def test_a_marker_names_its_slide(tmp_path, capsys):
+    """`tile --no-fail` of an unreadable slide records the slide's absolute path."""
+    bad = tmp_path / "bad.tiff"
+    bad.write_bytes(b"II*\x00" + bytes(60))
+    marker = tmp_path / "c.h5"
+    assert main(["tile", str(bad), "--mags", "5", "--out", str(marker), "--no-fail"]) == 0
+    assert read_marker(marker).slide == str(bad)
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_outside_0_to_2_32_is_one_line(tiny, tmp_path, capsys, seed):
+    out = tmp_path / "f.h5"
+    argv = ["features", str(tiny["slide"]), "--coords", str(tiny["coords"]), "--out", str(out)]
+    _assert_fails(capsys, [*argv, "--weights", "random", "--seed", seed], out, "--seed must be")
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tiny, tmp_path, capsys):
+    """Without --no-progress the bar's carriage returns went into every job's log."""
+    out = tmp_path / "f.h5"
+    argv = ["features", str(tiny["slide"]), "--coords", str(tiny["coords"]), "--out", str(out)]
+    assert main([*argv, "--weights", "random", "--workers", "0"]) == 0
+    assert "\r" not in capsys.readouterr().err

@@ -554,3 +554,38 @@ def test_profile_times_a_checkpoint_with_other_weights(small_slide, tmp_path):
     assert main([*argv, "--weights", "random", "--max-slides", "1", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["encoder_weights"] == "random" and len(record["per_slide"]) == 1
+
+
+@pytest.mark.parametrize("name", ["p.pdf", "p.svg", "p"])
+def test_a_heatmap_name_opencv_cannot_write_fails_before_reading(
+    small_slide, checkpoint, tmp_path, monkeypatch, capsys, name
+):
+    """`--heatmap p.pdf` raised a cv2.error after encoding the slide, leaving --json behind."""
+    import zoommil.inference.predict as predict
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the slide was read")
+
+    monkeypatch.setattr(predict, "predict_slide", no_read)
+    out = tmp_path / "out"
+    argv = ["predict", str(small_slide), "--checkpoint", str(checkpoint), "--workers", "0"]
+    assert main([*argv, "--json", str(out / "p.json"), "--heatmap", str(out / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--heatmap {out / name}: not an image file name" in err
+    assert not out.exists()
+
+
+def test_every_heatmap_format_is_written_and_has_an_image_marker(tmp_path):
+    import cv2
+    from PIL import Image
+
+    from zoommil.reporting.attention import HEATMAP_SUFFIXES, check_heatmap_path
+    from zoommil.workflow.failure import Failure, write_marker
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    for suffix in HEATMAP_SUFFIXES:
+        check_heatmap_path(tmp_path / f"h{suffix.upper()}")
+        assert cv2.imwrite(str(tmp_path / f"h{suffix}"), image), suffix
+        marker = write_marker(tmp_path / f"m{suffix}", Failure("failed", "predict", "x"))
+        with Image.open(marker) as opened:  # an image, not JSON text under an image's name
+            assert opened.size == (480, 60), suffix

@@ -162,6 +162,7 @@ def test_cli_same_seed_same_bytes_any_workers_other_seed_differs(tmp_path):
         (["--scale", "10"], "--scale must be between"),
         (["--workers", "0"], "--workers must be at least 1"),
         (["--seed", "-1"], "--seed must be at least 0, got -1"),
+        (["--seed", "4294967296"], "--seed must be below 2**32 = 4294967296, got 4294967296"),
     ],
 )
 def test_cli_bad_input_is_one_line_error(tmp_path, capsys, argv, message):
@@ -256,3 +257,9 @@ def test_demo_config_leaves_zoommil_a_choice(tmp_path):
     cx, cy, radius = (float(lesion[c]) for c in ("cx", "cy", "radius"))
     on_lesion = np.hypot(centres[:, 0] - cx, centres[:, 1] - cy) < radius + side / 2
     assert 1 <= on_lesion.sum() <= n_low / 3
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """synth drew its bar whatever stderr was (a log file too)."""
+    assert main(["synth", "--out", str(tmp_path / "d"), "--n-slides", "1", "--scale", "0.25"]) == 0
+    assert "\r" not in capsys.readouterr().err

@@ -366,3 +366,45 @@ def test_tissue_cli_bad_param(synthetic_slide, tmp_path, capsys):
     assert main(["tissue", str(synthetic_slide), "--out", str(out), "--param", "nope=1"]) == 2
     assert "unknown parameter 'nope'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_mask_of_another_tool_is_binary_and_single_channel(tmp_path):
+    """A mask brought without zoommil metadata: 0/255, 0/1 or a bilevel image all work."""
+    from PIL import Image
+
+    mask = np.zeros((12, 16), bool)
+    mask[3:9, 2:11] = True
+    for name, image in (
+        ("l255.png", Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))),
+        ("l01.png", Image.fromarray(mask.astype(np.uint8))),
+        ("bilevel.png", Image.fromarray(mask)),
+        ("empty.png", Image.fromarray(np.zeros((12, 16), np.uint8))),
+    ):
+        image.save(tmp_path / name)
+        back, meta = load_mask(tmp_path / name)
+        np.testing.assert_array_equal(back, mask if name != "empty.png" else False)
+        assert meta == {}
+
+
+def test_an_overlay_or_photo_is_not_a_mask(synthetic_slide, tmp_path, capsys):
+    """`tile --tissue-mask X.overlay.jpg` read the RGB overlay as grey > 127, so the white
+    background became tissue; now one line naming the file and why."""
+    mask = tmp_path / "m.png"
+    assert main(["tissue", str(synthetic_slide), "--out", str(mask)]) == 0
+    overlay = tmp_path / "m.overlay.jpg"
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.arange(96 * 128, dtype=np.uint16).reshape(96, 128).astype(np.uint8))
+    capsys.readouterr()
+    for path, why in (
+        (overlay, "a 3-channel RGB image"),
+        (grey, "256 distinct values (0, 1, 2, 3, 4, ...)"),
+    ):
+        out = tmp_path / "c.h5"
+        argv = ["tile", str(synthetic_slide), "--mags", "5", "--out", str(out)]
+        assert main([*argv, "--tissue-mask", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{path}: not a tissue mask: {why}" in err, err
+        assert not out.exists()
+    # the mask written next to the overlay is one
+    assert main(["tile", str(synthetic_slide), "--mags", "5", "--out", str(tmp_path / "c.h5"),
+                 "--tissue-mask", str(mask)]) == 0  # fmt: skip

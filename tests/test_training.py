@@ -729,3 +729,50 @@ def test_train_scale_benchmark_runs_and_reads_each_runs_usage(tmp_path: Path) ->
     assert all(len(r["epoch_s"]) == 2 and r["peak_rss_mb"] > 100 for r in rows)
     table = (tmp_path / "out" / "train_scale.md").read_text()
     assert table.count("| 2 | abmil |") == 2
+
+
+def test_an_unwritable_eval_out_fails_before_training(
+    dataset: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--eval-out was checked only when written, after the whole training run."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    out = tmp_path / "run"
+    assert (
+        train_cli(dataset["config"], out, "abmil_small", 0, "--eval-out", str(blocker / "e.json"))
+        == 2
+    )
+    line = _error_line(capsys)
+    assert f"cannot write {blocker / 'e.json'}: {blocker} is not a folder" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("seed", "message"),
+    [
+        ("-1", "--seed must be at least 0, got -1"),
+        ("99999999999999999999", "--seed must be below 2**32 = 4294967296"),
+        ("4294967296", "--seed must be below 2**32"),
+    ],
+)
+def test_seeds_outside_0_to_2_32_are_one_line_errors(
+    dataset: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    seed: str,
+    message: str,
+) -> None:
+    """A seed above 2**64 was a ValueError traceback from torch.manual_seed; -1 was taken
+    (synth and features refuse it)."""
+    assert train_cli(dataset["config"], tmp_path / "run", "abmil_small", seed) == 2
+    assert message in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(
+    dataset: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --no-progress the bar's carriage returns went into every job's log."""
+    args = ["train", "--config", str(dataset["config"]), "--model", "abmil_small"]
+    assert main([*args, "--out", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"]) == 0
+    assert "\r" not in capsys.readouterr().err

@@ -2,9 +2,10 @@
 
 Each command module defines `add_parser(subparsers)` (registers its arguments and sets
 `func`) so the commands stay independent of each other. A command may also set `outputs`
-(args -> the files it writes: checked for writability before any work) and `stage` (with a
-`--no-fail` flag: a `SlideError` writes failure markers as those outputs and exits 0; see
-`zoommil.workflow.failure`).
+(args -> the files it writes: checked for writability before any work), `inputs` (args ->
+``(what, path)`` pairs of the files it reads: no output may name one, nor two outputs one
+file; see `zoommil.io.clobber`) and `stage` (with a `--no-fail` flag: a `SlideError` writes
+failure markers as those outputs and exits 0; see `zoommil.workflow.failure`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from pathlib import Path
 from zoommil import __version__
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import check_writable
+from zoommil.io.clobber import check_distinct
+
+#: How log records look, in the command's process and its worker processes.
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 COMMANDS = (
     "synth",
@@ -61,6 +66,13 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
     """The files a command will write (commands declare them with ``set_defaults(outputs=)``)."""
     outputs = getattr(args, "outputs", None)
     return [Path(p) for p in (outputs(args) if outputs else []) if p is not None]
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The files a command reads, as ``(what, path)`` (``set_defaults(inputs=)``)."""
+    inputs = getattr(args, "inputs", None)
+    pairs = inputs(args) if inputs else []
+    return [(what, Path(p)) for what, p in pairs if p is not None]
 
 
 def _run(args: argparse.Namespace) -> int | None:
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     with _torch_threads_kept():
         return _main(args)
@@ -188,6 +200,7 @@ def _main(args: argparse.Namespace) -> int:
     created: list[Path] = []  # output folders made by this run: removed again on a user error
     try:
         outputs = _outputs(args)
+        check_distinct(outputs, _inputs(args))  # before anything is made or written
         created = _missing_folders(outputs)
         for path in outputs:  # an unwritable output fails now, not after the work
             check_writable(path)

@@ -15,6 +15,7 @@ error or a per-task outcome; `wait_watched` breaks it where CPython's executor m
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
@@ -51,6 +52,17 @@ def exit_with_parent(every_s: float = 1.0, parent: int | None = None) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def worker_logging() -> None:
+    """Call in a spawned worker: its warnings look like the command's (level, logger name).
+
+    Why: a spawned process starts with logging unconfigured, so a worker's warning went to
+    logging's last-resort handler as the bare message (``encoder ... uses RANDOM weights``
+    under the parent's formatted one). Info lines stay with the parent (the command's log)."""
+    from zoommil.cli import LOG_FORMAT
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
 
 
 #: How often a caller waiting on an executor checks that its workers live (seconds).

@@ -41,7 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device(parser)
     add_threads(parser, default=1, why="the numbers train wrote")
-    parser.set_defaults(func=run, outputs=lambda a: [a.out])
+    parser.set_defaults(func=run, outputs=lambda a: [a.out], inputs=_inputs)
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    return [("checkpoint", args.checkpoint), ("sheet", args.sheet), ("QC table", args.exclude)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,16 @@ import argparse
 import logging
 from pathlib import Path
 
-from zoommil.commands.options import add_device, add_encoder_threads, add_no_fail, add_precision
+from zoommil.commands.options import (
+    add_device,
+    add_encoder_threads,
+    add_no_fail,
+    add_no_progress,
+    add_precision,
+    check_seed,
+    show_progress,
+    weights_file,
+)
 from zoommil.features.encoders.registry import encoder_names
 from zoommil.recipe import default, default_weights, mag_key
 
@@ -87,15 +96,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_device(parser)
     add_precision(parser, default("precision"))
     add_encoder_threads(parser, default=1)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(parser)
     add_no_fail(parser)
-    parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="features")
+    parser.set_defaults(func=run, outputs=lambda a: [a.out], inputs=_inputs, stage="features")
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | str | None]]:
+    return [
+        ("slide", args.slide),
+        ("coords file", args.coords),
+        ("weights file", weights_file(args.weights)),
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
     from zoommil.features.extraction import extract_features
     from zoommil.workflow.failure import check_input
 
+    check_seed(args.seed)
     check_input(args.coords, args.slide)
 
     result = extract_features(
@@ -111,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         threads=args.threads or None,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     counts = ", ".join(
         f"{mag_key(m)}: {n}" for m, n in zip(result.attrs["mags"], result.num_patches, strict=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoommil.commands.options import check_one_per
+from zoommil.commands.options import add_no_progress, check_one_per, show_progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,14 +32,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--features-dir", type=Path, required=True, help="folder of {slide_id}.h5")
     parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
-    parser.add_argument("--split", default="test", help="split to count (default test)")
+    parser.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="default: test"
+    )
     parser.add_argument(
         "--max-slides", type=int, help="count only the first N slides (default: all)"
     )
     parser.add_argument(
         "--out", type=Path, nargs="+", required=True, help="output JSON, one per checkpoint"
     )
-    parser.set_defaults(func=run, outputs=lambda a: list(a.out))
+    add_no_progress(parser)
+    parser.set_defaults(func=run, outputs=lambda a: list(a.out), inputs=_inputs)
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
+    return [("checkpoint", c) for c in args.checkpoint] + [("sheet", args.sheet)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             split=args.split,
             max_slides=args.max_slides,
             method=method,
+            progress=show_progress(args),
         )
         write_json(out, result)
         print(

@@ -47,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "for a bad slide, so one bad slide never stops a batch"
         ),
     )
-    parser.set_defaults(func=run, outputs=lambda a: [a.out])
+    parser.set_defaults(func=run, outputs=lambda a: [a.out], inputs=lambda a: [("slide", a.slide)])
 
 
 def run(args: argparse.Namespace) -> int:

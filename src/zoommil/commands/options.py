@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from zoommil.features.precision import PRECISION_CHOICES
 
@@ -73,6 +74,23 @@ def add_precision(parser: argparse.ArgumentParser, default: str | None) -> None:
     )
 
 
+def add_no_progress(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``; a bar is shown only on a terminal anyway (`show_progress`)."""
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (shown only when stderr is a terminal)",
+    )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether a command draws progress bars: stderr is a terminal and no --no-progress.
+
+    Why: redirected into a log file (every workflow job's), tqdm's carriage-return redraws
+    are one long line of noise per job."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
 def add_no_fail(parser: argparse.ArgumentParser) -> None:
     """`--no-fail` of the per-slide stages (the CLI writes the failure markers; see cli.py)."""
     parser.add_argument(
@@ -84,6 +102,30 @@ def add_no_fail(parser: argparse.ArgumentParser) -> None:
             "never stops a batch; other errors still exit non-zero"
         ),
     )
+
+
+#: Seeds run from 0 to 2**32 - 1: NumPy's legacy seeding takes no more, `SeedSequence` no
+#: negative value, and a seed above 2**64 was a ValueError traceback from `torch.manual_seed`.
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """Refuse a seed outside 0 .. 2**32 - 1 as one line (synth, features and train agree)."""
+    from zoommil.errors import ZoomMILError
+
+    if seed < 0:
+        raise ZoomMILError(f"{flag} must be at least 0, got {seed}")
+    if seed >= SEED_LIMIT:
+        raise ZoomMILError(f"{flag} must be below 2**32 = {SEED_LIMIT}, got {seed}")
+
+
+#: ``--weights`` values that name no file (see `zoommil.features.encoders.weights`).
+WEIGHT_KEYWORDS = ("imagenet", "hf", "random")
+
+
+def weights_file(value: str | None) -> str | None:
+    """The file a ``--weights`` value names, None for a keyword (an input of `zoommil.cli`)."""
+    return None if value is None or value in WEIGHT_KEYWORDS else value
 
 
 def check_one_per(

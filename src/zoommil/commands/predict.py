@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from zoommil.commands.options import add_device, add_encoder_threads, add_precision
+from zoommil.commands.options import (
+    add_device,
+    add_encoder_threads,
+    add_no_progress,
+    add_precision,
+    show_progress,
+    weights_file,
+)
 from zoommil.errors import ZoomMILError
 
 
@@ -42,7 +49,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint", type=Path, required=True, help="checkpoint.pt of zoommil train"
     )
     parser.add_argument("--json", type=Path, help="write the prediction JSON here (one slide)")
-    parser.add_argument("--heatmap", type=Path, help="write the attention map PNG here (one slide)")
+    parser.add_argument(
+        "--heatmap",
+        type=Path,
+        help="write the attention map here (one slide; .png, .jpg, .jpeg, .tif, .tiff, .bmp or "
+        ".webp)",
+    )
     parser.add_argument(
         "--out-dir",
         type=Path,
@@ -79,6 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_device(parser)
     add_precision(parser, None)
     add_encoder_threads(parser, default=1)  # several slides: see the description
+    add_no_progress(parser)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -99,7 +112,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "several slides, exit 0 although some failed (predictions.tsv lists them)"
         ),
     )
-    parser.set_defaults(func=run, outputs=_outputs, stage="predict")
+    parser.set_defaults(func=run, outputs=_outputs, inputs=_inputs, stage="predict")
 
 
 def _outputs(args: argparse.Namespace) -> list[Path | None]:
@@ -110,11 +123,23 @@ def _outputs(args: argparse.Namespace) -> list[Path | None]:
     return [args.json, args.heatmap]
 
 
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | str | None]]:
+    return [
+        *(("slide", s) for s in args.slides),
+        ("checkpoint", args.checkpoint),
+        ("weights file", weights_file(args.weights)),
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ZoomMILError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise ZoomMILError(f"--workers must be >= 0, got {args.workers}")
+    if args.heatmap is not None:
+        from zoommil.reporting.attention import check_heatmap_path
+
+        check_heatmap_path(args.heatmap)
     if args.resume and args.out_dir is None:
         raise ZoomMILError("--resume keeps the predictions of an --out-dir; give --out-dir")
     if len(args.slides) > 1 or args.out_dir is not None:
@@ -154,7 +179,7 @@ def _run_one(args: argparse.Namespace) -> int:
                 runner,
                 mpp=args.mpp,
                 batch_size=args.batch_size,
-                progress=sys.stderr.isatty(),
+                progress=show_progress(args),
                 reader=reader,
             )
     if args.slide_id is not None:
@@ -218,7 +243,7 @@ def _run_many(args: argparse.Namespace) -> int:
     todo = [i for i in range(len(tasks)) if i not in kept]
     summary = (
         predict_slides(settings, [tasks[i] for i in todo], args.threads,
-                       progress=sys.stderr.isatty(), on_row=report)
+                       progress=show_progress(args), on_row=report)
         if todo
         else {"rows": [], "processes": 0, "threads_per_process": 0, "wall_seconds": 0.0,
               "slides_per_hour": None, "failed": 0}

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoommil.commands.options import add_device, add_precision, check_one_per, threads_value
+from zoommil.commands.options import (
+    add_device,
+    add_precision,
+    check_one_per,
+    threads_value,
+    weights_file,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +51,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
     parser.add_argument("--slides", nargs="+", help="slide_ids to time (default: the split's)")
-    parser.add_argument("--split", default="test", help="split to time when --slides is absent")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="split to time when --slides is absent (default: test)",
+    )
     parser.add_argument(
         "--max-slides",
         type=int,
@@ -68,7 +79,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, nargs="+", required=True, help="output JSON, one per checkpoint"
     )
-    parser.set_defaults(func=run, outputs=lambda a: list(a.out))
+    parser.set_defaults(func=run, outputs=lambda a: list(a.out), inputs=_inputs)
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | str | None]]:
+    return [
+        *(("checkpoint", c) for c in args.checkpoint),
+        ("sheet", args.sheet),
+        ("weights file", weights_file(args.weights)),
+    ]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoommil.commands.options import add_no_progress, check_seed, show_progress
 from zoommil.synth import DEMO_N_SLIDES, make_demo_dataset
 
 DESCRIPTION = """\
@@ -36,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--scale",
         type=float,
         default=1.0,
-        help="slide side scale (default 1.0 = 4096x3072 px; 0.5 for quick tests)",
+        help="slide side scale, 0.25 to 4 (default 1.0 = 4096x3072 px; 0.5 for quick tests)",
     )
     parser.add_argument(
         "--workers",
@@ -44,12 +45,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="slides rendered in parallel processes (default 1; files are the same either way)",
     )
+    add_no_progress(parser)
     parser.set_defaults(func=run, outputs=lambda a: [a.out / "slides.tsv"])
 
 
 def run(args: argparse.Namespace) -> int:
+    check_seed(args.seed)
     sheet = make_demo_dataset(
-        args.out, n_slides=args.n_slides, seed=args.seed, scale=args.scale, workers=args.workers
+        args.out,
+        n_slides=args.n_slides,
+        seed=args.seed,
+        scale=args.scale,
+        progress=show_progress(args),
+        workers=args.workers,
     )
     print(sheet)
     return 0

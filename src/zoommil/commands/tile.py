@@ -83,7 +83,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="allow magnifications finer than the slide's native one (recorded in the file)",
     )
     add_no_fail(parser)
-    parser.set_defaults(func=run, outputs=lambda a: [a.out], stage="tile")
+    parser.set_defaults(
+        func=run,
+        outputs=lambda a: [a.out],
+        inputs=lambda a: [("slide", a.slide), ("tissue mask", a.tissue_mask)],
+        stage="tile",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

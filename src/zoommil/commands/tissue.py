@@ -60,7 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--default-mpp", type=float, default=None, help="um/px if the metadata has none"
     )
     add_no_fail(parser)
-    parser.set_defaults(func=run, outputs=_outputs, stage="tissue")
+    parser.set_defaults(
+        func=run, outputs=_outputs, inputs=lambda a: [("slide", a.slide)], stage="tissue"
+    )
 
 
 def _outputs(args: argparse.Namespace) -> list[Path]:

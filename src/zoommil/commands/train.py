@@ -7,12 +7,22 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zoommil.commands.options import add_device, add_threads, check_one_per
+from zoommil.commands.options import (
+    add_device,
+    add_no_progress,
+    add_threads,
+    check_one_per,
+    check_seed,
+    show_progress,
+)
 
 if TYPE_CHECKING:
     from zoommil.training.config import MethodSpec, TrainConfig
 
 log = logging.getLogger(__name__)
+
+#: What `zoommil.training.train` writes into each --out folder.
+OUTPUT_FILES = ("checkpoint.pt", "log.csv", "metrics.json")
 
 DESCRIPTION = """\
 Train one MIL model on precomputed feature files and keep the best epoch.
@@ -69,14 +79,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also write the test evaluation (the `zoommil evaluate` JSON of checkpoint.pt), "
         "one per seed",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run, outputs=lambda a: [Path(d) / "checkpoint.pt" for d in a.out])
+    add_no_progress(parser)
+    parser.set_defaults(func=run, outputs=_outputs, inputs=_inputs)
+
+
+def _outputs(args: argparse.Namespace) -> list[Path]:
+    """Each DIR's files and the --eval-out files: checked before training, not after it."""
+    files = [Path(d) / name for d in args.out for name in OUTPUT_FILES]
+    return files + [Path(e) for e in args.eval_out or []]
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    return [("config", args.config), ("sheet", args.sheet)]
 
 
 def check_seeds(args: argparse.Namespace) -> None:
     """Each seed once, with one --out (and one --eval-out, if given) per seed."""
     from zoommil.errors import ZoomMILError
 
+    for seed in args.seed:
+        check_seed(seed)
     if len(set(args.seed)) != len(args.seed):
         raise ZoomMILError(f"--seed {' '.join(map(str, args.seed))}: a seed is given twice")
     check_one_per(len(args.seed), "seed", {"--out": args.out, "--eval-out": args.eval_out})
@@ -117,7 +139,7 @@ def train_one(
         device=args.device,
         threads=args.threads or None,
         epochs=args.epochs,
-        progress=not args.no_progress,
+        progress=show_progress(args),
     )
     if eval_out:
         from zoommil.io.jsonio import write_json

@@ -180,6 +180,7 @@ def checkpoint_flops(
     split: str = "test",
     max_slides: int | None = None,
     method: str | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """FLOPs per slide of a trained method over one split's feature files (`zoommil flops`).
 
@@ -197,7 +198,7 @@ def checkpoint_flops(
     if not ids:
         raise ZoomMILError(f"{features_dir}: no feature files for the '{split}' split")
     rows = []
-    for slide_id in tqdm(ids, desc="flops", unit="slide"):
+    for slide_id in tqdm(ids, desc="flops", unit="slide", disable=not progress):
         bag = read_feature_file(features_dir / f"{slide_id}.h5", config["mags"])
         if min(len(f) for f in bag.feats) == 0:
             continue

@@ -34,7 +34,7 @@ from zoommil.inference.predict import Predictor, local_encoder, make_encoder, pr
 from zoommil.inference.tiling_ahead import TilingAhead
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
-from zoommil.processes import ProcessDied, exit_with_parent, map_isolated
+from zoommil.processes import ProcessDied, exit_with_parent, map_isolated, worker_logging
 from zoommil.wsi.lattice import Lattice
 from zoommil.wsi.patches import ReaderPool
 
@@ -194,6 +194,7 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(settings: Settings, threads: int, parent: int) -> None:
     exit_with_parent(parent=parent)
+    worker_logging()
     _WORKER.clear()
     _WORKER["settings"] = settings
     torch.set_num_threads(threads)

@@ -24,6 +24,21 @@ from zoommil.wsi.slide import open_with_mpp, read_thumbnail_at_mpp
 
 OUTLINE_COLOURS = ((0, 200, 0), (0, 90, 255), (255, 140, 0))
 
+#: Image files a heatmap can be: OpenCV picks its encoder by the suffix (the failure marker
+#: of `zoommil.workflow.failure` writes each of them as an image too).
+HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def check_heatmap_path(path: str | Path) -> None:
+    """Refuse a heatmap name OpenCV cannot write (.pdf, .svg, none) before any slide is read:
+    `cv2.imwrite` raised a `cv2.error` only after the slide was encoded and the JSON written."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in HEATMAP_SUFFIXES or not cv2.haveImageWriter(f"heatmap{suffix}"):
+        raise ZoomMILError(
+            f"--heatmap {path}: not an image file name ({suffix or 'no suffix'}); a heatmap is "
+            f"written as {', '.join(HEATMAP_SUFFIXES)}"
+        )
+
 
 def slide_thumbnail(
     slide_path: str | Path, mpp: float | None = None, max_side: int = 1024
@@ -124,7 +139,9 @@ def save_heatmap(
     prediction: Mapping[str, Any],
     mpp: float | None = None,
 ) -> Path:
-    """Write the lowest-magnification attention map of a `zoommil predict` result as PNG."""
+    """Write the lowest-magnification attention map of a `zoommil predict` result as an image
+    (PNG, JPEG, ... by the suffix of ``path``)."""
+    check_heatmap_path(path)
     image = render(prediction, slide_path, mpp)
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):

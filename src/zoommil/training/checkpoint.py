@@ -9,6 +9,7 @@ the preprocessing from it alone.
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,44 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], co
     return write_bytes_atomic(path, buffer.getvalue())
 
 
+#: File signatures of what is often given as a checkpoint by mistake.
+_SIGNATURES = (
+    (b"\x89HDF", "an HDF5 file, such as a coords or feature file"),
+    (b"\x89PNG", "a PNG image"),
+    (b"II*\x00", "a TIFF file, such as a slide"),
+    (b"MM\x00*", "a TIFF file, such as a slide"),
+    (b"{", "JSON"),
+)
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a `torch.save` file (a zip archive), or None if it may be one.
+
+    Why: torch's own errors for other files read ``101`` (a KeyError of a text file's first
+    byte) or ``pop from empty list``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as error:
+        return f"cannot read it: {error.strerror or error}"
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        if zipfile.is_zipfile(path):
+            return None
+        return "a truncated or damaged zip archive, e.g. an interrupted copy"
+    return next((w for s, w in _SIGNATURES if head.startswith(s)), "not a torch.save zip archive")
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, config) of a checkpoint written by `zoommil train`."""
     path = Path(path)
     if not path.exists():
         raise ZoomMILError(f"{path}: checkpoint not found")
+    hint = "a checkpoint is the checkpoint.pt `zoommil train` writes"
+    not_torch = _not_a_torch_file(path)
+    if not_torch:
+        raise ZoomMILError(f"{path}: not a zoommil checkpoint ({not_torch}; {hint})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unpickling failure is a bad file
@@ -53,7 +87,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                 "`zoommil train` are accepted"
             ) from None
         first = text.splitlines()[0] if text else type(error).__name__
-        raise ZoomMILError(f"{path}: not a zoommil checkpoint ({first})") from None
+        raise ZoomMILError(
+            f"{path}: not a zoommil checkpoint (a zip archive torch cannot read: {first}; {hint})"
+        ) from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
         raise ZoomMILError(f"{path}: not a zoommil checkpoint (no state_dict/config)")
     config = payload["config"]

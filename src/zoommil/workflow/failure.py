@@ -9,35 +9,44 @@ disk) still exits non-zero and leaves no output, so Snakemake's incomplete-outpu
 works as before.
 
 Markers: HDF5 (coords, features) with attributes only; PNG (tissue mask, heatmap) with
-``zoommil.*`` text chunks; JSON (predictions) with the three keys.
+``zoommil.*`` text chunks; JSON (predictions) with the three keys. Each also names the slide
+(absolute path), so a marker given with another slide is refused as such (`check_input`)
+instead of failing that slide with the first one's reason.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoommil.errors import SlideError
+from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import atomic_path, write_bytes_atomic
+from zoommil.io.clobber import same_file
 
 FAILED = "failed"
+
+#: Outputs whose marker is an image (heatmaps may be any of these; PIL picks the format).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
 class Failure:
     """Why a slide left the run: ``status`` (e.g. ``failed``, ``not_brightfield``), the stage
-    that found it and the reason."""
+    that found it and the reason; ``slide``: its absolute path ("" in older markers)."""
 
     status: str
     stage: str
     reason: str
+    slide: str = ""
 
     @classmethod
     def from_error(cls, error: SlideError, stage: str) -> Failure:
         status = getattr(error, "status", None) or FAILED
-        return cls(str(status), getattr(error, "stage", None) or stage, error.reason)
+        stage = getattr(error, "stage", None) or stage
+        return cls(str(status), stage, error.reason, os.path.abspath(error.slide))
 
 
 class UpstreamFailure(SlideError):
@@ -55,6 +64,8 @@ def write_marker(path: str | Path, failure: Failure) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     fields = {"status": failure.status, "stage": failure.stage, "reason": failure.reason}
+    if failure.slide:
+        fields["slide"] = failure.slide
     if suffix in (".h5", ".hdf5"):
         import h5py
 
@@ -63,7 +74,7 @@ def write_marker(path: str | Path, failure: Failure) -> Path:
             for key, value in fields.items():
                 h5.attrs[key] = value
         return write_bytes_atomic(path, buffer.getvalue())
-    if suffix in (".png", ".jpg", ".jpeg"):
+    if suffix in IMAGE_SUFFIXES:
         return _write_image_marker(path, failure)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(fields, indent=2) + "\n")
@@ -83,9 +94,11 @@ def _write_image_marker(path: Path, failure: Failure) -> Path:
             info = PngImagePlugin.PngInfo()
             for key in ("status", "stage", "reason"):
                 info.add_text(f"zoommil.{key}", getattr(failure, key))
+            if failure.slide:
+                info.add_text("zoommil.slide", failure.slide)
             image.save(tmp, format="PNG", pnginfo=info)
         else:
-            image.save(tmp, format="JPEG")
+            image.save(tmp)  # the format of the suffix, which the temporary name keeps
     return path
 
 
@@ -100,7 +113,9 @@ def read_marker(path: str | Path) -> Failure | None:
             import h5py
 
             with h5py.File(path, "r") as h5:
-                attrs = {k: h5.attrs[k] for k in ("status", "stage", "reason") if k in h5.attrs}
+                attrs = {
+                    k: h5.attrs[k] for k in ("status", "stage", "reason", "slide") if k in h5.attrs
+                }
         elif suffix == ".png":
             from PIL import Image
 
@@ -109,6 +124,7 @@ def read_marker(path: str | Path) -> Failure | None:
             attrs = {k: text[f"zoommil.{k}"] for k in ("status", "stage") if f"zoommil.{k}" in text}
             if attrs:
                 attrs["reason"] = text.get("zoommil.reason", "")
+                attrs["slide"] = text.get("zoommil.slide", "")
         elif suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             attrs = data if isinstance(data, dict) and data.get("stage") else {}
@@ -122,13 +138,29 @@ def read_marker(path: str | Path) -> Failure | None:
     if not status or status == "ok" or "stage" not in attrs:
         return None
     decode = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
-    return Failure(decode(status), decode(attrs["stage"]), decode(attrs.get("reason", "")))
+    fields = (decode(attrs["stage"]), decode(attrs.get("reason", "")))
+    return Failure(decode(status), *fields, decode(attrs.get("slide", "")))
+
+
+def _same_slide(recorded: str, slide: str | Path) -> bool:
+    """Whether a marker's recorded slide is ``slide``; where the recorded path is gone (the
+    project was moved), its file name is all there is to compare."""
+    if same_file(recorded, slide):
+        return True
+    return not Path(recorded).exists() and Path(recorded).name == Path(slide).name
 
 
 def check_input(path: str | Path | None, slide: str | Path) -> None:
-    """Raise `UpstreamFailure` when ``path`` is a failure marker."""
+    """Raise `UpstreamFailure` when ``path`` is a failure marker of ``slide``; a marker of
+    another slide is a usage error (it blamed ``slide`` for the other one's failure)."""
     if path is None:
         return
     failure = read_marker(path)
-    if failure is not None:
-        raise UpstreamFailure(slide, failure)
+    if failure is None:
+        return
+    if failure.slide and not _same_slide(failure.slide, slide):
+        raise ZoomMILError(
+            f"{path} is the failure marker of another slide, {failure.slide} (failed at stage "
+            f"'{failure.stage}': {failure.reason}), not a file made for {slide}"
+        )
+    raise UpstreamFailure(slide, failure)

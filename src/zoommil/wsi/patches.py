@@ -36,7 +36,7 @@ import numpy as np
 import openslide
 
 from zoommil.errors import SlideError
-from zoommil.processes import exit_with_parent, result_watched
+from zoommil.processes import exit_with_parent, result_watched, worker_logging
 from zoommil.wsi.lattice import descendant_offsets
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,7 @@ def _init_reader(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
     exit_with_parent(parent=parent)
+    worker_logging()
 
 
 def _started() -> None:

@@ -418,8 +418,37 @@ def save_mask(path: str | Path, mask: np.ndarray, metadata: Mapping[str, str]) -
     return path
 
 
+#: Image modes of a mask brought without zoommil metadata: one channel (bilevel, 8 or 16 bit).
+_MASK_MODES = ("1", "L", "I;16", "I")
+
+
+def _binary_mask(path: Path, image: Image.Image) -> np.ndarray:
+    """A mask made elsewhere: one channel holding only 0 and 255 (or 0 and 1); tissue is
+    non-zero. Anything else (the RGB ``*.overlay.jpg``, a greyscale photo) is refused: read
+    as grey > 127, the overlay's white background passed for tissue."""
+    if image.mode not in _MASK_MODES:
+        bands = len(image.getbands())
+        raise ZoomMILError(
+            f"{path}: not a tissue mask: a {bands}-channel {image.mode} image; a mask has one "
+            "channel, tissue 255 (or 1) and background 0 (the mask PNG of 'zoommil tissue', "
+            "not its overlay)"
+        )
+    arr = np.asarray(image.convert("L") if image.mode == "1" else image)
+    values = np.unique(arr)
+    if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
+        shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        raise ZoomMILError(
+            f"{path}: not a tissue mask: {len(values)} distinct values ({shown}); a mask holds "
+            "only 0 (background) and 255 or 1 (tissue)"
+        )
+    return arr > 0
+
+
 def load_mask(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read a mask PNG: ``(bool mask, metadata)``; metadata values decoded where possible."""
+    """Read a mask PNG: ``(bool mask, metadata)``; metadata values decoded where possible.
+
+    A mask of `save_mask` (zoommil metadata) is tissue where grey > 127; any other image must
+    be a binary single-channel mask (`_binary_mask`)."""
     path = Path(path)
     if not path.exists():
         raise ZoomMILError(f"{path}: tissue mask not found")
@@ -427,7 +456,10 @@ def load_mask(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         with Image.open(path) as image:
             image.load()
             text = dict(getattr(image, "text", {}) or {})
-            arr = np.asarray(image.convert("L"))
+            if any(key.startswith("zoommil.") for key in text):
+                mask = np.asarray(image.convert("L")) > 127
+            else:
+                mask = _binary_mask(path, image)
     except OSError as error:
         raise ZoomMILError(f"{path}: cannot read tissue mask ({error})") from error
     meta: dict[str, Any] = {}
@@ -439,7 +471,7 @@ def load_mask(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
             meta[name] = json.loads(value)
         except json.JSONDecodeError:
             meta[name] = value
-    return arr > 127, meta
+    return mask, meta
 
 
 def overlay_image(thumb: np.ndarray, mask: np.ndarray) -> np.ndarray:
