@@ -4,7 +4,6 @@ features.tsv (the usable feature files with size and mtime: what training depend
 import sys
 from pathlib import Path
 
-from zoommil.errors import ZoomMILError
 from zoommil.io import sheet
 from zoommil.workflow import qc
 
@@ -19,17 +18,6 @@ qc.write_tsv(qc.usable_sheet(frame, table), sm.output.usable)
 qc.write_tsv(qc.features_manifest(table, features), sm.output.manifest)
 print(qc.exclusion_summary(table), file=sys.stderr)
 for warning in qc.classes_lost(frame, table):
-    print(f"qc_slides: warning: {warning}", file=sys.stderr)
-    print(f"qc_slides: warning: {warning}", file=sys.__stderr__)
-# Snakemake deletes a failed job's outputs: on failure the whole table is kept under another
-# name (and a stale one goes once QC passes)
-kept = Path(sm.output.table).with_name("slides.failed.tsv")
-kept.unlink(missing_ok=True)
-try:
-    qc.check_usable_splits(frame, table)
-except ZoomMILError as error:  # a split emptied by QC: stop before any training
-    qc.write_tsv(table, kept)
-    message = f"qc_slides: error: {error}; every slide and its reason: {kept}"
-    print(message, file=sys.stderr)
-    print(message, file=sys.__stderr__)
-    sys.exit(1)
+    qc.tell(f"qc_slides: warning: {warning}")
+with qc.stop_on_error("qc_slides"):  # a split emptied by QC: stop before any training
+    qc.check_usable_splits_keeping(frame, table, sm.output.table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -224,6 +225,42 @@ def test_a_split_emptied_by_qc_stops_before_training_naming_its_slides():
     assert "c (failed at tissue: truncated or corrupt TIFF file); d (missing at inspect" in message
     table.loc[3, "status"] = "ok"  # one test slide left: fine
     qc.check_usable_splits(sheet, table)
+
+
+def test_a_stopping_qc_keeps_its_table_and_a_passing_one_removes_the_copy(tmp_path):
+    """Snakemake deletes the failed qc_slides job's slides.tsv: the whole table stays as
+    slides.failed.tsv, named by the error, and goes once QC passes again."""
+    sheet = pd.DataFrame({"slide_id": ["a", "b", "c"], "split": ["train", "val", "test"]})
+    rows = [("a", "ok", "", ""), ("b", "ok", "", ""), ("c", "no_tissue", "tile", "")]
+    table = pd.DataFrame(rows, columns=["slide_id", "status", "stage", "reason"])
+    out = tmp_path / "qc" / "slides.tsv"
+    kept = tmp_path / "qc" / "slides.failed.tsv"
+    with pytest.raises(ZoomMILError) as error:
+        qc.check_usable_splits_keeping(sheet, table, out)
+    assert str(error.value).startswith("no usable test slides after QC: all 1 excluded: ")
+    assert str(error.value).endswith(f"; every slide and its reason: {kept}")
+    assert qc.read_tsv(kept)[["slide_id", "status"]].values.tolist() == [
+        ["a", "ok"],
+        ["b", "ok"],
+        ["c", "no_tissue"],
+    ]
+    table.loc[2, "status"] = "ok"
+    qc.check_usable_splits_keeping(sheet, table, out)
+    assert not kept.exists()
+
+
+def test_a_qc_script_error_goes_to_its_log_and_the_terminal_and_exits_1(monkeypatch):
+    log, terminal = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setattr(sys, "__stderr__", terminal)
+    qc.tell("qc_slides: warning: w")
+    with pytest.raises(SystemExit) as stop, qc.stop_on_error("qc_inspect"):
+        raise ZoomMILError("one slide under two names")
+    assert stop.value.code == 1
+    expected = "qc_slides: warning: w\nqc_inspect: error: one slide under two names\n"
+    assert log.getvalue() == terminal.getvalue() == expected
+    with qc.stop_on_error("qc_inspect"):
+        pass  # nothing raised: nothing said
 
 
 def test_a_class_that_qc_empties_in_a_split_is_a_warning_naming_it():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import time
 from pathlib import Path
 
 import h5py
@@ -210,29 +211,38 @@ def test_tasks_start_at_one_batch_and_double_up_to_their_size():
 
 def test_stream_stats_split_the_first_chunks_wait_from_the_rest():
     """The first chunk's wait (the readers' start-up) is counted apart, inside the total, so a
-    benchmark can tell a once-per-slide start from a reader that cannot keep up."""
-    import time
+    benchmark can tell a once-per-slide start from a reader that cannot keep up. A fake clock
+    (binary fractions, so the sums are exact) advances only where the readers or the encoder
+    would take time."""
+    now = [0.0]
 
     def slow_chunks():
-        time.sleep(0.3)  # start-up
+        now[0] += 0.5  # start-up
         for i in range(3):
             if i:
-                time.sleep(0.05)
+                now[0] += 0.125
             yield np.full((3, 16, 16, 3), i, dtype=np.uint8)
 
     class Identity:
         device = torch.device("cpu")
 
         def encode(self, batch):
+            now[0] += 0.0625
             return batch.reshape(len(batch), -1)[:, :1].float()
 
-    stats = StreamStats()
+    stats = StreamStats(clock=lambda: now[0])
     out = np.concatenate(list(encode_stream(Identity(), slow_chunks(), 2, stats)))
     np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 1, 1, 1, 2, 2, 2])
     assert stats.patches == 9 and stats.batches == 5
-    assert 0.3 <= stats.first_read_wait < stats.read_wait
-    assert stats.read_wait - stats.first_read_wait >= 0.1
-    assert stats.as_dict()["first_read_wait_seconds"] == stats.first_read_wait
+    assert (stats.first_read_wait, stats.read_wait, stats.encode) == (0.5, 0.75, 5 * 0.0625)
+    assert stats.as_dict() == {
+        "reader_wait_seconds": 0.75,
+        "first_read_wait_seconds": 0.5,
+        "encode_seconds": 0.3125,
+        "patches": 9,
+        "batches": 5,
+    }
+    assert StreamStats().clock is time.perf_counter  # the real clock unless one is passed
 
 
 def test_a_reader_process_that_dies_is_retried_once_then_the_slides_error(tiny):

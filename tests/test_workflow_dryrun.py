@@ -285,6 +285,10 @@ def _attention_of_dsmil(config: dict) -> None:
     config["figures"]["attention"]["method"] = "dsmil"
 
 
+def _attention_seed_not_trained(config: dict) -> None:
+    config["figures"]["attention"]["seed"] = 7
+
+
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
@@ -298,8 +302,13 @@ def _attention_of_dsmil(config: dict) -> None:
             "config: figures.attention.method must be a ZoomMIL method (arch zoommil), got "
             "'dsmil' (arch dsmil)",
         ),
+        (
+            _attention_seed_not_trained,
+            "config: figures.attention.seed is not one of the method's seeds: 7 (seeds of "
+            "'zoommil': 0, 1, 2)",
+        ),
     ],
-    ids=["method_option_typo", "bad_recipe", "attention_not_zoommil"],
+    ids=["method_option_typo", "bad_recipe", "attention_not_zoommil", "attention_seed"],
 )
 def test_bad_config_fails_with_one_line_before_any_job(workdir: Path, spoil, message) -> None:
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())

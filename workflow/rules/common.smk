@@ -14,6 +14,7 @@ from zoommil.workflow import qc as zqc
 from zoommil.io import sheet as zsheet
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.workflow import codehash as zcode
+from zoommil.workflow import config_checks as zconfig
 from zoommil.workflow import failure as zfailure
 from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
@@ -170,51 +171,20 @@ def usable_features(wildcards):
 
 
 # --- methods and seeds -------------------------------------------------------------------
-MAIN_METHODS = dict(config["methods"])
-ABLATIONS = dict((config.get("ablations") or {}).get("methods") or {})
-ALL_METHODS = {**MAIN_METHODS, **ABLATIONS}
-SEEDS = list(config["train"]["seeds"])
-ABLATION_SEEDS = list((config.get("ablations") or {}).get("seeds") or SEEDS)
-SEEDS_IN_ONE_JOB = bool(config["train"].get("seeds_in_one_job", False))
-EFFICIENCY = config.get("efficiency", {})
-EFFICIENCY_METHODS = list(EFFICIENCY.get("methods") or MAIN_METHODS)
-ATTENTION = config.get("figures", {}).get("attention", {})
-
 try:
-    # A typo in a method's options fails here, not when its training starts.
-    ztrain.check_method_options(ALL_METHODS, LIB_ROOT / "models")
+    # Methods, ablations, seeds and figure settings that disagree fail here, not after training.
+    zconfig.check_config(config, LIB_ROOT / "models")
 except ZoomMILError as error:
     raise ValueError(f"config: {error}") from None
-for _name in ABLATIONS:
-    if _name in MAIN_METHODS:
-        raise ValueError(f"config: ablation '{_name}' is also a method of Tables 1-3")
-if ABLATIONS and config["ablations"]["reference"] not in MAIN_METHODS:
-    raise ValueError("config: ablations.reference must name a method of Tables 1-3")
-for _name in EFFICIENCY_METHODS + [ATTENTION.get("method", "zoommil")]:
-    if _name not in ALL_METHODS:
-        raise ValueError(
-            f"config: '{_name}' (efficiency/figures) is not a configured method"
-        )
-_arch = ALL_METHODS[ATTENTION.get("method", "zoommil")].get("arch")
-if _arch != "zoommil":
-    # Figure 4 draws ZoomMIL's attention over the regions it zooms into; `zoommil predict
-    # --heatmap` refuses other architectures, which would fail only after training.
-    raise ValueError(
-        "config: figures.attention.method must be a ZoomMIL method (arch zoommil), got "
-        f"'{ATTENTION.get('method', 'zoommil')}' (arch {_arch})"
-    )
-
-
-if SEEDS_IN_ONE_JOB and ABLATIONS and ABLATION_SEEDS != SEEDS:
-    raise ValueError(
-        "config: train.seeds_in_one_job needs ablations.seeds equal to train.seeds"
-    )
-
-
-if ATTENTION.get("seed", 0) not in (
-    ABLATION_SEEDS if ATTENTION.get("method", "zoommil") in ABLATIONS else SEEDS
-):
-    raise ValueError("config: figures.attention.seed is not one of the method's seeds")
+MAIN_METHODS = zconfig.main_methods(config)
+ABLATIONS = zconfig.ablation_methods(config)
+ALL_METHODS = {**MAIN_METHODS, **ABLATIONS}
+SEEDS = zconfig.train_seeds(config)
+ABLATION_SEEDS = zconfig.ablation_seeds(config)
+SEEDS_IN_ONE_JOB = bool(config["train"]["seeds_in_one_job"])
+EFFICIENCY = config["efficiency"]
+EFFICIENCY_METHODS = zconfig.efficiency_methods(config)
+ATTENTION = config["figures"]["attention"]
 
 
 def seeds_of(method):
@@ -264,7 +234,7 @@ def first_seed_checkpoint(method):
 
 
 def attention_checkpoint(wildcards):
-    seed = ATTENTION.get("seed", 0)
+    seed = ATTENTION["seed"]
     return f"results/models/{wildcards.method}/seed~{seed}/checkpoint.pt"
 
 
@@ -294,7 +264,7 @@ def attention_predictions(wildcards):
     checkpoint target), and once it is made this is evaluated again, so a failed one is
     replaced by the next test slide. Only the predictions up to the n-th success are read.
     """
-    method = ATTENTION.get("method", "zoommil")
+    method = ATTENTION["method"]
     files = {}
 
     def succeeded(slide):
@@ -307,12 +277,12 @@ def attention_predictions(wildcards):
             return None
         return zfailure.read_marker(files[slide]) is None
 
-    n = int(ATTENTION.get("n_slides", 3))
+    n = ATTENTION["n_slides"]
     return [files[s] for s in zspares.first_successes(usable("test"), n, succeeded)]
 
 
 def throughput_files(device):
-    if device == "gpu" and not zwf.time_on_gpu(EFFICIENCY.get("gpu", True)):
+    if device == "gpu" and not zwf.time_on_gpu(EFFICIENCY["gpu"]):
         return []
     return [
         f"results/efficiency/{m}/throughput_{device}.json" for m in EFFICIENCY_METHODS

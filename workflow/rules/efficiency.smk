@@ -58,8 +58,8 @@ rule profile:
         device=lambda wildcards: PROFILE_DEVICES[wildcards.device]["device"],
         threads=lambda wildcards, threads: PROFILE_DEVICES[wildcards.device]["threads"]
         or threads,
-        n_slides=EFFICIENCY.get("n_slides", 2),
-        warmup=EFFICIENCY.get("warmup", 1),
+        n_slides=EFFICIENCY["n_slides"],
+        warmup=EFFICIENCY["warmup"],
     shell:
         "zoommil profile --model {params.models} --checkpoint {input.checkpoints} "
         "--device {params.device} --threads {params.threads} --sheet {input.usable} "

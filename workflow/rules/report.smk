@@ -131,7 +131,7 @@ rule figure_attention:
         dataset=config["dataset"],
         weights=RECIPE.weights,
         encoder=RECIPE.encoder,
-        method=ATTENTION.get("method", "zoommil"),
+        method=ATTENTION["method"],
     script:
         "../../scripts/figure_attention.py"
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,9 @@ from zoommil.io.atomic import atomic_path
 from zoommil.io.featurefile import mag_key, patch_mags
 from zoommil.io.sheet import SPLITS
 from zoommil.workflow.failure import read_marker
+
+#: The slides table kept when QC stops the run (`check_usable_splits_keeping`)
+FAILED_TABLE = "slides.failed.tsv"
 
 INSPECT_COLUMNS = [
     "slide_id",
@@ -262,6 +267,22 @@ def check_usable_splits(sheet: pd.DataFrame, table: pd.DataFrame, shown: int = 5
         )
 
 
+def check_usable_splits_keeping(sheet: pd.DataFrame, table: pd.DataFrame, out: str | Path) -> None:
+    """`check_usable_splits`, keeping ``table`` as `FAILED_TABLE` beside ``out`` when it fails
+    (the error names the copy), and removing a copy an earlier failure left once it passes.
+
+    Why a copy: Snakemake deletes a failed job's outputs, and this table is what says why
+    every slide was left out.
+    """
+    kept = Path(out).with_name(FAILED_TABLE)
+    kept.unlink(missing_ok=True)
+    try:
+        check_usable_splits(sheet, table)
+    except ZoomMILError as error:
+        write_tsv(table, kept)
+        raise ZoomMILError(f"{error}; every slide and its reason: {kept}") from None
+
+
 def classes_lost(sheet: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """Warnings for labels the sheet has in a split but QC left no usable slide of, e.g.
     'no usable train slides of class carcinoma (1 excluded: ...)': the benchmark still runs,
@@ -346,3 +367,21 @@ def exclusion_summary(table: pd.DataFrame) -> str:
         counts = pd.Series(kinds).value_counts().sort_index()
         text += " (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
     return text
+
+
+def tell(message: str) -> None:
+    """Print a line of a QC script to its log (the script points ``sys.stderr`` there) and to
+    the terminal (``sys.__stderr__``), so warnings and errors show in Snakemake's output too."""
+    for stream in (sys.stderr, sys.__stderr__):
+        print(message, file=stream)
+
+
+@contextmanager
+def stop_on_error(step: str) -> Iterator[None]:
+    """A `ZoomMILError` inside stops the QC script: ``{step}: error: ...`` on both streams
+    (`tell`) and exit status 1, no traceback (a QC failure stops the run before training)."""
+    try:
+        yield
+    except ZoomMILError as error:
+        tell(f"{step}: error: {error}")
+        raise SystemExit(1) from None
