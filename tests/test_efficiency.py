@@ -379,3 +379,33 @@ def test_flops_draws_no_bar_off_a_terminal_and_takes_only_known_splits(tmp_path,
         assert "invalid choice: 'testing' (choose from 'train', 'val', 'test')" in (
             capsys.readouterr().err
         )
+
+
+@pytest.mark.parametrize("weights", ["random", "/models/resnet50_layer3.pt", None])
+def test_flops_names_the_encoder_weights_and_random_ones_say_so(tmp_path, capsys, weights):
+    """DESIGN.md "Encoder": every output made with random weights says so; the FLOPs JSON of
+    a checkpoint trained on random-weight features did not. A weights file is named and
+    claims nothing random; a checkpoint recording no weights (older versions) claims none."""
+    from zoommil.io.featurefile import write_feature_file
+    from zoommil.recipe import RANDOM_WEIGHTS_NOTE
+
+    (tmp_path / "features").mkdir()
+    rng = np.random.default_rng(0)
+    write_feature_file(tmp_path / "features" / "s1.h5", [10.0], [rng.normal(size=(3, 1024))],
+                       [np.zeros((3, 2))], [np.zeros((3, 2))], {})  # fmt: skip
+    sheet = tmp_path / "sheet.tsv"
+    sheet.write_text("slide_id\tlabel\tsplit\ns1\ta\ttest\n")
+    model = build_model("meanmil", in_dim=1024, n_classes=2)
+    recorded = {"encoder": "resnet50_layer3", "weights": weights, "weights_seed": 3}
+    config = {"arch": "meanmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024,
+              "sheet": str(sheet), "preprocessing": recorded if weights else {}}  # fmt: skip
+    ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    out = tmp_path / "f.json"
+    argv = ["flops", "--checkpoint", str(ckpt), "--features-dir", str(tmp_path / "features")]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    record = json.loads(out.read_text())
+    assert record["encoder"] == "resnet50_layer3" and record["weights"] == weights
+    if weights == "random":
+        assert record["weights_note"] == RANDOM_WEIGHTS_NOTE and record["weights_seed"] == 3
+    else:
+        assert "weights_note" not in record and "random" not in out.read_text()

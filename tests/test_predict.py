@@ -19,7 +19,7 @@ from zoommil.features.extraction import extract_features
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.io.coords import write_coords
 from zoommil.models import build_model
-from zoommil.recipe import PreprocessingRecipe
+from zoommil.recipe import RANDOM_WEIGHTS_NOTE, RANDOM_WEIGHTS_TAG, PreprocessingRecipe
 from zoommil.training.checkpoint import save_checkpoint
 from zoommil.wsi.tiling import tile_slide
 
@@ -229,6 +229,7 @@ def test_predict_many_slides_over_processes_a_bad_one_fails_alone(
     captured = capsys.readouterr()
     assert "by 2 process(es) x 1 thread(s)" in captured.out
     assert "2 of 3 slides classified" in captured.out
+    assert captured.out.count(RANDOM_WEIGHTS_TAG) == 2  # each printed prediction says so
     assert f"{bad}:" in captured.err and "1 of 3 slides failed" in captured.err
     for name in (small_slide.stem, copy.stem):
         _same_prediction(out / f"{name}.json", one_slide_json)
@@ -554,6 +555,57 @@ def test_profile_times_a_checkpoint_with_other_weights(small_slide, tmp_path):
     assert main([*argv, "--weights", "random", "--max-slides", "1", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["encoder_weights"] == "random" and len(record["per_slide"]) == 1
+
+
+@pytest.mark.parametrize("random_weights", [True, False])
+def test_a_prediction_of_random_weights_says_so_in_its_heatmap_and_line(
+    small_slide, checkpoint, tmp_path, capsys, random_weights
+):
+    """DESIGN.md "Encoder": every output made with random weights says so. The heatmap (no
+    text, no PNG info) and the printed line did not. Now the map is drawn as before with a
+    caption band below it (any format) and, as a PNG, a text chunk; weights from a file add
+    neither: the heatmap is the map alone."""
+    from PIL import Image
+
+    from zoommil.reporting.attention import render, save_heatmap
+
+    if not random_weights:
+        a = _weights_file(tmp_path / "a.pt", seed=1)
+        checkpoint = _checkpoint_on(tmp_path / "ckpt.pt", str(a), sha256_file(a))
+    out, png = tmp_path / "p.json", tmp_path / "heat.png"
+    argv = ["predict", str(small_slide), "--checkpoint", str(checkpoint), "--workers", "0"]
+    assert main([*argv, "--json", str(out), "--heatmap", str(png)]) == 0
+    line = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    drawn = render(result, small_slide)
+    with Image.open(png) as opened:
+        image, text = np.asarray(opened.convert("RGB")), dict(opened.text)
+    with Image.open(save_heatmap(tmp_path / "heat.jpg", small_slide, result)) as opened:
+        jpg = np.asarray(opened)
+    if random_weights:
+        assert line.rstrip().endswith(RANDOM_WEIGHTS_TAG)
+        assert text == {"zoommil.weights_note": RANDOM_WEIGHTS_NOTE}
+        height = drawn.shape[0]
+        assert image.shape[1] == drawn.shape[1] and image.shape[0] > height
+        assert (image[:height] == drawn).all()  # the map itself is unchanged
+        assert (image[height:] < 128).any()  # the caption's text
+        assert jpg.shape == image.shape  # a JPEG has no text chunk: the caption says it
+    else:
+        assert "random" not in line and "weights_note" not in result
+        assert not text.get("zoommil.weights_note") and (image == drawn).all()
+        assert jpg.shape == drawn.shape
+
+
+def test_a_caption_wraps_to_the_image_and_leaves_its_pixels() -> None:
+    from zoommil.reporting.attention import captioned
+
+    image = np.full((40, 120, 3), 7, np.uint8)
+    out = captioned(image, RANDOM_WEIGHTS_NOTE)
+    assert out.shape[1] == 120 and (out[:40] == 7).all()
+    band = out[40:]
+    inked_rows = np.flatnonzero((band < 128).any(axis=(1, 2)))
+    assert inked_rows.size and band.shape[0] > 3 * 12  # several lines at this width
+    assert (band[:, -2:] == 255).all()  # nothing drawn past the right margin
 
 
 @pytest.mark.parametrize("name", ["p.pdf", "p.svg", "p"])

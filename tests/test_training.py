@@ -202,6 +202,38 @@ def test_evaluate_refuses_features_of_another_encoder(
     assert "trained on features made with resnet50_layer3" in line and not out.exists()
 
 
+@pytest.mark.parametrize("weights", ["random", "/models/resnet50_layer3.pt"])
+def test_every_output_names_the_encoder_weights_and_random_ones_say_so(
+    dataset: dict[str, Path], tmp_path: Path, weights: str
+) -> None:
+    """DESIGN.md "Encoder": every output made with random weights says so. metrics.json,
+    `train --eval-out` and `zoommil evaluate` named neither the encoder nor the weights of the
+    features; a weights file's run names its path and claims nothing random."""
+    from zoommil.recipe import RANDOM_WEIGHTS_NOTE
+
+    features = tmp_path / "features"
+    shutil.copytree(dataset["root"] / "features", features)
+    for path in features.glob("*.h5"):
+        with h5py.File(path, "r+") as h5:
+            h5.attrs["weights"] = weights
+            h5.attrs["weights_seed"] = 0
+    config = write_config(dataset, tmp_path, features_dir=str(features))
+    in_training = tmp_path / "in_training.json"
+    extra = ("--epochs", "1", "--eval-out", str(in_training))
+    assert train_cli(config, tmp_path / "run", "abmil_small", 0, *extra) == 0
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt")]
+    assert main([*args, "--features-dir", str(features), "--out", str(out)]) == 0
+    for path in (tmp_path / "run" / "metrics.json", in_training, out):
+        record = json.loads(path.read_text())
+        assert record["encoder"] == "resnet50_layer3" and record["weights"] == weights, path
+        if weights == "random":
+            assert record["weights_note"] == RANDOM_WEIGHTS_NOTE and record["weights_seed"] == 0
+        else:
+            assert "weights_note" not in record and "weights_seed" not in record, path
+    assert json.loads(in_training.read_text()) == json.loads(out.read_text())
+
+
 def test_same_seed_is_identical_and_other_seed_differs(
     dataset: dict[str, Path], trained: Path, tmp_path: Path
 ) -> None:

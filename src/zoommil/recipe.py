@@ -36,6 +36,11 @@ TILING_FIELDS = ("mags", "patch_size", "tissue_method", "tissue_params", "tissue
                  "no_tissue", "allow_upsampling")  # fmt: skip
 #: The part `zoommil features` adds.
 ENCODER_FIELDS = ("encoder", "weights", "weights_seed", "precision")
+#: What every output made from random-weight features says (DESIGN.md, "Encoder"): the
+#: JSONs' ``weights_note``, the figures' titles, the heatmap's caption; `RANDOM_WEIGHTS_TAG` is
+#: the short form for one-line console output.
+RANDOM_WEIGHTS_NOTE = "random encoder weights (offline demo): not a measure of the methods"
+RANDOM_WEIGHTS_TAG = "(random encoder weights: demo only)"
 
 
 def mag_key(mag: float) -> str:
@@ -338,6 +343,32 @@ class PreprocessingRecipe:
                 "precision": features.get("precision"),
             }
         )
+
+
+def weights_note(weights: Any) -> str | None:
+    """`RANDOM_WEIGHTS_NOTE` for ``random`` weights, None for any other (or unknown) weights."""
+    return RANDOM_WEIGHTS_NOTE if str(weights) == "random" else None
+
+
+def encoder_provenance(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``encoder`` and ``weights`` of recorded recipe attributes (a checkpoint's
+    ``preprocessing``, or an output that already carries these keys), plus ``weights_seed``
+    and ``weights_note`` for random weights: the keys every JSON made from a checkpoint
+    carries, so that none made from random-weight features passes for a real result.
+
+    What is not recorded is None, not a default: a checkpoint of an older version, or one
+    whose feature files name one weights file by two paths, must not claim ImageNet."""
+    encoder, weights = attrs.get("encoder"), attrs.get("weights")
+    out: dict[str, Any] = {
+        "encoder": _ENCODER_ALIASES.get(str(encoder), str(encoder)) if encoder else None,
+        "weights": str(weights) if weights is not None else None,
+    }
+    note = weights_note(weights)
+    if note:
+        seed = attrs.get("weights_seed")
+        out["weights_seed"] = int(seed) if seed is not None else None
+        out["weights_note"] = note
+    return out
 
 
 def default_weights(encoder: str | None = None) -> str:

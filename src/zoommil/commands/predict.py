@@ -16,6 +16,7 @@ from zoommil.commands.options import (
     weights_file,
 )
 from zoommil.errors import ZoomMILError
+from zoommil.recipe import RANDOM_WEIGHTS_TAG, weights_note
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -191,7 +192,7 @@ def _run_one(args: argparse.Namespace) -> int:
     if args.heatmap:
         save_heatmap(args.heatmap, args.slide, result, mpp=args.mpp)
     counts = json.dumps(result["patches_per_mag"])
-    print(f"{_summary(result)} {counts}")
+    print(f"{_summary(result)} {counts}{_random_tag(result['weights'])}")
     return 0
 
 
@@ -201,6 +202,12 @@ def _summary(result: dict) -> str:
         f"{result['slide_id']}: {result['predicted']} ({probs}); "
         f"{result['patches_encoded']} patches encoded"
     )
+
+
+def _random_tag(weights: str) -> str:
+    """`RANDOM_WEIGHTS_TAG` after a space for random weights, else nothing: a printed
+    prediction of random-weight features says so, as its JSON and heatmap do."""
+    return f" {RANDOM_WEIGHTS_TAG}" if weights_note(weights) else ""
 
 
 def _run_many(args: argparse.Namespace) -> int:
@@ -233,7 +240,7 @@ def _run_many(args: argparse.Namespace) -> int:
 
     def report(row: dict) -> None:
         if row["status"] == "ok":
-            print(_summary(row), flush=True)
+            print(_summary(row) + _random_tag(predictor.recipe.weights), flush=True)
         else:
             print(f"zoommil predict: {row['slide']}: {row['reason']}", file=sys.stderr)
 

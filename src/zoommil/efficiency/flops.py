@@ -37,7 +37,7 @@ from zoommil.features.encoders.registry import (
 )
 from zoommil.io.featurefile import read_feature_file
 from zoommil.io.sheet import read_sheet
-from zoommil.recipe import PreprocessingRecipe
+from zoommil.recipe import PreprocessingRecipe, encoder_provenance
 from zoommil.training.checkpoint import model_from_checkpoint
 
 with warnings.catch_warnings():
@@ -190,7 +190,8 @@ def checkpoint_flops(
         raise ZoomMILError(f"--max-slides must be at least 1, got {max_slides}")
     features_dir = Path(features_dir)
     model, config = model_from_checkpoint(checkpoint)
-    recipe = PreprocessingRecipe.from_attrs(config.get("preprocessing") or {}, mags=config["mags"])
+    recorded = config.get("preprocessing") or {}
+    recipe = PreprocessingRecipe.from_attrs(recorded, mags=config["mags"])
     encoder = canonical_name(recipe.encoder)
     frame = read_sheet(sheet or config["sheet"])
     ids = [str(s) for s in frame.loc[frame["split"] == split, "slide_id"]]
@@ -221,7 +222,8 @@ def checkpoint_flops(
         "arch": config["arch"],
         "mags": config["mags"],
         "kwargs": config.get("kwargs") or {},
-        "encoder": encoder,
+        # the weights as recorded (random ones say so); the encoder as counted
+        **{**encoder_provenance(recorded), "encoder": encoder},
         "encoder_input_size": int(per_patch["input_size"]),
         "encoder_flops_per_patch": per_patch["fvcore"],
         "encoder_flops_per_patch_torch_counter": per_patch["torch"],

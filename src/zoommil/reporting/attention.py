@@ -4,7 +4,8 @@ Attention weights are painted over the patches they belong to (`attention_map`: 
 magnification, min-max scaled), and the regions ZoomMIL zoomed into are outlined, so a person
 can see where the model looked. `predict --heatmap` blends the lowest magnification's map over
 the thumbnail (`attention_overlay`); Figure 4 draws every magnification's map with matplotlib.
-Slides are read only through `zoommil.wsi.slide`.
+Slides are read only through `zoommil.wsi.slide`. A heatmap of random encoder weights carries
+the note in a caption band under the map (every format) and, as a PNG, in a text chunk.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from matplotlib import colormaps
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import atomic_path
+from zoommil.recipe import weights_note
 from zoommil.wsi.slide import open_with_mpp, read_thumbnail_at_mpp
 
 OUTLINE_COLOURS = ((0, 200, 0), (0, 90, 255), (255, 140, 0))
@@ -133,6 +135,29 @@ def attention_overlay(
     return out
 
 
+def captioned(image: np.ndarray, text: str, scale: float = 0.4) -> np.ndarray:
+    """``image`` (RGB) with a white band below it holding ``text`` in black, wrapped at word
+    boundaries to the image's width: the map's own pixels stay as they are, and the note is
+    seen in any format and in any copy of the picture (metadata is dropped by many tools)."""
+    font, thickness, margin = cv2.FONT_HERSHEY_SIMPLEX, 1, 4
+    width = image.shape[1]
+    lines: list[str] = []
+    for word in text.split():
+        joined = f"{lines[-1]} {word}" if lines else word
+        fits = cv2.getTextSize(joined, font, scale, thickness)[0][0] <= width - 2 * margin
+        if lines and fits:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    (_, height), baseline = cv2.getTextSize("Ag", font, scale, thickness)
+    step = height + baseline + margin
+    band = np.full((margin + step * len(lines), width, 3), 255, np.uint8)
+    for i, line in enumerate(lines):
+        origin = (margin, margin + height + i * step)
+        cv2.putText(band, line, origin, font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return np.vstack([image, band])
+
+
 def save_heatmap(
     path: str | Path,
     slide_path: str | Path,
@@ -140,10 +165,25 @@ def save_heatmap(
     mpp: float | None = None,
 ) -> Path:
     """Write the lowest-magnification attention map of a `zoommil predict` result as an image
-    (PNG, JPEG, ... by the suffix of ``path``)."""
+    (PNG, JPEG, ... by the suffix of ``path``); random encoder weights (the prediction's
+    ``weights``) add `captioned`'s band and, in a PNG, the text chunk ``zoommil.weights_note``."""
     check_heatmap_path(path)
     image = render(prediction, slide_path, mpp)
+    note = weights_note(prediction.get("weights"))
+    if note:
+        image = captioned(image, note)
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        if note and Path(path).suffix.lower() == ".png":
+            _write_png_with_note(tmp, image, note)
+        elif not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
             raise ZoomMILError(f"{path}: cannot write the heatmap image")
     return Path(path)
+
+
+def _write_png_with_note(path: Path, image: np.ndarray, note: str) -> None:
+    """A PNG with ``note`` as the text chunk ``zoommil.weights_note`` (OpenCV writes none)."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("zoommil.weights_note", note)
+    Image.fromarray(image).save(path, format="PNG", pnginfo=info)

@@ -24,6 +24,7 @@ from matplotlib.patches import Rectangle
 
 from zoommil.io.atomic import atomic_path
 from zoommil.io.sheet import read_sheet
+from zoommil.recipe import weights_note
 from zoommil.reporting import attention, results
 from zoommil.reporting.tables import (
     add_intervals,
@@ -36,7 +37,6 @@ from zoommil.reporting.tables import (
 log = logging.getLogger(__name__)
 
 PANELS = {"cpu1": "CPU, 1 thread", "cpu": "CPU, all cores", "gpu": "GPU"}
-RANDOM_NOTE = "random encoder weights (offline demo): not a measure of the methods"
 
 
 def pareto_front(throughput: Sequence[float], score: Sequence[float]) -> list[int]:
@@ -341,8 +341,8 @@ def _throughput_title(dataset: str, encoder: str, weights: str, skipped: Mapping
         title += "\n" + "; ".join(
             f"{PANELS.get(d, d)}: not timed ({reason})" for d, reason in skipped.items()
         )
-    if str(weights) == "random":
-        title += f"\n{RANDOM_NOTE}"
+    if note := weights_note(weights):
+        title += f"\n{note}"
     return title
 
 
@@ -482,8 +482,8 @@ def attention_figure(
         bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
         bar.set_label("attention (min-max per slide and magnification)", fontsize=8)
     title = f"{dataset}: {display_name(method)} attention at every magnification"
-    if str(weights) == "random":
-        title += f"\n{RANDOM_NOTE}"
+    if note := weights_note(weights):
+        title += f"\n{note}"
     fig.suptitle(title, fontsize=10)
     if skipped and loaded:
         fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)

@@ -16,6 +16,7 @@ import torch
 
 from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
+from zoommil.recipe import encoder_provenance
 from zoommil.training.checkpoint import load_checkpoint, model_from_state
 from zoommil.training.config import TrainConfig
 from zoommil.training.data import check_matches_checkpoint
@@ -101,7 +102,10 @@ def evaluation_record(
     report: dict[str, Any],
 ) -> dict[str, Any]:
     """The JSON `zoommil evaluate` writes: provenance, then the split's metrics and
-    per-slide predictions (``report``, from ``split_report``)."""
+    per-slide predictions (``report``, from ``split_report``).
+
+    ``meta`` is a checkpoint's config (the encoder and weights from its ``preprocessing``) or
+    a training run's metrics (which carry them at the top level)."""
     return {
         "checkpoint": str(checkpoint),
         "method": meta.get("method"),
@@ -110,6 +114,7 @@ def evaluation_record(
         "epoch": meta.get("epoch"),
         "classes": list(meta["classes"]),
         "mags": list(meta["mags"]),
+        **encoder_provenance(meta.get("preprocessing") or meta),
         "features_dir": str(features_dir),
         "sheet": str(sheet),
         "n_excluded": len(skipped),

@@ -36,6 +36,7 @@ from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
 from zoommil.io.sheet import read_sheet
+from zoommil.recipe import encoder_provenance
 from zoommil.training import modeling
 from zoommil.training.checkpoint import save_checkpoint
 from zoommil.training.config import MethodSpec, TrainConfig, apply_overrides
@@ -481,6 +482,8 @@ def _train(
         "classes": run.classes,
         "mags": run.mags,
         "in_dim": run.in_dim,
+        # the features' encoder and weights: random ones say so (weights_note)
+        **encoder_provenance(ckpt_config["preprocessing"]),
         "n_parameters": sum(p.numel() for p in run.model.parameters()),
         "device": dev.type,
         "threads": torch.get_num_threads(),
