@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 import zoommil.models
@@ -137,3 +138,206 @@ def test_a_bad_config_names_its_key(spoil: Callable[[dict], None], message: str)
     spoil(config)
     with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}"):
         config_checks.check_config(validated(config), MODELS)
+
+
+# --- the schema: every section refuses keys it does not know ---------------------------------
+
+
+def _set(config: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        config = config.setdefault(key, {})
+    config[last] = value
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("train.epoch", 5),
+        ("preprocess.tissue.treshold", 0.5),
+        ("features.wieghts", "random"),
+        ("efficency", {"n_slides": 1}),
+        ("figures.attention.nslides", 1),
+        ("ablations.seed", [0]),
+        ("efficiency.warmups", 1),
+        ("preprocess.patchsize", 128),
+    ],
+)
+def test_the_schema_refuses_a_misspelled_key(key: str, value: Any) -> None:
+    config = demo()
+    _set(config, key, value)
+    with pytest.raises(WorkflowError, match=f"'{key.rsplit('.', 1)[-1]}' was unexpected"):
+        validated(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("preprocess.tile_args", {"patch_size": 128}),
+        ("preprocess.tile_args", {"tissue-threshold": 0.5}),
+        ("features.args", {"weights": "random"}),
+        ("features.args", {"device": "cpu"}),
+        ("default_mpp", 0.01),
+        ("default_mpp", 352.8),
+        ("synth.n_slides", 4),
+    ],
+)
+def test_the_schema_refuses_values_a_rule_or_the_demo_would_get_wrong(key: str, value: Any) -> None:
+    config = demo()
+    _set(config, key, value)
+    with pytest.raises(WorkflowError, match="Failed validating"):
+        validated(config)
+
+
+def test_the_schema_and_the_check_refuse_the_same_flags() -> None:
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    pre = schema["properties"]["preprocess"]["properties"]["tile_args"]
+    features = schema["properties"]["features"]["properties"]["args"]
+    for block, flags in ((pre, config_checks.TILE_FLAGS), (features, config_checks.FEATURES_FLAGS)):
+        names = {name.replace("_", "-") for name in block["propertyNames"]["not"]["enum"]}
+        assert names == set(flags)
+        assert all(
+            name.replace("-", "_") in block["propertyNames"]["not"]["enum"] for name in flags
+        )
+
+
+def test_the_smallest_demo_has_every_split() -> None:
+    """synth.n_slides' minimum is the fewest slides that give train, val and test slides."""
+    from zoommil.synth.dataset import plan_slides
+
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    smallest = schema["properties"]["synth"]["properties"]["n_slides"]["minimum"]
+    assert {split for _, split in plan_slides(smallest, 0)} == {"train", "val", "test"}
+    assert {split for _, split in plan_slides(smallest - 1, 0)} != {"train", "val", "test"}
+
+
+# --- checks at load of what only training, tiling or extraction would refuse ----------------
+
+
+def _demo_with_a_sheet(config: dict) -> None:
+    config["sheet"] = "my_slides.tsv"
+
+
+def _abbreviated_tile_flag(config: dict) -> None:
+    config["preprocess"]["tile_args"] = {"patch": 128}
+
+
+def _abbreviated_features_flag(config: dict) -> None:
+    config["features"]["args"] = {"batch_size": 16, "weight": "imagenet"}
+
+
+def _missing_weights_file(config: dict) -> None:
+    config["features"]["weights"] = "no/such/weights.pth"
+
+
+def _imagenet_for_uni(config: dict) -> None:
+    config["features"].update(encoder="uni", weights="imagenet")
+
+
+def _one_magnification_for_zoommil(config: dict) -> None:
+    config["preprocess"]["mags"] = [10]
+
+
+def _dropout_above_one(config: dict) -> None:
+    config["methods"]["abmil"]["dropout"] = 2.0
+
+
+def _sigma_zero(config: dict) -> None:
+    config["methods"]["zoommil"]["sigma"] = 0
+
+
+def _method_mags_not_preprocessed(config: dict) -> None:
+    config["methods"]["meanmil"]["mags"] = [10, 30]
+
+
+def _unknown_method_train_setting(config: dict) -> None:
+    config["methods"]["meanmil"]["train"] = {"epoch": 5}
+
+
+def _method_train_epochs_zero(config: dict) -> None:
+    config["methods"]["meanmil"]["train"] = {"epochs": 0}
+
+
+def _misspelled_feature_norm(config: dict) -> None:
+    config["train"]["extra"] = {"feature_norm": "standardise"}
+
+
+def _unknown_extra_key(config: dict) -> None:
+    config["train"]["extra"] = {"feature_norm": "standardize", "lr_patiance": 3}
+
+
+def _extra_key_of_train_itself(config: dict) -> None:
+    config["train"]["extra"] = {"epochs": 3}
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (_demo_with_a_sheet, "sheet: 'my_slides.tsv' is ignored in demo mode"),
+        (
+            _abbreviated_tile_flag,
+            "preprocess.tile_args: 'patch' sets (or abbreviates) --patch-size",
+        ),
+        (_abbreviated_features_flag, "features.args: 'weight' sets (or abbreviates) --weights"),
+        (
+            _missing_weights_file,
+            "features.weights: weights 'no/such/weights.pth' is neither a keyword nor an existing "
+            "file (encoder resnet50_layer3)",
+        ),
+        (_imagenet_for_uni, "features.weights: encoder uni does not take weights 'imagenet'"),
+        (
+            _one_magnification_for_zoommil,
+            "method 'zoommil': ZoomMIL needs at least 2 magnifications, got 10x",
+        ),
+        (
+            _dropout_above_one,
+            "method 'abmil': model 'abmil': option dropout must be a number in [0, 1), got 2.0",
+        ),
+        (
+            _sigma_zero,
+            "method 'zoommil': model 'zoommil': option sigma (top-K noise) must be a number > 0",
+        ),
+        (
+            _method_mags_not_preprocessed,
+            "method 'meanmil': mags 30x not among preprocess.mags (5x -> 10x)",
+        ),
+        (_unknown_method_train_setting, "method 'meanmil': unknown training setting(s) epoch"),
+        (
+            _method_train_epochs_zero,
+            "method 'meanmil': train: 'epochs' must be a positive integer, got 0",
+        ),
+        (
+            _misspelled_feature_norm,
+            "train.extra: 'feature_norm' must be one of none, standardize, got 'standardise'",
+        ),
+        (_unknown_extra_key, "train.extra: unknown key(s) lr_patiance; it takes"),
+        (_extra_key_of_train_itself, "train.extra: unknown key(s) epochs; it takes"),
+    ],
+    ids=lambda value: value.__name__.strip("_") if callable(value) else "",
+)
+def test_what_a_later_job_refuses_fails_at_load(
+    spoil: Callable[[dict], None], message: str
+) -> None:
+    config = demo()
+    spoil(config)
+    with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}"):
+        config_checks.check_config(validated(config), MODELS)
+
+
+def test_existing_weights_files_and_hf_pass(tmp_path: Path) -> None:
+    """Only keywords and existence are checked: the caches may be on other machines."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    for encoder, value in (("resnet50_layer3", str(weights)), ("uni", "hf"), ("uni", "random")):
+        config = demo()
+        config["features"].update(encoder=encoder, weights=value)
+        config_checks.check_config(validated(config), MODELS)
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"),
+    [("abmil", {"dropout": 2.0}), ("dsmil", {"dropout_v": -0.1}), ("zoommil", {"sigma": 0})],
+)
+def test_build_model_refuses_the_same_values(arch: str, options: dict) -> None:
+    with pytest.raises(ZoomMILError, match=f"^model '{arch}': option"):
+        zoommil.models.build_model(arch, mags=[5, 10], **options)

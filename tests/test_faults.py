@@ -806,6 +806,56 @@ def test_empty_split_is_caught_with_the_sheet(tmp_path):
         zsheet.check_splits(frame, path)
 
 
+def test_a_configured_class_without_train_slides_is_caught_with_the_sheet(tmp_path):
+    """classes [normal, atypia, carcinoma] with no carcinoma train row trained silently on two."""
+    path = tmp_path / "s.tsv"
+    rows = "a\ta.svs\tnormal\ttrain\t\nb\tb.svs\tatypia\ttrain\t\n"
+    rows += "c\tc.svs\tcarcinoma\tval\t\nd\td.svs\tcarcinoma\ttest\t\n"
+    path.write_text(HEADER + rows)
+    classes = ["normal", "atypia", "carcinoma"]
+    frame = zsheet.load_sheet(path, classes)
+    zsheet.check_splits(frame, path)  # without classes: the labels the sheet has
+    with pytest.raises(ZoomMILError, match=r"no train slides of class\(es\) carcinoma"):
+        zsheet.check_splits(frame, path, classes=classes)
+
+
+def test_semicolon_separated_sheet_says_so(tmp_path):
+    for name in ("slides.csv", "slides.tsv"):
+        path = tmp_path / name
+        path.write_text("slide_id;path;label;split\na;a.svs;x;train\n")
+        with pytest.raises(ZoomMILError, match="looks semicolon-separated .header 'slide_id;path"):
+            zsheet.load_sheet(path)
+
+
+def test_missing_column_error_shows_the_header(tmp_path):
+    path = tmp_path / "s.tsv"
+    path.write_text("slide_id\tfile\tlabel\tsplit\na\ta.svs\tx\ttrain\n")
+    with pytest.raises(ZoomMILError, match=r"missing column\(s\) path \(header: slide_id, file,"):
+        zsheet.load_sheet(path)
+
+
+def test_sheet_columns_match_whatever_their_case(tmp_path):
+    """A `Patient` column was an unknown column: the patient-leakage check was skipped."""
+    path = tmp_path / "s.tsv"
+    path.write_text(
+        "Slide_ID\tPath\tLabel\tSplit\tMPP\tPatient\n"
+        "a\ta.svs\tx\ttrain\t0.5\tp1\nb\tb.svs\ty\ttest\t\tp1\n"
+    )
+    with pytest.raises(ZoomMILError, match="patient 'p1' has slides in 2 splits"):
+        zsheet.load_sheet(path)
+    path.write_text("Slide_ID\tPath\tLabel\tSplit\tMPP\na\ta.svs\tx\ttrain\t0.5\n")
+    frame = zsheet.load_sheet(path)
+    assert frame.loc["a", "mpp"] == 0.5
+    assert list(zsheet.read_sheet(path)["slide_id"]) == ["a"]
+
+
+def test_sheet_path_with_a_tilde_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "s.tsv").write_text(HEADER + "a\ta.svs\tx\ttrain\t\n")
+    assert zsheet.load_sheet("~/s.tsv").loc["a", "path"] == str(tmp_path / "a.svs")
+    assert list(zsheet.read_sheet("~/s.tsv")["slide_id"]) == ["a"]
+
+
 # --- 9. README ------------------------------------------------------------------------------
 
 
@@ -835,6 +885,8 @@ def _preprocessing_workdir(tmp_path: Path) -> tuple[Path, Path]:
     (workdir / "slides.tsv").write_text(HEADER + "".join(rows))
     config = harness.load_config()
     config["preprocess"]["mags"] = [5, 10]
+    # the sheet's labels: a configured class without train slides is refused at load
+    config["classes"] = None
     return workdir, harness.write_config(workdir, config)
 
 

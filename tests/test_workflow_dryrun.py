@@ -31,7 +31,7 @@ def fake_sheet(folder: Path, classes: list[str], n: int = 6, rows: list[str] | N
     """A sheet whose slides are empty files: enough for a dry run, which reads no pixels."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
-    splits = ["train", "train", "val", "test", "train", "test"]
+    splits = ["train", "train", "train", "val", "test", "test"]  # a train slide per class
     for i in range(n):
         (folder / f"s{i}.svs").write_bytes(b"")
         lines.append(f"s{i}\ts{i}.svs\t{classes[i % len(classes)]}\t{splits[i % 6]}\t\n")
@@ -158,7 +158,7 @@ def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path
     folder = workdir / "sheet"
     folder.mkdir()
     ids = ["NA", "null", "None", "nan", "NaN", "NULL"]
-    splits = ["train", "train", "val", "test", "train", "test"]
+    splits = ["train", "train", "train", "val", "test", "test"]  # a train slide per class
     rows = []
     for i, (slide_id, split) in enumerate(zip(ids, splits, strict=True)):
         write_pyramid_tiff(folder / f"{slide_id}.tiff", width=512, height=512, mpp=1.0, seed=i)
@@ -251,6 +251,12 @@ def test_sheet_without_validation_slides_fails_before_any_job(workdir: Path) -> 
     _expect_sheet_error(workdir, rows, "no val slides")
 
 
+def test_class_without_train_slides_fails_before_any_job(workdir: Path) -> None:
+    rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumor\tval\t\n"]
+    rows.append("c\tc.svs\ttumor\ttest\t\n")
+    _expect_sheet_error(workdir, rows, "no train slides of class(es) tumor")
+
+
 def test_config_schema_rejects_bad_values(workdir: Path) -> None:
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
     config["methods"]["zoommil"]["selection"] = "greedy"
@@ -289,6 +295,18 @@ def _attention_seed_not_trained(config: dict) -> None:
     config["figures"]["attention"]["seed"] = 7
 
 
+def _misspelled_key(config: dict) -> None:
+    config["train"]["epoch"] = 5
+
+
+def _dropout_above_one(config: dict) -> None:
+    config["methods"]["abmil"]["dropout"] = 2.0
+
+
+def _sheet_in_demo_mode(config: dict) -> None:
+    config["sheet"] = "my_slides.tsv"
+
+
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
@@ -307,8 +325,23 @@ def _attention_seed_not_trained(config: dict) -> None:
             "config: figures.attention.seed is not one of the method's seeds: 7 (seeds of "
             "'zoommil': 0, 1, 2)",
         ),
+        (_misspelled_key, "Additional properties are not allowed ('epoch' was unexpected)"),
+        (
+            _dropout_above_one,
+            "config: method 'abmil': model 'abmil': option dropout must be a number in [0, 1), "
+            "got 2.0",
+        ),
+        (_sheet_in_demo_mode, "config: sheet: 'my_slides.tsv' is ignored in demo mode"),
     ],
-    ids=["method_option_typo", "bad_recipe", "attention_not_zoommil", "attention_seed"],
+    ids=[
+        "method_option_typo",
+        "bad_recipe",
+        "attention_not_zoommil",
+        "attention_seed",
+        "misspelled_key",
+        "dropout_at_load",
+        "sheet_in_demo_mode",
+    ],
 )
 def test_bad_config_fails_with_one_line_before_any_job(workdir: Path, spoil, message) -> None:
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())

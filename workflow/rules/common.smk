@@ -22,6 +22,9 @@ from zoommil.workflow import params as zwf
 from zoommil.workflow import timers as ztimers
 
 validate(config, schema="../schemas/config.schema.yaml")
+if config.get("sheet"):
+    # `sheet: ~/slides.tsv`: neither Snakemake's inputs nor the shell (quoted) expand `~`
+    config["sheet"] = os.path.expanduser(config["sheet"])
 
 DEMO = config.get("synth") is not None
 DEMO_DIR = "results/demo"
@@ -46,7 +49,7 @@ if not DEMO:
     # Real data: the sheet exists now, so a bad sheet fails before any job runs.
     try:
         SHEET = zsheet.load_sheet(config["sheet"], config.get("classes"), SLIDE_SCHEMA)
-        zsheet.check_splits(SHEET, config["sheet"])
+        zsheet.check_splits(SHEET, config["sheet"], classes=config.get("classes"))
     except ZoomMILError as error:
         raise ValueError(f"invalid slide sheet: {error}") from None
 

@@ -12,6 +12,7 @@ any preprocessing runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from zoommil.errors import ZoomMILError
 from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
+OPTIONAL_COLUMNS = ("mpp", "patient")
 #: What commands that start from feature files need (their sheet may lack paths).
 COMMAND_COLUMNS = ("slide_id", "label", "split")
 SPLITS = ("train", "val", "test")
@@ -36,7 +38,7 @@ def read_table(path: str | Path, what: str = "slide sheet") -> pd.DataFrame:
 
     ``what`` names the table in the errors (an empty or unparsable file is a `ZoomMILError`).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise ZoomMILError(f"{what} not found: {path}")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
@@ -60,8 +62,8 @@ def read_table(path: str | Path, what: str = "slide sheet") -> pd.DataFrame:
 def read_sheet(path: str | Path) -> pd.DataFrame:
     """A slide sheet (slide_id, label, split [, path, mpp]) with every value a string and
     ``path`` (when present) resolved against the sheet's folder."""
-    path = Path(path)
-    sheet = read_table(path)
+    path = Path(path).expanduser()
+    sheet = known_columns(read_table(path))
     check_separator(sheet, path)
     missing = [c for c in COMMAND_COLUMNS if c not in sheet.columns]
     if missing:
@@ -90,13 +92,37 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
 
 
 def check_separator(frame: pd.DataFrame, path: str | Path, what: str = "slide sheet") -> None:
-    """A `.tsv` whose header is one comma-separated column is a CSV in disguise: say so."""
-    if len(frame.columns) == 1 and "," in str(frame.columns[0]):
-        raise ZoomMILError(
-            f"{what} {path}: looks comma-separated (header '{frame.columns[0]}'), but a "
-            f"'{Path(path).suffix or 'tsv'}' {what} must be tab-separated; use tabs or name "
-            "the file .csv"
-        )
+    """A header read as one column that holds the other separator (a CSV named .tsv, a TSV
+    named .csv) or a semicolon (a spreadsheet export in a comma-decimal locale): say so,
+    instead of a 'missing column(s)' error that does not show what was read."""
+    if len(frame.columns) != 1:
+        return
+    header = str(frame.columns[0])
+    csv = Path(path).suffix.lower() == ".csv"
+    names = {",": "comma", "\t": "tab", ";": "semicolon"}
+    found = next((sep for sep in (";", "\t" if csv else ",") if sep in header), None)
+    if found is None:
+        return
+    expected = "comma-separated (.csv)" if csv else "tab-separated (any name but .csv)"
+    raise ZoomMILError(
+        f"{what} {path}: looks {names[found]}-separated (header {header!r}), but a "
+        f"'{Path(path).suffix or 'tsv'}' {what} must be {expected}; save it with tabs (or "
+        "commas and the name .csv)"
+    )
+
+
+def known_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with headers that match a sheet column but for case (``Patient``, ``MPP``,
+    ``Slide_ID``) renamed to it: read as unknown columns they were ignored, and a ``Patient``
+    column silently skipped the patient-leakage check. A header kept as is where the exact
+    name is also present."""
+    known = {name.lower(): name for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)}
+    renames = {
+        column: known[column.lower()]
+        for column in frame.columns
+        if column.lower() in known and known[column.lower()] not in frame.columns
+    }
+    return frame.rename(columns=renames) if renames else frame
 
 
 def _row_name(index: int, row: pd.Series) -> str:
@@ -139,15 +165,16 @@ def load_sheet(
     given), unique slide ids. Relative paths are resolved against the sheet's folder. The
     returned frame has a float `mpp` column (NaN where absent).
     """
-    sheet = Path(path)
+    sheet = Path(path).expanduser()
     if has_braces(sheet):
         raise ZoomMILError(f"slide sheet {sheet}: the path contains '{{' or '}}': {BRACES_REASON}")
-    frame = read_table(sheet)
+    frame = known_columns(read_table(sheet))
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ZoomMILError(
-            f"{sheet}: missing column(s) {', '.join(missing)}; "
-            f"a sheet needs {', '.join(REQUIRED_COLUMNS)} (optional: mpp, patient)"
+            f"{sheet}: missing column(s) {', '.join(missing)} (header: "
+            f"{', '.join(map(str, frame.columns))}); a sheet needs "
+            f"{', '.join(REQUIRED_COLUMNS)} (optional: {', '.join(OPTIONAL_COLUMNS)})"
         )
     if frame.empty:
         raise ZoomMILError(f"{sheet}: the sheet has no rows")
@@ -241,8 +268,15 @@ def check_leakage(frame: pd.DataFrame, sheet: str | Path) -> None:
             )
 
 
-def check_splits(frame: pd.DataFrame, sheet: str | Path, needed: tuple[str, ...] = SPLITS) -> None:
-    """Every split in ``needed`` has at least one slide (training needs val, results need test)."""
+def check_splits(
+    frame: pd.DataFrame,
+    sheet: str | Path,
+    needed: tuple[str, ...] = SPLITS,
+    classes: Sequence[str] | None = None,
+) -> None:
+    """Every split in ``needed`` has at least one slide (training needs val, results need
+    test), and every one of ``classes`` (the configured ones) a train slide: a model never
+    shown a class cannot predict it, and the tables would not say why."""
     counts = frame["split"].value_counts()
     empty = [s for s in needed if int(counts.get(s, 0)) == 0]
     if empty:
@@ -250,6 +284,13 @@ def check_splits(frame: pd.DataFrame, sheet: str | Path, needed: tuple[str, ...]
         raise ZoomMILError(
             f"{sheet}: no {' and no '.join(empty)} slides ({have}); model selection needs "
             "validation slides and the results need test slides"
+        )
+    trained = set(frame.loc[frame["split"] == "train", "label"])
+    untrained = [c for c in classes or () if c not in trained]
+    if untrained:
+        raise ZoomMILError(
+            f"{sheet}: no train slides of class(es) {', '.join(untrained)} (classes: "
+            f"{', '.join(classes or ())}); add train slides of them or leave them out of classes"
         )
 
 

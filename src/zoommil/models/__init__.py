@@ -4,7 +4,8 @@ Every model is a plain ``nn.Module`` called as ``model(feats, coords=None) -> lo
 with ``feats`` a list of [1, N_m, D] tensors, lowest magnification first (see
 docs/ARCHITECTURE.md). `default_mags` says which magnifications each architecture reads;
 `build_model` builds one by name and checks its options, so a typo in a config is an error
-and not a silently ignored setting.
+and not a silently ignored setting (and a dropout or sigma out of range an error, not a torch
+traceback or a NaN loss).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from zoommil.models.msmil import MSMIL
 from zoommil.models.sparseconvmil import SparseConvMIL
 from zoommil.models.transmil import TransMIL
 from zoommil.models.zoommil import ZoomMIL
+from zoommil.option_values import check_option_values
 from zoommil.recipe import arch_mags
 
 MODEL_NAMES: tuple[str, ...] = (
@@ -112,6 +114,7 @@ def build_model(
             f"model '{arch}' does not take option(s) {', '.join(unknown)}; "
             f"it takes: {', '.join(sorted(accepted))}"
         )
+    check_option_values(arch, kwargs)
     try:
         return cls(**kwargs)
     except TypeError as error:

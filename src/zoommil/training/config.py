@@ -20,11 +20,13 @@ from typing import Any
 import yaml
 
 from zoommil.errors import ZoomMILError
-from zoommil.training.normalize import FEATURE_NORMS
 
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("val_loss", "val_weighted_f1")
+#: ``feature_norm`` values (`zoommil.training.normalize`); here so that this module, which the
+#: workflow imports when it loads, does not import torch.
+FEATURE_NORMS = ("none", "standardize")
 CACHE_MODES = ("auto", "memory", "disk")
 TRAIN_KEYS = (
     "epochs",
@@ -163,8 +165,19 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
-    where = str(path)
+    return parse_config(data, str(path))
+
+
+def parse_config(data: Mapping[str, Any], where: str, strict: bool = False) -> TrainConfig:
+    """Validate a train config's mapping (`load_config` without the file); ``where`` names it
+    in the errors. Unknown keys are a warning, or with ``strict`` an error (the workflow's
+    check at load, `zoommil.workflow.config_checks`, where a typo would otherwise be noticed
+    only in a train log)."""
     unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown and strict:
+        raise ZoomMILError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(TOP_KEYS)})"
+        )
     if unknown:
         log.warning("%s: ignoring unknown config key(s): %s", where, ", ".join(unknown))
     for key in ("features_dir", "sheet", "mags"):

@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 
-FEATURE_NORMS = ("none", "standardize")
-
 
 @dataclass
 class FeatureNorm:

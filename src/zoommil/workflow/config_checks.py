@@ -14,7 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from zoommil.errors import ZoomMILError
-from zoommil.workflow.trainconfig import check_method_options
+from zoommil.features.encoders.registry import check_weights
+from zoommil.recipe import DEFAULT_ENCODER, arch_mags, default_weights, format_mags
+from zoommil.training.config import TOP_KEYS, parse_config, resolve_method
+from zoommil.workflow.trainconfig import build_train_config, check_method_options, model_options
+
+#: `zoommil tile` / `zoommil features` flags that preprocess.smk already passes (from the
+#: recipe, the rule or Snakemake) or that inspection decides (the mpp): one in
+#: ``preprocess.tile_args`` / ``features.args`` comes after them and argparse keeps the last,
+#: so the files would record another recipe than the tables name. The schema refuses these
+#: names; `check_extra_flags` also refuses their abbreviations, which argparse accepts.
+TILE_FLAGS = (
+    "mags", "patch-size", "mpp", "default-mpp", "tissue-mask", "tissue-method", "tissue-param",
+    "tissue-threshold", "no-tissue", "allow-upsampling", "out", "no-fail", "help",
+)  # fmt: skip
+FEATURES_FLAGS = (
+    "encoder", "weights", "seed", "precision", "device", "threads", "mpp", "default-mpp",
+    "coords", "out", "no-progress", "no-fail", "help",
+)  # fmt: skip
+#: Train config keys the workflow writes itself (`build_train_config`) or that are `train:`
+#: keys of their own: ``train.extra`` may not set them (it would be ignored, or disagree).
+WORKFLOW_TRAIN_KEYS = (
+    "features_dir", "sheet", "exclude", "mags", "classes", "methods",
+    "epochs", "lr", "weight_decay", "selection", "early_stopping",
+)  # fmt: skip
 
 
 def main_methods(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,13 +67,20 @@ def efficiency_methods(config: Mapping[str, Any]) -> list[str]:
 
 def check_config(config: Mapping[str, Any], models_root: str | Path) -> None:
     """Raise a `ZoomMILError` naming the first config key that disagrees with another:
-    a method option its model does not take, an ablation named like a main method, an
-    unknown reference, efficiency or Figure 4 method, a Figure 4 method that is not ZoomMIL,
-    ``train.seeds_in_one_job`` with other ablation seeds, or a Figure 4 seed not trained."""
+    a ``sheet`` in demo mode, an extra tile/features flag the workflow passes itself, weights
+    the encoder cannot load, a method option its model does not take (or a value out of
+    range), a method train config `zoommil train` would refuse, an ablation named like a main
+    method, an unknown reference, efficiency or Figure 4 method, a Figure 4 method that is not
+    ZoomMIL, ``train.seeds_in_one_job`` with other ablation seeds, or a Figure 4 seed not
+    trained."""
     main, ablations = main_methods(config), ablation_methods(config)
     every = {**main, **ablations}
+    check_demo_sheet(config)
+    check_extra_flags(config)
+    check_encoder_weights(config)
     # a typo in a method's options fails here, not when its training starts
     check_method_options(every, models_root)
+    check_train_configs(config, every, models_root)
     for name in ablations:
         if name in main:
             raise ZoomMILError(
@@ -86,3 +116,84 @@ def check_config(config: Mapping[str, Any], models_root: str | Path) -> None:
             f"figures.attention.seed is not one of the method's seeds: {attention['seed']} "
             f"(seeds of '{method}': {', '.join(map(str, seeds))})"
         )
+
+
+def check_demo_sheet(config: Mapping[str, Any]) -> None:
+    """Demo mode (``synth`` set) writes its own sheet: a ``sheet`` given with it would be
+    silently ignored, and the run would benchmark demo slides instead of the user's."""
+    if config.get("synth") is not None and config.get("sheet"):
+        raise ZoomMILError(
+            f"sheet: '{config['sheet']}' is ignored in demo mode (synth is set: the demo writes "
+            "its own sheet); to use your own sheet set synth: null, e.g. with a preset "
+            "(--configfile config/bright.yaml --config sheet=...) or in your config file"
+        )
+
+
+def check_extra_flags(config: Mapping[str, Any]) -> None:
+    """No key of ``preprocess.tile_args`` / ``features.args`` is, or abbreviates, a flag the
+    workflow passes itself (`TILE_FLAGS`, `FEATURES_FLAGS`)."""
+    blocks = (
+        ("preprocess.tile_args", (config.get("preprocess") or {}).get("tile_args"), TILE_FLAGS),
+        ("features.args", (config.get("features") or {}).get("args"), FEATURES_FLAGS),
+    )
+    for where, args, reserved in blocks:
+        for key in args or {}:
+            flag = str(key).replace("_", "-")
+            taken = [name for name in reserved if name.startswith(flag)]
+            if taken:
+                raise ZoomMILError(
+                    f"{where}: '{key}' sets (or abbreviates) --{taken[0]}, which the workflow "
+                    "passes itself from the recipe or inspection; set it in the config's own "
+                    "key (config/README.md) instead"
+                )
+
+
+def check_encoder_weights(config: Mapping[str, Any]) -> None:
+    """``features.weights`` is a keyword ``features.encoder`` takes or an existing path
+    (`check_weights`), so a typo fails now and not at the first features job, after tiling."""
+    features = config.get("features") or {}
+    encoder = features.get("encoder") or DEFAULT_ENCODER
+    weights = features.get("weights") or default_weights(encoder)
+    try:
+        check_weights(encoder, str(weights))
+    except ZoomMILError as error:
+        raise ZoomMILError(f"features.weights: {error}") from None
+
+
+def check_train_configs(
+    config: Mapping[str, Any], methods: Mapping[str, Any], models_root: str | Path
+) -> None:
+    """Build every method's train config as the workflow does and check it as `zoommil
+    train` would (`parse_config`, strictly; `resolve_method`), plus the magnifications its
+    model reads: what `zoommil train` refuses would otherwise fail only after all the
+    preprocessing."""
+    train = config["train"]
+    allowed = [key for key in TOP_KEYS if key not in WORKFLOW_TRAIN_KEYS]
+    unknown = sorted(set(train.get("extra") or {}) - set(allowed))
+    if unknown:
+        raise ZoomMILError(
+            f"train.extra: unknown key(s) {', '.join(unknown)}; it takes {', '.join(allowed)} "
+            "(epochs, lr, weight_decay, selection and early_stopping are keys of train itself)"
+        )
+    available = sorted(float(m) for m in config["preprocess"]["mags"])
+    archs = model_options(models_root)
+    for name, spec in methods.items():
+        data = build_train_config(
+            name, spec, train, available, config.get("classes"), "slides.tsv", "features", ""
+        )
+        parsed = parse_config(data, "train.extra", strict=True)
+        method = resolve_method(parsed, name, archs)
+        where = f"method '{name}'"
+        mags = parse_config({**data, **method.train}, f"{where}: train", strict=True).mags
+        foreign = [m for m in mags if m not in available]
+        if foreign:
+            raise ZoomMILError(
+                f"{where}: mags {format_mags(foreign)} not among preprocess.mags "
+                f"({format_mags(available)}): there are no features at them"
+            )
+        used = arch_mags(method.arch, mags)
+        if method.arch == "zoommil" and len(used) < 2:
+            raise ZoomMILError(
+                f"{where}: ZoomMIL needs at least 2 magnifications, got {format_mags(used)} "
+                "(preprocess.mags, or the method's mags)"
+            )

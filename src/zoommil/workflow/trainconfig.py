@@ -18,6 +18,7 @@ import yaml
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.jsonio import to_plain
+from zoommil.option_values import check_option_values
 
 #: Relative wall time of one training run per architecture: the demo's train jobs (run 18, three
 #: seeds of 40 epochs on a 2-core AMD EPYC) in tens of seconds. Only the order matters.
@@ -134,8 +135,9 @@ def model_options(models_root: str | Path) -> dict[str, tuple[frozenset[str], bo
 
 
 def check_method_options(methods: Mapping[str, Mapping[str, Any]], models_root: str | Path) -> None:
-    """Every method's options are keyword arguments its model takes, as `build_model` checks
-    when training starts; a typo (``sigm``) fails here, when the workflow loads."""
+    """Every method's options are keyword arguments its model takes, with plausible values,
+    as `build_model` checks when training starts; a typo (``sigm``) or a ``dropout: 2.0``
+    fails here, when the workflow loads."""
     options = model_options(models_root)
     for name, spec in methods.items():
         spec = dict(spec or {})
@@ -151,3 +153,7 @@ def check_method_options(methods: Mapping[str, Mapping[str, Any]], models_root: 
                 f"method '{name}': model '{arch}' does not take option(s) {', '.join(unknown)}; "
                 f"it takes: {', '.join(sorted(accepted))}"
             )
+        try:
+            check_option_values(arch, spec)
+        except ZoomMILError as error:
+            raise ZoomMILError(f"method '{name}': {error}") from None

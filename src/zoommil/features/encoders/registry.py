@@ -15,6 +15,7 @@ them into its input.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from zoommil.errors import ZoomMILError
@@ -297,6 +298,39 @@ def get_spec(name: str | EncoderSpec) -> EncoderSpec:
     if spec is None:
         raise ZoomMILError(f"unknown encoder {name!r} (registered: {', '.join(encoder_names())})")
     return spec
+
+
+#: ``weights`` keywords; anything else is a path (a file, or a folder holding the spec's file).
+WEIGHT_KEYWORDS = ("imagenet", "hf", "random")
+
+
+def weight_choices(spec: EncoderSpec) -> tuple[str, ...]:
+    """The keywords encoder ``spec`` takes: ``imagenet`` only where torchvision has its file
+    (the ResNet family), ``hf`` only where the spec names a Hugging Face repository."""
+    return tuple(
+        word
+        for word in WEIGHT_KEYWORDS
+        if (word != "imagenet" or spec.family == "resnet") and (word != "hf" or spec.hf_repo)
+    )
+
+
+def check_weights(name: str | EncoderSpec, weights: str) -> None:
+    """Refuse, without torch, weights that `build_registered_encoder` would refuse only when it
+    builds the encoder: a keyword encoder ``name`` does not take, or a path that does not
+    exist. Files in the caches (ImageNet, Hugging Face) are looked for only then: the machine
+    that checks a config may not be the one that extracts the features."""
+    spec = get_spec(name)
+    choices = weight_choices(spec)
+    usage = f"use {', '.join(choices)} or a path to a .safetensors / state-dict file"
+    if weights in WEIGHT_KEYWORDS:
+        if weights not in choices:
+            raise ZoomMILError(f"encoder {spec.name} does not take weights {weights!r}: {usage}")
+        return
+    if not Path(str(weights)).expanduser().exists():
+        raise ZoomMILError(
+            f"weights {weights!r} is neither a keyword nor an existing file (encoder "
+            f"{spec.name}): {usage}"
+        )
 
 
 def build_registered_encoder(
