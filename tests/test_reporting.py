@@ -123,6 +123,19 @@ def test_torch_device_follows_the_gpu_resource() -> None:
     assert workflow.torch_device(1) == "auto"
 
 
+def test_torch_device_follows_a_gres_or_gpu_model_request() -> None:
+    """A --gres-only site's `gpu: 0, gres: "gpu:1"` (docs/cluster.md) gets a GPU job from the
+    SLURM plugin, so the command must not be told `--device cpu` (it ran on CPU before)."""
+    assert workflow.torch_device(0, "gpu:1") == "auto"
+    assert workflow.torch_device(None, "gpu:a100:2") == "auto"
+    assert workflow.torch_device(0, "tmpdisk:100,gpu") == "auto"
+    assert workflow.torch_device(None, None, "a100") == "auto"
+    assert workflow.torch_device(0, "tmpdisk:100") == "cpu"
+    assert workflow.torch_device(0, "gpu:0") == "cpu"
+    assert workflow.torch_device(0, None, "a100") == "cpu"  # gpu: 0 says none
+    assert workflow.gres_gpus("gpu:a100:2") == 2 and workflow.gres_gpus("") == 0
+
+
 def test_recipe_flags_for_tile_and_features() -> None:
     recipe = PreprocessingRecipe(mags=[10, 2.5, 5], tissue_threshold=0.2, weights="random")
     assert workflow.tiling_flags(recipe) == (

@@ -7,7 +7,8 @@ which some sites reject. This script reads the job's properties from the jobscri
 writes (`# properties = {...}`) and builds the scheduler's own options. Standard library only.
 
     scheduler.py submit JOBSCRIPT     prints the scheduler's job id
-    scheduler.py status JOBID         prints running | success | failed
+    scheduler.py status JOBID         prints running | success | failed (running while the
+                                      scheduler does not answer: failed would resubmit it)
     scheduler.py cancel JOBID...      cancels the jobs
 
 ZOOMMIL_SCHEDULER=slurm (default) or pbs picks the scheduler; ZOOMMIL_SLURM_PARTITION /
@@ -30,6 +31,10 @@ RUNNING_SLURM = {
     "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
 }  # fmt: skip
 LOG_DIR = Path(".snakemake/cluster_logs")
+QUERY_TIMEOUT_S = 60
+# What the scheduler says of a job it does not know (finished and purged, or never ran); any
+# other failed query is the scheduler not answering (e.g. "Socket timed out on send/recv").
+UNKNOWN_JOB = re.compile(r"invalid job id|unknown job id", re.IGNORECASE)
 
 
 def scheduler() -> str:
@@ -54,11 +59,14 @@ def job_name(props: dict) -> str:
 
 def slurm_submit_args(props: dict) -> list[str]:
     res = props.get("resources", {})
-    gpus = int(res.get("gpu", 0) or 0)
+    model = res.get("gpu_model")
+    # `gpu_model` alone asks for one GPU of that model, as in the slurm executor plugin
+    gpus = int(res.get("gpu", 0) or 0) if "gpu" in res or not model else 1
+    gpu_job = gpus > 0 or "gpu" in str(res.get("gres") or "")  # --gres-only sites: gres gpu:1
     env = os.environ
     partition = (
         res.get("slurm_partition")
-        or (gpus and env.get("ZOOMMIL_SLURM_GPU_PARTITION"))
+        or (gpu_job and env.get("ZOOMMIL_SLURM_GPU_PARTITION"))
         or env.get("ZOOMMIL_SLURM_PARTITION")
     )
     account = res.get("slurm_account") or env.get("ZOOMMIL_SLURM_ACCOUNT")
@@ -73,7 +81,6 @@ def slurm_submit_args(props: dict) -> list[str]:
     if res.get("runtime"):
         args.append(f"--time={int(res['runtime'])}")
     if gpus:
-        model = res.get("gpu_model")
         args.append(f"--gpus={model}:{gpus}" if model else f"--gpus={gpus}")
     elif res.get("gres"):
         args.append(f"--gres={res['gres']}")
@@ -109,27 +116,45 @@ def pbs_submit_args(props: dict) -> list[str]:
 
 
 def submit(jobscript: str) -> None:
+    """Print the job id; a refused submission exits with the scheduler's own message and
+    code (e.g. sbatch's "Invalid account or account/partition combination specified")."""
     props = read_properties(Path(jobscript))
     args = slurm_submit_args(props) if scheduler() == "slurm" else pbs_submit_args(props)
-    out = subprocess.run([*args, jobscript], check=True, capture_output=True, text=True)
+    out = subprocess.run([*args, jobscript], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr or out.stdout or f"{args[0]} exited {out.returncode}\n")
+        sys.exit(out.returncode)
     # sbatch --parsable prints "id" or "id;cluster"; qsub prints "id.server"
     print(out.stdout.strip().split(";")[0])
 
 
+def query(args: list[str]) -> str | None:
+    """The first line of a status query's answer ('' when the scheduler does not know the
+    job), or None when the scheduler did not answer (down, timed out, overloaded)."""
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"scheduler.py: {args[0]} timed out", file=sys.stderr)
+        return None
+    if out.returncode != 0:
+        if UNKNOWN_JOB.search(out.stderr + out.stdout):
+            return ""
+        print(f"scheduler.py: {args[0]}: {out.stderr.strip()}", file=sys.stderr)
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def slurm_status(jobid: str) -> str:
-    state = ""
-    sacct = subprocess.run(
-        ["sacct", "-X", "-n", "-P", "-j", jobid, "-o", "State"], capture_output=True, text=True
-    )
-    if sacct.returncode == 0 and sacct.stdout.strip():
-        state = sacct.stdout.strip().splitlines()[0]
-    else:  # no accounting database: slurmctld remembers finished jobs for MinJobAge
-        squeue = subprocess.run(
-            ["squeue", "-h", "-j", jobid, "--states=all", "-o", "%T"],
-            capture_output=True,
-            text=True,
-        )
-        state = squeue.stdout.strip().splitlines()[0] if squeue.stdout.strip() else ""
+    """A job SLURM does not know is failed only when SLURM answered: a failed query (the
+    controller down or timing out) says running, else Snakemake would submit the running job
+    again."""
+    state = query(["sacct", "-X", "-n", "-P", "-j", jobid, "-o", "State"])
+    if not state:  # no accounting database: slurmctld remembers finished jobs for MinJobAge
+        squeue = query(["squeue", "-h", "-j", jobid, "--states=all", "-o", "%T"])
+        if squeue is None:
+            return "running"
+        state = squeue
     state = state.split()[0].rstrip("+") if state else ""
     if not state:
         print(f"scheduler.py: SLURM does not know job {jobid}", file=sys.stderr)
@@ -140,12 +165,17 @@ def slurm_status(jobid: str) -> str:
 
 
 def pbs_status(jobid: str) -> str:
+    """As slurm_status: failed for a job the server does not know, running while it does
+    not answer."""
     out = subprocess.run(["qstat", "-x", "-f", jobid], capture_output=True, text=True)
     if out.returncode != 0:  # Torque: no -x
         out = subprocess.run(["qstat", "-f", jobid], capture_output=True, text=True)
     text = out.stdout
     state = re.search(r"job_state = (\w)", text)
     if not state:
+        if out.returncode != 0 and not UNKNOWN_JOB.search(out.stderr + text):
+            print(f"scheduler.py: qstat: {out.stderr.strip()}", file=sys.stderr)
+            return "running"
         return "failed"
     if state.group(1) not in ("F", "C"):
         return "running"

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import re
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -47,6 +48,58 @@ def test_every_gpu_rule_gets_a_gpu_on_slurm():
     for rule in gpu_rules:
         assert settings.get(rule, {}).get("gpu") == 1, rule
         assert "ZOOMMIL_SLURM_GPU_PARTITION" in settings[rule]["slurm_partition"], rule
+
+
+def test_cluster_generic_sizes_match_slurm():
+    """cluster-generic promises the slurm profile's sizes: a rule it lacked kept the rule's
+    own, which does not grow with `attempt`, so its retry failed the same way."""
+
+    def generic(resources: dict) -> dict:
+        return {k: v for k, v in resources.items() if k not in ("slurm_partition", "slurm_account")}
+
+    slurm, other = _profile("slurm"), _profile("cluster-generic")
+    assert other["set-threads"] == slurm["set-threads"]
+    assert other["default-resources"] == generic(slurm["default-resources"])
+    assert {rule: generic(res) for rule, res in slurm["set-resources"].items()} == other[
+        "set-resources"
+    ]
+
+
+# Snakemake's own job step inside a cluster job (measured on SLURM: ~340 MB), so that a job
+# asking for less is killed under cgroup memory enforcement; and a minute is below most
+# sites' scheduling granularity.
+MIN_JOB_MEM_MB = 1000
+MIN_JOB_RUNTIME = 5
+
+
+def _size(expression, wildcards: dict) -> float:
+    """A profile's resource expression (`"1000 * attempt"`) at the first attempt."""
+    if not isinstance(expression, str):
+        return expression
+    return eval(expression, {"attempt": 1, "wildcards": SimpleNamespace(**wildcards)})
+
+
+@needs_workflow
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_cluster_job_fits_snakemake_itself(name):
+    """Each rule that is not a local rule asks the cluster for at least MIN_JOB_MEM_MB and
+    MIN_JOB_RUNTIME (attention_settings asked for 100 MB and 1 minute)."""
+    profile = _profile(name)
+    defaults, sizes = profile["default-resources"], profile["set-resources"]
+    for rule, text in _workflow_rules().items():
+        if re.search(r"^\s+localrule: True$", text, flags=re.M):
+            continue
+        for resource, least in (("mem_mb", MIN_JOB_MEM_MB), ("runtime", MIN_JOB_RUNTIME)):
+            literal = re.search(rf"^\s+{resource}=(\d+),$", text, flags=re.M)
+            expression = sizes.get(rule, {}).get(resource) or (
+                int(literal.group(1)) if literal else defaults[resource]
+            )
+            for wildcards in (
+                {"method": "transmil", "device": "gpu"},
+                {"method": "x", "device": "cpu"},
+            ):
+                value = _size(expression, wildcards)
+                assert value >= least, f"profiles/{name}: {rule} gets {resource}={value}"
 
 
 @pytest.mark.parametrize("name", PROFILES)

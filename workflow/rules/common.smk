@@ -68,8 +68,11 @@ def code(*entries):
 
 
 def device(wildcards, resources):
-    """`--device` of a torch command: a GPU only where the rule declares one (resources)."""
-    return zwf.torch_device(resources.get("gpu", 0))
+    """`--device` of a torch command: a GPU only where the rule's resources request one
+    (`gpu`, a gpu `gres` or `gpu_model`, as the SLURM plugin reads them)."""
+    return zwf.torch_device(
+        resources.get("gpu"), resources.get("gres"), resources.get("gpu_model")
+    )
 
 
 def all_cores():

@@ -89,11 +89,14 @@ rule figure_throughput:
 # Figure 4's settings as a file: its predictions enter figure_attention and qc_exclusions as
 # checkpoint targets, and Snakemake skips the params and input-set checks of a job whose input
 # holds one, so without this input a new n_slides or method would rerun nothing.
+# A local rule: writing a small file needs no cluster job, and a SLURM job of 100 MB would be
+# killed by the ~340 MB of Snakemake's own job step under cgroup memory enforcement.
 rule attention_settings:
     output:
         "results/figures/attention_settings.json",
     log:
         "results/logs/attention_settings/attention_settings.log",
+    localrule: True
     conda:
         "../../envs/report.yaml"
     threads: 1

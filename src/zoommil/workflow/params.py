@@ -132,13 +132,35 @@ def resolved_mpp_flag(mpp: Any, source: str, flag: str = "--default-mpp") -> str
     return f"{'--mpp' if source == 'override' else flag} {float(text)}"
 
 
-def torch_device(gpus: Any) -> str:
-    """`--device` of a rule's torch command: `auto` where its resources declare a GPU, else
+def gres_gpus(gres: Any) -> int:
+    """GPUs a SLURM `gres` resource asks for: `gpu` -> 1, `gpu:2`, `gpu:a100:2` -> 2, no gpu
+    entry -> 0.
+
+    Why: sites whose SLURM only knows `--gres=gpu:1` request the GPU this way (with `gpu: 0`),
+    and snakemake-executor-plugin-slurm then submits a GPU job for any gres naming a gpu.
+    """
+    for entry in str(gres or "").split(","):
+        fields = entry.strip().split(":")
+        if fields[0].startswith("gpu"):
+            count = fields[-1] if len(fields) > 1 else "1"
+            return int(count) if count.isdigit() else 1
+    return 0
+
+
+def torch_device(gpus: Any, gres: Any = None, gpu_model: Any = None) -> str:
+    """`--device` of a rule's torch command: `auto` where its resources request a GPU, else
     `cpu`.
 
     Why: the commands default to `auto`, which takes CUDA wherever it is visible, so a rule
     that declares no GPU (train, predict) used one anyway: unscheduled by `--resources gpu=N`
-    or SLURM, and training is deterministic only on CPU. Declaring `gpu: 1` for a rule (in a
-    profile's `set-resources`) is what moves it to the GPU.
+    or SLURM, and training is deterministic only on CPU. Declaring a GPU for a rule (in a
+    profile's `set-resources`) is what moves it to the GPU, in any of the forms the SLURM
+    executor plugin submits as one: `gpu: N`, `gres: "gpu:N"` (with `gpu: 0`), or
+    `gpu_model` without `gpu` (it then asks for one GPU of that model).
     """
-    return "auto" if gpus and float(gpus) > 0 else "cpu"
+    if gpus is not None and str(gpus).strip():
+        if float(gpus) > 0:
+            return "auto"
+    elif gpu_model:
+        return "auto"
+    return "auto" if gres_gpus(gres) > 0 else "cpu"
