@@ -79,7 +79,6 @@ def _size(expression, wildcards: dict) -> float:
     return eval(expression, {"attempt": 1, "wildcards": SimpleNamespace(**wildcards)})
 
 
-@needs_workflow
 @pytest.mark.parametrize("name", PROFILES)
 def test_every_cluster_job_fits_snakemake_itself(name):
     """Each rule that is not a local rule asks the cluster for at least MIN_JOB_MEM_MB and
