@@ -356,8 +356,9 @@ def test_fewer_slides_than_threads_use_fewer_processes_and_say_so(caplog) -> Non
     assert not caplog.text
 
 
-def test_flops_draws_no_bar_off_a_terminal_and_takes_only_known_splits(tmp_path, capsys):
-    """flops drew its bar whatever stderr was; --split took any word (then found no slides)."""
+def _one_slide_meanmil(tmp_path: Path, extra: dict | None = None) -> tuple[Path, list[str]]:
+    """A MeanMIL checkpoint (config plus ``extra``) and one test slide's feature file: the
+    checkpoint and the `zoommil flops` argv for it, without --out."""
     from zoommil.io.featurefile import write_feature_file
 
     (tmp_path / "features").mkdir()
@@ -368,9 +369,14 @@ def test_flops_draws_no_bar_off_a_terminal_and_takes_only_known_splits(tmp_path,
     sheet.write_text("slide_id\tlabel\tsplit\ns1\ta\ttest\n")
     model = build_model("meanmil", in_dim=1024, n_classes=2)
     config = {"arch": "meanmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024,
-              "sheet": str(sheet)}  # fmt: skip
+              "sheet": str(sheet), **(extra or {})}  # fmt: skip
     ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
-    argv = ["flops", "--checkpoint", str(ckpt), "--features-dir", str(tmp_path / "features")]
+    return ckpt, ["flops", "--checkpoint", str(ckpt), "--features-dir", str(tmp_path / "features")]
+
+
+def test_flops_draws_no_bar_off_a_terminal_and_takes_only_known_splits(tmp_path, capsys):
+    """flops drew its bar whatever stderr was; --split took any word (then found no slides)."""
+    ckpt, argv = _one_slide_meanmil(tmp_path)
     assert main([*argv, "--out", str(tmp_path / "f.json")]) == 0
     assert "\r" not in capsys.readouterr().err
     for command in (argv, ["profile", "--checkpoint", str(ckpt)]):
@@ -386,22 +392,11 @@ def test_flops_names_the_encoder_weights_and_random_ones_say_so(tmp_path, capsys
     """DESIGN.md "Encoder": every output made with random weights says so; the FLOPs JSON of
     a checkpoint trained on random-weight features did not. A weights file is named and
     claims nothing random; a checkpoint recording no weights (older versions) claims none."""
-    from zoommil.io.featurefile import write_feature_file
     from zoommil.recipe import RANDOM_WEIGHTS_NOTE
 
-    (tmp_path / "features").mkdir()
-    rng = np.random.default_rng(0)
-    write_feature_file(tmp_path / "features" / "s1.h5", [10.0], [rng.normal(size=(3, 1024))],
-                       [np.zeros((3, 2))], [np.zeros((3, 2))], {})  # fmt: skip
-    sheet = tmp_path / "sheet.tsv"
-    sheet.write_text("slide_id\tlabel\tsplit\ns1\ta\ttest\n")
-    model = build_model("meanmil", in_dim=1024, n_classes=2)
     recorded = {"encoder": "resnet50_layer3", "weights": weights, "weights_seed": 3}
-    config = {"arch": "meanmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024,
-              "sheet": str(sheet), "preprocessing": recorded if weights else {}}  # fmt: skip
-    ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
+    _, argv = _one_slide_meanmil(tmp_path, {"preprocessing": recorded if weights else {}})
     out = tmp_path / "f.json"
-    argv = ["flops", "--checkpoint", str(ckpt), "--features-dir", str(tmp_path / "features")]
     assert main([*argv, "--out", str(out), "--no-progress"]) == 0
     record = json.loads(out.read_text())
     assert record["encoder"] == "resnet50_layer3" and record["weights"] == weights
