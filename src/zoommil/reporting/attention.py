@@ -22,13 +22,14 @@ from matplotlib import colormaps
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import atomic_path
 from zoommil.recipe import weights_note
+from zoommil.workflow.failure import IMAGE_SUFFIXES
 from zoommil.wsi.slide import open_with_mpp, read_thumbnail_at_mpp
 
 OUTLINE_COLOURS = ((0, 200, 0), (0, 90, 255), (255, 140, 0))
 
-#: Image files a heatmap can be: OpenCV picks its encoder by the suffix (the failure marker
-#: of `zoommil.workflow.failure` writes each of them as an image too).
-HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+#: Image files a heatmap can be: OpenCV picks its encoder by the suffix. The same list as the
+#: image failure markers of `zoommil.workflow.failure`, so every heatmap can be marked failed.
+HEATMAP_SUFFIXES = IMAGE_SUFFIXES
 
 
 def check_heatmap_path(path: str | Path) -> None:
