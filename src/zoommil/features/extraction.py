@@ -44,14 +44,7 @@ from zoommil.recipe import ENCODER_FIELDS, PreprocessingRecipe, default_weights
 from zoommil.recipe import default as recipe_default
 from zoommil.wsi.lattice import Lattice
 from zoommil.wsi.lattice import depths as mag_depths
-from zoommil.wsi.patches import (  # noqa: F401  (re-exported: predict, tests)
-    ReaderPool,
-    RegionTask,
-    chunk_tasks,
-    close_handles,
-    read_parent_patches,
-    read_task,
-)
+from zoommil.wsi.patches import ReaderPool, chunk_tasks
 
 log = logging.getLogger(__name__)
 
