@@ -119,10 +119,12 @@ def check_seed(seed: int, flag: str = "--seed") -> None:
         raise ZoomMILError(f"{flag} must be below 2**32 = {SEED_LIMIT}, got {seed}")
 
 
+#: ``--weights`` values that name no file (see `zoommil.features.encoders.weights`).
+WEIGHT_KEYWORDS = ("imagenet", "hf", "random")
+
+
 def weights_file(value: str | None) -> str | None:
     """The file a ``--weights`` value names, None for a keyword (an input of `zoommil.cli`)."""
-    from zoommil.features.encoders.registry import WEIGHT_KEYWORDS  # torch-free
-
     return None if value is None or value in WEIGHT_KEYWORDS else value
 
 
