@@ -46,7 +46,8 @@ from tqdm import tqdm
 from zoommil.features.encoder import build_encoder, encode_patches
 from zoommil.io.sheet import read_sheet
 from zoommil.synth import make_demo_dataset
-from zoommil.wsi.slide import open_slide, read_region_at
+from zoommil.wsi.pixels import read_region_at
+from zoommil.wsi.slide import open_slide
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = {"10x": 256, "5x": 512, "2.5x": 1024}  # level-0 side of a 256-px patch (mpp0 = 1.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from zoommil.cli import COMMANDS, build_parser
-from zoommil.wsi import slide as zslide
+from zoommil.wsi import resolution as zresolution
 
 
 def test_every_command_has_help(capsys):
@@ -204,12 +204,12 @@ def test_the_installed_command_is_the_console_entry():
 def test_the_mpp_hint_names_only_flags_each_command_has():
     """A slide without mpp says how to supply one: `zoommil predict` said '--default-mpp X',
     which predict does not take (argparse refused it)."""
-    hint = zslide.HOW_TO_SUPPLY_MPP
+    hint = zresolution.HOW_TO_SUPPLY_MPP
     subparsers = build_parser()._subparsers._group_actions[0].choices
-    for command in zslide.MPP_FLAG_COMMANDS:
+    for command in zresolution.MPP_FLAG_COMMANDS:
         flags = set(subparsers[command]._option_string_actions)
         assert "--mpp" in flags, command
-        takes_default = command in zslide.DEFAULT_MPP_FLAG_COMMANDS
+        takes_default = command in zresolution.DEFAULT_MPP_FLAG_COMMANDS
         assert ("--default-mpp" in flags) == takes_default, command
     assert "--mpp X" in hint
     assert "inspect, tissue and tile also take --default-mpp X" in hint

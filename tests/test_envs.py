@@ -54,6 +54,8 @@ FAMILY_MODULES = {
     "wsi": [
         "zoommil.cli",
         "zoommil.wsi.slide",
+        "zoommil.wsi.resolution",
+        "zoommil.wsi.pixels",
         "zoommil.wsi.tissue",
         "zoommil.wsi.lattice",
         "zoommil.synth",

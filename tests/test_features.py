@@ -39,11 +39,13 @@ from zoommil.io.featurefile import (
 )
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.workflow.failure import read_marker
-from zoommil.wsi import slide as slide_module
+from zoommil.wsi import pixels as pixels_module
 from zoommil.wsi.lattice import Lattice, build_lattice, check_lattice
 from zoommil.wsi.lattice import descendant_offsets as quadtree_offsets
 from zoommil.wsi.patches import ReaderPool, RegionTask, chunk_tasks, cut_patches, read_task
-from zoommil.wsi.slide import open_slide, read_region_at, resolve_mpp
+from zoommil.wsi.pixels import read_region_at
+from zoommil.wsi.resolution import resolve_mpp
+from zoommil.wsi.slide import open_slide
 from zoommil.wsi.tiling import tile_slide
 
 MAGS = [5.0, 10.0, 20.0]
@@ -513,7 +515,7 @@ def test_validate_plan_rejects_misordered_rows(tiny):
 
 def test_read_error_is_retried_once_then_names_the_slide(tiny, monkeypatch):
     lattice = load_coords(tiny["coords"])
-    real = slide_module.read_region_at
+    real = pixels_module.read_region_at
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -522,7 +524,7 @@ def test_read_error_is_retried_once_then_names_the_slide(tiny, monkeypatch):
             raise openslide.OpenSlideError("Corrupt JPEG data: premature end of data segment")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(slide_module, "read_region_at", flaky)
+    monkeypatch.setattr(pixels_module, "read_region_at", flaky)
     assert isinstance(read_parent(tiny["slide"], lattice, 0), np.ndarray)
     # reopened and read again: the failed read, then the parent's six (5x whole, 10x whole,
     # 20x one 10x patch at a time)
@@ -531,7 +533,7 @@ def test_read_error_is_retried_once_then_names_the_slide(tiny, monkeypatch):
     def broken(*args, **kwargs):
         raise openslide.OpenSlideError("Corrupt JPEG data")
 
-    monkeypatch.setattr(slide_module, "read_region_at", broken)
+    monkeypatch.setattr(pixels_module, "read_region_at", broken)
     encoder = PatchEncoder(build_encoder("random")[0])
     with pytest.raises(SlideError, match="Corrupt JPEG") as info:
         encode_plan(tiny["slide"], lattice, encoder, workers=0, progress=False)

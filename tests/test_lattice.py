@@ -24,7 +24,8 @@ from zoommil.wsi.lattice import (
     tissue_fractions,
     validate_mags,
 )
-from zoommil.wsi.slide import open_slide, read_region_at
+from zoommil.wsi.pixels import read_region_at
+from zoommil.wsi.slide import open_slide
 from zoommil.wsi.tiling import tile_slide
 
 

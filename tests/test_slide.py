@@ -1,4 +1,5 @@
-"""Slide opening, the mpp chain and region reading (zoommil.wsi.slide)."""
+"""Slide opening (zoommil.wsi.slide), the mpp chain (zoommil.wsi.resolution) and region
+reading (zoommil.wsi.pixels)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,15 @@ from slide_factory import write_pyramid_tiff
 
 from zoommil.cli import main
 from zoommil.errors import SlideError
-from zoommil.wsi.slide import (
+from zoommil.wsi.pixels import (
     best_level,
-    inspect_slide,
-    open_slide,
     read_rect_at,
     read_region_at,
     read_thumbnail_at_mpp,
-    resolve_mpp,
     rgba_to_rgb_on_white,
 )
+from zoommil.wsi.resolution import resolve_mpp
+from zoommil.wsi.slide import inspect_slide, open_slide
 
 
 def fake_slide(props: dict, dims=(1000, 800)) -> SimpleNamespace:
@@ -225,7 +225,7 @@ def test_premultiplied_pixels_on_white_as_openslide_python_unpremultiplies_them(
     """`read_rgb`'s table for pixels that are not opaque: every (alpha, colour) pair gives
     what openslide-python's own conversion followed by `rgba_to_rgb_on_white` gives."""
     convert = pytest.importorskip("openslide._convert")
-    from zoommil.wsi import slide as slide_module
+    from zoommil.wsi import pixels as pixels_module
 
     alpha = np.repeat(np.arange(256, dtype=np.uint32), 256)
     colour = np.tile(np.arange(256, dtype=np.uint32), 256)
@@ -236,14 +236,14 @@ def test_premultiplied_pixels_on_white_as_openslide_python_unpremultiplies_them(
     convert.argb2rgba(buffer)
     rgba = np.frombuffer(buffer, dtype=np.uint8).reshape(-1, 1, 4)
     expected = rgba_to_rgb_on_white(rgba)[:, 0, 0]
-    np.testing.assert_array_equal(slide_module._on_white_table()[alpha, colour], expected)
+    np.testing.assert_array_equal(pixels_module._on_white_table()[alpha, colour], expected)
 
 
 @pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "prostate-he-generic.tiff"])
 def test_read_rgb_equals_the_public_read_region_on_white(slides_dir, name):
     """The NumPy-buffer read gives the pixels of OpenSlide's public call composited on white,
     on every level, for regions inside the slide and reaching past its edges (transparent)."""
-    from zoommil.wsi.slide import read_rgb
+    from zoommil.wsi.pixels import read_rgb
 
     with open_slide(slides_dir / name, test_read=False) as slide:
         w0, h0 = slide.dimensions
@@ -262,18 +262,18 @@ def test_read_rgb_equals_the_public_read_region_on_white(slides_dir, name):
 
 
 def test_read_rgb_without_the_numpy_buffer_call_uses_the_public_one(slides_dir, monkeypatch):
-    from zoommil.wsi import slide as slide_module
+    from zoommil.wsi import pixels as pixels_module
 
     with open_slide(slides_dir / "CMU-1-Small-Region.svs", test_read=False) as slide:
         region = ((100, 200), 0, (64, 48))
-        expected = slide_module.read_rgb(slide, *region)
+        expected = pixels_module.read_rgb(slide, *region)
         public = []
         read_region = slide.read_region
         slide.read_region = lambda *args: public.append(args) or read_region(*args)
-        np.testing.assert_array_equal(slide_module.read_rgb(slide, *region), expected)
+        np.testing.assert_array_equal(pixels_module.read_rgb(slide, *region), expected)
         assert not public  # the buffer call
-        monkeypatch.setattr(slide_module, "_RAW_READ_REGION", None)
-        np.testing.assert_array_equal(slide_module.read_rgb(slide, *region), expected)
+        monkeypatch.setattr(pixels_module, "_RAW_READ_REGION", None)
+        np.testing.assert_array_equal(pixels_module.read_rgb(slide, *region), expected)
         assert len(public) == 1
 
 
@@ -291,21 +291,21 @@ def test_thumbnail_reuses_the_test_reads_coarsest_level_and_equals_a_fresh_read(
     """The coarsest level decoded by open's test read is handed to the next thumbnail: one
     from that level reads nothing more (same pixels as reading it again); either way it is
     dropped then. A handle opened without a test read, or a later thumbnail, reads."""
-    from zoommil.wsi import slide as slide_module
+    from zoommil.wsi import pixels as pixels_module
 
     with open_slide(slides_dir / name, test_read=False) as fresh:
-        assert fresh not in slide_module._TEST_READ_TOP
+        assert fresh not in pixels_module._TEST_READ_TOP
         expected = read_thumbnail_at_mpp(fresh, 0.5, target_mpp)
     with open_slide(slides_dir / name) as tested:
-        assert tested in slide_module._TEST_READ_TOP
+        assert tested in pixels_module._TEST_READ_TOP
         reads = []
-        read_rgb = slide_module.read_rgb
+        read_rgb = pixels_module.read_rgb
         monkeypatch.setattr(
-            slide_module, "read_rgb", lambda *args: reads.append(args) or read_rgb(*args)
+            pixels_module, "read_rgb", lambda *args: reads.append(args) or read_rgb(*args)
         )
         got = read_thumbnail_at_mpp(tested, 0.5, target_mpp)
         assert (len(reads) == 0) == from_coarsest
-        assert tested not in slide_module._TEST_READ_TOP  # not kept past the thumbnail
+        assert tested not in pixels_module._TEST_READ_TOP  # not kept past the thumbnail
         np.testing.assert_array_equal(got, expected)
         np.testing.assert_array_equal(read_thumbnail_at_mpp(tested, 0.5, target_mpp), expected)
         assert reads  # the second thumbnail read the slide
@@ -363,9 +363,9 @@ def test_open_slide_returns_openslide(synthetic_slide):
 
 def _whole_level_thumbnail(slide: openslide.OpenSlide, level: int, out_w: int, out_h: int):
     """The reference: the whole level read at once, then one INTER_AREA resize."""
-    from zoommil.wsi import slide as slide_module
+    from zoommil.wsi import pixels as pixels_module
 
-    whole = slide_module.read_rgb(slide, (0, 0), level, slide.level_dimensions[level])
+    whole = pixels_module.read_rgb(slide, (0, 0), level, slide.level_dimensions[level])
     if whole.shape[:2] == (out_h, out_w):
         return whole
     return cv2.resize(whole, (out_w, out_h), interpolation=cv2.INTER_AREA)
@@ -388,17 +388,17 @@ def test_big_level_thumbnail_is_resized_in_strips_with_the_same_pixels(
     """A level over the whole-level limit (a single-level scan here) is resized strip by strip:
     no read holds more than a strip of rows, and the thumbnail is bit-identical to resizing
     the whole level at once, for integer and fractional ratios alike."""
-    from zoommil.wsi import slide as slide_module
+    from zoommil.wsi import pixels as pixels_module
 
     rng = np.random.default_rng(width + height)
     rgb = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 2)
     path = make_slide("one_level.tiff", rgb=rgb, levels=1, tile=64)
-    monkeypatch.setattr(slide_module, "_THUMB_WHOLE_LEVEL_BYTES", 0)
-    monkeypatch.setattr(slide_module, "_READ_STRIP_BYTES", width * 4 * 40)  # 40 rows a read
+    monkeypatch.setattr(pixels_module, "_THUMB_WHOLE_LEVEL_BYTES", 0)
+    monkeypatch.setattr(pixels_module, "_READ_STRIP_BYTES", width * 4 * 40)  # 40 rows a read
     spans = []
-    read_rows = slide_module._read_level_rows
+    read_rows = pixels_module._read_level_rows
     monkeypatch.setattr(
-        slide_module,
+        pixels_module,
         "_read_level_rows",
         lambda slide, level, y0, y1: spans.append(y1 - y0) or read_rows(slide, level, y0, y1),
     )
@@ -424,7 +424,7 @@ def test_pyramid_thumbnails_keep_the_whole_level_path(
 ):
     """Ordinary slides' levels at the mask's 8 um/px are far under the limit: their thumbnails
     (hence masks and lattices) are still the whole level resized once, pixel for pixel."""
-    from zoommil.wsi import slide as slide_module
+    from zoommil.wsi import pixels as pixels_module
 
     path = synthetic_slide if name is None else slides_dir / name
     if not path.is_file():
@@ -433,7 +433,7 @@ def test_pyramid_thumbnails_keep_the_whole_level_path(
     def no_strips(*args):
         raise AssertionError("strip path taken")
 
-    monkeypatch.setattr(slide_module, "_area_resize_level", no_strips)
+    monkeypatch.setattr(pixels_module, "_area_resize_level", no_strips)
     with open_slide(path, test_read=False) as slide:
         got = read_thumbnail_at_mpp(slide, mpp, 8.0)
         w0, h0 = slide.dimensions

@@ -16,3 +16,11 @@ class SlideError(ZoomMILError):
         self.slide = str(slide)
         self.reason = reason
         super().__init__(f"{self.slide}: {reason}")
+
+
+class SlideCheckError(SlideError):
+    """A `SlideError` with a machine-readable status for `inspect` (e.g. ``no_mpp``)."""
+
+    def __init__(self, slide: str | Path, status: str, reason: str) -> None:
+        self.status = status
+        super().__init__(slide, reason)

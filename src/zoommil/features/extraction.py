@@ -332,7 +332,8 @@ def check_plan_matches_slide(
     given, else against the slide's metadata when the coords file took its mpp from there (a
     coords mpp that came from an override or a default cannot be checked against metadata).
     """
-    from zoommil.wsi.slide import quickhash, resolve_mpp
+    from zoommil.wsi.resolution import resolve_mpp
+    from zoommil.wsi.slide import quickhash
 
     made_for = plan.attrs.get("slide_quickhash") or None
     this = quickhash(slide)

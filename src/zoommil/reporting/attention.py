@@ -4,8 +4,9 @@ Attention weights are painted over the patches they belong to (`attention_map`: 
 magnification, min-max scaled), and the regions ZoomMIL zoomed into are outlined, so a person
 can see where the model looked. `predict --heatmap` blends the lowest magnification's map over
 the thumbnail (`attention_overlay`); Figure 4 draws every magnification's map with matplotlib.
-Slides are read only through `zoommil.wsi.slide`. A heatmap of random encoder weights carries
-the note in a caption band under the map (every format) and, as a PNG, in a text chunk.
+Slides are opened and read only through `zoommil.wsi.slide` and `zoommil.wsi.pixels`. A
+heatmap of random encoder weights carries the note in a caption band under the map (every
+format) and, as a PNG, in a text chunk.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import atomic_path
 from zoommil.recipe import weights_note
 from zoommil.workflow.failure import IMAGE_SUFFIXES
-from zoommil.wsi.slide import open_with_mpp, read_thumbnail_at_mpp
+from zoommil.wsi.pixels import read_thumbnail_at_mpp
+from zoommil.wsi.slide import open_with_mpp
 
 OUTLINE_COLOURS = ((0, 200, 0), (0, 90, 255), (255, 140, 0))
 

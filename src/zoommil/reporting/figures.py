@@ -399,7 +399,7 @@ def throughput_figure(
 def _thumbnail(
     path: str, mpp: float | None = None, max_side: int = 768
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """The slide's thumbnail and level-0 size, read through `zoommil.wsi.slide` as the heatmap
+    """The slide's thumbnail and level-0 size, read through `zoommil.wsi.pixels` as the heatmap
     of `zoommil predict` (at the mpp the prediction used)."""
     return attention.slide_thumbnail(path, mpp, max_side=max_side)
 

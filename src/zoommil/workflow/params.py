@@ -99,7 +99,7 @@ def encoder_flags(recipe: PreprocessingRecipe) -> str:
     )
 
 
-#: mpp sources of `zoommil.wsi.slide.resolve_mpp` that are not the slide's own metadata
+#: mpp sources of `zoommil.wsi.resolution.resolve_mpp` that are not the slide's own metadata
 #: ("sheet": a "default" that came from the sheet's mpp column, `zoommil.workflow.qc`).
 _GIVEN_MPP_SOURCES = ("default", "sheet", "override")
 

@@ -78,14 +78,14 @@ def read_parent_patches(
     (a 2.5x patch made from 10x pixels differs from one read from the 2.5x level). Each read
     takes the coarsest pyramid level fine enough for it (`read_rect_at`).
     """
-    from zoommil.wsi import slide as slide_module  # looked up per call: tests patch it
+    from zoommil.wsi import pixels  # looked up per call: tests patch it
 
     images: dict[int, np.ndarray] = {}
     previous: int | None = None
     for d in depths:
         out_px = patch_size * 2**d
         if previous is None:
-            image = slide_module.read_region_at(slide, int(x0), int(y0), int(side0), out_px)
+            image = pixels.read_region_at(slide, int(x0), int(y0), int(side0), out_px)
         else:
             cells = 2**previous
             cell0 = int(side0) // cells
@@ -94,7 +94,7 @@ def read_parent_patches(
             for r in range(cells):
                 for c in range(cells):
                     image[r * cell_px : (r + 1) * cell_px, c * cell_px : (c + 1) * cell_px] = (
-                        slide_module.read_region_at(
+                        pixels.read_region_at(
                             slide, int(x0) + c * cell0, int(y0) + r * cell0, cell0, cell_px
                         )
                     )

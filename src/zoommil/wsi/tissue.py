@@ -30,7 +30,8 @@ from PIL import Image, PngImagePlugin
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import atomic_path
 from zoommil.recipe import TISSUE_METHODS, TISSUE_PARAMS, default, tissue_params
-from zoommil.wsi.slide import check_brightfield, open_with_mpp, read_thumbnail_at_mpp
+from zoommil.wsi.pixels import read_thumbnail_at_mpp
+from zoommil.wsi.slide import check_brightfield, open_with_mpp
 
 log = logging.getLogger(__name__)
 

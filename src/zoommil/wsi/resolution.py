@@ -1,0 +1,177 @@
+"""A slide's level-0 resolution (microns per pixel, mpp) and where it came from.
+
+mpp resolution (`resolve_mpp`), first plausible value wins:
+
+1. an explicit override (``--mpp``): the user's word beats metadata, because metadata is the
+   thing that is wrong when a user bothers to give one (e.g. a 72-dpi placeholder);
+2. ``openslide.mpp-x`` (OpenSlide's own normalisation of the vendor metadata);
+3. vendor keys OpenSlide does not normalise (``aperio.MPP``, MIRAX, Hamamatsu);
+4. the TIFF resolution tags (``tiff.XResolution`` with its unit, centimetre or inch);
+5. the objective power (``openslide.objective-power`` / ``aperio.AppMag``): mpp = 10 / power;
+6. a default (``--default-mpp``: in the workflow the sheet's mpp column, else the config's
+   ``default_mpp``), used only when metadata gives nothing plausible, with a warning.
+
+Values outside 0.05-5.0 um/px (`zoommil.wsi.mpp`) are never used: a metadata value out of
+range is skipped (and reported), an explicit value out of range is an error. The source is
+recorded as e.g. ``"openslide.mpp-x"``, ``"objective-power"``, ``"override"`` or ``"default"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import openslide
+
+from zoommil.errors import SlideCheckError
+from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
+
+log = logging.getLogger(__name__)
+
+#: Every command that opens a slide takes --mpp (inspect, tissue, tile, features, predict);
+#: only inspect, tissue and tile take --default-mpp; profile reads the sheet's mpp column.
+MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile", "features", "predict")
+DEFAULT_MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile")
+HOW_TO_SUPPLY_MPP = (
+    "supply one with --mpp X, e.g. --mpp 0.5 for a 20x scan (inspect, tissue and tile also "
+    "take --default-mpp X, used only where the metadata has none; profile and the workflow: "
+    "the sheet's mpp column, or the config's default_mpp)"
+)
+
+
+def metadata_float(value: Any) -> float | None:
+    """A metadata value as a finite positive number, else None."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) and out > 0 else None
+
+
+def mpp_candidates(slide: openslide.OpenSlide) -> list[tuple[str, float]]:
+    """Every mpp the metadata suggests, in order of trust (plausible or not)."""
+    props = slide.properties
+    out: list[tuple[str, float]] = []
+
+    def add(source: str, value: float | None) -> None:
+        if value is not None:
+            out.append((source, value))
+
+    add("openslide.mpp-x", metadata_float(props.get("openslide.mpp-x")))
+    add("aperio.MPP", metadata_float(props.get("aperio.MPP")))
+    add(
+        "mirax.MICROMETER_PER_PIXEL_X",
+        metadata_float(props.get("mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_X")),
+    )
+    # Hamamatsu VMS/VMU: physical width in nm over the width in pixels.
+    phys = metadata_float(props.get("hamamatsu.PhysicalWidth"))
+    if phys is not None:
+        add("hamamatsu.PhysicalWidth", phys / 1000.0 / slide.dimensions[0])
+    xres = metadata_float(props.get("tiff.XResolution"))
+    if xres is not None:
+        unit = str(props.get("tiff.ResolutionUnit", "inch")).lower()
+        per = {"centimeter": 1e4, "centimetre": 1e4, "inch": 25400.0}.get(unit)
+        if per is not None:
+            add(f"tiff.XResolution ({unit})", per / xres)
+    for key in ("openslide.objective-power", "aperio.AppMag"):
+        power = metadata_float(props.get(key))
+        if power is not None:
+            add(f"objective-power ({key})", 10.0 / power)
+            break
+    return out
+
+
+def _plausible(mpp: float) -> bool:
+    return plausible_mpp(mpp)
+
+
+def resolve_mpp_details(
+    slide: openslide.OpenSlide,
+    path: str | Path,
+    mpp_override: float | None = None,
+    default_mpp: float | None = None,
+) -> dict[str, Any]:
+    """`resolve_mpp` plus the candidates it saw and rejected (for `inspect` and provenance)."""
+    candidates = mpp_candidates(slide)
+    rejected = [(s, v) for s, v in candidates if not _plausible(v)]
+    info: dict[str, Any] = {
+        "candidates": [{"source": s, "mpp": v} for s, v in candidates],
+        "rejected": [{"source": s, "mpp": v} for s, v in rejected],
+    }
+    if mpp_override is not None:
+        if not _plausible(float(mpp_override)):
+            raise SlideCheckError(
+                path,
+                "implausible_mpp",
+                f"--mpp {mpp_override} is outside the plausible range {MPP_RANGE_TEXT}",
+            )
+        return {**info, "mpp": float(mpp_override), "source": "override"}
+    for source, value in candidates:
+        if _plausible(value):
+            _warn_if_anisotropic(slide, path, value)
+            return {**info, "mpp": value, "source": source}
+    if default_mpp is not None:
+        if not _plausible(float(default_mpp)):
+            raise SlideCheckError(
+                path,
+                "implausible_mpp",
+                f"default mpp {default_mpp} is outside the plausible range {MPP_RANGE_TEXT}",
+            )
+        log.warning(
+            "%s: no usable mpp in the metadata%s; using the default %.4g um/px",
+            path,
+            _rejected_text(rejected),
+            default_mpp,
+        )
+        return {**info, "mpp": float(default_mpp), "source": "default"}
+    if rejected:
+        raise SlideCheckError(
+            path,
+            "implausible_mpp",
+            f"implausible resolution in the metadata{_rejected_text(rejected)}, outside "
+            f"{MPP_RANGE_TEXT}; {HOW_TO_SUPPLY_MPP}",
+        )
+    raise SlideCheckError(
+        path,
+        "no_mpp",
+        f"no resolution (mpp) or objective power in the slide metadata; {HOW_TO_SUPPLY_MPP}",
+    )
+
+
+#: Relative difference of openslide.mpp-y from the mpp used above which a slide is flagged.
+ANISOTROPY_TOLERANCE = 0.02
+
+
+def _warn_if_anisotropic(slide: openslide.OpenSlide, path: str | Path, mpp: float) -> None:
+    """Warn when the pixels are not square: the lattice uses one mpp for both axes, so its
+    patches would cover non-square tissue and the mask would be squashed."""
+    mpp_y = metadata_float(slide.properties.get("openslide.mpp-y"))
+    if mpp_y is not None and abs(mpp_y / mpp - 1.0) > ANISOTROPY_TOLERANCE:
+        log.warning(
+            "%s: pixels are not square (mpp-y %.4g vs %.4g um/px); patches cover %.3g times "
+            "more tissue down than across",
+            path,
+            mpp_y,
+            mpp,
+            mpp_y / mpp,
+        )
+
+
+def _rejected_text(rejected: Sequence[tuple[str, float]]) -> str:
+    if not rejected:
+        return ""
+    return " (" + ", ".join(f"{s} = {v:.4g} um/px" for s, v in rejected) + ")"
+
+
+def resolve_mpp(
+    slide: openslide.OpenSlide,
+    path: str | Path,
+    mpp_override: float | None = None,
+    default_mpp: float | None = None,
+) -> tuple[float, str]:
+    """Level-0 microns per pixel and where it came from (see the module docstring)."""
+    info = resolve_mpp_details(slide, path, mpp_override, default_mpp)
+    return info["mpp"], info["source"]
