@@ -632,7 +632,7 @@ def test_flops_command_counts_the_checkpoints_encoder(tmp_path, capsys):
 def test_tables_name_the_encoder():
     import pandas as pd
 
-    from zoommil.reporting.tables import table_notes
+    from zoommil.reporting.table_notes import table_notes
 
     qc = pd.DataFrame({"slide_id": ["s1"], "status": ["ok"], "reason": [""]})
     notes = table_notes("camelyon16", "hf", qc, {}, encoder="uni")

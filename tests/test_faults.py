@@ -39,7 +39,7 @@ from zoommil import cli
 from zoommil.errors import ZoomMILError
 from zoommil.io import sheet as zsheet
 from zoommil.io.atomic import atomic_path, remove_stale_temps
-from zoommil.reporting import tables
+from zoommil.reporting import table_notes
 from zoommil.workflow import exclusions, qc
 from zoommil.workflow.failure import Failure, read_marker, write_marker
 from zoommil.workflow.spares import first_successes
@@ -331,7 +331,7 @@ def test_late_stage_failures_are_rows_of_the_exclusions_table(tmp_path):
     assert "1 of 3 slides excluded (1 failed at features)" in page
     assert "1 evaluated slide left out later: b (predict: cannot read level 0" in page
 
-    notes = tables.table_notes("tiny", "random", pd.read_csv(qc_tsv, sep="\t"), {}, "x", table)
+    notes = table_notes.table_notes("tiny", "random", pd.read_csv(qc_tsv, sep="\t"), {}, "x", table)
     late = [n for n in notes if "left out later" in n]
     assert len(late) == 1 and "b (profile: eof; missing from zoommil timing (cpu1)" in late[0]
 

@@ -15,7 +15,7 @@ import yaml
 from zoommil.errors import ZoomMILError
 from zoommil.io import sheet
 from zoommil.recipe import PreprocessingRecipe
-from zoommil.reporting import figures, results, tables
+from zoommil.reporting import figures, results, table_format, table_frames, table_notes, tables
 from zoommil.workflow import params as workflow
 from zoommil.workflow import qc, trainconfig
 
@@ -543,9 +543,9 @@ def test_all_cores_column_is_named_by_the_processes_used(tmp_path: Path) -> None
     _, outputs = _make_demo_tables(tmp_path, data)
     markdown = outputs["main_md"].read_text()
     assert "CPU 2 processes (s/slide)" in markdown and "all cores" not in markdown
-    headers = tables.timing_headers({"cpu": {"a": {"processes": 1, "skipped": ""}}})
+    headers = table_format.timing_headers({"cpu": {"a": {"processes": 1, "skipped": ""}}})
     assert headers["cpu"] == "CPU 1 process (s/slide)"
-    assert tables.timing_headers({})["cpu"] == "CPU all cores (s/slide)"  # older files
+    assert table_format.timing_headers({})["cpu"] == "CPU all cores (s/slide)"  # older files
 
 
 def test_tables_say_where_and_how_the_timings_were_taken(tmp_path: Path) -> None:
@@ -568,8 +568,8 @@ def test_tables_say_where_and_how_the_timings_were_taken(tmp_path: Path) -> None
     assert note in outputs["main_md"].read_text()
     assert note in outputs["ablation_md"].read_text()
     # ABMIL's files have no per-slide values: its slides are unknown, ZoomMIL's are 2
-    assert "n=2 slides" in tables.timing_note({"cpu1": {"a": {"n_slides": 2}, "b": {}}})
-    assert tables.timing_note({"gpu": {"a": {"skipped": "no CUDA device"}}}) == ""
+    assert "n=2 slides" in table_notes.timing_note({"cpu1": {"a": {"n_slides": 2}, "b": {}}})
+    assert table_notes.timing_note({"gpu": {"a": {"skipped": "no CUDA device"}}}) == ""
 
 
 def test_equal_per_slide_costs_have_no_spread() -> None:
@@ -577,7 +577,7 @@ def test_equal_per_slide_costs_have_no_spread() -> None:
     not six decimals of float rounding."""
     sd, n = results.spread([0.1 * 2**40] * 3)
     assert sd == 0 and n == 3
-    assert tables._num_sd(0.1, results.spread([0.1, 0.1, 0.1])[0]) == "0.1 ± 0"
+    assert table_format._num_sd(0.1, results.spread([0.1, 0.1, 0.1])[0]) == "0.1 ± 0"
     assert results.spread([1.9, 2.1])[0] == pytest.approx(float(np.std([1.9, 2.1], ddof=1)))
 
 
@@ -595,13 +595,15 @@ def test_comparison_notes_say_ratios_are_of_the_means(tmp_path: Path) -> None:
 
 def test_ablation_label() -> None:
     ref = {"arch": "zoommil", "k": 4}
-    assert tables.ablation_label({"arch": "zoommil", "k": 4, "aggregation": "concat"}, ref) == (
+    assert table_frames.ablation_label(
+        {"arch": "zoommil", "k": 4, "aggregation": "concat"}, ref
+    ) == (
         "aggregation",
         "aggregation=concat",
     )
-    assert tables.ablation_label({"arch": "zoommil", "k": 4, "selection": "diff_topk"}, ref)[0] == (
-        "reference"
-    )
+    assert table_frames.ablation_label({"arch": "zoommil", "k": 4, "selection": "diff_topk"}, ref)[
+        0
+    ] == ("reference")
 
 
 def test_find_metric_aliases() -> None:

@@ -236,7 +236,7 @@ def code_changed(reasons: dict[str, set[str]]) -> set[str]:
     ("relative", "importers"),
     [
         ("inference/predict.py", {"predict", "profile"}),
-        ("reporting/tables.py", {"tables", "figure_throughput", "figure_attention"}),
+        ("reporting/table_frames.py", {"tables", "figure_throughput", "figure_attention"}),
         ("efficiency/flops.py", {"flops"}),
     ],
 )

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from zoommil.reporting import stats, tables
+from zoommil.reporting import stats, table_format, table_frames, tables
 
 CLASSES = ["a", "b", "c"]
 
@@ -72,8 +72,8 @@ def test_one_slide_left_has_no_interval_and_no_test() -> None:
     result = stats.compare(a, b, "accuracy")
     assert result.difference == 0.5 and result.n_slides == 1
     assert all(math.isnan(v) for v in (result.low, result.high, result.p_value))
-    table = tables.comparison_table({"a": a, "b": b}, "a", {"b": "baseline"}, {}, {})
-    shown = tables.comparison_display(table, {}, [])
+    table = table_frames.comparison_table({"a": a, "b": b}, "a", {"b": "baseline"}, {}, {})
+    shown = table_format.comparison_display(table, {}, [])
     assert shown.iloc[0]["p (Accuracy)"] == "n/a"
 
 

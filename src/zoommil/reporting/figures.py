@@ -26,13 +26,13 @@ from zoommil.io.atomic import atomic_path
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import weights_note
 from zoommil.reporting import attention, results
-from zoommil.reporting.tables import (
+from zoommil.reporting.table_frames import (
     add_intervals,
     display_name,
-    encoder_label,
     run_predictions,
     summarize_runs,
 )
+from zoommil.reporting.table_notes import encoder_label
 
 log = logging.getLogger(__name__)
 

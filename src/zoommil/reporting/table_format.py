@@ -1,0 +1,273 @@
+"""The tables as people read them: formatted cells, Markdown and LaTeX, and the files.
+
+Percentages to one decimal with the spread and CI, costs to the digits their spread supports,
+"n/a" for what is missing, the best weighted F1 in bold; CSVs keep the numbers and carry the
+notes in a column. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from zoommil.io.atomic import atomic_path, write_text_atomic
+from zoommil.reporting.table_frames import CI_METRICS, METRICS, TIMING_HEADERS, full_seeds
+
+METRIC_HEADERS = {"weighted_f1": "Weighted F1 (%)", "accuracy": "Accuracy (%)", "auc": "AUC (%)"}
+
+
+def timing_headers(
+    timings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> dict[str, str]:
+    """TIMING_HEADERS with the all-cores column named by the processes its timings used
+    (`CPU 2 processes (s/slide)`: no more processes than slides are timed, so "all cores"
+    may be fewer than the machine's); the default where the files do not say (older ones)."""
+    headers = dict(TIMING_HEADERS)
+    timed = [t for t in timings.get("cpu", {}).values() if not t.get("skipped")]
+    used = span_text(t.get("processes") for t in timed)
+    if used:
+        headers["cpu"] = f"CPU {count_text(used, 'process')} (s/slide)"
+    return headers
+
+
+def span_text(values: Iterable[Any]) -> str:
+    """`2`, or `2-3` when the methods' files differ; empty when none says."""
+    known = sorted({int(v) for v in values if v is not None and not _missing(v)})
+    if not known:
+        return ""
+    return str(known[0]) if len(known) == 1 else f"{known[0]}-{known[-1]}"
+
+
+def count_text(n: str, word: str) -> str:
+    """`1 process`, `2 processes` (``n`` as `span_text` gives it)."""
+    return f"{n} {word}" if n == "1" else f"{n} {word}{'es' if word.endswith('s') else 's'}"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _with_spread(mean: Any, std: Any, fmt: Any) -> str:
+    """`mean ± std` with ``fmt`` applied to both, the bare mean without a std (one value,
+    or an older file without the per-slide values), `n/a` without a mean."""
+    if _missing(mean):
+        return "n/a"
+    return fmt(mean) if _missing(std) else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def _pct(
+    mean: float,
+    std: float,
+    low: float = math.nan,
+    high: float = math.nan,
+    n: float = math.nan,
+    seeds: int = 0,
+) -> str:
+    """`mean ± std [low, high]` in percent (the CI only when there is one), then `(n=k)` when
+    it comes from k values, fewer than the ``seeds`` of the full benchmark, or from one value
+    (which has no std: `80.0 (n=1)`, not `80.0 ± 0.0`)."""
+    text = _with_spread(mean, std, lambda v: f"{100 * v:.1f}")
+    if text == "n/a":
+        return text
+    if not (_missing(low) or _missing(high)):
+        text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+    if not _missing(n) and (int(n) < seeds or int(n) == 1):
+        text += f" (n={int(n)})"
+    return text
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{float(value):.{digits}g}"
+
+
+def _num_sd(mean: Any, sd: Any) -> str:
+    """A cost cell: `mean ± sd` over the slides, the sd to 2 significant digits and the mean
+    to the same decimal place (`7.34 ± 0.17`, `0.500 ± 0.058`), so the digits shown are the
+    ones the spread supports; the bare mean (3 significant digits) without an sd."""
+    if _missing(mean) or _missing(sd):
+        return _with_spread(mean, sd, _num)
+    if float(sd) == 0:
+        return f"{_num(mean)} ± 0"
+    decimals = min(6, max(0, 1 - math.floor(math.log10(float(sd)))))
+    return f"{float(mean):.{decimals}f} ± {float(sd):.{decimals}f}"
+
+
+def display_frame(
+    table: pd.DataFrame,
+    kind: str,
+    devices: Sequence[str],
+    seeds: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """The human-readable columns of a table (strings), best weighted F1 marked later.
+    ``seeds``: the full number of seeds (default: the most in ``table``); a cell from fewer
+    is marked ``(n=k)``."""
+    seeds = full_seeds(table) if seeds is None else seeds
+    headers = headers or TIMING_HEADERS
+    out = pd.DataFrame()
+    if kind == "main":
+        out["Method"] = table["name"]
+        out["Magnifications"] = table["mags"]
+    else:
+        out["Method"] = table["method"]
+        out["Component"] = table["component"]
+        out["Variant"] = table["variant"]
+    nans = [math.nan] * len(table)
+    for metric in METRICS:
+        out[METRIC_HEADERS[metric]] = [
+            _pct(*values)
+            for values in zip(
+                table.get(f"{metric}_mean", nans),
+                table.get(f"{metric}_std", nans),
+                table.get(f"{metric}_ci_low", nans),
+                table.get(f"{metric}_ci_high", nans),
+                table.get(f"{metric}_n", nans),
+                [seeds] * len(table),
+                strict=True,
+            )
+        ]
+    out["TFLOPs"] = [
+        _num_sd(v, sd) for v, sd in zip(table["tflops"], table.get("tflops_sd", nans), strict=True)
+    ]
+    if kind == "main":
+        for device in devices:
+            out[headers[device]] = [
+                _num_sd(v, sd)
+                for v, sd in zip(
+                    table[f"{device}_s_per_slide"],
+                    table.get(f"{device}_s_per_slide_sd", nans),
+                    strict=True,
+                )
+            ]
+    return out
+
+
+def best_row(table: pd.DataFrame) -> int | None:
+    """The row with the best mean weighted F1; None without one (no evaluation yet: the
+    summary has no metric columns)."""
+    if "weighted_f1_mean" not in table.columns:
+        return None
+    values = pd.to_numeric(table["weighted_f1_mean"], errors="coerce")
+    if values.isna().all():
+        return None
+    return int(values.idxmax())
+
+
+def to_markdown(display: pd.DataFrame, title: str, notes: Sequence[str], best: int | None) -> str:
+    header = "| " + " | ".join(display.columns) + " |"
+    rule = "|" + "|".join("---" for _ in display.columns) + "|"
+    lines = [f"**{title}**", "", header, rule]
+    for index, row in display.iterrows():
+        cells = [str(v) for v in row]
+        if index == best:
+            cells[0] = f"**{cells[0]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"*Note:* {note}" + "  " for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    replacements = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "_": r"\_",
+        "#": r"\#",
+        "^": r"\^{}",
+        "Δ": r"$\Delta$",
+        "−": "$-$",
+    }
+    text = "".join(replacements.get(c, c) for c in str(text))
+    return text.replace("±", r"$\pm$").replace("->", r"$\rightarrow$")
+
+
+def to_latex(
+    display: pd.DataFrame, title: str, notes: Sequence[str], best: int | None, label: str
+) -> str:
+    columns = "l" * 2 + "c" * (len(display.columns) - 2)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + _tex_escape(title + ". " + " ".join(notes)) + "}",
+        r"\label{" + label + "}",
+        r"\resizebox{\linewidth}{!}{%",
+        r"\begin{tabular}{" + columns + "}",
+        r"\toprule",
+        " & ".join(_tex_escape(c) for c in display.columns) + r" \\",
+        r"\midrule",
+    ]
+    for index, row in display.iterrows():
+        cells = [_tex_escape(v) for v in row]
+        if index == best:
+            cells[0] = r"\textbf{" + cells[0] + "}"
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _signed(value: float) -> str:
+    return "n/a" if _missing(value) else f"{100 * value:+.1f}"
+
+
+def _p(p: float, holm: float) -> str:
+    if _missing(p):
+        return "n/a"
+    return f"{p:.3g} (Holm {holm:.2g})"
+
+
+def _ratio(value: float) -> str:
+    return "n/a" if _missing(value) or math.isinf(value) else f"{value:.2f}x"
+
+
+def comparison_display(
+    table: pd.DataFrame,
+    names: Mapping[str, str],
+    devices: Sequence[str],
+    headers: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Human-readable comparison rows: differences in percentage points with their CI."""
+    headers = headers or TIMING_HEADERS
+    out = pd.DataFrame()
+    out["Comparison"] = [
+        f"{names.get(r, r)} vs {names.get(m, m)}"
+        for r, m in zip(table["reference"], table["method"], strict=True)
+    ]
+    out["Kind"] = table["kind"]
+    for metric in CI_METRICS:
+        header = METRIC_HEADERS[metric].replace(" (%)", "")
+        out[f"Δ {header} (pp) [95% CI]"] = [
+            "n/a" if _missing(d) else f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]"
+            for d, lo, hi in zip(
+                table[f"{metric}_diff"],
+                table[f"{metric}_ci_low"],
+                table[f"{metric}_ci_high"],
+                strict=True,
+            )
+        ]
+        out[f"p ({header})"] = [
+            _p(p, h) for p, h in zip(table[f"{metric}_p"], table[f"{metric}_p_holm"], strict=True)
+        ]
+    out["TFLOPs ratio"] = [_ratio(v) for v in table["tflops_ratio"]]
+    for device in devices:
+        out[f"Time ratio, {headers[device].split(' (')[0]}"] = [
+            _ratio(v) for v in table[f"{device}_time_ratio"]
+        ]
+    return out
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_text_atomic(path, text)
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame, notes: Sequence[str]) -> None:
+    frame = frame.copy()
+    frame["notes"] = " | ".join(notes)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")

@@ -1,0 +1,228 @@
+"""The tables' numbers as DataFrames: Tables 1-4 and the paired comparison.
+
+A method's metrics are the mean and std over its seeds, with a 95% bootstrap CI over test
+slides for weighted F1 and accuracy (`zoommil.reporting.stats`); its costs are TFLOPs and
+s/slide per timed device as mean +- std over the slides. The comparison pairs the reference
+(ZoomMIL) with every baseline and ablation over the slides both were tested on. Formatting
+is `zoommil.reporting.table_format`'s job, the notes under a table `table_notes`'.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from zoommil.recipe import arch_mags, format_mags
+from zoommil.reporting import stats
+
+DISPLAY_NAMES = {
+    "zoommil": "ZoomMIL",
+    "maxmil": "MaxMIL",
+    "meanmil": "MeanMIL",
+    "sparseconvmil": "SparseConvMIL",
+    "abmil": "ABMIL",
+    "clam_sb": "CLAM-SB",
+    "transmil": "TransMIL",
+    "msmil": "MS-MIL",
+    "dsmil": "DSMIL",
+}
+METRICS = ("weighted_f1", "accuracy", "auc")
+CI_METRICS = stats.METRICS  # metrics with a bootstrap CI over test slides
+ZOOMMIL_DEFAULTS = {"selection": "diff_topk", "attention": "dual", "aggregation": "sum"}
+#: The timed devices, in column order, with their column headers.
+TIMING_HEADERS = {
+    "cpu1": "CPU 1 thread (s/slide)",
+    "cpu": "CPU all cores (s/slide)",
+    "gpu": "GPU (s/slide)",
+}
+
+
+def display_name(method: str, spec: Mapping[str, Any] | None = None) -> str:
+    """ZoomMIL-style display name; a method named like its arch gets the paper's spelling."""
+    if method in DISPLAY_NAMES:
+        return DISPLAY_NAMES[method]
+    return method
+
+
+def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Mean and sample std (ddof=1; NaN for a single seed: one value has no spread, and a
+    0.0 would read as "no variation over seeds") per method and metric, over the seeds where
+    the metric has a value (`{metric}_n` of them; an AUC can be undefined for a seed);
+    `n_seeds`: the seeds with at least one metric."""
+    frame = pd.DataFrame(list(records))
+    rows = []
+    for method, group in frame.groupby("method", sort=False):
+        valid = group[list(METRICS)].astype(float).notna()
+        row: dict[str, Any] = {"method": method, "n_seeds": int(valid.any(axis=1).sum())}
+        for metric in METRICS:
+            values = group[metric].astype(float).dropna()
+            row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            row[f"{metric}_n"] = len(values)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def full_seeds(summary: pd.DataFrame) -> int:
+    """A table's full number of seeds as the evaluations show it: the most any of its rows
+    has (per table: `ablations.seeds` may differ from `train.seeds`)."""
+    if "n_seeds" not in summary.columns or summary.empty:
+        return 0
+    counts = pd.to_numeric(summary["n_seeds"], errors="coerce").dropna()
+    return int(counts.max()) if len(counts) else 0
+
+
+def _test_predictions(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """An evaluation record with top-level `classes` and `predictions`, else None (a
+    train-style metrics.json nests them under `test`)."""
+    if record.get("predictions") is None and isinstance(record.get("test"), Mapping):
+        record = {**record["test"], "classes": record.get("classes"), "seed": record.get("seed")}
+    return record if record.get("predictions") and record.get("classes") else None
+
+
+def run_predictions(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> dict[str, stats.Predictions]:
+    """Per-slide predictions of every method whose evaluation JSONs all carry them."""
+    out = {}
+    for method, records in runs.items():
+        usable = [_test_predictions(r) for r in records]
+        if usable and all(usable):
+            out[method] = stats.predictions_from_evals(usable)
+    return out
+
+
+def add_intervals(summary: pd.DataFrame, preds: Mapping[str, stats.Predictions]) -> pd.DataFrame:
+    """Summary plus `{metric}_ci_low/high` (95% bootstrap over test slides) and `n_test`."""
+    summary = summary.copy()
+    for column in [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + ["n_test"]:
+        summary[column] = math.nan
+    for i, method in enumerate(summary["method"]):
+        if method not in preds:
+            continue
+        summary.loc[i, "n_test"] = len(preds[method].slides)
+        for metric in CI_METRICS:
+            interval = stats.method_ci(preds[method], metric)
+            summary.loc[i, f"{metric}_ci_low"] = interval.low
+            summary.loc[i, f"{metric}_ci_high"] = interval.high
+    return summary
+
+
+def main_table(
+    summary: pd.DataFrame,
+    methods: Mapping[str, Mapping[str, Any]],
+    mags: Sequence[float],
+    flops: Mapping[str, Mapping[str, float]],
+    timings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> pd.DataFrame:
+    """Tables 1-3: one row per configured method, in config order."""
+    by_method = summary.set_index("method")
+    rows = []
+    for method, spec in methods.items():
+        row: dict[str, Any] = {
+            "method": method,
+            "name": display_name(method, spec),
+            "arch": spec.get("arch", method),
+            "mags": format_mags(arch_mags(spec.get("arch", method), mags)),
+        }
+        if method in by_method.index:
+            row.update(by_method.loc[method].to_dict())
+        row["tflops"] = flops.get(method, {}).get("tflops", math.nan)
+        row["tflops_sd"] = flops.get(method, {}).get("tflops_sd", math.nan)
+        row["patches_per_slide"] = flops.get(method, {}).get("patches", math.nan)
+        for device in TIMING_HEADERS:
+            timing = timings.get(device, {}).get(method, {})
+            row[f"{device}_s_per_slide"] = timing.get("seconds", math.nan)
+            row[f"{device}_s_per_slide_sd"] = timing.get("seconds_sd", math.nan)
+            row[f"{device}_n_slides"] = timing.get("n_slides", math.nan)
+            row[f"{device}_slides_per_hour"] = timing.get("slides_per_hour", math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ablation_label(spec: Mapping[str, Any], reference: Mapping[str, Any]) -> tuple[str, str]:
+    """(component, variant) of an ablation: the ZoomMIL kwargs that differ from the reference."""
+    full_ref = {**ZOOMMIL_DEFAULTS, **reference}
+    full = {**ZOOMMIL_DEFAULTS, **spec}
+    changed = [k for k in sorted(set(full) | set(full_ref)) if full.get(k) != full_ref.get(k)]
+    if not changed:
+        return "reference", ", ".join(f"{k}={full[k]}" for k in ZOOMMIL_DEFAULTS)
+    return ", ".join(changed), ", ".join(f"{k}={full.get(k)}" for k in changed)
+
+
+def ablation_table(
+    summary: pd.DataFrame,
+    ablations: Mapping[str, Mapping[str, Any]],
+    reference: str | None,
+    methods: Mapping[str, Mapping[str, Any]],
+    flops: Mapping[str, Mapping[str, float]],
+) -> pd.DataFrame:
+    """Table 4: the reference ZoomMIL row, then one row per ablation."""
+    by_method = summary.set_index("method")
+    ref_spec = methods.get(reference, {}) if reference else {}
+    rows = []
+    names = ([reference] if reference and ablations else []) + list(ablations)
+    for method in names:
+        spec = ref_spec if method == reference else ablations[method]
+        component, variant = ablation_label(spec, ref_spec)
+        row: dict[str, Any] = {"method": method, "component": component, "variant": variant}
+        if method in by_method.index:
+            row.update(by_method.loc[method].to_dict())
+        row["tflops"] = flops.get(method, {}).get("tflops", math.nan)
+        row["tflops_sd"] = flops.get(method, {}).get("tflops_sd", math.nan)
+        rows.append(row)
+    columns = ["method", "component", "variant", "n_seeds"]
+    columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
+    columns += [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + [
+        "n_test",
+        "tflops",
+        "tflops_sd",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def comparison_table(
+    preds: Mapping[str, stats.Predictions],
+    reference: str,
+    others: Mapping[str, str],
+    flops: Mapping[str, Mapping[str, float]],
+    timings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> pd.DataFrame:
+    """The reference against each method of ``others`` (name -> "baseline" | "ablation").
+
+    Differences are reference - method on the slides and seeds both share; ratios are
+    reference / method (below 1: the reference is cheaper). Holm's adjustment runs over the
+    rows of the table, per metric.
+    """
+    rows = []
+    for method, kind in others.items():
+        row: dict[str, Any] = {"reference": reference, "method": method, "kind": kind}
+        if reference in preds and method in preds:
+            for metric in CI_METRICS:
+                result = stats.compare(preds[reference], preds[method], metric)
+                row["n_slides"], row["n_seeds"] = result.n_slides, result.n_seeds
+                row[f"{metric}_diff"] = result.difference
+                row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = result.low, result.high
+                row[f"{metric}_p"], row[f"{metric}_p_exact"] = result.p_value, result.exact
+        ref_flops = flops.get(reference, {}).get("tflops", math.nan)
+        row["tflops_ratio"] = ref_flops / flops.get(method, {}).get("tflops", math.nan)
+        for device in TIMING_HEADERS:
+            ref_time = timings.get(device, {}).get(reference, {}).get("seconds", math.nan)
+            other = timings.get(device, {}).get(method, {}).get("seconds", math.nan)
+            row[f"{device}_time_ratio"] = ref_time / other if other else math.nan
+        rows.append(row)
+    columns = ["reference", "method", "kind", "n_slides", "n_seeds"]
+    for metric in CI_METRICS:
+        columns += [
+            f"{metric}_{x}" for x in ("diff", "ci_low", "ci_high", "p", "p_holm", "p_exact")
+        ]
+    columns += ["tflops_ratio"] + [f"{d}_time_ratio" for d in TIMING_HEADERS]
+    table = pd.DataFrame(rows, columns=columns)
+    for metric in CI_METRICS:
+        tested = table[f"{metric}_p"].notna()
+        if tested.any():
+            table.loc[tested, f"{metric}_p_holm"] = stats.holm(table.loc[tested, f"{metric}_p"])
+    return table

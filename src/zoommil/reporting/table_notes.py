@@ -1,0 +1,155 @@
+"""The notes printed under every table: what the numbers are and what they leave out.
+
+The encoder and its weights (random weights make the numbers a smoke test), the slides QC
+and later stages excluded, where and how each device was timed, and how to read the cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from zoommil.reporting import stats
+from zoommil.reporting.table_format import count_text, span_text
+from zoommil.reporting.table_frames import METRICS, TIMING_HEADERS, display_name
+from zoommil.workflow import exclusions, qc
+
+
+def timing_note(
+    timings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    headers: Mapping[str, str] | None = None,
+) -> str:
+    """Where and how each timed device was timed: its model name, the processes and threads
+    per process, and the slides timed, as the timing files record them (a part they do not
+    record, as in older files, is left out); empty without any timing."""
+    headers = headers or TIMING_HEADERS
+    parts = []
+    for device in TIMING_HEADERS:
+        timed = [t for t in timings.get(device, {}).values() if not t.get("skipped")]
+        if not timed:
+            continue
+        names = sorted({str(t.get("device_name") or "") for t in timed} - {""})
+        setup = [" / ".join(names) or "an unrecorded device"]
+        processes = span_text(t.get("processes") for t in timed)
+        threads = span_text(t.get("threads_per_process") for t in timed)
+        if processes and threads:
+            setup.append(f"{count_text(processes, 'process')} x {count_text(threads, 'thread')}")
+        elif processes:
+            setup.append(count_text(processes, "process"))
+        slides = span_text(t.get("n_slides") for t in timed)
+        if slides:
+            setup.append(f"n={slides} slides")
+        parts.append(f"{headers[device].split(' (')[0]} timed on " + ", ".join(setup))
+    if not parts:
+        return ""
+    return "; ".join(parts) + "; timings (s/slide, time ratios) vary by machine"
+
+
+def fewer_seeds_note(seeds: int) -> str:
+    if seeds <= 1:
+        return "(n=1): one seed, so no std over seeds"
+    return f"(n=k): over k seeds, fewer than the {seeds} of the full benchmark"
+
+
+def with_seeds_note(notes: Sequence[str], table: pd.DataFrame, seeds: int) -> list[str]:
+    """``notes``, plus what ``(n=k)`` means when a cell of ``table`` carries it (a metric
+    from 0 < k < ``seeds`` values, or from one, as `table_format` marks it)."""
+    counts = [pd.to_numeric(table[f"{m}_n"]) for m in METRICS if f"{m}_n" in table.columns]
+    marked = any(((n > 0) & ((n < seeds) | (n == 1))).any() for n in counts)
+    return [*notes, fewer_seeds_note(seeds)] if marked else list(notes)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """The first clause of a reason, at most `limit` characters."""
+    text = str(text).split(";")[0].split(" (")[0].strip()
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def encoder_label(encoder: str) -> str:
+    """``uni (ViT-L/16, 224 px, 1024-d)``; the bare name for an unregistered one."""
+    from zoommil.features.encoders.registry import ENCODERS, canonical_name
+
+    spec = ENCODERS.get(canonical_name(encoder))
+    return spec.describe() if spec is not None else str(encoder)
+
+
+def table_notes(
+    dataset: str,
+    weights: str,
+    qc_table: pd.DataFrame,
+    timings_skipped: Mapping[str, str],
+    encoder: str = "resnet50_layer3",
+    exclusions_frame: pd.DataFrame | None = None,
+    shared_passes: Sequence[Sequence[str]] = (),
+    timed: str = "",
+) -> list[str]:
+    """Notes printed under every table (encoder, weights, QC exclusions, the evaluated slides
+    a later stage left out, skipped devices, where and how the others were timed
+    (``timed``, `timing_note`), methods timed in one shared pass)."""
+    notes = [f"patch encoder: {encoder_label(encoder)}"]
+    if str(weights) == "random":
+        notes.append(
+            "encoder weights are a seeded RANDOM initialisation (offline demo): the numbers "
+            "test the pipeline, they do not measure the methods"
+        )
+    else:
+        notes.append(f"encoder weights: {weights}")
+    notes.append(f"dataset {dataset}: {qc.exclusion_summary(qc_table)} by QC")
+    excluded = qc_table.loc[qc_table["status"] != "ok"]
+    stages = excluded["stage"] if "stage" in excluded.columns else [""] * len(excluded)
+    reasons = [
+        f"{s} ({f'{stage}: ' if stage else ''}{_short(r)})"
+        for s, r, stage in zip(excluded["slide_id"], excluded["reason"], stages, strict=True)
+    ]
+    if reasons:
+        notes.append("excluded: " + "; ".join(reasons) + " (full reasons: results/qc/slides.tsv)")
+    late = exclusions.late_summary(exclusions_frame) if exclusions_frame is not None else None
+    if late:
+        notes.append(f"{late} (results/qc/exclusions.tsv)")
+    for device, reason in timings_skipped.items():
+        notes.append(f"{TIMING_HEADERS[device].split(' (')[0]} timing skipped: {reason}")
+    if timed:
+        notes.append(timed)
+    if shared_passes:
+        groups = "; ".join(", ".join(display_name(m) for m in group) for group in shared_passes)
+        notes.append(
+            f"timed together, one read-and-encode pass per slide, each method charged the pass "
+            f"plus its own MIL head (their times differ only by the heads): {groups}"
+        )
+    notes.append(
+        "mean ± std over seeds on the test split [95% bootstrap CI over test slides: "
+        f"{stats.N_BOOTSTRAP} resamples of the slides, metric averaged over seeds]; "
+        "TFLOPs = 2^40 flops per slide"
+    )
+    notes.append(
+        "TFLOPs and s/slide: mean ± std over the slides (TFLOPs: the test slides; time: the "
+        "timed slides, the std of their latencies scaled to s/slide where several processes "
+        "time slides at once); a bare value: one slide, or a file without per-slide values"
+    )
+    return notes
+
+
+def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
+    """How to read the comparison table, then the shared notes (weights, QC)."""
+    exact = table["weighted_f1_p_exact"].dropna()
+    how = (
+        "exact over all 2^n swaps"
+        if len(exact) and exact.astype(bool).all()
+        else f"Monte Carlo, {stats.N_PERMUTATIONS} swaps (exact up to "
+        f"{stats.EXACT_MAX_SLIDES} slides)"
+    )
+    n = table["n_slides"].dropna()
+    slides = f"the {int(n.max())} test slides" if len(n) else "the test slides"
+    return [
+        f"Δ = reference − method in percentage points, metric averaged over the seeds both "
+        f"have, on {slides} both were tested on; [95% paired-bootstrap CI: the same "
+        f"{stats.N_BOOTSTRAP} slide resamples for both]",
+        f"p: two-sided paired permutation test over slides ({how}); Holm: adjusted for the "
+        "comparisons in this table",
+        "ratios: reference / method of the means (TFLOPs per test slide, s/slide over the "
+        "timed slides; below 1: the reference needs less); point values without an interval: "
+        "the spread of each mean is its ± std in the main table",
+        *[n for n in notes if not n.startswith("mean ± std")],
+    ]
