@@ -56,7 +56,7 @@ def assert_clean_failure(command, slide, tmp_path, capsys, *reason_parts, extra=
 @pytest.mark.parametrize("command", COMMANDS)
 def test_missing_file(command, tmp_path, capsys):
     slide = tmp_path / "nope.svs"
-    assert_clean_failure(command, slide, tmp_path, capsys, "file not found")
+    assert_clean_failure(command, slide, tmp_path, capsys, f"file not found: {slide.resolve()}")
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -293,7 +293,9 @@ def test_predict_many_in_one_process_no_fail_and_no_stale_outputs(
     _same_prediction(out / f"{small_slide.stem}.json", one_slide_json)
     assert not (out / "gone.json").exists()
     table = (out / "predictions.tsv").read_text()
-    assert "failed" in table and "slide file not found" in table
+    assert (
+        "failed" in table and f"slide file not found: {(tmp_path / 'gone.svs').resolve()}" in table
+    )
 
 
 def test_predict_many_slides_usage_errors(small_slide, checkpoint, tmp_path, capsys):

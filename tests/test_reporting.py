@@ -86,7 +86,7 @@ def test_read_sheet_is_the_one_reader_of_commands(tmp_path: Path) -> None:
     no_path.write_text("slide_id\tlabel\tsplit\na\tx\ttrain\n")
     assert "path" not in sheet.read_sheet(no_path).columns  # features-only commands
     bad = write_sheet(tmp_path, "a\ta.svs\tx\ttraining\t\n", "bad.tsv")
-    with pytest.raises(ZoomMILError, match="slide a has split 'training'"):
+    with pytest.raises(ZoomMILError, match="slide 'a' has split 'training'"):
         sheet.read_sheet(bad)
 
 

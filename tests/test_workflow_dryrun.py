@@ -133,7 +133,8 @@ def test_missing_slide_file_is_excluded_and_the_rest_runs(tmp_path: Path) -> Non
     harness.snakemake(workdir, "results/qc/inspection.tsv", *args, configfile=camelyon16)
     qc = pd.read_csv(workdir / "results/qc/inspection.tsv", sep="\t", keep_default_na=False)
     gone = qc.set_index("slide_id").loc["gone"]
-    assert (gone["status"], gone["reason"]) == ("missing", "file not found")
+    tried = (sheet.parent / "nowhere.svs").resolve()  # the reason names the file looked for
+    assert (gone["status"], gone["reason"]) == ("missing", f"file not found: {tried}")
     assert set(qc["slide_id"]) == {"gone"} | {f"s{i}" for i in range(6)}
     # so every split is empty after QC: the checkpoint stops, before any training, naming them
     result = harness.snakemake(

@@ -526,7 +526,7 @@ def _retrying(run: Any, model: Any, slide_path: str | Path, *args: Any) -> Any:
     import openslide
 
     if not Path(slide_path).exists():
-        raise SlideError(slide_path, "slide file not found")
+        raise SlideError(slide_path, f"slide file not found: {Path(slide_path).resolve()}")
     for attempt in range(2):
         try:
             return run(model, slide_path, *args)

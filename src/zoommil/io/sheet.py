@@ -12,6 +12,8 @@ any preprocessing runs.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ import pandas as pd
 
 from zoommil.errors import ZoomMILError
 from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
+
+log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
 OPTIONAL_COLUMNS = ("mpp", "patient")
@@ -56,6 +60,7 @@ def read_table(path: str | Path, what: str = "slide sheet") -> pd.DataFrame:
         ) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     check_separator(frame, path, what)
+    check_row_length(frame, path, what)
     return frame
 
 
@@ -75,7 +80,8 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
         sheet[column] = sheet[column].str.strip()
     duplicated = sheet.loc[sheet["slide_id"].duplicated(), "slide_id"].tolist()
     if duplicated:
-        raise ZoomMILError(f"{path}: duplicated slide_id(s) {', '.join(duplicated[:5])}")
+        listed = ", ".join(map(shown, duplicated[:5]))
+        raise ZoomMILError(f"{path}: duplicated slide_id(s) {listed}")
     empty = sheet.loc[(sheet["slide_id"] == "") | (sheet["label"] == ""), "slide_id"].tolist()
     if empty:
         raise ZoomMILError(f"{path}: {len(empty)} row(s) with an empty slide_id or label")
@@ -83,7 +89,7 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     if len(bad):
         row = bad.iloc[0]
         raise ZoomMILError(
-            f"{path}: slide {row['slide_id']} has split {row['split']!r}; "
+            f"{path}: slide {shown(row['slide_id'])} has split {shown(row['split'])}; "
             f"allowed: {', '.join(SPLITS)}"
         )
     if "path" in sheet.columns:
@@ -111,6 +117,29 @@ def check_separator(frame: pd.DataFrame, path: str | Path, what: str = "slide sh
     )
 
 
+def check_row_length(frame: pd.DataFrame, path: str | Path, what: str = "slide sheet") -> None:
+    """Rows one field longer than the header (a separator at the end of every row, or R's
+    `write.table` row names, which get no header cell): pandas then silently makes the first
+    column the index, which shifts every column of a trailing-separator sheet. Refused for
+    both causes, since the two cannot be told apart safely."""
+    if isinstance(frame.index, pd.RangeIndex):
+        return
+    sep = "comma" if Path(path).suffix.lower() == ".csv" else "tab"
+    raise ZoomMILError(
+        f"{what} {path}: its rows have one more field than the header (a trailing {sep} at "
+        "the end of each row, or R row names: write it with row.names=FALSE); remove the "
+        "extra field"
+    )
+
+
+def shown(value: object) -> str:
+    """A sheet value quoted for an error message; escaped (as by `repr`) where it holds a
+    character one cannot see (a zero-width space pasted with a label, a tab, a no-break
+    space), which would otherwise print as, say, 'normal' beside the allowed 'normal'."""
+    text = str(value)
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
 def known_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with headers that match a sheet column but for case (``Patient``, ``MPP``,
     ``Slide_ID``) renamed to it: read as unknown columns they were ignored, and a ``Patient``
@@ -127,7 +156,7 @@ def known_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _row_name(index: int, row: pd.Series) -> str:
     slide_id = str(row.get("slide_id", "")).strip()
-    return f"row {index + 1}" + (f" (slide_id '{slide_id}')" if slide_id else "")
+    return f"row {index + 1}" + (f" (slide_id {shown(slide_id)})" if slide_id else "")
 
 
 #: Cells that mean "no value" in the optional columns (mpp, patient), case-insensitive.
@@ -147,7 +176,7 @@ def parse_mpp(value: object, where: str, sheet: str | Path) -> float | None:
     try:
         mpp = float(value)
     except ValueError as error:
-        raise ZoomMILError(f"{sheet}: {where}: mpp '{value}' is not a number") from error
+        raise ZoomMILError(f"{sheet}: {where}: mpp {shown(value)} is not a number") from error
     if not plausible_mpp(mpp):
         raise ZoomMILError(f"{sheet}: {where}: mpp {mpp} is outside {MPP_RANGE_TEXT}")
     return mpp
@@ -190,9 +219,9 @@ def load_sheet(
                 raise ZoomMILError(f"{sheet}: {where}: empty '{column}'")
         resolved = resolve_slide_path(sheet, row["path"])
         if has_braces(resolved):
-            shown = row["path"] if has_braces(row["path"]) else resolved
+            written = row["path"] if has_braces(row["path"]) else resolved
             raise ZoomMILError(
-                f"{sheet}: {where}: path '{shown}' contains '{{' or '}}': {BRACES_REASON}"
+                f"{sheet}: {where}: path {shown(written)} contains '{{' or '}}': {BRACES_REASON}"
             )
         mpp = parse_mpp(row["mpp"], where, sheet) if "mpp" in frame.columns else None
         mpps.append(mpp)
@@ -206,24 +235,54 @@ def load_sheet(
                 raise ZoomMILError(f"{sheet}: {where}: {field}: {errors[0].message}")
         if row["split"] not in SPLITS:
             raise ZoomMILError(
-                f"{sheet}: {where}: unknown split '{row['split']}'; expected one of "
+                f"{sheet}: {where}: unknown split {shown(row['split'])}; expected one of "
                 f"{', '.join(SPLITS)}"
             )
         if classes is not None and row["label"] not in classes:
             raise ZoomMILError(
-                f"{sheet}: {where}: unknown label '{row['label']}'; expected one of "
+                f"{sheet}: {where}: unknown label {shown(row['label'])}; expected one of "
                 f"{', '.join(classes)}"
             )
         if row["slide_id"] in seen:
             raise ZoomMILError(
-                f"{sheet}: {where}: duplicate slide_id '{row['slide_id']}' "
+                f"{sheet}: {where}: duplicate slide_id {shown(row['slide_id'])} "
                 f"(first used in row {seen[row['slide_id']] + 1})"
             )
         seen[row["slide_id"]] = index
     frame["mpp"] = pd.array([float("nan") if m is None else m for m in mpps], dtype=float)
-    frame["path"] = [resolve_slide_path(sheet, p) for p in frame["path"]]
+    written = list(frame["path"])
+    frame["path"] = [resolve_slide_path(sheet, p) for p in written]
     check_leakage(frame, sheet)
+    warn_cwd_relative(frame, written, sheet)
     return frame.set_index("slide_id", drop=False)
+
+
+def warn_cwd_relative(frame: pd.DataFrame, written: Sequence[str], sheet: str | Path) -> None:
+    """Warn where relative paths are missing from the sheet's folder but exist from the current
+    directory: a sheet written relative to where snakemake runs, whose slides would all be
+    excluded as missing at inspection with no word on why. Nothing is resolved differently
+    (paths are relative to the sheet); `frame` has its row numbers (a RangeIndex) still."""
+    folder = Path(sheet).resolve().parent
+    cwd = Path.cwd()
+    if folder == cwd.resolve():
+        return
+    hits = [
+        index
+        for index, (entry, path) in enumerate(zip(written, frame["path"], strict=True))
+        if not Path(entry.strip()).expanduser().is_absolute()
+        and not os.path.exists(path)
+        and os.path.exists(entry.strip())
+    ]
+    if hits:
+        first = hits[0]
+        log.warning(
+            "slide sheet %s: %d slide path(s) (e.g. %s: %s) do not exist relative to the "
+            "sheet's folder %s but do relative to the current directory %s; paths in a sheet "
+            "are relative to the sheet's folder (or absolute), so these slides will be "
+            "excluded as missing at inspection",
+            sheet, len(hits), _row_name(first, frame.iloc[first]), shown(written[first]),
+            folder, cwd,
+        )  # fmt: skip
 
 
 def has_braces(path: str | Path) -> bool:
@@ -261,9 +320,9 @@ def check_leakage(frame: pd.DataFrame, sheet: str | Path) -> None:
         splits = sorted(set(rows["split"]))
         if len(splits) > 1:
             pairs = zip(rows["slide_id"], rows["split"], strict=True)
-            listed = ", ".join(f"'{s}' ({p})" for s, p in pairs)
+            listed = ", ".join(f"{shown(s)} ({p})" for s, p in pairs)
             raise ZoomMILError(
-                f"{sheet}: patient '{patient}' has slides in {len(splits)} splits "
+                f"{sheet}: patient {shown(patient)} has slides in {len(splits)} splits "
                 f"({', '.join(splits)}): {listed}; every slide of a patient must be in one split"
             )
 

@@ -46,7 +46,8 @@ def open_slide(path: str | Path, test_read: bool = True) -> openslide.OpenSlide:
     """
     path = Path(path)
     if not path.exists():
-        raise SlideCheckError(path, "missing", "file not found")
+        # the reason alone reaches the QC tables: it names the file that was looked for
+        raise SlideCheckError(path, "missing", f"file not found: {path.resolve()}")
     if not path.is_file():
         raise SlideCheckError(path, "missing", "not a file")
     try:
