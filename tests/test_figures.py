@@ -249,6 +249,19 @@ def test_throughput_figure_without_any_timing(tmp_path: Path, weights: str) -> N
     assert data["slides_per_hour"].isna().all() and (tmp_path / "f.png").exists()
 
 
+def test_the_same_results_draw_byte_identical_pdfs(tmp_path: Path) -> None:
+    """A PDF carried its creation time, so a rerun of unchanged results gave a different
+    file; without it a figure can be compared by checksum."""
+    zoom = write_run(tmp_path, "zoommil", 2.0, [True, False, True])
+    for name in ("a.pdf", "b.pdf"):
+        figures.throughput_figure(
+            [zoom[0]], {"cpu1": [zoom[1]]}, ["zoommil"], [tmp_path / name], "demo", "random"
+        )
+    first = (tmp_path / "a.pdf").read_bytes()
+    assert first.startswith(b"%PDF") and b"/CreationDate" not in first
+    assert first == (tmp_path / "b.pdf").read_bytes()
+
+
 def test_throughput_has_x_error_bars_of_its_spread_over_slides() -> None:
     """A marker's x error bar runs from the throughput at s/slide + std to that at - std,
     scaled with the marker where it is dodged; one with std >= s/slide runs to the panel's

@@ -154,6 +154,23 @@ def test_numpy_bool_from_hdf5_reads_as_bool() -> None:
     assert recipe.allow_upsampling is True
 
 
+def test_run_settings_of_feature_extraction_stay_out_of_the_recipe(tmp_path: Path) -> None:
+    """Features made with 2 encoder processes equal those made with 1; the count must not
+    reach the checkpoint's preprocessing, or the checkpoint's bytes (and predict --resume's
+    match on its sha256) would depend on how the features were run."""
+    from zoommil.training.data import shared_attrs
+
+    attrs = {**PreprocessingRecipe(mags=[20.0]).to_attrs(), "encoder_processes": 2,
+             "threads": 2, "batch_size": 8}  # fmt: skip
+    feats = [np.zeros((1, 4), np.float32)]
+    coords = [np.zeros((1, 2), np.int64)]
+    paths = [write_feature_file(tmp_path / f"s{i}.h5", [20.0], feats, coords, coords, attrs)
+             for i in range(2)]  # fmt: skip
+    shared = shared_attrs(paths)
+    assert shared["mags"] is not None
+    assert not {"encoder_processes", "threads", "batch_size"} & set(shared)
+
+
 def test_recorded_attrs_without_weights_take_the_encoders_default(tmp_path) -> None:
     """Training keeps only the attributes all feature files share: two UNI files that name
     one weights file by an absolute and a relative path (same sha256) leave no `weights`, and

@@ -79,9 +79,13 @@ def dodge_factors(
 
 
 def _save(fig: Figure, outputs: Iterable[str | Path]) -> None:
+    """PDFs without a creation date, so that the same results give byte-identical figures and
+    a rerun's figure can be compared with a checksum."""
     for out in outputs:
+        suffix = Path(out).suffix.lower()
+        metadata = {"CreationDate": None} if suffix == ".pdf" else {}
         with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight")
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", metadata=metadata)
 
 
 def _minor_label(value: float, _position: int) -> str:

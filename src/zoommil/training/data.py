@@ -51,6 +51,7 @@ PER_SLIDE_ATTRS = (
     "device",
     "device_name",
     "threads",
+    "encoder_processes",
     "batch_size",
     "n_parents_kept",
     "n_parents_total",
@@ -132,11 +133,15 @@ def split_records(
 
     A slide that is not excluded must have ``{features_dir}/{slide_id}.h5``; a missing file is
     an error naming the slide, because silently training on fewer slides would bias a benchmark.
+    Records come sorted by slide_id, not in the sheet's row order: the seeded sampler draws
+    indices into this list, so a sheet regenerated from a glob or re-sorted would otherwise
+    train a different model from the same slides, labels and seed.
     """
     features_dir = Path(features_dir)
     index = {name: i for i, name in enumerate(classes)}
     records, skipped = [], []
-    for row in sheet.loc[sheet["split"] == split].itertuples(index=False):
+    rows = sheet.loc[sheet["split"] == split].sort_values("slide_id", kind="stable")
+    for row in rows.itertuples(index=False):
         if row.slide_id in excluded:
             skipped.append({"slide_id": row.slide_id, "reason": excluded[row.slide_id]})
             continue
