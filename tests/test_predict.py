@@ -279,6 +279,68 @@ def test_resume_keeps_finished_slides_and_classifies_the_rest(
     assert "give --out-dir" in capsys.readouterr().err
 
 
+def _rows(out: Path) -> list[dict]:
+    with (out / "predictions.tsv").open() as handle:
+        return list(csv.DictReader(handle, delimiter="\t"))
+
+
+def test_resume_keeps_a_json_only_for_the_slide_it_describes(checkpoint, tmp_path, capsys):
+    """OUT/<stem>.json is named by the file stem: --resume with cohB/slide_001.tiff must not
+    keep the prediction of cohA/slide_001.tiff (another slide). A byte copy of a classified
+    slide under another folder is the same slide (same quickhash) and is kept; a JSON of an
+    older version, which does not say which slide it is of, is redone."""
+    a, b, c = (tmp_path / name / "slide_001.tiff" for name in ("cohA", "cohB", "cohC"))
+    for path, seed in ((a, 1), (b, 2)):
+        path.parent.mkdir()
+        write_pyramid_tiff(path, width=768, height=512, seed=seed)
+    c.parent.mkdir()
+    out = tmp_path / "out"
+    record = out / "slide_001.json"
+    argv = ["--checkpoint", str(checkpoint), "--out-dir", str(out)]
+    assert main(["predict", str(a), *argv]) == 0
+    first = json.loads(record.read_text())
+    capsys.readouterr()
+    assert main(["predict", str(b), *argv, "--resume"]) == 0
+    assert "already classified" not in capsys.readouterr().out
+    second = json.loads(record.read_text())
+    assert first["slide_path"] == str(a.resolve()) and first["slide_quickhash"]
+    assert second["slide_path"] == str(b.resolve())
+    assert second["slide_quickhash"] not in ("", first["slide_quickhash"])
+    (row,) = _rows(out)
+    assert row["slide"] == str(b) and row["reason"] == ""
+    assert float(row["p_tumour"]) == pytest.approx(second["probabilities"]["tumour"], abs=1e-6)
+    # a copy of B elsewhere: same quickhash, kept as it is
+    c.write_bytes(b.read_bytes())
+    before = record.stat().st_mtime_ns
+    assert main(["predict", str(c), *argv, "--resume"]) == 0
+    assert "1 of 1 slides already classified, kept" in capsys.readouterr().out
+    assert record.stat().st_mtime_ns == before
+    # an older JSON without the slide's path and quickhash: redone
+    old = {k: v for k, v in second.items() if k not in ("slide_path", "slide_quickhash")}
+    record.write_text(json.dumps(old))
+    assert main(["predict", str(b), *argv, "--resume"]) == 0
+    assert "already classified" not in capsys.readouterr().out
+    assert json.loads(record.read_text())["slide_path"] == str(b.resolve())
+
+
+def test_describes_slide_falls_back_to_the_resolved_path(small_slide, tmp_path):
+    """A record of a format without quickhash names its slide by resolved path; a slide
+    that is gone is not described by any record."""
+    from zoommil.inference.cohort import describes_slide
+
+    resolved = str(small_slide.resolve())
+    assert describes_slide({"slide_path": resolved, "slide_quickhash": ""}, small_slide)
+    twin = tmp_path / small_slide.name
+    twin.write_bytes(small_slide.read_bytes())
+    assert not describes_slide({"slide_path": resolved, "slide_quickhash": ""}, twin)
+    # the same path, another file there since: its quickhash says so
+    other = {"slide_path": str(twin.resolve()), "slide_quickhash": "0" * 64}
+    assert not describes_slide(other, twin)
+    assert not describes_slide({"slide": str(small_slide)}, small_slide)  # older version
+    gone = {"slide_path": str(tmp_path / "gone.tiff"), "slide_quickhash": ""}
+    assert not describes_slide(gone, tmp_path / "gone.tiff")
+
+
 def test_predict_many_in_one_process_no_fail_and_no_stale_outputs(
     small_slide, checkpoint, one_slide_json, tmp_path
 ):

@@ -70,7 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help=(
             "with --out-dir: keep the slides whose OUT/<slide_id>.json (and .png) an earlier "
-            "run of this checkpoint wrote, and classify only the rest (after Ctrl-C, a time "
+            "run of this checkpoint wrote for the same slide file (its quickhash, else its "
+            "path), and classify only the rest (after Ctrl-C, a time "
             "limit or a crash); predictions.tsv lists every slide. Rerun without it after "
             "changing --weights, --mpp or --precision"
         ),

@@ -93,7 +93,11 @@ def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[in
     Why: a cohort's run stopped by Ctrl-C, a time limit or a node failure is restarted; as
     CLAM and TRIDENT skip slides already processed, the slides with a whole prediction are
     kept (outputs are written atomically, so one that exists is whole), and only the rest are
-    classified. A JSON of another checkpoint, or one that cannot be read, is redone.
+    classified. A JSON of another checkpoint, or one that cannot be read, is redone, and so
+    is one of another slide: ``OUT/<slide_id>.json`` is named by the file stem, so
+    ``cohB/slide_001.tiff`` would otherwise be given the prediction of ``cohA/slide_001.tiff``
+    (`describes_slide`). JSONs of versions that did not record the slide's resolved path and
+    quickhash are redone too: nothing says which slide they are of.
     """
     done = {}
     for index, task in enumerate(tasks):
@@ -109,8 +113,48 @@ def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[in
             continue
         if not isinstance(record.get("probabilities"), dict) or "predicted" not in record:
             continue
+        if not describes_slide(record, task.slide):
+            continue
         done[index] = _ok_row(task, record, 0.0, "kept from an earlier run (--resume)")
     return done
+
+
+def describes_slide(record: dict[str, Any], slide: str | Path) -> bool:
+    """Whether a prediction record is of the file ``slide``: the same OpenSlide quickhash
+    where the record has one (a moved or copied slide is still the same slide), else (a
+    format without quickhash) the same resolved path. A record without these keys (older
+    versions) or a file that is gone or no longer opens is not: its slide is classified again.
+
+    Cost: only slides with a JSON of this checkpoint are opened, and opening one hashes its
+    header and smallest level (3-5 ms for the test SVS files; that level of a gigapixel scan
+    is a few MB), so resuming 1000 slides takes seconds.
+    """
+    recorded_path = record.get("slide_path")
+    recorded_hash = record.get("slide_quickhash")
+    if not isinstance(recorded_path, str) or not isinstance(recorded_hash, str):
+        return False
+    if not Path(slide).is_file():
+        return False
+    if recorded_hash:  # a file without one (or that no longer opens) is another file
+        return _quickhash(slide) == recorded_hash
+    return recorded_path == str(Path(slide).resolve())
+
+
+def _quickhash(slide: str | Path) -> str | None:
+    """The OpenSlide quickhash of a slide file, "" where its format has none, None where it
+    does not open."""
+    import openslide
+
+    from zoommil.wsi.slide import quickhash
+
+    try:
+        handle = openslide.OpenSlide(str(slide))
+    except (openslide.OpenSlideError, OSError, ValueError):
+        return None
+    try:
+        return quickhash(handle) or ""
+    finally:
+        handle.close()
 
 
 def predict_slides(

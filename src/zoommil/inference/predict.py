@@ -210,7 +210,6 @@ def _zoom_predict(
     lattice = (tiled or tile_for_inference(predictor.recipe, slide_path, mpp)).restricted_to(
         predictor.mags
     )
-    mpp0, source = lattice.attrs["mpp"], lattice.attrs["mpp_source"]
     timer.end_tiling()
     rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
     feats = _encode_regions(
@@ -271,7 +270,7 @@ def _zoom_predict(
         logits = model.classify_pooled(pooled)
     synchronize(encoder.device)
     timer.add("head", tic)
-    return _result(predictor, slide_path, logits, encoded, mpp0, source, selected, attention, timer)
+    return _result(predictor, slide_path, lattice, logits, encoded, selected, attention, timer)
 
 
 def all_patch_predict(
@@ -311,7 +310,6 @@ def all_patch_predict_shared(
     timer = _Timer()
     slide_path = Path(slide_path)
     lattice = (tiled or tile_for_inference(lead.recipe, slide_path, mpp)).restricted_to(lead.mags)
-    mpp0, source = lattice.attrs["mpp"], lattice.attrs["mpp_source"]
     timer.end_tiling()
     stats = StreamStats()
     with _reader_for(reader, encoder) as reader:
@@ -342,7 +340,7 @@ def all_patch_predict_shared(
         synchronize(encoder.device)
         own.add("head", tic)
         encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
-        result = _result(predictor, slide_path, logits, encoded, mpp0, source, [], [], own)
+        result = _result(predictor, slide_path, lattice, logits, encoded, [], [], own)
         head = result["seconds"]["head"]
         result["seconds"] = {**shared, "head": head, "total": shared["total"] + head}
         results.append(result)
@@ -401,19 +399,24 @@ def _reader_for(reader: ReaderPool | None, encoder: AnyEncoder) -> Iterator[Read
 def _result(
     predictor: Predictor,
     slide_path: Path,
+    lattice: Lattice,
     logits: torch.Tensor,
     encoded: dict[str, int],
-    mpp0: float,
-    source: str,
     selected: list[dict[str, Any]],
     attention: list[dict[str, Any]],
     timer: _Timer,
 ) -> dict[str, Any]:
-    """The prediction record both inference paths return (see `zoommil predict --json`)."""
+    """The prediction record both inference paths return (see `zoommil predict --json`).
+
+    It names the slide by its resolved path and OpenSlide quickhash (the lattice's, from the
+    open file) as well as by the path given: `--resume` keeps a JSON only for the slide it
+    describes, not for another file of the same name (`cohort.finished_rows`)."""
     probs = torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
     return {
         "slide": str(slide_path),
         "slide_id": slide_path.stem,
+        "slide_path": str(lattice.attrs.get("slide_path") or Path(slide_path).resolve()),
+        "slide_quickhash": str(lattice.attrs.get("slide_quickhash") or ""),
         "method": predictor.method,
         "arch": predictor.arch,
         "classes": predictor.classes,
@@ -421,8 +424,8 @@ def _result(
         "predicted": predictor.classes[int(np.argmax(probs))],
         "patches_encoded": int(sum(encoded.values())),
         "patches_per_mag": encoded,
-        "mpp": float(mpp0),
-        "mpp_source": source,
+        "mpp": float(lattice.attrs["mpp"]),
+        "mpp_source": lattice.attrs["mpp_source"],
         "encoder": predictor.recipe.encoder,
         "weights": predictor.recipe.weights,
         "checkpoint_sha256": predictor.checkpoint_sha256,
