@@ -347,6 +347,14 @@ def test_feature_file_contract(tiny, extracted):
     assert attrs["zoommil_version"] and attrs["created"]
     assert attrs["device"] == "cpu" and attrs["precision"] == "fp32"
     assert attrs["batch_size"] == 7
+    assert attrs["slide_id"] == "tiny"  # the file stem unless given
+
+
+def test_slide_id_attr_is_the_given_one(tiny, tmp_path):
+    """The workflow passes the sheet's slide_id, which may differ from the file stem."""
+    out = tmp_path / "n1x.h5"
+    assert _run(tiny, out, "--slide-id", "n1x", "--workers", "0") == 0
+    assert read_feature_file(out).attrs["slide_id"] == "n1x"
 
 
 def test_cached_attributes_follow_a_replaced_file_and_are_the_callers_copy(tmp_path):

@@ -152,6 +152,21 @@ def test_inspect_cli_prints_json(slides_dir, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     assert printed["mpp_source"] == "openslide.mpp-x"
+    assert printed["slide_id"] == "CMU-1-Small-Region"  # the file stem unless given
+
+
+def test_inspect_names_the_given_slide_id(slides_dir, tmp_path, capsys):
+    """The workflow passes the sheet's slide_id, which may differ from the file stem (n1/x.tiff
+    listed as n1x): the QC JSON must say n1x, also for a slide that fails its checks."""
+    out = tmp_path / "n1x.json"
+    slide = slides_dir / "CMU-1-Small-Region.svs"
+    assert main(["inspect", str(slide), "--slide-id", "n1x", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["slide_id"] == "n1x"
+    bad = slides_dir / "prostate-he-generic.tiff"
+    argv = ["inspect", str(bad), "--slide-id", "p.7", "--out", str(out), "--no-fail"]
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["slide_id"] == "p.7"
+    assert inspect_slide(tmp_path / "gone.svs", slide_id="g")["slide_id"] == "g"
 
 
 def test_inspect_cli_no_fail(slides_dir, tmp_path, capsys):

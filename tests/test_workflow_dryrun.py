@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -152,7 +153,10 @@ def test_missing_slide_file_is_excluded_and_the_rest_runs(tmp_path: Path) -> Non
 def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path) -> None:
     """Slide ids 'NA', 'null', 'None', 'nan', 'NaN', 'NULL' pass the sheet's validation; the
     inspection table read them back as NaN, and planning after inspection failed with
-    "'<' not supported between instances of 'str' and 'float'"."""
+    "'<' not supported between instances of 'str' and 'float'".
+
+    The files all have the same name in folders of their own (d0/slide.tiff, ...): each
+    output names its sheet slide_id, not the file stem ("slide" for all six)."""
     from slide_factory import write_pyramid_tiff
 
     workdir = harness.copy_workflow(tmp_path / "wf", with_sources=False)
@@ -162,8 +166,9 @@ def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path
     splits = ["train", "train", "train", "val", "test", "test"]  # a train slide per class
     rows = []
     for i, (slide_id, split) in enumerate(zip(ids, splits, strict=True)):
-        write_pyramid_tiff(folder / f"{slide_id}.tiff", width=512, height=512, mpp=1.0, seed=i)
-        rows.append(f"{slide_id}\t{slide_id}.tiff\t{PRESETS['camelyon16'][i % 2]}\t{split}\t\n")
+        (folder / f"d{i}").mkdir()
+        write_pyramid_tiff(folder / f"d{i}/slide.tiff", width=512, height=512, mpp=1.0, seed=i)
+        rows.append(f"{slide_id}\td{i}/slide.tiff\t{PRESETS['camelyon16'][i % 2]}\t{split}\t\n")
     sheet = folder / "slides.tsv"
     sheet.write_text(harness.SHEET_HEADER + "".join(rows))
     args = ("--config", f"sheet={sheet}")
@@ -171,8 +176,16 @@ def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path
     harness.snakemake(workdir, "results/qc/inspection.tsv", *args, configfile=camelyon16)
     qc = pd.read_csv(workdir / "results/qc/inspection.tsv", sep="\t", keep_default_na=False)
     assert sorted(qc["slide_id"]) == sorted(ids) and set(qc["status"]) == {"ok"}, qc
+    for slide_id in ids:
+        report = json.loads((workdir / f"results/qc/{slide_id}.json").read_text())
+        assert report["slide_id"] == slide_id, report
     jobs = harness.planned_jobs(workdir, camelyon16, *args)  # planning after the checkpoint
     assert jobs["tissue"] == jobs["tile"] == jobs["features"] == 6, jobs
+    result = harness.snakemake(workdir, "-n", "-p", *args, configfile=camelyon16)
+    lines = (result.stdout + result.stderr).splitlines()
+    features = [line for line in lines if "zoommil features " in line]
+    assert len(features) == 6, features
+    assert sorted(line.split("--slide-id ")[1].split()[0] for line in features) == sorted(ids)
 
 
 def _plan_with_sheet(workdir: Path, sheet: Path) -> tuple[int, str]:

@@ -5,7 +5,8 @@
 # still fails the job and leaves no output (Snakemake reruns it as incomplete). A sheet row
 # whose file does not exist is inspected too (status `missing`), and one that vanishes later
 # fails at its next stage: every rule takes the path through params and the file as an input
-# only where it exists.
+# only where it exists. Outputs name the slide by the sheet's slide_id (--slide-id), which
+# may differ from its file name.
 
 
 rule inspect:
@@ -26,7 +27,8 @@ rule inspect:
         slide=slide_path,
         mpp=fallback_mpp,
     shell:
-        "zoommil inspect {params.slide:q} {params.mpp} --out {output} --no-fail > {log} 2>&1"
+        "zoommil inspect {params.slide:q} --slide-id {wildcards.slide:q} {params.mpp} "
+        "--out {output} --no-fail > {log} 2>&1"
 
 
 checkpoint qc_inspect:
@@ -124,8 +126,8 @@ rule features:
         extra=zwf.cli_flags(config.get("features", {}).get("args")),
         device=device,
     shell:
-        "zoommil features {params.slide:q} --coords {input.coords} --out {output.features} "
-        "{params.recipe} --device {params.device} --threads {threads} --no-progress "
+        "zoommil features {params.slide:q} --slide-id {wildcards.slide:q} "
+        "--coords {input.coords} --out {output.features} {params.recipe} --device {params.device} --threads {threads} --no-progress "
         "{params.extra} --no-fail > {log} 2>&1"
 
 

@@ -51,6 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="feature HDF5 to write")
     parser.add_argument(
+        "--slide-id",
+        help="the slide's id in the file's attributes (default: the file name without its "
+        "extension; the workflow passes the sheet's slide_id)",
+    )
+    parser.add_argument(
         "--encoder",
         default=default("encoder"),
         choices=encoder_names(),
@@ -130,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         threads=args.threads or None,
         progress=show_progress(args),
+        slide_id=args.slide_id,
     )
     counts = ", ".join(
         f"{mag_key(m)}: {n}" for m, n in zip(result.attrs["mags"], result.num_patches, strict=True)

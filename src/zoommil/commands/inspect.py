@@ -38,6 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="um/px used only when the metadata has no plausible value (with a warning)",
     )
+    parser.add_argument(
+        "--slide-id",
+        help="the slide's id in the JSON (default: the file name without its extension; the "
+        "workflow passes the sheet's slide_id)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument(
         "--no-fail",
@@ -51,7 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = inspect_slide(args.slide, mpp=args.mpp, default_mpp=args.default_mpp)
+    report = inspect_slide(
+        args.slide, mpp=args.mpp, default_mpp=args.default_mpp, slide_id=args.slide_id
+    )
     if report["status"] != "ok" and not args.no_fail:
         raise SlideError(args.slide, report["reason"])
     text = json.dumps(report, indent=2)

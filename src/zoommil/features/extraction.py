@@ -396,6 +396,7 @@ def extract_features(
     precision: str | None = None,
     threads: int | None = None,
     progress: bool = True,
+    slide_id: str | None = None,
 ) -> ExtractResult:
     """Encode every patch of a coords file and write the feature file (atomically).
 
@@ -404,7 +405,8 @@ def extract_features(
     weights hash and precision. The feature file records the coords file's tiling recipe plus
     the encoder part (encoder, weights, seed, precision actually used), which training copies
     into the checkpoint. ``encoder_name``, ``weights``, ``seed`` and ``precision`` default to
-    the recipe's defaults.
+    the recipe's defaults. ``slide_id``: the ``slide_id`` attribute (default: the file stem;
+    the workflow passes the sheet's, which may differ from the file name).
     """
     encoder_name = recipe_default("encoder") if encoder_name is None else encoder_name
     weights = default_weights(encoder_name) if weights is None else weights
@@ -451,7 +453,7 @@ def extract_features(
             )  # fmt: skip
             seconds = time.perf_counter() - start
             attrs = _provenance(
-                slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder
+                slide_path, coords_path, plan, mpp0, mpp_source, weights_info, encoder, slide_id
             )
             attrs.update(
                 batch_size=batch_size,
@@ -482,12 +484,13 @@ def _provenance(
     mpp_source: str,
     weights_info: dict[str, Any],
     encoder: PatchEncoder | EncoderPool,
+    slide_id: str | None = None,
 ) -> dict[str, Any]:
     device = encoder.device
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     attrs: dict[str, Any] = {
         "slide": str(slide_path),
-        "slide_id": Path(slide_path).stem,
+        "slide_id": Path(slide_path).stem if slide_id is None else slide_id,
         "coords_file": str(coords_path),
         "mags": [float(m) for m in plan.mags],
         "patch_size": int(plan.patch_size),

@@ -306,9 +306,15 @@ def _read_samples(slide: openslide.OpenSlide, level: int, dims: tuple[int, int],
 
 
 def inspect_slide(
-    path: str | Path, mpp: float | None = None, default_mpp: float | None = None
+    path: str | Path,
+    mpp: float | None = None,
+    default_mpp: float | None = None,
+    slide_id: str | None = None,
 ) -> dict[str, Any]:
     """Describe a slide as a JSON-able dict; never raises for a bad slide.
+
+    ``slide_id``: the id the report names (default: the file stem); the workflow passes the
+    sheet's, which may differ from the file name (``n1/x.tiff`` listed as ``n1x``).
 
     ``status`` is ``"ok"`` or an error status (``missing``, ``not_a_slide``, ``unreadable``,
     ``no_mpp``, ``implausible_mpp``, ``not_brightfield``) with a human-readable ``reason``.
@@ -317,7 +323,7 @@ def inspect_slide(
     path = Path(path)
     report: dict[str, Any] = {
         "path": str(path),
-        "slide_id": path.stem,
+        "slide_id": path.stem if slide_id is None else slide_id,
         "status": "ok",
         "reason": None,
         "mpp": None,
