@@ -13,9 +13,10 @@ from zoommil.errors import ZoomMILError
 from zoommil.models import MODEL_NAMES, build_model, default_mags
 from zoommil.models.clam import CLAMSB, clam_instance_indices, smooth_top1_svm
 from zoommil.models.dsmil import DSMIL, concat_parent_features
+from zoommil.models.msmil import _AdaptiveGradReverse
 from zoommil.models.nystrom import NystromAttention, iterative_pinv
 from zoommil.models.sparseconvmil import SparseConvMIL, augmented_cells, grid_cells
-from zoommil.models.transmil import TransMIL
+from zoommil.models.transmil import PPEG, TransMIL
 
 BASELINES = [n for n in MODEL_NAMES if n != "zoommil"]
 ALL = [*BASELINES, "zoommil"]
@@ -529,3 +530,155 @@ def test_paper_dimensions_on_1024d_features(name):
         assert attn.pinv_iterations == 6 and attn.res_conv is not None
     if name == "dsmil":
         assert model.fcc.kernel_size == (2048,) and model.q[0].out_features == 128
+
+
+# --------------------------------------------------------------------------- exact formulas
+# Each model against its paper's definition, written out by hand on a tiny bag (float64).
+
+
+def _svm(logits: torch.Tensor, target: list[int]) -> torch.Tensor:
+    """Smooth top-1 SVM (alpha = tau = 1), mean over rows, written out term by term."""
+    rows = [
+        torch.logsumexp(s + torch.tensor([float(j != y) for j in range(len(s))]), 0) - s[y]
+        for s, y in zip(logits, target, strict=True)
+    ]
+    return torch.stack(rows).mean()
+
+
+def test_dsmil_multiclass_matches_its_definition():
+    """Li et al. 2021: critical instance m_c = argmax_i s[i, c]; A = softmax_i(q_i . q_m_c /
+    sqrt(q_dim)); bag embedding B = A^T h; Conv1d(C, C, K) on B; the attention map of a
+    multi-class bag is the predicted class's column of A."""
+    torch.manual_seed(3)
+    model = DSMIL(in_dim=4, n_classes=3, n_scales=1, q_dim=16).double().eval()
+    h = torch.randn(9, 4, dtype=torch.float64)
+    with torch.no_grad():
+        w, b = model.instance_classifier.weight, model.instance_classifier.bias
+        s = h @ w.T + b  # [N, C]
+        q1, q2 = model.q[0], model.q[2]
+        q = torch.tanh(torch.relu(h @ q1.weight.T + q1.bias) @ q2.weight.T + q2.bias)
+        critical = [int(max(range(9), key=lambda i, c=c: s[i, c])) for c in range(3)]
+        attn = torch.softmax(q @ q[critical].T / math.sqrt(16), dim=0)  # [N, C]
+        bag = attn.T @ h  # [C, K]
+        logits = torch.einsum("cdk,dk->c", model.fcc.weight, bag) + model.fcc.bias
+        assert torch.allclose(model([h[None]]), logits[None], atol=1e-12)
+        best, worst = int(logits.argmax()), int(logits.argmin())
+        assert critical[best] != critical[worst]  # the two columns of A differ
+        assert torch.allclose(model.attention_scores([h[None]]), attn[:, best], atol=1e-12)
+
+
+def test_clam_subtyping_instance_loss_matches_its_definition():
+    """Lu et al. 2021 (``--subtyping``): classifier of the true class: top-k attended -> 1,
+    bottom-k -> 0; classifier of every other class: top-k -> 0; the sum divided by C."""
+    torch.manual_seed(0)
+    model = CLAMSB(in_dim=8, n_classes=3, hidden=16).double()
+    h = torch.randn(20, 16, dtype=torch.float64)
+    scores = torch.randperm(20).double()  # distinct attention scores
+    order = sorted(range(20), key=lambda i: -float(scores[i]))
+    top, bottom = order[:8], order[-8:]
+    clf = model.instance_classifiers
+    with torch.no_grad():
+        in_class = _svm(clf[1](h[top + bottom]), [1] * 8 + [0] * 8)
+        out_class = _svm(clf[0](h[top]), [0] * 8) + _svm(clf[2](h[top]), [0] * 8)
+        expected = (in_class + out_class) / 3
+        assert model.instance_loss(h, scores, 1).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_transmil_classifies_the_cls_token_after_ppeg():
+    """Shao et al. 2021: pad to ceil(sqrt N)^2 by repeating the first tokens, prepend CLS,
+    TransLayer -> PPEG -> TransLayer -> LayerNorm, classify the CLS token."""
+    torch.manual_seed(0)
+    model = TransMIL(in_dim=8, n_classes=3, hidden=16).double().eval()
+    x = torch.randn(1, 7, 8, dtype=torch.float64)
+    with torch.no_grad():
+        h = model.fc(x)
+        tokens = torch.cat([model.cls_token, h, h[:, :2]], dim=1)  # 7 -> 9 = 3 x 3
+        out = model.layer2(model.ppeg(model.layer1(tokens), 3))
+        expected = model.classifier(model.norm(out[:, 0]))
+        assert torch.allclose(model([x]), expected, atol=1e-12)
+
+
+def test_ppeg_adds_the_identity_and_three_depthwise_convs():
+    """PPEG(x) = x + conv7(x) + conv5(x) + conv3(x) on the token grid; CLS untouched. With
+    centre-tap kernels a, b, c and zero biases every token becomes (1 + a + b + c) x."""
+    ppeg = PPEG(dim=4).double()
+    with torch.no_grad():
+        for conv, tap in ((ppeg.proj7, 0.5), (ppeg.proj5, -0.25), (ppeg.proj3, 2.0)):
+            conv.weight.zero_()
+            conv.bias.zero_()
+            centre = conv.kernel_size[0] // 2
+            conv.weight[:, 0, centre, centre] = tap
+        x = torch.randn(1, 1 + 9, 4, dtype=torch.float64)
+        out = ppeg(x, 3)
+    assert torch.equal(out[:, 0], x[:, 0])
+    assert torch.allclose(out[:, 1:], 3.25 * x[:, 1:], atol=1e-12)
+
+
+def test_transmil_attention_folds_padded_copies_onto_their_instances():
+    """N = 7 is padded with copies of instances 0 and 1: the CLS token's attention to a copy
+    is attention to that instance. Reference: exact softmax attention of the CLS query in
+    the last layer (9 tokens <= 256 landmarks), averaged over heads, CLS column dropped."""
+    torch.manual_seed(0)
+    model = TransMIL(in_dim=8, n_classes=2, hidden=16).double().eval()
+    x = torch.randn(1, 7, 8, dtype=torch.float64)
+    attn = model.layer2.attn
+    with torch.no_grad():
+        tokens, side, n = model._tokens([x])
+        y = model.layer2.norm(model.ppeg(model.layer1(tokens), side))[0]
+        q, k, _ = attn.to_qkv(y).view(10, 3, attn.heads, attn.dim_head).unbind(1)
+        logits = torch.einsum("hd,nhd->hn", q[0], k) / math.sqrt(attn.dim_head)
+        row = torch.softmax(logits, dim=-1).mean(0)[1:]  # [9]: instances 0..6, copies of 0, 1
+        folded = row[:7].clone()
+        folded[0] += row[7]
+        folded[1] += row[8]
+        expected = folded / folded.sum()
+        assert torch.allclose(model.attention_scores([x]), expected, atol=1e-10)
+
+
+def test_meanmil_averages_the_instance_embeddings():
+    """Mean pooling: the bag embedding is (1/N) sum_i relu(W x_i + b), so repeating every
+    instance of a bag does not change its logits."""
+    torch.manual_seed(0)
+    model = build_model("meanmil", in_dim=6, n_classes=3, hidden=8).double().eval()
+    x = torch.randn(1, 10, 6, dtype=torch.float64)
+    fc, head = model.fc[0], model.classifier
+    with torch.no_grad():
+        pooled = torch.relu(x[0] @ fc.weight.T + fc.bias).sum(0) / 10
+        assert torch.allclose(model([x]), (pooled @ head.weight.T + head.bias)[None], atol=1e-12)
+        assert torch.allclose(model([x.repeat(1, 2, 1)]), model([x]), atol=1e-12)
+
+
+def test_msmil_gradient_reversal_is_negative_and_attention_scaled():
+    """MS-DA-MIL's adaptive gradient reversal: identity forward, backward
+    ``-lambda * (max_j a_j - a_i) * grad`` per instance i, so the features move to *raise*
+    the domain loss (domain invariance) and the most attended instance not at all."""
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    a = torch.tensor([0.1, 0.5, 0.3, 0.1], dtype=torch.float64)
+    upstream = torch.randn(4, 3, dtype=torch.float64)
+    y = _AdaptiveGradReverse.apply(x, a, 2.0)
+    assert torch.equal(y, x)
+    (y * upstream).sum().backward()
+    scale = torch.tensor([0.4, 0.0, 0.2, 0.4], dtype=torch.float64)[:, None]
+    assert torch.allclose(x.grad, -2.0 * scale * upstream, atol=1e-15)
+    # in the model: the domain loss's gradient at the embeddings is the reversed one
+    torch.manual_seed(0)
+    model = build_model("msmil", in_dim=8, n_classes=2, mags=[5.0, 10.0], n_domains=3)
+    model = model.double().eval()
+    feats = [torch.randn(1, 2, 8, dtype=torch.float64), torch.randn(1, 8, 8, dtype=torch.float64)]
+    h, weights = model._embed(feats)
+    label, domain = torch.tensor([1]), torch.tensor([2])
+    plain = F.cross_entropy(model.classifier((weights * h).sum(dim=1)), label)
+    _, loss = model.training_loss(feats, None, label, domain=domain)
+    fc = model.fcs[1][0]
+    (w_grad_total,) = torch.autograd.grad(loss, fc.weight)
+    (w_grad_plain,) = torch.autograd.grad(plain, fc.weight)
+    emb = h.detach()[0].requires_grad_(True)
+    domain_loss = F.cross_entropy(model.domain_classifier(emb), domain.expand(10))
+    (g_emb,) = torch.autograd.grad(domain_loss, emb)
+    a = weights.detach()[0, :, 0]
+    reversed_grad = -model.domain_lambda * (a.max() - a)[:, None] * g_emb
+    # chain the reversed gradient of the 10x instances (rows 2..9) through their fc
+    pre = feats[1][0] @ fc.weight.T + fc.bias
+    expected = ((pre > 0) * reversed_grad[2:]).T @ feats[1][0]
+    assert expected.abs().max() > 1e-5  # attention weights of 10 instances differ little
+    assert torch.allclose(w_grad_total - w_grad_plain, expected, rtol=1e-9, atol=1e-14)

@@ -215,6 +215,17 @@ def test_random_4k_and_aggregations_and_single_attention():
     assert single.attention[0].score.weight.grad.abs().sum() > 0
 
 
+def test_random_ablation_draws_each_zoom_step_independently():
+    """Evaluation with random selection is repeatable, but each zoom step has its own draw:
+    two steps choosing k of the same number of rows must not pick the same positions."""
+    model = _model(selection="random", k=4).eval()
+    scores = torch.rand(50)
+    first = [model._hard_select(step, scores).tolist() for step in (0, 1)]
+    again = [model._hard_select(step, scores).tolist() for step in (0, 1)]
+    assert first == again
+    assert first[0] != first[1]
+
+
 def test_bad_inputs_raise_zoommil_error():
     model = _model()
     feats = _feats(3)
