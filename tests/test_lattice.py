@@ -15,6 +15,7 @@ from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.lattice import (
     build_lattice,
     check_lattice,
+    check_native_resolution,
     children_order,
     descendant_offsets,
     descendant_rows,
@@ -169,6 +170,30 @@ def test_tissue_filter_keeps_parents_and_all_descendants():
     assert lat.tissue_fraction.tolist() == [1.0]
     assert lat.num_patches() == [1, 4, 16]
     assert lat.attrs["n_parents_total"] == 16 and not lat.attrs["no_tissue_applied"]
+
+
+def test_tissue_threshold_keeps_a_parent_exactly_at_it():
+    """A parent is kept when its tissue fraction is >= the threshold: fractions are counts of
+    mask pixels (k / 256 here), so a parent exactly at a threshold like 0.25 is common."""
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:8, :8] = True  # parent (0, 0): 64 / 256 = 0.25 exactly
+    mask[16:24, 16:24] = True
+    mask[16, 16] = False  # parent (1, 1): 63 / 256, just below
+    mask[32:48, 32:40] = True  # parent (2, 2): 0.5
+    lat = lattice_for([5, 10, 20], dims=(4096, 4096), mask=mask, tissue_threshold=0.25)
+    assert lat.coords[0].tolist() == [[0, 0], [2, 2]]
+    assert lat.tissue_fraction.tolist() == [0.25, 0.5]
+
+
+def test_native_resolution_tolerates_a_40x_scan_a_little_coarser_than_0_25():
+    """Scanners call 0.2527 um/px (39.6x) "40x": 40x is accepted without upsampling, up to 5%
+    above the native magnification; beyond that it is refused unless allowed."""
+    assert check_native_resolution("s.svs", 0.2527, [10, 40]) is False
+    assert check_native_resolution("s.svs", 0.25, [10, 40]) is False
+    assert check_native_resolution("s.svs", 0.5, [10, 20.9]) is False  # 20.9x <= 1.05 * 20x
+    with pytest.raises(SlideError, match="finer than the slide's native magnification 19"):
+        check_native_resolution("s.svs", 0.5263, [10, 20])  # 19.0x: 5.3% above
+    assert check_native_resolution("s.svs", 0.5263, [10, 20], allow_upsampling=True) is True
 
 
 def test_no_tissue_policies(caplog):

@@ -64,6 +64,25 @@ def test_ci_of_two_slides_covers_the_bootstrap_distribution() -> None:
     assert (interval.estimate, interval.low, interval.high) == (0.5, 0.0, 1.0)
 
 
+def test_ci_is_the_95_percent_percentile_interval_of_an_asymmetric_case() -> None:
+    # 11 of 13 slides right: the resampled accuracy is Binomial(13, 11/13) / 13, whose 2.5th
+    # and 97.5th percentiles are 8/13 and 1 (cdf >= 0.012 away from both levels, 5 standard
+    # errors of 5000 resamples). The percentile interval is [8/13, 1], asymmetric about
+    # 11/13; the "basic" one would be [9/13, 14/13] and a 90% one [9/13, 1].
+    from scipy.stats import binom
+
+    n, right = 13, 11
+    grid = np.arange(n + 1)
+    cdf = binom.cdf(grid, n, right / n)
+    for level in (0.025, 0.975):
+        assert np.abs(cdf - level).min() > 0.012
+    low, high = (binom.ppf(q, n, right / n) / n for q in (0.025, 0.975))
+    assert (low, high) == (8 / 13, 1.0)
+    interval = stats.method_ci(preds([0] * n, [0] * right + [1] * (n - right)), "accuracy")
+    assert interval.estimate == pytest.approx(right / n)
+    assert (interval.low, interval.high) == pytest.approx((low, high), abs=1e-12)
+
+
 def test_one_slide_left_has_no_interval_and_no_test() -> None:
     # the other test slides excluded upstream: scipy's permutation test refuses one sample,
     # and a zero-width "interval" would claim certainty; both are NaN, shown as n/a

@@ -196,6 +196,22 @@ def test_detects_all_separate_blobs(method):
     assert mask[~truth].mean() < 0.1
 
 
+def test_otsu_threshold_value_itself_is_background():
+    """Otsu splits the histogram into values <= t and values > t, and CLAM thresholds with
+    OpenCV's THRESH_BINARY (src > thresh): a pixel whose saturation equals the threshold is
+    background. Two saturation levels, 40 and 120: every t in [40, 120) separates them
+    equally well, Otsu takes the first, 40, and only the 120 square is tissue."""
+    rgb = np.full((60, 80, 3), (255, 215, 215), dtype=np.uint8)  # saturation 40
+    rgb[20:40, 30:50] = (255, 135, 135)  # saturation 120
+    sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+    assert set(np.unique(sat).tolist()) == {40, 120}
+    assert tissue_module._otsu(sat) == 40.0
+    mask = detect_tissue(rgb, "otsu", median_kernel=1, close_kernel=0, min_area_um2=0)
+    expected = np.zeros((60, 80), dtype=bool)
+    expected[20:40, 30:50] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
 @pytest.mark.parametrize("method", ["gaussian", "otsu"])
 def test_blank_and_noise_images_give_empty_masks(method):
     white = np.full((120, 160, 3), 255, dtype=np.uint8)
