@@ -81,22 +81,71 @@ def test_selected_regions_nest_inside_their_parents(zoom_result):
         )
 
 
-def test_zoom_inference_matches_the_full_feature_file(zoom_result, small_slide, tmp_path):
-    lattice = tile_slide(small_slide, _recipe(MAGS))
-    coords = write_coords(tmp_path / "coords.h5", lattice)
-    out = tmp_path / "features.h5"
+@pytest.fixture(scope="module")
+def feature_file(small_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The slide's feature file as `zoommil features` writes it: every patch at every
+    magnification, in ``features/<slide_id>.h5``."""
+    root = tmp_path_factory.mktemp("full")
+    coords = write_coords(root / "coords.h5", tile_slide(small_slide, _recipe(MAGS)))
+    out = root / "features" / f"{small_slide.stem}.h5"
     extract_features(small_slide, coords, out, weights="random", workers=0)
+    return out
+
+
+def _log_odds(probabilities: dict[str, float]) -> float:
+    """log p(tumour) - log p(normal), i.e. the logit difference: unlike the probabilities it
+    is not saturated (the random model gives p = 0.9998 here, so atol 1e-2 on them hid
+    wrong features)."""
+    return float(np.log(probabilities[CLASSES[1]]) - np.log(probabilities[CLASSES[0]]))
+
+
+def test_zoom_inference_matches_the_full_feature_file(zoom_result, feature_file):
+    """Zoom inference is the eval forward on the full feature file: the same regions selected
+    at every step, attention over the same patches with the same weights, the same logits."""
     from zoommil.io.featurefile import read_feature_file
 
-    bag = read_feature_file(out, MAGS)
-    model = _model()
+    bag = read_feature_file(feature_file, MAGS)
     with torch.no_grad():
-        details = model.forward_with_details([torch.from_numpy(f)[None] for f in bag.feats])
-    full_selected = bag.xy[0][details["selected"][0].numpy()].tolist()
-    assert sorted(map(tuple, full_selected)) == sorted(map(tuple, zoom_result["selected"][0]["xy"]))
-    probs = torch.softmax(details["logits"], -1)[0].numpy()
-    zoom_probs = np.array([zoom_result["probabilities"][c] for c in CLASSES])
-    np.testing.assert_allclose(zoom_probs, probs, atol=1e-2)
+        details = _model().forward_with_details([torch.from_numpy(f)[None] for f in bag.feats])
+    # the trap: at 10x the selected rows are not the first K of the rows kept there
+    kept, chosen = details["rows"][1].tolist(), details["selected"][1].tolist()
+    assert chosen != kept[:K]
+    assert len(zoom_result["selected"]) == len(MAGS) - 1
+    for m, step in enumerate(zoom_result["selected"]):
+        assert step["mag"] == MAGS[m]
+        assert step["xy"] == bag.xy[m][details["selected"][m].numpy()].tolist(), m
+    assert len(zoom_result["attention"]) == len(MAGS)
+    for m, step in enumerate(zoom_result["attention"]):
+        assert step["xy"] == bag.xy[m][details["rows"][m].numpy()].tolist(), m
+        np.testing.assert_allclose(step["weights"], details["attention"][m].numpy(), atol=1e-5)
+    logits = details["logits"][0].double().numpy()
+    assert _log_odds(zoom_result["probabilities"]) == pytest.approx(logits[1] - logits[0], abs=1e-3)
+
+
+def test_zoom_inference_of_a_standardising_checkpoint_equals_evaluate(
+    small_slide, feature_file, zoom_result, tmp_path
+):
+    """A checkpoint trained with ``feature_norm: standardize``: `zoommil predict` (zoom
+    inference from the slide) must standardise the features it encodes exactly as `zoommil
+    evaluate` does the feature file's, else it classifies other inputs than the model saw."""
+    from zoommil.io.featurefile import read_feature_file
+    from zoommil.training.normalize import fit_feature_norm
+
+    bag = read_feature_file(feature_file, MAGS)
+    norm = fit_feature_norm(torch.from_numpy(f) for f in bag.feats)
+    ckpt = _zoommil_checkpoint(tmp_path / "ckpt.pt", feature_norm=norm.to_config())
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text(f"slide_id\tpath\tlabel\tsplit\n{small_slide.stem}\tx.tiff\ttumour\ttest\n")
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--features-dir", str(feature_file.parent)]
+    assert main([*argv, "--sheet", str(sheet), "--device", "cpu", "--out", str(out)]) == 0
+    (evaluated,) = json.loads(out.read_text())["predictions"]
+    predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.norm is not None
+    predicted = predict_slide(predictor, small_slide, make_encoder(predictor)[0])
+    expected = _log_odds(evaluated["probs"])
+    assert _log_odds(predicted["probabilities"]) == pytest.approx(expected, abs=1e-3)
+    assert abs(expected - _log_odds(zoom_result["probabilities"])) > 1.0  # the norm matters
 
 
 @pytest.mark.parametrize("recorded", ["config_mags", "preprocessing"])
@@ -148,9 +197,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _zoommil_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
 
 
-def _zoommil_checkpoint(path: Path, weights: str = "random", **preprocessing: str) -> Path:
+def _zoommil_checkpoint(
+    path: Path, weights: str = "random", feature_norm: dict | None = None, **preprocessing: str
+) -> Path:
     """A ZoomMIL checkpoint of `_model()` whose features' recipe records ``weights`` (seed 0)
-    and ``preprocessing``, as `zoommil train` copies it from the feature files."""
+    and ``preprocessing``, as `zoommil train` copies it from the feature files, and that
+    standardises features with ``feature_norm`` (`FeatureNorm.to_config`) if given."""
     recipe = {"patch_size": PATCH, "weights": weights, "weights_seed": 0, **preprocessing}
     config = {
         "method": "zoommil",
@@ -162,6 +214,8 @@ def _zoommil_checkpoint(path: Path, weights: str = "random", **preprocessing: st
         "in_dim": 1024,
         "preprocessing": recipe,
     }
+    if feature_norm is not None:
+        config["feature_norm"] = feature_norm
     return save_checkpoint(path, _model().state_dict(), config)
 
 

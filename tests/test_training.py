@@ -180,6 +180,33 @@ def test_evaluate_reproduces_the_training_metrics(
     )
 
 
+def test_standardize_is_fitted_on_training_rows_and_evaluate_applies_it(
+    dataset: dict[str, Path], tmp_path: Path
+) -> None:
+    """`feature_norm: standardize`: the statistics stored in the checkpoint are those of the
+    training split's rows alone (val and test rows in them would leak the held-out slides
+    into the inputs), and `zoommil evaluate` applies them: its predictions are those train
+    wrote (without the checkpoint's norm the model would see other inputs)."""
+    from zoommil.io.featurefile import read_feature_file
+
+    config = write_config(dataset, tmp_path, feature_norm="standardize")
+    run = tmp_path / "run"
+    assert train_cli(config, run, "abmil_small", 0, "--epochs", "2") == 0
+    norm = torch.load(run / "checkpoint.pt", weights_only=True)["config"]["feature_norm"]
+    features = dataset["root"] / "features"
+    train_files = sorted(features.glob("train_*.h5"))
+    assert len(train_files) == 8
+    rows = np.concatenate([read_feature_file(p, [10.0]).feats[0] for p in train_files])
+    np.testing.assert_allclose(norm["mean"], rows.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(norm["std"], rows.std(0), rtol=1e-4)
+
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--features-dir"]
+    assert main([*args, str(features), "--out", str(out)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert json.loads(out.read_text())["predictions"] == metrics["test"]["predictions"]
+
+
 def test_evaluate_refuses_features_of_another_encoder(
     dataset: dict[str, Path], trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -268,6 +295,28 @@ def test_the_sheets_row_order_does_not_change_the_model(
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"] == json.loads((trained / "metrics.json").read_text())["test"]
+
+
+def test_classes_are_the_sorted_labels_of_the_whole_sheet(
+    dataset: dict[str, Path], tmp_path: Path
+) -> None:
+    """With `classes: null` the class list (the model's output order) is the sorted labels
+    of every row of the sheet, excluded slides included, whatever the rows' order: a sheet
+    re-sorted, or QC excluding a slide, must not renumber the classes."""
+    from zoommil.training.config import load_config
+    from zoommil.training.trainer import load_splits
+
+    header, *rows = dataset["sheet"].read_text().splitlines()
+    assert rows[0].split("\t")[2] == "normal"
+    sheet = tmp_path / "slides.tsv"  # tumor first, then normal, then an excluded atypia
+    sheet.write_text("\n".join([header, *reversed(rows), "odd\t/o.svs\tatypia\ttrain"]) + "\n")
+    qc = tmp_path / "qc.tsv"
+    qc.write_text("slide_id\tstatus\treason\nodd\tfailed\tout of focus\n")
+    config = load_config(write_config(dataset, tmp_path, sheet=str(sheet), exclude=str(qc)))
+    assert config.classes is None
+    classes, _, stores, skipped, _ = load_splits(config, "abmil", ("train",))
+    assert classes == ["atypia", "normal", "tumor"]
+    assert [s["slide_id"] for s in skipped] == ["odd"] and len(stores["train"]) == 8
 
 
 @pytest.mark.parametrize(
@@ -463,6 +512,43 @@ def test_balanced_sampler_is_seeded_and_balanced() -> None:
     many = [i for _ in range(20) for i in balanced_sampler(labels, seed=3)]  # 20 epochs
     minority = np.mean([labels[i] for i in many])
     assert 0.4 < minority < 0.6
+
+
+def test_f1_selection_keeps_the_highest_f1_and_breaks_ties_by_the_loss() -> None:
+    """`selection: val_weighted_f1` (config/bright.yaml): the epoch of the highest validation
+    F1; of equal F1s the lower validation loss; `val_loss`: the lowest loss."""
+    logged = [(0.7, 0.5), (0.5, 0.8), (0.4, 0.6), (0.6, 0.8)]
+    rows = [{"val_loss": loss, "val_weighted_f1": f1} for loss, f1 in logged]
+    assert replay_early_stopping(rows, None, "val_weighted_f1") == (4, 2)
+    assert replay_early_stopping(rows, None, "val_loss") == (4, 3)
+    tie = [*rows[:3], {"val_loss": 0.45, "val_weighted_f1": 0.8}]
+    assert replay_early_stopping(tie, None, "val_weighted_f1") == (4, 4)
+
+
+def test_lr_follows_reduce_on_plateau_and_f1_selection_keeps_the_best_f1(
+    dataset: dict[str, Path], tmp_path: Path
+) -> None:
+    """The logged learning rate is ReduceLROnPlateau's on the validation loss: times
+    lr_factor (0.8) once more than lr_patience epochs passed without a 1e-4 relative
+    improvement, else unchanged; the kept epoch is the one of the highest validation F1."""
+    lr = 0.03  # a large step: the validation loss soon stalls and the schedule acts
+    config = write_config(
+        dataset, tmp_path, epochs=8, lr=lr, lr_patience=1, selection="val_weighted_f1"
+    )
+    assert train_cli(config, tmp_path / "run") == 0
+    rows = read_log(tmp_path / "run" / "log.csv")
+    best, bad, reductions = float("inf"), 0, 0
+    for row in rows:
+        assert float(row["lr"]) == pytest.approx(lr, rel=1e-9), row
+        loss = float(row["val_loss"])
+        best, bad = (loss, 0) if loss < best * (1 - 1e-4) else (best, bad + 1)
+        if bad > 1:
+            lr, bad, reductions = lr * 0.8, 0, reductions + 1
+    assert reductions, "the fixture's validation loss must stall for the test to mean much"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    kept = max(rows, key=lambda r: (float(r["val_weighted_f1"]), -float(r["val_loss"])))
+    assert metrics["best_epoch"] == int(kept["epoch"])
+    assert float(kept["val_weighted_f1"]) > float(rows[0]["val_weighted_f1"])  # F1 varied
 
 
 class MeanPool(nn.Module):
