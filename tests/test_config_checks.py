@@ -226,6 +226,10 @@ def _abbreviated_features_flag(config: dict) -> None:
     config["features"]["args"] = {"batch_size": 16, "weight": "imagenet"}
 
 
+def _features_slide_id(config: dict) -> None:
+    config["features"]["args"] = {"slide": "x"}
+
+
 def _missing_weights_file(config: dict) -> None:
     config["features"]["weights"] = "no/such/weights.pth"
 
@@ -279,6 +283,7 @@ def _extra_key_of_train_itself(config: dict) -> None:
             "preprocess.tile_args: 'patch' sets (or abbreviates) --patch-size",
         ),
         (_abbreviated_features_flag, "features.args: 'weight' sets (or abbreviates) --weights"),
+        (_features_slide_id, "features.args: 'slide' sets (or abbreviates) --slide-id"),
         (
             _missing_weights_file,
             "features.weights: weights 'no/such/weights.pth' is neither a keyword nor an existing "

@@ -30,7 +30,7 @@ TILE_FLAGS = (
 )  # fmt: skip
 FEATURES_FLAGS = (
     "encoder", "weights", "seed", "precision", "device", "threads", "mpp", "default-mpp",
-    "coords", "out", "no-progress", "no-fail", "help",
+    "coords", "out", "slide-id", "no-progress", "no-fail", "help",
 )  # fmt: skip
 #: Train config keys the workflow writes itself (`build_train_config`) or that are `train:`
 #: keys of their own: ``train.extra`` may not set them (it would be ignored, or disagree).
