@@ -75,6 +75,31 @@ def test_a_dead_process_takes_only_its_own_task():
     assert os.getpid() not in {out[1] for t, out in outcomes if t != 3}
 
 
+def test_a_pool_that_breaks_between_wait_and_submit_loses_no_task(monkeypatch):
+    """A process can die after `wait` returned the other tasks' results and before its own
+    future is marked broken; the next `submit` then raises `BrokenProcessPool` (seen in CI on
+    a loaded machine, where it escaped `map_isolated`). The item not submitted is run later in
+    a fresh pool, and every task is still answered exactly once."""
+    import concurrent.futures.process as cf_process
+
+    import zoommil.processes as processes
+
+    calls = {"n": 0}
+
+    class BreaksOnThirdSubmit(cf_process.ProcessPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise cf_process.BrokenProcessPool("a child process terminated abruptly")
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", BreaksOnThirdSubmit)
+    outcomes = dict(map_isolated(_square_or_die, [0, 1, 2, 4, 5], 2, _remember_offset, (7,)))
+    assert calls["n"] > 5  # the refused submit was made again
+    assert sorted(outcomes) == [0, 1, 2, 3, 4]
+    assert [outcomes[i][0] for i in range(5)] == [7, 8, 11, 23, 32]
+
+
 def test_map_isolated_with_one_process_blames_the_task_at_once():
     outcomes = dict(map_isolated(_square_or_die, [2, 3, 4], 1, _remember_offset, (0,)))
     assert isinstance(outcomes[1], ProcessDied)

@@ -176,10 +176,21 @@ def map_isolated(
         in_flight: dict[Future, tuple[int, Any]] = {}
         hit: list[tuple[int, Any]] = []
         with ProcessPoolExecutor(processes, ctx, initializer, initargs) as pool:
-            while (todo or in_flight) and not hit:
+            broken = False
+            while (todo or in_flight) and not hit and not broken:
                 while todo and len(in_flight) < processes:
                     index, item = todo.popleft()
-                    in_flight[pool.submit(fn, item)] = (index, item)
+                    try:
+                        future = pool.submit(fn, item)
+                    except BrokenProcessPool:
+                        # a process died after the last wait returned, before its own future
+                        # was marked: this item never ran; the ones in flight settle below
+                        todo.appendleft((index, item))
+                        broken = True
+                        break
+                    in_flight[future] = (index, item)
+                if broken:
+                    break
                 done = wait_watched(pool, in_flight)
                 for future in done:
                     index, item = in_flight.pop(future)
