@@ -122,6 +122,27 @@ def test_a_dead_worker_in_starmap_is_an_error_not_a_hang():
         starmap_in_processes(_die_on_one, [(0,), (1,), (2,)], 2)
 
 
+def test_a_worker_dying_while_starmap_still_submits_is_the_same_error(monkeypatch):
+    """A fast task can kill its worker before the last tasks are submitted; `submit` then
+    raises `BrokenProcessPool`, which must become the same one-line error, not a traceback."""
+    import concurrent.futures.process as cf_process
+
+    import zoommil.processes as processes
+
+    class BreaksOnSecondSubmit(cf_process.ProcessPoolExecutor):
+        calls = 0
+
+        def submit(self, fn, /, *args, **kwargs):
+            type(self).calls += 1
+            if type(self).calls == 2:
+                raise cf_process.BrokenProcessPool("a child process terminated abruptly")
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", BreaksOnSecondSubmit)
+    with pytest.raises(ZoomMILError, match="worker process died"):
+        starmap_in_processes(_die_on_one, [(0,), (2,), (4,)], 2)
+
+
 def _die_mid_reply(tag: int) -> tuple[int, int]:
     """Tag 3 dies the way a worker killed while writing its result back does: the result pipe
     holds the start of a message (a 1 MiB header, 64 bytes of it) that never ends."""

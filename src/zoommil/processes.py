@@ -136,8 +136,10 @@ def starmap_in_processes(
     that dies is a `ZoomMILError` (a `Pool` would wait for its result forever)."""
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, ctx) as pool:
-        futures = [pool.submit(fn, *a) for a in args]
+        futures: list[Future] = []
         try:
+            for a in args:  # a worker may die while the rest are still being submitted
+                futures.append(pool.submit(fn, *a))
             return [result_watched(pool, future) for future in futures]
         except BrokenProcessPool:
             raise ZoomMILError(f"a worker process died ({DIED})") from None
