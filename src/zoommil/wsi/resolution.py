@@ -84,10 +84,6 @@ def mpp_candidates(slide: openslide.OpenSlide) -> list[tuple[str, float]]:
     return out
 
 
-def _plausible(mpp: float) -> bool:
-    return plausible_mpp(mpp)
-
-
 def resolve_mpp_details(
     slide: openslide.OpenSlide,
     path: str | Path,
@@ -96,13 +92,13 @@ def resolve_mpp_details(
 ) -> dict[str, Any]:
     """`resolve_mpp` plus the candidates it saw and rejected (for `inspect` and provenance)."""
     candidates = mpp_candidates(slide)
-    rejected = [(s, v) for s, v in candidates if not _plausible(v)]
+    rejected = [(s, v) for s, v in candidates if not plausible_mpp(v)]
     info: dict[str, Any] = {
         "candidates": [{"source": s, "mpp": v} for s, v in candidates],
         "rejected": [{"source": s, "mpp": v} for s, v in rejected],
     }
     if mpp_override is not None:
-        if not _plausible(float(mpp_override)):
+        if not plausible_mpp(float(mpp_override)):
             raise SlideCheckError(
                 path,
                 "implausible_mpp",
@@ -110,11 +106,11 @@ def resolve_mpp_details(
             )
         return {**info, "mpp": float(mpp_override), "source": "override"}
     for source, value in candidates:
-        if _plausible(value):
+        if plausible_mpp(value):
             _warn_if_anisotropic(slide, path, value)
             return {**info, "mpp": value, "source": source}
     if default_mpp is not None:
-        if not _plausible(float(default_mpp)):
+        if not plausible_mpp(float(default_mpp)):
             raise SlideCheckError(
                 path,
                 "implausible_mpp",
