@@ -75,25 +75,32 @@ def test_a_dead_process_takes_only_its_own_task():
     assert os.getpid() not in {out[1] for t, out in outcomes if t != 3}
 
 
-def test_a_pool_that_breaks_between_wait_and_submit_loses_no_task(monkeypatch):
-    """A process can die after `wait` returned the other tasks' results and before its own
-    future is marked broken; the next `submit` then raises `BrokenProcessPool` (seen in CI on
-    a loaded machine, where it escaped `map_isolated`). The item not submitted is run later in
-    a fresh pool, and every task is still answered exactly once."""
+def _break_the_nth_submit(monkeypatch: pytest.MonkeyPatch, n: int) -> dict[str, int]:
+    """Make `zoommil.processes`' pools raise `BrokenProcessPool` from their ``n``-th `submit`
+    (counted over every pool), as a pool does once a worker died; returns the call counter."""
     import concurrent.futures.process as cf_process
 
     import zoommil.processes as processes
 
     calls = {"n": 0}
 
-    class BreaksOnThirdSubmit(cf_process.ProcessPoolExecutor):
+    class BreaksOnNthSubmit(cf_process.ProcessPoolExecutor):
         def submit(self, fn, /, *args, **kwargs):
             calls["n"] += 1
-            if calls["n"] == 3:
+            if calls["n"] == n:
                 raise cf_process.BrokenProcessPool("a child process terminated abruptly")
             return super().submit(fn, *args, **kwargs)
 
-    monkeypatch.setattr(processes, "ProcessPoolExecutor", BreaksOnThirdSubmit)
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", BreaksOnNthSubmit)
+    return calls
+
+
+def test_a_pool_that_breaks_between_wait_and_submit_loses_no_task(monkeypatch):
+    """A process can die after `wait` returned the other tasks' results and before its own
+    future is marked broken; the next `submit` then raises `BrokenProcessPool` (seen in CI on
+    a loaded machine, where it escaped `map_isolated`). The item not submitted is run later in
+    a fresh pool, and every task is still answered exactly once."""
+    calls = _break_the_nth_submit(monkeypatch, 3)
     outcomes = dict(map_isolated(_square_or_die, [0, 1, 2, 4, 5], 2, _remember_offset, (7,)))
     assert calls["n"] > 5  # the refused submit was made again
     assert sorted(outcomes) == [0, 1, 2, 3, 4]
@@ -125,20 +132,7 @@ def test_a_dead_worker_in_starmap_is_an_error_not_a_hang():
 def test_a_worker_dying_while_starmap_still_submits_is_the_same_error(monkeypatch):
     """A fast task can kill its worker before the last tasks are submitted; `submit` then
     raises `BrokenProcessPool`, which must become the same one-line error, not a traceback."""
-    import concurrent.futures.process as cf_process
-
-    import zoommil.processes as processes
-
-    class BreaksOnSecondSubmit(cf_process.ProcessPoolExecutor):
-        calls = 0
-
-        def submit(self, fn, /, *args, **kwargs):
-            type(self).calls += 1
-            if type(self).calls == 2:
-                raise cf_process.BrokenProcessPool("a child process terminated abruptly")
-            return super().submit(fn, *args, **kwargs)
-
-    monkeypatch.setattr(processes, "ProcessPoolExecutor", BreaksOnSecondSubmit)
+    _break_the_nth_submit(monkeypatch, 2)
     with pytest.raises(ZoomMILError, match="worker process died"):
         starmap_in_processes(_die_on_one, [(0,), (2,), (4,)], 2)
 
