@@ -45,6 +45,10 @@ def test_load_sheet_resolves_paths_and_mpp(tmp_path: Path) -> None:
     [
         ("a\ta.svs\tx\ttrain\t\nb\tb.svs\tz\ttrain\t\n", "row 2 (slide_id 'b'): unknown label 'z'"),
         ("a\ta.svs\tx\ttrain\t\na\tb.svs\tx\tval\t\n", "row 2 (slide_id 'a'): duplicate slide_id"),
+        (
+            "S1\ta.svs\tx\ttrain\t\ns1\tb.svs\tx\tval\t\n",
+            "row 2 (slide_id 's1'): slide_id 's1' differs from row 1's 'S1' only in case",
+        ),
         ("a\ta.svs\tx\tdev\t\n", "row 1 (slide_id 'a'): unknown split 'dev'"),
         ("a\ta.svs\tx\ttrain\t6\n", "row 1 (slide_id 'a'): mpp 6.0 is outside 0.05-5.0"),
         ("a\t\tx\ttrain\t\n", "row 1 (slide_id 'a'): empty 'path'"),

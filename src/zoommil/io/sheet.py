@@ -210,7 +210,7 @@ def load_sheet(
     for column in REQUIRED_COLUMNS:
         frame[column] = frame[column].str.strip()
     validator = _validator(schema)
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
     mpps: list[float | None] = []
     for index, row in frame.iterrows():
         where = _row_name(index, row)
@@ -243,12 +243,21 @@ def load_sheet(
                 f"{sheet}: {where}: unknown label {shown(row['label'])}; expected one of "
                 f"{', '.join(classes)}"
             )
-        if row["slide_id"] in seen:
+        folded = row["slide_id"].casefold()
+        if folded in seen:
+            first, first_id = seen[folded]
+            if first_id == row["slide_id"]:
+                raise ZoomMILError(
+                    f"{sheet}: {where}: duplicate slide_id {shown(row['slide_id'])} "
+                    f"(first used in row {first + 1})"
+                )
             raise ZoomMILError(
-                f"{sheet}: {where}: duplicate slide_id {shown(row['slide_id'])} "
-                f"(first used in row {seen[row['slide_id']] + 1})"
+                f"{sheet}: {where}: slide_id {shown(row['slide_id'])} differs from row "
+                f"{first + 1}'s {shown(first_id)} only in case: on a case-insensitive file "
+                "system (macOS, Windows, some network shares) their outputs would be one file; "
+                "rename one"
             )
-        seen[row["slide_id"]] = index
+        seen[folded] = (index, row["slide_id"])
     frame["mpp"] = pd.array([float("nan") if m is None else m for m in mpps], dtype=float)
     written = list(frame["path"])
     frame["path"] = [resolve_slide_path(sheet, p) for p in written]
