@@ -13,9 +13,11 @@ import torch
 from slide_factory import write_pyramid_tiff
 
 from zoommil.cli import main
+from zoommil.errors import ZoomMILError
 from zoommil.features.encoder import build_encoder
 from zoommil.features.encoders.weights import sha256_file
 from zoommil.features.extraction import extract_features
+from zoommil.inference.cohort import tasks_in_dir
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.io.coords import write_coords
 from zoommil.models import build_model
@@ -759,3 +761,11 @@ def test_every_heatmap_format_is_written_and_has_an_image_marker(tmp_path):
         marker = write_marker(tmp_path / f"m{suffix}", Failure("failed", "predict", "x"))
         with Image.open(marker) as opened:  # an image, not JSON text under an image's name
             assert opened.size == (480, 60), suffix
+
+
+def test_out_dir_refuses_stems_that_differ_only_in_case(tmp_path):
+    slides = [tmp_path / "a" / "Slide_1.svs", tmp_path / "b" / "slide_1.tiff"]
+    with pytest.raises(ZoomMILError, match=r"share the slide_id 'slide_1' \(ignoring case\)"):
+        tasks_in_dir(slides, tmp_path / "out", heatmaps=True)
+    tasks = tasks_in_dir(slides[:1] + [tmp_path / "slide_2.svs"], tmp_path / "out", heatmaps=False)
+    assert [Path(t.json).name for t in tasks] == ["Slide_1.json", "slide_2.json"]

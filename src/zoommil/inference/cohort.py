@@ -70,17 +70,19 @@ def tasks_in_dir(
     slides: Sequence[str | Path], out_dir: str | Path, heatmaps: bool
 ) -> list[SlideTask]:
     """``OUT/<slide_id>.json`` (and ``.png`` with ``heatmaps``) for each slide; two slides with
-    the same file stem would overwrite each other's outputs, so they are an error."""
+    the same file stem would overwrite each other's outputs, so they are an error, as are
+    stems differing only in case (one file on macOS and Windows file systems)."""
     seen: dict[str, str] = {}
     tasks = []
     for slide in slides:
         stem = Path(slide).stem
-        if stem in seen:
+        if stem.casefold() in seen:
+            ignoring = "" if Path(seen[stem.casefold()]).stem == stem else " (ignoring case)"
             raise ZoomMILError(
-                f"{slide} and {seen[stem]} share the slide_id {stem!r}: their outputs in "
-                f"{out_dir} would overwrite each other"
+                f"{slide} and {seen[stem.casefold()]} share the slide_id {stem!r}{ignoring}: "
+                f"their outputs in {out_dir} would overwrite each other"
             )
-        seen[stem] = str(slide)
+        seen[stem.casefold()] = str(slide)
         png = Path(out_dir, f"{stem}.png") if heatmaps else None
         tasks.append(SlideTask(str(slide), str(Path(out_dir, f"{stem}.json")), png and str(png)))
     return tasks
