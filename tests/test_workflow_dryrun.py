@@ -151,7 +151,8 @@ def test_missing_slide_file_is_excluded_and_the_rest_runs(tmp_path: Path) -> Non
 
 
 def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path) -> None:
-    """Slide ids 'NA', 'null', 'None', 'nan', 'NaN', 'NULL' pass the sheet's validation; the
+    """Slide ids 'NA', 'null', 'None', 'nan' pass the sheet's validation ('NaN' and 'NULL'
+    too, but not beside 'nan' and 'null': ids must differ ignoring case); the
     inspection table read them back as NaN, and planning after inspection failed with
     "'<' not supported between instances of 'str' and 'float'".
 
@@ -162,7 +163,7 @@ def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path
     workdir = harness.copy_workflow(tmp_path / "wf", with_sources=False)
     folder = workdir / "sheet"
     folder.mkdir()
-    ids = ["NA", "null", "None", "nan", "NaN", "NULL"]
+    ids = ["NA", "null", "None", "nan", "s4", "s5"]
     splits = ["train", "train", "train", "val", "test", "test"]  # a train slide per class
     rows = []
     for i, (slide_id, split) in enumerate(zip(ids, splits, strict=True)):
