@@ -76,13 +76,14 @@ def tasks_in_dir(
     tasks = []
     for slide in slides:
         stem = Path(slide).stem
-        if stem.casefold() in seen:
-            ignoring = "" if Path(seen[stem.casefold()]).stem == stem else " (ignoring case)"
+        key = stem.casefold()
+        if key in seen:
+            ignoring = "" if Path(seen[key]).stem == stem else " (ignoring case)"
             raise ZoomMILError(
-                f"{slide} and {seen[stem.casefold()]} share the slide_id {stem!r}{ignoring}: "
+                f"{slide} and {seen[key]} share the slide_id {stem!r}{ignoring}: "
                 f"their outputs in {out_dir} would overwrite each other"
             )
-        seen[stem.casefold()] = str(slide)
+        seen[key] = str(slide)
         png = Path(out_dir, f"{stem}.png") if heatmaps else None
         tasks.append(SlideTask(str(slide), str(Path(out_dir, f"{stem}.json")), png and str(png)))
     return tasks
