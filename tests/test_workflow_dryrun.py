@@ -13,6 +13,7 @@ import pytest
 import yaml
 from workflow_config import harness
 
+from zoommil.errors import ZoomMILError
 from zoommil.workflow import params as workflow
 
 PRESETS = {
@@ -367,6 +368,26 @@ def test_bad_config_fails_with_one_line_before_any_job(workdir: Path, spoil, mes
     assert result.returncode != 0
     assert message in text
     assert "Building DAG" not in text
+
+
+def test_imported_library_must_be_the_tracked_one(tmp_path: Path) -> None:
+    """The rules hash the sources beside the Snakefile; a zoommil imported from elsewhere (a
+    non-editable install, another clone) is refused at parse time, naming the fix."""
+    workflow.check_imported_library(workflow.library_root(harness.REPO))  # this checkout
+    with pytest.raises(ZoomMILError, match=r"run `pip install -e \.` in "):
+        workflow.check_imported_library(tmp_path / "src" / "zoommil")
+
+
+def test_workflow_refuses_to_run_another_zoommil_than_it_tracks(tmp_path: Path) -> None:
+    workdir = harness.copy_workflow(tmp_path / "wf")  # its own src/, not the one imported
+    result = harness.snakemake(workdir, "--list-rules", import_copy=False, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"tracks the zoommil sources in {(workdir / 'src' / 'zoommil').resolve()}" in text
+    assert f"run `pip install -e .` in {workdir.resolve()}" in text
+    assert f"PYTHONPATH={(workdir / 'src').resolve()}" in text
+    # with the copy's sources imported (what harness.snakemake does), it parses
+    harness.snakemake(workdir, "--list-rules")
 
 
 def test_lint_is_clean() -> None:

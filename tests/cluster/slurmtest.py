@@ -75,6 +75,9 @@ def snakemake(*args: str, cwd: Path, env: dict | None = None, timeout: int = 900
     """Run Snakemake from this interpreter (so jobs on the node use the same environment)."""
     bindir = str(Path(sys.executable).parent)
     full_env = {**os.environ, **(env or {}), "PATH": bindir + os.pathsep + os.environ["PATH"]}
+    if (cwd / "src" / "zoommil").is_dir():  # a workflow copy with sources runs them
+        path = [str(cwd / "src"), full_env.get("PYTHONPATH")]
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
     full_env.pop("SNAKEMAKE_PROFILE", None)
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],

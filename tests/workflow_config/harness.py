@@ -59,16 +59,29 @@ def load_config(path: Path = CONFIG_DIR / "config.yaml") -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
+def library_env(workdir: Path) -> dict[str, str]:
+    """This process's environment, with the copy's src/ first on PYTHONPATH where the copy has
+    the sources: the workflow refuses to run a zoommil other than the one it tracks
+    (`zoommil.workflow.params.check_imported_library`), as a user's checkout would."""
+    env = dict(os.environ)
+    src = workdir / "src"
+    if (src / "zoommil").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    return env
+
+
 def snakemake(
     workdir: Path,
     *args: str,
     configfile: Path | None = None,
     check: bool = True,
     cores: int | None = 2,
+    import_copy: bool = True,
 ) -> subprocess.CompletedProcess:
     """`python -m snakemake` in `workdir`; on failure the assertion shows the output.
-    ``cores=None`` leaves out --cores, as a user typing `snakemake --report ...` does."""
-    env = dict(os.environ)
+    ``cores=None`` leaves out --cores, as a user typing `snakemake --report ...` does.
+    ``import_copy``: the jobs import the copy's sources, where it has them (`library_env`)."""
+    env = library_env(workdir) if import_copy else dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MPLBACKEND", "Agg")
     command = [sys.executable, "-m", "snakemake"]

@@ -30,6 +30,10 @@ DEMO = config.get("synth") is not None
 DEMO_DIR = "results/demo"
 LIB_ROOT = zwf.library_root(workflow.basedir)
 try:
+    zwf.check_imported_library(LIB_ROOT)  # the code the rules hash is the code they run
+except ZoomMILError as error:
+    raise WorkflowError(str(error)) from None
+try:
     # One validated recipe: every preprocessing value a rule passes on comes from it.
     RECIPE = PreprocessingRecipe.from_config(config)
 except ZoomMILError as error:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from zoommil.errors import ZoomMILError
 from zoommil.recipe import PreprocessingRecipe
 
 
@@ -23,6 +24,26 @@ def library_root(basedir: str | Path) -> Path:
     import zoommil
 
     return Path(zoommil.__file__).resolve().parent
+
+
+def check_imported_library(root: str | Path) -> None:
+    """Refuse a run whose imported zoommil is not the library at ``root`` (`library_root`).
+
+    Why: the rules' `code` params hash the sources at ``root``, but the jobs run the zoommil
+    that Python imports. Beside another install (a non-editable `pip install .`, another
+    clone's editable one) an edit of ``root`` reruns jobs that do not run it, and the code
+    that does run is tracked by nothing.
+    """
+    import zoommil
+
+    imported = Path(zoommil.__file__).resolve()
+    root = Path(root).resolve()
+    if not imported.is_relative_to(root):
+        raise ZoomMILError(
+            f"this workflow tracks the zoommil sources in {root}, but Python imports zoommil "
+            f"from {imported.parent}: run `pip install -e .` in {root.parent.parent} (or set "
+            f"PYTHONPATH={root.parent}) so that the jobs run the code the workflow tracks"
+        )
 
 
 def gpu_present() -> bool:
