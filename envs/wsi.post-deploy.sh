@@ -2,8 +2,8 @@
 # Snakemake runs this once after creating the conda env (`--sdm conda`), inside the env.
 # Why a script: an env file cannot name the zoommil checkout (`pip: [-e ..]` would resolve
 # against the copy Snakemake makes of the env file, not against this repository). The
-# workflow exports ZOOMMIL_SOURCE (workflow/rules/common.smk: the checkout its own zoommil
-# comes from); without it, the working directory and its parents are searched.
+# workflow exports ZOOMMIL_SOURCE (workflow/rules/common.smk: the checkout its Snakefile is
+# in); without it, the working directory and its parents are searched.
 # Editable install, no dependencies: the env file provides them, and library edits reach the
 # env the same way they reach the rules that track them (`lib=` inputs).
 set -euo pipefail

@@ -390,6 +390,18 @@ def test_workflow_refuses_to_run_another_zoommil_than_it_tracks(tmp_path: Path) 
     harness.snakemake(workdir, "--list-rules")
 
 
+def test_conda_envs_install_zoommil_from_the_snakefile_checkout(tmp_path, monkeypatch) -> None:
+    """ZOOMMIL_SOURCE (what envs/*.post-deploy.sh install) is the Snakefile's folder, not the
+    imported package's parents[3]: for a non-editable install those are site-packages'
+    parents, and here (a copy importing this checkout's zoommil) another checkout."""
+    workdir = harness.copy_workflow(tmp_path / "wf", with_sources=False)
+    with (workdir / "Snakefile").open("a") as snakefile:
+        snakefile.write('\nprint("ZOOMMIL_SOURCE=" + os.environ["ZOOMMIL_SOURCE"])\n')
+    monkeypatch.delenv("ZOOMMIL_SOURCE", raising=False)
+    result = harness.snakemake(workdir, "--list-rules")
+    assert f"ZOOMMIL_SOURCE={workdir.resolve()}\n" in result.stdout + result.stderr
+
+
 def test_lint_is_clean() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--lint", "--cores", "1"],

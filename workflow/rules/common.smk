@@ -39,8 +39,9 @@ try:
 except ZoomMILError as error:
     raise ValueError(f"config: preprocess/features: {error}") from None
 config["features"]["weights"] = RECIPE.weights  # the report names what the rules pass
-# `--sdm conda`: envs/*.post-deploy.sh install zoommil from the checkout this run imports.
-os.environ.setdefault("ZOOMMIL_SOURCE", str(Path(zwf.__file__).resolve().parents[3]))
+# `--sdm conda`: envs/*.post-deploy.sh install zoommil from the checkout of this Snakefile
+# (not the imported package's parents: those are site-packages for a non-editable install).
+os.environ.setdefault("ZOOMMIL_SOURCE", str(Path(workflow.basedir).resolve()))
 SLIDE_SCHEMA = yaml.safe_load(
     open(workflow.source_path("../schemas/slides.schema.yaml"), encoding="utf-8")
 )
