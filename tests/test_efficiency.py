@@ -387,6 +387,20 @@ def test_flops_draws_no_bar_off_a_terminal_and_takes_only_known_splits(tmp_path,
         )
 
 
+def test_flops_and_profile_name_a_recorded_sheet_that_is_gone(tmp_path, capsys):
+    """Without --sheet both default to the checkpoint's sheet; one that is not here (a moved
+    project) is one line naming it and --sheet, not read_sheet's error about a file."""
+    ckpt, argv = _one_slide_meanmil(tmp_path)
+    (tmp_path / "sheet.tsv").unlink()
+    for command in (argv, ["profile", "--checkpoint", str(ckpt)]):
+        assert main([*command, "--out", str(tmp_path / "x.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(
+            f"slide sheet recorded at training, {tmp_path / 'sheet.tsv'}, does not exist here; "
+            "pass --sheet"
+        ), err
+
+
 @pytest.mark.parametrize("weights", ["random", "/models/resnet50_layer3.pt", None])
 def test_flops_names_the_encoder_weights_and_random_ones_say_so(tmp_path, capsys, weights):
     """DESIGN.md "Encoder": every output made with random weights says so; the FLOPs JSON of

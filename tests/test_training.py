@@ -503,6 +503,52 @@ def test_user_errors_are_one_line(
     assert "checkpoint not found" in _error_line(capsys)
 
 
+def test_evaluate_from_another_folder_uses_the_training_sheet_and_qc_table(
+    dataset: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The checkpoint records the sheet and QC table absolute: `zoommil evaluate` run from a
+    folder with its own slides.tsv and qc.tsv used those instead, silently. A recorded file
+    that is gone is an error naming it and the option to pass."""
+    trained_in, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    for folder, excluded in ((trained_in, "test_00"), (elsewhere, "test_01")):
+        folder.mkdir()
+        shutil.copy2(dataset["sheet"], folder / "slides.tsv")
+        (folder / "qc.tsv").write_text(f"slide_id\tstatus\treason\n{excluded}\tfailed\tblur\n")
+    features = dataset["root"] / "features"
+    monkeypatch.chdir(trained_in)  # the config's relative paths, as the workflow writes them
+    config = write_config(
+        dataset, trained_in, sheet="slides.tsv", exclude="qc.tsv", features_dir=str(features)
+    )
+    assert train_cli(config, trained_in / "run", "abmil_small", 0, "--epochs", "1") == 0
+    recorded = torch.load(trained_in / "run" / "checkpoint.pt", weights_only=True)["config"]
+    assert recorded["sheet"] == str((trained_in / "slides.tsv").resolve())
+    assert recorded["exclude"] == str((trained_in / "qc.tsv").resolve())
+    assert recorded["features_dir"] == str(features.resolve())
+
+    monkeypatch.chdir(elsewhere)
+    out = elsewhere / "eval.json"
+    args = ["evaluate", "--checkpoint", str(trained_in / "run" / "checkpoint.pt")]
+    args += ["--features-dir", str(features), "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert [e["slide_id"] for e in result["excluded"]] == ["test_00"]
+    assert result["exclude"] == recorded["exclude"] and result["sheet"] == recorded["sheet"]
+
+    (trained_in / "qc.tsv").unlink()
+    assert main(args) == 2
+    line = _error_line(capsys)
+    assert f"exclusion (QC) table recorded at training, {recorded['exclude']}, does not" in line
+    assert line.endswith("pass --exclude")
+    assert main([*args, "--exclude", "qc.tsv"]) == 0  # the option given: this folder's table
+    assert json.loads(out.read_text())["exclude"] == str((elsewhere / "qc.tsv").resolve())
+    (trained_in / "slides.tsv").unlink()
+    assert main(args) == 2
+    assert _error_line(capsys).endswith(f"{recorded['sheet']}, does not exist here; pass --sheet")
+
+
 def test_balanced_sampler_is_seeded_and_balanced() -> None:
     labels = [0] * 90 + [1] * 10
     draws = list(balanced_sampler(labels, seed=3))
@@ -645,6 +691,7 @@ def test_every_architecture_trains_and_evaluate_agrees(
     assert result["predictions"] == metrics["test"]["predictions"]
     assert result["weighted_f1"] == metrics["test"]["weighted_f1"]
     assert json.loads(in_training.read_text()) == result
+    assert result["exclude"] is None  # the record names the QC table used (none here)
 
 
 def test_cli_process_matches_in_process_run_and_restores_torch_state(

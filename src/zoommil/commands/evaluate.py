@@ -13,7 +13,9 @@ DESCRIPTION = """\
 Evaluate a checkpoint written by `zoommil train` on one split of a slide sheet.
 
 The class list, magnifications and model come from the checkpoint (loaded with
-weights_only=True); the sheet and QC exclusion table default to those used in training.
+weights_only=True); the sheet and QC exclusion table default to those used in training
+(recorded absolute in the checkpoint; one that is no longer there is an error: pass
+--sheet / --exclude).
 Writes JSON with accuracy, weighted/macro/per-class F1, one-vs-rest AUC (null with a reason
 when a class is missing from the split), the confusion matrix and, per slide, the label, the
 prediction and the class probabilities.

@@ -146,7 +146,11 @@ def train_one(
         from zoommil.training.evaluation import evaluation_from_training
 
         record = evaluation_from_training(
-            metrics, out / "checkpoint.pt", config.features_dir, config.sheet
+            metrics,
+            out / "checkpoint.pt",
+            config.features_dir,
+            config.sheet,
+            exclude=config.exclude,
         )
         write_json(eval_out, record)
     test = metrics["test"] or {}

@@ -38,7 +38,7 @@ from zoommil.features.encoders.registry import (
 from zoommil.io.featurefile import read_feature_file
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import PreprocessingRecipe, encoder_provenance
-from zoommil.training.checkpoint import model_from_checkpoint
+from zoommil.training.checkpoint import model_from_checkpoint, recorded_path
 
 with warnings.catch_warnings():
     # fvcore.nn scripts its focal loss with torch.jit.script at import, which torch deprecates:
@@ -193,7 +193,9 @@ def checkpoint_flops(
     recorded = config.get("preprocessing") or {}
     recipe = PreprocessingRecipe.from_attrs(recorded, mags=config["mags"])
     encoder = canonical_name(recipe.encoder)
-    frame = read_sheet(sheet or config["sheet"])
+    frame = read_sheet(
+        sheet or recorded_path(config, "sheet", "slide sheet", "--sheet", checkpoint, required=True)
+    )
     ids = [str(s) for s in frame.loc[frame["split"] == split, "slide_id"]]
     ids = [i for i in ids if (features_dir / f"{i}.h5").exists()][:max_slides]
     if not ids:

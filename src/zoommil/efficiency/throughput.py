@@ -52,7 +52,7 @@ from zoommil.inference.predict import (
 )
 from zoommil.io.sheet import parse_mpp, read_sheet
 from zoommil.processes import starmap_in_processes
-from zoommil.training.checkpoint import load_checkpoint
+from zoommil.training.checkpoint import load_checkpoint, recorded_path
 from zoommil.wsi.patches import ReaderPool
 
 log = logging.getLogger(__name__)
@@ -464,7 +464,9 @@ def profile_checkpoints(
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         return [{"method": name, "device": "cuda", "skipped": "no CUDA device"} for name in names]
     torch_device = resolve_device(device)
-    sheet_path = sheet or configs[0]["sheet"]
+    sheet_path = sheet or recorded_path(
+        configs[0], "sheet", "slide sheet", "--sheet", checkpoints[0], required=True
+    )
     pairs, mpp = profile_slides(sheet_path, slides, split)
     predictors = []
     for checkpoint, name in zip(checkpoints, names, strict=True):

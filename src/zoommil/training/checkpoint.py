@@ -48,6 +48,35 @@ _SIGNATURES = (
 )
 
 
+def recorded_path(
+    config: Mapping[str, Any],
+    key: str,
+    what: str,
+    option: str,
+    checkpoint: str | Path,
+    required: bool = False,
+) -> Path | None:
+    """The path a checkpoint recorded at training (its ``sheet``, ``exclude``), as the default
+    of ``option``; None where it recorded none (an error if ``required``).
+
+    Why the check: a recorded path that is not here (a moved project, another machine, an
+    older checkpoint's relative path read from another folder) is an error naming the file and
+    the option, never a silent fall back to whatever that path means here.
+    """
+    value = config.get(key)
+    if not value and required:
+        raise ZoomMILError(f"{checkpoint}: no {what} recorded in the checkpoint; pass {option}")
+    if not value:
+        return None
+    path = Path(str(value))
+    if not path.exists():
+        raise ZoomMILError(
+            f"{checkpoint}: the {what} recorded at training, {path}, does not exist here; "
+            f"pass {option}"
+        )
+    return path
+
+
 def _not_a_torch_file(path: Path) -> str | None:
     """Why ``path`` cannot be a `torch.save` file (a zip archive), or None if it may be one.
 

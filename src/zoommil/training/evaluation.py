@@ -17,7 +17,7 @@ import torch
 from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
 from zoommil.recipe import encoder_provenance
-from zoommil.training.checkpoint import load_checkpoint, model_from_state
+from zoommil.training.checkpoint import load_checkpoint, model_from_state, recorded_path
 from zoommil.training.config import TrainConfig
 from zoommil.training.data import check_matches_checkpoint
 from zoommil.training.normalize import FeatureNorm
@@ -56,12 +56,12 @@ def _evaluate(
 ) -> dict[str, Any]:
     seed = int(meta.get("seed", 0))
     dev = resolve_device(device)
-    sheet = sheet or meta.get("sheet")
     if not sheet:
-        raise ZoomMILError(f"{checkpoint}: no sheet recorded in the checkpoint; pass --sheet")
+        sheet = recorded_path(meta, "sheet", "slide sheet", "--sheet", checkpoint, required=True)
     if not Path(sheet).exists():
         raise ZoomMILError(f"{sheet}: slide sheet not found (pass --sheet)")
-    exclude = exclude if exclude is not None else meta.get("exclude")
+    if exclude is None:
+        exclude = recorded_path(meta, "exclude", "exclusion (QC) table", "--exclude", checkpoint)
     config = TrainConfig(
         features_dir=Path(features_dir),
         sheet=Path(sheet),
@@ -89,7 +89,9 @@ def _evaluate(
     model = model_from_state(state_dict, meta, checkpoint).to(dev)
     probs, losses = predict_store(model, store, len(classes), dev, seed)
     report = split_report(store, probs, losses, classes)
-    return evaluation_record(meta, checkpoint, features_dir, sheet, split, skipped, report)
+    return evaluation_record(
+        meta, checkpoint, features_dir, sheet, split, skipped, report, exclude or None
+    )
 
 
 def evaluation_record(
@@ -100,12 +102,14 @@ def evaluation_record(
     split: str,
     skipped: list[dict[str, Any]],
     report: dict[str, Any],
+    exclude: str | Path | None = None,
 ) -> dict[str, Any]:
     """The JSON `zoommil evaluate` writes: provenance, then the split's metrics and
     per-slide predictions (``report``, from ``split_report``).
 
     ``meta`` is a checkpoint's config (the encoder and weights from its ``preprocessing``) or
-    a training run's metrics (which carry them at the top level)."""
+    a training run's metrics (which carry them at the top level). The folder, sheet and QC
+    table (``exclude``) are recorded absolute: which files were read, from any folder."""
     return {
         "checkpoint": str(checkpoint),
         "method": meta.get("method"),
@@ -115,8 +119,9 @@ def evaluation_record(
         "classes": list(meta["classes"]),
         "mags": list(meta["mags"]),
         **encoder_provenance(meta.get("preprocessing") or meta),
-        "features_dir": str(features_dir),
-        "sheet": str(sheet),
+        "features_dir": str(Path(features_dir).resolve()),
+        "sheet": str(Path(sheet).resolve()),
+        "exclude": str(Path(exclude).resolve()) if exclude else None,
         "n_excluded": len(skipped),
         "excluded": skipped,
         "split": split,
@@ -130,6 +135,7 @@ def evaluation_from_training(
     features_dir: str | Path,
     sheet: str | Path,
     split: str = "test",
+    exclude: str | Path | None = None,
 ) -> dict[str, Any]:
     """The `zoommil evaluate` record of a split from a training run's metrics.json content.
 
@@ -141,4 +147,4 @@ def evaluation_from_training(
         raise ZoomMILError(f"{checkpoint}: the training run has no '{split}' slides to evaluate")
     meta = {**metrics, "epoch": metrics["best_epoch"]}
     skipped = [s for s in metrics.get("excluded", []) if s.get("split") == split]
-    return evaluation_record(meta, checkpoint, features_dir, sheet, split, skipped, report)
+    return evaluation_record(meta, checkpoint, features_dir, sheet, split, skipped, report, exclude)

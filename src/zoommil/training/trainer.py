@@ -427,9 +427,11 @@ def _checkpoint_config(
         "early_stopping": cfg.early_stopping,
         "lr": cfg.lr,
         "weight_decay": cfg.weight_decay,
-        "features_dir": str(cfg.features_dir),  # as in the config: the workflow runs from
-        "sheet": str(cfg.sheet),  # its root, and the project folder may move
-        "exclude": str(cfg.exclude) if cfg.exclude else None,
+        # absolute: `zoommil evaluate` defaults to them from any folder (relative ones meant
+        # another sheet or QC table there); a moved project passes --sheet / --exclude
+        "features_dir": str(Path(cfg.features_dir).resolve()),
+        "sheet": str(Path(cfg.sheet).resolve()),
+        "exclude": str(Path(cfg.exclude).resolve()) if cfg.exclude else None,
         "preprocessing": shared_attrs(records),
         "feature_norm": run.norm.to_config() if run.norm is not None else None,
         "zoommil_version": __version__,
