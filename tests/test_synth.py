@@ -155,6 +155,20 @@ def test_cli_same_seed_same_bytes_any_workers_other_seed_differs(tmp_path):
     assert a["slides/demo_000.tiff"] != c["slides/demo_000.tiff"]
 
 
+def test_numpy_floor_is_the_promotion_rules_the_bytes_depend_on():
+    """Same seed, same bytes holds under NumPy 2's promotion rules (NEP 50) only: e.g.
+    `ellipse_sprite` takes a nucleus centre as a float64 scalar to its float32 pixel grid,
+    which NumPy 2 computes in float64 and NumPy 1 in float32. So numpy>=2 is the floor (the
+    conda envs repeat it: tests/test_envs.py)."""
+    import re
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    (floor,) = re.findall(r'^\s*"numpy\s*>=\s*(\d+)[^"]*",', pyproject, flags=re.M)
+    assert int(floor) >= 2
+    grid, centre = np.zeros(2, np.float32), np.float64(0.1)
+    assert (grid - centre).dtype == np.float64  # the rule the synth bytes were made under
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
