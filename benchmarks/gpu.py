@@ -299,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         ("predict", lambda: predict_step(slides, ckpts, device, work)),
         ("train", lambda: train_step(device, dry, work)),
         # last, so that the paper's steps are written even if this one runs out of time
-        ("features_uni", lambda: features_step(
-            {"40x": slides["40x"]}, device, dry, work, encoder="uni", parents=200
-        )),  # fmt: skip
+        (
+            "features_uni",
+            lambda: features_step(
+                {"40x": slides["40x"]}, device, dry, work, encoder="uni", parents=200
+            ),
+        ),
     ):
         t0 = time.perf_counter()
         result = step()
