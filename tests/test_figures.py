@@ -93,7 +93,9 @@ def test_throughput_figure_data_states_the_setting_and_ci(tmp_path: Path) -> Non
     )
     assert (tmp_path / "fig.png").stat().st_size > 1000
     cpu = data[data["device"] == "cpu1"].set_index("method")
-    assert cpu.loc["zoommil", ["f1_low", "f1_high"]].tolist() == [1.0, 1.0]
+    # right on every slide: every resample gives 100%, so weighted F1 has no CI (it was a
+    # zero-width [1, 1]), and one seed has no std
+    assert cpu.loc[["zoommil"], ["f1_low", "f1_high"]].isna().all(axis=None)
     assert cpu.loc["abmil", "f1_low"] < 0.5 < cpu.loc["abmil", "f1_high"]
     setting = figures.panel_setting(data[data["device"] == "cpu1"])
     assert setting == figures.Setting("Test CPU 9000", 1, 2, "fp32")

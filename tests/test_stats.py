@@ -50,11 +50,30 @@ def test_metric_is_averaged_over_seeds() -> None:
     assert stats.seed_mean_metric(p, "weighted_f1", idx) == pytest.approx(2 / 3)
 
 
-def test_ci_of_identical_values_is_a_point() -> None:
-    p = preds([0, 1, 2, 0, 1], [0, 1, 2, 0, 1], [0, 1, 2, 0, 1])
-    for metric in stats.METRICS:
-        interval = stats.method_ci(p, metric)
-        assert (interval.estimate, interval.low, interval.high) == (1.0, 1.0, 1.0)
+def test_a_score_at_the_bound_gets_an_exact_interval_or_none() -> None:
+    """Every seed right on every slide: every bootstrap resample gives 100%, and the
+    percentile "interval" [100, 100] claimed certainty from 5 slides. Accuracy gets the exact
+    Clopper-Pearson interval of 5 of 5 (0 of 5 when all are wrong), weighted F1 none."""
+    from scipy.stats import binomtest
+
+    labels = [0, 1, 2, 0, 1]
+    right = stats.method_ci(preds(labels, labels, labels), "accuracy")
+    assert (right.estimate, right.high, right.kind) == (1.0, 1.0, stats.CLOPPER_PEARSON)
+    assert right.low == pytest.approx(0.025 ** (1 / 5)) and right.low < 0.5
+    exact = binomtest(5, 5).proportion_ci(0.95, method="exact")
+    assert (right.low, right.high) == pytest.approx((exact.low, exact.high))
+    wrong_preds = [1, 2, 0, 1, 2]
+    wrong = stats.method_ci(preds(labels, wrong_preds, wrong_preds), "accuracy")
+    assert (wrong.estimate, wrong.low, wrong.kind) == (0.0, 0.0, stats.CLOPPER_PEARSON)
+    assert wrong.high == pytest.approx(1 - 0.025 ** (1 / 5))
+    for p in (preds(labels, labels, labels), preds(labels, wrong_preds, wrong_preds)):
+        f1 = stats.method_ci(p, "weighted_f1")
+        assert math.isnan(f1.low) and math.isnan(f1.high) and f1.kind == stats.CONSTANT
+    # every slide right for one seed of two: every resample gives 50%, also no interval
+    half = stats.method_ci(preds([0, 1], [0, 1], [1, 0]), "accuracy")
+    assert half.estimate == 0.5 and math.isnan(half.low) and half.kind == stats.CONSTANT
+    # elsewhere the bootstrap, as before
+    assert stats.method_ci(preds([0, 1], [0, 0]), "accuracy").kind == stats.BOOTSTRAP
 
 
 def test_ci_of_two_slides_covers_the_bootstrap_distribution() -> None:
@@ -215,12 +234,23 @@ def test_tables_carry_intervals_and_comparisons(tmp_path: Path) -> None:
         reference="zoommil",
     )
     main = pd.read_csv(outputs["main_csv"]).set_index("method")
-    assert main.loc["zoommil", ["accuracy_ci_low", "accuracy_ci_high"]].tolist() == [1.0, 1.0]
+    # ZoomMIL is right on all 6 slides for both seeds: no zero-width [100, 100] but the
+    # exact interval for accuracy (marked) and none for weighted F1, each with a note
+    low = 0.025 ** (1 / 6)
+    assert main.loc["zoommil", "accuracy_ci_low"] == pytest.approx(low, abs=1e-6)
+    assert main.loc["zoommil", "accuracy_ci_high"] == 1.0
+    assert main.loc["zoommil", "accuracy_ci_method"] == "clopper_pearson"
+    assert math.isnan(main.loc["zoommil", "weighted_f1_ci_low"])
+    assert main.loc["zoommil", "weighted_f1_ci_method"] == "constant"
+    assert main.loc["maxmil", "accuracy_ci_method"] == "bootstrap"
     assert main.loc["maxmil", "accuracy_mean"] == pytest.approx(0.5 * (2 / 6 + 3 / 6))
     assert main.loc["maxmil", "accuracy_ci_low"] < 5 / 12 < main.loc["maxmil", "accuracy_ci_high"]
-    assert (
-        "| **ZoomMIL** | 5x -> 10x | 100.0 ± 0.0 [100.0, 100.0] |" in outputs["main_md"].read_text()
-    )
+    markdown = outputs["main_md"].read_text()
+    row = f"| **ZoomMIL** | 5x -> 10x | 100.0 ± 0.0 [n/a] | 100.0 ± 0.0 [{100 * low:.1f}, 100.0]† |"
+    assert row in markdown and "[100.0, 100.0]" not in markdown
+    assert "†: accuracy 100% (or 0%)" in markdown and "Clopper-Pearson" in markdown
+    assert "[n/a]: no CI, every bootstrap resample" in markdown
+    assert r"100.0]$^\dagger$" in outputs["main_tex"].read_text()
 
     comparisons = pd.read_csv(outputs["comparison_csv"]).set_index("method")
     assert list(comparisons.index) == ["maxmil", "zoommil_random"]

@@ -8,7 +8,11 @@ resampled or permuted, and the seeds of a method as repeated measurements of it:
   on that set (for accuracy this is the mean over slides of the seed-averaged per-slide
   correctness; for weighted F1 the metric is recomputed on the set for each seed);
 - a 95% CI is the percentile bootstrap of that statistic over slides resampled with
-  replacement (`scipy.stats.bootstrap`, fixed seed);
+  replacement (`scipy.stats.bootstrap`, fixed seed). Where every resample gives the same value
+  (every seed right on every test slide, or wrong on every one) the percentile interval is a
+  zero-width point that claims certainty: accuracy then gets the exact Clopper-Pearson
+  interval of n right (or 0 right) of its n test slides, and weighted F1, which is no
+  binomial proportion, no interval (NaN, printed ``[n/a]`` with a note);
 - a comparison of A with B uses the slides both were tested on and the seeds both have: the
   paired-bootstrap CI resamples the same slides for both, and the p-value is a paired
   permutation test (`scipy.stats.permutation_test`, "samples"): under the null hypothesis the
@@ -140,11 +144,19 @@ def seed_mean_metric(pred: Predictions, metric: str, idx: np.ndarray) -> np.ndar
 # --- intervals and tests -------------------------------------------------------------------
 
 
+#: How an interval was made (`Interval.kind`, the tables' ``{metric}_ci_method``).
+BOOTSTRAP = "bootstrap"  # the percentile bootstrap over test slides
+CLOPPER_PEARSON = "clopper_pearson"  # exact binomial, for accuracy where every resample agrees
+CONSTANT = "constant"  # every resample gives the same value: no interval (NaN bounds)
+NO_INTERVAL = "none"  # fewer than two slides: nothing to resample
+
+
 @dataclass(frozen=True)
 class Interval:
     estimate: float
     low: float
     high: float
+    kind: str = BOOTSTRAP
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -162,6 +174,8 @@ def bootstrap_ci(
 
     ``statistic`` maps slide-index arrays [..., n] to one value per array. One slide has no
     interval (NaN bounds, shown as none), not a zero-width one that would claim certainty.
+    Where every resample gives the same value the (zero-width) interval is returned with
+    kind `CONSTANT`, so that the caller can decide what to report instead.
     """
     # imported on use: scipy.stats is slow to import and probes sys.modules for torch
     from scipy import stats
@@ -169,7 +183,7 @@ def bootstrap_ci(
     idx = np.arange(n_slides)
     estimate = float(statistic(idx))
     if n_slides < 2:
-        return Interval(estimate, math.nan, math.nan)
+        return Interval(estimate, math.nan, math.nan, NO_INTERVAL)
     result = stats.bootstrap(
         (idx,),
         lambda sample, axis=-1: statistic(np.moveaxis(sample, axis, -1)),
@@ -181,12 +195,40 @@ def bootstrap_ci(
         rng=_rng(seed),
     )
     ci = result.confidence_interval
-    return Interval(estimate, float(ci.low), float(ci.high))
+    constant = np.ptp(result.bootstrap_distribution) == 0
+    return Interval(estimate, float(ci.low), float(ci.high), CONSTANT if constant else BOOTSTRAP)
+
+
+def clopper_pearson(right: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) binomial interval of ``right`` successes in ``n`` trials:
+    for n of n, [((1 - confidence) / 2) ** (1 / n), 1]."""
+    from scipy import stats
+
+    ci = stats.binomtest(right, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def method_ci(pred: Predictions, metric: str, **kwargs: Any) -> Interval:
-    """Seed-mean ``metric`` of one method with its 95% bootstrap CI over test slides."""
-    return bootstrap_ci(lambda idx: seed_mean_metric(pred, metric, idx), len(pred.slides), **kwargs)
+    """Seed-mean ``metric`` of one method with its 95% CI over test slides.
+
+    The percentile bootstrap, except where every resample gives the same value (all seeds
+    right on every test slide, or wrong on every one: the score at 100% or 0%; or every slide
+    right for the same number of seeds). Its zero-width interval would claim certainty from a
+    handful of slides, so accuracy at 0 or 100% gets the Clopper-Pearson interval of its n
+    test slides (the slide is the unit, as in the bootstrap), and any other case no interval
+    (NaN, kind `CONSTANT`): weighted F1 is not a binomial proportion with an exact interval.
+    """
+    interval = bootstrap_ci(
+        lambda idx: seed_mean_metric(pred, metric, idx), len(pred.slides), **kwargs
+    )
+    if interval.kind != CONSTANT:
+        return interval
+    if metric == "accuracy" and interval.estimate in (0.0, 1.0):
+        n = len(pred.slides)
+        confidence = kwargs.get("confidence", CONFIDENCE)
+        low, high = clopper_pearson(round(interval.estimate * n), n, confidence)
+        return Interval(interval.estimate, low, high, CLOPPER_PEARSON)
+    return Interval(interval.estimate, math.nan, math.nan, CONSTANT)
 
 
 def paired(a: Predictions, b: Predictions) -> tuple[Predictions, Predictions]:

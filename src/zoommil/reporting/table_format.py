@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.io.atomic import atomic_path, write_text_atomic
+from zoommil.reporting import stats
 from zoommil.reporting.table_frames import CI_METRICS, METRICS, TIMING_HEADERS, full_seeds
 
 METRIC_HEADERS = {"weighted_f1": "Weighted F1 (%)", "accuracy": "Accuracy (%)", "auc": "AUC (%)"}
@@ -59,6 +60,12 @@ def _with_spread(mean: Any, std: Any, fmt: Any) -> str:
     return fmt(mean) if _missing(std) else f"{fmt(mean)} ± {fmt(std)}"
 
 
+#: Marks an exact (Clopper-Pearson) CI; `table_notes.ci_notes` explains it under the table.
+EXACT_MARK = "†"
+#: The CI cell where every bootstrap resample gives the same value (`stats.CONSTANT`).
+NO_CI = "[n/a]"
+
+
 def _pct(
     mean: float,
     std: float,
@@ -66,15 +73,20 @@ def _pct(
     high: float = math.nan,
     n: float = math.nan,
     seeds: int = 0,
+    ci_method: Any = "",
 ) -> str:
-    """`mean ± std [low, high]` in percent (the CI only when there is one), then `(n=k)` when
-    it comes from k values, fewer than the ``seeds`` of the full benchmark, or from one value
-    (which has no std: `80.0 (n=1)`, not `80.0 ± 0.0`)."""
+    """`mean ± std [low, high]` in percent (the CI only when there is one; marked `†` when it
+    is the exact interval, `[n/a]` where every bootstrap resample gave the same value), then
+    `(n=k)` when it comes from k values, fewer than the ``seeds`` of the full benchmark, or
+    from one value (which has no std: `80.0 (n=1)`, not `80.0 ± 0.0`)."""
     text = _with_spread(mean, std, lambda v: f"{100 * v:.1f}")
     if text == "n/a":
         return text
     if not (_missing(low) or _missing(high)):
         text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+        text += EXACT_MARK if ci_method == stats.CLOPPER_PEARSON else ""
+    elif ci_method == stats.CONSTANT:
+        text += " " + NO_CI
     if not _missing(n) and (int(n) < seeds or int(n) == 1):
         text += f" (n={int(n)})"
     return text
@@ -129,6 +141,7 @@ def display_frame(
                 table.get(f"{metric}_ci_high", nans),
                 table.get(f"{metric}_n", nans),
                 [seeds] * len(table),
+                table.get(f"{metric}_ci_method", [""] * len(table)),
                 strict=True,
             )
         ]
@@ -182,6 +195,7 @@ def _tex_escape(text: str) -> str:
         "#": r"\#",
         "^": r"\^{}",
         "Δ": r"$\Delta$",
+        EXACT_MARK: r"$^\dagger$",
         "−": "$-$",
     }
     text = "".join(replacements.get(c, c) for c in str(text))

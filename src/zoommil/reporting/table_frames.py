@@ -96,10 +96,14 @@ def run_predictions(
 
 
 def add_intervals(summary: pd.DataFrame, preds: Mapping[str, stats.Predictions]) -> pd.DataFrame:
-    """Summary plus `{metric}_ci_low/high` (95% bootstrap over test slides) and `n_test`."""
+    """Summary plus `{metric}_ci_low/high` (95% CI over test slides, `stats.method_ci`),
+    `{metric}_ci_method` (how it was made: `stats.Interval.kind`; empty without predictions)
+    and `n_test`."""
     summary = summary.copy()
     for column in [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + ["n_test"]:
         summary[column] = math.nan
+    for metric in CI_METRICS:
+        summary[f"{metric}_ci_method"] = ""
     for i, method in enumerate(summary["method"]):
         if method not in preds:
             continue
@@ -108,6 +112,7 @@ def add_intervals(summary: pd.DataFrame, preds: Mapping[str, stats.Predictions])
             interval = stats.method_ci(preds[method], metric)
             summary.loc[i, f"{metric}_ci_low"] = interval.low
             summary.loc[i, f"{metric}_ci_high"] = interval.high
+            summary.loc[i, f"{metric}_ci_method"] = interval.kind
     return summary
 
 
@@ -176,7 +181,7 @@ def ablation_table(
         rows.append(row)
     columns = ["method", "component", "variant", "n_seeds"]
     columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
-    columns += [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + [
+    columns += [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high", "method")] + [
         "n_test",
         "tflops",
         "tflops_sd",

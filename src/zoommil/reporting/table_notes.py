@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.reporting import stats
-from zoommil.reporting.table_format import count_text, span_text
+from zoommil.reporting.table_format import EXACT_MARK, NO_CI, count_text, span_text
 from zoommil.reporting.table_frames import METRICS, TIMING_HEADERS, display_name
 from zoommil.workflow import exclusions, qc
 
@@ -59,6 +59,32 @@ def with_seeds_note(notes: Sequence[str], table: pd.DataFrame, seeds: int) -> li
     counts = [pd.to_numeric(table[f"{m}_n"]) for m in METRICS if f"{m}_n" in table.columns]
     marked = any(((n > 0) & ((n < seeds) | (n == 1))).any() for n in counts)
     return [*notes, fewer_seeds_note(seeds)] if marked else list(notes)
+
+
+def ci_notes(notes: Sequence[str], table: pd.DataFrame) -> list[str]:
+    """``notes``, plus what `†` and `[n/a]` mean when a CI cell of ``table`` carries them
+    (`stats.method_ci`: every bootstrap resample of the test slides gave the same value)."""
+    kinds = {
+        str(kind)
+        for m in stats.METRICS
+        if f"{m}_ci_method" in table.columns
+        for kind in table[f"{m}_ci_method"]
+    }
+    out = list(notes)
+    if stats.CLOPPER_PEARSON in kinds:
+        out.append(
+            f"{EXACT_MARK}: accuracy 100% (or 0%), every seed right (or wrong) on every test "
+            "slide, so every bootstrap resample gives the same value and a percentile interval "
+            "would be zero-width; the CI is instead the exact Clopper-Pearson 95% interval of "
+            "n right (or 0) of the n test slides"
+        )
+    if stats.CONSTANT in kinds:
+        out.append(
+            f"{NO_CI}: no CI, every bootstrap resample of the test slides gives the same value "
+            "(e.g. weighted F1 100% or 0%: every seed right, or wrong, on every slide); "
+            "weighted F1 is not a binomial proportion, so it has no exact interval either"
+        )
+    return out
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -43,6 +43,7 @@ from zoommil.reporting.table_frames import (
     summarize_runs,
 )
 from zoommil.reporting.table_notes import (
+    ci_notes,
     comparison_notes,
     table_notes,
     timing_note,
@@ -110,7 +111,7 @@ def make_tables(
     seeds = full_seeds(main)  # per table: ablations may run another number of seeds
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
     display = display_frame(main, "main", devices, seeds, headers)
-    main_notes = with_seeds_note(notes, main, seeds)
+    main_notes = ci_notes(with_seeds_note(notes, main, seeds), main)
     best = best_row(main)
     write_csv(outputs["main_csv"], main, main_notes)
     write_text(outputs["main_md"], to_markdown(display, title, main_notes, best))
@@ -120,7 +121,7 @@ def make_tables(
     seeds = full_seeds(ablation)
     title = f"ZoomMIL ablations on {dataset}, {encoder} features (Table 4 style)"
     display = display_frame(ablation, "ablation", devices, seeds, headers)
-    ab_notes = with_seeds_note(notes, ablation, seeds)
+    ab_notes = ci_notes(with_seeds_note(notes, ablation, seeds), ablation)
     ab_notes = ab_notes if ablations else ["no ablations configured", *ab_notes]
     best = best_row(ablation) if len(ablation) else None
     write_csv(outputs["ablation_csv"], ablation, ab_notes)
