@@ -390,6 +390,24 @@ def test_tables_without_any_evaluation_say_n_a(tmp_path: Path) -> None:
     assert "**ZoomMIL**" not in markdown and r"\textbf" not in outputs["main_tex"].read_text()
 
 
+def test_every_row_tied_for_the_best_weighted_f1_is_bold(tmp_path: Path) -> None:
+    """Rows whose weighted F1 reads the same (at the printed precision, one decimal of a
+    percent) are all bold; only the first of them was."""
+    frame = pd.DataFrame({"weighted_f1_mean": [0.8, 0.9, math.nan, 0.89996, 0.9, 0.8994]})
+    assert table_format.best_rows(frame) == [1, 3, 4]  # 90.0 three times; 89.9 is not tied
+    assert table_format.best_rows(pd.DataFrame({"weighted_f1_mean": [math.nan]})) == []
+    data = fabricate_results(tmp_path)
+    for seed, f1 in ((0, 0.80), (1, 0.70)):  # ABMIL ties ZoomMIL's 75.0
+        path = tmp_path / "eval" / "abmil" / f"seed~{seed}.json"
+        path.write_text(json.dumps({"test": {"weighted_f1": f1, "accuracy": 0.5, "auc": 0.5}}))
+    _, outputs = _make_demo_tables(tmp_path, data)
+    markdown = outputs["main_md"].read_text()
+    assert "| **ZoomMIL** | 2.5x -> 5x -> 10x | 75.0 ± 7.1 |" in markdown
+    assert "| **ABMIL** | 10x | 75.0 ± 7.1 |" in markdown
+    latex = outputs["main_tex"].read_text()
+    assert r"\textbf{ZoomMIL}" in latex and r"\textbf{ABMIL}" in latex
+
+
 def test_cells_from_fewer_seeds_say_how_many(tmp_path: Path) -> None:
     """ABMIL's AUC is undefined for one seed and a third run has no metric at all; the
     ablation ran one seed of two: their cells carry (n=k), a full one does not."""

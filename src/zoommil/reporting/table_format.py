@@ -1,14 +1,14 @@
 """The tables as people read them: formatted cells, Markdown and LaTeX, and the files.
 
 Percentages to one decimal with the spread and CI, costs to the digits their spread supports,
-"n/a" for what is missing, the best weighted F1 in bold; CSVs keep the numbers and carry the
-notes in a column. Every file is written atomically.
+"n/a" for what is missing, the best weighted F1 in bold (every row tied for it as printed);
+CSVs keep the numbers and carry the notes in a column. Every file is written atomically.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,24 +161,30 @@ def display_frame(
     return out
 
 
-def best_row(table: pd.DataFrame) -> int | None:
-    """The row with the best mean weighted F1; None without one (no evaluation yet: the
-    summary has no metric columns)."""
+def best_rows(table: pd.DataFrame) -> list[int]:
+    """The rows with the best mean weighted F1 as printed (percent to one decimal, as `_pct`
+    writes it): rows whose cells read the same are tied and all bold, since a reader cannot
+    tell them apart (the first of them alone was bold). Empty without a value (no evaluation
+    yet: the summary has no metric columns)."""
     if "weighted_f1_mean" not in table.columns:
-        return None
-    values = pd.to_numeric(table["weighted_f1_mean"], errors="coerce")
-    if values.isna().all():
-        return None
-    return int(values.idxmax())
+        return []
+    values = pd.to_numeric(table["weighted_f1_mean"], errors="coerce").dropna()
+    if values.empty:
+        return []
+    shown = {int(i): f"{100 * v:.1f}" for i, v in values.items()}
+    best = shown[int(values.idxmax())]
+    return [i for i, text in shown.items() if text == best]
 
 
-def to_markdown(display: pd.DataFrame, title: str, notes: Sequence[str], best: int | None) -> str:
+def to_markdown(
+    display: pd.DataFrame, title: str, notes: Sequence[str], best: Collection[int]
+) -> str:
     header = "| " + " | ".join(display.columns) + " |"
     rule = "|" + "|".join("---" for _ in display.columns) + "|"
     lines = [f"**{title}**", "", header, rule]
     for index, row in display.iterrows():
         cells = [str(v) for v in row]
-        if index == best:
+        if index in best:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -203,7 +209,7 @@ def _tex_escape(text: str) -> str:
 
 
 def to_latex(
-    display: pd.DataFrame, title: str, notes: Sequence[str], best: int | None, label: str
+    display: pd.DataFrame, title: str, notes: Sequence[str], best: Collection[int], label: str
 ) -> str:
     columns = "l" * 2 + "c" * (len(display.columns) - 2)
     lines = [
@@ -219,7 +225,7 @@ def to_latex(
     ]
     for index, row in display.iterrows():
         cells = [_tex_escape(v) for v in row]
-        if index == best:
+        if index in best:
             cells[0] = r"\textbf{" + cells[0] + "}"
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]

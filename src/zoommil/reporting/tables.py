@@ -22,7 +22,7 @@ import pandas as pd
 
 from zoommil.reporting import results
 from zoommil.reporting.table_format import (
-    best_row,
+    best_rows,
     comparison_display,
     display_frame,
     timing_headers,
@@ -112,7 +112,7 @@ def make_tables(
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
     display = display_frame(main, "main", devices, seeds, headers)
     main_notes = ci_notes(with_seeds_note(notes, main, seeds), main)
-    best = best_row(main)
+    best = best_rows(main)
     write_csv(outputs["main_csv"], main, main_notes)
     write_text(outputs["main_md"], to_markdown(display, title, main_notes, best))
     write_text(outputs["main_tex"], to_latex(display, title, main_notes, best, f"tab:{dataset}"))
@@ -123,7 +123,7 @@ def make_tables(
     display = display_frame(ablation, "ablation", devices, seeds, headers)
     ab_notes = ci_notes(with_seeds_note(notes, ablation, seeds), ablation)
     ab_notes = ab_notes if ablations else ["no ablations configured", *ab_notes]
-    best = best_row(ablation) if len(ablation) else None
+    best = best_rows(ablation)
     write_csv(outputs["ablation_csv"], ablation, ab_notes)
     write_text(outputs["ablation_md"], to_markdown(display, title, ab_notes, best))
     write_text(
@@ -141,9 +141,9 @@ def make_tables(
         names = {m: display_name(m) for m in [reference, *others]}
         display = comparison_display(comparison, names, devices, headers)
         write_csv(outputs["comparison_csv"], comparison, c_notes)
-        write_text(outputs["comparison_md"], to_markdown(display, title, c_notes, None))
+        write_text(outputs["comparison_md"], to_markdown(display, title, c_notes, ()))
         write_text(
             outputs["comparison_tex"],
-            to_latex(display, title, c_notes, None, f"tab:{dataset}-comparisons"),
+            to_latex(display, title, c_notes, (), f"tab:{dataset}-comparisons"),
         )
     return {"main": main, "ablations": ablation, "comparisons": comparison}
