@@ -105,6 +105,48 @@ def test_throughput_figure_data_states_the_setting_and_ci(tmp_path: Path) -> Non
     assert list(figures.frontier(data[data["device"] == "cpu1"])["method"]) == ["zoommil"]
 
 
+def test_no_ci_draws_no_bar_where_one_labelled_95_percent_ci_was(tmp_path: Path) -> None:
+    """A run without per-slide predictions (or a score every resample agrees on) has no CI:
+    the figure drew its seed std as the y bar under the axis label "95% CI over test
+    slides". Now no bar, and a note under the figure names the method and why."""
+    import matplotlib.pyplot as plt
+
+    zoom = write_run(tmp_path, "zoommil", 2.0, [True, False, True, True])
+    perfect = write_run(tmp_path, "maxmil", 8.0, [True] * 4)
+    abmil = write_run(tmp_path, "abmil", 4.0, [True, False, False, True])
+    for seed, f1 in ((0, 0.5), (1, 0.7)):  # two seeds, no per-slide predictions
+        path = tmp_path / "eval" / "abmil" / f"seed~{seed}.json"
+        path.write_text(json.dumps({"seed": seed, "weighted_f1": f1, "accuracy": f1}))
+    evals = [zoom[0], perfect[0], abmil[0], tmp_path / "eval" / "abmil" / "seed~1.json"]
+    methods = ["zoommil", "maxmil", "abmil"]
+    data = figures.throughput_figure(
+        evals,
+        {"cpu1": [zoom[1], perfect[1], abmil[1]]},
+        methods,
+        [tmp_path / "fig.png"],
+        "demo",
+        "random",
+    )
+    cpu = data.set_index("method")
+    assert cpu.loc["abmil", "f1"] == pytest.approx(0.6)
+    assert cpu.loc[["abmil", "maxmil"], ["f1_low", "f1_high"]].isna().all(axis=None)
+    assert cpu.loc["zoommil", "f1_low"] < cpu.loc["zoommil", "f1"]
+    assert cpu.loc["zoommil", "f1_no_ci"] == ""
+    assert cpu.loc["abmil", "f1_no_ci"] == "no per-slide predictions"
+    assert cpu.loc["maxmil", "f1_no_ci"] == "every resample of the test slides gives the same value"
+    note = figures.no_ci_note(data)
+    assert note.startswith("no y error bar, no 95% CI of weighted F1: ")
+    assert "ABMIL (no per-slide predictions)" in note and "MaxMIL (every resample" in note
+    assert "ZoomMIL" not in note
+    fig, ax = plt.subplots()
+    try:
+        figures._device_panel(ax, data, "cpu1", figures.method_styles(methods), {})
+        bars = {round(float(c.lines[0].get_ydata()[0]), 3): c.has_yerr for c in ax.containers}
+    finally:
+        plt.close(fig)
+    assert bars == {75.0: True, 100.0: False, 60.0: False}
+
+
 def test_figures_leave_the_callers_backend_alone(tmp_path: Path) -> None:
     """Importing the module called matplotlib.use("Agg"), switching the backend of whoever
     imported it (a notebook's inline or an svg backend became Agg). Drawing uses Figure

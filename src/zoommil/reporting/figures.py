@@ -25,7 +25,7 @@ from matplotlib.patches import Rectangle
 from zoommil.io.atomic import atomic_path
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import weights_note
-from zoommil.reporting import attention, results
+from zoommil.reporting import attention, results, stats
 from zoommil.reporting.table_frames import (
     add_intervals,
     display_name,
@@ -133,8 +133,9 @@ def throughput_data(
     """One row per (device, method): slides/hour with ``slides_per_hour_low``/``_high`` (the
     throughput at seconds per slide + and - their std over the timed slides; NaN without
     per-slide timings), weighted F1 (seed mean) and its 95% bootstrap CI over test slides
-    (``f1_low``/``f1_high``; the seed std where a run has no per-slide predictions), and how
-    the timing was taken."""
+    (``f1_low``/``f1_high``), and how the timing was taken. Without a CI both are NaN and
+    ``f1_no_ci`` says why (`no_ci_reason`): the figure then draws no y bar, where it drew the
+    seed std under the axis label "95% CI"."""
     evals = list(evals)
     records = results.eval_records(evals)
     summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
@@ -164,17 +165,55 @@ def throughput_data(
                 "f1": math.nan,
                 "f1_low": math.nan,
                 "f1_high": math.nan,
+                "f1_no_ci": "",
             }
             if method in summary.index:
-                mean = summary.loc[method, "weighted_f1_mean"]
-                low = summary.loc[method, "weighted_f1_ci_low"]
-                high = summary.loc[method, "weighted_f1_ci_high"]
-                if math.isnan(low):
-                    std = summary.loc[method, "weighted_f1_std"]
-                    low, high = mean - std, mean + std
-                row.update(f1=mean, f1_low=low, f1_high=high)
+                found = summary.loc[method]
+                row.update(
+                    f1=found["weighted_f1_mean"],
+                    f1_low=found["weighted_f1_ci_low"],
+                    f1_high=found["weighted_f1_ci_high"],
+                    f1_no_ci=no_ci_reason(found),
+                )
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def no_ci_reason(summary_row: Mapping[str, Any]) -> str:
+    """Why a method's weighted F1 has no 95% CI (`table_frames.add_intervals`' row); empty
+    when it has one or has no value at all."""
+    if _nan(summary_row.get("weighted_f1_mean")):
+        return ""
+    if not (
+        _nan(summary_row.get("weighted_f1_ci_low")) or _nan(summary_row.get("weighted_f1_ci_high"))
+    ):
+        return ""
+    kind = summary_row.get("weighted_f1_ci_method")
+    if kind == stats.CONSTANT:
+        return "every resample of the test slides gives the same value"
+    if kind == stats.NO_INTERVAL:
+        return "one test slide"
+    return "no per-slide predictions"
+
+
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def no_ci_note(data: pd.DataFrame) -> str:
+    """The note under Figure 3 naming the drawn methods without a y error bar and why; empty
+    when every one has its CI."""
+    drawn = data[data["slides_per_hour"].notna() & data["f1"].notna()]
+    if "f1_no_ci" not in drawn.columns:
+        return ""
+    reasons: dict[str, list[str]] = {}
+    for method, reason in zip(drawn["method"], drawn["f1_no_ci"], strict=True):
+        if reason and display_name(method) not in reasons.get(reason, []):
+            reasons.setdefault(reason, []).append(display_name(method))
+    if not reasons:
+        return ""
+    parts = [f"{', '.join(names)} ({reason})" for reason, names in reasons.items()]
+    return "no y error bar, no 95% CI of weighted F1: " + "; ".join(parts)
 
 
 def panel_setting(part: pd.DataFrame) -> Setting:
@@ -281,13 +320,15 @@ def _device_panel(
     )
     for _, row in part.iterrows():
         style = styles[row["method"]]
-        low = max(0.0, row["f1"] - row["f1_low"]) if not math.isnan(row["f1_low"]) else 0.0
-        high = max(0.0, row["f1_high"] - row["f1"]) if not math.isnan(row["f1_high"]) else 0.0
+        yerr = None  # no CI: no bar (`no_ci_note` names the method under the figure)
+        if not (math.isnan(row["f1_low"]) or math.isnan(row["f1_high"])):
+            low, high = max(0.0, row["f1"] - row["f1_low"]), max(0.0, row["f1_high"] - row["f1"])
+            yerr = [[100 * low], [100 * high]]
         container = ax.errorbar(
             row["x"],
             100 * row["f1"],
             xerr=_x_arms(row, limits),
-            yerr=[[100 * low], [100 * high]],
+            yerr=yerr,
             fmt=style["marker"],
             markersize=style["markersize"],
             color=style["color"],
@@ -396,6 +437,8 @@ def throughput_figure(
     title = _throughput_title(dataset, encoder, weights, skipped)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    if note := no_ci_note(data[data["device"].isin(devices)]):
+        fig.text(0.01, -0.01, note, fontsize=7, va="top", wrap=True)
     _save(fig, outputs)
     return data
 
