@@ -115,6 +115,31 @@ def test_one_slide_left_has_no_interval_and_no_test() -> None:
     assert shown.iloc[0]["p (Accuracy)"] == "n/a"
 
 
+def test_raw_and_holm_p_values_print_to_the_same_digits() -> None:
+    """The Holm-adjusted p was printed to 2 significant digits, the raw p to 3."""
+    table = pd.DataFrame(
+        {
+            "reference": ["a", "a"],
+            "method": ["b", "c"],
+            "kind": ["baseline"] * 2,
+            "tflops_ratio": [math.nan] * 2,
+            **{
+                f"{m}_{x}": values
+                for m in stats.METRICS
+                for x, values in (
+                    ("diff", [0.1, 0.2]),
+                    ("ci_low", [0.0, 0.1]),
+                    ("ci_high", [0.2, 0.3]),
+                    ("p", [0.0625, 0.000977]),
+                    ("p_holm", [0.375, 0.0117]),
+                )
+            },
+        }
+    )
+    shown = table_format.comparison_display(table, {}, [])
+    assert list(shown["p (Accuracy)"]) == ["0.0625 (Holm 0.375)", "0.000977 (Holm 0.0117)"]
+
+
 def test_identical_predictions_differ_by_zero_with_p_one() -> None:
     p = preds([0, 1, 2, 1], [0, 2, 2, 1], [1, 1, 2, 1])
     for metric in stats.METRICS:

@@ -236,10 +236,15 @@ def _signed(value: float) -> str:
     return "n/a" if _missing(value) else f"{100 * value:+.1f}"
 
 
+P_DIGITS = 3  # significant digits of a p-value, raw and Holm-adjusted alike
+
+
 def _p(p: float, holm: float) -> str:
+    """`p (Holm q)`, both to the same significant digits (Holm's had 2, so `0.375` read
+    `0.38` beside a raw `0.0625`)."""
     if _missing(p):
         return "n/a"
-    return f"{p:.3g} (Holm {holm:.2g})"
+    return f"{p:.{P_DIGITS}g} (Holm {holm:.{P_DIGITS}g})"
 
 
 def _ratio(value: float) -> str:
