@@ -628,6 +628,75 @@ def test_ablation_label() -> None:
     ] == ("reference")
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"test": {"accuracy": 0.5,', "not a readable JSON file"),
+        ("[0.5, 0.6]", "expected a JSON object, found list"),
+        ('{"test": {"weighted_f1": 0.8, "accuracy": 87.5}}', r"test.accuracy = 87.5 is outside"),
+        ('{"auc": -0.1, "accuracy": 0.5}', r"auc = -0.1 is outside \[0, 1\]$"),
+    ],
+)
+def test_a_bad_results_file_is_an_error_naming_it(tmp_path: Path, text: str, message: str) -> None:
+    """A JSON decode error did not say which of a table's inputs it was, and a metric given as
+    a percentage (87.5) was averaged as a fraction (printed 8750.0%)."""
+    data = fabricate_results(tmp_path)
+    bad = tmp_path / "eval" / "abmil" / "seed~1.json"
+    bad.write_text(text)
+    with pytest.raises(ZoomMILError, match=f"^{bad}: {message}"):
+        _make_demo_tables(tmp_path, data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["predictions"][1].pop("pred"), r"predictions\[1\] has no pred"),
+        (lambda r: r.update(classes="a b c"), "'classes' is not a list"),
+        (
+            lambda r: r["predictions"][0].update(label="tumour"),
+            r"predictions\[0\] \(slide t0\): label 'tumour' is not one of the classes",
+        ),
+        (
+            lambda r: r.update(classes=["x", "y", "z"]),
+            r"predictions\[0\] \(slide t0\): label 'a' is not one of the classes",
+        ),
+    ],
+)
+def test_a_malformed_predictions_file_is_an_error_naming_it(
+    tmp_path: Path, change, message: str
+) -> None:
+    """A missing key in the per-slide predictions was a bare KeyError from the statistics."""
+    data = fabricate_results(tmp_path)
+    bad = tmp_path / "eval" / "abmil" / "seed~1.json"
+    record = {
+        "seed": 1,
+        "classes": ["a", "b", "c"],
+        "weighted_f1": 0.5,
+        "accuracy": 0.5,
+        "predictions": [
+            {"slide_id": "t0", "label": "a", "pred": "a"},
+            {"slide_id": "t1", "label": "b", "pred": "c"},
+        ],
+    }
+    other = tmp_path / "eval" / "abmil" / "seed~0.json"
+    other.write_text(json.dumps({**record, "seed": 0}))  # a good seed beside the bad one
+    change(record)
+    bad.write_text(json.dumps(record))
+    with pytest.raises(ZoomMILError, match=f"^{bad}: {message}"):
+        _make_demo_tables(tmp_path, data)
+
+
+def test_seeds_that_disagree_name_their_files(tmp_path: Path) -> None:
+    data = fabricate_results(tmp_path)
+    for seed, slide in ((0, "t0"), (1, "t9")):
+        record = {"seed": seed, "classes": ["a", "b"], "weighted_f1": 1.0, "accuracy": 1.0,
+                  "predictions": [{"slide_id": slide, "label": "a", "pred": "a"}]}  # fmt: skip
+        (tmp_path / "eval" / "abmil" / f"seed~{seed}.json").write_text(json.dumps(record))
+    files = ", ".join(str(tmp_path / "eval" / "abmil" / f"seed~{s}.json") for s in (0, 1))
+    with pytest.raises(ZoomMILError, match=f"^abmil \\({files}\\): seed 1: test slides differ"):
+        _make_demo_tables(tmp_path, data)
+
+
 def test_find_metric_aliases() -> None:
     assert results.find_metric({"metrics": {"f1_weighted": 0.5}}, "weighted_f1") == 0.5
     assert results.find_metric({"acc": 0.25}, "accuracy") == 0.25

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from zoommil.errors import ZoomMILError
+
 METRIC_ALIASES: dict[str, tuple[str, ...]] = {
     "weighted_f1": ("weighted_f1", "f1_weighted", "wf1", "weighted-f1"),
     "accuracy": ("accuracy", "acc"),
@@ -26,25 +28,60 @@ RUN_PATTERN = re.compile(r"(?P<method>[^/]+)/seed~(?P<seed>\d+)")
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A results JSON object; a file that is not one is an error naming it (a bare
+    JSONDecodeError named a line and column, not which of a table's many inputs it was)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ZoomMILError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(data, dict):
+        raise ZoomMILError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+_SCOPE_KEYS = ("test", "metrics", "test_metrics")
+
+
+def _scoped(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(prefix, block) where an evaluation record may keep its metrics: nested blocks first,
+    then the top (prefix "" there, "test." in the `test` block)."""
+    nested = [(f"{k}.", record[k]) for k in _SCOPE_KEYS if isinstance(record.get(k), dict)]
+    return [*reversed(nested), ("", record)]
 
 
 def _scopes(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Where an evaluation record may keep its metrics: nested blocks first, then the top."""
-    nested = [
-        record[k] for k in ("test", "metrics", "test_metrics") if isinstance(record.get(k), dict)
-    ]
-    return [*reversed(nested), record]
+    return [scope for _, scope in _scoped(record)]
+
+
+def metric_entry(record: dict[str, Any], name: str) -> tuple[str, float] | None:
+    """(key as found, e.g. ``test.accuracy``, value) of a metric of an evaluation record;
+    None when absent."""
+    for prefix, scope in _scoped(record):
+        for alias in METRIC_ALIASES.get(name, (name,)):
+            value = scope.get(alias)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return prefix + alias, float(value)
+    return None
 
 
 def find_metric(record: dict[str, Any], name: str) -> float:
     """A metric from an evaluation record, NaN when absent."""
-    for scope in _scopes(record):
-        for alias in METRIC_ALIASES.get(name, (name,)):
-            value = scope.get(alias)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-    return math.nan
+    entry = metric_entry(record, name)
+    return math.nan if entry is None else entry[1]
+
+
+def checked_metric(record: dict[str, Any], name: str, path: str | Path) -> float:
+    """`find_metric`, refusing a value outside [0, 1]: every metric here is a fraction, and
+    a percentage (87.5) was taken as is, a mean of 87.5 printed as 8750.0%."""
+    entry = metric_entry(record, name)
+    if entry is None:
+        return math.nan
+    key, value = entry
+    if not math.isnan(value) and not 0.0 <= value <= 1.0:
+        hint = " (a percentage? write it as a fraction)" if 1.0 < value <= 100.0 else ""
+        raise ZoomMILError(f"{path}: {key} = {value:g} is outside [0, 1]{hint}")
+    return value
 
 
 def parse_run(path: str | Path) -> tuple[str, int]:
@@ -64,7 +101,7 @@ def eval_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
         data = load_json(path)
         record: dict[str, Any] = {"method": method, "seed": seed}
         for name in METRIC_ALIASES:
-            record[name] = find_metric(data, name)
+            record[name] = checked_metric(data, name, path)
         notes = (scope.get("auc_note") for scope in _scopes(data))
         record["auc_note"] = next((n for n in notes if isinstance(n, str) and n), "")
         records.append(record)
@@ -78,13 +115,18 @@ def auc_notes(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return dict(Counter(r["auc_note"] for r in records if r.get("auc_note")))
 
 
+#: The key under which `eval_runs` records the file a record was read from.
+SOURCE = "_source"
+
+
 def eval_runs(paths: Iterable[str | Path]) -> dict[str, list[dict[str, Any]]]:
-    """method -> its evaluation JSONs (seed set from the path), for per-slide statistics."""
+    """method -> its evaluation JSONs (seed set from the path, the file under `SOURCE`, so
+    that a check of a record can name it), for per-slide statistics."""
     out: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
         method, seed = parse_run(path)
         data = load_json(path)
-        out.setdefault(method, []).append({**data, "seed": seed})
+        out.setdefault(method, []).append({**data, "seed": seed, SOURCE: str(path)})
     return out
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import pandas as pd
 
+from zoommil.errors import ZoomMILError
 from zoommil.recipe import arch_mags, format_mags
-from zoommil.reporting import stats
+from zoommil.reporting import evalcheck, results, stats
 
 DISPLAY_NAMES = {
     "zoommil": "ZoomMIL",
@@ -79,19 +80,27 @@ def _test_predictions(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """An evaluation record with top-level `classes` and `predictions`, else None (a
     train-style metrics.json nests them under `test`)."""
     if record.get("predictions") is None and isinstance(record.get("test"), Mapping):
-        record = {**record["test"], "classes": record.get("classes"), "seed": record.get("seed")}
+        top = {k: record.get(k) for k in ("classes", "seed", results.SOURCE)}
+        record = {**record["test"], **top}
     return record if record.get("predictions") and record.get("classes") else None
 
 
 def run_predictions(
     runs: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> dict[str, stats.Predictions]:
-    """Per-slide predictions of every method whose evaluation JSONs all carry them."""
+    """Per-slide predictions of every method whose evaluation JSONs all carry them; a
+    malformed file, or seeds that disagree, is an error naming the files."""
     out = {}
     for method, records in runs.items():
         usable = [_test_predictions(r) for r in records]
         if usable and all(usable):
-            out[method] = stats.predictions_from_evals(usable)
+            for record in usable:
+                evalcheck.check_predictions(record)
+            try:
+                out[method] = stats.predictions_from_evals(usable)
+            except ValueError as error:
+                files = ", ".join(evalcheck.source(r) for r in usable)
+                raise ZoomMILError(f"{method} ({files}): {error}") from None
     return out
 
 
