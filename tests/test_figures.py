@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import f1_score
 
 from zoommil.reporting import attention, figures
 
@@ -52,7 +53,7 @@ def write_run(root: Path, method: str, seconds: float, correct: list[bool]) -> t
                 "seed": 0,
                 "classes": CLASSES,
                 "accuracy": float(np.mean(correct)),
-                "weighted_f1": float(np.mean(correct)),
+                "weighted_f1": f1_score(labels, preds, average="weighted", zero_division=0),
                 "predictions": [
                     {"slide_id": f"t{i}", "label": y, "pred": p}
                     for i, (y, p) in enumerate(zip(labels, preds, strict=True))
@@ -144,7 +145,8 @@ def test_no_ci_draws_no_bar_where_one_labelled_95_percent_ci_was(tmp_path: Path)
         bars = {round(float(c.lines[0].get_ydata()[0]), 3): c.has_yerr for c in ax.containers}
     finally:
         plt.close(fig)
-    assert bars == {75.0: True, 100.0: False, 60.0: False}
+    f1 = {m: round(100 * cpu.loc[m, "f1"], 3) for m in methods}
+    assert bars == {f1["zoommil"]: True, f1["maxmil"]: False, f1["abmil"]: False}
 
 
 def test_figures_leave_the_callers_backend_alone(tmp_path: Path) -> None:

@@ -686,6 +686,44 @@ def test_a_malformed_predictions_file_is_an_error_naming_it(
         _make_demo_tables(tmp_path, data)
 
 
+@pytest.mark.parametrize(
+    ("scalars", "message"),
+    [
+        ({"weighted_f1": 0.5, "accuracy": 0.75}, "accuracy = 0.75, but its 2 per-slide "),
+        (
+            {"test": {"weighted_f1": 0.6, "accuracy": 0.5}},
+            "test.weighted_f1 = 0.6, but its 2 per-slide ",
+        ),
+    ],
+)
+def test_scalar_metrics_must_be_those_of_the_predictions(
+    tmp_path: Path, scalars: dict, message: str
+) -> None:
+    """The table's means come from a JSON's scalar metrics and its CIs from the same JSON's
+    per-slide predictions; they were never compared, so a file whose scalars were not its
+    predictions' printed a mean from one source and an interval from another."""
+    data = fabricate_results(tmp_path)
+    predictions = [
+        {"slide_id": "t0", "label": "a", "pred": "a"},
+        {"slide_id": "t1", "label": "b", "pred": "c"},
+    ]
+    for seed in (0, 1):  # right on one of two slides: accuracy 0.5, weighted F1 0.5
+        good = {"seed": seed, "classes": ["a", "b", "c"], "weighted_f1": 0.5, "accuracy": 0.5}
+        path = tmp_path / "eval" / "abmil" / f"seed~{seed}.json"
+        path.write_text(json.dumps({**good, "predictions": predictions}))
+    made, _ = _make_demo_tables(tmp_path, data)  # consistent files pass
+    assert made["main"].set_index("method").loc["abmil", "accuracy_mean"] == 0.5
+    bad = tmp_path / "eval" / "abmil" / "seed~1.json"
+    record = {"seed": 1, "classes": ["a", "b", "c"], **scalars}
+    if "test" in scalars:  # a train-style metrics.json: predictions in the test block
+        record["test"]["predictions"] = predictions
+    else:
+        record["predictions"] = predictions
+    bad.write_text(json.dumps(record))
+    with pytest.raises(ZoomMILError, match=f"^{bad}: {message}predictions give 0.5; "):
+        _make_demo_tables(tmp_path, data)
+
+
 def test_seeds_that_disagree_name_their_files(tmp_path: Path) -> None:
     data = fabricate_results(tmp_path)
     for seed, slide in ((0, "t0"), (1, "t9")):

@@ -1,8 +1,12 @@
 """Checks of one evaluation JSON before the tables and figures rely on it.
 
 Why: a table's cells combine many files, and a malformed one surfaced as a bare KeyError or
-ValueError deep in the statistics, without saying which file to look at. Every message here
-starts with the file (`results.SOURCE`, recorded by `results.eval_runs`).
+ValueError deep in the statistics, without saying which file to look at. And a table's means
+come from the JSON's scalar metrics while its CIs and comparisons come from the same JSON's
+per-slide predictions: a file whose scalars are not those of its predictions (edited by hand,
+written by another tool, or by a producer with a bug) would print a mean from one source and
+an interval from another. Every message here starts with the file (`results.SOURCE`, recorded
+by `results.eval_runs`).
 """
 
 from __future__ import annotations
@@ -10,10 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from zoommil.errors import ZoomMILError
-from zoommil.reporting.results import SOURCE
+from zoommil.reporting import stats
+from zoommil.reporting.results import SOURCE, metric_entry
 
 PREDICTION_KEYS = ("slide_id", "label", "pred")
+#: How far a JSON's scalar metric may be from the one its predictions give (float noise only).
+TOLERANCE = 1e-6
 
 
 def source(record: Mapping[str, Any]) -> str:
@@ -43,3 +52,26 @@ def check_predictions(record: Mapping[str, Any]) -> None:
                     f"{where}: predictions[{i}] (slide {entry['slide_id']}): {key} "
                     f"{entry[key]!r} is not one of the classes {classes}"
                 )
+
+
+def check_scalars(record: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+    """The scalar metrics of ``data`` (`stats.METRICS`, where present, found as the tables
+    find them: `results.metric_entry`) equal those its per-slide predictions give, within
+    `TOLERANCE`; an error naming the file, the key and both values otherwise. ``record`` is
+    ``data`` with top-level ``classes`` and ``predictions`` (a metrics.json's ``test`` block
+    lifted up), checked by `check_predictions`."""
+    pred = stats.predictions_from_evals([{**record, "seed": 0}])
+    every = np.arange(len(pred.slides))
+    for metric in stats.METRICS:
+        entry = metric_entry(dict(data), metric)
+        if entry is None or np.isnan(entry[1]):
+            continue
+        key, value = entry
+        recomputed = float(stats.seed_mean_metric(pred, metric, every))
+        if abs(recomputed - value) > TOLERANCE:
+            raise ZoomMILError(
+                f"{source(record)}: {key} = {value:.6g}, but its {len(pred.slides)} per-slide "
+                f"predictions give {recomputed:.6g}; the table's mean (from {key}) and its CI "
+                "(from the predictions) would disagree: rewrite the file with `zoommil "
+                "evaluate`"
+            )

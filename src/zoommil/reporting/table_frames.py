@@ -89,13 +89,16 @@ def run_predictions(
     runs: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> dict[str, stats.Predictions]:
     """Per-slide predictions of every method whose evaluation JSONs all carry them; a
-    malformed file, or seeds that disagree, is an error naming the files."""
+    malformed file, one whose scalar metrics are not those of its predictions (the tables'
+    means come from the scalars, their CIs from the predictions), or seeds that disagree,
+    is an error naming the files."""
     out = {}
     for method, records in runs.items():
         usable = [_test_predictions(r) for r in records]
         if usable and all(usable):
-            for record in usable:
+            for record, data in zip(usable, records, strict=True):
                 evalcheck.check_predictions(record)
+                evalcheck.check_scalars(record, data)
             try:
                 out[method] = stats.predictions_from_evals(usable)
             except ValueError as error:
