@@ -440,6 +440,23 @@ def test_cells_from_fewer_seeds_say_how_many(tmp_path: Path) -> None:
     assert "| zoommil_random | selection | selection=random | 50.0 (n=1) |" in ablation
 
 
+def test_tables_note_classes_a_run_had_no_training_slide_of(tmp_path: Path) -> None:
+    """`zoommil train` records the classes without a training slide (untrained_classes);
+    such a run's metrics are low for a reason its cells do not show, so the tables say so."""
+    data = fabricate_results(tmp_path)
+    for seed in (0, 1):
+        path = tmp_path / "eval" / "abmil" / f"seed~{seed}.json"
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "untrained_classes": ["atypia", "tumor"]}))
+    _, outputs = _make_demo_tables(tmp_path, data, comparisons=True)
+    note = "no training slide of class(es) atypia, tumor in 2 run(s): those models never learnt"
+    for kind in ("main", "comparison"):
+        assert note in outputs[f"{kind}_md"].read_text()
+    data = fabricate_results(tmp_path / "plain")
+    _, outputs = _make_demo_tables(tmp_path / "plain", data)
+    assert "no training slide" not in outputs["main_md"].read_text()
+
+
 def test_a_single_seed_has_no_std(tmp_path: Path) -> None:
     """One seed has no spread over seeds: its std is NaN and its cell reads `80.0 (n=1)`,
     even when the whole table ran one seed; it printed `80.0 ± 0.0`, as if seeds agreed.

@@ -120,7 +120,7 @@ def test_train_writes_checkpoint_log_and_metrics(trained: Path) -> None:
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["n_slides"] == {"train": 8, "val": 4, "test": 4}
     assert metrics["arch"] == "abmil" and metrics["method"] == "abmil_small"
-    assert metrics["classes"] == list(CLASSES)
+    assert metrics["classes"] == list(CLASSES) and metrics["untrained_classes"] == []
     assert metrics["mags"] == [10.0]  # single-scale models read the highest magnification
     best = min(rows, key=lambda r: float(r["val_loss"]))
     assert metrics["best_epoch"] == int(best["epoch"])
@@ -464,6 +464,36 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
     assert len(err) == 1, err
     assert "Traceback" not in err[0]
     return err[0]
+
+
+def test_classes_without_a_training_slide_are_recorded_and_warned_of(
+    dataset: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A class of the sheet with no training slide (here: only in val and test) was trained
+    without a word: the model cannot learn it, and nothing said why its metrics were low.
+    The run warns, and metrics.json, the checkpoint and both evaluation JSONs list it."""
+    rows = dataset["sheet"].read_text().splitlines()
+    rows = [r.replace("\ttumor\t", "\tatypia\t") if r.startswith(("val_03", "test_03")) else r
+            for r in rows]  # fmt: skip
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text("\n".join(rows) + "\n")
+    config = write_config(dataset, tmp_path, sheet=str(sheet))
+    in_training = tmp_path / "in_training.json"
+    with caplog.at_level("WARNING", logger="zoommil.training.trainer"):
+        assert train_cli(config, tmp_path / "run", "abmil_small", 0, "--epochs", "1",
+                         "--eval-out", str(in_training)) == 0  # fmt: skip
+    assert "no usable training slide of class(es) atypia" in caplog.text
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["classes"] == ["atypia", "normal", "tumor"]
+    assert metrics["untrained_classes"] == ["atypia"]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["untrained_classes"] == ["atypia"]
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt")]
+    features = str(dataset["root"] / "features")
+    assert main([*args, "--features-dir", features, "--sheet", str(sheet), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["untrained_classes"] == ["atypia"]
+    assert json.loads(in_training.read_text()) == json.loads(out.read_text())
 
 
 def test_user_errors_are_one_line(

@@ -93,8 +93,9 @@ def parse_run(path: str | Path) -> tuple[str, int]:
 
 
 def eval_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """One record per (method, seed) with the metrics of METRIC_ALIASES and ``auc_note``,
-    the evaluation's reason for an undefined AUC ("" without one)."""
+    """One record per (method, seed) with the metrics of METRIC_ALIASES, ``auc_note``, the
+    evaluation's reason for an undefined AUC ("" without one), and ``untrained_classes``, the
+    classes its model had no training slide of (empty where the file does not say)."""
     records = []
     for path in paths:
         method, seed = parse_run(path)
@@ -104,6 +105,8 @@ def eval_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             record[name] = checked_metric(data, name, path)
         notes = (scope.get("auc_note") for scope in _scopes(data))
         record["auc_note"] = next((n for n in notes if isinstance(n, str) and n), "")
+        untrained = data.get("untrained_classes")
+        record["untrained_classes"] = [str(c) for c in untrained or []]
         records.append(record)
     return records
 
@@ -117,6 +120,15 @@ def auc_notes(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 #: The key under which `eval_runs` records the file a record was read from.
 SOURCE = "_source"
+
+
+def untrained_notes(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """The classes some runs had no training slide of (`eval_records`' ``untrained_classes``,
+    as `zoommil train` records them) -> the number of runs: the tables note them, as such a
+    run's metrics are low for a reason its cells do not show."""
+    return dict(
+        Counter(", ".join(r["untrained_classes"]) for r in records if r.get("untrained_classes"))
+    )
 
 
 def eval_runs(paths: Iterable[str | Path]) -> dict[str, list[dict[str, Any]]]:

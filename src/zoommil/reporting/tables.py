@@ -106,6 +106,11 @@ def make_tables(
         f"AUC n/a (or from fewer seeds) for {n} run(s): {note}"
         for note, n in results.auc_notes(records).items()
     ]
+    notes += [
+        f"no training slide of class(es) {names} in {n} run(s): those models never learnt "
+        "them (metrics.json: untrained_classes)"
+        for names, n in results.untrained_notes(records).items()
+    ]
 
     main = main_table(summary, methods, mags, flops_map, timing_map)
     seeds = full_seeds(main)  # per table: ablations may run another number of seeds

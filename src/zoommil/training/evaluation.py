@@ -117,6 +117,7 @@ def evaluation_record(
         "seed": int(meta.get("seed", 0)),
         "epoch": meta.get("epoch"),
         "classes": list(meta["classes"]),
+        "untrained_classes": meta.get("untrained_classes"),  # None: an older checkpoint
         "mags": list(meta["mags"]),
         **encoder_provenance(meta.get("preprocessing") or meta),
         "features_dir": str(Path(features_dir).resolve()),

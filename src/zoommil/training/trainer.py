@@ -183,6 +183,14 @@ def balanced_sampler(labels: Sequence[int], seed: int) -> WeightedRandomSampler:
     return WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)
 
 
+def untrained_classes(classes: Sequence[str], train_labels: Sequence[int]) -> list[str]:
+    """The classes without a training slide: the model never sees them, so it can hardly
+    predict them, and its metrics would not say why (metrics.json, the checkpoint and the
+    evaluation JSON record them; the tables note them)."""
+    seen = set(int(label) for label in train_labels)
+    return [name for c, name in enumerate(classes) if c not in seen]
+
+
 def train_epoch(
     model: nn.Module,
     store: BagStore,
@@ -325,6 +333,11 @@ def _prepare(cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device)
             raise ZoomMILError(f"{cfg.sheet}: no usable slides in the '{split}' split")
     if len(stores["test"]) == 0:
         log.warning("%s: no usable slides in the 'test' split; test metrics are null", cfg.sheet)
+    if untrained := untrained_classes(classes, stores["train"].labels):
+        log.warning(
+            "%s: no usable training slide of class(es) %s: the model cannot learn them "
+            "(metrics.json: untrained_classes)", cfg.sheet, ", ".join(untrained),
+        )  # fmt: skip
     norm = None
     if cfg.feature_norm == "standardize":
         norm = fit_feature_norm(f for bag in stores["train"] for f in bag.feats)
@@ -416,6 +429,7 @@ def _checkpoint_config(
         "arch": method.arch,
         "kwargs": method.kwargs,
         "classes": run.classes,
+        "untrained_classes": untrained_classes(run.classes, run.stores["train"].labels),
         "mags": run.mags,
         "config_mags": cfg.mags,
         "in_dim": run.in_dim,
@@ -482,6 +496,7 @@ def _train(
         "lr": cfg.lr,
         "weight_decay": cfg.weight_decay,
         "classes": run.classes,
+        "untrained_classes": ckpt_config["untrained_classes"],
         "mags": run.mags,
         "in_dim": run.in_dim,
         # the features' encoder and weights: random ones say so (weights_note)
