@@ -208,6 +208,65 @@ def test_a_feature_file_that_breaks_the_layout_fails_its_slide_at_features(
     )
 
 
+def _two_mag_features(path: Path) -> Path:
+    """One parent at 5x and its four children at 10x, in depth-first order."""
+    from zoommil.io.featurefile import write_feature_file
+
+    parent = np.array([[0, 0]])
+    children = np.array([[0, 0], [1, 0], [0, 1], [1, 1]])
+    feats = [np.ones((1, 4), np.float32), np.ones((4, 4), np.float32)]
+    return write_feature_file(path, [5.0, 10.0], feats, [parent, children], [parent, children])
+
+
+def _drop_coords(h5: h5py.File) -> None:
+    del h5["10.0x_coords"]
+
+
+def _string_mags(h5: h5py.File) -> None:
+    h5.attrs["mags"] = "5,10"
+
+
+def _short_coords(h5: h5py.File) -> None:
+    data = h5["10.0x_coords"][()]
+    del h5["10.0x_coords"]
+    h5.create_dataset("10.0x_coords", data=data[:3])
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (_drop_coords, "lacks dataset(s) 10.0x_coords (of 10.0x it has 10.0x_patches, 10.0x_xy)"),
+        (_string_mags, "'mags' attribute is '5,10', not a list of magnifications"),
+        (_short_coords, "rows at 10.0x differ between datasets (patches 4, coords 3, xy 4)"),
+    ],
+)
+def test_a_feature_file_without_coords_or_with_string_mags_is_one_error_naming_it(
+    tmp_path, change, needle
+):
+    """A missing `*_coords` dataset (h5py's KeyError) or a string `mags` attribute (a
+    ValueError from reading it one character at a time) was a traceback from training and
+    from QC. Every reader now says what is wrong, naming the file: reading the bag, the
+    header pass before training, and QC (which fails the slide at `features`)."""
+    from zoommil.io.featurefile import read_feature_file
+    from zoommil.training.data import bag_shapes
+
+    path = _two_mag_features(tmp_path / "s.h5")
+    with h5py.File(path, "r+") as handle:
+        change(handle)
+    for read in (
+        lambda: read_feature_file(path),
+        lambda: read_feature_file(path, [5.0, 10.0]),
+        lambda: bag_shapes(path, [5.0, 10.0]),
+    ):
+        with pytest.raises(ZoomMILError) as error:
+            read()
+        assert str(error.value).startswith(f"{path}: ") and needle in str(error.value)
+    with h5py.File(path, "r") as handle:
+        for mags in (None, [5.0, 10.0]):
+            problem = qc.layout_problem(handle, mags)
+            assert problem.startswith(f"feature file {path}: ") and needle in problem, problem
+
+
 def test_a_split_emptied_by_qc_stops_before_training_naming_its_slides():
     """Both test slides excluded after the sheet check: one error at the QC checkpoint naming
     them with their reasons, instead of every train job training and then failing."""

@@ -785,6 +785,14 @@ def _drop_10x(h5: h5py.File) -> None:
         del h5[key]
 
 
+def _drop_10x_coords(h5: h5py.File) -> None:
+    del h5["10.0x_coords"]
+
+
+def _string_mags(h5: h5py.File) -> None:
+    h5.attrs["mags"] = "2.5,5,10"
+
+
 def _cut_10x(h5: h5py.File) -> None:
     for key in [k for k in h5.keys() if k.startswith("10.0x_")]:
         data = h5[key][()]
@@ -805,6 +813,8 @@ def _cut_10x(h5: h5py.File) -> None:
             ["magnification(s) 10.0x (it has 2.5x, 5.0x)"],
         ),
         ("train_02", _cut_10x, "zoom", "memory", ["train_02 (", "28 rows, expected 4 x 8"]),
+        ("train_02", _drop_10x_coords, "abmil_small", "disk", ["lacks dataset(s) 10.0x_coords"]),
+        ("val_01", _string_mags, "zoom", "memory", ["'mags' attribute is '2.5,5,10'"]),
     ],
 )
 def test_a_malformed_feature_file_is_one_line_naming_it(
@@ -819,7 +829,8 @@ def test_a_malformed_feature_file_is_one_line_naming_it(
 ) -> None:
     """NaN rows ended in a traceback from the metrics or in 'training diverged'; a removed
     magnification was reported with the file's attributes; ZoomMIL's layout error named no
-    slide. Each is now one line naming the feature file (NaN: before training, when cached)."""
+    slide; a missing coords dataset or a string `mags` attribute was a traceback. Each is now
+    one line naming the feature file (NaN: before training, when cached)."""
     features = tmp_path / "features"
     features.mkdir()
     for path in (dataset["root"] / "features").glob("*.h5"):
@@ -840,6 +851,8 @@ def test_a_malformed_feature_file_is_one_line_naming_it(
     for needle in needles:
         assert needle in line, line
     if change is _nan_rows and cache == "memory":  # found while the bags load
+        assert not (tmp_path / "out").exists()
+    if change in (_drop_10x_coords, _string_mags):  # found by the header pass, whatever the cache
         assert not (tmp_path / "out").exists()
 
 

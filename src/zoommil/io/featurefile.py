@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -25,9 +26,12 @@ from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import GuardedFile, write_bytes_atomic
 from zoommil.recipe import mag_key
 
-__all__ = ["FeatureBag", "check_finite", "decode_attr", "encode_attr", "mag_key",
-           "nonfinite_rows", "patch_mags", "read_attrs", "read_feature_file",
-           "write_feature_file"]  # fmt: skip
+__all__ = ["PARTS", "FeatureBag", "check_finite", "dataset_problem", "decode_attr",
+           "encode_attr", "listed_mags", "mag_key", "nonfinite_rows", "patch_mags", "read_attrs",
+           "read_feature_file", "write_feature_file"]  # fmt: skip
+
+#: The datasets of one magnification ``{m}_{part}``, each with one row per patch.
+PARTS = ("patches", "coords", "xy")
 
 
 @dataclass
@@ -266,20 +270,86 @@ def _decoded_attrs(path: str, inode: int, size: int, mtime_ns: int) -> dict[str,
 
 def patch_mags(h5: h5py.File) -> list[str]:
     """The magnifications whose ``*x_patches`` dataset the open file really has, lowest first
-    (its ``mags`` attribute may list more, e.g. after a dataset was removed)."""
+    (its ``mags`` attribute may list more, e.g. after a dataset was removed). Names that are
+    not a number before the ``x`` are left out: this lists what a file has in error messages."""
     keys = [k[: -len("_patches")] for k in h5.keys() if k.endswith("x_patches")]
-    return sorted(keys, key=lambda m: float(m[:-1]))
+    return sorted((k for k in keys if _number(k[:-1]) is not None), key=lambda m: float(m[:-1]))
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def listed_mags(value: Any, path: str | Path) -> list[float]:
+    """The magnifications of a feature file's ``mags`` attribute (as `decode_attr` returns it;
+    [] when there is none); a value that is not numbers is a `ZoomMILError` naming the file.
+
+    Why: a hand-made or foreign file with e.g. the string ``"2.5,5,10"`` there was read one
+    character at a time, and training stopped on a ValueError traceback."""
+    if value is None:
+        return []
+    values = value if isinstance(value, list) else [value]
+    if all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in values
+    ):
+        return [float(v) for v in values]
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise ZoomMILError(
+        f"{path}: the feature file's 'mags' attribute is {shown}, not a list of magnifications "
+        "(positive numbers, e.g. [2.5, 5.0, 10.0])"
+    )
+
+
+def dataset_problem(h5: h5py.File, mags: Sequence[float]) -> str | None:
+    """Why the datasets of ``mags`` in an open feature file cannot be read as bags, else None.
+
+    Each magnification needs ``_patches`` [N, D], ``_coords`` [N, 2] and ``_xy`` [N, 2] with
+    one N. Shapes only, nothing is read. Why: a missing ``_coords`` ended in h5py's KeyError
+    traceback, and row counts that differ gave bags whose features and positions disagree.
+    """
+    for mag in mags:
+        key = mag_key(mag)
+        items = {part: h5.get(f"{key}_{part}") for part in PARTS}
+        missing = [
+            f"{key}_{part}"
+            for part, item in items.items()
+            if not isinstance(item, h5py.Dataset) or not item.shape
+        ]
+        if len(missing) == len(PARTS):
+            return (
+                f"lacks dataset(s) {', '.join(missing)} "
+                f"(it has magnifications {', '.join(patch_mags(h5)) or 'none'})"
+            )
+        if missing:
+            present = [f"{key}_{part}" for part in PARTS if f"{key}_{part}" not in missing]
+            return f"lacks dataset(s) {', '.join(missing)} (of {key} it has {', '.join(present)})"
+        rows = {part: int(item.shape[0]) for part, item in items.items()}
+        if len(set(rows.values())) > 1:
+            found = ", ".join(f"{part} {n}" for part, n in rows.items())
+            return f"rows at {key} differ between datasets ({found})"
+        for part, width in (("patches", None), ("coords", 2), ("xy", 2)):
+            shape = items[part].shape
+            if len(shape) != 2 or (width is not None and shape[1] != width):
+                wanted = f"[N, {width}]" if width else "[N, D]"
+                return f"dataset {key}_{part} has shape {list(shape)}, not {wanted}"
+    return None
 
 
 def read_feature_file(path: str | Path, mags: Sequence[float] | None = None) -> FeatureBag:
-    """Read the requested magnifications (default: all in the file), lowest first."""
+    """Read the requested magnifications (default: all its ``mags`` attribute lists), lowest
+    first. A file without their datasets, with datasets of other shapes (`dataset_problem`) or
+    whose ``mags`` attribute is not numbers is a `ZoomMILError` naming it."""
     path = Path(path)
     if not path.exists():
         raise ZoomMILError(f"{path}: feature file not found")
     try:
         attrs = read_attrs(path)
+        available = sorted(listed_mags(attrs.get("mags"), path))
         with h5py.File(path, "r") as h5:
-            available = sorted(float(m) for m in attrs.get("mags", []))
             wanted = sorted(float(m) for m in mags) if mags is not None else available
             missing = [m for m in wanted if f"{mag_key(m)}_patches" not in h5]
             if missing:
@@ -287,6 +357,9 @@ def read_feature_file(path: str | Path, mags: Sequence[float] | None = None) -> 
                     f"{path}: magnification(s) {', '.join(mag_key(m) for m in missing)} not in "
                     f"the feature file (it has {', '.join(patch_mags(h5)) or 'none'})"
                 )
+            problem = dataset_problem(h5, wanted)
+            if problem is not None:
+                raise ZoomMILError(f"{path}: {problem}")
             feats = [h5[f"{mag_key(m)}_patches"][()] for m in wanted]
             coords = [h5[f"{mag_key(m)}_coords"][()] for m in wanted]
             xy = [h5[f"{mag_key(m)}_xy"][()] for m in wanted]

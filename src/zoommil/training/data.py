@@ -23,6 +23,8 @@ import torch
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.featurefile import (
+    dataset_problem,
+    listed_mags,
     mag_key,
     nonfinite_rows,
     patch_mags,
@@ -157,8 +159,13 @@ def split_records(
 
 
 def bag_shapes(path: Path, mags: Sequence[float]) -> list[tuple[int, int]]:
-    """(N_m, D) per magnification, read from the HDF5 header without loading the data."""
+    """(N_m, D) per magnification, read from the HDF5 header without loading the data.
+
+    Why it checks the file's datasets and ``mags`` attribute as `read_feature_file` does: this
+    runs on every file before training, while bags read from disk are read at their step, so
+    a broken file stops the run before the first epoch, not in the middle of it."""
     try:
+        listed_mags(read_attrs(path).get("mags"), path)
         with h5py.File(path, "r") as h5:
             missing = [mag_key(m) for m in mags if f"{mag_key(m)}_patches" not in h5]
             if missing:  # its datasets, not its `mags` attribute: a dataset may be gone
@@ -166,6 +173,9 @@ def bag_shapes(path: Path, mags: Sequence[float]) -> list[tuple[int, int]]:
                     f"{path}: lacks magnification(s) {', '.join(missing)} (it has "
                     f"{', '.join(patch_mags(h5)) or 'none'})"
                 )
+            problem = dataset_problem(h5, mags)
+            if problem is not None:
+                raise ZoomMILError(f"{path}: {problem}")
             return [tuple(h5[f"{mag_key(m)}_patches"].shape) for m in mags]
     except OSError as error:
         raise ZoomMILError(f"{path}: cannot read feature file ({error})") from error

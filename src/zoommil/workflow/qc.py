@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 import pandas as pd
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import atomic_path
-from zoommil.io.featurefile import mag_key, patch_mags
+from zoommil.io.featurefile import dataset_problem, decode_attr, listed_mags, mag_key, patch_mags
 from zoommil.io.sheet import SPLITS
 from zoommil.workflow.failure import read_marker
 
@@ -131,43 +130,29 @@ def feature_counts(handle: h5py.File) -> tuple[dict[str, int], bool]:
     return counts, bool(applied)
 
 
-def _rows(item: h5py.Dataset | h5py.Group | None) -> int | None:
-    """Rows of a dataset from its shape (its values are never read); None when not one."""
-    if not isinstance(item, h5py.Dataset) or not item.shape:
-        return None
-    return int(item.shape[0])
-
-
 def layout_problem(handle: h5py.File, mags: Sequence[float] | None = None) -> str | None:
     """Why an open feature file breaks the contract training relies on, else None.
 
-    Checks that every magnification in ``mags`` (the recipe's; default: the file's own ``mags``
-    attribute, else its ``*x_patches`` datasets) has its patches, coords and xy datasets with
-    one row count, and that neighbouring magnifications keep the descendant layout
+    Checks that its ``mags`` attribute lists numbers, that every magnification in ``mags``
+    (the recipe's; default: the file's own ``mags`` attribute, else its ``*x_patches``
+    datasets) has its patches, coords and xy datasets with one row count (`dataset_problem`,
+    as training does), and that neighbouring magnifications keep the descendant layout
     ``N_next = 4^d N_prev``. Ragged slide edges cannot break that: every child of a kept parent
     is kept, read as white outside the slide (DESIGN.md). Cheap for large cohorts: a file's
     shapes and attributes are read, never its features.
     """
     path = handle.filename
-    have = patch_mags(handle)
+    try:
+        listed = listed_mags(decode_attr(handle.attrs.get("mags")), path)
+    except ZoomMILError as error:
+        return f"feature file {error}"
     if mags is None:
-        listed = handle.attrs.get("mags")
-        mags = [] if listed is None else [float(m) for m in np.ravel(listed)]
-        mags = mags or [float(m[:-1]) for m in have]
-    counts: list[tuple[float, int]] = []
-    for mag in sorted(float(m) for m in mags):
-        key = mag_key(mag)
-        rows = {part: _rows(handle.get(f"{key}_{part}")) for part in ("patches", "coords", "xy")}
-        missing = [f"{key}_{part}" for part, n in rows.items() if n is None]
-        if missing:
-            return (
-                f"feature file {path} lacks dataset(s) {', '.join(missing)} "
-                f"(it has magnifications {', '.join(have) or 'none'})"
-            )
-        if len(set(rows.values())) > 1:
-            found = ", ".join(f"{part} {n}" for part, n in rows.items())
-            return f"feature file {path}: rows at {key} differ between datasets ({found})"
-        counts.append((mag, rows["patches"]))
+        mags = listed or [float(m[:-1]) for m in patch_mags(handle)]
+    mags = sorted(float(m) for m in mags)
+    problem = dataset_problem(handle, mags)
+    if problem is not None:
+        return f"feature file {path}: {problem}"
+    counts = [(mag, int(handle[f"{mag_key(mag)}_patches"].shape[0])) for mag in mags]
     for (low, n_low), (high, n_high) in zip(counts, counts[1:], strict=False):
         d = round(math.log2(high / low))
         if n_high != 4**d * n_low:
