@@ -46,13 +46,13 @@ USAGE = re.compile(r"zoommil train: ([0-9.]+) s wall, ([0-9.]+) CPU-s, peak RSS 
 def write_slide(path: Path, n_high: int, dim: int, seed: int) -> None:
     """One feature file: n_high / 4 parents at 10x, their 4 children each at 20x."""
     from zoommil.io.featurefile import write_feature_file
+    from zoommil.wsi.lattice import children_order
 
     rng = np.random.default_rng(seed)
     n_low = n_high // 4
     side = int(np.ceil(np.sqrt(n_low)))
     low = np.stack(np.divmod(np.arange(n_low), side), axis=1)
-    offsets = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
-    high = (2 * low[:, None, :] + offsets[None]).reshape(-1, 2)
+    high = children_order(low)  # the contract's depth-first order, which readers check
     feats = [rng.standard_normal((len(c), dim), dtype=np.float32) for c in (low, high)]
     write_feature_file(
         path,

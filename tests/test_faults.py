@@ -44,6 +44,7 @@ from zoommil.workflow import exclusions, qc
 from zoommil.workflow.failure import Failure, read_marker, write_marker
 from zoommil.workflow.spares import first_successes
 from zoommil.wsi import slide as zslide
+from zoommil.wsi.lattice import descendants
 from zoommil.wsi.mpp import MPP_MAX, MPP_MIN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,11 +175,12 @@ def test_a_feature_file_that_breaks_the_layout_fails_its_slide_at_features(
     tmp_path, monkeypatch, mags, rows, needles
 ):
     """Training stopped, for every method, on a file with a magnification missing or rows cut
-    at one: QC excludes that slide with the reason, reading shapes only, and keeps the others."""
+    at one: QC excludes that slide with the reason, reading shapes and coords only (never the
+    features), and keeps the others."""
     from zoommil.io.featurefile import write_feature_file
 
     parents = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
-    coords = [parents, *(np.zeros((len(parents) * 4**d, 2), np.int64) for d in (1, 2))]
+    coords = [descendants(parents, d) for d in (0, 1, 2)]
     feats = [np.ones((len(c), 8), np.float32) for c in coords]
     files = {}
     for slide_id in ("good", "bad"):
@@ -191,10 +193,14 @@ def test_a_feature_file_that_breaks_the_layout_fails_its_slide_at_features(
           "reason": "", "mpp": 1.0, "mpp_source": "m", "quickhash": ""} for s in files]
     )  # fmt: skip
 
-    def values_read(*args, **kwargs):
-        raise AssertionError("QC read feature values")
+    read = h5py.Dataset.__getitem__
 
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", values_read)
+    def coords_read(dataset, *args, **kwargs):  # coords (16 bytes a row) but no features
+        if dataset.name.endswith("_patches"):
+            raise AssertionError("QC read feature values")
+        return read(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", coords_read)
     recipe = {"mags": mags} if mags is not None else {}  # else the files' `mags` attribute
     table = qc.slides_table(inspection, files, "exclude", **recipe).set_index("slide_id")
     assert table.loc["good", "status"] == "ok"
@@ -265,6 +271,62 @@ def test_a_feature_file_without_coords_or_with_string_mags_is_one_error_naming_i
         for mags in (None, [5.0, 10.0]):
             problem = qc.layout_problem(handle, mags)
             assert problem.startswith(f"feature file {path}: ") and needle in problem, problem
+
+
+def _reorder(path: Path, mag: str, order: np.ndarray) -> None:
+    """Rows of every dataset of ``mag`` in ``order``: a consistent file, rows moved."""
+    with h5py.File(path, "r+") as handle:
+        for part in ("patches", "coords", "xy"):
+            data = handle[f"{mag}_{part}"][()]
+            del handle[f"{mag}_{part}"]
+            handle.create_dataset(f"{mag}_{part}", data=data[order])
+
+
+def _swapped(n: int, a: slice | int, b: slice | int) -> np.ndarray:
+    order = np.arange(n)
+    order[a], order[b] = order[b].copy(), order[a].copy()
+    return order
+
+
+@pytest.mark.parametrize(
+    ("mag", "order", "needles"),
+    [
+        # two children of one parent swapped: parent-major, not in quadtree order
+        ("10.0x", _swapped(64, 5, 6), ["row 5 at 10.0x is (row, col) (2, 1)", "puts (3, 0) there"]),
+        # the children of two parents swapped: not parent-major
+        ("5.0x", _swapped(16, slice(4, 8), slice(8, 12)), ["row 4 at 5.0x", "of row 1 at 2.5x"]),
+    ],
+)
+def test_rows_out_of_depth_first_order_are_refused_by_every_reader(tmp_path, mag, order, needles):
+    """Rows in another order than the lattice's depth-first one passed every check (the
+    counts are right): ZoomMIL zoomed into the wrong patches and every model paired children
+    with other parents. Reading the bag (its magnifications), the header pass before training
+    (every magnification of the file) and QC now refuse such a file, naming it, the
+    magnification and the first row out of order."""
+    from zoommil.io.featurefile import read_feature_file, write_feature_file
+    from zoommil.training.data import bag_shapes
+
+    coords = [descendants(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), d) for d in (0, 1, 2)]
+    feats = [np.ones((len(c), 8), np.float32) for c in coords]
+    path = write_feature_file(tmp_path / "s.h5", [2.5, 5, 10], feats, coords, coords)
+    read_feature_file(path)
+    _reorder(path, mag, order)
+    readers = [lambda: read_feature_file(path), lambda: bag_shapes(path, [10.0])]
+    if mag == "10.0x":  # a subset a step apart (DSMIL's): its 4^2 descendants of each parent
+        readers.append(lambda: read_feature_file(path, [2.5, 10.0]))
+    for read in readers:
+        with pytest.raises(ZoomMILError) as error:
+            read()
+        message = str(error.value)
+        assert message.startswith(f"{path}: row ") and "depth-first" in message, message
+        assert needles[0].split(" is ")[0] in message
+    with pytest.raises(ZoomMILError) as error:
+        read_feature_file(path)
+    for needle in needles:
+        assert needle in str(error.value), str(error.value)
+    with h5py.File(path, "r") as handle:
+        problem = qc.layout_problem(handle, [2.5, 5, 10])
+    assert problem == f"feature file {error.value}"
 
 
 def test_a_split_emptied_by_qc_stops_before_training_naming_its_slides():

@@ -17,6 +17,7 @@ from zoommil.wsi.lattice import (
     check_lattice,
     check_native_resolution,
     children_order,
+    depth_first_problem,
     descendant_offsets,
     descendant_rows,
     descendants,
@@ -279,3 +280,31 @@ def test_descendant_offsets_and_rows_follow_the_depth_first_order():
         expected = [rc for rc in reference_descendants(0, 0, depth)]
         assert [tuple(rc) for rc in descendant_offsets(depth).tolist()] == expected
     assert descendant_rows(np.array([2, 0]), 4).tolist() == [8, 9, 10, 11, 0, 1, 2, 3]
+
+
+def test_depth_first_problem_names_the_magnification_and_first_row_out_of_order():
+    """The order check every reader of coords and feature files shares: exact quadtree order
+    under each parent (a swap inside a parent passed `check_lattice`, which checked only that
+    children lie inside their parents), and O(N) for 50k rows."""
+    parents = parent_grid((4096, 4096), 1024)  # 16 parents, row-major
+    mags = [1.25, 2.5, 10.0]
+    coords = [descendants(parents, d) for d in (0, 1, 3)]
+    assert depth_first_problem(mags, coords) is None
+    assert depth_first_problem([1.25, 10.0], [coords[0], coords[2]]) is None
+    swapped = coords[2].copy()
+    swapped[[9, 10]] = swapped[[10, 9]]
+    problem = depth_first_problem(mags, [coords[0], coords[1], swapped])
+    assert problem.startswith("row 9 at 10.0x is (row, col) (0, 3), but depth-first order puts")
+    assert "puts (1, 2) there (descendant 9 of row 0 at 2.5x, (0, 0))" in problem
+    problem = depth_first_problem([1.25, 10.0], [coords[0], swapped])
+    assert "row 9 at 10.0x" in problem and "descendant 9 of row 0 at 1.25x" in problem
+    assert "1023 rows at 10.0x but 64 at 2.5x need 1024 (4^2 each)" in depth_first_problem(
+        mags, [*coords[:2], swapped[:-1]]
+    )
+    lattice = lattice_for([2.5, 5, 10])
+    check_lattice(lattice)
+    side = lattice.sides[2]
+    lattice.coords[2][[1, 2]] = lattice.coords[2][[2, 1]]  # inside the parent, wrong order
+    lattice.xy[2] = lattice.coords[2][:, ::-1] * side
+    with pytest.raises(ZoomMILError, match=r"row 1 at 10.0x .* depth-first"):
+        check_lattice(lattice)

@@ -18,6 +18,7 @@ from zoommil.recipe import PreprocessingRecipe
 from zoommil.reporting import figures, results, table_format, table_frames, table_notes, tables
 from zoommil.workflow import params as workflow
 from zoommil.workflow import qc, trainconfig
+from zoommil.wsi.lattice import descendants, steps_between
 
 HEADER = "slide_id\tpath\tlabel\tsplit\tmpp\n"
 
@@ -214,11 +215,16 @@ def test_train_priority_starts_the_longest_trainings_first() -> None:
 
 
 def write_features(path: Path, counts: dict[str, int], no_tissue: bool = False) -> Path:
+    """Rows of one parent row at the first magnification, their descendants depth-first."""
+    first = float(next(iter(counts))[:-1])
     with h5py.File(path, "w") as handle:
         for mag, n in counts.items():
+            depth = steps_between(first, float(mag[:-1]))
+            parents = np.stack([np.zeros(n // 4**depth, int), np.arange(n // 4**depth)], axis=1)
+            coords = descendants(parents, depth)
             handle.create_dataset(f"{mag}_patches", data=np.zeros((n, 4), np.float32))
-            handle.create_dataset(f"{mag}_coords", data=np.zeros((n, 2), np.int64))
-            handle.create_dataset(f"{mag}_xy", data=np.zeros((n, 2), np.int64))
+            handle.create_dataset(f"{mag}_coords", data=coords)
+            handle.create_dataset(f"{mag}_xy", data=coords[:, ::-1] * 2 ** (4 - depth))
         handle.attrs["no_tissue_applied"] = no_tissue
     return path
 

@@ -793,6 +793,13 @@ def _string_mags(h5: h5py.File) -> None:
     h5.attrs["mags"] = "2.5,5,10"
 
 
+def _swap_10x(h5: h5py.File) -> None:
+    """Rows 1 and 2 of 10x swapped in every dataset: right counts, wrong order."""
+    for part in ("patches", "coords", "xy"):
+        data = h5[f"10.0x_{part}"][()]
+        h5[f"10.0x_{part}"][1:3] = data[[2, 1]]
+
+
 def _cut_10x(h5: h5py.File) -> None:
     for key in [k for k in h5.keys() if k.startswith("10.0x_")]:
         data = h5[key][()]
@@ -812,9 +819,11 @@ def _cut_10x(h5: h5py.File) -> None:
             "memory",
             ["magnification(s) 10.0x (it has 2.5x, 5.0x)"],
         ),
-        ("train_02", _cut_10x, "zoom", "memory", ["train_02 (", "28 rows, expected 4 x 8"]),
+        ("train_02", _cut_10x, "zoom", "memory", ["28 rows at 10.0x but 8 at 5.0x need 32"]),
         ("train_02", _drop_10x_coords, "abmil_small", "disk", ["lacks dataset(s) 10.0x_coords"]),
         ("val_01", _string_mags, "zoom", "memory", ["'mags' attribute is '2.5,5,10'"]),
+        ("train_02", _swap_10x, "abmil_small", "disk", ["row 1 at 10.0x", "depth-first"]),
+        ("val_01", _swap_10x, "zoom", "memory", ["row 1 at 10.0x", "depth-first"]),
     ],
 )
 def test_a_malformed_feature_file_is_one_line_naming_it(
@@ -828,9 +837,10 @@ def test_a_malformed_feature_file_is_one_line_naming_it(
     needles: list[str],
 ) -> None:
     """NaN rows ended in a traceback from the metrics or in 'training diverged'; a removed
-    magnification was reported with the file's attributes; ZoomMIL's layout error named no
-    slide; a missing coords dataset or a string `mags` attribute was a traceback. Each is now
-    one line naming the feature file (NaN: before training, when cached)."""
+    magnification was reported with the file's attributes; rows cut at 10x stopped only ZoomMIL
+    (its layout error named no slide); a missing coords dataset or a string `mags` attribute
+    was a traceback; rows out of depth-first order trained. Each is now one line naming the
+    feature file (NaN: before training, when cached; layout: before training, any method)."""
     features = tmp_path / "features"
     features.mkdir()
     for path in (dataset["root"] / "features").glob("*.h5"):
@@ -852,7 +862,7 @@ def test_a_malformed_feature_file_is_one_line_naming_it(
         assert needle in line, line
     if change is _nan_rows and cache == "memory":  # found while the bags load
         assert not (tmp_path / "out").exists()
-    if change in (_drop_10x_coords, _string_mags):  # found by the header pass, whatever the cache
+    if change in (_drop_10x_coords, _string_mags, _swap_10x, _cut_10x):  # the header pass
         assert not (tmp_path / "out").exists()
 
 

@@ -25,10 +25,11 @@ import numpy as np
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.atomic import GuardedFile, write_bytes_atomic
 from zoommil.recipe import mag_key
+from zoommil.wsi.lattice import depth_first_problem
 
 __all__ = ["PARTS", "FeatureBag", "check_finite", "dataset_problem", "decode_attr",
-           "encode_attr", "listed_mags", "mag_key", "nonfinite_rows", "patch_mags", "read_attrs",
-           "read_feature_file", "write_feature_file"]  # fmt: skip
+           "encode_attr", "layout_problem", "listed_mags", "mag_key", "nonfinite_rows",
+           "patch_mags", "read_attrs", "read_feature_file", "write_feature_file"]  # fmt: skip
 
 #: The datasets of one magnification ``{m}_{part}``, each with one row per patch.
 PARTS = ("patches", "coords", "xy")
@@ -339,10 +340,22 @@ def dataset_problem(h5: h5py.File, mags: Sequence[float]) -> str | None:
     return None
 
 
+def layout_problem(h5: h5py.File, mags: Sequence[float]) -> str | None:
+    """Why ``mags`` (lowest first) of an open feature file break the contract bags rely on,
+    else None: their datasets (`dataset_problem`), then ``N_next = 4^d N_prev`` and the
+    depth-first row order (`zoommil.wsi.lattice.depth_first_problem`). Reads the coords
+    (16 bytes a row), never the features."""
+    problem = dataset_problem(h5, mags)
+    if problem is not None:
+        return problem
+    return depth_first_problem(mags, [h5[f"{mag_key(m)}_coords"][()] for m in mags])
+
+
 def read_feature_file(path: str | Path, mags: Sequence[float] | None = None) -> FeatureBag:
     """Read the requested magnifications (default: all its ``mags`` attribute lists), lowest
-    first. A file without their datasets, with datasets of other shapes (`dataset_problem`) or
-    whose ``mags`` attribute is not numbers is a `ZoomMILError` naming it."""
+    first. A file without their datasets, with datasets of other shapes (`dataset_problem`),
+    with rows out of depth-first order (`depth_first_problem`) or whose ``mags`` attribute is
+    not numbers is a `ZoomMILError` naming it."""
     path = Path(path)
     if not path.exists():
         raise ZoomMILError(f"{path}: feature file not found")
@@ -365,4 +378,7 @@ def read_feature_file(path: str | Path, mags: Sequence[float] | None = None) -> 
             xy = [h5[f"{mag_key(m)}_xy"][()] for m in wanted]
     except OSError as error:
         raise ZoomMILError(f"{path}: cannot read feature file ({error})") from error
+    problem = depth_first_problem(wanted, coords)
+    if problem is not None:
+        raise ZoomMILError(f"{path}: {problem}")
     return FeatureBag(mags=wanted, feats=feats, coords=coords, xy=xy, attrs=attrs)

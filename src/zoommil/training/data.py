@@ -23,7 +23,7 @@ import torch
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.featurefile import (
-    dataset_problem,
+    layout_problem,
     listed_mags,
     mag_key,
     nonfinite_rows,
@@ -161,9 +161,12 @@ def split_records(
 def bag_shapes(path: Path, mags: Sequence[float]) -> list[tuple[int, int]]:
     """(N_m, D) per magnification, read from the HDF5 header without loading the data.
 
-    Why it checks the file's datasets and ``mags`` attribute as `read_feature_file` does: this
-    runs on every file before training, while bags read from disk are read at their step, so
-    a broken file stops the run before the first epoch, not in the middle of it."""
+    Why it checks the file's datasets, row order (`layout_problem`: coords only) and ``mags``
+    attribute as `read_feature_file` does: this runs on every file before training, while bags
+    read from disk are read at their step, so a broken file stops the run before the first
+    epoch, not in the middle of it. The layout is checked over every magnification the file
+    has, not only ``mags``: the order of a single-magnification bag is defined by its parents
+    (TransMIL's and SparseConvMIL's layouts follow it, and `zoommil predict` builds it so)."""
     try:
         listed_mags(read_attrs(path).get("mags"), path)
         with h5py.File(path, "r") as h5:
@@ -173,7 +176,8 @@ def bag_shapes(path: Path, mags: Sequence[float]) -> list[tuple[int, int]]:
                     f"{path}: lacks magnification(s) {', '.join(missing)} (it has "
                     f"{', '.join(patch_mags(h5)) or 'none'})"
                 )
-            problem = dataset_problem(h5, mags)
+            every = {float(m) for m in mags} | {float(m[:-1]) for m in patch_mags(h5)}
+            problem = layout_problem(h5, sorted(every))
             if problem is not None:
                 raise ZoomMILError(f"{path}: {problem}")
             return [tuple(h5[f"{mag_key(m)}_patches"].shape) for m in mags]

@@ -11,7 +11,6 @@ slide listed under two names (train/test leakage) stops the run before any train
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,7 +22,8 @@ import pandas as pd
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import atomic_path
-from zoommil.io.featurefile import dataset_problem, decode_attr, listed_mags, mag_key, patch_mags
+from zoommil.io.featurefile import decode_attr, listed_mags, patch_mags
+from zoommil.io.featurefile import layout_problem as file_layout_problem
 from zoommil.io.sheet import SPLITS
 from zoommil.workflow.failure import read_marker
 
@@ -133,13 +133,14 @@ def feature_counts(handle: h5py.File) -> tuple[dict[str, int], bool]:
 def layout_problem(handle: h5py.File, mags: Sequence[float] | None = None) -> str | None:
     """Why an open feature file breaks the contract training relies on, else None.
 
-    Checks that its ``mags`` attribute lists numbers, that every magnification in ``mags``
-    (the recipe's; default: the file's own ``mags`` attribute, else its ``*x_patches``
-    datasets) has its patches, coords and xy datasets with one row count (`dataset_problem`,
-    as training does), and that neighbouring magnifications keep the descendant layout
-    ``N_next = 4^d N_prev``. Ragged slide edges cannot break that: every child of a kept parent
-    is kept, read as white outside the slide (DESIGN.md). Cheap for large cohorts: a file's
-    shapes and attributes are read, never its features.
+    Checks, as training does (`file_layout_problem`), that its ``mags``
+    attribute lists numbers, that every magnification in ``mags`` (the recipe's; default: the
+    file's own ``mags`` attribute, else its ``*x_patches`` datasets) has its patches, coords
+    and xy datasets with one row count, and that neighbouring magnifications keep the
+    descendant layout: ``N_next = 4^d N_prev``, rows in depth-first order. Ragged slide edges
+    cannot break that: every child of a kept parent is kept, read as white outside the slide
+    (DESIGN.md). Cheap for large cohorts: a file's shapes, attributes and coords are read (16
+    bytes a row), never its features.
     """
     path = handle.filename
     try:
@@ -148,20 +149,8 @@ def layout_problem(handle: h5py.File, mags: Sequence[float] | None = None) -> st
         return f"feature file {error}"
     if mags is None:
         mags = listed or [float(m[:-1]) for m in patch_mags(handle)]
-    mags = sorted(float(m) for m in mags)
-    problem = dataset_problem(handle, mags)
-    if problem is not None:
-        return f"feature file {path}: {problem}"
-    counts = [(mag, int(handle[f"{mag_key(mag)}_patches"].shape[0])) for mag in mags]
-    for (low, n_low), (high, n_high) in zip(counts, counts[1:], strict=False):
-        d = round(math.log2(high / low))
-        if n_high != 4**d * n_low:
-            return (
-                f"feature file {path}: {n_high} rows at {mag_key(high)} but {n_low} at "
-                f"{mag_key(low)} need {4**d * n_low} (4^{d} each): the rows break the "
-                "lattice's descendant layout"
-            )
-    return None
+    problem = file_layout_problem(handle, sorted(float(m) for m in mags))
+    return None if problem is None else f"feature file {path}: {problem}"
 
 
 def slides_table(

@@ -37,6 +37,7 @@ __all__ = [
     "build_lattice",
     "check_lattice",
     "children_order",
+    "depth_first_problem",
     "depths",
     "descendant_offsets",
     "descendant_ratios",
@@ -158,6 +159,46 @@ def descendant_rows(rows: np.ndarray, ratio: int) -> np.ndarray:
     rows each): row i -> ``i*ratio .. (i+1)*ratio - 1``, in order."""
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     return (rows[:, None] * ratio + np.arange(ratio)[None, :]).reshape(-1)
+
+
+def depth_first_problem(mags: Sequence[float], coords: Sequence[np.ndarray]) -> str | None:
+    """Why grid (row, col) rows of ``mags`` (lowest first, power-of-two ratios) break the
+    depth-first order, else None: row j at a magnification ``d`` steps above the previous
+    listed one must be exactly ``descendants(previous, d)[j]``, the ``j % 4**d``-th descendant
+    (quadtree order) of row ``j // 4**d`` there, so ``N_next = 4**d N_prev``.
+
+    Why: files with rows in another order have the right counts and pass every shape check,
+    yet ZoomMIL zooms into the wrong patches and every model sees children that are not their
+    parents'. One vectorised comparison per magnification, O(N): ~2.5 ms for 50k rows.
+    """
+    for k in range(1, len(mags)):
+        low, high = float(mags[k - 1]), float(mags[k])
+        d = steps_between(low, high)
+        parents = np.asarray(coords[k - 1]).reshape(-1, 2)
+        rows = np.asarray(coords[k]).reshape(-1, 2)
+        ratio = 4**d
+        if len(rows) != ratio * len(parents):
+            return (
+                f"{len(rows)} rows at {mag_key(high)} but {len(parents)} at {mag_key(low)} "
+                f"need {ratio * len(parents)} (4^{d} each): the rows break the lattice's "
+                "descendant layout"
+            )
+        expected = descendants(parents, d)
+        bad = np.flatnonzero((rows != expected).any(axis=1))
+        if len(bad):
+            j = int(bad[0])
+            return (
+                f"row {j} at {mag_key(high)} is (row, col) {_pair(rows[j])}, but depth-first "
+                f"order puts {_pair(expected[j])} there (descendant {j % ratio} of row "
+                f"{j // ratio} at {mag_key(low)}, {_pair(parents[j // ratio])}): rows must be "
+                f"parent-major, the 4^{d} descendants of row i at rows i*{ratio}.."
+                f"(i+1)*{ratio}-1, in quadtree order"
+            )
+    return None
+
+
+def _pair(rc: np.ndarray) -> str:
+    return f"({rc[0]}, {rc[1]})"
 
 
 def tissue_fractions(
@@ -357,9 +398,7 @@ def check_lattice(lattice: Lattice, source: str = "coords file") -> None:
                 f"{source}: (row, col) and level-0 (x, y) at {mag_key(m)} disagree "
                 f"(expected x = col * {side}, y = row * {side})"
             )
-        offset = lattice.xy[k] - np.repeat(lattice.xy[0], 4**d, axis=0)
-        if (offset < 0).any() or (offset + side > lattice.sides[0]).any() or (offset % side).any():
-            raise ZoomMILError(
-                f"{source}: patches at {mag_key(m)} are not on the lattice inside their "
-                "parents (row order must be depth-first)"
-            )
+    # (row, col) agree with (x, y) at every magnification: the grid order is the order
+    problem = depth_first_problem(mags, lattice.coords)
+    if problem is not None:
+        raise ZoomMILError(f"{source}: {problem}")
