@@ -780,6 +780,10 @@ def _nan_rows(h5: h5py.File) -> None:
     h5["10.0x_patches"][:2] = np.nan
 
 
+def _huge_rows(h5: h5py.File) -> None:
+    h5["10.0x_patches"][3:5] = 3e38  # finite, near float32's largest
+
+
 def _drop_10x(h5: h5py.File) -> None:
     for key in [k for k in h5.keys() if k.startswith("10.0x_")]:
         del h5[key]
@@ -812,6 +816,8 @@ def _cut_10x(h5: h5py.File) -> None:
     [
         ("val_01", _nan_rows, "abmil_small", "memory", ["2 of 32 feature rows at 10.0x", "NaN"]),
         ("train_02", _nan_rows, "abmil_small", "disk", ["2 of 32 feature rows at 10.0x", "NaN"]),
+        ("val_01", _huge_rows, "abmil_small", "memory", ["too large to be features at 10.0x"]),
+        ("train_02", _huge_rows, "zoom", "disk", ["(max |x| = 3e+38, row 3; above 1.8e+19"]),
         (
             "val_01",
             _drop_10x,
@@ -836,7 +842,8 @@ def test_a_malformed_feature_file_is_one_line_naming_it(
     cache: str,
     needles: list[str],
 ) -> None:
-    """NaN rows ended in a traceback from the metrics or in 'training diverged'; a removed
+    """NaN rows ended in a traceback from the metrics or in 'training diverged' (finite rows
+    of 3e38 too, blaming the optimiser for the file); a removed
     magnification was reported with the file's attributes; rows cut at 10x stopped only ZoomMIL
     (its layout error named no slide); a missing coords dataset or a string `mags` attribute
     was a traceback; rows out of depth-first order trained. Each is now one line naming the
@@ -860,7 +867,8 @@ def test_a_malformed_feature_file_is_one_line_naming_it(
     assert str(bad) in line, line
     for needle in needles:
         assert needle in line, line
-    if change is _nan_rows and cache == "memory":  # found while the bags load
+    assert "diverged" not in line
+    if change in (_nan_rows, _huge_rows) and cache == "memory":  # found while the bags load
         assert not (tmp_path / "out").exists()
     if change in (_drop_10x_coords, _string_mags, _swap_10x, _cut_10x):  # the header pass
         assert not (tmp_path / "out").exists()

@@ -26,7 +26,6 @@ from zoommil.io.featurefile import (
     layout_problem,
     listed_mags,
     mag_key,
-    nonfinite_rows,
     patch_mags,
     read_attrs,
     read_feature_file,
@@ -299,19 +298,40 @@ def check_matches_checkpoint(path: Path, recipe: Mapping[str, Any], checkpoint: 
             )
 
 
-def check_finite_bag(path: Path, mags: Sequence[float], feats: Sequence[np.ndarray]) -> None:
-    """A bag with NaN or inf features is an error naming its file, before any training.
+#: Feature values must stay below this in magnitude: the square of a larger float32 value
+#: overflows (float32 max 3.4e38), so attention scores and losses turn NaN (TransMIL's do
+#: from ~1e19, measured). Encoders give values of order 1-100.
+FEATURE_LIMIT = 2.0**64
 
-    Why here: `zoommil features` refuses such rows, but a file written elsewhere (or by an
-    older version) would otherwise end as a NaN loss blamed on divergence, or as NaN
-    probabilities in the metrics. The bag is in memory already, so the check is cheap.
+
+def check_finite_bag(path: Path, mags: Sequence[float], feats: Sequence[np.ndarray]) -> None:
+    """A bag with NaN, inf or finite values too large for float32 arithmetic is an error
+    naming its file, before any training.
+
+    Why here: `zoommil features` refuses NaN and inf, but a file written elsewhere (or by an
+    older version) would otherwise end as a NaN loss blamed on divergence ("training
+    diverged"), or as NaN probabilities in the metrics. The bag is in memory already, so the
+    check is cheap: a row-wise max and min (NaN propagates through both), no temporary the
+    size of the bag.
     """
     for mag, f in zip(mags, feats, strict=True):
-        bad = nonfinite_rows(f)
+        if f.size == 0:
+            continue
+        rows = f.reshape(len(f), -1)
+        peak = np.maximum(rows.max(axis=1), -rows.min(axis=1))
+        bad = ~np.isfinite(peak)
         if bad.any():
             raise ZoomMILError(
                 f"{path}: {int(bad.sum())} of {len(f)} feature rows at {mag_key(mag)} contain "
                 "NaN or inf (re-extract this slide's features, or exclude it)"
+            )
+        row = int(np.argmax(peak))
+        if peak[row] > FEATURE_LIMIT:
+            raise ZoomMILError(
+                f"{path}: values too large to be features at {mag_key(mag)} (max |x| = "
+                f"{float(peak[row]):.3g}, row {row}; above {FEATURE_LIMIT:.2g} their squares "
+                "overflow float32 and the loss turns NaN): re-extract this slide's features, "
+                "or exclude it"
             )
 
 
