@@ -200,9 +200,17 @@ def drop_empty(
             log.warning("%s: no patches in the feature file, skipped", record.slide_id)
             skipped.append({"slide_id": record.slide_id, "reason": "no patches (no tissue)"})
             continue
-        for _, d in shapes:
-            dims.setdefault(d, Path(record.path))
-            check_same_dim(dims)
+        own = {d for _, d in shapes}
+        if len(own) > 1:  # check_same_dim would name this file twice
+            found = ", ".join(
+                f"{d} at {mag_key(m)}" for m, (_, d) in zip(mags, shapes, strict=True)
+            )
+            raise ZoomMILError(
+                f"{record.path}: features of dimension {found}: every magnification of a "
+                "feature file must come from one encoder"
+            )
+        dims.setdefault(own.pop(), Path(record.path))
+        check_same_dim(dims)
         total += sum(n * d * 4 for n, d in shapes)
         kept.append(record)
     return kept, skipped, (next(iter(dims)) if dims else 0), total
