@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -145,13 +147,36 @@ def test_path_full_and_truncated_state_dict(tmp_path):
     np.testing.assert_array_equal(PatchEncoder(model).encode(x), PatchEncoder(model2).encode(x))
 
 
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this would run code",))
+
+
+def test_weights_with_pickled_code_are_refused_without_unsafe_advice(tmp_path, capsys):
+    """torch's refusal advised re-running torch.load with weights_only=False (running the
+    file's code), and the message passed it on; it now says what is accepted instead."""
+    path = tmp_path / "evil.pth"
+    torch.save({**_full_state(0), "extra": _Evil()}, path, pickle_module=pickle)
+    with pytest.raises(ZoomMILError) as info:
+        build_encoder(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: refused: ") and ".safetensors file" in message
+    assert "(Unsupported global: GLOBAL " in message and "; loading it could run code)" in message
+    assert "safe_globals" not in message and "trust" not in message
+    assert "state dict of tensors" in message
+    assert "weights_only" not in message and "\x1b" not in message and "\n" not in message
+    assert "this would run code" not in capsys.readouterr().out
+
+
 def test_path_errors(tmp_path):
     with pytest.raises(ZoomMILError, match="not found"):
         build_encoder(tmp_path / "nope.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ZoomMILError, match="cannot load weights"):
+    with pytest.raises(ZoomMILError, match="cannot load weights") as info:
         build_encoder(bad)
+    assert "(not a torch file of tensors: Unsupported operand" in str(info.value)
+    assert "weights_only" not in str(info.value) and ".safetensors file" in str(info.value)
     partial = tmp_path / "partial.pth"
     state = _full_state(0)
     del state["layer3.0.conv1.weight"]

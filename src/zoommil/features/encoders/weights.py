@@ -124,6 +124,21 @@ def resolve_hf_weights(spec: EncoderSpec) -> Path:
 # --------------------------------------------------------------------------- files
 
 
+#: What a weights file may be (said where one is refused).
+ACCEPTED = (
+    "weights are accepted as a .safetensors file, or as a torch file holding only a state "
+    "dict of tensors (torch.save(model.state_dict(), path))"
+)
+
+
+def _unpickler_detail(text: str) -> str:
+    """What torch's weights-only unpickler found (``Unsupported global: GLOBAL m.Cls``,
+    ``Unsupported operand 110``), without its advice."""
+    _, _, rest = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in rest.splitlines() if line.strip()]
+    return lines[0].split(" was not an allowed global")[0] if lines else ""
+
+
 def read_state_file(path: Path, spec: EncoderSpec) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or of a torch file loaded with ``weights_only``."""
     try:
@@ -134,10 +149,25 @@ def read_state_file(path: Path, spec: EncoderSpec) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle/zip/safetensors errors have many types
+        text = str(error)
+        if "Weights only load failed" not in text and "weights_only" not in text:
+            raise ZoomMILError(
+                f"{path}: cannot load weights for encoder {spec.name} as a state dict "
+                f"({text.splitlines()[0] if text else type(error).__name__})"
+            ) from error
+        # torch's message advises weights_only=False or allow-listing the file's classes,
+        # i.e. running the file's pickled code: pass on only what it found
+        detail = _unpickler_detail(text)
+        if detail.startswith("Unsupported global"):
+            raise ZoomMILError(
+                f"{path}: refused: the weights file for encoder {spec.name} holds pickled objects "
+                f"other than tensors and plain values ({detail}; loading it could run code); "
+                f"{ACCEPTED}"
+            ) from None
         raise ZoomMILError(
-            f"{path}: cannot load weights for encoder {spec.name} as a state dict "
-            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-        ) from error
+            f"{path}: cannot load weights for encoder {spec.name} as a state dict (not a "
+            f"torch file of tensors: {detail or 'unreadable'}); {ACCEPTED}"
+        ) from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "teacher"):
             if key in obj and isinstance(obj[key], Mapping):
