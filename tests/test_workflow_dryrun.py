@@ -282,6 +282,23 @@ def test_config_schema_rejects_bad_values(workdir: Path) -> None:
     assert "greedy" in result.stdout + result.stderr
 
 
+def test_a_key_given_twice_in_a_config_file_fails_naming_it(workdir: Path) -> None:
+    """Snakemake reads config files keeping the last of two equal keys; the workflow refuses
+    them before any job, naming the file, the key and both lines."""
+    text = (workdir / "config" / "config.yaml").read_text()
+    lines = text.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.startswith("  epochs: "))
+    lines.insert(first + 1, "  epochs: 3\n")
+    path = workdir / "epochs_twice.yaml"
+    path.write_text("".join(lines))
+    result = harness.snakemake(workdir, "-n", configfile=path, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    message = f"config: {path}: key 'epochs' is given twice (lines {first + 1} and {first + 2})"
+    assert message in text, text
+    assert "Building DAG" not in text
+
+
 def test_mpp_in_tile_args_is_refused(workdir: Path) -> None:
     """Tiling uses the mpp inspection resolved: an mpp in tile_args could never reach
     inspection (and would contradict it), so the config schema refuses it."""

@@ -12,6 +12,7 @@ from zoommil.errors import ZoomMILError
 from zoommil.workflow import cache as zcache
 from zoommil.workflow import qc as zqc
 from zoommil.io import sheet as zsheet
+from zoommil.io import yamlio as zyaml
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.workflow import codehash as zcode
 from zoommil.workflow import config_checks as zconfig
@@ -21,6 +22,11 @@ from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
 from zoommil.workflow import timers as ztimers
 
+try:
+    # Snakemake keeps the last of a key given twice in a config file: refuse it instead.
+    zyaml.check_unique_keys(workflow.configfiles)
+except ZoomMILError as error:
+    raise ValueError(f"config: {error}") from None
 validate(config, schema="../schemas/config.schema.yaml")
 if config.get("sheet"):
     # `sheet: ~/slides.tsv`: neither Snakemake's inputs nor the shell (quoted) expand `~`

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from zoommil.errors import ZoomMILError
+from zoommil.io.yamlio import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ZoomMILError(f"{path}: cannot read the config ({error.strerror})") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else load_yaml(text, str(path))
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ZoomMILError(f"{path}: not valid YAML/JSON ({first})") from error
