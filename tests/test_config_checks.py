@@ -43,6 +43,15 @@ def test_the_demo_config_and_a_minimal_one_pass() -> None:
     config_checks.check_config(validated(minimal), MODELS)  # figures from the schema defaults
 
 
+def test_a_method_lr_without_a_dot_is_a_number() -> None:
+    """YAML 1.1 (PyYAML, Snakemake) reads ``lr: 1e-4`` as the string '1e-4'; `zoommil train`
+    converts it, so the check at load accepts it too."""
+    config = demo()
+    config["methods"]["meanmil"]["train"] = yaml.safe_load("lr: 1e-4\nweight_decay: 1e-5")
+    assert config["methods"]["meanmil"]["train"]["lr"] == "1e-4"
+    config_checks.check_config(validated(config), MODELS)
+
+
 def test_methods_and_seeds_read_by_the_workflow() -> None:
     config = validated(demo())
     assert config_checks.efficiency_methods(config) == list(config["methods"])
@@ -262,6 +271,10 @@ def _method_train_epochs_zero(config: dict) -> None:
     config["methods"]["meanmil"]["train"] = {"epochs": 0}
 
 
+def _method_train_lr_nan(config: dict) -> None:
+    config["methods"]["meanmil"]["train"] = {"lr": float("nan")}
+
+
 def _misspelled_feature_norm(config: dict) -> None:
     config["train"]["extra"] = {"feature_norm": "standardise"}
 
@@ -310,6 +323,10 @@ def _extra_key_of_train_itself(config: dict) -> None:
         (
             _method_train_epochs_zero,
             "method 'meanmil': train: 'epochs' must be a positive integer, got 0",
+        ),
+        (
+            _method_train_lr_nan,
+            "method 'meanmil': train: 'lr' must be a finite number > 0, got nan",
         ),
         (
             _misspelled_feature_norm,

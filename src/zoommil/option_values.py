@@ -25,10 +25,18 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _positive_ints(value: Any) -> bool:
+    """A positive int, or a non-empty list (or tuple) of them (bools are not ints here)."""
+    values = value if isinstance(value, list | tuple) and value else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+
+
 def check_option_values(arch: str, options: Mapping[str, Any]) -> None:
     """Raise a `ZoomMILError` naming the option: a dropout outside [0, 1) (1 drops every
-    unit; torch refuses > 1 only when the layer is built), or ZoomMIL's top-K noise ``sigma``
-    not > 0 (0 divides by zero in the perturbed top-K: a NaN loss from the first step)."""
+    unit; torch refuses > 1 only when the layer is built), ZoomMIL's ``k`` not a positive
+    integer or a list of them (the length the model checks: it depends on the magnifications),
+    or ZoomMIL's top-K noise ``sigma`` not > 0 (0 divides by zero in the perturbed top-K: a
+    NaN loss from the first step)."""
     for name in DROPOUT_OPTIONS:
         if name in options:
             value = _number(options[name])
@@ -37,6 +45,13 @@ def check_option_values(arch: str, options: Mapping[str, Any]) -> None:
                     f"model '{arch}': option {name} must be a number in [0, 1), "
                     f"got {options[name]!r}"
                 )
+    if arch == "zoommil" and "k" in options and not _positive_ints(options["k"]):
+        # the model would iterate a float (a "'float' object is not iterable" error) and
+        # truncate 2.5 in a list to 2
+        raise ZoomMILError(
+            "model 'zoommil': option k (parents zoomed into per step) must be a positive "
+            f"integer or a list of them, one per zoom step, got {options['k']!r}"
+        )
     if arch == "zoommil" and "sigma" in options:
         value = _number(options["sigma"])
         if value is None or value <= 0:

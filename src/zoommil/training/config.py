@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.yamlio import load_yaml
+from zoommil.option_values import check_option_values
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +128,43 @@ def _positive_int(value: Any, name: str, where: str) -> int:
     return value
 
 
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float, else None (a bool is not a number here). A string that
+    spells a number counts: YAML 1.1 (PyYAML) reads ``1e-4``, without a dot, as '1e-4'."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def _non_negative_float(value: Any, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ZoomMILError(f"{where}: '{name}' must be a non-negative number, got {value!r}")
-    return float(value)
+    number = _finite(value)
+    if number is None or number < 0:
+        raise ZoomMILError(f"{where}: '{name}' must be a finite number >= 0, got {value!r}")
+    return number
+
+
+def _learning_rate(value: Any, where: str) -> float:
+    """``lr``: > 0 (Adam takes 0, which trains nothing; NaN fails inside torch)."""
+    number = _finite(value)
+    if number is None or number <= 0:
+        raise ZoomMILError(f"{where}: 'lr' must be a finite number > 0, got {value!r}")
+    return number
+
+
+def _lr_factor(value: Any, where: str) -> float:
+    """``lr_factor``: in [0, 1), as ReduceLROnPlateau requires (else a torch traceback)."""
+    number = _finite(value)
+    if number is None or not 0 <= number < 1:
+        raise ZoomMILError(
+            f"{where}: 'lr_factor' must be a number in [0, 1) (the lr is multiplied by it on a "
+            f"plateau), got {value!r}"
+        )
+    return number
 
 
 def _patience(value: Any, where: str) -> int | None:
@@ -153,6 +188,28 @@ def _mags(value: Any, where: str) -> list[float]:
     ):
         raise ZoomMILError(f"{where}: 'mags' must be a non-empty list of numbers, got {value!r}")
     return sorted(float(m) for m in value)
+
+
+def _train_setting(key: str, value: Any, where: str) -> Any:
+    """One of `TRAIN_KEYS`, checked and converted as `TrainConfig` holds it; the same checks
+    for the config's top level and a method's ``train`` overrides."""
+    if key == "epochs":
+        return _positive_int(value, key, where)
+    if key == "lr":
+        return _learning_rate(value, where)
+    if key == "lr_factor":
+        return _lr_factor(value, where)
+    if key == "lr_patience":
+        return int(_non_negative_float(value, key, where))
+    if key == "weight_decay":
+        return _non_negative_float(value, key, where)
+    if key == "selection":
+        return _selection(value, where)
+    if key == "mags":
+        return _mags(value, where)
+    if key == "early_stopping":
+        return _patience(value, where)
+    raise ZoomMILError(f"{where}: unknown training setting '{key}'")
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -205,27 +262,15 @@ def parse_config(data: Mapping[str, Any], where: str, strict: bool = False) -> T
             f"{where}: 'feature_norm' must be one of {', '.join(FEATURE_NORMS)}, "
             f"got {feature_norm!r}"
         )
+    settings = {
+        key: _train_setting(key, data[key] if key in data else getattr(_DEFAULTS, key), where)
+        for key in TRAIN_KEYS
+    }
     return TrainConfig(
         features_dir=Path(str(data["features_dir"])),
         sheet=Path(str(data["sheet"])),
         exclude=Path(str(data["exclude"])) if data.get("exclude") else None,
         classes=classes,
-        mags=_mags(data["mags"], where),
-        epochs=_positive_int(data.get("epochs", _DEFAULTS.epochs), "epochs", where),
-        lr=_non_negative_float(data.get("lr", _DEFAULTS.lr), "lr", where),
-        weight_decay=_non_negative_float(
-            data.get("weight_decay", _DEFAULTS.weight_decay), "weight_decay", where
-        ),
-        selection=_selection(data.get("selection", _DEFAULTS.selection), where),
-        lr_factor=_non_negative_float(
-            data.get("lr_factor", _DEFAULTS.lr_factor), "lr_factor", where
-        ),
-        lr_patience=int(
-            _non_negative_float(
-                data.get("lr_patience", _DEFAULTS.lr_patience), "lr_patience", where
-            )
-        ),
-        early_stopping=_patience(data.get("early_stopping", _DEFAULTS.early_stopping), where),
         cache=cache,
         cache_max_gb=_non_negative_float(
             data.get("cache_max_gb", _DEFAULTS.cache_max_gb), "cache_max_gb", where
@@ -233,6 +278,7 @@ def parse_config(data: Mapping[str, Any], where: str, strict: bool = False) -> T
         feature_norm=feature_norm,
         methods={str(k): dict(v or {}) for k, v in methods.items()},
         source=where,
+        **settings,
     )
 
 
@@ -240,30 +286,30 @@ def resolve_method(config: TrainConfig, name: str, known_archs: Iterable[str]) -
     """Method ``name`` from ``config.methods``, or the architecture ``name`` with defaults."""
     known = sorted(known_archs)
     if name in config.methods:
+        # `zoommil train`'s errors name the file too (the workflow's, with no source, not)
+        where = f"{config.source}: method '{name}'" if config.source else f"method '{name}'"
         entry = copy.deepcopy(config.methods[name])
         arch = str(entry.pop("arch", name))
         train = entry.pop("train", None) or {}
         if not isinstance(train, dict):
-            raise ZoomMILError(f"method '{name}': 'train' must be a mapping of training settings")
+            raise ZoomMILError(f"{where}: 'train' must be a mapping of training settings")
         bad = sorted(set(train) - set(TRAIN_KEYS))
         if bad:
             raise ZoomMILError(
-                f"method '{name}': unknown training setting(s) {', '.join(bad)} "
+                f"{where}: unknown training setting(s) {', '.join(bad)} "
                 f"(allowed: {', '.join(TRAIN_KEYS)})"
             )
         if "mags" in entry:  # a method's magnifications decide the data, not just the model
-            train.setdefault("mags", entry.pop("mags"))
-        where = f"method '{name}'"
-        if "selection" in train:
-            _selection(train["selection"], where)
-        if "mags" in train:
-            train["mags"] = _mags(train["mags"], where)
-        if "early_stopping" in train:
-            _patience(train["early_stopping"], where)
+            train.setdefault("mags", _mags(entry.pop("mags"), where))
+        train = {key: _train_setting(key, value, f"{where}: train") for key, value in train.items()}
         if arch not in known:
             raise ZoomMILError(
-                f"method '{name}': unknown architecture '{arch}' (known: {', '.join(known)})"
+                f"{where}: unknown architecture '{arch}' (known: {', '.join(known)})"
             )
+        try:
+            check_option_values(arch, entry)
+        except ZoomMILError as error:
+            raise ZoomMILError(f"{where}: {error}") from None
         return MethodSpec(name=name, arch=arch, kwargs=entry, train=train)
     if name in known:
         return MethodSpec(name=name, arch=name, kwargs={}, train={})

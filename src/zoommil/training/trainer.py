@@ -464,8 +464,9 @@ def _train(
     started = time.perf_counter()
     cfg = apply_overrides(config, method)
     n_epochs = int(epochs or cfg.epochs)
-    if n_epochs < 1:
-        raise ZoomMILError(f"--epochs must be at least 1, got {n_epochs}")
+    if n_epochs < 1:  # `load_config`/`resolve_method` refuse it first; the message says where
+        origin = "--epochs" if epochs else f"{cfg.source}: method '{method.name}': 'epochs'"
+        raise ZoomMILError(f"{origin} must be at least 1, got {n_epochs}")
     run = _prepare(cfg, method, seed, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     best_state, best_epoch, epochs_run = _fit(

@@ -10,6 +10,7 @@ checks read the methods and seeds through the same functions below.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,11 @@ def check_train_configs(
             name, spec, train, available, config.get("classes"), "slides.tsv", "features", ""
         )
         parsed = parse_config(data, "train.extra", strict=True)
-        method = resolve_method(parsed, name, archs)
+        # the method as written (the train config has NaN as null), and no source: its errors
+        # name no file (common.smk adds "config: ")
+        method = resolve_method(
+            replace(parsed, source="", methods={name: dict(spec or {})}), name, archs
+        )
         where = f"method '{name}'"
         mags = parse_config({**data, **method.train}, f"{where}: train", strict=True).mags
         foreign = [m for m in mags if m not in available]
