@@ -935,9 +935,38 @@ def test_a_configured_class_without_train_slides_is_caught_with_the_sheet(tmp_pa
     path.write_text(HEADER + rows)
     classes = ["normal", "atypia", "carcinoma"]
     frame = zsheet.load_sheet(path, classes)
-    zsheet.check_splits(frame, path)  # without classes: the labels the sheet has
     with pytest.raises(ZoomMILError, match=r"no train slides of class\(es\) carcinoma"):
         zsheet.check_splits(frame, path, classes=classes)
+
+
+def test_an_inferred_class_without_train_slides_is_caught_with_the_sheet(tmp_path):
+    """With `classes: null` the classes are the sheet's labels: a label only in val and test
+    passed the check, and the model got an output it was never trained on."""
+    path = tmp_path / "s.tsv"
+    rows = "a\ta.svs\tnormal\ttrain\t\nb\tb.svs\tatypia\ttrain\t\n"
+    rows += "c\tc.svs\tcarcinoma\tval\t\nd\td.svs\tcarcinoma\ttest\t\n"
+    rows += "e\te.svs\tnormal\tval\t\nf\tf.svs\tnormal\ttest\t\n"
+    path.write_text(HEADER + rows)
+    frame = zsheet.load_sheet(path)
+    for classes in (None, ["normal", "atypia", "carcinoma"]):
+        with pytest.raises(ZoomMILError) as caught:
+            zsheet.check_splits(frame, path, classes=classes)
+        text = str(caught.value)
+        assert "no train slides of class(es) carcinoma (it has 1 val, 1 test slides)" in text
+        assert ("remove their rows" in text) == (classes is None), text
+
+
+def test_a_single_class_sheet_is_caught_with_the_sheet(tmp_path):
+    """With `classes: null` a sheet of one label passed, and training fitted a one-class
+    'classifier' whose every metric is trivially perfect or undefined."""
+    path = tmp_path / "s.tsv"
+    rows = "a\ta.svs\tnormal\ttrain\t\nb\tb.svs\tnormal\tval\t\nc\tc.svs\tnormal\ttest\t\n"
+    path.write_text(HEADER + rows)
+    frame = zsheet.load_sheet(path)
+    with pytest.raises(ZoomMILError, match="one label, 'normal'.: a classifier needs at least two"):
+        zsheet.check_splits(frame, path)
+    with pytest.raises(ZoomMILError, match="fewer than two classes"):
+        zsheet.check_splits(frame, path, classes=["normal"])
 
 
 def test_semicolon_separated_sheet_says_so(tmp_path):
@@ -992,22 +1021,21 @@ def test_readme_says_what_to_do_after_a_killed_run():
 
 
 def _preprocessing_workdir(tmp_path: Path) -> tuple[Path, Path]:
-    """A workflow copy with three small slides, one per split, at two magnifications (enough
-    for preprocessing, and quick)."""
+    """A workflow copy with four small slides (a train slide of each class, a val and a test
+    slide) at two magnifications (enough for preprocessing, and quick)."""
     from workflow_config import harness
 
     workdir = harness.copy_workflow(tmp_path / "run", with_sources=False)
     rows = []
     for i, (label, split) in enumerate(
-        [("normal", "train"), ("atypia", "val"), ("normal", "test")]
+        [("normal", "train"), ("atypia", "train"), ("atypia", "val"), ("normal", "test")]
     ):
         path = write_pyramid_tiff(workdir / f"s{i}.tiff", width=768, height=512, mpp=1.0, seed=i)
         rows.append(f"s{i}\t{path}\t{label}\t{split}\t\n")
     (workdir / "slides.tsv").write_text(HEADER + "".join(rows))
     config = harness.load_config()
     config["preprocess"]["mags"] = [5, 10]
-    # the sheet's labels: a configured class without train slides is refused at load
-    config["classes"] = None
+    config["classes"] = None  # the sheet's labels
     return workdir, harness.write_config(workdir, config)
 
 
@@ -1060,7 +1088,7 @@ def test_a_run_killed_mid_job_completes_after_unlock(tmp_path):
     harness.snakemake(workdir, *args)
 
     table = pd.read_csv(workdir / args[0], sep="\t", keep_default_na=False)
-    assert set(table["status"]) == {"ok"} and len(table) == 3
+    assert set(table["status"]) == {"ok"} and len(table) == 4
     with h5py.File(workdir / "results" / "features" / f"{killed.stem}.h5", "r") as h5:
         assert "status" not in h5.attrs and len(h5.keys()) > 0  # features, not a marker
     assert not list((workdir / "results").rglob("*.tmp-*"))

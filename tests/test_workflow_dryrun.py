@@ -190,24 +190,26 @@ def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path
     assert sorted(line.split("--slide-id ")[1].split()[0] for line in features) == sorted(ids)
 
 
-def _plan_with_sheet(workdir: Path, sheet: Path) -> tuple[int, str]:
-    """`snakemake -n` of the CAMELYON16 preset on ``sheet``: (exit code, its output)."""
+def _plan_with_sheet(workdir: Path, sheet: Path, *config: str) -> tuple[int, str]:
+    """`snakemake -n` of the CAMELYON16 preset on ``sheet`` (and ``config`` entries, e.g.
+    ``classes=`` for none): (exit code, its output)."""
     result = harness.snakemake(
         workdir,
         "-n",
         "--config",
         f"sheet={sheet}",
+        *config,
         configfile=workdir / "config" / "camelyon16.yaml",
         check=False,
     )
     return result.returncode, result.stdout + result.stderr
 
 
-def _expect_sheet_error(workdir: Path, rows: list[str], needle: str) -> str:
+def _expect_sheet_error(workdir: Path, rows: list[str], needle: str, *config: str) -> str:
     sheet = fake_sheet(workdir / "bad", PRESETS["camelyon16"], rows=rows)
     results = workdir / "results"
     shutil.rmtree(results, ignore_errors=True)
-    code, text = _plan_with_sheet(workdir, sheet)
+    code, text = _plan_with_sheet(workdir, sheet, *config)
     assert code != 0
     assert needle in text, text[-3000:]
     assert "Building DAG" not in text  # failed while reading the sheet: no job was planned
@@ -271,6 +273,17 @@ def test_class_without_train_slides_fails_before_any_job(workdir: Path) -> None:
     rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumor\tval\t\n"]
     rows.append("c\tc.svs\ttumor\ttest\t\n")
     _expect_sheet_error(workdir, rows, "no train slides of class(es) tumor")
+
+
+def test_inferred_classes_need_two_labels_and_train_slides_of_each(workdir: Path) -> None:
+    """`classes:` left empty (the sheet's labels are the classes): a one-label sheet, or a
+    label with no train slide, was planned and trained."""
+    one = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\tnormal\tval\t\n"]
+    one.append("c\tc.svs\tnormal\ttest\t\n")
+    _expect_sheet_error(workdir, one, "the sheet has one label, 'normal'", "classes=")
+    rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumor\tval\t\n"]
+    rows.append("c\tc.svs\ttumor\ttest\t\n")
+    _expect_sheet_error(workdir, rows, "no train slides of class(es) tumor (it has", "classes=")
 
 
 def test_config_schema_rejects_bad_values(workdir: Path) -> None:

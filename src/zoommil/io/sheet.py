@@ -6,8 +6,9 @@ command uses (training, evaluation, FLOPs, profiling, the demo); `load_sheet` ad
 validation the workflow runs before any job, where every error names the offending row
 (1-based data row and its slide_id), because users fix sheets by hand. Leakage between splits
 is refused here: one file in two rows, or one patient's slides in two splits
-(`check_leakage`); `check_splits` refuses a cohort without validation or test slides before
-any preprocessing runs.
+(`check_leakage`); `check_splits` refuses, before any preprocessing runs, a cohort without
+validation or test slides, with fewer than two classes, or with a class that has no train
+slide.
 """
 
 from __future__ import annotations
@@ -343,8 +344,12 @@ def check_splits(
     classes: Sequence[str] | None = None,
 ) -> None:
     """Every split in ``needed`` has at least one slide (training needs val, results need
-    test), and every one of ``classes`` (the configured ones) a train slide: a model never
-    shown a class cannot predict it, and the tables would not say why."""
+    test), there are at least two classes, and every class has a train slide: a model never
+    shown a class cannot predict it, and the tables would not say why.
+
+    ``classes`` are the configured ones; None means the sheet's labels, as training then
+    takes them (`zoommil.training.data.resolve_classes`), so the same refusals hold.
+    """
     counts = frame["split"].value_counts()
     empty = [s for s in needed if int(counts.get(s, 0)) == 0]
     if empty:
@@ -353,13 +358,40 @@ def check_splits(
             f"{sheet}: no {' and no '.join(empty)} slides ({have}); model selection needs "
             "validation slides and the results need test slides"
         )
-    trained = set(frame.loc[frame["split"] == "train", "label"])
-    untrained = [c for c in classes or () if c not in trained]
-    if untrained:
+    inferred = classes is None
+    names = sorted(set(frame["label"])) if classes is None else list(classes)
+    if len(names) < 2:
+        listed = ", ".join(map(shown, names)) or "none"
+        source = f"the sheet has one label, {listed}" if inferred else f"classes: {listed}"
         raise ZoomMILError(
-            f"{sheet}: no train slides of class(es) {', '.join(untrained)} (classes: "
-            f"{', '.join(classes or ())}); add train slides of them or leave them out of classes"
+            f"{sheet}: fewer than two classes ({source}): a classifier needs at least two; "
+            + ("add slides of another label" if inferred else "list at least two in classes")
         )
+    untrained = _untrained(frame, names)
+    if untrained:
+        fix = (
+            "add train slides of them or remove their rows (the classes are the sheet's "
+            "labels, as `classes:` is not set)"
+            if inferred
+            else "add train slides of them or leave them out of classes"
+        )
+        raise ZoomMILError(
+            f"{sheet}: no train slides of class(es) {'; '.join(untrained)} (classes: "
+            f"{', '.join(names)}); {fix}"
+        )
+
+
+def _untrained(frame: pd.DataFrame, classes: Sequence[str]) -> list[str]:
+    """Each of ``classes`` without a train slide, with the splits its slides are in, e.g.
+    'carcinoma (it has 1 val, 2 test slides)' or 'carcinoma (it has no slides)'."""
+    out = []
+    for name in classes:
+        splits = frame.loc[frame["label"] == name, "split"].value_counts()
+        if int(splits.get("train", 0)):
+            continue
+        has = ", ".join(f"{int(splits[s])} {s}" for s in SPLITS if int(splits.get(s, 0)))
+        out.append(f"{name} (it has {has + ' slides' if has else 'no slides'})")
+    return out
 
 
 def _validator(schema: dict[str, Any] | None):
