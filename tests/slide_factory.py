@@ -9,6 +9,11 @@ import cv2
 import numpy as np
 import tifffile
 
+#: A tissue threshold that keeps every patch of a tiny test slide, whose 8 um/px thumbnail (48 x
+#: 32 px for 768 x 512 px at 0.5 um/px) is too small for the detector to find tissue in:
+#: `zoommil predict` refuses a slide without tissue, whatever the no-tissue policy.
+KEEP_EVERY_PATCH = 0.0
+
 
 def synthetic_tissue_rgb(width: int, height: int, seed: int = 0) -> np.ndarray:
     """White background with an elliptical H&E-like region (pink stroma, purple nuclei)."""

@@ -151,6 +151,19 @@ def test_all_white_slide_exclude_fails(make_slide, tmp_path, capsys):
     )
 
 
+def test_all_white_slide_exclude_no_fail_marker_says_no_tissue(make_slide, tmp_path):
+    """The marker's status is the QC table's `no_tissue`, not a generic `failed`."""
+    from zoommil.workflow.failure import read_marker
+
+    slide = make_slide("white.tiff", width=1024, height=1024, levels=2, tissue=False)
+    out = tmp_path / "c.h5"
+    argv = ["tile", str(slide), "--mags", "10", "20", "--out", str(out), "--no-tissue"]
+    assert main([*argv, "exclude", "--no-fail"]) == 0
+    failure = read_marker(out)
+    assert failure is not None and failure.status == "no_tissue" and failure.stage == "tile"
+    assert failure.reason.startswith("no tissue found")
+
+
 def test_all_white_slide_all_policy_warns_and_keeps_all(make_slide, tmp_path, caplog):
     slide = make_slide("white.tiff", width=1024, height=1024, levels=2, tissue=False)
     out = tmp_path / "c.h5"

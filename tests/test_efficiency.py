@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from slide_factory import KEEP_EVERY_PATCH
 
 from zoommil.cli import main
 from zoommil.efficiency.flops import encoder_flops_per_patch, head_flops, slide_flops
@@ -132,7 +133,9 @@ def test_all_cores_profile_spreads_slides_over_single_threaded_processes(tmp_pat
     slide = write_pyramid_tiff(tmp_path / "s.tiff", width=512, height=512)
     torch.manual_seed(0)
     model = build_model("zoommil", in_dim=1024, n_classes=2, mags=mags, k=2).eval()
-    recipe = PreprocessingRecipe(mags=mags, patch_size=64, weights="random", no_tissue="all")
+    recipe = PreprocessingRecipe(
+        mags=mags, patch_size=64, weights="random", tissue_threshold=KEEP_EVERY_PATCH
+    )
     predictor = Predictor(
         model=model, arch="zoommil", classes=["a", "b"], recipe=recipe, method="zoommil"
     )
@@ -169,7 +172,9 @@ def _all_patch_predictor(arch: str, mags: list[float], seed: int):
 
     torch.manual_seed(seed)
     model = build_model(arch, in_dim=1024, n_classes=2, mags=mags).eval()
-    recipe = PreprocessingRecipe(mags=mags, patch_size=64, weights="random", no_tissue="all")
+    recipe = PreprocessingRecipe(
+        mags=mags, patch_size=64, weights="random", tissue_threshold=KEEP_EVERY_PATCH
+    )
     return Predictor(model=model, arch=arch, classes=["a", "b"], recipe=recipe, method=arch)
 
 
@@ -284,7 +289,12 @@ def _profile_setup(tmp_path: Path, ids: list[str]) -> tuple[Path, Path]:
         "mags": mags,
         "config_mags": mags,
         "in_dim": 1024,
-        "preprocessing": {"patch_size": 64, "weights": "random", "weights_seed": 0},
+        "preprocessing": {
+            "patch_size": 64,
+            "weights": "random",
+            "weights_seed": 0,
+            "tissue_threshold": KEEP_EVERY_PATCH,  # the tiny slides' thumbnails show none
+        },
     }
     ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
     rows = []

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from slide_factory import write_pyramid_tiff
+from slide_factory import KEEP_EVERY_PATCH, write_pyramid_tiff
 
 from zoommil.cli import main
 from zoommil.errors import ZoomMILError
@@ -127,7 +127,9 @@ def test_zoom_predict_through_the_pool_matches_in_process(pool, tmp_path, one_th
     slide = write_pyramid_tiff(tmp_path / "small.tiff", width=768, height=512)
     torch.manual_seed(0)
     model = build_model("zoommil", in_dim=1024, n_classes=2, mags=mags, k=2).eval()
-    recipe = PreprocessingRecipe(mags=mags, patch_size=64, weights="random", no_tissue="all")
+    recipe = PreprocessingRecipe(
+        mags=mags, patch_size=64, weights="random", tissue_threshold=KEEP_EVERY_PATCH
+    )
     predictor = Predictor(model=model, arch="zoommil", classes=["a", "b"], recipe=recipe)
     encoder, _ = make_encoder(predictor)
     alone = predict_slide(predictor, slide, encoder, batch_size=3)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from slide_factory import write_pyramid_tiff
+from slide_factory import KEEP_EVERY_PATCH, write_pyramid_tiff
 
 from zoommil.cli import main
 from zoommil.errors import ZoomMILError
@@ -42,8 +42,10 @@ def _predictor(model: torch.nn.Module) -> Predictor:
     )
 
 
-def _recipe(mags) -> PreprocessingRecipe:
-    return PreprocessingRecipe(mags=mags, patch_size=PATCH, weights="random", no_tissue="all")
+def _recipe(mags, every_patch: bool = True) -> PreprocessingRecipe:
+    """The tests' recipe: every patch of the tiny slides, else the default tissue threshold."""
+    recipe = PreprocessingRecipe(mags=mags, patch_size=PATCH, weights="random")
+    return recipe.replace(tissue_threshold=KEEP_EVERY_PATCH) if every_patch else recipe
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +160,8 @@ def test_single_scale_model_reads_the_rows_it_was_trained_on(tmp_path, recorded)
     feature files' magnifications come from the checkpoint's preprocessing record, also when
     the method set its own `mags` (then config_mags is that override)."""
     slide = write_pyramid_tiff(tmp_path / "tissue.tiff", width=1024, height=768)
-    full = tile_slide(slide, _recipe(MAGS))
-    own = tile_slide(slide, _recipe([20.0]))
+    full = tile_slide(slide, _recipe(MAGS, every_patch=False))
+    own = tile_slide(slide, _recipe([20.0], every_patch=False))
     assert {tuple(x) for x in own.xy[0]} != {tuple(x) for x in full.xy[-1]}  # the trap
     coords = write_coords(tmp_path / "coords.h5", full)
     extract_features(slide, coords, tmp_path / "f.h5", weights="random", workers=0)
@@ -203,9 +205,11 @@ def _zoommil_checkpoint(
     path: Path, weights: str = "random", feature_norm: dict | None = None, **preprocessing: str
 ) -> Path:
     """A ZoomMIL checkpoint of `_model()` whose features' recipe records ``weights`` (seed 0)
-    and ``preprocessing``, as `zoommil train` copies it from the feature files, and that
+    and ``preprocessing`` (by default a tissue threshold that keeps every patch of the tiny
+    test slides), as `zoommil train` copies it from the feature files, and that
     standardises features with ``feature_norm`` (`FeatureNorm.to_config`) if given."""
-    recipe = {"patch_size": PATCH, "weights": weights, "weights_seed": 0, **preprocessing}
+    recipe = {"patch_size": PATCH, "weights": weights, "weights_seed": 0}
+    recipe |= {"tissue_threshold": KEEP_EVERY_PATCH, **preprocessing}
     config = {
         "method": "zoommil",
         "arch": "zoommil",
@@ -416,6 +420,62 @@ def test_predict_many_in_one_process_no_fail_and_no_stale_outputs(
     )
 
 
+def _blank_slide(tmp_path: Path) -> Path:
+    """An all-white slide (no tissue) of `small_slide`'s size and resolution."""
+    return write_pyramid_tiff(tmp_path / "blank.tiff", width=768, height=512, tissue=False)
+
+
+@pytest.fixture(scope="module")
+def detecting_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`checkpoint` with the default tissue threshold (0.1)."""
+    path = tmp_path_factory.mktemp("ckpt_tissue") / "checkpoint.pt"
+    return _zoommil_checkpoint(path, tissue_threshold=0.1)
+
+
+def test_predict_a_slide_without_tissue_is_no_tissue_not_a_prediction(
+    detecting_checkpoint, tmp_path, capsys
+):
+    """An all-background slide was classified from its background patches and reported like
+    any prediction; it is an error naming the slide, and with --no-fail a `no_tissue` marker."""
+    blank = _blank_slide(tmp_path)
+    out = tmp_path / "pred.json"
+    argv = ["predict", str(blank), "--checkpoint", str(detecting_checkpoint), "--json", str(out)]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{blank}: no tissue found" in err, err
+    assert "not classified" in err and not out.exists()
+    assert main([*argv, "--no-fail"]) == 0
+    marker = json.loads(out.read_text())
+    assert marker["status"] == "no_tissue" and "no tissue found" in marker["reason"]
+    assert "probabilities" not in marker
+
+
+def test_predict_many_a_slide_without_tissue_is_its_own_status(
+    detecting_checkpoint, tmp_path, capsys
+):
+    """In a cohort run (one process, the blank slide tiled ahead) the slide without tissue is
+    a `no_tissue` row with the reason and no outputs; the slides around it are classified."""
+    tissue = write_pyramid_tiff(tmp_path / "tissue.tiff", width=1024, height=768)
+    blank = _blank_slide(tmp_path)
+    copy, _ = _copy_and_broken(tissue, tmp_path, "second.tiff")
+    out = tmp_path / "out"
+    argv = ["predict", str(tissue), str(blank), str(copy)]
+    argv += ["--checkpoint", str(detecting_checkpoint), "--out-dir", str(out), "--threads", "1"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert f"zoommil predict: {blank}: no tissue found" in captured.err
+    assert "1 of 3 slides not classified (1 no_tissue)" in captured.err
+    assert "2 of 3 slides classified" in captured.out
+    first, second = (json.loads((out / f"{s.stem}.json").read_text()) for s in (tissue, copy))
+    assert first["probabilities"] == second["probabilities"]
+    assert not (out / "blank.json").exists() and not (out / "blank.png").exists()
+    rows = _rows(out)
+    assert [r["status"] for r in rows] == ["ok", "no_tissue", "ok"]
+    assert rows[1]["predicted"] == "" and rows[1]["p_tumour"] == ""
+    assert rows[1]["reason"].startswith("no tissue found") and rows[1]["slide"] == str(blank)
+    assert main([*argv, "--no-fail"]) == 0
+
+
 def test_predict_many_slides_usage_errors(small_slide, checkpoint, tmp_path, capsys):
     twin = tmp_path / "other" / small_slide.name
     twin.parent.mkdir()
@@ -576,7 +636,7 @@ def test_predict_heatmap_of_a_non_zoommil_checkpoint_fails_before_reading(
 
     monkeypatch.setattr(predict, "predict_slide", no_read)
     config = {"arch": "abmil", "kwargs": {}, "classes": CLASSES, "mags": [20.0], "in_dim": 1024}
-    config["preprocessing"] = {"patch_size": PATCH, "weights": "random"}
+    config["preprocessing"] = {"patch_size": PATCH, "weights": "random", "tissue_threshold": 0}
     ckpt = save_checkpoint(
         tmp_path / "abmil.pt", build_model("abmil", in_dim=1024, n_classes=2).state_dict(), config
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from zoommil.commands.options import (
@@ -61,8 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help=(
             "any number of slides: write OUT/<slide_id>.json, OUT/<slide_id>.png (ZoomMIL's "
-            "attention) and OUT/predictions.tsv (one row per slide, failed ones with the "
-            "reason); a slide that fails does not stop the others"
+            "attention) and OUT/predictions.tsv (one row per slide, status ok, failed or "
+            "no_tissue, those not classified with the reason); a slide that is not classified "
+            "does not stop the others"
         ),
     )
     parser.add_argument(
@@ -272,9 +274,20 @@ def _run_many(args: argparse.Namespace) -> int:
     )
     if summary["failed"]:
         print(
-            f"zoommil predict: {summary['failed']} of {len(rows)} slides failed"
+            f"zoommil predict: {_not_classified(summary['rows'], len(rows))}"
             + (" (--no-fail: exit 0)" if args.no_fail else ""),
             file=sys.stderr,
         )
         return 0 if args.no_fail else 1
     return 0
+
+
+def _not_classified(rows: list[dict], total: int) -> str:
+    """'1 of 3 slides failed', or with other statuses than failed (a slide without tissue is
+    not a failure to read it) '2 of 3 slides not classified (1 failed, 1 no_tissue)'."""
+    counts = Counter(row["status"] for row in rows if row["status"] != "ok")
+    n = sum(counts.values())
+    if set(counts) == {"failed"}:
+        return f"{n} of {total} slides failed"
+    listed = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    return f"{n} of {total} slides not classified ({listed})"

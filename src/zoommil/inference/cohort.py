@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from zoommil.errors import SlideError, ZoomMILError
+from zoommil.errors import SlideCheckError, SlideError, ZoomMILError
 from zoommil.features.encoder_pool import (
     AnyEncoder,
     set_encoder_threads,
@@ -35,7 +35,7 @@ from zoommil.inference.tiling_ahead import TilingAhead
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
 from zoommil.processes import ProcessDied, exit_with_parent, map_isolated, worker_logging
-from zoommil.wsi.lattice import Lattice
+from zoommil.wsi.lattice import NO_TISSUE, Lattice
 from zoommil.wsi.patches import ReaderPool
 
 
@@ -291,6 +291,8 @@ def classify(
     except Exception as error:  # one slide's failure never stops the others
         _remove_outputs(task)
         reason = error.reason if isinstance(error, SlideError) else _one_line(error)
+        if isinstance(error, SlideCheckError) and error.status == NO_TISSUE:
+            return _failure(task, reason, NO_TISSUE)  # not a failure to read: no tissue
         return _failure(task, reason)
     return _ok_row(task, result, time.perf_counter() - tic)
 
@@ -320,11 +322,12 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
 
 
-def _failure(task: SlideTask, reason: str) -> dict[str, Any]:
+def _failure(task: SlideTask, reason: str, status: str = "failed") -> dict[str, Any]:
+    """The row of a slide not classified: ``status`` ``failed``, or `NO_TISSUE`."""
     return {
         "slide_id": task.slide_id,
         "slide": task.slide,
-        "status": "failed",
+        "status": status,
         "predicted": "",
         "probabilities": {},
         "patches_encoded": 0,
@@ -342,7 +345,8 @@ def _remove_outputs(task: SlideTask) -> None:
 
 
 def write_table(path: str | Path, rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> Path:
-    """``predictions.tsv``: one row per slide, ok or failed, with the class probabilities."""
+    """``predictions.tsv``: one row per slide (status ok, failed or no_tissue), with the class
+    probabilities of those classified."""
     columns = ["slide_id", "status", "predicted", *(f"p_{c}" for c in classes)]
     columns += ["patches_encoded", "seconds", "reason", "slide"]
     buffer = io.StringIO()

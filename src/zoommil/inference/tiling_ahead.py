@@ -22,9 +22,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
+from zoommil.errors import SlideCheckError
 from zoommil.processes import exit_with_parent
 from zoommil.recipe import PreprocessingRecipe
-from zoommil.wsi.lattice import Lattice
+from zoommil.wsi.lattice import NO_TISSUE, Lattice, no_tissue_found
 from zoommil.wsi.tiling import tile_slide
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,18 @@ def tile_for_inference(
     recipe: PreprocessingRecipe, slide_path: str | Path, mpp: float | None = None
 ) -> Lattice:
     """The checkpoint's lattice of a slide file; its attrs carry the level-0 mpp (``mpp``) and
-    where it came from (``mpp_source``). A slide without tissue is still classified (all its
-    patches), whatever the recipe's policy."""
-    return tile_slide(slide_path, recipe.replace(no_tissue="all"), mpp)
+    where it came from (``mpp_source``).
+
+    A slide without tissue is a `SlideCheckError` with status `NO_TISSUE`, whatever the
+    recipe's policy: a prediction from its background patches would read like any other
+    (cohort runs list it as a ``no_tissue`` row and go on)."""
+    try:
+        return tile_slide(slide_path, recipe.replace(no_tissue="exclude"), mpp)
+    except SlideCheckError as error:
+        if error.status != NO_TISSUE:
+            raise
+        reason = f"{no_tissue_found(recipe)}: not classified"
+        raise SlideCheckError(error.slide, NO_TISSUE, reason) from None
 
 
 def _tile_or_reason(

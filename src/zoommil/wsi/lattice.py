@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from zoommil.errors import SlideError, ZoomMILError
+from zoommil.errors import SlideCheckError, SlideError, ZoomMILError
 from zoommil.recipe import PreprocessingRecipe, mag_key, validate_mags
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "NO_TISSUE",
     "Lattice",
     "build_lattice",
     "check_lattice",
@@ -50,6 +51,10 @@ __all__ = [
     "tissue_fractions",
     "validate_mags",
 ]
+
+#: The status of a slide where no lowest-magnification patch passes the tissue threshold: the
+#: `SlideCheckError` of the "exclude" policy, the QC table's and `zoommil predict`'s.
+NO_TISSUE = "no_tissue"
 
 #: One quadtree step: offsets (d_row, d_col) of the four children, in row order.
 CHILD_OFFSETS = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.int64)
@@ -295,6 +300,15 @@ class Lattice:
         )
 
 
+def no_tissue_found(recipe: PreprocessingRecipe) -> str:
+    """Why a slide has no tissue under ``recipe``: 'no tissue found (no 1.25x patch has a
+    tissue fraction >= 0.1)'."""
+    return (
+        f"no tissue found (no {mag_key(recipe.mags[0])} patch has a tissue fraction >= "
+        f"{recipe.tissue_threshold:g})"
+    )
+
+
 def build_lattice(
     slide_path: str | Path,
     dims: tuple[int, int],
@@ -307,7 +321,8 @@ def build_lattice(
 
     Parents (lowest mag) are kept if their tissue fraction in ``mask`` is >= the recipe's
     threshold (no mask: all parents, fraction 1). If none is kept, the no-tissue policy "all"
-    keeps every parent with a warning and "exclude" raises `SlideError` ("no tissue found").
+    keeps every parent with a warning and "exclude" raises `SlideCheckError` (status
+    `NO_TISSUE`, reason `no_tissue_found`).
     """
     mags = list(recipe.mags)
     patch_size, threshold, no_tissue = recipe.patch_size, recipe.tissue_threshold, recipe.no_tissue
@@ -322,10 +337,10 @@ def build_lattice(
     applied = False
     if not keep.any():
         if no_tissue == "exclude":
-            raise SlideError(
+            raise SlideCheckError(
                 slide_path,
-                f"no tissue found (no {mag_key(mags[0])} patch has a tissue fraction >= "
-                f"{threshold:g}); excluded by the no-tissue policy 'exclude'",
+                NO_TISSUE,
+                f"{no_tissue_found(recipe)}; excluded by the no-tissue policy 'exclude'",
             )
         log.warning(
             "%s: no tissue found (threshold %g); keeping all %d parents (no-tissue policy 'all')",
