@@ -3,6 +3,7 @@ names its key; test_workflow_dryrun shows the message reaches the user through S
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,20 @@ def test_a_method_lr_without_a_dot_is_a_number() -> None:
     config["methods"]["meanmil"]["train"] = yaml.safe_load("lr: 1e-4\nweight_decay: 1e-5")
     assert config["methods"]["meanmil"]["train"]["lr"] == "1e-4"
     config_checks.check_config(validated(config), MODELS)
+
+
+def test_a_top_level_lr_without_a_dot_is_a_number() -> None:
+    """The same spelling in the config's `train:` block: the schema alone refuses the string."""
+    config = demo()
+    config["train"].update(yaml.safe_load("lr: 1e-4\nweight_decay: 5E-6"))
+    with pytest.raises(Exception, match="is not of type 'number'"):
+        validated(copy.deepcopy(config))
+    config_checks.numbers_from_exponent_strings(config)
+    assert config["train"]["lr"] == 1e-4 and config["train"]["weight_decay"] == 5e-6
+    config_checks.check_config(validated(config), MODELS)
+    spelled = {"train": {"lr": "nan", "weight_decay": "1e-4x"}}
+    config_checks.numbers_from_exponent_strings(spelled)
+    assert spelled == {"train": {"lr": "nan", "weight_decay": "1e-4x"}}  # left to the schema
 
 
 def test_methods_and_seeds_read_by_the_workflow() -> None:

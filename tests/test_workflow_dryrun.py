@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -310,6 +311,18 @@ def test_a_key_given_twice_in_a_config_file_fails_naming_it(workdir: Path) -> No
     message = f"config: {path}: key 'epochs' is given twice (lines {first + 1} and {first + 2})"
     assert message in text, text
     assert "Building DAG" not in text
+
+
+def test_an_lr_written_1e_4_plans(workdir: Path) -> None:
+    """PyYAML reads `lr: 1e-4` (no dot) as a string; the workflow takes it as the number the
+    user meant instead of failing the schema with "not of type 'number'"."""
+    text = (workdir / "config" / "config.yaml").read_text()
+    text, n = re.subn(r"(?m)^  lr: .*$", "  lr: 1e-4", text)
+    assert n == 1
+    path = workdir / "lr_exponent.yaml"
+    path.write_text(text)
+    result = harness.snakemake(workdir, "-n", "--quiet", configfile=path, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mpp_in_tile_args_is_refused(workdir: Path) -> None:

@@ -27,6 +27,7 @@ try:
     zyaml.check_unique_keys(workflow.configfiles)
 except ZoomMILError as error:
     raise ValueError(f"config: {error}") from None
+zconfig.numbers_from_exponent_strings(config)  # `lr: 1e-4` is a string in YAML 1.1
 validate(config, schema="../schemas/config.schema.yaml")
 if config.get("sheet"):
     # `sheet: ~/slides.tsv`: neither Snakemake's inputs nor the shell (quoted) expand `~`

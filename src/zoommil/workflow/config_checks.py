@@ -9,6 +9,7 @@ checks read the methods and seeds through the same functions below.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +40,27 @@ WORKFLOW_TRAIN_KEYS = (
     "features_dir", "sheet", "exclude", "mags", "classes", "methods",
     "epochs", "lr", "weight_decay", "selection", "early_stopping",
 )  # fmt: skip
+
+
+#: `train:` keys the schema wants as numbers.
+NUMBER_TRAIN_KEYS = ("lr", "weight_decay")
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def numbers_from_exponent_strings(config: dict[str, Any]) -> None:
+    """Turn ``train: {lr: 1e-4}`` into a number, in place, before the schema sees it.
+
+    Why: YAML 1.1 (PyYAML, so Snakemake) reads a number in exponent form without a dot as a
+    string, and the schema would refuse the most common way to write a learning rate with
+    "'1e-4' is not of type 'number'"; `zoommil train` and a method's `train:` accept it.
+    """
+    train = config.get("train")
+    if not isinstance(train, dict):
+        return
+    for key in NUMBER_TRAIN_KEYS:
+        value = train.get(key)
+        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+            train[key] = float(value)
 
 
 def main_methods(config: Mapping[str, Any]) -> dict[str, Any]:
