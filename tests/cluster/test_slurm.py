@@ -115,7 +115,16 @@ TARGETS = ["results/models/zoommil/seed~0/metrics.json", "results/eval/zoommil/s
 
 
 def _metrics(root: Path) -> dict[str, dict]:
-    return {target: json.loads((root / target).read_text()) for target in TARGETS}
+    """The targets' JSON, with the run's own folder (checkpoints record absolute paths) as
+    ``ROOT`` so that two copies of the workflow compare equal."""
+
+    def read(target: str) -> dict:
+        text = (root / target).read_text()
+        for prefix in {str(root.resolve()), str(root)}:
+            text = text.replace(json.dumps(prefix)[1:-1], "ROOT")
+        return json.loads(text)
+
+    return {target: read(target) for target in TARGETS}
 
 
 WALL_CLOCK = ("seconds", "time", "created", "duration")  # differ between any two runs
