@@ -19,6 +19,7 @@ from zoommil.features.encoders.weights import sha256_file
 from zoommil.features.extraction import extract_features
 from zoommil.inference.cohort import tasks_in_dir
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+from zoommil.inference.tiling_ahead import SMALL_SLIDE_MM2
 from zoommil.io.coords import write_coords
 from zoommil.models import build_model
 from zoommil.recipe import RANDOM_WEIGHTS_NOTE, RANDOM_WEIGHTS_TAG, PreprocessingRecipe
@@ -420,9 +421,11 @@ def test_predict_many_in_one_process_no_fail_and_no_stale_outputs(
     )
 
 
-def _blank_slide(tmp_path: Path) -> Path:
-    """An all-white slide (no tissue) of `small_slide`'s size and resolution."""
-    return write_pyramid_tiff(tmp_path / "blank.tiff", width=768, height=512, tissue=False)
+def _blank_slide(tmp_path: Path, width: int = 2048, height: int = 2048) -> Path:
+    """An all-white slide (no tissue) at `small_slide`'s resolution; the default 1.05 mm^2 is
+    at least `SMALL_SLIDE_MM2`, where "no tissue found" is trusted."""
+    path = tmp_path / f"blank_{width}x{height}.tiff"
+    return write_pyramid_tiff(path, width=width, height=height, tissue=False)
 
 
 @pytest.fixture(scope="module")
@@ -450,6 +453,28 @@ def test_predict_a_slide_without_tissue_is_no_tissue_not_a_prediction(
     assert "probabilities" not in marker
 
 
+def test_predict_a_crop_too_small_for_the_detector_is_classified_with_a_note(
+    detecting_checkpoint, tmp_path, caplog
+):
+    """Under `SMALL_SLIDE_MM2` the 8 um/px detector can miss tissue that is there (it drops
+    pieces under 0.05 mm^2): such a slide is classified from every patch, and the JSON and the
+    cohort table say that no tissue was found, instead of refusing it as `no_tissue`."""
+    assert SMALL_SLIDE_MM2 > 768 * 512 * 0.5**2 / 1e6
+    crop = _blank_slide(tmp_path, width=768, height=512)
+    out = tmp_path / "pred.json"
+    argv = ["predict", str(crop), "--checkpoint", str(detecting_checkpoint), "--json", str(out)]
+    assert main(argv) == 0
+    prediction = json.loads(out.read_text())
+    assert prediction["predicted"] in prediction["classes"]
+    assert prediction["tissue_note"].startswith("no tissue found, but the slide is only 0.098")
+    assert "every patch classified" in caplog.text
+    table_dir = tmp_path / "cohort"
+    argv = ["predict", str(crop), "--checkpoint", str(detecting_checkpoint)]
+    assert main([*argv, "--out-dir", str(table_dir)]) == 0
+    (row,) = _rows(table_dir)
+    assert row["status"] == "ok" and row["reason"] == prediction["tissue_note"]
+
+
 def test_predict_many_a_slide_without_tissue_is_its_own_status(
     detecting_checkpoint, tmp_path, capsys
 ):
@@ -468,7 +493,7 @@ def test_predict_many_a_slide_without_tissue_is_its_own_status(
     assert "2 of 3 slides classified" in captured.out
     first, second = (json.loads((out / f"{s.stem}.json").read_text()) for s in (tissue, copy))
     assert first["probabilities"] == second["probabilities"]
-    assert not (out / "blank.json").exists() and not (out / "blank.png").exists()
+    assert not (out / f"{blank.stem}.json").exists() and not (out / f"{blank.stem}.png").exists()
     rows = _rows(out)
     assert [r["status"] for r in rows] == ["ok", "no_tissue", "ok"]
     assert rows[1]["predicted"] == "" and rows[1]["p_tumour"] == ""

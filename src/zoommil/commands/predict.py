@@ -37,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "--threads N, min(N, slides) processes classify whole slides side by side, which "
             "uses N cores better than N encoder processes on one slide's batches (a slide has "
             "serial parts); in one process, a process of its own tiles the next slides "
-            "while one is encoded. Exit 1 if any slide failed, 0 with --no-fail."
+            "while one is encoded. Exit 1 if any slide was not classified (status failed or "
+            "no_tissue), 0 with --no-fail."
         ),
     )
     parser.add_argument(
@@ -111,9 +112,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--no-fail",
         action="store_true",
         help=(
-            "for workflows: a slide that cannot be read gets a failure marker as --json and "
-            "--heatmap (status, stage, reason; figures skip it with a note) and exit 0; with "
-            "several slides, exit 0 although some failed (predictions.tsv lists them)"
+            "for workflows: a slide that is not classified (unreadable: status failed; no "
+            "tissue: no_tissue) gets a marker as --json and --heatmap (status, stage, reason; "
+            "figures skip it with a note) and exit 0; with several slides, exit 0 although "
+            "some were not classified (predictions.tsv lists them)"
         ),
     )
     parser.set_defaults(func=run, outputs=_outputs, inputs=_inputs, stage="predict")

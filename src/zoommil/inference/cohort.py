@@ -294,7 +294,7 @@ def classify(
         if isinstance(error, SlideCheckError) and error.status == NO_TISSUE:
             return _failure(task, reason, NO_TISSUE)  # not a failure to read: no tissue
         return _failure(task, reason)
-    return _ok_row(task, result, time.perf_counter() - tic)
+    return _ok_row(task, result, time.perf_counter() - tic, result.get("tissue_note") or "")
 
 
 def _ok_row(

@@ -426,6 +426,7 @@ def _result(
         "patches_per_mag": encoded,
         "mpp": float(lattice.attrs["mpp"]),
         "mpp_source": lattice.attrs["mpp_source"],
+        "tissue_note": lattice.attrs.get("tissue_note"),
         "encoder": predictor.recipe.encoder,
         "weights": predictor.recipe.weights,
         "checkpoint_sha256": predictor.checkpoint_sha256,

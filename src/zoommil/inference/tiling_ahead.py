@@ -26,9 +26,17 @@ from zoommil.errors import SlideCheckError
 from zoommil.processes import exit_with_parent
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.lattice import NO_TISSUE, Lattice, no_tissue_found
-from zoommil.wsi.tiling import tile_slide
+from zoommil.wsi.slide import open_with_mpp
+from zoommil.wsi.tiling import tile_open_slide
 
 log = logging.getLogger(__name__)
+
+
+#: Level-0 area (mm^2) under which a slide is too small for "no tissue found" to be trusted:
+#: the detector works on an 8 um/px thumbnail and drops pieces under 0.05 mm^2, so a crop of a
+#: few hundred um can hold tissue it cannot see. Whole slides are tens to hundreds of mm^2;
+#: CMU-1-Small-Region.svs (1.6 mm^2) is detected.
+SMALL_SLIDE_MM2 = 1.0
 
 
 def tile_for_inference(
@@ -39,14 +47,34 @@ def tile_for_inference(
 
     A slide without tissue is a `SlideCheckError` with status `NO_TISSUE`, whatever the
     recipe's policy: a prediction from its background patches would read like any other
-    (cohort runs list it as a ``no_tissue`` row and go on)."""
+    (cohort runs list it as a ``no_tissue`` row and go on). Below `SMALL_SLIDE_MM2` the
+    detector is not trusted: every patch is classified, with a warning and ``tissue_note``
+    in the lattice's attrs (and so in the prediction JSON)."""
+    slide, mpp0, source = open_with_mpp(slide_path, mpp)
     try:
-        return tile_slide(slide_path, recipe.replace(no_tissue="exclude"), mpp)
-    except SlideCheckError as error:
-        if error.status != NO_TISSUE:
-            raise
-        reason = f"{no_tissue_found(recipe)}: not classified"
-        raise SlideCheckError(error.slide, NO_TISSUE, reason) from None
+        width, height = slide.dimensions
+        area_mm2 = width * height * mpp0**2 / 1e6
+        small = area_mm2 < SMALL_SLIDE_MM2
+        policy = "all" if small else "exclude"
+        try:
+            lattice = tile_open_slide(
+                slide, slide_path, mpp0, source, recipe.replace(no_tissue=policy)
+            )
+        except SlideCheckError as error:
+            if error.status != NO_TISSUE:
+                raise
+            reason = f"{no_tissue_found(recipe)}: not classified"
+            raise SlideCheckError(error.slide, NO_TISSUE, reason) from None
+    finally:
+        slide.close()
+    if small and lattice.attrs.get("no_tissue_applied"):
+        note = (
+            f"no tissue found, but the slide is only {area_mm2:.2g} mm^2, too small for the "
+            f"detector (< {SMALL_SLIDE_MM2:g} mm^2): every patch classified"
+        )
+        log.warning("%s: %s", slide_path, note)
+        lattice.attrs["tissue_note"] = note
+    return lattice
 
 
 def _tile_or_reason(
