@@ -275,6 +275,7 @@ def test_tables_carry_intervals_and_comparisons(tmp_path: Path) -> None:
     assert row in markdown and "[100.0, 100.0]" not in markdown
     assert "†: accuracy 100% (or 0%)" in markdown and "Clopper-Pearson" in markdown
     assert "[n/a]: no CI, every bootstrap resample" in markdown
+    assert "right for the same number of seeds" in markdown  # not only weighted F1 at 0 or 100%
     assert r"100.0]$^\dagger$" in outputs["main_tex"].read_text()
 
     comparisons = pd.read_csv(outputs["comparison_csv"]).set_index("method")

@@ -81,8 +81,9 @@ def ci_notes(notes: Sequence[str], table: pd.DataFrame) -> list[str]:
     if stats.CONSTANT in kinds:
         out.append(
             f"{NO_CI}: no CI, every bootstrap resample of the test slides gives the same value "
-            "(e.g. weighted F1 100% or 0%: every seed right, or wrong, on every slide); "
-            "weighted F1 is not a binomial proportion, so it has no exact interval either"
+            "(every slide is right for the same number of seeds, e.g. all of them: a "
+            "percentile interval would be zero-width); only accuracy at 0% or 100% has an "
+            f"exact interval ({EXACT_MARK})"
         )
     return out
 
