@@ -177,6 +177,11 @@ def test_path_errors(tmp_path):
         build_encoder(bad)
     assert "(not a torch file of tensors: Unsupported operand" in str(info.value)
     assert "weights_only" not in str(info.value) and ".safetensors file" in str(info.value)
+    text = tmp_path / "text.pt"
+    text.write_text("hello world" * 10)  # torch: KeyError('104'), the first byte as an opcode
+    with pytest.raises(ZoomMILError) as info:
+        build_encoder(text)
+    assert "as a state dict (not a torch file); weights are accepted as" in str(info.value)
     partial = tmp_path / "partial.pth"
     state = _full_state(0)
     del state["layer3.0.conv1.weight"]

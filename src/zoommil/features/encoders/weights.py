@@ -151,9 +151,11 @@ def read_state_file(path: Path, spec: EncoderSpec) -> dict[str, torch.Tensor]:
     except Exception as error:  # pickle/zip/safetensors errors have many types
         text = str(error)
         if "Weights only load failed" not in text and "weights_only" not in text:
+            # torch reads a text file's first byte as a pickle opcode: KeyError('101')
+            detail = "not a torch file" if isinstance(error, KeyError) else text.splitlines()[0]
             raise ZoomMILError(
                 f"{path}: cannot load weights for encoder {spec.name} as a state dict "
-                f"({text.splitlines()[0] if text else type(error).__name__})"
+                f"({detail or type(error).__name__}); {ACCEPTED}"
             ) from error
         # torch's message advises weights_only=False or allow-listing the file's classes,
         # i.e. running the file's pickled code: pass on only what it found
