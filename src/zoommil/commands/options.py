@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from zoommil.features.encoders.registry import WEIGHT_KEYWORDS
 from zoommil.features.precision import PRECISION_CHOICES
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: CUDA when available, else CPU)"
@@ -117,10 +118,6 @@ def check_seed(seed: int, flag: str = "--seed") -> None:
         raise ZoomMILError(f"{flag} must be at least 0, got {seed}")
     if seed >= SEED_LIMIT:
         raise ZoomMILError(f"{flag} must be below 2**32 = {SEED_LIMIT}, got {seed}")
-
-
-#: ``--weights`` values that name no file (see `zoommil.features.encoders.weights`).
-WEIGHT_KEYWORDS = ("imagenet", "hf", "random")
 
 
 def weights_file(value: str | None) -> str | None:
