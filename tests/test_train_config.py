@@ -61,6 +61,8 @@ def test_an_lr_that_is_not_a_positive_number_names_the_method_and_key(
         ("weight_decay", "-1", "a finite number >= 0"),
         ("lr_factor", "1.5", "a number in [0, 1) (the lr is multiplied by it on a plateau)"),
         ("lr_factor", ".inf", "a number in [0, 1) (the lr is multiplied by it on a plateau)"),
+        ("lr_patience", "2.5", "a whole number >= 0"),
+        ("lr_patience", "-1", "a whole number >= 0"),
     ],
 )
 def test_other_float_settings_refuse_what_torch_would(
@@ -100,3 +102,22 @@ def test_epochs_zero_in_a_method_names_the_file_and_method_not_the_cli_option(
     assert main([*args, "--device", "cpu", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "--epochs" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("text", "patience"), [("3", 3), ("3.0", 3), ("0", 0)])
+def test_lr_patience_takes_whole_numbers(tmp_path: Path, text: str, patience: int) -> None:
+    path, name = _method(tmp_path, f"train:\n  lr_patience: {text}")
+    config = load_config(path)
+    merged = apply_overrides(config, resolve_method(config, name, MODEL_NAMES))
+    assert merged.lr_patience == patience and isinstance(merged.lr_patience, int)
+
+
+def test_a_json_config_refuses_a_key_given_twice(tmp_path: Path) -> None:
+    """`json.loads` keeps the last of two equal keys without a word, as PyYAML does."""
+    path = tmp_path / "train.json"
+    path.write_text('{"features_dir": "f", "sheet": "s.tsv", "lr": 0.1, "lr": 0.001}')
+    message = f"{path}: key 'lr' is given twice in one object"
+    with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}"):
+        load_config(path)
+    path.write_text('{"features_dir": "f", "sheet": "s.tsv", "mags": [5, 10], "lr": 0.001}')
+    assert load_config(path).lr == 0.001

@@ -50,6 +50,12 @@ def test_keys_equal_once_loaded_are_duplicates(text: str, key: str, lines: tuple
         load_yaml(text, "x.yaml")
 
 
+def test_two_equal_keys_on_one_line_name_that_line_once() -> None:
+    message = "x.yaml: key '1.0' is given twice on line 2;"
+    with pytest.raises(ZoomMILError, match=re.escape(message)):
+        load_yaml("a: 0\nb: {1: a, 1.0: b}\n", "x.yaml")
+
+
 def test_equal_keys_in_different_mappings_and_merge_overrides_are_fine() -> None:
     text = "a: {k: 1}\nb: {k: 2}\nbase: &base {lr: 1, epochs: 2}\nm:\n  <<: *base\n  lr: 3\n"
     assert load_yaml(text, "x.yaml") == yaml.safe_load(text)

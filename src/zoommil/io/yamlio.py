@@ -35,8 +35,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in seen:
+                first = seen[key]
+                lines = f"on line {line}" if first == line else f"(lines {first} and {line})"
                 raise ZoomMILError(
-                    f"{self.source}: key '{key}' is given twice (lines {seen[key]} and {line}); "
+                    f"{self.source}: key '{key}' is given twice {lines}; "
                     "YAML would silently keep the last, so remove one"
                 )
             seen[key] = line

@@ -101,6 +101,19 @@ class MethodSpec:
     train: dict[str, Any]
 
 
+def _unique_pairs(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """One JSON object, refusing a key given twice (`json.loads` keeps the last, as YAML)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ZoomMILError(
+                f"{path}: key '{key}' is given twice in one object; JSON would silently keep "
+                "the last, so remove one"
+            )
+        data[key] = value
+    return data
+
+
 def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ZoomMILError(f"{path}: config file not found")
@@ -113,7 +126,10 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ZoomMILError(f"{path}: cannot read the config ({error.strerror})") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else load_yaml(text, str(path))
+        if path.suffix == ".json":
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_pairs(pairs, path))
+        else:
+            data = load_yaml(text, str(path))
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ZoomMILError(f"{path}: not valid YAML/JSON ({first})") from error
@@ -146,6 +162,14 @@ def _non_negative_float(value: Any, name: str, where: str) -> float:
     if number is None or number < 0:
         raise ZoomMILError(f"{where}: '{name}' must be a finite number >= 0, got {value!r}")
     return number
+
+
+def _non_negative_int(value: Any, name: str, where: str) -> int:
+    """A count of epochs such as ``lr_patience``: 2.5 was cut to 2 without a word."""
+    number = _finite(value)
+    if number is None or number < 0 or not number.is_integer():
+        raise ZoomMILError(f"{where}: '{name}' must be a whole number >= 0, got {value!r}")
+    return int(number)
 
 
 def _learning_rate(value: Any, where: str) -> float:
@@ -200,7 +224,7 @@ def _train_setting(key: str, value: Any, where: str) -> Any:
     if key == "lr_factor":
         return _lr_factor(value, where)
     if key == "lr_patience":
-        return int(_non_negative_float(value, key, where))
+        return _non_negative_int(value, key, where)
     if key == "weight_decay":
         return _non_negative_float(value, key, where)
     if key == "selection":
