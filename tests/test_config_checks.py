@@ -194,6 +194,21 @@ def test_the_schema_refuses_a_misspelled_key(key: str, value: Any) -> None:
         validated(config)
 
 
+@pytest.mark.parametrize("k", [[4, 2], 8])
+def test_zoommil_k_one_per_zoom_step_passes_as_the_model_takes_it(k: Any) -> None:
+    config = demo()
+    config["methods"]["zoommil"]["k"] = k
+    config_checks.check_config(validated(config), MODELS)
+
+
+@pytest.mark.parametrize("k", [[], [4, 0], 0, 2.5, "4"])
+def test_the_schema_refuses_a_k_the_model_would(k: Any) -> None:
+    config = demo()
+    config["methods"]["zoommil"]["k"] = k
+    with pytest.raises(WorkflowError, match="Failed validating"):
+        validated(config)
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [
