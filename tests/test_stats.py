@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from zoommil.reporting import stats, table_format, table_frames, tables
+from zoommil.reporting import stats, table_format, table_frames, table_notes, tables
 
 CLASSES = ["a", "b", "c"]
 
@@ -140,12 +141,25 @@ def test_raw_and_holm_p_values_print_to_the_same_digits() -> None:
     assert list(shown["p (Accuracy)"]) == ["0.0625 (Holm 0.375)", "0.000977 (Holm 0.0117)"]
 
 
-def test_identical_predictions_differ_by_zero_with_p_one() -> None:
+def test_identical_predictions_differ_by_zero_with_p_one_and_no_interval() -> None:
+    """Every resample gives the difference 0: the zero-width [+0.0, +0.0] claimed certainty
+    from 4 slides, so there is no interval, printed [n/a] with a note, as for one method."""
     p = preds([0, 1, 2, 1], [0, 2, 2, 1], [1, 1, 2, 1])
     for metric in stats.METRICS:
         result = stats.compare(p, p, metric)
-        assert (result.difference, result.low, result.high, result.p_value) == (0, 0, 0, 1.0)
+        assert (result.difference, result.p_value, result.ci_kind) == (0, 1.0, stats.CONSTANT)
+        assert math.isnan(result.low) and math.isnan(result.high)
         assert result.exact and result.n_slides == 4 and result.n_seeds == 2
+    other = preds([0, 1, 2, 1], [0, 1, 2, 0], [0, 1, 2, 1])  # per-slide differences vary
+    methods = {"a": p, "b": p, "c": other}
+    table = table_frames.comparison_table(methods, "a", {"b": "x", "c": "y"}, {}, {})
+    same, varies = table_format.comparison_display(table, {}, [])["Δ Accuracy (pp) [95% CI]"]
+    assert same == "+0.0 [n/a]"
+    assert re.fullmatch(r"-12\.5 \[-?\d+\.\d, \+?\d+\.\d\]", varies), varies
+    assert list(table["accuracy_ci_method"]) == [stats.CONSTANT, stats.BOOTSTRAP]
+    notes = " | ".join(table_notes.comparison_notes(table, []))
+    assert "Δ [n/a]: no CI, every bootstrap resample of the test slides gives the same" in notes
+    assert "Δ [n/a]" not in " | ".join(table_notes.comparison_notes(table.iloc[1:], []))
 
 
 def test_exact_permutation_p_values() -> None:

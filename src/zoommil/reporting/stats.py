@@ -255,6 +255,7 @@ class Comparison:
     exact: bool
     n_slides: int
     n_seeds: int
+    ci_kind: str = BOOTSTRAP
 
 
 def permutation_p(
@@ -305,7 +306,12 @@ def permutation_p(
 def compare(
     a: Predictions, b: Predictions, metric: str, seed: int = SEED, **kwargs: Any
 ) -> Comparison:
-    """Paired difference A - B in ``metric``: estimate, 95% paired-bootstrap CI, p-value."""
+    """Paired difference A - B in ``metric``: estimate, 95% paired-bootstrap CI, p-value.
+
+    Where every resample gives the same difference (the methods right on the same slides for
+    the same seeds, say) there is no interval (NaN bounds, kind `CONSTANT`): a zero-width
+    ``[+0.0, +0.0]`` would claim certainty from a handful of slides, as for one method.
+    """
     a, b = paired(a, b)
     ci = bootstrap_ci(
         lambda idx: seed_mean_metric(a, metric, idx) - seed_mean_metric(b, metric, idx),
@@ -313,8 +319,10 @@ def compare(
         seed=seed,
         **kwargs,
     )
+    low, high = (math.nan, math.nan) if ci.kind == CONSTANT else (ci.low, ci.high)
     p, exact = permutation_p(a, b, metric, seed=seed)
-    return Comparison(metric, ci.estimate, ci.low, ci.high, p, exact, len(a.slides), len(a.seeds))
+    n_slides, n_seeds = len(a.slides), len(a.seeds)
+    return Comparison(metric, ci.estimate, low, high, p, exact, n_slides, n_seeds, ci.kind)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

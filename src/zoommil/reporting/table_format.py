@@ -236,6 +236,16 @@ def _signed(value: float) -> str:
     return "n/a" if _missing(value) else f"{100 * value:+.1f}"
 
 
+def _difference(d: float, low: float, high: float) -> str:
+    """``+2.2 [-4.4, +8.9]``; ``+0.0 [n/a]`` without an interval (one slide, or every
+    resample giving the same difference: `stats.compare`)."""
+    if _missing(d):
+        return "n/a"
+    if _missing(low) or _missing(high):
+        return f"{_signed(d)} {NO_CI}"
+    return f"{_signed(d)} [{_signed(low)}, {_signed(high)}]"
+
+
 P_DIGITS = 3  # significant digits of a p-value, raw and Holm-adjusted alike
 
 
@@ -268,7 +278,7 @@ def comparison_display(
     for metric in CI_METRICS:
         header = METRIC_HEADERS[metric].replace(" (%)", "")
         out[f"Δ {header} (pp) [95% CI]"] = [
-            "n/a" if _missing(d) else f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]"
+            _difference(d, lo, hi)
             for d, lo, hi in zip(
                 table[f"{metric}_diff"],
                 table[f"{metric}_ci_low"],

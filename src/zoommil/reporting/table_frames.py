@@ -223,6 +223,7 @@ def comparison_table(
                 row["n_slides"], row["n_seeds"] = result.n_slides, result.n_seeds
                 row[f"{metric}_diff"] = result.difference
                 row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = result.low, result.high
+                row[f"{metric}_ci_method"] = result.ci_kind
                 row[f"{metric}_p"], row[f"{metric}_p_exact"] = result.p_value, result.exact
         ref_flops = flops.get(reference, {}).get("tflops", math.nan)
         row["tflops_ratio"] = ref_flops / flops.get(method, {}).get("tflops", math.nan)
@@ -234,7 +235,8 @@ def comparison_table(
     columns = ["reference", "method", "kind", "n_slides", "n_seeds"]
     for metric in CI_METRICS:
         columns += [
-            f"{metric}_{x}" for x in ("diff", "ci_low", "ci_high", "p", "p_holm", "p_exact")
+            f"{metric}_{x}"
+            for x in ("diff", "ci_low", "ci_high", "ci_method", "p", "p_holm", "p_exact")
         ]
     columns += ["tflops_ratio"] + [f"{d}_time_ratio" for d in TIMING_HEADERS]
     table = pd.DataFrame(rows, columns=columns)

@@ -169,10 +169,26 @@ def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
     )
     n = table["n_slides"].dropna()
     slides = f"the {int(n.max())} test slides" if len(n) else "the test slides"
+    kinds = {
+        str(kind)
+        for m in stats.METRICS
+        if f"{m}_ci_method" in table.columns
+        for kind in table[f"{m}_ci_method"].dropna()
+    }
+    no_ci = (
+        [
+            f"Δ {NO_CI}: no CI, every bootstrap resample of the test slides gives the same "
+            "difference (e.g. both methods right on the same slides for the same seeds): a "
+            "percentile interval would be zero-width"
+        ]
+        if stats.CONSTANT in kinds
+        else []
+    )
     return [
         f"Δ = reference − method in percentage points, metric averaged over the seeds both "
         f"have, on {slides} both were tested on; [95% paired-bootstrap CI: the same "
         f"{stats.N_BOOTSTRAP} slide resamples for both]",
+        *no_ci,
         f"p: two-sided paired permutation test over slides ({how}); Holm: adjusted for the "
         "comparisons in this table",
         "ratios: reference / method of the means (TFLOPs per test slide, s/slide over the "
