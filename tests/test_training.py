@@ -1033,3 +1033,25 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(
     args = ["train", "--config", str(dataset["config"]), "--model", "abmil_small"]
     assert main([*args, "--out", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"]) == 0
     assert "\r" not in capsys.readouterr().err
+
+
+def test_a_relative_path_from_an_older_checkpoint_is_read_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Checkpoints written before paths were recorded absolute hold ``slides.tsv``: read from
+    the current folder, which may not be the training's, so the user is told which it was."""
+    from zoommil.training.checkpoint import recorded_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "slides.tsv").write_text("slide_id\n")
+    old = {"sheet": "slides.tsv", "exclude": str(tmp_path / "slides.tsv")}
+    with caplog.at_level("WARNING", logger="zoommil.training.checkpoint"):
+        absolute = recorded_path(old, "exclude", "QC table", "--exclude", "c.pt")
+        assert absolute == Path(old["exclude"])
+        assert not caplog.records  # an absolute path: nothing to say
+        assert recorded_path(old, "sheet", "slide sheet", "--sheet", "c.pt") == Path("slides.tsv")
+    (record,) = caplog.records
+    assert record.getMessage().startswith(
+        "c.pt: the slide sheet recorded at training, slides.tsv, is relative"
+    )
+    assert f"read from the current folder {tmp_path}; pass --sheet" in record.getMessage()

@@ -9,6 +9,7 @@ the preprocessing from it alone.
 from __future__ import annotations
 
 import io
+import logging
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,8 @@ from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import write_bytes_atomic
 from zoommil.io.jsonio import to_plain
 from zoommil.training import modeling
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], config: Any) -> Path:
@@ -74,6 +77,13 @@ def recorded_path(
             f"{checkpoint}: the {what} recorded at training, {path}, does not exist here; "
             f"pass {option}"
         )
+    if not path.is_absolute():
+        log.warning(
+            "%s: the %s recorded at training, %s, is relative (a checkpoint written before "
+            "paths were recorded absolute) and is read from the current folder %s; pass %s "
+            "if that is not the file it was trained with",
+            checkpoint, what, path, Path.cwd(), option,
+        )  # fmt: skip
     return path
 
 
