@@ -506,6 +506,21 @@ def test_non_finite_features_are_refused_naming_the_slide(tiny, tmp_path, capsys
     assert not (tmp_path / "x.h5").exists()
 
 
+def test_features_too_large_for_float32_arithmetic_are_refused_at_the_writer(tmp_path):
+    """3e38 is finite, so it passed the NaN/inf check and was refused only when read for
+    training; broken weights that give it now fail the slide at `features`."""
+    with FeatureFileWriter(tmp_path / "w.h5", [5.0, 10.0], [1, 4], 2, slide="s1") as writer:
+        writer.write(0, 0, np.full((1, 2), 1e19))  # below 2**64 = 1.8e19: kept
+        rows = np.zeros((4, 2), np.float32)
+        rows[3, 0] = -3e38
+        message = (
+            r"^s1: features at 10.0x are too large to be features \(max \|x\| = 3e\+38 at "
+            r"row 3, above 1.8e\+19, .*refused, not written"
+        )
+        with pytest.raises(SlideError, match=message):
+            writer.write(1, 0, rows)
+
+
 def test_validate_plan_rejects_misordered_rows(tiny):
     lattice = load_coords(tiny["coords"])
     check_lattice(lattice)

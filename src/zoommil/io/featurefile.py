@@ -27,9 +27,10 @@ from zoommil.io.atomic import GuardedFile, write_bytes_atomic
 from zoommil.recipe import mag_key
 from zoommil.wsi.lattice import depth_first_problem
 
-__all__ = ["PARTS", "FeatureBag", "check_finite", "dataset_problem", "decode_attr",
-           "encode_attr", "layout_problem", "listed_mags", "mag_key", "nonfinite_rows",
-           "patch_mags", "read_attrs", "read_feature_file", "write_feature_file"]  # fmt: skip
+__all__ = ["FEATURE_LIMIT", "PARTS", "FeatureBag", "check_finite", "dataset_problem",
+           "decode_attr", "encode_attr", "layout_problem", "listed_mags", "mag_key",
+           "patch_mags", "read_attrs", "read_feature_file", "row_peaks",
+           "write_feature_file"]  # fmt: skip
 
 #: The datasets of one magnification ``{m}_{part}``, each with one row per patch.
 PARTS = ("patches", "coords", "xy")
@@ -85,25 +86,46 @@ def decode_attr(value: Any) -> Any:
     return value
 
 
-def nonfinite_rows(rows: np.ndarray) -> np.ndarray:
-    """Per row (first axis): whether any of its values is NaN or inf."""
-    return ~np.isfinite(rows).all(axis=tuple(range(1, rows.ndim)))
+#: Feature values must stay below this in magnitude: the square of a larger float32 value
+#: overflows (float32 max 3.4e38), so attention scores and losses turn NaN (TransMIL's do
+#: from ~1e19, measured). Encoders give values of order 1-100.
+FEATURE_LIMIT = 2.0**64
+
+
+def row_peaks(rows: np.ndarray) -> np.ndarray:
+    """Per row (first axis): the largest |value|, NaN where the row has a NaN. A row-wise max
+    and min (NaN propagates through both), no temporary the size of ``rows``."""
+    flat = rows.reshape(len(rows), -1)
+    return np.maximum(flat.max(axis=1), -flat.min(axis=1))
 
 
 def check_finite(slide: str | Path, mag: float, start: int, rows: np.ndarray) -> None:
-    """Refuse features with NaN or inf (`SlideError` naming the slide and magnification).
+    """Refuse features with NaN, inf or values above `FEATURE_LIMIT` in magnitude
+    (`SlideError` naming the slide and magnification).
 
     Why at the writer: such a file passes every shape check and then stops training of every
     method (NaN losses, NaN probabilities); refused here, the slide fails at `features` with
     its reason, and the rest of the cohort goes on.
     """
-    bad = nonfinite_rows(rows)
+    if rows.size == 0:
+        return
+    peaks = row_peaks(rows)
+    span = f"rows {start}..{start + len(rows) - 1}"
+    bad = ~np.isfinite(peaks)
     if bad.any():
         first = start + int(np.flatnonzero(bad)[0])
         raise SlideError(
             slide,
-            f"features at {mag_key(mag)} contain NaN or inf ({int(np.sum(bad))} of rows "
-            f"{start}..{start + len(rows) - 1}, first row {first}): refused, not written",
+            f"features at {mag_key(mag)} contain NaN or inf ({int(np.sum(bad))} of {span}, "
+            f"first row {first}): refused, not written",
+        )
+    row = int(np.argmax(peaks))
+    if peaks[row] > FEATURE_LIMIT:
+        raise SlideError(
+            slide,
+            f"features at {mag_key(mag)} are too large to be features (max |x| = "
+            f"{float(peaks[row]):.3g} at row {start + row}, above {FEATURE_LIMIT:.2g}, where "
+            "their squares overflow float32): refused, not written; check the encoder weights",
         )
 
 
@@ -163,7 +185,8 @@ class FeatureFileWriter:
             ...
             w.finish(coords, xy, attrs, datasets)
 
-    Rows with NaN or inf are refused (`check_finite`): a `SlideError` naming ``slide``
+    Rows with NaN, inf or values too large for float32 arithmetic are refused
+    (`check_finite`): a `SlideError` naming ``slide``
     (default: ``path``) and the magnification.
     """
 

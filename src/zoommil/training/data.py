@@ -23,12 +23,14 @@ import torch
 
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.io.featurefile import (
+    FEATURE_LIMIT,
     layout_problem,
     listed_mags,
     mag_key,
     patch_mags,
     read_attrs,
     read_feature_file,
+    row_peaks,
 )
 from zoommil.io.sheet import read_table
 from zoommil.training.normalize import FeatureNorm
@@ -306,12 +308,6 @@ def check_matches_checkpoint(path: Path, recipe: Mapping[str, Any], checkpoint: 
             )
 
 
-#: Feature values must stay below this in magnitude: the square of a larger float32 value
-#: overflows (float32 max 3.4e38), so attention scores and losses turn NaN (TransMIL's do
-#: from ~1e19, measured). Encoders give values of order 1-100.
-FEATURE_LIMIT = 2.0**64
-
-
 def check_finite_bag(path: Path, mags: Sequence[float], feats: Sequence[np.ndarray]) -> None:
     """A bag with NaN, inf or finite values too large for float32 arithmetic is an error
     naming its file, before any training.
@@ -325,8 +321,7 @@ def check_finite_bag(path: Path, mags: Sequence[float], feats: Sequence[np.ndarr
     for mag, f in zip(mags, feats, strict=True):
         if f.size == 0:
             continue
-        rows = f.reshape(len(f), -1)
-        peak = np.maximum(rows.max(axis=1), -rows.min(axis=1))
+        peak = row_peaks(f)
         bad = ~np.isfinite(peak)
         if bad.any():
             raise ZoomMILError(
