@@ -312,7 +312,7 @@ def check_finite_bag(path: Path, mags: Sequence[float], feats: Sequence[np.ndarr
     """A bag with NaN, inf or finite values too large for float32 arithmetic is an error
     naming its file, before any training.
 
-    Why here: `zoommil features` refuses NaN and inf, but a file written elsewhere (or by an
+    Why here: `zoommil features` refuses such values, but a file written elsewhere (or by an
     older version) would otherwise end as a NaN loss blamed on divergence ("training
     diverged"), or as NaN probabilities in the metrics. The bag is in memory already, so the
     check is cheap: a row-wise max and min (NaN propagates through both), no temporary the
