@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from zoommil.features.encoders.registry import WEIGHT_KEYWORDS
 from zoommil.features.precision import PRECISION_CHOICES
+from zoommil.features.weight_keywords import WEIGHT_KEYWORDS
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: CUDA when available, else CPU)"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zoommil.errors import ZoomMILError
+from zoommil.features.weight_keywords import WEIGHT_KEYWORDS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -298,10 +299,6 @@ def get_spec(name: str | EncoderSpec) -> EncoderSpec:
     if spec is None:
         raise ZoomMILError(f"unknown encoder {name!r} (registered: {', '.join(encoder_names())})")
     return spec
-
-
-#: ``weights`` keywords; anything else is a path (a file, or a folder holding the spec's file).
-WEIGHT_KEYWORDS = ("imagenet", "hf", "random")
 
 
 def weight_choices(spec: EncoderSpec) -> tuple[str, ...]:
