@@ -194,11 +194,25 @@ def test_the_schema_refuses_a_misspelled_key(key: str, value: Any) -> None:
         validated(config)
 
 
-@pytest.mark.parametrize("k", [[4, 2], 8])
-def test_zoommil_k_one_per_zoom_step_passes_as_the_model_takes_it(k: Any) -> None:
+@pytest.mark.parametrize(("mags", "k"), [([5, 10], [4]), ([5, 10, 20], [4, 2]), ([5, 10], 8)])
+def test_zoommil_k_one_per_zoom_step_passes_as_the_model_takes_it(mags: list, k: Any) -> None:
     config = demo()
+    config["preprocess"]["mags"] = mags
     config["methods"]["zoommil"]["k"] = k
     config_checks.check_config(validated(config), MODELS)
+
+
+def test_a_k_list_of_another_length_than_the_zoom_steps_fails_at_load() -> None:
+    """[4, 2] with two magnifications (one zoom step) was refused only by the train job,
+    after all the preprocessing, in a message naming neither the method nor the config."""
+    config = demo()
+    config["methods"]["zoommil"]["k"] = [4, 2]
+    message = (
+        "method 'zoommil': model 'zoommil': option k has 2 values, one per zoom step, but the "
+        "magnifications 5x, 10x give 1 step(s): got [4, 2]"
+    )
+    with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}$"):
+        config_checks.check_config(validated(config), MODELS)
 
 
 @pytest.mark.parametrize("k", [[], [4, 0], 0, 2.5, "4"])

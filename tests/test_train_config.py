@@ -90,6 +90,23 @@ def test_zoommil_k_as_an_integer_or_one_per_step(tmp_path: Path, text: str) -> N
     assert _resolve(path, name).kwargs["k"] in (4, [4, 2])
 
 
+def test_a_k_list_of_another_length_than_the_zoom_steps_fails_before_any_bag_is_read(
+    tmp_path: Path,
+) -> None:
+    """HEAD has 3 magnifications, so 2 zoom steps; the features folder does not exist, so an
+    error about k shows that it came before the data."""
+    from zoommil.training import train
+
+    path, name = _method(tmp_path, "k: [4, 2, 1]")
+    config = load_config(path)
+    message = (
+        f"{path}: method 'zm': model 'zoommil': option k has 3 values, one per zoom step, but "
+        "the magnifications 5x, 10x, 20x give 2 step(s): got [4, 2, 1]"
+    )
+    with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}$"):
+        train(config, resolve_method(config, name, MODEL_NAMES), 0, tmp_path / "run", "cpu")
+
+
 def test_epochs_zero_in_a_method_names_the_file_and_method_not_the_cli_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,7 +9,7 @@ any preprocessing instead of as a torch traceback or a NaN loss at training.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zoommil.errors import ZoomMILError
@@ -59,3 +59,19 @@ def check_option_values(arch: str, options: Mapping[str, Any]) -> None:
                 f"model 'zoommil': option sigma (top-K noise) must be a number > 0, "
                 f"got {options['sigma']!r}"
             )
+
+
+def check_zoom_steps(arch: str, options: Mapping[str, Any], mags: Sequence[float]) -> None:
+    """ZoomMIL's ``k`` as a list has one value per zoom step, len(mags) - 1: checked where
+    the magnifications are known (the workflow's config, `zoommil train` before any data),
+    since the model refuses another length only when it is built, after the bags are read."""
+    k = options.get("k")
+    if arch != "zoommil" or not isinstance(k, list | tuple):
+        return
+    steps = len(mags) - 1
+    if len(k) != steps:
+        shown = ", ".join(f"{float(m):g}x" for m in mags)
+        raise ZoomMILError(
+            f"model 'zoommil': option k has {len(k)} values, one per zoom step, but the "
+            f"magnifications {shown} give {steps} step(s): got {list(k)!r}"
+        )

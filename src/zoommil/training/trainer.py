@@ -36,7 +36,8 @@ from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
 from zoommil.io.sheet import read_sheet
-from zoommil.recipe import encoder_provenance
+from zoommil.option_values import check_zoom_steps
+from zoommil.recipe import arch_mags, encoder_provenance
 from zoommil.training import modeling
 from zoommil.training.checkpoint import save_checkpoint
 from zoommil.training.config import MethodSpec, TrainConfig, apply_overrides
@@ -467,6 +468,11 @@ def _train(
     if n_epochs < 1:  # `load_config`/`resolve_method` refuse it first; the message says where
         origin = "--epochs" if epochs else f"{cfg.source}: method '{method.name}': 'epochs'"
         raise ZoomMILError(f"{origin} must be at least 1, got {n_epochs}")
+    try:  # before any bag is read: the model would refuse it only once built
+        check_zoom_steps(method.arch, method.kwargs, arch_mags(method.arch, cfg.mags))
+    except ZoomMILError as error:
+        where = f"{cfg.source}: method" if cfg.source else "method"
+        raise ZoomMILError(f"{where} '{method.name}': {error}") from None
     run = _prepare(cfg, method, seed, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     best_state, best_epoch, epochs_run = _fit(

@@ -17,6 +17,7 @@ from typing import Any
 
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import check_weights
+from zoommil.option_values import check_zoom_steps
 from zoommil.recipe import DEFAULT_ENCODER, arch_mags, default_weights, format_mags
 from zoommil.training.config import TOP_KEYS, parse_config, resolve_method
 from zoommil.workflow.trainconfig import build_train_config, check_method_options, model_options
@@ -219,6 +220,10 @@ def check_train_configs(
                 f"({format_mags(available)}): there are no features at them"
             )
         used = arch_mags(method.arch, mags)
+        try:
+            check_zoom_steps(method.arch, method.kwargs, used)
+        except ZoomMILError as error:
+            raise ZoomMILError(f"{where}: {error}") from None
         if method.arch == "zoommil" and len(used) < 2:
             raise ZoomMILError(
                 f"{where}: ZoomMIL needs at least 2 magnifications, got {format_mags(used)} "
