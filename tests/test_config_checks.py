@@ -29,6 +29,10 @@ def validated(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+
+
 def demo() -> dict[str, Any]:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
 
@@ -59,12 +63,39 @@ def test_a_top_level_lr_without_a_dot_is_a_number() -> None:
     config["train"].update(yaml.safe_load("lr: 1e-4\nweight_decay: 5E-6"))
     with pytest.raises(Exception, match="is not of type 'number'"):
         validated(copy.deepcopy(config))
-    config_checks.numbers_from_exponent_strings(config)
+    config_checks.scalars_from_strings(config, schema())
     assert config["train"]["lr"] == 1e-4 and config["train"]["weight_decay"] == 5e-6
     config_checks.check_config(validated(config), MODELS)
     spelled = {"train": {"lr": "nan", "weight_decay": "1e-4x"}}
-    config_checks.numbers_from_exponent_strings(spelled)
+    config_checks.scalars_from_strings(spelled, schema())
     assert spelled == {"train": {"lr": "nan", "weight_decay": "1e-4x"}}  # left to the schema
+
+
+def test_nested_command_line_values_become_what_the_schema_wants() -> None:
+    """Snakemake reads `--config 'train={epochs: 50, seeds: [0]}'` with YAML's base loader:
+    every nested value is a string, and the schema said "'50' is not of type 'integer'"."""
+    config = demo()
+    nested = yaml.load(
+        "{epochs: 50, seeds: [0, 1], seeds_in_one_job: false, lr: 2e-4}", Loader=yaml.BaseLoader
+    )
+    assert nested["epochs"] == "50"
+    config["train"].update(nested)
+    config["efficiency"] = {"gpu": "false"}
+    config["methods"]["zoommil"]["k"] = "4"  # oneOf: an integer or a list of them
+    config["methods"]["msmil"]["k"] = ["4"]  # not a ZoomMIL option: left as written
+    config["dataset"] = "2024"  # a string in the schema: stays one
+    with pytest.raises(Exception, match="is not of type"):
+        validated(copy.deepcopy(config))
+    config_checks.scalars_from_strings(config, schema())
+    train = config["train"]
+    assert (train["epochs"], train["seeds"], train["seeds_in_one_job"]) == (50, [0, 1], False)
+    assert train["lr"] == 2e-4 and config["efficiency"]["gpu"] is False
+    assert config["methods"]["zoommil"]["k"] == 4 and config["dataset"] == "2024"
+    del config["methods"]["msmil"]["k"]
+    config_checks.check_config(validated(config), MODELS)
+    words = {"train": {"epochs": "fifty", "seeds": ["0.5"]}}
+    config_checks.scalars_from_strings(words, schema())
+    assert words == {"train": {"epochs": "fifty", "seeds": ["0.5"]}}  # left to the schema
 
 
 def test_methods_and_seeds_read_by_the_workflow() -> None:

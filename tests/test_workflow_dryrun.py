@@ -325,6 +325,14 @@ def test_an_lr_written_1e_4_plans(workdir: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_nested_command_line_numbers_plan(workdir: Path) -> None:
+    """Snakemake reads a nested `--config` value with YAML's base loader, so `epochs: 5` there
+    was the string '5' and the schema refused it ("'5' is not of type 'integer'")."""
+    override = "train={epochs: 5, seeds: [0, 1, 2], early_stopping: 3}"
+    result = harness.snakemake(workdir, "-n", "--quiet", "--config", override, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mpp_in_tile_args_is_refused(workdir: Path) -> None:
     """Tiling uses the mpp inspection resolved: an mpp in tile_args could never reach
     inspection (and would contradict it), so the config schema refuses it."""

@@ -27,7 +27,13 @@ try:
     zyaml.check_unique_keys(workflow.configfiles)
 except ZoomMILError as error:
     raise ValueError(f"config: {error}") from None
-zconfig.numbers_from_exponent_strings(config)  # `lr: 1e-4` is a string in YAML 1.1
+# `lr: 1e-4` (YAML 1.1) and a nested `--config 'train={epochs: 50}'` give strings
+zconfig.scalars_from_strings(
+    config,
+    yaml.safe_load(
+        open(workflow.source_path("../schemas/config.schema.yaml"), encoding="utf-8")
+    ),
+)
 validate(config, schema="../schemas/config.schema.yaml")
 if config.get("sheet"):
     # `sheet: ~/slides.tsv`: neither Snakemake's inputs nor the shell (quoted) expand `~`

@@ -43,25 +43,58 @@ WORKFLOW_TRAIN_KEYS = (
 )  # fmt: skip
 
 
-#: `train:` keys the schema wants as numbers.
-NUMBER_TRAIN_KEYS = ("lr", "weight_decay")
-_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_BOOLEANS = {"true": True, "false": False}
 
 
-def numbers_from_exponent_strings(config: dict[str, Any]) -> None:
-    """Turn ``train: {lr: 1e-4}`` into a number, in place, before the schema sees it.
+def scalars_from_strings(config: Any, schema: Mapping[str, Any]) -> Any:
+    """``config`` with strings that spell what the schema wants there (an integer, a number,
+    true/false) turned into it, in place where it can be; every other value is left to the
+    schema. Call before `snakemake.utils.validate`.
 
-    Why: YAML 1.1 (PyYAML, so Snakemake) reads a number in exponent form without a dot as a
-    string, and the schema would refuse the most common way to write a learning rate with
-    "'1e-4' is not of type 'number'"; `zoommil train` and a method's `train:` accept it.
+    Why: Snakemake reads a nested ``--config 'train={epochs: 50}'`` with YAML's base loader,
+    so every value in it is a string and the schema said "'50' is not of type 'integer'";
+    and YAML 1.1 (PyYAML, so a config file too) reads ``lr: 1e-4``, without a dot, as the
+    string '1e-4'. `zoommil train` accepts both spellings.
     """
-    train = config.get("train")
-    if not isinstance(train, dict):
-        return
-    for key in NUMBER_TRAIN_KEYS:
-        value = train.get(key)
-        if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
-            train[key] = float(value)
+    return _convert(config, schema, schema.get("definitions") or {})
+
+
+def _types(schema: Mapping[str, Any]) -> list[str]:
+    kind = schema.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _convert(value: Any, schema: Any, definitions: Mapping[str, Any]) -> Any:
+    if not isinstance(schema, Mapping):
+        return value
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/definitions/"):
+        schema = definitions.get(ref.rsplit("/", 1)[1], {})
+    for options in (schema.get("oneOf"), schema.get("anyOf")):
+        for option in options or []:
+            converted = _convert(value, option, definitions)
+            if converted is not value:
+                return converted
+    types = _types(schema)
+    if isinstance(value, str):
+        text = value.strip()
+        if "integer" in types and _INTEGER.fullmatch(text):
+            return int(text)
+        if "number" in types and _NUMBER.fullmatch(text):
+            return int(text) if _INTEGER.fullmatch(text) else float(text)
+        if "boolean" in types and text.lower() in _BOOLEANS:
+            return _BOOLEANS[text.lower()]
+        return value
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            value[key] = _convert(item, properties.get(key, extra), definitions)
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        value[:] = [_convert(item, schema["items"], definitions) for item in value]
+    return value
 
 
 def main_methods(config: Mapping[str, Any]) -> dict[str, Any]:
