@@ -314,6 +314,10 @@ def _features_slide_id(config: dict) -> None:
     config["features"]["args"] = {"slide": "x"}
 
 
+def _features_flag_typo(config: dict) -> None:
+    config["features"]["args"] = {"batchsize": 16}
+
+
 def _missing_weights_file(config: dict) -> None:
     config["features"]["weights"] = "no/such/weights.pth"
 
@@ -372,6 +376,11 @@ def _extra_key_of_train_itself(config: dict) -> None:
         ),
         (_abbreviated_features_flag, "features.args: 'weight' sets (or abbreviates) --weights"),
         (_features_slide_id, "features.args: 'slide' sets (or abbreviates) --slide-id"),
+        (
+            _features_flag_typo,
+            "features.args: 'batchsize' is not a flag of zoommil features (written in full; "
+            "the ones this block may set: batch-size, workers)",
+        ),
         (
             _missing_weights_file,
             "features.weights: weights 'no/such/weights.pth' is neither a keyword nor an existing "
@@ -438,3 +447,31 @@ def test_existing_weights_files_and_hf_pass(tmp_path: Path) -> None:
 def test_build_model_refuses_the_same_values(arch: str, options: dict) -> None:
     with pytest.raises(ZoomMILError, match=f"^model '{arch}': option"):
         zoommil.models.build_model(arch, mags=[5, 10], **options)
+
+
+def test_extra_flags_written_in_full_pass_and_tile_args_has_none_left() -> None:
+    config = demo()
+    config["features"]["args"] = {"batch_size": 8, "workers": 2}
+    config_checks.check_config(validated(config), MODELS)
+    config["preprocess"]["tile_args"] = {"overlap": 0}
+    with pytest.raises(ZoomMILError, match=re.escape("the ones this block may set: none)")):
+        config_checks.check_extra_flags(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "advice"),
+    [
+        ("threads", "the rule's threads set it: snakemake --set-threads features=N"),
+        ("device", "a GPU is used where the rule's resources request one"),
+        ("out", "the workflow sets it for each job"),
+        ("weights", "set it in the config's own key (config/README.md) instead"),
+    ],
+)
+def test_a_flag_the_workflow_passes_says_where_it_is_set(key: str, advice: str) -> None:
+    """The workflow checks these before the schema, whose own refusal of the exact names
+    said only "'threads' should not be valid under {'enum': [...]}"."""
+    config = demo()
+    config["features"]["args"] = {key: 1}
+    message = f"features.args: '{key}' sets (or abbreviates) --{key}, which the workflow passes "
+    with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}itself; {re.escape(advice)}"):
+        config_checks.check_extra_flags(config)

@@ -333,6 +333,21 @@ def test_nested_command_line_numbers_plan(workdir: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_a_misspelled_features_flag_fails_at_load(workdir: Path) -> None:
+    """`batchsize` reached every features job's command line ("unrecognized arguments"),
+    after all the tiling; and the exact name of a flag the workflow passes got only the
+    schema's "should not be valid under {'enum': ...}"."""
+    for args, needle in (
+        ("{batchsize: 16}", "features.args: 'batchsize' is not a flag of zoommil features"),
+        ("{threads: 2}", "snakemake --set-threads features=N"),
+    ):
+        override = f"features={{args: {args}}}"
+        result = harness.snakemake(workdir, "-n", "--config", override, check=False)
+        text = result.stdout + result.stderr
+        assert result.returncode != 0 and needle in text, text
+        assert "Building DAG" not in text
+
+
 def test_mpp_in_tile_args_is_refused(workdir: Path) -> None:
     """Tiling uses the mpp inspection resolved: an mpp in tile_args could never reach
     inspection (and would contradict it), so the config schema refuses it."""

@@ -34,6 +34,11 @@ zconfig.scalars_from_strings(
         open(workflow.source_path("../schemas/config.schema.yaml"), encoding="utf-8")
     ),
 )
+try:
+    # before the schema, which refuses these names too but says only "should not be valid"
+    zconfig.check_extra_flags(config)
+except ZoomMILError as error:
+    raise ValueError(f"config: {error}") from None
 validate(config, schema="../schemas/config.schema.yaml")
 if config.get("sheet"):
     # `sheet: ~/slides.tsv`: neither Snakemake's inputs nor the shell (quoted) expand `~`

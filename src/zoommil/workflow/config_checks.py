@@ -9,6 +9,7 @@ checks read the methods and seeds through the same functions below.
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -186,22 +187,69 @@ def check_demo_sheet(config: Mapping[str, Any]) -> None:
         )
 
 
+#: Where a reserved flag is set instead (`check_extra_flags`); the rest come from the recipe's
+#: own config keys.
+FLAG_ADVICE = {
+    "mpp": "set the top-level default_mpp or the sheet's mpp column",
+    "default-mpp": "set the top-level default_mpp or the sheet's mpp column",
+    "threads": "the rule's threads set it: snakemake --set-threads features=N",
+    "device": "a GPU is used where the rule's resources request one (gpu, gres: profiles/)",
+}
+WORKFLOW_SETS = ("out", "coords", "slide-id", "tissue-mask", "no-progress", "no-fail", "help")
+
+
+def command_flags(command: str) -> list[str]:
+    """The long flags of `zoommil <command>`, without their dashes, from its own parser
+    (torch-free: the CLI builds it at every start)."""
+    from zoommil.cli import build_parser
+
+    parser = build_parser((command,))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = sub.choices[command]._actions
+    return sorted(o[2:] for a in actions for o in a.option_strings if o.startswith("--"))
+
+
 def check_extra_flags(config: Mapping[str, Any]) -> None:
-    """No key of ``preprocess.tile_args`` / ``features.args`` is, or abbreviates, a flag the
-    workflow passes itself (`TILE_FLAGS`, `FEATURES_FLAGS`)."""
+    """Every key of ``preprocess.tile_args`` / ``features.args`` is a flag of `zoommil tile`
+    / `zoommil features`, written in full, and none the workflow passes itself (`TILE_FLAGS`,
+    `FEATURES_FLAGS`), nor abbreviates one (argparse accepts abbreviations).
+
+    Why at load: a typo (``batchsize``) reached the command line and failed every features
+    job with "unrecognized arguments", after all the tiling."""
+
+    def block(section: str, key: str) -> Any:
+        part = config.get(section)
+        return part.get(key) if isinstance(part, Mapping) else None
+
     blocks = (
-        ("preprocess.tile_args", (config.get("preprocess") or {}).get("tile_args"), TILE_FLAGS),
-        ("features.args", (config.get("features") or {}).get("args"), FEATURES_FLAGS),
+        ("preprocess.tile_args", "tile", block("preprocess", "tile_args"), TILE_FLAGS),
+        ("features.args", "features", block("features", "args"), FEATURES_FLAGS),
     )
-    for where, args, reserved in blocks:
-        for key in args or {}:
+    for where, command, args, reserved in blocks:
+        if not isinstance(args, Mapping):
+            continue  # absent, or for the schema to refuse
+        known: list[str] | None = None
+        for key in args:
             flag = str(key).replace("_", "-")
             taken = [name for name in reserved if name.startswith(flag)]
             if taken:
+                name = taken[0]
+                if name in FLAG_ADVICE:
+                    advice = FLAG_ADVICE[name]
+                elif name in WORKFLOW_SETS:
+                    advice = "the workflow sets it for each job"
+                else:
+                    advice = "set it in the config's own key (config/README.md) instead"
                 raise ZoomMILError(
-                    f"{where}: '{key}' sets (or abbreviates) --{taken[0]}, which the workflow "
-                    "passes itself from the recipe or inspection; set it in the config's own "
-                    "key (config/README.md) instead"
+                    f"{where}: '{key}' sets (or abbreviates) --{name}, which the workflow "
+                    f"passes itself; {advice}"
+                )
+            known = known if known is not None else command_flags(command)
+            if flag not in known:
+                others = [name for name in known if name not in reserved]
+                raise ZoomMILError(
+                    f"{where}: '{key}' is not a flag of zoommil {command} (written in full; "
+                    f"the ones this block may set: {', '.join(others) or 'none'})"
                 )
 
 
