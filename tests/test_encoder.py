@@ -219,6 +219,7 @@ def test_imagenet_missing_names_the_file(tmp_path, monkeypatch):
     message = str(info.value)
     assert str(tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in message
     assert enc.IMAGENET_URL in message
+    assert message.endswith("--weights PATH (in the workflow: features.weights)")
 
 
 def test_imagenet_download_failure_is_clear(tmp_path, monkeypatch):

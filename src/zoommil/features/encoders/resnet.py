@@ -119,7 +119,8 @@ def imagenet_weights(spec: EncoderSpec) -> tuple[Path, str]:
             '`python -c "import torchvision; '
             "torchvision.models.resnet50(weights='IMAGENET1K_V1')\"` there and copy "
             "~/.cache/torch/hub/checkpoints/), set TORCH_HOME to a folder whose "
-            "hub/checkpoints/ holds it, or use --weights random (demo) or --weights PATH"
+            "hub/checkpoints/ holds it, or use --weights random (demo) or --weights PATH "
+            "(in the workflow: features.weights)"
         )
         if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes"):
             raise ZoomMILError(how)
