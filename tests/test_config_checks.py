@@ -82,7 +82,11 @@ def test_nested_command_line_values_become_what_the_schema_wants() -> None:
     config["train"].update(nested)
     config["efficiency"] = {"gpu": "false"}
     config["methods"]["zoommil"]["k"] = "4"  # oneOf: an integer or a list of them
-    config["methods"]["msmil"]["k"] = ["4"]  # not a ZoomMIL option: left as written
+    config["methods"]["zoommil"]["sigma"] = "0.002"  # a model option the schema does not type
+    config["methods"]["meanmil"]["train"] = {"epochs": "5", "lr": "1e-3"}
+    config["train"]["extra"] = {"lr_patience": "3", "feature_norm": "standardize"}
+    config["train"]["early_stopping"] = "null"
+    config["ablations"]["seeds"] = ["0", "1", "2"]
     config["dataset"] = "2024"  # a string in the schema: stays one
     with pytest.raises(Exception, match="is not of type"):
         validated(copy.deepcopy(config))
@@ -91,7 +95,10 @@ def test_nested_command_line_values_become_what_the_schema_wants() -> None:
     assert (train["epochs"], train["seeds"], train["seeds_in_one_job"]) == (50, [0, 1], False)
     assert train["lr"] == 2e-4 and config["efficiency"]["gpu"] is False
     assert config["methods"]["zoommil"]["k"] == 4 and config["dataset"] == "2024"
-    del config["methods"]["msmil"]["k"]
+    assert config["methods"]["zoommil"]["sigma"] == 0.002
+    assert config["methods"]["meanmil"]["train"] == {"epochs": 5, "lr": 1e-3}
+    assert config["train"]["extra"] == {"lr_patience": 3, "feature_norm": "standardize"}
+    assert train["early_stopping"] is None and config["ablations"]["seeds"] == [0, 1, 2]
     config_checks.check_config(validated(config), MODELS)
     words = {"train": {"epochs": "fifty", "seeds": ["0.5"]}}
     config_checks.scalars_from_strings(words, schema())
@@ -475,3 +482,34 @@ def test_a_flag_the_workflow_passes_says_where_it_is_set(key: str, advice: str) 
     message = f"features.args: '{key}' sets (or abbreviates) --{key}, which the workflow passes "
     with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}itself; {re.escape(advice)}"):
         config_checks.check_extra_flags(config)
+
+
+def test_yaml_words_and_numbers_where_text_is_wanted() -> None:
+    """`--config dataset=2024` reaches the workflow as the integer 2024 (Snakemake tries int
+    first) and nested `yes` / `~` as strings; each becomes what the schema wants there."""
+    config = demo()
+    config["dataset"] = 2024
+    config["train"]["seeds_in_one_job"] = "yes"
+    config["train"]["early_stopping"] = "~"
+    config["efficiency"] = {"gpu": "Off"}
+    config_checks.scalars_from_strings(config, schema())
+    assert config["dataset"] == "2024" and config["train"]["seeds_in_one_job"] is True
+    assert config["train"]["early_stopping"] is None and config["efficiency"]["gpu"] is False
+    validated(config)
+
+
+def test_two_keys_for_one_flag_are_refused() -> None:
+    config = demo()
+    config["features"]["args"] = {"batch_size": 16, "batch-size": 8}
+    message = "features.args: 'batch_size' and 'batch-size' both set --batch-size"
+    with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}"):
+        config_checks.check_extra_flags(config)
+
+
+def test_one_magnification_and_a_k_list_name_the_magnifications_not_k() -> None:
+    config = demo()
+    config["preprocess"]["mags"] = [10]
+    config["methods"]["zoommil"]["k"] = [4]
+    message = "method 'zoommil': ZoomMIL needs at least 2 magnifications, got 10x"
+    with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}"):
+        config_checks.check_config(validated(config), MODELS)

@@ -328,8 +328,11 @@ def test_an_lr_written_1e_4_plans(workdir: Path) -> None:
 def test_nested_command_line_numbers_plan(workdir: Path) -> None:
     """Snakemake reads a nested `--config` value with YAML's base loader, so `epochs: 5` there
     was the string '5' and the schema refused it ("'5' is not of type 'integer'")."""
-    override = "train={epochs: 5, seeds: [0, 1, 2], early_stopping: 3}"
-    result = harness.snakemake(workdir, "-n", "--quiet", "--config", override, check=False)
+    override = "train={epochs: 5, seeds: [0, 1, 2], early_stopping: null}"
+    sigma = "methods={zoommil: {arch: zoommil, k: 4, sigma: 0.002}}"
+    result = harness.snakemake(
+        workdir, "-n", "--quiet", "--config", override, sigma, "dataset=2024", check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

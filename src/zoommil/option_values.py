@@ -66,8 +66,8 @@ def check_zoom_steps(arch: str, options: Mapping[str, Any], mags: Sequence[float
     the magnifications are known (the workflow's config, `zoommil train` before any data),
     since the model refuses another length only when it is built, after the bags are read."""
     k = options.get("k")
-    if arch != "zoommil" or not isinstance(k, list | tuple):
-        return
+    if arch != "zoommil" or not isinstance(k, list | tuple) or len(mags) < 2:
+        return  # fewer than 2 magnifications: the callers' (and the model's) own error
     steps = len(mags) - 1
     if len(k) != steps:
         shown = ", ".join(f"{float(m):g}x" for m in mags)

@@ -16,6 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import check_weights
 from zoommil.option_values import check_zoom_steps
@@ -44,27 +46,69 @@ WORKFLOW_TRAIN_KEYS = (
 )  # fmt: skip
 
 
-_INTEGER = re.compile(r"[+-]?\d+")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_BOOLEANS = {"true": True, "false": False}
+_KEEP = object()
+
+#: The schema of a value the schema does not type (a model's keyword argument, a method's
+#: `train:` block, `train.extra`): a scalar becomes what YAML would read it as.
+LOOSE: dict[str, Any] = {"type": ["integer", "number", "boolean", "null", "string"]}
+LOOSE["additionalProperties"] = LOOSE
+LOOSE["items"] = LOOSE
 
 
 def scalars_from_strings(config: Any, schema: Mapping[str, Any]) -> Any:
     """``config`` with strings that spell what the schema wants there (an integer, a number,
-    true/false) turned into it, in place where it can be; every other value is left to the
-    schema. Call before `snakemake.utils.validate`.
+    a boolean, null; read as YAML reads them, plus ``1e-4``) turned into it, and a number
+    where the schema wants a string turned into its text, in place where it can be; every
+    other value is left to the schema. Call before `snakemake.utils.validate`.
 
     Why: Snakemake reads a nested ``--config 'train={epochs: 50}'`` with YAML's base loader,
     so every value in it is a string and the schema said "'50' is not of type 'integer'";
-    and YAML 1.1 (PyYAML, so a config file too) reads ``lr: 1e-4``, without a dot, as the
-    string '1e-4'. `zoommil train` accepts both spellings.
+    YAML 1.1 (PyYAML, so a config file too) reads ``lr: 1e-4``, without a dot, as the string
+    '1e-4'; and Snakemake reads a top-level ``--config dataset=2024`` as the integer 2024.
+    Values the schema does not type (model options, a method's `train:`, `train.extra`) get
+    the same reading, so that ``sigma: 0.002`` given on the command line is a number.
     """
-    return _convert(config, schema, schema.get("definitions") or {})
+    definitions = dict(schema.get("definitions") or {})
+    if "method" in definitions:
+        definitions["method"] = {**definitions["method"], "additionalProperties": LOOSE}
+    properties = dict(schema.get("properties") or {})
+    train = properties.get("train")
+    if isinstance(train, Mapping) and "extra" in (train.get("properties") or {}):
+        loose_extra = {"type": "object", "additionalProperties": LOOSE}
+        train_properties = {**train["properties"], "extra": loose_extra}
+        properties["train"] = {**train, "properties": train_properties}
+    return _convert(config, {**schema, "properties": properties}, definitions)
 
 
 def _types(schema: Mapping[str, Any]) -> list[str]:
     kind = schema.get("type", [])
     return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _read_scalar(text: str) -> Any:
+    """``text`` as YAML reads a scalar (``1e-4`` a number too), `_KEEP` if it is not one."""
+    text = text.strip()
+    if _NUMBER.fullmatch(text):
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return _KEEP
+
+
+def _typed(value: str, types: list[str]) -> Any:
+    """``value`` read as a scalar where its type is one of ``types``, else ``value``."""
+    read = _read_scalar(value)
+    if isinstance(read, bool):
+        return read if "boolean" in types else value
+    if isinstance(read, int):
+        return read if "integer" in types or "number" in types else value
+    if isinstance(read, float):
+        return read if "number" in types else value
+    if read is None:
+        return None if "null" in types else value
+    return value
 
 
 def _convert(value: Any, schema: Any, definitions: Mapping[str, Any]) -> Any:
@@ -80,14 +124,10 @@ def _convert(value: Any, schema: Any, definitions: Mapping[str, Any]) -> Any:
                 return converted
     types = _types(schema)
     if isinstance(value, str):
-        text = value.strip()
-        if "integer" in types and _INTEGER.fullmatch(text):
-            return int(text)
-        if "number" in types and _NUMBER.fullmatch(text):
-            return int(text) if _INTEGER.fullmatch(text) else float(text)
-        if "boolean" in types and text.lower() in _BOOLEANS:
-            return _BOOLEANS[text.lower()]
-        return value
+        return _typed(value, types)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # a number where only text is wanted: Snakemake reads `--config dataset=2024` as 2024
+        return str(value) if types and set(types) <= {"string", "null"} else value
     if isinstance(value, dict):
         properties = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
@@ -229,8 +269,15 @@ def check_extra_flags(config: Mapping[str, Any]) -> None:
         if not isinstance(args, Mapping):
             continue  # absent, or for the schema to refuse
         known: list[str] | None = None
+        seen: dict[str, Any] = {}
         for key in args:
             flag = str(key).replace("_", "-")
+            if flag in seen:
+                raise ZoomMILError(
+                    f"{where}: '{seen[flag]}' and '{key}' both set --{flag} (argparse would "
+                    "keep the last without a word); keep one"
+                )
+            seen[flag] = key
             taken = [name for name in reserved if name.startswith(flag)]
             if taken:
                 name = taken[0]
