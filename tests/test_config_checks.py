@@ -247,7 +247,7 @@ def test_a_k_list_of_another_length_than_the_zoom_steps_fails_at_load() -> None:
     config["methods"]["zoommil"]["k"] = [4, 2]
     message = (
         "method 'zoommil': model 'zoommil': option k has 2 values, one per zoom step, but the "
-        "magnifications 5x, 10x give 1 step(s): got [4, 2]"
+        "magnifications 5x -> 10x give 1 step(s): got [4, 2]"
     )
     with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}$"):
         config_checks.check_config(validated(config), MODELS)

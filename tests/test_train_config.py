@@ -101,7 +101,7 @@ def test_a_k_list_of_another_length_than_the_zoom_steps_fails_before_any_bag_is_
     config = load_config(path)
     message = (
         f"{path}: method 'zm': model 'zoommil': option k has 3 values, one per zoom step, but "
-        "the magnifications 5x, 10x, 20x give 2 step(s): got [4, 2, 1]"
+        "the magnifications 5x -> 10x -> 20x give 2 step(s): got [4, 2, 1]"
     )
     with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}$"):
         train(config, resolve_method(config, name, MODEL_NAMES), 0, tmp_path / "run", "cpu")

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zoommil.errors import ZoomMILError
+from zoommil.recipe import format_mags
 
 #: Options that are a dropout probability (every model's ``dropout``, DSMIL's ``dropout_v``).
 DROPOUT_OPTIONS = ("dropout", "dropout_v")
@@ -70,8 +71,7 @@ def check_zoom_steps(arch: str, options: Mapping[str, Any], mags: Sequence[float
         return  # fewer than 2 magnifications: the callers' (and the model's) own error
     steps = len(mags) - 1
     if len(k) != steps:
-        shown = ", ".join(f"{float(m):g}x" for m in mags)
         raise ZoomMILError(
             f"model 'zoommil': option k has {len(k)} values, one per zoom step, but the "
-            f"magnifications {shown} give {steps} step(s): got {list(k)!r}"
+            f"magnifications {format_mags(mags)} give {steps} step(s): got {list(k)!r}"
         )

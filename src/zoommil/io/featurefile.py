@@ -110,14 +110,13 @@ def check_finite(slide: str | Path, mag: float, start: int, rows: np.ndarray) ->
     if rows.size == 0:
         return
     peaks = row_peaks(rows)
-    span = f"rows {start}..{start + len(rows) - 1}"
     bad = ~np.isfinite(peaks)
     if bad.any():
         first = start + int(np.flatnonzero(bad)[0])
         raise SlideError(
             slide,
-            f"features at {mag_key(mag)} contain NaN or inf ({int(np.sum(bad))} of {span}, "
-            f"first row {first}): refused, not written",
+            f"features at {mag_key(mag)} contain NaN or inf ({int(np.sum(bad))} of rows "
+            f"{start}..{start + len(rows) - 1}, first row {first}): refused, not written",
         )
     row = int(np.argmax(peaks))
     if peaks[row] > FEATURE_LIMIT:

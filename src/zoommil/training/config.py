@@ -306,12 +306,18 @@ def parse_config(data: Mapping[str, Any], where: str, strict: bool = False) -> T
     )
 
 
+def method_label(source: str, name: str) -> str:
+    """``train.yaml: method 'abmil'``, or ``method 'abmil'`` for a config without a file (the
+    workflow's), as the errors about a method name it."""
+    return f"{source}: method '{name}'" if source else f"method '{name}'"
+
+
 def resolve_method(config: TrainConfig, name: str, known_archs: Iterable[str]) -> MethodSpec:
     """Method ``name`` from ``config.methods``, or the architecture ``name`` with defaults."""
     known = sorted(known_archs)
     if name in config.methods:
         # `zoommil train`'s errors name the file too (the workflow's, with no source, not)
-        where = f"{config.source}: method '{name}'" if config.source else f"method '{name}'"
+        where = method_label(config.source, name)
         entry = copy.deepcopy(config.methods[name])
         arch = str(entry.pop("arch", name))
         train = entry.pop("train", None) or {}

@@ -40,7 +40,7 @@ from zoommil.option_values import check_zoom_steps
 from zoommil.recipe import arch_mags, encoder_provenance
 from zoommil.training import modeling
 from zoommil.training.checkpoint import save_checkpoint
-from zoommil.training.config import MethodSpec, TrainConfig, apply_overrides
+from zoommil.training.config import MethodSpec, TrainConfig, apply_overrides, method_label
 from zoommil.training.data import (
     Bag,
     BagStore,
@@ -466,13 +466,12 @@ def _train(
     cfg = apply_overrides(config, method)
     n_epochs = int(epochs or cfg.epochs)
     if n_epochs < 1:  # `load_config`/`resolve_method` refuse it first; the message says where
-        origin = "--epochs" if epochs else f"{cfg.source}: method '{method.name}': 'epochs'"
+        origin = "--epochs" if epochs else f"{method_label(cfg.source, method.name)}: 'epochs'"
         raise ZoomMILError(f"{origin} must be at least 1, got {n_epochs}")
     try:  # before any bag is read: the model would refuse it only once built
         check_zoom_steps(method.arch, method.kwargs, arch_mags(method.arch, cfg.mags))
     except ZoomMILError as error:
-        where = f"{cfg.source}: method" if cfg.source else "method"
-        raise ZoomMILError(f"{where} '{method.name}': {error}") from None
+        raise ZoomMILError(f"{method_label(cfg.source, method.name)}: {error}") from None
     run = _prepare(cfg, method, seed, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     best_state, best_epoch, epochs_run = _fit(
