@@ -361,6 +361,10 @@ def _method_train_lr_nan(config: dict) -> None:
     config["methods"]["meanmil"]["train"] = {"lr": float("nan")}
 
 
+def _features_flag_abbreviated(config: dict) -> None:
+    config["features"]["args"] = {"batch": 8}
+
+
 def _misspelled_feature_norm(config: dict) -> None:
     config["train"]["extra"] = {"feature_norm": "standardise"}
 
@@ -387,6 +391,10 @@ def _extra_key_of_train_itself(config: dict) -> None:
             _features_flag_typo,
             "features.args: 'batchsize' is not a flag of zoommil features (written in full; "
             "the ones this block may set: batch-size, workers)",
+        ),
+        (
+            _features_flag_abbreviated,
+            "features.args: 'batch' abbreviates --batch-size; write it in full ('batch-size')",
         ),
         (
             _missing_weights_file,

@@ -294,6 +294,12 @@ def check_extra_flags(config: Mapping[str, Any]) -> None:
             known = known if known is not None else command_flags(command)
             if flag not in known:
                 others = [name for name in known if name not in reserved]
+                longer = [name for name in others if name.startswith(flag)]
+                if len(longer) == 1:
+                    raise ZoomMILError(
+                        f"{where}: '{key}' abbreviates --{longer[0]}; write it in full "
+                        f"('{longer[0]}'), as the workflow checks full names"
+                    )
                 raise ZoomMILError(
                     f"{where}: '{key}' is not a flag of zoommil {command} (written in full; "
                     f"the ones this block may set: {', '.join(others) or 'none'})"
