@@ -340,6 +340,25 @@ def test_resume_keeps_finished_slides_and_classifies_the_rest(
     assert "give --out-dir" in capsys.readouterr().err
 
 
+def test_the_json_is_written_after_the_heatmap(small_slide, checkpoint, tmp_path, monkeypatch):
+    """--resume takes a slide whose JSON this checkpoint wrote as done: with the JSON written
+    first, a run killed before the heatmap left a new JSON beside another run's heatmap,
+    and --resume kept the pair."""
+    from zoommil.reporting import attention
+
+    save_heatmap = attention.save_heatmap
+    json_path = tmp_path / "out" / f"{small_slide.stem}.json"
+
+    def heatmap_before_json(path, *args, **kwargs):
+        assert not json_path.exists(), "JSON written before the heatmap"
+        return save_heatmap(path, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "save_heatmap", heatmap_before_json)
+    argv = ["predict", str(small_slide), "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--out-dir", str(tmp_path / "out"), "--threads", "1"]) == 0
+    assert json_path.is_file() and json_path.with_suffix(".png").is_file()
+
+
 def _rows(out: Path) -> list[dict]:
     with (out / "predictions.tsv").open() as handle:
         return list(csv.DictReader(handle, delimiter="\t"))

@@ -284,10 +284,12 @@ def classify(
             reader=reader,
             tiled=tiled,
         )
-        if task.json:
-            write_json(task.json, result)
+        # the heatmap first: the JSON is what --resume takes as "this slide is done", so a
+        # run killed between the two must not leave a new JSON beside an older heatmap
         if task.heatmap and result["attention"]:
             save_heatmap(task.heatmap, task.slide, result, mpp=settings.mpp)
+        if task.json:
+            write_json(task.json, result)
     except Exception as error:  # one slide's failure never stops the others
         _remove_outputs(task)
         reason = error.reason if isinstance(error, SlideError) else _one_line(error)
