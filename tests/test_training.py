@@ -111,6 +111,27 @@ def trained(dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+def test_a_stopped_run_leaves_no_earlier_run_s_outputs(dataset, tmp_path, monkeypatch) -> None:
+    """A run stopped mid-way (here: an error in the first epoch) rewrote log.csv but kept
+    the folder's older checkpoint.pt, metrics.json and --eval-out JSON, so the folder looked
+    like one finished run."""
+    from zoommil.training import trainer
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / "checkpoint.pt", out / "metrics.json", out / "log.csv", tmp_path / "e.json"]
+    for path in stale:
+        path.write_text("an earlier run's")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_fit", stopped)
+    eval_out = str(tmp_path / "e.json")
+    assert train_cli(dataset["config"], out, "abmil_small", 0, "--eval-out", eval_out) != 0
+    assert [path.name for path in stale if path.exists()] == []
+
+
 def test_train_writes_checkpoint_log_and_metrics(trained: Path) -> None:
     rows = read_log(trained / "log.csv")
     assert tuple(rows[0]) == LOG_COLUMNS

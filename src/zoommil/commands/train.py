@@ -131,6 +131,10 @@ def train_one(
     """Train and (with --eval-out) evaluate one seed."""
     from zoommil.training import train
 
+    # A run killed mid-way rewrites log.csv every epoch: without this, the folder would hold
+    # its log beside an earlier run's checkpoint and metrics, and look finished.
+    for stale in [out / name for name in OUTPUT_FILES] + ([Path(eval_out)] if eval_out else []):
+        stale.unlink(missing_ok=True)
     metrics = train(
         config,
         method,
