@@ -67,6 +67,20 @@ def test_demo_config_dry_run(workdir: Path) -> None:
     assert jobs["qc_exclusions"] == 1  # every slide left out, at any stage
 
 
+def test_one_demo_slide_can_be_asked_for_before_synth_ran(workdir: Path) -> None:
+    """`snakemake results/coords/demo_003.h5` (redoing one slide) failed to plan with "Rule
+    parameter depends on checkpoint": the rules' params read the synth checkpoint's sheet,
+    which was not among their inputs."""
+    for target, rule in (
+        ("results/tissue/demo_003.png", "tissue"),
+        ("results/coords/demo_003.h5", "tile"),
+        ("results/features/demo_003.h5", "tile"),
+        ("results/predict/zoommil/demo_003.json", "predict"),
+    ):
+        jobs = harness.planned_jobs(workdir, None, target)
+        assert jobs.get("synth") == 1 and jobs.get(rule) == 1, (target, jobs)
+
+
 def test_train_jobs_carry_their_priority(workdir: Path) -> None:
     """TransMIL's train job has the highest priority, so Snakemake starts it first."""
     result = harness.snakemake(workdir, "-n")

@@ -113,7 +113,8 @@ def _failed_logs(workdir: Path) -> str:
 
 def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> dict[str, int]:
     """Rule -> number of jobs a dry run would execute (empty when nothing is to be done)."""
-    result = snakemake(workdir, "-n", "--quiet", "rules", *args, configfile=configfile)
+    # args first: --quiet takes several values, and would take a target as one
+    result = snakemake(workdir, *args, "-n", "--quiet", "rules", configfile=configfile)
     text = result.stdout + result.stderr
     counts: dict[str, int] = {}
     in_table = False

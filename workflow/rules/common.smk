@@ -132,6 +132,15 @@ def slide_path(wildcards):
     return slides().loc[wildcards.slide, "path"]
 
 
+def demo_sheet(wildcards):
+    """Demo: the synth checkpoint's sheet, as an input of the rules whose params read it
+    (`slide_path`) and whose slide input waits for another checkpoint: Snakemake plans a
+    param that waits for a checkpoint only when that checkpoint's output is an input, and
+    `snakemake results/coords/demo_003.h5` before synth ran failed with "Rule parameter
+    depends on checkpoint". Real data: nothing (editing the sheet reruns no job)."""
+    return checkpoints.synth.get().output.sheet if DEMO else []
+
+
 def existing_slide(wildcards):
     """The slide file as an input where it exists, else no input: a sheet row whose file is
     missing still reaches `zoommil inspect` (the path goes through params), which reports

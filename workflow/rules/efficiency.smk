@@ -72,6 +72,7 @@ rule profile:
 checkpoint predict:
     input:
         slide=slide_after_inspection,
+        sheet=demo_sheet,
         checkpoint=attention_checkpoint,
         usable="results/qc/usable.tsv",
     output:

@@ -55,6 +55,7 @@ checkpoint qc_inspect:
 rule tissue:
     input:
         slide=slide_after_inspection,
+        sheet=demo_sheet,
     output:
         mask="results/tissue/{slide}.png",
     log:
@@ -79,6 +80,7 @@ rule tissue:
 rule tile:
     input:
         slide=slide_after_inspection,
+        sheet=demo_sheet,
         mask="results/tissue/{slide}.png",
     output:
         coords="results/coords/{slide}.h5",
