@@ -4,6 +4,7 @@ rule's `code` param hashes the import closure of what it runs)."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import shutil
@@ -14,6 +15,8 @@ import pandas as pd
 import pytest
 import torch
 from workflow_config import harness
+
+from zoommil.workflow import orphans
 
 pytestmark = pytest.mark.slow
 
@@ -257,3 +260,32 @@ def test_comment_only_edit_reruns_nothing(tiny) -> None:
         assert harness.planned_jobs(workdir, configfile) == {}
     finally:
         restore(*edited)
+
+
+def test_an_output_finished_after_snakemake_died_is_redone(tiny, tmp_path) -> None:
+    """A features job that outlived a killed Snakemake process renamed its output into place
+    with no metadata and its incomplete marker left: Snakemake alone kept it ("Nothing to be
+    done") and never redid it for a changed config; the workflow dates it back so it is."""
+    workdir, configfile, _ = tiny
+    scratch = tmp_path / "orphan"
+    shutil.copytree(workdir, scratch, symlinks=True)
+    target = sorted((scratch / "results/features").glob("*.h5"))[0].relative_to(scratch)
+    key = base64.urlsafe_b64encode(str(target).encode()).decode()
+    (scratch / ".snakemake/metadata" / key).unlink()
+    (scratch / ".snakemake/incomplete" / key).write_text('{"external_jobid": null}')
+
+    dry = harness.snakemake(scratch, "-n", configfile=configfile)
+    assert (
+        f"zoommil: 1 output(s) finished after their Snakemake process had stopped, with no "
+        f"record of how they were made; the next run redoes them: {target}"
+    ) in dry.stderr
+    assert (scratch / target).stat().st_mtime > orphans.LONG_AGO  # a dry run changes nothing
+
+    # --rerun-triggers mtime: the copy's slide paths differ from the tiny run's (params)
+    result = harness.snakemake(
+        scratch, "results/qc/slides.tsv", "--rerun-triggers", "mtime", configfile=configfile
+    )
+    assert "their jobs run again" in result.stderr
+    assert harness.executed(result)["features"] == {target.stem}
+    assert not (scratch / ".snakemake/incomplete" / key).exists()
+    assert (scratch / ".snakemake/metadata" / key).exists()

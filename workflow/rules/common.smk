@@ -1,6 +1,7 @@
 # Helpers only (no rules): config and sheet validation, slide lists, targets.
 import json
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -17,6 +18,7 @@ from zoommil.recipe import PreprocessingRecipe
 from zoommil.workflow import codehash as zcode
 from zoommil.workflow import config_checks as zconfig
 from zoommil.workflow import failure as zfailure
+from zoommil.workflow import orphans as zorphans
 from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
@@ -75,6 +77,11 @@ if not DEMO:
         zsheet.check_splits(SHEET, config["sheet"], classes=config.get("classes"))
     except ZoomMILError as error:
         raise ValueError(f"invalid slide sheet: {error}") from None
+
+if workflow.is_main_process:
+    # Jobs that finished after a killed Snakemake process: see zoommil.workflow.orphans.
+    for line in zorphans.outdate_orphaned_outputs(workflow.output_settings.dryrun):
+        print(line, file=sys.stderr)
 
 
 wildcard_constraints:

@@ -1,0 +1,76 @@
+"""Outputs finished by jobs that outlived their Snakemake process ("orphans").
+
+When the Snakemake process dies (`kill -9`, a lost SSH session, a cluster login node
+reboot) its running jobs go on and rename their complete outputs into place, but nobody
+records their metadata or removes their ``.snakemake/incomplete`` marker. Snakemake's
+``rerun-incomplete`` looks at the markers of the jobs in the DAG it builds first only: the
+per-slide jobs, planned after the QC checkpoints, are never rerun, so such an output stays
+without a record of the code and params that made it, and a later config or code change
+never redoes it (features of the old weights beside the new ones). Dating these outputs
+back to 2000 before planning makes Snakemake's mtime trigger run their jobs again, as
+``rerun-incomplete`` would; nothing is deleted (the workflow file is also parsed by
+``--lint``, ``--dag`` and ``--report``, which cannot be told apart at parse time).
+
+The marker layout is Snakemake's file persistence (``snakemake.persistence.file``): one file
+per output under ``.snakemake/incomplete``, named by the URL-safe base64 of the output's
+path, split into ``@``-prefixed folders where longer than a file name may be.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+SNAKEMAKE_DIR = Path(".snakemake")
+LONG_AGO = 946684800.0  # 2000-01-01: older than any input, so Snakemake reruns the job
+
+
+def incomplete_outputs(workdir: Path = Path(".")) -> list[Path]:
+    """Paths (relative to `workdir`, as the workflow names them) with an incomplete marker."""
+    root = workdir / SNAKEMAKE_DIR / "incomplete"
+    if not root.is_dir():
+        return []
+    found = []
+    for folder, _, files in os.walk(root):
+        parts = Path(folder).relative_to(root).parts
+        if any(not part.startswith("@") for part in parts):
+            continue  # not a marker folder (e.g. migration_underway)
+        for name in files:
+            encoded = "".join(part[1:] for part in parts) + name
+            try:
+                found.append(Path(base64.urlsafe_b64decode(encoded).decode()))
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                continue
+    return sorted(found)
+
+
+def snakemake_running(workdir: Path = Path(".")) -> bool:
+    """Another Snakemake process holds locks here (or a killed one left them: then Snakemake
+    refuses to run until ``--unlock`` anyway)."""
+    locks = workdir / SNAKEMAKE_DIR / "locks"
+    return locks.is_dir() and any(locks.iterdir())
+
+
+def orphaned_outputs(workdir: Path = Path(".")) -> list[Path]:
+    """Output files that exist although their job was never recorded as finished."""
+    if snakemake_running(workdir):
+        return []  # its markers belong to jobs it is running now
+    return [path for path in incomplete_outputs(workdir) if (workdir / path).is_file()]
+
+
+def outdate_orphaned_outputs(dry_run: bool, workdir: Path = Path(".")) -> list[str]:
+    """Date the orphaned outputs back (dry run: only name them) and return a message line."""
+    orphans = orphaned_outputs(workdir)
+    if not orphans:
+        return []
+    for path in orphans if not dry_run else ():
+        os.utime(workdir / path, (LONG_AGO, LONG_AGO))
+    names = ", ".join(str(path) for path in orphans[:5])
+    more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
+    verb = "the next run redoes them" if dry_run else "their jobs run again"
+    return [
+        f"zoommil: {len(orphans)} output(s) finished after their Snakemake process had "
+        f"stopped, with no record of how they were made; {verb}: {names}{more}"
+    ]
