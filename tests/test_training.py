@@ -112,7 +112,7 @@ def trained(dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_a_stopped_run_leaves_no_earlier_run_s_outputs(dataset, tmp_path, monkeypatch) -> None:
-    """A run stopped mid-way (here: an error in the first epoch) rewrote log.csv but kept
+    """A run stopped mid-way (here: Ctrl-C in the first epoch) rewrote log.csv but kept
     the folder's older checkpoint.pt, metrics.json and --eval-out JSON, so the folder looked
     like one finished run."""
     from zoommil.training import trainer
