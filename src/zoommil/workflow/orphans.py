@@ -65,8 +65,9 @@ def outdate_orphaned_outputs(dry_run: bool, workdir: Path = Path(".")) -> list[s
     orphans = orphaned_outputs(workdir)
     if not orphans:
         return []
-    for path in orphans if not dry_run else ():
-        os.utime(workdir / path, (LONG_AGO, LONG_AGO))
+    if not dry_run:
+        for path in orphans:
+            os.utime(workdir / path, (LONG_AGO, LONG_AGO))
     names = ", ".join(str(path) for path in orphans[:5])
     more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
     verb = "the next run redoes them" if dry_run else "their jobs run again"
