@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from source_slide import default_source
 
 from zoommil.efficiency.flops import encoder_flops_per_patch
 from zoommil.features.encoder import PatchEncoder
@@ -43,7 +44,7 @@ from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.patches import ReaderPool
 
 REPO = Path(__file__).resolve().parents[1]
-SLIDE = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+SLIDE = default_source()
 OUT = REPO / "results" / "benchmarks"
 DEFAULT_ENCODERS = ["resnet50_layer3", "uni", "phikon-v2", "h-optimus-0"]
 

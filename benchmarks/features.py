@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from source_slide import default_source
 
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.extraction import encode_plan
@@ -39,7 +40,7 @@ from zoommil.wsi.lattice import Lattice
 from zoommil.wsi.tiling import tile_slide
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SLIDE = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+DEFAULT_SLIDE = default_source()
 
 
 def subset_parents(lattice: Lattice, n: int | None) -> Lattice:

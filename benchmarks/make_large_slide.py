@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from zoommil.synth.large import PRESETS, load_source, write_large_slide
+from source_slide import default_source, missing_source_message
 
-DEFAULT_SOURCE = Path("../shared/data/slides/CMU-1-Small-Region.svs")
+from zoommil.synth.large import PRESETS, load_source, write_large_slide
 
 
 def peak_rss_mb() -> float:
@@ -30,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="20x")
     parser.add_argument("--out", type=Path, required=True, help="output .tiff")
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="real H&E region")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=default_source(),
+        help="real H&E region (CMU-1-Small-Region.svs)",
+    )
     parser.add_argument("--width", type=int, help="level-0 width (default: the preset's)")
     parser.add_argument("--height", type=int, help="level-0 height (default: the preset's)")
     parser.add_argument("--tile", type=int, choices=(256, 512), help="TIFF tile side")
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.source.is_file():
-        print(f"error: {args.source}: source region not found", file=sys.stderr)
+        print(f"error: {missing_source_message(args.source)}", file=sys.stderr)
         return 1
     changes = {
         k: v

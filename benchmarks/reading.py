@@ -26,13 +26,14 @@ import time
 from pathlib import Path
 
 import cv2
+from source_slide import default_source
 
 from zoommil.io.coords import load_coords
 from zoommil.wsi.lattice import depths
 from zoommil.wsi.patches import chunk_tasks, read_task
 
 REPO = Path(__file__).resolve().parents[1]
-CMU = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+CMU = default_source()
 OUT = REPO / "results" / "benchmarks"
 
 

@@ -330,15 +330,22 @@ def parallel_capacity(processes: int, patches: int = 60, repeats: int = 2) -> li
 # --------------------------------------------------------------------------- set-up
 
 
-def ensure_slides(presets: list[str]) -> dict[str, Path]:
+def ensure_slides(presets: list[str], source: Path | None = None) -> dict[str, Path]:
+    """The real-size slides, made from ``source`` (default: `source_slide.default_source`) when
+    missing; a missing source stops here with one line saying where to download it."""
+    from source_slide import default_source, missing_source_message
+
+    source = source or default_source()
     out = {}
     for preset in presets:
         path = SLIDES / f"large{preset}.tiff"
         if not path.exists():
+            if not source.is_file():
+                raise SystemExit(f"error: {missing_source_message(source)}")
             print(f"making {path} (minutes)", file=sys.stderr)
             subprocess.run(
                 [sys.executable, str(REPO / "benchmarks" / "make_large_slide.py"),
-                 "--preset", preset, "--out", str(path)],
+                 "--preset", preset, "--out", str(path), "--source", str(source)],
                 check=True,
             )  # fmt: skip
         out[preset] = path
@@ -557,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
         "reported with the range",
     )
     parser.add_argument("--skip", nargs="*", default=[], choices=("features", "predict", "threads"))
+    parser.add_argument(
+        "--source", type=Path, help="CMU-1-Small-Region.svs, when the slides must be made"
+    )
     args = parser.parse_args(argv)
     if args.child:
         kind, payload = args.child
@@ -569,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tic = time.perf_counter()
     WORK.mkdir(parents=True, exist_ok=True)
-    slides = ensure_slides(["20x", "40x"])
+    slides = ensure_slides(["20x", "40x"], args.source)
     n = 8 if args.quick else args.parents
     res: dict[str, Any] = {
         "command": "python benchmarks/scale.py " + " ".join(argv or sys.argv[1:]),

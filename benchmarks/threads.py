@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+from source_slide import default_source
 
 from zoommil.efficiency.throughput import cpu_model
 from zoommil.features.encoder_pool import EncoderPool, EncoderRecipe
@@ -49,7 +50,7 @@ from zoommil.recipe import PreprocessingRecipe
 from zoommil.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-CMU = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+CMU = default_source()
 OUT = REPO / "results" / "benchmarks"
 
 

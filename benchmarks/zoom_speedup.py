@@ -22,13 +22,14 @@ import time
 from pathlib import Path
 
 import torch
+from source_slide import default_source
 
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.models import build_model
 from zoommil.recipe import PreprocessingRecipe
 
 REPO = Path(__file__).resolve().parents[1]
-CMU = REPO / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+CMU = default_source()
 OUT = REPO / "results" / "benchmarks"
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import openslide
@@ -61,3 +67,40 @@ def test_written_slide_reads_back(tmp_path, compression: str, tolerance: float) 
 def test_block_must_divide_the_slide() -> None:
     with pytest.raises(ValueError, match="must divide"):
         Mosaic(_source(), LargeSlideSpec(width=4000, height=3072, mpp=0.5, block=512))
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_large_slide.py"
+
+
+def _run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1] / "src")}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_script_finds_the_real_region_from_any_folder(slides_dir: Path, tmp_path: Path) -> None:
+    """The default source was relative to the working folder: `benchmarks/gpu.sh` run from
+    anywhere but the development layout's root stopped at 'source region not found'."""
+    out = tmp_path / "small.tiff"
+    proc = _run_script(
+        tmp_path, "--out", str(out), "--width", "2048", "--height", "2048", "--compression", "zlib"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.with_suffix(".tiff.json").read_text())["source"].endswith(
+        "CMU-1-Small-Region.svs"
+    )
+
+
+def test_a_missing_region_names_the_file_and_where_to_get_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.svs"
+    proc = _run_script(tmp_path, "--out", str(tmp_path / "x.tiff"), "--source", str(missing))
+    assert proc.returncode == 1
+    assert f"error: {missing}: source region not found; download https://" in proc.stderr
+    assert "CMU-1-Small-Region.svs and pass its path with --source" in proc.stderr
+    assert not (tmp_path / "x.tiff").exists()
