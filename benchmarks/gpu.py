@@ -19,6 +19,7 @@ shows.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -42,12 +43,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     print(f"{path}", file=sys.stderr)
 
 
-def slides_for(dry: bool, work: Path) -> dict[str, Path]:
-    """The real-size slides, or (dry) two tiny mosaics made in a second."""
+def slides_for(dry: bool, work: Path, source: Path | None = None) -> dict[str, Path]:
+    """The real-size slides (made from ``source`` when missing), or (dry) two tiny mosaics
+    made in a second."""
     if not dry:
         from scale import ensure_slides
 
-        return ensure_slides(["20x", "40x"])
+        return ensure_slides(["20x", "40x"], source)
     import importlib.util
 
     from zoommil.synth.large import LargeSlideSpec, write_large_slide
@@ -164,6 +166,9 @@ def profile_step(slides: dict[str, Path], ckpts: dict[str, Path], device: str) -
             torch.device(device),
             threads=1,
             precision="fp32" if device == "cpu" else "bf16",  # bf16 on a CPU is emulated
+            # the first slide once untimed: a GPU's first calls of the heads (cuBLAS handle,
+            # lazily loaded kernels) would otherwise land in the first timed slide
+            warmup=1,
         )
         for r in result["per_slide"]:
             r["device_busy_seconds"] = r["phases"]["encode"]
@@ -260,11 +265,15 @@ def train_step(device: str, dry: bool, work: Path) -> dict:
     seconds = time.perf_counter() - tic
     if proc.returncode != 0:
         raise RuntimeError(f"zoommil train failed:\n{proc.stderr[-2000:]}")
+    with (root / "out" / "log.csv").open() as log:
+        epochs = list(csv.DictReader(log))
     return {
         "step": "train",
         "device": device,
         "slides": len(rows),
         "patches_per_slide": n_parents * (1 + 4 + 64),
+        # the epoch alone (log.csv), then the whole command: start-up, CUDA init, reading bags
+        "seconds_epoch": float(epochs[-1]["seconds"]),
         "seconds_one_epoch_with_startup": seconds,
     }
 
@@ -273,10 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry", action="store_true", help="CPU dry mode with tiny sizes")
     parser.add_argument("--out", type=Path, help="output folder")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="CMU-1-Small-Region.svs, to make the real-size slides when results/benchmarks/"
+        "slides has none (default: shared/data/slides/ in or beside the checkout)",
+    )
     args = parser.parse_args(argv)
     import torch
 
     dry = args.dry or not torch.cuda.is_available()
+    if dry and not args.dry:
+        print(
+            f"no CUDA device visible to torch {torch.__version__} "
+            f"(CUDA build {torch.version.cuda}): running the CPU dry mode",
+            file=sys.stderr,
+        )
     device = "cpu" if dry else "cuda"
     out = args.out or REPO / "results" / "benchmarks" / ("gpu-dry" if dry else "gpu")
     work = out / "work"
@@ -291,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
     }
-    slides = slides_for(dry, work)
+    slides = slides_for(dry, work, args.source)
     ckpts = checkpoints(work, 64 if dry else 256, 2 if dry else 12)  # profile's and predict's
     for name, step in (
         ("features", lambda: features_step(slides, device, dry, work)),

@@ -244,7 +244,32 @@ def test_resolve_device():
             enc.resolve_device("cuda")
 
 
-def test_a_gpu_index_past_the_last_gpu_is_a_one_line_error(monkeypatch):
+@pytest.fixture
+def tf32_flags():
+    """TF32 on, as torch starts on a GPU (cuDNN convolutions), restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("device", ["cuda", torch.device("cuda:0")])
+def test_a_cuda_device_computes_fp32_without_tf32(monkeypatch, tf32_flags, device):
+    """cuDNN's TF32 default gave GPU 'fp32' features ~7e-3 off CPU fp32 under the fp32 label,
+    mixed unnoticed with CPU-made files; every path to a CUDA device goes through here."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    enc.resolve_device(device)
+    assert not torch.backends.cudnn.allow_tf32
+    assert not torch.backends.cuda.matmul.allow_tf32
+
+
+def test_the_cpu_leaves_the_gpu_switches_alone(tf32_flags):
+    enc.resolve_device("cpu")
+    assert torch.backends.cudnn.allow_tf32
+
+
+def test_a_gpu_index_past_the_last_gpu_is_a_one_line_error(monkeypatch, tf32_flags):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert enc.resolve_device("cuda:0") == torch.device("cuda:0")

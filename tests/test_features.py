@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -609,3 +610,37 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tiny, tmp_path, capsys):
     argv = ["features", str(tiny["slide"]), "--coords", str(tiny["coords"]), "--out", str(out)]
     assert main([*argv, "--weights", "random", "--workers", "0"]) == 0
     assert "\r" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("device", "threads", "cpus", "expected"),
+    [
+        ("cpu", 8, 16, 1),  # one reader hides reading behind a CPU encoder
+        ("cuda", None, 16, 8),  # at most 8
+        ("cuda", 1, 3, 2),  # the CPUs this process may use, one kept for the encoder
+        ("cuda", 8, 64, 7),  # a job given 8 CPUs on a 64-core node: 7 readers, not 8
+        ("cuda", 2, 64, 1),
+        ("cuda", None, 1, 1),
+    ],
+)
+def test_gpu_readers_fit_the_cpus_the_job_was_given(monkeypatch, device, threads, cpus, expected):
+    """`os.cpu_count()` is the node's: a SLURM job with `--cpus-per-task 8` on a 64-core GPU
+    node started 8 readers beside its encoding process."""
+    from zoommil.features import extraction
+
+    monkeypatch.setattr(extraction, "available_cpus", lambda: cpus)
+    assert extraction.default_workers(torch.device(device), threads) == expected
+
+
+def test_available_cpus_follows_the_affinity_mask() -> None:
+    """What `taskset` or a SLURM cpuset leaves this process, not the machine's count."""
+    from zoommil.features.extraction import available_cpus
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs affinity masks and 2 CPUs")
+    mask = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(mask)})
+        assert available_cpus() == 1
+    finally:
+        os.sched_setaffinity(0, mask)

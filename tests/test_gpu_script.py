@@ -38,6 +38,7 @@ def test_gpu_script_dry_mode_runs_every_step(tmp_path: Path) -> None:
     assert predict["seconds_per_slide_after_the_first"] > 0
     train = json.loads((tmp_path / "train.json").read_text())
     assert train["slides"] == 16
+    assert 0 < train["seconds_epoch"] < train["seconds_one_epoch_with_startup"]
     assert (tmp_path / "work" / "train" / "out" / "checkpoint.pt").exists()
     uni = json.loads((tmp_path / "features_uni.json").read_text())
     assert [(r["slide"], r["encoder"], r["patches"]) for r in uni["slides"]] == [("40x", "uni", 20)]

@@ -95,8 +95,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=None,
-        help="reader processes that prefetch regions (default: 1 on CPU, up to 8 on CUDA; 0: read "
-        "in the main process)",
+        help="reader processes that prefetch regions (default: 1 on CPU; on CUDA one per CPU "
+        "but one, at most 8: the CPUs of --threads when above 1, else those this process may "
+        "use; 0: read in the main process)",
     )
     add_device(parser)
     add_precision(parser, default("precision"))

@@ -106,7 +106,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         help="reader processes that read ahead of the encoder (0: read inline; default 1 on "
-        "CPU, up to 8 on GPU; with several slide processes, per process, default 0)",
+        "CPU; on GPU one per CPU but one, at most 8, the CPUs of --threads when above 1; with "
+        "several slide processes, per process, default 0)",
     )
     parser.add_argument(
         "--no-fail",
@@ -169,7 +170,7 @@ def _run_one(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     set_encoder_threads(device, args.threads)
-    workers = default_workers(device) if args.workers is None else args.workers
+    workers = default_workers(device, args.threads) if args.workers is None else args.workers
     with ReaderPool(workers) as reader:
         reader.start()  # its start-up overlaps loading the checkpoint and building the encoder
         predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)

@@ -42,7 +42,7 @@ import torch
 
 from zoommil.device import resolve_device, synchronize
 from zoommil.errors import SlideError, ZoomMILError
-from zoommil.features.extraction import default_workers
+from zoommil.features.extraction import default_batch_size, default_workers
 from zoommil.inference.predict import (
     Predictor,
     check_shared_pass,
@@ -196,7 +196,7 @@ def measure_groups_throughput(
     slides = list(slides)
     target = len(slides) if max_slides is None else min(max_slides, len(slides))
     if device.type == "cuda":
-        processes, workers = 1, default_workers(device)
+        processes, workers = 1, default_workers(device, threads)
     else:
         processes, workers = cpu_processes(threads, target), 0
     jobs = [(slide_id, str(path), mpp.get(slide_id)) for slide_id, path in slides]
@@ -344,7 +344,9 @@ def _measure(
     excluded: dict[str, str] = {}
     with ReaderPool(workers) as reader:
         reader.start()  # started during the encoder's warm-up, not in the first slide's time
-        encoder.encode(np.full((4, p, p, 3), 255, dtype=np.uint8))
+        # at the batch size the slides use: a GPU's first batch of a new shape picks kernels
+        batch = batch_size or default_batch_size(device)
+        encoder.encode(np.full((batch, p, p, 3), 255, dtype=np.uint8))
         warmed, unreadable = 0, {}  # the warm-up's failures: excluded once a claim meets one
         for slide_id, path, slide_mpp in jobs:
             if warmed >= warmup:

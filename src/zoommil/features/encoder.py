@@ -134,7 +134,7 @@ class PatchEncoder:
             choices = ", ".join(PRECISION_CHOICES)
             raise ZoomMILError(f"unknown precision {precision!r} (use {choices})")
         self.spec = spec or spec_of(model)
-        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.device = resolve_device(device)
         # this process will call the encoder again and again: its activations stay in the heap
         keep_freed_memory()
         precision = resolve_precision(precision, self.device)

@@ -116,10 +116,23 @@ def default_batch_size(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 4
 
 
-def default_workers(device: torch.device) -> int:
-    """Reader processes: one hides reading behind a CPU encoder; a GPU needs several."""
-    cpus = os.cpu_count() or 1
-    return min(8, max(1, cpus - 1)) if device.type == "cuda" else 1
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (a SLURM job's cpuset, `taskset`), not
+    the node's count, which on a shared GPU node is many more than the job was given."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(device: torch.device, threads: int | None = None) -> int:
+    """Reader processes: one hides reading behind a CPU encoder; a GPU needs several, one CPU
+    kept for the encoding process, at most 8. Their CPUs: ``threads`` when above 1 (the cores
+    a scheduler gave the job, e.g. `set-threads: features=8`), else those this process may use."""
+    if device.type != "cuda":
+        return 1
+    cpus = threads if threads is not None and threads > 1 else available_cpus()
+    return min(8, max(1, cpus - 1))
 
 
 @dataclass
@@ -427,7 +440,9 @@ def extract_features(
         log.warning(
             "%s: no tissue parents in %s: writing an empty feature file", slide_path, coords_path
         )
-    with ReaderPool(default_workers(torch_device) if workers is None else workers) as reader:
+    with ReaderPool(
+        default_workers(torch_device, threads) if workers is None else workers
+    ) as reader:
         if len(plan.xy[0]):
             reader.start()  # its start-up overlaps building the encoder
         model, weights_info = build_encoder(weights, seed=seed, encoder=encoder_name)

@@ -223,7 +223,7 @@ def _in_this_process(
     device = torch.device(settings.device)
     set_encoder_threads(device, threads)
     slides = [task.slide for task in tasks]
-    workers = default_workers(device) if settings.workers is None else settings.workers
+    workers = default_workers(device, threads) if settings.workers is None else settings.workers
     with (
         ReaderPool(workers) as reader,
         TilingAhead(settings.predictor.recipe, slides, settings.mpp) as ahead,
