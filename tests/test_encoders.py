@@ -244,6 +244,29 @@ def test_safetensors_and_state_dict_round_trip(tmp_path):
     np.testing.assert_array_equal(PatchEncoder(folder).encode(x), PatchEncoder(model).encode(x))
 
 
+def test_checkpoints_as_training_scripts_save_them_load(tmp_path):
+    """A whole wrapper saved (`model.` before every key) and timm's classifier head were
+    refused: '342 unexpected key(s), e.g. model.blocks...' and 'head.bias, head.weight'."""
+    model, _ = _small("uni", seed=0)
+    backbone = model.backbone.state_dict()
+    x = _patches(2)
+    want = PatchEncoder(model).encode(x)
+    wrapped = tmp_path / "wrapped.pt"
+    torch.save({"epoch": 3, "model": {f"model.{k}": v for k, v in backbone.items()}}, wrapped)
+    with_head = tmp_path / "with_head.safetensors"
+    save_file({**backbone, "head.weight": torch.zeros(1000, 1024), "head.bias": torch.zeros(1000)},
+              str(with_head))  # fmt: skip
+    for path in (wrapped, with_head):
+        loaded, _ = _small("uni", seed=1, weights=str(path))
+        np.testing.assert_array_equal(PatchEncoder(loaded).encode(x), want)
+    # a prefix on some keys only is not a wrapper: the strict load names them
+    partial = tmp_path / "partial.pt"
+    keys = sorted(backbone)
+    torch.save({(f"model.{k}" if k == keys[0] else k): v for k, v in backbone.items()}, partial)
+    with pytest.raises(ZoomMILError, match=rf"1 unexpected key\(s\), e.g. model.{keys[0]}"):
+        _small("uni", weights=str(partial))
+
+
 def test_wrong_shapes_and_another_encoders_weights_are_one_line_errors(tmp_path):
     uni, _ = _small("uni")
     state = uni.backbone.state_dict()

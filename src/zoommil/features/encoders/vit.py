@@ -121,8 +121,10 @@ def _dinov2_hf_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def convert_state(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[str, torch.Tensor]:
     """Published files -> backbone keys: timm layout as is, ``backbone.`` prefix (our own
-    state dicts) dropped, Hugging Face Dinov2 layout (Phikon-v2) converted."""
-    state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    state dicts) dropped, a timm classifier ``head`` dropped (the encoder's output is the
+    token before it, as the ResNet's is the pooled map before ``fc``), Hugging Face Dinov2
+    layout (Phikon-v2) converted."""
+    state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("head.")}
     if any(k.startswith(("embeddings.", "dinov2.embeddings.")) for k in state):
         state = _dinov2_hf_to_timm(state)
     return state

@@ -9,8 +9,8 @@ else ``$XDG_CACHE_HOME/huggingface/hub`` or ``~/.cache/huggingface/hub``, with `
 ``models--{org}--{name}/snapshots/{revision}/{file}``) and a missing file is a one-line error
 naming the repo and the file to place there.
 
-Loading is strict: every key present, every shape equal. A file made for another encoder, or of
-the wrong shapes, fails with one line naming the file and the encoder.
+Loading is strict: every key present, every shape equal. A file made for another architecture,
+or of the wrong shapes, fails with one line naming the file and the encoder.
 """
 
 from __future__ import annotations
@@ -177,7 +177,11 @@ def read_state_file(path: Path, spec: EncoderSpec) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ZoomMILError(f"{path}: not a state dict of tensors (encoder {spec.name})")
-    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+    state = {str(k).removeprefix("module."): v for k, v in obj.items()}
+    # a training script's wrapper saved whole (`self.model = timm.create_model(...)`)
+    if state and all(k.startswith("model.") for k in state):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    return state
 
 
 def local_weights_path(weights: str, spec: EncoderSpec) -> Path:
