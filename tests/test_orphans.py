@@ -1,4 +1,5 @@
-"""Orphaned outputs: the markers are read as Snakemake writes them (its own encoder)."""
+"""Orphaned outputs: the markers are read as Snakemake writes them (its own encoder); a
+feature manifest that lists a missing file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 
 from snakemake.persistence.file import FilePersistence
 
+from zoommil.workflow import manifest as manifest_module
 from zoommil.workflow import orphans
 
 
@@ -57,3 +59,33 @@ def test_orphans_are_dated_back_and_named(tmp_path: Path) -> None:
     assert "7 output(s)" in line and "their jobs run again" in line
     assert {os.stat(p).st_mtime for p in (tmp_path / "results").iterdir()} == {orphans.LONG_AGO}
     assert orphans.outdate_orphaned_outputs(dry_run=False, workdir=Path(tmp_path / "none")) == []
+
+
+def _manifest(workdir: Path, *paths: str) -> Path:
+    manifest = workdir / manifest_module.MANIFEST
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"s{i}\t{p}\t10\t1\n" for i, p in enumerate(paths))
+    manifest.write_text("slide_id\tpath\tbytes\tmtime_ns\n" + rows)
+    return manifest
+
+
+def test_a_manifest_listing_a_missing_feature_file_is_dated_back(tmp_path: Path) -> None:
+    (tmp_path / "results/features").mkdir(parents=True)
+    (tmp_path / "results/features/a.h5").write_text("x")
+    manifest = _manifest(tmp_path, "results/features/a.h5", "results/features/b.h5")
+    assert manifest_module.missing_listed_files(tmp_path) == ["results/features/b.h5"]
+    [note] = manifest_module.outdate_manifest_of_missing_files(True, workdir=tmp_path)
+    assert note.endswith("the next run extracts them again, and what was trained on them is "
+                         "redone: results/features/b.h5")  # fmt: skip
+    assert manifest.stat().st_mtime > orphans.LONG_AGO  # dry run: named only
+    manifest_module.outdate_manifest_of_missing_files(False, workdir=tmp_path)
+    assert manifest.stat().st_mtime == orphans.LONG_AGO
+
+
+def test_an_absent_manifest_or_a_running_snakemake_leaves_it(tmp_path: Path) -> None:
+    assert manifest_module.outdate_manifest_of_missing_files(False, workdir=tmp_path) == []
+    manifest = _manifest(tmp_path, "results/features/gone.h5")
+    (tmp_path / ".snakemake/locks").mkdir(parents=True)
+    (tmp_path / ".snakemake/locks/0.input.lock").write_text("")
+    assert manifest_module.outdate_manifest_of_missing_files(False, workdir=tmp_path) == []
+    assert manifest.stat().st_mtime > orphans.LONG_AGO

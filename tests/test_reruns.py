@@ -289,3 +289,34 @@ def test_an_output_finished_after_snakemake_died_is_redone(tiny, tmp_path) -> No
     assert harness.executed(result)["features"] == {target.stem}
     assert not (scratch / ".snakemake/incomplete" / key).exists()
     assert (scratch / ".snakemake/metadata" / key).exists()
+
+
+def test_a_deleted_feature_file_is_extracted_again(tiny, tmp_path) -> None:
+    """Deleting a feature file to have it re-extracted did nothing ("Nothing to be done":
+    Snakemake does not remake a missing input of an up-to-date job, and training depends on
+    the manifest only), and training then stopped on the missing file."""
+    workdir, configfile, _ = tiny
+    scratch = tmp_path / "deleted"
+    shutil.copytree(workdir, scratch, symlinks=True)
+    manifest = scratch / "results/qc/features.tsv"
+    target = Path(pd.read_csv(manifest, sep="\t")["path"].iloc[0])
+    (scratch / target).unlink()
+    listed_before = manifest.stat().st_mtime
+
+    dry = harness.snakemake(scratch, "-n", configfile=configfile)
+    assert (
+        "zoommil: 1 feature file(s) listed in results/qc/features.tsv are missing; the next run "
+        f"extracts them again, and what was trained on them is redone: {target}"
+    ) in dry.stderr
+    assert manifest.stat().st_mtime == listed_before  # a dry run changes nothing
+
+    # --rerun-triggers mtime: the copy's slide paths differ from the tiny run's (params)
+    result = harness.snakemake(
+        scratch, "results/qc/features.tsv", "--rerun-triggers", "mtime", configfile=configfile
+    )
+    assert "they are extracted again" in result.stderr
+    assert harness.executed(result)["features"] == {target.stem}
+    listed = pd.read_csv(manifest, sep="\t").set_index("path")  # rewritten by qc_slides
+    assert listed.loc[target.as_posix(), "mtime_ns"] == (scratch / target).stat().st_mtime_ns
+    again = ("results/qc/features.tsv", "--rerun-triggers", "mtime")
+    assert harness.planned_jobs(scratch, configfile, *again) == {}

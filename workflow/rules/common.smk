@@ -18,6 +18,7 @@ from zoommil.recipe import PreprocessingRecipe
 from zoommil.workflow import codehash as zcode
 from zoommil.workflow import config_checks as zconfig
 from zoommil.workflow import failure as zfailure
+from zoommil.workflow import manifest as zmanifest
 from zoommil.workflow import orphans as zorphans
 from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
@@ -81,6 +82,9 @@ if not DEMO:
 if workflow.is_main_process:
     # Jobs that finished after a killed Snakemake process: see zoommil.workflow.orphans.
     for line in zorphans.outdate_orphaned_outputs(workflow.output_settings.dryrun):
+        print(line, file=sys.stderr)
+    # Feature files deleted to be extracted again: see zoommil.workflow.manifest.
+    for line in zmanifest.outdate_manifest_of_missing_files(workflow.output_settings.dryrun):
         print(line, file=sys.stderr)
 
 
