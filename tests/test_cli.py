@@ -41,6 +41,16 @@ def test_building_the_parser_does_not_import_torch():
     assert imported_after(code, ("torch", "torchvision")) == "[]"
 
 
+def test_the_workflow_finds_the_weight_file_without_torch():
+    """The features rule's weights input is resolved when the workflow loads: no torch."""
+    code = (
+        "from zoommil.recipe import PreprocessingRecipe\n"
+        "from zoommil.workflow.params import weights_input\n"
+        "weights_input(PreprocessingRecipe(mags=(10.0, 20.0), encoder='uni', weights='hf'))"
+    )
+    assert imported_after(code, ("torch",)) == "[]"
+
+
 @pytest.mark.parametrize(
     ("module", "absent"),
     [

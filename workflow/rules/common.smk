@@ -60,6 +60,8 @@ try:
 except ZoomMILError as error:
     raise ValueError(f"config: preprocess/features: {error}") from None
 config["features"]["weights"] = RECIPE.weights  # the report names what the rules pass
+# The weight file features read (none for random or imagenet): a new file reruns extraction.
+WEIGHTS_FILE = zwf.weights_input(RECIPE)
 # `--sdm conda`: envs/*.post-deploy.sh install zoommil from the checkout of this Snakefile
 # (not the imported package's parents: those are site-packages for a non-editable install).
 os.environ.setdefault("ZOOMMIL_SOURCE", str(Path(workflow.basedir).resolve()))

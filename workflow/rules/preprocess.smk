@@ -110,6 +110,7 @@ rule features:
     input:
         slide=existing_slide,
         coords="results/coords/{slide}.h5",
+        weights=WEIGHTS_FILE,
     output:
         features="results/features/{slide}.h5",
     log:

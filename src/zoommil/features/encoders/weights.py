@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +28,7 @@ from torch import nn
 
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import EncoderSpec
+from zoommil.features.encoders.weight_files import local_weights_path, resolve_hf_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,71 +54,6 @@ def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
 
 
 # --------------------------------------------------------------------------- HF cache
-
-
-def _expanded(path: str) -> Path:
-    """``~`` and ``$VARS`` expanded, in huggingface_hub's order (``constants.py``)."""
-    return Path(os.path.expandvars(os.path.expanduser(path)))
-
-
-def hf_cache_dir() -> Path:
-    """The hub cache folder, read from the environment at call time, resolved as
-    huggingface_hub resolves it (which also fills it): ``HF_HUB_CACHE``, else the legacy
-    ``HUGGINGFACE_HUB_CACHE`` (still honoured there), else ``$HF_HOME/hub``, else
-    ``($XDG_CACHE_HOME or ~/.cache)/huggingface/hub``; each with ``~`` and ``$VARS``
-    expanded. An empty variable counts as unset."""
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(name):
-            return _expanded(os.environ[name])
-    if os.environ.get("HF_HOME"):
-        return _expanded(os.environ["HF_HOME"]) / "hub"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return _expanded(base) / "huggingface" / "hub"
-
-
-def _snapshot_file(cache: Path, repo_id: str, filename: str) -> Path | None:
-    """The cached file of ``repo_id``: the ``main`` ref's snapshot first, else any snapshot."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # the layout is simple enough to read without the library
-        try_to_load_from_cache = None
-    if try_to_load_from_cache is not None:
-        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(cache))
-        if isinstance(found, str) and Path(found).is_file():
-            return Path(found)
-    snapshots = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    candidates = [p / filename for p in snapshots.iterdir() if (p / filename).is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
-
-
-def _terms(spec: EncoderSpec) -> str:
-    """The licence and gating of a spec's weights, said where the user goes to fetch them:
-    several are non-commercial, which a user should know before fetching and using them."""
-    terms = [f"licence {spec.licence}"] if spec.licence else []
-    if spec.gated:
-        terms.append("gated: accept the licence on huggingface.co first")
-    return f" ({'; '.join(terms)})" if terms else ""
-
-
-def resolve_hf_weights(spec: EncoderSpec) -> Path:
-    """The spec's weight file in the offline HF cache; never downloads."""
-    if not spec.hf_repo or not spec.hf_files:
-        raise ZoomMILError(
-            f"encoder {spec.name} has no Hugging Face weights: use --weights "
-            + ("imagenet, random or PATH" if spec.name == "resnet50_layer3" else "random or PATH")
-        )
-    cache = hf_cache_dir()
-    for filename in spec.hf_files:
-        found = _snapshot_file(cache, spec.hf_repo, filename)
-        if found is not None:
-            return found
-    raise ZoomMILError(
-        f"{spec.name}: weights not in the offline Hugging Face cache {cache}: place "
-        f"{spec.hf_repo}/{spec.hf_files[0]}{_terms(spec)} there (e.g. `hf download {spec.hf_repo} "
-        f"{spec.hf_files[0]}` on a machine with internet), or pass --weights PATH"
-    )
 
 
 # --------------------------------------------------------------------------- files
@@ -182,26 +117,6 @@ def read_state_file(path: Path, spec: EncoderSpec) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("model.") for k in state):
         state = {k.removeprefix("model."): v for k, v in state.items()}
     return state
-
-
-def local_weights_path(weights: str, spec: EncoderSpec) -> Path:
-    """A weights path given by the user: a file, or a folder holding one of the spec's files."""
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        for name in (*spec.hf_files, "model.safetensors", "pytorch_model.bin"):
-            if (path / name).is_file():
-                return path / name
-        raise ZoomMILError(
-            f"{path}: folder holds none of {', '.join(spec.hf_files) or 'the weight files'} "
-            f"for encoder {spec.name}"
-        )
-    if not path.is_file():
-        choices = "imagenet, random" if spec.name == "resnet50_layer3" else "random, hf"
-        raise ZoomMILError(
-            f"{path}: weights file not found for encoder {spec.name} (use --weights {choices} "
-            "or a path to a .safetensors / state-dict file)"
-        )
-    return path
 
 
 def check_and_load(
