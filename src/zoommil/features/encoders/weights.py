@@ -53,10 +53,8 @@ def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- HF cache
-
-
 # --------------------------------------------------------------------------- files
+# (where a file is, the HF cache or a path, is found in `weight_files`, without torch)
 
 
 #: What a weights file may be (said where one is refused).
