@@ -26,9 +26,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+# PREEMPTED stays failed: a requeued job shows its new record (PENDING) in sacct, while a job
+# preempted under PreemptMode=CANCEL stays PREEMPTED for good, and "running" would wait forever.
 RUNNING_SLURM = {
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
     "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
+    "RESV_DEL_HOLD",
 }  # fmt: skip
 LOG_DIR = Path(".snakemake/cluster_logs")
 QUERY_TIMEOUT_S = 60
@@ -124,8 +127,15 @@ def submit(jobscript: str) -> None:
     if out.returncode != 0:
         sys.stderr.write(out.stderr or out.stdout or f"{args[0]} exited {out.returncode}\n")
         sys.exit(out.returncode)
-    # sbatch --parsable prints "id" or "id;cluster"; qsub prints "id.server"
-    print(out.stdout.strip().split(";")[0])
+    # sbatch --parsable prints "id" or "id;cluster" (kept: status and cancel need the
+    # cluster, `-M`, where it is not the local one); qsub prints "id.server"
+    print(out.stdout.strip())
+
+
+def slurm_job(jobid: str) -> list[str]:
+    """``-j ID`` and, for "ID;CLUSTER" (a job sent to another cluster with `-M`), ``-M``."""
+    job, _, cluster = jobid.partition(";")
+    return ["-j", job, *(["-M", cluster] if cluster else [])]
 
 
 def query(args: list[str]) -> str | None:
@@ -149,9 +159,9 @@ def slurm_status(jobid: str) -> str:
     """A job SLURM does not know is failed only when SLURM answered: a failed query (the
     controller down or timing out) says running, else Snakemake would submit the running job
     again."""
-    state = query(["sacct", "-X", "-n", "-P", "-j", jobid, "-o", "State"])
+    state = query(["sacct", "-X", "-n", "-P", *slurm_job(jobid), "-o", "State"])
     if not state:  # no accounting database: slurmctld remembers finished jobs for MinJobAge
-        squeue = query(["squeue", "-h", "-j", jobid, "--states=all", "-o", "%T"])
+        squeue = query(["squeue", "-h", *slurm_job(jobid), "--states=all", "-o", "%T"])
         if squeue is None:
             return "running"
         state = squeue
@@ -191,8 +201,12 @@ def main(argv: list[str]) -> None:
         submit(args[-1])
     elif command == "status":
         print(slurm_status(args[0]) if scheduler() == "slurm" else pbs_status(args[0]))
+    elif scheduler() == "pbs":
+        subprocess.run(["qdel", *args], check=False)
     else:
-        subprocess.run(["scancel" if scheduler() == "slurm" else "qdel", *args], check=False)
+        for jobid in args:
+            job, _, cluster = jobid.partition(";")
+            subprocess.run(["scancel", *(["-M", cluster] if cluster else []), job], check=False)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ OUTAGE = "slurm_load_jobs error: Socket timed out on send/recv operation"
 def stubs(tmp_path: Path) -> Path:
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    for name in ("sbatch", "sacct", "squeue", "qsub", "qstat"):
+    for name in ("sbatch", "sacct", "squeue", "scancel", "qsub", "qstat"):
         path = bindir / name
         path.write_text(STUB.format(name=name, upper=name.upper()))
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -65,6 +65,8 @@ def test_status_reads_sacct_then_squeue(stubs, tmp_path):
     assert _status(stubs, tmp_path, STUB_SACCT_OUT="RUNNING") == "running"
     assert _status(stubs, tmp_path, STUB_SACCT_OUT="COMPLETED") == "success"
     assert _status(stubs, tmp_path, STUB_SACCT_OUT="CANCELLED by 7") == "failed"
+    # held in the queue after its reservation was deleted: still to run
+    assert _status(stubs, tmp_path, STUB_SACCT_OUT="RESV_DEL_HOLD") == "running"
     # no accounting database: sacct fails, squeue knows the job
     no_db = {"STUB_SACCT_RC": "1", "STUB_SACCT_ERR": "Slurm accounting storage is disabled"}
     assert _status(stubs, tmp_path, **no_db, STUB_SQUEUE_OUT="PENDING") == "running"
@@ -113,8 +115,22 @@ def _jobscript(tmp_path: Path, resources: dict) -> Path:
 
 def test_submit_prints_the_job_id(stubs, tmp_path):
     script = _jobscript(tmp_path, {"mem_mb": 1000})
-    result = _run("submit.sh", str(script), stubs=stubs, cwd=tmp_path, STUB_SBATCH_OUT="99;c1")
+    result = _run("submit.sh", str(script), stubs=stubs, cwd=tmp_path, STUB_SBATCH_OUT="99")
     assert (result.returncode, result.stdout) == (0, "99\n"), result.stderr
+
+
+def test_a_job_on_another_cluster_is_asked_for_there(stubs, tmp_path):
+    """`slurm_extra: -M c2`: sbatch answers "99;c2"; the id alone made sacct and squeue look
+    on the local cluster, not know the job, and Snakemake submit it again."""
+    script = _jobscript(tmp_path, {"mem_mb": 1000, "slurm_extra": "-M c2"})
+    result = _run("submit.sh", str(script), stubs=stubs, cwd=tmp_path, STUB_SBATCH_OUT="99;c2")
+    assert (result.returncode, result.stdout) == (0, "99;c2\n"), result.stderr
+    status = _run("status.sh", "99;c2", stubs=stubs, cwd=tmp_path, STUB_SACCT_OUT="RUNNING")
+    assert status.stdout.strip() == "running"
+    assert "sacct -X -n -P -j 99 -M c2 -o State" in (tmp_path / "calls").read_text()
+    _run("cancel.sh", "99;c2", "100", stubs=stubs, cwd=tmp_path)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[-2:] == ["scancel -M c2 99", "scancel 100"]
 
 
 def test_refused_submission_shows_sbatch_message_and_code(stubs, tmp_path):
