@@ -42,12 +42,9 @@ def test_building_the_parser_does_not_import_torch():
 
 
 def test_the_workflow_finds_the_weight_file_without_torch():
-    """The features rule's weights input is resolved when the workflow loads: no torch."""
-    code = (
-        "from zoommil.recipe import PreprocessingRecipe\n"
-        "from zoommil.workflow.params import weights_input\n"
-        "weights_input(PreprocessingRecipe(mags=(10.0, 20.0), encoder='uni', weights='hf'))"
-    )
+    """The weight file's sha256 (the features rule's params) is found when the workflow
+    loads: without torch."""
+    code = "from zoommil.workflow.weights import weights_sha256\nweights_sha256('uni', 'hf')"
     assert imported_after(code, ("torch",)) == "[]"
 
 

@@ -333,29 +333,21 @@ _HF_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"
 
 
 def test_the_weight_file_a_features_job_reads(tmp_path, monkeypatch):
-    """What the features rule takes as an input: the blob behind the main snapshot (another
-    snapshot: another input), the file a folder holds, nothing for keywords or unseen files."""
+    """Found without torch for the workflow (`zoommil.workflow.weights`): the main snapshot's
+    file, the file a folder holds, nothing for keywords or unseen files."""
     from zoommil.features.encoders.weight_files import weights_file
-    from zoommil.recipe import PreprocessingRecipe
-    from zoommil.workflow.params import weights_input
 
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert weights_file("uni", "hf") is None  # not in this machine's cache
     file = _fake_hub(tmp_path / "hf" / "hub", "MahmoodLab/UNI", "pytorch_model.bin", {})
-    blob = tmp_path / "blob-sha"
-    file.rename(blob)
-    file.symlink_to(blob)  # the hub's layout: snapshots link to content-named blobs
     assert weights_file("uni", "hf") == file
-    recipe = PreprocessingRecipe(mags=(10.0, 20.0), encoder="uni", weights="hf")
-    assert weights_input(recipe) == [str(blob.resolve())]
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "pytorch_model.bin").write_bytes(b"x")
     assert weights_file("uni", str(tmp_path / "folder")) == tmp_path / "folder/pytorch_model.bin"
     assert weights_file("uni", str(tmp_path / "gone.bin")) is None
     assert weights_file("resnet50_layer3", "imagenet") is None
-    assert weights_input(PreprocessingRecipe(mags=(10.0, 20.0), weights="random")) == []
 
 
 def test_hf_cache_dir_resolves_as_huggingface_hub(tmp_path, monkeypatch):

@@ -320,18 +320,3 @@ def test_a_deleted_feature_file_is_extracted_again(tiny, tmp_path) -> None:
     assert listed.loc[target.as_posix(), "mtime_ns"] == (scratch / target).stat().st_mtime_ns
     again = ("results/qc/features.tsv", "--rerun-triggers", "mtime")
     assert harness.planned_jobs(scratch, configfile, *again) == {}
-
-
-def test_the_weight_file_is_an_input_of_feature_extraction(tiny, tmp_path) -> None:
-    """Another file behind the same `features.weights` (a new snapshot, a file replaced in
-    place) changed no params, so the old features stayed "up to date" and training later
-    refused the mix. The resolved file is now an input of every features job."""
-    workdir, _, _ = tiny
-    weights = tmp_path / "resnet.pt"
-    weights.write_bytes(b"")  # a dry run reads nothing
-    config = copy.deepcopy(harness.load_config())
-    config["features"]["weights"] = str(weights)
-    configfile = harness.write_config(workdir, config, "weights_file.yaml")
-    result = harness.snakemake(workdir, "-n", "results/features/demo_000.h5", configfile=configfile)
-    inputs = harness.job_lines(result, r"^\s*input: (.*)$")["features"]
-    assert inputs and all(line.endswith(f", {weights.resolve()}") for line in inputs), inputs

@@ -24,6 +24,7 @@ from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
 from zoommil.workflow import timers as ztimers
+from zoommil.workflow import weights as zweights
 
 try:
     # Snakemake keeps the last of a key given twice in a config file: refuse it instead.
@@ -60,8 +61,9 @@ try:
 except ZoomMILError as error:
     raise ValueError(f"config: preprocess/features: {error}") from None
 config["features"]["weights"] = RECIPE.weights  # the report names what the rules pass
-# The weight file features read (none for random or imagenet): a new file reruns extraction.
-WEIGHTS_FILE = zwf.weights_input(RECIPE)
+# The sha256 of the weight file features read ('' for random, imagenet): other weights behind
+# the same keyword or path rerun extraction (zoommil.workflow.weights).
+WEIGHTS_SHA256 = zweights.weights_sha256(RECIPE.encoder, RECIPE.weights)
 # `--sdm conda`: envs/*.post-deploy.sh install zoommil from the checkout of this Snakefile
 # (not the imported package's parents: those are site-packages for a non-editable install).
 os.environ.setdefault("ZOOMMIL_SOURCE", str(Path(workflow.basedir).resolve()))

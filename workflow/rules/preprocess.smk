@@ -110,7 +110,6 @@ rule features:
     input:
         slide=existing_slide,
         coords="results/coords/{slide}.h5",
-        weights=WEIGHTS_FILE,
     output:
         features="results/features/{slide}.h5",
     log:
@@ -126,6 +125,7 @@ rule features:
         code=code("features"),
         slide=slide_path,
         recipe=zwf.encoder_flags(RECIPE),
+        weights_sha256=WEIGHTS_SHA256,
         extra=zwf.cli_flags(config.get("features", {}).get("args")),
         device=device,
     shell:

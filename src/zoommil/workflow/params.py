@@ -120,20 +120,6 @@ def encoder_flags(recipe: PreprocessingRecipe) -> str:
     )
 
 
-def weights_input(recipe: PreprocessingRecipe) -> list[str]:
-    """The encoder's weight file as an input of the features rule: [] for ``random`` and
-    ``imagenet`` and where this machine does not see the file.
-
-    Why an input: the params hold the keyword or path only, so another Hugging Face snapshot,
-    or a file replaced at the same path, left every feature file of the old weights "up to
-    date", and training failed on the first new slide's (other sha256). As an input, a newer
-    file reruns extraction (mtime), another one (a snapshot's blob) too (the input set)."""
-    from zoommil.features.encoders.weight_files import weights_file
-
-    path = weights_file(recipe.encoder, recipe.weights)
-    return [str(path.resolve())] if path is not None else []
-
-
 #: mpp sources of `zoommil.wsi.resolution.resolve_mpp` that are not the slide's own metadata
 #: ("sheet": a "default" that came from the sheet's mpp column, `zoommil.workflow.qc`).
 _GIVEN_MPP_SOURCES = ("default", "sheet", "override")

@@ -1,18 +1,27 @@
 """Where an encoder's weight file is, found without torch: the offline Hugging Face cache
 (``hf``) or a path the user gave (a file, or a folder holding the card's file).
 
-Without torch because the workflow asks it too, when it loads: the features rule takes the
-file as an input, so a new file (another snapshot, a file replaced at the same path) reruns
-feature extraction, where a keyword or a path alone in the params never changed.
+Without torch because the workflow asks it too, when it loads (`zoommil.workflow.weights`):
+the features rule's params carry the file's sha256, so other weights behind the same keyword
+or path (another snapshot, a file replaced in place) rerun feature extraction.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import EncoderSpec, get_spec
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _expanded(path: str) -> Path:

@@ -28,17 +28,13 @@ from torch import nn
 
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import EncoderSpec
-from zoommil.features.encoders.weight_files import local_weights_path, resolve_hf_weights
+from zoommil.features.encoders.weight_files import (
+    local_weights_path,
+    resolve_hf_weights,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:

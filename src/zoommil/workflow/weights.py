@@ -1,0 +1,77 @@
+"""The sha256 of the encoder's weight file, for the features rule's params.
+
+Why: the params held the keyword or the path only, so another Hugging Face snapshot, or a file
+replaced at the same path, left every feature file of the old weights "up to date", and
+training failed on the first slide extracted with the new ones (another sha256). By content,
+not by path: a copied or moved cache, or a file copied over itself, reruns nothing.
+
+Hashing a foundation model's file takes seconds, so the answer is kept in
+``.snakemake/zoommil-weights.json`` by (path, size, mtime); the Hugging Face cache names its
+blobs by their sha256, which is read from the name. Where this process does not see the file
+(a login node without the cache; a cluster job), the last sha256 seen for the same weights
+setting is used, so that visibility alone never reruns extraction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from zoommil.features.encoders.weight_files import sha256_file, weights_file
+
+CACHE = Path(".snakemake/zoommil-weights.json")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _read(cache: Path) -> dict:
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {"files": {}, "last": {}}
+    return data if isinstance(data, dict) else {"files": {}, "last": {}}
+
+
+def _write(cache: Path, data: dict) -> None:
+    """Atomically: several Snakemake processes (cluster jobs) may load the workflow at once."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only working folder: hashed again next time
+
+
+def file_sha256(path: Path, known: dict) -> str:
+    """sha256 of ``path`` (resolved): the HF blob's name, the cached value, or hashed."""
+    real = path.resolve()
+    if real.parent.name == "blobs" and _SHA256.fullmatch(real.name):
+        return real.name
+    stat = real.stat()
+    entry = known.get(str(real))
+    if isinstance(entry, list) and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
+        return str(entry[2])
+    digest = sha256_file(real)
+    known[str(real)] = [stat.st_size, stat.st_mtime_ns, digest]
+    return digest
+
+
+def weights_sha256(encoder: str, weights: str, workdir: Path = Path(".")) -> str:
+    """The sha256 of the file ``weights`` names for ``encoder``; '' for ``random`` (the seed
+    is in the flags) and ``imagenet`` (torchvision's file name holds its hash)."""
+    if weights in ("random", "imagenet"):
+        return ""
+    cache = workdir / CACHE
+    data = _read(cache)
+    before = json.dumps(data, sort_keys=True)
+    files, last = data.setdefault("files", {}), data.setdefault("last", {})
+    key = f"{encoder} {weights}"
+    path = weights_file(encoder, weights)
+    if path is None:
+        return str(last.get(key, ""))
+    last[key] = digest = file_sha256(path, files)
+    if json.dumps(data, sort_keys=True) != before:
+        _write(cache, data)
+    return digest

@@ -1,0 +1,87 @@
+"""The features rule's params carry the weight file's sha256 (`zoommil.workflow.weights`):
+other weights behind the same keyword or path rerun extraction, the same bytes elsewhere or
+out of sight do not."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from zoommil.workflow import weights
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def no_hashing(monkeypatch):
+    """Makes any hashing fail: what follows must come from a name or the cache."""
+
+    def refuse(path):
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr(weights, "sha256_file", refuse)
+
+
+def test_keywords_have_no_file_to_hash(tmp_path: Path) -> None:
+    assert weights.weights_sha256("resnet50_layer3", "random", tmp_path) == ""
+    assert weights.weights_sha256("resnet50_layer3", "imagenet", tmp_path) == ""
+    assert not (tmp_path / weights.CACHE).exists()
+
+
+def test_a_path_is_identified_by_its_content(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    file = tmp_path / "w" / "enc.pt"
+    file.parent.mkdir()
+    file.write_bytes(b"weights A")
+    first = weights.weights_sha256("resnet50_layer3", "w/enc.pt", tmp_path)
+    assert first == _sha(b"weights A")
+    # the same bytes copied over it (a new mtime) or found at another path: the same answer
+    shutil.copy(file, tmp_path / "copy.pt")
+    os.replace(tmp_path / "copy.pt", file)
+    assert weights.weights_sha256("resnet50_layer3", "w/enc.pt", tmp_path) == first
+    shutil.copy(file, tmp_path / "moved.pt")
+    assert weights.weights_sha256("resnet50_layer3", str(tmp_path / "moved.pt"), tmp_path) == first
+    file.write_bytes(b"weights B")  # other weights in place: another answer
+    assert weights.weights_sha256("resnet50_layer3", "w/enc.pt", tmp_path) == _sha(b"weights B")
+
+
+def test_an_unchanged_file_is_not_hashed_again(tmp_path: Path, monkeypatch) -> None:
+    file = tmp_path / "enc.pt"
+    file.write_bytes(b"weights A")
+    digest = weights.weights_sha256("resnet50_layer3", str(file), tmp_path)
+    monkeypatch.setattr(weights, "sha256_file", lambda path: pytest.fail(f"hashed {path}"))
+    assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == digest
+
+
+def test_a_hub_blob_is_named_by_its_sha256(tmp_path: Path, monkeypatch, no_hashing) -> None:
+    digest = _sha(b"uni")
+    repo = tmp_path / "hf" / "hub" / "models--MahmoodLab--UNI"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / digest).write_bytes(b"uni")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "snapshots" / "abc" / "pytorch_model.bin").symlink_to(repo / "blobs" / digest)
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert weights.weights_sha256("uni", "hf", tmp_path) == digest
+    # out of sight (a login node without the cache, a cluster job): the last one seen, so
+    # that seeing the cache or not never reruns extraction by itself
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "elsewhere"))
+    assert weights.weights_sha256("uni", "hf", tmp_path) == digest
+    assert weights.weights_sha256("uni", "hf", tmp_path / "another_workdir") == ""
+
+
+def test_an_unreadable_cache_is_rebuilt(tmp_path: Path) -> None:
+    file = tmp_path / "enc.pt"
+    file.write_bytes(b"weights A")
+    (tmp_path / weights.CACHE).parent.mkdir(parents=True)
+    (tmp_path / weights.CACHE).write_text("{not json")
+    assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == _sha(b"weights A")
