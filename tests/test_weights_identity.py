@@ -85,3 +85,17 @@ def test_an_unreadable_cache_is_rebuilt(tmp_path: Path) -> None:
     (tmp_path / weights.CACHE).parent.mkdir(parents=True)
     (tmp_path / weights.CACHE).write_text("{not json")
     assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == _sha(b"weights A")
+
+
+def test_an_unreadable_file_falls_back_to_the_last_answer(tmp_path: Path, monkeypatch) -> None:
+    """The workflow must still load (the features job reports the file); no traceback."""
+    file = tmp_path / "enc.pt"
+    file.write_bytes(b"weights A")
+    first = weights.weights_sha256("resnet50_layer3", str(file), tmp_path)
+    file.write_bytes(b"weights B")
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(weights, "sha256_file", unreadable)
+    assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == first

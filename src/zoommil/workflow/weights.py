@@ -69,9 +69,13 @@ def weights_sha256(encoder: str, weights: str, workdir: Path = Path(".")) -> str
     files, last = data.setdefault("files", {}), data.setdefault("last", {})
     key = f"{encoder} {weights}"
     path = weights_file(encoder, weights)
-    if path is None:
+    try:
+        digest = file_sha256(path, files) if path is not None else None
+    except OSError:  # unreadable here: the features job names the file and the reason
+        digest = None
+    if digest is None:
         return str(last.get(key, ""))
-    last[key] = digest = file_sha256(path, files)
+    last[key] = digest
     if json.dumps(data, sort_keys=True) != before:
         _write(cache, data)
     return digest
