@@ -88,7 +88,9 @@ if workflow.is_main_process:
     for line in zorphans.outdate_orphaned_outputs(workflow.output_settings.dryrun):
         print(line, file=sys.stderr)
     # Feature files deleted to be extracted again: see zoommil.workflow.manifest.
-    for line in zmanifest.outdate_manifest_of_missing_files(workflow.output_settings.dryrun):
+    for line in zmanifest.outdate_manifest_of_missing_files(
+        workflow.output_settings.dryrun
+    ):
         print(line, file=sys.stderr)
 
 
