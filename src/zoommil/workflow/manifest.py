@@ -15,7 +15,7 @@ import csv
 import os
 from pathlib import Path
 
-from zoommil.workflow.orphans import LONG_AGO, snakemake_running
+from zoommil.workflow.orphans import LONG_AGO, first_few, snakemake_running
 
 MANIFEST = Path("results/qc/features.tsv")
 
@@ -43,9 +43,8 @@ def outdate_manifest_of_missing_files(
         return []
     if not dry_run:
         os.utime(workdir / manifest, (LONG_AGO, LONG_AGO))
-    names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     verb = "the next run extracts them again" if dry_run else "they are extracted again"
     return [
         f"zoommil: {len(missing)} feature file(s) listed in {manifest} are missing; {verb}, "
-        f"and what was trained on them is redone: {names}"
+        f"and what was trained on them is redone: {first_few(missing)}"
     ]

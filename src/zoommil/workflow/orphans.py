@@ -68,10 +68,14 @@ def outdate_orphaned_outputs(dry_run: bool, workdir: Path = Path(".")) -> list[s
     if not dry_run:
         for path in orphans:
             os.utime(workdir / path, (LONG_AGO, LONG_AGO))
-    names = ", ".join(str(path) for path in orphans[:5])
-    more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
     verb = "the next run redoes them" if dry_run else "their jobs run again"
     return [
         f"zoommil: {len(orphans)} output(s) finished after their Snakemake process had "
-        f"stopped, with no record of how they were made; {verb}: {names}{more}"
+        f"stopped, with no record of how they were made; {verb}: {first_few(orphans)}"
     ]
+
+
+def first_few(paths: list, shown: int = 5) -> str:
+    """The first ``shown`` paths and how many more, for a one-line note."""
+    names = ", ".join(str(path) for path in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
