@@ -132,10 +132,10 @@ def submit(jobscript: str) -> None:
     print(out.stdout.strip())
 
 
-def slurm_job(jobid: str) -> list[str]:
-    """``-j ID`` and, for "ID;CLUSTER" (a job sent to another cluster with `-M`), ``-M``."""
+def slurm_job(jobid: str) -> tuple[str, list[str]]:
+    """The job id and, for "ID;CLUSTER" (a job sent to another cluster), ``-M CLUSTER``."""
     job, _, cluster = jobid.partition(";")
-    return ["-j", job, *(["-M", cluster] if cluster else [])]
+    return job, (["-M", cluster] if cluster else [])
 
 
 def query(args: list[str]) -> str | None:
@@ -159,9 +159,10 @@ def slurm_status(jobid: str) -> str:
     """A job SLURM does not know is failed only when SLURM answered: a failed query (the
     controller down or timing out) says running, else Snakemake would submit the running job
     again."""
-    state = query(["sacct", "-X", "-n", "-P", *slurm_job(jobid), "-o", "State"])
+    job, where = slurm_job(jobid)
+    state = query(["sacct", "-X", "-n", "-P", "-j", job, *where, "-o", "State"])
     if not state:  # no accounting database: slurmctld remembers finished jobs for MinJobAge
-        squeue = query(["squeue", "-h", *slurm_job(jobid), "--states=all", "-o", "%T"])
+        squeue = query(["squeue", "-h", "-j", job, *where, "--states=all", "-o", "%T"])
         if squeue is None:
             return "running"
         state = squeue
@@ -205,8 +206,8 @@ def main(argv: list[str]) -> None:
         subprocess.run(["qdel", *args], check=False)
     else:
         for jobid in args:
-            job, _, cluster = jobid.partition(";")
-            subprocess.run(["scancel", *(["-M", cluster] if cluster else []), job], check=False)
+            job, where = slurm_job(jobid)
+            subprocess.run(["scancel", *where, job], check=False)
 
 
 if __name__ == "__main__":
