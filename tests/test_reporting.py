@@ -378,6 +378,12 @@ def test_make_tables(tmp_path: Path) -> None:
     assert "timed together" not in markdown  # every method was timed on its own here
     latex = outputs["main_tex"].read_text()
     assert r"\textbf{ZoomMIL}" in latex and r"75.0 $\pm$ 7.1" in latex and "RANDOM" in latex
+    # the caption's notes are sentences (they ran together with spaces); the units are named
+    caption = next(line for line in latex.splitlines() if line.startswith(r"\caption{"))
+    assert "do not measure the methods. dataset demo:" in caption
+    assert "by QC. " in caption and caption.endswith(".}")
+    assert "one multiply-add counted as one flop" in markdown
+    assert "AUC: ROC AUC (more than two classes: one-vs-rest" in markdown
     ablation = made["ablations"]
     assert list(ablation["method"]) == ["zoommil", "zoommil_random"]
     assert list(ablation["component"]) == ["reference", "selection"]

@@ -208,6 +208,13 @@ def _tex_escape(text: str) -> str:
     return text.replace("±", r"$\pm$").replace("->", r"$\rightarrow$")
 
 
+def caption_text(title: str, notes: Sequence[str]) -> str:
+    """The title and the notes as sentences: the notes are lines under a Markdown table, and
+    run together with spaces they read as one sentence in a caption."""
+    parts = [str(text).strip().rstrip(".") for text in (title, *notes)]
+    return ". ".join(part for part in parts if part) + "."
+
+
 def to_latex(
     display: pd.DataFrame, title: str, notes: Sequence[str], best: Collection[int], label: str
 ) -> str:
@@ -215,7 +222,7 @@ def to_latex(
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        r"\caption{" + _tex_escape(title + ". " + " ".join(notes)) + "}",
+        r"\caption{" + _tex_escape(caption_text(title, notes)) + "}",
         r"\label{" + label + "}",
         r"\resizebox{\linewidth}{!}{%",
         r"\begin{tabular}{" + columns + "}",

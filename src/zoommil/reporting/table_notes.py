@@ -148,7 +148,9 @@ def table_notes(
     notes.append(
         "mean ± std over seeds on the test split [95% bootstrap CI over test slides: "
         f"{stats.N_BOOTSTRAP} resamples of the slides, metric averaged over seeds]; "
-        "TFLOPs = 2^40 flops per slide"
+        "AUC: ROC AUC (more than two classes: one-vs-rest, averaged over the classes); "
+        "TFLOPs = 2^40 fvcore flops per slide, one multiply-add counted as one flop (as the "
+        "paper counts; 2 flops per multiply-add and 10^12 per TFLOP read 2.2x higher)"
     )
     notes.append(
         "TFLOPs and s/slide: mean ± std over the slides (TFLOPs: the test slides; time: the "
