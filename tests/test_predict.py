@@ -18,7 +18,7 @@ from zoommil.features.encoder import build_encoder
 from zoommil.features.encoders.weights import sha256_file
 from zoommil.features.extraction import extract_features
 from zoommil.inference.cohort import tasks_in_dir
-from zoommil.inference.predict import Predictor, make_encoder, predict_slide
+from zoommil.inference.predict import Predictor, make_encoder, predict_slide, zoom_chain
 from zoommil.inference.tiling_ahead import SMALL_SLIDE_MM2
 from zoommil.io.coords import write_coords
 from zoommil.models import build_model
@@ -873,3 +873,113 @@ def test_out_dir_refuses_stems_that_differ_only_in_case(tmp_path):
         tasks_in_dir(slides, tmp_path / "out", heatmaps=True)
     tasks = tasks_in_dir(slides[:1] + [tmp_path / "slide_2.svs"], tmp_path / "out", heatmaps=False)
     assert [Path(t.json).name for t in tasks] == ["Slide_1.json", "slide_2.json"]
+
+
+#: 1.25x is read from the prostate slide's level of downsample 8.0128 (at a given 1 um/px)
+LOSSY_MAGS = [0.3125, 0.625, 1.25]
+LOSSY_PATCH = 32  # 4 parents, 84 patches
+
+
+@pytest.fixture
+def lossy_features(slides_dir: Path, tmp_path: Path) -> Path:
+    """The real prostate pyramid's feature file at 0.3125/0.625/1.25x, every patch."""
+    root = tmp_path
+    recipe = PreprocessingRecipe(mags=LOSSY_MAGS, patch_size=LOSSY_PATCH, weights="random")
+    recipe = recipe.replace(tissue_threshold=KEEP_EVERY_PATCH)
+    slide = slides_dir / "prostate-he-generic.tiff"
+    coords = write_coords(root / "coords.h5", tile_slide(slide, recipe, mpp=1.0))
+    out = root / "features" / "prostate.h5"
+    extract_features(slide, coords, out, weights="random", mpp=1.0, workers=0, progress=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    "arch, mags",
+    [
+        ("abmil", [1.25]),  # one magnification, not the file's lowest
+        ("dsmil", [0.3125, 1.25]),  # skips the file's 0.625x
+        ("zoommil", [0.3125, 1.25]),  # zooms past 0.625x
+        ("zoommil", [0.625, 1.25]),  # starts above the file's lowest
+    ],
+)
+def test_a_model_on_some_of_the_files_magnifications_sees_the_files_pixels(
+    slides_dir, lossy_features, arch, mags
+):
+    """A model trained on some magnifications of a feature file is given, by predict, the
+    features of the file's rows on a scanner pyramid with non-integer downsamples: predict
+    reads each patch as the file's chain of reads did (1.25x one read per 0.625x patch), not
+    one read per patch or per zoomed 0.3125x patch, whose sub-pixel shift changed 41 of 72
+    rows of a TCGA slide and ABMIL's probabilities (review P)."""
+    from zoommil.io.featurefile import read_feature_file
+
+    torch.manual_seed(0)
+    kwargs = {"k": 2} if arch == "zoommil" else {}
+    model = build_model(arch, in_dim=1024, n_classes=2, mags=mags, **kwargs).eval()
+    recipe = PreprocessingRecipe(mags=LOSSY_MAGS, patch_size=LOSSY_PATCH, weights="random")
+    predictor = Predictor(
+        model=model,
+        arch=arch,
+        classes=CLASSES,
+        recipe=recipe.replace(tissue_threshold=KEEP_EVERY_PATCH),
+        method=arch,
+        model_mags=mags,
+    )
+    slide = slides_dir / "prostate-he-generic.tiff"
+    result = predict_slide(predictor, slide, make_encoder(predictor)[0], mpp=1.0)
+    bag = read_feature_file(lossy_features, mags)
+    with torch.no_grad():
+        logits = model(
+            [torch.from_numpy(f)[None] for f in bag.feats],
+            [torch.from_numpy(c) for c in bag.coords],
+        )[0].double()
+    assert _log_odds(result["probabilities"]) == pytest.approx(
+        float(logits[1] - logits[0]), abs=1e-4
+    )
+
+
+def test_a_zoom_reads_through_the_files_magnification_before_its_target() -> None:
+    """The depths below a selected patch that a zoom reads through: the file's magnification
+    before the target sets the reads' size; the selected patch itself when there is none."""
+    assert zoom_chain([5.0, 10.0], 5.0, 10.0) == [1]
+    assert zoom_chain([1.25, 2.5, 10.0], 1.25, 10.0) == [1, 3]
+    assert zoom_chain([1.25, 2.5, 10.0], 2.5, 10.0) == [2]
+    assert zoom_chain([0.3125, 0.625, 1.25, 2.5], 0.3125, 2.5) == [2, 3]
+
+
+def test_an_out_dir_run_of_another_model_removes_the_older_heatmap(small_slide, tmp_path):
+    """A ZoomMIL run left OUT/<slide>.png; an ABMIL checkpoint makes no heatmap, so its JSON
+    must not lie beside that attention map of another model: the PNG goes with the new JSON
+    (and with a --resume that keeps this checkpoint's JSON), and with a failure."""
+    config = {"arch": "abmil", "kwargs": {}, "classes": CLASSES, "mags": [20.0], "in_dim": 1024}
+    config["config_mags"] = MAGS
+    config["preprocessing"] = {"patch_size": PATCH, "weights": "random", "tissue_threshold": 0}
+    torch.manual_seed(0)
+    model = build_model("abmil", in_dim=1024, n_classes=2, mags=[20.0])
+    ckpt = save_checkpoint(tmp_path / "abmil.pt", model.state_dict(), config)
+    out = tmp_path / "out"
+    out.mkdir()
+    png, gone_png = out / f"{small_slide.stem}.png", out / "gone.png"
+    for path in (png, gone_png):
+        path.write_bytes(b"\x89PNG a ZoomMIL heatmap")
+    argv = ["predict", str(small_slide), str(tmp_path / "gone.svs"), "--checkpoint", str(ckpt)]
+    argv += ["--out-dir", str(out), "--workers", "0", "--no-fail"]
+    assert main(argv) == 0
+    assert json.loads((out / f"{small_slide.stem}.json").read_text())["method"] == "abmil"
+    assert not png.exists() and not gone_png.exists()
+    png.write_bytes(b"\x89PNG a ZoomMIL heatmap")  # e.g. copied back in
+    assert main([*argv, "--resume"]) == 0
+    assert not png.exists()
+
+
+def test_predict_on_a_scan_coarser_than_the_checkpoint_says_what_a_predict_user_can_do(
+    small_slide, checkpoint, capsys
+):
+    """The tiling advice (other magnifications, --allow-upsampling) is not predict's to take:
+    the checkpoint fixes the magnifications; the message names the slide and what to do."""
+    argv = ["predict", str(small_slide), "--checkpoint", str(checkpoint), "--mpp", "1.0"]
+    assert main([*argv, "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    line = _error_line(err, "finer than")
+    assert str(small_slide) in line and "20x is finer than the slide's native" in line
+    assert "the checkpoint reads these magnifications" in line and "--mpp" in line
+    assert "--allow-upsampling" not in err

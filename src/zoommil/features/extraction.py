@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,10 +76,6 @@ _COPIED_COORDS_ATTRS = (
 def depths_of(plan: Lattice) -> list[int]:
     """Quadtree depth of each magnification below the lowest one (e.g. 0, 1, 3)."""
     return mag_depths(plan.mags)
-
-
-def patches_per_parent(plan: Lattice) -> int:
-    return sum(4**d for d in depths_of(plan))
 
 
 # --------------------------------------------------------------------------- pixels
@@ -258,14 +254,24 @@ def encode_plan(
     sink: Callable[[int, int, np.ndarray], None] | None = None,
     reader: ReaderPool | None = None,
     stats: StreamStats | None = None,
+    mags: Sequence[float] | None = None,
 ) -> list[np.ndarray] | None:
     """Features of every patch of the plan, per magnification, rows in the plan's order.
 
     With ``sink`` the rows go to ``sink(k, first_row, rows)`` as they are computed (in order per
     magnification) and nothing is returned: memory stays at a few batches. ``reader`` reuses a
     running `ReaderPool` (else one with ``workers`` processes is started and closed here).
+    ``mags``: only these of the plan's magnifications (``k`` counts them), read as the whole
+    plan reads them (`read_parent_patches`' ``keep``), so a model that reads some of a feature
+    file's magnifications gets the pixels of the file's rows.
     """
-    depths = depths_of(plan)
+    all_depths = depths_of(plan)
+    wanted = plan.mags if mags is None else [float(m) for m in mags]
+    unknown = [m for m in wanted if m not in plan.mags]
+    if unknown or not wanted or wanted != sorted(wanted):
+        raise ValueError(f"magnifications {wanted} are not an ordered subset of {plan.mags}")
+    keep = [m in wanted for m in plan.mags]
+    depths = [d for d, k in zip(all_depths, keep, strict=True) if k]
     n_parents = len(plan.xy[0])
     feats: list[np.ndarray] | None = None
     if sink is None:
@@ -280,20 +286,21 @@ def encode_plan(
         workers = default_workers(encoder.device)
     if batch_size is None:
         batch_size = default_batch_size(encoder.device)
-    per_parent = patches_per_parent(plan)
     # where stacked patch w of a parent goes: magnification layout_k[w], row parent * 4^d + j
     layout_k = np.asarray([k for k, d in enumerate(depths) for _ in range(4**d)])
     layout_j = np.asarray([j for d in depths for j in range(4**d)])
     scale = np.asarray([4**d for d in depths])
+    per_parent = sum(4**d for d in depths)
     tasks = chunk_tasks(
         str(slide_path),
         plan.xy[0],
         plan.sides[0],
-        depths,
+        all_depths,
         plan.patch_size,
         regions_per_task(per_parent, batch_size),
         plan_offsets(plan),
         first_task_regions(per_parent, batch_size),
+        keep=None if all(keep) else keep,
     )
     own_reader = reader is None
     reader = reader if reader is not None else ReaderPool(workers)

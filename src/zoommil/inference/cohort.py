@@ -41,11 +41,15 @@ from zoommil.wsi.patches import ReaderPool
 
 @dataclass(frozen=True)
 class SlideTask:
-    """One slide to classify and where its prediction JSON and attention map go (or None)."""
+    """One slide to classify and where its prediction JSON and attention map go (or None).
+    ``stale``: an earlier run's output this one does not write (a ZoomMIL heatmap in the
+    folder of a checkpoint that makes none), removed with the slide's new JSON, so that no
+    attention map of another model lies beside it."""
 
     slide: str
     json: str | None = None
     heatmap: str | None = None
+    stale: str | None = None
 
     @property
     def slide_id(self) -> str:
@@ -84,8 +88,13 @@ def tasks_in_dir(
                 f"their outputs in {out_dir} would overwrite each other"
             )
         seen[key] = str(slide)
-        png = Path(out_dir, f"{stem}.png") if heatmaps else None
-        tasks.append(SlideTask(str(slide), str(Path(out_dir, f"{stem}.json")), png and str(png)))
+        png = str(Path(out_dir, f"{stem}.png"))
+        json_path = str(Path(out_dir, f"{stem}.json"))
+        tasks.append(
+            SlideTask(str(slide), json_path, png, None)
+            if heatmaps
+            else SlideTask(str(slide), json_path, None, png)
+        )
     return tasks
 
 
@@ -119,6 +128,8 @@ def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[in
         if not describes_slide(record, task.slide):
             continue
         done[index] = _ok_row(task, record, 0.0, "kept from an earlier run (--resume)")
+        if task.stale:  # this checkpoint's JSON: a heatmap beside it is another model's
+            Path(task.stale).unlink(missing_ok=True)
     return done
 
 
@@ -288,6 +299,8 @@ def classify(
         # run killed between the two must not leave a new JSON beside an older heatmap
         if task.heatmap and result["attention"]:
             save_heatmap(task.heatmap, task.slide, result, mpp=settings.mpp)
+        if task.stale:
+            Path(task.stale).unlink(missing_ok=True)
         if task.json:
             write_json(task.json, result)
     except Exception as error:  # one slide's failure never stops the others
@@ -341,7 +354,7 @@ def _failure(task: SlideTask, reason: str, status: str = "failed") -> dict[str, 
 
 def _remove_outputs(task: SlideTask) -> None:
     """A failed slide keeps no output of an earlier run: the folder says what this run found."""
-    for path in (task.json, task.heatmap):
+    for path in (task.json, task.heatmap, task.stale):
         if path:
             Path(path).unlink(missing_ok=True)
 

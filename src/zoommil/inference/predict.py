@@ -119,23 +119,26 @@ def _encode_regions(
     slide_path: Path,
     xy: np.ndarray,
     side0: int,
-    depth: int,
+    chain: Sequence[int],
     patch_size: int,
     batch_size: int,
     norm: FeatureNorm | None,
     timer: _Timer,
 ) -> torch.Tensor:
-    """Read and encode the 4^depth patches of each region streaming (readers ahead of the
-    encoder, only features kept): [1, n * 4^depth, D], standardised as in training."""
-    per_region = 4**depth
+    """Read and encode the 4^d patches (d = ``chain[-1]``) of each region streaming (readers
+    ahead of the encoder, only features kept): [1, n * 4^d, D], standardised as in training.
+    ``chain``: the depths below the region that the feature file's reads went through (only
+    the last is read; the one before it sets the reads' size, as in `read_parent_patches`)."""
+    per_region = 4 ** chain[-1]
     tasks = chunk_tasks(
         str(slide_path),
         xy,
         side0,
-        [depth],
+        list(chain),
         patch_size,
         regions_per_task(per_region, batch_size),
         first_regions=first_task_regions(per_region, batch_size),
+        keep=[False] * (len(chain) - 1) + [True] if len(chain) > 1 else None,
     )
     stats = StreamStats()
     chunks = list(encode_stream(encoder, reader.imap(tasks), batch_size, stats))
@@ -143,6 +146,18 @@ def _encode_regions(
     feats = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), dtype=np.float32)
     out = torch.from_numpy(feats).unsqueeze(0)
     return norm(out) if norm is not None else out
+
+
+def zoom_chain(tiled: Sequence[float], low: float, high: float) -> list[int]:
+    """The depths below a selected patch at ``low`` that a zoom to ``high`` reads through: the
+    feature file read ``high`` in regions of the magnification before it in ``tiled`` (the
+    recipe's), which is ``low`` itself unless the model skips some of the file's
+    magnifications; e.g. 1.25 -> 10 in a 1.25/2.5/10x file: [1, 3] (10x read per 2.5x
+    patch), 5 -> 10 in a 5/10x file: [1] (the selected patch read whole at 10x)."""
+    mags = [float(m) for m in tiled]
+    before = mags[mags.index(float(high)) - 1]
+    depth = steps_between(low, high)
+    return [depth] if before == float(low) else [steps_between(low, before), depth]
 
 
 class _Timer:
@@ -207,23 +222,26 @@ def _zoom_predict(
     bs = batch_size or default_batch_size(encoder.device)
     pooled, attention, selected = [], [], []
     encoded = {}
-    lattice = (tiled or tile_for_inference(predictor.recipe, slide_path, mpp)).restricted_to(
-        predictor.mags
-    )
+    full = tiled or tile_for_inference(predictor.recipe, slide_path, mpp)
+    lattice = full.restricted_to(predictor.mags)
     timer.end_tiling()
     rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
-    feats = _encode_regions(
-        encoder,
-        reader,
+    stats = StreamStats()
+    # read as the feature file's rows were (`encode_plan`), also when the model's lowest
+    # magnification is not the file's
+    (first,) = encode_plan(
         slide_path,
-        lattice.xy[0],
-        lattice.sides[0],
-        0,
-        p,
+        full,
+        encoder,
         bs,
-        predictor.norm,
-        timer,
+        progress=False,
+        reader=reader,
+        stats=stats,
+        mags=lattice.mags[:1],
     )
+    timer.record(stats)
+    feats = torch.from_numpy(first).unsqueeze(0)
+    feats = predictor.norm(feats) if predictor.norm is not None else feats
     tic = time.perf_counter()
     encoded[mag_key(lattice.mags[0])] = len(rows)
     for m in range(len(lattice.mags)):
@@ -250,15 +268,14 @@ def _zoom_predict(
             }
         )
         depth = steps_between(lattice.mags[m], lattice.mags[m + 1])
-        r = 4**depth
-        rows = descendant_rows(chosen, r)
+        rows = descendant_rows(chosen, 4**depth)
         feats = _encode_regions(
             encoder,
             reader,
             slide_path,
             lattice.xy[m][chosen],
             lattice.sides[m],
-            depth,
+            zoom_chain(full.mags, lattice.mags[m], lattice.mags[m + 1]),
             p,
             bs,
             predictor.norm,
@@ -309,18 +326,20 @@ def all_patch_predict_shared(
     lead = check_shared_pass(predictors)
     timer = _Timer()
     slide_path = Path(slide_path)
-    lattice = (tiled or tile_for_inference(lead.recipe, slide_path, mpp)).restricted_to(lead.mags)
+    full = tiled or tile_for_inference(lead.recipe, slide_path, mpp)
+    lattice = full.restricted_to(lead.mags)
     timer.end_tiling()
     stats = StreamStats()
     with _reader_for(reader, encoder) as reader:
-        per_mag = encode_plan(
+        per_mag = encode_plan(  # read as the file's rows were, though only lead.mags are kept
             slide_path,
-            lattice,
+            full,
             encoder,
             batch_size or default_batch_size(encoder.device),
             progress=progress,
             reader=reader,
             stats=stats,
+            mags=lattice.mags,
         )
     timer.record(stats)
     shared = timer.summary()

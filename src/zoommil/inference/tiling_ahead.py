@@ -25,7 +25,7 @@ from types import TracebackType
 from zoommil.errors import SlideCheckError
 from zoommil.processes import exit_with_parent
 from zoommil.recipe import PreprocessingRecipe
-from zoommil.wsi.lattice import NO_TISSUE, Lattice, no_tissue_found
+from zoommil.wsi.lattice import NO_TISSUE, Lattice, check_native_resolution, no_tissue_found
 from zoommil.wsi.slide import open_with_mpp
 from zoommil.wsi.tiling import tile_open_slide
 
@@ -37,6 +37,14 @@ log = logging.getLogger(__name__)
 #: few hundred um can hold tissue it cannot see. Whole slides are tens to hundreds of mm^2;
 #: CMU-1-Small-Region.svs (1.6 mm^2) is detected.
 SMALL_SLIDE_MM2 = 1.0
+
+#: What a predict/profile user can do about a slide scanned coarser than the checkpoint reads:
+#: not the tiling options (the checkpoint fixes the magnifications), only fix wrong metadata.
+UPSAMPLING_REMEDY = (
+    "the checkpoint reads these magnifications (its training features were not upsampled), so "
+    "classify scans at least this fine; if the slide's mpp metadata is wrong, give its level-0 "
+    "mpp (zoommil predict --mpp, the sheet's mpp column in the workflow)"
+)
 
 
 def tile_for_inference(
@@ -52,6 +60,8 @@ def tile_for_inference(
     in the lattice's attrs (and so in the prediction JSON)."""
     slide, mpp0, source = open_with_mpp(slide_path, mpp)
     try:
+        if not recipe.allow_upsampling:  # the checkpoint fixes the magnifications: say so
+            check_native_resolution(slide_path, mpp0, recipe.mags, remedy=UPSAMPLING_REMEDY)
         width, height = slide.dimensions
         area_mm2 = width * height * mpp0**2 / 1e6
         small = area_mm2 < SMALL_SLIDE_MM2

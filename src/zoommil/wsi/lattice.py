@@ -98,12 +98,17 @@ UPSAMPLING_TOLERANCE = 0.05
 
 
 def check_native_resolution(
-    slide_path: str | Path, mpp0: float, mags: Sequence[float], allow_upsampling: bool = False
+    slide_path: str | Path,
+    mpp0: float,
+    mags: Sequence[float],
+    allow_upsampling: bool = False,
+    remedy: str | None = None,
 ) -> bool:
     """Refuse magnifications finer than the scan (they would be made by upsampling).
 
     Returns whether upsampling happens (only possible with ``allow_upsampling``), so that it
-    is recorded in the coords and feature files.
+    is recorded in the coords and feature files. ``remedy``: what the caller's user can do
+    (default: the tiling options; `zoommil predict` has neither, its checkpoint sets both).
     """
     native = 10.0 / mpp0
     finest = max(float(m) for m in mags)
@@ -117,12 +122,15 @@ def check_native_resolution(
             native,
         )
         return True
+    if remedy is None:
+        remedy = (
+            f"use magnifications up to {native:.3g}x, or allow it explicitly with "
+            "--allow-upsampling (workflow: preprocess.allow_upsampling: true)"
+        )
     raise SlideError(
         slide_path,
         f"{finest:g}x is finer than the slide's native magnification {native:.3g}x "
-        f"(level-0 {mpp0:.4g} um/px): the patches would be upsampled; use magnifications up to "
-        f"{native:.3g}x, or allow it explicitly with --allow-upsampling "
-        "(workflow: preprocess.allow_upsampling: true)",
+        f"(level-0 {mpp0:.4g} um/px): the patches would be upsampled; {remedy}",
     )
 
 

@@ -66,9 +66,14 @@ def read_parent_patches(
     depths: Sequence[int],
     patch_size: int,
     offsets: Sequence[np.ndarray] | None = None,
+    keep: Sequence[bool] | None = None,
 ) -> list[np.ndarray]:
     """Every listed magnification (``depths`` below the parent, increasing) of one parent's
-    level-0 square, as uint8 [4^d, P, P, 3] per depth, in the order of ``offsets[k]``.
+    level-0 square, as uint8 [4^d, P, P, 3] per depth, in the order of ``offsets[k]``; with
+    ``keep``, only the depths it marks (the others are not read, but still decide how the next
+    depth is read: a model that reads the 10x rows of a 5/10x file gets the pixels the file's
+    10x rows were made from, one read per 5x patch, not one per 10x patch, which differ by a
+    sub-pixel shift on a pyramid with non-integer downsamples).
 
     The first depth is the parent read whole; each next depth is read one patch of the
     previous depth at a time. These are exactly the reads `zoommil predict` makes when it
@@ -80,9 +85,13 @@ def read_parent_patches(
     """
     from zoommil.wsi import pixels  # looked up per call: tests patch it
 
+    kept = [True] * len(depths) if keep is None else [bool(k) for k in keep]
     images: dict[int, np.ndarray] = {}
     previous: int | None = None
-    for d in depths:
+    for d, wanted in zip(depths, kept, strict=True):
+        if not wanted:
+            previous = d
+            continue
         out_px = patch_size * 2**d
         if previous is None:
             image = pixels.read_region_at(slide, int(x0), int(y0), int(side0), out_px)
@@ -103,6 +112,7 @@ def read_parent_patches(
     return [
         cut_patches(images[d], d, patch_size, None if offsets is None else offsets[k])
         for k, d in enumerate(depths)
+        if kept[k]
     ]
 
 
@@ -110,7 +120,7 @@ def read_parent_patches(
 class RegionTask:
     """Regions of one slide to cut into patches: level-0 top-left corners of squares of
     ``side0`` px, each cut into ``depths`` (see `read_parent_patches`); ``offsets[i]`` optionally
-    gives region i's per-depth (row, col) order."""
+    gives region i's per-depth (row, col) order; ``keep`` the depths returned (default all)."""
 
     slide: str
     xy: np.ndarray
@@ -118,10 +128,12 @@ class RegionTask:
     depths: tuple[int, ...]
     patch_size: int
     offsets: tuple[np.ndarray, ...] | None = None
+    keep: tuple[bool, ...] | None = None
 
     @property
     def patches_per_region(self) -> int:
-        return sum(4**d for d in self.depths)
+        keep = self.keep if self.keep is not None else (True,) * len(self.depths)
+        return sum(4**d for d, k in zip(self.depths, keep, strict=True) if k)
 
 
 # one handle per slide per process (OpenSlide handles are never pickled or shared by a fork)
@@ -176,6 +188,7 @@ def read_task(task: RegionTask) -> np.ndarray | str:
                     task.depths,
                     task.patch_size,
                     offsets,
+                    task.keep,
                 )
                 break
             except SlideError as exc:
@@ -320,8 +333,10 @@ def chunk_tasks(
     regions_per_task: int,
     offsets: Sequence[np.ndarray] | None = None,
     first_regions: int | None = None,
+    keep: Sequence[bool] | None = None,
 ) -> Iterator[RegionTask]:
-    """``xy`` (and per-depth ``offsets``, indexed by region) split into tasks of a few regions.
+    """``xy`` (and per-depth ``offsets``, indexed by region) split into tasks of a few regions;
+    ``keep``: the depths read and returned (`read_parent_patches`).
 
     ``first_regions``: the first task holds that many regions and each next one twice as many
     up to ``regions_per_task``. Why: the consumer waits for the first task whole, and in
@@ -340,6 +355,7 @@ def chunk_tasks(
             depths=tuple(int(d) for d in depths),
             patch_size=int(patch_size),
             offsets=None if offsets is None else tuple(o[i : i + size] for o in offsets),
+            keep=None if keep is None else tuple(bool(k) for k in keep),
         )
         i += size
         size = min(n, 2 * size)
