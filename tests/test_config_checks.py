@@ -122,6 +122,10 @@ def _option_typo(config: dict) -> None:
     config["methods"]["zoommil"]["sigm"] = 0.005
 
 
+def _option_training_sets(config: dict) -> None:
+    config["methods"]["zoommil"]["n_classes"] = 5
+
+
 def _ablation_named_like_a_method(config: dict) -> None:
     config["ablations"]["methods"]["abmil"] = {"arch": "abmil"}
 
@@ -160,6 +164,12 @@ def _attention_seed_not_an_ablation_seed(config: dict) -> None:
     ("spoil", "message"),
     [
         (_option_typo, "method 'zoommil': model 'zoommil' does not take option(s) sigm"),
+        (
+            # the load check let it through and every train job of the method failed
+            _option_training_sets,
+            "method 'zoommil': model 'zoommil': n_classes cannot be set as an option; training "
+            "sets n_classes from the number of classes",
+        ),
         (
             _ablation_named_like_a_method,
             "ablation 'abmil' (ablations.methods) is also a method of Tables 1-3 (methods)",

@@ -322,6 +322,22 @@ def test_a_warm_up_failure_past_the_timed_slides_is_not_reported(tmp_path):
     assert record["excluded_slides"] == [] and record["warmup_slides"] == 2
 
 
+def test_profile_says_each_slide_it_timed_on_a_terminal_only(tmp_path, capsys, monkeypatch):
+    """Long work gets progress, as every other command's: a line per timed slide on a
+    terminal (the timing runs in several processes: lines, not a bar), none with
+    --no-progress or in a workflow log."""
+    ckpt, sheet = _profile_setup(tmp_path, ["good1", "good2"])
+    argv = ["profile", "--checkpoint", str(ckpt), "--device", "cpu", "--sheet", str(sheet)]
+    argv += ["--threads", "1", "--max-slides", "2", "--out", str(tmp_path / "t.json")]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("profile")]
+    assert [line.split()[2] for line in lines] == ["good1", "good2"], lines
+    assert all(line.endswith(" s") for line in lines)
+    assert main([*argv, "--no-progress"]) == 0
+    assert "profile " not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("ids", "threads", "max_slides", "timed", "excluded"),
     [

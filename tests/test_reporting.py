@@ -104,8 +104,29 @@ def test_cli_flags_and_param_flags() -> None:
     )
     assert workflow.cli_flags({"name": "a b"}) == "--name 'a b'"
     assert workflow.param_flags("--param", {"sigma": 20, "prewhiten": False}) == (
-        "--param sigma=20 --param prewhiten=false"
+        "--param prewhiten=false --param sigma=20"
     )
+    # the text is a rerun trigger: the same settings in another order are the same text
+    assert workflow.cli_flags({"b": 1, "a": 2}) == workflow.cli_flags({"a": 2, "b": 1})
+    assert workflow.param_flags("--param", {"kernel_size": 16, "sigma": 12}) == (
+        workflow.param_flags("--param", {"sigma": 12, "kernel_size": 16})
+    )
+
+
+def test_run_paths_are_relative_inside_the_run_and_absolute_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How the rules name a slide or the sheet: one spelling per file, and none that changes
+    when the project folder is copied or moved (they are rerun triggers)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    assert workflow.run_path("./slides.tsv") == "slides.tsv" == workflow.run_path("slides.tsv")
+    assert workflow.run_path(run / "slides.tsv") == "slides.tsv"
+    assert workflow.run_path(run / "data" / "a.svs", run) == "data/a.svs"
+    assert workflow.run_path(run / "data" / ".." / "s.tsv", run) == "s.tsv"
+    assert workflow.run_path(tmp_path / "other" / "a.svs", run) == f"{tmp_path}/other/a.svs"
+    assert workflow.run_path(tmp_path / "run2" / "a.svs", run) == f"{tmp_path}/run2/a.svs"
 
 
 def test_mpp_flags_follow_the_design_order() -> None:
@@ -147,7 +168,7 @@ def test_recipe_flags_for_tile_and_features() -> None:
         "--mags 2.5 5.0 10.0 --patch-size 256 --tissue-threshold 0.2"
     )
     assert workflow.encoder_flags(recipe) == (
-        "--encoder resnet50_layer3 --weights random --seed 0 --precision fp32"
+        "--encoder resnet50_layer3 --precision fp32 --seed 0 --weights random"
     )
 
 
@@ -177,6 +198,10 @@ def test_train_config_is_per_method_and_plain(tmp_path: Path) -> None:
     )  # fmt: skip
     assert stopping["early_stopping"] == 20
     assert yaml.safe_load(trainconfig.dump_train_config(config)) == config
+    # a method's options in another order: the same text (the train job's rerun trigger)
+    reordered = {**config, "methods": {"zoommil_random": {"selection": "random", "k": 4,
+                                                          "arch": "zoommil"}}}  # fmt: skip
+    assert trainconfig.dump_train_config(reordered) == trainconfig.dump_train_config(config)
 
 
 def test_method_options_are_checked_without_building_models() -> None:

@@ -320,3 +320,14 @@ def test_a_deleted_feature_file_is_extracted_again(tiny, tmp_path) -> None:
     assert listed.loc[target.as_posix(), "mtime_ns"] == (scratch / target).stat().st_mtime_ns
     again = ("results/qc/features.tsv", "--rerun-triggers", "mtime")
     assert harness.planned_jobs(scratch, configfile, *again) == {}
+
+
+def test_a_copied_project_folder_has_nothing_to_do(tiny, tmp_path) -> None:
+    """The rules name the slides and the sheet relative to the run's folder where they lie
+    inside it: a copied or moved project (another scratch path, a renamed checkout) planned
+    every inspection again, then every slide's tissue, tiles and features and all training,
+    because the sheet's paths were resolved to absolute ones in the params (review S)."""
+    workdir, configfile, _ = tiny
+    scratch = tmp_path / "moved"
+    shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
+    assert harness.planned_jobs(scratch, configfile) == {}

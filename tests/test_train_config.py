@@ -138,3 +138,12 @@ def test_a_json_config_refuses_a_key_given_twice(tmp_path: Path) -> None:
         load_config(path)
     path.write_text('{"features_dir": "f", "sheet": "s.tsv", "mags": [5, 10], "lr": 0.001}')
     assert load_config(path).lr == 0.001
+
+
+def test_an_option_training_sets_itself_is_refused_naming_it(tmp_path: Path) -> None:
+    """``in_dim: 512`` under a method: `build_model` got it twice ("got multiple values for
+    keyword argument") when the run started."""
+    path, name = _method(tmp_path, "in_dim: 512")
+    with pytest.raises(ZoomMILError, match=r"in_dim cannot be set as an option; training sets "
+                       r"in_dim from the feature files' dimension"):  # fmt: skip
+        _resolve(path, name)

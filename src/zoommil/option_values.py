@@ -18,6 +18,14 @@ from zoommil.recipe import format_mags
 #: Options that are a dropout probability (every model's ``dropout``, DSMIL's ``dropout_v``).
 DROPOUT_OPTIONS = ("dropout", "dropout_v")
 
+#: Constructor arguments that training sets from the data, never a method's options (given
+#: twice, ``build_model`` fails with "got multiple values" when the train job starts).
+RESERVED_OPTIONS = {
+    "in_dim": "the feature files' dimension",
+    "n_classes": "the number of classes",
+    "run_seed": "the training seed",
+}
+
 
 def _number(value: Any) -> float | None:
     """A finite real number, else None (a bool is not a number here)."""
@@ -30,6 +38,18 @@ def _positive_ints(value: Any) -> bool:
     """A positive int, or a non-empty list (or tuple) of them (bools are not ints here)."""
     values = value if isinstance(value, list | tuple) and value else [value]
     return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+
+
+def check_method_options_not_reserved(arch: str, options: Mapping[str, Any]) -> None:
+    """A method's options (a config's ``methods:`` entry) set none of `RESERVED_OPTIONS`:
+    training passes those itself, so the workflow's load check and `zoommil train` refuse
+    them naming the option, not the train job's "got multiple values" after preprocessing."""
+    reserved = [name for name in RESERVED_OPTIONS if name in options]
+    if reserved:
+        raise ZoomMILError(
+            f"model '{arch}': {', '.join(reserved)} cannot be set as an option; training sets "
+            + "; ".join(f"{name} from {RESERVED_OPTIONS[name]}" for name in reserved)
+        )
 
 
 def check_option_values(arch: str, options: Mapping[str, Any]) -> None:

@@ -130,7 +130,7 @@ def output_dir(wildcards, output):
 
 
 def sheet_file():
-    return f"{DEMO_DIR}/slides.tsv" if DEMO else config["sheet"]
+    return f"{DEMO_DIR}/slides.tsv" if DEMO else zwf.run_path(config["sheet"])
 
 
 def slides():
@@ -146,7 +146,9 @@ def slides():
 
 
 def slide_path(wildcards):
-    return slides().loc[wildcards.slide, "path"]
+    """The slide file relative to the run's folder where it lies inside (`zwf.run_path`), so
+    that a copied or moved project folder is not new params for every slide."""
+    return zwf.run_path(slides().loc[wildcards.slide, "path"])
 
 
 def demo_sheet(wildcards):

@@ -5,12 +5,14 @@
 # the all-patch methods that read the same patches with one read-and-encode pass per slide,
 # each charged that pass plus its own head. Timing jobs take every core (threads:
 # all_cores()) so that no other local job runs beside them. Without a GPU, `zoommil profile
-# --device cuda` writes a skip note; `efficiency.gpu: false` drops the GPU timings.
+# --device cuda` writes a skip note; `efficiency.gpu: false` drops the GPU timings. Methods
+# are passed in name order: the command line is a rerun trigger, and reordering `methods:`
+# in the config re-timed every method.
 
 
 rule flops:
     input:
-        checkpoints=[first_seed_checkpoint(m) for m in ALL_METHODS],
+        checkpoints=[first_seed_checkpoint(m) for m in sorted(ALL_METHODS)],
         usable="results/qc/usable.tsv",
     output:
         flops=expand("results/efficiency/{method}/flops.json", method=ALL_METHODS),
@@ -24,7 +26,7 @@ rule flops:
         runtime=30,
     params:
         code=code("flops"),
-        models=" ".join(ALL_METHODS),
+        models=" ".join(sorted(ALL_METHODS)),
         features_dir="results/features",
     shell:
         "zoommil flops --model {params.models} --checkpoint {input.checkpoints} "
@@ -34,7 +36,7 @@ rule flops:
 
 rule profile:
     input:
-        checkpoints=[first_seed_checkpoint(m) for m in EFFICIENCY_METHODS],
+        checkpoints=[first_seed_checkpoint(m) for m in sorted(EFFICIENCY_METHODS)],
         usable="results/qc/usable.tsv",
     output:
         timings=expand(
@@ -54,7 +56,7 @@ rule profile:
         gpu=lambda wildcards: PROFILE_DEVICES[wildcards.device]["gpu"],
     params:
         code=code("profile"),
-        models=" ".join(EFFICIENCY_METHODS),
+        models=" ".join(sorted(EFFICIENCY_METHODS)),
         device=lambda wildcards: PROFILE_DEVICES[wildcards.device]["device"],
         threads=lambda wildcards, threads: PROFILE_DEVICES[wildcards.device]["threads"]
         or threads,

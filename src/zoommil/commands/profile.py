@@ -7,8 +7,10 @@ from pathlib import Path
 
 from zoommil.commands.options import (
     add_device,
+    add_no_progress,
     add_precision,
     check_one_per,
+    show_progress,
     threads_value,
     weights_file,
 )
@@ -79,6 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, nargs="+", required=True, help="output JSON, one per checkpoint"
     )
+    add_no_progress(parser)
     parser.set_defaults(func=run, outputs=lambda a: list(a.out), inputs=_inputs)
 
 
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         weights=args.weights,
         methods=args.model,
+        progress=show_progress(args),
     )
     for out, result in zip(args.out, results, strict=True):
         write_json(out, result)

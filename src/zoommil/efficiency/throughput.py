@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -175,9 +176,11 @@ def measure_groups_throughput(
     mpp: dict[str, float] | None = None,
     batch_size: int | None = None,
     max_slides: int | None = None,
+    progress: bool = False,
 ) -> list[list[dict[str, Any]]]:
     """`measure_shared_throughput` of each group of ``groups`` (models that share a pass, or
-    one model), group after group, one list of records per group.
+    one model), group after group, one list of records per group; ``progress``: a line on
+    stderr per slide timed (from each process, so no bar).
 
     Why in one call: with N worker processes, the workers are started once and time every
     group in turn. Starting them per group (spawn, import torch, receive the models) cost ~5 s
@@ -207,7 +210,7 @@ def measure_groups_throughput(
         try:
             parts = [
                 _measure_groups(
-                    groups, jobs, claims, device, precision, warmup, workers, batch_size
+                    groups, jobs, claims, device, precision, warmup, workers, batch_size, progress
                 )
             ]
         finally:
@@ -217,7 +220,8 @@ def measure_groups_throughput(
             claims = [
                 SlideClaims(len(jobs), target, manager.list([0, 0]), manager.Lock()) for _ in groups
             ]
-            args = [(groups, jobs, claims, device, precision, warmup, 0, batch_size)] * processes
+            args = [(groups, jobs, claims, device, precision, warmup, 0, batch_size, progress)]
+            args *= processes
             parts = starmap_in_processes(_measure_groups, args, processes)
     records = []
     for g, predictors in enumerate(groups):
@@ -301,6 +305,7 @@ def _measure_groups(
     warmup: int,
     workers: int,
     batch_size: int | None,
+    progress: bool = False,
 ) -> list[tuple[Any, ...]]:
     """`_measure` of each group over ``jobs``, in this process (also the body of each worker
     process): per group, its result plus the seconds this process spent on it."""
@@ -308,8 +313,9 @@ def _measure_groups(
     for predictors, group_claims in zip(groups, claims, strict=True):
         tic = time.perf_counter()
         result = _measure(
-            predictors, jobs, group_claims, device, precision, warmup, workers, batch_size
-        )
+            predictors, jobs, group_claims, device, precision, warmup, workers, batch_size,
+            progress,
+        )  # fmt: skip
         out.append((*result, time.perf_counter() - tic))
     return out
 
@@ -323,6 +329,7 @@ def _measure(
     warmup: int,
     workers: int,
     batch_size: int | None,
+    progress: bool = False,
 ) -> tuple[list[list[dict[str, Any]]], dict[str, Any], str, dict[str, str], int]:
     """Time the ``jobs`` this process claims (also the body of each worker process): per
     slide, one row per model; also the slides left out and the warm-ups run.
@@ -374,6 +381,9 @@ def _measure(
                 continue
             synchronize(device)
             elapsed = time.perf_counter() - tic
+            if progress:
+                names = "+".join(p.method for p in predictors)
+                print(f"profile {names}: {slide_id} {elapsed:.1f} s", file=sys.stderr, flush=True)
             # the pass is everything but the heads; each model is charged it plus its head
             heads = [r["seconds"]["head"] for r in results]
             rows.append(
@@ -437,6 +447,7 @@ def profile_checkpoints(
     precision: str | None = None,
     weights: str | None = None,
     methods: Sequence[str | None] | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """`zoommil profile`: throughput of each checkpoint's method on the first ``max_slides``
     of a sheet's slides that can be read (an unreadable one is listed under
@@ -485,6 +496,7 @@ def profile_checkpoints(
         warmup,
         mpp,
         max_slides=max_slides,
+        progress=progress,
     )
     records: list[dict[str, Any]] = [{} for _ in predictors]
     for group, group_records in zip(groups, timed, strict=True):

@@ -22,7 +22,7 @@ import yaml
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.yamlio import load_yaml
-from zoommil.option_values import check_option_values
+from zoommil.option_values import check_method_options_not_reserved, check_option_values
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +337,7 @@ def resolve_method(config: TrainConfig, name: str, known_archs: Iterable[str]) -
                 f"{where}: unknown architecture '{arch}' (known: {', '.join(known)})"
             )
         try:
+            check_method_options_not_reserved(arch, entry)
             check_option_values(arch, entry)
         except ZoomMILError as error:
             raise ZoomMILError(f"{where}: {error}") from None

@@ -7,6 +7,7 @@ What a rule's code is (its rerun input) is `zoommil.workflow.codehash`.
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,20 @@ def library_root(basedir: str | Path) -> Path:
     import zoommil
 
     return Path(zoommil.__file__).resolve().parent
+
+
+def run_path(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> str:
+    """A file as the rules name it (params, inputs): relative to the run's folder (``root``,
+    default the working directory) when inside it, normalised (``./x`` is ``x``), else
+    absolute. Why: params are rerun triggers; the sheet's paths resolved to absolute ones made
+    a copied or moved project folder redo every slide from inspection on, and the sheet named
+    as ``./slides.tsv`` instead of ``slides.tsv`` retrained every model (review S)."""
+    base = os.path.abspath(root if root is not None else os.getcwd())
+    full = os.path.abspath(path)  # no symlink resolution: the user's own spelling of folders
+    relative = os.path.relpath(full, base)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return Path(full).as_posix()
+    return Path(relative).as_posix()
 
 
 def check_imported_library(root: str | Path) -> None:
@@ -65,10 +80,12 @@ def time_on_gpu(setting: bool | str) -> bool:
 def cli_flags(args: Mapping[str, Any] | None) -> str:
     """`{"sigma": 20, "keep-empty": True, "mags": [1, 2]}` -> `--sigma 20 --keep-empty --mags 1 2`.
 
-    Underscores become dashes; False/None drop the flag. Values are shell-quoted.
+    Underscores become dashes; False/None drop the flag. Values are shell-quoted. Flags in
+    key order: the text is a rerun trigger, and the same settings written in another order
+    redid every slide's tissue, tiles and features (review S).
     """
     parts: list[str] = []
-    for key, value in (args or {}).items():
+    for key, value in sorted((args or {}).items()):
         flag = "--" + str(key).replace("_", "-")
         if value is None or value is False:
             continue
@@ -83,10 +100,11 @@ def cli_flags(args: Mapping[str, Any] | None) -> str:
 
 
 def param_flags(flag: str, params: Mapping[str, Any] | None) -> str:
-    """`("--param", {"sigma": 20})` -> `--param sigma=20` (repeatable NAME=VALUE flags)."""
+    """`("--param", {"sigma": 20})` -> `--param sigma=20` (repeatable NAME=VALUE flags), in
+    key order (`cli_flags`)."""
     return " ".join(
         f"{flag} {shlex.quote(f'{key}={_cli_word(value)}')}"
-        for key, value in (params or {}).items()
+        for key, value in sorted((params or {}).items())
     )
 
 

@@ -18,7 +18,11 @@ import yaml
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.jsonio import to_plain
-from zoommil.option_values import check_option_values
+from zoommil.option_values import (
+    RESERVED_OPTIONS,
+    check_method_options_not_reserved,
+    check_option_values,
+)
 
 #: Relative wall time of one training run per architecture: the demo's train jobs (run 18, three
 #: seeds of 40 epochs on a 2-core AMD EPYC) in tens of seconds. Only the order matters.
@@ -83,8 +87,10 @@ def build_train_config(
 
 
 def dump_train_config(config: Mapping[str, Any]) -> str:
-    """The YAML text of a train config (plain types, keys in the order given)."""
-    return yaml.safe_dump(to_plain(config), sort_keys=False)
+    """The YAML text of a train config (plain types), keys sorted at every level: the text is
+    the train job's rerun trigger, and a method's options written in another order retrained
+    it (review S)."""
+    return yaml.safe_dump(to_plain(config), sort_keys=True)
 
 
 #: Keys of a method entry that are not model options (`zoommil.training.config.resolve_method`).
@@ -147,13 +153,15 @@ def check_method_options(methods: Mapping[str, Mapping[str, Any]], models_root: 
                 f"method '{name}': unknown architecture '{arch}' (known: {', '.join(options)})"
             )
         accepted, var_kwargs = options[arch]
-        unknown = sorted(set(spec) - set(METHOD_KEYS) - accepted)
+        accepted = accepted - set(RESERVED_OPTIONS)  # given by training (check_option_values)
+        unknown = sorted(set(spec) - set(METHOD_KEYS) - accepted - set(RESERVED_OPTIONS))
         if unknown and not var_kwargs:
             raise ZoomMILError(
                 f"method '{name}': model '{arch}' does not take option(s) {', '.join(unknown)}; "
                 f"it takes: {', '.join(sorted(accepted))}"
             )
         try:
+            check_method_options_not_reserved(arch, spec)
             check_option_values(arch, spec)
         except ZoomMILError as error:
             raise ZoomMILError(f"method '{name}': {error}") from None
