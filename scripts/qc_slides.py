@@ -14,7 +14,7 @@ inspection = qc.read_tsv(sm.input.inspection)
 features = {Path(p).stem: p for p in sm.input.features}
 table = qc.slides_table(inspection, features, sm.params.no_tissue, sm.params.mags)
 qc.write_tsv(table, sm.output.table)
-qc.write_tsv(qc.usable_sheet(frame, table), sm.output.usable)
+qc.write_tsv(qc.usable_sheet(frame, table, Path(sm.output.usable).parent), sm.output.usable)
 qc.write_tsv(qc.features_manifest(table, features), sm.output.manifest)
 print(qc.exclusion_summary(table), file=sys.stderr)
 for warning in qc.classes_lost(frame, table):

@@ -297,12 +297,12 @@ def test_auto_precision_on_a_gpu_is_bf16_only_where_the_hardware_has_it(
     assert asked == [torch.device("cuda:1")]
 
 
-def test_a_relative_weights_path_is_recorded_absolute(tmp_path, monkeypatch):
-    """Feature files and so checkpoints record the weights a relative --weights named as an
-    absolute path: `zoommil predict` and `profile` read it from any folder (they failed with
-    "r50.pt: weights file not found" when run elsewhere, review W)."""
+def test_a_relative_weights_path_records_the_file_absolute(tmp_path, monkeypatch):
+    """``weights`` stays as given (a moved project's relative path still works), and
+    ``weights_file`` is absolute: `zoommil predict` and `profile` fall back to it from another
+    folder (`Predictor.from_checkpoint`)."""
     torch.save(_full_state(3), tmp_path / "r50.pt")
     monkeypatch.chdir(tmp_path)
     _, info = build_encoder("r50.pt")
-    assert info["weights"] == str(tmp_path / "r50.pt")
+    assert info["weights"] == "r50.pt"
     assert info["weights_file"] == str(tmp_path / "r50.pt")

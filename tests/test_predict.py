@@ -946,29 +946,35 @@ def test_a_zoom_reads_through_the_files_magnification_before_its_target() -> Non
     assert zoom_chain([0.3125, 0.625, 1.25, 2.5], 0.3125, 2.5) == [2, 3]
 
 
-def test_an_out_dir_run_of_another_model_removes_the_older_heatmap(small_slide, tmp_path):
-    """A ZoomMIL run left OUT/<slide>.png; an ABMIL checkpoint makes no heatmap, so its JSON
-    must not lie beside that attention map of another model: the PNG goes with the new JSON
-    (and with a --resume that keeps this checkpoint's JSON), and with a failure."""
+def test_an_out_dir_run_of_another_model_removes_the_older_heatmap(
+    small_slide, checkpoint, tmp_path
+):
+    """A ZoomMIL run left OUT/<slide>.json and .png; an ABMIL checkpoint makes no heatmap, so
+    its JSON must not lie beside that attention map of another model: the PNG goes with the
+    JSON it belonged to (also on a failure). A PNG beside no ZoomMIL prediction (a user's
+    picture next to the slides) is left alone (review X)."""
     config = {"arch": "abmil", "kwargs": {}, "classes": CLASSES, "mags": [20.0], "in_dim": 1024}
     config["config_mags"] = MAGS
     config["preprocessing"] = {"patch_size": PATCH, "weights": "random", "tissue_threshold": 0}
     torch.manual_seed(0)
     model = build_model("abmil", in_dim=1024, n_classes=2, mags=[20.0])
-    ckpt = save_checkpoint(tmp_path / "abmil.pt", model.state_dict(), config)
+    abmil = save_checkpoint(tmp_path / "abmil.pt", model.state_dict(), config)
     out = tmp_path / "out"
-    out.mkdir()
-    png, gone_png = out / f"{small_slide.stem}.png", out / "gone.png"
-    for path in (png, gone_png):
-        path.write_bytes(b"\x89PNG a ZoomMIL heatmap")
-    argv = ["predict", str(small_slide), str(tmp_path / "gone.svs"), "--checkpoint", str(ckpt)]
-    argv += ["--out-dir", str(out), "--workers", "0", "--no-fail"]
-    assert main(argv) == 0
-    assert json.loads((out / f"{small_slide.stem}.json").read_text())["method"] == "abmil"
-    assert not png.exists() and not gone_png.exists()
-    png.write_bytes(b"\x89PNG a ZoomMIL heatmap")  # e.g. copied back in
-    assert main([*argv, "--resume"]) == 0
+    common = ["--out-dir", str(out), "--workers", "0", "--no-fail"]
+    zoom = ["predict", str(small_slide), "--checkpoint", str(checkpoint), *common]
+    assert main(zoom) == 0
+    png, json_path = out / f"{small_slide.stem}.png", out / f"{small_slide.stem}.json"
+    assert png.is_file() and json.loads(json_path.read_text())["arch"] == "zoommil"
+    argv = ["predict", str(small_slide), str(tmp_path / "gone.svs"), "--checkpoint", str(abmil)]
+    assert main([*argv, *common]) == 0
+    assert json.loads(json_path.read_text())["arch"] == "abmil"
     assert not png.exists()
+    png.write_bytes(b"\x89PNG a user's picture")  # beside an ABMIL JSON: not a heatmap of ours
+    assert main([*argv, *common]) == 0
+    assert png.read_bytes() == b"\x89PNG a user's picture"
+    json_path.unlink()
+    assert main([*argv, *common]) == 0  # no earlier JSON at all
+    assert png.is_file()
 
 
 def test_predict_on_a_scan_coarser_than_the_checkpoint_says_what_a_predict_user_can_do(
@@ -983,3 +989,27 @@ def test_predict_on_a_scan_coarser_than_the_checkpoint_says_what_a_predict_user_
     assert str(small_slide) in line and "20x is finer than the slide's native" in line
     assert "the checkpoint reads these magnifications" in line and "--mpp" in line
     assert "--allow-upsampling" not in err
+
+
+def test_a_relative_weights_path_is_found_from_another_folder(
+    small_slide, tmp_path, monkeypatch, capsys
+):
+    """Features made with ``--weights r50.pt`` in a project folder record that relative path
+    (a moved project still finds it) and the absolute ``weights_file``: predict from another
+    folder falls back to the latter (it failed with "r50.pt: weights file not found", review
+    W); a fallback file of other weights is still refused by its sha256."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    weights = _weights_file(project / "r50.pt", seed=1)
+    ckpt = _zoommil_checkpoint(
+        tmp_path / "ckpt.pt", "r50.pt", weights_sha256=sha256_file(weights),
+        weights_file=str(weights),
+    )  # fmt: skip
+    monkeypatch.chdir(elsewhere)
+    argv = ["predict", str(small_slide), "--checkpoint", str(ckpt), "--workers", "0"]
+    assert main([*argv, "--json", "p.json"]) == 0
+    assert json.loads((elsewhere / "p.json").read_text())["weights_sha256"] == sha256_file(weights)
+    _weights_file(weights, seed=2)  # replaced since training
+    assert main([*argv, "--json", "q.json"]) == 2
+    assert str(weights) in _error_line(capsys.readouterr().err, "sha256")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -288,6 +290,39 @@ def test_qc_tables(tmp_path: Path) -> None:
     assert list(kept["status"]) == ["ok", "implausible_mpp", "ok", "no_tissue"]
     usable = qc.usable_sheet(frame, kept)
     assert list(usable["slide_id"]) == ["a", "c"] and list(usable["mpp"]) == [1.0, 0.5]
+
+
+def test_the_usable_sheet_names_the_runs_own_slides_from_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """usable.tsv is the timing and Figure 4 jobs' sheet: slides inside the run's folder are
+    named relative to the table's folder, so a copied or moved project reads its own slides
+    (absolute paths read the old place); slides elsewhere stay absolute."""
+    from zoommil.io.sheet import read_sheet
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    monkeypatch.chdir(run)
+    frame = pd.DataFrame(
+        {
+            "slide_id": ["a", "b"],
+            "path": [str(run / "data" / "a.tiff"), "/elsewhere/b.svs"],
+            "label": ["x", "y"],
+            "split": ["train", "test"],
+        }
+    )
+    table = pd.DataFrame({"slide_id": ["a", "b"], "status": ["ok", "ok"], "mpp": [0.5, 0.25]})
+    usable = qc.usable_sheet(frame, table, "results/qc")
+    assert list(usable["path"]) == ["../../data/a.tiff", "/elsewhere/b.svs"]
+    (run / "results" / "qc").mkdir(parents=True)
+    qc.write_tsv(usable, run / "results" / "qc" / "usable.tsv")
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    back = read_sheet(moved / "results" / "qc" / "usable.tsv")
+    assert [os.path.normpath(p) for p in back["path"]] == [
+        str(moved / "data" / "a.tiff"),
+        "/elsewhere/b.svs",
+    ]
 
 
 # --- tables ---------------------------------------------------------------------------------

@@ -39,6 +39,22 @@ def test_tables_and_figures_are_written(tiny) -> None:
     assert list(ablations["method"]) == ["zoommil", "zoommil_random"]
 
 
+def test_each_methods_flops_and_timings_are_its_own(tiny) -> None:
+    """The FLOPs and timing jobs pass methods, checkpoints and outputs in one order (they are
+    paired by position): with the outputs in another order, ZoomMIL's flops.json held ABMIL's
+    count and the tables showed it as ZoomMIL's (review X)."""
+    workdir, _, _ = tiny
+    files = sorted((workdir / "results" / "efficiency").glob("*/*.json"))
+    flops = [f for f in files if f.name == "flops.json"]
+    assert len(flops) == len(harness.load_config()["methods"]) + len(
+        harness.load_config()["ablations"]["methods"]
+    )
+    for path in files:
+        record = json.loads(path.read_text())
+        if not record.get("skipped"):
+            assert record["method"] == path.parent.name, path
+
+
 def test_bad_slides_are_excluded_and_reported(tiny) -> None:
     workdir, _, _ = tiny
     results = workdir / "results"
@@ -77,29 +93,17 @@ def test_a_test_slide_unreadable_late_is_replaced_by_the_next(tiny, tmp_path) ->
     workdir, configfile, _ = tiny
     scratch = tmp_path / "late"
     shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
-    # the copy's sheet names the tiny run's slide files (the absolute paths its jobs recorded:
-    # other paths rerun everything), its mtime kept
-    sheet = scratch / "slides.tsv"
-    kept = sheet.stat()
-    header, *rows = sheet.read_text().splitlines()
-    rows = [row.split("\t") for row in rows]
-    for row in rows:
-        row[1] = str(workdir / row[1])  # an absolute path stays as it is
-    sheet.write_text("\n".join([header] + ["\t".join(row) for row in rows]) + "\n")
-    os.utime(sheet, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    # the copy's sheet names its own slide files (relative to the run's folder, as the jobs
+    # recorded them): the copy's slide is damaged, its mtime kept
     results = scratch / "results"
     test = pd.read_csv(results / "qc" / "usable.tsv", sep="\t").query("split == 'test'")
     first, second = sorted(test["slide_id"])[:2]
-    slide = workdir / "data" / "slides" / f"{first}.tiff"  # the tiny run's: put back below
+    slide = scratch / "data" / "slides" / f"{first}.tiff"
     kept, data = slide.stat(), slide.read_bytes()
-    try:
-        slide.write_bytes(data[: len(data) * 6 // 10])
-        os.utime(slide, ns=(kept.st_atime_ns, kept.st_mtime_ns))
-        force = ["--forcerun", "predict", "profile"]  # as if they ran after the damage
-        run = harness.snakemake(scratch, *force, configfile=scratch / configfile.name)
-    finally:
-        slide.write_bytes(data)
-        os.utime(slide, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    slide.write_bytes(data[: len(data) * 6 // 10])
+    os.utime(slide, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    force = ["--forcerun", "predict", "profile"]  # as if they ran after the damage
+    run = harness.snakemake(scratch, *force, configfile=scratch / configfile.name)
     ran = harness.job_lines(run, r"^\s*wildcards: .*slide=([^,\s]+)")
     assert ran["predict"] == {first, second}, ran
     assert {"tables", "figure_throughput", "figure_attention", "qc_exclusions"} <= set(ran)

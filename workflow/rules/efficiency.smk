@@ -5,9 +5,10 @@
 # the all-patch methods that read the same patches with one read-and-encode pass per slide,
 # each charged that pass plus its own head. Timing jobs take every core (threads:
 # all_cores()) so that no other local job runs beside them. Without a GPU, `zoommil profile
-# --device cuda` writes a skip note; `efficiency.gpu: false` drops the GPU timings. Methods
-# are passed in name order: the command line is a rerun trigger, and reordering `methods:`
-# in the config re-timed every method.
+# --device cuda` writes a skip note; `efficiency.gpu: false` drops the GPU timings. Methods,
+# their checkpoints and their outputs are passed in name order, all three (the commands pair
+# them by position): the command line is a rerun trigger, and reordering `methods:` in the
+# config re-timed every method.
 
 
 rule flops:
@@ -15,7 +16,7 @@ rule flops:
         checkpoints=[first_seed_checkpoint(m) for m in sorted(ALL_METHODS)],
         usable="results/qc/usable.tsv",
     output:
-        flops=expand("results/efficiency/{method}/flops.json", method=ALL_METHODS),
+        flops=expand("results/efficiency/{method}/flops.json", method=sorted(ALL_METHODS)),
     log:
         "results/logs/flops.log",
     conda:
@@ -41,7 +42,7 @@ rule profile:
     output:
         timings=expand(
             "results/efficiency/{method}/throughput_{{device}}.json",
-            method=EFFICIENCY_METHODS,
+            method=sorted(EFFICIENCY_METHODS),
         ),
     log:
         "results/logs/profile/{device}.log",

@@ -42,9 +42,9 @@ from zoommil.wsi.patches import ReaderPool
 @dataclass(frozen=True)
 class SlideTask:
     """One slide to classify and where its prediction JSON and attention map go (or None).
-    ``stale``: an earlier run's output this one does not write (a ZoomMIL heatmap in the
-    folder of a checkpoint that makes none), removed with the slide's new JSON, so that no
-    attention map of another model lies beside it."""
+    ``stale``: where an earlier ZoomMIL run's heatmap would be, for a checkpoint that makes
+    none: removed with the slide's new JSON if the JSON it replaces is a ZoomMIL prediction
+    (`old_heatmap`), so that no attention map of another model lies beside it."""
 
     slide: str
     json: str | None = None
@@ -128,8 +128,6 @@ def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[in
         if not describes_slide(record, task.slide):
             continue
         done[index] = _ok_row(task, record, 0.0, "kept from an earlier run (--resume)")
-        if task.stale:  # this checkpoint's JSON: a heatmap beside it is another model's
-            Path(task.stale).unlink(missing_ok=True)
     return done
 
 
@@ -299,8 +297,8 @@ def classify(
         # run killed between the two must not leave a new JSON beside an older heatmap
         if task.heatmap and result["attention"]:
             save_heatmap(task.heatmap, task.slide, result, mpp=settings.mpp)
-        if task.stale:
-            Path(task.stale).unlink(missing_ok=True)
+        if heatmap := old_heatmap(task):
+            heatmap.unlink(missing_ok=True)
         if task.json:
             write_json(task.json, result)
     except Exception as error:  # one slide's failure never stops the others
@@ -354,9 +352,26 @@ def _failure(task: SlideTask, reason: str, status: str = "failed") -> dict[str, 
 
 def _remove_outputs(task: SlideTask) -> None:
     """A failed slide keeps no output of an earlier run: the folder says what this run found."""
-    for path in (task.json, task.heatmap, task.stale):
+    stale = old_heatmap(task)  # read before the JSON that says what it is goes
+    for path in (task.json, task.heatmap, stale):
         if path:
             Path(path).unlink(missing_ok=True)
+
+
+def old_heatmap(task: SlideTask) -> Path | None:
+    """The heatmap of the earlier ZoomMIL prediction this task's JSON replaces, if there is
+    one: ``stale`` exists and the JSON beside it is a ZoomMIL prediction of this slide. Any
+    other file of that name (a user's picture beside the slides) is not ours to remove."""
+    if not task.stale or not task.json or not Path(task.stale).is_file():
+        return None
+    try:
+        record = json.loads(Path(task.json).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record.get("arch") == "zoommil":
+        if describes_slide(record, task.slide):
+            return Path(task.stale)
+    return None
 
 
 def write_table(path: str | Path, rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> Path:

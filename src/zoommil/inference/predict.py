@@ -40,6 +40,7 @@ from zoommil.features.extraction import (
     first_task_regions,
     regions_per_task,
 )
+from zoommil.features.weight_keywords import WEIGHT_KEYWORDS
 from zoommil.inference.tiling_ahead import tile_for_inference
 from zoommil.recipe import PreprocessingRecipe, format_mags, mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
@@ -94,6 +95,7 @@ class Predictor:
         model, config = model_from_checkpoint(checkpoint)
         model.to(device)
         recorded: Mapping[str, Any] = config.get("preprocessing") or {}
+        weights = weights or recorded_weights(recorded)
         # the feature files' magnifications (a method's own `mags` override is config_mags;
         # checkpoints without either: the model's own)
         tiled = recorded.get("mags") or config.get("config_mags") or config["mags"]
@@ -146,6 +148,24 @@ def _encode_regions(
     feats = np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), dtype=np.float32)
     out = torch.from_numpy(feats).unsqueeze(0)
     return norm(out) if norm is not None else out
+
+
+def recorded_weights(recorded: Mapping[str, Any]) -> str | None:
+    """The weights a checkpoint's features were made with, to use by default: the recorded
+    ``weights`` (a keyword, or a path as the features command was given it), or, where that
+    path is relative and not found from this folder, the absolute ``weights_file`` recorded
+    beside it. Why: ``--weights r50.pt`` in a project folder made `zoommil predict` from any
+    other folder fail with "r50.pt: weights file not found" (review W); the sha256 check
+    (`make_encoder`) still decides whether the file found is the right one. None: unrecorded
+    (the recipe's default)."""
+    weights = recorded.get("weights")
+    if weights is None or str(weights) in WEIGHT_KEYWORDS:
+        return None if weights is None else str(weights)
+    given = Path(str(weights)).expanduser()
+    fallback = recorded.get("weights_file")
+    if not given.exists() and fallback and Path(str(fallback)).exists():
+        return str(fallback)
+    return str(weights)
 
 
 def zoom_chain(tiled: Sequence[float], low: float, high: float) -> list[int]:

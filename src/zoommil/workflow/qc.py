@@ -11,6 +11,7 @@ slide listed under two names (train/test leakage) stops the run before any train
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from zoommil.io.featurefile import decode_attr, listed_mags, patch_mags
 from zoommil.io.featurefile import layout_problem as file_layout_problem
 from zoommil.io.sheet import SPLITS
 from zoommil.workflow.failure import read_marker
+from zoommil.workflow.params import run_path
 
 #: The slides table kept when QC stops the run (`check_usable_splits_keeping`)
 FAILED_TABLE = "slides.failed.tsv"
@@ -212,14 +214,32 @@ def slides_table(
     return table
 
 
-def usable_sheet(sheet: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Sheet rows (absolute paths) of the slides whose final status is ok, with the mpp
-    resolved at inspection, so later commands read each slide at the same resolution."""
+def usable_sheet(
+    sheet: pd.DataFrame, table: pd.DataFrame, folder: str | Path | None = None
+) -> pd.DataFrame:
+    """Sheet rows of the slides whose final status is ok, with the mpp resolved at
+    inspection, so later commands read each slide at the same resolution.
+
+    Paths (the sheet's, absolute) of slides inside the run's folder (the working directory)
+    are written relative to ``folder``, the table's own (a sheet's paths are read relative to
+    its folder): a copied or moved project's timing and Figure 4 jobs then read its own
+    slides, not those at the old place (gone after a move)."""
     ok = table.loc[table["status"] == "ok"].set_index("slide_id")
     rows = sheet.loc[sheet["slide_id"].isin(ok.index), ["slide_id", "path", "label", "split"]]
     rows = rows.reset_index(drop=True)
+    if folder is not None:
+        rows["path"] = [path_from(folder, p) for p in rows["path"]]
     rows["mpp"] = [ok.loc[s, "mpp"] for s in rows["slide_id"]]
     return rows
+
+
+def path_from(folder: str | Path, path: str | Path) -> str:
+    """``path`` relative to ``folder`` when it lies inside the run's folder (the working
+    directory), else absolute (`zoommil.workflow.params.run_path`)."""
+    named = run_path(path)
+    if Path(named).is_absolute():
+        return named
+    return Path(os.path.relpath(named, run_path(folder))).as_posix()
 
 
 def check_usable_splits(sheet: pd.DataFrame, table: pd.DataFrame, shown: int = 5) -> None:

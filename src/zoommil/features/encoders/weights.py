@@ -158,9 +158,7 @@ def build_with_weights(spec: EncoderSpec, weights: str, seed: int) -> tuple[nn.M
         path = resolve_hf_weights(spec)
         note = f"{spec.hf_repo}/{path.name} from the offline Hugging Face cache"
     elif weights != "random":
-        path = local_weights_path(weights, spec).absolute()
-        # recorded absolute: a checkpoint's predict and profile find it from any folder
-        weights = str(Path(weights).expanduser().absolute())
+        path = local_weights_path(weights, spec).absolute()  # recorded as weights_file
         note = f"state dict {path}"
     with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG state untouched
         torch.manual_seed(seed)
