@@ -68,7 +68,7 @@ def dodge_offsets(
     marker and its x error bar keep their throughput) and the shift is a few points, less than
     a marker: data-unit steps of 3.5 % moved a group of six by up to 9 %, out of their own x
     error bars and past a slower method. A group of n gets ``step * (k - (n - 1) / 2)``,
-    k = 0..n-1 in the given order; a lone point 0."""
+    k = 0..n-1 from the slowest to the fastest (ties in the given order); a lone point 0."""
     offsets = [0.0] * len(speeds)
     order = sorted(range(len(speeds)), key=lambda i: speeds[i])
     groups: list[list[int]] = []
@@ -78,7 +78,7 @@ def dodge_offsets(
         else:
             groups.append([i])
     for group in groups:
-        group.sort()
+        group.sort(key=lambda i: (speeds[i], i))  # drawn left to right as they are fastest
         for k, i in enumerate(group):
             offsets[i] = step * (k - (len(group) - 1) / 2)
     return offsets
