@@ -153,7 +153,7 @@ def check_method_options(methods: Mapping[str, Mapping[str, Any]], models_root: 
                 f"method '{name}': unknown architecture '{arch}' (known: {', '.join(options)})"
             )
         accepted, var_kwargs = options[arch]
-        accepted = accepted - set(RESERVED_OPTIONS)  # given by training (check_option_values)
+        accepted = accepted - set(RESERVED_OPTIONS)  # set by training: refused just below
         unknown = sorted(set(spec) - set(METHOD_KEYS) - accepted - set(RESERVED_OPTIONS))
         if unknown and not var_kwargs:
             raise ZoomMILError(
