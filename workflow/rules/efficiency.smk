@@ -16,7 +16,9 @@ rule flops:
         checkpoints=[first_seed_checkpoint(m) for m in sorted(ALL_METHODS)],
         usable="results/qc/usable.tsv",
     output:
-        flops=expand("results/efficiency/{method}/flops.json", method=sorted(ALL_METHODS)),
+        flops=expand(
+            "results/efficiency/{method}/flops.json", method=sorted(ALL_METHODS)
+        ),
     log:
         "results/logs/flops.log",
     conda:
