@@ -241,6 +241,11 @@ ABLATION_SEEDS = zconfig.ablation_seeds(config)
 SEEDS_IN_ONE_JOB = bool(config["train"]["seeds_in_one_job"])
 EFFICIENCY = config["efficiency"]
 EFFICIENCY_METHODS = zconfig.efficiency_methods(config)
+# The flops and profile jobs' methods, checkpoints and outputs, one order for all three (the
+# commands pair them by position), by name: their command lines are rerun triggers, and a
+# reordered `methods:` re-timed every method.
+FLOPS_ORDER = sorted(ALL_METHODS)
+TIMED_ORDER = sorted(EFFICIENCY_METHODS)
 ATTENTION = config["figures"]["attention"]
 
 

@@ -6,19 +6,15 @@
 # each charged that pass plus its own head. Timing jobs take every core (threads:
 # all_cores()) so that no other local job runs beside them. Without a GPU, `zoommil profile
 # --device cuda` writes a skip note; `efficiency.gpu: false` drops the GPU timings. Methods,
-# their checkpoints and their outputs are passed in name order, all three (the commands pair
-# them by position): the command line is a rerun trigger, and reordering `methods:` in the
-# config re-timed every method.
+# checkpoints and outputs in FLOPS_ORDER / TIMED_ORDER (common.smk): one order for all three.
 
 
 rule flops:
     input:
-        checkpoints=[first_seed_checkpoint(m) for m in sorted(ALL_METHODS)],
+        checkpoints=[first_seed_checkpoint(m) for m in FLOPS_ORDER],
         usable="results/qc/usable.tsv",
     output:
-        flops=expand(
-            "results/efficiency/{method}/flops.json", method=sorted(ALL_METHODS)
-        ),
+        flops=expand("results/efficiency/{method}/flops.json", method=FLOPS_ORDER),
     log:
         "results/logs/flops.log",
     conda:
@@ -29,7 +25,7 @@ rule flops:
         runtime=30,
     params:
         code=code("flops"),
-        models=" ".join(sorted(ALL_METHODS)),
+        models=" ".join(FLOPS_ORDER),
         features_dir="results/features",
     shell:
         "zoommil flops --model {params.models} --checkpoint {input.checkpoints} "
@@ -39,12 +35,12 @@ rule flops:
 
 rule profile:
     input:
-        checkpoints=[first_seed_checkpoint(m) for m in sorted(EFFICIENCY_METHODS)],
+        checkpoints=[first_seed_checkpoint(m) for m in TIMED_ORDER],
         usable="results/qc/usable.tsv",
     output:
         timings=expand(
             "results/efficiency/{method}/throughput_{{device}}.json",
-            method=sorted(EFFICIENCY_METHODS),
+            method=TIMED_ORDER,
         ),
     log:
         "results/logs/profile/{device}.log",
@@ -59,7 +55,7 @@ rule profile:
         gpu=lambda wildcards: PROFILE_DEVICES[wildcards.device]["gpu"],
     params:
         code=code("profile"),
-        models=" ".join(sorted(EFFICIENCY_METHODS)),
+        models=" ".join(TIMED_ORDER),
         device=lambda wildcards: PROFILE_DEVICES[wildcards.device]["device"],
         threads=lambda wildcards, threads: PROFILE_DEVICES[wildcards.device]["threads"]
         or threads,

@@ -158,14 +158,12 @@ def recorded_weights(recorded: Mapping[str, Any]) -> str | None:
     other folder fail with "r50.pt: weights file not found" (review W); the sha256 check
     (`make_encoder`) still decides whether the file found is the right one. None: unrecorded
     (the recipe's default)."""
-    weights = recorded.get("weights")
-    if weights is None or str(weights) in WEIGHT_KEYWORDS:
-        return None if weights is None else str(weights)
-    given = Path(str(weights)).expanduser()
-    fallback = recorded.get("weights_file")
-    if not given.exists() and fallback and Path(str(fallback)).exists():
-        return str(fallback)
-    return str(weights)
+    if recorded.get("weights") is None:
+        return None
+    weights, fallback = str(recorded["weights"]), recorded.get("weights_file")
+    if weights in WEIGHT_KEYWORDS or not fallback or Path(weights).expanduser().exists():
+        return weights
+    return str(fallback) if Path(str(fallback)).exists() else weights
 
 
 def zoom_chain(tiled: Sequence[float], low: float, high: float) -> list[int]:
