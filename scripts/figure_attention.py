@@ -13,4 +13,5 @@ figures.attention_figure(
     method=sm.params.method,
     dataset=sm.params.dataset,
     weights=sm.params.weights,
+    encoder=sm.params.encoder,
 )

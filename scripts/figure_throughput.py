@@ -13,5 +13,5 @@ figures.throughput_figure(
     outputs=[sm.output.png, sm.output.pdf],
     dataset=sm.params.dataset,
     weights=sm.params.weights,
-    encoder=getattr(sm.params, "encoder", "resnet50_layer3"),
+    encoder=sm.params.encoder,
 )

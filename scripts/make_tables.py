@@ -19,5 +19,5 @@ tables.make_tables(
     methods=sm.params.methods,
     ablations=sm.params.ablations,
     reference=sm.params.reference,
-    encoder=getattr(sm.params, "encoder", "resnet50_layer3"),
+    encoder=sm.params.encoder,
 )

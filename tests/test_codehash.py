@@ -84,3 +84,25 @@ def test_modules_imported_by_a_computed_name_count(scratch: Path) -> None:
     assert after["features"] != before["features"]
     assert after["train"] != before["train"]  # train imports the registry (weights.py) too
     assert after["tile"] == before["tile"]
+
+
+def test_lazy_exports_count_for_the_steps_that_use_them(scratch: Path) -> None:
+    """`zoommil evaluate` gets `evaluate_checkpoint` from `zoommil.training`'s lazy exports
+    (import_module over a table of names): an edit of the metrics must rerun evaluation."""
+    assert {"zoommil.training.evaluation", "zoommil.training.metrics"} <= set(
+        closure(ROOT, ["evaluate"])
+    )
+    before = code_hash(scratch, ["evaluate"])
+    path = scratch / "training" / "metrics.py"
+    path.write_text(path.read_text() + "\nEDITED = 1\n")
+    assert code_hash(scratch, ["evaluate"]) != before
+
+
+def test_an_import_the_hash_cannot_follow_is_an_error(scratch: Path) -> None:
+    path = scratch / "wsi" / "tiling.py"
+    path.write_text(
+        path.read_text() + "\n\ndef load(n):\n    import importlib\n\n"
+        "    return importlib.import_module('zoommil.wsi.' + n)\n"
+    )
+    with pytest.raises(ValueError, match=r"cannot tell which module .*zoommil\.wsi\.tiling, line"):
+        code_hash(scratch, ["tile"])

@@ -310,9 +310,11 @@ def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: P
     path = tmp_path / "t0.json"
     path.write_text(json.dumps(prediction))
     layout = figures.attention_figure(
-        [path], sheet, [tmp_path / "att.png"], "zoommil", "demo", "random"
+        [path], sheet, [tmp_path / "att.png"], "zoommil", "demo", "random", "uni"
     )
     assert layout["rows"] == 1 and layout["colorbar"]
+    # the encoder the workflow passes is named, as in Figure 3 (the param went unread)
+    assert "encoder uni (ViT-L/16, 224 px, 1024-d)" in layout["title"]
     assert layout["slides"] == [("t0", "b")]
     assert layout["titles"][1:] == ["attention at 5x", "attention at 10x"]
     assert (tmp_path / "att.png").stat().st_size > 1000

@@ -715,6 +715,14 @@ def test_ablation_label() -> None:
     assert table_frames.ablation_label({"arch": "zoommil", "k": 4, "selection": "diff_topk"}, ref)[
         0
     ] == ("reference")
+    # ZoomMIL's own defaults, written out on one side only, change nothing (the table had
+    # three of its thirteen defaults, so `topk_grad: exact` read as an ablation)
+    for same in ({"topk_grad": "exact"}, {"k": 12}, {"mags": [1.25, 2.5, 10]}, {"sigma": 0.002}):
+        assert table_frames.ablation_label({"arch": "zoommil", **same}, {})[0] == "reference"
+    assert table_frames.ablation_label({"topk_grad": "diagonal"}, {"arch": "zoommil"}) == (
+        "topk_grad",
+        "topk_grad=diagonal",
+    )
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,18 @@ def test_one_demo_slide_can_be_asked_for_before_synth_ran(workdir: Path) -> None
         assert jobs.get("synth") == 1 and jobs.get(rule) == 1, (target, jobs)
 
 
+def test_a_synth_block_without_n_slides_makes_synths_default(workdir: Path) -> None:
+    """The rule had its own default (24) where `zoommil synth` and the README say 60."""
+    config = harness.load_config()
+    config["synth"], config["sheet"] = {"seed": 3}, None
+    configfile = harness.write_config(workdir, config, "synth_default.yaml")
+    result = harness.snakemake(
+        workdir, "-n", "-p", "results/demo/slides.tsv", configfile=configfile
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--n-slides 60 --seed 3 --scale 1.0 " in result.stdout + result.stderr
+
+
 def test_train_jobs_carry_their_priority(workdir: Path) -> None:
     """TransMIL's train job has the highest priority, so Snakemake starts it first."""
     result = harness.snakemake(workdir, "-n")

@@ -49,7 +49,13 @@ if config.get("sheet"):
     config["sheet"] = os.path.expanduser(config["sheet"])
 
 DEMO = config.get("synth") is not None
+# with the schema's defaults filled in (`zoommil synth`'s own); empty for real data
+SYNTH = config.get("synth") or {}
 DEMO_DIR = "results/demo"
+# Paths named in several places, spelt once. The manifest is also where
+# zoommil.workflow.manifest looks for deleted feature files.
+FEATURE_MANIFEST = str(zmanifest.MANIFEST)
+MODEL_CHECKPOINT = "results/models/{method}/seed~{seed}/checkpoint.pt"
 LIB_ROOT = zwf.library_root(workflow.basedir)
 try:
     zwf.check_imported_library(LIB_ROOT)  # the code the rules hash is the code they run
@@ -224,7 +230,7 @@ def usable_features(wildcards):
     """What training/evaluation depend on: one manifest of the usable feature files (size,
     mtime), rewritten by qc_slides when any changes, not the N files themselves (listing
     them made Snakemake's scheduling O(N^2) in the cohort)."""
-    return "results/qc/features.tsv"
+    return FEATURE_MANIFEST
 
 
 # --- methods and seeds -------------------------------------------------------------------
@@ -292,12 +298,12 @@ def first_file(wildcards, output):
 
 def first_seed_checkpoint(method):
     """The checkpoint of a method's first seed (FLOPs and timings use it)."""
-    return f"results/models/{method}/seed~{seeds_of(method)[0]}/checkpoint.pt"
+    return MODEL_CHECKPOINT.format(method=method, seed=seeds_of(method)[0])
 
 
 def attention_checkpoint(wildcards):
     seed = ATTENTION["seed"]
-    return f"results/models/{wildcards.method}/seed~{seed}/checkpoint.pt"
+    return MODEL_CHECKPOINT.format(method=wildcards.method, seed=seed)
 
 
 def train_config(wildcards):

@@ -15,9 +15,9 @@ checkpoint synth:
     params:
         code=code("synth"),
         out=output_dir,
-        n_slides=(config.get("synth") or {}).get("n_slides", 24),
-        seed=(config.get("synth") or {}).get("seed", 0),
-        scale=(config.get("synth") or {}).get("scale", 1.0),
+        n_slides=SYNTH.get("n_slides"),
+        seed=SYNTH.get("seed"),
+        scale=SYNTH.get("scale"),
     shell:
         "zoommil synth --out {params.out} --n-slides {params.n_slides} "
         "--seed {params.seed} --scale {params.scale} --workers {threads} > {log} 2>&1"

@@ -146,7 +146,7 @@ checkpoint qc_slides:
             category="QC",
         ),
         usable="results/qc/usable.tsv",
-        manifest="results/qc/features.tsv",
+        manifest=FEATURE_MANIFEST,
     log:
         "results/logs/qc_slides/qc_slides.log",
     conda:

@@ -13,7 +13,7 @@ rule train:
         qc="results/qc/slides.tsv",
         features=usable_features,
     output:
-        checkpoint=run_paths("results/models/{method}/seed~{seed}/checkpoint.pt"),
+        checkpoint=run_paths(MODEL_CHECKPOINT),
         metrics=run_paths("results/models/{method}/seed~{seed}/metrics.json"),
         log_csv=run_paths("results/models/{method}/seed~{seed}/log.csv"),
         config=run_paths("results/models/{method}/seed~{seed}/train_config.yaml"),

@@ -26,7 +26,7 @@ from matplotlib.transforms import offset_copy
 
 from zoommil.io.atomic import atomic_path
 from zoommil.io.sheet import read_sheet
-from zoommil.recipe import weights_note
+from zoommil.recipe import DEFAULT_ENCODER, weights_note
 from zoommil.reporting import attention, results, stats
 from zoommil.reporting.table_frames import (
     add_intervals,
@@ -418,7 +418,7 @@ def throughput_figure(
     outputs: Sequence[str | Path],
     dataset: str,
     weights: str,
-    encoder: str = "resnet50_layer3",
+    encoder: str = DEFAULT_ENCODER,
 ) -> pd.DataFrame:
     """Figure 3: slides/hour (log x, +- std over the timed slides) vs weighted F1 with 95% CIs
     over test slides, one panel per device that
@@ -490,10 +490,13 @@ def attention_figure(
     method: str,
     dataset: str,
     weights: str,
+    encoder: str | None = None,
 ) -> dict[str, Any]:
     """Figure 4: one row per slide: the thumbnail, then the attention of every magnification
-    over the thumbnail, with the regions zoomed into outlined, and one colour bar. Returns the
-    layout (rows, column titles, whether there is a colour bar, the notes) for checks.
+    over the thumbnail, with the regions zoomed into outlined, and one colour bar; the title
+    names the encoder whose features the model attended over, as Figure 3's and the tables'
+    do. Returns the layout (rows, column titles, title, whether there is a colour bar, the
+    notes) for checks.
 
     A slide whose prediction failed (a `zoommil predict --no-fail` marker) or whose thumbnail
     cannot be read is left out, with its whole reason in a note under the figure; with no
@@ -549,6 +552,8 @@ def attention_figure(
         bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
         bar.set_label("attention (min-max per slide and magnification)", fontsize=8)
     title = f"{dataset}: {display_name(method)} attention at every magnification"
+    if encoder is not None:
+        title += f", encoder {encoder_label(encoder)}"
     if note := weights_note(weights):
         title += f"\n{note}"
     fig.suptitle(title, fontsize=10)
@@ -559,6 +564,7 @@ def attention_figure(
     return {
         "rows": n_rows,
         "titles": titles,
+        "title": title,
         "colorbar": image is not None,
         "skipped": skipped,
         "empty": empty,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
 import pandas as pd
@@ -18,6 +19,7 @@ import pandas as pd
 from zoommil.errors import ZoomMILError
 from zoommil.recipe import arch_mags, format_mags
 from zoommil.reporting import evalcheck, results, stats
+from zoommil.workflow.trainconfig import model_defaults, models_root
 
 DISPLAY_NAMES = {
     "zoommil": "ZoomMIL",
@@ -32,7 +34,8 @@ DISPLAY_NAMES = {
 }
 METRICS = ("weighted_f1", "accuracy", "auc")
 CI_METRICS = stats.METRICS  # metrics with a bootstrap CI over test slides
-ZOOMMIL_DEFAULTS = {"selection": "diff_topk", "attention": "dual", "aggregation": "sum"}
+#: The ZoomMIL components the reference row of Table 4 names.
+REFERENCE_KEYS = ("selection", "attention", "aggregation")
 #: The timed devices, in column order, with their column headers.
 TIMING_HEADERS = {
     "cpu1": "CPU 1 thread (s/slide)",
@@ -160,13 +163,21 @@ def main_table(
     return pd.DataFrame(rows)
 
 
+@cache
+def zoommil_defaults() -> dict[str, Any]:
+    """ZoomMIL's constructor defaults (from its source: no torch), ``arch`` included."""
+    return {"arch": "zoommil", **model_defaults(models_root())["zoommil"]}
+
+
 def ablation_label(spec: Mapping[str, Any], reference: Mapping[str, Any]) -> tuple[str, str]:
-    """(component, variant) of an ablation: the ZoomMIL kwargs that differ from the reference."""
-    full_ref = {**ZOOMMIL_DEFAULTS, **reference}
-    full = {**ZOOMMIL_DEFAULTS, **spec}
+    """(component, variant) of an ablation: the ZoomMIL kwargs that differ from the reference,
+    each side completed with the model's defaults (a default written out is no change)."""
+    defaults = zoommil_defaults()
+    full_ref = {**defaults, **reference}
+    full = {**defaults, **spec}
     changed = [k for k in sorted(set(full) | set(full_ref)) if full.get(k) != full_ref.get(k)]
     if not changed:
-        return "reference", ", ".join(f"{k}={full[k]}" for k in ZOOMMIL_DEFAULTS)
+        return "reference", ", ".join(f"{k}={full[k]}" for k in REFERENCE_KEYS)
     return ", ".join(changed), ", ".join(f"{k}={full.get(k)}" for k in changed)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from zoommil.recipe import DEFAULT_ENCODER
 from zoommil.reporting import stats
 from zoommil.reporting.table_format import EXACT_MARK, NO_CI, count_text, span_text
 from zoommil.reporting.table_frames import METRICS, TIMING_HEADERS, display_name
@@ -107,7 +108,7 @@ def table_notes(
     weights: str,
     qc_table: pd.DataFrame,
     timings_skipped: Mapping[str, str],
-    encoder: str = "resnet50_layer3",
+    encoder: str = DEFAULT_ENCODER,
     exclusions_frame: pd.DataFrame | None = None,
     shared_passes: Sequence[Sequence[str]] = (),
     timed: str = "",

@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from zoommil.recipe import DEFAULT_ENCODER
 from zoommil.reporting import results
 from zoommil.reporting.table_format import (
     best_rows,
@@ -63,7 +64,7 @@ def make_tables(
     methods: Mapping[str, Mapping[str, Any]],
     ablations: Mapping[str, Mapping[str, Any]] | None = None,
     reference: str | None = None,
-    encoder: str = "resnet50_layer3",
+    encoder: str = DEFAULT_ENCODER,
     exclusions_table: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write Tables 1-3 (`main_*`) and Table 4 (`ablation_*`) to the given output paths.

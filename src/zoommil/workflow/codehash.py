@@ -11,9 +11,11 @@ the steps that import the module.
 
 Imports by a computed name count too: ``importlib.import_module(f"zoommil.pkg.{name}")`` (the
 encoder registry loads ``zoommil.features.encoders.vit`` that way) adds every module of
-``zoommil.pkg``, and a constant name adds that module. The one exception is the CLI's loop over
-``zoommil.commands``, which adds nothing: a command is an entry, and a step hashes the one it
-runs.
+``zoommil.pkg``, a constant name adds that module, and ``import_module(TABLE[name])`` over a
+module-level dict of constant names (``zoommil.training``'s lazy exports) adds every module the
+dict names. Any other computed name is an error naming the module and line, never a module
+silently left out of the hash. The one exception is the CLI's loop over ``zoommil.commands``,
+which adds nothing: a command is an entry, and a step hashes the one it runs.
 
 Entries are `zoommil` command names (``"features"`` -> ``zoommil.commands.features`` plus
 ``zoommil.cli``, which runs it) or script files (``scripts/qc_slides.py``: the script itself
@@ -56,32 +58,56 @@ def _package_modules(root: Path, package: str) -> list[str]:
     return sorted(names)
 
 
-def _dynamic_import(node: ast.Call) -> str | None:
-    """The module an ``import_module(...)``/``__import__(...)`` call loads: its constant name,
-    or ``"pkg.*"`` for an f-string ``f"pkg.{...}"`` (any module of ``pkg``); else None."""
+def _name_tables(tree: ast.Module) -> dict[str, set[str]]:
+    """Module-level dicts whose values are all constant strings: ``{name: their values}``."""
+    tables: dict[str, set[str]] = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        value = getattr(node, "value", None)
+        if not isinstance(value, ast.Dict) or not value.values:
+            continue
+        names = [v.value for v in value.values if isinstance(v, ast.Constant)]
+        if len(names) == len(value.values) and all(isinstance(n, str) for n in names):
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    tables[target.id] = set(names)
+    return tables
+
+
+def _dynamic_import(node: ast.Call, tables: dict[str, set[str]], where: str) -> set[str]:
+    """The modules an ``import_module(...)``/``__import__(...)`` call may load (empty for any
+    other call): its constant name, ``"pkg.*"`` for an f-string ``f"pkg.{...}"`` (any module
+    of ``pkg``), or every name of a module-level table it subscripts. Any other argument is an
+    error: a module the hash cannot see would stop its edits from rerunning the steps."""
     func = node.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
     if name not in ("import_module", "__import__") or not node.args:
-        return None
+        return set()
     arg = node.args[0]
     if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-        return arg.value
+        return {arg.value}
     if isinstance(arg, ast.JoinedStr) and arg.values:
         head = arg.values[0]
         if isinstance(head, ast.Constant) and str(head.value).endswith("."):
-            return str(head.value)[:-1] + _ANY_MODULE
-    return None
+            return {str(head.value)[:-1] + _ANY_MODULE}
+    if isinstance(arg, ast.Subscript) and isinstance(arg.value, ast.Name):
+        if arg.value.id in tables:
+            return tables[arg.value.id]
+    raise ValueError(
+        f"code_hash: cannot tell which module {ast.unparse(node)} loads ({where}, line "
+        f"{node.lineno}); use a constant name, an f-string 'zoommil.pkg.{{...}}' or a "
+        "module-level dict of constant names"
+    )
 
 
-def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+def _imported_names(tree: ast.Module, module: str, is_package: bool) -> set[str]:
     """Every module name an ``import``/``from`` statement or an ``import_module`` call of
     ``tree`` may load (absolute; ``"pkg.*"``: any module of ``pkg``)."""
     names: set[str] = set()
+    tables = _name_tables(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
-            dynamic = _dynamic_import(node)
-            if dynamic is not None:
-                names.add(dynamic)
+            names.update(_dynamic_import(node, tables, module))
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

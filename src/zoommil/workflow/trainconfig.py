@@ -97,15 +97,9 @@ def dump_train_config(config: Mapping[str, Any]) -> str:
 METHOD_KEYS = ("arch", "train", "mags")
 
 
-def model_options(models_root: str | Path) -> dict[str, tuple[frozenset[str], bool]]:
-    """arch -> (constructor keyword names, whether it takes **kwargs) of every model, read
-    from the sources of `zoommil.models` (its ``_CLASSES`` and each class's ``__init__``).
-
-    Why ast and not `zoommil.models._accepted_options`: the workflow checks the methods when
-    it loads, and importing the models imports torch (~2 s and ~600 MB in the Snakemake
-    process, at every start and on every cluster node). A class without its own ``__init__``
-    is taken to accept anything.
-    """
+def _model_inits(models_root: str | Path) -> dict[str, ast.FunctionDef | None]:
+    """arch -> the ``__init__`` of its class in the sources of `zoommil.models` (None: the
+    class has none of its own), found through the package's ``_CLASSES``."""
     root = Path(models_root)
     package = ast.parse((root / "__init__.py").read_text(encoding="utf-8"))
     module_of: dict[str, str] = {}
@@ -119,10 +113,10 @@ def model_options(models_root: str | Path) -> dict[str, tuple[frozenset[str], bo
             if any(getattr(target, "id", None) == "_CLASSES" for target in targets):
                 for key, value in zip(node.value.keys, node.value.values, strict=True):
                     classes[key.value] = value.id  # type: ignore[union-attr]
-    options = {}
+    inits: dict[str, ast.FunctionDef | None] = {}
     for arch, cls in classes.items():
         tree = ast.parse((root / f"{module_of[cls]}.py").read_text(encoding="utf-8"))
-        init = next(
+        inits[arch] = next(
             (
                 item
                 for node in tree.body
@@ -132,12 +126,58 @@ def model_options(models_root: str | Path) -> dict[str, tuple[frozenset[str], bo
             ),
             None,
         )
+    return inits
+
+
+def model_options(models_root: str | Path) -> dict[str, tuple[frozenset[str], bool]]:
+    """arch -> (constructor keyword names, whether it takes **kwargs) of every model, read
+    from the sources of `zoommil.models` (its ``_CLASSES`` and each class's ``__init__``).
+
+    Why ast and not `zoommil.models._accepted_options`: the workflow checks the methods when
+    it loads, and importing the models imports torch (~2 s and ~600 MB in the Snakemake
+    process, at every start and on every cluster node). A class without its own ``__init__``
+    is taken to accept anything.
+    """
+    options = {}
+    for arch, init in _model_inits(models_root).items():
         if init is None:
             options[arch] = (frozenset(), True)
             continue
         names = {a.arg for a in init.args.args + init.args.kwonlyargs} - {"self"}
         options[arch] = (frozenset(names), init.args.kwarg is not None)
     return options
+
+
+def model_defaults(models_root: str | Path) -> dict[str, dict[str, Any]]:
+    """arch -> {keyword: default} of every model's constructor, for the defaults written as
+    literals (tuples as lists, as a config gives them); read from the sources, as
+    `model_options`, so the tables need no torch. Table 4 compares an ablation with its
+    reference over these: a default written out is no change."""
+    defaults: dict[str, dict[str, Any]] = {}
+    for arch, init in _model_inits(models_root).items():
+        values: dict[str, Any] = {}
+        if init is not None:
+            positional = init.args.args[len(init.args.args) - len(init.args.defaults) :]
+            pairs = list(zip(positional, init.args.defaults, strict=True))
+            keyword = zip(init.args.kwonlyargs, init.args.kw_defaults, strict=True)
+            pairs += [(a, d) for a, d in keyword if d is not None]  # None: no default
+            for arg, node in pairs:
+                try:
+                    value = ast.literal_eval(node)
+                except ValueError:
+                    continue
+                values[arg.arg] = list(value) if isinstance(value, tuple) else value
+        defaults[arch] = values
+    return defaults
+
+
+def models_root() -> Path:
+    """The folder of `zoommil.models`, found without importing it (it imports torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("zoommil.models")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def check_method_options(methods: Mapping[str, Mapping[str, Any]], models_root: str | Path) -> None:
