@@ -531,3 +531,18 @@ def test_one_magnification_and_a_k_list_name_the_magnifications_not_k() -> None:
     message = "method 'zoommil': ZoomMIL needs at least 2 magnifications, got 10x"
     with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}"):
         config_checks.check_config(validated(config), MODELS)
+
+
+def test_synth_settings_fill_zoommil_synths_own_defaults() -> None:
+    """The rule had its own default (24 slides) where `zoommil synth` makes 60; schema
+    defaults cannot do it, since snakemake's validate then fails on `synth: null`."""
+    from zoommil.synth import DEMO_N_SLIDES
+    from zoommil.workflow.config_checks import synth_settings
+
+    assert synth_settings({"synth": {"seed": 3}}) == {
+        "n_slides": DEMO_N_SLIDES,
+        "seed": 3,
+        "scale": 1.0,
+    }
+    assert synth_settings({"synth": {"n_slides": 9, "scale": 0.5}})["n_slides"] == 9
+    assert synth_settings({"synth": None}) == synth_settings({}) == {}

@@ -77,19 +77,6 @@ def test_schema_defaults_are_the_recipe_defaults() -> None:
     assert features["precision"]["default"] == default("precision")
 
 
-def test_schema_synth_defaults_are_zoommil_synths() -> None:
-    import argparse
-
-    from zoommil.commands import synth
-
-    parser = argparse.ArgumentParser()
-    synth.add_parser(parser.add_subparsers())
-    cli = vars(parser.parse_args(["synth", "--out", "x"]))
-    schema = SCHEMA["properties"]["synth"]["properties"]
-    for key in ("n_slides", "seed", "scale"):
-        assert schema[key]["default"] == cli[key], key
-
-
 def test_schema_training_defaults_are_zoommil_trains() -> None:
     train = SCHEMA["properties"]["train"]["properties"]
     defaults = TrainConfig(features_dir=Path(), sheet=Path(), mags=[])

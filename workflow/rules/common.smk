@@ -49,8 +49,8 @@ if config.get("sheet"):
     config["sheet"] = os.path.expanduser(config["sheet"])
 
 DEMO = config.get("synth") is not None
-# with the schema's defaults filled in (`zoommil synth`'s own); empty for real data
-SYNTH = config.get("synth") or {}
+# the demo's synth settings, `zoommil synth`'s defaults filled in; {} for real data
+SYNTH = zconfig.synth_settings(config)
 DEMO_DIR = "results/demo"
 # Paths named in several places, spelt once. The manifest is also where
 # zoommil.workflow.manifest looks for deleted feature files.

@@ -249,6 +249,30 @@ def command_flags(command: str) -> list[str]:
     return sorted(o[2:] for a in actions for o in a.option_strings if o.startswith("--"))
 
 
+def command_defaults(command: str) -> dict[str, Any]:
+    """`zoommil <command>`'s defaults by destination (``n_slides``), from its own parser."""
+    from zoommil.cli import build_parser
+
+    parser = build_parser((command,))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        a.dest: a.default
+        for a in sub.choices[command]._actions
+        if a.option_strings and a.default is not argparse.SUPPRESS
+    }
+
+
+def synth_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo's `zoommil synth` settings: the config's ``synth`` block over the command's
+    own defaults (a block without ``n_slides`` makes 60 slides, as `zoommil synth` does);
+    empty for real data (``synth: null``)."""
+    given = config.get("synth")
+    if given is None:
+        return {}
+    defaults = command_defaults("synth")
+    return {key: given.get(key, defaults[key]) for key in ("n_slides", "seed", "scale")}
+
+
 def check_extra_flags(config: Mapping[str, Any]) -> None:
     """Every key of ``preprocess.tile_args`` / ``features.args`` is a flag of `zoommil tile`
     / `zoommil features`, written in full, and none the workflow passes itself (`TILE_FLAGS`,
