@@ -366,9 +366,11 @@ def _rows(out: Path) -> list[dict]:
 
 def test_resume_keeps_a_json_only_for_the_slide_it_describes(checkpoint, tmp_path, capsys):
     """OUT/<stem>.json is named by the file stem: --resume with cohB/slide_001.tiff must not
-    keep the prediction of cohA/slide_001.tiff (another slide). A byte copy of a classified
-    slide under another folder is the same slide (same quickhash) and is kept; a JSON of an
-    older version, which does not say which slide it is of, is redone."""
+    keep the prediction of cohA/slide_001.tiff (another slide), nor replace it: a second run
+    into the same folder silently overwrote it (review A), so it is refused, naming both. A
+    byte copy of a classified slide under another folder is the same slide (same quickhash)
+    and is kept; a JSON of an older version, which does not say which slide it is of, is
+    redone."""
     a, b, c = (tmp_path / name / "slide_001.tiff" for name in ("cohA", "cohB", "cohC"))
     for path, seed in ((a, 1), (b, 2)):
         path.parent.mkdir()
@@ -379,28 +381,55 @@ def test_resume_keeps_a_json_only_for_the_slide_it_describes(checkpoint, tmp_pat
     argv = ["--checkpoint", str(checkpoint), "--out-dir", str(out)]
     assert main(["predict", str(a), *argv]) == 0
     first = json.loads(record.read_text())
+    assert first["slide_path"] == str(a.resolve()) and first["slide_quickhash"]
     capsys.readouterr()
+    for resume in ([], ["--resume"]):
+        assert main(["predict", str(b), *argv, *resume]) == 2
+        err = capsys.readouterr().err
+        assert f"{record} holds the prediction of {a.resolve()}, not {b}" in err
+        assert "use another --out-dir" in err and len(err.strip().splitlines()) == 1
+        assert json.loads(record.read_text()) == first
+    # a copy of A elsewhere: same quickhash, kept as it is
+    c.write_bytes(a.read_bytes())
+    before = record.stat().st_mtime_ns
+    assert main(["predict", str(c), *argv, "--resume"]) == 0
+    assert "1 of 1 slides already classified, kept" in capsys.readouterr().out
+    assert record.stat().st_mtime_ns == before
+    # an older JSON without the slide's path and quickhash: redone, for B too
+    old = {k: v for k, v in first.items() if k not in ("slide_path", "slide_quickhash")}
+    record.write_text(json.dumps(old))
     assert main(["predict", str(b), *argv, "--resume"]) == 0
     assert "already classified" not in capsys.readouterr().out
     second = json.loads(record.read_text())
-    assert first["slide_path"] == str(a.resolve()) and first["slide_quickhash"]
     assert second["slide_path"] == str(b.resolve())
     assert second["slide_quickhash"] not in ("", first["slide_quickhash"])
     (row,) = _rows(out)
     assert row["slide"] == str(b) and row["reason"] == ""
     assert float(row["p_tumour"]) == pytest.approx(second["probabilities"]["tumour"], abs=1e-6)
-    # a copy of B elsewhere: same quickhash, kept as it is
-    c.write_bytes(b.read_bytes())
-    before = record.stat().st_mtime_ns
-    assert main(["predict", str(c), *argv, "--resume"]) == 0
-    assert "1 of 1 slides already classified, kept" in capsys.readouterr().out
-    assert record.stat().st_mtime_ns == before
-    # an older JSON without the slide's path and quickhash: redone
-    old = {k: v for k, v in second.items() if k not in ("slide_path", "slide_quickhash")}
-    record.write_text(json.dumps(old))
-    assert main(["predict", str(b), *argv, "--resume"]) == 0
-    assert "already classified" not in capsys.readouterr().out
-    assert json.loads(record.read_text())["slide_path"] == str(b.resolve())
+
+
+def test_slides_from_a_list_and_folders_refused(small_slide, checkpoint, tmp_path, capsys):
+    """A cohort too long for the command line went through xargs, whose batches each
+    rewrote predictions.tsv with their own rows (review A): --slides-from LIST takes it in
+    one run. A folder given as a slide was a failed row ("not a file"), not a usage error."""
+    twin = tmp_path / "lists" / "data" / "twin.tiff"
+    twin.parent.mkdir(parents=True)
+    twin.write_bytes(small_slide.read_bytes())
+    listing = tmp_path / "lists" / "cohort.txt"
+    listing.write_text(f"# the cohort\n\ndata/twin.tiff\n{small_slide}\n")
+    out = tmp_path / "out"
+    argv = ["predict", "--checkpoint", str(checkpoint), "--out-dir", str(out), "--threads", "1"]
+    assert main([*argv, "--slides-from", str(listing)]) == 0
+    assert [r["slide_id"] for r in _rows(out)] == ["twin", small_slide.stem]
+    assert _rows(out)[0]["slide"] == str(twin)  # relative to the list's folder
+    capsys.readouterr()
+    assert main([*argv, str(twin.parent)]) == 2
+    err = capsys.readouterr().err
+    assert f"{twin.parent}: a folder, not a slide file" in err and "--slides-from" in err
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error, before any work
+        main([*argv, "--slides-from", str(tmp_path / "missing.txt")])
+    assert usage.value.code == 2
+    assert "--slides-from" in capsys.readouterr().err
 
 
 def test_describes_slide_falls_back_to_the_resolved_path(small_slide, tmp_path):
@@ -590,6 +619,19 @@ def test_tiling_ahead_gives_the_lattice_made_in_place(small_slide, tmp_path):
             assert np.array_equal(a, b)
         for a, b in zip(tiled.coords, here.coords, strict=True):
             assert np.array_equal(a, b)
+
+
+def test_the_tiling_process_leaves_ctrl_c_to_the_command(small_slide, tmp_path):
+    """Ctrl-C during a cohort run printed the tiling process's own KeyboardInterrupt
+    traceback (20 lines) before the command's one-line `interrupted` (review A)."""
+    import signal
+
+    from zoommil.inference.tiling_ahead import TilingAhead
+
+    with TilingAhead(_recipe(MAGS), [small_slide, small_slide]) as ahead:
+        assert ahead._pool is not None
+        handler = ahead._pool.submit(signal.getsignal, signal.SIGINT).result(timeout=120)
+    assert handler == signal.SIG_IGN
 
 
 def test_predict_many_in_one_process_tiles_ahead(
@@ -871,6 +913,12 @@ def test_out_dir_refuses_stems_that_differ_only_in_case(tmp_path):
     slides = [tmp_path / "a" / "Slide_1.svs", tmp_path / "b" / "slide_1.tiff"]
     with pytest.raises(ZoomMILError, match=r"share the slide_id 'slide_1' \(ignoring case\)"):
         tasks_in_dir(slides, tmp_path / "out", heatmaps=True)
+    # every clash at once, not one per try
+    more = [*slides, tmp_path / "a" / "case.svs", tmp_path / "b" / "case.svs"]
+    with pytest.raises(
+        ZoomMILError, match=r"'slide_1' \(ignoring case\); .* share the slide_id 'case'"
+    ):
+        tasks_in_dir(more, tmp_path / "out", heatmaps=True)
     tasks = tasks_in_dir(slides[:1] + [tmp_path / "slide_2.svs"], tmp_path / "out", heatmaps=False)
     assert [Path(t.json).name for t in tasks] == ["Slide_1.json", "slide_2.json"]
 

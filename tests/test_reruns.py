@@ -322,3 +322,21 @@ def test_a_copied_project_folder_has_nothing_to_do(tiny, tmp_path) -> None:
     scratch = tmp_path / "moved"
     shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
     assert harness.planned_jobs(scratch, configfile) == {}
+
+
+def test_a_fresh_clone_of_the_same_code_has_nothing_to_do(tiny, tmp_path) -> None:
+    """A clone dates every script now: Snakemake's own code trigger compares a script rule's
+    script mtime with its outputs', and reran QC, then every training after it (review C).
+    The profiles leave that trigger out; the `code` params still see a script's content."""
+    workdir, configfile, _ = tiny
+    scratch = tmp_path / "cloned"
+    shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
+    later = time.time() + 60
+    scripts = sorted((scratch / "scripts").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        os.utime(script, (later, later))
+    assert harness.planned_jobs(scratch, configfile) == {}
+    tables = scratch / "scripts" / "make_tables.py"
+    tables.write_text(tables.read_text() + "\nEDITED_BY_A_TEST = 1\n")
+    assert code_changed(harness.rerun_reasons(scratch, configfile)) == {"tables"}

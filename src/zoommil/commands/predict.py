@@ -44,9 +44,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "slides",
         type=Path,
-        nargs="+",
+        nargs="*",
         metavar="SLIDE",
         help="slide file(s), any OpenSlide format; several need --out-dir or are printed only",
+    )
+    parser.add_argument(
+        "--slides-from",
+        type=Path,
+        action=SlidesFromFile,
+        default=[],
+        metavar="LIST",
+        help="also the slides listed in LIST, one path per line (relative paths: to LIST's "
+        "folder; blank lines and # comments skipped): a cohort too long for the command line "
+        "in one run, so that predictions.tsv lists all of it",
     )
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="checkpoint.pt of zoommil train"
@@ -130,9 +140,28 @@ def _outputs(args: argparse.Namespace) -> list[Path | None]:
     return [args.json, args.heatmap]
 
 
+class SlidesFromFile(argparse.Action):
+    """``--slides-from LIST``: the listed paths, read when the command line is parsed (so a
+    missing or unreadable list is a usage error before any work)."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:  # noqa: ANN001
+        try:
+            lines = Path(value).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            parser.error(f"--slides-from {value}: {getattr(error, 'strerror', None) or error}")
+        listed = [line.strip() for line in lines]
+        paths = [Path(value).parent / p for p in listed if p and not p.startswith("#")]
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), *paths])
+
+
+def _slides(args: argparse.Namespace) -> list[Path]:
+    """The positional slides, then those of ``--slides-from``."""
+    return [*args.slides, *args.slides_from]
+
+
 def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | str | None]]:
     return [
-        *(("slide", s) for s in args.slides),
+        *(("slide", s) for s in _slides(args)),
         ("checkpoint", args.checkpoint),
         ("weights file", weights_file(args.weights)),
     ]
@@ -149,6 +178,15 @@ def run(args: argparse.Namespace) -> int:
         check_heatmap_path(args.heatmap)
     if args.resume and args.out_dir is None:
         raise ZoomMILError("--resume keeps the predictions of an --out-dir; give --out-dir")
+    args.slides = _slides(args)
+    if not args.slides:
+        raise ZoomMILError("no slide given: name slide files, or a list with --slides-from")
+    folders = [str(s) for s in args.slides if s.is_dir()]
+    if folders:
+        raise ZoomMILError(
+            f"{', '.join(folders)}: a folder, not a slide file; pass its slides (e.g. "
+            f"{Path(folders[0]) / '*.svs'}) or list them with --slides-from"
+        )
     if len(args.slides) > 1 or args.out_dir is not None:
         if args.slide_id is not None:
             raise ZoomMILError("--slide-id names one slide; with several or --out-dir each "
@@ -222,6 +260,7 @@ def _run_many(args: argparse.Namespace) -> int:
     from zoommil.inference.cohort import (
         Settings,
         SlideTask,
+        check_not_another_slides,
         finished_rows,
         predict_slides,
         tasks_in_dir,
@@ -238,6 +277,7 @@ def _run_many(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
     if args.out_dir is not None:
         tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=predictor.arch == "zoommil")
+        check_not_another_slides(tasks)
     else:
         tasks = [SlideTask(str(s)) for s in args.slides]
     settings = Settings(

@@ -77,16 +77,15 @@ def tasks_in_dir(
     the same file stem would overwrite each other's outputs, so they are an error, as are
     stems differing only in case (one file on macOS and Windows file systems)."""
     seen: dict[str, str] = {}
+    clashes = []
     tasks = []
     for slide in slides:
         stem = Path(slide).stem
         key = stem.casefold()
         if key in seen:
             ignoring = "" if Path(seen[key]).stem == stem else " (ignoring case)"
-            raise ZoomMILError(
-                f"{slide} and {seen[key]} share the slide_id {stem!r}{ignoring}: "
-                f"their outputs in {out_dir} would overwrite each other"
-            )
+            clashes.append(f"{slide} and {seen[key]} share the slide_id {stem!r}{ignoring}")
+            continue
         seen[key] = str(slide)
         png = str(Path(out_dir, f"{stem}.png"))
         json_path = str(Path(out_dir, f"{stem}.json"))
@@ -95,7 +94,36 @@ def tasks_in_dir(
             if heatmaps
             else SlideTask(str(slide), json_path, None, png)
         )
+    if clashes:  # every one at once: a cohort with several would take as many tries
+        raise ZoomMILError(
+            f"{'; '.join(clashes)}: their outputs in {out_dir} would overwrite each other "
+            "(ids are file names: run such slides into another --out-dir)"
+        )
     return tasks
+
+
+def check_not_another_slides(tasks: Sequence[SlideTask]) -> None:
+    """Refuse to replace a prediction JSON that records another slide file (its quickhash,
+    else its path): ``OUT/<slide_id>.json`` is named by the file stem, so a second run into
+    the same folder with ``siteB/case1.tiff`` silently replaced ``siteA/case1.tiff``'s
+    (review A). The same slide again (another checkpoint, or moved) is replaced as before."""
+    taken = []
+    for task in tasks:
+        if not task.json or not Path(task.json).is_file():
+            continue
+        try:
+            record = json.loads(Path(task.json).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        recorded = record.get("slide_path") if isinstance(record, dict) else None
+        if not isinstance(recorded, str) or not isinstance(record.get("slide_quickhash"), str):
+            continue  # an older version's JSON, or a failure marker: nothing says whose
+        if Path(task.slide).is_file() and not describes_slide(record, task.slide):
+            taken.append(f"{task.json} holds the prediction of {recorded}, not {task.slide}")
+    if taken:
+        raise ZoomMILError(
+            f"{'; '.join(taken)}: use another --out-dir (outputs are named by file name)"
+        )
 
 
 def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[int, dict[str, Any]]:
