@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoommil.efficiency.throughput import cpu_model
+from zoommil.environment import cpu_model
 from zoommil.features.encoder import PatchEncoder
 from zoommil.features.encoders.registry import build_registered_encoder
 

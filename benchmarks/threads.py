@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from source_slide import default_source
 
-from zoommil.efficiency.throughput import cpu_model
+from zoommil.environment import cpu_model
 from zoommil.features.encoder_pool import EncoderPool, EncoderRecipe
 from zoommil.inference.predict import Predictor, make_encoder, predict_slide
 from zoommil.models import build_model

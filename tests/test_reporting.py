@@ -443,6 +443,8 @@ def test_make_tables(tmp_path: Path) -> None:
     assert "do not measure the methods. dataset demo:" in caption
     assert "by QC. " in caption and caption.endswith(".}")
     assert "one multiply-add counted as one flop" in markdown
+    # which std: the sample one over seeds (n - 1), as stats computes it (review B)
+    assert "std: the sample standard deviation, n - 1" in markdown
     assert "AUC: ROC AUC (more than two classes: one-vs-rest" in markdown
     ablation = made["ablations"]
     assert list(ablation["method"]) == ["zoommil", "zoommil_random"]

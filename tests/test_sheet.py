@@ -66,6 +66,19 @@ def test_a_missing_slide_names_the_absolute_path_that_was_tried(tmp_path, monkey
     assert report["reason"] == f"file not found: {(tmp_path / 'slides/nope.svs').resolve()}"
 
 
+def test_a_missing_sheet_names_the_folder_it_was_looked_for_in(tmp_path, monkeypatch):
+    """`--config sheet=work/slides.tsv` with `-d work` looked in work/work/ and said only
+    "not found: work/slides.tsv" (review C)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ZoomMILError) as error:
+        zsheet.read_sheet("work/slides.tsv")
+    assert str(error.value) == (
+        f"slide sheet not found: work/slides.tsv (looked for {tmp_path / 'work/slides.tsv'})"
+    )
+    with pytest.raises(ZoomMILError, match=r"not found: /nowhere/s\.tsv$"):
+        zsheet.read_sheet("/nowhere/s.tsv")
+
+
 def test_paths_that_exist_only_relative_to_the_working_directory_get_a_hint(
     tmp_path, monkeypatch, caplog
 ):

@@ -42,10 +42,20 @@ def test_cmu_mpp_from_metadata(slides_dir):
     assert source == "openslide.mpp-x"
 
 
-def test_explicit_mpp_overrides_metadata(slides_dir):
+def test_explicit_mpp_overrides_metadata(slides_dir, caplog):
     path = slides_dir / "CMU-1-Small-Region.svs"
     with open_slide(path) as slide:
-        assert resolve_mpp(slide, path, mpp_override=0.25) == (0.25, "override")
+        with caplog.at_level(logging.WARNING):
+            assert resolve_mpp(slide, path, mpp_override=0.25) == (0.25, "override")
+        # said, since --mpp applies to every slide of a command (review A: a cohort run
+        # rescaled its slides with metadata without a word)
+        assert f"{path}: --mpp 0.25 overrides the metadata's 0.499 um/px (openslide.mpp-x)" in (
+            caplog.text
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):  # the metadata's own value: nothing to say
+            assert resolve_mpp(slide, path, mpp_override=0.5) == (0.5, "override")
+        assert "overrides" not in caplog.text
         # A default is only a fallback: metadata wins over it.
         assert resolve_mpp(slide, path, default_mpp=1.0) == (
             pytest.approx(0.499),

@@ -39,6 +39,25 @@ def test_tables_and_figures_are_written(tiny) -> None:
     assert list(ablations["method"]) == ["zoommil", "zoommil_random"]
 
 
+def test_the_results_say_which_config_code_and_machine_made_them(tiny) -> None:
+    """Months later, results/ alone must name the config, the code and the CPU: Snakemake
+    keeps none of them there, and `--report` labels from the config it is given now (review
+    B). A training run's own metrics.json records its job's environment (a cluster node's)."""
+    from zoommil.environment import cpu_model
+
+    workdir, configfile, _ = tiny
+    record = json.loads((workdir / "results" / "provenance.json").read_text())
+    config = harness.load_config(configfile)
+    assert record["config"]["dataset"] == config["dataset"]
+    assert record["config"]["preprocess"]["mags"] == config["preprocess"]["mags"]
+    assert sorted(record["config"]["methods"]) == sorted(config["methods"])
+    env = record["environment"]
+    assert env["cpu"] == cpu_model() and env["libraries"]["torch"]
+    assert env["zoommil_version"] and "zoommil_commit" in env
+    metrics = next((workdir / "results" / "models").glob("*/seed~*/metrics.json"))
+    assert json.loads(metrics.read_text())["environment"]["cpu"] == cpu_model()
+
+
 def test_each_methods_flops_and_timings_are_its_own(tiny) -> None:
     """The FLOPs and timing jobs pass methods, checkpoints and outputs in one order (they are
     paired by position): with the outputs in another order, ZoomMIL's flops.json held ABMIL's

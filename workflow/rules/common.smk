@@ -23,6 +23,7 @@ from zoommil.workflow import orphans as zorphans
 from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
+from zoommil.workflow import provenance as zprovenance
 from zoommil.workflow import timers as ztimers
 from zoommil.workflow import weights as zweights
 
@@ -375,6 +376,7 @@ def final_targets():
         "results/tables/main.csv",
         "results/figures/throughput.png",
         "results/figures/attention.png",
+        "results/provenance.json",
     ]
     if ABLATIONS:
         targets.append("results/tables/ablations.csv")

@@ -165,3 +165,23 @@ rule qc_exclusions:
         dataset=config["dataset"],
     script:
         "../../scripts/qc_exclusions.py"
+
+
+# The resolved config and the environment (code commit, libraries, CPU) beside the results:
+# Snakemake keeps neither in results/, and `snakemake --report` labels from today's config.
+rule provenance:
+    output:
+        record="results/provenance.json",
+    log:
+        "results/logs/provenance/provenance.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        code=code("scripts/provenance.py"),
+        config=zprovenance.config_text(config),
+    script:
+        "../../scripts/provenance.py"

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import platform
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 
 from zoommil.device import resolve_device, synchronize
+from zoommil.environment import cpu_model
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.extraction import default_batch_size, default_workers
 from zoommil.inference.predict import (
@@ -57,17 +57,6 @@ from zoommil.training.checkpoint import load_checkpoint, recorded_path
 from zoommil.wsi.patches import ReaderPool
 
 log = logging.getLogger(__name__)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:

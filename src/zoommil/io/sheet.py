@@ -45,7 +45,10 @@ def read_table(path: str | Path, what: str = "slide sheet") -> pd.DataFrame:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ZoomMILError(f"{what} not found: {path}")
+        # a relative path: say where it was looked for (the workflow's is its working
+        # folder, -d, not where snakemake was started: review C)
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise ZoomMILError(f"{what} not found: {path}{where}")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
         # utf-8-sig: a byte-order mark (spreadsheet exports) must not rename the first column

@@ -147,7 +147,8 @@ def table_notes(
             f"plus its own MIL head (their times differ only by the heads): {groups}"
         )
     notes.append(
-        "mean ± std over seeds on the test split [95% bootstrap CI over test slides: "
+        "mean ± std over seeds on the test split (std: the sample standard deviation, n - 1) "
+        "[95% bootstrap CI over test slides: "
         f"{stats.N_BOOTSTRAP} resamples of the slides, metric averaged over seeds]; "
         "AUC: ROC AUC (more than two classes: one-vs-rest, averaged over the classes); "
         "TFLOPs = 2^40 fvcore flops per slide, one multiply-add counted as one flop (as the "

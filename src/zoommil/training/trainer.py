@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from zoommil import __version__
 from zoommil.device import resolve_device
+from zoommil.environment import environment
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import write_text_atomic
 from zoommil.io.jsonio import write_json
@@ -510,6 +511,8 @@ def _train(
         "n_parameters": sum(p.numel() for p in run.model.parameters()),
         "device": dev.type,
         "threads": torch.get_num_threads(),
+        # the code, libraries and CPU: fp32 results move with the CPU (README)
+        "environment": environment(),
         "cache": "memory" if stores["train"].in_memory else "disk",
         "n_slides": {s: len(stores[s]) for s in ("train", "val", "test")},
         "n_excluded": len(run.skipped),

@@ -36,10 +36,15 @@ log = logging.getLogger(__name__)
 MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile", "features", "predict")
 DEFAULT_MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile")
 HOW_TO_SUPPLY_MPP = (
-    "supply one with --mpp X, e.g. --mpp 0.5 for a 20x scan (inspect, tissue and tile also "
-    "take --default-mpp X, used only where the metadata has none; profile and the workflow: "
-    "the sheet's mpp column, or the config's default_mpp)"
+    "supply one with --mpp X, e.g. --mpp 0.5 for a 20x scan (it applies to every slide of "
+    "the command: give such a slide a run of its own; inspect, tissue and tile also take "
+    "--default-mpp X, used only where the metadata has none; profile and the workflow: the "
+    "sheet's mpp column, or the config's default_mpp)"
 )
+#: --mpp that differs from a plausible metadata value by more than this (relative) is warned
+#: about: predicting a cohort with --mpp for one slide without metadata silently rescaled the
+#: others (review A).
+OVERRIDE_WARN_RELATIVE = 0.05
 
 
 def metadata_float(value: Any) -> float | None:
@@ -84,6 +89,21 @@ def mpp_candidates(slide: openslide.OpenSlide) -> list[tuple[str, float]]:
     return out
 
 
+def _warn_if_overriding(path: str | Path, mpp: float, candidates: list[tuple[str, float]]) -> None:
+    """Say so when --mpp replaces a plausible metadata value it differs from (> 5%)."""
+    for source, value in candidates:
+        if plausible_mpp(value):
+            if abs(mpp - value) > OVERRIDE_WARN_RELATIVE * value:
+                log.warning(
+                    "%s: --mpp %.4g overrides the metadata's %.4g um/px (%s)",
+                    path,
+                    mpp,
+                    value,
+                    source,
+                )
+            return
+
+
 def resolve_mpp_details(
     slide: openslide.OpenSlide,
     path: str | Path,
@@ -104,6 +124,7 @@ def resolve_mpp_details(
                 "implausible_mpp",
                 f"--mpp {mpp_override} is outside the plausible range {MPP_RANGE_TEXT}",
             )
+        _warn_if_overriding(path, float(mpp_override), candidates)
         return {**info, "mpp": float(mpp_override), "source": "override"}
     for source, value in candidates:
         if plausible_mpp(value):
