@@ -336,8 +336,30 @@ def test_resume_keeps_finished_slides_and_classifies_the_rest(
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     assert "--resume" in rows[0]["reason"] and rows[1]["reason"] == ""
     assert rows[0]["p_tumour"] == rows[1]["p_tumour"]
+    capsys.readouterr()
+    # all done: said so (it printed "3 of 3 slides classified in 0.0 s by 0 process(es)")
+    assert main([*argv, "--out-dir", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "--resume: all 3 slides were already classified; nothing to do" in printed
+    assert "by 0 process" not in printed
     assert main([*argv[:2], *argv[4:], "--resume"]) != 0
     assert "give --out-dir" in capsys.readouterr().err
+
+
+def test_an_interrupted_predict_says_how_to_go_on(small_slide, checkpoint, tmp_path, capsys,
+                                                   monkeypatch):  # fmt: skip
+    import zoommil.commands.predict as command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "_run_many", interrupted)
+    argv = ["predict", str(small_slide), "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--out-dir", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "zoommil predict: interrupted; the same command with --resume keeps the slides "
+        "already classified"
+    )
 
 
 def test_the_json_is_written_after_the_heatmap(small_slide, checkpoint, tmp_path, monkeypatch):

@@ -225,7 +225,9 @@ def _main(args: argparse.Namespace) -> int:
         print(f"zoommil {args.command}: error: {where}{reason}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"zoommil {args.command}: interrupted", file=sys.stderr)
+        hint = getattr(args, "interrupted_hint", None)
+        print(f"zoommil {args.command}: interrupted" + (f"; {hint}" if hint else ""),
+              file=sys.stderr)  # fmt: skip
         return 130
     return int(result or 0)
 

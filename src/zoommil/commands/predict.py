@@ -38,7 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "uses N cores better than N encoder processes on one slide's batches (a slide has "
             "serial parts); in one process, a process of its own tiles the next slides "
             "while one is encoded. Exit 1 if any slide was not classified (status failed or "
-            "no_tissue), 0 with --no-fail."
+            "no_tissue), 0 with --no-fail; 2 for a usage error, before any slide is classified "
+            "(bad flags, two slides with one id, an --out-dir JSON of another slide); 130 when "
+            "interrupted (the slides finished so far are kept: rerun with --resume)."
         ),
     )
     parser.add_argument(
@@ -130,6 +132,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.set_defaults(func=run, outputs=_outputs, inputs=_inputs, stage="predict")
+    # Ctrl-C: what to do next (outputs are written atomically, so the finished ones are whole)
+    parser.set_defaults(
+        interrupted_hint="the same command with --resume keeps the slides already classified"
+    )
 
 
 def _outputs(args: argparse.Namespace) -> list[Path | None]:
@@ -308,6 +314,9 @@ def _run_many(args: argparse.Namespace) -> int:
         table = write_table(args.out_dir / "predictions.tsv", rows, predictor.classes)
         print(f"wrote {table}")
     rate = summary["slides_per_hour"]
+    if not todo:
+        print(f"--resume: all {len(rows)} slides were already classified; nothing to do")
+        return 0
     print(
         f"{len(rows) - summary['failed']} of {len(rows)} slides classified in "
         f"{summary['wall_seconds']:.1f} s"
