@@ -440,7 +440,9 @@ def test_cpu_panel_is_titled_by_the_processes_used() -> None:
     used = figures.Setting("Test CPU", 4, 4, "fp32", processes=2)
     assert figures.panel_title("cpu", used).startswith("CPU, 2 processes x 1 thread\n")
     one = figures.Setting("Test CPU", 4, 4, None, processes=1)
-    assert figures.panel_title("cpu", one).startswith("CPU, 1 thread\n")
+    # as the table's "CPU 1 process" column, not the 1-thread panel's title (review B)
+    assert figures.panel_title("cpu", one).startswith("CPU, 1 process x 1 thread\n")
+    assert figures.panel_title("cpu1", one).startswith("CPU, 1 thread\n")
     old = figures.Setting("Test CPU", 4, 4, None)
     assert figures.panel_title("cpu", old).startswith("CPU, 4 threads\n")
     part = pd.DataFrame(

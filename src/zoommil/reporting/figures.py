@@ -28,6 +28,7 @@ from zoommil.io.atomic import atomic_path
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import DEFAULT_ENCODER, weights_note
 from zoommil.reporting import attention, results, stats
+from zoommil.reporting.table_format import count_text
 from zoommil.reporting.table_frames import (
     add_intervals,
     display_name,
@@ -248,10 +249,12 @@ def panel_title(device: str, setting: Setting) -> str:
     used = setting.processes if setting.processes is not None else setting.threads
     if device == "gpu":
         head = "GPU"
+    elif setting.processes is not None and device != "cpu1":
+        # the all-cores panel by its processes, as the table's column, also with one (a
+        # 1-core job): it was titled "CPU, 1 thread" like the 1-thread panel beside it
+        head = f"CPU, {count_text(str(used), 'process')} x 1 thread"
     elif used == 1:
         head = "CPU, 1 thread"
-    elif setting.processes is not None:
-        head = f"CPU, {used} processes x 1 thread"
     else:
         head = f"CPU, {setting.threads or 'all'} threads"
     details = setting.device_name or "unknown device"
