@@ -47,8 +47,13 @@ def cpu_flags() -> list[str]:
 
 def code_commit(root: str | Path | None = None) -> str | None:
     """The git commit of the checkout ``zoommil`` is imported from (``+dirty`` with tracked
-    files changed); None outside a git checkout or without git."""
-    root = Path(root) if root is not None else Path(zoommil.__file__).resolve().parents[2]
+    files changed); None outside a git checkout, without git, or for an installed copy (a
+    venv inside some checkout would otherwise report that checkout's commit)."""
+    package = Path(zoommil.__file__).resolve().parent
+    if root is None:
+        root = package.parents[1]
+        if package != root / "src" / "zoommil":  # not an editable install of a checkout
+            return None
     try:
         head = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],

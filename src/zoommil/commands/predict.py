@@ -77,7 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "any number of slides: write OUT/<slide_id>.json, OUT/<slide_id>.png (ZoomMIL's "
             "attention) and OUT/predictions.tsv (one row per slide, status ok, failed or "
             "no_tissue, those not classified with the reason); a slide that is not classified "
-            "does not stop the others"
+            "does not stop the others. The table lists this run's slides: give a cohort in "
+            "one run (--slides-from for a long list), not in batches into one folder"
         ),
     )
     parser.add_argument(

@@ -1,0 +1,34 @@
+"""What a result records about its making (zoommil.environment): commit, libraries, CPU."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import zoommil
+from zoommil import environment
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_commit_is_the_checkouts_and_none_elsewhere(tmp_path, monkeypatch) -> None:
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    commit = environment.code_commit()
+    if head:  # a git checkout (CI clones one)
+        assert commit is not None and commit.removesuffix("+dirty") == head
+    assert environment.code_commit(tmp_path) is None  # not a git checkout
+    # an installed copy, even inside some checkout, names no commit (it may be another code)
+    installed = REPO / ".venv" / "lib" / "site-packages" / "zoommil" / "__init__.py"
+    monkeypatch.setattr(zoommil, "__file__", str(installed))
+    assert environment.code_commit() is None
+
+
+def test_the_record_names_the_cpu_and_the_libraries() -> None:
+    record = environment.environment()
+    assert record["zoommil_version"] == zoommil.__version__
+    assert record["cpu"] == environment.cpu_model() and record["cpu"]
+    assert set(record["cpu_flags"]) <= set(environment.ISA_FLAGS)
+    assert record["libraries"]["torch"] and record["libraries"]["numpy"]
+    assert "/" not in str(record["libraries"])  # versions, no paths of this machine
