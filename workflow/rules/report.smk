@@ -178,7 +178,7 @@ rule provenance:
         "../../envs/report.yaml"
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=1000,
         runtime=5,
     params:
         code=code("scripts/provenance.py"),
