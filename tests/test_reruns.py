@@ -21,7 +21,9 @@ from zoommil.workflow import orphans
 pytestmark = pytest.mark.slow
 
 PREPROCESS = {"inspect", "qc_inspect", "tissue", "tile", "features", "qc_slides"}
-AGGREGATES = {"tables", "figure_throughput", "figure_attention", "qc_exclusions", "all"}
+# the jobs over every method; provenance records the config, so any config change redoes it
+AGGREGATES = {"tables", "figure_throughput", "figure_attention", "qc_exclusions", "provenance",
+              "all"}  # fmt: skip
 
 
 @pytest.fixture(scope="session")
