@@ -556,7 +556,7 @@ def attention_figure(
         bar.set_label("attention (min-max per slide and magnification)", fontsize=8)
     title = f"{dataset}: {display_name(method)} attention at every magnification"
     if encoder is not None:
-        title += f", encoder {encoder_label(encoder)}"
+        title += f"\nencoder {encoder_label(encoder)}"  # its own line: fits 3 columns
     if note := weights_note(weights):
         title += f"\n{note}"
     fig.suptitle(title, fontsize=10)
