@@ -347,6 +347,9 @@ def test_feature_file_contract(tiny, extracted):
     assert len(attrs["tissue_fraction"]) == n0
     assert attrs["zoommil_version"] and attrs["created"]
     assert attrs["device"] == "cpu" and attrs["precision"] == "fp32"
+    from zoommil.environment import cpu_model
+
+    assert attrs["device_name"] == cpu_model()  # was "cpu": which CPU made them (review B)
     assert attrs["batch_size"] == 7
     assert attrs["slide_id"] == "tiny"  # the file stem unless given
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import zoommil
 from zoommil.device import resolve_device
+from zoommil.environment import cpu_model
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.encoder_pool import (
@@ -509,7 +510,8 @@ def _provenance(
     slide_id: str | None = None,
 ) -> dict[str, Any]:
     device = encoder.device
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    # the CPU's model, not "cpu": fp32 features differ in their last bits between CPUs
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     attrs: dict[str, Any] = {
         "slide": str(slide_path),
         "slide_id": Path(slide_path).stem if slide_id is None else slide_id,
