@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -67,6 +68,16 @@ def worker_logging() -> None:
 
 #: How often a caller waiting on an executor checks that its workers live (seconds).
 WATCH_S = 2.0
+
+
+def init_worker(parent: int) -> None:
+    """Call first in a spawned worker: it leaves Ctrl-C to the command, which stops and says
+    so once (a worker's own KeyboardInterrupt traceback came first), exits once ``parent``
+    is gone (`exit_with_parent`; its pid passed down, as a worker may start after it died)
+    and logs as the command does (`worker_logging`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent=parent)
+    worker_logging()
 
 
 def wait_watched(

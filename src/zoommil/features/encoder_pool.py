@@ -38,7 +38,7 @@ from zoommil.errors import ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder, resolve_precision
 from zoommil.features.encoders.registry import DEFAULT_ENCODER, EncoderSpec, get_spec
 from zoommil.features.precision import PRECISION_CHOICES
-from zoommil.processes import exit_with_parent, worker_logging
+from zoommil.processes import init_worker
 
 #: Seconds `close` gives idle workers to exit before terminating them.
 _EXIT_GRACE_S = 10.0
@@ -71,11 +71,9 @@ def _serve(recipe: EncoderRecipe, tasks: Any, results: Any, parent: int) -> None
     is blocked reading a half-sent batch or writing a result nobody reads (`exit_with_parent`:
     a killed parent left such a worker running with its encoder's memory, for good).
     """
-    exit_with_parent(parent=parent)
-    worker_logging()
+    init_worker(parent)
     # the parent built the same encoder and warned already (e.g. about RANDOM weights)
     logging.getLogger("zoommil.features.encoders.weights").setLevel(logging.ERROR)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     encoder: PatchEncoder | None = None
     try:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
 from zoommil.errors import SlideCheckError
-from zoommil.processes import exit_with_parent, worker_logging
+from zoommil.processes import init_worker
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.lattice import NO_TISSUE, Lattice, check_native_resolution, no_tissue_found
 from zoommil.wsi.slide import open_with_mpp
@@ -99,15 +98,6 @@ def _tile_or_reason(
         return f"{type(error).__name__}: {error}"
 
 
-def init_tiler(parent: int) -> None:
-    """The tiling process leaves Ctrl-C to the command, which stops and says so (it printed
-    its own 20-line KeyboardInterrupt traceback first: review A), exits with ``parent``, and
-    logs its warnings as the command does."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exit_with_parent(parent=parent)
-    worker_logging()
-
-
 class TilingAhead:
     """Tiles ``slides[i + 1 .. i + ahead]`` in a process of its own while slide ``i`` is
     classified. ``get(i)`` returns slide ``i``'s lattice, or None where the caller should
@@ -132,7 +122,7 @@ class TilingAhead:
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_tiler,
+                initializer=init_worker,  # Ctrl-C is the command's (review A)
                 initargs=(os.getpid(),),  # this pid: the worker may start after we die
             )
 

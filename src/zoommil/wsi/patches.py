@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -36,7 +35,7 @@ import numpy as np
 import openslide
 
 from zoommil.errors import SlideError
-from zoommil.processes import exit_with_parent, result_watched, worker_logging
+from zoommil.processes import init_worker, result_watched
 from zoommil.wsi.lattice import descendant_offsets
 
 log = logging.getLogger(__name__)
@@ -208,10 +207,8 @@ def _init_reader(parent: int) -> None:
     """Readers are single-threaded (the cores belong to the encoder) and leave Ctrl-C to the
     parent, which then lets them finish their chunk and exit (no traceback of theirs); they
     exit with ``parent`` (its pid, passed down: a reader may start after it died)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init_worker(parent)
     cv2.setNumThreads(1)
-    exit_with_parent(parent=parent)
-    worker_logging()
 
 
 def _started() -> None:
