@@ -305,8 +305,7 @@ def _run_many(args: argparse.Namespace) -> int:
         predict_slides(settings, [tasks[i] for i in todo], args.threads,
                        progress=show_progress(args), on_row=report)
         if todo
-        else {"rows": [], "processes": 0, "threads_per_process": 0, "wall_seconds": 0.0,
-              "slides_per_hour": None, "failed": 0}
+        else {"rows": [], "failed": 0}
     )  # fmt: skip
     rows = [kept.get(i) for i in range(len(tasks))]
     for i, row in zip(todo, summary["rows"], strict=True):
@@ -314,10 +313,10 @@ def _run_many(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         table = write_table(args.out_dir / "predictions.tsv", rows, predictor.classes)
         print(f"wrote {table}")
-    rate = summary["slides_per_hour"]
     if not todo:
         print(f"--resume: all {len(rows)} slides were already classified; nothing to do")
         return 0
+    rate = summary["slides_per_hour"]
     print(
         f"{len(rows) - summary['failed']} of {len(rows)} slides classified in "
         f"{summary['wall_seconds']:.1f} s"

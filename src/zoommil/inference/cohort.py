@@ -102,6 +102,18 @@ def tasks_in_dir(
     return tasks
 
 
+def _recorded(task: SlideTask) -> dict[str, Any] | None:
+    """The JSON object at a task's ``json`` path, or None (none there, unreadable, not an
+    object)."""
+    if not task.json or not Path(task.json).is_file():
+        return None
+    try:
+        record = json.loads(Path(task.json).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def check_not_another_slides(tasks: Sequence[SlideTask]) -> None:
     """Refuse to replace a prediction JSON that records another slide file (its quickhash,
     else its path): ``OUT/<slide_id>.json`` is named by the file stem, so a second run into
@@ -109,13 +121,8 @@ def check_not_another_slides(tasks: Sequence[SlideTask]) -> None:
     (review A). The same slide again (another checkpoint, or moved) is replaced as before."""
     taken = []
     for task in tasks:
-        if not task.json or not Path(task.json).is_file():
-            continue
-        try:
-            record = json.loads(Path(task.json).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        recorded = record.get("slide_path") if isinstance(record, dict) else None
+        record = _recorded(task)
+        recorded = record.get("slide_path") if record is not None else None
         if not isinstance(recorded, str) or not isinstance(record.get("slide_quickhash"), str):
             continue  # an older version's JSON, or a failure marker: nothing says whose
         if Path(task.slide).is_file() and not describes_slide(record, task.slide):
@@ -141,15 +148,10 @@ def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[in
     """
     done = {}
     for index, task in enumerate(tasks):
-        if not task.json or not Path(task.json).is_file():
-            continue
         if task.heatmap and not Path(task.heatmap).is_file():
             continue
-        try:
-            record = json.loads(Path(task.json).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(record, dict) or record.get("checkpoint_sha256") != checkpoint_sha256:
+        record = _recorded(task)
+        if record is None or record.get("checkpoint_sha256") != checkpoint_sha256:
             continue
         if not isinstance(record.get("probabilities"), dict) or "predicted" not in record:
             continue

@@ -238,26 +238,27 @@ FLAG_ADVICE = {
 WORKFLOW_SETS = ("out", "coords", "slide-id", "tissue-mask", "no-progress", "no-fail", "help")
 
 
-def command_flags(command: str) -> list[str]:
-    """The long flags of `zoommil <command>`, without their dashes, from its own parser
-    (torch-free: the CLI builds it at every start)."""
+def _command_actions(command: str) -> list[argparse.Action]:
+    """The arguments of `zoommil <command>`, from its own parser (torch-free: the CLI builds
+    it at every start)."""
     from zoommil.cli import build_parser
 
     parser = build_parser((command,))
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    actions = sub.choices[command]._actions
+    return sub.choices[command]._actions
+
+
+def command_flags(command: str) -> list[str]:
+    """The long flags of `zoommil <command>`, without their dashes."""
+    actions = _command_actions(command)
     return sorted(o[2:] for a in actions for o in a.option_strings if o.startswith("--"))
 
 
 def command_defaults(command: str) -> dict[str, Any]:
-    """`zoommil <command>`'s defaults by destination (``n_slides``), from its own parser."""
-    from zoommil.cli import build_parser
-
-    parser = build_parser((command,))
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    """`zoommil <command>`'s defaults by destination (``n_slides``)."""
     return {
         a.dest: a.default
-        for a in sub.choices[command]._actions
+        for a in _command_actions(command)
         if a.option_strings and a.default is not argparse.SUPPRESS
     }
 
