@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoommil.device import resolve_device
+from zoommil.environment import cpu_flags
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders import registry
 from zoommil.features.encoders.registry import (
@@ -90,11 +91,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware (else bf16 is emulated and slow)."""
     if device.type == "cuda":  # Ampere (8.0) on; `is_bf16_supported` counts emulation too
         return torch.cuda.get_device_capability(device)[0] >= 8
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
