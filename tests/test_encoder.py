@@ -9,9 +9,17 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
+from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
-from zoommil.features import encoder as enc
 from zoommil.features.encoder import PatchEncoder, build_encoder, encode_patches
+from zoommil.features.encoders.registry import DEFAULT_ENCODER, IMAGENET_MEAN, IMAGENET_STD
+from zoommil.features.encoders.resnet import (
+    IMAGENET_FILE,
+    IMAGENET_URL,
+    OFFLINE_ENV,
+    imagenet_cache_path,
+)
+from zoommil.features.encoders.weights import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +38,7 @@ def test_output_shape_dtype(random_encoder):
     assert feats.dtype == np.float32
     assert np.isfinite(feats).all()
     assert not model.training
-    assert info["encoder"] == enc.ENCODER_NAME
+    assert info["encoder"] == DEFAULT_ENCODER
 
 
 def test_matches_torchvision_resnet50_truncated(random_encoder):
@@ -43,8 +51,8 @@ def test_matches_torchvision_resnet50_truncated(random_encoder):
     x = _patches(2)
     with torch.inference_mode():
         t = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0
-        mean = torch.tensor(enc.IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(enc.IMAGENET_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         t = (t - mean) / std
         r = reference
         h = r.maxpool(r.relu(r.bn1(r.conv1(t))))
@@ -139,7 +147,7 @@ def test_path_full_and_truncated_state_dict(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])
     assert info["weights"] == str(full)
-    assert info["weights_sha256"] == enc.sha256_file(full)
+    assert info["weights_sha256"] == sha256_file(full)
     trunc = tmp_path / "trunc.pt"
     torch.save({"state_dict": {k: v for k, v in model.state_dict().items()}}, trunc)
     model2, _ = build_encoder(trunc)
@@ -200,31 +208,31 @@ def test_path_errors(tmp_path):
 def test_imagenet_from_local_cache(tmp_path, monkeypatch):
     """The real imagenet code path, with a locally saved state dict in a temporary TORCH_HOME."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv(enc.OFFLINE_ENV, "1")
-    assert enc.imagenet_cache_path() == tmp_path / "hub" / "checkpoints" / enc.IMAGENET_FILE
-    enc.imagenet_cache_path().parent.mkdir(parents=True)
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    assert imagenet_cache_path() == tmp_path / "hub" / "checkpoints" / IMAGENET_FILE
+    imagenet_cache_path().parent.mkdir(parents=True)
     state = _full_state(3)
-    torch.save(state, enc.imagenet_cache_path())
+    torch.save(state, imagenet_cache_path())
     model, info = build_encoder("imagenet")
     assert info["weights"] == "imagenet"
-    assert info["weights_sha256"] == enc.sha256_file(enc.imagenet_cache_path())
+    assert info["weights_sha256"] == sha256_file(imagenet_cache_path())
     assert torch.equal(model.state_dict()["layer3.5.bn3.weight"], state["layer3.5.bn3.weight"])
 
 
 def test_imagenet_missing_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv(enc.OFFLINE_ENV, "1")
+    monkeypatch.setenv(OFFLINE_ENV, "1")
     with pytest.raises(ZoomMILError) as info:
         build_encoder("imagenet")
     message = str(info.value)
     assert str(tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in message
-    assert enc.IMAGENET_URL in message
+    assert IMAGENET_URL in message
     assert message.endswith("--weights PATH (in the workflow: features.weights)")
 
 
 def test_imagenet_download_failure_is_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.delenv(enc.OFFLINE_ENV, raising=False)
+    monkeypatch.delenv(OFFLINE_ENV, raising=False)
 
     def offline(*args, **kwargs):
         raise OSError("Temporary failure in name resolution")
@@ -235,13 +243,13 @@ def test_imagenet_download_failure_is_clear(tmp_path, monkeypatch):
 
 
 def test_resolve_device():
-    assert enc.resolve_device("cpu").type == "cpu"
-    assert enc.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ZoomMILError, match="unknown device"):
-        enc.resolve_device("tpu")
+        resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ZoomMILError, match="no CUDA"):
-            enc.resolve_device("cuda")
+            resolve_device("cuda")
 
 
 @pytest.fixture
@@ -259,22 +267,22 @@ def test_a_cuda_device_computes_fp32_without_tf32(monkeypatch, tf32_flags, devic
     mixed unnoticed with CPU-made files; every path to a CUDA device goes through here."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    enc.resolve_device(device)
+    resolve_device(device)
     assert not torch.backends.cudnn.allow_tf32
     assert not torch.backends.cuda.matmul.allow_tf32
 
 
 def test_the_cpu_leaves_the_gpu_switches_alone(tf32_flags):
-    enc.resolve_device("cpu")
+    resolve_device("cpu")
     assert torch.backends.cudnn.allow_tf32
 
 
 def test_a_gpu_index_past_the_last_gpu_is_a_one_line_error(monkeypatch, tf32_flags):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert enc.resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ZoomMILError, match=r"'cuda:3' requested but only 1 CUDA device"):
-        enc.resolve_device("cuda:3")
+        resolve_device("cuda:3")
 
 
 @pytest.mark.parametrize(("capability", "expected"), [((7, 5), "fp32"), ((8, 0), "bf16")])

@@ -1,10 +1,9 @@
 """Running a patch encoder: device, precision and each encoder's own transform.
 
 The encoders themselves live in the registry (`zoommil.features.encoders`: the paper's
-ResNet-50 to layer3 and the timm ViTs of pathology foundation models). This module keeps the
-ResNet-50-era names (``build_encoder(weights, seed=, encoder=)``, ``FEATURE_DIM``,
-``ResNet50Layer3`` ...) importable for existing callers; new code passes ``encoder=`` or uses the
-registry's ``build_registered_encoder(name, weights=, seed=)`` directly.
+ResNet-50 to layer3 and the timm ViTs of pathology foundation models); ``build_encoder`` here
+takes the weights first, as the commands' ``--weights`` does, and the registry's
+``build_registered_encoder(name, weights=, seed=)`` the encoder's name first.
 """
 
 from __future__ import annotations
@@ -22,50 +21,20 @@ from zoommil.device import resolve_device
 from zoommil.environment import cpu_flags
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders import registry
-from zoommil.features.encoders.registry import (
-    DEFAULT_ENCODER,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    EncoderSpec,
-    get_spec,
-)
-from zoommil.features.encoders.resnet import (
-    IMAGENET_FILE,
-    IMAGENET_HASH_PREFIX,
-    IMAGENET_URL,
-    OFFLINE_ENV,
-    ResNet50Layer3,
-    imagenet_cache_path,
-)
-from zoommil.features.encoders.weights import sha256_file, sha256_state_dict
+from zoommil.features.encoders.registry import DEFAULT_ENCODER, EncoderSpec, get_spec
 from zoommil.features.frozen import freezable, freeze_for_cpu
 from zoommil.features.precision import PRECISION_CHOICES
 from zoommil.heap import keep_freed_memory
 
 __all__ = [
-    "ENCODER_NAME",
-    "FEATURE_DIM",
-    "IMAGENET_FILE",
-    "IMAGENET_HASH_PREFIX",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "IMAGENET_URL",
-    "OFFLINE_ENV",
     "PATCH_SIZE",
     "PatchEncoder",
-    "ResNet50Layer3",
     "build_encoder",
     "encode_patches",
-    "imagenet_cache_path",
-    "resolve_device",
+    "native_bf16",
     "resolve_precision",
-    "sha256_file",
-    "sha256_state_dict",
 ]
 
-#: The default (paper's) encoder and its dimension; other encoders: ``get_spec(name).dim``.
-ENCODER_NAME = DEFAULT_ENCODER
-FEATURE_DIM = get_spec(DEFAULT_ENCODER).dim
 #: The lattice's patch side in px at every magnification, whatever the encoder.
 PATCH_SIZE = 256
 
