@@ -2,11 +2,11 @@
 
 import sys
 
-from zoommil.reporting import figures
+from zoommil.reporting import figure_attention
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 sys.stderr = open(sm.log[0], "w")
-figures.attention_figure(
+figure_attention.attention_figure(
     predictions=sm.input.predictions,
     sheet=sm.input.usable,
     outputs=[sm.output.png, sm.output.pdf],

@@ -2,13 +2,13 @@
 
 import sys
 
-from zoommil.reporting import figures
+from zoommil.reporting import figure_throughput
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 sys.stderr = open(sm.log[0], "w")
-figures.throughput_figure(
+figure_throughput.throughput_figure(
     evals=sm.input.evals,
-    timings={"cpu1": sm.input.cpu1, "cpu": sm.input.cpu, "gpu": sm.input.gpu},
+    timings={device: sm.input[device] for device in sm.params.devices},
     methods=sm.params.methods,
     outputs=[sm.output.png, sm.output.pdf],
     dataset=sm.params.dataset,

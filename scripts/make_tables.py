@@ -11,7 +11,7 @@ tables.make_tables(
     exclusions_table=sm.input.exclusions,
     evals=sm.input.evals,
     flops=sm.input.flops,
-    timings={"cpu1": sm.input.cpu1, "cpu": sm.input.cpu, "gpu": sm.input.gpu},
+    timings={device: sm.input[device] for device in sm.params.devices},
     outputs=dict(sm.output.items()),
     dataset=sm.params.dataset,
     weights=sm.params.weights,

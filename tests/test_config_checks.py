@@ -242,7 +242,9 @@ def test_the_schema_refuses_a_misspelled_key(key: str, value: Any) -> None:
         validated(config)
 
 
-@pytest.mark.parametrize(("mags", "k"), [([5, 10], [4]), ([5, 10, 20], [4, 2]), ([5, 10], 8)])
+@pytest.mark.parametrize(
+    ("mags", "k"), [([5, 10], [4]), ([5, 10, 20], [4, 2]), ([5, 10], 8), ([5, 10, 20], [4, 16])]
+)
 def test_zoommil_k_one_per_zoom_step_passes_as_the_model_takes_it(mags: list, k: Any) -> None:
     config = demo()
     config["preprocess"]["mags"] = mags
@@ -258,6 +260,20 @@ def test_a_k_list_of_another_length_than_the_zoom_steps_fails_at_load() -> None:
     message = (
         "method 'zoommil': model 'zoommil': option k has 2 values, one per zoom step, but the "
         "magnifications 5x -> 10x give 1 step(s): got [4, 2]"
+    )
+    with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}$"):
+        config_checks.check_config(validated(config), MODELS)
+
+
+def test_a_zoom_step_keeping_more_than_it_can_choose_from_fails_at_load() -> None:
+    """k [2, 12] over 1.25x -> 2.5x -> 10x: the second step chooses among the 2 x 4 children
+    of the first step's 2, so it can never keep 12; it passed, and trained as [2, 8]."""
+    config = demo()
+    config["preprocess"]["mags"] = [1.25, 2.5, 10]
+    config["methods"]["zoommil"]["k"] = [2, 12]
+    message = (
+        "method 'zoommil': model 'zoommil': option k [2, 12]: zoom step 2 chooses among the 8 "
+        "patches at 2.5x under the 2 kept at 1.25x, so it cannot keep 12"
     )
     with pytest.raises(ZoomMILError, match=f"^{re.escape(message)}$"):
         config_checks.check_config(validated(config), MODELS)

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import io
 import json
+import logging
 import os
 import pickle
 import resource
@@ -40,6 +41,7 @@ from zoommil.errors import ZoomMILError
 from zoommil.io import sheet as zsheet
 from zoommil.io.atomic import atomic_path, remove_stale_temps
 from zoommil.reporting import table_notes
+from zoommil.training.data import resolve_classes
 from zoommil.workflow import exclusions, qc
 from zoommil.workflow.failure import Failure, read_marker, write_marker
 from zoommil.workflow.spares import first_successes
@@ -954,6 +956,41 @@ def test_an_inferred_class_without_train_slides_is_caught_with_the_sheet(tmp_pat
         text = str(caught.value)
         assert "no train slides of class(es) carcinoma (it has 1 val, 1 test slides)" in text
         assert ("remove their rows" in text) == (classes is None), text
+
+
+def test_labels_that_differ_only_in_case_are_refused_with_the_sheet(tmp_path):
+    """Two rows labelled `Tumor` in a `tumor`/`normal` sheet made three classes with
+    `classes: null`, silently: a binary task trained and scored as a three-class one."""
+    path = tmp_path / "s.tsv"
+    rows = "a\ta.svs\ttumor\ttrain\t\nb\tb.svs\tnormal\ttrain\t\n"
+    rows += "c\tc.svs\tTumor\ttrain\t\nd\td.svs\tnormal\tval\t\ne\te.svs\ttumor\ttest\t\n"
+    path.write_text(HEADER + rows)
+    frame = zsheet.load_sheet(path)
+    message = r"labels 'Tumor' and 'tumor' differ only in case, so they would be separate"
+    with pytest.raises(ZoomMILError, match=message):
+        zsheet.check_splits(frame, path)
+    with pytest.raises(ZoomMILError, match=message):  # zoommil train's own reading
+        resolve_classes(frame, None, str(path))
+    with pytest.raises(ZoomMILError, match=r"False is a boolean, not a label .*quote the names"):
+        resolve_classes(frame, yaml.safe_load("[no, yes]"), "train.yaml")
+
+
+def test_a_class_without_val_slides_is_warned_with_the_sheet(tmp_path, caplog):
+    """A class absent from val left model selection blind to it, silently (with only
+    `normal` in val, an always-`normal` model has val weighted F1 1.0)."""
+    path = tmp_path / "s.tsv"
+    rows = "a\ta.svs\tnormal\ttrain\t\nb\tb.svs\ttumor\ttrain\t\n"
+    rows += "c\tc.svs\tnormal\tval\t\nd\td.svs\ttumor\ttest\t\n"
+    path.write_text(HEADER + rows)
+    frame = zsheet.load_sheet(path)
+    with caplog.at_level(logging.WARNING):
+        zsheet.check_splits(frame, path)
+    assert "no val slides of class(es) tumor: model selection" in caplog.text
+    caplog.clear()
+    path.write_text(HEADER + rows + "e\te.svs\ttumor\tval\t\n")
+    with caplog.at_level(logging.WARNING):
+        zsheet.check_splits(zsheet.load_sheet(path), path)
+    assert "no val slides" not in caplog.text
 
 
 def test_a_single_class_sheet_is_caught_with_the_sheet(tmp_path):

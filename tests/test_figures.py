@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from zoommil.reporting import attention, figures
+from zoommil.reporting import attention, figure_attention, figure_throughput
 
 CLASSES = ["a", "b", "c"]
 
@@ -28,12 +28,16 @@ def test_frontier_keeps_only_undominated_points() -> None:
     )
     # fastest first; "dominated" is slower and worse than fast_bad; "tie" is as fast as
     # slow_good and worse
-    assert list(figures.frontier(part)["method"]) == ["fastest_worst", "fast_bad", "slow_good"]
+    assert list(figure_throughput.frontier(part)["method"]) == [
+        "fastest_worst",
+        "fast_bad",
+        "slow_good",
+    ]
 
 
 def test_method_styles_are_distinct_and_zoommil_stands_out() -> None:
     methods = ["zoommil", "maxmil", "meanmil", "abmil", "clam_sb", "transmil", "dsmil"]
-    styles = figures.method_styles(methods)
+    styles = figure_throughput.method_styles(methods)
     assert styles["zoommil"]["marker"] == "*" and styles["zoommil"]["color"] == "tab:red"
     others = [(tuple(styles[m]["color"]), styles[m]["marker"]) for m in methods[1:]]
     assert len(set(others)) == len(others)
@@ -85,7 +89,7 @@ def test_throughput_figure_data_states_the_setting_and_ci(tmp_path: Path) -> Non
     abmil = write_run(tmp_path, "abmil", 4.0, [True, True, True, False, False, False])
     gpu = tmp_path / "gpu.json"
     gpu.write_text(json.dumps({"skipped": "no CUDA device"}))
-    data = figures.throughput_figure(
+    data = figure_throughput.throughput_figure(
         [zoom[0], abmil[0]],
         {"cpu1": [zoom[1], abmil[1]], "gpu": []},
         ["zoommil", "abmil"],
@@ -99,12 +103,12 @@ def test_throughput_figure_data_states_the_setting_and_ci(tmp_path: Path) -> Non
     # zero-width [1, 1]), and one seed has no std
     assert cpu.loc[["zoommil"], ["f1_low", "f1_high"]].isna().all(axis=None)
     assert cpu.loc["abmil", "f1_low"] < 0.5 < cpu.loc["abmil", "f1_high"]
-    setting = figures.panel_setting(data[data["device"] == "cpu1"])
-    assert setting == figures.Setting("Test CPU 9000", 1, 2, "fp32")
-    title = figures.panel_title("cpu1", setting)
+    setting = figure_throughput.panel_setting(data[data["device"] == "cpu1"])
+    assert setting == figure_throughput.Setting("Test CPU 9000", 1, 2, "fp32")
+    title = figure_throughput.panel_title("cpu1", setting)
     assert title == "CPU, 1 thread\nTest CPU 9000 (2 cores), encoder fp32"
     # ZoomMIL is both faster and better: the frontier is ZoomMIL alone
-    assert list(figures.frontier(data[data["device"] == "cpu1"])["method"]) == ["zoommil"]
+    assert list(figure_throughput.frontier(data[data["device"] == "cpu1"])["method"]) == ["zoommil"]
 
 
 def test_no_ci_draws_no_bar_where_one_labelled_95_percent_ci_was(tmp_path: Path) -> None:
@@ -121,7 +125,7 @@ def test_no_ci_draws_no_bar_where_one_labelled_95_percent_ci_was(tmp_path: Path)
         path.write_text(json.dumps({"seed": seed, "weighted_f1": f1, "accuracy": f1}))
     evals = [zoom[0], perfect[0], abmil[0], tmp_path / "eval" / "abmil" / "seed~1.json"]
     methods = ["zoommil", "maxmil", "abmil"]
-    data = figures.throughput_figure(
+    data = figure_throughput.throughput_figure(
         evals,
         {"cpu1": [zoom[1], perfect[1], abmil[1]]},
         methods,
@@ -136,13 +140,15 @@ def test_no_ci_draws_no_bar_where_one_labelled_95_percent_ci_was(tmp_path: Path)
     assert cpu.loc["zoommil", "f1_no_ci"] == ""
     assert cpu.loc["abmil", "f1_no_ci"] == "no per-slide predictions"
     assert cpu.loc["maxmil", "f1_no_ci"] == "every resample of the test slides gives the same value"
-    note = figures.no_ci_note(data)
+    note = figure_throughput.no_ci_note(data)
     assert note.startswith("no y error bar, no 95% CI of weighted F1: ")
     assert "ABMIL (no per-slide predictions)" in note and "MaxMIL (every resample" in note
     assert "ZoomMIL" not in note
     fig, ax = plt.subplots()
     try:
-        figures._device_panel(ax, data, "cpu1", figures.method_styles(methods), {})
+        figure_throughput._device_panel(
+            ax, data, "cpu1", figure_throughput.method_styles(methods), {}
+        )
         bars = {round(float(c.lines[0].get_ydata()[0]), 3): c.has_yerr for c in ax.containers}
     finally:
         plt.close(fig)
@@ -158,9 +164,9 @@ def test_figures_leave_the_callers_backend_alone(tmp_path: Path) -> None:
     code = (
         "import matplotlib, sys\n"
         "matplotlib.use('svg')\n"
-        "from zoommil.reporting import figures\n"
+        "from zoommil.reporting import figure_attention, figure_throughput\n"
         "print('pyplot' if 'matplotlib.pyplot' in sys.modules else 'no pyplot')\n"
-        f"figures.throughput_figure([{str(zoom[0])!r}], {{'cpu1': [{str(zoom[1])!r}]}}, "
+        f"figure_throughput.throughput_figure([{str(zoom[0])!r}], {{'cpu1': [{str(zoom[1])!r}]}}, "
         f"['zoommil'], [{str(tmp_path / 'f.png')!r}], 'demo', 'random')\n"
         "print(matplotlib.get_backend())\n"
     )
@@ -175,19 +181,19 @@ def test_equal_throughputs_are_drawn_a_few_points_apart() -> None:
     spread sideways in points, symmetric about the true value, slower ones left; other
     points stay put."""
     speeds = [560.0, 1500.0, 561.0, 390.0, 560.5]
-    offsets = figures.dodge_offsets(speeds, step=5.0)
+    offsets = figure_throughput.dodge_offsets(speeds, step=5.0)
     assert offsets == pytest.approx([-5.0, 0.0, 5.0, 0.0, 0.0])
-    assert figures.dodge_offsets([100.0, 200.0]) == [0.0, 0.0]
-    assert figures.dodge_offsets([100.0, 100.0], step=4.0) == pytest.approx([-2.0, 2.0])
+    assert figure_throughput.dodge_offsets([100.0, 200.0]) == [0.0, 0.0]
+    assert figure_throughput.dodge_offsets([100.0, 100.0], step=4.0) == pytest.approx([-2.0, 2.0])
 
 
 def _panel(data: pd.DataFrame) -> tuple[Any, Any, dict[str, Any]]:
     import matplotlib.pyplot as plt
 
-    styles = figures.method_styles(list(data["method"]))
+    styles = figure_throughput.method_styles(list(data["method"]))
     fig, ax = plt.subplots()
     handles: dict[str, Any] = {}
-    figures._device_panel(ax, data, "cpu1", styles, handles)
+    figure_throughput._device_panel(ax, data, "cpu1", styles, handles)
     fig.canvas.draw()
     return fig, ax, handles
 
@@ -309,7 +315,7 @@ def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: P
     }
     path = tmp_path / "t0.json"
     path.write_text(json.dumps(prediction))
-    layout = figures.attention_figure(
+    layout = figure_attention.attention_figure(
         [path], sheet, [tmp_path / "att.png"], "zoommil", "demo", "random", "uni"
     )
     assert layout["rows"] == 1 and layout["colorbar"]
@@ -338,7 +344,7 @@ def test_attention_figure_without_a_slide_says_the_chosen_ones_failed_and_why(
     sheet = tmp_path / "usable.tsv"
     sheet.write_text("slide_id\tpath\tlabel\tsplit\nt0\tt0.tiff\tb\ttest\n")
     marker = write_marker(tmp_path / "t0.json", Failure("failed", "predict", reason))
-    layout = figures.attention_figure(
+    layout = figure_attention.attention_figure(
         [marker], sheet, [tmp_path / "att.png"], "zoommil", "demo", "random"
     )
     assert layout["skipped"] == [f"t0 (predict: {reason})"]
@@ -346,7 +352,9 @@ def test_attention_figure_without_a_slide_says_the_chosen_ones_failed_and_why(
         f"no test slide could be shown: the chosen slides failed\nt0 (predict: {reason})"
     )
     assert (tmp_path / "att.png").stat().st_size > 1000
-    none = figures.attention_figure([], sheet, [tmp_path / "none.png"], "zoommil", "demo", "x")
+    none = figure_attention.attention_figure(
+        [], sheet, [tmp_path / "none.png"], "zoommil", "demo", "x"
+    )
     assert none["empty"] == "no test slides to show" and not none["skipped"]
 
 
@@ -355,14 +363,14 @@ def test_attention_layout_is_the_union_of_magnifications() -> None:
         {"attention": [{"mag": 5.0}, {"mag": 10.0}]},
         {"attention": [{"mag": 2.5}, {"mag": 5.0}]},
     ]
-    assert figures.attention_layout(predictions) == [2.5, 5.0, 10.0]
-    assert figures.attention_layout([{}]) == []
+    assert figure_attention.attention_layout(predictions) == [2.5, 5.0, 10.0]
+    assert figure_attention.attention_layout([{}]) == []
 
 
 @pytest.mark.parametrize("weights", ["random", "imagenet"])
 def test_throughput_figure_without_any_timing(tmp_path: Path, weights: str) -> None:
     zoom = write_run(tmp_path, "zoommil", 2.0, [True, False, True])
-    data = figures.throughput_figure(
+    data = figure_throughput.throughput_figure(
         [zoom[0]], {"cpu1": []}, ["zoommil"], [tmp_path / "f.png"], "demo", weights
     )
     assert data["slides_per_hour"].isna().all() and (tmp_path / "f.png").exists()
@@ -373,7 +381,7 @@ def test_the_same_results_draw_byte_identical_pdfs(tmp_path: Path) -> None:
     file; without it a figure can be compared by checksum."""
     zoom = write_run(tmp_path, "zoommil", 2.0, [True, False, True])
     for name in ("a.pdf", "b.pdf"):
-        figures.throughput_figure(
+        figure_throughput.throughput_figure(
             [zoom[0]], {"cpu1": [zoom[1]]}, ["zoommil"], [tmp_path / name], "demo", "random"
         )
     first = (tmp_path / "a.pdf").read_bytes()
@@ -399,10 +407,10 @@ def test_throughput_has_x_error_bars_of_its_spread_over_slides() -> None:
             "f1_high": [np.nan] * 3,
         }
     )
-    styles = figures.method_styles(list(data["method"]))
+    styles = figure_throughput.method_styles(list(data["method"]))
     fig, ax = plt.subplots()
     try:
-        figures._device_panel(ax, data, "cpu1", styles, {})
+        figure_throughput._device_panel(ax, data, "cpu1", styles, {})
         spans = {}
         for container in ax.containers:
             assert container.has_xerr
@@ -426,7 +434,7 @@ def test_figure_data_carries_the_throughput_spread(tmp_path: Path) -> None:
         {"slide_id": "t1", "seconds": 2.5, "pid": 1},
     ]
     zoom[1].write_text(json.dumps({**record, "per_slide": rows}))
-    data = figures.throughput_data([zoom[0]], {"cpu1": [zoom[1]]}, ["zoommil"]).iloc[0]
+    data = figure_throughput.throughput_data([zoom[0]], {"cpu1": [zoom[1]]}, ["zoommil"]).iloc[0]
     sd = float(np.std([1.5, 2.5], ddof=1))
     assert data["slides_per_hour_low"] == pytest.approx(3600 / (2.0 + sd))
     assert data["slides_per_hour_high"] == pytest.approx(3600 / (2.0 - sd))
@@ -437,14 +445,14 @@ def test_cpu_panel_is_titled_by_the_processes_used() -> None:
     """ "All cores" runs min(threads, slides) processes: the title names the processes used,
     not the threads asked (4 threads, 2 slides: 2 processes); a file without `processes`
     (older) keeps its threads."""
-    used = figures.Setting("Test CPU", 4, 4, "fp32", processes=2)
-    assert figures.panel_title("cpu", used).startswith("CPU, 2 processes x 1 thread\n")
-    one = figures.Setting("Test CPU", 4, 4, None, processes=1)
+    used = figure_throughput.Setting("Test CPU", 4, 4, "fp32", processes=2)
+    assert figure_throughput.panel_title("cpu", used).startswith("CPU, 2 processes x 1 thread\n")
+    one = figure_throughput.Setting("Test CPU", 4, 4, None, processes=1)
     # as the table's "CPU 1 process" column, not the 1-thread panel's title (review B)
-    assert figures.panel_title("cpu", one).startswith("CPU, 1 process x 1 thread\n")
-    assert figures.panel_title("cpu1", one).startswith("CPU, 1 thread\n")
-    old = figures.Setting("Test CPU", 4, 4, None)
-    assert figures.panel_title("cpu", old).startswith("CPU, 4 threads\n")
+    assert figure_throughput.panel_title("cpu", one).startswith("CPU, 1 process x 1 thread\n")
+    assert figure_throughput.panel_title("cpu1", one).startswith("CPU, 1 thread\n")
+    old = figure_throughput.Setting("Test CPU", 4, 4, None)
+    assert figure_throughput.panel_title("cpu", old).startswith("CPU, 4 threads\n")
     part = pd.DataFrame(
         [
             {
@@ -457,7 +465,7 @@ def test_cpu_panel_is_titled_by_the_processes_used() -> None:
             }
         ]  # fmt: skip
     )
-    assert figures.panel_setting(part).processes == 2
+    assert figure_throughput.panel_setting(part).processes == 2
 
 
 def test_figure_captions_describe_what_is_drawn() -> None:

@@ -17,7 +17,14 @@ import yaml
 from zoommil.errors import ZoomMILError
 from zoommil.io import sheet
 from zoommil.recipe import PreprocessingRecipe
-from zoommil.reporting import figures, results, table_format, table_frames, table_notes, tables
+from zoommil.reporting import (
+    figure_throughput,
+    results,
+    table_format,
+    table_frames,
+    table_notes,
+    tables,
+)
 from zoommil.workflow import params as workflow
 from zoommil.workflow import qc, trainconfig
 from zoommil.wsi.lattice import descendants, steps_between
@@ -224,6 +231,30 @@ def test_method_options_are_checked_without_building_models() -> None:
         trainconfig.check_method_options({"zoommil": {"arch": "zoommil", "sigm": 0.005}}, root)
 
 
+def test_model_options_follow_relative_imports_and_name_an_unfollowable_one(
+    tmp_path: Path,
+) -> None:
+    """A model registered with ``from .module import Class`` (ruff allows it, `build_model`
+    works) is read like the absolute form; one whose class the reader cannot place stops
+    the workflow's load with the file, the model and the import form it reads, not a bare
+    KeyError."""
+    import zoommil.models as models
+    from zoommil.workflow import trainconfig
+
+    root = tmp_path / "models"
+    shutil.copytree(Path(models.__file__).parent, root)
+    init = root / "__init__.py"
+    text = init.read_text()
+    assert "from zoommil.models.abmil import ABMIL\n" in text
+    init.write_text(text.replace("from zoommil.models.abmil import", "from .abmil import"))
+    expected = trainconfig.model_options(Path(models.__file__).parent)
+    assert trainconfig.model_options(root) == expected
+    init.write_text(text.replace("from zoommil.models.abmil import ABMIL\n", ""))
+    with pytest.raises(ZoomMILError, match="model 'abmil': class ABMIL is not imported .*"
+                       "`from zoommil.models.<module> import ABMIL`"):  # fmt: skip
+        trainconfig.model_options(root)
+
+
 def test_train_priority_starts_the_longest_trainings_first() -> None:
     from zoommil.models import MODEL_NAMES
 
@@ -413,6 +444,19 @@ def test_qc_slides_table_when_no_slide_failed_inspection(tmp_path: Path) -> None
     assert table.loc["a", "status"] == "ok"
 
 
+def test_main_table_names_a_methods_own_magnifications() -> None:
+    """BRIGHT's ZoomMIL-Eff (`mags: [1.25, 2.5]`) read two magnifications, while its row
+    said the preprocessing's three; a method's `train: {mags}` is the one training uses."""
+    methods = {
+        "zoommil": {"arch": "zoommil"},
+        "zoommil_eff": {"arch": "zoommil", "k": 2, "mags": [2.5, 1.25]},
+        "abmil_low": {"arch": "abmil", "mags": [10], "train": {"mags": [2.5]}},
+    }
+    summary = pd.DataFrame({"method": pd.Series([], dtype=str)})
+    table = table_frames.main_table(summary, methods, [1.25, 2.5, 10], {}, {})
+    assert list(table["mags"]) == ["1.25x -> 2.5x -> 10x", "1.25x -> 2.5x", "2.5x"]
+
+
 def test_make_tables(tmp_path: Path) -> None:
     data = fabricate_results(tmp_path)
     made, outputs = _make_demo_tables(
@@ -544,7 +588,7 @@ def test_a_single_seed_has_no_std(tmp_path: Path) -> None:
     assert "| **ZoomMIL** | 2.5x -> 5x -> 10x | 80.0 (n=1) | 81.0 (n=1) | 90.0 (n=1) |" in markdown
     assert "± 0.0" not in markdown
     assert "(n=1): one seed, so no std over seeds" in markdown
-    frame = figures.throughput_figure(
+    frame = figure_throughput.throughput_figure(
         evals, data["timings"], ["zoommil", "abmil"], [tmp_path / "f.png"], "demo", "random"
     )
     assert frame["f1_low"].isna().all() and (tmp_path / "f.png").stat().st_size > 1000
@@ -846,15 +890,15 @@ def test_find_metric_aliases() -> None:
 
 def test_pareto_front() -> None:
     # fastest first; (100, 0.5) and (10, 0.9) are on the front, (50, 0.4) and (5, 0.8) are not
-    front = figures.pareto_front([100, 50, 10, 5, math.nan], [0.5, 0.4, 0.9, 0.8, 1.0])
+    front = figure_throughput.pareto_front([100, 50, 10, 5, math.nan], [0.5, 0.4, 0.9, 0.8, 1.0])
     assert front == [0, 2]
-    assert figures.pareto_front([10, 10], [0.2, 0.3]) == [1]
+    assert figure_throughput.pareto_front([10, 10], [0.2, 0.3]) == [1]
 
 
 def test_throughput_figure_without_gpu(tmp_path: Path) -> None:
     data = fabricate_results(tmp_path)
     outputs = [tmp_path / "fig.png", tmp_path / "fig.pdf"]
-    frame = figures.throughput_figure(
+    frame = figure_throughput.throughput_figure(
         data["evals"], data["timings"], ["zoommil", "abmil"], outputs, "demo", "random"
     )
     assert all(p.stat().st_size > 1000 for p in outputs)

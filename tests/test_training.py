@@ -487,23 +487,30 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return err[0]
 
 
+def atypia_sheet(dataset: dict[str, Path], tmp_path: Path, slide_ids: tuple[str, ...]) -> Path:
+    """The dataset's sheet with the tumor slides ``slide_ids`` relabelled `atypia`."""
+    rows = dataset["sheet"].read_text().splitlines()
+    rows = [r.replace("\ttumor\t", "\tatypia\t") if r.startswith(slide_ids) else r
+            for r in rows]  # fmt: skip
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text("\n".join(rows) + "\n")
+    return sheet
+
+
 def test_classes_without_a_training_slide_are_recorded_and_warned_of(
     dataset: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A class of the sheet with no training slide (here: only in val and test) was trained
     without a word: the model cannot learn it, and nothing said why its metrics were low.
     The run warns, and metrics.json, the checkpoint and both evaluation JSONs list it."""
-    rows = dataset["sheet"].read_text().splitlines()
-    rows = [r.replace("\ttumor\t", "\tatypia\t") if r.startswith(("val_03", "test_03")) else r
-            for r in rows]  # fmt: skip
-    sheet = tmp_path / "slides.tsv"
-    sheet.write_text("\n".join(rows) + "\n")
+    sheet = atypia_sheet(dataset, tmp_path, ("val_03", "test_03"))
     config = write_config(dataset, tmp_path, sheet=str(sheet))
     in_training = tmp_path / "in_training.json"
     with caplog.at_level("WARNING", logger="zoommil.training.trainer"):
         assert train_cli(config, tmp_path / "run", "abmil_small", 0, "--epochs", "1",
                          "--eval-out", str(in_training)) == 0  # fmt: skip
     assert "no usable training slide of class(es) atypia" in caplog.text
+    assert "no usable val slide" not in caplog.text  # val_03 is an atypia slide
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["classes"] == ["atypia", "normal", "tumor"]
     assert metrics["untrained_classes"] == ["atypia"]
@@ -515,6 +522,34 @@ def test_classes_without_a_training_slide_are_recorded_and_warned_of(
     assert main([*args, "--features-dir", features, "--sheet", str(sheet), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["untrained_classes"] == ["atypia"]
     assert json.loads(in_training.read_text()) == json.loads(out.read_text())
+
+
+def test_classes_without_a_val_slide_are_warned_of(
+    dataset: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a class only in train and test, model selection never saw it, and the run
+    said nothing (an always-`normal` model scores val weighted F1 1.0 on a normal-only val)."""
+    config = write_config(
+        dataset, tmp_path, sheet=str(atypia_sheet(dataset, tmp_path, ("train_03", "test_03")))
+    )
+    with caplog.at_level("WARNING", logger="zoommil.training.trainer"):
+        assert train_cli(config, tmp_path / "run", "abmil_small", 0, "--epochs", "1") == 0
+    assert "no usable val slide of class(es) atypia: model selection (val_loss)" in caplog.text
+    assert "no usable training slide" not in caplog.text
+
+
+def test_a_first_k_keeping_every_lowest_patch_is_warned_of(
+    dataset: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BRIGHT's K = 12 at 1.25x on slides with fewer 1.25x patches kept them all: the first
+    step did not zoom, and nothing said so. Every bag here has 2 patches at 2.5x."""
+    for k, warned in ((2, True), (1, False)):
+        config = write_config(dataset, tmp_path, methods={"zoom": {"arch": "zoommil", "k": k}})
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="zoommil.training.trainer"):
+            assert train_cli(config, tmp_path / f"k{k}", "zoom", 0, "--epochs", "1") == 0
+        expected = "16 of 16 slides have at most K = 2 patches at 2.5x, so ZoomMIL keeps all"
+        assert (expected in caplog.text) == warned, caplog.text
 
 
 def test_user_errors_are_one_line(

@@ -95,3 +95,12 @@ def check_zoom_steps(arch: str, options: Mapping[str, Any], mags: Sequence[float
             f"model 'zoommil': option k has {len(k)} values, one per zoom step, but the "
             f"magnifications {format_mags(mags)} give {steps} step(s): got {list(k)!r}"
         )
+    ordered = sorted(float(m) for m in mags)
+    for step in range(1, steps):
+        children = 4 ** round(math.log2(ordered[step] / ordered[step - 1]))
+        if int(k[step]) > int(k[step - 1]) * children:
+            raise ZoomMILError(
+                f"model 'zoommil': option k {list(k)!r}: zoom step {step + 1} chooses among the "
+                f"{int(k[step - 1]) * children} patches at {ordered[step]:g}x under the "
+                f"{k[step - 1]} kept at {ordered[step - 1]:g}x, so it cannot keep {k[step]}"
+            )

@@ -72,6 +72,15 @@ def arch_mags(arch: str, mags: Sequence[float]) -> list[float]:
     return [values[-1]]
 
 
+def method_mags(method: str, spec: Mapping[str, Any] | None, mags: Sequence[float]) -> list[float]:
+    """The magnifications a configured method reads: its own ``mags`` (its ``train:`` one
+    first, as `zoommil train` takes them; BRIGHT's ZoomMIL-Eff stops at 2.5x), else the
+    preprocessing's, narrowed by its architecture (`arch_mags`)."""
+    spec = spec or {}
+    own = (spec.get("train") or {}).get("mags") or spec.get("mags")
+    return arch_mags(str(spec.get("arch", method)), own or mags)
+
+
 def validate_mags(mags: Sequence[float]) -> list[float]:
     """Sorted ascending; each a power-of-two multiple of the lowest, else `ZoomMILError`."""
     if isinstance(mags, str | bytes) or not isinstance(mags, Sequence) or not mags:

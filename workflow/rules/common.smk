@@ -366,6 +366,11 @@ PROFILE_DEVICES = {
 }
 
 
+def throughput_inputs(wildcards):
+    """The timing JSONs as one named input per device, for `unpack`."""
+    return {device: throughput_files(device) for device in PROFILE_DEVICES}
+
+
 def all_throughput_files():
     return [path for device in PROFILE_DEVICES for path in throughput_files(device)]
 

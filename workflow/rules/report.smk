@@ -5,13 +5,11 @@
 
 rule tables:
     input:
+        unpack(throughput_inputs),
         qc="results/qc/slides.tsv",
         exclusions="results/qc/exclusions.tsv",
         evals=runs("results/eval/", ".json"),
         flops=expand("results/efficiency/{method}/flops.json", method=ALL_METHODS),
-        cpu1=throughput_files("cpu1"),
-        cpu=throughput_files("cpu"),
-        gpu=throughput_files("gpu"),
     output:
         main_csv=report(
             "results/tables/main.csv",
@@ -48,6 +46,7 @@ rule tables:
         weights=RECIPE.weights,
         encoder=RECIPE.encoder,
         mags=list(RECIPE.mags),
+        devices=list(PROFILE_DEVICES),
         methods=MAIN_METHODS,
         ablations=ABLATIONS,
         reference=(config.get("ablations") or {}).get("reference"),
@@ -57,10 +56,8 @@ rule tables:
 
 rule figure_throughput:
     input:
+        unpack(throughput_inputs),
         evals=runs("results/eval/", ".json", EFFICIENCY_METHODS),
-        cpu1=throughput_files("cpu1"),
-        cpu=throughput_files("cpu"),
-        gpu=throughput_files("gpu"),
     output:
         png=report(
             "results/figures/throughput.png",
@@ -81,6 +78,7 @@ rule figure_throughput:
         dataset=config["dataset"],
         weights=RECIPE.weights,
         encoder=RECIPE.encoder,
+        devices=list(PROFILE_DEVICES),
         methods=EFFICIENCY_METHODS,
     script:
         "../../scripts/figure_throughput.py"

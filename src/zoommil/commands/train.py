@@ -41,6 +41,10 @@ One bag per step, Adam, ReduceLROnPlateau(factor 0.8, patience 5) on the validat
 class-balanced sampling, cross-entropy (or the model's own training loss). On CPU a run is
 bit-for-bit repeatable for a given seed and --threads.
 
+The best epoch is chosen on the val split alone, by the config's `selection`: val_loss (the
+lowest; on a tie the earlier epoch) or val_weighted_f1 (the highest; on a tie the lower val
+loss, then the earlier epoch). A class without val slides is warned of: selection cannot see it.
+
 Writes to each DIR: checkpoint.pt (best epoch; loads with torch.load(weights_only=True)),
 log.csv (one row per epoch) and metrics.json (validation and test metrics of the kept
 epoch, with per-slide predictions). With --eval-out, also the test split's evaluation exactly

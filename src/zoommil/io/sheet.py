@@ -363,6 +363,7 @@ def check_splits(
         )
     inferred = classes is None
     names = sorted(set(frame["label"])) if classes is None else list(classes)
+    check_label_case(names, sheet if inferred else f"{sheet}: classes")
     if len(names) < 2:
         listed = ", ".join(map(shown, names)) or "none"
         source = f"the sheet has one label, {listed}" if inferred else f"classes: {listed}"
@@ -382,6 +383,33 @@ def check_splits(
             f"{sheet}: no train slides of class(es) {'; '.join(untrained)} (classes: "
             f"{', '.join(names)}); {fix}"
         )
+    if "val" in needed and (unvalidated := _absent_in_split(frame, names, "val")):
+        log.warning(
+            "%s: no val slides of class(es) %s: model selection (val loss or val weighted F1) "
+            "cannot see how a model does on them, and with one class left it keeps the epoch "
+            "most sure of that class; give every class val slides",
+            sheet, ", ".join(unvalidated),
+        )  # fmt: skip
+
+
+def check_label_case(labels: Sequence[str], where: str | Path) -> None:
+    """Labels that differ only in case (``Tumor``, ``tumor``) would be separate classes, a
+    binary task silently becoming a three-class one: refuse them, naming both spellings."""
+    spellings: dict[str, list[str]] = {}
+    for label in labels:
+        spellings.setdefault(str(label).casefold(), []).append(str(label))
+    clashes = [names for names in spellings.values() if len(names) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(map(repr, names)) for names in clashes)
+        raise ZoomMILError(
+            f"{where}: labels {listed} differ only in case, so they would be separate "
+            "classes; write each class one way"
+        )
+
+
+def _absent_in_split(frame: pd.DataFrame, classes: Sequence[str], split: str) -> list[str]:
+    present = set(frame.loc[frame["split"] == split, "label"])
+    return [name for name in classes if name not in present]
 
 
 def _untrained(frame: pd.DataFrame, classes: Sequence[str]) -> list[str]:

@@ -29,19 +29,6 @@ from zoommil.models.zoommil import ZoomMIL
 from zoommil.option_values import check_option_values
 from zoommil.recipe import arch_mags
 
-MODEL_NAMES: tuple[str, ...] = (
-    "zoommil",
-    "maxmil",
-    "meanmil",
-    "sparseconvmil",
-    "abmil",
-    "clam_sb",
-    "transmil",
-    "msmil",
-    "dsmil",
-)
-
-
 _CLASSES: dict[str, type[nn.Module]] = {
     "zoommil": ZoomMIL,
     "maxmil": MaxMIL,
@@ -53,6 +40,9 @@ _CLASSES: dict[str, type[nn.Module]] = {
     "msmil": MSMIL,
     "dsmil": DSMIL,
 }
+#: The architectures, in the tables' order: the one list a new model is added to (with its
+#: class imported above as ``from zoommil.models.<module> import <Class>``).
+MODEL_NAMES: tuple[str, ...] = tuple(_CLASSES)
 
 
 def canonical_name(name: str) -> str:

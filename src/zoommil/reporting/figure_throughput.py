@@ -1,8 +1,6 @@
-"""Figure 3 (throughput vs accuracy with the efficiency frontier) and Figure 4 (attention maps).
+"""Figure 3: throughput vs accuracy per timed device, with the efficiency frontier.
 
-Drawn on `matplotlib.figure.Figure` objects, not pyplot: no backend is chosen or switched (an
-importer's own backend stays), nothing global is kept, and `savefig` picks the writer by
-extension (PNG, PDF), so it is safe in worker processes without a display.
+Drawn on a `matplotlib.figure.Figure`, not pyplot (see `figure_files`).
 """
 
 from __future__ import annotations
@@ -17,17 +15,14 @@ from typing import Any
 import matplotlib
 import matplotlib.lines
 import matplotlib.ticker
-import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from matplotlib.transforms import offset_copy
 
-from zoommil.io.atomic import atomic_path
-from zoommil.io.sheet import read_sheet
 from zoommil.recipe import DEFAULT_ENCODER, weights_note
-from zoommil.reporting import attention, results, stats
+from zoommil.reporting import results, stats
+from zoommil.reporting.figure_files import save_figure
 from zoommil.reporting.table_format import count_text
 from zoommil.reporting.table_frames import (
     add_intervals,
@@ -83,16 +78,6 @@ def dodge_offsets(
         for k, i in enumerate(group):
             offsets[i] = step * (k - (len(group) - 1) / 2)
     return offsets
-
-
-def _save(fig: Figure, outputs: Iterable[str | Path]) -> None:
-    """PDFs without a creation date, so that the same results give byte-identical figures and
-    a rerun's figure can be compared with a checksum."""
-    for out in outputs:
-        suffix = Path(out).suffix.lower()
-        metadata = {"CreationDate": None} if suffix == ".pdf" else {}
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight", metadata=metadata)
 
 
 def _minor_label(value: float, _position: int) -> str:
@@ -462,160 +447,5 @@ def throughput_figure(
     fig.tight_layout()
     if note := no_ci_note(data[data["device"].isin(devices)]):
         fig.text(0.01, -0.01, note, fontsize=7, va="top", wrap=True)
-    _save(fig, outputs)
+    save_figure(fig, outputs)
     return data
-
-
-def _thumbnail(
-    path: str, mpp: float | None = None, max_side: int = 768
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """The slide's thumbnail and level-0 size, read through `zoommil.wsi.pixels` as the heatmap
-    of `zoommil predict` (at the mpp the prediction used)."""
-    return attention.slide_thumbnail(path, mpp, max_side=max_side)
-
-
-def _boxes(ax: Axes, step: Mapping[str, Any], sx: float, sy: float, **style: Any) -> None:
-    side = float(step["side0"])
-    for x, y in step["xy"]:
-        ax.add_patch(Rectangle((x * sx, y * sy), side * sx, side * sy, fill=False, **style))
-
-
-def attention_layout(predictions: Sequence[Mapping[str, Any]]) -> list[float]:
-    """The magnifications that get a column: every one any prediction has attention for."""
-    mags = {float(e["mag"]) for p in predictions for e in attention.attention_entries(p)}
-    return sorted(mags)
-
-
-def attention_figure(
-    predictions: Sequence[str | Path],
-    sheet: str | Path,
-    outputs: Sequence[str | Path],
-    method: str,
-    dataset: str,
-    weights: str,
-    encoder: str | None = None,
-) -> dict[str, Any]:
-    """Figure 4: one row per slide: the thumbnail, then the attention of every magnification
-    over the thumbnail, with the regions zoomed into outlined, and one colour bar; the title
-    names the encoder whose features the model attended over, as Figure 3's and the tables'
-    do. Returns the layout (rows, column titles, title, whether there is a colour bar, the
-    notes) for checks.
-
-    A slide whose prediction failed (a `zoommil predict --no-fail` marker) or whose thumbnail
-    cannot be read is left out, with its whole reason in a note under the figure; with no
-    slide left, the note takes the maps' place and says that the chosen slides failed (not
-    "no test slides", which is what it says when none was chosen)."""
-    table = read_sheet(sheet).set_index("slide_id")
-    predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
-    mags = attention_layout(loaded)
-    n_rows, n_cols = max(1, len(loaded)), 1 + max(1, len(mags))
-    fig = Figure(figsize=(3.3 * n_cols + 0.8, 2.7 * n_rows + 0.9))
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    empty = None
-    if not loaded:
-        for ax in axes.ravel():
-            ax.axis("off")
-        empty = "no test slides to show"
-        if skipped:
-            empty = "no test slide could be shown: the chosen slides failed\n" + "\n".join(skipped)
-        fig.text(0.5, 0.5, empty, ha="center", va="center", fontsize=8, wrap=True)
-    image, shown = None, []
-    for row, (path, prediction) in enumerate(zip(predictions, loaded, strict=True)):
-        slide_id = _prediction_slide_id(Path(path), prediction, table)
-        background, size0 = thumbs[row]
-        thumb_size = (background.shape[1], background.shape[0])
-        sx, sy = thumb_size[0] / size0[0], thumb_size[1] / size0[1]
-        label = table.loc[slide_id, "label"] if slide_id in table.index else "?"
-        shown.append((slide_id, str(label)))
-        predicted = prediction.get("predicted", "?")
-        selected = sorted(prediction.get("selected") or [], key=lambda e: float(e["mag"]))
-        axes[row, 0].imshow(background)
-        axes[row, 0].set_ylabel(f"{slide_id}\nlabel {label}\npredicted {predicted}", fontsize=8)
-        for step in selected:
-            _boxes(axes[row, 0], step, sx, sy, edgecolor="black", linewidth=0.8)
-        by_mag = {float(e["mag"]): e for e in attention.attention_entries(prediction)}
-        for col, mag in enumerate(mags, start=1):
-            ax = axes[row, col]
-            ax.imshow(background)
-            entry = by_mag.get(mag)
-            if entry is None:
-                continue
-            heat = attention.attention_map(entry, size0, thumb_size)
-            image = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", alpha=0.7, vmin=0, vmax=1)
-            for step in selected:
-                if float(step["mag"]) <= mag:
-                    _boxes(ax, step, sx, sy, edgecolor="cyan", linewidth=0.8)
-    axes[0, 0].set_title("slide (boxes: regions zoomed into)", fontsize=8)
-    for col, mag in enumerate(mags, start=1):
-        axes[0, col].set_title(f"attention at {mag:g}x", fontsize=8)
-    if image is not None:
-        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
-        bar.set_label("attention (min-max per slide and magnification)", fontsize=8)
-    title = f"{dataset}: {display_name(method)} attention at every magnification"
-    if encoder is not None:
-        title += f"\nencoder {encoder_label(encoder)}"  # its own line: fits 3 columns
-    if note := weights_note(weights):
-        title += f"\n{note}"
-    fig.suptitle(title, fontsize=10)
-    if skipped and loaded:
-        fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
-    titles = [ax.get_title() for ax in axes[0]]
-    _save(fig, outputs)
-    return {
-        "rows": n_rows,
-        "titles": titles,
-        "title": title,
-        "colorbar": image is not None,
-        "skipped": skipped,
-        "empty": empty,
-        "slides": shown,
-    }
-
-
-def _prediction_slide_id(path: Path, prediction: Mapping[str, Any], table: pd.DataFrame) -> str:
-    """The sheet id of a prediction JSON: its file name where the sheet has it (the workflow
-    writes results/predict/{method}/{slide_id}.json), else the id recorded in it.
-
-    Why not the record first: `zoommil predict` recorded the slide file's name, which differs
-    from the sheet id whenever a sheet names its slides (a figure row then showed another
-    slide's thumbnail and label, or the file name with label '?')."""
-    if path.stem in table.index:
-        return path.stem
-    return str(prediction.get("slide_id") or path.stem)
-
-
-def _usable_predictions(
-    predictions: Sequence[str | Path], table: pd.DataFrame
-) -> tuple[list[Path], list[dict], list[tuple[np.ndarray, tuple[int, int]]], list[str]]:
-    """The predictions that can be drawn (paths, loaded JSONs, thumbnails with their level-0
-    size) and a note per slide that cannot (failed prediction, unreadable thumbnail)."""
-    from zoommil.errors import SlideError
-    from zoommil.workflow.failure import read_marker
-
-    paths, loaded, thumbs, skipped = [], [], [], []
-    for path in predictions:
-        path = Path(path)
-        failure = read_marker(path)
-        if failure is not None:
-            skipped.append(f"{path.stem} ({failure.stage}: {failure.reason})")
-            continue
-        prediction = results.load_json(path)
-        slide_id = _prediction_slide_id(path, prediction, table)
-        slide_path = prediction.get("slide")
-        if slide_id in table.index:
-            slide_path = table.loc[slide_id, "path"]
-        try:
-            thumb = _thumbnail(slide_path, prediction.get("mpp"))
-        except Exception as error:  # any unreadable slide is skipped, noted
-            reason = error.reason if isinstance(error, SlideError) else str(error)
-            skipped.append(f"{slide_id} (figure: {reason})")
-            continue
-        paths.append(path)
-        loaded.append(prediction)
-        thumbs.append(thumb)
-    for note in skipped:
-        log.warning("attention figure: skipped %s", note)
-    return paths, loaded, thumbs, skipped

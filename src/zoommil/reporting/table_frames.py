@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.errors import ZoomMILError
-from zoommil.recipe import arch_mags, format_mags
+from zoommil.recipe import format_mags, method_mags
 from zoommil.reporting import evalcheck, results, stats
 from zoommil.workflow.trainconfig import model_defaults, models_root
 
@@ -146,7 +146,7 @@ def main_table(
             "method": method,
             "name": display_name(method, spec),
             "arch": spec.get("arch", method),
-            "mags": format_mags(arch_mags(spec.get("arch", method), mags)),
+            "mags": format_mags(method_mags(method, spec, mags)),
         }
         if method in by_method.index:
             row.update(by_method.loc[method].to_dict())

@@ -172,7 +172,7 @@ def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
         f"{stats.EXACT_MAX_SLIDES} slides)"
     )
     n = table["n_slides"].dropna()
-    slides = f"the {int(n.max())} test slides" if len(n) else "the test slides"
+    slides = f"the {count_text(str(int(n.max())), 'test slide')}" if len(n) else "the test slides"
     kinds = {
         str(kind)
         for m in stats.METRICS

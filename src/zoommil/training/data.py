@@ -32,7 +32,7 @@ from zoommil.io.featurefile import (
     read_feature_file,
     row_peaks,
 )
-from zoommil.io.sheet import read_table
+from zoommil.io.sheet import check_label_case, read_table
 from zoommil.training.normalize import FeatureNorm
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class SlideRecord:
     slide_id: str
     label: int
     path: Path
+    #: Patches per magnification, lowest first (`drop_empty` reads them from the header).
+    patches: tuple[int, ...] = ()
 
 
 @dataclass
@@ -112,9 +114,15 @@ def resolve_classes(sheet: pd.DataFrame, classes: Sequence[str] | None, where: s
     """
     if classes is None:
         classes = sorted(set(sheet["label"]))
+        check_label_case(classes, where)
         if len(classes) < 2:
             raise ZoomMILError(f"{where}: the sheet has fewer than two labels ({classes})")
         return classes
+    if booleans := [c for c in classes if isinstance(c, bool)]:
+        raise ZoomMILError(
+            f"{where}: classes {list(classes)}: {booleans[0]} is a boolean, not a label (YAML "
+            "reads unquoted yes/no/on/off/true/false so); quote the names, e.g. ['no', 'yes']"
+        )
     unknown = sheet.loc[~sheet["label"].isin(classes)]
     if len(unknown):
         row = unknown.iloc[0]
@@ -214,7 +222,7 @@ def drop_empty(
         dims.setdefault(own.pop(), Path(record.path))
         check_same_dim(dims)
         total += sum(n * d * 4 for n, d in shapes)
-        kept.append(record)
+        kept.append(replace(record, patches=tuple(n for n, _ in shapes)))
     return kept, skipped, (next(iter(dims)) if dims else 0), total
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,11 +186,28 @@ def balanced_sampler(labels: Sequence[int], seed: int) -> WeightedRandomSampler:
 
 
 def untrained_classes(classes: Sequence[str], train_labels: Sequence[int]) -> list[str]:
-    """The classes without a training slide: the model never sees them, so it can hardly
-    predict them, and its metrics would not say why (metrics.json, the checkpoint and the
-    evaluation JSON record them; the tables note them)."""
+    """The classes without a slide in ``train_labels``: the model never sees them, so it can
+    hardly predict them, and its metrics would not say why (metrics.json, the checkpoint and
+    the evaluation JSON record them; the tables note them). Also asked of the val labels."""
     seen = set(int(label) for label in train_labels)
     return [name for c, name in enumerate(classes) if c not in seen]
+
+
+def warn_if_k_keeps_all(
+    model: nn.Module, stores: Mapping[str, BagStore], mags: Sequence[float]
+) -> None:
+    """Say how many slides have no more patches at the lowest magnification than ZoomMIL's
+    first step keeps: it keeps all of them there, so that step does not zoom (BRIGHT's
+    K = 12 at 1.25x against a biopsy's handful of 1.25x patches)."""
+    k = model._n_select(0)
+    records = [record for store in stores.values() for record in store.records]
+    few = [r.slide_id for r in records if r.patches and r.patches[0] <= k]
+    if few:
+        log.warning(
+            "%d of %d slides have at most K = %d patches at %gx, so ZoomMIL keeps all of "
+            "them at its first step (e.g. %s); a smaller first k zooms on them",
+            len(few), len(records), k, min(mags), ", ".join(few[:3]),
+        )  # fmt: skip
 
 
 def train_epoch(
@@ -223,7 +240,8 @@ def train_epoch(
 
 
 def _better(selection: str, report: dict[str, float], best: dict[str, float] | None) -> bool:
-    """Strict improvement; ties in weighted F1 go to the lower validation loss."""
+    """Strict improvement, so a tie keeps the earlier epoch; ties in weighted F1 go to the
+    lower validation loss (config/README.md, ``train.selection``)."""
     if best is None:
         return True
     if selection == "val_loss":
@@ -340,6 +358,11 @@ def _prepare(cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device)
             "%s: no usable training slide of class(es) %s: the model cannot learn them "
             "(metrics.json: untrained_classes)", cfg.sheet, ", ".join(untrained),
         )  # fmt: skip
+    if unvalidated := untrained_classes(classes, stores["val"].labels):
+        log.warning(
+            "%s: no usable val slide of class(es) %s: model selection (%s) cannot see how "
+            "the model does on them", cfg.sheet, ", ".join(unvalidated), cfg.selection,
+        )  # fmt: skip
     norm = None
     if cfg.feature_norm == "standardize":
         norm = fit_feature_norm(f for bag in stores["train"] for f in bag.feats)
@@ -352,6 +375,8 @@ def _prepare(cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device)
         method.arch, len(classes), in_dim, cfg.mags, dict(method.kwargs), run_seed=seed
     )
     model = model.to(dev)
+    if method.arch == "zoommil":
+        warn_if_k_keeps_all(model, stores, mags)
     # fused: one kernel for all parameters instead of ~10 ops per tensor; with one small bag
     # per step the per-op overhead of the default loop was ~half of a ZoomMIL step on CPU.
     optimizer = torch.optim.Adam(

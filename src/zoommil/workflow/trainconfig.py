@@ -97,6 +97,17 @@ def dump_train_config(config: Mapping[str, Any]) -> str:
 METHOD_KEYS = ("arch", "train", "mags")
 
 
+def _models_submodule(node: ast.ImportFrom) -> str | None:
+    """``x`` for ``from zoommil.models.x import ...`` and for ``from .x import ...`` in the
+    package's ``__init__``; None for any other import."""
+    module = node.module or ""
+    if node.level == 0 and module.startswith("zoommil.models."):
+        return module.rsplit(".", 1)[1]
+    if node.level == 1 and module and "." not in module:
+        return module
+    return None
+
+
 def _model_inits(models_root: str | Path) -> dict[str, ast.FunctionDef | None]:
     """arch -> the ``__init__`` of its class in the sources of `zoommil.models` (None: the
     class has none of its own), found through the package's ``_CLASSES``."""
@@ -105,9 +116,9 @@ def _model_inits(models_root: str | Path) -> dict[str, ast.FunctionDef | None]:
     module_of: dict[str, str] = {}
     classes: dict[str, str] = {}
     for node in ast.walk(package):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zoommil.models."):
+        if isinstance(node, ast.ImportFrom) and (module := _models_submodule(node)):
             for alias in node.names:
-                module_of[alias.asname or alias.name] = node.module.rsplit(".", 1)[1]
+                module_of[alias.asname or alias.name] = module
         elif isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(node.value, ast.Dict):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(getattr(target, "id", None) == "_CLASSES" for target in targets):
@@ -115,6 +126,11 @@ def _model_inits(models_root: str | Path) -> dict[str, ast.FunctionDef | None]:
                     classes[key.value] = value.id  # type: ignore[union-attr]
     inits: dict[str, ast.FunctionDef | None] = {}
     for arch, cls in classes.items():
+        if cls not in module_of:
+            raise ZoomMILError(
+                f"{root / '__init__.py'}: model '{arch}': class {cls} is not imported from a "
+                f"module of the package; import it as `from zoommil.models.<module> import {cls}`"
+            )
         tree = ast.parse((root / f"{module_of[cls]}.py").read_text(encoding="utf-8"))
         inits[arch] = next(
             (
