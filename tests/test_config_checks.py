@@ -265,6 +265,15 @@ def test_a_k_list_of_another_length_than_the_zoom_steps_fails_at_load() -> None:
         config_checks.check_config(validated(config), MODELS)
 
 
+def test_configured_classes_that_differ_only_in_case_fail_at_load() -> None:
+    """`classes: [normal, Tumor, tumor]` passed the schema (the names are distinct) and was
+    refused, if at all, as an error of the slide sheet's."""
+    config = demo()
+    config["classes"] = ["normal", "Tumor", "tumor"]
+    with pytest.raises(ZoomMILError, match="^classes: labels 'Tumor' and 'tumor' differ only"):
+        config_checks.check_config(validated(config), MODELS)
+
+
 def test_a_zoom_step_keeping_more_than_it_can_choose_from_fails_at_load() -> None:
     """k [2, 12] over 1.25x -> 2.5x -> 10x: the second step chooses among the 2 x 4 children
     of the first step's 2, so it can never keep 12; it passed, and trained as [2, 8]."""

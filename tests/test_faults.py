@@ -41,6 +41,7 @@ from zoommil.errors import ZoomMILError
 from zoommil.io import sheet as zsheet
 from zoommil.io.atomic import atomic_path, remove_stale_temps
 from zoommil.reporting import table_notes
+from zoommil.training.config import parse_config
 from zoommil.training.data import resolve_classes
 from zoommil.workflow import exclusions, qc
 from zoommil.workflow.failure import Failure, read_marker, write_marker
@@ -971,8 +972,12 @@ def test_labels_that_differ_only_in_case_are_refused_with_the_sheet(tmp_path):
         zsheet.check_splits(frame, path)
     with pytest.raises(ZoomMILError, match=message):  # zoommil train's own reading
         resolve_classes(frame, None, str(path))
+    config = {"features_dir": "f", "sheet": str(path), "mags": [10]}
+    with pytest.raises(ZoomMILError, match="train.yaml: classes: labels 'Tumor' and 'tumor'"):
+        parse_config({**config, "classes": ["normal", "Tumor", "tumor"]}, "train.yaml")
+    booleans = yaml.safe_load("classes: [no, yes]")  # YAML 1.1: booleans
     with pytest.raises(ZoomMILError, match=r"False is a boolean, not a label .*quote the names"):
-        resolve_classes(frame, yaml.safe_load("[no, yes]"), "train.yaml")
+        parse_config({**config, **booleans}, "train.yaml")
 
 
 def test_a_class_without_val_slides_is_warned_with_the_sheet(tmp_path, caplog):

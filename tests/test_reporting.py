@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -235,9 +236,9 @@ def test_model_options_follow_relative_imports_and_name_an_unfollowable_one(
     tmp_path: Path,
 ) -> None:
     """A model registered with ``from .module import Class`` (ruff allows it, `build_model`
-    works) is read like the absolute form; one whose class the reader cannot place stops
-    the workflow's load with the file, the model and the import form it reads, not a bare
-    KeyError."""
+    works), or under an alias, is read like the plain form (an alias read as no options at
+    all, so a config typo passed); one whose class the reader cannot place stops the
+    workflow's load naming the file, the model and the form it reads, not a bare KeyError."""
     import zoommil.models as models
     from zoommil.workflow import trainconfig
 
@@ -245,14 +246,25 @@ def test_model_options_follow_relative_imports_and_name_an_unfollowable_one(
     shutil.copytree(Path(models.__file__).parent, root)
     init = root / "__init__.py"
     text = init.read_text()
-    assert "from zoommil.models.abmil import ABMIL\n" in text
-    init.write_text(text.replace("from zoommil.models.abmil import", "from .abmil import"))
+    assert "from zoommil.models.abmil import ABMIL\n" in text and '"abmil": ABMIL,' in text
     expected = trainconfig.model_options(Path(models.__file__).parent)
-    assert trainconfig.model_options(root) == expected
-    init.write_text(text.replace("from zoommil.models.abmil import ABMIL\n", ""))
-    with pytest.raises(ZoomMILError, match="model 'abmil': class ABMIL is not imported .*"
-                       "`from zoommil.models.<module> import ABMIL`"):  # fmt: skip
-        trainconfig.model_options(root)
+    assert expected["abmil"][0] >= {"dropout", "in_dim"} and not expected["abmil"][1]
+    relative = text.replace("from zoommil.models.abmil import", "from .abmil import")
+    aliased = text.replace("import ABMIL\n", "import ABMIL as AttnMIL\n").replace(
+        '"abmil": ABMIL,', '"abmil": AttnMIL,'
+    )
+    for variant in (relative, aliased):
+        init.write_text(variant)
+        assert trainconfig.model_options(root) == expected
+    message = "model 'abmil': cannot find its class in the package's sources; register it as"
+    unfollowable = (
+        text.replace("from zoommil.models.abmil import ABMIL\n", ""),  # not imported
+        text.replace('"abmil": ABMIL,', '"abmil": models_abmil.ABMIL,'),  # an attribute
+    )
+    for variant in unfollowable:
+        init.write_text(variant)
+        with pytest.raises(ZoomMILError, match=re.escape(message)):
+            trainconfig.model_options(root)
 
 
 def test_train_priority_starts_the_longest_trainings_first() -> None:

@@ -114,6 +114,13 @@ def test_one_slide_left_has_no_interval_and_no_test() -> None:
     table = table_frames.comparison_table({"a": a, "b": b}, "a", {"b": "baseline"}, {}, {})
     shown = table_format.comparison_display(table, {}, [])
     assert shown.iloc[0]["p (Accuracy)"] == "n/a"
+    # the notes say why the cells have no interval (they explained only the constant case)
+    assert "Δ [n/a] without a CI: one test slide, nothing to resample" in (
+        table_notes.comparison_notes(table, [])
+    )
+    main = pd.DataFrame({"accuracy_ci_method": [stats.method_ci(a, "accuracy").kind]})
+    assert table_notes.ci_notes([], main) == ["no CI: one test slide, nothing to resample"]
+    assert "the 1 test slide both" in table_notes.comparison_notes(table, [])[0]
 
 
 def test_raw_and_holm_p_values_print_to_the_same_digits() -> None:

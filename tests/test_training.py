@@ -542,14 +542,23 @@ def test_a_first_k_keeping_every_lowest_patch_is_warned_of(
     dataset: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """BRIGHT's K = 12 at 1.25x on slides with fewer 1.25x patches kept them all: the first
-    step did not zoom, and nothing said so. Every bag here has 2 patches at 2.5x."""
-    for k, warned in ((2, True), (1, False)):
-        config = write_config(dataset, tmp_path, methods={"zoom": {"arch": "zoommil", "k": k}})
+    step did not zoom, and nothing said so. Every bag here has 2 patches at 2.5x; the
+    random_4k ablation keeps 4k, and the warning names both numbers."""
+    cases = (
+        ({"k": 2}, "at most 2 patches at 2.5x, as many as ZoomMIL's first step keeps (k = 2)"),
+        ({"k": 1, "selection": "random_4k"}, "at most 4 patches at 2.5x, as many as ZoomMIL's "
+         "first step keeps (4k = 4 with k = 1)"),
+        ({"k": 1}, None),
+    )  # fmt: skip
+    for index, (options, expected) in enumerate(cases):
+        config = write_config(dataset, tmp_path, methods={"zoom": {"arch": "zoommil", **options}})
         caplog.clear()
         with caplog.at_level("WARNING", logger="zoommil.training.trainer"):
-            assert train_cli(config, tmp_path / f"k{k}", "zoom", 0, "--epochs", "1") == 0
-        expected = "16 of 16 slides have at most K = 2 patches at 2.5x, so ZoomMIL keeps all"
-        assert (expected in caplog.text) == warned, caplog.text
+            assert train_cli(config, tmp_path / f"run{index}", "zoom", 0, "--epochs", "1") == 0
+        if expected is None:
+            assert "first step keeps" not in caplog.text, caplog.text
+        else:
+            assert f"16 of 16 slides have {expected}, so it keeps them all" in caplog.text
 
 
 def test_user_errors_are_one_line(

@@ -99,7 +99,7 @@ def validate_mags(mags: Sequence[float]) -> list[float]:
             raise ZoomMILError(
                 f"magnifications {low:g}x and {high:g}x are not power-of-two multiples of each "
                 f"other (ratio {high / low:g}); a patch at one must cover exactly 2^d x 2^d "
-                "patches at the other, e.g. --mags 2.5 5 10 or 1.25 2.5 10"
+                "patches at the other, such as 2.5x -> 5x -> 10x or 1.25x -> 2.5x -> 10x"
             )
     return values
 

@@ -363,7 +363,8 @@ def check_splits(
         )
     inferred = classes is None
     names = sorted(set(frame["label"])) if classes is None else list(classes)
-    check_label_case(names, sheet if inferred else f"{sheet}: classes")
+    if inferred:  # configured classes: the config's own check (config_checks)
+        check_label_case(names, sheet)
     if len(names) < 2:
         listed = ", ".join(map(shown, names)) or "none"
         source = f"the sheet has one label, {listed}" if inferred else f"classes: {listed}"

@@ -40,8 +40,8 @@ _CLASSES: dict[str, type[nn.Module]] = {
     "msmil": MSMIL,
     "dsmil": DSMIL,
 }
-#: The architectures, in the tables' order: the one list a new model is added to (with its
-#: class imported above as ``from zoommil.models.<module> import <Class>``).
+#: The architectures: ``_CLASSES`` is the one list a new model is added to (with its class
+#: imported above as ``from zoommil.models.<module> import <Class>``).
 MODEL_NAMES: tuple[str, ...] = tuple(_CLASSES)
 
 

@@ -62,9 +62,14 @@ def with_seeds_note(notes: Sequence[str], table: pd.DataFrame, seeds: int) -> li
     return [*notes, fewer_seeds_note(seeds)] if marked else list(notes)
 
 
+#: Why a cell has no interval with a single test slide (`stats.NO_INTERVAL`).
+ONE_SLIDE_NOTE = "one test slide, nothing to resample"
+
+
 def ci_notes(notes: Sequence[str], table: pd.DataFrame) -> list[str]:
     """``notes``, plus what `†` and `[n/a]` mean when a CI cell of ``table`` carries them
-    (`stats.method_ci`: every bootstrap resample of the test slides gave the same value)."""
+    (`stats.method_ci`: every bootstrap resample of the test slides gave the same value), and
+    why a cell has no CI at all (one test slide)."""
     kinds = {
         str(kind)
         for m in stats.METRICS
@@ -86,6 +91,8 @@ def ci_notes(notes: Sequence[str], table: pd.DataFrame) -> list[str]:
             "percentile interval would be zero-width); only accuracy at 0% or 100% has an "
             f"exact interval ({EXACT_MARK})"
         )
+    if stats.NO_INTERVAL in kinds:
+        out.append(f"no CI: {ONE_SLIDE_NOTE}")
     return out
 
 
@@ -188,6 +195,8 @@ def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
         if stats.CONSTANT in kinds
         else []
     )
+    if stats.NO_INTERVAL in kinds:
+        no_ci.append(f"Δ {NO_CI} without a CI: {ONE_SLIDE_NOTE}")
     return [
         f"Δ = reference − method in percentage points, metric averaged over the seeds both "
         f"have, on {slides} both were tested on; [95% paired-bootstrap CI: the same "

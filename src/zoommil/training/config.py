@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from zoommil.errors import ZoomMILError
+from zoommil.io.sheet import check_label_case
 from zoommil.io.yamlio import load_yaml
 from zoommil.option_values import check_method_options_not_reserved, check_option_values
 
@@ -269,7 +270,13 @@ def parse_config(data: Mapping[str, Any], where: str, strict: bool = False) -> T
     if classes is not None:
         if not isinstance(classes, list) or len(classes) < 2:
             raise ZoomMILError(f"{where}: 'classes' must be a list of at least two labels")
+        if booleans := [c for c in classes if isinstance(c, bool)]:
+            raise ZoomMILError(
+                f"{where}: classes {classes}: {booleans[0]} is a boolean, not a label (YAML reads "
+                "unquoted yes/no/on/off/true/false so); quote the names, e.g. ['no', 'yes']"
+            )
         classes = [str(c) for c in classes]
+        check_label_case(classes, f"{where}: classes")
         if len(set(classes)) != len(classes):
             raise ZoomMILError(f"{where}: 'classes' has duplicates: {classes}")
     methods = data.get("methods") or {}

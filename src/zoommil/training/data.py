@@ -118,11 +118,6 @@ def resolve_classes(sheet: pd.DataFrame, classes: Sequence[str] | None, where: s
         if len(classes) < 2:
             raise ZoomMILError(f"{where}: the sheet has fewer than two labels ({classes})")
         return classes
-    if booleans := [c for c in classes if isinstance(c, bool)]:
-        raise ZoomMILError(
-            f"{where}: classes {list(classes)}: {booleans[0]} is a boolean, not a label (YAML "
-            "reads unquoted yes/no/on/off/true/false so); quote the names, e.g. ['no', 'yes']"
-        )
     unknown = sheet.loc[~sheet["label"].isin(classes)]
     if len(unknown):
         row = unknown.iloc[0]

@@ -199,14 +199,16 @@ def warn_if_k_keeps_all(
     """Say how many slides have no more patches at the lowest magnification than ZoomMIL's
     first step keeps: it keeps all of them there, so that step does not zoom (BRIGHT's
     K = 12 at 1.25x against a biopsy's handful of 1.25x patches)."""
-    k = model._n_select(0)
+    kept = model._n_select(0)  # k, or 4k for the random_4k ablation
     records = [record for store in stores.values() for record in store.records]
-    few = [r.slide_id for r in records if r.patches and r.patches[0] <= k]
+    few = [r.slide_id for r in records if r.patches and r.patches[0] <= kept]
     if few:
+        k = model.ks[0]
+        chosen = f"k = {k}" if kept == k else f"4k = {kept} with k = {k}"
         log.warning(
-            "%d of %d slides have at most K = %d patches at %gx, so ZoomMIL keeps all of "
-            "them at its first step (e.g. %s); a smaller first k zooms on them",
-            len(few), len(records), k, min(mags), ", ".join(few[:3]),
+            "%d of %d slides have at most %d patches at %gx, as many as ZoomMIL's first step "
+            "keeps (%s), so it keeps them all (e.g. %s); a smaller first k zooms on them",
+            len(few), len(records), kept, min(mags), chosen, ", ".join(few[:3]),
         )  # fmt: skip
 
 

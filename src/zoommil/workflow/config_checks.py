@@ -20,6 +20,7 @@ import yaml
 
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import check_weights
+from zoommil.io.sheet import check_label_case
 from zoommil.option_values import check_zoom_steps
 from zoommil.recipe import DEFAULT_ENCODER, arch_mags, default_weights, format_mags
 from zoommil.training.config import TOP_KEYS, parse_config, resolve_method
@@ -165,15 +166,16 @@ def efficiency_methods(config: Mapping[str, Any]) -> list[str]:
 
 def check_config(config: Mapping[str, Any], models_root: str | Path) -> None:
     """Raise a `ZoomMILError` naming the first config key that disagrees with another:
-    a ``sheet`` in demo mode, an extra tile/features flag the workflow passes itself, weights
-    the encoder cannot load, a method option its model does not take (or a value out of
-    range), a method train config `zoommil train` would refuse, an ablation named like a main
-    method, an unknown reference, efficiency or Figure 4 method, a Figure 4 method that is not
-    ZoomMIL, ``train.seeds_in_one_job`` with other ablation seeds, or a Figure 4 seed not
-    trained."""
+    a ``sheet`` in demo mode, classes that differ only in case, an extra tile/features flag
+    the workflow passes itself, weights the encoder cannot load, a method option its model
+    does not take (or a value out of range), a method train config `zoommil train` would
+    refuse, an ablation named like a main method, an unknown reference, efficiency or
+    Figure 4 method, a Figure 4 method that is not ZoomMIL, ``train.seeds_in_one_job`` with
+    other ablation seeds, or a Figure 4 seed not trained."""
     main, ablations = main_methods(config), ablation_methods(config)
     every = {**main, **ablations}
     check_demo_sheet(config)
+    check_label_case(config.get("classes") or [], "classes")
     check_extra_flags(config)
     check_encoder_weights(config)
     # a typo in a method's options fails here, not when its training starts

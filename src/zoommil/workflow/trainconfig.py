@@ -110,34 +110,43 @@ def _models_submodule(node: ast.ImportFrom) -> str | None:
 
 def _model_inits(models_root: str | Path) -> dict[str, ast.FunctionDef | None]:
     """arch -> the ``__init__`` of its class in the sources of `zoommil.models` (None: the
-    class has none of its own), found through the package's ``_CLASSES``."""
+    class has none of its own), found through the package's ``_CLASSES``; a registration
+    this reader cannot follow is an error naming the form it reads."""
     root = Path(models_root)
-    package = ast.parse((root / "__init__.py").read_text(encoding="utf-8"))
-    module_of: dict[str, str] = {}
+    init = root / "__init__.py"
+    package = ast.parse(init.read_text(encoding="utf-8"))
+    imported: dict[str, tuple[str, str]] = {}  # local name -> (module, class name there)
     classes: dict[str, str] = {}
     for node in ast.walk(package):
         if isinstance(node, ast.ImportFrom) and (module := _models_submodule(node)):
             for alias in node.names:
-                module_of[alias.asname or alias.name] = module
+                imported[alias.asname or alias.name] = (module, alias.name)
         elif isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(node.value, ast.Dict):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(getattr(target, "id", None) == "_CLASSES" for target in targets):
                 for key, value in zip(node.value.keys, node.value.values, strict=True):
-                    classes[key.value] = value.id  # type: ignore[union-attr]
+                    arch = getattr(key, "value", None)
+                    classes[str(arch)] = value.id if isinstance(value, ast.Name) else ""
     inits: dict[str, ast.FunctionDef | None] = {}
-    for arch, cls in classes.items():
-        if cls not in module_of:
+    for arch, local in classes.items():
+        module, name = imported.get(local, ("", local))
+        source = root / f"{module}.py"
+        tree = ast.parse(source.read_text(encoding="utf-8")) if module else None
+        found = [
+            node
+            for node in (tree.body if tree else [])
+            if isinstance(node, ast.ClassDef) and node.name == name
+        ]
+        if not found:
             raise ZoomMILError(
-                f"{root / '__init__.py'}: model '{arch}': class {cls} is not imported from a "
-                f"module of the package; import it as `from zoommil.models.<module> import {cls}`"
+                f"{init}: model '{arch}': cannot find its class in the package's sources; "
+                'register it as `"name": Class` in _CLASSES with the class imported as '
+                "`from zoommil.models.<module> import Class`"
             )
-        tree = ast.parse((root / f"{module_of[cls]}.py").read_text(encoding="utf-8"))
         inits[arch] = next(
             (
                 item
-                for node in tree.body
-                if isinstance(node, ast.ClassDef) and node.name == cls
-                for item in node.body
+                for item in found[0].body
                 if isinstance(item, ast.FunctionDef) and item.name == "__init__"
             ),
             None,

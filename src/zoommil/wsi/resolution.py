@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile", "features", "predict")
 DEFAULT_MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile")
 HOW_TO_SUPPLY_MPP = (
-    "supply one with --mpp X, e.g. --mpp 0.5 for a 20x scan (it applies to every slide of "
-    "the command: give such a slide a run of its own; inspect, tissue and tile also take "
-    "--default-mpp X, used only where the metadata has none; profile and the workflow: the "
-    "sheet's mpp column, or the config's default_mpp)"
+    "supply one, e.g. 0.5 for a 20x scan: in the workflow in the sheet's mpp column (profile "
+    "reads it too), or the config's default_mpp for every slide without one; on the command line "
+    "with --mpp X (it applies to every slide of the command: give such a slide a run of its "
+    "own; inspect, tissue and tile also take --default-mpp X, used only where the metadata "
+    "has none)"
 )
 #: --mpp that differs from a plausible metadata value by more than this (relative) is warned
 #: about: predicting a cohort with --mpp for one slide without metadata silently rescaled the
