@@ -435,6 +435,32 @@ def _late_stage_records(tmp_path: Path) -> tuple[Path, list[Path], list[Path]]:
     return qc_tsv, predictions, timings
 
 
+def test_table_notes_name_the_first_excluded_slides_and_count_the_rest():
+    """At cohort size the notes named every excluded slide inline (7,861 characters for 120
+    slides, repeated in every CSV row) and every output a slide missed (27 timings)."""
+    n = 30
+    qc_table = pd.DataFrame(
+        {
+            "slide_id": [f"s{i:02d}" for i in range(n + 1)],
+            "label": "x", "split": "test",
+            "status": ["ok"] + ["failed"] * n, "stage": ["", *["tile"] * n],
+            "reason": ["", *["unreadable"] * n],
+        }
+    )  # fmt: skip
+    late = pd.DataFrame([{
+        "slide_id": "s00", "label": "x", "split": "test", "status": "failed",
+        "stage": "profile", "reason": "eof",
+        "left_out_of": ", ".join(f"m{i} timing (cpu1)" for i in range(27)),
+    }])  # fmt: skip
+    table = exclusions.exclusions_table(qc_table, [late])
+    notes = table_notes.table_notes("big", "random", qc_table, {}, "x", table)
+    excluded = next(note for note in notes if note.startswith("excluded: "))
+    assert excluded.count("(tile: unreadable)") == exclusions.NOTE_SLIDES_SHOWN == 10
+    assert "s10 (tile: unreadable); and 20 more (all, with full reasons: results/qc/" in excluded
+    (later,) = [note for note in notes if "left out later" in note]
+    assert "s00 (profile: eof; missing from m0 timing (cpu1) and 26 more outputs)" in later
+
+
 def test_late_stage_failures_are_rows_of_the_exclusions_table(tmp_path):
     qc_tsv, predictions, timings = _late_stage_records(tmp_path)
     outputs = {"table": tmp_path / "exclusions.tsv", "html": tmp_path / "exclusions.html"}

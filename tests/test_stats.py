@@ -123,6 +123,25 @@ def test_one_slide_left_has_no_interval_and_no_test() -> None:
     assert "the 1 test slide both" in table_notes.comparison_notes(table, [])[0]
 
 
+def test_a_monte_carlo_p_at_its_floor_is_shown_as_a_bound() -> None:
+    """With 40 slides (Monte Carlo) and no swap reaching the observed difference, p is the
+    floor 2/20001 and was printed as if measured, '0.0001'; it is at most that."""
+    labels = [i % 3 for i in range(40)]
+    right = preds(labels, labels, labels)
+    wrong = preds(labels, *[[(label + 1) % 3 for label in labels]] * 2)
+    result = stats.compare(right, wrong, "accuracy")
+    assert not result.exact
+    assert result.p_value == pytest.approx(2 / (stats.N_PERMUTATIONS + 1))
+    assert stats.at_monte_carlo_floor(result.p_value, result.exact)
+    assert not stats.at_monte_carlo_floor(result.p_value, True)  # an exact p is measured
+    assert not stats.at_monte_carlo_floor(3 / (stats.N_PERMUTATIONS + 1), False)
+    table = table_frames.comparison_table({"a": right, "b": wrong}, "a", {"b": "baseline"}, {}, {})
+    shown = table_format.comparison_display(table, {}, [])
+    assert shown.iloc[0]["p (Accuracy)"] == "≤ 0.0001 (Holm ≤ 0.0001)"
+    notes = table_notes.comparison_notes(table, [])
+    assert any(n.startswith("≤ p: none of the 20000 swaps reached") for n in notes), notes
+
+
 def test_raw_and_holm_p_values_print_to_the_same_digits() -> None:
     """The Holm-adjusted p was printed to 2 significant digits, the raw p to 3."""
     table = pd.DataFrame(

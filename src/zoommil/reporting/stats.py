@@ -258,6 +258,12 @@ class Comparison:
     ci_kind: str = BOOTSTRAP
 
 
+def at_monte_carlo_floor(p: float, exact: bool, n_resamples: int = N_PERMUTATIONS) -> bool:
+    """Whether a Monte Carlo p is the smallest it can be, 2 / (n_resamples + 1) two-sided (no
+    swap reached the observed difference): p is then at most that, not measured to be it."""
+    return not exact and not math.isnan(p) and p <= 2.0 / (n_resamples + 1) * (1 + 1e-9)
+
+
 def permutation_p(
     a: Predictions,
     b: Predictions,

@@ -256,12 +256,14 @@ def _difference(d: float, low: float, high: float) -> str:
 P_DIGITS = 3  # significant digits of a p-value, raw and Holm-adjusted alike
 
 
-def _p(p: float, holm: float) -> str:
+def _p(p: float, holm: float, exact: Any = True) -> str:
     """`p (Holm q)`, both to the same significant digits (Holm's had 2, so `0.375` read
-    `0.38` beside a raw `0.0625`)."""
+    `0.38` beside a raw `0.0625`); `≤ p (Holm ≤ q)` at the Monte Carlo floor, where p is a
+    bound (`stats.at_monte_carlo_floor`)."""
     if _missing(p):
         return "n/a"
-    return f"{p:.{P_DIGITS}g} (Holm {holm:.{P_DIGITS}g})"
+    bound = "≤ " if stats.at_monte_carlo_floor(float(p), bool(exact)) else ""
+    return f"{bound}{p:.{P_DIGITS}g} (Holm {bound}{holm:.{P_DIGITS}g})"
 
 
 def _ratio(value: float) -> str:
@@ -293,8 +295,10 @@ def comparison_display(
                 strict=True,
             )
         ]
+        exact = table.get(f"{metric}_p_exact", pd.Series([True] * len(table)))
         out[f"p ({header})"] = [
-            _p(p, h) for p, h in zip(table[f"{metric}_p"], table[f"{metric}_p_holm"], strict=True)
+            _p(p, h, e)
+            for p, h, e in zip(table[f"{metric}_p"], table[f"{metric}_p_holm"], exact, strict=True)
         ]
     out["TFLOPs ratio"] = [_ratio(v) for v in table["tflops_ratio"]]
     for device in devices:

@@ -139,7 +139,8 @@ def table_notes(
         for s, r, stage in zip(excluded["slide_id"], excluded["reason"], stages, strict=True)
     ]
     if reasons:
-        notes.append("excluded: " + "; ".join(reasons) + " (full reasons: results/qc/slides.tsv)")
+        listed = qc.first_of(reasons, exclusions.NOTE_SLIDES_SHOWN)
+        notes.append(f"excluded: {listed} (all, with full reasons: results/qc/slides.tsv)")
     late = exclusions.late_summary(exclusions_frame) if exclusions_frame is not None else None
     if late:
         notes.append(f"{late} (results/qc/exclusions.tsv)")
@@ -197,6 +198,16 @@ def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
     )
     if stats.NO_INTERVAL in kinds:
         no_ci.append(f"Δ {NO_CI} without a CI: {ONE_SLIDE_NOTE}")
+    floor = [
+        f"≤ p: none of the {stats.N_PERMUTATIONS} swaps reached the observed difference, so p "
+        f"is at most the Monte Carlo floor 2/{stats.N_PERMUTATIONS + 1}"
+        for metric in stats.METRICS
+        if f"{metric}_p" in table.columns
+        and any(
+            stats.at_monte_carlo_floor(float(p), bool(e))
+            for p, e in zip(table[f"{metric}_p"], table[f"{metric}_p_exact"], strict=True)
+        )
+    ][:1]
     return [
         f"Δ = reference − method in percentage points, metric averaged over the seeds both "
         f"have, on {slides} both were tested on; [95% paired-bootstrap CI: the same "
@@ -204,6 +215,7 @@ def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
         *no_ci,
         f"p: two-sided paired permutation test over slides ({how}); Holm: adjusted for the "
         "comparisons in this table",
+        *floor,
         "ratios: reference / method of the means (TFLOPs per test slide, s/slide over the "
         "timed slides; below 1: the reference needs less); point values without an interval: "
         "the spread of each mean is its ± std in the main table",

@@ -97,12 +97,26 @@ def late_summary(table: pd.DataFrame) -> str | None:
         return None
     n = late["slide_id"].nunique()
     items = [
-        f"{s} ({stage}: {reason}; missing from {where})"
+        f"{s} ({stage}: {reason}; missing from {_outputs_text(where)})"
         for s, stage, reason, where in zip(
             late["slide_id"], late["stage"], late["reason"], late["left_out_of"], strict=True
         )
     ]
-    return f"{n} evaluated slide{'s' if n > 1 else ''} left out later: " + "; ".join(items)
+    listed = qc.first_of(items, NOTE_SLIDES_SHOWN)
+    return f"{n} evaluated slide{'s' if n > 1 else ''} left out later: {listed}"
+
+
+#: Slides a table note names before '; and N more' (the rest: results/qc/exclusions.tsv).
+NOTE_SLIDES_SHOWN = 10
+
+
+def _outputs_text(where: str) -> str:
+    """'Figure 4', or for a slide every timing missed 'zoommil timing (cpu1) and 26 more
+    outputs' rather than all 27."""
+    outputs = where.split(", ")
+    if len(outputs) <= 3:
+        return where
+    return f"{outputs[0]} and {len(outputs) - 1} more outputs"
 
 
 def summary_lines(qc_table: pd.DataFrame, table: pd.DataFrame) -> list[str]:

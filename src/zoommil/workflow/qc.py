@@ -295,9 +295,16 @@ def classes_lost(sheet: pd.DataFrame, table: pd.DataFrame) -> list[str]:
 def _excluded(ids: Sequence[str], status: pd.DataFrame, shown: int) -> str:
     """'2 excluded: b (failed at tissue: truncated); c (no_tissue at tile)', the first
     ``shown`` slides named, then '; and N more'."""
-    why = "; ".join(_excluded_because(s, status.loc[s]) for s in ids[:shown] if s in status.index)
-    more = f"; and {len(ids) - shown} more" if len(ids) > shown else ""
-    return f"{len(ids)} excluded: {why}{more}"
+    named = [_excluded_because(s, status.loc[s]) for s in ids[:shown] if s in status.index]
+    return f"{len(ids)} excluded: {first_of(named, shown, len(ids))}"
+
+
+def first_of(items: Sequence[str], shown: int, total: int | None = None) -> str:
+    """The first ``shown`` of ``items`` joined by '; ', then '; and N more' (of ``total``,
+    default all of them): a note that names every one of 300 slides is unreadable."""
+    total = len(items) if total is None else total
+    more = f"; and {total - shown} more" if total > shown else ""
+    return "; ".join(items[:shown]) + more
 
 
 def _excluded_because(slide_id: str, row: pd.Series) -> str:
