@@ -140,6 +140,9 @@ def test_a_monte_carlo_p_at_its_floor_is_shown_as_a_bound() -> None:
     assert shown.iloc[0]["p (Accuracy)"] == "≤ 0.0001 (Holm ≤ 0.0001)"
     notes = table_notes.comparison_notes(table, [])
     assert any(n.startswith("≤ p: none of the 20000 swaps reached") for n in notes), notes
+    latex = table_format.to_latex(shown, "title", notes, [], "tab:c")
+    assert r"$\leq$ 0.0001 (Holm $\leq$ 0.0001)" in latex
+    assert latex.isascii(), {c for c in latex if not c.isascii()}  # pdflatex's text mode
 
 
 def test_raw_and_holm_p_values_print_to_the_same_digits() -> None:

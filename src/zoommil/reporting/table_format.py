@@ -193,6 +193,8 @@ def to_markdown(
 
 
 def _tex_escape(text: str) -> str:
+    """LaTeX's special characters escaped, and the symbols the tables and notes use (±, Δ, †,
+    −, ≤, ->) as math, which pdflatex's text mode cannot typeset."""
     replacements = {
         "\\": r"\textbackslash{}",
         "&": r"\&",
@@ -203,6 +205,7 @@ def _tex_escape(text: str) -> str:
         "Δ": r"$\Delta$",
         EXACT_MARK: r"$^\dagger$",
         "−": "$-$",
+        "≤": r"$\leq$",
     }
     text = "".join(replacements.get(c, c) for c in str(text))
     return text.replace("±", r"$\pm$").replace("->", r"$\rightarrow$")
