@@ -103,6 +103,36 @@ def test_ci_is_the_95_percent_percentile_interval_of_an_asymmetric_case() -> Non
     assert (interval.low, interval.high) == pytest.approx((low, high), abs=1e-12)
 
 
+@pytest.mark.parametrize(("n_seeds", "n_classes", "n_slides"), [(1, 2, 1), (3, 3, 40), (5, 6, 17)])
+def test_seed_mean_metric_from_slide_counts_equals_the_gathered_metric(
+    n_seeds: int, n_classes: int, n_slides: int
+) -> None:
+    """The counts-based seed mean (one matrix product per resample batch) must give exactly,
+    bit for bit, the metric computed on every seed's gathered predictions, so that the
+    tables' numbers do not move with the faster path."""
+    rng = np.random.default_rng(n_slides)
+    pred = stats.Predictions(
+        tuple(f"s{i}" for i in range(n_slides)),
+        tuple(range(n_seeds)),
+        rng.integers(0, n_classes, n_slides),
+        rng.integers(0, n_classes, (n_seeds, n_slides)),
+        n_classes,
+    )
+    for idx in (
+        np.arange(n_slides),
+        rng.integers(0, n_slides, (64, n_slides)),
+        rng.integers(0, n_slides, (2, 5, n_slides)),
+    ):
+        gathered_labels, gathered = pred.labels[idx][None], pred.preds[:, idx]
+        expected = {
+            "accuracy": stats.accuracy(gathered_labels, gathered).mean(axis=0),
+            "weighted_f1": stats.weighted_f1(gathered_labels, gathered, n_classes).mean(axis=0),
+        }
+        for metric, value in expected.items():
+            got = stats.seed_mean_metric(pred, metric, idx)
+            assert got.shape == idx.shape[:-1] and np.array_equal(got, value), metric
+
+
 def test_one_slide_left_has_no_interval_and_no_test() -> None:
     # the other test slides excluded upstream: scipy's permutation test refuses one sample,
     # and a zero-width "interval" would claim certainty; both are NaN, shown as n/a

@@ -134,11 +134,46 @@ def metric_fn(name: str, n_classes: int) -> Callable[[np.ndarray, np.ndarray], n
 
 def seed_mean_metric(pred: Predictions, metric: str, idx: np.ndarray) -> np.ndarray:
     """The metric on the slide sets ``idx`` [..., k] (indices into pred.slides), averaged over
-    the seeds: one value per slide set."""
-    fn = metric_fn(metric, pred.n_classes)
-    labels = pred.labels[idx]  # [..., k]
-    preds = pred.preds[:, idx]  # [S, ..., k]
-    return fn(labels[None], preds).mean(axis=0)
+    the seeds: one value per slide set.
+
+    Both metrics are functions of confusion counts, so a slide set enters only through how
+    often it draws each slide: a [sets, slides] count matrix times per-slide indicators, one
+    matrix product, where gathering every seed's predictions for every set took most of
+    Table 3's time (53 s at 266 test slides). The counts are exact in float64, so the values
+    are those of `accuracy` and `weighted_f1` on the gathered arrays, bit for bit."""
+    idx = np.asarray(idx)
+    lead, k = idx.shape[:-1], idx.shape[-1]
+    counts = slide_counts(idx.reshape(-1, k), len(pred.slides))  # [B, n]
+    if metric == "accuracy":
+        correct = (pred.preds == pred.labels[None]).astype(np.float64)  # [S, n]
+        values = (correct @ counts.T) / k  # [S, B]
+    elif metric == "weighted_f1":
+        values = _weighted_f1_from_counts(pred, counts, k)
+    else:
+        raise ValueError(f"unknown metric {metric!r} (use {', '.join(METRICS)})")
+    return values.mean(axis=0).reshape(lead)
+
+
+def slide_counts(idx: np.ndarray, n_slides: int) -> np.ndarray:
+    """How often each of ``n_slides`` slides is drawn in each row of ``idx`` [B, k]: [B, n]."""
+    rows = idx.shape[0]
+    flat = (idx + n_slides * np.arange(rows)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=rows * n_slides)
+    return counts.reshape(rows, n_slides).astype(np.float64)
+
+
+def _weighted_f1_from_counts(pred: Predictions, counts: np.ndarray, k: int) -> np.ndarray:
+    """`weighted_f1` per seed and slide set, [S, B], from the slide counts [B, n]."""
+    is_true = pred.labels[None, :] == np.arange(pred.n_classes)[:, None]  # [C, n]
+    total = np.zeros((pred.preds.shape[0], counts.shape[0]))
+    for c in range(pred.n_classes):
+        is_pred = (pred.preds == c).astype(np.float64)  # [S, n]
+        support = (is_true[c].astype(np.float64) @ counts.T)[None]  # [1, B]
+        tp = (is_pred * is_true[c]) @ counts.T  # [S, B]
+        denominator = support + is_pred @ counts.T
+        f1 = np.divide(2.0 * tp, denominator, out=np.zeros(total.shape), where=denominator > 0)
+        total += support * f1
+    return total / k
 
 
 # --- intervals and tests -------------------------------------------------------------------
