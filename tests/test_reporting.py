@@ -938,3 +938,20 @@ def test_attention_overlay_paints_the_lowest_magnification() -> None:
         colour = (np.array(attention.colormaps["inferno"](value)[:3]) * 255.0).astype(np.uint8)
         assert (pixel == colour).all()
     assert (image[40:, :] == 255).all()  # no attention outside the two patches
+
+
+def test_tables_scale_benchmark_runs_on_inputs_the_tables_accept(tmp_path: Path) -> None:
+    """benchmarks/tables_scale.py at toy size: its fabricated evaluation JSONs pass the
+    tables' checks (scalars equal to their predictions), one row per size with a time and
+    a peak RSS per run."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tables_scale.py"
+    spec = importlib.util.spec_from_file_location("tables_scale", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--test-slides", "6", "--seeds", "2", "--repeats", "1", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "tables_scale.json").read_text())["rows"]
+    assert [(r["test_slides"], len(r["seconds"])) for r in rows] == [(6, 1)]
+    assert rows[0]["seconds"][0] > 0 and rows[0]["peak_rss_mb"][0] > 50
+    assert "| 6 | " in (tmp_path / "tables_scale.md").read_text()
