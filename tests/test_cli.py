@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from zoommil.cli import COMMANDS, build_parser
+from zoommil.cli import COMMANDS, build_parser, main
 from zoommil.wsi import resolution as zresolution
 
 
@@ -212,7 +212,7 @@ def test_the_mpp_hint_names_only_flags_each_command_has():
     """A slide without mpp says how to supply one: `zoommil predict` said '--default-mpp X',
     which predict does not take (argparse refused it)."""
     hint = zresolution.HOW_TO_SUPPLY_MPP
-    subparsers = build_parser()._subparsers._group_actions[0].choices
+    subparsers = build_parser().get_default("command_parsers")
     for command in zresolution.MPP_FLAG_COMMANDS:
         flags = set(subparsers[command]._option_string_actions)
         assert "--mpp" in flags, command
@@ -237,7 +237,7 @@ def _one_error_line(capsys, command: str) -> str:
         (["tile", "{slide}", "--mags", "5", "--out", "{slide}"], "slide"),
         (["inspect", "{slide}", "--out", "{slide}"], "slide"),
         (["tissue", "{slide}", "--out", "{slide}"], "slide"),
-        (["tissue", "{slide}", "--out", "m.png", "--overlay", "{slide}"], "slide"),
+        (["tissue", "{slide}", "--out", "{slide}"], "slide"),
         (["tile", "{slide}", "--mags", "5", "--out", "{other}", "--tissue-mask", "{other}"],
          "tissue mask"),
         (["features", "{slide}", "--coords", "{other}", "--out", "{other}"], "coords file"),
@@ -274,6 +274,23 @@ def test_an_output_that_names_an_input_is_refused(make_slide, tmp_path, capsys, 
     assert f"is the {what} {named}: refusing to overwrite an input" in line
     assert {p: p.read_bytes() for p in (slide, other)} == before
     assert not (tmp_path / "m.png").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "flops"])
+def test_an_output_that_names_a_feature_file_read_is_refused(tmp_path, capsys, command):
+    """`zoommil flops --features-dir F --out F/demo_003.h5` replaced the feature file it had
+    just read with its JSON: only the folder was an argument, so no input named the file."""
+    from zoommil.cli import main
+
+    features = tmp_path / "features"
+    features.mkdir()
+    feature_file = features / "demo_003.h5"
+    feature_file.write_bytes(b"features")
+    argv = [command, "--checkpoint", str(tmp_path / "c.pt"), "--features-dir", str(features)]
+    assert main([*argv, "--out", str(feature_file)]) == 2
+    line = _one_error_line(capsys, command)
+    assert f"is the feature file {feature_file}: refusing to overwrite an input" in line
+    assert feature_file.read_bytes() == b"features"
 
 
 def test_a_link_to_an_input_is_the_input(make_slide, tmp_path, capsys):
@@ -372,3 +389,21 @@ def test_a_worker_process_logs_like_the_command(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == ["WARNING zoommil.x: in a worker"]
+
+
+def test_a_flag_the_command_does_not_take_is_the_command_s_error(capsys) -> None:
+    """A mistyped flag showed the top-level usage (`zoommil [-h] [--version] [-v] COMMAND`),
+    none of the command's own flags; `-v` after the command did the same."""
+    for argv, shown in (
+        (
+            ["tile", "s.svs", "--mags", "2.5", "--out", "c.h5", "--pach-size", "128"],
+            "--pach-size 128",
+        ),
+        (["inspect", "s.svs", "-v"], "-v (-v and --version go before the command)"),
+    ):
+        with pytest.raises(SystemExit) as usage:
+            main(argv)
+        assert usage.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"usage: zoommil {argv[0]} ") and "--no-fail" in err, err
+        assert f"zoommil {argv[0]}: error: unrecognized arguments: {shown}" in err

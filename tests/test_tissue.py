@@ -351,6 +351,10 @@ def test_tissue_cli_writes_mask_and_overlay(synthetic_slide, tmp_path):
     args = ["tissue", str(synthetic_slide), "--out", str(out), "--overlay", str(custom)]
     assert main([*args, "--param", "sigma=5"]) == 0
     assert custom.exists()
+    # another suffix was written as a PNG whatever its name; now refused, naming the three
+    with pytest.raises(SystemExit) as usage:
+        main([*args[:-1], str(tmp_path / "qc.tif")])
+    assert usage.value.code == 2 and not (tmp_path / "qc.tif").exists()
 
 
 def test_tissue_cli_empty_mask_is_a_result(make_slide, tmp_path, caplog):

@@ -132,6 +132,21 @@ def test_a_stopped_run_leaves_no_earlier_run_s_outputs(dataset, tmp_path, monkey
     assert [path.name for path in stale if path.exists()] == []
 
 
+def test_a_run_refused_for_its_inputs_keeps_the_earlier_run_s_outputs(dataset, tmp_path) -> None:
+    """The earlier run's files were removed before the sheet and features were read: a typo
+    in --sheet (or --features-dir) wiped a finished model and then failed."""
+    out = tmp_path / "run"
+    out.mkdir()
+    kept = [out / "checkpoint.pt", out / "metrics.json", out / "log.csv", tmp_path / "e.json"]
+    for path in kept:
+        path.write_text("a finished run's")
+    eval_out = str(tmp_path / "e.json")
+    for typo in (["--sheet", str(tmp_path / "nowhere.tsv")], ["--features-dir", "nowhere"]):
+        argv = ["--eval-out", eval_out, *typo]
+        assert train_cli(dataset["config"], out, "abmil_small", 0, *argv) == 2
+        assert [path.read_text() for path in kept] == ["a finished run's"] * 4
+
+
 def test_train_writes_checkpoint_log_and_metrics(trained: Path) -> None:
     rows = read_log(trained / "log.csv")
     assert tuple(rows[0]) == LOG_COLUMNS

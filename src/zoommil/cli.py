@@ -59,7 +59,26 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in commands:
         importlib.import_module(f"zoommil.commands.{name}").add_parser(subparsers)
+    parser.set_defaults(command_parsers=subparsers.choices)  # for `parse_command_line`
     return parser
+
+
+def parse_command_line(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> argparse.Namespace:
+    """``parser.parse_args``, but a flag the command does not take is the command's error,
+    with the command's usage line (the top-level parser's showed `zoommil [-h] ... COMMAND`,
+    none of the flags the user had mistyped one of); exit 2 either way."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = args.command_parsers[args.command]
+        hint = (
+            " (-v and --version go before the command)"
+            if {"-v", "--verbose"} & set(unknown)
+            else ""
+        )
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
 
 
 def _outputs(args: argparse.Namespace) -> list[Path]:
@@ -166,7 +185,7 @@ def named_command(argv: Sequence[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     command = named_command(sys.argv[1:] if argv is None else argv)
     parser = build_parser((command,) if command else COMMANDS)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=LOG_FORMAT,
@@ -196,7 +215,9 @@ def _remove_empty(folders: Sequence[Path]) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    """Run a parsed command: user errors are one line and exit 2, a slide error may exclude."""
+    """Run a parsed command: user errors are one line and exit 2, a slide error may exclude
+    (``--no-fail``) or exit with the command's ``slide_error_exit`` (predict: 1, as for a
+    slide of several that is not classified)."""
     created: list[Path] = []  # output folders made by this run: removed again on a user error
     try:
         outputs = _outputs(args)
@@ -210,9 +231,14 @@ def _main(args: argparse.Namespace) -> int:
             log_usage(args.command, started)
         except SlideError as error:
             code = _exclude(args, error)
+            if code is not None:
+                return code
+            code = getattr(args, "slide_error_exit", None)  # a command's own documented code
             if code is None:
                 raise
-            return code
+            _remove_empty(created)
+            print(f"zoommil {args.command}: error: {error}", file=sys.stderr)
+            return int(code)
     except ZoomMILError as error:
         _remove_empty(created)
         print(f"zoommil {args.command}: error: {error}", file=sys.stderr)

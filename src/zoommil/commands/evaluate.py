@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from zoommil.commands.options import add_device, add_threads
+from zoommil.io.clobber import folder_inputs
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
-    return [("checkpoint", args.checkpoint), ("sheet", args.sheet), ("QC table", args.exclude)]
+    features = folder_inputs("feature file", args.features_dir)
+    return [
+        ("checkpoint", args.checkpoint),
+        ("sheet", args.sheet),
+        ("QC table", args.exclude),
+        *features,
+    ]
 
 
 def run(args: argparse.Namespace) -> int:

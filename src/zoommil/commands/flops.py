@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from zoommil.commands.options import add_no_progress, check_one_per, show_progress
+from zoommil.io.clobber import folder_inputs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
-    return [("checkpoint", c) for c in args.checkpoint] + [("sheet", args.sheet)]
+    features = folder_inputs("feature file", args.features_dir)
+    return [("checkpoint", c) for c in args.checkpoint] + [("sheet", args.sheet)] + features
 
 
 def run(args: argparse.Namespace) -> int:

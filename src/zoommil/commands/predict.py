@@ -133,6 +133,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.set_defaults(func=run, outputs=_outputs, inputs=_inputs, stage="predict")
+    parser.set_defaults(slide_error_exit=1)  # one slide not classified: 1, as for several
     # Ctrl-C: what to do next (outputs are written atomically, so the finished ones are whole)
     parser.set_defaults(
         interrupted_hint="the same command with --resume keeps the slides already classified"

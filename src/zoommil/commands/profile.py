@@ -70,7 +70,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--warmup",
         type=int,
         default=0,
-        help="untimed warm-up slides (default 0; the encoder always runs one untimed batch)",
+        help="untimed warm-up passes over the split's first N slides (at most all of them; "
+        "they are timed afterwards like the others), default 0; the encoder always runs one "
+        "untimed batch",
     )
     add_precision(parser, None)
     parser.add_argument(

@@ -10,6 +10,7 @@ from zoommil.commands.options import add_no_fail
 from zoommil.recipe import TISSUE_METHODS, default
 from zoommil.wsi.tissue import (
     DEFAULT_PARAMS,
+    OVERLAY_FORMATS,
     default_overlay_path,
     mask_metadata,
     parse_param_args,
@@ -51,9 +52,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--overlay",
-        type=Path,
+        type=overlay_path,
         default=None,
-        help="QC overlay image (default: MASK.overlay.jpg next to the mask)",
+        help="QC overlay image, .png, .jpg or .jpeg (default: MASK.overlay.jpg next to the mask)",
     )
     parser.add_argument("--mpp", type=float, default=None, help="level-0 um/px override")
     parser.add_argument(
@@ -63,6 +64,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(
         func=run, outputs=_outputs, inputs=lambda a: [("slide", a.slide)], stage="tissue"
     )
+
+
+def overlay_path(value: str) -> Path:
+    """``--overlay``: a name whose suffix says a format `save_overlay` writes."""
+    path = Path(value)
+    if path.suffix.lower() not in OVERLAY_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{value}: the overlay is written as {', '.join(OVERLAY_FORMATS)}; name it so"
+        )
+    return path
 
 
 def _outputs(args: argparse.Namespace) -> list[Path]:

@@ -135,10 +135,9 @@ def train_one(
     """Train and (with --eval-out) evaluate one seed."""
     from zoommil.training import train
 
-    # A run killed mid-way rewrites log.csv every epoch: without this, the folder would hold
-    # its log beside an earlier run's checkpoint and metrics, and look finished.
-    for stale in [out / name for name in OUTPUT_FILES] + ([Path(eval_out)] if eval_out else []):
-        stale.unlink(missing_ok=True)
+    # A run killed mid-way rewrites log.csv every epoch: the earlier run's files go once the
+    # data has loaded, so that the folder cannot hold a new log beside an old checkpoint.
+    stale = [out / name for name in OUTPUT_FILES] + ([Path(eval_out)] if eval_out else [])
     metrics = train(
         config,
         method,
@@ -148,6 +147,7 @@ def train_one(
         threads=args.threads or None,
         epochs=args.epochs,
         progress=show_progress(args),
+        stale=stale,
     )
     if eval_out:
         from zoommil.io.jsonio import write_json

@@ -35,6 +35,17 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return _resolved(a) == _resolved(b)
 
 
+def folder_inputs(
+    what: str, folder: str | Path | None, pattern: str = "*.h5"
+) -> list[tuple[str, Path]]:
+    """The ``pattern`` files of a folder a command reads, as ``(what, path)`` inputs for
+    `check_distinct`: `zoommil flops --out FEATURES/x.h5` replaced a feature file it had
+    just read, since only the folder was an argument."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    return [(what, path) for path in sorted(Path(folder).glob(pattern))]
+
+
 def check_distinct(outputs: Sequence[Path], inputs: Iterable[tuple[str, Path]]) -> None:
     """Raise a one-line `ZoomMILError` when an output names an input (``(what, path)``
     pairs, e.g. ``("slide", S)``) or an earlier output."""

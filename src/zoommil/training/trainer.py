@@ -320,14 +320,18 @@ def train(
     threads: int | None = 1,
     epochs: int | None = None,
     progress: bool = True,
+    stale: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Train ``method`` with ``seed``; writes checkpoint.pt, log.csv and metrics.json.
 
-    Returns the content of metrics.json.
+    ``stale``: an earlier run's files to remove once the data has loaded, before the first
+    epoch writes log.csv (a killed run must not leave its log beside an older checkpoint and
+    look finished; removing them before the sheet and features were read lost a finished
+    run to a typo in --sheet). Returns the content of metrics.json.
     """
     dev = resolve_device(device)
     with deterministic(seed, threads, dev):
-        return _train(config, method, seed, Path(out_dir), dev, epochs, progress)
+        return _train(config, method, seed, Path(out_dir), dev, epochs, progress, stale)
 
 
 @dataclass
@@ -489,6 +493,7 @@ def _train(
     dev: torch.device,
     epochs: int | None,
     progress: bool,
+    stale: Sequence[Path] = (),
 ) -> dict[str, Any]:
     started = time.perf_counter()
     cfg = apply_overrides(config, method)
@@ -501,6 +506,8 @@ def _train(
     except ZoomMILError as error:
         raise ZoomMILError(f"{method_label(cfg.source, method.name)}: {error}") from None
     run = _prepare(cfg, method, seed, dev)
+    for path in stale:
+        Path(path).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     best_state, best_epoch, epochs_run = _fit(
         run, method.name, n_epochs, seed, dev, out_dir / "log.csv", progress

@@ -245,9 +245,7 @@ def _command_actions(command: str) -> list[argparse.Action]:
     it at every start)."""
     from zoommil.cli import build_parser
 
-    parser = build_parser((command,))
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[command]._actions
+    return build_parser((command,)).get_default("command_parsers")[command]._actions
 
 
 def command_flags(command: str) -> list[str]:

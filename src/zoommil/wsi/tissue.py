@@ -492,11 +492,16 @@ def overlay_image(thumb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+#: The overlay's image formats by suffix (`save_overlay`; `zoommil tissue --overlay` refuses
+#: any other, which was written as a PNG whatever its name).
+OVERLAY_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
 def save_overlay(path: str | Path, thumb: np.ndarray, mask: np.ndarray) -> Path:
-    """Write the QC overlay (PNG or JPEG by suffix)."""
+    """Write the QC overlay (PNG or JPEG by suffix, `OVERLAY_FORMATS`)."""
     path = Path(path)
     image = Image.fromarray(overlay_image(thumb, mask))
-    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    fmt = OVERLAY_FORMATS.get(path.suffix.lower(), "PNG")
     _atomic_save(image, path, format=fmt)
     return path
 
