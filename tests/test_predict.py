@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -1083,3 +1086,20 @@ def test_a_relative_weights_path_is_found_from_another_folder(
     _weights_file(weights, seed=2)  # replaced since training
     assert main([*argv, "--json", "q.json"]) == 2
     assert str(weights) in _error_line(capsys.readouterr().err, "sha256")
+
+
+def test_zoom_speedup_benchmark_runs_on_demo_slides(tmp_path):
+    """benchmarks/zoom_speedup.py crashed right after writing its demo slides (it indexed
+    each path string by "path"); at toy size it writes one row per slide and the table."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "zoom_speedup.py"
+    argv = ["--demo-slides", "1", "--demo-scale", "0.5", "--threads", "1", "--no-cmu"]
+    done = subprocess.run(
+        [sys.executable, str(script), *argv, "--out", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (case,) = json.loads((tmp_path / "zoom_speedup.json").read_text())["cases"]
+    (row,) = case["slides"]
+    assert row["abmil_patches"] > row["zoommil_patches"] > 0 and row["zoommil_seconds"] > 0
+    assert "| demo (K=4, mags [5.0, 10.0]) | 1 |" in (tmp_path / "zoom_speedup.md").read_text()

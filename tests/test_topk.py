@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,3 +142,21 @@ def test_invalid_arguments():
         PerturbedTopK(0)
     with pytest.raises(ValueError, match="scores"):
         PerturbedTopK(3)(torch.randn(4))
+
+
+def test_topk_gradient_benchmark_reports_both_backwards(tmp_path):
+    """benchmarks/topk_gradient.py at toy size: per draw, each backward's cosine to the
+    finite difference, and the table of medians and ranges the README quotes."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "topk_gradient.py"
+    spec = importlib.util.spec_from_file_location("topk_gradient", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--draws", "2", "--samples", "5000"]  # N = 64, K = 12: the README's setting
+    bench.main([*argv, "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "topk_gradient.json").read_text())["rows"]
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert all(r["exact"] > 0.9 and -1 <= r["diagonal"] <= 1 for r in rows), rows
+    assert "| exact | " in (tmp_path / "topk_gradient.md").read_text()
