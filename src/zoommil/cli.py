@@ -231,18 +231,15 @@ def _main(args: argparse.Namespace) -> int:
             log_usage(args.command, started)
         except SlideError as error:
             code = _exclude(args, error)
-            if code is not None:
-                return code
-            code = getattr(args, "slide_error_exit", None)  # a command's own documented code
             if code is None:
                 raise
-            _remove_empty(created)
-            print(f"zoommil {args.command}: error: {error}", file=sys.stderr)
-            return int(code)
+            return code
     except ZoomMILError as error:
         _remove_empty(created)
         print(f"zoommil {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        # a slide that could not be processed: the command's own documented code, if any
+        slide_code = getattr(args, "slide_error_exit", None)
+        return int(slide_code) if isinstance(error, SlideError) and slide_code else 2
     except OSError as error:
         # An output or input fault the command did not anticipate: still one line.
         _remove_empty(created)
