@@ -100,6 +100,16 @@ def _dynamic_import(node: ast.Call, tables: dict[str, set[str]], where: str) -> 
     )
 
 
+def imported_from(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute name of the module a ``from ... import`` statement of ``module`` imports
+    from (relative ones: from the module's package upwards)."""
+    if not node.level:
+        return node.module or ""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    package = package[: len(package) - (node.level - 1)]
+    return ".".join(package + ([node.module] if node.module else []))
+
+
 def _imported_names(tree: ast.Module, module: str, is_package: bool) -> set[str]:
     """Every module name an ``import``/``from`` statement or an ``import_module`` call of
     ``tree`` may load (absolute; ``"pkg.*"``: any module of ``pkg``)."""
@@ -111,12 +121,7 @@ def _imported_names(tree: ast.Module, module: str, is_package: bool) -> set[str]
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from the module's package upwards
-                package = module.split(".") if is_package else module.split(".")[:-1]
-                package = package[: len(package) - (node.level - 1)]
-                base = ".".join(package + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
+            base = imported_from(node, module, is_package)
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)  # submodules
     return {n for n in names if n == PACKAGE or n.startswith(PACKAGE + ".")}

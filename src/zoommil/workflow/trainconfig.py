@@ -23,6 +23,10 @@ from zoommil.option_values import (
     check_method_options_not_reserved,
     check_option_values,
 )
+from zoommil.workflow.codehash import imported_from
+
+#: The package whose ``__init__`` registers the models (``_CLASSES``).
+MODELS_PACKAGE = "zoommil.models"
 
 #: Relative wall time of one training run per architecture: the demo's train jobs (run 18, three
 #: seeds of 40 epochs on a 2-core AMD EPYC) in tens of seconds. Only the order matters.
@@ -100,12 +104,8 @@ METHOD_KEYS = ("arch", "train", "mags")
 def _models_submodule(node: ast.ImportFrom) -> str | None:
     """``x`` for ``from zoommil.models.x import ...`` and for ``from .x import ...`` in the
     package's ``__init__``; None for any other import."""
-    module = node.module or ""
-    if node.level == 0 and module.startswith("zoommil.models."):
-        return module.rsplit(".", 1)[1]
-    if node.level == 1 and module and "." not in module:
-        return module
-    return None
+    package, _, module = imported_from(node, MODELS_PACKAGE, is_package=True).rpartition(".")
+    return module if package == MODELS_PACKAGE else None
 
 
 def _model_inits(models_root: str | Path) -> dict[str, ast.FunctionDef | None]:
