@@ -92,7 +92,7 @@ def test_profile_rejects_bad_thread_counts(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
     argv = ["profile", "--checkpoint", str(ckpt), "--threads", "0", "--out", str(tmp_path / "x")]
     assert main(argv) == 2
-    assert "--threads" in capsys.readouterr().err
+    assert "argument --threads: must be a number >= 1 or 'all', got '0'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -480,6 +480,21 @@ def test_missing_coords_and_bad_weights(tiny, tmp_path, capsys):
     )
 
 
+def test_a_seed_given_with_other_weights_is_said_to_be_ignored(tiny, tmp_path, caplog):
+    """`--seed 3 --weights FILE` silently encoded with the file's weights; the seed only
+    seeds --weights random, so a changed one with other weights gets a warning."""
+    weights = tmp_path / "w.pth"
+    weights.write_text("junk")  # fails right after the warning: no encoder is loaded
+    argv = ["features", str(tiny["slide"]), "--coords", str(tiny["coords"]),
+            "--out", str(tmp_path / "f.h5"), "--weights", str(weights)]  # fmt: skip
+    assert main([*argv, "--seed", "3"]) == 2
+    said = "--seed 3 is ignored: it seeds --weights random only, and the weights are"
+    assert f"{said} {weights}" in caplog.text
+    caplog.clear()
+    assert main(argv) == 2
+    assert "is ignored" not in caplog.text
+
+
 def test_non_finite_features_are_refused_naming_the_slide(tiny, tmp_path, capsys, monkeypatch):
     """NaN features passed QC and then stopped training for every method: the writer refuses
     them, one line naming the slide and magnification, or with --no-fail a marker at features."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 
@@ -428,3 +429,21 @@ def test_an_overlay_or_photo_is_not_a_mask(synthetic_slide, tmp_path, capsys):
     # the mask written next to the overlay is one
     assert main(["tile", str(synthetic_slide), "--mags", "5", "--out", str(tmp_path / "c.h5"),
                  "--tissue-mask", str(mask)]) == 0  # fmt: skip
+
+
+def test_a_tissue_method_given_with_a_mask_is_said_to_be_ignored(synthetic_slide, tmp_path, caplog):
+    """`tile --tissue-mask M --tissue-method otsu` silently kept M's method; the coords file
+    records the mask's, and a warning says the flag was not used."""
+    mask = tmp_path / "m.png"
+    assert main(["tissue", str(synthetic_slide), "--out", str(mask)]) == 0
+    out = tmp_path / "c.h5"
+    argv = ["tile", str(synthetic_slide), "--mags", "5", "--out", str(out)]
+    argv += ["--tissue-mask", str(mask)]
+    caplog.clear()
+    assert main([*argv, "--tissue-method", "otsu"]) == 0
+    assert "--tissue-method otsu is ignored with --tissue-mask" in caplog.text
+    with h5py.File(out) as f:
+        assert f.attrs["tissue_method"] == "gaussian"
+    caplog.clear()
+    assert main(argv) == 0
+    assert "is ignored" not in caplog.text

@@ -77,7 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--seed",
         type=int,
         default=default("weights_seed"),
-        help=f"seed of --weights random (default {default('weights_seed')})",
+        help=f"seed of --weights random (default {default('weights_seed')}); other weights "
+        "ignore it, with a warning when it is not the default",
     )
     parser.add_argument(
         "--mpp",
@@ -122,12 +123,20 @@ def run(args: argparse.Namespace) -> int:
 
     check_seed(args.seed)
     check_input(args.coords, args.slide)
+    weights = args.weights or default_weights(args.encoder)
+    if weights != "random" and args.seed != default("weights_seed"):
+        log.warning(
+            "%s: --seed %d is ignored: it seeds --weights random only, and the weights are %s",
+            args.slide,
+            args.seed,
+            weights,
+        )
 
     result = extract_features(
         args.slide,
         args.coords,
         args.out,
-        weights=args.weights or default_weights(args.encoder),
+        weights=weights,
         seed=args.seed,
         encoder_name=args.encoder,
         mpp=args.mpp,

@@ -30,6 +30,15 @@ def threads_value(value: str) -> int:
     return threads
 
 
+def timing_threads_value(value: str) -> int:
+    """``--threads`` of a timing: a number >= 1 or ``all`` (0, torch's default, would time
+    a thread count the record could not state)."""
+    threads = threads_value(value)
+    if threads < 1:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1 or 'all', got {value!r}")
+    return threads
+
+
 def add_threads(parser: argparse.ArgumentParser, default: int = 0, why: str = "") -> None:
     """``--threads T`` (0: torch's default; ``all``: every core). Commands pass
     ``args.threads or None`` on."""

@@ -11,7 +11,7 @@ from zoommil.commands.options import (
     add_precision,
     check_one_per,
     show_progress,
-    threads_value,
+    timing_threads_value,
     weights_file,
 )
 
@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_device(parser)
     parser.add_argument(
         "--threads",
-        type=threads_value,
+        type=timing_threads_value,
         default=1,
         metavar="T",
         help="CPU cores: N (or 'all') single-threaded processes over the slides (default 1); "

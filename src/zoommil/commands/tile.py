@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from zoommil.commands.options import add_no_fail
 from zoommil.recipe import NO_TISSUE_POLICIES, TISSUE_METHODS, PreprocessingRecipe, default, mag_key
 from zoommil.wsi.tissue import parse_param_args
+
+log = logging.getLogger("zoommil.wsi.tiling")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -53,8 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tissue-method",
         choices=TISSUE_METHODS,
-        default=default("tissue_method"),
-        help=f"tissue detector when no mask is given (default {default('tissue_method')})",
+        default=None,
+        help=f"tissue detector when no mask is given (default {default('tissue_method')}); "
+        "with --tissue-mask the mask's own method counts and this one is ignored, with a warning",
     )
     parser.add_argument(
         "--tissue-param",
@@ -97,10 +101,17 @@ def run(args: argparse.Namespace) -> int:
     from zoommil.wsi.tiling import tile_slide
 
     check_input(args.tissue_mask, args.slide)
+    if args.tissue_mask is not None and args.tissue_method is not None:
+        log.warning(
+            "%s: --tissue-method %s is ignored with --tissue-mask (the mask's own method, "
+            "recorded in the coords file, counts)",
+            args.slide,
+            args.tissue_method,
+        )
     recipe = PreprocessingRecipe(
         mags=args.mags,
         patch_size=args.patch_size,
-        tissue_method=args.tissue_method,
+        tissue_method=args.tissue_method or default("tissue_method"),
         tissue_params=parse_param_args(args.tissue_param),
         tissue_threshold=args.tissue_threshold,
         no_tissue=args.no_tissue,
