@@ -15,7 +15,7 @@ from zoommil.errors import ZoomMILError
 from zoommil.models import MODEL_NAMES, build_model, default_mags
 from zoommil.models.clam import CLAMSB, clam_instance_indices, smooth_top1_svm
 from zoommil.models.dsmil import DSMIL, concat_parent_features
-from zoommil.models.msmil import _AdaptiveGradReverse
+from zoommil.models.msmil import MSMIL, _AdaptiveGradReverse
 from zoommil.models.nystrom import NystromAttention, iterative_pinv
 from zoommil.models.sparseconvmil import SparseConvMIL, augmented_cells, grid_cells
 from zoommil.models.transmil import PPEG, TransMIL
@@ -174,6 +174,35 @@ def test_output_shape_and_single_patch_bag(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_inputs_from_a_notebook_are_taken_or_refused_in_one_line(name):
+    """NumPy arrays and [N, D] tensors are bags like [1, N, D] tensors; a wrong width, integer
+    features or magnifications listed highest first (single-scale models then read the lowest
+    one's rows, MS-MIL its scales swapped) are one `ZoomMILError` for every model."""
+    torch.manual_seed(0)
+    model = small_model(name).eval()
+    feats, coords = bag_of(name, 3, TOY_DIM)
+    with torch.no_grad():
+        logits = model(feats, coords)
+        torch.testing.assert_close(model([f.numpy() for f in feats], coords), logits)
+        torch.testing.assert_close(model([f[0] for f in feats], coords), logits)
+    with pytest.raises(ZoomMILError, match=f"expects {TOY_DIM}-d features, got 16-d"):
+        model([f[..., :16] for f in feats], coords)
+    with pytest.raises(ZoomMILError, match="floating-point features .* got torch.int64"):
+        model([f.long() for f in feats], coords)
+    both, both_coords = random_bag(3, TOY_DIM, torch.Generator().manual_seed(1))
+    with pytest.raises(ZoomMILError, match=r"\[12, 3\] rows: expected the lowest magnification"):
+        model(both[::-1], both_coords[::-1])
+    assert model.in_dim == TOY_DIM
+
+
+def test_sparseconvmil_without_coords_warns_that_the_layout_is_made_up():
+    model = small_model("sparseconvmil").eval()
+    feats, coords = bag_of("sparseconvmil", 3, TOY_DIM)
+    with pytest.warns(UserWarning, match="without coords: the instances are laid out"):
+        model(feats)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_bag_of_50k_patches(name):
     torch.manual_seed(0)
     model = small_model(name, in_dim=64).eval()
@@ -240,6 +269,10 @@ def test_registry_names_and_errors():
     with pytest.raises(ZoomMILError, match="'abmil' does not take option.*\\bk\\b.*dropout"):
         build_model("abmil", k=4)
     assert isinstance(build_model("CLAM-SB", n_classes=3), CLAMSB)
+    assert isinstance(build_model("MS-MIL", n_classes=3), MSMIL)  # the papers' spelling
+    assert isinstance(build_model("Sparse_Conv-MIL", n_classes=3), SparseConvMIL)
+    with pytest.raises(ZoomMILError, match="unknown model 'MS-MIL-2'"):
+        build_model("MS-MIL-2")
 
 
 def test_default_mags_per_architecture():

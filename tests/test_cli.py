@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import zoommil as zoommil_package
 from zoommil.cli import COMMANDS, build_parser, main
 from zoommil.wsi import resolution as zresolution
 
@@ -39,6 +40,33 @@ def test_building_the_parser_does_not_import_torch():
     jobs per slide) would pay it for nothing: it was ~5 s of a ~6 s `zoommil inspect`."""
     code = "from zoommil.cli import build_parser\nbuild_parser()"
     assert imported_after(code, ("torch", "torchvision")) == "[]"
+
+
+def test_the_python_api_loads_on_first_use():
+    """`import zoommil` (every CLI command does it) must not import torch; each name of the
+    notebook API (docs/python-api.md) resolves, and only then loads its module."""
+    assert imported_after("import zoommil\nzoommil.__version__", ("torch",)) == "[]"
+    zoommil = zoommil_package
+    assert dir(zoommil) == zoommil.__all__
+    for name in zoommil.__all__:
+        assert getattr(zoommil, name) is not None, name
+    assert zoommil.build_model("MS-MIL", n_classes=2).__class__.__name__ == "MSMIL"
+    with pytest.raises(AttributeError, match="has no attribute 'train'"):
+        zoommil.train  # noqa: B018
+
+
+def test_a_workflow_job_refuses_another_checkouts_zoommil(tmp_path):
+    """The workflow exports the zoommil it tracks as ZOOMMIL_LIBRARY; a job importing another
+    one (a conda env built for another checkout) stops with one line, exit 2."""
+    env = {**os.environ, "ZOOMMIL_LIBRARY": str(tmp_path / "other" / "src" / "zoommil")}
+    run = [sys.executable, "-c", "import zoommil"]
+    result = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "this workflow job imports zoommil from" in result.stderr
+    assert f"but the workflow tracks {tmp_path / 'other'}" in result.stderr
+    env["ZOOMMIL_LIBRARY"] = str(Path(zoommil_package.__file__).parent)
+    assert subprocess.run(run, env=env, timeout=60).returncode == 0
 
 
 def test_the_workflow_finds_the_weight_file_without_torch():

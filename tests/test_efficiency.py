@@ -91,7 +91,9 @@ def test_profile_rejects_bad_thread_counts(tmp_path, capsys):
     config = {"arch": "abmil", "classes": ["a", "b"], "mags": [10.0], "in_dim": 1024}
     ckpt = save_checkpoint(tmp_path / "c.pt", model.state_dict(), config)
     argv = ["profile", "--checkpoint", str(ckpt), "--threads", "0", "--out", str(tmp_path / "x")]
-    assert main(argv) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse refuses it, before torch is imported
+        main(argv)
+    assert usage.value.code == 2
     assert "argument --threads: must be a number >= 1 or 'all', got '0'" in capsys.readouterr().err
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -662,3 +663,27 @@ def test_available_cpus_follows_the_affinity_mask() -> None:
         assert available_cpus() == 1
     finally:
         os.sched_setaffinity(0, mask)
+
+
+def test_a_dead_reader_under_an_unguarded_script_names_the_main_guard(tmp_path, monkeypatch):
+    """Readers are spawned and import the user's script again: without a main guard the
+    script's work restarts in each reader, which dies, and the error blamed OpenSlide."""
+    import types
+
+    from zoommil.wsi.patches import READER_DIED, reader_died
+
+    script = tmp_path / "notebook_export.py"
+    main_module = types.ModuleType("__main__")
+    main_module.__file__ = str(script)
+    main_module.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", main_module)
+    script.write_text("import zoommil\nzoommil.predict_slide(...)\n")
+    assert reader_died() == (
+        f"{READER_DIED}; or {script} has no 'if __name__ == \"__main__\":' guard around its "
+        "work: reader processes are spawned and import it again"
+    )
+    script.write_text("if __name__ == '__main__':\n    main()\n")
+    assert reader_died() == READER_DIED
+    main_module.__spec__ = object()  # python -m: the guard is the module's business
+    script.write_text("work()\n")
+    assert reader_died() == READER_DIED

@@ -16,6 +16,7 @@ import torch
 import yaml
 from torch import nn
 
+import zoommil
 from zoommil.cli import main
 from zoommil.io.featurefile import write_feature_file
 from zoommil.models import MODEL_NAMES
@@ -788,12 +789,15 @@ def test_zoommil_trains_and_evaluates_deterministically(
 def test_every_architecture_trains_and_evaluate_agrees(
     arch: str, dataset: dict[str, Path], tmp_path: Path
 ) -> None:
-    """One epoch per architecture; `zoommil evaluate` must give the metrics train wrote, and
-    `train --eval-out` must write exactly the JSON `zoommil evaluate` writes."""
+    """One epoch per architecture (standardised features, the demo's setting); `zoommil
+    evaluate` must give the metrics train wrote, `train --eval-out` must write exactly the
+    JSON `zoommil evaluate` writes, and the Python API's `Classifier` the same probabilities
+    (its model alone, on the file's raw rows, does not: the normalisation is part of it)."""
     in_training = tmp_path / "in_training.json"
+    config = write_config(dataset, tmp_path, feature_norm="standardize")
     assert (
         train_cli(
-            dataset["config"],
+            config,
             tmp_path / arch,
             arch,
             0,
@@ -816,6 +820,21 @@ def test_every_architecture_trains_and_evaluate_agrees(
     assert result["weighted_f1"] == metrics["test"]["weighted_f1"]
     assert json.loads(in_training.read_text()) == result
     assert result["exclude"] is None  # the record names the QC table used (none here)
+    classifier = zoommil.load_classifier(ckpt)
+    assert classifier.arch == arch and classifier.norm is not None
+    for prediction in result["predictions"]:
+        path = Path(features) / f"{prediction['slide_id']}.h5"
+        probs = classifier.probabilities(path)
+        assert list(probs) == list(CLASSES)
+        np.testing.assert_allclose(
+            list(probs.values()), list(prediction["probs"].values()), atol=1e-6
+        )
+        assert classifier.predict(path) == prediction["pred"]
+    feats, coords = classifier.inputs(path)
+    raw = [
+        torch.from_numpy(f)[None] for f in zoommil.read_feature_file(path, classifier.mags).feats
+    ]
+    assert not torch.allclose(feats[-1], raw[-1])  # standardised
 
 
 def test_cli_process_matches_in_process_run_and_restores_torch_state(

@@ -492,9 +492,31 @@ def test_conda_envs_install_zoommil_from_the_snakefile_checkout(tmp_path, monkey
     workdir = harness.copy_workflow(tmp_path / "wf", with_sources=False)
     with (workdir / "Snakefile").open("a") as snakefile:
         snakefile.write('\nprint("ZOOMMIL_SOURCE=" + os.environ["ZOOMMIL_SOURCE"])\n')
-    monkeypatch.delenv("ZOOMMIL_SOURCE", raising=False)
+        snakefile.write('print("ZOOMMIL_LIBRARY=" + os.environ["ZOOMMIL_LIBRARY"])\n')
+    # a value left in the shell (the post-deploy script's error suggests setting it) named
+    # another checkout, and won over the Snakefile's
+    monkeypatch.setenv("ZOOMMIL_SOURCE", str(tmp_path / "another_checkout"))
     result = harness.snakemake(workdir, "--list-rules")
     assert f"ZOOMMIL_SOURCE={workdir.resolve()}\n" in result.stdout + result.stderr
+    # the library the jobs must import: this copy has no sources, so the one it imports
+    assert f"ZOOMMIL_LIBRARY={harness.REPO / 'src' / 'zoommil'}\n" in result.stdout + result.stderr
+
+
+def test_snakemake_without_zoommil_says_to_install_it(tmp_path, monkeypatch) -> None:
+    """An environment with Snakemake only (the jobs in conda envs) failed with a bare
+    `No module named 'zoommil'` in common.smk."""
+    stub = tmp_path / "stub" / "zoommil"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'zoommil'\", name='zoommil')\n"
+    )
+    workdir = harness.copy_workflow(tmp_path / "wf", with_sources=False)
+    monkeypatch.setenv("PYTHONPATH", str(stub.parent))
+    result = harness.snakemake(workdir, "--list-rules", check=False, import_copy=False)
+    assert result.returncode != 0
+    assert (
+        f"cannot import zoommil: run `pip install -e .` in {workdir.resolve()} in this environment"
+    ) in result.stdout + result.stderr
 
 
 def test_lint_is_clean() -> None:

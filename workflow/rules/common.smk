@@ -9,6 +9,15 @@ import yaml
 from snakemake.exceptions import IncompleteCheckpointException, WorkflowError
 from snakemake.utils import validate
 
+try:
+    import zoommil
+except ModuleNotFoundError:
+    raise WorkflowError(
+        f"the Python that runs Snakemake ({sys.executable}) cannot import zoommil: run "
+        f"`pip install -e .` in {Path(workflow.basedir).resolve()} in this environment (with "
+        "--sdm conda too: the workflow itself imports zoommil to check the config and build "
+        "the rules' params; the conda envs only run the jobs)"
+    ) from None
 from zoommil.errors import ZoomMILError
 from zoommil.workflow import cache as zcache
 from zoommil.workflow import qc as zqc
@@ -72,8 +81,11 @@ config["features"]["weights"] = RECIPE.weights  # the report names what the rule
 # the same keyword or path rerun extraction (zoommil.workflow.weights).
 WEIGHTS_SHA256 = zweights.weights_sha256(RECIPE.encoder, RECIPE.weights)
 # `--sdm conda`: envs/*.post-deploy.sh install zoommil from the checkout of this Snakefile
-# (not the imported package's parents: those are site-packages for a non-editable install).
-os.environ.setdefault("ZOOMMIL_SOURCE", str(Path(workflow.basedir).resolve()))
+# (not the imported package's parents: those are site-packages for a non-editable install),
+# whatever a shell left in the variable. Every job's zoommil refuses to run unless it is
+# LIB_ROOT (zoommil/__init__.py): a conda env shared by two checkouts runs the first one's.
+os.environ["ZOOMMIL_SOURCE"] = str(Path(workflow.basedir).resolve())
+os.environ["ZOOMMIL_LIBRARY"] = str(LIB_ROOT)
 SLIDE_SCHEMA = yaml.safe_load(
     open(workflow.source_path("../schemas/slides.schema.yaml"), encoding="utf-8")
 )

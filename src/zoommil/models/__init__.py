@@ -45,10 +45,16 @@ _CLASSES: dict[str, type[nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_CLASSES)
 
 
+def _spelling(name: str) -> str:
+    return str(name).strip().lower().replace("-", "").replace("_", "")
+
+
 def canonical_name(name: str) -> str:
-    """``CLAM-SB`` -> ``clam_sb``; unknown names raise a `ZoomMILError` listing the valid ones."""
-    key = str(name).strip().lower().replace("-", "_")
-    if key not in _CLASSES:
+    """``CLAM-SB`` -> ``clam_sb``, ``MS-MIL`` -> ``msmil`` (the papers' spellings: case,
+    hyphens and underscores do not count); unknown names raise a `ZoomMILError` listing the
+    valid ones."""
+    key = next((n for n in _CLASSES if _spelling(n) == _spelling(name)), None)
+    if key is None:
         raise ZoomMILError(f"unknown model '{name}'; valid models: {', '.join(MODEL_NAMES)}")
     return key
 

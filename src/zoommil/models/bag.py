@@ -7,32 +7,56 @@ so each model raises the same clear `ZoomMILError` for a malformed bag.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from zoommil.errors import ZoomMILError
 
-Feats = Sequence[torch.Tensor] | torch.Tensor
+Feats = Sequence[torch.Tensor | np.ndarray] | torch.Tensor | np.ndarray
 Coords = Sequence[torch.Tensor] | torch.Tensor | None
 
 
 def as_list(feats: Feats) -> list[torch.Tensor]:
-    """Feature list, every entry [1, N, D] (a bare tensor counts as one magnification)."""
-    if isinstance(feats, torch.Tensor):
+    """Feature list, every entry [1, N, D] (a bare tensor counts as one magnification; NumPy
+    arrays are taken as tensors). Several magnifications must come lowest first, each with a
+    whole multiple of the previous one's rows (the descendant layout of a feature file): a
+    list in the other order gave single-scale models the lowest magnification's rows and
+    MS-MIL its scales swapped, without an error."""
+    if isinstance(feats, torch.Tensor | np.ndarray):
         feats = [feats]
     out = []
     for f in feats:
+        f = torch.as_tensor(f)
         if f.dim() == 2:
             f = f.unsqueeze(0)
         if f.dim() != 3 or f.shape[0] != 1:
             raise ZoomMILError(
                 f"expected features of shape [1, N, D] (one bag), got {tuple(f.shape)}"
             )
+        if not f.is_floating_point():
+            raise ZoomMILError(
+                f"expected floating-point features (float32, as feature files store them), got "
+                f"{f.dtype}: convert them with .float()"
+            )
         out.append(f)
     if not out:
         raise ZoomMILError("a bag needs features of at least one magnification")
+    check_descendant_counts([f.shape[1] for f in out])
     return out
+
+
+def check_descendant_counts(rows: Sequence[int]) -> None:
+    """Rows per magnification, lowest first: each a whole multiple (> 1) of the one before."""
+    for before, after in itertools.pairwise(rows):
+        if before and (after <= before or after % before):
+            raise ZoomMILError(
+                f"features of {len(rows)} magnifications have {list(rows)} rows: expected the "
+                "lowest magnification first, each with a whole multiple of the previous one's "
+                "rows (the feature file's descendant layout)"
+            )
 
 
 def highest(feats: Feats, in_dim: int) -> torch.Tensor:

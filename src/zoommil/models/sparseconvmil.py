@@ -22,6 +22,7 @@ makes the convolutions see arbitrary neighbours.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -126,6 +127,12 @@ class SparseConvMIL(nn.Module):
         x = highest(feats, self.in_dim)[0]
         coord_list = coords_list(coords)
         if coord_list is None:
+            warnings.warn(
+                "SparseConvMIL called without coords: the instances are laid out row by row on "
+                "a square, so its convolutions see arbitrary neighbours; pass the feature "
+                "file's (row, col) coords, as `zoommil.Classifier.inputs` returns them",
+                stacklevel=2,
+            )
             pos = square_layout(x.shape[0], x.device)
         else:
             pos = coord_list[-1].to(x.device).long()

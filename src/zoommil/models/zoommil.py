@@ -42,7 +42,7 @@ from torch import nn
 
 from zoommil.errors import ZoomMILError
 from zoommil.models.attention import GatedAttention, attention_pool
-from zoommil.models.bag import Coords
+from zoommil.models.bag import Coords, Feats, as_list, check_bag
 from zoommil.models.topk import GRAD_MODES, PerturbedTopK
 from zoommil.wsi.lattice import descendant_ratios
 
@@ -180,6 +180,7 @@ class ZoomMIL(nn.Module):
         ):
             if value not in allowed:
                 raise ZoomMILError(f"ZoomMIL {name} must be one of {allowed}, got {value!r}")
+        self.in_dim = in_dim
         self.ks = ks
         self.selection = selection
         self.aggregation = aggregation
@@ -205,23 +206,26 @@ class ZoomMIL(nn.Module):
         self.classifier = nn.Linear(head_in, n_classes)
 
     # ------------------------------------------------------------------ building blocks
-    def _check(self, feats: Sequence[torch.Tensor]) -> None:
+    def _check(self, feats: Feats) -> list[torch.Tensor]:
+        """The bag as [1, N_m, D] tensors (`bag.as_list`), checked against the model: one per
+        magnification, ``in_dim`` wide, rows in the descendant layout of ``mags``."""
+        feats = as_list(feats)
         if len(feats) != len(self.mags):
             raise ZoomMILError(
                 f"ZoomMIL expects {len(self.mags)} magnifications {self.mags}, got {len(feats)}"
             )
-        n_prev = None
-        for m, (x, r) in enumerate(zip(feats, [None, *self.ratios], strict=True)):
-            if x.dim() != 3 or x.shape[0] != 1:
-                raise ZoomMILError(f"features must be [1, N, D] per magnification, got {x.shape}")
-            if m == 0 and x.shape[1] == 0:
-                raise ZoomMILError("empty bag: no patches at the lowest magnification")
-            if r is not None and x.shape[1] != r * n_prev:
+        check_bag(feats[0], self.in_dim)
+        n_prev = feats[0].shape[1]
+        for m, (x, r) in enumerate(zip(feats[1:], self.ratios, strict=True), start=1):
+            if x.shape[-1] != self.in_dim:
+                check_bag(x, self.in_dim)
+            if x.shape[1] != r * n_prev:
                 raise ZoomMILError(
                     f"{self.mags[m]}x has {x.shape[1]} rows, expected {r} x {n_prev} "
                     f"(rows of {self.mags[m - 1]}x): features break the descendant layout"
                 )
             n_prev = x.shape[1]
+        return feats
 
     def _embed(self, step: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """fc + pooling attention: x [n, D] -> (h [n, hidden], pooled [1, hidden], weights [n])."""
@@ -287,13 +291,11 @@ class ZoomMIL(nn.Module):
         selected at step m - 1. No selection is done here."""
         return self.classify_pooled([self._embed(m, x[0])[1] for m, x in enumerate(gathered)])
 
-    def forward(self, feats: Sequence[torch.Tensor], coords: Coords = None) -> torch.Tensor:
+    def forward(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
         """feats: one [1, N_m, D] tensor per magnification (lowest first) -> logits [1, C]."""
         return self.forward_with_details(feats)["logits"]
 
-    def forward_with_details(
-        self, feats: Sequence[torch.Tensor], coords: Coords = None
-    ) -> dict[str, Any]:
+    def forward_with_details(self, feats: Feats, coords: Coords = None) -> dict[str, Any]:
         """Logits plus, per magnification, what zooming kept.
 
         Returns dict(logits [1, C], attention: list of [n_m] pooling weights over the kept rows,
@@ -303,8 +305,7 @@ class ZoomMIL(nn.Module):
         ``rows`` and ``selected`` are None after the first magnification and ``indicators``
         holds the soft [K, n] matrices instead.
         """
-        self._check(feats)
-        current = [x[0] for x in feats]
+        current = [x[0] for x in self._check(feats)]
         rows: list[torch.Tensor | None] = [
             torch.arange(x.shape[0], device=x.device) for x in current
         ]

@@ -23,11 +23,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -219,6 +221,26 @@ def _started() -> None:
 READER_DIED = "a reader process died while reading it (a crash inside OpenSlide, or out of memory)"
 
 
+def reader_died() -> str:
+    """`READER_DIED`, plus the likeliest cause in a user's own script: readers are spawned,
+    so each one imports the script as its ``__main__``, and a script without an
+    ``if __name__ == "__main__":`` guard starts its work again there and kills the reader."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if not script or getattr(main, "__spec__", None) is not None:  # python -m, or notebooks
+        return READER_DIED
+    try:
+        guarded = "__name__" in Path(script).read_text(errors="replace")
+    except OSError:
+        return READER_DIED
+    if guarded:
+        return READER_DIED
+    return (
+        f"{READER_DIED}; or {script} has no 'if __name__ == \"__main__\":' guard around its "
+        "work: reader processes are spawned and import it again"
+    )
+
+
 class ReaderPool:
     """Spawned reader processes that read `RegionTask` chunks ahead of the consumer.
 
@@ -277,9 +299,9 @@ class ReaderPool:
             except BrokenProcessPool:
                 self._shutdown(wait=False)  # broken for good: the next read starts a fresh pool
                 if retried:
-                    raise SlideError(task.slide, READER_DIED) from None
+                    raise SlideError(task.slide, reader_died()) from None
                 retried = True
-                log.warning("%s: %s; reading again with fresh readers", task.slide, READER_DIED)
+                log.warning("%s: %s; reading again with fresh readers", task.slide, reader_died())
                 pool = self._ensure()
                 for i, (again, _) in enumerate(pending):
                     pending[i] = (again, submit(again))

@@ -1,0 +1,96 @@
+"""Classify feature files from Python: a checkpoint's model together with its normalisation.
+
+Why: `model_from_checkpoint` returns the bare model, while the standardisation fitted in
+training (the checkpoint's ``feature_norm``) is part of the classifier. A notebook that calls
+the model on a feature file's raw rows gets other probabilities, without an error. A
+`Classifier` keeps the two together and reads a feature file the way `zoommil evaluate` does
+(the magnifications the features were made at, the finiteness and encoder checks, the
+checkpoint's seed for models with randomness at inference), so its probabilities are
+evaluate's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from zoommil.errors import ZoomMILError
+from zoommil.io.featurefile import read_feature_file
+from zoommil.training.checkpoint import load_checkpoint, model_from_state
+from zoommil.training.data import check_finite_bag, check_matches_checkpoint
+from zoommil.training.normalize import FeatureNorm
+
+
+@dataclass
+class Classifier:
+    """A trained model, its feature normalisation and its checkpoint config."""
+
+    model: nn.Module
+    config: dict[str, Any]
+    norm: FeatureNorm | None
+    checkpoint: str
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.config["classes"]]
+
+    @property
+    def arch(self) -> str:
+        return str(self.config["arch"])
+
+    @property
+    def mags(self) -> list[float]:
+        """The magnifications read from a feature file (those the features were made at; a
+        single-scale model uses the highest of them)."""
+        return [float(m) for m in self.config.get("config_mags") or self.config["mags"]]
+
+    def inputs(self, feature_file: str | Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The model's inputs from a `zoommil features` file: standardised features [1, N, D]
+        and (row, col) coords [N, 2] per magnification, lowest first. ``model(*inputs)`` gives
+        the logits; for ZoomMIL, ``model.forward_with_details(feats)`` also gives what it
+        zoomed into, and the other attention models have ``model.attention_scores(feats)``."""
+        path = Path(feature_file)
+        bag = read_feature_file(path, self.mags)
+        check_finite_bag(path, bag.mags, bag.feats)
+        check_matches_checkpoint(path, self.config.get("preprocessing") or {}, self.checkpoint)
+        in_dim = int(self.config["in_dim"])
+        if bag.feats[0].shape[1] != in_dim:
+            raise ZoomMILError(
+                f"{path}: features have dimension {bag.feats[0].shape[1]}, the checkpoint "
+                f"{self.checkpoint} expects {in_dim}"
+            )
+        feats = [torch.from_numpy(np.ascontiguousarray(f, np.float32))[None] for f in bag.feats]
+        if self.norm is not None:
+            feats = [self.norm(f) for f in feats]
+        coords = [torch.from_numpy(np.asarray(c, np.int64).reshape(-1, 2)) for c in bag.coords]
+        return feats, coords
+
+    def probabilities(self, feature_file: str | Path) -> dict[str, float]:
+        """Class probabilities of one feature file, as `zoommil evaluate` gives them."""
+        feats, coords = self.inputs(feature_file)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(int(self.config.get("seed", 0)))
+            try:
+                logits = self.model(feats, coords)
+            except ZoomMILError as error:
+                raise ZoomMILError(f"{feature_file}: {error}") from error
+        probs = torch.softmax(logits.float(), dim=1)[0].tolist()
+        return dict(zip(self.classes, probs, strict=True))
+
+    def predict(self, feature_file: str | Path) -> str:
+        """The most probable class of one feature file."""
+        probs = self.probabilities(feature_file)
+        return max(probs, key=probs.__getitem__)
+
+
+def load_classifier(checkpoint: str | Path) -> Classifier:
+    """The classifier of a `zoommil train` checkpoint (model in eval mode on CPU)."""
+    state_dict, config = load_checkpoint(checkpoint)
+    model = model_from_state(state_dict, config, checkpoint)
+    norm = FeatureNorm.from_config(config.get("feature_norm"))
+    return Classifier(model=model, config=dict(config), norm=norm, checkpoint=str(checkpoint))
