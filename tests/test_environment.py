@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -32,3 +33,8 @@ def test_the_record_names_the_cpu_and_the_libraries() -> None:
     assert set(record["cpu_flags"]) <= set(environment.ISA_FLAGS)
     assert record["libraries"]["torch"] and record["libraries"]["numpy"]
     assert "/" not in str(record["libraries"])  # versions, no paths of this machine
+    # conda envs have the C library without the openslide-bin wheel: asked of the library
+    import openslide
+
+    assert record["openslide_library"] == openslide.__library_version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", record["openslide_library"])

@@ -75,6 +75,16 @@ def _version(name: str) -> str | None:
         return None
 
 
+def openslide_library() -> str | None:
+    """The OpenSlide C library's version: conda envs have it without the openslide-bin wheel
+    (whose version `LIBRARIES` records for pip installs), so it is asked of the library."""
+    try:
+        import openslide
+    except ImportError:
+        return None
+    return getattr(openslide, "__library_version__", None)
+
+
 def environment() -> dict[str, Any]:
     """The record written into metrics.json and results/provenance.json."""
     return {
@@ -85,4 +95,5 @@ def environment() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
         "libraries": {name: _version(name) for name in LIBRARIES},
+        "openslide_library": openslide_library(),
     }

@@ -167,13 +167,15 @@ rule qc_exclusions:
 
 # The resolved config and the environment (code commit, libraries, CPU) beside the results:
 # Snakemake keeps neither in results/, and `snakemake --report` labels from today's config.
+# In the torch env under --sdm conda: the one that computed the features and models (the
+# report env has no torch, and its record named none).
 rule provenance:
     output:
         record="results/provenance.json",
     log:
         "results/logs/provenance/provenance.log",
     conda:
-        "../../envs/report.yaml"
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=1000,
