@@ -12,3 +12,6 @@ with qc.stop_on_error("qc_inspect"):  # one slide under two names: stop before a
     table = qc.inspection_table(frame, sm.input.status)
 qc.write_tsv(table, sm.output.table)
 print(qc.exclusion_summary(table), "at inspection", file=sys.stderr)
+notes = qc.mpp_notes(table)
+if notes:
+    qc.tell(f"qc_inspect: warning: {notes}")

@@ -16,7 +16,11 @@ table = qc.slides_table(inspection, features, sm.params.no_tissue, sm.params.mag
 qc.write_tsv(table, sm.output.table)
 qc.write_tsv(qc.usable_sheet(frame, table, Path(sm.output.usable).parent), sm.output.usable)
 qc.write_tsv(qc.features_manifest(table, features), sm.output.manifest)
-print(qc.exclusion_summary(table), file=sys.stderr)
+summary = qc.exclusion_summary(table)
+if (table["status"] != "ok").any():  # on the terminal too: a dropped slide is news
+    qc.tell(f"qc_slides: {summary}")
+else:
+    print(summary, file=sys.stderr)
 for warning in qc.classes_lost(frame, table):
     qc.tell(f"qc_slides: warning: {warning}")
 with qc.stop_on_error("qc_slides"):  # a split emptied by QC: stop before any training

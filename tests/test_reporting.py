@@ -143,9 +143,11 @@ def test_mpp_flags_follow_the_design_order() -> None:
     """The sheet's mpp and default_mpp are fallbacks for inspection; later commands get the
     resolved mpp only where a fallback gave it (metadata slides: no flag, no param change)."""
     nan = float("nan")
-    assert workflow.fallback_mpp_flag(0.3, 0.5) == "--default-mpp 0.3"
-    assert workflow.fallback_mpp_flag(nan, 0.5) == "--default-mpp 0.5"
-    assert workflow.fallback_mpp_flag(nan, None) == ""
+    assert workflow.inspect_mpp_flag(nan, 0.3, 0.5) == "--default-mpp 0.3"
+    assert workflow.inspect_mpp_flag(nan, nan, 0.5) == "--default-mpp 0.5"
+    assert workflow.inspect_mpp_flag(nan, nan, None) == ""
+    # mpp_override replaces the metadata: --mpp, whatever the fallbacks
+    assert workflow.inspect_mpp_flag(0.2627, 0.3, 0.5) == "--mpp 0.2627"
     assert workflow.resolved_mpp_flag("0.499", "openslide.mpp-x") == ""
     assert workflow.resolved_mpp_flag("", "") == ""  # not inspected ok
     assert workflow.resolved_mpp_flag("0.5", "default") == "--default-mpp 0.5"

@@ -11,6 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import pytest
 import torch
@@ -84,17 +85,19 @@ def test_mpp_fallbacks_rerun_only_the_slides_that_use_them(tiny, tmp_path) -> No
     """`default_mpp` and the sheet's mpp are fallbacks (DESIGN: after every metadata source):
     setting them reruns the (cheap) inspection of every slide, but tissue, tiles and features
     only of a slide whose resolved mpp changed: bad_mpp (implausible metadata) now gets 0.5,
-    a sheet mpp does not override a slide's valid metadata."""
+    a sheet mpp does not override a slide's valid metadata (the QC table's mpp_note says
+    so), and the sheet's mpp_override does."""
     workdir, _, _ = tiny
     scratch = tmp_path / "mpp"
     shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
     # the copy's sheet names its own slide files (relative to the run's folder, as the jobs
     # recorded them), and gives the first (a demo slide, with plausible metadata) an mpp of 0.3
     header, *rows = (workdir / "slides.tsv").read_text().splitlines()
-    rows = [row.split("\t") for row in rows]
+    rows = [[*row.split("\t"), ""] for row in rows]
     rows[0][4] = "0.3"
-    first = rows[0][0]
-    text = "\n".join([header] + ["\t".join(row) for row in rows]) + "\n"
+    first, second = rows[0][0], rows[1][0]
+    rows[1][-1] = "0.98"  # its metadata says 1.0
+    text = "\n".join([f"{header}\tmpp_override"] + ["\t".join(row) for row in rows]) + "\n"
     (scratch / "slides.tsv").write_text(text)
     config = harness.load_config()
     config["default_mpp"] = 0.5
@@ -103,11 +106,20 @@ def test_mpp_fallbacks_rerun_only_the_slides_that_use_them(tiny, tmp_path) -> No
     ran = harness.executed(result)
     assert len(ran["inspect"]) == 9, ran
     for rule in ("tissue", "tile", "features"):
-        assert ran.get(rule) == {"bad_mpp"}, ran
+        assert ran.get(rule) == {"bad_mpp", second}, ran
     qc = pd.read_csv(scratch / "results/qc/slides.tsv", sep="\t", keep_default_na=False)
     qc = qc.set_index("slide_id")
     assert qc.loc["bad_mpp", "status"] == "ok" and qc.loc["bad_mpp", "mpp_source"] == "default"
     assert qc.loc[first, "mpp_source"] == "openslide.mpp-x" and qc.loc[first, "mpp"] != 0.3
+    assert (
+        "the sheet's mpp 0.3 is not used: the metadata's 1 um/px (openslide.mpp-x) comes first"
+        in (qc.loc[first, "mpp_note"])
+    )
+    assert (qc.loc[second, "mpp_source"], qc.loc[second, "mpp"]) == ("override", 0.98)
+    with h5py.File(scratch / "results" / "features" / f"{second}.h5", "r") as h5:
+        assert (h5.attrs["mpp"], h5.attrs["mpp_source"]) == (0.98, "override")
+    said = "qc_inspect: warning: the mpp of "  # on the terminal, naming the slide
+    assert said in result.stderr and first in result.stderr.split(said)[1].splitlines()[0]
     again = harness.snakemake(scratch, "-n", "results/qc/slides.tsv", configfile=configfile)
     assert "Nothing to be done" in again.stdout + again.stderr  # settled in one pass
     # the whole benchmark: two passes settle (README: Snakemake plans Figure 4's predictions

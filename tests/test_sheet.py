@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from zoommil.errors import ZoomMILError
@@ -120,3 +121,20 @@ def test_an_invisible_character_in_a_value_is_shown_escaped(tmp_path):
     path.write_text(HEADER + "café\ta.svs\tnormal\ttrain\n")
     message = _one_line_error(lambda p: zsheet.load_sheet(p, ["tumor"]), path)
     assert "(slide_id 'café'): unknown label 'normal'" in message, message
+
+
+def test_mpp_override_is_a_checked_optional_column(tmp_path):
+    """The sheet's mpp_override (replaces the metadata) is read like mpp: a float column, NaN
+    where empty, and a bad value is one line naming the row and the column."""
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text(
+        "slide_id\tpath\tlabel\tsplit\tMPP_Override\n"
+        "a\ta.svs\tx\ttrain\t0.2627\n"
+        "b\tb.svs\tx\ttest\t\n"
+    )
+    frame = zsheet.load_sheet(sheet)
+    assert frame.loc["a", "mpp_override"] == 0.2627 and np.isnan(frame.loc["b", "mpp_override"])
+    assert np.isnan(frame.loc["a", "mpp"])  # the fallback column, absent
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\tmpp_override\na\ta.svs\tx\ttrain\t40\n")
+    with pytest.raises(ZoomMILError, match=r"'a'\): mpp_override 40.0 is outside"):
+        zsheet.load_sheet(sheet)

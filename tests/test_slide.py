@@ -124,12 +124,55 @@ def test_override_outside_range_is_an_error(slides_dir):
             (0.5, "objective-power (openslide.objective-power)"),
         ),
         ({"hamamatsu.PhysicalWidth": "250000"}, (0.25, "hamamatsu.PhysicalWidth")),
+        # OME-XML's size wins over the placeholder resolution tags such files carry
+        (
+            {
+                "tiff.ImageDescription": '<?xml version="1.0"?><OME xmlns="x"><Image ID="I:0">'
+                '<ome:Pixels DimensionOrder="XYCZT" PhysicalSizeX="250.0" '
+                'PhysicalSizeXUnit="nm" SizeX="4"/></Image></OME>',
+                "tiff.XResolution": "1",
+                "tiff.ResolutionUnit": "centimeter",
+            },
+            (0.25, "ome.PhysicalSizeX"),
+        ),
     ],
 )
 def test_mpp_chain_order(props, expected):
     mpp, source = resolve_mpp(fake_slide(props), "fake.svs")
     assert mpp == pytest.approx(expected[0])
     assert source == expected[1]
+
+
+def test_an_ome_tiff_without_resolution_tags_has_its_ome_xml_mpp(tmp_path):
+    """tifffile's, bfconvert's and QuPath's OME-TIFFs store the pixel size in the OME-XML
+    only: they were refused as "no resolution (mpp) ... in the slide metadata"."""
+    import tifffile
+
+    path = tmp_path / "export.ome.tiff"
+    img = np.full((512, 512, 3), 230, np.uint8)
+    size = {"PhysicalSizeX": 0.2431, "PhysicalSizeXUnit": "\u00b5m"}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(img, tile=(256, 256), photometric="rgb", metadata=size)
+    with open_slide(path) as slide:
+        assert resolve_mpp(slide, path) == (pytest.approx(0.2431), "ome.PhysicalSizeX")
+
+
+def test_an_objective_power_estimate_is_noted(caplog):
+    """10 / AppMag is 0.25 for every "40x" scanner; a GT450 is 0.2627 um/px: the estimate is
+    said (log and QC note), and a slide with its own mpp gets no note."""
+    from zoommil.wsi.resolution import resolve_mpp_details
+
+    with caplog.at_level(logging.WARNING):
+        info = resolve_mpp_details(fake_slide({"aperio.AppMag": "40"}), "gt450.svs")
+    assert info["mpp"] == 0.25
+    assert info["note"] == (
+        "mpp 0.25 is estimated from the objective power (objective-power (aperio.AppMag)): "
+        "scanners' 40x is 0.22-0.27 um/px; where it is known, give the slide's true pixel "
+        "size as the sheet's mpp_override (or --mpp)"
+    )
+    assert "gt450.svs: mpp 0.25 is estimated" in caplog.text
+    own = resolve_mpp_details(fake_slide({"aperio.MPP": "0.2627", "aperio.AppMag": "40"}), "x")
+    assert (own["mpp"], own["note"]) == (0.2627, None)
 
 
 def test_synthetic_centimetre_resolution(synthetic_slide):

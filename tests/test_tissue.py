@@ -64,29 +64,33 @@ def test_components_are_labelled_as_scipy_labels_them(seed):
 
 def _peeling_reference(rgb, sigma, kernel_size, min_size, background_gray=228):
     """The Gaussian detector as published: every round blurs the whole image again (the
-    library blurs only the rows a peeled region changed, and must give the same masks)."""
+    library blurs only the rows a peeled region changed, and must give the same masks), the
+    threshold is scikit-image's float Otsu of the positive blurred values, and each region
+    is tested against the grey of the image before peeling."""
     img = rgb.copy()
     sat = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)[..., 1]
     hist = np.bincount(sat.ravel(), minlength=256)
     img[sat < max(_otsu_reference(hist), 8.0)] = 255
-    gray_ref = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    gray_ref = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     mask = np.zeros(img.shape[:2], dtype=bool)
     kernel = np.ones((kernel_size, kernel_size), dtype=np.uint8)
     for _ in range(100):
         inv = 255.0 - cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
         blurred = cv2.GaussianBlur(inv, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
-        positive = np.clip(blurred[blurred > 0], 0, 255).astype(np.uint8)
+        positive = blurred[blurred > 0]
         if positive.size == 0:
             break
-        thr = _otsu_reference(np.bincount(positive, minlength=256))
-        labels, n = label_components(blurred >= max(thr, 1e-6))
+        thr = _float_otsu_reference(positive)
+        blurred[blurred < thr] = 0
+        labels, n = label_components(blurred > 0)
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         sizes[sizes < min_size] = 0
         if n == 0 or sizes.max() == 0:
             break
         region = cv2.dilate((labels == np.argmax(sizes)).astype(np.uint8), kernel).astype(bool)
-        if gray_ref[region].mean() >= background_gray:
+        grey = gray_ref * region
+        if not grey[grey > 0].mean() < background_gray:  # NaN (no grey pixel) stops too
             break
         mask |= region
         img[region] = 255
@@ -99,6 +103,26 @@ def _otsu_reference(hist):
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mu[-1] * omega - mu) ** 2 / (omega * (1.0 - omega))
     return float(np.argmax(np.nan_to_num(between, nan=-1.0, posinf=-1.0)))
+
+
+def _float_otsu_reference(values):
+    """scikit-image's `threshold_otsu` of float values: 256 bins over their range, the
+    between-class variance of each split, the centre of the best split's last bin."""
+    if np.all(values == values[0]):
+        return float(values[0])
+    counts, edges = np.histogram(values, bins=256, range=(values.min(), values.max()))
+    centres = (edges[:-1] + edges[1:]) / 2
+    best, best_variance = 0, -1.0
+    for k in range(255):
+        w1, w2 = counts[: k + 1].sum(), counts[k + 1 :].sum()
+        if w1 == 0 or w2 == 0:
+            continue
+        m1 = (counts[: k + 1] * centres[: k + 1]).sum() / w1
+        m2 = (counts[k + 1 :] * centres[k + 1 :]).sum() / w2
+        variance = float(w1) * float(w2) * (m1 - m2) ** 2
+        if variance > best_variance:
+            best, best_variance = k, variance
+    return float(centres[best])
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -127,15 +151,13 @@ def test_gaussian_detector_peels_exactly_like_whole_image_blurs(seed):
 
 def test_window_reblur_equals_the_whole_image_blur_bit_for_bit():
     """A peeled rectangle anywhere (at the edges, with widths that are no multiple of the
-    vector width) re-blurred in its window gives the whole-image blur's exact values, and the
-    positive-value histogram follows them."""
+    vector width) re-blurred in its window gives the whole-image blur's exact values."""
     rng = np.random.default_rng(0)
     for h, w in [(1600, 1920), (331, 517), (90, 70)]:
         img = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
         inv = 255.0 - cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
         sigma = 20.0
         blurred = tissue_module._blur(inv, sigma)
-        hist = tissue_module._positive_histogram(blurred)
         for _ in range(25):
             y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
             rect = (
@@ -143,34 +165,37 @@ def test_window_reblur_equals_the_whole_image_blur_bit_for_bit():
                 slice(x0, int(rng.integers(x0 + 1, min(w, x0 + 300) + 1))),
             )
             img[rect] = 255
-            hist = tissue_module._reblur_window(img, inv, blurred, hist, rect, sigma)
+            tissue_module._reblur_window(img, inv, blurred, rect, sigma)
             whole_inv = 255.0 - cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
             whole = tissue_module._blur(whole_inv, sigma)
             np.testing.assert_array_equal(inv, whole_inv)
             np.testing.assert_array_equal(blurred, whole)
-        expected = np.bincount(np.clip(whole[whole > 0], 0, 255).astype(np.uint8), minlength=256)
-        np.testing.assert_array_equal(hist, expected)
 
 
 def test_histograms_count_integer_parts_like_numpy():
-    """OpenCV's histograms against NumPy's clip-and-bincount, on uint8 values and on blurred
-    float values with exact zeros and fractions below 1 (bin 0 keeps those, not the zeros)."""
+    """OpenCV's histogram of uint8 values (the saturation's Otsu) against NumPy's bincount."""
     rng = np.random.default_rng(1)
-
-    def numpy_histogram(values):
-        return np.bincount(np.clip(values.ravel(), 0, 255).astype(np.uint8), minlength=256)
-
     for h, w in [(0, 5), (1, 1), (37, 91), (400, 300)]:
         sat = rng.integers(0, 256, (h, w)).astype(np.uint8)
-        np.testing.assert_array_equal(tissue_module._histogram(sat), numpy_histogram(sat))
-        values = (rng.random((h, w)) * 256).astype(np.float32)
-        values[rng.random((h, w)) < 0.3] = 0.0
-        values[rng.random((h, w)) < 0.1] = 0.25
-        values[rng.random((h, w)) < 0.05] = 255.00002
-        for view in (values, values[1:, 2:]):
-            np.testing.assert_array_equal(
-                tissue_module._positive_histogram(view), numpy_histogram(view[view > 0])
-            )
+        expected = np.bincount(sat.ravel(), minlength=256)
+        np.testing.assert_array_equal(tissue_module._histogram(sat), expected)
+
+
+def test_the_blur_threshold_is_scikit_image_s_float_otsu():
+    """Faint blur tails below 1 (what is left once tissue is peeled) get a threshold inside
+    them, not 0: with integer bins every such pixel passed, and a round took the blur's
+    whole reach of glass as tissue."""
+    rng = np.random.default_rng(3)
+    for values in (
+        rng.random(5000).astype(np.float32) * 200,
+        np.concatenate([rng.random(900) * 0.3, 0.6 + rng.random(100) * 0.3]).astype(np.float32),
+        np.float32([0.0, 0.0, 0.5, 0.5]),
+    ):
+        positive = values[values > 0]
+        assert tissue_module._otsu_of_positive(values) == _float_otsu_reference(positive)
+    tail = np.concatenate([rng.random(900) * 0.3, 0.6 + rng.random(100) * 0.3]).astype(np.float32)
+    assert 0.3 <= tissue_module._otsu_of_positive(tail) <= 0.6
+    assert tissue_module._otsu_of_positive(np.zeros(10, np.float32)) is None
 
 
 def test_whiten_paints_a_view_of_the_image():

@@ -196,10 +196,12 @@ def slide_after_inspection(wildcards):
     return existing_slide(wildcards)
 
 
-def fallback_mpp(wildcards):
-    """`zoommil inspect --default-mpp`: the sheet's mpp, else the config's default_mpp."""
-    return zwf.fallback_mpp_flag(
-        slides().loc[wildcards.slide, "mpp"], config.get("default_mpp")
+def inspect_mpp(wildcards):
+    """`zoommil inspect`'s mpp flag: the sheet's mpp_override (--mpp), else its mpp, else the
+    config's default_mpp (--default-mpp)."""
+    row = slides().loc[wildcards.slide]
+    return zwf.inspect_mpp_flag(
+        row["mpp_override"], row["mpp"], config.get("default_mpp")
     )
 
 

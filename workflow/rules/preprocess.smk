@@ -25,7 +25,7 @@ rule inspect:
     params:
         code=code("inspect"),
         slide=slide_path,
-        mpp=fallback_mpp,
+        mpp=inspect_mpp,
     shell:
         "zoommil inspect {params.slide:q} --slide-id {wildcards.slide:q} {params.mpp} "
         "--out {output} --no-fail > {log} 2>&1"

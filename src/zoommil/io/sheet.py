@@ -27,7 +27,7 @@ from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("slide_id", "path", "label", "split")
-OPTIONAL_COLUMNS = ("mpp", "patient")
+OPTIONAL_COLUMNS = ("mpp", "mpp_override", "patient")
 #: What commands that start from feature files need (their sheet may lack paths).
 COMMAND_COLUMNS = ("slide_id", "label", "split")
 SPLITS = ("train", "val", "test")
@@ -172,17 +172,18 @@ def is_missing(value: object) -> bool:
     return str(value).strip().lower() in MISSING_MARKERS
 
 
-def parse_mpp(value: object, where: str, sheet: str | Path) -> float | None:
-    """A sheet's mpp cell: None when empty or NA/NaN/none, else a plausible float."""
+def parse_mpp(value: object, where: str, sheet: str | Path, column: str = "mpp") -> float | None:
+    """A sheet's mpp (or mpp_override) cell: None when empty or NA/NaN/none, else a plausible
+    float."""
     value = str(value).strip()
     if is_missing(value):
         return None
     try:
         mpp = float(value)
     except ValueError as error:
-        raise ZoomMILError(f"{sheet}: {where}: mpp {shown(value)} is not a number") from error
+        raise ZoomMILError(f"{sheet}: {where}: {column} {shown(value)} is not a number") from error
     if not plausible_mpp(mpp):
-        raise ZoomMILError(f"{sheet}: {where}: mpp {mpp} is outside {MPP_RANGE_TEXT}")
+        raise ZoomMILError(f"{sheet}: {where}: {column} {mpp} is outside {MPP_RANGE_TEXT}")
     return mpp
 
 
@@ -196,7 +197,7 @@ def load_sheet(
     Checks, in order: required columns, per-row values (`schema`: JSON schema of one row, e.g.
     workflow/schemas/slides.schema.yaml), split names, known labels (when `classes` is
     given), unique slide ids. Relative paths are resolved against the sheet's folder. The
-    returned frame has a float `mpp` column (NaN where absent).
+    returned frame has float `mpp` and `mpp_override` columns (NaN where absent).
     """
     sheet = Path(path).expanduser()
     if has_braces(sheet):
@@ -216,6 +217,7 @@ def load_sheet(
     validator = _validator(schema)
     seen: dict[str, tuple[int, str]] = {}
     mpps: list[float | None] = []
+    overrides: list[float | None] = []
     for index, row in frame.iterrows():
         where = _row_name(index, row)
         for column in REQUIRED_COLUMNS:
@@ -229,10 +231,18 @@ def load_sheet(
             )
         mpp = parse_mpp(row["mpp"], where, sheet) if "mpp" in frame.columns else None
         mpps.append(mpp)
+        override = (
+            parse_mpp(row["mpp_override"], where, sheet, "mpp_override")
+            if "mpp_override" in frame.columns
+            else None
+        )
+        overrides.append(override)
         if validator is not None:
             record = {c: row[c] for c in REQUIRED_COLUMNS}
             if mpp is not None:
                 record["mpp"] = mpp
+            if override is not None:
+                record["mpp_override"] = override
             errors = sorted(validator.iter_errors(record), key=lambda e: list(e.path))
             if errors:
                 field = ".".join(str(p) for p in errors[0].path) or "row"
@@ -263,6 +273,9 @@ def load_sheet(
             )
         seen[folded] = (index, row["slide_id"])
     frame["mpp"] = pd.array([float("nan") if m is None else m for m in mpps], dtype=float)
+    frame["mpp_override"] = pd.array(
+        [float("nan") if m is None else m for m in overrides], dtype=float
+    )
     written = list(frame["path"])
     frame["path"] = [resolve_slide_path(sheet, p) for p in written]
     check_leakage(frame, sheet)

@@ -143,16 +143,32 @@ def encoder_flags(recipe: PreprocessingRecipe) -> str:
 _GIVEN_MPP_SOURCES = ("default", "sheet", "override")
 
 
-def fallback_mpp_flag(sheet_mpp: float | None, default_mpp: float | None) -> str:
-    """`zoommil inspect --default-mpp`: the sheet's mpp, else the config's `default_mpp`.
+def inspect_mpp_flag(override: Any, sheet_mpp: Any, default_mpp: Any) -> str:
+    """`zoommil inspect`'s mpp flag for a slide: the sheet's mpp_override as `--mpp` (it
+    replaces the metadata), else the sheet's mpp, else the config's `default_mpp`, as
+    `--default-mpp`.
 
-    Why a fallback and not `--mpp`: DESIGN's order puts both after every metadata source, so
-    they only reach slides whose metadata has no plausible mpp.
+    Why a fallback for the last two and not `--mpp`: DESIGN's order puts both after every
+    metadata source, so they only reach slides whose metadata has no plausible mpp. A slide
+    whose metadata is plausible but wrong needs a value that wins: mpp_override, which
+    inspection records as source "override" and every later command gets as `--mpp`
+    (`resolved_mpp_flag`).
     """
+    given = _mpp_value(override)
+    if given is not None:
+        return f"--mpp {given}"
     for value in (sheet_mpp, default_mpp):
-        if value is not None and not math.isnan(float(value)):
-            return f"--default-mpp {float(value)}"
+        given = _mpp_value(value)
+        if given is not None:
+            return f"--default-mpp {given}"
     return ""
+
+
+def _mpp_value(value: Any) -> float | None:
+    """A sheet or config mpp as a float; None when absent (None or NaN)."""
+    if value is None or math.isnan(float(value)):
+        return None
+    return float(value)
 
 
 def resolved_mpp_flag(mpp: Any, source: str, flag: str = "--default-mpp") -> str:

@@ -41,6 +41,7 @@ INSPECT_COLUMNS = [
     "reason",
     "mpp",
     "mpp_source",
+    "mpp_note",
     "quickhash",
 ]
 
@@ -76,6 +77,7 @@ def inspection_table(sheet: pd.DataFrame, status_files: Iterable[str | Path]) ->
                 "reason": "" if status == "ok" else _reason(record) or status,
                 "mpp": record.get("mpp"),
                 "mpp_source": _mpp_source(record, row),
+                "mpp_note": _mpp_note(record, row),
                 "quickhash": record.get("quickhash") or "",
             }
         )
@@ -93,6 +95,32 @@ def _mpp_source(record: dict[str, Any], row: pd.Series) -> str:
     if source == "default" and sheet_mpp is not None and not pd.isna(sheet_mpp):
         return "sheet"
     return source
+
+
+#: A sheet mpp further than this (relative) from the metadata's that outranks it is noted.
+SHEET_MPP_NOTE_RELATIVE = 0.05
+
+
+def _mpp_note(record: dict[str, Any], row: pd.Series) -> str:
+    """Why the slide's mpp may be wrong: `zoommil inspect`'s note (an objective-power
+    estimate), or a sheet mpp that the slide's metadata outranks (DESIGN's order) but that
+    differs from it: the user's correction was silently dropped."""
+    notes = [str(record["mpp_note"])] if record.get("mpp_note") else []
+    sheet_mpp = row.get("mpp") if "mpp" in row.index else None
+    mpp, source = record.get("mpp"), str(record.get("mpp_source") or "")
+    if (
+        sheet_mpp is not None
+        and not pd.isna(sheet_mpp)
+        and mpp is not None
+        and source not in ("default", "override")
+        and abs(float(sheet_mpp) - float(mpp)) > SHEET_MPP_NOTE_RELATIVE * float(mpp)
+    ):
+        notes.append(
+            f"the sheet's mpp {float(sheet_mpp):.4g} is not used: the metadata's "
+            f"{float(mpp):.4g} um/px ({source}) comes first; if the metadata is wrong, give "
+            "the slide's true pixel size as the sheet's mpp_override"
+        )
+    return "; ".join(notes)
 
 
 def check_duplicate_slides(table: pd.DataFrame) -> None:
@@ -368,6 +396,21 @@ def exclusion_summary(table: pd.DataFrame) -> str:
         counts = pd.Series(kinds).value_counts().sort_index()
         text += " (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
     return text
+
+
+def mpp_notes(table: pd.DataFrame, shown: int = 5) -> str | None:
+    """One line naming the slides whose metadata mpp may be wrong (`mpp_note`), or None."""
+    if "mpp_note" not in table.columns:
+        return None
+    noted = table.loc[table["mpp_note"].fillna("").astype(str) != ""]
+    if noted.empty:
+        return None
+    ids = [str(s) for s in noted["slide_id"]]
+    return (
+        f"the mpp of {len(noted)} slide(s) comes from metadata that may be wrong "
+        f"({first_of(ids, shown)}): see mpp_note in the QC table; a sheet column "
+        "mpp_override replaces it"
+    )
 
 
 def tell(message: str) -> None:

@@ -5,7 +5,9 @@ mpp resolution (`resolve_mpp`), first plausible value wins:
 1. an explicit override (``--mpp``): the user's word beats metadata, because metadata is the
    thing that is wrong when a user bothers to give one (e.g. a 72-dpi placeholder);
 2. ``openslide.mpp-x`` (OpenSlide's own normalisation of the vendor metadata);
-3. vendor keys OpenSlide does not normalise (``aperio.MPP``, MIRAX, Hamamatsu);
+3. vendor keys OpenSlide does not normalise (``aperio.MPP``, MIRAX, Hamamatsu, and the
+   ``PhysicalSizeX`` of an OME-TIFF's OME-XML, which bfconvert and QuPath exports carry
+   without TIFF resolution tags);
 4. the TIFF resolution tags (``tiff.XResolution`` with its unit, centimetre or inch);
 5. the objective power (``openslide.objective-power`` / ``aperio.AppMag``): mpp = 10 / power;
 6. a default (``--default-mpp``: in the workflow the sheet's mpp column, else the config's
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,26 @@ def metadata_float(value: Any) -> float | None:
     return out if math.isfinite(out) and out > 0 else None
 
 
+#: OME-XML's first Pixels element (any namespace prefix) and a quoted attribute of it.
+_OME_PIXELS = re.compile(r"<(?:\w+:)?Pixels\b[^>]*>", re.DOTALL)
+#: OME's length units, in um (its default unit is um).
+_OME_UNITS_UM = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def ome_mpp(description: Any) -> float | None:
+    """um/px of an OME-XML image description (its first image's ``PhysicalSizeX`` in
+    ``PhysicalSizeXUnit``), else None."""
+    if not isinstance(description, str) or "<OME" not in description[:2000]:
+        return None
+    pixels = _OME_PIXELS.search(description)
+    if pixels is None:
+        return None
+    attrs = dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', pixels.group(0)))
+    size = metadata_float(attrs.get("PhysicalSizeX"))
+    scale = _OME_UNITS_UM.get(attrs.get("PhysicalSizeXUnit", "µm").strip())
+    return size * scale if size is not None and scale is not None else None
+
+
 def mpp_candidates(slide: openslide.OpenSlide) -> list[tuple[str, float]]:
     """Every mpp the metadata suggests, in order of trust (plausible or not)."""
     props = slide.properties
@@ -76,6 +99,7 @@ def mpp_candidates(slide: openslide.OpenSlide) -> list[tuple[str, float]]:
     phys = metadata_float(props.get("hamamatsu.PhysicalWidth"))
     if phys is not None:
         add("hamamatsu.PhysicalWidth", phys / 1000.0 / slide.dimensions[0])
+    add("ome.PhysicalSizeX", ome_mpp(props.get("tiff.ImageDescription")))
     xres = metadata_float(props.get("tiff.XResolution"))
     if xres is not None:
         unit = str(props.get("tiff.ResolutionUnit", "inch")).lower()
@@ -130,7 +154,10 @@ def resolve_mpp_details(
     for source, value in candidates:
         if plausible_mpp(value):
             _warn_if_anisotropic(slide, path, value)
-            return {**info, "mpp": value, "source": source}
+            note = _metadata_note(source, value)
+            if note:
+                log.warning("%s: %s", path, note)
+            return {**info, "mpp": value, "source": source, "note": note}
     if default_mpp is not None:
         if not plausible_mpp(float(default_mpp)):
             raise SlideCheckError(
@@ -157,6 +184,23 @@ def resolve_mpp_details(
         "no_mpp",
         f"no resolution (mpp) or objective power in the slide metadata; {HOW_TO_SUPPLY_MPP}",
     )
+
+
+#: The level-0 um/px that scanners sold as "40x" have (Leica GT450 0.2627, Hamamatsu
+#: 0.2265, Aperio AT2 0.2527): 10 / objective power is only an estimate within this range.
+FORTY_X_RANGE_TEXT = "0.22-0.27 um/px"
+SET_OVERRIDE = "give the slide's true pixel size as the sheet's mpp_override (or --mpp)"
+
+
+def _metadata_note(source: str, mpp: float) -> str | None:
+    """Why an mpp taken from the metadata may be wrong, for the QC table and the log: it was
+    estimated from the objective power. None otherwise."""
+    if source.startswith("objective-power"):
+        return (
+            f"mpp {mpp:.4g} is estimated from the objective power ({source}): scanners' 40x "
+            f"is {FORTY_X_RANGE_TEXT}; where it is known, {SET_OVERRIDE}"
+        )
+    return None
 
 
 #: Relative difference of openslide.mpp-y from the mpp used above which a slide is flagged.

@@ -328,6 +328,7 @@ def inspect_slide(
         "reason": None,
         "mpp": None,
         "mpp_source": None,
+        "mpp_note": None,
         "magnification": None,
         "objective": None,
         "vendor": None,
@@ -366,6 +367,7 @@ def inspect_slide(
         report.update(
             mpp=info["mpp"],
             mpp_source=info["source"],
+            mpp_note=info.get("note"),
             magnification=10.0 / info["mpp"],
             mpp_candidates=info["candidates"],
             mpp_rejected=info["rejected"],
