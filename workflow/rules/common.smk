@@ -84,8 +84,7 @@ WEIGHTS_SHA256 = zweights.weights_sha256(RECIPE.encoder, RECIPE.weights)
 # (not the imported package's parents: those are site-packages for a non-editable install),
 # whatever a shell left in the variable. Every job's zoommil refuses to run unless it is
 # LIB_ROOT (zoommil/__init__.py): a conda env shared by two checkouts runs the first one's.
-os.environ["ZOOMMIL_SOURCE"] = str(Path(workflow.basedir).resolve())
-os.environ["ZOOMMIL_LIBRARY"] = str(LIB_ROOT)
+zwf.export_checkout(workflow.basedir, LIB_ROOT)
 SLIDE_SCHEMA = yaml.safe_load(
     open(workflow.source_path("../schemas/slides.schema.yaml"), encoding="utf-8")
 )

@@ -61,6 +61,18 @@ def check_imported_library(root: str | Path) -> None:
         )
 
 
+def export_checkout(basedir: str | Path, library: str | Path) -> None:
+    """Export, for the jobs, the checkout of the Snakefile (``ZOOMMIL_SOURCE``: what the conda
+    envs' post-deploy scripts install) and the zoommil sources the workflow tracks
+    (``ZOOMMIL_LIBRARY``: a job importing another zoommil refuses to run, `zoommil/__init__`).
+
+    Both are set whatever the shell had: a ZOOMMIL_SOURCE left there (the post-deploy
+    script's error suggests setting it) installed another checkout into the envs.
+    """
+    os.environ["ZOOMMIL_SOURCE"] = str(Path(basedir).resolve())
+    os.environ["ZOOMMIL_LIBRARY"] = str(Path(library).resolve())
+
+
 def gpu_present() -> bool:
     """Whether this machine has an NVIDIA GPU, without importing torch (the Snakefile runs
     this at every start): the driver lists its GPUs under /proc/driver/nvidia/gpus."""
