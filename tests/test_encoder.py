@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import numpy as np
@@ -250,6 +251,25 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ZoomMILError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_a_gpu_torch_cannot_use_is_said(monkeypatch, caplog):
+    """A conda env built on a login node gets a CPU build of torch: on the GPU node,
+    `--device auto` ran every job on the CPU without a word."""
+    from zoommil import device as device_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_module, "nvidia_gpu_present", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with caplog.at_level(logging.WARNING, logger="zoommil.device"):
+        assert resolve_device("auto").type == "cpu"
+    assert "--device auto runs on the CPU: the node has an NVIDIA GPU but this torch" in caplog.text
+    assert "is a CPU build" in caplog.text
+    with pytest.raises(ZoomMILError, match="no CUDA device is available: the node has an NVIDIA"):
+        resolve_device("cuda")
+    monkeypatch.setattr(device_module, "nvidia_gpu_present", lambda: False)
+    caplog.clear()
+    assert resolve_device("auto").type == "cpu" and caplog.text == ""  # no GPU: nothing to say
 
 
 @pytest.fixture

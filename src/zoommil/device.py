@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from zoommil.environment import nvidia_gpu_present
 from zoommil.errors import ZoomMILError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -31,11 +36,16 @@ def use_ieee_fp32() -> None:
 def _parse_device(device: str) -> torch.device:
     name = str(device).strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if nvidia_gpu_present():
+            log.warning("--device auto runs on the CPU: %s", _unusable_gpu())
+        return torch.device("cpu")
     if name != "cpu" and not name.startswith("cuda"):
         raise ZoomMILError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ZoomMILError(f"device {name!r} requested but no CUDA device is available")
+        why = f": {_unusable_gpu()}" if nvidia_gpu_present() else ""
+        raise ZoomMILError(f"device {name!r} requested but no CUDA device is available{why}")
     try:
         resolved = torch.device(name)
     except RuntimeError:
@@ -45,6 +55,22 @@ def _parse_device(device: str) -> torch.device:
         if resolved.index >= count:
             raise ZoomMILError(f"device {name!r} requested but only {count} CUDA device(s) exist")
     return resolved
+
+
+def _unusable_gpu() -> str:
+    """Why torch cannot use the GPU the driver lists. Why say it: a conda env built on a login
+    node without GPU gets conda-forge's CPU build of pytorch, and every GPU job then ran on
+    the CPU with nothing but the device recorded in its outputs to show it."""
+    if torch.version.cuda is None:
+        return (
+            f"the node has an NVIDIA GPU but this torch ({torch.__version__}) is a CPU build; "
+            "install a CUDA build (conda: build the env with CONDA_OVERRIDE_CUDA=12, "
+            "docs/cluster.md)"
+        )
+    return (
+        f"the node has an NVIDIA GPU but torch (CUDA {torch.version.cuda}) cannot use it "
+        "(driver too old for this build, or CUDA_VISIBLE_DEVICES hides it)"
+    )
 
 
 def synchronize(device: torch.device) -> None:

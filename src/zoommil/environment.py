@@ -45,6 +45,17 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def nvidia_gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, asked of the driver, not of torch (whose CPU
+    build sees none, and whose import the Snakefile should not pay at every start):
+    /proc/driver/nvidia/gpus lists them."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    try:
+        return gpus.is_dir() and any(gpus.iterdir())
+    except OSError:
+        return False
+
+
 def code_commit(root: str | Path | None = None) -> str | None:
     """The git commit of the checkout ``zoommil`` is imported from (``+dirty`` with tracked
     files changed); None outside a git checkout, without git, or for an installed copy (a

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from zoommil.environment import nvidia_gpu_present
 from zoommil.errors import ZoomMILError
 from zoommil.recipe import PreprocessingRecipe
 
@@ -75,9 +76,8 @@ def export_checkout(basedir: str | Path, library: str | Path) -> None:
 
 def gpu_present() -> bool:
     """Whether this machine has an NVIDIA GPU, without importing torch (the Snakefile runs
-    this at every start): the driver lists its GPUs under /proc/driver/nvidia/gpus."""
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
+    this at every start)."""
+    return nvidia_gpu_present()
 
 
 def time_on_gpu(setting: bool | str) -> bool:
