@@ -106,3 +106,28 @@ def test_an_import_the_hash_cannot_follow_is_an_error(scratch: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"cannot tell which module .*zoommil\.wsi\.tiling, line"):
         code_hash(scratch, ["tile"])
+
+
+def test_the_python_api_s_names_count_only_where_they_are_taken(scratch: Path) -> None:
+    """`zoommil/__init__` lazily exports the notebook API (models, training, inference), and
+    every module imports `zoommil`: its table made every step hash every model, so an edit of
+    TransMIL reran a cohort's tissue detection, tiling and features (review G). A name counts
+    for the module that takes it: `from zoommil import load_classifier` or, after
+    `import zoommil`, `zoommil.load_classifier`."""
+    before = _hashes(scratch)
+    path = scratch / "models" / "transmil.py"
+    path.write_text(path.read_text() + "\nEDITED = 1\n")
+    after = _hashes(scratch)
+    assert after["tile"] == before["tile"] and after["features"] == before["features"]
+    assert after["train"] != before["train"]
+    # a script taking an API name by either spelling counts its module (and what it imports)
+    spellings = (
+        "from zoommil import load_classifier\n",
+        "import zoommil\nzoommil.load_classifier\n",
+    )
+    for text in spellings:
+        script = scratch.parent / "notebook.py"
+        script.write_text(text)
+        assert "zoommil.inference.classifier" in closure(scratch, ["notebook.py"], scratch.parent)
+    script.write_text("import zoommil\nzoommil.__version__\n")
+    assert "zoommil.inference.classifier" not in closure(scratch, ["notebook.py"], scratch.parent)

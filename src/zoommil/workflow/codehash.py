@@ -11,9 +11,14 @@ the steps that import the module.
 
 Imports by a computed name count too: ``importlib.import_module(f"zoommil.pkg.{name}")`` (the
 encoder registry loads ``zoommil.features.encoders.vit`` that way) adds every module of
-``zoommil.pkg``, a constant name adds that module, and ``import_module(TABLE[name])`` over a
-module-level dict of constant names (``zoommil.training``'s lazy exports) adds every module the
-dict names. Any other computed name is an error naming the module and line, never a module
+``zoommil.pkg`` and a constant name adds that module. ``import_module(TABLE[name])`` over a
+module-level dict of constant names is a package's lazy exports (``zoommil``'s Python API,
+``zoommil.training``'s): the package adds none of them by itself, and a module that takes a
+name from it (``from zoommil.training import evaluate_checkpoint``, or ``zoommil.training.train``
+after ``import zoommil.training``) adds the module the table names for it. Why per name: every
+module imports ``zoommil``, so its table of the whole API made each step's hash depend on
+every model and the trainer, and an edit of TransMIL redid a cohort's tissue, tiles and
+features. Any other computed name is an error naming the module and line, never a module
 silently left out of the hash. The one exception is the CLI's loop over ``zoommil.commands``,
 which adds nothing: a command is an entry, and a step hashes the one it runs.
 
@@ -58,32 +63,58 @@ def _package_modules(root: Path, package: str) -> list[str]:
     return sorted(names)
 
 
-def _name_tables(tree: ast.Module) -> dict[str, set[str]]:
-    """Module-level dicts whose values are all constant strings: ``{name: their values}``."""
-    tables: dict[str, set[str]] = {}
+def _name_tables(tree: ast.Module) -> dict[str, dict[str, str]]:
+    """Module-level dicts of constant strings: ``{table: {key: value}}``."""
+    tables: dict[str, dict[str, str]] = {}
     for node in tree.body:
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
         value = getattr(node, "value", None)
         if not isinstance(value, ast.Dict) or not value.values:
             continue
-        names = [v.value for v in value.values if isinstance(v, ast.Constant)]
-        if len(names) == len(value.values) and all(isinstance(n, str) for n in names):
+        pairs = [
+            (k.value, v.value)
+            for k, v in zip(value.keys, value.values, strict=True)
+            if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)
+        ]
+        if len(pairs) == len(value.values) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in pairs
+        ):
             for target in targets:
                 if isinstance(target, ast.Name):
-                    tables[target.id] = set(names)
+                    tables[target.id] = dict(pairs)
     return tables
 
 
-def _dynamic_import(node: ast.Call, tables: dict[str, set[str]], where: str) -> set[str]:
-    """The modules an ``import_module(...)``/``__import__(...)`` call may load (empty for any
-    other call): its constant name, ``"pkg.*"`` for an f-string ``f"pkg.{...}"`` (any module
-    of ``pkg``), or every name of a module-level table it subscripts. Any other argument is an
-    error: a module the hash cannot see would stop its edits from rerunning the steps."""
+def _import_call(node: ast.AST) -> ast.expr | None:
+    """The name argument of an ``import_module(...)``/``__import__(...)`` call, else None."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
     func = node.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-    if name not in ("import_module", "__import__") or not node.args:
+    return node.args[0] if name in ("import_module", "__import__") else None
+
+
+def lazy_exports(tree: ast.Module) -> dict[str, str]:
+    """A module's lazy exports: name -> module of the tables its ``import_module(TABLE[name])``
+    calls read (empty for a module without)."""
+    tables = _name_tables(tree)
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        arg = _import_call(node)
+        if isinstance(arg, ast.Subscript) and isinstance(arg.value, ast.Name):
+            out.update(tables.get(arg.value.id, {}))
+    return out
+
+
+def _dynamic_import(node: ast.Call, tables: dict[str, dict[str, str]], where: str) -> set[str]:
+    """The modules an ``import_module(...)``/``__import__(...)`` call may load (empty for any
+    other call, and for a lazy export ``TABLE[name]``, which the modules that take the name
+    count: `_taken_names`): its constant name, or ``"pkg.*"`` for an f-string
+    ``f"pkg.{...}"`` (any module of ``pkg``). Any other argument is an error: a module the
+    hash cannot see would stop its edits from rerunning the steps."""
+    arg = _import_call(node)
+    if arg is None:
         return set()
-    arg = node.args[0]
     if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
         return {arg.value}
     if isinstance(arg, ast.JoinedStr) and arg.values:
@@ -92,12 +123,54 @@ def _dynamic_import(node: ast.Call, tables: dict[str, set[str]], where: str) -> 
             return {str(head.value)[:-1] + _ANY_MODULE}
     if isinstance(arg, ast.Subscript) and isinstance(arg.value, ast.Name):
         if arg.value.id in tables:
-            return tables[arg.value.id]
+            return set()
     raise ValueError(
         f"code_hash: cannot tell which module {ast.unparse(node)} loads ({where}, line "
         f"{node.lineno}); use a constant name, an f-string 'zoommil.pkg.{{...}}' or a "
         "module-level dict of constant names"
     )
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """``a.b.c`` of an attribute chain on a name, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def _taken_names(tree: ast.Module, module: str, is_package: bool) -> set[tuple[str, str]]:
+    """(package, name) of every name a module may take from a `zoommil` package: ``from
+    package import name``, and ``package.name`` (``alias.name``) after ``import package``."""
+    taken: set[tuple[str, str]] = set()
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = imported_from(node, module, is_package)
+            taken.update((base, alias.name) for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:  # `import a.b` binds a; `import a.b as x` binds x to a.b
+                if alias.asname:
+                    aliases[alias.asname] = alias.name
+                else:
+                    aliases[alias.name.split(".")[0]] = ""
+    if not aliases:
+        return taken
+    for node in ast.walk(tree):
+        dotted = _dotted(node) if isinstance(node, ast.Attribute) else None
+        if dotted is None:
+            continue
+        head, *rest = dotted.split(".")
+        if head not in aliases or not rest:
+            continue
+        # `import a.b` binds `a`, and `a.b.c` is name c of package a.b; `import a.b as x` binds x
+        parts = [aliases[head]] if aliases[head] else [head]
+        for i, part in enumerate(rest):
+            taken.add((".".join(parts + rest[:i]), part))
+    return {(p, n) for p, n in taken if p == PACKAGE or p.startswith(PACKAGE + ".")}
 
 
 def imported_from(node: ast.ImportFrom, module: str, is_package: bool) -> str:
@@ -186,7 +259,14 @@ def closure(root: str | Path, entries: Iterable[str], basedir: str | Path = ".")
         tree, _ = _source(path)
         is_package = path.name == "__init__.py"
         module = name if name.startswith(PACKAGE) else PACKAGE  # scripts import absolutely
-        for imported in _imported_names(tree, module, is_package):
+        imported_names = _imported_names(tree, module, is_package)
+        for package, taken in _taken_names(tree, module, is_package):
+            file = _module_file(root, package)
+            if file is not None and file.name == "__init__.py":
+                exported = lazy_exports(_source(file)[0]).get(taken)
+                if exported is not None:
+                    imported_names.add(exported)
+        for imported in imported_names:
             package = imported.removesuffix(_ANY_MODULE)
             if package in ENTRY_PACKAGES:
                 continue
