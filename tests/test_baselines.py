@@ -19,6 +19,7 @@ from zoommil.models.msmil import MSMIL, _AdaptiveGradReverse
 from zoommil.models.nystrom import NystromAttention, iterative_pinv
 from zoommil.models.sparseconvmil import SparseConvMIL, augmented_cells, grid_cells
 from zoommil.models.transmil import PPEG, TransMIL
+from zoommil.option_values import known_arch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,6 +185,8 @@ def test_inputs_from_a_notebook_are_taken_or_refused_in_one_line(name):
     with torch.no_grad():
         logits = model(feats, coords)
         torch.testing.assert_close(model([f.numpy() for f in feats], coords), logits)
+        as_float64 = [f.numpy().astype("float64") for f in feats]  # NumPy's default dtype
+        torch.testing.assert_close(model(as_float64, coords), logits)
         torch.testing.assert_close(model([f[0] for f in feats], coords), logits)
     with pytest.raises(ZoomMILError, match=f"expects {TOY_DIM}-d features, got 16-d"):
         model([f[..., :16] for f in feats], coords)
@@ -271,6 +274,7 @@ def test_registry_names_and_errors():
     assert isinstance(build_model("CLAM-SB", n_classes=3), CLAMSB)
     assert isinstance(build_model("MS-MIL", n_classes=3), MSMIL)  # the papers' spelling
     assert isinstance(build_model("Sparse_Conv-MIL", n_classes=3), SparseConvMIL)
+    assert known_arch("MS-MIL", MODEL_NAMES) == "msmil" and known_arch("ms", MODEL_NAMES) is None
     with pytest.raises(ZoomMILError, match="unknown model 'MS-MIL-2'"):
         build_model("MS-MIL-2")
 

@@ -250,10 +250,17 @@ for argv in (
 
 def test_the_wsi_stages_run_without_torch(tmp_path):
     """`wsi.yaml` has no pytorch: synth, inspect, tissue and tile must run, not only import,
-    with torch and torchvision unimportable (a command importing it in `run` would fail only
-    in a conda job)."""
+    with every package the env lacks unimportable (a command importing one in `run` would
+    fail only in a conda job)."""
+    env = _env("wsi")
+    blocked = [
+        IMPORT_NAME.get(name, name.replace("-", "_"))
+        for name in _pyproject_deps()
+        if CONDA_NAME.get(name, name) not in env  # snakemake too: jobs never import it
+    ]
+    assert {"torch", "torchvision", "snakemake"} <= set(blocked)
     result = subprocess.run(
-        [sys.executable, "-c", _RUN_WITHOUT, "torch,torchvision,timm,sklearn", str(tmp_path)],
+        [sys.executable, "-c", _RUN_WITHOUT, ",".join(blocked), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -232,6 +232,11 @@ def test_method_options_are_checked_without_building_models() -> None:
     with pytest.raises(ZoomMILError, match="method 'zoommil': model 'zoommil' does not take "
                        "option.s. sigm; it takes: "):  # fmt: skip
         trainconfig.check_method_options({"zoommil": {"arch": "zoommil", "sigm": 0.005}}, root)
+    # the papers' spellings are the registry's names (`known_arch`); an unknown one is named
+    # as written, not as a lower-cased, re-hyphenated 'ms_mil'
+    trainconfig.check_method_options({"m": {"arch": "MS-MIL"}, "c": {"arch": "CLAM-SB"}}, root)
+    with pytest.raises(ZoomMILError, match="method 'm': unknown architecture 'MS-MIL-2'"):
+        trainconfig.check_method_options({"m": {"arch": "MS-MIL-2"}}, root)
 
 
 def test_model_options_follow_relative_imports_and_name_an_unfollowable_one(

@@ -167,8 +167,9 @@ def test_an_objective_power_estimate_is_noted(caplog):
     assert info["mpp"] == 0.25
     assert info["note"] == (
         "mpp 0.25 is estimated from the objective power (objective-power (aperio.AppMag)): "
-        "scanners' 40x is 0.22-0.27 um/px; where it is known, give the slide's true pixel "
-        "size as the sheet's mpp_override (or --mpp)"
+        "scanners' pixel sizes at one nominal power differ by up to ~16% (40x: 0.22-0.27 "
+        "um/px); where it is known, give the slide's true pixel size as the sheet's "
+        "mpp_override (or --mpp)"
     )
     assert "gt450.svs: mpp 0.25 is estimated" in caplog.text
     own = resolve_mpp_details(fake_slide({"aperio.MPP": "0.2627", "aperio.AppMag": "40"}), "x")

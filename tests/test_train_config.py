@@ -147,3 +147,15 @@ def test_an_option_training_sets_itself_is_refused_naming_it(tmp_path: Path) -> 
     with pytest.raises(ZoomMILError, match=r"in_dim cannot be set as an option; training sets "
                        r"in_dim from the feature files' dimension"):  # fmt: skip
         _resolve(path, name)
+
+
+def test_the_papers_spellings_resolve_to_the_registered_architecture(tmp_path: Path) -> None:
+    """`arch: CLAM-SB` passed the workflow's check and then failed `zoommil train` (which
+    compared the name as written); `--model MS-MIL` was not an architecture."""
+    path = tmp_path / "train.yaml"
+    path.write_text(f"{HEAD}methods:\n  clam:\n    arch: CLAM-SB\n")
+    assert _resolve(path, "clam").arch == "clam_sb"
+    assert _resolve(path, "MS-MIL").arch == "msmil"
+    path.write_text(f"{HEAD}methods:\n  x:\n    arch: MS-MIL-2\n")
+    with pytest.raises(ZoomMILError, match="unknown architecture 'MS-MIL-2'"):
+        _resolve(path, "x")

@@ -9,7 +9,7 @@ any preprocessing instead of as a torch traceback or a NaN loss at training.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from zoommil.errors import ZoomMILError
@@ -25,6 +25,14 @@ RESERVED_OPTIONS = {
     "n_classes": "the number of classes",
     "run_seed": "the training seed",
 }
+
+
+def known_arch(name: Any, known: Iterable[str]) -> str | None:
+    """The registered architecture ``name`` spells, ignoring case, hyphens and underscores
+    (the papers' ``MS-MIL``, ``CLAM-SB``: ``msmil``, ``clam_sb``), else None. One rule for
+    `build_model`, `zoommil train` and the workflow's config check."""
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
+    return next((arch for arch in known if arch.replace("_", "") == key), None)
 
 
 def _number(value: Any) -> float | None:

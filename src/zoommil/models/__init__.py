@@ -26,7 +26,7 @@ from zoommil.models.msmil import MSMIL
 from zoommil.models.sparseconvmil import SparseConvMIL
 from zoommil.models.transmil import TransMIL
 from zoommil.models.zoommil import ZoomMIL
-from zoommil.option_values import check_option_values
+from zoommil.option_values import check_option_values, known_arch
 from zoommil.recipe import arch_mags
 
 _CLASSES: dict[str, type[nn.Module]] = {
@@ -45,15 +45,11 @@ _CLASSES: dict[str, type[nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_CLASSES)
 
 
-def _spelling(name: str) -> str:
-    return str(name).strip().lower().replace("-", "").replace("_", "")
-
-
 def canonical_name(name: str) -> str:
     """``CLAM-SB`` -> ``clam_sb``, ``MS-MIL`` -> ``msmil`` (the papers' spellings: case,
-    hyphens and underscores do not count); unknown names raise a `ZoomMILError` listing the
-    valid ones."""
-    key = next((n for n in _CLASSES if _spelling(n) == _spelling(name)), None)
+    hyphens and underscores do not count, `known_arch`); unknown names raise a `ZoomMILError`
+    listing the valid ones."""
+    key = known_arch(name, _CLASSES)
     if key is None:
         raise ZoomMILError(f"unknown model '{name}'; valid models: {', '.join(MODEL_NAMES)}")
     return key

@@ -21,7 +21,7 @@ Coords = Sequence[torch.Tensor] | torch.Tensor | None
 
 def as_list(feats: Feats) -> list[torch.Tensor]:
     """Feature list, every entry [1, N, D] (a bare tensor counts as one magnification; NumPy
-    arrays are taken as tensors). Several magnifications must come lowest first, each with a
+    arrays are taken as float32 tensors). Several magnifications must come lowest first, each with a
     whole multiple of the previous one's rows (the descendant layout of a feature file): a
     list in the other order gave single-scale models the lowest magnification's rows and
     MS-MIL its scales swapped, without an error."""
@@ -29,6 +29,8 @@ def as_list(feats: Feats) -> list[torch.Tensor]:
         feats = [feats]
     out = []
     for f in feats:
+        if isinstance(f, np.ndarray) and np.issubdtype(f.dtype, np.floating):
+            f = f.astype(np.float32, copy=False)  # NumPy's default is float64; models are fp32
         f = torch.as_tensor(f)
         if f.dim() == 2:
             f = f.unsqueeze(0)

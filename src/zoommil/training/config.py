@@ -23,7 +23,11 @@ import yaml
 from zoommil.errors import ZoomMILError
 from zoommil.io.sheet import check_label_case
 from zoommil.io.yamlio import load_yaml
-from zoommil.option_values import check_method_options_not_reserved, check_option_values
+from zoommil.option_values import (
+    check_method_options_not_reserved,
+    check_option_values,
+    known_arch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -339,18 +343,20 @@ def resolve_method(config: TrainConfig, name: str, known_archs: Iterable[str]) -
         if "mags" in entry:  # a method's magnifications decide the data, not just the model
             train.setdefault("mags", _mags(entry.pop("mags"), where))
         train = {key: _train_setting(key, value, f"{where}: train") for key, value in train.items()}
-        if arch not in known:
+        if known_arch(arch, known) is None:
             raise ZoomMILError(
                 f"{where}: unknown architecture '{arch}' (known: {', '.join(known)})"
             )
+        arch = str(known_arch(arch, known))
         try:
             check_method_options_not_reserved(arch, entry)
             check_option_values(arch, entry)
         except ZoomMILError as error:
             raise ZoomMILError(f"{where}: {error}") from None
         return MethodSpec(name=name, arch=arch, kwargs=entry, train=train)
-    if name in known:
-        return MethodSpec(name=name, arch=name, kwargs={}, train={})
+    arch = known_arch(name, known)
+    if arch is not None:
+        return MethodSpec(name=name, arch=arch, kwargs={}, train={})
     methods = ", ".join(sorted(config.methods)) or "none"
     raise ZoomMILError(
         f"unknown model '{name}': not a method of {config.source or 'the config'} "

@@ -22,6 +22,7 @@ from zoommil.option_values import (
     RESERVED_OPTIONS,
     check_method_options_not_reserved,
     check_option_values,
+    known_arch,
 )
 from zoommil.workflow.codehash import imported_from
 
@@ -212,10 +213,11 @@ def check_method_options(methods: Mapping[str, Mapping[str, Any]], models_root: 
     options = model_options(models_root)
     for name, spec in methods.items():
         spec = dict(spec or {})
-        arch = str(spec.get("arch", name)).strip().lower().replace("-", "_")
-        if arch not in options:
+        written = spec.get("arch", name)
+        arch = known_arch(written, options)
+        if arch is None:
             raise ZoomMILError(
-                f"method '{name}': unknown architecture '{arch}' (known: {', '.join(options)})"
+                f"method '{name}': unknown architecture '{written}' (known: {', '.join(options)})"
             )
         accepted, var_kwargs = options[arch]
         accepted = accepted - set(RESERVED_OPTIONS)  # set by training: refused just below

@@ -197,8 +197,9 @@ def _metadata_note(source: str, mpp: float) -> str | None:
     estimated from the objective power. None otherwise."""
     if source.startswith("objective-power"):
         return (
-            f"mpp {mpp:.4g} is estimated from the objective power ({source}): scanners' 40x "
-            f"is {FORTY_X_RANGE_TEXT}; where it is known, {SET_OVERRIDE}"
+            f"mpp {mpp:.4g} is estimated from the objective power ({source}): scanners' pixel "
+            f"sizes at one nominal power differ by up to ~16% (40x: {FORTY_X_RANGE_TEXT}); "
+            f"where it is known, {SET_OVERRIDE}"
         )
     return None
 
