@@ -28,6 +28,7 @@ from zoommil.io.featurefile import layout_problem as file_layout_problem
 from zoommil.io.sheet import SPLITS
 from zoommil.workflow.failure import read_marker
 from zoommil.workflow.params import run_path
+from zoommil.wsi.mpp import differs_from_metadata
 
 #: The slides table kept when QC stops the run (`check_usable_splits_keeping`)
 FAILED_TABLE = "slides.failed.tsv"
@@ -97,10 +98,6 @@ def _mpp_source(record: dict[str, Any], row: pd.Series) -> str:
     return source
 
 
-#: A sheet mpp further than this (relative) from the metadata's that outranks it is noted.
-SHEET_MPP_NOTE_RELATIVE = 0.05
-
-
 def _mpp_note(record: dict[str, Any], row: pd.Series) -> str:
     """Why the slide's mpp may be wrong: `zoommil inspect`'s note (an objective-power
     estimate), or a sheet mpp that the slide's metadata outranks (DESIGN's order) but that
@@ -113,7 +110,7 @@ def _mpp_note(record: dict[str, Any], row: pd.Series) -> str:
         and not pd.isna(sheet_mpp)
         and mpp is not None
         and source not in ("default", "override")
-        and abs(float(sheet_mpp) - float(mpp)) > SHEET_MPP_NOTE_RELATIVE * float(mpp)
+        and differs_from_metadata(sheet_mpp, mpp)
     ):
         notes.append(
             f"the sheet's mpp {float(sheet_mpp):.4g} is not used: the metadata's "

@@ -19,3 +19,14 @@ MPP_RANGE_TEXT = f"{MPP_MIN}-{MPP_MAX} um/px"
 def plausible_mpp(mpp: float) -> bool:
     """Whether ``mpp`` (um/px) is a level-0 resolution a real scan can have."""
     return math.isfinite(mpp) and MPP_MIN <= mpp <= MPP_MAX
+
+
+#: A given mpp (--mpp, a sheet's mpp) further than this (relative) from a plausible metadata
+#: value is said: predicting a cohort with --mpp for one slide without metadata silently
+#: rescaled the others (review A), and a sheet mpp the metadata outranks was dropped unsaid.
+DIFFERENT_MPP_RELATIVE = 0.05
+
+
+def differs_from_metadata(given: float, metadata: float) -> bool:
+    """Whether a given mpp differs from the metadata's by more than `DIFFERENT_MPP_RELATIVE`."""
+    return abs(float(given) - float(metadata)) > DIFFERENT_MPP_RELATIVE * float(metadata)

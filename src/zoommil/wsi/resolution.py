@@ -30,7 +30,7 @@ from typing import Any
 import openslide
 
 from zoommil.errors import SlideCheckError
-from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
+from zoommil.wsi.mpp import MPP_RANGE_TEXT, differs_from_metadata, plausible_mpp
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ HOW_TO_SUPPLY_MPP = (
     "own; inspect, tissue and tile also take --default-mpp X, used only where the metadata "
     "has none)"
 )
-#: --mpp that differs from a plausible metadata value by more than this (relative) is warned
-#: about: predicting a cohort with --mpp for one slide without metadata silently rescaled the
-#: others (review A).
-OVERRIDE_WARN_RELATIVE = 0.05
 
 
 def metadata_float(value: Any) -> float | None:
@@ -118,7 +114,7 @@ def _warn_if_overriding(path: str | Path, mpp: float, candidates: list[tuple[str
     """Say so when --mpp replaces a plausible metadata value it differs from (> 5%)."""
     for source, value in candidates:
         if plausible_mpp(value):
-            if abs(mpp - value) > OVERRIDE_WARN_RELATIVE * value:
+            if differs_from_metadata(mpp, value):
                 log.warning(
                     "%s: --mpp %.4g overrides the metadata's %.4g um/px (%s)",
                     path,
