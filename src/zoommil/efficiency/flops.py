@@ -39,6 +39,7 @@ from zoommil.io.featurefile import read_feature_file
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import PreprocessingRecipe, encoder_provenance
 from zoommil.training.checkpoint import model_from_checkpoint, recorded_path
+from zoommil.training.data import check_feature_dim, feature_tensors
 
 with warnings.catch_warnings():
     # fvcore.nn scripts its focal loss with torch.jit.script at import, which torch deprecates:
@@ -205,14 +206,9 @@ def checkpoint_flops(
         bag = read_feature_file(features_dir / f"{slide_id}.h5", config["mags"])
         if min(len(f) for f in bag.feats) == 0:
             continue
-        dim = int(bag.feats[0].shape[1])
-        if dim != int(config["in_dim"]):
-            raise ZoomMILError(
-                f"{features_dir / f'{slide_id}.h5'}: features have dimension {dim}, the "
-                f"checkpoint {checkpoint} expects {config['in_dim']}"
-            )
-        feats = [torch.from_numpy(f).unsqueeze(0) for f in bag.feats]
-        coords = [torch.from_numpy(np.asarray(c, np.int64).reshape(-1, 2)) for c in bag.coords]
+        path = features_dir / f"{slide_id}.h5"
+        check_feature_dim(path, bag.feats[0].shape[1], checkpoint, config["in_dim"])
+        feats, coords = feature_tensors(bag.feats, bag.coords)
         flops = slide_flops(model, config["arch"], feats, recipe.patch_size, encoder, coords)
         rows.append({"slide_id": slide_id, **flops})
     if not rows:

@@ -15,14 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from zoommil.errors import ZoomMILError
 from zoommil.io.featurefile import read_feature_file
 from zoommil.training.checkpoint import load_checkpoint, model_from_state
-from zoommil.training.data import check_finite_bag, check_matches_checkpoint
+from zoommil.training.data import (
+    check_feature_dim,
+    check_finite_bag,
+    check_matches_checkpoint,
+    feature_tensors,
+)
 from zoommil.training.normalize import FeatureNorm
 
 
@@ -58,16 +62,10 @@ class Classifier:
         bag = read_feature_file(path, self.mags)
         check_finite_bag(path, bag.mags, bag.feats)
         check_matches_checkpoint(path, self.config.get("preprocessing") or {}, self.checkpoint)
-        in_dim = int(self.config["in_dim"])
-        if bag.feats[0].shape[1] != in_dim:
-            raise ZoomMILError(
-                f"{path}: features have dimension {bag.feats[0].shape[1]}, the checkpoint "
-                f"{self.checkpoint} expects {in_dim}"
-            )
-        feats = [torch.from_numpy(np.ascontiguousarray(f, np.float32))[None] for f in bag.feats]
+        check_feature_dim(path, bag.feats[0].shape[1], self.checkpoint, self.config["in_dim"])
+        feats, coords = feature_tensors(bag.feats, bag.coords)
         if self.norm is not None:
             feats = [self.norm(f) for f in feats]
-        coords = [torch.from_numpy(np.asarray(c, np.int64).reshape(-1, 2)) for c in bag.coords]
         return feats, coords
 
     def probabilities(self, feature_file: str | Path) -> dict[str, float]:

@@ -341,6 +341,25 @@ def check_finite_bag(path: Path, mags: Sequence[float], feats: Sequence[np.ndarr
             )
 
 
+def feature_tensors(
+    feats: Sequence[np.ndarray], coords: Sequence[np.ndarray]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A feature file's rows as the models take them: float32 [1, N, D] features and int64
+    [N, 2] (row, col) coords per magnification (training, evaluation, FLOPs, the Python API)."""
+    return (
+        [torch.from_numpy(np.ascontiguousarray(f, np.float32))[None] for f in feats],
+        [torch.from_numpy(np.asarray(c, np.int64).reshape(-1, 2)) for c in coords],
+    )
+
+
+def check_feature_dim(path: str | Path, dim: int, checkpoint: str | Path, expected: int) -> None:
+    """Features of another width than the checkpoint's model are an error naming both files."""
+    if int(dim) != int(expected):
+        raise ZoomMILError(
+            f"{path}: features have dimension {dim}, the checkpoint {checkpoint} expects {expected}"
+        )
+
+
 def _pinned(bag: Bag) -> Bag:
     return replace(
         bag,
@@ -383,12 +402,8 @@ class BagStore:
     def _load(self, record: SlideRecord) -> Bag:
         bag = read_feature_file(record.path, self.mags)
         check_finite_bag(record.path, bag.mags, bag.feats)
-        return Bag(
-            slide_id=record.slide_id,
-            label=record.label,
-            feats=[torch.from_numpy(np.ascontiguousarray(f, np.float32))[None] for f in bag.feats],
-            coords=[torch.from_numpy(np.asarray(c, np.int64).reshape(-1, 2)) for c in bag.coords],
-        )
+        feats, coords = feature_tensors(bag.feats, bag.coords)
+        return Bag(slide_id=record.slide_id, label=record.label, feats=feats, coords=coords)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -19,7 +19,7 @@ from zoommil.errors import ZoomMILError
 from zoommil.recipe import encoder_provenance
 from zoommil.training.checkpoint import load_checkpoint, model_from_state, recorded_path
 from zoommil.training.config import TrainConfig
-from zoommil.training.data import check_matches_checkpoint
+from zoommil.training.data import check_feature_dim, check_matches_checkpoint
 from zoommil.training.normalize import FeatureNorm
 from zoommil.training.trainer import deterministic, load_splits, predict_store, split_report
 
@@ -83,11 +83,7 @@ def _evaluate(
             f"{checkpoint}: model magnifications {meta['mags']} differ from those resolved "
             f"now ({mags})"
         )
-    if in_dim != int(meta["in_dim"]):
-        raise ZoomMILError(
-            f"{store.records[0].path}: features have dimension {in_dim}, the checkpoint "
-            f"{checkpoint} expects {meta['in_dim']}"
-        )
+    check_feature_dim(store.records[0].path, in_dim, checkpoint, meta["in_dim"])
     check_matches_checkpoint(store.records[0].path, meta.get("preprocessing") or {}, checkpoint)
     model = model_from_state(state_dict, meta, checkpoint).to(dev)
     probs, losses = predict_store(model, store, len(classes), dev, seed)
