@@ -24,8 +24,10 @@ def _check_workflow_library() -> None:
     log. Outside a workflow the variable is not set and nothing is checked.
     """
     tracked = os.environ.get("ZOOMMIL_LIBRARY")
+    if not tracked:
+        return
     here = Path(__file__).resolve().parent
-    if tracked and here != Path(tracked).resolve():
+    if here != Path(tracked).resolve():
         print(
             f"zoommil: error: this workflow job imports zoommil from {here}, but the workflow "
             f"tracks {tracked}: the job's environment has another checkout's zoommil (a conda "
