@@ -237,8 +237,8 @@ def test_the_installed_command_is_the_console_entry():
 
 
 def test_the_mpp_hint_names_only_flags_each_command_has():
-    """A slide without mpp says how to supply one: `zoommil predict` said '--default-mpp X',
-    which predict does not take (argparse refused it)."""
+    """A slide without mpp says how to supply one, naming only flags of the commands that take
+    them: `zoommil features` has --mpp but no --default-mpp (argparse would refuse it)."""
     hint = zresolution.HOW_TO_SUPPLY_MPP
     subparsers = build_parser().get_default("command_parsers")
     for command in zresolution.MPP_FLAG_COMMANDS:
@@ -247,7 +247,7 @@ def test_the_mpp_hint_names_only_flags_each_command_has():
         takes_default = command in zresolution.DEFAULT_MPP_FLAG_COMMANDS
         assert ("--default-mpp" in flags) == takes_default, command
     assert "--mpp X" in hint
-    assert "inspect, tissue and tile also take --default-mpp X" in hint
+    assert "inspect, tissue, tile and predict also take --default-mpp X" in hint
     shown = re.findall(r"--[a-z-]+", hint)
     assert set(shown) == {"--mpp", "--default-mpp"}, shown
 

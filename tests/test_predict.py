@@ -1103,3 +1103,26 @@ def test_zoom_speedup_benchmark_runs_on_demo_slides(tmp_path):
     (row,) = case["slides"]
     assert row["abmil_patches"] > row["zoommil_patches"] > 0 and row["zoommil_seconds"] > 0
     assert "| demo (K=4, mags [5.0, 10.0]) | 1 |" in (tmp_path / "zoom_speedup.md").read_text()
+
+
+def test_default_mpp_reaches_only_the_slides_without_metadata_in_one_cohort_run(
+    small_slide, checkpoint, tmp_path, capsys
+):
+    """A mixed cohort in one run: --default-mpp classifies the slide without resolution
+    metadata (source "default", its heatmap drawn at that mpp) and leaves the other its own
+    metadata, where --mpp would override both; without it, the bare slide is a failure row
+    that names the flag."""
+    bare = write_pyramid_tiff(tmp_path / "bare.tiff", width=768, height=512, mpp=None)
+    out = tmp_path / "out"
+    argv = ["predict", str(small_slide), str(bare), "--checkpoint", str(checkpoint)]
+    argv += ["--out-dir", str(out), "--workers", "0"]
+    assert main(argv) == 1
+    assert "--default-mpp" in _error_line(capsys.readouterr().err, str(bare))
+    assert main([*argv, "--default-mpp", "0.25"]) == 0
+    meta = json.loads((out / f"{small_slide.stem}.json").read_text())
+    given = json.loads((out / "bare.json").read_text())
+    assert (meta["mpp"], given["mpp"]) == (0.5, 0.25)
+    assert meta["mpp_source"] not in ("default", "override") and given["mpp_source"] == "default"
+    assert (out / "bare.png").is_file()
+    with open(out / "predictions.tsv", newline="") as handle:
+        assert [row["status"] for row in csv.DictReader(handle, delimiter="\t")] == ["ok", "ok"]

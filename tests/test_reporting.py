@@ -152,7 +152,6 @@ def test_mpp_flags_follow_the_design_order() -> None:
     assert workflow.resolved_mpp_flag("", "") == ""  # not inspected ok
     assert workflow.resolved_mpp_flag("0.5", "default") == "--default-mpp 0.5"
     assert workflow.resolved_mpp_flag("0.5", "sheet") == "--default-mpp 0.5"
-    assert workflow.resolved_mpp_flag(0.5, "default", "--mpp") == "--mpp 0.5"
     assert workflow.resolved_mpp_flag("0.25", "override") == "--mpp 0.25"
 
 

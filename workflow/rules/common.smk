@@ -204,20 +204,14 @@ def inspect_mpp(wildcards):
     )
 
 
-def inspected_mpp(wildcards, flag="--default-mpp"):
+def inspected_mpp(wildcards):
     """The mpp inspection resolved, as flags of a later command (none where the metadata
     gave it); the inspection table is parsed once per version, not per job."""
     table = checkpoints.qc_inspect.get().output.table
     return zwf.resolved_mpp_flag(
         zcache.column_by_slide(table, "mpp").get(wildcards.slide, ""),
         zcache.column_by_slide(table, "mpp_source").get(wildcards.slide, ""),
-        flag,
     )
-
-
-def inspected_mpp_override(wildcards):
-    """`inspected_mpp` for `zoommil predict`, which only has `--mpp`."""
-    return inspected_mpp(wildcards, flag="--mpp")
 
 
 def all_status(wildcards):

@@ -90,7 +90,7 @@ checkpoint predict:
     params:
         code=code("predict"),
         slide=slide_path,
-        mpp=inspected_mpp_override,
+        mpp=inspected_mpp,
         device=device,
     shell:
         "zoommil predict {params.slide:q} --slide-id {wildcards.slide:q} "

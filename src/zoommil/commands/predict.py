@@ -89,10 +89,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "run of this checkpoint wrote for the same slide file (its quickhash, else its "
             "path), and classify only the rest (after Ctrl-C, a time "
             "limit or a crash); predictions.tsv lists every slide. Rerun without it after "
-            "changing --weights, --mpp or --precision"
+            "changing --weights, --mpp, --default-mpp or --precision"
         ),
     )
     parser.add_argument("--mpp", type=float, help="level-0 um/px, overriding the slide metadata")
+    parser.add_argument(
+        "--default-mpp",
+        type=float,
+        help="level-0 um/px of the slides whose metadata has none (no mpp, no objective "
+        "power); the others keep theirs: a mixed cohort in one run",
+    )
     parser.add_argument(
         "--slide-id",
         help="one slide: its id in the JSON and the output (default: the file name without "
@@ -234,6 +240,7 @@ def _run_one(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 progress=show_progress(args),
                 reader=reader,
+                default_mpp=args.default_mpp,
             )
     if args.slide_id is not None:
         result["slide_id"] = args.slide_id
@@ -242,7 +249,7 @@ def _run_one(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
     if args.heatmap:
-        save_heatmap(args.heatmap, args.slide, result, mpp=args.mpp)
+        save_heatmap(args.heatmap, args.slide, result)
     counts = json.dumps(result["patches_per_mag"])
     print(f"{_summary(result)} {counts}{_random_tag(result['weights'])}")
     return 0
@@ -289,7 +296,13 @@ def _run_many(args: argparse.Namespace) -> int:
     else:
         tasks = [SlideTask(str(s)) for s in args.slides]
     settings = Settings(
-        predictor, str(device), args.precision, args.batch_size, args.mpp, args.workers
+        predictor,
+        str(device),
+        args.precision,
+        args.batch_size,
+        args.mpp,
+        args.workers,
+        args.default_mpp,
     )
 
     def report(row: dict) -> None:

@@ -68,6 +68,8 @@ class Settings:
     #: reader processes (``--workers``); None: the default, `default_workers` in this process
     #: and inline reading in each of several slide processes
     workers: int | None = None
+    #: level-0 um/px of slides whose metadata has none (``--default-mpp``)
+    default_mpp: float | None = None
 
 
 def tasks_in_dir(
@@ -265,7 +267,9 @@ def _in_this_process(
     workers = default_workers(device, threads) if settings.workers is None else settings.workers
     with (
         ReaderPool(workers) as reader,
-        TilingAhead(settings.predictor.recipe, slides, settings.mpp) as ahead,
+        TilingAhead(
+            settings.predictor.recipe, slides, settings.mpp, default_mpp=settings.default_mpp
+        ) as ahead,
     ):
         reader.start()  # its start-up overlaps building the encoder
         with local_encoder(settings.predictor, device, settings.precision, threads) as runner:
@@ -322,11 +326,12 @@ def classify(
             batch_size=settings.batch_size,
             reader=reader,
             tiled=tiled,
+            default_mpp=settings.default_mpp,
         )
         # the heatmap first: the JSON is what --resume takes as "this slide is done", so a
         # run killed between the two must not leave a new JSON beside an older heatmap
         if task.heatmap and result["attention"]:
-            save_heatmap(task.heatmap, task.slide, result, mpp=settings.mpp)
+            save_heatmap(task.heatmap, task.slide, result)
         if heatmap := old_heatmap(task):
             heatmap.unlink(missing_ok=True)
         if task.json:

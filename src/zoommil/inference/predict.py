@@ -218,11 +218,14 @@ def zoom_predict(
     progress: bool = False,
     reader: ReaderPool | None = None,
     tiled: Lattice | None = None,
+    default_mpp: float | None = None,
 ) -> dict[str, Any]:
     """ZoomMIL inference reading only the selected regions; see the module docstring.
     ``tiled``: the slide's lattice if it was made ahead (`TilingAhead`), else it is made here."""
     with _reader_for(reader, encoder) as reader:
-        return _zoom_predict(predictor, Path(slide_path), encoder, mpp, batch_size, reader, tiled)
+        return _zoom_predict(
+            predictor, Path(slide_path), encoder, mpp, batch_size, reader, tiled, default_mpp
+        )
 
 
 def _zoom_predict(
@@ -233,6 +236,7 @@ def _zoom_predict(
     batch_size: int | None,
     reader: ReaderPool,
     tiled: Lattice | None,
+    default_mpp: float | None,
 ) -> dict[str, Any]:
     timer = _Timer()
     model = predictor.model
@@ -240,7 +244,7 @@ def _zoom_predict(
     bs = batch_size or default_batch_size(encoder.device)
     pooled, attention, selected = [], [], []
     encoded = {}
-    full = tiled or tile_for_inference(predictor.recipe, slide_path, mpp)
+    full = tiled or tile_for_inference(predictor.recipe, slide_path, mpp, default_mpp)
     lattice = full.restricted_to(predictor.mags)
     timer.end_tiling()
     rows = np.arange(len(lattice.xy[0]))  # rows kept at the current magnification
@@ -317,6 +321,7 @@ def all_patch_predict(
     progress: bool = False,
     reader: ReaderPool | None = None,
     tiled: Lattice | None = None,
+    default_mpp: float | None = None,
 ) -> dict[str, Any]:
     """Encode every tissue patch at the model's magnifications, then run the MIL head.
 
@@ -324,7 +329,7 @@ def all_patch_predict(
     only the features are kept (memory does not grow with the slide's pixels).
     """
     return all_patch_predict_shared(
-        [predictor], slide_path, encoder, mpp, batch_size, progress, reader, tiled
+        [predictor], slide_path, encoder, mpp, batch_size, progress, reader, tiled, default_mpp
     )[0]
 
 
@@ -337,6 +342,7 @@ def all_patch_predict_shared(
     progress: bool = False,
     reader: ReaderPool | None = None,
     tiled: Lattice | None = None,
+    default_mpp: float | None = None,
 ) -> list[dict[str, Any]]:
     """`all_patch_predict` for several models that read the same patches: one tiling, reading
     and encoding pass, then each model's head. Each record's times are that pass plus its own
@@ -344,7 +350,7 @@ def all_patch_predict_shared(
     lead = check_shared_pass(predictors)
     timer = _Timer()
     slide_path = Path(slide_path)
-    full = tiled or tile_for_inference(lead.recipe, slide_path, mpp)
+    full = tiled or tile_for_inference(lead.recipe, slide_path, mpp, default_mpp)
     lattice = full.restricted_to(lead.mags)
     timer.end_tiling()
     stats = StreamStats()
@@ -533,16 +539,19 @@ def predict_slide(
     progress: bool = False,
     reader: ReaderPool | None = None,
     tiled: Lattice | None = None,
+    default_mpp: float | None = None,
 ) -> dict[str, Any]:
     """Zoom inference for ZoomMIL, all-patch inference for every other architecture.
 
-    ``batch_size`` defaults to the measured best for the device (4 on CPU, 64 on GPU);
-    ``reader`` is a running `ReaderPool` to reuse across slides (else one per call); ``tiled``
-    is the slide's lattice when it was made ahead (`TilingAhead`). A read error is retried
-    once with a fresh handle, then is a `SlideError`.
+    ``mpp`` (level-0 um/px) replaces the slide's metadata; ``default_mpp`` is used only for a
+    slide whose metadata has none. ``batch_size`` defaults to the measured best for the device
+    (4 on CPU, 64 on GPU); ``reader`` is a running `ReaderPool` to reuse across slides (else
+    one per call); ``tiled`` is the slide's lattice when it was made ahead (`TilingAhead`).
+    A read error is retried once with a fresh handle, then is a `SlideError`.
     """
     run = zoom_predict if predictor.arch == "zoommil" else all_patch_predict
-    return _retrying(run, predictor, slide_path, encoder, mpp, batch_size, progress, reader, tiled)
+    args = (mpp, batch_size, progress, reader, tiled, default_mpp)
+    return _retrying(run, predictor, slide_path, encoder, *args)
 
 
 def predict_slide_shared(
@@ -552,13 +561,14 @@ def predict_slide_shared(
     mpp: float | None = None,
     batch_size: int | None = None,
     reader: ReaderPool | None = None,
+    default_mpp: float | None = None,
 ) -> list[dict[str, Any]]:
     """`predict_slide` for models that read the same patches (`check_shared_pass`): one pass
     over the slide, one record per model; a single ZoomMIL model goes through zoom inference."""
+    args = (mpp, batch_size, False, reader, None, default_mpp)
     if len(predictors) == 1 and predictors[0].arch == "zoommil":
-        return [predict_slide(predictors[0], slide_path, encoder, mpp, batch_size, False, reader)]
-    run = all_patch_predict_shared
-    return _retrying(run, predictors, slide_path, encoder, mpp, batch_size, False, reader)
+        return [predict_slide(predictors[0], slide_path, encoder, *args)]
+    return _retrying(all_patch_predict_shared, predictors, slide_path, encoder, *args)
 
 
 def _retrying(run: Any, model: Any, slide_path: str | Path, *args: Any) -> Any:

@@ -48,17 +48,21 @@ UPSAMPLING_REMEDY = (
 
 
 def tile_for_inference(
-    recipe: PreprocessingRecipe, slide_path: str | Path, mpp: float | None = None
+    recipe: PreprocessingRecipe,
+    slide_path: str | Path,
+    mpp: float | None = None,
+    default_mpp: float | None = None,
 ) -> Lattice:
     """The checkpoint's lattice of a slide file; its attrs carry the level-0 mpp (``mpp``) and
-    where it came from (``mpp_source``).
+    where it came from (``mpp_source``). ``mpp`` replaces the slide's metadata, ``default_mpp``
+    is used only where the metadata has none (`zoommil.wsi.resolution.resolve_mpp`).
 
     A slide without tissue is a `SlideCheckError` with status `NO_TISSUE`, whatever the
     recipe's policy: a prediction from its background patches would read like any other
     (cohort runs list it as a ``no_tissue`` row and go on). Below `SMALL_SLIDE_MM2` the
     detector is not trusted: every patch is classified, with a warning and ``tissue_note``
     in the lattice's attrs (and so in the prediction JSON)."""
-    slide, mpp0, source = open_with_mpp(slide_path, mpp)
+    slide, mpp0, source = open_with_mpp(slide_path, mpp, default_mpp)
     try:
         if not recipe.allow_upsampling:  # the checkpoint fixes the magnifications: say so
             check_native_resolution(slide_path, mpp0, recipe.mags, remedy=UPSAMPLING_REMEDY)
@@ -88,12 +92,12 @@ def tile_for_inference(
 
 
 def _tile_or_reason(
-    recipe: PreprocessingRecipe, slide_path: str, mpp: float | None
+    recipe: PreprocessingRecipe, slide_path: str, mpp: float | None, default_mpp: float | None
 ) -> Lattice | str:
     """`tile_for_inference` in the tiling process, its error as text: the project's errors
     take two arguments and cannot be unpickled, which would break the pool for every slide."""
     try:
-        return tile_for_inference(recipe, slide_path, mpp)
+        return tile_for_inference(recipe, slide_path, mpp, default_mpp)
     except Exception as error:  # the caller tiles the slide and raises it
         return f"{type(error).__name__}: {error}"
 
@@ -110,10 +114,12 @@ class TilingAhead:
         slides: Sequence[str | Path],
         mpp: float | None = None,
         ahead: int = 2,
+        default_mpp: float | None = None,
     ) -> None:
         self.recipe = recipe
         self.slides = [str(s) for s in slides]
         self.mpp = mpp
+        self.default_mpp = default_mpp
         self.ahead = max(1, int(ahead))
         self._pending: dict[int, Future] = {}
         self._next = 1  # the first slide is tiled by the caller: nothing runs ahead of it
@@ -143,8 +149,9 @@ class TilingAhead:
     def _submit_up_to(self, last: int) -> None:
         while self._pool is not None and self._next <= min(last, len(self.slides) - 1):
             try:
+                slide = self.slides[self._next]
                 self._pending[self._next] = self._pool.submit(
-                    _tile_or_reason, self.recipe, self.slides[self._next], self.mpp
+                    _tile_or_reason, self.recipe, slide, self.mpp, self.default_mpp
                 )
             except RuntimeError:  # the pool broke (its process died): the caller tiles
                 self.close()

@@ -105,7 +105,10 @@ def render(
     steps: int | None = None,
 ) -> np.ndarray:
     """RGB thumbnail of the slide with the prediction's lowest-magnification attention and the
-    regions of its first ``steps`` zoom steps (all when None) outlined."""
+    regions of its first ``steps`` zoom steps (all when None) outlined. ``mpp``: the level-0
+    um/px to read the slide at; default: the one the prediction resolved (its ``mpp``), so a
+    slide classified with `--mpp` or `--default-mpp` is drawn without it."""
+    mpp = prediction.get("mpp") if mpp is None else mpp
     thumb, size0 = slide_thumbnail(slide_path, mpp, max_side)
     selected = attention_entries({"attention": prediction.get("selected") or []})
     return attention_overlay(thumb, size0, lowest_attention(prediction), selected[:steps])

@@ -183,20 +183,20 @@ def _mpp_value(value: Any) -> float | None:
     return float(value)
 
 
-def resolved_mpp_flag(mpp: Any, source: str, flag: str = "--default-mpp") -> str:
+def resolved_mpp_flag(mpp: Any, source: str) -> str:
     """The flag that makes a command after inspection resolve a slide's mpp as it did.
 
     Why not `--mpp` for every slide: a slide whose mpp came from its metadata resolves the
-    same again without a flag, so its params (hence its tissue mask, tiles and features) do
-    not change when `default_mpp` or the sheet's mpp does, and its files keep the metadata
-    as the source. A slide resolved from a fallback gets that value (`flag`: `--default-mpp`
-    keeps the source "default"; `zoommil predict` only has `--mpp`), so its params change
-    exactly when its resolved mpp does. An "override" is always passed as `--mpp`.
+    same again without a flag, so its params (hence its tissue mask, tiles, features and
+    prediction) do not change when `default_mpp` or the sheet's mpp does, and its files keep
+    the metadata as the source. A slide resolved from a fallback gets that value as
+    `--default-mpp` (its source stays "default"), so its params change exactly when its
+    resolved mpp does. An "override" is always passed as `--mpp`.
     """
     text = "" if mpp is None else str(mpp).strip()
     if not text or text.lower() == "nan" or source not in _GIVEN_MPP_SOURCES:
         return ""
-    return f"{'--mpp' if source == 'override' else flag} {float(text)}"
+    return f"{'--mpp' if source == 'override' else '--default-mpp'} {float(text)}"
 
 
 def gres_gpus(gres: Any) -> int:

@@ -37,13 +37,13 @@ log = logging.getLogger(__name__)
 #: Every command that opens a slide takes --mpp (inspect, tissue, tile, features, predict);
 #: only inspect, tissue and tile take --default-mpp; profile reads the sheet's mpp column.
 MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile", "features", "predict")
-DEFAULT_MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile")
+DEFAULT_MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile", "predict")
 HOW_TO_SUPPLY_MPP = (
     "supply one, e.g. 0.5 for a 20x scan: in the workflow in the sheet's mpp column (profile "
     "reads it too), or the config's default_mpp for every slide without one; on the command line "
     "with --mpp X (it applies to every slide of the command: give such a slide a run of its "
-    "own; inspect, tissue and tile also take --default-mpp X, used only where the metadata "
-    "has none)"
+    "own; inspect, tissue, tile and predict also take --default-mpp X, used only where the "
+    "metadata has none)"
 )
 
 
