@@ -3,6 +3,7 @@ per-model details that are easy to get wrong, and a toy task each model must lea
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -188,6 +189,11 @@ def test_inputs_from_a_notebook_are_taken_or_refused_in_one_line(name):
         as_float64 = [f.numpy().astype("float64") for f in feats]  # NumPy's default dtype
         torch.testing.assert_close(model(as_float64, coords), logits)
         torch.testing.assert_close(model([f[0] for f in feats], coords), logits)
+        for dtype in (torch.float64, torch.float16):  # torch tensors: a dtype error before
+            other = model([f.to(dtype) for f in feats], coords)
+            torch.testing.assert_close(other, logits, atol=2e-2, rtol=0)
+        as_bf16 = copy.deepcopy(model).to(torch.bfloat16)  # a converted model keeps its dtype
+        assert as_bf16(feats, coords).dtype == torch.bfloat16
     with pytest.raises(ZoomMILError, match=f"expects {TOY_DIM}-d features, got 16-d"):
         model([f[..., :16] for f in feats], coords)
     with pytest.raises(ZoomMILError, match="floating-point features .* got torch.int64"):

@@ -91,6 +91,10 @@ def test_eval_keeps_exactly_descendants_of_selected_parents():
     h = model.fc[0](feats[0][0])
     scores = model.selection_attention[0](h)[:, 0]
     assert set(sel0.tolist()) == set(torch.topk(scores, 3).indices.tolist())
+    ranked = det["selection_scores"]  # returned, so a user need not rebuild them
+    assert len(ranked) == 2 and ranked[0].shape == (10,)
+    assert set(sel0.tolist()) == set(torch.topk(ranked[0], 3).indices.tolist())
+    assert torch.equal(sel1, det["rows"][1][torch.topk(ranked[1], 3).indices].sort().values)
 
 
 def test_eval_ignores_unselected_rows():

@@ -31,11 +31,11 @@ class ABMIL(nn.Module):
         self.classifier = nn.Linear(hidden, n_classes)
 
     def forward(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
-        h = self.fc(highest(feats, self.in_dim))
+        h = self.fc(highest(feats, self.in_dim, self))
         pooled, _ = attention_pool(h, self.attention(h))
         return self.classifier(pooled)
 
     def attention_scores(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
         """Softmax attention weights over the instances: [N]."""
-        h = self.fc(highest(feats, self.in_dim))
+        h = self.fc(highest(feats, self.in_dim, self))
         return torch.softmax(self.attention(h)[0, :, 0], dim=0)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from zoommil.errors import ZoomMILError
 
@@ -19,14 +21,19 @@ Feats = Sequence[torch.Tensor | np.ndarray] | torch.Tensor | np.ndarray
 Coords = Sequence[torch.Tensor] | torch.Tensor | None
 
 
-def as_list(feats: Feats) -> list[torch.Tensor]:
+def as_list(feats: Feats, like: nn.Module | None = None) -> list[torch.Tensor]:
     """Feature list, every entry [1, N, D] (a bare tensor counts as one magnification; NumPy
-    arrays are taken as float32 tensors). Several magnifications must come lowest first, each with a
-    whole multiple of the previous one's rows (the descendant layout of a feature file): a
-    list in the other order gave single-scale models the lowest magnification's rows and
-    MS-MIL its scales swapped, without an error."""
+    arrays are taken as float32 tensors). Several magnifications must come lowest first, each
+    with a whole multiple of the previous one's rows (the descendant layout of a feature file):
+    a list in the other order gave single-scale models the lowest magnification's rows and
+    MS-MIL its scales swapped, without an error.
+
+    ``like``: the model the features are for; they are given its parameters' dtype and device,
+    so float64 or float16 features, or CPU features for a model moved to a GPU, run as they do
+    from NumPy (they were a raw torch dtype or device error)."""
     if isinstance(feats, torch.Tensor | np.ndarray):
         feats = [feats]
+    place = _placement(like)
     out = []
     for f in feats:
         if isinstance(f, np.ndarray) and np.issubdtype(f.dtype, np.floating):
@@ -43,11 +50,21 @@ def as_list(feats: Feats) -> list[torch.Tensor]:
                 f"expected floating-point features (float32, as feature files store them), got "
                 f"{f.dtype}: convert them with .float()"
             )
-        out.append(f)
+        out.append(f.to(**place))
     if not out:
         raise ZoomMILError("a bag needs features of at least one magnification")
     check_descendant_counts([f.shape[1] for f in out])
     return out
+
+
+def _placement(model: nn.Module | None) -> dict[str, Any]:
+    """The dtype and device of ``model``'s first floating-point parameter ({} when none)."""
+    if model is None:
+        return {}
+    for param in model.parameters():
+        if param.is_floating_point():
+            return {"dtype": param.dtype, "device": param.device}
+    return {}
 
 
 def check_descendant_counts(rows: Sequence[int]) -> None:
@@ -61,9 +78,10 @@ def check_descendant_counts(rows: Sequence[int]) -> None:
             )
 
 
-def highest(feats: Feats, in_dim: int) -> torch.Tensor:
-    """The highest-magnification features [1, N, D] (the last listed), checked against in_dim."""
-    f = as_list(feats)[-1]
+def highest(feats: Feats, in_dim: int, like: nn.Module | None = None) -> torch.Tensor:
+    """The highest-magnification features [1, N, D] (the last listed), checked against in_dim
+    and placed like the model ``like`` (`as_list`)."""
+    f = as_list(feats, like)[-1]
     check_bag(f, in_dim)
     return f
 

@@ -91,7 +91,7 @@ class CLAMSB(nn.Module):
         self.instance_classifiers = nn.ModuleList(nn.Linear(hidden, 2) for _ in range(n_classes))
 
     def _embed(self, feats: Feats) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.fc(highest(feats, self.in_dim))
+        h = self.fc(highest(feats, self.in_dim, self))
         return h, self.attention(h)
 
     def forward(self, feats: Feats, coords: Coords = None) -> torch.Tensor:

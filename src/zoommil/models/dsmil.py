@@ -88,7 +88,7 @@ class DSMIL(nn.Module):
 
     def instances(self, feats: Feats) -> torch.Tensor:
         """The bag's instances [N, K]: highest-mag features, with parents if multi-scale."""
-        feats = as_list(feats)
+        feats = as_list(feats, self)
         for f in feats:
             check_bag(f, self.in_dim)
         if self.n_scales == 1:

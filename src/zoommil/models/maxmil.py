@@ -26,7 +26,7 @@ class MaxMIL(nn.Module):
 
     def instance_logits(self, feats: Feats) -> torch.Tensor:
         """Logits of every instance of the highest magnification: [N, C]."""
-        return self.classifier(self.fc(highest(feats, self.in_dim)[0]))
+        return self.classifier(self.fc(highest(feats, self.in_dim, self)[0]))
 
     def _instance_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Per instance, the probability that decides the max: [N]."""

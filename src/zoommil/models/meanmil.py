@@ -23,5 +23,5 @@ class MeanMIL(nn.Module):
         self.classifier = nn.Linear(hidden, n_classes)
 
     def forward(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
-        h = self.fc(highest(feats, self.in_dim))
+        h = self.fc(highest(feats, self.in_dim, self))
         return self.classifier(h.mean(dim=1))

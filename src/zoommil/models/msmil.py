@@ -70,7 +70,7 @@ class MSMIL(nn.Module):
 
     def _embed(self, feats: Feats) -> tuple[torch.Tensor, torch.Tensor]:
         """All instances of all magnifications [1, sum N_m, hidden] and their softmax weights."""
-        feats = as_list(feats)
+        feats = as_list(feats, self)
         if len(feats) != self.n_scales:
             raise ZoomMILError(
                 f"MS-MIL was built for {self.n_scales} magnifications but got {len(feats)}"

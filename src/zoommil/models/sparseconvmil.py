@@ -124,7 +124,7 @@ class SparseConvMIL(nn.Module):
         return grid, mask
 
     def forward(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
-        x = highest(feats, self.in_dim)[0]
+        x = highest(feats, self.in_dim, self)[0]
         coord_list = coords_list(coords)
         if coord_list is None:
             warnings.warn(

@@ -79,7 +79,7 @@ class TransMIL(nn.Module):
 
     def _tokens(self, feats: Feats) -> tuple[torch.Tensor, int, int]:
         """CLS + square-padded tokens [1, 1 + side^2, hidden], grid side, and N."""
-        h = self.fc(highest(feats, self.in_dim))
+        h = self.fc(highest(feats, self.in_dim, self))
         n = h.shape[1]
         side = math.ceil(math.sqrt(n))
         extra = side * side - n

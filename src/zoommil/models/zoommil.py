@@ -209,7 +209,7 @@ class ZoomMIL(nn.Module):
     def _check(self, feats: Feats) -> list[torch.Tensor]:
         """The bag as [1, N_m, D] tensors (`bag.as_list`), checked against the model: one per
         magnification, ``in_dim`` wide, rows in the descendant layout of ``mags``."""
-        feats = as_list(feats)
+        feats = as_list(feats, self)
         if len(feats) != len(self.mags):
             raise ZoomMILError(
                 f"ZoomMIL expects {len(self.mags)} magnifications {self.mags}, got {len(feats)}"
@@ -301,15 +301,18 @@ class ZoomMIL(nn.Module):
         Returns dict(logits [1, C], attention: list of [n_m] pooling weights over the kept rows,
         rows: list of [n_m] indices of the kept rows into that magnification's full rows,
         selected: list (one per step) of indices into mags[step]'s full rows whose descendants
-        were kept). With soft selection (training, diff_topk) kept rows are mixtures, so
-        ``rows`` and ``selected`` are None after the first magnification and ``indicators``
-        holds the soft [K, n] matrices instead.
+        were kept, selection_scores: list (one per step) of the [n_m] scores the selection
+        ranks: a network of its own unless ``attention="single"``, so ``selected`` is their
+        top K, not attention's; random in the random-selection ablations).
+        With soft selection (training, diff_topk) kept rows are mixtures, so ``rows`` and
+        ``selected`` are None after the first magnification and ``indicators`` holds the soft
+        [K, n] matrices instead (None per step in eval mode).
         """
         current = [x[0] for x in self._check(feats)]
         rows: list[torch.Tensor | None] = [
             torch.arange(x.shape[0], device=x.device) for x in current
         ]
-        pooled, attention, selected, indicators = [], [], [], []
+        pooled, attention, selected, indicators, ranked = [], [], [], [], []
         for m in range(len(self.mags)):
             h, v, w = self._embed(m, current[m])
             pooled.append(v)
@@ -317,6 +320,7 @@ class ZoomMIL(nn.Module):
             if m == len(self.mags) - 1:
                 break
             scores = self._selection_scores(m, h)
+            ranked.append(scores)
             n = current[m].shape[0]
             if self._soft():
                 ind = self.topk[m](scores.unsqueeze(0))[0]
@@ -340,6 +344,7 @@ class ZoomMIL(nn.Module):
             "attention": attention,
             "rows": rows,
             "selected": selected,
+            "selection_scores": ranked,
             "indicators": indicators,
         }
 
