@@ -778,17 +778,52 @@ def test_unwritable_path_is_one_line(slides, tmp_path, capsys):
 
 
 def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    """This host's temporary files of a dead process go (also the older ``.tmp-PID`` names);
+    another host's are kept while they change, as this host cannot see its processes: a
+    features job on another node lost its file to a `tile` here (review C)."""
+    from zoommil.io.atomic import FOREIGN_STALE_SECONDS, this_host
+
     out = tmp_path / "x.json"
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # a pid that is no longer alive
-    stale = tmp_path / f".x.json.tmp-{child.pid}"
-    stale.write_text("partial")
-    alive = tmp_path / f".x.json.tmp-{os.getppid()}"  # another live writer: kept
-    alive.write_text("partial")
+    host = this_host()
+    stale = tmp_path / f".x.json.tmp-{host}-{child.pid}-0a1b2c3d.json"
+    older = tmp_path / f".x.json.tmp-{child.pid}"  # the name before hosts were recorded
+    alive = tmp_path / f".x.json.tmp-{host}-{os.getppid()}-0a1b2c3d.json"  # a live writer
+    foreign = tmp_path / f".x.json.tmp-{host}x-{child.pid}-0a1b2c3d.json"  # another node's
+    abandoned = tmp_path / f".x.json.tmp-{host}x-{child.pid}-99.json"
+    for path in (stale, older, alive, foreign, abandoned):
+        path.write_text("partial")
+    long_ago = time.time() - FOREIGN_STALE_SECONDS - 60
+    os.utime(abandoned, (long_ago, long_ago))
     with atomic_path(out) as tmp:
         tmp.write_text("{}")
-    assert out.read_text() == "{}" and not stale.exists() and alive.exists()
+    assert out.read_text() == "{}"
+    assert [p.exists() for p in (stale, older, alive, foreign, abandoned)] == [
+        False,
+        False,
+        True,
+        True,
+        False,
+    ]
     assert remove_stale_temps(out) == []
+
+
+def test_two_writers_of_one_output_never_share_a_temporary_file(tmp_path):
+    """Names carry the host and a random token: two processes with one pid (two nodes, two
+    containers) wrote into one temporary file, and the run that said it succeeded got the
+    other's features (review C)."""
+    from zoommil.io.atomic import temp_name
+
+    out = tmp_path / "f.h5"
+    first, second = temp_name(out), temp_name(out)
+    assert first != second and first.parent == out.parent
+    assert first.name.startswith(".f.h5.tmp-") and first.suffix == ".h5"
+    with atomic_path(out) as a, atomic_path(out) as b:  # nested: both in flight at once
+        assert a != b
+        a.write_text("a")
+        b.write_text("b")
+    assert out.read_text() == "a"  # the last rename wins, whole
 
 
 # --- 8. one-line errors ---------------------------------------------------------------------

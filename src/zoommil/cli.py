@@ -15,6 +15,7 @@ import atexit
 import importlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -190,8 +191,33 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format=LOG_FORMAT,
     )
-    with _torch_threads_kept():
+    with _torch_threads_kept(), _sigterm_as_interrupt():
         return _main(args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: `scancel`, a SLURM time limit, a stopped workflow."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends a command as Ctrl-C does (exit 143 instead of 130): its processes are
+    stopped and its temporary files removed by the same clean-up, and it says what to rerun
+    (predict: `--resume`). Before, it died at once with a bare "Terminated", leaving the
+    reader processes' semaphores behind. Only in the main thread, the one that can set a
+    handler; the previous handler is back afterwards (`main` called from Python)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _missing_folders(paths: Sequence[Path]) -> list[Path]:
@@ -247,11 +273,13 @@ def _main(args: argparse.Namespace) -> int:
         reason = error.strerror or str(error) or type(error).__name__
         print(f"zoommil {args.command}: error: {where}{reason}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
+        stopped = isinstance(interrupt, Terminated)
         hint = getattr(args, "interrupted_hint", None)
-        print(f"zoommil {args.command}: interrupted" + (f"; {hint}" if hint else ""),
+        what = "terminated (SIGTERM)" if stopped else "interrupted"
+        print(f"zoommil {args.command}: {what}" + (f"; {hint}" if hint else ""),
               file=sys.stderr)  # fmt: skip
-        return 130
+        return 143 if stopped else 130
     return int(result or 0)
 
 

@@ -3,8 +3,11 @@
 Output faults are user-facing: a full disk, a read-only folder or an unwritable path is a
 `ZoomMILError` naming the path (one line, exit 2), found before the work by
 `check_writable` and, if the disk fills during the work, when the temporary file is written.
-Temporary files are named ``.NAME.tmp-PID``; one whose process is gone (a killed write) is
-removed by the next write of the same output.
+Temporary files are named ``.NAME.tmp-HOST-PID-TOKEN``: the host and a random token keep two
+writers of one output apart also where process ids repeat (cluster nodes, containers on a
+shared folder). One of this host whose process is gone (a killed write) is removed by the next
+write of the same output; one of another host only when it has not changed for
+`FOREIGN_STALE_SECONDS` (this host cannot tell whether that process lives).
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,10 +30,28 @@ from zoommil.errors import ZoomMILError
 MIN_FREE_BYTES = 1 << 20
 
 
+#: Age (seconds since the last change) after which another host's temporary file counts as
+#: left by a dead writer: two days, longer than any one write of a slide's outputs.
+FOREIGN_STALE_SECONDS = 2 * 24 * 3600
+
+
+def this_host() -> str:
+    """This machine's short host name as it goes into temporary file names (``[A-Za-z0-9_]``)."""
+    name = socket.gethostname().split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)[:40] or "host"
+
+
+def _own_name(path: Path, kind: str) -> Path:
+    """``.NAME.KIND-HOST-PID-TOKEN`` beside ``path``: unique to this write."""
+    return path.with_name(f".{path.name}.{kind}-{this_host()}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 def temp_name(path: Path) -> Path:
-    """The temporary file of ``path`` for this process: ``.NAME.tmp-PID.EXT`` in its folder."""
+    """A temporary file of ``path`` for one write: ``.NAME.tmp-HOST-PID-TOKEN.EXT`` in its
+    folder, a new name at every call."""
     # the suffix is repeated: writers that pick a format by extension (matplotlib, PIL) still can
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    named = _own_name(path, "tmp")
+    return named.with_name(named.name + path.suffix)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -41,9 +65,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Remove ``.NAME.tmp-PID`` files of ``path`` whose process is no longer alive."""
+    """Remove the temporary files of ``path`` that no writer will finish: this host's whose
+    process is gone, another host's unchanged for `FOREIGN_STALE_SECONDS`. (``.NAME.tmp-PID``
+    files of older versions count as this host's.)"""
     path = Path(path)
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:tmp|probe)-(\d+)(?:\..*)?$")
+    pattern = re.compile(
+        rf"^\.{re.escape(path.name)}\.(?:tmp|probe)-(?:([A-Za-z0-9_]+)-)?(\d+)(?:-[0-9a-f]+)?"
+        r"(?:\..*)?$"
+    )
+    host, now = this_host(), time.time()
     removed: list[Path] = []
     try:
         entries = list(path.parent.iterdir())
@@ -51,7 +81,16 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         match = pattern.match(entry.name)
-        if match and int(match[1]) != os.getpid() and not _pid_alive(int(match[1])):
+        if not match:
+            continue
+        if match[1] in (None, host):
+            stale = int(match[2]) != os.getpid() and not _pid_alive(int(match[2]))
+        else:
+            try:
+                stale = now - entry.stat().st_mtime > FOREIGN_STALE_SECONDS
+            except OSError:
+                stale = False
+        if stale:
             try:
                 entry.unlink()
                 removed.append(entry)
@@ -113,7 +152,7 @@ def check_writable(path: str | Path, min_free: int = MIN_FREE_BYTES) -> Path:
     except OSError as error:
         raise output_error(path, error) from None
     remove_stale_temps(path)
-    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+    probe = _own_name(path, "probe")
     try:
         with open(probe, "wb") as fh:
             fh.write(b"\0" * 4096)
