@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 SLIDES_DIR = REPO / ".." / "shared" / "data" / "slides"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def slides_dir() -> Path:
     """The real test slides (CMU-1-Small-Region.svs, TCGA-...svs, prostate-he-generic.tiff)."""
     if not SLIDES_DIR.is_dir():

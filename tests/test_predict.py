@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -363,6 +364,43 @@ def test_an_interrupted_predict_says_how_to_go_on(small_slide, checkpoint, tmp_p
         "zoommil predict: interrupted; the same command with --resume keeps the slides "
         "already classified"
     )
+
+
+def test_sigterm_ends_predict_as_ctrl_c_does_and_resume_goes_on(small_slide, checkpoint, tmp_path):
+    """`scancel` or a time limit sends SIGTERM: predict stopped at once with a bare
+    "Terminated" (exit 143, reader semaphores leaked). Now it stops as on Ctrl-C: one line
+    with the --resume hint, exit 143, no temporary file, the finished slides kept (review C)."""
+    import signal
+    import time
+
+    slides = []
+    for i in range(4):
+        slides.append(tmp_path / f"s{i}.tiff")
+        slides[-1].symlink_to(small_slide)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "zoommil", "predict", *map(str, slides)]
+    argv += ["--checkpoint", str(checkpoint), "--out-dir", str(out), "--workers", "1"]
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "s0.json").exists() and run.poll() is None:
+        assert time.monotonic() < deadline, "no slide classified in 300 s"
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    if run.returncode == 0:
+        pytest.skip("every slide was classified before the signal arrived")
+    assert run.returncode == 143, err
+    assert (
+        "zoommil predict: terminated (SIGTERM); the same command with --resume keeps the "
+        "slides already classified"
+    ) in err
+    assert "Traceback" not in err and "leaked semaphore" not in err
+    assert not list(out.glob(".*tmp-*"))
+    done = sorted(p.name for p in out.glob("*.json"))
+    assert "s0.json" in done
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"--resume: {len(done)} of 4 slides already classified, kept" in resumed.stdout
 
 
 def test_the_json_is_written_after_the_heatmap(small_slide, checkpoint, tmp_path, monkeypatch):
@@ -736,7 +774,7 @@ def test_predict_many_passes_workers_to_the_reader_pool(
     assert pools == [0, 2]
 
 
-def test_predict_heatmap_of_a_non_zoommil_checkpoint_fails_before_reading(
+def test_predict_heatmap_of_a_model_without_attention_fails_before_reading(
     small_slide, tmp_path, monkeypatch, capsys
 ):
     """It failed after classifying the slide, with the --json already written."""
@@ -746,17 +784,16 @@ def test_predict_heatmap_of_a_non_zoommil_checkpoint_fails_before_reading(
         raise AssertionError("the slide was read")
 
     monkeypatch.setattr(predict, "predict_slide", no_read)
-    config = {"arch": "abmil", "kwargs": {}, "classes": CLASSES, "mags": [20.0], "in_dim": 1024}
+    config = {"arch": "meanmil", "kwargs": {}, "classes": CLASSES, "mags": [20.0], "in_dim": 1024}
     config["preprocessing"] = {"patch_size": PATCH, "weights": "random", "tissue_threshold": 0}
-    ckpt = save_checkpoint(
-        tmp_path / "abmil.pt", build_model("abmil", in_dim=1024, n_classes=2).state_dict(), config
-    )
+    model = build_model("meanmil", in_dim=1024, n_classes=2)
+    ckpt = save_checkpoint(tmp_path / "meanmil.pt", model.state_dict(), config)
     out, png = tmp_path / "out" / "p.json", tmp_path / "out" / "p.png"
     argv = ["predict", str(small_slide), "--checkpoint", str(ckpt), "--workers", "0"]
     assert main([*argv, "--json", str(out), "--heatmap", str(png)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--heatmap needs a ZoomMIL checkpoint" in err
-    assert f"not {ckpt} (arch abmil)" in err
+    assert err.count("\n") == 1 and "--heatmap draws a model's attention" in err
+    assert f"{ckpt} (arch meanmil) has none" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -953,10 +990,10 @@ LOSSY_MAGS = [0.3125, 0.625, 1.25]
 LOSSY_PATCH = 32  # 4 parents, 84 patches
 
 
-@pytest.fixture
-def lossy_features(slides_dir: Path, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def lossy_features(slides_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real prostate pyramid's feature file at 0.3125/0.625/1.25x, every patch."""
-    root = tmp_path
+    root = tmp_path_factory.mktemp("lossy")
     recipe = PreprocessingRecipe(mags=LOSSY_MAGS, patch_size=LOSSY_PATCH, weights="random")
     recipe = recipe.replace(tissue_threshold=KEEP_EVERY_PATCH)
     slide = slides_dir / "prostate-he-generic.tiff"
@@ -1022,27 +1059,27 @@ def test_a_zoom_reads_through_the_files_magnification_before_its_target() -> Non
 def test_an_out_dir_run_of_another_model_removes_the_older_heatmap(
     small_slide, checkpoint, tmp_path
 ):
-    """A ZoomMIL run left OUT/<slide>.json and .png; an ABMIL checkpoint makes no heatmap, so
-    its JSON must not lie beside that attention map of another model: the PNG goes with the
-    JSON it belonged to (also on a failure). A PNG beside no ZoomMIL prediction (a user's
-    picture next to the slides) is left alone (review X)."""
-    config = {"arch": "abmil", "kwargs": {}, "classes": CLASSES, "mags": [20.0], "in_dim": 1024}
+    """A ZoomMIL run left OUT/<slide>.json and .png; a MeanMIL checkpoint makes no heatmap (it
+    has no attention), so its JSON must not lie beside that attention map of another model:
+    the PNG goes with the JSON it belonged to (also on a failure). A PNG beside a prediction
+    without attention (a user's picture next to the slides) is left alone (review X)."""
+    config = {"arch": "meanmil", "kwargs": {}, "classes": CLASSES, "mags": [20.0], "in_dim": 1024}
     config["config_mags"] = MAGS
     config["preprocessing"] = {"patch_size": PATCH, "weights": "random", "tissue_threshold": 0}
     torch.manual_seed(0)
-    model = build_model("abmil", in_dim=1024, n_classes=2, mags=[20.0])
-    abmil = save_checkpoint(tmp_path / "abmil.pt", model.state_dict(), config)
+    model = build_model("meanmil", in_dim=1024, n_classes=2, mags=[20.0])
+    meanmil = save_checkpoint(tmp_path / "meanmil.pt", model.state_dict(), config)
     out = tmp_path / "out"
     common = ["--out-dir", str(out), "--workers", "0", "--no-fail"]
     zoom = ["predict", str(small_slide), "--checkpoint", str(checkpoint), *common]
     assert main(zoom) == 0
     png, json_path = out / f"{small_slide.stem}.png", out / f"{small_slide.stem}.json"
     assert png.is_file() and json.loads(json_path.read_text())["arch"] == "zoommil"
-    argv = ["predict", str(small_slide), str(tmp_path / "gone.svs"), "--checkpoint", str(abmil)]
+    argv = ["predict", str(small_slide), str(tmp_path / "gone.svs"), "--checkpoint", str(meanmil)]
     assert main([*argv, *common]) == 0
-    assert json.loads(json_path.read_text())["arch"] == "abmil"
+    assert json.loads(json_path.read_text())["arch"] == "meanmil"
     assert not png.exists()
-    png.write_bytes(b"\x89PNG a user's picture")  # beside an ABMIL JSON: not a heatmap of ours
+    png.write_bytes(b"\x89PNG a user's picture")  # beside a MeanMIL JSON: not a heatmap of ours
     assert main([*argv, *common]) == 0
     assert png.read_bytes() == b"\x89PNG a user's picture"
     json_path.unlink()
@@ -1126,3 +1163,111 @@ def test_default_mpp_reaches_only_the_slides_without_metadata_in_one_cohort_run(
     assert (out / "bare.png").is_file()
     with open(out / "predictions.tsv", newline="") as handle:
         assert [row["status"] for row in csv.DictReader(handle, delimiter="\t")] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("arch", ["abmil", "clam_sb", "maxmil", "transmil", "msmil", "dsmil"])
+def test_a_baselines_prediction_carries_its_attention_on_the_patches_it_scored(
+    slides_dir, lossy_features, tmp_path, arch
+):
+    """Every model with `attention_scores` gets a heatmap like ZoomMIL's: the prediction's
+    attention is the model's scores of the feature file's rows, at those rows' level-0
+    coordinates (MS-MIL: every magnification's share of one softmax; DSMIL: the highest
+    magnification's), and `save_heatmap` draws it."""
+    from zoommil.io.featurefile import read_feature_file
+    from zoommil.models import default_mags
+    from zoommil.reporting.attention import save_heatmap
+
+    torch.manual_seed(0)
+    mags = default_mags(arch, LOSSY_MAGS)
+    model = build_model(arch, in_dim=1024, n_classes=2, mags=LOSSY_MAGS).eval()
+    recipe = PreprocessingRecipe(mags=LOSSY_MAGS, patch_size=LOSSY_PATCH, weights="random")
+    predictor = Predictor(
+        model=model,
+        arch=arch,
+        classes=CLASSES,
+        recipe=recipe.replace(tissue_threshold=KEEP_EVERY_PATCH),
+        model_mags=mags,
+    )
+    assert predictor.has_attention
+    slide = slides_dir / "prostate-he-generic.tiff"
+    result = predict_slide(predictor, slide, make_encoder(predictor)[0], mpp=1.0)
+    bag = read_feature_file(lossy_features, mags)
+    feats = [torch.from_numpy(f)[None] for f in bag.feats]
+    with torch.no_grad():
+        scores = model.attention_scores(feats, [torch.from_numpy(c) for c in bag.coords])
+    entries = result["attention"]
+    scored = list(range(len(mags))) if arch != "dsmil" else [len(mags) - 1]
+    assert [e["mag"] for e in entries] == [mags[m] for m in scored]
+    for entry, m in zip(entries, scored, strict=True):
+        np.testing.assert_array_equal(np.asarray(entry["xy"]), bag.xy[m])
+    got = np.concatenate([e["weights"] for e in entries])
+    np.testing.assert_allclose(got, scores.numpy(), atol=1e-4)
+    assert result["selected"] == []
+    png = save_heatmap(tmp_path / "map.png", slide, result)
+    assert png.stat().st_size > 0
+
+
+def test_the_models_without_attention_are_those_without_attention_scores():
+    """`WITHOUT_ATTENTION` (what the config check and predict go by, without building a
+    model) names exactly the baselines that pool without weights per patch."""
+    from zoommil.models import MODEL_NAMES
+    from zoommil.recipe import WITHOUT_ATTENTION
+
+    for arch in MODEL_NAMES:
+        if arch == "zoommil":
+            continue
+        model = build_model(arch, in_dim=1024, n_classes=2)
+        predictor = Predictor(model=model, arch=arch, classes=CLASSES, recipe=_recipe(MAGS[-1:]))
+        assert predictor.has_attention == hasattr(model, "attention_scores"), arch
+        assert (arch in WITHOUT_ATTENTION) != hasattr(model, "attention_scores"), arch
+
+
+def test_save_heatmap_of_a_prediction_without_attention_is_refused(small_slide, tmp_path):
+    """A MeanMIL result from the Python API has no attention: `save_heatmap` wrote the bare
+    thumbnail, which reads as "the model attended to nothing" (review P)."""
+    from zoommil.reporting.attention import save_heatmap
+
+    prediction = {"arch": "meanmil", "attention": [], "selected": [], "mpp": 0.5}
+    with pytest.raises(ZoomMILError, match=r"no attention to draw \(arch meanmil"):
+        save_heatmap(tmp_path / "map.png", small_slide, prediction)
+    assert not (tmp_path / "map.png").exists()
+
+
+def test_the_detector_version_goes_from_masks_to_features_and_predict_warns_on_another(
+    small_slide, tmp_path, caplog
+):
+    """An upgrade that changed the Gaussian detector's masks left old checkpoints predicting
+    on new masks without a sign (review A). Each mask, coords and feature file records its
+    detector's version, a checkpoint keeps it from its features, and predict warns when the
+    version it detects with is another; a mask of another tool records none."""
+    import logging
+
+    from zoommil.io.coords import load_coords
+    from zoommil.io.featurefile import read_attrs
+    from zoommil.wsi.tissue import DETECTOR_VERSIONS
+
+    current = DETECTOR_VERSIONS["gaussian"]
+    mask, coords = tmp_path / "mask.png", tmp_path / "coords.h5"
+    assert main(["tissue", str(small_slide), "--out", str(mask)]) == 0
+    argv = ["tile", str(small_slide), "--mags", *map(str, MAGS), "--patch-size", str(PATCH)]
+    assert main([*argv, "--tissue-mask", str(mask), "--out", str(coords)]) == 0
+    assert load_coords(coords).attrs["tissue_version"] == current
+    features = tmp_path / "f.h5"
+    extract_features(small_slide, coords, features, weights="random", workers=0)
+    assert read_attrs(features)["tissue_version"] == current
+    foreign = tmp_path / "foreign.png"
+    cv2.imwrite(str(foreign), (cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) > 127).astype("uint8"))
+    assert main([*argv, "--tissue-mask", str(foreign), "--out", str(tmp_path / "c2.h5")]) == 0
+    assert "tissue_version" not in load_coords(tmp_path / "c2.h5").attrs
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zoommil"):
+        Predictor.from_checkpoint(_zoommil_checkpoint(tmp_path / "same.pt", tissue_version=current))
+        Predictor.from_checkpoint(_zoommil_checkpoint(tmp_path / "none.pt"))
+        assert not caplog.records
+        old = _zoommil_checkpoint(tmp_path / "old.pt", tissue_version=current - 1)
+        Predictor.from_checkpoint(old)
+    (record,) = caplog.records
+    assert f"{old}: trained on features whose tissue masks came from the gaussian detector" in (
+        record.getMessage()
+    )
+    assert f"version {current - 1}; this zoommil's is version {current}" in record.getMessage()

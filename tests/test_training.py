@@ -837,6 +837,23 @@ def test_every_architecture_trains_and_evaluate_agrees(
     assert not torch.allclose(feats[-1], raw[-1])  # standardised
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_the_python_api_checks_its_device_as_the_commands_do(trained: Path) -> None:
+    """`load_classifier` and `Predictor.from_checkpoint` take the commands' device names:
+    "auto" is the CPU here, and "cuda" without a GPU is one line (it was torch's "Found no
+    NVIDIA driver", and "auto" an invalid device string)."""
+    from zoommil.errors import ZoomMILError
+
+    ckpt = trained / "checkpoint.pt"
+    for load in (zoommil.load_classifier, zoommil.Predictor.from_checkpoint):
+        with pytest.raises(ZoomMILError, match="'cuda' requested but no CUDA device"):
+            load(ckpt, device="cuda")
+    classifier = zoommil.load_classifier(ckpt, device="auto")
+    assert next(classifier.model.parameters()).device.type == "cpu"
+    predictor = zoommil.Predictor.from_checkpoint(ckpt, device="auto")
+    assert next(predictor.model.parameters()).device.type == "cpu"
+
+
 def test_cli_process_matches_in_process_run_and_restores_torch_state(
     dataset: dict[str, Path], trained: Path, tmp_path: Path
 ) -> None:

@@ -398,8 +398,8 @@ def _bad_mags(config: dict) -> None:
     config["preprocess"]["mags"] = [5, 15]
 
 
-def _attention_of_dsmil(config: dict) -> None:
-    config["figures"]["attention"]["method"] = "dsmil"
+def _attention_of_meanmil(config: dict) -> None:
+    config["figures"]["attention"]["method"] = "meanmil"
 
 
 def _attention_seed_not_trained(config: dict) -> None:
@@ -427,9 +427,9 @@ def _sheet_in_demo_mode(config: dict) -> None:
         ),
         (_bad_mags, "config: preprocess/features: magnifications 5x and 15x are not power-of-two"),
         (
-            _attention_of_dsmil,
-            "config: figures.attention.method must be a ZoomMIL method (arch zoommil), got "
-            "'dsmil' (arch dsmil)",
+            _attention_of_meanmil,
+            "config: figures.attention.method must be a method with attention (any "
+            "architecture but meanmil and sparseconvmil), got 'meanmil' (arch meanmil)",
         ),
         (
             _attention_seed_not_trained,

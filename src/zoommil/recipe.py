@@ -58,6 +58,9 @@ def format_mags(mags: Sequence[float]) -> str:
 #: tables read it without importing torch.
 MULTI_SCALE_ALL = ("zoommil", "msmil")
 LOWEST_AND_HIGHEST = ("dsmil",)
+#: Architectures whose pooling weighs every patch alike: they have no attention for `zoommil
+#: predict --heatmap` or Figure 4 to draw (every other model has `attention_scores`).
+WITHOUT_ATTENTION = ("meanmil", "sparseconvmil")
 
 
 def arch_mags(arch: str, mags: Sequence[float]) -> list[float]:

@@ -25,22 +25,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="classify slides by zooming (reads only the selected regions)",
         description=(
-            "Classify slides with a trained checkpoint. ZoomMIL encodes the tissue patches "
-            "of the lowest magnification, selects K, and reads and encodes only the "
-            "descendants of the selected patches at each higher magnification "
-            "(N_low + K*4^d1 + K*4^d2 + ... patches). Other models encode every tissue patch "
-            "at their magnification(s). The preprocessing (patch size, tissue detector, "
-            "encoder and its weights) is the one recorded in the checkpoint. Prints the class "
-            "probabilities; --json writes them with the selected regions (level-0 "
-            "coordinates) and attention weights; --heatmap draws the lowest magnification's "
-            "attention over the slide thumbnail. Several slides (or --out-dir): with "
-            "--threads N, min(N, slides) processes classify whole slides side by side, which "
-            "uses N cores better than N encoder processes on one slide's batches (a slide has "
-            "serial parts); in one process, a process of its own tiles the next slides "
-            "while one is encoded. Exit 1 if any slide was not classified (status failed or "
-            "no_tissue), 0 with --no-fail; 2 for a usage error, before any slide is classified "
-            "(bad flags, two slides with one id, an --out-dir JSON of another slide); 130 when "
-            "interrupted (the slides finished so far are kept: rerun with --resume)."
+            "Classify slides with a trained checkpoint. ZoomMIL encodes the tissue patches of"
+            " the lowest magnification, selects K, and reads and encodes only the descendants"
+            " of the selected patches at each higher magnification (N_low + K*4^d1 + K*4^d2 +"
+            " ... patches). Other models encode every tissue patch at their magnification(s)."
+            " The preprocessing (patch size, tissue detector, encoder and its weights) is the"
+            " one recorded in the checkpoint. Prints the class probabilities; --json writes "
+            "them with the attention weights and, for ZoomMIL, the selected regions (level-0 "
+            "coordinates); --heatmap draws the lowest magnification's attention over the "
+            "slide thumbnail (MaxMIL: its per-patch probability; MeanMIL and SparseConvMIL "
+            "have none). Several slides (or --out-dir): with --threads N, min(N, slides) "
+            "processes classify whole slides side by side, which uses N cores better than N "
+            "encoder processes on one slide's batches (a slide has serial parts); in one "
+            "process, a process of its own tiles the next slides while one is encoded. Exit 1"
+            " if any slide was not classified (status failed or no_tissue), 0 with --no-fail;"
+            " 2 for a usage error, before any slide is classified (bad flags, two slides with"
+            " one id, an --out-dir JSON of another slide); 130 when interrupted, 143 when"
+            " terminated (scancel, a time limit; the slides finished so far are kept: rerun"
+            " with --resume)."
         ),
     )
     parser.add_argument(
@@ -74,10 +76,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--out-dir",
         type=Path,
         help=(
-            "any number of slides: write OUT/<slide_id>.json, OUT/<slide_id>.png (ZoomMIL's "
-            "attention) and OUT/predictions.tsv (one row per slide, status ok, failed or "
-            "no_tissue, those not classified with the reason); a slide that is not classified "
-            "does not stop the others. The table lists this run's slides: give a cohort in "
+            "any number of slides: write OUT/<slide_id>.json, OUT/<slide_id>.png (the "
+            "attention map; every model but MeanMIL and SparseConvMIL) and "
+            "OUT/predictions.tsv (one row per slide, status ok, failed or no_tissue, those "
+            "not classified with the reason); a slide that is not classified does not stop "
+            "the others. The table lists this run's slides: give a cohort in "
             "one run (--slides-from for a long list), not in batches into one folder"
         ),
     )
@@ -226,10 +229,10 @@ def _run_one(args: argparse.Namespace) -> int:
     with ReaderPool(workers) as reader:
         reader.start()  # its start-up overlaps loading the checkpoint and building the encoder
         predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
-        if args.heatmap and predictor.arch != "zoommil":  # before any slide is read
+        if args.heatmap and not predictor.has_attention:  # before any slide is read
             raise ZoomMILError(
-                f"--heatmap needs a ZoomMIL checkpoint (attention over the zoomed regions), "
-                f"not {args.checkpoint} (arch {predictor.arch})"
+                f"--heatmap draws a model's attention over the patches: {args.checkpoint} "
+                f"(arch {predictor.arch}) has none; use --json alone"
             )
         with local_encoder(predictor, device, args.precision, args.threads) as runner:
             result = predict_slide(
@@ -291,7 +294,7 @@ def _run_many(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
     if args.out_dir is not None:
-        tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=predictor.arch == "zoommil")
+        tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=predictor.has_attention)
         check_not_another_slides(tasks)
     else:
         tasks = [SlideTask(str(s)) for s in args.slides]

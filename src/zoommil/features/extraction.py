@@ -57,6 +57,7 @@ _MAX_ATTR_BYTES = 32 * 1024
 _COPIED_COORDS_ATTRS = (
     "dimensions",
     "tissue_method",
+    "tissue_version",
     "tissue_params",
     "tissue_threshold",
     "tissue_mask",

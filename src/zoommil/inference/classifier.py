@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
 from zoommil.io.featurefile import read_feature_file
 from zoommil.training.checkpoint import load_checkpoint, model_from_state
@@ -86,9 +87,11 @@ class Classifier:
         return max(probs, key=probs.__getitem__)
 
 
-def load_classifier(checkpoint: str | Path) -> Classifier:
-    """The classifier of a `zoommil train` checkpoint (model in eval mode on CPU)."""
+def load_classifier(checkpoint: str | Path, device: str = "cpu") -> Classifier:
+    """The classifier of a `zoommil train` checkpoint, its model in eval mode on ``device``
+    (cpu, cuda, cuda:N or auto; the features of `Classifier.inputs` are moved to it by the
+    model). Probabilities equal evaluate's on CPU; on a GPU they differ in the last digits."""
     state_dict, config = load_checkpoint(checkpoint)
-    model = model_from_state(state_dict, config, checkpoint)
+    model = model_from_state(state_dict, config, checkpoint).to(resolve_device(device))
     norm = FeatureNorm.from_config(config.get("feature_norm"))
     return Classifier(model=model, config=dict(config), norm=norm, checkpoint=str(checkpoint))

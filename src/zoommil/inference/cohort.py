@@ -42,9 +42,9 @@ from zoommil.wsi.patches import ReaderPool
 @dataclass(frozen=True)
 class SlideTask:
     """One slide to classify and where its prediction JSON and attention map go (or None).
-    ``stale``: where an earlier ZoomMIL run's heatmap would be, for a checkpoint that makes
-    none: removed with the slide's new JSON if the JSON it replaces is a ZoomMIL prediction
-    (`old_heatmap`), so that no attention map of another model lies beside it."""
+    ``stale``: where an earlier run's heatmap would be, for a checkpoint that makes none
+    (MeanMIL, SparseConvMIL): removed with the slide's new JSON if the JSON it replaces has
+    attention (`old_heatmap`), so that no attention map of another model lies beside it."""
 
     slide: str
     json: str | None = None
@@ -394,16 +394,17 @@ def _remove_outputs(task: SlideTask) -> None:
 
 
 def old_heatmap(task: SlideTask) -> Path | None:
-    """The heatmap of the earlier ZoomMIL prediction this task's JSON replaces, if there is
-    one: ``stale`` exists and the JSON beside it is a ZoomMIL prediction of this slide. Any
-    other file of that name (a user's picture beside the slides) is not ours to remove."""
+    """The heatmap of the earlier prediction this task's JSON replaces, if there is one:
+    ``stale`` exists and the JSON beside it is a prediction of this slide with attention (a
+    heatmap was drawn from it). Any other file of that name (a user's picture beside the
+    slides) is not ours to remove."""
     if not task.stale or not task.json or not Path(task.stale).is_file():
         return None
     try:
         record = json.loads(Path(task.json).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if isinstance(record, dict) and record.get("arch") == "zoommil":
+    if isinstance(record, dict) and record.get("attention"):
         if describes_slide(record, task.slide):
             return Path(task.stale)
     return None

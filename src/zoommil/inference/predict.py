@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoommil.device import synchronize
+from zoommil.device import resolve_device, synchronize
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.encoder_pool import AnyEncoder, EncoderRecipe, cpu_encoder
@@ -42,11 +42,12 @@ from zoommil.features.extraction import (
 )
 from zoommil.features.weight_keywords import WEIGHT_KEYWORDS
 from zoommil.inference.tiling_ahead import tile_for_inference
-from zoommil.recipe import PreprocessingRecipe, format_mags, mag_key
+from zoommil.recipe import WITHOUT_ATTENTION, PreprocessingRecipe, format_mags, mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
 from zoommil.training.normalize import FeatureNorm
 from zoommil.wsi.lattice import Lattice, descendant_rows, steps_between
 from zoommil.wsi.patches import ReaderPool, chunk_tasks
+from zoommil.wsi.tissue import DETECTOR_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +89,25 @@ class Predictor:
     def patch_size(self) -> int:
         return self.recipe.patch_size
 
+    @property
+    def has_attention(self) -> bool:
+        """Whether its predictions carry per-patch attention to draw: ZoomMIL's zoom steps, or
+        a baseline's `attention_scores` (all but `WITHOUT_ATTENTION`)."""
+        return self.arch not in WITHOUT_ATTENTION
+
     @classmethod
     def from_checkpoint(
         cls, checkpoint: str | Path, weights: str | None = None, device: str = "cpu"
     ) -> Predictor:
         model, config = model_from_checkpoint(checkpoint)
-        model.to(device)
+        model.to(resolve_device(device))  # "auto", and CUDA without a GPU as one line
         recorded: Mapping[str, Any] = config.get("preprocessing") or {}
         weights = weights or recorded_weights(recorded)
         # the feature files' magnifications (a method's own `mags` override is config_mags;
         # checkpoints without either: the model's own)
         tiled = recorded.get("mags") or config.get("config_mags") or config["mags"]
         recipe = PreprocessingRecipe.from_attrs(recorded, mags=tiled, weights=weights)
+        warn_if_other_detector(checkpoint, recipe.tissue_method, recorded.get("tissue_version"))
         return cls(
             model=model,
             arch=str(config["arch"]),
@@ -113,6 +121,28 @@ class Predictor:
             checkpoint=str(checkpoint),
             weights_sha256=str(recorded.get("weights_sha256") or ""),
         )
+
+
+def warn_if_other_detector(checkpoint: str | Path, method: str, trained_on: Any) -> bool:
+    """Warn (and say so) when this version's ``method`` detector is not the version whose
+    masks the checkpoint's training features were made with (its recorded
+    ``tissue_version``): after an upgrade that changed the masks, predict reads other patches
+    than training did, without another sign. A checkpoint that records none (older, or trained
+    on features of several versions) cannot be checked."""
+    current = DETECTOR_VERSIONS.get(method)
+    if trained_on is None or current is None or int(trained_on) == current:
+        return False
+    log.warning(
+        "%s: trained on features whose tissue masks came from the %s detector version %s; "
+        "this zoommil's is version %s, so predict keeps other patches than training did "
+        "(retrain on features made with this version, or predict with the zoommil it was "
+        "trained with)",
+        checkpoint,
+        method,
+        trained_on,
+        current,
+    )
+    return True
 
 
 def _encode_regions(
@@ -270,14 +300,15 @@ def _zoom_predict(
         with torch.inference_mode():
             step = model.zoom_step(m, feats.to(encoder.device))
         pooled.append(step.pooled)
-        attention.append(
-            {
-                "mag": lattice.mags[m],
-                "side0": lattice.sides[m],
-                "xy": lattice.xy[m][rows].tolist(),
-                "weights": step.attention.float().cpu().tolist(),
-            }
-        )
+        entry = {
+            "mag": lattice.mags[m],
+            "side0": lattice.sides[m],
+            "xy": lattice.xy[m][rows].tolist(),
+            "weights": step.attention.float().cpu().tolist(),
+        }
+        if step.scores is not None:  # what chose the regions (not the pooling weights)
+            entry["selection_scores"] = step.scores.float().cpu().tolist()
+        attention.append(entry)
         tic = timer.add("head", tic)
         if step.selected is None:
             break
@@ -323,14 +354,14 @@ def all_patch_predict(
     tiled: Lattice | None = None,
     default_mpp: float | None = None,
 ) -> dict[str, Any]:
-    """Encode every tissue patch at the model's magnifications, then run the MIL head.
+    """Encode every tissue patch at the model's magnifications, then run the MIL head; the
+    record carries the model's attention over the patches where it has one.
 
     Streams like `zoommil features`: the same reads per parent, readers ahead of the encoder, and
     only the features are kept (memory does not grow with the slide's pixels).
     """
-    return all_patch_predict_shared(
-        [predictor], slide_path, encoder, mpp, batch_size, progress, reader, tiled, default_mpp
-    )[0]
+    args = (mpp, batch_size, progress, reader, tiled, default_mpp, True)
+    return all_patch_predict_shared([predictor], slide_path, encoder, *args)[0]
 
 
 def all_patch_predict_shared(
@@ -343,10 +374,13 @@ def all_patch_predict_shared(
     reader: ReaderPool | None = None,
     tiled: Lattice | None = None,
     default_mpp: float | None = None,
+    attention: bool = False,
 ) -> list[dict[str, Any]]:
     """`all_patch_predict` for several models that read the same patches: one tiling, reading
     and encoding pass, then each model's head. Each record's times are that pass plus its own
-    head (``seconds.total``), i.e. what the model alone would have taken."""
+    head (``seconds.total``), i.e. what the model alone would have taken. ``attention``: also
+    record each model's attention over its patches (`attention_entries`), after the timed
+    head (timing runs leave it out: it is a second pass of the head)."""
     lead = check_shared_pass(predictors)
     timer = _Timer()
     slide_path = Path(slide_path)
@@ -383,11 +417,54 @@ def all_patch_predict_shared(
         synchronize(encoder.device)
         own.add("head", tic)
         encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
-        result = _result(predictor, slide_path, lattice, logits, encoded, [], [], own)
+        scores = attention_entries(predictor.model, feats, coords, lattice) if attention else []
+        result = _result(predictor, slide_path, lattice, logits, encoded, [], scores, own)
         head = result["seconds"]["head"]
         result["seconds"] = {**shared, "head": head, "total": shared["total"] + head}
         results.append(result)
     return results
+
+
+def attention_entries(
+    model: nn.Module,
+    feats: Sequence[torch.Tensor],
+    coords: Sequence[torch.Tensor],
+    lattice: Lattice,
+) -> list[dict[str, Any]]:
+    """A baseline's per-patch attention (``model.attention_scores``; MaxMIL: the instance
+    probability it takes the max of), one entry per magnification as ZoomMIL's are recorded
+    (mag, side0, level-0 xy, weights); none for a model without it.
+
+    The scores cover every magnification's rows, lowest first (MS-MIL's softmax over all of
+    them), or only the highest's (DSMIL's critical-instance attention)."""
+    scores_of = getattr(model, "attention_scores", None)
+    if scores_of is None:
+        return []
+    with torch.inference_mode():
+        scores = scores_of(list(feats), list(coords)).float().cpu().numpy()
+    counts = [len(xy) for xy in lattice.xy]
+    if len(scores) == sum(counts):
+        mags = range(len(counts))
+    elif len(scores) == counts[-1]:
+        mags = range(len(counts) - 1, len(counts))
+    else:
+        raise ZoomMILError(
+            f"{type(model).__name__}.attention_scores gave {len(scores)} weights for "
+            f"{counts} patches per magnification"
+        )
+    entries, start = [], 0
+    for m in mags:
+        stop = start + counts[m]
+        entries.append(
+            {
+                "mag": lattice.mags[m],
+                "side0": lattice.sides[m],
+                "xy": lattice.xy[m].tolist(),
+                "weights": scores[start:stop].tolist(),
+            }
+        )
+        start = stop
+    return entries
 
 
 def shared_pass_groups(predictors: Sequence[Predictor]) -> list[list[int]]:

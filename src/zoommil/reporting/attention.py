@@ -2,8 +2,9 @@
 
 Attention weights are painted over the patches they belong to (`attention_map`: one grid per
 magnification, min-max scaled), and the regions ZoomMIL zoomed into are outlined, so a person
-can see where the model looked. `predict --heatmap` blends the lowest magnification's map over
-the thumbnail (`attention_overlay`); Figure 4 draws every magnification's map with matplotlib.
+can see where the model looked. `predict --heatmap` blends each magnification's map over the
+thumbnail (`attention_overlay`), one panel per magnification, above a legend that says what
+the colour and the boxes are (`legend`); Figure 4 draws the same maps with matplotlib.
 Slides are opened and read only through `zoommil.wsi.slide` and `zoommil.wsi.pixels`. A
 heatmap of random encoder weights carries the note in a caption band under the map (every
 format) and, as a PNG, in a text chunk.
@@ -77,7 +78,8 @@ def attention_map(
     of the thumbnail; NaN where it has no patch.
 
     Weights are min-max scaled per slide and magnification, as attention is only comparable
-    within one softmax (equal weights: all 1). Both the heatmap and Figure 4 paint with this.
+    within one softmax (equal weights, e.g. one patch: all 0.5, the middle colour, as they rank
+    nothing). Both the heatmap and Figure 4 paint with this.
     """
     width0, height0 = level0_size
     width, height = thumb_size
@@ -86,7 +88,7 @@ def attention_map(
         return heat
     weights = np.asarray(entry["weights"], dtype=np.float64)
     span = weights.max() - weights.min()
-    weights = (weights - weights.min()) / span if span > 0 else np.ones_like(weights)
+    weights = (weights - weights.min()) / span if span > 0 else np.full_like(weights, 0.5)
     sx, sy = width / width0, height / height0
     side = float(entry["side0"])
     for (x, y), w in zip(entry["xy"], weights, strict=True):
@@ -97,6 +99,16 @@ def attention_map(
     return heat
 
 
+#: What the colour of a heatmap is, by architecture (others: "attention").
+SCORE_NAMES = {
+    "zoommil": "pooling attention",
+    "maxmil": "per-patch probability of the class maxed over",
+    "dsmil": "attention to the critical patch",
+    "transmil": "class-token attention",
+}
+PANEL_GAP = 8  # white pixels between two magnifications' panels
+
+
 def render(
     prediction: Mapping[str, Any],
     slide_path: str | Path,
@@ -104,14 +116,70 @@ def render(
     max_side: int = 1024,
     steps: int | None = None,
 ) -> np.ndarray:
-    """RGB thumbnail of the slide with the prediction's lowest-magnification attention and the
-    regions of its first ``steps`` zoom steps (all when None) outlined. ``mpp``: the level-0
-    um/px to read the slide at; default: the one the prediction resolved (its ``mpp``), so a
-    slide classified with `--mpp` or `--default-mpp` is drawn without it."""
+    """RGB image of the prediction: per magnification with attention (lowest first), the
+    thumbnail with that magnification's map, titled, and the regions of the first ``steps``
+    zoom steps (all when None) outlined where they were chosen at or below it; under the
+    panels, the `legend`. ``mpp``: the level-0 um/px to read the slide at; default: the one
+    the prediction resolved (its ``mpp``), so a slide classified with `--mpp` or
+    `--default-mpp` is drawn without it.
+
+    Every magnification, not the lowest alone: ZoomMIL's class comes from all of them, and the
+    highest's attention (over the regions it zoomed into) was in the JSON only."""
     mpp = prediction.get("mpp") if mpp is None else mpp
     thumb, size0 = slide_thumbnail(slide_path, mpp, max_side)
-    selected = attention_entries({"attention": prediction.get("selected") or []})
-    return attention_overlay(thumb, size0, lowest_attention(prediction), selected[:steps])
+    selected = attention_entries({"attention": prediction.get("selected") or []})[:steps]
+    panels = []
+    for entry in attention_entries(prediction) or [{}]:
+        mag = float(entry.get("mag", math.inf))
+        shown = [step for step in selected if float(step["mag"]) <= mag]
+        panel = attention_overlay(thumb, size0, entry, shown)
+        panels.append(_titled(panel, f"{mag:g}x" if entry else "no attention"))
+    gap = np.full((panels[0].shape[0], PANEL_GAP, 3), 255, np.uint8)
+    row = np.hstack([part for panel in panels for part in (gap, panel)][1:])
+    return np.vstack([row, legend(prediction, row.shape[1], len(selected))])
+
+
+def _titled(panel: np.ndarray, title: str, scale: float = 0.45) -> np.ndarray:
+    """``panel`` under a white strip holding ``title``."""
+    (_, height), baseline = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    strip = np.full((height + baseline + 8, panel.shape[1], 3), 255, np.uint8)
+    cv2.putText(
+        strip, title, (4, height + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA
+    )
+    return np.vstack([strip, panel])
+
+
+def legend(prediction: Mapping[str, Any], width: int, steps: int) -> np.ndarray:
+    """A band ``width`` wide: the colour bar (low to high) and what the image shows: the
+    slide's prediction, the score the colour is (`SCORE_NAMES`) and its scaling, and, for
+    ``steps`` zoom steps, which outline colour is which step and what chose the regions."""
+    bar = np.full((26, width, 3), 255, np.uint8)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+    left = 4 + cv2.getTextSize("low", font, scale, 1)[0][0] + 6
+    length = max(16, min(256, width - left - 40))
+    ramp = colormaps["inferno"](np.linspace(0.0, 1.0, length))[:, :3] * 255.0
+    bar[6:20, left : left + length] = ramp.astype(np.uint8)[None]
+    cv2.putText(bar, "low", (4, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(bar, "high", (left + length + 6, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    probs = prediction.get("probabilities") or {}
+    predicted = prediction.get("predicted")
+    text = f"{prediction.get('slide_id', '')}: predicted {predicted}"
+    if predicted in probs:
+        text += f" (p = {float(probs[predicted]):.2f})"
+    what = SCORE_NAMES.get(str(prediction.get("arch")), "attention")
+    text += (
+        f". Colour: {prediction.get('method') or prediction.get('arch', 'the model')}'s {what}, "
+        "min-max scaled per slide and magnification (a rank within one map, not a "
+        "probability of disease; the middle colour where all patches are equal)."
+    )
+    if steps:
+        names = ("green", "blue", "orange")
+        outlines = ", ".join(f"{names[k % len(names)]} step {k + 1}" for k in range(steps))
+        text += (
+            f" Boxes: regions zoomed into ({outlines}), chosen by the selection score "
+            "('selection_scores' in the JSON), not by the colour."
+        )
+    return captioned(bar, text)
 
 
 def attention_overlay(
@@ -137,7 +205,9 @@ def attention_overlay(
         for x, y in step["xy"]:
             p0 = (int(round(x * scale)), int(round(y * scale)))
             p1 = (int(round(x * scale + side)) - 1, int(round(y * scale + side)) - 1)
-            cv2.rectangle(out, p0, p1, colour, thickness=max(1, int(round(side / 24))))
+            # thin on any scale: a box of a small slide's thumbnail was a band over the tissue
+            thickness = min(3, max(1, int(round(side / 24))))
+            cv2.rectangle(out, p0, p1, colour, thickness=thickness)
     return out
 
 
@@ -174,6 +244,11 @@ def save_heatmap(
     (PNG, JPEG, ... by the suffix of ``path``); random encoder weights (the prediction's
     ``weights``) add `captioned`'s band and, in a PNG, the text chunk ``zoommil.weights_note``."""
     check_heatmap_path(path)
+    if not attention_entries(prediction):  # a bare thumbnail would read as "no attention"
+        raise ZoomMILError(
+            f"{slide_path}: the prediction has no attention to draw (arch "
+            f"{prediction.get('arch', '?')}: MeanMIL and SparseConvMIL weigh every patch alike)"
+        )
     image = render(prediction, slide_path, mpp)
     note = weights_note(prediction.get("weights"))
     if note:

@@ -108,7 +108,8 @@ def attention_figure(
             for step in selected:
                 if float(step["mag"]) <= mag:
                     _boxes(ax, step, sx, sy, edgecolor="cyan", linewidth=0.8)
-    axes[0, 0].set_title("slide (boxes: regions zoomed into)", fontsize=8)
+    zoomed = any(p.get("selected") for p in loaded)  # ZoomMIL's; other models read every patch
+    axes[0, 0].set_title("slide (boxes: regions zoomed into)" if zoomed else "slide", fontsize=8)
     for col, mag in enumerate(mags, start=1):
         axes[0, col].set_title(f"attention at {mag:g}x", fontsize=8)
     if image is not None:

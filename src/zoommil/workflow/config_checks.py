@@ -22,7 +22,13 @@ from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import check_weights
 from zoommil.io.sheet import check_label_case
 from zoommil.option_values import check_zoom_steps
-from zoommil.recipe import DEFAULT_ENCODER, arch_mags, default_weights, format_mags
+from zoommil.recipe import (
+    DEFAULT_ENCODER,
+    WITHOUT_ATTENTION,
+    arch_mags,
+    default_weights,
+    format_mags,
+)
 from zoommil.training.config import TOP_KEYS, parse_config, resolve_method
 from zoommil.workflow.trainconfig import build_train_config, check_method_options, model_options
 
@@ -199,12 +205,12 @@ def check_config(config: Mapping[str, Any], models_root: str | Path) -> None:
     if method not in every:
         raise ZoomMILError(f"'{method}' (figures.attention.method) is not a configured method")
     arch = every[method].get("arch")
-    if arch != "zoommil":
-        # Figure 4 draws ZoomMIL's attention over the regions it zooms into; `zoommil predict
-        # --heatmap` refuses other architectures, which would fail only after training.
+    if arch in WITHOUT_ATTENTION:
+        # Figure 4 draws the method's attention; `zoommil predict --heatmap` refuses a model
+        # without any, which would fail only after training.
         raise ZoomMILError(
-            "figures.attention.method must be a ZoomMIL method (arch zoommil), got "
-            f"'{method}' (arch {arch})"
+            "figures.attention.method must be a method with attention (any architecture but "
+            f"{' and '.join(WITHOUT_ATTENTION)}), got '{method}' (arch {arch})"
         )
     seeds = train_seeds(config)
     if config["train"]["seeds_in_one_job"] and ablations and ablation_seeds(config) != seeds:

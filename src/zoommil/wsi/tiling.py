@@ -23,7 +23,12 @@ from zoommil.wsi.lattice import (
     patch_side_level0,
 )
 from zoommil.wsi.slide import open_with_mpp, quickhash
-from zoommil.wsi.tissue import load_mask, method_params, tissue_mask_from_slide
+from zoommil.wsi.tissue import (
+    DETECTOR_VERSIONS,
+    load_mask,
+    method_params,
+    tissue_mask_from_slide,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,8 @@ def tile_open_slide(
             "tissue_params": meta.get("params", {}),
             "mask_mpp": float(meta.get("mask_mpp", mpp0 * dims[0] / mask.shape[1])),
         }
+        if isinstance(meta.get("version"), int):  # none in a mask of another tool
+            tissue["tissue_version"] = meta["version"]
     else:
         method = recipe.tissue_method
         params = method_params(method, recipe.tissue_params)
@@ -95,6 +102,7 @@ def tile_open_slide(
         tissue = {
             "tissue_mask": None,
             "tissue_method": method,
+            "tissue_version": DETECTOR_VERSIONS[method],
             "tissue_params": params,
             "mask_mpp": float(mask_mpp),
         }

@@ -44,6 +44,13 @@ DEFAULT_METHOD: str = default("tissue_method")
 #: Each detector's parameters and defaults (kept with the recipe, which checks them).
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = TISSUE_PARAMS
 
+#: Each detector's output version, raised whenever a change makes its masks differ for the
+#: same slide and settings (gaussian 2: scikit-image's float Otsu and the RGB stop test of the
+#: published code). Masks, coords and feature files record it, and so do checkpoints:
+#: `zoommil predict` warns when this version detects tissue otherwise than the detector the
+#: training features were made with (an upgrade that changed the masks).
+DETECTOR_VERSIONS: dict[str, int] = {"gaussian": 2, "otsu": 1}
+
 
 def method_params(method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Defaults of ``method`` updated by ``params``; an unknown name or a value the detector
@@ -405,6 +412,7 @@ def mask_metadata(
     return {
         "zoommil.mask_mpp": repr(float(mask_mpp)),
         "zoommil.method": method,
+        "zoommil.version": str(DETECTOR_VERSIONS[method]),
         "zoommil.params": json.dumps(dict(params), sort_keys=True),
         "zoommil.slide_mpp": repr(float(info["slide_mpp"])),
         "zoommil.mpp_source": str(info["mpp_source"]),
