@@ -453,6 +453,12 @@ def test_maxmil_uses_the_most_confident_instance():
         inst = multi.instance_logits(feats)
         top = torch.softmax(inst, 1).flatten().argmax() // 4
         assert torch.equal(multi(feats), inst[top][None])
+        # its attention: every patch's probability of the predicted class, not of its own top
+        predicted = int(multi(feats).argmax())
+        assert multi.attention_class(multi(feats)) == predicted
+        expected = torch.softmax(inst, 1)[:, predicted]
+        torch.testing.assert_close(multi.attention_scores(feats), expected)
+        assert model.attention_class(model(feats)) == 1  # binary: the positive class
 
 
 def test_nystrom_matches_exact_attention():
@@ -665,10 +671,11 @@ def test_ppeg_adds_the_identity_and_three_depthwise_convs():
     assert torch.allclose(out[:, 1:], 3.25 * x[:, 1:], atol=1e-12)
 
 
-def test_transmil_attention_folds_padded_copies_onto_their_instances():
-    """N = 7 is padded with copies of instances 0 and 1: the CLS token's attention to a copy
-    is attention to that instance. Reference: exact softmax attention of the CLS query in
-    the last layer (9 tokens <= 256 landmarks), averaged over heads, CLS column dropped."""
+def test_transmil_attention_averages_padded_copies_with_their_instances():
+    """N = 7 is padded with copies of instances 0 and 1: each of the two gets the mean of its
+    own and its copy's attention (a sum made the padded rows twice as bright in a heatmap).
+    Reference: exact softmax attention of the CLS query in the last layer (9 tokens <= 256
+    landmarks), averaged over heads, CLS column dropped."""
     torch.manual_seed(0)
     model = TransMIL(in_dim=8, n_classes=2, hidden=16).double().eval()
     x = torch.randn(1, 7, 8, dtype=torch.float64)
@@ -680,8 +687,8 @@ def test_transmil_attention_folds_padded_copies_onto_their_instances():
         logits = torch.einsum("hd,nhd->hn", q[0], k) / math.sqrt(attn.dim_head)
         row = torch.softmax(logits, dim=-1).mean(0)[1:]  # [9]: instances 0..6, copies of 0, 1
         folded = row[:7].clone()
-        folded[0] += row[7]
-        folded[1] += row[8]
+        folded[0] = (row[0] + row[7]) / 2
+        folded[1] = (row[1] + row[8]) / 2
         expected = folded / folded.sum()
         assert torch.allclose(model.attention_scores([x]), expected, atol=1e-10)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -329,7 +330,10 @@ def test_resume_keeps_finished_slides_and_classifies_the_rest(
     (out / "third.png").write_bytes(b"png")
     capsys.readouterr()
     assert main([*argv, "--out-dir", str(out), "--resume"]) == 0
-    assert "--resume: 1 of 3 slides already classified, kept" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "--resume: 1 of 3 slides already classified, kept" in printed
+    # the rate is of this run's 2 slides (the kept one counted made it too high, review H2)
+    assert re.search(r"^2 of 2 slides classified in .*; 1 kept from an earlier run$", printed, re.M)
     assert kept.stat().st_mtime_ns == before
     for name in ("second", "third"):
         _same_prediction(out / f"{name}.json", one_slide_json)
@@ -1271,3 +1275,57 @@ def test_the_detector_version_goes_from_masks_to_features_and_predict_warns_on_a
         record.getMessage()
     )
     assert f"version {current - 1}; this zoommil's is version {current}" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("options", "selected_by"),
+    [
+        ({}, "selection attention"),
+        ({"attention": "single"}, "pooling attention"),
+        ({"selection": "random"}, "random"),
+    ],
+)
+def test_a_zoommil_prediction_says_what_chose_its_regions(small_slide, options, selected_by):
+    """The heatmap's legend said "chosen by the selection score" for every ZoomMIL, also where
+    the regions were the top K of the colour (single attention) or random (review H2). The
+    record says which, its `selection_scores` are those the regions are the top K of (left
+    out where they chose nothing), and the legend words the boxes from it."""
+    from zoommil.reporting.attention import SELECTED_BY, legend_text
+
+    torch.manual_seed(0)
+    model = build_model("zoommil", in_dim=1024, n_classes=2, mags=MAGS, k=K, **options).eval()
+    result = predict_slide(_predictor(model), small_slide, make_encoder(_predictor(model))[0])
+    assert result["selected_by"] == selected_by
+    for entry, step in zip(result["attention"], result["selected"], strict=False):
+        index = {tuple(xy): i for i, xy in enumerate(entry["xy"])}
+        chosen = sorted(index[tuple(xy)] for xy in step["xy"])
+        if selected_by == "selection attention":
+            assert _top_k(entry["selection_scores"], chosen)
+        else:
+            assert "selection_scores" not in entry
+        if selected_by == "pooling attention":
+            assert _top_k(entry["weights"], chosen)
+    text = legend_text(result, len(result["selected"]))
+    assert f"(green step 1, blue step 2){SELECTED_BY[selected_by]}." in text
+
+
+def _top_k(scores: list[float], chosen: list[int]) -> bool:
+    """Whether rows ``chosen`` are a top K of ``scores`` (ties: any of the equal rows)."""
+    scores = np.asarray(scores)
+    others = np.delete(scores, chosen)
+    return len(chosen) == K and (others.size == 0 or scores[chosen].min() >= others.max())
+
+
+def test_a_multiclass_maxmil_prediction_names_the_class_its_map_is_of(small_slide):
+    """MaxMIL's map is each patch's probability of the predicted class (not of each patch's
+    own top class, review H2), and the record and the legend name that class."""
+    from zoommil.reporting.attention import score_name
+
+    torch.manual_seed(0)
+    model = build_model("maxmil", in_dim=1024, n_classes=3).eval()
+    classes = ["normal", "atypia", "carcinoma"]
+    predictor = Predictor(model=model, arch="maxmil", classes=classes, recipe=_recipe([20.0]))
+    result = predict_slide(predictor, small_slide, make_encoder(predictor)[0])
+    (entry,) = result["attention"]
+    assert entry["class"] == result["predicted"]
+    assert score_name(result) == f"per-patch probability of a class (class {result['predicted']})"

@@ -741,7 +741,13 @@ def test_tables_say_where_and_how_the_timings_were_taken(tmp_path: Path) -> None
         "x 4 threads; timings (s/slide, time ratios) vary by machine"
     )  # the GPU files have no per-slide values: no n
     assert note in outputs["main_md"].read_text()
-    assert note in outputs["ablation_md"].read_text()
+    ablations = outputs["ablation_md"].read_text()  # Table 4 has no time column (review W)
+    assert "timed on" not in ablations and "timed together" not in ablations
+    # both say how many training runs and test slides their numbers come from
+    assert "*Note:* 2 seeds per method (training runs)" in outputs["main_md"].read_text()
+    assert "seeds per method" not in ablations  # none configured: no "0 seeds"
+    frame = pd.DataFrame({"n_test": [15, 15, None]})
+    assert table_notes.counts_note(frame, 3) == "3 seeds per method (training runs), 15 test slides"
     # ABMIL's files have no per-slide values: its slides are unknown, ZoomMIL's are 2
     assert "n=2 slides" in table_notes.timing_note({"cpu1": {"a": {"n_slides": 2}, "b": {}}})
     assert table_notes.timing_note({"gpu": {"a": {"skipped": "no CUDA device"}}}) == ""

@@ -32,17 +32,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             " The preprocessing (patch size, tissue detector, encoder and its weights) is the"
             " one recorded in the checkpoint. Prints the class probabilities; --json writes "
             "them with the attention weights and, for ZoomMIL, the selected regions (level-0 "
-            "coordinates); --heatmap draws the lowest magnification's attention over the "
-            "slide thumbnail (MaxMIL: its per-patch probability; MeanMIL and SparseConvMIL "
-            "have none). Several slides (or --out-dir): with --threads N, min(N, slides) "
-            "processes classify whole slides side by side, which uses N cores better than N "
-            "encoder processes on one slide's batches (a slide has serial parts); in one "
-            "process, a process of its own tiles the next slides while one is encoded. Exit 1"
-            " if any slide was not classified (status failed or no_tissue), 0 with --no-fail;"
-            " 2 for a usage error, before any slide is classified (bad flags, two slides with"
-            " one id, an --out-dir JSON of another slide); 130 when interrupted, 143 when"
-            " terminated (scancel, a time limit; the slides finished so far are kept: rerun"
-            " with --resume)."
+            "coordinates); --heatmap draws each magnification's attention over the slide "
+            "thumbnail, with a legend (MaxMIL: its per-patch probability of a class; MeanMIL "
+            "and SparseConvMIL have none). Several slides (or --out-dir): with --threads N, "
+            "min(N, slides) processes classify whole slides side by side, which uses N cores "
+            "better than N encoder processes on one slide's batches (a slide has serial "
+            "parts); in one process, a process of its own tiles the next slides while one is "
+            "encoded. Exit 1 if any slide was not classified (status failed or no_tissue), 0 "
+            "with --no-fail; 2 for a usage error, before any slide is classified (bad flags, "
+            "two slides with one id, an --out-dir JSON of another slide); 130 when "
+            "interrupted, 143 when terminated (scancel, a time limit; the slides finished so "
+            "far are kept: rerun with --resume)."
         ),
     )
     parser.add_argument(
@@ -334,12 +334,13 @@ def _run_many(args: argparse.Namespace) -> int:
         print(f"--resume: all {len(rows)} slides were already classified; nothing to do")
         return 0
     rate = summary["slides_per_hour"]
-    print(
-        f"{len(rows) - summary['failed']} of {len(rows)} slides classified in "
+    kept_text = f"; {len(kept)} kept from an earlier run" if kept else ""
+    print(  # this run's slides only: a rate over the kept ones too was many times too high
+        f"{len(todo) - summary['failed']} of {len(todo)} slides classified in "
         f"{summary['wall_seconds']:.1f} s"
         + (f" ({rate:.0f} slides/h)" if rate else "")
         + f" by {summary['processes']} process(es) x {summary['threads_per_process']} "
-        "thread(s)"
+        f"thread(s){kept_text}"
     )
     if summary["failed"]:
         print(

@@ -306,8 +306,8 @@ def _zoom_predict(
             "xy": lattice.xy[m][rows].tolist(),
             "weights": step.attention.float().cpu().tolist(),
         }
-        if step.scores is not None:  # what chose the regions (not the pooling weights)
-            entry["selection_scores"] = step.scores.float().cpu().tolist()
+        if step.scores is not None and model.selected_by == "selection attention":
+            entry["selection_scores"] = step.scores.float().cpu().tolist()  # what chose
         attention.append(entry)
         tic = timer.add("head", tic)
         if step.selected is None:
@@ -340,7 +340,9 @@ def _zoom_predict(
         logits = model.classify_pooled(pooled)
     synchronize(encoder.device)
     timer.add("head", tic)
-    return _result(predictor, slide_path, lattice, logits, encoded, selected, attention, timer)
+    result = _result(predictor, slide_path, lattice, logits, encoded, selected, attention, timer)
+    result["selected_by"] = model.selected_by  # what the heatmap's legend says of the boxes
+    return result
 
 
 def all_patch_predict(
@@ -417,7 +419,12 @@ def all_patch_predict_shared(
         synchronize(encoder.device)
         own.add("head", tic)
         encoded = {mag_key(m): int(f.shape[1]) for m, f in zip(lattice.mags, feats, strict=True)}
-        scores = attention_entries(predictor.model, feats, coords, lattice) if attention else []
+        scores = []
+        if attention:
+            scores = attention_entries(predictor.model, feats, coords, lattice)
+            named = getattr(predictor.model, "attention_class", None)
+            for entry in scores if named else []:  # MaxMIL's and DSMIL's are of one class
+                entry["class"] = predictor.classes[named(logits)]
         result = _result(predictor, slide_path, lattice, logits, encoded, [], scores, own)
         head = result["seconds"]["head"]
         result["seconds"] = {**shared, "head": head, "total": shared["total"] + head}
@@ -431,9 +438,9 @@ def attention_entries(
     coords: Sequence[torch.Tensor],
     lattice: Lattice,
 ) -> list[dict[str, Any]]:
-    """A baseline's per-patch attention (``model.attention_scores``; MaxMIL: the instance
-    probability it takes the max of), one entry per magnification as ZoomMIL's are recorded
-    (mag, side0, level-0 xy, weights); none for a model without it.
+    """A baseline's per-patch attention (``model.attention_scores``; MaxMIL: each patch's
+    probability of one class), one entry per magnification as ZoomMIL's are recorded (mag,
+    side0, level-0 xy, weights); none for a model without it.
 
     The scores cover every magnification's rows, lowest first (MS-MIL's softmax over all of
     them), or only the highest's (DSMIL's critical-instance attention)."""

@@ -133,3 +133,7 @@ class DSMIL(nn.Module):
         with one stream, else of the predicted class."""
         _, attn, bag = self._streams(feats)
         return attn[:, 0] if self.one_class else attn[:, int(bag.argmax())]
+
+    def attention_class(self, logits: torch.Tensor) -> int:
+        """The class `attention_scores` is of, given the bag logits [1, C]."""
+        return 1 if self.one_class else int(logits.argmax())

@@ -41,5 +41,14 @@ class MaxMIL(nn.Module):
         return logits[top].unsqueeze(0)
 
     def attention_scores(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
-        """The per-instance probability used for the max (positive class, or the top class)."""
-        return self._instance_scores(self.instance_logits(feats))
+        """Each instance's probability of `attention_class` (two classes: the positive one,
+        whose max decides the bag; more: the predicted class). Not each instance's own top
+        class: patches confidently of another class were as bright as the evidence for the
+        prediction (review H2)."""
+        logits = self.instance_logits(feats)
+        top = torch.argmax(self._instance_scores(logits))
+        return torch.softmax(logits, dim=1)[:, self.attention_class(logits[top].unsqueeze(0))]
+
+    def attention_class(self, logits: torch.Tensor) -> int:
+        """The class `attention_scores` is of, given the bag logits [1, C]."""
+        return 1 if self.n_classes == 2 else int(logits.argmax())

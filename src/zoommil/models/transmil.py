@@ -96,8 +96,11 @@ class TransMIL(nn.Module):
     def attention_scores(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
         """The CLS token's attention in the last layer over the N instances: [N], sums to 1.
 
-        Padded copies are folded back onto the tokens they repeat; the CLS token's attention
-        to itself is left out and the rest renormalised.
+        An instance repeated by the square padding gets the mean of its copies' attention,
+        not their sum: summed, the first rows (the ones padding repeats) had about twice the
+        weight of the others for that reason alone, and a heatmap showed the padding, not the
+        tissue (review H2). The CLS token's attention to itself is left out and the rest
+        renormalised.
         """
         x, side, n = self._tokens(feats)
         x = self.ppeg(self.layer1(x), side)
@@ -105,5 +108,8 @@ class TransMIL(nn.Module):
         scores = row[:n].clone()
         extra = row.shape[0] - n
         if extra:
-            scores.index_add_(0, torch.arange(extra, device=row.device) % n, row[n:])
+            copies = torch.arange(extra, device=row.device) % n
+            scores.index_add_(0, copies, row[n:])
+            occurrences = torch.ones_like(scores).index_add_(0, copies, torch.ones_like(row[n:]))
+            scores = scores / occurrences
         return scores / scores.sum().clamp_min(torch.finfo(scores.dtype).tiny)

@@ -233,6 +233,15 @@ class ZoomMIL(nn.Module):
         pooled, weights = attention_pool(h.unsqueeze(0), self.attention[step](h).unsqueeze(0))
         return h, pooled, weights.reshape(-1)
 
+    @property
+    def selected_by(self) -> str:
+        """What picks the regions at inference: "selection attention" (``attention="dual"``,
+        the paper's), "pooling attention" (``"single"``: the top K of the pooling weights) or
+        "random" (the random-selection ablations)."""
+        if self.selection in ("random", "random_4k"):
+            return "random"
+        return "pooling attention" if self.selection_attention is None else "selection attention"
+
     def _selection_scores(self, step: int, h: torch.Tensor) -> torch.Tensor:
         """Softmax over rows of the selection attention (the official top-K input): [n]."""
         nets = self.attention if self.selection_attention is None else self.selection_attention

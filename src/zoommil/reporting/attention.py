@@ -102,7 +102,7 @@ def attention_map(
 #: What the colour of a heatmap is, by architecture (others: "attention").
 SCORE_NAMES = {
     "zoommil": "pooling attention",
-    "maxmil": "per-patch probability of the class maxed over",
+    "maxmil": "per-patch probability of a class",
     "dsmil": "attention to the critical patch",
     "transmil": "class-token attention",
 }
@@ -150,9 +150,7 @@ def _titled(panel: np.ndarray, title: str, scale: float = 0.45) -> np.ndarray:
 
 
 def legend(prediction: Mapping[str, Any], width: int, steps: int) -> np.ndarray:
-    """A band ``width`` wide: the colour bar (low to high) and what the image shows: the
-    slide's prediction, the score the colour is (`SCORE_NAMES`) and its scaling, and, for
-    ``steps`` zoom steps, which outline colour is which step and what chose the regions."""
+    """A band ``width`` wide: the colour bar (low to high) over `legend_text`."""
     bar = np.full((26, width, 3), 255, np.uint8)
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
     left = 4 + cv2.getTextSize("low", font, scale, 1)[0][0] + 6
@@ -161,25 +159,47 @@ def legend(prediction: Mapping[str, Any], width: int, steps: int) -> np.ndarray:
     bar[6:20, left : left + length] = ramp.astype(np.uint8)[None]
     cv2.putText(bar, "low", (4, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(bar, "high", (left + length + 6, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return captioned(bar, legend_text(prediction, steps))
+
+
+def legend_text(prediction: Mapping[str, Any], steps: int) -> str:
+    """What a heatmap shows: the slide's prediction, the score the colour is (`score_name`)
+    and its scaling, and, for ``steps`` zoom steps, which outline colour is which step and
+    what chose the regions (`SELECTED_BY`)."""
     probs = prediction.get("probabilities") or {}
     predicted = prediction.get("predicted")
     text = f"{prediction.get('slide_id', '')}: predicted {predicted}"
     if predicted in probs:
         text += f" (p = {float(probs[predicted]):.2f})"
-    what = SCORE_NAMES.get(str(prediction.get("arch")), "attention")
     text += (
-        f". Colour: {prediction.get('method') or prediction.get('arch', 'the model')}'s {what}, "
-        "min-max scaled per slide and magnification (a rank within one map, not a "
-        "probability of disease; the middle colour where all patches are equal)."
+        f". Colour: {prediction.get('method') or prediction.get('arch', 'the model')}'s "
+        f"{score_name(prediction)}, min-max scaled per slide and magnification (a rank within "
+        "one map, not a probability of disease; the middle colour where all patches are equal)."
     )
     if steps:
         names = ("green", "blue", "orange")
         outlines = ", ".join(f"{names[k % len(names)]} step {k + 1}" for k in range(steps))
-        text += (
-            f" Boxes: regions zoomed into ({outlines}), chosen by the selection score "
-            "('selection_scores' in the JSON), not by the colour."
-        )
-    return captioned(bar, text)
+        chosen = SELECTED_BY.get(str(prediction.get("selected_by")), "")
+        text += f" Boxes: regions zoomed into ({outlines}){chosen}."
+    return text
+
+
+#: How ZoomMIL's boxes were chosen, by the prediction's ``selected_by``.
+SELECTED_BY = {
+    "selection attention": ", the top K of the selection score ('selection_scores' in the "
+    "JSON), not of the colour",
+    "pooling attention": ", the top K of the colour (one attention scores and selects)",
+    "random": ", drawn at random (a random-selection ablation), not by any score",
+}
+
+
+def score_name(prediction: Mapping[str, Any]) -> str:
+    """What a prediction's attention weights are (`SCORE_NAMES`), with the class they are of
+    where the model names one (MaxMIL, DSMIL): a legend of "probability" alone did not say
+    of which class."""
+    name = SCORE_NAMES.get(str(prediction.get("arch")), "attention")
+    shown = {e.get("class") for e in attention_entries(prediction)} - {None}
+    return f"{name} (class {', '.join(sorted(map(str, shown)))})" if shown else name
 
 
 def attention_overlay(
@@ -240,9 +260,10 @@ def save_heatmap(
     prediction: Mapping[str, Any],
     mpp: float | None = None,
 ) -> Path:
-    """Write the lowest-magnification attention map of a `zoommil predict` result as an image
-    (PNG, JPEG, ... by the suffix of ``path``); random encoder weights (the prediction's
-    ``weights``) add `captioned`'s band and, in a PNG, the text chunk ``zoommil.weights_note``."""
+    """Write the attention maps of a `zoommil predict` result (`render`: every magnification
+    and a legend) as an image (PNG, JPEG, ... by the suffix of ``path``); random encoder
+    weights (the prediction's ``weights``) add `captioned`'s band and, in a PNG, the text
+    chunk ``zoommil.weights_note``. A prediction without attention is a `ZoomMILError`."""
     check_heatmap_path(path)
     if not attention_entries(prediction):  # a bare thumbnail would read as "no attention"
         raise ZoomMILError(

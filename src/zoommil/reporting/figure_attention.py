@@ -114,13 +114,19 @@ def attention_figure(
         axes[0, col].set_title(f"attention at {mag:g}x", fontsize=8)
     if image is not None:
         bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
-        bar.set_label("attention (min-max per slide and magnification)", fontsize=8)
-    title = f"{dataset}: {display_name(method)} attention at every magnification"
+        what = attention.score_name(loaded[0])  # MaxMIL's is a probability, not attention
+        bar.set_label(f"{what} (min-max per slide and magnification)", fontsize=8)
+    where = f"at {mags[0]:g}x" if len(mags) == 1 else "at every magnification"
+    title = f"{dataset}: {display_name(method)} attention {where}"
     if encoder is not None:
         title += f"\nencoder {encoder_label(encoder)}"  # its own line: fits 3 columns
     if note := weights_note(weights):
         title += f"\n{note}"
     fig.suptitle(title, fontsize=10)
+    # room for the title's lines above the column titles: with one row, the default margin
+    # let a three-line title run over them (review H2)
+    height = fig.get_figheight()
+    fig.subplots_adjust(top=1 - (0.3 + 0.19 * (title.count("\n") + 1)) / height)
     if skipped and loaded:
         fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
     titles = [ax.get_title() for ax in axes[0]]

@@ -10,16 +10,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import matplotlib
 from matplotlib.figure import Figure
 
 from zoommil.io.atomic import atomic_path
 
+#: PNG resolution: the usual minimum of journals for figures with text and lines.
+PNG_DPI = 300
+
 
 def save_figure(fig: Figure, outputs: Iterable[str | Path]) -> None:
     """PDFs without a creation date, so that the same results give byte-identical figures and
-    a rerun's figure can be compared with a checksum."""
+    a rerun's figure can be compared with a checksum, and with TrueType (Type 42) fonts, not
+    matplotlib's default Type 3, which journals' PDF checks (IEEE PDF eXpress and others)
+    reject; PNGs at `PNG_DPI`. The font setting holds for these saves only."""
     for out in outputs:
         suffix = Path(out).suffix.lower()
         metadata = {"CreationDate": None} if suffix == ".pdf" else {}
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight", metadata=metadata)
+        with atomic_path(out) as tmp, matplotlib.rc_context({"pdf.fonttype": 42}):
+            fig.savefig(tmp, dpi=PNG_DPI, bbox_inches="tight", metadata=metadata)

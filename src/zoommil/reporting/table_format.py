@@ -16,7 +16,13 @@ import pandas as pd
 
 from zoommil.io.atomic import atomic_path, write_text_atomic
 from zoommil.reporting import stats
-from zoommil.reporting.table_frames import CI_METRICS, METRICS, TIMING_HEADERS, full_seeds
+from zoommil.reporting.table_frames import (
+    CI_METRICS,
+    METRICS,
+    TIMING_HEADERS,
+    display_name,
+    full_seeds,
+)
 
 METRIC_HEADERS = {"weighted_f1": "Weighted F1 (%)", "accuracy": "Accuracy (%)", "auc": "AUC (%)"}
 
@@ -126,8 +132,8 @@ def display_frame(
     if kind == "main":
         out["Method"] = table["name"]
         out["Magnifications"] = table["mags"]
-    else:
-        out["Method"] = table["method"]
+    else:  # the reference by the paper's name, as in the main table (it read **zoommil**)
+        out["Method"] = [display_name(m) for m in table["method"]]
         out["Component"] = table["component"]
         out["Variant"] = table["variant"]
     nans = [math.nan] * len(table)
@@ -315,8 +321,16 @@ def write_text(path: str | Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
+#: The CSVs keep the raw values; the notes they share with the Markdown and LaTeX tables speak
+#: of percent (review W: "Δ in percentage points" beside a difference of 0.379).
+CSV_NOTE = (
+    "in this CSV, metrics, their CIs and differences are fractions in [0, 1] (the Markdown and "
+    "LaTeX tables show them in percent)"
+)
+
+
 def write_csv(path: str | Path, frame: pd.DataFrame, notes: Sequence[str]) -> None:
     frame = frame.copy()
-    frame["notes"] = " | ".join(notes)
+    frame["notes"] = " | ".join([CSV_NOTE, *notes])
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")

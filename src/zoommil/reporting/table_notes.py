@@ -48,6 +48,14 @@ def timing_note(
     return "; ".join(parts) + "; timings (s/slide, time ratios) vary by machine"
 
 
+def counts_note(table: pd.DataFrame, seeds: int) -> str:
+    """How many training runs and test slides a table's numbers come from: its captions said
+    neither (review W)."""
+    slides = table["n_test"].dropna() if "n_test" in table.columns else pd.Series(dtype=float)
+    tested = f", {count_text(str(int(slides.max())), 'test slide')}" if len(slides) else ""
+    return f"{count_text(str(seeds), 'seed')} per method (training runs){tested}"
+
+
 def fewer_seeds_note(seeds: int) -> str:
     if seeds <= 1:
         return "(n=1): one seed, so no std over seeds"

@@ -46,6 +46,7 @@ from zoommil.reporting.table_frames import (
 from zoommil.reporting.table_notes import (
     ci_notes,
     comparison_notes,
+    counts_note,
     table_notes,
     timing_note,
     with_seeds_note,
@@ -100,24 +101,29 @@ def make_tables(
     shared_passes = sorted(group for group in shared if group)
     headers = timing_headers(timing_map)
     timed = timing_note(timing_map, headers)
-    notes = table_notes(
-        dataset, weights, qc_frame, skipped, encoder, late_frame, shared_passes, timed
-    )
-    notes += [
+    runs_notes = [
         f"AUC n/a (or from fewer seeds) for {n} run(s): {note}"
         for note, n in results.auc_notes(records).items()
     ]
-    notes += [
+    runs_notes += [
         f"no training slide of class(es) {names} in {n} run(s): those models never learnt "
         "them (metrics.json: untrained_classes)"
         for names, n in results.untrained_notes(records).items()
     ]
+    notes = table_notes(
+        dataset, weights, qc_frame, skipped, encoder, late_frame, shared_passes, timed
+    )
+    notes += runs_notes
+    # Table 4 has no time column: the notes on how methods were timed do not belong under it
+    untimed_notes = table_notes(dataset, weights, qc_frame, {}, encoder, late_frame)
+    untimed_notes += runs_notes
 
     main = main_table(summary, methods, mags, flops_map, timing_map)
     seeds = full_seeds(main)  # per table: ablations may run another number of seeds
     title = f"ZoomMIL benchmark on {dataset}, {encoder} features (Tables 1-3 style)"
     display = display_frame(main, "main", devices, seeds, headers)
-    main_notes = ci_notes(with_seeds_note(notes, main, seeds), main)
+    main_notes = [counts_note(main, seeds)] if seeds else []
+    main_notes = ci_notes(with_seeds_note([*main_notes, *notes], main, seeds), main)
     best = best_rows(main)
     write_csv(outputs["main_csv"], main, main_notes)
     write_text(outputs["main_md"], to_markdown(display, title, main_notes, best))
@@ -127,7 +133,9 @@ def make_tables(
     seeds = full_seeds(ablation)
     title = f"ZoomMIL ablations on {dataset}, {encoder} features (Table 4 style)"
     display = display_frame(ablation, "ablation", devices, seeds, headers)
-    ab_notes = ci_notes(with_seeds_note(notes, ablation, seeds), ablation)
+    ab_notes = [counts_note(ablation, seeds)] if seeds else []
+    ab_notes = [*ab_notes, *untimed_notes]
+    ab_notes = ci_notes(with_seeds_note(ab_notes, ablation, seeds), ablation)
     ab_notes = ab_notes if ablations else ["no ablations configured", *ab_notes]
     best = best_rows(ablation)
     write_csv(outputs["ablation_csv"], ablation, ab_notes)
