@@ -45,7 +45,7 @@ from zoommil.training.config import parse_config
 from zoommil.training.data import resolve_classes
 from zoommil.workflow import exclusions, qc
 from zoommil.workflow.failure import Failure, read_marker, write_marker
-from zoommil.workflow.spares import first_successes
+from zoommil.workflow.spares import classes_in_turn, first_successes
 from zoommil.wsi import slide as zslide
 from zoommil.wsi.lattice import descendants
 from zoommil.wsi.mpp import MPP_MAX, MPP_MIN
@@ -499,6 +499,11 @@ def test_figure_4_replaces_a_failed_slide_by_the_next_one():
 
     assert first_successes(list(outcome), 1, succeeded) == ["a", "b"]
     assert first_successes(list(outcome), 2, succeeded) == ["a", "b", "c"]
+    # Figure 4's candidates take the classes in turn, each class in its sheet order
+    labels = ["normal", "carcinoma", "carcinoma", "atypia", "normal", "atypia"]
+    slides = ["n1", "c1", "c2", "a1", "n2", "a2"]
+    assert classes_in_turn(slides, labels) == ["n1", "c1", "a1", "n2", "c2", "a2"]
+    assert classes_in_turn([], []) == []
     assert first_successes(list(outcome), 3, succeeded) == ["a", "b", "c", "d"]
     assert looked == list("ab") + list("abc") + list("abcd")
     assert first_successes(list(outcome), 9, succeeded) == list(outcome)

@@ -501,9 +501,13 @@ def test_make_tables(tmp_path: Path) -> None:
     latex = outputs["main_tex"].read_text()
     assert r"\textbf{ZoomMIL}" in latex and r"75.0 $\pm$ 7.1" in latex and "RANDOM" in latex
     # the caption's notes are sentences (they ran together with spaces); the units are named
-    caption = next(line for line in latex.splitlines() if line.startswith(r"\caption{"))
+    caption = next(line for line in latex.splitlines() if line.startswith(r"\caption["))
     assert "do not measure the methods. dataset demo:" in caption
     assert "by QC. " in caption and caption.endswith(".}")
+    # a short caption for the list of tables, the packages named, what bold means (review W)
+    assert caption.startswith(r"\caption[ZoomMIL benchmark on demo") and "]{" in caption
+    assert latex.startswith(r"% needs \usepackage{booktabs,graphicx}")
+    assert "bold: the best mean weighted F1" in caption and "*Note:* bold: the best" in markdown
     assert "one multiply-add counted as one flop" in markdown
     # which std: the sample one over seeds (n - 1), as stats computes it (review B)
     assert "std: the sample standard deviation, n - 1" in markdown

@@ -334,8 +334,9 @@ def train_priority(wildcards):
 
 
 def attention_predictions(wildcards):
-    """Figure 4's predictions: test slides in order up to the n-th whose prediction succeeds,
-    with the failed ones before it (the figure notes them, qc_exclusions lists them).
+    """Figure 4's predictions: test slides, classes in turn (`classes_in_turn`), up to the
+    n-th whose prediction succeeds, with the failed ones before it (the figure notes them,
+    qc_exclusions lists them).
     `predict` is a checkpoint: a prediction not made yet holds its place (its output is a
     checkpoint target), and once it is made this is evaluated again, so a failed one is
     replaced by the next test slide. Only the predictions up to the n-th success are read.
@@ -354,7 +355,9 @@ def attention_predictions(wildcards):
         return zfailure.read_marker(files[slide]) is None
 
     n = ATTENTION["n_slides"]
-    return [files[s] for s in zspares.first_successes(usable("test"), n, succeeded)]
+    test = usable("test")
+    shown = zspares.classes_in_turn(test, slides().loc[test, "label"])
+    return [files[s] for s in zspares.first_successes(shown, n, succeeded)]
 
 
 def throughput_files(device):

@@ -194,8 +194,16 @@ def to_markdown(
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines += [f"*Note:* {note}" + "  " for note in notes]
+    lines += [f"*Note:* {note}" + "  " for note in _with_bold_note(notes, best)]
     return "\n".join(lines) + "\n"
+
+
+#: What a bold row means (a table with a best row says so).
+BOLD_NOTE = "bold: the best mean weighted F1 (rows that read the same are all bold)"
+
+
+def _with_bold_note(notes: Sequence[str], best: Collection[int]) -> list[str]:
+    return [*notes, BOLD_NOTE] if best else list(notes)
 
 
 def _tex_escape(text: str) -> str:
@@ -228,10 +236,13 @@ def to_latex(
     display: pd.DataFrame, title: str, notes: Sequence[str], best: Collection[int], label: str
 ) -> str:
     columns = "l" * 2 + "c" * (len(display.columns) - 2)
+    caption = _tex_escape(caption_text(title, _with_bold_note(notes, best)))
     lines = [
+        r"% needs \usepackage{booktabs,graphicx}",
         r"\begin{table}[t]",
         r"\centering",
-        r"\caption{" + _tex_escape(caption_text(title, notes)) + "}",
+        # the short form is what a list of tables shows (not the whole paragraph of notes)
+        r"\caption[" + _tex_escape(title) + "]{" + caption + "}",
         r"\label{" + label + "}",
         r"\resizebox{\linewidth}{!}{%",
         r"\begin{tabular}{" + columns + "}",

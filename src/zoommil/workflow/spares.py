@@ -24,3 +24,18 @@ def first_successes(
         chosen.append(candidate)
         held += succeeded(candidate) is not False
     return chosen
+
+
+def classes_in_turn(slides: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """``slides`` reordered so that their classes take turns (first the first slide of each
+    class, in the order the classes first appear, then the second of each, ...), each class
+    in its own order: Figure 4's first n slides then show every class where n allows (the
+    first three test slides of the demo were one normal and two carcinomas, review W)."""
+    by_label: dict[str, list[str]] = {}
+    for slide, label in zip(slides, labels, strict=True):
+        by_label.setdefault(str(label), []).append(slide)
+    queues = list(by_label.values())
+    out: list[str] = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        out += [q[rank] for q in queues if rank < len(q)]
+    return out
