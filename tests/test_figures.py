@@ -321,6 +321,10 @@ def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: P
         [path], sheet, [tmp_path / "att.png"], "zoommil", "demo", "random", "uni"
     )
     assert layout["rows"] == 1 and layout["colorbar"]
+    # the colour bar beside the panels, not over the last one (review G), and the three-line
+    # title above them (it ran over the column titles of a one-row figure, review H2)
+    assert not layout["colorbar_overlaps"]
+    assert layout["title"].count("\n") == 2 and layout["panels_top"] <= 1 - 0.87 / 3.6 + 1e-9
     # the encoder the workflow passes is named, as in Figure 3 (the param went unread)
     assert "encoder uni (ViT-L/16, 224 px, 1024-d)" in layout["title"]
     assert layout["slides"] == [("t0", "b")]
@@ -515,3 +519,16 @@ def test_figure_pdfs_embed_truetype_fonts_not_type_3(tmp_path: Path) -> None:
     data = (tmp_path / "f.pdf").read_bytes()
     assert b"/Type3" not in data and b"/FontFile2" in data
     assert matplotlib.rcParams["pdf.fonttype"] == 3  # the caller's settings are untouched
+
+
+def test_figure_4_names_the_class_of_its_colour() -> None:
+    """A MaxMIL or DSMIL map is of one class per slide: the colour bar named the first row's
+    class for every row (review G)."""
+    rows = [
+        {"arch": "maxmil", "attention": [{"mag": 5.0, "class": "b", "weights": [1.0]}]},
+        {"arch": "maxmil", "attention": [{"mag": 5.0, "class": "c", "weights": [1.0]}]},
+    ]
+    name = figure_attention.figure_score_name(rows)
+    assert name == "per-patch probability of a class (each slide's predicted class)"
+    assert figure_attention.figure_score_name(rows[:1]).endswith("(class b)")
+    assert figure_attention.figure_score_name([{"arch": "abmil", "attention": []}]) == "attention"

@@ -1159,6 +1159,10 @@ def test_default_mpp_reaches_only_the_slides_without_metadata_in_one_cohort_run(
     argv += ["--out-dir", str(out), "--workers", "0"]
     assert main(argv) == 1
     assert "--default-mpp" in _error_line(capsys.readouterr().err, str(bare))
+    before = (out / f"{small_slide.stem}.json").stat().st_mtime_ns
+    assert main([*argv, "--default-mpp", "50"]) == 2  # a usage error, before any slide
+    assert "--default-mpp 50 is outside the plausible range" in capsys.readouterr().err
+    assert (out / f"{small_slide.stem}.json").stat().st_mtime_ns == before
     assert main([*argv, "--default-mpp", "0.25"]) == 0
     meta = json.loads((out / f"{small_slide.stem}.json").read_text())
     given = json.loads((out / "bare.json").read_text())
@@ -1209,6 +1213,9 @@ def test_a_baselines_prediction_carries_its_attention_on_the_patches_it_scored(
     assert result["selected"] == []
     png = save_heatmap(tmp_path / "map.png", slide, result)
     assert png.stat().st_size > 0
+    if arch == "abmil":  # timing runs leave the second pass of the head out
+        bare = predict_slide(predictor, slide, make_encoder(predictor)[0], mpp=1.0, attention=False)
+        assert bare["attention"] == [] and bare["probabilities"] == result["probabilities"]
 
 
 def test_the_models_without_attention_are_those_without_attention_scores():
@@ -1329,3 +1336,15 @@ def test_a_multiclass_maxmil_prediction_names_the_class_its_map_is_of(small_slid
     (entry,) = result["attention"]
     assert entry["class"] == result["predicted"]
     assert score_name(result) == f"per-patch probability of a class (class {result['predicted']})"
+
+
+@pytest.mark.parametrize("width", [1, 30, 60, 400])
+def test_the_heatmap_legend_fits_any_width(width):
+    """A strip of a slide (256 x 8192 px) gave a one-panel map ~30 px wide, and the legend's
+    16 px colour bar raised a broadcast error after the slide was classified (review G)."""
+    from zoommil.reporting.attention import legend
+
+    prediction = {"arch": "abmil", "predicted": "a", "probabilities": {"a": 0.6}, "attention": []}
+    band = legend(prediction, width, 0)
+    assert band.shape[1] == width and band.dtype == np.uint8
+    assert (band[6:20] != 255).any()  # the colour bar is drawn, as wide as there is room

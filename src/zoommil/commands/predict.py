@@ -18,6 +18,7 @@ from zoommil.commands.options import (
 )
 from zoommil.errors import ZoomMILError
 from zoommil.recipe import RANDOM_WEIGHTS_TAG, weights_note
+from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -189,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
         raise ZoomMILError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise ZoomMILError(f"--workers must be >= 0, got {args.workers}")
+    for flag, value in (("--mpp", args.mpp), ("--default-mpp", args.default_mpp)):
+        if value is not None and not plausible_mpp(value):  # a usage error, before any slide
+            raise ZoomMILError(f"{flag} {value:g} is outside the plausible range {MPP_RANGE_TEXT}")
     if args.heatmap is not None:
         from zoommil.reporting.attention import check_heatmap_path
 

@@ -355,14 +355,16 @@ def all_patch_predict(
     reader: ReaderPool | None = None,
     tiled: Lattice | None = None,
     default_mpp: float | None = None,
+    attention: bool = True,
 ) -> dict[str, Any]:
     """Encode every tissue patch at the model's magnifications, then run the MIL head; the
-    record carries the model's attention over the patches where it has one.
+    record carries the model's attention over the patches where it has one (``attention``:
+    False leaves out that second pass of the head, for timing).
 
     Streams like `zoommil features`: the same reads per parent, readers ahead of the encoder, and
     only the features are kept (memory does not grow with the slide's pixels).
     """
-    args = (mpp, batch_size, progress, reader, tiled, default_mpp, True)
+    args = (mpp, batch_size, progress, reader, tiled, default_mpp, attention)
     return all_patch_predict_shared([predictor], slide_path, encoder, *args)[0]
 
 
@@ -624,6 +626,7 @@ def predict_slide(
     reader: ReaderPool | None = None,
     tiled: Lattice | None = None,
     default_mpp: float | None = None,
+    attention: bool = True,
 ) -> dict[str, Any]:
     """Zoom inference for ZoomMIL, all-patch inference for every other architecture.
 
@@ -631,11 +634,14 @@ def predict_slide(
     slide whose metadata has none. ``batch_size`` defaults to the measured best for the device
     (4 on CPU, 64 on GPU); ``reader`` is a running `ReaderPool` to reuse across slides (else
     one per call); ``tiled`` is the slide's lattice when it was made ahead (`TilingAhead`).
-    A read error is retried once with a fresh handle, then is a `SlideError`.
+    A read error is retried once with a fresh handle, then is a `SlideError`. ``attention``:
+    False leaves a baseline's attention out (a second pass of its head; timing runs), ZoomMIL
+    records its own in any case.
     """
-    run = zoom_predict if predictor.arch == "zoommil" else all_patch_predict
     args = (mpp, batch_size, progress, reader, tiled, default_mpp)
-    return _retrying(run, predictor, slide_path, encoder, *args)
+    if predictor.arch == "zoommil":
+        return _retrying(zoom_predict, predictor, slide_path, encoder, *args)
+    return _retrying(all_patch_predict, predictor, slide_path, encoder, *args, attention)
 
 
 def predict_slide_shared(

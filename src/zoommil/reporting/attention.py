@@ -154,11 +154,14 @@ def legend(prediction: Mapping[str, Any], width: int, steps: int) -> np.ndarray:
     bar = np.full((26, width, 3), 255, np.uint8)
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
     left = 4 + cv2.getTextSize("low", font, scale, 1)[0][0] + 6
-    length = max(16, min(256, width - left - 40))
+    length = min(256, width - left - 40)
+    if length >= 16:  # a narrow map (a strip of a slide) gets a bar of the map's own width
+        cv2.putText(bar, "low", (4, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(bar, "high", (left + length + 6, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    else:
+        left, length = 0, width
     ramp = colormaps["inferno"](np.linspace(0.0, 1.0, length))[:, :3] * 255.0
     bar[6:20, left : left + length] = ramp.astype(np.uint8)[None]
-    cv2.putText(bar, "low", (4, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(bar, "high", (left + length + 6, 17), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return captioned(bar, legend_text(prediction, steps))
 
 

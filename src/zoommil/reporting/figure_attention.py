@@ -46,6 +46,16 @@ def attention_layout(predictions: Sequence[Mapping[str, Any]]) -> list[float]:
     return sorted(mags)
 
 
+def figure_score_name(predictions: Sequence[Mapping[str, Any]]) -> str:
+    """What the colour of Figure 4 is (`attention.score_name`): of each row's predicted class
+    where the rows' classes differ (the bar named the first row's class for all)."""
+    classes = {e.get("class") for p in predictions for e in attention.attention_entries(p)}
+    if len(classes - {None}) > 1:
+        name = attention.SCORE_NAMES.get(str(predictions[0].get("arch")), "attention")
+        return f"{name} (each slide's predicted class)"
+    return attention.score_name(predictions[0]) if predictions else "attention"
+
+
 def attention_figure(
     predictions: Sequence[str | Path],
     sheet: str | Path,
@@ -112,10 +122,6 @@ def attention_figure(
     axes[0, 0].set_title("slide (boxes: regions zoomed into)" if zoomed else "slide", fontsize=8)
     for col, mag in enumerate(mags, start=1):
         axes[0, col].set_title(f"attention at {mag:g}x", fontsize=8)
-    if image is not None:
-        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
-        what = attention.score_name(loaded[0])  # MaxMIL's is a probability, not attention
-        bar.set_label(f"{what} (min-max per slide and magnification)", fontsize=8)
     where = f"at {mags[0]:g}x" if len(mags) == 1 else "at every magnification"
     title = f"{dataset}: {display_name(method)} attention {where}"
     if encoder is not None:
@@ -123,19 +129,29 @@ def attention_figure(
     if note := weights_note(weights):
         title += f"\n{note}"
     fig.suptitle(title, fontsize=10)
-    # room for the title's lines above the column titles: with one row, the default margin
-    # let a three-line title run over them (review H2)
+    # room for the title's lines above the column titles (with one row, the default margin let
+    # a three-line title run over them, review H2); before the colour bar, which takes its
+    # room from the panels as they are then placed (set after it, the panels spread under it)
     height = fig.get_figheight()
     fig.subplots_adjust(top=1 - (0.3 + 0.19 * (title.count("\n") + 1)) / height)
+    if image is not None:
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
+        what = figure_score_name(loaded)
+        bar.set_label(f"{what} (min-max per slide and magnification)", fontsize=8)
     if skipped and loaded:
         fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
     titles = [ax.get_title() for ax in axes[0]]
     save_figure(fig, outputs)
+    panels = [ax.get_position() for ax in axes.ravel()]
     return {
         "rows": n_rows,
         "titles": titles,
         "title": title,
         "colorbar": image is not None,
+        # the bar's box against the panels' (a layout change once put it over the last column)
+        "colorbar_overlaps": image is not None
+        and any(bar.ax.get_position().overlaps(box) for box in panels),
+        "panels_top": max(box.y1 for box in panels),
         "skipped": skipped,
         "empty": empty,
         "slides": shown,
