@@ -945,7 +945,7 @@ def test_attention_overlay_paints_the_lowest_magnification() -> None:
             {"mag": 2.5, "side0": 1024, "xy": [[0, 0], [1024, 0]], "weights": [0.2, 0.6]},
         ]
     }
-    entry = attention.lowest_attention(prediction)
+    entry = attention.attention_entries(prediction)[0]  # lowest first
     assert entry["mag"] == 2.5
     thumb = np.full((64, 64, 3), 255, np.uint8)
     image = attention.attention_overlay(thumb, (2048, 2048), entry, alpha=1.0)

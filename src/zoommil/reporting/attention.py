@@ -65,12 +65,6 @@ def attention_entries(prediction: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return sorted(prediction.get("attention") or [], key=lambda e: float(e["mag"]))
 
 
-def lowest_attention(prediction: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The attention entry of the lowest magnification of a prediction ({} when none)."""
-    entries = attention_entries(prediction)
-    return entries[0] if entries else {}
-
-
 def attention_map(
     entry: Mapping[str, Any], level0_size: tuple[int, int], thumb_size: tuple[int, int]
 ) -> np.ndarray:
