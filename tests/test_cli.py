@@ -247,7 +247,7 @@ def test_the_mpp_hint_names_only_flags_each_command_has():
         takes_default = command in zresolution.DEFAULT_MPP_FLAG_COMMANDS
         assert ("--default-mpp" in flags) == takes_default, command
     assert "--mpp X" in hint
-    assert "inspect, tissue, tile and predict also take --default-mpp X" in hint
+    assert "--default-mpp X in inspect, tissue, tile and predict" in hint
     shown = re.findall(r"--[a-z-]+", hint)
     assert set(shown) == {"--mpp", "--default-mpp"}, shown
 

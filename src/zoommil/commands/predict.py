@@ -100,8 +100,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--default-mpp",
         type=float,
-        help="level-0 um/px of the slides whose metadata has none (no mpp, no objective "
-        "power); the others keep theirs: a mixed cohort in one run",
+        help="level-0 um/px of the slides whose metadata has none (no plausible mpp, no "
+        "objective power); the others keep theirs: a mixed cohort in one run (--mpp wins)",
     )
     parser.add_argument(
         "--slide-id",

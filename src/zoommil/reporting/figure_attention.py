@@ -123,7 +123,9 @@ def attention_figure(
     for col, mag in enumerate(mags, start=1):
         axes[0, col].set_title(f"attention at {mag:g}x", fontsize=8)
     where = f"at {mags[0]:g}x" if len(mags) == 1 else "at every magnification"
-    title = f"{dataset}: {display_name(method)} attention {where}"
+    archs = {str(p.get("arch")) for p in loaded}
+    what = "per-patch probability" if archs == {"maxmil"} else "attention"  # MaxMIL's: no weights
+    title = f"{dataset}: {display_name(method)} {what} {where}"
     if encoder is not None:
         title += f"\nencoder {encoder_label(encoder)}"  # its own line: fits 3 columns
     if note := weights_note(weights):

@@ -41,9 +41,9 @@ DEFAULT_MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile", "predict")
 HOW_TO_SUPPLY_MPP = (
     "supply one, e.g. 0.5 for a 20x scan: in the workflow in the sheet's mpp column (profile "
     "reads it too), or the config's default_mpp for every slide without one; on the command line "
-    "with --mpp X (it applies to every slide of the command: give such a slide a run of its "
-    "own; inspect, tissue, tile and predict also take --default-mpp X, used only where the "
-    "metadata has none)"
+    "with --mpp X (it applies to every slide of the command), or --default-mpp X in inspect, "
+    "tissue, tile and predict (used only where the metadata has none: a mixed cohort in one "
+    "run)"
 )
 
 
