@@ -528,7 +528,7 @@ def test_figure_4_names_the_class_of_its_colour() -> None:
         {"arch": "maxmil", "attention": [{"mag": 5.0, "class": "b", "weights": [1.0]}]},
         {"arch": "maxmil", "attention": [{"mag": 5.0, "class": "c", "weights": [1.0]}]},
     ]
-    name = figure_attention.figure_score_name(rows)
+    name = attention.score_name(*rows)
     assert name == "per-patch probability of a class (each slide's predicted class)"
-    assert figure_attention.figure_score_name(rows[:1]).endswith("(class b)")
-    assert figure_attention.figure_score_name([{"arch": "abmil", "attention": []}]) == "attention"
+    assert attention.score_name(rows[0]).endswith("(class b)")
+    assert attention.score_name({"arch": "abmil", "attention": []}) == "attention"

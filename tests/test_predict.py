@@ -994,14 +994,24 @@ LOSSY_MAGS = [0.3125, 0.625, 1.25]
 LOSSY_PATCH = 32  # 4 parents, 84 patches
 
 
+def _lossy_predictor(model: torch.nn.Module, arch: str, mags: list[float]) -> Predictor:
+    """``model`` reading ``mags`` of the prostate pyramid as `lossy_features` tiled it."""
+    recipe = _lossy_recipe()
+    return Predictor(model, arch, CLASSES, recipe, method=arch, model_mags=mags)
+
+
+def _lossy_recipe() -> PreprocessingRecipe:
+    """0.3125/0.625/1.25x, 32 px patches, every patch kept, random encoder weights."""
+    recipe = PreprocessingRecipe(mags=LOSSY_MAGS, patch_size=LOSSY_PATCH, weights="random")
+    return recipe.replace(tissue_threshold=KEEP_EVERY_PATCH)
+
+
 @pytest.fixture(scope="module")
 def lossy_features(slides_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real prostate pyramid's feature file at 0.3125/0.625/1.25x, every patch."""
     root = tmp_path_factory.mktemp("lossy")
-    recipe = PreprocessingRecipe(mags=LOSSY_MAGS, patch_size=LOSSY_PATCH, weights="random")
-    recipe = recipe.replace(tissue_threshold=KEEP_EVERY_PATCH)
     slide = slides_dir / "prostate-he-generic.tiff"
-    coords = write_coords(root / "coords.h5", tile_slide(slide, recipe, mpp=1.0))
+    coords = write_coords(root / "coords.h5", tile_slide(slide, _lossy_recipe(), mpp=1.0))
     out = root / "features" / "prostate.h5"
     extract_features(slide, coords, out, weights="random", mpp=1.0, workers=0, progress=False)
     return out
@@ -1029,15 +1039,7 @@ def test_a_model_on_some_of_the_files_magnifications_sees_the_files_pixels(
     torch.manual_seed(0)
     kwargs = {"k": 2} if arch == "zoommil" else {}
     model = build_model(arch, in_dim=1024, n_classes=2, mags=mags, **kwargs).eval()
-    recipe = PreprocessingRecipe(mags=LOSSY_MAGS, patch_size=LOSSY_PATCH, weights="random")
-    predictor = Predictor(
-        model=model,
-        arch=arch,
-        classes=CLASSES,
-        recipe=recipe.replace(tissue_threshold=KEEP_EVERY_PATCH),
-        method=arch,
-        model_mags=mags,
-    )
+    predictor = _lossy_predictor(model, arch, mags)
     slide = slides_dir / "prostate-he-generic.tiff"
     result = predict_slide(predictor, slide, make_encoder(predictor)[0], mpp=1.0)
     bag = read_feature_file(lossy_features, mags)
@@ -1188,14 +1190,7 @@ def test_a_baselines_prediction_carries_its_attention_on_the_patches_it_scored(
     torch.manual_seed(0)
     mags = default_mags(arch, LOSSY_MAGS)
     model = build_model(arch, in_dim=1024, n_classes=2, mags=LOSSY_MAGS).eval()
-    recipe = PreprocessingRecipe(mags=LOSSY_MAGS, patch_size=LOSSY_PATCH, weights="random")
-    predictor = Predictor(
-        model=model,
-        arch=arch,
-        classes=CLASSES,
-        recipe=recipe.replace(tissue_threshold=KEEP_EVERY_PATCH),
-        model_mags=mags,
-    )
+    predictor = _lossy_predictor(model, arch, mags)
     assert predictor.has_attention
     slide = slides_dir / "prostate-he-generic.tiff"
     result = predict_slide(predictor, slide, make_encoder(predictor)[0], mpp=1.0)

@@ -190,13 +190,16 @@ SELECTED_BY = {
 }
 
 
-def score_name(prediction: Mapping[str, Any]) -> str:
-    """What a prediction's attention weights are (`SCORE_NAMES`), with the class they are of
-    where the model names one (MaxMIL, DSMIL): a legend of "probability" alone did not say
-    of which class."""
-    name = SCORE_NAMES.get(str(prediction.get("arch")), "attention")
-    shown = {e.get("class") for e in attention_entries(prediction)} - {None}
-    return f"{name} (class {', '.join(sorted(map(str, shown)))})" if shown else name
+def score_name(*predictions: Mapping[str, Any]) -> str:
+    """What the predictions' attention weights are (`SCORE_NAMES`, by the first one's arch),
+    with the class they are of where the model names one (MaxMIL, DSMIL): a legend of
+    "probability" alone did not say of which class, and one class named for rows of several
+    (Figure 4) was wrong for the others."""
+    name = SCORE_NAMES.get(str(predictions[0].get("arch")), "attention") if predictions else ""
+    shown = {e.get("class") for p in predictions for e in attention_entries(p)} - {None}
+    if len(shown) > 1:
+        return f"{name} (each slide's predicted class)"
+    return f"{name} (class {shown.pop()})" if shown else name or "attention"
 
 
 def attention_overlay(

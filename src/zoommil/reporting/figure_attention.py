@@ -46,16 +46,6 @@ def attention_layout(predictions: Sequence[Mapping[str, Any]]) -> list[float]:
     return sorted(mags)
 
 
-def figure_score_name(predictions: Sequence[Mapping[str, Any]]) -> str:
-    """What the colour of Figure 4 is (`attention.score_name`): of each row's predicted class
-    where the rows' classes differ (the bar named the first row's class for all)."""
-    classes = {e.get("class") for p in predictions for e in attention.attention_entries(p)}
-    if len(classes - {None}) > 1:
-        name = attention.SCORE_NAMES.get(str(predictions[0].get("arch")), "attention")
-        return f"{name} (each slide's predicted class)"
-    return attention.score_name(predictions[0]) if predictions else "attention"
-
-
 def attention_figure(
     predictions: Sequence[str | Path],
     sheet: str | Path,
@@ -138,7 +128,7 @@ def attention_figure(
     fig.subplots_adjust(top=1 - (0.3 + 0.19 * (title.count("\n") + 1)) / height)
     if image is not None:
         bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
-        what = figure_score_name(loaded)
+        what = attention.score_name(*loaded)
         bar.set_label(f"{what} (min-max per slide and magnification)", fontsize=8)
     if skipped and loaded:
         fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
