@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import resource
 import shutil
 import signal
@@ -829,6 +830,24 @@ def test_two_writers_of_one_output_never_share_a_temporary_file(tmp_path):
         a.write_text("a")
         b.write_text("b")
     assert out.read_text() == "a"  # the last rename wins, whole
+
+
+def test_hosts_whose_names_differ_only_in_punctuation_or_domain_stay_apart(monkeypatch):
+    """``node-1`` and ``node_1`` (or one short name in two domains) gave one host tag, so each
+    took the other's live temporary files for its own dead writers'."""
+    import socket
+
+    from zoommil.io.atomic import this_host
+
+    def tag(name: str) -> str:
+        monkeypatch.setattr(socket, "gethostname", lambda: name)
+        return this_host()
+
+    assert tag("node_1") == "node_1"  # a plain name is kept as it is
+    tags = [tag(n) for n in ("node_1", "node-1", "gpu1.site-a", "gpu1.site-b", "n" * 50)]
+    assert len(set(tags)) == len(tags)
+    assert all(re.fullmatch(r"[A-Za-z0-9_]{1,40}", t) for t in tags), tags
+    assert tag("node-1") == tag("node-1")  # stable: the next run recognises its own
 
 
 # --- 8. one-line errors ---------------------------------------------------------------------

@@ -134,6 +134,11 @@ def test_step_by_step_inference_equals_forward():
     torch.testing.assert_close(model.classify(gathered), det["logits"])
     with pytest.raises(ZoomMILError):
         model.select(2, cur)
+    # float64 or NumPy rows (a user's own step loop) give the float32 answer, not a dtype error
+    wide = [g.double() for g in gathered]
+    assert torch.equal(model.zoom_step(0, wide[0]).selected, steps[0].selected)
+    assert torch.equal(model.select(1, wide[1].numpy()), steps[1].selected)
+    torch.testing.assert_close(model.classify(wide), det["logits"])
 
 
 def _selection_grad(model: ZoomMIL) -> float:

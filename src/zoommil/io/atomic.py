@@ -13,6 +13,7 @@ write of the same output; one of another host only when it has not changed for
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -36,9 +37,15 @@ FOREIGN_STALE_SECONDS = 2 * 24 * 3600
 
 
 def this_host() -> str:
-    """This machine's short host name as it goes into temporary file names (``[A-Za-z0-9_]``)."""
-    name = socket.gethostname().split(".")[0]
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)[:40] or "host"
+    """This machine's host name as it goes into temporary file names (``[A-Za-z0-9_]``).
+
+    A name that had to change (``-``, a domain, over 32 characters) gets a digest of the full
+    name: ``node-1`` and ``node_1``, or ``gpu1.site-a`` and ``gpu1.site-b``, were one host."""
+    full = socket.gethostname()
+    tag = re.sub(r"[^A-Za-z0-9_]", "_", full.split(".")[0])[:32] or "host"
+    if tag != full:
+        tag += "_" + hashlib.sha1(full.encode()).hexdigest()[:6]
+    return tag
 
 
 def _own_name(path: Path, kind: str) -> Path:

@@ -33,28 +33,29 @@ def as_list(feats: Feats, like: nn.Module | None = None) -> list[torch.Tensor]:
     from NumPy (they were a raw torch dtype or device error)."""
     if isinstance(feats, torch.Tensor | np.ndarray):
         feats = [feats]
-    place = _placement(like)
-    out = []
-    for f in feats:
-        if isinstance(f, np.ndarray) and np.issubdtype(f.dtype, np.floating):
-            f = f.astype(np.float32, copy=False)  # NumPy's default is float64; models are fp32
-        f = torch.as_tensor(f)
-        if f.dim() == 2:
-            f = f.unsqueeze(0)
-        if f.dim() != 3 or f.shape[0] != 1:
-            raise ZoomMILError(
-                f"expected features of shape [1, N, D] (one bag), got {tuple(f.shape)}"
-            )
-        if not f.is_floating_point():
-            raise ZoomMILError(
-                f"expected floating-point features (float32, as feature files store them), got "
-                f"{f.dtype}: convert them with .float()"
-            )
-        out.append(f.to(**place))
+    out = [as_bag(f, like) for f in feats]
     if not out:
         raise ZoomMILError("a bag needs features of at least one magnification")
     check_descendant_counts([f.shape[1] for f in out])
     return out
+
+
+def as_bag(feats: torch.Tensor | np.ndarray, like: nn.Module | None = None) -> torch.Tensor:
+    """One magnification's features as a [1, N, D] tensor with ``like``'s dtype and device
+    (see :func:`as_list`); for the per-step calls (``zoom_step``, ``classify``) too."""
+    if isinstance(feats, np.ndarray) and np.issubdtype(feats.dtype, np.floating):
+        feats = feats.astype(np.float32, copy=False)  # NumPy's default is float64; models are fp32
+    f = torch.as_tensor(feats)
+    if f.dim() == 2:
+        f = f.unsqueeze(0)
+    if f.dim() != 3 or f.shape[0] != 1:
+        raise ZoomMILError(f"expected features of shape [1, N, D] (one bag), got {tuple(f.shape)}")
+    if not f.is_floating_point():
+        raise ZoomMILError(
+            f"expected floating-point features (float32, as feature files store them), got "
+            f"{f.dtype}: convert them with .float()"
+        )
+    return f.to(**_placement(like))
 
 
 def _placement(model: nn.Module | None) -> dict[str, Any]:

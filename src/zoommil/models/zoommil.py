@@ -42,7 +42,7 @@ from torch import nn
 
 from zoommil.errors import ZoomMILError
 from zoommil.models.attention import GatedAttention, attention_pool
-from zoommil.models.bag import Coords, Feats, as_list, check_bag
+from zoommil.models.bag import Coords, Feats, as_bag, as_list, check_bag
 from zoommil.models.topk import GRAD_MODES, PerturbedTopK
 from zoommil.wsi.lattice import descendant_ratios
 
@@ -272,7 +272,7 @@ class ZoomMIL(nn.Module):
     # ------------------------------------------------------------------ public API
     def zoom_step(self, step: int, feats: torch.Tensor) -> ZoomStep:
         """Hard-selection zoom step on this step's kept rows feats [1, n, D] (for inference)."""
-        h, pooled, weights = self._embed(step, feats[0])
+        h, pooled, weights = self._embed(step, as_bag(feats, like=self)[0])
         if step == len(self.mags) - 1:
             return ZoomStep(pooled, weights, None, None)
         scores = self._selection_scores(step, h)
@@ -298,7 +298,8 @@ class ZoomMIL(nn.Module):
         """Logits [1, C] from the rows that zooming kept: gathered[m] [1, n_m, D] holds all rows
         of the lowest magnification, then the descendants (in contract order) of the rows
         selected at step m - 1. No selection is done here."""
-        return self.classify_pooled([self._embed(m, x[0])[1] for m, x in enumerate(gathered)])
+        bags = [as_bag(x, like=self) for x in gathered]
+        return self.classify_pooled([self._embed(m, x[0])[1] for m, x in enumerate(bags)])
 
     def forward(self, feats: Feats, coords: Coords = None) -> torch.Tensor:
         """feats: one [1, N_m, D] tensor per magnification (lowest first) -> logits [1, C]."""
