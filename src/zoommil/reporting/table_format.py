@@ -286,6 +286,15 @@ def _p(p: float, holm: float, exact: Any = True) -> str:
     return f"{bound}{p:.{P_DIGITS}g} (Holm {bound}{holm:.{P_DIGITS}g})"
 
 
+def _fewer_seeds(n: Any, all_n: pd.Series) -> str:
+    """`` (2 seeds)`` after a Δ over fewer seeds than the table's most
+    (`table_notes.seeds_note`): it then differs from the main table's means."""
+    most = all_n.dropna()
+    if _missing(n) or not len(most) or int(n) >= int(most.max()):
+        return ""
+    return f" ({count_text(str(int(n)), 'seed')})"
+
+
 def _ratio(value: float) -> str:
     return "n/a" if _missing(value) or math.isinf(value) else f"{value:.2f}x"
 
@@ -304,14 +313,16 @@ def comparison_display(
         for r, m in zip(table["reference"], table["method"], strict=True)
     ]
     out["Kind"] = table["kind"]
+    seeds = table.get("n_seeds", pd.Series([math.nan] * len(table), index=table.index))
     for metric in CI_METRICS:
         header = METRIC_HEADERS[metric].replace(" (%)", "")
         out[f"Δ {header} (pp) [95% CI]"] = [
-            _difference(d, lo, hi)
-            for d, lo, hi in zip(
+            _difference(d, lo, hi) + _fewer_seeds(n, seeds)
+            for d, lo, hi, n in zip(
                 table[f"{metric}_diff"],
                 table[f"{metric}_ci_low"],
                 table[f"{metric}_ci_high"],
+                seeds,
                 strict=True,
             )
         ]

@@ -165,7 +165,8 @@ def table_notes(
     notes.append(
         "mean ± std over seeds on the test split (std: the sample standard deviation, n - 1) "
         "[95% bootstrap CI over test slides: "
-        f"{stats.N_BOOTSTRAP} resamples of the slides, metric averaged over seeds]; "
+        f"{stats.N_BOOTSTRAP} resamples of the slides, metric averaged over seeds; it holds "
+        "the trained models fixed, so seed-to-seed variation is not in it: that is the ± std]; "
         "AUC: ROC AUC (more than two classes: one-vs-rest, averaged over the classes); "
         "TFLOPs = 2^40 fvcore flops per slide, one multiply-add counted as one flop (as the "
         "paper counts; 2 flops per multiply-add and 10^12 per TFLOP read 2.2x higher)"
@@ -176,6 +177,17 @@ def table_notes(
         "time slides at once); a bare value: one slide, or a file without per-slide values"
     )
     return notes
+
+
+def seeds_note(table: pd.DataFrame) -> list[str]:
+    """The note for Δs over fewer seeds than the others (`table_format._fewer_seeds`)."""
+    n = table.get("n_seeds", pd.Series(dtype=float)).dropna()
+    if not len(n) or n.min() == n.max():
+        return []
+    return [
+        "(k seeds): Δ, CI and p over the k seeds both methods have, fewer than the others' "
+        f"{int(n.max())}, so Δ can differ from the difference of the main table's means"
+    ]
 
 
 def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
@@ -221,8 +233,12 @@ def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
         f"have, on {slides} both were tested on; [95% paired-bootstrap CI: the same "
         f"{stats.N_BOOTSTRAP} slide resamples for both]",
         *no_ci,
-        f"p: two-sided paired permutation test over slides ({how}); Holm: adjusted for the "
-        "comparisons in this table",
+        f"p: two-sided paired permutation test over slides ({how}); Holm: adjusted per "
+        "metric, over the baselines' rows and over the ablations' rows apart",
+        "CI and p hold the trained models fixed (seed-to-seed variation is in neither: see "
+        "the ± std of the main tables); the CI is not adjusted, and where k slides differ "
+        "p is at least 2/2^k, so a CI clear of 0 can come with p > 0.05",
+        *seeds_note(table),
         *floor,
         "ratios: reference / method of the means (TFLOPs per test slide, s/slide over the "
         "timed slides; below 1: the reference needs less); point values without an interval: "
