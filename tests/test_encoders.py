@@ -329,6 +329,30 @@ def test_hf_cache_resolution_offline(tmp_path, monkeypatch):
         _small("resnet50_layer3", weights="hf")
 
 
+def test_a_cache_link_to_a_missing_blob_and_an_empty_file_are_named_as_such(
+    tmp_path, monkeypatch
+):
+    """A cache copied without blobs/ said "weights not in the cache", and a 0-byte weights
+    file (an interrupted copy) raised an IndexError traceback (review V)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    file = _fake_hub(tmp_path / "hub", "MahmoodLab/UNI", "pytorch_model.bin", {})
+    blob = tmp_path / "hub" / "models--MahmoodLab--UNI" / "blobs" / "d0e1"
+    file.unlink()
+    file.symlink_to(blob)
+    with pytest.raises(ZoomMILError) as excinfo:
+        _small("uni", weights="hf")
+    message = _one_line_error(excinfo)
+    assert message.startswith(f"{file}: the Hugging Face cache links uni's weights to a missing")
+    assert str(blob) in message and "models--MahmoodLab--UNI whole" in message
+    for name in ("empty.bin", "empty.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(ZoomMILError) as excinfo:
+            _small("uni", weights=str(tmp_path / name))
+        assert _one_line_error(excinfo) == (
+            f"{tmp_path / name}: empty file (0 bytes), not weights for encoder uni: copy it again"
+        )
+
+
 _HF_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME")
 
 

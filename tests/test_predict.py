@@ -1131,6 +1131,26 @@ def test_a_relative_weights_path_is_found_from_another_folder(
     assert str(weights) in _error_line(capsys.readouterr().err, "sha256")
 
 
+def test_a_missing_weights_file_the_checkpoint_records_is_named_as_the_checkpoints(
+    small_slide, tmp_path, capsys
+):
+    """A checkpoint whose weights file is not on this machine said "weights file not found
+    (use --weights random, hf or a path...)", as if the user had typed the path, and random
+    weights are then refused (review V); a --weights the user gives keeps the plain error."""
+    gone = tmp_path / "models" / "uni.bin"
+    ckpt = _zoommil_checkpoint(tmp_path / "ckpt.pt", str(gone), weights_sha256="ab" * 32)
+    argv = ["predict", str(small_slide), "--checkpoint", str(ckpt), "--workers", "0"]
+    assert main([*argv, "--json", "p.json"]) == 2
+    line = _error_line(capsys.readouterr().err, str(gone))
+    assert line.startswith(f"zoommil predict: error: {ckpt}: its training features were"), line
+    assert "(sha256 abababababab), not found here: pass --weights with that file" in line
+    assert "--weights random" not in line
+    typed = tmp_path / "typo.bin"
+    assert main([*argv, "--weights", str(typed), "--json", "q.json"]) == 2
+    line = _error_line(capsys.readouterr().err, str(typed))
+    assert f"{typed}: weights file not found" in line and str(ckpt) not in line
+
+
 def test_zoom_speedup_benchmark_runs_on_demo_slides(tmp_path):
     """benchmarks/zoom_speedup.py crashed right after writing its demo slides (it indexed
     each path string by "path"); at toy size it writes one row per slide and the table."""

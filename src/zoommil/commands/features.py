@@ -66,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=(
             "'imagenet' (resnet50_layer3: torchvision IMAGENET1K_V1 from the torch hub cache, "
-            "downloaded there when missing unless ZOOMMIL_OFFLINE=1; its default), 'hf' (the "
+            "never downloaded; its default), 'hf' (the "
             "encoder's file from the offline Hugging Face cache, never "
             "downloaded; the default of the other encoders), 'random' (seeded random init: "
             "demos/tests only, recorded in the file) or a path to a .safetensors / state-dict "

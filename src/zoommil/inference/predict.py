@@ -79,6 +79,8 @@ class Predictor:
     #: sha256 of the weights `make_encoder` built for this predictor, recorded in every
     #: prediction ("" until then)
     encoder_weights_sha256: str = ""
+    #: whether the recipe's weights are the ones the checkpoint records (no --weights given)
+    weights_from_checkpoint: bool = False
 
     @property
     def mags(self) -> list[float]:
@@ -102,6 +104,7 @@ class Predictor:
         model, config = model_from_checkpoint(checkpoint)
         model.to(resolve_device(device))  # "auto", and CUDA without a GPU as one line
         recorded: Mapping[str, Any] = config.get("preprocessing") or {}
+        from_checkpoint = not weights and recorded.get("weights") is not None
         weights = weights or recorded_weights(recorded)
         # the feature files' magnifications (a method's own `mags` override is config_mags;
         # checkpoints without either: the model's own)
@@ -120,6 +123,7 @@ class Predictor:
             checkpoint_sha256=sha256_file(checkpoint),
             checkpoint=str(checkpoint),
             weights_sha256=str(recorded.get("weights_sha256") or ""),
+            weights_from_checkpoint=from_checkpoint,
         )
 
 
@@ -581,7 +585,23 @@ def make_encoder(
     ``check_weights=False`` is for timing only (`zoommil profile`: the cost does not depend on
     the weights' values, so e.g. random weights can time a checkpoint of gated weights)."""
     recipe = predictor.recipe
-    model, info = build_encoder(recipe.weights, seed=recipe.weights_seed, encoder=recipe.encoder)
+    try:
+        model, info = build_encoder(
+            recipe.weights, seed=recipe.weights_seed, encoder=recipe.encoder
+        )
+    except ZoomMILError as error:
+        weights = recipe.weights
+        if not predictor.weights_from_checkpoint or weights in WEIGHT_KEYWORDS:
+            raise
+        if Path(weights).expanduser().exists():
+            raise
+        # the path came from the checkpoint, not from the user: "use --weights random" misled
+        want = f" (sha256 {predictor.weights_sha256[:12]})" if predictor.weights_sha256 else ""
+        raise ZoomMILError(
+            f"{predictor.checkpoint or 'the checkpoint'}: its training features were made with "
+            f"the encoder weights {weights}{want}, not found here: pass --weights with that "
+            "file (a copy of it anywhere)"
+        ) from error
     if predictor.in_dim is not None and int(info["feature_dim"]) != predictor.in_dim:
         raise ZoomMILError(
             f"encoder {recipe.encoder} gives {info['feature_dim']}-d features but the "

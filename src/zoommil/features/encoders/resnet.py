@@ -5,15 +5,16 @@ ImageNet-1k ResNet-50 cut after ``layer3`` and ``AdaptiveAvgPool2d(1)``: 1024-d 
 resize, ImageNet mean/std. CLAM/TRIDENT resize to 224 px, so their features are not
 interchangeable with these.
 
-``--weights imagenet`` is torchvision's IMAGENET1K_V1 file from the torch hub cache (downloaded
-there once on a machine with internet; with ``ZOOMMIL_OFFLINE=1`` or offline, a clear error
-names the file to place). A state dict of a full resnet50 loads too (``layer4``/``fc`` dropped).
+``--weights imagenet`` is torchvision's IMAGENET1K_V1 file from the torch hub cache, never
+downloaded at run time (a download on a node without internet failed only after the network
+timed out, and one without a timeout can hang): a missing file is a clear error naming the file
+to place and how to fetch it. A state dict of a full resnet50 loads too (``layer4``/``fc``
+dropped).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 IMAGENET_FILE = "resnet50-0676ba61.pth"
 IMAGENET_HASH_PREFIX = "0676ba61"
-OFFLINE_ENV = "ZOOMMIL_OFFLINE"
 
 
 class Bottleneck(nn.Module):
@@ -110,26 +110,18 @@ def imagenet_cache_path() -> Path:
 
 
 def imagenet_weights(spec: EncoderSpec) -> tuple[Path, str]:
-    """The cached IMAGENET1K_V1 file, downloading it once if allowed; else a clear error."""
+    """The cached IMAGENET1K_V1 file; never downloaded here (see the module's docstring)."""
     path = imagenet_cache_path()
     if not path.is_file():
-        how = (
+        raise ZoomMILError(
             f"ImageNet weights not found: place torchvision's IMAGENET1K_V1 file at {path} "
-            f"(download {IMAGENET_URL} on a machine with internet, or run "
-            '`python -c "import torchvision; '
-            "torchvision.models.resnet50(weights='IMAGENET1K_V1')\"` there and copy "
+            f"(fetch it once where there is internet: `curl -L --create-dirs -o {path} "
+            f"{IMAGENET_URL}`, or `python -c \"import torchvision; "
+            "torchvision.models.resnet50(weights='IMAGENET1K_V1')\"` and copy "
             "~/.cache/torch/hub/checkpoints/), set TORCH_HOME to a folder whose "
             "hub/checkpoints/ holds it, or use --weights random (demo) or --weights PATH "
             "(in the workflow: features.weights)"
         )
-        if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes"):
-            raise ZoomMILError(how)
-        log.info("downloading ImageNet weights %s -> %s", IMAGENET_URL, path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(IMAGENET_URL, str(path), hash_prefix=None)
-        except Exception as error:  # any network failure means "offline"
-            raise ZoomMILError(f"{how} (download failed: {error})") from error
     if not sha256_file(path).startswith(IMAGENET_HASH_PREFIX):
         log.warning(
             "%s does not match torchvision's published hash prefix %s", path, IMAGENET_HASH_PREFIX

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from zoommil.errors import ZoomMILError
@@ -54,11 +55,29 @@ def _snapshot_file(cache: Path, repo_id: str, filename: str) -> Path | None:
         found = try_to_load_from_cache(repo_id, filename, cache_dir=str(cache))
         if isinstance(found, str) and Path(found).is_file():
             return Path(found)
-    snapshots = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    snapshots = cache / _repo_folder(repo_id) / "snapshots"
     if not snapshots.is_dir():
         return None
     candidates = [p / filename for p in snapshots.iterdir() if (p / filename).is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def _repo_folder(repo_id: str) -> str:
+    return f"models--{repo_id.replace('/', '--')}"
+
+
+def _broken_links(cache: Path, repo_id: str, filenames: Sequence[str]) -> Path | None:
+    """A snapshot link to one of ``filenames`` whose blob is missing: said as such, where
+    "not in the cache" sent the user to download a file the cache seems to hold."""
+    snapshots = cache / _repo_folder(repo_id) / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    for snapshot in sorted(snapshots.iterdir()):
+        for name in filenames:
+            link = snapshot / name
+            if link.is_symlink() and not link.exists():
+                return link
+    return None
 
 
 def _terms(spec: EncoderSpec) -> str:
@@ -82,6 +101,13 @@ def resolve_hf_weights(spec: EncoderSpec) -> Path:
         found = _snapshot_file(cache, spec.hf_repo, filename)
         if found is not None:
             return found
+    broken = _broken_links(cache, spec.hf_repo, spec.hf_files)
+    if broken:
+        raise ZoomMILError(
+            f"{broken}: the Hugging Face cache links {spec.name}'s weights to a missing file "
+            f"{os.readlink(broken)} (a cache copied without its blobs/ folder, or a download "
+            f"cut short): copy {cache / _repo_folder(spec.hf_repo)} whole, or pass --weights PATH"
+        )
     raise ZoomMILError(
         f"{spec.name}: weights not in the offline Hugging Face cache {cache}: place "
         f"{spec.hf_repo}/{spec.hf_files[0]}{_terms(spec)} there (e.g. `hf download {spec.hf_repo} "

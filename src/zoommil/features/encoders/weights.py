@@ -70,6 +70,10 @@ def _unpickler_detail(text: str) -> str:
 
 def read_state_file(path: Path, spec: EncoderSpec) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or of a torch file loaded with ``weights_only``."""
+    if path.is_file() and path.stat().st_size == 0:  # an interrupted copy, a full disk
+        raise ZoomMILError(
+            f"{path}: empty file (0 bytes), not weights for encoder {spec.name}: copy it again"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -81,7 +85,12 @@ def read_state_file(path: Path, spec: EncoderSpec) -> dict[str, torch.Tensor]:
         text = str(error)
         if "Weights only load failed" not in text and "weights_only" not in text:
             # torch reads a text file's first byte as a pickle opcode: KeyError('101')
-            detail = "not a torch file" if isinstance(error, KeyError) else text.splitlines()[0]
+            if isinstance(error, KeyError):
+                detail = "not a torch file"
+            elif isinstance(error, EOFError):
+                detail = "empty or truncated"
+            else:
+                detail = (text.splitlines() or [""])[0]
             raise ZoomMILError(
                 f"{path}: cannot load weights for encoder {spec.name} as a state dict "
                 f"({detail or type(error).__name__}); {ACCEPTED}"
