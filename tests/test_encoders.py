@@ -329,9 +329,7 @@ def test_hf_cache_resolution_offline(tmp_path, monkeypatch):
         _small("resnet50_layer3", weights="hf")
 
 
-def test_a_cache_link_to_a_missing_blob_and_an_empty_file_are_named_as_such(
-    tmp_path, monkeypatch
-):
+def test_a_cache_link_to_a_missing_blob_and_an_empty_file_are_named_as_such(tmp_path, monkeypatch):
     """A cache copied without blobs/ said "weights not in the cache", and a 0-byte weights
     file (an interrupted copy) raised an IndexError traceback (review V)."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

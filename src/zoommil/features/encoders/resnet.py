@@ -116,7 +116,7 @@ def imagenet_weights(spec: EncoderSpec) -> tuple[Path, str]:
         raise ZoomMILError(
             f"ImageNet weights not found: place torchvision's IMAGENET1K_V1 file at {path} "
             f"(fetch it once where there is internet: `curl -L --create-dirs -o {path} "
-            f"{IMAGENET_URL}`, or `python -c \"import torchvision; "
+            f'{IMAGENET_URL}`, or `python -c "import torchvision; '
             "torchvision.models.resnet50(weights='IMAGENET1K_V1')\"` and copy "
             "~/.cache/torch/hub/checkpoints/), set TORCH_HOME to a folder whose "
             "hub/checkpoints/ holds it, or use --weights random (demo) or --weights PATH "
