@@ -181,7 +181,8 @@ def _attention_seed_not_an_ablation_seed(config: dict) -> None:
         (_unknown_efficiency_method, "'zoomil' (efficiency.methods) is not a configured method"),
         (
             _unknown_attention_method,
-            "'zoomil' (figures.attention.method) is not a configured method",
+            "'zoomil' (figures.attention.method, default zoommil) is not a configured method; "
+            "set figures.attention.method to one with attention: zoommil, maxmil, abmil, "
         ),
         (
             _attention_of_meanmil,
@@ -218,6 +219,22 @@ def test_figure_4_may_show_any_method_with_attention() -> None:
     config = demo()
     config["figures"]["attention"]["method"] = "dsmil"
     config_checks.check_config(validated(config), MODELS)
+
+
+def test_a_baseline_only_config_without_figures_is_told_what_figure_4_can_show() -> None:
+    """The schema's default method 'zoommil' was refused as "not a configured method" in a
+    config that never names it (review B); the message now lists the methods that qualify."""
+    config = demo()
+    del config["figures"]
+    config["methods"] = {m: config["methods"][m] for m in ("meanmil", "abmil", "dsmil")}
+    config["ablations"] = None
+    config["efficiency"]["methods"] = ["abmil"]
+    with pytest.raises(ZoomMILError) as info:
+        config_checks.check_config(validated(config), MODELS)
+    assert str(info.value) == (
+        "'zoommil' (figures.attention.method, default zoommil) is not a configured method; "
+        "set figures.attention.method to one with attention: abmil, dsmil"
+    )
 
 
 # --- the schema: every section refuses keys it does not know ---------------------------------
@@ -314,6 +331,7 @@ def test_the_schema_refuses_a_k_the_model_would(k: Any) -> None:
         ("default_mpp", 0.01),
         ("default_mpp", 352.8),
         ("synth.n_slides", 4),
+        ("figures.attention.n_slides", 0),  # a figure "no test slides to show" (review B)
     ],
 )
 def test_the_schema_refuses_values_a_rule_or_the_demo_would_get_wrong(key: str, value: Any) -> None:

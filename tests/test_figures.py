@@ -521,6 +521,25 @@ def test_figure_pdfs_embed_truetype_fonts_not_type_3(tmp_path: Path) -> None:
     assert matplotlib.rcParams["pdf.fonttype"] == 3  # the caller's settings are untouched
 
 
+def test_figure_4_of_maxmil_does_not_read_as_probabilities(make_slide, tmp_path: Path) -> None:
+    """Its colour bar ran 0.0-1.0 beside "probability" while each map is min-max scaled: the
+    patches coloured 1.0 had probabilities of ~0.5 (review B); the columns said "attention"."""
+    slide = make_slide("m0.tiff", width=512, height=512, mpp=1.0, levels=1)
+    sheet = tmp_path / "usable.tsv"
+    sheet.write_text(f"slide_id\tpath\tlabel\tsplit\nm0\t{slide}\tb\ttest\n")
+    entry = {"mag": 10.0, "side0": 256, "xy": [[0, 0], [256, 0]], "weights": [0.32, 0.51]}
+    path = tmp_path / "m0.json"
+    path.write_text(json.dumps({"arch": "maxmil", "predicted": "b", "attention": [entry]}))
+    layout = figure_attention.attention_figure(
+        [path], sheet, [tmp_path / "m.png"], "maxmil", "demo", "random"
+    )
+    assert layout["titles"][1:] == ["per-patch probability at 10x"]
+    assert layout["colorbar_ticks"] == ["low", "high"]
+    assert layout["colorbar_label"].endswith(
+        "(min-max per slide and magnification: a rank within one map)"
+    )
+
+
 def test_figure_4_names_the_class_of_its_colour() -> None:
     """A MaxMIL or DSMIL map is of one class per slide: the colour bar named the first row's
     class for every row (review G)."""

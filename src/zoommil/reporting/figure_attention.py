@@ -110,11 +110,11 @@ def attention_figure(
                     _boxes(ax, step, sx, sy, edgecolor="cyan", linewidth=0.8)
     zoomed = any(p.get("selected") for p in loaded)  # ZoomMIL's; other models read every patch
     axes[0, 0].set_title("slide (boxes: regions zoomed into)" if zoomed else "slide", fontsize=8)
-    for col, mag in enumerate(mags, start=1):
-        axes[0, col].set_title(f"attention at {mag:g}x", fontsize=8)
-    where = f"at {mags[0]:g}x" if len(mags) == 1 else "at every magnification"
     archs = {str(p.get("arch")) for p in loaded}
     what = "per-patch probability" if archs == {"maxmil"} else "attention"  # MaxMIL's: no weights
+    for col, mag in enumerate(mags, start=1):
+        axes[0, col].set_title(f"{what} at {mag:g}x", fontsize=8)
+    where = f"at {mags[0]:g}x" if len(mags) == 1 else "at every magnification"
     title = f"{dataset}: {display_name(method)} {what} {where}"
     if encoder is not None:
         title += f"\nencoder {encoder_label(encoder)}"  # its own line: fits 3 columns
@@ -128,8 +128,13 @@ def attention_figure(
     fig.subplots_adjust(top=1 - (0.3 + 0.19 * (title.count("\n") + 1)) / height)
     if image is not None:
         bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
+        # "low"/"high", not 0 and 1: the colours are each map's own min-max, and MaxMIL's 0-1
+        # ticks beside "probability" read as probabilities that were 0.3-0.6 (review B)
+        bar.set_ticks([0.0, 1.0], labels=["low", "high"], fontsize=7)
         what = attention.score_name(*loaded)
-        bar.set_label(f"{what} (min-max per slide and magnification)", fontsize=8)
+        bar.set_label(
+            f"{what}\n(min-max per slide and magnification: a rank within one map)", fontsize=8
+        )
     if skipped and loaded:
         fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
     titles = [ax.get_title() for ax in axes[0]]
@@ -140,6 +145,8 @@ def attention_figure(
         "titles": titles,
         "title": title,
         "colorbar": image is not None,
+        "colorbar_label": bar.ax.get_ylabel() if image is not None else None,
+        "colorbar_ticks": [t.get_text() for t in bar.ax.get_yticklabels()] if image else [],
         # the bar's box against the panels' (a layout change once put it over the last column)
         "colorbar_overlaps": image is not None
         and any(bar.ax.get_position().overlaps(box) for box in panels),

@@ -176,7 +176,7 @@ def check_config(config: Mapping[str, Any], models_root: str | Path) -> None:
     the workflow passes itself, weights the encoder cannot load, a method option its model
     does not take (or a value out of range), a method train config `zoommil train` would
     refuse, an ablation named like a main method, an unknown reference, efficiency or
-    Figure 4 method, a Figure 4 method that is not ZoomMIL, ``train.seeds_in_one_job`` with
+    Figure 4 method, a Figure 4 method without attention, ``train.seeds_in_one_job`` with
     other ablation seeds, or a Figure 4 seed not trained."""
     main, ablations = main_methods(config), ablation_methods(config)
     every = {**main, **ablations}
@@ -203,7 +203,13 @@ def check_config(config: Mapping[str, Any], models_root: str | Path) -> None:
     attention = config["figures"]["attention"]
     method = attention["method"]
     if method not in every:
-        raise ZoomMILError(f"'{method}' (figures.attention.method) is not a configured method")
+        # the schema's default 'zoommil' too, in a config that never names figures (review B)
+        with_attention = [m for m, c in every.items() if c.get("arch") not in WITHOUT_ATTENTION]
+        raise ZoomMILError(
+            f"'{method}' (figures.attention.method, default zoommil) is not a configured "
+            "method; set figures.attention.method to one with attention: "
+            f"{', '.join(with_attention) or 'none is configured'}"
+        )
     arch = every[method].get("arch")
     if arch in WITHOUT_ATTENTION:
         # Figure 4 draws the method's attention; `zoommil predict --heatmap` refuses a model
