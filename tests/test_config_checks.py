@@ -182,7 +182,7 @@ def _attention_seed_not_an_ablation_seed(config: dict) -> None:
         (
             _unknown_attention_method,
             "'zoomil' (figures.attention.method, default zoommil) is not a configured method; "
-            "set figures.attention.method to one with attention: zoommil, maxmil, abmil, "
+            "set figures.attention.method to one with attention: zoommil, maxmil, abmil, ",
         ),
         (
             _attention_of_meanmil,

@@ -158,6 +158,32 @@ def test_a_slide_file_gone_after_inspection_is_excluded_not_the_run(tiny, tmp_pa
     assert set(qc.loc[qc["status"] == "ok", "slide_id"]) == others_ok
 
 
+def test_a_slide_file_gone_after_its_features_stops_the_run_naming_it(tiny, tmp_path) -> None:
+    """Slides archived after feature extraction or an unmounted share: the changed input set
+    reran the slide's inspection, which excluded it as missing, and every model was retrained
+    without it, silently (review E). The run now stops before any job, naming the slide; a
+    slide gone before its features were made still becomes its own failure marker (above)."""
+    workdir, configfile, _ = tiny
+    scratch = tmp_path / "archived"
+    shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
+    listed = pd.read_csv(scratch / "results/qc/features.tsv", sep="\t")
+    slide_id = listed["slide_id"].iloc[0]
+    sheet = pd.read_csv(scratch / "slides.tsv", sep="\t").set_index("slide_id")
+    path = sheet.loc[slide_id, "path"]
+    (scratch / path).rename(scratch / "archived.tiff")
+    before = {p: p.stat().st_mtime_ns for p in (scratch / "results").rglob("*") if p.is_file()}
+    dry = harness.snakemake(scratch, "-n", configfile=configfile, check=False)
+    assert dry.returncode != 0
+    assert (
+        f"1 slide file(s) gone since their features were made: {slide_id} ({path}). Restore "
+        "them (or fix their paths in the sheet), or remove their rows from the sheet"
+    ) in dry.stdout + dry.stderr, dry.stdout[-2000:]
+    after = {p: p.stat().st_mtime_ns for p in (scratch / "results").rglob("*") if p.is_file()}
+    assert after == before
+    (scratch / "archived.tiff").rename(scratch / path)  # restored: nothing to redo
+    assert harness.planned_jobs(scratch, configfile) == {}
+
+
 def test_more_attention_slides_predict_and_redraw_figure_4(tiny) -> None:
     """Figure 4's predictions are checkpoint targets, for which Snakemake skips the params
     check: the settings file is what makes a new n_slides plan the missing predictions."""

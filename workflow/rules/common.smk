@@ -34,6 +34,7 @@ from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
 from zoommil.workflow import provenance as zprovenance
 from zoommil.workflow import timers as ztimers
+from zoommil.workflow import vanished as zvanished
 from zoommil.workflow import weights as zweights
 
 try:
@@ -110,6 +111,13 @@ if workflow.is_main_process:
         workflow.output_settings.dryrun
     ):
         print(line, file=sys.stderr)
+    # Encoded slides whose file is gone: see zoommil.workflow.vanished.
+    if not DEMO:
+        VANISHED = zvanished.vanished_slides(
+            {slide: zwf.run_path(path) for slide, path in SHEET["path"].items()}
+        )
+        if VANISHED:
+            raise WorkflowError(zvanished.vanished_message(VANISHED))
 
 
 wildcard_constraints:

@@ -5,7 +5,8 @@
 # still fails the job and leaves no output (Snakemake reruns it as incomplete). A sheet row
 # whose file does not exist is inspected too (status `missing`), and one that vanishes later
 # fails at its next stage: every rule takes the path through params and the file as an input
-# only where it exists. Outputs name the slide by the sheet's slide_id (--slide-id), which
+# only where it exists (once its features are made, its loss stops the run instead, naming
+# it: zoommil.workflow.vanished). Outputs name the slide by the sheet's slide_id (--slide-id), which
 # may differ from its file name.
 
 
