@@ -429,6 +429,35 @@ def test_flops_and_profile_name_a_recorded_sheet_that_is_gone(tmp_path, capsys):
         ), err
 
 
+def test_flops_by_hand_leaves_out_the_slides_qc_excluded(tmp_path, capsys, caplog):
+    """`zoommil flops` without --sheet counted a slide the checkpoint's QC table excluded (a
+    blank slide's glass-only features) and said nothing of slides without a feature file;
+    `evaluate` left it out (review E). Now both are left out, listed and logged."""
+    from zoommil.io.featurefile import write_feature_file
+
+    qc = tmp_path / "qc.tsv"
+    ckpt, argv = _one_slide_meanmil(tmp_path, {"exclude": str(qc)})
+    feats = [np.random.default_rng(1).normal(size=(3, 1024))]
+    write_feature_file(tmp_path / "features" / "blank.h5", [10.0], feats,
+                       [np.zeros((3, 2))], [np.zeros((3, 2))], {})  # fmt: skip
+    with (tmp_path / "sheet.tsv").open("a") as sheet:
+        sheet.write("blank\ta\ttest\nlost\tb\ttest\n")
+    qc.write_text("slide_id\tstatus\treason\ns1\tok\t\nblank\tno_tissue\tnothing passes\n")
+    out = tmp_path / "f.json"
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    record = json.loads(out.read_text())
+    assert [r["slide_id"] for r in record["per_slide"]] == ["s1"]
+    assert record["excluded"] == [
+        {"slide_id": "blank", "reason": "no_tissue: nothing passes"},
+        {"slide_id": "lost", "reason": "no feature file"},
+    ]
+    assert "over 1 slides (2 left out)" in capsys.readouterr().out
+    assert "2 'test' slide(s) not counted: blank (no_tissue: nothing passes); lost" in (caplog.text)
+    # a --sheet given (the workflow's usable one) is taken as it is, QC table or not
+    assert main([*argv, "--sheet", str(tmp_path / "sheet.tsv"), "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["per_slide"]) == 2
+
+
 @pytest.mark.parametrize("weights", ["random", "/models/resnet50_layer3.pt", None])
 def test_flops_names_the_encoder_weights_and_random_ones_say_so(tmp_path, capsys, weights):
     """DESIGN.md "Encoder": every output made with random weights says so; the FLOPs JSON of

@@ -32,7 +32,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint", type=Path, nargs="+", required=True, help="checkpoint.pt, one or more"
     )
     parser.add_argument("--features-dir", type=Path, required=True, help="folder of {slide_id}.h5")
-    parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
+    parser.add_argument(
+        "--sheet",
+        type=Path,
+        help="slide sheet (default: the checkpoint's, with its QC table as --exclude)",
+    )
+    parser.add_argument(
+        "--exclude",
+        metavar="TSV",
+        type=Path,
+        help="QC table of slides not to count (default: the checkpoint's, where --sheet is "
+        "not given)",
+    )
     parser.add_argument(
         "--split", default="test", choices=("train", "val", "test"), help="default: test"
     )
@@ -48,7 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
     features = folder_inputs("feature file", args.features_dir)
-    return [("checkpoint", c) for c in args.checkpoint] + [("sheet", args.sheet)] + features
+    given = [("sheet", args.sheet), ("QC table", args.exclude)]
+    return [("checkpoint", c) for c in args.checkpoint] + given + features
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,10 +79,12 @@ def run(args: argparse.Namespace) -> int:
             max_slides=args.max_slides,
             method=method,
             progress=show_progress(args),
+            exclude=args.exclude,
         )
         write_json(out, result)
         print(
             f"{out}: {result['mean_total_flops'] / TFLOP:.4f} TFLOPs per slide over "
             f"{len(result['per_slide'])} slides"
+            + (f" ({len(result['excluded'])} left out)" if result["excluded"] else "")
         )
     return 0

@@ -39,7 +39,7 @@ from zoommil.io.featurefile import read_feature_file
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import PreprocessingRecipe, encoder_provenance
 from zoommil.training.checkpoint import model_from_checkpoint, recorded_path
-from zoommil.training.data import check_feature_dim, feature_tensors
+from zoommil.training.data import check_feature_dim, feature_tensors, read_exclusions
 
 with warnings.catch_warnings():
     # fvcore.nn scripts its focal loss with torch.jit.script at import, which torch deprecates:
@@ -182,10 +182,14 @@ def checkpoint_flops(
     max_slides: int | None = None,
     method: str | None = None,
     progress: bool = True,
+    exclude: str | Path | None = None,
 ) -> dict[str, Any]:
     """FLOPs per slide of a trained method over one split's feature files (`zoommil flops`).
 
-    The patch size is the checkpoint's recipe; ``sheet`` defaults to the checkpoint's.
+    The patch size is the checkpoint's recipe; ``sheet`` defaults to the checkpoint's and,
+    with it, ``exclude`` to its QC table: the slides QC left out are not counted (a blank
+    slide's glass-only feature file was, run by hand, review E). Slides left out, by QC or
+    for want of a feature file, are listed in ``excluded`` and logged.
     """
     if max_slides is not None and max_slides < 1:  # None: every slide of the split
         raise ZoomMILError(f"--max-slides must be at least 1, got {max_slides}")
@@ -194,11 +198,32 @@ def checkpoint_flops(
     recorded = config.get("preprocessing") or {}
     recipe = PreprocessingRecipe.from_attrs(recorded, mags=config["mags"])
     encoder = canonical_name(recipe.encoder)
-    frame = read_sheet(
-        sheet or recorded_path(config, "sheet", "slide sheet", "--sheet", checkpoint, required=True)
-    )
-    ids = [str(s) for s in frame.loc[frame["split"] == split, "slide_id"]]
-    ids = [i for i in ids if (features_dir / f"{i}.h5").exists()][:max_slides]
+    if sheet is None:
+        sheet = recorded_path(config, "sheet", "slide sheet", "--sheet", checkpoint, required=True)
+        if exclude is None:
+            exclude = recorded_path(
+                config, "exclude", "exclusion (QC) table", "--exclude", checkpoint
+            )
+    frame = read_sheet(sheet)
+    qc = read_exclusions(exclude)
+    ids, excluded = [], []
+    for slide_id in (str(s) for s in frame.loc[frame["split"] == split, "slide_id"]):
+        if slide_id in qc:
+            excluded.append({"slide_id": slide_id, "reason": qc[slide_id]})
+        elif not (features_dir / f"{slide_id}.h5").exists():
+            excluded.append({"slide_id": slide_id, "reason": "no feature file"})
+        else:
+            ids.append(slide_id)
+    ids = ids[:max_slides]
+    if excluded:
+        log.warning(
+            "%s: %d '%s' slide(s) not counted: %s",
+            checkpoint,
+            len(excluded),
+            split,
+            "; ".join(f"{e['slide_id']} ({e['reason']})" for e in excluded[:5])
+            + (f" and {len(excluded) - 5} more" if len(excluded) > 5 else ""),
+        )
     if not ids:
         raise ZoomMILError(f"{features_dir}: no feature files for the '{split}' split")
     rows = []
@@ -226,6 +251,7 @@ def checkpoint_flops(
         "encoder_flops_per_patch": per_patch["fvcore"],
         "encoder_flops_per_patch_torch_counter": per_patch["torch"],
         "per_slide": rows,
+        "excluded": excluded,
         "mean_patches_encoded": float(np.mean([r["patches_encoded"] for r in rows])),
         "mean_head_flops": float(np.mean([r["head_flops"] for r in rows])),
         "mean_total_flops": mean_total,
