@@ -1081,6 +1081,12 @@ def test_a_class_without_val_slides_is_warned_with_the_sheet(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         zsheet.check_splits(zsheet.load_sheet(path), path)
     assert "no val slides" not in caplog.text
+    assert "no test slides of class(es) normal: the tables' AUC will be n/a" in caplog.text
+    caplog.clear()
+    path.write_text(HEADER + rows + "e\te.svs\ttumor\tval\t\nf\tf.svs\tnormal\ttest\t\n")
+    with caplog.at_level(logging.WARNING):
+        zsheet.check_splits(zsheet.load_sheet(path), path)
+    assert "no test slides" not in caplog.text
 
 
 def test_a_single_class_sheet_is_caught_with_the_sheet(tmp_path):

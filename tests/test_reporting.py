@@ -417,11 +417,17 @@ def fabricate_results(tmp_path: Path, gpu: bool = False) -> dict:
 
 
 def _make_demo_tables(
-    tmp_path: Path, data: dict, comparisons: bool = False, **extra
+    tmp_path: Path,
+    data: dict,
+    comparisons: bool = False,
+    outputs_extra: tuple[str, ...] = (),
+    **extra,
 ) -> tuple[dict, dict]:
     """`tables.make_tables` on `fabricate_results`' files (ZoomMIL and ABMIL at 2.5/5/10x):
-    what it returns and the output paths (with ``comparisons``, the comparison table's too)."""
+    what it returns and the output paths (with ``comparisons``, the comparison table's too;
+    ``outputs_extra``: other tables' kinds, e.g. per_class)."""
     kinds = ("main", "ablation", "comparison") if comparisons else ("main", "ablation")
+    kinds += outputs_extra
     outputs = {
         f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
         for kind in kinds
@@ -517,6 +523,53 @@ def test_make_tables(tmp_path: Path) -> None:
     assert list(ablation["component"]) == ["reference", "selection"]
     assert ablation.iloc[1]["variant"] == "selection=random"
     assert "selection=random" in outputs["ablation_md"].read_text()
+
+
+def test_per_class_table_gives_each_class_f1_and_macro_f1_over_seeds(tmp_path: Path) -> None:
+    """DESIGN.md's macro and per-class F1 were only in the evaluation JSONs; on a 3-class
+    cohort they show which grade a method misses (review L). A class F1 undefined for a seed
+    (no test slide, never predicted) is left out of its mean, and the cell says from how
+    many seeds it comes."""
+    data = fabricate_results(tmp_path)
+    per_class = {
+        ("zoommil", 0): (0.9, {"a": 1.0, "b": 0.8, "c": None}),
+        ("zoommil", 1): (0.7, {"a": 0.6, "b": 0.8, "c": 0.7}),
+        ("abmil", 0): (0.5, {"a": 0.5, "b": 0.5, "c": 0.5}),
+        ("abmil", 1): (0.3, {"a": 0.3, "b": 0.3, "c": 0.3}),
+        ("zoommil_random", 0): (0.2, {"a": 0.2, "b": 0.2, "c": 0.2}),
+    }
+    for path in data["evals"]:
+        key = (path.parent.name, int(path.stem.split("~")[1]))
+        record = json.loads(path.read_text())
+        macro, f1 = per_class[key]
+        record["classes"] = ["a", "b", "c"]
+        record["test"] |= {"macro_f1": macro, "per_class_f1": f1, "support": {"a": 2, "b": 3}}
+        path.write_text(json.dumps(record))
+    made, outputs = _make_demo_tables(
+        tmp_path,
+        data,
+        ablations={"zoommil_random": {"arch": "zoommil", "k": 4, "selection": "random"}},
+        reference="zoommil",
+        outputs_extra=("per_class",),
+    )
+    table = made["per_class"].set_index("method")
+    assert list(table.index) == ["zoommil", "abmil", "zoommil_random"]
+    assert table.loc["zoommil", "macro_f1_mean"] == pytest.approx(0.8)
+    assert table.loc["zoommil", "f1[a]_std"] == pytest.approx(np.std([1.0, 0.6], ddof=1))
+    assert table.loc["zoommil", "f1[c]_mean"] == pytest.approx(0.7)
+    assert table.loc["zoommil", "f1[c]_n"] == 1
+    markdown = outputs["per_class_md"].read_text()
+    header = "| Method | Macro F1 (%) | F1 a (%, 2 slides) | F1 b (%, 3 slides) | F1 c (%) |"
+    assert header in markdown
+    assert "| ZoomMIL | 80.0 ± 14.1 | 80.0 ± 28.3 | 80.0 ± 0.0 | 70.0 (n=1) |" in markdown
+    assert "| zoommil_random | 20.0 (n=1) |" in markdown
+    assert "n/a or (n=k): F1 undefined for the other seeds" in markdown
+    assert "RANDOM" in markdown and "TFLOPs" not in markdown  # its own notes, no costs
+    assert r"\label{tab:demo-per-class}" in outputs["per_class_tex"].read_text()
+    moved = json.loads(data["evals"][0].read_text()) | {"classes": ["b", "a", "c"]}
+    data["evals"][0].write_text(json.dumps(moved))
+    with pytest.raises(ZoomMILError, match="evaluations list their classes differently"):
+        _make_demo_tables(tmp_path, data, outputs_extra=("per_class",))
 
 
 def test_tables_without_any_evaluation_say_n_a(tmp_path: Path) -> None:

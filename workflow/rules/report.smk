@@ -32,6 +32,13 @@ rule tables:
         ),
         comparison_md="results/tables/comparisons.md",
         comparison_tex="results/tables/comparisons.tex",
+        per_class_csv=report(
+            "results/tables/per_class.csv",
+            caption="../report/table_per_class.rst",
+            category="Tables",
+        ),
+        per_class_md="results/tables/per_class.md",
+        per_class_tex="results/tables/per_class.tex",
     log:
         "results/logs/tables/tables.log",
     conda:

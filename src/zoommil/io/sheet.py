@@ -404,6 +404,13 @@ def check_splits(
             "most sure of that class; give every class val slides",
             sheet, ", ".join(unvalidated),
         )  # fmt: skip
+    if "test" in needed and (untested := _absent_in_split(frame, names, "test")):
+        # said before training: the tables' n/a AUC was the first sign (review L)
+        log.warning(
+            "%s: no test slides of class(es) %s: the tables' AUC will be n/a and their F1 "
+            "undefined; give every class test slides",
+            sheet, ", ".join(untested),
+        )  # fmt: skip
 
 
 def check_label_case(labels: Sequence[str], where: str | Path) -> None:

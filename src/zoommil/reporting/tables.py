@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.recipe import DEFAULT_ENCODER
-from zoommil.reporting import results
+from zoommil.reporting import per_class, results
 from zoommil.reporting.table_format import (
     best_rows,
     comparison_display,
@@ -72,8 +72,10 @@ def make_tables(
 
     `outputs` keys: main_csv, main_md, main_tex, ablation_csv, ablation_md, ablation_tex and,
     optionally, comparison_csv, comparison_md, comparison_tex (the reference vs every other
-    method, paired over test slides). `exclusions_table` (results/qc/exclusions.tsv) adds a note on
-    the evaluated slides that a later stage (predict, profile, figures) left out.
+    method, paired over test slides) and per_class_csv, per_class_md, per_class_tex (macro
+    and per-class F1 of every method, `per_class`). `exclusions_table`
+    (results/qc/exclusions.tsv) adds a note on the evaluated slides that a later stage
+    (predict, profile, figures) left out.
     """
     ablations = dict(ablations or {})
     qc_frame = pd.read_csv(qc_table, sep="\t", dtype={"slide_id": str}, keep_default_na=False)
@@ -160,4 +162,20 @@ def make_tables(
             outputs["comparison_tex"],
             to_latex(display, title, c_notes, (), f"tab:{dataset}-comparisons"),
         )
-    return {"main": main, "ablations": ablation, "comparisons": comparison}
+    frames = {"main": main, "ablations": ablation, "comparisons": comparison}
+    if "per_class_csv" in outputs:
+        records = per_class.per_class_records(evals)
+        table = per_class.per_class_table(records, [*methods, *ablations])
+        title = f"Per-class F1 on {dataset}, {encoder} features"
+        # the encoder, weights and QC notes; not those on CIs, AUC, TFLOPs and times
+        shared = [n for n in untimed_notes if not n.startswith(("mean ± std", "TFLOPs and"))]
+        pc_notes = [*per_class.per_class_notes(table), *shared]
+        display = per_class.per_class_display(table, per_class.class_order(records))
+        write_csv(outputs["per_class_csv"], table, pc_notes)
+        write_text(outputs["per_class_md"], to_markdown(display, title, pc_notes, ()))
+        write_text(
+            outputs["per_class_tex"],
+            to_latex(display, title, pc_notes, (), f"tab:{dataset}-per-class"),
+        )
+        frames["per_class"] = table
+    return frames
