@@ -14,4 +14,5 @@ figure_attention.attention_figure(
     dataset=sm.params.dataset,
     weights=sm.params.weights,
     encoder=sm.params.encoder,
+    wanted=sm.params.n_slides,
 )

@@ -531,9 +531,14 @@ def test_figure_4_of_maxmil_does_not_read_as_probabilities(make_slide, tmp_path:
     path = tmp_path / "m0.json"
     path.write_text(json.dumps({"arch": "maxmil", "predicted": "b", "attention": [entry]}))
     layout = figure_attention.attention_figure(
-        [path], sheet, [tmp_path / "m.png"], "maxmil", "demo", "random"
+        [path], sheet, [tmp_path / "m.png"], "maxmil", "demo", "random", wanted=3
     )
     assert layout["titles"][1:] == ["per-patch probability at 10x"]
+    # fewer slides than asked for say so (a 2-slide test split drew 2 rows silently, review L)
+    assert layout["footnotes"] == [
+        "1 of the 3 slides asked for (figures.attention.n_slides): the test split has no more "
+        "that could be shown"
+    ]
     assert layout["colorbar_ticks"] == ["low", "high"]
     assert layout["colorbar_label"].endswith(
         "(min-max per slide and magnification: a rank within one map)"

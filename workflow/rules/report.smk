@@ -140,6 +140,7 @@ rule figure_attention:
         weights=RECIPE.weights,
         encoder=RECIPE.encoder,
         method=ATTENTION["method"],
+        n_slides=ATTENTION["n_slides"],
     script:
         "../../scripts/figure_attention.py"
 

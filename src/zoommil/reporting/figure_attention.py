@@ -54,6 +54,7 @@ def attention_figure(
     dataset: str,
     weights: str,
     encoder: str | None = None,
+    wanted: int | None = None,
 ) -> dict[str, Any]:
     """Figure 4: one row per slide: the thumbnail, then the attention of every magnification
     over the thumbnail, with the regions zoomed into outlined, and one colour bar; the title
@@ -64,7 +65,9 @@ def attention_figure(
     A slide whose prediction failed (a `zoommil predict --no-fail` marker) or whose thumbnail
     cannot be read is left out, with its whole reason in a note under the figure; with no
     slide left, the note takes the maps' place and says that the chosen slides failed (not
-    "no test slides", which is what it says when none was chosen)."""
+    "no test slides", which is what it says when none was chosen). Fewer slides than
+    ``wanted`` (``figures.attention.n_slides``) are noted too: a split with 2 test slides
+    drew 2 rows for 3 asked, without a word (review L)."""
     table = read_sheet(sheet).set_index("slide_id")
     predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
     mags = attention_layout(loaded)
@@ -135,8 +138,14 @@ def attention_figure(
         bar.set_label(
             f"{what}\n(min-max per slide and magnification: a rank within one map)", fontsize=8
         )
-    if skipped and loaded:
-        fig.text(0.01, 0.005, "skipped: " + "; ".join(skipped), fontsize=7, wrap=True)
+    footnotes = ["skipped: " + "; ".join(skipped)] if skipped and loaded else []
+    if loaded and wanted is not None and len(loaded) < wanted:
+        footnotes.append(
+            f"{len(loaded)} of the {wanted} slides asked for (figures.attention.n_slides): the "
+            "test split has no more that could be shown"
+        )
+    if footnotes:
+        fig.text(0.01, 0.005, "\n".join(footnotes), fontsize=7, wrap=True)
     titles = [ax.get_title() for ax in axes[0]]
     save_figure(fig, outputs)
     panels = [ax.get_position() for ax in axes.ravel()]
@@ -152,6 +161,7 @@ def attention_figure(
         and any(bar.ax.get_position().overlaps(box) for box in panels),
         "panels_top": max(box.y1 for box in panels),
         "skipped": skipped,
+        "footnotes": footnotes,
         "empty": empty,
         "slides": shown,
     }
