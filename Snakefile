@@ -27,6 +27,13 @@ include: "workflow/rules/efficiency.smk"
 include: "workflow/rules/report.smk"
 
 
+# Encoded slides whose file is gone stop a run before its first job: see
+# zoommil.workflow.vanished (only a run: --report and --unlock still work).
+onstart:
+    if VANISHED:
+        raise WorkflowError(zvanished.vanished_message(VANISHED))
+
+
 # Exit as soon as the last job is done: see zoommil.workflow.timers.
 onsuccess:
     ztimers.cancel_pending_timers()

@@ -236,6 +236,32 @@ def test_imagenet_missing_names_the_file_and_is_never_downloaded(tmp_path, monke
     assert not path.parent.exists()  # nothing written into the cache either
 
 
+def test_the_workflow_finds_the_imagenet_file_where_torch_does(tmp_path, monkeypatch):
+    """The workflow looks for cached weights when it loads, without torch, and warns where
+    they are not on that machine: each features job failed only after every slide's tiling
+    (review G). Its path must be torch's own under every setting of the variables."""
+    from zoommil.features.encoders import weight_files
+
+    for torch_home, xdg in ((str(tmp_path / "t"), None), (None, str(tmp_path / "x")), (None, None)):
+        for name, value in (("TORCH_HOME", torch_home), ("XDG_CACHE_HOME", xdg)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        assert weight_files.imagenet_cache_path() == imagenet_cache_path()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "t"))
+    unseen = weight_files.unseen_weights("resnet50_layer3", "imagenet")
+    assert unseen == f"ImageNet weights not found at {imagenet_cache_path()}"
+    imagenet_cache_path().parent.mkdir(parents=True)
+    imagenet_cache_path().write_bytes(b"x")
+    assert weight_files.unseen_weights("resnet50_layer3", "imagenet") is None
+    assert weight_files.unseen_weights("resnet50_layer3", "random") is None
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert "weights not in the offline Hugging Face cache" in weight_files.unseen_weights(
+        "uni", "hf"
+    )
+
+
 def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -541,7 +541,7 @@ def test_figure_4_of_maxmil_does_not_read_as_probabilities(make_slide, tmp_path:
     ]
     assert layout["colorbar_ticks"] == ["low", "high"]
     assert layout["colorbar_label"].endswith(
-        "(min-max per slide and magnification: a rank within one map)"
+        "(min-max per slide and magnification: relative within one map)"
     )
 
 

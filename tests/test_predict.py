@@ -1145,6 +1145,13 @@ def test_a_missing_weights_file_the_checkpoint_records_is_named_as_the_checkpoin
     assert line.startswith(f"zoommil predict: error: {ckpt}: its training features were"), line
     assert "(sha256 abababababab), not found here: pass --weights with that file" in line
     assert "--weights random" not in line
+    # profile times with any weights: it offers random ones (review G)
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text(f"slide_id\tpath\tlabel\tsplit\ns\t{small_slide}\ta\ttest\n")
+    timing = ["profile", "--checkpoint", str(ckpt), "--sheet", str(sheet), "--device", "cpu"]
+    assert main([*timing, "--out", str(tmp_path / "t.json")]) == 2
+    line = _error_line(capsys.readouterr().err, str(gone))
+    assert line.endswith("(a copy of it anywhere), or, for timing only, --weights random"), line
     typed = tmp_path / "typo.bin"
     assert main([*argv, "--weights", str(typed), "--json", "q.json"]) == 2
     line = _error_line(capsys.readouterr().err, str(typed))

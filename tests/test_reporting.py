@@ -562,8 +562,8 @@ def test_per_class_table_gives_each_class_f1_and_macro_f1_over_seeds(tmp_path: P
     header = "| Method | Macro F1 (%) | F1 a (%, 2 slides) | F1 b (%, 3 slides) | F1 c (%) |"
     assert header in markdown
     assert "| ZoomMIL | 80.0 ± 14.1 | 80.0 ± 28.3 | 80.0 ± 0.0 | 70.0 (n=1) |" in markdown
-    assert "| zoommil_random | 20.0 (n=1) |" in markdown
-    assert "n/a or (n=k): F1 undefined for the other seeds" in markdown
+    assert "| zoommil_random (1 seed) | 20.0 | 20.0 | 20.0 | 20.0 |" in markdown
+    assert "n/a or (n=k): F1 defined for k of the method's seeds only" in markdown
     assert "RANDOM" in markdown and "TFLOPs" not in markdown  # its own notes, no costs
     assert r"\label{tab:demo-per-class}" in outputs["per_class_tex"].read_text()
     moved = json.loads(data["evals"][0].read_text()) | {"classes": ["b", "a", "c"]}

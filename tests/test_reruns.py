@@ -161,8 +161,9 @@ def test_a_slide_file_gone_after_inspection_is_excluded_not_the_run(tiny, tmp_pa
 def test_a_slide_file_gone_after_its_features_stops_the_run_naming_it(tiny, tmp_path) -> None:
     """Slides archived after feature extraction or an unmounted share: the changed input set
     reran the slide's inspection, which excluded it as missing, and every model was retrained
-    without it, silently (review E). The run now stops before any job, naming the slide; a
-    slide gone before its features were made still becomes its own failure marker (above)."""
+    without it, silently (review E). A run now stops before any job, naming the slide; a
+    dry run says so, and --unlock (or --report) still works (review G); a slide gone before
+    its features were made still becomes its own failure marker (above)."""
     workdir, configfile, _ = tiny
     scratch = tmp_path / "archived"
     shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
@@ -172,12 +173,16 @@ def test_a_slide_file_gone_after_its_features_stops_the_run_naming_it(tiny, tmp_
     path = sheet.loc[slide_id, "path"]
     (scratch / path).rename(scratch / "archived.tiff")
     before = {p: p.stat().st_mtime_ns for p in (scratch / "results").rglob("*") if p.is_file()}
-    dry = harness.snakemake(scratch, "-n", configfile=configfile, check=False)
-    assert dry.returncode != 0
-    assert (
+    said = (
         f"1 slide file(s) gone since their features were made: {slide_id} ({path}). Restore "
         "them (or fix their paths in the sheet), or remove their rows from the sheet"
-    ) in dry.stdout + dry.stderr, dry.stdout[-2000:]
+    )
+    dry = harness.snakemake(scratch, "-n", configfile=configfile)
+    assert f"zoommil: {said}" in dry.stderr and "(a run stops on this before" in dry.stderr
+    run = harness.snakemake(scratch, configfile=configfile, check=False)
+    assert run.returncode != 0 and said in run.stdout + run.stderr, run.stdout[-2000:]
+    assert "inspect" not in harness.executed(run)
+    harness.snakemake(scratch, "--unlock", configfile=configfile)
     after = {p: p.stat().st_mtime_ns for p in (scratch / "results").rglob("*") if p.is_file()}
     assert after == before
     (scratch / "archived.tiff").rename(scratch / path)  # restored: nothing to redo

@@ -397,3 +397,11 @@ def test_a_difference_over_fewer_seeds_says_so() -> None:
     assert not shown[0].endswith("seeds)") and shown[1].endswith(" (2 seeds)"), shown
     assert table_notes.seeds_note(table)[0].startswith("(k seeds): Δ, CI and p over the k")
     assert table_notes.seeds_note(table.iloc[:1]) == []
+    # a reference short of a seed: every row shares 2 of the baselines' 3, all are marked
+    # (compared with the table's most, 2, none was: review G)
+    table = table_frames.comparison_table(
+        {"a": short, "b": full, "c": full}, "a", {"b": "baseline", "c": "baseline"}, {}, {}
+    )
+    shown = list(table_format.comparison_display(table, {}, [])["Δ Accuracy (pp) [95% CI]"])
+    assert all(cell.endswith(" (2 seeds)") for cell in shown), shown
+    assert table_notes.seeds_note(table)

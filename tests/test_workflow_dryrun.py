@@ -147,6 +147,22 @@ def test_preset_dry_run(workdir: Path, preset: str) -> None:
     assert jobs["train"] == len(config["methods"]) * 3 + len(ablations) * 3
 
 
+def test_a_preset_warns_at_load_of_imagenet_weights_not_on_this_machine(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights are never downloaded: without the file, each features job failed only after
+    every slide's tiling, and the dry run said nothing (review G)."""
+    sheet = fake_sheet(workdir / "sheet_weights", PRESETS["camelyon16"])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    configfile = workdir / "config" / "camelyon16.yaml"
+    dry = harness.snakemake(workdir, "-n", "--config", f"sheet={sheet}", configfile=configfile)
+    path = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    assert (
+        f"zoommil: warning: ImageNet weights not found at {path} on this machine: every "
+        "features job fails unless the machine that runs it has the file"
+    ) in dry.stderr
+
+
 def test_missing_slide_file_is_excluded_and_the_rest_runs(tmp_path: Path) -> None:
     """A sheet row whose file does not exist reaches `zoommil inspect` (status `missing`)
     and is excluded with its reason; it does not stop the DAG (MissingInputException)."""

@@ -102,6 +102,7 @@ if not DEMO:
     except ZoomMILError as error:
         raise ValueError(f"invalid slide sheet: {error}") from None
 
+VANISHED = []  # encoded slides whose file is gone (the main process fills it in)
 if workflow.is_main_process:
     # Jobs that finished after a killed Snakemake process: see zoommil.workflow.orphans.
     for line in zorphans.outdate_orphaned_outputs(workflow.output_settings.dryrun):
@@ -111,13 +112,31 @@ if workflow.is_main_process:
         workflow.output_settings.dryrun
     ):
         print(line, file=sys.stderr)
-    # Encoded slides whose file is gone: see zoommil.workflow.vanished.
-    if not DEMO:
-        VANISHED = zvanished.vanished_slides(
+    # Encoded slides whose file is gone: see zoommil.workflow.vanished. A run stops on
+    # them (`onstart` in the Snakefile); a dry run says so, and --report, --unlock and the
+    # like, which run no job, go on.
+    VANISHED = (
+        []
+        if DEMO
+        else zvanished.vanished_slides(
             {slide: zwf.run_path(path) for slide, path in SHEET["path"].items()}
         )
-        if VANISHED:
-            raise WorkflowError(zvanished.vanished_message(VANISHED))
+    )
+    # Cached weights (imagenet, hf) are looked for by the features jobs; one missing here is
+    # said now, not after every slide's tiling (the nodes may have a cache this one lacks).
+    UNSEEN = zweights.unseen_weights(RECIPE.encoder, RECIPE.weights)
+    if UNSEEN:
+        print(
+            f"zoommil: warning: {UNSEEN} on this machine: every features job fails unless "
+            "the machine that runs it has the file (README: encoder weights and offline use)",
+            file=sys.stderr,
+        )
+    if VANISHED and workflow.output_settings.dryrun:
+        print(
+            f"zoommil: {zvanished.vanished_message(VANISHED)} (a run stops on this before "
+            "its first job)",
+            file=sys.stderr,
+        )
 
 
 wildcard_constraints:

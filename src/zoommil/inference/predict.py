@@ -597,10 +597,11 @@ def make_encoder(
             raise
         # the path came from the checkpoint, not from the user: "use --weights random" misled
         want = f" (sha256 {predictor.weights_sha256[:12]})" if predictor.weights_sha256 else ""
+        timing = "" if check_weights else ", or, for timing only, --weights random"
         raise ZoomMILError(
             f"{predictor.checkpoint or 'the checkpoint'}: its training features were made with "
             f"the encoder weights {weights}{want}, not found here: pass --weights with that "
-            "file (a copy of it anywhere)"
+            f"file (a copy of it anywhere){timing}"
         ) from error
     if predictor.in_dim is not None and int(info["feature_dim"]) != predictor.in_dim:
         raise ZoomMILError(

@@ -407,8 +407,8 @@ def check_splits(
     if "test" in needed and (untested := _absent_in_split(frame, names, "test")):
         # said before training: the tables' n/a AUC was the first sign (review L)
         log.warning(
-            "%s: no test slides of class(es) %s: the tables' AUC will be n/a and their F1 "
-            "undefined; give every class test slides",
+            "%s: no test slides of class(es) %s: the tables' AUC will be n/a and that "
+            "class's F1 undefined; give every class test slides",
             sheet, ", ".join(untested),
         )  # fmt: skip
 

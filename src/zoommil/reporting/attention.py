@@ -170,8 +170,8 @@ def legend_text(prediction: Mapping[str, Any], steps: int) -> str:
         text += f" (p = {float(probs[predicted]):.2f})"
     text += (
         f". Colour: {prediction.get('method') or prediction.get('arch', 'the model')}'s "
-        f"{score_name(prediction)}, min-max scaled per slide and magnification (a rank within "
-        "one map, not a probability; the middle colour where all patches are equal)."
+        f"{score_name(prediction)}, min-max scaled per slide and magnification (relative "
+        "within one map, not a probability; the middle colour where all patches are equal)."
     )
     if steps:
         names = ("green", "blue", "orange")

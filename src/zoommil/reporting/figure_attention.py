@@ -136,7 +136,7 @@ def attention_figure(
         bar.set_ticks([0.0, 1.0], labels=["low", "high"], fontsize=7)
         what = attention.score_name(*loaded)
         bar.set_label(
-            f"{what}\n(min-max per slide and magnification: a rank within one map)", fontsize=8
+            f"{what}\n(min-max per slide and magnification: relative within one map)", fontsize=8
         )
     footnotes = ["skipped: " + "; ".join(skipped)] if skipped and loaded else []
     if loaded and wanted is not None and len(loaded) < wanted:

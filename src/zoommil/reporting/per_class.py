@@ -89,19 +89,25 @@ def class_order(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _cell(mean: float, std: float, n: int, seeds: int) -> str:
-    """``87.5 ± 4.2``, ``80.0 (n=1)`` or ``n/a``, in percent, as Tables 1-3 print them."""
+    """``87.5 ± 4.2``, ``80.0 (n=1)`` (defined for 1 of the method's ``seeds``) or ``n/a``,
+    in percent."""
     if n == 0 or math.isnan(mean):
         return "n/a"
     text = f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
-    return text + (f" (n={n})" if n < seeds or n == 1 else "")
+    return text + (f" (n={n})" if n < seeds else "")
 
 
 def per_class_display(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """Human-readable rows: method, macro F1 and each class's F1 (its test slides in the
     header)."""
-    seeds = int(table["n_seeds"].max()) if len(table) else 0
+    most = int(table["n_seeds"].max()) if len(table) else 0
     out = pd.DataFrame()
-    out["Method"] = [display_name(m) for m in table.get("method", [])]
+    # a method trained on fewer seeds says so by its name; (n=k) in a cell is an F1
+    # undefined for its other seeds (it read as such for a 1-seed ablation, review G)
+    out["Method"] = [
+        display_name(m) + (f" ({count_text(str(int(k)), 'seed')})" if k < most else "")
+        for m, k in zip(table.get("method", []), table.get("n_seeds", []), strict=True)
+    ]
     columns = [("macro_f1", "Macro F1 (%)")]
     for c in classes:
         support = table[f"support[{c}]"].dropna() if f"support[{c}]" in table else []
@@ -109,7 +115,7 @@ def per_class_display(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFra
         columns.append((f"f1[{c}]", f"F1 {c} (%{slides})"))
     for key, header in columns:
         out[header] = [
-            _cell(r[f"{key}_mean"], r[f"{key}_std"], int(r[f"{key}_n"]), seeds)
+            _cell(r[f"{key}_mean"], r[f"{key}_std"], int(r[f"{key}_n"]), int(r["n_seeds"]))
             for _, r in table.iterrows()
         ]
     return out
@@ -119,14 +125,15 @@ def per_class_notes(table: pd.DataFrame) -> list[str]:
     """How to read the table."""
     seeds = int(table["n_seeds"].max()) if len(table) else 0
     notes = [
-        f"mean ± std over {count_text(str(seeds), 'seed')} (sample std) on the test split: F1 "
+        f"mean ± std over {count_text(str(seeds), 'seed')} (sample std; a method trained on "
+        "fewer says how many by its name) on the test split: F1 "
         "of each class against the others, and macro F1, their unweighted mean (Tables 1-3's "
         "weighted F1 weighs each class by its test slides); slides: the test slides of the "
         "class"
     ]
     if any(table[c].lt(table["n_seeds"]).any() for c in table.columns if c.endswith("_n")):
         notes.append(
-            "n/a or (n=k): F1 undefined for the other seeds, a class with no test slide that "
-            "the model never predicted"
+            "n/a or (n=k): F1 defined for k of the method's seeds only (a class with no test "
+            "slide that the model never predicted)"
         )
     return notes

@@ -286,11 +286,10 @@ def _p(p: float, holm: float, exact: Any = True) -> str:
     return f"{bound}{p:.{P_DIGITS}g} (Holm {bound}{holm:.{P_DIGITS}g})"
 
 
-def _fewer_seeds(n: Any, all_n: pd.Series) -> str:
-    """`` (2 seeds)`` after a Δ over fewer seeds than the table's most
-    (`table_notes.seeds_note`): it then differs from the main table's means."""
-    most = all_n.dropna()
-    if _missing(n) or not len(most) or int(n) >= int(most.max()):
+def _fewer_seeds(n: Any, most: Any) -> str:
+    """`` (2 seeds)`` after a Δ over fewer shared seeds than one of the two methods has
+    (``most``; `table_notes.seeds_note`): it then differs from the main table's means."""
+    if _missing(n) or _missing(most) or int(n) >= int(most):
         return ""
     return f" ({count_text(str(int(n)), 'seed')})"
 
@@ -313,16 +312,18 @@ def comparison_display(
         for r, m in zip(table["reference"], table["method"], strict=True)
     ]
     out["Kind"] = table["kind"]
-    seeds = table.get("n_seeds", pd.Series([math.nan] * len(table), index=table.index))
+    nans = pd.Series([math.nan] * len(table), index=table.index)
+    seeds, either = table.get("n_seeds", nans), table.get("seeds_either", nans)
     for metric in CI_METRICS:
         header = METRIC_HEADERS[metric].replace(" (%)", "")
         out[f"Δ {header} (pp) [95% CI]"] = [
-            _difference(d, lo, hi) + _fewer_seeds(n, seeds)
-            for d, lo, hi, n in zip(
+            _difference(d, lo, hi) + _fewer_seeds(n, most)
+            for d, lo, hi, n, most in zip(
                 table[f"{metric}_diff"],
                 table[f"{metric}_ci_low"],
                 table[f"{metric}_ci_high"],
                 seeds,
+                either,
                 strict=True,
             )
         ]

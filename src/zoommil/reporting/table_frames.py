@@ -230,6 +230,8 @@ def comparison_table(
     for method, kind in others.items():
         row: dict[str, Any] = {"reference": reference, "method": method, "kind": kind}
         if reference in preds and method in preds:
+            # the most seeds either has: fewer shared ones make Δ differ from the main table
+            row["seeds_either"] = max(len(preds[reference].seeds), len(preds[method].seeds))
             for metric in CI_METRICS:
                 result = stats.compare(preds[reference], preds[method], metric)
                 row["n_slides"], row["n_seeds"] = result.n_slides, result.n_seeds
@@ -244,7 +246,7 @@ def comparison_table(
             other = timings.get(device, {}).get(method, {}).get("seconds", math.nan)
             row[f"{device}_time_ratio"] = ref_time / other if other else math.nan
         rows.append(row)
-    columns = ["reference", "method", "kind", "n_slides", "n_seeds"]
+    columns = ["reference", "method", "kind", "n_slides", "n_seeds", "seeds_either"]
     for metric in CI_METRICS:
         columns += [
             f"{metric}_{x}"

@@ -19,7 +19,9 @@ import os
 import re
 from pathlib import Path
 
-from zoommil.features.encoders.weight_files import sha256_file, weights_file
+from zoommil.features.encoders.weight_files import sha256_file, unseen_weights, weights_file
+
+__all__ = ["unseen_weights", "weights_sha256"]
 
 CACHE = Path(".snakemake/zoommil-weights.json")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

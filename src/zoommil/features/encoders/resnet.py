@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from shlex import quote
 
 import torch
 from torch import nn
 
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import EncoderSpec
+from zoommil.features.encoders.weight_files import IMAGENET_FILE, IMAGENET_URL
 from zoommil.features.encoders.weights import check_and_load, sha256_file
 
 log = logging.getLogger(__name__)
 
-IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
-IMAGENET_FILE = "resnet50-0676ba61.pth"
 IMAGENET_HASH_PREFIX = "0676ba61"
 
 
@@ -115,7 +115,7 @@ def imagenet_weights(spec: EncoderSpec) -> tuple[Path, str]:
     if not path.is_file():
         raise ZoomMILError(
             f"ImageNet weights not found: place torchvision's IMAGENET1K_V1 file at {path} "
-            f"(fetch it once where there is internet: `curl -L --create-dirs -o {path} "
+            f"(fetch it once where there is internet: `curl -L --create-dirs -o {quote(str(path))} "
             f'{IMAGENET_URL}`, or `python -c "import torchvision; '
             "torchvision.models.resnet50(weights='IMAGENET1K_V1')\"` and copy "
             "~/.cache/torch/hub/checkpoints/), set TORCH_HOME to a folder whose "

@@ -16,6 +16,34 @@ from pathlib import Path
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import EncoderSpec, get_spec
 
+#: torchvision's IMAGENET1K_V1 ResNet-50 file (`--weights imagenet`) and where it comes from.
+IMAGENET_FILE = "resnet50-0676ba61.pth"
+IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
+
+
+def imagenet_cache_path() -> Path:
+    """Where torchvision keeps that file, by `torch.hub.get_dir`'s rule ($TORCH_HOME, else
+    $XDG_CACHE_HOME/torch, else ~/.cache/torch; then hub/checkpoints), without torch."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch"
+    )
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints" / IMAGENET_FILE
+
+
+def unseen_weights(encoder: str, weights: str) -> str | None:
+    """Why the file of cached weights (``imagenet``, ``hf``) is not on this machine, else
+    None: the workflow says it when it loads, as a warning (the nodes that extract the
+    features may have a cache this machine lacks), instead of after every slide's tiling."""
+    if weights == "imagenet":
+        path = imagenet_cache_path()
+        return None if path.is_file() else f"ImageNet weights not found at {path}"
+    if weights == "hf":
+        try:
+            resolve_hf_weights(get_spec(encoder))
+        except ZoomMILError as error:
+            return str(error)
+    return None
+
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
@@ -105,7 +133,8 @@ def resolve_hf_weights(spec: EncoderSpec) -> Path:
     if broken:
         raise ZoomMILError(
             f"{broken}: the Hugging Face cache links {spec.name}'s weights to a missing file "
-            f"{os.readlink(broken)} (a cache copied without its blobs/ folder, or a download "
+            f"{os.path.normpath(broken.parent / os.readlink(broken))} (a cache copied without "
+            "its blobs/ folder, or a download "
             f"cut short): copy {cache / _repo_folder(spec.hf_repo)} whole, or pass --weights PATH"
         )
     raise ZoomMILError(
