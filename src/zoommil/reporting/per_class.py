@@ -73,7 +73,7 @@ def per_class_table(records: Sequence[Mapping[str, Any]], order: Sequence[str]) 
         for c in classes:
             row[f"support[{c}]"] = runs[0]["support"].get(c)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["method", "n_seeds"])
 
 
 def class_order(records: Sequence[Mapping[str, Any]]) -> list[str]:
