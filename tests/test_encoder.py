@@ -232,7 +232,9 @@ def test_imagenet_missing_names_the_file_and_is_never_downloaded(tmp_path, monke
     message = str(info.value)
     path = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
     assert f"curl -L --create-dirs -o {path} {IMAGENET_URL}" in message
-    assert message.endswith("--weights PATH (in the workflow: features.weights)")
+    assert message.endswith(
+        "--weights PATH (in the workflow: features.weights), or --weights random (demo only)"
+    )
     assert not path.parent.exists()  # nothing written into the cache either
 
 

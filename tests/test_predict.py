@@ -1145,6 +1145,17 @@ def test_a_missing_weights_file_the_checkpoint_records_is_named_as_the_checkpoin
     assert line.startswith(f"zoommil predict: error: {ckpt}: its training features were"), line
     assert "(sha256 abababababab), not found here: pass --weights with that file" in line
     assert "--weights random" not in line
+    # a checkpoint of ImageNet weights not in this machine's cache: named as its own, without
+    # the random weights its sha256 check would refuse (review N)
+    imagenet = _zoommil_checkpoint(tmp_path / "inet.pt", "imagenet", weights_sha256="cd" * 32)
+    torch_home = tmp_path / "torch"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(torch_home))
+        argv_inet = ["predict", str(small_slide), "--checkpoint", str(imagenet)]
+        assert main([*argv_inet, "--workers", "0", "--json", "i.json"]) == 2
+    line = _error_line(capsys.readouterr().err, "ImageNet weights not found")
+    assert f"{imagenet}: its training features were made with the encoder weights imagenet" in line
+    assert "--weights random" not in line and str(torch_home) in line
     # profile times with any weights: it offers random ones (review G)
     sheet = tmp_path / "s.tsv"
     sheet.write_text(f"slide_id\tpath\tlabel\tsplit\ns\t{small_slide}\ta\ttest\n")

@@ -158,7 +158,7 @@ def test_a_preset_warns_at_load_of_imagenet_weights_not_on_this_machine(
     dry = harness.snakemake(workdir, "-n", "--config", f"sheet={sheet}", configfile=configfile)
     path = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
     assert (
-        f"zoommil: warning: ImageNet weights not found at {path} on this machine: every "
+        f"zoommil: warning: on this machine, ImageNet weights not found at {path}. Every "
         "features job fails unless the machine that runs it has the file"
     ) in dry.stderr
 

@@ -127,8 +127,8 @@ if workflow.is_main_process:
     UNSEEN = zweights.unseen_weights(RECIPE.encoder, RECIPE.weights)
     if UNSEEN:
         print(
-            f"zoommil: warning: {UNSEEN} on this machine: every features job fails unless "
-            "the machine that runs it has the file (README: encoder weights and offline use)",
+            f"zoommil: warning: on this machine, {UNSEEN}. Every features job fails unless "
+            "the machine that runs it has the file (README, section Encoders)",
             file=sys.stderr,
         )
     if VANISHED and workflow.output_settings.dryrun:

@@ -30,6 +30,7 @@ from zoommil.device import resolve_device, synchronize
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder
 from zoommil.features.encoder_pool import AnyEncoder, EncoderRecipe, cpu_encoder
+from zoommil.features.encoders.weight_files import DEMO_ALTERNATIVE
 from zoommil.features.encoders.weights import sha256_file
 from zoommil.features.extraction import (
     StreamStats,
@@ -591,13 +592,20 @@ def make_encoder(
         )
     except ZoomMILError as error:
         weights = recipe.weights
-        if not predictor.weights_from_checkpoint or weights in WEIGHT_KEYWORDS:
+        if not predictor.weights_from_checkpoint or weights == "random":
             raise
-        if Path(weights).expanduser().exists():
-            raise
-        # the path came from the checkpoint, not from the user: "use --weights random" misled
+        # the weights came from the checkpoint, not from the user: "use --weights random"
+        # misled, as its sha256 check then refuses them (reviews V, N)
         want = f" (sha256 {predictor.weights_sha256[:12]})" if predictor.weights_sha256 else ""
         timing = "" if check_weights else ", or, for timing only, --weights random"
+        if weights in WEIGHT_KEYWORDS:  # imagenet, hf: the cache's own message, less random
+            reason = str(error).removesuffix(DEMO_ALTERNATIVE)
+            raise ZoomMILError(
+                f"{predictor.checkpoint or 'the checkpoint'}: its training features were made "
+                f"with the encoder weights {weights}{want}: {reason}{timing}"
+            ) from error
+        if Path(weights).expanduser().exists():
+            raise
         raise ZoomMILError(
             f"{predictor.checkpoint or 'the checkpoint'}: its training features were made with "
             f"the encoder weights {weights}{want}, not found here: pass --weights with that "

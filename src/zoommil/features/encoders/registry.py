@@ -342,7 +342,7 @@ def build_registered_encoder(
     ``weights``: ``random`` (seeded init, for demos, tests and cost measurements), ``imagenet``
     (resnet50_layer3 only), ``hf`` (the spec's file from the offline Hugging Face cache) or a
     path (``.safetensors``, a torch state dict, or a folder holding the spec's file). Nothing is
-    ever downloaded except torchvision's ImageNet file when internet is allowed.
+    ever downloaded: a missing file is an error naming it.
     ``overrides``: architecture arguments (e.g. ``depth=2``) for reduced test variants.
     """
     from zoommil.features.encoders import weights as wts

@@ -23,7 +23,7 @@ from torch import nn
 
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import EncoderSpec
-from zoommil.features.encoders.weight_files import IMAGENET_FILE, IMAGENET_URL
+from zoommil.features.encoders.weight_files import DEMO_ALTERNATIVE, IMAGENET_FILE, IMAGENET_URL
 from zoommil.features.encoders.weights import check_and_load, sha256_file
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,10 @@ def imagenet_weights(spec: EncoderSpec) -> tuple[Path, str]:
             f"ImageNet weights not found: place torchvision's IMAGENET1K_V1 file at {path} "
             f"(fetch it once where there is internet: `curl -L --create-dirs -o {quote(str(path))} "
             f'{IMAGENET_URL}`, or `python -c "import torchvision; '
-            "torchvision.models.resnet50(weights='IMAGENET1K_V1')\"` and copy "
-            "~/.cache/torch/hub/checkpoints/), set TORCH_HOME to a folder whose "
-            "hub/checkpoints/ holds it, or use --weights random (demo) or --weights PATH "
-            "(in the workflow: features.weights)"
+            "torchvision.models.resnet50(weights='IMAGENET1K_V1')\"` and copy the "
+            "hub/checkpoints/ folder of its torch cache), set TORCH_HOME to a folder whose "
+            "hub/checkpoints/ holds it, or use --weights PATH (in the workflow: "
+            f"features.weights){DEMO_ALTERNATIVE}"
         )
     if not sha256_file(path).startswith(IMAGENET_HASH_PREFIX):
         log.warning(

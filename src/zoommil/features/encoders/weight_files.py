@@ -19,6 +19,9 @@ from zoommil.features.encoders.registry import EncoderSpec, get_spec
 #: torchvision's IMAGENET1K_V1 ResNet-50 file (`--weights imagenet`) and where it comes from.
 IMAGENET_FILE = "resnet50-0676ba61.pth"
 IMAGENET_URL = f"https://download.pytorch.org/models/{IMAGENET_FILE}"
+#: The end of a missing-weights message that offers random weights: `zoommil predict` drops it
+#: for a checkpoint's own weights, whose sha256 check then refuses random ones.
+DEMO_ALTERNATIVE = ", or --weights random (demo only)"
 
 
 def imagenet_cache_path() -> Path:
@@ -140,7 +143,8 @@ def resolve_hf_weights(spec: EncoderSpec) -> Path:
     raise ZoomMILError(
         f"{spec.name}: weights not in the offline Hugging Face cache {cache}: place "
         f"{spec.hf_repo}/{spec.hf_files[0]}{_terms(spec)} there (e.g. `hf download {spec.hf_repo} "
-        f"{spec.hf_files[0]}` on a machine with internet), or pass --weights PATH"
+        f"{spec.hf_files[0]}` on a machine with internet), or pass --weights PATH (in the "
+        "workflow: features.weights)"
     )
 
 
