@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from zoommil.device import resolve_device
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoder import PatchEncoder, build_encoder, encode_patches
 from zoommil.features.encoders.registry import DEFAULT_ENCODER, IMAGENET_MEAN, IMAGENET_STD
-from zoommil.features.encoders.resnet import (
+from zoommil.features.encoders.weight_files import (
     IMAGENET_FILE,
     IMAGENET_URL,
     imagenet_cache_path,
@@ -250,7 +251,8 @@ def test_the_workflow_finds_the_imagenet_file_where_torch_does(tmp_path, monkeyp
                 monkeypatch.delenv(name, raising=False)
             else:
                 monkeypatch.setenv(name, value)
-        assert weight_files.imagenet_cache_path() == imagenet_cache_path()
+        expected = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE  # torch's own
+        assert imagenet_cache_path() == expected
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "t"))
     unseen = weight_files.unseen_weights("resnet50_layer3", "imagenet")
     assert unseen == f"ImageNet weights not found at {imagenet_cache_path()}"

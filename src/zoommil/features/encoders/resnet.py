@@ -23,7 +23,11 @@ from torch import nn
 
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import EncoderSpec
-from zoommil.features.encoders.weight_files import DEMO_ALTERNATIVE, IMAGENET_FILE, IMAGENET_URL
+from zoommil.features.encoders.weight_files import (
+    DEMO_ALTERNATIVE,
+    IMAGENET_URL,
+    imagenet_cache_path,
+)
 from zoommil.features.encoders.weights import check_and_load, sha256_file
 
 log = logging.getLogger(__name__)
@@ -102,11 +106,6 @@ class ResNet50Layer3(nn.Module):
 def build(spec: EncoderSpec) -> nn.Module:
     """The architecture, randomly initialised (torchvision's init rule under the caller's seed)."""
     return ResNet50Layer3()
-
-
-def imagenet_cache_path() -> Path:
-    """Where torchvision keeps the IMAGENET1K_V1 file (honours ``TORCH_HOME``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
 
 
 def imagenet_weights(spec: EncoderSpec) -> tuple[Path, str]:
