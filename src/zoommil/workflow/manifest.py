@@ -20,16 +20,19 @@ from zoommil.workflow.orphans import LONG_AGO, first_few, snakemake_running
 MANIFEST = Path("results/qc/features.tsv")
 
 
-def missing_listed_files(workdir: Path = Path("."), manifest: Path = MANIFEST) -> list[str]:
-    """Paths the manifest lists (relative to the workflow's folder) that do not exist."""
+def listed_rows(workdir: Path = Path("."), manifest: Path = MANIFEST) -> list[dict[str, str]]:
+    """The manifest's rows (slide_id, path relative to the workflow's folder, ...) that name a
+    file; none before qc_slides wrote it."""
     if not (workdir / manifest).is_file():
         return []
     with (workdir / manifest).open(newline="") as handle:
-        return [
-            row["path"]
-            for row in csv.DictReader(handle, delimiter="\t")
-            if row.get("path") and not (workdir / row["path"]).exists()
-        ]
+        return [row for row in csv.DictReader(handle, delimiter="\t") if row.get("path")]
+
+
+def missing_listed_files(workdir: Path = Path("."), manifest: Path = MANIFEST) -> list[str]:
+    """Paths the manifest lists (relative to the workflow's folder) that do not exist."""
+    rows = listed_rows(workdir, manifest)
+    return [row["path"] for row in rows if not (workdir / row["path"]).exists()]
 
 
 def outdate_manifest_of_missing_files(

@@ -11,12 +11,11 @@ unmounted share) stops the run before any job, with what to do.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from zoommil.workflow.manifest import MANIFEST
+from zoommil.workflow.manifest import MANIFEST, listed_rows
 from zoommil.workflow.orphans import first_few
 
 
@@ -25,14 +24,8 @@ def vanished_slides(
 ) -> list[tuple[str, str]]:
     """(slide id, path) of the manifest's slides whose feature file exists but whose sheet
     path does not (a slide whose features are gone too is made again, or fails alone)."""
-    if not (workdir / manifest).is_file():
-        return []
-    with (workdir / manifest).open(newline="") as handle:
-        encoded = [
-            row["slide_id"]
-            for row in csv.DictReader(handle, delimiter="\t")
-            if row.get("path") and (workdir / row["path"]).exists()
-        ]
+    rows = listed_rows(workdir, manifest)
+    encoded = [row["slide_id"] for row in rows if (workdir / row["path"]).exists()]
     return [
         (slide, str(paths[slide]))
         for slide in encoded
