@@ -1071,22 +1071,19 @@ def test_a_class_without_val_slides_is_warned_with_the_sheet(tmp_path, caplog):
     path = tmp_path / "s.tsv"
     rows = "a\ta.svs\tnormal\ttrain\t\nb\tb.svs\ttumor\ttrain\t\n"
     rows += "c\tc.svs\tnormal\tval\t\nd\td.svs\ttumor\ttest\t\n"
-    path.write_text(HEADER + rows)
-    frame = zsheet.load_sheet(path)
-    with caplog.at_level(logging.WARNING):
-        zsheet.check_splits(frame, path)
-    assert "no val slides of class(es) tumor: model selection" in caplog.text
-    caplog.clear()
-    path.write_text(HEADER + rows + "e\te.svs\ttumor\tval\t\n")
-    with caplog.at_level(logging.WARNING):
-        zsheet.check_splits(zsheet.load_sheet(path), path)
-    assert "no val slides" not in caplog.text
-    assert "no test slides of class(es) normal: the tables' AUC will be n/a" in caplog.text
-    caplog.clear()
-    path.write_text(HEADER + rows + "e\te.svs\ttumor\tval\t\nf\tf.svs\tnormal\ttest\t\n")
-    with caplog.at_level(logging.WARNING):
-        zsheet.check_splits(zsheet.load_sheet(path), path)
-    assert "no test slides" not in caplog.text
+
+    def warnings_of(extra: str) -> str:
+        caplog.clear()
+        path.write_text(HEADER + rows + extra)
+        with caplog.at_level(logging.WARNING):
+            zsheet.check_splits(zsheet.load_sheet(path), path)
+        return caplog.text
+
+    assert "no val slides of class(es) tumor: model selection" in warnings_of("")
+    said = warnings_of("e\te.svs\ttumor\tval\t\n")
+    assert "no val slides" not in said
+    assert "no test slides of class(es) normal: the tables' AUC will be n/a" in said
+    assert "no test slides" not in warnings_of("e\te.svs\ttumor\tval\t\nf\tf.svs\tnormal\ttest\t\n")
 
 
 def test_a_single_class_sheet_is_caught_with_the_sheet(tmp_path):

@@ -155,7 +155,9 @@ def attention_figure(
         "title": title,
         "colorbar": image is not None,
         "colorbar_label": bar.ax.get_ylabel() if image is not None else None,
-        "colorbar_ticks": [t.get_text() for t in bar.ax.get_yticklabels()] if image else [],
+        "colorbar_ticks": (
+            [t.get_text() for t in bar.ax.get_yticklabels()] if image is not None else []
+        ),
         # the bar's box against the panels' (a layout change once put it over the last column)
         "colorbar_overlaps": image is not None
         and any(bar.ax.get_position().overlaps(box) for box in panels),
