@@ -591,26 +591,10 @@ def make_encoder(
             recipe.weights, seed=recipe.weights_seed, encoder=recipe.encoder
         )
     except ZoomMILError as error:
-        weights = recipe.weights
-        if not predictor.weights_from_checkpoint or weights == "random":
+        recorded = _recorded_weights_error(predictor, error, check_weights)
+        if recorded is None:
             raise
-        # the weights came from the checkpoint, not from the user: "use --weights random"
-        # misled, as its sha256 check then refuses them (reviews V, N)
-        want = f" (sha256 {predictor.weights_sha256[:12]})" if predictor.weights_sha256 else ""
-        timing = "" if check_weights else ", or, for timing only, --weights random"
-        if weights in WEIGHT_KEYWORDS:  # imagenet, hf: the cache's own message, less random
-            reason = str(error).removesuffix(DEMO_ALTERNATIVE)
-            raise ZoomMILError(
-                f"{predictor.checkpoint or 'the checkpoint'}: its training features were made "
-                f"with the encoder weights {weights}{want}: {reason}{timing}"
-            ) from error
-        if Path(weights).expanduser().exists():
-            raise
-        raise ZoomMILError(
-            f"{predictor.checkpoint or 'the checkpoint'}: its training features were made with "
-            f"the encoder weights {weights}{want}, not found here: pass --weights with that "
-            f"file (a copy of it anywhere){timing}"
-        ) from error
+        raise recorded from error
     if predictor.in_dim is not None and int(info["feature_dim"]) != predictor.in_dim:
         raise ZoomMILError(
             f"encoder {recipe.encoder} gives {info['feature_dim']}-d features but the "
@@ -630,6 +614,29 @@ def make_encoder(
     predictor.encoder_weights_sha256 = built
     precision = precision or recipe.precision
     return PatchEncoder(model, device=device, precision=precision), info
+
+
+def _recorded_weights_error(
+    predictor: Predictor, error: ZoomMILError, check_weights: bool
+) -> ZoomMILError | None:
+    """For weights the checkpoint records (no --weights given) that are not on this machine,
+    ``error`` said as the checkpoint's, without its "use --weights random": the sha256 check
+    then refuses random weights (reviews V, N). None where ``error`` stands as it is."""
+    weights = predictor.recipe.weights
+    if not predictor.weights_from_checkpoint or weights == "random":
+        return None
+    if weights not in WEIGHT_KEYWORDS and Path(weights).expanduser().exists():
+        return None  # a file that is there but cannot be loaded: its own message says why
+    head = f"{predictor.checkpoint or 'the checkpoint'}: its training features were made with "
+    want = f" (sha256 {predictor.weights_sha256[:12]})" if predictor.weights_sha256 else ""
+    timing = "" if check_weights else ", or, for timing only, --weights random"
+    if weights in WEIGHT_KEYWORDS:  # imagenet, hf: the cache's own message, less random
+        reason = str(error).removesuffix(DEMO_ALTERNATIVE)
+        return ZoomMILError(f"{head}the encoder weights {weights}{want}: {reason}{timing}")
+    return ZoomMILError(
+        f"{head}the encoder weights {weights}{want}, not found here: pass --weights with that "
+        f"file (a copy of it anywhere){timing}"
+    )
 
 
 @contextmanager
