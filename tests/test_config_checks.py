@@ -182,7 +182,7 @@ def _attention_seed_not_an_ablation_seed(config: dict) -> None:
         (
             _unknown_attention_method,
             "'zoomil' (figures.attention.method, default zoommil) is not a configured method; "
-            "set figures.attention.method to one with attention: zoommil, maxmil, abmil, ",
+            "set figures.attention.method to one with attention (zoommil, maxmil, abmil, ",
         ),
         (
             _attention_of_meanmil,
@@ -233,8 +233,22 @@ def test_a_baseline_only_config_without_figures_is_told_what_figure_4_can_show()
         config_checks.check_config(validated(config), MODELS)
     assert str(info.value) == (
         "'zoommil' (figures.attention.method, default zoommil) is not a configured method; "
-        "set figures.attention.method to one with attention: abmil, dsmil"
+        "set figures.attention.method to one with attention (abmil, dsmil) or to null to "
+        "leave Figure 4 out"
     )
+
+
+def test_a_config_without_attention_can_leave_figure_4_out() -> None:
+    """MeanMIL and SparseConvMIL alone have no attention to draw: the check refused every
+    value of figures.attention.method, so such a config could not run; null now passes."""
+    config = demo()
+    config["methods"] = {m: config["methods"][m] for m in ("meanmil", "sparseconvmil")}
+    config["ablations"] = None
+    config["efficiency"]["methods"] = ["meanmil"]
+    with pytest.raises(ZoomMILError, match=r"one with attention \(none is configured\)"):
+        config_checks.check_config(validated(config), MODELS)
+    config["figures"]["attention"]["method"] = None
+    config_checks.check_config(validated(config), MODELS)
 
 
 # --- the schema: every section refuses keys it does not know ---------------------------------

@@ -133,6 +133,19 @@ def test_demo_with_one_job_per_seed(workdir: Path) -> None:
     assert jobs["train"] == 45
 
 
+def test_figure_4_left_out_plans_no_prediction(workdir: Path) -> None:
+    """figures.attention.method: null (a config whose methods have no attention to draw)
+    plans neither Figure 4 nor its predictions, and the rest of the run as before."""
+    demo = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    demo["methods"] = {m: demo["methods"][m] for m in ("meanmil", "sparseconvmil")}
+    demo["ablations"] = None
+    demo["efficiency"]["methods"] = ["meanmil"]
+    demo["figures"]["attention"]["method"] = None
+    jobs = harness.planned_jobs(workdir, harness.write_config(workdir, demo, "no_fig4.yaml"))
+    assert "figure_attention" not in jobs and "predict" not in jobs
+    assert jobs["train"] == 2 and jobs["tables"] == jobs["qc_exclusions"] == 1
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_dry_run(workdir: Path, preset: str) -> None:
     sheet = fake_sheet(workdir / f"sheet_{preset}", PRESETS[preset])

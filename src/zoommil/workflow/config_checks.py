@@ -200,15 +200,30 @@ def check_config(config: Mapping[str, Any], models_root: str | Path) -> None:
     for name in efficiency_methods(config):
         if name not in every:
             raise ZoomMILError(f"'{name}' (efficiency.methods) is not a configured method")
+    seeds = train_seeds(config)
+    if config["train"]["seeds_in_one_job"] and ablations and ablation_seeds(config) != seeds:
+        raise ZoomMILError("train.seeds_in_one_job needs ablations.seeds equal to train.seeds")
+    check_attention_figure(config, main, ablations)
+
+
+def check_attention_figure(
+    config: Mapping[str, Any], main: Mapping[str, Any], ablations: Mapping[str, Any]
+) -> None:
+    """Figure 4's method must be trained, have attention and a trained seed; ``null``
+    leaves the figure out (a config of baselines without attention has nothing to draw)."""
+    every = {**main, **ablations}
     attention = config["figures"]["attention"]
     method = attention["method"]
+    if method is None:
+        return
     if method not in every:
         # the schema's default 'zoommil' too, in a config that never names figures (review B)
         with_attention = [m for m, c in every.items() if c.get("arch") not in WITHOUT_ATTENTION]
         raise ZoomMILError(
             f"'{method}' (figures.attention.method, default zoommil) is not a configured "
-            "method; set figures.attention.method to one with attention: "
-            f"{', '.join(with_attention) or 'none is configured'}"
+            "method; set figures.attention.method to one with attention "
+            f"({', '.join(with_attention) or 'none is configured'}) or to null to leave "
+            "Figure 4 out"
         )
     arch = every[method].get("arch")
     if arch in WITHOUT_ATTENTION:
@@ -218,11 +233,7 @@ def check_config(config: Mapping[str, Any], models_root: str | Path) -> None:
             "figures.attention.method must be a method with attention (any architecture but "
             f"{' and '.join(WITHOUT_ATTENTION)}), got '{method}' (arch {arch})"
         )
-    seeds = train_seeds(config)
-    if config["train"]["seeds_in_one_job"] and ablations and ablation_seeds(config) != seeds:
-        raise ZoomMILError("train.seeds_in_one_job needs ablations.seeds equal to train.seeds")
-    if method in ablations:
-        seeds = ablation_seeds(config)
+    seeds = ablation_seeds(config) if method in ablations else train_seeds(config)
     if attention["seed"] not in seeds:
         raise ZoomMILError(
             f"figures.attention.seed is not one of the method's seeds: {attention['seed']} "
