@@ -443,7 +443,7 @@ def test_an_overlay_or_photo_is_not_a_mask(synthetic_slide, tmp_path, capsys):
     capsys.readouterr()
     for path, why in (
         (overlay, "a 3-channel RGB image"),
-        (grey, "256 distinct values (0, 1, 2, 3, 4, ...)"),
+        (grey, "256 distinct values (0, 1, 2, 3, 4 and 251 more)"),
     ):
         out = tmp_path / "c.h5"
         argv = ["tile", str(synthetic_slide), "--mags", "5", "--out", str(out)]

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+
+def first_few(items: Sequence[Any], shown: int = 5, sep: str = ", ") -> str:
+    """The first ``shown`` items and how many more, so that a one-line message stays one
+    line for a cohort of 1000 slides."""
+    names = sep.join(str(item) for item in items[:shown])
+    return names + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 class ZoomMILError(Exception):

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from zoommil.errors import ZoomMILError
+from zoommil.errors import ZoomMILError, first_few
 from zoommil.features.encoder import PATCH_SIZE
 from zoommil.features.encoders.registry import (
     DEFAULT_ENCODER,
@@ -221,8 +221,7 @@ def checkpoint_flops(
             checkpoint,
             len(excluded),
             split,
-            "; ".join(f"{e['slide_id']} ({e['reason']})" for e in excluded[:5])
-            + (f" and {len(excluded) - 5} more" if len(excluded) > 5 else ""),
+            first_few([f"{e['slide_id']} ({e['reason']})" for e in excluded], sep="; "),
         )
     if not ids:
         raise ZoomMILError(f"{features_dir}: no feature files for the '{split}' split")

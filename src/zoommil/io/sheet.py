@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from zoommil.errors import ZoomMILError
+from zoommil.errors import ZoomMILError, first_few
 from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
         sheet[column] = sheet[column].str.strip()
     duplicated = sheet.loc[sheet["slide_id"].duplicated(), "slide_id"].tolist()
     if duplicated:
-        listed = ", ".join(map(shown, duplicated[:5]))
+        listed = first_few([shown(slide) for slide in duplicated])
         raise ZoomMILError(f"{path}: duplicated slide_id(s) {listed}")
     empty = sheet.loc[(sheet["slide_id"] == "") | (sheet["label"] == ""), "slide_id"].tolist()
     if empty:

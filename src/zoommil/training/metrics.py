@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from zoommil.errors import ZoomMILError
+from zoommil.errors import ZoomMILError, first_few
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -111,10 +111,10 @@ def classification_metrics(
     bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
     if len(bad):
         which = [str(names[i]) for i in bad] if names is not None else [f"row {i}" for i in bad]
-        shown = ", ".join(which[:5]) + (", ..." if len(which) > 5 else "")
         raise ZoomMILError(
             f"the model's class probabilities are NaN or infinite for {len(bad)} of "
-            f"{len(y_true)} slides ({shown}): it diverged, or their features are not finite"
+            f"{len(y_true)} slides ({first_few(which)}): it diverged, or their features are "
+            "not finite"
         )
     if y_true.min() < 0 or y_true.max() >= n_classes:
         raise ValueError("labels out of range of the class list")

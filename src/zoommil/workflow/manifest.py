@@ -15,7 +15,8 @@ import csv
 import os
 from pathlib import Path
 
-from zoommil.workflow.orphans import LONG_AGO, first_few, snakemake_running
+from zoommil.errors import first_few
+from zoommil.workflow.orphans import LONG_AGO, snakemake_running
 
 MANIFEST = Path("results/qc/features.tsv")
 

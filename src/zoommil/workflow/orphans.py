@@ -23,6 +23,8 @@ import binascii
 import os
 from pathlib import Path
 
+from zoommil.errors import first_few
+
 SNAKEMAKE_DIR = Path(".snakemake")
 LONG_AGO = 946684800.0  # 2000-01-01: older than any input, so Snakemake reruns the job
 
@@ -73,9 +75,3 @@ def outdate_orphaned_outputs(dry_run: bool, workdir: Path = Path(".")) -> list[s
         f"zoommil: {len(orphans)} output(s) finished after their Snakemake process had "
         f"stopped, with no record of how they were made; {verb}: {first_few(orphans)}"
     ]
-
-
-def first_few(paths: list, shown: int = 5) -> str:
-    """The first ``shown`` paths and how many more, for a one-line note."""
-    names = ", ".join(str(path) for path in paths[:shown])
-    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")

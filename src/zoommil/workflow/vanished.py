@@ -15,8 +15,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from zoommil.errors import first_few
 from zoommil.workflow.manifest import MANIFEST, listed_rows
-from zoommil.workflow.orphans import first_few
 
 
 def vanished_slides(

@@ -27,7 +27,7 @@ import numpy as np
 import openslide
 from PIL import Image, PngImagePlugin
 
-from zoommil.errors import SlideError, ZoomMILError
+from zoommil.errors import SlideError, ZoomMILError, first_few
 from zoommil.io.atomic import atomic_path
 from zoommil.recipe import TISSUE_METHODS, TISSUE_PARAMS, default, tissue_params
 from zoommil.wsi.pixels import read_thumbnail_at_mpp
@@ -454,10 +454,9 @@ def _binary_mask(path: Path, image: Image.Image) -> np.ndarray:
     arr = np.asarray(image.convert("L") if image.mode == "1" else image)
     values = np.unique(arr)
     if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
-        shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
         raise ZoomMILError(
-            f"{path}: not a tissue mask: {len(values)} distinct values ({shown}); a mask holds "
-            "only 0 (background) and 255 or 1 (tissue)"
+            f"{path}: not a tissue mask: {len(values)} distinct values ({first_few(values)}); "
+            "a mask holds only 0 (background) and 255 or 1 (tissue)"
         )
     return arr > 0
 
