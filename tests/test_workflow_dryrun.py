@@ -273,6 +273,24 @@ def _expect_sheet_error(workdir: Path, rows: list[str], needle: str, *config: st
     return text
 
 
+def test_sheet_warnings_come_from_the_main_process_only(workdir: Path) -> None:
+    """A cluster job loads the workflow again (`--mode remote`): the sheet's warnings were
+    repeated in every job's log of a cohort, pointing a user reading a failed job's log at an
+    unrelated sheet matter (review C). The main process still says them, once."""
+    sheet = fake_sheet(workdir / "sheet_warned", ["normal", "tumor"])
+    config = ("--config", f"sheet={sheet}", "classes=[normal,tumor]")
+    configfile = workdir / "config" / "camelyon16.yaml"
+    warning = "no val slides of class(es) normal"
+    main = harness.snakemake(workdir, "-n", *config, configfile=configfile)
+    assert (main.stdout + main.stderr).count(warning) == 1
+    job = harness.snakemake(
+        workdir, "-n", "--mode", "remote", "--target-jobs", "provenance:",
+        *config, configfile=configfile, check=False,
+    )  # fmt: skip
+    assert "Traceback" not in job.stderr, job.stderr[-3000:]
+    assert warning not in job.stdout + job.stderr
+
+
 def test_sheet_missing_column_fails_before_any_job(workdir: Path) -> None:
     sheet = workdir / "nolabel" / "slides.tsv"
     sheet.parent.mkdir(exist_ok=True)

@@ -94,11 +94,18 @@ if not DEMO and not config.get("sheet"):
     raise ValueError(
         "config: set `sheet:` to your slide sheet (or `synth:` for the demo)"
     )
+# Warnings about the sheet come from the main process only: every cluster job loads the
+# workflow again, and 4000 job logs of a cohort would repeat them (the errors stay everywhere).
+SHEET_WARNINGS = workflow.is_main_process
 if not DEMO:
     # Real data: the sheet exists now, so a bad sheet fails before any job runs.
     try:
-        SHEET = zsheet.load_sheet(config["sheet"], config.get("classes"), SLIDE_SCHEMA)
-        zsheet.check_splits(SHEET, config["sheet"], classes=config.get("classes"))
+        SHEET = zsheet.load_sheet(
+            config["sheet"], config.get("classes"), SLIDE_SCHEMA, warn=SHEET_WARNINGS
+        )
+        zsheet.check_splits(
+            SHEET, config["sheet"], classes=config.get("classes"), warn=SHEET_WARNINGS
+        )
     except ZoomMILError as error:
         raise ValueError(f"invalid slide sheet: {error}") from None
 
@@ -186,7 +193,9 @@ def slides():
     return zcache.cached(
         path,
         "sheet",
-        lambda p: zsheet.load_sheet(p, config.get("classes"), SLIDE_SCHEMA),
+        lambda p: zsheet.load_sheet(
+            p, config.get("classes"), SLIDE_SCHEMA, warn=SHEET_WARNINGS
+        ),
     )
 
 

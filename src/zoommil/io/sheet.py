@@ -191,6 +191,7 @@ def load_sheet(
     path: str | Path,
     classes: list[str] | None = None,
     schema: dict[str, Any] | None = None,
+    warn: bool = True,
 ) -> pd.DataFrame:
     """Validate a slide sheet and return it indexed by slide_id with absolute slide paths.
 
@@ -198,6 +199,8 @@ def load_sheet(
     workflow/schemas/slides.schema.yaml), split names, known labels (when `classes` is
     given), unique slide ids. Relative paths are resolved against the sheet's folder. The
     returned frame has float `mpp` and `mpp_override` columns (NaN where absent).
+    ``warn=False`` keeps the errors but not the warnings: a cluster job loads the workflow
+    again, and its log would repeat what the main process said.
     """
     sheet = Path(path).expanduser()
     if has_braces(sheet):
@@ -279,7 +282,8 @@ def load_sheet(
     written = list(frame["path"])
     frame["path"] = [resolve_slide_path(sheet, p) for p in written]
     check_leakage(frame, sheet)
-    warn_cwd_relative(frame, written, sheet)
+    if warn:
+        warn_cwd_relative(frame, written, sheet)
     return frame.set_index("slide_id", drop=False)
 
 
@@ -358,6 +362,7 @@ def check_splits(
     sheet: str | Path,
     needed: tuple[str, ...] = SPLITS,
     classes: Sequence[str] | None = None,
+    warn: bool = True,
 ) -> None:
     """Every split in ``needed`` has at least one slide (training needs val, results need
     test), there are at least two classes, and every class has a train slide: a model never
@@ -365,6 +370,7 @@ def check_splits(
 
     ``classes`` are the configured ones; None means the sheet's labels, as training then
     takes them (`zoommil.training.data.resolve_classes`), so the same refusals hold.
+    ``warn=False`` keeps the refusals, not the warnings (see `load_sheet`).
     """
     counts = frame["split"].value_counts()
     empty = [s for s in needed if int(counts.get(s, 0)) == 0]
@@ -397,6 +403,8 @@ def check_splits(
             f"{sheet}: no train slides of class(es) {'; '.join(untrained)} (classes: "
             f"{', '.join(names)}); {fix}"
         )
+    if not warn:
+        return
     if "val" in needed and (unvalidated := _absent_in_split(frame, names, "val")):
         log.warning(
             "%s: no val slides of class(es) %s: model selection (val loss or val weighted F1) "
