@@ -217,10 +217,11 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
 
 @cache
 def _parse(path: Path, mtime_ns: int) -> tuple[ast.Module, str]:
-    """(tree, normalised dump) of a source file; cached per modification time."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    dump = ast.dump(_strip_docstrings(ast.parse(path.read_text(encoding="utf-8"))))
-    return tree, dump
+    """(tree, normalised dump) of a source file; cached per modification time. The tree is
+    the one dumped, docstrings stripped: no import hides in a docstring, and parsing once
+    halves the cost."""
+    tree = _strip_docstrings(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return tree, ast.dump(tree)
 
 
 @cache
