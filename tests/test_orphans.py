@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from snakemake.persistence.file import FilePersistence
 
 from zoommil.workflow import manifest as manifest_module
-from zoommil.workflow import orphans
+from zoommil.workflow import orphans, vanished
 
 
 def mark(workdir: Path, output: str, name_max: int = 255) -> None:
@@ -89,3 +89,30 @@ def test_an_absent_manifest_or_a_running_snakemake_leaves_it(tmp_path: Path) -> 
     (tmp_path / ".snakemake/locks/0.input.lock").write_text("")
     assert manifest_module.outdate_manifest_of_missing_files(False, workdir=tmp_path) == []
     assert manifest.stat().st_mtime > orphans.LONG_AGO
+
+
+def test_vanished_slides_are_the_encoded_ones_whose_file_is_gone(tmp_path: Path) -> None:
+    """Only a slide whose features exist and whose file is gone stops a run; the message
+    names the first 20 (an unmounted share takes every slide) and counts the rest."""
+    features = tmp_path / "results" / "features"
+    features.mkdir(parents=True)
+    rows = ["slide_id\tpath"]
+    paths = {}
+    for i in range(25):
+        (features / f"s{i}.h5").write_bytes(b"h5")
+        rows.append(f"s{i}\tresults/features/s{i}.h5")
+        paths[f"s{i}"] = f"slides/s{i}.tiff"
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "s0.tiff").write_bytes(b"slide")  # still there
+    (features / "s1.h5").unlink()  # features gone too: made again, not a vanished slide
+    manifest = tmp_path / manifest_module.MANIFEST
+    manifest.parent.mkdir()
+    manifest.write_text("\n".join(rows) + "\n")
+    found = vanished.vanished_slides(paths, workdir=tmp_path)
+    assert [slide for slide, _ in found] == [f"s{i}" for i in range(2, 25)]
+    read_once = manifest_module.listed_rows(tmp_path)
+    assert vanished.vanished_slides(paths, workdir=tmp_path, rows=read_once) == found
+    message = vanished.vanished_message(found)
+    assert message.startswith("23 slide file(s) gone since their features were made: ")
+    assert "s21 (slides/s21.tiff) and 3 more. Restore them" in message
+    assert "s22 (" not in message

@@ -178,7 +178,7 @@ def test_a_slide_file_gone_after_its_features_stops_the_run_naming_it(tiny, tmp_
         "them (or fix their paths in the sheet), or remove their rows from the sheet"
     )
     dry = harness.snakemake(scratch, "-n", configfile=configfile)
-    assert f"zoommil: {said}" in dry.stderr and "(a run stops on this before" in dry.stderr
+    assert f"zoommil: {said}" in dry.stderr and "; a run stops on this before" in dry.stderr
     run = harness.snakemake(scratch, configfile=configfile, check=False)
     assert run.returncode != 0 and said in run.stdout + run.stderr, run.stdout[-2000:]
     assert "inspect" not in harness.executed(run)

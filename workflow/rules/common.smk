@@ -114,9 +114,11 @@ if workflow.is_main_process:
     # Jobs that finished after a killed Snakemake process: see zoommil.workflow.orphans.
     for line in zorphans.outdate_orphaned_outputs(workflow.output_settings.dryrun):
         print(line, file=sys.stderr)
+    # The feature manifest's rows, read once for the two checks below.
+    MANIFEST_ROWS = zmanifest.listed_rows()
     # Feature files deleted to be extracted again: see zoommil.workflow.manifest.
     for line in zmanifest.outdate_manifest_of_missing_files(
-        workflow.output_settings.dryrun
+        workflow.output_settings.dryrun, rows=MANIFEST_ROWS
     ):
         print(line, file=sys.stderr)
     # Encoded slides whose file is gone: see zoommil.workflow.vanished. A run stops on
@@ -126,7 +128,8 @@ if workflow.is_main_process:
         []
         if DEMO
         else zvanished.vanished_slides(
-            {slide: zwf.run_path(path) for slide, path in SHEET["path"].items()}
+            {slide: zwf.run_path(path) for slide, path in SHEET["path"].items()},
+            rows=MANIFEST_ROWS,
         )
     )
     # Cached weights (imagenet, hf) are looked for by the features jobs; one missing here is
@@ -140,8 +143,8 @@ if workflow.is_main_process:
         )
     if VANISHED and workflow.output_settings.dryrun:
         print(
-            f"zoommil: {zvanished.vanished_message(VANISHED)} (a run stops on this before "
-            "its first job)",
+            f"zoommil: {zvanished.vanished_message(VANISHED)}; a run stops on this before "
+            "its first job",
             file=sys.stderr,
         )
 

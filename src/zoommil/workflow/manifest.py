@@ -30,19 +30,28 @@ def listed_rows(workdir: Path = Path("."), manifest: Path = MANIFEST) -> list[di
         return [row for row in csv.DictReader(handle, delimiter="\t") if row.get("path")]
 
 
-def missing_listed_files(workdir: Path = Path("."), manifest: Path = MANIFEST) -> list[str]:
-    """Paths the manifest lists (relative to the workflow's folder) that do not exist."""
-    rows = listed_rows(workdir, manifest)
+def missing_listed_files(
+    workdir: Path = Path("."),
+    manifest: Path = MANIFEST,
+    rows: list[dict[str, str]] | None = None,
+) -> list[str]:
+    """Paths the manifest lists (relative to the workflow's folder) that do not exist;
+    ``rows``: its `listed_rows`, where the caller has read them already."""
+    rows = listed_rows(workdir, manifest) if rows is None else rows
     return [row["path"] for row in rows if not (workdir / row["path"]).exists()]
 
 
 def outdate_manifest_of_missing_files(
-    dry_run: bool, manifest: Path = MANIFEST, workdir: Path = Path(".")
+    dry_run: bool,
+    manifest: Path = MANIFEST,
+    workdir: Path = Path("."),
+    rows: list[dict[str, str]] | None = None,
 ) -> list[str]:
-    """Date the manifest back when it lists a missing file (dry run: only say so); the note."""
+    """Date the manifest back when it lists a missing file (dry run: only say so); the note.
+    ``rows`` as for `missing_listed_files`."""
     if snakemake_running(workdir):
         return []  # its jobs may be rewriting the files now
-    missing = missing_listed_files(workdir, manifest)
+    missing = missing_listed_files(workdir, manifest, rows)
     if not missing:
         return []
     if not dry_run:

@@ -20,11 +20,15 @@ from zoommil.workflow.manifest import MANIFEST, listed_rows
 
 
 def vanished_slides(
-    paths: Mapping[str, str], manifest: Path = MANIFEST, workdir: Path = Path(".")
+    paths: Mapping[str, str],
+    manifest: Path = MANIFEST,
+    workdir: Path = Path("."),
+    rows: list[dict[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
     """(slide id, path) of the manifest's slides whose feature file exists but whose sheet
-    path does not (a slide whose features are gone too is made again, or fails alone)."""
-    rows = listed_rows(workdir, manifest)
+    path does not (a slide whose features are gone too is made again, or fails alone).
+    ``rows``: the manifest's `listed_rows`, where the caller has read them already."""
+    rows = listed_rows(workdir, manifest) if rows is None else rows
     encoded = [row["slide_id"] for row in rows if (workdir / row["path"]).exists()]
     return [
         (slide, str(paths[slide]))
@@ -33,9 +37,12 @@ def vanished_slides(
     ]
 
 
+SHOWN = 20  # an unmounted share takes every slide: the first 20 tell which share it was
+
+
 def vanished_message(vanished: list[tuple[str, str]]) -> str:
     """The run's one error for them: which, and the three ways on."""
-    listed = first_few([f"{slide} ({path})" for slide, path in vanished])
+    listed = first_few([f"{slide} ({path})" for slide, path in vanished], shown=SHOWN)
     return (
         f"{len(vanished)} slide file(s) gone since their features were made: {listed}. "
         "Restore them (or fix their paths in the sheet), or remove their rows from the sheet "
