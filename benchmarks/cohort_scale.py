@@ -46,9 +46,15 @@ def make_slides(n: int, folder: Path) -> list[Path]:
     return paths
 
 
+def split_of(i: int) -> str:
+    """Slide i's split: pairs of slides (one per class, `CLASSES[i % 2]`) take the splits in
+    turn, so every class has train, val and test slides (`i % 4` put only one class in val
+    and the other in test, and the workflow warned about the sheet it timed)."""
+    return ("train", "train", "val", "test")[(i // 2) % 4]
+
+
 def write_sheet(path: Path, slides: list[Path]) -> None:
-    splits = ("train", "train", "val", "test")
-    rows = [f"{p.stem}\t{p}\t{CLASSES[i % 2]}\t{splits[i % 4]}\t0.5" for i, p in enumerate(slides)]
+    rows = [f"{p.stem}\t{p}\t{CLASSES[i % 2]}\t{split_of(i)}\t0.5" for i, p in enumerate(slides)]
     path.write_text("slide_id\tpath\tlabel\tsplit\tmpp\n" + "\n".join(rows) + "\n")
 
 
@@ -61,17 +67,16 @@ def fake_preprocessing(work: Path, slides: list[Path]) -> None:
         for s in ids:
             (res / sub / f"{s}.{ext}").touch()
         time.sleep(0.01)  # later stages strictly newer
-    splits = ("train", "train", "val", "test")
     head = "slide_id\tpath\tlabel\tsplit\tstatus\treason\tmpp\tmpp_source\n"
     table = head + "".join(
-        f"{p.stem}\t{p}\t{CLASSES[i % 2]}\t{splits[i % 4]}\tok\t\t0.5\topenslide.mpp-x\n"
+        f"{p.stem}\t{p}\t{CLASSES[i % 2]}\t{split_of(i)}\tok\t\t0.5\topenslide.mpp-x\n"
         for i, p in enumerate(slides)
     )
     (res / "qc" / "inspection.tsv").write_text(table)
     time.sleep(0.01)
     (res / "qc" / "slides.tsv").write_text(table)
     usable = "slide_id\tpath\tlabel\tsplit\tmpp\n" + "".join(
-        f"{p.stem}\t{p}\t{CLASSES[i % 2]}\t{splits[i % 4]}\t0.5\n" for i, p in enumerate(slides)
+        f"{p.stem}\t{p}\t{CLASSES[i % 2]}\t{split_of(i)}\t0.5\n" for i, p in enumerate(slides)
     )
     (res / "qc" / "usable.tsv").write_text(usable)
     (res / "qc" / "features.tsv").write_text(
