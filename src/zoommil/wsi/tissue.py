@@ -339,6 +339,18 @@ def detect_tissue(
 # --------------------------------------------------------------------------- slides
 
 
+# Said with an empty mask: the Gaussian detector tests each region's mean grey after a 160 um
+# dilation, so a fragment alone on glass under ~0.5 mm across (a 300 um square) is mostly glass
+# by then and is dropped; Otsu keeps any component above min_area_um2.
+EMPTY_HINTS = {
+    "gaussian": (
+        " (it misses fragments alone on glass under ~0.5 mm across: `--method otsu`, "
+        "tissue.method: otsu in the workflow, finds them)"
+    ),
+    "otsu": "",
+}
+
+
 def tissue_mask_from_slide(
     slide: openslide.OpenSlide,
     mpp0: float,
@@ -393,7 +405,8 @@ def tissue_mask_for_slide(
         finally:
             slide.close()
     if not mask.any():
-        log.warning("%s: no tissue found by the %s detector", path, method)
+        hint = EMPTY_HINTS.get(method, "")
+        log.warning("%s: no tissue found by the %s detector%s", path, method, hint)
     info = {
         "thumbnail": thumb,
         "slide_mpp": mpp0,
