@@ -80,6 +80,20 @@ def _size(expression, wildcards: dict) -> float:
 
 
 @pytest.mark.parametrize("name", PROFILES)
+def test_every_cluster_rule_is_sized_to_grow_on_its_retry(name):
+    """A rule the profile leaves out keeps its own sizes, which do not grow with `attempt`:
+    its retry after running out of memory or time failed the same way (provenance, review S)."""
+    sizes = _profile(name)["set-resources"]
+    for rule, text in _workflow_rules().items():
+        if re.search(r"^\s+localrule: True$", text, flags=re.M):
+            continue
+        for resource in ("mem_mb", "runtime"):
+            assert "attempt" in str(sizes.get(rule, {}).get(resource)), (
+                f"profiles/{name}: {rule} has no {resource} growing with attempt"
+            )
+
+
+@pytest.mark.parametrize("name", PROFILES)
 def test_every_cluster_job_fits_snakemake_itself(name):
     """Each rule that is not a local rule asks the cluster for at least MIN_JOB_MEM_MB and
     MIN_JOB_RUNTIME (attention_settings asked for 100 MB and 1 minute)."""
