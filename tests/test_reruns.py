@@ -319,8 +319,8 @@ def test_an_output_finished_after_snakemake_died_is_redone(tiny, tmp_path) -> No
 
     dry = harness.snakemake(scratch, "-n", configfile=configfile)
     assert (
-        f"zoommil: 1 output(s) finished after their Snakemake process had stopped, with no "
-        f"record of how they were made; the next run redoes them: {target}"
+        f"zoommil: 1 output(s) written while their job or its Snakemake process was being "
+        f"stopped, with no record of how they were made; the next run redoes them: {target}"
     ) in dry.stderr
     assert (scratch / target).stat().st_mtime > orphans.LONG_AGO  # a dry run changes nothing
 

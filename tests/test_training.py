@@ -112,7 +112,9 @@ def trained(dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-def test_a_stopped_run_leaves_no_earlier_run_s_outputs(dataset, tmp_path, monkeypatch) -> None:
+def test_a_stopped_run_leaves_no_earlier_run_s_outputs(
+    dataset, tmp_path, monkeypatch, capsys
+) -> None:
     """A run stopped mid-way (here: Ctrl-C in the first epoch) rewrote log.csv but kept
     the folder's older checkpoint.pt, metrics.json and --eval-out JSON, so the folder looked
     like one finished run."""
@@ -129,8 +131,18 @@ def test_a_stopped_run_leaves_no_earlier_run_s_outputs(dataset, tmp_path, monkey
 
     monkeypatch.setattr(trainer, "_fit", stopped)
     eval_out = str(tmp_path / "e.json")
-    assert train_cli(dataset["config"], out, "abmil_small", 0, "--eval-out", eval_out) != 0
+    assert train_cli(dataset["config"], out, "abmil_small", 0, "--eval-out", eval_out) == 130
     assert [path.name for path in stale if path.exists()] == []
+    # said, not found out later: nothing resumes, and the earlier run is gone (review R)
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "zoommil train: interrupted; training does not resume: the same command starts "
+            "again from epoch 1 (the folder's earlier checkpoint and metrics were removed when "
+            "this run began)"
+        )
+    )
 
 
 def test_a_run_refused_for_its_inputs_keeps_the_earlier_run_s_outputs(dataset, tmp_path) -> None:

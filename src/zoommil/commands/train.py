@@ -85,6 +85,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_no_progress(parser)
     parser.set_defaults(func=run, outputs=_outputs, inputs=_inputs)
+    # Ctrl-C or a time limit: nothing is resumed, and the folder's earlier run was removed
+    # once the data loaded (a stopped run must not look finished), so say both.
+    parser.set_defaults(
+        interrupted_hint="training does not resume: the same command starts again from epoch "
+        "1 (the folder's earlier checkpoint and metrics were removed when this run began)"
+    )
 
 
 def _outputs(args: argparse.Namespace) -> list[Path]:

@@ -72,6 +72,7 @@ def outdate_orphaned_outputs(dry_run: bool, workdir: Path = Path(".")) -> list[s
             os.utime(workdir / path, (LONG_AGO, LONG_AGO))
     verb = "the next run redoes them" if dry_run else "their jobs run again"
     return [
-        f"zoommil: {len(orphans)} output(s) finished after their Snakemake process had "
-        f"stopped, with no record of how they were made; {verb}: {first_few(orphans)}"
+        f"zoommil: {len(orphans)} output(s) written while their job or its Snakemake "
+        f"process was being stopped, with no record of how they were made; {verb}: "
+        f"{first_few(orphans)}"
     ]
