@@ -254,6 +254,30 @@ def test_attention_scores_cover_the_instances(name):
         assert scores.sum().item() == pytest.approx(1.0, abs=1e-4)
 
 
+def instance_embeddings(model: torch.nn.Module, feats: list) -> torch.Tensor:
+    """The [N, hidden] instances an attention-pooling baseline weighs: ABMIL and CLAM-SB embed
+    the highest magnification, MS-MIL every magnification (lowest first) with its own fc."""
+    if isinstance(model, MSMIL):
+        return torch.cat([fc(f[0]) for fc, f in zip(model.fcs, feats, strict=True)])
+    return model.fc(feats[-1][0])
+
+
+@pytest.mark.parametrize("name", ["abmil", "clam_sb", "msmil"])
+def test_logits_are_the_head_on_the_attention_weighted_sum(name):
+    """The weights `attention_scores` returns (what heatmaps show) are the ones that pool:
+    a plain sum of the instances, or a softmax over the wrong axis, kept every shape right
+    and passed the other tests."""
+    torch.manual_seed(0)
+    model = small_model(name).eval()
+    feats, coords = bag_of(name, 7, TOY_DIM)
+    with torch.no_grad():
+        weights = model.attention_scores(feats, coords)
+        pooled = (weights[:, None] * instance_embeddings(model, feats)).sum(dim=0)
+        torch.testing.assert_close(model(feats, coords), model.classifier(pooled)[None])
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert weights.std() > 0  # a bag of random instances: not uniform weights
+
+
 # --------------------------------------------------------------------------- registry
 
 

@@ -97,6 +97,22 @@ def test_eval_keeps_exactly_descendants_of_selected_parents():
     assert torch.equal(sel1, det["rows"][1][torch.topk(ranked[1], 3).indices].sort().values)
 
 
+def test_logits_are_the_head_on_the_sum_of_attention_weighted_rows():
+    """The ``attention`` that `forward_with_details` returns (what heatmaps show) is exactly
+    what pools each magnification's kept rows; each sums to 1 over the kept rows."""
+    model = _model().eval()
+    feats = _feats(10)
+    with torch.no_grad():
+        det = model.forward_with_details(feats)
+        pooled = []
+        for m, (weights, rows) in enumerate(zip(det["attention"], det["rows"], strict=True)):
+            torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+            h = model.fc[m](feats[m][0, rows])
+            pooled.append((weights[:, None] * h).sum(dim=0))
+        expected = model.classifier(torch.stack(pooled).sum(dim=0))[None]
+    torch.testing.assert_close(det["logits"], expected)
+
+
 def test_eval_ignores_unselected_rows():
     model = _model().eval()
     feats = _feats(10)
