@@ -152,6 +152,36 @@ def test_an_unreadable_feature_file_excludes_its_slide_not_the_run(tmp_path):
     assert (row["status"], row["stage"]) == ("failed", "features") and "a.h5" in row["reason"]
 
 
+@pytest.mark.parametrize(
+    ("policy", "status", "reason"),
+    [
+        ("all", "ok", ""),
+        ("exclude", "no_tissue", "no patch passed the tissue threshold (no_tissue: exclude)"),
+    ],
+)
+def test_a_slide_tiled_without_tissue_follows_the_no_tissue_policy(
+    tmp_path, policy, status, reason
+):
+    """`zoommil tile --no-tissue all` keeps every patch of a slide where none passed the
+    tissue threshold and records `no_tissue_applied`: QC keeps it under 'all' and excludes it
+    at tile under 'exclude', the reason naming the policy."""
+    from zoommil.io.featurefile import write_feature_file
+
+    coords = [descendants(np.array([[0, 0]]), d) for d in (0, 1)]
+    feats = [np.ones((len(c), 4), np.float32) for c in coords]
+    path = write_feature_file(
+        tmp_path / "a.h5", [5, 10], feats, coords, coords, attrs={"no_tissue_applied": True}
+    )
+    inspection = pd.DataFrame(
+        [{"slide_id": "a", "label": "x", "split": "train", "status": "ok", "stage": "",
+          "reason": "", "mpp": 1.0, "mpp_source": "m", "quickhash": ""}]
+    )  # fmt: skip
+    row = qc.slides_table(inspection, {"a": path}, policy).iloc[0]
+    assert row["status"] == status and row["stage"] == ("" if status == "ok" else "tile")
+    assert row["reason"] == reason
+    assert (row["n_5.0x"], row["n_10.0x"]) == (1, 4)  # the patches are counted either way
+
+
 def _cut_feature_file(path: Path, mag: str, rows: int | None) -> None:
     """Drop the last ``rows`` rows of every dataset of ``mag`` (None: the datasets)."""
     with h5py.File(path, "r+") as handle:
