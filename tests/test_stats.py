@@ -245,6 +245,17 @@ def test_compare_pairs_shared_slides_and_seeds() -> None:
         stats.compare(a, preds([0, 1, 2], [0, 1, 2], seeds=(7,)), "accuracy")
 
 
+def test_methods_that_label_a_shared_slide_differently_are_not_compared() -> None:
+    """Two methods evaluated on differently labelled test sets (a sheet changed between
+    runs) would be compared as if on one: the pairing refuses them."""
+    a = preds([0, 1, 2], [0, 1, 2])
+    b = preds([0, 2, 2], [0, 1, 2])  # slide s1 is class 1 for A, class 2 for B
+    with pytest.raises(ValueError, match="disagree on the labels of their test slides"):
+        stats.paired(a, b)
+    with pytest.raises(ValueError, match="disagree on the labels"):
+        stats.compare(a, b, "accuracy")
+
+
 def test_statistics_are_deterministic() -> None:
     rng = np.random.default_rng(3)
     labels = list(rng.integers(0, 3, 20))
@@ -270,6 +281,23 @@ def test_predictions_from_evals_checks_slides() -> None:
     assert p.labels.tolist() == [0] and p.preds.tolist() == [[1]]
     with pytest.raises(ValueError, match="seed 1: test slides differ"):
         stats.predictions_from_evals([record, other])
+
+
+def test_predictions_from_evals_checks_classes() -> None:
+    """A class renamed for one seed (a config edited between runs) was a KeyError traceback
+    on the new name; it is one line naming the seed."""
+    record = {
+        "seed": 0,
+        "classes": CLASSES,
+        "predictions": [{"slide_id": "x", "label": "c", "pred": "a"}],
+    }
+    renamed = {
+        "seed": 1,
+        "classes": ["a", "b", "carcinoma"],
+        "predictions": [{"slide_id": "x", "label": "carcinoma", "pred": "a"}],
+    }
+    with pytest.raises(ValueError, match=r"^seed 1: class list differs from the other seeds'$"):
+        stats.predictions_from_evals([record, renamed])
 
 
 def write_eval(path: Path, seed: int, labels: list[str], predicted: list[str]) -> Path:
