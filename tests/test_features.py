@@ -541,6 +541,26 @@ def test_features_too_large_for_float32_arithmetic_are_refused_at_the_writer(tmp
             writer.write(1, 0, rows)
 
 
+def test_the_writer_refuses_rows_out_of_order(tmp_path):
+    """Rows go to the file by position: a block skipped or given twice, buffered or already
+    flushed, would put features on another patch's row without an error."""
+    with FeatureFileWriter(tmp_path / "w.h5", [5.0], [8], 2) as writer:
+        writer.CHUNK_ROWS = 4  # flush every 4 rows: both checks, buffered and written
+        writer.write(0, 0, np.zeros((2, 2)))
+        for start in (0, 3):  # rows 0-1 are buffered: a repeat and a gap
+            with pytest.raises(ValueError, match="rows of 5.0x out of order at"):
+                writer.write(0, start, np.ones((2, 2)))
+        writer.write(0, 2, np.ones((2, 2)))  # rows 0-3 flushed to the file
+        assert writer.next_row[0] == 4
+        for start in (2, 6):
+            with pytest.raises(ValueError, match=f"rows of 5.0x out of order at {start}"):
+                writer.write(0, start, np.ones((2, 2)))
+        writer.write(0, 4, np.full((4, 2), 2.0))
+        writer.finish([np.zeros((8, 2))], [np.zeros((8, 2))])
+    with h5py.File(tmp_path / "w.h5", "r") as h5:
+        np.testing.assert_array_equal(h5["5.0x_patches"][:, 0], [0, 0, 1, 1, 2, 2, 2, 2])
+
+
 def test_validate_plan_rejects_misordered_rows(tiny):
     lattice = load_coords(tiny["coords"])
     check_lattice(lattice)
