@@ -223,6 +223,49 @@ def test_detects_all_separate_blobs(method):
     assert mask[~truth].mean() < 0.1
 
 
+SPECKS = [(20, 180), (80, 200), (130, 160)]
+
+
+def block_and_specks(speck: int) -> np.ndarray:
+    """An 80 x 80 px tissue block and three ``speck`` x ``speck`` px specks of the same
+    colour on white glass."""
+    rgb = np.full((160, 240, 3), 245, dtype=np.uint8)
+    rgb[40:120, 30:110] = (200, 110, 170)
+    for y, x in SPECKS:
+        rgb[y : y + speck, x : x + speck] = (200, 110, 170)
+    return rgb
+
+
+def _specks_found(mask: np.ndarray, speck: int) -> list[bool]:
+    return [bool(mask[y + speck // 2, x + speck // 2]) for y, x in SPECKS]
+
+
+def test_otsu_removes_objects_below_min_area():
+    """10 x 10 px specks at 8 um/px (6,400 um^2) are under the default 50,000 um^2 and go;
+    the block (409,600 um^2) stays. With no minimum area the same specks are tissue."""
+    rgb = block_and_specks(10)
+    mask = detect_tissue(rgb, "otsu")
+    assert mask[45:115, 35:105].all()
+    assert _specks_found(mask, 10) == [False] * 3 and not mask[:, 130:].any()
+    assert _specks_found(detect_tissue(rgb, "otsu", min_area_um2=0), 10) == [True] * 3
+
+
+def test_gaussian_min_size_stops_peeling_at_small_components():
+    """After the block is peeled, each 6 x 6 px speck is a 60 px component of the blur's
+    threshold (sigma 2): under ``min_size`` 100 peeling stops there. Without the size filter
+    the speck is the largest remaining component, and its dilation is dark enough to pass
+    the background test, so it is peeled as tissue (as with ``min_size`` 1). The paper's
+    sigma 20 blurs the specks into one ~8,700 px component that the background test ends,
+    so this needs a small sigma."""
+    rgb = block_and_specks(6)
+    params = {"sigma": 2.0, "kernel_size": 3, "min_size": 100}
+    mask = gaussian_tissue_mask(rgb, **params)
+    assert mask[40:120, 30:110].all()
+    assert _specks_found(mask, 6) == [False] * 3 and not mask[:, 130:].any()
+    kept = gaussian_tissue_mask(rgb, **(params | {"min_size": 1}))
+    assert _specks_found(kept, 6) == [True] * 3
+
+
 def test_otsu_threshold_value_itself_is_background():
     """Otsu splits the histogram into values <= t and values > t, and CLAM thresholds with
     OpenCV's THRESH_BINARY (src > thresh): a pixel whose saturation equals the threshold is
