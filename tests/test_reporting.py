@@ -20,6 +20,7 @@ from zoommil.io import sheet
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.reporting import (
     figure_throughput,
+    per_class,
     results,
     table_format,
     table_frames,
@@ -570,6 +571,25 @@ def test_per_class_table_gives_each_class_f1_and_macro_f1_over_seeds(tmp_path: P
     data["evals"][0].write_text(json.dumps(moved))
     with pytest.raises(ZoomMILError, match="evaluations list their classes differently"):
         _make_demo_tables(tmp_path, data, outputs_extra=("per_class",))
+
+
+def test_per_class_notes_explain_n_a_only_when_a_cell_has_it() -> None:
+    """The note on 'n/a or (n=k)' cells belongs under a table that has one: with every
+    class F1 defined for every seed of its method (a 1-seed ablation included, which says
+    its seeds by its name) there is only the reading note."""
+
+    def record(method: str, seed: int, c: float | None) -> dict:
+        f1 = {"a": 0.5, "b": 0.7, "c": c}
+        return {"method": method, "seed": seed, "classes": ["a", "b", "c"], "macro_f1": 0.6,
+                "per_class_f1": f1, "support": {"a": 2, "b": 3, "c": 1}}  # fmt: skip
+
+    complete = [record("zoommil", 0, 0.6), record("zoommil", 1, 0.6), record("abl", 0, 0.1)]
+    table = per_class.per_class_table(complete, ["zoommil", "abl"])
+    notes = per_class.per_class_notes(table)
+    assert len(notes) == 1 and notes[0].startswith("mean ± std over 2 seeds")
+    assert not any("n/a" in note or "(n=k)" in note for note in notes)
+    missing = per_class.per_class_table([*complete[:1], record("zoommil", 1, None)], ["zoommil"])
+    assert per_class.per_class_notes(missing)[1].startswith("n/a or (n=k): F1 defined for k")
 
 
 def test_tables_without_any_evaluation_say_n_a(tmp_path: Path) -> None:
