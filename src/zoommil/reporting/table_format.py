@@ -8,6 +8,7 @@ CSVs keep the numbers and carry the notes in a column. Every file is written ato
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -206,23 +207,41 @@ def _with_bold_note(notes: Sequence[str], best: Collection[int]) -> list[str]:
     return [*notes, BOLD_NOTE] if best else list(notes)
 
 
+#: What `_tex_escape` writes for each special character or symbol: LaTeX's own specials
+#: escaped; < > | as math (pdflatex's OT1 text font prints "p > 0.05" as "p ¿ 0.05"); and the
+#: symbols the tables and notes use (±, Δ, †, −, ≤, ->), which its text mode cannot typeset.
+TEX_REPLACEMENTS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "^": r"\^{}",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "~": r"\textasciitilde{}",
+    "<": "$<$",
+    ">": "$>$",
+    "|": "$|$",
+    "->": r"$\rightarrow$",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    EXACT_MARK: r"$^\dagger$",
+    "−": "$-$",
+    "≤": r"$\leq$",
+}
+#: One pass over the text, so what one replacement writes (`\{`, `$`) is never escaped again;
+#: `->` before `>`.
+_TEX_SPECIAL = re.compile(
+    "|".join(re.escape(key) for key in sorted(TEX_REPLACEMENTS, key=len, reverse=True))
+)
+
+
 def _tex_escape(text: str) -> str:
-    """LaTeX's special characters escaped, and the symbols the tables and notes use (±, Δ, †,
-    −, ≤, ->) as math, which pdflatex's text mode cannot typeset."""
-    replacements = {
-        "\\": r"\textbackslash{}",
-        "&": r"\&",
-        "%": r"\%",
-        "_": r"\_",
-        "#": r"\#",
-        "^": r"\^{}",
-        "Δ": r"$\Delta$",
-        EXACT_MARK: r"$^\dagger$",
-        "−": "$-$",
-        "≤": r"$\leq$",
-    }
-    text = "".join(replacements.get(c, c) for c in str(text))
-    return text.replace("±", r"$\pm$").replace("->", r"$\rightarrow$")
+    """``text`` as LaTeX text: every special character and symbol of `TEX_REPLACEMENTS`
+    replaced, so a class label, method name or note cannot break the table or its caption."""
+    return _TEX_SPECIAL.sub(lambda match: TEX_REPLACEMENTS[match.group()], str(text))
 
 
 def caption_text(title: str, notes: Sequence[str]) -> str:
