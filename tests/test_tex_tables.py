@@ -47,3 +47,17 @@ def test_a_note_with_p_above_a_threshold_reads_as_math_in_the_caption() -> None:
         r"\caption[Per-class F1]{Per-class F1. a CI clear of 0 can come with p $>$ 0.05 "
         r"\{or\} \$1 $|$ \textasciitilde{}2.}"
     )
+
+
+def test_negative_numbers_in_tex_take_a_math_minus_and_markdown_keeps_its_hyphen() -> None:
+    """`[-5.1, +10.1]` in a .tex cell used a text hyphen beside the captions' `$-$`; words
+    and ranges (`per-class`, `ResNet-50`, `2-3`) keep theirs, and Markdown is unchanged."""
+    cell = "-2.5 [-5.1, +10.1] (p 1.9e-06, .5 vs -.5; per-class ResNet-50, CPU 2-3 processes)"
+    frame = pd.DataFrame({"Comparison": ["ZoomMIL vs ABMIL"], "Δ F1": [cell]})
+    latex = table_format.to_latex(frame, "t", [], (), "tab:x").splitlines()
+    row = latex[latex.index(r"\midrule") + 1]
+    assert row == (
+        r"ZoomMIL vs ABMIL & $-$2.5 [$-$5.1, +10.1] (p 1.9e$-$06, .5 vs $-$.5; per-class "
+        r"ResNet-50, CPU 2-3 processes) \\"
+    )
+    assert f"| ZoomMIL vs ABMIL | {cell} |" in table_format.to_markdown(frame, "t", [], ())

@@ -231,17 +231,32 @@ TEX_REPLACEMENTS = {
     "−": "$-$",
     "≤": r"$\leq$",
 }
+#: A number's minus sign (`-5.1`, `.5`, `1e-06`): not a hyphen inside a word or a range
+#: (`per-class`, `ResNet-50`, `2-3`).
+_NUMBER_MINUS = r"(?<![A-Za-z0-9])-(?=\.?\d)|(?<=\d[eE])-(?=\d)"
 #: One pass over the text, so what one replacement writes (`\{`, `$`) is never escaped again;
-#: `->` before `>`.
+#: `->` before `>` and before a minus.
 _TEX_SPECIAL = re.compile(
-    "|".join(re.escape(key) for key in sorted(TEX_REPLACEMENTS, key=len, reverse=True))
+    "|".join(
+        [
+            *(re.escape(key) for key in sorted(TEX_REPLACEMENTS, key=len, reverse=True)),
+            _NUMBER_MINUS,
+        ]
+    )
 )
+
+
+def _tex_replacement(match: re.Match[str]) -> str:
+    """A number's minus as the math minus the captions use (`$-$`), not a text hyphen (the
+    only match not in `TEX_REPLACEMENTS`)."""
+    return TEX_REPLACEMENTS.get(match.group(), "$-$")
 
 
 def _tex_escape(text: str) -> str:
     """``text`` as LaTeX text: every special character and symbol of `TEX_REPLACEMENTS`
-    replaced, so a class label, method name or note cannot break the table or its caption."""
-    return _TEX_SPECIAL.sub(lambda match: TEX_REPLACEMENTS[match.group()], str(text))
+    replaced, so a class label, method name or note cannot break the table or its caption,
+    and a number's minus typeset as one (`[$-$5.1, +10.1]`; Markdown and CSV keep `-`)."""
+    return _TEX_SPECIAL.sub(_tex_replacement, str(text))
 
 
 def caption_text(title: str, notes: Sequence[str]) -> str:
