@@ -1,6 +1,8 @@
-# Per dataset: tables (CSV, Markdown, LaTeX; main, ablations, paired comparisons), Figure 3 (throughput vs accuracy), Figure 4
-# (attention maps), all flagged for `snakemake --report results/report.html`; and the
+# Per dataset: tables (CSV, Markdown, LaTeX; main, ablations, paired comparisons, per-class),
+# Figure 3 (throughput vs accuracy; PNG and PDF), Figure 4 (attention maps; PNG and PDF); and the
 # exclusions table: every slide left out at any stage (QC's, then predict and profile).
+# `snakemake --report results/report.html` holds the tables' CSVs, the figures' PNGs and the
+# exclusions' HTML; the Markdown, LaTeX and PDF files stay in results/ only.
 
 
 rule tables:
