@@ -505,6 +505,38 @@ def test_figure_3_says_what_its_bars_are_over() -> None:
     assert figure_throughput.counts_note(data.iloc[2:]) == ""  # nothing timed: no note
 
 
+def test_figure_3_notes_lie_under_its_panels_and_tick_labels_are_one_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dodge note was drawn inside each panel's lower right, wider than a narrow panel
+    (across the left spine and the y ticks) and over the markers near the bottom; it is a
+    note under the figure now, clear of every panel. Minor x tick labels were 7 pt beside a
+    10 pt "1000"."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    runs = [  # equal throughputs within 1%: their markers are set apart, and the note says so
+        write_run(tmp_path, "abmil", 4.0, [True, False, True]),
+        write_run(tmp_path, "meanmil", 4.01, [True, True, False]),
+    ]
+    drawn: list[Any] = []
+    monkeypatch.setattr(figure_throughput, "save_figure", lambda fig, _: drawn.append(fig))
+    figure_throughput.throughput_figure(
+        [e for e, _ in runs], {"cpu1": [t for _, t in runs]}, ["abmil", "meanmil"], [], "d", "r"
+    )
+    (fig,) = drawn
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (ax,) = fig.axes
+    (note,) = [t for t in fig.texts if figure_throughput.DODGE_NOTE in t.get_text()]
+    assert not any(figure_throughput.DODGE_NOTE in t.get_text() for t in ax.texts)
+    box = note.get_window_extent(renderer)
+    assert box.y1 < ax.get_tightbbox(renderer).y0  # under the panel, its ticks and label
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width  # wrapped within the figure's width
+    labels = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
+    assert len(labels) > 1 and {t.get_fontsize() for t in labels} == {figure_throughput.TICK_SIZE}
+
+
 def test_figure_pdfs_embed_truetype_fonts_not_type_3(tmp_path: Path) -> None:
     """Journals' PDF checks (IEEE PDF eXpress and others) reject Type 3 fonts, matplotlib's
     default (review W); the setting holds for our saves only."""
