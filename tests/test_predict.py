@@ -1381,3 +1381,21 @@ def test_the_heatmap_legend_fits_any_width(width):
     band = legend(prediction, width, 0)
     assert band.shape[1] == width and band.dtype == np.uint8
     assert (band[6:20] != 255).any()  # the colour bar is drawn, as wide as there is room
+
+
+def _undocumented(cls: type) -> list[str]:
+    """The public methods and properties of ``cls`` without a docstring."""
+    bare = []
+    for name, member in vars(cls).items():
+        function = getattr(member, "fget", None) or getattr(member, "__func__", member)
+        if not name.startswith("_") and callable(function) and not function.__doc__:
+            bare.append(name)
+    return bare
+
+
+def test_the_python_apis_classes_document_every_public_member() -> None:
+    """`Predictor.from_checkpoint`, `.patch_size`, `Classifier.classes` and `.arch` had no
+    docstring: `help()` in a notebook said nothing of what they are for."""
+    from zoommil.inference.classifier import Classifier
+
+    assert _undocumented(Predictor) == [] and _undocumented(Classifier) == []

@@ -42,10 +42,15 @@ class Classifier:
 
     @property
     def classes(self) -> list[str]:
+        """The class names in the model's output order, as strings: index i of the logits and
+        of `probabilities` is ``classes[i]`` (the sheet's labels may be read as numbers)."""
         return [str(c) for c in self.config["classes"]]
 
     @property
     def arch(self) -> str:
+        """The model's architecture (``zoommil``, ``abmil``, ...): what decides which of
+        ``forward_with_details`` or ``attention_scores`` the model offers (a method's name
+        may be an ablation's, e.g. ``zoommil_random``)."""
         return str(self.config["arch"])
 
     @property

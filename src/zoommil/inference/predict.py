@@ -90,6 +90,8 @@ class Predictor:
 
     @property
     def patch_size(self) -> int:
+        """The patch side in pixels at each magnification, the recipe's (the checkpoint's
+        training features): a slide tiled at another size would give other features."""
         return self.recipe.patch_size
 
     @property
@@ -102,6 +104,13 @@ class Predictor:
     def from_checkpoint(
         cls, checkpoint: str | Path, weights: str | None = None, device: str = "cpu"
     ) -> Predictor:
+        """The predictor of a `zoommil train` checkpoint, with the preprocessing its training
+        features were made with (magnifications, patch size, tissue detector, encoder and
+        its weights), so that a new slide is read as training read its slides. ``weights``
+        (imagenet, hf, random or a path): where this machine has the encoder weights, when not
+        where the checkpoint records them; weights of another sha256 than its training
+        features' are refused when the encoder is made. ``device``: ``auto``, ``cpu``,
+        ``cuda``."""
         model, config = model_from_checkpoint(checkpoint)
         model.to(resolve_device(device))  # "auto", and CUDA without a GPU as one line
         recorded: Mapping[str, Any] = config.get("preprocessing") or {}
