@@ -569,13 +569,14 @@ def test_predict_a_slide_without_tissue_is_no_tissue_not_a_prediction(
 
 
 def test_predict_a_crop_too_small_for_the_detector_is_classified_with_a_note(
-    detecting_checkpoint, tmp_path, caplog
+    detecting_checkpoint, tmp_path, caplog, capsys
 ):
     """Under `SMALL_SLIDE_MM2` the 8 um/px detector can miss tissue that is there (it drops
-    pieces under 0.05 mm^2): such a slide is classified from every patch, and the JSON and the
-    cohort table say that no tissue was found, instead of refusing it as `no_tissue`."""
+    pieces under 0.05 mm^2): such a slide is classified from every patch, and the JSON, the
+    printed line and the cohort table say that no tissue was found, instead of refusing it as
+    `no_tissue`."""
     assert SMALL_SLIDE_MM2 > 768 * 512 * 0.5**2 / 1e6
-    crop = _blank_slide(tmp_path, width=768, height=512)
+    crop = write_pyramid_tiff(tmp_path / "crop.tiff", width=768, height=512)
     out = tmp_path / "pred.json"
     argv = ["predict", str(crop), "--checkpoint", str(detecting_checkpoint), "--json", str(out)]
     assert main(argv) == 0
@@ -583,11 +584,33 @@ def test_predict_a_crop_too_small_for_the_detector_is_classified_with_a_note(
     assert prediction["predicted"] in prediction["classes"]
     assert prediction["tissue_note"].startswith("no tissue found, but the slide is only 0.098")
     assert "every patch classified" in caplog.text
+    (line,) = capsys.readouterr().out.splitlines()
+    assert f"; {prediction['tissue_note']} " in line, line
     table_dir = tmp_path / "cohort"
     argv = ["predict", str(crop), "--checkpoint", str(detecting_checkpoint)]
     assert main([*argv, "--out-dir", str(table_dir)]) == 0
+    assert f"; {prediction['tissue_note']} " in capsys.readouterr().out
     (row,) = _rows(table_dir)
     assert row["status"] == "ok" and row["reason"] == prediction["tissue_note"]
+
+
+def test_predict_a_crop_of_bare_glass_is_no_tissue(detecting_checkpoint, tmp_path, capsys):
+    """A crop under `SMALL_SLIDE_MM2` with no pixel the detector could call tissue (uniform
+    glass: no saturation) was classified from every patch with a confident class; it is
+    `no_tissue`, as a large blank slide is."""
+    glass = np.full((1600, 1600, 3), 240, dtype=np.uint8)  # 0.64 mm^2 at 0.5 um/px
+    crop = write_pyramid_tiff(tmp_path / "glass.tiff", rgb=glass)
+    out = tmp_path / "pred.json"
+    argv = ["predict", str(crop), "--checkpoint", str(detecting_checkpoint), "--json", str(out)]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()
+    assert f"{crop}: no tissue found" in captured.err and "not classified" in captured.err
+    table_dir = tmp_path / "cohort"
+    argv = ["predict", str(crop), "--checkpoint", str(detecting_checkpoint)]
+    assert main([*argv, "--out-dir", str(table_dir)]) == 1
+    (row,) = _rows(table_dir)
+    assert row["status"] == "no_tissue" and row["reason"].startswith("no tissue found")
 
 
 def test_predict_many_a_slide_without_tissue_is_its_own_status(

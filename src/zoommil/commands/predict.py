@@ -258,7 +258,8 @@ def _run_one(args: argparse.Namespace) -> int:
     if args.heatmap:
         save_heatmap(args.heatmap, args.slide, result)
     counts = json.dumps(result["patches_per_mag"])
-    print(f"{_summary(result)} {counts}{_random_tag(result['weights'])}")
+    note = _note(result.get("tissue_note"))
+    print(f"{_summary(result)} {counts}{note}{_random_tag(result['weights'])}")
     return 0
 
 
@@ -268,6 +269,13 @@ def _summary(result: dict) -> str:
         f"{result['slide_id']}: {result['predicted']} ({probs}); "
         f"{result['patches_encoded']} patches encoded"
     )
+
+
+def _note(note: str | None) -> str:
+    """A prediction's ``tissue_note`` after "; ", else nothing: the printed line of a slide
+    classified from every patch (no tissue found on a crop too small for the detector) says
+    so, not only a warning among the log lines and its JSON."""
+    return f"; {note}" if note else ""
 
 
 def _random_tag(weights: str) -> str:
@@ -314,7 +322,8 @@ def _run_many(args: argparse.Namespace) -> int:
 
     def report(row: dict) -> None:
         if row["status"] == "ok":
-            print(_summary(row) + _random_tag(predictor.recipe.weights), flush=True)
+            tag = _note(row["reason"]) + _random_tag(predictor.recipe.weights)  # ok: the note
+            print(_summary(row) + tag, flush=True)
         else:
             print(f"zoommil predict: {row['slide']}: {row['reason']}", file=sys.stderr)
 

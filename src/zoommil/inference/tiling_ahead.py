@@ -21,13 +21,19 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import cv2
+import numpy as np
 
 from zoommil.errors import SlideCheckError
 from zoommil.processes import init_worker
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.lattice import NO_TISSUE, Lattice, check_native_resolution, no_tissue_found
+from zoommil.wsi.pixels import read_thumbnail_at_mpp
 from zoommil.wsi.slide import open_with_mpp
 from zoommil.wsi.tiling import tile_open_slide
+from zoommil.wsi.tissue import MASK_MPP, method_params
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +66,19 @@ def tile_for_inference(
     A slide without tissue is a `SlideCheckError` with status `NO_TISSUE`, whatever the
     recipe's policy: a prediction from its background patches would read like any other
     (cohort runs list it as a ``no_tissue`` row and go on). Below `SMALL_SLIDE_MM2` the
-    detector is not trusted: every patch is classified, with a warning and ``tissue_note``
-    in the lattice's attrs (and so in the prediction JSON)."""
+    detector is not trusted where its thumbnail has a pixel that could be tissue
+    (`could_hold_tissue`): every patch is classified, with a warning and ``tissue_note`` in
+    the lattice's attrs (and so in the prediction JSON); a small slide of bare glass is
+    `NO_TISSUE` like a large one."""
     slide, mpp0, source = open_with_mpp(slide_path, mpp, default_mpp)
     try:
         if not recipe.allow_upsampling:  # the checkpoint fixes the magnifications: say so
             check_native_resolution(slide_path, mpp0, recipe.mags, remedy=UPSAMPLING_REMEDY)
         width, height = slide.dimensions
         area_mm2 = width * height * mpp0**2 / 1e6
-        small = area_mm2 < SMALL_SLIDE_MM2
-        policy = "all" if small else "exclude"
+        # too small to trust "no tissue found", unless no pixel could be tissue (bare glass)
+        fallback = area_mm2 < SMALL_SLIDE_MM2 and could_hold_tissue(slide, mpp0, recipe)
+        policy = "all" if fallback else "exclude"
         try:
             lattice = tile_open_slide(
                 slide, slide_path, mpp0, source, recipe.replace(no_tissue=policy)
@@ -81,7 +90,7 @@ def tile_for_inference(
             raise SlideCheckError(error.slide, NO_TISSUE, reason) from None
     finally:
         slide.close()
-    if small and lattice.attrs.get("no_tissue_applied"):
+    if fallback and lattice.attrs.get("no_tissue_applied"):
         note = (
             f"no tissue found, but the slide is only {area_mm2:.2g} mm^2, too small for the "
             f"detector (< {SMALL_SLIDE_MM2:g} mm^2): every patch classified"
@@ -89,6 +98,22 @@ def tile_for_inference(
         log.warning("%s: %s", slide_path, note)
         lattice.attrs["tissue_note"] = note
     return lattice
+
+
+def could_hold_tissue(slide: Any, mpp0: float, recipe: PreprocessingRecipe) -> bool:
+    """Whether any pixel of the detector's thumbnail of an open slide is saturated enough to
+    be tissue: at least the detector's ``min_saturation`` floor, below which both detectors
+    call a pixel background.
+
+    Why: a slide under `SMALL_SLIDE_MM2` is classified from every patch when the detector
+    finds nothing, as it can miss tissue that small; but bare glass has no pixel above the
+    floor, and an 800 x 800 um crop of it was given a confident class. Only small slides are
+    read here: their thumbnail is at most ~125 x 125 px."""
+    params = method_params(recipe.tissue_method, recipe.tissue_params)
+    floor = int(params.get("min_saturation", 0))
+    thumb = read_thumbnail_at_mpp(slide, mpp0, max(MASK_MPP, mpp0))
+    saturation = cv2.cvtColor(np.ascontiguousarray(thumb[..., :3]), cv2.COLOR_RGB2HSV)[..., 1]
+    return bool((saturation >= floor).any())
 
 
 def _tile_or_reason(
