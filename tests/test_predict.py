@@ -18,7 +18,7 @@ import torch
 from slide_factory import KEEP_EVERY_PATCH, write_pyramid_tiff
 
 from zoommil.cli import main
-from zoommil.errors import ZoomMILError
+from zoommil.errors import SlideCheckError, ZoomMILError
 from zoommil.features.encoder import build_encoder
 from zoommil.features.encoders.weights import sha256_file
 from zoommil.features.extraction import extract_features
@@ -614,10 +614,22 @@ def test_predict_a_crop_of_bare_glass_is_no_tissue(detecting_checkpoint, tmp_pat
 
 
 def test_predict_many_a_slide_without_tissue_is_its_own_status(
-    detecting_checkpoint, tmp_path, capsys
+    detecting_checkpoint, tmp_path, capfd, caplog, monkeypatch
 ):
     """In a cohort run (one process, the blank slide tiled ahead) the slide without tissue is
-    a `no_tissue` row with the reason and no outputs; the slides around it are classified."""
+    a `no_tissue` row with the reason and no outputs; the slides around it are classified.
+    Its tissue is detected once, in the tiling process: the command tiled it again, and its
+    warning came twice."""
+    import zoommil.inference.predict as predict_module
+
+    tiled_here = []
+    real_tile = predict_module.tile_for_inference
+
+    def counting_tile(recipe, slide_path, *args):
+        tiled_here.append(Path(slide_path).name)
+        return real_tile(recipe, slide_path, *args)
+
+    monkeypatch.setattr(predict_module, "tile_for_inference", counting_tile)
     tissue = write_pyramid_tiff(tmp_path / "tissue.tiff", width=1024, height=768)
     blank = _blank_slide(tmp_path)
     copy, _ = _copy_and_broken(tissue, tmp_path, "second.tiff")
@@ -625,8 +637,11 @@ def test_predict_many_a_slide_without_tissue_is_its_own_status(
     argv = ["predict", str(tissue), str(blank), str(copy)]
     argv += ["--checkpoint", str(detecting_checkpoint), "--out-dir", str(out), "--threads", "1"]
     assert main(argv) == 1
-    captured = capsys.readouterr()
-    assert f"zoommil predict: {blank}: no tissue found" in captured.err
+    captured = capfd.readouterr()  # the tiling process's log lines; this process's: caplog
+    assert tiled_here == [tissue.name]  # the others were tiled ahead
+    logged = captured.err + caplog.text
+    assert logged.count(f"{blank}: the gaussian detector found no tissue") == 1
+    assert captured.err.count(f"zoommil predict: {blank}: no tissue found") == 1
     assert "1 of 3 slides not classified (1 no_tissue)" in captured.err
     assert "2 of 3 slides classified" in captured.out
     first, second = (json.loads((out / f"{s.stem}.json").read_text()) for s in (tissue, copy))
@@ -688,17 +703,31 @@ def test_predict_opens_the_slide_file_once(small_slide, monkeypatch, arch):
 
 
 def test_tiling_ahead_gives_the_lattice_made_in_place(small_slide, tmp_path):
-    """The lattice made in the tiling process is the one `predict_slide` would make; the
-    first slide, an unreadable one and a missing one are left to the caller (None), which
+    """The lattice made in the tiling process is the one `predict_slide` would make; a slide
+    that is not one raises the error tiling it in place raises (status and reason), without
+    being tiled again; the first slide and a missing one are left to the caller (None), which
     then raises that slide's own error."""
     from zoommil.inference.tiling_ahead import TilingAhead, tile_for_inference
 
     copy, bad = _copy_and_broken(small_slide, tmp_path, "copy.tiff")
     recipe = _recipe(MAGS)
     slides = [small_slide, copy, bad, tmp_path / "missing.tiff", small_slide]
+    got = []
     with TilingAhead(recipe, slides, ahead=2) as ahead:
-        got = [ahead.get(i) for i in range(len(slides))]
-    assert got[0] is None and got[2] is None and got[3] is None
+        for i in range(len(slides)):
+            try:
+                got.append(ahead.get(i))
+            except SlideCheckError as error:
+                got.append(error)
+    assert got[0] is None and got[3] is None
+    with pytest.raises(SlideCheckError) as in_place:
+        tile_for_inference(recipe, bad)
+    assert isinstance(got[2], SlideCheckError)
+    assert (got[2].slide, got[2].status, got[2].reason) == (
+        in_place.value.slide,
+        in_place.value.status,
+        in_place.value.reason,
+    )
     here = tile_for_inference(recipe, copy)
     for tiled in (got[1], got[4]):
         assert tiled is not None
@@ -729,7 +758,7 @@ def test_predict_many_in_one_process_tiles_ahead(
 ):
     """--threads 1 over several slides: the slides after the first come with their lattice
     made ahead, the predictions are those of one-slide runs, and a broken slide between
-    them is still its own failure row."""
+    them is still its own failure row (from its tiling ahead: not classified again)."""
     import zoommil.inference.cohort as cohort
 
     seen = []
@@ -744,7 +773,7 @@ def test_predict_many_in_one_process_tiles_ahead(
     out = tmp_path / "out"
     argv = ["predict", str(small_slide), str(bad), str(copy), "--checkpoint", str(checkpoint)]
     assert main([*argv, "--out-dir", str(out), "--threads", "1"]) == 1
-    assert seen == [(small_slide.name, False), ("broken.tiff", False), ("second.tiff", True)]
+    assert seen == [(small_slide.name, False), ("second.tiff", True)]
     for name in (small_slide.stem, copy.stem):
         _same_prediction(out / f"{name}.json", one_slide_json)
     with (out / "predictions.tsv").open() as handle:

@@ -274,7 +274,12 @@ def _in_this_process(
         reader.start()  # its start-up overlaps building the encoder
         with local_encoder(settings.predictor, device, settings.precision, threads) as runner:
             for index, task in enumerate(tasks):
-                yield index, classify(settings, task, runner, reader, ahead.get(index))
+                try:
+                    tiled = ahead.get(index)
+                except ZoomMILError as error:  # its tiling ahead failed: not tiled again
+                    yield index, _error_row(task, error)
+                    continue
+                yield index, classify(settings, task, runner, reader, tiled)
 
 
 #: A worker process's settings (`_init_worker`) and its encoder, built at its first slide so
@@ -337,12 +342,18 @@ def classify(
         if task.json:
             write_json(task.json, result)
     except Exception as error:  # one slide's failure never stops the others
-        _remove_outputs(task)
-        reason = error.reason if isinstance(error, SlideError) else _one_line(error)
-        if isinstance(error, SlideCheckError) and error.status == NO_TISSUE:
-            return _failure(task, reason, NO_TISSUE)  # not a failure to read: no tissue
-        return _failure(task, reason)
+        return _error_row(task, error)
     return _ok_row(task, result, time.perf_counter() - tic, result.get("tissue_note") or "")
+
+
+def _error_row(task: SlideTask, error: Exception) -> dict[str, Any]:
+    """The row of a slide that ``error`` stopped (its outputs removed): `NO_TISSUE` for a
+    slide without tissue (not a failure to read it), else failed."""
+    _remove_outputs(task)
+    reason = error.reason if isinstance(error, SlideError) else _one_line(error)
+    if isinstance(error, SlideCheckError) and error.status == NO_TISSUE:
+        return _failure(task, reason, NO_TISSUE)
+    return _failure(task, reason)
 
 
 def _ok_row(

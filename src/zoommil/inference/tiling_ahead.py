@@ -8,8 +8,10 @@ slides ahead takes that cost off the encoder's path when `zoommil predict` class
 slides in one process (``--threads 1``, or a GPU).
 
 This module imports no torch: the tiling process starts in a fraction of a second and holds
-no model. A slide whose tiling fails there is tiled again by the caller, which then raises
-that slide's own error (`zoommil.inference.predict`), so errors read the same either way.
+no model. A slide whose tiling fails there comes back as its error (`TilingFailure`), which
+the caller raises as `tile_for_inference` would have, without detecting its tissue again; a
+read error, a missing file and a process that died are left to the caller, which tiles the
+slide itself (a read gets its one retry on a fresh handle, `zoommil.inference.predict`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import cv2
 import numpy as np
+import openslide
 
-from zoommil.errors import SlideCheckError
+from zoommil.errors import SlideCheckError, SlideError, ZoomMILError
 from zoommil.processes import init_worker
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.wsi.lattice import NO_TISSUE, Lattice, check_native_resolution, no_tissue_found
@@ -116,22 +120,61 @@ def could_hold_tissue(slide: Any, mpp0: float, recipe: PreprocessingRecipe) -> b
     return bool((saturation >= floor).any())
 
 
-def _tile_or_reason(
+@dataclass(frozen=True)
+class TilingFailure:
+    """A slide's tiling error as picklable data: the project's errors take two or three
+    arguments and cannot be unpickled, which would break the pool for every slide.
+
+    Why not tile the slide again in the caller, as before: it detected the slide's tissue a
+    second time and logged its warnings twice."""
+
+    message: str
+    slide: str | None = None  # a `SlideError`'s; None: a `ZoomMILError` (or another error)
+    reason: str = ""
+    status: str | None = None  # a `SlideCheckError`'s
+
+    @classmethod
+    def of(cls, error: Exception) -> TilingFailure:
+        """``error`` as data; another exception than the project's keeps its type's name,
+        as a cohort's failure row names it."""
+        if isinstance(error, SlideError):
+            status = error.status if isinstance(error, SlideCheckError) else None
+            return cls(str(error), error.slide, error.reason, status)
+        if isinstance(error, ZoomMILError):
+            return cls(str(error))
+        return cls(f"{type(error).__name__}: {error}")
+
+    def error(self) -> ZoomMILError:
+        """The error to raise in the caller, of the class `tile_for_inference` raised."""
+        if self.slide is None:
+            return ZoomMILError(self.message)
+        if self.status is None:
+            return SlideError(self.slide, self.reason)
+        return SlideCheckError(self.slide, self.status, self.reason)
+
+
+def _tile_or_failure(
     recipe: PreprocessingRecipe, slide_path: str, mpp: float | None, default_mpp: float | None
-) -> Lattice | str:
-    """`tile_for_inference` in the tiling process, its error as text: the project's errors
-    take two arguments and cannot be unpickled, which would break the pool for every slide."""
+) -> Lattice | TilingFailure | None:
+    """`tile_for_inference` in the tiling process, its error as `TilingFailure`. None leaves
+    the slide to the caller: a missing file (its own one-line error, before any tiling) and a
+    read error (retried there on a fresh handle)."""
+    if not Path(slide_path).exists():
+        return None
     try:
         return tile_for_inference(recipe, slide_path, mpp, default_mpp)
-    except Exception as error:  # the caller tiles the slide and raises it
-        return f"{type(error).__name__}: {error}"
+    except openslide.OpenSlideError:
+        return None
+    except Exception as error:  # raised by the caller, not tiled again
+        return TilingFailure.of(error)
 
 
 class TilingAhead:
     """Tiles ``slides[i + 1 .. i + ahead]`` in a process of its own while slide ``i`` is
-    classified. ``get(i)`` returns slide ``i``'s lattice, or None where the caller should
-    tile it itself: the first slide (nothing was ahead of it yet), and a slide whose tiling
-    failed or whose process died."""
+    classified. ``get(i)`` returns slide ``i``'s lattice, raises the error its tiling raised
+    (`TilingFailure`), or returns None where the caller should tile it itself: the first
+    slide (nothing was ahead of it yet), a missing file, a read error, and a slide whose
+    process died."""
 
     def __init__(
         self,
@@ -165,10 +208,10 @@ class TilingAhead:
         try:
             result = future.result()
         except Exception as error:  # the process died: the caller tiles
-            result = str(error)
-        if isinstance(result, str):
-            log.debug("%s: tiling ahead failed (%s)", self.slides[index], result)
+            log.debug("%s: tiling ahead failed (%s)", self.slides[index], error)
             return None
+        if isinstance(result, TilingFailure):
+            raise result.error()
         return result
 
     def _submit_up_to(self, last: int) -> None:
@@ -176,7 +219,7 @@ class TilingAhead:
             try:
                 slide = self.slides[self._next]
                 self._pending[self._next] = self._pool.submit(
-                    _tile_or_reason, self.recipe, slide, self.mpp, self.default_mpp
+                    _tile_or_failure, self.recipe, slide, self.mpp, self.default_mpp
                 )
             except RuntimeError:  # the pool broke (its process died): the caller tiles
                 self.close()
