@@ -344,6 +344,7 @@ def test_resume_keeps_finished_slides_and_classifies_the_rest(
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     assert "--resume" in rows[0]["reason"] and rows[1]["reason"] == ""
     assert rows[0]["p_tumour"] == rows[1]["p_tumour"]
+    _seconds_are_the_jsons(out, rows)  # the kept slide's too: its earlier run's
     capsys.readouterr()
     # all done: said so (it printed "3 of 3 slides classified in 0.0 s by 0 process(es)")
     assert main([*argv, "--out-dir", str(out), "--resume"]) == 0
@@ -780,6 +781,16 @@ def test_predict_many_in_one_process_tiles_ahead(
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
     assert "broken.tiff" in rows[1]["slide"] and rows[1]["reason"]
+    _seconds_are_the_jsons(out, rows)
+
+
+def _seconds_are_the_jsons(out: Path, rows: list[dict]) -> None:
+    """The table's ``seconds`` of a classified slide is its JSON's ``seconds.total`` (it also
+    timed drawing the heatmap and writing the JSON, another quantity under the same name)."""
+    for row in rows:
+        if row["status"] == "ok":
+            record = json.loads((out / f"{row['slide_id']}.json").read_text())
+            assert row["seconds"] == f"{record['seconds']['total']:.2f}", row["slide_id"]
 
 
 @pytest.mark.parametrize(("argv", "expected"), [([], 1), (["--workers", "0"], 0)])

@@ -159,7 +159,7 @@ def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[in
             continue
         if not describes_slide(record, task.slide):
             continue
-        done[index] = _ok_row(task, record, 0.0, "kept from an earlier run (--resume)")
+        done[index] = _ok_row(task, record, "kept from an earlier run (--resume)")
     return done
 
 
@@ -321,7 +321,6 @@ def classify(
     ``tiled``: its lattice, if made ahead."""
     from zoommil.reporting.attention import save_heatmap
 
-    tic = time.perf_counter()
     try:
         result = predict_slide(
             settings.predictor,
@@ -343,7 +342,7 @@ def classify(
             write_json(task.json, result)
     except Exception as error:  # one slide's failure never stops the others
         return _error_row(task, error)
-    return _ok_row(task, result, time.perf_counter() - tic, result.get("tissue_note") or "")
+    return _ok_row(task, result, result.get("tissue_note") or "")
 
 
 def _error_row(task: SlideTask, error: Exception) -> dict[str, Any]:
@@ -356,9 +355,7 @@ def _error_row(task: SlideTask, error: Exception) -> dict[str, Any]:
     return _failure(task, reason)
 
 
-def _ok_row(
-    task: SlideTask, prediction: dict[str, Any], seconds: float, reason: str = ""
-) -> dict[str, Any]:
+def _ok_row(task: SlideTask, prediction: dict[str, Any], reason: str = "") -> dict[str, Any]:
     """A classified slide's row, from its prediction record (made now or read back)."""
     return {
         "slide_id": task.slide_id,
@@ -367,10 +364,20 @@ def _ok_row(
         "predicted": prediction["predicted"],
         "probabilities": prediction["probabilities"],
         "patches_encoded": int(prediction.get("patches_encoded") or 0),
-        "seconds": seconds,
+        "seconds": prediction_seconds(prediction),
         "reason": reason,
         "pid": os.getpid(),
     }
+
+
+def prediction_seconds(prediction: dict[str, Any]) -> float:
+    """A prediction's ``seconds.total`` (from the slide file to the MIL head), the table's
+    ``seconds``; 0 for a record without it. Why one quantity: the table's column also timed
+    drawing the heatmap and writing the JSON, and differed from the JSON's total without a
+    word; a kept slide (--resume) shows its earlier run's time, as if run once."""
+    seconds = prediction.get("seconds")
+    total = seconds.get("total") if isinstance(seconds, dict) else None
+    return float(total) if isinstance(total, int | float) else 0.0
 
 
 def _one_line(error: BaseException) -> str:
@@ -423,7 +430,8 @@ def old_heatmap(task: SlideTask) -> Path | None:
 
 def write_table(path: str | Path, rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> Path:
     """``predictions.tsv``: one row per slide (status ok, failed or no_tissue), with the class
-    probabilities of those classified."""
+    probabilities of those classified and their JSON's ``seconds.total`` (`prediction_seconds`;
+    0 for a slide not classified)."""
     columns = ["slide_id", "status", "predicted", *(f"p_{c}" for c in classes)]
     columns += ["patches_encoded", "seconds", "reason", "slide"]
     buffer = io.StringIO()
