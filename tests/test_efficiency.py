@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -322,6 +323,34 @@ def test_a_warm_up_failure_past_the_timed_slides_is_not_reported(tmp_path):
     record = json.loads(out.read_text())
     assert [r["slide_id"] for r in record["per_slide"]] == ["good1"]
     assert record["excluded_slides"] == [] and record["warmup_slides"] == 2
+
+
+def _documented_profile_record() -> tuple[dict, str]:
+    """docs/ARCHITECTURE.md's example of a `zoommil profile` record (the JSON block after the
+    command's line) and the list that follows it, which says what each key means."""
+    text = (Path(__file__).parents[1] / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    section = text[text.index("`zoommil profile --model NAME") :]
+    begin = section.index("```json") + len("```json")
+    stop = section.index("```", begin)
+    return json.loads(section[begin:stop]), section[stop + 3 :].split("\n\n")[0]
+
+
+def test_the_documented_profile_fields_are_the_records(tmp_path):
+    """ARCHITECTURE.md documented 8 of the record's 26 keys: its example has each key a
+    profile record has (and each key of a per-slide entry and its phases), no more, and its
+    list says what each one is."""
+    ckpt, sheet = _profile_setup(tmp_path, ["good1"])
+    out = tmp_path / "t.json"
+    argv = ["profile", "--checkpoint", str(ckpt), "--device", "cpu", "--sheet", str(sheet)]
+    assert main([*argv, "--max-slides", "1", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    example, listed = _documented_profile_record()
+    slide, documented = record["per_slide"][0], example["per_slide"][0]
+    assert set(example) == set(record)
+    assert set(documented) == set(slide)
+    assert set(documented["phases"]) == set(slide["phases"])
+    named = set(re.findall(r"`([a-z_]+)`", listed))
+    assert set(record) | set(slide) | set(slide["phases"]) <= named
 
 
 def test_profile_says_each_slide_it_timed_on_a_terminal_only(tmp_path, capsys, monkeypatch):
