@@ -353,6 +353,24 @@ def test_the_documented_profile_fields_are_the_records(tmp_path):
     assert set(record) | set(slide) | set(slide["phases"]) <= named
 
 
+def test_profile_slides_given_as_files_says_it_takes_sheet_ids(tmp_path, capsys):
+    """``--slides ../path/slide.svs`` (files, as predict takes them) failed with only "unknown
+    slide_id(s)": it says that --slides takes the sheet's ids, names the id of a file the sheet
+    lists, and how to time other files; an unknown plain id gets no such hint."""
+    ckpt, sheet = _profile_setup(tmp_path, ["good1"])
+    argv = ["profile", "--checkpoint", str(ckpt), "--device", "cpu", "--sheet", str(sheet)]
+    argv += ["--out", str(tmp_path / "t.json"), "--slides"]
+    listed, other = tmp_path / "good1.tiff", "../elsewhere/slide.svs"
+    assert main([*argv, str(listed), other]) == 2
+    err = capsys.readouterr().err
+    assert f"unknown slide_id(s) {other}, {listed}" in err
+    assert "--slides takes the sheet's slide_id values, not slide files" in err
+    assert f"{listed} is 'good1'" in err and "pass --sheet" in err
+    assert main([*argv, "good2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown slide_id(s) good2" in err and "--sheet" not in err
+
+
 def test_profile_says_each_slide_it_timed_on_a_terminal_only(tmp_path, capsys, monkeypatch):
     """Long work gets progress, as every other command's: a line per timed slide on a
     terminal (the timing runs in several processes: lines, not a bar), none with

@@ -52,7 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "on cuda: torch threads of the one process",
     )
     parser.add_argument("--sheet", type=Path, help="slide sheet (default: the checkpoint's)")
-    parser.add_argument("--slides", nargs="+", help="slide_ids to time (default: the split's)")
+    parser.add_argument(
+        "--slides",
+        nargs="+",
+        help="the sheet's slide_ids to time, not files (default: the split's); to time other "
+        "slide files, list them in a sheet and pass --sheet",
+    )
     parser.add_argument(
         "--split",
         default="test",

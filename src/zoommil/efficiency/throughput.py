@@ -406,7 +406,8 @@ def profile_slides(
     if slides:
         unknown = sorted(set(slides) - set(sheet["slide_id"]))
         if unknown:
-            raise ZoomMILError(f"{sheet_path}: unknown slide_id(s) {', '.join(unknown)}")
+            hint = _files_hint(sheet, unknown)
+            raise ZoomMILError(f"{sheet_path}: unknown slide_id(s) {', '.join(unknown)}{hint}")
         sheet = sheet[sheet["slide_id"].isin(slides)]
     else:
         sheet = sheet[sheet["split"] == split]
@@ -422,6 +423,36 @@ def profile_slides(
             if value is not None:
                 mpp[str(r.slide_id)] = value
     return pairs, mpp
+
+
+#: Extensions of the slide formats OpenSlide reads: a --slides value ending so is a file.
+SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
+                  ".bif", ".dcm"}  # fmt: skip
+
+
+def _files_hint(sheet: Any, unknown: Sequence[str]) -> str:
+    """What to do where an unknown ``--slides`` value looks like a slide file (as `zoommil
+    predict` takes them): --slides takes the sheet's ids, the sheet lists the files; the id of
+    a file the sheet lists is named. "" where none looks like a file.
+
+    Why: ``--slides ../path/slide.svs`` failed with only "unknown slide_id(s)"."""
+    files = [value for value in unknown if _looks_like_file(value)]
+    if not files:
+        return ""
+    paths = sheet.itertuples() if "path" in sheet.columns else []
+    listed = {Path(r.path).resolve(): str(r.slide_id) for r in paths}
+    ids = [f"{f} is {listed[Path(f).resolve()]!r}" for f in files if Path(f).resolve() in listed]
+    named = f"; {', '.join(ids)}" if ids else ""
+    return (
+        f" (--slides takes the sheet's slide_id values, not slide files{named}; to time other "
+        "files, list them in a sheet with columns slide_id, path, label, split and pass --sheet)"
+    )
+
+
+def _looks_like_file(value: str) -> bool:
+    """A path (a folder separator), a slide format's extension, or a file that is there."""
+    suffix = Path(value).suffix.lower()
+    return "/" in value or os.sep in value or suffix in SLIDE_SUFFIXES or Path(value).is_file()
 
 
 def profile_checkpoints(
