@@ -143,13 +143,30 @@ def usage_line(command: str, started: tuple[float, float]) -> str:
     """
     import resource
 
-    me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = time.process_time() - started[1] + kids.ru_utime + kids.ru_stime
     return (
         f"zoommil {command}: {time.perf_counter() - started[0]:.1f} s wall, {cpu:.1f} CPU-s, "
-        f"peak RSS {me.ru_maxrss / 1024:.0f} MB"
+        f"peak RSS {own_peak_rss_mb():.0f} MB"
     )
+
+
+def own_peak_rss_mb() -> float:
+    """This process's own peak RSS in MB: Linux's ``VmHWM``, the high-water mark of the memory
+    this program mapped since its exec. ``RUSAGE_SELF``'s ``ru_maxrss`` (the fallback where
+    there is no /proc) also keeps the RSS of the process that forked it: a job started by a
+    1000-slide Snakemake process, or by a large pytest, reported that process's size as its
+    own (4.1 GB for a `zoommil inspect` of ~100 MB), and cluster memory was sized by it."""
+    import resource
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def log_usage(command: str, started: tuple[float, float]) -> None:
