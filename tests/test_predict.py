@@ -1410,6 +1410,8 @@ def test_a_zoommil_prediction_says_what_chose_its_regions(small_slide, options, 
             assert _top_k(entry["weights"], chosen)
     text = legend_text(result, len(result["selected"]))
     assert f"(green step 1, blue step 2){SELECTED_BY[selected_by]}." in text
+    assert ". Colour: ZoomMIL's " in text  # the tables' name, not the config key "zoommil"
+    assert ". Colour: CLAM-SB's " in legend_text({**result, "method": "clam_sb"}, 0)
 
 
 def _top_k(scores: list[float], chosen: list[int]) -> bool:

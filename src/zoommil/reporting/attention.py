@@ -24,6 +24,7 @@ from matplotlib import colormaps
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import atomic_path
 from zoommil.recipe import weights_note
+from zoommil.reporting.table_frames import display_name
 from zoommil.workflow.failure import IMAGE_SUFFIXES
 from zoommil.wsi.pixels import read_thumbnail_at_mpp
 from zoommil.wsi.slide import open_with_mpp
@@ -169,7 +170,7 @@ def legend_text(prediction: Mapping[str, Any], steps: int) -> str:
     if predicted in probs:
         text += f" (p = {float(probs[predicted]):.2f})"
     text += (
-        f". Colour: {prediction.get('method') or prediction.get('arch', 'the model')}'s "
+        f". Colour: {model_name(prediction)}'s "
         f"{score_name(prediction)}, min-max scaled per slide and magnification (relative "
         "within one map, not a probability; the middle colour where all patches are equal)."
     )
@@ -179,6 +180,13 @@ def legend_text(prediction: Mapping[str, Any], steps: int) -> str:
         chosen = SELECTED_BY.get(str(prediction.get("selected_by")), "")
         text += f" Boxes: regions zoomed into ({outlines}){chosen}."
     return text
+
+
+def model_name(prediction: Mapping[str, Any]) -> str:
+    """The model as the tables name it (`display_name`: "ZoomMIL", not the config key
+    "zoommil"), from the prediction's method, else its arch."""
+    method = prediction.get("method") or prediction.get("arch")
+    return display_name(str(method)) if method else "the model"
 
 
 #: How ZoomMIL's boxes were chosen, by the prediction's ``selected_by``.
