@@ -130,7 +130,9 @@ def time_predict_many(
             out[t] = {
                 "seconds": statistics.median(times) / copies,
                 "runs": times,
-                # one slide's time inside its process (start-up excluded), all runs
+                # one slide's time inside its process, all runs: predictions.tsv's seconds,
+                # the JSON's seconds.total (slide file to MIL head; start-up and writing the
+                # JSON excluded)
                 "slide_seconds": statistics.median(per_slide),
                 "processes": min(t, copies),
             }
