@@ -282,6 +282,49 @@ def test_the_schema_refuses_a_misspelled_key(key: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "default_mmp",
+            0.5,
+            "unknown key 'default_mmp' (did you mean 'default_mpp'?); allowed at the top level: ",
+        ),
+        (
+            "preprocess.tissue.treshold",
+            0.5,
+            "unknown key 'preprocess.tissue.treshold' (did you mean "
+            "'preprocess.tissue.threshold'?); allowed under 'preprocess.tissue': method, "
+            "threshold, params, no_tissue",
+        ),
+        ("figures.attention.nslides", 1, "(did you mean 'figures.attention.n_slides'?)"),
+    ],
+)
+def test_a_misspelled_key_is_named_by_its_path_before_the_schema(
+    key: str, value: Any, message: str
+) -> None:
+    """Snakemake's own message for these buried the key under a dump of the whole config."""
+    config = demo()
+    _set(config, key, value)
+    with pytest.raises(ZoomMILError) as caught:
+        config_checks.check_config_keys(config, schema())
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_config_with_only_the_keys_to_change_names_every_missing_key() -> None:
+    """A --configfile replaces config.yaml; a file holding only `sheet` and `classes` got one
+    missing key per run, each under a dump of the whole schema."""
+    only = {"sheet": "s.tsv", "classes": ["a", "b"]}
+    with pytest.raises(ZoomMILError) as caught:
+        config_checks.check_config_keys(only, schema())
+    assert str(caught.value).startswith(
+        "missing key(s) dataset, preprocess, train, methods (a --configfile replaces "
+        "config/config.yaml"
+    )
+    config_checks.check_config_keys(demo(), schema())
+
+
+@pytest.mark.parametrize(
     ("mags", "k"), [([5, 10], [4]), ([5, 10, 20], [4, 2]), ([5, 10], 8), ([5, 10, 20], [4, 16])]
 )
 def test_zoommil_k_one_per_zoom_step_passes_as_the_model_takes_it(mags: list, k: Any) -> None:

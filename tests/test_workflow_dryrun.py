@@ -483,7 +483,7 @@ def _sheet_in_demo_mode(config: dict) -> None:
             "config: figures.attention.seed is not one of the method's seeds: 7 (seeds of "
             "'zoommil': 0, 1, 2)",
         ),
-        (_misspelled_key, "Additional properties are not allowed ('epoch' was unexpected)"),
+        (_misspelled_key, "config: unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
         (
             _dropout_above_one,
             "config: method 'abmil': model 'abmil': option dropout must be a number in [0, 1), "

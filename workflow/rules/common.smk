@@ -43,12 +43,15 @@ try:
 except ZoomMILError as error:
     raise ValueError(f"config: {error}") from None
 # `lr: 1e-4` (YAML 1.1) and a nested `--config 'train={epochs: 50}'` give strings
-zconfig.scalars_from_strings(
-    config,
-    yaml.safe_load(
-        open(workflow.source_path("../schemas/config.schema.yaml"), encoding="utf-8")
-    ),
+CONFIG_SCHEMA = yaml.safe_load(
+    open(workflow.source_path("../schemas/config.schema.yaml"), encoding="utf-8")
 )
+zconfig.scalars_from_strings(config, CONFIG_SCHEMA)
+try:
+    # before the schema, whose message for these buries the key under a dump of the config
+    zconfig.check_config_keys(config, CONFIG_SCHEMA)
+except ZoomMILError as error:
+    raise ValueError(f"config: {error}") from None
 try:
     # before the schema, which refuses these names too but says only "should not be valid"
     zconfig.check_extra_flags(config)

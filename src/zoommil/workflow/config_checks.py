@@ -10,6 +10,7 @@ checks read the methods and seeds through the same functions below.
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -295,6 +296,58 @@ def synth_settings(config: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     defaults = command_defaults("synth")
     return {key: given.get(key, defaults[key]) for key in ("n_slides", "seed", "scale")}
+
+
+def check_config_keys(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Every key of ``config`` is one the schema names where it forbids others, and every
+    required key is there; the error names each key by its dotted path, with the nearest
+    allowed name.
+
+    Why before the schema: Snakemake's validation reports a misspelled key as "Additional
+    properties are not allowed ('default_mmp' was unexpected)" followed by the whole config
+    and schema (~600 lines for a top-level key), so the line that matters scrolled away, and
+    a config holding only the keys one wants to change (a --configfile replaces
+    config/config.yaml) got its missing keys one run at a time."""
+    problems = _key_problems(config, schema, "")
+    if problems:
+        raise ZoomMILError("; ".join(problems))
+
+
+def _key_problems(config: Any, schema: Mapping[str, Any], where: str) -> list[str]:
+    """`check_config_keys` for one mapping of the config and the schema of that mapping."""
+    if not isinstance(config, Mapping):
+        return []  # a wrong type is the schema's to report
+    allowed = schema.get("properties", {})
+    problems = []
+    missing = [key for key in schema.get("required", ()) if key not in config]
+    if missing:
+        problems.append(
+            f"missing key(s) {', '.join(where + key for key in missing)}"
+            + (MISSING_TOP_KEYS_ADVICE if not where else "")
+        )
+    if schema.get("additionalProperties") is False:
+        for key in config:
+            if key in allowed:
+                continue
+            near = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f" (did you mean '{where}{near[0]}'?)" if near else ""
+            problems.append(
+                f"unknown key '{where}{key}'{hint}; allowed "
+                f"{'under ' + repr(where[:-1]) if where else 'at the top level'}: "
+                f"{', '.join(allowed)}"
+            )
+    for key, part in allowed.items():
+        if key in config and isinstance(part, Mapping):
+            problems += _key_problems(config[key], part, f"{where}{key}.")
+    return problems
+
+
+#: Said with the top level's missing keys: the usual cause is a config file holding only
+#: the keys one meant to change.
+MISSING_TOP_KEYS_ADVICE = (
+    " (a --configfile replaces config/config.yaml, it does not add to it: copy a preset, "
+    "config/bright.yaml, crc.yaml or camelyon16.yaml, and edit it)"
+)
 
 
 def check_extra_flags(config: Mapping[str, Any]) -> None:
