@@ -104,6 +104,31 @@ def test_paths_that_exist_only_relative_to_the_working_directory_get_a_hint(
     assert caplog.text == ""
 
 
+@pytest.mark.parametrize(
+    ("column", "meant"),
+    [("mpp_overide", "mpp_override"), ("MPP (um)", "mpp"), ("patient id", "patient")],
+)
+def test_a_misspelled_optional_column_gets_a_warning(tmp_path, caplog, column, meant):
+    """Unknown columns are ignored: a misspelled mpp_override left a slide at its wrong
+    metadata mpp, a misspelled patient column skipped the leakage check, silently."""
+    path = tmp_path / "s.tsv"
+    path.write_text(f"slide_id\tpath\tlabel\tsplit\t{column}\nb\tb.svs\tx\ttrain\t0.5\n")
+    with caplog.at_level(logging.WARNING, logger="zoommil.io.sheet"):
+        zsheet.load_sheet(path)
+    assert f"column '{column}' is not a sheet column and is ignored; did you mean '{meant}'?" in (
+        caplog.text
+    ), caplog.text
+
+
+def test_own_columns_and_near_names_of_present_columns_get_no_warning(tmp_path, caplog):
+    path = tmp_path / "s.tsv"
+    header = "slide_id\tpath\tlabel\tsplit\tmpp\tnotes\tlabel_orig\tscanner\n"
+    path.write_text(header + "b\tb.svs\tx\ttrain\t0.5\tfold\ty\tGT450\n")
+    with caplog.at_level(logging.WARNING, logger="zoommil.io.sheet"):
+        zsheet.load_sheet(path)
+    assert caplog.text == ""
+
+
 def test_an_invisible_character_in_a_value_is_shown_escaped(tmp_path):
     """A zero-width space pasted with a label printed as 'normal​', identical on screen to the
     allowed 'normal'; the value is still refused, not silently cleaned."""

@@ -13,8 +13,10 @@ slide.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -206,6 +208,7 @@ def load_sheet(
     if has_braces(sheet):
         raise ZoomMILError(f"slide sheet {sheet}: the path contains '{{' or '}}': {BRACES_REASON}")
     frame = known_columns(read_table(sheet))
+    headers = list(frame.columns)  # as written: mpp and mpp_override are added below
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ZoomMILError(
@@ -284,7 +287,28 @@ def load_sheet(
     check_leakage(frame, sheet)
     if warn:
         warn_cwd_relative(frame, written, sheet)
+        warn_misspelled_columns(headers, sheet)
     return frame.set_index("slide_id", drop=False)
+
+
+def warn_misspelled_columns(columns: Sequence[object], sheet: str | Path) -> None:
+    """Warn about a header that looks like a sheet column the sheet lacks (``mpp_overide``,
+    ``MPP (um)``, ``patient id``): other columns are ignored, so a misspelled mpp_override
+    left the slide at its wrong metadata mpp (tiled at the wrong magnification, or excluded)
+    and a misspelled patient column skipped the leakage check, without a word."""
+    absent = [name for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if name not in columns]
+    for column in columns:
+        if column in REQUIRED_COLUMNS or column in OPTIONAL_COLUMNS:
+            continue
+        norm = re.sub(r"[^a-z0-9]+", "_", str(column).lower()).strip("_")
+        near = difflib.get_close_matches(norm, absent, n=1, cutoff=0.75)
+        near = near or [name for name in absent if norm.startswith(name + "_")]
+        if near:
+            log.warning(
+                "slide sheet %s: column %s is not a sheet column and is ignored; did you "
+                "mean '%s'? (sheet columns: %s)",
+                sheet, shown(column), near[0], ", ".join((*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)),
+            )  # fmt: skip
 
 
 def warn_cwd_relative(frame: pd.DataFrame, written: Sequence[str], sheet: str | Path) -> None:
