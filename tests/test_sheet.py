@@ -98,7 +98,30 @@ def test_paths_that_exist_only_relative_to_the_working_directory_get_a_hint(
     assert "row 1 (slide_id 'a'): 'slides/a.svs'" in caplog.text
     assert "relative to the sheet's folder" in caplog.text
     caplog.clear()
-    monkeypatch.chdir(tmp_path / "config")  # run from the sheet's folder: nothing to say
+    monkeypatch.chdir(tmp_path / "config")  # run from the sheet's folder: no hint about it
+    with caplog.at_level(logging.WARNING, logger="zoommil.io.sheet"):
+        zsheet.load_sheet(path)
+    assert "current directory" not in caplog.text, caplog.text
+
+
+def test_slide_files_that_do_not_exist_get_a_warning(tmp_path, monkeypatch, caplog):
+    """A sheet moved away from the slides its relative paths were written for: every slide
+    was 'missing' at inspection and the run stopped at QC, while the dry run said nothing."""
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "cohort" / "a.svs").write_bytes(b"x")
+    (tmp_path / "sheets").mkdir()
+    path = tmp_path / "sheets" / "s.tsv"
+    path.write_text(HEADER + "a\tcohort/a.svs\tx\ttrain\nb\tcohort/b.svs\ty\ttest\n")
+    monkeypatch.chdir(tmp_path / "sheets")
+    with caplog.at_level(logging.WARNING, logger="zoommil.io.sheet"):
+        zsheet.load_sheet(path)
+    folder = tmp_path / "sheets"
+    assert (
+        f"2 of 2 slide file(s) do not exist (e.g. row 1 (slide_id 'a'): {folder}/cohort/a.svs), "
+        f"relative paths being relative to the sheet's folder {folder}; they will be excluded"
+    ) in caplog.text, caplog.text
+    caplog.clear()
+    path.write_text(HEADER + "a\t../cohort/a.svs\tx\ttrain\n")  # every file there
     with caplog.at_level(logging.WARNING, logger="zoommil.io.sheet"):
         zsheet.load_sheet(path)
     assert caplog.text == ""
@@ -122,6 +145,7 @@ def test_a_misspelled_optional_column_gets_a_warning(tmp_path, caplog, column, m
 
 def test_own_columns_and_near_names_of_present_columns_get_no_warning(tmp_path, caplog):
     path = tmp_path / "s.tsv"
+    (tmp_path / "b.svs").write_bytes(b"x")
     header = "slide_id\tpath\tlabel\tsplit\tmpp\tnotes\tlabel_orig\tscanner\n"
     path.write_text(header + "b\tb.svs\tx\ttrain\t0.5\tfold\ty\tGT450\n")
     with caplog.at_level(logging.WARNING, logger="zoommil.io.sheet"):

@@ -287,8 +287,34 @@ def load_sheet(
     check_leakage(frame, sheet)
     if warn:
         warn_cwd_relative(frame, written, sheet)
+        warn_missing_files(frame, written, sheet)
         warn_misspelled_columns(headers, sheet)
     return frame.set_index("slide_id", drop=False)
+
+
+def warn_missing_files(frame: pd.DataFrame, written: Sequence[str], sheet: str | Path) -> None:
+    """Warn where slide files do not exist (those `warn_cwd_relative` names aside): a sheet
+    moved away from the relative paths it was written with had every slide 'missing' at
+    inspection and the run stopped at QC, while the dry run said nothing. A warning, not an
+    error: a missing slide is excluded and the others go on."""
+    hits = [
+        index
+        for index, (entry, path) in enumerate(zip(written, frame["path"], strict=True))
+        if not os.path.exists(path)
+        and (Path(entry.strip()).expanduser().is_absolute() or not os.path.exists(entry.strip()))
+    ]
+    if not hits:
+        return
+    first = hits[0]
+    folder = Path(sheet).resolve().parent
+    relative = not Path(written[first].strip()).expanduser().is_absolute()
+    log.warning(
+        "slide sheet %s: %d of %d slide file(s) do not exist (e.g. %s: %s)%s; they will be "
+        "excluded as missing at inspection",
+        sheet, len(hits), len(frame), _row_name(first, frame.iloc[first]),
+        frame["path"].iloc[first],
+        f", relative paths being relative to the sheet's folder {folder}" if relative else "",
+    )  # fmt: skip
 
 
 def warn_misspelled_columns(columns: Sequence[object], sheet: str | Path) -> None:
