@@ -378,8 +378,12 @@ def test_a_split_emptied_by_qc_stops_before_training_naming_its_slides():
     message = str(error.value)
     assert message.startswith("no usable test slides after QC: all 2 excluded: ")
     assert "c (failed at tissue: truncated or corrupt TIFF file); d (missing at inspect" in message
+    assert message.endswith("; the results need test slides"), message
     table.loc[3, "status"] = "ok"  # one test slide left: fine
     qc.check_usable_splits(sheet, table)
+    table.loc[0, "status"] = "missing"  # the reason is the emptied split's, not val's and test's
+    with pytest.raises(ZoomMILError, match=r"excluded: a \(missing\); training needs train "):
+        qc.check_usable_splits(sheet, table)
 
 
 def test_a_stopping_qc_keeps_its_table_and_a_passing_one_removes_the_copy(tmp_path):

@@ -267,6 +267,14 @@ def path_from(folder: str | Path, path: str | Path) -> str:
     return Path(os.path.relpath(named, run_path(folder))).as_posix()
 
 
+#: Why each split must keep a usable slide, said with the error of the split that has none.
+SPLIT_NEEDS = {
+    "train": "training needs train slides",
+    "val": "model selection needs validation slides",
+    "test": "the results need test slides",
+}
+
+
 def check_usable_splits(sheet: pd.DataFrame, table: pd.DataFrame, shown: int = 5) -> None:
     """Every split keeps a usable slide after QC, else one error naming its excluded slides.
 
@@ -281,8 +289,8 @@ def check_usable_splits(sheet: pd.DataFrame, table: pd.DataFrame, shown: int = 5
         if not ids or not ok.isdisjoint(ids):
             continue
         raise ZoomMILError(
-            f"no usable {split} slides after QC: all {_excluded(ids, status, shown)}; model "
-            "selection needs validation slides and the results need test slides"
+            f"no usable {split} slides after QC: all {_excluded(ids, status, shown)}; "
+            f"{SPLIT_NEEDS[split]}"
         )
 
 
