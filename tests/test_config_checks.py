@@ -654,3 +654,19 @@ def test_synth_settings_fill_zoommil_synths_own_defaults() -> None:
     }
     assert synth_settings({"synth": {"n_slides": 9, "scale": 0.5}})["n_slides"] == 9
     assert synth_settings({"synth": None}) == synth_settings({}) == {}
+
+
+def test_a_sheet_beside_the_config_file_is_named_when_not_found(tmp_path, monkeypatch) -> None:
+    """`sheet: slides.tsv` in a config file kept beside the sheet: 'slide sheet not found'
+    named only the working directory's path; it now says where the sheet is."""
+    (tmp_path / "cohort").mkdir()
+    configfile = tmp_path / "cohort" / "my.yaml"
+    (tmp_path / "cohort" / "slides.tsv").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    hint = config_checks.sheet_beside_configfile("slides.tsv", [configfile])
+    assert hint == (
+        f"; `sheet:` is relative to the working directory ({tmp_path}), not to the config "
+        f"file: write the sheet's absolute path, {tmp_path / 'cohort' / 'slides.tsv'}"
+    )
+    assert config_checks.sheet_beside_configfile("other.tsv", [configfile]) == ""
+    assert config_checks.sheet_beside_configfile("cohort/slides.tsv", [configfile]) == ""

@@ -301,6 +301,20 @@ def test_sheet_missing_column_fails_before_any_job(workdir: Path) -> None:
     assert "missing column(s) label" in text
 
 
+def test_a_sheet_kept_beside_the_config_file_is_pointed_at(workdir: Path) -> None:
+    """`sheet:` is relative to the working directory; written relative to the config file
+    beside it, the error now names the sheet it found there."""
+    folder = workdir / "my_cohort"
+    sheet = fake_sheet(folder, PRESETS["camelyon16"])
+    config = yaml.safe_load((workdir / "config" / "camelyon16.yaml").read_text())
+    config["sheet"] = sheet.name
+    path = harness.write_config(folder, config, "my.yaml")
+    result = harness.snakemake(workdir, "-n", configfile=path, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"not to the config file: write the sheet's absolute path, {sheet}" in text, text
+
+
 def test_sheet_unknown_label_names_the_row(workdir: Path) -> None:
     rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumour\ttest\t\n"]
     text = _expect_sheet_error(workdir, rows, "row 2 (slide_id 'b'): unknown label 'tumour'")

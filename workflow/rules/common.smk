@@ -110,7 +110,8 @@ if not DEMO:
             SHEET, config["sheet"], classes=config.get("classes"), warn=SHEET_WARNINGS
         )
     except ZoomMILError as error:
-        raise ValueError(f"invalid slide sheet: {error}") from None
+        hint = zconfig.sheet_beside_configfile(config["sheet"], workflow.configfiles)
+        raise ValueError(f"invalid slide sheet: {error}{hint}") from None
 
 VANISHED = []  # encoded slides whose file is gone (the main process fills it in)
 if workflow.is_main_process:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -348,6 +348,23 @@ MISSING_TOP_KEYS_ADVICE = (
     " (a --configfile replaces config/config.yaml, it does not add to it: copy a preset, "
     "config/bright.yaml, crc.yaml or camelyon16.yaml, and edit it)"
 )
+
+
+def sheet_beside_configfile(sheet: str, configfiles: Sequence[str | Path]) -> str:
+    """A hint for a ``sheet:`` not found: the same relative name beside a config file, where
+    users keep the two (``sheet:`` is relative to the working directory, as Snakemake's
+    paths are); "" when there is none to give."""
+    path = Path(sheet).expanduser()
+    if path.is_absolute() or path.exists():
+        return ""
+    for configfile in configfiles:
+        beside = Path(configfile).expanduser().resolve().parent / path
+        if beside.is_file():
+            return (
+                f"; `sheet:` is relative to the working directory ({Path.cwd()}), not to the "
+                f"config file: write the sheet's absolute path, {beside}"
+            )
+    return ""
 
 
 def check_extra_flags(config: Mapping[str, Any]) -> None:
