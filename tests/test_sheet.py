@@ -11,12 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from zoommil.errors import ZoomMILError
 from zoommil.io import sheet as zsheet
 from zoommil.wsi import slide as zslide
 
 HEADER = "slide_id\tpath\tlabel\tsplit\n"
+SLIDE_SCHEMA = yaml.safe_load(
+    (
+        Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "slides.schema.yaml"
+    ).read_text()
+)
 READERS = (zsheet.load_sheet, zsheet.read_sheet)
 
 
@@ -187,3 +193,19 @@ def test_mpp_override_is_a_checked_optional_column(tmp_path):
     sheet.write_text("slide_id\tpath\tlabel\tsplit\tmpp_override\na\ta.svs\tx\ttrain\t40\n")
     with pytest.raises(ZoomMILError, match=r"'a'\): mpp_override 40.0 is outside"):
         zsheet.load_sheet(sheet)
+
+
+@pytest.mark.parametrize(
+    ("slide_id", "usable"), [("cmu full", "cmu_full"), ("H&E 12-345", "H_E_12-345"), ("_a", "a")]
+)
+def test_a_slide_id_with_other_characters_is_refused_in_words(tmp_path, slide_id, usable):
+    """The schema's message showed only its regular expression."""
+    path = tmp_path / "s.tsv"
+    path.write_text(HEADER + f"{slide_id}\ta.svs\tx\ttrain\n")
+    with pytest.raises(ZoomMILError) as info:
+        zsheet.load_sheet(path, schema=SLIDE_SCHEMA)
+    assert str(info.value) == (
+        f"{path}: row 1 (slide_id '{slide_id}'): slide_id '{slide_id}' may hold only letters, "
+        "digits, '_', '.' and '-', starting with a letter or digit, as it names the slide's "
+        f"output files (e.g. '{usable}')"
+    )

@@ -252,6 +252,8 @@ def load_sheet(
             errors = sorted(validator.iter_errors(record), key=lambda e: list(e.path))
             if errors:
                 field = ".".join(str(p) for p in errors[0].path) or "row"
+                if field == "slide_id" and errors[0].validator == "pattern":
+                    raise ZoomMILError(f"{sheet}: {where}: {bad_slide_id(row['slide_id'])}")
                 raise ZoomMILError(f"{sheet}: {where}: {field}: {errors[0].message}")
         if row["split"] not in SPLITS:
             raise ZoomMILError(
@@ -335,6 +337,16 @@ def warn_misspelled_columns(columns: Sequence[object], sheet: str | Path) -> Non
                 "mean '%s'? (sheet columns: %s)",
                 sheet, shown(column), near[0], ", ".join((*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)),
             )  # fmt: skip
+
+
+def bad_slide_id(slide_id: str) -> str:
+    """Why ``slide_id`` is refused, in words and with a usable spelling: the schema's own
+    message showed only its regular expression ("'H&E 12' does not match '^[A-Za-z0-9]...'")."""
+    usable = re.sub(r"[^A-Za-z0-9_.-]+", "_", slide_id).strip("_.-") or "slide_1"
+    return (
+        f"slide_id {shown(slide_id)} may hold only letters, digits, '_', '.' and '-', starting "
+        f"with a letter or digit, as it names the slide's output files (e.g. '{usable}')"
+    )
 
 
 def warn_cwd_relative(frame: pd.DataFrame, written: Sequence[str], sheet: str | Path) -> None:
