@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -203,6 +204,24 @@ def test_train_writes_checkpoint_log_and_metrics(trained: Path) -> None:
     assert config["preprocessing"]["weights"] == "random"
     assert "mpp" not in config["preprocessing"] and "created" not in config["preprocessing"]
     assert all(isinstance(v, torch.Tensor) for v in checkpoint["state_dict"].values())
+
+
+def _documented_keys(bullet: str) -> set[str]:
+    """The words of docs/ARCHITECTURE.md's bullet on one output file (from ``- `NAME`:`` to
+    the next blank line): the keys it says the file has, among its prose."""
+    text = (Path(__file__).parents[1] / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    section = text[text.index(f"- `{bullet}`:") :].split("\n\n")[0]
+    return set(re.findall(r"[a-z_0-9]+", section))
+
+
+def test_the_documented_metrics_and_checkpoint_keys_are_the_files(trained: Path) -> None:
+    """ARCHITECTURE.md listed every key of metrics.json but `environment` (the job's
+    environment, which the README says each metrics.json records): each key of metrics.json
+    and of the checkpoint's config is named where the page describes the file."""
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert set(metrics) - _documented_keys("metrics.json") == set()
+    config = torch.load(trained / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert set(config["config"]) - _documented_keys("checkpoint.pt") == set()
 
 
 def test_evaluate_reproduces_the_training_metrics(
