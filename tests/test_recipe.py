@@ -3,6 +3,9 @@ coords file to the feature file to the checkpoint to `zoommil predict`."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +78,23 @@ def test_schema_defaults_are_the_recipe_defaults() -> None:
     assert "default" not in features["weights"]  # the encoder's own: test below
     assert features["seed"]["default"] == default("weights_seed")
     assert features["precision"]["default"] == default("precision")
+
+
+def test_the_documented_recipe_is_the_recipe() -> None:
+    """docs/ARCHITECTURE.md wrote `PreprocessingRecipe(...)` without allow_upsampling: the
+    page's signature has each field, in order, with its default."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    signature = re.search(r"`PreprocessingRecipe\((.*?)\)`", text).group(1)
+    documented = ast.parse(f"f({signature})", mode="eval").body
+    fields = dataclasses.fields(PreprocessingRecipe)
+    assert [a.id for a in documented.args] + [k.arg for k in documented.keywords] == [
+        f.name for f in fields
+    ]
+    for keyword in documented.keywords:
+        field = next(f for f in fields if f.name == keyword.arg)
+        factory = field.default_factory
+        value = field.default if factory is dataclasses.MISSING else factory()
+        assert ast.literal_eval(keyword.value) == value, keyword.arg
 
 
 def test_schema_training_defaults_are_zoommil_trains() -> None:
