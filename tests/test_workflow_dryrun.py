@@ -15,6 +15,7 @@ import yaml
 from workflow_config import harness
 
 from zoommil.errors import ZoomMILError
+from zoommil.workflow import manifest
 from zoommil.workflow import params as workflow
 
 PRESETS = {
@@ -602,3 +603,34 @@ def test_snakefmt_is_clean() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _readme_pattern(path: str) -> str:
+    """A regex of a rule's output path (or a part of it): each `{wildcard}` any name."""
+    path = path.replace("{{", "{").replace("}}", "}")
+    return "".join(
+        "[^`/ ]+" if part.startswith("{") else re.escape(part)
+        for part in re.split(r"(\{\w+\})", path)
+    )
+
+
+def test_the_readme_outputs_name_every_output_of_the_rules() -> None:
+    """The README's Outputs table left out Figure 4's predictions (results/predict/) and the
+    QC step's inspection.tsv, usable.tsv and features.tsv: each file the rules write (logs
+    apart) is named there, its folder and its file name (`main.{csv,md}` read as both)."""
+    readme = (harness.REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Outputs") : readme.index("### Statistics")]
+    section = re.sub(
+        r"([\w.~-]*)\{(\w+(?:,\w+)+)\}",
+        lambda m: " ".join(m[1] + alt for alt in m[2].split(",")),
+        section,
+    )
+    rules = "".join(p.read_text() for p in (harness.REPO / "workflow" / "rules").glob("*.smk"))
+    outputs = set(re.findall(r'"(results/[^"]+\.[a-z]+)"', rules)) | {str(manifest.MANIFEST)}
+    unnamed = [
+        path
+        for path in sorted(outputs)
+        if not path.startswith("results/logs/")
+        and not all(re.search(_readme_pattern(part), section) for part in path.rsplit("/", 1))
+    ]
+    assert unnamed == []
