@@ -1165,6 +1165,24 @@ def test_an_unwritable_eval_out_fails_before_training(
     assert not out.exists()
 
 
+def test_eval_out_without_test_slides_fails_before_training(
+    dataset: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--eval-out on a sheet without usable test slides trained every epoch, wrote the
+    checkpoint and only then failed ("no 'test' slides to evaluate"): it fails once the data
+    has loaded, before the first epoch; without --eval-out the run trains, test null."""
+    rows = dataset["sheet"].read_text().splitlines()
+    sheet = tmp_path / "no_test.tsv"
+    sheet.write_text("\n".join(r for r in rows if not r.endswith("\ttest")) + "\n")
+    config = write_config(dataset, tmp_path, sheet=str(sheet))
+    out = tmp_path / "run"
+    assert train_cli(config, out, "abmil_small", 0, "--eval-out", str(tmp_path / "e.json")) == 2
+    assert f"{sheet}: no usable slides in the 'test' split" in _error_line(capsys)
+    assert not out.exists() and not (tmp_path / "e.json").exists()
+    assert train_cli(config, out, "abmil_small", 0, "--epochs", "1") == 0
+    assert json.loads((out / "metrics.json").read_text())["test"] is None
+
+
 @pytest.mark.parametrize(
     ("seed", "message"),
     [

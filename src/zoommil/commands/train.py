@@ -154,6 +154,7 @@ def train_one(
         epochs=args.epochs,
         progress=show_progress(args),
         stale=stale,
+        need_test=bool(eval_out),
     )
     if eval_out:
         from zoommil.io.jsonio import write_json

@@ -321,17 +321,20 @@ def train(
     epochs: int | None = None,
     progress: bool = True,
     stale: Sequence[Path] = (),
+    need_test: bool = False,
 ) -> dict[str, Any]:
     """Train ``method`` with ``seed``; writes checkpoint.pt, log.csv and metrics.json.
 
     ``stale``: an earlier run's files to remove once the data has loaded, before the first
     epoch writes log.csv (a killed run must not leave its log beside an older checkpoint and
     look finished; removing them before the sheet and features were read lost a finished
-    run to a typo in --sheet). Returns the content of metrics.json.
+    run to a typo in --sheet). ``need_test`` (`zoommil train --eval-out`): no usable test
+    slide is an error once the data has loaded, not after the last epoch. Returns the content
+    of metrics.json.
     """
     dev = resolve_device(device)
     with deterministic(seed, threads, dev):
-        return _train(config, method, seed, Path(out_dir), dev, epochs, progress, stale)
+        return _train(config, method, seed, Path(out_dir), dev, epochs, progress, stale, need_test)
 
 
 @dataclass
@@ -351,10 +354,12 @@ class _Run:
     sampler: WeightedRandomSampler
 
 
-def _prepare(cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device) -> _Run:
+def _prepare(
+    cfg: TrainConfig, method: MethodSpec, seed: int, dev: torch.device, need_test: bool = False
+) -> _Run:
     """Bags of every split (standardised when configured), then the seeded model."""
     classes, mags, stores, skipped, in_dim = load_splits(cfg, method.arch, ("train", "val", "test"))
-    for split in ("train", "val"):
+    for split in ("train", "val", "test") if need_test else ("train", "val"):
         if len(stores[split]) == 0:
             raise ZoomMILError(f"{cfg.sheet}: no usable slides in the '{split}' split")
     if len(stores["test"]) == 0:
@@ -494,6 +499,7 @@ def _train(
     epochs: int | None,
     progress: bool,
     stale: Sequence[Path] = (),
+    need_test: bool = False,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     cfg = apply_overrides(config, method)
@@ -505,7 +511,7 @@ def _train(
         check_zoom_steps(method.arch, method.kwargs, arch_mags(method.arch, cfg.mags))
     except ZoomMILError as error:
         raise ZoomMILError(f"{method_label(cfg.source, method.name)}: {error}") from None
-    run = _prepare(cfg, method, seed, dev)
+    run = _prepare(cfg, method, seed, dev, need_test)
     for path in stale:
         Path(path).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
