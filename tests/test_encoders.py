@@ -244,6 +244,27 @@ def test_safetensors_and_state_dict_round_trip(tmp_path):
     np.testing.assert_array_equal(PatchEncoder(folder).encode(x), PatchEncoder(model).encode(x))
 
 
+@pytest.mark.parametrize(
+    ("encoder", "names"),
+    [
+        ("resnet50_layer3", "model.safetensors, pytorch_model.bin"),
+        ("uni", "pytorch_model.bin, model.safetensors"),
+    ],
+)
+def test_a_folder_without_weights_names_the_files_looked_for(tmp_path, encoder, names):
+    """A --weights folder without the file said "none of the weight files" (ResNet-50) or
+    named only the card's file (UNI: pytorch_model.bin), while model.safetensors and
+    pytorch_model.bin are looked for too: it names every file name it tried."""
+    from zoommil.features.encoders.weight_files import local_weights_path
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "resnet50.pth").write_bytes(b"x")
+    with pytest.raises(ZoomMILError) as error:
+        local_weights_path(str(tmp_path / "weights"), get_spec(encoder))
+    assert f"folder holds none of {names}, the file names the weights" in str(error.value)
+    assert f"of encoder {encoder}" in str(error.value)
+
+
 def test_checkpoints_as_training_scripts_save_them_load(tmp_path):
     """A whole wrapper saved (`model.` before every key) and timm's classifier head were
     refused: '342 unexpected key(s), e.g. model.blocks...' and 'head.bias, head.weight'."""

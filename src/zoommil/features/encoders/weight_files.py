@@ -152,12 +152,13 @@ def local_weights_path(weights: str, spec: EncoderSpec) -> Path:
     """A weights path given by the user: a file, or a folder holding one of the spec's files."""
     path = Path(weights).expanduser()
     if path.is_dir():
-        for name in (*spec.hf_files, "model.safetensors", "pytorch_model.bin"):
+        names = list(dict.fromkeys((*spec.hf_files, "model.safetensors", "pytorch_model.bin")))
+        for name in names:
             if (path / name).is_file():
                 return path / name
         raise ZoomMILError(
-            f"{path}: folder holds none of {', '.join(spec.hf_files) or 'the weight files'} "
-            f"for encoder {spec.name}"
+            f"{path}: folder holds none of {', '.join(names)}, the file names the weights of "
+            f"encoder {spec.name} are looked for under; pass the weights file itself"
         )
     if not path.is_file():
         choices = "imagenet, random" if spec.name == "resnet50_layer3" else "random, hf"
