@@ -175,14 +175,21 @@ def slurm_status(jobid: str) -> str:
     return "success" if state == "COMPLETED" else "failed"
 
 
+#: A job's state and exit status in `qstat -f` text (``job_state = R``) or Torque's XML.
+PBS_STATE = re.compile(r"job_state(?:\s*=\s*|>)(\w)")
+PBS_EXIT = re.compile(r"[Ee]xit_status(?:\s*=\s*|>)(-?\d+)")
+
+
 def pbs_status(jobid: str) -> str:
     """As slurm_status: failed for a job the server does not know, running while it does
-    not answer."""
+    not answer. PBS Pro and OpenPBS need -x for finished jobs and answer ``job_state = F``;
+    Torque's -x means XML (``<job_state>C</job_state>``), or is refused by an old one (then
+    plain -f), so both forms are read."""
     out = subprocess.run(["qstat", "-x", "-f", jobid], capture_output=True, text=True)
-    if out.returncode != 0:  # Torque: no -x
+    if out.returncode != 0:  # an old Torque: no -x
         out = subprocess.run(["qstat", "-f", jobid], capture_output=True, text=True)
     text = out.stdout
-    state = re.search(r"job_state = (\w)", text)
+    state = PBS_STATE.search(text)
     if not state:
         if out.returncode != 0 and not UNKNOWN_JOB.search(out.stderr + text):
             print(f"scheduler.py: qstat: {out.stderr.strip()}", file=sys.stderr)
@@ -190,7 +197,7 @@ def pbs_status(jobid: str) -> str:
         return "failed"
     if state.group(1) not in ("F", "C"):
         return "running"
-    code = re.search(r"[Ee]xit_status = (-?\d+)", text)
+    code = PBS_EXIT.search(text)
     return "success" if code and code.group(1) == "0" else "failed"
 
 

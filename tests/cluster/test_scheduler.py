@@ -106,6 +106,21 @@ def test_pbs_status_while_the_server_does_not_answer_is_running(stubs, tmp_path)
     assert _status(stubs, tmp_path, ZOOMMIL_SCHEDULER="pbs", STUB_QSTAT_OUT=done) == "success"
 
 
+@pytest.mark.parametrize(
+    ("state", "exit_status", "expected"),
+    [("R", None, "running"), ("Q", None, "running"), ("C", "0", "success"), ("C", "1", "failed")],
+)
+def test_pbs_status_reads_torques_xml(stubs, tmp_path, state, exit_status, expected):
+    """Torque's `qstat -x -f` answers in XML: its job_state was not found, and every job,
+    running or done, read as failed (Snakemake then gives up on it or submits it again)."""
+    xml = f"<Data><Job><Job_Id>42.torque</Job_Id><job_state>{state}</job_state>"
+    if exit_status is not None:
+        xml += f"<exit_status>{exit_status}</exit_status>"
+    xml += "</Job></Data>"
+    pbs = {"ZOOMMIL_SCHEDULER": "pbs", "STUB_QSTAT_OUT": xml}
+    assert _status(stubs, tmp_path, **pbs) == expected
+
+
 def _jobscript(tmp_path: Path, resources: dict) -> Path:
     props = {"rule": "features", "jobid": 7, "threads": 8, "resources": resources}
     script = tmp_path / "job.sh"
