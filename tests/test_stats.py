@@ -77,6 +77,24 @@ def test_a_score_at_the_bound_gets_an_exact_interval_or_none() -> None:
     assert stats.method_ci(preds([0, 1], [0, 0]), "accuracy").kind == stats.BOOTSTRAP
 
 
+def test_resamples_equal_up_to_float_rounding_have_no_interval() -> None:
+    """Every slide right for 2 of 4 seeds, not the same 2: every resample's accuracy is 50%,
+    but the seed mean adds the per-seed fractions of each resample in another order and
+    left them up to 1e-16 apart, so the zero-width [50.0, 50.0] came back as a bootstrap
+    interval. The same for a difference: A's and B's seeds right on the same slides, in
+    another seed order."""
+    labels = [0, 0, 0]
+    right = [[(i + s) % 4 < 2 for i in range(3)] for s in range(4)]
+    half = stats.method_ci(preds(labels, *[[1 - r for r in row] for row in right]), "accuracy")
+    assert half.estimate == pytest.approx(0.5) and half.kind == stats.CONSTANT
+    assert math.isnan(half.low) and math.isnan(half.high)
+    a = preds(labels, [0, 0, 0], [0, 0, 0], [0, 1, 1])
+    b = preds(labels, [0, 0, 0], [0, 1, 1], [0, 0, 0])
+    result = stats.compare(a, b, "accuracy")
+    assert result.difference == pytest.approx(0, abs=1e-12) and result.ci_kind == stats.CONSTANT
+    assert math.isnan(result.low) and math.isnan(result.high)
+
+
 def test_ci_of_two_slides_covers_the_bootstrap_distribution() -> None:
     # right on one of two slides: resampled accuracy is 0, 0.5, 1 with probability 1/4, 1/2,
     # 1/4, so the 2.5th and 97.5th percentiles are 0 and 1
