@@ -253,6 +253,24 @@ def test_exact_permutation_p_values() -> None:
     assert 0.0 <= result.low <= 0.5 <= result.high <= 1.0
 
 
+def test_a_difference_of_zero_up_to_float_rounding_has_p_one() -> None:
+    """A's and B's seeds right on the same slides in another seed order: every swap gives the
+    difference 0, but as sums of fractions in another order, up to 1e-16 apart, and scipy's
+    tolerance for ties is relative to the observed difference (0): p was 0.5, not 1."""
+    labels = [0, 0, 0]
+    a = preds(labels, [0, 0, 0], [0, 0, 0], [0, 1, 1])
+    b = preds(labels, [0, 0, 0], [0, 1, 1], [0, 0, 0])
+    assert stats.permutation_p(a, b, "accuracy") == (1.0, True)
+    # Monte Carlo (17 slides): p was 0.26; B is A with its seeds rotated
+    wrong = ["00101000101100010", "01000000000000000", "00010001000100000"]
+    rows = [[int(c) for c in row] for row in wrong]
+    a, b = preds([0] * 17, *rows), preds([0] * 17, *rows[1:], rows[0])
+    assert stats.permutation_p(a, b, "accuracy", n_resamples=200) == (1.0, False)
+    # ties with a non-zero difference still count: A right on 3 slides, B on none (p 2/8)
+    a, b = preds([0, 1, 2], [0, 1, 2]), preds([0, 1, 2], [1, 2, 0])
+    assert stats.permutation_p(a, b, "accuracy") == (pytest.approx(0.25), True)
+
+
 def test_compare_pairs_shared_slides_and_seeds() -> None:
     a = preds([0, 1, 2], [0, 1, 2], [0, 1, 1], seeds=(0, 1))
     b = stats.Predictions(("s2", "s0"), (1, 2), np.array([2, 0]), np.array([[2, 0], [2, 0]]), 3)
