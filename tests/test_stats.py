@@ -271,6 +271,18 @@ def test_a_difference_of_zero_up_to_float_rounding_has_p_one() -> None:
     assert stats.permutation_p(a, b, "accuracy") == (pytest.approx(0.25), True)
 
 
+def test_a_difference_of_zero_up_to_float_rounding_prints_as_zero() -> None:
+    """The same slides right for the same number of seeds, in another seed order: Δ was
+    -1.1e-16 in the CSV and `-0.0 [n/a]` in the tables."""
+    a = preds([0, 0, 0], [0, 0, 0], [0, 1, 1], [0, 0, 0])
+    b = preds([0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 1, 1])
+    result = stats.compare(a, b, "accuracy")
+    assert (result.difference, result.p_value, result.ci_kind) == (0.0, 1.0, stats.CONSTANT)
+    table = table_frames.comparison_table({"a": a, "b": b}, "a", {"b": "baseline"}, {}, {})
+    shown = table_format.comparison_display(table, {}, [])["Δ Accuracy (pp) [95% CI]"]
+    assert list(shown) == ["+0.0 [n/a]"]
+
+
 def test_compare_pairs_shared_slides_and_seeds() -> None:
     a = preds([0, 1, 2], [0, 1, 2], [0, 1, 1], seeds=(0, 1))
     b = stats.Predictions(("s2", "s0"), (1, 2), np.array([2, 0]), np.array([[2, 0], [2, 0]]), 3)

@@ -379,7 +379,9 @@ def compare(
     low, high = (math.nan, math.nan) if ci.kind == CONSTANT else (ci.low, ci.high)
     p, exact = permutation_p(a, b, metric, seed=seed)
     n_slides, n_seeds = len(a.slides), len(a.seeds)
-    return Comparison(metric, ci.estimate, low, high, p, exact, n_slides, n_seeds, ci.kind)
+    # a zero difference left as float noise (the seeds summed in another order) read -0.0
+    difference = 0.0 if abs(ci.estimate) <= TIES else ci.estimate
+    return Comparison(metric, difference, low, high, p, exact, n_slides, n_seeds, ci.kind)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
