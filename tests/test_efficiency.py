@@ -505,6 +505,26 @@ def test_flops_by_hand_leaves_out_the_slides_qc_excluded(tmp_path, capsys, caplo
     assert len(json.loads(out.read_text())["per_slide"]) == 2
 
 
+def test_flops_lists_a_slide_without_patches_as_left_out(tmp_path, capsys, caplog):
+    """A test slide whose feature file has no rows (no tissue) was skipped without a word:
+    not in ``excluded``, not in the log, so the TFLOPs per test slide were over fewer slides
+    than the record said were left out. Evaluation lists it with this reason."""
+    from zoommil.io.featurefile import write_feature_file
+
+    ckpt, argv = _one_slide_meanmil(tmp_path)
+    write_feature_file(tmp_path / "features" / "empty.h5", [10.0], [np.zeros((0, 1024))],
+                       [np.zeros((0, 2))], [np.zeros((0, 2))], {})  # fmt: skip
+    with (tmp_path / "sheet.tsv").open("a") as sheet:
+        sheet.write("empty\tb\ttest\n")
+    out = tmp_path / "f.json"
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    record = json.loads(out.read_text())
+    assert [r["slide_id"] for r in record["per_slide"]] == ["s1"]
+    assert record["excluded"] == [{"slide_id": "empty", "reason": "no patches (no tissue)"}]
+    assert "over 1 slides (1 left out)" in capsys.readouterr().out
+    assert "1 'test' slide(s) not counted: empty (no patches (no tissue))" in caplog.text
+
+
 @pytest.mark.parametrize("weights", ["random", "/models/resnet50_layer3.pt", None])
 def test_flops_names_the_encoder_weights_and_random_ones_say_so(tmp_path, capsys, weights):
     """DESIGN.md "Encoder": every output made with random weights says so; the FLOPs JSON of

@@ -215,6 +215,19 @@ def checkpoint_flops(
         else:
             ids.append(slide_id)
     ids = ids[:max_slides]
+    if not ids:
+        raise ZoomMILError(f"{features_dir}: no feature files for the '{split}' split")
+    rows = []
+    for slide_id in tqdm(ids, desc="flops", unit="slide", disable=not progress):
+        bag = read_feature_file(features_dir / f"{slide_id}.h5", config["mags"])
+        if min(len(f) for f in bag.feats) == 0:  # left out as evaluation leaves it out
+            excluded.append({"slide_id": slide_id, "reason": "no patches (no tissue)"})
+            continue
+        path = features_dir / f"{slide_id}.h5"
+        check_feature_dim(path, bag.feats[0].shape[1], checkpoint, config["in_dim"])
+        feats, coords = feature_tensors(bag.feats, bag.coords)
+        flops = slide_flops(model, config["arch"], feats, recipe.patch_size, encoder, coords)
+        rows.append({"slide_id": slide_id, **flops})
     if excluded:
         log.warning(
             "%s: %d '%s' slide(s) not counted: %s",
@@ -223,18 +236,6 @@ def checkpoint_flops(
             split,
             first_few([f"{e['slide_id']} ({e['reason']})" for e in excluded], sep="; "),
         )
-    if not ids:
-        raise ZoomMILError(f"{features_dir}: no feature files for the '{split}' split")
-    rows = []
-    for slide_id in tqdm(ids, desc="flops", unit="slide", disable=not progress):
-        bag = read_feature_file(features_dir / f"{slide_id}.h5", config["mags"])
-        if min(len(f) for f in bag.feats) == 0:
-            continue
-        path = features_dir / f"{slide_id}.h5"
-        check_feature_dim(path, bag.feats[0].shape[1], checkpoint, config["in_dim"])
-        feats, coords = feature_tensors(bag.feats, bag.coords)
-        flops = slide_flops(model, config["arch"], feats, recipe.patch_size, encoder, coords)
-        rows.append({"slide_id": slide_id, **flops})
     if not rows:
         raise ZoomMILError(f"{features_dir}: every '{split}' slide has zero patches")
     per_patch = encoder_flops_per_patch(encoder, recipe.patch_size)
