@@ -24,7 +24,7 @@ from matplotlib import colormaps
 from zoommil.errors import ZoomMILError
 from zoommil.io.atomic import atomic_path
 from zoommil.recipe import weights_note
-from zoommil.reporting.table_frames import display_name
+from zoommil.reporting.names import display_name
 from zoommil.workflow.failure import IMAGE_SUFFIXES
 from zoommil.wsi.pixels import read_thumbnail_at_mpp
 from zoommil.wsi.slide import open_with_mpp

@@ -19,19 +19,9 @@ import pandas as pd
 from zoommil.errors import ZoomMILError
 from zoommil.recipe import format_mags, method_mags
 from zoommil.reporting import evalcheck, results, stats
+from zoommil.reporting.names import display_name
 from zoommil.workflow.trainconfig import model_defaults, models_root
 
-DISPLAY_NAMES = {
-    "zoommil": "ZoomMIL",
-    "maxmil": "MaxMIL",
-    "meanmil": "MeanMIL",
-    "sparseconvmil": "SparseConvMIL",
-    "abmil": "ABMIL",
-    "clam_sb": "CLAM-SB",
-    "transmil": "TransMIL",
-    "msmil": "MS-MIL",
-    "dsmil": "DSMIL",
-}
 METRICS = ("weighted_f1", "accuracy", "auc")
 CI_METRICS = stats.METRICS  # metrics with a bootstrap CI over test slides
 #: The ZoomMIL components the reference row of Table 4 names.
@@ -42,13 +32,6 @@ TIMING_HEADERS = {
     "cpu": "CPU all cores (s/slide)",
     "gpu": "GPU (s/slide)",
 }
-
-
-def display_name(method: str, spec: Mapping[str, Any] | None = None) -> str:
-    """ZoomMIL-style display name; a method named like its arch gets the paper's spelling."""
-    if method in DISPLAY_NAMES:
-        return DISPLAY_NAMES[method]
-    return method
 
 
 def summarize_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
