@@ -670,3 +670,14 @@ def test_a_sheet_beside_the_config_file_is_named_when_not_found(tmp_path, monkey
     )
     assert config_checks.sheet_beside_configfile("other.tsv", [configfile]) == ""
     assert config_checks.sheet_beside_configfile("cohort/slides.tsv", [configfile]) == ""
+
+
+def test_split_execution_args_keeps_result_flags_in_the_trigger() -> None:
+    """Only the flags named as execution flags leave the rerun trigger; any other (a later
+    flag that changes the features) stays in it."""
+    execution = config_checks.FEATURES_EXECUTION_FLAGS
+    args = {"batch_size": 8, "workers": 0, "new-flag": 1}
+    results, how = config_checks.split_execution_args(args, execution)
+    assert results == {"new-flag": 1}
+    assert how == {"batch_size": 8, "workers": 0}
+    assert config_checks.split_execution_args(None, execution) == ({}, {})

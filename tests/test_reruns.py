@@ -189,6 +189,20 @@ def test_a_slide_file_gone_after_its_features_stops_the_run_naming_it(tiny, tmp_
     assert harness.planned_jobs(scratch, configfile) == {}
 
 
+def test_features_execution_options_rerun_nothing(tiny) -> None:
+    """`features.args` (batch size, reader processes) sets how features are computed, not what
+    they are (the same features bit for bit, like --threads and --device): a new value
+    re-extracted every slide's features and retrained every model."""
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["features"]["args"] = {"batch_size": 8, "workers": 0}
+    configfile = harness.write_config(workdir, config, "features_args.yaml")
+    assert set(harness.planned_jobs(workdir, configfile)) <= {"provenance", "all"}
+    # the jobs that do run still get them
+    forced = harness.snakemake(workdir, "-n", "-p", "--forcerun", "features", configfile=configfile)
+    assert "--batch-size 8 --workers 0 --no-fail" in forced.stdout + forced.stderr, forced
+
+
 def test_more_attention_slides_predict_and_redraw_figure_4(tiny) -> None:
     """Figure 4's predictions are checkpoint targets, for which Snakemake skips the params
     check: the settings file is what makes a new n_slides plan the missing predictions."""

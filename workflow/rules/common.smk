@@ -174,6 +174,18 @@ def device(wildcards, resources):
     )
 
 
+FEATURES_ARGS, FEATURES_EXECUTION_ARGS = zconfig.split_execution_args(
+    config.get("features", {}).get("args"), zconfig.FEATURES_EXECUTION_FLAGS
+)
+
+
+def features_execution_flags(wildcards, threads):
+    """`features.args`' flags that change how features are computed, not what they are
+    (batch size, reader processes): a param function of `threads`, which Snakemake leaves
+    out of its params rerun trigger, as it does `device` (a function of `resources`)."""
+    return zwf.cli_flags(FEATURES_EXECUTION_ARGS)
+
+
 def all_cores():
     """Every core of the run, so that nothing runs beside a timing job; 1 where no core
     count is given (`snakemake --report`, `--lint`)."""

@@ -127,12 +127,13 @@ rule features:
         slide=slide_path,
         recipe=zwf.encoder_flags(RECIPE),
         weights_sha256=WEIGHTS_SHA256,
-        extra=zwf.cli_flags(config.get("features", {}).get("args")),
+        extra=zwf.cli_flags(FEATURES_ARGS),
+        execution=features_execution_flags,
         device=device,
     shell:
         "zoommil features {params.slide:q} --slide-id {wildcards.slide:q} "
         "--coords {input.coords} --out {output.features} {params.recipe} --device {params.device} --threads {threads} --no-progress "
-        "{params.extra} --no-fail > {log} 2>&1"
+        "{params.extra} {params.execution} --no-fail > {log} 2>&1"
 
 
 checkpoint qc_slides:

@@ -46,6 +46,11 @@ FEATURES_FLAGS = (
     "encoder", "weights", "seed", "precision", "device", "threads", "mpp", "default-mpp",
     "coords", "out", "slide-id", "no-progress", "no-fail", "help",
 )  # fmt: skip
+#: `zoommil features` flags that set how features are computed, not what they are: the same
+#: features bit for bit (batch 4 or 16, 0 or 1 reader process: measured on a demo slide), as
+#: for --threads and --device, whose values the file records the same way. Here, not in
+#: `params`: no job imports this module, so a change of it reruns no job (code hash).
+FEATURES_EXECUTION_FLAGS = frozenset({"batch-size", "workers"})
 #: Train config keys the workflow writes itself (`build_train_config`) or that are `train:`
 #: keys of their own: ``train.extra`` may not set them (it would be ignored, or disagree).
 WORKFLOW_TRAIN_KEYS = (
@@ -481,3 +486,20 @@ def check_train_configs(
                 f"{where}: ZoomMIL needs at least 2 magnifications, got {format_mags(used)} "
                 "(preprocess.mags, or the method's mags)"
             )
+
+
+def split_execution_args(
+    args: Mapping[str, Any] | None, execution: frozenset[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``args`` as (flags that change the output, flags in ``execution``).
+
+    Why: a rule's params are its rerun trigger, so `features.args: {workers: 2}` re-extracted
+    every slide's features and retrained every model for the same results; the rule passes
+    the second part through a param Snakemake does not compare (a function of `threads`).
+    """
+    results: dict[str, Any] = {}
+    how: dict[str, Any] = {}
+    for key, value in (args or {}).items():
+        part = how if str(key).replace("_", "-") in execution else results
+        part[key] = value
+    return results, how
