@@ -159,11 +159,22 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+CODE_ENTRIES = set()  # every command and script a rule's `code` param hashes
+
+
 def code(*entries):
     """Hash of the code a step runs (a command's or script's import closure), for `params:`:
     a behaviour edit of any module it imports reruns the step, a comment-only edit nothing.
     """
+    CODE_ENTRIES.update(entries)
     return zcode.code_hash(LIB_ROOT, entries, workflow.basedir)
+
+
+def all_code(wildcards):
+    """Hash of every rule's code, for provenance.json, which records the commit: a behaviour
+    edit that reruns any job rewrites the record (it named the commit before the edit). A
+    function, so that it is evaluated once every rule has given `code` its entries."""
+    return zcode.code_hash(LIB_ROOT, sorted(CODE_ENTRIES), workflow.basedir)
 
 
 def device(wildcards, resources):

@@ -177,6 +177,7 @@ rule qc_exclusions:
 
 # The resolved config and the environment (code commit, libraries, CPU) beside the results:
 # Snakemake keeps neither in results/, and `snakemake --report` labels from today's config.
+# Rerun by any config change and by any code change that reruns a job (`all_code`).
 # In the torch env under --sdm conda: the one that computed the features and models (the
 # report env has no torch, and its record named none).
 rule provenance:
@@ -191,7 +192,7 @@ rule provenance:
         mem_mb=1000,
         runtime=5,
     params:
-        code=code("scripts/provenance.py"),
+        code=all_code,
         config=zprovenance.config_text(config),
     script:
         "../../scripts/provenance.py"
