@@ -189,6 +189,18 @@ def test_a_slide_file_gone_after_its_features_stops_the_run_naming_it(tiny, tmp_
     assert harness.planned_jobs(scratch, configfile) == {}
 
 
+def test_the_same_settings_in_another_order_rerun_nothing(tiny) -> None:
+    """README: config keys, a method's options in another order rerun nothing (a method's
+    options in another order redid the tables, whose params hold the methods)."""
+    workdir, _, _ = tiny
+    config = copy.deepcopy(harness.load_config())
+    config["methods"]["zoommil"] = {"k": 2, "arch": "zoommil"}
+    ablation = {"selection": "random", "k": 2, "arch": "zoommil"}
+    config["ablations"]["methods"]["zoommil_random"] = ablation
+    config["train"] = dict(reversed(config["train"].items()))
+    assert plan(workdir, config, "reordered.yaml") == {}
+
+
 def test_features_execution_options_rerun_nothing(tiny) -> None:
     """`features.args` (batch size, reader processes) sets how features are computed, not what
     they are (the same features bit for bit, like --threads and --device): a new value
