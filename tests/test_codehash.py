@@ -43,6 +43,16 @@ def _hashes(root: Path) -> dict[str, str]:
     return {e: code_hash(root, [e], REPO) for e in entries}
 
 
+def test_predict_s_heatmap_legend_leaves_the_tables_statistics_out() -> None:
+    """The heatmap names the model as the tables do; taking the name from `table_frames` put
+    the bootstrap CIs and evaluation checks into predict's hash, and an edit of those redid
+    Figure 4's predictions."""
+    predict = set(closure(ROOT, ["predict"]))
+    assert "zoommil.reporting.names" in predict
+    assert not {"zoommil.reporting.table_frames", "zoommil.reporting.stats",
+                "zoommil.reporting.evalcheck", "zoommil.reporting.results"} & predict  # fmt: skip
+
+
 def test_comments_docstrings_and_layout_do_not_count(scratch: Path) -> None:
     before = _hashes(scratch)
     path = scratch / "wsi" / "lattice.py"
