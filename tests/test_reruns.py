@@ -310,6 +310,7 @@ def code_changed(reasons: dict[str, set[str]]) -> set[str]:
         ("inference/predict.py", {"predict", "profile"}),
         ("reporting/table_frames.py", {"tables", "figure_throughput", "figure_attention"}),
         ("efficiency/flops.py", {"flops"}),
+        ("../../scripts/provenance.py", set()),  # the record's own script
     ],
 )
 def test_behaviour_edit_reruns_exactly_the_rules_that_import_it(tiny, relative, importers):

@@ -170,11 +170,17 @@ def code(*entries):
     return zcode.code_hash(LIB_ROOT, entries, workflow.basedir)
 
 
-def all_code(wildcards):
-    """Hash of every rule's code, for provenance.json, which records the commit: a behaviour
-    edit that reruns any job rewrites the record (it named the commit before the edit). A
-    function, so that it is evaluated once every rule has given `code` its entries."""
-    return zcode.code_hash(LIB_ROOT, sorted(CODE_ENTRIES), workflow.basedir)
+def all_code(*entries):
+    """Like `code`, for provenance.json, which records the commit: the hash of ``entries``
+    (its own script) and of every rule's code, so that a behaviour edit that reruns any job
+    rewrites the record (it named the commit before the edit). A param function, evaluated
+    once every rule has given `code` its entries."""
+    CODE_ENTRIES.update(entries)
+
+    def hashed(wildcards):
+        return zcode.code_hash(LIB_ROOT, sorted(CODE_ENTRIES), workflow.basedir)
+
+    return hashed
 
 
 def device(wildcards, resources):

@@ -192,7 +192,7 @@ rule provenance:
         mem_mb=1000,
         runtime=5,
     params:
-        code=all_code,
+        code=all_code("scripts/provenance.py"),
         config=zprovenance.config_text(config),
     script:
         "../../scripts/provenance.py"
