@@ -128,14 +128,6 @@ def weighted_f1(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.nda
     return total / n
 
 
-def metric_fn(name: str, n_classes: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    if name == "accuracy":
-        return accuracy
-    if name == "weighted_f1":
-        return lambda labels, preds: weighted_f1(labels, preds, n_classes)
-    raise ValueError(f"unknown metric {name!r} (use {', '.join(METRICS)})")
-
-
 def seed_mean_metric(pred: Predictions, metric: str, idx: np.ndarray) -> np.ndarray:
     """The metric on the slide sets ``idx`` [..., k] (indices into pred.slides), averaged over
     the seeds: one value per slide set.
