@@ -979,10 +979,10 @@ def test_seeds_that_disagree_name_their_files(tmp_path: Path) -> None:
         _make_demo_tables(tmp_path, data)
 
 
-def test_find_metric_aliases() -> None:
-    assert results.find_metric({"metrics": {"f1_weighted": 0.5}}, "weighted_f1") == 0.5
-    assert results.find_metric({"acc": 0.25}, "accuracy") == 0.25
-    assert math.isnan(results.find_metric({"auc": None}, "auc"))
+def test_checked_metric_aliases() -> None:
+    assert results.checked_metric({"metrics": {"f1_weighted": 0.5}}, "weighted_f1", "r") == 0.5
+    assert results.checked_metric({"acc": 0.25}, "accuracy", "r") == 0.25
+    assert math.isnan(results.checked_metric({"auc": None}, "auc", "r"))
     assert results.parse_run("results/eval/abmil/seed~2.json") == ("abmil", 2)
 
 

@@ -65,15 +65,10 @@ def metric_entry(record: dict[str, Any], name: str) -> tuple[str, float] | None:
     return None
 
 
-def find_metric(record: dict[str, Any], name: str) -> float:
-    """A metric from an evaluation record, NaN when absent."""
-    entry = metric_entry(record, name)
-    return math.nan if entry is None else entry[1]
-
-
 def checked_metric(record: dict[str, Any], name: str, path: str | Path) -> float:
-    """`find_metric`, refusing a value outside [0, 1]: every metric here is a fraction, and
-    a percentage (87.5) was taken as is, a mean of 87.5 printed as 8750.0%."""
+    """A metric from an evaluation record, NaN when absent, refusing a value outside [0, 1]:
+    every metric here is a fraction, and a percentage (87.5) was taken as is, a mean of 87.5
+    printed as 8750.0%."""
     entry = metric_entry(record, name)
     if entry is None:
         return math.nan
