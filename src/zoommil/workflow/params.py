@@ -90,7 +90,7 @@ def time_on_gpu(setting: bool | str) -> bool:
 
 
 def cli_flags(args: Mapping[str, Any] | None) -> str:
-    """`{"sigma": 20, "keep-empty": True, "mags": [1, 2]}` -> `--sigma 20 --keep-empty --mags 1 2`.
+    """`{"sigma": 20, "keep-empty": True, "mags": [1, 2]}` -> `--keep-empty --mags 1 2 --sigma 20`.
 
     Underscores become dashes; False/None drop the flag. Values are shell-quoted. Flags in
     key order: the text is a rerun trigger, and the same settings written in another order
