@@ -35,7 +35,7 @@ from zoommil.wsi.mpp import MPP_RANGE_TEXT, differs_from_metadata, plausible_mpp
 log = logging.getLogger(__name__)
 
 #: Every command that opens a slide takes --mpp (inspect, tissue, tile, features, predict);
-#: only inspect, tissue and tile take --default-mpp; profile reads the sheet's mpp column.
+#: inspect, tissue, tile and predict take --default-mpp; profile reads the sheet's mpp column.
 MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile", "features", "predict")
 DEFAULT_MPP_FLAG_COMMANDS = ("inspect", "tissue", "tile", "predict")
 HOW_TO_SUPPLY_MPP = (
