@@ -115,6 +115,25 @@ def test_every_cluster_job_fits_snakemake_itself(name):
                 assert value >= least, f"profiles/{name}: {rule} gets {resource}={value}"
 
 
+# The one-core timing of a CAMELYON16-size slide: patches its three timing passes encode
+# (ZoomMIL K=300: 2,500 at 10x + 1,200 at 20x; the 20x-only methods' shared pass: 10^4; MS-MIL
+# and DSMIL: 12,500; README "Measured at real size"), at the whole-path rate of the AVX-512
+# EPYC the project measures on (17 patches/s at fp32, one thread).
+C16_SLIDE_PATCHES = 2_500 + 1_200 + 10_000 + 12_500
+ONE_CORE_PATCHES_PER_S = 17
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_one_core_timing_of_a_preset_fits_its_first_attempt(name):
+    """`profile` on device cpu1 times warmup + n_slides slides one after the other on one core:
+    240 min was killed at CAMELYON16 size (~280 min needed) and its retry redid the hours."""
+    preset = yaml.safe_load((REPO / "config" / "camelyon16.yaml").read_text())["efficiency"]
+    slides = preset["warmup"] + preset["n_slides"]
+    needed = slides * C16_SLIDE_PATCHES / ONE_CORE_PATCHES_PER_S / 60
+    runtime = _size(_profile(name)["set-resources"]["profile"]["runtime"], {"device": "cpu1"})
+    assert runtime >= 1.1 * needed, f"profiles/{name}: cpu1 gets {runtime} min, needs {needed:.0f}"
+
+
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_resources_reach_the_jobs(name, tmp_path):
     """A dry run through the profile shows the profile's resources on a GPU rule, and a
