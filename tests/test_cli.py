@@ -441,3 +441,14 @@ def test_a_flag_the_command_does_not_take_is_the_command_s_error(capsys) -> None
         err = capsys.readouterr().err
         assert err.startswith(f"usage: zoommil {argv[0]} ") and "--no-fail" in err, err
         assert f"zoommil {argv[0]}: error: unrecognized arguments: {shown}" in err
+
+
+@pytest.mark.parametrize("parse", ["threads_value", "timing_threads_value"])
+def test_threads_all_counts_the_cpus_the_job_may_use(monkeypatch, parse):
+    """`--threads all` in a SLURM cpuset (or under `taskset`) of 1 CPU on an 8-CPU node is 1:
+    the machine's count started an encoder or profile process per node CPU beside it."""
+    from zoommil.commands import options
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert getattr(options, parse)("all") == 1

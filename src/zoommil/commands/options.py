@@ -17,10 +17,20 @@ def add_device(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     parser.add_argument("--device", default=default, metavar="DEVICE", help=DEVICE_HELP)
 
 
-def threads_value(value: str) -> int:
-    """``--threads``: a number >= 0 (0: torch's default) or ``all`` (every core)."""
-    if str(value).strip().lower() == "all":
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (a SLURM job's cpuset, `taskset`), not
+    the node's count, so that ``all`` starts no more processes than the job was given."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def threads_value(value: str) -> int:
+    """``--threads``: a number >= 0 (0: torch's default) or ``all`` (every core this process
+    may use)."""
+    if str(value).strip().lower() == "all":
+        return usable_cpus()
     try:
         threads = int(value)
     except ValueError:
@@ -64,9 +74,9 @@ def add_encoder_threads(parser: argparse.ArgumentParser, default: int = 1) -> No
         metavar="T",
         help=(
             f"CPU cores for the encoder (default {default}): 1 encodes in this process with one "
-            "torch thread; N > 1 or 'all' (every core) adds N - 1 single-threaded encoder "
-            "processes that encode batches side by side with this one, same features in the "
-            "same order (0: one process with torch's default threads). On CUDA: torch threads "
+            "torch thread; N > 1 or 'all' (every core it may use) adds N - 1 single-threaded "
+            "encoder processes that encode batches side by side with this one, same features in "
+            "the same order (0: one process with torch's default threads). On CUDA: torch threads "
             "of the one process"
         ),
     )
