@@ -667,20 +667,20 @@ def test_gpu_readers_fit_the_cpus_the_job_was_given(monkeypatch, device, threads
     node started 8 readers beside its encoding process."""
     from zoommil.features import extraction
 
-    monkeypatch.setattr(extraction, "available_cpus", lambda: cpus)
+    monkeypatch.setattr(extraction, "usable_cpus", lambda: cpus)
     assert extraction.default_workers(torch.device(device), threads) == expected
 
 
-def test_available_cpus_follows_the_affinity_mask() -> None:
+def test_usable_cpus_follows_the_affinity_mask() -> None:
     """What `taskset` or a SLURM cpuset leaves this process, not the machine's count."""
-    from zoommil.features.extraction import available_cpus
+    from zoommil.cpus import usable_cpus
 
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs affinity masks and 2 CPUs")
     mask = os.sched_getaffinity(0)
     try:
         os.sched_setaffinity(0, {min(mask)})
-        assert available_cpus() == 1
+        assert usable_cpus() == 1
     finally:
         os.sched_setaffinity(0, mask)
 

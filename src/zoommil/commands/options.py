@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from zoommil.cpus import usable_cpus
 from zoommil.features.precision import PRECISION_CHOICES
 from zoommil.features.weight_keywords import WEIGHT_KEYWORDS
 
@@ -15,15 +15,6 @@ DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: CUDA when available, else CPU
 def add_device(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """``--device``, auto by default everywhere."""
     parser.add_argument("--device", default=default, metavar="DEVICE", help=DEVICE_HELP)
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (a SLURM job's cpuset, `taskset`), not
-    the node's count, so that ``all`` starts no more processes than the job was given."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def threads_value(value: str) -> int:

@@ -13,7 +13,6 @@ datasets (`FeatureFileWriter`), so memory is a few batches whatever the slide's 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 import zoommil
+from zoommil.cpus import usable_cpus
 from zoommil.device import resolve_device
 from zoommil.environment import cpu_model
 from zoommil.errors import SlideError, ZoomMILError
@@ -114,22 +114,13 @@ def default_batch_size(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 4
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (a SLURM job's cpuset, `taskset`), not
-    the node's count, which on a shared GPU node is many more than the job was given."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def default_workers(device: torch.device, threads: int | None = None) -> int:
     """Reader processes: one hides reading behind a CPU encoder; a GPU needs several, one CPU
     kept for the encoding process, at most 8. Their CPUs: ``threads`` when above 1 (the cores
     a scheduler gave the job, e.g. `set-threads: features=8`), else those this process may use."""
     if device.type != "cuda":
         return 1
-    cpus = threads if threads is not None and threads > 1 else available_cpus()
+    cpus = threads if threads is not None and threads > 1 else usable_cpus()
     return min(8, max(1, cpus - 1))
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import cv2
 import numpy as np
 import openslide
 
@@ -37,7 +36,7 @@ from zoommil.wsi.lattice import NO_TISSUE, Lattice, check_native_resolution, no_
 from zoommil.wsi.pixels import read_thumbnail_at_mpp
 from zoommil.wsi.slide import open_with_mpp
 from zoommil.wsi.tiling import tile_open_slide
-from zoommil.wsi.tissue import MASK_MPP, method_params
+from zoommil.wsi.tissue import MASK_MPP, method_params, saturation
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +115,7 @@ def could_hold_tissue(slide: Any, mpp0: float, recipe: PreprocessingRecipe) -> b
     params = method_params(recipe.tissue_method, recipe.tissue_params)
     floor = int(params.get("min_saturation", 0))
     thumb = read_thumbnail_at_mpp(slide, mpp0, max(MASK_MPP, mpp0))
-    saturation = cv2.cvtColor(np.ascontiguousarray(thumb[..., :3]), cv2.COLOR_RGB2HSV)[..., 1]
-    return bool((saturation >= floor).any())
+    return bool((saturation(np.ascontiguousarray(thumb[..., :3], dtype=np.uint8)) >= floor).any())
 
 
 @dataclass(frozen=True)

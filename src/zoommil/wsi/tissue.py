@@ -157,7 +157,9 @@ def _otsu_of_positive(values: np.ndarray) -> float | None:
     return float(centres[int(np.argmax(between))])
 
 
-def _saturation(rgb: np.ndarray) -> np.ndarray:
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation (0-255) of an RGB uint8 image: what both detectors threshold, and what
+    predict's glass check on a small slide compares with their ``min_saturation`` floor."""
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
 
 
@@ -196,7 +198,7 @@ def gaussian_tissue_mask(
     """The paper's detector: blur + Otsu + largest-component peeling (see module docstring)."""
     img = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8).copy()
     if prewhiten:
-        sat = _saturation(img)
+        sat = saturation(img)
         thr = max(_otsu(sat), float(min_saturation))
         _whiten(img, sat < thr)
     # The published detector blurs 255 - BGR2GRAY of the RGB image (R and B weights swapped),
@@ -307,7 +309,7 @@ def otsu_tissue_mask(
     min_area_um2: float = 50000.0,
 ) -> np.ndarray:
     """CLAM-like: median-blurred HSV saturation, Otsu, closing, small-object removal."""
-    sat = _saturation(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8))
+    sat = saturation(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8))
     k = int(median_kernel) | 1
     if k > 1:
         sat = cv2.medianBlur(sat, k)
