@@ -1117,6 +1117,7 @@ def test_a_class_without_val_slides_is_warned_with_the_sheet(tmp_path, caplog):
     said = warnings_of("e\te.svs\ttumor\tval\t\n")
     assert "no val slides" not in said
     assert "no test slides of class(es) normal: the tables' AUC will be n/a" in said
+    assert "(0, and in macro F1, where a model predicts it for a test slide)" in said
     assert "no test slides" not in warnings_of("e\te.svs\ttumor\tval\t\nf\tf.svs\tnormal\ttest\t\n")
 
 

@@ -124,7 +124,8 @@ def test_slide_files_that_do_not_exist_get_a_warning(tmp_path, monkeypatch, capl
     folder = tmp_path / "sheets"
     assert (
         f"2 of 2 slide file(s) do not exist (e.g. row 1 (slide_id 'a'): {folder}/cohort/a.svs), "
-        f"relative paths being relative to the sheet's folder {folder}; they will be excluded"
+        f"relative paths being relative to the sheet's folder {folder}; a slide not yet "
+        "encoded is excluded as missing at inspection, one whose features were made stops the run"
     ) in caplog.text, caplog.text
     caplog.clear()
     path.write_text(HEADER + "a\t../cohort/a.svs\tx\ttrain\n")  # every file there

@@ -311,8 +311,9 @@ def warn_missing_files(frame: pd.DataFrame, written: Sequence[str], sheet: str |
     folder = Path(sheet).resolve().parent
     relative = not Path(written[first].strip()).expanduser().is_absolute()
     log.warning(
-        "slide sheet %s: %d of %d slide file(s) do not exist (e.g. %s: %s)%s; they will be "
-        "excluded as missing at inspection",
+        "slide sheet %s: %d of %d slide file(s) do not exist (e.g. %s: %s)%s; a slide not yet "
+        "encoded is excluded as missing at inspection, one whose features were made stops the "
+        "run",
         sheet, len(hits), len(frame), _row_name(first, frame.iloc[first]),
         frame["path"].iloc[first],
         f", relative paths being relative to the sheet's folder {folder}" if relative else "",
@@ -477,8 +478,9 @@ def check_splits(
     if "test" in needed and (untested := _absent_in_split(frame, names, "test")):
         # said before training: the tables' n/a AUC was the first sign (review L)
         log.warning(
-            "%s: no test slides of class(es) %s: the tables' AUC will be n/a and that "
-            "class's F1 undefined; give every class test slides",
+            "%s: no test slides of class(es) %s: the tables' AUC will be n/a, and that "
+            "class's F1 undefined (0, and in macro F1, where a model predicts it for a test "
+            "slide); give every class test slides",
             sheet, ", ".join(untested),
         )  # fmt: skip
 
