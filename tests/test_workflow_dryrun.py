@@ -161,6 +161,24 @@ def test_preset_dry_run(workdir: Path, preset: str) -> None:
     assert jobs["train"] == len(config["methods"]) * 3 + len(ablations) * 3
 
 
+def test_a_cpu_features_job_asks_for_one_encoder_per_thread(workdir: Path) -> None:
+    """On a CPU-only site (`gpu: 0`), `zoommil features --threads 8` runs 8 encoder
+    processes: with UNI (1984 MB a process, measured in review session 44) the rule's flat
+    6000 MB killed it."""
+    sheet = fake_sheet(workdir / "sheet_cpu_features", PRESETS["camelyon16"])
+    result = harness.snakemake(
+        workdir, "-n", "-p", "results/features/s0.h5", "--set-threads", "features=8",
+        "--set-resources", "features:gpu=0", "--config", f"sheet={sheet}",
+        configfile=workdir / "config" / "camelyon16_uni.yaml", cores=8,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    command = next(line for line in out.splitlines() if "zoommil features " in line)
+    assert "--device cpu " in command and "--threads 8 " in command
+    block = out[out.index("rule features:") :]
+    mem_mb = int(re.search(r"^\s+resources: .*\bmem_mb=(\d+)", block, flags=re.M).group(1))
+    assert mem_mb >= 8 * 1984, mem_mb
+
+
 def test_a_preset_warns_at_load_of_imagenet_weights_not_on_this_machine(
     workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

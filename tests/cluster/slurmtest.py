@@ -46,7 +46,8 @@ def usable() -> bool:
 
 
 def clamp_profile(src: Path, dst: Path) -> Path:
-    """Copy a profile, capping every memory request at MAX_MEM_MB to fit the test node.
+    """Copy a profile, capping every memory request at MAX_MEM_MB to fit the test node (also
+    of the rules it names that size their memory themselves).
 
     Everything else (executor, set-threads, GPU requests, partition expressions) stays as
     shipped, so the test exercises the real profile. Threads are capped with --max-threads.
@@ -58,8 +59,9 @@ def clamp_profile(src: Path, dst: Path) -> Path:
     conf = yaml.safe_load((src / "config.yaml").read_text())
 
     def cap(resources: dict) -> None:
-        if "mem_mb" in resources:
-            resources["mem_mb"] = f"min({resources['mem_mb']}, {MAX_MEM_MB})"
+        # a rule the profile leaves the memory to sizes it itself (profile, train: 8000 MB
+        # and more), above the test node too
+        resources["mem_mb"] = f"min({resources.get('mem_mb', MAX_MEM_MB)}, {MAX_MEM_MB})"
         if resources.get("slurm_extra") == "'--exclusive'":
             resources.pop("slurm_extra")  # one shared test node
 

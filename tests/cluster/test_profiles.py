@@ -79,18 +79,28 @@ def _size(expression, wildcards: dict) -> float:
     return eval(expression, {"attempt": 1, "wildcards": SimpleNamespace(**wildcards)})
 
 
+def _sized_by_rule(text: str, resource: str) -> bool:
+    """Whether a rule sizes ``resource`` itself with a function of `attempt` (common.smk)."""
+    named = re.search(rf"^\s+{resource}=(\w+),$", text, flags=re.M)
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    return bool(named) and bool(
+        re.search(rf"^def {named.group(1)}\([^)]*\battempt\b", common, flags=re.M)
+    )
+
+
 @pytest.mark.parametrize("name", PROFILES)
 def test_every_cluster_rule_is_sized_to_grow_on_its_retry(name):
-    """A rule the profile leaves out keeps its own sizes, which do not grow with `attempt`:
-    its retry after running out of memory or time failed the same way (provenance, review S)."""
+    """A rule the profile leaves out keeps its own sizes, which do not grow with `attempt`
+    unless the rule's own function takes it: its retry after running out of memory or time
+    failed the same way (provenance, review S)."""
     sizes = _profile(name)["set-resources"]
     for rule, text in _workflow_rules().items():
         if re.search(r"^\s+localrule: True$", text, flags=re.M):
             continue
         for resource in ("mem_mb", "runtime"):
-            assert "attempt" in str(sizes.get(rule, {}).get(resource)), (
-                f"profiles/{name}: {rule} has no {resource} growing with attempt"
-            )
+            assert "attempt" in str(sizes.get(rule, {}).get(resource)) or _sized_by_rule(
+                text, resource
+            ), f"profiles/{name}: {rule} has no {resource} growing with attempt"
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -232,3 +242,131 @@ def test_workflow_dry_runs_through_profile(name, tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-5000:]
     assert re.search(r"^synth\s+1$", out, flags=re.M), out[-3000:]
+
+
+# --- sizes the rules compute (zoommil.workflow.resources), as a dry run plans them ----------
+
+# Measured per process (review session 44): peak RSS of a process holding UNI (ViT-L/16, 303M
+# parameters) after encoding two batches; ABMIL predict at real size with ResNet-50 held +212
+# MB beyond its encoder (925 against 713); `zoommil profile`'s own process 609 MB.
+UNI_PROCESS_MB = 1984
+PREDICT_WORK_MB = 212
+PROFILE_MAIN_MB = 609
+# zoommil flops per test slide for the 9 CAMELYON16 methods at real size (session 44).
+FLOPS_S_PER_TEST_SLIDE = 13
+
+
+def _planned(out: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(rule, wildcards, resources) of every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"^(?:local)?(?:rule|checkpoint) ", out, flags=re.M)[1:]:
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, flags=re.M)
+        resources = re.search(r"^\s+resources: (.*)$", block, flags=re.M)
+        pairs = resources.group(1).split(", ") if resources else []
+        jobs.append(
+            (
+                block.split(":", 1)[0],
+                wildcards.group(1) if wildcards else "",
+                dict(pair.split("=", 1) for pair in pairs if "=" in pair),
+            )
+        )
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def uni_workflow(tmp_path_factory):
+    """A copy of the workflow and two UNI-preset configs on empty slide files: 4 test slides,
+    and 600 test slides with `cache_max_gb: 40`."""
+    sys.path.insert(0, str(REPO / "tests" / "workflow_config"))
+    import harness
+
+    work = harness.copy_workflow(tmp_path_factory.mktemp("uni"))
+    preset = yaml.safe_load((work / "config" / "camelyon16_uni.yaml").read_text())
+    configs = {}
+    for name, n_test, extra in (("small", 4, {}), ("large", 600, {"cache_max_gb": 40})):
+        folder = work / name
+        folder.mkdir()
+        splits = ["train"] * 6 + ["val"] * 2 + ["test"] * n_test
+        rows = []
+        for i, split in enumerate(splits):
+            (folder / f"s{i}.svs").write_bytes(b"")
+            rows.append(f"s{i}\ts{i}.svs\t{('normal', 'tumor')[i % 2]}\t{split}\t\n")
+        (folder / "slides.tsv").write_text(harness.SHEET_HEADER + "".join(rows))
+        config = {**preset, "sheet": str(folder / "slides.tsv")}
+        config["train"] = {**preset["train"], "extra": extra}
+        configs[name] = harness.write_config(work, config, f"{name}.yaml")
+    return work, configs
+
+
+_PLANNED: dict[tuple[str, str], list[tuple[str, str, dict[str, str]]]] = {}
+
+
+def _dry_run(uni_workflow, config: str, profile: str) -> list[tuple[str, str, dict[str, str]]]:
+    """The jobs a dry run through ``profile`` plans for one of `uni_workflow`'s configs (once
+    per session)."""
+    if (config, profile) not in _PLANNED:
+        work, configs = uni_workflow
+        result = snakemake(
+            "--profile", str(REPO / "profiles" / profile), "-n",
+            "--configfile", str(configs[config]), cwd=work, timeout=300,
+        )  # fmt: skip
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out[-5000:]
+        _PLANNED[config, profile] = _planned(out)
+    return _PLANNED[config, profile]
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_a_timing_job_asks_for_an_encoder_per_worker(name, uni_workflow):
+    """The all-cores timing job of the UNI preset holds one UNI per worker process
+    (min(16 threads, 10 slides)): ~22 GB, where the profiles' 16000 MB killed it."""
+    timing = {
+        w: int(r["mem_mb"])
+        for rule, w, r in _dry_run(uni_workflow, "large", name)
+        if rule == "profile"
+    }
+    workers = min(_profile(name)["set-threads"]["profile"], 10)
+    needed = workers * (UNI_PROCESS_MB + PREDICT_WORK_MB) + PROFILE_MAIN_MB
+    assert timing["device=cpu"] >= needed, (timing, needed)
+    assert timing["device=cpu1"] >= UNI_PROCESS_MB + PREDICT_WORK_MB, timing
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_a_train_job_asks_for_the_bags_its_cache_keeps(name, uni_workflow):
+    """With `cache: auto` a train job keeps up to `cache_max_gb` of bags in memory: 40 GiB
+    here, above the profiles' former 32000 MB (and the rule's 8000)."""
+    train = [
+        int(r["mem_mb"]) for rule, _, r in _dry_run(uni_workflow, "large", name) if rule == "train"
+    ]
+    assert train and min(train) > 40 * 1024, train
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_the_flops_runtime_grows_with_the_test_split(name, uni_workflow):
+    """FLOPs of every method on every test slide: ~13 s a test slide for the 9 methods at
+    real size, so 600 test slides need more than the flat 60 min that 4 get."""
+    flops = {
+        config: int(r["runtime"])
+        for config in ("large", "small")
+        for rule, _, r in _dry_run(uni_workflow, config, name)
+        if rule == "flops"
+    }
+    assert flops["large"] > flops["small"] >= 60, flops
+    assert flops["large"] >= 600 * FLOPS_S_PER_TEST_SLIDE / 60, flops
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_features_memory_fits_a_gpu_job_of_every_encoder(name):
+    """The profiles keep their own features memory for GPU jobs (one encoder process and its
+    readers; the rule declares the CPU size, one encoder per thread): it covers every
+    registered encoder."""
+    from zoommil.features.encoders.registry import ENCODERS
+    from zoommil.workflow import resources
+
+    profile = _profile(name)
+    features = profile["set-resources"]["features"]
+    assert features["gpu"] == 1
+    threads = profile["set-threads"]["features"]
+    for encoder in ENCODERS:
+        needed = resources.features_mem_mb(encoder, threads, "cuda")
+        assert _size(features["mem_mb"], {}) >= needed, (encoder, needed)

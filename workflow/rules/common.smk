@@ -33,6 +33,7 @@ from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
 from zoommil.workflow import provenance as zprovenance
+from zoommil.workflow import resources as zresources
 from zoommil.workflow import timers as ztimers
 from zoommil.workflow import vanished as zvanished
 from zoommil.workflow import weights as zweights
@@ -448,6 +449,68 @@ PROFILE_DEVICES = {
     "cpu": {"device": "cpu", "threads": None, "runtime": 120, "gpu": 0},
     "gpu": {"device": "cuda", "threads": None, "runtime": 60, "gpu": 1},
 }
+
+
+# --- sizes that follow what drives them (zoommil.workflow.resources) ------------------------
+# Each is at least the flat size it replaces (the rule's, or for flops' runtime the
+# profiles'), and doubles on the retry (`attempt`), so the cluster profiles leave these
+# resources to the rules (features' memory apart: see profiles/slurm).
+
+
+def features_mem_mb(wildcards, threads, attempt):
+    """A features job on CPU runs one encoder process per thread: sized from the encoder."""
+    needed = zresources.features_mem_mb(RECIPE.encoder, threads)
+    return max(6000, needed) * attempt
+
+
+def profile_mem_mb(wildcards, threads, attempt):
+    """A timing job holds one encoder per worker process (all cores: min(threads, n_slides)
+    of them)."""
+    spec = PROFILE_DEVICES[wildcards.device]
+    needed = zresources.profile_mem_mb(
+        RECIPE.encoder,
+        spec["device"],
+        spec["threads"] or threads,
+        EFFICIENCY["n_slides"],
+    )
+    return max(8000, needed) * attempt
+
+
+TRAIN_CACHE, TRAIN_CACHE_MAX_GB = zresources.cache_settings(
+    config["train"].get("extra")
+)
+
+
+def train_mem_mb(wildcards, input, attempt):
+    """A train job keeps up to `cache_max_gb` of bags in memory with `cache: auto` (the
+    usable feature files' size, once QC listed them, where that is less)."""
+    arch = ALL_METHODS[wildcards.method].get("arch", wildcards.method)
+    needed = zresources.train_mem_mb(
+        arch,
+        TRAIN_CACHE,
+        TRAIN_CACHE_MAX_GB,
+        zresources.listed_bytes(input.features),
+    )
+    return max(8000, needed) * attempt
+
+
+def planned_test_slides(usable_table):
+    """Test slides: the usable ones once QC has written its table (Snakemake sizes a job
+    again just before it runs), else the sheet's test rows (the demo's after synth)."""
+    counted = zresources.rows_in_split(usable_table, "test")
+    if counted is None and not DEMO:
+        counted = int((SHEET["split"] == "test").sum())
+    elif counted is None:
+        counted = zresources.rows_in_split(sheet_file(), "test")
+    return counted or 0
+
+
+def flops_runtime(wildcards, input, attempt):
+    """The flops job counts every method on every test slide; at least 60 min, the size
+    the cluster profiles gave it before."""
+    archs = [ALL_METHODS[m].get("arch", m) for m in FLOPS_ORDER]
+    needed = zresources.flops_runtime_min(planned_test_slides(input.usable), archs)
+    return max(60, needed) * attempt
 
 
 def throughput_inputs(wildcards):

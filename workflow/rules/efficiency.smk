@@ -22,7 +22,7 @@ rule flops:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=flops_runtime,
     params:
         code=code("flops"),
         models=" ".join(FLOPS_ORDER),
@@ -50,7 +50,7 @@ rule profile:
         "../../envs/torch.yaml"
     threads: all_cores()
     resources:
-        mem_mb=8000,
+        mem_mb=profile_mem_mb,
         runtime=lambda wildcards: PROFILE_DEVICES[wildcards.device]["runtime"],
         gpu=lambda wildcards: PROFILE_DEVICES[wildcards.device]["gpu"],
     params:

@@ -119,7 +119,7 @@ rule features:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=6000,
+        mem_mb=features_mem_mb,
         runtime=120,
         gpu=1,
     params:

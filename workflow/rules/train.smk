@@ -29,7 +29,7 @@ rule train:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=train_mem_mb,
         runtime=240 * (len(SEEDS) if SEEDS_IN_ONE_JOB else 1),
     params:
         code=code("train"),

@@ -1,0 +1,180 @@
+"""Memory and runtime the rules declare, from what drives them (encoder, processes, cache, slides).
+
+Why: flat sizes fit one setting and killed the first attempt of another. The all-cores timing
+job holds one encoder per worker process, so UNI on 10 workers needs ~21-30 GB where the
+profiles gave 16; `cache: auto` keeps up to `cache_max_gb` of bags in memory, above the train
+rule's 8 GB; FLOPs counting takes a fixed time per test slide and method, so 300 test slides
+with ablations outran 60 min. The rules call these functions from resource callables
+(`workflow/rules/common.smk`), which Snakemake evaluates again just before a job is scheduled,
+when its inputs (the QC tables, the feature manifest) exist. Resources are not rerun
+triggers: a changed size reruns nothing.
+
+Measured figures (2-core AMD EPYC, torch 2.14.1, fp32, one torch thread a process) come with
+their source in a comment; where a figure was not measured, the comment says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from zoommil.features.encoders.registry import get_spec
+from zoommil.training.config import TrainConfig
+
+#: Peak RSS (MB) of one process that builds the encoder (random weights) and encodes two
+#: batches of 4 patches on CPU at fp32: a features / predict / profile worker's fixed part.
+#: Measured in review session 44 (`/work/exp/s44/rR/encmem.py`, VmHWM).
+ENCODER_PROCESS_MB = {
+    "resnet50_layer3": 713,  # 8.5M parameters
+    "uni": 1984,  # 303M
+    "virchow2": 3265,  # 631M
+    "h-optimus-0": 5241,  # 1.1B
+}
+#: For a registered encoder not measured above: ~650 MB (Python, torch, zoommil) + ~4.2 bytes
+#: per parameter (fp32 weights plus their copies while loading), the line through the figures
+#: above; the parameter count is the upper end of the card's published figure.
+PROCESS_BASE_MB = 650
+BYTES_PER_PARAMETER = 4.2
+
+#: What a `zoommil features` process holds beyond its encoder at real size: the command's
+#: process peaked at 973-992 MB with ResNet-50 (713) on 20x/40x slides (README "Measured at
+#: real size"), +279 MB.
+FEATURES_WORK_MB = 300
+#: One reader process (no torch): 118-135 MB measured beside features (README, same table).
+READER_PROCESS_MB = 150
+#: What a timing (predict) process holds beyond its encoder: one slide's tissue mask, lattice,
+#: reads and bag (ABMIL predict at real size peaked at 827-925 MB with ResNet-50: +212 MB,
+#: docs/scale_runs.md) plus the largest head's forward pass on the bag (TransMIL without
+#: gradients over 10^4 patches: +534 MB above its bag, measured in session 44; it grows with
+#: the bag, +2.0 GB at 4 x 10^4 patches).
+PREDICT_WORK_MB = 1000
+#: `zoommil profile`'s own process with N worker processes: torch and the MIL heads, no
+#: encoder (609 MB with two heads on the demo, session 44) + its multiprocessing manager and
+#: resource tracker (32 MB).
+PROFILE_MAIN_MB = 700
+#: Host memory of a CUDA context and its pinned buffers: an allowance, not measured here
+#: (no GPU on the machines these figures come from).
+CUDA_HOST_MB = 1000
+
+#: Peak RSS (MB) of `zoommil train` with bags read from disk (`cache: disk`: at most three in
+#: memory), CAMELYON16-size bags (10^4 + 2,500 patches, 2048-d, 98 MB), 10-80 training slides,
+#: 1 thread: 932-1373 for every method but TransMIL, whose step peaks at 2545
+#: (docs/scale_runs.md, session 27).
+TRAIN_STEP_MB = {"transmil": 2600}
+TRAIN_STEP_DEFAULT_MB = 1400
+
+#: Seconds `zoommil flops` takes per test slide and method at CAMELYON16 size (2,500 patches at
+#: 10x + 10^4 at 20x), by architecture (session 44, `/work/exp/s44/rR/flopsone.py`): ~13 s a
+#: test slide for the 9 CAMELYON16 methods. Unmeasured architectures take FLOPS_DEFAULT_S,
+#: above the 0.74 s a slide the other five took on average.
+FLOPS_SECONDS_PER_SLIDE = {"zoommil": 1.8, "abmil": 0.6, "transmil": 6.1, "msmil": 0.8}
+FLOPS_DEFAULT_S = 1.0
+#: Process start, imports and checkpoint loads of the one flops job (~3.5 s + ~0.3 s a
+#: method, workflow/rules/efficiency.smk), rounded up.
+FLOPS_START_S = 30
+#: The per-slide times are one CPU's; a cluster node may be slower.
+FLOPS_MARGIN = 1.5
+
+
+def encoder_process_mb(encoder: str) -> int:
+    """Peak MB of one process that holds ``encoder``: measured where it was, else from the
+    parameter count the registry publishes (the largest measured figure where it has none)."""
+    spec = get_spec(encoder)
+    if spec.name in ENCODER_PROCESS_MB:
+        return ENCODER_PROCESS_MB[spec.name]
+    published = spec.published_params_range()
+    if published is None:
+        return max(ENCODER_PROCESS_MB.values())
+    return math.ceil(PROCESS_BASE_MB + BYTES_PER_PARAMETER * published[1] / 1e6)
+
+
+def reader_processes(device: str, threads: int) -> int:
+    """Reader processes of a features or timing job (`default_workers`): one beside a CPU
+    encoder; on a GPU one per CPU of the job but one, at most 8."""
+    return min(8, max(1, threads - 1)) if device == "cuda" else 1
+
+
+def features_mem_mb(encoder: str, threads: int, device: str = "cpu") -> int:
+    """MB of a `zoommil features --threads N` job: on CPU N encoder processes (the command's
+    own and N - 1 workers, `zoommil.features.encoder_pool`) and one reader process; on a GPU
+    one encoder process and its readers. A rule cannot see whether its job gets a GPU (the
+    `gpu` resource a profile sets): it declares the CPU size, the larger of the two."""
+    process = encoder_process_mb(encoder) + FEATURES_WORK_MB
+    readers = reader_processes(device, threads) * READER_PROCESS_MB
+    if device == "cuda":
+        return process + readers + CUDA_HOST_MB
+    return max(1, threads) * process + readers
+
+
+def profile_mem_mb(encoder: str, device: str, threads: int, n_slides: int) -> int:
+    """MB of a `zoommil profile` job (`zoommil.efficiency.throughput`): on CPU with one
+    process, that process holds the encoder; with more, min(threads, n_slides) worker
+    processes each hold their own, beside the command's process; on a GPU one process and
+    min(8, threads - 1) reader processes (`default_workers`)."""
+    process = encoder_process_mb(encoder) + PREDICT_WORK_MB
+    if device == "cuda":
+        return process + reader_processes(device, threads) * READER_PROCESS_MB + CUDA_HOST_MB
+    workers = max(1, min(threads, n_slides))
+    return process if workers == 1 else workers * process + PROFILE_MAIN_MB
+
+
+def train_mem_mb(
+    arch: str, cache: str, cache_max_gb: float, feature_bytes: int | None = None
+) -> int:
+    """MB of a `zoommil train` job: its step's peak plus the bags it keeps in memory.
+
+    ``cache``: ``disk`` keeps none; ``auto`` keeps every bag when they fit in
+    ``cache_max_gb`` GiB (`zoommil.training.trainer.load_splits`), so at most that; ``memory``
+    keeps them all. ``feature_bytes``: the usable feature files' size (the feature manifest,
+    once QC wrote it), an upper bound on the bags (a bag in memory costs its bytes: +~100 MB
+    RSS per 98 MB bag, docs/scale_runs.md). Unknown before QC: ``auto`` and ``memory`` are
+    then sized at the cap.
+    """
+    step = TRAIN_STEP_MB.get(arch, TRAIN_STEP_DEFAULT_MB)
+    if cache == "disk":
+        return step
+    cap = cache_max_gb * 1024
+    known = None if feature_bytes is None else feature_bytes / 2**20
+    if cache == "memory":
+        bags = cap if known is None else known
+    else:
+        bags = cap if known is None else min(cap, known)
+    return math.ceil(step + bags)
+
+
+def cache_settings(extra: Mapping[str, Any] | None) -> tuple[str, float]:
+    """``cache`` and ``cache_max_gb`` of a train config whose further keys are ``extra``
+    (`train.extra` in the workflow's config), `zoommil train`'s defaults where left out."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    extra = extra or {}
+    cache = str(extra.get("cache", defaults["cache"]))
+    return cache, float(extra.get("cache_max_gb", defaults["cache_max_gb"]))
+
+
+def flops_runtime_min(n_test_slides: int, archs: Iterable[str]) -> int:
+    """Minutes of the one flops job: every method counts every test slide."""
+    per_slide = sum(FLOPS_SECONDS_PER_SLIDE.get(a, FLOPS_DEFAULT_S) for a in archs)
+    return math.ceil(FLOPS_MARGIN * (FLOPS_START_S + n_test_slides * per_slide) / 60)
+
+
+def rows_in_split(path: str | Path, split: str) -> int | None:
+    """Rows of a slide table (a sheet, `results/qc/usable.tsv`) in ``split``; None where the
+    file does not exist yet."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as handle:
+            return sum(row.get("split") == split for row in csv.DictReader(handle, delimiter="\t"))
+    except FileNotFoundError:
+        return None
+
+
+def listed_bytes(manifest: str | Path) -> int | None:
+    """Total size of the feature files a feature manifest lists; None before QC wrote it."""
+    try:
+        with Path(manifest).open(newline="", encoding="utf-8") as handle:
+            return sum(int(row["bytes"] or 0) for row in csv.DictReader(handle, delimiter="\t"))
+    except FileNotFoundError:
+        return None

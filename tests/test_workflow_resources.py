@@ -1,0 +1,77 @@
+"""The sizes the rules declare follow what drives them (zoommil.workflow.resources)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zoommil.features.encoders.registry import ENCODERS
+from zoommil.workflow import resources
+
+# Peak RSS per process holding each encoder, measured in review session 44 (encmem.py).
+MEASURED_MB = {"resnet50_layer3": 713, "uni": 1984, "virchow2": 3265, "h-optimus-0": 5241}
+
+
+def test_every_registered_encoder_is_sized_at_least_as_measured():
+    for encoder in ENCODERS:
+        assert resources.encoder_process_mb(encoder) >= MEASURED_MB.get(encoder, 650)
+    for encoder, measured in MEASURED_MB.items():
+        assert resources.encoder_process_mb(encoder) >= measured
+    # from the card's parameter count: ViT-H/14 uni2-h (681M) lies between virchow2 and H-optimus
+    assert 3265 < resources.encoder_process_mb("uni2-h") < 5241
+
+
+def test_features_memory_grows_with_the_encoder_processes():
+    """`features --threads N` on CPU runs N encoder processes; on a GPU one."""
+    one, eight = (resources.features_mem_mb("uni", n) for n in (1, 8))
+    assert eight >= 8 * 1984 and eight > 7 * one
+    assert resources.features_mem_mb("uni", 8, "cuda") < 2 * one + 2000
+
+
+def test_timing_memory_counts_worker_processes_up_to_the_slides():
+    """The all-cores timing starts min(threads, n_slides) workers, each with its encoder."""
+    assert resources.profile_mem_mb("uni", "cpu", 16, 10) >= 10 * 1984 + 600
+    assert resources.profile_mem_mb("uni", "cpu", 16, 10) == resources.profile_mem_mb(
+        "uni", "cpu", 10, 10
+    )
+    assert resources.profile_mem_mb("uni", "cpu", 1, 10) < 2 * 1984
+
+
+def test_train_memory_follows_the_cache():
+    disk = resources.train_mem_mb("zoommil", "disk", 8.0)
+    assert resources.train_mem_mb("zoommil", "auto", 8.0) >= disk + 8 * 1024
+    assert resources.train_mem_mb("zoommil", "auto", 40.0) >= 40 * 1024
+    assert resources.train_mem_mb("transmil", "disk", 8.0) >= 2545
+    # once QC has listed the feature files, auto keeps only what there is
+    assert resources.train_mem_mb("zoommil", "auto", 8.0, 30 * 2**20) == disk + 30
+    assert resources.train_mem_mb("zoommil", "memory", 8.0, 20 * 2**30) >= 20 * 1024
+    assert resources.cache_settings(None) == ("auto", 8.0)
+    assert resources.cache_settings({"cache": "disk", "cache_max_gb": 2}) == ("disk", 2.0)
+
+
+def test_flops_runtime_grows_with_test_slides_and_methods():
+    nine = ["abmil", "clam_sb", "dsmil", "maxmil", "meanmil", "msmil", "sparseconvmil"]
+    nine += ["transmil", "zoommil"]
+    assert resources.flops_runtime_min(300, nine) >= 300 * 13 / 60
+    assert resources.flops_runtime_min(300, nine + ["zoommil"] * 6) > resources.flops_runtime_min(
+        300, nine
+    )
+
+
+def test_tables_are_counted_by_split(tmp_path: Path):
+    table = tmp_path / "usable.tsv"
+    table.write_text("slide_id\tpath\tlabel\tsplit\na\tx\tn\ttest\nb\ty\tn\ttrain\n")
+    assert resources.rows_in_split(table, "test") == 1
+    assert resources.rows_in_split(tmp_path / "missing.tsv", "test") is None
+    manifest = tmp_path / "features.tsv"
+    manifest.write_text("slide_id\tpath\tbytes\tmtime_ns\na\tx\t100\t1\nb\ty\t50\t2\n")
+    assert resources.listed_bytes(manifest) == 150
+    assert resources.listed_bytes(tmp_path / "none.tsv") is None
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_gpu_timing_is_sized_below_the_cpu_one(encoder):
+    assert resources.profile_mem_mb(encoder, "cuda", 16, 10) < resources.profile_mem_mb(
+        encoder, "cpu", 16, 10
+    )
