@@ -163,7 +163,7 @@ def test_preset_dry_run(workdir: Path, preset: str) -> None:
 
 def test_a_cpu_features_job_asks_for_one_encoder_per_thread(workdir: Path) -> None:
     """On a CPU-only site (`gpu: 0`), `zoommil features --threads 8` runs 8 encoder
-    processes: with UNI (1984 MB a process, measured in review session 44) the rule's flat
+    processes: with UNI (1984 MB a process, benchmarks/process_memory.py) the rule's flat
     6000 MB killed it."""
     sheet = fake_sheet(workdir / "sheet_cpu_features", PRESETS["camelyon16"])
     result = harness.snakemake(

@@ -9,7 +9,7 @@ import pytest
 from zoommil.features.encoders.registry import ENCODERS
 from zoommil.workflow import resources
 
-# Peak RSS per process holding each encoder, measured in review session 44 (encmem.py).
+# Peak RSS per process holding each encoder (benchmarks/process_memory.py).
 MEASURED_MB = {"resnet50_layer3": 713, "uni": 1984, "virchow2": 3265, "h-optimus-0": 5241}
 
 

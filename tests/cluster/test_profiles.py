@@ -246,13 +246,14 @@ def test_workflow_dry_runs_through_profile(name, tmp_path):
 
 # --- sizes the rules compute (zoommil.workflow.resources), as a dry run plans them ----------
 
-# Measured per process (review session 44): peak RSS of a process holding UNI (ViT-L/16, 303M
-# parameters) after encoding two batches; ABMIL predict at real size with ResNet-50 held +212
-# MB beyond its encoder (925 against 713); `zoommil profile`'s own process 609 MB.
+# Measured per process: peak RSS of a process holding UNI (ViT-L/16, 303M parameters) after
+# encoding two batches (benchmarks/process_memory.py); ABMIL predict at real size with
+# ResNet-50 held +212 MB beyond its encoder (925 against 713, docs/scale_runs.md); `zoommil
+# profile`'s own process 609 MB.
 UNI_PROCESS_MB = 1984
 PREDICT_WORK_MB = 212
 PROFILE_MAIN_MB = 609
-# zoommil flops per test slide for the 9 CAMELYON16 methods at real size (session 44).
+# zoommil flops per test slide for the 9 CAMELYON16 methods at real size.
 FLOPS_S_PER_TEST_SLIDE = 13
 
 

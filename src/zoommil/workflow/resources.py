@@ -27,7 +27,7 @@ from zoommil.training.config import TrainConfig
 
 #: Peak RSS (MB) of one process that builds the encoder (random weights) and encodes two
 #: batches of 4 patches on CPU at fp32: a features / predict / profile worker's fixed part.
-#: Measured in review session 44 (`/work/exp/s44/rR/encmem.py`, VmHWM).
+#: Measured with `benchmarks/process_memory.py` (VmHWM; 707-714 and 1972-1978 MB over repeats).
 ENCODER_PROCESS_MB = {
     "resnet50_layer3": 713,  # 8.5M parameters
     "uni": 1984,  # 303M
@@ -49,11 +49,11 @@ READER_PROCESS_MB = 150
 #: What a timing (predict) process holds beyond its encoder: one slide's tissue mask, lattice,
 #: reads and bag (ABMIL predict at real size peaked at 827-925 MB with ResNet-50: +212 MB,
 #: docs/scale_runs.md) plus the largest head's forward pass on the bag (TransMIL without
-#: gradients over 10^4 patches: +534 MB above its bag, measured in session 44; it grows with
+#: gradients over 10^4 patches: +534 MB above its bag, measured by hand; it grows with
 #: the bag, +2.0 GB at 4 x 10^4 patches).
 PREDICT_WORK_MB = 1000
 #: `zoommil profile`'s own process with N worker processes: torch and the MIL heads, no
-#: encoder (609 MB with two heads on the demo, session 44) + its multiprocessing manager and
+#: encoder (609 MB with two heads on the demo) + its multiprocessing manager and
 #: resource tracker (32 MB).
 PROFILE_MAIN_MB = 700
 #: Host memory of a CUDA context and its pinned buffers: an allowance, not measured here
@@ -63,12 +63,13 @@ CUDA_HOST_MB = 1000
 #: Peak RSS (MB) of `zoommil train` with bags read from disk (`cache: disk`: at most three in
 #: memory), CAMELYON16-size bags (10^4 + 2,500 patches, 2048-d, 98 MB), 10-80 training slides,
 #: 1 thread: 932-1373 for every method but TransMIL, whose step peaks at 2545
-#: (docs/scale_runs.md, session 27).
+#: (docs/scale_runs.md).
 TRAIN_STEP_MB = {"transmil": 2600}
 TRAIN_STEP_DEFAULT_MB = 1400
 
 #: Seconds `zoommil flops` takes per test slide and method at CAMELYON16 size (2,500 patches at
-#: 10x + 10^4 at 20x), by architecture (session 44, `/work/exp/s44/rR/flopsone.py`): ~13 s a
+#: 10x + 10^4 at 20x), by architecture (`zoommil.efficiency.flops.checkpoint_flops` on two
+#: feature files of that shape from `benchmarks/train_scale.write_slide`, 1 thread): ~13 s a
 #: test slide for the 9 CAMELYON16 methods. Unmeasured architectures take FLOPS_DEFAULT_S,
 #: above the 0.74 s a slide the other five took on average.
 FLOPS_SECONDS_PER_SLIDE = {"zoommil": 1.8, "abmil": 0.6, "transmil": 6.1, "msmil": 0.8}
