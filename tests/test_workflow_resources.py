@@ -75,3 +75,29 @@ def test_gpu_timing_is_sized_below_the_cpu_one(encoder):
     assert resources.profile_mem_mb(encoder, "cuda", 16, 10) < resources.profile_mem_mb(
         encoder, "cpu", 16, 10
     )
+
+
+@pytest.mark.parametrize("threads", [1, 2, 8, 16])
+@pytest.mark.parametrize("cpus", [2, 16])
+def test_gpu_readers_are_counted_as_features_starts_them(monkeypatch, threads, cpus):
+    """A one-thread GPU job (the features rule's own `threads: 1`) starts a reader per CPU it
+    may use but one, up to 8 (`default_workers`); the sizing counted one reader."""
+    import torch
+
+    from zoommil.features import extraction
+
+    monkeypatch.setattr(extraction, "usable_cpus", lambda: cpus)
+    started = extraction.default_workers(torch.device("cuda"), threads)
+    assert resources.reader_processes("cuda", threads) >= started
+    if threads > 1:
+        assert resources.reader_processes("cuda", threads) == started
+
+
+def test_the_features_rule_declares_a_gpu_job_of_one_thread():
+    """The rule cannot see whether its job gets a GPU: at one thread the GPU job (its encoder,
+    up to 8 readers and the CUDA context) is the larger, and H-optimus-0's needs more than
+    6000 MB."""
+    gpu = resources.ENCODER_PROCESS_MB["h-optimus-0"] + resources.FEATURES_WORK_MB
+    gpu += 8 * resources.READER_PROCESS_MB + resources.CUDA_HOST_MB
+    assert resources.features_rule_mem_mb("h-optimus-0", 1) >= gpu > 6000
+    assert resources.features_rule_mem_mb("uni", 8) == resources.features_mem_mb("uni", 8)

@@ -458,8 +458,9 @@ PROFILE_DEVICES = {
 
 
 def features_mem_mb(wildcards, threads, attempt):
-    """A features job on CPU runs one encoder process per thread: sized from the encoder."""
-    needed = zresources.features_mem_mb(RECIPE.encoder, threads)
+    """A features job on CPU runs one encoder process per thread, on a GPU one and its
+    readers: sized from the encoder, the larger of the two."""
+    needed = zresources.features_rule_mem_mb(RECIPE.encoder, threads)
     return max(6000, needed) * attempt
 
 

@@ -95,15 +95,17 @@ def encoder_process_mb(encoder: str) -> int:
 
 def reader_processes(device: str, threads: int) -> int:
     """Reader processes of a features or timing job (`default_workers`): one beside a CPU
-    encoder; on a GPU one per CPU of the job but one, at most 8."""
-    return min(8, max(1, threads - 1)) if device == "cuda" else 1
+    encoder; on a GPU one per CPU of the job but one, at most 8. A one-thread job (the rule's
+    own `threads: 1`) takes the CPUs it may use on its node, which the rule cannot see: 8."""
+    if device != "cuda":
+        return 1
+    return 8 if threads <= 1 else min(8, max(1, threads - 1))
 
 
 def features_mem_mb(encoder: str, threads: int, device: str = "cpu") -> int:
     """MB of a `zoommil features --threads N` job: on CPU N encoder processes (the command's
     own and N - 1 workers, `zoommil.features.encoder_pool`) and one reader process; on a GPU
-    one encoder process and its readers. A rule cannot see whether its job gets a GPU (the
-    `gpu` resource a profile sets): it declares the CPU size, the larger of the two."""
+    one encoder process and its readers."""
     process = encoder_process_mb(encoder) + FEATURES_WORK_MB
     readers = reader_processes(device, threads) * READER_PROCESS_MB
     if device == "cuda":
@@ -111,11 +113,20 @@ def features_mem_mb(encoder: str, threads: int, device: str = "cpu") -> int:
     return max(1, threads) * process + readers
 
 
+def features_rule_mem_mb(encoder: str, threads: int) -> int:
+    """MB the features rule declares: a rule cannot see whether its job gets a GPU (the `gpu`
+    resource a profile or the command line sets), so the larger of the CPU and GPU sizes. The
+    CPU size is the larger with several threads (an encoder per thread); with the rule's one
+    thread the GPU's, whose readers take the CPUs the job may use (with 8 of them, H-optimus-0
+    needs 7741 MB against 5691 on CPU)."""
+    return max(features_mem_mb(encoder, threads, d) for d in ("cpu", "cuda"))
+
+
 def profile_mem_mb(encoder: str, device: str, threads: int, n_slides: int) -> int:
     """MB of a `zoommil profile` job (`zoommil.efficiency.throughput`): on CPU with one
     process, that process holds the encoder; with more, min(threads, n_slides) worker
     processes each hold their own, beside the command's process; on a GPU one process and
-    min(8, threads - 1) reader processes (`default_workers`)."""
+    its reader processes (`reader_processes`)."""
     process = encoder_process_mb(encoder) + PREDICT_WORK_MB
     if device == "cuda":
         return process + reader_processes(device, threads) * READER_PROCESS_MB + CUDA_HOST_MB
