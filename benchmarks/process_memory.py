@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ENCODERS = ("resnet50_layer3", "uni", "virchow2", "h-optimus-0")
 
 #: What each measuring process runs: the worker's real path (build_encoder + PatchEncoder).
@@ -93,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", nargs="+", default=list(DEFAULT_ENCODERS))
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args()
     result = run(args.encoders, max(1, args.repeats))
     args.out.mkdir(parents=True, exist_ok=True)
