@@ -156,21 +156,21 @@ def slide_flops(
     patch_size: int = PATCH_SIZE,
     encoder: str = DEFAULT_ENCODER,
     coords: Sequence[torch.Tensor] | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Encoder + head FLOPs of one slide (``coords``: its grid, see `head_flops`), and the
-    number of patches encoded."""
+    number of patches encoded (``patches_encoded``, and ``patches_per_mag``, a list)."""
     rows = zoom_rows(model, feats) if arch == "zoommil" else [int(f.shape[1]) for f in feats]
     per_patch = encoder_flops_per_patch(encoder, patch_size)
     head = head_flops(model, feats, coords)
     patches = int(sum(rows))
-    encoder = per_patch["fvcore"] * patches
+    encoder_flops = per_patch["fvcore"] * patches
     return {
         "patches_encoded": patches,
         "patches_per_mag": rows,
-        "encoder_flops": encoder,
+        "encoder_flops": encoder_flops,
         "head_flops": head["fvcore"],
         "head_flops_torch_counter": head["torch"],
-        "total_flops": encoder + head["fvcore"],
+        "total_flops": encoder_flops + head["fvcore"],
     }
 
 
