@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from zoommil.commands.options import add_device, add_threads
 from zoommil.io.clobber import folder_inputs
@@ -47,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run, outputs=lambda a: [a.out], inputs=_inputs)
 
 
-def _inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str | Path | None]]:
     features = folder_inputs("feature file", args.features_dir)
     return [
         ("checkpoint", args.checkpoint),
