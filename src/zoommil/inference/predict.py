@@ -102,7 +102,10 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str | Path, weights: str | None = None, device: str = "cpu"
+        cls,
+        checkpoint: str | Path,
+        weights: str | None = None,
+        device: str | torch.device = "cpu",
     ) -> Predictor:
         """The predictor of a `zoommil train` checkpoint, with the preprocessing its training
         features were made with (magnifications, patch size, tissue detector, encoder and
@@ -582,7 +585,7 @@ def _result(
 
 def make_encoder(
     predictor: Predictor,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     precision: str | None = None,
     check_weights: bool = True,
 ) -> tuple[PatchEncoder, dict[str, Any]]:
