@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pandas as pd
+import pytest
 
 from zoommil.reporting import table_format
 
@@ -61,3 +66,49 @@ def test_negative_numbers_in_tex_take_a_math_minus_and_markdown_keeps_its_hyphen
         r"ResNet-50, CPU 2-3 processes) \\"
     )
     assert f"| ZoomMIL vs ABMIL | {cell} |" in table_format.to_markdown(frame, "t", [], ())
+
+
+def _main_like() -> pd.DataFrame:
+    """Nine methods with a CI in every metric cell, as main.tex has them."""
+    cell = "97.8 ± 3.9 [92.7, 100.0]"
+    return pd.DataFrame(
+        [[f"Method{k}", "5x -> 10x", cell, cell, "0.178 ± 0.010", "3.93 ± 0.09"] for k in range(9)],
+        columns=["Method", "Magnifications", "Weighted F1 (%)", "Accuracy (%)", "TFLOPs", "CPU"],
+    )
+
+
+def test_tex_tables_span_the_page_and_put_a_ci_under_its_mean() -> None:
+    """main.tex was a `table` whose 8 columns (775 pt with the CIs on one line) were resized to
+    the line: in a two-column paper's 248 pt column, 10 pt text printed at 3 pt; and a narrow
+    table was enlarged. Now `table*`, shrunk only when wider than the line, the CI (and a
+    header's unit) on a second line of its cell; names stay on one line."""
+    lines = table_format.to_latex(_main_like(), "t", [], (0,), "tab:x").splitlines()
+    assert lines[1] == r"\begin{table*}[t]" and lines[-1] == r"\end{table*}"
+    assert r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%" in lines
+    header = lines[lines.index(r"\midrule") - 1]
+    assert header.startswith(r"Method & Magnifications & \begin{tabular}[c]{@{}c@{}}Weighted F1")
+    assert r"Weighted F1\\{}(\%)\end{tabular}" in header
+    row = lines[lines.index(r"\midrule") + 1]
+    assert row.startswith(r"\textbf{Method0} & 5x $\rightarrow$ 10x & ")
+    assert r"{@{}c@{}}97.8 $\pm$ 3.9\\{}[92.7, 100.0]\end{tabular}" in row
+    assert row.endswith(r" & 0.178 $\pm$ 0.010 & 3.93 $\pm$ 0.09 \\")
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+@pytest.mark.parametrize("layout", ["twocolumn", "onecolumn"])
+def test_a_tex_table_compiles_in_a_paper(tmp_path: Path, layout: str) -> None:
+    """The table as a paper \\input's it, with the packages its first line names."""
+    body = table_format.to_latex(_main_like(), "t", ["n - 1; p > 0.05"], (0,), "tab:x")
+    (tmp_path / "t.tex").write_text(
+        rf"\documentclass[{layout}]{{article}}\usepackage{{booktabs,graphicx}}"
+        "\n\\begin{document}\n" + body + "\\end{document}\n"
+    )
+    done = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "Overfull" not in done.stdout

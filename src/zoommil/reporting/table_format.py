@@ -266,30 +266,57 @@ def caption_text(title: str, notes: Sequence[str]) -> str:
     return ". ".join(part for part in parts if part) + "."
 
 
+#: Where a centred cell breaks onto a second line: before its first bracket or parenthesis
+#: (`97.8 ± 3.9` over `[92.7, 100.0]`, `Weighted F1` over `(%)`, a p over its Holm q), not
+#: before a short `(n=k)` (`70.0 (n=1)` stays on one line).
+_STACK_AT = re.compile(r" (?=\[|\((?!n=))")
+#: Left-aligned columns (names, magnifications, kinds); the rest are centred and stacked.
+_LEFT_COLUMNS = 2
+
+
+def _tex_cell(text: Any, stacked: bool) -> str:
+    """A cell as LaTeX; a centred one on two lines at `_STACK_AT` (a nested tabular, no package):
+    on one line, the CIs made the main table 775 pt wide, shrunk to a third of its size in a
+    two-column paper's column. `\\{}`: a second line starting with `[` is not read as
+    `\\`'s optional space argument."""
+    parts = _STACK_AT.split(str(text), maxsplit=1) if stacked else [str(text)]
+    if len(parts) == 1:
+        return _tex_escape(parts[0])
+    first, second = (_tex_escape(part) for part in parts)
+    return r"\begin{tabular}[c]{@{}c@{}}" + first + r"\\{}" + second + r"\end{tabular}"
+
+
 def to_latex(
     display: pd.DataFrame, title: str, notes: Sequence[str], best: Collection[int], label: str
 ) -> str:
-    columns = "l" * 2 + "c" * (len(display.columns) - 2)
+    """A booktabs table: `table*` (the width of the page in a two-column paper; in a
+    one-column one the same as `table`), shrunk to the line only when wider than it (never
+    enlarged), centred cells on two lines (`_tex_cell`)."""
+    columns = "l" * _LEFT_COLUMNS + "c" * (len(display.columns) - _LEFT_COLUMNS)
     caption = _tex_escape(caption_text(title, _with_bold_note(notes, best)))
+
+    def row_text(values: Iterable[Any]) -> list[str]:
+        return [_tex_cell(v, k >= _LEFT_COLUMNS) for k, v in enumerate(values)]
+
     lines = [
         r"% needs \usepackage{booktabs,graphicx}",
-        r"\begin{table}[t]",
+        r"\begin{table*}[t]",
         r"\centering",
         # the short form is what a list of tables shows (not the whole paragraph of notes)
         r"\caption[" + _tex_escape(title) + "]{" + caption + "}",
         r"\label{" + label + "}",
-        r"\resizebox{\linewidth}{!}{%",
+        r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
         r"\begin{tabular}{" + columns + "}",
         r"\toprule",
-        " & ".join(_tex_escape(c) for c in display.columns) + r" \\",
+        " & ".join(row_text(display.columns)) + r" \\",
         r"\midrule",
     ]
     for index, row in display.iterrows():
-        cells = [_tex_escape(v) for v in row]
+        cells = row_text(row)
         if index in best:
             cells[0] = r"\textbf{" + cells[0] + "}"
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table*}"]
     return "\n".join(lines) + "\n"
 
 
