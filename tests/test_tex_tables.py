@@ -112,3 +112,13 @@ def test_a_tex_table_compiles_in_a_paper(tmp_path: Path, layout: str) -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:]
     assert "Overfull" not in done.stdout
+
+
+def test_a_power_in_a_note_is_a_superscript_in_the_caption() -> None:
+    """main.tex's caption read "TFLOPs = 2ˆ40" (`\\^{}` is a circumflex accent) and
+    comparisons.tex's "all 2ˆn swaps"; a `^` after anything but a number stays escaped."""
+    lines = _latex(["Method", "F1"], ["TFLOPs = 2^40 flops, 10^12; 2^n swaps, 2/2^k; x^2"])
+    caption = next(line for line in lines if line.startswith(r"\caption["))
+    assert caption.endswith(
+        r"TFLOPs = 2$^{40}$ flops, 10$^{12}$; 2$^{n}$ swaps, 2/2$^{k}$; x\^{}2.}"
+    )

@@ -234,11 +234,15 @@ TEX_REPLACEMENTS = {
 #: A number's minus sign (`-5.1`, `.5`, `1e-06`): not a hyphen inside a word or a range
 #: (`per-class`, `ResNet-50`, `2-3`).
 _NUMBER_MINUS = r"(?<![A-Za-z0-9])-(?=\.?\d)|(?<=\d[eE])-(?=\d)"
+#: A power of a number in the notes (`2^40`, `2^n`, `2/2^k`): `\^{}` printed a circumflex
+#: accent, "2ˆ40", in the captions.
+_NUMBER_POWER = r"(?<=\d)\^[0-9A-Za-z]+"
 #: One pass over the text, so what one replacement writes (`\{`, `$`) is never escaped again;
-#: `->` before `>` and before a minus.
+#: `->` before `>` and before a minus; a power before `^`.
 _TEX_SPECIAL = re.compile(
     "|".join(
         [
+            _NUMBER_POWER,
             *(re.escape(key) for key in sorted(TEX_REPLACEMENTS, key=len, reverse=True)),
             _NUMBER_MINUS,
         ]
@@ -247,9 +251,12 @@ _TEX_SPECIAL = re.compile(
 
 
 def _tex_replacement(match: re.Match[str]) -> str:
-    """A number's minus as the math minus the captions use (`$-$`), not a text hyphen (the
-    only match not in `TEX_REPLACEMENTS`)."""
-    return TEX_REPLACEMENTS.get(match.group(), "$-$")
+    """A number's power as a superscript (`2$^{40}$`) and its minus as the math minus the
+    captions use (`$-$`), not a text hyphen (the only matches not in `TEX_REPLACEMENTS`)."""
+    text = match.group()
+    if text.startswith("^") and len(text) > 1:
+        return "$^{" + text[1:] + "}$"
+    return TEX_REPLACEMENTS.get(text, "$-$")
 
 
 def _tex_escape(text: str) -> str:
