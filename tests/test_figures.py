@@ -38,7 +38,11 @@ def test_frontier_keeps_only_undominated_points() -> None:
 def test_method_styles_are_distinct_and_zoommil_stands_out() -> None:
     methods = ["zoommil", "maxmil", "meanmil", "abmil", "clam_sb", "transmil", "dsmil"]
     styles = figure_throughput.method_styles(methods)
-    assert styles["zoommil"]["marker"] == "*" and styles["zoommil"]["color"] == "tab:red"
+    zoom = styles["zoommil"]
+    assert zoom["marker"] == "*" and zoom["color"] == figure_throughput.ZOOMMIL_COLOUR
+    # colour-blind-safe colours; each baseline keeps the marker it had (review: print size)
+    assert {styles[m]["color"] for m in methods[1:]} <= set(figure_throughput.OKABE_ITO)
+    assert [styles[m]["marker"] for m in methods[1:]] == ["o", "s", "D", "v", "P", "<"]
     others = [(tuple(styles[m]["color"]), styles[m]["marker"]) for m in methods[1:]]
     assert len(set(others)) == len(others)
     assert all(c[:3] != styles["zoommil"]["color"] for c, _ in others)
@@ -265,7 +269,11 @@ def test_frontier_circles_sit_on_the_drawn_markers_of_dodged_methods() -> None:
 
     try:
         markers = [screen(container.lines[0]) for container in ax.containers]
-        rings = [screen(line) for line in ax.lines if line.get_markersize() == 16.0]
+        rings = [
+            screen(line)
+            for line in ax.lines
+            if line.get_markersize() == figure_throughput.FRONTIER_CIRCLE
+        ]
         step = ax.lines[0]
         step_x = sorted(step.get_xdata())
     finally:
@@ -535,6 +543,80 @@ def test_figure_3_notes_lie_under_its_panels_and_tick_labels_are_one_size(
     assert 0 <= box.x0 and box.x1 <= fig.bbox.width  # wrapped within the figure's width
     labels = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
     assert len(labels) > 1 and {t.get_fontsize() for t in labels} == {figure_throughput.TICK_SIZE}
+
+
+DEMO_METHODS = [
+    "zoommil",
+    "maxmil",
+    "meanmil",
+    "sparseconvmil",
+    "abmil",
+    "clam_sb",
+    "transmil",
+    "msmil",
+    "dsmil",
+]
+
+
+def text_boxes(fig: Any) -> list[tuple[str, Any]]:
+    """Every visible text of a drawn figure (tick labels, axis labels, titles, legend, notes)
+    with its box on screen."""
+    texts = list(fig.texts)  # the title and the notes
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        texts += ax.get_xticklabels(which="both") + ax.get_yticklabels()
+    for legend in fig.legends:
+        texts += legend.get_texts()
+    return [
+        (t.get_text(), t.get_window_extent())
+        for t in texts
+        if t is not None and t.get_visible() and t.get_text().strip()
+    ]
+
+
+@pytest.mark.parametrize("devices", [["cpu1", "cpu"], ["cpu1", "cpu", "gpu"]])
+def test_figure_3_fits_a_two_column_page_with_no_text_overlapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, devices: list[str]
+) -> None:
+    """The PDF was 12.7 in wide (8 pt text printed at ~4.5 pt on a 7.1 in page), and a
+    smaller figsize alone ran the y label into the notes and the x ticks into each other
+    ("600 700800"). Nine methods, shared-pass throughputs across a decade: at most 7.2 in
+    wide, text at 7-9 pt, no two texts touching, each method with its own marker."""
+    runs = {
+        m: write_run(tmp_path / m, m, 1.3 + 0.02 * k + (k == 0) * 8, [True, k % 2 == 0, True])
+        for k, m in enumerate(DEMO_METHODS)
+    }
+    evals = [e for e, _ in runs.values()]
+    drawn: list[Any] = []
+    real_save = figure_throughput.save_figure
+    monkeypatch.setattr(
+        figure_throughput, "save_figure", lambda fig, out: (drawn.append(fig), real_save(fig, out))
+    )
+    figure_throughput.throughput_figure(
+        evals,
+        {d: [t for _, t in runs.values()] for d in devices},
+        DEMO_METHODS,
+        [tmp_path / "f.pdf"],
+        "demo",
+        "random",
+    )
+    (fig,) = drawn
+    fig.draw_without_rendering()
+    boxes = text_boxes(fig)
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1 :]:
+            assert not box_a.overlaps(box_b), (a, b)
+    from matplotlib.text import Text
+
+    shown = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    sizes = {t.get_fontsize() for t in shown}
+    assert min(sizes) >= 7 and max(sizes) <= 9
+    for ax in fig.axes:  # each method keeps its own marker in every panel
+        markers = [container.lines[0].get_marker() for container in ax.containers]
+        assert len(set(markers)) == len(DEMO_METHODS)
+    text = (tmp_path / "f.pdf").read_bytes()
+    box = text[text.index(b"/MediaBox") :].split(b"]")[0].split(b"[")[1].split()
+    assert float(box[2]) - float(box[0]) <= 7.2 * 72 + 2
 
 
 def test_figure_pdfs_embed_truetype_fonts_not_type_3(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,26 @@ from zoommil.reporting.table_notes import encoder_label
 
 log = logging.getLogger(__name__)
 
-FRONTIER_CIRCLE = 16.0  # points: a ring around a method's marker
+FRONTIER_CIRCLE = 13.0  # points: a ring around a method's marker
 PANELS = {"cpu1": "CPU, 1 thread", "cpu": "CPU, all cores", "gpu": "GPU"}
-TICK_SIZE = 8  # points: every tick label, major and minor (a decade's minor labels fit)
+TICK_SIZE = 7  # points: every tick label, major and minor
+LABEL_SIZE = 8  # points: axis labels and panel titles
+NOTE_SIZE = 7  # points: the legend and the notes under the figure
+#: A two-column page's text width is ~7.1 in: the figure is drawn at that size (its text at
+#: 7-8 pt), not scaled down to it (a 12.7 in figure printed its 8 pt text at ~4.5 pt).
+MAX_WIDTH = 7.0  # inches
+PANEL_WIDTH = 2.1  # inches, with `MARGIN` for the y label and ticks (1 panel: a column)
+MARGIN = 0.75
+PANEL_HEIGHT = 2.3  # inches
+#: Okabe & Ito's colour-blind-safe palette (Color Universal Design); vermillion is ZoomMIL's,
+#: yellow is left out (too pale on white for a marker).
+ZOOMMIL_COLOUR = "#D55E00"
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#000000")
+#: One marker per baseline, in the order they had (ZoomMIL's star aside).
+MARKERS = "osDvP<>Xph^"
+#: Lead digits of the labelled log ticks, densest first: a panel takes the densest set whose
+#: labels do not touch ("600 700800" at print width).
+TICK_LEADS = ((1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,))
 #: Under the figure with the other notes: inside a panel it ran wider than a narrow panel,
 #: across the left spine and the y ticks, and over the markers near the bottom.
 DODGE_NOTE = (
@@ -88,12 +106,17 @@ def dodge_offsets(
     return offsets
 
 
-def _minor_label(value: float, _position: int) -> str:
-    """Label minor log ticks at 2x and 5x a power of ten (a one-decade axis has no majors)."""
-    if value <= 0:
-        return ""
-    lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
-    return f"{value:g}" if round(lead) in (2, 5) and abs(lead - round(lead)) < 1e-6 else ""
+def _lead_formatter(leads: Sequence[int]) -> matplotlib.ticker.FuncFormatter:
+    """A log axis' tick labels at the given lead digits only (1 = a power of ten)."""
+
+    def label(value: float, _position: int) -> str:
+        if value <= 0:
+            return ""
+        lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        whole = round(lead) in leads and abs(lead - round(lead)) < 1e-6
+        return f"{value:g}" if whole else ""
+
+    return matplotlib.ticker.FuncFormatter(label)
 
 
 @dataclass(frozen=True)
@@ -105,14 +128,6 @@ class Setting:
     cpu_count: int | None
     precision: str | None
     processes: int | None = None  # CPU: worker processes used (min(threads, slides))
-
-
-def _every_minor_label(value: float, _position: int) -> str:
-    """Label every minor log tick but 9x (it would touch the next power of ten's label)."""
-    if value <= 0:
-        return ""
-    lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
-    return "" if round(lead) == 9 else f"{value:g}"
 
 
 def x_limits(speeds: Iterable[float], margin: float = 1.4) -> tuple[float, float]:
@@ -291,19 +306,15 @@ def frontier(part: pd.DataFrame) -> pd.DataFrame:
 
 
 def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """A distinct colour and marker per method; ZoomMIL variants are red stars."""
-    markers = "osD^vP<>Xph"
-    cmap = matplotlib.colormaps["tab10"]
+    """A distinct (colour, marker) per method from the colour-blind-safe `OKABE_ITO`, so a
+    marker tells apart what a colour may not; ZoomMIL variants are vermillion stars."""
     styles, k = {}, 0
     for method in methods:
         if method.startswith("zoommil"):
-            styles[method] = {"color": "tab:red", "marker": "*", "markersize": 13}
+            styles[method] = {"color": ZOOMMIL_COLOUR, "marker": "*", "markersize": 10}
         else:
-            colour = cmap(k % 10)
-            if colour[:3] == cmap(3)[:3]:  # tab10's red is ZoomMIL's
-                k += 1
-                colour = cmap(k % 10)
-            styles[method] = {"color": colour, "marker": markers[k % len(markers)], "markersize": 7}
+            colour, marker = OKABE_ITO[k % len(OKABE_ITO)], MARKERS[k % len(MARKERS)]
+            styles[method] = {"color": colour, "marker": marker, "markersize": 5.5}
             k += 1
     return styles
 
@@ -320,7 +331,8 @@ def _device_panel(
     throughput apart: the figure then says so in its notes (`DODGE_NOTE`)."""
     part = data[(data["device"] == device) & data["slides_per_hour"].notna()]
     part = part.reset_index(drop=True)
-    ax.set_title(panel_title(device, panel_setting(part)), fontsize=9)
+    title = panel_title(device, panel_setting(part))
+    ax.set_title("\n".join(textwrap.fill(line, 34) for line in title.split("\n")), fontsize=7.5)
     ax.set_xscale("log")
     dodge = dodge_offsets(list(part["slides_per_hour"]))
     nans = pd.Series(math.nan, index=part.index)
@@ -363,8 +375,8 @@ def _device_panel(
             markersize=style["markersize"],
             color=style["color"],
             ecolor=style["color"],
-            elinewidth=1.0,
-            capsize=3,
+            elinewidth=0.8,
+            capsize=2,
             alpha=0.9,
             zorder=3,
             transform=shifted,
@@ -382,7 +394,7 @@ def _device_panel(
                 markersize=FRONTIER_CIRCLE,
                 markerfacecolor="none",
                 markeredgecolor="0.45",
-                markeredgewidth=1.0,
+                markeredgewidth=0.8,
                 linestyle="None",
                 zorder=2,
                 transform=shifted,
@@ -390,10 +402,7 @@ def _device_panel(
     ax.set_ylim(-2, 102)
     ax.set_xlim(*limits)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    speeds = part["slides_per_hour"]
-    narrow = speeds.max() / speeds.min() < 10  # less than a decade: label every tick
-    minor = _every_minor_label if narrow else _minor_label
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor))
+    ax.xaxis.set_minor_formatter(_lead_formatter(TICK_LEADS[0]))
     # one size for every tick label: the minor ones (7 pt) beside a 10 pt "1000" read as two
     ax.tick_params(which="both", labelsize=TICK_SIZE)
     ax.grid(alpha=0.3, which="both")
@@ -414,19 +423,61 @@ def _x_arms(row: Mapping[str, Any], limits: tuple[float, float]) -> list[list[fl
     return [[max(0.0, speed - low)], [max(0.0, high - speed)]]
 
 
-def _throughput_title(dataset: str, encoder: str, weights: str, skipped: Mapping[str, str]) -> str:
-    """Figure 3's title: the setting, the devices not timed and why, the random-weights note."""
-    title = (
-        f"{dataset}: throughput (end to end from the slide file) vs weighted F1\n"
+def setting_note(dataset: str, encoder: str, weights: str, skipped: Mapping[str, str]) -> str:
+    """The setting under Figure 3 (it was a four-line title over the panels): what is timed,
+    the encoder and weights, the random-weights warning, the devices not timed and why."""
+    lines = []
+    if note := weights_note(weights):
+        lines.append(note)
+    lines.append(
+        f"{dataset}: throughput end to end from the slide file; "
         f"encoder {encoder_label(encoder)}, {weights} weights"
     )
     if skipped:
-        title += "\n" + "; ".join(
-            f"{PANELS.get(d, d)}: not timed ({reason})" for d, reason in skipped.items()
+        lines.append(
+            "; ".join(f"{PANELS.get(d, d)}: not timed ({reason})" for d, reason in skipped.items())
         )
-    if note := weights_note(weights):
-        title += f"\n{note}"
-    return title
+    return "\n".join(lines)
+
+
+def figure_size(panels: int) -> tuple[float, float]:
+    """Inches: `PANEL_WIDTH` per panel up to `MAX_WIDTH` (a two-column page), the legend
+    below (the notes under it extend the saved figure)."""
+    width = MARGIN + PANEL_WIDTH * panels if panels == 1 else MAX_WIDTH
+    return width, PANEL_HEIGHT + 1.0
+
+
+def legend_columns(labels: Sequence[str], width: float) -> int:
+    """As many legend columns as fit ``width`` inches at `NOTE_SIZE` (a label's characters at
+    ~0.6 em, the handle and padding ~3 em), in rows as even as that allows."""
+    if not labels:
+        return 1
+    em = NOTE_SIZE / 72
+    entry = (0.55 * max(len(label) for label in labels) + 3.0) * em
+    fit = max(1, min(len(labels), int(width / entry)))
+    rows = math.ceil(len(labels) / fit)
+    return math.ceil(len(labels) / rows)
+
+
+def _thin_tick_labels(ax: Axes, row: Sequence[Axes]) -> None:
+    """Label the densest `TICK_LEADS` set of x ticks whose labels touch neither each other nor
+    those of the panels beside it in ``row`` (a panel's last label runs past its right edge).
+    After the layout: tick positions in points are known only then."""
+    for leads in TICK_LEADS:
+        ax.xaxis.set_minor_formatter(_lead_formatter(leads))
+        ax.figure.draw_without_rendering()
+        boxes = sorted(
+            (
+                t.get_window_extent()
+                for panel in row
+                for t in panel.get_xticklabels(which="both")
+                if t.get_text()
+            ),
+            key=lambda b: b.x0,
+        )
+        gap = TICK_SIZE * 0.4 * ax.figure.dpi / 72  # ~ a space between two labels
+        if all(a.x1 + gap <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False)):
+            return
 
 
 def throughput_figure(
@@ -439,9 +490,9 @@ def throughput_figure(
     encoder: str = DEFAULT_ENCODER,
 ) -> pd.DataFrame:
     """Figure 3: slides/hour (log x, +- std over the timed slides) vs weighted F1 with 95% CIs
-    over test slides, one panel per device that
-    was timed, the efficiency frontier drawn, one legend (no labels to overlap); devices
-    without timings are named in the subtitle. Returns the plotted data."""
+    over test slides, one panel per device that was timed, the efficiency frontier drawn, one
+    legend below the panels (no labels to overlap), at a two-column page's width; the setting
+    and devices without timings are in the notes under the legend. Returns the plotted data."""
     data = throughput_data(evals, timings, methods)
     devices = [d for d in timings if data[data["device"] == d]["slides_per_hour"].notna().any()]
     skipped = {
@@ -452,33 +503,49 @@ def throughput_figure(
     }
     styles = method_styles(methods)
     n = max(1, len(devices))
-    fig = Figure(figsize=(4.4 * n + 2.4, 4.2))
+    width, height = figure_size(n)
+    fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False, sharey=True)
     handles: dict[str, Any] = {}
     dodged = False
     for ax, device in zip(axes[0], devices or [None], strict=True):
-        ax.set_xlabel("throughput (slides / hour, log scale)")
+        ax.set_xlabel("slides / hour (log scale)", fontsize=LABEL_SIZE)
+        ax.tick_params(which="both", labelsize=TICK_SIZE)
         if device is None:
             ax.text(0.5, 0.5, "no timings", ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])
             continue
         dodged = _device_panel(ax, data, device, styles, handles) or dodged
-    axes[0, 0].set_ylabel("weighted F1 (%), 95% CI over test slides")
+    axes[0, 0].set_ylabel("weighted F1 (%)\n95% CI over test slides", fontsize=LABEL_SIZE)
+    legend = None
     if handles:
-        fig.legend(
+        legend = fig.legend(
             list(handles.values()),
             list(handles),
-            loc="center left",
-            bbox_to_anchor=(1.0, 0.5),
-            fontsize=8,
+            loc="outside lower center",
+            ncol=legend_columns(list(handles), width),
+            fontsize=NOTE_SIZE,
             frameon=False,
+            columnspacing=1.0,
+            handletextpad=0.3,
         )
-    title = _throughput_title(dataset, encoder, weights, skipped)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"{dataset}: throughput vs weighted F1", fontsize=9)
+    for ax in axes[0][: len(devices)]:
+        _thin_tick_labels(ax, axes[0])
+    fig.draw_without_rendering()
+    fig.set_layout_engine("none")  # fixed now: the notes go under what it laid out
+    if legend:  # where the layout put it (else it falls to the figure's bottom edge)
+        box = legend.get_window_extent().transformed(fig.transFigure.inverted())
+        legend.set_bbox_to_anchor(box, transform=fig.transFigure)
     shown = data[data["device"].isin(devices)]
-    notes = [counts_note(shown), no_ci_note(shown), DODGE_NOTE if dodged else ""]
+    notes = [
+        setting_note(dataset, encoder, weights, skipped),
+        counts_note(shown),
+        no_ci_note(shown),
+        DODGE_NOTE if dodged else "",
+    ]
+    bottom = legend.get_window_extent().y0 / fig.bbox.height if legend else 0.0
     if note := "\n".join(filter(None, notes)):
-        fig.text(0.01, -0.01, note, fontsize=7, va="top", wrap=True)
+        fig.text(0.01, bottom - 0.01, note, fontsize=NOTE_SIZE, va="top", wrap=True)
     save_figure(fig, outputs)
     return data
