@@ -459,24 +459,34 @@ def legend_columns(labels: Sequence[str], width: float) -> int:
     return math.ceil(len(labels) / rows)
 
 
+def _label_boxes(panels: Iterable[Axes]) -> list[Any]:
+    """Window boxes of the x tick labels ``panels`` show, left to right: those with text at a
+    tick inside the panel's limits (the locator also labels ticks beyond them, never drawn)."""
+    boxes = []
+    for panel in panels:
+        low, high = sorted(panel.get_xlim())
+        boxes += [
+            t.get_window_extent()
+            for t in panel.get_xticklabels(which="both")
+            if t.get_text() and low <= t.get_position()[0] <= high
+        ]
+    return sorted(boxes, key=lambda b: b.x0)
+
+
 def _thin_tick_labels(ax: Axes, row: Sequence[Axes]) -> None:
     """Label the densest `TICK_LEADS` set of x ticks whose labels touch neither each other nor
-    those of the panels beside it in ``row`` (a panel's last label runs past its right edge).
-    After the layout: tick positions in points are known only then."""
+    the labels the panels beside it in ``row`` show now (a panel's last label runs past its
+    right edge); the other panels' labels among themselves are theirs to thin. After the
+    layout: tick positions in points are known only then."""
+    others = [panel for panel in row if panel is not ax]
+    gap = TICK_SIZE * 0.4 * ax.figure.dpi / 72  # ~ a space between two labels
     for leads in TICK_LEADS:
         ax.xaxis.set_minor_formatter(_lead_formatter(leads))
         ax.figure.draw_without_rendering()
-        boxes = sorted(
-            (
-                t.get_window_extent()
-                for panel in row
-                for t in panel.get_xticklabels(which="both")
-                if t.get_text()
-            ),
-            key=lambda b: b.x0,
-        )
-        gap = TICK_SIZE * 0.4 * ax.figure.dpi / 72  # ~ a space between two labels
-        if all(a.x1 + gap <= b.x0 for a, b in zip(boxes, boxes[1:], strict=False)):
+        own, beside = _label_boxes([ax]), _label_boxes(others)
+        apart = all(a.x1 + gap <= b.x0 for a, b in zip(own, own[1:], strict=False))
+        clear = all(a.x1 + gap <= b.x0 or b.x1 + gap <= a.x0 for a in own for b in beside)
+        if apart and clear:
             return
 
 
@@ -530,8 +540,11 @@ def throughput_figure(
             handletextpad=0.3,
         )
     fig.suptitle(f"{dataset}: throughput vs weighted F1", fontsize=9)
-    for ax in axes[0][: len(devices)]:
-        _thin_tick_labels(ax, axes[0])
+    timed = axes[0][: len(devices)]
+    for ax in timed:  # sparsest first, so a panel is thinned against what its neighbours keep
+        ax.xaxis.set_minor_formatter(_lead_formatter(TICK_LEADS[-1]))
+    for ax in timed:
+        _thin_tick_labels(ax, timed)
     fig.draw_without_rendering()
     fig.set_layout_engine("none")  # fixed now: the notes go under what it laid out
     if legend:  # where the layout put it (else it falls to the figure's bottom edge)
