@@ -189,7 +189,7 @@ def test_a_monte_carlo_p_at_its_floor_is_shown_as_a_bound() -> None:
     notes = table_notes.comparison_notes(table, [])
     assert any(n.startswith("≤ p: none of the 20000 swaps reached") for n in notes), notes
     latex = table_format.to_latex(shown, "title", notes, [], "tab:c")
-    assert r"$\leq$ 0.0001 (Holm $\leq$ 0.0001)" in latex
+    assert r"$\leq$ 0.0001\\{}(Holm $\leq$ 0.0001)" in latex  # the Holm q under the p
     assert latex.isascii(), {c for c in latex if not c.isascii()}  # pdflatex's text mode
 
 
