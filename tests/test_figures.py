@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
+from zoommil.models import MODEL_NAMES
 from zoommil.reporting import attention, figure_attention, figure_throughput
 
 CLASSES = ["a", "b", "c"]
@@ -545,17 +546,7 @@ def test_figure_3_notes_lie_under_its_panels_and_tick_labels_are_one_size(
     assert len(labels) > 1 and {t.get_fontsize() for t in labels} == {figure_throughput.TICK_SIZE}
 
 
-DEMO_METHODS = [
-    "zoommil",
-    "maxmil",
-    "meanmil",
-    "sparseconvmil",
-    "abmil",
-    "clam_sb",
-    "transmil",
-    "msmil",
-    "dsmil",
-]
+DEMO_METHODS = list(MODEL_NAMES)  # the demo's nine methods, in its order
 
 
 def drawn_x_labels(ax: Any) -> list[Any]:

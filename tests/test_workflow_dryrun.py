@@ -174,9 +174,8 @@ def test_a_cpu_features_job_asks_for_one_encoder_per_thread(workdir: Path) -> No
     out = result.stdout + result.stderr
     command = next(line for line in out.splitlines() if "zoommil features " in line)
     assert "--device cpu " in command and "--threads 8 " in command
-    block = out[out.index("rule features:") :]
-    mem_mb = int(re.search(r"^\s+resources: .*\bmem_mb=(\d+)", block, flags=re.M).group(1))
-    assert mem_mb >= 8 * 1984, mem_mb
+    (mem_mb,) = harness.job_lines(result, r"^\s*resources: .*\bmem_mb=(\d+)")["features"]
+    assert int(mem_mb) >= 8 * 1984, mem_mb
 
 
 def test_a_preset_warns_at_load_of_imagenet_weights_not_on_this_machine(

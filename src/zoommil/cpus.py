@@ -16,3 +16,14 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+#: Most reader processes a GPU encoder gets: past it, reading outruns the encoder.
+MAX_GPU_READERS = 8
+
+
+def gpu_readers(cpus: int) -> int:
+    """Reader processes that keep a GPU encoder fed: one per CPU but the encoding process's,
+    at least 1, at most `MAX_GPU_READERS` (`zoommil features` starts them; the workflow sizes
+    the job's memory by them)."""
+    return min(MAX_GPU_READERS, max(1, cpus - 1))

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 import zoommil
-from zoommil.cpus import usable_cpus
+from zoommil.cpus import gpu_readers, usable_cpus
 from zoommil.device import resolve_device
 from zoommil.environment import cpu_model
 from zoommil.errors import SlideError, ZoomMILError
@@ -120,8 +120,7 @@ def default_workers(device: torch.device, threads: int | None = None) -> int:
     a scheduler gave the job, e.g. `set-threads: features=8`), else those this process may use."""
     if device.type != "cuda":
         return 1
-    cpus = threads if threads is not None and threads > 1 else usable_cpus()
-    return min(8, max(1, cpus - 1))
+    return gpu_readers(threads if threads is not None and threads > 1 else usable_cpus())
 
 
 @dataclass

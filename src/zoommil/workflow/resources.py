@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from zoommil.cpus import MAX_GPU_READERS, gpu_readers
 from zoommil.features.encoders.registry import get_spec
 from zoommil.training.config import TrainConfig
 
@@ -99,7 +100,7 @@ def reader_processes(device: str, threads: int) -> int:
     own `threads: 1`) takes the CPUs it may use on its node, which the rule cannot see: 8."""
     if device != "cuda":
         return 1
-    return 8 if threads <= 1 else min(8, max(1, threads - 1))
+    return MAX_GPU_READERS if threads <= 1 else gpu_readers(threads)
 
 
 def features_mem_mb(encoder: str, threads: int, device: str = "cpu") -> int:
