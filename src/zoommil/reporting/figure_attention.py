@@ -6,6 +6,8 @@ Drawn on a `matplotlib.figure.Figure`, not pyplot (see `figure_files`).
 from __future__ import annotations
 
 import logging
+import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import weights_note
@@ -24,6 +27,15 @@ from zoommil.reporting.table_frames import display_name
 from zoommil.reporting.table_notes import encoder_label
 
 log = logging.getLogger(__name__)
+
+#: A two-column page's text width is ~7.1 in: the figure is drawn at that size with 7-9 pt
+#: text, as Figure 3 (an 8.6 in figure printed its 7-8 pt text at ~6 pt).
+WIDTH = 6.9  # inches: ~7.0 saved (`save_figure` crops to the drawn and pads 0.1 in)
+LABEL_MARGIN = 0.5  # inches left of the maps: the rows' slide labels (3 lines)
+TITLE_SIZE = 9  # points
+LABEL_SIZE = 8  # points: the column titles
+NOTE_SIZE = 7  # points: the row labels, the colour bar and the notes
+ROW_GAP = 0.08  # inches: the least room a row label needs beyond its own length
 
 
 def _thumbnail(
@@ -38,6 +50,87 @@ def _boxes(ax: Axes, step: Mapping[str, Any], sx: float, sy: float, **style: Any
     side = float(step["side0"])
     for x, y in step["xy"]:
         ax.add_patch(Rectangle((x * sx, y * sy), side * sx, side * sy, fill=False, **style))
+
+
+def _panel_width(n_cols: int) -> float:
+    """Inches one map gets at `WIDTH` (an estimate before the layout)."""
+    return (WIDTH - LABEL_MARGIN) / n_cols - 0.08
+
+
+def _wrap(text: str, chars: int, hyphens: bool = False) -> str:
+    """``text`` in lines of at most ``chars`` characters; with ``hyphens`` also after a hyphen
+    or an underscore (a slide id: TCGA-CR-7395-01A-01-TS1), a word kept whole."""
+    if not hyphens:
+        return textwrap.fill(text, chars)
+    words = re.split(r"(?<=[-_])|\s+", text)
+    lines = [""]
+    for word in words:
+        joined = lines[-1] + ("" if lines[-1].endswith(("-", "_")) or not lines[-1] else " ")
+        if lines[-1] and len(joined + word) > chars:
+            lines.append(word)
+        else:
+            lines[-1] = joined + word
+    return "\n".join(lines)
+
+
+def _fit_text(text: Text, lines: Sequence[str], length: float, upwards: bool = False) -> None:
+    """Wrap ``lines`` into ``text`` so that it runs at most ``length`` inches (along its
+    width, or its height when written ``upwards``), as far as a word allows: a column title
+    wider than its map ran into the next one's, a long slide id past its row's maps into the
+    next row's label. Measured: an estimate per character misjudged capitals and digits."""
+    chars = max(len(line) for line in lines)
+    while True:
+        text.set_text("\n".join(_wrap(line, chars, hyphens=upwards) for line in lines))
+        box = text.get_window_extent()
+        run = (box.height if upwards else box.width) / text.figure.dpi
+        if run <= length or chars <= 8:
+            return
+        chars -= 1
+
+
+def _first_height(aspects: Sequence[float], n_cols: int) -> float:
+    """Inches: the rows' maps at `_panel_width` plus the title, column titles and colour bar;
+    `_fit_height` corrects it once the layout is known."""
+    return _panel_width(n_cols) * sum(aspects) + 1.6
+
+
+def _fit_height(
+    fig: Figure,
+    axes: np.ndarray,
+    aspects: Sequence[float],
+    labels: Sequence[Sequence[str]],
+    heads: Sequence[str],
+    passes: int = 5,
+) -> None:
+    """Set the figure's height and the rows' heights so that every map fills its panel's width
+    (a map of fixed aspect fills either the width or the height of the panel it is given; a
+    fixed figsize left empty bands between the rows). The column titles are wrapped to the
+    maps' width, each row's label (its lines: slide id, label, prediction) to its maps'
+    height; a row is no lower than a label that cannot wrap shorter. Each
+    pass corrects by what the last layout left over; margins barely move, so a few passes
+    meet to a hundredth of an inch."""
+    for _ in range(passes):
+        fig.draw_without_rendering()
+        height = fig.get_figheight()
+        cells = [row[0].get_position(original=True) for row in axes]
+        for ax, head in zip(axes[0], heads, strict=False):
+            _fit_text(ax.title, [head], cells[0].width * fig.get_figwidth())
+        wanted = []
+        for cell, aspect, row, lines in zip(cells, aspects, axes, labels, strict=True):
+            maps = cell.width * fig.get_figwidth() * aspect
+            _fit_text(row[0].yaxis.label, lines, maps, upwards=True)
+            wanted.append(max(maps, _label_height(row[0]) + ROW_GAP))
+        change = sum(wanted) - sum(cell.height * height for cell in cells)
+        axes[0, 0].get_gridspec().set_height_ratios(wanted)
+        fig.set_figheight(height + change)
+        if abs(change) < 0.01:
+            return
+    fig.draw_without_rendering()
+
+
+def _label_height(ax: Axes) -> float:
+    """Inches the row label beside ``ax`` runs along it (written upwards: its length)."""
+    return ax.yaxis.label.get_window_extent().height / ax.figure.dpi
 
 
 def attention_layout(predictions: Sequence[Mapping[str, Any]]) -> list[float]:
@@ -72,8 +165,10 @@ def attention_figure(
     predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
     mags = attention_layout(loaded)
     n_rows, n_cols = max(1, len(loaded)), 1 + max(1, len(mags))
-    fig = Figure(figsize=(3.3 * n_cols + 0.8, 2.7 * n_rows + 0.9))
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    aspects = [thumb.shape[0] / thumb.shape[1] for thumb, _ in thumbs] or [0.2]
+    fig = Figure(figsize=(WIDTH, _first_height(aspects, n_cols)), layout="constrained")
+    grid = fig.add_gridspec(n_rows, n_cols, height_ratios=aspects)
+    axes = grid.subplots(squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -84,8 +179,8 @@ def attention_figure(
         empty = "no test slides to show"
         if skipped:
             empty = "no test slide could be shown: the chosen slides failed\n" + "\n".join(skipped)
-        fig.text(0.5, 0.5, empty, ha="center", va="center", fontsize=8, wrap=True)
-    image, shown = None, []
+        fig.text(0.5, 0.5, empty, ha="center", va="center", fontsize=LABEL_SIZE, wrap=True)
+    image, shown, labels = None, [], []
     for row, (path, prediction) in enumerate(zip(predictions, loaded, strict=True)):
         slide_id = _prediction_slide_id(Path(path), prediction, table)
         background, size0 = thumbs[row]
@@ -96,7 +191,8 @@ def attention_figure(
         predicted = prediction.get("predicted", "?")
         selected = sorted(prediction.get("selected") or [], key=lambda e: float(e["mag"]))
         axes[row, 0].imshow(background)
-        axes[row, 0].set_ylabel(f"{slide_id}\nlabel {label}\npredicted {predicted}", fontsize=8)
+        labels.append([slide_id, f"label {label}", f"predicted {predicted}"])
+        axes[row, 0].set_ylabel("\n".join(labels[-1]), fontsize=NOTE_SIZE)  # `_fit_height` wraps
         for step in selected:
             _boxes(axes[row, 0], step, sx, sy, edgecolor="black", linewidth=0.8)
         by_mag = {float(e["mag"]): e for e in attention.attention_entries(prediction)}
@@ -112,41 +208,46 @@ def attention_figure(
                 if float(step["mag"]) <= mag:
                     _boxes(ax, step, sx, sy, edgecolor="cyan", linewidth=0.8)
     zoomed = any(p.get("selected") for p in loaded)  # ZoomMIL's; other models read every patch
-    axes[0, 0].set_title("slide (boxes: regions zoomed into)" if zoomed else "slide", fontsize=8)
     archs = {str(p.get("arch")) for p in loaded}
     what = "per-patch probability" if archs == {"maxmil"} else "attention"  # MaxMIL's: no weights
-    for col, mag in enumerate(mags, start=1):
-        axes[0, col].set_title(f"{what} at {mag:g}x", fontsize=8)
+    heads = ["slide (boxes: regions zoomed into)" if zoomed else "slide"]
+    heads += [f"{what} at {mag:g}x" for mag in mags]
+    for ax, head in zip(axes[0], heads, strict=False):
+        ax.set_title(head, fontsize=LABEL_SIZE)  # `_fit_height` wraps it to the map's width
     where = f"at {mags[0]:g}x" if len(mags) == 1 else "at every magnification"
     title = f"{dataset}: {display_name(method)} {what} {where}"
     if encoder is not None:
         title += f"\nencoder {encoder_label(encoder)}"  # its own line: fits 3 columns
     if note := weights_note(weights):
         title += f"\n{note}"
-    fig.suptitle(title, fontsize=10)
-    # room for the title's lines above the column titles (with one row, the default margin let
-    # a three-line title run over them, review H2); before the colour bar, which takes its
-    # room from the panels as they are then placed (set after it, the panels spread under it)
-    height = fig.get_figheight()
-    fig.subplots_adjust(top=1 - (0.3 + 0.19 * (title.count("\n") + 1)) / height)
+    fig.suptitle(title, fontsize=TITLE_SIZE)
     if image is not None:
-        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
+        # below the maps, not beside them: the width goes to the maps (a two-column page)
+        bar = fig.colorbar(
+            image, ax=axes.ravel().tolist(), location="bottom", shrink=0.5, aspect=40, pad=0.03
+        )
         # "low"/"high", not 0 and 1: the colours are each map's own min-max, and MaxMIL's 0-1
         # ticks beside "probability" read as probabilities that were 0.3-0.6 (review B)
-        bar.set_ticks([0.0, 1.0], labels=["low", "high"], fontsize=7)
-        what = attention.score_name(*loaded)
+        bar.set_ticks([0.0, 1.0], labels=["low", "high"], fontsize=NOTE_SIZE)
         bar.set_label(
-            f"{what}\n(min-max per slide and magnification: relative within one map)", fontsize=8
+            f"{attention.score_name(*loaded)}\n"
+            "(min-max per slide and magnification: relative within one map)",
+            fontsize=NOTE_SIZE,
         )
+    if loaded:
+        _fit_height(fig, axes, aspects, labels, heads)
     footnotes = ["skipped: " + "; ".join(skipped)] if skipped and loaded else []
     if loaded and wanted is not None and len(loaded) < wanted:
         footnotes.append(
             f"{len(loaded)} of the {wanted} slides asked for (figures.attention.n_slides): the "
             "test split has no more that could be shown"
         )
+    fig.draw_without_rendering()
+    fig.set_layout_engine("none")  # fixed now: the notes go under what it laid out
     if footnotes:
-        fig.text(0.01, 0.005, "\n".join(footnotes), fontsize=7, wrap=True)
-    titles = [ax.get_title() for ax in axes[0]]
+        bottom = min(ax.get_tightbbox().y0 for ax in fig.axes) / fig.bbox.height
+        fig.text(0.01, bottom - 0.01, "\n".join(footnotes), fontsize=NOTE_SIZE, va="top", wrap=True)
+    titles = heads + [""] * (n_cols - len(heads))  # as written, before wrapping
     save_figure(fig, outputs)
     panels = [ax.get_position() for ax in axes.ravel()]
     return {
@@ -154,9 +255,9 @@ def attention_figure(
         "titles": titles,
         "title": title,
         "colorbar": image is not None,
-        "colorbar_label": bar.ax.get_ylabel() if image is not None else None,
+        "colorbar_label": bar.ax.get_xlabel() if image is not None else None,
         "colorbar_ticks": (
-            [t.get_text() for t in bar.ax.get_yticklabels()] if image is not None else []
+            [t.get_text() for t in bar.ax.get_xticklabels()] if image is not None else []
         ),
         # the bar's box against the panels' (a layout change once put it over the last column)
         "colorbar_overlaps": image is not None
