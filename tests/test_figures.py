@@ -17,6 +17,7 @@ from zoommil.models import MODEL_NAMES
 from zoommil.reporting import attention, figure_attention, figure_throughput
 
 CLASSES = ["a", "b", "c"]
+DEMO_METHODS = list(MODEL_NAMES)  # the demo's nine methods, in its order
 
 
 def test_frontier_keeps_only_undominated_points() -> None:
@@ -42,11 +43,66 @@ def test_method_styles_are_distinct_and_zoommil_stands_out() -> None:
     zoom = styles["zoommil"]
     assert zoom["marker"] == "*" and zoom["color"] == figure_throughput.ZOOMMIL_COLOUR
     # colour-blind-safe colours; each baseline keeps the marker it had (review: print size)
-    assert {styles[m]["color"] for m in methods[1:]} <= set(figure_throughput.OKABE_ITO)
+    assert {styles[m]["color"] for m in methods[1:]} <= set(figure_throughput.BASELINE_COLOURS)
     assert [styles[m]["marker"] for m in methods[1:]] == ["o", "s", "D", "v", "P", "<"]
     others = [(tuple(styles[m]["color"]), styles[m]["marker"]) for m in methods[1:]]
     assert len(set(others)) == len(others)
     assert all(c[:3] != styles["zoommil"]["color"] for c, _ in others)
+    assert all(styles[m]["markersize"] < zoom["markersize"] for m in methods[1:])
+
+
+def _linear_rgb(colour: str) -> np.ndarray:
+    c = np.array([int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def _lab(linear: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of linear sRGB."""
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    x = xyz @ np.clip(linear, 0, 1) / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(x > 0.008856, np.cbrt(x), 7.787 * x + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+#: Machado, Oliveira & Fernandes (2009), severity 1: protanopia, deuteranopia, tritanopia.
+DICHROMACY = {
+    "protan": [
+        [0.152286, 1.052583, -0.204868],
+        [0.114503, 0.786281, 0.099216],
+        [-0.003882, -0.048116, 1.051998],
+    ],
+    "deutan": [
+        [0.367322, 0.860646, -0.227968],
+        [0.280085, 0.672501, 0.047413],
+        [-0.011820, 0.042940, 0.968881],
+    ],
+    "tritan": [
+        [1.255528, -0.076749, -0.178779],
+        [-0.078411, 0.930809, 0.147602],
+        [0.004733, 0.691367, 0.303900],
+    ],
+}
+
+
+def test_the_nine_methods_have_nine_colours_apart_for_colour_blind_readers() -> None:
+    """Eight baselines shared six Okabe-Ito colours: two of Figure 3's had one colour (their
+    markers differed). Nine colours, ZoomMIL's vermillion its own, each readable on white
+    (>= 2:1) and apart (CIELAB dE >= 15) in normal and simulated dichromat vision."""
+    styles = figure_throughput.method_styles(DEMO_METHODS)
+    colours = [styles[m]["color"] for m in DEMO_METHODS]
+    assert len(set(colours)) == 9 and colours.count(figure_throughput.ZOOMMIL_COLOUR) == 1
+    for colour in colours:
+        luminance = _linear_rgb(colour) @ [0.2126, 0.7152, 0.0722]
+        assert 1.05 / (luminance + 0.05) >= 2.0, colour
+    for vision, matrix in {"normal": np.eye(3), **DICHROMACY}.items():
+        labs = [_lab(np.asarray(matrix) @ _linear_rgb(c)) for c in colours]
+        for i, a in enumerate(labs):
+            for j in range(i + 1, len(labs)):
+                assert np.linalg.norm(a - labs[j]) >= 15, (vision, colours[i], colours[j])
+    # a second ZoomMIL variant: a star, not a second vermillion one
+    variants = figure_throughput.method_styles(["zoommil", "zoommil_k8", "abmil"])
+    assert variants["zoommil_k8"]["marker"] == "*"
+    assert len({s["color"] for s in variants.values()}) == 3
 
 
 def write_run(root: Path, method: str, seconds: float, correct: list[bool]) -> tuple[Path, Path]:
@@ -544,9 +600,6 @@ def test_figure_3_notes_lie_under_its_panels_and_tick_labels_are_one_size(
     assert 0 <= box.x0 and box.x1 <= fig.bbox.width  # wrapped within the figure's width
     labels = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
     assert len(labels) > 1 and {t.get_fontsize() for t in labels} == {figure_throughput.TICK_SIZE}
-
-
-DEMO_METHODS = list(MODEL_NAMES)  # the demo's nine methods, in its order
 
 
 def drawn_x_labels(ax: Any) -> list[Any]:
