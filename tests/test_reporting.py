@@ -563,14 +563,50 @@ def test_per_class_table_gives_each_class_f1_and_macro_f1_over_seeds(tmp_path: P
     header = "| Method | Macro F1 (%) | F1 a (%, 2 slides) | F1 b (%, 3 slides) | F1 c (%) |"
     assert header in markdown
     assert "| ZoomMIL | 80.0 ± 14.1 | 80.0 ± 28.3 | 80.0 ± 0.0 | 70.0 (n=1) |" in markdown
-    assert "| zoommil_random (1 seed) | 20.0 | 20.0 | 20.0 | 20.0 |" in markdown
+    # an ablation by what it changes, as Table 4's variant column: its config id said nothing
+    assert "| ZoomMIL, selection=random (1 seed) | 20.0 | 20.0 | 20.0 | 20.0 |" in markdown
     assert "n/a or (n=k): F1 defined for k of the method's seeds only" in markdown
     assert "RANDOM" in markdown and "TFLOPs" not in markdown  # its own notes, no costs
-    assert r"\label{tab:demo-per-class}" in outputs["per_class_tex"].read_text()
+    latex = outputs["per_class_tex"].read_text()
+    assert r"\label{tab:demo-per-class}" in latex and "ZoomMIL, selection=random" in latex
     moved = json.loads(data["evals"][0].read_text()) | {"classes": ["b", "a", "c"]}
     data["evals"][0].write_text(json.dumps(moved))
     with pytest.raises(ZoomMILError, match="evaluations list their classes differently"):
         _make_demo_tables(tmp_path, data, outputs_extra=("per_class",))
+
+
+def test_tables_name_an_ablation_by_what_it_changes() -> None:
+    """The per-class and comparison tables named an ablation by its config id
+    (zoommil_single_attention); Table 4 says what it changes. One source of names for all."""
+    methods = {"zoommil": {"arch": "zoommil", "k": 4}, "clam_sb": {"arch": "clam_sb"}}
+    ablations = {
+        "zoommil_single_attention": {"arch": "zoommil", "k": 4, "attention": "single"},
+        "zoommil_k8": {"arch": "zoommil", "k": 8, "aggregation": "concat"},
+        "zoommil_again": {"arch": "zoommil", "k": 4},  # changes nothing: keeps its id
+    }
+    names = table_frames.method_names(methods, ablations, "zoommil")
+    assert names == {
+        "zoommil": "ZoomMIL",
+        "clam_sb": "CLAM-SB",
+        "zoommil_single_attention": "ZoomMIL, attention=single",
+        "zoommil_k8": "ZoomMIL, aggregation=concat, k=8",
+        "zoommil_again": "zoommil_again",
+    }
+    variants = table_frames.ablation_table(
+        pd.DataFrame({"method": pd.Series([], dtype=str)}), ablations, "zoommil", methods, {}
+    ).set_index("method")["variant"]
+    assert names["zoommil_k8"] == f"ZoomMIL, {variants['zoommil_k8']}"
+    table = pd.DataFrame(
+        {
+            "method": ["zoommil", "zoommil_single_attention"],
+            "n_seeds": [3, 1],
+            "macro_f1_mean": [0.5, 0.4],
+            "macro_f1_std": [0.1, math.nan],
+            "macro_f1_n": [3, 1],
+        }
+    )
+    shown = per_class.per_class_display(table, [], names)["Method"]
+    assert list(shown) == ["ZoomMIL", "ZoomMIL, attention=single (1 seed)"]
 
 
 def test_per_class_notes_explain_n_a_only_when_a_cell_has_it() -> None:
@@ -849,6 +885,18 @@ def test_comparison_notes_say_ratios_are_of_the_means(tmp_path: Path) -> None:
     markdown = outputs["comparison_md"].read_text()
     assert "ratios: reference / method of the means" in markdown
     assert "point values without an interval" in markdown
+
+
+def test_the_comparison_table_names_an_ablation_as_the_per_class_table(tmp_path: Path) -> None:
+    """ "ZoomMIL vs zoommil_random": the comparison named an ablation by its config id."""
+    data = fabricate_results(tmp_path)
+    ablations = {"zoommil_random": {"arch": "zoommil", "k": 4, "selection": "random"}}
+    _, outputs = _make_demo_tables(
+        tmp_path, data, comparisons=True, ablations=ablations, reference="zoommil"
+    )
+    markdown = outputs["comparison_md"].read_text()
+    assert "| ZoomMIL vs ZoomMIL, selection=random | ablation |" in markdown
+    assert "| ZoomMIL vs ABMIL | baseline |" in markdown
 
 
 def test_ablation_label() -> None:

@@ -97,15 +97,20 @@ def _cell(mean: float, std: float, n: int, seeds: int) -> str:
     return text + (f" (n={n})" if n < seeds else "")
 
 
-def per_class_display(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+def per_class_display(
+    table: pd.DataFrame, classes: Sequence[str], names: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """Human-readable rows: method, macro F1 and each class's F1 (its test slides in the
-    header)."""
+    header). ``names``: the rows' names (`table_frames.method_names`: an ablation by what it
+    changes); a method without one gets its `display_name`."""
+    names = names or {}
     most = int(table["n_seeds"].max()) if len(table) else 0
     out = pd.DataFrame()
     # a method trained on fewer seeds says so by its name; (n=k) in a cell is an F1
     # undefined for its other seeds (it read as such for a 1-seed ablation, review G)
     out["Method"] = [
-        display_name(m) + (f" ({count_text(str(int(k)), 'seed')})" if k < most else "")
+        names.get(m, display_name(m))
+        + (f" ({count_text(str(int(k)), 'seed')})" if k < most else "")
         for m, k in zip(table.get("method", []), table.get("n_seeds", []), strict=True)
     ]
     columns = [("macro_f1", "Macro F1 (%)")]

@@ -164,6 +164,24 @@ def ablation_label(spec: Mapping[str, Any], reference: Mapping[str, Any]) -> tup
     return ", ".join(changed), ", ".join(f"{k}={full.get(k)}" for k in changed)
 
 
+def method_names(
+    methods: Mapping[str, Mapping[str, Any]],
+    ablations: Mapping[str, Mapping[str, Any]],
+    reference: str | None,
+) -> dict[str, str]:
+    """The names the per-class and comparison tables give their rows: a method its paper's
+    (`display_name`), an ablation its architecture's and what it changes against the
+    reference, as Table 4's variant column says it ("ZoomMIL, selection=random"): its config
+    id (zoommil_random) said nothing to a reader. One that changes nothing keeps its id."""
+    names = {method: display_name(method, spec) for method, spec in methods.items()}
+    ref_spec = methods.get(reference, {}) if reference else {}
+    for method, spec in ablations.items():
+        component, variant = ablation_label(spec, ref_spec)
+        arch = display_name(str(spec.get("arch", "zoommil")))
+        names[method] = display_name(method) if component == "reference" else f"{arch}, {variant}"
+    return names
+
+
 def ablation_table(
     summary: pd.DataFrame,
     ablations: Mapping[str, Mapping[str, Any]],

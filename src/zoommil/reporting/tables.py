@@ -37,9 +37,9 @@ from zoommil.reporting.table_frames import (
     ablation_table,
     add_intervals,
     comparison_table,
-    display_name,
     full_seeds,
     main_table,
+    method_names,
     run_predictions,
     summarize_runs,
 )
@@ -147,6 +147,7 @@ def make_tables(
         to_latex(display, title, ab_notes, best, f"tab:{dataset}-ablations"),
     )
 
+    names = method_names(methods, ablations, reference)  # an ablation's as Table 4 says it
     reference = reference or ("zoommil" if "zoommil" in methods else None)
     others = {m: "baseline" for m in methods if reference and m != reference}
     others.update({m: "ablation" for m in ablations if reference})
@@ -154,7 +155,6 @@ def make_tables(
     if "comparison_csv" in outputs:
         title = f"Paired comparisons on {dataset}"
         c_notes = comparison_notes(comparison, notes)
-        names = {m: display_name(m) for m in [reference, *others]}
         display = comparison_display(comparison, names, devices, headers)
         write_csv(outputs["comparison_csv"], comparison, c_notes)
         write_text(outputs["comparison_md"], to_markdown(display, title, c_notes, ()))
@@ -170,7 +170,7 @@ def make_tables(
         # the encoder, weights and QC notes; not those on CIs, AUC, TFLOPs and times
         shared = [n for n in untimed_notes if not n.startswith(("mean ± std", "TFLOPs and"))]
         pc_notes = [*per_class.per_class_notes(table), *shared]
-        display = per_class.per_class_display(table, per_class.class_order(records))
+        display = per_class.per_class_display(table, per_class.class_order(records), names)
         write_csv(outputs["per_class_csv"], table, pc_notes)
         write_text(outputs["per_class_md"], to_markdown(display, title, pc_notes, ()))
         write_text(
