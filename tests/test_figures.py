@@ -44,7 +44,12 @@ def test_method_styles_are_distinct_and_zoommil_stands_out() -> None:
     assert zoom["marker"] == "*" and zoom["color"] == figure_throughput.ZOOMMIL_COLOUR
     # colour-blind-safe colours; each baseline keeps the marker it had (review: print size)
     assert {styles[m]["color"] for m in methods[1:]} <= set(figure_throughput.BASELINE_COLOURS)
-    assert [styles[m]["marker"] for m in methods[1:]] == ["o", "s", "D", "v", "P", "<"]
+    assert [styles[m]["marker"] for m in methods[1:]] == ["o", "s", "v", "P", "<", "X"]
+    # a baseline is drawn alike whichever methods a config runs (by position, this subset
+    # without SparseConvMIL and MS-MIL drew ABMIL in SparseConvMIL's colour)
+    full = figure_throughput.method_styles(DEMO_METHODS)
+    assert all(styles[m] == full[m] for m in methods)
+    assert figure_throughput.method_styles(methods[::-1]) == styles
     others = [(tuple(styles[m]["color"]), styles[m]["marker"]) for m in methods[1:]]
     assert len(set(others)) == len(others)
     assert all(c[:3] != styles["zoommil"]["color"] for c, _ in others)

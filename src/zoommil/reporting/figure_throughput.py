@@ -5,6 +5,7 @@ Drawn on a `matplotlib.figure.Figure`, not pyplot (see `figure_files`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import textwrap
@@ -24,6 +25,7 @@ from matplotlib.transforms import offset_copy
 from zoommil.recipe import DEFAULT_ENCODER, weights_note
 from zoommil.reporting import results, stats
 from zoommil.reporting.figure_files import save_figure
+from zoommil.reporting.names import DISPLAY_NAMES
 from zoommil.reporting.table_format import count_text
 from zoommil.reporting.table_frames import (
     add_intervals,
@@ -64,6 +66,8 @@ BASELINE_COLOURS = (
 )
 #: One marker per baseline, in the order they had (ZoomMIL's star aside).
 MARKERS = "osDvP<>Xph^"
+#: The paper's baselines in its order: a baseline's colour and marker are those at its place.
+PAPER_BASELINES = tuple(m for m in DISPLAY_NAMES if m != "zoommil")
 #: Lead digits of the labelled log ticks, densest first: a panel takes the densest set whose
 #: labels do not touch ("600 700800" at print width).
 TICK_LEADS = ((1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 3, 5), (1, 2, 5), (1, 3), (1,))
@@ -321,17 +325,24 @@ def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """A colour and a marker per method: ZoomMIL a large vermillion star, each baseline its own
     colour of `BASELINE_COLOURS` (the eight of the paper: all different) and marker, so a
     marker tells apart what a colour may not. A further ZoomMIL variant is a star in the next
-    baseline colour (two vermillion stars could not be told apart)."""
-    styles, k = {}, 0
+    baseline colour (two vermillion stars could not be told apart).
+
+    A paper baseline keeps its slot (its place in `PAPER_BASELINES`) whichever methods a
+    config runs, so ABMIL has one colour in every run's figure; by position, a config without
+    SparseConvMIL drew ABMIL in SparseConvMIL's colour. Another method takes the first slot no
+    baseline of ``methods`` holds."""
+    taken = {PAPER_BASELINES.index(m) for m in methods if m in PAPER_BASELINES}
+    free = (k for k in itertools.count() if k not in taken)
+    styles: dict[str, dict[str, Any]] = {}
     for method in methods:
         zoommil = method.startswith("zoommil")
         if zoommil and not any(s["color"] == ZOOMMIL_COLOUR for s in styles.values()):
             styles[method] = {"color": ZOOMMIL_COLOUR, "marker": "*", "markersize": 10}
             continue
+        k = PAPER_BASELINES.index(method) if method in PAPER_BASELINES else next(free)
         colour = BASELINE_COLOURS[k % len(BASELINE_COLOURS)]
         marker = "*" if zoommil else MARKERS[k % len(MARKERS)]
         styles[method] = {"color": colour, "marker": marker, "markersize": 8 if zoommil else 5.5}
-        k += 1
     return styles
 
 
