@@ -178,6 +178,23 @@ def test_a_cpu_features_job_asks_for_one_encoder_per_thread(workdir: Path) -> No
     assert int(mem_mb) >= 8 * 1984, mem_mb
 
 
+def test_a_features_job_counts_the_reader_processes_features_args_start(workdir: Path) -> None:
+    """`features.args: {workers: 24}` starts 24 reader processes (~150 MB each) beside the
+    encoder: the GPU job then needs more than the rule's 6000 MB floor, which it asked for
+    whatever the workers."""
+    sheet = fake_sheet(workdir / "sheet_workers", PRESETS["camelyon16"])
+    config = yaml.safe_load((workdir / "config" / "camelyon16_uni.yaml").read_text())
+    config["features"]["args"] = {"workers": 24}
+    configfile = harness.write_config(workdir, config, "uni_workers.yaml")
+    result = harness.snakemake(
+        workdir, "-n", "results/features/s0.h5", "--config", f"sheet={sheet}",
+        configfile=configfile,
+    )  # fmt: skip
+    (mem_mb,) = harness.job_lines(result, r"^\s*resources: .*\bmem_mb=(\d+)")["features"]
+    readers = 24 * 150
+    assert int(mem_mb) >= 1984 + readers + 1000 > 6000, mem_mb
+
+
 def test_a_preset_warns_at_load_of_imagenet_weights_not_on_this_machine(
     workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -102,6 +102,19 @@ def test_gpu_readers_are_counted_as_features_starts_them(monkeypatch, threads, c
         assert resources.reader_processes("cuda", threads) == started
 
 
+def test_features_memory_counts_the_readers_workers_starts():
+    """`features.args: {workers: N}` (`--workers N`) starts N reader processes on CPU and on a
+    GPU instead of the default's 1 or up to 8: each is counted, none with 0."""
+    default = resources.features_mem_mb("uni", 1, "cuda")
+    assert resources.features_mem_mb("uni", 1, "cuda", 24) == default + 16 * 150
+    assert (
+        resources.features_mem_mb("uni", 8, "cpu", 6)
+        == resources.features_mem_mb("uni", 8, "cpu") + 5 * 150
+    )
+    assert resources.features_mem_mb("uni", 8, "cpu", 0) < resources.features_mem_mb("uni", 8)
+    assert resources.features_rule_mem_mb("uni", 1, 24) == default + 16 * 150
+
+
 def test_the_features_rule_declares_a_gpu_job_of_one_thread():
     """The rule cannot see whether its job gets a GPU: at one thread the GPU job (its encoder,
     up to 8 readers and the CUDA context) is the larger, and H-optimus-0's needs more than

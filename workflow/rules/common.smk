@@ -459,8 +459,12 @@ PROFILE_DEVICES = {
 
 def features_mem_mb(wildcards, threads, attempt):
     """A features job on CPU runs one encoder process per thread, on a GPU one and its
-    readers: sized from the encoder, the larger of the two."""
-    needed = zresources.features_rule_mem_mb(RECIPE.encoder, threads)
+    readers (`features.args`' `workers` where given): sized from the encoder, the larger of
+    the two."""
+    workers = FEATURES_EXECUTION_ARGS.get("workers")
+    needed = zresources.features_rule_mem_mb(
+        RECIPE.encoder, threads, None if workers is None else int(workers)
+    )
     return max(6000, needed) * attempt
 
 

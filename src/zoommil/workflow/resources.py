@@ -103,24 +103,29 @@ def reader_processes(device: str, threads: int) -> int:
     return MAX_GPU_READERS if threads <= 1 else gpu_readers(threads)
 
 
-def features_mem_mb(encoder: str, threads: int, device: str = "cpu") -> int:
+def features_mem_mb(
+    encoder: str, threads: int, device: str = "cpu", workers: int | None = None
+) -> int:
     """MB of a `zoommil features --threads N` job: on CPU N encoder processes (the command's
     own and N - 1 workers, `zoommil.features.encoder_pool`) and one reader process; on a GPU
-    one encoder process and its readers."""
+    one encoder process and its readers. ``workers``: `--workers` where given
+    (`features.args`), the reader processes it starts instead of the default's."""
     process = encoder_process_mb(encoder) + FEATURES_WORK_MB
-    readers = reader_processes(device, threads) * READER_PROCESS_MB
+    if workers is None:
+        workers = reader_processes(device, threads)
+    readers = max(0, workers) * READER_PROCESS_MB
     if device == "cuda":
         return process + readers + CUDA_HOST_MB
     return max(1, threads) * process + readers
 
 
-def features_rule_mem_mb(encoder: str, threads: int) -> int:
+def features_rule_mem_mb(encoder: str, threads: int, workers: int | None = None) -> int:
     """MB the features rule declares: a rule cannot see whether its job gets a GPU (the `gpu`
     resource a profile or the command line sets), so the larger of the CPU and GPU sizes. The
     CPU size is the larger with several threads (an encoder per thread); with the rule's one
     thread the GPU's, whose readers take the CPUs the job may use (with 8 of them, H-optimus-0
-    needs 7741 MB against 5691 on CPU)."""
-    return max(features_mem_mb(encoder, threads, d) for d in ("cpu", "cuda"))
+    needs 7741 MB against 5691 on CPU). ``workers``: `features.args`' `--workers`."""
+    return max(features_mem_mb(encoder, threads, d, workers) for d in ("cpu", "cuda"))
 
 
 def profile_mem_mb(encoder: str, device: str, threads: int, n_slides: int) -> int:
