@@ -195,6 +195,34 @@ def test_a_features_job_counts_the_reader_processes_features_args_start(workdir:
     assert int(mem_mb) >= 1984 + readers + 1000 > 6000, mem_mb
 
 
+def test_an_auto_cache_cohort_beyond_the_cap_is_sized_as_read_from_disk(tmp_path: Path) -> None:
+    """`cache: auto` with bags above `cache_max_gb` keeps none in memory (`load_splits`):
+    once QC has listed 60 GiB of feature files against a 40 GiB cap, a train job asks for its
+    step's peak (the rule's 8000 MB floor), not the cap's 42,360 MB; 48 GiB are beyond the
+    cap for the methods that read 10x and 20x, not for those that read 20x alone (~38 GiB of
+    it); under the cap, a job asks for what the files hold."""
+    workdir = harness.copy_workflow(tmp_path / "wf", with_sources=False)
+    sheet = fake_sheet(workdir / "sheet", PRESETS["camelyon16"])
+    config = yaml.safe_load((workdir / "config" / "camelyon16.yaml").read_text())
+    config["train"]["extra"] = {"cache_max_gb": 40}
+    configfile = harness.write_config(workdir, config, "cap40.yaml")
+    listed = workdir / manifest.MANIFEST
+    listed.parent.mkdir(parents=True)
+
+    def train_mem_mb(gib_a_file: int) -> set[str]:
+        rows = [f"s{i}\tresults/features/s{i}.h5\t{gib_a_file * 2**30}\t1\n" for i in range(6)]
+        listed.write_text("slide_id\tpath\tbytes\tmtime_ns\n" + "".join(rows))
+        result = harness.snakemake(
+            workdir, "-n", "--config", f"sheet={sheet}", configfile=configfile
+        )
+        return harness.job_lines(result, r"^\s*resources: .*\bmem_mb=(\d+)")["train"]
+
+    assert train_mem_mb(10) == {"8000"}
+    assert train_mem_mb(8) == {"8000", "42360", "43560"}  # TransMIL's step: 2600 MB
+    under = train_mem_mb(5)  # 30 GiB: kept in memory
+    assert min(map(int, under)) >= 30 * 1024, under
+
+
 def test_a_preset_warns_at_load_of_imagenet_weights_not_on_this_machine(
     workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

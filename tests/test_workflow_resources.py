@@ -59,6 +59,42 @@ def test_train_memory_follows_the_cache():
     assert resources.cache_settings({"cache": "disk", "cache_max_gb": 2}) == ("disk", 2.0)
 
 
+def test_auto_cache_beyond_the_cap_is_sized_as_disk():
+    """`cache: auto` keeps every bag when they fit in `cache_max_gb`, else none
+    (`load_splits`): a cohort whose bags exceed the cap was still sized at the cap."""
+    disk = resources.train_mem_mb("abmil", "disk", 8.0)
+    beyond = 9 * 2**30
+    assert resources.train_mem_mb("abmil", "auto", 8.0, 12 * 2**30, beyond) == disk
+    assert resources.train_mem_mb("abmil", "auto", 8.0, 12 * 2**30, 7 * 2**30) == disk + 8 * 1024
+    assert resources.train_mem_mb("abmil", "memory", 8.0, 12 * 2**30, beyond) == disk + 12 * 1024
+
+
+def test_the_least_loaded_bytes_bound_what_training_counts(tmp_path: Path):
+    """The bound `train_mem_mb` weighs against the cap is at most what `load_splits` counts
+    (else a cohort kept in memory would be sized as read from disk) and within each file's
+    slack of it, for a model that reads every magnification and one that reads the highest."""
+    import numpy as np
+
+    from zoommil.io.featurefile import write_feature_file
+    from zoommil.training.data import SlideRecord, drop_empty
+    from zoommil.wsi.lattice import children_order
+
+    records, sizes = [], []
+    for i, n_low in enumerate((600, 900)):
+        low = np.stack(np.divmod(np.arange(n_low), 32), axis=1)
+        high = children_order(low)
+        feats = [np.ones((len(c), 1024), np.float32) for c in (low, high)]
+        path = tmp_path / f"s{i}.h5"
+        write_feature_file(path, [10.0, 20.0], feats, [low, high], [c * 512 for c in (low, high)])
+        records.append(SlideRecord(f"s{i}", 0, path))
+        sizes.append(path.stat().st_size)
+    for read in ([10.0, 20.0], [20.0]):
+        counted = drop_empty(records, read)[3]
+        least = resources.least_loaded_bytes(sizes, "resnet50_layer3", read, [10.0, 20.0])
+        slack = 2 * resources.file_slack_bytes(1024, 2)
+        assert counted - slack < least <= counted, (read, least, counted)
+
+
 def test_flops_runtime_grows_with_test_slides_and_methods():
     nine = ["abmil", "clam_sb", "dsmil", "maxmil", "meanmil", "msmil", "sparseconvmil"]
     nine += ["transmil", "zoommil"]

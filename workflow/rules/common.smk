@@ -23,7 +23,7 @@ from zoommil.workflow import cache as zcache
 from zoommil.workflow import qc as zqc
 from zoommil.io import sheet as zsheet
 from zoommil.io import yamlio as zyaml
-from zoommil.recipe import PreprocessingRecipe
+from zoommil.recipe import PreprocessingRecipe, method_mags
 from zoommil.workflow import codehash as zcode
 from zoommil.workflow import config_checks as zconfig
 from zoommil.workflow import failure as zfailure
@@ -488,13 +488,22 @@ TRAIN_CACHE, TRAIN_CACHE_MAX_GB = zresources.cache_settings(
 
 def train_mem_mb(wildcards, input, attempt):
     """A train job keeps up to `cache_max_gb` of bags in memory with `cache: auto` (the
-    usable feature files' size, once QC listed them, where that is less)."""
-    arch = ALL_METHODS[wildcards.method].get("arch", wildcards.method)
+    usable feature files' size, once QC listed them, where that is less; none where the
+    bags its method reads are larger)."""
+    spec = ALL_METHODS[wildcards.method]
+    sizes = zresources.listed_sizes(input.features)
+    least = None
+    if sizes is not None:
+        read = method_mags(wildcards.method, spec, RECIPE.mags)
+        least = zresources.least_loaded_bytes(
+            sizes.values(), RECIPE.encoder, read, RECIPE.mags
+        )
     needed = zresources.train_mem_mb(
-        arch,
+        spec.get("arch", wildcards.method),
         TRAIN_CACHE,
         TRAIN_CACHE_MAX_GB,
-        zresources.listed_bytes(input.features),
+        None if sizes is None else sum(sizes.values()),
+        least,
     )
     return max(8000, needed) * attempt
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from zoommil.cpus import MAX_GPU_READERS, gpu_readers
 from zoommil.features.encoders.registry import get_spec
+from zoommil.io.featurefile import FeatureFileWriter
 from zoommil.training.config import TrainConfig
 
 #: Peak RSS (MB) of one process that builds the encoder (random weights) and encodes two
@@ -67,6 +68,12 @@ CUDA_HOST_MB = 1000
 #: (docs/scale_runs.md).
 TRAIN_STEP_MB = {"transmil": 2600}
 TRAIN_STEP_DEFAULT_MB = 1400
+#: What a feature file holds per patch beyond its D float32 features: (row, col) and (x, y) as
+#: int64 (`zoommil.io.featurefile`), and at most a float32 tissue fraction.
+ROW_EXTRA_BYTES = 36
+#: A feature file's HDF5 metadata and provenance attributes, an upper bound: the demo's files
+#: hold ~15 KB beside their rows.
+FILE_OVERHEAD_BYTES = 2**20
 
 #: Seconds `zoommil flops` takes per test slide and method at CAMELYON16 size (2,500 patches at
 #: 10x + 10^4 at 20x), by architecture (`zoommil.efficiency.flops.checkpoint_flops` on two
@@ -141,27 +148,55 @@ def profile_mem_mb(encoder: str, device: str, threads: int, n_slides: int) -> in
 
 
 def train_mem_mb(
-    arch: str, cache: str, cache_max_gb: float, feature_bytes: int | None = None
+    arch: str,
+    cache: str,
+    cache_max_gb: float,
+    feature_bytes: int | None = None,
+    least_loaded: float | None = None,
 ) -> int:
     """MB of a `zoommil train` job: its step's peak plus the bags it keeps in memory.
 
     ``cache``: ``disk`` keeps none; ``auto`` keeps every bag when they fit in
-    ``cache_max_gb`` GiB (`zoommil.training.trainer.load_splits`), so at most that; ``memory``
-    keeps them all. ``feature_bytes``: the usable feature files' size (the feature manifest,
-    once QC wrote it), an upper bound on the bags (a bag in memory costs its bytes: +~100 MB
-    RSS per 98 MB bag, docs/scale_runs.md). Unknown before QC: ``auto`` and ``memory`` are
-    then sized at the cap.
+    ``cache_max_gb`` GiB (`zoommil.training.trainer.load_splits`), so at most that, and none
+    when they do not (every bag is then read from disk at each access); ``memory`` keeps them
+    all. ``feature_bytes``: the usable feature files' size (the feature manifest, once QC
+    wrote it), an upper bound on the bags (a bag in memory costs its bytes: +~100 MB RSS per
+    98 MB bag, docs/scale_runs.md). ``least_loaded``: a lower bound of the bytes `load_splits`
+    weighs against the cap (`least_loaded_bytes`); above the cap, ``auto`` keeps nothing.
+    Unknown before QC: ``auto`` and ``memory`` are then sized at the cap.
     """
     step = TRAIN_STEP_MB.get(arch, TRAIN_STEP_DEFAULT_MB)
-    if cache == "disk":
-        return step
     cap = cache_max_gb * 1024
+    beyond_cap = least_loaded is not None and least_loaded > cache_max_gb * 2**30
+    if cache == "disk" or (cache == "auto" and beyond_cap):
+        return step
     known = None if feature_bytes is None else feature_bytes / 2**20
     if cache == "memory":
         bags = cap if known is None else known
     else:
         bags = cap if known is None else min(cap, known)
     return math.ceil(step + bags)
+
+
+def least_loaded_bytes(
+    sizes: Iterable[int], encoder: str, read_mags: Iterable[float], mags: Iterable[float]
+) -> float:
+    """The least bytes of features `load_splits` can count for feature files of ``sizes``
+    bytes with ``encoder``'s features at ``mags`` when a model reads ``read_mags`` of them: a
+    file holds at most `file_slack_bytes` and `ROW_EXTRA_BYTES` a row beside its features, and
+    magnification m has (m / m_lowest)^2 times the lowest one's rows (the quadtree contract)."""
+    dim, mags = get_spec(encoder).dim, list(mags)
+    share = sum(m * m for m in read_mags) / sum(m * m for m in mags)
+    slack = file_slack_bytes(dim, len(mags))
+    rows = sum(max(0, b - slack) for b in sizes) / (4 * dim + ROW_EXTRA_BYTES)
+    return share * rows * 4 * dim
+
+
+def file_slack_bytes(dim: int, n_mags: int) -> int:
+    """What a feature file may hold beyond its rows: its metadata, and per magnification a
+    last chunk of features stored whole however few of its rows are used (HDF5 allocates
+    chunks of `FeatureFileWriter.CHUNK_ROWS` rows)."""
+    return FILE_OVERHEAD_BYTES + n_mags * (FeatureFileWriter.CHUNK_ROWS - 1) * 4 * dim
 
 
 def cache_settings(extra: Mapping[str, Any] | None) -> tuple[str, float]:
@@ -191,8 +226,15 @@ def rows_in_split(path: str | Path, split: str) -> int | None:
 
 def listed_bytes(manifest: str | Path) -> int | None:
     """Total size of the feature files a feature manifest lists; None before QC wrote it."""
+    sizes = listed_sizes(manifest)
+    return None if sizes is None else sum(sizes.values())
+
+
+def listed_sizes(manifest: str | Path) -> dict[str, int] | None:
+    """Size of each feature file a feature manifest lists, by slide; None before QC wrote it."""
     try:
         with Path(manifest).open(newline="", encoding="utf-8") as handle:
-            return sum(int(row["bytes"] or 0) for row in csv.DictReader(handle, delimiter="\t"))
+            rows = csv.DictReader(handle, delimiter="\t")
+            return {row["slide_id"]: int(row["bytes"] or 0) for row in rows}
     except FileNotFoundError:
         return None
