@@ -59,6 +59,48 @@ def test_train_memory_follows_the_cache():
     assert resources.cache_settings({"cache": "disk", "cache_max_gb": 2}) == ("disk", 2.0)
 
 
+def test_timing_work_follows_the_bag_the_preset_implies():
+    """A timing process holds its slide's bag and the heads' passes over it: at 40x
+    (4 x 10^4 patches) TransMIL's adds 1696 MB (benchmarks/head_memory.py), where the 20x
+    figure (1000 MB) was kept for every preset; the 20x presets keep that figure."""
+    assert resources.planned_patches([10.0, 20.0], 256) == 10_000
+    assert resources.planned_patches([20.0, 40.0], 256) == 40_000
+    assert resources.planned_patches([20.0, 40.0], 512) == 10_000
+    for mags in ([10.0, 20.0], [5.0, 10.0, 20.0], [1.25, 2.5, 10.0]):
+        patches = resources.planned_patches(mags, 256)
+        work = resources.predict_work_mb("uni", resources.HEAD_MB_PER_10K, mags, patches)
+        assert work == resources.PREDICT_WORK_MB, mags
+    bag = 2 * 50_000 * 1024 * 4 / 2**20
+    transmil = resources.predict_work_mb("uni", ["abmil", "transmil"], [20.0, 40.0], 40_000)
+    assert transmil >= resources.PREDICT_SLIDE_MB + bag + 1696
+    assert resources.predict_work_mb("uni", ["abmil"], [20.0, 40.0], 40_000) < transmil
+    unknown = resources.predict_work_mb("uni", ["newmil"], [20.0, 40.0], 40_000)
+    assert unknown == transmil
+    assert resources.profile_mem_mb("uni", "cpu", 16, 10, transmil) >= 10 * (1984 + transmil)
+
+
+def test_the_listed_patches_bound_the_largest_test_bag(tmp_path: Path):
+    """Once QC has listed the feature files, the bag is the largest file's: its patches at
+    the highest magnification, at most and within its HDF5 slack."""
+    import numpy as np
+
+    from zoommil.io.featurefile import write_feature_file
+    from zoommil.wsi.lattice import children_order
+
+    low = np.stack(np.divmod(np.arange(900), 32), axis=1)
+    high = children_order(low)
+    feats = [np.ones((len(c), 1024), np.float32) for c in (low, high)]
+    path = tmp_path / "s.h5"
+    write_feature_file(path, [10.0, 20.0], feats, [low, high], [c * 512 for c in (low, high)])
+    patches = resources.listed_patches([path.stat().st_size, 10], "resnet50_layer3", [10.0, 20.0])
+    slack = resources.file_slack_bytes(1024, 2) / (4 * 1024)
+    assert len(high) <= patches < len(high) + slack
+    table = tmp_path / "usable.tsv"
+    table.write_text("slide_id\tpath\tlabel\tsplit\na\tx\tn\ttest\nb\ty\tn\ttrain\n")
+    assert resources.slides_in_split(table, "test") == ["a"]
+    assert resources.slides_in_split(tmp_path / "none.tsv", "test") == []
+
+
 def test_auto_cache_beyond_the_cap_is_sized_as_disk():
     """`cache: auto` keeps every bag when they fit in `cache_max_gb`, else none
     (`load_splits`): a cohort whose bags exceed the cap was still sized at the cap."""

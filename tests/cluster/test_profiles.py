@@ -253,6 +253,8 @@ def test_workflow_dry_runs_through_profile(name, tmp_path):
 UNI_PROCESS_MB = 1984
 PREDICT_WORK_MB = 212
 PROFILE_MAIN_MB = 609
+#: TransMIL's forward pass over 4 x 10^4 patches at 40x (benchmarks/head_memory.py).
+TRANSMIL_40K_MB = 1696
 # zoommil flops per test slide for the 9 CAMELYON16 methods at real size.
 FLOPS_S_PER_TEST_SLIDE = 13
 
@@ -276,15 +278,16 @@ def _planned(out: str) -> list[tuple[str, str, dict[str, str]]]:
 
 @pytest.fixture(scope="module")
 def uni_workflow(tmp_path_factory):
-    """A copy of the workflow and two UNI-preset configs on empty slide files: 4 test slides,
-    and 600 test slides with `cache_max_gb: 40`."""
+    """A copy of the workflow and three UNI-preset configs on empty slide files: 4 test
+    slides, 600 test slides with `cache_max_gb: 40`, and 4 test slides tiled at 20x and 40x."""
     sys.path.insert(0, str(REPO / "tests" / "workflow_config"))
     import harness
 
     work = harness.copy_workflow(tmp_path_factory.mktemp("uni"))
     preset = yaml.safe_load((work / "config" / "camelyon16_uni.yaml").read_text())
     configs = {}
-    for name, n_test, extra in (("small", 4, {}), ("large", 600, {"cache_max_gb": 40})):
+    sets = (("small", 4, {}, None), ("large", 600, {"cache_max_gb": 40}, None))
+    for name, n_test, extra, mags in (*sets, ("x40", 4, {}, [20, 40])):
         folder = work / name
         folder.mkdir()
         splits = ["train"] * 6 + ["val"] * 2 + ["test"] * n_test
@@ -295,6 +298,8 @@ def uni_workflow(tmp_path_factory):
         (folder / "slides.tsv").write_text(harness.SHEET_HEADER + "".join(rows))
         config = {**preset, "sheet": str(folder / "slides.tsv")}
         config["train"] = {**preset["train"], "extra": extra}
+        if mags:
+            config["preprocess"] = {**preset["preprocess"], "mags": mags}
         configs[name] = harness.write_config(work, config, f"{name}.yaml")
     return work, configs
 
@@ -330,6 +335,23 @@ def test_a_timing_job_asks_for_an_encoder_per_worker(name, uni_workflow):
     needed = workers * (UNI_PROCESS_MB + PREDICT_WORK_MB) + PROFILE_MAIN_MB
     assert timing["device=cpu"] >= needed, (timing, needed)
     assert timing["device=cpu1"] >= UNI_PROCESS_MB + PREDICT_WORK_MB, timing
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_a_40x_timing_job_asks_for_the_heads_on_a_40x_bag(name, uni_workflow):
+    """At 20x and 40x a slide's bag is ~4 x 10^4 patches at 40x (10^4 at 20x): each timing
+    worker holds it twice (5 x 10^4 rows of 1024 floats: 391 MB) and TransMIL's forward pass
+    over it (+1696 MB, benchmarks/head_memory.py): ~43 GB for 10 UNI workers, where the job
+    asked for the 30,540 MB of a 20x bag and its first attempt was killed."""
+    timing = {
+        w: int(r["mem_mb"])
+        for rule, w, r in _dry_run(uni_workflow, "x40", name)
+        if rule == "profile"
+    }
+    workers = min(_profile(name)["set-threads"]["profile"], 10)
+    process = UNI_PROCESS_MB + PREDICT_WORK_MB + 391 + TRANSMIL_40K_MB
+    assert timing["device=cpu"] >= workers * process + PROFILE_MAIN_MB, timing
+    assert timing["device=cpu1"] >= process, timing
 
 
 @pytest.mark.parametrize("name", PROFILES)

@@ -468,15 +468,25 @@ def features_mem_mb(wildcards, threads, attempt):
     return max(6000, needed) * attempt
 
 
-def profile_mem_mb(wildcards, threads, attempt):
+def profile_mem_mb(wildcards, input, threads, attempt):
     """A timing job holds one encoder per worker process (all cores: min(threads, n_slides)
-    of them)."""
+    of them), and each one slide's bag and the heads' forward passes over it: the largest
+    test slide's once QC has listed the feature files, else the bag the preset implies."""
     spec = PROFILE_DEVICES[wildcards.device]
+    sizes = zresources.listed_sizes(FEATURE_MANIFEST) or {}
+    test = zresources.slides_in_split(input.usable, "test")
+    tested = [sizes[slide] for slide in test if slide in sizes]
+    if tested:
+        patches = zresources.listed_patches(tested, RECIPE.encoder, RECIPE.mags)
+    else:
+        patches = zresources.planned_patches(RECIPE.mags, RECIPE.patch_size)
+    archs = [ALL_METHODS[m].get("arch", m) for m in TIMED_ORDER]
     needed = zresources.profile_mem_mb(
         RECIPE.encoder,
         spec["device"],
         spec["threads"] or threads,
         EFFICIENCY["n_slides"],
+        zresources.predict_work_mb(RECIPE.encoder, archs, RECIPE.mags, patches),
     )
     return max(8000, needed) * attempt
 

@@ -48,12 +48,26 @@ BYTES_PER_PARAMETER = 4.2
 FEATURES_WORK_MB = 300
 #: One reader process (no torch): 118-135 MB measured beside features (README, same table).
 READER_PROCESS_MB = 150
-#: What a timing (predict) process holds beyond its encoder: one slide's tissue mask, lattice,
-#: reads and bag (ABMIL predict at real size peaked at 827-925 MB with ResNet-50: +212 MB,
-#: docs/scale_runs.md) plus the largest head's forward pass on the bag (TransMIL without
-#: gradients over 10^4 patches: +534 MB above its bag, measured by hand; it grows with
-#: the bag, +2.0 GB at 4 x 10^4 patches).
+#: What a timing (predict) process holds beyond its encoder, at least: the figure that held
+#: for CAMELYON16-size bags (10^4 patches at 20x) with every head, above the sum below there.
 PREDICT_WORK_MB = 1000
+#: Its part that does not grow with the bag: one slide's tissue mask, lattice and reads (ABMIL
+#: predict at real size peaked at 827-925 MB with ResNet-50: +212 MB with its bag and head,
+#: docs/scale_runs.md).
+PREDICT_SLIDE_MB = 212
+#: The bag a preset implies before its feature files exist: a CAMELYON16-size slide has 10^4
+#: patches of 256 px at 20x (docs/scale_runs.md); the count goes with the square of the
+#: highest magnification over the patch side (4 x 10^4 at 40x).
+REFERENCE_PATCHES, REFERENCE_MAG, REFERENCE_PATCH_SIZE = 10_000, 20.0, 256
+#: MB a head's forward pass (inference mode, fp32, 1 thread) adds per 10^4 patches at the
+#: highest magnification of [10x, 20x] bags of 1024-d features: the larger of its rates at
+#: 10^4 and 4 x 10^4 patches (`benchmarks/head_memory.py`, peak RSS above the bag; TransMIL
+#: 457-527 MB and 1677-1696 MB, and 534 MB at 10^4 measured by hand before). Linear in the
+#: bag; an architecture not measured gets the largest rate.
+HEAD_MB_PER_10K = {
+    "transmil": 534, "dsmil": 118, "abmil": 92, "msmil": 90, "clam_sb": 63, "maxmil": 42,
+    "meanmil": 41, "zoommil": 38, "sparseconvmil": 14,
+}  # fmt: skip
 #: `zoommil profile`'s own process with N worker processes: torch and the MIL heads, no
 #: encoder (609 MB with two heads on the demo) + its multiprocessing manager and
 #: resource tracker (32 MB).
@@ -135,12 +149,43 @@ def features_rule_mem_mb(encoder: str, threads: int, workers: int | None = None)
     return max(features_mem_mb(encoder, threads, d, workers) for d in ("cpu", "cuda"))
 
 
-def profile_mem_mb(encoder: str, device: str, threads: int, n_slides: int) -> int:
+def planned_patches(mags: Iterable[float], patch_size: int) -> float:
+    """Patches at the highest of ``mags`` of a CAMELYON16-size slide (`REFERENCE_PATCHES`)."""
+    scale = max(mags) / REFERENCE_MAG * REFERENCE_PATCH_SIZE / patch_size
+    return REFERENCE_PATCHES * scale**2
+
+
+def listed_patches(sizes: Iterable[int], encoder: str, mags: Iterable[float]) -> float:
+    """Patches at the highest of ``mags`` in the largest of feature files of ``sizes`` bytes,
+    at most: each row holds ``encoder``'s float32 features and two int64 pairs."""
+    mags = list(mags)
+    rows = max(sizes, default=0) / (4 * get_spec(encoder).dim + 32)
+    return rows * max(mags) ** 2 / sum(m * m for m in mags)
+
+
+def predict_work_mb(
+    encoder: str, archs: Iterable[str], mags: Iterable[float], patches: float
+) -> int:
+    """MB a timing process holds beyond its encoder for a bag of ``patches`` at the highest of
+    ``mags``: the slide's fixed part, the bag's features at every magnification twice (the
+    encoded bag and the normalised copy a head gets) and the largest head's forward pass of
+    ``archs`` (they run in turn); at least `PREDICT_WORK_MB`."""
+    mags = list(mags)
+    rows = patches * sum(m * m for m in mags) / max(mags) ** 2
+    bag = 2 * rows * 4 * get_spec(encoder).dim / 2**20
+    rate = max(HEAD_MB_PER_10K.get(a, max(HEAD_MB_PER_10K.values())) for a in archs)
+    return max(PREDICT_WORK_MB, math.ceil(PREDICT_SLIDE_MB + bag + rate * patches / 1e4))
+
+
+def profile_mem_mb(
+    encoder: str, device: str, threads: int, n_slides: int, work_mb: int = PREDICT_WORK_MB
+) -> int:
     """MB of a `zoommil profile` job (`zoommil.efficiency.throughput`): on CPU with one
     process, that process holds the encoder; with more, min(threads, n_slides) worker
     processes each hold their own, beside the command's process; on a GPU one process and
-    its reader processes (`reader_processes`)."""
-    process = encoder_process_mb(encoder) + PREDICT_WORK_MB
+    its reader processes (`reader_processes`). ``work_mb``: what each timing process holds
+    beyond its encoder (`predict_work_mb`)."""
+    process = encoder_process_mb(encoder) + work_mb
     if device == "cuda":
         return process + reader_processes(device, threads) * READER_PROCESS_MB + CUDA_HOST_MB
     workers = max(1, min(threads, n_slides))
@@ -222,6 +267,17 @@ def rows_in_split(path: str | Path, split: str) -> int | None:
             return sum(row.get("split") == split for row in csv.DictReader(handle, delimiter="\t"))
     except FileNotFoundError:
         return None
+
+
+def slides_in_split(path: str | Path, split: str) -> list[str]:
+    """Slide ids of a slide table (`results/qc/usable.tsv`) in ``split``; none where the file
+    does not exist yet."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as handle:
+            rows = csv.DictReader(handle, delimiter="\t")
+            return [row["slide_id"] for row in rows if row.get("split") == split]
+    except FileNotFoundError:
+        return []
 
 
 def listed_bytes(manifest: str | Path) -> int | None:
