@@ -7,4 +7,4 @@ from zoommil.workflow import provenance
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 sys.stderr = open(sm.log[0], "w")
 record = provenance.write_provenance(sm.output.record, sm.params.config)
-print(f"zoommil {record['environment']['zoommil_commit']}", file=sys.stderr)
+print(provenance.log_line(record, sm.output.record), file=sys.stderr)

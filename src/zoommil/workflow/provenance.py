@@ -29,3 +29,15 @@ def write_provenance(path: str | Path, config_json: str) -> dict[str, Any]:
     record = {"config": json.loads(config_json), "environment": environment()}
     write_json(path, record)
     return record
+
+
+def log_line(record: Mapping[str, Any], path: str | Path) -> str:
+    """The provenance job's log line: the zoommil version and commit the record names.
+
+    Why: the line printed only the commit, which is None outside an editable install of a
+    git checkout (a pip or `--sdm conda` install, a copied folder), and the log read
+    ``zoommil None``."""
+    env = record["environment"]
+    commit = env.get("zoommil_commit")
+    where = f"commit {commit}" if commit else "no git commit (not an editable git checkout)"
+    return f"zoommil {env.get('zoommil_version')}, {where} -> {path}"
