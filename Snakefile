@@ -39,8 +39,12 @@ onsuccess:
     ztimers.cancel_pending_timers()
 
 
+# The failed jobs' logs at the end, where the run's last screen named none: see
+# zoommil.workflow.joblogs.
 onerror:
     ztimers.cancel_pending_timers()
+    for line in zjoblogs.failed_logs_message(log):
+        print(line, file=sys.stderr)
 
 
 rule all:

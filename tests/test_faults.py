@@ -1264,3 +1264,56 @@ def test_a_run_killed_mid_job_completes_after_unlock(tmp_path):
                 assert len(h5.keys()) > 0, output
     dry = harness.snakemake(workdir, "-n", *args)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_run_ends_naming_the_failed_jobs_logs(tmp_path):
+    """Snakemake ended a failed run with "Look above for error messages" and its own log:
+    with keep-going (the cluster profiles) the failed job's block lay far above. The run's
+    last lines name each failed job's log (zoommil.workflow.joblogs)."""
+    from workflow_config import harness
+
+    workdir, configfile = _preprocessing_workdir(tmp_path)
+    with (workdir / "slides.tsv").open("a") as sheet:  # one slide under two names: QC stops
+        sheet.write(
+            f"s0copy\t{shutil.copy(workdir / 's0.tiff', workdir / 'c.tiff')}\tnormal\tval\t\n"
+        )
+    args = ["results/qc/inspection.tsv", "--keep-going"]
+    run = harness.snakemake(workdir, *args, configfile=configfile, check=False)
+    end = (run.stdout + run.stderr).split("Look above for error messages")[-1]
+    assert run.returncode != 0
+    assert "zoommil: 1 job(s) failed" in end, end
+    assert "  qc_inspect: results/logs/qc_inspect/qc_inspect.log" in end, end
+
+
+def test_the_failed_jobs_are_read_from_snakemakes_log_without_the_retried_ones(tmp_path):
+    """A job that failed and was restarted (`retries`) and then succeeded is left out; a job
+    that failed on every try is named once, with the SLURM log the executor adds."""
+    from zoommil.workflow import joblogs
+
+    text = """
+Error in rule features:
+    message: None
+    jobid: 7
+    log: results/logs/features/a.log, .snakemake/slurm_logs/rule_features/a/11.log (check log file(s) for error details)
+Trying to restart job 7.
+Error in rule features:
+    jobid: 9
+    log: results/logs/features/b.log (check log file(s) for error details)
+Trying to restart job 9.
+Error in rule features:
+    jobid: 9
+    log: results/logs/features/b.log, .snakemake/slurm_logs/rule_features/b/14.log (check log file(s) for error details)
+Error in rule tables:
+    jobid: 3
+    log: results/logs/tables/tables.log (check log file(s) for error details)
+"""  # noqa: E501
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(text)
+    assert joblogs.failed_logs_message([log, tmp_path / "gone.log"]) == [
+        "zoommil: 2 job(s) failed; the reason is at the end of each log:",
+        "  features: results/logs/features/b.log, .snakemake/slurm_logs/rule_features/b/14.log",
+        "  tables: results/logs/tables/tables.log",
+    ]
+    log.write_text(text.split("Error in rule features:\n    jobid: 9")[0])
+    assert joblogs.failed_logs_message([log]) == []  # restarted, and then done

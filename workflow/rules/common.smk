@@ -27,6 +27,7 @@ from zoommil.recipe import PreprocessingRecipe, method_mags
 from zoommil.workflow import codehash as zcode
 from zoommil.workflow import config_checks as zconfig
 from zoommil.workflow import failure as zfailure
+from zoommil.workflow import joblogs as zjoblogs
 from zoommil.workflow import manifest as zmanifest
 from zoommil.workflow import orphans as zorphans
 from zoommil.workflow import spares as zspares
