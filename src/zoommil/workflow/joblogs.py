@@ -40,8 +40,11 @@ def failed_job_logs(lines: Iterable[str]) -> list[tuple[str, list[str]]]:
 
 
 def failed_logs_message(snakemake_logs: Iterable[str | Path]) -> list[str]:
-    """The lines naming the failed jobs' logs, from Snakemake's log file(s); none when no
-    failed job names a log (or the file cannot be read)."""
+    """The lines naming the failed jobs' logs, from Snakemake's log file(s) (a list in
+    Snakemake 9; one path is taken as one file, not as its characters); none when no failed
+    job names a log (or the file cannot be read)."""
+    if isinstance(snakemake_logs, str | Path):
+        snakemake_logs = [snakemake_logs]
     failed: list[tuple[str, list[str]]] = []
     for path in snakemake_logs:
         try:
