@@ -12,7 +12,8 @@ sys.stderr = open(sm.log[0], "w")
 frame = sheet.load_sheet(sm.input.sheet, sm.params.classes)
 inspection = qc.read_tsv(sm.input.inspection)
 features = {Path(p).stem: p for p in sm.input.features}
-table = qc.slides_table(inspection, features, sm.params.no_tissue, sm.params.mags)
+with qc.stop_on_error("qc_slides"):  # a file system without locks: no slide is to blame
+    table = qc.slides_table(inspection, features, sm.params.no_tissue, sm.params.mags)
 qc.write_tsv(table, sm.output.table)
 qc.write_tsv(qc.usable_sheet(frame, table, Path(sm.output.usable).parent), sm.output.usable)
 qc.write_tsv(qc.features_manifest(table, features), sm.output.manifest)

@@ -152,6 +152,54 @@ def test_an_unreadable_feature_file_excludes_its_slide_not_the_run(tmp_path):
     assert (row["status"], row["stage"]) == ("failed", "features") and "a.h5" in row["reason"]
 
 
+def _one_ok_slide() -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"slide_id": "a", "label": "x", "split": "train", "status": "ok", "stage": "",
+          "reason": "", "mpp": 1.0, "mpp_source": "m", "quickhash": ""}]
+    )  # fmt: skip
+
+
+def test_a_feature_file_locked_by_another_process_stops_qc_not_the_slide(tmp_path):
+    """HDF5 locks each file it opens; a lock it cannot get is no fault of the slide. QC read
+    it as a damaged file and excluded the slide (`failed at features`), for good: the QC table
+    kept it out after the lock was gone. Here another open file description holds the lock."""
+    import fcntl
+
+    from zoommil.io.featurefile import write_feature_file
+
+    coords = [descendants(np.array([[0, 0]]), d) for d in (0, 1)]
+    path = write_feature_file(
+        tmp_path / "a.h5", [5, 10], [np.ones((len(c), 4), np.float32) for c in coords],
+        coords, coords,
+    )  # fmt: skip
+    with open(path, "rb") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(ZoomMILError) as error:
+            qc.slides_table(_one_ok_slide(), {"a": path})
+    assert str(path) in str(error.value) and "could not lock" in str(error.value)
+    assert "another process" in str(error.value)
+    assert qc.slides_table(_one_ok_slide(), {"a": path}).iloc[0]["status"] == "ok"
+
+
+def test_a_file_system_without_locks_names_the_setting_that_reads_it(tmp_path, monkeypatch):
+    """NFS without its lock daemon refuses every lock (errno 37, h5py's words below): QC
+    stops with the file and `HDF5_USE_FILE_LOCKING=FALSE`, instead of excluding every slide."""
+    path = tmp_path / "a.h5"
+    path.write_bytes(b"any")
+
+    def refused(*args, **kwargs):
+        raise OSError(
+            37,
+            "Unable to synchronously open file (unable to lock file, errno = 37, error message "
+            "= 'No locks available')",
+        )
+
+    monkeypatch.setattr(h5py, "File", refused)
+    with pytest.raises(ZoomMILError, match="HDF5_USE_FILE_LOCKING=FALSE") as error:
+        qc.slides_table(_one_ok_slide(), {"a": path})
+    assert str(path) in str(error.value) and "No locks available" in str(error.value)
+
+
 @pytest.mark.parametrize(
     ("policy", "status", "reason"),
     [

@@ -10,8 +10,10 @@ slide listed under two names (train/test leakage) stops the run before any train
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -180,6 +182,28 @@ def layout_problem(handle: h5py.File, mags: Sequence[float] | None = None) -> st
     return None if problem is None else f"feature file {path}: {problem}"
 
 
+def lock_failure(path: str | Path, error: OSError) -> ZoomMILError | None:
+    """The error for an HDF5 file that could not be locked for reading, else None.
+
+    Why not the slide's failure: HDF5 locks every file it opens, and a file system without
+    working locks (NFS without its lock daemon: errno 37) refuses it for every file, or for
+    some while the lock daemon struggles. Read as a damaged file, that excluded the slides
+    (`failed at features`), and the QC table kept them out after the file system was fixed.
+    """
+    match = re.search(r"unable to lock file, errno = (\d+)", str(error))
+    if match is None:
+        return None
+    if int(match[1]) == errno.EAGAIN:
+        why = "another process holds a lock on it (has it open for writing): close that"
+    else:
+        why = (
+            f"the file system refuses file locks ({os.strerror(int(match[1]))}, e.g. NFS "
+            "without its lock daemon): export HDF5_USE_FILE_LOCKING=FALSE (safe here: zoommil "
+            "writes no file in place)"
+        )
+    return ZoomMILError(f"cannot read {path}: HDF5 could not lock it; {why} and run again")
+
+
 def slides_table(
     inspection: pd.DataFrame,
     feature_files: Mapping[str, str | Path],
@@ -193,6 +217,7 @@ def slides_table(
     tissue threshold and the policy `no_tissue` is "exclude" ("all" keeps its patches). A file
     that lacks a magnification of ``mags`` (the recipe's) or breaks the descendant layout
     (`layout_problem`) fails at `features`: training would stop on it, for every method.
+    A file HDF5 could not lock is no slide's fault: a `ZoomMILError` (`lock_failure`).
     Adds one `n_<mag>` column per magnification (patch counts).
     """
     if no_tissue not in ("exclude", "all"):
@@ -218,7 +243,10 @@ def slides_table(
             with h5py.File(path, "r") as handle:  # one open: shapes and attributes only
                 counts, applied = feature_counts(handle)
                 problem = layout_problem(handle, mags)
-        except OSError as error:  # written atomically, so only a damaged disk gets here
+        except OSError as error:  # written atomically: a damaged disk, or a refused lock
+            lock = lock_failure(path, error)
+            if lock is not None:
+                raise lock from None
             problem = f"unreadable feature file {path} ({error})"
         if problem is not None:
             table.loc[index, ["status", "stage", "reason"]] = ["failed", "features", problem]
