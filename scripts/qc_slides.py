@@ -22,7 +22,7 @@ if (table["status"] != "ok").any():  # on the terminal too: a dropped slide is n
     qc.tell(f"qc_slides: {summary}")
 else:
     print(summary, file=sys.stderr)
-for warning in qc.classes_lost(frame, table):
-    qc.tell(f"qc_slides: warning: {warning}")
 with qc.stop_on_error("qc_slides"):  # a split emptied by QC: stop before any training
     qc.check_usable_splits_keeping(frame, table, sm.output.table)
+for warning in qc.classes_lost(frame, table):  # after: a stop makes them noise
+    qc.tell(f"qc_slides: warning: {warning}")

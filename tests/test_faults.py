@@ -434,6 +434,32 @@ def test_a_split_emptied_by_qc_stops_before_training_naming_its_slides():
         qc.check_usable_splits(sheet, table)
 
 
+def test_slides_excluded_for_one_reason_are_named_under_it_once():
+    """Magnifications the scans cannot give exclude every slide for the same 250-character
+    reason: the error named it once per slide (a wall of repeats); now once, with its
+    slides, the first three named."""
+    ids = [f"s{i}" for i in range(5)] + ["blank", "late"]
+    sheet = pd.DataFrame({"slide_id": ids, "split": ["test"] * 7})
+    finer = "40x is finer than the slide's highest level (10x, mpp 1.0): " + "x" * 180
+    rows = [(s, "failed", "tile", finer) for s in ids[:5]]
+    rows += [("blank", "no_tissue", "tile", ""), ("late", "failed", "features", "truncated")]
+    table = pd.DataFrame(rows, columns=["slide_id", "status", "stage", "reason"])
+    with pytest.raises(ZoomMILError) as error:
+        qc.check_usable_splits(sheet, table)
+    assert str(error.value) == (
+        f"no usable test slides after QC: all 7 excluded: s0, s1, s2 and 2 more (failed at "
+        f"tile: {finer}); blank (no_tissue at tile); late (failed at features: truncated); "
+        "the results need test slides"
+    )
+    # the first five reasons, then how many more
+    many = pd.DataFrame(
+        [(f"t{i}", "failed", "tile", f"reason {i}") for i in range(7)], columns=table.columns
+    )
+    sheet = pd.DataFrame({"slide_id": many["slide_id"], "split": ["test"] * 7})
+    with pytest.raises(ZoomMILError, match=r"t4 \(failed at tile: reason 4\); and 2 more; "):
+        qc.check_usable_splits(sheet, many)
+
+
 def test_a_stopping_qc_keeps_its_table_and_a_passing_one_removes_the_copy(tmp_path):
     """Snakemake deletes the failed qc_slides job's slides.tsv: the whole table stays as
     slides.failed.tsv, named by the error, and goes once QC passes again."""

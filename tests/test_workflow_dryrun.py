@@ -264,6 +264,7 @@ def test_missing_slide_file_is_excluded_and_the_rest_runs(tmp_path: Path) -> Non
     log = (workdir / "results/logs/qc_slides/qc_slides.log").read_text()
     assert result.returncode != 0
     assert "qc_slides: error: no usable train slides after QC: all " in log, log
+    assert "warning: no usable" not in log  # no class-by-class warnings beside the stop
     kept = workdir / "results/qc/slides.failed.tsv"  # slides.tsv is gone with the failed job
     assert log.rstrip().endswith(f"every slide and its reason: {kept.relative_to(workdir)}")
     table = pd.read_csv(kept, sep="\t", keep_default_na=False)

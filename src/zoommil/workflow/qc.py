@@ -355,9 +355,24 @@ def classes_lost(sheet: pd.DataFrame, table: pd.DataFrame) -> list[str]:
 
 def _excluded(ids: Sequence[str], status: pd.DataFrame, shown: int) -> str:
     """'2 excluded: b (failed at tissue: truncated); c (no_tissue at tile)', the first
-    ``shown`` slides named, then '; and N more'."""
-    named = [_excluded_because(s, status.loc[s]) for s in ids[:shown] if s in status.index]
-    return f"{len(ids)} excluded: {first_of(named, shown, len(ids))}"
+    ``shown`` reasons named, then '; and N more'.
+
+    Slides that share a reason are named together under it, 'a, b, c and 2 more (failed at
+    tile: 40x is finer ...)': one slide per entry repeated a 250-character reason for each
+    slide, and a cohort whose magnifications its scans cannot give read as a wall of repeats.
+    """
+    groups: dict[str, list[str]] = {}
+    for slide_id in ids:
+        if slide_id in status.index:
+            groups.setdefault(_because(status.loc[slide_id]), []).append(str(slide_id))
+    named = [f"{_names(slides, 3)} ({because})" for because, slides in list(groups.items())[:shown]]
+    return f"{len(ids)} excluded: {first_of(named, shown, len(groups))}"
+
+
+def _names(slides: Sequence[str], shown: int) -> str:
+    """'a', 'a, b', 'a, b, c and 2 more'."""
+    more = f" and {len(slides) - shown} more" if len(slides) > shown else ""
+    return ", ".join(slides[:shown]) + more
 
 
 def first_of(items: Sequence[str], shown: int, total: int | None = None) -> str:
@@ -368,13 +383,13 @@ def first_of(items: Sequence[str], shown: int, total: int | None = None) -> str:
     return "; ".join(items[:shown]) + more
 
 
-def _excluded_because(slide_id: str, row: pd.Series) -> str:
-    """'demo_003 (failed at tissue: truncated file)'."""
+def _because(row: pd.Series) -> str:
+    """'failed at tissue: truncated file', 'no_tissue at tile', 'missing'."""
     stage = row.get("stage", "")
     reason = row.get("reason", "")
     where = f" at {stage}" if isinstance(stage, str) and stage else ""
     why = f": {reason}" if isinstance(reason, str) and reason else ""
-    return f"{slide_id} ({row['status']}{where}{why})"
+    return f"{row['status']}{where}{why}"
 
 
 def features_manifest(table: pd.DataFrame, feature_files: Mapping[str, str | Path]) -> pd.DataFrame:
