@@ -1380,6 +1380,31 @@ def test_the_detector_version_goes_from_masks_to_features_and_predict_warns_on_a
     assert f"version {current - 1}; this zoommil's is version {current}" in record.getMessage()
 
 
+def test_predict_warns_on_a_checkpoint_whose_features_record_no_detector_version(tmp_path, caplog):
+    """A checkpoint trained on features of a zoommil from before the detector's version was
+    recorded (or of several versions) records the Gaussian detector but no version: predict
+    kept other patches than training did without a sign (an upgrade's detector kept 6 of 9
+    parents of CMU-1-Small-Region at 5x), as the recorded-version check skipped it (review V).
+    Otsu is still its first version, so an unversioned Otsu checkpoint matches."""
+    import logging
+
+    from zoommil.wsi.tissue import DETECTOR_VERSIONS
+
+    assert DETECTOR_VERSIONS["gaussian"] > 1 and DETECTOR_VERSIONS["otsu"] == 1
+    old = _zoommil_checkpoint(tmp_path / "old.pt", tissue_method="gaussian")
+    otsu = _zoommil_checkpoint(tmp_path / "otsu.pt", tissue_method="otsu")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zoommil"):
+        Predictor.from_checkpoint(otsu)
+        assert not caplog.records
+        Predictor.from_checkpoint(old)
+    (record,) = caplog.records
+    assert f"{old}: trained on features that record no gaussian detector version" in (
+        record.getMessage()
+    )
+    assert "retrain on features made with this version" in record.getMessage()
+
+
 @pytest.mark.parametrize(
     ("options", "selected_by"),
     [

@@ -123,7 +123,12 @@ class Predictor:
         # checkpoints without either: the model's own)
         tiled = recorded.get("mags") or config.get("config_mags") or config["mags"]
         recipe = PreprocessingRecipe.from_attrs(recorded, mags=tiled, weights=weights)
-        warn_if_other_detector(checkpoint, recipe.tissue_method, recorded.get("tissue_version"))
+        warn_if_other_detector(
+            checkpoint,
+            recipe.tissue_method,
+            recorded.get("tissue_version"),
+            recorded.get("tissue_method"),
+        )
         return cls(
             model=model,
             arch=str(config["arch"]),
@@ -140,13 +145,32 @@ class Predictor:
         )
 
 
-def warn_if_other_detector(checkpoint: str | Path, method: str, trained_on: Any) -> bool:
+def warn_if_other_detector(
+    checkpoint: str | Path, method: str, trained_on: Any, trained_method: Any = None
+) -> bool:
     """Warn (and say so) when this version's ``method`` detector is not the version whose
     masks the checkpoint's training features were made with (its recorded
     ``tissue_version``): after an upgrade that changed the masks, predict reads other patches
-    than training did, without another sign. A checkpoint that records none (older, or trained
-    on features of several versions) cannot be checked."""
+    than training did, without another sign.
+
+    A checkpoint that records the detector (``trained_method``) but no version was trained on
+    features of a zoommil from before versions were recorded, or of several versions: every
+    version but the first is a change of the masks, so unless this one is still the first, its
+    masks may differ too (an upgraded Gaussian detector kept 6 of a slide's 9 parents). One
+    that records neither (a checkpoint built in code, a mask of another tool) is not checked."""
     current = DETECTOR_VERSIONS.get(method)
+    if trained_on is None and trained_method == method and current is not None and current > 1:
+        log.warning(
+            "%s: trained on features that record no %s detector version (made by a zoommil "
+            "from before the version was recorded, or by several versions); this zoommil's "
+            "is version %s, whose masks differ from the earlier ones, so predict may keep "
+            "other patches than training did (retrain on features made with this version, or "
+            "predict with the zoommil it was trained with)",
+            checkpoint,
+            method,
+            current,
+        )
+        return True
     if trained_on is None or current is None or int(trained_on) == current:
         return False
     log.warning(
