@@ -355,6 +355,36 @@ def test_resume_keeps_finished_slides_and_classifies_the_rest(
     assert "give --out-dir" in capsys.readouterr().err
 
 
+def test_resume_redoes_a_prediction_of_another_tissue_detector_version(
+    small_slide, checkpoint, tmp_path, capsys
+):
+    """--resume after an upgrade: a JSON this checkpoint wrote for the same slide with another
+    version of the tissue detector (none recorded: a zoommil from before the record) was kept,
+    so predictions.tsv mixed two preprocessings (a Dec 5 zoommil's 28 patches beside this
+    one's 27 for one demo slide, review V). Each prediction records its detector version and
+    only one of this zoommil's is kept."""
+    from zoommil.wsi.tissue import DETECTOR_VERSIONS
+
+    copy, _ = _copy_and_broken(small_slide, tmp_path, "second.tiff")
+    out = tmp_path / "out"
+    argv = ["predict", str(small_slide), str(copy), "--checkpoint", str(checkpoint)]
+    assert main([*argv, "--out-dir", str(out)]) == 0
+    first, second = out / f"{small_slide.stem}.json", out / "second.json"
+    current = DETECTOR_VERSIONS[Predictor.from_checkpoint(checkpoint).recipe.tissue_method]
+    assert json.loads(first.read_text())["tissue_version"] == current
+    older = {k: v for k, v in json.loads(first.read_text()).items() if k != "tissue_version"}
+    first.write_text(json.dumps(older))
+    second.write_text(json.dumps(dict(older, tissue_version=current - 1)))
+    capsys.readouterr()
+    assert main([*argv, "--out-dir", str(out), "--resume"]) == 0
+    assert "already classified" not in capsys.readouterr().out
+    for path in (first, second):
+        assert json.loads(path.read_text())["tissue_version"] == current
+    with (out / "predictions.tsv").open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [r["reason"] for r in rows] == ["", ""]
+
+
 def test_an_interrupted_predict_says_how_to_go_on(small_slide, checkpoint, tmp_path, capsys,
                                                    monkeypatch):  # fmt: skip
     import zoommil.commands.predict as command

@@ -91,7 +91,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=(
             "with --out-dir: keep the slides whose OUT/<slide_id>.json (and .png) an earlier "
             "run of this checkpoint wrote for the same slide file (its quickhash, else its "
-            "path), and classify only the rest (after Ctrl-C, a time "
+            "path) with this zoommil's tissue detector version, and classify only the rest "
+            "(after Ctrl-C, a time "
             "limit or a crash); predictions.tsv lists every slide. Rerun without it after "
             "changing --weights, --mpp, --default-mpp or --precision"
         ),
@@ -327,7 +328,11 @@ def _run_many(args: argparse.Namespace) -> int:
         else:
             print(f"zoommil predict: {row['slide']}: {row['reason']}", file=sys.stderr)
 
-    kept = finished_rows(tasks, predictor.checkpoint_sha256) if args.resume else {}
+    kept = (
+        finished_rows(tasks, predictor.checkpoint_sha256, predictor.tissue_version)
+        if args.resume
+        else {}
+    )
     if kept:
         print(f"--resume: {len(kept)} of {len(tasks)} slides already classified, kept")
     todo = [i for i in range(len(tasks)) if i not in kept]

@@ -135,9 +135,12 @@ def check_not_another_slides(tasks: Sequence[SlideTask]) -> None:
         )
 
 
-def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[int, dict[str, Any]]:
+def finished_rows(
+    tasks: Sequence[SlideTask], checkpoint_sha256: str, tissue_version: int | None = None
+) -> dict[int, dict[str, Any]]:
     """`--resume`: the tasks whose JSON (and heatmap, where one is wanted) an earlier run of
-    the same checkpoint wrote, as their rows, by task index.
+    the same checkpoint wrote with the same tissue detector version (``tissue_version``), as
+    their rows, by task index.
 
     Why: a cohort's run stopped by Ctrl-C, a time limit or a node failure is restarted; as
     CLAM and TRIDENT skip slides already processed, the slides with a whole prediction are
@@ -146,7 +149,10 @@ def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[in
     is one of another slide: ``OUT/<slide_id>.json`` is named by the file stem, so
     ``cohB/slide_001.tiff`` would otherwise be given the prediction of ``cohA/slide_001.tiff``
     (`describes_slide`). JSONs of versions that did not record the slide's resolved path and
-    quickhash are redone too: nothing says which slide they are of.
+    quickhash are redone too: nothing says which slide they are of. So is a JSON of another
+    detector version (none recorded: a zoommil from before the record): after an upgrade that
+    changed the masks, the same checkpoint keeps other patches, and the table would mix
+    predictions of two preprocessings (a Dec 5 zoommil's 28 patches beside this one's 27).
     """
     done = {}
     for index, task in enumerate(tasks):
@@ -154,6 +160,8 @@ def finished_rows(tasks: Sequence[SlideTask], checkpoint_sha256: str) -> dict[in
             continue
         record = _recorded(task)
         if record is None or record.get("checkpoint_sha256") != checkpoint_sha256:
+            continue
+        if record.get("tissue_version") != tissue_version:
             continue
         if not isinstance(record.get("probabilities"), dict) or "predicted" not in record:
             continue

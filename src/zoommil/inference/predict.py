@@ -100,6 +100,12 @@ class Predictor:
         a baseline's `attention_scores` (all but `WITHOUT_ATTENTION`)."""
         return self.arch not in WITHOUT_ATTENTION
 
+    @property
+    def tissue_version(self) -> int | None:
+        """The version of the tissue detector this zoommil tiles with (`DETECTOR_VERSIONS`),
+        recorded in each prediction: `--resume` keeps only predictions of the same masks."""
+        return DETECTOR_VERSIONS.get(self.recipe.tissue_method)
+
     @classmethod
     def from_checkpoint(
         cls,
@@ -597,6 +603,7 @@ def _result(
         "mpp": float(lattice.attrs["mpp"]),
         "mpp_source": lattice.attrs["mpp_source"],
         "tissue_note": lattice.attrs.get("tissue_note"),
+        "tissue_version": lattice.attrs.get("tissue_version"),
         "encoder": predictor.recipe.encoder,
         "weights": predictor.recipe.weights,
         "checkpoint_sha256": predictor.checkpoint_sha256,
