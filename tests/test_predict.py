@@ -950,6 +950,21 @@ def test_predict_refuses_weights_other_than_those_of_the_training_features(
     assert json.loads(out.read_text())["weights_sha256"] == random_sha
 
 
+def test_predict_says_random_weights_of_another_version_need_retraining(
+    small_slide, tmp_path, capsys
+):
+    """A demo checkpoint of an older zoommil, whose seeded random weights were initialised
+    otherwise (another sha256 for the same seed): the refusal said to pass --weights with the
+    file the features were made with, which random weights do not have (review V). It says
+    to retrain on features made with this zoommil."""
+    old = _checkpoint_on(tmp_path / "old.pt", "random", "f4" * 32)
+    argv = ["predict", str(small_slide), "--checkpoint", str(old), "--workers", "0"]
+    assert main([*argv, "--json", str(tmp_path / "old.json")]) == 2
+    line = _error_line(capsys.readouterr().err, "f4" * 6)
+    assert "initialised them otherwise: retrain on features made with this one" in line
+    assert "pass --weights" not in line
+
+
 def test_cohort_worker_with_other_weights_fails_each_slide_naming_the_hashes(
     small_slide, tmp_path, monkeypatch
 ):

@@ -651,12 +651,28 @@ def make_encoder(
             source = f"random (seed {recipe.weights_seed})"
         raise ZoomMILError(
             f"{predictor.checkpoint or 'the checkpoint'}: trained on features made with encoder "
-            f"weights sha256 {want[:12]}, but weights {source} are sha256 {built[:12]} (pass "
-            "--weights with the file the training features were made with)"
+            f"weights sha256 {want[:12]}, but weights {source} are sha256 {built[:12]} "
+            f"({_other_weights_hint(predictor)})"
         )
     predictor.encoder_weights_sha256 = built
     precision = precision or recipe.precision
     return PatchEncoder(model, device=device, precision=precision), info
+
+
+def _other_weights_hint(predictor: Predictor) -> str:
+    """What to do when the weights built are not the training features' (their sha256).
+
+    Why two: the checkpoint's own random weights of its seed are rebuilt, not read from a
+    file, so a mismatch there means another zoommil (or torch) initialised them otherwise, as
+    after an upgrade (a 2026-11-25 zoommil's seed 0 differs from today's); no --weights file
+    can match them."""
+    if predictor.recipe.weights == "random" and predictor.weights_from_checkpoint:
+        return (
+            "random weights are rebuilt from their seed, and the zoommil or torch that made "
+            "the training features initialised them otherwise: retrain on features made with "
+            "this one"
+        )
+    return "pass --weights with the file the training features were made with"
 
 
 def _recorded_weights_error(
