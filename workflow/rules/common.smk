@@ -472,7 +472,8 @@ def features_mem_mb(wildcards, threads, attempt):
 def profile_mem_mb(wildcards, input, threads, attempt):
     """A timing job holds one encoder per worker process (all cores: min(threads, n_slides)
     of them), and each one slide's bag and the heads' forward passes over it: the largest
-    test slide's once QC has listed the feature files, else the bag the preset implies."""
+    test slide's once QC has listed the feature files, else the bag the preset implies.
+    """
     spec = PROFILE_DEVICES[wildcards.device]
     sizes = zresources.listed_sizes(FEATURE_MANIFEST) or {}
     test = zresources.slides_in_split(input.usable, "test")
