@@ -416,6 +416,51 @@ def test_an_unreadable_slide_is_replaced_by_the_next_readable_one(
     assert set(reasons) == excluded and all("TIFF" in r for r in reasons.values()), reasons
 
 
+#: Run as a script (the timing processes are spawned: they import the main module by path).
+LONG_TMPDIR_TIMING = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from slide_factory import KEEP_EVERY_PATCH, write_pyramid_tiff
+from zoommil.efficiency.throughput import measure_groups_throughput
+from zoommil.inference.predict import Predictor
+from zoommil.models import build_model
+from zoommil.recipe import PreprocessingRecipe
+
+if __name__ == "__main__":
+    mags = [5.0, 10.0]
+    slide = write_pyramid_tiff(sys.argv[2] + "/s.tiff", width=512, height=512)
+    model = build_model("zoommil", in_dim=1024, n_classes=2, mags=mags, k=2).eval()
+    recipe = PreprocessingRecipe(mags=mags, patch_size=64, weights="random",
+                                 tissue_threshold=KEEP_EVERY_PATCH)
+    predictor = Predictor(model=model, arch="zoommil", classes=["a", "b"], recipe=recipe,
+                          method="zoommil")
+    (records,) = measure_groups_throughput(
+        [[predictor]], [("a", slide), ("b", slide)], torch.device("cpu"), threads=2
+    )
+    print("processes", records[0]["processes"])
+"""
+
+
+def test_all_cores_timing_runs_under_a_long_tmpdir(tmp_path):
+    """The timing processes' sockets (the manager's, and the one that hands them the model's
+    tensors) were files in TMPDIR, and a socket path holds 107 bytes: a cluster job's TMPDIR
+    of 76+ characters stopped `zoommil profile --threads N` with a traceback (AF_UNIX path
+    too long)."""
+    tmpdir = tmp_path / ("t" * 100)
+    tmpdir.mkdir()
+    script = tmp_path / "timing.py"
+    script.write_text(LONG_TMPDIR_TIMING)
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    tests = str(Path(__file__).parent)
+    run = subprocess.run(
+        [sys.executable, str(script), tests, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["processes", "2"]
+
+
 def test_fewer_slides_than_threads_use_fewer_processes_and_say_so(caplog) -> None:
     """`--threads 4` with 2 slides to time runs 2 processes: 2 cores stay idle, which the
     log says (the records' `processes` name the number used, the tables and figures

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +158,35 @@ def cpu_processes(threads: int, slides: int) -> int:
     return processes
 
 
+#: A Unix socket's path holds 107 bytes, and multiprocessing puts the timing processes'
+#: sockets at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX: 32 of them after TMPDIR.
+SOCKET_FOLDER_MAX = 75
+
+
+@contextmanager
+def socket_folder(fallback: str = "/tmp") -> Iterator[None]:
+    """Inside, multiprocessing's sockets go in a folder whose path fits a socket's.
+
+    Why: the all-cores timing shares its slide claims through a manager and hands the models'
+    tensors to its processes by file descriptor, each over a Unix socket in ``TMPDIR``; a
+    ``TMPDIR`` of 76+ characters (a cluster job's scratch) stopped it with a traceback
+    (``AF_UNIX path too long``). Such a ``TMPDIR`` is passed over for ``fallback`` (sockets
+    only: no data goes there, and where it cannot be written the ``TMPDIR`` is kept); the
+    processes started inside inherit the folder.
+    """
+    short = len(tempfile.gettempdir()) <= SOCKET_FOLDER_MAX
+    if short or not os.access(fallback, os.W_OK | os.X_OK):
+        yield
+        return
+    saved = tempfile.tempdir
+    tempfile.tempdir = fallback
+    try:
+        multiprocessing.util.get_temp_dir()  # made now, in fallback; spawned processes take it
+        yield
+    finally:
+        tempfile.tempdir = saved
+
+
 def measure_groups_throughput(
     groups: Sequence[Sequence[Predictor]],
     slides: Sequence[tuple[str, str | Path]],
@@ -205,7 +237,7 @@ def measure_groups_throughput(
         finally:
             torch.set_num_threads(saved_threads)
     else:
-        with multiprocessing.get_context("spawn").Manager() as manager:
+        with socket_folder(), multiprocessing.get_context("spawn").Manager() as manager:
             claims = [
                 SlideClaims(len(jobs), target, manager.list([0, 0]), manager.Lock()) for _ in groups
             ]
