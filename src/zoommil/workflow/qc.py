@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import pandas as pd
 
-from zoommil.errors import ZoomMILError
+from zoommil.errors import ZoomMILError, first_few
 from zoommil.io.atomic import atomic_path
 from zoommil.io.featurefile import decode_attr, listed_mags, patch_mags
 from zoommil.io.featurefile import layout_problem as file_layout_problem
@@ -365,14 +365,10 @@ def _excluded(ids: Sequence[str], status: pd.DataFrame, shown: int) -> str:
     for slide_id in ids:
         if slide_id in status.index:
             groups.setdefault(_because(status.loc[slide_id]), []).append(str(slide_id))
-    named = [f"{_names(slides, 3)} ({because})" for because, slides in list(groups.items())[:shown]]
+    named = [
+        f"{first_few(slides, 3)} ({because})" for because, slides in list(groups.items())[:shown]
+    ]
     return f"{len(ids)} excluded: {first_of(named, shown, len(groups))}"
-
-
-def _names(slides: Sequence[str], shown: int) -> str:
-    """'a', 'a, b', 'a, b, c and 2 more'."""
-    more = f" and {len(slides) - shown} more" if len(slides) > shown else ""
-    return ", ".join(slides[:shown]) + more
 
 
 def first_of(items: Sequence[str], shown: int, total: int | None = None) -> str:
