@@ -3,12 +3,15 @@ feature manifest that lists a missing file."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from snakemake.persistence.file import FilePersistence
 
+from zoommil.errors import ZoomMILError
 from zoommil.workflow import manifest as manifest_module
 from zoommil.workflow import orphans, vanished
 
@@ -89,6 +92,58 @@ def test_an_absent_manifest_or_a_running_snakemake_leaves_it(tmp_path: Path) -> 
     (tmp_path / ".snakemake/locks/0.input.lock").write_text("")
     assert manifest_module.outdate_manifest_of_missing_files(False, workdir=tmp_path) == []
     assert manifest.stat().st_mtime > orphans.LONG_AGO
+
+
+def _owned_by_another_user(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """`os.utime` with explicit times is refused on ``path`` (EPERM), as for a colleague's
+    file in a shared project folder (the tests may run as root, who may set any file's)."""
+    real = os.utime
+
+    def utime(target, *args, **kwargs):
+        if Path(target) == path:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(target))
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", utime)
+
+
+def test_another_users_manifest_and_orphan_are_dated_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A colleague's run wrote the manifest and a killed one the orphan: the workflow stopped
+    at parse time with "PermissionError: [Errno 1] Operation not permitted" (no file named),
+    and at every later run. Now each is replaced by a copy of itself, dated back."""
+    (tmp_path / "results/features").mkdir(parents=True)
+    manifest = _manifest(tmp_path, "results/features/gone.h5")
+    orphan = tmp_path / "results/features/done.h5"
+    orphan.write_bytes(b"features")
+    mark(tmp_path, "results/features/done.h5")
+    for path in (manifest, orphan):
+        _owned_by_another_user(monkeypatch, path)
+    text = manifest.read_text()
+    manifest_module.outdate_manifest_of_missing_files(False, workdir=tmp_path)
+    orphans.outdate_orphaned_outputs(dry_run=False, workdir=tmp_path)
+    assert manifest.read_text() == text and orphan.read_bytes() == b"features"
+    assert manifest.stat().st_mtime == orphan.stat().st_mtime == orphans.LONG_AGO
+    assert sorted(p.name for p in manifest.parent.iterdir()) == ["features.tsv"]  # no temps
+
+
+def test_another_users_file_in_a_folder_not_writable_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _manifest(tmp_path, "results/features/gone.h5")
+    _owned_by_another_user(monkeypatch, manifest)
+
+    def refused(source, target, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(target))
+
+    monkeypatch.setattr(orphans.shutil, "copy2", refused)
+    with pytest.raises(ZoomMILError) as caught:
+        manifest_module.outdate_manifest_of_missing_files(False, workdir=tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"cannot date back {manifest} to have it made again: it belongs")
+    assert "(Permission denied)" in message and "\n" not in message
+    assert sorted(p.name for p in manifest.parent.iterdir()) == ["features.tsv"]
 
 
 def test_vanished_slides_are_the_encoded_ones_whose_file_is_gone(tmp_path: Path) -> None:

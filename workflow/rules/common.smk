@@ -117,16 +117,19 @@ if not DEMO:
 
 VANISHED = []  # encoded slides whose file is gone (the main process fills it in)
 if workflow.is_main_process:
-    # Jobs that finished after a killed Snakemake process: see zoommil.workflow.orphans.
-    for line in zorphans.outdate_orphaned_outputs(workflow.output_settings.dryrun):
-        print(line, file=sys.stderr)
-    # The feature manifest's rows, read once for the two checks below.
-    MANIFEST_ROWS = zmanifest.listed_rows()
-    # Feature files deleted to be extracted again: see zoommil.workflow.manifest.
-    for line in zmanifest.outdate_manifest_of_missing_files(
-        workflow.output_settings.dryrun, rows=MANIFEST_ROWS
-    ):
-        print(line, file=sys.stderr)
+    try:
+        # Jobs that finished after a killed Snakemake process: see zoommil.workflow.orphans.
+        for line in zorphans.outdate_orphaned_outputs(workflow.output_settings.dryrun):
+            print(line, file=sys.stderr)
+        # The feature manifest's rows, read once for the two checks below.
+        MANIFEST_ROWS = zmanifest.listed_rows()
+        # Feature files deleted to be extracted again: see zoommil.workflow.manifest.
+        for line in zmanifest.outdate_manifest_of_missing_files(
+            workflow.output_settings.dryrun, rows=MANIFEST_ROWS
+        ):
+            print(line, file=sys.stderr)
+    except ZoomMILError as error:  # a colleague's file in a shared folder
+        raise WorkflowError(str(error)) from None
     # Encoded slides whose file is gone: see zoommil.workflow.vanished. A run stops on
     # them (`onstart` in the Snakefile); a dry run says so, and --report, --unlock and the
     # like, which run no job, go on.

@@ -12,11 +12,10 @@ Nothing else is touched, and a dry run only names the files, as for `orphans`.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from zoommil.errors import first_few
-from zoommil.workflow.orphans import LONG_AGO, snakemake_running
+from zoommil.workflow.orphans import date_back, snakemake_running
 
 MANIFEST = Path("results/qc/features.tsv")
 
@@ -55,7 +54,7 @@ def outdate_manifest_of_missing_files(
     if not missing:
         return []
     if not dry_run:
-        os.utime(workdir / manifest, (LONG_AGO, LONG_AGO))
+        date_back(workdir / manifest)
     verb = "the next run extracts them again" if dry_run else "they are extracted again"
     return [
         f"zoommil: {len(missing)} feature file(s) listed in {manifest} are missing; {verb}, "

@@ -21,12 +21,50 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import pwd
+import shutil
 from pathlib import Path
 
-from zoommil.errors import first_few
+from zoommil.errors import ZoomMILError, first_few
+from zoommil.io.atomic import temp_name
 
 SNAKEMAKE_DIR = Path(".snakemake")
 LONG_AGO = 946684800.0  # 2000-01-01: older than any input, so Snakemake reruns the job
+
+
+def _owner(path: Path) -> str:
+    try:
+        uid = path.stat().st_uid
+        return pwd.getpwuid(uid).pw_name
+    except (OSError, KeyError):
+        return "another user"
+
+
+def date_back(path: Path) -> None:
+    """Set ``path``'s times to `LONG_AGO`, so that Snakemake makes it again.
+
+    Only a file's owner may set its times: in a shared project folder, a colleague's file
+    (written by their run) is replaced by a copy of itself owned by this user, which needs
+    write access to the folder only (the rename is atomic, the content kept). Where that
+    fails too, a `ZoomMILError` names the file, its owner and the reason."""
+    try:
+        os.utime(path, (LONG_AGO, LONG_AGO))
+        return
+    except PermissionError:
+        pass
+    tmp = temp_name(path)
+    try:
+        shutil.copy2(path, tmp)
+        os.utime(tmp, (LONG_AGO, LONG_AGO))
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise ZoomMILError(
+            f"cannot date back {path} to have it made again: it belongs to {_owner(path)} and "
+            f"{path.parent} cannot be written here ({error.strerror or error}); ask its owner "
+            f"to run `touch -d 2000-01-01 {path}`, or to make the project folder "
+            'group-writable (docs/cluster.md, "A project shared by several users")'
+        ) from None
 
 
 def incomplete_outputs(workdir: Path = Path(".")) -> list[Path]:
@@ -69,7 +107,7 @@ def outdate_orphaned_outputs(dry_run: bool, workdir: Path = Path(".")) -> list[s
         return []
     if not dry_run:
         for path in orphans:
-            os.utime(workdir / path, (LONG_AGO, LONG_AGO))
+            date_back(workdir / path)
     verb = "the next run redoes them" if dry_run else "their jobs run again"
     return [
         f"zoommil: {len(orphans)} output(s) written while their job or its Snakemake "
