@@ -407,11 +407,21 @@ def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: P
 
 
 def test_attention_figure_without_a_slide_says_the_chosen_ones_failed_and_why(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every chosen prediction failed: the figure said "no test slides to show" (there were
-    some) and its note cut the reason at 80 characters, mid-sentence ("...but the file )")."""
+    some) and its note cut the reason at 80 characters, mid-sentence ("...but the file )").
+    With no slide at all it drew a stray "slide" column title over nothing: an empty Figure 4
+    shows its title and why, as Figure 3 without timings does, within the page's width."""
+    from matplotlib.text import Text
+
     from zoommil.workflow.failure import Failure, write_marker
+
+    drawn: list[Any] = []
+    real_save = figure_attention.save_figure
+    monkeypatch.setattr(
+        figure_attention, "save_figure", lambda fig, out: (drawn.append(fig), real_save(fig, out))
+    )
 
     reason = (
         "truncated or corrupt TIFF file: directory 1 starts at byte 1834270 but the file has "
@@ -431,7 +441,16 @@ def test_attention_figure_without_a_slide_says_the_chosen_ones_failed_and_why(
     none = figure_attention.attention_figure(
         [], sheet, [tmp_path / "none.png"], "zoommil", "demo", "x"
     )
-    assert none["empty"] == "no test slides to show" and not none["skipped"]
+    for fig, drawn_layout in zip(drawn, (layout, none), strict=True):
+        fig.draw_without_rendering()
+        shown = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        assert sorted(t.get_text() for t in shown) == sorted(
+            [drawn_layout["title"], drawn_layout["empty"]]
+        )
+        assert {t.get_fontsize() for t in shown} <= {8, 9}
+        assert fig.get_figwidth() <= 7.1
+    assert none["empty"] == "no test slides to show: the test split has no slide that QC kept"
+    assert not none["skipped"] and none["rows"] == 0 and none["titles"] == []
 
 
 def test_attention_layout_is_the_union_of_magnifications() -> None:

@@ -163,23 +163,19 @@ def attention_figure(
     drew 2 rows for 3 asked, without a word (review L)."""
     table = read_sheet(sheet).set_index("slide_id")
     predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
+    if not loaded:
+        return _empty_figure(
+            skipped, outputs, _title(dataset, method, "attention", encoder, weights)
+        )
     mags = attention_layout(loaded)
-    n_rows, n_cols = max(1, len(loaded)), 1 + max(1, len(mags))
-    aspects = [thumb.shape[0] / thumb.shape[1] for thumb, _ in thumbs] or [0.2]
+    n_rows, n_cols = len(loaded), 1 + max(1, len(mags))
+    aspects = [thumb.shape[0] / thumb.shape[1] for thumb, _ in thumbs]
     fig = Figure(figsize=(WIDTH, _first_height(aspects, n_cols)), layout="constrained")
     grid = fig.add_gridspec(n_rows, n_cols, height_ratios=aspects)
     axes = grid.subplots(squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    empty = None
-    if not loaded:
-        for ax in axes.ravel():
-            ax.axis("off")
-        empty = "no test slides to show"
-        if skipped:
-            empty = "no test slide could be shown: the chosen slides failed\n" + "\n".join(skipped)
-        fig.text(0.5, 0.5, empty, ha="center", va="center", fontsize=LABEL_SIZE, wrap=True)
     image, shown, labels = None, [], []
     for row, (path, prediction) in enumerate(zip(predictions, loaded, strict=True)):
         slide_id = _prediction_slide_id(Path(path), prediction, table)
@@ -215,11 +211,7 @@ def attention_figure(
     for ax, head in zip(axes[0], heads, strict=False):
         ax.set_title(head, fontsize=LABEL_SIZE)  # `_fit_height` wraps it to the map's width
     where = f"at {mags[0]:g}x" if len(mags) == 1 else "at every magnification"
-    title = f"{dataset}: {display_name(method)} {what} {where}"
-    if encoder is not None:
-        title += f"\nencoder {encoder_label(encoder)}"  # its own line: fits 3 columns
-    if note := weights_note(weights):
-        title += f"\n{note}"
+    title = _title(dataset, method, f"{what} {where}", encoder, weights)
     fig.suptitle(title, fontsize=TITLE_SIZE)
     if image is not None:
         # below the maps, not beside them: the width goes to the maps (a two-column page)
@@ -234,10 +226,9 @@ def attention_figure(
             "(min-max per slide and magnification: relative within one map)",
             fontsize=NOTE_SIZE,
         )
-    if loaded:
-        _fit_height(fig, axes, aspects, labels, heads)
-    footnotes = ["skipped: " + "; ".join(skipped)] if skipped and loaded else []
-    if loaded and wanted is not None and len(loaded) < wanted:
+    _fit_height(fig, axes, aspects, labels, heads)
+    footnotes = ["skipped: " + "; ".join(skipped)] if skipped else []
+    if wanted is not None and len(loaded) < wanted:
         footnotes.append(
             f"{len(loaded)} of the {wanted} slides asked for (figures.attention.n_slides): the "
             "test split has no more that could be shown"
@@ -265,8 +256,47 @@ def attention_figure(
         "panels_top": max(box.y1 for box in panels),
         "skipped": skipped,
         "footnotes": footnotes,
-        "empty": empty,
+        "empty": None,
         "slides": shown,
+    }
+
+
+def _title(dataset: str, method: str, what: str, encoder: str | None, weights: str) -> str:
+    """The figure's title: what is drawn, then the encoder and the weights' note each on a
+    line of its own (fits 3 columns)."""
+    title = f"{dataset}: {display_name(method)} {what}".rstrip()
+    if encoder is not None:
+        title += f"\nencoder {encoder_label(encoder)}"
+    if note := weights_note(weights):
+        title += f"\n{note}"
+    return title
+
+
+def _empty_figure(skipped: Sequence[str], outputs: Sequence[str | Path], title: str) -> dict:
+    """Figure 4 without a slide to draw: its title and one text saying why, as Figure 3's
+    panel without timings says "no timings"; no column titles (a "slide" column title was
+    left over the empty figure) and no colour bar."""
+    empty = "no test slides to show: the test split has no slide that QC kept"
+    if skipped:
+        empty = "no test slide could be shown: the chosen slides failed\n" + "\n".join(skipped)
+    fig = Figure(figsize=(WIDTH, 1.0 + 0.15 * empty.count("\n")), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=LABEL_SIZE, wrap=True)
+    fig.suptitle(title, fontsize=TITLE_SIZE)
+    save_figure(fig, outputs)
+    return {
+        "rows": 0,
+        "titles": [],
+        "title": title,
+        "colorbar": False,
+        "colorbar_label": None,
+        "colorbar_ticks": [],
+        "colorbar_overlaps": False,
+        "skipped": list(skipped),
+        "footnotes": [],
+        "empty": empty,
+        "slides": [],
     }
 
 
