@@ -777,12 +777,27 @@ def attention_rows(make_slide, root: Path, ids: list[str], width: int, mags: lis
     return root / "usable.tsv"
 
 
+def pdf_pages(path: Path) -> list[tuple[float, float]]:
+    """Width and height in inches of each page of a PDF (its MediaBoxes)."""
+    import re
+
+    boxes = re.findall(rb"/MediaBox \[([^\]]*)\]", path.read_bytes())
+    return [
+        ((float(x1) - float(x0)) / 72, (float(y1) - float(y0)) / 72)
+        for x0, y0, x1, y1 in (box.split() for box in boxes)
+    ]
+
+
 @pytest.mark.parametrize(
     ("ids", "width", "mags"),
     [
         (["demo_000", "demo_001", "demo_002"], 704, [5.0, 10.0]),  # the demo's 4:3, 3 columns
         # the paper's BRIGHT setting (4 columns), wide slides with long TCGA ids
         ([f"TCGA-CR-7395-01A-01-TS{k}" for k in range(3)], 1152, [1.25, 2.5, 10.0]),
+        # 3 portrait slides (biopsies) drew 10.6 in tall: narrower, on one page
+        (["b0", "b1", "b2"], 400, [5.0, 10.0]),
+        # figures.attention.n_slides: 12 drew one figure 21 in tall: pages of what fits 9 in
+        ([f"demo_{k:03d}" for k in range(12)], 704, [5.0, 10.0]),
     ],
 )
 def test_figure_4_fits_a_two_column_page_without_bands_between_rows(
@@ -790,44 +805,72 @@ def test_figure_4_fits_a_two_column_page_without_bands_between_rows(
 ) -> None:
     """Figure 4 was 8.6 x 7.7 in (its 7-8 pt text printed at ~6 pt on a 7.1 in page) with
     empty bands between its rows (a fixed figsize around maps of fixed aspect). At most
-    7.1 in wide, text at 7-9 pt, no two texts touching nor a text over a map, the maps
-    filling their panels' width, rows a few points apart; a footnote under the colour bar."""
+    7.1 x 9 in a page (more rows go on further pages of the PDF, each saying which slides it
+    holds), text at 7-9 pt, no two texts touching nor a text over a map, the maps filling
+    their panels' width, rows a few points apart; a footnote under the colour bar."""
     from matplotlib.text import Text
 
     sheet = attention_rows(make_slide, tmp_path, ids, width, mags)
-    drawn: list[Any] = []
-    real_save = figure_attention.save_figure
+    from matplotlib.figure import Figure
+
+    saved: dict[int, Any] = {}  # every page saved, once (a page goes to the PDF and the PNG)
+    real_save = Figure.savefig
     monkeypatch.setattr(
-        figure_attention, "save_figure", lambda fig, out: (drawn.append(fig), real_save(fig, out))
+        Figure,
+        "savefig",
+        lambda fig, *args, **kwargs: (
+            saved.setdefault(id(fig), fig),
+            real_save(fig, *args, **kwargs),
+        ),
     )
     predictions = [tmp_path / f"{slide_id}.json" for slide_id in ids]
     layout = figure_attention.attention_figure(
-        predictions, sheet, [tmp_path / "f.pdf"], "zoommil", "demo", "random", "uni", wanted=4
+        predictions,
+        sheet,
+        [tmp_path / "f.pdf", tmp_path / "f.png"],
+        "zoommil",
+        "demo",
+        "random",
+        "uni",
+        wanted=len(ids) + 1,
     )
-    (fig,) = drawn
-    assert layout["rows"] == 3 and layout["footnotes"] and not layout["colorbar_overlaps"]
-    text = (tmp_path / "f.pdf").read_bytes()
-    box = text[text.index(b"/MediaBox") :].split(b"]")[0].split(b"[")[1].split()
-    assert float(box[2]) - float(box[0]) <= 7.1 * 72
-    shown = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
-    sizes = {t.get_fontsize() for t in shown}
-    assert min(sizes) >= 7 and max(sizes) <= 9
-    fig.draw_without_rendering()
-    boxes = text_boxes(fig)
-    # title, footnote, column titles, row labels, colour bar label and its two ticks
-    assert len(boxes) == 2 + 1 + len(mags) + 3 + 1 + 2
-    for i, (a, box_a) in enumerate(boxes):
-        for b, box_b in boxes[i + 1 :]:
-            assert not box_a.overlaps(box_b), (a, b)
-    maps = [ax for ax in fig.axes if ax.images]
-    assert len(maps) == 3 * (1 + len(mags))
-    for name, box_t in boxes:
-        assert not any(box_t.overlaps(ax.get_window_extent()) for ax in maps), name
-    rows = [[ax for ax in maps if ax.get_subplotspec().rowspan.start == r] for r in range(3)]
-    for row in rows:
-        for ax in row:  # the map fills the width of its panel (no band beside it either)
-            cell, active = ax.get_position(original=True), ax.get_position()
-            assert active.width >= 0.98 * cell.width
-    for upper, lower in zip(rows, rows[1:], strict=False):
-        gap = upper[0].get_position().y0 - lower[0].get_position().y1
-        assert 0 <= gap <= 0.15 * upper[0].get_position().height
+    drawn = list(saved.values())
+    pages = pdf_pages(tmp_path / "f.pdf")
+    for page_width, page_height in pages:
+        assert page_width <= 7.1 and page_height <= 9.0, (page_width, page_height)
+    assert layout["rows"] == len(ids) and layout["footnotes"] and not layout["colorbar_overlaps"]
+    assert [slide for slide, _ in layout["slides"]] == ids  # each once, in order
+    assert layout["pages"] == len(drawn) == len(pages) == (1 if len(ids) == 3 else 3)
+    assert sum(layout["page_rows"]) == len(ids)
+    first = 0
+    for number, (fig, n_rows) in enumerate(zip(drawn, layout["page_rows"], strict=True), 1):
+        shown = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        sizes = {t.get_fontsize() for t in shown}
+        assert min(sizes) >= 7 and max(sizes) <= 9
+        notes = [t.get_text() for t in fig.texts if "slides asked for" in t.get_text()]
+        if len(drawn) > 1:  # each page says which slides it holds
+            assert (
+                f"page {number} of {len(drawn)}: slides {first + 1}-{first + n_rows} " in (notes[0])
+            )
+        first += n_rows
+        fig.draw_without_rendering()
+        boxes = text_boxes(fig)
+        # title, footnote, column titles, row labels, colour bar label and its two ticks
+        assert len(boxes) == 2 + 1 + len(mags) + n_rows + 1 + 2
+        for i, (a, box_a) in enumerate(boxes):
+            for b, box_b in boxes[i + 1 :]:
+                assert not box_a.overlaps(box_b), (a, b)
+        maps = [ax for ax in fig.axes if ax.images]
+        assert len(maps) == n_rows * (1 + len(mags))
+        for name, box_t in boxes:
+            assert not any(box_t.overlaps(ax.get_window_extent()) for ax in maps), name
+        rows = [
+            [ax for ax in maps if ax.get_subplotspec().rowspan.start == r] for r in range(n_rows)
+        ]
+        for row in rows:
+            for ax in row:  # the map fills the width of its panel (no band beside it either)
+                cell, active = ax.get_position(original=True), ax.get_position()
+                assert active.width >= 0.98 * cell.width
+        for upper, lower in zip(rows, rows[1:], strict=False):
+            gap = upper[0].get_position().y0 - lower[0].get_position().y1
+            assert 0 <= gap <= 0.15 * upper[0].get_position().height

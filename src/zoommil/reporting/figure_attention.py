@@ -22,7 +22,7 @@ from matplotlib.text import Text
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import weights_note
 from zoommil.reporting import attention, results
-from zoommil.reporting.figure_files import save_figure
+from zoommil.reporting.figure_files import save_figure, save_pages
 from zoommil.reporting.table_frames import display_name
 from zoommil.reporting.table_notes import encoder_label
 
@@ -36,6 +36,10 @@ TITLE_SIZE = 9  # points
 LABEL_SIZE = 8  # points: the column titles
 NOTE_SIZE = 7  # points: the row labels, the colour bar and the notes
 ROW_GAP = 0.08  # inches: the least room a row label needs beyond its own length
+#: A journal page's room for a figure 7 in wide (with its legend below it): more rows go on
+#: further pages (`_paginate`).
+MAX_HEIGHT = 9.0  # inches, as saved
+MIN_WIDTH = 4.5  # inches: the narrowest a figure is drawn to keep its rows on one page
 
 
 def _thumbnail(
@@ -52,9 +56,9 @@ def _boxes(ax: Axes, step: Mapping[str, Any], sx: float, sy: float, **style: Any
         ax.add_patch(Rectangle((x * sx, y * sy), side * sx, side * sy, fill=False, **style))
 
 
-def _panel_width(n_cols: int) -> float:
-    """Inches one map gets at `WIDTH` (an estimate before the layout)."""
-    return (WIDTH - LABEL_MARGIN) / n_cols - 0.08
+def _panel_width(n_cols: int, width: float = WIDTH) -> float:
+    """Inches one map gets at ``width`` (an estimate before the layout)."""
+    return (width - LABEL_MARGIN) / n_cols - 0.08
 
 
 def _wrap(text: str, chars: int, hyphens: bool = False) -> str:
@@ -88,10 +92,10 @@ def _fit_text(text: Text, lines: Sequence[str], length: float, upwards: bool = F
         chars -= 1
 
 
-def _first_height(aspects: Sequence[float], n_cols: int) -> float:
+def _first_height(aspects: Sequence[float], n_cols: int, width: float = WIDTH) -> float:
     """Inches: the rows' maps at `_panel_width` plus the title, column titles and colour bar;
     `_fit_height` corrects it once the layout is known."""
-    return _panel_width(n_cols) * sum(aspects) + 1.6
+    return _panel_width(n_cols, width) * sum(aspects) + 1.6
 
 
 def _fit_height(
@@ -160,7 +164,8 @@ def attention_figure(
     slide left, the note takes the maps' place and says that the chosen slides failed (not
     "no test slides", which is what it says when none was chosen). Fewer slides than
     ``wanted`` (``figures.attention.n_slides``) are noted too: a split with 2 test slides
-    drew 2 rows for 3 asked, without a word (review L)."""
+    drew 2 rows for 3 asked, without a word (review L). More rows than a page holds go on
+    further pages (`_paginate`)."""
     table = read_sheet(sheet).set_index("slide_id")
     predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
     if not loaded:
@@ -168,18 +173,144 @@ def attention_figure(
             skipped, outputs, _title(dataset, method, "attention", encoder, weights)
         )
     mags = attention_layout(loaded)
-    n_rows, n_cols = len(loaded), 1 + max(1, len(mags))
-    aspects = [thumb.shape[0] / thumb.shape[1] for thumb, _ in thumbs]
-    fig = Figure(figsize=(WIDTH, _first_height(aspects, n_cols)), layout="constrained")
+    zoomed = any(p.get("selected") for p in loaded)  # ZoomMIL's; other models read every patch
+    archs = {str(p.get("arch")) for p in loaded}
+    what = "per-patch probability" if archs == {"maxmil"} else "attention"  # MaxMIL's: no weights
+    heads = ["slide (boxes: regions zoomed into)" if zoomed else "slide"]
+    heads += [f"{what} at {mag:g}x" for mag in mags]
+    where = f"at {mags[0]:g}x" if len(mags) == 1 else "at every magnification"
+    title = _title(dataset, method, f"{what} {where}", encoder, weights)
+    footnotes = ["skipped: " + "; ".join(skipped)] if skipped else []
+    if wanted is not None and len(loaded) < wanted:
+        footnotes.append(
+            f"{len(loaded)} of the {wanted} slides asked for (figures.attention.n_slides): the "
+            "test split has no more that could be shown"
+        )
+    rows = [
+        (_prediction_slide_id(Path(path), prediction, table), prediction, thumb)
+        for path, prediction, thumb in zip(predictions, loaded, thumbs, strict=True)
+    ]
+
+    def draw(
+        page_rows: Sequence[Row], notes: Sequence[str], width: float = WIDTH
+    ) -> tuple[Figure, dict[str, Any]]:
+        return _draw_page(page_rows, table, mags, heads, title, notes, width)
+
+    pages = _paginate(rows, 1 + max(1, len(mags)), footnotes, draw)
+    save_pages([fig for fig, _ in pages], outputs)
+    layout = {k: v for k, v in pages[0][1].items() if k not in ("note", "size")}
+    return {
+        **layout,
+        "rows": len(rows),
+        "pages": len(pages),
+        "page_rows": [page["rows"] for _, page in pages],
+        "page_sizes": [page["size"] for _, page in pages],
+        "skipped": skipped,
+        "slides": [shown for _, page in pages for shown in page["slides"]],
+    }
+
+
+#: One slide's row: its sheet id, its prediction and its thumbnail with the level-0 size.
+Row = tuple[str, Mapping[str, Any], tuple[np.ndarray, tuple[int, int]]]
+
+
+def _paginate(
+    rows: Sequence[Row],
+    n_cols: int,
+    footnotes: Sequence[str],
+    draw: Any,
+) -> list[tuple[Figure, dict[str, Any]]]:
+    """The rows drawn on pages of at most `MAX_HEIGHT` inches, each as many rows as fit (at
+    least one), with a note per page saying which slides it holds: 12 slides of the demo's
+    4:3 drew one figure 21 in tall at 7 in wide, past any journal page. Rows that fit one
+    page at a width of at least `MIN_WIDTH` are drawn so instead (`_narrower`); one page
+    needs no note. Shrinking more rows onto a page would leave maps too small to read."""
+    fig, layout = draw(rows, footnotes)
+    if len(rows) == 1 or layout["size"][1] <= MAX_HEIGHT:
+        return [(fig, layout)]
+    if narrower := _narrower(rows, footnotes, layout["size"][1], draw):
+        return [narrower]
+    aspects = [thumb.shape[0] / thumb.shape[1] for _, _, (thumb, _) in rows]
+    placeholder = "page 0 of 0: slides 0-0 of 0"  # one line, as the note it becomes
+
+    def split(cap: int) -> list[tuple[Figure, dict[str, Any], int, int]]:
+        """Pages of at most ``cap`` rows, each as many as fit (the estimate, then drawn)."""
+        pages, start = [], 0
+        while start < len(rows):
+            count = 1
+            while (
+                count < cap
+                and start + count < len(rows)
+                and _first_height(aspects[start : start + count + 1], n_cols) <= MAX_HEIGHT
+            ):
+                count += 1
+            while True:
+                fig, layout = draw(rows[start : start + count], [*footnotes, placeholder])
+                if count == 1 or layout["size"][1] <= MAX_HEIGHT:
+                    break
+                count -= 1
+            pages.append((fig, layout, start, count))
+            start += count
+        return pages
+
+    pages = split(len(rows))
+    even = -(-len(rows) // len(pages))  # 20 rows: 7, 7, 6 rather than 9, 9, 2
+    if max(count for *_, count in pages) > even:
+        pages = split(even)
+    out = []
+    for number, (fig, layout, first, count) in enumerate(pages, start=1):
+        note = (
+            f"page {number} of {len(pages)}: slides {first + 1}-{first + count} of {len(rows)} "
+            f"(a page holds the rows that fit {MAX_HEIGHT:g} in; the PDF has every page, the "
+            "PNG the first)"
+        )
+        layout["note"].set_text("\n".join([*footnotes, note]))
+        out.append((fig, {**layout, "footnotes": [*footnotes, note]}))
+    return out
+
+
+def _narrower(
+    rows: Sequence[Row], footnotes: Sequence[str], height: float, draw: Any
+) -> tuple[Figure, dict[str, Any]] | None:
+    """All rows on one page `MAX_HEIGHT` tall, drawn narrower (down to `MIN_WIDTH`, the text
+    at its size), where that is enough: 3 portrait slides (biopsies) made a page of 2 rows
+    and a page of 1. The maps' height goes with the width; the title, column titles and
+    colour bar keep theirs (`_first_height`'s 1.6 in and a line per note)."""
+    fixed = 1.6 + 0.15 * len(footnotes)
+    width = WIDTH
+    for _ in range(3):
+        width *= (MAX_HEIGHT - 0.05 - fixed) / max(height - fixed, 0.01)
+        if width < MIN_WIDTH:
+            return None
+        fig, layout = draw(rows, footnotes, width)
+        height = layout["size"][1]
+        if height <= MAX_HEIGHT:
+            return fig, layout
+    return None
+
+
+def _draw_page(
+    rows: Sequence[Row],
+    table: pd.DataFrame,
+    mags: Sequence[float],
+    heads: Sequence[str],
+    title: str,
+    footnotes: Sequence[str],
+    width: float = WIDTH,
+) -> tuple[Figure, dict[str, Any]]:
+    """One page of Figure 4 (`attention_figure`), ``width`` inches wide: its rows, the column
+    titles, the title, the colour bar and the notes under it; returns the figure and its
+    layout."""
+    n_rows, n_cols = len(rows), 1 + max(1, len(mags))
+    aspects = [thumb.shape[0] / thumb.shape[1] for _, _, (thumb, _) in rows]
+    fig = Figure(figsize=(width, _first_height(aspects, n_cols, width)), layout="constrained")
     grid = fig.add_gridspec(n_rows, n_cols, height_ratios=aspects)
     axes = grid.subplots(squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     image, shown, labels = None, [], []
-    for row, (path, prediction) in enumerate(zip(predictions, loaded, strict=True)):
-        slide_id = _prediction_slide_id(Path(path), prediction, table)
-        background, size0 = thumbs[row]
+    for row, (slide_id, prediction, (background, size0)) in enumerate(rows):
         thumb_size = (background.shape[1], background.shape[0])
         sx, sy = thumb_size[0] / size0[0], thumb_size[1] / size0[1]
         label = table.loc[slide_id, "label"] if slide_id in table.index else "?"
@@ -203,15 +334,8 @@ def attention_figure(
             for step in selected:
                 if float(step["mag"]) <= mag:
                     _boxes(ax, step, sx, sy, edgecolor="cyan", linewidth=0.8)
-    zoomed = any(p.get("selected") for p in loaded)  # ZoomMIL's; other models read every patch
-    archs = {str(p.get("arch")) for p in loaded}
-    what = "per-patch probability" if archs == {"maxmil"} else "attention"  # MaxMIL's: no weights
-    heads = ["slide (boxes: regions zoomed into)" if zoomed else "slide"]
-    heads += [f"{what} at {mag:g}x" for mag in mags]
     for ax, head in zip(axes[0], heads, strict=False):
         ax.set_title(head, fontsize=LABEL_SIZE)  # `_fit_height` wraps it to the map's width
-    where = f"at {mags[0]:g}x" if len(mags) == 1 else "at every magnification"
-    title = _title(dataset, method, f"{what} {where}", encoder, weights)
     fig.suptitle(title, fontsize=TITLE_SIZE)
     if image is not None:
         # below the maps, not beside them: the width goes to the maps (a two-column page)
@@ -222,26 +346,23 @@ def attention_figure(
         # ticks beside "probability" read as probabilities that were 0.3-0.6 (review B)
         bar.set_ticks([0.0, 1.0], labels=["low", "high"], fontsize=NOTE_SIZE)
         bar.set_label(
-            f"{attention.score_name(*loaded)}\n"
+            f"{attention.score_name(*(prediction for _, prediction, _ in rows))}\n"
             "(min-max per slide and magnification: relative within one map)",
             fontsize=NOTE_SIZE,
         )
     _fit_height(fig, axes, aspects, labels, heads)
-    footnotes = ["skipped: " + "; ".join(skipped)] if skipped else []
-    if wanted is not None and len(loaded) < wanted:
-        footnotes.append(
-            f"{len(loaded)} of the {wanted} slides asked for (figures.attention.n_slides): the "
-            "test split has no more that could be shown"
-        )
     fig.draw_without_rendering()
     fig.set_layout_engine("none")  # fixed now: the notes go under what it laid out
+    note = None
     if footnotes:
         bottom = min(ax.get_tightbbox().y0 for ax in fig.axes) / fig.bbox.height
-        fig.text(0.01, bottom - 0.01, "\n".join(footnotes), fontsize=NOTE_SIZE, va="top", wrap=True)
-    titles = heads + [""] * (n_cols - len(heads))  # as written, before wrapping
-    save_figure(fig, outputs)
+        note = fig.text(
+            0.01, bottom - 0.01, "\n".join(footnotes), fontsize=NOTE_SIZE, va="top", wrap=True
+        )
+    titles = list(heads) + [""] * (n_cols - len(heads))  # as written, before wrapping
     panels = [ax.get_position() for ax in axes.ravel()]
-    return {
+    saved = fig.get_tightbbox()  # inches; `save_figure` pads it by 0.1 in on every side
+    return fig, {
         "rows": n_rows,
         "titles": titles,
         "title": title,
@@ -254,10 +375,11 @@ def attention_figure(
         "colorbar_overlaps": image is not None
         and any(bar.ax.get_position().overlaps(box) for box in panels),
         "panels_top": max(box.y1 for box in panels),
-        "skipped": skipped,
-        "footnotes": footnotes,
+        "footnotes": list(footnotes),
+        "note": note,
         "empty": None,
         "slides": shown,
+        "size": (saved.width + 0.2, saved.height + 0.2),
     }
 
 

@@ -7,10 +7,11 @@ writer by extension (PNG, PDF), so it is safe in worker processes without a disp
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
+from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from zoommil.io.atomic import atomic_path
@@ -29,3 +30,20 @@ def save_figure(fig: Figure, outputs: Iterable[str | Path]) -> None:
         metadata = {"CreationDate": None} if suffix == ".pdf" else {}
         with atomic_path(out) as tmp, matplotlib.rc_context({"pdf.fonttype": 42}):
             fig.savefig(tmp, dpi=PNG_DPI, bbox_inches="tight", metadata=metadata)
+
+
+def save_pages(figs: Sequence[Figure], outputs: Iterable[str | Path]) -> None:
+    """A figure of several pages (Figure 4 with more rows than a page holds): every page in
+    one PDF, as a journal's supplement takes it, and the first in a PNG, which holds one
+    image (its note says so); otherwise as `save_figure`."""
+    for out in outputs:
+        if len(figs) == 1 or Path(out).suffix.lower() != ".pdf":
+            save_figure(figs[0], [out])
+            continue
+        with (
+            atomic_path(out) as tmp,
+            matplotlib.rc_context({"pdf.fonttype": 42}),
+            PdfPages(tmp, metadata={"CreationDate": None}) as pdf,
+        ):
+            for fig in figs:
+                pdf.savefig(fig, dpi=PNG_DPI, bbox_inches="tight")
