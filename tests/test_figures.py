@@ -453,6 +453,17 @@ def test_attention_figure_without_a_slide_says_the_chosen_ones_failed_and_why(
     assert not none["skipped"] and none["rows"] == 0 and none["titles"] == []
 
 
+def test_figure_4_left_out_by_the_config_says_so(tmp_path: Path) -> None:
+    """figures.attention.method: null: the figure says it is left out (the workflow redraws
+    it so, instead of keeping maps an earlier config drew), no column title, no slide."""
+    layout = figure_attention.attention_figure(
+        [], tmp_path / "none.tsv", [tmp_path / "off.png"], None, "demo", "random"
+    )
+    assert layout["empty"] == "left out: figures.attention.method is null"
+    assert layout["titles"] == [] and layout["rows"] == 0 and not layout["colorbar"]
+    assert (tmp_path / "off.png").stat().st_size > 1000
+
+
 def test_attention_layout_is_the_union_of_magnifications() -> None:
     predictions = [
         {"attention": [{"mag": 5.0}, {"mag": 10.0}]},

@@ -227,6 +227,29 @@ def test_more_attention_slides_predict_and_redraw_figure_4(tiny) -> None:
     assert not PREPROCESS & set(jobs) and "train" not in jobs, jobs
 
 
+def test_figure_4_switched_off_is_redrawn_saying_so_not_kept(tiny, tmp_path) -> None:
+    """figures.attention.method: null planned no Figure 4 job, so the maps an earlier config
+    drew stayed in results/figures beside the new tables. The figure is redrawn saying it is
+    left out (as `ablations: null` rewrites Table 4 to say so), with no prediction."""
+    from zoommil.reporting import figure_attention
+
+    workdir, _, _ = tiny
+    scratch = tmp_path / "off"
+    shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
+    config = copy.deepcopy(harness.load_config())
+    config["figures"]["attention"]["method"] = None
+    configfile = harness.write_config(scratch, config, "off.yaml")
+    jobs = harness.planned_jobs(scratch, configfile)
+    assert jobs.get("figure_attention") == 1 and "predict" not in jobs, jobs
+    harness.snakemake(scratch, configfile=configfile)
+    expected = tmp_path / "off.pdf"  # the same figure drawn here: PDFs are byte-identical
+    layout = figure_attention.attention_figure([], "", [expected], None, config["dataset"], "")
+    assert layout["empty"] == figure_attention.OFF
+    drawn = scratch / "results" / "figures" / "attention.pdf"
+    assert drawn.read_bytes() == expected.read_bytes()
+    assert harness.planned_jobs(scratch, configfile) == {}
+
+
 def test_new_seed_only_adds_jobs(tiny) -> None:
     workdir, _, _ = tiny
     config = copy.deepcopy(harness.load_config())

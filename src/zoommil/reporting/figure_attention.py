@@ -40,6 +40,8 @@ ROW_GAP = 0.08  # inches: the least room a row label needs beyond its own length
 #: further pages (`_paginate`).
 MAX_HEIGHT = 9.0  # inches, as saved
 MIN_WIDTH = 4.5  # inches: the narrowest a figure is drawn to keep its rows on one page
+#: What Figure 4 says where the config leaves it out.
+OFF = "left out: figures.attention.method is null"
 
 
 def _thumbnail(
@@ -147,7 +149,7 @@ def attention_figure(
     predictions: Sequence[str | Path],
     sheet: str | Path,
     outputs: Sequence[str | Path],
-    method: str,
+    method: str | None,
     dataset: str,
     weights: str,
     encoder: str | None = None,
@@ -165,13 +167,21 @@ def attention_figure(
     "no test slides", which is what it says when none was chosen). Fewer slides than
     ``wanted`` (``figures.attention.n_slides``) are noted too: a split with 2 test slides
     drew 2 rows for 3 asked, without a word (review L). More rows than a page holds go on
-    further pages (`_paginate`)."""
+    further pages (`_paginate`).
+
+    ``method`` None (``figures.attention.method: null``) draws no maps: the figure says it
+    is left out, as the ablation table says "no ablations configured", so that the figure
+    an earlier config drew is not left beside the new results."""
+    if method is None:
+        return _empty_figure(OFF, [], outputs, f"{dataset}: Figure 4 (attention maps)")
     table = read_sheet(sheet).set_index("slide_id")
     predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
     if not loaded:
-        return _empty_figure(
-            skipped, outputs, _title(dataset, method, "attention", encoder, weights)
-        )
+        empty = "no test slides to show: the test split has no slide that QC kept"
+        if skipped:
+            empty = "no test slide could be shown: the chosen slides failed\n" + "\n".join(skipped)
+        title = _title(dataset, method, "attention", encoder, weights)
+        return _empty_figure(empty, skipped, outputs, title)
     mags = attention_layout(loaded)
     zoomed = any(p.get("selected") for p in loaded)  # ZoomMIL's; other models read every patch
     archs = {str(p.get("arch")) for p in loaded}
@@ -394,13 +404,12 @@ def _title(dataset: str, method: str, what: str, encoder: str | None, weights: s
     return title
 
 
-def _empty_figure(skipped: Sequence[str], outputs: Sequence[str | Path], title: str) -> dict:
-    """Figure 4 without a slide to draw: its title and one text saying why, as Figure 3's
-    panel without timings says "no timings"; no column titles (a "slide" column title was
-    left over the empty figure) and no colour bar."""
-    empty = "no test slides to show: the test split has no slide that QC kept"
-    if skipped:
-        empty = "no test slide could be shown: the chosen slides failed\n" + "\n".join(skipped)
+def _empty_figure(
+    empty: str, skipped: Sequence[str], outputs: Sequence[str | Path], title: str
+) -> dict:
+    """Figure 4 without a slide to draw: its title and one text, ``empty``, saying why, as
+    Figure 3's panel without timings says "no timings"; no column titles (a "slide" column
+    title was left over the empty figure) and no colour bar."""
     fig = Figure(figsize=(WIDTH, 1.0 + 0.15 * empty.count("\n")), layout="constrained")
     ax = fig.subplots()
     ax.axis("off")
