@@ -461,6 +461,85 @@ def test_all_cores_timing_runs_under_a_long_tmpdir(tmp_path):
     assert run.stdout.split() == ["processes", "2"]
 
 
+#: Run as a script: times many slides over 2 processes, saying each slide timed on stderr.
+KILLED_TIMING = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from slide_factory import KEEP_EVERY_PATCH, write_pyramid_tiff
+from zoommil.efficiency.throughput import measure_groups_throughput
+from zoommil.inference.predict import Predictor
+from zoommil.models import build_model
+from zoommil.recipe import PreprocessingRecipe
+
+if __name__ == "__main__":
+    mags = [5.0, 10.0]
+    slide = write_pyramid_tiff(sys.argv[2] + "/s.tiff", width=512, height=512)
+    model = build_model("zoommil", in_dim=1024, n_classes=2, mags=mags, k=2).eval()
+    recipe = PreprocessingRecipe(mags=mags, patch_size=64, weights="random",
+                                 tissue_threshold=KEEP_EVERY_PATCH)
+    predictor = Predictor(model=model, arch="zoommil", classes=["a", "b"], recipe=recipe,
+                          method="zoommil")
+    slides = [(f"s{i}", slide) for i in range(10000)]
+    measure_groups_throughput([[predictor]], slides, torch.device("cpu"), threads=2,
+                              progress=True)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Exited, or a zombie nobody reaps (PID 1 of a container may not)."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_timing_processes_exit_when_profile_is_killed(tmp_path):
+    """`zoommil profile --threads N` killed outright (SIGKILL, the out-of-memory killer) left
+    its timing processes timing the rest of the slides for nobody, then waiting forever
+    (~0.8 GB each), and the manager of the slide claims running for good."""
+    import signal
+    import time
+
+    script = tmp_path / "timing.py"
+    script.write_text(KILLED_TIMING)
+    tests = str(Path(__file__).parent)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), tests, str(tmp_path)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in parent.stderr:  # a worker timed a slide: the processes all run
+            if line.startswith("profile zoommil:"):
+                break
+        children = _children(parent.pid)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    assert len(children) >= 3  # the manager, 2 timing processes (and the resource tracker)
+    deadline = time.monotonic() + 20
+    while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in children if not _gone(pid)]
+    for pid in alive:  # SIGTERM: the resource tracker ignores it, and unlinks the semaphores
+        os.kill(pid, signal.SIGTERM)  # the others held once they are gone
+    assert not alive, "a timing process or the manager outlived the killed profile"
+
+
 def test_fewer_slides_than_threads_use_fewer_processes_and_say_so(caplog) -> None:
     """`--threads 4` with 2 slides to time runs 2 processes: 2 cores stay idle, which the
     log says (the records' `processes` name the number used, the tables and figures

@@ -31,12 +31,14 @@ import logging
 import multiprocessing
 import multiprocessing.util
 import os
+import signal
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,7 @@ from zoommil.inference.predict import (
     shared_pass_groups,
 )
 from zoommil.io.sheet import parse_mpp, read_sheet
-from zoommil.processes import starmap_in_processes
+from zoommil.processes import exit_with_parent, starmap_in_processes
 from zoommil.training.checkpoint import load_checkpoint, recorded_path
 from zoommil.wsi.patches import ReaderPool
 
@@ -237,13 +239,13 @@ def measure_groups_throughput(
         finally:
             torch.set_num_threads(saved_threads)
     else:
-        with socket_folder(), multiprocessing.get_context("spawn").Manager() as manager:
+        with socket_folder(), _claims_manager() as manager:
             claims = [
                 SlideClaims(len(jobs), target, manager.list([0, 0]), manager.Lock()) for _ in groups
             ]
             args = [(groups, jobs, claims, device, precision, warmup, 0, batch_size, progress)]
-            args *= processes
-            parts = starmap_in_processes(_measure_groups, args, processes)
+            args = [(os.getpid(), *args[0])] * processes
+            parts = starmap_in_processes(_measure_groups_in_worker, args, processes)
     records = []
     for g, predictors in enumerate(groups):
         # per process: (rows, info, precision used, excluded, warm-ups, seconds) of this group
@@ -271,6 +273,36 @@ def measure_groups_throughput(
             ]
         )
     return records
+
+
+def _claims_manager() -> SyncManager:
+    """The started manager that shares the slide claims between the timing processes.
+
+    Why its own start: a manager's server process has no watch on its parent, so when
+    `zoommil profile` was killed outright (SIGKILL, the out-of-memory killer) it stayed, an
+    orphan, forever; and a SIGTERM to the whole process group (``scancel``, ``kill -- -PGID``)
+    killed it before the command shut it down, leaving its ``pymp-*`` socket folder in
+    TMPDIR. It exits with its parent (`exit_with_parent`) and leaves SIGINT and SIGTERM to the
+    command, which shuts it down on its way out.
+    """
+    manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+    manager.start(_init_manager, (os.getpid(),))
+    return manager
+
+
+def _init_manager(parent: int) -> None:
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
+    exit_with_parent(parent=parent)
+
+
+def _measure_groups_in_worker(parent: int, *args: Any) -> list[tuple[Any, ...]]:
+    """`_measure_groups` in a timing process, which exits once ``parent`` (the command, its
+    pid passed down) is gone. Why: killed outright, the command left its timing processes
+    timing the rest of the slides for nobody and then waiting on their task queue forever
+    (~0.8 GB each, measured)."""
+    exit_with_parent(parent=parent)
+    return _measure_groups(*args)
 
 
 def _summary(
