@@ -474,12 +474,28 @@ def test_attention_layout_is_the_union_of_magnifications() -> None:
 
 
 @pytest.mark.parametrize("weights", ["random", "imagenet"])
-def test_throughput_figure_without_any_timing(tmp_path: Path, weights: str) -> None:
+def test_throughput_figure_without_any_timing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weights: str
+) -> None:
+    """It says "no timings" in its panel, at the figure's 7-9 pt as every other text (the
+    panel's text was at matplotlib's default 10 pt)."""
+    from matplotlib.text import Text
+
+    drawn: list[Any] = []
+    real_save = figure_throughput.save_figure
+    monkeypatch.setattr(
+        figure_throughput, "save_figure", lambda fig, out: (drawn.append(fig), real_save(fig, out))
+    )
     zoom = write_run(tmp_path, "zoommil", 2.0, [True, False, True])
     data = figure_throughput.throughput_figure(
         [zoom[0]], {"cpu1": []}, ["zoommil"], [tmp_path / "f.png"], "demo", weights
     )
     assert data["slides_per_hour"].isna().all() and (tmp_path / "f.png").exists()
+    (fig,) = drawn
+    shown = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    assert "no timings" in [t.get_text() for t in shown]
+    sizes = {t.get_fontsize() for t in shown}
+    assert min(sizes) >= 7 and max(sizes) <= 9, sizes
 
 
 def test_the_same_results_draw_byte_identical_pdfs(tmp_path: Path) -> None:

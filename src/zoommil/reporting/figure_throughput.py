@@ -549,7 +549,15 @@ def throughput_figure(
         ax.set_xlabel("slides / hour (log scale)", fontsize=LABEL_SIZE)
         ax.tick_params(which="both", labelsize=TICK_SIZE)
         if device is None:
-            ax.text(0.5, 0.5, "no timings", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "no timings",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=LABEL_SIZE,
+            )
             ax.set_xticks([])
             continue
         dodged = _device_panel(ax, data, device, styles, handles) or dodged
