@@ -99,3 +99,28 @@ def test_an_unreadable_file_falls_back_to_the_last_answer(tmp_path: Path, monkey
 
     monkeypatch.setattr(weights, "sha256_file", unreadable)
     assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == first
+
+
+def test_the_cache_write_removes_a_killed_writers_temp_and_leaves_none(tmp_path: Path) -> None:
+    """The cache's temporary file was named by pid alone: one a killed Snakemake process
+    left stayed for good (and two hosts' processes of one pid shared a name). It is named
+    as every output's temporary file, so the next write removes a dead process's."""
+    import subprocess
+    import sys
+
+    from zoommil.io.atomic import this_host
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    cache = tmp_path / weights.CACHE
+    cache.parent.mkdir(parents=True)
+    stale = cache.with_name(f".{cache.name}.tmp-{this_host()}-{done.stdout.strip()}-0badc0de.json")
+    stale.write_text("{half")
+    file = tmp_path / "enc.pt"
+    file.write_bytes(b"weights A")
+    assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == _sha(b"weights A")
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]

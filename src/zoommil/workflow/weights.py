@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from zoommil.features.encoders.weight_files import sha256_file, unseen_weights, weights_file
+from zoommil.io.atomic import remove_stale_temps, temp_name
 
 __all__ = ["unseen_weights", "weights_sha256"]
 
@@ -36,14 +37,22 @@ def _read(cache: Path) -> dict:
 
 
 def _write(cache: Path, data: dict) -> None:
-    """Atomically: several Snakemake processes (cluster jobs) may load the workflow at once."""
+    """Atomically: several Snakemake processes (cluster jobs) may load the workflow at once.
+
+    The temporary file has the outputs' host-pid-token name (`temp_name`): named by pid
+    alone, two hosts' processes of one pid shared it, and one a killed process left stayed
+    for good; the stale ones are removed here as for every output."""
+    tmp = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        remove_stale_temps(cache)
+        tmp = temp_name(cache)
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, cache)
     except OSError:
-        pass  # a read-only working folder: hashed again next time
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)  # a full disk: no half-written file left
+        # a read-only working folder: hashed again next time
 
 
 def file_sha256(path: Path, known: dict) -> str:
