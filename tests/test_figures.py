@@ -13,11 +13,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from zoommil.models import MODEL_NAMES
 from zoommil.reporting import attention, figure_attention, figure_throughput
 
 CLASSES = ["a", "b", "c"]
-DEMO_METHODS = list(MODEL_NAMES)  # the demo's nine methods, in its order
+#: The demo's nine methods, in its order: written out, not `MODEL_NAMES`, which grows with a
+#: model a user adds (docs/ARCHITECTURE.md "Adding a model"), and ten methods have no ten
+#: colours for these tests to find apart.
+DEMO_METHODS = [
+    "zoommil", "maxmil", "meanmil", "sparseconvmil", "abmil", "clam_sb", "transmil", "msmil",
+    "dsmil",
+]  # fmt: skip
 
 
 def test_frontier_keeps_only_undominated_points() -> None:
@@ -54,6 +59,28 @@ def test_method_styles_are_distinct_and_zoommil_stands_out() -> None:
     assert len(set(others)) == len(others)
     assert all(c[:3] != styles["zoommil"]["color"] for c, _ in others)
     assert all(styles[m]["markersize"] < zoom["markersize"] for m in methods[1:])
+
+
+def test_a_model_of_ones_own_takes_a_free_colour_when_named(monkeypatch) -> None:
+    """A tenth model named in `names.DISPLAY_NAMES`, as "Adding a model" says, became a
+    ninth paper baseline with a slot past the eight colours: MaxMIL's blue, beside MaxMIL,
+    in a figure of three methods. It takes a free colour as an unnamed method does; a method
+    of one's own beyond the nine colours shares one, with a marker of its own."""
+    import importlib
+
+    from zoommil.reporting import names
+
+    monkeypatch.setitem(names.DISPLAY_NAMES, "mymil", "MyMIL")
+    module = importlib.reload(figure_throughput)  # PAPER_BASELINES is made at import
+    try:
+        styles = module.method_styles(["zoommil", "maxmil", "mymil"])
+        assert len({s["color"] for s in styles.values()}) == 3
+        full = module.method_styles([*DEMO_METHODS, "mymil"])
+        pairs = {(s["color"], s["marker"]) for s in full.values()}
+        assert len(pairs) == len(DEMO_METHODS) + 1
+    finally:
+        monkeypatch.undo()
+        importlib.reload(figure_throughput)
 
 
 def _linear_rgb(colour: str) -> np.ndarray:
