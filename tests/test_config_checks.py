@@ -681,3 +681,53 @@ def test_split_execution_args_keeps_result_flags_in_the_trigger() -> None:
     assert results == {"new-flag": 1}
     assert how == {"batch_size": 8, "workers": 0}
     assert config_checks.split_execution_args(None, execution) == ({}, {})
+
+
+def test_a_models_arch_missing_from_one_list_is_named_before_the_schema(tmp_path: Path) -> None:
+    """A model of one's own registered in `zoommil.models` but not yet in the schema's enum
+    (or the other way round), or a typo, got Snakemake's "'mymil' is not one of [...]" under
+    a dump of the enum, naming neither list a model is added to; the load check naming them
+    ran only after the schema. Now one line, before the schema, says which list lacks it."""
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(MODELS, root, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "mymil.py").write_text(
+        "from torch import nn\n\n\nclass MyMIL(nn.Module):\n"
+        "    def __init__(self, in_dim: int = 1024, n_classes: int = 2) -> None:\n"
+        "        super().__init__()\n"
+    )
+    init = root / "__init__.py"
+    text = init.read_text()
+    text = text.replace('"dsmil": DSMIL,\n', '"dsmil": DSMIL,\n    "mymil": MyMIL,\n')
+    init.write_text(text.replace("import ABMIL\n", "import ABMIL\nfrom .mymil import MyMIL\n"))
+    config = demo()
+    config["methods"]["mine"] = {"arch": "mymil"}
+    config_checks.check_method_archs(demo(), schema(), root)  # the shipped methods pass
+    cases = [
+        (config, "methods.mine.arch: architecture 'mymil' is registered in "
+         "src/zoommil/models/__init__.py (_CLASSES) but not in workflow/schemas/config.schema"
+         ".yaml (definitions.method.properties.arch.enum): add it there too (docs/"
+         "ARCHITECTURE.md, 'Adding a model')"),
+    ]  # fmt: skip
+    typo = demo()
+    typo["ablations"]["methods"]["zoommil_random"]["arch"] = "zoomil"
+    cases.append((typo, "ablations.methods.zoommil_random.arch: unknown architecture 'zoomil' "
+                  "(did you mean 'zoommil'?); known: zoommil, maxmil,"))  # fmt: skip
+    papers = demo()
+    papers["methods"]["clam_sb"] = {"arch": "CLAM-SB"}
+    cases.append(
+        (papers, "methods.clam_sb.arch: unknown architecture 'CLAM-SB' (did you mean 'clam_sb'?)")
+    )
+    for bad, message in cases:
+        with pytest.raises(ZoomMILError) as caught:
+            config_checks.check_method_archs(bad, schema(), root)
+        assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    listed = schema()
+    listed["definitions"]["method"]["properties"]["arch"]["enum"].append("yourmil")
+    config["methods"]["mine"] = {"arch": "yourmil"}
+    with pytest.raises(ZoomMILError, match=re.escape(
+        "'yourmil' is registered in workflow/schemas/config.schema.yaml (definitions.method."
+        "properties.arch.enum) but not in src/zoommil/models/__init__.py (_CLASSES)"
+    )):  # fmt: skip
+        config_checks.check_method_archs(config, listed, root)

@@ -544,6 +544,10 @@ def _sheet_in_demo_mode(config: dict) -> None:
     config["sheet"] = "my_slides.tsv"
 
 
+def _arch_typo(config: dict) -> None:
+    config["methods"]["abmil"]["arch"] = "abmi"
+
+
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
@@ -569,6 +573,10 @@ def _sheet_in_demo_mode(config: dict) -> None:
             "got 2.0",
         ),
         (_sheet_in_demo_mode, "config: sheet: 'my_slides.tsv' is ignored in demo mode"),
+        (
+            _arch_typo,
+            "config: methods.abmil.arch: unknown architecture 'abmi' (did you mean 'abmil'?)",
+        ),
     ],
     ids=[
         "method_option_typo",
@@ -578,6 +586,7 @@ def _sheet_in_demo_mode(config: dict) -> None:
         "misspelled_key",
         "dropout_at_load",
         "sheet_in_demo_mode",
+        "arch_typo",
     ],
 )
 def test_bad_config_fails_with_one_line_before_any_job(workdir: Path, spoil, message) -> None:

@@ -59,6 +59,13 @@ try:
     zconfig.check_extra_flags(config)
 except ZoomMILError as error:
     raise ValueError(f"config: {error}") from None
+try:
+    # before the schema, whose refusal of an arch names neither list a model is added to
+    zconfig.check_method_archs(
+        config, CONFIG_SCHEMA, zwf.library_root(workflow.basedir) / "models"
+    )
+except ZoomMILError as error:
+    raise ValueError(f"config: {error}") from None
 validate(config, schema="../schemas/config.schema.yaml")
 if config.get("sheet"):
     # `sheet: ~/slides.tsv`: neither Snakemake's inputs nor the shell (quoted) expand `~`

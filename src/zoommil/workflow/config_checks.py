@@ -22,7 +22,7 @@ import yaml
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.registry import check_weights
 from zoommil.io.sheet import check_label_case
-from zoommil.option_values import check_zoom_steps
+from zoommil.option_values import check_zoom_steps, known_arch
 from zoommil.recipe import (
     DEFAULT_ENCODER,
     WITHOUT_ATTENTION,
@@ -328,6 +328,52 @@ def check_config_keys(config: Mapping[str, Any], schema: Mapping[str, Any]) -> N
     problems = _key_problems(config, schema, "")
     if problems:
         raise ZoomMILError("; ".join(problems))
+
+
+#: Where a new architecture goes (the docs' list of every place).
+ADDING_A_MODEL = "docs/ARCHITECTURE.md, 'Adding a model'"
+#: The two lists of architectures (a test checks that they agree).
+PACKAGE_LIST = "src/zoommil/models/__init__.py (_CLASSES)"
+SCHEMA_LIST = "workflow/schemas/config.schema.yaml (definitions.method.properties.arch.enum)"
+
+
+def check_method_archs(
+    config: Mapping[str, Any], schema: Mapping[str, Any], models_root: str | Path
+) -> None:
+    """Every method's ``arch`` is a model `zoommil.models` registers and the schema lists.
+
+    Why before the schema: its refusal of an ``arch`` ("'mymil' is not one of [...]") came
+    with a dump of the schema's enum and said nothing of the two lists a model is added to,
+    so a model registered in the package but not in the schema, as a user adding one easily
+    leaves it, read like a typo; a typo (``abmi``, or the papers' ``CLAM-SB``, which
+    `build_model` takes) got no suggestion."""
+    listed = schema["definitions"]["method"]["properties"]["arch"]["enum"]
+    registered = list(model_options(models_root))
+    sections = {"methods": config.get("methods"), "ablations.methods": None}
+    if isinstance(config.get("ablations"), Mapping):
+        sections["ablations.methods"] = config["ablations"].get("methods")
+    for section, methods in sections.items():
+        for name, spec in (methods if isinstance(methods, Mapping) else {}).items():
+            arch = spec.get("arch") if isinstance(spec, Mapping) else None
+            if not isinstance(arch, str) or (arch in listed and arch in registered):
+                continue  # a missing or mistyped arch is the schema's to report
+            where = f"{section}.{name}.arch"
+            if arch in registered or arch in listed:
+                has, lacks = (PACKAGE_LIST, SCHEMA_LIST)
+                if arch not in registered:
+                    has, lacks = lacks, has
+                raise ZoomMILError(
+                    f"{where}: architecture '{arch}' is registered in {has} but not in "
+                    f"{lacks}: add it there too ({ADDING_A_MODEL})"
+                )
+            spelt = known_arch(arch, listed) or next(
+                iter(difflib.get_close_matches(arch, listed, n=1)), None
+            )
+            hint = f" (did you mean '{spelt}'?)" if spelt else ""
+            raise ZoomMILError(
+                f"{where}: unknown architecture '{arch}'{hint}; known: {', '.join(listed)} "
+                f"(a model of your own: {ADDING_A_MODEL})"
+            )
 
 
 def _key_problems(config: Any, schema: Mapping[str, Any], where: str) -> list[str]:
