@@ -586,6 +586,33 @@ def test_flops_draws_no_bar_off_a_terminal_and_takes_only_known_splits(tmp_path,
         )
 
 
+def test_flops_counts_with_the_one_thread_its_rule_declares(tmp_path, monkeypatch):
+    """The flops rule declares one thread, but the command counted with torch's default, every
+    core: beside the other jobs of a `--cores 32` run it took 32 more (on 2 busy cores, 1.7x
+    the CPU-s and 2x the wall time of one thread). `--threads` sets it, 1 by default; the
+    caller's threads are back afterwards."""
+    import zoommil.efficiency.flops as flops
+
+    counted = []
+    real = flops.checkpoint_flops
+
+    def recording(*args, **kwargs):
+        counted.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flops, "checkpoint_flops", recording)
+    _, argv = _one_slide_meanmil(tmp_path)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main([*argv, "--out", str(tmp_path / "a.json")]) == 0
+        assert main([*argv, "--threads", "2", "--out", str(tmp_path / "b.json")]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    assert counted == [1, 2]
+
+
 def test_flops_and_profile_name_a_recorded_sheet_that_is_gone(tmp_path, capsys):
     """Without --sheet both default to the checkpoint's sheet; one that is not here (a moved
     project) is one line naming it and --sheet, not read_sheet's error about a file."""

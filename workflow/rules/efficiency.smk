@@ -30,7 +30,7 @@ rule flops:
     shell:
         "zoommil flops --model {params.models} --checkpoint {input.checkpoints} "
         "--features-dir {params.features_dir} --sheet {input.usable} --split test "
-        "--out {output.flops} > {log} 2>&1"
+        "--threads {threads} --out {output.flops} > {log} 2>&1"
 
 
 rule profile:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoommil.commands.options import add_no_progress, check_one_per, show_progress
+from zoommil.commands.options import add_no_progress, add_threads, check_one_per, show_progress
 from zoommil.io.clobber import folder_inputs
 
 
@@ -54,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, nargs="+", required=True, help="output JSON, one per checkpoint"
     )
     add_no_progress(parser)
+    add_threads(parser, default=1, why="the workflow's one core; counts do not depend on it")
     parser.set_defaults(func=run, outputs=lambda a: list(a.out), inputs=_inputs)
 
 
@@ -64,9 +65,13 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from zoommil.efficiency.flops import TFLOP, checkpoint_flops
     from zoommil.io.jsonio import write_json
 
+    if args.threads:  # torch's default, every core, ran beside the jobs on the others
+        torch.set_num_threads(args.threads)
     n = len(args.checkpoint)
     check_one_per(n, "checkpoint", {"--out": args.out, "--model": args.model})
     methods = args.model or [None] * n
