@@ -169,6 +169,43 @@ def test_all_cores_profile_spreads_slides_over_single_threaded_processes(tmp_pat
     assert two["slides_per_hour"] == pytest.approx(3600 / two["seconds_per_slide"])
 
 
+def test_one_thread_timing_runs_opencv_on_one_thread_too(tmp_path, monkeypatch):
+    """The "CPU 1 thread" timing set torch's threads only: OpenCV's blurs (tissue detection)
+    and resizes ran on every core inside the timed pass. They run on one now, and the
+    caller's OpenCV setting comes back afterwards."""
+    import cv2
+    from slide_factory import write_pyramid_tiff
+
+    from zoommil.efficiency import throughput
+    from zoommil.inference.predict import Predictor
+    from zoommil.recipe import PreprocessingRecipe
+
+    slide = write_pyramid_tiff(tmp_path / "s.tiff", width=256, height=256)
+    model = build_model("abmil", in_dim=1024, n_classes=2).eval()
+    recipe = PreprocessingRecipe(
+        mags=[10.0], patch_size=64, weights="random", tissue_threshold=KEEP_EVERY_PATCH
+    )
+    predictor = Predictor(model=model, arch="abmil", classes=["a", "b"], recipe=recipe)
+    seen: list[int] = []
+    real = throughput.predict_slide_shared
+
+    def recording(*args, **kwargs):
+        seen.append(cv2.getNumThreads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(throughput, "predict_slide_shared", recording)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        throughput.measure_throughput(
+            predictor, [("a", slide)], torch.device("cpu"), threads=1, warmup=0
+        )
+        assert seen == [1]
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+
+
 def _all_patch_predictor(arch: str, mags: list[float], seed: int):
     from zoommil.inference.predict import Predictor
     from zoommil.recipe import PreprocessingRecipe

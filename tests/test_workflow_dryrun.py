@@ -179,6 +179,19 @@ def test_a_cpu_features_job_asks_for_one_encoder_per_thread(workdir: Path) -> No
     assert int(mem_mb) >= 8 * 1984, mem_mb
 
 
+def test_a_tissue_job_runs_opencv_on_the_threads_it_declares(workdir: Path) -> None:
+    """The tissue rule declares one thread, but OpenCV's blurs took every core of the
+    machine beside the jobs running on the others (a workstation's `--cores 32`)."""
+    sheet = fake_sheet(workdir / "sheet_tissue_threads", PRESETS["camelyon16"])
+    result = harness.snakemake(
+        workdir, "-n", "-p", "results/tissue/s0.png", "--config", f"sheet={sheet}",
+        configfile=workdir / "config" / "camelyon16.yaml", cores=4,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    command = next(line for line in out.splitlines() if "zoommil tissue " in line)
+    assert "OPENCV_FOR_THREADS_NUM=1 zoommil tissue " in command, command
+
+
 def test_a_features_job_counts_the_reader_processes_features_args_start(workdir: Path) -> None:
     """`features.args: {workers: 24}` starts 24 reader processes (~150 MB each) beside the
     encoder: the GPU job then needs more than the rule's 6000 MB floor, which it asked for

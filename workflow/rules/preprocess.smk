@@ -74,6 +74,9 @@ rule tissue:
         method=RECIPE.tissue_method,
         extra=zwf.param_flags("--param", RECIPE.tissue_params),
     shell:
+        # OpenCV's blurs took every core, beside the jobs on the others; a shell edit reruns
+        # nothing (profiles/default leaves Snakemake's code trigger out)
+        "OPENCV_FOR_THREADS_NUM={threads} "
         "zoommil tissue {params.slide:q} --out {output.mask} --method {params.method} "
         "{params.mpp} {params.extra} --no-fail > {log} 2>&1"
 

@@ -42,6 +42,7 @@ from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -228,7 +229,8 @@ def measure_groups_throughput(
     jobs = [(slide_id, str(path), mpp.get(slide_id)) for slide_id, path in slides]
     if processes == 1:
         claims = [SlideClaims(len(jobs), target) for _ in groups]
-        saved_threads = torch.get_num_threads()  # the caller's setting survives the timing
+        # the caller's settings survive the timing
+        saved_threads, saved_cv2 = torch.get_num_threads(), cv2.getNumThreads()
         torch.set_num_threads(threads if device.type == "cuda" else 1)
         try:
             parts = [
@@ -238,6 +240,7 @@ def measure_groups_throughput(
             ]
         finally:
             torch.set_num_threads(saved_threads)
+            cv2.setNumThreads(saved_cv2)
     else:
         with socket_folder(), _claims_manager() as manager:
             claims = [
@@ -391,6 +394,9 @@ def _measure(
     left out, and the next warms up instead)."""
     if device.type == "cpu":
         torch.set_num_threads(1)
+        # OpenCV's blurs (tissue detection) and resizes took every core in the "CPU 1 thread"
+        # timing, and N of them in each of the all-cores timing's N processes (review W)
+        cv2.setNumThreads(1)
     for predictor in predictors:
         predictor.model.to(device)
     # timing only: the cost does not depend on the weights' values, so `--weights random`
