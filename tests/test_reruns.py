@@ -15,6 +15,7 @@ import h5py
 import pandas as pd
 import pytest
 import torch
+from slide_factory import write_pyramid_tiff
 from workflow_config import harness
 
 from zoommil.workflow import orphans
@@ -187,6 +188,36 @@ def test_a_slide_file_gone_after_its_features_stops_the_run_naming_it(tiny, tmp_
     assert after == before
     (scratch / "archived.tiff").rename(scratch / path)  # restored: nothing to redo
     assert harness.planned_jobs(scratch, configfile) == {}
+
+
+def test_a_slide_replaced_with_an_older_file_date_is_redone_naming_it(tiny, tmp_path) -> None:
+    """A re-scan copied over a slide with the archive's date kept (cp -p, rsync -a) is older
+    than its outputs: Snakemake planned nothing, and the models kept the old scan's features,
+    silently (review R). Its ctime and quickhash tell: its chain is redone, named."""
+    workdir, configfile, _ = tiny
+    scratch = tmp_path / "rescanned"
+    shutil.copytree(workdir, scratch, symlinks=True)  # copy2: the outputs stay up to date
+    slide_id = pd.read_csv(scratch / "results/qc/features.tsv", sep="\t")["slide_id"].iloc[0]
+    path = pd.read_csv(scratch / "slides.tsv", sep="\t").set_index("slide_id").loc[slide_id, "path"]
+    assert harness.planned_jobs(scratch, configfile) == {}  # the copy alone: nothing to redo
+    older = (scratch / path).stat().st_mtime_ns - 3600 * 10**9
+    write_pyramid_tiff(scratch / path, seed=5)  # another scan of the slide, 20x
+    os.utime(scratch / path, ns=(older, older))
+    said = (
+        f"1 slide file(s) replaced since their inspection by other content with an older file "
+        f"date (a copy that kept the file's date: cp -p, rsync -a): {slide_id} ({path}); "
+    )
+    dry = harness.snakemake(scratch, "-n", configfile=configfile)
+    assert f"zoommil: {said}the next run redoes their inspection" in dry.stderr, dry.stderr
+    target = "results/qc/features.tsv"
+    run = harness.snakemake(scratch, target, configfile=configfile)
+    assert f"{said}redoing their inspection" in run.stderr
+    done = harness.executed(run)
+    assert {rule: done[rule] for rule in ("inspect", "tissue", "tile", "features")} == {
+        rule: {slide_id} for rule in ("inspect", "tissue", "tile", "features")
+    }
+    assert harness.planned_jobs(scratch, configfile, target) == {}
+    assert "replaced since" not in harness.snakemake(scratch, "-n", configfile=configfile).stderr
 
 
 def test_the_same_settings_in_another_order_rerun_nothing(tiny) -> None:

@@ -30,6 +30,7 @@ from zoommil.workflow import failure as zfailure
 from zoommil.workflow import joblogs as zjoblogs
 from zoommil.workflow import manifest as zmanifest
 from zoommil.workflow import orphans as zorphans
+from zoommil.workflow import replaced as zreplaced
 from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
@@ -133,6 +134,16 @@ if workflow.is_main_process:
         # Feature files deleted to be extracted again: see zoommil.workflow.manifest.
         for line in zmanifest.outdate_manifest_of_missing_files(
             workflow.output_settings.dryrun, rows=MANIFEST_ROWS
+        ):
+            print(line, file=sys.stderr)
+        # Slides replaced with an older file date (cp -p): see zoommil.workflow.replaced.
+        for line in (
+            []
+            if DEMO
+            else zreplaced.outdate_replaced_slides(
+                workflow.output_settings.dryrun,
+                {slide: zwf.run_path(path) for slide, path in SHEET["path"].items()},
+            )
         ):
             print(line, file=sys.stderr)
     except ZoomMILError as error:  # a colleague's file in a shared folder
