@@ -21,7 +21,7 @@ from pathlib import Path
 
 from zoommil.errors import first_few
 from zoommil.workflow.orphans import date_back, snakemake_running
-from zoommil.workflow.weights import _write
+from zoommil.workflow.weights import write_cache
 
 CHECKED = Path(".snakemake/zoommil-slides.json")
 # what `zoommil inspect`, tissue, tile and features made of one slide
@@ -85,7 +85,7 @@ def replaced_slides(
         else:
             replaced.append((slide, str(path)))
     if seen != known:
-        _write(workdir / checked, seen)
+        write_cache(workdir / checked, seen)
     return replaced
 
 

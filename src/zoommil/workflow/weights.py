@@ -36,8 +36,10 @@ def _read(cache: Path) -> dict:
     return data if isinstance(data, dict) else {"files": {}, "last": {}}
 
 
-def _write(cache: Path, data: dict) -> None:
-    """Atomically: several Snakemake processes (cluster jobs) may load the workflow at once.
+def write_cache(cache: Path, data: dict) -> None:
+    """A cache under ``.snakemake/`` (this one, `replaced`'s), as JSON, atomically: several
+    Snakemake processes (cluster jobs) may load the workflow at once; a folder that cannot be
+    written is passed over (the answer is worked out again next time).
 
     The temporary file has the outputs' host-pid-token name (`temp_name`): named by pid
     alone, two hosts' processes of one pid shared it, and one a killed process left stayed
@@ -52,7 +54,6 @@ def _write(cache: Path, data: dict) -> None:
     except OSError:
         if tmp is not None:
             tmp.unlink(missing_ok=True)  # a full disk: no half-written file left
-        # a read-only working folder: hashed again next time
 
 
 def file_sha256(path: Path, known: dict) -> str:
@@ -88,5 +89,5 @@ def weights_sha256(encoder: str, weights: str, workdir: Path = Path(".")) -> str
         return str(last.get(key, ""))
     last[key] = digest
     if json.dumps(data, sort_keys=True) != before:
-        _write(cache, data)
+        write_cache(cache, data)
     return digest
