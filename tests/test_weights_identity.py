@@ -124,3 +124,27 @@ def test_the_cache_write_removes_a_killed_writers_temp_and_leaves_none(tmp_path:
     file.write_bytes(b"weights A")
     assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == _sha(b"weights A")
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
+
+
+def test_a_read_only_file_system_still_loads(tmp_path: Path, monkeypatch) -> None:
+    """On a read-only file system even the unlink of the temporary file the refused write
+    never made fails (EROFS, not "no such file"): that clean-up raised, and the workflow
+    stopped at load with a traceback. The answer comes, without a cache."""
+    import errno
+
+    real = {name: getattr(Path, name) for name in ("write_text", "unlink")}
+
+    def refused(name: str):
+        def method(self, *args, **kwargs):
+            if self.name.startswith(f".{weights.CACHE.name}.tmp-"):
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return real[name](self, *args, **kwargs)
+
+        return method
+
+    for name in real:
+        monkeypatch.setattr(Path, name, refused(name))
+    file = tmp_path / "enc.pt"
+    file.write_bytes(b"weights A")
+    assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == _sha(b"weights A")
+    assert not (tmp_path / weights.CACHE).exists()

@@ -14,6 +14,7 @@ setting is used, so that visibility alone never reruns extraction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -51,9 +52,12 @@ def write_cache(cache: Path, data: dict) -> None:
         tmp = temp_name(cache)
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, cache)
-    except OSError:
+    except OSError:  # a read-only working folder: worked out again next time
         if tmp is not None:
-            tmp.unlink(missing_ok=True)  # a full disk: no half-written file left
+            # a full disk: no half-written file left; a read-only file system refuses even
+            # the unlink of a file never made (EROFS), which stopped the workflow at load
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def file_sha256(path: Path, known: dict) -> str:
