@@ -577,6 +577,22 @@ def test_the_timing_processes_exit_when_profile_is_killed(tmp_path):
     assert not alive, "a timing process or the manager outlived the killed profile"
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc")
+def test_the_claims_manager_loads_neither_torch_nor_opencv() -> None:
+    """The manager of the slide claims ran its initializer from `throughput`, so it imported
+    that module in its process: torch, OpenCV and the predictor, ~590 MB and 2.6 s more
+    beside the timing processes (measured), where the profile job's memory counts ~32 MB
+    for it (`resources.PROFILE_MAIN_MB`)."""
+    from zoommil.efficiency import throughput
+
+    manager = throughput._claims_manager()
+    try:
+        maps = Path(f"/proc/{manager._process.pid}/maps").read_text()
+    finally:
+        manager.shutdown()
+    assert "libtorch" not in maps and "cv2" not in maps
+
+
 def test_fewer_slides_than_threads_use_fewer_processes_and_say_so(caplog) -> None:
     """`--threads 4` with 2 slides to time runs 2 processes: 2 cores stay idle, which the
     log says (the records' `processes` name the number used, the tables and figures

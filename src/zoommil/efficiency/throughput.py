@@ -31,7 +31,6 @@ import logging
 import multiprocessing
 import multiprocessing.util
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 
 from zoommil.device import resolve_device, synchronize
+from zoommil.efficiency.claims import init_manager
 from zoommil.environment import cpu_model
 from zoommil.errors import SlideError, ZoomMILError
 from zoommil.features.extraction import default_batch_size, default_workers
@@ -289,14 +289,8 @@ def _claims_manager() -> SyncManager:
     command, which shuts it down on its way out.
     """
     manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
-    manager.start(_init_manager, (os.getpid(),))
+    manager.start(init_manager, (os.getpid(),))  # its own module: no torch in the manager
     return manager
-
-
-def _init_manager(parent: int) -> None:
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, signal.SIG_IGN)
-    exit_with_parent(parent=parent)
 
 
 def _measure_groups_in_worker(parent: int, *args: Any) -> list[tuple[Any, ...]]:
