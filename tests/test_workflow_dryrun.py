@@ -192,6 +192,20 @@ def test_a_tissue_job_runs_opencv_on_the_threads_it_declares(workdir: Path) -> N
     assert "OPENCV_FOR_THREADS_NUM=1 zoommil tissue " in command, command
 
 
+def test_a_predict_job_runs_opencv_on_the_threads_it_declares(workdir: Path) -> None:
+    """Figure 4's predict jobs declare one thread, but detect the slide's tissue in their
+    own process: OpenCV's blurs and resizes took every core there, as the tissue jobs'
+    did, beside the jobs on the others."""
+    sheet = fake_sheet(workdir / "sheet_predict_threads", PRESETS["camelyon16"])
+    result = harness.snakemake(
+        workdir, "-n", "-p", "results/predict/zoommil/s0.json", "--config", f"sheet={sheet}",
+        configfile=workdir / "config" / "camelyon16.yaml", cores=4,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    command = next(line for line in out.splitlines() if "zoommil predict " in line)
+    assert "OPENCV_FOR_THREADS_NUM=1 zoommil predict " in command, command
+
+
 def test_a_features_job_counts_the_reader_processes_features_args_start(workdir: Path) -> None:
     """`features.args: {workers: 24}` starts 24 reader processes (~150 MB each) beside the
     encoder: the GPU job then needs more than the rule's 6000 MB floor, which it asked for

@@ -93,6 +93,10 @@ checkpoint predict:
         mpp=inspected_mpp,
         device=device,
     shell:
+        # tissue detection runs in this process: OpenCV's blurs took every core (as in the
+        # tissue rule); a shell edit reruns nothing (profiles/default leaves Snakemake's code
+        # trigger out)
+        "OPENCV_FOR_THREADS_NUM={threads} "
         "zoommil predict {params.slide:q} --slide-id {wildcards.slide:q} "
         "--checkpoint {input.checkpoint} "
         "--heatmap {output.heatmap} --json {output.json} {params.mpp} "
