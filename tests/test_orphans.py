@@ -146,6 +146,24 @@ def test_another_users_file_in_a_folder_not_writable_is_named(
     assert sorted(p.name for p in manifest.parent.iterdir()) == ["features.tsv"]
 
 
+def test_a_file_on_a_read_only_file_system_is_named_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only snapshot refuses utime with EROFS, not a PermissionError: it came out of
+    the workflow's load as an OSError traceback naming no job."""
+    manifest = _manifest(tmp_path, "results/features/gone.h5")
+
+    def read_only(path, times=None, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(orphans.os, "utime", read_only)
+    with pytest.raises(ZoomMILError) as caught:
+        manifest_module.outdate_manifest_of_missing_files(False, workdir=tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"cannot date back {manifest} to have it made again: Read-only")
+    assert "\n" not in message
+
+
 def test_vanished_slides_are_the_encoded_ones_whose_file_is_gone(tmp_path: Path) -> None:
     """Only a slide whose features exist and whose file is gone stops a run; the message
     names the first 20 (an unmounted share takes every slide) and counts the rest."""

@@ -46,12 +46,18 @@ def date_back(path: Path) -> None:
     Only a file's owner may set its times: in a shared project folder, a colleague's file
     (written by their run) is replaced by a copy of itself owned by this user, which needs
     write access to the folder only (the rename is atomic, the content kept). Where that
-    fails too, a `ZoomMILError` names the file, its owner and the reason."""
+    fails too, a `ZoomMILError` names the file, its owner and the reason; so does a read-only
+    file system (a snapshot), whose EROFS came out as a traceback."""
     try:
         os.utime(path, (LONG_AGO, LONG_AGO))
         return
     except PermissionError:
         pass
+    except OSError as error:
+        raise ZoomMILError(
+            f"cannot date back {path} to have it made again: {error.strerror or error}; run "
+            "where the results folder can be written"
+        ) from None
     tmp = temp_name(path)
     try:
         shutil.copy2(path, tmp)
