@@ -45,7 +45,7 @@ def _recorded_quickhash(inspection: Path) -> str | None:
 
 
 def _quickhash(path: Path) -> str | None:
-    """The slide's quickhash now; None where it no longer opens (then it changed too)."""
+    """The slide's quickhash now; None where it no longer opens."""
     import openslide  # only for the few slides rewritten since their inspection
 
     try:
@@ -80,7 +80,13 @@ def replaced_slides(
         recorded = _recorded_quickhash(inspection)
         if recorded is None:
             continue  # inspected as missing or unreadable: the input set tells
-        if _quickhash(workdir / path) == recorded:
+        now = _quickhash(workdir / path)
+        if now is None:
+            # damaged, not replaced: its features were made from the file that opened, and
+            # the stages that read it again (Figure 4, the timings) list it and take the next
+            # slide; redoing its inspection excluded it and retrained every model
+            continue
+        if now == recorded:
             seen[str(path)] = _signature(stat)
         else:
             replaced.append((slide, str(path)))
