@@ -453,8 +453,9 @@ def test_an_unreadable_slide_is_replaced_by_the_next_readable_one(
     assert set(reasons) == excluded and all("TIFF" in r for r in reasons.values()), reasons
 
 
-#: Run as a script (the timing processes are spawned: they import the main module by path).
-LONG_TMPDIR_TIMING = """
+#: The timing scripts' start: a 512 px slide and a ZoomMIL predictor. Run as scripts (the
+#: timing processes are spawned: they import the main module by path).
+TIMING_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import torch
@@ -472,11 +473,17 @@ if __name__ == "__main__":
                                  tissue_threshold=KEEP_EVERY_PATCH)
     predictor = Predictor(model=model, arch="zoommil", classes=["a", "b"], recipe=recipe,
                           method="zoommil")
+"""
+
+LONG_TMPDIR_TIMING = (
+    TIMING_SCRIPT
+    + """
     (records,) = measure_groups_throughput(
         [[predictor]], [("a", slide), ("b", slide)], torch.device("cpu"), threads=2
     )
     print("processes", records[0]["processes"])
 """
+)
 
 
 def test_all_cores_timing_runs_under_a_long_tmpdir(tmp_path):
@@ -498,29 +505,15 @@ def test_all_cores_timing_runs_under_a_long_tmpdir(tmp_path):
     assert run.stdout.split() == ["processes", "2"]
 
 
-#: Run as a script: times many slides over 2 processes, saying each slide timed on stderr.
-KILLED_TIMING = """
-import sys
-sys.path.insert(0, sys.argv[1])
-import torch
-from slide_factory import KEEP_EVERY_PATCH, write_pyramid_tiff
-from zoommil.efficiency.throughput import measure_groups_throughput
-from zoommil.inference.predict import Predictor
-from zoommil.models import build_model
-from zoommil.recipe import PreprocessingRecipe
-
-if __name__ == "__main__":
-    mags = [5.0, 10.0]
-    slide = write_pyramid_tiff(sys.argv[2] + "/s.tiff", width=512, height=512)
-    model = build_model("zoommil", in_dim=1024, n_classes=2, mags=mags, k=2).eval()
-    recipe = PreprocessingRecipe(mags=mags, patch_size=64, weights="random",
-                                 tissue_threshold=KEEP_EVERY_PATCH)
-    predictor = Predictor(model=model, arch="zoommil", classes=["a", "b"], recipe=recipe,
-                          method="zoommil")
+#: Times many slides over 2 processes, saying each slide timed on stderr.
+KILLED_TIMING = (
+    TIMING_SCRIPT
+    + """
     slides = [(f"s{i}", slide) for i in range(10000)]
     measure_groups_throughput([[predictor]], slides, torch.device("cpu"), threads=2,
                               progress=True)
 """
+)
 
 
 def _children(pid: int) -> list[int]:

@@ -179,31 +179,24 @@ def test_a_cpu_features_job_asks_for_one_encoder_per_thread(workdir: Path) -> No
     assert int(mem_mb) >= 8 * 1984, mem_mb
 
 
-def test_a_tissue_job_runs_opencv_on_the_threads_it_declares(workdir: Path) -> None:
-    """The tissue rule declares one thread, but OpenCV's blurs took every core of the
+@pytest.mark.parametrize(
+    ("target", "command"),
+    [("results/tissue/s0.png", "tissue"), ("results/predict/zoommil/s0.json", "predict")],
+)
+def test_a_job_detecting_tissue_runs_opencv_on_the_threads_it_declares(
+    workdir: Path, target: str, command: str
+) -> None:
+    """The tissue rule and Figure 4's predict jobs (which detect the slide's tissue in their
+    own process) declare one thread, but OpenCV's blurs and resizes took every core of the
     machine beside the jobs running on the others (a workstation's `--cores 32`)."""
-    sheet = fake_sheet(workdir / "sheet_tissue_threads", PRESETS["camelyon16"])
+    sheet = fake_sheet(workdir / f"sheet_{command}_threads", PRESETS["camelyon16"])
     result = harness.snakemake(
-        workdir, "-n", "-p", "results/tissue/s0.png", "--config", f"sheet={sheet}",
+        workdir, "-n", "-p", target, "--config", f"sheet={sheet}",
         configfile=workdir / "config" / "camelyon16.yaml", cores=4,
     )  # fmt: skip
     out = result.stdout + result.stderr
-    command = next(line for line in out.splitlines() if "zoommil tissue " in line)
-    assert "OPENCV_FOR_THREADS_NUM=1 zoommil tissue " in command, command
-
-
-def test_a_predict_job_runs_opencv_on_the_threads_it_declares(workdir: Path) -> None:
-    """Figure 4's predict jobs declare one thread, but detect the slide's tissue in their
-    own process: OpenCV's blurs and resizes took every core there, as the tissue jobs'
-    did, beside the jobs on the others."""
-    sheet = fake_sheet(workdir / "sheet_predict_threads", PRESETS["camelyon16"])
-    result = harness.snakemake(
-        workdir, "-n", "-p", "results/predict/zoommil/s0.json", "--config", f"sheet={sheet}",
-        configfile=workdir / "config" / "camelyon16.yaml", cores=4,
-    )  # fmt: skip
-    out = result.stdout + result.stderr
-    command = next(line for line in out.splitlines() if "zoommil predict " in line)
-    assert "OPENCV_FOR_THREADS_NUM=1 zoommil predict " in command, command
+    line = next(line for line in out.splitlines() if f"zoommil {command} " in line)
+    assert f"OPENCV_FOR_THREADS_NUM=1 zoommil {command} " in line, line
 
 
 def test_a_features_job_counts_the_reader_processes_features_args_start(workdir: Path) -> None:
