@@ -126,6 +126,37 @@ def test_the_cache_write_removes_a_killed_writers_temp_and_leaves_none(tmp_path:
     assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
 
 
+def test_the_cache_write_removes_the_old_pid_named_temps_of_dead_processes(
+    tmp_path: Path,
+) -> None:
+    """Before the host-pid-token name the cache's temporary file was ``.NAME.PID``, which
+    `remove_stale_temps` does not match: one a killed process left stayed for good. A dead
+    process's goes at the next write; a live one's (this process's parent) and other names
+    stay."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    cache = tmp_path / weights.CACHE
+    cache.parent.mkdir(parents=True)
+    dead = cache.with_name(f".{cache.name}.{done.stdout.strip()}")
+    live = cache.with_name(f".{cache.name}.{os.getppid()}")
+    other = cache.with_name(f".{cache.name}.{done.stdout.strip()}.bak")
+    for path in (dead, live, other):
+        path.write_text("{half")
+    file = tmp_path / "enc.pt"
+    file.write_bytes(b"weights A")
+    assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == _sha(b"weights A")
+    assert sorted(p.name for p in cache.parent.iterdir()) == sorted(
+        [cache.name, live.name, other.name]
+    )
+
+
 def test_a_read_only_file_system_still_loads(tmp_path: Path, monkeypatch) -> None:
     """On a read-only file system even the unlink of the temporary file the refused write
     never made fails (EROFS, not "no such file"): that clean-up raised, and the workflow

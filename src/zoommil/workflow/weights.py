@@ -15,6 +15,7 @@ setting is used, so that visibility alone never reruns extraction.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -37,6 +38,31 @@ def _read(cache: Path) -> dict:
     return data if isinstance(data, dict) else {"files": {}, "last": {}}
 
 
+def _pid_gone(pid: int) -> bool:
+    """Whether no process of this host has ``pid``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process (EPERM): it lives
+        return False
+    return False
+
+
+def remove_old_temps(cache: Path) -> None:
+    """Remove ``.NAME.PID`` temporary files of ``cache`` whose process is gone: the weights
+    cache's name before the host-pid-token one, which `remove_stale_temps` does not match,
+    so one a killed process left stayed for good. Counted as this host's, as that function
+    counts its old ``.tmp-PID`` form: a live writer of another host whose temp is removed
+    only fails its rename, which `write_cache` passes over."""
+    old = re.compile(rf"\.{re.escape(cache.name)}\.(\d+)")
+    for entry in cache.parent.glob(f".{glob.escape(cache.name)}.*"):
+        match = old.fullmatch(entry.name)
+        if match and int(match[1]) != os.getpid() and _pid_gone(int(match[1])):
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
 def write_cache(cache: Path, data: dict) -> None:
     """A cache under ``.snakemake/`` (this one, `replaced`'s), as JSON, atomically: several
     Snakemake processes (cluster jobs) may load the workflow at once; a folder that cannot be
@@ -44,11 +70,13 @@ def write_cache(cache: Path, data: dict) -> None:
 
     The temporary file has the outputs' host-pid-token name (`temp_name`): named by pid
     alone, two hosts' processes of one pid shared it, and one a killed process left stayed
-    for good; the stale ones are removed here as for every output."""
+    for good; the stale ones are removed here as for every output, and those of the old
+    name whose process is gone too (`remove_old_temps`)."""
     tmp = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(cache)
+        remove_old_temps(cache)
         tmp = temp_name(cache)
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, cache)
