@@ -179,6 +179,24 @@ def test_a_cpu_features_job_asks_for_one_encoder_per_thread(workdir: Path) -> No
     assert int(mem_mb) >= 8 * 1984, mem_mb
 
 
+@pytest.mark.parametrize(("resources", "hidden"), [([], False), (["--resources", "gpu=0"], True)])
+def test_the_gpu_timing_leaves_a_gpu_the_run_did_not_grant(
+    workdir: Path, resources: list[str], hidden: bool
+) -> None:
+    """`--resources gpu=0` runs `features` on CPU, but the GPU timing job (its gpu=1 lowered
+    to 0) still ran `zoommil profile --device cuda` on the visible GPU. The GPU is hidden
+    from it now: it writes the skip note, as where there is no GPU."""
+    sheet = fake_sheet(workdir / "sheet_gpu_timing", PRESETS["camelyon16"])
+    result = harness.snakemake(
+        workdir, "-n", "-p", "results/efficiency/zoommil/throughput_gpu.json", *resources,
+        "--config", f"sheet={sheet}", configfile=workdir / "config" / "camelyon16.yaml",
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    line = next(line for line in out.splitlines() if "zoommil profile " in line)
+    assert "--device cuda " in line, line
+    assert ("CUDA_VISIBLE_DEVICES= zoommil profile " in line) == hidden, line
+
+
 @pytest.mark.parametrize(
     ("target", "command"),
     [("results/tissue/s0.png", "tissue"), ("results/predict/zoommil/s0.json", "predict")],

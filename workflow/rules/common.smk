@@ -473,6 +473,16 @@ PROFILE_DEVICES = {
 }
 
 
+def hidden_gpu(wildcards, resources):
+    """`CUDA_VISIBLE_DEVICES=` before a timing on `cuda` whose job was granted no GPU
+    (`--resources gpu=0` lowers the rule's gpu=1 to 0): it timed on the visible GPU anyway,
+    which the run had left to others; it writes the skip note now, as where there is no GPU.
+    A function of `resources`: Snakemake's params rerun trigger leaves it out."""
+    if PROFILE_DEVICES[wildcards.device]["device"] != "cuda":
+        return ""
+    return "CUDA_VISIBLE_DEVICES=" if device(wildcards, resources) == "cpu" else ""
+
+
 # --- sizes that follow what drives them (zoommil.workflow.resources) ------------------------
 # Each is at least the flat size it replaces (the rule's, or for flops' runtime the
 # profiles'), and doubles on the retry (`attempt`), so the cluster profiles leave these

@@ -5,7 +5,8 @@
 # the all-patch methods that read the same patches with one read-and-encode pass per slide,
 # each charged that pass plus its own head. Timing jobs take every core (threads:
 # all_cores()) so that no other local job runs beside them. Without a GPU, `zoommil profile
-# --device cuda` writes a skip note; `efficiency.gpu: false` drops the GPU timings. Methods,
+# --device cuda` writes a skip note, as where the job is granted none (`--resources gpu=0`:
+# the GPU is hidden from it); `efficiency.gpu: false` drops the GPU timings. Methods,
 # checkpoints and outputs in FLOPS_ORDER / TIMED_ORDER (common.smk): one order for all three.
 
 
@@ -61,8 +62,10 @@ rule profile:
         or threads,
         n_slides=EFFICIENCY["n_slides"],
         warmup=EFFICIENCY["warmup"],
+        hidden_gpu=hidden_gpu,
     shell:
-        "zoommil profile --model {params.models} --checkpoint {input.checkpoints} "
+        "{params.hidden_gpu} zoommil profile --model {params.models} "
+        "--checkpoint {input.checkpoints} "
         "--device {params.device} --threads {params.threads} --sheet {input.usable} "
         "--split test --max-slides {params.n_slides} --warmup {params.warmup} "
         "--out {output.timings} > {log} 2>&1"
