@@ -809,12 +809,16 @@ def test_figure_4_names_the_class_of_its_colour() -> None:
     assert attention.score_name({"arch": "abmil", "attention": []}) == "attention"
 
 
-def attention_rows(make_slide, root: Path, ids: list[str], width: int, mags: list[float]) -> Path:
-    """A sheet and one `zoommil predict` JSON per slide id (512 px high, ``width`` wide), with
-    attention at ``mags`` and a region zoomed into at each but the lowest; returns the sheet."""
+def attention_rows(
+    make_slide, root: Path, ids: list[str], width: int | list[int], mags: list[float]
+) -> Path:
+    """A sheet and one `zoommil predict` JSON per slide id (512 px high, ``width`` wide, or
+    each its own), with attention at ``mags`` and a region zoomed into at each but the lowest;
+    returns the sheet."""
     classes = ["normal", "atypia", "carcinoma"]
     lines = ["slide_id\tpath\tlabel\tsplit"]
-    for k, slide_id in enumerate(ids):
+    widths = width if isinstance(width, list) else [width] * len(ids)
+    for k, (slide_id, width) in enumerate(zip(ids, widths, strict=True)):
         slide = make_slide(f"{slide_id}.tiff", width=width, height=512, mpp=1.0, levels=2, seed=k)
         lines.append(f"{slide_id}\t{slide}\t{classes[k % 3]}\ttest")
         entries, selected = [], []
@@ -843,19 +847,23 @@ def pdf_pages(path: Path) -> list[tuple[float, float]]:
 
 
 @pytest.mark.parametrize(
-    ("ids", "width", "mags"),
+    ("ids", "width", "mags", "n_pages"),
     [
-        (["demo_000", "demo_001", "demo_002"], 704, [5.0, 10.0]),  # the demo's 4:3, 3 columns
+        (["demo_000", "demo_001", "demo_002"], 704, [5.0, 10.0], 1),  # the demo's 4:3, 3 columns
         # the paper's BRIGHT setting (4 columns), wide slides with long TCGA ids
-        ([f"TCGA-CR-7395-01A-01-TS{k}" for k in range(3)], 1152, [1.25, 2.5, 10.0]),
+        ([f"TCGA-CR-7395-01A-01-TS{k}" for k in range(3)], 1152, [1.25, 2.5, 10.0], 1),
         # 3 portrait slides (biopsies) drew 10.6 in tall: narrower, on one page
-        (["b0", "b1", "b2"], 400, [5.0, 10.0]),
+        (["b0", "b1", "b2"], 400, [5.0, 10.0], 1),
         # figures.attention.n_slides: 12 drew one figure 21 in tall: pages of what fits 9 in
-        ([f"demo_{k:03d}" for k in range(12)], 704, [5.0, 10.0]),
+        ([f"demo_{k:03d}" for k in range(12)], 704, [5.0, 10.0], 3),
+        # a biopsy 5 times as tall as wide drew its row alone 12.3 in tall: narrower still,
+        # alone and on a page of its own after others (4 columns)
+        (["strip"], 100, [5.0, 10.0], 1),
+        ([*(f"demo_{k:03d}" for k in range(6)), "strip"], [704] * 6 + [100], [1.25, 2.5, 10.0], 3),
     ],
 )
 def test_figure_4_fits_a_two_column_page_without_bands_between_rows(
-    make_slide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ids, width, mags
+    make_slide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ids, width, mags, n_pages
 ) -> None:
     """Figure 4 was 8.6 x 7.7 in (its 7-8 pt text printed at ~6 pt on a 7.1 in page) with
     empty bands between its rows (a fixed figsize around maps of fixed aspect). At most
@@ -894,7 +902,7 @@ def test_figure_4_fits_a_two_column_page_without_bands_between_rows(
         assert page_width <= 7.1 and page_height <= 9.0, (page_width, page_height)
     assert layout["rows"] == len(ids) and layout["footnotes"] and not layout["colorbar_overlaps"]
     assert [slide for slide, _ in layout["slides"]] == ids  # each once, in order
-    assert layout["pages"] == len(drawn) == len(pages) == (1 if len(ids) == 3 else 3)
+    assert layout["pages"] == len(drawn) == len(pages) == n_pages
     assert sum(layout["page_rows"]) == len(ids)
     first = 0
     for number, (fig, n_rows) in enumerate(zip(drawn, layout["page_rows"], strict=True), 1):

@@ -236,12 +236,15 @@ def _paginate(
     page at a width of at least `MIN_WIDTH` are drawn so instead (`_narrower`); one page
     needs no note. Shrinking more rows onto a page would leave maps too small to read."""
     fig, layout = draw(rows, footnotes)
-    if len(rows) == 1 or layout["size"][1] <= MAX_HEIGHT:
+    if layout["size"][1] <= MAX_HEIGHT:
         return [(fig, layout)]
     if narrower := _narrower(rows, footnotes, layout["size"][1], draw):
         return [narrower]
+    if len(rows) == 1:
+        return [(fig, layout)]
     aspects = [thumb.shape[0] / thumb.shape[1] for _, _, (thumb, _) in rows]
-    placeholder = "page 0 of 0: slides 0-0 of 0"  # one line, as the note it becomes
+    # as long as the note it becomes: on a narrower page (a tall slide's) it takes two lines
+    placeholder = _page_note(len(rows), len(rows), len(rows), len(rows), len(rows))
 
     def split(cap: int) -> list[tuple[Figure, dict[str, Any], int, int]]:
         """Pages of at most ``cap`` rows, each as many as fit (the estimate, then drawn)."""
@@ -254,11 +257,15 @@ def _paginate(
                 and _first_height(aspects[start : start + count + 1], n_cols) <= MAX_HEIGHT
             ):
                 count += 1
+            notes = [*footnotes, placeholder]
             while True:
-                fig, layout = draw(rows[start : start + count], [*footnotes, placeholder])
+                fig, layout = draw(rows[start : start + count], notes)
                 if count == 1 or layout["size"][1] <= MAX_HEIGHT:
                     break
                 count -= 1
+            if layout["size"][1] > MAX_HEIGHT:  # one row: a slide over ~3.5 times its width
+                narrower = _narrower(rows[start : start + 1], notes, layout["size"][1], draw)
+                fig, layout = narrower or (fig, layout)
             pages.append((fig, layout, start, count))
             start += count
         return pages
@@ -269,14 +276,18 @@ def _paginate(
         pages = split(even)
     out = []
     for number, (fig, layout, first, count) in enumerate(pages, start=1):
-        note = (
-            f"page {number} of {len(pages)}: slides {first + 1}-{first + count} of {len(rows)} "
-            f"(a page holds the rows that fit {MAX_HEIGHT:g} in; the PDF has every page, the "
-            "PNG the first)"
-        )
+        note = _page_note(number, len(pages), first + 1, first + count, len(rows))
         layout["note"].set_text("\n".join([*footnotes, note]))
         out.append((fig, {**layout, "footnotes": [*footnotes, note]}))
     return out
+
+
+def _page_note(number: int, pages: int, first: int, last: int, total: int) -> str:
+    """The note that says which slides a page holds."""
+    return (
+        f"page {number} of {pages}: slides {first}-{last} of {total} (a page holds the rows "
+        f"that fit {MAX_HEIGHT:g} in; the PDF has every page, the PNG the first)"
+    )
 
 
 def _narrower(
@@ -285,12 +296,14 @@ def _narrower(
     """All rows on one page `MAX_HEIGHT` tall, drawn narrower (down to `MIN_WIDTH`, the text
     at its size), where that is enough: 3 portrait slides (biopsies) made a page of 2 rows
     and a page of 1. The maps' height goes with the width; the title, column titles and
-    colour bar keep theirs (`_first_height`'s 1.6 in and a line per note)."""
+    colour bar keep theirs (`_first_height`'s 1.6 in and a line per note). A single row,
+    which no further page can take, is drawn as narrow as it needs: a slide over ~3.5 times
+    its width drew a page taller than `MAX_HEIGHT` (a 5:1 biopsy 12 in)."""
     fixed = 1.6 + 0.15 * len(footnotes)
-    width = WIDTH
-    for _ in range(3):
+    width, least = WIDTH, MIN_WIDTH if len(rows) > 1 else 0.0
+    for _ in range(3 if len(rows) > 1 else 6):
         width *= (MAX_HEIGHT - 0.05 - fixed) / max(height - fixed, 0.01)
-        if width < MIN_WIDTH:
+        if width < least:
             return None
         fig, layout = draw(rows, footnotes, width)
         height = layout["size"][1]
