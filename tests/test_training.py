@@ -19,6 +19,7 @@ from torch import nn
 
 import zoommil
 from zoommil.cli import main
+from zoommil.errors import ZoomMILError
 from zoommil.io.featurefile import write_feature_file
 from zoommil.models import MODEL_NAMES
 from zoommil.training import modeling
@@ -311,6 +312,36 @@ def test_evaluate_refuses_features_of_another_encoder(
     assert "trained on features made with resnet50_layer3" in line and not out.exists()
 
 
+def test_evaluate_refuses_features_on_another_lattice_in_any_file(
+    dataset: dict[str, Path], trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An external cohort's features tiled with another patch size (another field of view per
+    row) or other magnifications (tissue filtered at another one) load without complaint and
+    gave meaningless metrics; only the first file was compared with the checkpoint, so one
+    such file among others went unnoticed too. Now any such file is refused, naming it."""
+    ckpt = trained / "checkpoint.pt"
+    args = ["evaluate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval.json")]
+    for case, shown in (("patch_size", "patch size 512 px"), ("mags", "magnifications 5x, 10x")):
+        features = tmp_path / case
+        shutil.copytree(dataset["root"] / "features", features)
+        other = features / "test_02.h5"  # not the split's first file
+        if case == "patch_size":
+            with h5py.File(other, "r+") as h5:
+                h5.attrs["patch_size"] = 512
+        else:  # tiled at 5x and 10x: tissue filtered at 5x, where training filtered at 2.5x
+            bag = zoommil.read_feature_file(other)
+            write_feature_file(other, MAGS[1:], bag.feats[1:], bag.coords[1:], bag.xy[1:], {
+                k: v for k, v in bag.attrs.items() if k != "mags"
+            })  # fmt: skip
+        assert main([*args, "--features-dir", str(features)]) == 2
+        line = _error_line(capsys)
+        assert line.startswith(f"zoommil evaluate: error: {other}: features on another lattice")
+        assert shown in line and str(ckpt) in line
+        if case == "patch_size":  # the Python API reads a file the same way
+            with pytest.raises(ZoomMILError, match="features on another lattice"):
+                zoommil.load_classifier(ckpt).inputs(other)
+
+
 @pytest.mark.parametrize("weights", ["random", "/models/resnet50_layer3.pt"])
 def test_every_output_names_the_encoder_weights_and_random_ones_say_so(
     dataset: dict[str, Path], tmp_path: Path, weights: str
@@ -428,7 +459,6 @@ def test_a_disk_store_yields_bags_in_order_and_fails_at_the_bad_one(
 ) -> None:
     """Prefetching keeps the sampler's order (with repeats) and raises a bag's read error
     when the loop reaches that bag, after every bag before it."""
-    from zoommil.errors import ZoomMILError
     from zoommil.training.data import BagStore, SlideRecord
 
     paths = sorted((dataset["root"] / "features").glob("train_*.h5"))[:4]
@@ -705,6 +735,39 @@ def test_evaluate_from_another_folder_uses_the_training_sheet_and_qc_table(
     assert _error_line(capsys).endswith(f"{recorded['sheet']}, does not exist here; pass --sheet")
 
 
+def test_evaluate_on_another_sheet_leaves_the_training_qc_table_out(
+    dataset: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An external cohort (`--sheet` of another file) was filtered by the training cohort's QC
+    table: its slide whose id a training slide excluded by QC shares was dropped, and with a
+    shared checkpoint, whose recorded table is not here, evaluate stopped asking for
+    --exclude. The training table now applies to the training sheet only."""
+    (tmp_path / "qc.tsv").write_text("slide_id\tstatus\treason\ntest_00\tfailed\tblur\n")
+    config = write_config(dataset, tmp_path, exclude=str(tmp_path / "qc.tsv"))
+    assert train_cli(config, tmp_path / "run", "abmil_small", 0, "--epochs", "1") == 0
+    rows = dataset["sheet"].read_text().splitlines()
+    external = tmp_path / "external.tsv"  # another hospital's slides, named like the test ones
+    external.write_text("\n".join([rows[0], *(r for r in rows if "\ttest" in r)]) + "\n")
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(out)]
+    args += ["--features-dir", str(dataset["root"] / "features")]
+
+    def evaluated(*extra: str) -> list[str]:
+        assert main([*args, *extra]) == 0
+        return [p["slide_id"] for p in json.loads(out.read_text())["predictions"]]
+
+    with caplog.at_level("WARNING", logger="zoommil.training.evaluation_inputs"):
+        assert evaluated("--sheet", str(dataset["sheet"])) == ["test_01", "test_02", "test_03"]
+        assert "QC table" not in caplog.text
+        assert evaluated("--sheet", str(external)) == ["test_00", "test_01", "test_02", "test_03"]
+        assert "the training QC table" in caplog.text and "pass --exclude" in caplog.text
+    assert json.loads(out.read_text())["exclude"] is None
+    qc = str(tmp_path / "qc.tsv")
+    assert evaluated("--sheet", str(external), "--exclude", qc)[0] == "test_01"
+    (tmp_path / "qc.tsv").unlink()  # a checkpoint from elsewhere: its QC table is not here
+    assert evaluated("--sheet", str(external))[0] == "test_00"
+
+
 def test_balanced_sampler_is_seeded_and_balanced() -> None:
     labels = [0] * 90 + [1] * 10
     draws = list(balanced_sampler(labels, seed=3))
@@ -873,7 +936,6 @@ def test_the_python_api_checks_its_device_as_the_commands_do(trained: Path) -> N
     """`load_classifier` and `Predictor.from_checkpoint` take the commands' device names:
     "auto" is the CPU here, and "cuda" without a GPU is one line (it was torch's "Found no
     NVIDIA driver", and "auto" an invalid device string)."""
-    from zoommil.errors import ZoomMILError
 
     ckpt = trained / "checkpoint.pt"
     for load in (zoommil.load_classifier, zoommil.Predictor.from_checkpoint):

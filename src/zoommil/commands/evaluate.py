@@ -17,7 +17,10 @@ Evaluate a checkpoint written by `zoommil train` on one split of a slide sheet.
 The class list, magnifications and model come from the checkpoint (loaded with
 weights_only=True); the sheet and QC exclusion table default to those used in training
 (recorded absolute in the checkpoint; one that is no longer there is an error: pass
---sheet / --exclude).
+--sheet / --exclude). With --sheet of another cohort (an external test set), the training
+QC table, which names the training sheet's slides, is not applied: pass that cohort's own
+with --exclude. Every feature file must have the patch size and magnifications the
+checkpoint's training features had.
 Writes JSON with accuracy, weighted/macro/per-class F1, one-vs-rest AUC (null with a reason
 when a class is missing from the split), the confusion matrix and, per slide, the label, the
 prediction and the class probabilities.
@@ -61,13 +64,21 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str | Path | None]]:
 def run(args: argparse.Namespace) -> int:
     from zoommil.io.jsonio import write_json
     from zoommil.training import evaluate_checkpoint
+    from zoommil.training.checkpoint import load_checkpoint
+    from zoommil.training.evaluation_inputs import check_split_lattice, exclusions_for
 
+    _, meta = load_checkpoint(args.checkpoint)
+    exclude = exclusions_for(args.sheet, args.exclude, meta, args.checkpoint)
+    recipe = meta.get("preprocessing") or {}
+    qc = meta.get("exclude") if exclude is None else exclude
+    sheet = args.sheet or meta.get("sheet")
+    check_split_lattice(sheet, args.split, args.features_dir, qc, recipe, args.checkpoint)
     result = evaluate_checkpoint(
         args.checkpoint,
         args.features_dir,
         split=args.split,
         sheet=args.sheet,
-        exclude=args.exclude,
+        exclude=exclude,
         device=args.device,
         threads=args.threads or None,
     )

@@ -28,6 +28,7 @@ from zoommil.training.data import (
     check_matches_checkpoint,
     feature_tensors,
 )
+from zoommil.training.evaluation_inputs import check_same_lattice
 from zoommil.training.normalize import FeatureNorm
 
 
@@ -67,7 +68,9 @@ class Classifier:
         path = Path(feature_file)
         bag = read_feature_file(path, self.mags)
         check_finite_bag(path, bag.mags, bag.feats)
-        check_matches_checkpoint(path, self.config.get("preprocessing") or {}, self.checkpoint)
+        recipe = self.config.get("preprocessing") or {}
+        check_matches_checkpoint(path, recipe, self.checkpoint)
+        check_same_lattice(path, bag.attrs, recipe, self.checkpoint)
         check_feature_dim(path, bag.feats[0].shape[1], self.checkpoint, self.config["in_dim"])
         feats, coords = feature_tensors(bag.feats, bag.coords)
         if self.norm is not None:
