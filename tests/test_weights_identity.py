@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 
+from zoommil.errors import ZoomMILError
 from zoommil.workflow import weights
 
 
@@ -179,3 +181,37 @@ def test_a_read_only_file_system_still_loads(tmp_path: Path, monkeypatch) -> Non
     file.write_bytes(b"weights A")
     assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == _sha(b"weights A")
     assert not (tmp_path / weights.CACHE).exists()
+
+
+def _torchscript_archive(path: Path) -> Path:
+    """A small model saved as `torch.jit.save` saves a lab's whole model."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    torch.jit.trace(torch.nn.Linear(3, 2), torch.zeros(1, 3)).save(str(path))
+    return path
+
+
+def test_a_torchscript_archive_is_refused_with_the_command_that_saves_its_weights(
+    tmp_path: Path,
+) -> None:
+    """torch refuses an archive under weights_only, and every features job said "not a torch
+    file of tensors: unreadable"; the workflow now names it at load, with a command that
+    works, and takes the state dict that command writes."""
+    import subprocess
+    import sys
+
+    import torch
+
+    archive = _torchscript_archive(tmp_path / "lab model.pt")
+    with pytest.raises(ZoomMILError) as info:
+        weights.check_not_torchscript("resnet50_layer3", str(archive))
+    message = str(info.value)
+    assert message.startswith(f"{archive}: a TorchScript archive (a whole compiled model), not ")
+    assert "resnet50_layer3" in message and "\n" not in message
+    command = message.split("(python -c ", 1)[1].split("; loading an archive runs")[0]
+    subprocess.run([sys.executable, "-c", *shlex.split(command)], cwd=tmp_path, check=True)
+    saved = torch.load(tmp_path / "weights.pth", weights_only=True)
+    assert sorted(saved) == ["bias", "weight"]
+    weights.check_not_torchscript("resnet50_layer3", str(tmp_path / "weights.pth"))
+    for keyword in ("random", "imagenet"):
+        weights.check_not_torchscript("resnet50_layer3", keyword)

@@ -745,3 +745,15 @@ def test_the_readme_outputs_name_every_output_of_the_rules() -> None:
         and not all(re.search(_readme_pattern(part), section) for part in path.rsplit("/", 1))
     ]
     assert unnamed == []
+
+
+def test_a_torchscript_archive_as_the_weights_fails_at_load(workdir: Path) -> None:
+    """Every features job failed on it with "not a torch file of tensors: unreadable"."""
+    torch = pytest.importorskip("torch")
+    archive = workdir / "lab_model.pt"
+    torch.jit.trace(torch.nn.Linear(3, 2), torch.zeros(1, 3)).save(str(archive))
+    override = f"features={{weights: {archive}}}"
+    result = harness.snakemake(workdir, "-n", "--config", override, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "Building DAG" not in text, text
+    assert f"config: features.weights: {archive}: a TorchScript archive" in text, text

@@ -94,6 +94,10 @@ config["features"]["weights"] = RECIPE.weights  # the report names what the rule
 # The sha256 of the weight file features read ('' for random, imagenet): other weights behind
 # the same keyword or path rerun extraction (zoommil.workflow.weights).
 WEIGHTS_SHA256 = zweights.weights_sha256(RECIPE.encoder, RECIPE.weights)
+try:
+    zweights.check_not_torchscript(RECIPE.encoder, RECIPE.weights)
+except ZoomMILError as error:
+    raise ValueError(f"config: features.weights: {error}") from None
 # `--sdm conda`: envs/*.post-deploy.sh install zoommil from the checkout of this Snakefile
 # (not the imported package's parents: those are site-packages for a non-editable install),
 # whatever a shell left in the variable. Every job's zoommil refuses to run unless it is

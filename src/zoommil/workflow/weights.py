@@ -19,12 +19,15 @@ import glob
 import json
 import os
 import re
+import shlex
+import zipfile
 from pathlib import Path
 
+from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.weight_files import sha256_file, unseen_weights, weights_file
 from zoommil.io.atomic import remove_stale_temps, temp_name
 
-__all__ = ["unseen_weights", "weights_sha256"]
+__all__ = ["check_not_torchscript", "unseen_weights", "weights_sha256"]
 
 CACHE = Path(".snakemake/zoommil-weights.json")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -123,3 +126,36 @@ def weights_sha256(encoder: str, weights: str, workdir: Path = Path(".")) -> str
     if json.dumps(data, sort_keys=True) != before:
         write_cache(cache, data)
     return digest
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (`torch.jit.save`): a zip with a ``code/``
+    folder and ``constants.pkl``, where a state dict saved with `torch.save` has neither."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    parts = {part for name in names for part in name.split("/")[1:2]}
+    return "code" in parts and "constants.pkl" in parts
+
+
+def check_not_torchscript(encoder: str, weights: str) -> None:
+    """Refuse, at load, a TorchScript archive as the encoder's weights, with the command that
+    saves its state dict.
+
+    Why here: torch refuses an archive under ``weights_only``, and every features job then
+    failed with "not a torch file of tensors: unreadable", which misleads (the file reads).
+    The features command's own loader is in every features job's code hash, so its message
+    stays; the workflow says it once, before any job."""
+    path = weights_file(encoder, weights)
+    if path is None or not path.is_file() or not is_torchscript(path):
+        return
+    load = f"torch.jit.load({json.dumps(str(path))})"
+    script = f'import torch; torch.save({load}.state_dict(), "weights.pth")'
+    raise ZoomMILError(
+        f"{path}: a TorchScript archive (a whole compiled model), not weights for encoder "
+        f"{encoder}: zoommil builds the encoder itself and loads only its weights; where the "
+        f"archive is that architecture, save its state dict and name that file (python -c "
+        f"{shlex.quote(script)}; loading an archive runs its code: only one you trust)"
+    )
