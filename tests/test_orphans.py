@@ -9,11 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from slide_factory import write_pyramid_tiff
 from snakemake.persistence.file import FilePersistence
 
 from zoommil.errors import ZoomMILError
 from zoommil.workflow import manifest as manifest_module
-from zoommil.workflow import orphans, vanished
+from zoommil.workflow import orphans, replaced, vanished
 
 
 def mark(workdir: Path, output: str, name_max: int = 255) -> None:
@@ -189,3 +190,24 @@ def test_vanished_slides_are_the_encoded_ones_whose_file_is_gone(tmp_path: Path)
     assert message.startswith("23 slide file(s) gone since their features were made: ")
     assert "s21 (slides/s21.tiff) and 3 more. Restore them" in message
     assert "s22 (" not in message
+
+
+def test_a_replaced_slide_dated_before_2000_has_its_outputs_dated_back_before_it(
+    tmp_path: Path,
+) -> None:
+    """A re-scan whose kept file date is older than 2000-01-01 (a zip's 1980, a mount that
+    reports 1970): its outputs, dated back to 2000, stayed newer than it, so every run said
+    "redoing their inspection ..." and Snakemake planned nothing. They now go before it."""
+    (tmp_path / "slides").mkdir()
+    slide = write_pyramid_tiff(tmp_path / "slides" / "s0.tiff", width=512, height=512, levels=2)
+    for output in replaced.OUTPUTS:
+        path = tmp_path / output.format(slide="s0")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"quickhash": "of the scan inspected before"}')
+        os.utime(path, (1.6e9, 1.6e9))  # made in 2020, before the copy below
+    old = 631152000.0  # 1990-01-01
+    os.utime(slide, (old, old))  # the re-scan, its archive's date kept
+    (line,) = replaced.outdate_replaced_slides(False, {"s0": "slides/s0.tiff"}, tmp_path)
+    assert "redoing their inspection" in line
+    for output in replaced.OUTPUTS:
+        assert os.stat(tmp_path / output.format(slide="s0")).st_mtime < old, output

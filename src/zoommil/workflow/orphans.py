@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import pwd
 import shutil
@@ -29,7 +30,7 @@ from zoommil.errors import ZoomMILError, first_few
 from zoommil.io.atomic import temp_name
 
 SNAKEMAKE_DIR = Path(".snakemake")
-LONG_AGO = 946684800.0  # 2000-01-01: older than any input, so Snakemake reruns the job
+LONG_AGO = 946684800.0  # 2000-01-01: older than inputs made since, so Snakemake reruns the job
 
 
 def _owner(path: Path) -> str:
@@ -40,16 +41,20 @@ def _owner(path: Path) -> str:
         return "another user"
 
 
-def date_back(path: Path) -> None:
-    """Set ``path``'s times to `LONG_AGO`, so that Snakemake makes it again.
+def date_back(path: Path, older_than: float | None = None) -> None:
+    """Set ``path``'s times to `LONG_AGO`, so that Snakemake makes it again; to a second
+    before ``older_than`` (an input's mtime) where that is earlier: an input dated before
+    2000 (a zip's 1980, a mount that reports 1970) stayed older than the output, and nothing
+    was made again.
 
     Only a file's owner may set its times: in a shared project folder, a colleague's file
     (written by their run) is replaced by a copy of itself owned by this user, which needs
     write access to the folder only (the rename is atomic, the content kept). Where that
     fails too, a `ZoomMILError` names the file, its owner and the reason; so does a read-only
     file system (a snapshot), whose EROFS came out as a traceback."""
+    when = LONG_AGO if older_than is None else min(LONG_AGO, older_than - 1)
     try:
-        os.utime(path, (LONG_AGO, LONG_AGO))
+        os.utime(path, (when, when))
         return
     except PermissionError:
         pass
@@ -61,14 +66,15 @@ def date_back(path: Path) -> None:
     tmp = temp_name(path)
     try:
         shutil.copy2(path, tmp)
-        os.utime(tmp, (LONG_AGO, LONG_AGO))
+        os.utime(tmp, (when, when))
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
+        stamp = "2000-01-01" if when == LONG_AGO else f"@{math.floor(when)}"
         raise ZoomMILError(
             f"cannot date back {path} to have it made again: it belongs to {_owner(path)} and "
             f"{path.parent} cannot be written here ({error.strerror or error}); ask its owner "
-            f"to run `touch -d 2000-01-01 {path}`, or to make the project folder "
+            f"to run `touch -d {stamp} {path}`, or to make the project folder "
             'group-writable (docs/cluster.md, "A project shared by several users")'
         ) from None
 

@@ -105,10 +105,11 @@ def outdate_replaced_slides(
     if not replaced:
         return []
     if not dry_run:
-        for slide, _ in replaced:
+        for slide, path in replaced:
+            dated = (workdir / path).stat().st_mtime  # the outputs must be older than it
             for output in OUTPUTS:
                 if (workdir / output.format(slide=slide)).exists():
-                    date_back(workdir / output.format(slide=slide))
+                    date_back(workdir / output.format(slide=slide), older_than=dated)
     verb = "the next run redoes" if dry_run else "redoing"
     listed = first_few([f"{slide} ({path})" for slide, path in replaced])
     return [
