@@ -211,3 +211,20 @@ def test_a_replaced_slide_dated_before_2000_has_its_outputs_dated_back_before_it
     assert "redoing their inspection" in line
     for output in replaced.OUTPUTS:
         assert os.stat(tmp_path / output.format(slide="s0")).st_mtime < old, output
+
+
+def test_orphans_go_before_the_oldest_slide_where_it_is_dated_before_2000(
+    tmp_path: Path,
+) -> None:
+    """A tissue mask orphaned over a slide dated before 2000 (its only input) stayed newer than
+    it at 2000-01-01: every run said "their jobs run again" and planned nothing."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/s0.png").write_bytes(b"mask")
+    mark(tmp_path, "results/s0.png")
+    slides = [tmp_path / "s0.tiff", tmp_path / "s1.tiff", tmp_path / "gone.tiff"]
+    for slide, when in zip(slides[:2], (631152000.0, 1.6e9), strict=True):
+        slide.write_bytes(b"slide")
+        os.utime(slide, (when, when))
+    (line,) = orphans.outdate_orphaned_outputs(dry_run=False, workdir=tmp_path, inputs=slides)
+    assert "their jobs run again" in line
+    assert os.stat(tmp_path / "results/s0.png").st_mtime < 631152000.0

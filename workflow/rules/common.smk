@@ -131,7 +131,10 @@ VANISHED = []  # encoded slides whose file is gone (the main process fills it in
 if workflow.is_main_process:
     try:
         # Jobs that finished after a killed Snakemake process: see zoommil.workflow.orphans.
-        for line in zorphans.outdate_orphaned_outputs(workflow.output_settings.dryrun):
+        for line in zorphans.outdate_orphaned_outputs(
+            workflow.output_settings.dryrun,
+            inputs=[] if DEMO else [zwf.run_path(path) for path in SHEET["path"]],
+        ):
             print(line, file=sys.stderr)
         # The feature manifest's rows, read once for the two checks below.
         MANIFEST_ROWS = zmanifest.listed_rows()

@@ -24,6 +24,7 @@ import math
 import os
 import pwd
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from zoommil.errors import ZoomMILError, first_few
@@ -112,14 +113,30 @@ def orphaned_outputs(workdir: Path = Path(".")) -> list[Path]:
     return [path for path in incomplete_outputs(workdir) if (workdir / path).is_file()]
 
 
-def outdate_orphaned_outputs(dry_run: bool, workdir: Path = Path(".")) -> list[str]:
-    """Date the orphaned outputs back (dry run: only name them) and return a message line."""
+def _oldest_mtime(paths: Iterable[str | Path]) -> float | None:
+    """The earliest mtime of the files among ``paths`` that exist; None where none does."""
+    times = []
+    for path in paths:
+        try:
+            times.append(os.stat(path).st_mtime)
+        except OSError:
+            continue
+    return min(times, default=None)
+
+
+def outdate_orphaned_outputs(
+    dry_run: bool, workdir: Path = Path("."), inputs: Iterable[str | Path] = ()
+) -> list[str]:
+    """Date the orphaned outputs back (dry run: only name them) and return a message line.
+    ``inputs``: files they may be made from (the sheet's slides, relative to ``workdir``),
+    which the outputs must end up older than (see `date_back`)."""
     orphans = orphaned_outputs(workdir)
     if not orphans:
         return []
     if not dry_run:
+        oldest = _oldest_mtime(workdir / path for path in inputs)
         for path in orphans:
-            date_back(workdir / path)
+            date_back(workdir / path, older_than=oldest)
     verb = "the next run redoes them" if dry_run else "their jobs run again"
     return [
         f"zoommil: {len(orphans)} output(s) written while their job or its Snakemake "
