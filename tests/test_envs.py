@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.version import Version
 
 try:
     import tomllib
@@ -36,6 +37,18 @@ CONDA_NAME = {
     "openslide-bin": "openslide",  # the C library that openslide-bin bundles for pip
     "matplotlib": "matplotlib-base",  # matplotlib without the Qt GUI stack
     "huggingface-hub": "huggingface_hub",
+}
+# pyproject name -> (pyproject's lower bound, the env files'), where they differ. pyproject's
+# are the first wheels built for NumPy 2: pip pairs an older one with numpy>=2 and it fails to
+# import. conda-forge's builds of the older versions require numpy<2, so conda never pairs
+# them, and the env files keep their bounds: an edited env file is a new env, and Snakemake's
+# software-env trigger reruns every job of it.
+CONDA_BOUND = {
+    "scikit-learn": ("1.4.2", "1.3"),
+    "opencv-python-headless": ("4.10.0.84", "4.8"),
+    "h5py": ("3.11", "3.9"),
+    "pandas": ("2.2.2", "2.0"),
+    "matplotlib": ("3.8.4", "3.7"),
 }
 # Runtime dependencies that stage envs do not need: Snakemake runs the workflow from the
 # user's own environment, and jobs never import it.
@@ -65,7 +78,7 @@ FAMILY_MODULES = {
 REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$")
 
 
-def _pyproject_deps() -> dict[str, str]:
+def _pyproject_lower() -> dict[str, str]:
     """name -> lower bound ('' when none) of pyproject's runtime dependencies."""
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     out = {}
@@ -74,6 +87,26 @@ def _pyproject_deps() -> dict[str, str]:
         lower = re.search(r">=\s*([^,\s;]+)", spec)
         out[name.lower()] = lower.group(1) if lower else ""
     return out
+
+
+def _pyproject_deps() -> dict[str, str]:
+    """name -> the lower bound the env files should have for each pyproject dependency."""
+    out = {}
+    for name, lower in _pyproject_lower().items():
+        pip, conda = CONDA_BOUND.get(name, (None, None))
+        out[name] = conda if lower == pip else lower
+    return out
+
+
+def test_compiled_dependencies_start_at_their_first_numpy_2_wheels():
+    """With numpy>=2, pip installs an older wheel of these beside it, which stops at import
+    ("numpy.dtype size changed", "numpy.core.multiarray failed to import"); measured with
+    numpy 2.0.0 on Python 3.11: scikit-learn 1.4.1.post1, opencv 4.10.0.82, h5py 3.10, pandas
+    2.2.1 and matplotlib 3.8.3 fail, the versions in CONDA_BOUND import."""
+    lower = _pyproject_lower()
+    assert int(lower["numpy"].split(".")[0]) >= 2
+    for name, (first, _) in CONDA_BOUND.items():
+        assert Version(lower[name]) >= Version(first), f"pyproject: {name}>={lower[name]}"
 
 
 def _env(family: str) -> dict[str, str]:
