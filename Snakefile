@@ -6,7 +6,7 @@
 #   snakemake --report results/report.html                 # HTML report after a run
 from snakemake.utils import min_version
 
-min_version("9.17")
+min_version("9.22")
 
 
 # A --configfile (a paper preset, your own) replaces the demo config instead of extending it,

@@ -244,6 +244,31 @@ def test_workflow_dry_runs_through_profile(name, tmp_path):
     assert re.search(r"^synth\s+1$", out, flags=re.M), out[-3000:]
 
 
+#: Snakemake puts `wildcards` in the namespace of a profile's resource expressions from 9.22
+#: on; 9.17-9.21 fail every such job at planning ("... could not be parsed as minutes").
+WILDCARDS_IN_PROFILES = (9, 22)
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = re.findall(r"\d+", version)[:2]
+    return int(major), int(minor)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_the_snakemake_floor_reads_the_profiles_wildcards(name):
+    """The dry run above uses the Snakemake at hand; the lowest one pip (or min_version) lets
+    a user run must evaluate the profile's `wildcards.` expressions too."""
+    resources = _profile(name)["set-resources"].values()
+    if not any("wildcards." in str(value) for rule in resources for value in rule.values()):
+        pytest.skip(f"profiles/{name} sizes no job by its wildcards")
+    pyproject = (REPO / "pyproject.toml").read_text()
+    (floor,) = re.findall(r'^\s*"snakemake\s*>=\s*([\d.]+)', pyproject, flags=re.M)
+    snakefile = (REPO / "Snakefile").read_text()
+    (minimum,) = re.findall(r'^min_version\("([\d.]+)"\)', snakefile, flags=re.M)
+    assert _major_minor(floor) >= WILDCARDS_IN_PROFILES, f"pyproject: snakemake>={floor}"
+    assert _major_minor(minimum) >= WILDCARDS_IN_PROFILES, f"Snakefile: min_version {minimum}"
+
+
 # --- sizes the rules compute (zoommil.workflow.resources), as a dry run plans them ----------
 
 # Measured per process: peak RSS of a process holding UNI (ViT-L/16, 303M parameters) after
