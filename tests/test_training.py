@@ -768,6 +768,37 @@ def test_evaluate_on_another_sheet_leaves_the_training_qc_table_out(
     assert evaluated("--sheet", str(external))[0] == "test_00"
 
 
+def test_evaluate_in_a_moved_project_asks_which_qc_table_applies(
+    dataset: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """In a moved project the recorded sheet is gone, so `--sheet` of the moved one cannot be
+    told from another cohort's: leaving the training QC table out gave other metrics than the
+    workflow's, applying it could drop another cohort's slides. Evaluate asks instead (review G
+    found the first version took it for another cohort's)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy2(dataset["sheet"], project / "slides.tsv")
+    (project / "qc.tsv").write_text("slide_id\tstatus\treason\ntest_00\tfailed\tblur\n")
+    config = write_config(
+        dataset, project, sheet=str(project / "slides.tsv"), exclude=str(project / "qc.tsv")
+    )
+    assert train_cli(config, project / "run", "abmil_small", 0, "--epochs", "1") == 0
+    moved = project.rename(tmp_path / "moved")
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", str(moved / "run" / "checkpoint.pt"), "--out", str(out)]
+    args += ["--features-dir", str(dataset["root"] / "features"), "--sheet"]
+    args += [str(moved / "slides.tsv")]
+    capsys.readouterr()
+    assert main(args) == 2
+    line = _error_line(capsys)
+    assert f"the sheet {project / 'slides.tsv'} and the QC table {project / 'qc.tsv'}" in line
+    assert "pass --exclude with its QC table (the moved one), or --exclude '' for none" in line
+    assert not out.exists()
+    for exclude, first in ((str(moved / "qc.tsv"), "test_01"), ("", "test_00")):
+        assert main([*args, "--exclude", exclude]) == 0
+        assert json.loads(out.read_text())["predictions"][0]["slide_id"] == first
+
+
 def test_balanced_sampler_is_seeded_and_balanced() -> None:
     labels = [0] * 90 + [1] * 10
     draws = list(balanced_sampler(labels, seed=3))

@@ -19,7 +19,8 @@ weights_only=True); the sheet and QC exclusion table default to those used in tr
 (recorded absolute in the checkpoint; one that is no longer there is an error: pass
 --sheet / --exclude). With --sheet of another cohort (an external test set), the training
 QC table, which names the training sheet's slides, is not applied: pass that cohort's own
-with --exclude. Every feature file must have the patch size and magnifications the
+with --exclude (where the training sheet is not on this machine, --exclude must be given:
+'' for none). Every feature file must have the patch size and magnifications the
 checkpoint's training features had.
 Writes JSON with accuracy, weighted/macro/per-class F1, one-vs-rest AUC (null with a reason
 when a class is missing from the split), the confusion matrix and, per slide, the label, the

@@ -40,19 +40,31 @@ def exclusions_for(
 ) -> str | Path | None:
     """The QC table to give `evaluate_checkpoint`: ``exclude`` if given; None (the training
     one) for the training sheet; ``""`` (none) for another sheet, with a warning naming the
-    training table left out.
+    training table left out. Where the recorded sheet is not on this machine, a QC table the
+    checkpoint records must be answered with ``exclude``.
 
     Why: the training QC table names the training sheet's slides. Applied to another cohort it
-    dropped that cohort's slides that share an id with a slide QC excluded, and stopped the run
-    where the table is not on this machine (a checkpoint from another lab)."""
+    dropped that cohort's slides that share an id with a slide QC excluded. Where the recorded
+    sheet is gone (a moved project, a checkpoint from another lab), ``sheet`` may be that very
+    sheet moved, whose QC exclusions the metrics need, or another cohort's: only the user
+    knows, and a guess either way gives other metrics without a word."""
     if exclude is not None or not sheet or is_training_sheet(sheet, meta):
         return exclude
-    if meta.get("exclude"):
-        log.warning(
-            "%s is not the sheet %s was trained with: the training QC table %s (of the "
-            "training sheet's slide ids) is not applied; pass --exclude with this sheet's",
-            sheet, checkpoint, meta["exclude"],
-        )  # fmt: skip
+    if not meta.get("exclude"):
+        return ""
+    recorded = meta.get("sheet")
+    if not recorded or not Path(str(recorded)).exists():
+        raise ZoomMILError(
+            f"{checkpoint} was trained with the sheet {recorded} and the QC table "
+            f"{meta['exclude']}, and that sheet is not on this machine: {sheet} may be it, "
+            "moved, or another cohort's; pass --exclude with its QC table (the moved one), "
+            "or --exclude '' for none"
+        )
+    log.warning(
+        "%s is not the sheet %s was trained with: the training QC table %s (of the training "
+        "sheet's slide ids) is not applied; pass --exclude with this sheet's",
+        sheet, checkpoint, meta["exclude"],
+    )  # fmt: skip
     return ""
 
 
