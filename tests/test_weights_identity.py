@@ -147,9 +147,10 @@ def test_the_cache_write_removes_the_old_pid_named_temps_of_dead_processes(
     cache = tmp_path / weights.CACHE
     cache.parent.mkdir(parents=True)
     dead = cache.with_name(f".{cache.name}.{done.stdout.strip()}")
+    absurd = cache.with_name(f".{cache.name}.{'9' * 25}")  # no process has it (OverflowError)
     live = cache.with_name(f".{cache.name}.{os.getppid()}")
     other = cache.with_name(f".{cache.name}.{done.stdout.strip()}.bak")
-    for path in (dead, live, other):
+    for path in (dead, absurd, live, other):
         path.write_text("{half")
     file = tmp_path / "enc.pt"
     file.write_bytes(b"weights A")

@@ -45,7 +45,7 @@ def _pid_gone(pid: int) -> bool:
     """Whether no process of this host has ``pid``."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # beyond any pid, too
         return True
     except OSError:  # another user's process (EPERM): it lives
         return False
