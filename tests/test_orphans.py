@@ -228,3 +228,16 @@ def test_orphans_go_before_the_oldest_slide_where_it_is_dated_before_2000(
     (line,) = orphans.outdate_orphaned_outputs(dry_run=False, workdir=tmp_path, inputs=slides)
     assert "their jobs run again" in line
     assert os.stat(tmp_path / "results/s0.png").st_mtime < 631152000.0
+
+
+def test_a_replaced_slide_gone_since_it_was_hashed_dates_its_outputs_to_2000(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its date, read for the date-back, was a `stat` that raised at load (a traceback)."""
+    output = tmp_path / replaced.OUTPUTS[0].format(slide="s0")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("{}")
+    monkeypatch.setattr(replaced, "replaced_slides", lambda paths, workdir: [("s0", "gone.tiff")])
+    (line,) = replaced.outdate_replaced_slides(False, {"s0": "gone.tiff"}, tmp_path)
+    assert "redoing their inspection" in line
+    assert os.stat(output).st_mtime == orphans.LONG_AGO

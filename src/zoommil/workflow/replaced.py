@@ -106,7 +106,10 @@ def outdate_replaced_slides(
         return []
     if not dry_run:
         for slide, path in replaced:
-            dated = (workdir / path).stat().st_mtime  # the outputs must be older than it
+            try:  # the outputs must be older than it
+                dated: float | None = (workdir / path).stat().st_mtime
+            except OSError:  # gone since it was hashed: 2000 then, as before
+                dated = None
             for output in OUTPUTS:
                 if (workdir / output.format(slide=slide)).exists():
                     date_back(workdir / output.format(slide=slide), older_than=dated)
