@@ -70,7 +70,7 @@ def exclusions_for(
 
 def lattice(attrs: Mapping[str, Any]) -> str | None:
     """Patch size and magnifications a feature file (or a recipe) records, as an error names
-    them; None where it records either not (hand-made files)."""
+    them; None where it lacks either (hand-made files)."""
     size, mags = attrs.get("patch_size"), attrs.get("mags")
     if size is None or mags is None:
         return None
