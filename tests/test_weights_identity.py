@@ -103,14 +103,10 @@ def test_an_unreadable_file_falls_back_to_the_last_answer(tmp_path: Path, monkey
     assert weights.weights_sha256("resnet50_layer3", str(file), tmp_path) == first
 
 
-def test_the_cache_write_removes_a_killed_writers_temp_and_leaves_none(tmp_path: Path) -> None:
-    """The cache's temporary file was named by pid alone: one a killed Snakemake process
-    left stayed for good (and two hosts' processes of one pid shared a name). It is named
-    as every output's temporary file, so the next write removes a dead process's."""
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a killed writer's)."""
     import subprocess
     import sys
-
-    from zoommil.io.atomic import this_host
 
     done = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -118,9 +114,18 @@ def test_the_cache_write_removes_a_killed_writers_temp_and_leaves_none(tmp_path:
         capture_output=True,
         text=True,
     )
-    cache = tmp_path / weights.CACHE
+    return int(done.stdout)
+
+
+def test_the_cache_write_removes_a_killed_writers_temp_and_leaves_none(tmp_path: Path) -> None:
+    """The cache's temporary file was named by pid alone: one a killed Snakemake process
+    left stayed for good (and two hosts' processes of one pid shared a name). It is named
+    as every output's temporary file, so the next write removes a dead process's."""
+    from zoommil.io.atomic import this_host
+
+    dead_pid, cache = _dead_pid(), tmp_path / weights.CACHE
     cache.parent.mkdir(parents=True)
-    stale = cache.with_name(f".{cache.name}.tmp-{this_host()}-{done.stdout.strip()}-0badc0de.json")
+    stale = cache.with_name(f".{cache.name}.tmp-{this_host()}-{dead_pid}-0badc0de.json")
     stale.write_text("{half")
     file = tmp_path / "enc.pt"
     file.write_bytes(b"weights A")
@@ -135,21 +140,12 @@ def test_the_cache_write_removes_the_old_pid_named_temps_of_dead_processes(
     `remove_stale_temps` does not match: one a killed process left stayed for good. A dead
     process's goes at the next write; a live one's (this process's parent) and other names
     stay."""
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    cache = tmp_path / weights.CACHE
+    dead_pid, cache = _dead_pid(), tmp_path / weights.CACHE
     cache.parent.mkdir(parents=True)
-    dead = cache.with_name(f".{cache.name}.{done.stdout.strip()}")
+    dead = cache.with_name(f".{cache.name}.{dead_pid}")
     absurd = cache.with_name(f".{cache.name}.{'9' * 25}")  # no process has it (OverflowError)
     live = cache.with_name(f".{cache.name}.{os.getppid()}")
-    other = cache.with_name(f".{cache.name}.{done.stdout.strip()}.bak")
+    other = cache.with_name(f".{cache.name}.{dead_pid}.bak")
     for path in (dead, absurd, live, other):
         path.write_text("{half")
     file = tmp_path / "enc.pt"
