@@ -978,6 +978,17 @@ def test_the_python_api_checks_its_device_as_the_commands_do(trained: Path) -> N
     assert next(predictor.model.parameters()).device.type == "cpu"
 
 
+def test_load_classifier_leaves_the_callers_random_state(trained: Path) -> None:
+    """Building the model drew its initial weights from the global generator, which the
+    checkpoint's then replaced: a notebook's seeded draws after a `load_classifier` differed
+    from those without one."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    zoommil.load_classifier(trained / "checkpoint.pt")
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_cli_process_matches_in_process_run_and_restores_torch_state(
     dataset: dict[str, Path], trained: Path, tmp_path: Path
 ) -> None:

@@ -98,8 +98,14 @@ class Classifier:
 def load_classifier(checkpoint: str | Path, device: str = "cpu") -> Classifier:
     """The classifier of a `zoommil train` checkpoint, its model in eval mode on ``device``
     (cpu, cuda, cuda:N or auto; the features of `Classifier.inputs` are moved to it by the
-    model). Probabilities equal evaluate's on CPU; on a GPU they differ in the last digits."""
+    model). Probabilities equal evaluate's on CPU; on a GPU they differ in the last digits.
+
+    The caller's torch random state is left as it was: building the model initialises its
+    layers from it before the checkpoint's weights replace them, so a notebook's seeded code
+    drew other numbers after a `load_classifier` than without one."""
     state_dict, config = load_checkpoint(checkpoint)
-    model = model_from_state(state_dict, config, checkpoint).to(resolve_device(device))
+    with torch.random.fork_rng(devices=[]):  # the model is built on the CPU
+        model = model_from_state(state_dict, config, checkpoint)
+    model = model.to(resolve_device(device))
     norm = FeatureNorm.from_config(config.get("feature_norm"))
     return Classifier(model=model, config=dict(config), norm=norm, checkpoint=str(checkpoint))
