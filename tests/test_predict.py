@@ -524,6 +524,14 @@ def test_slides_from_a_list_and_folders_refused(small_slide, checkpoint, tmp_pat
     assert main([*argv, str(twin.parent)]) == 2
     err = capsys.readouterr().err
     assert f"{twin.parent}: a folder, not a slide file" in err and "--slides-from" in err
+    dicom = tmp_path / "dicom_slide"  # a DICOM WSI: one slide, a .dcm file per level
+    dicom.mkdir()
+    for name in ("2.dcm", "1.dcm"):
+        (dicom / name).write_bytes(b"")
+    assert main([*argv, str(dicom)]) == 2
+    err = capsys.readouterr().err
+    assert f"{dicom}: a folder, not a slide file; it holds 2 DICOM file(s)" in err, err
+    assert f"name one, e.g. {dicom / '1.dcm'}" in err and "*.svs" not in err
     with pytest.raises(SystemExit) as usage:  # argparse's usage error, before any work
         main([*argv, "--slides-from", str(tmp_path / "missing.txt")])
     assert usage.value.code == 2

@@ -447,6 +447,21 @@ def test_sheet_path_with_braces_names_the_row(workdir: Path) -> None:
     assert "WildcardError" not in text
 
 
+def test_sheet_path_to_a_dicom_folder_names_a_file_to_write(workdir: Path) -> None:
+    """A DICOM WSI is a folder of .dcm files (one per pyramid level), but OpenSlide opens it
+    only from one of them: a sheet naming the folder had the slide excluded at inspection as
+    `missing` ("not a file"), with no word on what to write instead."""
+    dicom = workdir / "bad" / "TCGA-XX-0001"
+    dicom.mkdir(parents=True, exist_ok=True)
+    for name in ("1.2.3.2.dcm", "1.2.3.1.dcm"):
+        (dicom / name).write_bytes(b"")
+    rows = ["a\tTCGA-XX-0001\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttrain\t\n"]
+    rows += ["c\tc.svs\ttumor\tval\t\n", "d\td.svs\tnormal\ttest\t\n"]  # a valid sheet else
+    text = _expect_sheet_error(workdir, rows, "row 1 (slide_id 'a'): path ")
+    assert f"{dicom} is a folder, not a slide file; it holds 2 DICOM file(s)" in text, text
+    assert f"name one, e.g. {dicom / '1.2.3.1.dcm'}" in text
+
+
 def test_sheet_file_with_braces_fails_before_any_job(workdir: Path) -> None:
     sheet = fake_sheet(workdir / "sheet{x}", PRESETS["camelyon16"])
     code, text = _plan_with_sheet(workdir, sheet)

@@ -31,6 +31,7 @@ from zoommil.workflow import joblogs as zjoblogs
 from zoommil.workflow import manifest as zmanifest
 from zoommil.workflow import orphans as zorphans
 from zoommil.workflow import replaced as zreplaced
+from zoommil.workflow import slide_folders as zfolders
 from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
@@ -119,6 +120,9 @@ if not DEMO:
     try:
         SHEET = zsheet.load_sheet(
             config["sheet"], config.get("classes"), SLIDE_SCHEMA, warn=SHEET_WARNINGS
+        )
+        zfolders.check_no_folders(
+            list(SHEET["slide_id"]), list(SHEET["path"]), config["sheet"]
         )
         zsheet.check_splits(
             SHEET, config["sheet"], classes=config.get("classes"), warn=SHEET_WARNINGS

@@ -205,10 +205,12 @@ def run(args: argparse.Namespace) -> int:
         raise ZoomMILError("no slide given: name slide files, or a list with --slides-from")
     folders = [str(s) for s in args.slides if s.is_dir()]
     if folders:
-        raise ZoomMILError(
-            f"{', '.join(folders)}: a folder, not a slide file; pass its slides (e.g. "
-            f"{Path(folders[0]) / '*.svs'}) or list them with --slides-from"
+        from zoommil.workflow.slide_folders import dicom_advice
+
+        advice = dicom_advice(folders[0]) or (
+            f"pass its slides (e.g. {Path(folders[0]) / '*.svs'}) or list them with --slides-from"
         )
+        raise ZoomMILError(f"{', '.join(folders)}: a folder, not a slide file; {advice}")
     if len(args.slides) > 1 or args.out_dir is not None:
         if args.slide_id is not None:
             raise ZoomMILError("--slide-id names one slide; with several or --out-dir each "

@@ -1,0 +1,61 @@
+"""A slide path that names a folder: say which file to name instead.
+
+DICOM whole-slide images (NCI Imaging Data Commons serves TCGA and other cohorts so) come
+as one folder of `.dcm` files per slide, one file per pyramid level, and a folder is what a
+user writes. OpenSlide (4.0+) opens such a slide only from one of its `.dcm` files, and
+finds the series' other files in the same folder itself; given the folder, it refuses it.
+The sheet's folder row was excluded at inspection as `missing` ("not a file"), and
+`zoommil predict`'s advice to pass the folder's files classified one slide once per file.
+Kept out of `zoommil.wsi` (whose code hash reruns every user's features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from zoommil.errors import ZoomMILError, first_few
+
+
+def dicom_advice(folder: str | Path) -> str | None:
+    """What to name instead of a folder of `.dcm` files: one of them (all files of one
+    series are one slide); None for a folder without any."""
+    folder = Path(folder)
+    try:
+        dicoms = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".dcm")
+    except OSError:
+        return None
+    if not dicoms:
+        return None
+    return (
+        f"it holds {len(dicoms)} DICOM file(s): OpenSlide opens a DICOM whole-slide image from "
+        "any one of its .dcm files and finds the series' other files (pyramid levels) in the "
+        f"same folder, so name one, e.g. {folder / dicoms[0]}; all the files of one series "
+        "are one slide"
+    )
+
+
+def folder_advice(folder: str | Path) -> str:
+    """What a sheet should name instead of ``folder``: `dicom_advice`, else the slide file."""
+    advice = dicom_advice(folder)
+    return advice or "name the slide file (for MIRAX, the .mrxs beside its data folder)"
+
+
+def folder_rows(paths: Sequence[str | Path]) -> list[int]:
+    """Indices of the paths that are folders."""
+    return [index for index, path in enumerate(paths) if Path(path).is_dir()]
+
+
+def check_no_folders(slide_ids: Sequence[str], paths: Sequence[str | Path], sheet: str) -> None:
+    """Refuse a sheet whose slide paths include folders, naming the first one's row and what
+    to write there: such a row can never be a slide, as a path with braces cannot."""
+    rows = folder_rows(paths)
+    if not rows:
+        return
+    first = rows[0]
+    others = [f"'{slide_ids[i]}'" for i in rows[1:]]
+    more = f" (also {first_few(others)})" if others else ""
+    raise ZoomMILError(
+        f"{sheet}: row {first + 1} (slide_id '{slide_ids[first]}'): path {paths[first]} is a "
+        f"folder, not a slide file{more}; {folder_advice(paths[first])}"
+    )
