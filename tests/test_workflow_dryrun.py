@@ -462,6 +462,26 @@ def test_sheet_path_to_a_dicom_folder_names_a_file_to_write(workdir: Path) -> No
     assert f"name one, e.g. {dicom / '1.2.3.1.dcm'}" in text
 
 
+def test_a_dicom_slides_other_level_files_are_its_inputs(workdir: Path) -> None:
+    """OpenSlide reads a DICOM WSI's levels from the other .dcm files beside the one the sheet
+    names: a level file added or removed changed the slide's pyramid (and its features) while
+    the workflow, watching only the named file, planned nothing."""
+    folder = workdir / "dicom_inputs"
+    (folder / "a").mkdir(parents=True, exist_ok=True)
+    (folder / "a" / "level0.dcm").write_bytes(b"")  # empty: inspect writes a marker, fast
+    rows = ["a\ta/level0.dcm\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttrain\t\n"]
+    rows += ["c\tc.svs\ttumor\tval\t\n", "d\td.svs\tnormal\ttest\t\n"]
+    sheet = fake_sheet(folder, PRESETS["camelyon16"], rows=rows)
+    args = ("--config", f"sheet={sheet}")
+    camelyon16 = workdir / "config" / "camelyon16.yaml"
+    harness.snakemake(workdir, "results/qc/a.json", *args, configfile=camelyon16)
+    assert harness.planned_jobs(workdir, camelyon16, "results/qc/a.json", *args) == {}
+    (folder / "a" / "level1.dcm").write_bytes(b"")  # a level downloaded later
+    result = harness.snakemake(workdir, "-n", "results/qc/a.json", *args, configfile=camelyon16)
+    text = result.stdout + result.stderr
+    assert "wildcards: slide=a" in text and "level1.dcm" in text, text[-3000:]  # redone
+
+
 def test_sheet_file_with_braces_fails_before_any_job(workdir: Path) -> None:
     sheet = fake_sheet(workdir / "sheet{x}", PRESETS["camelyon16"])
     code, text = _plan_with_sheet(workdir, sheet)

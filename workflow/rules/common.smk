@@ -287,9 +287,10 @@ def demo_sheet(wildcards):
 def existing_slide(wildcards):
     """The slide file as an input where it exists, else no input: a sheet row whose file is
     missing still reaches `zoommil inspect` (the path goes through params), which reports
-    it as `missing`, instead of stopping the whole DAG with a MissingInputException."""
+    it as `missing`, instead of stopping the whole DAG with a MissingInputException. A DICOM
+    slide's other .dcm files (its other levels) are inputs too (`zfolders.series_inputs`)."""
     path = slide_path(wildcards)
-    return path if os.path.exists(path) else []
+    return zfolders.series_inputs(path) if os.path.exists(path) else []
 
 
 def slide_after_inspection(wildcards):

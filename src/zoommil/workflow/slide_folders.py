@@ -6,11 +6,16 @@ user writes. OpenSlide (4.0+) opens such a slide only from one of its `.dcm` fil
 finds the series' other files in the same folder itself; given the folder, it refuses it.
 The sheet's folder row was excluded at inspection as `missing` ("not a file"), and
 `zoommil predict`'s advice to pass the folder's files classified one slide once per file.
-Kept out of `zoommil.wsi` (whose code hash reruns every user's features).
+A `.dcm` slide's other files are its pyramid's other levels: `series_inputs` makes them
+inputs of the slide's jobs, so that a level file added or removed (a download completed
+later) redoes the slide; before, only the named file was watched, and the slide kept
+features read from a pyramid it no longer had. Kept out of `zoommil.wsi` (whose code hash
+reruns every user's features).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +44,21 @@ def folder_advice(folder: str | Path) -> str:
     """What a sheet should name instead of ``folder``: `dicom_advice`, else the slide file."""
     advice = dicom_advice(folder)
     return advice or "name the slide file (for MIRAX, the .mrxs beside its data folder)"
+
+
+def series_inputs(path: str) -> list[str]:
+    """``path`` and, for a DICOM file, the other `.dcm` files of its folder (OpenSlide reads
+    the series' levels from them; a folder holding several series ties each slide to all
+    their files, which reruns more than it needs, never less)."""
+    if not path.lower().endswith(".dcm"):
+        return [path]
+    folder = os.path.dirname(path)
+    try:
+        names = sorted(os.listdir(folder or "."))
+    except OSError:
+        return [path]
+    others = [os.path.join(folder, n) for n in names if n.lower().endswith(".dcm")]
+    return [path, *(p for p in others if os.path.basename(p) != os.path.basename(path))]
 
 
 def folder_rows(paths: Sequence[str | Path]) -> list[int]:
