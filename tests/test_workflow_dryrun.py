@@ -134,6 +134,21 @@ def test_demo_with_one_job_per_seed(workdir: Path) -> None:
     assert jobs["train"] == 45
 
 
+def test_the_default_target_asks_for_every_table_and_figure_file(workdir: Path) -> None:
+    """Snakemake remakes only the outputs something requests: `rule all` named one file of
+    the tables rule, so a deleted comparisons.csv (or main.md, attention.pdf) was not made
+    again ("Nothing to be done") and `snakemake --report` then stopped on it (review S48)."""
+    result = harness.snakemake(workdir, "-n")
+    text = result.stdout + result.stderr
+    block = text[re.search(r"^(?:local)?rule all:", text, re.M).start() :]
+    requested = set(re.search(r"^\s*input: (.*)$", block, re.M)[1].split(", "))
+    rules = "".join(p.read_text() for p in (harness.REPO / "workflow" / "rules").glob("*.smk"))
+    made = set(re.findall(r'"(results/(?:tables|figures|qc/exclusions)[^"{]*\.[a-z]+)"', rules))
+    made.discard("results/figures/attention_settings.json")  # an input of those rules
+    assert made - requested == set()
+    assert "results/tables/comparisons.csv" in made and "results/figures/attention.pdf" in made
+
+
 def test_figure_4_left_out_plans_no_prediction(workdir: Path) -> None:
     """figures.attention.method: null (a config whose methods have no attention to draw)
     plans no prediction, and the rest of the run as before; Figure 4 is drawn saying it is

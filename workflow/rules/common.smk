@@ -592,6 +592,10 @@ def all_throughput_files():
 
 
 def final_targets():
+    """What `rule all` asks for: with every file of the tables, figures and exclusions rules,
+    not one a rule. Snakemake remakes only the outputs that something requests, so a deleted
+    comparisons.csv, main.md or attention.pdf was not made again ("Nothing to be done"), and
+    `snakemake --report` then stopped on the missing file."""
     targets = [
         "results/qc/slides.tsv",
         "results/tables/main.csv",
@@ -603,4 +607,6 @@ def final_targets():
     ]
     if ABLATIONS:
         targets.append("results/tables/ablations.csv")
-    return targets
+    for made in (rules.tables, rules.figure_throughput, rules.figure_attention):
+        targets += [path for path in made.output if path not in targets]
+    return targets + list(rules.qc_exclusions.output)
