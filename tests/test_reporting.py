@@ -1092,3 +1092,16 @@ def test_tables_scale_benchmark_runs_on_inputs_the_tables_accept(tmp_path: Path)
     assert [(r["test_slides"], len(r["seconds"])) for r in rows] == [(6, 1)]
     assert rows[0]["seconds"][0] > 0 and rows[0]["peak_rss_mb"][0] > 50
     assert "| 6 | " in (tmp_path / "tables_scale.md").read_text()
+
+
+@pytest.mark.parametrize("features", [{"weights": "hf", "encoder": "uni"}, {"weights": "random"}])
+def test_the_reports_front_page_names_the_configured_encoder(features: dict) -> None:
+    """`snakemake --report` renders workflow/report/workflow.rst with the run's config: it said
+    "ResNet-50 (to layer3) features" whatever `features.encoder` was (a UNI run's report too)."""
+    from types import SimpleNamespace
+
+    jinja2 = pytest.importorskip("jinja2")
+    text = (Path(__file__).parents[1] / "workflow" / "report" / "workflow.rst").read_text()
+    config = {"dataset": "c16", "features": features}
+    page = jinja2.Template(text).render(snakemake=SimpleNamespace(config=config))
+    assert f"**{features.get('encoder', 'resnet50_layer3')}** encoder" in page, page
