@@ -288,7 +288,8 @@ def existing_slide(wildcards):
     """The slide file as an input where it exists, else no input: a sheet row whose file is
     missing still reaches `zoommil inspect` (the path goes through params), which reports
     it as `missing`, instead of stopping the whole DAG with a MissingInputException. A DICOM
-    slide's other .dcm files (its other levels) are inputs too (`zfolders.series_inputs`)."""
+    slide's other .dcm files (its other levels) are inputs too (`zfolders.series_inputs`).
+    """
     path = slide_path(wildcards)
     return zfolders.series_inputs(path) if os.path.exists(path) else []
 
@@ -592,10 +593,10 @@ def all_throughput_files():
 
 
 def final_targets():
-    """What `rule all` asks for: with every file of the tables, figures and exclusions rules,
-    not one a rule. Snakemake remakes only the outputs that something requests, so a deleted
-    comparisons.csv, main.md or attention.pdf was not made again ("Nothing to be done"), and
-    `snakemake --report` then stopped on the missing file."""
+    """The default target's files: every file of the tables, figures and exclusions rules,
+    not one per rule. Snakemake remakes only the outputs that something requests, so a
+    deleted comparisons.csv, main.md or attention.pdf was not made again ("Nothing to be
+    done"), and `snakemake --report` then stopped on the missing file."""
     targets = [
         "results/qc/slides.tsv",
         "results/tables/main.csv",
