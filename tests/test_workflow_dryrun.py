@@ -497,6 +497,25 @@ def test_a_dicom_slides_other_level_files_are_its_inputs(workdir: Path) -> None:
     assert "wildcards: slide=a" in text and "level1.dcm" in text, text[-3000:]  # redone
 
 
+def test_a_dicom_file_with_braces_beside_a_slide_plans(workdir: Path) -> None:
+    """The other .dcm files of a slide's folder are inputs of its jobs, and Snakemake reads
+    braces in an input as a wildcard: one such file beside the named one stopped the whole
+    DAG with a WildcardError, though the sheet's own paths are checked for braces."""
+    folder = workdir / "dicom_braces"
+    (folder / "a").mkdir(parents=True, exist_ok=True)
+    for name in ("level0.dcm", "level1 {copy}.dcm", "level2.dcm"):
+        (folder / "a" / name).write_bytes(b"")
+    rows = ["a\ta/level0.dcm\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttrain\t\n"]
+    rows += ["c\tc.svs\ttumor\tval\t\n", "d\td.svs\tnormal\ttest\t\n"]
+    sheet = fake_sheet(folder, PRESETS["camelyon16"], rows=rows)
+    camelyon16 = workdir / "config" / "camelyon16.yaml"
+    args = ("-n", "results/qc/a.json", "--config", f"sheet={sheet}")
+    result = harness.snakemake(workdir, *args, configfile=camelyon16)
+    text = result.stdout + result.stderr
+    assert result.returncode == 0 and "WildcardError" not in text, text[-3000:]
+    assert "level2.dcm" in text and "{copy}" not in text
+
+
 def test_sheet_file_with_braces_fails_before_any_job(workdir: Path) -> None:
     sheet = fake_sheet(workdir / "sheet{x}", PRESETS["camelyon16"])
     code, text = _plan_with_sheet(workdir, sheet)

@@ -49,7 +49,9 @@ def folder_advice(folder: str | Path) -> str:
 def series_inputs(path: str) -> list[str]:
     """``path`` and, for a DICOM file, the other `.dcm` files of its folder (OpenSlide reads
     the series' levels from them; a folder holding several series ties each slide to all
-    their files, which reruns more than it needs, never less)."""
+    their files, which reruns more than it needs, never less). A name with braces is left
+    out: Snakemake reads braces in an input as a wildcard, and one such file stopped the
+    whole DAG (the sheet's own paths are refused with braces at load)."""
     if not path.lower().endswith(".dcm"):
         return [path]
     folder = os.path.dirname(path)
@@ -57,8 +59,13 @@ def series_inputs(path: str) -> list[str]:
         names = sorted(os.listdir(folder or "."))
     except OSError:
         return [path]
-    others = [os.path.join(folder, n) for n in names if n.lower().endswith(".dcm")]
+    dicoms = [n for n in names if n.lower().endswith(".dcm") and not _has_braces(n)]
+    others = [os.path.join(folder, n) for n in dicoms]
     return [path, *(p for p in others if os.path.basename(p) != os.path.basename(path))]
+
+
+def _has_braces(name: str) -> bool:
+    return "{" in name or "}" in name
 
 
 def folder_rows(paths: Sequence[str | Path]) -> list[int]:
