@@ -130,6 +130,10 @@ if not DEMO:
     except ZoomMILError as error:
         hint = zconfig.sheet_beside_configfile(config["sheet"], workflow.configfiles)
         raise ValueError(f"invalid slide sheet: {error}{hint}") from None
+# DICOM folders holding several slides' files: their level files are not inputs.
+DICOM_SHARED = frozenset() if DEMO else zfolders.shared_folders(list(SHEET["path"]))
+if SHEET_WARNINGS and zfolders.shared_folders_warning(DICOM_SHARED):
+    print(zfolders.shared_folders_warning(DICOM_SHARED), file=sys.stderr)
 
 VANISHED = []  # encoded slides whose file is gone (the main process fills it in)
 if workflow.is_main_process:
@@ -291,7 +295,7 @@ def existing_slide(wildcards):
     slide's other .dcm files (its other levels) are inputs too (`zfolders.series_inputs`).
     """
     path = slide_path(wildcards)
-    return zfolders.series_inputs(path) if os.path.exists(path) else []
+    return zfolders.series_inputs(path, DICOM_SHARED) if os.path.exists(path) else []
 
 
 def slide_after_inspection(wildcards):
@@ -606,8 +610,6 @@ def final_targets():
         "results/figures/attention.png",
         "results/provenance.json",
     ]
-    if ABLATIONS:
-        targets.append("results/tables/ablations.csv")
     for made in (rules.tables, rules.figure_throughput, rules.figure_attention):
         targets += [path for path in made.output if path not in targets]
     return targets + list(rules.qc_exclusions.output)
