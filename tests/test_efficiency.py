@@ -739,3 +739,15 @@ def test_flops_names_the_encoder_weights_and_random_ones_say_so(tmp_path, capsys
         assert record["weights_note"] == RANDOM_WEIGHTS_NOTE and record["weights_seed"] == 3
     else:
         assert "weights_note" not in record and "random" not in out.read_text()
+
+
+def test_flops_of_a_checkpoint_of_features_tiled_with_another_tools_mask(tmp_path, caplog):
+    """A checkpoint whose features were tiled with a mask of another tool records the tissue
+    method ``unknown``: `zoommil flops`, which detects nothing, failed on it as "unknown
+    tissue method 'unknown'". It counts, and says nothing of masks."""
+    recorded = {"tissue_method": "unknown", "tissue_params": {"geojson": "s.geojson"}}
+    _, argv = _one_slide_meanmil(tmp_path, {"preprocessing": recorded})
+    out = tmp_path / "f.json"
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["per_slide"]
+    assert "masks" not in caplog.text

@@ -1542,3 +1542,25 @@ def test_the_python_apis_classes_document_every_public_member() -> None:
     from zoommil.inference.classifier import Classifier
 
     assert _undocumented(Predictor) == [] and _undocumented(Classifier) == []
+
+
+@pytest.mark.parametrize("method", ["unknown", "none"])
+def test_a_checkpoint_of_features_tiled_with_another_tools_mask_predicts(tmp_path, caplog, method):
+    """Features tiled with a `--tissue-mask` of another tool (a QuPath or TRIDENT GeoJSON made
+    into a mask) record the method ``unknown`` (coords without a detector: ``none``); read
+    back as a recipe it failed as "unknown tissue method 'unknown'", so the checkpoint could
+    not predict (nor count FLOPs). Predict now detects with the default detector and says
+    that its masks may keep other patches."""
+    import logging
+
+    recorded = {"tissue_method": method, "tissue_params": {"geojson": "s.geojson"}}
+    ckpt = _zoommil_checkpoint(tmp_path / "c.pt", tissue_mask="m.png", **recorded)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zoommil"):
+        predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.recipe.tissue_method == "gaussian"
+    (record,) = caplog.records
+    assert f"{ckpt}: trained on features tiled with tissue masks from outside zoommil " in (
+        record.getMessage()
+    )
+    assert f"(tissue method {method!r}, e.g. m.png)" in record.getMessage()
