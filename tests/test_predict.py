@@ -1545,22 +1545,18 @@ def test_the_python_apis_classes_document_every_public_member() -> None:
 
 
 @pytest.mark.parametrize("method", ["unknown", "none"])
-def test_a_checkpoint_of_features_tiled_with_another_tools_mask_predicts(tmp_path, caplog, method):
+def test_a_checkpoint_of_features_tiled_with_another_tools_mask_is_refused_by_predict(
+    small_slide, tmp_path, capsys, method
+):
     """Features tiled with a `--tissue-mask` of another tool (a QuPath or TRIDENT GeoJSON made
-    into a mask) record the method ``unknown`` (coords without a detector: ``none``); read
-    back as a recipe it failed as "unknown tissue method 'unknown'", so the checkpoint could
-    not predict (nor count FLOPs). Predict now detects with the default detector and says
-    that its masks may keep other patches."""
-    import logging
-
+    into a mask) record the method ``unknown`` (coords without a detector: ``none``); predict
+    stopped on such a checkpoint with "unknown tissue method 'unknown' (choose from gaussian,
+    otsu)", which said neither why nor what to do. It names the masks and the way that works."""
     recorded = {"tissue_method": method, "tissue_params": {"geojson": "s.geojson"}}
     ckpt = _zoommil_checkpoint(tmp_path / "c.pt", tissue_mask="m.png", **recorded)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="zoommil"):
-        predictor = Predictor.from_checkpoint(ckpt)
-    assert predictor.recipe.tissue_method == "gaussian"
-    (record,) = caplog.records
-    assert f"{ckpt}: trained on features tiled with tissue masks from outside zoommil " in (
-        record.getMessage()
-    )
-    assert f"(tissue method {method!r}, e.g. m.png)" in record.getMessage()
+    capsys.readouterr()
+    assert main(["predict", str(small_slide), "--checkpoint", str(ckpt), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt}: trained on features tiled with tissue masks from outside zoommil " in err
+    assert f"(tissue method {method!r}, e.g. m.png)" in err
+    assert "zoommil tile --tissue-mask" in err and "Classifier" in err

@@ -211,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
             f"pass its slides (e.g. {Path(folders[0]) / '*.svs'}) or list them with --slides-from"
         )
         raise ZoomMILError(f"{', '.join(folders)}: a folder, not a slide file; {advice}")
+    from zoommil.inference.checkpoint_recipe import check_detects_like_training
+
+    check_detects_like_training(args.checkpoint)
     if len(args.slides) > 1 or args.out_dir is not None:
         if args.slide_id is not None:
             raise ZoomMILError("--slide-id names one slide; with several or --out-dir each "

@@ -35,7 +35,7 @@ from zoommil.features.encoders.registry import (
     canonical_name,
     get_spec,
 )
-from zoommil.inference.checkpoint_recipe import checkpoint_recipe
+from zoommil.inference.checkpoint_recipe import counting_recipe
 from zoommil.io.featurefile import read_feature_file
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import encoder_provenance
@@ -197,7 +197,7 @@ def checkpoint_flops(
     features_dir = Path(features_dir)
     model, config = model_from_checkpoint(checkpoint)
     recorded = config.get("preprocessing") or {}
-    recipe = checkpoint_recipe(recorded, checkpoint, detects=False, mags=config["mags"])
+    recipe = counting_recipe(recorded, mags=config["mags"])
     encoder = canonical_name(recipe.encoder)
     if sheet is None:
         sheet = recorded_path(config, "sheet", "slide sheet", "--sheet", checkpoint, required=True)

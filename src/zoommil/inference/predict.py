@@ -42,7 +42,6 @@ from zoommil.features.extraction import (
     regions_per_task,
 )
 from zoommil.features.weight_keywords import WEIGHT_KEYWORDS
-from zoommil.inference.checkpoint_recipe import checkpoint_recipe
 from zoommil.inference.tiling_ahead import tile_for_inference
 from zoommil.recipe import WITHOUT_ATTENTION, PreprocessingRecipe, format_mags, mag_key
 from zoommil.training.checkpoint import model_from_checkpoint
@@ -129,7 +128,7 @@ class Predictor:
         # the feature files' magnifications (a method's own `mags` override is config_mags;
         # checkpoints without either: the model's own)
         tiled = recorded.get("mags") or config.get("config_mags") or config["mags"]
-        recipe = checkpoint_recipe(recorded, checkpoint, mags=tiled, weights=weights)
+        recipe = PreprocessingRecipe.from_attrs(recorded, mags=tiled, weights=weights)
         warn_if_other_detector(
             checkpoint,
             recipe.tissue_method,
