@@ -14,4 +14,5 @@ figure_throughput.throughput_figure(
     dataset=sm.params.dataset,
     weights=sm.params.weights,
     encoder=sm.params.encoder,
+    sheet=sm.input.sheet,
 )

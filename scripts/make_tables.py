@@ -20,4 +20,5 @@ tables.make_tables(
     ablations=sm.params.ablations,
     reference=sm.params.reference,
     encoder=sm.params.encoder,
+    sheet=sm.input.sheet,
 )

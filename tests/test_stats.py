@@ -481,3 +481,172 @@ def test_a_difference_over_fewer_seeds_says_so() -> None:
     shown = list(table_format.comparison_display(table, {}, [])["Δ Accuracy (pp) [95% CI]"])
     assert all(cell.endswith(" (2 seeds)") for cell in shown), shown
     assert table_notes.seeds_note(table)
+
+
+# --- several slides per patient: the patient is the unit (stats.with_patients) -------------
+
+
+def test_patient_ids_ignore_case_and_spaces_and_a_missing_one_is_its_own_cluster() -> None:
+    p = stats.with_patients(
+        preds([0, 1, 2, 0], [0, 1, 2, 0]),
+        {"s0": "TCGA-AB-1234 ", "s1": "tcga-ab-1234", "s2": "NA"},  # s3: not in the sheet
+    )
+    assert p.groups is not None and p.groups[0] == p.groups[1]
+    assert stats.n_units(p) == 3
+    units = stats.unit_of_slide(p)
+    assert units is not None and units.tolist() == [0, 0, 1, 2]
+
+
+def test_the_patient_bootstrap_is_scipys_bootstrap_of_patients() -> None:
+    """Reference: scipy's percentile bootstrap over patient indices (same seed) with the
+    metric computed on the concatenated slides of each resample, seed by seed (sklearn)."""
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(3)
+    sizes = [1, 3, 2, 4, 1, 2, 3]
+    patients = np.repeat(np.arange(len(sizes)), sizes)
+    labels = rng.integers(0, 3, len(patients))
+    seed_preds = np.where(rng.random((2, len(patients))) < 0.6, labels, rng.integers(0, 3))
+    pred = stats.with_patients(
+        preds(list(labels), *seed_preds.tolist()),
+        {f"s{i}": f"P{g}" for i, g in enumerate(patients)},
+    )
+    members = [np.flatnonzero(patients == g) for g in range(len(sizes))]
+
+    def reference(metric: str, units: np.ndarray) -> float:
+        idx = np.concatenate([members[u] for u in units])
+        y, per_seed = labels[idx], seed_preds[:, idx]
+        if metric == "accuracy":
+            return float(np.mean([(p == y).mean() for p in per_seed]))
+        return float(
+            np.mean([f1_score(y, p, average="weighted", zero_division=0) for p in per_seed])
+        )
+
+    for metric in stats.METRICS:
+        expected = bootstrap(
+            (np.arange(len(sizes)),),
+            lambda u, metric=metric: reference(metric, u),
+            vectorized=False,
+            n_resamples=300,
+            confidence_level=0.95,
+            method="percentile",
+            rng=np.random.default_rng(stats.SEED),
+        ).confidence_interval
+        got = stats.method_ci(pred, metric, n_resamples=300)
+        assert got.estimate == pytest.approx(reference(metric, np.arange(len(sizes))), abs=1e-12)
+        assert (got.low, got.high) == pytest.approx((expected.low, expected.high), abs=1e-12)
+
+
+def test_patients_are_swapped_and_counted_whole() -> None:
+    """3 slides, s0 and s1 of one patient: A right on all, B wrong on all (one seed). By
+    slide, 2 of the 2^3 swaps reach |difference| 1: p = 0.25. By patient the swaps are 4:
+    none (+1), all (-1), the patient of two slides (A right on 1 of 3, B on 2: -1/3) and s2
+    (+1/3): p = 2/4. Accuracy 100% on 4 slides of 2 patients: Clopper-Pearson of 2 of 2."""
+    by_patient = {"s0": "P", "s1": "P", "s2": "Q"}
+    a, b = preds([0, 1, 2], [0, 1, 2]), preds([0, 1, 2], [1, 2, 0])
+    assert stats.permutation_p(a, b, "accuracy") == (pytest.approx(0.25), True)
+    a, b = stats.with_patients(a, by_patient), stats.with_patients(b, by_patient)
+    assert stats.permutation_p(a, b, "accuracy") == (pytest.approx(0.5), True)
+    result = stats.compare(a, b, "accuracy")
+    assert (result.n_slides, result.n_units, result.difference) == (3, 2, 1.0)
+    four = stats.with_patients(preds([0, 1, 2, 0], [0, 1, 2, 0]), {**by_patient, "s3": "q"})
+    interval = stats.method_ci(four, "accuracy")
+    assert interval.kind == stats.CLOPPER_PEARSON
+    assert interval.low == pytest.approx(0.025 ** (1 / 2))
+
+
+def test_one_slide_per_patient_gives_the_slide_statistics_bit_for_bit() -> None:
+    rng = np.random.default_rng(4)
+    labels = list(rng.integers(0, 3, 12))
+    a = preds(labels, *rng.integers(0, 3, (3, 12)).tolist())
+    b = preds(labels, *rng.integers(0, 3, (3, 12)).tolist())
+    ids = {f"s{i}": f"P{i}" for i in range(12)}
+    a_p, b_p = stats.with_patients(a, ids), stats.with_patients(b, ids)
+    for metric in stats.METRICS:
+        assert stats.method_ci(a_p, metric) == stats.method_ci(a, metric)
+        assert stats.compare(a_p, b_p, metric) == stats.compare(a, b, metric)
+
+
+def test_tables_resample_patients_from_the_sheet(tmp_path: Path) -> None:
+    labels = ["a", "b", "c", "a", "b", "c"]
+    runs = {"zoommil": [labels, labels], "maxmil": [["a"] * 6, ["a", "b", "a", "a", "a", "a"]]}
+    evals = [
+        write_eval(tmp_path / "eval" / method / f"seed~{seed}.json", seed, labels, predicted)
+        for method, per_seed in runs.items()
+        for seed, predicted in enumerate(per_seed)
+    ]
+    qc_table = tmp_path / "qc.tsv"
+    qc_table.write_text("slide_id\tlabel\tsplit\tstatus\treason\nt0\ta\ttest\tok\t\n")
+    sheet = tmp_path / "slides.tsv"
+    patients = ["P1", "P1", "P2", "p2 ", "P3", "NA"]  # 4 units: P1, P2, P3 and t5 alone
+    rows = [
+        f"t{i}\tt{i}.svs\t{y}\ttest\t{p}"
+        for i, (y, p) in enumerate(zip(labels, patients, strict=True))
+    ]
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\tpatient\n" + "\n".join(rows) + "\n")
+    outputs = {
+        f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
+        for kind in ("main", "ablation", "comparison")
+        for ext in ("csv", "md", "tex")
+    }
+    tables.make_tables(
+        qc_table=qc_table,
+        evals=evals,
+        flops=[],
+        timings={},
+        outputs=outputs,
+        dataset="demo",
+        weights="random",
+        mags=[5, 10],
+        methods={"zoommil": {"arch": "zoommil"}, "maxmil": {"arch": "maxmil"}},
+        reference="zoommil",
+        sheet=sheet,
+    )
+    main = pd.read_csv(outputs["main_csv"]).set_index("method")
+    assert main.loc["zoommil", "n_test"] == 6 and main.loc["zoommil", "n_test_units"] == 4
+    # 100% on 6 slides of 4 units: Clopper-Pearson of 4 of 4, not of 6 of 6
+    assert main.loc["zoommil", "accuracy_ci_low"] == pytest.approx(0.025 ** (1 / 4), abs=1e-6)
+    assert "4 patients of 6 test slides" in outputs["main_md"].read_text()
+    comparisons = pd.read_csv(outputs["comparison_csv"]).set_index("method")
+    assert comparisons.loc["maxmil", "n_units"] == 4
+    assert "4 patients of 6 test slides" in outputs["comparison_md"].read_text()
+
+
+def test_readme_patient_level_snippet(tmp_path: Path, monkeypatch, capsys) -> None:
+    """README (Statistics, several slides per patient): the patient-level metrics snippet
+    against a hand-worked case: P1's slides average to b (right), P2's to a (wrong), t4
+    without a patient is its own (right): accuracy 2/3."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("**Several slides per patient**") :]
+    code = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
+    sheet = "slide_id\tpath\tlabel\tsplit\tpatient\n"
+    sheet += "t0\tx\tb\ttest\tP1\nt1\tx\tb\ttest\tP1 \nt2\tx\tc\ttest\tP2\n"
+    sheet += "t3\tx\tc\ttest\tP2\nt4\tx\ta\ttest\t\n"
+    (tmp_path / "slides.tsv").write_text(sheet)
+    probs = {
+        "t0": [0.6, 0.4, 0.0],  # a alone, but P1's mean is (0.3, 0.7, 0): b
+        "t1": [0.0, 1.0, 0.0],
+        "t2": [0.9, 0.0, 0.1],  # P2's mean (0.6, 0.1, 0.3): a, wrong
+        "t3": [0.3, 0.2, 0.5],
+        "t4": [0.8, 0.1, 0.1],
+    }
+    labels = {"t0": "b", "t1": "b", "t2": "c", "t3": "c", "t4": "a"}
+    run = {
+        "seed": 0,
+        "classes": CLASSES,
+        "predictions": [
+            {
+                "slide_id": s,
+                "label": labels[s],
+                "pred": CLASSES[int(np.argmax(p))],
+                "probs": dict(zip(CLASSES, p, strict=True)),
+            }
+            for s, p in probs.items()
+        ],
+    }
+    (tmp_path / "results" / "eval" / "zoommil").mkdir(parents=True)
+    (tmp_path / "results" / "eval" / "zoommil" / "seed~0.json").write_text(json.dumps(run))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README", "exec"), {})
+    out = capsys.readouterr().out
+    assert "3 patients: accuracy 0.666" in out

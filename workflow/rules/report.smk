@@ -10,6 +10,8 @@ rule tables:
         unpack(throughput_inputs),
         qc="results/qc/slides.tsv",
         exclusions="results/qc/exclusions.tsv",
+        # its patient column: the CIs and tests resample a patient's slides together
+        sheet=sheet_file(),
         evals=runs("results/eval/", ".json"),
         flops=expand("results/efficiency/{method}/flops.json", method=ALL_METHODS),
     output:
@@ -66,6 +68,7 @@ rule tables:
 rule figure_throughput:
     input:
         unpack(throughput_inputs),
+        sheet=sheet_file(),  # its patient column, as the tables'
         evals=runs("results/eval/", ".json", EFFICIENCY_METHODS),
     output:
         png=report(

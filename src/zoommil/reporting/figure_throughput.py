@@ -164,17 +164,20 @@ def throughput_data(
     evals: Iterable[str | Path],
     timings: Mapping[str, Iterable[str | Path]],
     methods: Sequence[str],
+    sheet: str | Path | None = None,
 ) -> pd.DataFrame:
     """One row per (device, method): slides/hour with ``slides_per_hour_low``/``_high`` (the
     throughput at seconds per slide + and - their std over the timed slides; NaN without
     per-slide timings), weighted F1 (seed mean) and its 95% bootstrap CI over test slides
     (``f1_low``/``f1_high``), and how the timing was taken. Without a CI both are NaN and
     ``f1_no_ci`` says why (`no_ci_reason`): the figure then draws no y bar, where it drew the
-    seed std under the axis label "95% CI"."""
+    seed std under the axis label "95% CI". With a `patient` column in ``sheet`` the CI
+    resamples patients (`stats.with_patients`), as the tables' do."""
     evals = list(evals)
     records = results.eval_records(evals)
     summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
-    summary = add_intervals(summary, run_predictions(results.eval_runs(evals)))
+    preds = run_predictions(results.eval_runs(evals), results.patients(sheet))
+    summary = add_intervals(summary, preds)
     summary = summary.set_index("method")
     rows = []
     for device, paths in timings.items():
@@ -203,12 +206,14 @@ def throughput_data(
                 "f1_no_ci": "",
                 "n_seeds": math.nan,
                 "n_test": math.nan,
+                "n_test_units": math.nan,
             }
             if method in summary.index:
                 found = summary.loc[method]
                 row.update(
                     n_seeds=found.get("n_seeds", math.nan),
                     n_test=found.get("n_test", math.nan),
+                    n_test_units=found.get("n_test_units", math.nan),
                     f1=found["weighted_f1_mean"],
                     f1_low=found["weighted_f1_ci_low"],
                     f1_high=found["weighted_f1_ci_high"],
@@ -250,10 +255,12 @@ def counts_note(data: pd.DataFrame) -> str:
         values = pd.to_numeric(drawn.get(column), errors="coerce").dropna()
         return int(values.max()) if len(values) else None
 
-    seeds, tested = most("n_seeds"), most("n_test")
+    seeds, tested, units = most("n_seeds"), most("n_test"), most("n_test_units")
     timed = sorted({int(v) for v in pd.to_numeric(drawn["n_slides"], errors="coerce").dropna()})
     y = "y: weighted F1, mean" + (f" over {count_text(str(seeds), 'seed')}" if seeds else "")
-    if tested:
+    if tested and units and units < tested:  # resampled by patient (`stats.with_patients`)
+        y += f", 95% bootstrap CI over the {units} patients of {tested} test slides"
+    elif tested:
         y += f", 95% bootstrap CI over {count_text(str(tested), 'test slide')}"
     x = "x: slides/hour, ± std over the timed slides"
     if timed:
@@ -529,12 +536,13 @@ def throughput_figure(
     dataset: str,
     weights: str,
     encoder: str = DEFAULT_ENCODER,
+    sheet: str | Path | None = None,
 ) -> pd.DataFrame:
     """Figure 3: slides/hour (log x, +- std over the timed slides) vs weighted F1 with 95% CIs
     over test slides, one panel per device that was timed, the efficiency frontier drawn, one
     legend below the panels (no labels to overlap), at a two-column page's width; the setting
     and devices without timings are in the notes under the legend. Returns the plotted data."""
-    data = throughput_data(evals, timings, methods)
+    data = throughput_data(evals, timings, methods, sheet)
     devices = [d for d in timings if data[data["device"] == d]["slides_per_hour"].notna().any()]
     skipped = {
         d: next((s for s in data[data["device"] == d]["skipped"] if s and s != "missing"), "")

@@ -137,6 +137,19 @@ def eval_runs(paths: Iterable[str | Path]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def patients(sheet: str | Path | None) -> dict[str, str]:
+    """slide_id -> the sheet's `patient` cell (empty without the column or a sheet): the
+    statistics resample a patient's test slides together (`stats.with_patients`)."""
+    if sheet is None:
+        return {}
+    from zoommil.io.sheet import read_sheet
+
+    frame = read_sheet(sheet)
+    if "patient" not in frame.columns:
+        return {}
+    return dict(zip(frame["slide_id"], frame["patient"], strict=True))
+
+
 def method_of(path: str | Path) -> str:
     """The method folder of results/efficiency/<method>/<file>.json."""
     return Path(path).parent.name

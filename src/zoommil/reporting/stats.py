@@ -2,7 +2,13 @@
 
 Why: with a few test slides one slide moves accuracy by several points, and mean +- std over
 seeds says nothing about that. Every statistic here treats the *slide* as the unit that is
-resampled or permuted, and the seeds of a method as repeated measurements of it:
+resampled or permuted, and the seeds of a method as repeated measurements of it. Where the
+test slides carry patient ids (`with_patients`: the sheet's `patient` column) the unit is the
+*patient* instead: a cluster bootstrap and permutation that move all slides of a patient
+together (a slide without a patient is its own cluster). A patient's slides are correlated
+(same tissue, same scanner session, the same model errors), and resampling them as
+independent made the intervals too narrow: on 30 made-up patients of 1-4 slides, accuracy
+CIs ~30% narrower than the patient bootstrap's.
 
 - the metric of a method on a set of slides is the mean over its seeds of the metric computed
   on that set (for accuracy this is the mean over slides of the seed-averaged per-slide
@@ -17,8 +23,9 @@ resampled or permuted, and the seeds of a method as repeated measurements of it:
   paired-bootstrap CI resamples the same slides for both, and the p-value is a paired
   permutation test (`scipy.stats.permutation_test`, "samples"): under the null hypothesis the
   two methods are exchangeable on each slide, so A's and B's predictions of a slide (all seeds)
-  are swapped. It is exact (every one of the 2^n swaps) up to ``EXACT_MAX_SLIDES`` slides, else
-  a seeded Monte Carlo. Two-sided; p = 1 when the difference is 0 (ties within `TIES`).
+  are swapped (with patients: a patient's slides, together). It is exact (every one of the
+  2^n swaps) up to ``EXACT_MAX_SLIDES`` slides (or patients), else a seeded Monte Carlo.
+  Two-sided; p = 1 when the difference is 0 (ties within `TIES`).
 
 Everything is deterministic: the same inputs give the same intervals and p-values.
 """
@@ -35,7 +42,7 @@ import numpy as np
 CONFIDENCE = 0.95
 N_BOOTSTRAP = 5000
 N_PERMUTATIONS = 20000
-EXACT_MAX_SLIDES = 16  # 2^16 = 65536 swaps: exact permutation p-values up to here
+EXACT_MAX_SLIDES = 16  # 2^16 = 65536 swaps: exact permutation p-values up to here (units)
 SEED = 0
 METRICS = ("weighted_f1", "accuracy")
 #: Values of a statistic closer than this are one value: the seed mean adds each slide set's
@@ -53,6 +60,8 @@ class Predictions:
     labels: np.ndarray  # [n_slides] int
     preds: np.ndarray  # [n_seeds, n_slides] int
     n_classes: int
+    #: The resampling unit of each slide (`with_patients`); None: every slide its own.
+    groups: tuple[str, ...] | None = None
 
     def subset(self, slides: Sequence[str], seeds: Sequence[int]) -> Predictions:
         """The same predictions restricted to (and ordered by) ``slides`` and ``seeds``."""
@@ -60,13 +69,49 @@ class Predictions:
         k_index = {k: i for i, k in enumerate(self.seeds)}
         cols = [s_index[s] for s in slides]
         rows = [k_index[k] for k in seeds]
+        groups = None if self.groups is None else tuple(self.groups[c] for c in cols)
         return Predictions(
             tuple(slides),
             tuple(seeds),
             self.labels[cols],
             self.preds[np.ix_(rows, cols)],
             self.n_classes,
+            groups,
         )
+
+
+def patient_key(value: object) -> str | None:
+    """A patient id as the statistics group slides by: stripped and case-folded (a hand-typed
+    ``tcga-ab-1234`` is the same patient as ``TCGA-AB-1234 ``; merging two clusters only
+    widens an interval); None for an empty or NA/NaN/none cell (no patient)."""
+    text = str(value).strip()
+    return None if text.lower() in ("", "na", "nan", "none") else text.casefold()
+
+
+def with_patients(pred: Predictions, patients: Mapping[str, object]) -> Predictions:
+    """``pred`` resampled by patient: ``patients`` maps slide_id -> patient id (the sheet's
+    `patient` column); a slide without one (absent, empty, NA) is its own cluster."""
+    groups = []
+    for slide in pred.slides:
+        key = patient_key(patients.get(slide, ""))
+        groups.append(f"slide:{slide}" if key is None else f"patient:{key}")
+    return Predictions(
+        pred.slides, pred.seeds, pred.labels, pred.preds, pred.n_classes, tuple(groups)
+    )
+
+
+def unit_of_slide(pred: Predictions) -> np.ndarray | None:
+    """[n_slides] the resampling unit (patient) of each slide, units numbered in order of
+    their first slide; None where every slide is its own unit."""
+    if pred.groups is None or len(set(pred.groups)) == len(pred.groups):
+        return None
+    index = {g: i for i, g in enumerate(dict.fromkeys(pred.groups))}
+    return np.array([index[g] for g in pred.groups], dtype=np.int64)
+
+
+def n_units(pred: Predictions) -> int:
+    """How many units the statistics resample: patients (and slides without one), or slides."""
+    return len(set(pred.groups)) if pred.groups is not None else len(pred.slides)
 
 
 def predictions_from_evals(records: Sequence[Mapping[str, Any]]) -> Predictions:
@@ -140,6 +185,31 @@ def seed_mean_metric(pred: Predictions, metric: str, idx: np.ndarray) -> np.ndar
     idx = np.asarray(idx)
     lead, k = idx.shape[:-1], idx.shape[-1]
     counts = slide_counts(idx.reshape(-1, k), len(pred.slides))  # [B, n]
+    return seed_mean_from_counts(pred, metric, counts).reshape(lead)
+
+
+def unit_metric(
+    pred: Predictions, metric: str, units: np.ndarray | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The statistic of `bootstrap_ci` over resampling units: unit-index arrays [..., m] ->
+    the seed-mean metric of the slides they hold (``units``: `unit_of_slide`; None: slides).
+    A slide is drawn as often as its unit: a gather of the unit counts."""
+    if units is None:
+        return lambda idx: seed_mean_metric(pred, metric, idx)
+
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx)
+        lead, m = idx.shape[:-1], idx.shape[-1]
+        counts = slide_counts(idx.reshape(-1, m), int(units.max()) + 1)[:, units]  # [B, n]
+        return seed_mean_from_counts(pred, metric, counts).reshape(lead)
+
+    return statistic
+
+
+def seed_mean_from_counts(pred: Predictions, metric: str, counts: np.ndarray) -> np.ndarray:
+    """The seed-mean metric of each slide multiset ``counts`` [B, n] (how often each slide
+    is drawn; a row's total is its size, which varies where whole patients are drawn): [B]."""
+    k = counts.sum(axis=1)  # [B]
     if metric == "accuracy":
         correct = (pred.preds == pred.labels[None]).astype(np.float64)  # [S, n]
         values = (correct @ counts.T) / k  # [S, B]
@@ -147,7 +217,7 @@ def seed_mean_metric(pred: Predictions, metric: str, idx: np.ndarray) -> np.ndar
         values = _weighted_f1_from_counts(pred, counts, k)
     else:
         raise ValueError(f"unknown metric {metric!r} (use {', '.join(METRICS)})")
-    return values.mean(axis=0).reshape(lead)
+    return values.mean(axis=0)
 
 
 def slide_counts(idx: np.ndarray, n_slides: int) -> np.ndarray:
@@ -158,8 +228,9 @@ def slide_counts(idx: np.ndarray, n_slides: int) -> np.ndarray:
     return counts.reshape(rows, n_slides).astype(np.float64)
 
 
-def _weighted_f1_from_counts(pred: Predictions, counts: np.ndarray, k: int) -> np.ndarray:
-    """`weighted_f1` per seed and slide set, [S, B], from the slide counts [B, n]."""
+def _weighted_f1_from_counts(pred: Predictions, counts: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """`weighted_f1` per seed and slide set, [S, B], from the slide counts [B, n] and each
+    set's size ``k`` [B]."""
     is_true = pred.labels[None, :] == np.arange(pred.n_classes)[:, None]  # [C, n]
     total = np.zeros((pred.preds.shape[0], counts.shape[0]))
     for c in range(pred.n_classes):
@@ -203,7 +274,8 @@ def bootstrap_ci(
 ) -> Interval:
     """Percentile bootstrap CI of ``statistic(idx)`` over slides resampled with replacement.
 
-    ``statistic`` maps slide-index arrays [..., n] to one value per array. One slide has no
+    ``statistic`` maps slide-index arrays [..., n] to one value per array (or unit-index
+    arrays, ``n_slides`` then the number of units: `unit_metric`). One slide has no
     interval (NaN bounds, shown as none), not a zero-width one that would claim certainty.
     Where every resample gives the same value (within `TIES`: float rounding) the
     (zero-width) interval is returned with kind `CONSTANT`, so that the caller can decide
@@ -247,16 +319,17 @@ def method_ci(pred: Predictions, metric: str, **kwargs: Any) -> Interval:
     right on every test slide, or wrong on every one: the score at 100% or 0%; or every slide
     right for the same number of seeds). Its zero-width interval would claim certainty from a
     handful of slides, so accuracy at 0 or 100% gets the Clopper-Pearson interval of its n
-    test slides (the slide is the unit, as in the bootstrap), and any other case no interval
-    (NaN, kind `CONSTANT`): weighted F1 is not a binomial proportion with an exact interval.
+    test slides (the slide is the unit, as in the bootstrap; with patients, n is the number of
+    patients: n slides of fewer patients are not n independent trials), and any other case no
+    interval (NaN, kind `CONSTANT`): weighted F1 is not a binomial proportion with an exact
+    interval. With patient ids (`with_patients`) the bootstrap resamples patients.
     """
-    interval = bootstrap_ci(
-        lambda idx: seed_mean_metric(pred, metric, idx), len(pred.slides), **kwargs
-    )
+    statistic = unit_metric(pred, metric, unit_of_slide(pred))
+    interval = bootstrap_ci(statistic, n_units(pred), **kwargs)
     if interval.kind != CONSTANT:
         return interval
     if metric == "accuracy" and interval.estimate in (0.0, 1.0):
-        n = len(pred.slides)
+        n = n_units(pred)
         confidence = kwargs.get("confidence", CONFIDENCE)
         low, high = clopper_pearson(round(interval.estimate * n), n, confidence)
         return Interval(interval.estimate, low, high, CLOPPER_PEARSON)
@@ -288,6 +361,7 @@ class Comparison:
     n_slides: int
     n_seeds: int
     ci_kind: str = BOOTSTRAP
+    n_units: int = 0  # what was resampled and swapped: patients (slides without one), or slides
 
 
 def at_monte_carlo_floor(p: float, exact: bool, n_resamples: int = N_PERMUTATIONS) -> bool:
@@ -305,14 +379,15 @@ def permutation_p(
 ) -> tuple[float, bool]:
     """Two-sided paired permutation p-value of the seed-mean ``metric`` difference A - B.
 
-    A and B must already be paired (same slides, seeds, labels). The slides are encoded as
-    indices into the concatenation [A | B], so that the test's within-pair swap moves a
-    slide's predictions (all seeds) from one method to the other. Fewer than two slides (the
-    others excluded upstream) are not tested: NaN, shown as n/a.
+    A and B must already be paired (same slides, seeds, labels). The slides (with patient
+    ids: the patients, `unit_of_slide`) are encoded as indices into the concatenation [A | B],
+    so that the test's within-pair swap moves a slide's (a patient's) predictions (all seeds)
+    from one method to the other. Fewer than two units (the others excluded upstream) are not
+    tested: NaN, shown as n/a.
     """
     from scipy import stats
 
-    n = len(a.slides)
+    n = n_units(a)
     if n < 2:
         return math.nan, True
     both = Predictions(
@@ -322,10 +397,14 @@ def permutation_p(
         np.concatenate([a.preds, b.preds], axis=1),
         a.n_classes,
     )
+    units = unit_of_slide(a)
+    if units is not None:  # A's units, then B's: unit u of B is u + m
+        units = np.concatenate([units, units + n])
+    metric_of = unit_metric(both, metric, units)
 
     def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         x, y = np.moveaxis(x, axis, -1), np.moveaxis(y, axis, -1)
-        return seed_mean_metric(both, metric, x) - seed_mean_metric(both, metric, y)
+        return metric_of(x) - metric_of(y)
 
     exact = n <= EXACT_MAX_SLIDES
     result = stats.permutation_test(
@@ -360,20 +439,20 @@ def compare(
     Where every resample gives the same difference (the methods right on the same slides for
     the same seeds, say) there is no interval (NaN bounds, kind `CONSTANT`): a zero-width
     ``[+0.0, +0.0]`` would claim certainty from a handful of slides, as for one method.
+    With patient ids on A (`with_patients`) the bootstrap and the swaps move whole patients.
     """
     a, b = paired(a, b)
-    ci = bootstrap_ci(
-        lambda idx: seed_mean_metric(a, metric, idx) - seed_mean_metric(b, metric, idx),
-        len(a.slides),
-        seed=seed,
-        **kwargs,
-    )
+    units = unit_of_slide(a)
+    metric_a, metric_b = unit_metric(a, metric, units), unit_metric(b, metric, units)
+    ci = bootstrap_ci(lambda idx: metric_a(idx) - metric_b(idx), n_units(a), seed=seed, **kwargs)
     low, high = (math.nan, math.nan) if ci.kind == CONSTANT else (ci.low, ci.high)
     p, exact = permutation_p(a, b, metric, seed=seed)
     n_slides, n_seeds = len(a.slides), len(a.seeds)
     # a zero difference left as float noise (the seeds summed in another order) read -0.0
     difference = 0.0 if abs(ci.estimate) <= TIES else ci.estimate
-    return Comparison(metric, difference, low, high, p, exact, n_slides, n_seeds, ci.kind)
+    return Comparison(
+        metric, difference, low, high, p, exact, n_slides, n_seeds, ci.kind, n_units(a)
+    )
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

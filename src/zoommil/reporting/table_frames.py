@@ -73,11 +73,13 @@ def _test_predictions(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 def run_predictions(
     runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    patients: Mapping[str, str] | None = None,
 ) -> dict[str, stats.Predictions]:
     """Per-slide predictions of every method whose evaluation JSONs all carry them; a
     malformed file, one whose scalar metrics are not those of its predictions (the tables'
     means come from the scalars, their CIs from the predictions), or seeds that disagree,
-    is an error naming the files."""
+    is an error naming the files. With ``patients`` (slide_id -> patient, the sheet's
+    column) the CIs and tests resample patients (`stats.with_patients`)."""
     out = {}
     for method, records in runs.items():
         usable = [_test_predictions(r) for r in records]
@@ -90,15 +92,19 @@ def run_predictions(
             except ValueError as error:
                 files = ", ".join(evalcheck.source(r) for r in usable)
                 raise ZoomMILError(f"{method} ({files}): {error}") from None
+            if patients:
+                out[method] = stats.with_patients(out[method], patients)
     return out
 
 
 def add_intervals(summary: pd.DataFrame, preds: Mapping[str, stats.Predictions]) -> pd.DataFrame:
     """Summary plus `{metric}_ci_low/high` (95% CI over test slides, `stats.method_ci`),
-    `{metric}_ci_method` (how it was made: `stats.Interval.kind`; empty without predictions)
-    and `n_test`."""
+    `{metric}_ci_method` (how it was made: `stats.Interval.kind`; empty without predictions),
+    `n_test` and `n_test_units` (what the CI resamples: the test slides' patients, a slide
+    without one counting as its own; `n_test` without patient ids)."""
     summary = summary.copy()
-    for column in [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")] + ["n_test"]:
+    columns = [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")]
+    for column in [*columns, "n_test", "n_test_units"]:
         summary[column] = math.nan
     for metric in CI_METRICS:
         summary[f"{metric}_ci_method"] = ""
@@ -106,6 +112,7 @@ def add_intervals(summary: pd.DataFrame, preds: Mapping[str, stats.Predictions])
         if method not in preds:
             continue
         summary.loc[i, "n_test"] = len(preds[method].slides)
+        summary.loc[i, "n_test_units"] = stats.n_units(preds[method])
         for metric in CI_METRICS:
             interval = stats.method_ci(preds[method], metric)
             summary.loc[i, f"{metric}_ci_low"] = interval.low
@@ -207,6 +214,7 @@ def ablation_table(
     columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
     columns += [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high", "method")] + [
         "n_test",
+        "n_test_units",
         "tflops",
         "tflops_sd",
     ]
@@ -236,6 +244,7 @@ def comparison_table(
             for metric in CI_METRICS:
                 result = stats.compare(preds[reference], preds[method], metric)
                 row["n_slides"], row["n_seeds"] = result.n_slides, result.n_seeds
+                row["n_units"] = result.n_units
                 row[f"{metric}_diff"] = result.difference
                 row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = result.low, result.high
                 row[f"{metric}_ci_method"] = result.ci_kind
@@ -247,7 +256,7 @@ def comparison_table(
             other = timings.get(device, {}).get(method, {}).get("seconds", math.nan)
             row[f"{device}_time_ratio"] = ref_time / other if other else math.nan
         rows.append(row)
-    columns = ["reference", "method", "kind", "n_slides", "n_seeds", "seeds_either"]
+    columns = ["reference", "method", "kind", "n_slides", "n_units", "n_seeds", "seeds_either"]
     for metric in CI_METRICS:
         columns += [
             f"{metric}_{x}"

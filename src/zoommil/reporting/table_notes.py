@@ -101,7 +101,27 @@ def ci_notes(notes: Sequence[str], table: pd.DataFrame) -> list[str]:
         )
     if stats.NO_INTERVAL in kinds:
         out.append(f"no CI: {ONE_SLIDE_NOTE}")
-    return out
+    return [*out, *patients_note(table, "n_test", "n_test_units")]
+
+
+def patients_note(table: pd.DataFrame, slides: str, units: str) -> list[str]:
+    """The note for CIs (and tests) that resampled patients, not slides (the sheet's
+    `patient` column: `stats.with_patients`), where some row has fewer units than slides."""
+    if slides not in table or units not in table:
+        return []
+    n = pd.to_numeric(table[slides], errors="coerce")
+    m = pd.to_numeric(table[units], errors="coerce")
+    grouped = (m < n).fillna(False)
+    if not grouped.any():
+        return []
+    first = grouped.idxmax()
+    return [
+        f"by patient (the sheet's patient column): the CIs, the Clopper-Pearson intervals and "
+        f"the permutation swaps resample the test slides' patients, not the slides "
+        f"({int(m[first])} patients of {int(n[first])} test slides; a slide without a patient "
+        "counts as one): a patient's slides are correlated, and resampling them one by one "
+        "makes the intervals too narrow; read 'slides' above as patients"
+    ]
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -241,6 +261,7 @@ def comparison_notes(table: pd.DataFrame, notes: Sequence[str]) -> list[str]:
         "p is at least 2/2^k, so a CI clear of 0 can come with p > 0.05",
         *seeds_note(table),
         *floor,
+        *patients_note(table, "n_slides", "n_units"),
         "ratios: reference / method of the means (TFLOPs per test slide, s/slide over the "
         "timed slides; below 1: the reference needs less); point values without an interval: "
         "the spread of each mean is its ± std in the main table",

@@ -67,6 +67,7 @@ def make_tables(
     reference: str | None = None,
     encoder: str = DEFAULT_ENCODER,
     exclusions_table: str | Path | None = None,
+    sheet: str | Path | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write Tables 1-3 (`main_*`) and Table 4 (`ablation_*`) to the given output paths.
 
@@ -75,7 +76,8 @@ def make_tables(
     method, paired over test slides) and per_class_csv, per_class_md, per_class_tex (macro
     and per-class F1 of every method, `per_class`). `exclusions_table`
     (results/qc/exclusions.tsv) adds a note on the evaluated slides that a later stage
-    (predict, profile, figures) left out.
+    (predict, profile, figures) left out. With a `patient` column in ``sheet`` the CIs and
+    permutation tests resample patients, not slides (`stats.with_patients`).
     """
     ablations = dict(ablations or {})
     qc_frame = pd.read_csv(qc_table, sep="\t", dtype={"slide_id": str}, keep_default_na=False)
@@ -85,7 +87,7 @@ def make_tables(
     evals = list(evals)
     records = results.eval_records(evals)
     summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
-    preds = run_predictions(results.eval_runs(evals))
+    preds = run_predictions(results.eval_runs(evals), results.patients(sheet))
     summary = add_intervals(summary, preds)
     flops_map = results.flops_by_method(flops)
     timing_map = {device: results.timing_by_method(paths) for device, paths in timings.items()}
