@@ -846,3 +846,22 @@ def test_a_torchscript_archive_as_the_weights_fails_at_load(workdir: Path) -> No
     text = result.stdout + result.stderr
     assert result.returncode != 0 and "Building DAG" not in text, text
     assert f"config: features.weights: {archive}: a TorchScript archive" in text, text
+
+
+def test_a_patient_spelt_in_two_cases_in_two_splits_fails_before_any_job(workdir: Path) -> None:
+    """The leakage guard compared patient ids case-sensitively: TCGA-AB-1234 in train and
+    tcga-ab-1234 in test (the same patient) planned a run that tested on a trained patient."""
+    folder = workdir / "patients"
+    folder.mkdir()
+    rows = [("a", "normal", "train", "TCGA-AB-1234"), ("b", "tumor", "train", "P2")]
+    rows += [("c", "tumor", "val", "P3"), ("d", "normal", "test", " tcga-ab-1234")]
+    for slide, *_ in rows:
+        (folder / f"{slide}.svs").write_bytes(b"")
+    sheet = folder / "slides.tsv"
+    lines = [f"{s}\t{s}.svs\t{label}\t{split}\t{p}\n" for s, label, split, p in rows]
+    sheet.write_text("slide_id\tpath\tlabel\tsplit\tpatient\n" + "".join(lines))
+    code, text = _plan_with_sheet(workdir, sheet)
+    assert code != 0
+    assert "patient ids 'TCGA-AB-1234', 'tcga-ab-1234' differ only in case" in text, text[-3000:]
+    assert "'a' ('TCGA-AB-1234', train), 'd' ('tcga-ab-1234', test)" in text
+    assert "Building DAG" not in text

@@ -30,6 +30,7 @@ from zoommil.workflow import failure as zfailure
 from zoommil.workflow import joblogs as zjoblogs
 from zoommil.workflow import manifest as zmanifest
 from zoommil.workflow import orphans as zorphans
+from zoommil.workflow import patients as zpatients
 from zoommil.workflow import replaced as zreplaced
 from zoommil.workflow import slide_folders as zfolders
 from zoommil.workflow import spares as zspares
@@ -124,6 +125,7 @@ if not DEMO:
         zfolders.check_no_folders(
             list(SHEET["slide_id"]), list(SHEET["path"]), config["sheet"]
         )
+        zpatients.check_patient_case(SHEET, config["sheet"])
         zsheet.check_splits(
             SHEET, config["sheet"], classes=config.get("classes"), warn=SHEET_WARNINGS
         )
