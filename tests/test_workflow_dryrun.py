@@ -213,6 +213,27 @@ def test_the_gpu_timing_leaves_a_gpu_the_run_did_not_grant(
 
 
 @pytest.mark.parametrize(
+    ("resources", "slot"), [(["--resources", "gpu=4"], True), (["--resources", "gpu=0"], False)]
+)
+def test_a_job_granted_a_gpu_claims_one_of_its_own(
+    workdir: Path, resources: list[str], slot: bool
+) -> None:
+    """Snakemake names no GPU to a local job, so on a 4-GPU node `--resources gpu=4` ran 4
+    features jobs on cuda:0. A job granted a GPU now runs behind `zoommil.workflow.gpu_slot`;
+    a CPU job does not."""
+    sheet = fake_sheet(workdir / "sheet_gpu_slot", PRESETS["camelyon16"])
+    result = harness.snakemake(
+        workdir, "-n", "-p", "results/features/s0.h5",
+        "results/efficiency/zoommil/throughput_gpu.json", *resources,
+        "--config", f"sheet={sheet}", configfile=workdir / "config" / "camelyon16.yaml",
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    for command in ("features", "profile"):
+        line = next(line for line in out.splitlines() if f"zoommil {command} " in line)
+        assert (f"-m zoommil.workflow.gpu_slot -- zoommil {command} " in line) == slot, line
+
+
+@pytest.mark.parametrize(
     ("target", "command"),
     [("results/tissue/s0.png", "tissue"), ("results/predict/zoommil/s0.json", "predict")],
 )

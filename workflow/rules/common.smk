@@ -1,6 +1,7 @@
 # Helpers only (no rules): config and sheet validation, slide lists, targets.
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -490,6 +491,17 @@ PROFILE_DEVICES = {
     "cpu": {"device": "cpu", "threads": None, "runtime": 120, "gpu": 0},
     "gpu": {"device": "cuda", "threads": None, "runtime": 60, "gpu": 1},
 }
+
+
+def gpu_slot(wildcards, resources):
+    """A prefix that runs a job granted a GPU on a free GPU of its own where a machine has
+    several (zoommil.workflow.gpu_slot): Snakemake names no GPU to a local job, and every
+    job took cuda:0. A no-op in a SLURM job granted one GPU. Snakemake's Python runs it (only
+    the standard library and zoommil's light top level are imported). A function of
+    `resources`: Snakemake's params rerun trigger leaves it out."""
+    if device(wildcards, resources) == "cpu":
+        return ""
+    return f"{shlex.quote(sys.executable)} -m zoommil.workflow.gpu_slot -- "
 
 
 def hidden_gpu(wildcards, resources):

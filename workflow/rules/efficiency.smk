@@ -63,8 +63,9 @@ rule profile:
         n_slides=EFFICIENCY["n_slides"],
         warmup=EFFICIENCY["warmup"],
         hidden_gpu=hidden_gpu,
+        gpu_slot=gpu_slot,
     shell:
-        "{params.hidden_gpu} zoommil profile --model {params.models} "
+        "{params.hidden_gpu} {params.gpu_slot}zoommil profile --model {params.models} "
         "--checkpoint {input.checkpoints} "
         "--device {params.device} --threads {params.threads} --sheet {input.usable} "
         "--split test --max-slides {params.n_slides} --warmup {params.warmup} "
@@ -95,12 +96,13 @@ checkpoint predict:
         slide=slide_path,
         mpp=inspected_mpp,
         device=device,
+        gpu_slot=gpu_slot,
     shell:
         # tissue detection runs in this process: OpenCV's blurs took every core (as in the
         # tissue rule); a shell edit reruns nothing (profiles/default leaves Snakemake's code
         # trigger out)
         "OPENCV_FOR_THREADS_NUM={threads} "
-        "zoommil predict {params.slide:q} --slide-id {wildcards.slide:q} "
+        "{params.gpu_slot}zoommil predict {params.slide:q} --slide-id {wildcards.slide:q} "
         "--checkpoint {input.checkpoint} "
         "--heatmap {output.heatmap} --json {output.json} {params.mpp} "
         "--device {params.device} --no-fail > {log} 2>&1"

@@ -133,8 +133,9 @@ rule features:
         extra=zwf.cli_flags(FEATURES_ARGS),
         execution=features_execution_flags,
         device=device,
+        gpu_slot=gpu_slot,
     shell:
-        "zoommil features {params.slide:q} --slide-id {wildcards.slide:q} "
+        "{params.gpu_slot}zoommil features {params.slide:q} --slide-id {wildcards.slide:q} "
         "--coords {input.coords} --out {output.features} {params.recipe} --device {params.device} --threads {threads} --no-progress "
         "{params.extra} {params.execution} --no-fail > {log} 2>&1"
 

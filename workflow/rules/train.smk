@@ -38,8 +38,9 @@ rule train:
         seeds=train_seeds,
         out=run_dirs,
         device=device,
+        gpu_slot=gpu_slot,
     shell:
         "printf '%s' {params.config:q} | tee {output.config} > /dev/null && "
-        "zoommil train --config {params.config_file} --model {wildcards.method} "
+        "{params.gpu_slot}zoommil train --config {params.config_file} --model {wildcards.method} "
         "--seed {params.seeds} --out {params.out} --eval-out {output.evaluation} "
         "--device {params.device} --threads {threads} --no-progress > {log} 2>&1"
