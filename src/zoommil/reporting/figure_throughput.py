@@ -252,7 +252,9 @@ def counts_note(data: pd.DataFrame) -> str:
         return ""
 
     def most(column: str) -> int | None:
-        values = pd.to_numeric(drawn.get(column), errors="coerce").dropna()
+        if column not in drawn.columns:  # a frame of older results: no patient counts
+            return None
+        values = pd.to_numeric(drawn[column], errors="coerce").dropna()
         return int(values.max()) if len(values) else None
 
     seeds, tested, units = most("n_seeds"), most("n_test"), most("n_test_units")
