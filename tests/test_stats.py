@@ -6,6 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -369,24 +370,18 @@ def write_eval(path: Path, seed: int, labels: list[str], predicted: list[str]) -
     return path
 
 
-def test_tables_carry_intervals_and_comparisons(tmp_path: Path) -> None:
-    labels = ["a", "b", "c", "a", "b", "c"]
-    runs = {
-        "zoommil": [labels, labels],
-        "maxmil": [["a", "a", "a", "a", "a", "a"], ["a", "b", "a", "a", "a", "a"]],
-        "zoommil_random": [labels, labels],
-    }
-    evals = [
+def write_evals(tmp_path: Path, labels: list[str], runs: dict[str, list]) -> list[Path]:
+    """One `write_eval` per method and seed of ``runs`` (method -> predictions per seed)."""
+    return [
         write_eval(tmp_path / "eval" / method / f"seed~{seed}.json", seed, labels, predicted)
         for method, per_seed in runs.items()
         for seed, predicted in enumerate(per_seed)
     ]
-    flops = []
-    for method, tflops in (("zoommil", 0.1), ("maxmil", 0.4), ("zoommil_random", 0.1)):
-        path = tmp_path / "efficiency" / method / "flops.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"mean_tflops": tflops}))
-        flops.append(path)
+
+
+def make_demo_tables(tmp_path: Path, evals: list[Path], **kwargs: Any) -> dict[str, Path]:
+    """`tables.make_tables` of ZoomMIL (the reference) and MaxMIL on ``evals`` with a
+    one-slide QC table and no timings (``kwargs``: flops, ablations, sheet); its outputs."""
     qc_table = tmp_path / "qc.tsv"
     qc_table.write_text("slide_id\tlabel\tsplit\tstatus\treason\nt0\ta\ttest\tok\t\n")
     outputs = {
@@ -397,15 +392,37 @@ def test_tables_carry_intervals_and_comparisons(tmp_path: Path) -> None:
     tables.make_tables(
         qc_table=qc_table,
         evals=evals,
-        flops=flops,
         timings={},
         outputs=outputs,
         dataset="demo",
         weights="random",
         mags=[5, 10],
         methods={"zoommil": {"arch": "zoommil"}, "maxmil": {"arch": "maxmil"}},
-        ablations={"zoommil_random": {"arch": "zoommil", "selection": "random"}},
         reference="zoommil",
+        **kwargs,
+    )
+    return outputs
+
+
+def test_tables_carry_intervals_and_comparisons(tmp_path: Path) -> None:
+    labels = ["a", "b", "c", "a", "b", "c"]
+    runs = {
+        "zoommil": [labels, labels],
+        "maxmil": [["a", "a", "a", "a", "a", "a"], ["a", "b", "a", "a", "a", "a"]],
+        "zoommil_random": [labels, labels],
+    }
+    evals = write_evals(tmp_path, labels, runs)
+    flops = []
+    for method, tflops in (("zoommil", 0.1), ("maxmil", 0.4), ("zoommil_random", 0.1)):
+        path = tmp_path / "efficiency" / method / "flops.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"mean_tflops": tflops}))
+        flops.append(path)
+    outputs = make_demo_tables(
+        tmp_path,
+        evals,
+        flops=flops,
+        ablations={"zoommil_random": {"arch": "zoommil", "selection": "random"}},
     )
     main = pd.read_csv(outputs["main_csv"]).set_index("method")
     # ZoomMIL is right on all 6 slides for both seeds: no zero-width [100, 100] but the
@@ -570,13 +587,7 @@ def test_one_slide_per_patient_gives_the_slide_statistics_bit_for_bit() -> None:
 def test_tables_resample_patients_from_the_sheet(tmp_path: Path) -> None:
     labels = ["a", "b", "c", "a", "b", "c"]
     runs = {"zoommil": [labels, labels], "maxmil": [["a"] * 6, ["a", "b", "a", "a", "a", "a"]]}
-    evals = [
-        write_eval(tmp_path / "eval" / method / f"seed~{seed}.json", seed, labels, predicted)
-        for method, per_seed in runs.items()
-        for seed, predicted in enumerate(per_seed)
-    ]
-    qc_table = tmp_path / "qc.tsv"
-    qc_table.write_text("slide_id\tlabel\tsplit\tstatus\treason\nt0\ta\ttest\tok\t\n")
+    evals = write_evals(tmp_path, labels, runs)
     sheet = tmp_path / "slides.tsv"
     patients = ["P1", "P1", "P2", "p2 ", "P3", "NA"]  # 4 units: P1, P2, P3 and t5 alone
     rows = [
@@ -584,24 +595,7 @@ def test_tables_resample_patients_from_the_sheet(tmp_path: Path) -> None:
         for i, (y, p) in enumerate(zip(labels, patients, strict=True))
     ]
     sheet.write_text("slide_id\tpath\tlabel\tsplit\tpatient\n" + "\n".join(rows) + "\n")
-    outputs = {
-        f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
-        for kind in ("main", "ablation", "comparison")
-        for ext in ("csv", "md", "tex")
-    }
-    tables.make_tables(
-        qc_table=qc_table,
-        evals=evals,
-        flops=[],
-        timings={},
-        outputs=outputs,
-        dataset="demo",
-        weights="random",
-        mags=[5, 10],
-        methods={"zoommil": {"arch": "zoommil"}, "maxmil": {"arch": "maxmil"}},
-        reference="zoommil",
-        sheet=sheet,
-    )
+    outputs = make_demo_tables(tmp_path, evals, flops=[], sheet=sheet)
     main = pd.read_csv(outputs["main_csv"]).set_index("method")
     assert main.loc["zoommil", "n_test"] == 6 and main.loc["zoommil", "n_test_units"] == 4
     # 100% on 6 slides of 4 units: Clopper-Pearson of 4 of 4, not of 6 of 6
