@@ -385,12 +385,15 @@ def test_slide_ids_that_look_missing_are_planned_after_inspection(tmp_path: Path
     assert sorted(line.split("--slide-id ")[1].split()[0] for line in features) == sorted(ids)
 
 
-def _plan_with_sheet(workdir: Path, sheet: Path, *config: str) -> tuple[int, str]:
+def _plan_with_sheet(
+    workdir: Path, sheet: Path, *config: str, targets: tuple[str, ...] = ()
+) -> tuple[int, str]:
     """`snakemake -n` of the CAMELYON16 preset on ``sheet`` (and ``config`` entries, e.g.
-    ``classes=`` for none): (exit code, its output)."""
+    ``classes=`` for none), for ``targets`` (none: the default): (exit code, its output)."""
     result = harness.snakemake(
         workdir,
         "-n",
+        *targets,
         "--config",
         f"sheet={sheet}",
         *config,
@@ -498,6 +501,14 @@ def test_sheet_path_to_a_dicom_folder_names_a_file_to_write(workdir: Path) -> No
     assert f"name one, e.g. {dicom / '1.2.3.1.dcm'}" in text
 
 
+def _dicom_sheet(folder: Path, a: str, b: str = "b.svs") -> Path:
+    """A CAMELYON16 sheet in ``folder`` whose train slides are ``a`` (a DICOM file) and
+    ``b``, with a plain val and test slide."""
+    rows = [f"a\t{a}\tnormal\ttrain\t\n", f"b\t{b}\ttumor\ttrain\t\n"]
+    rows += ["c\tc.svs\ttumor\tval\t\n", "d\td.svs\tnormal\ttest\t\n"]
+    return fake_sheet(folder, PRESETS["camelyon16"], rows=rows)
+
+
 def test_a_dicom_slides_other_level_files_are_its_inputs(workdir: Path) -> None:
     """OpenSlide reads a DICOM WSI's levels from the other .dcm files beside the one the sheet
     names: a level file added or removed changed the slide's pyramid (and its features) while
@@ -505,16 +516,14 @@ def test_a_dicom_slides_other_level_files_are_its_inputs(workdir: Path) -> None:
     folder = workdir / "dicom_inputs"
     (folder / "a").mkdir(parents=True, exist_ok=True)
     (folder / "a" / "level0.dcm").write_bytes(b"")  # empty: inspect writes a marker, fast
-    rows = ["a\ta/level0.dcm\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttrain\t\n"]
-    rows += ["c\tc.svs\ttumor\tval\t\n", "d\td.svs\tnormal\ttest\t\n"]
-    sheet = fake_sheet(folder, PRESETS["camelyon16"], rows=rows)
+    sheet = _dicom_sheet(folder, "a/level0.dcm")
     args = ("--config", f"sheet={sheet}")
     camelyon16 = workdir / "config" / "camelyon16.yaml"
     harness.snakemake(workdir, "results/qc/a.json", *args, configfile=camelyon16)
     assert harness.planned_jobs(workdir, camelyon16, "results/qc/a.json", *args) == {}
     (folder / "a" / "level1.dcm").write_bytes(b"")  # a level downloaded later
-    result = harness.snakemake(workdir, "-n", "results/qc/a.json", *args, configfile=camelyon16)
-    text = result.stdout + result.stderr
+    code, text = _plan_with_sheet(workdir, sheet, targets=("results/qc/a.json",))
+    assert code == 0, text[-3000:]
     assert "wildcards: slide=a" in text and "level1.dcm" in text, text[-3000:]  # redone
 
 
@@ -526,14 +535,9 @@ def test_a_dicom_file_with_braces_beside_a_slide_plans(workdir: Path) -> None:
     (folder / "a").mkdir(parents=True, exist_ok=True)
     for name in ("level0.dcm", "level1 {copy}.dcm", "level2.dcm"):
         (folder / "a" / name).write_bytes(b"")
-    rows = ["a\ta/level0.dcm\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttrain\t\n"]
-    rows += ["c\tc.svs\ttumor\tval\t\n", "d\td.svs\tnormal\ttest\t\n"]
-    sheet = fake_sheet(folder, PRESETS["camelyon16"], rows=rows)
-    camelyon16 = workdir / "config" / "camelyon16.yaml"
-    args = ("-n", "results/qc/a.json", "--config", f"sheet={sheet}")
-    result = harness.snakemake(workdir, *args, configfile=camelyon16)
-    text = result.stdout + result.stderr
-    assert result.returncode == 0 and "WildcardError" not in text, text[-3000:]
+    sheet = _dicom_sheet(folder, "a/level0.dcm")
+    code, text = _plan_with_sheet(workdir, sheet, targets=("results/qc/a.json",))
+    assert code == 0 and "WildcardError" not in text, text[-3000:]
     assert "level2.dcm" in text and "{copy}" not in text
 
 
@@ -545,14 +549,9 @@ def test_dicom_slides_sharing_a_folder_watch_only_their_named_files(workdir: Pat
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("a0.dcm", "a1.dcm", "b0.dcm", "b1.dcm"):
         (folder / name).write_bytes(b"")
-    rows = ["a\ta0.dcm\tnormal\ttrain\t\n", "b\tb0.dcm\ttumor\ttrain\t\n"]
-    rows += ["c\tc.svs\ttumor\tval\t\n", "d\td.svs\tnormal\ttest\t\n"]
-    sheet = fake_sheet(folder, PRESETS["camelyon16"], rows=rows)
-    camelyon16 = workdir / "config" / "camelyon16.yaml"
-    args = ("-n", "results/qc/a.json", "--config", f"sheet={sheet}")
-    result = harness.snakemake(workdir, *args, configfile=camelyon16)
-    text = result.stdout + result.stderr
-    assert result.returncode == 0, text[-3000:]
+    sheet = _dicom_sheet(folder, "a0.dcm", "b0.dcm")
+    code, text = _plan_with_sheet(workdir, sheet, targets=("results/qc/a.json",))
+    assert code == 0, text[-3000:]
     assert "1 folder(s) hold the .dcm files of several slides" in text, text[-3000:]
     assert "a0.dcm" in text and "a1.dcm" not in text and "b1.dcm" not in text
 
