@@ -7,6 +7,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zoommil.commands.options import (
     add_device,
@@ -19,6 +20,11 @@ from zoommil.commands.options import (
 from zoommil.errors import ZoomMILError
 from zoommil.recipe import RANDOM_WEIGHTS_TAG, weights_note
 from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
+
+if TYPE_CHECKING:  # torch and the predictor load only when a command runs
+    import torch
+
+    from zoommil.inference.predict import Predictor
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -211,9 +217,6 @@ def run(args: argparse.Namespace) -> int:
             f"pass its slides (e.g. {Path(folders[0]) / '*.svs'}) or list them with --slides-from"
         )
         raise ZoomMILError(f"{', '.join(folders)}: a folder, not a slide file; {advice}")
-    from zoommil.inference.checkpoint_recipe import check_detects_like_training
-
-    check_detects_like_training(args.checkpoint)
     if len(args.slides) > 1 or args.out_dir is not None:
         if args.slide_id is not None:
             raise ZoomMILError("--slide-id names one slide; with several or --out-dir each "
@@ -223,12 +226,27 @@ def run(args: argparse.Namespace) -> int:
     return _run_one(args)
 
 
+def _load_predictor(args: argparse.Namespace, device: torch.device) -> Predictor:
+    """`Predictor.from_checkpoint` of ``args.checkpoint``. Where it fails, a checkpoint
+    trained on another tool's tissue masks is named as such (`check_detects_like_training`),
+    in place of the recipe's "unknown tissue method 'unknown'"; the checkpoint is read for
+    that only then, not a second time on every run."""
+    from zoommil.inference.checkpoint_recipe import check_detects_like_training
+    from zoommil.inference.predict import Predictor
+
+    try:
+        return Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
+    except ZoomMILError:
+        check_detects_like_training(args.checkpoint)
+        raise
+
+
 def _run_one(args: argparse.Namespace) -> int:
     """One slide, errors raised (the CLI turns a `SlideError` into markers with --no-fail)."""
     from zoommil.device import resolve_device
     from zoommil.features.encoder_pool import set_encoder_threads
     from zoommil.features.extraction import default_workers
-    from zoommil.inference.predict import Predictor, local_encoder, predict_slide
+    from zoommil.inference.predict import local_encoder, predict_slide
     from zoommil.io.jsonio import write_json
     from zoommil.reporting.attention import save_heatmap
     from zoommil.wsi.patches import ReaderPool
@@ -238,7 +256,7 @@ def _run_one(args: argparse.Namespace) -> int:
     workers = default_workers(device, args.threads) if args.workers is None else args.workers
     with ReaderPool(workers) as reader:
         reader.start()  # its start-up overlaps loading the checkpoint and building the encoder
-        predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
+        predictor = _load_predictor(args, device)
         if args.heatmap and not predictor.has_attention:  # before any slide is read
             raise ZoomMILError(
                 f"--heatmap draws a model's attention over the patches: {args.checkpoint} "
@@ -302,7 +320,6 @@ def _run_many(args: argparse.Namespace) -> int:
         tasks_in_dir,
         write_table,
     )
-    from zoommil.inference.predict import Predictor
 
     if args.json or args.heatmap:
         raise ZoomMILError(
@@ -310,7 +327,7 @@ def _run_many(args: argparse.Namespace) -> int:
             "use --out-dir alone"
         )
     device = resolve_device(args.device)
-    predictor = Predictor.from_checkpoint(args.checkpoint, weights=args.weights, device=device)
+    predictor = _load_predictor(args, device)
     if args.out_dir is not None:
         tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=predictor.has_attention)
         check_not_another_slides(tasks)
