@@ -135,8 +135,9 @@ if not DEMO:
         raise ValueError(f"invalid slide sheet: {error}{hint}") from None
 # DICOM folders holding several slides' files: their level files are not inputs.
 DICOM_SHARED = frozenset() if DEMO else zfolders.shared_folders(list(SHEET["path"]))
-if SHEET_WARNINGS and zfolders.shared_folders_warning(DICOM_SHARED):
-    print(zfolders.shared_folders_warning(DICOM_SHARED), file=sys.stderr)
+SHARED_WARNING = zfolders.shared_folders_warning(DICOM_SHARED)
+if SHEET_WARNINGS and SHARED_WARNING:
+    print(SHARED_WARNING, file=sys.stderr)
 
 VANISHED = []  # encoded slides whose file is gone (the main process fills it in)
 if workflow.is_main_process:
