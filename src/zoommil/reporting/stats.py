@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from zoommil.io.sheet import is_missing
+
 CONFIDENCE = 0.95
 N_BOOTSTRAP = 5000
 N_PERMUTATIONS = 20000
@@ -83,9 +85,9 @@ class Predictions:
 def patient_key(value: object) -> str | None:
     """A patient id as the statistics group slides by: stripped and case-folded (a hand-typed
     ``tcga-ab-1234`` is the same patient as ``TCGA-AB-1234 ``; merging two clusters only
-    widens an interval); None for an empty or NA/NaN/none cell (no patient)."""
-    text = str(value).strip()
-    return None if text.lower() in ("", "na", "nan", "none") else text.casefold()
+    widens an interval); None for an empty or NA/NaN/none cell (no patient), as the sheet's
+    own check reads it (`zoommil.io.sheet.is_missing`)."""
+    return None if is_missing(value) else str(value).strip().casefold()
 
 
 def with_patients(pred: Predictions, patients: Mapping[str, object]) -> Predictions:
