@@ -1393,6 +1393,46 @@ def test_save_heatmap_of_a_prediction_without_attention_is_refused(small_slide, 
     assert not (tmp_path / "map.png").exists()
 
 
+_HEATMAP_UNDER_A_LIMIT = """
+import json, resource, sys
+from zoommil.errors import ZoomMILError
+from zoommil.reporting.attention import save_heatmap
+out, slide, prediction, limit = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: EFBIG
+try:
+    save_heatmap(out, slide, prediction)
+except ZoomMILError as error:
+    print(error)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_a_heatmap_cut_short_by_the_disk_is_an_error_not_a_file(small_slide, tmp_path, suffix):
+    """`cv2.imwrite` lost the last buffered block of a heatmap silently when the disk filled
+    (or a file-size limit was hit) there: a cut PNG, exit 0. Now the image is encoded in memory
+    and written by Python: the one-line error of every other output, and no file."""
+    from zoommil.reporting.attention import save_heatmap
+
+    weights = np.linspace(0.0, 1.0, 64).tolist()
+    xy = [[256 * (i % 8), 256 * (i // 8)] for i in range(64)]
+    prediction = {
+        "slide_id": "s", "arch": "abmil", "weights": "weights.pth", "mpp": 0.5, "selected": [],
+        "probabilities": {"a": 0.4, "b": 0.6}, "predicted": "b",
+        "attention": [{"mag": 10.0, "side0": 256, "xy": xy, "weights": weights}],
+    }  # fmt: skip
+    size = save_heatmap(tmp_path / f"whole{suffix}", small_slide, prediction).stat().st_size
+    out = tmp_path / "out" / f"map{suffix}"
+    out.parent.mkdir()
+    argv = [str(out), str(small_slide), json.dumps(prediction), str(size - 100)]
+    result = subprocess.run(
+        [sys.executable, "-c", _HEATMAP_UNDER_A_LIMIT, *argv], capture_output=True, text=True
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"cannot write {out}: file too large" in result.stdout
+    assert list(out.parent.iterdir()) == []
+
+
 def test_the_detector_version_goes_from_masks_to_features_and_predict_warns_on_another(
     small_slide, tmp_path, caplog
 ):

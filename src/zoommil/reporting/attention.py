@@ -12,6 +12,7 @@ format) and, as a PNG, in a text chunk.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from zoommil.errors import ZoomMILError
-from zoommil.io.atomic import atomic_path
+from zoommil.io.atomic import write_bytes_atomic
 from zoommil.recipe import weights_note
 from zoommil.reporting.names import display_name
 from zoommil.workflow.failure import IMAGE_SUFFIXES
@@ -282,18 +283,25 @@ def save_heatmap(
     note = weights_note(prediction.get("weights"))
     if note:
         image = captioned(image, note)
-    with atomic_path(path) as tmp:
-        if note and Path(path).suffix.lower() == ".png":
-            _write_png_with_note(tmp, image, note)
-        elif not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise ZoomMILError(f"{path}: cannot write the heatmap image")
-    return Path(path)
+    suffix = Path(path).suffix.lower()
+    if note and suffix == ".png":
+        data = _png_with_note(image, note)
+    else:
+        encoded, buffer = cv2.imencode(suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        if not encoded:
+            raise ZoomMILError(f"{path}: cannot encode the heatmap image")
+        data = buffer.tobytes()
+    # encoded in memory, written by Python: `cv2.imwrite` reported a file cut short by a full
+    # disk or a file-size limit as written when the last buffered block was the one lost
+    return write_bytes_atomic(path, data)
 
 
-def _write_png_with_note(path: Path, image: np.ndarray, note: str) -> None:
+def _png_with_note(image: np.ndarray, note: str) -> bytes:
     """A PNG with ``note`` as the text chunk ``zoommil.weights_note`` (OpenCV writes none)."""
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     info.add_text("zoommil.weights_note", note)
-    Image.fromarray(image).save(path, format="PNG", pnginfo=info)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
