@@ -328,6 +328,7 @@ def _fake_hub(root: Path, repo: str, filename: str, state: dict, revision: str =
 def test_hf_cache_resolution_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)  # the legacy name wins too
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     model, _ = _small("uni", seed=4)
     file = _fake_hub(
