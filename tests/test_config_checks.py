@@ -321,6 +321,8 @@ def test_a_config_with_only_the_keys_to_change_names_every_missing_key() -> None
         "missing key(s) dataset, preprocess, train, methods (a --configfile replaces "
         "config/config.yaml"
     )
+    # the small file of changes works after a complete config (Snakemake layers the files)
+    assert "`--configfile config/config.yaml changes.yaml`" in str(caught.value)
     config_checks.check_config_keys(demo(), schema())
 
 

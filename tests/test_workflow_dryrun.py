@@ -612,6 +612,21 @@ def test_a_key_given_twice_in_a_config_file_fails_naming_it(workdir: Path) -> No
     assert "Building DAG" not in text
 
 
+def test_a_file_of_changes_is_layered_over_a_complete_config(workdir: Path) -> None:
+    """A config file holding only what an ablation changes was refused alone (a --configfile
+    replaces config.yaml) with advice only to copy a preset; the refusal now names the way
+    that keeps the file small: after a complete config in one --configfile, whose other
+    values (here the seeds and every method) it keeps."""
+    changes = workdir / "changes.yaml"
+    changes.write_text("ablations: null\ntrain:\n  seeds_in_one_job: false\n")
+    alone = harness.snakemake(workdir, "-n", configfile=changes, check=False)
+    assert alone.returncode != 0
+    assert "`--configfile config/config.yaml changes.yaml`" in alone.stdout + alone.stderr
+    jobs = harness.planned_jobs(workdir, None, "--configfile", "config/config.yaml", str(changes))
+    demo = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    assert jobs["train"] == len(demo["methods"]) * len(demo["train"]["seeds"]) == 27
+
+
 def test_an_lr_written_1e_4_plans(workdir: Path) -> None:
     """PyYAML reads `lr: 1e-4` (no dot) as a string; the workflow takes it as the number the
     user meant instead of failing the schema with "not of type 'number'"."""

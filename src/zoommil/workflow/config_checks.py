@@ -406,10 +406,13 @@ def _key_problems(config: Any, schema: Mapping[str, Any], where: str) -> list[st
 
 
 #: Said with the top level's missing keys: the usual cause is a config file holding only
-#: the keys one meant to change.
+#: the keys one meant to change (an ablation, a sweep's settings), which Snakemake layers over
+#: a complete file named before it in the same --configfile.
 MISSING_TOP_KEYS_ADVICE = (
-    " (a --configfile replaces config/config.yaml, it does not add to it: copy a preset, "
-    "config/bright.yaml, crc.yaml or camelyon16.yaml, and edit it)"
+    " (a --configfile replaces config/config.yaml, it does not add to it: name the complete "
+    "config first and this one after it, `--configfile config/config.yaml changes.yaml` (its "
+    "values win, mappings merged key by key), or copy a preset, config/bright.yaml, crc.yaml "
+    "or camelyon16.yaml, and edit it)"
 )
 
 
