@@ -1,0 +1,121 @@
+"""A copy of a `zoommil train` checkpoint to send to another site, without the training
+machine's paths.
+
+A checkpoint records the absolute paths of its training sheet, features folder and QC table
+(`zoommil evaluate`, `flops` and `profile` default to them on the training machine) and of
+the encoder weights file its features were made with: sent out as it is, it names the lab's
+folders and user names. The copy keeps what `zoommil predict`, `evaluate` and `flops` need
+(the model, its classes, the preprocessing recipe, the weights' sha256); the receiver passes
+``--sheet``, ``--exclude`` ('' for none) and, for weights from a file, ``--weights``::
+
+    python -m zoommil.interop.share_checkpoint CKPT --out SHARED.pt
+
+Imported by no command or rule: a change here reruns no workflow job (README, "Partial
+reruns").
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections.abc import Mapping
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+from zoommil.errors import ZoomMILError
+from zoommil.features.weight_keywords import WEIGHT_KEYWORDS
+
+#: The training machine's files, recorded only as defaults for that machine.
+PATH_KEYS = ("features_dir", "sheet", "exclude")
+
+
+def _is_path(value: Any) -> bool:
+    """Whether ``value`` is an absolute (POSIX, home or Windows) path."""
+    text = str(value) if isinstance(value, str) else ""
+    return text.startswith(("/", "~")) or PureWindowsPath(text).is_absolute()
+
+
+def _name(value: str) -> str:
+    """The file name of a path, also of a Windows one read on POSIX."""
+    return PureWindowsPath(value).name if "\\" in value else Path(value).name
+
+
+def shareable_recipe(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``preprocessing`` with the weights file named by its file name.
+
+    Why the name is kept: predict then says which file to pass (`--weights`) and still
+    checks its sha256; the absolute ``weights_file`` is left out."""
+    recipe = {k: v for k, v in recorded.items() if k != "weights_file"}
+    weights = recipe.get("weights")
+    if weights is not None and str(weights) not in WEIGHT_KEYWORDS:
+        name = _name(str(weights))
+        recipe["weights"] = name
+        recipe["weights_note"] = f"state dict {name}"
+    return {k: _name(v) if _is_path(v) else v for k, v in recipe.items()}
+
+
+def shareable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint config without the training machine's paths."""
+    shared = {k: v for k, v in config.items() if k not in PATH_KEYS}
+    shared["preprocessing"] = shareable_recipe(config.get("preprocessing") or {})
+    return {k: _name(v) if _is_path(v) else v for k, v in shared.items()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def what_else(recipe: Mapping[str, Any]) -> str:
+    """What the receiver needs besides the checkpoint to predict from slide files."""
+    weights, sha = recipe.get("weights"), str(recipe.get("weights_sha256") or "?")
+    encoder = recipe.get("encoder", "resnet50_layer3")
+    if weights == "random":
+        seed = recipe.get("weights_seed")
+        return f"nothing: the encoder {encoder} has random weights (seed {seed})"
+    if weights == "imagenet":
+        return f"torchvision's ImageNet weights of {encoder} in its torch cache (sha256 {sha})"
+    if weights == "hf":
+        return f"the weights of {encoder} in its offline Hugging Face cache (sha256 {sha})"
+    return f"the encoder weights file {weights} of {encoder} (sha256 {sha}), for --weights"
+
+
+def share(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write ``out``, a copy of ``checkpoint`` without the training machine's paths."""
+    from zoommil.training.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and out.resolve() == checkpoint.resolve():
+        raise ZoomMILError(f"{out}: is the checkpoint itself; write the copy to another file")
+    state_dict, config = load_checkpoint(checkpoint)
+    return save_checkpoint(out, state_dict, shareable_config(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m zoommil.interop.share_checkpoint",
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+    )
+    parser.add_argument("checkpoint", type=Path, help="checkpoint.pt of `zoommil train`")
+    parser.add_argument("--out", type=Path, required=True, help="the copy to send")
+    args = parser.parse_args(argv)
+    try:
+        out = share(args.checkpoint, args.out)
+    except (ZoomMILError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from zoommil.training.checkpoint import load_checkpoint
+
+    recipe = load_checkpoint(out)[1].get("preprocessing") or {}
+    print(f"{args.checkpoint} -> {out} (sha256 {_sha256(out)})")
+    print(f"left out: {', '.join(PATH_KEYS)} and the weights file's folder")
+    print(f"the receiver also needs {what_else(recipe)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
