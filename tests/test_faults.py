@@ -1393,3 +1393,67 @@ Error in rule tables:
     assert joblogs.failed_logs_message(str(log))[0].startswith("zoommil: 2 job(s) failed")
     log.write_text(text.split("Error in rule features:\n    jobid: 9")[0])
     assert joblogs.failed_logs_message([log]) == []  # restarted, and then done
+
+
+def test_a_job_the_scheduler_refused_is_named_with_the_schedulers_reason(tmp_path):
+    """A job sbatch refused (here: a cap on the jobs a user may queue) never ran, but the run's
+    last lines sent the user to its rule log, an earlier run's or none. They now say it was
+    refused, give sbatch's reason once and, for a submit cap, the knob (`jobs`). The text is
+    Snakemake 9.27.1's log of plugin 2.8.0 with an `sbatch` that fails as a QOS cap does."""
+    from zoommil.workflow import joblogs
+
+    refusal = """Error in rule inspect:
+    message: SLURM sbatch failed. The error message was 'sbatch: error: QOSMaxSubmitJobPerUserLimit
+sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)'.
+    sbatch call:
+        sbatch --parsable --job-name x --output .snakemake/slurm_logs/rule_inspect/{s}/%j.log --wrap="python -m snakemake"
+For further error details see the cluster/cloud log and the log files of the involved rule(s).
+    jobid: {jobid}
+    input: data/{s}.tiff
+    output: results/qc/{s}.json
+    log: results/logs/inspect/{s}.log (check log file(s) for error details)
+    shell:
+        zoommil inspect data/{s}.tiff --out results/qc/{s}.json > results/logs/inspect/{s}.log 2>&1
+        (command exited with non-zero exit code)
+Logfile results/logs/inspect/{s}.log:
+================================================================================
+INFO zoommil.cli: zoommil inspect: 0.1 s wall, 0.0 CPU-s, peak RSS 62 MB
+================================================================================
+"""  # noqa: E501
+    ran = """Error in rule tables:
+    message: None
+    jobid: 3
+    log: results/logs/tables/tables.log, .snakemake/slurm_logs/rule_tables/12.log (check log file(s) for error details)
+"""  # noqa: E501
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(
+        refusal.format(s="a", jobid=1)
+        + "Trying to restart job 1.\n"
+        + refusal.format(s="a", jobid=1)
+        + ran
+        + refusal.format(s="b", jobid=2)
+    )
+    reason = (
+        "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy "
+        "(job submit limit, user's size and/or time limits)"
+    )
+    lines = joblogs.failed_logs_message([log])
+    assert lines[:5] == [
+        "zoommil: 3 job(s) failed; the reason is at the end of each log, but 2 the scheduler "
+        "refused never ran (a log named for them is an earlier run's):",
+        "  inspect: results/logs/inspect/a.log (refused)",
+        "  tables: results/logs/tables/tables.log, .snakemake/slurm_logs/rule_tables/12.log",
+        "  inspect: results/logs/inspect/b.log (refused)",
+        f"zoommil: the scheduler refused 2 job(s): {reason}",
+    ]
+    assert "MaxSubmitJobs" in lines[5] and "`jobs`" in lines[5] and len(lines) == 6
+    # cluster-generic's wording, another reason: the reason, no word of a cap
+    log.write_text(
+        "Error in rule tissue:\n    message: Error submitting jobscript (exit code 1):\n"
+        "sbatch: error: invalid partition specified: gpu\n\n"
+        "    jobid: 4\n    log: results/logs/tissue/a.log (check log file(s) for error details)\n"
+    )
+    assert joblogs.failed_logs_message([log])[1:] == [
+        "  tissue: results/logs/tissue/a.log (refused)",
+        "zoommil: the scheduler refused 1 job(s): sbatch: error: invalid partition specified: gpu",
+    ]

@@ -6,6 +6,10 @@ log. Each failed job's block (with its log shown) is printed when the job fails,
 and the last screen named no job log at all. The Snakefile's ``onerror`` prints these lines,
 read back from Snakemake's own log file (it holds the same blocks as the terminal, with the
 SLURM job's log beside the rule's where the executor adds it).
+
+A job the scheduler refused (`sbatch` failed: a cap on the jobs a user may queue, an unknown
+partition or account) never ran, so its rule log, if any, is an earlier run's: its line gives
+the scheduler's reason instead.
 """
 
 from __future__ import annotations
@@ -13,30 +17,63 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 _RULE = re.compile(r"^\s*(?:Error in )?rule (\S+):$")
 _JOBID = re.compile(r"^\s*jobid: (\d+)$")
 _LOG = re.compile(r"^\s*log: (.+) \(check log file\(s\) for error details\)$")
 _RESTART = re.compile(r"^Trying to restart job (\d+)\.$")
+# An executor's submission failure, as the SLURM and cluster-generic plugins word it.
+_REFUSED = re.compile(
+    r"^\s*message: (?:SLURM sbatch failed\. The error message was '|Error submitting jobscript)"
+)
+_FIELD = re.compile(r"^\s{4}\S|^For further error details")
+_SUBMIT_CAP = re.compile(r"submit ?(?:job)?s? ?limit|MaxSubmitJob", re.IGNORECASE)
 
 
-def failed_job_logs(lines: Iterable[str]) -> list[tuple[str, list[str]]]:
-    """(rule, log files) of each job that failed for good, in the order Snakemake reported
-    them; a failure followed by a restart of that job (`retries`) is left out."""
-    failed: dict[str, tuple[str, list[str]]] = {}
+class FailedJob(NamedTuple):
+    """A job that failed for good: its rule, its logs, and the scheduler's reason where the
+    scheduler refused it (then it never ran)."""
+
+    rule: str
+    logs: list[str]
+    refused: str = ""
+
+
+def failed_job_logs(lines: Iterable[str]) -> list[FailedJob]:
+    """Each job that failed for good, in the order Snakemake reported them; a failure followed
+    by a restart of that job (`retries`) is left out."""
+    failed: dict[str, FailedJob] = {}
     rule, jobid = "", ""
+    refusal: list[str] | None = None  # the scheduler's message, where it refused the job
+    in_message = False  # the message goes on over lines of its own (sbatch's stderr)
     for line in lines:
         line = line.rstrip("\n")
+        if in_message and refusal is not None and not _FIELD.match(line):
+            refusal.append(line)
+            continue
+        in_message = False
         if match := _RULE.match(line):
-            rule, jobid = match[1], ""
+            rule, jobid, refusal = match[1], "", None
+        elif _REFUSED.match(line):
+            refusal, in_message = [line.split("message: ", 1)[1]], True
         elif match := _JOBID.match(line):
             jobid = match[1]
         elif (match := _LOG.match(line)) and rule:
             failed.pop(jobid, None)  # a later failure of the same job goes last
-            failed[jobid] = (rule, match[1].split(", "))
+            reason = _refusal_reason(refusal) if refusal is not None else ""
+            failed[jobid] = FailedJob(rule, match[1].split(", "), reason)
         elif match := _RESTART.match(line):
             failed.pop(match[1], None)
     return list(failed.values())
+
+
+def _refusal_reason(text: list[str]) -> str:
+    """The scheduler's last error line of a refused submission (sbatch prints the general
+    'Batch job submission failed: ...' last), without the plugin's quoting."""
+    lines = [line.strip().rstrip(".").rstrip("'").strip() for line in text if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["submission failed"])[-1]
 
 
 def failed_logs_message(snakemake_logs: Iterable[str | Path]) -> list[str]:
@@ -45,7 +82,7 @@ def failed_logs_message(snakemake_logs: Iterable[str | Path]) -> list[str]:
     job names a log (or the file cannot be read)."""
     if isinstance(snakemake_logs, str | Path):
         snakemake_logs = [snakemake_logs]
-    failed: list[tuple[str, list[str]]] = []
+    failed: list[FailedJob] = []
     for path in snakemake_logs:
         try:
             with open(path, encoding="utf-8", errors="replace") as handle:
@@ -54,6 +91,25 @@ def failed_logs_message(snakemake_logs: Iterable[str | Path]) -> list[str]:
             continue
     if not failed:
         return []
-    lines = [f"zoommil: {len(failed)} job(s) failed; the reason is at the end of each log:"]
-    lines += [f"  {rule}: {', '.join(logs)}" for rule, logs in failed]
+    refused = [job for job in failed if job.refused]
+    head = f"zoommil: {len(failed)} job(s) failed; the reason is at the end of each log"
+    if refused:
+        head += (
+            f", but {len(refused)} the scheduler refused never ran (a log named for them "
+            "is an earlier run's)"
+        )
+    lines = [f"{head}:"]
+    lines += [
+        f"  {job.rule}: {', '.join(job.logs)}{' (refused)' if job.refused else ''}"
+        for job in failed
+    ]
+    for reason in dict.fromkeys(job.refused for job in refused):  # each reason once, in order
+        count = sum(job.refused == reason for job in refused)
+        lines.append(f"zoommil: the scheduler refused {count} job(s): {reason}")
+    if any(_SUBMIT_CAP.search(job.refused) for job in refused):
+        lines.append(
+            "zoommil: the scheduler caps the jobs you may have queued (MaxSubmitJobs): set the "
+            "profile's `jobs` (or --jobs N) below that cap, less the jobs you have queued "
+            "elsewhere, and run the same command again (docs/cluster.md, 'Jobs per user')"
+        )
     return lines
