@@ -17,13 +17,13 @@ reruns").
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Mapping
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from zoommil.errors import ZoomMILError
+from zoommil.features.encoders.weight_files import sha256_file
 from zoommil.features.weight_keywords import WEIGHT_KEYWORDS
 
 #: The training machine's files, recorded only as defaults for that machine.
@@ -60,14 +60,6 @@ def shareable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     shared = {k: v for k, v in config.items() if k not in PATH_KEYS}
     shared["preprocessing"] = shareable_recipe(config.get("preprocessing") or {})
     return {k: _name(v) if _is_path(v) else v for k, v in shared.items()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def what_else(recipe: Mapping[str, Any]) -> str:
@@ -111,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from zoommil.training.checkpoint import load_checkpoint
 
     recipe = load_checkpoint(out)[1].get("preprocessing") or {}
-    print(f"{args.checkpoint} -> {out} (sha256 {_sha256(out)})")
+    print(f"{args.checkpoint} -> {out} (sha256 {sha256_file(out)})")
     print(f"left out: {', '.join(PATH_KEYS)} and the weights file's folder")
     print(f"the receiver also needs {what_else(recipe)}")
     return 0
