@@ -326,6 +326,23 @@ def test_a_config_with_only_the_keys_to_change_names_every_missing_key() -> None
     config_checks.check_config_keys(demo(), schema())
 
 
+@pytest.mark.parametrize("null", [None, "null"])  # a layered file's, a --config value's
+def test_a_method_set_to_null_is_refused_naming_it(null: Any) -> None:
+    """`methods: {meanmil: null}` layered over a complete config, or `--config
+    'methods={meanmil: null}'`, removes no method (Snakemake merges mappings key by key); the
+    schema refused it as "None is not of type 'object'", naming no key."""
+    config = demo()
+    config["methods"]["meanmil"] = null
+    config["ablations"]["methods"]["zoommil_random"] = null
+    with pytest.raises(ZoomMILError) as caught:
+        config_checks.check_config_keys(config, schema())
+    assert str(caught.value).startswith(
+        "methods.meanmil is null: a method cannot be removed by --config or by a file layered "
+        "after a complete config"
+    )
+    assert "; ablations.methods.zoommil_random is null" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("mags", "k"), [([5, 10], [4]), ([5, 10, 20], [4, 2]), ([5, 10], 8), ([5, 10, 20], [4, 16])]
 )

@@ -325,9 +325,30 @@ def check_config_keys(config: Mapping[str, Any], schema: Mapping[str, Any]) -> N
     and schema (~600 lines for a top-level key), so the line that matters scrolled away, and
     a config holding only the keys one wants to change (a --configfile replaces
     config/config.yaml) got its missing keys one run at a time."""
-    problems = _key_problems(config, schema, "")
+    problems = _key_problems(config, schema, "") + _null_methods(config)
     if problems:
         raise ZoomMILError("; ".join(problems))
+
+
+def _null_methods(config: Any) -> list[str]:
+    """A method set to null, as one would remove it with `--config 'methods={abmil: null}'` or
+    a file layered after a complete config: Snakemake merges both into the config key by key,
+    so null removes nothing, and the schema's refusal ("None is not of type 'object'") named no
+    key."""
+    if not isinstance(config, Mapping):
+        return []
+    sections = {"methods": config.get("methods")}
+    if isinstance(config.get("ablations"), Mapping):
+        sections["ablations.methods"] = config["ablations"].get("methods")
+    return [
+        f"{section}.{name} is null: a method cannot be removed by --config or by a file "
+        "layered after a complete config (Snakemake merges them in key by key); leave it out "
+        "of a complete config instead"
+        for section, methods in sections.items()
+        if isinstance(methods, Mapping)
+        for name, spec in methods.items()
+        if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "null", "~"))
+    ]
 
 
 #: Where a new architecture goes (the docs' list of every place).
