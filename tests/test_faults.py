@@ -1434,8 +1434,8 @@ INFO zoommil.cli: zoommil inspect: 0.1 s wall, 0.0 CPU-s, peak RSS 62 MB
         + refusal.format(s="b", jobid=2)
     )
     reason = (
-        "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy "
-        "(job submit limit, user's size and/or time limits)"
+        "sbatch: error: QOSMaxSubmitJobPerUserLimit; Batch job submission failed: Job violates "
+        "accounting/QOS policy (job submit limit, user's size and/or time limits)"
     )
     lines = joblogs.failed_logs_message([log])
     assert lines[:5] == [
@@ -1456,4 +1456,45 @@ INFO zoommil.cli: zoommil inspect: 0.1 s wall, 0.0 CPU-s, peak RSS 62 MB
     assert joblogs.failed_logs_message([log])[1:] == [
         "  tissue: results/logs/tissue/a.log (refused)",
         "zoommil: the scheduler refused 1 job(s): sbatch: error: invalid partition specified: gpu",
+    ]
+
+
+def test_a_refusal_keeps_sbatchs_cause_beside_its_general_line(tmp_path):
+    """sbatch prints the cause first and 'Batch job submission failed: ...' last; the last line
+    alone said "Invalid partition name specified" without the partition, and "Requested node
+    configuration is not available" without the request. Two refused jobs with other causes
+    are two reasons. The text is Snakemake 9.27.1's log (plugin 2.8.0, a stub `sbatch`)."""
+    from zoommil.workflow import joblogs
+
+    block = """[Mon Dec  7 11:28:53 2026]
+Error in rule work:
+    message: SLURM sbatch failed. The error message was 'sbatch: error: {cause}
+sbatch: error: Batch job submission failed: {general}'.
+    sbatch call:
+        sbatch --parsable --job-name 118cc601 --output .snakemake/slurm_logs/rule_work/{s}/%j.log
+For further error details see the cluster/cloud log and the log files of the involved rule(s).
+    jobid: {jobid}
+    output: out/{s}.txt
+    log: logs/work/{s}.log (check log file(s) for error details)
+    shell:
+        exit 1
+        (command exited with non-zero exit code)
+Logfile logs/work/{s}.log not found.
+"""
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(
+        block.format(
+            s="b", jobid=2, cause="invalid partition specified: gpu",
+            general="Invalid partition name specified",
+        )
+        + block.format(
+            s="c", jobid=3, cause="CPU count per node can not be satisfied",
+            general="Requested node configuration is not available",
+        )
+    )  # fmt: skip
+    assert joblogs.failed_logs_message([log])[3:] == [
+        "zoommil: the scheduler refused 1 job(s): sbatch: error: invalid partition specified: "
+        "gpu; Batch job submission failed: Invalid partition name specified",
+        "zoommil: the scheduler refused 1 job(s): sbatch: error: CPU count per node can not be "
+        "satisfied; Batch job submission failed: Requested node configuration is not available",
     ]

@@ -27,6 +27,12 @@ _RESTART = re.compile(r"^Trying to restart job (\d+)\.$")
 _REFUSED = re.compile(
     r"^\s*message: (?:SLURM sbatch failed\. The error message was '|Error submitting jobscript)"
 )
+#: The plugins' own words before the scheduler's message.
+_PLUGIN_HEAD = re.compile(
+    r"^(?:SLURM sbatch failed\. The error message was '"
+    r"|Error submitting jobscript \(exit code -?\d+\):)"
+)
+_SBATCH_ERROR = "sbatch: error: "
 _FIELD = re.compile(r"^\s{4}\S|^For further error details")
 _SUBMIT_CAP = re.compile(r"submit ?(?:job)?s? ?limit|MaxSubmitJob", re.IGNORECASE)
 
@@ -69,11 +75,16 @@ def failed_job_logs(lines: Iterable[str]) -> list[FailedJob]:
 
 
 def _refusal_reason(text: list[str]) -> str:
-    """The scheduler's last error line of a refused submission (sbatch prints the general
-    'Batch job submission failed: ...' last), without the plugin's quoting."""
-    lines = [line.strip().rstrip(".").rstrip("'").strip() for line in text if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or ["submission failed"])[-1]
+    """The scheduler's error lines of a refused submission in one line, without the plugin's
+    wording and quoting.
+
+    Why every error line, not the last: sbatch prints the cause first (`invalid partition
+    specified: gpu`, `CPU count per node can not be satisfied`) and the general 'Batch job
+    submission failed: ...' last, which does not say which partition or request it refused."""
+    lines = [_PLUGIN_HEAD.sub("", line).strip().rstrip(".").rstrip("'").strip() for line in text]
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if "error" in line.lower()] or lines or ["submission failed"]
+    return "; ".join([errors[0], *(line.removeprefix(_SBATCH_ERROR) for line in errors[1:])])
 
 
 def failed_logs_message(snakemake_logs: Iterable[str | Path]) -> list[str]:
