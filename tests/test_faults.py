@@ -1498,3 +1498,25 @@ Logfile logs/work/{s}.log not found.
         "zoommil: the scheduler refused 1 job(s): sbatch: error: CPU count per node can not be "
         "satisfied; Batch job submission failed: Requested node configuration is not available",
     ]
+
+
+def test_a_refusal_whose_reason_went_to_the_terminal_says_so(tmp_path):
+    """The cluster-generic plugin (1.0.9) keeps only the submit command's stdout in the job's
+    error; sbatch's reason on stderr reached the terminal alone, and the run's last line gave
+    the plugin's 'Error submitting jobscript (exit code 1):' as the scheduler's reason (one
+    reason for three jobs refused three ways). It now says where the reason went."""
+    from zoommil.workflow import joblogs
+
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(
+        "Error in rule work:\n    message: Error submitting jobscript (exit code 1):\n\n"
+        "For further error details see the cluster/cloud log and the log files of the involved "
+        "rule(s).\n    jobid: 2\n    output: out/b.txt\n"
+        "    log: logs/work/b.log (check log file(s) for error details)\n"
+    )
+    lines = joblogs.failed_logs_message([log])
+    assert lines[1] == "  work: logs/work/b.log (refused)"
+    assert lines[2] == (
+        "zoommil: the scheduler refused 1 job(s): no reason in Snakemake's log (the submit "
+        "command wrote it to stderr, which went to the terminal only)"
+    )

@@ -120,12 +120,16 @@ def pbs_submit_args(props: dict) -> list[str]:
 
 def submit(jobscript: str) -> None:
     """Print the job id; a refused submission exits with the scheduler's own message and
-    code (e.g. sbatch's "Invalid account or account/partition combination specified")."""
+    code (e.g. sbatch's "Invalid account or account/partition combination specified").
+
+    The message goes to stdout: the cluster-generic plugin (1.0.9) keeps only the submit
+    command's stdout in the job's error (Snakemake's log, the run's last lines); its stderr
+    reaches the terminal alone."""
     props = read_properties(Path(jobscript))
     args = slurm_submit_args(props) if scheduler() == "slurm" else pbs_submit_args(props)
     out = subprocess.run([*args, jobscript], capture_output=True, text=True)
     if out.returncode != 0:
-        sys.stderr.write(out.stderr or out.stdout or f"{args[0]} exited {out.returncode}\n")
+        sys.stdout.write(out.stderr or out.stdout or f"{args[0]} exited {out.returncode}\n")
         sys.exit(out.returncode)
     # sbatch --parsable prints "id" or "id;cluster" (kept: status and cancel need the
     # cluster, `-M`, where it is not the local one); qsub prints "id.server"

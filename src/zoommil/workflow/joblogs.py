@@ -33,6 +33,13 @@ _PLUGIN_HEAD = re.compile(
     r"|Error submitting jobscript \(exit code -?\d+\):)"
 )
 _SBATCH_ERROR = "sbatch: error: "
+#: A refusal whose message holds no word of the scheduler's: the cluster-generic plugin keeps
+#: only the submit command's stdout, so a command that writes its error to stderr leaves it on
+#: the terminal alone.
+_NO_REASON = (
+    "no reason in Snakemake's log (the submit command wrote it to stderr, which went to the "
+    "terminal only)"
+)
 _FIELD = re.compile(r"^\s{4}\S|^For further error details")
 _SUBMIT_CAP = re.compile(r"submit ?(?:job)?s? ?limit|MaxSubmitJob", re.IGNORECASE)
 
@@ -83,7 +90,7 @@ def _refusal_reason(text: list[str]) -> str:
     submission failed: ...' last, which does not say which partition or request it refused."""
     lines = [_PLUGIN_HEAD.sub("", line).strip().rstrip(".").rstrip("'").strip() for line in text]
     lines = [line for line in lines if line]
-    errors = [line for line in lines if "error" in line.lower()] or lines or ["submission failed"]
+    errors = [line for line in lines if "error" in line.lower()] or lines or [_NO_REASON]
     return "; ".join([errors[0], *(line.removeprefix(_SBATCH_ERROR) for line in errors[1:])])
 
 
