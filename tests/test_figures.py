@@ -756,6 +756,41 @@ def test_figure_3_fits_a_two_column_page_with_no_text_overlapping(
     assert float(box[2]) - float(box[0]) <= 7.2 * 72 + 2
 
 
+def test_figure_3_legend_shows_each_methods_marker_uncrossed_by_error_bars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The legend's entries were the error bar containers: each drew its x and y bars with
+    caps across the marker, so circle, square, diamond, plus and cross read alike there, and
+    in grayscale (MaxMIL, SparseConvMIL and ABMIL one grey) the marker is all that tells the
+    methods apart. Each entry is now the method's marker alone, in its colour."""
+    runs = {
+        m: write_run(tmp_path / m, m, 1.3 + 0.3 * k, [True, k % 2 == 0, True])
+        for k, m in enumerate(DEMO_METHODS)
+    }
+    drawn: list[Any] = []
+    monkeypatch.setattr(figure_throughput, "save_figure", lambda fig, out: drawn.append(fig))
+    figure_throughput.throughput_figure(
+        [e for e, _ in runs.values()],
+        {"cpu1": [t for _, t in runs.values()]},
+        DEMO_METHODS,
+        [tmp_path / "f.png"],
+        "demo",
+        "random",
+    )
+    (legend,) = drawn[0].legends
+    styles = figure_throughput.method_styles(DEMO_METHODS)
+    texts = [t.get_text() for t in legend.get_texts()]
+    entries = dict(zip(texts, legend.legend_handles, strict=True))
+    for method, style in styles.items():
+        handle = entries[figure_throughput.display_name(method)]
+        assert handle.get_marker() == style["marker"], method
+        assert handle.get_linestyle() == "None" and handle.get_color() == style["color"]
+    # no error bar lines or caps anywhere in the legend
+    from matplotlib.collections import LineCollection
+
+    assert not [c for c in legend.findobj(LineCollection) if c.get_segments()]
+
+
 def test_figure_pdfs_embed_truetype_fonts_not_type_3(tmp_path: Path) -> None:
     """Journals' PDF checks (IEEE PDF eXpress and others) reject Type 3 fonts, matplotlib's
     default (review W); the setting holds for our saves only."""

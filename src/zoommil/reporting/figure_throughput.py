@@ -359,6 +359,22 @@ def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     return styles
 
 
+def legend_marker(style: Mapping[str, Any]) -> matplotlib.lines.Line2D:
+    """A method's legend entry: its marker alone. The error bar container drew its x and y
+    bars and their caps across the marker, so in the legend a circle, square, diamond, plus
+    and cross all read as a crossed blob, and in grayscale or to a colour-blind reader (whose
+    colours may merge) the marker was all there was to tell the methods apart."""
+    return matplotlib.lines.Line2D(
+        [],
+        [],
+        linestyle="None",
+        marker=style["marker"],
+        markersize=style["markersize"],
+        color=style["color"],
+        alpha=0.9,
+    )
+
+
 def _device_panel(
     ax: Axes,
     data: pd.DataFrame,
@@ -425,7 +441,7 @@ def _device_panel(
             container.lines[2][0].set_transform(ax.transData)
             for cap in container.lines[1][:2]:
                 cap.set_transform(ax.transData)
-        handles.setdefault(display_name(row["method"]), container)
+        handles.setdefault(display_name(row["method"]), legend_marker(style))
         if index in front.index:
             ax.plot(
                 row["slides_per_hour"],
