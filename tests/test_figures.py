@@ -137,6 +137,37 @@ def test_the_nine_methods_have_nine_colours_apart_for_colour_blind_readers() -> 
     assert len({s["color"] for s in variants.values()}) == 3
 
 
+def test_heatmap_boxes_of_each_zoom_step_are_apart_in_grayscale_and_dichromat_vision() -> None:
+    """`zoommil predict --heatmap` outlined the zoom steps in green, blue and orange: green and
+    orange were one grey (L* 70 and 69) and one olive to protan and deutan readers (dE 13-14),
+    and orange vanished on inferno's orange top, where the chosen regions lie. The steps'
+    colours are now apart in lightness and in every simulated vision, the legend names them,
+    and each box has a black casing, seen on any colour of the map."""
+    rgb = ["#{:02X}{:02X}{:02X}".format(*c) for c in attention.OUTLINE_COLOURS]
+    lightness = sorted(_lab(_linear_rgb(c))[0] for c in rgb)
+    assert all(b - a >= 20 for a, b in zip(lightness, lightness[1:], strict=False)), lightness
+    for vision, matrix in {"normal": np.eye(3), **DICHROMACY}.items():
+        labs = [_lab(np.asarray(matrix) @ _linear_rgb(c)) for c in rgb]
+        for i, a in enumerate(labs):
+            for j in range(i + 1, len(labs)):
+                assert np.linalg.norm(a - labs[j]) >= 20, (vision, rgb[i], rgb[j])
+    assert len(attention.OUTLINE_NAMES) == len(attention.OUTLINE_COLOURS)
+    prediction = {"selected": [{"mag": 1.0, "xy": [[0, 0]], "side0": 1024}] * 3}
+    text = attention.legend_text(prediction, 3)
+    assert "(white step 1, sky blue step 2, blue step 3)" in text
+    # a box over the top of the map: its core colour with black on both sides of it
+    entry = {"mag": 1.0, "side0": 512, "xy": [[0, 0], [512, 0]], "weights": [0.0, 1.0]}
+    thumb = np.full((64, 128, 3), 230, np.uint8)
+    image = attention.attention_overlay(
+        thumb, (1024, 512), entry, [{"mag": 1.0, "side0": 512, "xy": [[512, 0]]}]
+    )
+    column = image[32, 60:72]  # across the box's left edge, at x = 64
+    core = [k for k, pixel in enumerate(column) if tuple(pixel) == attention.OUTLINE_COLOURS[0]]
+    assert core, column
+    assert tuple(column[core[0] - 1]) == attention.OUTLINE_CASING
+    assert tuple(column[core[-1] + 1]) == attention.OUTLINE_CASING
+
+
 def write_run(root: Path, method: str, seconds: float, correct: list[bool]) -> tuple[Path, Path]:
     labels = [CLASSES[i % 3] for i in range(len(correct))]
     preds = [

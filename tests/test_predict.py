@@ -1527,7 +1527,7 @@ def test_a_zoommil_prediction_says_what_chose_its_regions(small_slide, options, 
         if selected_by == "pooling attention":
             assert _top_k(entry["weights"], chosen)
     text = legend_text(result, len(result["selected"]))
-    assert f"(green step 1, blue step 2){SELECTED_BY[selected_by]}." in text
+    assert f"(white step 1, sky blue step 2){SELECTED_BY[selected_by]}." in text
     assert ". Colour: ZoomMIL's " in text  # the tables' name, not the config key "zoommil"
     assert ". Colour: CLAM-SB's " in legend_text({**result, "method": "clam_sb"}, 0)
 

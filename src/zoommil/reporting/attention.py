@@ -30,7 +30,16 @@ from zoommil.workflow.failure import IMAGE_SUFFIXES
 from zoommil.wsi.pixels import read_thumbnail_at_mpp
 from zoommil.wsi.slide import open_with_mpp
 
-OUTLINE_COLOURS = ((0, 200, 0), (0, 90, 255), (255, 140, 0))
+#: The zoom steps' box colours (step 1 first) and their names in the legend, each drawn over a
+#: black casing (`OUTLINE_CASING`). Green, blue and orange were: green and orange one grey
+#: (CIELAB L* 70 and 69) and one olive to a protan or deutan reader (dE 13-14, Machado et al.
+#: 2009), and orange vanished on the orange to pale yellow of inferno's top, where the top K
+#: lie. White, Okabe-Ito's sky blue and blue sit outside inferno's hues, at L* 100, 70 and 46
+#: (apart in grayscale), dE >= 24 apart in normal and dichromat vision; the casing keeps a
+#: box seen on the pale map and tissue, the light core on the dark.
+OUTLINE_COLOURS = ((255, 255, 255), (86, 180, 233), (0, 114, 178))
+OUTLINE_NAMES = ("white", "sky blue", "blue")
+OUTLINE_CASING = (0, 0, 0)
 
 #: Image files a heatmap can be: OpenCV picks its encoder by the suffix. The same list as the
 #: image failure markers of `zoommil.workflow.failure`, so every heatmap can be marked failed.
@@ -176,7 +185,7 @@ def legend_text(prediction: Mapping[str, Any], steps: int) -> str:
         "within one map, not a probability; the middle colour where all patches are equal)."
     )
     if steps:
-        names = ("green", "blue", "orange")
+        names = OUTLINE_NAMES
         outlines = ", ".join(f"{names[k % len(names)]} step {k + 1}" for k in range(steps))
         chosen = SELECTED_BY.get(str(prediction.get("selected_by")), "")
         text += f" Boxes: regions zoomed into ({outlines}){chosen}."
@@ -219,7 +228,8 @@ def attention_overlay(
     alpha: float = 0.5,
 ) -> np.ndarray:
     """Blend ``attention`` (one magnification, painted by `attention_map`) over ``thumb`` with
-    the inferno colour map, and outline the ``selected`` regions (per zoom step: xy, side0)."""
+    the inferno colour map, and outline the ``selected`` regions (per zoom step: xy, side0) in
+    that step's `OUTLINE_COLOURS` over a black casing."""
     height, width = thumb.shape[:2]
     heat = attention_map(attention, level0_size, (width, height))
     out = thumb.astype(np.float32).copy()
@@ -236,6 +246,7 @@ def attention_overlay(
             p1 = (int(round(x * scale + side)) - 1, int(round(y * scale + side)) - 1)
             # thin on any scale: a box of a small slide's thumbnail was a band over the tissue
             thickness = min(3, max(1, int(round(side / 24))))
+            cv2.rectangle(out, p0, p1, OUTLINE_CASING, thickness=thickness + 2)
             cv2.rectangle(out, p0, p1, colour, thickness=thickness)
     return out
 
