@@ -464,6 +464,35 @@ def test_attention_figure_has_a_column_per_magnification(make_slide, tmp_path: P
     assert np.isnan(heat[:, 64:]).all() and np.isnan(heat[32:, :]).all()
 
 
+def test_figure_4_boxes_over_the_maps_have_a_dark_casing(
+    make_slide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The regions zoomed into were cyan lines (L* 91) over the maps: on inferno's pale yellow
+    top, where they lie, and on glass they were one grey in print. Each box over a map is
+    now drawn over a black stroke; the thumbnail column's black boxes need none."""
+    from matplotlib.patches import Rectangle
+
+    slide = make_slide("t0.tiff", width=1024, height=768, mpp=1.0, levels=2)
+    sheet = tmp_path / "usable.tsv"
+    sheet.write_text(f"slide_id\tpath\tlabel\tsplit\nt0\t{slide}\tb\ttest\n")
+    prediction = {
+        "predicted": "b",
+        "attention": [{"mag": 5.0, "side0": 512, "xy": [[0, 0], [512, 0]], "weights": [0.9, 0.1]}],
+        "selected": [{"mag": 5.0, "side0": 512, "xy": [[0, 0]]}],
+    }
+    path = tmp_path / "t0.json"
+    path.write_text(json.dumps(prediction))
+    drawn: list[Any] = []
+    monkeypatch.setattr(figure_attention, "save_pages", lambda figs, out: drawn.extend(figs))
+    figure_attention.attention_figure([path], sheet, [tmp_path / "a.png"], "zoommil", "demo", "r")
+    thumb_ax, map_ax = drawn[0].axes[:2]
+    (box,) = [p for p in map_ax.patches if isinstance(p, Rectangle)]
+    strokes = [e for e in box.get_path_effects() if hasattr(e, "_gc")]
+    assert strokes and strokes[0]._gc["foreground"] == "black"
+    assert strokes[0]._gc["linewidth"] > box.get_linewidth()
+    assert [p.get_edgecolor()[:3] for p in thumb_ax.patches] == [(0.0, 0.0, 0.0)]
+
+
 def test_attention_figure_without_a_slide_says_the_chosen_ones_failed_and_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

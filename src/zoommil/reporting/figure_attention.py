@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -40,6 +41,10 @@ ROW_GAP = 0.08  # inches: the least room a row label needs beyond its own length
 #: further pages (`_paginate`).
 MAX_HEIGHT = 9.0  # inches, as saved
 MIN_WIDTH = 4.5  # inches: the narrowest a figure is drawn to keep its rows on one page
+#: Under the cyan boxes over the maps: cyan (L* 91) on inferno's pale yellow top, where the
+#: regions zoomed into lie, and on glass was one grey in print; a black casing shows the box
+#: on any part of the map, as the heatmap's boxes (`attention.OUTLINE_CASING`).
+BOX_CASING = (patheffects.withStroke(linewidth=2.2, foreground="black"),)
 #: What Figure 4 says where the config leaves it out.
 OFF = "left out: figures.attention.method is null"
 
@@ -356,7 +361,9 @@ def _draw_page(
             image = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", alpha=0.7, vmin=0, vmax=1)
             for step in selected:
                 if float(step["mag"]) <= mag:
-                    _boxes(ax, step, sx, sy, edgecolor="cyan", linewidth=0.8)
+                    _boxes(
+                        ax, step, sx, sy, edgecolor="cyan", linewidth=0.8, path_effects=BOX_CASING
+                    )
     for ax, head in zip(axes[0], heads, strict=False):
         ax.set_title(head, fontsize=LABEL_SIZE)  # `_fit_height` wraps it to the map's width
     fig.suptitle(title, fontsize=TITLE_SIZE)
