@@ -690,6 +690,20 @@ def test_figure_captions_describe_what_is_drawn() -> None:
     assert "lowest magnification" not in attention_caption
 
 
+def test_figure_captions_say_how_to_read_them_without_colour() -> None:
+    """The report's captions (an image's only text there: Snakemake's viewer gives it no alt
+    text) did not say what tells Figure 3's methods apart (a marker each, named in the
+    legend) nor which end of Figure 4's colour scale is high, so a reader of the caption
+    alone, or of a grayscale print, could not read either figure."""
+    report = Path(__file__).resolve().parents[1] / "workflow" / "report"
+    throughput = " ".join((report / "figure_throughput.rst").read_text().split())
+    assert "marker shape of its own" in throughput and "named in the legend" in throughput
+    assert "Tables 1-3" in throughput  # where the numbers are, as text
+    attention_caption = " ".join((report / "figure_attention.rst").read_text().split())
+    assert "inferno" in attention_caption
+    assert "dark (black, purple) for low and bright (yellow) for high" in attention_caption
+
+
 def test_figure_3_says_what_its_bars_are_over() -> None:
     """The seeds and test slides of the y bars and the timed slides of the x bars were
     nowhere on the figure (review W)."""
