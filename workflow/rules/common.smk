@@ -27,6 +27,7 @@ from zoommil.io import yamlio as zyaml
 from zoommil.recipe import PreprocessingRecipe, method_mags
 from zoommil.workflow import codehash as zcode
 from zoommil.workflow import config_checks as zconfig
+from zoommil.workflow import container as zcontainer
 from zoommil.workflow import failure as zfailure
 from zoommil.workflow import joblogs as zjoblogs
 from zoommil.workflow import manifest as zmanifest
@@ -43,6 +44,11 @@ from zoommil.workflow import timers as ztimers
 from zoommil.workflow import vanished as zvanished
 from zoommil.workflow import weights as zweights
 
+# A user id without a passwd entry (`docker run -u 1234`): Snakemake's run header asks for a
+# user name and stopped with a KeyError traceback (zoommil.workflow.container).
+MISSING_USER = zcontainer.set_missing_user()
+if MISSING_USER:
+    print(MISSING_USER, file=sys.stderr)
 try:
     # Snakemake keeps the last of a key given twice in a config file: refuse it instead.
     zyaml.check_unique_keys(workflow.configfiles)
