@@ -260,6 +260,15 @@ def all_cores():
         return 1
 
 
+# A container's CPU limit (`docker run --cpus 4`, a Kubernetes limit) is a cgroup quota that
+# `--cores all` does not count: say so before the run starts a job per host core (only where
+# the jobs run here, not from a cluster job's Snakemake).
+if workflow.local_exec and not workflow.remote_exec:
+    CORES_ABOVE_QUOTA = zcontainer.cores_above_quota(all_cores())
+    if CORES_ABOVE_QUOTA:
+        print(CORES_ABOVE_QUOTA, file=sys.stderr)
+
+
 def output_dir(wildcards, output):
     """The folder of a rule's first output (commands that take --out DIR)."""
     return os.path.dirname(output[0])
