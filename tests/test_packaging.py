@@ -19,7 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: Folders and files a user of the sdist needs besides the package: run, test, read.
 PROJECT = ("Snakefile", "workflow", "config", "profiles", "envs", "scripts", "tests",
-           "benchmarks", "docs", "README.md", "LICENSE", "pyproject.toml")  # fmt: skip
+           "benchmarks", "docs", "README.md", "CONTRIBUTING.md", "LICENSE",
+           "pyproject.toml")  # fmt: skip
 NOT_SOURCES = shutil.ignore_patterns(
     ".git", ".venv", "shared", "results", ".snakemake", "__pycache__", "*.pyc", "*.egg-info",
     "build", "dist", ".pytest_cache", ".ruff_cache",
