@@ -799,6 +799,51 @@ def test_conda_envs_install_zoommil_from_the_snakefile_checkout(tmp_path, monkey
     assert f"ZOOMMIL_LIBRARY={harness.REPO / 'src' / 'zoommil'}\n" in result.stdout + result.stderr
 
 
+DEPLOYED_SNAKEFILE = """\
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+module zoommil:
+    snakefile:
+        "{snakefile}"
+    config:
+        config
+
+
+use rule * from zoommil as zoommil_*
+"""
+
+
+def test_the_checkout_is_found_from_the_rules_folder(tmp_path: Path) -> None:
+    """The checkout is two folders above workflow/rules, whichever Snakefile is the main one;
+    a module read from a URL (`github(...)`) has none to hash, and says so."""
+    rules = tmp_path / "zoommil" / "workflow" / "rules"
+    assert workflow.checkout_root(str(rules)) == (tmp_path / "zoommil").resolve()
+    with pytest.raises(ZoomMILError, match="needs a local checkout"):
+        workflow.checkout_root("https://github.com/o/zoommil/raw/v1/workflow/rules")
+
+
+def test_the_workflow_runs_as_a_module_of_a_deployment(tmp_path: Path) -> None:
+    """A deployment folder (as snakedeploy writes: workflow/Snakefile with `module zoommil:`
+    naming this checkout's Snakefile, config/ copied) parses and plans every rule: the rules'
+    code hashes looked for scripts/ beside the deployment's Snakefile (`workflow.basedir`)."""
+    checkout = harness.copy_workflow(tmp_path / "zoommil", with_sources=False)
+    deployment = tmp_path / "deployment"
+    (deployment / "workflow").mkdir(parents=True)
+    (deployment / "workflow" / "Snakefile").write_text(
+        DEPLOYED_SNAKEFILE.format(snakefile=checkout / "Snakefile")
+    )
+    (deployment / "config").mkdir()
+    fake_sheet(deployment, PRESETS["camelyon16"])
+    config = harness.load_config()
+    config["classes"] = PRESETS["camelyon16"]
+    harness.write_config(deployment / "config", config, "config.yaml")
+    jobs = harness.planned_jobs(deployment)
+    assert jobs["zoommil_inspect"] == 6 and jobs["zoommil_all"] == 1
+
+
 def test_snakemake_without_zoommil_says_to_install_it(tmp_path, monkeypatch) -> None:
     """An environment with Snakemake only (the jobs in conda envs) failed with a bare
     `No module named 'zoommil'` in common.smk."""

@@ -15,7 +15,7 @@ try:
 except ModuleNotFoundError:
     raise WorkflowError(
         f"the Python that runs Snakemake ({sys.executable}) cannot import zoommil: run "
-        f"`pip install -e .` in {Path(workflow.basedir).resolve()} in this environment (with "
+        f"`pip install -e .` in {Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1]} in this environment (with "
         "--sdm conda too: the workflow itself imports zoommil to check the config and build "
         "the rules' params; the conda envs only run the jobs)"
     ) from None
@@ -50,6 +50,15 @@ MISSING_USER = zcontainer.set_missing_user()
 if MISSING_USER:
     print(MISSING_USER, file=sys.stderr)
 try:
+    # The checkout of this file, not `workflow.basedir`: the folder of the main Snakefile,
+    # a deployment's own where zoommil is a module (`module zoommil:`, snakedeploy).
+    CHECKOUT = zwf.checkout_root(
+        workflow.current_basedir.get_path_or_uri(secret_free=True)
+    )
+except ZoomMILError as error:
+    raise WorkflowError(str(error)) from None
+
+try:
     # Snakemake keeps the last of a key given twice in a config file: refuse it instead.
     zyaml.check_unique_keys(workflow.configfiles)
 except ZoomMILError as error:
@@ -72,7 +81,7 @@ except ZoomMILError as error:
 try:
     # before the schema, whose refusal of an arch names neither list a model is added to
     zconfig.check_method_archs(
-        config, CONFIG_SCHEMA, zwf.library_root(workflow.basedir) / "models"
+        config, CONFIG_SCHEMA, zwf.library_root(CHECKOUT) / "models"
     )
 except ZoomMILError as error:
     raise ValueError(f"config: {error}") from None
@@ -89,7 +98,7 @@ DEMO_DIR = "results/demo"
 # zoommil.workflow.manifest looks for deleted feature files.
 FEATURE_MANIFEST = str(zmanifest.MANIFEST)
 MODEL_CHECKPOINT = "results/models/{method}/seed~{seed}/checkpoint.pt"
-LIB_ROOT = zwf.library_root(workflow.basedir)
+LIB_ROOT = zwf.library_root(CHECKOUT)
 try:
     zwf.check_imported_library(LIB_ROOT)  # the code the rules hash is the code they run
 except ZoomMILError as error:
@@ -111,7 +120,7 @@ except ZoomMILError as error:
 # (not the imported package's parents: those are site-packages for a non-editable install),
 # whatever a shell left in the variable. Every job's zoommil refuses to run unless it is
 # LIB_ROOT (zoommil/__init__.py): a conda env shared by two checkouts runs the first one's.
-zwf.export_checkout(workflow.basedir, LIB_ROOT)
+zwf.export_checkout(CHECKOUT, LIB_ROOT)
 SLIDE_SCHEMA = yaml.safe_load(
     open(workflow.source_path("../schemas/slides.schema.yaml"), encoding="utf-8")
 )
@@ -215,7 +224,7 @@ def code(*entries):
     a behaviour edit of any module it imports reruns the step, a comment-only edit nothing.
     """
     CODE_ENTRIES.update(entries)
-    return zcode.code_hash(LIB_ROOT, entries, workflow.basedir)
+    return zcode.code_hash(LIB_ROOT, entries, CHECKOUT)
 
 
 def all_code(*entries):
@@ -226,7 +235,7 @@ def all_code(*entries):
     CODE_ENTRIES.update(entries)
 
     def hashed(wildcards):
-        return zcode.code_hash(LIB_ROOT, sorted(CODE_ENTRIES), workflow.basedir)
+        return zcode.code_hash(LIB_ROOT, sorted(CODE_ENTRIES), CHECKOUT)
 
     return hashed
 
