@@ -691,6 +691,22 @@ def test_a_sheet_beside_the_config_file_is_named_when_not_found(tmp_path, monkey
     assert config_checks.sheet_beside_configfile("cohort/slides.tsv", [configfile]) == ""
 
 
+def test_a_configfile_statement_under_a_given_configfile_is_warned_of() -> None:
+    """A deployment's Snakefile (snakedeploy's: `configfile: "config/config.yaml"` above
+    `module zoommil:`) loaded the demo config under a --configfile, which Snakemake merged
+    over it: the demo's methods stayed in the run, without a word."""
+    given = ["/d/config/bright.yaml"]
+    warning = config_checks.merged_configfiles_warning(given + ["config/config.yaml"], given)
+    assert warning.startswith(
+        "zoommil: warning: config: config/config.yaml (a `configfile:` of the Snakefile) was "
+        "loaded besides --configfile /d/config/bright.yaml, which Snakemake merged over it"
+    )
+    assert "`if not workflow.overwrite_configfiles:`" in warning
+    # zoommil's own Snakefile: no statement under a --configfile; none without one
+    assert config_checks.merged_configfiles_warning(given, given) == ""
+    assert config_checks.merged_configfiles_warning(["config/config.yaml"], []) == ""
+
+
 def test_split_execution_args_keeps_result_flags_in_the_trigger() -> None:
     """Only the flags named as execution flags leave the rerun trigger; any other (a later
     flag that changes the features) stays in it."""

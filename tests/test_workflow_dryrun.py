@@ -842,6 +842,12 @@ def test_the_workflow_runs_as_a_module_of_a_deployment(tmp_path: Path) -> None:
     harness.write_config(deployment / "config", config, "config.yaml")
     jobs = harness.planned_jobs(deployment)
     assert jobs["zoommil_inspect"] == 6 and jobs["zoommil_all"] == 1
+    # an unguarded `configfile:` (snakedeploy's) under a --configfile is warned of
+    unguarded = (deployment / "workflow" / "Snakefile").read_text()
+    unguarded = unguarded.replace("if not workflow.overwrite_configfiles:\n\n    ", "")
+    (deployment / "workflow" / "Snakefile").write_text(unguarded)
+    result = harness.snakemake(deployment, "-n", configfile=deployment / "config" / "config.yaml")
+    assert "zoommil: warning: config: config/config.yaml (a `configfile:`" in result.stderr
 
 
 def test_snakemake_without_zoommil_says_to_install_it(tmp_path, monkeypatch) -> None:

@@ -63,6 +63,11 @@ try:
     zyaml.check_unique_keys(workflow.configfiles)
 except ZoomMILError as error:
     raise ValueError(f"config: {error}") from None
+MERGED_CONFIGFILES = zconfig.merged_configfiles_warning(
+    workflow.configfiles, workflow.overwrite_configfiles
+)
+if MERGED_CONFIGFILES and workflow.is_main_process:
+    print(MERGED_CONFIGFILES, file=sys.stderr)
 # `lr: 1e-4` (YAML 1.1) and a nested `--config 'train={epochs: 50}'` give strings
 CONFIG_SCHEMA = yaml.safe_load(
     open(workflow.source_path("../schemas/config.schema.yaml"), encoding="utf-8")

@@ -437,6 +437,30 @@ MISSING_TOP_KEYS_ADVICE = (
 )
 
 
+def merged_configfiles_warning(loaded: Sequence[str | Path], given: Sequence[str | Path]) -> str:
+    """A warning where a `configfile:` statement loaded a file under the ``given``
+    --configfile(s) (``loaded``: Snakemake's `workflow.configfiles`, the given ones first);
+    "" otherwise.
+
+    Why: zoommil's Snakefile loads config/config.yaml only without a --configfile, so a
+    preset replaces the demo. A deployment's own Snakefile (snakedeploy writes an unguarded
+    `configfile: "config/config.yaml"` above `module zoommil:`) loaded it anyway, and
+    Snakemake merged the preset over it key by key: the demo's methods and ablations
+    stayed in the run, silently."""
+    given_names = {str(name) for name in given}
+    extra = [str(name) for name in loaded[len(given) :] if str(name) not in given_names]
+    if not given or not extra:
+        return ""
+    return (
+        f"zoommil: warning: config: {', '.join(extra)} (a `configfile:` of the Snakefile) was "
+        f"loaded besides --configfile {' '.join(map(str, given))}, which Snakemake merged over "
+        "it key by key: methods, ablations and other keys only the first has stay in the run. "
+        "For a --configfile that replaces it, as in zoommil's own Snakefile, put that "
+        "`configfile:` under `if not workflow.overwrite_configfiles:` (README, section Using "
+        "it as a Snakemake module)"
+    )
+
+
 def sheet_beside_configfile(sheet: str, configfiles: Sequence[str | Path]) -> str:
     """A hint for a ``sheet:`` not found: the same relative name beside a config file, where
     users keep the two (``sheet:`` is relative to the working directory, as Snakemake's
