@@ -15,7 +15,7 @@ import yaml
 from workflow_config import harness
 
 from zoommil.errors import ZoomMILError
-from zoommil.workflow import manifest
+from zoommil.workflow import checkout, manifest
 from zoommil.workflow import params as workflow
 
 PRESETS = {
@@ -820,9 +820,9 @@ def test_the_checkout_is_found_from_the_rules_folder(tmp_path: Path) -> None:
     """The checkout is two folders above workflow/rules, whichever Snakefile is the main one;
     a module read from a URL (`github(...)`) has none to hash, and says so."""
     rules = tmp_path / "zoommil" / "workflow" / "rules"
-    assert workflow.checkout_root(str(rules)) == (tmp_path / "zoommil").resolve()
+    assert checkout.checkout_root(str(rules)) == (tmp_path / "zoommil").resolve()
     with pytest.raises(ZoomMILError, match="needs a local checkout"):
-        workflow.checkout_root("https://github.com/o/zoommil/raw/v1/workflow/rules")
+        checkout.checkout_root("https://github.com/o/zoommil/raw/v1/workflow/rules")
 
 
 def test_the_workflow_runs_as_a_module_of_a_deployment(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from zoommil.workflow import qc as zqc
 from zoommil.io import sheet as zsheet
 from zoommil.io import yamlio as zyaml
 from zoommil.recipe import PreprocessingRecipe, method_mags
+from zoommil.workflow import checkout as zcheckout
 from zoommil.workflow import codehash as zcode
 from zoommil.workflow import config_checks as zconfig
 from zoommil.workflow import container as zcontainer
@@ -52,7 +53,7 @@ if MISSING_USER:
 try:
     # The checkout of this file, not `workflow.basedir`: the folder of the main Snakefile,
     # a deployment's own where zoommil is a module (`module zoommil:`, snakedeploy).
-    CHECKOUT = zwf.checkout_root(
+    CHECKOUT = zcheckout.checkout_root(
         workflow.current_basedir.get_path_or_uri(secret_free=True)
     )
 except ZoomMILError as error:
