@@ -707,6 +707,19 @@ def test_a_configfile_statement_under_a_given_configfile_is_warned_of() -> None:
     assert config_checks.merged_configfiles_warning(["config/config.yaml"], []) == ""
 
 
+def test_a_configfile_statement_of_a_given_configfile_is_not_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--configfile config/config.yaml changes.yaml` (README's layered form) in a deployment
+    whose Snakefile loads config/config.yaml unguarded: Snakemake lists the given files by
+    absolute path and the statement's as written, and the warning named the one file as
+    merged over itself."""
+    monkeypatch.chdir(tmp_path)
+    given = [tmp_path / "config" / "config.yaml", tmp_path / "changes.yaml"]
+    loaded = [*given, "config/config.yaml"]
+    assert config_checks.merged_configfiles_warning(loaded, given) == ""
+
+
 def test_split_execution_args_keeps_result_flags_in_the_trigger() -> None:
     """Only the flags named as execution flags leave the rerun trigger; any other (a later
     flag that changes the features) stays in it."""

@@ -846,7 +846,8 @@ def test_the_workflow_runs_as_a_module_of_a_deployment(tmp_path: Path) -> None:
     unguarded = (deployment / "workflow" / "Snakefile").read_text()
     unguarded = unguarded.replace("if not workflow.overwrite_configfiles:\n\n    ", "")
     (deployment / "workflow" / "Snakefile").write_text(unguarded)
-    result = harness.snakemake(deployment, "-n", configfile=deployment / "config" / "config.yaml")
+    preset = harness.write_config(deployment / "config", config, "preset.yaml")
+    result = harness.snakemake(deployment, "-n", configfile=preset)
     assert "zoommil: warning: config: config/config.yaml (a `configfile:`" in result.stderr
 
 

@@ -446,9 +446,12 @@ def merged_configfiles_warning(loaded: Sequence[str | Path], given: Sequence[str
     preset replaces the demo. A deployment's own Snakefile (snakedeploy writes an unguarded
     `configfile: "config/config.yaml"` above `module zoommil:`) loaded it anyway, and
     Snakemake merged the preset over it key by key: the demo's methods and ablations
-    stayed in the run, silently."""
-    given_names = {str(name) for name in given}
-    extra = [str(name) for name in loaded[len(given) :] if str(name) not in given_names]
+    stayed in the run, silently. A statement that loads one of the given files (the
+    layered `--configfile config/config.yaml changes.yaml`) merges nothing new: Snakemake
+    names the given ones by absolute path and the statement's by its own, so the paths are
+    compared resolved (from the working directory, where Snakemake opened them)."""
+    given_paths = {Path(name).resolve() for name in given}
+    extra = [str(name) for name in loaded[len(given) :] if Path(name).resolve() not in given_paths]
     if not given or not extra:
         return ""
     return (
