@@ -116,6 +116,44 @@ def test_the_cpu_quota_of_a_container(
     assert cgroup.cpu_quota() == quota
 
 
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        # a cgroup v1 host (no container): a systemd slice's CPUQuota=, on the process's folder
+        ({"cpu,cpuacct/user.slice/job/cpu.cfs_quota_us": "200000\n"}, 2),
+        # a hybrid host: cgroup v2 mounted beside v1 (no cpu controller there), the quota in v1
+        ({"cpu,cpuacct/user.slice/cpu.cfs_quota_us": "150000\n", "unified/cpu.max": ""}, 2),
+        # a v1 container: its own cgroup at the mount's root, /proc/self/cgroup the host's path
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "400000\n"}, 4),
+    ],
+)
+def test_the_cpu_quota_of_a_cgroup_v1_process_along_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], quota: int
+) -> None:
+    """cgroup v1 quotas were read at the mount's root only: outside a container the quota
+    on the process's own folder (the "N:cpu,cpuacct:/PATH" line) was not seen."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        folder = (root / name).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+        if name.endswith("cpu.cfs_quota_us"):
+            (folder / "cpu.cfs_period_us").write_text("100000\n")
+    for folder in ("cpu,cpuacct", "cpu,cpuacct/user.slice"):  # levels without a quota: -1
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for name, text in (("cpu.cfs_quota_us", "-1\n"), ("cpu.cfs_period_us", "100000\n")):
+            if not (root / folder / name).exists():
+                (root / folder / name).write_text(text)
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(
+        "12:memory:/user.slice/job\n4:cpu,cpuacct:/user.slice/job\n"
+        "1:name=systemd:/user.slice/job\n0::/user.slice/job\n"
+    )
+    monkeypatch.setattr(cgroup, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cgroup, "PROC_CGROUP", proc)
+    assert cgroup.cpu_quota() == quota
+
+
 def test_cores_above_the_quota_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_cgroups(monkeypatch, tmp_path / "cgroup", {"cpu.max": "400000 100000\n"})
     line = container.cores_above_quota(64)

@@ -31,18 +31,29 @@ def _v2_quotas() -> list[int | None]:
     """``cpu.max`` of this process's cgroup v2 and each one above it ("max": none): with a
     private cgroup namespace (Docker's default on cgroup v2) the container's own is at the
     root of the mount; without one its folder is the path in /proc/self/cgroup."""
-    folder = CGROUP_ROOT / _v2_path().lstrip("/")
-    folders = [folder, *folder.parents]
-    return [_quota_file(f / "cpu.max") for f in folders if f.is_relative_to(CGROUP_ROOT)]
+    return [_quota_file(f / "cpu.max") for f in _up_from(CGROUP_ROOT, _own_path(""))]
 
 
-def _v2_path() -> str:
-    """This process's cgroup v2 path ("0::/PATH" in /proc/self/cgroup), "/" if none."""
+def _own_path(controller: str) -> str:
+    """This process's cgroup path in /proc/self/cgroup: the line "0::/PATH" of cgroup v2
+    (``controller`` ""), or the v1 line "N:cpu,cpuacct:/PATH" naming ``controller``; "/"
+    if none."""
     try:
         lines = PROC_CGROUP.read_text().splitlines()
     except OSError:
         return "/"
-    return next((line[3:] for line in lines if line.startswith("0::")), "/") or "/"
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controller in controllers.split(","):
+            return path or "/"
+    return "/"
+
+
+def _up_from(mount: Path, path: str) -> list[Path]:
+    """The folder of cgroup ``path`` under ``mount`` and each one above it up to ``mount``:
+    each level's limit applies to the process."""
+    folder = mount / path.lstrip("/")
+    return [f for f in [folder, *folder.parents] if f.is_relative_to(mount)]
 
 
 def _quota_file(path: Path) -> int | None:
@@ -56,15 +67,18 @@ def _quota_file(path: Path) -> int | None:
 
 
 def _v1_quotas() -> list[int | None]:
-    """cgroup v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us`` (-1: none)."""
+    """cgroup v1's ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us`` (-1: none), along the
+    process's cpu cgroup path as for v2: in a container the mount's root is its own cgroup,
+    outside one (a systemd slice's CPUQuota=) the quota is on the process's folder."""
     quotas = []
     for name in _V1_FOLDERS:
-        try:
-            quota = (CGROUP_ROOT / name / "cpu.cfs_quota_us").read_text()
-            period = (CGROUP_ROOT / name / "cpu.cfs_period_us").read_text()
-        except OSError:
-            continue
-        quotas.append(_whole_cpus(quota, period))
+        for folder in _up_from(CGROUP_ROOT / name, _own_path("cpu")):
+            try:
+                quota = (folder / "cpu.cfs_quota_us").read_text()
+                period = (folder / "cpu.cfs_period_us").read_text()
+            except OSError:
+                continue
+            quotas.append(_whole_cpus(quota, period))
     return quotas
 
 
