@@ -91,6 +91,29 @@ def test_selected_regions_nest_inside_their_parents(zoom_result):
         )
 
 
+def test_a_predictions_regions_open_in_qupath_on_its_boxes(zoom_result, small_slide, tmp_path):
+    """README "Reviewing a prediction in QuPath": the GeoJSON of a real prediction has one
+    annotation per selected box, at the JSON's level-0 coordinates (the slide, found at the
+    prediction's path and of its quickhash, has no bounds to shift by)."""
+    from zoommil.interop.regions_geojson import convert
+
+    (tmp_path / "p.json").write_text(json.dumps(zoom_result))
+    _, collection, note = convert(tmp_path / "p.json", tmp_path / "r.geojson")
+    assert note == "level-0 pixels"
+    boxes = [
+        (k, x, y, step["side0"])
+        for k, step in enumerate(zoom_result["selected"], start=1)
+        for x, y in step["xy"]
+    ]
+    got = [
+        (f["properties"]["measurements"]["Zoom step"], *f["geometry"]["coordinates"][0][0])
+        for f in collection["features"]
+    ]
+    assert got == [(k, x, y) for k, x, y, _ in boxes]
+    for feature, (_, x, y, side) in zip(collection["features"], boxes, strict=True):
+        assert feature["geometry"]["coordinates"][0][2] == [x + side, y + side]
+
+
 @pytest.fixture(scope="module")
 def feature_file(small_slide: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The slide's feature file as `zoommil features` writes it: every patch at every
