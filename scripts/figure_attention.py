@@ -10,6 +10,7 @@ figure_attention.attention_figure(
     predictions=sm.input.predictions,
     sheet=sm.input.usable,
     outputs=[sm.output.png, sm.output.pdf],
+    source=sm.output.csv,
     method=sm.params.method,
     dataset=sm.params.dataset,
     weights=sm.params.weights,

@@ -11,6 +11,7 @@ figure_throughput.throughput_figure(
     timings={device: sm.input[device] for device in sm.params.devices},
     methods=sm.params.methods,
     outputs=[sm.output.png, sm.output.pdf],
+    source=sm.output.csv,
     dataset=sm.params.dataset,
     weights=sm.params.weights,
     encoder=sm.params.encoder,

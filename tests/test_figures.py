@@ -1045,3 +1045,197 @@ def test_figure_4_fits_a_two_column_page_without_bands_between_rows(
         for upper, lower in zip(rows, rows[1:], strict=False):
             gap = upper[0].get_position().y0 - lower[0].get_position().y1
             assert 0 <= gap <= 0.15 * upper[0].get_position().height
+
+
+def _captured(module: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures ``module`` saves through its ``name`` (save_figure, save_pages), kept for
+    reading their artists back; the files are still written."""
+    kept: list[Any] = []
+    save = getattr(module, name)
+
+    def keep(figs: Any, outputs: Any) -> None:
+        kept.extend(figs if isinstance(figs, list) else [figs])
+        save(figs, outputs)
+
+    monkeypatch.setattr(module, name, keep)
+    return kept
+
+
+def test_figure_3_source_csv_holds_every_point_it_draws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Figure 3's numbers (the GPU throughput, both error bars) were in the image only: a
+    journal's source data and a reader who cannot see the figure had nothing. The CSV beside
+    it has one row per drawn point, with the values the markers and bars are drawn at, read
+    back here from the figure's artists."""
+    kept = _captured(figure_throughput, "save_figure", monkeypatch)
+    methods = ["zoommil", "abmil", "maxmil"]
+    runs = {
+        "zoommil": write_run(tmp_path, "zoommil", 2.0, [True, True, False, True, True, False]),
+        "abmil": write_run(tmp_path, "abmil", 4.0, [True, False, False, False, True, True]),
+        "maxmil": write_run(tmp_path, "maxmil", 6.0, [True] * 6),  # no CI: no y bar
+    }
+    timings: dict[str, list[Path]] = {"cpu1": [], "gpu": []}
+    for method, (_, cpu1) in runs.items():
+        record = json.loads(cpu1.read_text())
+        if method != "maxmil":  # per-slide times: an x bar; maxmil's bare value has none
+            seconds = record["seconds_per_slide"]
+            record["per_slide"] = [
+                {"slide_id": "t0", "seconds": seconds * 0.8, "pid": 1},
+                {"slide_id": "t1", "seconds": seconds * 1.2, "pid": 1},
+            ]
+        cpu1.write_text(json.dumps(record))
+        gpu = cpu1.with_name("throughput_gpu.json")
+        speed = {**record, "device_name": "Test GPU", "threads": None, "precision": "bf16"}
+        speed["per_slide"] = [
+            {**r, "seconds": r["seconds"] / 10} for r in record.get("per_slide", [])
+        ]
+        speed.update(seconds_per_slide=record["seconds_per_slide"] / 10)
+        speed.update(slides_per_hour=3600 / speed["seconds_per_slide"])
+        gpu.write_text(json.dumps(speed))
+        timings["cpu1"].append(cpu1)
+        timings["gpu"].append(gpu)
+    source = tmp_path / "throughput.csv"
+    figure_throughput.throughput_figure(
+        [run[0] for run in runs.values()], timings, methods, [tmp_path / "f.png"], "demo",
+        "random", source=source,
+    )  # fmt: skip
+    table = pd.read_csv(source)
+    assert list(table.columns) == [*figure_throughput.SOURCE_COLUMNS, "notes"]
+    assert len(table) == 6 and set(table["device"]) == {"cpu1", "gpu"}
+    assert table["notes"].str.contains("random encoder weights").all()
+    colour_of = {s["color"]: m for m, s in figure_throughput.method_styles(methods).items()}
+    (fig,) = kept
+    seen = 0
+    for ax in fig.axes:
+        if not ax.containers:
+            continue
+        panel = table[table["panel"] == ax.get_title().split("\n")[0]].set_index("method")
+        assert len(panel) == len(ax.containers) == 3
+        for container in ax.containers:
+            marker = container.lines[0]
+            row = panel.loc[colour_of[marker.get_color()]]
+            assert marker.get_xdata()[0] == row["slides_per_hour"]
+            assert marker.get_ydata()[0] == pytest.approx(row["weighted_f1_pct"], abs=1e-12)
+            (x0, _), (x1, _) = container.lines[2][0].get_segments()[0]
+            if np.isnan(row["slides_per_hour_low"]):
+                assert x0 == x1 == row["slides_per_hour"]
+            else:
+                assert (x0, x1) == pytest.approx(
+                    (row["slides_per_hour_low"], row["slides_per_hour_high"])
+                )
+            assert container.has_yerr == (not np.isnan(row["weighted_f1_pct_ci_low"]))
+            if container.has_yerr:
+                (_, y0), (_, y1) = container.lines[2][1].get_segments()[0]
+                ci = (row["weighted_f1_pct_ci_low"], row["weighted_f1_pct_ci_high"])
+                assert (y0, y1) == pytest.approx(ci)
+            else:
+                assert (
+                    row["no_ci_reason"] == "every resample of the test slides gives the same value"
+                )
+            seen += 1
+    assert seen == 6
+    gpu_rows = table[table["device"] == "gpu"].set_index("method")
+    assert gpu_rows.loc["zoommil", "slides_per_hour"] == pytest.approx(3600 / 0.2)
+    assert gpu_rows.loc["zoommil", "device_name"] == "Test GPU"
+    assert gpu_rows.loc["zoommil", "n_timed_slides"] == 2
+    assert table.set_index(["device", "method"])["on_frontier"].to_dict() == {
+        (d, m): m != "abmil" for d in ("cpu1", "gpu") for m in methods
+    }
+
+
+def test_figure_3_without_timings_says_so_in_its_source_csv(tmp_path: Path) -> None:
+    zoom = write_run(tmp_path, "zoommil", 2.0, [True, False, True])
+    gpu = zoom[1].with_name("throughput_gpu.json")
+    gpu.write_text(json.dumps({"skipped": "no CUDA device"}))
+    source = tmp_path / "throughput.csv"
+    figure_throughput.throughput_figure(
+        [zoom[0]], {"gpu": [gpu]}, ["zoommil"], [tmp_path / "f.png"], "demo", "random",
+        source=source,
+    )  # fmt: skip
+    table = pd.read_csv(source)
+    assert len(table) == 1 and table.drop(columns="notes").isna().all(axis=None)
+    assert "GPU: not timed (no CUDA device)" in table.loc[0, "notes"]
+
+
+def test_figure_4_source_csv_holds_every_region_it_draws(
+    make_slide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Figure 4's slides, predictions and regions per zoom step were in the image only. The
+    CSV beside it has every painted patch with its score and the colour value drawn (read
+    back from the map's pixels) and the boxes of the regions zoomed into, by step."""
+    kept = _captured(figure_attention, "save_pages", monkeypatch)
+    slide = make_slide("t0.tiff", width=1024, height=768, mpp=1.0, levels=2)
+    sheet = tmp_path / "usable.tsv"
+    sheet.write_text(f"slide_id\tpath\tlabel\tsplit\nt0\t{slide}\tb\ttest\n")
+    prediction = {
+        "slide_id": "t0",
+        "arch": "zoommil",
+        "method": "zoommil",
+        "predicted": "c",
+        "probabilities": {"a": 0.1, "b": 0.2, "c": 0.7},
+        "mpp": 1.0,
+        "attention": [
+            {"mag": 10.0, "side0": 256, "xy": [[0, 0], [256, 0]], "weights": [0.3, 0.7]},
+            {
+                "mag": 5.0,
+                "side0": 512,
+                "xy": [[0, 0], [512, 0], [0, 512]],
+                "weights": [0.6, 0.1, 0.3],
+            },
+        ],  # fmt: skip
+        # step 1 at 5x: one scored patch, one box over no scored patch
+        "selected": [{"mag": 5.0, "side0": 512, "xy": [[0, 0], [512, 512]]}],
+    }
+    path = tmp_path / "t0.json"
+    path.write_text(json.dumps(prediction))
+    source = tmp_path / "attention.csv"
+    figure_attention.attention_figure(
+        [path], sheet, [tmp_path / "att.png"], "zoommil", "demo", "random", source=source
+    )
+    table = pd.read_csv(source)
+    assert list(table.columns) == [*figure_attention.SOURCE_COLUMNS, "notes"]
+    assert len(table) == 6
+    assert set(table["slide_id"]) == {"t0"} and set(table["label"]) == {"b"}
+    assert set(table["predicted"]) == {"c"} and set(table["predicted_probability"]) == {0.7}
+    assert set(table["score_name"]) == {"pooling attention"}
+    assert table["notes"].str.contains("random encoder weights").all()
+    (fig,) = kept
+    thumb_ax, map5, map10 = fig.axes[:3]
+    assert "predicted c" in thumb_ax.get_ylabel()
+    height, width = thumb_ax.get_images()[0].get_array().shape[:2]
+    sx, sy = width / 1024, height / 768
+    for ax, mag in ((map5, 5.0), (map10, 10.0)):
+        heat = ax.get_images()[1].get_array()
+        rows = table[(table["mag"] == mag) & table["score"].notna()]
+        assert len(rows) == len(prediction["attention"][mag == 5.0]["xy"])
+        for row in rows.itertuples():
+            r = int((row.y0 + row.side0 / 4) * sy)  # inside the slide, past its edge too
+            c = int((row.x0 + row.side0 / 4) * sx)
+            assert float(heat[r, c]) == pytest.approx(row.score_scaled, abs=1e-6)
+    boxes = {
+        (round(p.get_x() / sx), round(p.get_y() / sy), round(p.get_width() / sx))
+        for p in thumb_ax.patches
+    }
+    zoomed = table[table["zoom_step"].notna()]
+    assert (
+        boxes
+        == {(r.x0, r.y0, r.side0) for r in zoomed.itertuples()}
+        == {
+            (0, 0, 512),
+            (512, 512, 512),
+        }
+    )
+    assert set(zoomed["zoom_step"]) == {1}
+    assert zoomed.set_index("x0")["score"].isna().to_dict() == {0: False, 512: True}
+    assert table.loc[table["score"] == 0.6, "score_scaled"].item() == 1.0
+
+
+def test_figure_4_left_out_says_so_in_its_source_csv(tmp_path: Path) -> None:
+    source = tmp_path / "attention.csv"
+    figure_attention.attention_figure(
+        [], tmp_path / "none.tsv", [tmp_path / "off.png"], None, "demo", "random", source=source
+    )
+    table = pd.read_csv(source)
+    assert len(table) == 1 and table.drop(columns="notes").isna().all(axis=None)
+    assert table.loc[0, "notes"].endswith(figure_attention.OFF)

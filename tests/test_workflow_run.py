@@ -39,6 +39,26 @@ def test_tables_and_figures_are_written(tiny) -> None:
     assert list(ablations["method"]) == ["zoommil", "zoommil_random"]
 
 
+def test_each_figure_has_its_source_data_beside_it(tiny) -> None:
+    """The numbers each figure plots, as a CSV beside it (a journal's source data, a reader
+    who cannot see the image): they were in the images only."""
+    workdir, _, _ = tiny
+    figures = workdir / "results" / "figures"
+    throughput = pd.read_csv(figures / "throughput.csv")
+    main = pd.read_csv(workdir / "results" / "tables" / "main.csv").set_index("method")
+    timed = throughput[throughput["device"] == "cpu1"].set_index("method")
+    assert list(timed.index) == ["zoommil"]  # the tiny config times ZoomMIL alone
+    assert timed.loc["zoommil", "slides_per_hour"] == pytest.approx(
+        main.loc["zoommil", "cpu1_slides_per_hour"], rel=1e-5
+    )
+    assert timed.loc["zoommil", "weighted_f1_pct"] == pytest.approx(
+        100 * main.loc["zoommil", "weighted_f1_mean"], rel=1e-5
+    )
+    regions = pd.read_csv(figures / "attention.csv")
+    assert regions["slide_id"].notna().all() and regions["score"].notna().any()
+    assert regions["zoom_step"].notna().any()  # ZoomMIL's boxes
+
+
 def test_the_results_say_which_config_code_and_machine_made_them(tiny) -> None:
     """Months later, results/ alone must name the config, the code and the CPU: Snakemake
     keeps none of them there, and `--report` labels from the config it is given now (review

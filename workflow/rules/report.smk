@@ -1,8 +1,9 @@
 # Per dataset: tables (CSV, Markdown, LaTeX; main, ablations, paired comparisons, per-class),
-# Figure 3 (throughput vs accuracy; PNG and PDF), Figure 4 (attention maps; PNG and PDF); and the
-# exclusions table: every slide left out at any stage (QC's, then predict and profile).
-# `snakemake --report results/report.html` holds the tables' CSVs, the figures' PNGs and the
-# exclusions' HTML; the Markdown, LaTeX and PDF files stay in results/ only.
+# Figure 3 (throughput vs accuracy; PNG and PDF), Figure 4 (attention maps; PNG and PDF), each
+# figure with its source data (CSV: every value it plots); and the exclusions table: every
+# slide left out at any stage (QC's, then predict and profile).
+# `snakemake --report results/report.html` holds the tables' CSVs, the figures' PNGs and source
+# CSVs and the exclusions' HTML; the Markdown, LaTeX and PDF files stay in results/ only.
 
 
 rule tables:
@@ -77,6 +78,11 @@ rule figure_throughput:
             category="Figures",
         ),
         pdf="results/figures/throughput.pdf",
+        csv=report(
+            "results/figures/throughput.csv",
+            caption="../report/figure_throughput_data.rst",
+            category="Figures",
+        ),
     log:
         "results/logs/figure_throughput/figure_throughput.log",
     conda:
@@ -131,6 +137,11 @@ rule figure_attention:
             category="Figures",
         ),
         pdf="results/figures/attention.pdf",
+        csv=report(
+            "results/figures/attention.csv",
+            caption="../report/figure_attention_data.rst",
+            category="Figures",
+        ),
     log:
         "results/logs/figure_attention/figure_attention.log",
     conda:

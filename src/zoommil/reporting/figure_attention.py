@@ -6,6 +6,7 @@ Drawn on a `matplotlib.figure.Figure`, not pyplot (see `figure_files`).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from matplotlib.text import Text
 from zoommil.io.sheet import read_sheet
 from zoommil.recipe import weights_note
 from zoommil.reporting import attention, results
+from zoommil.reporting.figure_data import write_source_csv
 from zoommil.reporting.figure_files import save_figure, save_pages
 from zoommil.reporting.table_frames import display_name
 from zoommil.reporting.table_notes import encoder_label
@@ -159,6 +161,7 @@ def attention_figure(
     weights: str,
     encoder: str | None = None,
     wanted: int | None = None,
+    source: str | Path | None = None,
 ) -> dict[str, Any]:
     """Figure 4: one row per slide: the thumbnail, then the attention of every magnification
     over the thumbnail, with the regions zoomed into outlined, and one colour bar; the title
@@ -176,9 +179,13 @@ def attention_figure(
 
     ``method`` None (``figures.attention.method: null``) draws no maps: the figure says it
     is left out, as the ablation table says "no ablations configured", so that the figure
-    an earlier config drew is not left beside the new results."""
+    an earlier config drew is not left beside the new results.
+
+    ``source``: a CSV of every region drawn (`source_data`), with the title and notes."""
     if method is None:
-        return _empty_figure(OFF, [], outputs, f"{dataset}: Figure 4 (attention maps)")
+        title = f"{dataset}: Figure 4 (attention maps)"
+        _write_source(source, source_data([], {}, []), [title, OFF])
+        return _empty_figure(OFF, [], outputs, title)
     table = read_sheet(sheet).set_index("slide_id")
     predictions, loaded, thumbs, skipped = _usable_predictions(predictions, table)
     if not loaded:
@@ -186,6 +193,7 @@ def attention_figure(
         if skipped:
             empty = "no test slide could be shown: the chosen slides failed\n" + "\n".join(skipped)
         title = _title(dataset, method, "attention", encoder, weights)
+        _write_source(source, source_data([], {}, []), [title, empty])
         return _empty_figure(empty, skipped, outputs, title)
     mags = attention_layout(loaded)
     zoomed = any(p.get("selected") for p in loaded)  # ZoomMIL's; other models read every patch
@@ -213,6 +221,9 @@ def attention_figure(
 
     pages = _paginate(rows, 1 + max(1, len(mags)), footnotes, draw)
     save_pages([fig for fig, _ in pages], outputs)
+    labels = {i: str(table.loc[i, "label"]) for i, *_ in rows if i in table.index}
+    shown = source_data(rows, labels, [page["rows"] for _, page in pages])
+    _write_source(source, shown, [title, *footnotes])
     layout = {k: v for k, v in pages[0][1].items() if k not in ("note", "size")}
     return {
         **layout,
@@ -285,6 +296,105 @@ def _paginate(
         layout["note"].set_text("\n".join([*footnotes, note]))
         out.append((fig, {**layout, "footnotes": [*footnotes, note]}))
     return out
+
+
+#: Figure 4's source data (`source_data`): one row per region drawn.
+SOURCE_COLUMNS = (
+    "page",
+    "row",
+    "slide_id",
+    "label",
+    "predicted",
+    "predicted_probability",
+    "method",
+    "score_name",
+    "mag",
+    "x0",
+    "y0",
+    "side0",
+    "score",
+    "score_scaled",
+    "zoom_step",
+    "slide_width0",
+    "slide_height0",
+    "mpp",
+)
+#: What the source CSV's columns are: the first of its notes.
+SOURCE_NOTE = (
+    "one row per region of Figure 4: per slide (its page and row; label, prediction and the "
+    "predicted class's probability) and magnification (mag: the map's column), a patch of "
+    "side0 level-0 px at level-0 (x0, y0), its top-left corner (the slide: slide_width0 x "
+    "slide_height0 px at mpp um/px); score: as zoommil predict recorded it (score_name); "
+    "score_scaled: the colour drawn, min-max within the slide and magnification (0 darkest, "
+    "1 brightest, 0.5 where all are equal); zoom_step k: a region zoomed into at step k, "
+    "boxed on the thumbnail and on the maps at its and higher magnifications (a box with no "
+    "score at its magnification: score empty)"
+)
+
+
+def source_data(
+    rows: Sequence[Row], labels: Mapping[str, str], page_rows: Sequence[int]
+) -> pd.DataFrame:
+    """Every region Figure 4 draws: each slide's patches per magnification with the score and
+    the colour they are painted (`attention.attention_map`'s scaling), and the regions zoomed
+    into by step (the boxes); ``labels``: the sheet's label of each slide id, ``page_rows``:
+    the rows of each page in order. Which slides, their predictions and which regions the
+    model zoomed into were in the image only."""
+    pages = [number for number, count in enumerate(page_rows, start=1) for _ in range(count)]
+    records = []
+    for index, (slide_id, prediction, (_, size0)) in enumerate(rows):
+        probabilities = prediction.get("probabilities") or {}
+        predicted = prediction.get("predicted")
+        slide = {
+            "page": pages[index],
+            "row": index + 1,
+            "slide_id": slide_id,
+            "label": labels.get(slide_id),
+            "predicted": predicted,
+            "predicted_probability": probabilities.get(predicted),
+            "method": attention.model_name(prediction),
+            "score_name": attention.score_name(prediction),
+            "slide_width0": size0[0],
+            "slide_height0": size0[1],
+            "mpp": prediction.get("mpp"),
+        }
+        steps = sorted(prediction.get("selected") or [], key=lambda e: float(e["mag"]))
+        boxes = {  # (mag, x0, y0, side0) -> the zoom step of its box
+            (float(step["mag"]), int(x), int(y), int(step["side0"])): k
+            for k, step in enumerate(steps, start=1)
+            for x, y in step["xy"]
+        }
+        for entry in attention.attention_entries(prediction):
+            if not entry.get("weights"):  # no map drawn (`attention.attention_map`)
+                continue
+            mag, side = float(entry["mag"]), int(entry["side0"])
+            weights = np.asarray(entry["weights"], dtype=np.float64)
+            for (x, y), score, scaled in zip(entry["xy"], weights, _scaled(weights), strict=True):
+                region = (mag, int(x), int(y), side)
+                step = boxes.pop(region, None)
+                records.append([*region, score, scaled, step, slide])
+        for region, step in boxes.items():  # a box over no scored patch
+            records.append([*region, math.nan, math.nan, step, slide])
+    regions = ("mag", "x0", "y0", "side0", "score", "score_scaled", "zoom_step")
+    frame = pd.DataFrame(
+        [{**slide, **dict(zip(regions, values, strict=True))} for *values, slide in records],
+        columns=list(SOURCE_COLUMNS),
+    )
+    frame["zoom_step"] = frame["zoom_step"].astype("Int64")  # 1, not 1.0; empty: no box
+    return frame
+
+
+def _scaled(weights: np.ndarray) -> np.ndarray:
+    """The colour values of one map: min-max within it, 0.5 where all are equal, as
+    `attention.attention_map` paints them."""
+    span = weights.max() - weights.min()
+    return (weights - weights.min()) / span if span > 0 else np.full_like(weights, 0.5)
+
+
+def _write_source(source: str | Path | None, frame: pd.DataFrame, notes: Sequence[str]) -> None:
+    """Figure 4's source CSV, where one is asked for."""
+    if source is not None:
+        write_source_csv(source, frame, SOURCE_COLUMNS, [SOURCE_NOTE, *notes])
 
 
 def _page_note(number: int, pages: int, first: int, last: int, total: int) -> str:

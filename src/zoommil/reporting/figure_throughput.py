@@ -24,6 +24,7 @@ from matplotlib.transforms import offset_copy
 
 from zoommil.recipe import DEFAULT_ENCODER, weights_note
 from zoommil.reporting import results, stats
+from zoommil.reporting.figure_data import write_source_csv
 from zoommil.reporting.figure_files import save_figure
 from zoommil.reporting.table_format import count_text
 from zoommil.reporting.table_frames import (
@@ -193,6 +194,8 @@ def throughput_data(
                 "slides_per_hour": t.get("slides_per_hour", math.nan),
                 "slides_per_hour_low": t.get("slides_per_hour_low", math.nan),
                 "slides_per_hour_high": t.get("slides_per_hour_high", math.nan),
+                "seconds_per_slide": t.get("seconds", math.nan),
+                "seconds_per_slide_sd": t.get("seconds_sd", math.nan),
                 "n_slides": t.get("n_slides", math.nan),
                 "skipped": t.get("skipped", "missing"),
                 "device_name": t.get("device_name", ""),
@@ -479,6 +482,88 @@ def _x_arms(row: Mapping[str, Any], limits: tuple[float, float]) -> list[list[fl
     return [[max(0.0, speed - low)], [max(0.0, high - speed)]]
 
 
+#: Figure 3's source data (`source_data`): one row per point drawn, units in the names.
+SOURCE_COLUMNS = (
+    "panel",
+    "device",
+    "device_name",
+    "cpu_count",
+    "processes",
+    "threads",
+    "precision",
+    "method",
+    "name",
+    "slides_per_hour",
+    "slides_per_hour_low",
+    "slides_per_hour_high",
+    "seconds_per_slide",
+    "seconds_per_slide_sd",
+    "n_timed_slides",
+    "weighted_f1_pct",
+    "weighted_f1_pct_ci_low",
+    "weighted_f1_pct_ci_high",
+    "no_ci_reason",
+    "n_seeds",
+    "n_test_slides",
+    "n_test_units",
+    "on_frontier",
+)
+#: What the source CSV's columns are: the first of its notes.
+SOURCE_NOTE = (
+    "one row per point of Figure 3, per panel (device); x: slides_per_hour (log axis), its bar "
+    "from slides_per_hour_low to slides_per_hour_high, the throughput at seconds_per_slide + "
+    "and - seconds_per_slide_sd (std over the n_timed_slides timed slides; inf: unbounded, "
+    "drawn to the panel's edge; empty: no per-slide times, no bar); y: weighted F1 in percent "
+    "(mean over n_seeds seeds), its bar the 95% bootstrap CI weighted_f1_pct_ci_low to _high "
+    "(empty: no bar, no_ci_reason says why); on_frontier: ringed, on the efficiency frontier"
+)
+
+
+def source_data(data: pd.DataFrame, devices: Sequence[str]) -> pd.DataFrame:
+    """Every point Figure 3 draws (`_device_panel`'s rows of the ``devices`` panels), with
+    its panel, the bars' ends and what they are over: the GPU throughput and both error bars
+    were in the image only. Weighted F1 in percent, as the y axis."""
+    rows = []
+    for device in devices:
+        part = data[(data["device"] == device) & data["slides_per_hour"].notna()]
+        part = part.reset_index(drop=True)
+        panel = panel_title(device, panel_setting(part)).split("\n")[0]
+        front = set(frontier(part).index)
+        for index, row in part.iterrows():
+            rows.append(
+                {
+                    "panel": panel,
+                    "device": device,
+                    "device_name": row.get("device_name"),
+                    "cpu_count": row.get("cpu_count"),
+                    "processes": row.get("processes"),
+                    "threads": row.get("threads"),
+                    "precision": row.get("precision"),
+                    "method": row["method"],
+                    "name": display_name(row["method"]),
+                    "slides_per_hour": row["slides_per_hour"],
+                    "slides_per_hour_low": row.get("slides_per_hour_low", math.nan),
+                    "slides_per_hour_high": row.get("slides_per_hour_high", math.nan),
+                    "seconds_per_slide": row.get("seconds_per_slide", math.nan),
+                    "seconds_per_slide_sd": row.get("seconds_per_slide_sd", math.nan),
+                    "n_timed_slides": row.get("n_slides", math.nan),
+                    "weighted_f1_pct": 100 * row["f1"],
+                    "weighted_f1_pct_ci_low": 100 * row["f1_low"],
+                    "weighted_f1_pct_ci_high": 100 * row["f1_high"],
+                    "no_ci_reason": row.get("f1_no_ci", ""),
+                    "n_seeds": row.get("n_seeds", math.nan),
+                    "n_test_slides": row.get("n_test", math.nan),
+                    "n_test_units": row.get("n_test_units", math.nan),
+                    "on_frontier": index in front,
+                }
+            )
+    frame = pd.DataFrame(rows, columns=list(SOURCE_COLUMNS))
+    counts = ("cpu_count", "processes", "threads", "n_timed_slides", "n_seeds", "n_test_slides")
+    for column in (*counts, "n_test_units"):  # 2, not 2.0; empty where unknown
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").round().astype("Int64")
+    return frame
+
+
 def setting_note(dataset: str, encoder: str, weights: str, skipped: Mapping[str, str]) -> str:
     """The setting under Figure 3 (it was a four-line title over the panels): what is timed,
     the encoder and weights, the random-weights warning, the devices not timed and why."""
@@ -555,11 +640,13 @@ def throughput_figure(
     weights: str,
     encoder: str = DEFAULT_ENCODER,
     sheet: str | Path | None = None,
+    source: str | Path | None = None,
 ) -> pd.DataFrame:
     """Figure 3: slides/hour (log x, +- std over the timed slides) vs weighted F1 with 95% CIs
     over test slides, one panel per device that was timed, the efficiency frontier drawn, one
     legend below the panels (no labels to overlap), at a two-column page's width; the setting
-    and devices without timings are in the notes under the legend. Returns the plotted data."""
+    and devices without timings are in the notes under the legend. ``source``: a CSV of every
+    point drawn (`source_data`) with those notes. Returns the plotted data."""
     data = throughput_data(evals, timings, methods, sheet)
     devices = [d for d in timings if data[data["device"] == d]["slides_per_hour"].notna().any()]
     skipped = {
@@ -626,4 +713,6 @@ def throughput_figure(
     if note := "\n".join(filter(None, notes)):
         fig.text(0.01, bottom - 0.01, note, fontsize=NOTE_SIZE, va="top", wrap=True)
     save_figure(fig, outputs)
+    if source is not None:
+        write_source_csv(source, source_data(data, devices), SOURCE_COLUMNS, [SOURCE_NOTE, *notes])
     return data
