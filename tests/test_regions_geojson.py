@@ -209,3 +209,36 @@ def test_the_command_line_says_what_it_wrote(tmp_path: Path, capsys):
     assert "4 regions zoomed into, 0 attention patches" in line
     assert "not found" in line  # the slide's bounds could not be checked: said so
     assert len(json.loads(out.read_text())["features"]) == 4
+
+
+def test_a_round_trip_on_a_slide_with_bounds_lands_on_the_same_pixels(make_slide, monkeypatch):
+    """On a slide with OpenSlide bounds (faked: the synthetic TIFF has none) regions_geojson
+    writes QuPath's frame, shifted by the bounds, and records the shift; geojson_mask reads
+    the file back onto the very cells of the prediction's boxes, in OpenSlide's level 0 (it
+    read it unshifted, 512 px left and 256 up, before), and says which frame it took."""
+    from zoommil.interop import geojson_mask
+    from zoommil.wsi.slide import open_slide, quickhash
+    from zoommil.wsi.tissue import load_mask
+
+    slide = make_slide("s.tiff", width=SLIDE[0], height=SLIDE[1], tissue=False)
+    handle = open_slide(slide, test_read=False)
+    own = quickhash(handle)
+    handle.close()
+    monkeypatch.setattr(geojson_mask, "qupath_origin", lambda properties: (512, 256))
+    prediction = _prediction() | {"slide_path": str(slide), "slide_quickhash": own}
+    folder = slide.parent
+    (folder / "p.json").write_text(json.dumps(prediction))
+    out, collection, _ = convert(folder / "p.json", folder / "r.geojson")
+    assert _annotations(collection)[0]["geometry"]["coordinates"][0][0] == [0 - 512, 0 - 256]
+    shape = (SLIDE[1] // 16, SLIDE[0] // 16)  # 8 um/px of a 0.5 um/px slide: 16 px a cell
+    for step, entry in ((1, prediction["selected"][1]), (2, prediction["selected"][0])):
+        mask_path, note = geojson_mask.geojson_to_mask(
+            out, slide, folder / f"m{step}.png", classes=[f"Zoom step {step}"]
+        )
+        mask, _ = load_mask(mask_path)
+        expected = np.zeros(shape, dtype=bool)
+        for x, y in entry["xy"]:
+            side = entry["side0"]
+            expected[y // 16 : (y + side) // 16, x // 16 : (x + side) // 16] = True
+        assert (mask == expected).all(), step
+        assert "QuPath's" in note and "(512, 256)" in note and "regions_geojson" in note

@@ -197,8 +197,9 @@ def prediction_geojson(
 
 def qupath_offset(slide: str | Path, quickhash: str | None = None) -> tuple[int, int]:
     """(bounds-x, bounds-y) of ``slide`` (0, 0 without bounds): where QuPath's OpenSlide
-    reader puts its origin. A slide of another quickhash than the prediction's is refused:
-    the regions would be drawn on the wrong slide."""
+    reader puts its origin (`geojson_mask.qupath_origin`). A slide of another quickhash than
+    the prediction's is refused: the regions would be drawn on the wrong slide."""
+    from zoommil.interop.geojson_mask import qupath_origin
     from zoommil.wsi.slide import open_slide
     from zoommil.wsi.slide import quickhash as slide_hash
 
@@ -210,10 +211,7 @@ def qupath_offset(slide: str | Path, quickhash: str | None = None) -> tuple[int,
                 f"{slide}: another slide than the prediction's (quickhash {found[:12]}, the "
                 f"prediction's {quickhash[:12]}); give --slide with the slide it classified"
             )
-        props = handle.properties
-        if not all(f"openslide.bounds-{k}" in props for k in ("x", "y", "width", "height")):
-            return (0, 0)  # QuPath crops only to a whole bounding box
-        return (int(props["openslide.bounds-x"]), int(props["openslide.bounds-y"]))
+        return qupath_origin(handle.properties)  # geojson_mask's, so a round trip agrees
     finally:
         handle.close()
 
@@ -257,7 +255,10 @@ def convert(
             )
         else:
             offset = qupath_offset(found, prediction.get("slide_quickhash"))
-            shift = f", less the slide's bounds offset {offset} (QuPath's origin)"
+            shift = (
+                f", less the slide's bounds offset {offset}: QuPath's frame with its OpenSlide "
+                "reader (--no-crop if QuPath opened the slide with --no-crop or Bio-Formats)"
+            )
             note = "level-0 pixels" + (shift if any(offset) else "")
     collection = prediction_geojson(prediction, attention, offset)
     # compact: a slide's attention layer is thousands of squares
