@@ -1105,3 +1105,55 @@ def test_the_reports_front_page_names_the_configured_encoder(features: dict) -> 
     config = {"dataset": "c16", "features": features}
     page = jinja2.Template(text).render(snakemake=SimpleNamespace(config=config))
     assert f"**{features.get('encoder', 'resnet50_layer3')}** encoder" in page, page
+
+
+def test_report_scale_benchmark_grows_a_run_as_snakemake_would_have_recorded_it(
+    tmp_path: Path,
+) -> None:
+    """benchmarks/report_scale.py's slides demo_NNN: demo_000's outputs and records under
+    their own names, dates kept, the aggregate job's record listing them, and files of their
+    own (its first version hard-linked them to the run copied, so that the workflow's date-back
+    of a "replaced" slide re-dated that run's demo_000 outputs, and the report then lost
+    every job after the qc_inspect checkpoint)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "report_scale.py"
+    spec = importlib.util.spec_from_file_location("report_scale", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = tmp_path / "run"
+    files = [bench.SLIDE, *bench.PER_SLIDE]
+    for i, pattern in enumerate(files):
+        target = run / pattern.format(s="demo_000")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f'{{"path": "{bench.SLIDE.format(s="demo_000")}"}}')
+        os.utime(target, (1e9 + i, 1e9 + i))
+        rule = ["synth", *bench.PER_SLIDE_RULES][i]
+        record = {"rule": rule, "job_hash": 7 + i, "input": [files[i - 1].format(s="demo_000")]}
+        record_file = bench.record_path(run, pattern.format(s="demo_000"))
+        record_file.parent.mkdir(parents=True, exist_ok=True)
+        record_file.write_text(json.dumps(record))
+    inputs = [bench.SHEET, "results/qc/demo_000.json"]
+    aggregate = {"rule": "qc_inspect", "job_hash": 1, "input": inputs}
+    bench.record_path(run, "results/qc/inspection.tsv").write_text(json.dumps(aggregate))
+    for table in bench.TABLES:
+        (run / table).write_text("slide_id\tpath\ndemo_000\tresults/features/demo_000.h5\n")
+        os.utime(run / table, (2e9, 2e9))
+    work = tmp_path / "work"
+    bench.copy_run(run, work)
+    assert bench.add_slides(work, 3) == ["demo_001", "demo_002"]
+    for pattern in files:
+        template = run / pattern.format(s="demo_000")
+        for s in ("demo_001", "demo_002"):
+            made = work / pattern.format(s=s)
+            assert made.stat().st_mtime_ns == template.stat().st_mtime_ns
+            assert not os.path.samefile(made, template)  # nothing of the run's own
+    inspection = json.loads((work / "results/qc/demo_002.json").read_text())
+    assert inspection["path"] == "results/demo/slides/demo_002.tiff"
+    tile = json.loads(bench.record_path(work, "results/coords/demo_002.h5").read_text())
+    assert tile["input"] == ["results/tissue/demo_002.png"] and tile["job_hash"] not in (7, 10)
+    grown = json.loads(bench.record_path(work, "results/qc/inspection.tsv").read_text())["input"]
+    assert grown == [bench.SHEET] + [f"results/qc/demo_00{i}.json" for i in range(3)]
+    for table in bench.TABLES:
+        assert (work / table).read_text().splitlines()[-1].startswith("demo_002\t")
+        assert (work / table).stat().st_mtime == 2e9
