@@ -134,3 +134,23 @@ def test_old_and_new_trees_compare_module_by_module(checkout: Path, tmp_path: Pa
         "\nX = 1\nPACKAGE = ",
     )
     assert "codehash.py itself differs" in _whatreruns(checkout)
+
+
+def test_a_rule_whose_script_is_deleted_is_not_labelled_new(checkout: Path, tmp_path: Path) -> None:
+    (checkout / "scripts" / "qc_exclusions.py").unlink()
+    old = tmp_path / "old"
+    whatreruns.extract(checkout, "HEAD", old)
+    changes = whatreruns.changed_rules(old, checkout)
+    assert changes["qc_exclusions"] == ["(deleted: scripts/qc_exclusions.py)"]
+    assert changes["provenance"] == ["(deleted: scripts/qc_exclusions.py)"]  # all_code
+    assert "(new)" not in str(changes)
+    # a script new in the working tree is new
+    (checkout / "scripts" / "qc_exclusions.py").write_text("X = 1\n", encoding="utf-8")
+    (old / "scripts" / "qc_exclusions.py").unlink()
+    assert whatreruns.changed_rules(old, checkout)["qc_exclusions"] == [
+        "(new: scripts/qc_exclusions.py)"
+    ]
+    (checkout / "scripts" / "qc_exclusions.py").unlink()  # a typo in a rule's entry
+    assert whatreruns.changed_rules(old, checkout)["qc_exclusions"] == [
+        "(missing: scripts/qc_exclusions.py)"
+    ]

@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from zoommil.workflow.codehash import _source, closure, code_hash
+from zoommil.workflow.codehash import _source, closure, code_hash, entry_files
 
 #: ``rule NAME:`` / ``checkpoint NAME:`` at the start of a line of a ``.smk`` file.
 _RULE = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:", re.MULTILINE)
@@ -56,29 +56,55 @@ def hashed_entries(entries: list[str], rules: dict[str, list[str]]) -> list[str]
     return sorted(every | {e for e in entries if e != ALL_CODE})
 
 
-def _dumps(tree: Path, entries: list[str]) -> dict[str, str] | None:
-    """Module -> normalised syntax tree of the entries' closure in ``tree``, or None where an
-    entry does not exist there (a new command or script)."""
-    try:
-        found = closure(tree / "src" / "zoommil", entries, tree)
-    except FileNotFoundError:
-        return None
+def _dumps(tree: Path, entries: list[str]) -> dict[str, str]:
+    """Module -> normalised syntax tree of the entries' closure in ``tree``."""
+    found = closure(tree / "src" / "zoommil", entries, tree)
     return {name: _source(path)[1] for name, path in found.items()}
+
+
+def _absent(tree: Path, entries: list[str]) -> list[str]:
+    """The entries without a file in ``tree`` (a command or script new, or deleted)."""
+    absent = []
+    for entry in entries:
+        try:
+            entry_files(tree / "src" / "zoommil", entry, tree)
+        except FileNotFoundError:
+            absent.append(entry)
+    return absent
+
+
+def _absent_label(old: Path, new: Path, entries: list[str]) -> str | None:
+    """``"(deleted: ...)"`` for entries in ``old`` but not ``new`` (the rule's `code` param
+    fails at load), ``"(missing: ...)"`` for entries in neither, ``"(new: ...)"`` for entries
+    only in ``new``; None where every entry is in both."""
+    gone, before = _absent(new, entries), _absent(old, entries)
+    labels = {
+        "deleted": [e for e in gone if e not in before],
+        "missing": [e for e in gone if e in before],
+        "new": [e for e in before if e not in gone],
+    }
+    for label, found in labels.items():
+        if found:
+            return f"({label}: {', '.join(found)})"
+    return None
 
 
 def changed_rules(old: Path, new: Path) -> dict[str, list[str]]:
     """Rule -> modules whose change reruns it, between two checkouts ``old`` and ``new``
     (each with ``src/zoommil``, ``scripts`` and ``workflow/rules``); rules whose code is the
-    same are left out. A rule new in ``new``, or with an entry new there, lists ``"(new)"``."""
+    same are left out. A rule with an entry only in ``new`` lists ``"(new: ENTRY)"``, one with
+    an entry only in ``old`` (a deleted script) ``"(deleted: ENTRY)"``, one with an entry in
+    neither ``"(missing: ENTRY)"``."""
     rules = rule_entries(new / "workflow" / "rules")
     out: dict[str, list[str]] = {}
     for rule, entries in rules.items():
         entries = hashed_entries(entries, rules)
+        label = _absent_label(old, new, entries)
+        if label is not None:
+            out[rule] = [label]
+            continue
         after = _dumps(new, entries)
         before = _dumps(old, entries)
-        if before is None or after is None:
-            out[rule] = ["(new)"]
-            continue
         if code_hash(new / "src" / "zoommil", entries, new) == code_hash(
             old / "src" / "zoommil", entries, old
         ):
