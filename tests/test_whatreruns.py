@@ -154,3 +154,17 @@ def test_a_rule_whose_script_is_deleted_is_not_labelled_new(checkout: Path, tmp_
     assert whatreruns.changed_rules(old, checkout)["qc_exclusions"] == [
         "(missing: scripts/qc_exclusions.py)"
     ]
+
+
+def test_a_new_rules_file_is_named_though_git_diff_does_not_list_it(checkout: Path) -> None:
+    """`git diff REV` leaves untracked files out: a new, not yet added, rules file with a
+    shell command was missing from the edited workflow files."""
+    rules = checkout / "workflow" / "rules"
+    (rules / "extra.smk").write_text(
+        'rule extra:\n    output:\n        "extra.txt",\n    shell:\n        "touch {output}"\n',
+        encoding="utf-8",
+    )
+    (checkout / ".gitignore").write_text("ignored.smk\n", encoding="utf-8")
+    (rules / "ignored.smk").write_text("", encoding="utf-8")
+    out = _whatreruns(checkout)
+    assert "workflow/rules/extra.smk" in out and "ignored.smk" not in out

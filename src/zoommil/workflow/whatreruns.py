@@ -138,6 +138,15 @@ def extract(repo: Path, rev: str, into: Path) -> None:
             archive.extractall(into)  # git's own archive of this repository
 
 
+def edited_workflow_files(repo: Path, rev: str) -> list[str]:
+    """The Snakefile and rule files that differ from ``rev``: `git diff`'s, and the untracked
+    ones it leaves out (a new rules file not yet added), ignored files apart."""
+    paths = ("--", "Snakefile", "workflow/rules")
+    edited = _git(repo, "diff", "--name-only", "-z", rev, *paths)
+    untracked = _git(repo, "ls-files", "-z", "--others", "--exclude-standard", *paths)
+    return sorted({path for path in (edited + untracked).decode().split("\0") if path})
+
+
 def report(changes: dict[str, list[str]], rev: str) -> str:
     """The lines printed: each rerun rule with the modules that rerun it."""
     if not changes:
@@ -172,12 +181,11 @@ def main(argv: list[str] | None = None) -> int:
                 "made by the working tree's; users' runs hold the old one's, and every rule "
                 "whose hash it changes reruns (check with `snakemake -n` beside an earlier run)"
             )
-    edited = _git(repo, "diff", "--name-only", args.rev, "--", "Snakefile", "workflow/rules")
-    if edited.strip():
+    edited = edited_workflow_files(repo, args.rev)
+    if edited:
         print(
             "Edited workflow files (a rule's shell command is not watched: after changing "
-            "one, rerun that rule with `snakemake --forcerun RULE`): "
-            + ", ".join(edited.decode().split())
+            "one, rerun that rule with `snakemake --forcerun RULE`): " + ", ".join(edited)
         )
     return 0
 
