@@ -277,7 +277,8 @@ def all_cores():
 
 # A container's CPU limit (`docker run --cpus 4`, a Kubernetes limit) is a cgroup quota that
 # `--cores all` does not count: say so before the run starts a job per host core (only where
-# the jobs run here, not from a cluster job's Snakemake).
+# the jobs run here, not from a cluster job's Snakemake). Not `--local-cores` under a cluster
+# executor: Snakemake 9.27.1 stores it (ResourceSettings.local_cores) and never reads it.
 if workflow.local_exec and not workflow.remote_exec:
     CORES_ABOVE_QUOTA = zcontainer.cores_above_quota(all_cores())
     if CORES_ABOVE_QUOTA:
