@@ -561,6 +561,49 @@ def test_slides_from_a_list_and_folders_refused(small_slide, checkpoint, tmp_pat
     assert "--slides-from" in capsys.readouterr().err
 
 
+def test_slides_given_as_urls_are_refused_before_the_checkpoint_loads(tmp_path, capsys):
+    """`zoommil predict s3://bucket/x.svs` loaded the checkpoint, then said "slide file not
+    found: <cwd>/s3:/bucket/x.svs" (a `Path` keeps one slash of '//'); a --slides-from
+    list's URL became <list folder>/s3:/... . Now a usage error naming the URL as written,
+    with what to do, before any work (the checkpoint here does not even exist)."""
+    argv = ["predict", "--checkpoint", str(tmp_path / "none.pt")]
+    assert main([*argv, "s3://bucket/tcga/x.svs"]) == 2
+    err = capsys.readouterr().err
+    assert "error: s3://bucket/tcga/x.svs is a URL, and zoommil reads slides from a file " in err
+    assert "`aws s3 sync s3://BUCKET/PREFIX /data/slides`" in err and "not found" not in err
+    assert main([*argv, "https://example.org/x.svs"]) == 2
+    assert "download them to a local or network file system" in capsys.readouterr().err
+    assert main([*argv, "file:///data/x.svs"]) == 2
+    assert "a file URL: write the path itself, /data/x.svs" in capsys.readouterr().err
+    listing = tmp_path / "cohort.txt"
+    listing.write_text("gs://idc-open-data/a/1.dcm\ngs://idc-open-data/b/1.dcm\n")
+    assert main([*argv, "--out-dir", str(tmp_path / "out"), "--slides-from", str(listing)]) == 2
+    err = capsys.readouterr().err
+    assert "gs://idc-open-data/a/1.dcm (also gs://idc-open-data/b/1.dcm) is a URL" in err, err
+    assert "gcloud storage rsync -r" in err
+
+
+def test_a_url_is_told_from_a_path():
+    """Two or more scheme letters and a slash: a Windows drive and an existing file whose
+    name starts like a scheme are paths; `as_written` puts back the '//' a `Path` merged."""
+    from zoommil.workflow.slide_urls import as_written, url_scheme
+
+    assert url_scheme(Path("s3://b/x.svs")) == "s3" and url_scheme("HTTPS://h/x") == "https"
+    assert url_scheme("C:/slides/x.svs") is None and url_scheme("slides/x.svs") is None
+    assert url_scheme("s3:bucket/x.svs") is None  # no slash: a (strange) file name
+    assert as_written(Path("s3://b/x.svs")) == "s3://b/x.svs"
+    assert as_written(Path("file:///data/x.svs")) == "file:///data/x.svs"
+
+
+def test_a_path_that_exists_is_no_url(tmp_path):
+    from zoommil.workflow.slide_urls import url_scheme
+
+    (tmp_path / "s3:" / "b").mkdir(parents=True)
+    (tmp_path / "s3:" / "b" / "x.svs").write_bytes(b"")
+    assert url_scheme("s3://b/x.svs", tmp_path) is None
+    assert url_scheme("s3://b/y.svs", tmp_path) == "s3"
+
+
 def test_describes_slide_falls_back_to_the_resolved_path(small_slide, tmp_path):
     """A record of a format without quickhash names its slide by resolved path; a slide
     that is gone is not described by any record."""

@@ -501,6 +501,28 @@ def test_sheet_path_to_a_dicom_folder_names_a_file_to_write(workdir: Path) -> No
     assert f"name one, e.g. {dicom / '1.2.3.1.dcm'}" in text
 
 
+def test_sheet_paths_that_are_urls_name_the_row_and_what_to_do(workdir: Path) -> None:
+    """A sheet row `s3://bucket/x.svs` (a cohort in a bucket) was resolved as a relative
+    path: the dry run warned of a missing `<sheet folder>/s3:/bucket/x.svs` and the slide
+    was excluded at inspection as `missing`, the others going on. zoommil reads files only
+    (OpenSlide), so the sheet is refused at load, naming the row, the other URL rows and
+    how to stage the slides, before the loader's warnings."""
+    rows = ["a\ta.svs\tnormal\ttrain\t\n", "b\tb.svs\ttumor\ttrain\t\n"]
+    rows += ["c\tc.svs\ttumor\tval\t\n", "d\td.svs\tnormal\ttest\t\n"]
+    rows += ["e\ts3://bucket/e.svs\ttumor\ttest\t\n", "f\tgs://bucket/f.svs\tnormal\ttest\t\n"]
+    text = _expect_sheet_error(
+        workdir, rows, "row 5 (slide_id 'e') (also 'f'): path s3://bucket/e.svs is a URL, and "
+        "zoommil reads slides from a file system"
+    )  # fmt: skip
+    assert "`aws s3 sync s3://BUCKET/PREFIX /data/slides`" in text
+    assert "s3:/bucket" not in text and "do not exist" not in text
+    rows[4:] = ["e\thttps://example.org/e.svs\ttumor\ttest\t\n"]
+    _expect_sheet_error(workdir, rows, "download them to a local or network file system")
+    code, text = _plan_with_sheet(workdir, "s3://bucket/slides.tsv")
+    assert code != 0 and "Building DAG" not in text
+    assert "slide sheet s3://bucket/slides.tsv is a URL: the workflow reads its sheet" in text
+
+
 def _dicom_sheet(folder: Path, a: str, b: str = "b.svs") -> Path:
     """A CAMELYON16 sheet in ``folder`` whose train slides are ``a`` (a DICOM file) and
     ``b``, with a plain val and test slide."""

@@ -36,6 +36,7 @@ from zoommil.workflow import orphans as zorphans
 from zoommil.workflow import patients as zpatients
 from zoommil.workflow import replaced as zreplaced
 from zoommil.workflow import slide_folders as zfolders
+from zoommil.workflow import slide_urls as zurls
 from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
@@ -141,6 +142,11 @@ SHEET_WARNINGS = workflow.is_main_process
 if not DEMO:
     # Real data: the sheet exists now, so a bad sheet fails before any job runs.
     try:
+        # URLs (s3://, gs://, https://), before the loader resolves them as missing files
+        zurls.check_sheet_path(config["sheet"])
+        zurls.check_no_urls(
+            zsheet.known_columns(zsheet.read_table(config["sheet"])), config["sheet"]
+        )
         SHEET = zsheet.load_sheet(
             config["sheet"], config.get("classes"), SLIDE_SCHEMA, warn=SHEET_WARNINGS
         )

@@ -17,7 +17,7 @@ from zoommil.commands.options import (
     show_progress,
     weights_file,
 )
-from zoommil.errors import ZoomMILError
+from zoommil.errors import ZoomMILError, first_few
 from zoommil.recipe import RANDOM_WEIGHTS_TAG, weights_note
 from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
 
@@ -174,8 +174,14 @@ class SlidesFromFile(argparse.Action):
             lines = Path(value).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as error:
             parser.error(f"--slides-from {value}: {getattr(error, 'strerror', None) or error}")
+        from zoommil.workflow.slide_urls import url_scheme
+
         listed = [line.strip() for line in lines]
-        paths = [Path(value).parent / p for p in listed if p and not p.startswith("#")]
+        paths = [
+            Path(p) if url_scheme(p, Path(value).parent) else Path(value).parent / p
+            for p in listed
+            if p and not p.startswith("#")
+        ]  # a URL stays one, for `_check_no_urls` to name
         setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), *paths])
 
 
@@ -209,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     args.slides = _slides(args)
     if not args.slides:
         raise ZoomMILError("no slide given: name slide files, or a list with --slides-from")
+    _check_no_urls(args.slides)
     folders = [str(s) for s in args.slides if s.is_dir()]
     if folders:
         from zoommil.workflow.slide_folders import dicom_advice
@@ -224,6 +231,17 @@ def run(args: argparse.Namespace) -> int:
         return _run_many(args)
     args.slide = args.slides[0]
     return _run_one(args)
+
+
+def _check_no_urls(slides: list[Path]) -> None:
+    """Refuse slides given as URLs (``s3://``, ``https://``) before the checkpoint is loaded:
+    each was "slide file not found: <cwd>/s3:/bucket/x.svs", after loading it."""
+    from zoommil.workflow.slide_urls import as_written, url_advice, url_scheme
+
+    urls = [as_written(s) for s in slides if url_scheme(s)]
+    if urls:
+        more = f" (also {first_few(urls[1:])})" if len(urls) > 1 else ""
+        raise ZoomMILError(f"{urls[0]}{more} is {url_advice(urls[0])}")
 
 
 def _load_predictor(args: argparse.Namespace, device: torch.device) -> Predictor:
