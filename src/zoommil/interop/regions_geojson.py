@@ -133,12 +133,13 @@ def attention_features(
 ) -> list[dict[str, Any]]:
     """One detection per patch with attention, each magnification its own classification
     (``Attention 5x``), with the raw weight and the heatmap's min-max scaled one."""
+    from zoommil.reporting.attention import scaled_weights
+
     features = []
     for entry in _by_mag(prediction.get("attention")):
         mag, side = float(entry["mag"]), entry["side0"]
         weights = np.asarray(entry["weights"], dtype=np.float64)
-        span = weights.max() - weights.min() if len(weights) else 0.0
-        scaled = (weights - weights.min()) / span if span > 0 else np.full_like(weights, 0.5)
+        scaled = scaled_weights(weights)
         ranks = _ranks(weights)
         label = f"Attention {mag:g}x" + (f" (class {entry['class']})" if "class" in entry else "")
         for (x, y), weight, fraction, rank in zip(entry["xy"], weights, scaled, ranks, strict=True):

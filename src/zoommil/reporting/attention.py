@@ -76,6 +76,16 @@ def attention_entries(prediction: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return sorted(prediction.get("attention") or [], key=lambda e: float(e["mag"]))
 
 
+def scaled_weights(weights: np.ndarray) -> np.ndarray:
+    """One map's weights as they are painted: min-max scaled within the map, 0.5 (the middle
+    colour) where all are equal, as they rank nothing. The heatmap, Figure 4's source data
+    and QuPath's scaled measurement all take it from here, so they agree."""
+    if weights.size == 0:
+        return weights
+    span = weights.max() - weights.min()
+    return (weights - weights.min()) / span if span > 0 else np.full_like(weights, 0.5)
+
+
 def attention_map(
     entry: Mapping[str, Any], level0_size: tuple[int, int], thumb_size: tuple[int, int]
 ) -> np.ndarray:
@@ -91,9 +101,7 @@ def attention_map(
     heat = np.full((height, width), np.nan, dtype=np.float32)
     if not entry or not entry.get("weights"):
         return heat
-    weights = np.asarray(entry["weights"], dtype=np.float64)
-    span = weights.max() - weights.min()
-    weights = (weights - weights.min()) / span if span > 0 else np.full_like(weights, 0.5)
+    weights = scaled_weights(np.asarray(entry["weights"], dtype=np.float64))
     sx, sy = width / width0, height / height0
     side = float(entry["side0"])
     for (x, y), w in zip(entry["xy"], weights, strict=True):

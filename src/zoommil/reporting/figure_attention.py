@@ -369,7 +369,9 @@ def source_data(
                 continue
             mag, side = float(entry["mag"]), int(entry["side0"])
             weights = np.asarray(entry["weights"], dtype=np.float64)
-            for (x, y), score, scaled in zip(entry["xy"], weights, _scaled(weights), strict=True):
+            for (x, y), score, scaled in zip(
+                entry["xy"], weights, attention.scaled_weights(weights), strict=True
+            ):
                 region = (mag, int(x), int(y), side)
                 step = boxes.pop(region, None)
                 records.append([*region, score, scaled, step, slide])
@@ -382,13 +384,6 @@ def source_data(
     )
     frame["zoom_step"] = frame["zoom_step"].astype("Int64")  # 1, not 1.0; empty: no box
     return frame
-
-
-def _scaled(weights: np.ndarray) -> np.ndarray:
-    """The colour values of one map: min-max within it, 0.5 where all are equal, as
-    `attention.attention_map` paints them."""
-    span = weights.max() - weights.min()
-    return (weights - weights.min()) / span if span > 0 else np.full_like(weights, 0.5)
 
 
 def _write_source(source: str | Path | None, frame: pd.DataFrame, notes: Sequence[str]) -> None:

@@ -101,15 +101,21 @@ def folder_rows(paths: Sequence[str | Path]) -> list[int]:
     return [index for index, path in enumerate(paths) if Path(path).is_dir()]
 
 
+def first_and_others(slide_ids: Sequence[str], rows: Sequence[int]) -> tuple[int, str]:
+    """The first refused row (an index into ``slide_ids``), and " (also 'b', 'c', ...)"
+    naming the other refused rows' slides ("" if none): a sheet refusal names the row to fix
+    and how many more there are (folders here, URLs in `slide_urls`)."""
+    others = [f"'{slide_ids[i]}'" for i in rows[1:]]
+    return rows[0], f" (also {first_few(others)})" if others else ""
+
+
 def check_no_folders(slide_ids: Sequence[str], paths: Sequence[str | Path], sheet: str) -> None:
     """Refuse a sheet whose slide paths include folders, naming the first one's row and what
     to write there: such a row can never be a slide, as a path with braces cannot."""
     rows = folder_rows(paths)
     if not rows:
         return
-    first = rows[0]
-    others = [f"'{slide_ids[i]}'" for i in rows[1:]]
-    more = f" (also {first_few(others)})" if others else ""
+    first, more = first_and_others(slide_ids, rows)
     raise ZoomMILError(
         f"{sheet}: row {first + 1} (slide_id '{slide_ids[first]}'): path {paths[first]} is a "
         f"folder, not a slide file{more}; {folder_advice(paths[first])}"

@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zoommil.errors import ZoomMILError, first_few
+from zoommil.errors import ZoomMILError
+from zoommil.workflow.slide_folders import first_and_others
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,9 +101,7 @@ def check_no_urls(frame: pd.DataFrame, sheet: str | Path) -> None:
     rows = [i for i, path in enumerate(paths) if url_scheme(path, folder)]
     if not rows:
         return
-    first = rows[0]
-    others = [f"'{slide_ids[i]}'" for i in rows[1:]]
-    more = f" (also {first_few(others)})" if others else ""
+    first, more = first_and_others(slide_ids, rows)
     raise ZoomMILError(
         f"{sheet}: row {first + 1} (slide_id '{slide_ids[first]}'){more}: path "
         f"{paths[first]} is {url_advice(paths[first])}"
