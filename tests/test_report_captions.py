@@ -9,7 +9,9 @@ import pytest
 CAPTIONS = Path(__file__).resolve().parents[1] / "workflow" / "report"
 
 
-@pytest.mark.parametrize("name", ["main", "ablations", "comparisons", "per_class"])
+@pytest.mark.parametrize(
+    "name", ["main", "ablations", "comparisons", "per_class", "calibration", "reliability"]
+)
 def test_a_table_caption_says_the_csv_holds_fractions_and_a_notes_column(name: str) -> None:
     """The captions spoke of percentage points, bold cells and a note under the table, which
     only the Markdown and LaTeX tables have; the report embeds the CSV (fractions in [0, 1],

@@ -1,4 +1,5 @@
-# Per dataset: tables (CSV, Markdown, LaTeX; main, ablations, paired comparisons, per-class),
+# Per dataset: tables (CSV, Markdown, LaTeX; main, ablations, paired comparisons, per-class,
+# calibration, and the reliability diagram's bins as CSV),
 # Figure 3 (throughput vs accuracy; PNG and PDF), Figure 4 (attention maps; PNG and PDF), each
 # figure with its source data (CSV: every value it plots); and the exclusions table: every
 # slide left out at any stage (QC's, then predict and profile).
@@ -44,6 +45,18 @@ rule tables:
         ),
         per_class_md="results/tables/per_class.md",
         per_class_tex="results/tables/per_class.tex",
+        calibration_csv=report(
+            "results/tables/calibration.csv",
+            caption="../report/table_calibration.rst",
+            category="Tables",
+        ),
+        calibration_md="results/tables/calibration.md",
+        calibration_tex="results/tables/calibration.tex",
+        reliability_csv=report(
+            "results/tables/reliability.csv",
+            caption="../report/table_reliability.rst",
+            category="Tables",
+        ),
     log:
         "results/logs/tables/tables.log",
     conda:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.recipe import DEFAULT_ENCODER
-from zoommil.reporting import per_class, results
+from zoommil.reporting import calibration, per_class, results
 from zoommil.reporting.table_format import (
     best_rows,
     comparison_display,
@@ -47,6 +47,7 @@ from zoommil.reporting.table_notes import (
     ci_notes,
     comparison_notes,
     counts_note,
+    patients_note,
     table_notes,
     timing_note,
     with_seeds_note,
@@ -87,7 +88,8 @@ def make_tables(
     evals = list(evals)
     records = results.eval_records(evals)
     summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
-    preds = run_predictions(results.eval_runs(evals), results.patients(sheet))
+    runs = results.eval_runs(evals)
+    preds = run_predictions(runs, results.patients(sheet))
     summary = add_intervals(summary, preds)
     flops_map = results.flops_by_method(flops)
     timing_map = {device: results.timing_by_method(paths) for device, paths in timings.items()}
@@ -180,4 +182,42 @@ def make_tables(
             to_latex(display, title, pc_notes, (), f"tab:{dataset}-per-class"),
         )
         frames["per_class"] = table
+    if "calibration_csv" in outputs:
+        frames["calibration"] = _calibration(
+            outputs, runs, preds, [*methods, *ablations], names, untimed_notes, dataset, encoder
+        )
     return frames
+
+
+def _calibration(
+    outputs: Mapping[str, str | Path],
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    preds: Mapping[str, Any],
+    order: Sequence[str],
+    names: Mapping[str, str],
+    untimed_notes: Sequence[str],
+    dataset: str,
+    encoder: str,
+) -> pd.DataFrame:
+    """The calibration table (`calibration`: Brier score, ECE, sensitivity at 90%/95%
+    specificity, each with its bootstrap CI) and, with ``reliability_csv``, the reliability
+    diagram's bins."""
+    probs, left_out = calibration.run_probabilities(runs, preds)
+    table = calibration.calibration_table(probs, order)
+    classes = next(iter(probs.values())).classes if probs else ()
+    # the encoder, weights and QC notes; not those on CIs, AUC, TFLOPs and times
+    shared = [n for n in untimed_notes if not n.startswith(("mean ± std", "TFLOPs and"))]
+    notes = [*calibration.calibration_notes(table, classes, left_out), *shared]
+    notes += patients_note(table, "n_test", "n_test_units")
+    title = f"Calibration on {dataset}, {encoder} features"
+    display = calibration.calibration_display(table, names)
+    write_csv(outputs["calibration_csv"], table, notes)
+    write_text(outputs["calibration_md"], to_markdown(display, title, notes, ()))
+    write_text(
+        outputs["calibration_tex"],
+        to_latex(display, title, notes, (), f"tab:{dataset}-calibration"),
+    )
+    if "reliability_csv" in outputs:
+        frame = calibration.reliability_frame(probs, order)
+        write_csv(outputs["reliability_csv"], frame, [calibration.RELIABILITY_NOTE, *shared])
+    return table
