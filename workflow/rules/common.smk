@@ -41,6 +41,7 @@ from zoommil.workflow import spares as zspares
 from zoommil.workflow import trainconfig as ztrain
 from zoommil.workflow import params as zwf
 from zoommil.workflow import provenance as zprovenance
+from zoommil.workflow import shown as zshown
 from zoommil.workflow import resources as zresources
 from zoommil.workflow import timers as ztimers
 from zoommil.workflow import vanished as zvanished

@@ -68,7 +68,7 @@ rule tables:
     params:
         code=code("scripts/make_tables.py"),
         dataset=config["dataset"],
-        weights=RECIPE.weights,
+        weights=zshown.shown_weights(RECIPE.weights),
         encoder=RECIPE.encoder,
         mags=list(RECIPE.mags),
         devices=list(PROFILE_DEVICES),
@@ -107,7 +107,7 @@ rule figure_throughput:
     params:
         code=code("scripts/figure_throughput.py"),
         dataset=config["dataset"],
-        weights=RECIPE.weights,
+        weights=zshown.shown_weights(RECIPE.weights),
         encoder=RECIPE.encoder,
         devices=list(PROFILE_DEVICES),
         methods=EFFICIENCY_METHODS,
@@ -166,7 +166,7 @@ rule figure_attention:
     params:
         code=code("scripts/figure_attention.py"),
         dataset=config["dataset"],
-        weights=RECIPE.weights,
+        weights=zshown.shown_weights(RECIPE.weights),
         encoder=RECIPE.encoder,
         method=ATTENTION["method"],
         n_slides=ATTENTION["n_slides"],
