@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from zoommil.errors import ZoomMILError
+from zoommil.interop.tool import add_version, run_checked
 
 #: ``--frame``: the origin a GeoJSON's coordinates are measured from.
 FRAMES = ("qupath", "openslide")
@@ -141,9 +142,13 @@ def read_polygons(
     float ``[n, 2]`` (x, y) as written; only features of ``classes`` when given (QuPath's
     classification name)."""
     data = _load(path) if data is None else data
+    try:
+        features = _features(data)
+    except ZoomMILError as error:
+        raise ZoomMILError(f"{path}: {error}") from None
     polygons = [
         [np.asarray(ring, dtype=np.float64)[:, :2] for ring in rings]
-        for feature in _features(data)
+        for feature in features
         if not classes or _class_name(feature) in classes
         for rings in _polygons(feature.get("geometry"))
     ]
@@ -261,14 +266,19 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="keep only features of this classification (repeatable)",
     )
+    add_version(parser)
     args = parser.parse_args(argv)
-    try:
-        out, note = geojson_to_mask(
+    done = run_checked(
+        parser.prog,
+        lambda: geojson_to_mask(
             args.geojson, args.slide, args.out, args.mask_mpp, args.mpp, args.classes, args.frame
-        )
-    except ZoomMILError as error:
-        print(f"error: {error}", file=sys.stderr)
+        ),
+        [args.out],
+        [("slide", args.slide), ("GeoJSON", args.geojson)],
+    )
+    if done is None:
         return 2
+    out, note = done
     print(f"{args.geojson} -> {out}; coordinates: {note}")
     return 0
 

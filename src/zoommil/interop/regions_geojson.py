@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from zoommil.errors import ZoomMILError
+from zoommil.interop.tool import add_version, run_checked
 
 #: The classification colour of each magnification's attention detections (grey: the
 #: measurement map, not the class, is what colours them in a review).
@@ -261,7 +262,10 @@ def convert(
                 "reader (--no-crop if QuPath opened the slide with --no-crop or Bio-Formats)"
             )
             note = "level-0 pixels" + (shift if any(offset) else "")
-    collection = prediction_geojson(prediction, attention, offset)
+    try:
+        collection = prediction_geojson(prediction, attention, offset)
+    except ZoomMILError as error:  # name the file: a batch converts many
+        raise ZoomMILError(f"{prediction_path}: {error}") from None
     # compact: a slide's attention layer is thousands of squares
     text = json.dumps(collection, allow_nan=False, separators=(",", ":")) + "\n"
     return write_text_atomic(out, text), collection, note
@@ -289,14 +293,17 @@ def main(argv: list[str] | None = None) -> int:
         help="keep OpenSlide's level-0 coordinates for a slide with bounds (QuPath opened it "
         "with --no-crop)",
     )
+    add_version(parser)
     args = parser.parse_args(argv)
-    try:
-        out, collection, note = convert(
-            args.prediction, args.out, args.attention, args.slide, args.no_crop
-        )
-    except (ZoomMILError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    done = run_checked(
+        parser.prog,
+        lambda: convert(args.prediction, args.out, args.attention, args.slide, args.no_crop),
+        [args.out],
+        [("prediction", args.prediction), ("slide", args.slide)],
+    )
+    if done is None:
         return 2
+    out, collection, note = done
     kinds = [f["properties"]["objectType"] for f in collection["features"]]
     print(
         f"{args.prediction} -> {out}: {kinds.count('annotation')} regions zoomed into, "

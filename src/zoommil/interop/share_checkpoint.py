@@ -25,6 +25,7 @@ from typing import Any
 from zoommil.errors import ZoomMILError
 from zoommil.features.encoders.weight_files import sha256_file
 from zoommil.features.weight_keywords import WEIGHT_KEYWORDS
+from zoommil.interop.tool import add_version, run_checked
 
 #: The training machine's files, recorded only as defaults for that machine.
 PATH_KEYS = ("features_dir", "sheet", "exclude")
@@ -94,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pt of `zoommil train`")
     parser.add_argument("--out", type=Path, required=True, help="the copy to send")
+    add_version(parser)
     args = parser.parse_args(argv)
-    try:
-        out = share(args.checkpoint, args.out)
-    except (ZoomMILError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    out = run_checked(
+        parser.prog,
+        lambda: share(args.checkpoint, args.out),
+        [args.out],
+        [("checkpoint", args.checkpoint)],
+    )
+    if out is None:
         return 2
     from zoommil.training.checkpoint import load_checkpoint
 
