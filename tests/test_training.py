@@ -571,6 +571,20 @@ def test_an_empty_or_broken_exclusion_table_is_one_line(
     assert f"exclusion (QC) table {qc}: cannot be parsed" in line and not out.exists()
 
 
+def test_a_missing_sheet_given_to_evaluate_is_said_as_train_says_it(
+    dataset: dict[str, Path], trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zoommil evaluate --sheet nope.tsv` said "nope.tsv: slide sheet not found (pass
+    --sheet)": the --sheet it had been given. train, flops and profile name the file and
+    where it was looked for."""
+    missing = tmp_path / "nope.tsv"
+    args = ["--checkpoint", str(trained / "checkpoint.pt"), "--sheet", str(missing)]
+    features = ["--features-dir", str(dataset["root"] / "features")]
+    assert main(["evaluate", *args, *features, "--out", str(tmp_path / "e.json")]) == 2
+    assert _error_line(capsys) == f"zoommil evaluate: error: slide sheet not found: {missing}"
+    assert not (tmp_path / "e.json").exists()
+
+
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

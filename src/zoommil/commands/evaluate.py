@@ -64,11 +64,16 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str | Path | None]]:
 
 def run(args: argparse.Namespace) -> int:
     from zoommil.io.jsonio import write_json
+    from zoommil.io.sheet import read_table
     from zoommil.training import evaluate_checkpoint
     from zoommil.training.checkpoint import load_checkpoint
     from zoommil.training.evaluation_inputs import check_split_lattice, exclusions_for
 
     _, meta = load_checkpoint(args.checkpoint)
+    if args.sheet:
+        # as train, flops and profile say it; the evaluation's own check, written for the
+        # sheet the checkpoint recorded, told a user who had given --sheet to "pass --sheet"
+        read_table(args.sheet)
     exclude = exclusions_for(args.sheet, args.exclude, meta, args.checkpoint)
     recipe = meta.get("preprocessing") or {}
     qc = meta.get("exclude") if exclude is None else exclude
