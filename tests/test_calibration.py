@@ -263,3 +263,30 @@ def test_a_slide_with_probabilities_missing_a_class_is_an_error_naming_it(tmp_pa
     path.write_text(json.dumps(record))
     with pytest.raises(ZoomMILError, match=r"seed~0.json: slide t1: 'probs' does not give"):
         run_tables(tmp_path, [path])
+
+
+def test_probabilities_that_do_not_sum_to_one_are_an_error_naming_the_slide(
+    tmp_path: Path,
+) -> None:
+    """Brier is that of P(tumor) only where P(normal) = 1 - P(tumor): {0.3, 0.3} for a tumor
+    slide gave (0.09 + 0.49) / 2 = 0.29, where brier_score_loss gives 0.49, and the top-label
+    ECE of a file of per-class sigmoids is no calibration error at all."""
+    labels = np.array([0, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
+    path = write_eval(tmp_path / "eval" / "zoommil" / "seed~0.json", 0, BINARY, labels, probs)
+    record = json.loads(path.read_text())
+    record["predictions"][1]["probs"] = {"normal": 0.3, "tumor": 0.3}
+    record["predictions"][1]["pred"] = "normal"
+    record["accuracy"] = 2 / 3
+    record["weighted_f1"] = f1_score([0, 1, 0], [0, 0, 0], average="weighted")
+    path.write_text(json.dumps(record))
+    with pytest.raises(ZoomMILError, match=r"seed~0.json: slide t1: 'probs' sum to 0.6, not 1"):
+        run_tables(tmp_path, [path])
+
+
+def test_float32_softmax_rounding_is_not_refused(tmp_path: Path) -> None:
+    labels = np.array([0, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]], dtype=np.float32).astype(float)
+    probs[1] += 3e-8
+    path = write_eval(tmp_path / "eval" / "zoommil" / "seed~0.json", 0, BINARY, labels, probs)
+    run_tables(tmp_path, [path])

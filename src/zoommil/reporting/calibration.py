@@ -46,6 +46,10 @@ SPECIFICITIES = (0.90, 0.95)
 #: The interval kind where some bootstrap resamples hold no slide of a class (sensitivity at a
 #: specificity is then undefined for them): no interval, NaN bounds.
 UNDEFINED = "undefined"
+#: How far a slide's probabilities may sum from 1: a float32 softmax is within 1e-6, a file
+#: rounded to 4 decimals within 5e-4 for 10 classes. Per-class sigmoids, or a file holding one
+#: class's probability twice, are further off, and their Brier and ECE would be wrong numbers.
+SUM_TOLERANCE = 1e-3
 
 
 def sens_key(specificity: float) -> str:
@@ -103,7 +107,7 @@ def probabilities_from_evals(
     lifted them, already checked by `evalcheck`), in ``pred``'s slide and seed order and with
     its patient groups; None when no record has them (a file written by another tool); an
     error naming the file when some entries have them and others not, or when a slide's
-    probabilities miss a class or are not finite numbers."""
+    probabilities miss a class, are not finite numbers or do not sum to 1."""
     entries = [p for r in records for p in r["predictions"]]
     if not any("probs" in p for p in entries):
         return None
@@ -123,6 +127,11 @@ def probabilities_from_evals(
                 raise ZoomMILError(f"{where}: 'probs' holds a value that is not a number") from None
             if not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in numbers):
                 raise ZoomMILError(f"{where}: 'probs' {numbers} are not probabilities in [0, 1]")
+            if abs(sum(numbers) - 1.0) > SUM_TOLERANCE:
+                raise ZoomMILError(
+                    f"{where}: 'probs' sum to {sum(numbers):.6g}, not 1 (one probability per "
+                    "class, as a softmax gives them)"
+                )
             probs[row, slide_index[entry["slide_id"]]] = numbers
     return Probabilities(pred, probs, classes)
 
