@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -114,4 +115,70 @@ def test_folds_that_test_one_slide_twice_are_refused(tmp_path: Path) -> None:
     _eval(tmp_path / "f0", "m", 0, [("x", "a", "a"), ("y", "b", "b")])
     _eval(tmp_path / "f1", "m", 0, [("y", "b", "b"), ("z", "a", "a")])
     with pytest.raises(ZoomMILError, match="slide y is a test slide of both"):
+        combine.combine([tmp_path / "f0", tmp_path / "f1"])
+
+
+def test_few_patients_with_many_slides_get_a_val_part(tmp_path: Path) -> None:
+    """3 patients per class, 4 slides each, 3 folds: a fold's other 4 patients hold 16 slides,
+    and asking scikit-learn for 5 val parts of 4 patients was a ValueError traceback."""
+    sheet = cohort(6, slides_per_patient=4)
+    sheet["label"] = ["tumor" if int(p[1:]) < 3 else "normal" for p in sheet["patient"]]
+    for frame in folds.fold_sheets(sheet, 3, seed=0):
+        assert set(frame["split"]) == {"train", "val", "test"}
+        assert set(frame.loc[frame["split"] == "train", "label"]) == {"tumor", "normal"}
+
+
+def test_a_sheet_of_one_class_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """One label: nothing to classify. It was written into k fold sheets (or a traceback),
+    for the workflow to refuse each fold later."""
+    sheet = cohort(12)
+    sheet["label"] = "normal"
+    path = tmp_path / "slides.tsv"
+    sheet.to_csv(path, sep="\t", index=False)
+    where = re.escape(str(path))
+    with pytest.raises(ZoomMILError, match=rf"^{where}: one class only \('normal'\)"):
+        folds.write(path, tmp_path / "out", 3)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refusal_names_the_sheet(tmp_path: Path) -> None:
+    sheet = cohort(30, slides_per_patient=2)
+    sheet.loc[sheet["patient"].isin(["P1", "P5"]), "label"] = "mucinous"
+    path = tmp_path / "slides.tsv"
+    sheet.to_csv(path, sep="\t", index=False)
+    where = re.escape(str(path))
+    with pytest.raises(ZoomMILError, match=rf"^{where}: 5 folds need at least 5 patients"):
+        folds.write(path, tmp_path / "out", 5)
+
+
+def test_val_holds_every_class_where_one_of_the_parts_does() -> None:
+    """12 slides of 10 patients, 3 classes, 3 folds: each fold's rest was cut into 3 parts of
+    which one held every class, and the first part (fold 0: two normal slides) was taken, so
+    the workflow warned "no val slides of class(es) atypia, carcinoma" and model selection
+    saw one class."""
+    sheet = cohort(12)
+    sheet["label"] = [CLASSES[i % 3] for i in range(12)]
+    sheet.loc[sheet.index[3], "patient"] = "P0"  # the README's tiny test: 10 patients
+    sheet.loc[sheet.index[4], "patient"] = "P1"
+    sheet.loc[sheet.index[11], "patient"] = "NA"
+    for i, frame in enumerate(folds.fold_sheets(sheet, 3, seed=0)):
+        val = frame.loc[frame["split"] == "val", "label"]
+        assert set(val) == set(CLASSES), (i, sorted(val))
+
+
+def test_one_fold_is_refused_not_shown_with_a_nan_spread(tmp_path: Path) -> None:
+    """`runs/fold_*` matching one folder (the others not run yet) printed "50.0 ± nan" as a
+    cross-validation result."""
+    _eval(tmp_path / "f0", "m", 0, [("x", "a", "a"), ("y", "b", "a")])
+    with pytest.raises(ZoomMILError, match=r"^1 fold folder \(.*f0\): .* at least 2"):
+        combine.combine([tmp_path / "f0"])
+    out = tmp_path / "cv.csv"
+    assert combine.main([str(tmp_path / "f0"), "--out", str(out)]) == 1 and not out.exists()
+
+
+def test_a_method_missing_from_a_fold_names_the_fold(tmp_path: Path) -> None:
+    for fold in ("f0", "f1"):
+        _eval(tmp_path / fold, "m", 0, [(f"{fold}x", "a", "a"), (f"{fold}y", "b", "b")])
+    _eval(tmp_path / "f0", "extra", 0, [("f0x", "a", "a"), ("f0y", "b", "b")])
+    with pytest.raises(ZoomMILError, match=r"method\(s\) extra not evaluated in .*f1 \("):
         combine.combine([tmp_path / "f0", tmp_path / "f1"])

@@ -109,13 +109,21 @@ def method_row(
 
 
 def combine(folders: Sequence[str | Path], sheet: str | Path | None = None) -> pd.DataFrame:
-    """The combined table, one row per method that every fold has."""
+    """The combined table, one row per method, every fold having each."""
+    if len(folders) < 2:  # a glob such as runs/fold_* before the other folds ran
+        listed = ", ".join(map(str, folders))
+        raise ZoomMILError(
+            f"{len(folders)} fold folder ({listed}): cross-validation combines at least 2"
+        )
     runs = fold_runs(folders)
     check_partition(folders, runs)
-    methods = [m for m in runs[0] if all(m in fold for fold in runs)]
-    missing = sorted({m for fold in runs for m in fold} - set(methods))
-    if missing:
-        raise ZoomMILError(f"method(s) {', '.join(missing)} not evaluated in every fold")
+    methods = sorted({m for fold in runs for m in fold})
+    for folder, fold in zip(folders, runs, strict=True):
+        if missing := [m for m in methods if m not in fold]:
+            raise ZoomMILError(
+                f"method(s) {', '.join(missing)} not evaluated in {folder} (no "
+                "results/eval/<method>/seed~*.json there): run that fold to its end"
+            )
     patient = patients(sheet)
     return pd.DataFrame([method_row(m, [fold[m] for fold in runs], patient) for m in methods])
 

@@ -83,20 +83,25 @@ def fold_splits(
     sheet: pd.DataFrame, fold: pd.Series, i: int, seed: int = 0, val_parts: int = VAL_PARTS
 ) -> pd.Series:
     """train/val/test of every row for fold ``i``: its test part, and val one of ``val_parts``
-    grouped, stratified parts of the rest: the first that leaves every class a train slide."""
+    grouped, stratified parts of the rest: the first that leaves every class a train slide,
+    among them first one with a val slide of every class (with few patients some parts lack a
+    class, and model selection on such a val sees only the others)."""
     split = pd.Series("train", index=sheet.index, name="split")
     split[fold == i] = "test"
     rest = sheet.loc[fold != i]
     groups = groups_of(rest)
-    # scikit-learn refuses more parts than the largest class has slides
-    n = max(2, min(val_parts, int(rest["label"].value_counts().max())))
+    # scikit-learn refuses more parts than the largest class has slides, or than there are
+    # patients: 3 patients a class with 4 slides each left 4 patients to cut into 5 parts
+    largest = int(rest["label"].value_counts().max())
+    n = max(2, min(val_parts, largest, groups.nunique()))
     classes = set(sheet["label"])
-    for part in _parts(rest["label"], groups, n, seed + i):
-        val = rest.index[part]
-        if classes <= set(rest.loc[rest.index.difference(val), "label"]):
-            split[val] = "val"
-            return split
-    raise ZoomMILError(f"fold {i}: no validation part leaves every class a train slide")
+    vals = [rest.index[part] for part in _parts(rest["label"], groups, n, seed + i)]
+    trained = [v for v in vals if classes <= set(rest.loc[rest.index.difference(v), "label"])]
+    if not trained:
+        raise ZoomMILError(f"fold {i}: no validation part leaves every class a train slide")
+    complete = [v for v in trained if classes <= set(rest.loc[v, "label"])]
+    split[(complete or trained)[0]] = "val"
+    return split
 
 
 def fold_sheets(sheet: pd.DataFrame, k: int, seed: int = 0) -> list[pd.DataFrame]:
@@ -116,10 +121,21 @@ def write(sheet_path: str | Path, out: str | Path, k: int, seed: int = 0) -> lis
             raise ZoomMILError(f"{sheet_path}: slide sheet lacks column {column}")
     sheet["label"] = sheet["label"].str.strip()
     sheet["path"] = [resolve_slide_path(sheet_path, p) if p else p for p in sheet["path"]]
+    labels = sorted(set(sheet["label"]))
+    if len(labels) < 2:
+        listed = ", ".join(map(shown, labels)) or "none"
+        raise ZoomMILError(
+            f"{sheet_path}: one class only ({listed}): a classifier needs at least two; add "
+            "slides of another label"
+        )
+    try:  # the refusals of too few patients or val slides, said of this sheet
+        frames = fold_sheets(sheet, k, seed)
+    except ZoomMILError as error:
+        raise ZoomMILError(f"{sheet_path}: {error}") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, frame in enumerate(fold_sheets(sheet, k, seed)):
+    for i, frame in enumerate(frames):
         path = out / f"fold_{i}.tsv"
         frame.to_csv(path, sep="\t", index=False)
         paths.append(path)
