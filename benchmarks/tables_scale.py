@@ -5,7 +5,8 @@
 
 Writes results/benchmarks/tables_scale.{json,md}. For each number of test slides it writes the
 evaluation JSONs the workflow's `tables` rule reads (the demo config's 9 methods and 6 Table 4
-ablations, ``--seeds`` seeds, 3 classes, about 70% of the predictions right) plus a QC table
+ablations, ``--seeds`` seeds, 3 classes, about 70% of the predictions right, each with its
+class probabilities for the calibration table) plus a QC table
 and the FLOPs and timing JSONs, then runs `make_tables` in a fresh process ``--repeats``
 times: wall time and that process's peak RSS. The bootstrap CIs (5000 resamples per cell) and
 the paired permutation tests of the comparison table (exact up to 16 slides, 20000 Monte
@@ -55,6 +56,10 @@ def fabricate(folder: Path, n_test: int, n_seeds: int, seed: int = 0) -> dict:
             right = rng.random(n_test) < 0.7
             preds = np.where(right, labels, (labels + rng.integers(1, 3, n_test)) % 3)
             pred = stats.Predictions(tuple(slides), (0,), labels, preds[None], len(CLASSES))
+            # softmax-like probabilities whose largest is the prediction: calibration's input
+            logits = rng.normal(0.0, 1.0, (n_test, len(CLASSES)))
+            logits[np.arange(n_test), preds] += 2.0 + np.abs(logits).max(axis=1)
+            probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
             every = np.arange(n_test)
             record = {
                 "method": method,
@@ -64,8 +69,13 @@ def fabricate(folder: Path, n_test: int, n_seeds: int, seed: int = 0) -> dict:
                 "weighted_f1": float(stats.seed_mean_metric(pred, "weighted_f1", every)),
                 "auc": 0.8,
                 "predictions": [
-                    {"slide_id": s, "label": CLASSES[y], "pred": CLASSES[p]}
-                    for s, y, p in zip(slides, labels, preds, strict=True)
+                    {
+                        "slide_id": s,
+                        "label": CLASSES[y],
+                        "pred": CLASSES[p],
+                        "probs": dict(zip(CLASSES, map(float, q), strict=True)),
+                    }
+                    for s, y, p, q in zip(slides, labels, preds, probs, strict=True)
                 ],
             }
             path = folder / "eval" / method / f"seed~{run_seed}.json"
