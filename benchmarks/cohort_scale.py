@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_cli
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400, 1000])
     parser.add_argument("--config", type=Path, default=REPO / "config" / "camelyon16.yaml")
     args = parser.parse_args(argv)
+    if min(args.sizes) < 8:
+        parser.error("--sizes: at least 8 slides (each class needs train, val and test slides)")
+    args.config = bench_cli.input_file(args.config, "config").resolve()
+    bench_cli.output_folder(OUT)
+    bench_cli.output_folder(WORK)
     slides = make_slides(max(args.sizes), WORK / "slides")
     rows = []
     for n in args.sizes:
@@ -130,11 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/cohort_scale.py " + " ".join(argv or sys.argv[1:]),
         "cpu_count": os.cpu_count(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "config": str(args.config.relative_to(REPO)),
+        "config": os.path.relpath(args.config, REPO),  # a --config outside REPO too
         "rows": rows,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "cohort_scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    bench_cli.write_text(OUT / "cohort_scale.json", json.dumps(result, indent=2) + "\n")
     lines = [
         "# Cohort scale: `snakemake -n` time vs slides",
         "",
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {a['jobs']} | {a['wall_seconds']:.1f} | {a['cpu_seconds']:.1f} |"
         )
     lines += ["", f"Command: `{result['command']}`", ""]
-    (OUT / "cohort_scale.md").write_text("\n".join(lines))
+    bench_cli.write_text(OUT / "cohort_scale.md", "\n".join(lines))
     print("\n".join(lines))
     return 0
 

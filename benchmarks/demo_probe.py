@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_cli
 import cv2
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ def _shown(result: dict) -> str:
     return f"{result['balanced_accuracy']:.3f} ({min(folds):.2f}-{max(folds):.2f})"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-slides", type=int, default=18)
     parser.add_argument("--seed", type=int, default=0)
@@ -148,7 +149,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results/benchmarks/demo_probe.json")
     parser.add_argument("--views", nargs="+", default=[*VIEWS, "10x_blur4"], help="views to probe")
     parser.add_argument("--save-features", type=Path, default=None, help="also write an .npz")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    bench_cli.output_file(args.out)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,8 +230,7 @@ def main() -> None:
         "host": platform.node(),
         "torch_threads": torch.get_num_threads(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    bench_cli.write_text(args.out, json.dumps(report, indent=2) + "\n")
     print("balanced accuracy, pooled over the folds (range over the 5 folds)")
     for name, r in results.items():
         s, a, w = r["lesion_abnormal_vs_normal"], r["lesion_class"], r["where_cue"]

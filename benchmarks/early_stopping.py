@@ -23,6 +23,8 @@ import csv
 import json
 from pathlib import Path
 
+import bench_cli
+
 from zoommil.training.trainer import replay_early_stopping
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, nargs="+", default=[5, 10, 15, 20, 30])
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args(argv)
+    bench_cli.input_folder(args.models, "models folder")
+    bench_cli.output_folder(args.out)
     runs, skipped = read_runs(args.models)
     if not runs:
         parser.error(f"{args.models}: no full-length runs (metrics.json + log.csv) found")
@@ -129,10 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "replays": [replay(runs, p) for p in args.patience],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "early_stopping.json").write_text(json.dumps(result, indent=2) + "\n")
+    bench_cli.write_text(args.out / "early_stopping.json", json.dumps(result, indent=2) + "\n")
     text = markdown(result)
-    (args.out / "early_stopping.md").write_text(text)
+    bench_cli.write_text(args.out / "early_stopping.md", text)
     print(text, end="")
     return 0
 

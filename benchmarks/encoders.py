@@ -31,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+import bench_cli
 import numpy as np
 import torch
 from source_slide import default_source
@@ -208,7 +209,7 @@ def markdown(result: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", nargs="+", default=DEFAULT_ENCODERS)
     parser.add_argument("--slide", type=Path, default=SLIDE)
@@ -224,14 +225,15 @@ def main() -> None:
         "--predict", nargs="*", help="encoders that also run the predict comparison (default all)"
     )
     parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    bench_cli.input_file(args.slide, "slide")
+    bench_cli.output_folder(args.out)
     print(markdown(run(args)))
 
 
 def write(result: dict[str, object], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "encoders.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "encoders.md").write_text(markdown(result))
+    bench_cli.write_text(out / "encoders.json", json.dumps(result, indent=2) + "\n")
+    bench_cli.write_text(out / "encoders.md", markdown(result))
 
 
 if __name__ == "__main__":

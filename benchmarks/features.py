@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_cli
 import numpy as np
 import torch
 from source_slide import default_source
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args(argv)
+    bench_cli.input_file(args.slide, "slide")
+    bench_cli.output_folder(args.out)
 
     all_threads = torch.get_num_threads()
     threads_list = args.threads or sorted({1, all_threads})
@@ -189,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "features.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "features.md").write_text(markdown(report))
+    bench_cli.write_text(args.out / "features.json", json.dumps(report, indent=2) + "\n")
+    bench_cli.write_text(args.out / "features.md", markdown(report))
     print(f"wrote {args.out / 'features.json'} and features.md")
     return 0
 

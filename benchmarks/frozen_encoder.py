@@ -21,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+import bench_cli
 import numpy as np
 import torch
 
@@ -36,14 +37,15 @@ def patches_per_second(encoder: PatchEncoder, batch: np.ndarray, repeats: int) -
     return repeats * len(batch) / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6, help="eager/frozen round pairs")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=4, help="batches per round")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/frozen_encoder"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    bench_cli.output_file(args.out.with_suffix(".json"))
     torch.set_num_threads(args.threads)
 
     model, _ = build_registered_encoder("resnet50_layer3", weights="random", seed=0)
@@ -75,8 +77,7 @@ def main() -> None:
         "feature_mean_abs_diff": float(diff.mean()),
         "feature_mean_abs": float(np.abs(features["eager"]).mean()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    bench_cli.write_text(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     lines = [
         "# Frozen vs eager fp32 CPU encoder (ResNet-50 to layer3, 256 px, random weights)",
         "",
@@ -95,7 +96,7 @@ def main() -> None:
         f"{result['feature_max_abs_diff']:.2e}, mean |diff| {result['feature_mean_abs_diff']:.2e} "
         f"on values of mean |x| {result['feature_mean_abs']:.2f}.",
     ]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    bench_cli.write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_cli
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +39,8 @@ CAMELYON_MAGS = [10.0, 20.0]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    bench_cli.output_folder(path.parent)
+    bench_cli.write_text(path, json.dumps(data, indent=2) + "\n")
     print(f"{path}", file=sys.stderr)
 
 
@@ -300,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     device = "cpu" if dry else "cuda"
     out = args.out or REPO / "results" / "benchmarks" / ("gpu-dry" if dry else "gpu")
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    bench_cli.output_folder(out)
+    work = bench_cli.output_folder(out / "work")
     if dry:
         torch.set_num_threads(1)
     tic = time.perf_counter()

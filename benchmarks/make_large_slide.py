@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_cli
 from source_slide import default_source, missing_source_message
 
 from zoommil.synth.large import PRESETS, load_source, write_large_slide
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.source.is_file():
-        print(f"error: {missing_source_message(args.source)}", file=sys.stderr)
-        return 1
+        bench_cli.fail(missing_source_message(args.source))
+    bench_cli.output_file(args.out)
     changes = {
         k: v
         for k, v in {
@@ -60,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     spec = dataclasses.replace(PRESETS[args.preset], **changes)
     tic = time.perf_counter()
     source = load_source(args.source, spec.mpp)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     info = write_large_slide(args.out, source, spec, args.compression)
     info.update(
         preset=args.preset,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         total_seconds=time.perf_counter() - tic,
         peak_rss_mb=peak_rss_mb(),
     )
-    Path(str(args.out) + ".json").write_text(json.dumps(info, indent=2) + "\n")
+    bench_cli.write_text(Path(str(args.out) + ".json"), json.dumps(info, indent=2) + "\n")
     print(json.dumps(info))
     return 0
 

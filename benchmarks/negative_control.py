@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_cli
 import numpy as np
 import pandas as pd
 import yaml
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    bench_cli.output_folder(args.out)
     if args.quick:
         args.permutations, args.seeds, args.true_seeds = 2, [0], [0, 1]
 
@@ -364,9 +366,8 @@ def main(argv: list[str] | None = None) -> None:
         "verdict": verdict(summary),
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "negative_control.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "negative_control.md").write_text(markdown(result))
+    bench_cli.write_text(args.out / "negative_control.json", json.dumps(result, indent=1) + "\n")
+    bench_cli.write_text(args.out / "negative_control.md", markdown(result))
     print(markdown(result))
 
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bench_cli
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,16 +91,16 @@ def markdown(result: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", nargs="+", default=list(DEFAULT_ENCODERS))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    bench_cli.output_folder(args.out)
     result = run(args.encoders, max(1, args.repeats))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "process_memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "process_memory.md").write_text(markdown(result))
+    bench_cli.write_text(args.out / "process_memory.json", json.dumps(result, indent=2) + "\n")
+    bench_cli.write_text(args.out / "process_memory.md", markdown(result))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import bench_cli
 import cv2
 from source_slide import default_source
 
@@ -40,11 +40,7 @@ OUT = REPO / "results" / "benchmarks"
 def time_reading(slide: Path, mags: list[float], max_parents: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         coords = Path(tmp) / "coords.h5"
-        subprocess.run(
-            [sys.executable, "-m", "zoommil", "tile", str(slide), "--mags", *map(str, mags),
-             "--out", str(coords)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        bench_cli.zoommil("tile", str(slide), "--mags", *map(str, mags), "--out", str(coords))
         plan = load_coords(coords)
     xy = plan.xy[0][: max_parents or None]
     tasks = list(chunk_tasks(str(slide), xy, plan.sides[0], depths(plan.mags), plan.patch_size, 1))
@@ -76,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    bench_cli.input_file(args.slide, "slide")
+    bench_cli.output_folder(args.out)
     cv2.setNumThreads(1)  # as in a reader process
     result = time_reading(args.slide, args.mags, args.max_parents, args.repeats)
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "python": sys.version}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "reading.json").write_text(json.dumps(result, indent=2))
+    bench_cli.write_text(args.out / "reading.json", json.dumps(result, indent=2))
     mags = " -> ".join(f"{m:g}x" for m in result["mags"])
     passes = ", ".join(f"{s:.2f}" for s in result["cpu_seconds_per_pass"])
     table = (
@@ -90,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {Path(result['slide']).name} | {mags} | {result['parents']} | {result['patches']} "
         f"| {passes} | {result['cpu_ms_per_patch']:.2f} |\n"
     )
-    (args.out / "reading.md").write_text(table)
+    bench_cli.write_text(args.out / "reading.md", table)
     print(table)
     return 0
 

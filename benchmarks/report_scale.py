@@ -34,6 +34,8 @@ from base64 import urlsafe_b64encode
 from collections import Counter
 from pathlib import Path
 
+import bench_cli
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "benchmarks"
 WORK = OUT / "report"
@@ -252,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if max(args.sizes) > 1000:
         parser.error("at most 1000 slides (names demo_000 .. demo_999)")
+    bench_cli.input_folder(args.run, "run folder")
+    bench_cli.input_folder(args.run / "results", "run's results folder")
+    bench_cli.input_folder(args.run / ".snakemake" / "metadata", "run's Snakemake records")
+    bench_cli.input_file(args.run / SHEET, "run's demo sheet")
+    bench_cli.output_folder(OUT)
+    bench_cli.output_folder(WORK)
     base = WORK / "base"
     shutil.rmtree(base, ignore_errors=True)
     copy_run(args.run.resolve(), base)
@@ -270,10 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         "updated_jobs": updated,
         "rows": rows,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "report_scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    bench_cli.write_text(OUT / "report_scale.json", json.dumps(result, indent=2) + "\n")
     text = write(result)
-    (OUT / "report_scale.md").write_text(text)
+    bench_cli.write_text(OUT / "report_scale.md", text)
     print(text)
     return 0
 

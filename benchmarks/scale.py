@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_cli
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -333,6 +334,7 @@ def parallel_capacity(processes: int, patches: int = 60, repeats: int = 2) -> li
 def ensure_slides(presets: list[str], source: Path | None = None) -> dict[str, Path]:
     """The real-size slides, made from ``source`` (default: `source_slide.default_source`) when
     missing; a missing source stops here with one line saying where to download it."""
+    from bench_cli import fail
     from source_slide import default_source, missing_source_message
 
     source = source or default_source()
@@ -341,7 +343,7 @@ def ensure_slides(presets: list[str], source: Path | None = None) -> dict[str, P
         path = SLIDES / f"large{preset}.tiff"
         if not path.exists():
             if not source.is_file():
-                raise SystemExit(f"error: {missing_source_message(source)}")
+                fail(missing_source_message(source))
             print(f"making {path} (minutes)", file=sys.stderr)
             subprocess.run(
                 [sys.executable, str(REPO / "benchmarks" / "make_large_slide.py"),
@@ -578,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     tic = time.perf_counter()
-    WORK.mkdir(parents=True, exist_ok=True)
+    bench_cli.output_folder(WORK)
     slides = ensure_slides(["20x", "40x"], args.source)
     n = 8 if args.quick else args.parents
     res: dict[str, Any] = {
@@ -781,8 +783,8 @@ def main(argv: list[str] | None = None) -> int:
 def save(res: dict[str, Any], tic: float) -> None:
     """Write what is measured so far (a long run stopped early keeps its numbers)."""
     res["seconds"] = time.perf_counter() - tic
-    (OUT / "scale.json").write_text(json.dumps(res, indent=2) + "\n")
-    (OUT / "scale.md").write_text(markdown(res))
+    bench_cli.write_text(OUT / "scale.json", json.dumps(res, indent=2) + "\n")
+    bench_cli.write_text(OUT / "scale.md", markdown(res))
 
 
 if __name__ == "__main__":

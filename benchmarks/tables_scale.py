@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_cli
 import numpy as np
 import yaml
 
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child is not None:
         print(json.dumps(make_tables_once(args.child)))
         return
+    bench_cli.output_folder(args.out)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     rows = []
@@ -184,9 +186,10 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tables_scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (args.out / "tables_scale.md").write_text(markdown(rows, meta))
+    bench_cli.write_text(
+        args.out / "tables_scale.json", json.dumps({"meta": meta, "rows": rows}, indent=1)
+    )
+    bench_cli.write_text(args.out / "tables_scale.md", markdown(rows, meta))
     print(markdown(rows, meta))
 
 

@@ -33,12 +33,11 @@ import csv
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import bench_cli
 import torch
 from source_slide import default_source
 
@@ -57,7 +56,7 @@ OUT = REPO / "results" / "benchmarks"
 def cli(*args: str) -> float:
     """Wall seconds of one `zoommil` command (fails loudly)."""
     tic = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "zoommil", *args], check=True, capture_output=True)
+    bench_cli.zoommil(*args)
     return time.perf_counter() - tic
 
 
@@ -225,7 +224,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slide", default=str(CMU))
     parser.add_argument("--mags", type=float, nargs="+", default=[5.0, 10.0, 20.0])
@@ -242,16 +241,17 @@ def main() -> None:
     )
     parser.add_argument("--copies", type=int, default=4, help="slides for 'many' (default 4)")
     parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.mags, args.repeats = [2.5, 5.0], 1
     if args.threads < 2:
         parser.error("--threads must be >= 2 (it is compared against 1)")
+    bench_cli.input_file(Path(args.slide), "slide")
+    bench_cli.output_folder(args.out)
     result = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "threads.json"
-    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (args.out / "threads.md").write_text(markdown(result))
+    text = json.dumps(result, indent=2, default=str) + "\n"
+    bench_cli.write_text(args.out / "threads.json", text)
+    bench_cli.write_text(args.out / "threads.md", markdown(result))
     print(markdown(result))
 
 

@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_cli
 import cv2
 import h5py
 import numpy as np
@@ -446,9 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if not SLIDES.is_dir():
-        print(f"error: {SLIDES}: real slides not found", file=sys.stderr)
-        return 1
-    args.out.mkdir(parents=True, exist_ok=True)
+        bench_cli.fail(f"{SLIDES}: real slides not found")
+    bench_cli.output_folder(args.out)
     work = Path(tempfile.mkdtemp(prefix="tissue_artefacts."))
     tic = time.perf_counter()
     try:
@@ -469,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         "slides": slides,
         "seconds": round(time.perf_counter() - tic, 1),
     }
-    (args.out / "tissue_artefacts.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "tissue_artefacts.md").write_text(markdown(results) + "\n")
+    bench_cli.write_text(args.out / "tissue_artefacts.json", json.dumps(results, indent=2) + "\n")
+    bench_cli.write_text(args.out / "tissue_artefacts.md", markdown(results) + "\n")
     print(markdown(results))
     return 0
 

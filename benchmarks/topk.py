@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_cli
 import torch
 import torch.nn.functional as F
 
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(run_one(json.loads(args.worker))))
         return
+    bench_cli.output_file(args.out)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device")
 
@@ -249,10 +251,9 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "quick": args.quick,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(meta | {"results": results}, indent=2))
+    bench_cli.write_text(args.out, json.dumps(meta | {"results": results}, indent=2))
     md = _markdown(results)
-    args.out.with_suffix(".md").write_text(md)
+    bench_cli.write_text(args.out.with_suffix(".md"), md)
     print(md)
 
 

@@ -19,6 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import bench_cli
 import torch
 import torch.nn.functional as F
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args(argv)
+    bench_cli.output_folder(args.out)
     rows = []
     for seed in range(args.draws):
         rows.append({"seed": seed, **cosines(seed, args.n, args.k, args.sigma, args.samples)})
@@ -92,9 +94,10 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python benchmarks/topk_gradient.py", *(argv or sys.argv[1:])]),
         **{key: getattr(args, key) for key in ("n", "k", "sigma", "samples")},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "topk_gradient.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (args.out / "topk_gradient.md").write_text(markdown(rows, meta))
+    bench_cli.write_text(
+        args.out / "topk_gradient.json", json.dumps({"meta": meta, "rows": rows}, indent=1)
+    )
+    bench_cli.write_text(args.out / "topk_gradient.md", markdown(rows, meta))
     print(markdown(rows, meta))
 
 

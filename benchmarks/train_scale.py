@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import bench_cli
 import numpy as np
 import pandas as pd
 import yaml
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features-dir", type=Path, default=OUT / "train_scale" / "features")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    bench_cli.output_folder(args.out)
+    bench_cli.output_folder(args.features_dir)
 
     work = args.out / "train_scale"
     plan = []  # (train slides, method, cache)
@@ -184,9 +187,10 @@ def main(argv: list[str] | None = None) -> None:
         "mb_per_slide": args.patches * 1.25 * args.dim * 4 / 2**20,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_scale.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (args.out / "train_scale.md").write_text(markdown(rows, meta))
+    bench_cli.write_text(
+        args.out / "train_scale.json", json.dumps({"meta": meta, "rows": rows}, indent=1)
+    )
+    bench_cli.write_text(args.out / "train_scale.md", markdown(rows, meta))
     print(markdown(rows, meta))
 
 

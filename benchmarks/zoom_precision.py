@@ -18,6 +18,7 @@ import csv
 import json
 from pathlib import Path
 
+import bench_cli
 import h5py
 import numpy as np
 import torch
@@ -62,13 +63,20 @@ def slide_precision(model, norm, path: Path, lesion: dict[str, str]) -> list[tup
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["zoommil"])
     parser.add_argument("--split", default="test")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    sheet = read_tsv(args.results / "demo" / "slides.tsv")
+    args = parser.parse_args(argv)
+    sheet = read_tsv(bench_cli.input_file(args.results / "demo" / "slides.tsv", "demo sheet"))
+    bench_cli.input_file(args.results / "demo" / "regions.tsv", "demo regions")
+    checkpoints = {m: sorted((args.results / "models" / m).glob("seed~*/checkpoint.pt"))
+                   for m in args.methods}  # fmt: skip
+    for method, found in checkpoints.items():
+        if not found:  # else the run would overwrite the result with an empty one
+            bench_cli.fail(f"{args.results / 'models' / method}: no seed~*/checkpoint.pt")
+    out = bench_cli.output_folder(args.results / "benchmarks")
     lesions = {
         r["slide_id"]: r
         for r in read_tsv(args.results / "demo" / "regions.tsv")
@@ -77,7 +85,7 @@ def main() -> None:
     slides = [r["slide_id"] for r in sheet if r["split"] == args.split]
     rows = []
     for method in args.methods:
-        for ckpt in sorted((args.results / "models" / method).glob("seed~*/checkpoint.pt")):
+        for ckpt in checkpoints[method]:
             model, config = model_from_checkpoint(ckpt)
             norm = FeatureNorm.from_config(config.get("feature_norm"))
             per_slide = [
@@ -99,9 +107,7 @@ def main() -> None:
                     }
                 )
                 print(json.dumps(rows[-1]))
-    out = args.results / "benchmarks"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "zoom_precision.json").write_text(json.dumps(rows, indent=2) + "\n")
+    bench_cli.write_text(out / "zoom_precision.json", json.dumps(rows, indent=2) + "\n")
     lines = [
         f"**Where ZoomMIL zooms ({args.split} split): selected patches on the lesion vs all "
         "candidates**",
@@ -114,7 +120,7 @@ def main() -> None:
             f"| {r['method']} | {r['seed']} | {r['magnification']}x | {r['k']} | "
             f"{r['selected_on_lesion']:.2f} | {r['candidates_on_lesion']:.2f} |"
         )
-    (out / "zoom_precision.md").write_text("\n".join(lines) + "\n")
+    bench_cli.write_text(out / "zoom_precision.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_cli
 import torch
 from source_slide import default_source
 
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-cmu", action="store_true", help="the demo slides only")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    bench_cli.output_folder(args.out)
     cases = []
     with tempfile.TemporaryDirectory(prefix="zoommil-demo-") as folder:
         demo = demo_slides(Path(folder), args.demo_slides, args.demo_scale)
@@ -148,9 +150,8 @@ def main(argv: list[str] | None = None) -> None:
             )
     for case in cases:
         case["efficiency"] = case["speedup"] / case["patch_ratio"]
-    args.out.mkdir(parents=True, exist_ok=True)
     result = {"goal": "speedup >= 0.8 * patch_ratio", "torch": torch.__version__, "cases": cases}
-    (args.out / "zoom_speedup.json").write_text(json.dumps(result, indent=2) + "\n")
+    bench_cli.write_text(args.out / "zoom_speedup.json", json.dumps(result, indent=2) + "\n")
     lines = [
         "| case | threads | ABMIL patches / ZoomMIL patches | measured speed-up | efficiency |",
         "|---|---|---|---|---|",
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {c['case']} (K={c['k']}, mags {c['mags']}) | {c['threads']} | "
             f"{c['patch_ratio']:.2f} | {c['speedup']:.2f} | {c['efficiency']:.2f} |"
         )
-    (args.out / "zoom_speedup.md").write_text("\n".join(lines) + "\n")
+    bench_cli.write_text(args.out / "zoom_speedup.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -10,6 +10,7 @@ resolution unit, so OpenSlide (generic-tiff) reports ``openslide.mpp-x``. Use th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,10 @@ import pytest
 from slide_factory import write_pyramid_tiff
 
 REPO = Path(__file__).resolve().parents[1]
+# The benchmark scripts import their siblings (bench_cli, source_slide) as a script run from
+# benchmarks/ does; tests that load a script from its file need that folder on the path
+# (appended, so that it shadows no installed module).
+sys.path.append(str(REPO / "benchmarks"))
 SLIDES_DIR = REPO / ".." / "shared" / "data" / "slides"
 
 
