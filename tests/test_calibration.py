@@ -254,6 +254,34 @@ def test_make_tables_writes_the_calibration_table_and_reliability_bins(tmp_path:
     assert made["calibration"]["method"].tolist() == ["zoommil"]  # returned as the others
 
 
+def test_reliability_notes_say_only_what_is_true_of_that_csv(tmp_path: Path) -> None:
+    """reliability.csv's first note was the tables' generic one: "metrics, their CIs and
+    differences are fractions ... (the Markdown and LaTeX tables show them in percent)";
+    reliability.csv has no CI, no difference and no Markdown or LaTeX table, and an AUC note
+    spoke of a metric it does not hold. Its notes now name its own columns; the encoder,
+    weights and QC notes stay."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, size=12)
+    path = write_eval(tmp_path / "eval/zoommil/seed~0.json", 0, BINARY, labels,
+                      random_probs(rng, 1, 12, 2)[0])  # fmt: skip
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "auc_note": "one class absent from the test split"}))
+    _, outputs = run_tables(tmp_path, [path])
+    notes = pd.read_csv(outputs["reliability_csv"])["notes"].iloc[0].split(" | ")
+    for word in ("Markdown", "LaTeX", "CI", "differences", "percent", "AUC"):
+        assert not any(word in note for note in notes), (word, notes)
+    for column in ("bin_low", "bin_high", "mean_confidence", "accuracy"):
+        assert column in notes[0]
+    assert notes[1] == calibration.RELIABILITY_NOTE
+    assert any(n.startswith("patch encoder:") for n in notes)
+    assert any("RANDOM initialisation" in n for n in notes)
+    assert any("by QC" in n for n in notes)
+    # the tables with Markdown and LaTeX versions keep the generic note, and the AUC one
+    main_notes = pd.read_csv(outputs["main_csv"])["notes"].iloc[0]
+    assert "the Markdown and LaTeX tables show them in percent" in main_notes
+    assert "one class absent from the test split" in main_notes
+
+
 def test_a_slide_with_probabilities_missing_a_class_is_an_error_naming_it(tmp_path: Path) -> None:
     labels = np.array([0, 1, 0])
     probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])

@@ -28,12 +28,14 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from zoommil.errors import ZoomMILError
+from zoommil.io.atomic import atomic_path
 from zoommil.reporting import evalcheck, stats
 from zoommil.reporting.table_format import NO_CI, count_text
 
@@ -369,6 +371,28 @@ RELIABILITY_NOTE = (
     "n_slides / n_test x |accuracy - mean_confidence|, and calibration.csv's ECE the mean over "
     "the seeds"
 )
+
+
+#: reliability.csv's first note, in place of the tables' generic one, which speaks of CIs,
+#: differences and the percent of Markdown and LaTeX tables that this CSV does not have.
+RELIABILITY_UNITS = (
+    "in this CSV, bin_low, bin_high, mean_confidence and accuracy are fractions in [0, 1] "
+    "(an empty bin: n_slides 0, no mean_confidence or accuracy)"
+)
+
+
+def write_reliability_csv(path: str | Path, frame: pd.DataFrame, shared: Sequence[str]) -> None:
+    """``frame`` (`reliability_frame`) with a ``notes`` column: `RELIABILITY_UNITS`, what its
+    rows are, then those of the tables' ``shared`` notes that are true of it (encoder,
+    weights, QC), not those on AUC, which it does not hold.
+
+    Why not `table_format.write_csv`: its first note is the tables' (CIs, differences, the
+    Markdown and LaTeX tables' percent), and the figure rules import that module, so a change
+    there would rerun them."""
+    notes = [n for n in shared if not n.startswith("AUC n/a")]
+    frame = frame.assign(notes=" | ".join([RELIABILITY_UNITS, RELIABILITY_NOTE, *notes]))
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
 def reliability_frame(probs: Mapping[str, Probabilities], order: Sequence[str]) -> pd.DataFrame:

@@ -219,5 +219,5 @@ def _calibration(
     )
     if "reliability_csv" in outputs:
         frame = calibration.reliability_frame(probs, order)
-        write_csv(outputs["reliability_csv"], frame, [calibration.RELIABILITY_NOTE, *shared])
+        calibration.write_reliability_csv(outputs["reliability_csv"], frame, shared)
     return table
