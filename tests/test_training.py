@@ -703,6 +703,37 @@ def test_user_errors_are_one_line(
     assert "checkpoint not found" in _error_line(capsys)
 
 
+@pytest.mark.parametrize(
+    ("option", "shown"),
+    [("--sheet", "slide sheet not found"), ("--exclude", "exclusion (QC) table not found")],
+)
+def test_evaluate_checks_the_sheet_and_qc_table_first(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    shown: str,
+) -> None:
+    """`zoommil evaluate` loaded the checkpoint before it looked at --sheet (and --exclude):
+    a wrong path cost a checkpoint load first, and with a bad checkpoint as well the user
+    heard of the checkpoint, then, once it was fixed, of the sheet. The cheap paths come
+    first: the error names the missing file and no checkpoint is loaded."""
+    from zoommil.training import checkpoint
+
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    loads: list[str] = []
+    real = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda p: loads.append(p) or real(p))
+    missing = tmp_path / "nowhere.tsv"
+    argv = ["evaluate", "--checkpoint", str(bad), "--features-dir", str(tmp_path),
+            option, str(missing), "--out", str(tmp_path / "e.json")]  # fmt: skip
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert shown in line and str(missing) in line, line
+    assert "not a zoommil checkpoint" not in line and loads == []
+
+
 def test_evaluate_from_another_folder_uses_the_training_sheet_and_qc_table(
     dataset: dict[str, Path],
     tmp_path: Path,

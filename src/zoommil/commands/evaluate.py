@@ -67,13 +67,18 @@ def run(args: argparse.Namespace) -> int:
     from zoommil.io.sheet import read_table
     from zoommil.training import evaluate_checkpoint
     from zoommil.training.checkpoint import load_checkpoint
+    from zoommil.training.data import read_exclusions
     from zoommil.training.evaluation_inputs import check_split_lattice, exclusions_for
 
-    _, meta = load_checkpoint(args.checkpoint)
+    # The paths given first, before the checkpoint is loaded: a wrong --sheet or --exclude
+    # was reported only after that load, and after a bad checkpoint's error.
     if args.sheet:
         # as train, flops and profile say it; the evaluation's own check, written for the
         # sheet the checkpoint recorded, told a user who had given --sheet to "pass --sheet"
         read_table(args.sheet)
+    if args.exclude:  # '' is none
+        read_exclusions(args.exclude)
+    _, meta = load_checkpoint(args.checkpoint)
     exclude = exclusions_for(args.sheet, args.exclude, meta, args.checkpoint)
     recipe = meta.get("preprocessing") or {}
     qc = meta.get("exclude") if exclude is None else exclude
