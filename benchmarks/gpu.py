@@ -11,9 +11,11 @@ process (the next slides tiled ahead), and one `zoommil train --device cuda` epo
 synthetic feature files of realistic bag sizes; last, features with a foundation-model
 architecture (UNI, ViT-L/16 at 224 px, random weights) on the first 200 tissue parents of the
 40x slide (its resize to 224 px and bf16 attention on the device). Each step writes JSON under
-results/benchmarks/gpu/ (dry mode: results/benchmarks/gpu-dry/ unless --out), with the
-device's busy (encode) time next to the time spent waiting for the readers, so a starved GPU
-shows.
+results/benchmarks/gpu/ (dry mode: results/benchmarks/gpu-dry/ unless --out) as it ends, with
+the device's busy (encode) time next to the time spent waiting for the readers, so a starved
+GPU shows. A run first removes the previous run's JSONs from that folder; each JSON it writes
+carries its `run_id` and `started` time, and summary.json, written last, lists its steps: a
+folder without summary.json holds a run that stopped part-way.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import os
 import subprocess
 import sys
 import time
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +40,31 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 BRIGHT_MAGS = [1.25, 2.5, 10.0]
 CAMELYON_MAGS = [10.0, 20.0]
+#: The steps, in the order they run, each writing ``{step}.json``; ``SUMMARY`` comes last.
+STEPS = ("features", "profile", "predict", "train", "features_uni")
+SUMMARY = "summary.json"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     bench_cli.output_folder(path.parent)
     bench_cli.write_text(path, json.dumps(data, indent=2) + "\n")
     print(f"{path}", file=sys.stderr)
+
+
+def start_run(out: Path) -> dict[str, str]:
+    """A new run's ``run_id`` and ``started`` (UTC), once the previous run's step JSONs and
+    summary are gone from ``out``.
+
+    Why: each step's JSON is written as the step ends, so a run stopped part-way left its
+    first steps' JSONs beside an earlier run's later ones and its summary.json, which read as
+    one run. The summary goes first: a folder without one never passes for a whole run."""
+    for name in (SUMMARY, *(f"{step}.json" for step in STEPS)):
+        bench_cli.output_file(out / name).unlink(missing_ok=True)
+    started = datetime.now(timezone.utc)
+    return {
+        "run_id": f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+        "started": started.isoformat(timespec="seconds"),
+    }
 
 
 def slides_for(dry: bool, work: Path, source: Path | None = None) -> dict[str, Path]:
@@ -302,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cpu" if dry else "cuda"
     out = args.out or REPO / "results" / "benchmarks" / ("gpu-dry" if dry else "gpu")
     bench_cli.output_folder(out)
+    run = start_run(out)
     work = bench_cli.output_folder(out / "work")
     if dry:
         torch.set_num_threads(1)
@@ -315,25 +339,25 @@ def main(argv: list[str] | None = None) -> int:
     }
     slides = slides_for(dry, work, args.source)
     ckpts = checkpoints(work, 64 if dry else 256, 2 if dry else 12)  # profile's and predict's
-    for name, step in (
-        ("features", lambda: features_step(slides, device, dry, work)),
-        ("profile", lambda: profile_step(slides, ckpts, device)),
-        ("predict", lambda: predict_step(slides, ckpts, device, work)),
-        ("train", lambda: train_step(device, dry, work)),
+    steps = {
+        "features": lambda: features_step(slides, device, dry, work),
+        "profile": lambda: profile_step(slides, ckpts, device),
+        "predict": lambda: predict_step(slides, ckpts, device, work),
+        "train": lambda: train_step(device, dry, work),
         # last, so that the paper's steps are written even if this one runs out of time
-        (
-            "features_uni",
-            lambda: features_step(
-                {"40x": slides["40x"]}, device, dry, work, encoder="uni", parents=200
-            ),
+        "features_uni": lambda: features_step(
+            {"40x": slides["40x"]}, device, dry, work, encoder="uni", parents=200
         ),
-    ):
+    }
+    written = []
+    for name in STEPS:
         t0 = time.perf_counter()
-        result = step()
-        write_json(
-            out / f"{name}.json", {**info, **result, "step_seconds": time.perf_counter() - t0}
-        )
-    write_json(out / "summary.json", {**info, "seconds": time.perf_counter() - tic})
+        result = steps[name]()
+        path = out / f"{name}.json"
+        write_json(path, {**info, **run, **result, "step_seconds": time.perf_counter() - t0})
+        written.append(path.name)
+    summary = {**info, **run, "steps": written, "seconds": time.perf_counter() - tic}
+    write_json(out / SUMMARY, summary)
     return 0
 
 

@@ -1,14 +1,20 @@
-"""benchmarks/gpu.sh runs every step of the GPU benchmark in its CPU dry mode."""
+"""benchmarks/gpu.sh runs every step of the GPU benchmark in its CPU dry mode, and the JSONs
+of one run never mix with another's."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+STEPS = ["features", "profile", "predict", "train", "features_uni"]
 
 
 def test_gpu_script_dry_mode_runs_every_step(tmp_path: Path) -> None:
@@ -43,3 +49,72 @@ def test_gpu_script_dry_mode_runs_every_step(tmp_path: Path) -> None:
     uni = json.loads((tmp_path / "features_uni.json").read_text())
     assert [(r["slide"], r["encoder"], r["patches"]) for r in uni["slides"]] == [("40x", "uni", 20)]
     assert json.loads((tmp_path / "summary.json").read_text())["seconds"] > 0
+
+
+def stubbed_gpu(monkeypatch: pytest.MonkeyPatch, stop_at: str | None = None) -> ModuleType:
+    """benchmarks/gpu.py with its steps replaced by instant ones; ``stop_at``'s step is
+    interrupted (Ctrl-C, a node's time limit) as a real run may be."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the dry mode's, not ours
+    monkeypatch.setattr(gpu, "slides_for", lambda dry, work, source=None: {"40x": work})
+    monkeypatch.setattr(gpu, "checkpoints", lambda work, patch_size, k=12: {})
+
+    def step(name: str):
+        def run(*args, **kwargs) -> dict:
+            if name == stop_at:
+                raise KeyboardInterrupt
+            return {"step": name}
+
+        return run
+
+    for name in ("profile", "predict", "train"):
+        monkeypatch.setattr(gpu, f"{name}_step", step(name))
+    monkeypatch.setattr(gpu, "features_step", step("features"))
+    return gpu
+
+
+def earlier_run(out: Path) -> None:
+    """A complete earlier run's JSONs, as the script wrote them before run ids."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in [*STEPS, "summary"]:
+        (out / f"{name}.json").write_text(json.dumps({"step": name, "seconds": 1.0}))
+
+
+def test_a_run_stopped_part_way_leaves_no_earlier_runs_json(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each step's JSON is written as the step ends: a run stopped in its third step left its
+    two JSONs beside an earlier run's predict, train and UNI JSONs and its summary.json, read
+    as one run. The earlier run's files are removed at the start, and every JSON names its
+    run."""
+    earlier_run(tmp_path)
+    gpu = stubbed_gpu(monkeypatch, stop_at="predict")
+    with pytest.raises(KeyboardInterrupt):
+        gpu.main(["--dry", "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["features.json", "profile.json"]
+    records = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("features", "profile")]
+    assert records[0]["run_id"] and records[0]["run_id"] == records[1]["run_id"]
+    assert records[0]["started"] == records[1]["started"]
+
+
+def test_summary_lists_the_run_and_its_steps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """summary.json, written last, names the run every step JSON carries and lists them; a
+    second run into the same folder is another run, whole."""
+    earlier_run(tmp_path)
+    runs = []
+    for _ in range(2):
+        stubbed_gpu(monkeypatch).main(["--dry", "--out", str(tmp_path)])
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["steps"] == [f"{n}.json" for n in STEPS]
+        for name in STEPS:
+            record = json.loads((tmp_path / f"{name}.json").read_text())
+            assert record["step"] == ("features" if name == "features_uni" else name)
+            assert (record["run_id"], record["started"]) == (summary["run_id"], summary["started"])
+        runs.append(summary["run_id"])
+    assert runs[0] != runs[1]
