@@ -76,7 +76,9 @@ def test_a_class_with_fewer_patients_than_folds_is_refused_by_name(tmp_path: Pat
     with pytest.raises(ZoomMILError, match=r"5 patients .*too few: 'mucinous' \(2\)\. Use"):
         folds.assignments(sheet, 5)
     sheet.to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
-    assert folds.main([str(tmp_path / "slides.tsv"), "--folds", "5", "--out", "x"]) == 1
+    out = tmp_path / "folds"
+    assert folds.main([str(tmp_path / "slides.tsv"), "--folds", "5", "--out", str(out)]) == 2
+    assert not out.exists()  # the folder made by the check is gone again
 
 
 def _eval(folder: Path, method: str, seed: int, rows: list[tuple[str, str, str]]) -> None:
@@ -173,7 +175,34 @@ def test_one_fold_is_refused_not_shown_with_a_nan_spread(tmp_path: Path) -> None
     with pytest.raises(ZoomMILError, match=r"^1 fold folder \(.*f0\): .* at least 2"):
         combine.combine([tmp_path / "f0"])
     out = tmp_path / "cv.csv"
-    assert combine.main([str(tmp_path / "f0"), "--out", str(out)]) == 1 and not out.exists()
+    assert combine.main([str(tmp_path / "f0"), "--out", str(out)]) == 2 and not out.exists()
+
+
+def test_the_tools_say_a_user_error_in_one_line_naming_the_tool(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the interop tools and `zoommil` do: ``PROG: error: ...``, exit 2, and ``--version``;
+    an output that names the input is refused before any work."""
+    sheet = cohort(30, slides_per_patient=2)
+    sheet.to_csv(tmp_path / "slides.tsv", sep="\t", index=False)
+    args = [str(tmp_path / "slides.tsv"), "--folds", "2"]
+    assert folds.main([*args, "--out", str(tmp_path / "slides.tsv" / "sub")]) == 2
+    assert folds.main([str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "f")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(
+        x.startswith("python -m zoommil.cv.folds: error: ") for x in lines
+    )
+    assert "missing.tsv" in lines[1]
+    _eval(tmp_path / "f0", "m", 0, [("x", "a", "a"), ("y", "b", "a")])
+    _eval(tmp_path / "f1", "m", 0, [("z", "a", "a"), ("w", "b", "b")])
+    same = tmp_path / "slides.tsv"
+    folders = [str(tmp_path / "f0"), str(tmp_path / "f1")]
+    assert combine.main([*folders, "--out", str(same), "--sheet", str(same)]) == 2
+    assert capsys.readouterr().err.startswith("python -m zoommil.cv.combine: error: ")
+    assert (tmp_path / "slides.tsv").read_text().startswith("slide_id")  # not overwritten
+    with pytest.raises(SystemExit) as version:
+        combine.main(["--version"])
+    assert version.value.code == 0 and capsys.readouterr().out.startswith("zoommil ")
 
 
 def test_a_method_missing_from_a_fold_names_the_fold(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from zoommil.errors import ZoomMILError
+from zoommil.interop.tool import add_version, run_checked
 from zoommil.reporting import stats
 from zoommil.reporting.results import checked_metric, eval_runs, patients
 
@@ -156,13 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="CSV to write (a .md beside it)")
     parser.add_argument("--sheet", help="a sheet with a `patient` column: resample patients")
+    add_version(parser)
     args = parser.parse_args(argv)
-    try:
-        table = combine(args.folders, args.sheet)
-    except ZoomMILError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     out = Path(args.out)
+    sheet = [("sheet", Path(args.sheet))] if args.sheet else []
+    table = run_checked(
+        parser.prog,
+        lambda: combine(args.folders, args.sheet),
+        [out, out.with_suffix(".md")],
+        [*sheet, *(("fold folder", Path(f)) for f in args.folders)],
+    )
+    if table is None:
+        return 2
     table.to_csv(out, index=False)
     text = markdown(table)
     out.with_suffix(".md").write_text(text, encoding="utf-8")

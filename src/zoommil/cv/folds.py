@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from zoommil.errors import ZoomMILError
+from zoommil.interop.tool import add_version, run_checked
 from zoommil.io.sheet import is_missing, read_table, resolve_slide_path, shown
 
 #: The column of `assignments` naming each slide's test fold.
@@ -162,12 +163,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5, help="k (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     parser.add_argument("--out", required=True, help="folder for fold_0.tsv ... and folds.tsv")
+    add_version(parser)
     args = parser.parse_args(argv)
-    try:
-        paths = write(args.sheet, args.out, args.folds, args.seed)
-    except ZoomMILError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    out = Path(args.out)
+    paths = run_checked(
+        parser.prog,
+        lambda: write(args.sheet, out, args.folds, args.seed),
+        [out / "folds.tsv"],
+        [("sheet", Path(args.sheet))],
+    )
+    if paths is None:
+        return 2
     for path in paths:
         print(describe(path))
     return 0

@@ -1,5 +1,6 @@
-"""What the `python -m zoommil.interop.*` tools share with the `zoommil` commands: ``--version``,
-outputs checked before the work, and a user error as one line naming the tool, exit 2.
+"""What the `python -m zoommil.interop.*` and `zoommil.cv.*` tools share with the `zoommil`
+commands: ``--version``, outputs checked before the work, and a user error as one line naming
+the tool, exit 2.
 
 Why: these tools do not run through `zoommil.cli`, and had none of it. ``regions_geojson
 PRED.json --out PRED.json`` replaced the prediction with its GeoJSON and ``geojson_mask SLIDE
@@ -7,8 +8,8 @@ REGIONS.geojson --out REGIONS.geojson`` a pathologist's annotations with a PNG, 
 0 (`zoommil` refuses an output that names an input: `zoommil.io.clobber`); an output under a
 file said "File exists", and errors began with a bare ``error:``, not the tool's name.
 
-Imported by the interop tools only, which no command or rule imports: editing it reruns no
-workflow job.
+Imported by the interop tools and `zoommil.cv`'s, which no command or rule imports: editing it
+reruns no workflow job.
 """
 
 from __future__ import annotations
