@@ -213,18 +213,12 @@ def per_seed(prob: Probabilities, metric: str, counts: np.ndarray) -> np.ndarray
 
 def _statistic(prob: Probabilities, metric: str) -> Callable[[np.ndarray], np.ndarray]:
     """`stats.bootstrap_ci`'s statistic: unit-index arrays [..., m] -> the seed mean of
-    ``metric`` on the slides they hold (a patient's slides drawn together, `stats.unit_metric`)."""
-    units = stats.unit_of_slide(prob.pred)
-    n_units = len(prob.slides) if units is None else int(units.max()) + 1
-
-    def statistic(idx: np.ndarray) -> np.ndarray:
-        idx = np.asarray(idx)
-        lead, m = idx.shape[:-1], idx.shape[-1]
-        counts = stats.slide_counts(idx.reshape(-1, m), n_units)
-        counts = counts if units is None else counts[:, units]
-        return per_seed(prob, metric, counts).mean(axis=0).reshape(lead)
-
-    return statistic
+    ``metric`` on the slides they hold (a patient's slides drawn together)."""
+    return stats.counts_statistic(
+        lambda counts: per_seed(prob, metric, counts).mean(axis=0),
+        stats.unit_of_slide(prob.pred),
+        len(prob.slides),
+    )
 
 
 def method_interval(prob: Probabilities, metric: str) -> stats.Interval:

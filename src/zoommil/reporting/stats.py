@@ -198,12 +198,26 @@ def unit_metric(
     A slide is drawn as often as its unit: a gather of the unit counts."""
     if units is None:
         return lambda idx: seed_mean_metric(pred, metric, idx)
+    return counts_statistic(
+        lambda counts: seed_mean_from_counts(pred, metric, counts), units, len(pred.slides)
+    )
+
+
+def counts_statistic(
+    of_counts: Callable[[np.ndarray], np.ndarray], units: np.ndarray | None, n_slides: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The statistic of `bootstrap_ci` from ``of_counts``, a value per slide multiset
+    (counts [B, n] -> [B]): unit-index arrays [..., m] -> their values. A slide is drawn as
+    often as its unit (``units``: `unit_of_slide`; None: each of the ``n_slides`` its own),
+    a gather of the unit counts. The tables' metrics and the calibration measures share it."""
+    n_units = n_slides if units is None else int(units.max()) + 1
 
     def statistic(idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx)
         lead, m = idx.shape[:-1], idx.shape[-1]
-        counts = slide_counts(idx.reshape(-1, m), int(units.max()) + 1)[:, units]  # [B, n]
-        return seed_mean_from_counts(pred, metric, counts).reshape(lead)
+        counts = slide_counts(idx.reshape(-1, m), n_units)
+        counts = counts if units is None else counts[:, units]  # [B, n]
+        return of_counts(counts).reshape(lead)
 
     return statistic
 
