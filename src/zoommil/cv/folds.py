@@ -140,7 +140,9 @@ def write(sheet_path: str | Path, out: str | Path, k: int, seed: int = 0) -> lis
         path = out / f"fold_{i}.tsv"
         frame.to_csv(path, sep="\t", index=False)
         paths.append(path)
-    summary = sheet[["slide_id", "label"]].assign(fold=assignments(sheet, k, seed))
+    summary = sheet[["slide_id", "label"]].assign(fold=-1)
+    for i, frame in enumerate(frames):  # each slide's test fold, as the fold sheets say
+        summary.loc[frame["split"] == "test", "fold"] = i
     summary.to_csv(out / "folds.tsv", sep="\t", index=False)
     return paths
 
