@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: Folders and files a user of the sdist needs besides the package: run, test, read.
 PROJECT = ("Snakefile", "workflow", "config", "profiles", "envs", "scripts", "tests",
-           "benchmarks", "docs", "README.md", "CONTRIBUTING.md", "LICENSE",
+           "benchmarks", "docs", "README.md", "CONTRIBUTING.md", "LICENSE", "CITATION.cff",
            "pyproject.toml")  # fmt: skip
 NOT_SOURCES = shutil.ignore_patterns(
     ".git", ".venv", "shared", "results", ".snakemake", "__pycache__", "*.pyc", "*.egg-info",
