@@ -16,6 +16,13 @@ the device's busy (encode) time next to the time spent waiting for the readers, 
 GPU shows. A run first removes the previous run's JSONs from that folder; each JSON it writes
 carries its `run_id` and `started` time, and summary.json, written last, lists its steps: a
 folder without summary.json holds a run that stopped part-way.
+
+Energy: each timed phase (each slide's features, each model's profile, the predict run, the
+training command) samples the board power of the GPU it used with nvidia-smi every
+--power-interval-ms and records ``gpu_energy``: joules, J/slide, J/patch and kWh per 1000
+slides at the phase's own rate, with the samples taken and the interval kept; gCO2 only with
+--grid-gco2-per-kwh. Without nvidia-smi, or in the dry mode unless --power-gpus names one,
+the record says "not measured" and why (benchmarks/energy.py).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any
 
 import bench_cli
 import numpy as np
+from energy import GpuPower, describe, not_measured, per_work
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -43,6 +51,42 @@ CAMELYON_MAGS = [10.0, 20.0]
 #: The steps, in the order they run, each writing ``{step}.json``; ``SUMMARY`` comes last.
 STEPS = ("features", "profile", "predict", "train", "features_uni")
 SUMMARY = "summary.json"
+
+
+class Power:
+    """Which GPUs a phase's energy is sampled on, how often, and the user's grid intensity."""
+
+    gpus: list[str] = []
+    interval_ms = 100
+    grid_gco2_per_kwh: float | None = None
+    reason = "no GPU used by this phase"
+
+    @classmethod
+    def start(cls) -> GpuPower:
+        return GpuPower(cls.gpus, cls.interval_ms).start()
+
+    @classmethod
+    def stop(cls, meter: GpuPower, what: str, slides: float, patches: float | None) -> dict:
+        energy = meter.stop()
+        if not cls.gpus:
+            energy = {**energy, **not_measured(cls.reason)}
+        energy = per_work(energy, slides, patches, cls.grid_gco2_per_kwh)
+        print(f"GPU energy, {what}: {describe(energy)}", file=sys.stderr)
+        return energy
+
+
+def cuda_gpu_id() -> str:
+    """The nvidia-smi id of the GPU torch runs on: its UUID (CUDA's device order need not be
+    nvidia-smi's), else its entry in CUDA_VISIBLE_DEVICES, else its index."""
+    import torch
+
+    index = torch.cuda.current_device()
+    try:
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+        return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+    except (AttributeError, RuntimeError):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        return visible[index].strip() if index < len(visible) and visible[index] else str(index)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -119,6 +163,7 @@ def features_step(
         lattice = tile_slide(slide, recipe)
         coords = work / f"coords_{name}.h5"
         write_coords(coords, subset_parents(lattice, 4 if dry else parents))
+        meter = Power.start()
         result = extract_features(
             slide,
             coords,
@@ -130,18 +175,21 @@ def features_step(
             threads=1 if device == "cpu" else None,
             progress=False,
         )
+        patches = int(sum(result.num_patches))
+        energy = Power.stop(meter, f"features {name}", 1, patches)
         stream = result.attrs.get("stream", {})
         rows.append(
             {
                 "slide": name,
                 "encoder": result.attrs.get("encoder"),
-                "patches": int(sum(result.num_patches)),
+                "patches": patches,
                 "seconds": result.seconds,
                 "patches_per_second": result.patches_per_second,
                 "device_busy_seconds": stream.get("encode_seconds"),
                 "reader_wait_seconds": stream.get("reader_wait_seconds"),
                 "batch_size": result.attrs.get("batch_size"),
                 "precision": result.attrs.get("precision"),
+                "gpu_energy": energy,
             }
         )
     return {"step": "features", "device": device, "slides": rows}
@@ -184,6 +232,7 @@ def profile_step(slides: dict[str, Path], ckpts: dict[str, Path], device: str) -
     rows = []
     for ckpt in ckpts.values():
         predictor = Predictor.from_checkpoint(ckpt, device=device)
+        meter = Power.start()
         result = measure_throughput(
             predictor,
             [(name, path) for name, path in slides.items()],
@@ -194,6 +243,11 @@ def profile_step(slides: dict[str, Path], ckpts: dict[str, Path], device: str) -
             # lazily loaded kernels) would otherwise land in the first timed slide
             warmup=1,
         )
+        # the call's energy covers its untimed warm-up too: the first slide once more
+        timed = result["per_slide"]
+        patches = sum(r["patches_encoded"] for r in timed) + timed[0]["patches_encoded"]
+        result["gpu_energy"] = Power.stop(meter, f"profile {ckpt.stem}", len(timed) + 1, patches)
+        result["gpu_energy"]["note"] = "includes the untimed warm-up run of the first slide"
         for r in result["per_slide"]:
             r["device_busy_seconds"] = r["phases"]["encode"]
             r["reader_wait_seconds"] = r["phases"]["read"]
@@ -220,11 +274,14 @@ def predict_step(slides: dict[str, Path], ckpts: dict[str, Path], device: str, w
     predictor = Predictor.from_checkpoint(ckpts["zoommil"], device=device)
     precision = "bf16" if device == "cuda" else "fp32"
     tasks = tasks_in_dir(copies, work / "predict_out", heatmaps=True)
+    meter = Power.start()
     summary = predict_slides(Settings(predictor, device, precision), tasks, threads=1)
     rows = [
         {k: r[k] for k in ("slide_id", "status", "patches_encoded", "seconds", "reason")}
         for r in summary["rows"]
     ]
+    patches = sum(r["patches_encoded"] or 0 for r in rows)
+    energy = Power.stop(meter, "predict", len(rows), patches)
     return {
         "step": "predict",
         "device": device,
@@ -233,6 +290,7 @@ def predict_step(slides: dict[str, Path], ckpts: dict[str, Path], device: str, w
         "wall_seconds": summary["wall_seconds"],
         "slides_per_hour": summary["slides_per_hour"],
         "seconds_per_slide_after_the_first": float(np.median([r["seconds"] for r in rows[1:]])),
+        "gpu_energy": energy,
     }
 
 
@@ -285,8 +343,15 @@ def train_step(device: str, dry: bool, work: Path) -> dict:
         "--no-progress",
     ]  # fmt: skip
     tic = time.perf_counter()
+    meter = Power.start()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - tic
+    n_train = sum(r[3] == "train" for r in rows)
+    energy = Power.stop(meter, "train", n_train, n_train * n_parents * (1 + 4 + 64))
+    energy["note"] = (
+        "the whole `zoommil train` command (start-up, one epoch, validation and test) per "
+        "training slide: one epoch's J/slide at most"
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"zoommil train failed:\n{proc.stderr[-2000:]}")
     with (root / "out" / "log.csv").open() as log:
@@ -299,6 +364,7 @@ def train_step(device: str, dry: bool, work: Path) -> dict:
         # the epoch alone (log.csv), then the whole command: start-up, CUDA init, reading bags
         "seconds_epoch": float(epochs[-1]["seconds"]),
         "seconds_one_epoch_with_startup": seconds,
+        "gpu_energy": energy,
     }
 
 
@@ -312,7 +378,25 @@ def main(argv: list[str] | None = None) -> int:
         help="CMU-1-Small-Region.svs, to make the real-size slides when results/benchmarks/"
         "slides has none (default: shared/data/slides/ in or beside the checkout)",
     )
+    parser.add_argument(
+        "--power-gpus",
+        help="nvidia-smi GPU ids (index or UUID, comma-separated) whose board power each phase "
+        "samples (default: the GPU torch runs on; none in the dry mode)",
+    )
+    parser.add_argument(
+        "--power-interval-ms", type=int, default=100, help="power sampling interval (ms)"
+    )
+    parser.add_argument(
+        "--grid-gco2-per-kwh",
+        type=float,
+        help="your grid's carbon intensity (gCO2 per kWh): adds gCO2 to each energy record "
+        "(none is assumed)",
+    )
     args = parser.parse_args(argv)
+    if args.power_interval_ms < 1:
+        bench_cli.fail(f"--power-interval-ms {args.power_interval_ms}: must be at least 1")
+    if args.grid_gco2_per_kwh is not None and not args.grid_gco2_per_kwh >= 0:
+        bench_cli.fail(f"--grid-gco2-per-kwh {args.grid_gco2_per_kwh}: must be 0 or more")
     import torch
 
     dry = args.dry or not torch.cuda.is_available()
@@ -323,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     device = "cpu" if dry else "cuda"
+    Power.interval_ms = args.power_interval_ms
+    Power.grid_gco2_per_kwh = args.grid_gco2_per_kwh
+    if args.power_gpus:
+        Power.gpus = [g.strip() for g in args.power_gpus.split(",") if g.strip()]
+    else:
+        Power.gpus = [] if dry else [cuda_gpu_id()]
+        Power.reason = "dry mode: no GPU ran the phase (--power-gpus names one to sample)"
     out = args.out or REPO / "results" / "benchmarks" / ("gpu-dry" if dry else "gpu")
     bench_cli.output_folder(out)
     run = start_run(out)
