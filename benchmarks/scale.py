@@ -23,6 +23,13 @@ MIL weights: speed does not depend on them.
 3. threads: `measure_throughput` 1 thread vs all cores (single-threaded worker processes over
    slides) for ZoomMIL on copies of the 40x slide.
 Timings on a shared machine vary with the load: compare ratios measured in the same run.
+
+CPU energy: each child reads the RAPL counters (benchmarks/energy.py) around its timed phase
+(features: the median whole-path run; predict: predict_slide; throughput: the slides) and
+scale.md lists J/patch, J/slide and kWh per 1000 slides at that phase's rate (gCO2 only with
+--grid-gco2-per-kwh). A package counter covers the whole socket, other processes included,
+and not the rest of the machine; where no counter is readable (VMs, non-root) each row says
+"not measured" and why.
 """
 
 from __future__ import annotations
@@ -40,9 +47,12 @@ from typing import Any
 
 import bench_cli
 import numpy as np
+from energy import Rapl, describe, per_work
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "benchmarks"
+#: The user's grid intensity (--grid-gco2-per-kwh), for gCO2 next to kWh; none assumed.
+GRID: dict[str, float | None] = {"gco2_per_kwh": None}
 SLIDES = OUT / "slides"
 WORK = OUT / "scale"
 BRIGHT = {"mags": [1.25, 2.5, 10.0], "k": 12}
@@ -152,8 +162,11 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
     timed = bool(a["bare_patches"])
     rates = [bare(a["bare_patches"])] if timed else []
     wholes, ratios, steady_ratios, streams = [], [], [], []
+    energies = []
     for _ in range(max(1, a.get("repeats", 1)) if timed else 1):
+        meter = Rapl().start()
         result = whole()
+        energies.append(meter.stop())
         wholes.append(result.patches_per_second)
         streams.append(result.attrs.get("stream") or {})
         if timed:
@@ -179,6 +192,7 @@ def child_features(a: dict[str, Any]) -> dict[str, Any]:
         "steady_over_bare": float(np.median(steady_ratios)) if steady_ratios else nan,
         "steady_over_bare_runs": steady_ratios,
         "stream": streams[middle],
+        "cpu_energy": energies[middle],  # the run whose ratio is the median
         **peak_rss_mb(),
     }
 
@@ -220,10 +234,12 @@ def child_predict(a: dict[str, Any]) -> dict[str, Any]:
         pool_start = time.perf_counter() - tic
         with reader:
             tic = time.perf_counter()
+            meter = Rapl().start()
             result = predict_slide(
                 predictor, a["slide"], runner, batch_size=a["batch"], reader=reader
             )
             seconds = time.perf_counter() - tic
+            energy = meter.stop()
     return {
         "seconds": seconds,
         "encoder_start_seconds": pool_start,
@@ -231,6 +247,7 @@ def child_predict(a: dict[str, Any]) -> dict[str, Any]:
         "patches_encoded": result["patches_encoded"],
         "patches_per_mag": result["patches_per_mag"],
         "phases": result["seconds"],
+        "cpu_energy": energy,
         **peak_rss_mb(),
     }
 
@@ -243,10 +260,11 @@ def child_throughput(a: dict[str, Any]) -> dict[str, Any]:
 
     predictor = Predictor.from_checkpoint(a["checkpoint"])
     slides = [(f"s{i}", p) for i, p in enumerate(a["slides"])]
+    meter = Rapl().start()
     result = measure_throughput(
         predictor, slides, torch.device("cpu"), a["threads"], precision=a["precision"]
     )
-    return {**result, **peak_rss_mb()}
+    return {**result, "cpu_energy": meter.stop(), **peak_rss_mb()}
 
 
 def child_bare(a: dict[str, Any]) -> dict[str, Any]:
@@ -401,6 +419,42 @@ def make_checkpoints() -> dict[str, Path]:
 # --------------------------------------------------------------------------- report
 
 
+def rates(
+    energy: dict[str, Any], slides: float | None = None, patches: float | None = None
+) -> dict[str, Any]:
+    """A child's CPU energy per slide / patch at its rate, gCO2 from the user's intensity."""
+    return per_work(energy, slides, patches, GRID["gco2_per_kwh"])
+
+
+def energy_lines(res: dict[str, Any]) -> list[str]:
+    """scale.md's CPU energy section: a line per measured row, or one "not measured" line."""
+    rows = [
+        (f"features {r['slide']} {r['precision']} {r['parents']} parents", r)
+        for r in res["features"]
+    ] + [
+        (f"predict {r['slide']} {r['model']} {r.get('precision', 'fp32')} workers "
+         f"{r['workers']} batch {r['batch']}", r)
+        for r in res["predict"]
+    ] + [(f"{r['what']} threads {r['threads']}", r) for r in res.get("cores", [])] + [
+        (f"profile threads {r['threads']}", r) for r in res.get("threads", [])
+    ]  # fmt: skip
+    energies = [(what, r["cpu_energy"]) for what, r in rows if "cpu_energy" in r]
+    if not energies:
+        return []
+    lines = [
+        "",
+        "## CPU energy (RAPL: CPU package and DRAM counters, whole socket)",
+        "",
+        "Each row's timed phase only; other processes on the socket count too, and the rest "
+        "of the machine (disks, fans, power supply, cooling) does not. It varies by machine.",
+        "",
+    ]
+    missing = {e["reason"] for _, e in energies if not e.get("measured")}
+    if len(missing) == 1 and all(not e.get("measured") for _, e in energies):
+        return [*lines, f"- not measured ({missing.pop()})"]
+    return lines + [f"- {what}: {describe(e)}" for what, e in energies]
+
+
 def ratio_cell(r: dict[str, Any], key: str = "whole_over_bare") -> str:
     """The median ratio, with the range over the repeats when there are several."""
     runs = r.get(f"{key}_runs") or []
@@ -529,6 +583,7 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {r['threads']} | {r.get('processes', 1)} | {r['cpu_count']} | "
                 f"{r['seconds_per_slide']:.1f} | {r['slides_per_hour']:.0f} |"
             )
+    lines += energy_lines(res)
     lines += ["", f"Command: `{res['command']}`; total {res['seconds']:.0f} s.", ""]
     return "\n".join(lines)
 
@@ -569,7 +624,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--source", type=Path, help="CMU-1-Small-Region.svs, when the slides must be made"
     )
+    parser.add_argument(
+        "--grid-gco2-per-kwh",
+        type=float,
+        help="your grid's carbon intensity (gCO2 per kWh): adds CO2 to the energy rows "
+        "(none is assumed)",
+    )
     args = parser.parse_args(argv)
+    if args.grid_gco2_per_kwh is not None and not args.grid_gco2_per_kwh >= 0:
+        bench_cli.fail(f"--grid-gco2-per-kwh {args.grid_gco2_per_kwh}: must be 0 or more")
+    GRID["gco2_per_kwh"] = args.grid_gco2_per_kwh
     if args.child:
         kind, payload = args.child
         global _READERS
@@ -639,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
                             "repeats": 1 if args.quick or slow_bf16 else args.repeats,
                         },
                     )
+                    r["cpu_energy"] = rates(r["cpu_energy"], patches=r["patches"])
                     res["features"].append(
                         {"slide": name, "precision": precision, "parents": used,
                          "parents_total": total, **r}
@@ -680,6 +745,10 @@ def main(argv: list[str] | None = None) -> int:
             r["runs_seconds"] = [run["seconds"] for run in repeated]
             r["runs_over_encode"] = sorted(
                 run["seconds"] / run["phases"]["encode"] for run in repeated
+            )
+            # a subset of ABMIL's slide is no slide: J/patch only
+            r["cpu_energy"] = rates(
+                r["cpu_energy"], None if r["subset_of_patches"] else 1, r["patches_encoded"]
             )
             res["predict"].append(
                 {"slide": name, "model": model, "threads": 1, "workers": workers,
@@ -745,6 +814,7 @@ def main(argv: list[str] | None = None) -> int:
                 {"what": "features", "slide": "40x", "threads": threads, "parents": 4 * n,
                  "parents_total": total, "patches": r["patches"],
                  "seconds": r["patches"] / r["whole_patches_per_s"],
+                 "cpu_energy": rates(r["cpu_energy"], patches=r["patches"]),
                  "child_wall_seconds": r["child_wall_seconds"], "encoder_start_seconds": None,
                  "peak_rss_mb": r["peak_rss_mb"], "readers_peak_rss_mb": r["readers_peak_rss_mb"]}
             )  # fmt: skip
@@ -759,6 +829,7 @@ def main(argv: list[str] | None = None) -> int:
             res["cores"].append(
                 {"what": "predict zoommil (BRIGHT)", "slide": "40x", "threads": threads,
                  "patches": r["patches_encoded"], "seconds": r["seconds"],
+                 "cpu_energy": rates(r["cpu_energy"], 1, r["patches_encoded"]),
                  "child_wall_seconds": r["child_wall_seconds"],
                  "encoder_start_seconds": r["encoder_start_seconds"],
                  "peak_rss_mb": r["peak_rss_mb"], "readers_peak_rss_mb": r["readers_peak_rss_mb"]}
@@ -772,6 +843,7 @@ def main(argv: list[str] | None = None) -> int:
                  "precision": "fp32"},
             )  # fmt: skip
             r.pop("per_slide", None)
+            r["cpu_energy"] = rates(r["cpu_energy"], slides=len(copies))
             res["threads"].append(r)
             save(res, tic)
 

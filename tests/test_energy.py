@@ -4,13 +4,16 @@ known wattages), the CPU's RAPL counters (a fake powercap tree, wrap-around incl
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
+from types import ModuleType
 
 import energy
 import pytest
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 FAKE_SMI = r"""#!/usr/bin/env bash
 # nvidia-smi --query-gpu=timestamp,index,uuid,power.draw --format=csv,noheader,nounits
 # --loop-ms=N, as the driver prints it: GPU 0 at 100 W, GPU 1 at 250 W (or POWER1)
@@ -176,3 +179,59 @@ def test_rapl_not_measured_without_counters(tmp_path: Path) -> None:
     result = energy.Rapl(root).start().stop()
     assert not result["measured"] and "cannot be read" in result["reason"]
     assert energy.describe(result).startswith("not measured (no RAPL counters readable")
+
+
+def load_scale() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_scale", BENCHMARKS / "scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scale_child_reads_rapl_around_its_timed_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/scale.py's throughput child: the package counter advances 7.2 J (wrapping)
+    while the slides are timed, and the row says 7.2 J, 3.6 J/slide for its 2 slides, and
+    gCO2 at the user's intensity; scale.md lists it."""
+    import zoommil.efficiency.throughput as throughput
+    from zoommil.inference.predict import Predictor
+
+    root = powercap(tmp_path, 9_000_000, 0)
+    monkeypatch.setattr(energy, "POWERCAP", root)
+
+    def timed(predictor, slides, *args, **kwargs) -> dict:
+        (root / "intel-rapl:0" / "energy_uj").write_text("6200000\n")  # 1 J, wrap, 6.2 J
+        return {"threads": 1, "cpu_count": 2, "seconds_per_slide": 1.0, "slides_per_hour": 3600}
+
+    monkeypatch.setattr(throughput, "measure_throughput", timed)
+    monkeypatch.setattr(Predictor, "from_checkpoint", lambda *args, **kwargs: None)
+    scale = load_scale()
+    r = scale.child_throughput(
+        {"checkpoint": "x.pt", "slides": ["a.tiff", "b.tiff"], "threads": 1, "precision": "fp32"}
+    )
+    assert r["cpu_energy"]["measured"] and r["cpu_energy"]["joules"] == pytest.approx(7.2)
+    scale.GRID["gco2_per_kwh"] = 500.0
+    row = {**r, "cpu_energy": scale.rates(r["cpu_energy"], slides=2)}
+    assert row["cpu_energy"]["joules_per_slide"] == pytest.approx(3.6)
+    assert row["cpu_energy"]["gco2"] == pytest.approx(7.2 / 3.6e6 * 500)
+    res = {"features": [], "predict": [], "threads": [row]}
+    lines = scale.energy_lines(res)
+    assert lines[1].startswith("## CPU energy (RAPL")
+    assert lines[-1].startswith("- profile threads 1: 7.2 J over ")
+    assert "3.6 J/slide, 0.0010 kWh per 1000 slides" in lines[-1]
+
+
+def test_scale_says_not_measured_once_without_rapl(tmp_path: Path) -> None:
+    scale = load_scale()
+    missing = energy.Rapl(tmp_path / "none").start().stop()
+    res = {
+        "features": [{"slide": "40x", "precision": "fp32", "parents": 4, "cpu_energy": missing}],
+        "predict": [],
+        "threads": [{"threads": 1, "cpu_energy": missing}],
+    }
+    lines = scale.energy_lines(res)
+    assert lines[-1] == (
+        "- not measured (no RAPL counters readable (no powercap RAPL zone on this machine))"
+    )
+    assert sum("not measured" in line for line in lines) == 1
