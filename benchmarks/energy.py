@@ -218,6 +218,7 @@ class GpuPower:
             **base,
             "measured": True,
             "joules": sum(r["joules"] for r in per_gpu.values()),
+            "mean_watts": sum(r["mean_watts"] for r in per_gpu.values()),
             "seconds": t1 - self.t0,
             "samples": sum(r["samples"] for r in per_gpu.values()),
             "per_gpu": per_gpu,

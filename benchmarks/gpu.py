@@ -176,7 +176,7 @@ def features_step(
             progress=False,
         )
         patches = int(sum(result.num_patches))
-        energy = Power.stop(meter, f"features {name}", 1, patches)
+        energy = Power.stop(meter, f"features {encoder or 'resnet50'} {name}", 1, patches)
         stream = result.attrs.get("stream", {})
         rows.append(
             {

@@ -92,6 +92,7 @@ def test_gpu_power_from_a_fake_nvidia_smi_matches_the_known_wattage(
     time.sleep(1.0)
     result = both.stop()
     assert result["joules"] == pytest.approx(350.0 * result["seconds"], rel=1e-9)
+    assert result["mean_watts"] == pytest.approx(350.0, rel=1e-12)
 
 
 def test_gpu_power_not_measured_without_nvidia_smi_or_power_readings(
