@@ -319,6 +319,18 @@ class Rapl:
                 "mean_watts": watts, "zones": zones}  # fmt: skip
 
 
+def total(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one phase as one record (their joules and seconds summed), or the first
+    run's "not measured" where any is."""
+    missing = [r for r in records if not r.get("measured")]
+    if missing or not records:
+        return missing[0] if missing else not_measured("no run measured")
+    joules, seconds = sum(r["joules"] for r in records), sum(r["seconds"] for r in records)
+    return {"source": records[0].get("source"), "measured": True, "joules": joules,
+            "seconds": seconds, "mean_watts": joules / seconds if seconds > 0 else None,
+            "runs": len(records)}  # fmt: skip
+
+
 def describe(energy: dict[str, Any]) -> str:
     """One line for a report: the energy and its rates, or "not measured (why)"."""
     if not energy.get("measured"):

@@ -13,7 +13,10 @@ hits both alike; medians are reported.
     .venv/bin/python benchmarks/features.py --quick    # a few minutes
 
 Writes results/benchmarks/features.json and features.md. Speed does not depend on the weights,
-so random weights are used (the cosine similarity is for random weights too).
+so random weights are used (the cosine similarity is for random weights too). Each row's
+whole-path runs also read the CPU's RAPL counters (benchmarks/energy.py): J/patch at that
+rate, or "not measured" with the reason where none is readable (most VMs); gCO2 only with
+--grid-gco2-per-kwh.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 import bench_cli
 import numpy as np
 import torch
+from energy import Rapl, describe, per_work, total
 from source_slide import default_source
 
 from zoommil.features.encoder import PatchEncoder, build_encoder
@@ -103,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
+    parser.add_argument(
+        "--grid-gco2-per-kwh",
+        type=float,
+        help="your grid's carbon intensity (gCO2 per kWh): adds CO2 to the energy rows "
+        "(none is assumed)",
+    )
     args = parser.parse_args(argv)
+    if args.grid_gco2_per_kwh is not None and not args.grid_gco2_per_kwh >= 0:
+        bench_cli.fail(f"--grid-gco2-per-kwh {args.grid_gco2_per_kwh}: must be 0 or more")
     bench_cli.input_file(args.slide, "slide")
     bench_cli.output_folder(args.out)
 
@@ -132,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         for precision in args.precisions:
             encoder = PatchEncoder(model, device="cpu", precision=precision)
-            bare, whole = [], []
+            bare, whole, energies = [], [], []
             for _ in range(rounds):
                 bare.append(bare_rate(encoder, n_patches, args.batch_size, lattice.patch_size))
+                meter = Rapl().start()
                 rate, feats = whole_rate(
                     args.slide, lattice, encoder, args.batch_size, args.workers
                 )
+                energies.append(meter.stop())
                 whole.append(rate)
                 feats_by[(threads, precision)] = feats
             row = {
@@ -149,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                 "whole_patches_per_s": statistics.median(whole),
                 "bare_runs": bare,
                 "whole_runs": whole,
+                # the whole-path runs' CPU energy, per patch over all of them
+                "cpu_energy": per_work(
+                    total(energies), None, n_patches * rounds, args.grid_gco2_per_kwh
+                ),
             }
             row["ratio"] = row["whole_patches_per_s"] / row["bare_patches_per_s"]
             rows.append(row)
@@ -218,6 +236,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"bf16 vs fp32 ({threads} thread(s)): cosine mean {s['cosine_mean']:.6f}, min "
             f"{s['cosine_min']:.6f}, relative L2 {s['relative_l2_mean']:.4f}"
         )
+    energies = [(r, r["cpu_energy"]) for r in report["results"] if "cpu_energy" in r]
+    if energies:
+        lines += ["", "CPU energy of the whole path (RAPL: CPU package and DRAM, whole socket):"]
+        if all(not e.get("measured") for _, e in energies):
+            lines.append(f"- {describe(energies[0][1])}")
+        for r, e in energies if any(e.get("measured") for _, e in energies) else []:
+            lines.append(f"- {r['threads']} thread(s) {r['precision']}: {describe(e)}")
     m = report["machine"]
     lines += [
         "",

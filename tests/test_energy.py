@@ -5,6 +5,7 @@ known wattages), the CPU's RAPL counters (a fake powercap tree, wrap-around incl
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -236,3 +237,37 @@ def test_scale_says_not_measured_once_without_rapl(tmp_path: Path) -> None:
         "- not measured (no RAPL counters readable (no powercap RAPL zone on this machine))"
     )
     assert sum("not measured" in line for line in lines) == 1
+
+
+def test_features_benchmark_reports_the_whole_paths_cpu_energy_per_patch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_slide: Path
+) -> None:
+    """benchmarks/features.py: the package counter advances 2 J during each whole-path run
+    (and not in the bare-encoder runs); 2 rounds give 4 J over 2 x the patches, in the JSON
+    and in features.md; without counters, one "not measured" line."""
+    spec = importlib.util.spec_from_file_location("bench_features", BENCHMARKS / "features.py")
+    features = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(features)
+    root = powercap(tmp_path / "powercap", 1_000_000, 0)
+    counter = root / "intel-rapl:0" / "energy_uj"
+    real = features.whole_rate
+
+    def whole_rate(*args, **kwargs):
+        counter.write_text(f"{int(counter.read_text()) + 2_000_000}\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "whole_rate", whole_rate)
+    argv = ["--slide", str(synthetic_slide), "--mags", "10", "20", "--max-parents", "1",
+            "--rounds", "2", "--precisions", "fp32", "--threads", "1"]  # fmt: skip
+    monkeypatch.setattr(energy, "POWERCAP", root)
+    assert features.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "features.json").read_text())
+    e = report["results"][0]["cpu_energy"]
+    assert e["measured"] and e["joules"] == pytest.approx(4.0) and e["runs"] == 2
+    assert e["joules_per_patch"] == pytest.approx(4.0 / (2 * report["patches"]))
+    md = (tmp_path / "a" / "features.md").read_text()
+    assert "- 1 thread(s) fp32: 4.0 J over " in md
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path / "none")
+    assert features.main([*argv, "--out", str(tmp_path / "b")]) == 0
+    md = (tmp_path / "b" / "features.md").read_text()
+    assert "- not measured (no RAPL counters readable" in md
