@@ -123,10 +123,17 @@ def with_leak(sheet: pd.DataFrame, features: Path) -> pd.DataFrame:
 
 
 def train_runs(
-    work: Path, features: Path, sheet: pd.DataFrame, seeds: list[int], args: argparse.Namespace
+    work: Path,
+    features: Path,
+    sheet: pd.DataFrame,
+    seeds: list[int],
+    args: argparse.Namespace,
+    methods: dict[str, dict] | None = None,
 ) -> list[dict]:
-    """Every method on ``sheet`` with ``seeds``: one `zoommil train` call per method, as the
-    workflow's rule makes it; the test split's AUC, accuracy and predictions of each run."""
+    """Every method (default `METHODS`) on ``sheet`` with ``seeds``: one `zoommil train` call
+    per method, as the workflow's rule makes it; the test split's AUC, accuracy and
+    predictions of each run. benchmarks/label_noise.py trains through this too."""
+    methods = METHODS if methods is None else methods
     from zoommil.cli import main as zoommil
 
     work.mkdir(parents=True, exist_ok=True)
@@ -142,11 +149,11 @@ def train_runs(
         "selection": "val_loss",
         "early_stopping": args.early_stopping,
         "feature_norm": "standardize",
-        "methods": METHODS,
+        "methods": methods,
     }
     (work / "train.yaml").write_text(yaml.safe_dump(config))
     runs = []
-    for method in METHODS:
+    for method in methods:
         outs = [work / method / f"seed~{s}" for s in seeds]
         evals = [work / method / f"seed~{s}.json" for s in seeds]
         argv = ["train", "--config", str(work / "train.yaml"), "--model", method,
@@ -288,12 +295,9 @@ def verdict(summary: dict) -> str:
     return "; ".join(parts) + "."
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 permutations x 1 seed")
-    parser.add_argument("--permutations", type=int, default=4)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--true-seeds", type=int, nargs="+", default=[0, 1, 2])
+def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cohort's and the training's options (`make_cohort`, `train_runs`), shared with
+    benchmarks/label_noise.py so that both train on the same cohort by default."""
     parser.add_argument("--n-train", type=int, default=40)
     parser.add_argument("--n-val", type=int, default=20)
     parser.add_argument("--n-test", type=int, default=40)
@@ -305,6 +309,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--early-stopping", type=int, default=None)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--cohort-seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 permutations x 1 seed")
+    parser.add_argument("--permutations", type=int, default=4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--true-seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_cohort_arguments(parser)
     parser.add_argument("--no-leak", action="store_true", help="skip the planted-leak runs")
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=OUT)
