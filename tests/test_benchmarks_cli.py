@@ -100,6 +100,14 @@ def test_zoom_precision_without_checkpoints_keeps_the_last_result(
     assert last.read_text() == '[{"method": "zoommil"}]\n'
 
 
+def test_label_noise_names_an_unknown_method_before_the_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    err = usage_error(capsys, "label_noise", ["--methods", "zoomil", "--out", str(tmp_path)])
+    assert err.startswith("error: --methods: unknown zoomil; known: zoommil, ")
+    assert not (tmp_path / "label_noise.json").exists()
+
+
 # each script with --out, with the cheapest settings it takes: without the check made first
 # these ran (minutes for most) and then stopped at the end on FileExistsError
 OUT_FOLDER = {
@@ -109,6 +117,7 @@ OUT_FOLDER = {
     "features": ["--quick", "--precisions", "fp32", "--threads", "1"],
     "early_stopping": [],
     "negative_control": ["--quick", "--no-leak", "--n-train", "4", "--n-val", "2"],
+    "label_noise": ["--quick", "--methods", "meanmil", "--n-train", "4", "--n-val", "2"],
     "process_memory": ["--encoders", "resnet50_layer3", "--repeats", "1"],
     "tables_scale": ["--test-slides", "10", "--seeds", "1", "--repeats", "1"],
     "topk_gradient": ["--draws", "1", "--samples", "10"],
