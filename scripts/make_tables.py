@@ -21,4 +21,6 @@ tables.make_tables(
     reference=sm.params.reference,
     encoder=sm.params.encoder,
     sheet=sm.input.sheet,
+    val_reports=sm.input.val_reports,
+    checkpoints=sm.input.checkpoints,
 )

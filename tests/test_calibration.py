@@ -185,7 +185,9 @@ def write_eval(path: Path, seed: int, classes: list[str], labels, probs, with_pr
     return path
 
 
-def run_tables(tmp_path: Path, evals: list[Path]) -> tuple[dict, dict[str, Path]]:
+def run_tables(tmp_path: Path, evals: list[Path], **extra) -> tuple[dict, dict[str, Path]]:
+    """make_tables on ``evals``; ``extra``: val_reports, checkpoints and an
+    operating_points output folder (test_operating_points)."""
     qc_table = tmp_path / "qc.tsv"
     qc_table.write_text("slide_id\tlabel\tsplit\tstatus\treason\nt0\tnormal\ttest\tok\t\n")
     outputs = {
@@ -194,6 +196,8 @@ def run_tables(tmp_path: Path, evals: list[Path]) -> tuple[dict, dict[str, Path]
         for ext in ("csv", "md", "tex")
     }
     outputs["reliability_csv"] = tmp_path / "tables" / "reliability.csv"
+    if "operating_points" in extra:
+        outputs["operating_points"] = extra.pop("operating_points")
     made = tables.make_tables(
         qc_table=qc_table,
         evals=evals,
@@ -204,6 +208,7 @@ def run_tables(tmp_path: Path, evals: list[Path]) -> tuple[dict, dict[str, Path]
         weights="random",
         mags=[5, 10],
         methods={"zoommil": {"arch": "zoommil"}, "abmil": {"arch": "abmil"}},
+        **extra,
     )
     return made, outputs
 
@@ -242,8 +247,8 @@ def test_make_tables_writes_the_calibration_table_and_reliability_bins(tmp_path:
     assert per_seed.mean() == pytest.approx(row["ece_mean"], rel=1e-5)
     markdown = outputs["calibration_md"].read_text()
     header = (
-        "| Method | Brier score | ECE, 10 bins (%) | Sensitivity at 90% specificity (%) | "
-        "Sensitivity at 95% specificity (%) |"
+        "| Method | Brier score | ECE, 10 bins (%) | Sensitivity at 90% specificity, threshold on "
+        "test (%) | Sensitivity at 95% specificity, threshold on test (%) |"
     )
     assert header in markdown
     cell = f"| ZoomMIL | {np.mean(briers):.3f} ± {np.std(briers, ddof=1):.3f} ["

@@ -430,6 +430,11 @@ def runs(prefix, suffix, methods=None):
     ]
 
 
+def run_files(pattern):
+    """`pattern` ({method}, {seed}) for every method and its seeds."""
+    return [pattern.format(method=m, seed=s) for m in ALL_METHODS for s in seeds_of(m)]
+
+
 def run_paths(pattern):
     """A train job's files: {method} and {seed} in `pattern` per seed; with
     train.seeds_in_one_job, every seed's file of the job's {method}."""

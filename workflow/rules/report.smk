@@ -1,5 +1,6 @@
 # Per dataset: tables (CSV, Markdown, LaTeX; main, ablations, paired comparisons, per-class,
-# calibration, and the reliability diagram's bins as CSV),
+# calibration, and the reliability diagram's bins as CSV; for binary tasks the operating points
+# fixed on the val split, results/operating_points/),
 # Figure 3 (throughput vs accuracy; PNG and PDF), Figure 4 (attention maps; PNG and PDF), each
 # figure with its source data (CSV: every value it plots); and the exclusions table: every
 # slide left out at any stage (QC's, then predict and profile).
@@ -16,6 +17,10 @@ rule tables:
         sheet=sheet_file(),
         evals=runs("results/eval/", ".json"),
         flops=expand("results/efficiency/{method}/flops.json", method=ALL_METHODS),
+        # the val split's per-slide probabilities (operating points fixed on validation) and
+        # the checkpoints they are for (their sha256 goes into the operating-point files)
+        val_reports=run_files("results/models/{method}/seed~{seed}/metrics.json"),
+        checkpoints=run_files(MODEL_CHECKPOINT),
     output:
         main_csv=report(
             "results/tables/main.csv",
@@ -57,6 +62,9 @@ rule tables:
             caption="../report/table_reliability.rst",
             category="Tables",
         ),
+        # binary tasks: per method, seed and target specificity, a threshold fixed on the
+        # val split (`zoommil predict --operating-point`), and index.tsv listing them
+        operating_points=directory("results/operating_points"),
     log:
         "results/logs/tables/tables.log",
     conda:

@@ -18,6 +18,7 @@ from zoommil.commands.options import (
     weights_file,
 )
 from zoommil.errors import ZoomMILError, first_few
+from zoommil.inference import operating_point
 from zoommil.recipe import RANDOM_WEIGHTS_TAG, weights_note
 from zoommil.wsi.mpp import MPP_RANGE_TEXT, plausible_mpp
 
@@ -123,6 +124,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "weights whose sha256 differs from the one its training features record are refused"
         ),
     )
+    parser.add_argument(
+        "--operating-point",
+        type=Path,
+        metavar="FILE",
+        help="a threshold fixed on the validation split for this checkpoint (binary models; "
+        "results/operating_points/<method>/seed~<seed>/val_spec90.json): print and write the "
+        "decision beside the probabilities",
+    )
     add_device(parser)
     add_precision(parser, None)
     add_encoder_threads(parser, default=1)  # several slides: see the description
@@ -194,6 +203,7 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | str | None]]:
     return [
         *(("slide", s) for s in _slides(args)),
         ("checkpoint", args.checkpoint),
+        ("operating point", args.operating_point),
         ("weights file", weights_file(args.weights)),
     ]
 
@@ -275,6 +285,7 @@ def _run_one(args: argparse.Namespace) -> int:
     with ReaderPool(workers) as reader:
         reader.start()  # its start-up overlaps loading the checkpoint and building the encoder
         predictor = _load_predictor(args, device)
+        point = operating_point.for_predictor(args.operating_point, predictor)
         if args.heatmap and not predictor.has_attention:  # before any slide is read
             raise ZoomMILError(
                 f"--heatmap draws a model's attention over the patches: {args.checkpoint} "
@@ -295,13 +306,16 @@ def _run_one(args: argparse.Namespace) -> int:
         result["slide_id"] = args.slide_id
     if args.heatmap and not result["attention"]:  # checked before the JSON is written
         raise ZoomMILError(f"{args.slide}: no attention to draw for --heatmap")
+    decision = operating_point.describe(point, result["probabilities"]) if point else ""
+    if point:
+        operating_point.annotate(point, result)
     if args.json:
         write_json(args.json, result)
     if args.heatmap:
         save_heatmap(args.heatmap, args.slide, result)
     counts = json.dumps(result["patches_per_mag"])
     note = _note(result.get("tissue_note"))
-    print(f"{_summary(result)} {counts}{note}{_random_tag(result['weights'])}")
+    print(f"{_summary(result)}{decision} {counts}{note}{_random_tag(result['weights'])}")
     return 0
 
 
@@ -346,6 +360,7 @@ def _run_many(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     predictor = _load_predictor(args, device)
+    point = operating_point.for_predictor(args.operating_point, predictor)
     if args.out_dir is not None:
         tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=predictor.has_attention)
         check_not_another_slides(tasks)
@@ -364,6 +379,8 @@ def _run_many(args: argparse.Namespace) -> int:
     def report(row: dict) -> None:
         if row["status"] == "ok":
             tag = _note(row["reason"]) + _random_tag(predictor.recipe.weights)  # ok: the note
+            if point:
+                tag = operating_point.describe(point, row["probabilities"]) + tag
             print(_summary(row) + tag, flush=True)
         else:
             print(f"zoommil predict: {row['slide']}: {row['reason']}", file=sys.stderr)
@@ -387,6 +404,8 @@ def _run_many(args: argparse.Namespace) -> int:
         rows[i] = row
     if args.out_dir is not None:
         table = write_table(args.out_dir / "predictions.tsv", rows, predictor.classes)
+        if point:
+            operating_point.add_to_table(point, table)
         print(f"wrote {table}")
     if not todo:
         print(f"--resume: all {len(rows)} slides were already classified; nothing to do")

@@ -214,8 +214,14 @@ def per_seed(prob: Probabilities, metric: str, counts: np.ndarray) -> np.ndarray
 def _statistic(prob: Probabilities, metric: str) -> Callable[[np.ndarray], np.ndarray]:
     """`stats.bootstrap_ci`'s statistic: unit-index arrays [..., m] -> the seed mean of
     ``metric`` on the slides they hold (a patient's slides drawn together)."""
+    return _counts_statistic(prob, lambda counts: per_seed(prob, metric, counts))
+
+
+def _counts_statistic(
+    prob: Probabilities, per_counts: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[np.ndarray], np.ndarray]:
     return stats.counts_statistic(
-        lambda counts: per_seed(prob, metric, counts).mean(axis=0),
+        lambda counts: per_counts(counts).mean(axis=0),
         stats.unit_of_slide(prob.pred),
         len(prob.slides),
     )
@@ -225,9 +231,18 @@ def method_interval(prob: Probabilities, metric: str) -> stats.Interval:
     """The seed-mean ``metric`` on all test slides with its 95% bootstrap CI; no interval
     (NaN) where every resample agrees (`stats.CONSTANT`) or some resample is undefined
     (`UNDEFINED`: sensitivity on a resample without a positive or a negative slide)."""
+    return counts_interval(prob, lambda counts: per_seed(prob, metric, counts))
+
+
+def counts_interval(
+    prob: Probabilities, per_counts: Callable[[np.ndarray], np.ndarray]
+) -> stats.Interval:
+    """`method_interval` of any per-seed measure ``per_counts``: slide multisets [B, n] ->
+    [S, B] (`operating_points` gives the test rates at thresholds fixed on validation)."""
+    statistic = _counts_statistic(prob, per_counts)
     with warnings.catch_warnings():  # scipy warns of NaN resamples, which UNDEFINED reports
         warnings.simplefilter("ignore")
-        interval = stats.bootstrap_ci(_statistic(prob, metric), stats.n_units(prob.pred))
+        interval = stats.bootstrap_ci(statistic, stats.n_units(prob.pred))
     if interval.kind == stats.CONSTANT:
         return stats.Interval(interval.estimate, math.nan, math.nan, stats.CONSTANT)
     if interval.kind == stats.BOOTSTRAP and math.isnan(interval.low):
@@ -274,7 +289,10 @@ def calibration_table(probs: Mapping[str, Probabilities], order: Sequence[str]) 
 HEADERS = {
     "brier": "Brier score",
     "ece": f"ECE, {N_BINS} bins (%)",
-    **{sens_key(s): f"Sensitivity at {round(100 * s)}% specificity (%)" for s in SPECIFICITIES},
+    **{
+        sens_key(s): f"Sensitivity at {round(100 * s)}% specificity, threshold on test (%)"
+        for s in SPECIFICITIES
+    },
 }
 
 
@@ -297,9 +315,12 @@ def _cell(row: Mapping[str, Any], metric: str, percent: bool) -> str:
     )
 
 
-def calibration_display(table: pd.DataFrame, names: Mapping[str, str]) -> pd.DataFrame:
+def calibration_display(
+    table: pd.DataFrame, names: Mapping[str, str], more: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """Human-readable rows: the method (its seeds when fewer than the most), then Brier
-    score, ECE and, for a binary task, the sensitivity columns."""
+    score, ECE and, for a binary task, the sensitivity columns, then ``more`` (column ->
+    header: the rates at thresholds fixed on validation, in percent)."""
     most = int(table["n_seeds"].max()) if len(table) else 0
     out = pd.DataFrame()
     out["Method"] = [
@@ -307,7 +328,7 @@ def calibration_display(table: pd.DataFrame, names: Mapping[str, str]) -> pd.Dat
         for m, k in zip(table.get("method", []), table.get("n_seeds", []), strict=True)
     ]
     rows = [r for _, r in table.iterrows()]
-    for metric, header in HEADERS.items():
+    for metric, header in {**HEADERS, **(more or {})}.items():
         if f"{metric}_mean" in table.columns:
             out[header] = [_cell(r, metric, metric != "brier") for r in rows]
     return out
@@ -339,10 +360,11 @@ def calibration_notes(
     ]
     if binary:
         notes.append(
-            f"sensitivity at 90% / 95% specificity: the highest sensitivity for {classes[1]} "
-            f"among thresholds on P({classes[1]}) with specificity at least 90% (95%), each "
-            "seed at its own threshold, chosen on the test slides themselves: optimistic, as no "
-            "threshold was fixed beforehand (fix one on the validation split before deployment)"
+            f"sensitivity at 90% / 95% specificity, threshold on test: the highest sensitivity "
+            f"for {classes[1]} among thresholds on P({classes[1]}) with specificity at least "
+            "90% (95%), each seed at its own threshold, chosen on the test slides themselves: "
+            "optimistic, as no threshold was fixed beforehand (the columns at a threshold "
+            "fixed on validation are the honest ones)"
         )
     kinds = {str(v) for c in table.columns if c.endswith("_ci_method") for v in table[c]}
     if stats.CONSTANT in kinds or UNDEFINED in kinds:

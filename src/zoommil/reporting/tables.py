@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.recipe import DEFAULT_ENCODER
-from zoommil.reporting import calibration, per_class, results
+from zoommil.reporting import calibration, operating_points, per_class, results
 from zoommil.reporting.table_format import (
     best_rows,
     comparison_display,
@@ -69,6 +69,8 @@ def make_tables(
     encoder: str = DEFAULT_ENCODER,
     exclusions_table: str | Path | None = None,
     sheet: str | Path | None = None,
+    val_reports: Iterable[str | Path] = (),
+    checkpoints: Iterable[str | Path] = (),
 ) -> dict[str, pd.DataFrame]:
     """Write Tables 1-3 (`main_*`) and Table 4 (`ablation_*`) to the given output paths.
 
@@ -79,6 +81,9 @@ def make_tables(
     (results/qc/exclusions.tsv) adds a note on the evaluated slides that a later stage
     (predict, profile, figures) left out. With a `patient` column in ``sheet`` the CIs and
     permutation tests resample patients, not slides (`stats.with_patients`).
+    ``val_reports`` (the training runs' metrics.json) add the calibration table's columns at
+    thresholds fixed on the validation split, and with ``checkpoints`` and an
+    ``operating_points`` output folder, the files for `zoommil predict --operating-point`.
     """
     ablations = dict(ablations or {})
     qc_frame = pd.read_csv(qc_table, sep="\t", dtype={"slide_id": str}, keep_default_na=False)
@@ -183,8 +188,10 @@ def make_tables(
         )
         frames["per_class"] = table
     if "calibration_csv" in outputs:
+        val = operating_points.val_runs(val_reports, checkpoints)
+        order = [*methods, *ablations]
         frames["calibration"] = _calibration(
-            outputs, runs, preds, [*methods, *ablations], names, untimed_notes, dataset, encoder
+            outputs, runs, preds, order, names, untimed_notes, dataset, encoder, val
         )
     return frames
 
@@ -198,19 +205,25 @@ def _calibration(
     untimed_notes: Sequence[str],
     dataset: str,
     encoder: str,
+    val: Mapping[tuple[str, int], operating_points.ValRun],
 ) -> pd.DataFrame:
     """The calibration table (`calibration`: Brier score, ECE, sensitivity at 90%/95%
-    specificity, each with its bootstrap CI) and, with ``reliability_csv``, the reliability
-    diagram's bins."""
+    specificity, each with its bootstrap CI; `operating_points`: test sensitivity and
+    specificity at thresholds fixed on the validation split) and, with ``reliability_csv``,
+    the reliability diagram's bins, with ``operating_points`` the thresholds' files."""
     probs, left_out = calibration.run_probabilities(runs, preds)
     table = calibration.calibration_table(probs, order)
+    table = operating_points.add_columns(table, probs, val)
     classes = next(iter(probs.values())).classes if probs else ()
     # the encoder, weights and QC notes; not those on CIs, AUC, TFLOPs and times
     shared = [n for n in untimed_notes if not n.startswith(("mean ± std", "TFLOPs and"))]
     notes = [*calibration.calibration_notes(table, classes, left_out), *shared]
+    notes[len(notes) - len(shared) : len(notes) - len(shared)] = operating_points.notes(
+        table, classes
+    )
     notes += patients_note(table, "n_test", "n_test_units")
     title = f"Calibration on {dataset}, {encoder} features"
-    display = calibration.calibration_display(table, names)
+    display = calibration.calibration_display(table, names, operating_points.headers())
     write_csv(outputs["calibration_csv"], table, notes)
     write_text(outputs["calibration_md"], to_markdown(display, title, notes, ()))
     write_text(
@@ -220,4 +233,6 @@ def _calibration(
     if "reliability_csv" in outputs:
         frame = calibration.reliability_frame(probs, order)
         calibration.write_reliability_csv(outputs["reliability_csv"], frame, shared)
+    if "operating_points" in outputs:
+        operating_points.write_files(outputs["operating_points"], probs, val, order)
     return table
