@@ -166,7 +166,9 @@ def test_make_tables_adds_test_rates_at_val_thresholds_and_writes_the_files(tmp_
     assert "sens_at_spec90_mean" in row.index  # the optimistic columns keep their names
     markdown = outputs["calibration_md"].read_text()
     assert "Test sensitivity, threshold at 90% val specificity (%)" in markdown
-    assert "zoommil, 95% val specificity n/a: seed 0: 12 validation slides of normal" in markdown
+    assert (
+        "zoommil, 95% val specificity n/a: seeds 0, 1: 12 validation slides of normal" in markdown
+    )
 
     folder = tmp_path / "operating_points"
     point = json.loads((folder / "zoommil/seed~1/val_spec90.json").read_text())

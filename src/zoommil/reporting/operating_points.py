@@ -80,7 +80,8 @@ def val_threshold(
     if allowed < 1:
         return _with(
             undefined,
-            f"{n_neg} validation slides of {classes[0]}: {round(100 * target)}% specificity "
+            f"{n_neg} validation slide{'s' if n_neg != 1 else ''} of {classes[0]}: "
+            f"{round(100 * target)}% specificity "
             f"needs at least {min_negatives(target)} to allow one false positive",
         )
     candidates = np.unique(score)  # roc_curve's finite thresholds, ascending
@@ -221,14 +222,7 @@ def add_columns(
             thresholds = np.array(
                 [math.nan if p.threshold is None else p.threshold for p in points]
             )
-            reasons = sorted(
-                {
-                    f"seed {s}: {p.reason}"
-                    for s, p in zip(prob.seeds, points, strict=True)
-                    if p.reason
-                }
-            )
-            table.loc[i, f"{key(target)}_na"] = "; ".join(reasons)
+            table.loc[i, f"{key(target)}_na"] = _reasons(prob.seeds, points)
             every = np.ones((1, len(prob.slides)))
             for which in ("sens", "spec"):
                 per_counts = _test_rates(prob, thresholds, which)
@@ -245,6 +239,18 @@ def add_columns(
                 table.loc[i, f"{name}_ci_high"] = interval.high
                 table.loc[i, f"{name}_ci_method"] = interval.kind
     return table
+
+
+def _reasons(seeds: Sequence[int], points: Sequence[Threshold]) -> str:
+    """``seeds 0, 1: <reason>`` per distinct reason (the seeds of a split share most)."""
+    by_reason: dict[str, list[str]] = {}
+    for seed, point in zip(seeds, points, strict=True):
+        if point.reason:
+            by_reason.setdefault(point.reason, []).append(str(seed))
+    return "; ".join(
+        f"seed{'s' if len(s) > 1 else ''} {', '.join(s)}: {reason}"
+        for reason, s in by_reason.items()
+    )
 
 
 def headers() -> dict[str, str]:
