@@ -71,7 +71,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "in one run, so that predictions.tsv lists all of it",
     )
     parser.add_argument(
-        "--checkpoint", type=Path, required=True, help="checkpoint.pt of zoommil train"
+        "--checkpoint",
+        type=Path,
+        action="append",
+        required=True,
+        help="checkpoint.pt of zoommil train; repeat it for a seed ensemble (one method's "
+        "seeds, same classes and preprocessing): the mean of their probabilities, with each "
+        "one's and their spread (--heatmap: one checkpoint only)",
     )
     parser.add_argument("--json", type=Path, help="write the prediction JSON here (one slide)")
     parser.add_argument(
@@ -202,7 +208,7 @@ def _slides(args: argparse.Namespace) -> list[Path]:
 def _inputs(args: argparse.Namespace) -> list[tuple[str, Path | str | None]]:
     return [
         *(("slide", s) for s in _slides(args)),
-        ("checkpoint", args.checkpoint),
+        *(("checkpoint", c) for c in args.checkpoint),
         ("operating point", args.operating_point),
         ("weights file", weights_file(args.weights)),
     ]
@@ -234,6 +240,11 @@ def run(args: argparse.Namespace) -> int:
             f"pass its slides (e.g. {Path(folders[0]) / '*.svs'}) or list them with --slides-from"
         )
         raise ZoomMILError(f"{', '.join(folders)}: a folder, not a slide file; {advice}")
+    if len(args.checkpoint) > 1:  # a seed ensemble: its own module
+        from zoommil.inference.ensemble_run import run_ensemble
+
+        return run_ensemble(args)
+    args.checkpoint = args.checkpoint[0]
     if len(args.slides) > 1 or args.out_dir is not None:
         if args.slide_id is not None:
             raise ZoomMILError("--slide-id names one slide; with several or --out-dir each "
