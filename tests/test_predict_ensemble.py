@@ -263,6 +263,10 @@ def test_out_dir_records_spread_and_resume_keeps_only_the_same_set(
     assert json.loads((out / "small.json").read_text())["checkpoint_sha256"] == sha256_file(
         seeds[0]
     )
+    # that single checkpoint drew attention maps; an ensemble replacing its JSONs removes them
+    assert (out / "small.png").is_file()
+    assert main([*argv, *three]) == 0
+    assert not (out / "small.png").exists() and not (out / "copy.png").exists()
 
 
 def test_an_all_patch_ensemble_is_the_mean_of_its_single_runs(slide, tmp_path, capsys):
@@ -284,3 +288,16 @@ def test_an_all_patch_ensemble_is_the_mean_of_its_single_runs(slide, tmp_path, c
     assert record["patches_per_mag"] == singles[0]["patches_per_mag"]  # one pass, not two
     assert [m["attention"] for m in record["checkpoints"]] == [s["attention"] for s in singles]
     assert "2 checkpoints: p(" in capsys.readouterr().out
+
+
+def test_the_ensembles_time_counts_every_head_once():
+    """All-patch records are each the shared pass plus their own head; ZoomMIL's share one
+    timer, whose last record has it all."""
+    from zoommil.inference.ensemble import _seconds
+
+    def record(total: float, head: float) -> dict:
+        return {"seconds": {"total": total, "tissue_and_tiling": 1.0, "head": head}}
+
+    results = [record(3.0, 1.0), record(3.5, 1.5)]
+    assert _seconds("abmil", results) == {"total": 4.5, "tissue_and_tiling": 1.0, "head": 2.5}
+    assert _seconds("zoommil", results) == results[1]["seconds"]

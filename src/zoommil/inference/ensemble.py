@@ -286,6 +286,7 @@ def combine(
         checkpoint_sha256=ensemble_id(predictors),
         selected=[],
         attention=[],
+        seconds=_seconds(predictors[0].arch, results),
     )
     record.pop("selected_by", None)
     record["checkpoints"] = [
@@ -315,6 +316,17 @@ def combine(
         "p_predicted_max": float(column.max()),
     }
     return record
+
+
+def _seconds(arch: str, results: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The ensemble's time: ZoomMIL's checkpoints share one timer (the last record made has
+    it all); an all-patch record is the shared pass plus its own head, so the ensemble's is
+    the pass plus every head."""
+    if arch == "zoommil":
+        return dict(results[-1]["seconds"])
+    first = results[0]["seconds"]
+    heads = sum(r["seconds"]["head"] for r in results)
+    return {**first, "head": heads, "total": first["total"] - first["head"] + heads}
 
 
 def spread_text(record: dict[str, Any]) -> str:
