@@ -45,6 +45,7 @@ def usage_error(capsys: pytest.CaptureFixture[str], name: str, argv: list[str]) 
         ("threads", "--slide", "slide not found"),
         ("encoders", "--slide", "slide not found"),
         ("features", "--slide", "slide not found"),
+        ("predict_ensemble", "--slide", "slide not found"),
         ("report_scale", "--run", "run folder not found"),
         ("early_stopping", "--models", "models folder not found"),
         ("cohort_scale", "--config", "config not found"),
