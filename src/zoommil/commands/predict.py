@@ -103,10 +103,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help=(
             "with --out-dir: keep the slides whose OUT/<slide_id>.json (and .png) an earlier "
-            "run of this checkpoint wrote for the same slide file (its quickhash, else its "
-            "path) with this zoommil's tissue detector version, and classify only the rest "
-            "(after Ctrl-C, a time "
-            "limit or a crash); predictions.tsv lists every slide. Rerun without it after "
+            "run of this checkpoint (or this set of them) wrote for the same slide file (its "
+            "quickhash, else its path) with this zoommil's tissue detector version, and "
+            "classify only the rest (after Ctrl-C, a time limit or a crash); predictions.tsv "
+            "lists every slide. Rerun without it after "
             "changing --weights, --mpp, --default-mpp or --precision"
         ),
     )
