@@ -216,6 +216,10 @@ def test_another_method_and_a_repeated_checkpoint_are_refused(slide, seeds, tmp_
     err = _refused(heat, capsys)
     assert "--heatmap draws one model's attention" in err
     assert not (tmp_path / "h.png").exists()
+    point = tmp_path / "val_spec90.json"
+    point.write_text("{}")
+    err = _refused([*twice, str(seeds[1]), "--operating-point", str(point)], capsys)
+    assert f"--operating-point {point} is a threshold fixed" in err, err
 
 
 def _rows(path: Path) -> list[dict]:

@@ -36,6 +36,13 @@ def run_ensemble(args: argparse.Namespace) -> int:
             "(the --json records each checkpoint's attention), or draw one checkpoint's map "
             "with a single --checkpoint"
         )
+    if getattr(args, "operating_point", None) is not None:
+        raise ZoomMILError(
+            f"--operating-point {args.operating_point} is a threshold fixed on the validation "
+            f"split for one checkpoint; the mean of {len(args.checkpoint)} checkpoints' "
+            "probabilities has none of its own: give that one --checkpoint, or drop "
+            "--operating-point"
+        )
     single = len(args.slides) == 1 and args.out_dir is None
     if args.slide_id is not None and not single:
         raise ZoomMILError("--slide-id names one slide; with several or --out-dir each "
