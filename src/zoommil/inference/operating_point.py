@@ -12,7 +12,6 @@ in one line before any slide is read. Light imports only: `zoommil predict` load
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -21,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from zoommil.errors import ZoomMILError
+
+# the checkpoint's sha256 as Predictor.checkpoint_sha256 has it (re-exported for the tables)
+from zoommil.features.encoders.weight_files import sha256_file as sha256_file
 from zoommil.io.atomic import write_text_atomic
 
 #: The ``format`` of an operating-point file (a JSON that is not one is refused).
@@ -66,15 +68,6 @@ def make_record(
         "val_source": val_source,
         "reason": reason,
     }
-
-
-def sha256_file(path: str | Path) -> str:
-    """The checkpoint's sha256, as `Predictor.checkpoint_sha256` has it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load(path: str | Path) -> dict[str, Any]:
