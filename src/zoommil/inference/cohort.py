@@ -436,12 +436,19 @@ def old_heatmap(task: SlideTask) -> Path | None:
     return None
 
 
-def write_table(path: str | Path, rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> Path:
+def write_table(
+    path: str | Path,
+    rows: Sequence[dict[str, Any]],
+    classes: Sequence[str],
+    extra_columns: Sequence[str] = (),
+    extra: Callable[[dict[str, Any]], list[str]] | None = None,
+) -> Path:
     """``predictions.tsv``: one row per slide (status ok, failed or no_tissue), with the class
     probabilities of those classified and their JSON's ``seconds.total`` (`prediction_seconds`;
-    0 for a slide not classified)."""
+    0 for a slide not classified); ``extra_columns`` after those, each row's from ``extra``
+    (a seed ensemble's spread)."""
     columns = ["slide_id", "status", "predicted", *(f"p_{c}" for c in classes)]
-    columns += ["patches_encoded", "seconds", "reason", "slide"]
+    columns += ["patches_encoded", "seconds", "reason", "slide", *extra_columns]
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(columns)
@@ -457,6 +464,7 @@ def write_table(path: str | Path, rows: Sequence[dict[str, Any]], classes: Seque
                 f"{row['seconds']:.2f}",
                 row["reason"],
                 row["slide"],
+                *(extra(row) if extra is not None else ()),
             ]
         )
     return write_text_atomic(path, buffer.getvalue())

@@ -8,8 +8,6 @@ built once; ``--threads`` are encoder threads), not spread over slide processes.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from collections.abc import Sequence
@@ -17,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from zoommil.errors import ZoomMILError
+from zoommil.inference.cohort import write_table
 from zoommil.inference.ensemble import check_combinable, combine, predict_members, spread_text
 from zoommil.inference.predict import Predictor
-from zoommil.io.atomic import write_text_atomic
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
@@ -223,37 +221,18 @@ def write_ensemble_table(
     the checkpoints' argmax agree, and each checkpoint's ``p_<class>_<sha256[:12]>``."""
     classes = predictors[0].classes
     shas = [p.checkpoint_sha256 for p in predictors]
-    columns = ["slide_id", "status", "predicted", *(f"p_{c}" for c in classes)]
-    columns += ["patches_encoded", "seconds", "reason", "slide"]
-    columns += ["p_predicted_sd", "p_predicted_min", "p_predicted_max", "argmax_agree"]
-    columns += [f"p_{c}_{sha[:12]}" for sha in shas for c in classes]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        probs = [f"{row['probabilities'][c]:.6f}" if row["probabilities"] else "" for c in classes]
+    spread_columns = ["p_predicted_sd", "p_predicted_min", "p_predicted_max"]
+    member_columns = [f"p_{c}_{sha[:12]}" for sha in shas for c in classes]
+
+    def extra(row: dict[str, Any]) -> list[str]:
         spread = row.get("ensemble") or {}
         members = row.get("members") or {}
-        extra = [
-            f"{spread[k]:.6f}" if k in spread else ""
-            for k in ("p_predicted_sd", "p_predicted_min", "p_predicted_max")
-        ]
+        cells = [f"{spread[k]:.6f}" if k in spread else "" for k in spread_columns]
         agree = spread.get("argmax_agree")
-        extra.append("" if agree is None else "yes" if agree else "no")
-        extra += [
+        cells.append("" if agree is None else "yes" if agree else "no")
+        return cells + [
             f"{members[sha][c]:.6f}" if sha in members else "" for sha in shas for c in classes
         ]
-        writer.writerow(
-            [
-                row["slide_id"],
-                row["status"],
-                row["predicted"],
-                *probs,
-                row["patches_encoded"],
-                f"{row['seconds']:.2f}",
-                row["reason"],
-                row["slide"],
-                *extra,
-            ]
-        )
-    return write_text_atomic(path, buffer.getvalue())
+
+    columns = [*spread_columns, "argmax_agree", *member_columns]
+    return write_table(path, rows, classes, columns, extra)
