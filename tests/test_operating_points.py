@@ -89,6 +89,19 @@ def test_too_few_val_negatives_for_the_target_is_na_with_the_reason():
     assert none.threshold is None and "no validation slide of normal" in none.reason
 
 
+def test_no_val_positive_still_fixes_a_threshold_and_the_notes_say_so():
+    """Specificity needs only negatives: 12 negatives and no positive fix a 90% threshold
+    (validation sensitivity undefined). The table's note said "n/a ... or no slide of a
+    class", which the code never does for a missing positive class."""
+    got = operating_points.val_threshold(np.zeros(12, int), np.linspace(0, 1, 12), 0.90, BINARY)
+    assert got.threshold == 1.0 and got.reason is None and math.isnan(got.val_sensitivity)
+    assert got.val_specificity == pytest.approx(11 / 12)
+    note = operating_points.notes(pd.DataFrame({"method": []}), BINARY)[0]
+    assert "no slide of a class" not in note
+    assert "fewer than 10 (20) normal slides" in note
+    assert "a split without tumor slides still fixes one" in note
+
+
 def test_test_rates_on_a_resample_equal_those_on_its_drawn_slides():
     """The bootstrap's statistic: the seed's rates on a multiset of test slides equal the
     rates computed on the drawn slides (drawn twice: counted twice)."""

@@ -9,8 +9,8 @@ retrained), then applied to the test slides:
 - the threshold: the smallest of ``roc_curve``'s thresholds on the validation P(positive)
   (each distinct score; a slide scoring exactly the threshold counts as positive, so tied
   slides fall on the same side) whose validation specificity is at least the target;
-- n/a, with the reason, where the validation split cannot resolve the target: no slide of
-  a class, or fewer negatives than allow one false positive (fewer than 10 for 90%, 20 for
+- n/a, with the reason, where the validation split cannot resolve the target: no negative
+  slide, or fewer negatives than allow one false positive (fewer than 10 for 90%, 20 for
   95%: then only "no negative above the threshold" reaches it, a threshold set by one slide),
   or ties at the top leaving only the threshold above every slide;
 - the test sensitivity and specificity at that threshold, seed mean, sample std over seeds
@@ -274,7 +274,9 @@ def notes(table: pd.DataFrame, classes: Sequence[str]) -> list[str]:
         "VALIDATION slides; the test slides are then classified at it (what a deployed model "
         "would do; the files are in results/operating_points/). n/a where the validation "
         f"split cannot resolve the target (fewer than {min_negatives(TARGETS[0])} "
-        f"({min_negatives(TARGETS[1])}) {classes[0]} slides, or no slide of a class)"
+        f"({min_negatives(TARGETS[1])}) {classes[0]} slides, or more {classes[0]} slides "
+        f"tied at the top score than it allows); a split without {classes[1]} slides still "
+        "fixes one (specificity needs only negatives)"
     ]
     for _, row in table.iterrows():
         for target in TARGETS:
