@@ -201,6 +201,27 @@ def test_what_cannot_be_shown_is_one_line_and_exit_2(tmp_path: Path, capsys):
     assert not (tmp_path / "x.geojson").exists()
 
 
+def test_a_seed_ensembles_json_is_refused_saying_why(tmp_path: Path, capsys):
+    """`zoommil predict --checkpoint A --checkpoint B` writes empty top-level `selected` and
+    `attention`: the tool said "method zoommil zooms into no regions (only ZoomMIL does)"."""
+    member = _prediction()
+    ensemble = _prediction() | {
+        "selected": [],
+        "attention": [],
+        "checkpoints": [member, member],
+        "ensemble": {"checkpoints": 2, "argmax_agree": True},
+    }
+    for attention in (False, True):
+        with pytest.raises(ZoomMILError, match=r"seed ensemble's prediction \(2 checkpoints\)"):
+            prediction_geojson(ensemble, attention=attention)
+    path = tmp_path / "ensemble.json"
+    path.write_text(json.dumps(ensemble))
+    assert main([str(path), "--out", str(tmp_path / "x.geojson")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "one --checkpoint" in err
+    assert not (tmp_path / "x.geojson").exists()
+
+
 def test_the_command_line_says_what_it_wrote(tmp_path: Path, capsys):
     (tmp_path / "p.json").write_text(json.dumps(_prediction()))
     out = tmp_path / "r.geojson"

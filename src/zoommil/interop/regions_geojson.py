@@ -178,6 +178,13 @@ def prediction_geojson(
         )
     if "probabilities" not in prediction:
         raise ZoomMILError("not a `zoommil predict` JSON (no probabilities)")
+    if isinstance(prediction.get("ensemble"), Mapping):
+        # its own `selected` and `attention` are empty: each seed zoomed into its own regions
+        raise ZoomMILError(
+            f"a seed ensemble's prediction ({len(prediction.get('checkpoints') or [])} "
+            "checkpoints) has no regions or attention of its own, only each checkpoint's "
+            "(under 'checkpoints'): run zoommil predict with one --checkpoint for QuPath"
+        )
     features = region_features(prediction, offset)
     if attention:
         if not prediction.get("attention"):
