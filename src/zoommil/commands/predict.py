@@ -77,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="checkpoint.pt of zoommil train; repeat it for a seed ensemble (one method's "
         "seeds, same classes and preprocessing): the mean of their probabilities, with each "
-        "one's and their spread (--heatmap: one checkpoint only)",
+        "one's and their spread (--heatmap, --operating-point: one checkpoint only)",
     )
     parser.add_argument("--json", type=Path, help="write the prediction JSON here (one slide)")
     parser.add_argument(
@@ -136,7 +136,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="a threshold fixed on the validation split for this checkpoint (binary models; "
         "results/operating_points/<method>/seed~<seed>/val_spec90.json): print and write the "
-        "decision beside the probabilities",
+        "decision beside the probabilities; one --checkpoint only",
     )
     add_device(parser)
     add_precision(parser, None)
