@@ -191,12 +191,11 @@ class GpuPower:
         t1 = time.time()
         text = ""
         if self._proc is not None:
-            self._proc.send_signal(signal.SIGINT)  # as Ctrl-C: nvidia-smi flushes and exits
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            if not _end(self._proc):
+                self.reason = (
+                    f"nvidia-smi (pid {self._proc.pid}) did not exit when stopped, not even "
+                    "killed (a hung driver?); left behind, its samples not used"
+                )
             self._proc = None
         if self._log is not None:
             text = self._log.read_text(errors="replace")
@@ -223,6 +222,23 @@ class GpuPower:
             "samples": sum(r["samples"] for r in per_gpu.values()),
             "per_gpu": per_gpu,
         }
+
+
+def _end(proc: subprocess.Popen[bytes], seconds: float = 5.0) -> bool:
+    """Stop the sampler: SIGINT (as Ctrl-C: nvidia-smi flushes and exits), then SIGKILL;
+    False if it is still there after both. Why bounded: an nvidia-smi stuck in the driver
+    (uninterruptible) outlives SIGKILL, and an unbounded wait hung the whole gpu.sh run for
+    a number that is optional."""
+    for stop in (lambda: proc.send_signal(signal.SIGINT), proc.kill):
+        try:
+            stop()
+            proc.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            continue
+        except OSError:  # already gone
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- CPU (RAPL)

@@ -67,7 +67,10 @@ class Power:
 
     @classmethod
     def stop(cls, meter: GpuPower, what: str, slides: float, patches: float | None) -> dict:
-        energy = meter.stop()
+        try:
+            energy = meter.stop()
+        except Exception as error:  # energy is optional: it never stops the benchmark
+            energy = not_measured(f"power sampling failed ({type(error).__name__}: {error})")
         if not cls.gpus:
             energy = {**energy, **not_measured(cls.reason)}
         energy = per_work(energy, slides, patches, cls.grid_gco2_per_kwh)

@@ -271,3 +271,61 @@ def test_features_benchmark_reports_the_whole_paths_cpu_energy_per_patch(
     assert features.main([*argv, "--out", str(tmp_path / "b")]) == 0
     md = (tmp_path / "b" / "features.md").read_text()
     assert "- not measured (no RAPL counters readable" in md
+
+
+class _StuckSmi:
+    """An nvidia-smi stuck in the driver: neither SIGINT nor SIGKILL ends it."""
+
+    pid = 4242
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.signals: list[str] = []
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append("INT")
+
+    def kill(self) -> None:
+        self.signals.append("KILL")
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:  # what an unbounded wait would do: hang the benchmark
+            raise AssertionError("waited without a timeout on a process that never exits")
+        raise energy.subprocess.TimeoutExpired("nvidia-smi", timeout)
+
+
+def test_a_hung_nvidia_smi_is_not_measured_and_never_waited_for_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT, then SIGKILL, each waited for a bounded time; a sampler that outlives both is
+    "not measured" (its pid named), and stop() returns."""
+    monkeypatch.setenv("PATH", f"{fake_smi(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
+    stuck: list[_StuckSmi] = []
+
+    def popen(*args, **kwargs) -> _StuckSmi:
+        stuck.append(_StuckSmi())
+        return stuck[-1]
+
+    monkeypatch.setattr(energy.subprocess, "Popen", popen)
+    result = energy.GpuPower(["0"], interval_ms=20).start().stop()
+    assert stuck[0].signals == ["INT", "KILL"]
+    assert not result["measured"] and "joules" not in result
+    assert result["reason"].startswith("nvidia-smi (pid 4242) did not exit when stopped")
+
+
+def test_gpu_script_records_not_measured_when_power_sampling_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """benchmarks/gpu.py: an error inside the energy code is a "not measured" record, never a
+    failed benchmark run."""
+    spec = importlib.util.spec_from_file_location("bench_gpu_energy", BENCHMARKS / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+
+    def broken(self) -> dict:
+        raise ValueError("time data '12/07/2026 21:00:00' does not match format")
+
+    monkeypatch.setattr(gpu.GpuPower, "stop", broken)
+    monkeypatch.setattr(gpu.Power, "gpus", ["0"])
+    record = gpu.Power.stop(gpu.GpuPower(["0"]), "features", 1, 10)
+    assert not record["measured"] and "joules" not in record
+    assert record["reason"].startswith("power sampling failed (ValueError: time data")
