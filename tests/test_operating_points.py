@@ -322,3 +322,28 @@ def test_predict_refuses_a_file_without_threshold_or_not_one(setup, tmp_path, ca
     junk.write_text('{"threshold": 0.5}')
     assert main([*args, "--operating-point", str(junk)]) == 2
     assert "not an operating-point file" in capsys.readouterr().err
+
+
+def test_the_tables_decision_is_the_exact_probabilitys_not_the_rounded_cells(tmp_path):
+    """A slide 4e-8 below the threshold is normal in the JSON and the printed line; its
+    p_tumour cell (6 decimals) rounds up to above the threshold, and the table said tumour."""
+    from zoommil.inference.cohort import write_table
+
+    classes = ["normal", "tumour"]
+    threshold = 0.41234567
+    point = {"classes": classes, "positive_class": "tumour", "threshold": threshold}
+    below = {"normal": 1 - (threshold - 4e-8), "tumour": threshold - 4e-8}
+    rows = [
+        {"slide_id": "a", "slide": "a.svs", "status": "ok", "predicted": "normal",
+         "probabilities": below, "patches_encoded": 3, "seconds": 1.0, "reason": ""},
+        {"slide_id": "b", "slide": "b.svs", "status": "failed", "predicted": "",
+         "probabilities": {}, "patches_encoded": 0, "seconds": 0.0, "reason": "unreadable"},
+    ]  # fmt: skip
+    table = write_table(tmp_path / "predictions.tsv", rows, classes)
+    operating_point.add_to_table(point, table, rows)
+    frame = pd.read_csv(table, sep="\t", keep_default_na=False, dtype=str)
+    assert float(frame["p_tumour"][0]) >= threshold  # the rounded cell is above it
+    assert (
+        frame["decision"].tolist() == [operating_point.decide(point, below), ""] == ["normal", ""]
+    )
+    assert float(frame["threshold"][0]) == threshold and frame["threshold"][1] == ""

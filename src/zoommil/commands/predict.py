@@ -416,7 +416,7 @@ def _run_many(args: argparse.Namespace) -> int:
     if args.out_dir is not None:
         table = write_table(args.out_dir / "predictions.tsv", rows, predictor.classes)
         if point:
-            operating_point.add_to_table(point, table)
+            operating_point.add_to_table(point, table, rows)
         print(f"wrote {table}")
     if not todo:
         print(f"--resume: all {len(rows)} slides were already classified; nothing to do")

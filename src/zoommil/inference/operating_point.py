@@ -153,21 +153,24 @@ def annotate(point: Mapping[str, Any], result: dict[str, Any]) -> dict[str, Any]
     return result
 
 
-def add_to_table(point: Mapping[str, Any], table: str | Path) -> Path:
+def add_to_table(
+    point: Mapping[str, Any], table: str | Path, rows: Sequence[Mapping[str, Any]]
+) -> Path:
     """predictions.tsv with ``threshold`` and ``decision`` after the probabilities (empty for
-    a slide not classified)."""
-    rows = list(csv.reader(io.StringIO(Path(table).read_text(encoding="utf-8")), delimiter="\t"))
-    header, body = rows[0], rows[1:]
+    a slide not classified). ``rows``: the table's rows in order, whose exact probabilities
+    decide, as for the printed line and the JSON: the table's ``p_`` cells are rounded to 6
+    decimals, and a slide within 5e-7 of the threshold was given the other class there."""
+    lines = list(csv.reader(io.StringIO(Path(table).read_text(encoding="utf-8")), delimiter="\t"))
+    header, body = lines[0], lines[1:]
+    if len(body) != len(rows):
+        raise ValueError(f"{table}: {len(body)} rows, {len(rows)} given")
     at = max(i for i, name in enumerate(header) if name.startswith("p_")) + 1
-    probs = {c: header.index(f"p_{c}") for c in point["classes"]}
     out = io.StringIO()
     writer = csv.writer(out, delimiter="\t", lineterminator="\n")
     writer.writerow([*header[:at], "threshold", "decision", *header[at:]])
-    for row in body:
-        values = {c: row[i] for c, i in probs.items()}
-        decision = (
-            decide(point, {c: float(v) for c, v in values.items()}) if all(values.values()) else ""
-        )
-        threshold = f"{point['threshold']:.6g}" if decision else ""
-        writer.writerow([*row[:at], threshold, decision, *row[at:]])
+    for line, row in zip(body, rows, strict=True):
+        probabilities = row.get("probabilities") or {}
+        decision = decide(point, probabilities) if probabilities else ""
+        threshold = repr(float(point["threshold"])) if decision else ""
+        writer.writerow([*line[:at], threshold, decision, *line[at:]])
     return write_text_atomic(table, out.getvalue())
