@@ -927,7 +927,7 @@ def test_predict_many_passes_workers_to_the_reader_pool(
     monkeypatch.setattr(cohort, "classify", classified)
     slides = [str(small_slide), str(small_slide)]
     command = ["predict", *slides, "--checkpoint", str(checkpoint), "--device", "cpu"]
-    monkeypatch.setattr("zoommil.commands.predict._summary", lambda row: row["slide_id"])
+    monkeypatch.setattr("zoommil.commands.predict.summary_line", lambda row: row["slide_id"])
     assert main([*command, "--threads", "1", *argv]) == 0
     assert pools == [expected]  # the default on CPU is one reader process
 

@@ -14,7 +14,7 @@ from slide_factory import KEEP_EVERY_PATCH, write_pyramid_tiff
 
 from zoommil.cli import main
 from zoommil.features.encoders.weights import sha256_file
-from zoommil.inference.cohort import SlideTask, _ok_row, write_table
+from zoommil.inference.cohort import SlideTask, ok_row, write_table
 from zoommil.inference.ensemble import ensemble_id, predict_members
 from zoommil.inference.predict import Predictor, _Timer, make_encoder, predict_slide
 from zoommil.io.jsonio import write_json
@@ -145,7 +145,7 @@ def _frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_one_checkpoint_writes_what_it_wrote_before(slide, seeds, tmp_path, monkeypatch):
     """One --checkpoint: the JSON and predictions.tsv byte for byte as the code path of the
-    command before ensembles (predict_slide, write_json; _ok_row, write_table) writes them."""
+    command before ensembles (predict_slide, write_json; ok_row, write_table) writes them."""
     _frozen_clock(monkeypatch)
     ckpt = seeds[2]
     out = tmp_path / "cli.json"
@@ -160,7 +160,7 @@ def test_one_checkpoint_writes_what_it_wrote_before(slide, seeds, tmp_path, monk
     assert main(argv) == 0
     assert (folder / "small.json").read_bytes() == out.read_bytes()
     task = SlideTask(str(slide), str(folder / "small.json"), str(folder / "small.png"))
-    write_table(tmp_path / "ref.tsv", [_ok_row(task, reference)], CLASSES)
+    write_table(tmp_path / "ref.tsv", [ok_row(task, reference)], CLASSES)
     assert (folder / "predictions.tsv").read_bytes() == (tmp_path / "ref.tsv").read_bytes()
     assert "checkpoints" not in json.loads(out.read_text())
 

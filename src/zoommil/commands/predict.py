@@ -265,7 +265,7 @@ def _check_no_urls(slides: list[Path]) -> None:
         raise ZoomMILError(f"{urls[0]}{more} is {url_advice(urls[0])}")
 
 
-def _load_predictor(args: argparse.Namespace, device: torch.device) -> Predictor:
+def load_predictor(args: argparse.Namespace, device: torch.device) -> Predictor:
     """`Predictor.from_checkpoint` of ``args.checkpoint``. Where it fails, a checkpoint
     trained on another tool's tissue masks is named as such (`check_detects_like_training`),
     in place of the recipe's "unknown tissue method 'unknown'"; the checkpoint is read for
@@ -295,7 +295,7 @@ def _run_one(args: argparse.Namespace) -> int:
     workers = default_workers(device, args.threads) if args.workers is None else args.workers
     with ReaderPool(workers) as reader:
         reader.start()  # its start-up overlaps loading the checkpoint and building the encoder
-        predictor = _load_predictor(args, device)
+        predictor = load_predictor(args, device)
         point = operating_point.for_predictor(args.operating_point, predictor)
         if args.heatmap and not predictor.has_attention:  # before any slide is read
             raise ZoomMILError(
@@ -325,12 +325,12 @@ def _run_one(args: argparse.Namespace) -> int:
     if args.heatmap:
         save_heatmap(args.heatmap, args.slide, result)
     counts = json.dumps(result["patches_per_mag"])
-    note = _note(result.get("tissue_note"))
-    print(f"{_summary(result)}{decision} {counts}{note}{_random_tag(result['weights'])}")
+    note = note_tail(result.get("tissue_note"))
+    print(f"{summary_line(result)}{decision} {counts}{note}{random_tag(result['weights'])}")
     return 0
 
 
-def _summary(result: dict) -> str:
+def summary_line(result: dict) -> str:
     probs = ", ".join(f"{c}={p:.3f}" for c, p in result["probabilities"].items())
     return (
         f"{result['slide_id']}: {result['predicted']} ({probs}); "
@@ -338,14 +338,14 @@ def _summary(result: dict) -> str:
     )
 
 
-def _note(note: str | None) -> str:
+def note_tail(note: str | None) -> str:
     """A prediction's ``tissue_note`` after "; ", else nothing: the printed line of a slide
     classified from every patch (no tissue found on a crop too small for the detector) says
     so, not only a warning among the log lines and its JSON."""
     return f"; {note}" if note else ""
 
 
-def _random_tag(weights: str) -> str:
+def random_tag(weights: str) -> str:
     """`RANDOM_WEIGHTS_TAG` after a space for random weights, else nothing: a printed
     prediction of random-weight features says so, as its JSON and heatmap do."""
     return f" {RANDOM_WEIGHTS_TAG}" if weights_note(weights) else ""
@@ -370,7 +370,7 @@ def _run_many(args: argparse.Namespace) -> int:
             "use --out-dir alone"
         )
     device = resolve_device(args.device)
-    predictor = _load_predictor(args, device)
+    predictor = load_predictor(args, device)
     point = operating_point.for_predictor(args.operating_point, predictor)
     if args.out_dir is not None:
         tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=predictor.has_attention)
@@ -389,10 +389,10 @@ def _run_many(args: argparse.Namespace) -> int:
 
     def report(row: dict) -> None:
         if row["status"] == "ok":
-            tag = _note(row["reason"]) + _random_tag(predictor.recipe.weights)  # ok: the note
+            tag = note_tail(row["reason"]) + random_tag(predictor.recipe.weights)  # ok: the note
             if point:
                 tag = operating_point.describe(point, row["probabilities"]) + tag
-            print(_summary(row) + tag, flush=True)
+            print(summary_line(row) + tag, flush=True)
         else:
             print(f"zoommil predict: {row['slide']}: {row['reason']}", file=sys.stderr)
 
@@ -432,7 +432,7 @@ def _run_many(args: argparse.Namespace) -> int:
     )
     if summary["failed"]:
         print(
-            f"zoommil predict: {_not_classified(summary['rows'], len(rows))}"
+            f"zoommil predict: {not_classified(summary['rows'], len(rows))}"
             + (" (--no-fail: exit 0)" if args.no_fail else ""),
             file=sys.stderr,
         )
@@ -440,7 +440,7 @@ def _run_many(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_classified(rows: list[dict], total: int) -> str:
+def not_classified(rows: list[dict], total: int) -> str:
     """'1 of 3 slides failed', or with other statuses than failed (a slide without tissue is
     not a failure to read it) '2 of 3 slides not classified (1 failed, 1 no_tissue)'."""
     counts = Counter(row["status"] for row in rows if row["status"] != "ok")

@@ -104,7 +104,7 @@ def tasks_in_dir(
     return tasks
 
 
-def _recorded(task: SlideTask) -> dict[str, Any] | None:
+def read_record(task: SlideTask) -> dict[str, Any] | None:
     """The JSON object at a task's ``json`` path, or None (none there, unreadable, not an
     object)."""
     if not task.json or not Path(task.json).is_file():
@@ -123,7 +123,7 @@ def check_not_another_slides(tasks: Sequence[SlideTask]) -> None:
     (review A). The same slide again (another checkpoint, or moved) is replaced as before."""
     taken = []
     for task in tasks:
-        record = _recorded(task)
+        record = read_record(task)
         recorded = record.get("slide_path") if record is not None else None
         if not isinstance(recorded, str) or not isinstance(record.get("slide_quickhash"), str):
             continue  # an older version's JSON, or a failure marker: nothing says whose
@@ -158,7 +158,7 @@ def finished_rows(
     for index, task in enumerate(tasks):
         if task.heatmap and not Path(task.heatmap).is_file():
             continue
-        record = _recorded(task)
+        record = read_record(task)
         if record is None or record.get("checkpoint_sha256") != checkpoint_sha256:
             continue
         if record.get("tissue_version") != tissue_version:
@@ -167,7 +167,7 @@ def finished_rows(
             continue
         if not describes_slide(record, task.slide):
             continue
-        done[index] = _ok_row(task, record, "kept from an earlier run (--resume)")
+        done[index] = ok_row(task, record, "kept from an earlier run (--resume)")
     return done
 
 
@@ -285,7 +285,7 @@ def _in_this_process(
                 try:
                     tiled = ahead.get(index)
                 except ZoomMILError as error:  # its tiling ahead failed: not tiled again
-                    yield index, _error_row(task, error)
+                    yield index, error_row(task, error)
                     continue
                 yield index, classify(settings, task, runner, reader, tiled)
 
@@ -349,11 +349,11 @@ def classify(
         if task.json:
             write_json(task.json, result)
     except Exception as error:  # one slide's failure never stops the others
-        return _error_row(task, error)
-    return _ok_row(task, result, result.get("tissue_note") or "")
+        return error_row(task, error)
+    return ok_row(task, result, result.get("tissue_note") or "")
 
 
-def _error_row(task: SlideTask, error: Exception) -> dict[str, Any]:
+def error_row(task: SlideTask, error: Exception) -> dict[str, Any]:
     """The row of a slide that ``error`` stopped (its outputs removed): `NO_TISSUE` for a
     slide without tissue (not a failure to read it), else failed."""
     _remove_outputs(task)
@@ -363,7 +363,7 @@ def _error_row(task: SlideTask, error: Exception) -> dict[str, Any]:
     return _failure(task, reason)
 
 
-def _ok_row(task: SlideTask, prediction: dict[str, Any], reason: str = "") -> dict[str, Any]:
+def ok_row(task: SlideTask, prediction: dict[str, Any], reason: str = "") -> dict[str, Any]:
     """A classified slide's row, from its prediction record (made now or read back)."""
     return {
         "slide_id": task.slide_id,

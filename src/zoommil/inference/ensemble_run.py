@@ -22,7 +22,7 @@ from zoommil.inference.predict import Predictor
 
 def run_ensemble(args: argparse.Namespace) -> int:
     """Load and check the checkpoints, then classify one slide or many."""
-    from zoommil.commands.predict import _load_predictor
+    from zoommil.commands.predict import load_predictor
     from zoommil.device import resolve_device
     from zoommil.features.encoder_pool import set_encoder_threads
     from zoommil.training.checkpoint import load_checkpoint
@@ -48,7 +48,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     set_encoder_threads(device, args.threads)
     predictors = [
-        _load_predictor(argparse.Namespace(**{**vars(args), "checkpoint": c}), device)
+        load_predictor(argparse.Namespace(**{**vars(args), "checkpoint": c}), device)
         for c in args.checkpoint
     ]
     check_combinable(predictors)
@@ -103,7 +103,7 @@ def _one(
     seeds: Sequence[int | None],
     device: Any,
 ) -> int:
-    from zoommil.commands.predict import _note, _random_tag, _summary
+    from zoommil.commands.predict import note_tail, random_tag, summary_line
     from zoommil.io.jsonio import write_json
 
     encoder_context, reader = _encoder_and_reader(args, predictors, device)
@@ -116,9 +116,9 @@ def _one(
     if args.json:
         write_json(args.json, record)
     counts = json.dumps(record["patches_per_mag"])
-    note = _note(record.get("tissue_note"))
-    tail = spread_text(record) + note + _random_tag(record["weights"])
-    print(f"{_summary(record)} {counts}{tail}")
+    note = note_tail(record.get("tissue_note"))
+    tail = spread_text(record) + note + random_tag(record["weights"])
+    print(f"{summary_line(record)} {counts}{tail}")
     return 0
 
 
@@ -128,15 +128,15 @@ def _many(
     seeds: Sequence[int | None],
     device: Any,
 ) -> int:
-    from zoommil.commands.predict import _not_classified, _note, _random_tag, _summary
+    from zoommil.commands.predict import not_classified, note_tail, random_tag, summary_line
     from zoommil.inference.cohort import (
         SlideTask,
-        _error_row,
-        _ok_row,
-        _recorded,
         check_not_another_slides,
+        error_row,
         finished_rows,
+        ok_row,
         old_heatmap,
+        read_record,
         tasks_in_dir,
     )
     from zoommil.inference.ensemble import ensemble_id
@@ -154,7 +154,7 @@ def _many(
     lead = predictors[0]
     kept = finished_rows(tasks, ensemble_id(predictors), lead.tissue_version) if args.resume else {}
     for index, row in kept.items():  # their spread, from the JSON kept
-        row.update(_spread_fields(_recorded(tasks[index]) or {}))
+        row.update(_spread_fields(read_record(tasks[index]) or {}))
     if kept:
         print(f"--resume: {len(kept)} of {len(tasks)} slides already classified, kept")
     todo = [i for i in range(len(tasks)) if i not in kept]
@@ -174,14 +174,14 @@ def _many(
                     if task.json:
                         write_json(task.json, record)
                 except Exception as error:  # one slide's failure never stops the others
-                    rows[i] = _error_row(task, error)
+                    rows[i] = error_row(task, error)
                     failed += 1
                     print(f"zoommil predict: {task.slide}: {rows[i]['reason']}", file=sys.stderr)
                     continue
-                rows[i] = _ok_row(task, record, record.get("tissue_note") or "")
+                rows[i] = ok_row(task, record, record.get("tissue_note") or "")
                 rows[i].update(_spread_fields(record))
-                tag = _note(rows[i]["reason"]) + _random_tag(lead.recipe.weights)
-                print(_summary(rows[i]) + spread_text(record) + tag, flush=True)
+                tag = note_tail(rows[i]["reason"]) + random_tag(lead.recipe.weights)
+                print(summary_line(rows[i]) + spread_text(record) + tag, flush=True)
     if args.out_dir is not None:
         table = write_ensemble_table(args.out_dir / "predictions.tsv", rows, predictors)
         print(f"wrote {table}")
@@ -192,7 +192,7 @@ def _many(
     if failed:
         done = [rows[i] for i in todo]
         print(
-            f"zoommil predict: {_not_classified(done, len(rows))}"
+            f"zoommil predict: {not_classified(done, len(rows))}"
             + (" (--no-fail: exit 0)" if args.no_fail else ""),
             file=sys.stderr,
         )
