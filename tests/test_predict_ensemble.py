@@ -99,6 +99,11 @@ def test_the_ensemble_is_the_mean_of_separate_single_runs(ensemble, singles, see
         assert member["selected"] == single["selected"]
         assert member["patches_per_mag"] == single["patches_per_mag"]
         assert member["predicted"] == single["predicted"]
+        # the same patches' features at every magnification: the same attention over them
+        assert len(member["attention"]) == len(single["attention"]) == len(MAGS)
+        for mine, alone in zip(member["attention"], single["attention"], strict=True):
+            assert mine["xy"] == alone["xy"] and mine["mag"] == alone["mag"]
+            assert mine["weights"] == pytest.approx(alone["weights"], abs=1e-6)
     # the spread of the predicted class's probability across the checkpoints
     top = probs[:, int(np.argmax(mean))]
     spread = ensemble["ensemble"]
@@ -305,3 +310,28 @@ def test_the_ensembles_time_counts_every_head_once():
     results = [record(3.0, 1.0), record(3.5, 1.5)]
     assert _seconds("abmil", results) == {"total": 4.5, "tissue_and_tiling": 1.0, "head": 2.5}
     assert _seconds("zoommil", results) == results[1]["seconds"]
+
+
+def test_one_failing_slide_is_a_row_and_the_others_are_classified(
+    slide, seeds, ensemble, tmp_path, capsys
+):
+    """An unreadable slide among several: its row says failed (no JSON left), the others are
+    classified as alone; exit 1, or 0 with --no-fail."""
+    broken = tmp_path / "broken.tiff"
+    broken.write_bytes(b"not a slide")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "broken.json").write_text("{}")  # an earlier run's, removed with the failure
+    three = [a for c in seeds for a in ("--checkpoint", str(c))]
+    argv = ["predict", str(broken), str(slide), "--out-dir", str(out), *three]
+    for extra, code in (([], 1), (["--no-fail"], 0)):
+        assert main([*argv, *extra]) == code
+        err = capsys.readouterr().err
+        assert f"zoommil predict: {broken}: " in err and "Traceback" not in err
+        assert "1 of 2 slides failed" in err
+        rows = {r["slide_id"]: r for r in _rows(out / "predictions.tsv")}
+        assert rows["broken"]["status"] == "failed" and rows["broken"]["p_predicted_sd"] == ""
+        assert rows["small"]["status"] == "ok"
+        p = float(rows["small"]["p_tumour"])
+        assert p == pytest.approx(ensemble["probabilities"]["tumour"], abs=1e-6)
+        assert not (out / "broken.json").exists() and (out / "small.json").is_file()
