@@ -335,3 +335,21 @@ def test_one_failing_slide_is_a_row_and_the_others_are_classified(
         p = float(rows["small"]["p_tumour"])
         assert p == pytest.approx(ensemble["probabilities"]["tumour"], abs=1e-6)
         assert not (out / "broken.json").exists() and (out / "small.json").is_file()
+
+
+def test_json_with_several_slides_is_refused_before_any_checkpoint_is_loaded(
+    slide, seeds, tmp_path, capsys, monkeypatch
+):
+    """A usage error, as for one checkpoint: one line, exit 2, without loading N checkpoints
+    (nor resolving --device) first."""
+
+    def load(*args, **kwargs):
+        raise AssertionError("a checkpoint was loaded before the usage error")
+
+    monkeypatch.setattr("zoommil.commands.predict.load_predictor", load)
+    three = [a for c in seeds for a in ("--checkpoint", str(c))]
+    argv = ["predict", str(slide), str(slide), "--json", str(tmp_path / "p.json"), *three]
+    err = _refused(argv, capsys)
+    assert err.endswith(
+        "--json names one slide's file; with several slides or --out-dir, use --out-dir alone"
+    )

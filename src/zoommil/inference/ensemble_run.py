@@ -45,6 +45,10 @@ def run_ensemble(args: argparse.Namespace) -> int:
     if args.slide_id is not None and not single:
         raise ZoomMILError("--slide-id names one slide; with several or --out-dir each "
                            "slide's id is its file name")  # fmt: skip
+    if args.json and not single:  # a usage error: before the checkpoints are loaded
+        raise ZoomMILError(
+            "--json names one slide's file; with several slides or --out-dir, use --out-dir alone"
+        )
     device = resolve_device(args.device)
     set_encoder_threads(device, args.threads)
     predictors = [
@@ -142,10 +146,6 @@ def _many(
     from zoommil.inference.ensemble import ensemble_id
     from zoommil.io.jsonio import write_json
 
-    if args.json:
-        raise ZoomMILError(
-            "--json names one slide's file; with several slides or --out-dir, use --out-dir alone"
-        )
     if args.out_dir is not None:
         tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=False)
         check_not_another_slides(tasks)
