@@ -297,6 +297,9 @@ class Rapl:
         self.total = {z: 0 for z in self.zones}
         self.max = {z: int(_read(z / "max_energy_range_uj") or 0) for z in self.zones}
         self.last = {z: _counter(z) for z in self.zones}
+        # a counter unreadable at some read, or one that went back without a known range:
+        # energy was missed, so the phase is "not measured" rather than undercounted
+        self.gaps = [z for z, v in self.last.items() if v is None]
         if self.zones and self.poll_seconds > 0:
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
@@ -310,10 +313,14 @@ class Rapl:
         """Add each counter's advance since the last read (one wrap allowed between reads)."""
         with self._lock:
             for zone in self.zones:
-                now = _counter(zone)
-                if now is None:
+                now, last = _counter(zone), self.last[zone]
+                if now is None or last is None:
+                    self.gaps += [zone] if zone not in self.gaps else []
+                    self.last[zone] = now
                     continue
-                delta = now - self.last[zone]
+                delta = now - last
+                if delta < 0 and self.max[zone] <= 0 and zone not in self.gaps:
+                    self.gaps.append(zone)  # wrapped, with no max_energy_range_uj to add
                 if delta < 0:
                     delta += self.max[zone]
                 self.total[zone] += delta
@@ -327,6 +334,12 @@ class Rapl:
         if self.reason:
             return {**base, **not_measured(self.reason)}
         self.read()
+        if self.gaps:
+            zone = self.gaps[0]
+            return {**base, **not_measured(
+                f"{zone / 'energy_uj'} could not be read at some point of the phase, or wrapped "
+                "without a max_energy_range_uj: its energy is not known"
+            )}  # fmt: skip
         seconds = time.time() - self.t0
         zones = {f"{z.name} ({_read(z / 'name')})": self.total[z] / 1e6 for z in self.zones}
         joules = sum(zones.values())

@@ -172,6 +172,32 @@ def test_rapl_polls_in_the_background(tmp_path: Path) -> None:
     assert meter.stop()["joules"] == pytest.approx(1.5)
 
 
+def test_rapl_counter_lost_mid_phase_or_wrapped_without_range_is_not_measured(
+    tmp_path: Path,
+) -> None:
+    """A counter unreadable at start or at a later read, or one that goes back with no
+    max_energy_range_uj, missed energy: "not measured", never a TypeError or a negative sum."""
+    root = powercap(tmp_path / "lost", 1_000_000, 0)
+    meter = energy.Rapl(root, poll_seconds=0).start()
+    (root / "intel-rapl:0" / "energy_uj").write_text("busy\n")
+    meter.read()
+    (root / "intel-rapl:0" / "energy_uj").write_text("3000000\n")
+    result = meter.stop()
+    assert not result["measured"] and "could not be read" in result["reason"], result
+    root = powercap(tmp_path / "late", 1_000_000, 0)
+    meter = energy.Rapl(root, poll_seconds=0)
+    (root / "intel-rapl:0" / "energy_uj").write_text("busy\n")  # readable when found only
+    meter.start()
+    (root / "intel-rapl:0" / "energy_uj").write_text("3000000\n")
+    assert not meter.stop()["measured"]
+    root = powercap(tmp_path / "norange", 9_000_000, 0)
+    (root / "intel-rapl:0" / "max_energy_range_uj").unlink()
+    meter = energy.Rapl(root, poll_seconds=0).start()
+    (root / "intel-rapl:0" / "energy_uj").write_text("1000000\n")
+    result = meter.stop()
+    assert not result["measured"] and "joules" not in result, result
+
+
 def test_rapl_not_measured_without_counters(tmp_path: Path) -> None:
     result = energy.Rapl(tmp_path / "none").start().stop()
     assert not result["measured"] and "joules" not in result
