@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -265,8 +266,22 @@ def test_scale_says_not_measured_once_without_rapl(tmp_path: Path) -> None:
     assert sum("not measured" in line for line in lines) == 1
 
 
+@pytest.fixture
+def torch_threads_kept() -> Iterator[None]:
+    """benchmarks/features.py's main sets torch's thread count for the process, as a script
+    may; run in-process, the tests after it (test_training checks it) keep their own."""
+    import torch
+
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
 def test_features_benchmark_reports_the_whole_paths_cpu_energy_per_patch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_slide: Path
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    synthetic_slide: Path,
+    torch_threads_kept: None,
 ) -> None:
     """benchmarks/features.py: the package counter advances 2 J during each whole-path run
     (and not in the bare-encoder runs); 2 rounds give 4 J over 2 x the patches, in the JSON
