@@ -430,14 +430,20 @@ def _run_many(args: argparse.Namespace) -> int:
         + f" by {summary['processes']} process(es) x {summary['threads_per_process']} "
         f"thread(s){kept_text}"
     )
-    if summary["failed"]:
-        print(
-            f"zoommil predict: {not_classified(summary['rows'], len(rows))}"
-            + (" (--no-fail: exit 0)" if args.no_fail else ""),
-            file=sys.stderr,
-        )
-        return 0 if args.no_fail else 1
-    return 0
+    return exit_code(summary["rows"], len(rows), args.no_fail, summary["failed"])
+
+
+def exit_code(done: list[dict], total: int, no_fail: bool, failed: int) -> int:
+    """A several-slide run's exit status: 1 when some of this run's slides (``done``) were not
+    classified, said on stderr; 0 with --no-fail (said too) or when every slide was."""
+    if not failed:
+        return 0
+    print(
+        f"zoommil predict: {not_classified(done, total)}"
+        + (" (--no-fail: exit 0)" if no_fail else ""),
+        file=sys.stderr,
+    )
+    return 0 if no_fail else 1
 
 
 def not_classified(rows: list[dict], total: int) -> str:

@@ -132,7 +132,7 @@ def _many(
     seeds: Sequence[int | None],
     device: Any,
 ) -> int:
-    from zoommil.commands.predict import not_classified, note_tail, random_tag, summary_line
+    from zoommil.commands.predict import exit_code, note_tail, random_tag, summary_line
     from zoommil.inference.cohort import (
         SlideTask,
         check_not_another_slides,
@@ -189,15 +189,7 @@ def _many(
         print(f"--resume: all {len(rows)} slides were already classified; nothing to do")
         return 0
     print(f"{len(todo) - failed} of {len(todo)} slides classified by {len(predictors)} checkpoints")
-    if failed:
-        done = [rows[i] for i in todo]
-        print(
-            f"zoommil predict: {not_classified(done, len(rows))}"
-            + (" (--no-fail: exit 0)" if args.no_fail else ""),
-            file=sys.stderr,
-        )
-        return 0 if args.no_fail else 1
-    return 0
+    return exit_code([rows[i] for i in todo], len(rows), args.no_fail, failed)
 
 
 def _spread_fields(record: dict[str, Any]) -> dict[str, Any]:
