@@ -4,7 +4,10 @@ checkpoints' probabilities, read from one pass over the slide; one checkpoint is
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +17,13 @@ from slide_factory import KEEP_EVERY_PATCH, write_pyramid_tiff
 
 from zoommil.cli import main
 from zoommil.features.encoders.weights import sha256_file
-from zoommil.inference.cohort import SlideTask, ok_row, write_table
+from zoommil.inference.cohort import SlideTask, ok_row, predict_slides, tasks_in_dir, write_table
 from zoommil.inference.ensemble import ensemble_id, predict_members
+from zoommil.inference.ensemble_run import EnsembleSettings
 from zoommil.inference.predict import Predictor, _Timer, make_encoder, predict_slide
 from zoommil.io.jsonio import write_json
 from zoommil.models import build_model
+from zoommil.processes import ProcessDied
 from zoommil.training.checkpoint import save_checkpoint
 
 MAGS = [5.0, 10.0, 20.0]
@@ -360,3 +365,92 @@ def test_json_with_several_slides_is_refused_before_any_checkpoint_is_loaded(
     assert err.endswith(
         "--json names one slide's file; with several slides or --out-dir, use --out-dir alone"
     )
+
+
+def _without_seconds(path: Path) -> list[dict]:
+    """The table's rows less ``seconds`` (each run's own time)."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in _rows(path)]
+
+
+def test_several_slides_over_processes_are_the_serial_run(slide, seeds, tmp_path, capsys):
+    """--threads 2 classifies whole slides in 2 processes, as with one checkpoint: the same
+    rows in input order (the unreadable slide a failure row naming it, exit 1) and the same
+    records to the float as --threads 1 in this process."""
+    copies = []
+    for name in ("second.tiff", "third.tiff"):
+        copies.append(tmp_path / name)
+        copies[-1].write_bytes(slide.read_bytes())
+    broken = tmp_path / "broken.tiff"
+    broken.write_bytes(b"not a slide")
+    three = [a for c in seeds for a in ("--checkpoint", str(c))]
+    slides = [str(copies[0]), str(broken), str(slide), str(copies[1])]
+    printed = {}
+    for threads in ("1", "2"):
+        out = tmp_path / f"threads{threads}"
+        argv = ["predict", *slides, "--out-dir", str(out), "--threads", threads, *three]
+        assert main(argv) == 1
+        printed[threads] = capsys.readouterr()
+        assert f"zoommil predict: {broken}: " in printed[threads].err
+        assert "1 of 4 slides failed" in printed[threads].err
+    assert "3 of 4 slides classified in " in printed["1"].out
+    assert "by 3 checkpoints, 1 process(es) x 1 thread(s)" in printed["1"].out
+    assert "by 3 checkpoints, 2 process(es) x 1 thread(s)" in printed["2"].out
+    serial, spread = tmp_path / "threads1", tmp_path / "threads2"
+    rows = _without_seconds(spread / "predictions.tsv")
+    assert rows == _without_seconds(serial / "predictions.tsv")
+    assert [r["slide_id"] for r in rows] == ["second", "broken", "small", "third"]
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok", "ok"]
+    assert not (spread / "broken.json").exists()
+    for name in ("second", "small", "third"):
+        a, b = (json.loads((d / f"{name}.json").read_text()) for d in (serial, spread))
+        for key in ("probabilities", "predicted", "ensemble", "patches_per_mag", "slide_path"):
+            assert a[key] == b[key], (name, key)
+        for one, other in zip(a["checkpoints"], b["checkpoints"], strict=True):
+            for key in ("probabilities", "selected", "attention", "patches_per_mag"):
+                assert one[key] == other[key], (name, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DiesOnSlide(EnsembleSettings):
+    """Kills its process on the slide named ``dies`` (as the OOM killer would)."""
+
+    def classify_task(self, task, encoder, reader, tiled=None):  # noqa: ANN001, ANN201
+        if task.slide_id == "dies":
+            os._exit(9)
+        return super().classify_task(task, encoder, reader, tiled)
+
+
+def test_a_slide_process_that_dies_takes_only_its_slide(slide, seeds, ensemble, tmp_path):
+    """The ensemble's slides go through `cohort.predict_slides`: a process that dies under a
+    slide is that slide's failure row (its outputs of an earlier run removed); the other
+    slide is classified as alone."""
+    dies = tmp_path / "dies.tiff"
+    dies.write_bytes(slide.read_bytes())
+    (tmp_path / "dies.json").write_text("{}")
+    members = tuple(Predictor.from_checkpoint(c) for c in seeds)
+    settings = _DiesOnSlide(members[0], workers=0, members=members, seeds=tuple(SEEDS))
+    tasks = tasks_in_dir([dies, slide], tmp_path, heatmaps=False)
+    summary = predict_slides(settings, tasks, threads=2)
+    died, ok = summary["rows"]
+    assert summary["processes"] == 2 and summary["failed"] == 1
+    assert died["status"] == "failed" and died["reason"] == ProcessDied().reason
+    assert not (tmp_path / "dies.json").exists()
+    assert ok["status"] == "ok" and ok["probabilities"] == ensemble["probabilities"]
+    assert ok["ensemble"]["p_predicted_sd"] == ensemble["ensemble"]["p_predicted_sd"]
+
+
+def test_resume_says_how_many_slides_it_kept(slide, seeds, tmp_path, capsys):
+    """As with one checkpoint: the kept slides are counted at the start and in the last line,
+    whose count and rate are this run's slides only."""
+    copy = tmp_path / "copy.tiff"
+    copy.write_bytes(slide.read_bytes())
+    out = tmp_path / "out"
+    three = [a for c in seeds for a in ("--checkpoint", str(c))]
+    assert main(["predict", str(slide), "--out-dir", str(out), *three]) == 0
+    capsys.readouterr()
+    argv = ["predict", str(slide), str(copy), "--out-dir", str(out), "--resume", *three]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "--resume: 1 of 2 slides already classified, kept" in printed
+    last = r"^1 of 1 slides classified in .* by 3 checkpoints, .*; 1 kept from an earlier run$"
+    assert re.search(last, printed, re.M), printed

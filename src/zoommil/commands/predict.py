@@ -377,15 +377,7 @@ def _run_many(args: argparse.Namespace) -> int:
         check_not_another_slides(tasks)
     else:
         tasks = [SlideTask(str(s)) for s in args.slides]
-    settings = Settings(
-        predictor,
-        str(device),
-        args.precision,
-        args.batch_size,
-        args.mpp,
-        args.workers,
-        args.default_mpp,
-    )
+    settings = Settings(predictor, **settings_fields(args, device))
 
     def report(row: dict) -> None:
         if row["status"] == "ok":
@@ -421,16 +413,37 @@ def _run_many(args: argparse.Namespace) -> int:
     if not todo:
         print(f"--resume: all {len(rows)} slides were already classified; nothing to do")
         return 0
+    print(run_summary(summary, len(todo), len(kept)))
+    return exit_code(summary["rows"], len(rows), args.no_fail, summary["failed"])
+
+
+def settings_fields(args: argparse.Namespace, device: torch.device) -> dict:
+    """`cohort.Settings`' fields from the command line, but the predictor (one checkpoint's
+    or a seed ensemble's, which adds its own)."""
+    return {
+        "device": str(device),
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "mpp": args.mpp,
+        "workers": args.workers,
+        "default_mpp": args.default_mpp,
+    }
+
+
+def run_summary(summary: dict, todo: int, kept: int, models: str = "") -> str:
+    """The last line of a several-slide run (`cohort.predict_slides`'s ``summary``): this
+    run's ``todo`` slides only (a rate over the kept ones too was many times too high), how
+    they were spread, and how many --resume kept. ``models``: e.g. "3 checkpoints" for a
+    seed ensemble."""
     rate = summary["slides_per_hour"]
-    kept_text = f"; {len(kept)} kept from an earlier run" if kept else ""
-    print(  # this run's slides only: a rate over the kept ones too was many times too high
-        f"{len(todo) - summary['failed']} of {len(todo)} slides classified in "
+    by = f" by {models}," if models else " by"
+    return (
+        f"{todo - summary['failed']} of {todo} slides classified in "
         f"{summary['wall_seconds']:.1f} s"
         + (f" ({rate:.0f} slides/h)" if rate else "")
-        + f" by {summary['processes']} process(es) x {summary['threads_per_process']} "
-        f"thread(s){kept_text}"
+        + f"{by} {summary['processes']} process(es) x {summary['threads_per_process']} "
+        f"thread(s)" + (f"; {kept} kept from an earlier run" if kept else "")
     )
-    return exit_code(summary["rows"], len(rows), args.no_fail, summary["failed"])
 
 
 def exit_code(done: list[dict], total: int, no_fail: bool, failed: int) -> int:

@@ -7,7 +7,9 @@ core classifies whole slides: ``min(N, slides)`` processes, each with its share 
 (one, once there are at least as many slides as cores) and its own reading, as `zoommil
 profile --threads N` does. A slide that cannot be classified is a failure row naming the
 reason (its outputs are removed, not left stale) and the others go on; a process that dies
-takes only its own slide with it (`zoommil.processes.map_isolated`).
+takes only its own slide with it (`zoommil.processes.map_isolated`). What classifies a slide
+is `Settings.classify_task`: a seed ensemble (`zoommil.inference.ensemble_run`) subclasses
+`Settings` and is spread the same way; this module does not import it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,19 @@ class Settings:
     workers: int | None = None
     #: level-0 um/px of slides whose metadata has none (``--default-mpp``)
     default_mpp: float | None = None
+
+    def classify_task(
+        self,
+        task: SlideTask,
+        encoder: AnyEncoder,
+        reader: ReaderPool,
+        tiled: Lattice | None = None,
+    ) -> dict[str, Any]:
+        """One slide's row, its outputs written (`classify`). A subclass classifies otherwise
+        (a seed ensemble, `zoommil.inference.ensemble_run`) and gets the same spreading over
+        processes, failure rows and tiling ahead; ``predictor`` is then the one whose
+        encoder and recipe the slides are encoded and tiled with."""
+        return classify(self, task, encoder, reader, tiled)
 
 
 def tasks_in_dir(
@@ -287,7 +302,7 @@ def _in_this_process(
                 except ZoomMILError as error:  # its tiling ahead failed: not tiled again
                     yield index, error_row(task, error)
                     continue
-                yield index, classify(settings, task, runner, reader, tiled)
+                yield index, settings.classify_task(task, runner, reader, tiled)
 
 
 #: A worker process's settings (`_init_worker`) and its encoder, built at its first slide so
@@ -315,7 +330,7 @@ def _task_in_worker(task: SlideTask) -> dict[str, Any]:
     if "reader" not in _WORKER:  # kept for the process's next slides (a start costs ~0.5 s);
         # its reader processes exit with this one. Default: each process reads inline
         _WORKER["reader"] = ReaderPool(settings.workers or 0).start()
-    return classify(settings, task, _WORKER["encoder"], _WORKER["reader"])
+    return settings.classify_task(task, _WORKER["encoder"], _WORKER["reader"])
 
 
 def classify(
@@ -327,8 +342,6 @@ def classify(
 ) -> dict[str, Any]:
     """Classify one slide and write its outputs; any error is the slide's failure row.
     ``tiled``: its lattice, if made ahead."""
-    from zoommil.reporting.attention import save_heatmap
-
     try:
         result = predict_slide(
             settings.predictor,
@@ -340,17 +353,25 @@ def classify(
             tiled=tiled,
             default_mpp=settings.default_mpp,
         )
-        # the heatmap first: the JSON is what --resume takes as "this slide is done", so a
-        # run killed between the two must not leave a new JSON beside an older heatmap
-        if task.heatmap and result["attention"]:
-            save_heatmap(task.heatmap, task.slide, result)
-        if heatmap := old_heatmap(task):
-            heatmap.unlink(missing_ok=True)
-        if task.json:
-            write_json(task.json, result)
+        write_outputs(task, result)
     except Exception as error:  # one slide's failure never stops the others
         return error_row(task, error)
     return ok_row(task, result, result.get("tissue_note") or "")
+
+
+def write_outputs(task: SlideTask, result: dict[str, Any]) -> None:
+    """A classified slide's heatmap (where wanted and it has attention), then its JSON, with
+    the heatmap of the earlier prediction the JSON replaces removed (`old_heatmap`)."""
+    from zoommil.reporting.attention import save_heatmap
+
+    # the heatmap first: the JSON is what --resume takes as "this slide is done", so a run
+    # killed between the two must not leave a new JSON beside an older heatmap
+    if task.heatmap and result["attention"]:
+        save_heatmap(task.heatmap, task.slide, result)
+    if heatmap := old_heatmap(task):
+        heatmap.unlink(missing_ok=True)
+    if task.json:
+        write_json(task.json, result)
 
 
 def error_row(task: SlideTask, error: Exception) -> dict[str, Any]:

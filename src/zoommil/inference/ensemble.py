@@ -44,7 +44,7 @@ from zoommil.inference.predict import (
 )
 from zoommil.inference.tiling_ahead import tile_for_inference
 from zoommil.recipe import format_mags, mag_key
-from zoommil.wsi.lattice import descendant_rows, steps_between
+from zoommil.wsi.lattice import Lattice, descendant_rows, steps_between
 from zoommil.wsi.patches import ReaderPool
 
 
@@ -111,15 +111,17 @@ def predict_members(
     batch_size: int | None = None,
     reader: ReaderPool | None = None,
     default_mpp: float | None = None,
+    tiled: Lattice | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Each checkpoint's prediction record (as `predict_slide` makes it) from one reading of
-    the slide, and the patches encoded per magnification for them all."""
+    the slide, and the patches encoded per magnification for them all. ``tiled``: the
+    slide's lattice if it was made ahead (`TilingAhead`), else it is made here."""
     if predictors[0].arch == "zoommil":
         with _reader_for(reader, encoder) as pool:
             return zoom_predict_members(
-                predictors, Path(slide_path), encoder, mpp, batch_size, pool, default_mpp
+                predictors, Path(slide_path), encoder, mpp, batch_size, pool, default_mpp, tiled
             )
-    args = (mpp, batch_size, False, reader, None, default_mpp, True)
+    args = (mpp, batch_size, False, reader, tiled, default_mpp, True)
     results = all_patch_predict_shared(predictors, slide_path, encoder, *args)
     return results, dict(results[0]["patches_per_mag"])
 
@@ -146,13 +148,14 @@ def zoom_predict_members(
     batch_size: int | None,
     reader: ReaderPool,
     default_mpp: float | None,
+    tiled: Lattice | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """`zoom_predict` of several ZoomMIL checkpoints in lock step: the lowest magnification
     encoded once; at each step the union of their selected regions read and encoded once."""
     lead = predictors[0]
     timer = _Timer()
     bs = batch_size or default_batch_size(encoder.device)
-    full = tile_for_inference(lead.recipe, slide_path, mpp, default_mpp)
+    full = tiled or tile_for_inference(lead.recipe, slide_path, mpp, default_mpp)
     lattice = full.restricted_to(lead.mags)
     timer.end_tiling()
     stats = StreamStats()

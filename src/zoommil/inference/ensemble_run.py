@@ -1,8 +1,11 @@
 """`zoommil predict --checkpoint A --checkpoint B ...`: a seed ensemble (see `ensemble`).
 
 Kept apart from `zoommil.commands.predict` so that a single checkpoint runs exactly as before.
-Several slides are classified one after another in this process (the encoder and reader
-built once; ``--threads`` are encoder threads), not spread over slide processes.
+Several slides are spread over slide processes as with one checkpoint
+(`zoommil.inference.cohort.predict_slides`, `EnsembleSettings`): ``--threads N`` runs
+``min(N, slides)`` single-threaded processes, each classifying whole slides by every
+checkpoint (the encoder built once per process), with the same failure rows and isolation;
+``--threads 1`` (or a GPU) classifies them in this process with the next slides tiled ahead.
 """
 
 from __future__ import annotations
@@ -11,13 +14,25 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zoommil.errors import ZoomMILError
-from zoommil.inference.cohort import write_table
+from zoommil.features.encoder_pool import AnyEncoder
+from zoommil.inference.cohort import (
+    Settings,
+    SlideTask,
+    error_row,
+    ok_row,
+    write_outputs,
+    write_table,
+)
 from zoommil.inference.ensemble import check_combinable, combine, predict_members, spread_text
 from zoommil.inference.predict import Predictor
+from zoommil.io.jsonio import write_json
+from zoommil.wsi.lattice import Lattice
+from zoommil.wsi.patches import ReaderPool
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
@@ -62,43 +77,66 @@ def run_ensemble(args: argparse.Namespace) -> int:
     return _many(args, predictors, seeds, device)
 
 
-def _members(
+@dataclass(frozen=True)
+class EnsembleSettings(Settings):
+    """What every slide process needs to classify a slide by the ensemble (all picklable):
+    `Settings` of its first checkpoint (whose encoder and recipe the others share), the
+    checkpoints and their seeds."""
+
+    members: tuple[Predictor, ...] = ()
+    seeds: tuple[int | None, ...] = ()
+
+    def record(
+        self,
+        slide: str | Path,
+        encoder: AnyEncoder,
+        reader: ReaderPool | None,
+        tiled: Lattice | None = None,
+    ) -> dict[str, Any]:
+        """The ensemble's record of one slide (a read error retried once, as for one
+        model)."""
+        from zoommil.inference.predict import _retrying
+
+        for other in self.members:  # their records name the weights the encoder was built
+            other.encoder_weights_sha256 = self.predictor.encoder_weights_sha256  # with
+
+        def members(models: Sequence[Predictor], path: str | Path) -> tuple:
+            return predict_members(
+                models, path, encoder, self.mpp, self.batch_size, reader, self.default_mpp, tiled
+            )
+
+        results, encoded = _retrying(members, self.members, slide)
+        return combine(self.members, results, encoded, self.seeds)
+
+    def classify_task(
+        self,
+        task: SlideTask,
+        encoder: AnyEncoder,
+        reader: ReaderPool,
+        tiled: Lattice | None = None,
+    ) -> dict[str, Any]:
+        """One slide's row with the spread (`_spread_fields`), its JSON written (the heatmap
+        of an earlier single checkpoint removed); any error is its failure row."""
+        try:
+            record = self.record(task.slide, encoder, reader, tiled)
+            write_outputs(task, record)  # no attention of its own: no heatmap
+        except Exception as error:  # one slide's failure never stops the others
+            return error_row(task, error)
+        row = ok_row(task, record, record.get("tissue_note") or "")
+        row.update(_spread_fields(record))
+        return row
+
+
+def _settings(
     args: argparse.Namespace,
     predictors: Sequence[Predictor],
     seeds: Sequence[int | None],
-    slide: str | Path,
-    encoder: Any,
-    reader: Any,
-) -> dict[str, Any]:
-    """The ensemble's record of one slide (a read error retried once, as for one model)."""
-    from zoommil.inference.predict import _retrying
+    device: Any,
+) -> EnsembleSettings:
+    from zoommil.commands.predict import settings_fields
 
-    def members(models: Sequence[Predictor], path: str | Path) -> tuple:
-        return predict_members(
-            models, path, encoder, args.mpp, args.batch_size, reader, args.default_mpp
-        )
-
-    results, encoded = _retrying(members, predictors, slide)
-    return combine(predictors, results, encoded, seeds)
-
-
-def _encoder_and_reader(
-    args: argparse.Namespace, predictors: Sequence[Predictor], device: Any
-) -> tuple[Any, Any]:
-    """The shared encoder's context (built once, from the first checkpoint: they share its
-    recipe and weights) and a reader pool."""
-    from zoommil.features.extraction import default_workers
-    from zoommil.inference.predict import local_encoder
-    from zoommil.wsi.patches import ReaderPool
-
-    workers = default_workers(device, args.threads) if args.workers is None else args.workers
-    return local_encoder(predictors[0], device, args.precision, args.threads), ReaderPool(workers)
-
-
-def _share_weights_sha(predictors: Sequence[Predictor]) -> None:
-    """The others' records name the weights the shared encoder was built with."""
-    for other in predictors[1:]:
-        other.encoder_weights_sha256 = predictors[0].encoder_weights_sha256
+    fields = settings_fields(args, device)
+    return EnsembleSettings(predictors[0], members=tuple(predictors), seeds=tuple(seeds), **fields)
 
 
 def _one(
@@ -108,13 +146,16 @@ def _one(
     device: Any,
 ) -> int:
     from zoommil.commands.predict import note_tail, random_tag, summary_line
-    from zoommil.io.jsonio import write_json
+    from zoommil.features.extraction import default_workers
+    from zoommil.inference.predict import local_encoder
 
-    encoder_context, reader = _encoder_and_reader(args, predictors, device)
-    with reader, encoder_context as runner:
+    workers = default_workers(device, args.threads) if args.workers is None else args.workers
+    with ReaderPool(workers) as reader:
         reader.start()
-        _share_weights_sha(predictors)
-        record = _members(args, predictors, seeds, args.slides[0], runner, reader)
+        with local_encoder(predictors[0], device, args.precision, args.threads) as runner:
+            record = _settings(args, predictors, seeds, device).record(
+                args.slides[0], runner, reader
+            )
     if args.slide_id is not None:
         record["slide_id"] = args.slide_id
     if args.json:
@@ -132,19 +173,18 @@ def _many(
     seeds: Sequence[int | None],
     device: Any,
 ) -> int:
-    from zoommil.commands.predict import exit_code, note_tail, random_tag, summary_line
+    """Several slides, spread over slide processes as with one checkpoint
+    (`cohort.predict_slides`)."""
+    from zoommil.commands.options import show_progress
+    from zoommil.commands.predict import exit_code, note_tail, random_tag, run_summary, summary_line
     from zoommil.inference.cohort import (
-        SlideTask,
         check_not_another_slides,
-        error_row,
         finished_rows,
-        ok_row,
-        old_heatmap,
+        predict_slides,
         read_record,
         tasks_in_dir,
     )
     from zoommil.inference.ensemble import ensemble_id
-    from zoommil.io.jsonio import write_json
 
     if args.out_dir is not None:
         tasks = tasks_in_dir(args.slides, args.out_dir, heatmaps=False)
@@ -158,38 +198,31 @@ def _many(
     if kept:
         print(f"--resume: {len(kept)} of {len(tasks)} slides already classified, kept")
     todo = [i for i in range(len(tasks)) if i not in kept]
+
+    def report(row: dict[str, Any]) -> None:
+        if row["status"] == "ok":
+            tag = note_tail(row["reason"]) + random_tag(lead.recipe.weights)
+            print(summary_line(row) + spread_text(row) + tag, flush=True)
+        else:
+            print(f"zoommil predict: {row['slide']}: {row['reason']}", file=sys.stderr)
+
+    summary = (
+        predict_slides(_settings(args, predictors, seeds, device), [tasks[i] for i in todo],
+                       args.threads, progress=show_progress(args), on_row=report)
+        if todo
+        else {"rows": [], "failed": 0}
+    )  # fmt: skip
     rows = [kept.get(i) for i in range(len(tasks))]
-    failed = 0
-    if todo:
-        encoder_context, reader = _encoder_and_reader(args, predictors, device)
-        with reader, encoder_context as runner:
-            reader.start()
-            _share_weights_sha(predictors)
-            for i in todo:
-                task = tasks[i]
-                try:
-                    record = _members(args, predictors, seeds, task.slide, runner, reader)
-                    if heatmap := old_heatmap(task):  # an earlier single model's map
-                        heatmap.unlink(missing_ok=True)
-                    if task.json:
-                        write_json(task.json, record)
-                except Exception as error:  # one slide's failure never stops the others
-                    rows[i] = error_row(task, error)
-                    failed += 1
-                    print(f"zoommil predict: {task.slide}: {rows[i]['reason']}", file=sys.stderr)
-                    continue
-                rows[i] = ok_row(task, record, record.get("tissue_note") or "")
-                rows[i].update(_spread_fields(record))
-                tag = note_tail(rows[i]["reason"]) + random_tag(lead.recipe.weights)
-                print(summary_line(rows[i]) + spread_text(record) + tag, flush=True)
+    for i, row in zip(todo, summary["rows"], strict=True):
+        rows[i] = row
     if args.out_dir is not None:
         table = write_ensemble_table(args.out_dir / "predictions.tsv", rows, predictors)
         print(f"wrote {table}")
     if not todo:
         print(f"--resume: all {len(rows)} slides were already classified; nothing to do")
         return 0
-    print(f"{len(todo) - failed} of {len(todo)} slides classified by {len(predictors)} checkpoints")
-    return exit_code([rows[i] for i in todo], len(rows), args.no_fail, failed)
+    print(run_summary(summary, len(todo), len(kept), f"{len(predictors)} checkpoints"))
+    return exit_code(summary["rows"], len(rows), args.no_fail, summary["failed"])
 
 
 def _spread_fields(record: dict[str, Any]) -> dict[str, Any]:
