@@ -97,8 +97,9 @@ class EnsembleSettings(Settings):
         model)."""
         from zoommil.inference.predict import _retrying
 
-        for other in self.members:  # their records name the weights the encoder was built
-            other.encoder_weights_sha256 = self.predictor.encoder_weights_sha256  # with
+        # their records name the weights the shared encoder was built with
+        for other in self.members:
+            other.encoder_weights_sha256 = self.predictor.encoder_weights_sha256
 
         def members(models: Sequence[Predictor], path: str | Path) -> tuple:
             return predict_members(
