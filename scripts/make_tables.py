@@ -23,4 +23,5 @@ tables.make_tables(
     sheet=sm.input.sheet,
     val_reports=sm.input.val_reports,
     checkpoints=sm.input.checkpoints,
+    subgroup_columns=sm.params.subgroups,
 )

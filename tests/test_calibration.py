@@ -185,14 +185,18 @@ def write_eval(path: Path, seed: int, classes: list[str], labels, probs, with_pr
     return path
 
 
-def run_tables(tmp_path: Path, evals: list[Path], **extra) -> tuple[dict, dict[str, Path]]:
-    """make_tables on ``evals``; ``extra``: val_reports, checkpoints and an
-    operating_points output folder (test_operating_points)."""
+def run_tables(
+    tmp_path: Path, evals: list[Path], kinds: tuple[str, ...] = (), **extra
+) -> tuple[dict, dict[str, Path]]:
+    """make_tables on ``evals``; ``kinds``: more tables (e.g. comparison, subgroups);
+    ``extra``: val_reports, checkpoints and an operating_points output folder
+    (test_operating_points), the sheet and subgroup columns (test_subgroups)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     qc_table = tmp_path / "qc.tsv"
     qc_table.write_text("slide_id\tlabel\tsplit\tstatus\treason\nt0\tnormal\ttest\tok\t\n")
     outputs = {
         f"{kind}_{ext}": tmp_path / "tables" / f"{kind}.{ext}"
-        for kind in ("main", "ablation", "calibration")
+        for kind in ("main", "ablation", "calibration", *kinds)
         for ext in ("csv", "md", "tex")
     }
     outputs["reliability_csv"] = tmp_path / "tables" / "reliability.csv"

@@ -10,7 +10,8 @@ CAPTIONS = Path(__file__).resolve().parents[1] / "workflow" / "report"
 
 
 @pytest.mark.parametrize(
-    "name", ["main", "ablations", "comparisons", "per_class", "calibration", "reliability"]
+    "name",
+    ["main", "ablations", "comparisons", "per_class", "calibration", "reliability", "subgroups"],
 )
 def test_a_table_caption_says_the_csv_holds_fractions_and_a_notes_column(name: str) -> None:
     """The captions spoke of percentage points, bold cells and a note under the table, which

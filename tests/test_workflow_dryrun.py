@@ -145,8 +145,48 @@ def test_the_default_target_asks_for_every_table_and_figure_file(workdir: Path) 
     rules = "".join(p.read_text() for p in (harness.REPO / "workflow" / "rules").glob("*.smk"))
     made = set(re.findall(r'"(results/(?:tables|figures|qc/exclusions)[^"{]*\.[a-z]+)"', rules))
     made.discard("results/figures/attention_settings.json")  # an input of those rules
-    assert made - requested == set()
+    subgroup_files = {f"results/tables/subgroups.{ext}" for ext in ("csv", "md", "tex")}
+    assert made - requested == subgroup_files  # made only with report.subgroups (below)
     assert "results/tables/comparisons.csv" in made and "results/figures/attention.pdf" in made
+
+
+def test_subgroup_tables_are_planned_only_with_report_subgroups(workdir: Path) -> None:
+    """`report: {subgroups: [site]}` adds results/tables/subgroups.{csv,md,tex} to the
+    tables rule and the default target; without it the rule's outputs are those of before."""
+    result = harness.snakemake(workdir, "-n", "--config", "report={subgroups: [site]}")
+    text = result.stdout + result.stderr
+    block = text[re.search(r"^(?:local)?rule all:", text, re.M).start() :]
+    requested = set(re.search(r"^\s*input: (.*)$", block, re.M)[1].split(", "))
+    assert {f"results/tables/subgroups.{ext}" for ext in ("csv", "md", "tex")} <= requested
+    plain = harness.snakemake(workdir, "-n")
+    assert "subgroups" not in plain.stdout + plain.stderr
+
+
+def _site_sheet(folder: Path, sites: list[str]) -> Path:
+    """The CAMELYON16 preset's fake sheet with a site column (a value per slide)."""
+    sheet = fake_sheet(folder, PRESETS["camelyon16"])
+    lines = sheet.read_text().splitlines()
+    rows = [f"{line}\t{site}" for line, site in zip(lines[1:], sites, strict=True)]
+    sheet.write_text("\n".join([lines[0] + "\tsite", *rows]) + "\n")
+    return sheet
+
+
+def test_a_subgroup_column_missing_from_the_sheet_fails_before_any_job(workdir: Path) -> None:
+    sheet = fake_sheet(workdir / "no_site", PRESETS["camelyon16"])
+    code, text = _plan_with_sheet(workdir, sheet, "report={subgroups: [site]}")
+    assert code != 0 and "Building DAG" not in text
+    assert "has no column site (it has slide_id, path, label, split, mpp" in text, text[-3000:]
+
+
+def test_a_test_slide_without_a_subgroup_value_is_named_before_any_job(workdir: Path) -> None:
+    sites = ["a", "a", "b", "", "", "a"]  # s3 a val slide, s4 a test one
+    sheet = _site_sheet(workdir / "empty_site", sites)
+    code, text = _plan_with_sheet(workdir, sheet, "report={subgroups: [site]}")
+    assert code != 0 and "Building DAG" not in text
+    assert "1 test slide without a 'site' value: s4" in text, text[-3000:]
+    sheet = _site_sheet(workdir / "full_site", ["a", "a", "b", "", "b", "a"])
+    code, text = _plan_with_sheet(workdir, sheet, "report={subgroups: [site]}")
+    assert code == 0 and "results/tables/subgroups.csv" in text, text[-3000:]
 
 
 def test_figure_4_left_out_plans_no_prediction(workdir: Path) -> None:

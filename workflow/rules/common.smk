@@ -46,6 +46,7 @@ from zoommil.workflow import resources as zresources
 from zoommil.workflow import timers as ztimers
 from zoommil.workflow import vanished as zvanished
 from zoommil.workflow import weights as zweights
+from zoommil.reporting import subgroups as zsubgroups
 
 # A user id without a passwd entry (`docker run -u 1234`): Snakemake's run header asks for a
 # user name and stopped with a KeyError traceback (zoommil.workflow.container).
@@ -161,6 +162,32 @@ if not DEMO:
     except ZoomMILError as error:
         hint = zconfig.sheet_beside_configfile(config["sheet"], workflow.configfiles)
         raise ValueError(f"invalid slide sheet: {error}{hint}") from None
+# `report: {subgroups: [site]}`: sheet columns the tables stratify the test slides by. Read
+# with .get, no schema default: an unset key must leave the config (provenance) as it was.
+SUBGROUPS = list((config.get("report") or {}).get("subgroups") or [])
+if SUBGROUPS and not DEMO:
+    try:
+        # now, not after training: the tables job would be the first to read the column
+        zsubgroups.check_columns(SHEET, SUBGROUPS, config["sheet"])
+    except ZoomMILError as error:
+        raise ValueError(f"config: {error}") from None
+
+
+def subgroup_outputs():
+    """The subgroup table's files of the tables rule: none without `report.subgroups`."""
+    if not SUBGROUPS:
+        return {}
+    return {
+        "subgroups_csv": report(
+            "results/tables/subgroups.csv",
+            caption="../report/table_subgroups.rst",
+            category="Tables",
+        ),
+        "subgroups_md": "results/tables/subgroups.md",
+        "subgroups_tex": "results/tables/subgroups.tex",
+    }
+
+
 # DICOM folders holding several slides' files: their level files are not inputs.
 DICOM_SHARED = frozenset() if DEMO else zfolders.shared_folders(list(SHEET["path"]))
 SHARED_WARNING = zfolders.shared_folders_warning(DICOM_SHARED)

@@ -22,6 +22,9 @@ rule tables:
         val_reports=run_files("results/models/{method}/seed~{seed}/metrics.json"),
         checkpoints=run_files(MODEL_CHECKPOINT),
     output:
+        # `report: {subgroups: [site]}` only: per method and site (any sheet column) AUC and
+        # balanced accuracy, and the gap between sites (none by default: the outputs below)
+        **subgroup_outputs(),
         main_csv=report(
             "results/tables/main.csv",
             caption="../report/table_main.rst",
@@ -83,6 +86,7 @@ rule tables:
         methods=MAIN_METHODS,
         ablations=ABLATIONS,
         reference=(config.get("ablations") or {}).get("reference"),
+        subgroups=SUBGROUPS,
     script:
         "../../scripts/make_tables.py"
 

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.recipe import DEFAULT_ENCODER
-from zoommil.reporting import calibration, operating_points, per_class, results
+from zoommil.reporting import calibration, operating_points, per_class, results, subgroups
 from zoommil.reporting.table_format import (
     best_rows,
     comparison_display,
@@ -71,6 +71,7 @@ def make_tables(
     sheet: str | Path | None = None,
     val_reports: Iterable[str | Path] = (),
     checkpoints: Iterable[str | Path] = (),
+    subgroup_columns: Sequence[str] = (),
 ) -> dict[str, pd.DataFrame]:
     """Write Tables 1-3 (`main_*`) and Table 4 (`ablation_*`) to the given output paths.
 
@@ -84,7 +85,12 @@ def make_tables(
     ``val_reports`` (the training runs' metrics.json) add the calibration table's columns at
     thresholds fixed on the validation split, and with ``checkpoints`` and an
     ``operating_points`` output folder, the files for `zoommil predict --operating-point`.
+    ``subgroup_columns`` (`report.subgroups`: columns of ``sheet``, checked before anything
+    else) and the outputs subgroups_csv, subgroups_md, subgroups_tex: AUC and balanced
+    accuracy per method and subgroup value, and the gap between subgroups (`subgroups`).
     """
+    # the sheet's subgroup columns first: a missing column fails the job before any work
+    groups = subgroups.sheet_values(sheet, subgroup_columns) if subgroup_columns else {}
     ablations = dict(ablations or {})
     qc_frame = pd.read_csv(qc_table, sep="\t", dtype={"slide_id": str}, keep_default_na=False)
     late_frame = None
@@ -192,6 +198,13 @@ def make_tables(
         order = [*methods, *ablations]
         frames["calibration"] = _calibration(
             outputs, runs, preds, order, names, untimed_notes, dataset, encoder, val
+        )
+    if "subgroups_csv" in outputs and groups:
+        probs = calibration.run_probabilities(runs, preds)
+        # the encoder, weights and QC notes; not those on CIs, AUC, TFLOPs and times
+        shared = [n for n in untimed_notes if not n.startswith(("mean ± std", "TFLOPs and"))]
+        frames["subgroups"] = subgroups.write_tables(
+            outputs, probs, [*methods, *ablations], groups, names, shared, dataset
         )
     return frames
 
