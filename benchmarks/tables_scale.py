@@ -2,6 +2,7 @@
 
     nice python benchmarks/tables_scale.py                       # 100, 300, 1000 test slides
     nice python benchmarks/tables_scale.py --test-slides 300 --repeats 1
+    nice python benchmarks/tables_scale.py --sites 2      # with the subgroup table by site
 
 Writes results/benchmarks/tables_scale.{json,md}. For each number of test slides it writes the
 evaluation JSONs the workflow's `tables` rule reads (the demo config's 9 methods and 6 Table 4
@@ -11,7 +12,9 @@ and the FLOPs and timing JSONs, then runs `make_tables` in a fresh process ``--r
 times: wall time and that process's peak RSS. The bootstrap CIs (5000 resamples per cell) and
 the paired permutation tests of the comparison table (exact up to 16 slides, 20000 Monte
 Carlo swaps above) are what grows with the slides; the demo has 15 test slides, a
-1000-slide cohort about 300.
+1000-slide cohort about 300. ``--sites N`` adds a slide sheet whose test slides come from N
+sites (in turn) and the subgroup table by site (`report.subgroups`: per site and method AUC
+and balanced accuracy with their CIs, and the gap's CI and permutation test).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 CLASSES = ("normal", "atypia", "carcinoma")
 
 
-def fabricate(folder: Path, n_test: int, n_seeds: int, seed: int = 0) -> dict:
-    """The `tables` rule's inputs for ``n_test`` test slides, under ``folder``."""
+def fabricate(folder: Path, n_test: int, n_seeds: int, seed: int = 0, sites: int = 0) -> dict:
+    """The `tables` rule's inputs for ``n_test`` test slides, under ``folder`` (with
+    ``sites``, a slide sheet whose test slides come from that many sites, in turn)."""
     from zoommil.reporting import stats
 
     rng = np.random.default_rng(seed)
@@ -49,6 +53,12 @@ def fabricate(folder: Path, n_test: int, n_seeds: int, seed: int = 0) -> dict:
         "slide_id\tlabel\tsplit\tstatus\tstage\treason\n"
         + "".join(f"{s}\t{CLASSES[y]}\ttest\tok\t\t\n" for s, y in zip(slides, labels, strict=True))
     )
+    sheet = folder / "slides.tsv"
+    sheet.write_text(
+        "slide_id\tlabel\tsplit\tsite\n"
+        + "".join(f"{s}\t{CLASSES[y]}\ttest\tsite{i % max(sites, 1)}\n"
+                  for i, (s, y) in enumerate(zip(slides, labels, strict=True)))
+    )  # fmt: skip
     methods = {**CONFIG["methods"], **CONFIG["ablations"]["methods"]}
     evals, flops = [], []
     timings: dict[str, list[str]] = {"cpu1": [], "cpu": [], "gpu": []}
@@ -91,7 +101,9 @@ def fabricate(folder: Path, n_test: int, n_seeds: int, seed: int = 0) -> dict:
             path = efficiency / "throughput_cpu1.json"
             path.write_text(json.dumps({"seconds_per_slide": 5.0, "slides_per_hour": 720.0}))
             timings["cpu1"].append(str(path))
-    return {"qc": str(qc), "evals": evals, "flops": flops, "timings": timings}
+    subgroups = ["site"] if sites else []
+    return {"qc": str(qc), "evals": evals, "flops": flops, "timings": timings,
+            "sheet": str(sheet), "subgroups": subgroups}  # fmt: skip
 
 
 def make_tables_once(folder: Path) -> dict:
@@ -101,7 +113,7 @@ def make_tables_once(folder: Path) -> dict:
     inputs = json.loads((folder / "inputs.json").read_text())
     outputs = {
         f"{kind}_{ext}": folder / "tables" / f"{kind}.{ext}"
-        for kind in ("main", "ablation", "comparison")
+        for kind in ("main", "ablation", "comparison", "subgroups")
         for ext in ("csv", "md", "tex")
     }
     started = time.perf_counter()
@@ -117,6 +129,8 @@ def make_tables_once(folder: Path) -> dict:
         methods=CONFIG["methods"],
         ablations=CONFIG["ablations"]["methods"],
         reference=CONFIG["ablations"]["reference"],
+        sheet=inputs["sheet"],
+        subgroup_columns=inputs["subgroups"],
     )
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -129,7 +143,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"`{meta['command']}`: `make_tables` on {meta['methods']} methods and ablations x "
         f"{meta['seeds']} seeds, 3 classes, one fresh process per run (median of "
-        f"{meta['repeats']}, range); peak RSS of that process.",
+        f"{meta['repeats']}, range); peak RSS of that process"
+        + (f"; with the subgroup table over {meta['sites']} sites." if meta.get("sites") else "."),
         "",
         "| test slides | make_tables s | peak RSS (MB) |",
         "|---|---|---|",
@@ -150,6 +165,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="test slides per size (default: 100 300 1000)")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--sites",
+        type=int,
+        default=0,
+        help="add the subgroup table by this many sites (default: none)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # one timed run
     args = parser.parse_args(argv)
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in sorted(args.test_slides):
             folder = Path(tmp) / str(n)
             folder.mkdir()
-            inputs = fabricate(folder, n, args.seeds)
+            inputs = fabricate(folder, n, args.seeds, sites=args.sites)
             (folder / "inputs.json").write_text(json.dumps(inputs))
             runs = []
             for _ in range(args.repeats):
@@ -184,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         "methods": len(CONFIG["methods"]) + len(CONFIG["ablations"]["methods"]),
         "seeds": args.seeds,
         "repeats": args.repeats,
+        "sites": args.sites,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
     }
     bench_cli.write_text(
