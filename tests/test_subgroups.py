@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import runpy
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -170,6 +171,25 @@ def test_a_one_class_site_beside_a_single_other_has_no_gap() -> None:
     assert display.iloc[1]["AUC (%)"] == "n/a (one class)"
     assert display.iloc[2]["AUC (%)"] == "n/a (fewer than two subgroups with a value)"
     assert "nan" not in display.to_string().lower()
+
+
+def test_a_subgroup_without_one_of_three_classes_has_no_macro_auc() -> None:
+    """Three classes, a site without any slide of c: no macro AUC (every class needed, as in
+    the evaluations), named; balanced accuracy over the two classes it has."""
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 0, 1])
+    probs = random_probs(np.random.default_rng(5), 2, 10, 3)
+    prob = make_prob(probs, labels, THREE)
+    values = {f"s{i:03d}": "x" if i < 6 else "y" for i in range(10)}
+    table = subgroups.subgroup_table({"m": prob}, ["m"], {"site": values})
+    display = subgroups.subgroup_display(table, THREE, {})
+    assert display.iloc[1]["AUC (%)"] == "n/a (no c slide)"
+    y, pred = labels[6:], probs[:, 6:].argmax(axis=-1)
+    with warnings.catch_warnings():  # a seed predicting c, which the site has no slide of
+        warnings.simplefilter("ignore", UserWarning)
+        want = np.mean([balanced_accuracy_score(y, p) for p in pred])
+    assert table.iloc[1]["balanced_accuracy_mean"] == pytest.approx(want)
+    notes = subgroups.subgroup_notes(table, THREE, [])
+    assert any(n.startswith("n/a (no X slide)") for n in notes)
 
 
 def test_patients_move_together_in_the_shuffles() -> None:

@@ -52,11 +52,11 @@ METRICS = {"auc": "AUC (%)", "balanced_accuracy": "Balanced accuracy (%)"}
 ONE_CLASS = "one class"
 #: The kind of a gap row and of a subgroup row (the CSV's ``row`` column).
 SUBGROUP, GAP = "subgroup", "gap"
-#: Shuffles of the permutation test (seeded, so the p-values are reproducible): as many as
-#: the bootstrap's resamples. The paired tests' 20000 took 6.6 of a method's 8 s at 300 test
-#: slides, 3 classes and 2 sites (2-core EPYC VM); at 5000 the Monte Carlo error of a p of
-#: 0.05 is 0.003.
-N_PERMUTATIONS = stats.N_BOOTSTRAP
+#: Shuffles of the permutation test (seeded, so the p-values are reproducible). Their cost is
+#: shuffles x subgroups x classes x seeds x test slides per method: the paired tests' 20000
+#: took 6.6 of a method's 8 s at 300 test slides, 3 classes and 2 sites (2-core EPYC VM).
+#: At 2000 the Monte Carlo standard error of a p of 0.05 is 0.005, and the smallest p 0.0005.
+N_PERMUTATIONS = 2000
 _BATCH = 1000
 
 
@@ -194,8 +194,12 @@ class Cell:
 def metric_cell(prob: Probabilities, metric: str) -> Cell:
     """``metric`` on all slides of ``prob``: `Cell` as the main table's (`ONE_CLASS` without
     a second class)."""
-    if len(set(prob.labels.tolist())) < 2:
+    present = set(prob.labels.tolist())
+    if len(present) < 2:
         return Cell(math.nan, math.nan, math.nan, math.nan, "", ONE_CLASS)
+    absent = [c for i, c in enumerate(prob.classes) if i not in present]
+    if metric == "auc" and absent:  # the macro AUC needs every class, as the evaluations'
+        return Cell(math.nan, math.nan, math.nan, math.nan, "", f"no {', '.join(absent)} slide")
     per_seed = PER_SEED[metric]
     values = per_seed(prob, np.ones((1, len(prob.slides))))[:, 0]
     std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
@@ -488,6 +492,11 @@ def subgroup_notes(
             f"n/a ({ONE_CLASS}): the subgroup's test slides are all of one class, so AUC and "
             "balanced accuracy are undefined (the latter would be that class's recall); it is "
             "left out of the gap"
+        )
+    if table["auc_note"].astype(str).str.startswith("no ").any():
+        notes.append(
+            "n/a (no X slide): the one-vs-rest macro AUC needs a test slide of every class in "
+            "the subgroup (as the evaluations' AUC); balanced accuracy averages the classes it has"
         )
     kinds = {str(v) for c in table.columns if c.endswith("_ci_method") for v in table[c]}
     if kinds & {stats.CONSTANT, "undefined", stats.NO_INTERVAL}:
