@@ -165,10 +165,21 @@ if not DEMO:
 # `report: {subgroups: [site]}`: sheet columns the tables stratify the test slides by. Read
 # with .get, no schema default: an unset key must leave the config (provenance) as it was.
 SUBGROUPS = list((config.get("report") or {}).get("subgroups") or [])
-if SUBGROUPS and not DEMO:
+if SUBGROUPS:
     try:
         # now, not after training: the tables job would be the first to read the column
-        zsubgroups.check_columns(SHEET, SUBGROUPS, config["sheet"])
+        # synth's sheet has its fixed columns (imported here only: it loads tifffile)
+        if DEMO:
+            import pandas as pd
+            from zoommil.synth.dataset import SHEET_COLUMNS
+
+            zsubgroups.check_columns(
+                pd.DataFrame(columns=SHEET_COLUMNS),
+                SUBGROUPS,
+                "(the demo's, zoommil synth)",
+            )
+        else:
+            zsubgroups.check_columns(SHEET, SUBGROUPS, config["sheet"])
     except ZoomMILError as error:
         raise ValueError(f"config: {error}") from None
 
