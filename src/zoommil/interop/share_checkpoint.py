@@ -8,7 +8,11 @@ folders and user names. The copy keeps what `zoommil predict`, `evaluate` and `f
 (the model, its classes, the preprocessing recipe, the weights' sha256); the receiver passes
 ``--sheet``, ``--exclude`` ('' for none) and, for weights from a file, ``--weights``::
 
-    python -m zoommil.interop.share_checkpoint CKPT --out SHARED.pt
+    python -m zoommil.interop.share_checkpoint CKPT --out SHARED.pt [--card SHARED.md]
+
+``--card`` writes the copy's model card beside it (`zoommil.reporting.model_card`, with
+every path cut to its file name), from the results folder ``--results`` (default
+``results``) where the checkpoint's method and seed have their tables and metrics.
 
 Imported by no command or rule: a change here reruns no workflow job (README, "Partial
 reruns").
@@ -88,6 +92,27 @@ def share(checkpoint: str | Path, out: str | Path) -> Path:
     return save_checkpoint(out, state_dict, shareable_config(config))
 
 
+def card_inputs(checkpoint: Path, copy: Path, results: Path) -> Any:
+    """The model card's files for the copy of ``checkpoint``: its method's and seed's
+    metrics.json, tables, operating points and QC table under ``results``, and the training
+    sheet the original records."""
+    from zoommil.reporting.model_card import CardInputs
+    from zoommil.training.checkpoint import load_checkpoint
+
+    config = load_checkpoint(checkpoint)[1]
+    method, seed = str(config.get("method") or config["arch"]), config.get("seed")
+    return CardInputs(
+        method=method,
+        checkpoints=[copy],
+        metrics=[results / "models" / method / f"seed~{seed}" / "metrics.json"],
+        main_table=results / "tables" / "main.csv",
+        ablation_table=results / "tables" / "ablations.csv",
+        operating_points=results / "operating_points",
+        qc_table=results / "qc" / "slides.tsv",
+        sheet=config.get("sheet"),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m zoommil.interop.share_checkpoint",
@@ -95,14 +120,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pt of `zoommil train`")
     parser.add_argument("--out", type=Path, required=True, help="the copy to send")
+    parser.add_argument(
+        "--card",
+        type=Path,
+        help="also write the copy's model card (Markdown, no path of this machine) here",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("results"),
+        help="the workflow's results folder the card reads (default: results)",
+    )
     add_version(parser)
     args = parser.parse_args(argv)
-    out = run_checked(
-        parser.prog,
-        lambda: share(args.checkpoint, args.out),
-        [args.out],
-        [("checkpoint", args.checkpoint)],
-    )
+
+    def work() -> Path:
+        copy = share(args.checkpoint, args.out)
+        if args.card is not None:
+            from zoommil.reporting.model_card import write_card
+
+            inputs = card_inputs(args.checkpoint, copy, args.results)
+            write_card(args.card, inputs, for_sharing=True)
+        return copy
+
+    outputs = [args.out] + ([args.card] if args.card is not None else [])
+    out = run_checked(parser.prog, work, outputs, [("checkpoint", args.checkpoint)])
     if out is None:
         return 2
     from zoommil.training.checkpoint import load_checkpoint
@@ -111,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.checkpoint} -> {out} (sha256 {sha256_file(out)})")
     print(f"left out: {', '.join(PATH_KEYS)} and the weights file's folder")
     print(f"the receiver also needs {what_else(recipe)}")
+    if args.card is not None:
+        print(f"model card: {args.card}")
     return 0
 
 
