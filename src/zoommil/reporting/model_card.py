@@ -84,6 +84,15 @@ def without_paths(text: str) -> str:
     return _PATH.sub(lambda m: _name(m.group(0)), text)
 
 
+#: The timing devices as the card names them: the table's own header for `cpu` depends on
+#: the processes x threads of the timing job, which its notes (in the card) give.
+DEVICE_LABELS = {
+    "cpu1": "CPU, 1 thread",
+    "cpu": "CPU, the timing job's cores (processes x threads: the table's notes)",
+    "gpu": "GPU",
+}
+
+
 def not_available(why: str) -> str:
     """The line a card prints for an input it does not have."""
     return f"not available ({why})"
@@ -329,10 +338,11 @@ def _efficiency_section(row: pd.DataFrame | None) -> list[str]:
     for device in devices:
         value = shown.loc[0, TIMING_HEADERS[device]]
         rate = row.get(f"{device}_slides_per_hour", pd.Series([math.nan]))[0]
+        label = f"{DEVICE_LABELS.get(device, device)} (s/slide, end to end from the slide file)"
         if value == "n/a":
-            lines.append(f"- {TIMING_HEADERS[device]}: {not_available('not timed')}")
+            lines.append(f"- {label}: {not_available('not timed')}")
         else:
-            lines.append(f"- {TIMING_HEADERS[device]}: {value} ({float(rate):.0f} slides/h)")
+            lines.append(f"- {label}: {value} ({float(rate):.0f} slides/h)")
     return lines
 
 
