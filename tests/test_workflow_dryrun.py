@@ -66,6 +66,7 @@ def test_demo_config_dry_run(workdir: Path) -> None:
     assert jobs["profile"] == n_devices
     assert jobs["tables"] == jobs["figure_throughput"] == jobs["figure_attention"] == 1
     assert jobs["qc_exclusions"] == 1  # every slide left out, at any stage
+    assert jobs["model_cards"] == n_methods  # one card per method, ablations too
 
 
 def test_one_demo_slide_can_be_asked_for_before_synth_ran(workdir: Path) -> None:

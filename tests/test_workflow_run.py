@@ -39,6 +39,30 @@ def test_tables_and_figures_are_written(tiny) -> None:
     assert list(ablations["method"]) == ["zoommil", "zoommil_random"]
 
 
+def test_each_method_has_a_model_card_with_the_tables_numbers(tiny) -> None:
+    """results/model_cards/{method}.md (the default target): the test metrics as main.md
+    prints them, the checkpoint's sha256, and the random weights' warning."""
+    import hashlib
+
+    workdir, _, _ = tiny
+    results = workdir / "results"
+    config = harness.load_config()
+    methods = [*config["methods"], *config["ablations"]["methods"]]
+    assert sorted(p.stem for p in (results / "model_cards").glob("*.md")) == sorted(methods)
+    card = (results / "model_cards" / "zoommil.md").read_text(encoding="utf-8")
+    text = (results / "tables" / "main.md").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = next(line for line in lines if line.startswith("| Method"))
+    row = next(line for line in lines if "ZoomMIL" in line.split("|")[1])
+    cells = dict(zip(header.split("|"), row.split("|"), strict=True))
+    wf1 = cells[" Weighted F1 (%) "].strip().strip("*")
+    assert f"| Weighted F1 (%) | {wf1} |" in card
+    checkpoint = results / "models" / "zoommil" / "seed~0" / "checkpoint.pt"
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() in card
+    assert "**Demo model, not for use.**" in card and "not available" in card  # 3 classes
+    assert "Tissue detector: `gaussian` version" in card
+
+
 def test_each_figure_has_its_source_data_beside_it(tiny) -> None:
     """The numbers each figure plots, as a CSV beside it (a journal's source data, a reader
     who cannot see the image): they were in the images only."""

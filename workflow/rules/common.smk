@@ -708,4 +708,5 @@ def final_targets():
     ]
     for made in (rules.tables, rules.figure_throughput, rules.figure_attention):
         targets += [path for path in made.output if path not in targets]
+    targets += [f"results/model_cards/{method}.md" for method in ALL_METHODS]
     return targets + list(rules.qc_exclusions.output)

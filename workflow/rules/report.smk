@@ -4,6 +4,7 @@
 # Figure 3 (throughput vs accuracy; PNG and PDF), Figure 4 (attention maps; PNG and PDF), each
 # figure with its source data (CSV: every value it plots); and the exclusions table: every
 # slide left out at any stage (QC's, then predict and profile).
+# A model card per method (results/model_cards/), from the files the jobs above wrote.
 # `snakemake --report results/report.html` holds the tables' CSVs, the figures' PNGs and source
 # CSVs and the exclusions' HTML; the Markdown, LaTeX and PDF files stay in results/ only.
 
@@ -235,3 +236,39 @@ rule provenance:
         config=zprovenance.config_text(config),
     script:
         "../../scripts/provenance.py"
+
+
+# A model card per method (Mitchell et al. 2019): what the model is, what it was trained on,
+# how well it did with what uncertainty and its measured limitations, every number read from
+# the files below (zoommil.reporting.model_card). In the torch env: it reads the checkpoints.
+rule model_cards:
+    input:
+        checkpoints=lambda w: expand(
+            MODEL_CHECKPOINT, method=w.method, seed=seeds_of(w.method)
+        ),
+        metrics=lambda w: expand(
+            "results/models/{method}/seed~{seed}/metrics.json",
+            method=w.method,
+            seed=seeds_of(w.method),
+        ),
+        main="results/tables/main.csv",
+        ablations="results/tables/ablations.csv",
+        operating_points="results/operating_points",
+        qc="results/qc/slides.tsv",
+        sheet=sheet_file(),
+    output:
+        card="results/model_cards/{method}.md",
+    log:
+        "results/logs/model_cards/{method}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        code=code("scripts/model_card.py"),
+        dataset=config["dataset"],
+        spec=lambda w: dict(ALL_METHODS[w.method]),
+    script:
+        "../../scripts/model_card.py"
