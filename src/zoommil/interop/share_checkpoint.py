@@ -14,8 +14,8 @@ folders and user names. The copy keeps what `zoommil predict`, `evaluate` and `f
 every path cut to its file name), from the results folder ``--results`` (default
 ``results``) where the checkpoint's method and seed have their tables and metrics.
 
-Imported by no command or rule: a change here reruns no workflow job (README, "Partial
-reruns").
+Imported by no command; the `model_cards` rule imports its path rules (through
+`zoommil.reporting.model_card`), so a change here reruns the model cards only.
 """
 
 from __future__ import annotations
