@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed x 2 draws, n = 8 and 32")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
-                        help="train slides per subset, multiples of 2")  # fmt: skip
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help=f"train slides per subset, multiples of 2 (default {list(SIZES)}; "
+                        f"--quick: {list(QUICK_SIZES)})")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--draws", type=int, default=5, help="subset draws per size")
     parser.add_argument("--subset-seed", type=int, default=0, help="draw d with seed this + d")
@@ -207,7 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     bench_cli.output_folder(args.out)
     if args.quick:
-        args.seeds, args.draws, args.sizes = [0], 2, list(QUICK_SIZES)
+        args.seeds, args.draws = [0], 2
+    if args.sizes is None:
+        args.sizes = list(QUICK_SIZES if args.quick else SIZES)
     known = ln.known_methods()
     if unknown := [m for m in args.methods if m not in known]:
         bench_cli.fail(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(known)}")
@@ -260,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         },
         "summary": summarise(runs),
+        "subsets": {str(d): {str(n): ids for n, ids in sub.items()} for d, sub in enumerate(draws)},
         "runs": runs,
     }
     bench_cli.write_text(args.out / "learning_curve.json", json.dumps(result, indent=1) + "\n")
