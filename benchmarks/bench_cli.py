@@ -10,6 +10,8 @@ Standard library only, so that every script can import it.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
@@ -90,6 +92,19 @@ def write_text(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def args_json(args: argparse.Namespace) -> dict:
+    """The parsed options as JSON values (paths as strings), for a result's meta."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def write_result(folder: Path, stem: str, result: dict, text: str) -> None:
+    """``stem``.json (``result``) and ``stem``.md (``text``) in ``folder``, each by
+    `write_text`, then ``text`` on stdout."""
+    write_text(Path(folder) / f"{stem}.json", json.dumps(result, indent=1) + "\n")
+    write_text(Path(folder) / f"{stem}.md", text)
+    print(text)
 
 
 def zoommil(*args: str) -> subprocess.CompletedProcess[str]:

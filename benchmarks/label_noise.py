@@ -22,7 +22,6 @@ Writes results/benchmarks/label_noise.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -142,7 +141,17 @@ def known_methods() -> dict[str, dict]:
     return {**config["methods"], **config["ablations"]["methods"], **nc.METHODS}
 
 
-def _fmt(s: dict) -> str:
+def chosen_methods(names: list[str]) -> dict[str, dict]:
+    """``names``' settings (`known_methods`), or stop before any training naming the unknown
+    ones; benchmarks/learning_curve.py's --methods checks through this too."""
+    known = known_methods()
+    if unknown := [m for m in names if m not in known]:
+        bench_cli.fail(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    return {m: known[m] for m in names}
+
+
+def fmt_interval(s: dict) -> str:
+    """An `interval` as "mean ± sd [low, high]" ("n/a" for the interval of one value)."""
     ci = "n/a" if s["ci95"] is None else f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
     return f"{s['mean']:.3f} ± {s['std']:.3f} {ci}"
 
@@ -169,10 +178,10 @@ def markdown(result: dict) -> str:
         for arm, rates in arms.items():
             for rate, s in rates.items():
                 flipped = ", ".join(s.get("flipped", [])) or "0"
-                drop = _fmt(s["drop"]) if "drop" in s else ""
+                drop = fmt_interval(s["drop"]) if "drop" in s else ""
                 lines.append(
                     f"| {method} | {arm} | {rate} | {s['auc']['n']} | {flipped} | "
-                    f"{_fmt(s['auc'])} | {drop} |"
+                    f"{fmt_interval(s['auc'])} | {drop} |"
                 )
     return "\n".join(lines + [""])
 
@@ -195,12 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     bench_cli.output_folder(args.out)
     if args.quick:
         args.seeds, args.draws, args.rates, args.arms = [0], 1, [0.0, 0.3], ["train"]
-    known = known_methods()
-    if unknown := [m for m in args.methods if m not in known]:
-        bench_cli.fail(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     if bad := [r for r in args.rates if not 0 <= r <= 1]:
         bench_cli.fail(f"--rates: {bad} not fractions in [0, 1]")
-    methods = {m: known[m] for m in args.methods}
+    methods = chosen_methods(args.methods)
     rates = sorted(set(args.rates) | {0.0})
 
     started = time.perf_counter()
@@ -244,14 +250,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.signal}; {args.epochs} epochs, lr {args.lr}; rates {rates}, arms "
                 f"{args.arms}, seeds {args.seeds} x {args.draws} noise draws"
             ),
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": bench_cli.args_json(args),
         },
         "summary": summarise(runs),
         "runs": runs,
     }
-    bench_cli.write_text(args.out / "label_noise.json", json.dumps(result, indent=1) + "\n")
-    bench_cli.write_text(args.out / "label_noise.md", markdown(result))
-    print(markdown(result))
+    bench_cli.write_result(args.out, "label_noise", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Writes results/benchmarks/learning_curve.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -126,11 +125,6 @@ def summarise(runs: list[dict], pair: tuple[str, str] = PAIR) -> dict:
     }
 
 
-def _fmt(s: dict) -> str:
-    ci = "n/a" if s["ci95"] is None else f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
-    return f"{s['mean']:.3f} ± {s['std']:.3f} {ci}"
-
-
 def markdown(result: dict) -> str:
     meta, summary = result["meta"], result["summary"]
     lines = [
@@ -153,9 +147,8 @@ def markdown(result: dict) -> str:
     ]
     for method, curve in summary["curves"].items():
         for n, s in curve.items():
-            lines.append(
-                f"| {method} | {n} | {s['auc']['n']} | {_fmt(s['auc'])} | {_fmt(s['accuracy'])} |"
-            )
+            auc, accuracy = ln.fmt_interval(s["auc"]), ln.fmt_interval(s["accuracy"])
+            lines.append(f"| {method} | {n} | {s['auc']['n']} | {auc} | {accuracy} |")
     if summary["paired"]:
         a, b = summary["paired"]["methods"]
         lines += [
@@ -168,7 +161,8 @@ def markdown(result: dict) -> str:
             "|---|---|---|",
         ]
         lines += [
-            f"| {n} | {s['n']} | {_fmt(s)} |" for n, s in summary["paired"]["difference"].items()
+            f"| {n} | {s['n']} | {ln.fmt_interval(s)} |"
+            for n, s in summary["paired"]["difference"].items()
         ]
     first = ", ".join(f"{m} {n}" for m, n in summary["first_n_above_chance"].items())
     lines += ["", f"Smallest n whose AUC interval's lower bound is above 0.5: {first}.", ""]
@@ -211,12 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds, args.draws = [0], 2
     if args.sizes is None:
         args.sizes = list(QUICK_SIZES if args.quick else SIZES)
-    known = ln.known_methods()
-    if unknown := [m for m in args.methods if m not in known]:
-        bench_cli.fail(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     if args.draws < 1:
         bench_cli.fail(f"--draws {args.draws}: at least 1")
-    methods = {m: known[m] for m in args.methods}
+    methods = ln.chosen_methods(args.methods)
     sizes = sorted(set(args.sizes))
 
     started = time.perf_counter()
@@ -260,15 +251,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"shift {args.signal}; {args.epochs} epochs, lr {args.lr}; sizes {sizes}, "
                 f"seeds {args.seeds} x {args.draws} subset draws"
             ),
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": bench_cli.args_json(args),
         },
         "summary": summarise(runs),
         "subsets": {str(d): {str(n): ids for n, ids in sub.items()} for d, sub in enumerate(draws)},
         "runs": runs,
     }
-    bench_cli.write_text(args.out / "learning_curve.json", json.dumps(result, indent=1) + "\n")
-    bench_cli.write_text(args.out / "learning_curve.md", markdown(result))
-    print(markdown(result))
+    bench_cli.write_result(args.out, "learning_curve", result, markdown(result))
 
 
 if __name__ == "__main__":

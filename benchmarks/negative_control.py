@@ -373,15 +373,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"permuted: {args.permutations} permutations x seeds {args.seeds}; true: seeds "
                 f"{args.true_seeds}; planted leak: permutation 0 x seeds {args.seeds}"
             ),
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": bench_cli.args_json(args),
         },
         "summary": summary,
         "verdict": verdict(summary),
         "runs": runs,
     }
-    bench_cli.write_text(args.out / "negative_control.json", json.dumps(result, indent=1) + "\n")
-    bench_cli.write_text(args.out / "negative_control.md", markdown(result))
-    print(markdown(result))
+    bench_cli.write_result(args.out, "negative_control", result, markdown(result))
 
 
 if __name__ == "__main__":
