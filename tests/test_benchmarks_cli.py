@@ -101,12 +101,13 @@ def test_zoom_precision_without_checkpoints_keeps_the_last_result(
     assert last.read_text() == '[{"method": "zoommil"}]\n'
 
 
-def test_label_noise_names_an_unknown_method_before_the_work(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+@pytest.mark.parametrize("name", ["label_noise", "learning_curve"])
+def test_training_benchmarks_name_an_unknown_method_before_the_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str
 ) -> None:
-    err = usage_error(capsys, "label_noise", ["--methods", "zoomil", "--out", str(tmp_path)])
+    err = usage_error(capsys, name, ["--methods", "zoomil", "--out", str(tmp_path)])
     assert err.startswith("error: --methods: unknown zoomil; known: zoommil, ")
-    assert not (tmp_path / "label_noise.json").exists()
+    assert not (tmp_path / f"{name}.json").exists()
 
 
 # each script with --out, with the cheapest settings it takes: without the check made first
@@ -119,6 +120,7 @@ OUT_FOLDER = {
     "early_stopping": [],
     "negative_control": ["--quick", "--no-leak", "--n-train", "4", "--n-val", "2"],
     "label_noise": ["--quick", "--methods", "meanmil", "--n-train", "4", "--n-val", "2"],
+    "learning_curve": ["--quick", "--methods", "meanmil", "--sizes", "4", "--n-train", "4"],
     "process_memory": ["--encoders", "resnet50_layer3", "--repeats", "1"],
     "tables_scale": ["--test-slides", "10", "--seeds", "1", "--repeats", "1"],
     "topk_gradient": ["--draws", "1", "--samples", "10"],
