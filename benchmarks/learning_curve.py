@@ -14,6 +14,9 @@ selection) and the test split fixed:
   first n / 2 of each class, so within a draw a larger subset contains every smaller one
   and the curve's steps differ only by the slides added;
 - every (draw, n) is trained with each training seed; a (seed, draw) pair is a replicate.
+  A draw whose subset at n an earlier draw already gave (n near the train split's size) is
+  not trained or counted again (`repeated_draws`); the cohort's 96 train slides keep the
+  default sizes' draws distinct.
 
 Reported per method and n: the test AUC, mean ± sd over the replicates with a 95% t interval
 of the mean; per n the paired difference ZoomMIL - ABMIL (same seed, same subset); and per
@@ -85,6 +88,21 @@ def subset_sheet(sheet: pd.DataFrame, train_ids: list[str]) -> pd.DataFrame:
     """The sheet with only ``train_ids`` left in the train split; val and test as they were."""
     keep = (sheet["split"] != "train") | sheet["slide_id"].isin(train_ids)
     return sheet.loc[keep].reset_index(drop=True)
+
+
+def repeated_draws(draws: list[dict[int, list[str]]]) -> dict[int, dict[int, int]]:
+    """{draw: {n: the earlier draw of the same subset}}: where a class has few more train
+    slides than n / 2 (all of them at its maximum), two draws can give the same subset, and
+    for a seed `zoommil train` then gives the same run. Such a draw is not trained again and
+    not counted, so that copies of one run do not narrow an interval."""
+    seen: dict[tuple[int, frozenset[str]], int] = {}
+    repeats: dict[int, dict[int, int]] = {}
+    for d, subsets in enumerate(draws):
+        for n, ids in subsets.items():
+            first = seen.setdefault((n, frozenset(ids)), d)
+            if first != d:
+                repeats.setdefault(d, {})[n] = first
+    return repeats
 
 
 def first_above_chance(curve: dict[str, dict]) -> int | str:
@@ -164,6 +182,9 @@ def markdown(result: dict) -> str:
             f"| {n} | {s['n']} | {ln.fmt_interval(s)} |"
             for n, s in summary["paired"]["difference"].items()
         ]
+    if repeats := result.get("repeated_draws"):
+        same = "; ".join(f"draw {d} at n {', '.join(r)}" for d, r in repeats.items())
+        lines += ["", f"Not trained or counted (the subset of an earlier draw): {same}."]
     first = ", ".join(f"{m} {n}" for m, n in summary["first_n_above_chance"].items())
     lines += ["", f"Smallest n whose AUC interval's lower bound is above 0.5: {first}.", ""]
     return "\n".join(lines)
@@ -196,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=5, help="subset draws per size")
     parser.add_argument("--subset-seed", type=int, default=0, help="draw d with seed this + d")
     nc.add_cohort_arguments(parser)
-    parser.set_defaults(n_train=64)  # the largest default size
+    # 48 per class: the draws differ at the largest default size, n = 64 (32 per class)
+    parser.set_defaults(n_train=96)
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -221,8 +243,11 @@ def main(argv: list[str] | None = None) -> None:
             draws = [draw_subsets(sheet, sizes, args.subset_seed + d) for d in range(args.draws)]
         except ValueError as error:
             bench_cli.fail(f"--sizes: {error} (--n-train {args.n_train})")
+        repeats = repeated_draws(draws)
         for d, subsets in enumerate(draws):
             for n, ids in subsets.items():
+                if n in repeats.get(d, {}):
+                    continue
                 folder = work / f"d{d}_n{n}"
                 sub = subset_sheet(sheet, ids)
                 for run in nc.train_runs(folder, features, sub, args.seeds, args, methods):
@@ -255,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "summary": summarise(runs),
         "subsets": {str(d): {str(n): ids for n, ids in sub.items()} for d, sub in enumerate(draws)},
+        "repeated_draws": {str(d): {str(n): f for n, f in r.items()} for d, r in repeats.items()},
         "runs": runs,
     }
     bench_cli.write_result(args.out, "learning_curve", result, markdown(result))

@@ -86,6 +86,17 @@ def test_subsets_refuse_labels_outside_the_classes() -> None:
         lc.draw_subsets(sheet, [4], seed=0)
 
 
+def test_a_draw_repeating_an_earlier_subset_is_named_once() -> None:
+    """Sets, not lists, are compared: draw 2's n 4 is draw 0's in another order."""
+    draws = [
+        {4: ["a", "b", "c", "d"], 8: list("abcdefgh")},
+        {4: ["a", "b", "e", "f"], 8: list("abcdefgh")},
+        {4: ["d", "c", "b", "a"], 8: list("hgfedcba")},
+    ]
+    assert lc.repeated_draws(draws) == {1: {8: 0}, 2: {4: 0, 8: 0}}
+    assert lc.repeated_draws(draws[:1]) == {}
+
+
 def _run(method: str, n: int, seed: int, draw: int, auc: float) -> dict:
     return {"method": method, "n": n, "seed": seed, "draw": draw, "auc": auc, "accuracy": auc}
 
@@ -157,7 +168,7 @@ def torch_threads_kept() -> Iterator[int]:
 
 
 def test_tiny_real_run_writes_the_documented_json(tmp_path: Path, torch_threads_kept: int) -> None:
-    """--quick on a 12-slide cohort, 1 epoch, ZoomMIL and ABMIL: real `zoommil train` runs
+    """--quick on an 18-slide cohort, 1 epoch, ZoomMIL and ABMIL: real `zoommil train` runs
     (about 10 s here; no training is monkeypatched)."""
     import torch
 
@@ -168,7 +179,7 @@ def test_tiny_real_run_writes_the_documented_json(tmp_path: Path, torch_threads_
     lc.main(argv)
     assert torch.get_num_threads() == torch_threads_kept
     result = json.loads((out / "learning_curve.json").read_text())
-    assert set(result) == {"meta", "summary", "subsets", "runs"}
+    assert set(result) == {"meta", "summary", "subsets", "repeated_draws", "runs"}
     meta = result["meta"]
     assert {"command", "quick", "seconds", "cpu_seconds", "peak_rss_mb", "machine", "versions",
             "cohort", "args"} <= set(meta)  # fmt: skip
@@ -176,10 +187,12 @@ def test_tiny_real_run_writes_the_documented_json(tmp_path: Path, torch_threads_
     assert "torch" in meta["versions"] and "zoommil" in meta["versions"]
     assert meta["peak_rss_mb"] > 0 and meta["seconds"] > 0
 
-    runs = result["runs"]  # 2 methods x 2 sizes x 1 seed x 2 draws
+    # 2 methods x 1 seed x (2 draws at n 4 + 1 at n 8: all 8 train slides, draw 1 = draw 0)
+    runs = result["runs"]
     assert sorted((r["method"], r["n"], r["draw"], r["seed"]) for r in runs) == sorted(
-        (m, n, d, 0) for m in ("zoommil", "abmil") for n in (4, 8) for d in (0, 1)
+        (m, n, d, 0) for m in ("zoommil", "abmil") for n, d in ((4, 0), (4, 1), (8, 0))
     )
+    assert result["repeated_draws"] == {"1": {"8": 0}}
     assert all(0 <= r["auc"] <= 1 for r in runs)
     subsets = result["subsets"]
     assert set(subsets) == {"0", "1"}
@@ -194,8 +207,14 @@ def test_tiny_real_run_writes_the_documented_json(tmp_path: Path, torch_threads_
     want = [auc[("zoommil", 4, d)] - auc[("abmil", 4, d)] for d in (0, 1)]
     assert (diff["n"], diff["mean"]) == (2, pytest.approx(sum(want) / 2))
     assert set(summary["first_n_above_chance"]) == {"zoommil", "abmil"}
+    assert (
+        summary["curves"]["abmil"]["8"]["auc"]["n"]
+        == summary["paired"]["difference"]["8"]["n"]
+        == 1
+    )
     md = (out / "learning_curve.md").read_text()
     assert "| zoommil | 4 | 2 |" in md and "Smallest n whose AUC interval" in md
+    assert "Not trained or counted (the subset of an earlier draw): draw 1 at n 8." in md
     assert "SYNTHETIC" in md
 
 
