@@ -139,6 +139,19 @@ def test_summary_is_the_hand_computed_curve_pairs_and_first_n() -> None:
     assert (d16["mean"], d16["std"]) == (pytest.approx(0.15), pytest.approx(0.05))
     assert summary["first_n_above_chance"] == {"zoommil": 16, "abmil": 16, "meanmil": "never"}
 
+    # the draw as the unit: zoommil n 8 draw means 0.7 (0.6, 0.8) and 0.7; abmil 0.5 (0.5,
+    # 0.6, 0.4) and 0.7, mean 0.6 (not the runs' 0.55); differences 0.15 (0.1, 0.2) and 0.0:
+    # mean 0.075, sd 0.106066, t(0.975, 1) = 12.706205, half width 12.706205 x 0.075
+    assert summary["curves"]["zoommil"]["8"]["auc_by_draw"] == {
+        "n": 2, "mean": pytest.approx(0.7), "std": pytest.approx(0.0, abs=1e-12),
+        "ci95": pytest.approx([0.7, 0.7]),
+    }  # fmt: skip
+    a8 = summary["curves"]["abmil"]["8"]["auc_by_draw"]
+    assert (a8["n"], a8["mean"]) == (2, pytest.approx(0.6))
+    d8 = summary["paired"]["by_draw"]["8"]
+    assert (d8["n"], d8["mean"], d8["std"]) == (2, pytest.approx(0.075), pytest.approx(0.106066))
+    assert d8["ci95"] == pytest.approx([0.075 - 0.9529654, 0.075 + 0.9529654], abs=1e-6)
+
 
 def test_first_n_is_the_smallest_whose_lower_bound_is_above_chance() -> None:
     def curve(*lows: float | None) -> dict:
