@@ -193,8 +193,8 @@ def markdown(result: dict) -> str:
             "",
             f"Paired difference {a} - {b} of test AUC (same seed, same subset), mean ± sd "
             f"[95% paired t interval]; positive: {a} better. Over draws: the same of the "
-            "per-draw mean differences (the draw as the unit: wider, and closer to what "
-            "another set of labelled slides would give).",
+            "per-draw mean differences (the draw as the unit, closer to what another set of "
+            "labelled slides would give).",
             "",
             "| n | pairs | difference | over draws |",
             "|---|---|---|---|",
