@@ -81,10 +81,15 @@ def output_file(path: Path) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in its folder and a rename."""
+    """Write ``text`` to ``path`` through a temporary file in its folder and a rename.
+
+    The file gets the permissions of any new file (0666 less the umask): `mkstemp` makes it
+    0600, which hid a benchmark's results from the rest of a lab's group on a shared folder.
+    """
     path = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(tmp, path)
@@ -92,6 +97,13 @@ def write_text(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def args_json(args: argparse.Namespace) -> dict:

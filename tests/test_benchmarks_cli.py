@@ -207,6 +207,19 @@ def test_results_are_replaced_whole_or_not_at_all(
     assert [p.name for p in tmp_path.iterdir()] == ["scale.json"]  # no temporary file left
 
 
+def test_results_get_a_new_files_permissions_not_mkstemps_0600(tmp_path: Path) -> None:
+    """A result on a lab's shared folder is readable by the group, as any file the user
+    writes: 0666 less the umask (mkstemp's own 0600 hid it)."""
+    bench_cli = load("bench_cli")
+    old = os.umask(0o002)
+    try:
+        path = bench_cli.write_text(tmp_path / "scale.md", "# run\n")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o664
+    assert os.umask(old) == old  # the umask is as it was
+
+
 def test_the_readme_command_fails_in_one_line(tmp_path: Path) -> None:
     """`python benchmarks/reading.py --slide nope.svs` as a user types it."""
     proc = subprocess.run(
