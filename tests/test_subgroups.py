@@ -280,3 +280,15 @@ def test_the_rule_script_passes_the_configured_columns(tmp_path: Path, monkeypat
     sys.stderr.close()
     table = pd.read_csv(outputs["subgroups_csv"])
     assert set(table["value"].dropna()) == {"cwz", "radboud", "utrecht"}
+
+
+def test_a_shuffle_leaves_a_one_class_group_out_of_the_gap_as_the_observed_gap_does() -> None:
+    """Balanced accuracy has a value on one class (its recall), but the observed gap leaves a
+    one-class subgroup out: a shuffle that makes one must leave it out too, or the null gaps
+    hold 0-or-1 recalls the observed never does (p too large at small sites)."""
+    labels = np.array([0, 1, 0, 1, 0, 0])
+    prob = make_prob(random_probs(np.random.default_rng(2), 2, 6, 2), labels, BINARY)
+    one_class_b = np.array([[0, 0, 0, 0, 1, 1]])  # b: two normal slides only
+    assert np.isnan(subgroups._gaps(prob, "balanced_accuracy", one_class_b, 2)).all()
+    mixed = np.array([[0, 0, 0, 1, 1, 1]])
+    assert not np.isnan(subgroups._gaps(prob, "balanced_accuracy", mixed, 2)).any()

@@ -371,16 +371,20 @@ def permutation_p(
 
 def _gaps(prob: Probabilities, metric: str, member: np.ndarray, n_groups: int) -> np.ndarray:
     """[P] max - min over the groups of the seed-mean metric, for the subgroup of each slide
-    ``member`` [P, n] (a group without a second class in a shuffle is left out of its gap)."""
-    values = np.stack(
-        [
-            PER_SEED[metric](prob, (member == g).astype(np.float64)).mean(axis=0)
-            for g in range(n_groups)
-        ]
-    )  # [groups, P]
+    ``member`` [P, n] (a group without a second class in a shuffle is left out of its gap, as
+    the observed gap leaves out a one-class subgroup: balanced accuracy has a value there)."""
+    one_hot = (prob.labels[:, None] == np.arange(len(prob.classes))).astype(np.float64)
+    values = []
+    for g in range(n_groups):
+        counts = (member == g).astype(np.float64)
+        value = PER_SEED[metric](prob, counts).mean(axis=0)
+        values.append(np.where(((counts @ one_hot) > 0).sum(axis=1) < 2, np.nan, value))
+    values = np.stack(values)  # [groups, P]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # all-NaN columns: no gap, NaN (never counted)
-        return np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
+        gaps = np.nanmax(values, axis=0) - np.nanmin(values, axis=0)
+    # as the observed gap: none with fewer than two groups with a value
+    return np.where((~np.isnan(values)).sum(axis=0) < 2, np.nan, gaps)
 
 
 def subgroup_table(
