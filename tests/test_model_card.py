@@ -318,3 +318,23 @@ def test_the_references_are_the_readmes(tmp_path: Path) -> None:
 def test_write_card_writes_the_file(results: CardInputs, tmp_path: Path) -> None:
     path = write_card(tmp_path / "cards" / "abmil.md", results)
     assert path.read_text(encoding="utf-8") == model_card.model_card(results)
+
+
+def test_a_shared_card_cuts_a_folder_with_a_space_a_share_and_a_user_home(
+    results: CardInputs, tmp_path: Path
+) -> None:
+    """A QC reason in the tables' notes names a slide's file; a lab share's folder often has
+    a space ('/mnt/Lab Share/...'), which cut the pattern at the space and left the folders
+    after it in the card; a UNC share and '~alice/' were not taken for paths at all."""
+    slide = "/mnt/Hospital X Share/alice/camelyon/bad.svs"
+    sheet = Path(results.sheet)
+    sheet.write_text(sheet.read_text().replace("\nbad\tbad.svs\t", f"\nbad\t{slide}\t"))
+    table = pd.read_csv(results.main_table)
+    table["notes"] = (
+        f"excluded: bad (qc: cannot open {slide}) | weights \\\\nas-hospital-x\\alice\\r50.pth"
+        " | features in ~alice/hospital-x/features"
+    )
+    table.to_csv(results.main_table, index=False)
+    shared = model_card.model_card(results, for_sharing=True)
+    assert "alice" not in shared and "Hospital" not in shared and "hospital-x" not in shared
+    assert "(qc: cannot open bad.svs)" in shared and "- weights r50.pth" in shared

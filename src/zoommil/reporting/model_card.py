@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from zoommil.features.encoders.weight_files import sha256_file
-from zoommil.interop.share_checkpoint import _name, shareable_config
+from zoommil.interop.share_checkpoint import _is_path, _name, shareable_config
 from zoommil.io.atomic import write_text_atomic
 from zoommil.reporting.names import display_name
 from zoommil.reporting.results import load_json
@@ -75,13 +75,34 @@ RANDOM_WARNING = (
 )
 
 
-#: An absolute POSIX, home or Windows path inside a line of text.
-_PATH = re.compile(r"(?<![\w.])(?:~?/|[A-Za-z]:\\)[^\s|`'\",;()\]]+")
+#: An absolute POSIX, home (``~/``, ``~user/``), Windows drive or UNC path inside a line of
+#: text (up to a space: a folder name with one is cut exactly, as a known path).
+_PATH = re.compile(r"(?<![\w.\\])(?:~[\w.-]*/|/|[A-Za-z]:\\|\\\\)[^\s|`'\",;()\]]+")
 
 
-def without_paths(text: str) -> str:
-    """``text`` with every absolute path cut to its file name (`share_checkpoint`'s rule)."""
+def without_paths(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` with every absolute path cut to its file name (`share_checkpoint`'s rule):
+    the ``known`` ones (the checkpoints' and the sheet's) first, exactly, so that one with a
+    space in a folder name (``/mnt/Lab Share/...``) is not cut at the space and its folders
+    left in; then any other by `_PATH`."""
+    for path in sorted({k for k in known if "/" in k or "\\" in k}, key=len, reverse=True):
+        if _name(path):  # not a bare "/"
+            text = text.replace(path, _name(path))
     return _PATH.sub(lambda m: _name(m.group(0)), text)
+
+
+def known_paths(configs: Sequence[Mapping[str, Any]], sheet: str | Path | None) -> list[str]:
+    """The paths a card for sharing may quote: the checkpoints' recorded ones (their config's
+    and recipe's) and the slide sheet's, with its slides' (a QC reason in the tables' notes
+    names the slide's file)."""
+    found = [str(sheet)] if sheet is not None else []
+    for config in configs:
+        for value in [*config.values(), *(config.get("preprocessing") or {}).values()]:
+            found += [value] if _is_path(value) else []
+    if _exists(sheet) is not None:
+        frame = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+        found += list(frame["path"]) if "path" in frame.columns else []
+    return found
 
 
 #: The timing devices as the card names them: the table's own header for `cpu` depends on
@@ -430,7 +451,8 @@ def model_card(inputs: CardInputs, for_sharing: bool = False) -> str:
     present = [Path(p) for p in inputs.checkpoints if Path(p).exists()]
     metrics = [load_json(p) for p in inputs.metrics if Path(p).exists()]
     by_seed = {r.get("seed"): r for r in metrics}
-    checkpoints = [(p, _checkpoint(p, for_sharing)) for p in present]
+    recorded = [(p, _checkpoint(p, for_sharing=False)) for p in present]
+    checkpoints = [(p, shareable_config(c) if for_sharing else c) for p, c in recorded]
     config = checkpoints[0][1] if checkpoints else {"method": inputs.method, **inputs.spec}
     name = display_name(inputs.method, inputs.spec)
     title = f"# Model card: {name}" + (f" ({inputs.dataset})" if inputs.dataset else "")
@@ -452,7 +474,9 @@ def model_card(inputs: CardInputs, for_sharing: bool = False) -> str:
     lines += _checkpoint_section(rows) + [""]
     lines += _limitations(config, row)
     text = "\n".join(lines) + "\n"
-    return without_paths(text) if for_sharing else text
+    if not for_sharing:
+        return text
+    return without_paths(text, known_paths([c for _, c in recorded], inputs.sheet))
 
 
 def write_card(path: str | Path, inputs: CardInputs, for_sharing: bool = False) -> Path:
