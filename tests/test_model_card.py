@@ -338,3 +338,16 @@ def test_a_shared_card_cuts_a_folder_with_a_space_a_share_and_a_user_home(
     shared = model_card.model_card(results, for_sharing=True)
     assert "alice" not in shared and "Hospital" not in shared and "hospital-x" not in shared
     assert "(qc: cannot open bad.svs)" in shared and "- weights r50.pth" in shared
+
+
+def test_a_csv_sheet_gives_the_patients_as_a_tsv_does(results: CardInputs) -> None:
+    """The workflow takes a .csv sheet comma-separated; the card read every sheet as a TSV,
+    so a .csv one was a single column and the card said it had no patient column."""
+    tsv = model_card.model_card(results)
+    sheet = Path(results.sheet)
+    csv = sheet.with_suffix(".csv")
+    csv.write_text(sheet.read_text().replace("\t", ","))
+    results.sheet = csv
+    text = model_card.model_card(results)
+    line = next(x for x in tsv.splitlines() if x.startswith("- Patients per split"))
+    assert line in text and "no patient column" not in text

@@ -100,7 +100,7 @@ def known_paths(configs: Sequence[Mapping[str, Any]], sheet: str | Path | None) 
         for value in [*config.values(), *(config.get("preprocessing") or {}).values()]:
             found += [value] if _is_path(value) else []
     if _exists(sheet) is not None:
-        frame = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+        frame = _read_sheet(sheet)
         found += list(frame["path"]) if "path" in frame.columns else []
     return found
 
@@ -289,9 +289,17 @@ def _data_section(inputs: CardInputs, classes: Sequence[str], metrics: list[dict
     return lines
 
 
+def _read_sheet(sheet: Path) -> pd.DataFrame:
+    """The sheet's cells as strings, a .csv comma-separated as the workflow reads it (read as
+    a TSV it was one column, and the card said it had no patient column)."""
+    from zoommil.io.sheet import read_table
+
+    return read_table(sheet).rename(columns=lambda c: str(c).strip())
+
+
 def _patient_lines(sheet: Path, usable: pd.DataFrame | None) -> list[str]:
     """Patients per split of the sheet's slides (those QC kept, where known)."""
-    frame = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+    frame = _read_sheet(sheet)
     if "patient" not in frame.columns:
         return [f"- Patients: {not_available('the sheet has no patient column')}"]
     where = "sheet"
