@@ -236,3 +236,18 @@ def test_each_seed_draws_its_own_perturbation(slide, monkeypatch) -> None:
     assert len(tint) == 4 and sum(d[0] == "eosin" for d in drawn) == 1
     assert tint[0][2] == tint[1][2] and tint[2][2] == tint[3][2]  # a seed's strengths
     assert tint[0][2] != tint[2][2]  # two seeds
+
+
+def test_the_changes_line_names_the_criterion_it_applies() -> None:
+    """One excluded sample of 20 marks a strength as changing the tissue (`breaking_points`)
+    while its median Dice is 1.000: the line must not say it was the median Dice."""
+    one = {"n": 1, "median": 1.0, "min": 1.0, "max": 1.0, "ci95": None}
+    row = {"dice": one, "area_ratio": one, "jaccard": one, "lost_fraction": one}
+    row |= {"gained_fraction": one, "refused": 0, "excluded": 1}
+    summary = {"camelyon16": {"tint": {"0.2": row}}}
+    info = {"tissue_method": "gaussian", "tissue_params": {}, "tissue_threshold": 0.1, "mags": [10]}
+    meta = {"command": "x", "seconds": 1.0, "machine": "m", "slides": [], "seeds": [0]}
+    result = {"meta": meta | {"recipes": {"camelyon16": info}}, "summary": summary}
+    result |= {"breaks": ss.breaking_points(summary), "worst": []}
+    line = next(x for x in ss.markdown(result).splitlines() if x.startswith("Changes the tissue"))
+    assert "tint at 0.2" in line and "excluded" in line
