@@ -158,6 +158,11 @@ def summarise(runs: list[dict], pair: tuple[str, str] = PAIR) -> dict:
         if paired
         else None,
         "first_n_above_chance": {m: first_above_chance(c) for m, c in curves.items()},
+        # the draw as the unit: the seeds of a draw share its subset (`by_draw`)
+        "first_n_above_chance_by_draw": {
+            m: first_above_chance({n: {"auc": v["auc_by_draw"]} for n, v in c.items()})
+            for m, c in curves.items()
+        },
     }
 
 
@@ -208,7 +213,15 @@ def markdown(result: dict) -> str:
         same = "; ".join(f"draw {d} at n {', '.join(r)}" for d, r in repeats.items())
         lines += ["", f"Not trained or counted (the subset of an earlier draw): {same}."]
     first = ", ".join(f"{m} {n}" for m, n in summary["first_n_above_chance"].items())
-    lines += ["", f"Smallest n whose AUC interval's lower bound is above 0.5: {first}.", ""]
+    by_draw = summary.get("first_n_above_chance_by_draw") or {}
+    draws = ", ".join(f"{m} {n}" for m, n in by_draw.items())
+    lines += [
+        "",
+        f"Smallest n whose AUC interval's lower bound is above 0.5: {first}"
+        + (f"; over draws (the draw as the unit): {draws}" if draws else "")
+        + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -252,3 +252,14 @@ def test_no_draws_is_a_usage_error_before_the_cohort(
     assert stop.value.code == 2
     assert "error: --draws 0: at least 1" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_first_n_over_draws_takes_the_draw_as_the_unit() -> None:
+    """Two seeds per draw share its subset: draws 0.70, 0.72 and 0.60, 0.62 give a replicates'
+    interval above 0.5 (lower 0.568, first n 8) but per-draw means 0.71 and 0.61 (n 2, half
+    width 12.706 x 0.0707 / sqrt 2 = 0.635): never above chance over draws."""
+    runs = [_run("meanmil", 8, s, d, a) for s, d, a in [(0, 0, 0.7), (1, 0, 0.72)]]
+    runs += [_run("meanmil", 8, s, d, a) for s, d, a in [(0, 1, 0.6), (1, 1, 0.62)]]
+    summary = lc.summarise(runs)
+    assert summary["first_n_above_chance"] == {"meanmil": 8}
+    assert summary["first_n_above_chance_by_draw"] == {"meanmil": "never"}
