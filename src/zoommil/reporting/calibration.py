@@ -47,7 +47,7 @@ N_BINS = 10
 SPECIFICITIES = (0.90, 0.95)
 #: The interval kind where some bootstrap resamples hold no slide of a class (sensitivity at a
 #: specificity is then undefined for them): no interval, NaN bounds.
-UNDEFINED = "undefined"
+UNDEFINED = stats.UNDEFINED
 #: How far a slide's probabilities may sum from 1: a float32 softmax is within 1e-6, a file
 #: rounded to 4 decimals within 5e-4 for 10 classes. Per-class sigmoids, or a file holding one
 #: class's probability twice, are further off, and their Brier and ECE would be wrong numbers.

@@ -267,6 +267,7 @@ BOOTSTRAP = "bootstrap"  # the percentile bootstrap over test slides
 CLOPPER_PEARSON = "clopper_pearson"  # exact binomial, for accuracy where every resample agrees
 CONSTANT = "constant"  # every resample gives the same value: no interval (NaN bounds)
 NO_INTERVAL = "none"  # fewer than two slides: nothing to resample
+UNDEFINED = "undefined"  # some resample has no value (an AUC without a class): no interval
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,8 @@ class Interval:
     low: float
     high: float
     kind: str = BOOTSTRAP
+    #: Resamples left out, their statistic undefined (`bootstrap_ci`'s ``drop_undefined``).
+    dropped: int = 0
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -287,6 +290,7 @@ def bootstrap_ci(
     n_resamples: int = N_BOOTSTRAP,
     confidence: float = CONFIDENCE,
     seed: int = SEED,
+    drop_undefined: bool = False,
 ) -> Interval:
     """Percentile bootstrap CI of ``statistic(idx)`` over slides resampled with replacement.
 
@@ -295,7 +299,9 @@ def bootstrap_ci(
     interval (NaN bounds, shown as none), not a zero-width one that would claim certainty.
     Where every resample gives the same value (within `TIES`: float rounding) the
     (zero-width) interval is returned with kind `CONSTANT`, so that the caller can decide
-    what to report instead.
+    what to report instead. With ``drop_undefined`` the resamples where the statistic is NaN
+    (an AUC without a slide of some class) are left out and counted (`Interval.dropped`),
+    the percentiles taken of the others (NaN bounds where none is left).
     """
     # imported on use: scipy.stats is slow to import and probes sys.modules for torch
     from scipy import stats
@@ -315,7 +321,18 @@ def bootstrap_ci(
         rng=_rng(seed),
     )
     ci = result.confidence_interval
-    constant = np.ptp(result.bootstrap_distribution) <= TIES
+    distribution = result.bootstrap_distribution
+    undefined = np.isnan(distribution)
+    if drop_undefined and undefined.any():
+        kept = distribution[~undefined]
+        dropped = int(undefined.sum())
+        if not len(kept):
+            return Interval(estimate, math.nan, math.nan, BOOTSTRAP, dropped)
+        tail = 100 * (1 - confidence) / 2
+        low, high = np.percentile(kept, [tail, 100 - tail])
+        kind = CONSTANT if np.ptp(kept) <= TIES else BOOTSTRAP
+        return Interval(estimate, float(low), float(high), kind, dropped)
+    constant = np.ptp(distribution) <= TIES
     return Interval(estimate, float(ci.low), float(ci.high), CONSTANT if constant else BOOTSTRAP)
 
 

@@ -36,6 +36,7 @@ import pandas as pd
 from zoommil.errors import ZoomMILError, first_few
 from zoommil.reporting import stats
 from zoommil.reporting.calibration import Probabilities, counts_interval
+from zoommil.reporting.roc import auc
 from zoommil.reporting.table_format import (
     NO_CI,
     count_text,
@@ -113,38 +114,6 @@ def sheet_values(sheet: str | Path | None, columns: Sequence[str]) -> dict[str, 
 
 
 # --- the metrics per seed on slide multisets -------------------------------------------------
-
-
-def binary_auc(positive: np.ndarray, score: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """[B] ROC AUC of ``score`` [n] for ``positive`` [n] on each slide multiset ``counts``
-    [B, n] (how often each slide is drawn): the Mann-Whitney statistic, a tie counted half,
-    as `zoommil.training.metrics.binary_auc` on the drawn slides; NaN without a positive or a
-    negative slide."""
-    order = np.argsort(score, kind="stable")
-    ranked, weights, pos = score[order], counts[:, order], positive[order]
-    new = np.r_[True, ranked[1:] != ranked[:-1]]
-    group = np.cumsum(new) - 1  # the tie group of each ranked slide
-    neg_w, pos_w = weights * ~pos, weights * pos
-    neg_in = np.add.reduceat(neg_w, np.flatnonzero(new), axis=1)  # [B, groups]
-    credit = np.cumsum(neg_in, axis=1) - 0.5 * neg_in  # negatives below, ties at half
-    n_pos, n_neg = pos_w.sum(axis=1), neg_w.sum(axis=1)
-    wins = (pos_w * credit[:, group]).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), wins / (n_pos * n_neg), np.nan)
-
-
-def auc(prob: Probabilities, counts: np.ndarray) -> np.ndarray:
-    """[S, B] the AUC of each seed (binary: of the second class; more: the macro mean of the
-    one-vs-rest AUCs, NaN where a class has no slide), as the evaluations' ``auc``."""
-    n_classes = len(prob.classes)
-    out = np.empty((prob.probs.shape[0], counts.shape[0]))
-    for s, p in enumerate(prob.probs):
-        if n_classes == 2:
-            out[s] = binary_auc(prob.labels == 1, p[:, 1], counts)
-        else:
-            per = [binary_auc(prob.labels == c, p[:, c], counts) for c in range(n_classes)]
-            out[s] = np.mean(per, axis=0)  # NaN where any class is absent
-    return out
 
 
 def balanced_accuracy(prob: Probabilities, counts: np.ndarray) -> np.ndarray:

@@ -69,7 +69,8 @@ def _with_spread(mean: Any, std: Any, fmt: Any) -> str:
 
 #: Marks an exact (Clopper-Pearson) CI; `table_notes.ci_notes` explains it under the table.
 EXACT_MARK = "†"
-#: The CI cell where every bootstrap resample gives the same value (`stats.CONSTANT`).
+#: The CI cell where every bootstrap resample gives the same value (`stats.CONSTANT`), or
+#: (AUC) no resample holds a slide of every class (`stats.UNDEFINED`).
 NO_CI = "[n/a]"
 
 
@@ -92,7 +93,7 @@ def _pct(
     if not (_missing(low) or _missing(high)):
         text += f" [{100 * low:.1f}, {100 * high:.1f}]"
         text += EXACT_MARK if ci_method == stats.CLOPPER_PEARSON else ""
-    elif ci_method == stats.CONSTANT:
+    elif ci_method in (stats.CONSTANT, stats.UNDEFINED):
         text += " " + NO_CI
     if not _missing(n) and (int(n) < seeds or int(n) == 1):
         text += f" (n={int(n)})"

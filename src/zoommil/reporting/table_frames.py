@@ -1,9 +1,10 @@
 """The tables' numbers as DataFrames: Tables 1-4 and the paired comparison.
 
 A method's metrics are the mean and std over its seeds, with a 95% bootstrap CI over test
-slides for weighted F1 and accuracy (`zoommil.reporting.stats`); its costs are TFLOPs and
-s/slide per timed device as mean +- std over the slides. The comparison pairs the reference
-(ZoomMIL) with every baseline and ablation over the slides both were tested on. Formatting
+slides (`zoommil.reporting.stats`; AUC's from the per-slide probabilities, `roc`); its costs
+are TFLOPs and s/slide per timed device as mean +- std over the slides. The comparison pairs
+the reference (ZoomMIL) with every baseline and ablation over the slides both were tested on
+(weighted F1 and accuracy: no AUC, whose paired permutation test is not built). Formatting
 is `zoommil.reporting.table_format`'s job, the notes under a table `table_notes`'.
 """
 
@@ -18,12 +19,16 @@ import pandas as pd
 
 from zoommil.errors import ZoomMILError
 from zoommil.recipe import format_mags, method_mags
-from zoommil.reporting import evalcheck, results, stats
+from zoommil.reporting import evalcheck, results, roc, stats
 from zoommil.reporting.names import display_name
 from zoommil.workflow.trainconfig import model_defaults, models_root
 
 METRICS = ("weighted_f1", "accuracy", "auc")
-CI_METRICS = stats.METRICS  # metrics with a bootstrap CI over test slides
+CI_METRICS = stats.METRICS  # metrics with a bootstrap CI over test slides and paired tests
+#: AUC's CI comes from the per-slide probabilities (`roc.auc_interval`); its columns follow
+#: all others in the main and ablation CSVs, whose earlier columns users' scripts index.
+#: ``auc_ci_dropped``: the resamples left out, AUC undefined on them (`roc.auc_interval`).
+AUC_CI_COLUMNS = ("auc_ci_low", "auc_ci_high", "auc_ci_method", "auc_ci_dropped")
 #: The ZoomMIL components the reference row of Table 4 names.
 REFERENCE_KEYS = ("selection", "attention", "aggregation")
 #: The timed devices, in column order, with their column headers.
@@ -97,17 +102,25 @@ def run_predictions(
     return out
 
 
-def add_intervals(summary: pd.DataFrame, preds: Mapping[str, stats.Predictions]) -> pd.DataFrame:
+def add_intervals(
+    summary: pd.DataFrame,
+    preds: Mapping[str, stats.Predictions],
+    probs: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     """Summary plus `{metric}_ci_low/high` (95% CI over test slides, `stats.method_ci`),
     `{metric}_ci_method` (how it was made: `stats.Interval.kind`; empty without predictions),
     `n_test` and `n_test_units` (what the CI resamples: the test slides' patients, a slide
-    without one counting as its own; `n_test` without patient ids)."""
+    without one counting as its own; `n_test` without patient ids), then `AUC_CI_COLUMNS`
+    from ``probs`` (`calibration.run_probabilities`: method -> its per-slide probabilities;
+    empty for a method without them, or whose test slides lack a class)."""
     summary = summary.copy()
     columns = [f"{m}_ci_{b}" for m in CI_METRICS for b in ("low", "high")]
     for column in [*columns, "n_test", "n_test_units"]:
         summary[column] = math.nan
     for metric in CI_METRICS:
         summary[f"{metric}_ci_method"] = ""
+    summary["auc_ci_low"], summary["auc_ci_high"], summary["auc_ci_method"] = math.nan, math.nan, ""
+    summary["auc_ci_dropped"] = math.nan
     for i, method in enumerate(summary["method"]):
         if method not in preds:
             continue
@@ -118,7 +131,17 @@ def add_intervals(summary: pd.DataFrame, preds: Mapping[str, stats.Predictions])
             summary.loc[i, f"{metric}_ci_low"] = interval.low
             summary.loc[i, f"{metric}_ci_high"] = interval.high
             summary.loc[i, f"{metric}_ci_method"] = interval.kind
+        if probs and method in probs:
+            interval = roc.auc_interval(probs[method])
+            values = [interval.low, interval.high, interval.kind, interval.dropped]
+            summary.loc[i, list(AUC_CI_COLUMNS)] = values
     return summary
+
+
+def _auc_ci_last(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with `AUC_CI_COLUMNS` (where present) after every other column."""
+    last = [c for c in AUC_CI_COLUMNS if c in frame.columns]
+    return frame[[c for c in frame.columns if c not in last] + last]
 
 
 def main_table(
@@ -150,7 +173,7 @@ def main_table(
             row[f"{device}_n_slides"] = timing.get("n_slides", math.nan)
             row[f"{device}_slides_per_hour"] = timing.get("slides_per_hour", math.nan)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _auc_ci_last(pd.DataFrame(rows))
 
 
 @cache
@@ -217,6 +240,7 @@ def ablation_table(
         "n_test_units",
         "tflops",
         "tflops_sd",
+        *AUC_CI_COLUMNS,
     ]
     return pd.DataFrame(rows, columns=columns)
 

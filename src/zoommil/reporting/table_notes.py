@@ -13,7 +13,12 @@ import pandas as pd
 
 from zoommil.recipe import DEFAULT_ENCODER
 from zoommil.reporting import stats
-from zoommil.reporting.table_format import EXACT_MARK, NO_CI, count_text, span_text
+from zoommil.reporting.table_format import (
+    EXACT_MARK,
+    NO_CI,
+    count_text,
+    span_text,
+)
 from zoommil.reporting.table_frames import METRICS, TIMING_HEADERS, display_name
 from zoommil.workflow import exclusions, qc
 
@@ -76,14 +81,11 @@ ONE_SLIDE_NOTE = "one test slide, nothing to resample"
 
 def ci_notes(notes: Sequence[str], table: pd.DataFrame) -> list[str]:
     """``notes``, plus what `†` and `[n/a]` mean when a CI cell of ``table`` carries them
-    (`stats.method_ci`: every bootstrap resample of the test slides gave the same value), and
-    why a cell has no CI at all (one test slide)."""
-    kinds = {
-        str(kind)
-        for m in stats.METRICS
-        if f"{m}_ci_method" in table.columns
-        for kind in table[f"{m}_ci_method"]
-    }
+    (`stats.method_ci`: every bootstrap resample of the test slides gave the same value;
+    AUC's, `roc.auc_interval`: also where some resample lacks a class), and why a cell has no
+    CI at all (one test slide, or for AUC no per-slide probabilities)."""
+    kinds = _kinds(table, stats.METRICS)
+    auc_kinds = _kinds(table, ("auc",))
     out = list(notes)
     if stats.CLOPPER_PEARSON in kinds:
         out.append(
@@ -99,9 +101,55 @@ def ci_notes(notes: Sequence[str], table: pd.DataFrame) -> list[str]:
             "percentile interval would be zero-width); only accuracy at 0% or 100% has an "
             f"exact interval ({EXACT_MARK})"
         )
-    if stats.NO_INTERVAL in kinds:
+    if stats.CONSTANT in auc_kinds:
+        out.append(
+            f"AUC {NO_CI}: no CI, every bootstrap resample gives the same AUC (every seed "
+            "ranks each slide of a class above the others, AUC 100%: a percentile interval "
+            "would be zero-width)"
+        )
+    out += _dropped_note(table)
+    if stats.UNDEFINED in auc_kinds:
+        out.append(
+            f"AUC {NO_CI}: no CI, no bootstrap resample of the test slides holds a slide of "
+            "every class, so AUC is undefined on all of them"
+        )
+    if stats.NO_INTERVAL in kinds | auc_kinds:
         out.append(f"no CI: {ONE_SLIDE_NOTE}")
+    if "auc_ci_method" in table.columns and "auc_mean" in table.columns:
+        bare = table["auc_mean"].notna() & (table["auc_ci_method"].fillna("") == "")
+        if bare.any():
+            out.append(
+                "AUC without a CI: its evaluation JSONs have no per-slide 'probs' (rewrite "
+                "them with `zoommil evaluate`)"
+            )
     return [*out, *patients_note(table, "n_test", "n_test_units")]
+
+
+def _dropped_note(table: pd.DataFrame) -> list[str]:
+    """How many bootstrap resamples AUC's CI left out (no test slide of some class), per row
+    that left out any (`roc.auc_interval`)."""
+    if "auc_ci_dropped" not in table.columns:
+        return []
+    counts = pd.to_numeric(table["auc_ci_dropped"], errors="coerce").fillna(0)
+    names = table["name"] if "name" in table.columns else table["method"]
+    dropped = [f"{n} {int(k)}" for n, k in zip(names, counts, strict=True) if k > 0]
+    if not dropped:
+        return []
+    return [
+        f"AUC CI: of the {stats.N_BOOTSTRAP} bootstrap resamples, those holding no test slide "
+        f"of some class (AUC undefined; the resamples are not stratified by class) are left "
+        f"out, the percentiles taken of the others: {', '.join(dropped)} left out"
+    ]
+
+
+def _kinds(table: pd.DataFrame, metrics: Sequence[str]) -> set[str]:
+    """How the CIs of ``metrics`` in ``table`` were made (`stats.Interval.kind`)."""
+    return {
+        str(kind)
+        for m in metrics
+        if f"{m}_ci_method" in table.columns
+        for kind in table[f"{m}_ci_method"]
+    }
 
 
 def patients_note(table: pd.DataFrame, slides: str, units: str) -> list[str]:

@@ -1,8 +1,9 @@
 """Tables 1-4 of the paper from the workflow's JSON outputs, as CSV, Markdown and LaTeX.
 
 Tables 1-3 (one per dataset): weighted F1, accuracy and AUC as mean +- std over seeds, with a
-95% bootstrap CI over test slides for weighted F1 and accuracy (reporting.stats), TFLOPs per
-slide and end-to-end time per slide as mean +- std over the slides. Table 4: ZoomMIL
+95% bootstrap CI over test slides (reporting.stats; AUC's from the evaluations' per-slide
+probabilities, `roc`), TFLOPs per slide and end-to-end time per slide as mean +- std over
+the slides. Table 4: ZoomMIL
 ablations. The comparison table: the reference (ZoomMIL) against every baseline and ablation,
 paired over slides, and its cost ratios (ratios of the means). Every table
 carries notes on the encoder weights (random weights make the numbers a smoke test) and on
@@ -101,7 +102,9 @@ def make_tables(
     summary = summarize_runs(records) if records else pd.DataFrame(columns=["method"])
     runs = results.eval_runs(evals)
     preds = run_predictions(runs, results.patients(sheet))
-    summary = add_intervals(summary, preds)
+    # AUC's CI (and the calibration and subgroup tables) need the per-slide probabilities
+    probs = calibration.run_probabilities(runs, preds)
+    summary = add_intervals(summary, preds, probs[0])
     flops_map = results.flops_by_method(flops)
     timing_map = {device: results.timing_by_method(paths) for device, paths in timings.items()}
     devices = [
@@ -200,7 +203,6 @@ def make_tables(
             outputs, runs, preds, order, names, untimed_notes, dataset, encoder, val
         )
     if "subgroups_csv" in outputs and groups:
-        probs = calibration.run_probabilities(runs, preds)
         # the encoder, weights and QC notes; not those on CIs, AUC, TFLOPs and times
         shared = [n for n in untimed_notes if not n.startswith(("mean ± std", "TFLOPs and"))]
         frames["subgroups"] = subgroups.write_tables(
