@@ -6,8 +6,11 @@ Why from files only: a card travels with a checkpoint (`zoommil predict`, `share
 and must say nothing the results do not. Every number is read from a file the workflow wrote
 (the checkpoints, their metrics.json, `results/tables/`, `results/operating_points/`, the QC
 table and the sheet), formatted as the tables format it; an input that is missing gives a
-line "not available (why)" instead of an error. With ``for_sharing`` every path is cut to its
-file name by `share_checkpoint`'s rules, so a card sent out names no folder of the lab.
+line "not available (why)" instead of an error. The one exception is what the recipe's tissue
+detector is known to do (`DETECTOR_LIMITATIONS`): zoommil's own benchmarks on other slides,
+said to be that in the card, not a measurement of this cohort. With ``for_sharing`` every
+path is cut to its file name by `share_checkpoint`'s rules, so a card sent out names no folder
+of the lab.
 """
 
 from __future__ import annotations
@@ -448,7 +451,10 @@ def _limitations(config: Mapping[str, Any], row: pd.DataFrame | None) -> list[st
         )
     if config.get("untrained_classes"):
         items.append("No training slide of: " + ", ".join(config["untrained_classes"]) + ".")
-    items += DETECTOR_LIMITATIONS.get(str(recipe.get("tissue_method")), ())
+    items += [
+        f"{item} (Measured by zoommil's benchmarks on other slides, not on this cohort.)"
+        for item in DETECTOR_LIMITATIONS.get(str(recipe.get("tissue_method")), ())
+    ]
     if not items:
         return ["## Known limitations", "", "none measured"]
     return ["## Known limitations", "", *[f"- {item}" for item in items]]
