@@ -17,7 +17,7 @@ from zoommil.models import build_model
 from zoommil.recipe import PreprocessingRecipe
 from zoommil.reporting import model_card
 from zoommil.reporting.model_card import CardInputs, write_card
-from zoommil.training.checkpoint import save_checkpoint
+from zoommil.training.checkpoint import load_checkpoint, save_checkpoint
 
 LAB = "/home/alice/project-hospital-x"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -355,3 +355,27 @@ def test_a_csv_sheet_gives_the_patients_as_a_tsv_does(results: CardInputs) -> No
     text = model_card.model_card(results)
     line = next(x for x in tsv.splitlines() if x.startswith("- Patients per split"))
     assert line in text and "no patient column" not in text
+
+
+def test_a_timing_without_its_rate_prints_no_nan(results: CardInputs) -> None:
+    """A table row timed but without slides/h (an older table) gives the time alone."""
+    table = pd.read_csv(results.main_table)
+    table["cpu1_slides_per_hour"] = float("nan")
+    table.to_csv(results.main_table, index=False)
+    efficiency = _section(model_card.model_card(results), "Efficiency")
+    assert "10.18" in efficiency and "nan" not in efficiency
+
+
+def test_a_checkpoint_without_a_seed_looks_for_no_seed_folder(
+    results: CardInputs, tmp_path: Path
+) -> None:
+    """`share_checkpoint --card` of a checkpoint that records no seed: no `seed~None` path."""
+    from zoommil.interop.share_checkpoint import card_inputs
+
+    ckpt = _checkpoint(tmp_path / "noseed.pt", 0, "random")
+    state, config = load_checkpoint(ckpt)
+    config.pop("seed")
+    save_checkpoint(ckpt, state, config)
+    root = Path(results.qc_table).parents[1]
+    inputs = card_inputs(ckpt, ckpt, root)
+    assert list(inputs.metrics) == []

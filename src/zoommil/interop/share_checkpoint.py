@@ -104,7 +104,10 @@ def card_inputs(checkpoint: Path, copy: Path, results: Path) -> Any:
     return CardInputs(
         method=method,
         checkpoints=[copy],
-        metrics=[results / "models" / method / f"seed~{seed}" / "metrics.json"],
+        # no seed recorded: no run folder to look in (the card says "not available")
+        metrics=[]
+        if seed is None
+        else [results / "models" / method / f"seed~{seed}" / "metrics.json"],
         main_table=results / "tables" / "main.csv",
         ablation_table=results / "tables" / "ablations.csv",
         operating_points=results / "operating_points",

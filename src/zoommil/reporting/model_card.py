@@ -374,7 +374,9 @@ def _efficiency_section(row: pd.DataFrame | None) -> list[str]:
         if value == "n/a":
             lines.append(f"- {label}: {not_available('not timed')}")
         else:
-            lines.append(f"- {label}: {value} ({float(rate):.0f} slides/h)")
+            # a table without the rate (an older one) gave "(nan slides/h)"
+            per_hour = f" ({float(rate):.0f} slides/h)" if math.isfinite(float(rate)) else ""
+            lines.append(f"- {label}: {value}{per_hour}")
     return lines
 
 
