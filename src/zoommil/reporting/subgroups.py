@@ -451,7 +451,8 @@ def subgroup_notes(
     notes = [
         f"per subgroup of the test slides (the slide sheet's column named): mean ± std over "
         f"{count_text(str(seeds), 'seed')} (sample std) [95% bootstrap CI over the subgroup's "
-        "test slides, the metric averaged over the seeds on each of 5000 resamples], from the "
+        f"test slides, the metric averaged over the seeds on each of {stats.N_BOOTSTRAP} "
+        "resamples], from the "
         f"evaluations' per-slide probabilities; AUC: {auc_text}; balanced accuracy: the mean "
         "over the classes of their recall; test slides: the subgroup's, per class",
         "best - worst: the gap between the subgroups with the highest and the lowest value, "
