@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -104,6 +105,18 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def run_meta(script: str, argv: list[str] | None, quick: bool, started: float) -> dict:
+    """The head of a result's meta every benchmark writes: the command as typed (``argv``, or
+    the process's arguments), whether it was ``--quick``, and the wall seconds since
+    ``started`` (`time.perf_counter`)."""
+    given = sys.argv[1:] if argv is None else argv
+    return {
+        "command": " ".join([f"python benchmarks/{script}", *given]),
+        "quick": quick,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def args_json(args: argparse.Namespace) -> dict:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -237,12 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in runs:
         del r["labels"], r["p_tumor"]
 
-    given = sys.argv[1:] if argv is None else argv
     result = {
         "meta": {
-            "command": " ".join(["python benchmarks/label_noise.py", *given]),
-            "quick": args.quick,
-            "seconds": round(time.perf_counter() - started, 1),
+            **bench_cli.run_meta("label_noise.py", argv, args.quick, started),
             "machine": f"{platform.machine()}, {platform.python_version()}",
             "cohort": (
                 f"{args.n_train} train / {args.n_val} val / {args.n_test} test synthetic slides "

@@ -33,7 +33,6 @@ import argparse
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -295,12 +294,9 @@ def main(argv: list[str] | None = None) -> None:
             temp.cleanup()
 
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    given = sys.argv[1:] if argv is None else argv
     result = {
         "meta": {
-            "command": " ".join(["python benchmarks/learning_curve.py", *given]),
-            "quick": args.quick,
-            "seconds": round(time.perf_counter() - started, 1),
+            **bench_cli.run_meta("learning_curve.py", argv, args.quick, started),
             "cpu_seconds": round(sum(u.ru_utime + u.ru_stime for u in usage), 1),
             "peak_rss_mb": round(max(u.ru_maxrss for u in usage) / 1024, 1),  # KiB on Linux
             "machine": machine(),

@@ -647,12 +647,9 @@ def main(argv: list[str] | None = None, progress: Callable[[str], None] = print)
         rows += measure(src, recipes, strengths, args.seeds)
         progress(f"{src.name}: {len(rows)} rows, {time.perf_counter() - started:.0f} s")
     summary = summarise(rows)
-    given = sys.argv[1:] if argv is None else argv
     result = {
         "meta": {
-            "command": " ".join(["python benchmarks/stain_shift.py", *given]),
-            "quick": args.quick,
-            "seconds": round(time.perf_counter() - started, 1),
+            **bench_cli.run_meta("stain_shift.py", argv, args.quick, started),
             "cpu_seconds": round(sum(os.times()[:2]), 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
             f"{platform.python_version()}",
